@@ -1,0 +1,161 @@
+"""The Python API: `skulens.train(...)`, `skulens.load(bundle)`, `model.predict(images)`.
+
+The CLI and (later) the REST service are thin adapters over these functions.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .config import TrainConfig, load_config, resolve_config
+from .data.decode import ImageDecodeError, decode_image
+from .data.transforms import create_transform, to_uint8_tensor
+from .evaluate.metrics import EvalReport
+from .models.bundle import load_bundle
+from .models.card import ModelCard
+from .models.inference import combine_coarse, resolve_device, run_heads
+
+__all__ = ["Prediction", "Model", "load", "train", "ImageInput"]
+
+ImageInput = str | os.PathLike | bytes | Image.Image
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's result. `label` is the decision: the fine label, the coarse label when the fine one is
+    too uncertain (level "coarse"), or None when abstaining ("unknown") or the image failed ("error")."""
+
+    source: str
+    label: str | None
+    level: str  # fine | coarse | unknown | error
+    confidence: float
+    fine_label: str | None = None
+    fine_confidence: float = 0.0
+    coarse_label: str | None = None
+    coarse_confidence: float | None = None
+    top_k: tuple[tuple[str, float], ...] = ()
+    attributes: tuple[tuple[str, float], ...] = ()  # attributes above their thresholds, with probabilities
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["top_k"] = [{"label": lab, "p": round(p, 6)} for lab, p in self.top_k]
+        d["attributes"] = {a: round(p, 6) for a, p in self.attributes}
+        return d
+
+
+def _decide(card: ModelCard, fine: np.ndarray, coarse: np.ndarray | None, attrs: np.ndarray | None,
+            source: str, top_k: int, min_confidence: float) -> Prediction:
+    order = np.argsort(-fine)[: max(1, top_k)]
+    f = int(order[0])
+    fine_conf = float(fine[f])
+    c_label = c_conf = None
+    if coarse is not None:
+        c = int(coarse.argmax())
+        c_label, c_conf = card.coarse_classes[c], float(coarse[c])
+    label, level, conf = card.classes[f], "fine", fine_conf
+    if fine_conf < card.coarse_fallback and c_label is not None and c_conf is not None and c_conf > fine_conf:
+        label, level, conf = c_label, "coarse", c_conf
+    if conf < min_confidence:
+        label, level = None, "unknown"
+    attributes: tuple[tuple[str, float], ...] = ()
+    if attrs is not None and card.attributes:
+        thr = card.attribute_thresholds or (0.5,) * len(card.attributes)
+        attributes = tuple((a, float(p)) for a, p, t in zip(card.attributes, attrs, thr, strict=True) if p >= t)
+    return Prediction(source, label, level, conf, card.classes[f], fine_conf, c_label, c_conf,
+                      tuple((card.classes[int(i)], float(fine[int(i)])) for i in order), attributes)
+
+
+class Model:
+    """A loaded bundle: classify, embed and evaluate images with the preprocessing it was trained with."""
+
+    def __init__(self, net: torch.nn.Module, card: ModelCard, device: torch.device, precision: str = "auto"):
+        self.net, self.card, self.device, self.precision = net, card, device, precision
+        self.transform = create_transform(card)
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.card.classes
+
+    def _decode(self, images: Sequence[ImageInput]) -> tuple[list[torch.Tensor], list[int], list[tuple[int, str]]]:
+        tensors, ok, failed = [], [], []
+        for i, im in enumerate(images):
+            try:
+                pil = im.convert("RGB") if isinstance(im, Image.Image) else decode_image(im, reduce_to=self.card.resize_to)
+                tensors.append(to_uint8_tensor(pil))
+                ok.append(i)
+            except ImageDecodeError as e:
+                failed.append((i, e.reason))
+        return tensors, ok, failed
+
+    def predict(self, images: Sequence[ImageInput], *, top_k: int = 5, min_confidence: float = 0.0,
+                batch_size: int = 32, progress: bool = False) -> list[Prediction]:
+        """Predictions in input order; an image that cannot be decoded gets level "error" with the reason."""
+        names = [_name(im, i) for i, im in enumerate(images)]
+        tensors, ok, failed = self._decode(images)
+        results: list[Prediction | None] = [None] * len(images)
+        for i, reason in failed:
+            results[i] = Prediction(names[i], None, "error", 0.0, error=reason)
+        if tensors:
+            out = run_heads(self.net, tensors, self.transform, batch_size=batch_size, device=self.device,
+                            precision=self.precision, progress=progress)
+            coarse = combine_coarse(out.fine, out.coarse_head, self.card.fine_to_coarse, len(self.card.coarse_classes))
+            for row, i in enumerate(ok):
+                results[i] = _decide(self.card, out.fine[row], None if coarse is None else coarse[row],
+                                     None if out.attributes is None else out.attributes[row], names[i], top_k,
+                                     min_confidence)
+        return [r for r in results if r is not None]
+
+    def embed(self, images: Sequence[ImageInput], *, batch_size: int = 32, progress: bool = False) -> np.ndarray:
+        """L2-normalised embeddings (N x embedding_dim); undecodable images raise ImageDecodeError."""
+        tensors, _, failed = self._decode(images)
+        if failed:
+            i, reason = failed[0]
+            raise ImageDecodeError(_name(images[i], i), reason)
+        out = run_heads(self.net, tensors, self.transform, batch_size=batch_size, device=self.device,
+                        precision=self.precision, embeddings=True, progress=progress)
+        return out.embeddings if out.embeddings is not None else np.zeros((0, self.card.embedding_dim))
+
+    def evaluate(self, data: str | os.PathLike, *, split: str = "val", out: str | os.PathLike | None = None,
+                 baseline: bool = False, progress: bool = True) -> EvalReport:
+        from .evaluate.evaluator import evaluate_bundle
+
+        return evaluate_bundle(self, data, split=split, out=out, baseline=baseline, progress=progress)
+
+
+def _name(im: ImageInput, i: int) -> str:
+    if isinstance(im, (str, os.PathLike)):
+        return str(im)
+    return f"<image {i}>"
+
+
+def load(bundle: str | os.PathLike, *, device: str = "auto", precision: str = "auto") -> Model:
+    """Load a model bundle (model.safetensors + card.json); never unpickles."""
+    dev = resolve_device(device)
+    net, card = load_bundle(bundle, dev)
+    if dev.type == "cpu" or dev.type == "cuda":
+        net.to(memory_format=torch.channels_last)
+    return Model(net, card, dev, precision)
+
+
+def train(data: str | os.PathLike | None = None, *, config_file: str | os.PathLike | None = None,
+          progress: bool = True, **overrides: Any):
+    """Fine-tune a backbone on a catalogue. Keyword overrides are TrainConfig fields; returns TrainResult."""
+    from .train.engine import fit
+
+    values: dict[str, Any] = load_config(config_file) if config_file else {}
+    values.update(overrides)
+    if data is not None:
+        values["data"] = str(data)
+    cfg: TrainConfig = resolve_config(values)
+    return fit(cfg, progress=progress)
+
+

@@ -1,0 +1,219 @@
+"""Typed training configuration: defaults in code, overridable from a YAML/TOML file and the CLI.
+
+Unknown keys are an error (a typo must never silently train with a default), and the resolved config
+is written beside every run. This module imports no torch so `skulens --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Literal, get_args, get_type_hints
+
+__all__ = ["TrainConfig", "ConfigError", "load_config", "resolve_config", "config_to_dict"]
+
+
+class ConfigError(ValueError):
+    """A bad configuration key or value."""
+
+
+Freeze = Literal["full", "head", "partial", "gradual"]
+Optimizer = Literal["adamw", "sgd"]
+Schedule = Literal["cosine", "onecycle", "constant"]
+Augment = Literal["none", "light", "strong"]
+Precision = Literal["auto", "bf16", "fp16", "off"]
+ClassWeights = Literal["none", "balanced"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a fine-tuning run. Field comments are the CLI help."""
+
+    data: str | None = None  # catalogue: folder, manifest (CSV/JSONL) or grocery layout
+    out: str = "runs/skulens"  # run directory (checkpoints, logs, bundle)
+    backbone: str = "efficientnet_lite2"  # registry name, "timm:<arch>" or "torchvision:<arch>"
+    weights: str | None = None  # local weights file; default: the weights bundled for the backbone
+    image_size: int | None = None  # eval/serving size; None: the size the backbone's weights were trained at
+    train_image_size: int | None = 224  # training crop size; smaller than image_size trains faster (FixRes)
+    epochs: int = 7
+    batch_size: int = 32
+    optimizer: Optimizer = "adamw"
+    lr: float = 1e-3  # peak learning rate of the heads
+    backbone_lr_mult: float = 0.5  # backbone LR = lr * this (pretrained features move more slowly)
+    weight_decay: float = 0.02
+    momentum: float = 0.9  # SGD only
+    schedule: Schedule = "cosine"  # warmup + cosine, one-cycle, or constant
+    warmup_epochs: float = 1.0
+    freeze: Freeze = "partial"  # head = linear probe; partial = last `trainable_stages`; gradual = head first
+    trainable_stages: int = 6  # partial: the last N stages train (EfficientNet: stem, 7 blocks, head = 9)
+    gradual_head_epochs: int = 1  # gradual: epochs with only the heads training
+    dropout: float = 0.2
+    label_smoothing: float = 0.1
+    class_weights: ClassWeights = "none"
+    coarse_loss_weight: float = 0.5  # weight of the coarse head's loss (0 disables the coarse head)
+    attribute_loss_weight: float = 0.5  # weight of the attribute head's loss (0 disables it)
+    augment: Augment = "light"
+    mixed_precision: Precision = "auto"  # auto: bf16 on CUDA; on CPU bf16 inference, fp32 training
+    channels_last: bool = True
+    ema: bool = True  # keep an exponential moving average of the weights, select it when it validates better
+    ema_decay: float = 0.998
+    patience: int = 5  # early stopping: epochs without val improvement
+    monitor: str = "top1"  # val metric for model selection: top1, coarse_top1, macro_f1
+    seed: int = 0
+    num_workers: int = 0  # DataLoader workers (0: main process; images are decoded once and cached)
+    val_fraction: float = 0.1  # used only when the catalogue has no val split
+    catalogue_images: bool = True  # add the products' catalogue photos to the training set
+    coarse_fallback: float = 0.5  # predict the coarse class when fine confidence is below this
+    baseline: bool = True  # also fit the linear-probe baseline (before fine-tuning) for comparison
+    max_steps: int | None = None  # stop after this many optimizer steps (smoke tests)
+    device: str = "auto"  # auto, cpu, cuda, cuda:1
+    compile: bool = False  # torch.compile the model (CUDA)
+    loggers: tuple[str, ...] = ("tensorboard",)  # tensorboard, mlflow, wandb (offline)
+    resume: bool = False  # continue the run in `out` from its last checkpoint
+
+
+def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
+    d = dataclasses.asdict(cfg)
+    d["loggers"] = list(d["loggers"])
+    return d
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    """Convert a value (possibly a CLI string) to the field's type, or raise ConfigError."""
+    origin_args = get_args(hint)
+    if value is None:
+        if type(None) in origin_args:
+            return None
+        raise ConfigError(f"{name}: may not be null")
+    if isinstance(value, str) and value.lower() in ("none", "null") and type(None) in origin_args:
+        return None
+    literal_values = _literal_values(hint)
+    if literal_values:
+        if value not in literal_values:
+            raise ConfigError(f"{name}: {value!r} is not one of {', '.join(map(str, literal_values))}")
+        return value
+    base = _base_type(hint)
+    try:
+        if base is bool:
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("1", "true", "yes", "on"):
+                return True
+            if str(value).lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if base is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if base is float:
+            return float(value)
+        if base is tuple:
+            if isinstance(value, str):
+                return tuple(v.strip() for v in value.split(",") if v.strip())
+            return tuple(str(v) for v in value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: {value!r} is not a valid {base.__name__}") from None
+
+
+def _literal_values(hint: Any) -> tuple[Any, ...]:
+    if getattr(hint, "__origin__", None) is Literal:
+        return get_args(hint)
+    return ()
+
+
+def _base_type(hint: Any) -> type:
+    args = [a for a in get_args(hint) if a is not type(None)]
+    if getattr(hint, "__origin__", None) is tuple:
+        return tuple
+    if args and getattr(hint, "__origin__", None) is not Literal:
+        return _base_type(args[0])
+    return hint if isinstance(hint, type) else str
+
+
+_HINTS: dict[str, Any] | None = None
+
+
+def _hints() -> dict[str, Any]:
+    global _HINTS
+    if _HINTS is None:
+        _HINTS = get_type_hints(TrainConfig)
+    return _HINTS
+
+
+def _validate(cfg: TrainConfig) -> TrainConfig:
+    positive = {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr}
+    for name, v in positive.items():
+        if v <= 0:
+            raise ConfigError(f"{name}: must be > 0, got {v}")
+    for name in ("image_size", "train_image_size"):
+        v = getattr(cfg, name)
+        if v is not None and not 16 <= v <= 2048:
+            raise ConfigError(f"{name}: {v} is outside 16..2048")
+    if not 0 <= cfg.dropout < 1:
+        raise ConfigError(f"dropout: {cfg.dropout} is outside [0, 1)")
+    if not 0 <= cfg.label_smoothing < 1:
+        raise ConfigError(f"label_smoothing: {cfg.label_smoothing} is outside [0, 1)")
+    if not 0 < cfg.val_fraction < 1:
+        raise ConfigError(f"val_fraction: {cfg.val_fraction} is outside (0, 1)")
+    if cfg.monitor not in ("top1", "coarse_top1", "macro_f1"):
+        raise ConfigError(f"monitor: {cfg.monitor!r} is not one of top1, coarse_top1, macro_f1")
+    unknown = set(cfg.loggers) - {"tensorboard", "mlflow", "wandb"}
+    if unknown:
+        raise ConfigError(f"loggers: unknown {sorted(unknown)}; choose from tensorboard, mlflow, wandb")
+    return cfg
+
+
+def resolve_config(overrides: dict[str, Any] | None = None, base: TrainConfig | None = None) -> TrainConfig:
+    """Apply `overrides` (from a file or the CLI) on top of `base` (defaults); unknown keys are an error."""
+    base = base or TrainConfig()
+    overrides = overrides or {}
+    names = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise ConfigError(f"unknown config key(s): {', '.join(unknown)}")
+    hints = _hints()
+    values = {k: _coerce(k, v, hints[k]) for k, v in overrides.items()}
+    return _validate(dataclasses.replace(base, **values))
+
+
+def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read overrides from a YAML, TOML or JSON file (a flat mapping of TrainConfig keys)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    text = p.read_text(encoding="utf-8")
+    try:
+        if p.suffix in (".toml",):
+            data = tomllib.loads(text)
+        elif p.suffix == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+    except Exception as e:  # noqa: BLE001 - any parser error becomes a config error naming the file
+        raise ConfigError(f"{p}: cannot parse config: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping of config keys, got {type(data).__name__}")
+    return data
+
+
+def config_fields() -> list[tuple[str, Any, Any, str]]:
+    """(name, type hint, default, help) for each field: the CLI builds its flags from this."""
+    import inspect
+
+    src = inspect.getsource(TrainConfig)
+    helps: dict[str, str] = {}
+    for line in src.splitlines():
+        line = line.strip()
+        if ":" in line and "#" in line and not line.startswith(("#", '"')):
+            name = line.split(":", 1)[0].strip()
+            helps[name] = line.split("#", 1)[1].strip()
+    return [(f.name, _hints()[f.name], f.default, helps.get(f.name, "")) for f in fields(TrainConfig)]
+

@@ -1,0 +1,93 @@
+"""Model bundles: a directory with model.safetensors and card.json. Loading never unpickles."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .backbones import create_backbone
+from .card import ModelCard
+from .classifier import SkuModel
+
+__all__ = ["save_bundle", "load_bundle", "build_model", "read_card", "BundleError", "atomic_write_text"]
+
+WEIGHTS = "model.safetensors"
+CARD = "card.json"
+
+
+class BundleError(RuntimeError):
+    """A bundle directory is missing, incomplete or does not match its card."""
+
+
+def build_model(card: ModelCard, weights: str | None = "random") -> SkuModel:
+    """The architecture a card describes (weights are loaded separately, strictly)."""
+    backbone = create_backbone(card.backbone, weights=weights, image_size=card.input_size)
+    return SkuModel(backbone, card.num_classes, len(card.coarse_classes), len(card.attributes), card.dropout)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_bundle(model: SkuModel, card: ModelCard, directory: str | os.PathLike[str]) -> Path:
+    """Write the bundle into a temp dir, then swap it in: a crash never leaves a half-written bundle."""
+    out = Path(directory)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt", "skulens_card_schema": str(card.schema)})
+    (tmp / CARD).write_text(card.to_json(), encoding="utf-8")
+    for f in (tmp / WEIGHTS, tmp / CARD):
+        with open(f, "rb+") as fh:
+            os.fsync(fh.fileno())
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return out
+
+
+def read_card(directory: str | os.PathLike[str]) -> ModelCard:
+    path = Path(directory)
+    if path.is_file() and path.name in (CARD, WEIGHTS):
+        path = path.parent
+    card_path = path / CARD
+    if not card_path.is_file():
+        raise BundleError(f"{path}: not a skulens bundle (no {CARD})")
+    try:
+        return ModelCard.from_dict(json.loads(card_path.read_text(encoding="utf-8")))
+    except (ValueError, TypeError) as e:
+        raise BundleError(f"{card_path}: invalid card: {e}") from None
+
+
+def load_bundle(directory: str | os.PathLike[str], device: str | torch.device = "cpu") -> tuple[SkuModel, ModelCard]:
+    path = Path(directory)
+    card = read_card(path)
+    if path.is_file():
+        path = path.parent
+    weights = path / WEIGHTS
+    if not weights.is_file():
+        raise BundleError(f"{path}: missing {WEIGHTS}")
+    model = build_model(card)
+    state = load_file(str(weights))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise BundleError(
+            f"{weights} does not match its card: missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]}"
+        )
+    return model.to(device).eval(), card

@@ -1,0 +1,65 @@
+"""The model card: everything needed to use a set of weights, saved beside them as card.json.
+
+Serving and evaluation build their preprocessing from the card, so they can never drift from
+training. The card is plain JSON (no pickle) and frozen.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+__all__ = ["ModelCard", "CARD_SCHEMA"]
+
+CARD_SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    backbone: str  # registry name or "timm:<arch>" / "torchvision:<arch>"
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    crop_pct: float
+    classes: tuple[str, ...]
+    embedding_dim: int
+    coarse_classes: tuple[str, ...] = ()
+    fine_to_coarse: tuple[int, ...] = ()  # coarse index of each fine class
+    attributes: tuple[str, ...] = ()
+    attribute_thresholds: tuple[float, ...] = ()  # chosen on val, per attribute
+    coarse_fallback: float = 0.5  # below this fine confidence, predict the coarse class
+    dropout: float = 0.0
+    train_config: dict[str, Any] = field(default_factory=dict)
+    dataset: dict[str, Any] = field(default_factory=dict)  # path, layout, fingerprint, sizes
+    metrics: dict[str, Any] = field(default_factory=dict)  # val metrics of these weights
+    skulens_version: str = ""
+    created: str = ""
+    schema: int = CARD_SCHEMA
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def resize_to(self) -> int:
+        """Eval resize of the short side before the centre crop."""
+        return int(round(self.input_size / self.crop_pct))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelCard:
+        if data.get("schema", CARD_SCHEMA) > CARD_SCHEMA:
+            raise ValueError(f"card schema {data['schema']} is newer than this skulens understands")
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        for k in ("mean", "std", "classes", "coarse_classes", "fine_to_coarse", "attributes",
+                  "attribute_thresholds"):
+            if k in values:
+                values[k] = tuple(values[k])
+        return cls(**values)
+
+    def with_(self, **changes: Any) -> ModelCard:
+        return replace(self, **changes)

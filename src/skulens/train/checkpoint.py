@@ -1,0 +1,73 @@
+"""Resumable training checkpoints without pickle: tensors in safetensors, everything else in JSON.
+
+Nested state (optimizer, scheduler, history) is flattened: each tensor is stored under a path-like
+key and replaced by {"__tensor__": key} in the JSON. Writes go to a temp dir that is fsynced and then
+renamed, so a kill at any moment leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+__all__ = ["save_checkpoint", "load_checkpoint"]
+
+
+def _flatten(obj: Any, key: str, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, torch.Tensor):
+        tensors[key] = obj.detach().to("cpu").contiguous()
+        return {"__tensor__": key}
+    if isinstance(obj, dict):
+        # Items as pairs: optimizer state is keyed by int, which JSON objects would turn into str.
+        return {"__dict__": [[k, _flatten(v, f"{key}.{k}", tensors)] for k, v in obj.items()]}
+    if isinstance(obj, (list, tuple)):
+        return [_flatten(v, f"{key}.{i}", tensors) for i, v in enumerate(obj)]
+    if isinstance(obj, (int, float, str, bool)) or obj is None:
+        return obj
+    raise TypeError(f"cannot checkpoint a {type(obj).__name__} at {key}")
+
+
+def _unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, dict):
+        if "__tensor__" in obj:
+            return tensors[obj["__tensor__"]]
+        if "__dict__" in obj:
+            return {k: _unflatten(v, tensors) for k, v in obj["__dict__"]}
+        return {k: _unflatten(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_unflatten(v, tensors) for v in obj]
+    return obj
+
+
+def save_checkpoint(directory: Path, state: dict[str, Any]) -> None:
+    tensors: dict[str, torch.Tensor] = {}
+    meta = _flatten(state, "s", tensors)
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(tensors, str(tmp / "state.safetensors"))
+    (tmp / "state.json").write_text(json.dumps(meta), encoding="utf-8")
+    for f in tmp.iterdir():
+        with open(f, "rb+") as fh:
+            os.fsync(fh.fileno())
+    old = directory.with_name(directory.name + ".old")
+    if directory.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(directory, old)
+    os.replace(tmp, directory)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(directory: Path) -> dict[str, Any] | None:
+    """The last complete checkpoint, or None. Falls back to `.old` if a swap was interrupted."""
+    for d in (directory, directory.with_name(directory.name + ".old")):
+        if (d / "state.json").is_file() and (d / "state.safetensors").is_file():
+            tensors = load_file(str(d / "state.safetensors"))
+            return _unflatten(json.loads((d / "state.json").read_text(encoding="utf-8")), tensors)
+    return None

@@ -1,0 +1,61 @@
+"""Run logging: metrics.jsonl always; TensorBoard, MLflow and W&B (offline) when installed and asked for."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+__all__ = ["RunLogger"]
+
+log = logging.getLogger(__name__)
+
+
+class RunLogger:
+    def __init__(self, run_dir: Path, loggers: tuple[str, ...], config: dict[str, Any]):
+        self.path = run_dir / "metrics.jsonl"
+        self._tb = self._mlflow = self._wandb = None
+        if "tensorboard" in loggers:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(run_dir / "tensorboard"))
+            except ImportError:
+                log.warning("tensorboard is not installed (pip install 'skulens[tensorboard]'); skipping it")
+        if "mlflow" in loggers:
+            try:
+                import mlflow
+            except ImportError as e:
+                raise RuntimeError("logger 'mlflow' needs: pip install 'skulens[mlflow]'") from e
+            mlflow.set_tracking_uri((run_dir / "mlruns").resolve().as_uri())
+            mlflow.start_run()
+            mlflow.log_params({k: str(v) for k, v in config.items()})
+            self._mlflow = mlflow
+        if "wandb" in loggers:
+            try:
+                import wandb
+            except ImportError as e:
+                raise RuntimeError("logger 'wandb' needs: pip install 'skulens[wandb]'") from e
+            self._wandb = wandb.init(mode="offline", dir=str(run_dir), config=config)
+
+    def log(self, step: int, values: dict[str, Any]) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": step, **values}) + "\n")
+        scalars = {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if self._tb is not None:
+            for k, v in scalars.items():
+                self._tb.add_scalar(k, v, step)
+            self._tb.flush()
+        if self._mlflow is not None:
+            self._mlflow.log_metrics(scalars, step=step)
+        if self._wandb is not None:
+            self._wandb.log(scalars, step=step)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+        if self._mlflow is not None:
+            self._mlflow.end_run()
+        if self._wandb is not None:
+            self._wandb.finish()
