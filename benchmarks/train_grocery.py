@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _results import append_section  # noqa: E402
+from _results import append_section
 
 GOAL = {"top1": 0.82, "coarse_top1": 0.90}
 
@@ -48,32 +48,33 @@ def main() -> int:
     rows = [
         "| | fine top-1 | top-5 | coarse top-1 | coarse (from fine) | macro-F1 | ECE | attribute mAP |",
         "|---|---|---|---|---|---|---|---|",
-        f"| linear probe on pretrained {cfg['backbone']} (before fine-tuning) | {pct(b.get('top1'))} | "
-        f"{pct(b.get('top5'))} | {pct(b.get('coarse_top1'))} | {pct(b.get('coarse_top1_derived'))} | "
-        f"{pct(b.get('macro_f1'))} | {b.get('ece', 0):.3f} | n/a |",
-        f"| skulens default fine-tune | {pct(m['top1'])} | {pct(m['top5'])} | {pct(m['coarse_top1'])} | "
-        f"{pct(m['coarse_top1_derived'])} | {pct(m['macro_f1'])} | {m['ece']:.3f} | {pct(m['attribute_map'])} |",
+        (f"| linear probe on pretrained {cfg['backbone']} (before fine-tuning) | {pct(b.get('top1'))} | "
+         f"{pct(b.get('top5'))} | {pct(b.get('coarse_top1'))} | {pct(b.get('coarse_top1_derived'))} | "
+         f"{pct(b.get('macro_f1'))} | {b.get('ece', 0):.3f} | n/a |"),
+        (f"| skulens default fine-tune | {pct(m['top1'])} | {pct(m['top5'])} | {pct(m['coarse_top1'])} | "
+         f"{pct(m['coarse_top1_derived'])} | {pct(m['macro_f1'])} | {m['ece']:.3f} | {pct(m['attribute_map'])} |"),
     ]
     met = all((m.get(k) or 0) >= v for k, v in GOAL.items())
     body = "\n".join([
         "Grocery Store val split (296 photos from two stores not in train); selected on val.",
-        f"Recipe: {cfg['backbone']}, train {cfg['train_image_size']} px / eval {card['input_size']} px, "
-        f"{cfg['epochs']} epochs, freeze={cfg['freeze']} (last {cfg['trainable_stages']} stages), "
-        f"{cfg['optimizer']} lr {cfg['lr']} ({cfg['schedule']}), wd {cfg['weight_decay']}, aug {cfg['augment']}, "
-        f"label smoothing {cfg['label_smoothing']}, EMA {cfg['ema']}, coarse head weight {cfg['coarse_loss_weight']}, "
-        f"precision {cfg['mixed_precision']}. Coarse top-1 = mean of coarse head and fine probabilities summed per "
-        "coarse class (what `predict` uses).",
+        (f"Recipe: {cfg['backbone']}, train {cfg['train_image_size']} px / eval {card['input_size']} px, "
+         f"{cfg['epochs']} epochs, freeze={cfg['freeze']} (last {cfg['trainable_stages']} stages), "
+         f"{cfg['optimizer']} lr {cfg['lr']} ({cfg['schedule']}), wd {cfg['weight_decay']}, "
+         f"aug {cfg['augment']}, label smoothing {cfg['label_smoothing']}, EMA {cfg['ema']}, "
+         f"coarse head weight {cfg['coarse_loss_weight']}, precision {cfg['mixed_precision']}. Coarse top-1 = "
+         "mean of coarse head and fine probabilities summed per coarse class (what `predict` uses)."),
         "",
         *rows,
         "",
-        f"Wall time of the whole run (decode, baseline, training, selection, report): {wall / 60:.1f} min; "
-        f"best epoch {card['metrics'].get('best_epoch')}. Goal (fine >= 82.0, coarse >= 90.0, < 30 min): "
-        f"{'met' if met and wall < 1800 else 'NOT met'}.",
+        (f"Wall time of the whole run (decode, baseline, training, selection, report): {wall / 60:.1f} min; "
+         f"best epoch {card['metrics'].get('best_epoch')}. Goal (fine >= 82.0, coarse >= 90.0, < 30 min): "
+         f"{'met' if met and wall < 1800 else 'NOT met'}."),
         "",
         "| epoch | train loss | val top-1 | val coarse | EMA top-1 | EMA coarse | s |",
         "|---|---|---|---|---|---|---|",
-        *[f"| {h['epoch']} | {h['train_loss']:.3f} | {pct(h.get('val_top1'))} | {pct(h.get('val_coarse_top1'))} | "
-          f"{pct(h.get('val_ema_top1'))} | {pct(h.get('val_ema_coarse_top1'))} | {h['epoch_time_s']} |" for h in hist],
+        *[(f"| {h['epoch']} | {h['train_loss']:.3f} | {pct(h.get('val_top1'))} | "
+           f"{pct(h.get('val_coarse_top1'))} | {pct(h.get('val_ema_top1'))} | "
+           f"{pct(h.get('val_ema_coarse_top1'))} | {h['epoch_time_s']} |") for h in hist],
     ])
     command = "python benchmarks/train_grocery.py" + (" " + shlex.join(extra) if extra else "")
     append_section("Default fine-tune on Grocery Store (val)", command, body)

@@ -8,10 +8,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["train", "load", "Model", "Prediction", "EvalReport", "TrainConfig", "load_catalogue", "__version__"]
+__all__ = ["EvalReport", "Model", "Prediction", "TrainConfig", "__version__", "load", "load_catalogue", "train"]
 
 _LAZY = {
-    "train": "skulens.api",
     "load": "skulens.api",
     "Model": "skulens.api",
     "Prediction": "skulens.api",
@@ -21,10 +20,23 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from .api import Model, Prediction, load, train
+    from .api import Model, Prediction, load
     from .config import TrainConfig
     from .data.catalogue import load_catalogue
     from .evaluate.metrics import EvalReport
+
+
+# The subpackage skulens.train would replace the `train` function below on its first import (the import
+# system sets it as an attribute of this package), so import it first (it is empty, no torch) and then
+# bind the function over it. `import skulens.train.engine` keeps working through sys.modules.
+from . import train as _train_subpackage  # noqa: F401
+
+
+def train(data: Any = None, **kwargs: Any) -> Any:
+    """Fine-tune a backbone on a catalogue; see `skulens.api.train`."""
+    from .api import train as _train
+
+    return _train(data, **kwargs)
 
 
 def __getattr__(name: str) -> Any:

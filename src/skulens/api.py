@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-
 from typing import Any
 
 import numpy as np
@@ -23,7 +22,7 @@ from .models.bundle import load_bundle
 from .models.card import ModelCard
 from .models.inference import combine_coarse, resolve_device, run_heads
 
-__all__ = ["Prediction", "Model", "load", "train", "ImageInput"]
+__all__ = ["ImageInput", "Model", "Prediction", "load", "train"]
 
 ImageInput = str | os.PathLike | bytes | Image.Image
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import json
 import logging
@@ -14,7 +15,7 @@ from typing import Any, get_args
 
 from .config import ConfigError, config_fields, load_config
 
-__all__ = ["main", "find_default_data"]
+__all__ = ["find_default_data", "main"]
 
 DATASET_HINT = (
     "The Grocery Store dataset was not found. skulens looks at --data, then $SKULENS_DATA, then "
@@ -28,7 +29,7 @@ def find_default_data() -> Path | None:
     """$SKULENS_DATA, else ../shared/datasets/grocery-store from the working dir or from the source checkout."""
     env = os.environ.get("SKULENS_DATA")
     if env:
-        return Path(env)
+        return Path(env) if Path(env).exists() and any(Path(env).iterdir()) else None
     here = Path(__file__).resolve()
     for base in (Path.cwd(), *here.parents):
         cand = base.parent / "shared" / "datasets" / "grocery-store"
@@ -155,8 +156,9 @@ def cmd_predict(ns: argparse.Namespace) -> int:
     model = load(ns.bundle, device=ns.device)
     preds = model.predict(files, top_k=ns.top_k, min_confidence=ns.min_confidence, batch_size=ns.batch_size,
                           progress=not ns.quiet and len(files) > ns.batch_size)
-    out = open(ns.output, "w", encoding="utf-8", newline="") if ns.output else sys.stdout
-    try:
+    # One context manager for a file or stdout (stdout must not be closed).
+    sink = open(ns.output, "w", encoding="utf-8", newline="") if ns.output else contextlib.nullcontext(sys.stdout)  # noqa: SIM115
+    with sink as out:
         if ns.format == "csv":
             import csv
 
@@ -172,9 +174,6 @@ def cmd_predict(ns: argparse.Namespace) -> int:
         else:
             for p in preds:
                 out.write(json.dumps(p.to_dict()) + "\n")
-    finally:
-        if out is not sys.stdout:
-            out.close()
     errors = sum(p.level == "error" for p in preds)
     if errors:
         _print(f"skulens predict: {errors} of {len(preds)} image(s) could not be read (see their 'error')")
@@ -276,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _print("skulens: interrupted")
         return 130
-    except Exception as e:  # noqa: BLE001 - known user-facing errors get one clear line, not a traceback
+    except Exception as e:
         from .errors import USER_ERRORS
 
         if isinstance(e, USER_ERRORS) and not ns.verbose:

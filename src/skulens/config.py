@@ -9,12 +9,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, get_args, get_type_hints
 
-__all__ = ["TrainConfig", "ConfigError", "load_config", "resolve_config", "config_to_dict"]
+import tomllib
+
+__all__ = ["ConfigError", "TrainConfig", "config_to_dict", "load_config", "resolve_config"]
 
 
 class ConfigError(ValueError):

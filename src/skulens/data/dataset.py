@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from .decode import ImageDecodeError, decode_image
 from .transforms import to_uint8_tensor
 
-__all__ = ["DecodedImages", "decode_all", "TensorImageDataset"]
+__all__ = ["DecodedImages", "TensorImageDataset", "decode_all"]
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from ..models.card import ModelCard
-from .catalogue import Sample
+from .catalogue import CatalogueError, Sample
 from .dataset import decode_all
 
 __all__ = ["Split", "prepare_split"]
@@ -32,7 +32,7 @@ def prepare_split(samples: list[Sample], card: ModelCard, *, desc: str, progress
     attrs = {a: i for i, a in enumerate(card.attributes)}
     unknown = sorted({s.label for s in samples} - set(cls))
     if unknown:
-        raise ValueError(f"{desc}: label(s) the model does not know: {', '.join(unknown[:5])}"
+        raise CatalogueError(f"{desc}: label(s) the model does not know: {', '.join(unknown[:5])}"
                          + (f" (+{len(unknown) - 5} more)" if len(unknown) > 5 else ""))
     decoded = decode_all([s.path for s in samples], card.resize_to, desc=f"decode {desc}", progress=progress)
     kept = [samples[i] for i in decoded.kept]

@@ -11,7 +11,7 @@ from typing import Protocol
 import torch
 from torchvision.transforms import v2
 
-__all__ = ["create_transform", "PreprocessSpec", "to_uint8_tensor"]
+__all__ = ["PreprocessSpec", "create_transform", "to_uint8_tensor"]
 
 
 class PreprocessSpec(Protocol):
@@ -22,7 +22,7 @@ class PreprocessSpec(Protocol):
 
 
 def _resize_to(spec: PreprocessSpec) -> int:
-    return int(round(spec.input_size / spec.crop_pct))
+    return round(spec.input_size / spec.crop_pct)
 
 
 def create_transform(spec: PreprocessSpec, *, train: bool = False, augment: str = "light",
@@ -53,6 +53,6 @@ def create_transform(spec: PreprocessSpec, *, train: bool = False, augment: str 
     raise ValueError(f"unknown augmentation preset {augment!r}: none, light or strong")
 
 
-def to_uint8_tensor(image) -> torch.Tensor:  # noqa: ANN001 - a PIL image
+def to_uint8_tensor(image) -> torch.Tensor:
     """PIL RGB image -> uint8 CHW tensor."""
     return v2.functional.pil_to_tensor(image)

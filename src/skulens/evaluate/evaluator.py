@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..data.catalogue import load_catalogue
+from ..data.catalogue import CatalogueError, load_catalogue
 from ..data.splits import Split, prepare_split
 from ..models.card import ModelCard
 from ..models.inference import HeadOutputs, combine_coarse, run_heads
@@ -18,7 +18,7 @@ from .report import write_report
 if TYPE_CHECKING:
     from ..api import Model
 
-__all__ = ["evaluate_outputs", "evaluate_bundle", "baseline_report"]
+__all__ = ["baseline_report", "evaluate_bundle", "evaluate_outputs"]
 
 
 def evaluate_outputs(out: HeadOutputs, split: Split, card: ModelCard,
@@ -41,7 +41,7 @@ def evaluate_outputs(out: HeadOutputs, split: Split, card: ModelCard,
 
 def baseline_report(card: ModelCard, train: Split, val: Split, *, weights: str | None = None,
                     precision: str = "auto", seed: int = 0, progress: bool = True,
-                    backbone=None) -> EvalReport:  # noqa: ANN001
+                    backbone=None) -> EvalReport:
     """Linear probe on the untouched pretrained backbone: the 'before fine-tuning' point."""
     from ..data.transforms import create_transform
     from ..models.backbones import create_backbone
@@ -63,7 +63,7 @@ def evaluate_bundle(model: Model, data: str | os.PathLike, *, split: str = "val"
     cat = load_catalogue(data)
     target = prepare_split(list(cat.split(split)), card, desc=split, progress=progress)
     if not target.images:
-        raise ValueError(f"{split}: no decodable images")
+        raise CatalogueError(f"{split}: no decodable images")
     outputs = run_heads(model.net, target.images, model.transform, device=model.device,
                         precision=model.precision, progress=progress)
     thr = np.asarray(card.attribute_thresholds) if card.attribute_thresholds else None

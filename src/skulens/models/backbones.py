@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["BackboneSpec", "Backbone", "WeightsError", "create_backbone", "available_backbones", "get_spec"]
+__all__ = ["Backbone", "BackboneSpec", "WeightsError", "available_backbones", "create_backbone", "get_spec"]
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +216,7 @@ def create_backbone(
     path: Path | None
     if weights == "random":
         path = None
+        log.warning("%s: random initialisation (weights='random'), no pretrained weights loaded", name)
     elif weights is not None:
         path = Path(weights)
     elif name in _REGISTRY:
@@ -225,6 +226,15 @@ def create_backbone(
             f"backbone {name!r} has no bundled weights here: give a local weights file with --weights PATH "
             "(downloading at run time is not done), or --weights random to train from scratch"
         )
+    return _build(spec, path, keep_head)
+
+
+def create_architecture(name: str, *, image_size: int | None = None) -> Backbone:
+    """The untrained architecture, for loading a bundle whose own weights replace these (no warning)."""
+    return _build(get_spec(name, image_size), None, False)
+
+
+def _build(spec: BackboneSpec, path: Path | None, keep_head: bool) -> Backbone:
     kind = spec.arch.split(":", 1)[0]
     build = _build_timm if kind == "timm" else _build_torchvision
     return build(spec, path, keep_head)

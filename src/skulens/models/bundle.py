@@ -11,11 +11,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .backbones import create_backbone
+from .backbones import create_architecture
 from .card import ModelCard
 from .classifier import SkuModel
 
-__all__ = ["save_bundle", "load_bundle", "build_model", "read_card", "BundleError", "atomic_write_text"]
+__all__ = ["BundleError", "atomic_write_text", "build_model", "load_bundle", "read_card", "save_bundle"]
 
 WEIGHTS = "model.safetensors"
 CARD = "card.json"
@@ -25,10 +25,11 @@ class BundleError(RuntimeError):
     """A bundle directory is missing, incomplete or does not match its card."""
 
 
-def build_model(card: ModelCard, weights: str | None = "random") -> SkuModel:
-    """The architecture a card describes (weights are loaded separately, strictly)."""
-    backbone = create_backbone(card.backbone, weights=weights, image_size=card.input_size)
-    return SkuModel(backbone, card.num_classes, len(card.coarse_classes), len(card.attributes), card.dropout)
+def build_model(card: ModelCard) -> SkuModel:
+    """The architecture a card describes (its weights are loaded separately, strictly)."""
+    backbone = create_architecture(card.backbone, image_size=card.input_size)
+    n_coarse = len(card.coarse_classes) if card.coarse_head else 0
+    return SkuModel(backbone, card.num_classes, n_coarse, len(card.attributes), card.dropout)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -85,6 +86,12 @@ def load_bundle(directory: str | os.PathLike[str], device: str | torch.device = 
         raise BundleError(f"{path}: missing {WEIGHTS}")
     model = build_model(card)
     state = load_file(str(weights))
+    expected = model.state_dict()
+    wrong = [k for k, v in state.items() if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
+    if wrong:
+        k = wrong[0]
+        raise BundleError(f"{weights} does not match its card: {k} has shape {tuple(state[k].shape)}, "
+                          f"the card needs {tuple(expected[k].shape)}")
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise BundleError(

@@ -10,7 +10,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-__all__ = ["ModelCard", "CARD_SCHEMA"]
+__all__ = ["CARD_SCHEMA", "ModelCard"]
 
 CARD_SCHEMA = 1
 
@@ -26,6 +26,7 @@ class ModelCard:
     embedding_dim: int
     coarse_classes: tuple[str, ...] = ()
     fine_to_coarse: tuple[int, ...] = ()  # coarse index of each fine class
+    coarse_head: bool = True  # a trained coarse head exists (else coarse comes from summed fine probs)
     attributes: tuple[str, ...] = ()
     attribute_thresholds: tuple[float, ...] = ()  # chosen on val, per attribute
     coarse_fallback: float = 0.5  # below this fine confidence, predict the coarse class
@@ -44,7 +45,7 @@ class ModelCard:
     @property
     def resize_to(self) -> int:
         """Eval resize of the short side before the centre crop."""
-        return int(round(self.input_size / self.crop_pct))
+        return round(self.input_size / self.crop_pct)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=False)

@@ -11,8 +11,14 @@ import torch
 
 from .classifier import SkuModel
 
-__all__ = ["HeadOutputs", "run_heads", "autocast_context", "resolve_device", "derive_coarse_probs",
-           "combine_coarse"]
+__all__ = [
+    "HeadOutputs",
+    "autocast_context",
+    "combine_coarse",
+    "derive_coarse_probs",
+    "resolve_device",
+    "run_heads",
+]
 
 
 @dataclass(frozen=True)

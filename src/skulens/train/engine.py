@@ -36,7 +36,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .freeze import apply_freeze, train_mode
 from .loggers import RunLogger
 
-__all__ = ["fit", "TrainResult"]
+__all__ = ["TrainResult", "fit"]
 
 log = logging.getLogger(__name__)
 
@@ -100,10 +100,11 @@ def _make_optimizer(cfg: TrainConfig, model: SkuModel, total_steps: int):
         opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                               nesterov=True)
     if cfg.schedule == "onecycle":
-        sched = torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=[g["lr"] for g in groups], total_steps=max(2, total_steps),
-            pct_start=min(0.5, max(0.05, cfg.warmup_epochs / max(1, cfg.epochs))),
-        )
+        # OneCycleLR needs at least 2 warmup and 2 decay steps (it divides by each phase's length - 1).
+        steps = max(4, total_steps)
+        pct = min(0.5, max(2.5 / steps, cfg.warmup_epochs / max(1, cfg.epochs)))
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in groups], total_steps=steps,
+                                                    pct_start=pct)
     else:
         warmup = int(cfg.warmup_epochs / max(1, cfg.epochs) * total_steps)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, total_steps, warmup))
@@ -133,6 +134,7 @@ def _base_card(cfg: TrainConfig, cat: Catalogue, spec, embedding_dim: int) -> Mo
     return ModelCard(
         backbone=cfg.backbone, input_size=spec.input_size, mean=spec.mean, std=spec.std, crop_pct=spec.crop_pct,
         classes=tuple(cat.classes), embedding_dim=embedding_dim, coarse_classes=coarse, fine_to_coarse=f2c,
+        coarse_head=bool(coarse) and cfg.coarse_loss_weight > 0,
         attributes=tuple(cat.attributes) if cfg.attribute_loss_weight > 0 else (),
         coarse_fallback=cfg.coarse_fallback, dropout=cfg.dropout, train_config=config_to_dict(cfg),
         dataset={"path": str(cat.root), "layout": cat.layout, "fingerprint": cat.fingerprint(),
@@ -189,7 +191,7 @@ def fit(cfg: TrainConfig, *, catalogue: Catalogue | None = None, progress: bool 
     elif cfg.baseline and (run_dir / "baseline.json").is_file():
         baseline = _load_report(run_dir / "baseline.json")
 
-    model = SkuModel(backbone, card.num_classes, len(card.coarse_classes) if cfg.coarse_loss_weight > 0 else 0,
+    model = SkuModel(backbone, card.num_classes, len(card.coarse_classes) if card.coarse_head else 0,
                      len(card.attributes), cfg.dropout).to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -349,7 +351,6 @@ def _end_of_epoch(cfg, model, ema, opt, sched, val, card, device, eval_tf, state
     record["selected"] = name if improved else None
     state["history"].append(record)
     state["epoch"] = epoch + 1
-    logger.log(state["step"], record)
     if progress:
         msg = " ".join(f"{k}={v:.4f}" for k, v in results["model"].items())
         ema_msg = (" | ema " + " ".join(f"{k}={v:.4f}" for k, v in results["ema"].items())) if ema else ""
@@ -360,3 +361,5 @@ def _end_of_epoch(cfg, model, ema, opt, sched, val, card, device, eval_tf, state
     if ema is not None:
         ckpt["ema"] = ema.module.state_dict()
     save_checkpoint(run_dir / "checkpoint", ckpt)
+    # Logged after the checkpoint: a kill in between loses this line, a resume never writes it twice.
+    logger.log(state["step"], record)

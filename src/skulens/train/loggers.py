@@ -22,7 +22,7 @@ class RunLogger:
 
                 self._tb = SummaryWriter(str(run_dir / "tensorboard"))
             except ImportError:
-                log.warning("tensorboard is not installed (pip install 'skulens[tensorboard]'); skipping it")
+                log.warning("tensorboard is not installed (pip install tensorboard); skipping it")
         if "mlflow" in loggers:
             try:
                 import mlflow

@@ -1,0 +1,159 @@
+"""Model bundles (model.safetensors + card.json): round trips, validation, atomic replacement."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from skulens.data.decode import decode_image
+from skulens.data.transforms import create_transform, to_uint8_tensor
+from skulens.models.bundle import BundleError, load_bundle, read_card, save_bundle
+from skulens.models.card import CARD_SCHEMA, ModelCard
+from skulens.models.inference import run_heads
+
+
+def _copy_bundle(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _edit_card(bundle: Path, **changes: object) -> None:
+    card = json.loads((bundle / "card.json").read_text(encoding="utf-8"))
+    card.update(changes)
+    (bundle / "card.json").write_text(json.dumps(card), encoding="utf-8")
+
+
+def _inputs(tiny_catalogue: Path, card: ModelCard) -> list[torch.Tensor]:
+    paths = sorted((tiny_catalogue.parent / "val").rglob("*.jpg"))[:4]
+    return [to_uint8_tensor(decode_image(p, reduce_to=card.resize_to)) for p in paths]
+
+
+def _outputs(net: torch.nn.Module, card: ModelCard, images: list[torch.Tensor]):
+    return run_heads(net, images, create_transform(card), device=torch.device("cpu"), precision="off",
+                     embeddings=True)
+
+
+def test_bundle_holds_only_safetensors_and_card(tiny_bundle) -> None:
+    bundle = Path(tiny_bundle.bundle)
+    assert sorted(f.name for f in bundle.iterdir()) == ["card.json", "model.safetensors"]
+    for f in bundle.iterdir():
+        assert b"torch._utils" not in f.read_bytes()  # no pickled tensors anywhere
+    weights = load_file(str(bundle / "model.safetensors"))
+    assert weights["head.weight"].shape[0] == tiny_bundle.card.num_classes == 3
+    card = json.loads((bundle / "card.json").read_text(encoding="utf-8"))
+    assert card["schema"] == CARD_SCHEMA
+    assert sorted(card["classes"]) == ["green-apple", "oat-milk", "red-apple"]
+
+
+def test_card_json_round_trips_through_from_dict(tiny_bundle) -> None:
+    data = json.loads((Path(tiny_bundle.bundle) / "card.json").read_text(encoding="utf-8"))
+    card = ModelCard.from_dict(data)
+    assert card == tiny_bundle.card
+    assert json.loads(card.to_json()) == data
+    assert isinstance(card.classes, tuple) and isinstance(card.mean, tuple)
+    assert card.backbone == "efficientnet_lite0" and card.input_size == 64
+    assert read_card(tiny_bundle.bundle) == card
+    # A path to card.json or model.safetensors inside the bundle names the same bundle.
+    assert read_card(Path(tiny_bundle.bundle) / "model.safetensors") == card
+
+
+def test_card_ignores_unknown_keys_but_keeps_values() -> None:
+    data = json.loads(ModelCard("efficientnet_lite0", 64, (0.5,) * 3, (0.5,) * 3, 0.875, ("a", "b"), 8).to_json())
+    data["from_the_future"] = 1
+    card = ModelCard.from_dict(data)
+    assert card.classes == ("a", "b") and card.num_classes == 2 and card.resize_to == round(64 / 0.875)
+
+
+def test_save_load_round_trip_gives_identical_outputs(tiny_bundle, tiny_catalogue: Path, tmp_path: Path) -> None:
+    net, card = load_bundle(tiny_bundle.bundle)
+    images = _inputs(tiny_catalogue, card)
+    before = _outputs(net, card, images)
+
+    copy = save_bundle(net, card, tmp_path / "copy")
+    net2, card2 = load_bundle(copy)
+    after = _outputs(net2, card2, images)
+
+    assert card2 == card
+    original = load_file(str(Path(tiny_bundle.bundle) / "model.safetensors"))
+    saved = load_file(str(copy / "model.safetensors"))
+    assert original.keys() == saved.keys()
+    assert all(torch.equal(original[k], saved[k]) for k in original)
+    np.testing.assert_array_equal(before.fine, after.fine)
+    np.testing.assert_array_equal(before.embeddings, after.embeddings)
+    np.testing.assert_array_equal(before.attributes, after.attributes)
+    assert before.fine.shape == (len(images), 3)
+
+
+def test_card_without_a_head_the_weights_have_is_rejected(tiny_bundle, tmp_path: Path) -> None:
+    bundle = _copy_bundle(Path(tiny_bundle.bundle), tmp_path / "b")
+    _edit_card(bundle, attributes=[], attribute_thresholds=[])
+    with pytest.raises(BundleError, match=r"does not match its card: missing \[\], unexpected \['attribute_head"):
+        load_bundle(bundle)
+
+
+def test_card_with_a_different_class_count_is_rejected(tiny_bundle, tmp_path: Path) -> None:
+    bundle = _copy_bundle(Path(tiny_bundle.bundle), tmp_path / "b")
+    _edit_card(bundle, classes=[*tiny_bundle.card.classes, "soy-milk"],
+               fine_to_coarse=[*tiny_bundle.card.fine_to_coarse, 1])
+    with pytest.raises(BundleError, match="does not match"):
+        load_bundle(bundle)
+
+
+def test_missing_card_is_a_clear_error(tiny_bundle, tmp_path: Path) -> None:
+    bundle = _copy_bundle(Path(tiny_bundle.bundle), tmp_path / "b")
+    (bundle / "card.json").unlink()
+    with pytest.raises(BundleError, match=r"not a skulens bundle \(no card.json\)"):
+        load_bundle(bundle)
+    with pytest.raises(BundleError, match="no card.json"):
+        load_bundle(tmp_path / "does-not-exist")
+
+
+def test_missing_weights_is_a_clear_error(tiny_bundle, tmp_path: Path) -> None:
+    bundle = _copy_bundle(Path(tiny_bundle.bundle), tmp_path / "b")
+    (bundle / "model.safetensors").unlink()
+    with pytest.raises(BundleError, match="missing model.safetensors"):
+        load_bundle(bundle)
+
+
+def test_newer_card_schema_is_refused(tiny_bundle, tmp_path: Path) -> None:
+    bundle = _copy_bundle(Path(tiny_bundle.bundle), tmp_path / "b")
+    _edit_card(bundle, schema=99)
+    with pytest.raises(BundleError, match="schema 99 is newer"):
+        load_bundle(bundle)
+    with pytest.raises(ValueError, match="schema 99"):
+        ModelCard.from_dict({**json.loads(tiny_bundle.card.to_json()), "schema": 99})
+
+
+def test_malformed_card_is_a_bundle_error(tiny_bundle, tmp_path: Path) -> None:
+    bundle = _copy_bundle(Path(tiny_bundle.bundle), tmp_path / "b")
+    (bundle / "card.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(BundleError, match="invalid card"):
+        read_card(bundle)
+    # Valid JSON, but the required fields are missing.
+    (bundle / "card.json").write_text(json.dumps({"backbone": "efficientnet_lite0"}), encoding="utf-8")
+    with pytest.raises(BundleError, match="invalid card"):
+        read_card(bundle)
+
+
+def test_save_over_existing_bundle_replaces_it_atomically(tiny_bundle, tmp_path: Path) -> None:
+    net, card = load_bundle(tiny_bundle.bundle)
+    target = tmp_path / "models" / "bundle"
+    save_bundle(net, card, target)
+    (target / "stale.txt").write_text("from an older save", encoding="utf-8")
+
+    renamed = card.with_(classes=("a", "b", "c"), metrics={"top1": 0.5})
+    out = save_bundle(net, renamed, target)
+
+    assert out == target
+    assert sorted(f.name for f in target.iterdir()) == ["card.json", "model.safetensors"]
+    assert read_card(target).classes == ("a", "b", "c")
+    # No temp dir (".bundle.xxxx") or old copy (".bundle.old") is left beside it.
+    assert sorted(p.name for p in target.parent.iterdir()) == ["bundle"]
+    _, loaded = load_bundle(target)
+    assert loaded.metrics == {"top1": 0.5}

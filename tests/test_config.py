@@ -1,0 +1,136 @@
+"""Tests for skulens.config and the `skulens train` flags built from it: validation, coercion, files."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from skulens.config import ConfigError, TrainConfig, load_config, resolve_config
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_defaults_resolve_unchanged() -> None:
+    assert resolve_config() == TrainConfig()
+    assert resolve_config({"epochs": 3}).epochs == 3
+
+
+def test_unknown_key_is_named() -> None:
+    with pytest.raises(ConfigError, match="lerning_rate"):
+        resolve_config({"lerning_rate": 0.1, "epochs": 2})
+
+
+def test_bad_literal_lists_the_choices() -> None:
+    with pytest.raises(ConfigError, match=r"freeze: 'bogus' is not one of full, head, partial, gradual"):
+        resolve_config({"freeze": "bogus"})
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("lr", 0, "lr: must be > 0"),
+    ("epochs", 0, "epochs: must be > 0"),
+    ("dropout", 1.2, "dropout: 1.2 is outside"),
+    ("image_size", 5, "image_size: 5 is outside 16..2048"),
+    ("train_image_size", 4096, "train_image_size: 4096 is outside"),
+    ("label_smoothing", 1.0, "label_smoothing"),
+    ("monitor", "loss", "monitor: 'loss'"),
+    ("loggers", "tensorboard,comet", "comet"),
+    ("epochs", 2.5, "epochs: 2.5 is not a valid int"),
+    ("batch_size", "many", "batch_size: 'many' is not a valid int"),
+    ("ema", "maybe", "ema: 'maybe' is not a valid bool"),
+    ("epochs", None, "epochs: may not be null"),
+])
+def test_bad_values_raise(key: str, value: object, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        resolve_config({key: value})
+
+
+def test_cli_strings_are_coerced() -> None:
+    cfg = resolve_config({"ema": "false", "channels_last": "true", "epochs": "3", "lr": "2e-4",
+                          "max_steps": "none", "image_size": "null", "weights": "None",
+                          "loggers": "tensorboard, mlflow", "trainable_stages": 4.0})
+    assert cfg.ema is False and cfg.channels_last is True
+    assert cfg.epochs == 3 and isinstance(cfg.epochs, int)
+    assert cfg.lr == pytest.approx(2e-4)
+    assert cfg.max_steps is None and cfg.image_size is None and cfg.weights is None
+    assert cfg.loggers == ("tensorboard", "mlflow")
+    assert cfg.trainable_stages == 4 and isinstance(cfg.trainable_stages, int)
+    assert resolve_config({"max_steps": "7"}).max_steps == 7
+    assert resolve_config({"loggers": ""}).loggers == ()
+    assert resolve_config({"loggers": ["wandb"]}).loggers == ("wandb",)
+
+
+def test_overrides_apply_on_a_base() -> None:
+    base = resolve_config({"epochs": 9, "lr": 0.01})
+    cfg = resolve_config({"lr": 0.02}, base=base)
+    assert (cfg.epochs, cfg.lr) == (9, 0.02)
+
+
+def test_load_yaml_and_toml(tmp_path: Path) -> None:
+    y = tmp_path / "run.yaml"
+    y.write_text("epochs: 4\nfreeze: head\nloggers: [mlflow]\nmax_steps: null\n", encoding="utf-8")
+    t = tmp_path / "run.toml"
+    t.write_text('epochs = 5\noptimizer = "sgd"\nlr = 0.05\nema = false\n', encoding="utf-8")
+    from_yaml = resolve_config(load_config(y))
+    assert (from_yaml.epochs, from_yaml.freeze, from_yaml.loggers, from_yaml.max_steps) == (4, "head", ("mlflow",), None)
+    from_toml = resolve_config(load_config(t))
+    assert (from_toml.epochs, from_toml.optimizer, from_toml.lr, from_toml.ema) == (5, "sgd", 0.05, False)
+
+
+def test_empty_yaml_is_no_overrides(tmp_path: Path) -> None:
+    p = tmp_path / "empty.yaml"
+    p.write_text("", encoding="utf-8")
+    assert load_config(p) == {}
+
+
+@pytest.mark.parametrize(("name", "text", "message"), [
+    ("list.yaml", "- epochs\n- 3\n", "expected a mapping"),
+    ("scalar.yml", "just a string\n", "expected a mapping"),
+    ("broken.yaml", "epochs: [3\n", "cannot parse config"),
+    ("broken.toml", "epochs = \n", "cannot parse config"),
+])
+def test_bad_config_files(tmp_path: Path, name: str, text: str, message: str) -> None:
+    p = tmp_path / name
+    p.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError, match=message):
+        load_config(p)
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_unknown_key_in_file_is_an_error(tmp_path: Path) -> None:
+    p = tmp_path / "typo.yaml"
+    p.write_text("epoch: 3\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="epoch"):
+        resolve_config(load_config(p))
+
+
+def test_train_help_lists_config_flags() -> None:
+    r = _run("-m", "skulens.cli", "train", "--help")
+    assert r.returncode == 0, r.stderr
+    for flag in ("--freeze", "--trainable-stages", "--max-steps", "--resume", "--no-ema", "--config"):
+        assert flag in r.stdout
+
+
+def test_cli_import_does_not_import_torch() -> None:
+    r = _run("-c", "import skulens.cli, sys; assert 'torch' not in sys.modules, 'torch imported'")
+    assert r.returncode == 0, r.stderr
+
+
+def test_unknown_cli_flag_fails() -> None:
+    r = _run("-m", "skulens.cli", "train", "--bogus-flag")
+    assert r.returncode != 0
+    assert "--bogus-flag" in r.stderr
+
+
+def test_bad_cli_choice_fails() -> None:
+    r = _run("-m", "skulens.cli", "train", "--freeze", "bogus")
+    assert r.returncode != 0
+    assert "bogus" in r.stderr

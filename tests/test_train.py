@@ -1,0 +1,421 @@
+"""Tests for the fine-tuning engine (skulens.train): real Lite0 weights on tiny synthetic catalogues.
+
+Runs are kept to a few optimizer steps at 64 px; the one longer fine-tune is conftest's `tiny_bundle`.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+import skulens
+from conftest import TINY, grocery_path, write_catalogue
+from skulens.api import train
+from skulens.config import ConfigError, config_to_dict, resolve_config
+from skulens.models.backbones import WeightsError, create_backbone
+from skulens.models.classifier import SkuModel
+from skulens.train.checkpoint import save_checkpoint
+from skulens.train.freeze import apply_freeze, train_mode
+
+STEM = "backbone.body.conv_stem.weight"
+LATE = "backbone.body.blocks.6.0.conv_pw.weight"
+HEAD = "backbone.body.conv_head.weight"
+
+
+def _smoke(data: Path, out: Path, **overrides: object):
+    """A 2-step, 1-epoch run with the tiny settings."""
+    cfg = {**TINY, "epochs": 1, "max_steps": 2, **overrides}
+    return train(data, out=str(out), progress=False, **cfg)
+
+
+def _bundle_weights(result) -> dict[str, torch.Tensor]:
+    return load_file(str(result.bundle / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def pretrained() -> dict[str, torch.Tensor]:
+    """The bundled Lite0 ImageNet weights, keyed as they appear in a bundle."""
+    return {f"backbone.{k}": v for k, v in create_backbone("efficientnet_lite0").state_dict().items()}
+
+
+@pytest.fixture()
+def lite0_model() -> SkuModel:
+    torch.manual_seed(0)
+    return SkuModel(create_backbone("efficientnet_lite0", image_size=64), 3, 2, 4, 0.2)
+
+
+def test_skulens_train_stays_callable() -> None:
+    import skulens.train.engine
+
+    with pytest.raises(ConfigError, match="not_a_key"):
+        skulens.train(not_a_key=1)
+
+
+# --- the tiny fine-tune and everything it writes ---------------------------------------------------
+
+
+def test_tiny_run_learns(tiny_bundle) -> None:
+    r = tiny_bundle
+    assert r.report.top1 >= 0.8, r.history
+    assert r.epochs_run == 4
+    assert 1 <= r.best_epoch <= 4
+    assert r.skipped == ()
+    assert [h["epoch"] for h in r.history] == [1, 2, 3, 4]
+    best = max(h["val_top1"] for h in r.history)
+    assert r.history[r.best_epoch - 1]["val_top1"] == best  # selection follows the monitored metric
+
+
+def test_card_describes_the_run(tiny_bundle, tiny_catalogue: Path) -> None:
+    card = tiny_bundle.card
+    assert card.classes == ("green-apple", "oat-milk", "red-apple")
+    assert card.coarse_classes == ("Apple", "Milk")
+    assert [card.coarse_classes[i] for i in card.fine_to_coarse] == ["Apple", "Milk", "Apple"]
+    assert set(card.attributes) >= {"lactose_free"} and len(card.attributes) >= 2
+    assert len(card.attribute_thresholds) == len(card.attributes)
+    assert all(0.0 <= t <= 1.0 for t in card.attribute_thresholds)
+    assert card.backbone == "efficientnet_lite0" and card.input_size == 64
+    assert card.mean == card.std == (0.5, 0.5, 0.5)
+    assert card.train_config["lr"] == pytest.approx(3e-3) and card.train_config["epochs"] == 4
+    assert card.train_config["data"] == str(tiny_catalogue)
+    assert len(card.dataset["fingerprint"]) == 16
+    assert card.dataset["sizes"] == {"train": 24, "val": 9}
+    assert card.metrics["top1"] == pytest.approx(tiny_bundle.report.top1)
+    assert card.metrics["best_epoch"] == tiny_bundle.best_epoch
+    # The card on disk is the same card.
+    on_disk = json.loads((tiny_bundle.bundle / "card.json").read_text(encoding="utf-8"))
+    assert on_disk["classes"] == list(card.classes) and on_disk["metrics"]["top1"] == pytest.approx(card.metrics["top1"])
+
+
+def test_run_dir_layout(tiny_bundle) -> None:
+    run = tiny_bundle.run_dir
+    cfg = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+    assert cfg["lr"] == pytest.approx(3e-3) and cfg["image_size"] == 64 and cfg["loggers"] == []
+    assert resolve_config(cfg).epochs == 4  # the resolved config is itself a valid config
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [x["epoch"] for x in lines] == [1, 2, 3, 4]
+    assert [x["step"] for x in lines] == [3, 6, 9, 12]  # 24 train images / batch 8
+    report = json.loads((run / "report" / "report.json").read_text(encoding="utf-8"))
+    assert report["summary"]["top1"] == pytest.approx(tiny_bundle.report.top1)
+    assert (run / "report" / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert tiny_bundle.bundle == run / "bundle"
+    assert sorted(p.name for p in tiny_bundle.bundle.iterdir()) == ["card.json", "model.safetensors"]
+    assert not (run / "checkpoint").exists()
+    assert not (run / "skipped_images.tsv").exists()
+
+
+def test_bundle_predicts_val_images(tiny_bundle, tiny_catalogue: Path) -> None:
+    model = skulens.load(tiny_bundle.bundle, device="cpu")
+    files = sorted(glob.glob(str(tiny_catalogue.parent / "val" / "*" / "*.jpg")))
+    preds = model.predict(files)
+    truth = [Path(f).parent.name for f in files]
+    accuracy = np.mean([p.fine_label == t for p, t in zip(preds, truth, strict=True)])
+    assert accuracy == pytest.approx(tiny_bundle.report.top1, abs=1e-6)
+
+
+# --- freezing --------------------------------------------------------------------------------------
+
+
+def test_freeze_head_keeps_the_backbone(tiny_catalogue: Path, tmp_path: Path, pretrained) -> None:
+    r = _smoke(tiny_catalogue, tmp_path / "head", freeze="head")
+    w = _bundle_weights(r)
+    changed = [k for k in pretrained if not torch.equal(w[k], pretrained[k])]
+    assert changed == []  # weights and BatchNorm running statistics alike
+    # The heads trained: compare with the same seeded initialisation the engine made.
+    torch.manual_seed(0)
+    init = SkuModel(create_backbone("efficientnet_lite0", image_size=64), 3, len(r.card.coarse_classes),
+                    len(r.card.attributes), 0.2).state_dict()
+    for k in ("head.weight", "coarse_head.weight", "attribute_head.weight"):
+        diff = (w[k] - init[k]).abs().max().item()
+        assert 0 < diff < 5e-3, (k, diff)  # moved a little: a few small steps from the same start
+
+
+def test_freeze_partial_trains_only_late_stages(tiny_catalogue: Path, tmp_path: Path, pretrained) -> None:
+    w = _bundle_weights(_smoke(tiny_catalogue, tmp_path / "partial", freeze="partial", trainable_stages=2))
+    assert torch.equal(w[STEM], pretrained[STEM])
+    assert torch.equal(w["backbone.body.blocks.5.0.conv_pw.weight"], pretrained["backbone.body.blocks.5.0.conv_pw.weight"])
+    assert torch.equal(w["backbone.body.bn1.running_mean"], pretrained["backbone.body.bn1.running_mean"])
+    assert not torch.equal(w[LATE], pretrained[LATE])
+    assert not torch.equal(w[HEAD], pretrained[HEAD])
+
+
+def test_freeze_full_trains_the_stem(tiny_catalogue: Path, tmp_path: Path, pretrained) -> None:
+    w = _bundle_weights(_smoke(tiny_catalogue, tmp_path / "full", freeze="full"))
+    assert not torch.equal(w[STEM], pretrained[STEM])
+    assert not torch.equal(w[LATE], pretrained[LATE])
+
+
+def _grad_flags(model: SkuModel) -> tuple[set[bool], set[bool]]:
+    backbone = {p.requires_grad for p in model.backbone.parameters()}
+    heads = {p.requires_grad for h in model.heads() for p in h.parameters()}
+    return backbone, heads
+
+
+def test_apply_freeze_flags(lite0_model: SkuModel) -> None:
+    m = lite0_model
+    stages = m.backbone.stages()
+    assert len(stages) == 9  # stem, 7 blocks, head conv: what trainable_stages counts
+    assert sum(p.numel() for s in stages for p in s.parameters()) == sum(p.numel() for p in m.backbone.parameters())
+
+    frozen = apply_freeze(m, "gradual", head_only=True)
+    assert _grad_flags(m) == ({False}, {True}) and len(frozen) == 9
+    frozen = apply_freeze(m, "gradual", head_only=False)
+    assert _grad_flags(m) == ({True}, {True}) and frozen == []
+    apply_freeze(m, "head")
+    assert _grad_flags(m) == ({False}, {True})
+    apply_freeze(m, "full")
+    assert _grad_flags(m) == ({True}, {True})
+
+    frozen = apply_freeze(m, "partial", 2)
+    assert len(frozen) == 7
+    assert not m.backbone.body.conv_stem.weight.requires_grad
+    assert not m.backbone.body.blocks[5][0].conv_pw.weight.requires_grad
+    assert m.backbone.body.blocks[6][0].conv_pw.weight.requires_grad
+    assert m.backbone.body.conv_head.weight.requires_grad
+    assert len(apply_freeze(m, "partial", 0)) == 9 and len(apply_freeze(m, "partial", 99)) == 0
+    with pytest.raises(ValueError, match="bogus"):
+        apply_freeze(m, "bogus")
+
+
+def test_train_mode_keeps_frozen_batchnorm_stats(lite0_model: SkuModel) -> None:
+    m = lite0_model
+    frozen = apply_freeze(m, "partial", 2)
+    body = m.backbone.body
+    before = {n: b.clone() for n, b in m.named_buffers() if "running_mean" in n}
+    train_mode(m, frozen)
+    assert m.training and m.head.training and m.dropout.training
+    assert not body.bn1.training and not body.blocks[0].training
+    assert body.blocks[6].training and body.bn2.training
+    with torch.no_grad():
+        m(torch.randn(4, 3, 64, 64))
+    after = dict(m.named_buffers())
+    assert torch.equal(after["backbone.body.bn1.running_mean"], before["backbone.body.bn1.running_mean"])
+    assert torch.equal(after["backbone.body.blocks.5.0.bn1.running_mean"],
+                       before["backbone.body.blocks.5.0.bn1.running_mean"])
+    assert not torch.equal(after["backbone.body.bn2.running_mean"], before["backbone.body.bn2.running_mean"])
+
+
+# --- optimiser options, early stopping ------------------------------------------------------------
+
+
+def test_sgd_onecycle_and_loss_options(tiny_catalogue: Path, tmp_path: Path) -> None:
+    # 3 steps: see test_onecycle_schedules_of_any_length for the 2-step case.
+    r = _smoke(tiny_catalogue, tmp_path / "opts", optimizer="sgd", schedule="onecycle", class_weights="balanced",
+               label_smoothing=0.2, dropout=0.3, max_steps=3)
+    assert r.epochs_run == 1 and len(r.history) == 1
+    assert json.loads((r.run_dir / "metrics.jsonl").read_text(encoding="utf-8"))["step"] == 3
+    assert np.isfinite(r.history[0]["train_loss"])
+    cfg = yaml.safe_load((r.run_dir / "config.yaml").read_text(encoding="utf-8"))
+    assert (cfg["optimizer"], cfg["schedule"], cfg["class_weights"]) == ("sgd", "onecycle", "balanced")
+    assert cfg["label_smoothing"] == pytest.approx(0.2) and cfg["dropout"] == pytest.approx(0.3)
+    assert r.card.dropout == pytest.approx(0.3) and r.card.train_config["optimizer"] == "sgd"
+
+
+class _TwoGroups(torch.nn.Module):
+    """The two parameter groups _make_optimizer builds: backbone and heads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = torch.nn.Linear(2, 2)
+        self.head = torch.nn.Linear(2, 2)
+
+    def heads(self) -> list[torch.nn.Module]:
+        return [self.head]
+
+
+@pytest.mark.parametrize(("optimizer", "schedule", "epochs", "total"), [
+    ("sgd", "onecycle", 1, 3),
+    ("adamw", "onecycle", 7, 70),
+    ("sgd", "cosine", 1, 2),
+    ("adamw", "constant", 3, 9),
+    ("sgd", "onecycle", 1, 2),  # `--max-steps 2 --epochs 1`
+    ("adamw", "onecycle", 10, 10),  # 10 epochs of one step
+])
+def test_onecycle_schedules_of_any_length(optimizer: str, schedule: str, epochs: int, total: int) -> None:
+    from skulens.train.engine import _make_optimizer
+
+    cfg = resolve_config({"optimizer": optimizer, "schedule": schedule, "epochs": epochs, "lr": 0.1})
+    model = _TwoGroups()
+    opt, sched = _make_optimizer(cfg, model, total)
+    assert isinstance(opt, torch.optim.SGD if optimizer == "sgd" else torch.optim.AdamW)
+    head_lrs = []
+    for _ in range(total):
+        head_lrs.append(opt.param_groups[1]["lr"])
+        assert opt.param_groups[0]["lr"] == pytest.approx(head_lrs[-1] * cfg.backbone_lr_mult)
+        opt.step()
+        sched.step()
+    assert all(0 < lr <= 0.1 * (1 + 1e-6) for lr in head_lrs)
+    if total >= 50:
+        assert max(head_lrs) == pytest.approx(0.1, rel=0.05)  # the schedule reaches its peak
+
+
+def test_balanced_class_weights() -> None:
+    from skulens.train.engine import _class_weights
+
+    w = _class_weights(resolve_config({"class_weights": "balanced"}), torch.tensor([0, 0, 1, 2]), 3)
+    assert torch.allclose(w, torch.tensor([2 / 3, 4 / 3, 4 / 3]))
+    assert _class_weights(resolve_config(), torch.tensor([0, 1]), 2) is None
+
+
+def test_early_stopping(tiny_catalogue: Path, tmp_path: Path) -> None:
+    # Frozen backbone and an LR of 1e-9: val accuracy cannot improve after epoch 1.
+    cfg = {**TINY, "epochs": 6, "patience": 1, "lr": 1e-9, "freeze": "head"}
+    r = train(tiny_catalogue, out=str(tmp_path / "es"), progress=False, **cfg)
+    assert r.epochs_run == 2
+    assert [h["epoch"] for h in r.history] == [1, 2]
+    assert r.best_epoch == 1
+    assert r.history[0]["selected"] == "model" and r.history[1]["selected"] is None
+
+
+# --- run directories and resuming -----------------------------------------------------------------
+
+
+def test_existing_run_dir_needs_resume(tiny_bundle, tiny_catalogue: Path) -> None:
+    with pytest.raises(ConfigError, match="--resume"):
+        train(tiny_catalogue, out=str(tiny_bundle.run_dir), progress=False, **TINY)
+
+
+def test_resume_with_a_different_config_is_refused(tiny_catalogue: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    old = resolve_config({**TINY, "data": str(tiny_catalogue), "out": str(out), "lr": 0.01})
+    save_checkpoint(out / "checkpoint", {"config": config_to_dict(old), "model": {}, "state": {}})
+    with pytest.raises(ConfigError, match="different config"):
+        train(tiny_catalogue, out=str(out), progress=False, resume=True, **{**TINY, "lr": 0.02})
+
+
+def _cli_train(manifest: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "skulens.cli", "train", "--data", str(manifest), "--out", str(out), "-q",
+            "--backbone", "efficientnet_lite0", "--image-size", "64", "--train-image-size", "64",
+            "--batch-size", "8", "--no-baseline", "--no-ema", "--loggers", "", "--epochs", "4", *extra]
+
+
+@pytest.mark.timeout(600)
+def test_kill_and_resume(tiny_catalogue: Path, tmp_path: Path) -> None:
+    out = tmp_path / "killed"
+    state = out / "checkpoint" / "state.json"
+    proc = subprocess.Popen(_cli_train(tiny_catalogue, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    try:
+        while not state.is_file():
+            assert proc.poll() is None, f"training exited early: {proc.stderr.read().decode()}"
+            assert time.monotonic() < deadline, "no checkpoint within 300 s"
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stderr.close()
+    assert not (out / "report").exists()
+    epochs_done = len((out / "metrics.jsonl").read_text(encoding="utf-8").splitlines())
+    assert 1 <= epochs_done < 4
+
+    refused = subprocess.run(_cli_train(tiny_catalogue, out, "--resume", "--lr", "0.5"), capture_output=True,
+                             text=True, timeout=300, check=False)
+    assert refused.returncode == 2 and "different config" in refused.stderr
+
+    done = subprocess.run(_cli_train(tiny_catalogue, out, "--resume"), capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [x["epoch"] for x in lines] == [1, 2, 3, 4]
+    assert [x["step"] for x in lines] == [3, 6, 9, 12]  # the step count continued too
+    report = json.loads((out / "report" / "report.json").read_text(encoding="utf-8"))
+    assert [h["epoch"] for h in report["extra"]["history"]] == [1, 2, 3, 4]
+    assert not (out / "checkpoint").exists()
+    card = json.loads((out / "bundle" / "card.json").read_text(encoding="utf-8"))
+    assert card["metrics"]["resumed"] is True
+
+    model = skulens.load(out / "bundle", device="cpu")
+    val = sorted(glob.glob(str(tiny_catalogue.parent / "val" / "*" / "*.jpg")))
+    pred = model.predict(val[:1])[0]
+    assert pred.level != "error" and pred.fine_label in model.classes
+    assert 0.0 < pred.fine_confidence <= 1.0
+
+
+# --- bad data and weights -------------------------------------------------------------------------
+
+
+def test_bad_training_images_are_skipped(tmp_path: Path) -> None:
+    manifest = write_catalogue(tmp_path / "cat", n_train=4, n_val=2)
+    train = tmp_path / "cat" / "train"
+    not_image = train / "red-apple" / "red-apple_000.jpg"
+    truncated = train / "green-apple" / "green-apple_001.jpg"
+    empty = train / "oat-milk" / "oat-milk_002.jpg"
+    not_image.write_bytes(b"not an image")
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
+    empty.write_bytes(b"")
+    r = _smoke(manifest, tmp_path / "run")
+    bad = {str(p.resolve()) for p in (not_image, truncated, empty)}
+    assert {str(Path(p).resolve()) for p, _ in r.skipped} == bad and len(r.skipped) == 3
+    reasons = {str(Path(p).resolve()): why for p, why in r.skipped}
+    assert "empty" in reasons[str(empty.resolve())]
+    assert "not an image" in reasons[str(not_image.resolve())]
+    rows = (r.run_dir / "skipped_images.tsv").read_text(encoding="utf-8").splitlines()
+    assert len(rows) == 3
+    assert {str(Path(row.split("\t")[0]).resolve()) for row in rows} == bad
+    assert r.card.dataset["sizes"]["train"] == 12  # the catalogue lists them; training skipped them
+    # 9 decodable images, batch 8, drop_last: one step.
+    assert json.loads((r.run_dir / "metrics.jsonl").read_text(encoding="utf-8"))["step"] == 1
+
+
+def test_unbundled_backbone_needs_weights() -> None:
+    with pytest.raises(WeightsError, match="--weights"):
+        create_backbone("timm:resnet18")
+
+
+def test_random_weights_are_explicit() -> None:
+    bb = create_backbone("timm:resnet18", weights="random").eval()
+    assert bb.num_features == 512 and bb.spec.input_size == 224
+    with torch.no_grad():
+        assert bb(torch.randn(2, 3, 64, 64)).shape == (2, 512)
+
+
+def test_missing_weights_file(tmp_path: Path) -> None:
+    with pytest.raises(WeightsError, match="not found"):
+        create_backbone("timm:resnet18", weights=tmp_path / "nope.safetensors")
+
+
+def test_unknown_backbone_name() -> None:
+    with pytest.raises(WeightsError, match="efficientnet_lite0"):
+        create_backbone("resnet_9000")
+
+
+# --- the Lite0 / Lite2 weight mapping against ImageNet on real photos ------------------------------
+
+
+def _imagenet_class(name: str, path: Path, size: int) -> int:
+    from PIL import Image
+
+    net = create_backbone(name, keep_head=True).eval()
+    img = Image.open(path).convert("RGB").resize((size, size), Image.BICUBIC)
+    x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+    x = (x - 0.5) / 0.5
+    with torch.no_grad():
+        return int(net.body(x).argmax(1))
+
+
+@pytest.mark.dataset
+@pytest.mark.parametrize(("name", "size", "stem", "imagenet"), [
+    ("efficientnet_lite0", 224, "Banana_001", 954),
+    ("efficientnet_lite0", 224, "Granny-Smith_001", 948),
+    ("efficientnet_lite0", 224, "Pineapple_001", 953),
+    ("efficientnet_lite2", 260, "Banana_001", 954),
+])
+def test_pretrained_weights_map_to_imagenet(name: str, size: int, stem: str, imagenet: int) -> None:
+    root = grocery_path()
+    if root is None:
+        pytest.skip("grocery-store dataset not found")
+    found = glob.glob(str(root / "train" / "**" / f"{stem}.jpg"), recursive=True)
+    assert len(found) == 1, found
+    assert _imagenet_class(name, Path(found[0]), size) == imagenet
