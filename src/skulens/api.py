@@ -20,7 +20,7 @@ from .data.transforms import create_transform, to_uint8_tensor
 from .evaluate.metrics import EvalReport
 from .models.bundle import load_bundle
 from .models.card import ModelCard
-from .models.inference import combine_coarse, resolve_device, run_heads
+from .models.inference import HeadOutputs, Runner, TorchRunner, combine_coarse, resolve_device
 
 __all__ = ["ImageInput", "Model", "Prediction", "load", "train"]
 
@@ -74,15 +74,31 @@ def _decide(card: ModelCard, fine: np.ndarray, coarse: np.ndarray | None, attrs:
 
 
 class Model:
-    """A loaded bundle: classify, embed and evaluate images with the preprocessing it was trained with."""
+    """A loaded bundle: classify, embed and evaluate images with the preprocessing it was trained with.
 
-    def __init__(self, net: torch.nn.Module, card: ModelCard, device: torch.device, precision: str = "auto"):
+    `runner` computes the heads for decoded images; PyTorch by default, ONNX Runtime with
+    `skulens.load(bundle, backend="onnx")`. Everything else (decoding, decisions, reports) is shared.
+    """
+
+    def __init__(self, net: torch.nn.Module | None, card: ModelCard, device: torch.device,
+                 precision: str = "auto", runner: Runner | None = None):
         self.net, self.card, self.device, self.precision = net, card, device, precision
         self.transform = create_transform(card)
+        if runner is None:
+            if net is None:
+                raise ValueError("Model needs a network or a runner")
+            runner = TorchRunner(net, device, precision)
+        self.runner = runner
 
     @property
     def classes(self) -> tuple[str, ...]:
         return self.card.classes
+
+    def run(self, images: Sequence[torch.Tensor], *, embeddings: bool = False, batch_size: int = 32,
+            progress: bool = False) -> HeadOutputs:
+        """Head outputs for decoded uint8 CHW images (the card's preprocessing is applied here)."""
+        return self.runner(images, self.transform, batch_size=batch_size, embeddings=embeddings,
+                           progress=progress)
 
     def _decode(self, images: Sequence[ImageInput]) -> tuple[list[torch.Tensor], list[int], list[tuple[int, str]]]:
         tensors, ok, failed = [], [], []
@@ -104,8 +120,7 @@ class Model:
         for i, reason in failed:
             results[i] = Prediction(names[i], None, "error", 0.0, error=reason)
         if tensors:
-            out = run_heads(self.net, tensors, self.transform, batch_size=batch_size, device=self.device,
-                            precision=self.precision, progress=progress)
+            out = self.run(tensors, batch_size=batch_size, progress=progress)
             coarse = combine_coarse(out.fine, out.coarse_head, self.card.fine_to_coarse, len(self.card.coarse_classes))
             for row, i in enumerate(ok):
                 results[i] = _decide(self.card, out.fine[row], None if coarse is None else coarse[row],
@@ -119,8 +134,7 @@ class Model:
         if failed:
             i, reason = failed[0]
             raise ImageDecodeError(_name(images[i], i), reason)
-        out = run_heads(self.net, tensors, self.transform, batch_size=batch_size, device=self.device,
-                        precision=self.precision, embeddings=True, progress=progress)
+        out = self.run(tensors, batch_size=batch_size, embeddings=True, progress=progress)
         return out.embeddings if out.embeddings is not None else np.zeros((0, self.card.embedding_dim))
 
     def evaluate(self, data: str | os.PathLike, *, split: str = "val", out: str | os.PathLike | None = None,
@@ -136,12 +150,21 @@ def _name(im: ImageInput, i: int) -> str:
     return f"<image {i}>"
 
 
-def load(bundle: str | os.PathLike, *, device: str = "auto", precision: str = "auto") -> Model:
-    """Load a model bundle (model.safetensors + card.json); never unpickles."""
+def load(bundle: str | os.PathLike, *, device: str = "auto", precision: str = "auto",
+         backend: str = "torch") -> Model:
+    """Load a model bundle (model.safetensors + card.json; never unpickles).
+
+    backend "onnx" runs the bundle's exported `model.onnx` (see `skulens export`) with ONNX Runtime.
+    """
+    if backend == "onnx":
+        from .deploy.onnx import load_onnx
+
+        return load_onnx(bundle)
+    if backend != "torch":
+        raise ValueError(f"unknown backend {backend!r}: torch or onnx")
     dev = resolve_device(device)
     net, card = load_bundle(bundle, dev)
-    if dev.type == "cpu" or dev.type == "cuda":
-        net.to(memory_format=torch.channels_last)
+    net.to(memory_format=torch.channels_last)
     return Model(net, card, dev, precision)
 
 

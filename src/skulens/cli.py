@@ -124,7 +124,7 @@ def cmd_evaluate(ns: argparse.Namespace) -> int:
     from .api import load
     from .evaluate.report import format_summary
 
-    model = load(ns.bundle, device=ns.device)
+    model = load(ns.bundle, device=ns.device, backend=ns.backend)
     data = _resolve_data(ns.data)
     report = model.evaluate(data, split=ns.split, out=ns.out, baseline=ns.baseline, progress=not ns.quiet)
     _print(format_summary(report))
@@ -153,7 +153,7 @@ def cmd_predict(ns: argparse.Namespace) -> int:
     files = _expand_inputs(ns.inputs)
     if not files:
         raise SystemExit("skulens predict: no input images")
-    model = load(ns.bundle, device=ns.device)
+    model = load(ns.bundle, device=ns.device, backend=ns.backend)
     preds = model.predict(files, top_k=ns.top_k, min_confidence=ns.min_confidence, batch_size=ns.batch_size,
                           progress=not ns.quiet and len(files) > ns.batch_size)
     # One context manager for a file or stdout (stdout must not be closed).
@@ -178,6 +178,29 @@ def cmd_predict(ns: argparse.Namespace) -> int:
     if errors:
         _print(f"skulens predict: {errors} of {len(preds)} image(s) could not be read (see their 'error')")
     return 1 if errors == len(preds) else 0
+
+
+def cmd_export(ns: argparse.Namespace) -> int:
+    from .deploy.onnx import export_onnx, export_torchscript
+
+    path = export_onnx(ns.bundle, ns.output) if ns.format == "onnx" else export_torchscript(ns.bundle, ns.output)
+    size = path.stat().st_size / 1e6
+    _print(f"exported {ns.format}: {path} ({size:.1f} MB); preprocessing and labels are in its metadata")
+    return 0
+
+
+def cmd_explain(ns: argparse.Namespace) -> int:
+    from .api import load
+    from .evaluate.explain import explain, overlay
+
+    model = load(ns.bundle, device=ns.device)
+    exp = explain(model, ns.image, target=ns.target)
+    out = Path(ns.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    overlay(exp).save(out)
+    print(json.dumps({"image": ns.image, "label": exp.label, "confidence": round(exp.confidence, 6),
+                      "overlay": str(out)}))
+    return 0
 
 
 def cmd_info(ns: argparse.Namespace) -> int:
@@ -241,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True, help="report directory")
     e.add_argument("--baseline", action="store_true", help="also evaluate the linear probe on the pretrained backbone")
     e.add_argument("--device", default="auto")
+    e.add_argument("--backend", choices=("torch", "onnx"), default="torch", help="onnx: the bundle's model.onnx")
     e.add_argument("-q", "--quiet", action="store_true")
     e.set_defaults(func=cmd_evaluate)
 
@@ -253,8 +277,24 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("-o", "--output", help="write here instead of stdout")
     pr.add_argument("--batch-size", type=int, default=32)
     pr.add_argument("--device", default="auto")
+    pr.add_argument("--backend", choices=("torch", "onnx"), default="torch",
+                    help="onnx: run the bundle's model.onnx (or a .onnx file) with ONNX Runtime")
     pr.add_argument("-q", "--quiet", action="store_true")
     pr.set_defaults(func=cmd_predict)
+
+    x = sub.add_parser("export", help="export a bundle to ONNX or TorchScript (card embedded)")
+    x.add_argument("bundle")
+    x.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    x.add_argument("-o", "--output", help="file to write (default: inside the bundle)")
+    x.set_defaults(func=cmd_export)
+
+    ex = sub.add_parser("explain", help="Grad-CAM heatmap of a prediction, blended over the photo")
+    ex.add_argument("bundle")
+    ex.add_argument("image")
+    ex.add_argument("-o", "--output", default="explanation.png", help="overlay PNG to write")
+    ex.add_argument("--target", help="class to explain (default: the predicted one)")
+    ex.add_argument("--device", default="auto")
+    ex.set_defaults(func=cmd_explain)
 
     i = sub.add_parser("info", help="show a bundle's card")
     i.add_argument("bundle")

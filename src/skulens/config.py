@@ -38,9 +38,11 @@ class TrainConfig:
     out: str = "runs/skulens"  # run directory (checkpoints, logs, bundle)
     backbone: str = "efficientnet_lite2"  # registry name, "timm:<arch>" or "torchvision:<arch>"
     weights: str | None = None  # local weights file; default: the weights bundled for the backbone
-    image_size: int | None = None  # eval/serving size; None: the size the backbone's weights were trained at
-    train_image_size: int | None = 224  # training crop size; smaller than image_size trains faster (FixRes)
-    epochs: int = 7
+    # 224: measured on grocery val, Lite2 fine-tuned at 224 scores the same at 224 as at its native 260,
+    # and inference is 1.35x cheaper. None: the size the backbone's weights were trained at.
+    image_size: int | None = 224  # eval/serving size
+    train_image_size: int | None = None  # training crop size (None: image_size); smaller trains faster
+    epochs: int = 10
     batch_size: int = 32
     optimizer: Optimizer = "adamw"
     lr: float = 1e-3  # peak learning rate of the heads

@@ -12,7 +12,8 @@ def _collect() -> tuple[type[BaseException], ...]:
     from .models.backbones import WeightsError
     from .models.bundle import BundleError
 
-    return (ConfigError, CatalogueError, ImageDecodeError, WeightsError, BundleError, FileNotFoundError)
+    return (ConfigError, CatalogueError, ImageDecodeError, WeightsError, BundleError, FileNotFoundError,
+            ImportError)
 
 
 USER_ERRORS = _collect()

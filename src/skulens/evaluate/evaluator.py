@@ -11,7 +11,7 @@ import numpy as np
 from ..data.catalogue import CatalogueError, load_catalogue
 from ..data.splits import Split, prepare_split
 from ..models.card import ModelCard
-from ..models.inference import HeadOutputs, combine_coarse, run_heads
+from ..models.inference import HeadOutputs, combine_coarse
 from .metrics import EvalReport, evaluate_predictions
 from .report import write_report
 
@@ -64,8 +64,7 @@ def evaluate_bundle(model: Model, data: str | os.PathLike, *, split: str = "val"
     target = prepare_split(list(cat.split(split)), card, desc=split, progress=progress)
     if not target.images:
         raise CatalogueError(f"{split}: no decodable images")
-    outputs = run_heads(model.net, target.images, model.transform, device=model.device,
-                        precision=model.precision, progress=progress)
+    outputs = model.run(target.images, progress=progress)
     thr = np.asarray(card.attribute_thresholds) if card.attribute_thresholds else None
     report = evaluate_outputs(outputs, target, card, thr)
     base = None

@@ -33,7 +33,7 @@ _HEADLINE: tuple[tuple[str, str, str], ...] = (
     ("top-1 accuracy", "top1", "pct"),
     ("top-5 accuracy", "top5", "pct"),
     ("macro F1", "macro_f1", "pct"),
-    ("coarse top-1 (coarse head)", "coarse_top1", "pct"),
+    ("coarse top-1 (coarse prediction)", "coarse_top1", "pct"),
     ("coarse top-1 (from fine probs)", "coarse_top1_derived", "pct"),
     ("attribute mAP", "attribute_map", "pct"),
     ("attribute micro F1", "attribute_f1", "pct"),
@@ -176,13 +176,15 @@ def _render_markdown(
     extra: dict[str, Any],
 ) -> str:
     lines = [f"# {title}", "", *_md_headline(report, baseline, baseline_name), ""]
-    if extra:
-        lines += [
-            "## Run details",
-            "",
-            *_table(("key", "value"), [(k, _json_text(v)) for k, v in extra.items()]),
-        ]
+    scalars = {k: v for k, v in extra.items() if not _is_records(v)}
+    if scalars:
+        lines += ["## Run details", "", *_table(("key", "value"), [(k, _json_text(v)) for k, v in scalars.items()])]
         lines.append("")
+    for key, records in extra.items():
+        if _is_records(records):  # e.g. the per-epoch history: one row per record
+            cols = tuple(dict.fromkeys(c for r in records for c in r))
+            lines += [f"## {key.replace('_', ' ').capitalize()}", "",
+                      *_table(cols, [tuple(_json_text(r.get(c, "")) for c in cols) for r in records]), ""]
     lines += ["## Figures", "", "![Confusion matrix](confusion.png)", "", "![Reliability](reliability.png)"]
     lines += ["", "![Per-class F1](per_class.png)", ""]
     for section in (_md_per_class(report), _md_attributes(report), _md_confused(report)):
@@ -192,7 +194,13 @@ def _render_markdown(
     return "\n".join(lines).rstrip() + "\n"
 
 
+def _is_records(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(r, dict) for r in value)
+
+
 def _json_text(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
     return value if isinstance(value, str) else json.dumps(value, default=str)
 
 

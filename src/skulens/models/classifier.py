@@ -23,6 +23,8 @@ class SkuModel(nn.Module):
         self.head = nn.Linear(d, num_classes)
         self.coarse_head = nn.Linear(d, num_coarse) if num_coarse else None
         self.attribute_head = nn.Linear(d, num_attributes) if num_attributes else None
+        # Temperatures of the fine and coarse softmax, fitted on val after training (1 while training).
+        self.register_buffer("temperature", torch.ones(2))
 
     @property
     def embedding_dim(self) -> int:

@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .classifier import SkuModel
 
 __all__ = [
     "HeadOutputs",
+    "Runner",
+    "TorchRunner",
     "autocast_context",
+    "collect_outputs",
     "combine_coarse",
     "derive_coarse_probs",
+    "head_probabilities",
+    "iter_batches",
     "resolve_device",
     "run_heads",
 ]
@@ -81,35 +88,73 @@ def combine_coarse(fine: np.ndarray, coarse_head: np.ndarray | None, fine_to_coa
     return derived if coarse_head is None else 0.5 * (derived + coarse_head)
 
 
+def head_probabilities(model: SkuModel, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Probabilities of every head plus the L2-normalised embedding, for one preprocessed batch.
+
+    The one definition of "what the model outputs": PyTorch inference and the ONNX/TorchScript exports
+    both run it, so the backends cannot disagree on post-processing.
+    """
+    pooled = model.backbone(x)
+    out = model.forward_head(pooled)
+    t = model.temperature
+    res = {"fine": (out["fine"].float() / t[0]).softmax(-1)}
+    if "coarse" in out:
+        res["coarse"] = (out["coarse"].float() / t[1]).softmax(-1)
+    if "attributes" in out:
+        res["attributes"] = out["attributes"].float().sigmoid()
+    res["embedding"] = F.normalize(pooled.float(), dim=-1)
+    return res
+
+
+def iter_batches(images: Sequence[torch.Tensor], transform: Callable[[torch.Tensor], torch.Tensor],
+                 batch_size: int, *, progress: bool = False, desc: str = "infer") -> Iterator[torch.Tensor]:
+    from tqdm.auto import tqdm
+
+    for start in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress, leave=False):
+        yield torch.stack([transform(im) for im in images[start:start + batch_size]])
+
+
+def collect_outputs(batches: Sequence[dict[str, np.ndarray]], n_classes: int, embeddings: bool) -> HeadOutputs:
+    def cat(key: str) -> np.ndarray | None:
+        parts = [b[key] for b in batches if key in b]
+        return np.concatenate(parts).astype(np.float64) if parts else None
+
+    fine = cat("fine")
+    return HeadOutputs(fine if fine is not None else np.zeros((0, n_classes)), cat("coarse"), cat("attributes"),
+                       cat("embedding") if embeddings else None)
+
+
 @torch.no_grad()
 def run_heads(model: SkuModel, images: Sequence[torch.Tensor], transform: Callable[[torch.Tensor], torch.Tensor],
               *, batch_size: int = 64, device: torch.device | None = None, precision: str = "auto",
               embeddings: bool = False, channels_last: bool = True, progress: bool = False) -> HeadOutputs:
-    from tqdm.auto import tqdm
-
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
-    fine, coarse, attrs, embs = [], [], [], []
-    steps = range(0, len(images), batch_size)
-    for start in tqdm(steps, desc="infer", disable=not progress, leave=False):
-        x = torch.stack([transform(im) for im in images[start:start + batch_size]]).to(device)
+    batches = []
+    for x in iter_batches(images, transform, batch_size, progress=progress):
+        x = x.to(device)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast_context(device, precision):
-            pooled = model.backbone(x)
-            out = model.forward_head(pooled)
-        fine.append(out["fine"].float().softmax(-1).cpu())
-        if "coarse" in out:
-            coarse.append(out["coarse"].float().softmax(-1).cpu())
-        if "attributes" in out:
-            attrs.append(out["attributes"].float().sigmoid().cpu())
-        if embeddings:
-            embs.append(torch.nn.functional.normalize(pooled.float(), dim=-1).cpu())
+            out = head_probabilities(model, x)
+        batches.append({k: v.float().cpu().numpy() for k, v in out.items()})
     model.train(was_training)
+    return collect_outputs(batches, model.head.out_features, embeddings)
 
-    def cat(xs: list[torch.Tensor]) -> np.ndarray | None:
-        return torch.cat(xs).numpy().astype(np.float64) if xs else None
 
-    empty = np.zeros((0, model.head.out_features))
-    return HeadOutputs(cat(fine) if fine else empty, cat(coarse), cat(attrs), cat(embs))
+class Runner(Protocol):
+    """Computes head outputs for decoded images: PyTorch here, ONNX Runtime in skulens.deploy.onnx."""
+
+    def __call__(self, images: Sequence[torch.Tensor], transform: Callable[[torch.Tensor], torch.Tensor], *,
+                 batch_size: int, embeddings: bool, progress: bool) -> HeadOutputs: ...
+
+
+class TorchRunner:
+    def __init__(self, net: SkuModel, device: torch.device, precision: str = "auto"):
+        self.net, self.device, self.precision = net, device, precision
+
+    def __call__(self, images: Sequence[torch.Tensor], transform: Callable[[torch.Tensor], torch.Tensor], *,
+                 batch_size: int = 32, embeddings: bool = False, progress: bool = False) -> HeadOutputs:
+        return run_heads(self.net, images, transform, batch_size=batch_size, device=self.device,
+                         precision=self.precision, embeddings=embeddings, progress=progress)

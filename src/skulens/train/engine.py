@@ -24,6 +24,7 @@ from ..data.catalogue import Catalogue, Sample, load_catalogue
 from ..data.dataset import TensorImageDataset
 from ..data.splits import Split, prepare_split
 from ..data.transforms import create_transform
+from ..evaluate.calibration import apply_temperature, fit_temperature
 from ..evaluate.evaluator import baseline_report, evaluate_outputs
 from ..evaluate.metrics import EvalReport, choose_thresholds
 from ..evaluate.report import write_report
@@ -237,7 +238,8 @@ def fit(cfg: TrainConfig, *, catalogue: Catalogue | None = None, progress: bool 
     from safetensors.torch import load_file
 
     model.load_state_dict(load_file(str(run_dir / "bundle" / WEIGHTS)))
-    out = run_heads(model, val.images, eval_tf, device=device, precision=cfg.mixed_precision)
+    out = _calibrate(model, run_heads(model, val.images, eval_tf, device=device, precision=cfg.mixed_precision),
+                     val)
     thresholds = None
     if out.attributes is not None and card.attributes:
         # Thresholds are chosen on val, so val attribute F1 is optimistic; mAP is threshold-free.
@@ -247,7 +249,8 @@ def fit(cfg: TrainConfig, *, catalogue: Catalogue | None = None, progress: bool 
     card = card.with_(
         attribute_thresholds=tuple(float(t) for t in thresholds) if thresholds is not None else (),
         metrics={"split": "val", "best_epoch": state["best_epoch"], "train_wall_time_s": round(wall, 1),
-                 "resumed": ckpt is not None, **_summary(report), "baseline": _summary(baseline) if baseline else None},
+                 "resumed": ckpt is not None,
+                 "temperature": [round(float(t), 4) for t in model.temperature], **_summary(report), "baseline": _summary(baseline) if baseline else None},
     )
     bundle = save_bundle(model, card, run_dir / "bundle")
     write_report(report, run_dir / "report", title=f"skulens: {cfg.backbone} on {cat.root.name} (val)",
@@ -256,6 +259,19 @@ def fit(cfg: TrainConfig, *, catalogue: Catalogue | None = None, progress: bool 
     shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
     return TrainResult(run_dir, bundle, card, report, baseline, state["best_epoch"], epochs_run, wall,
                        tuple(state["history"]), tuple(skipped))
+
+
+def _calibrate(model: SkuModel, out: HeadOutputs, val: Split) -> HeadOutputs:
+    """Fit the fine and coarse temperatures on val, store them in the model, return rescaled outputs."""
+    t_fine = fit_temperature(out.fine, val.fine.numpy())
+    coarse = out.coarse_head
+    t_coarse = 1.0
+    if coarse is not None:
+        t_coarse = fit_temperature(coarse, val.coarse.numpy())
+        coarse = apply_temperature(coarse, t_coarse)
+    model.temperature.copy_(torch.tensor([t_fine, t_coarse]))
+    log.info("temperature scaling on val: fine T=%.3f, coarse T=%.3f", t_fine, t_coarse)
+    return HeadOutputs(apply_temperature(out.fine, t_fine), coarse, out.attributes, out.embeddings)
 
 
 def _summary(r: EvalReport) -> dict[str, float | None]:

@@ -1,0 +1,91 @@
+"""Grad-CAM explanations (captum's LayerGradCam) for any bundle: where in the photo the prediction came from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+__all__ = ["Explanation", "explain", "overlay", "target_layer"]
+
+
+@dataclass(frozen=True)
+class Explanation:
+    label: str
+    class_index: int
+    confidence: float
+    heatmap: np.ndarray  # H x W in [0, 1], aligned with `image`
+    image: Image.Image  # the model's view: the card's resize + centre crop
+
+
+def target_layer(net: nn.Module, x: torch.Tensor) -> nn.Module:
+    """The last backbone module that outputs a spatial map (EfficientNet: the final conv + norm)."""
+    candidates: list[nn.Module] = []
+    order: list[nn.Module] = []
+    body = net.backbone.body
+
+    def hook(module: nn.Module, _inp: object, out: object) -> None:
+        # Pooling layers also output 4-D (N x C x 1 x 1) tensors: only real spatial maps count.
+        if isinstance(out, torch.Tensor) and out.ndim == 4 and out.shape[-2:] != (1, 1):
+            order.append(module)
+
+    for m in body.modules():
+        if m is not body and not isinstance(m, (nn.Sequential, nn.ModuleList)):
+            candidates.append(m)
+    handles = [m.register_forward_hook(hook) for m in candidates]
+    try:
+        with torch.no_grad():
+            net.backbone(x)
+    finally:
+        for h in handles:
+            h.remove()
+    if not order:
+        raise ValueError("the backbone has no spatial feature map to explain")
+    return order[-1]
+
+
+def explain(model, image, *, target: str | int | None = None) -> Explanation:
+    """Grad-CAM of `target` (a class name or index; default: the predicted class) for one image."""
+    try:
+        from captum.attr import LayerAttribution, LayerGradCam
+    except ImportError as e:
+        raise ImportError("explanations need captum: pip install 'skulens[explain]'") from e
+    if model.net is None:
+        raise ValueError("explanations need the PyTorch backend (load the bundle without backend='onnx')")
+    tensors, _, failed = model._decode([image])
+    if failed:
+        from ..data.decode import ImageDecodeError
+
+        raise ImageDecodeError(str(image), failed[0][1])
+    net = model.net.float().eval()
+    x = model.transform(tensors[0]).unsqueeze(0).to(model.device)
+    with torch.no_grad():
+        probs = net(x)["fine"].softmax(-1)[0]
+    idx = int(probs.argmax()) if target is None else (
+        model.card.classes.index(target) if isinstance(target, str) else int(target))
+    layer = target_layer(net, x)
+    cam = LayerGradCam(lambda inp: net(inp)["fine"], layer)
+    attr = cam.attribute(x, target=idx, relu_attributions=True)
+    up = LayerAttribution.interpolate(attr, x.shape[-2:], interpolate_mode="bilinear")[0, 0]
+    heat = up.detach().cpu().numpy()
+    heat = heat / heat.max() if heat.max() > 0 else heat
+    view = _model_view(tensors[0], model.card)
+    return Explanation(model.card.classes[idx], idx, float(probs[idx]), heat, view)
+
+
+def _model_view(t: torch.Tensor, card) -> Image.Image:
+    from torchvision.transforms import v2
+
+    crop = v2.Compose([v2.Resize(card.resize_to, antialias=True), v2.CenterCrop(card.input_size)])
+    return v2.functional.to_pil_image(crop(t))
+
+
+def overlay(exp: Explanation, alpha: float = 0.45) -> Image.Image:
+    """The heatmap (matplotlib's jet colormap) blended over the model's view of the photo."""
+    from matplotlib import colormaps
+
+    rgb = (colormaps["jet"](exp.heatmap)[..., :3] * 255).astype(np.uint8)
+    return Image.blend(exp.image.convert("RGB"), Image.fromarray(rgb), alpha)

@@ -1,0 +1,96 @@
+"""ONNX / TorchScript export and the ONNX Runtime backend, on the tiny trained bundle."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import skulens
+from skulens.deploy.onnx import export_onnx, export_torchscript, load_onnx, read_onnx_card
+from skulens.models.bundle import BundleError
+
+pytest.importorskip("onnxruntime")
+
+# fp32 PyTorch vs ONNX Runtime on the same graph: differences are float reassociation only.
+ATOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_bundle, tmp_path_factory) -> Path:
+    b = tmp_path_factory.mktemp("export") / "bundle"
+    shutil.copytree(tiny_bundle.bundle, b)
+    return b
+
+
+def _val_images(tiny_catalogue: Path) -> list[str]:
+    return sorted(str(p) for p in (tiny_catalogue.parent / "val").rglob("*.jpg"))
+
+
+def test_onnx_matches_pytorch(bundle: Path, tiny_catalogue: Path) -> None:
+    path = export_onnx(bundle)
+    assert path == bundle / "model.onnx" and path.stat().st_size > 1_000_000
+    card = read_onnx_card(path)
+    assert card == skulens.load(bundle).card  # labels + preprocessing travel inside the file
+    images = _val_images(tiny_catalogue)
+    ref = skulens.load(bundle, precision="off")  # fp32 reference
+    onnx_model = skulens.load(bundle, backend="onnx")
+    tensors, _, _ = ref._decode(images)
+    a, b = ref.run(tensors, embeddings=True), onnx_model.run(tensors, embeddings=True)
+    np.testing.assert_allclose(b.fine, a.fine, atol=ATOL)
+    np.testing.assert_allclose(b.coarse_head, a.coarse_head, atol=ATOL)
+    np.testing.assert_allclose(b.attributes, a.attributes, atol=ATOL)
+    np.testing.assert_allclose(b.embeddings, a.embeddings, atol=ATOL)
+    pa, pb = ref.predict(images), onnx_model.predict(images)
+    assert [p.label for p in pa] == [p.label for p in pb]
+    assert all(abs(x.confidence - y.confidence) < ATOL for x, y in zip(pa, pb, strict=True))
+
+
+def test_onnx_backend_reports_bad_files_per_file(bundle: Path, tmp_path: Path, tiny_catalogue: Path) -> None:
+    export_onnx(bundle)
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"nope")
+    preds = load_onnx(bundle).predict([str(bad), _val_images(tiny_catalogue)[0]])
+    assert preds[0].level == "error" and "not an image" in (preds[0].error or "")
+    assert preds[1].level in ("fine", "coarse")
+
+
+def test_torchscript_matches_pytorch(bundle: Path, tiny_catalogue: Path) -> None:
+    path = export_torchscript(bundle)
+    extra = {"card.json": ""}
+    ts = torch.jit.load(str(path), _extra_files=extra)
+    assert json.loads(extra["card.json"])["classes"] == list(skulens.load(bundle).card.classes)
+    ref = skulens.load(bundle, precision="off")
+    tensors, _, _ = ref._decode(_val_images(tiny_catalogue)[:4])
+    x = torch.stack([ref.transform(t) for t in tensors])
+    with torch.no_grad():
+        fine = ts(x)[0].numpy()
+    np.testing.assert_allclose(fine, ref.run(tensors).fine, atol=ATOL)
+
+
+def test_onnx_backend_without_export_is_a_clear_error(tiny_bundle, tmp_path: Path) -> None:
+    b = tmp_path / "b"
+    shutil.copytree(tiny_bundle.bundle, b)
+    with pytest.raises(BundleError, match="skulens export"):
+        skulens.load(b, backend="onnx")
+
+
+def test_cli_export_then_predict_with_onnx(bundle: Path, tiny_catalogue: Path, tmp_path: Path) -> None:
+    out = tmp_path / "m.onnx"
+    r = subprocess.run([sys.executable, "-m", "skulens.cli", "export", str(bundle), "--format", "onnx",
+                        "-o", str(out)], capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stderr
+    assert out.is_file() and "exported onnx" in r.stderr
+    images = _val_images(tiny_catalogue)[:3]
+    r = subprocess.run([sys.executable, "-m", "skulens.cli", "predict", str(out), *images, "--backend", "onnx"],
+                       capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    expected = [p.fine_label for p in skulens.load(bundle, precision="off").predict(images)]
+    assert [row["fine_label"] for row in rows] == expected
