@@ -62,7 +62,9 @@ def main() -> int:
          f"{cfg['optimizer']} lr {cfg['lr']} ({cfg['schedule']}), wd {cfg['weight_decay']}, "
          f"aug {cfg['augment']}, label smoothing {cfg['label_smoothing']}, EMA {cfg['ema']}, "
          f"coarse head weight {cfg['coarse_loss_weight']}, precision {cfg['mixed_precision']}. Coarse top-1 = "
-         "mean of coarse head and fine probabilities summed per coarse class (what `predict` uses)."),
+         f"what `predict` gives: rule `{card.get('coarse_rule', 'combined')}` chosen on val among combined "
+         "(mean of coarse head and summed fine probabilities), fine (summed fine probabilities only) and head; "
+         f"temperatures (fine, coarse) fitted on val: {card['metrics'].get('temperature')}."),
         "",
         *rows,
         "",

@@ -121,7 +121,9 @@ class Model:
             results[i] = Prediction(names[i], None, "error", 0.0, error=reason)
         if tensors:
             out = self.run(tensors, batch_size=batch_size, progress=progress)
-            coarse = combine_coarse(out.fine, out.coarse_head, self.card.fine_to_coarse, len(self.card.coarse_classes))
+            card = self.card
+            coarse = combine_coarse(out.fine, out.coarse_head, card.fine_to_coarse, len(card.coarse_classes),
+                                    card.coarse_rule)
             for row, i in enumerate(ok):
                 results[i] = _decide(self.card, out.fine[row], None if coarse is None else coarse[row],
                                      None if out.attributes is None else out.attributes[row], names[i], top_k,

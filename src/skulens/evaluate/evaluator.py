@@ -24,7 +24,8 @@ __all__ = ["baseline_report", "evaluate_bundle", "evaluate_outputs"]
 def evaluate_outputs(out: HeadOutputs, split: Split, card: ModelCard,
                      thresholds: np.ndarray | None = None) -> EvalReport:
     has_coarse = bool(card.coarse_classes) and bool((split.coarse >= 0).any())
-    coarse = combine_coarse(out.fine, out.coarse_head, card.fine_to_coarse, len(card.coarse_classes))
+    coarse = combine_coarse(out.fine, out.coarse_head, card.fine_to_coarse, len(card.coarse_classes),
+                            card.coarse_rule)
     has_attrs = out.attributes is not None and split.attributes.shape[1] > 0
     return evaluate_predictions(
         out.fine, split.fine.numpy(), card.classes, paths=split.paths,

@@ -27,6 +27,7 @@ class ModelCard:
     coarse_classes: tuple[str, ...] = ()
     fine_to_coarse: tuple[int, ...] = ()  # coarse index of each fine class
     coarse_head: bool = True  # a trained coarse head exists (else coarse comes from summed fine probs)
+    coarse_rule: str = "combined"  # how coarse is predicted: combined | fine | head (chosen on val)
     attributes: tuple[str, ...] = ()
     attribute_thresholds: tuple[float, ...] = ()  # chosen on val, per attribute
     coarse_fallback: float = 0.5  # below this fine confidence, predict the coarse class

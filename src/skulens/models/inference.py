@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from .classifier import SkuModel
 
 __all__ = [
+    "COARSE_RULES",
     "HeadOutputs",
     "Runner",
     "TorchRunner",
@@ -76,16 +77,28 @@ def cpu_has_fast_bf16() -> bool:
 def derive_coarse_probs(fine: np.ndarray, fine_to_coarse: Sequence[int], n_coarse: int) -> np.ndarray:
     out = np.zeros((fine.shape[0], n_coarse), dtype=np.float64)
     np.add.at(out.T, np.asarray(fine_to_coarse), fine.T)
-    return out
+    # Renormalise: float32 probabilities summed in float64 can exceed 1 by ~1e-9.
+    return out / np.clip(out.sum(axis=1, keepdims=True), 1e-12, None)
+
+
+COARSE_RULES = ("combined", "fine", "head")
 
 
 def combine_coarse(fine: np.ndarray, coarse_head: np.ndarray | None, fine_to_coarse: Sequence[int],
-                   n_coarse: int) -> np.ndarray | None:
-    """The coarse prediction: the mean of the coarse head and the fine probabilities summed per coarse class."""
+                   n_coarse: int, rule: str = "combined") -> np.ndarray | None:
+    """The coarse prediction under `rule` (chosen on val at the end of training, kept in the card):
+
+    combined: mean of the coarse head and the fine probabilities summed per coarse class;
+    fine: the summed fine probabilities only; head: the coarse head only. Falls back to what exists.
+    """
+    if rule not in COARSE_RULES:
+        raise ValueError(f"unknown coarse rule {rule!r}: {', '.join(COARSE_RULES)}")
     if not n_coarse or not len(fine_to_coarse):
         return coarse_head
     derived = derive_coarse_probs(fine, fine_to_coarse, n_coarse)
-    return derived if coarse_head is None else 0.5 * (derived + coarse_head)
+    if coarse_head is None or rule == "fine":
+        return derived
+    return coarse_head if rule == "head" else 0.5 * (derived + coarse_head)
 
 
 def head_probabilities(model: SkuModel, x: torch.Tensor) -> dict[str, torch.Tensor]:

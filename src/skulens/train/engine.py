@@ -20,7 +20,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from ..config import ConfigError, TrainConfig, config_to_dict
-from ..data.catalogue import Catalogue, Sample, load_catalogue
+from ..data.catalogue import Catalogue, CatalogueError, Sample, load_catalogue
 from ..data.dataset import TensorImageDataset
 from ..data.splits import Split, prepare_split
 from ..data.transforms import create_transform
@@ -32,7 +32,14 @@ from ..models.backbones import create_backbone
 from ..models.bundle import WEIGHTS, atomic_write_text, save_bundle
 from ..models.card import ModelCard
 from ..models.classifier import SkuModel
-from ..models.inference import HeadOutputs, autocast_context, combine_coarse, resolve_device, run_heads
+from ..models.inference import (
+    COARSE_RULES,
+    HeadOutputs,
+    autocast_context,
+    combine_coarse,
+    resolve_device,
+    run_heads,
+)
 from .checkpoint import load_checkpoint, save_checkpoint
 from .freeze import apply_freeze, train_mode
 from .loggers import RunLogger
@@ -69,6 +76,11 @@ def _quick_metrics(out: HeadOutputs, split: Split, card: ModelCard) -> dict[str,
         ok = yc >= 0
         m["coarse_top1"] = float((coarse.argmax(1)[ok] == yc[ok]).mean())
     return m
+
+
+def _selection_key(m: dict[str, float], monitor: str) -> tuple[float, ...]:
+    """The monitored val metric; ties (common on a few hundred photos) go to coarse accuracy, then macro-F1."""
+    return (m.get(monitor, m["top1"]), m.get("coarse_top1", 0.0), m["macro_f1"])
 
 
 def _seed_everything(seed: int) -> None:
@@ -177,7 +189,7 @@ def fit(cfg: TrainConfig, *, catalogue: Catalogue | None = None, progress: bool 
     if skipped:
         atomic_write_text(run_dir / "skipped_images.tsv", "".join(f"{p}\t{r}\n" for p, r in skipped))
     if not train.images or not val.images:
-        raise ValueError("no decodable images in the train or val split")
+        raise CatalogueError("no decodable images in the train or val split")
 
     eval_tf = create_transform(card)
     backbone.to(device)
@@ -210,7 +222,7 @@ def fit(cfg: TrainConfig, *, catalogue: Catalogue | None = None, progress: bool 
     if weights is not None:
         weights = weights.to(device)
 
-    state = {"epoch": 0, "step": 0, "best": -1.0, "best_epoch": -1, "bad_epochs": 0, "history": []}
+    state = {"epoch": 0, "step": 0, "best": [-1.0], "best_epoch": -1, "bad_epochs": 0, "history": []}
     if ckpt is not None:
         if ckpt["config"] != {**config_to_dict(cfg), "resume": False}:
             raise ConfigError(f"{run_dir}: --resume with a different config than the interrupted run")
@@ -244,13 +256,14 @@ def fit(cfg: TrainConfig, *, catalogue: Catalogue | None = None, progress: bool 
     if out.attributes is not None and card.attributes:
         # Thresholds are chosen on val, so val attribute F1 is optimistic; mAP is threshold-free.
         thresholds = choose_thresholds(out.attributes, val.attributes.numpy())
+    card = card.with_(coarse_rule=_choose_coarse_rule(out, val, card))
     report = evaluate_outputs(out, val, card, thresholds)
     wall = time.perf_counter() - t0  # this process only: a resumed run reports the time since resuming
     card = card.with_(
         attribute_thresholds=tuple(float(t) for t in thresholds) if thresholds is not None else (),
         metrics={"split": "val", "best_epoch": state["best_epoch"], "train_wall_time_s": round(wall, 1),
-                 "resumed": ckpt is not None,
-                 "temperature": [round(float(t), 4) for t in model.temperature], **_summary(report), "baseline": _summary(baseline) if baseline else None},
+                 "resumed": ckpt is not None, "temperature": [round(float(t), 4) for t in model.temperature],
+                 **_summary(report), "baseline": _summary(baseline) if baseline else None},
     )
     bundle = save_bundle(model, card, run_dir / "bundle")
     write_report(report, run_dir / "report", title=f"skulens: {cfg.backbone} on {cat.root.name} (val)",
@@ -272,6 +285,21 @@ def _calibrate(model: SkuModel, out: HeadOutputs, val: Split) -> HeadOutputs:
     model.temperature.copy_(torch.tensor([t_fine, t_coarse]))
     log.info("temperature scaling on val: fine T=%.3f, coarse T=%.3f", t_fine, t_coarse)
     return HeadOutputs(apply_temperature(out.fine, t_fine), coarse, out.attributes, out.embeddings)
+
+
+def _choose_coarse_rule(out: HeadOutputs, val: Split, card: ModelCard) -> str:
+    """Pick how coarse is predicted (like attribute thresholds, on val); ties keep the earlier rule."""
+    y = val.coarse.numpy()
+    ok = y >= 0
+    if not card.coarse_classes or out.coarse_head is None or not ok.any():
+        return "combined"
+    acc = {}
+    for rule in COARSE_RULES:
+        p = combine_coarse(out.fine, out.coarse_head, card.fine_to_coarse, len(card.coarse_classes), rule)
+        acc[rule] = float((p.argmax(1)[ok] == y[ok]).mean())
+    best = max(COARSE_RULES, key=lambda r: (acc[r], -COARSE_RULES.index(r)))
+    log.info("coarse rule on val: %s (%s)", best, ", ".join(f"{r}={a:.4f}" for r, a in acc.items()))
+    return best
 
 
 def _summary(r: EvalReport) -> dict[str, float | None]:
@@ -351,14 +379,14 @@ def _end_of_epoch(cfg, model, ema, opt, sched, val, card, device, eval_tf, state
     for name, m in candidates:
         results[name] = _quick_metrics(run_heads(m, val.images, eval_tf, device=device,
                                                  precision=cfg.mixed_precision), val, card)
-    name, best_now = max(results.items(), key=lambda kv: kv[1].get(cfg.monitor, kv[1]["top1"]))
-    score = best_now.get(cfg.monitor, best_now["top1"])
+    name, best_now = max(results.items(), key=lambda kv: _selection_key(kv[1], cfg.monitor))
+    score = _selection_key(best_now, cfg.monitor)
     record = {"epoch": epoch + 1, "train_loss": train_loss, "epoch_time_s": round(epoch_time, 1),
               "lr": sched.get_last_lr()[-1], **{f"val_{k}": v for k, v in results["model"].items()},
               **({f"val_ema_{k}": v for k, v in results["ema"].items()} if "ema" in results else {})}
-    improved = score > state["best"]
+    improved = score > tuple(state["best"])
     if improved:
-        state.update(best=score, best_epoch=epoch + 1, bad_epochs=0)
+        state.update(best=list(score), best_epoch=epoch + 1, bad_epochs=0)
         chosen = dict(candidates)[name]
         save_bundle(chosen, card.with_(metrics={"split": "val", "epoch": epoch + 1, "weights": name,
                                                 **best_now}), run_dir / "bundle")
