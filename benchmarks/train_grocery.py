@@ -57,7 +57,8 @@ def main() -> int:
     met = all((m.get(k) or 0) >= v for k, v in GOAL.items())
     body = "\n".join([
         "Grocery Store val split (296 photos from two stores not in train); selected on val.",
-        (f"Recipe: {cfg['backbone']}, train {cfg['train_image_size']} px / eval {card['input_size']} px, "
+        (f"Recipe: {cfg['backbone']}, train {cfg['train_image_size'] or card['input_size']} px / "
+         f"eval {card['input_size']} px, "
          f"{cfg['epochs']} epochs, freeze={cfg['freeze']} (last {cfg['trainable_stages']} stages), "
          f"{cfg['optimizer']} lr {cfg['lr']} ({cfg['schedule']}), wd {cfg['weight_decay']}, "
          f"aug {cfg['augment']}, label smoothing {cfg['label_smoothing']}, EMA {cfg['ema']}, "
