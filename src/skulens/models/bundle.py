@@ -46,6 +46,9 @@ def save_bundle(model: SkuModel, card: ModelCard, directory: str | os.PathLike[s
     out = Path(directory)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; a bundle is as readable as any other output
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt", "skulens_card_schema": str(card.schema)})
     (tmp / CARD).write_text(card.to_json(), encoding="utf-8")
