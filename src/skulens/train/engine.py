@@ -180,18 +180,8 @@ def fit(cfg: TrainConfig, *, catalogue: Catalogue | None = None, progress: bool 
 
     backbone = create_backbone(cfg.backbone, cfg.weights, image_size=cfg.image_size)
     card = _base_card(cfg, cat, backbone.spec, backbone.num_features)
-    train_samples = list(cat.split("train"))
-    if cfg.catalogue_images:
-        train_samples += _catalogue_samples(cat, train_samples)
-    train = prepare_split(train_samples, card, desc="train", progress=progress)
-    val = prepare_split(list(cat.split("val")), card, desc="val", progress=progress)
-    skipped = train.skipped + val.skipped
-    if skipped:
-        atomic_write_text(run_dir / "skipped_images.tsv", "".join(f"{p}\t{r}\n" for p, r in skipped))
-    if not train.images or not val.images:
-        raise CatalogueError("no decodable images in the train or val split")
+    train, val, skipped = _load_splits(cfg, cat, card, run_dir, progress)
 
-    eval_tf = create_transform(card)
     backbone.to(device)
     if cfg.channels_last:
         backbone.to(memory_format=torch.channels_last)
@@ -222,19 +212,7 @@ def fit(cfg: TrainConfig, *, catalogue: Catalogue | None = None, progress: bool 
     if weights is not None:
         weights = weights.to(device)
 
-    state = {"epoch": 0, "step": 0, "best": [-1.0], "best_epoch": -1, "bad_epochs": 0, "history": []}
-    if ckpt is not None:
-        if ckpt["config"] != {**config_to_dict(cfg), "resume": False}:
-            raise ConfigError(f"{run_dir}: --resume with a different config than the interrupted run")
-        model.load_state_dict(ckpt["model"])
-        if ema is not None and "ema" in ckpt:
-            ema.module.load_state_dict(ckpt["ema"])
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        state = ckpt["state"]
-        log.info("resumed %s at epoch %d, step %d", run_dir, state["epoch"], state["step"])
-    elif cfg.resume:
-        log.warning("%s: no checkpoint to resume from; starting a new run", run_dir)
+    state = _restore(cfg, ckpt, model, ema, opt, sched, run_dir)
 
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), encoding="utf-8")
     logger = RunLogger(run_dir, cfg.loggers, config_to_dict(cfg))
@@ -246,6 +224,49 @@ def fit(cfg: TrainConfig, *, catalogue: Catalogue | None = None, progress: bool 
     finally:
         logger.close()
 
+    return _finish(cfg, model, card, val, baseline, state, resumed=ckpt is not None, run_dir=run_dir,
+                   device=device, t0=t0, cat=cat, skipped=skipped, epochs_run=epochs_run)
+
+
+def _load_splits(cfg: TrainConfig, cat: Catalogue, card: ModelCard, run_dir: Path,
+                 progress: bool) -> tuple[Split, Split, list[tuple[str, str]]]:
+    """Decode train (+ catalogue photos) and val once; list what could not be decoded."""
+    train_samples = list(cat.split("train"))
+    if cfg.catalogue_images:
+        train_samples += _catalogue_samples(cat, train_samples)
+    train = prepare_split(train_samples, card, desc="train", progress=progress)
+    val = prepare_split(list(cat.split("val")), card, desc="val", progress=progress)
+    skipped = train.skipped + val.skipped
+    if skipped:
+        atomic_write_text(run_dir / "skipped_images.tsv", "".join(f"{p}\t{r}\n" for p, r in skipped))
+    if not train.images or not val.images:
+        raise CatalogueError("no decodable images in the train or val split")
+    return train, val, skipped
+
+
+def _restore(cfg: TrainConfig, ckpt: dict[str, Any] | None, model: SkuModel, ema, opt, sched,
+             run_dir: Path) -> dict[str, Any]:
+    """The loop state: fresh, or the interrupted run's (after checking it is the same run)."""
+    if ckpt is None:
+        if cfg.resume:
+            log.warning("%s: no checkpoint to resume from; starting a new run", run_dir)
+        return {"epoch": 0, "step": 0, "best": [-1.0], "best_epoch": -1, "bad_epochs": 0, "history": []}
+    if ckpt["config"] != {**config_to_dict(cfg), "resume": False}:
+        raise ConfigError(f"{run_dir}: --resume with a different config than the interrupted run")
+    model.load_state_dict(ckpt["model"])
+    if ema is not None and "ema" in ckpt:
+        ema.module.load_state_dict(ckpt["ema"])
+    opt.load_state_dict(ckpt["optimizer"])
+    sched.load_state_dict(ckpt["scheduler"])
+    log.info("resumed %s at epoch %d, step %d", run_dir, ckpt["state"]["epoch"], ckpt["state"]["step"])
+    return ckpt["state"]
+
+
+def _finish(cfg: TrainConfig, model: SkuModel, card: ModelCard, val: Split, baseline: EvalReport | None,
+            state: dict[str, Any], *, resumed: bool, run_dir: Path, device: torch.device, t0: float,
+            cat: Catalogue, skipped: list[tuple[str, str]], epochs_run: int) -> TrainResult:
+    """Reload the selected weights, calibrate and pick val-chosen settings, write bundle and report."""
+    eval_tf = create_transform(card)
     # The selected weights are the bundle written at the best epoch; finish its card with val results.
     from safetensors.torch import load_file
 
@@ -262,7 +283,7 @@ def fit(cfg: TrainConfig, *, catalogue: Catalogue | None = None, progress: bool 
     card = card.with_(
         attribute_thresholds=tuple(float(t) for t in thresholds) if thresholds is not None else (),
         metrics={"split": "val", "best_epoch": state["best_epoch"], "train_wall_time_s": round(wall, 1),
-                 "resumed": ckpt is not None, "temperature": [round(float(t), 4) for t in model.temperature],
+                 "resumed": resumed, "temperature": [round(float(t), 4) for t in model.temperature],
                  **_summary(report), "baseline": _summary(baseline) if baseline else None},
     )
     bundle = save_bundle(model, card, run_dir / "bundle")
