@@ -77,7 +77,10 @@ def test_overlay_and_cli(tiny_bundle, tmp_path: Path) -> None:
     src = tmp_path / "photo.png"
     img.save(src)
     model = skulens.load(tiny_bundle.bundle)
-    ov = overlay(explain(model, src))
+    exp = explain(model, src)
+    # Same calibrated probability as predict (which runs bf16 autocast on such CPUs, hence the tolerance).
+    assert exp.confidence == pytest.approx(model.predict([src])[0].top_k[0][1], abs=0.02)
+    ov = overlay(exp)
     assert ov.size == (model.card.input_size,) * 2 and ov.mode == "RGB"
     out = tmp_path / "cam.png"
     r = subprocess.run([sys.executable, "-m", "skulens.cli", "explain", str(tiny_bundle.bundle), str(src),

@@ -40,6 +40,12 @@ class _Exportable(nn.Module):
         return tuple(out[n] for n in self.names)
 
 
+def _exportable(bundle: str | os.PathLike) -> tuple[_Exportable, ModelCard, torch.Tensor]:
+    """The bundle's graph in fp32 eval mode, its card, and an example input batch for tracing."""
+    net, card = load_bundle(bundle, "cpu")
+    return _Exportable(net.float().eval()), card, torch.zeros(2, 3, card.input_size, card.input_size)
+
+
 def _require_onnx() -> None:
     try:
         import onnx  # noqa: F401
@@ -53,10 +59,8 @@ def export_onnx(bundle: str | os.PathLike, out: str | os.PathLike | None = None,
     _require_onnx()
     import onnx
 
-    net, card = load_bundle(bundle, "cpu")
-    wrapper = _Exportable(net.float().eval())
+    wrapper, card, x = _exportable(bundle)
     path = Path(out) if out else Path(bundle) / ONNX_NAME
-    x = torch.zeros(2, 3, card.input_size, card.input_size)
     tmp = path.with_name(path.name + ".tmp")
     torch.onnx.export(wrapper, (x,), str(tmp), input_names=["image"], output_names=wrapper.names,
                       dynamic_axes={"image": {0: "batch"}, **{n: {0: "batch"} for n in wrapper.names}},
@@ -72,9 +76,7 @@ def export_onnx(bundle: str | os.PathLike, out: str | os.PathLike | None = None,
 
 def export_torchscript(bundle: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
     """Trace to TorchScript (default: BUNDLE/model.torchscript.pt), the card as extra file card.json."""
-    net, card = load_bundle(bundle, "cpu")
-    wrapper = _Exportable(net.float().eval())
-    x = torch.zeros(2, 3, card.input_size, card.input_size)
+    wrapper, card, x = _exportable(bundle)
     with torch.no_grad():
         traced = torch.jit.trace(wrapper, (x,), check_trace=False)
     path = Path(out) if out else Path(bundle) / "model.torchscript.pt"

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..models.inference import iter_batches
+
 __all__ = ["quantize_onnx"]
 
 
@@ -32,14 +34,11 @@ def quantize_onnx(onnx_path: str | os.PathLike, out: str | os.PathLike, images: 
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.batches = iter(range(0, len(images), batch_size))
+            self.batches = iter_batches(images, transform, batch_size)
 
         def get_next(self) -> dict[str, np.ndarray] | None:
-            start = next(self.batches, None)
-            if start is None:
-                return None
-            x = torch.stack([transform(im) for im in images[start:start + batch_size]])
-            return {"image": x.numpy().astype(np.float32)}
+            x = next(self.batches, None)
+            return None if x is None else {"image": x.numpy().astype(np.float32)}
 
     out = Path(out)
     with tempfile.TemporaryDirectory() as tmp:

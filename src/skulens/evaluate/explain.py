@@ -9,6 +9,8 @@ import torch
 from PIL import Image
 from torch import nn
 
+from ..models.inference import head_probabilities
+
 __all__ = ["Explanation", "explain", "overlay", "target_layer"]
 
 
@@ -62,8 +64,8 @@ def explain(model, image, *, target: str | int | None = None) -> Explanation:
         raise ImageDecodeError(str(image), failed[0][1])
     net = model.net.float().eval()
     x = model.transform(tensors[0]).unsqueeze(0).to(model.device)
-    with torch.no_grad():
-        probs = net(x)["fine"].softmax(-1)[0]
+    with torch.no_grad():  # the calibrated probabilities predict() reports, not a bare softmax
+        probs = head_probabilities(net, x)["fine"][0]
     idx = int(probs.argmax()) if target is None else (
         model.card.classes.index(target) if isinstance(target, str) else int(target))
     layer = target_layer(net, x)
