@@ -1,0 +1,1 @@
+"""Search: image and text embeddings, vector indexes, alignment, enrolment and recommendations."""
