@@ -8,10 +8,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["EvalReport", "Model", "Prediction", "TrainConfig", "__version__", "load", "load_catalogue", "train"]
+__all__ = ["EvalReport", "Model", "Prediction", "TrainConfig", "__version__", "load", "load_catalogue", "pretrained",
+           "train"]
 
 _LAZY = {
     "load": "skulens.api",
+    "pretrained": "skulens.api",
     "Model": "skulens.api",
     "Prediction": "skulens.api",
     "EvalReport": "skulens.evaluate.metrics",
@@ -20,7 +22,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from .api import Model, Prediction, load
+    from .api import Model, Prediction, load, pretrained
     from .config import TrainConfig
     from .data.catalogue import load_catalogue
     from .evaluate.metrics import EvalReport

@@ -22,7 +22,7 @@ from .models.bundle import load_bundle
 from .models.card import ModelCard
 from .models.inference import HeadOutputs, Runner, TorchRunner, combine_coarse, resolve_device
 
-__all__ = ["ImageInput", "Model", "Prediction", "load", "train"]
+__all__ = ["ImageInput", "Model", "Prediction", "load", "pretrained", "train"]
 
 ImageInput = str | os.PathLike | bytes | Image.Image
 
@@ -114,6 +114,9 @@ class Model:
     def predict(self, images: Sequence[ImageInput], *, top_k: int = 5, min_confidence: float = 0.0,
                 batch_size: int = 32, progress: bool = False) -> list[Prediction]:
         """Predictions in input order; an image that cannot be decoded gets level "error" with the reason."""
+        if not self.card.classes:
+            raise ValueError("this model has no classifier (a plain pretrained backbone): use embed() or "
+                             "search, or fine-tune it with `skulens train`")
         names = [_name(im, i) for i, im in enumerate(images)]
         tensors, ok, failed = self._decode(images)
         results: list[Prediction | None] = [None] * len(images)
@@ -152,12 +155,44 @@ def _name(im: ImageInput, i: int) -> str:
     return f"<image {i}>"
 
 
+PRETRAINED_PREFIX = "pretrained:"
+
+
+def pretrained(backbone: str = "efficientnet_lite2", *, weights: str | None = None, image_size: int | None = None,
+               device: str = "auto", precision: str = "auto") -> Model:
+    """A plain pretrained backbone as a Model with no classifier: `embed()` works, `predict()` does not.
+
+    For search over a catalogue no model has been trained on, and for zero-shot experiments where a
+    fine-tuned model would have seen the products already.
+    """
+    from .models.backbones import create_backbone
+    from .models.classifier import SkuModel
+
+    import warnings
+
+    dev = resolve_device(device)
+    bb = create_backbone(backbone, weights, image_size=image_size)
+    spec = bb.spec
+    card = ModelCard(backbone=backbone, input_size=spec.input_size, mean=spec.mean, std=spec.std,
+                     crop_pct=spec.crop_pct, classes=(), embedding_dim=bb.num_features, coarse_head=False,
+                     train_config={"pretrained_only": True, "weights": weights})
+    with warnings.catch_warnings():  # "Initializing zero-element tensors is a no-op": the head is empty on purpose
+        warnings.simplefilter("ignore", UserWarning)
+        net = SkuModel(bb, 0).to(dev).eval()
+    net.to(memory_format=torch.channels_last)
+    return Model(net, card, dev, precision)
+
+
 def load(bundle: str | os.PathLike, *, device: str = "auto", precision: str = "auto",
          backend: str = "torch") -> Model:
     """Load a model bundle (model.safetensors + card.json; never unpickles).
 
     backend "onnx" runs the bundle's exported `model.onnx` (see `skulens export`) with ONNX Runtime.
+    "pretrained:NAME" (e.g. "pretrained:efficientnet_lite2") is a plain pretrained backbone for
+    embeddings only (see `pretrained`).
     """
+    if str(bundle).startswith(PRETRAINED_PREFIX):
+        return pretrained(str(bundle)[len(PRETRAINED_PREFIX):], device=device, precision=precision)
     if backend == "onnx":
         from .deploy.onnx import load_onnx
 

@@ -325,6 +325,15 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("bundle")
     i.add_argument("--json", action="store_true", help="print the raw card.json")
     i.set_defaults(func=cmd_info)
+
+    from ._cli_search import add_search_commands
+
+    add_search_commands(sub)
+
+    from .serve.commands import add_inventory_parser, add_serve_parser
+
+    add_serve_parser(sub)
+    add_inventory_parser(sub)
     return p
 
 

@@ -38,6 +38,7 @@ class TrainConfig:
     out: str = "runs/skulens"  # run directory (checkpoints, logs, bundle)
     backbone: str = "efficientnet_lite2"  # registry name, "timm:<arch>" or "torchvision:<arch>"
     weights: str | None = None  # local weights file; default: the weights bundled for the backbone
+    init_from: str | None = None  # start from this bundle's weights (same backbone); heads matched by class name
     # 224: measured on grocery val, Lite2 fine-tuned at 224 scores the same at 224 as at its native 260,
     # and inference is 1.35x cheaper. None: the size the backbone's weights were trained at.
     image_size: int | None = 224  # eval/serving size

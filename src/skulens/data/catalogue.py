@@ -70,6 +70,7 @@ class Product:
     title: str = ""
     description: str = ""
     image: Path | None = None  # catalogue ("iconic") photo
+    info: str = ""  # further facts (origin, volume, nutrition), e.g. the grocery *_Information.txt
 
 
 @dataclass
@@ -490,12 +491,16 @@ def _grocery_split_row(
 
 def _grocery_product(row: _GroceryClass, root: Path, root_real: Path) -> Product:
     where = f"{root / 'classes.csv'}: class {row.name!r}"
-    description = ""
+    description = info = ""
     if row.description:
         # Paths in classes.csv start with "/" but are relative to the dataset folder.
         text_path = _inside_root(row.description.lstrip("/"), root, root_real, where)
         if text_path.is_file():
             description = text_path.read_text(encoding="utf-8", errors="replace").strip()
+            # The grocery dataset keeps a fuller product sheet beside each description.
+            info_path = text_path.with_name(text_path.name.replace("_Description.txt", "_Information.txt"))
+            if info_path != text_path and info_path.is_file():
+                info = info_path.read_text(encoding="utf-8", errors="replace").strip()
     image = None
     if row.iconic:
         image_path = _inside_root(row.iconic.lstrip("/"), root, root_real, where)
@@ -506,6 +511,7 @@ def _grocery_product(row: _GroceryClass, root: Path, root_real: Path) -> Product
         title=row.name.replace("-", " "),
         description=description,
         image=image,
+        info=info,
     )
 
 

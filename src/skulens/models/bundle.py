@@ -41,8 +41,21 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def save_bundle(model: SkuModel, card: ModelCard, directory: str | os.PathLike[str]) -> Path:
-    """Write the bundle into a temp dir, then swap it in: a crash never leaves a half-written bundle."""
+def _carry_over(old: Path, new: Path) -> None:
+    """Files that live beside the weights (text alignment, enrolled photos) move into the new bundle;
+    exports (model.onnx, model.int8.onnx, model.torchscript.pt) are dropped: they encode the old weights."""
+    for item in old.iterdir():
+        if item.name in (WEIGHTS, CARD) or item.name.startswith("model."):
+            continue
+        (shutil.copytree if item.is_dir() else shutil.copy2)(item, new / item.name)
+
+
+def save_bundle(model: SkuModel, card: ModelCard, directory: str | os.PathLike[str], *,
+                carry_over: bool = False) -> Path:
+    """Write the bundle into a temp dir, then swap it in: a crash never leaves a half-written bundle.
+
+    carry_over: keep the existing bundle's side files (used when updating a bundle in place, e.g. enrolment).
+    """
     out = Path(directory)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -52,6 +65,8 @@ def save_bundle(model: SkuModel, card: ModelCard, directory: str | os.PathLike[s
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt", "skulens_card_schema": str(card.schema)})
     (tmp / CARD).write_text(card.to_json(), encoding="utf-8")
+    if carry_over and out.is_dir():
+        _carry_over(out, tmp)
     for f in (tmp / WEIGHTS, tmp / CARD):
         with open(f, "rb+") as fh:
             os.fsync(fh.fileno())

@@ -32,6 +32,8 @@ class ModelCard:
     attribute_thresholds: tuple[float, ...] = ()  # chosen on val, per attribute
     coarse_fallback: float = 0.5  # below this fine confidence, predict the coarse class
     dropout: float = 0.0
+    # Products added after training (skulens enroll): label, coarse, images kept in the bundle, text, date.
+    enrolled: tuple[dict[str, Any], ...] = ()
     train_config: dict[str, Any] = field(default_factory=dict)
     dataset: dict[str, Any] = field(default_factory=dict)  # path, layout, fingerprint, sizes
     metrics: dict[str, Any] = field(default_factory=dict)  # val metrics of these weights
@@ -58,7 +60,7 @@ class ModelCard:
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
         for k in ("mean", "std", "classes", "coarse_classes", "fine_to_coarse", "attributes",
-                  "attribute_thresholds"):
+                  "attribute_thresholds", "enrolled"):
             if k in values:
                 values[k] = tuple(values[k])
         return cls(**values)

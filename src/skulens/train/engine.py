@@ -196,6 +196,10 @@ def fit(cfg: TrainConfig, *, catalogue: Catalogue | None = None, progress: bool 
 
     model = SkuModel(backbone, card.num_classes, len(card.coarse_classes) if card.coarse_head else 0,
                      len(card.attributes), cfg.dropout).to(device)
+    if cfg.init_from and ckpt is None:
+        from .warm import warm_start
+
+        warm_start(model, card, cfg.init_from)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     steps_per_epoch = max(1, len(train.images) // cfg.batch_size)

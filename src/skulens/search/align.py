@@ -1,0 +1,162 @@
+"""Text -> image alignment: a projection of sentence embeddings into a model's image-embedding space.
+
+Trained CLIP-style (symmetric InfoNCE with a learned temperature) on catalogue pairs: each photo with
+its product's name and description, plus the catalogue photos. The image side stays fixed (the
+model's own L2-normalised embedding), so one vector index serves image *and* text queries: a text is
+projected and searched like a photo. The text side is the bundled MiniLM, also fixed; only the
+projection is learned, from a few hundred products' worth of pairs in seconds on a CPU (LiT-style:
+locked towers, tuned alignment).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .text import DEFAULT_TEXT_MODEL, load_text_encoder
+
+__all__ = ["ALIGN_FILE", "AlignConfig", "TextAligner", "load_aligner", "product_sentences", "train_aligner"]
+
+ALIGN_FILE = "text_align.safetensors"
+
+
+@dataclass(frozen=True)
+class AlignConfig:
+    steps: int = 400
+    batch_size: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    init_temperature: float = 0.07
+    seed: int = 0
+
+
+def product_sentences(title: str, description: str = "", info: str = "", *, max_sentences: int = 6) -> list[str]:
+    """Several texts per product, so the projection learns from words, not from one string per class."""
+    texts = [title]
+    if description:
+        texts.append(f"{title}. {description}")
+        sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+", description) if len(s.strip()) > 12]
+        texts += [f"{title}: {s}" for s in sentences[:max_sentences]]
+    for line in info.splitlines():
+        if line.lower().startswith("title:"):
+            texts.append(line.split(":", 1)[1].strip())
+    return list(dict.fromkeys(t for t in texts if t))
+
+
+class TextAligner:
+    """`encode(texts)` -> unit vectors in the image-embedding space of the model it was trained for."""
+
+    def __init__(self, weight: np.ndarray, bias: np.ndarray, temperature: float,
+                 text_model: str = DEFAULT_TEXT_MODEL, info: dict | None = None):
+        self.weight = np.asarray(weight, dtype=np.float32)  # image_dim x text_dim
+        self.bias = np.asarray(bias, dtype=np.float32)
+        self.temperature = float(temperature)
+        self.text_model = text_model
+        self.info = dict(info or {})
+
+    @property
+    def dim(self) -> int:
+        return int(self.weight.shape[0])
+
+    def project(self, text_vectors: np.ndarray) -> np.ndarray:
+        z = np.asarray(text_vectors, dtype=np.float32) @ self.weight.T + self.bias
+        return z / np.clip(np.linalg.norm(z, axis=1, keepdims=True), 1e-12, None)
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        return self.project(load_text_encoder(self.text_model).encode(texts))
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Into a bundle folder (as text_align.safetensors) or to a .safetensors file; atomic."""
+        from safetensors.numpy import save_file
+
+        p = Path(path)
+        if p.is_dir():
+            p = p / ALIGN_FILE
+        tmp = p.with_name(p.name + ".tmp")
+        meta = {"temperature": str(self.temperature), "text_model": self.text_model, "info": json.dumps(self.info)}
+        save_file({"weight": self.weight, "bias": self.bias}, str(tmp), metadata=meta)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+        return p
+
+
+def load_aligner(path: str | os.PathLike) -> TextAligner | None:
+    """The aligner in a bundle folder or file; None if the bundle has none (text search is then off)."""
+    from safetensors import safe_open
+
+    p = Path(path)
+    if p.is_dir():
+        p = p / ALIGN_FILE
+    if not p.is_file():
+        return None
+    with safe_open(str(p), framework="numpy") as f:
+        meta = f.metadata() or {}
+        weight, bias = f.get_tensor("weight"), f.get_tensor("bias")
+    return TextAligner(weight, bias, float(meta.get("temperature", 0.07)), meta.get("text_model", DEFAULT_TEXT_MODEL),
+                       json.loads(meta.get("info", "{}")))
+
+
+def train_aligner(image_vectors: np.ndarray, image_products: Sequence[int], product_texts: Sequence[Sequence[str]],
+                  *, config: AlignConfig = AlignConfig(), text_model: str = DEFAULT_TEXT_MODEL,
+                  progress: bool = False) -> TextAligner:
+    """Fit the projection on (image, product) pairs and several texts per product.
+
+    image_vectors: N x D unit vectors; image_products: product index of each row; product_texts[p]: the
+    texts of product p. Each step draws a batch of images and one text per product, and minimises the
+    symmetric InfoNCE over products (images of the same product are all positives of its text).
+    """
+    import torch
+    import torch.nn.functional as F
+    from tqdm.auto import trange
+
+    y = np.asarray(image_products, dtype=np.int64)
+    n_products = len(product_texts)
+    if len(y) != len(image_vectors) or not len(y):
+        raise ValueError("need one product index per image vector, and at least one image")
+    if y.min() < 0 or y.max() >= n_products:
+        raise ValueError(f"product index out of range 0..{n_products - 1}")
+    if any(not texts for texts in product_texts):
+        raise ValueError("every product needs at least one text")
+    if len(np.unique(y)) < 2:
+        raise ValueError("alignment needs images of at least two products")
+    flat = [t for texts in product_texts for t in texts]
+    owner = np.repeat(np.arange(n_products), [len(t) for t in product_texts])
+    text_vecs = torch.from_numpy(load_text_encoder(text_model).encode(flat))
+    images = torch.from_numpy(np.asarray(image_vectors, dtype=np.float32))
+    labels = torch.from_numpy(y)
+
+    g = torch.Generator().manual_seed(config.seed)
+    proj = torch.nn.Linear(text_vecs.shape[1], images.shape[1])
+    torch.nn.init.normal_(proj.weight, std=text_vecs.shape[1] ** -0.5, generator=g)
+    torch.nn.init.zeros_(proj.bias)
+    log_t = torch.nn.Parameter(torch.tensor(float(np.log(config.init_temperature))))
+    opt = torch.optim.AdamW([*proj.parameters(), log_t], lr=config.lr, weight_decay=config.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, config.steps)
+    by_product = [np.flatnonzero(owner == p) for p in range(n_products)]
+    rng = np.random.default_rng(config.seed)
+    for _ in trange(config.steps, desc="align", disable=not progress, leave=False):
+        batch = torch.from_numpy(rng.choice(len(images), size=min(config.batch_size, len(images)), replace=False))
+        pick = torch.from_numpy(np.array([rng.choice(ix) for ix in by_product]))
+        t = F.normalize(proj(text_vecs[pick]), dim=-1)  # one text per product
+        logits = images[batch] @ t.T / log_t.exp().clamp(min=0.01)
+        yb = labels[batch]
+        loss_i2t = F.cross_entropy(logits, yb)
+        present = torch.unique(yb)
+        target = (yb[None, :] == present[:, None]).float()  # text -> all its images in the batch
+        loss_t2i = -(target / target.sum(1, keepdim=True) * logits.T[present].log_softmax(-1)).sum(1).mean()
+        loss = 0.5 * (loss_i2t + loss_t2i)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    info = {"products": n_products, "images": len(images), "texts": len(flat), "final_loss": float(loss.item()),
+            "config": config.__dict__}
+    return TextAligner(proj.weight.detach().numpy(), proj.bias.detach().numpy(), float(log_t.exp().item()), text_model,
+                       info)

@@ -1,0 +1,108 @@
+"""Build a product index from a catalogue: every photo of the chosen splits plus each catalogue photo."""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..data.catalogue import Catalogue, CatalogueError
+
+if TYPE_CHECKING:
+    from ..api import Model
+    from .index import VectorIndex
+
+__all__ = ["BuildResult", "build_catalogue_index", "catalogue_records", "read_metadata_table"]
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    index: VectorIndex
+    entries: int
+    products: int
+    failed: tuple[tuple[str, str], ...]  # (image, reason) skipped
+
+
+def _coerce(value: str) -> Any:
+    low = value.strip().lower()
+    if low in ("true", "yes"):
+        return True
+    if low in ("false", "no"):
+        return False
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return value
+
+
+def read_metadata_table(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """A CSV with a `product_id` column plus any metadata columns (in_stock, price, ...), typed by value."""
+    p = Path(path)
+    with open(p, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or "product_id" not in reader.fieldnames:
+            raise CatalogueError(f"{p}: needs a 'product_id' column (got {reader.fieldnames})")
+        out: dict[str, dict[str, Any]] = {}
+        for line, row in enumerate(reader, start=2):
+            pid = (row.pop("product_id") or "").strip()
+            if not pid:
+                raise CatalogueError(f"{p}:{line}: empty product_id")
+            out[pid] = {k: _coerce(v) for k, v in row.items() if k and v not in (None, "")}
+    return out
+
+
+def catalogue_records(cat: Catalogue, *, splits: Sequence[str] = ("train",), catalogue_photos: bool = True,
+                      metadata: Mapping[str, Mapping[str, Any]] | None = None) -> tuple[list[Any], list[Path]]:
+    """Index records and their image paths: one per photo; ids are paths relative to the catalogue root."""
+    from .embeddings import product_text
+    from .index import IndexRecord
+
+    metadata = metadata or {}
+    records, paths = [], []
+
+    def add(path: Path, label: str, coarse: str | None) -> None:
+        prod = cat.products.get(label)
+        try:
+            rid = path.resolve().relative_to(cat.root.resolve()).as_posix()
+        except ValueError:
+            rid = str(path)
+        records.append(IndexRecord(
+            id=rid, product_id=label, label=label, coarse_label=coarse or cat.hierarchy.get(label),
+            title=prod.title if prod else label.replace("-", " "),
+            text=product_text(prod, with_description=True) if prod else "",
+            image=str(path), metadata=dict(metadata.get(label, {}))))
+        paths.append(path)
+
+    for split in splits:
+        for s in cat.split(split):
+            add(s.path, s.label, s.coarse_label)
+    if catalogue_photos:
+        for label, prod in cat.products.items():
+            if prod.image is not None and Path(prod.image).is_file():
+                add(Path(prod.image), label, prod.coarse_label)
+    unknown = sorted(set(metadata) - {r.product_id for r in records})
+    if unknown:
+        raise CatalogueError(f"metadata for unknown product(s): {', '.join(unknown[:5])}")
+    return records, paths
+
+
+def build_catalogue_index(model: Model, cat: Catalogue, path: str, *, backend: str = "faiss",
+                          splits: Sequence[str] = ("train",), catalogue_photos: bool = True,
+                          metadata: Mapping[str, Mapping[str, Any]] | None = None, progress: bool = False,
+                          **options: Any) -> BuildResult:
+    from .embeddings import embed_paths
+    from .index import create_index
+
+    records, paths = catalogue_records(cat, splits=splits, catalogue_photos=catalogue_photos, metadata=metadata)
+    if not records:
+        raise CatalogueError(f"{cat.root}: no images to index in split(s) {', '.join(splits)}")
+    emb = embed_paths(model, paths, progress=progress)
+    index = create_index(backend, path, model.card.embedding_dim, **options)
+    index.add([records[i] for i in emb.kept], emb.vectors)
+    index.save()
+    return BuildResult(index, len(emb.kept), len({records[i].product_id for i in emb.kept}), tuple(emb.failed))

@@ -1,0 +1,247 @@
+"""Enrolment: add a product to a trained model from a few photos, without retraining the network.
+
+The new class gets a row in the fine head, initialised by *imprinting* (Qi et al., CVPR 2018: the
+centred mean of its photos' features, scaled like the trained rows) and then fitted for a few hundred
+milliseconds against a reference bank of trained-class features with every other weight frozen, so
+its scores live on the same scale as the trained classes. `predict` (and any export made afterwards)
+knows the product at once; `skulens retrain` later folds the kept photos into a normal fine-tune.
+"""
+
+from __future__ import annotations
+
+import io
+import hashlib
+import logging
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data.decode import ImageDecodeError, decode_image
+from ..data.transforms import create_transform, to_uint8_tensor
+from ..models.bundle import load_bundle, save_bundle
+from ..models.card import ModelCard
+from ..models.classifier import SkuModel
+
+__all__ = ["ENROLLED_DIR", "EnrolResult", "EnrolmentError", "enroll", "imprint_class", "reference_bank"]
+
+log = logging.getLogger(__name__)
+
+ENROLLED_DIR = "enrolled"
+BANK_FILE = "reference_bank.safetensors"
+_VIEWS = 8  # augmented views per enrolment photo: one photo is still a usable class
+_BANK_PER_CLASS = 8
+
+
+class EnrolmentError(ValueError):
+    """The product cannot be enrolled as asked (known label, no usable photo, ...)."""
+
+
+@dataclass(frozen=True)
+class EnrolResult:
+    label: str
+    coarse_label: str | None
+    coarse_inferred: bool
+    images: int  # photos used
+    skipped: tuple[tuple[str, str], ...]  # (photo, reason) of photos that did not decode
+    bundle: Path
+    reference: int  # reference features the new row was fitted against (0: imprinting only)
+    self_check: float  # fraction of the enrolment photos the updated model predicts as the product
+    index_entries: int = 0
+    kept: tuple[str, ...] = field(default=())  # photos stored in the bundle for retrain
+
+
+@torch.no_grad()
+def _features(net: SkuModel, images: Sequence[torch.Tensor], transform, views: int = 1) -> torch.Tensor:
+    """Pooled (un-normalised) backbone features, the input of the heads; fp32 for a stable fit."""
+    net.eval()
+    batches = []
+    for _ in range(views):
+        x = torch.stack([transform(im) for im in images])
+        batches.append(net.backbone(x).float())
+    return torch.cat(batches)
+
+
+def imprint_class(head: torch.nn.Linear, positives: torch.Tensor, reference: torch.Tensor | None = None,
+                  reference_targets: torch.Tensor | None = None, *, steps: int = 150, lr: float = 0.01
+                  ) -> torch.nn.Linear:
+    """A copy of `head` with one more output row for the class whose features are `positives`.
+
+    Pure tensor code: imprint (centred mean, scaled to the mean norm of the trained rows, mean bias), then,
+    given a reference bank (features + their class indices), fit only the new row with cross-entropy over
+    all rows (the trained rows frozen), positives and references weighted equally.
+    """
+    w, b = head.weight.detach().float(), head.bias.detach().float()
+    centre = reference.mean(0) if reference is not None and len(reference) else positives.mean(0) * 0
+    direction = F.normalize(positives.mean(0) - centre, dim=0)
+    scale = w.norm(dim=1).mean()
+    w_new = (direction * scale).clone().requires_grad_(True)
+    b_new = (b.mean() - (direction * scale) @ centre).clone().detach().requires_grad_(True)
+    if reference is not None and reference_targets is not None and len(reference):
+        opt = torch.optim.Adam([w_new, b_new], lr=lr)
+        new_index = w.shape[0]
+        pos_t = torch.full((len(positives),), new_index, dtype=torch.long)
+        for _ in range(steps):
+            logits_pos = torch.cat([positives @ w.T + b, (positives @ w_new + b_new)[:, None]], 1)
+            logits_ref = torch.cat([reference @ w.T + b, (reference @ w_new + b_new)[:, None]], 1)
+            loss = F.cross_entropy(logits_pos, pos_t) + F.cross_entropy(logits_ref, reference_targets)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    out = torch.nn.Linear(head.in_features, head.out_features + 1)
+    with torch.no_grad():
+        out.weight.copy_(torch.cat([w, w_new.detach()[None]]))
+        out.bias.copy_(torch.cat([b, b_new.detach()[None]]))
+    return out.to(head.weight.dtype)
+
+
+def reference_bank(bundle: Path, net: SkuModel, card: ModelCard, data: str | os.PathLike | None,
+                   progress: bool = False) -> tuple[torch.Tensor, list[str]] | None:
+    """Features of a few training photos per trained class, cached in the bundle (reference_bank.safetensors)."""
+    from safetensors.torch import load_file, save_file
+
+    path = bundle / BANK_FILE
+    if path.is_file():
+        t = load_file(str(path))
+        labels = (bundle / (BANK_FILE + ".labels")).read_text(encoding="utf-8").splitlines()
+        return t["features"], labels
+    source = data or card.dataset.get("path")
+    if not source or not Path(source).exists():
+        log.warning("no reference photos (the training data at %r is not here): the new class is imprinted "
+                    "without fitting; pass --data to fit it against the trained classes", source)
+        return None
+    from ..data.catalogue import load_catalogue
+    from ..data.dataset import decode_all
+
+    cat = load_catalogue(source)
+    known = set(card.classes)
+    rng = np.random.default_rng(0)
+    by_label: dict[str, list[Path]] = {}
+    for s in cat.split("train"):
+        if s.label in known:
+            by_label.setdefault(s.label, []).append(s.path)
+    paths, labels = [], []
+    for label, ps in sorted(by_label.items()):
+        for i in rng.permutation(len(ps))[:_BANK_PER_CLASS]:
+            paths.append(ps[i])
+            labels.append(label)
+    decoded = decode_all(paths, card.resize_to, desc="reference photos", progress=progress)
+    feats = _features(net, decoded.images, create_transform(card))
+    labels = [labels[i] for i in decoded.kept]
+    save_file({"features": feats.contiguous()}, str(path))
+    (bundle / (BANK_FILE + ".labels")).write_text("\n".join(labels), encoding="utf-8")
+    return feats, labels
+
+
+def _safe_name(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("._") or "product"
+
+
+def _keep_photo(pil, folder: Path) -> Path:
+    """Store an enrolment photo for retraining: re-encoded (EXIF, GPS included, is not carried over)."""
+    buf = io.BytesIO()
+    pil.save(buf, format="JPEG", quality=92)
+    data = buf.getvalue()
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / f"{hashlib.sha256(data).hexdigest()[:16]}.jpg"
+    if not out.exists():
+        tmp = out.with_suffix(".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, out)
+    return out
+
+
+def enroll(bundle: str | os.PathLike, label: str, images: Sequence[str | os.PathLike | bytes], *,
+           text: str = "", title: str = "", coarse: str | None = None, data: str | os.PathLike | None = None,
+           index: object | None = None, keep_photos: bool = True, progress: bool = False) -> EnrolResult:
+    """Add product `label` to the bundle in place (atomically); optionally add its photos to a vector index."""
+    bundle = Path(bundle)
+    net, card = load_bundle(bundle)
+    label = label.strip()
+    if not label:
+        raise EnrolmentError("the product needs a name")
+    if label in card.classes:
+        raise EnrolmentError(f"{label!r} is already a class of this model: to add photos of a known product, "
+                             "label them and run `skulens retrain`")
+    pils, skipped = [], []
+    for im in images:
+        try:
+            pils.append(decode_image(im, reduce_to=card.resize_to))
+        except ImageDecodeError as e:
+            skipped.append((str(im) if not isinstance(im, bytes) else "<bytes>", e.reason))
+    if not pils:
+        raise EnrolmentError(f"no usable photo for {label!r}: " + "; ".join(f"{p}: {r}" for p, r in skipped[:3]))
+    tensors = [to_uint8_tensor(p) for p in pils]
+    positives = torch.cat([_features(net, tensors, create_transform(card)),
+                           _features(net, tensors, create_transform(card, train=True), views=_VIEWS)])
+    bank = reference_bank(bundle, net, card, data, progress)
+    ref = ref_t = None
+    if bank is not None:
+        idx = {c: i for i, c in enumerate(card.classes)}
+        keep = [i for i, lab in enumerate(bank[1]) if lab in idx]
+        ref = bank[0][keep]
+        ref_t = torch.tensor([idx[bank[1][i]] for i in keep])
+
+    coarse_classes, f2c = list(card.coarse_classes), list(card.fine_to_coarse)
+    inferred = False
+    if coarse_classes:
+        if coarse is None:
+            coarse, inferred = _infer_coarse(net, card, positives), True
+        if coarse not in coarse_classes:
+            coarse_classes.append(coarse)
+            if net.coarse_head is not None:
+                ref_c = None if ref_t is None else torch.tensor([f2c[int(t)] for t in ref_t])
+                net.coarse_head = imprint_class(net.coarse_head, positives, ref, ref_c)
+        f2c.append(coarse_classes.index(coarse))
+    net.head = imprint_class(net.head, positives, ref, ref_t)
+
+    kept: list[str] = []
+    if keep_photos:
+        folder = bundle / ENROLLED_DIR / _safe_name(label)
+        kept = [str(_keep_photo(p, folder).relative_to(bundle)) for p in pils]
+    entry = {"label": label, "coarse_label": coarse, "title": title or label.replace("-", " "), "text": text,
+             "photos": kept, "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    new_card = card.with_(classes=(*card.classes, label), coarse_classes=tuple(coarse_classes),
+                          fine_to_coarse=tuple(f2c), enrolled=(*card.enrolled, entry))
+    with torch.no_grad():
+        fine = net.forward_head(positives[: len(pils)])["fine"]
+    self_check = float((fine.argmax(1) == len(card.classes)).float().mean())
+    save_bundle(net, new_card, bundle, carry_over=True)
+    added = _add_to_index(index, net, label, coarse, entry, positives[: len(pils)], kept, bundle) if index else 0
+    return EnrolResult(label, coarse, inferred, len(pils), tuple(skipped), bundle,
+                       0 if ref is None else len(ref), self_check, added, tuple(kept))
+
+
+def _infer_coarse(net: SkuModel, card: ModelCard, feats: torch.Tensor) -> str:
+    """The coarse class the model already sees in the photos (majority vote)."""
+    from ..models.inference import combine_coarse
+
+    with torch.no_grad():
+        out = net.forward_head(feats)
+    fine = out["fine"].softmax(-1).numpy()
+    head = out["coarse"].softmax(-1).numpy() if "coarse" in out else None
+    probs = combine_coarse(fine, head, card.fine_to_coarse, len(card.coarse_classes), card.coarse_rule)
+    assert probs is not None
+    votes = np.bincount(probs.argmax(1), minlength=len(card.coarse_classes))
+    return card.coarse_classes[int(votes.argmax())]
+
+
+def _add_to_index(index, net: SkuModel, label: str, coarse: str | None, entry: dict, feats: torch.Tensor,
+                  kept: list[str], bundle: Path) -> int:
+    from .index import IndexRecord
+
+    vectors = F.normalize(feats, dim=-1).numpy().astype(np.float32)
+    images = [str(bundle / k) for k in kept] or [None] * len(vectors)
+    records = [IndexRecord(id=f"enrolled/{label}/{i}", product_id=label, label=label, coarse_label=coarse,
+                           title=entry["title"], text=entry["text"], image=images[i] if i < len(images) else None)
+               for i in range(len(vectors))]
+    index.upsert(records, vectors)
+    if hasattr(index, "save"):
+        index.save()
+    return len(records)

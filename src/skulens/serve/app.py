@@ -1,0 +1,144 @@
+"""`create_app(settings)`: the skulens REST service (FastAPI "bigger applications" layout).
+
+Routers live in `serve/routers/`, shared dependencies in `serve/deps.py`; the model and every other
+back-end are loaded once, in the lifespan, into a `ServiceState`. Routers whose back-end is not
+configured are not mounted (no --db: no inventory; no --index: no search; no --events: no
+recommendations), so /docs shows exactly what this server can do.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .routers import health, inventory, predict, products, support, web
+from .security import BodyLimitMiddleware, SecurityHeadersMiddleware, TimeoutMiddleware
+from .settings import ServeSettings
+from .state import ServiceState
+
+if TYPE_CHECKING:
+    from ..api import Model
+
+__all__ = ["create_app"]
+
+logger = logging.getLogger(__name__)
+
+# Multipart framing around the files: a request may carry max_files uploads of max_upload_bytes each,
+# but never more than this in total (a 20-photo intake of 5 MB phone photos fits).
+_MAX_REQUEST_BYTES = 128_000_000
+_UPLOAD_FIELDS = {"image", "images"}
+
+
+def create_app(settings: ServeSettings, *, model: Model | None = None, state: ServiceState | None = None) -> FastAPI:
+    """The service. `model` (an already loaded skulens.Model) or a whole `state` may be injected (tests)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        st = state if state is not None else await anyio.to_thread.run_sync(ServiceState.load, settings, model)
+        app.state.skulens = st
+        await st.start()
+        logger.info("skulens serve: model %s ready (%s); features %s", settings.model, st.model.card.backbone,
+                    st.features())
+        try:
+            yield
+        finally:
+            await st.stop()
+
+    from .. import __version__
+
+    app = FastAPI(title="skulens", version=__version__, lifespan=lifespan,
+                  description="Product image recognition: predict, search, inventory intake and support replies. "
+                              "Write endpoints need an API key (X-API-Key or Authorization: Bearer).")
+    app.include_router(health.router)
+    app.include_router(predict.router)
+    app.include_router(support.router)
+    app.include_router(products.router)
+    if settings.db:
+        app.include_router(inventory.router)
+    for router in _search_routers(settings):
+        app.include_router(router)
+    app.include_router(web.router)
+    app.mount("/static", StaticFiles(packages=[("skulens.serve", "static")]), name="static")
+    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+
+    # Added innermost first: requests pass metrics -> headers -> CORS -> body limit -> timeout -> routes.
+    def count_timeout() -> None:
+        st = _state(app)
+        if st is not None:
+            st.metrics.timeouts.inc()
+
+    app.add_middleware(TimeoutMiddleware, seconds=settings.request_timeout_s, on_timeout=count_timeout)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=min(_MAX_REQUEST_BYTES,
+                                                          settings.max_upload_bytes * settings.max_files + 65536))
+    if settings.cors_origins:  # off by default: only listed origins, never "*"
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_credentials=False,
+                           allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+                           allow_headers=["X-API-Key", "Authorization", "Content-Type"])
+    app.add_middleware(SecurityHeadersMiddleware)
+    app.add_middleware(_MetricsMiddleware)
+    return app
+
+
+def _search_routers(settings: ServeSettings) -> list[Any]:
+    if not (settings.index or settings.events):
+        return []
+    from .routers import search  # imports the search back-ends only when configured
+
+    return search.routers(settings)
+
+
+def _state(app: FastAPI) -> ServiceState | None:
+    return getattr(app.state, "skulens", None)
+
+
+class _MetricsMiddleware:
+    """Requests and latency per route template (never per raw path: ids would explode the label set)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        status = 500
+
+        async def tracking_send(msg: Message) -> None:
+            nonlocal status
+            if msg["type"] == "http.response.start":
+                status = msg["status"]
+            await send(msg)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        finally:
+            st = _state(scope["app"])
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            if st is not None and not route.startswith("/static"):
+                st.metrics.requests.labels(scope["method"], route, str(status)).inc()
+                st.metrics.latency.labels(scope["method"], route).observe(time.perf_counter() - t0)
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 with one readable line (`image: field required ...`) plus the structured errors."""
+    parts, errors = [], []
+    for e in exc.errors():
+        loc = ".".join(str(x) for x in e.get("loc", ()) if x not in ("body", "query", "path", "form"))
+        msg = str(e.get("msg", "invalid"))
+        if e.get("type") == "missing" and loc in _UPLOAD_FIELDS:
+            msg += f" (send the photo as multipart/form-data in a file field named {loc!r})"
+        parts.append(f"{loc}: {msg}" if loc else msg)
+        errors.append({"loc": [str(x) for x in e.get("loc", ())], "msg": msg, "type": str(e.get("type", ""))})
+    return JSONResponse({"detail": "; ".join(parts), "errors": errors}, status_code=422)

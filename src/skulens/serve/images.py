@@ -1,0 +1,26 @@
+"""Image bytes the service stores: re-encoded from pixels, so EXIF (GPS included), XMP and ICC never survive."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+
+from ..data.decode import DEFAULT_MAX_PIXELS, decode_image
+
+__all__ = ["STORED_SHORT_SIDE", "content_hash", "stripped_jpeg"]
+
+# 768: ~3x the model's input, enough to retrain at any size skulens uses, small enough to keep by the thousand.
+STORED_SHORT_SIDE = 768
+
+
+def content_hash(data: bytes) -> str:
+    """sha256 of the bytes as received: the intake's idempotency key (the same photo twice counts once)."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def stripped_jpeg(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, short_side: int = STORED_SHORT_SIDE) -> bytes:
+    """Decode (safely, EXIF orientation applied) and re-encode as a JPEG with no metadata at all."""
+    img = decode_image(data, max_pixels=max_pixels, reduce_to=short_side)
+    out = io.BytesIO()
+    img.save(out, format="JPEG", quality=90, optimize=True)  # no exif=/icc_profile= given: none written
+    return out.getvalue()

@@ -1,0 +1,51 @@
+"""Liveness, readiness, Prometheus metrics and what this server offers."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+
+from ..deps import ReadKey, State
+from ..metrics import CONTENT_TYPE_LATEST
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz", summary="Liveness: the process answers")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="Readiness: the model is loaded and the batcher runs")
+async def readyz(state: State) -> JSONResponse:
+    problems = []
+    if not state.recognizer.batcher.running:
+        problems.append("model batcher is not running")
+    if state.writer is not None and not state.writer.running:
+        problems.append("inventory writer is not running")
+    body = {"status": "not ready" if problems else "ready", "problems": problems,
+            "queue_depth": state.recognizer.batcher.depth}
+    return JSONResponse(body, status_code=503 if problems else 200)
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(state: State) -> Response:
+    return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/v1/info", summary="The model card summary and the features this server has")
+async def info(state: State, _: ReadKey) -> dict[str, Any]:
+    card = state.model.card
+    return {
+        "model": {"backbone": card.backbone, "input_size": card.input_size, "classes": list(card.classes),
+                  "coarse_classes": list(card.coarse_classes), "attributes": list(card.attributes),
+                  "metrics": {k: v for k, v in card.metrics.items() if isinstance(v, (int, float))}},
+        "features": state.features(),
+        "limits": {"max_upload_bytes": state.settings.max_upload_bytes, "max_pixels": state.settings.max_pixels,
+                   "max_files": state.settings.max_files},
+        "auth": {"writes": "api key", "reads": "api key" if state.settings.auth_reads else "open"},
+        "uptime_s": round(time.time() - state.started_at, 1),
+    }

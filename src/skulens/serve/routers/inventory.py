@@ -1,0 +1,149 @@
+"""Inventory: photo intake, counts, the review queue, CSV export and the audit log (needs --db)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from dataclasses import dataclass
+from typing import Annotated
+
+import anyio
+from fastapi import APIRouter, File, HTTPException, Path as PathParam, Query, Response, UploadFile
+
+from ...data.decode import ImageDecodeError
+from ..batching import QueueFullError
+from ..deps import ReadKey, State, WriteKey, busy
+from ..images import content_hash, stripped_jpeg
+from ..inventory import IntakePhoto, InventoryError, InventoryStore
+from ..schemas import AdjustRequest, AuditOut, IntakeItemOut, IntakeOut, InventoryOut, ReviewDecision, ReviewItemOut
+from ..security import decode_error_status, read_image_upload
+from ..state import ServiceState
+
+router = APIRouter(prefix="/v1/inventory", tags=["inventory"])
+
+Sha256 = Annotated[str, PathParam(pattern=r"^[0-9a-f]{64}$")]
+
+
+def _store(state: ServiceState) -> InventoryStore:
+    if state.store is None:
+        raise HTTPException(404, "inventory is not configured (start the server with --db FILE)")
+    return state.store
+
+
+@dataclass(frozen=True)
+class _Failed:
+    item: IntakeItemOut
+    status: int  # the HTTP status if every file of the request fails
+
+
+async def _recognise(state: ServiceState, upload: UploadFile) -> IntakePhoto | IntakeItemOut | _Failed:
+    """An IntakePhoto ready for the store, a duplicate's answer, or the file's error."""
+    name = upload.filename or "upload"
+    try:
+        data = await read_image_upload(upload, state.settings.max_upload_bytes)
+    except HTTPException as exc:
+        return _Failed(IntakeItemOut(source=name, status="error", error=str(exc.detail)), exc.status_code)
+    sha = content_hash(data)
+    known = await anyio.to_thread.run_sync(_store(state).known, [sha])
+    if sha in known:  # already in the store: no need to recognise it again (the store re-checks anyway)
+        return IntakeItemOut(sha256=sha, source=name, status="duplicate", previous_status=known[sha])
+    try:
+        image = await anyio.to_thread.run_sync(state.recognizer.decode, data)
+    except ImageDecodeError as exc:
+        return _Failed(IntakeItemOut(sha256=sha, source=name, status="error", error=f"{name}: {exc.reason}"),
+                       decode_error_status(exc))
+    pred = await state.recognizer.predict(image, top_k=5)
+    keep = state.settings.keep_uploads or pred.fine_confidence < state.settings.review_threshold
+    # Only photos that are kept are re-encoded; re-encoding from pixels drops EXIF (GPS included).
+    stored = await anyio.to_thread.run_sync(stripped_jpeg, data) if keep else None
+    return IntakePhoto(sha, name, pred.fine_label, pred.fine_confidence, pred.top_k, stored)
+
+
+@router.post("/intake", response_model=IntakeOut, summary="Count products from photos (idempotent per photo)")
+async def intake(state: State, actor: WriteKey,
+                 images: Annotated[list[UploadFile], File(description="one or more photos")]) -> IntakeOut:
+    _store(state)
+    if len(images) > state.settings.max_files:
+        raise HTTPException(413, f"{len(images)} files in one request; at most {state.settings.max_files}")
+    try:
+        prepared = await asyncio.gather(*(_recognise(state, f) for f in images))
+        photos = [p for p in prepared if isinstance(p, IntakePhoto)]
+        stored = iter(await state.record_intake(photos, actor) if photos else [])
+    except (QueueFullError, asyncio.TimeoutError) as exc:
+        raise busy(state, exc) from None
+    results = [IntakeItemOut(**next(stored).to_dict()) if isinstance(p, IntakePhoto)
+               else p.item if isinstance(p, _Failed) else p for p in prepared]
+    for r in results:
+        state.metrics.intake.labels(r.status).inc()
+    out = IntakeOut(results=results, **{s: sum(r.status == s for r in results)
+                                        for s in ("counted", "review", "duplicate")},
+                    errors=sum(r.status == "error" for r in results))
+    failed = [p for p in prepared if isinstance(p, _Failed)]
+    if len(failed) == len(prepared):  # nothing usable: answer with the first file's error
+        raise HTTPException(failed[0].status, failed[0].item.error)
+    return out
+
+
+@router.get("", response_model=InventoryOut, summary="Counts per product, review queue size")
+async def counts(state: State, _: ReadKey) -> InventoryOut:
+    store = _store(state)
+    c = await anyio.to_thread.run_sync(store.counts)
+    return InventoryOut(counts=c, titles={lab: state.product(lab).title for lab in c},
+                        review_queue=store.review_size(), photos=store.stats())
+
+
+@router.get("/export.csv", summary="Counts as CSV (label,count,updated_at)", response_class=Response,
+            responses={200: {"content": {"text/csv": {}}}})
+async def export_csv(state: State, _: ReadKey) -> Response:
+    buf = io.StringIO()
+    await anyio.to_thread.run_sync(_store(state).export_csv, buf)
+    return Response(buf.getvalue(), media_type="text/csv; charset=utf-8",
+                    headers={"Content-Disposition": 'attachment; filename="inventory.csv"'})
+
+
+@router.post("/products/{label}/adjust", summary="Change a count by hand (sale, stock take)")
+async def adjust(state: State, actor: WriteKey, body: AdjustRequest,
+                 label: Annotated[str, PathParam(min_length=1, max_length=200)]) -> dict[str, int | str]:
+    try:
+        count = await anyio.to_thread.run_sync(
+            lambda: _store(state).adjust(label, delta=body.delta, count=body.count, actor=actor, reason=body.reason))
+    except InventoryError as exc:
+        raise HTTPException(422, str(exc)) from None
+    return {"label": label, "count": count}
+
+
+@router.get("/review", response_model=list[ReviewItemOut], summary="Photos waiting for a reviewer")
+async def review_queue(state: State, _: ReadKey, limit: Annotated[int, Query(ge=1, le=500)] = 100,
+                       offset: Annotated[int, Query(ge=0)] = 0) -> list[ReviewItemOut]:
+    items = await anyio.to_thread.run_sync(lambda: _store(state).review_queue(limit=limit, offset=offset))
+    return [ReviewItemOut(**i.to_dict()) for i in items]
+
+
+@router.post("/review/{sha256}", response_model=ReviewItemOut,
+             summary="Confirm or correct a queued photo's label (then it counts), or reject it")
+async def resolve(state: State, actor: WriteKey, sha256: Sha256, decision: ReviewDecision) -> ReviewItemOut:
+    if decision.reject == (decision.label is not None and decision.label.strip() != ""):
+        raise HTTPException(422, "give either a label (confirm or correct) or reject: true")
+    label = None if decision.reject else decision.label
+    try:
+        item = await anyio.to_thread.run_sync(lambda: _store(state).resolve(sha256, label, actor=actor))
+    except InventoryError as exc:
+        status = 404 if "not in the inventory" in str(exc) else 409 if "not waiting" in str(exc) else 422
+        raise HTTPException(status, str(exc)) from None
+    return ReviewItemOut(**item.to_dict())
+
+
+@router.get("/photos/{sha256}", summary="A kept intake photo (EXIF-free JPEG); needs an API key",
+            response_class=Response, responses={200: {"content": {"image/jpeg": {}}}})
+async def photo(state: State, _: WriteKey, sha256: Sha256) -> Response:
+    path = await anyio.to_thread.run_sync(_store(state).photo_file, sha256)
+    if path is None:
+        raise HTTPException(404, "no stored photo with that hash (counted photos are not kept unless configured)")
+    return Response(path.read_bytes(), media_type="image/jpeg", headers={"Cache-Control": "private, no-store"})
+
+
+@router.get("/audit", response_model=list[AuditOut], summary="Every change, newest first; needs an API key")
+async def audit(state: State, _: WriteKey, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+                before_id: Annotated[int | None, Query(ge=1)] = None) -> list[AuditOut]:
+    rows = await anyio.to_thread.run_sync(lambda: _store(state).audit(limit=limit, before_id=before_id))
+    return [AuditOut(**r.to_dict()) for r in rows]

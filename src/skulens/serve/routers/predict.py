@@ -1,0 +1,27 @@
+"""POST /v1/predict: one photo in, top-k products, coarse class and attributes out."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, UploadFile
+
+from ..deps import ReadKey, State, predict_upload
+from ..schemas import PredictResponse
+from .products import product_out
+
+router = APIRouter(prefix="/v1", tags=["recognition"])
+
+
+@router.post("/predict", response_model=PredictResponse, summary="Recognise the product in a photo")
+async def predict(state: State, _: ReadKey,
+                  image: Annotated[UploadFile, File(description="the photo (JPEG, PNG, WebP, GIF, BMP, TIFF)")],
+                  top_k: Annotated[int, Form(ge=1, le=50)] = 5,
+                  min_confidence: Annotated[float, Form(ge=0.0, le=1.0)] = 0.0) -> PredictResponse:
+    t0 = time.perf_counter()
+    _, pred = await predict_upload(state, image, top_k=top_k, min_confidence=min_confidence)
+    d = pred.to_dict()
+    d["source"] = image.filename or "upload"
+    product = product_out(state, pred.fine_label) if pred.fine_label else None
+    return PredictResponse(prediction=d, product=product, timing_ms=round((time.perf_counter() - t0) * 1000, 2))

@@ -1,0 +1,65 @@
+"""Catalogue reads: products, their facts and stock, and their catalogue photo (EXIF-free thumbnail)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+import anyio
+from fastapi import APIRouter, HTTPException, Path as PathParam, Query, Response
+
+from ...data.decode import ImageDecodeError
+from ..deps import ReadKey, State
+from ..images import stripped_jpeg
+from ..schemas import ProductOut
+from ..state import ServiceState
+
+router = APIRouter(prefix="/v1/products", tags=["products"])
+
+ProductId = Annotated[str, PathParam(min_length=1, max_length=200)]
+_THUMB_SIDE = 256
+
+
+def product_out(state: ServiceState, label: str) -> ProductOut:
+    p = state.product(label)
+    stock = state.store.count(label) if state.store is not None else None
+    return ProductOut(id=label, title=p.title or label, coarse_label=p.coarse_label, description=p.description,
+                      info=p.info, has_image=p.image is not None, stock=stock)
+
+
+@router.get("", response_model=list[ProductOut], summary="Products the server knows (catalogue and model labels)")
+async def list_products(state: State, _: ReadKey, q: Annotated[str | None, Query(max_length=200)] = None,
+                        limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+                        offset: Annotated[int, Query(ge=0)] = 0) -> list[ProductOut]:
+    labels = sorted(state.products)
+    if q:
+        needle = q.lower()
+        labels = [lab for lab in labels if needle in lab.lower() or needle in state.product(lab).title.lower()]
+    return [product_out(state, lab) for lab in labels[offset:offset + limit]]
+
+
+@router.get("/{product_id}", response_model=ProductOut, summary="One product's catalogue facts and stock")
+async def get_product(state: State, _: ReadKey, product_id: ProductId) -> ProductOut:
+    if product_id not in state.products:
+        raise HTTPException(404, f"unknown product {product_id!r}")
+    return product_out(state, product_id)
+
+
+@lru_cache(maxsize=512)
+def _thumbnail(path: Path) -> bytes:
+    return stripped_jpeg(path.read_bytes(), short_side=_THUMB_SIDE)
+
+
+@router.get("/{product_id}/image", summary="The product's catalogue photo (a small JPEG without metadata)",
+            response_class=Response, responses={200: {"content": {"image/jpeg": {}}}})
+async def product_image(state: State, _: ReadKey, product_id: ProductId) -> Response:
+    product = state.products.get(product_id)
+    if product is None or product.image is None:
+        raise HTTPException(404, f"no catalogue photo for {product_id!r}")
+    try:
+        # The path comes from the server's own catalogue, never from the request.
+        data = await anyio.to_thread.run_sync(_thumbnail, Path(product.image))
+    except (OSError, ImageDecodeError) as exc:
+        raise HTTPException(404, f"catalogue photo for {product_id!r} is unreadable ({exc})") from None
+    return Response(data, media_type="image/jpeg", headers={"Cache-Control": "public, max-age=3600"})

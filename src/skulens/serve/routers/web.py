@@ -1,0 +1,25 @@
+"""The web pages: plain HTML/JS/CSS shipped in the package, no build step."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+from fastapi import APIRouter
+from fastapi.responses import HTMLResponse
+
+router = APIRouter(include_in_schema=False)
+
+
+def _page(name: str) -> HTMLResponse:
+    html = (resources.files("skulens.serve") / "static" / name).read_text(encoding="utf-8")
+    return HTMLResponse(html, headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/")
+async def index() -> HTMLResponse:
+    return _page("index.html")
+
+
+@router.get("/inventory")
+async def inventory_page() -> HTMLResponse:
+    return _page("inventory.html")

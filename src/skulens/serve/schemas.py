@@ -1,0 +1,123 @@
+"""Response and request bodies of the REST API (pydantic, so /docs shows them)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+__all__ = [
+    "AdjustRequest", "AuditOut", "IntakeOut", "InventoryOut", "LabelScore", "PredictResponse", "PredictionOut",
+    "ProductOut", "ReviewDecision", "ReviewItemOut", "SupportOut",
+]
+
+
+class LabelScore(BaseModel):
+    label: str
+    p: float
+
+
+class PredictionOut(BaseModel):
+    source: str
+    label: str | None = Field(description="the decision: fine label, coarse label (level coarse), or null")
+    level: str = Field(description="fine | coarse | unknown | error")
+    confidence: float
+    fine_label: str | None = None
+    fine_confidence: float = 0.0
+    coarse_label: str | None = None
+    coarse_confidence: float | None = None
+    top_k: list[LabelScore] = []
+    attributes: dict[str, float] = {}
+    error: str | None = None
+
+
+class ProductOut(BaseModel):
+    id: str
+    title: str
+    coarse_label: str | None = None
+    description: str = ""
+    info: str = ""
+    has_image: bool = False
+    stock: int | None = None
+
+
+class PredictResponse(BaseModel):
+    prediction: PredictionOut
+    product: ProductOut | None = None
+    timing_ms: float
+
+
+class SupportOut(BaseModel):
+    product: str | None
+    title: str | None
+    confidence: float
+    question: str | None
+    answer: str | None
+    field: str | None = Field(description="name | category | description | info | stock")
+    score: float
+    handoff: bool = Field(description="a person should take over")
+    reason: str | None
+    candidates: list[LabelScore] = []
+
+
+class IntakeItemOut(BaseModel):
+    sha256: str | None = None
+    source: str
+    status: str = Field(description="counted | review | duplicate | error")
+    label: str | None = None
+    confidence: float = 0.0
+    count: int | None = None
+    previous_status: str | None = None
+    error: str | None = None
+
+
+class IntakeOut(BaseModel):
+    results: list[IntakeItemOut]
+    counted: int
+    review: int
+    duplicate: int
+    errors: int
+
+
+class InventoryOut(BaseModel):
+    counts: dict[str, int]
+    titles: dict[str, str]
+    review_queue: int
+    photos: dict[str, int]
+
+
+class ReviewItemOut(BaseModel):
+    sha256: str
+    source: str
+    status: str
+    predicted_label: str | None
+    confidence: float
+    top_k: list[LabelScore]
+    label: str | None
+    created_at: str
+    reviewed_at: str | None = None
+    reviewed_by: str | None = None
+    has_photo: bool = False
+
+
+class ReviewDecision(BaseModel):
+    label: str | None = Field(None, max_length=200, description="the right product (confirm or correct)")
+    reject: bool = Field(False, description="not a product / unusable: never counted")
+
+
+class AdjustRequest(BaseModel):
+    delta: int | None = Field(None, description="add (or, negative, remove) this many")
+    count: int | None = Field(None, ge=0, description="set the count (a stock take)")
+    reason: str = Field("", max_length=500)
+
+
+class AuditOut(BaseModel):
+    id: int
+    ts: str
+    actor: str
+    action: str
+    label: str | None
+    delta: int
+    count_after: int | None
+    photo: str | None
+    detail: dict[str, Any]

@@ -1,0 +1,185 @@
+"""Request limits and API keys: body-size and timeout middleware, key checks, safe upload reading.
+
+Nothing here trusts the client: upload sizes are counted as the bytes arrive (not taken from
+Content-Length alone), the image type is sniffed from the bytes (the file name and the part's
+Content-Type are ignored), and keys are compared in constant time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+from collections.abc import Sequence
+
+from fastapi import HTTPException, UploadFile
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..data.decode import ImageDecodeError, sniff_format
+from .settings import ApiKey
+
+__all__ = ["BodyLimitMiddleware", "SecurityHeadersMiddleware", "TimeoutMiddleware", "check_api_key",
+           "decode_error_status", "read_image_upload"]
+
+_READ_CHUNK = 1 << 16
+
+
+async def _send_json(send: Send, status: int, detail: str, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *headers]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class BodyLimitMiddleware:
+    """413 for a request body over `max_bytes`: refused from Content-Length before reading, and counted
+    while streaming (chunked uploads, lying headers)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        message = f"request body larger than {self.max_bytes} bytes"
+        length = dict(scope.get("headers", ())).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            await _send_json(send, 413, message, [(b"connection", b"close")])
+            return
+        seen = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > self.max_bytes:
+                    # FastAPI re-raises an HTTPException met while reading the body; it becomes the 413.
+                    raise HTTPException(413, message, headers={"connection": "close"})
+            return msg
+
+        async def tracking_send(msg: Message) -> None:
+            nonlocal started
+            started = started or msg["type"] == "http.response.start"
+            await send(msg)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except HTTPException as exc:  # raised outside a route's body parsing
+            if exc.status_code != 413 or started:
+                raise
+            await _send_json(send, 413, message, [(b"connection", b"close")])
+
+
+class TimeoutMiddleware:
+    """504 when a request takes longer than `seconds` to start its response (the work is cancelled)."""
+
+    def __init__(self, app: ASGIApp, seconds: float, on_timeout: object = None):
+        self.app, self.seconds, self.on_timeout = app, seconds, on_timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = asyncio.Event()
+
+        async def tracking_send(msg: Message) -> None:
+            if msg["type"] == "http.response.start":
+                started.set()
+            await send(msg)
+
+        task = asyncio.ensure_future(self.app(scope, receive, tracking_send))
+        done, _ = await asyncio.wait({task}, timeout=self.seconds)
+        if task in done:
+            task.result()
+            return
+        if started.is_set():  # streaming a response already: let it finish
+            await task
+            return
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        if callable(self.on_timeout):
+            self.on_timeout()
+        await _send_json(send, 504, f"request took longer than {self.seconds:g} s")
+
+
+class SecurityHeadersMiddleware:
+    """nosniff / no-referrer / no framing on every response; a strict CSP on the web pages."""
+
+    def __init__(self, app: ASGIApp, page_prefixes: Sequence[str] = ("/", "/inventory", "/static/")):
+        self.app, self.pages = app, tuple(page_prefixes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        is_page = path in ("/", "/inventory") or path.startswith("/static/")
+
+        async def with_headers(msg: Message) -> None:
+            if msg["type"] == "http.response.start":
+                headers = list(msg.get("headers", []))
+                headers += [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
+                            (b"x-frame-options", b"DENY")]
+                if is_page:
+                    headers.append((b"content-security-policy",
+                                    b"default-src 'self'; img-src 'self' blob: data:; style-src 'self'; "
+                                    b"script-src 'self'; connect-src 'self'; frame-ancestors 'none'"))
+                msg = {**msg, "headers": headers}
+            await send(msg)
+
+        await self.app(scope, receive, with_headers)
+
+
+def check_api_key(presented: str | None, keys: Sequence[ApiKey], *, required: bool) -> str:
+    """The key's name (the audit log's actor), "anonymous" when not required and not given; else HTTP 401/403."""
+    if not presented:
+        if not required:
+            return "anonymous"
+        if not keys:
+            raise HTTPException(403, "writes are disabled: the server has no API keys (start it with "
+                                     "--api-keys-file FILE or $SKULENS_API_KEYS)")
+        raise HTTPException(401, "missing API key: send it as 'X-API-Key: KEY' or 'Authorization: Bearer KEY'",
+                            headers={"WWW-Authenticate": "Bearer"})
+    match = None
+    for key in keys:  # every key is compared, in constant time, so timing says nothing about which failed
+        if hmac.compare_digest(presented.encode(), key.secret.encode()):
+            match = key.name
+    if match is None:
+        raise HTTPException(401, "invalid API key", headers={"WWW-Authenticate": "Bearer"})
+    return match
+
+
+def decode_error_status(err: ImageDecodeError) -> int:
+    """415 not an image, 413 too many pixels, 422 corrupt / truncated / empty."""
+    if err.reason.startswith("not an image"):
+        return 415
+    if err.reason.startswith("too many pixels"):
+        return 413
+    return 422
+
+
+async def read_image_upload(upload: UploadFile, max_bytes: int) -> bytes:
+    """The upload's bytes, checked: not over `max_bytes` (413), not empty (422), a supported image by its
+    magic bytes (415). The name and declared type are ignored."""
+    name = upload.filename or "upload"
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await upload.read(_READ_CHUNK):
+        size += len(chunk)
+        if size > max_bytes:
+            raise HTTPException(413, f"{name}: file larger than {max_bytes} bytes")
+        chunks.append(chunk)
+    data = b"".join(chunks)
+    if not data:
+        raise HTTPException(422, f"{name}: empty file")
+    if sniff_format(data) is None:
+        raise HTTPException(415, f"{name}: not an image (accepted: JPEG, PNG, WebP, GIF, BMP, TIFF; "
+                                 "the type is read from the file's bytes, not its name)")
+    return data

@@ -1,0 +1,154 @@
+"""Typed service settings: defaults in code, overridable from a TOML/YAML/JSON file and CLI flags.
+
+No fastapi or torch import here, so `skulens serve --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ..config import ConfigError, load_config
+
+__all__ = ["ApiKey", "ServeSettings", "load_api_keys", "resolve_settings"]
+
+API_KEYS_ENV = "SKULENS_API_KEYS"
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """A secret and the name the audit log records for it (never the secret itself)."""
+
+    name: str
+    secret: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    model: str  # bundle folder
+    index: str | None = None  # vector index (search, similar, product CRUD, enrolment)
+    events: str | None = None  # behaviour-log CSV (recommendations)
+    catalogue: str | None = None  # product facts for support replies; default: the bundle's training data
+    db: str | None = None  # inventory SQLite file; None: no inventory endpoints
+    host: str = "127.0.0.1"  # localhost only unless asked: the service has write endpoints
+    port: int = 8000
+    device: str = "auto"
+    # Security.
+    api_keys: tuple[ApiKey, ...] = ()  # from --api-keys-file or $SKULENS_API_KEYS; none: writes refused
+    auth_reads: bool = False  # also require a key on read endpoints
+    cors_origins: tuple[str, ...] = ()  # CORS off unless origins are listed
+    # Limits.
+    max_upload_bytes: int = 20_000_000  # 20 MB: a 48 MP phone JPEG is ~15 MB
+    max_pixels: int = 40_000_000  # as skulens.data.decode: a 36 MP photo passes, a 400 MP bomb does not
+    max_files: int = 32  # per intake request
+    request_timeout_s: float = 30.0
+    # Micro-batching.
+    max_batch: int = 16
+    max_wait_ms: float = 10.0  # how long the first request of a batch waits for company
+    queue_size: int = 256  # requests waiting for the model; more answer 503
+    top_k: int = 5
+    # Inventory.
+    review_threshold: float = 0.6  # fine confidence below this goes to the review queue, not the counts
+    labelled_dir: str | None = None  # corrected photos for retraining; default <db stem>-labelled/ beside the db
+    keep_uploads: bool = False  # privacy: counted intake photos are not kept unless asked (EXIF stripped)
+    # Support replies.
+    text_model: str = "minilm"
+    support_min_confidence: float = 0.5  # recognition below this hands off to a person
+    support_min_score: float = 0.4  # best question-to-field cosine below this hands off
+
+    def __post_init__(self) -> None:
+        positive = ("max_upload_bytes", "max_pixels", "max_files", "max_batch", "queue_size", "top_k")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.request_timeout_s <= 0 or self.max_wait_ms < 0:
+            raise ConfigError("request_timeout_s must be > 0 and max_wait_ms >= 0")
+        for name in ("review_threshold", "support_min_confidence", "support_min_score"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if "*" in self.cors_origins:
+            raise ConfigError("cors_origins: list the origins; '*' would let any site call the API")
+
+    @property
+    def labelled_path(self) -> Path | None:
+        if self.labelled_dir:
+            return Path(self.labelled_dir)
+        if self.db:
+            db = Path(self.db)
+            return db.with_name(f"{db.stem}-labelled")
+        return None
+
+    def public(self) -> dict[str, Any]:
+        """The resolved settings without secrets (logged and shown at /v1/info)."""
+        d = dataclasses.asdict(self)
+        d["api_keys"] = [k.name for k in self.api_keys]
+        return d
+
+
+def load_api_keys(path: str | os.PathLike[str] | None = None, env: str | None = None) -> tuple[ApiKey, ...]:
+    """Keys from a file (one `name:secret` or bare secret per line, `#` comments) and/or $SKULENS_API_KEYS
+    (comma-separated). Never from a CLI flag: flags show up in `ps`."""
+    lines: list[str] = []
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"api keys file not found: {p}")
+        lines += p.read_text(encoding="utf-8").splitlines()
+    env_value = os.environ.get(API_KEYS_ENV, "") if env is None else env
+    lines += env_value.split(",")
+    keys: list[ApiKey] = []
+    for raw in lines:
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, secret = line.partition(":")
+        if not sep:
+            name, secret = f"key-{hashlib.sha256(line.encode()).hexdigest()[:8]}", line
+        if len(secret.strip()) < 8:
+            raise ConfigError(f"API key {name.strip()!r} is shorter than 8 characters")
+        keys.append(ApiKey(name.strip(), secret.strip()))
+    return tuple(keys)
+
+
+def resolve_settings(values: dict[str, Any], config_file: str | os.PathLike[str] | None = None) -> ServeSettings:
+    """File values, then explicit `values` (None means unset); unknown keys are an error."""
+    merged: dict[str, Any] = dict(load_config(config_file)) if config_file else {}
+    merged.update({k: v for k, v in values.items() if v is not None})
+    known = {f.name: f for f in fields(ServeSettings)}
+    unknown = sorted(set(merged) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown serve setting(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    if "model" not in merged:
+        raise ConfigError("serve needs a model bundle (--model)")
+    out: dict[str, Any] = {}
+    for name, value in merged.items():
+        out[name] = _coerce(name, value, known[name].default)
+    return ServeSettings(**out)
+
+
+def _coerce(name: str, value: Any, default: Any) -> Any:
+    if name == "api_keys":
+        if isinstance(value, tuple) and all(isinstance(k, ApiKey) for k in value):
+            return value
+        raise ConfigError("api_keys cannot be set in a config file; use --api-keys-file or $SKULENS_API_KEYS")
+    if name == "cors_origins":
+        items = value.split(",") if isinstance(value, str) else list(value)
+        return tuple(str(v).strip() for v in items if str(v).strip())
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                return value.lower() in ("true", "1", "yes")
+            return bool(value)
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+        return None if value is None else str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: cannot use {value!r} (expected {type(default).__name__})") from None

@@ -1,0 +1,180 @@
+"""What a running service holds: the model behind its micro-batcher, the inventory store and its writer,
+the support responder, and (when configured) the search and recommendation back-ends.
+
+Everything is loaded once, at startup; request handlers only borrow it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image
+
+from ..data.catalogue import Product
+from ..data.decode import decode_image
+from .batching import MicroBatcher
+from .inventory import IntakePhoto, IntakeResult, InventoryStore
+from .metrics import ServiceMetrics
+from .settings import ServeSettings
+
+if TYPE_CHECKING:
+    from ..api import Model, Prediction
+    from .support import SupportResponder
+
+__all__ = ["Recognizer", "ServiceState"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Job:
+    kind: str  # predict | embed
+    image: Image.Image
+    top_k: int = 5
+
+
+class Recognizer:
+    """The model behind a micro-batcher: `await predict(image)` / `await embed(image)` from any request;
+    concurrent requests share forward passes, which run on one inference thread."""
+
+    def __init__(self, model: Model, settings: ServeSettings, metrics: ServiceMetrics):
+        self.model, self.settings = model, settings
+        self.batcher: MicroBatcher[_Job, Any] = MicroBatcher(
+            self._run, max_batch=settings.max_batch, max_wait_s=settings.max_wait_ms / 1000,
+            queue_size=settings.queue_size, on_batch=metrics.observe_batch)
+        metrics.track_queue(lambda: self.batcher.depth)
+
+    def decode(self, data: bytes) -> Image.Image:
+        """Bytes -> RGB at the size the model needs (ImageDecodeError for anything else). Call in a thread."""
+        return decode_image(data, max_pixels=self.settings.max_pixels, reduce_to=self.model.card.resize_to)
+
+    def _run(self, jobs: list[_Job]) -> list[Any]:
+        out: list[Any] = [None] * len(jobs)
+        for kind in ("predict", "embed"):
+            idx = [i for i, j in enumerate(jobs) if j.kind == kind]
+            if not idx:
+                continue
+            images = [jobs[i].image for i in idx]
+            if kind == "predict":
+                k = max(jobs[i].top_k for i in idx)
+                results: Any = self.model.predict(images, top_k=k, batch_size=len(images))
+            else:
+                results = self.model.embed(images, batch_size=len(images))
+            for row, i in enumerate(idx):
+                out[i] = results[row]
+        return out
+
+    async def predict(self, image: Image.Image, *, top_k: int = 5, min_confidence: float = 0.0) -> Prediction:
+        pred = await self.batcher.submit(_Job("predict", image, top_k), timeout=self.settings.request_timeout_s)
+        # The batch ran at the largest top_k and no abstention; apply this request's own.
+        pred = dataclasses.replace(pred, top_k=pred.top_k[:top_k])
+        if pred.level in ("fine", "coarse") and pred.confidence < min_confidence:
+            pred = dataclasses.replace(pred, label=None, level="unknown")
+        return pred
+
+    async def embed(self, image: Image.Image) -> np.ndarray:
+        return await self.batcher.submit(_Job("embed", image), timeout=self.settings.request_timeout_s)
+
+
+@dataclass(frozen=True)
+class _Intake:
+    photos: list[IntakePhoto]
+    actor: str
+
+
+class ServiceState:
+    """Built by `ServiceState.load(settings)` (slow: the model, the catalogue, MiniLM), then `start()`ed on
+    the event loop and `stop()`ped at shutdown."""
+
+    def __init__(self, settings: ServeSettings, model: Model, *, products: dict[str, Product] | None = None,
+                 responder: SupportResponder | None = None, support_error: str | None = None,
+                 search: Any = None, recommender: Any = None):
+        self.settings, self.model = settings, model
+        self.metrics = ServiceMetrics()
+        self.recognizer = Recognizer(model, settings, self.metrics)
+        self.products = products or {}
+        self.responder, self.support_error = responder, support_error
+        self.search, self.recommender = search, recommender
+        self.store: InventoryStore | None = None
+        self.writer: MicroBatcher[_Intake, list[IntakeResult]] | None = None
+        if settings.db:
+            self.store = InventoryStore(settings.db, labelled_dir=settings.labelled_path)
+            # Intake from concurrent requests commits together: one transaction per batch, not per photo.
+            self.writer = MicroBatcher(self._write_intake, max_batch=64, max_wait_s=0.005,
+                                       queue_size=settings.queue_size)
+            if responder is not None:
+                responder.stock = self.store.count
+        self.started_at = time.time()
+
+    @classmethod
+    def load(cls, settings: ServeSettings, model: Model | None = None) -> ServiceState:
+        from ..api import load
+
+        if model is None:
+            model = load(settings.model, device=settings.device)
+        products, responder, error = _load_support(settings, model)
+        return cls(settings, model, products=products, responder=responder, support_error=error)
+
+    def _write_intake(self, items: list[_Intake]) -> list[list[IntakeResult]]:
+        assert self.store is not None
+        return self.store.intake_batches([i.photos for i in items], threshold=self.settings.review_threshold,
+                                         actor=[i.actor for i in items], keep_photos=self.settings.keep_uploads)
+
+    async def record_intake(self, photos: list[IntakePhoto], actor: str) -> list[IntakeResult]:
+        assert self.writer is not None
+        return await self.writer.submit(_Intake(photos, actor), timeout=self.settings.request_timeout_s)
+
+    async def start(self) -> None:
+        await self.recognizer.batcher.start()
+        if self.writer is not None:
+            await self.writer.start()
+
+    async def stop(self) -> None:
+        await self.recognizer.batcher.stop()
+        if self.writer is not None:
+            await self.writer.stop()
+        if self.store is not None:
+            self.store.close()
+
+    def product(self, label: str) -> Product:
+        return self.products.get(label) or Product(label=label, title=label.replace("-", " "))
+
+    def features(self) -> dict[str, bool]:
+        return {"inventory": self.store is not None, "support": self.responder is not None,
+                "search": self.search is not None, "recommendations": self.recommender is not None}
+
+
+def _load_support(settings: ServeSettings, model: Model) -> tuple[dict[str, Product], SupportResponder | None,
+                                                                  str | None]:
+    """Catalogue products (--catalogue, else the bundle's training data) and the MiniLM responder."""
+    from .support import SupportResponder, load_products
+
+    fallback = model.card.dataset.get("path")
+    try:
+        products = load_products(settings.catalogue, fallback)
+    except Exception as exc:  # noqa: BLE001 - a stale dataset path must not stop predictions being served
+        if settings.catalogue:
+            raise
+        logger.warning("catalogue %s could not be loaded (%s); support replies know only the labels", fallback, exc)
+        products = {}
+    card = model.card
+    coarse = {c: card.coarse_classes[card.fine_to_coarse[i]] for i, c in enumerate(card.classes)
+              if card.coarse_classes and card.fine_to_coarse}
+    for c in card.classes:  # every label the model can answer has at least a name and its coarse class
+        if c not in products:
+            products[c] = Product(label=c, coarse_label=coarse.get(c), title=c.replace("-", " "))
+    try:
+        from ..search.text import load_text_encoder
+
+        encoder = load_text_encoder(settings.text_model)
+    except (ImportError, FileNotFoundError) as exc:
+        logger.warning("support replies disabled: %s", exc)
+        return products, None, str(exc)
+    responder = SupportResponder(products, encoder, min_confidence=settings.support_min_confidence,
+                                 min_score=settings.support_min_score)
+    return products, responder, None

@@ -1,0 +1,31 @@
+"use strict";
+// Shared by the pages: the API key (kept in this browser only) and fetch helpers. No innerHTML with data.
+const keyInput = document.getElementById("api-key");
+if (keyInput) {
+  keyInput.value = localStorage.getItem("skulens-api-key") || "";
+  keyInput.addEventListener("change", () => localStorage.setItem("skulens-api-key", keyInput.value.trim()));
+}
+
+function authHeaders() {
+  const key = (localStorage.getItem("skulens-api-key") || "").trim();
+  return key ? { "X-API-Key": key } : {};
+}
+
+async function api(path, options = {}) {
+  const response = await fetch(path, { ...options, headers: { ...authHeaders(), ...(options.headers || {}) } });
+  if (!response.ok) {
+    let detail = response.statusText;
+    try { detail = (await response.json()).detail || detail; } catch (e) { /* not JSON */ }
+    throw new Error(`${response.status}: ${detail}`);
+  }
+  return response;
+}
+
+function el(tag, text, className) {
+  const node = document.createElement(tag);
+  if (text !== undefined && text !== null) node.textContent = text;
+  if (className) node.className = className;
+  return node;
+}
+
+function pct(p) { return `${(100 * p).toFixed(1)}%`; }

@@ -1,0 +1,88 @@
+"""`skulens retrain`: fold enrolled products and newly labelled photos into a normal fine-tune.
+
+The run starts from the last bundle (backbone and known head rows, see warm.py) and trains on the
+original catalogue plus (a) the photos kept by `skulens enroll` and (b) any extra labelled
+catalogues (e.g. the corrected review queue of inventory intake). Val stays the original val, so the
+new bundle is measured on the same photos as the old one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from ..config import ConfigError, resolve_config
+from ..data.catalogue import Catalogue, Product, Sample, load_catalogue
+from ..models.bundle import read_card
+
+__all__ = ["merge_samples", "retrain", "retrain_catalogue"]
+
+
+def merge_samples(cat: Catalogue, samples: Sequence[Sample], products: dict[str, Product] | None = None
+                  ) -> Catalogue:
+    """A copy of `cat` with `samples` added to train; new labels and coarse labels are appended."""
+    classes = list(cat.classes)
+    coarse = list(cat.coarse_classes)
+    hierarchy = dict(cat.hierarchy)
+    for s in samples:
+        if s.label not in classes:
+            classes.append(s.label)
+        if s.coarse_label:
+            known = hierarchy.get(s.label)
+            if known is not None and known != s.coarse_label:
+                raise ConfigError(f"{s.path}: {s.label!r} is under {known!r} in the catalogue, not {s.coarse_label!r}")
+            hierarchy[s.label] = s.coarse_label
+            if s.coarse_label not in coarse:
+                coarse.append(s.coarse_label)
+    if hierarchy and set(hierarchy) != set(classes):
+        missing = sorted(set(classes) - set(hierarchy))
+        raise ConfigError(f"new product(s) without a coarse label: {', '.join(missing[:5])}")
+    splits = {k: list(v) for k, v in cat.splits.items()}
+    splits["train"] = splits["train"] + list(samples)
+    return replace(cat, splits=splits, classes=classes, coarse_classes=coarse, hierarchy=hierarchy,
+                   products={**cat.products, **(products or {})})
+
+
+def _enrolled_samples(bundle: Path) -> tuple[list[Sample], dict[str, Product]]:
+    card = read_card(bundle)
+    samples, products = [], {}
+    for e in card.enrolled:
+        for rel in e.get("photos", ()):
+            p = (bundle / rel).resolve()
+            if p.is_file():
+                samples.append(Sample(p, e["label"], e.get("coarse_label")))
+        products[e["label"]] = Product(e["label"], e.get("coarse_label"), e.get("title", ""), e.get("text", ""))
+    return samples, products
+
+
+def retrain_catalogue(bundle: str | os.PathLike, data: str | os.PathLike | None = None,
+                      extra: Sequence[str | os.PathLike] = ()) -> Catalogue:
+    """The catalogue a retrain uses: the bundle's training data + its enrolled photos + extra catalogues."""
+    bundle = Path(bundle)
+    card = read_card(bundle)
+    source = data or card.dataset.get("path")
+    if not source or not Path(source).exists():
+        raise ConfigError(f"the data {bundle} was trained on ({source!r}) is not here: pass --data PATH")
+    cat = load_catalogue(source)
+    samples, products = _enrolled_samples(bundle)
+    for path in extra:
+        more = load_catalogue(path, val_fraction=0.0)
+        for split in more.splits.values():
+            samples += [s if s.coarse_label or not more.hierarchy else replace(s, coarse_label=more.hierarchy.get(s.label))
+                        for s in split]
+    return merge_samples(cat, samples, products)
+
+
+def retrain(bundle: str | os.PathLike, *, out: str, data: str | os.PathLike | None = None,
+            extra: Sequence[str | os.PathLike] = (), progress: bool = True, **overrides: Any):
+    """Fine-tune again from `bundle` on its data plus what was enrolled or labelled since; returns TrainResult."""
+    from .engine import fit
+
+    card = read_card(bundle)
+    cat = retrain_catalogue(bundle, data, extra)
+    values = {k: v for k, v in card.train_config.items() if k not in ("resume", "out", "init_from", "data")}
+    values.update({"baseline": False, **overrides, "out": out, "init_from": str(bundle), "data": str(cat.root)})
+    return fit(resolve_config(values), catalogue=cat, progress=progress)

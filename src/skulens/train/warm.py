@@ -1,0 +1,48 @@
+"""Warm start: a new run begins from an earlier bundle's weights, head rows matched by class name."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from ..config import ConfigError
+from ..models.bundle import load_bundle
+from ..models.card import ModelCard
+from ..models.classifier import SkuModel
+
+__all__ = ["warm_start"]
+
+log = logging.getLogger(__name__)
+
+
+def _copy_rows(dst: torch.nn.Linear, dst_names: tuple[str, ...], src: torch.nn.Linear,
+               src_names: tuple[str, ...]) -> int:
+    """Rows of classes both heads know are copied; new classes keep their fresh initialisation."""
+    where = {n: i for i, n in enumerate(src_names)}
+    n = 0
+    with torch.no_grad():
+        for i, name in enumerate(dst_names):
+            j = where.get(name)
+            if j is not None:
+                dst.weight[i].copy_(src.weight[j])
+                dst.bias[i].copy_(src.bias[j])
+                n += 1
+    return n
+
+
+def warm_start(model: SkuModel, card: ModelCard, bundle: str) -> dict[str, int]:
+    """Load `bundle` into `model` in place: the whole backbone, and every head row whose class it knows."""
+    old, old_card = load_bundle(bundle)
+    if old_card.backbone != card.backbone:
+        raise ConfigError(f"--init-from {bundle}: that bundle is a {old_card.backbone}, this run trains "
+                          f"{card.backbone} (pass --backbone {old_card.backbone})")
+    model.backbone.load_state_dict(old.backbone.state_dict())
+    copied = {"fine": _copy_rows(model.head, card.classes, old.head, old_card.classes)}
+    if model.coarse_head is not None and old.coarse_head is not None:
+        copied["coarse"] = _copy_rows(model.coarse_head, card.coarse_classes, old.coarse_head, old_card.coarse_classes)
+    if model.attribute_head is not None and old.attribute_head is not None:
+        copied["attributes"] = _copy_rows(model.attribute_head, card.attributes, old.attribute_head,
+                                          old_card.attributes)
+    log.info("warm start from %s: backbone and %s head rows", bundle, copied)
+    return copied

@@ -1,0 +1,285 @@
+"""The REST API (skulens.serve) on the real tiny bundle: predict, limits, API keys, inventory, metrics, CORS."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import csv
+import io
+from pathlib import Path
+
+import pytest
+
+fastapi = pytest.importorskip("fastapi")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+import skulens  # noqa: E402
+from skulens.serve.app import create_app  # noqa: E402
+from skulens.serve.settings import ApiKey, ServeSettings  # noqa: E402
+
+from _serve_util import SlowModel, bad_uploads, has_gps, photo_bytes  # noqa: E402
+
+KEY = "test-secret-key"
+AUTH = {"X-API-Key": KEY}
+
+
+@pytest.fixture(scope="module")
+def model(tiny_bundle):
+    return skulens.load(tiny_bundle.bundle, device="cpu", precision="off")
+
+
+@pytest.fixture(scope="module")
+def val_photo(tiny_catalogue: Path) -> tuple[bytes, str]:
+    path = tiny_catalogue.parent / "val" / "red-apple" / "red-apple_000.jpg"
+    return path.read_bytes(), "red-apple"
+
+
+def _settings(tiny_bundle, tmp_path: Path | None = None, **kw) -> ServeSettings:
+    base = {"model": str(tiny_bundle.bundle), "api_keys": (ApiKey("tester", KEY),), "device": "cpu"}
+    if tmp_path is not None:
+        base["db"] = str(tmp_path / "inventory.sqlite")
+    base.update(kw)
+    return ServeSettings(**base)
+
+
+@pytest.fixture(scope="module")
+def client(tiny_bundle, model, tmp_path_factory):
+    app = create_app(_settings(tiny_bundle, tmp_path_factory.mktemp("serve")), model=model)
+    with TestClient(app) as c:
+        yield c
+
+
+def _upload(data: bytes, name: str = "photo.jpg", ctype: str = "image/jpeg", field: str = "image"):
+    return {field: (name, data, ctype)}
+
+
+def test_predict_matches_the_python_api(client, model, val_photo) -> None:
+    data, _ = val_photo
+    r = client.post("/v1/predict", files=_upload(data), data={"top_k": "2"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    direct = model.predict([data], top_k=2)[0]
+    p = body["prediction"]
+    assert p["fine_label"] == direct.fine_label and p["label"] == direct.label
+    assert p["confidence"] == pytest.approx(direct.confidence, abs=1e-4)
+    assert [row["label"] for row in p["top_k"]] == [lab for lab, _ in direct.top_k]
+    assert len(p["top_k"]) == 2
+    assert p["coarse_label"] == direct.coarse_label
+    assert body["product"]["id"] == direct.fine_label and body["product"]["stock"] == 0
+    assert p["source"] == "photo.jpg"
+
+
+def test_the_type_comes_from_the_bytes_not_the_name(client, val_photo) -> None:
+    data, _ = val_photo
+    r = client.post("/v1/predict", files=_upload(data, "notes.txt", "text/plain"))
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("case", list(bad_uploads(b"\xff\xd8\xff" + b"0" * 100)))
+def test_bad_uploads_are_4xx_with_a_message_and_the_server_stays_healthy(client, val_photo, case) -> None:
+    name, data, ctype = bad_uploads(val_photo[0])[case]
+    r = client.post("/v1/predict", files=_upload(data, name, ctype))
+    assert 400 <= r.status_code < 500, (case, r.status_code, r.text)
+    detail = r.json()["detail"]
+    assert name in detail and len(detail) > len(name) + 5
+    expected = {"bomb": 413, "20000x20000": 413, "text named .jpg": 415, "html named .png": 415}
+    assert r.status_code == expected.get(case, 422), (case, r.text)
+    assert client.get("/healthz").status_code == 200
+    assert client.post("/v1/predict", files=_upload(val_photo[0])).status_code == 200
+
+
+def test_wrong_content_types_are_422_with_a_hint(client, val_photo) -> None:
+    for kwargs in ({"json": {"image": "x.jpg"}}, {"content": val_photo[0], "headers": {"content-type": "image/jpeg"}}):
+        r = client.post("/v1/predict", **kwargs)
+        assert r.status_code == 422, r.text
+        assert "multipart/form-data" in r.json()["detail"]
+    r = client.post("/v1/predict", files=_upload(val_photo[0]), data={"top_k": "0"})
+    assert r.status_code == 422 and "top_k" in r.json()["detail"]
+
+
+def test_upload_and_body_limits(tiny_bundle, model, val_photo) -> None:
+    settings = _settings(tiny_bundle, max_upload_bytes=len(val_photo[0]) - 1, max_files=2)
+    with TestClient(create_app(settings, model=model)) as c:
+        r = c.post("/v1/predict", files=_upload(val_photo[0]))
+        assert r.status_code == 413 and "larger than" in r.json()["detail"]
+        # The whole body is capped too (max_files x max_upload_bytes + framing), before any parsing.
+        big = b"\xff\xd8\xff" + b"0" * (3 * len(val_photo[0]))
+        r = c.post("/v1/predict", files=_upload(big))
+        assert r.status_code == 413, r.text
+        assert c.get("/healthz").status_code == 200
+
+
+def test_writes_need_a_valid_key_reads_do_not(client, val_photo) -> None:
+    files = _upload(val_photo[0], field="images")
+    r = client.post("/v1/inventory/intake", files=files)
+    assert r.status_code == 401 and "API key" in r.json()["detail"]
+    assert r.headers["www-authenticate"] == "Bearer"
+    r = client.post("/v1/inventory/intake", files=files, headers={"X-API-Key": "wrong-key-123"})
+    assert r.status_code == 401 and r.json()["detail"] == "invalid API key"
+    r = client.post("/v1/inventory/intake", files=files, headers={"Authorization": "Bearer wrong-key-123"})
+    assert r.status_code == 401
+    assert client.get("/v1/inventory").status_code == 200  # reads are open by default
+    # ...but a wrong key on a read is still refused rather than ignored.
+    assert client.get("/v1/inventory", headers={"X-API-Key": "nope-nope-nope"}).status_code == 401
+
+
+def test_no_configured_keys_means_writes_are_disabled(tiny_bundle, model, tmp_path, val_photo) -> None:
+    settings = _settings(tiny_bundle, tmp_path, api_keys=())
+    with TestClient(create_app(settings, model=model)) as c:
+        r = c.post("/v1/inventory/intake", files=_upload(val_photo[0], field="images"))
+        assert r.status_code == 403 and "no API keys" in r.json()["detail"]
+
+
+def test_auth_reads(tiny_bundle, model, val_photo) -> None:
+    with TestClient(create_app(_settings(tiny_bundle, auth_reads=True), model=model)) as c:
+        assert c.post("/v1/predict", files=_upload(val_photo[0])).status_code == 401
+        assert c.post("/v1/predict", files=_upload(val_photo[0]), headers=AUTH).status_code == 200
+        assert c.get("/healthz").status_code == 200  # probes stay open
+
+
+def test_inventory_intake_review_export_and_audit(client, model, tiny_catalogue) -> None:
+    photos = [photo_bytes("oat-milk", 100 + i) for i in range(3)]
+    files = [("images", (f"p{i}.jpg", d, "image/jpeg")) for i, d in enumerate(photos + photos[:1])]
+    r = client.post("/v1/inventory/intake", files=files, headers=AUTH)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["duplicate"] >= 1 and body["errors"] == 0
+    assert body["counted"] + body["review"] == 3
+    preds = model.predict(photos)
+    for res, pred in zip(body["results"][:3], preds, strict=True):
+        assert res["status"] == ("counted" if pred.fine_confidence >= 0.6 else "review")
+    # Sending the same photos again changes nothing.
+    again = client.post("/v1/inventory/intake", files=files, headers=AUTH).json()
+    assert again["duplicate"] == 4 and again["counted"] == 0
+    counts = client.get("/v1/inventory").json()["counts"]
+    counted = [p.fine_label for p, res in zip(preds, body["results"], strict=False) if res["status"] == "counted"]
+    for label in set(counted):
+        assert counts[label] == counted.count(label)
+    # CSV export agrees with the counts.
+    rows = list(csv.DictReader(io.StringIO(client.get("/v1/inventory/export.csv").text)))
+    assert {row["label"]: int(row["count"]) for row in rows} == counts
+    audit = client.get("/v1/inventory/audit", headers=AUTH).json()
+    assert sum(a["action"] == "intake" for a in audit) >= len(counted)
+    assert all(a["actor"] == "tester" for a in audit)
+
+
+def test_low_confidence_goes_to_review_then_a_correction_counts(tiny_bundle, model, tmp_path) -> None:
+    from skulens.data.catalogue import load_catalogue
+
+    # threshold 1.0: every photo needs review
+    settings = _settings(tiny_bundle, tmp_path, review_threshold=1.0)
+    data = photo_bytes("green-apple", 7, gps=True)
+    assert has_gps(data)
+    with TestClient(create_app(settings, model=model)) as c:
+        r = c.post("/v1/inventory/intake", files=[("images", ("shelf.jpg", data, "image/jpeg"))], headers=AUTH)
+        assert r.json()["review"] == 1, r.text
+        assert c.get("/v1/inventory").json()["counts"] == {}
+        queue = c.get("/v1/inventory/review").json()
+        assert len(queue) == 1 and queue[0]["has_photo"]
+        sha = queue[0]["sha256"]
+        assert c.get(f"/v1/inventory/photos/{sha}").status_code == 401  # photos need a key
+        stored = c.get(f"/v1/inventory/photos/{sha}", headers=AUTH)
+        assert stored.status_code == 200 and stored.content[:3] == b"\xff\xd8\xff"
+        assert not has_gps(stored.content)  # EXIF (GPS included) stripped from what is kept
+        r = c.post(f"/v1/inventory/review/{sha}", json={"label": "oat-milk"}, headers=AUTH)
+        assert r.status_code == 200 and r.json()["status"] in ("corrected", "confirmed"), r.text
+        assert c.post(f"/v1/inventory/review/{sha}", json={"label": "oat-milk"}, headers=AUTH).status_code == 409
+        assert c.get("/v1/inventory").json()["counts"] == {"oat-milk": 1}
+        assert c.get("/v1/inventory/review").json() == []
+        bad = c.post(f"/v1/inventory/review/{sha}", json={}, headers=AUTH)
+        assert bad.status_code == 422
+    # The corrected photo is labelled data that `load_catalogue` (so train/retrain) reads.
+    labelled = tmp_path / "inventory-labelled"
+    cat = load_catalogue(labelled, val_fraction=0)
+    [sample] = cat.split("train")
+    assert sample.label == "oat-milk" and not has_gps(sample.path.read_bytes())
+
+
+def test_manual_adjustments(client) -> None:
+    r = client.post("/v1/inventory/products/oat-milk/adjust", json={"count": 10, "reason": "stock take"},
+                    headers=AUTH)
+    assert r.status_code == 200 and r.json()["count"] == 10
+    r = client.post("/v1/inventory/products/oat-milk/adjust", json={"delta": -3}, headers=AUTH)
+    assert r.json()["count"] == 7
+    r = client.post("/v1/inventory/products/oat-milk/adjust", json={"delta": -30}, headers=AUTH)
+    assert r.status_code == 422
+    assert client.post("/v1/inventory/products/oat-milk/adjust", json={"delta": 1}).status_code == 401
+
+
+def test_support_answers_stock_from_the_inventory(client, val_photo) -> None:
+    client.post("/v1/inventory/products/red-apple/adjust", json={"count": 4}, headers=AUTH)
+    r = client.post("/v1/support/ask", files=_upload(val_photo[0]), data={"question": "Do you have this in stock?"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    if body["product"] == "red-apple" and not body["handoff"]:
+        assert body["field"] == "stock" and "4" in body["answer"]
+    r = client.post("/v1/support/ask", files=_upload(val_photo[0]), data={"question": "What's the price?"})
+    assert r.json()["handoff"] is True and r.json()["reason"]
+
+
+def test_full_queue_answers_503_not_a_hang(tiny_bundle, model, val_photo) -> None:
+    settings = _settings(tiny_bundle, queue_size=1, max_batch=1, max_wait_ms=0)
+    with TestClient(create_app(settings, model=SlowModel(model, 0.5))) as c:
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            codes = list(pool.map(lambda _: c.post("/v1/predict", files=_upload(val_photo[0])), range(6)))
+        statuses = sorted(r.status_code for r in codes)
+        assert 200 in statuses and 503 in statuses, statuses
+        busy = next(r for r in codes if r.status_code == 503)
+        assert busy.headers["retry-after"] == "1" and "busy" in busy.json()["detail"]
+        assert "skulens_queue_rejected_total" in c.get("/metrics").text
+
+
+def test_request_timeout_is_504(tiny_bundle, model, val_photo) -> None:
+    settings = _settings(tiny_bundle, request_timeout_s=0.3)
+    with TestClient(create_app(settings, model=SlowModel(model, 1.0))) as c:
+        r = c.post("/v1/predict", files=_upload(val_photo[0]))
+        assert r.status_code == 504, r.text
+        assert c.get("/healthz").status_code == 200
+
+
+def test_health_metrics_docs_and_info(client, val_photo) -> None:
+    client.post("/v1/predict", files=_upload(val_photo[0]))
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json()["status"] == "ready"
+    text = client.get("/metrics").text
+    assert 'skulens_http_requests_total{method="POST",route="/v1/predict",status="200"}' in text
+    assert "skulens_batch_size_count" in text
+    assert client.get("/docs").status_code == 200
+    paths = client.get("/openapi.json").json()["paths"]
+    assert "/v1/predict" in paths and "/v1/inventory/intake" in paths and "/v1/support/ask" in paths
+    info = client.get("/v1/info").json()
+    assert info["features"]["inventory"] and info["model"]["classes"]
+
+
+def test_no_db_means_no_inventory_routes(tiny_bundle, model) -> None:
+    with TestClient(create_app(_settings(tiny_bundle), model=model)) as c:
+        assert c.get("/v1/inventory").status_code == 404
+        assert "/v1/inventory/intake" not in c.get("/openapi.json").json()["paths"]
+
+
+def test_cors_is_off_by_default_and_exact_when_on(client, tiny_bundle, model) -> None:
+    origin = {"Origin": "https://evil.example"}
+    assert "access-control-allow-origin" not in client.get("/healthz", headers=origin).headers
+    settings = _settings(tiny_bundle, cors_origins=("https://shop.example",))
+    with TestClient(create_app(settings, model=model)) as c:
+        ok = c.get("/healthz", headers={"Origin": "https://shop.example"})
+        assert ok.headers["access-control-allow-origin"] == "https://shop.example"
+        assert "access-control-allow-origin" not in c.get("/healthz", headers=origin).headers
+
+
+def test_web_pages_are_served_with_a_strict_csp(client) -> None:
+    for path in ("/", "/inventory"):
+        r = client.get(path)
+        assert r.status_code == 200 and "<html" in r.text
+        assert "script-src 'self'" in r.headers["content-security-policy"]
+    assert client.get("/static/app.js").status_code == 200
+    assert client.get("/static/../settings.py").status_code == 404
+
+
+def test_no_endpoint_reads_a_server_path_or_url(client) -> None:
+    for path in ("/v1/products/..%2F..%2Fetc%2Fpasswd/image", "/v1/products/http:%2F%2Fexample.com/image"):
+        assert client.get(path).status_code == 404
+    r = client.post("/v1/predict", data={"image": "/etc/passwd"})
+    assert r.status_code == 422
+    r = client.post("/v1/predict", data={"image": "http://127.0.0.1:1/x.jpg"})
+    assert r.status_code == 422
