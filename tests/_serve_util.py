@@ -20,9 +20,10 @@ from conftest import make_image
 GPS_TAG = 0x8825  # EXIF GPSInfo IFD pointer
 
 
-def photo_bytes(label: str, seed: int, *, gps: bool = False, fmt: str = "JPEG") -> bytes:
-    """A real product photo of the tiny catalogue's kind; with `gps`, EXIF carrying a GPS position."""
-    img = make_image(label, np.random.default_rng(seed))
+def photo_bytes(label: str | None, seed: int, *, gps: bool = False, fmt: str = "JPEG") -> bytes:
+    """A real product photo of the tiny catalogue's kind (label None: a plain grey frame, which the model
+    is unsure about); with `gps`, EXIF carrying a GPS position, as phone photos do."""
+    img = make_image(label, np.random.default_rng(seed)) if label else Image.new("RGB", (72, 72), (128, 128, 128))
     buf = io.BytesIO()
     if gps:
         exif = Image.Exif()

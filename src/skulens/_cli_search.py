@@ -281,3 +281,113 @@ def add_search_commands(sub: argparse._SubParsersAction) -> None:
     fu.add_argument("--out", help="report folder (default: BUNDLE/fusion-report)")
     fu.add_argument("-q", "--quiet", action="store_true")
     fu.set_defaults(func=cmd_fuse)
+
+    add_recommend_commands(sub)
+
+
+def _recommender(ns: argparse.Namespace):
+    from .cli import _resolve_data
+    from .data.catalogue import load_catalogue
+    from .search.recommend import create_recommender
+    from .search.shopping_log import read_events
+
+    events = read_events(ns.events)
+    cat = load_catalogue(_resolve_data(ns.data)) if (ns.data or ns.kind != "popularity") else None
+    kw: dict[str, Any] = {}
+    if ns.kind != "popularity":
+        from .search.embeddings import content_vectors
+
+        model = None
+        if ns.model:
+            from .api import load
+
+            model = load(ns.model)
+        assert cat is not None
+        kw["item_vectors"] = content_vectors(list(cat.products.values()), model)
+    rec = create_recommender(ns.kind, **kw)
+    rec.fit(events, catalogue=list(cat.products) if cat is not None else None)
+    return rec, events
+
+
+def _recs_json(recs: list[Any]) -> list[dict[str, Any]]:
+    return [{"product_id": r.product_id, "score": round(float(r.score), 6), "reason": r.reason} for r in recs]
+
+
+def cmd_recommend(ns: argparse.Namespace) -> int:
+    if not ns.user and not ns.similar:
+        raise SystemExit("skulens recommend: give --user USER_ID or --similar PRODUCT_ID")
+    rec, _ = _recommender(ns)
+    if ns.user:
+        for u in ns.user:
+            recs = rec.recommend(u, ns.k, exclude_seen=not ns.include_seen, seed_products=tuple(ns.seed_product or ()))
+            print(json.dumps({"user_id": u, "recommendations": _recs_json(recs)}))
+    for p in ns.similar or ():
+        print(json.dumps({"product_id": p, "similar": _recs_json(rec.similar(p, ns.k))}))
+    return 0
+
+
+def cmd_recommend_generate(ns: argparse.Namespace) -> int:
+    from .cli import _resolve_data
+    from .data.catalogue import load_catalogue
+    from .search.shopping_log import generate_shopping_log, write_events
+
+    cat = load_catalogue(_resolve_data(ns.data))
+    products = [(p, cat.hierarchy.get(p, p)) for p in cat.classes]
+    events = generate_shopping_log(products, n_users=ns.users, seed=ns.seed)
+    write_events(ns.out, events)
+    _print(f"{ns.out}: {len(events)} SYNTHETIC events of {ns.users} users over {len(products)} products "
+           "(see skulens.search.shopping_log for how they are generated)")
+    return 0
+
+
+def cmd_recommend_evaluate(ns: argparse.Namespace) -> int:
+    from .cli import _resolve_data
+    from .data.catalogue import load_catalogue
+    from .search.embeddings import content_vectors
+    from .search.recommend import create_recommender, evaluate, leave_last_out
+    from .search.shopping_log import read_events
+
+    events = read_events(ns.events)
+    cat = load_catalogue(_resolve_data(ns.data))
+    model = None
+    if ns.model:
+        from .api import load
+
+        model = load(ns.model)
+    vectors = content_vectors(list(cat.products.values()), model)
+    train, test = leave_last_out(events)
+    for kind in ("popularity", "content", "hybrid"):
+        rec = create_recommender(kind, **({} if kind == "popularity" else {"item_vectors": vectors}))
+        rec.fit(train, catalogue=list(cat.products))
+        rep = evaluate(rec, train, test, k=ns.k, catalogue=list(cat.products))
+        print(json.dumps({"recommender": kind, "hit_rate": rep.hit_rate, "ndcg": rep.ndcg,
+                          "coverage": rep.coverage, "users": rep.n_users, "k": rep.k}))
+    return 0
+
+
+def add_recommend_commands(sub: argparse._SubParsersAction) -> None:
+    r = sub.add_parser("recommend", help="recommendations from a behaviour log (CSV user_id,product_id,event,timestamp)")
+    rsub = r.add_subparsers(dest="recommend_command", required=True)
+    g = rsub.add_parser("for", help="recommend for users, or products similar to a product")
+    g.add_argument("--events", required=True, help="behaviour log CSV")
+    g.add_argument("--data", help="catalogue (products and their texts; default: the grocery dataset)")
+    g.add_argument("--model", help="bundle whose catalogue-photo embeddings join the text content vectors")
+    g.add_argument("--kind", choices=("hybrid", "content", "popularity"), default="hybrid")
+    g.add_argument("--user", nargs="+", help="user id(s)")
+    g.add_argument("--similar", nargs="+", help="product id(s)")
+    g.add_argument("--seed-product", action="append", help="for a user with no history: products they look at now")
+    g.add_argument("--include-seen", action="store_true")
+    g.add_argument("-k", type=int, default=10)
+    g.set_defaults(func=cmd_recommend)
+    gen = rsub.add_parser("generate", help="write a SYNTHETIC shopping log for a catalogue (documented generator)")
+    gen.add_argument("--data", help="catalogue (default: the grocery dataset)")
+    gen.add_argument("--users", type=int, default=2000)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--out", required=True)
+    gen.set_defaults(func=cmd_recommend_generate)
+    ev = rsub.add_parser("evaluate", help="leave-last-out HitRate@k / NDCG@k: popularity vs content vs hybrid")
+    ev.add_argument("--events", required=True)
+    ev.add_argument("--data")
+    ev.add_argument("--model")
+    ev.add_argument("-k", type=int, default=10)
+    ev.set_defaults(func=cmd_recommend_evaluate)

@@ -11,8 +11,10 @@ def _collect() -> tuple[type[BaseException], ...]:
     from .data.decode import ImageDecodeError
     from .models.backbones import WeightsError
     from .models.bundle import BundleError
+    from .search.shopping_log import ShoppingLogError
 
-    return (ConfigError, CatalogueError, ImageDecodeError, WeightsError, BundleError, FileNotFoundError,
+    return (ConfigError, CatalogueError, ImageDecodeError, WeightsError, BundleError, ShoppingLogError,
+            FileNotFoundError,
             ImportError)
 
 

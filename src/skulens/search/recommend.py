@@ -8,8 +8,8 @@ returning `Recommendation` (product, score, reason) best first.
 * `ContentRecommender` - a user's profile is the event- and recency-weighted mean of the content
   vectors (image + text embeddings, supplied by the caller) of what they touched; products by
   cosine to it.
-* `HybridRecommender` - the skulens default: item-item co-occurrence (cosine over the users x
-  products matrix of log-damped weighted counts) blended with content similarity and a little
+* `HybridRecommender` - the skulens default: item-item co-occurrence (an asymmetric cosine over
+  the users x products matrix of log-damped weighted counts) blended with content similarity and
   popularity. The blend weights are tuned on a leave-last-out split *of the training log*, never on
   the events being evaluated. Products with content but no events (cold-start products) borrow the
   co-occurrence and popularity of their nearest products in content space, so they can be reached.
@@ -374,8 +374,9 @@ class HybridRecommender(_ContentMixin, Recommender):
     popularity from their ``cold_neighbours`` nearest products in content space (a sharp softmax of
     cosine at ``cold_temperature``). A weight left at ``None`` is tuned on a leave-last-out split
     of the *training* log (NDCG@10); the chosen values land in ``alpha_`` and ``beta_``, the grid in
-    ``tuning_``. Without ``item_vectors`` it is plain item-item co-occurrence. ``asymmetry`` shapes
-    the item-item similarity (0.5: cosine, 1.0: P(target | source)); ``shrink`` damps rare pairs.
+    ``tuning_``. Without ``item_vectors`` it is plain item-item co-occurrence; products with events
+    but no vector get content 0. ``asymmetry`` shapes the item-item similarity (0.5: cosine, 1.0:
+    P(target | source)); ``shrink`` damps rare pairs.
     """
 
     name = "hybrid"
@@ -468,7 +469,7 @@ class HybridRecommender(_ContentMixin, Recommender):
         weights /= np.maximum(weights.sum(axis=1, keepdims=True), 1e-12)
         sim[cold] = weights @ sim[donors]
         sim[:, cold] = sim[:, donors] @ weights.T
-        sim[cold, cold] = 0.0
+        sim[cold, cold] = 0.0  # the (c, c) pairs: no product is its own neighbour
         popular[cold] = weights @ popular[donors]
 
     def _components(self, history: sparse.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -489,6 +490,28 @@ class HybridRecommender(_ContentMixin, Recommender):
         cooc, content, popular = self._components(history)
         # 1e-6 popularity: the order among equal blends is by popularity, then product id.
         return (1 - self.alpha_) * cooc + self.alpha_ * content + (self.beta_ + 1e-6) * popular
+
+    def similar(self, product_id: str, k: int = 10) -> list[Recommendation]:
+        """Products like this one: co-occurrence and content weighted alike, popularity only breaking ties.
+
+        "Similar" is about the product, not what sells: the tuned user blend (which leans on popularity)
+        would put a best-seller next to anything.
+        """
+        self._require_fitted()
+        if product_id not in self._index:
+            raise UnknownProductError(f"{self.name}: unknown product {product_id!r}")
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        i = self._index[product_id]
+        row = sparse.csr_matrix(([1.0], ([0], [i])), shape=(1, len(self.items)))
+        cooc, content, popular = self._components(row)
+        w = 0.5 if self._vectors else 0.0
+        scores = (1 - w) * cooc + w * content + 1e-6 * popular
+        scores[0, i] = -np.inf
+        order = _top_k(scores, k)[0]
+        return [Recommendation(self.items[j], float(scores[0, j]),
+                               "similar content" if w * content[0, j] >= (1 - w) * cooc[0, j] else
+                               f"often together with {product_id}") for j in order if np.isfinite(scores[0, j])]
 
     def _explain(self, row: sparse.csr_matrix, item: int) -> str:
         cooc, content, popular = (c[0, item] for c in self._components(row))

@@ -32,10 +32,10 @@ from typing import Any
 
 __all__ = [
     "AuditEntry",
-    "InventoryError",
-    "InventoryStore",
     "IntakePhoto",
     "IntakeResult",
+    "InventoryError",
+    "InventoryStore",
     "ReviewItem",
 ]
 
@@ -186,7 +186,7 @@ class InventoryStore:
         with self._lock:
             self._db.close()
 
-    def __enter__(self) -> InventoryStore:
+    def __enter__(self) -> InventoryStore:  # noqa: PYI034 - typing.Self needs Python 3.11
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -29,6 +32,8 @@ if TYPE_CHECKING:
 __all__ = ["Recognizer", "ServiceState"]
 
 logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -100,6 +105,9 @@ class ServiceState:
         self.products = products or {}
         self.responder, self.support_error = responder, support_error
         self.search, self.recommender = search, recommender
+        # The vector index is not thread-safe: every use (search, CRUD, enrolment) holds this lock.
+        self.index_lock = threading.Lock()
+        self._model_lock = threading.Lock()
         self.store: InventoryStore | None = None
         self.writer: MicroBatcher[_Intake, list[IntakeResult]] | None = None
         if settings.db:
@@ -118,7 +126,34 @@ class ServiceState:
         if model is None:
             model = load(settings.model, device=settings.device)
         products, responder, error = _load_support(settings, model)
-        return cls(settings, model, products=products, responder=responder, support_error=error)
+        search = _load_search(settings, model) if settings.index else None
+        if search is not None:
+            for r in search.index.records():  # products known only to the index (enrolled, other catalogues)
+                if r.product_id not in products:
+                    products[r.product_id] = Product(label=r.product_id, coarse_label=r.coarse_label,
+                                                     title=r.title or r.product_id, description=r.text,
+                                                     image=r.image and Path(r.image))
+        recommender = _load_recommender(settings, search, products) if settings.events else None
+        if responder is not None:
+            responder.products = products
+        return cls(settings, model, products=products, responder=responder, support_error=error, search=search,
+                   recommender=recommender)
+
+    def with_index(self, fn: Callable[[], _T]) -> _T:
+        """Run `fn` holding the index lock (call from a worker thread, never on the event loop)."""
+        with self.index_lock:
+            return fn()
+
+    def reload_model(self) -> None:
+        """Load the bundle again (after an enrolment changed it) and swap it in between two batches."""
+        from ..api import load
+
+        with self._model_lock:
+            model = load(self.settings.model, device=self.settings.device)
+            self.model = model
+            self.recognizer.model = model
+            if self.search is not None:
+                self.search.model = model
 
     def _write_intake(self, items: list[_Intake]) -> list[list[IntakeResult]]:
         assert self.store is not None
@@ -144,9 +179,49 @@ class ServiceState:
     def product(self, label: str) -> Product:
         return self.products.get(label) or Product(label=label, title=label.replace("-", " "))
 
+    def product_image(self, label: str) -> Path | None:
+        """The product's catalogue photo, else the first photo the index holds for it (server data only)."""
+        product = self.products.get(label)
+        if product is not None and product.image is not None:
+            return Path(product.image)
+        if self.search is not None:
+            with self.index_lock:
+                records = self.search.index.records(label)
+            for r in records:
+                if r.image and Path(r.image).is_file():
+                    return Path(r.image)
+        return None
+
     def features(self) -> dict[str, bool]:
         return {"inventory": self.store is not None, "support": self.responder is not None,
                 "search": self.search is not None, "recommendations": self.recommender is not None}
+
+
+def _load_search(settings: ServeSettings, model: Model) -> Any:
+    from ..search.align import load_aligner
+    from ..search.engine import SearchEngine
+    from ..search.index import open_index
+
+    assert settings.index is not None
+    return SearchEngine(model, open_index(settings.index), load_aligner(settings.model))
+
+
+def _load_recommender(settings: ServeSettings, search: Any, products: dict[str, Product]) -> Any:
+    """The hybrid recommender fitted on the behaviour log; product content = mean index vector per product."""
+    from ..search.recommend import create_recommender
+    from ..search.shopping_log import read_events
+
+    assert settings.events is not None
+    events = read_events(settings.events)
+    vectors: dict[str, np.ndarray] | None = None
+    if search is not None:
+        index = search.index
+        by_product: dict[str, list[str]] = {}
+        for r in index.records():
+            by_product.setdefault(r.product_id, []).append(r.id)
+        vectors = {p: index.vectors(ids).mean(axis=0) for p, ids in by_product.items()}
+    rec = create_recommender("hybrid", item_vectors=vectors) if vectors else create_recommender("hybrid")
+    return rec.fit(events, catalogue=products)
 
 
 def _load_support(settings: ServeSettings, model: Model) -> tuple[dict[str, Product], SupportResponder | None,
@@ -157,7 +232,7 @@ def _load_support(settings: ServeSettings, model: Model) -> tuple[dict[str, Prod
     fallback = model.card.dataset.get("path")
     try:
         products = load_products(settings.catalogue, fallback)
-    except Exception as exc:  # noqa: BLE001 - a stale dataset path must not stop predictions being served
+    except Exception as exc:
         if settings.catalogue:
             raise
         logger.warning("catalogue %s could not be loaded (%s); support replies know only the labels", fallback, exc)

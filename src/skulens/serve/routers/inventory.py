@@ -8,14 +8,23 @@ from dataclasses import dataclass
 from typing import Annotated
 
 import anyio
-from fastapi import APIRouter, File, HTTPException, Path as PathParam, Query, Response, UploadFile
+from fastapi import APIRouter, File, HTTPException, Query, Response, UploadFile
+from fastapi import Path as PathParam
 
 from ...data.decode import ImageDecodeError
 from ..batching import QueueFullError
 from ..deps import ReadKey, State, WriteKey, busy
 from ..images import content_hash, stripped_jpeg
 from ..inventory import IntakePhoto, InventoryError, InventoryStore
-from ..schemas import AdjustRequest, AuditOut, IntakeItemOut, IntakeOut, InventoryOut, ReviewDecision, ReviewItemOut
+from ..schemas import (
+    AdjustRequest,
+    AuditOut,
+    IntakeItemOut,
+    IntakeOut,
+    InventoryOut,
+    ReviewDecision,
+    ReviewItemOut,
+)
 from ..security import decode_error_status, read_image_upload
 from ..state import ServiceState
 

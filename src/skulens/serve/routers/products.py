@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Annotated
 
 import anyio
-from fastapi import APIRouter, HTTPException, Path as PathParam, Query, Response
+from fastapi import APIRouter, HTTPException, Query, Response
+from fastapi import Path as PathParam
 
 from ...data.decode import ImageDecodeError
 from ..deps import ReadKey, State
@@ -54,12 +55,14 @@ def _thumbnail(path: Path) -> bytes:
 @router.get("/{product_id}/image", summary="The product's catalogue photo (a small JPEG without metadata)",
             response_class=Response, responses={200: {"content": {"image/jpeg": {}}}})
 async def product_image(state: State, _: ReadKey, product_id: ProductId) -> Response:
-    product = state.products.get(product_id)
-    if product is None or product.image is None:
+    if product_id not in state.products:
+        raise HTTPException(404, f"unknown product {product_id!r}")
+    # The path comes from the server's own catalogue or index, never from the request.
+    path = await anyio.to_thread.run_sync(state.product_image, product_id)
+    if path is None:
         raise HTTPException(404, f"no catalogue photo for {product_id!r}")
     try:
-        # The path comes from the server's own catalogue, never from the request.
-        data = await anyio.to_thread.run_sync(_thumbnail, Path(product.image))
+        data = await anyio.to_thread.run_sync(_thumbnail, path)
     except (OSError, ImageDecodeError) as exc:
         raise HTTPException(404, f"catalogue photo for {product_id!r} is unreadable ({exc})") from None
     return Response(data, media_type="image/jpeg", headers={"Cache-Control": "public, max-age=3600"})

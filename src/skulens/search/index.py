@@ -1,0 +1,455 @@
+"""Vector indexes of catalogue entries: one interface, two backends, one factory.
+
+An index holds **entries**: one L2-normalised float32 vector each (inner product = cosine) plus an
+:class:`IndexRecord` (entry id, product id, labels, title, text, image, metadata). Several entries
+may share a product id (every shopper photo of a product plus its catalogue photo), so search
+returns the top-k *products* by default, each with its best-matching entry.
+
+Backends, chosen by :func:`create_index` and detected by :func:`open_index`:
+
+* ``"faiss"`` - embedded, the default: a directory with the records (JSONL), the vectors (``.npy``)
+  and the faiss structure; exact search below a size threshold, IVF above it. Saves are crash-safe.
+* ``"milvus"`` - Milvus through pymilvus: a Milvus Lite ``*.db`` path for tests and one machine,
+  or a server / cluster URI (``http://host:19530``) with the same code, which is how a catalogue
+  outgrows one machine.
+
+Filters are a mapping ``field -> value`` (equality) or ``field -> [values]`` (any of), ANDed.
+Fields are ``product_id``, ``label``, ``coarse_label`` or metadata keys, e.g.
+``{"coarse_label": "Milk", "in_stock": True}``. Equality follows Python (and Milvus): ``1 == 1.0``
+and ``True == 1``, but ``"1" != 1``; an entry without the metadata key does not match.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import os
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Union
+
+import numpy as np
+
+__all__ = [
+    "INDEX_KINDS",
+    "Filter",
+    "IndexRecord",
+    "IndexStoreError",
+    "MetadataValue",
+    "SearchHit",
+    "VectorIndex",
+    "create_index",
+    "open_index",
+]
+
+MetadataValue = Union[str, int, float, bool]
+FilterValue = Union[MetadataValue, Sequence[MetadataValue]]
+Filter = Mapping[str, FilterValue]
+
+INDEX_KINDS = ("faiss", "milvus")
+_BACKENDS = {"faiss": "skulens.search._faiss:FaissIndex", "milvus": "skulens.search._milvus:MilvusIndex"}
+_MILVUS_SCHEMES = ("http://", "https://", "tcp://", "unix:")
+
+CORE_FILTER_FIELDS = ("product_id", "label", "coarse_label")
+_RESERVED_KEYS = frozenset({"id", "product_id", "label", "coarse_label", "title", "text", "image", "metadata",
+                            "vector"})
+# Metadata keys become filter field names and Milvus JSON paths: keep them plain.
+_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # all but \t \n \r
+_MAX_SAFE_INT = 2**53  # JSON readers (and Milvus JSON) keep integers exact up to here
+
+
+class IndexStoreError(ValueError):
+    """A missing, corrupt or mismatched index, or a request it cannot serve; the message is one line."""
+
+
+def _check_metadata(metadata: Mapping[str, Any], where: str) -> dict[str, MetadataValue]:
+    out: dict[str, MetadataValue] = {}
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not _KEY_RE.match(key):
+            raise IndexStoreError(f"{where}: metadata key {key!r} must match {_KEY_RE.pattern}")
+        if key in _RESERVED_KEYS:
+            raise IndexStoreError(f"{where}: metadata key {key!r} is a record field; choose another name")
+        out[key] = _check_value(value, f"{where}: metadata {key!r}")
+    return out
+
+
+def _check_value(value: Any, where: str) -> MetadataValue:
+    if isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, (int, np.integer)):
+        if abs(int(value)) > _MAX_SAFE_INT:
+            raise IndexStoreError(f"{where}: integer {value} is too large to store exactly (limit 2**53)")
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        if not math.isfinite(value):
+            raise IndexStoreError(f"{where}: {value} is not a finite number")
+        return float(value)
+    raise IndexStoreError(f"{where}: {type(value).__name__} values are not supported (use str, int, float, bool)")
+
+
+@dataclass(frozen=True)
+class IndexRecord:
+    """What an index stores beside one vector. ``id`` is unique per entry (e.g. a relative image path)."""
+
+    id: str
+    product_id: str
+    label: str
+    coarse_label: str | None = None
+    title: str = ""
+    text: str = ""
+    image: str | None = None
+    metadata: Mapping[str, MetadataValue] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        for name in ("id", "product_id", "label"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                raise IndexStoreError(f"record {self.id!r}: {name} must be a non-empty string, got {value!r}")
+        for name in ("title", "text"):
+            if not isinstance(getattr(self, name), str):
+                raise IndexStoreError(f"record {self.id!r}: {name} must be a string")
+        for name in ("coarse_label", "image"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise IndexStoreError(f"record {self.id!r}: {name} must be a string or None")
+        if not isinstance(self.metadata, Mapping):
+            raise IndexStoreError(f"record {self.id!r}: metadata must be a mapping")
+        # A read-only copy: records are shared between the index and its callers.
+        object.__setattr__(self, "metadata", MappingProxyType(_check_metadata(self.metadata, f"record {self.id!r}")))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (metadata as a plain dict)."""
+        return {"id": self.id, "product_id": self.product_id, "label": self.label,
+                "coarse_label": self.coarse_label, "title": self.title, "text": self.text, "image": self.image,
+                "metadata": dict(self.metadata)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> IndexRecord:
+        unknown = set(d) - {"id", "product_id", "label", "coarse_label", "title", "text", "image", "metadata"}
+        if unknown:
+            raise IndexStoreError(f"record {d.get('id')!r}: unknown fields {sorted(unknown)}")
+        return cls(id=d["id"], product_id=d["product_id"], label=d["label"], coarse_label=d.get("coarse_label"),
+                   title=d.get("title") or "", text=d.get("text") or "", image=d.get("image"),
+                   metadata=d.get("metadata") or {})
+
+    def with_metadata(self, changes: Mapping[str, MetadataValue | None]) -> IndexRecord:
+        """A copy with ``changes`` merged into the metadata; a value of None deletes that key."""
+        merged = {**self.metadata, **changes}
+        return IndexRecord(self.id, self.product_id, self.label, self.coarse_label, self.title, self.text,
+                           self.image, {k: v for k, v in merged.items() if v is not None})
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """One result: a product (or entry), its cosine similarity, and the best-matching entry's record."""
+
+    product_id: str
+    score: float
+    record: IndexRecord
+
+
+# ---------------------------------------------------------------------------------------------
+# filters
+
+
+CompiledFilter = tuple[tuple[str, tuple[MetadataValue, ...]], ...]
+
+
+def compile_filter(filter: Filter | None) -> CompiledFilter:
+    """Validate a filter into ``((field, (values...)), ...)``; both backends evaluate this form."""
+    if not filter:
+        return ()
+    if not isinstance(filter, Mapping):
+        raise IndexStoreError(f"a filter is a mapping of field -> value(s), got {type(filter).__name__}")
+    out = []
+    for name, raw in filter.items():
+        if not isinstance(name, str) or name in _RESERVED_KEYS - set(CORE_FILTER_FIELDS):
+            raise IndexStoreError(f"cannot filter on {name!r}: filter fields are {', '.join(CORE_FILTER_FIELDS)} "
+                                  "or metadata keys")
+        if name not in CORE_FILTER_FIELDS and not _KEY_RE.match(name):
+            raise IndexStoreError(f"filter field {name!r} is not a valid metadata key ({_KEY_RE.pattern})")
+        values = tuple(raw) if isinstance(raw, (list, tuple, set, frozenset)) else (raw,)
+        if not values:
+            raise IndexStoreError(f"filter {name!r}: empty list of values")
+        checked = tuple(_check_value(v, f"filter {name!r}") for v in values)
+        if name in CORE_FILTER_FIELDS and not all(isinstance(v, str) for v in checked):
+            raise IndexStoreError(f"filter {name!r}: values must be strings, got {list(values)!r}")
+        if any(isinstance(v, str) and _CONTROL.search(v) for v in checked):
+            raise IndexStoreError(f"filter {name!r}: values may not hold control characters (Milvus cannot "
+                                  "express them)")
+        out.append((name, tuple(dict.fromkeys(checked))))
+    return tuple(out)
+
+
+def record_field(record: IndexRecord, name: str) -> Any:
+    """The value a filter field refers to (None when the record has no such metadata key)."""
+    if name in CORE_FILTER_FIELDS:
+        return getattr(record, name)
+    return record.metadata.get(name)
+
+
+def record_matches(record: IndexRecord, compiled: CompiledFilter) -> bool:
+    for name, values in compiled:
+        value = record_field(record, name)
+        if value is None or value not in values:
+            return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# the interface
+
+
+def as_vectors(vectors: Any, dim: int, what: str = "vectors") -> np.ndarray:
+    """(N x dim) float32, finite, L2-normalised (a copy only when needed); errors name the problem."""
+    arr = np.asarray(vectors, dtype=np.float32)
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2 or arr.shape[1] != dim:
+        raise IndexStoreError(f"{what}: expected shape (N, {dim}), got {tuple(np.shape(vectors))}")
+    if not np.isfinite(arr).all():
+        bad = int(np.flatnonzero(~np.isfinite(arr).all(axis=1))[0])
+        raise IndexStoreError(f"{what}: row {bad} has NaN or infinite values")
+    norms = np.linalg.norm(arr, axis=1)
+    if (norms == 0).any():
+        raise IndexStoreError(f"{what}: row {int(np.flatnonzero(norms == 0)[0])} is all zeros")
+    if np.allclose(norms, 1.0, atol=1e-4):
+        return np.ascontiguousarray(arr)
+    return np.ascontiguousarray(arr / norms[:, None], dtype=np.float32)
+
+
+class VectorIndex(ABC):
+    """A persistent index of entries; both backends answer the same calls with the same semantics.
+
+    Backends implement the abstract methods; search grouping, "more like this" and metadata
+    updates are shared here so they cannot drift between backends.
+    """
+
+    kind: str = ""
+    #: Entries fetched per wanted product before deduplication; doubled (x4) while too few products.
+    group_overfetch: int = 4
+
+    def __init__(self, dim: int):
+        self.dim = int(dim)
+
+    # -- backend primitives ----------------------------------------------------------------
+
+    @abstractmethod
+    def __len__(self) -> int:
+        """Number of entries."""
+
+    @abstractmethod
+    def _add(self, records: list[IndexRecord], vectors: np.ndarray, *, replace: bool) -> None: ...
+
+    @abstractmethod
+    def _replace_records(self, records: list[IndexRecord]) -> None:
+        """Store new records for existing ids, keeping their vectors."""
+
+    @abstractmethod
+    def _remove(self, ids: set[str] | None, product_ids: set[str] | None) -> int: ...
+
+    @abstractmethod
+    def _search_entries(self, queries: np.ndarray, n: int, compiled: CompiledFilter,
+                        exclude_products: frozenset[str]) -> list[list[tuple[float, IndexRecord]]]:
+        """Up to ``n`` best entries per query, best first; fewer only when fewer entries match."""
+
+    @abstractmethod
+    def get(self, id: str) -> IndexRecord | None:
+        """The record of entry ``id``, or None."""
+
+    @abstractmethod
+    def records(self, product_id: str | None = None) -> list[IndexRecord]:
+        """All records (of one product, if given)."""
+
+    @abstractmethod
+    def vectors(self, ids: Sequence[str]) -> np.ndarray:
+        """Stored vectors of ``ids`` in that order (len(ids) x dim); an unknown id is an error."""
+
+    @abstractmethod
+    def iter_entries(self, batch_size: int = 1024) -> Iterator[tuple[list[IndexRecord], np.ndarray]]:
+        """Every entry as (records, vectors) batches: for duplicate scans, exports and migrations."""
+
+    @abstractmethod
+    def save(self) -> None:
+        """Make every change so far durable."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release files / connections (does not save)."""
+
+    @abstractmethod
+    def optimize(self) -> None:
+        """Bring the ANN structure up to date now (otherwise it happens lazily, at search or save)."""
+
+    @abstractmethod
+    def info(self) -> dict[str, Any]:
+        """A JSON-ready summary: kind, location, dim, entries, products, ANN structure and parameters."""
+
+    # -- shared behaviour ------------------------------------------------------------------
+
+    def add(self, records: Iterable[IndexRecord], vectors: Any) -> None:
+        """Add new entries; an id already in the index (or twice in the batch) is an error."""
+        recs, vecs = self._check_batch(records, vectors)
+        self._add(recs, vecs, replace=False)
+
+    def upsert(self, records: Iterable[IndexRecord], vectors: Any) -> None:
+        """Add entries, replacing the record and vector of ids already present."""
+        recs, vecs = self._check_batch(records, vectors)
+        self._add(recs, vecs, replace=True)
+
+    def update_metadata(self, product_id: str, fields: Mapping[str, MetadataValue | None] | None = None,
+                        /, **kwargs: MetadataValue | None) -> int:
+        """Merge metadata into every entry of ``product_id`` without re-embedding; None deletes a key.
+
+        Returns the number of entries changed; an unknown product is an error.
+        """
+        changes = {**(fields or {}), **kwargs}
+        if not changes:
+            return 0
+        _check_metadata({k: v for k, v in changes.items() if v is not None}, f"update of {product_id!r}")
+        current = self.records(product_id)
+        if not current:
+            raise IndexStoreError(f"no entries for product {product_id!r} in the index")
+        self._replace_records([r.with_metadata(changes) for r in current])
+        return len(current)
+
+    def remove(self, *, ids: Iterable[str] | None = None, product_ids: Iterable[str] | None = None) -> int:
+        """Remove entries by entry id and/or by product id; returns how many were removed."""
+        if ids is None and product_ids is None:
+            raise IndexStoreError("remove() needs ids= or product_ids=")
+        id_set = {ids} if isinstance(ids, str) else (set(ids) if ids is not None else None)
+        pid_set = {product_ids} if isinstance(product_ids, str) else (
+            set(product_ids) if product_ids is not None else None)
+        return self._remove(id_set or None, pid_set or None)
+
+    def search(self, queries: Any, k: int = 10, *, filter: Filter | None = None, group_by_product: bool = True,
+               exclude_product_ids: Iterable[str] = ()) -> list[list[SearchHit]]:
+        """Top-k per query (Q x D array, or one D vector): distinct products by default, else raw entries.
+
+        With ``group_by_product`` each product appears once with its best entry's score: entries are
+        over-fetched and deduplicated, fetching more until k products are found or none are left.
+        """
+        if k < 1:
+            raise IndexStoreError(f"k must be >= 1, got {k}")
+        q = as_vectors(queries, self.dim, "queries")
+        compiled = compile_filter(filter)
+        exclude = frozenset([exclude_product_ids] if isinstance(exclude_product_ids, str) else exclude_product_ids)
+        if not group_by_product:
+            return [[SearchHit(r.product_id, s, r) for s, r in row]
+                    for row in self._search_entries(q, k, compiled, exclude)]
+        out: list[list[SearchHit] | None] = [None] * len(q)
+        pending = np.arange(len(q))
+        n = k * self.group_overfetch
+        total = len(self)
+        while len(pending):
+            n = min(n, max(total, 1), self._max_fetch())
+            rows = self._search_entries(q[pending], n, compiled, exclude)
+            retry = []
+            for qi, row in zip(pending, rows):
+                hits = _group(row, k)
+                if len(hits) >= k or len(row) < n or n >= min(total, self._max_fetch()):
+                    out[qi] = hits
+                else:
+                    retry.append(qi)
+            pending = np.asarray(retry, dtype=np.int64)
+            n *= 4
+        return [h or [] for h in out]
+
+    def more_like_this(self, product_id: str, k: int = 10, *, filter: Filter | None = None) -> list[SearchHit]:
+        """Products most like ``product_id``: the query is the mean of its entries (re-normalised)."""
+        recs = self.records(product_id)
+        if not recs:
+            raise IndexStoreError(f"no entries for product {product_id!r} in the index")
+        mean = self.vectors([r.id for r in recs]).astype(np.float64).mean(axis=0)
+        if np.linalg.norm(mean) < 1e-6:  # entries that cancel out: fall back to the first one
+            mean = self.vectors([recs[0].id])[0]
+        return self.search(mean.astype(np.float32), k, filter=filter, exclude_product_ids=(product_id,))[0]
+
+    def product_ids(self) -> set[str]:
+        return {r.product_id for r in self.records()}
+
+    def _max_fetch(self) -> int:
+        """Most entries one query may ask the backend for (Milvus caps topk)."""
+        return 1 << 62
+
+    def _check_batch(self, records: Iterable[IndexRecord], vectors: Any) -> tuple[list[IndexRecord], np.ndarray]:
+        recs = list(records)
+        for r in recs:
+            if not isinstance(r, IndexRecord):
+                raise IndexStoreError(f"records must be IndexRecord, got {type(r).__name__}")
+        vecs = as_vectors(vectors, self.dim) if len(recs) else np.zeros((0, self.dim), np.float32)
+        if len(vecs) != len(recs):
+            raise IndexStoreError(f"{len(recs)} records but {len(vecs)} vectors")
+        seen: set[str] = set()
+        for r in recs:
+            if r.id in seen:
+                raise IndexStoreError(f"duplicate entry id {r.id!r} in one batch")
+            seen.add(r.id)
+        return recs, vecs
+
+    def __enter__(self) -> VectorIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.kind} dim={self.dim} entries={len(self)}>"
+
+
+def _group(row: list[tuple[float, IndexRecord]], k: int) -> list[SearchHit]:
+    best: dict[str, SearchHit] = {}
+    for score, rec in row:  # best first, so the first entry seen per product is its best
+        if rec.product_id not in best:
+            best[rec.product_id] = SearchHit(rec.product_id, score, rec)
+            if len(best) == k:
+                break
+    return list(best.values())
+
+
+# ---------------------------------------------------------------------------------------------
+# factory
+
+
+def _backend(kind: str) -> Any:
+    if kind not in _BACKENDS:
+        raise IndexStoreError(f"unknown index kind {kind!r}; choose one of {', '.join(INDEX_KINDS)}")
+    module, name = _BACKENDS[kind].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def create_index(kind: str, path_or_uri: str | os.PathLike[str], dim: int, *, metric: str = "ip",
+                 overwrite: bool = False, **options: Any) -> VectorIndex:
+    """A new, empty index. ``kind``: "faiss" (a directory) or "milvus" (a ``*.db`` file or a server URI).
+
+    ``metric`` is "ip" (cosine on the normalised vectors); an existing index at the location is an
+    error unless ``overwrite``. Backend options: see ``FaissIndex.create`` / ``MilvusIndex.create``.
+    """
+    if metric not in ("ip", "cosine"):
+        raise IndexStoreError(f"metric {metric!r} is not supported: vectors are L2-normalised and compared "
+                              "by inner product ('ip'); L2 on unit vectors would rank the same")
+    if not isinstance(dim, (int, np.integer)) or dim < 1:
+        raise IndexStoreError(f"dim must be a positive integer, got {dim!r}")
+    return _backend(kind).create(path_or_uri, int(dim), overwrite=overwrite, **options)
+
+
+def detect_kind(path_or_uri: str | os.PathLike[str]) -> str:
+    """"milvus" for a server URI or a ``*.db`` path, else "faiss" (a directory)."""
+    s = os.fspath(path_or_uri)
+    if s.startswith(_MILVUS_SCHEMES) or s.endswith(".db"):
+        return "milvus"
+    return "faiss"
+
+
+def open_index(path_or_uri: str | os.PathLike[str], **options: Any) -> VectorIndex:
+    """Open an existing index, detecting the backend from the location; missing or corrupt is one error line."""
+    s = os.fspath(path_or_uri)
+    kind = detect_kind(s)
+    if kind == "faiss" and not Path(s).exists():
+        raise IndexStoreError(f"{s}: no index here (expected a skulens FAISS index directory, a Milvus Lite "
+                              "*.db path or a Milvus server URI)")
+    return _backend(kind).open(s, **options)

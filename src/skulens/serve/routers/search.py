@@ -1,0 +1,279 @@
+"""Search, similar products, recommendations, and product changes backed by the vector index.
+
+Mounted only when configured: `--index` for search, similar products, product CRUD and enrolment;
+`--events` for recommendations (and similar products when there is no index).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Annotated, Any
+
+import anyio
+from fastapi import APIRouter, File, Form, HTTPException, Query, UploadFile
+from fastapi import Path as PathParam
+from pydantic import BaseModel, Field
+
+from ..batching import QueueFullError
+from ..deps import ReadKey, State, WriteKey, busy, decode_upload
+from ..images import content_hash
+from ..settings import ServeSettings
+from ..state import ServiceState
+
+ProductId = Annotated[str, PathParam(min_length=1, max_length=200)]
+_MODES = ("hybrid", "aligned", "text")
+
+
+class HitOut(BaseModel):
+    product_id: str
+    score: float
+    title: str
+    label: str
+    coarse_label: str | None = None
+    metadata: dict[str, Any] = {}
+    has_image: bool = False
+
+
+class SearchOut(BaseModel):
+    query: str = Field(description="'image' or the text searched")
+    hits: list[HitOut]
+
+
+class RecommendationOut(BaseModel):
+    product_id: str
+    score: float
+    reason: str
+    title: str
+
+
+class ProductPatch(BaseModel):
+    title: str | None = Field(None, max_length=300)
+    text: str | None = Field(None, max_length=5000)
+    metadata: dict[str, str | int | float | bool | None] = Field(
+        default_factory=dict, description="merged into the product's index metadata; null deletes a key")
+
+
+def _hits(state: ServiceState, hits: list[Any]) -> list[HitOut]:
+    return [HitOut(product_id=h.product_id, score=round(float(h.score), 6), title=h.record.title or h.product_id,
+                   label=h.record.label, coarse_label=h.record.coarse_label, metadata=dict(h.record.metadata),
+                   has_image=state.product(h.product_id).image is not None or bool(h.record.image)) for h in hits]
+
+
+def _filter(raw: str | None) -> dict[str, Any] | None:
+    if not raw:
+        return None
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise HTTPException(422, f"filter: not JSON ({exc.msg}); e.g. {{\"coarse_label\": \"Milk\"}}") from None
+    if not isinstance(value, dict):
+        raise HTTPException(422, "filter: a JSON object of field -> value or [values]")
+    return value
+
+
+async def _index_call(state: ServiceState, fn: Any) -> Any:
+    from ...search.index import IndexStoreError
+
+    try:
+        return await anyio.to_thread.run_sync(state.with_index, fn)
+    except IndexStoreError as exc:
+        status = 404 if "no entries for product" in str(exc) else 422
+        raise HTTPException(status, str(exc)) from None
+    except ValueError as exc:  # e.g. text search mode "aligned" without an aligner
+        raise HTTPException(422, str(exc)) from None
+
+
+search_router = APIRouter(prefix="/v1", tags=["search"])
+
+
+@search_router.post("/search", response_model=SearchOut, summary="Find products by photo or by text")
+async def search(state: State, _: ReadKey,
+                 image: Annotated[UploadFile | None, File(description="a photo to search by")] = None,
+                 text: Annotated[str | None, Form(max_length=500, description="words to search by")] = None,
+                 k: Annotated[int, Form(ge=1, le=100)] = 10,
+                 filter: Annotated[str | None, Form(max_length=2000, description="JSON, e.g. {\"in_stock\": true}")]
+                 = None,
+                 mode: Annotated[str, Form(description="text search: hybrid | aligned | text")] = "hybrid",
+                 ) -> SearchOut:
+    engine = state.search
+    if (image is None) == (not text):
+        raise HTTPException(422, "send either an image (multipart file field 'image') or a text, not both")
+    if mode not in _MODES:
+        raise HTTPException(422, f"mode must be one of {', '.join(_MODES)}")
+    flt = _filter(filter)
+    if image is not None:
+        _, pil = await decode_upload(state, image)
+        try:
+            vector = await state.recognizer.embed(pil)
+        except (QueueFullError, asyncio.TimeoutError) as exc:
+            raise busy(state, exc) from None
+        hits = await _index_call(state, lambda: engine.by_vector(vector[None, :], k=k, filter=flt)[0])
+        return SearchOut(query="image", hits=_hits(state, hits))
+    assert text is not None
+    hits = await _index_call(state, lambda: engine.by_text([text], k=k, filter=flt, mode=mode)[0])
+    return SearchOut(query=text, hits=_hits(state, hits))
+
+
+similar_router = APIRouter(prefix="/v1/products", tags=["search"])
+
+
+@similar_router.get("/{product_id}/similar", response_model=list[HitOut],
+                    summary="Products like this one (the index's more-like-this, else the recommender)")
+async def similar(state: State, _: ReadKey, product_id: ProductId, k: Annotated[int, Query(ge=1, le=100)] = 10,
+                  filter: Annotated[str | None, Query(max_length=2000)] = None) -> list[HitOut]:
+    flt = _filter(filter)
+    if state.search is not None and state.search.index.records(product_id):
+        hits = await _index_call(state, lambda: state.search.more_like_this(product_id, k=k, filter=flt))
+        return _hits(state, hits)
+    if state.recommender is not None:
+        from ...search.recommend import UnknownProductError
+
+        try:
+            recs = await anyio.to_thread.run_sync(lambda: state.recommender.similar(product_id, k))
+        except UnknownProductError as exc:
+            raise HTTPException(404, str(exc)) from None
+        return [HitOut(product_id=r.product_id, score=round(r.score, 6), title=state.product(r.product_id).title,
+                       label=r.product_id, coarse_label=state.product(r.product_id).coarse_label,
+                       has_image=state.product(r.product_id).image is not None) for r in recs]
+    raise HTTPException(404, f"unknown product {product_id!r}")
+
+
+recommend_router = APIRouter(prefix="/v1/users", tags=["recommendations"])
+
+
+@recommend_router.get("/{user_id}/recommendations", response_model=list[RecommendationOut],
+                      summary="Products for a user, from the behaviour log (popular ones for a new user)")
+async def recommendations(state: State, _: ReadKey, user_id: Annotated[str, PathParam(min_length=1, max_length=200)],
+                          k: Annotated[int, Query(ge=1, le=100)] = 10,
+                          seed: Annotated[list[str] | None, Query(max_length=50, description="products on screen")]
+                          = None,
+                          exclude_seen: bool = True) -> list[RecommendationOut]:
+    rec = state.recommender
+    recs = await anyio.to_thread.run_sync(
+        lambda: rec.recommend(user_id, k, exclude_seen=exclude_seen, seed_products=tuple(seed or ())))
+    return [RecommendationOut(product_id=r.product_id, score=round(r.score, 6), reason=r.reason,
+                              title=state.product(r.product_id).title) for r in recs]
+
+
+crud_router = APIRouter(prefix="/v1/products", tags=["products"])
+
+
+@crud_router.post("", summary="Enrol a new product from a few photos (the model learns it; search finds it)",
+                  status_code=201)
+async def create_product(state: State, actor: WriteKey,
+                         product_id: Annotated[str, Form(min_length=1, max_length=200)],
+                         images: Annotated[list[UploadFile], File(description="1-32 photos of the product")],
+                         title: Annotated[str, Form(max_length=300)] = "",
+                         text: Annotated[str, Form(max_length=5000)] = "",
+                         coarse_label: Annotated[str | None, Form(max_length=200)] = None) -> dict[str, Any]:
+    from ...data.catalogue import Product
+    from ...search.enroll import EnrolmentError, enroll
+
+    if len(images) > state.settings.max_files:
+        raise HTTPException(413, f"at most {state.settings.max_files} photos per request")
+    datas = [(await decode_upload(state, f))[0] for f in images]  # checked like every upload
+
+    def run() -> Any:
+        return enroll(state.settings.model, product_id, datas, text=text, title=title, coarse=coarse_label,
+                      index=state.search.index, keep_photos=state.settings.keep_uploads)
+
+    try:
+        result = await anyio.to_thread.run_sync(state.with_index, run)
+    except EnrolmentError as exc:
+        raise HTTPException(409 if "already a class" in str(exc) else 422, str(exc)) from None
+    await anyio.to_thread.run_sync(state.reload_model)
+    state.products[result.label] = Product(label=result.label, coarse_label=result.coarse_label,
+                                           title=title or result.label.replace("-", " "), description=text)
+    return {"product_id": result.label, "coarse_label": result.coarse_label, "photos": result.images,
+            "self_check": result.self_check, "index_entries": result.index_entries, "by": actor}
+
+
+@crud_router.post("/{product_id}/images", summary="Add photos of a known product to the search index")
+async def add_images(state: State, actor: WriteKey, product_id: ProductId,
+                     images: Annotated[list[UploadFile], File(description="photos of the product")]
+                     ) -> dict[str, Any]:
+    from ...search.index import IndexRecord
+
+    if len(images) > state.settings.max_files:
+        raise HTTPException(413, f"at most {state.settings.max_files} photos per request")
+    product = state.product(product_id)
+    if product_id not in state.products:
+        raise HTTPException(404, f"unknown product {product_id!r}: enrol it first (POST /v1/products)")
+    decoded = [await decode_upload(state, f) for f in images]
+    try:
+        vectors = await asyncio.gather(*(state.recognizer.embed(pil) for _, pil in decoded))
+    except (QueueFullError, asyncio.TimeoutError) as exc:
+        raise busy(state, exc) from None
+    # Photos are not stored (privacy); the entry id is the content hash, so a re-sent photo is no new entry.
+    records = [IndexRecord(id=f"api/{product_id}/{content_hash(data)[:32]}", product_id=product_id,
+                           label=product_id, coarse_label=product.coarse_label, title=product.title,
+                           text=product.description, metadata={"added_by": actor}) for data, _ in decoded]
+
+    def run() -> int:
+        import numpy as np
+
+        state.search.index.upsert(records, np.stack(vectors))
+        state.search.index.save()
+        return len(records)
+
+    return {"product_id": product_id, "entries": await _index_call(state, run)}
+
+
+@crud_router.patch("/{product_id}", summary="Change a product's title, text or metadata (price, in_stock, ...)")
+async def update_product(state: State, actor: WriteKey, product_id: ProductId, patch: ProductPatch
+                         ) -> dict[str, Any]:
+    import dataclasses
+
+    from ...search.index import IndexRecord
+
+    def run() -> int:
+        index = state.search.index
+        current = index.records(product_id)
+        if not current:
+            raise HTTPException(404, f"product {product_id!r} is not in the index")
+        if patch.title is not None or patch.text is not None:
+            changed = [IndexRecord(r.id, r.product_id, r.label, r.coarse_label,
+                                   r.title if patch.title is None else patch.title,
+                                   r.text if patch.text is None else patch.text, r.image, r.metadata)
+                       for r in current]
+            index.upsert(changed, index.vectors([r.id for r in current]))
+        if patch.metadata:
+            index.update_metadata(product_id, patch.metadata)
+        index.save()
+        return len(current)
+
+    entries = await _index_call(state, run)
+    if patch.title is not None or patch.text is not None:
+        old = state.product(product_id)
+        state.products[product_id] = dataclasses.replace(
+            old, title=old.title if patch.title is None else patch.title,
+            description=old.description if patch.text is None else patch.text)
+    return {"product_id": product_id, "entries": entries, "by": actor}
+
+
+@crud_router.delete("/{product_id}", summary="Remove a product from search (the model forgets it at retrain)")
+async def delete_product(state: State, actor: WriteKey, product_id: ProductId) -> dict[str, Any]:
+    def run() -> int:
+        n = state.search.index.remove(product_ids=[product_id])
+        if n == 0:
+            raise HTTPException(404, f"product {product_id!r} is not in the index")
+        state.search.index.save()
+        return n
+
+    removed = await _index_call(state, run)
+    return {"product_id": product_id, "removed_entries": removed, "by": actor}
+
+
+def routers(settings: ServeSettings) -> list[APIRouter]:
+    out: list[APIRouter] = []
+    if settings.index:
+        out += [search_router, crud_router]
+    if settings.index or settings.events:
+        out.append(similar_router)
+    if settings.events:
+        out.append(recommend_router)
+    return out
+
+
+__all__ = ["routers"]

@@ -1,0 +1,87 @@
+"""Text alignment (text -> image space) and the fusion head, on synthetic embeddings with real MiniLM texts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from skulens.models.fusion import FusionConfig, load_fusion, save_fusion, train_fusion
+from skulens.search.align import AlignConfig, load_aligner, product_sentences, train_aligner
+
+PRODUCTS = {
+    "oat-milk": "Oat milk. A plant-based drink made from oats, sold in a carton.",
+    "granny-smith": "Granny Smith apple. A sour, crisp green apple.",
+    "banana": "Banana. A long yellow tropical fruit with a soft peel.",
+    "red-onion": "Red onion. A purple-red vegetable with a sharp taste, for salads.",
+    "orange-juice": "Orange juice. Squeezed oranges in a bottle, with pulp.",
+}
+
+
+@pytest.fixture(scope="module")
+def clusters() -> tuple[np.ndarray, np.ndarray, list[list[str]]]:
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(len(PRODUCTS), 64))
+    y = np.repeat(np.arange(len(PRODUCTS)), 30)
+    x = centres[y] + 0.3 * rng.normal(size=(len(y), 64))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    texts = [product_sentences(name.replace("-", " "), desc) for name, desc in PRODUCTS.items()]
+    return x.astype(np.float32), y, texts
+
+
+def test_product_sentences_cover_title_description_and_info() -> None:
+    s = product_sentences("Oat milk", "Made from oats. Sold in a carton of one litre.",
+                          "Title: Oatly Oat Drink 1l\nCountry: Sweden")
+    assert s[0] == "Oat milk" and "Oatly Oat Drink 1l" in s
+    assert any("carton" in t for t in s) and len(s) == len(set(s))
+
+
+def test_aligner_maps_product_texts_onto_their_photos(clusters, tmp_path: Path) -> None:
+    x, y, texts = clusters
+    aligner = train_aligner(x, y, texts, config=AlignConfig(steps=150))
+    names = [name.replace("-", " ") for name in PRODUCTS]
+    q = aligner.encode(names)
+    assert q.shape == (5, 64) and np.allclose(np.linalg.norm(q, axis=1), 1, atol=1e-5)
+    centroids = np.stack([x[y == i].mean(0) for i in range(5)])
+    assert ((q @ centroids.T).argmax(1) == np.arange(5)).all()
+    # a paraphrase it never saw still lands on the right product
+    para = aligner.encode(["a carton of oat drink", "yellow tropical fruit"])
+    assert list((para @ centroids.T).argmax(1)) == [0, 2]
+    path = aligner.save(tmp_path)
+    again = load_aligner(tmp_path)
+    assert path.name == "text_align.safetensors" and again is not None
+    assert np.allclose(again.encode(names), q, atol=1e-6) and again.info["products"] == 5
+    assert load_aligner(tmp_path / "nothing-here") is None
+
+
+def test_aligner_input_errors(clusters) -> None:
+    x, y, texts = clusters
+    with pytest.raises(ValueError, match="one product index per image"):
+        train_aligner(x[:10], y[:9], texts)
+    with pytest.raises(ValueError, match="out of range"):
+        train_aligner(x[:3], [0, 1, 7], texts)
+    with pytest.raises(ValueError, match="at least two products"):
+        train_aligner(x[:3], [0, 0, 0], texts)
+    with pytest.raises(ValueError, match="at least one text"):
+        train_aligner(x[:3], [0, 1, 1], [texts[0], []])
+
+
+def test_fusion_beats_each_modality_when_each_knows_half(tmp_path: Path) -> None:
+    """4 classes: the image tells {0,1} from {2,3}; the text tells {0,2} from {1,3}; only both give all 4."""
+    rng = np.random.default_rng(1)
+    n = 400
+    y = rng.integers(0, 4, n)
+    img_c, txt_c = rng.normal(size=(2, 16)), rng.normal(size=(2, 8))
+    img = img_c[y // 2] + 0.3 * rng.normal(size=(n, 16))
+    txt = txt_c[y % 2] + 0.3 * rng.normal(size=(n, 8))
+    head = train_fusion(img[:300], txt[:300], y[:300], 4, FusionConfig(epochs=40, hidden=32))
+    fused = (head.probabilities(img[300:], txt[300:]).argmax(1) == y[300:]).mean()
+    img_only = (head.probabilities(img[300:], None).argmax(1) == y[300:]).mean()
+    txt_only = (head.probabilities(None, txt[300:]).argmax(1) == y[300:]).mean()
+    assert fused >= 0.95 and img_only <= 0.65 and txt_only <= 0.65
+    save_fusion(head, tmp_path, ("a", "b", "c", "d"))
+    loaded = load_fusion(tmp_path)
+    assert loaded is not None and loaded[1] == ("a", "b", "c", "d")
+    assert np.allclose(loaded[0].probabilities(img[300:], txt[300:]), head.probabilities(img[300:], txt[300:]),
+                       atol=1e-6)

@@ -1,0 +1,243 @@
+"""The inventory store and `skulens inventory`: idempotent counts, review queue, labelled data, crash safety."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+
+from _serve_util import has_gps, photo_bytes
+from skulens.data.catalogue import load_catalogue
+from skulens.serve.images import content_hash, stripped_jpeg
+from skulens.serve.inventory import IntakePhoto, InventoryError, InventoryStore
+
+
+def _photo(i: int, label: str = "oat-milk", conf: float = 0.9, image: bytes | None = None) -> IntakePhoto:
+    return IntakePhoto(f"{i:064x}", f"p{i}.jpg", label, conf, ((label, conf),), image)
+
+
+def test_intake_counts_confident_photos_once(tmp_path: Path) -> None:
+    with InventoryStore(tmp_path / "inv.sqlite") as store:
+        res = store.intake([_photo(1), _photo(2), _photo(1), _photo(3, "red-apple")], threshold=0.6, actor="t")
+        assert [r.status for r in res] == ["counted", "counted", "duplicate", "counted"]
+        assert [r.count for r in res] == [1, 2, None, 1]
+        again = store.intake([_photo(2), _photo(3, "red-apple")], threshold=0.6, actor="t")
+        assert [r.status for r in again] == ["duplicate", "duplicate"]
+        assert again[0].previous_status == "counted" and again[0].label == "oat-milk"
+        assert store.counts() == {"oat-milk": 2, "red-apple": 1}
+        audit = store.audit()
+        assert [a.action for a in audit] == ["intake"] * 3 and audit[0].count_after == 1
+        assert audit[0].actor == "t" and audit[0].photo == f"{3:064x}"
+
+
+def test_low_confidence_is_queued_and_a_reviewer_resolves_it(tmp_path: Path) -> None:
+    img = stripped_jpeg(photo_bytes("green-apple", 1, gps=True))
+    with InventoryStore(tmp_path / "inv.sqlite") as store:
+        res = store.intake([_photo(1, "green-apple", 0.3, img), _photo(2, "green-apple", 0.2, img),
+                            _photo(3, None, 0.1, img)], threshold=0.6, actor="cam")
+        assert [r.status for r in res] == ["review"] * 3
+        assert store.counts() == {} and store.review_size() == 3
+        assert store.photo_file(f"{1:064x}") is not None
+        store.resolve(f"{1:064x}", "green-apple", actor="ana")  # confirm
+        store.resolve(f"{2:064x}", "red-apple", actor="ana")  # correct
+        store.resolve(f"{3:064x}", None, actor="ana")  # reject
+        assert store.counts() == {"green-apple": 1, "red-apple": 1}
+        assert [store.photo(f"{i:064x}").status for i in (1, 2, 3)] == ["confirmed", "corrected", "rejected"]
+        with pytest.raises(InventoryError, match="not waiting for review"):
+            store.resolve(f"{1:064x}", "oat-milk", actor="ana")
+        with pytest.raises(InventoryError, match="not in the inventory"):
+            store.resolve(f"{9:064x}", "oat-milk", actor="ana")
+        with pytest.raises(InventoryError, match="invalid label"):
+            store.resolve(f"{9:064x}", "bad\nlabel", actor="ana")
+        actions = [a.action for a in store.audit()]
+        assert actions[:3] == ["review_rejected", "review_corrected", "review_confirmed"]
+        # Re-sending a reviewed photo changes nothing.
+        assert store.intake([_photo(2, "green-apple", 0.99)], threshold=0.6, actor="cam")[0].status == "duplicate"
+        assert store.counts() == {"green-apple": 1, "red-apple": 1}
+    cat = load_catalogue(tmp_path / "inv-labelled", val_fraction=0)
+    assert sorted(s.label for s in cat.split("train")) == ["green-apple", "red-apple"]
+    assert all(not has_gps(s.path.read_bytes()) for s in cat.split("train"))
+
+
+def test_labels_cannot_escape_the_labelled_folder(tmp_path: Path) -> None:
+    img = stripped_jpeg(photo_bytes("oat-milk", 2))
+    with InventoryStore(tmp_path / "inv.sqlite") as store:
+        store.intake([_photo(1, "x", 0.1, img)], threshold=0.6, actor="t")
+        store.resolve(f"{1:064x}", "../../etc/evil", actor="t")
+    files = [p for p in (tmp_path / "inv-labelled").rglob("*.jpg")]
+    assert len(files) == 1 and files[0].resolve().is_relative_to((tmp_path / "inv-labelled").resolve())
+    assert not (tmp_path.parent / "etc").exists()
+
+
+def test_counted_photos_are_not_kept_unless_asked(tmp_path: Path) -> None:
+    img = stripped_jpeg(photo_bytes("oat-milk", 3))
+    with InventoryStore(tmp_path / "a.sqlite") as store:
+        store.intake([_photo(1, image=img)], threshold=0.6, actor="t")
+        assert store.photo_file(f"{1:064x}") is None and not store.photo_dir.exists()
+    with InventoryStore(tmp_path / "b.sqlite") as store:
+        store.intake([_photo(1, image=img)], threshold=0.6, actor="t", keep_photos=True)
+        assert store.photo_file(f"{1:064x}").read_bytes() == img
+
+
+def test_stripped_jpeg_drops_exif_and_keeps_orientation() -> None:
+    from PIL import Image
+
+    raw = photo_bytes("red-apple", 4, gps=True)
+    assert has_gps(raw)
+    out = stripped_jpeg(raw)
+    with Image.open(io.BytesIO(out)) as im:
+        assert not im.getexif() and im.format == "JPEG" and im.size == (72, 72)
+    assert content_hash(raw) != content_hash(out)
+
+
+def test_adjust_export_and_audit(tmp_path: Path) -> None:
+    with InventoryStore(tmp_path / "inv.sqlite") as store:
+        store.intake([_photo(1)], threshold=0.6, actor="t")
+        assert store.adjust("oat-milk", delta=4, actor="u", reason="delivery") == 5
+        assert store.adjust("oat-milk", count=2, actor="u") == 2
+        with pytest.raises(InventoryError):
+            store.adjust("oat-milk", delta=-3, actor="u")
+        with pytest.raises(InventoryError):
+            store.adjust("oat-milk", actor="u")
+        buf = io.StringIO()
+        assert store.export_csv(buf) == 1
+        rows = list(csv.DictReader(io.StringIO(buf.getvalue())))
+        assert rows[0]["label"] == "oat-milk" and rows[0]["count"] == "2"
+        last = store.audit(limit=1)[0]
+        assert (last.action, last.delta, last.count_after) == ("adjust", -3, 2)
+        assert [a.id for a in store.audit(before_id=last.id)] == [last.id - 1, last.id - 2]
+
+
+def test_concurrent_writers_count_exactly(tmp_path: Path) -> None:
+    """Eight threads (and a second connection) send overlapping photos: each unique photo counts once."""
+    path = tmp_path / "inv.sqlite"
+    unique = 200
+    with InventoryStore(path) as store, InventoryStore(path) as other:
+        def worker(w: int) -> None:
+            target = store if w % 2 else other
+            for start in range(0, unique, 10):
+                ids = [(start + j + w) % unique for j in range(10)]
+                target.intake([_photo(i, ("a", "b")[i % 2]) for i in ids], threshold=0.6, actor=f"w{w}")
+
+        threads = [threading.Thread(target=worker, args=(w,)) for w in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert store.counts() == {"a": unique // 2, "b": unique // 2}
+        assert sum(a.action == "intake" for a in store.audit(limit=10_000)) == unique
+
+
+_CHILD = textwrap.dedent("""
+    import sys, time
+    from skulens.serve.inventory import IntakePhoto, InventoryStore
+    store = InventoryStore(sys.argv[1])
+    n = int(sys.argv[2])
+    for start in range(0, n, 5):
+        batch = [IntakePhoto(f"{i:064x}", f"p{i}.jpg", "oat-milk" if i % 3 else "red-apple", 0.9) for i in
+                 range(start, min(n, start + 5))]
+        store.intake(batch, threshold=0.6, actor="child")
+        print(start, flush=True)
+        time.sleep(0.01)
+""")
+
+
+def test_kill_9_mid_intake_then_rerun_loses_nothing_and_counts_nothing_twice(tmp_path: Path) -> None:
+    path, n = tmp_path / "inv.sqlite", 400
+    cmd = [sys.executable, "-c", _CHILD, str(path), str(n)]
+    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    for _ in range(10):  # let it commit a few batches, then kill it without warning
+        child.stdout.readline()
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    with InventoryStore(path) as store:
+        partial = sum(store.counts().values())
+    assert 0 < partial < n
+    subprocess.run(cmd, check=True, capture_output=True)  # the retry sends everything again
+    with InventoryStore(path) as store:
+        assert store.counts() == {"oat-milk": n - len(range(0, n, 3)), "red-apple": len(range(0, n, 3))}
+        assert sum(a.action == "intake" for a in store.audit(limit=10_000)) == n
+    assert sqlite3.connect(path).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "inv.sqlite"
+    InventoryStore(path).close()
+    con = sqlite3.connect(path)
+    con.execute("PRAGMA user_version=99")
+    con.close()
+    with pytest.raises(InventoryError, match="newer"):
+        InventoryStore(path)
+
+
+# -- the CLI, with the real tiny model ------------------------------------------------------------------
+
+
+def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "skulens.cli", *args], capture_output=True, text=True, check=False,
+                          timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_cli_scan_is_idempotent_and_resumable_after_kill_9(tiny_bundle, tmp_path: Path) -> None:
+    photos = tmp_path / "shelf"
+    labels = ("red-apple", "green-apple", "oat-milk")
+    for i in range(36):
+        (photos / labels[i % 3]).mkdir(parents=True, exist_ok=True)
+        (photos / labels[i % 3] / f"{i:03d}.jpg").write_bytes(photo_bytes(labels[i % 3], 500 + i, gps=i == 0))
+    (photos / "notes.jpg").write_bytes(b"not a photo")
+    db = tmp_path / "inv.sqlite"
+    args = ["inventory", "scan", str(photos), "--model", str(tiny_bundle.bundle), "--db", str(db),
+            "--batch-size", "4", "--threshold", "0.6", "--device", "cpu"]
+    child = subprocess.Popen([sys.executable, "-m", "skulens.cli", *args], stdout=subprocess.PIPE, text=True,
+                             stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    for _ in range(6):
+        child.stdout.readline()
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    done = _cli(*args)
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert sum(ln["status"] == "error" for ln in lines) == 1
+    assert sum(ln["status"] == "duplicate" for ln in lines) >= 4  # what the killed run had committed
+    with InventoryStore(db) as store:
+        photos_seen = store.stats()
+        assert sum(photos_seen.values()) == 36  # every photo once: none lost, none twice
+        assert sum(store.counts().values()) == photos_seen.get("counted", 0)
+    again = _cli(*args, "-q")
+    assert "0 counted, 0 for review, 36 already in the inventory, 1 unreadable" in again.stderr
+
+
+def test_cli_counts_review_and_audit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from skulens.cli import main
+
+    db = tmp_path / "inv.sqlite"
+    img = stripped_jpeg(photo_bytes("oat-milk", 9))
+    with InventoryStore(db) as store:
+        store.intake([_photo(1), _photo(2, "red-apple", 0.1, img)], threshold=0.6, actor="t")
+    assert main(["inventory", "counts", "--db", str(db)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "label,count,updated_at" and lines[1].startswith("oat-milk,1,") and len(lines) == 2
+    assert main(["inventory", "counts", "--db", str(db), "-o", str(tmp_path / "c.csv")]) == 0
+    assert (tmp_path / "c.csv").read_text().startswith("label,count,updated_at\noat-milk,1,")
+    capsys.readouterr()
+    assert main(["inventory", "review", "--db", str(db)]) == 0
+    [queued] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert queued["predicted_label"] == "red-apple" and queued["status"] == "review"
+    assert main(["inventory", "review", "--db", str(db), queued["sha256"], "--label", "oat-milk"]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "corrected"
+    with pytest.raises(SystemExit, match="not waiting for review"):
+        main(["inventory", "review", "--db", str(db), queued["sha256"], "--reject"])
+    assert main(["inventory", "audit", "--db", str(db), "--limit", "2"]) == 0
+    audit = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [a["action"] for a in audit] == ["review_corrected", "review_queued"]
+    assert audit[0]["actor"].startswith("cli")

@@ -1,0 +1,135 @@
+"""Search, similar products, recommendations and product changes through the API (--index / --events)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("faiss")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+import skulens  # noqa: E402
+from skulens.serve.app import create_app  # noqa: E402
+from skulens.serve.settings import ApiKey, ServeSettings  # noqa: E402
+
+from _serve_util import photo_bytes  # noqa: E402
+
+KEY = "search-test-key"
+AUTH = {"X-API-Key": KEY}
+
+
+@pytest.fixture(scope="module")
+def backends(tiny_bundle, tiny_catalogue, tmp_path_factory):
+    """A private copy of the bundle (enrolment changes it), a FAISS index of the catalogue, a behaviour log."""
+    from skulens.data.catalogue import load_catalogue
+    from skulens.search.catalogue_index import build_catalogue_index
+
+    root = tmp_path_factory.mktemp("search")
+    bundle = root / "bundle"
+    shutil.copytree(tiny_bundle.bundle, bundle)
+    model = skulens.load(bundle, device="cpu", precision="off")
+    build_catalogue_index(model, load_catalogue(tiny_catalogue), str(root / "index"),
+                          metadata={"oat-milk": {"in_stock": True}, "red-apple": {"in_stock": False},
+                                    "green-apple": {"in_stock": True}})
+    events = root / "events.csv"
+    rows = ["user_id,product_id,event,timestamp"]
+    for u in range(30):  # people who buy red apples also buy oat milk; green apples go alone
+        pair = ("red-apple", "oat-milk") if u % 2 else ("green-apple",)
+        rows += [f"u{u},{p},purchase,2024-01-0{1 + i % 9}T10:00:00Z" for i, p in enumerate(pair)]
+    events.write_text("\n".join(rows) + "\n")
+    return bundle, root / "index", events
+
+
+@pytest.fixture(scope="module")
+def client(backends):
+    bundle, index, events = backends
+    settings = ServeSettings(model=str(bundle), index=str(index), events=str(events), device="cpu",
+                             api_keys=(ApiKey("t", KEY),))
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+def test_search_routes_mount_only_when_configured(tiny_bundle) -> None:
+    from fastapi.testclient import TestClient as TC
+
+    model = skulens.load(tiny_bundle.bundle, device="cpu", precision="off")
+    with TC(create_app(ServeSettings(model=str(tiny_bundle.bundle), device="cpu"), model=model)) as c:
+        paths = c.get("/openapi.json").json()["paths"]
+        assert "/v1/search" not in paths and "/v1/users/{user_id}/recommendations" not in paths
+        assert c.post("/v1/search", data={"text": "milk"}).status_code == 404
+
+
+def test_search_by_photo_finds_its_product(client, tiny_catalogue: Path) -> None:
+    photo = tiny_catalogue.parent / "val" / "oat-milk" / "oat-milk_001.jpg"
+    r = client.post("/v1/search", files={"image": ("q.jpg", photo.read_bytes(), "image/jpeg")}, data={"k": "3"})
+    assert r.status_code == 200, r.text
+    hits = r.json()["hits"]
+    assert hits[0]["product_id"] == "oat-milk" and len({h["product_id"] for h in hits}) == len(hits)
+    r = client.post("/v1/search", files={"image": ("q.jpg", photo.read_bytes(), "image/jpeg")},
+                    data={"k": "3", "filter": '{"in_stock": false}'})
+    assert [h["product_id"] for h in r.json()["hits"]] == ["red-apple"]
+
+
+def test_search_by_text(client) -> None:
+    r = client.post("/v1/search", data={"text": "oat milk", "mode": "text", "k": "2"})
+    assert r.status_code == 200, r.text
+    assert r.json()["hits"][0]["product_id"] == "oat-milk"
+
+
+def test_search_input_errors(client) -> None:
+    assert client.post("/v1/search", data={}).status_code == 422
+    assert client.post("/v1/search", data={"text": "x", "filter": "{not json"}).status_code == 422
+    assert client.post("/v1/search", data={"text": "x", "mode": "nope"}).status_code == 422
+    r = client.post("/v1/search", files={"image": ("q.jpg", b"not an image", "image/jpeg")})
+    assert r.status_code == 415
+
+
+def test_similar_and_recommendations(client) -> None:
+    r = client.get("/v1/products/red-apple/similar", params={"k": 2})
+    assert r.status_code == 200 and "red-apple" not in [h["product_id"] for h in r.json()]
+    assert client.get("/v1/products/nope/similar").status_code == 404
+    r = client.get("/v1/users/u1/recommendations", params={"k": 2, "exclude_seen": "false"})
+    assert r.status_code == 200 and {x["product_id"] for x in r.json()} <= {"red-apple", "oat-milk", "green-apple"}
+    new_user = client.get("/v1/users/someone-new/recommendations", params={"k": 1}).json()
+    assert new_user[0]["reason"] == "popular"
+    seeded = client.get("/v1/users/someone-new/recommendations", params={"k": 1, "seed": "red-apple"}).json()
+    assert seeded[0]["product_id"] == "oat-milk"
+
+
+def test_product_update_and_delete_need_a_key(client) -> None:
+    assert client.patch("/v1/products/oat-milk", json={"metadata": {"price": 1.5}}).status_code == 401
+    r = client.patch("/v1/products/oat-milk", json={"title": "Oat drink", "metadata": {"price": 1.5}}, headers=AUTH)
+    assert r.status_code == 200, r.text
+    r = client.post("/v1/search", data={"text": "oat", "mode": "text", "filter": '{"price": 1.5}'})
+    assert [h["title"] for h in r.json()["hits"]] == ["Oat drink"]
+    assert client.get("/v1/products/oat-milk").json()["title"] == "Oat drink"
+    assert client.patch("/v1/products/ghost", json={"title": "x"}, headers=AUTH).status_code == 404
+    assert client.delete("/v1/products/green-apple").status_code == 401
+
+
+def test_enrol_a_new_product_then_predict_and_find_it(client) -> None:
+    shots = [("images", (f"n{i}.png", photo_bytes("red-apple", 900 + i, fmt="PNG"), "image/png")) for i in range(3)]
+    r = client.post("/v1/products", data={"product_id": "new-red-thing", "title": "New red thing"}, files=shots)
+    assert r.status_code == 401
+    r = client.post("/v1/products", data={"product_id": "new-red-thing", "title": "New red thing",
+                                          "coarse_label": "Apple"}, files=shots, headers=AUTH)
+    assert r.status_code == 201, r.text
+    assert r.json()["index_entries"] == 3
+    assert "new-red-thing" in client.get("/v1/info").json()["model"]["classes"]  # the served model was reloaded
+    r = client.post("/v1/products", data={"product_id": "new-red-thing"}, files=shots, headers=AUTH)
+    assert r.status_code == 409
+    more = client.post("/v1/products/new-red-thing/images", files=shots[:1], headers=AUTH)
+    assert more.status_code == 200 and more.json()["entries"] == 1
+    r = client.delete("/v1/products/new-red-thing", headers=AUTH)
+    assert r.status_code == 200 and r.json()["removed_entries"] == 4
+    assert client.delete("/v1/products/new-red-thing", headers=AUTH).status_code == 404
+
+
+def test_product_images_come_from_the_catalogue_or_index(client) -> None:
+    r = client.get("/v1/products/oat-milk/image")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg" and r.content[:3] == b"\xff\xd8\xff"
+    assert client.get("/v1/products/unknown-thing/image").status_code == 404
