@@ -47,8 +47,7 @@ def cmd_index_build(ns: argparse.Namespace) -> int:
     cat = load_catalogue(_resolve_data(ns.catalogue))
     meta = read_metadata_table(ns.metadata) if ns.metadata else None
     res = build_catalogue_index(model, cat, ns.out, backend=ns.backend, splits=ns.splits,
-                                catalogue_photos=ns.catalogue_photos, metadata=meta, progress=not ns.quiet,
-                                model=str(ns.model))
+                                catalogue_photos=ns.catalogue_photos, metadata=meta, progress=not ns.quiet)
     _print(f"index {ns.out} ({ns.backend}): {res.entries} photos of {res.products} products")
     if res.failed:
         _print(f"skipped {len(res.failed)} undecodable image(s), e.g. {res.failed[0][0]}: {res.failed[0][1]}")
@@ -60,8 +59,7 @@ def cmd_index_info(ns: argparse.Namespace) -> int:
 
     index = open_index(ns.index)
     products = {r.product_id for r in index.records()}
-    print(json.dumps({"index": ns.index, "kind": index.kind, "dim": index.dim, "entries": len(index),
-                      "products": len(products), "info": dict(getattr(index, "info", {}) or {})}, indent=2))
+    print(json.dumps({"index": ns.index, "products": len(products), **index.info()}, indent=2, default=str))
     return 0
 
 
@@ -104,7 +102,7 @@ def _engine(ns: argparse.Namespace, need_model: bool):
     from .search.index import open_index
 
     index = open_index(ns.index)
-    model_path = ns.model or (getattr(index, "info", {}) or {}).get("model")
+    model_path = ns.model
     if need_model and not model_path:
         raise SystemExit("skulens search: --model BUNDLE is needed (the index does not record its model)")
     model = load(model_path) if model_path and (need_model or ns.mode != "text") else None

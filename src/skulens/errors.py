@@ -11,9 +11,12 @@ def _collect() -> tuple[type[BaseException], ...]:
     from .data.decode import ImageDecodeError
     from .models.backbones import WeightsError
     from .models.bundle import BundleError
+    from .search.enroll import EnrolmentError
+    from .search.index import IndexStoreError
     from .search.shopping_log import ShoppingLogError
 
     return (ConfigError, CatalogueError, ImageDecodeError, WeightsError, BundleError, ShoppingLogError,
+            IndexStoreError, EnrolmentError,
             FileNotFoundError,
             ImportError)
 

@@ -10,6 +10,10 @@ Three layouts are recognised, in this order:
   ``attributes`` (``;``-separated), ``title`` and ``text``.
 * **folders** - ``root/<class>/*.jpg``, or the same under ``root/{train,val,test}/``.
 
+Manifest and folder catalogues may hold a ``products.csv`` beside them (columns ``label`` and any of
+``title``, ``description``, ``info``, ``coarse_label``, ``image``): the catalogue side of each
+product, used by text search, alignment, zero-shot enrolment and customer-service answers.
+
 Everything is validated up front, because a bad row found in epoch 3 costs hours: every image
 must exist, manifest and split-file paths may not leave the dataset root (a manifest is data a
 stranger may hand us), and every problem is a :class:`CatalogueError` naming the file and row.
@@ -158,6 +162,9 @@ def load_catalogue(
         val_was_generated = True
     splits = {name: splits[name] for name in _ordered_splits(splits)}
     classes = loaded.classes or sorted({s.label for samples in splits.values() for s in samples})
+    products = loaded.products
+    if not products and (loaded.root / _PRODUCTS_CSV).is_file():
+        products = _read_products(loaded.root / _PRODUCTS_CSV, loaded.root, set(classes), loaded.hierarchy)
     return Catalogue(
         root=loaded.root,
         layout=loaded.layout,
@@ -166,9 +173,39 @@ def load_catalogue(
         coarse_classes=loaded.coarse_classes or sorted(set(loaded.hierarchy.values())),
         hierarchy=loaded.hierarchy,
         attributes=sorted({a for samples in splits.values() for s in samples for a in s.attributes}),
-        products=loaded.products,
+        products=products,
         val_was_generated=val_was_generated,
     )
+
+
+_PRODUCTS_CSV = "products.csv"
+
+
+def _read_products(path: Path, root: Path, classes: set[str], hierarchy: Mapping[str, str]) -> dict[str, Product]:
+    """products.csv: one row per product (label + title/description/info/coarse_label/image)."""
+    root_real = root.resolve()
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        header = [name.strip().lower() for name in reader.fieldnames or []]
+        if "label" not in header:
+            raise CatalogueError(f"{path}: needs a 'label' column (found: {', '.join(header) or 'none'})")
+        reader.fieldnames = header
+        out: dict[str, Product] = {}
+        for row in reader:
+            where = f"{path}: row {reader.line_num}"
+            label = _cell(row, "label")
+            if label not in classes:
+                raise CatalogueError(f"{where}: product {label!r} has no photos in the catalogue")
+            if label in out:
+                raise CatalogueError(f"{where}: product {label!r} listed twice")
+            image = _cell(row, "image")
+            image_path = _inside_root(image, root, root_real, where) if image else None
+            if image_path is not None and not image_path.is_file():
+                raise CatalogueError(f"{where}: catalogue photo {image!r} not found")
+            out[label] = Product(label=label, coarse_label=_cell(row, "coarse_label") or hierarchy.get(label),
+                                 title=_cell(row, "title") or label.replace("-", " "),
+                                 description=_cell(row, "description"), image=image_path, info=_cell(row, "info"))
+    return out
 
 
 def _load_layout(source: Path) -> _Loaded:

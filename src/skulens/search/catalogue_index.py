@@ -64,8 +64,12 @@ def catalogue_records(cat: Catalogue, *, splits: Sequence[str] = ("train",), cat
 
     metadata = metadata or {}
     records, paths = [], []
+    seen: set[Path] = set()
 
     def add(path: Path, label: str, coarse: str | None) -> None:
+        if path.resolve() in seen:  # a catalogue photo that is also a listed photo is indexed once
+            return
+        seen.add(path.resolve())
         prod = cat.products.get(label)
         try:
             rid = path.resolve().relative_to(cat.root.resolve()).as_posix()

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .index import SearchHit, VectorIndex
+from .index import SearchHit, VectorIndex, compile_filter, record_matches
 
 if TYPE_CHECKING:
     from ..api import ImageInput, Model
@@ -100,7 +100,8 @@ class SearchEngine:
         ids, vecs = self._product_texts()
         allowed = None
         if filter:
-            allowed = {r.product_id for r in self.index.records() if _matches(r, filter)}
+            compiled = compile_filter(filter)
+            allowed = {r.product_id for r in self.index.records() if record_matches(r, compiled)}
         q = load_text_encoder().encode(texts)
         out = []
         for row in q @ vecs.T:
@@ -115,11 +116,3 @@ class SearchEngine:
             out.append(hits)
         return out
 
-
-def _matches(record: Any, filter: Mapping[str, Any]) -> bool:
-    for key, want in filter.items():
-        value = getattr(record, key) if key in ("label", "coarse_label", "product_id") else record.metadata.get(key)
-        options = want if isinstance(want, (list, tuple, set, frozenset)) else (want,)
-        if value not in options:
-            return False
-    return True

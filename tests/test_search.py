@@ -1,0 +1,168 @@
+"""Search end to end on the tiny catalogue: index build, image/text/more-like-this search, filters,
+metadata updates, enrolment into the index, and the Milvus Lite backend — through the CLI as a user runs it."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import skulens
+from skulens.cli import main
+from skulens.search.align import load_aligner
+from skulens.search.engine import SearchEngine, rank_fusion
+from skulens.search.index import IndexRecord, SearchHit, open_index
+
+DESCRIPTIONS = {
+    "red-apple": ("Red apple", "A sweet red apple, crisp and juicy."),
+    "green-apple": ("Green apple", "A sour green apple for baking."),
+    "oat-milk": ("Oat milk", "A plant-based drink made from oats, in a yellow carton."),
+}
+
+
+@pytest.fixture(scope="module")
+def catalogue(tiny_catalogue: Path, tmp_path_factory) -> Path:
+    """A copy of the tiny catalogue with a products.csv (titles, descriptions, a catalogue photo each)."""
+    from conftest import make_image
+
+    rng = np.random.default_rng(11)
+    root = tmp_path_factory.mktemp("shop") / "cat"
+    shutil.copytree(tiny_catalogue.parent, root)
+    with open(root / "products.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["label", "title", "description", "image"])
+        (root / "catalogue").mkdir()
+        for label, (title, desc) in DESCRIPTIONS.items():
+            make_image(label, rng).save(root / "catalogue" / f"{label}.jpg")
+            w.writerow([label, title, desc, f"catalogue/{label}.jpg"])
+    return root / "manifest.csv"
+
+
+@pytest.fixture(scope="module")
+def index_dir(tiny_bundle, catalogue: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ix") / "faiss"
+    meta = out.parent / "stock.csv"
+    meta.write_text("product_id,in_stock,price\nred-apple,true,3.5\ngreen-apple,false,2\noat-milk,true,1.9\n")
+    assert main(["index", "build", "--model", str(tiny_bundle.bundle), "--catalogue", str(catalogue), "--out",
+                 str(out), "--metadata", str(meta), "-q"]) == 0
+    return out
+
+
+def _val(catalogue: Path) -> list[tuple[Path, str]]:
+    return [(p, p.parent.name) for p in sorted((catalogue.parent / "val").rglob("*.jpg"))]
+
+
+def test_catalogue_products_csv_is_read(catalogue: Path) -> None:
+    cat = skulens.load_catalogue(catalogue)
+    assert cat.products["oat-milk"].title == "Oat milk" and "oats" in cat.products["oat-milk"].description
+    assert cat.products["oat-milk"].coarse_label == "Milk" and cat.products["oat-milk"].image.is_file()
+
+
+def test_index_holds_every_train_photo_plus_catalogue_photos(index_dir: Path) -> None:
+    index = open_index(index_dir)
+    assert len(index) == 24 + 3 and index.product_ids() == set(DESCRIPTIONS)
+    rec = index.records("red-apple")[0]
+    assert rec.coarse_label == "Apple" and rec.title == "Red apple" and rec.metadata == {"in_stock": True, "price": 3.5}
+
+
+def test_search_by_photo_finds_the_product(index_dir: Path, tiny_bundle, catalogue: Path,
+                                           capsys: pytest.CaptureFixture) -> None:
+    val = _val(catalogue)
+    assert main(["search", "--index", str(index_dir), "--model", str(tiny_bundle.bundle), "-k", "3",
+                 "--image", *[str(p) for p, _ in val]]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert len(lines) == len(val)
+    top = [line["hits"][0]["product_id"] for line in lines]
+    assert np.mean([t == label for t, (_, label) in zip(top, val, strict=True)]) >= 0.75
+    assert all(len({h["product_id"] for h in line["hits"]}) == 3 for line in lines)  # distinct products
+    scores = [h["score"] for h in lines[0]["hits"]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_filters_more_like_this_and_metadata_updates(index_dir: Path, tiny_bundle, catalogue: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    photo = str(_val(catalogue)[0][0])
+    main(["search", "--index", str(index_dir), "--model", str(tiny_bundle.bundle), "--image", photo,
+          "--filter", "coarse_label=Milk"])
+    hits = json.loads(capsys.readouterr().out)["hits"]
+    assert [h["product_id"] for h in hits] == ["oat-milk"]
+    main(["search", "--index", str(index_dir), "--model", str(tiny_bundle.bundle), "--image", photo,
+          "--filter", "in_stock=true"])
+    assert {h["product_id"] for h in json.loads(capsys.readouterr().out)["hits"]} == {"red-apple", "oat-milk"}
+    main(["search", "--index", str(index_dir), "--product", "red-apple", "-k", "5"])
+    similar = [h["product_id"] for h in json.loads(capsys.readouterr().out)["hits"]]
+    assert "red-apple" not in similar and set(similar) == {"green-apple", "oat-milk"}
+    assert main(["index", "update", str(index_dir), "--product", "green-apple", "--set", "in_stock=true"]) == 0
+    assert open_index(index_dir).records("green-apple")[0].metadata["in_stock"] is True
+    main(["index", "update", str(index_dir), "--product", "green-apple", "--set", "in_stock=false"])
+
+
+def test_text_search_after_alignment(tiny_bundle, catalogue: Path, tmp_path: Path, index_dir: Path) -> None:
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle.bundle, bundle)
+    assert main(["align", "--model", str(bundle), "--data", str(catalogue), "--steps", "150", "-q"]) == 0
+    assert (bundle / "text_align.safetensors").is_file()
+    engine = SearchEngine(skulens.load(bundle), open_index(index_dir), load_aligner(bundle))
+    for mode in ("aligned", "text", "hybrid"):
+        hits = engine.by_text(["oat milk", "red apple"], k=3, mode=mode)
+        assert [h[0].product_id for h in hits] == ["oat-milk", "red-apple"], mode
+    milk_only = engine.by_text(["red apple"], k=3, filter={"coarse_label": "Milk"})[0]
+    assert [h.product_id for h in milk_only] == ["oat-milk"]
+    no_aligner = SearchEngine(None, open_index(index_dir))
+    with pytest.raises(ValueError, match="skulens align"):
+        no_aligner.by_text(["oat milk"], mode="aligned")
+    assert no_aligner.by_text(["oat drink"], k=1)[0][0].product_id == "oat-milk"
+
+
+def test_rank_fusion_prefers_agreement() -> None:
+    def hits(ids):
+        return [SearchHit(p, 1.0, IndexRecord(id=p, product_id=p, label=p)) for p in ids]
+
+    fused = rank_fusion([hits(["a", "b", "c"]), hits(["b", "c", "a"])], 3)
+    assert [h.product_id for h in fused] == ["b", "a", "c"]
+
+
+def test_enrolled_product_is_found_by_search(tiny_bundle, catalogue: Path, index_dir: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture) -> None:
+    from test_enroll import blue_box
+
+    bundle, ix = tmp_path / "bundle", tmp_path / "ix"
+    shutil.copytree(tiny_bundle.bundle, bundle)
+    shutil.copytree(index_dir, ix)
+    rng = np.random.default_rng(3)
+    photos = []
+    for i in range(5):
+        p = tmp_path / f"blue{i}.jpg"
+        blue_box(rng).save(p)
+        photos.append(str(p))
+    assert main(["enroll", str(bundle), "--product", "blue-box", "--coarse", "Box", "--images", *photos[:3],
+                 "--index", str(ix), "--data", str(catalogue), "-q"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["index_entries"] == 3 and out["self_check"] == 1.0
+    main(["search", "--index", str(ix), "--model", str(bundle), "-k", "1", "--image", *photos[3:]])
+    tops = [json.loads(x)["hits"][0]["product_id"] for x in capsys.readouterr().out.splitlines()]
+    assert tops == ["blue-box", "blue-box"]
+
+
+def test_milvus_lite_index_through_the_cli(tiny_bundle, catalogue: Path, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture) -> None:
+    db = tmp_path / "products.db"
+    assert main(["index", "build", "--backend", "milvus", "--model", str(tiny_bundle.bundle), "--catalogue",
+                 str(catalogue), "--out", str(db), "-q"]) == 0
+    val = _val(catalogue)
+    main(["search", "--index", str(db), "--model", str(tiny_bundle.bundle), "-k", "2", "--image",
+          *[str(p) for p, _ in val]])
+    top = [json.loads(x)["hits"][0]["product_id"] for x in capsys.readouterr().out.splitlines()]
+    assert np.mean([t == label for t, (_, label) in zip(top, val, strict=True)]) >= 0.75
+    assert main(["index", "remove", str(db), "--product", "oat-milk"]) == 0
+    assert "oat-milk" not in open_index(db).product_ids()
+
+
+def test_index_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["search", "--index", str(tmp_path / "nope"), "--text", "milk"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no index here" in err[0]
