@@ -85,3 +85,30 @@ def test_fusion_beats_each_modality_when_each_knows_half(tmp_path: Path) -> None
     assert loaded is not None and loaded[1] == ("a", "b", "c", "d")
     assert np.allclose(loaded[0].probabilities(img[300:], txt[300:]), head.probabilities(img[300:], txt[300:]),
                        atol=1e-6)
+
+
+def test_fuse_cli_and_predict_with_listing_text(tiny_bundle, tiny_catalogue: Path, tmp_path: Path) -> None:
+    """The tiny catalogue's listings carry a title: fuse, compare, then predict with the text."""
+    import json
+    import shutil
+
+    import skulens
+    from skulens.cli import main
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle.bundle, bundle)
+    assert main(["fuse", str(bundle), "--data", str(tiny_catalogue), "--out", str(tmp_path / "rep"), "-q"]) == 0
+    rep = json.loads((tmp_path / "rep" / "fusion.json").read_text())["val_top1"]
+    assert set(rep) >= {"image_only", "text_only", "fused", "bundle_classifier"}
+    assert rep["text_only"] == 1.0 and rep["fused"] >= rep["image_only"]
+    model = skulens.load(bundle, device="cpu", precision="off")
+    photo = sorted((tiny_catalogue.parent / "val" / "oat-milk").glob("*.jpg"))[0]
+    # the title decides when the photo is ambiguous; a missing text falls back to the image
+    preds = model.predict([photo, photo], texts=["oat milk", None])
+    assert preds[0].fine_label == "oat-milk" and preds[1].level != "error"
+    with pytest.raises(ValueError, match="one per image"):
+        model.predict([photo], texts=[])
+    plain = tmp_path / "plain"
+    shutil.copytree(tiny_bundle.bundle, plain)
+    with pytest.raises(ValueError, match="skulens fuse"):
+        skulens.load(plain).predict([photo], texts=["oat milk"])

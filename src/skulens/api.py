@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -83,6 +84,7 @@ class Model:
     def __init__(self, net: torch.nn.Module | None, card: ModelCard, device: torch.device,
                  precision: str = "auto", runner: Runner | None = None):
         self.net, self.card, self.device, self.precision = net, card, device, precision
+        self.path: Path | None = None  # the bundle folder, when loaded from one (side files: fusion head, ...)
         self.transform = create_transform(card)
         if runner is None:
             if net is None:
@@ -112,8 +114,15 @@ class Model:
         return tensors, ok, failed
 
     def predict(self, images: Sequence[ImageInput], *, top_k: int = 5, min_confidence: float = 0.0,
-                batch_size: int = 32, progress: bool = False) -> list[Prediction]:
-        """Predictions in input order; an image that cannot be decoded gets level "error" with the reason."""
+                batch_size: int = 32, progress: bool = False, texts: Sequence[str | None] | None = None
+                ) -> list[Prediction]:
+        """Predictions in input order; an image that cannot be decoded gets level "error" with the reason.
+
+        texts: each photo's listing text (title/description; None or "" for none), classified with the
+        bundle's image + text fusion head (`skulens fuse`) instead of the image classifier.
+        """
+        if texts is not None and len(texts) != len(images):
+            raise ValueError(f"{len(texts)} texts for {len(images)} images: give one per image (None for none)")
         if not self.card.classes:
             raise ValueError("this model has no classifier (a plain pretrained backbone): use embed() or "
                              "search, or fine-tune it with `skulens train`")
@@ -123,7 +132,9 @@ class Model:
         for i, reason in failed:
             results[i] = Prediction(names[i], None, "error", 0.0, error=reason)
         if tensors:
-            out = self.run(tensors, batch_size=batch_size, progress=progress)
+            out = self.run(tensors, batch_size=batch_size, progress=progress, embeddings=texts is not None)
+            if texts is not None:
+                out = self._fuse(out, [texts[i] for i in ok])
             card = self.card
             coarse = combine_coarse(out.fine, out.coarse_head, card.fine_to_coarse, len(card.coarse_classes),
                                     card.coarse_rule)
@@ -132,6 +143,31 @@ class Model:
                                      None if out.attributes is None else out.attributes[row], names[i], top_k,
                                      min_confidence)
         return [r for r in results if r is not None]
+
+    def _fuse(self, out: HeadOutputs, texts: list[str | None]) -> HeadOutputs:
+        """Replace the fine probabilities by the fusion head's, from the image embedding and the text."""
+        from dataclasses import replace
+
+        from .models.fusion import load_fusion
+        from .search.text import load_text_encoder
+
+        fusion = load_fusion(self.path) if self.path is not None else None
+        if fusion is None:
+            raise ValueError("this bundle has no fusion head: train one with `skulens fuse BUNDLE --data ...`")
+        head, classes = fusion
+        if classes != self.card.classes:
+            raise ValueError("the fusion head was trained for other classes (enrolled or retrained since): "
+                             "run `skulens fuse` again")
+        assert out.embeddings is not None
+        has = np.array([bool(t and t.strip()) for t in texts])
+        enc = load_text_encoder()
+        tv = np.zeros((len(texts), enc.dim), dtype=np.float32)
+        if has.any():
+            tv[has] = enc.encode([t for t in texts if t and t.strip()])
+        probs = head.probabilities(out.embeddings, tv)
+        if (~has).any():
+            probs[~has] = head.probabilities(out.embeddings[~has], None)
+        return replace(out, fine=probs.astype(np.float64))
 
     def embed(self, images: Sequence[ImageInput], *, batch_size: int = 32, progress: bool = False) -> np.ndarray:
         """L2-normalised embeddings (N x embedding_dim); undecodable images raise ImageDecodeError."""
@@ -202,7 +238,9 @@ def load(bundle: str | os.PathLike, *, device: str = "auto", precision: str = "a
     dev = resolve_device(device)
     net, card = load_bundle(bundle, dev)
     net.to(memory_format=torch.channels_last)
-    return Model(net, card, dev, precision)
+    model = Model(net, card, dev, precision)
+    model.path = Path(bundle) if Path(bundle).is_dir() else Path(bundle).parent
+    return model
 
 
 def train(data: str | os.PathLike | None = None, *, config_file: str | os.PathLike | None = None,

@@ -154,8 +154,10 @@ def cmd_predict(ns: argparse.Namespace) -> int:
     if not files:
         raise SystemExit("skulens predict: no input images")
     model = load(ns.bundle, device=ns.device, backend=ns.backend)
+    if ns.text is not None and len(ns.text) != len(files):
+        raise SystemExit(f"skulens predict: {len(ns.text)} --text for {len(files)} image(s): give one per image")
     preds = model.predict(files, top_k=ns.top_k, min_confidence=ns.min_confidence, batch_size=ns.batch_size,
-                          progress=not ns.quiet and len(files) > ns.batch_size)
+                          progress=not ns.quiet and len(files) > ns.batch_size, texts=ns.text)
     # One context manager for a file or stdout (stdout must not be closed).
     sink = open(ns.output, "w", encoding="utf-8", newline="") if ns.output else contextlib.nullcontext(sys.stdout)  # noqa: SIM115
     with sink as out:
@@ -297,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
     pr.add_argument("-o", "--output", help="write here instead of stdout")
     pr.add_argument("--batch-size", type=int, default=32)
+    pr.add_argument("--text", action="append", help="each image's listing text, in order (uses the fusion head)")
     pr.add_argument("--device", default="auto")
     pr.add_argument("--backend", choices=("torch", "onnx"), default="torch",
                     help="onnx: run the bundle's model.onnx (or a .onnx file) with ONNX Runtime")
