@@ -67,6 +67,25 @@ def test_low_confidence_is_queued_and_a_reviewer_resolves_it(tmp_path: Path) -> 
     cat = load_catalogue(tmp_path / "inv-labelled", val_fraction=0)
     assert sorted(s.label for s in cat.split("train")) == ["green-apple", "red-apple"]
     assert all(not has_gps(s.path.read_bytes()) for s in cat.split("train"))
+    # Reviewed photos moved to the labelled folder; the rejected one is gone (privacy).
+    assert sorted(p.name for p in (tmp_path / "inv-photos").iterdir()) == []
+    with InventoryStore(tmp_path / "inv.sqlite") as store:
+        assert store.photo_file(f"{2:064x}") == tmp_path / "inv-labelled" / "red-apple" / f"{2:064x}.jpg"
+        assert store.photo_file(f"{3:064x}") is None
+
+
+def test_a_review_cut_short_by_a_crash_is_finished_later(tmp_path: Path) -> None:
+    img = stripped_jpeg(photo_bytes("oat-milk", 5))
+    with InventoryStore(tmp_path / "inv.sqlite") as store:
+        store.intake([_photo(1, "oat-milk", 0.1, img)], threshold=0.6, actor="t")
+        store.resolve(f"{1:064x}", "oat-milk", actor="t")
+        # Undo the file move, as if the process died right after the review committed.
+        moved = tmp_path / "inv-labelled" / "oat-milk" / f"{1:064x}.jpg"
+        moved.rename(tmp_path / "inv-photos" / f"{1:064x}.jpg")
+        (tmp_path / "inv-labelled" / "manifest.csv").unlink()
+        assert store.write_manifest() is not None
+    assert moved.read_bytes() == img
+    assert load_catalogue(tmp_path / "inv-labelled", val_fraction=0).split("train")[0].label == "oat-milk"
 
 
 def test_labels_cannot_escape_the_labelled_folder(tmp_path: Path) -> None:

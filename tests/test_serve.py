@@ -287,3 +287,53 @@ def test_no_endpoint_reads_a_server_path_or_url(client) -> None:
     assert r.status_code == 422
     r = client.post("/v1/predict", data={"image": "http://127.0.0.1:1/x.jpg"})
     assert r.status_code == 422
+
+
+# -- settings and the CLI (no server) ----------------------------------------------------------------
+
+
+def test_settings_from_file_and_flags_unknown_keys_are_errors(tmp_path: Path) -> None:
+    from skulens.config import ConfigError
+    from skulens.serve.settings import resolve_settings
+
+    cfg = tmp_path / "serve.toml"
+    cfg.write_text('model = "b"\nmax_batch = 8\ncors_origins = ["https://a.example"]\nauth_reads = true\n')
+    s = resolve_settings({"max_batch": "4", "port": None}, cfg)
+    assert (s.model, s.max_batch, s.cors_origins, s.auth_reads, s.port) == ("b", 4, ("https://a.example",), True, 8000)
+    cfg.write_text('model = "b"\nmax_bach = 8\n')
+    with pytest.raises(ConfigError, match="max_bach"):
+        resolve_settings({}, cfg)
+    cfg.write_text('model = "b"\napi_keys = ["x"]\n')
+    with pytest.raises(ConfigError, match="api-keys-file"):
+        resolve_settings({}, cfg)
+    with pytest.raises(ConfigError, match="cors_origins"):
+        resolve_settings({"model": "b", "cors_origins": "*"})
+    with pytest.raises(ConfigError, match="review_threshold"):
+        resolve_settings({"model": "b", "review_threshold": "1.5"})
+    assert "s3cret-key" not in repr(ServeSettings("b", api_keys=(ApiKey("n", "s3cret-key"),)))  # never printed
+    assert ServeSettings("b", api_keys=(ApiKey("n", "s3cret-key"),)).public()["api_keys"] == ["n"]
+
+
+def test_api_keys_from_a_file_and_the_environment(tmp_path: Path) -> None:
+    from skulens.config import ConfigError
+    from skulens.serve.settings import load_api_keys
+
+    f = tmp_path / "keys"
+    f.write_text("# shop keys\nalice:alice-secret-1\n\nbare-secret-2\n")
+    keys = load_api_keys(f, env="bob:bob-secret-3")
+    assert [k.name for k in keys][::2] == ["alice", "bob"] and keys[1].name.startswith("key-")
+    assert [k.secret for k in keys] == ["alice-secret-1", "bare-secret-2", "bob-secret-3"]
+    with pytest.raises(ConfigError, match="shorter than 8"):
+        load_api_keys(None, env="short")
+
+
+def test_serve_and_inventory_help_import_neither_torch_nor_fastapi() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; from skulens.cli import build_parser; p = build_parser()\n"
+            "for argv in (['serve', '--help'], ['inventory', 'scan', '--help']):\n"
+            "    try: p.parse_args(argv)\n    except SystemExit: pass\n"
+            "print(sorted(m for m in ('torch', 'fastapi', 'uvicorn') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().endswith("[]"), out

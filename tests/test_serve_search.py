@@ -10,13 +10,12 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("faiss")
 
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient
 
-import skulens  # noqa: E402
-from skulens.serve.app import create_app  # noqa: E402
-from skulens.serve.settings import ApiKey, ServeSettings  # noqa: E402
-
-from _serve_util import photo_bytes  # noqa: E402
+import skulens
+from _serve_util import photo_bytes
+from skulens.serve.app import create_app
+from skulens.serve.settings import ApiKey, ServeSettings
 
 KEY = "search-test-key"
 AUTH = {"X-API-Key": KEY}

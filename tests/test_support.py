@@ -109,3 +109,10 @@ def test_products_from_a_manifest_catalogue_use_titles(tiny_catalogue: Path) -> 
     products = products_from_catalogue(load_catalogue(tiny_catalogue, val_fraction=0))
     assert set(products) == {"red-apple", "green-apple", "oat-milk"}
     assert products["oat-milk"].title == "oat milk" and products["oat-milk"].coarse_label == "Milk"
+
+
+def test_without_an_inventory_stock_questions_are_handed_off(encoder) -> None:
+    r = SupportResponder({"Granny-Smith": APPLE}, encoder)  # no stock source
+    a = r.answer(_pred("Granny-Smith"), "Do you have it in stock?")
+    assert a.handoff and "no inventory" in a.reason
+    assert r.answer(_pred("Granny-Smith"), "Where is it grown?").answer == "Country: Italy"

@@ -137,8 +137,9 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     for e in exc.errors():
         loc = ".".join(str(x) for x in e.get("loc", ()) if x not in ("body", "query", "path", "form"))
         msg = str(e.get("msg", "invalid"))
-        if e.get("type") == "missing" and loc in _UPLOAD_FIELDS:
-            msg += f" (send the photo as multipart/form-data in a file field named {loc!r})"
+        if loc in _UPLOAD_FIELDS:
+            msg += (f" (send the photo as multipart/form-data in a file field named {loc!r}; the server never "
+                    "reads a path or fetches a URL)")
         parts.append(f"{loc}: {msg}" if loc else msg)
         errors.append({"loc": [str(x) for x in e.get("loc", ())], "msg": msg, "type": str(e.get("type", ""))})
     return JSONResponse({"detail": "; ".join(parts), "errors": errors}, status_code=422)

@@ -21,6 +21,7 @@ import io
 import json
 import os
 import re
+import shutil
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -170,6 +171,7 @@ class InventoryStore:
         self.photo_dir = Path(photo_dir) if photo_dir else self.path.with_name(f"{self.path.stem}-photos")
         self.labelled_dir = Path(labelled_dir) if labelled_dir else self.path.with_name(f"{self.path.stem}-labelled")
         self._lock = threading.Lock()
+        self._files_lock = threading.Lock()  # photo moves and manifest rewrites
         # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so a batch is exactly one transaction.
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30.0)
         self._db.row_factory = sqlite3.Row
@@ -308,14 +310,19 @@ class InventoryStore:
         return self._item(rows[0]) if rows else None
 
     def photo_file(self, sha256: str) -> Path | None:
-        """The stored (EXIF-free) photo of `sha256`, if one was kept."""
+        """The kept (EXIF-free) photo of `sha256`: waiting for review, or reviewed into the labelled folder."""
         if not re.fullmatch(r"[0-9a-f]{64}", sha256):
             return None
-        rows = self._read("SELECT stored FROM photos WHERE sha256 = ?", (sha256,))
+        rows = self._read("SELECT stored, label FROM photos WHERE sha256 = ?", (sha256,))
         if not rows or not rows[0]["stored"]:
             return None
-        path = self.photo_dir / rows[0]["stored"]
-        return path if path.is_file() else None
+        for path in (self.photo_dir / rows[0]["stored"], self._labelled_path(rows[0]["label"], sha256)):
+            if path is not None and path.is_file():
+                return path
+        return None
+
+    def _labelled_path(self, label: str | None, sha256: str) -> Path | None:
+        return None if label is None else self.labelled_dir / _safe_dirname(label) / f"{sha256}.jpg"
 
     def _item(self, r: sqlite3.Row) -> ReviewItem:
         return ReviewItem(r["sha256"], r["source"], r["status"], r["predicted_label"], r["confidence"],
@@ -343,36 +350,49 @@ class InventoryStore:
                             {"predicted": row["predicted_label"], "confidence": row["confidence"]})
             db.execute("UPDATE photos SET status = ?, label = ?, reviewed_at = ?, reviewed_by = ? WHERE sha256 = ?",
                        (status, label, now, actor, sha256))
-        if label is not None and row["stored"]:
-            self._label_photo(row["stored"], label, sha256)
+        if row["stored"]:
+            with self._files_lock:
+                if label is None:  # privacy: a rejected photo (not a product, maybe a person) is not kept
+                    (self.photo_dir / row["stored"]).unlink(missing_ok=True)
+                else:
+                    self._move_to_labelled(sha256, label)
         self.write_manifest()
         item = self.photo(sha256)
         assert item is not None
         return item
 
-    def _label_photo(self, stored: str, label: str, sha256: str) -> None:
-        src = self.photo_dir / stored
-        if not src.is_file():
+    def _move_to_labelled(self, sha256: str, label: str) -> None:
+        src = self.photo_dir / f"{sha256}.jpg"
+        dst = self._labelled_path(label, sha256)
+        if dst is None or not src.is_file():
             return
-        dst = self.labelled_dir / _safe_dirname(label) / f"{sha256}.jpg"
         dst.parent.mkdir(parents=True, exist_ok=True)
         tmp = dst.with_name(f".{dst.name}.tmp")
-        tmp.write_bytes(src.read_bytes())
+        shutil.copyfile(src, tmp)
         os.replace(tmp, dst)
+        src.unlink()
 
     def labelled(self) -> list[tuple[str, str]]:
-        """(relative path, label) of every reviewed photo whose image is in the labelled folder."""
+        """(relative path, label) of every reviewed photo in the labelled folder. A photo whose move was cut
+        short by a crash (the review committed, the file still waiting) is moved now."""
         rows = self._read("SELECT sha256, label FROM photos WHERE status IN ('confirmed', 'corrected') "
-                          "ORDER BY reviewed_at, sha256")
+                          "AND stored IS NOT NULL ORDER BY reviewed_at, sha256")
         out = []
         for r in rows:
-            rel = f"{_safe_dirname(r['label'])}/{r['sha256']}.jpg"
-            if (self.labelled_dir / rel).is_file():
-                out.append((rel, r["label"]))
+            path = self._labelled_path(r["label"], r["sha256"])
+            assert path is not None
+            if not path.is_file():
+                self._move_to_labelled(r["sha256"], r["label"])
+            if path.is_file():
+                out.append((path.relative_to(self.labelled_dir).as_posix(), r["label"]))
         return out
 
     def write_manifest(self) -> Path | None:
         """Rewrite `labelled_dir/manifest.csv` from the database (atomic; rebuilt, so never out of step)."""
+        with self._files_lock:
+            return self._write_manifest()
+
+    def _write_manifest(self) -> Path | None:
         rows = self.labelled()
         if not rows:
             return None

@@ -121,7 +121,8 @@ def resolve_settings(values: dict[str, Any], config_file: str | os.PathLike[str]
     known = {f.name: f for f in fields(ServeSettings)}
     unknown = sorted(set(merged) - set(known))
     if unknown:
-        raise ConfigError(f"unknown serve setting(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        settable = sorted(set(known) - {"api_keys"})
+        raise ConfigError(f"unknown serve setting(s): {', '.join(unknown)} (known: {', '.join(settable)})")
     if "model" not in merged:
         raise ConfigError("serve needs a model bundle (--model)")
     out: dict[str, Any] = {}

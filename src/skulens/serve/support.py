@@ -100,6 +100,7 @@ _HANDOFF_TOPICS = {
     "store": ("When are you open?", "Where is the shop?", "What are your opening hours?"),
     "payment": ("Can I pay by card?", "Which payment methods do you accept?"),
     "complaint": ("It arrived broken.", "I want to make a complaint.", "Something is wrong with my order."),
+    "stock": _STOCK_QUESTIONS,  # only when there is no stock fact (no inventory)
 }
 
 
@@ -166,6 +167,7 @@ class SupportResponder:
         topics = [(name, q) for name, qs in _HANDOFF_TOPICS.items() for q in qs]
         self._topic_names = [name for name, _ in topics]
         self._topic_vectors = np.asarray(self.encoder.encode([q for _, q in topics]), dtype=np.float32)
+        self._topic_is_stock = np.array([name == "stock" for name in self._topic_names])
 
     def product(self, label: str) -> Product:
         return self.products.get(label) or Product(label=label, title=label.replace("-", " "))
@@ -208,11 +210,14 @@ class SupportResponder:
         row = int(scores.argmax())
         best, score = int(owner[row]), float(scores[row])
         topic_scores = self._topic_vectors @ q
+        if any(f.field == "stock" for f in facts):  # the stock topic stands in only for a missing stock fact
+            topic_scores = np.where(self._topic_is_stock, -np.inf, topic_scores)
         t = int(topic_scores.argmax())
         if float(topic_scores[t]) > score:
-            return SupportAnswer(label, title, conf, question, None, None, score, True,
-                                 f"the question is about {self._topic_names[t]}, which the catalogue does not "
-                                 "answer", candidates)
+            topic = self._topic_names[t]
+            reason = ("stock levels are not known here (this server keeps no inventory)" if topic == "stock"
+                      else f"the question is about {topic}, which the catalogue does not answer")
+            return SupportAnswer(label, title, conf, question, None, None, score, True, reason, candidates)
         if score < self.min_score:
             return SupportAnswer(label, title, conf, question, None, None, score, True,
                                  f"no catalogue field answers the question (best match {facts[best].field!r} "

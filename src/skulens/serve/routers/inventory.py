@@ -96,9 +96,9 @@ async def intake(state: State, actor: WriteKey,
 @router.get("", response_model=InventoryOut, summary="Counts per product, review queue size")
 async def counts(state: State, _: ReadKey) -> InventoryOut:
     store = _store(state)
-    c = await anyio.to_thread.run_sync(store.counts)
-    return InventoryOut(counts=c, titles={lab: state.product(lab).title for lab in c},
-                        review_queue=store.review_size(), photos=store.stats())
+    c, review, stats = await anyio.to_thread.run_sync(lambda: (store.counts(), store.review_size(), store.stats()))
+    return InventoryOut(counts=c, titles={lab: state.product(lab).title for lab in c}, review_queue=review,
+                        photos=stats)
 
 
 @router.get("/export.csv", summary="Counts as CSV (label,count,updated_at)", response_class=Response,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Annotated
 
+import anyio
 from fastapi import APIRouter, File, Form, UploadFile
 
 from ..deps import ReadKey, State, predict_upload
@@ -23,5 +24,6 @@ async def predict(state: State, _: ReadKey,
     _, pred = await predict_upload(state, image, top_k=top_k, min_confidence=min_confidence)
     d = pred.to_dict()
     d["source"] = image.filename or "upload"
-    product = product_out(state, pred.fine_label) if pred.fine_label else None
+    # product_out reads the stock count from SQLite: off the event loop.
+    product = await anyio.to_thread.run_sync(product_out, state, pred.fine_label) if pred.fine_label else None
     return PredictResponse(prediction=d, product=product, timing_ms=round((time.perf_counter() - t0) * 1000, 2))

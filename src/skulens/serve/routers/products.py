@@ -37,14 +37,15 @@ async def list_products(state: State, _: ReadKey, q: Annotated[str | None, Query
     if q:
         needle = q.lower()
         labels = [lab for lab in labels if needle in lab.lower() or needle in state.product(lab).title.lower()]
-    return [product_out(state, lab) for lab in labels[offset:offset + limit]]
+    page = labels[offset:offset + limit]
+    return await anyio.to_thread.run_sync(lambda: [product_out(state, lab) for lab in page])
 
 
 @router.get("/{product_id}", response_model=ProductOut, summary="One product's catalogue facts and stock")
 async def get_product(state: State, _: ReadKey, product_id: ProductId) -> ProductOut:
     if product_id not in state.products:
         raise HTTPException(404, f"unknown product {product_id!r}")
-    return product_out(state, product_id)
+    return await anyio.to_thread.run_sync(product_out, state, product_id)
 
 
 @lru_cache(maxsize=512)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Annotated, Any
 
 import anyio
@@ -20,6 +21,8 @@ from ..deps import ReadKey, State, WriteKey, busy, decode_upload
 from ..images import content_hash
 from ..settings import ServeSettings
 from ..state import ServiceState
+
+logger = logging.getLogger(__name__)
 
 ProductId = Annotated[str, PathParam(min_length=1, max_length=200)]
 _MODES = ("hybrid", "aligned", "text")
@@ -182,6 +185,7 @@ async def create_product(state: State, actor: WriteKey,
         result = await anyio.to_thread.run_sync(state.with_index, run)
     except EnrolmentError as exc:
         raise HTTPException(409 if "already a class" in str(exc) else 422, str(exc)) from None
+    logger.info("product %r enrolled by %s from %d photo(s)", result.label, actor, result.images)
     await anyio.to_thread.run_sync(state.reload_model)
     state.products[result.label] = Product(label=result.label, coarse_label=result.coarse_label,
                                            title=title or result.label.replace("-", " "), description=text)
@@ -244,6 +248,7 @@ async def update_product(state: State, actor: WriteKey, product_id: ProductId, p
         return len(current)
 
     entries = await _index_call(state, run)
+    logger.info("product %r updated by %s: %s", product_id, actor, patch.model_dump(exclude_none=True))
     if patch.title is not None or patch.text is not None:
         old = state.product(product_id)
         state.products[product_id] = dataclasses.replace(
@@ -262,6 +267,7 @@ async def delete_product(state: State, actor: WriteKey, product_id: ProductId) -
         return n
 
     removed = await _index_call(state, run)
+    logger.info("product %r removed from the index by %s (%d entries)", product_id, actor, removed)
     return {"product_id": product_id, "removed_entries": removed, "by": actor}
 
 
