@@ -248,7 +248,10 @@ def test_health_metrics_docs_and_info(client, val_photo) -> None:
     text = client.get("/metrics").text
     assert 'skulens_http_requests_total{method="POST",route="/v1/predict",status="200"}' in text
     assert "skulens_batch_size_count" in text
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "/docs-static/swagger-ui-bundle.js" in docs.text  # served locally (offline)
+    assert "cdn." not in docs.text
+    assert client.get("/docs-static/swagger-ui-bundle.js").status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
     assert "/v1/predict" in paths and "/v1/inventory/intake" in paths and "/v1/support/ask" in paths
     info = client.get("/v1/info").json()
