@@ -102,7 +102,7 @@ def test_fuse_cli_and_predict_with_listing_text(tiny_bundle, tiny_catalogue: Pat
     assert set(rep) >= {"image_only", "text_only", "fused", "bundle_classifier"}
     assert rep["text_only"] == 1.0 and rep["fused"] >= rep["image_only"]
     model = skulens.load(bundle, device="cpu", precision="off")
-    photo = sorted((tiny_catalogue.parent / "val" / "oat-milk").glob("*.jpg"))[0]
+    photo = min((tiny_catalogue.parent / "val" / "oat-milk").glob("*.jpg"))
     # the title decides when the photo is ambiguous; a missing text falls back to the image
     preds = model.predict([photo, photo], texts=["oat milk", None])
     assert preds[0].fine_label == "oat-milk" and preds[1].level != "error"

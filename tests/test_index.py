@@ -138,7 +138,7 @@ def test_group_by_product_fetches_until_k_products(filled, tmp_path):
     crowd = unit(q + 0.05 * rng.standard_normal((30, DIM)))
     index.add([IndexRecord(f"crowd/{i}", "crowd", "crowd") for i in range(30)], crowd)
     hits = index.search(q, 5)[0]
-    assert [h.product_id for h in hits][0] == "crowd"
+    assert hits[0].product_id == "crowd"
     assert len({h.product_id for h in hits}) == 5
     all_recs = recs + [IndexRecord(f"crowd/{i}", "crowd", "crowd") for i in range(30)]
     assert_same(ids_scores([hits]), brute_force(all_recs, np.vstack([vecs, crowd]), q, 5))
@@ -187,7 +187,7 @@ def test_bad_filters_are_clear_errors(filled, flt, message):
 
 
 def test_update_metadata_without_reembedding(filled):
-    index, recs, vecs = filled
+    index, _, vecs = filled
     before = index.vectors(["img/0000.jpg"])
     n = len(index.records("p0"))
     assert index.update_metadata("p0", in_stock=False, promo="summer") == n
@@ -267,7 +267,7 @@ def test_add_errors_and_upsert(filled):
 
 
 def test_persistence_round_trip(filled, tmp_path):
-    index, recs, vecs = filled
+    index, _, vecs = filled
     index.remove(product_ids=["p5"])
     index.update_metadata("p6", in_stock=True)
     queries = np.random.default_rng(4).standard_normal((3, DIM))
@@ -451,6 +451,28 @@ def test_record_validation():
     with pytest.raises(TypeError):
         r.metadata["n"] = 4  # read-only
     assert IndexRecord.from_dict(r.to_dict()) == r and hash(r) == hash(IndexRecord.from_dict(r.to_dict()))
+    with pytest.raises(TypeError):
+        r.metadata.update(n=5)
+    import dataclasses
+    import pickle
+
+    hit = SearchHit("p", 0.5, r)
+    as_json = json.loads(json.dumps(dataclasses.asdict(hit)))  # what a REST layer does with a hit
+    assert as_json["record"]["metadata"] == {"n": 3, "x": 0.5}
+    assert pickle.loads(pickle.dumps(r)) == r
+
+
+def test_parse_filter_from_strings():
+    from skulens.search.index import parse_filter
+
+    got = parse_filter(["coarse_label=Milk", "in_stock=true", "shelf=[1, 3]", 'sku="007"', "price=2.5",
+                        "title_word=O'Neil \"Best\"", "note=null"])
+    assert got == {"coarse_label": "Milk", "in_stock": True, "shelf": [1, 3], "sku": "007", "price": 2.5,
+                   "title_word": "O'Neil \"Best\"", "note": "null"}
+    with pytest.raises(IndexStoreError, match="expected key=value"):
+        parse_filter(["coarse_label"])
+    with pytest.raises(IndexStoreError, match="cannot filter on 'title'"):
+        parse_filter(["title=x"])
 
 
 def test_milvus_expressions_escape_strings():
@@ -475,6 +497,15 @@ def test_milvus_default_index_recall(tmp_path):
     got = index.search(queries, 10, group_by_product=False)
     recall = np.mean([len({h.record.id for h in g} & {i for i, _ in w}) / 10 for g, w in zip(got, exact)])
     assert recall >= 0.9, recall
+    # selective filters: the IVF lists probed may hold too few matches; every match must still come back
+    index.update_metadata("p7", rare=True)
+    index.update_metadata("p2900", rare=True)
+    far = index.search(-vecs[7], 10, filter={"rare": True}, group_by_product=False)[0]
+    assert sorted(h.record.id for h in far) == ["e2900", "e7"]
+    few = index.search(queries[:5], 10, filter={"product_id": [f"p{i}" for i in range(0, 3000, 100)]})
+    assert all(len(row) == 10 for row in few)
+    assert_same(ids_scores(few), brute_force(recs, vecs, queries[:5], 10,
+                                             {"product_id": [f"p{i}" for i in range(0, 3000, 100)]}))
     with pytest.raises(IndexStoreError, match="already exists"):
         create_index("milvus", tmp_path / "ann.db", 32, collection="products")
     index.close()
@@ -528,14 +559,20 @@ def test_interrupted_save_leaves_old_or_new_index(tmp_path):
     index = create_index("faiss", tmp_path / "idx", DIM)
     index.add(recs, vecs)
     index.save()
-    n = len(index)
-    step = 1
+    n, n2 = len(index), len(index.records("p2"))
+    step, outcomes = 1, []
     while not _crash_at_step(tmp_path, step):  # every fsync of a save, in turn, "kills" it
         again = open_index(tmp_path / "idx")
-        assert len(again) == n and again.get(f"s{step}") is None  # the old index, whole
-        assert again.records("p1")[0].metadata.get("step") is None
+        if again.get(f"s{step}") is None:  # the old index, whole
+            outcomes.append("old")
+            assert len(again) == n and again.records("p1")[0].metadata.get("step") is None
+        else:  # killed after the manifest swap: the new index, whole
+            outcomes.append("new")
+            assert len(again) == n - n2 + 1 and again.records("p1")[0].metadata["step"] == step
+        again.close()
         step += 1
-    assert step >= 4  # records, vectors, manifest, directory
+    # records, vectors and manifest are synced before the swap; the directory after it
+    assert outcomes == ["old", "old", "old", "new"], outcomes
     again = open_index(tmp_path / "idx")
     assert again.get(f"s{step}") is not None and again.records("p2") == []
     names = set(os.listdir(tmp_path / "idx"))

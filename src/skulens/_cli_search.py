@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 __all__ = ["add_search_commands"]
@@ -16,19 +15,12 @@ def _print(msg: str) -> None:
 
 
 def _filters(items: list[str] | None) -> dict[str, Any] | None:
-    """--filter coarse_label=Milk --filter in_stock=true --filter label=a,b (any of)."""
+    """--filter coarse_label=Milk --filter in_stock=true --filter shelf=[1,3] (any of)."""
     if not items:
         return None
-    from .search.catalogue_index import _coerce
+    from .search.index import parse_filter
 
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise SystemExit(f"skulens: --filter {item!r}: expected KEY=VALUE")
-        key, value = item.split("=", 1)
-        values = [_coerce(v) for v in value.split(",")] if "," in value else _coerce(value)
-        out[key.strip()] = values
-    return out
+    return parse_filter(items)
 
 
 def _hits_json(hits: list[Any]) -> list[dict[str, Any]]:
@@ -46,8 +38,11 @@ def cmd_index_build(ns: argparse.Namespace) -> int:
     model = load(ns.model)
     cat = load_catalogue(_resolve_data(ns.catalogue))
     meta = read_metadata_table(ns.metadata) if ns.metadata else None
+    options = {k: v for k, v in (("ann", ns.ann), ("exact_threshold", ns.exact_threshold), ("nprobe", ns.nprobe),
+                                 ("collection", ns.collection), ("index_type", ns.index_type)) if v is not None}
     res = build_catalogue_index(model, cat, ns.out, backend=ns.backend, splits=ns.splits,
-                                catalogue_photos=ns.catalogue_photos, metadata=meta, progress=not ns.quiet)
+                                catalogue_photos=ns.catalogue_photos, metadata=meta, progress=not ns.quiet,
+                                overwrite=ns.overwrite, **options)
     _print(f"index {ns.out} ({ns.backend}): {res.entries} photos of {res.products} products")
     if res.failed:
         _print(f"skipped {len(res.failed)} undecodable image(s), e.g. {res.failed[0][0]}: {res.failed[0][1]}")
@@ -88,10 +83,14 @@ def cmd_index_duplicates(ns: argparse.Namespace) -> int:
     from .search.duplicates import near_duplicates
     from .search.index import open_index
 
-    groups = near_duplicates(open_index(ns.index), threshold=ns.threshold, k=ns.k, progress=not ns.quiet)
+    groups = near_duplicates(open_index(ns.index), threshold=ns.threshold, k=ns.k, filter=_filters(ns.filter),
+                             progress=not ns.quiet)
     for g in groups:
-        print(json.dumps(g.to_dict() if hasattr(g, "to_dict") else g.__dict__, default=list))
-    _print(f"{len(groups)} group(s) of near-duplicates at cosine >= {ns.threshold}")
+        print(json.dumps({"ids": list(g.ids), "product_ids": list(g.product_ids), "cross_product": g.cross_product,
+                          "min_score": round(g.min_score, 6), "max_score": round(g.max_score, 6)}))
+    cross = sum(g.cross_product for g in groups)
+    _print(f"{len(groups)} group(s) of near-duplicates at cosine >= {ns.threshold}; {cross} span several products "
+           "(likely mislabels or duplicated listings)")
     return 0
 
 
@@ -207,6 +206,13 @@ def add_search_commands(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--catalogue-photos", action=argparse.BooleanOptionalAction, default=True,
                    help="also index each product's catalogue photo")
     b.add_argument("--metadata", help="CSV: product_id + metadata columns (in_stock, price, ...)")
+    b.add_argument("--overwrite", action="store_true", help="replace an existing index at --out")
+    b.add_argument("--ann", choices=("auto", "flat", "hnsw", "ivf", "ivfsq8", "ivfpq"),
+                   help="faiss: ANN structure (auto: exact below --exact-threshold entries, IVF-SQ8 above)")
+    b.add_argument("--exact-threshold", type=int, help="faiss: exact search below this many entries (20000)")
+    b.add_argument("--nprobe", type=int, help="faiss IVF: lists visited per query")
+    b.add_argument("--collection", help="milvus: collection name (default skulens)")
+    b.add_argument("--index-type", help="milvus: IVF_FLAT (Lite default), HNSW (server default), FLAT")
     b.add_argument("-q", "--quiet", action="store_true")
     b.set_defaults(func=cmd_index_build)
     inf = isub.add_parser("info", help="what an index holds")
@@ -226,6 +232,7 @@ def add_search_commands(sub: argparse._SubParsersAction) -> None:
     dd.add_argument("index")
     dd.add_argument("--threshold", type=float, default=0.95, help="cosine similarity")
     dd.add_argument("-k", type=int, default=10, help="neighbours looked at per photo")
+    dd.add_argument("--filter", action="append", metavar="KEY=VALUE")
     dd.add_argument("-q", "--quiet", action="store_true")
     dd.set_defaults(func=cmd_index_duplicates)
 

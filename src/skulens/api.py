@@ -201,10 +201,10 @@ def pretrained(backbone: str = "efficientnet_lite2", *, weights: str | None = No
     For search over a catalogue no model has been trained on, and for zero-shot experiments where a
     fine-tuned model would have seen the products already.
     """
+    import warnings
+
     from .models.backbones import create_backbone
     from .models.classifier import SkuModel
-
-    import warnings
 
     dev = resolve_device(device)
     bb = create_backbone(backbone, weights, image_size=image_size)

@@ -39,7 +39,6 @@ from .index import (
     IndexRecord,
     IndexStoreError,
     VectorIndex,
-    record_field,
 )
 
 try:
@@ -58,10 +57,11 @@ _VERSIONED = re.compile(r"^(records|vectors|ann)-(\d{6,})\.(jsonl|npy|faiss)(\.t
 ANN_KINDS = ("auto", "flat", "hnsw", "ivf", "ivfsq8", "ivfpq")
 _RERANKED = ("ivfsq8", "ivfpq")  # approximate codes: candidates are re-scored from the stored vectors
 # IVF with 8-bit scalar-quantised codes plus exact re-ranking: 1 byte per dimension besides the
-# stored vectors (IVF-Flat keeps a second float32 copy, 5 GB at 1M x 1280), recall@10 equal to
-# IVF-Flat's at the same nprobe where PQ codes lose 1-2 points; builds in minutes at 1M on 2 cores
-# where HNSW takes hours (~1 ms per 1280-d insert), and removes entries in place. Measurements:
-# benchmarks/RESULTS.md, "ANN index".
+# stored vectors (IVF-Flat keeps a second float32 copy, 5 GB at 1M x 1280). In a 100k x 1280
+# prototype on this 2-core machine it matched IVF-Flat's recall@10 at the same nprobe, where PQ
+# codes (160 bytes) lost up to 2 points unless 100 candidates were re-ranked; HNSW inserts cost
+# ~1 ms each at 1280-d (10k: 10-12 s), 20+ min at 1M, and HNSW cannot remove entries in place.
+# Measurements: benchmarks/RESULTS.md, "ANN index".
 AUTO_ANN = "ivfsq8"
 _MIN_ANN_ENTRIES = 1024  # below this, exact search is faster than any ANN structure
 _REBUILD_DEAD_FRACTION = 0.25
@@ -84,7 +84,9 @@ class FaissOptions:
     ef_construction: int = 80
     ef_search: int = 96
     exact_filter_rows: int = 20_000  # a filter keeping at most this many entries is searched exactly
-    train_size: int = 100_000  # most vectors sampled to train IVF / PQ (k-means cost grows with it)
+    # vectors sampled to train IVF / PQ, raised to 39 per list (faiss' minimum); k-means time grows
+    # linearly with it (100k at 1M vectors: 100k x 2048 lists x 10 iterations, minutes on 2 cores)
+    train_size: int = 50_000
     progress: bool = False
 
     def __post_init__(self) -> None:
@@ -163,6 +165,9 @@ class FaissIndex(VectorIndex):
         Options: see :class:`FaissOptions`. An existing index there is an error unless ``overwrite``.
         """
         p = Path(path)
+        if str(p).endswith(".db"):
+            raise IndexStoreError(f"{p}: a FAISS index directory may not end in .db (that names a Milvus Lite "
+                                  "database); choose another name")
         if p.exists() and not p.is_dir():
             raise IndexStoreError(f"{p}: exists and is not a directory")
         if (p / MANIFEST).exists() and not overwrite:
@@ -253,6 +258,11 @@ class FaissIndex(VectorIndex):
     def product_ids(self) -> set[str]:
         return set(self._by_product)
 
+    def _overfetch(self) -> int:
+        # twice the mean entries per product: one fetch usually finds k products, and each retry
+        # of an exact search is another full scan
+        return max(self.group_overfetch, math.ceil(2 * len(self) / max(1, len(self._by_product))))
+
     def vectors(self, ids: Sequence[str]) -> np.ndarray:
         missing = [i for i in ids if i not in self._row_of]
         if missing:
@@ -295,11 +305,7 @@ class FaissIndex(VectorIndex):
 
     def _append_vectors(self, vectors: np.ndarray) -> None:
         need = self._n + len(vectors)
-        if need > len(self._buf) or not self._buf.flags.writeable:
-            if self._n == 0 and len(vectors) >= 1 and vectors.flags.c_contiguous and vectors.flags.writeable \
-                    and vectors.dtype == np.float32:
-                self._buf, self._n = vectors, len(vectors)  # a bulk first add: keep the caller's array, no copy
-                return
+        if need > len(self._buf) or not self._buf.flags.writeable:  # a memmap is read-only: copy on first write
             # 1.25x growth: amortised appends without doubling a multi-GB buffer
             cap = need if self._n == 0 else max(need, int(len(self._buf) * 1.25) + 1024)
             buf = np.empty((cap, self.dim), np.float32)
@@ -541,12 +547,8 @@ class FaissIndex(VectorIndex):
                     "params": self._ann_params},
             "options": asdict(self.options),
         }
-        tmp = self.path / (MANIFEST + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(json.dumps(manifest, indent=1))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path / MANIFEST)  # the commit point
+        tmp = self._write(MANIFEST + ".tmp", lambda f: f.write(json.dumps(manifest, indent=1).encode("utf-8")))
+        os.replace(self.path / tmp, self.path / MANIFEST)  # the commit point
         _fsync_path(self.path)
         self._version, self._files, self._dirty = version, files, set()
         _remove_unreferenced(self.path, set(filter(None, files.values())))
@@ -558,9 +560,7 @@ class FaissIndex(VectorIndex):
         else:
             with open(path, "wb") as f:
                 writer(f)
-                f.flush()
-                os.fsync(f.fileno())
-        _fsync_path(path)
+        _fsync_path(path)  # fsync through a new descriptor flushes the same file: one code path for all
         return name
 
     def _write_records(self, f: Any) -> None:

@@ -28,6 +28,7 @@ from .index import (
     CompiledFilter,
     IndexRecord,
     IndexStoreError,
+    SearchHit,
     VectorIndex,
 )
 
@@ -90,7 +91,7 @@ _LITE_LOCK = threading.Lock()
 def _connect(uri: str, token: str | None) -> MilvusClient:
     try:
         client = MilvusClient(uri=uri, token=token or "")
-    except Exception as e:  # pymilvus raises several unrelated types for a bad URI / unreachable server
+    except Exception as e:  # noqa: BLE001 - pymilvus raises unrelated types for a bad URI / no server
         raise IndexStoreError(f"{uri}: cannot connect to Milvus ({_one_line(e)})") from None
     if _is_lite(uri):
         with _LITE_LOCK:
@@ -166,6 +167,7 @@ class MilvusIndex(VectorIndex):
         self.uri, self.collection, self.index_type = uri, collection, index_type
         self.search_params = search_params
         self._client: MilvusClient | None = client
+        self._native_grouping = True
 
     @classmethod
     def create(cls, uri: str | os.PathLike[str], dim: int, *, overwrite: bool = False, collection: str = "skulens",
@@ -350,14 +352,50 @@ class MilvusIndex(VectorIndex):
                         exclude_products: frozenset[str]) -> list[list[tuple[float, IndexRecord]]]:
         n = min(n, _MAX_TOPK)
         expr = milvus_expr(compiled, exclude_products)
-        params = dict(self.search_params)
+        out = self._search(queries, n, expr, self.search_params)
+        short = [i for i, row in enumerate(out) if len(row) < n]
+        if expr and short:
+            # An ANN index filters while it scans the lists / graph it visits, so a selective filter can
+            # come back short although more entries match: count them, and search those queries again
+            # visiting everything (IVF: every list; HNSW: the widest beam Milvus allows).
+            count = self._call("count", self.client.query, self.collection, filter=expr,
+                               output_fields=["count(*)"])[0]["count(*)"]
+            redo = [i for i in short if len(out[i]) < min(n, count)]
+            if redo:
+                wide = {**self.search_params, "nprobe": 65536, "ef": 32768}
+                for i, row in zip(redo, self._search(queries[redo], n, expr, wide)):
+                    out[i] = row
+        return out
+
+    def _search_grouped(self, queries: np.ndarray, k: int, compiled: CompiledFilter,
+                        exclude_products: frozenset[str]) -> list[list[SearchHit] | None]:
+        """Milvus grouping search: the k best products in one call (over-fetching takes 2-5 calls).
+
+        A query that comes back with fewer than k products (a selective filter, a small collection)
+        is answered by the shared over-fetch path instead, which checks for missed matches.
+        """
+        if not self._native_grouping or k > _MAX_TOPK:
+            return [None] * len(queries)
+        try:
+            rows = self._search(queries, k, milvus_expr(compiled, exclude_products), self.search_params,
+                                group_by="product_id")
+        except IndexStoreError as e:  # a server / index type without grouping search
+            logger.info("Milvus grouping search unavailable (%s); over-fetching instead", e)
+            self._native_grouping = False
+            return [None] * len(queries)
+        return [[SearchHit(r.product_id, s, r) for s, r in row] if len(row) == k else None for row in rows]
+
+    def _search(self, queries: np.ndarray, n: int, expr: str, params: dict[str, Any],
+                group_by: str | None = None) -> list[list[tuple[float, IndexRecord]]]:
+        params = {k: v for k, v in params.items() if k in _search_params(self.index_type) or k not in ("nprobe", "ef")}
         if "ef" in params:
             params["ef"] = max(params["ef"], n)  # HNSW needs ef >= limit
         out: list[list[tuple[float, IndexRecord]]] = []
         for s in range(0, len(queries), _QUERY_CHUNK):
+            extra = {"group_by_field": group_by} if group_by else {}
             res = self._call("search", self.client.search, self.collection, data=list(queries[s:s + _QUERY_CHUNK]),
                              limit=n, filter=expr, output_fields=_SCALARS,
-                             search_params={"metric_type": "IP", "params": params})
+                             search_params={"metric_type": "IP", "params": params}, **extra)
             for hits in res:
                 out.append([(float(h["distance"]), _record({**h["entity"], "id": h["id"]})) for h in hits])
         return out

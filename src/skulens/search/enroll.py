@@ -9,8 +9,8 @@ knows the product at once; `skulens retrain` later folds the kept photos into a 
 
 from __future__ import annotations
 
-import io
 import hashlib
+import io
 import logging
 import os
 import re

@@ -22,6 +22,7 @@ and ``True == 1``, but ``"1" != 1``; an entry without the metadata key does not 
 from __future__ import annotations
 
 import importlib
+import json
 import math
 import os
 import re
@@ -29,25 +30,29 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
 __all__ = [
     "INDEX_KINDS",
     "Filter",
+    "FrozenMetadata",
     "IndexRecord",
     "IndexStoreError",
     "MetadataValue",
     "SearchHit",
     "VectorIndex",
+    "compile_filter",
     "create_index",
+    "detect_kind",
     "open_index",
+    "parse_filter",
+    "record_matches",
 ]
 
-MetadataValue = Union[str, int, float, bool]
-FilterValue = Union[MetadataValue, Sequence[MetadataValue]]
+MetadataValue = str | int | float | bool
+FilterValue = MetadataValue | Sequence[MetadataValue]
 Filter = Mapping[str, FilterValue]
 
 INDEX_KINDS = ("faiss", "milvus")
@@ -92,6 +97,29 @@ def _check_value(value: Any, where: str) -> MetadataValue:
     raise IndexStoreError(f"{where}: {type(value).__name__} values are not supported (use str, int, float, bool)")
 
 
+class FrozenMetadata(dict):  # type: ignore[type-arg]
+    """A read-only dict: records are shared between an index and its callers.
+
+    A dict subclass rather than MappingProxyType so that ``dataclasses.asdict``, ``json.dumps`` and
+    web frameworks serialise records as they are.
+    """
+
+    def _readonly(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("record metadata is read-only; use VectorIndex.update_metadata or with_metadata")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _readonly  # type: ignore[assignment]
+    __ior__ = _readonly  # type: ignore[assignment]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FrozenMetadata, (dict(self),))
+
+    def __copy__(self) -> FrozenMetadata:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> FrozenMetadata:
+        return self  # immutable, and its values are scalars
+
+
 @dataclass(frozen=True)
 class IndexRecord:
     """What an index stores beside one vector. ``id`` is unique per entry (e.g. a relative image path)."""
@@ -119,7 +147,7 @@ class IndexRecord:
         if not isinstance(self.metadata, Mapping):
             raise IndexStoreError(f"record {self.id!r}: metadata must be a mapping")
         # A read-only copy: records are shared between the index and its callers.
-        object.__setattr__(self, "metadata", MappingProxyType(_check_metadata(self.metadata, f"record {self.id!r}")))
+        object.__setattr__(self, "metadata", FrozenMetadata(_check_metadata(self.metadata, f"record {self.id!r}")))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (metadata as a plain dict)."""
@@ -185,6 +213,27 @@ def compile_filter(filter: Filter | None) -> CompiledFilter:
     return tuple(out)
 
 
+def parse_filter(items: Iterable[str]) -> dict[str, FilterValue]:
+    """``["coarse_label=Milk", "in_stock=true", "shelf=[1,3]"]`` -> a filter, for the CLI and query strings.
+
+    A value that parses as JSON (true, 3, 2.5, "007", [1, 3]) keeps that type; anything else is a string.
+    """
+    out: dict[str, FilterValue] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise IndexStoreError(f"filter {item!r}: expected key=value")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        if value is None or isinstance(value, dict) or (isinstance(value, list) and not value):
+            value = raw
+        out[key.strip()] = value
+    compile_filter(out)  # fail here, naming the item, rather than at search time
+    return out
+
+
 def record_field(record: IndexRecord, name: str) -> Any:
     """The value a filter field refers to (None when the record has no such metadata key)."""
     if name in CORE_FILTER_FIELDS:
@@ -204,33 +253,48 @@ def record_matches(record: IndexRecord, compiled: CompiledFilter) -> bool:
 # the interface
 
 
+_BLOCK = 8192  # rows per validation block: 8192 x 1280 float64 is 84 MB
+
+
 def as_vectors(vectors: Any, dim: int, what: str = "vectors") -> np.ndarray:
-    """(N x dim) float32, finite, L2-normalised (a copy only when needed); errors name the problem."""
+    """(N x dim) float32, finite, L2-normalised; no copy when already so (a 1M x 1280 batch is 5 GB).
+
+    Checked in row blocks, so validation needs no N x dim temporaries; errors name the first bad row.
+    """
     arr = np.asarray(vectors, dtype=np.float32)
     if arr.ndim == 1:
         arr = arr[None, :]
     if arr.ndim != 2 or arr.shape[1] != dim:
         raise IndexStoreError(f"{what}: expected shape (N, {dim}), got {tuple(np.shape(vectors))}")
-    if not np.isfinite(arr).all():
-        bad = int(np.flatnonzero(~np.isfinite(arr).all(axis=1))[0])
-        raise IndexStoreError(f"{what}: row {bad} has NaN or infinite values")
-    norms = np.linalg.norm(arr, axis=1)
+    arr = np.ascontiguousarray(arr)
+    norms = np.empty(len(arr), np.float64)
+    for s in range(0, len(arr), _BLOCK):
+        block = arr[s:s + _BLOCK].astype(np.float64)  # float64: squares of large float32 values overflow
+        norms[s:s + _BLOCK] = np.sqrt(np.einsum("ij,ij->i", block, block))
+    if not np.isfinite(norms).all():
+        raise IndexStoreError(f"{what}: row {int(np.flatnonzero(~np.isfinite(norms))[0])} has NaN or infinite values")
     if (norms == 0).any():
         raise IndexStoreError(f"{what}: row {int(np.flatnonzero(norms == 0)[0])} is all zeros")
-    if np.allclose(norms, 1.0, atol=1e-4):
-        return np.ascontiguousarray(arr)
-    return np.ascontiguousarray(arr / norms[:, None], dtype=np.float32)
+    if np.abs(norms - 1.0).max(initial=0.0) <= 1e-4:
+        return arr
+    out = np.empty_like(arr)
+    for s in range(0, len(arr), _BLOCK):
+        out[s:s + _BLOCK] = arr[s:s + _BLOCK] / norms[s:s + _BLOCK, None]
+    return out
 
 
 class VectorIndex(ABC):
     """A persistent index of entries; both backends answer the same calls with the same semantics.
 
     Backends implement the abstract methods; search grouping, "more like this" and metadata
-    updates are shared here so they cannot drift between backends.
+    updates are shared here so they cannot drift between backends. Searches may run from several
+    threads at once; writes (add, upsert, update_metadata, remove, save) need the caller's lock,
+    and the FAISS backend folds pending writes into its ANN structure at the next search, so call
+    ``optimize()`` after writing and before sharing the index between threads.
     """
 
     kind: str = ""
-    #: Entries fetched per wanted product before deduplication; doubled (x4) while too few products.
+    #: Entries fetched per wanted product before deduplication; x4 per retry while too few products.
     group_overfetch: int = 4
 
     def __init__(self, dim: int):
@@ -341,25 +405,23 @@ class VectorIndex(ABC):
         if not group_by_product:
             return [[SearchHit(r.product_id, s, r) for s, r in row]
                     for row in self._search_entries(q, k, compiled, exclude)]
-        out: list[list[SearchHit] | None] = [None] * len(q)
-        pending = np.arange(len(q))
-        n = k * self.group_overfetch
-        total = len(self)
+        native = self._search_grouped(q, k, compiled, exclude)
+        out: list[list[SearchHit]] = [row or [] for row in native]
+        pending = np.asarray([i for i, row in enumerate(native) if row is None], dtype=np.int64)
+        n = min(k * self._overfetch(), self._max_fetch())
         while len(pending):
-            n = min(n, max(total, 1), self._max_fetch())
             rows = self._search_entries(q[pending], n, compiled, exclude)
             retry = []
             for qi, row in zip(pending, rows):
-                hits = _group(row, k)
-                if len(hits) >= k or len(row) < n or n >= min(total, self._max_fetch()):
-                    out[qi] = hits
-                else:
+                out[qi] = _group(row, k)
+                # fewer entries than asked for means every match was seen
+                if len(out[qi]) < k and len(row) == n and n < self._max_fetch():
                     retry.append(qi)
             pending = np.asarray(retry, dtype=np.int64)
-            n *= 4
-        return [h or [] for h in out]
+            n = min(n * 4, self._max_fetch())
+        return out
 
-    def more_like_this(self, product_id: str, k: int = 10, *, filter: Filter | None = None) -> list[SearchHit]:
+    def more_like_this(self, product_id: str, k: int = 10, filter: Filter | None = None) -> list[SearchHit]:
         """Products most like ``product_id``: the query is the mean of its entries (re-normalised)."""
         recs = self.records(product_id)
         if not recs:
@@ -371,6 +433,15 @@ class VectorIndex(ABC):
 
     def product_ids(self) -> set[str]:
         return {r.product_id for r in self.records()}
+
+    def _search_grouped(self, queries: np.ndarray, k: int, compiled: CompiledFilter,
+                        exclude_products: frozenset[str]) -> list[list[SearchHit] | None]:
+        """Backend-native grouping by product; None for a query it cannot answer (then entries are over-fetched)."""
+        return [None] * len(queries)
+
+    def _overfetch(self) -> int:
+        """Entries fetched per wanted product on the first try."""
+        return self.group_overfetch
 
     def _max_fetch(self) -> int:
         """Most entries one query may ask the backend for (Milvus caps topk)."""
@@ -391,7 +462,7 @@ class VectorIndex(ABC):
             seen.add(r.id)
         return recs, vecs
 
-    def __enter__(self) -> VectorIndex:
+    def __enter__(self) -> VectorIndex:  # noqa: PYI034 - typing.Self needs Python 3.11
         return self
 
     def __exit__(self, *exc: object) -> None:
