@@ -333,6 +333,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_search_commands(sub)
 
+    from ._cli_deploy import add_deploy_commands
+
+    add_deploy_commands(sub)
+
     from .serve.commands import add_inventory_parser, add_serve_parser
 
     add_serve_parser(sub)

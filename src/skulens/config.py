@@ -28,6 +28,7 @@ Schedule = Literal["cosine", "onecycle", "constant"]
 Augment = Literal["none", "light", "strong"]
 Precision = Literal["auto", "bf16", "fp16", "off"]
 ClassWeights = Literal["none", "balanced"]
+Adversarial = Literal["none", "fgsm", "pgd"]
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,16 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model (CUDA)
     loggers: tuple[str, ...] = ("tensorboard",)  # tensorboard, mlflow, wandb (offline)
     resume: bool = False  # continue the run in `out` from its last checkpoint
+    # Distillation (skulens distill): the fine head learns the teacher's soft targets on the same batch.
+    teacher: str | None = None  # distillation: teacher bundle (same classes); None trains on labels only
+    distill_temperature: float = 4.0  # distillation: temperature T of teacher and student softmax
+    distill_alpha: float = 0.7  # distillation: fine loss = alpha * KL * T^2 + (1 - alpha) * CE
+    # Adversarial fine-tuning: part of each batch is replaced by attacks on the current model, made in pixel
+    # space [0, 1] before normalisation, the model in eval mode (BatchNorm running statistics, no dropout).
+    adversarial: Adversarial = "none"  # adversarial fine-tuning on fgsm or pgd examples made on the fly
+    adversarial_eps: float = 2.0  # adversarial: L-inf budget in pixel levels (eps / 255)
+    adversarial_steps: int = 3  # adversarial pgd: steps (step size 2.5 * eps / steps)
+    adversarial_fraction: float = 0.5  # adversarial: share of each batch replaced by its adversarial version
 
 
 def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
@@ -165,6 +176,12 @@ def _validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"label_smoothing: {cfg.label_smoothing} is outside [0, 1)")
     if not 0 < cfg.val_fraction < 1:
         raise ConfigError(f"val_fraction: {cfg.val_fraction} is outside (0, 1)")
+    if cfg.distill_temperature <= 0 or not 0 <= cfg.distill_alpha <= 1:
+        raise ConfigError("distill_temperature must be > 0 and distill_alpha in [0, 1]")
+    adv = (cfg.adversarial_eps, cfg.adversarial_steps, cfg.adversarial_fraction)
+    if not (0 <= adv[0] <= 255 and adv[1] >= 1 and 0 < adv[2] <= 1):
+        raise ConfigError("adversarial_eps must be in [0, 255], adversarial_steps >= 1, "
+                          "adversarial_fraction in (0, 1]")
     if cfg.monitor not in ("top1", "coarse_top1", "macro_f1"):
         raise ConfigError(f"monitor: {cfg.monitor!r} is not one of top1, coarse_top1, macro_f1")
     unknown = set(cfg.loggers) - {"tensorboard", "mlflow", "wandb"}

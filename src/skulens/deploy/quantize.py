@@ -16,7 +16,7 @@ import torch
 
 from ..models.inference import iter_batches
 
-__all__ = ["quantize_onnx"]
+__all__ = ["quantize_dynamic_linear", "quantize_onnx"]
 
 
 def quantize_onnx(onnx_path: str | os.PathLike, out: str | os.PathLike, images: Sequence[torch.Tensor],
@@ -77,3 +77,22 @@ def _tail_nodes(model) -> list[str]:
             continue  # the pooling itself stays quantizable: everything before it is the backbone
         stack.extend(node.input)
     return [name for name, node in tail.items() if node.op_type not in _POOLS]
+
+
+def quantize_dynamic_linear(net: torch.nn.Module) -> tuple[torch.nn.Module, int]:
+    """PyTorch dynamic int8 quantization of the Linear layers (weights int8, activations quantized per batch).
+
+    For EfficientNet this is only the heads: dynamic quantization has no convolution kernels, and the
+    convolutions are nearly all the compute, so expect no speed-up on a conv net (the deployment
+    benchmark measures it); static int8 of the convolutions is `quantize_onnx`. Returns the quantized
+    copy and the bytes its int8 weights save over fp32.
+    """
+    import copy
+    import warnings
+
+    linear = sum(m.weight.numel() for m in net.modules() if isinstance(m, torch.nn.Linear))
+    with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        q = torch.ao.quantization.quantize_dynamic(copy.deepcopy(net), {torch.nn.Linear}, dtype=torch.qint8)
+    return q, 3 * linear

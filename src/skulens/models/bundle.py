@@ -29,7 +29,12 @@ def build_model(card: ModelCard) -> SkuModel:
     """The architecture a card describes (its weights are loaded separately, strictly)."""
     backbone = create_architecture(card.backbone, image_size=card.input_size)
     n_coarse = len(card.coarse_classes) if card.coarse_head else 0
-    return SkuModel(backbone, card.num_classes, n_coarse, len(card.attributes), card.dropout)
+    model = SkuModel(backbone, card.num_classes, n_coarse, len(card.attributes), card.dropout)
+    if card.pruning.get("widths"):  # structurally pruned: narrower layers, listed in the card
+        from .channels import apply_widths
+
+        apply_widths(model, card.pruning["widths"])
+    return model
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -34,6 +34,10 @@ class ModelCard:
     dropout: float = 0.0
     # Products added after training (skulens enroll): label, coarse, images kept in the bundle, text, date.
     enrolled: tuple[dict[str, Any], ...] = ()
+    # Structured/unstructured pruning (skulens prune): kind, amount, sparsity and, for structured pruning, the
+    # changed widths {module: {"in_channels", "out_channels", "groups"} or {"num_features"}} to rebuild it.
+    pruning: dict[str, Any] = field(default_factory=dict)
+    lineage: dict[str, Any] = field(default_factory=dict)  # where the weights came from: teacher, pruned_from
     train_config: dict[str, Any] = field(default_factory=dict)
     dataset: dict[str, Any] = field(default_factory=dict)  # path, layout, fingerprint, sizes
     metrics: dict[str, Any] = field(default_factory=dict)  # val metrics of these weights

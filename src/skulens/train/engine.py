@@ -196,6 +196,10 @@ def fit(cfg: TrainConfig, *, catalogue: Catalogue | None = None, progress: bool 
 
     model = SkuModel(backbone, card.num_classes, len(card.coarse_classes) if card.coarse_head else 0,
                      len(card.attributes), cfg.dropout).to(device)
+    if cfg.init_from:  # a pruned bundle's narrower layers carry over (on resume too)
+        from ..deploy.prune import adopt_pruning
+
+        card = adopt_pruning(model, card, cfg.init_from)
     if cfg.init_from and ckpt is None:
         from .warm import warm_start
 
@@ -217,6 +221,9 @@ def fit(cfg: TrainConfig, *, catalogue: Catalogue | None = None, progress: bool 
         weights = weights.to(device)
 
     state = _restore(cfg, ckpt, model, ema, opt, sched, run_dir)
+    from .extras import training_extras
+
+    card, teacher, adversary = training_extras(cfg, card, model, opt, device)
 
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), encoding="utf-8")
     logger = RunLogger(run_dir, cfg.loggers, config_to_dict(cfg))
@@ -224,7 +231,8 @@ def fit(cfg: TrainConfig, *, catalogue: Catalogue | None = None, progress: bool 
     ds = TensorImageDataset(train.images, train.fine, train.coarse, train.attributes, train_tf)
     try:
         epochs_run = _train_loop(cfg, model, ema, opt, sched, ds, val, card, device, weights, state, run_dir,
-                                 logger, steps_per_epoch, total_steps, progress)
+                                 logger, steps_per_epoch, total_steps, progress, teacher=teacher,
+                                 adversary=adversary)
     finally:
         logger.close()
 
@@ -342,7 +350,7 @@ def _load_report(path: Path) -> EvalReport | None:
 
 
 def _train_loop(cfg, model, ema, opt, sched, ds, val, card, device, weights, state, run_dir, logger,
-                steps_per_epoch, total_steps, progress) -> int:
+                steps_per_epoch, total_steps, progress, *, teacher=None, adversary=None) -> int:
     eval_tf = create_transform(card)
     frozen = apply_freeze(model, cfg.freeze, cfg.trainable_stages,
                           head_only=state["epoch"] < cfg.gradual_head_epochs)
@@ -365,9 +373,13 @@ def _train_loop(cfg, model, ema, opt, sched, ds, val, card, device, weights, sta
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yf, yc, ya = yf.to(device), yc.to(device), ya.to(device)
+            if adversary is not None:
+                x = adversary(model, x, yf)
             with autocast_context(device, cfg.mixed_precision, training=True):
                 out = model(x)
             loss = F.cross_entropy(out["fine"].float(), yf, weight=weights, label_smoothing=cfg.label_smoothing)
+            if teacher is not None:
+                loss = teacher.blend(loss, out["fine"], x)
             if "coarse" in out and (yc >= 0).any():
                 loss = loss + cfg.coarse_loss_weight * F.cross_entropy(
                     out["coarse"].float(), yc, ignore_index=-100, label_smoothing=cfg.label_smoothing)

@@ -1,0 +1,388 @@
+"""Deployment benchmark: every inference variant of a bundle, measured end to end in one run.
+
+For each variant: top-1 on a catalogue split (computed on the timed pass itself), weights size,
+single-image latency p50/p99 (file -> prediction, batch 1), end-to-end throughput (JPEG decode +
+preprocessing + inference, images/s), peak memory, and the ratios to the baseline. The baseline is what a
+naive seed script does: PIL open, PIL resize + torchvision ToTensor/Normalize one image at a time, PyTorch
+eager fp32, batch 64. The other variants use skulens' own decoding (`decode_image`: JPEG draft()
+reduced-size decoding, one Lanczos shrink to the card's resize size) in parallel worker threads that
+prefetch the next batches while the current one runs.
+
+With `isolate=True` (the CLI default) each variant runs in a fresh process, so the peak resident memory
+is that variant's own and no variant warms another's caches or thread pools.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["RUNTIMES", "BenchResult", "BenchRow", "Variant", "bench_bundle", "run_bench", "to_markdown"]
+
+RUNTIMES: dict[str, str] = {
+    "baseline": "PyTorch eager fp32, naive preprocessing (PIL open/resize, ToTensor/Normalize), batch 64",
+    "torch-fp32": "PyTorch fp32, channels-last",
+    "torch-bf16": "PyTorch bf16 autocast, channels-last",
+    "torch-dynamic-int8": "PyTorch fp32 with dynamic int8 Linear heads (quantize_dynamic)",
+    "onnx-fp32": "ONNX Runtime fp32",
+    "onnx-int8": "ONNX Runtime int8 (static QDQ, per-channel, backbone only)",
+}
+DEFAULT_RUNTIMES = ("baseline", "torch-fp32", "torch-bf16", "torch-dynamic-int8", "onnx-fp32", "onnx-int8")
+BASELINE_BATCH = 64  # the naive seed script's batch size
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str  # row label, e.g. "default (onnx-int8)"
+    runtime: str  # a RUNTIMES key
+    bundle: str  # the bundle: card (preprocessing, labels) and, for PyTorch runtimes, weights
+    model_file: str | None = None  # the .onnx file for ONNX runtimes
+
+
+@dataclass(frozen=True)
+class BenchRow:
+    name: str
+    runtime: str
+    backbone: str
+    top1: float
+    n_images: int
+    size_mb: float  # weights on disk (ONNX: the file; dynamic int8: fp32 weights with int8 Linear layers)
+    latency_p50_ms: float
+    latency_p99_ms: float
+    throughput_ips: float  # images/s, end to end: decode + preprocessing + inference
+    peak_rss_mb: float
+    speedup: float = 1.0  # throughput / the baseline's
+    top1_delta: float = 0.0  # top-1 minus the baseline's, in points
+
+    @property
+    def description(self) -> str:
+        return RUNTIMES.get(self.runtime, self.runtime)
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    rows: tuple[BenchRow, ...]
+    split: str
+    n_images: int
+    threads: int
+    workers: int
+    batch_size: int
+    isolated: bool  # one fresh process per variant (peak memory is the variant's own)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def baseline(self) -> BenchRow:
+        return next(r for r in self.rows if r.runtime == "baseline")
+
+    def goal(self, min_speedup: float = 4.0, max_top1_loss: float = 1.0) -> BenchRow | None:
+        """The fastest row at >= `min_speedup` x the baseline with at most `max_top1_loss` points lost."""
+        ok = [r for r in self.rows if r.speedup >= min_speedup and r.top1_delta >= -max_top1_loss]
+        return max(ok, key=lambda r: r.throughput_ips, default=None)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["rows"] = [{**asdict(r), "description": r.description} for r in self.rows]
+        return {"schema": 1, **d}
+
+
+# -------------------------------------------------------------------------------------------- pipelines
+
+
+def _naive_loader(card: Any) -> Callable[[str], Any]:
+    from PIL import Image
+    from torchvision import transforms as T
+
+    tf = T.Compose([T.Resize(card.resize_to), T.CenterCrop(card.input_size), T.ToTensor(),
+                    T.Normalize(list(card.mean), list(card.std))])
+    return lambda path: tf(Image.open(path).convert("RGB"))
+
+
+def _fast_loader(card: Any) -> Callable[[str], Any]:
+    from ..data.decode import decode_image
+    from ..data.transforms import create_transform, to_uint8_tensor
+
+    tf = create_transform(card)
+    return lambda path: tf(to_uint8_tensor(decode_image(path, reduce_to=card.resize_to)))
+
+
+def _batches(paths: Sequence[str], load: Callable[[str], Any], batch_size: int,
+             pool: ThreadPoolExecutor | None, ahead: int = 2) -> Iterator[Any]:
+    """Stacked batches in order; with a pool, the next `ahead` batches decode while this one runs."""
+    import torch
+
+    chunks = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
+    if pool is None:
+        for chunk in chunks:
+            yield torch.stack([load(p) for p in chunk])
+        return
+    queue: deque[list[Future]] = deque()
+    for chunk in chunks:
+        queue.append([pool.submit(load, p) for p in chunk])
+        if len(queue) > ahead:
+            yield torch.stack([f.result() for f in queue.popleft()])
+    while queue:
+        yield torch.stack([f.result() for f in queue.popleft()])
+
+
+def _torch_infer(v: Variant) -> tuple[Callable[[Any], np.ndarray], float]:
+    """(batch -> fine scores, weights size in MB) for the PyTorch runtimes."""
+    import torch
+
+    from ..models.bundle import WEIGHTS, load_bundle
+    from ..models.inference import head_probabilities
+
+    net, _ = load_bundle(v.bundle, "cpu")
+    net = net.float().eval()
+    size = (Path(v.bundle) / WEIGHTS).stat().st_size / 1e6
+    channels_last = v.runtime != "baseline"
+    if v.runtime == "torch-dynamic-int8":
+        from .quantize import quantize_dynamic_linear
+
+        net, saved = quantize_dynamic_linear(net)
+        size -= saved / 1e6
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+
+    def run(x: Any) -> np.ndarray:
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            if v.runtime == "torch-bf16":
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    return head_probabilities(net, x)["fine"].float().numpy()
+            return head_probabilities(net, x)["fine"].float().numpy()
+
+    return run, size
+
+
+def _onnx_infer(v: Variant, threads: int) -> tuple[Callable[[Any], np.ndarray], float]:
+    from .onnx import OnnxRunner
+
+    if not v.model_file:
+        raise ValueError(f"{v.name}: an ONNX runtime needs its .onnx file")
+    runner = OnnxRunner(v.model_file, threads=threads)
+
+    def run(x: Any) -> np.ndarray:
+        return runner.session.run(["fine"], {"image": x.numpy().astype(np.float32)})[0]
+
+    return run, Path(v.model_file).stat().st_size / 1e6
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory. VmHWM, not getrusage: ru_maxrss survives exec, so a child
+    would report its parent's peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # no /proc: the best there is
+
+
+def measure_variant(v: Variant, paths: Sequence[str], labels: Sequence[str], *, threads: int, workers: int,
+                    batch_size: int, latency_images: int = 50, repeats: int = 1, warmup: int = 3) -> BenchRow:
+    """One variant, end to end, in the calling process (its torch thread count is restored after).
+
+    Throughput is the median of `repeats` passes over all images (a shared machine's hiccups hit one
+    pass, not the median); top-1 comes from the first pass.
+    """
+    import torch
+
+    from ..models.bundle import read_card
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        card = read_card(v.bundle)
+        naive = v.runtime == "baseline"
+        load = _naive_loader(card) if naive else _fast_loader(card)
+        infer, size = _onnx_infer(v, threads) if v.runtime.startswith("onnx") else _torch_infer(v)
+        bs = BASELINE_BATCH if naive else batch_size
+        for p in list(paths[:warmup]):  # warm-up: allocators, kernels, thread pools
+            infer(load(p).unsqueeze(0))
+        infer(torch.stack([load(p) for p in paths[: min(bs, len(paths))]]))
+        walls, pred = _timed_passes(paths, load, infer, bs, None if naive else workers, repeats)
+        lat = []
+        for i in range(latency_images):
+            t = time.perf_counter()
+            infer(load(paths[i % len(paths)]).unsqueeze(0)).argmax(1)
+            lat.append((time.perf_counter() - t) * 1000)
+    finally:
+        torch.set_num_threads(previous)
+    top1 = float(np.mean([card.classes[int(i)] == lab for i, lab in zip(pred, labels, strict=True)]))
+    return BenchRow(v.name, v.runtime, card.backbone, top1, len(paths), round(size, 2),
+                    float(np.percentile(lat, 50)), float(np.percentile(lat, 99)),
+                    len(paths) / float(np.median(walls)), round(_peak_rss_mb(), 1))
+
+
+def _timed_passes(paths: Sequence[str], load: Callable[[str], Any], infer: Callable[[Any], np.ndarray],
+                  batch_size: int, workers: int | None, repeats: int) -> tuple[list[float], np.ndarray]:
+    """Wall times of `repeats` passes over `paths` (decode workers if given) and the first pass's classes."""
+    pool = ThreadPoolExecutor(max_workers=max(1, workers)) if workers else None
+    walls, first = [], None
+    try:
+        for _ in range(max(1, repeats)):
+            preds = []
+            t0 = time.perf_counter()
+            for x in _batches(paths, load, batch_size, pool):
+                preds.append(infer(x).argmax(1))
+            walls.append(time.perf_counter() - t0)
+            first = np.concatenate(preds) if first is None else first
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    return walls, first
+
+
+def _measure_isolated(v: Variant, paths: Sequence[str], labels: Sequence[str], kwargs: dict[str, Any]
+                      ) -> BenchRow:
+    """measure_variant in a fresh Python process (JSON in and out): its own peak memory, nothing warm
+    from other variants, and no re-import of the caller's __main__ (unlike multiprocessing's spawn)."""
+    import json
+    import subprocess
+    import sys
+
+    job = json.dumps({"variant": asdict(v), "paths": list(paths), "labels": list(labels), "kwargs": kwargs})
+    proc = subprocess.run([sys.executable, "-c", "from skulens.deploy.bench import _child; _child()"],
+                          input=job, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{v.name}: the benchmark process failed:\n{proc.stderr[-3000:]}")
+    return BenchRow(**json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def _child() -> None:
+    import json
+    import sys
+
+    job = json.loads(sys.stdin.read())
+    row = measure_variant(Variant(**job["variant"]), job["paths"], job["labels"], **job["kwargs"])
+    print(json.dumps(asdict(row)))
+
+
+def run_bench(variants: Sequence[Variant], paths: Sequence[str], labels: Sequence[str], *,
+              threads: int | None = None, workers: int | None = None, batch_size: int = 32,
+              latency_images: int = 50, repeats: int = 1, isolate: bool = True, split: str = "val",
+              progress: bool = True, settings: dict[str, Any] | None = None) -> BenchResult:
+    """Measure every variant on the same images; the first "baseline" variant is the reference."""
+    if not any(v.runtime == "baseline" for v in variants):
+        raise ValueError("the variants need a 'baseline' to compare against")
+    unknown = sorted({v.runtime for v in variants} - set(RUNTIMES))
+    if unknown:
+        raise ValueError(f"unknown runtime(s) {', '.join(unknown)}: {', '.join(RUNTIMES)}")
+    threads = threads or os.cpu_count() or 1
+    workers = workers or threads
+    kwargs = {"threads": threads, "workers": workers, "batch_size": batch_size,
+              "latency_images": latency_images, "repeats": repeats}
+    rows = []
+    for v in variants:
+        t = time.perf_counter()
+        if isolate:
+            row = _measure_isolated(v, paths, labels, kwargs)
+        else:
+            row = measure_variant(v, paths, labels, **kwargs)
+        rows.append(row)
+        if progress:
+            print(f"  {v.name}: top-1 {100 * row.top1:.1f}, {row.throughput_ips:.1f} img/s, p50 "
+                  f"{row.latency_p50_ms:.1f} ms ({time.perf_counter() - t:.0f} s)", flush=True)
+    base = next(r for r in rows if r.runtime == "baseline")
+    rows = [replace(r, speedup=r.throughput_ips / base.throughput_ips, top1_delta=100 * (r.top1 - base.top1))
+            for r in rows]
+    return BenchResult(tuple(rows), split, len(paths), threads, workers, batch_size, isolate,
+                       {**(settings or {}), **kwargs})
+
+
+# ------------------------------------------------------------------------------------------ orchestration
+
+
+def _onnx_files(bundle: str, work: Path, int8: bool, calibration: Sequence[str]) -> tuple[Path, Path | None]:
+    """Export the bundle (and an int8 copy calibrated on `calibration` photos) into `work`."""
+    from ..data.dataset import decode_all
+    from ..data.transforms import create_transform
+    from ..models.bundle import read_card
+    from .onnx import export_onnx
+    from .quantize import quantize_onnx
+
+    work.mkdir(parents=True, exist_ok=True)
+    fp32 = export_onnx(bundle, work / "model.onnx")
+    q = None
+    if int8:
+        card = read_card(bundle)
+        decoded = decode_all([Path(p) for p in calibration], card.resize_to, desc="calibration",
+                             progress=False)
+        q = quantize_onnx(fp32, work / "model.int8.onnx", decoded.images, create_transform(card))
+    return fp32, q
+
+
+def bench_bundle(bundle: str | os.PathLike, data: str | os.PathLike, *, out: str | os.PathLike,
+                 split: str = "val", runtimes: Sequence[str] = DEFAULT_RUNTIMES,
+                 extra: dict[str, str] | None = None,
+                 extra_runtimes: Sequence[str] = ("torch-bf16", "onnx-fp32"),
+                 limit: int | None = None, calibration_images: int = 256, **kwargs: Any) -> BenchResult:
+    """Export what the runtimes need into `out`, then measure the bundle (and `extra` bundles, e.g.
+    {"distilled": path, "pruned": path}) on `split` of the catalogue `data`; writes bench.json/bench.md."""
+    import json
+    import random
+
+    from ..data.catalogue import load_catalogue
+
+    out_dir = Path(out)
+    cat = load_catalogue(data)
+    samples = list(cat.split(split))
+    if limit:
+        random.Random(0).shuffle(samples)
+        samples = samples[:limit]
+    paths, labels = [str(s.path) for s in samples], [s.label for s in samples]
+    calib = [str(s.path) for s in cat.split("train")]
+    random.Random(0).shuffle(calib)
+    calib = calib[:calibration_images]
+
+    variants: list[Variant] = []
+    todo = [("default", str(bundle), list(runtimes))]
+    extra_rts = [r for r in extra_runtimes if r != "baseline"]
+    todo += [(name, str(b), extra_rts) for name, b in (extra or {}).items()]
+    for name, b, rts in todo:
+        onnx_rts = [r for r in rts if r.startswith("onnx")]
+        fp32 = q = None
+        if onnx_rts:
+            fp32, q = _onnx_files(b, out_dir / "models" / name, "onnx-int8" in onnx_rts, calib)
+        for r in rts:
+            file = {"onnx-fp32": fp32, "onnx-int8": q}.get(r)
+            variants.append(Variant(f"{name} ({r})", r, b, str(file) if file else None))
+    settings = {"bundle": str(bundle), "data": str(data), "limit": limit, "extra": extra or {},
+                "calibration_images": len(calib)}
+    result = run_bench(variants, paths, labels, split=split, settings=settings, **kwargs)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "bench.json").write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
+    (out_dir / "bench.md").write_text(to_markdown(result), encoding="utf-8")
+    return result
+
+
+def to_markdown(result: BenchResult) -> str:
+    """The results table (speed-up and top-1 change against the baseline row) and the goal verdict."""
+    header = ("| variant | what runs | top-1 | Δ top-1 (pts) | size MB | latency p50 / p99 ms | images/s "
+              "| speed-up | peak RSS MB |")
+    lines = [header, "|---|---|---|---|---|---|---|---|---|"]
+    for r in result.rows:
+        lines.append(f"| {r.name} | {r.description} | {100 * r.top1:.1f} | {r.top1_delta:+.1f} "
+                     f"| {r.size_mb:.1f} | {r.latency_p50_ms:.1f} / {r.latency_p99_ms:.1f} "
+                     f"| {r.throughput_ips:.1f} | {r.speedup:.2f}x | {r.peak_rss_mb:.0f} |")
+    goal = result.goal()
+    verdict = (f"Goal (>= 4x the baseline's end-to-end throughput at <= 1 point top-1 loss): met by "
+               f"{goal.name}, {goal.speedup:.2f}x at {goal.top1_delta:+.1f} points." if goal else
+               "Goal (>= 4x the baseline's end-to-end throughput at <= 1 point top-1 loss): NOT met.")
+    memo = "one fresh process per variant" if result.isolated else "one process for all variants (cumulative)"
+    intro = (f"{result.n_images} images ({result.split}); {result.threads} inference threads, "
+             f"{result.workers} decode workers, batch {result.batch_size} (baseline {BASELINE_BATCH}); "
+             f"peak RSS: {memo}.")
+    return "\n".join([intro, "", *lines, "", verdict, ""])

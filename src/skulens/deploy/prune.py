@@ -1,0 +1,171 @@
+"""Pruning: unstructured L1 sparsity, or structured channel pruning that really removes channels.
+
+- unstructured: `torch.nn.utils.prune.l1_unstructured` on every convolution of the backbone, layer by
+  layer (each layer loses `amount` of its smallest weights), made permanent. The tensors keep their
+  shapes: dense CPU kernels do the same work on zeros, so this buys no CPU speed (the deployment
+  benchmark measures it); it only helps sparse runtimes or compression.
+- structured: torch-pruning's dependency graph (`pip install 'skulens[prune]'`) with L1-magnitude
+  channel importance removes `amount` of the channels of every prunable group (expanded channels, the
+  residual streams of each stage with all their consumers, the stem), so every layer is really narrower.
+  The heads and the final 1x1 conv are kept whole: the embedding width and the classes do not change.
+
+The pruned bundle is the standard architecture narrowed as its card's `pruning.widths` says (plain JSON,
+see `skulens.models.channels`), so `skulens.load` rebuilds it without pickled modules. A recovery
+fine-tune goes through the training engine (`init_from` the pruned bundle): the narrower layers carry
+over, and for unstructured pruning the pruned weights are held at zero after every optimizer step.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..models.bundle import load_bundle, read_card, save_bundle
+from ..models.card import ModelCard
+from ..models.channels import apply_widths, width_changes
+from ..models.classifier import SkuModel
+
+__all__ = ["KINDS", "PruneResult", "adopt_pruning", "keep_zeros", "prune_bundle", "prune_model", "sparsity"]
+
+KINDS = ("structured", "unstructured")
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    bundle: Path  # the pruned bundle, before any recovery fine-tune
+    kind: str
+    amount: float
+    params_before: int
+    params_after: int
+    # unstructured: zeros among the pruned layers' weights; structured: 1 - params_after / params_before
+    sparsity: float
+    card: ModelCard
+
+
+def _conv_weights(model: SkuModel) -> list[tuple[str, nn.Module]]:
+    return [(n, m) for n, m in model.named_modules()
+            if isinstance(m, nn.Conv2d) and n.startswith("backbone.")]
+
+
+def sparsity(model: nn.Module, names: list[str]) -> float:
+    """Share of exactly-zero values among the named parameters."""
+    params = dict(model.named_parameters())
+    zeros = sum(int((params[n] == 0).sum()) for n in names)
+    total = sum(params[n].numel() for n in names)
+    return zeros / max(1, total)
+
+
+def _unstructured(model: SkuModel, amount: float) -> dict[str, Any]:
+    from torch.nn.utils import prune
+
+    names = []
+    for name, m in _conv_weights(model):
+        prune.l1_unstructured(m, "weight", amount=amount)
+        prune.remove(m, "weight")  # permanent: plain `weight` tensors with zeros, no masks to save
+        names.append(f"{name}.weight")
+    return {"kind": "unstructured", "method": "L1 magnitude, per layer (torch.nn.utils.prune)",
+            "parameters": names, "sparsity": round(sparsity(model, names), 6)}
+
+
+def _structured(model: SkuModel, amount: float, input_size: int, round_to: int | None) -> dict[str, Any]:
+    try:
+        import torch_pruning as tp
+    except ImportError as e:
+        raise ImportError("structured pruning needs torch-pruning: pip install 'skulens[prune]'") from e
+
+    reference = build_model_like(model)
+    # The heads and the backbone's last conv stay whole: the classes and the embedding width do not change.
+    last_conv = [m for m in model.backbone.modules() if isinstance(m, nn.Conv2d)][-1:]
+    keep = [*model.heads(), *last_conv]
+    example = torch.zeros(1, 3, input_size, input_size, device=next(model.parameters()).device)
+    model.eval()
+    pruner = tp.pruner.MagnitudePruner(
+        model, example, importance=tp.importance.MagnitudeImportance(p=1), pruning_ratio=amount,
+        ignored_layers=keep, round_to=round_to,
+        output_transform=lambda out: sum(v.float().sum() for v in out.values()),
+    )
+    pruner.step()
+    if model.head.in_features != reference.head.in_features:
+        raise RuntimeError("structured pruning changed the embedding width; this backbone is not supported")
+    return {"kind": "structured", "method": "L1 channel magnitude per dependency group (torch-pruning "
+            f"{getattr(tp, '__version__', '?')})", "round_to": round_to,
+            "widths": width_changes(model, reference)}
+
+
+def build_model_like(model: SkuModel) -> SkuModel:
+    """The standard (unpruned) architecture of `model`, untrained: the reference widths are read from it."""
+    spec = model.backbone.spec
+    from ..models.backbones import create_architecture
+
+    heads = (model.head.out_features, model.coarse_head.out_features if model.coarse_head else 0,
+             model.attribute_head.out_features if model.attribute_head else 0)
+    return SkuModel(create_architecture(spec.name, image_size=spec.input_size), *heads)
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def prune_model(model: SkuModel, *, kind: str, amount: float, input_size: int = 224,
+                round_to: int | None = None) -> dict[str, Any]:
+    """Prune `model` in place; returns the card's `pruning` entry (with the widths for structured)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown pruning kind {kind!r}: {', '.join(KINDS)}")
+    if not 0 < amount < 1:
+        raise ValueError(f"amount must be in (0, 1), got {amount}")
+    before = n_params(model)
+    if kind == "unstructured":
+        info = _unstructured(model, amount)
+    else:
+        with torch.enable_grad():  # torch-pruning traces the graph with autograd
+            info = _structured(model, amount, input_size, round_to)
+    after = n_params(model)
+    if kind == "structured":
+        info["sparsity"] = round(1 - after / before, 6)
+    return {**info, "amount": amount, "params_before": before, "params_after": after}
+
+
+def prune_bundle(bundle: str | os.PathLike, out: str | os.PathLike, *, kind: str, amount: float,
+                 round_to: int | None = None) -> PruneResult:
+    """Prune a bundle's backbone and write the pruned bundle (its val metrics are dropped: not measured)."""
+    net, card = load_bundle(bundle, "cpu")
+    if card.pruning:
+        raise ValueError(f"{bundle} is already pruned ({card.pruning.get('kind')}); prune the original")
+    info = prune_model(net, kind=kind, amount=amount, input_size=card.input_size, round_to=round_to)
+    lineage = {**card.lineage, "pruned_from": {"bundle": str(Path(bundle).resolve()),
+                                               "val_top1": card.metrics.get("top1"),
+                                               "params": info["params_before"]}}
+    new = card.with_(pruning=info, lineage=lineage, metrics={})
+    path = save_bundle(net, new, out)
+    return PruneResult(path, kind, amount, info["params_before"], info["params_after"], info["sparsity"], new)
+
+
+def adopt_pruning(model: SkuModel, card: ModelCard, init_from: str | os.PathLike) -> ModelCard:
+    """Engine hook for `init_from`: a pruned bundle's narrower layers (and pruning record) carry over."""
+    source = read_card(init_from)
+    if not source.pruning:
+        return card
+    if source.pruning.get("widths"):
+        apply_widths(model, source.pruning["widths"])
+    return card.with_(pruning=source.pruning, lineage={**source.lineage, **card.lineage})
+
+
+def keep_zeros(model: nn.Module, optimizer: torch.optim.Optimizer, names: list[str]):
+    """Hold the currently-zero entries of the named weights at zero after every optimizer step
+    (a recovery fine-tune must not grow back what unstructured pruning removed). Returns the hook handle."""
+    params = dict(model.named_parameters())
+    masks = {n: (params[n] != 0) for n in names if n in params}
+
+    def hook(*_: Any) -> None:
+        with torch.no_grad():
+            for n, mask in masks.items():
+                params[n].mul_(mask)
+
+    hook()
+    return optimizer.register_step_post_hook(hook)
+

@@ -1,0 +1,114 @@
+"""Pruning: unstructured sparsity, structured channel removal, round-trips, recovery in the engine."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import skulens
+from skulens.cli import main
+from skulens.deploy.prune import n_params, prune_bundle, prune_model, sparsity
+from skulens.models.bundle import load_bundle, save_bundle
+
+needs_torch_pruning = pytest.mark.skipif(importlib.util.find_spec("torch_pruning") is None,
+                                         reason="structured pruning needs: pip install 'skulens[prune]'")
+# EMA stays on: its copy of the model must have the pruned widths too.
+TINY_FLAGS = ["--image-size", "64", "--train-image-size", "64", "--epochs", "1", "--max-steps", "2",
+              "--batch-size", "8", "--loggers", "", "-q"]
+
+
+def _val(tiny_catalogue: Path) -> list[str]:
+    return sorted(str(p) for p in tiny_catalogue.parent.rglob("val/*/*.jpg"))
+
+
+def test_unstructured_reaches_the_requested_sparsity_and_round_trips(tiny_bundle, tmp_path: Path,
+                                                                     tiny_catalogue: Path) -> None:
+    res = prune_bundle(tiny_bundle.bundle, tmp_path / "p", kind="unstructured", amount=0.4)
+    assert res.params_after == res.params_before  # unstructured: same shapes, zeros inside
+    names = res.card.pruning["parameters"]
+    assert len(names) > 40 and all(".conv" in n or "conv_" in n for n in names)
+    net, card = load_bundle(res.bundle)
+    assert sparsity(net, names) == pytest.approx(0.4, abs=0.002)
+    params = dict(net.named_parameters())
+    for n in names:  # every layer, not just the total, lost its smallest 40%
+        assert (params[n] == 0).float().mean().item() == pytest.approx(0.4, abs=0.02)
+    assert (params["head.weight"] != 0).all()  # the heads are not pruned
+    assert card.pruning["kind"] == "unstructured" and card.metrics == {}  # old val metrics no longer hold
+    assert card.lineage["pruned_from"]["bundle"] == str(tiny_bundle.bundle)
+    preds = skulens.load(res.bundle).predict(_val(tiny_catalogue))
+    assert all(p.level != "error" for p in preds)
+
+
+@needs_torch_pruning
+def test_structured_removes_channels_and_the_bundle_rebuilds(tiny_bundle, tmp_path: Path) -> None:
+    net, card = load_bundle(tiny_bundle.bundle)
+    x = torch.rand(3, 3, 64, 64)
+    info = prune_model(net, kind="structured", amount=0.3, input_size=64)
+    assert info["params_before"] == n_params(load_bundle(tiny_bundle.bundle)[0])
+    assert n_params(net) == info["params_after"] < 0.75 * info["params_before"]
+    widths = info["widths"]
+    convs = [w for w in widths.values() if "out_channels" in w]
+    assert len(convs) > 20
+    dw = [w for w in convs if w["groups"] > 1]
+    assert dw and all(w["groups"] == w["in_channels"] == w["out_channels"] for w in dw)  # still depthwise
+    net.eval()
+    with torch.no_grad():
+        out = net(x)
+    assert out["fine"].shape == (3, card.num_classes) and net.embedding_dim == card.embedding_dim
+    path = save_bundle(net, card.with_(pruning=info), tmp_path / "pruned")
+    again, _ = load_bundle(path)  # rebuilt from the card's widths, weights loaded strictly
+    assert n_params(again) == info["params_after"]
+    with torch.no_grad():
+        out2 = again(x)
+    for k in out:
+        torch.testing.assert_close(out2[k], out[k], atol=1e-5, rtol=1e-5)
+
+
+@needs_torch_pruning
+def test_a_card_with_widths_that_do_not_fit_is_a_clear_error(tiny_bundle, tmp_path: Path) -> None:
+    from skulens.models.bundle import BundleError
+
+    res = prune_bundle(tiny_bundle.bundle, tmp_path / "p", kind="structured", amount=0.3)
+    card = json.loads((res.bundle / "card.json").read_text())
+    name = next(iter(card["pruning"]["widths"]))
+    del card["pruning"]["widths"][name]
+    (res.bundle / "card.json").write_text(json.dumps(card))
+    with pytest.raises(BundleError, match="does not match its card"):
+        load_bundle(res.bundle)
+
+
+def test_bad_amount_and_kind_are_errors(tiny_bundle) -> None:
+    net, _ = load_bundle(tiny_bundle.bundle)
+    with pytest.raises(ValueError, match="amount"):
+        prune_model(net, kind="unstructured", amount=1.0)
+    with pytest.raises(ValueError, match="kind"):
+        prune_model(net, kind="channels", amount=0.2)
+
+
+@pytest.mark.parametrize("kind", ["unstructured", pytest.param("structured", marks=needs_torch_pruning)])
+def test_prune_command_recovers_through_the_engine(kind: str, tiny_bundle, tiny_catalogue: Path,
+                                                   tmp_path: Path) -> None:
+    out = tmp_path / kind
+    rc = main(["prune", str(tiny_bundle.bundle), "--out", str(out), "--kind", kind, "--amount", "0.5",
+               "--data", str(tiny_catalogue), *TINY_FLAGS])
+    assert rc == 0
+    pruned_card = json.loads((out / "pruned" / "card.json").read_text())
+    net, card = load_bundle(out / "bundle")  # the recovered model: the pruned architecture, fine-tuned
+    assert card.pruning == pruned_card["pruning"]
+    assert card.train_config["init_from"] == str(out / "pruned") and card.train_config["freeze"] == "full"
+    original = load_bundle(pruned_card["lineage"]["pruned_from"]["bundle"])[0]
+    pruned = load_bundle(out / "pruned")[0]
+    moved = [n for n, p in net.named_parameters() if not torch.equal(p, dict(pruned.named_parameters())[n])]
+    assert moved  # the recovery really trained
+    if kind == "unstructured":  # the zeros were held through the optimizer steps
+        assert sparsity(net, card.pruning["parameters"]) >= 0.5 - 1e-3
+    else:
+        assert n_params(net) == card.pruning["params_after"] < n_params(original)
+    assert isinstance(net.backbone.body.conv_stem, nn.Conv2d)
+    preds = skulens.load(out / "bundle").predict(_val(tiny_catalogue))
+    assert all(p.level != "error" for p in preds)

@@ -1,0 +1,154 @@
+"""Robustness: FGSM/PGD in pixel space, corruptions, the report, and adversarial batches in the engine."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from skulens.cli import main
+from skulens.data.catalogue import load_catalogue
+from skulens.data.splits import prepare_split
+from skulens.evaluate.robustness import (
+    CORRUPTIONS,
+    AdversarialBatch,
+    RobustnessReport,
+    corrupt,
+    evaluate_robustness,
+    fgsm,
+    fine_logits_fn,
+    pgd,
+    pixel_view,
+    write_robustness,
+)
+from skulens.models.bundle import load_bundle
+
+EPS = 8 / 255
+
+
+@pytest.fixture(scope="module")
+def tiny_eval(tiny_bundle, tiny_catalogue: Path):
+    """The tiny model in fp32 eval mode, its val photos in pixel space, their targets and its forward."""
+    net, card = load_bundle(tiny_bundle.bundle)
+    net = net.float().eval()
+    split = prepare_split(list(load_catalogue(tiny_catalogue).split("val")), card, desc="val", progress=False)
+    view = pixel_view(card)
+    x = torch.stack([view(im) for im in split.images])
+    return net, card, split, x, split.fine, fine_logits_fn(net, card.mean, card.std, torch.device("cpu"))
+
+
+def test_the_pixel_view_is_the_eval_transform_before_normalisation(tiny_eval) -> None:
+    from skulens.data.transforms import create_transform
+
+    _, card, split, x, _, _ = tiny_eval
+    assert x.min() >= 0 and x.max() <= 1 and x.shape[-1] == card.input_size
+    normalised = create_transform(card)(split.images[0])
+    mean, std = torch.tensor(card.mean).view(3, 1, 1), torch.tensor(card.std).view(3, 1, 1)
+    torch.testing.assert_close((x[0] - mean) / std, normalised)
+
+
+def test_attacks_stay_within_eps_in_pixel_space_and_in_range(tiny_eval) -> None:
+    _, _, _, x, y, forward = tiny_eval
+    g = torch.Generator().manual_seed(0)
+    for adv in (fgsm(forward, x, y, EPS), pgd(forward, x, y, EPS, steps=5, generator=g)):
+        assert adv.shape == x.shape
+        assert (adv - x).abs().max().item() <= EPS + 1e-6
+        assert adv.min().item() >= 0 and adv.max().item() <= 1
+        assert (adv - x).abs().max().item() > EPS / 2  # it did move
+    assert torch.equal(pgd(forward, x, y, 0.0), x)
+
+
+def test_pgd_is_stronger_than_fgsm_at_the_same_eps(tiny_eval) -> None:
+    _, _, _, x, y, forward = tiny_eval
+    with torch.no_grad():
+        clean = forward(x)
+        x_fgsm = fgsm(forward, x, y, EPS)
+        x_pgd = pgd(forward, x, y, EPS, steps=10, generator=torch.Generator().manual_seed(0))
+    batches = {"clean": x, "fgsm": x_fgsm, "pgd": x_pgd}
+    with torch.no_grad():
+        loss = {k: F.cross_entropy(forward(v), y).item() for k, v in batches.items()}
+        acc = {k: (forward(v).argmax(1) == y).float().mean().item() for k, v in batches.items()}
+    assert (clean.argmax(1) == y).float().mean().item() == acc["clean"] >= 2 / 3
+    assert loss["clean"] < loss["fgsm"] < loss["pgd"]
+    assert acc["pgd"] < acc["fgsm"] <= acc["clean"] or acc["pgd"] == 0 < acc["clean"]
+    assert acc["pgd"] < acc["clean"]
+
+
+@pytest.mark.parametrize("name", list(CORRUPTIONS))
+def test_corruptions_are_valid_images_and_worsen_with_severity(name: str, tiny_eval) -> None:
+    _, _, _, x, _, _ = tiny_eval
+    g = torch.Generator().manual_seed(0)
+    out = {s: corrupt(x, name, s, generator=g) for s in (1, 5)}
+    for s, c in out.items():
+        assert c.shape == x.shape and c.dtype == x.dtype
+        assert c.min().item() >= 0 and c.max().item() <= 1, (name, s)
+    d1, d5 = ((out[s] - x).abs().mean().item() for s in (1, 5))
+    assert 0 < d1 < d5, (name, d1, d5)
+    with pytest.raises(ValueError, match="severity"):
+        corrupt(x, name, 6)
+
+
+def test_report_json_markdown_and_plot(tiny_eval, tmp_path: Path) -> None:
+    net, card, split, _, _, _ = tiny_eval
+    report = evaluate_robustness(net, card, split.images, split.fine.numpy(), eps=(2, 8), pgd_steps=3,
+                                 corruptions=["gaussian_noise", "occlusion"], severities=(1, 5), batch_size=4)
+    assert report.n_images == 9 and 0 <= report.clean_top1 <= 1
+    assert [(a.attack, a.eps) for a in report.attacks] == [("fgsm", 2), ("fgsm", 8), ("pgd", 2), ("pgd", 8)]
+    assert all(a.max_linf <= a.eps + 1e-3 for a in report.attacks)
+    # (3 PGD steps are too few for accuracy to fall monotonically with eps; both must fall below clean)
+    assert max(report.attack_top1("pgd", 8), report.attack_top1("pgd", 2)) < report.clean_top1
+    assert len(report.corruptions) == 4
+    out = write_robustness(report, tmp_path / "rob")
+    data = json.loads((out / "robustness.json").read_text())
+    assert RobustnessReport.from_dict(data) == report
+    assert set(data["corruption_mean"]) == {"gaussian_noise", "occlusion"}
+    md = (out / "robustness.md").read_text()
+    assert "PGD-3" in md and "FGSM" in md and "occlusion" in md
+    assert (out / "robustness.png").stat().st_size > 10_000
+
+
+def test_adversarial_batch_attacks_in_eval_mode_and_restores_modes(tiny_eval) -> None:
+    net, card, _, x, y, _ = tiny_eval
+    net.train()
+    net.backbone.body.conv_stem.eval()  # a frozen stage, as train_mode leaves it
+    bn = net.backbone.body.bn1
+    running = bn.running_mean.clone()
+    adv = AdversarialBatch("pgd", EPS, 3, 0.5, card.mean, card.std, torch.device("cpu"), precision="off")
+    mean, std = torch.tensor(card.mean).view(1, 3, 1, 1), torch.tensor(card.std).view(1, 3, 1, 1)
+    xn = (x - mean) / std
+    out = adv(net, xn, y)
+    n = 5  # ceil(0.5 * 9)
+    assert torch.equal(bn.running_mean, running)  # the attack ran with BatchNorm in eval mode
+    assert net.training and bn.training and not net.backbone.body.conv_stem.training
+    assert torch.equal(out[n:], xn[n:]) and not torch.equal(out[:n], xn[:n])
+    pixels = out * std + mean
+    assert (pixels[:n] - x[:n]).abs().max().item() <= EPS + 1e-5
+    assert pixels.min().item() >= -1e-6 and pixels.max().item() <= 1 + 1e-6
+    net.eval()
+
+
+def test_train_adversarial_flag_runs_in_the_engine(tiny_catalogue: Path, tmp_path: Path) -> None:
+    out = tmp_path / "adv"
+    rc = main(["train", "--data", str(tiny_catalogue), "--out", str(out), "--backbone", "efficientnet_lite0",
+               "--image-size", "64", "--train-image-size", "64", "--epochs", "1", "--max-steps", "2",
+               "--batch-size", "8", "--no-ema", "--no-baseline", "--loggers", "", "--adversarial", "pgd",
+               "--adversarial-eps", "4", "--adversarial-steps", "2", "-q"])
+    assert rc == 0
+    cfg = json.loads((out / "bundle" / "card.json").read_text())["train_config"]
+    assert (cfg["adversarial"], cfg["adversarial_eps"], cfg["adversarial_steps"]) == ("pgd", 4.0, 2)
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert np.isfinite(metrics[-1]["train_loss"])
+
+
+def test_robustness_command_writes_the_report(tiny_bundle, tiny_catalogue: Path, tmp_path: Path) -> None:
+    out = tmp_path / "r"
+    rc = main(["robustness", str(tiny_bundle.bundle), "--data", str(tiny_catalogue), "--out", str(out),
+               "--eps", "4", "--pgd-steps", "2", "--corruptions", "jpeg", "--severities", "3", "-q"])
+    assert rc == 0
+    data = json.loads((out / "robustness.json").read_text())
+    assert data["n_images"] == 9 and [c["corruption"] for c in data["corruptions"]] == ["jpeg"]
+    assert data["settings"]["bundle"] == str(tiny_bundle.bundle)
