@@ -166,3 +166,24 @@ def test_index_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture
     assert main(["search", "--index", str(tmp_path / "nope"), "--text", "milk"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no index here" in err[0]
+
+
+def test_recommend_cli_generate_recommend_evaluate(catalogue: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    log = tmp_path / "log.csv"
+    assert main(["recommend", "generate", "--data", str(catalogue), "--users", "60", "--out", str(log)]) == 0
+    assert "SYNTHETIC" in capsys.readouterr().err
+    user = log.read_text().splitlines()[1].split(",")[0]
+    assert main(["recommend", "for", "--events", str(log), "--data", str(catalogue), "--user", user,
+                 "--similar", "oat-milk", "-k", "2", "--include-seen"]) == 0  # 3 products: all seen
+    rec, sim = (json.loads(x) for x in capsys.readouterr().out.splitlines())
+    assert rec["user_id"] == user and len(rec["recommendations"]) == 2
+    assert sim["product_id"] == "oat-milk" and "oat-milk" not in {r["product_id"] for r in sim["similar"]}
+    assert main(["recommend", "evaluate", "--events", str(log), "--data", str(catalogue)]) == 0
+    rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [r["recommender"] for r in rows] == ["popularity", "content", "hybrid"]
+    assert all(0 <= r["hit_rate"] <= 1 and 0 <= r["ndcg"] <= r["hit_rate"] for r in rows)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("user_id,product_id\nu1,oat-milk\n")
+    assert main(["recommend", "for", "--events", str(bad), "--data", str(catalogue), "--user", "u1"]) == 2
+    assert "bad.csv" in capsys.readouterr().err

@@ -290,6 +290,18 @@ def add_search_commands(sub: argparse._SubParsersAction) -> None:
     add_recommend_commands(sub)
 
 
+def _item_vectors(ns: argparse.Namespace, cat: Any) -> dict[str, Any]:
+    """Content vectors of the catalogue's products: text, plus catalogue photos when --model is given."""
+    from .search.embeddings import content_vectors
+
+    model = None
+    if ns.model:
+        from .api import load
+
+        model = load(ns.model)
+    return content_vectors(list(cat.products.values()), model)
+
+
 def _recommender(ns: argparse.Namespace):
     from .cli import _resolve_data
     from .data.catalogue import load_catalogue
@@ -300,15 +312,8 @@ def _recommender(ns: argparse.Namespace):
     cat = load_catalogue(_resolve_data(ns.data)) if (ns.data or ns.kind != "popularity") else None
     kw: dict[str, Any] = {}
     if ns.kind != "popularity":
-        from .search.embeddings import content_vectors
-
-        model = None
-        if ns.model:
-            from .api import load
-
-            model = load(ns.model)
         assert cat is not None
-        kw["item_vectors"] = content_vectors(list(cat.products.values()), model)
+        kw["item_vectors"] = _item_vectors(ns, cat)
     rec = create_recommender(ns.kind, **kw)
     rec.fit(events, catalogue=list(cat.products) if cat is not None else None)
     return rec, events
@@ -348,18 +353,12 @@ def cmd_recommend_generate(ns: argparse.Namespace) -> int:
 def cmd_recommend_evaluate(ns: argparse.Namespace) -> int:
     from .cli import _resolve_data
     from .data.catalogue import load_catalogue
-    from .search.embeddings import content_vectors
     from .search.recommend import create_recommender, evaluate, leave_last_out
     from .search.shopping_log import read_events
 
     events = read_events(ns.events)
     cat = load_catalogue(_resolve_data(ns.data))
-    model = None
-    if ns.model:
-        from .api import load
-
-        model = load(ns.model)
-    vectors = content_vectors(list(cat.products.values()), model)
+    vectors = _item_vectors(ns, cat)
     train, test = leave_last_out(events)
     for kind in ("popularity", "content", "hybrid"):
         rec = create_recommender(kind, **({} if kind == "popularity" else {"item_vectors": vectors}))
