@@ -63,8 +63,9 @@ def _features(net: SkuModel, images: Sequence[torch.Tensor], transform, views: i
     net.eval()
     batches = []
     for _ in range(views):
-        x = torch.stack([transform(im) for im in images])
-        batches.append(net.backbone(x).float())
+        for start in range(0, len(images), 32):  # bounded memory for a large reference bank
+            x = torch.stack([transform(im) for im in images[start:start + 32]])
+            batches.append(net.backbone(x).float())
     return torch.cat(batches)
 
 
