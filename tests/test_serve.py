@@ -340,3 +340,24 @@ def test_serve_and_inventory_help_import_neither_torch_nor_fastapi() -> None:
             "print(sorted(m for m in ('torch', 'fastapi', 'uvicorn') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().endswith("[]"), out
+
+
+def test_explain_route_returns_the_predicted_class_and_a_heatmap(client, val_photo) -> None:
+    import base64
+    import io
+
+    from PIL import Image
+
+    data, label = val_photo
+    r = client.post("/v1/explain", files=_upload(data))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    predicted = client.post("/v1/predict", files=_upload(data)).json()["prediction"]["fine_label"]
+    assert body["label"] == predicted == label and 0 < body["confidence"] <= 1
+    png = Image.open(io.BytesIO(base64.b64decode(body["overlay_png"])))
+    assert png.format == "PNG" and png.size[0] == png.size[1] > 0
+    other = client.post("/v1/explain", files=_upload(data), data={"target": "oat-milk"}).json()
+    assert other["label"] == "oat-milk" and other["confidence"] < body["confidence"]
+    bad = client.post("/v1/explain", files=_upload(data), data={"target": "no-such-product"})
+    assert bad.status_code == 422 and "no-such-product" in bad.text
+    assert client.post("/v1/explain", files=_upload(b"not an image")).status_code == 415

@@ -66,6 +66,8 @@ def explain(model, image, *, target: str | int | None = None) -> Explanation:
     x = model.transform(tensors[0]).unsqueeze(0).to(model.device)
     with torch.no_grad():  # the calibrated probabilities predict() reports, not a bare softmax
         probs = head_probabilities(net, x)["fine"][0]
+    if isinstance(target, str) and target not in model.card.classes:
+        raise ValueError(f"unknown class {target!r} (the model knows {len(model.card.classes)} classes)")
     idx = int(probs.argmax()) if target is None else (
         model.card.classes.index(target) if isinstance(target, str) else int(target))
     layer = target_layer(net, x)

@@ -38,9 +38,10 @@ _T = TypeVar("_T")
 
 @dataclass(frozen=True)
 class _Job:
-    kind: str  # predict | embed
+    kind: str  # predict | embed | explain
     image: Image.Image
     top_k: int = 5
+    target: str | None = None  # explain: the class to explain (None: the predicted one)
 
 
 class Recognizer:
@@ -60,6 +61,14 @@ class Recognizer:
 
     def _run(self, jobs: list[_Job]) -> list[Any]:
         out: list[Any] = [None] * len(jobs)
+        for i, job in enumerate(jobs):
+            if job.kind == "explain":  # Grad-CAM hooks the network: on this thread, between batches
+                from ..evaluate.explain import explain
+
+                try:
+                    out[i] = explain(self.model, job.image, target=job.target)
+                except (ValueError, KeyError) as exc:  # an unknown target class
+                    out[i] = exc
         for kind in ("predict", "embed"):
             idx = [i for i, j in enumerate(jobs) if j.kind == kind]
             if not idx:
@@ -81,6 +90,10 @@ class Recognizer:
         if pred.level in ("fine", "coarse") and pred.confidence < min_confidence:
             pred = dataclasses.replace(pred, label=None, level="unknown")
         return pred
+
+    async def explain(self, image: Image.Image, target: str | None = None) -> Any:
+        """Grad-CAM for one photo (an Explanation), or the ValueError for an unknown target."""
+        return await self.batcher.submit(_Job("explain", image, target=target), timeout=self.settings.request_timeout_s)
 
     async def embed(self, image: Image.Image) -> np.ndarray:
         return await self.batcher.submit(_Job("embed", image), timeout=self.settings.request_timeout_s)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import io
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 import anyio
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, File, Form, HTTPException, UploadFile
 
-from ..deps import ReadKey, State, predict_upload
+from ..batching import QueueFullError
+from ..deps import ReadKey, State, busy, decode_upload, predict_upload
 from ..schemas import PredictResponse
 from .products import product_out
 
@@ -27,3 +31,28 @@ async def predict(state: State, _: ReadKey,
     # product_out reads the stock count from SQLite: off the event loop.
     product = await anyio.to_thread.run_sync(product_out, state, pred.fine_label) if pred.fine_label else None
     return PredictResponse(prediction=d, product=product, timing_ms=round((time.perf_counter() - t0) * 1000, 2))
+
+
+@router.post("/explain", summary="Grad-CAM: where in the photo the model looked for its answer")
+async def explain(state: State, _: ReadKey,
+                  image: Annotated[UploadFile, File(description="the photo (JPEG, PNG, WebP, GIF, BMP, TIFF)")],
+                  target: Annotated[str | None, Form(max_length=200)] = None) -> dict[str, Any]:
+    """The explained class, its confidence, and a PNG of the heatmap over the model's view (base64)."""
+    t0 = time.perf_counter()
+    _, img = await decode_upload(state, image)
+    try:
+        exp = await state.recognizer.explain(img, target=target or None)
+    except (QueueFullError, asyncio.TimeoutError) as exc:
+        raise busy(state, exc) from None
+    if isinstance(exp, Exception):
+        raise HTTPException(422, f"target: {exp}")
+
+    def png() -> str:
+        from ...evaluate.explain import overlay
+
+        buf = io.BytesIO()
+        overlay(exp).save(buf, format="PNG")
+        return base64.b64encode(buf.getvalue()).decode("ascii")
+
+    return {"label": exp.label, "confidence": round(exp.confidence, 6), "overlay_png": await anyio.to_thread.run_sync(png),
+            "timing_ms": round((time.perf_counter() - t0) * 1000, 2)}
