@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import platform
+import shlex
 import subprocess
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -44,3 +46,12 @@ def append_section(title: str, command: str, body: str) -> None:
                f"- machine: {machine()}\n\n{body.strip()}\n")
     with open(RESULTS, "a", encoding="utf-8") as f:
         f.write(section)
+
+
+def run_timed(cmd: list[str]) -> float:
+    """Run a command (a skulens step of a benchmark); its wall time in seconds, or exit naming the command."""
+    t0 = time.perf_counter()
+    rc = subprocess.run(cmd, check=False).returncode
+    if rc != 0:
+        raise SystemExit(f"failed ({rc}): {shlex.join(cmd)}")
+    return time.perf_counter() - t0

@@ -12,21 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _results import append_section
-
-
-def _run(cmd: list[str]) -> float:
-    t0 = time.perf_counter()
-    rc = subprocess.run(cmd, check=False).returncode
-    if rc != 0:
-        raise SystemExit(f"failed ({rc}): {shlex.join(cmd)}")
-    return time.perf_counter() - t0
+from _results import append_section, run_timed
 
 
 def _row(name: str, bundle: Path, wall: float | None) -> str:
@@ -52,9 +43,9 @@ def main() -> int:
     data = ["--data", ns.data] if ns.data else []
     cli = [sys.executable, "-m", "skulens.cli"]
     out = Path(ns.out)
-    plain = _run([*cli, "train", "--backbone", ns.student, "--no-baseline", "--out", str(out / "plain"),
+    plain = run_timed([*cli, "train", "--backbone", ns.student, "--no-baseline", "--out", str(out / "plain"),
                   *data, *extra])
-    distilled = _run([*cli, "distill", "--teacher", ns.teacher, "--student", ns.student, "--no-baseline",
+    distilled = run_timed([*cli, "distill", "--teacher", ns.teacher, "--student", ns.student, "--no-baseline",
                       "--out", str(out / "distilled"), *data, *extra])
     card = json.loads((out / "distilled" / "bundle" / "card.json").read_text())
     t = card["lineage"]["teacher"]

@@ -13,23 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _results import append_section
+from _results import append_section, run_timed
 
 RUNTIMES = "torch-fp32,torch-bf16,onnx-fp32"
-
-
-def _run(cmd: list[str]) -> float:
-    t0 = time.perf_counter()
-    rc = subprocess.run(cmd, check=False).returncode
-    if rc != 0:
-        raise SystemExit(f"failed ({rc}): {shlex.join(cmd)}")
-    return time.perf_counter() - t0
 
 
 def main() -> int:
@@ -50,13 +41,13 @@ def main() -> int:
     for kind, amount in settings:
         name = f"{kind}-{amount:g}"
         rt = ["--round-to", ns.round_to] if kind == "structured" and ns.round_to else []
-        wall = _run([*cli, "prune", ns.bundle, "--out", str(out / name), "--kind", kind,
+        wall = run_timed([*cli, "prune", ns.bundle, "--out", str(out / name), "--kind", kind,
                      "--amount", str(amount), *rt, *data, "-q", *extra])
-        _run([*cli, "evaluate", str(out / name / "pruned"), *data, "--out", str(out / name / "eval-pruned"),
+        run_timed([*cli, "evaluate", str(out / name / "pruned"), *data, "--out", str(out / name / "eval-pruned"),
               "-q"])
         runs[name] = wall
     bench = out / "bench"
-    _run([*cli, "bench", ns.bundle, *data, "--out", str(bench), "--variants", f"baseline,{RUNTIMES}",
+    run_timed([*cli, "bench", ns.bundle, *data, "--out", str(bench), "--variants", f"baseline,{RUNTIMES}",
           "--extra-runtimes", RUNTIMES, *[a for n in runs for a in ("--extra", f"{n}={out / n / 'bundle'}")]])
     res = {r["name"]: r for r in json.loads((bench / "bench.json").read_text())["rows"]}
     orig = json.loads(Path(ns.bundle, "card.json").read_text())

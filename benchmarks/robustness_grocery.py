@@ -15,21 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _results import append_section
-
-
-def _run(cmd: list[str]) -> float:
-    t0 = time.perf_counter()
-    rc = subprocess.run(cmd, check=False).returncode
-    if rc != 0:
-        raise SystemExit(f"failed ({rc}): {shlex.join(cmd)}")
-    return time.perf_counter() - t0
+from _results import append_section, run_timed
 
 
 def main() -> int:
@@ -52,8 +43,8 @@ def main() -> int:
     backbone = json.loads(Path(ns.bundle, "card.json").read_text())["backbone"]
     tune = ["--init-from", ns.bundle, "--backbone", backbone, "--epochs", ns.epochs, "--lr", ns.lr,
             "--warmup-epochs", "0.5", "--no-baseline", *data, "-q", *extra]
-    walls = {"control": _run([*cli, "train", "--out", str(out / "control"), *tune]),
-             "adversarial": _run([*cli, "train", "--out", str(out / "adversarial"), *tune, "--adversarial",
+    walls = {"control": run_timed([*cli, "train", "--out", str(out / "control"), *tune]),
+             "adversarial": run_timed([*cli, "train", "--out", str(out / "adversarial"), *tune, "--adversarial",
                                   ns.adversarial, "--adversarial-eps", ns.adv_eps, "--adversarial-steps",
                                   ns.adv_steps])}
     models = {"default": Path(ns.bundle), "control": out / "control" / "bundle",
@@ -61,7 +52,7 @@ def main() -> int:
     reports = {}
     for name, bundle in models.items():
         limit = ["--limit", ns.limit] if ns.limit else []
-        _run([*cli, "robustness", str(bundle), "--out", str(out / f"robustness-{name}"), "--eps", ns.eps,
+        run_timed([*cli, "robustness", str(bundle), "--out", str(out / f"robustness-{name}"), "--eps", ns.eps,
               "--pgd-steps", ns.pgd_steps, *limit, *data, "-q"])
         reports[name] = json.loads((out / f"robustness-{name}" / "robustness.json").read_text())
 
