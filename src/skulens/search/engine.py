@@ -98,19 +98,22 @@ class SearchEngine:
         from .text import load_text_encoder
 
         ids, vecs = self._product_texts()
-        allowed = None
-        if filter:
-            compiled = compile_filter(filter)
-            allowed = {r.product_id for r in self.index.records() if record_matches(r, compiled)}
+        compiled = compile_filter(filter)
+        # One pass over the records (current metadata) gives each allowed product's first record: no
+        # per-hit lookups, which cost a round trip each on a Milvus server.
+        first: dict[str, Any] = {}
+        for r in self.index.records():
+            if r.product_id not in first and record_matches(r, compiled):
+                first[r.product_id] = r
         q = load_text_encoder().encode(texts)
         out = []
         for row in q @ vecs.T:
             hits = []
             for j in np.argsort(-row):
                 p = ids[j]
-                if allowed is not None and p not in allowed:
+                if p not in first:  # filtered out (or removed since the text cache was built)
                     continue
-                hits.append(SearchHit(p, float(row[j]), self.index.records(p)[0]))
+                hits.append(SearchHit(p, float(row[j]), first[p]))
                 if len(hits) == k:
                     break
             out.append(hits)
