@@ -271,6 +271,9 @@ def _restore(cfg: TrainConfig, ckpt: dict[str, Any] | None, model: SkuModel, ema
     opt.load_state_dict(ckpt["optimizer"])
     sched.load_state_dict(ckpt["scheduler"])
     log.info("resumed %s at epoch %d, step %d", run_dir, ckpt["state"]["epoch"], ckpt["state"]["step"])
+    # The checkpoint is the truth: epochs logged after it (killed before the next save) are dropped, and one
+    # saved but not yet logged is restored.
+    atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in ckpt["state"]["history"]))
     return ckpt["state"]
 
 
@@ -418,7 +421,7 @@ def _end_of_epoch(cfg, model, ema, opt, sched, val, card, device, eval_tf, state
                                                  precision=cfg.mixed_precision), val, card)
     name, best_now = max(results.items(), key=lambda kv: _selection_key(kv[1], cfg.monitor))
     score = _selection_key(best_now, cfg.monitor)
-    record = {"epoch": epoch + 1, "train_loss": train_loss, "epoch_time_s": round(epoch_time, 1),
+    record = {"step": state["step"], "epoch": epoch + 1, "train_loss": train_loss, "epoch_time_s": round(epoch_time, 1),
               "lr": sched.get_last_lr()[-1], **{f"val_{k}": v for k, v in results["model"].items()},
               **({f"val_ema_{k}": v for k, v in results["ema"].items()} if "ema" in results else {})}
     improved = score > tuple(state["best"])
@@ -442,5 +445,6 @@ def _end_of_epoch(cfg, model, ema, opt, sched, val, card, device, eval_tf, state
     if ema is not None:
         ckpt["ema"] = ema.module.state_dict()
     save_checkpoint(run_dir / "checkpoint", ckpt)
-    # Logged after the checkpoint: a kill in between loses this line, a resume never writes it twice.
+    # Logged after the checkpoint: a kill in between loses this line until a resume rewrites the log from the
+    # checkpoint's history (see _restore), so metrics.jsonl never holds an epoch twice or one the run lost.
     logger.log(state["step"], record)
