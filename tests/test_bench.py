@@ -127,3 +127,19 @@ def test_deploy_commands_do_not_import_torch_for_help() -> None:
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "False"
+
+
+def test_the_device_is_recorded_and_onnx_without_a_cuda_provider_falls_back_to_the_cpu(
+        result, tiny_bundle, tmp_path: Path, caplog) -> None:
+    import onnxruntime as ort
+
+    from skulens.deploy.onnx import OnnxRunner, export_onnx
+
+    res, out, _ = result
+    assert res.settings["device"] == "cpu" and "9 images (val) on cpu;" in (out / "bench.md").read_text()
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has a CUDA provider")
+    model = export_onnx(tiny_bundle.bundle, tmp_path / "m.onnx")
+    with caplog.at_level("WARNING", logger="skulens.deploy.onnx"):
+        runner = OnnxRunner(model, threads=1, device="cuda")
+    assert runner.provider == "CPUExecutionProvider" and "onnxruntime-gpu" in caplog.text

@@ -92,6 +92,7 @@ def cmd_prune(ns: argparse.Namespace) -> int:
 
 def cmd_bench(ns: argparse.Namespace) -> int:
     from .deploy.bench import bench_bundle, to_markdown
+    from .models.inference import resolve_device
 
     extra = {k: v for k, v in (("distilled", ns.distilled), ("pruned", ns.pruned)) if v}
     for item in ns.extra or []:
@@ -104,7 +105,8 @@ def cmd_bench(ns: argparse.Namespace) -> int:
                           runtimes=_csv(ns.variants), extra=extra, extra_runtimes=_csv(ns.extra_runtimes),
                           limit=ns.limit, calibration_images=ns.calibration_images, threads=ns.threads,
                           workers=ns.workers, batch_size=ns.batch_size, latency_images=ns.latency_images,
-                          repeats=ns.repeats, isolate=ns.isolate, progress=not ns.quiet)
+                          repeats=ns.repeats, isolate=ns.isolate, progress=not ns.quiet,
+                          device=str(resolve_device(ns.device)))
     print(to_markdown(result))
     _print(f"results: {Path(out) / 'bench.json'}, {Path(out) / 'bench.md'}")
     return 0
@@ -174,6 +176,9 @@ def add_deploy_commands(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--calibration-images", type=int, default=256, help="train photos calibrating int8")
     b.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=True,
                    help="one fresh process per variant (honest peak memory)")
+    b.add_argument("--device", default="cpu",
+                   help="cpu (default), cuda[:N] or auto: where the PyTorch variants (and ONNX, with "
+                        "onnxruntime-gpu) run; decoding and preprocessing stay on the CPU")
     b.add_argument("-q", "--quiet", action="store_true")
     b.set_defaults(func=cmd_bench)
 

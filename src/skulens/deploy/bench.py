@@ -45,6 +45,7 @@ class Variant:
     runtime: str  # a RUNTIMES key
     bundle: str  # the bundle: card (preprocessing, labels) and, for PyTorch runtimes, weights
     model_file: str | None = None  # the .onnx file for ONNX runtimes
+    device: str = "cpu"  # PyTorch runtimes: cpu or cuda[:N]; ONNX: its CUDA provider when cuda and installed
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,8 @@ def _torch_infer(v: Variant) -> tuple[Callable[[Any], np.ndarray], float]:
     from ..models.bundle import WEIGHTS, load_bundle
     from ..models.inference import head_probabilities
 
-    net, _ = load_bundle(v.bundle, "cpu")
+    device = torch.device(v.device)
+    net, _ = load_bundle(v.bundle, device)
     net = net.float().eval()
     size = (Path(v.bundle) / WEIGHTS).stat().st_size / 1e6
     channels_last = v.runtime != "baseline"
@@ -151,14 +153,15 @@ def _torch_infer(v: Variant) -> tuple[Callable[[Any], np.ndarray], float]:
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
 
-    def run(x: Any) -> np.ndarray:
+    def run(x: Any) -> np.ndarray:  # .cpu() waits for the GPU: the timings include the whole round trip
+        x = x.to(device, non_blocking=True)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.no_grad():
             if v.runtime == "torch-bf16":
-                with torch.autocast("cpu", dtype=torch.bfloat16):
-                    return head_probabilities(net, x)["fine"].float().numpy()
-            return head_probabilities(net, x)["fine"].float().numpy()
+                with torch.autocast(device.type, dtype=torch.bfloat16):
+                    return head_probabilities(net, x)["fine"].float().cpu().numpy()
+            return head_probabilities(net, x)["fine"].float().cpu().numpy()
 
     return run, size
 
@@ -168,7 +171,7 @@ def _onnx_infer(v: Variant, threads: int) -> tuple[Callable[[Any], np.ndarray], 
 
     if not v.model_file:
         raise ValueError(f"{v.name}: an ONNX runtime needs its .onnx file")
-    runner = OnnxRunner(v.model_file, threads=threads)
+    runner = OnnxRunner(v.model_file, threads=threads, device=v.device)
 
     def run(x: Any) -> np.ndarray:
         return runner.session.run(["fine"], {"image": x.numpy().astype(np.float32)})[0]
@@ -271,7 +274,7 @@ def _child() -> None:
 
 
 def run_bench(variants: Sequence[Variant], paths: Sequence[str], labels: Sequence[str], *,
-              threads: int | None = None, workers: int | None = None, batch_size: int = 32,
+              device: str = "cpu", threads: int | None = None, workers: int | None = None, batch_size: int = 32,
               latency_images: int = 50, repeats: int = 1, isolate: bool = True, split: str = "val",
               progress: bool = True, settings: dict[str, Any] | None = None) -> BenchResult:
     """Measure every variant on the same images; the first "baseline" variant is the reference."""
@@ -282,6 +285,7 @@ def run_bench(variants: Sequence[Variant], paths: Sequence[str], labels: Sequenc
         raise ValueError(f"unknown runtime(s) {', '.join(unknown)}: {', '.join(RUNTIMES)}")
     threads = threads or os.cpu_count() or 1
     workers = workers or threads
+    variants = [replace(v, device=device) for v in variants]
     kwargs = {"threads": threads, "workers": workers, "batch_size": batch_size,
               "latency_images": latency_images, "repeats": repeats}
     rows = []
@@ -299,7 +303,7 @@ def run_bench(variants: Sequence[Variant], paths: Sequence[str], labels: Sequenc
     rows = [replace(r, speedup=r.throughput_ips / base.throughput_ips, top1_delta=100 * (r.top1 - base.top1))
             for r in rows]
     return BenchResult(tuple(rows), split, len(paths), threads, workers, batch_size, isolate,
-                       {**(settings or {}), **kwargs})
+                       {**(settings or {}), **kwargs, "device": device})
 
 
 # ------------------------------------------------------------------------------------------ orchestration
@@ -382,7 +386,8 @@ def to_markdown(result: BenchResult) -> str:
                f"{goal.name}, {goal.speedup:.2f}x at {goal.top1_delta:+.1f} points." if goal else
                "Goal (>= 4x the baseline's end-to-end throughput at <= 1 point top-1 loss): NOT met.")
     memo = "one fresh process per variant" if result.isolated else "one process for all variants (cumulative)"
-    intro = (f"{result.n_images} images ({result.split}); {result.threads} inference threads, "
+    device = result.settings.get("device", "cpu")
+    intro = (f"{result.n_images} images ({result.split}) on {device}; {result.threads} inference threads, "
              f"{result.workers} decode workers, batch {result.batch_size} (baseline {BASELINE_BATCH}); "
              f"peak RSS: {memo}.")
     return "\n".join([intro, "", *lines, "", verdict, ""])

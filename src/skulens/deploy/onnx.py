@@ -9,6 +9,7 @@ TorchScript extra file `card.json`), so an exported file alone is enough to prep
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,6 +24,8 @@ from ..models.classifier import SkuModel
 from ..models.inference import HeadOutputs, collect_outputs, head_probabilities, iter_batches
 
 __all__ = ["OnnxRunner", "export_onnx", "export_torchscript", "load_onnx", "read_onnx_card"]
+
+log = logging.getLogger(__name__)
 
 ONNX_NAME = "model.onnx"
 CARD_KEY = "skulens_card"
@@ -95,16 +98,25 @@ def read_onnx_card(path: str | os.PathLike) -> ModelCard:
 
 
 class OnnxRunner:
-    """Runs the exported graph with ONNX Runtime on the CPU."""
+    """Runs the exported graph with ONNX Runtime: on the CPU, or through its CUDA provider when `device` is
+    cuda and the installed onnxruntime has one (onnxruntime-gpu); otherwise the CPU, with a warning."""
 
-    def __init__(self, path: str | os.PathLike, *, threads: int | None = None):
+    def __init__(self, path: str | os.PathLike, *, threads: int | None = None, device: str = "cpu"):
         _require_onnx()
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        providers = ["CPUExecutionProvider"]
+        if str(device).startswith("cuda"):
+            if "CUDAExecutionProvider" in ort.get_available_providers():
+                index = str(device).partition(":")[2] or "0"
+                providers = [("CUDAExecutionProvider", {"device_id": int(index)}), "CPUExecutionProvider"]
+            else:
+                log.warning("onnxruntime has no CUDA provider (pip install onnxruntime-gpu): ONNX runs on the CPU")
+        self.session = ort.InferenceSession(str(path), opts, providers=providers)
+        self.provider = self.session.get_providers()[0]
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.n_classes = self.session.get_outputs()[0].shape[-1]
 
