@@ -2,11 +2,12 @@
 
     python benchmarks/robustness_grocery.py [--bundle runs/bench5/bundle] [--epochs 3] [--adversarial pgd]
                                             [--adv-eps 2] [--adv-steps 2] [--eps 0.5,1,2,4] [--pgd-steps 5]
-                                            [--limit N] [extra `skulens train` flags for both fine-tunes]
+                                            [--severities 1,2,3,4,5] [--limit N]
+                                            [extra `skulens train` flags for both fine-tunes]
 
 Both fine-tunes start from BUNDLE with the same recipe (`--init-from`, a lower LR); one adds
 `--adversarial`, the control does not, so the difference is the adversarial examples and not the extra
-epochs. Then `skulens robustness` (FGSM/PGD at --eps, six corruptions at severities 1-5) on all three, and
+epochs. Then `skulens robustness` (FGSM/PGD at --eps, six corruptions at --severities) on all three, and
 a table of clean vs robust accuracy appended to benchmarks/RESULTS.md.
 """
 
@@ -33,6 +34,7 @@ def main() -> int:
     ap.add_argument("--adv-steps", default="2")
     ap.add_argument("--eps", default="0.5,1,2,4", help="evaluation budgets in pixel levels")
     ap.add_argument("--pgd-steps", default="5")
+    ap.add_argument("--severities", default="1,2,3,4,5", help="corruption severities to run")
     ap.add_argument("--limit", default=None, help="evaluate on N val photos (seeded sample) instead of all")
     ap.add_argument("--data", default=None)
     ap.add_argument("--out", default=f"runs/bench-robust-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -53,7 +55,7 @@ def main() -> int:
     for name, bundle in models.items():
         limit = ["--limit", ns.limit] if ns.limit else []
         run_timed([*cli, "robustness", str(bundle), "--out", str(out / f"robustness-{name}"), "--eps", ns.eps,
-              "--pgd-steps", ns.pgd_steps, *limit, *data, "-q"])
+              "--pgd-steps", ns.pgd_steps, "--severities", ns.severities, *limit, *data, "-q"])
         reports[name] = json.loads((out / f"robustness-{name}" / "robustness.json").read_text())
 
     eps = ns.eps.split(",")
@@ -81,7 +83,7 @@ def main() -> int:
         "",
         *rows,
         "",
-        "Corruptions, mean top-1 over severities 1-5:",
+        f"Corruptions, mean top-1 over severities {ns.severities}:",
         "",
         *crow,
         "",
