@@ -118,6 +118,22 @@ def test_text_search_after_alignment(tiny_bundle, catalogue: Path, tmp_path: Pat
     assert no_aligner.by_text(["oat drink"], k=1)[0][0].product_id == "oat-milk"
 
 
+def test_text_search_sees_a_same_size_rewrite_of_the_index(index_dir: Path, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    ix = tmp_path / "ix"
+    shutil.copytree(index_dir, ix)
+    index = open_index(ix)
+    engine = SearchEngine(None, index)
+    assert engine.by_text(["black coffee beans"], k=1)[0][0].product_id != "oat-milk"
+    n = len(index)
+    recs = index.records("oat-milk")
+    index.upsert([replace(r, title="Coffee beans", text="Dark roasted black coffee beans") for r in recs],
+                 index.vectors([r.id for r in recs]))
+    assert len(index) == n  # same size: the cache must still notice
+    assert engine.by_text(["black coffee beans"], k=1)[0][0].product_id == "oat-milk"
+
+
 def test_rank_fusion_prefers_agreement() -> None:
     def hits(ids):
         return [SearchHit(p, 1.0, IndexRecord(id=p, product_id=p, label=p)) for p in ids]

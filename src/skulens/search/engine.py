@@ -43,7 +43,7 @@ class SearchEngine:
             raise ValueError(f"the index holds {index.dim}-d vectors but the model embeds {model.card.embedding_dim}-d:"
                              " build the index with this model")
         self.model, self.index, self.aligner = model, index, aligner
-        self._text_cache: tuple[int, list[str], np.ndarray] | None = None
+        self._text_cache: tuple[tuple[int, int], list[str], np.ndarray] | None = None
 
     def by_image(self, images: Sequence[ImageInput], *, k: int = 10, filter: Mapping[str, Any] | None = None
                  ) -> list[list[SearchHit]]:
@@ -79,10 +79,10 @@ class SearchEngine:
         return [rank_fusion([a, t], k) for a, t in zip(aligned, lexical, strict=True)]
 
     def _product_texts(self) -> tuple[list[str], np.ndarray]:
-        """MiniLM vectors of each product's title + text, cached until the index changes size."""
+        """MiniLM vectors of each product's title + text, cached until the index is written to."""
         from .text import load_text_encoder
 
-        n = len(self.index)
+        n = (self.index.revision, len(self.index))  # len too: another process may have written to it
         if self._text_cache is None or self._text_cache[0] != n:
             texts: dict[str, str] = {}
             for r in self.index.records():

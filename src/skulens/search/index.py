@@ -299,6 +299,8 @@ class VectorIndex(ABC):
 
     def __init__(self, dim: int):
         self.dim = int(dim)
+        #: Bumped by every write through this object: caches built from the records key on it.
+        self.revision = 0
 
     # -- backend primitives ----------------------------------------------------------------
 
@@ -359,11 +361,13 @@ class VectorIndex(ABC):
         """Add new entries; an id already in the index (or twice in the batch) is an error."""
         recs, vecs = self._check_batch(records, vectors)
         self._add(recs, vecs, replace=False)
+        self.revision += 1
 
     def upsert(self, records: Iterable[IndexRecord], vectors: Any) -> None:
         """Add entries, replacing the record and vector of ids already present."""
         recs, vecs = self._check_batch(records, vectors)
         self._add(recs, vecs, replace=True)
+        self.revision += 1
 
     def update_metadata(self, product_id: str, fields: Mapping[str, MetadataValue | None] | None = None,
                         /, **kwargs: MetadataValue | None) -> int:
@@ -379,6 +383,7 @@ class VectorIndex(ABC):
         if not current:
             raise IndexStoreError(f"no entries for product {product_id!r} in the index")
         self._replace_records([r.with_metadata(changes) for r in current])
+        self.revision += 1
         return len(current)
 
     def remove(self, *, ids: Iterable[str] | None = None, product_ids: Iterable[str] | None = None) -> int:
@@ -388,7 +393,9 @@ class VectorIndex(ABC):
         id_set = {ids} if isinstance(ids, str) else (set(ids) if ids is not None else None)
         pid_set = {product_ids} if isinstance(product_ids, str) else (
             set(product_ids) if product_ids is not None else None)
-        return self._remove(id_set or None, pid_set or None)
+        removed = self._remove(id_set or None, pid_set or None)
+        self.revision += 1
+        return removed
 
     def search(self, queries: Any, k: int = 10, *, filter: Filter | None = None, group_by_product: bool = True,
                exclude_product_ids: Iterable[str] = ()) -> list[list[SearchHit]]:
