@@ -70,6 +70,7 @@ def main() -> int:
         rows.append(f"| {name} | {p['params_after']:,} | {100 * p['sparsity']:.1f}% | {100 * before:.1f} | "
                     f"{100 * card['metrics']['top1']:.1f} | {wall / 60:.1f} | {speed(name)} |")
     cfg = card["train_config"]
+    verdicts = _verdicts(res, cards, orig["metrics"]["top1"])
     body = "\n".join([
         (f"Grocery Store val ({card['dataset']['sizes'].get('val')} photos). Structured: torch-pruning, L1 channel magnitude per dependency "
          "group (expanded channels, residual streams, stem), heads and final 1x1 conv kept; the card lists "
@@ -80,12 +81,32 @@ def main() -> int:
         "",
         *rows,
         "",
+        *verdicts,
         f"Bench table: {bench / 'bench.md'}.",
     ])
     command = ("python benchmarks/prune_grocery.py " + shlex.join(sys.argv[1:])).strip()
     append_section("Pruning: sparsity vs accuracy vs speed (grocery val)", command, body)
     print(body)
     return 0
+
+
+def _verdicts(res: dict, cards: dict, top1: float) -> list[str]:
+    """Plain sentences from the measured numbers: the speed each kind buys and the accuracy it costs."""
+    out = []
+    for name, card in cards.items():
+        ratios = [res[f"{name} ({r})"]["throughput_ips"] / res[f"default ({r})"]["throughput_ips"]
+                  for r in RUNTIMES.split(",")]
+        lost = 100 * (top1 - card["metrics"]["top1"])
+        span = f"{min(ratios):.2f}x-{max(ratios):.2f}x the original's images/s"
+        if card["pruning"]["kind"] == "unstructured":
+            verdict = ("buys no CPU speed: dense kernels multiply the zeros all the same" if max(ratios) < 1.1
+                       else "is faster here")
+            out.append(f"- {name}: {span} ({', '.join(RUNTIMES.split(','))}), so unstructured sparsity "
+                       f"{verdict}; it only shrinks a compressed download. Top-1 cost: {lost:.1f} points.")
+        else:
+            out.append(f"- {name}: {span} ({', '.join(RUNTIMES.split(','))}) for {lost:.1f} points of top-1 "
+                       "after the recovery fine-tune.")
+    return [*out, ""]
 
 
 if __name__ == "__main__":
