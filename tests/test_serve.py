@@ -361,3 +361,29 @@ def test_explain_route_returns_the_predicted_class_and_a_heatmap(client, val_pho
     bad = client.post("/v1/explain", files=_upload(data), data={"target": "no-such-product"})
     assert bad.status_code == 422 and "no-such-product" in bad.text
     assert client.post("/v1/explain", files=_upload(b"not an image")).status_code == 415
+
+
+def test_the_service_runs_the_exported_onnx_model(tiny_bundle, model, tiny_catalogue: Path, tmp_path: Path) -> None:
+    """`skulens serve --backend onnx`: the same answers as PyTorch; Grad-CAM and enrolment say why not."""
+    import shutil
+
+    pytest.importorskip("onnxruntime")
+    from skulens.config import ConfigError
+    from skulens.deploy.onnx import export_onnx
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle.bundle, bundle)
+    export_onnx(bundle)  # writes bundle/model.onnx
+    photos = sorted((tiny_catalogue.parent / "val").rglob("*.jpg"))
+    with TestClient(create_app(_settings(tiny_bundle, model=str(bundle), backend="onnx"))) as c:
+        for p in photos:
+            r = c.post("/v1/predict", files=_upload(p.read_bytes()), data={"top_k": "3"})
+            assert r.status_code == 200, r.text
+            direct = model.predict([p.read_bytes()], top_k=3)[0]
+            got = r.json()["prediction"]
+            assert got["fine_label"] == direct.fine_label
+            assert got["confidence"] == pytest.approx(direct.confidence, abs=1e-3)
+        r = c.post("/v1/explain", files=_upload(photos[0].read_bytes()))
+        assert r.status_code == 501 and "--backend onnx" in r.json()["detail"]
+    with pytest.raises(ConfigError, match="backend"):
+        _settings(tiny_bundle, backend="tensorflow")

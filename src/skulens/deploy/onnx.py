@@ -139,4 +139,6 @@ def load_onnx(path: str | os.PathLike):  # -> skulens.api.Model
             raise BundleError(f"{p}: no {ONNX_NAME}; run `skulens export {p} --format onnx` first")
         p = p / ONNX_NAME
     card = read_onnx_card(p)
-    return Model(None, card, torch.device("cpu"), "off", runner=OnnxRunner(p))
+    model = Model(None, card, torch.device("cpu"), "off", runner=OnnxRunner(p))
+    model.path = p.parent
+    return model

@@ -37,6 +37,7 @@ class ServeSettings:
     host: str = "127.0.0.1"  # localhost only unless asked: the service has write endpoints
     port: int = 8000
     device: str = "auto"
+    backend: str = "torch"  # torch, or onnx: the bundle's exported model.onnx under ONNX Runtime (no Grad-CAM, no enrolment)
     # Security.
     api_keys: tuple[ApiKey, ...] = ()  # from --api-keys-file or $SKULENS_API_KEYS; none: writes refused
     auth_reads: bool = False  # also require a key on read endpoints
@@ -70,6 +71,8 @@ class ServeSettings:
         for name in ("review_threshold", "support_min_confidence", "support_min_score"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.backend not in ("torch", "onnx"):
+            raise ConfigError(f"backend must be torch or onnx, got {self.backend!r}")
         if "*" in self.cors_origins:
             raise ConfigError("cors_origins: list the origins; '*' would let any site call the API")
 

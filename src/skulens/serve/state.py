@@ -137,7 +137,7 @@ class ServiceState:
         from ..api import load
 
         if model is None:
-            model = load(settings.model, device=settings.device)
+            model = load(settings.model, device=settings.device, backend=settings.backend)
         products, responder, error = _load_support(settings, model)
         search = _load_search(settings, model) if settings.index else None
         if search is not None:
@@ -162,7 +162,7 @@ class ServiceState:
         from ..api import load
 
         with self._model_lock:
-            model = load(self.settings.model, device=self.settings.device)
+            model = load(self.settings.model, device=self.settings.device, backend=self.settings.backend)
             self.model = model
             self.recognizer.model = model
             if self.search is not None:

@@ -173,6 +173,9 @@ async def create_product(state: State, actor: WriteKey,
     from ...data.catalogue import Product
     from ...search.enroll import EnrolmentError, enroll
 
+    if state.model.net is None:
+        raise HTTPException(501, "enrolment teaches the PyTorch bundle a new class: run the service with "
+                                 "--backend torch (and re-export for ONNX afterwards)")
     if len(images) > state.settings.max_files:
         raise HTTPException(413, f"at most {state.settings.max_files} photos per request")
     datas = [(await decode_upload(state, f))[0] for f in images]  # checked like every upload
