@@ -26,6 +26,7 @@ _SERVE_HELP = {
     "events": "behaviour-log CSV: enables /v1/users/{id}/recommendations",
     "catalogue": "catalogue for support replies (default: the data the bundle was trained on)",
     "db": "inventory SQLite file: enables /v1/inventory/*",
+    "backend": "torch, or onnx: the bundle's model.onnx (skulens export) under ONNX Runtime; no explain/enrolment",
     "auth_reads": "require an API key on read endpoints too",
     "cors_origins": "comma-separated origins allowed by CORS (default: CORS off)",
     "keep_uploads": "keep every intake photo (EXIF stripped); default: only photos waiting for review",
