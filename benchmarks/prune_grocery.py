@@ -76,7 +76,9 @@ def main() -> int:
          "group (expanded channels, residual streams, stem), heads and final 1x1 conv kept; the card lists "
          "the new widths. Unstructured: per-layer L1 on every backbone conv, zeros held during recovery. "
          f"Recovery (`skulens prune` defaults + extra flags): {cfg['epochs']} epochs, "
-         f"freeze={cfg['freeze']}, lr {cfg['lr']}. Speed: end-to-end images/s from one `skulens bench` run "
+         f"freeze={cfg['freeze']}, lr {cfg['lr']}"
+         + (f", distilled from `{cfg['teacher']}` (T={cfg['distill_temperature']:g}, alpha={cfg['distill_alpha']:g})"
+            if cfg.get("teacher") else "") + ". Speed: end-to-end images/s from one `skulens bench` run "
          "(decode + preprocessing + inference)."),
         "",
         *rows,
