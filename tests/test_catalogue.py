@@ -143,6 +143,91 @@ def test_broken_symlink_counts_as_missing(tmp_path: Path) -> None:
         load_catalogue(root)
 
 
+@pytest.mark.parametrize(("folder", "split"), [("validation", "val"), ("valid", "val"), ("testing", "test")])
+def test_split_folder_aliases(tmp_path: Path, folder: str, split: str) -> None:
+    root = tmp_path / "ds"
+    _folders(root / "training", {"a": 2, "b": 2})
+    _folders(root / folder, {"a": 1, "b": 1})
+    cat = load_catalogue(root, val_fraction=0)
+    assert list(cat.splits) == ["train", split]
+    assert [len(cat.split(name)) for name in ("train", split)] == [4, 2]
+
+
+def test_keras_layout_train_and_validation(tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    _folders(root / "train", {"a": 3})
+    _folders(root / "validation", {"a": 1})
+    cat = load_catalogue(root)
+    assert [len(cat.split(name)) for name in ("train", "val")] == [3, 1] and not cat.val_was_generated
+
+
+def test_two_folders_for_one_split(tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    for name in ("train", "val", "validation"):
+        _folders(root / name, {"a": 1})
+    with pytest.raises(CatalogueError, match=r"val/ and validation/ are both the val split"):
+        load_catalogue(root)
+
+
+def test_validation_folder_without_train(tmp_path: Path) -> None:
+    _folders(tmp_path / "ds" / "validation", {"a": 1})
+    with pytest.raises(CatalogueError, match="has validation split folders but no train/"):
+        load_catalogue(tmp_path / "ds")
+
+
+# --- folders: symlinks into a data store ---------------------------------------------------------
+
+
+def test_symlinked_split_folder(tmp_path: Path) -> None:
+    store = _folders(tmp_path / "store" / "val", {"a": 1, "b": 1})
+    root = tmp_path / "ds"
+    _folders(root / "train", {"a": 2, "b": 2})
+    (root / "val").symlink_to(store, target_is_directory=True)
+    cat = load_catalogue(root)
+    assert len(cat.split("val")) == 2 and not cat.val_was_generated
+    assert all(s.path.is_relative_to(root / "val") for s in cat.split("val"))
+    copy = tmp_path / "copy"
+    _folders(copy / "train", {"a": 2, "b": 2})
+    _folders(copy / "val", {"a": 1, "b": 1})
+    assert cat.fingerprint() == load_catalogue(copy).fingerprint()
+
+
+def test_symlinked_class_folder(tmp_path: Path) -> None:
+    store = _folders(tmp_path / "store", {"b": 3})
+    root = _folders(tmp_path / "ds", {"a": 2})
+    (root / "b").symlink_to(store / "b", target_is_directory=True)
+    cat = load_catalogue(root, val_fraction=0)
+    assert cat.classes == ["a", "b"]
+    linked = [p.name for p in _paths(cat.split("train")) if p.parent.name == "b"]
+    assert linked == ["b_000.jpg", "b_001.jpg", "b_002.jpg"]
+
+
+def test_symlinked_image_file(tmp_path: Path) -> None:
+    outside = _image(tmp_path / "store" / "photo.jpg")
+    root = _folders(tmp_path / "ds", {"a": 1})
+    (root / "a" / "linked.jpg").symlink_to(outside)
+    cat = load_catalogue(root, val_fraction=0)
+    assert root / "a" / "linked.jpg" in _paths(cat.split("train"))
+
+
+def test_symlinked_sub_folder_is_walked_and_a_cycle_is_not(tmp_path: Path) -> None:
+    store = _folders(tmp_path / "store", {"shoot": 2})
+    root = _folders(tmp_path / "ds", {"a": 1})
+    (root / "a" / "shoot").symlink_to(store / "shoot", target_is_directory=True)
+    (root / "a" / "loop").symlink_to(root / "a", target_is_directory=True)
+    cat = load_catalogue(root, val_fraction=0)
+    names = sorted(p.name for p in _paths(cat.split("train")))
+    assert names == ["a_000.jpg", "shoot_000.jpg", "shoot_001.jpg"]  # the loop back to a/ adds nothing
+
+
+def test_broken_link_to_class_folder_is_named(tmp_path: Path) -> None:
+    root = _folders(tmp_path / "ds", {"a": 2})
+    (root / "b").symlink_to(tmp_path / "unmounted" / "b", target_is_directory=True)
+    with pytest.raises(CatalogueError, match=r"broken link to .*unmounted/b \(is the data store") as info:
+        load_catalogue(root)
+    assert str(root / "b") in str(info.value)
+
+
 # --- manifest ------------------------------------------------------------------------------------
 
 
@@ -181,6 +266,15 @@ def test_csv_manifest(tmp_path: Path) -> None:
     assert cat.classes == ["apple", "bean"] and cat.coarse_classes == ["fruit", "veg"]
     assert cat.hierarchy == {"apple": "fruit", "bean": "veg"}
     assert cat.attributes == ["green", "organic"]
+
+
+@pytest.mark.parametrize(("cell", "split"), [("valid", "val"), ("Testing", "test"), ("training", "train")])
+def test_manifest_split_aliases(tmp_path: Path, cell: str, split: str) -> None:
+    root = tmp_path / "ds"
+    _image(root / "a.jpg")
+    _image(root / "b.jpg")
+    cat = load_catalogue(_csv(root / "m.csv", ["path,label,split", "a.jpg,x,train", f"b.jpg,x,{cell}"]))
+    assert cat.split(split)[-1].path == root / "b.jpg"
 
 
 def test_manifest_folder_and_jsonl(tmp_path: Path) -> None:
@@ -259,13 +353,37 @@ def test_manifest_path_escaping_root(tmp_path: Path, raw: str) -> None:
     assert "row 2" in str(info.value)
 
 
-def test_manifest_symlink_out_of_root_is_refused(tmp_path: Path) -> None:
-    outside = _image(tmp_path / "secret.jpg")
+def test_manifest_symlink_made_by_the_catalogue_owner_is_followed(tmp_path: Path) -> None:
+    # Issue 9: a link under the root points into a data store elsewhere; the owner made it, so it is
+    # followed. What a manifest line may not do is name a path outside the root itself (next test).
+    outside = _image(tmp_path / "store" / "real.jpg")
     root = tmp_path / "ds"
     root.mkdir()
     (root / "link.jpg").symlink_to(outside)
-    with pytest.raises(CatalogueError, match="escapes dataset root"):
-        load_catalogue(_csv(root / "m.csv", ["path,label", "link.jpg,a"]))
+    cat = load_catalogue(_csv(root / "m.csv", ["path,label", "link.jpg,a"]), val_fraction=0)
+    assert cat.split("train")[0].path == root / "link.jpg"
+
+
+def test_manifest_path_string_out_of_root_is_refused(tmp_path: Path) -> None:
+    _image(tmp_path / "secret.jpg")
+    root = tmp_path / "ds"
+    root.mkdir()
+    for raw in ("../secret.jpg", str(tmp_path / "secret.jpg"), "sub/../../secret.jpg"):
+        with pytest.raises(CatalogueError, match="escapes dataset root"):
+            load_catalogue(_csv(root / "m.csv", ["path,label", f"{raw},a"]))
+
+
+def test_manifest_split_folder_linked_into_a_data_store_loads(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    for label in ("a", "b"):
+        for i in range(2):
+            _image(store / label / f"{i}.jpg")
+    root = tmp_path / "ds"
+    root.mkdir()
+    (root / "train").symlink_to(store, target_is_directory=True)
+    rows = ["path,label"] + [f"train/{lab}/{i}.jpg,{lab}" for lab in ("a", "b") for i in range(2)]
+    cat = load_catalogue(_csv(root / "m.csv", rows), val_fraction=0.5)
+    assert sorted(s.label for s in cat.split("train") + cat.split("val")) == ["a", "a", "b", "b"]
 
 
 def test_manifest_symlink_inside_root_is_fine(tmp_path: Path) -> None:

@@ -2,15 +2,32 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
-from ..models.card import ModelCard
 from .catalogue import CatalogueError, Sample
 from .dataset import decode_all
 
-__all__ = ["Split", "prepare_split"]
+__all__ = ["LabelSpec", "Split", "prepare_split"]
+
+
+class LabelSpec(Protocol):
+    """What prepare_split reads from a model card: its label maps and the short side to decode at."""
+
+    @property
+    def classes(self) -> Sequence[str]: ...
+
+    @property
+    def coarse_classes(self) -> Sequence[str]: ...
+
+    @property
+    def attributes(self) -> Sequence[str]: ...
+
+    @property
+    def resize_to(self) -> int: ...
 
 
 @dataclass
@@ -25,7 +42,7 @@ class Split:
     skipped: list[tuple[str, str]]
 
 
-def prepare_split(samples: list[Sample], card: ModelCard, *, desc: str, progress: bool = True) -> Split:
+def prepare_split(samples: list[Sample], card: LabelSpec, *, desc: str, progress: bool = True) -> Split:
     """Decode a split at the card's eval size and encode its labels with the card's label maps."""
     cls = {c: i for i, c in enumerate(card.classes)}
     coarse = {c: i for i, c in enumerate(card.coarse_classes)}

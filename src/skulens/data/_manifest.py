@@ -1,0 +1,126 @@
+"""The manifest layout: one ``.csv`` / ``.jsonl`` file listing images and their labels.
+
+Columns ``path,label`` and optionally ``split``, ``coarse_label``, ``attributes`` (``;``-separated),
+``title`` and ``text``.
+
+Every path string must stay inside the manifest's folder: a manifest is data a stranger may hand us.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from ._checks import MAX_LISTED, attribute_cell, cell, inside_root, require_files
+from ._types import CatalogueError, Loaded, Sample, split_name
+
+MANIFEST_NAMES = ("manifest.csv", "manifest.jsonl")
+MANIFEST_SUFFIXES = (".csv", ".jsonl")
+
+
+def load_manifest(manifest: Path) -> Loaded:
+    root = manifest.parent
+    root_real = root.resolve()
+    records = _read_jsonl(manifest) if manifest.suffix.lower() == ".jsonl" else _read_csv(manifest)
+    if not records:
+        raise CatalogueError(f"{manifest}: no rows")
+    splits: dict[str, list[Sample]] = defaultdict(list)
+    hierarchy: dict[str, str] = {}
+    located: list[tuple[str, Path]] = []
+    for where, record in records:
+        split, sample = _manifest_sample(manifest, root, root_real, where, record)
+        if sample.coarse_label is not None:
+            _add_to_hierarchy(hierarchy, sample.label, sample.coarse_label, f"{manifest}: {where}")
+        splits[split].append(sample)
+        located.append((where, sample.path))
+    require_files(located, manifest)
+    splits = dict(splits)
+    if hierarchy:
+        splits = _fill_coarse_labels(splits, hierarchy, manifest)
+    return Loaded(root=root, layout="manifest", splits=splits, hierarchy=hierarchy)
+
+
+def _read_csv(manifest: Path) -> list[tuple[str, dict[str, object]]]:
+    # utf-8-sig: spreadsheets save CSV with a byte-order mark that would otherwise glue onto "path".
+    with manifest.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        header = [name.strip().lower() for name in reader.fieldnames or []]
+        _require_columns(header, manifest)
+        reader.fieldnames = header
+        try:
+            return [(f"row {reader.line_num}", dict(row)) for row in reader]
+        except csv.Error as exc:
+            raise CatalogueError(f"{manifest}: row {reader.line_num}: bad CSV ({exc})") from exc
+
+
+def _read_jsonl(manifest: Path) -> list[tuple[str, dict[str, object]]]:
+    records: list[tuple[str, dict[str, object]]] = []
+    with manifest.open(encoding="utf-8-sig") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise CatalogueError(f"{manifest}: line {number}: invalid JSON ({exc.msg})") from exc
+            if not isinstance(record, dict):
+                raise CatalogueError(f"{manifest}: line {number}: expected a JSON object")
+            records.append((f"line {number}", {str(k).strip().lower(): v for k, v in record.items()}))
+    if records:
+        _require_columns(sorted({key for _, record in records for key in record}), manifest)
+    return records
+
+
+def _require_columns(columns: Iterable[str], manifest: Path) -> None:
+    present = set(columns)
+    missing = [name for name in ("path", "label") if name not in present]
+    if missing:
+        found = ", ".join(sorted(present)) or "none"
+        raise CatalogueError(f"{manifest}: missing required column(s) {', '.join(missing)} (found: {found})")
+
+
+def _manifest_sample(
+    manifest: Path, root: Path, root_real: Path, where: str, record: Mapping[str, object]
+) -> tuple[str, Sample]:
+    raw_path, label = cell(record, "path"), cell(record, "label")
+    if not raw_path:
+        raise CatalogueError(f"{manifest}: {where}: missing path")
+    if not label:
+        raise CatalogueError(f"{manifest}: {where}: missing label for {raw_path!r}")
+    split = cell(record, "split").lower() or "train"
+    texts = [t for t in (cell(record, "title"), cell(record, "text")) if t]
+    sample = Sample(
+        path=inside_root(raw_path, root, root_real, f"{manifest}: {where}"),
+        label=label,
+        coarse_label=cell(record, "coarse_label") or None,
+        attributes=tuple(sorted(set(attribute_cell(record.get("attributes"))))),
+        text="\n".join(texts) or None,
+    )
+    return split_name(split), sample
+
+
+def _add_to_hierarchy(hierarchy: dict[str, str], label: str, coarse: str, where: str) -> None:
+    known = hierarchy.setdefault(label, coarse)
+    if known != coarse:
+        raise CatalogueError(f"{where}: label {label!r} has coarse label {coarse!r}, earlier {known!r}")
+
+
+def _fill_coarse_labels(
+    splits: dict[str, list[Sample]], hierarchy: dict[str, str], manifest: Path
+) -> dict[str, list[Sample]]:
+    # A half-filled hierarchy would silently break hierarchical heads and coarse metrics.
+    labels = {s.label for samples in splits.values() for s in samples}
+    orphans = sorted(labels - set(hierarchy))
+    if orphans:
+        raise CatalogueError(
+            f"{manifest}: coarse_label given for some labels but not for {len(orphans)}: "
+            f"{', '.join(orphans[:MAX_LISTED])}"
+        )
+    return {
+        name: [dataclasses.replace(s, coarse_label=hierarchy[s.label]) for s in samples]
+        for name, samples in splits.items()
+    }

@@ -1,0 +1,89 @@
+"""Where the dataset is: the path asked for, the one a bundle was trained on, or the default copy.
+
+Core, not CLI: a missing dataset raises :class:`DataNotFoundError` (a :class:`CatalogueError`, so the
+CLI prints it as one line), never ``SystemExit``; and nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .catalogue import CatalogueError
+
+__all__ = ["DATASET_HINT", "DataNotFoundError", "find_default_data", "recorded_dataset", "resolve_data"]
+
+DATASET_HINT = (
+    "The Grocery Store dataset was not found. skulens looks at --data, then $SKULENS_DATA, then "
+    "../shared/datasets/grocery-store. Get it from its public repository, marcusklasson/GroceryStoreDataset "
+    "on GitHub (MIT licence): clone it and pass --data PATH/TO/GroceryStoreDataset/dataset."
+)
+_CARD = "card.json"  # skulens.models.bundle.CARD; not imported: data/ imports nothing from models/
+
+
+class DataNotFoundError(CatalogueError):
+    """No dataset at the path given, or none anywhere skulens looks."""
+
+
+def find_default_data() -> Path | None:
+    """$SKULENS_DATA, else ../shared/datasets/grocery-store from the working dir or from the source checkout.
+
+    A set $SKULENS_DATA wins even when it names nothing usable (then: None), so a machine's
+    ../shared copy never stands in for the dataset a user pointed at.
+    """
+    env = os.environ.get("SKULENS_DATA")
+    if env:
+        return Path(env) if _has_data(Path(env)) else None
+    here = Path(__file__).resolve()
+    for base in (Path.cwd(), *here.parents):
+        candidate = base.parent / "shared" / "datasets" / "grocery-store"
+        if (candidate / "classes.csv").is_file():
+            return candidate
+    return None
+
+
+def resolve_data(
+    arg: str | os.PathLike[str] | None, *, recorded: str | None = None, required: bool = True
+) -> Path | None:
+    """The dataset to use: ``arg``, else ``recorded`` if it still exists, else :func:`find_default_data`.
+
+    ``recorded`` is the dataset path written in a bundle's card (see :func:`recorded_dataset`). A given
+    ``arg`` must exist and, if a folder, hold something. With nothing found, raises
+    :class:`DataNotFoundError` carrying :data:`DATASET_HINT`, or returns None when not ``required``.
+    """
+    if arg is not None and os.fspath(arg) != "":
+        path = Path(arg)
+        if not path.exists():
+            raise DataNotFoundError(f"--data {os.fspath(arg)}: no such file or folder")
+        if not _has_data(path):
+            raise DataNotFoundError(f"--data {os.fspath(arg)}: folder is empty")
+        return path
+    if recorded and Path(recorded).exists():
+        return Path(recorded)
+    found = find_default_data()
+    if found is None and required:
+        raise DataNotFoundError(DATASET_HINT)
+    return found
+
+
+def recorded_dataset(bundle: str | os.PathLike[str]) -> str | None:
+    """The dataset path recorded in the card of ``bundle`` (a bundle folder or its card.json), or None.
+
+    None also when the card is missing, unreadable or records no path: loading the bundle is what
+    reports a broken card.
+    """
+    path = Path(bundle)
+    card = path / _CARD if path.is_dir() else path
+    try:
+        data = json.loads(card.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    dataset = data.get("dataset") if isinstance(data, dict) else None
+    recorded = dataset.get("path") if isinstance(dataset, dict) else None
+    return recorded if isinstance(recorded, str) and recorded else None
+
+
+def _has_data(path: Path) -> bool:
+    # A file (a manifest) counts; a folder must hold something. iterdir on a file would raise.
+    return path.is_file() or (path.is_dir() and any(path.iterdir()))
