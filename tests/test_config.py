@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -110,6 +111,23 @@ def test_unknown_key_in_file_is_an_error(tmp_path: Path) -> None:
     p.write_text("epoch: 3\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="epoch"):
         resolve_config(load_config(p))
+
+
+@pytest.mark.parametrize("name", ["old.yaml", "old.toml", "old.json"])
+def test_a_removed_key_in_a_file_says_it_was_removed(tmp_path: Path, name: str) -> None:
+    p = tmp_path / name
+    text = {"yaml": "epochs: 3\ncompile: true\n", "toml": "epochs = 3\ncompile = true\n",
+            "json": '{"epochs": 3, "compile": true}'}[p.suffix[1:]]
+    p.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"old\.\w+: compile: this key was removed: it never did anything"):
+        load_config(p)
+
+
+def test_a_removed_key_in_python_says_it_was_removed() -> None:
+    assert "compile" not in {f.name for f in dataclasses.fields(TrainConfig)}
+    with pytest.raises(ConfigError, match="compile: this key was removed: it never did anything") as e:
+        resolve_config({"compile": False})
+    assert "unknown" not in str(e.value)
 
 
 def test_train_help_lists_config_flags() -> None:

@@ -14,8 +14,8 @@ from torch import nn
 import skulens
 from skulens.cli import main
 from skulens.config import ConfigError
-from skulens.deploy.distill import Teacher, distillation_loss, load_teacher
 from skulens.models.card import ModelCard
+from skulens.train.teacher import Teacher, distillation_loss, load_teacher
 
 
 def _softmax(row: list[float], t: float) -> list[float]:
@@ -114,3 +114,39 @@ def test_distill_command_trains_through_the_engine(tiny_bundle, tiny_catalogue: 
     val = sorted(str(p) for p in tiny_catalogue.parent.rglob("val/*/*.jpg"))
     preds = skulens.load(out / "bundle").predict(val)
     assert len(preds) == 9 and all(p.level != "error" for p in preds)
+
+
+DISTILL_TINY = {"image_size": 64, "train_image_size": 64, "epochs": 1, "max_steps": 2, "batch_size": 8,
+                "ema": False, "baseline": False, "loggers": ""}
+
+
+def test_distill_recipe_defaults_to_lite0_on_the_teachers_data(tiny_bundle, tmp_path: Path) -> None:
+    from skulens.deploy.distill import distill
+
+    teacher = Path(tiny_bundle.bundle)
+    result = distill(teacher, out=str(tmp_path / "student"), progress=False, distill_alpha=0.5, **DISTILL_TINY)
+    card = result.card
+    assert card.backbone == "efficientnet_lite0" and card.train_config["backbone"] == "efficientnet_lite0"
+    assert card.lineage["teacher"]["bundle"] == str(teacher.resolve()) and card.lineage["teacher"]["alpha"] == 0.5
+    assert card.train_config["teacher"] == str(teacher)
+    # No data given: the catalogue the teacher was trained on, as its card records it.
+    assert card.dataset["path"] == tiny_bundle.card.dataset["path"]
+    assert result.bundle == tmp_path / "student" / "bundle" and (result.bundle / "card.json").is_file()
+
+
+def test_distill_recipe_student_and_data(tiny_bundle, tiny_catalogue: Path, tmp_path: Path) -> None:
+    from skulens.deploy.distill import distill
+
+    # A backbone override is the student unless `student` is given; here both name the same backbone.
+    result = distill(str(tiny_bundle.bundle), student="efficientnet_lite0", data=tiny_catalogue,
+                     out=str(tmp_path / "s"), progress=False, backbone="efficientnet_lite2", **DISTILL_TINY)
+    assert result.card.backbone == "efficientnet_lite0"
+    assert result.card.train_config["data"] == str(tiny_catalogue)
+
+
+def test_distill_recipe_refuses_missing_data(tiny_bundle, tmp_path: Path) -> None:
+    from skulens.data.locate import DataNotFoundError
+    from skulens.deploy.distill import distill
+
+    with pytest.raises(DataNotFoundError, match="no such file"):
+        distill(tiny_bundle.bundle, data=tmp_path / "nowhere", out=str(tmp_path / "s"), progress=False)

@@ -112,3 +112,38 @@ def test_prune_command_recovers_through_the_engine(kind: str, tiny_bundle, tiny_
     assert isinstance(net.backbone.body.conv_stem, nn.Conv2d)
     preds = skulens.load(out / "bundle").predict(_val(tiny_catalogue))
     assert all(p.level != "error" for p in preds)
+
+
+def test_prune_and_recover_recipe(tiny_bundle, tmp_path: Path) -> None:
+    from skulens.config import ConfigError
+    from skulens.deploy.prune import PruneRun, prune_and_recover
+
+    out = tmp_path / "recipe"
+    run = prune_and_recover(tiny_bundle.bundle, out, kind="unstructured", amount=0.5, progress=False,
+                            image_size=64, train_image_size=64, epochs=1, max_steps=2, batch_size=8,
+                            loggers="", ema=False)
+    assert isinstance(run, PruneRun) and run.pruned.bundle == out / "pruned"
+    rec = run.recovered
+    assert rec is not None and rec.bundle == out / "bundle"
+    assert rec.card.pruning == run.pruned.card.pruning and rec.card.pruning["kind"] == "unstructured"
+    assert rec.card.lineage["pruned_from"]["bundle"] == str(tiny_bundle.bundle)
+    cfg = rec.card.train_config  # RECOVERY_DEFAULTS under the overrides; the data is the bundle's own
+    assert (cfg["freeze"], cfg["baseline"], cfg["warmup_epochs"], cfg["epochs"]) == ("full", False, 0.5, 1)
+    assert cfg["init_from"] == str(out / "pruned") and cfg["data"] == tiny_bundle.card.dataset["path"]
+    net, _ = load_bundle(rec.bundle)
+    assert sparsity(net, rec.card.pruning["parameters"]) >= 0.5 - 1e-3
+    with pytest.raises(ConfigError, match="already holds a run"):
+        prune_and_recover(tiny_bundle.bundle, out, kind="unstructured", amount=0.5, recover=False)
+
+
+def test_prune_without_recovery_and_bad_overrides(tiny_bundle, tmp_path: Path) -> None:
+    from skulens.config import ConfigError
+    from skulens.deploy.prune import prune_and_recover
+
+    run = prune_and_recover(tiny_bundle.bundle, tmp_path / "a", kind="unstructured", amount=0.3, recover=False)
+    assert run.recovered is None and (tmp_path / "a" / "pruned" / "card.json").is_file()
+    assert not (tmp_path / "a" / "bundle").exists()
+    # A bad recovery setting is refused before anything is written.
+    with pytest.raises(ConfigError, match="lerning_rate"):
+        prune_and_recover(tiny_bundle.bundle, tmp_path / "b", kind="unstructured", amount=0.3, lerning_rate=1)
+    assert not (tmp_path / "b").exists()

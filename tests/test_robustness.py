@@ -13,19 +13,17 @@ import torch.nn.functional as F
 from skulens.cli import main
 from skulens.data.catalogue import load_catalogue
 from skulens.data.splits import prepare_split
+from skulens.evaluate.attacks import fgsm, fine_logits_fn, pgd
 from skulens.evaluate.robustness import (
     CORRUPTIONS,
-    AdversarialBatch,
     RobustnessReport,
     corrupt,
     evaluate_robustness,
-    fgsm,
-    fine_logits_fn,
-    pgd,
     pixel_view,
     write_robustness,
 )
 from skulens.models.bundle import load_bundle
+from skulens.train.adversarial import AdversarialBatch
 
 EPS = 8 / 255
 

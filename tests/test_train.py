@@ -223,7 +223,7 @@ def test_sgd_onecycle_and_loss_options(tiny_catalogue: Path, tmp_path: Path) -> 
 
 
 class _TwoGroups(torch.nn.Module):
-    """The two parameter groups _make_optimizer builds: backbone and heads."""
+    """The two parts make_optimizer gives their own learning rates: backbone and heads."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -243,11 +243,11 @@ class _TwoGroups(torch.nn.Module):
     ("adamw", "onecycle", 10, 10),  # 10 epochs of one step
 ])
 def test_onecycle_schedules_of_any_length(optimizer: str, schedule: str, epochs: int, total: int) -> None:
-    from skulens.train.engine import _make_optimizer
+    from skulens.train.optim import make_optimizer
 
     cfg = resolve_config({"optimizer": optimizer, "schedule": schedule, "epochs": epochs, "lr": 0.1})
     model = _TwoGroups()
-    opt, sched = _make_optimizer(cfg, model, total)
+    opt, sched = make_optimizer(cfg, model, total)
     assert isinstance(opt, torch.optim.SGD if optimizer == "sgd" else torch.optim.AdamW)
     head_lrs = []
     for _ in range(total):

@@ -9,13 +9,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, get_args, get_type_hints
 
-import tomllib
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser, from PyPI (a dependency on 3.10 only)
+    import tomli as tomllib
 
-__all__ = ["ConfigError", "TrainConfig", "config_to_dict", "load_config", "resolve_config"]
+__all__ = ["REMOVED_KEYS", "ConfigError", "TrainConfig", "config_to_dict", "load_config", "resolve_config"]
 
 
 class ConfigError(ValueError):
@@ -76,8 +80,7 @@ class TrainConfig:
     baseline: bool = True  # also fit the linear-probe baseline (before fine-tuning) for comparison
     max_steps: int | None = None  # stop after this many optimizer steps (smoke tests)
     device: str = "auto"  # auto, cpu, cuda, cuda:1
-    compile: bool = False  # torch.compile the model (CUDA)
-    loggers: tuple[str, ...] = ("tensorboard",)  # tensorboard, mlflow, wandb (offline)
+    loggers: tuple[str, ...] = ("tensorboard",)  # tensorboard, mlflow, wandb (offline unless $WANDB_MODE)
     resume: bool = False  # continue the run in `out` from its last checkpoint
     # Distillation (skulens distill): the fine head learns the teacher's soft targets on the same batch.
     teacher: str | None = None  # distillation: teacher bundle (same classes); None trains on labels only
@@ -89,6 +92,12 @@ class TrainConfig:
     adversarial_eps: float = 2.0  # adversarial: L-inf budget in pixel levels (eps / 255)
     adversarial_steps: int = 3  # adversarial pgd: steps (step size 2.5 * eps / steps)
     adversarial_fraction: float = 0.5  # adversarial: share of each batch replaced by its adversarial version
+
+
+# Keys that once existed, with why they went: a config that still sets one gets this, not "unknown key".
+REMOVED_KEYS: dict[str, str] = {
+    "compile": "it never did anything (no run ever called torch.compile); delete it from the config",
+}
 
 
 def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
@@ -194,6 +203,7 @@ def resolve_config(overrides: dict[str, Any] | None = None, base: TrainConfig | 
     """Apply `overrides` (from a file or the CLI) on top of `base` (defaults); unknown keys are an error."""
     base = base or TrainConfig()
     overrides = overrides or {}
+    _refuse_removed(overrides)
     names = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(overrides) - names)
     if unknown:
@@ -222,7 +232,14 @@ def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ConfigError(f"{p}: cannot parse config: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: expected a mapping of config keys, got {type(data).__name__}")
+    _refuse_removed(data, where=f"{p}: ")
     return data
+
+
+def _refuse_removed(values: dict[str, Any], where: str = "") -> None:
+    removed = sorted(set(values) & set(REMOVED_KEYS))
+    if removed:
+        raise ConfigError(where + "; ".join(f"{k}: this key was removed: {REMOVED_KEYS[k]}" for k in removed))
 
 
 def config_fields() -> list[tuple[str, Any, Any, str]]:

@@ -10,9 +10,10 @@
   The heads and the final 1x1 conv are kept whole: the embedding width and the classes do not change.
 
 The pruned bundle is the standard architecture narrowed as its card's `pruning.widths` says (plain JSON,
-see `skulens.models.channels`), so `skulens.load` rebuilds it without pickled modules. A recovery
+see `skulens.models.pruned`), so `skulens.load` rebuilds it without pickled modules. A recovery
 fine-tune goes through the training engine (`init_from` the pruned bundle): the narrower layers carry
 over, and for unstructured pruning the pruned weights are held at zero after every optimizer step.
+`prune_and_recover` (the CLI's `skulens prune`) does both: OUT/pruned, then the recovered OUT/bundle.
 """
 
 from __future__ import annotations
@@ -20,19 +21,28 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from ..config import ConfigError, TrainConfig, resolve_config
+from ..data.locate import recorded_dataset, resolve_data
 from ..models.bundle import load_bundle, read_card, save_bundle
 from ..models.card import ModelCard
-from ..models.channels import apply_widths, width_changes
+from ..models.channels import width_changes
 from ..models.classifier import SkuModel
 
-__all__ = ["KINDS", "PruneResult", "adopt_pruning", "keep_zeros", "prune_bundle", "prune_model", "sparsity"]
+if TYPE_CHECKING:
+    from ..train.engine import TrainResult
+
+__all__ = ["KINDS", "RECOVERY_DEFAULTS", "PruneResult", "PruneRun", "prune_and_recover", "prune_bundle",
+           "prune_model", "sparsity"]
 
 KINDS = ("structured", "unstructured")
+# A recovery fine-tune after pruning: short, and every stage trains (pruning changed the early stages
+# too, and their BatchNorm statistics must be re-estimated).
+RECOVERY_DEFAULTS: dict[str, Any] = {"epochs": 3, "freeze": "full", "baseline": False, "warmup_epochs": 0.5}
 
 
 @dataclass(frozen=True)
@@ -145,27 +155,36 @@ def prune_bundle(bundle: str | os.PathLike, out: str | os.PathLike, *, kind: str
     return PruneResult(path, kind, amount, info["params_before"], info["params_after"], info["sparsity"], new)
 
 
-def adopt_pruning(model: SkuModel, card: ModelCard, init_from: str | os.PathLike) -> ModelCard:
-    """Engine hook for `init_from`: a pruned bundle's narrower layers (and pruning record) carry over."""
-    source = read_card(init_from)
-    if not source.pruning:
-        return card
-    if source.pruning.get("widths"):
-        apply_widths(model, source.pruning["widths"])
-    return card.with_(pruning=source.pruning, lineage={**source.lineage, **card.lineage})
+@dataclass(frozen=True)
+class PruneRun:
+    pruned: PruneResult  # OUT/pruned, before recovery
+    recovered: TrainResult | None  # the recovery fine-tune into OUT (OUT/bundle); None without recovery
 
 
-def keep_zeros(model: nn.Module, optimizer: torch.optim.Optimizer, names: list[str]):
-    """Hold the currently-zero entries of the named weights at zero after every optimizer step
-    (a recovery fine-tune must not grow back what unstructured pruning removed). Returns the hook handle."""
-    params = dict(model.named_parameters())
-    masks = {n: (params[n] != 0) for n in names if n in params}
+def prune_and_recover(bundle: str | os.PathLike[str], out: str | os.PathLike[str], *,
+                      kind: str = "structured", amount: float = 0.3, round_to: int | None = None,
+                      recover: bool = True, data: str | os.PathLike[str] | None = None, progress: bool = True,
+                      **overrides: Any) -> PruneRun:
+    """Prune `bundle` into OUT/pruned, then fine-tune it in the engine to recover (run dir OUT).
 
-    def hook(*_: Any) -> None:
-        with torch.no_grad():
-            for n, mask in masks.items():
-                params[n].mul_(mask)
+    The recovery trains with RECOVERY_DEFAULTS under `overrides` (TrainConfig fields), from the pruned
+    weights, on `data` (default: the catalogue `bundle` was trained on if still there, else the default).
+    Its config and data are checked before anything is written.
+    """
+    from ..train.engine import fit
 
-    hook()
-    return optimizer.register_step_post_hook(hook)
+    run_dir = Path(out)
+    if (run_dir / "pruned").exists() or (run_dir / "bundle").exists():
+        raise ConfigError(f"{run_dir} already holds a run; choose another --out")
+    cfg = _recovery_config(bundle, run_dir, data, overrides) if recover else None
+    pruned = prune_bundle(bundle, run_dir / "pruned", kind=kind, amount=amount, round_to=round_to)
+    return PruneRun(pruned, fit(cfg, progress=progress) if cfg is not None else None)
 
+
+def _recovery_config(bundle: str | os.PathLike[str], run_dir: Path, data: str | os.PathLike[str] | None,
+                     overrides: dict[str, Any]) -> TrainConfig:
+    card = read_card(bundle)  # the pruned bundle keeps its backbone and input size
+    values = {**RECOVERY_DEFAULTS, **overrides}
+    values.update(init_from=str(run_dir / "pruned"), backbone=card.backbone, image_size=card.input_size,
+                  out=str(run_dir), data=str(resolve_data(data, recorded=recorded_dataset(bundle))))
+    return resolve_config(values)

@@ -1,23 +1,19 @@
-"""Robustness: accuracy under adversarial attacks (FGSM, PGD) and common corruptions; adversarial batches.
+"""Robustness: accuracy under adversarial attacks (FGSM, PGD) and common corruptions.
 
 Everything happens in pixel space, on the model's view of the photo (the card's resize + centre crop,
 values in [0, 1]); the card's mean/std normalisation is part of the attacked function, so `eps` is a
 budget on real pixel values (eps 8 = 8/255) and attacked images stay valid images in [0, 1].
 
-- `fgsm`, `pgd`: L-inf attacks on the fine head's cross-entropy (PGD: random start, step 2.5 eps / steps,
-  projected onto the eps-ball and [0, 1] after every step; Madry et al. 2018).
+- `fgsm`, `pgd` (in `skulens.evaluate.attacks`): L-inf attacks on the fine head's cross-entropy.
 - `corrupt`: Gaussian noise, Gaussian blur, JPEG, brightness, rotation and occlusion at severities 1-5
   (noise, blur, JPEG and brightness use the ImageNet-C levels; blur and occlusion scale with image size).
 - `evaluate_robustness` -> `RobustnessReport` (typed; JSON, markdown and a plot via `write_robustness`).
-- `AdversarialBatch`: the engine's `--adversarial fgsm|pgd` hook, replacing a share of each training
-  batch with attacks on the current weights. Attacks are made with the model in eval mode: BatchNorm uses
-  its running statistics (the attack then does not depend on the rest of the batch and does not move the
-  running statistics towards adversarial inputs) and dropout is off; training mode is restored after.
+
+Adversarial fine-tuning (`--adversarial fgsm|pgd`) is the training engine's (train/adversarial.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import math
@@ -29,132 +25,22 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from .attacks import fgsm, fine_logits_fn, pgd
 
 __all__ = [
     "CORRUPTIONS",
-    "AdversarialBatch",
     "AttackResult",
     "CorruptionResult",
     "RobustnessReport",
     "corrupt",
-    "eval_mode",
     "evaluate_robustness",
-    "fgsm",
-    "fine_logits_fn",
-    "pgd",
     "pixel_view",
     "robustness_bundle",
     "to_markdown",
     "write_robustness",
 ]
-
-Forward = Callable[[torch.Tensor], torch.Tensor]  # pixel-space batch in [0, 1] -> fine logits
-
-
-# ---------------------------------------------------------------------------------------------- attacks
-
-
-def _input_grad(forward: Forward, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    with torch.enable_grad():  # attacks work under an outer no_grad too
-        x = x.detach().requires_grad_(True)
-        loss = F.cross_entropy(forward(x).float(), y)
-        (grad,) = torch.autograd.grad(loss, x)
-    return grad
-
-
-def fgsm(forward: Forward, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
-    """One signed-gradient step of size `eps` (pixel units, 8/255 = 0.031), clipped to [0, 1]."""
-    if eps <= 0:
-        return x.detach().clone()
-    return (x.detach() + eps * _input_grad(forward, x, y).sign()).clamp_(0, 1)
-
-
-def pgd(forward: Forward, x: torch.Tensor, y: torch.Tensor, eps: float, *, steps: int = 10,
-        step_size: float | None = None, random_start: bool = True,
-        generator: torch.Generator | None = None) -> torch.Tensor:
-    """Projected gradient descent in the L-inf ball of radius `eps` around `x`, intersected with [0, 1]."""
-    x0 = x.detach()
-    if eps <= 0:
-        return x0.clone()
-    alpha = step_size if step_size is not None else 2.5 * eps / steps
-    lo, hi = (x0 - eps).clamp(0, 1), (x0 + eps).clamp(0, 1)
-    adv = x0.clone()
-    if random_start:
-        noise = torch.rand(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device) * 2 - 1
-        adv = torch.max(torch.min(adv + eps * noise, hi), lo)
-    for _ in range(steps):
-        adv = adv + alpha * _input_grad(forward, adv, y).sign()
-        adv = torch.max(torch.min(adv, hi), lo).detach()
-    return adv
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode inside, each submodule's own train/eval flag restored after (frozen stages stay frozen)."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, flag in flags:
-            m.training = flag
-
-
-def _norm(mean: Sequence[float], std: Sequence[float], device: torch.device
-          ) -> tuple[torch.Tensor, torch.Tensor]:
-    return (torch.tensor(mean, device=device).view(1, 3, 1, 1),
-            torch.tensor(std, device=device).view(1, 3, 1, 1))
-
-
-def fine_logits_fn(model: nn.Module, mean: Sequence[float], std: Sequence[float], device: torch.device,
-                   autocast: Callable[[], contextlib.AbstractContextManager] | None = None) -> Forward:
-    """Pixel-space batch -> the model's fine logits, with the card's normalisation inside."""
-    m, s = _norm(mean, std, device)
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        with autocast() if autocast else contextlib.nullcontext():
-            return model((x - m) / s)["fine"].float()
-
-    return forward
-
-
-class AdversarialBatch:
-    """Engine hook for `--adversarial`: replaces the first `fraction` of each (shuffled) batch by attacks."""
-
-    def __init__(self, kind: str, eps: float, steps: int, fraction: float, mean: Sequence[float],
-                 std: Sequence[float], device: torch.device, precision: str = "auto", seed: int = 0):
-        if kind not in ("fgsm", "pgd"):
-            raise ValueError(f"unknown attack {kind!r}: fgsm or pgd")
-        self.kind, self.eps, self.steps, self.fraction = kind, float(eps), int(steps), float(fraction)
-        self.mean, self.std, self.device, self.precision = tuple(mean), tuple(std), device, precision
-        self._m, self._s = _norm(mean, std, device)
-        self.generator = torch.Generator().manual_seed(seed)
-
-    @classmethod
-    def from_config(cls, cfg: Any, card: Any, device: torch.device) -> AdversarialBatch:
-        return cls(cfg.adversarial, cfg.adversarial_eps / 255, cfg.adversarial_steps,
-                   cfg.adversarial_fraction, card.mean, card.std, device, cfg.mixed_precision, cfg.seed)
-
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """`x` (normalised, as the loader gives it) with its first rows replaced by adversarial versions."""
-        n = min(len(x), math.ceil(self.fraction * len(x)))
-        if n == 0 or self.eps <= 0:
-            return x
-        from ..models.inference import autocast_context
-
-        forward = fine_logits_fn(model, self.mean, self.std, self.device,
-                                 lambda: autocast_context(self.device, self.precision, training=True))
-        pixels = (x[:n].detach() * self._s + self._m).clamp(0, 1)
-        with eval_mode(model):
-            if self.kind == "fgsm":
-                adv = fgsm(forward, pixels, y[:n], self.eps)
-            else:
-                adv = pgd(forward, pixels, y[:n], self.eps, steps=self.steps, generator=self.generator)
-        out = x.detach().clone()
-        out[:n] = (adv - self._m) / self._s
-        return out
 
 
 # ------------------------------------------------------------------------------------------ corruptions

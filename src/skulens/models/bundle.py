@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 from .backbones import create_architecture
 from .card import ModelCard
 from .classifier import SkuModel
+from .pruned import apply_pruning
 
 __all__ = ["BundleError", "atomic_write_text", "build_model", "load_bundle", "read_card", "save_bundle"]
 
@@ -30,11 +31,7 @@ def build_model(card: ModelCard) -> SkuModel:
     backbone = create_architecture(card.backbone, image_size=card.input_size)
     n_coarse = len(card.coarse_classes) if card.coarse_head else 0
     model = SkuModel(backbone, card.num_classes, n_coarse, len(card.attributes), card.dropout)
-    if card.pruning.get("widths"):  # structurally pruned: narrower layers, listed in the card
-        from .channels import apply_widths
-
-        apply_widths(model, card.pruning["widths"])
-    return model
+    return apply_pruning(model, card.pruning)  # a structurally pruned card lists its narrower layers
 
 
 def atomic_write_text(path: Path, text: str) -> None:

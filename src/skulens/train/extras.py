@@ -7,19 +7,22 @@ points of its loop (before the forward pass, after the fine-head loss) and other
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 
 from ..config import TrainConfig
 from ..models.card import ModelCard
 from ..models.classifier import SkuModel
 
 if TYPE_CHECKING:
-    from ..deploy.distill import Teacher
-    from ..evaluate.robustness import AdversarialBatch
+    from torch.utils.hooks import RemovableHandle
 
-__all__ = ["training_extras"]
+    from .adversarial import AdversarialBatch
+    from .teacher import Teacher
+
+__all__ = ["keep_zeros", "training_extras"]
 
 log = logging.getLogger(__name__)
 
@@ -28,13 +31,11 @@ def training_extras(cfg: TrainConfig, card: ModelCard, model: SkuModel, opt: tor
                     device: torch.device) -> tuple[ModelCard, Teacher | None, AdversarialBatch | None]:
     """The card to train under (with lineage), the teacher and the adversary; registers pruning masks."""
     if card.pruning.get("kind") == "unstructured":
-        from ..deploy.prune import keep_zeros
-
         keep_zeros(model, opt, card.pruning["parameters"])
         log.info("unstructured pruning: %d pruned tensors held at zero", len(card.pruning["parameters"]))
     teacher = adversary = None
     if cfg.teacher:
-        from ..deploy.distill import load_teacher
+        from .teacher import load_teacher
 
         teacher = load_teacher(cfg.teacher, card, device, temperature=cfg.distill_temperature,
                                alpha=cfg.distill_alpha, precision=cfg.mixed_precision)
@@ -42,9 +43,24 @@ def training_extras(cfg: TrainConfig, card: ModelCard, model: SkuModel, opt: tor
         log.info("distilling from %s (%s), T=%g, alpha=%g", cfg.teacher, teacher.summary["backbone"],
                  cfg.distill_temperature, cfg.distill_alpha)
     if cfg.adversarial != "none":
-        from ..evaluate.robustness import AdversarialBatch
+        from .adversarial import AdversarialBatch
 
         adversary = AdversarialBatch.from_config(cfg, card, device)
         log.info("adversarial training: %s, eps %g/255, %.0f%% of each batch", cfg.adversarial,
                  cfg.adversarial_eps, 100 * cfg.adversarial_fraction)
     return card, teacher, adversary
+
+
+def keep_zeros(model: nn.Module, optimizer: torch.optim.Optimizer, names: list[str]) -> RemovableHandle:
+    """Hold the currently-zero entries of the named weights at zero after every optimizer step
+    (a recovery fine-tune must not grow back what unstructured pruning removed). Returns the hook handle."""
+    params = dict(model.named_parameters())
+    masks = {n: (params[n] != 0) for n in names if n in params}
+
+    def hook(*_: Any) -> None:
+        with torch.no_grad():
+            for n, mask in masks.items():
+                params[n].mul_(mask)
+
+    hook()
+    return optimizer.register_step_post_hook(hook)

@@ -1,9 +1,14 @@
-"""Run logging: metrics.jsonl always; TensorBoard, MLflow and W&B (offline) when installed and asked for."""
+"""Run logging: metrics.jsonl always; TensorBoard, MLflow and W&B when installed and asked for.
+
+W&B follows the user's own settings ($WANDB_MODE, $WANDB_PROJECT); with no mode set it runs offline, so a
+run never uploads anything the user did not ask to upload (`wandb sync` sends an offline run later).
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +42,14 @@ class RunLogger:
                 import wandb
             except ImportError as e:
                 raise RuntimeError("logger 'wandb' needs: pip install 'skulens[wandb]'") from e
-            self._wandb = wandb.init(mode="offline", dir=str(run_dir), config=config)
+            self._wandb = wandb.init(mode=os.environ.get("WANDB_MODE", "offline"),
+                                     project=os.environ.get("WANDB_PROJECT"), dir=str(run_dir), config=config)
 
     def log(self, step: int, values: dict[str, Any]) -> None:
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps({"step": step, **values}) + "\n")
-        scalars = {k: float(v) for k, v in values.items() if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        scalars = {k: float(v) for k, v in values.items()
+                   if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
         if self._tb is not None:
             for k, v in scalars.items():
                 self._tb.add_scalar(k, v, step)

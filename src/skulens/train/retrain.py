@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError, resolve_config
+from ..config import REMOVED_KEYS, ConfigError, resolve_config
 from ..data.catalogue import Catalogue, Product, Sample, load_catalogue
 from ..models.bundle import read_card
 
@@ -83,6 +83,8 @@ def retrain(bundle: str | os.PathLike, *, out: str, data: str | os.PathLike | No
 
     card = read_card(bundle)
     cat = retrain_catalogue(bundle, data, extra)
-    values = {k: v for k, v in card.train_config.items() if k not in ("resume", "out", "init_from", "data")}
+    # The recorded config, less this run's own keys and keys removed since that run was trained.
+    skip = {"resume", "out", "init_from", "data", *REMOVED_KEYS}
+    values = {k: v for k, v in card.train_config.items() if k not in skip}
     values.update({"baseline": False, **overrides, "out": out, "init_from": str(bundle), "data": str(cat.root)})
     return fit(resolve_config(values), catalogue=cat, progress=progress)
