@@ -2,7 +2,7 @@
 
     python benchmarks/recommend_synthetic.py [--data PATH] [--bundle runs/bench5/bundle] [--users 5000]
 
-No public behaviour log ships with skulens, so the log is generated (`skulens.search.shopping_log`:
+No public behaviour log ships with skulens, so the log is generated (`skulens.recommend.shopping_log`:
 users with a latent taste over coarse categories, Zipf popularity, sessions, noise, repeats), written
 to CSV and read back. Product content vectors: MiniLM text embeddings of title and description,
 concatenated with the bundle's image embeddings of the catalogue photo when ``--bundle``
@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _results import append_section
 
 from skulens.data.catalogue import Product, load_catalogue
-from skulens.search.recommend import (
+from skulens.recommend.recommenders import (
     ContentRecommender,
     HybridRecommender,
     PopularityRecommender,
@@ -37,7 +37,7 @@ from skulens.search.recommend import (
     evaluate,
     leave_last_out,
 )
-from skulens.search.shopping_log import Event, generate_shopping_log, read_events, write_events
+from skulens.recommend.shopping_log import Event, generate_shopping_log, read_events, write_events
 
 K = 10
 COLD_FRACTION = 0.1
@@ -46,8 +46,8 @@ GROCERY = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "grocery
 
 
 def content_vectors(products: list[Product], bundle: str | None) -> tuple[dict[str, np.ndarray], str]:
-    """Text (and, with a bundle, catalogue-photo) embeddings: the library's `content_vectors`."""
-    from skulens.search.embeddings import content_vectors as library_content_vectors
+    """Text (and, with a bundle, catalogue-photo) embeddings: the library's `item_vectors`."""
+    from skulens.recommend.recommenders import item_vectors
 
     model = None
     source = "MiniLM text embedding of `product_text` (title and description)"
@@ -56,7 +56,7 @@ def content_vectors(products: list[Product], bundle: str | None) -> tuple[dict[s
 
         model = skulens.load(bundle)
         source += f" + image embedding of the catalogue photo ({bundle}), concatenated"
-    return library_content_vectors(products, model), source
+    return item_vectors({p.label: p for p in products}, model), source
 
 
 def log_stats(events: list[Event], n_products: int) -> str:
@@ -184,7 +184,7 @@ def main() -> int:
     wall = time.perf_counter() - t0
 
     synthetic = ("**The behaviour log is synthetic.** No public shopping log ships with skulens; this one is "
-                 "made by `skulens.search.shopping_log.generate_shopping_log` (users with a Dirichlet taste "
+                 "made by `skulens.recommend.shopping_log.generate_shopping_log` (users with a Dirichlet taste "
                  "over coarse categories, Zipf popularity within a category in a random order, sessions that "
                  "tend to stay in a category, 10% random noise, 10% repeat purchases, a view/cart/purchase "
                  "funnel). These numbers say how well the recommenders recover *that* generative story; they "

@@ -73,10 +73,10 @@ def product_texts(cat, classes):
 
 def text_search(cat, e: GroceryEmbeddings) -> tuple[str, dict]:
     """Queries: the 81 product names. Aligner trained on train photos + catalogue photos with name + description."""
+    from skulens.models.text import load_text_encoder
     from skulens.search.align import train_aligner
     from skulens.search.engine import rank_fusion
     from skulens.search.index import IndexRecord, SearchHit
-    from skulens.search.text import load_text_encoder
 
     X = np.concatenate([e.train_x, e.iconic_x])
     y = np.concatenate([e.train_y, np.arange(len(e.classes))])
@@ -231,9 +231,9 @@ def listing_text(rng: np.random.Generator, title: str, coarse: str, description:
 
 
 def fusion(cat, e: GroceryEmbeddings) -> tuple[str, dict]:
+    from skulens.evaluate.fusion import fusion_accuracies
     from skulens.models.fusion import train_fusion
-    from skulens.search.fusion_eval import fusion_accuracies
-    from skulens.search.text import load_text_encoder
+    from skulens.models.text import load_text_encoder
 
     rng = np.random.default_rng(SEED)
     enc = load_text_encoder()

@@ -462,6 +462,14 @@ def test_record_validation():
     assert pickle.loads(pickle.dumps(r)) == r
 
 
+def test_search_hit_json_is_one_shape():
+    """`SearchHit.to_dict` is what `skulens search` prints and what the REST API's hits are built from."""
+    r = IndexRecord("a.jpg", "p", "l", "C", "Title", "text", "a.jpg", {"in_stock": True})
+    d = SearchHit("p", np.float32(0.123456789), r).to_dict()
+    assert d == {"product_id": "p", "score": 0.123457, "label": "l", "coarse_label": "C", "title": "Title",
+                 "image": "a.jpg", "metadata": {"in_stock": True}}
+    assert json.loads(json.dumps(d)) == d
+
 def test_parse_filter_from_strings():
     from skulens.search.index import parse_filter
 

@@ -108,6 +108,21 @@ def test_counted_photos_are_not_kept_unless_asked(tmp_path: Path) -> None:
         assert store.photo_file(f"{1:064x}").read_bytes() == img
 
 
+def test_intake_re_encodes_only_the_photos_it_keeps() -> None:
+    """The one intake rule (API and `inventory scan`): a photo going to review, or every photo with
+    keep_photos, is stored EXIF-free; a photo that counts at once is not stored."""
+    from skulens.models.predictor import Prediction
+    from skulens.serve.intake import intake_photo
+
+    raw = photo_bytes("oat-milk", 7, gps=True)
+    sure = Prediction("p.jpg", "oat-milk", "fine", 0.9, "oat-milk", 0.9, top_k=(("oat-milk", 0.9),))
+    unsure = Prediction("p.jpg", "oat-milk", "fine", 0.3, "oat-milk", 0.3, top_k=(("oat-milk", 0.3),))
+    assert intake_photo(raw, "h", "p.jpg", sure, threshold=0.6).image is None
+    assert intake_photo(raw, "h", "p.jpg", sure, threshold=0.6, keep_photos=True).image == stripped_jpeg(raw)
+    queued = intake_photo(raw, "h", "p.jpg", unsure, threshold=0.6)
+    assert queued == IntakePhoto("h", "p.jpg", "oat-milk", 0.3, (("oat-milk", 0.3),), stripped_jpeg(raw))
+    assert not has_gps(queued.image)
+
 def test_stripped_jpeg_drops_exif_and_keeps_orientation() -> None:
     from PIL import Image
 
@@ -254,8 +269,9 @@ def test_cli_counts_review_and_audit(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert queued["predicted_label"] == "red-apple" and queued["status"] == "review"
     assert main(["inventory", "review", "--db", str(db), queued["sha256"], "--label", "oat-milk"]) == 0
     assert json.loads(capsys.readouterr().out)["status"] == "corrected"
-    with pytest.raises(SystemExit, match="not waiting for review"):
-        main(["inventory", "review", "--db", str(db), queued["sha256"], "--reject"])
+    # A usage error is exit code 2 with one line (it was a SystemExit, exit code 1, before the CLI's one grammar).
+    assert main(["inventory", "review", "--db", str(db), queued["sha256"], "--reject"]) == 2
+    assert "not waiting for review" in capsys.readouterr().err
     assert main(["inventory", "audit", "--db", str(db), "--limit", "2"]) == 0
     audit = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [a["action"] for a in audit] == ["review_corrected", "review_queued"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from skulens.search.recommend import (
+from skulens.recommend.recommenders import (
     ContentRecommender,
     HybridRecommender,
     PopularityRecommender,
@@ -22,7 +22,7 @@ from skulens.search.recommend import (
     leave_last_out,
     ranking_metrics,
 )
-from skulens.search.shopping_log import (
+from skulens.recommend.shopping_log import (
     Event,
     ShoppingLogError,
     generate_shopping_log,

@@ -317,6 +317,20 @@ def test_settings_from_file_and_flags_unknown_keys_are_errors(tmp_path: Path) ->
     assert ServeSettings("b", api_keys=(ApiKey("n", "s3cret-key"),)).public()["api_keys"] == ["n"]
 
 
+def test_the_old_catalogue_setting_still_works_with_a_warning(tmp_path: Path, caplog) -> None:
+    from skulens.config import ConfigError
+    from skulens.serve.settings import resolve_settings
+
+    cfg = tmp_path / "serve.toml"
+    cfg.write_text('model = "b"\ncatalogue = "shop/manifest.csv"\n')
+    with caplog.at_level("WARNING", logger="skulens.serve.settings"):
+        assert resolve_settings({}, cfg).data == "shop/manifest.csv"
+    assert "'catalogue' is deprecated" in caplog.text and "'data'" in caplog.text
+    assert resolve_settings({"data": "other.csv"}, cfg).data == "other.csv"  # the flag still wins over the file
+    cfg.write_text('model = "b"\ncatalogue = "a.csv"\ndata = "b.csv"\n')
+    with pytest.raises(ConfigError, match="both 'catalogue' and 'data'"):
+        resolve_settings({}, cfg)
+
 def test_api_keys_from_a_file_and_the_environment(tmp_path: Path) -> None:
     from skulens.config import ConfigError
     from skulens.serve.settings import load_api_keys

@@ -132,3 +132,42 @@ def test_product_images_come_from_the_catalogue_or_index(client) -> None:
     r = client.get("/v1/products/oat-milk/image")
     assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg" and r.content[:3] == b"\xff\xd8\xff"
     assert client.get("/v1/products/unknown-thing/image").status_code == 404
+
+
+def test_the_service_recommends_as_skulens_recommend_does(tiny_bundle, tmp_path: Path) -> None:
+    """Same log, catalogue and model: the service's recommender has `skulens recommend`'s content vectors
+    (text + catalogue photo) and gives its answers."""
+    pytest.importorskip("sentence_transformers")
+    from conftest import PRODUCTS, write_catalogue
+    from skulens.data.catalogue import load_catalogue
+    from skulens.recommend.recommenders import fit_recommender, item_vectors
+    from skulens.recommend.shopping_log import read_events
+    from skulens.serve.state import ServiceState
+
+    manifest = write_catalogue(tmp_path / "shop", n_train=2, n_val=1)
+    sheet = ["label,title,description,image"] + [f"{p},{p.replace('-', ' ')},A {p.split('-')[-1]} we sell.,"
+                                                 f"train/{p}/{p}_000.jpg" for p in PRODUCTS]
+    (manifest.parent / "products.csv").write_text("\n".join(sheet) + "\n")
+    events = tmp_path / "events.csv"
+    rows = ["user_id,product_id,event,timestamp"]
+    for u in range(12):
+        pair = ("red-apple", "oat-milk") if u % 2 else ("green-apple", "red-apple")
+        rows += [f"u{u},{p},purchase,2024-01-0{1 + i}T10:00:00Z" for i, p in enumerate(pair)]
+    events.write_text("\n".join(rows) + "\n")
+    model = skulens.load(tiny_bundle.bundle, device="cpu", precision="off")
+
+    cat = load_catalogue(manifest)
+    vectors = item_vectors(cat, model)  # what `skulens recommend --model` uses
+    cli = fit_recommender(read_events(events), cat.products, model=model)
+    served = ServiceState.load(ServeSettings(model=str(tiny_bundle.bundle), data=str(manifest), events=str(events),
+                                             device="cpu"), model=model).recommender
+    assert next(iter(vectors.values())).size == 384 + model.card.embedding_dim  # text and photo
+    assert set(served.item_vectors) == set(vectors) == set(PRODUCTS)
+    for p, v in vectors.items():
+        assert served.item_vectors[p] == pytest.approx(v / (v ** 2).sum() ** 0.5, abs=1e-6)
+    for user in [f"u{u}" for u in range(12)] + ["someone-new"]:
+        a, b = served.recommend(user, 3, exclude_seen=False), cli.recommend(user, 3, exclude_seen=False)
+        assert [(r.product_id, r.reason) for r in a] == [(r.product_id, r.reason) for r in b]
+        assert [r.score for r in a] == pytest.approx([r.score for r in b], abs=1e-9)
+    for p in PRODUCTS:
+        assert [r.product_id for r in served.similar(p, 2)] == [r.product_id for r in cli.similar(p, 2)]

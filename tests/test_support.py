@@ -24,7 +24,7 @@ APPLE = Product(label="Granny-Smith", coarse_label="Apple", title="Granny Smith"
 @pytest.fixture(scope="module")
 def encoder():
     pytest.importorskip("sentence_transformers")
-    from skulens.search.text import load_text_encoder
+    from skulens.models.text import load_text_encoder
 
     return load_text_encoder()
 

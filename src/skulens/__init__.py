@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
-__all__ = ["EvalReport", "Model", "Prediction", "TrainConfig", "__version__", "load", "load_catalogue", "pretrained",
-           "train"]
+from ._version import __version__
+
+__all__ = ["EvalReport", "Model", "Prediction", "TrainConfig", "__version__", "evaluate", "load", "load_catalogue",
+           "pretrained", "train"]
 
 _LAZY = {
     "load": "skulens.api",
@@ -28,9 +29,11 @@ if TYPE_CHECKING:
     from .evaluate.metrics import EvalReport
 
 
-# The subpackage skulens.train would replace the `train` function below on its first import (the import
-# system sets it as an attribute of this package), so import it first (it is empty, no torch) and then
-# bind the function over it. `import skulens.train.engine` keeps working through sys.modules.
+# The subpackages skulens.train and skulens.evaluate would replace the functions below on their first import
+# (the import system sets a subpackage as an attribute of its parent), so import them first (both package
+# files are empty, no torch) and then bind the functions over them. `import skulens.train.engine` and
+# `from skulens.evaluate.metrics import ...` keep working through sys.modules.
+from . import evaluate as _evaluate_subpackage  # noqa: F401
 from . import train as _train_subpackage  # noqa: F401
 
 
@@ -39,6 +42,20 @@ def train(data: Any = None, **kwargs: Any) -> Any:
     from .api import train as _train
 
     return _train(data, **kwargs)
+
+
+def evaluate(model: Any, data: Any = None, **kwargs: Any) -> Any:
+    """Evaluate a model or bundle on a catalogue split; see `skulens.api.evaluate`."""
+    from .api import evaluate as _evaluate
+
+    return _evaluate(model, data, **kwargs)
+
+
+# `import skulens.train.engine as e` looks the submodule up as getattr(skulens.train, "engine") and, failing
+# that, as sys.modules[skulens.train.__name__ + ".engine"]: the functions carry their subpackage's dotted
+# name for that lookup (their repr and __qualname__ stay "train" / "evaluate").
+train.__name__ = "skulens.train"
+evaluate.__name__ = "skulens.evaluate"
 
 
 def __getattr__(name: str) -> Any:

@@ -1,197 +1,23 @@
-"""The Python API: `skulens.train(...)`, `skulens.load(bundle)`, `model.predict(images)`.
+"""The public front: `skulens.train(...)`, `skulens.load(bundle)`, `skulens.pretrained(...)`,
+`skulens.evaluate(model, data)`.
 
-The CLI and (later) the REST service are thin adapters over these functions.
+The CLI and the REST service are thin adapters over these functions and the core they call. No stage of the
+core imports this module: the model object lives in `skulens.models.predictor`.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any
-
-import numpy as np
-import torch
-from PIL import Image
+from typing import TYPE_CHECKING, Any
 
 from .config import TrainConfig, load_config, resolve_config
-from .data.decode import ImageDecodeError, decode_image
-from .data.transforms import create_transform, to_uint8_tensor
-from .evaluate.metrics import EvalReport
-from .models.bundle import load_bundle
-from .models.card import ModelCard
-from .models.inference import HeadOutputs, Runner, TorchRunner, combine_coarse, resolve_device
+from .models.predictor import ImageInput, Model, Prediction, load_model, pretrained_model
 
-__all__ = ["ImageInput", "Model", "Prediction", "load", "pretrained", "train"]
+if TYPE_CHECKING:
+    from .evaluate.metrics import EvalReport
+    from .train.engine import TrainResult
 
-ImageInput = str | os.PathLike | bytes | Image.Image
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """One image's result. `label` is the decision: the fine label, the coarse label when the fine one is
-    too uncertain (level "coarse"), or None when abstaining ("unknown") or the image failed ("error")."""
-
-    source: str
-    label: str | None
-    level: str  # fine | coarse | unknown | error
-    confidence: float
-    fine_label: str | None = None
-    fine_confidence: float = 0.0
-    coarse_label: str | None = None
-    coarse_confidence: float | None = None
-    top_k: tuple[tuple[str, float], ...] = ()
-    attributes: tuple[tuple[str, float], ...] = ()  # attributes above their thresholds, with probabilities
-    error: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["top_k"] = [{"label": lab, "p": round(p, 6)} for lab, p in self.top_k]
-        d["attributes"] = {a: round(p, 6) for a, p in self.attributes}
-        return d
-
-
-def _decide(card: ModelCard, fine: np.ndarray, coarse: np.ndarray | None, attrs: np.ndarray | None,
-            source: str, top_k: int, min_confidence: float) -> Prediction:
-    order = np.argsort(-fine)[: max(1, top_k)]
-    f = int(order[0])
-    fine_conf = float(fine[f])
-    c_label = c_conf = None
-    if coarse is not None:
-        c = int(coarse.argmax())
-        c_label, c_conf = card.coarse_classes[c], float(coarse[c])
-    label, level, conf = card.classes[f], "fine", fine_conf
-    if fine_conf < card.coarse_fallback and c_label is not None and c_conf is not None and c_conf > fine_conf:
-        label, level, conf = c_label, "coarse", c_conf
-    if conf < min_confidence:
-        label, level = None, "unknown"
-    attributes: tuple[tuple[str, float], ...] = ()
-    if attrs is not None and card.attributes:
-        thr = card.attribute_thresholds or (0.5,) * len(card.attributes)
-        attributes = tuple((a, float(p)) for a, p, t in zip(card.attributes, attrs, thr, strict=True) if p >= t)
-    return Prediction(source, label, level, conf, card.classes[f], fine_conf, c_label, c_conf,
-                      tuple((card.classes[int(i)], float(fine[int(i)])) for i in order), attributes)
-
-
-class Model:
-    """A loaded bundle: classify, embed and evaluate images with the preprocessing it was trained with.
-
-    `runner` computes the heads for decoded images; PyTorch by default, ONNX Runtime with
-    `skulens.load(bundle, backend="onnx")`. Everything else (decoding, decisions, reports) is shared.
-    """
-
-    def __init__(self, net: torch.nn.Module | None, card: ModelCard, device: torch.device,
-                 precision: str = "auto", runner: Runner | None = None):
-        self.net, self.card, self.device, self.precision = net, card, device, precision
-        self.path: Path | None = None  # the bundle folder, when loaded from one (side files: fusion head, ...)
-        self.transform = create_transform(card)
-        if runner is None:
-            if net is None:
-                raise ValueError("Model needs a network or a runner")
-            runner = TorchRunner(net, device, precision)
-        self.runner = runner
-
-    @property
-    def classes(self) -> tuple[str, ...]:
-        return self.card.classes
-
-    def run(self, images: Sequence[torch.Tensor], *, embeddings: bool = False, batch_size: int = 32,
-            progress: bool = False) -> HeadOutputs:
-        """Head outputs for decoded uint8 CHW images (the card's preprocessing is applied here)."""
-        return self.runner(images, self.transform, batch_size=batch_size, embeddings=embeddings,
-                           progress=progress)
-
-    def _decode(self, images: Sequence[ImageInput]) -> tuple[list[torch.Tensor], list[int], list[tuple[int, str]]]:
-        tensors, ok, failed = [], [], []
-        for i, im in enumerate(images):
-            try:
-                pil = im.convert("RGB") if isinstance(im, Image.Image) else decode_image(im, reduce_to=self.card.resize_to)
-                tensors.append(to_uint8_tensor(pil))
-                ok.append(i)
-            except ImageDecodeError as e:
-                failed.append((i, e.reason))
-        return tensors, ok, failed
-
-    def predict(self, images: Sequence[ImageInput], *, top_k: int = 5, min_confidence: float = 0.0,
-                batch_size: int = 32, progress: bool = False, texts: Sequence[str | None] | None = None
-                ) -> list[Prediction]:
-        """Predictions in input order; an image that cannot be decoded gets level "error" with the reason.
-
-        texts: each photo's listing text (title/description; None or "" for none), classified with the
-        bundle's image + text fusion head (`skulens fuse`) instead of the image classifier.
-        """
-        if texts is not None and len(texts) != len(images):
-            raise ValueError(f"{len(texts)} texts for {len(images)} images: give one per image (None for none)")
-        if not self.card.classes:
-            raise ValueError("this model has no classifier (a plain pretrained backbone): use embed() or "
-                             "search, or fine-tune it with `skulens train`")
-        names = [_name(im, i) for i, im in enumerate(images)]
-        tensors, ok, failed = self._decode(images)
-        results: list[Prediction | None] = [None] * len(images)
-        for i, reason in failed:
-            results[i] = Prediction(names[i], None, "error", 0.0, error=reason)
-        if tensors:
-            out = self.run(tensors, batch_size=batch_size, progress=progress, embeddings=texts is not None)
-            if texts is not None:
-                out = self._fuse(out, [texts[i] for i in ok])
-            card = self.card
-            coarse = combine_coarse(out.fine, out.coarse_head, card.fine_to_coarse, len(card.coarse_classes),
-                                    card.coarse_rule)
-            for row, i in enumerate(ok):
-                results[i] = _decide(self.card, out.fine[row], None if coarse is None else coarse[row],
-                                     None if out.attributes is None else out.attributes[row], names[i], top_k,
-                                     min_confidence)
-        return [r for r in results if r is not None]
-
-    def _fuse(self, out: HeadOutputs, texts: list[str | None]) -> HeadOutputs:
-        """Replace the fine probabilities by the fusion head's, from the image embedding and the text."""
-        from dataclasses import replace
-
-        from .models.fusion import load_fusion
-        from .search.text import load_text_encoder
-
-        fusion = load_fusion(self.path) if self.path is not None else None
-        if fusion is None:
-            raise ValueError("this bundle has no fusion head: train one with `skulens fuse BUNDLE --data ...`")
-        head, classes = fusion
-        if classes != self.card.classes:
-            raise ValueError("the fusion head was trained for other classes (enrolled or retrained since): "
-                             "run `skulens fuse` again")
-        assert out.embeddings is not None
-        has = np.array([bool(t and t.strip()) for t in texts])
-        enc = load_text_encoder()
-        tv = np.zeros((len(texts), enc.dim), dtype=np.float32)
-        if has.any():
-            tv[has] = enc.encode([t for t in texts if t and t.strip()])
-        probs = head.probabilities(out.embeddings, tv)
-        if (~has).any():
-            probs[~has] = head.probabilities(out.embeddings[~has], None)
-        return replace(out, fine=probs.astype(np.float64))
-
-    def embed(self, images: Sequence[ImageInput], *, batch_size: int = 32, progress: bool = False) -> np.ndarray:
-        """L2-normalised embeddings (N x embedding_dim); undecodable images raise ImageDecodeError."""
-        tensors, _, failed = self._decode(images)
-        if failed:
-            i, reason = failed[0]
-            raise ImageDecodeError(_name(images[i], i), reason)
-        out = self.run(tensors, batch_size=batch_size, embeddings=True, progress=progress)
-        return out.embeddings if out.embeddings is not None else np.zeros((0, self.card.embedding_dim))
-
-    def evaluate(self, data: str | os.PathLike, *, split: str = "val", out: str | os.PathLike | None = None,
-                 baseline: bool = False, progress: bool = True) -> EvalReport:
-        from .evaluate.evaluator import evaluate_bundle
-
-        return evaluate_bundle(self, data, split=split, out=out, baseline=baseline, progress=progress)
-
-
-def _name(im: ImageInput, i: int) -> str:
-    if isinstance(im, (str, os.PathLike)):
-        return str(im)
-    return f"<image {i}>"
-
-
-PRETRAINED_PREFIX = "pretrained:"
+__all__ = ["ImageInput", "Model", "Prediction", "evaluate", "load", "pretrained", "train"]
 
 
 def pretrained(backbone: str = "efficientnet_lite2", *, weights: str | None = None, image_size: int | None = None,
@@ -201,22 +27,7 @@ def pretrained(backbone: str = "efficientnet_lite2", *, weights: str | None = No
     For search over a catalogue no model has been trained on, and for zero-shot experiments where a
     fine-tuned model would have seen the products already.
     """
-    import warnings
-
-    from .models.backbones import create_backbone
-    from .models.classifier import SkuModel
-
-    dev = resolve_device(device)
-    bb = create_backbone(backbone, weights, image_size=image_size)
-    spec = bb.spec
-    card = ModelCard(backbone=backbone, input_size=spec.input_size, mean=spec.mean, std=spec.std,
-                     crop_pct=spec.crop_pct, classes=(), embedding_dim=bb.num_features, coarse_head=False,
-                     train_config={"pretrained_only": True, "weights": weights})
-    with warnings.catch_warnings():  # "Initializing zero-element tensors is a no-op": the head is empty on purpose
-        warnings.simplefilter("ignore", UserWarning)
-        net = SkuModel(bb, 0).to(dev).eval()
-    net.to(memory_format=torch.channels_last)
-    return Model(net, card, dev, precision)
+    return pretrained_model(backbone, weights=weights, image_size=image_size, device=device, precision=precision)
 
 
 def load(bundle: str | os.PathLike, *, device: str = "auto", precision: str = "auto",
@@ -227,24 +38,26 @@ def load(bundle: str | os.PathLike, *, device: str = "auto", precision: str = "a
     "pretrained:NAME" (e.g. "pretrained:efficientnet_lite2") is a plain pretrained backbone for
     embeddings only (see `pretrained`).
     """
-    if str(bundle).startswith(PRETRAINED_PREFIX):
-        return pretrained(str(bundle)[len(PRETRAINED_PREFIX):], device=device, precision=precision)
-    if backend == "onnx":
-        from .deploy.onnx import load_onnx
+    return load_model(bundle, device=device, precision=precision, backend=backend)
 
-        return load_onnx(bundle)
-    if backend != "torch":
-        raise ValueError(f"unknown backend {backend!r}: torch or onnx")
-    dev = resolve_device(device)
-    net, card = load_bundle(bundle, dev)
-    net.to(memory_format=torch.channels_last)
-    model = Model(net, card, dev, precision)
-    model.path = Path(bundle) if Path(bundle).is_dir() else Path(bundle).parent
-    return model
+
+def evaluate(model: Model | str | os.PathLike, data: str | os.PathLike | None = None, *, split: str = "val",
+             out: str | os.PathLike | None = None, baseline: bool = False, progress: bool = True,
+             device: str = "auto", backend: str = "torch") -> EvalReport:
+    """Evaluate a model (or a bundle path) on a catalogue split; `data` defaults to the card's dataset.
+
+    With `out`, writes report.json, report.md and the plots there; `baseline` adds the linear probe on the
+    untouched pretrained backbone (the "before fine-tuning" point).
+    """
+    from .evaluate.evaluator import evaluate_model
+
+    if not isinstance(model, Model):
+        model = load_model(model, device=device, backend=backend)
+    return evaluate_model(model, data, split=split, out=out, baseline=baseline, progress=progress)
 
 
 def train(data: str | os.PathLike | None = None, *, config_file: str | os.PathLike | None = None,
-          progress: bool = True, **overrides: Any):
+          progress: bool = True, **overrides: Any) -> TrainResult:
     """Fine-tune a backbone on a catalogue. Keyword overrides are TrainConfig fields; returns TrainResult."""
     from .train.engine import fit
 
@@ -254,5 +67,3 @@ def train(data: str | os.PathLike | None = None, *, config_file: str | os.PathLi
         values["data"] = str(data)
     cfg: TrainConfig = resolve_config(values)
     return fit(cfg, progress=progress)
-
-

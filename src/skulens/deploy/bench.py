@@ -309,22 +309,14 @@ def run_bench(variants: Sequence[Variant], paths: Sequence[str], labels: Sequenc
 # ------------------------------------------------------------------------------------------ orchestration
 
 
-def _onnx_files(bundle: str, work: Path, int8: bool, calibration: Sequence[str]) -> tuple[Path, Path | None]:
+def _onnx_files(bundle: str, work: Path, int8: bool, calibration: Sequence[Path]) -> tuple[Path, Path | None]:
     """Export the bundle (and an int8 copy calibrated on `calibration` photos) into `work`."""
-    from ..data.dataset import decode_all
-    from ..data.transforms import create_transform
-    from ..models.bundle import read_card
     from .onnx import export_onnx
-    from .quantize import quantize_onnx
+    from .quantize import quantize_onnx_with_photos
 
     work.mkdir(parents=True, exist_ok=True)
     fp32 = export_onnx(bundle, work / "model.onnx")
-    q = None
-    if int8:
-        card = read_card(bundle)
-        decoded = decode_all([Path(p) for p in calibration], card.resize_to, desc="calibration",
-                             progress=False)
-        q = quantize_onnx(fp32, work / "model.int8.onnx", decoded.images, create_transform(card))
+    q = quantize_onnx_with_photos(fp32, calibration, work / "model.int8.onnx") if int8 else None
     return fp32, q
 
 
@@ -339,6 +331,7 @@ def bench_bundle(bundle: str | os.PathLike, data: str | os.PathLike, *, out: str
     import random
 
     from ..data.catalogue import load_catalogue
+    from .quantize import calibration_sample
 
     out_dir = Path(out)
     cat = load_catalogue(data)
@@ -347,9 +340,7 @@ def bench_bundle(bundle: str | os.PathLike, data: str | os.PathLike, *, out: str
         random.Random(0).shuffle(samples)
         samples = samples[:limit]
     paths, labels = [str(s.path) for s in samples], [s.label for s in samples]
-    calib = [str(s.path) for s in cat.split("train")]
-    random.Random(0).shuffle(calib)
-    calib = calib[:calibration_images]
+    calib = calibration_sample(data, split="train", images=calibration_images)
 
     variants: list[Variant] = []
     todo = [("default", str(bundle), list(runtimes))]

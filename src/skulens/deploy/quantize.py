@@ -16,7 +16,35 @@ import torch
 
 from ..models.inference import iter_batches
 
-__all__ = ["quantize_dynamic_linear", "quantize_onnx"]
+__all__ = ["calibration_sample", "quantize_dynamic_linear", "quantize_onnx", "quantize_onnx_with_photos"]
+
+
+def calibration_sample(data: str | os.PathLike, *, split: str = "train", images: int = 256,
+                       seed: int = 0) -> list[Path]:
+    """The photos that calibrate int8: a seeded random `images` of the catalogue split (the CLI and the
+    deployment benchmark use this one rule, so their int8 models are the same)."""
+    import random
+
+    from ..data.catalogue import load_catalogue
+
+    paths = [s.path for s in load_catalogue(data).split(split)]
+    random.Random(seed).shuffle(paths)
+    return paths[:images]
+
+
+def quantize_onnx_with_photos(onnx_path: str | os.PathLike, photos: Sequence[str | os.PathLike],
+                              out: str | os.PathLike | None = None, *, progress: bool = False) -> Path:
+    """int8 copy of an exported model (default NAME.int8.onnx beside it), calibrated on `photos`,
+    decoded and preprocessed as the card embedded in the file says."""
+    from ..data.dataset import decode_all
+    from ..data.transforms import create_transform
+    from ..models.onnx_runtime import read_onnx_card
+
+    onnx_path = Path(onnx_path)
+    card = read_onnx_card(onnx_path)
+    decoded = decode_all([Path(p) for p in photos], card.resize_to, desc="calibration", progress=progress)
+    out = Path(out) if out else onnx_path.with_name(onnx_path.stem + ".int8.onnx")
+    return quantize_onnx(onnx_path, out, decoded.images, create_transform(card))
 
 
 def quantize_onnx(onnx_path: str | os.PathLike, out: str | os.PathLike, images: Sequence[torch.Tensor],
@@ -27,7 +55,7 @@ def quantize_onnx(onnx_path: str | os.PathLike, out: str | os.PathLike, images: 
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from .onnx import CARD_KEY
+    from ..models.onnx_runtime import CARD_KEY
 
     if not images:
         raise ValueError("int8 calibration needs at least one image")

@@ -1,30 +1,5 @@
-"""Evaluation stage: metrics on predictions (`metrics`) and human-readable reports (`report`)."""
+"""Evaluation stage: metrics on predictions (`metrics`), reports (`report`), the evaluator, robustness, explain.
 
-from skulens.evaluate.metrics import (
-    AttributeMetrics,
-    ClassMetrics,
-    ConfusedPair,
-    EvalReport,
-    TopLoss,
-    choose_thresholds,
-    derive_coarse,
-    evaluate_predictions,
-    expected_calibration_error,
-    report_from_dict,
-)
-from skulens.evaluate.report import format_summary, write_report
-
-__all__ = [
-    "AttributeMetrics",
-    "ClassMetrics",
-    "ConfusedPair",
-    "EvalReport",
-    "TopLoss",
-    "choose_thresholds",
-    "derive_coarse",
-    "evaluate_predictions",
-    "expected_calibration_error",
-    "format_summary",
-    "report_from_dict",
-    "write_report",
-]
+Import the modules themselves (`from skulens.evaluate.metrics import EvalReport`): this package file stays
+empty so that `import skulens` (which binds the function `skulens.evaluate` over it) imports nothing heavy.
+"""

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..data.catalogue import CatalogueError, load_catalogue
+from ..data.locate import resolve_data
 from ..data.splits import Split, prepare_split
 from ..models.card import ModelCard
 from ..models.inference import HeadOutputs, combine_coarse
@@ -16,9 +17,9 @@ from .metrics import EvalReport, evaluate_predictions
 from .report import write_report
 
 if TYPE_CHECKING:
-    from ..api import Model
+    from ..models.predictor import Model
 
-__all__ = ["baseline_report", "evaluate_bundle", "evaluate_outputs"]
+__all__ = ["baseline_report", "evaluate_model", "evaluate_outputs"]
 
 
 def evaluate_outputs(out: HeadOutputs, split: Split, card: ModelCard,
@@ -46,7 +47,7 @@ def baseline_report(card: ModelCard, train: Split, val: Split, *, weights: str |
     """Linear probe on the untouched pretrained backbone: the 'before fine-tuning' point."""
     from ..data.transforms import create_transform
     from ..models.backbones import create_backbone
-    from ..train.baseline import extract_features, linear_probe
+    from .baseline import extract_features, linear_probe
 
     if backbone is None:
         backbone = create_backbone(card.backbone, weights, image_size=card.input_size)
@@ -57,10 +58,12 @@ def baseline_report(card: ModelCard, train: Split, val: Split, *, weights: str |
     return evaluate_outputs(HeadOutputs(probs, None, None, None), val, card.with_(attributes=()), None)
 
 
-def evaluate_bundle(model: Model, data: str | os.PathLike, *, split: str = "val",
-                    out: str | os.PathLike | None = None, baseline: bool = False,
-                    progress: bool = True) -> EvalReport:
+def evaluate_model(model: Model, data: str | os.PathLike | None = None, *, split: str = "val",
+                   out: str | os.PathLike | None = None, baseline: bool = False,
+                   progress: bool = True) -> EvalReport:
+    """Evaluate `model` on a catalogue split; without `data`, on the dataset recorded in its card."""
     card = model.card
+    data = resolve_data(data, recorded=card.dataset.get("path"))
     cat = load_catalogue(data)
     target = prepare_split(list(cat.split(split)), card, desc=split, progress=progress)
     if not target.images:

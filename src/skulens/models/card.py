@@ -8,11 +8,23 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from datetime import datetime, timezone
+from typing import Any, Protocol
+
+from .._version import __version__
 
 __all__ = ["CARD_SCHEMA", "ModelCard"]
 
 CARD_SCHEMA = 1
+
+
+class BackboneSpecLike(Protocol):
+    """What a card needs of a backbone's spec (models.backbones.BackboneSpec): input size and normalisation."""
+
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    crop_pct: float
 
 
 @dataclass(frozen=True)
@@ -44,6 +56,18 @@ class ModelCard:
     skulens_version: str = ""
     created: str = ""
     schema: int = CARD_SCHEMA
+
+    @classmethod
+    def for_backbone(cls, backbone: str, spec: BackboneSpecLike, *, embedding_dim: int,
+                     classes: tuple[str, ...] = (), **values: Any) -> ModelCard:
+        """The one constructor from a backbone spec: its preprocessing, this skulens version, the time now.
+
+        `values` are the other card fields (heads, dataset, train config); a plain pretrained backbone has none.
+        """
+        values.setdefault("skulens_version", __version__)
+        values.setdefault("created", datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        return cls(backbone=backbone, input_size=spec.input_size, mean=tuple(spec.mean), std=tuple(spec.std),
+                   crop_pct=spec.crop_pct, classes=tuple(classes), embedding_dim=embedding_dim, **values)
 
     @property
     def num_classes(self) -> int:

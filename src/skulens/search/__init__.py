@@ -1,1 +1,1 @@
-"""Search: image and text embeddings, vector indexes, alignment, enrolment and recommendations."""
+"""Search: image and text embeddings, vector indexes, text alignment and enrolment."""

@@ -16,12 +16,14 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from .text import DEFAULT_TEXT_MODEL, load_text_encoder
+from ..models.text import DEFAULT_TEXT_MODEL, load_text_encoder
 
-__all__ = ["ALIGN_FILE", "AlignConfig", "TextAligner", "load_aligner", "product_sentences", "train_aligner"]
+__all__ = ["ALIGN_FILE", "AlignConfig", "TextAligner", "align_catalogue", "load_aligner", "product_sentences",
+           "train_aligner"]
 
 ALIGN_FILE = "text_align.safetensors"
 
@@ -160,3 +162,25 @@ def train_aligner(image_vectors: np.ndarray, image_products: Sequence[int], prod
             "config": config.__dict__}
     return TextAligner(proj.weight.detach().numpy(), proj.bias.detach().numpy(), float(log_t.exp().item()), text_model,
                        info)
+
+
+def align_catalogue(model: Any, cat: Any, *, splits: Sequence[str] = ("train",), steps: int = 400,
+                    progress: bool = True) -> tuple[TextAligner, int, int]:
+    """Learn the text -> image alignment for a model from a catalogue's photos (plus its catalogue photos)
+    and product texts. Returns the aligner, the number of products and of photos it learned from."""
+    from ..data.catalogue import CatalogueError
+    from .catalogue_index import catalogue_records
+    from .embeddings import embed_paths
+
+    if not cat.products:
+        raise CatalogueError(f"{cat.root} has no product texts (titles/descriptions) to align with")
+    records, paths = catalogue_records(cat, splits=splits, catalogue_photos=True)
+    emb = embed_paths(model, paths, progress=progress)
+    labels = sorted({records[i].product_id for i in emb.kept} & set(cat.products))
+    index = {p: i for i, p in enumerate(labels)}
+    rows = [j for j, i in enumerate(emb.kept) if records[i].product_id in index]
+    y = [index[records[emb.kept[j]].product_id] for j in rows]
+    texts = [product_sentences(cat.products[p].title, cat.products[p].description, cat.products[p].info)
+             for p in labels]
+    aligner = train_aligner(emb.vectors[rows], y, texts, config=AlignConfig(steps=steps), progress=progress)
+    return aligner, len(labels), len(rows)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from ..data.catalogue import Catalogue, CatalogueError
 
 if TYPE_CHECKING:
-    from ..api import Model
+    from ..models.predictor import Model
     from .index import VectorIndex
 
 __all__ = ["BuildResult", "build_catalogue_index", "catalogue_records", "read_metadata_table"]

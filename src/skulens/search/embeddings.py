@@ -12,9 +12,9 @@ import numpy as np
 from ..data.catalogue import Product
 
 if TYPE_CHECKING:
-    from ..api import Model
+    from ..models.predictor import Model
 
-__all__ = ["EmbeddedImages", "content_vectors", "embed_paths", "product_text"]
+__all__ = ["EmbeddedImages", "embed_paths", "product_text"]
 
 _CHUNK = 512  # images decoded and held at once (~ 512 x 3 x 256 x 256 bytes = 100 MB)
 
@@ -59,24 +59,3 @@ def product_text(product: Product, *, with_description: bool = True) -> str:
     if with_description and product.description:
         return f"{title}. {product.description}"
     return title
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-12, None)
-
-
-def content_vectors(products: Sequence[Product], model: Model | None = None) -> dict[str, np.ndarray]:
-    """One content vector per product: MiniLM of its title + description, joined with the model's embedding
-    of its catalogue photo when a model is given (each part unit-length, the whole renormalised)."""
-    from .text import load_text_encoder
-
-    parts = [_unit(load_text_encoder().encode([product_text(p) for p in products]))]
-    if model is not None:
-        with_image = [i for i, p in enumerate(products) if p.image is not None]
-        embedded = embed_paths(model, [str(products[i].image) for i in with_image])
-        image = np.zeros((len(products), model.card.embedding_dim), dtype=np.float32)
-        image[[with_image[i] for i in embedded.kept]] = embedded.vectors
-        parts.append(_unit(image))
-    vectors = _unit(np.hstack(parts))
-    return {p.label: v for p, v in zip(products, vectors, strict=True)}

@@ -16,7 +16,7 @@ import numpy as np
 from .index import SearchHit, VectorIndex, compile_filter, record_matches
 
 if TYPE_CHECKING:
-    from ..api import ImageInput, Model
+    from ..models.predictor import ImageInput, Model
     from .align import TextAligner
 
 __all__ = ["TEXT_MODES", "SearchEngine", "rank_fusion"]
@@ -80,7 +80,7 @@ class SearchEngine:
 
     def _product_texts(self) -> tuple[list[str], np.ndarray]:
         """MiniLM vectors of each product's title + text, cached until the index is written to."""
-        from .text import load_text_encoder
+        from ..models.text import load_text_encoder
 
         n = (self.index.revision, len(self.index))  # len too: another process may have written to it
         if self._text_cache is None or self._text_cache[0] != n:
@@ -95,7 +95,7 @@ class SearchEngine:
 
     def _by_product_text(self, texts: Sequence[str], *, k: int, filter: Mapping[str, Any] | None
                          ) -> list[list[SearchHit]]:
-        from .text import load_text_encoder
+        from ..models.text import load_text_encoder
 
         ids, vecs = self._product_texts()
         compiled = compile_filter(filter)

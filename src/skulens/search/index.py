@@ -179,6 +179,12 @@ class SearchHit:
     score: float
     record: IndexRecord
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: the product, its score (6 decimals) and the best entry's labels, title, image, metadata."""
+        r = self.record
+        return {"product_id": self.product_id, "score": round(float(self.score), 6), "label": r.label,
+                "coarse_label": r.coarse_label, "title": r.title, "image": r.image, "metadata": dict(r.metadata)}
+
 
 # ---------------------------------------------------------------------------------------------
 # filters

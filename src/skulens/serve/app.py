@@ -28,7 +28,7 @@ from .settings import ServeSettings
 from .state import ServiceState
 
 if TYPE_CHECKING:
-    from ..api import Model
+    from ..models.predictor import Model
 
 __all__ = ["create_app"]
 
@@ -55,7 +55,7 @@ def create_app(settings: ServeSettings, *, model: Model | None = None, state: Se
         finally:
             await st.stop()
 
-    from .. import __version__
+    from .._version import __version__
 
     offline_docs = _swagger_assets()
     app = FastAPI(title="skulens", version=__version__, lifespan=lifespan,

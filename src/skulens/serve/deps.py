@@ -17,7 +17,7 @@ from .state import ServiceState
 if TYPE_CHECKING:
     from PIL import Image
 
-    from ..api import Prediction
+    from ..models.predictor import Prediction
 
 __all__ = ["ReadKey", "State", "WriteKey", "busy", "decode_upload", "get_state", "predict_upload"]
 

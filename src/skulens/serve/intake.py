@@ -1,4 +1,5 @@
-"""Inventory intake from a folder (`skulens inventory scan DIR`): the same store and rules as the API.
+"""Inventory intake: the one rule that turns a recognised photo into a store entry (`intake_photo`, used by
+the API's intake and by `scan`), and intake from a folder (`skulens inventory scan DIR`).
 
 Resumable by construction: photos already in the store are skipped before recognition, and each chunk
 commits in one transaction, so a scan killed at any point and run again counts every photo once.
@@ -16,14 +17,28 @@ from typing import TYPE_CHECKING
 from ..data.catalogue import IMAGE_SUFFIXES
 from ..data.decode import DEFAULT_MAX_PIXELS, ImageDecodeError
 from .images import content_hash, stripped_jpeg
-from .inventory import IntakePhoto, IntakeResult, InventoryStore
+from .inventory import IntakePhoto, IntakeResult, InventoryStore, is_counted
 
 if TYPE_CHECKING:
-    from ..api import Model
+    from ..models.predictor import Model, Prediction
 
-__all__ = ["ScanSummary", "find_images", "scan"]
+__all__ = ["TOP_K", "ScanSummary", "find_images", "intake_photo", "scan"]
 
 logger = logging.getLogger(__name__)
+
+TOP_K = 5  # candidates stored with each photo: what a reviewer chooses from
+
+
+def intake_photo(data: bytes, sha256: str, source: str, pred: Prediction, *, threshold: float,
+                 keep_photos: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS) -> IntakePhoto:
+    """A recognised photo ready for `InventoryStore.intake`.
+
+    Only a photo that will be kept (every one with `keep_photos`, else one going to review) is
+    re-encoded; re-encoding from pixels drops EXIF (GPS included). ImageDecodeError if it cannot be.
+    """
+    keep = keep_photos or not is_counted(pred.fine_label, pred.fine_confidence, threshold)
+    stored = stripped_jpeg(data, max_pixels=max_pixels) if keep else None
+    return IntakePhoto(sha256, source, pred.fine_label, pred.fine_confidence, pred.top_k, stored)
 
 
 @dataclass
@@ -77,20 +92,18 @@ def scan(model: Model, store: InventoryStore, paths: Sequence[Path], *, threshol
                 todo.append((path, data, h))
         if not todo:
             continue
-        preds = model.predict([d for _, d, _ in todo], top_k=5, batch_size=len(todo))
+        preds = model.predict([d for _, d, _ in todo], top_k=TOP_K, batch_size=len(todo))
         photos, sources = [], []
         for (path, data, h), pred in zip(todo, preds, strict=True):
             if pred.level == "error":
                 yield path, pred.error or "unreadable"
                 continue
-            stored = None
-            if keep_photos or pred.fine_confidence < threshold:
-                try:
-                    stored = stripped_jpeg(data, max_pixels=max_pixels)
-                except ImageDecodeError as exc:
-                    yield path, exc.reason
-                    continue
-            photos.append(IntakePhoto(h, str(path), pred.fine_label, pred.fine_confidence, pred.top_k, stored))
+            try:
+                photos.append(intake_photo(data, h, str(path), pred, threshold=threshold, keep_photos=keep_photos,
+                                           max_pixels=max_pixels))
+            except ImageDecodeError as exc:
+                yield path, exc.reason
+                continue
             sources.append(path)
         results = store.intake(photos, threshold=threshold, actor=actor, keep_photos=keep_photos)
         yield from zip(sources, results, strict=True)

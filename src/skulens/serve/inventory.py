@@ -38,6 +38,7 @@ __all__ = [
     "InventoryError",
     "InventoryStore",
     "ReviewItem",
+    "is_counted",
 ]
 
 SCHEMA_VERSION = 1
@@ -139,6 +140,11 @@ class AuditEntry:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def is_counted(label: str | None, confidence: float, threshold: float) -> bool:
+    """Whether a recognised photo counts at once (else it waits for a reviewer)."""
+    return label is not None and confidence >= threshold
 
 
 def _now() -> str:
@@ -250,7 +256,7 @@ class InventoryStore:
         if row is not None:
             return IntakeResult(p.sha256, p.source, "duplicate", row["label"] or row["predicted_label"],
                                 row["confidence"], previous_status=row["status"])
-        counted = p.predicted_label is not None and p.confidence >= threshold
+        counted = is_counted(p.predicted_label, p.confidence, threshold)
         status = "counted" if counted else "review"
         stored = None
         if p.image is not None and (keep_photos or not counted):

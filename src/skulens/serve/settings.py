@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -17,6 +18,10 @@ from ..config import ConfigError, load_config
 __all__ = ["ApiKey", "ServeSettings", "load_api_keys", "resolve_settings"]
 
 API_KEYS_ENV = "SKULENS_API_KEYS"
+# Old setting name -> new one. An old name keeps working, with a warning, for one release (until 0.2).
+_RENAMED = {"catalogue": "data"}
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -32,7 +37,7 @@ class ServeSettings:
     model: str  # bundle folder
     index: str | None = None  # vector index (search, similar, product CRUD, enrolment)
     events: str | None = None  # behaviour-log CSV (recommendations)
-    catalogue: str | None = None  # product facts for support replies; default: the bundle's training data
+    data: str | None = None  # catalogue: product facts and photos; default: the bundle's training data
     db: str | None = None  # inventory SQLite file; None: no inventory endpoints
     host: str = "127.0.0.1"  # localhost only unless asked: the service has write endpoints
     port: int = 8000
@@ -119,8 +124,8 @@ def load_api_keys(path: str | os.PathLike[str] | None = None, env: str | None = 
 
 def resolve_settings(values: dict[str, Any], config_file: str | os.PathLike[str] | None = None) -> ServeSettings:
     """File values, then explicit `values` (None means unset); unknown keys are an error."""
-    merged: dict[str, Any] = dict(load_config(config_file)) if config_file else {}
-    merged.update({k: v for k, v in values.items() if v is not None})
+    merged = _renamed(dict(load_config(config_file)) if config_file else {}, str(config_file))
+    merged.update(_renamed({k: v for k, v in values.items() if v is not None}, "the given values"))
     known = {f.name: f for f in fields(ServeSettings)}
     unknown = sorted(set(merged) - set(known))
     if unknown:
@@ -132,6 +137,19 @@ def resolve_settings(values: dict[str, Any], config_file: str | os.PathLike[str]
     for name, value in merged.items():
         out[name] = _coerce(name, value, known[name].default)
     return ServeSettings(**out)
+
+
+def _renamed(values: dict[str, Any], source: str) -> dict[str, Any]:
+    """`values` with deprecated setting names replaced by the current ones (a warning for each)."""
+    for old, new in _RENAMED.items():
+        if old not in values:
+            continue
+        if new in values:
+            raise ConfigError(f"{source}: both {old!r} and {new!r} are set; {old!r} is the old name of {new!r}")
+        logger.warning("%s: serve setting %r is deprecated and will be removed in 0.2; call it %r", source, old,
+                       new)
+        values[new] = values.pop(old)
+    return values
 
 
 def _coerce(name: str, value: Any, default: Any) -> Any:

@@ -6,7 +6,6 @@ Everything is loaded once, at startup; request handlers only borrow it.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
@@ -20,13 +19,16 @@ from PIL import Image
 
 from ..data.catalogue import Product
 from ..data.decode import decode_image
+from ..data.transforms import to_uint8_tensor
+from ..models.inference import combine_coarse
+from ..models.predictor import decide
 from .batching import MicroBatcher
 from .inventory import IntakePhoto, IntakeResult, InventoryStore
 from .metrics import ServiceMetrics
 from .settings import ServeSettings
 
 if TYPE_CHECKING:
-    from ..api import Model, Prediction
+    from ..models.predictor import Model, Prediction
     from .support import SupportResponder
 
 __all__ = ["Recognizer", "ServiceState"]
@@ -41,6 +43,7 @@ class _Job:
     kind: str  # predict | embed | explain
     image: Image.Image
     top_k: int = 5
+    min_confidence: float = 0.0
     target: str | None = None  # explain: the class to explain (None: the predicted one)
 
 
@@ -73,23 +76,29 @@ class Recognizer:
             idx = [i for i, j in enumerate(jobs) if j.kind == kind]
             if not idx:
                 continue
-            images = [jobs[i].image for i in idx]
             if kind == "predict":
-                k = max(jobs[i].top_k for i in idx)
-                results: Any = self.model.predict(images, top_k=k, batch_size=len(images))
+                results: Any = self._predict([jobs[i] for i in idx])
             else:
-                results = self.model.embed(images, batch_size=len(images))
+                results = self.model.embed([jobs[i].image for i in idx], batch_size=len(idx))
             for row, i in enumerate(idx):
                 out[i] = results[row]
         return out
 
+    def _predict(self, jobs: list[_Job]) -> list[Prediction]:
+        """One forward pass for every request in the batch, then each request's own top-k and abstention
+        through the one decision rule (`decide`, as `Model.predict` uses it)."""
+        model = self.model
+        card = model.card
+        out = model.run([to_uint8_tensor(j.image) for j in jobs], batch_size=len(jobs))
+        coarse = combine_coarse(out.fine, out.coarse_head, card.fine_to_coarse, len(card.coarse_classes),
+                                card.coarse_rule)
+        return [decide(card, out.fine[row], None if coarse is None else coarse[row],
+                       None if out.attributes is None else out.attributes[row], f"<image {row}>", job.top_k,
+                       job.min_confidence) for row, job in enumerate(jobs)]
+
     async def predict(self, image: Image.Image, *, top_k: int = 5, min_confidence: float = 0.0) -> Prediction:
-        pred = await self.batcher.submit(_Job("predict", image, top_k), timeout=self.settings.request_timeout_s)
-        # The batch ran at the largest top_k and no abstention; apply this request's own.
-        pred = dataclasses.replace(pred, top_k=pred.top_k[:top_k])
-        if pred.level in ("fine", "coarse") and pred.confidence < min_confidence:
-            pred = dataclasses.replace(pred, label=None, level="unknown")
-        return pred
+        return await self.batcher.submit(_Job("predict", image, top_k, min_confidence),
+                                         timeout=self.settings.request_timeout_s)
 
     async def explain(self, image: Image.Image, target: str | None = None) -> Any:
         """Grad-CAM for one photo (an Explanation), or the ValueError for an unknown target."""
@@ -134,7 +143,7 @@ class ServiceState:
 
     @classmethod
     def load(cls, settings: ServeSettings, model: Model | None = None) -> ServiceState:
-        from ..api import load
+        from ..models.predictor import load_model as load
 
         if model is None:
             model = load(settings.model, device=settings.device, backend=settings.backend)
@@ -146,7 +155,7 @@ class ServiceState:
                     products[r.product_id] = Product(label=r.product_id, coarse_label=r.coarse_label,
                                                      title=r.title or r.product_id, description=r.text,
                                                      image=r.image and Path(r.image))
-        recommender = _load_recommender(settings, search, products) if settings.events else None
+        recommender = _load_recommender(settings, model, products) if settings.events else None
         if responder is not None:
             responder.products = products
         return cls(settings, model, products=products, responder=responder, support_error=error, search=search,
@@ -159,7 +168,7 @@ class ServiceState:
 
     def reload_model(self) -> None:
         """Load the bundle again (after an enrolment changed it) and swap it in between two batches."""
-        from ..api import load
+        from ..models.predictor import load_model as load
 
         with self._model_lock:
             model = load(self.settings.model, device=self.settings.device, backend=self.settings.backend)
@@ -219,34 +228,30 @@ def _load_search(settings: ServeSettings, model: Model) -> Any:
     return SearchEngine(model, open_index(settings.index), load_aligner(settings.model))
 
 
-def _load_recommender(settings: ServeSettings, search: Any, products: dict[str, Product]) -> Any:
-    """The hybrid recommender fitted on the behaviour log; product content = mean index vector per product."""
-    from ..search.recommend import create_recommender
-    from ..search.shopping_log import read_events
+def _load_recommender(settings: ServeSettings, model: Model, products: dict[str, Product]) -> Any:
+    """The hybrid recommender fitted on the behaviour log, built as `skulens recommend` builds it."""
+    from ..recommend.recommenders import fit_recommender
+    from ..recommend.shopping_log import read_events
 
     assert settings.events is not None
     events = read_events(settings.events)
-    vectors: dict[str, np.ndarray] | None = None
-    if search is not None:
-        index = search.index
-        by_product: dict[str, list[str]] = {}
-        for r in index.records():
-            by_product.setdefault(r.product_id, []).append(r.id)
-        vectors = {p: index.vectors(ids).mean(axis=0) for p, ids in by_product.items()}
-    rec = create_recommender("hybrid", item_vectors=vectors) if vectors else create_recommender("hybrid")
-    return rec.fit(events, catalogue=products)
+    try:
+        return fit_recommender(events, products, model=model)
+    except (ImportError, FileNotFoundError) as exc:  # product content needs the text encoder
+        logger.warning("recommendations from the behaviour log only, without product content: %s", exc)
+        return fit_recommender(events, products, item_vectors=None)
 
 
 def _load_support(settings: ServeSettings, model: Model) -> tuple[dict[str, Product], SupportResponder | None,
                                                                   str | None]:
-    """Catalogue products (--catalogue, else the bundle's training data) and the MiniLM responder."""
+    """Catalogue products (--data, else the bundle's training data) and the MiniLM responder."""
     from .support import SupportResponder, load_products
 
     fallback = model.card.dataset.get("path")
     try:
-        products = load_products(settings.catalogue, fallback)
+        products = load_products(settings.data, fallback)
     except Exception as exc:
-        if settings.catalogue:
+        if settings.data:
             raise
         logger.warning("catalogue %s could not be loaded (%s); support replies know only the labels", fallback, exc)
         products = {}
@@ -257,7 +262,7 @@ def _load_support(settings: ServeSettings, model: Model) -> tuple[dict[str, Prod
         if c not in products:
             products[c] = Product(label=c, coarse_label=coarse.get(c), title=c.replace("-", " "))
     try:
-        from ..search.text import load_text_encoder
+        from ..models.text import load_text_encoder
 
         encoder = load_text_encoder(settings.text_model)
     except (ImportError, FileNotFoundError) as exc:

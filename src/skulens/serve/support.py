@@ -20,7 +20,7 @@ import numpy as np
 from ..data.catalogue import Catalogue, Product
 
 if TYPE_CHECKING:
-    from ..api import Prediction
+    from ..models.predictor import Prediction
 
 __all__ = ["Fact", "SupportAnswer", "SupportResponder", "load_products", "product_facts", "products_from_catalogue"]
 

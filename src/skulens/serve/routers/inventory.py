@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 from dataclasses import dataclass
+from functools import partial
 from typing import Annotated
 
 import anyio
@@ -14,7 +15,8 @@ from fastapi import Path as PathParam
 from ...data.decode import ImageDecodeError
 from ..batching import QueueFullError
 from ..deps import ReadKey, State, WriteKey, busy
-from ..images import content_hash, stripped_jpeg
+from ..images import content_hash
+from ..intake import TOP_K, intake_photo
 from ..inventory import IntakePhoto, InventoryError, InventoryStore
 from ..schemas import (
     AdjustRequest,
@@ -61,11 +63,11 @@ async def _recognise(state: ServiceState, upload: UploadFile) -> IntakePhoto | I
     except ImageDecodeError as exc:
         return _Failed(IntakeItemOut(sha256=sha, source=name, status="error", error=f"{name}: {exc.reason}"),
                        decode_error_status(exc))
-    pred = await state.recognizer.predict(image, top_k=5)
-    keep = state.settings.keep_uploads or pred.fine_confidence < state.settings.review_threshold
-    # Only photos that are kept are re-encoded; re-encoding from pixels drops EXIF (GPS included).
-    stored = await anyio.to_thread.run_sync(stripped_jpeg, data) if keep else None
-    return IntakePhoto(sha, name, pred.fine_label, pred.fine_confidence, pred.top_k, stored)
+    pred = await state.recognizer.predict(image, top_k=TOP_K)
+    settings = state.settings
+    return await anyio.to_thread.run_sync(partial(
+        intake_photo, data, sha, name, pred, threshold=settings.review_threshold, keep_photos=settings.keep_uploads,
+        max_pixels=settings.max_pixels))
 
 
 @router.post("/intake", response_model=IntakeOut, summary="Count products from photos (idempotent per photo)")

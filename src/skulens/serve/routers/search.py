@@ -16,6 +16,7 @@ from fastapi import APIRouter, File, Form, HTTPException, Query, UploadFile
 from fastapi import Path as PathParam
 from pydantic import BaseModel, Field
 
+from ...search.index import IndexRecord, IndexStoreError, SearchHit
 from ..batching import QueueFullError
 from ..deps import ReadKey, State, WriteKey, busy, decode_upload
 from ..images import content_hash
@@ -57,10 +58,15 @@ class ProductPatch(BaseModel):
         default_factory=dict, description="merged into the product's index metadata; null deletes a key")
 
 
-def _hits(state: ServiceState, hits: list[Any]) -> list[HitOut]:
-    return [HitOut(product_id=h.product_id, score=round(float(h.score), 6), title=h.record.title or h.product_id,
-                   label=h.record.label, coarse_label=h.record.coarse_label, metadata=dict(h.record.metadata),
-                   has_image=state.product(h.product_id).image is not None or bool(h.record.image)) for h in hits]
+def _hit(state: ServiceState, hit: SearchHit) -> HitOut:
+    d = hit.to_dict()
+    image = d.pop("image")  # a path on the server: clients learn only whether /v1/products/{id}/image has one
+    return HitOut(**{**d, "title": d["title"] or hit.product_id},
+                  has_image=state.product(hit.product_id).image is not None or bool(image))
+
+
+def _hits(state: ServiceState, hits: list[SearchHit]) -> list[HitOut]:
+    return [_hit(state, h) for h in hits]
 
 
 def _filter(raw: str | None) -> dict[str, Any] | None:
@@ -76,8 +82,6 @@ def _filter(raw: str | None) -> dict[str, Any] | None:
 
 
 async def _index_call(state: ServiceState, fn: Any) -> Any:
-    from ...search.index import IndexStoreError
-
     try:
         return await anyio.to_thread.run_sync(state.with_index, fn)
     except IndexStoreError as exc:
@@ -130,7 +134,7 @@ async def similar(state: State, _: ReadKey, product_id: ProductId, k: Annotated[
         hits = await _index_call(state, lambda: state.search.more_like_this(product_id, k=k, filter=flt))
         return _hits(state, hits)
     if state.recommender is not None:
-        from ...search.recommend import UnknownProductError
+        from ...recommend.recommenders import UnknownProductError
 
         try:
             recs = await anyio.to_thread.run_sync(lambda: state.recommender.similar(product_id, k))
@@ -200,8 +204,6 @@ async def create_product(state: State, actor: WriteKey,
 async def add_images(state: State, actor: WriteKey, product_id: ProductId,
                      images: Annotated[list[UploadFile], File(description="photos of the product")]
                      ) -> dict[str, Any]:
-    from ...search.index import IndexRecord
-
     if len(images) > state.settings.max_files:
         raise HTTPException(413, f"at most {state.settings.max_files} photos per request")
     product = state.product(product_id)
@@ -231,8 +233,6 @@ async def add_images(state: State, actor: WriteKey, product_id: ProductId,
 async def update_product(state: State, actor: WriteKey, product_id: ProductId, patch: ProductPatch
                          ) -> dict[str, Any]:
     import dataclasses
-
-    from ...search.index import IndexRecord
 
     def run() -> int:
         index = state.search.index

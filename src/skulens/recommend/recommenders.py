@@ -31,11 +31,17 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import sparse
 
-from skulens.search.shopping_log import DEFAULT_EVENT_WEIGHTS, Event
+from .shopping_log import DEFAULT_EVENT_WEIGHTS, Event
+
+if TYPE_CHECKING:
+    from ..data.catalogue import Catalogue, Product
+    from ..models.predictor import Model
 
 __all__ = [
     "ContentRecommender",
@@ -48,6 +54,8 @@ __all__ = [
     "cold_start_split",
     "create_recommender",
     "evaluate",
+    "fit_recommender",
+    "item_vectors",
     "leave_last_out",
     "ranking_metrics",
 ]
@@ -306,6 +314,11 @@ class _ContentMixin:
     def _init_content(self, item_vectors: Mapping[str, Sequence[float] | np.ndarray] | None) -> None:
         self._vectors = _content_matrix(item_vectors or {})
 
+    @property
+    def item_vectors(self) -> Mapping[str, np.ndarray]:
+        """The content vectors in use, by product (unit length)."""
+        return MappingProxyType(self._vectors)
+
     def _content_items(self) -> Iterable[str]:
         return self._vectors.keys()
 
@@ -541,6 +554,49 @@ def create_recommender(kind: str = "hybrid", **kwargs: object) -> Recommender:
     if kind not in _RECOMMENDERS:
         raise ValueError(f"unknown recommender {kind!r} (choose from {', '.join(_RECOMMENDERS)})")
     return _RECOMMENDERS[kind](**kwargs)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-12, None)
+
+
+def item_vectors(catalogue: Catalogue | Mapping[str, Product], model: Model | None = None) -> dict[str, np.ndarray]:
+    """The recommenders' product content, one vector per product of a catalogue (or a label -> Product map):
+    MiniLM of its title + description, joined with the model's embedding of its catalogue photo when a model
+    is given (each part unit-length, the whole renormalised). `skulens recommend` and the service use it.
+    """
+    from ..data.catalogue import Catalogue
+    from ..models.text import load_text_encoder
+    from ..search.embeddings import embed_paths, product_text
+
+    products = list((catalogue.products if isinstance(catalogue, Catalogue) else catalogue).values())
+    if not products:
+        return {}
+    parts = [_unit(load_text_encoder().encode([product_text(p) for p in products]))]
+    if model is not None:
+        with_image = [i for i, p in enumerate(products) if p.image is not None]
+        embedded = embed_paths(model, [str(products[i].image) for i in with_image])
+        image = np.zeros((len(products), model.card.embedding_dim), dtype=np.float32)
+        image[[with_image[i] for i in embedded.kept]] = embedded.vectors
+        parts.append(_unit(image))
+    vectors = _unit(np.hstack(parts))
+    return {p.label: v for p, v in zip(products, vectors, strict=True)}
+
+
+def fit_recommender(events: Sequence[Event], products: Mapping[str, Product] | None = None, *,
+                    kind: str = "hybrid", model: Model | None = None, **options: Any) -> Recommender:
+    """A recommender of ``kind`` fitted on ``events``; ``products`` (the catalogue) join the logged products.
+
+    Product content for ``content`` and ``hybrid`` is `item_vectors(products, model)`. ``skulens
+    recommend`` and the service both build their recommender here, so the same log, products and model
+    give the same answers. ``item_vectors`` in ``options`` replaces that content (``None``: none); the
+    other options go to the recommender (see `create_recommender`).
+    """
+    if kind != "popularity" and "item_vectors" not in options:
+        options["item_vectors"] = item_vectors(products or {}, model)
+    rec = create_recommender(kind, **options)
+    return rec.fit(events, catalogue=None if products is None else list(products))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -29,27 +29,33 @@ def fusion_accuracies(head: Any, image: np.ndarray, text: np.ndarray, has_text: 
 
 
 def _embed_split(model: Any, samples: list, encoder: Any, classes: dict[str, int], progress: bool):
-    from .embeddings import embed_paths
+    from ..data.catalogue import CatalogueError
+    from ..data.dataset import decode_all
 
     unknown = sorted({s.label for s in samples} - set(classes))
     if unknown:
         raise ValueError(f"label(s) the model does not know: {', '.join(unknown[:5])}")
-    emb = embed_paths(model, [s.path for s in samples], progress=progress)
-    kept = [samples[i] for i in emb.kept]
+    # Decoded and embedded as the evaluator does a split; undecodable photos are skipped (and logged).
+    decoded = decode_all([s.path for s in samples], model.card.resize_to, progress=progress)
+    if not decoded.images:
+        raise CatalogueError(f"none of {len(samples)} photos could be decoded")
+    out = model.run(decoded.images, embeddings=True, progress=progress)
+    assert out.embeddings is not None
+    kept = [samples[i] for i in decoded.kept]
     texts = [(s.text or "").strip() for s in kept]
     has = np.array([bool(t) for t in texts])
     tv = np.zeros((len(kept), encoder.dim), dtype=np.float32)
     if has.any():
         tv[has] = encoder.encode([t for t in texts if t])
-    return emb.vectors, tv, has, np.array([classes[s.label] for s in kept])
+    return out.embeddings.astype(np.float32), tv, has, np.array([classes[s.label] for s in kept])
 
 
 def fuse_and_evaluate(bundle: str | os.PathLike, data: str | os.PathLike, *, out: str | os.PathLike | None = None,
                       progress: bool = False) -> dict[str, Any]:
-    from ..api import load
     from ..data.catalogue import load_catalogue
     from ..models.fusion import save_fusion, train_fusion
-    from .text import load_text_encoder
+    from ..models.predictor import load_model as load
+    from ..models.text import load_text_encoder
 
     model = load(bundle)
     cat = load_catalogue(data)

@@ -1,0 +1,77 @@
+"""ONNX Runtime as an inference backend: the card embedded in an exported file, and a Runner over it.
+
+Export (writing the file) is the deploy stage's (skulens.deploy.onnx); running one is inference, so it lives
+here beside the PyTorch runner and `skulens.load(..., backend="onnx")` needs nothing above models/.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from .bundle import BundleError
+from .card import ModelCard
+from .inference import HeadOutputs, collect_outputs, iter_batches
+
+__all__ = ["CARD_KEY", "ONNX_NAME", "OnnxRunner", "read_onnx_card", "require_onnx"]
+
+# The deploy stage's logger name: users (and tests) filter ONNX messages on it.
+log = logging.getLogger("skulens.deploy.onnx")
+
+ONNX_NAME = "model.onnx"
+CARD_KEY = "skulens_card"
+
+
+def require_onnx() -> None:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError as e:
+        raise ImportError("ONNX export and the onnx backend need: pip install 'skulens[onnx]'") from e
+
+
+def read_onnx_card(path: str | os.PathLike) -> ModelCard:
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    if CARD_KEY not in meta:
+        raise BundleError(f"{path}: an ONNX file without a skulens card (export it with `skulens export`)")
+    return ModelCard.from_dict(json.loads(meta[CARD_KEY]))
+
+
+class OnnxRunner:
+    """Runs the exported graph with ONNX Runtime: on the CPU, or through its CUDA provider when `device` is
+    cuda and the installed onnxruntime has one (onnxruntime-gpu); otherwise the CPU, with a warning."""
+
+    def __init__(self, path: str | os.PathLike, *, threads: int | None = None, device: str = "cpu"):
+        require_onnx()
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        providers = ["CPUExecutionProvider"]
+        if str(device).startswith("cuda"):
+            if "CUDAExecutionProvider" in ort.get_available_providers():
+                index = str(device).partition(":")[2] or "0"
+                providers = [("CUDAExecutionProvider", {"device_id": int(index)}), "CPUExecutionProvider"]
+            else:
+                log.warning("onnxruntime has no CUDA provider (pip install onnxruntime-gpu): ONNX runs on the CPU")
+        self.session = ort.InferenceSession(str(path), opts, providers=providers)
+        self.provider = self.session.get_providers()[0]
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        self.n_classes = self.session.get_outputs()[0].shape[-1]
+
+    def __call__(self, images: Sequence[torch.Tensor], transform: Callable[[torch.Tensor], torch.Tensor], *,
+                 batch_size: int = 32, embeddings: bool = False, progress: bool = False) -> HeadOutputs:
+        batches = []
+        for x in iter_batches(images, transform, batch_size, progress=progress):
+            values = self.session.run(self.outputs, {"image": x.numpy().astype(np.float32)})
+            batches.append(dict(zip(self.outputs, values, strict=True)))
+        return collect_outputs(batches, int(self.n_classes), embeddings)

@@ -1,0 +1,254 @@
+"""The model object: a bundle's network and card, the decision rule, and the loaders that build one.
+
+`Model.predict` decodes images, runs the heads (PyTorch or ONNX Runtime, one `Runner` interface) and turns
+probabilities into `Prediction`s with `decide`, the one decision rule (the REST service uses it too).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..data.decode import ImageDecodeError, decode_image
+from ..data.transforms import create_transform, to_uint8_tensor
+from .bundle import BundleError, load_bundle
+from .card import ModelCard
+from .inference import HeadOutputs, Runner, TorchRunner, combine_coarse, resolve_device
+
+if TYPE_CHECKING:
+    from ..evaluate.metrics import EvalReport
+
+__all__ = ["PRETRAINED_PREFIX", "ImageInput", "Model", "Prediction", "decide", "load_model", "load_onnx",
+           "pretrained_model"]
+
+ImageInput = str | os.PathLike | bytes | Image.Image
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's result. `label` is the decision: the fine label, the coarse label when the fine one is
+    too uncertain (level "coarse"), or None when abstaining ("unknown") or the image failed ("error")."""
+
+    source: str
+    label: str | None
+    level: str  # fine | coarse | unknown | error
+    confidence: float
+    fine_label: str | None = None
+    fine_confidence: float = 0.0
+    coarse_label: str | None = None
+    coarse_confidence: float | None = None
+    top_k: tuple[tuple[str, float], ...] = ()
+    attributes: tuple[tuple[str, float], ...] = ()  # attributes above their thresholds, with probabilities
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["top_k"] = [{"label": lab, "p": round(p, 6)} for lab, p in self.top_k]
+        d["attributes"] = {a: round(p, 6) for a, p in self.attributes}
+        return d
+
+
+def decide(card: ModelCard, fine: np.ndarray, coarse: np.ndarray | None, attrs: np.ndarray | None,
+            source: str, top_k: int, min_confidence: float) -> Prediction:
+    order = np.argsort(-fine)[: max(1, top_k)]
+    f = int(order[0])
+    fine_conf = float(fine[f])
+    c_label = c_conf = None
+    if coarse is not None:
+        c = int(coarse.argmax())
+        c_label, c_conf = card.coarse_classes[c], float(coarse[c])
+    label, level, conf = card.classes[f], "fine", fine_conf
+    if fine_conf < card.coarse_fallback and c_label is not None and c_conf is not None and c_conf > fine_conf:
+        label, level, conf = c_label, "coarse", c_conf
+    if conf < min_confidence:
+        label, level = None, "unknown"
+    attributes: tuple[tuple[str, float], ...] = ()
+    if attrs is not None and card.attributes:
+        thr = card.attribute_thresholds or (0.5,) * len(card.attributes)
+        attributes = tuple((a, float(p)) for a, p, t in zip(card.attributes, attrs, thr, strict=True) if p >= t)
+    return Prediction(source, label, level, conf, card.classes[f], fine_conf, c_label, c_conf,
+                      tuple((card.classes[int(i)], float(fine[int(i)])) for i in order), attributes)
+
+
+class Model:
+    """A loaded bundle: classify, embed and evaluate images with the preprocessing it was trained with.
+
+    `runner` computes the heads for decoded images; PyTorch by default, ONNX Runtime with
+    `skulens.load(bundle, backend="onnx")`. Everything else (decoding, decisions, reports) is shared.
+    """
+
+    def __init__(self, net: torch.nn.Module | None, card: ModelCard, device: torch.device,
+                 precision: str = "auto", runner: Runner | None = None):
+        self.net, self.card, self.device, self.precision = net, card, device, precision
+        self.path: Path | None = None  # the bundle folder, when loaded from one (side files: fusion head, ...)
+        self.transform = create_transform(card)
+        if runner is None:
+            if net is None:
+                raise ValueError("Model needs a network or a runner")
+            runner = TorchRunner(net, device, precision)
+        self.runner = runner
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.card.classes
+
+    def run(self, images: Sequence[torch.Tensor], *, embeddings: bool = False, batch_size: int = 32,
+            progress: bool = False) -> HeadOutputs:
+        """Head outputs for decoded uint8 CHW images (the card's preprocessing is applied here)."""
+        return self.runner(images, self.transform, batch_size=batch_size, embeddings=embeddings,
+                           progress=progress)
+
+    def _decode(self, images: Sequence[ImageInput]) -> tuple[list[torch.Tensor], list[int], list[tuple[int, str]]]:
+        tensors, ok, failed = [], [], []
+        for i, im in enumerate(images):
+            try:
+                pil = im.convert("RGB") if isinstance(im, Image.Image) else decode_image(im, reduce_to=self.card.resize_to)
+                tensors.append(to_uint8_tensor(pil))
+                ok.append(i)
+            except ImageDecodeError as e:
+                failed.append((i, e.reason))
+        return tensors, ok, failed
+
+    def predict(self, images: Sequence[ImageInput], *, top_k: int = 5, min_confidence: float = 0.0,
+                batch_size: int = 32, progress: bool = False, texts: Sequence[str | None] | None = None
+                ) -> list[Prediction]:
+        """Predictions in input order; an image that cannot be decoded gets level "error" with the reason.
+
+        texts: each photo's listing text (title/description; None or "" for none), classified with the
+        bundle's image + text fusion head (`skulens fuse`) instead of the image classifier.
+        """
+        if texts is not None and len(texts) != len(images):
+            raise ValueError(f"{len(texts)} texts for {len(images)} images: give one per image (None for none)")
+        if not self.card.classes:
+            raise ValueError("this model has no classifier (a plain pretrained backbone): use embed() or "
+                             "search, or fine-tune it with `skulens train`")
+        names = [_name(im, i) for i, im in enumerate(images)]
+        tensors, ok, failed = self._decode(images)
+        results: list[Prediction | None] = [None] * len(images)
+        for i, reason in failed:
+            results[i] = Prediction(names[i], None, "error", 0.0, error=reason)
+        if tensors:
+            out = self.run(tensors, batch_size=batch_size, progress=progress, embeddings=texts is not None)
+            if texts is not None:
+                out = self._fuse(out, [texts[i] for i in ok])
+            card = self.card
+            coarse = combine_coarse(out.fine, out.coarse_head, card.fine_to_coarse, len(card.coarse_classes),
+                                    card.coarse_rule)
+            for row, i in enumerate(ok):
+                results[i] = decide(self.card, out.fine[row], None if coarse is None else coarse[row],
+                                     None if out.attributes is None else out.attributes[row], names[i], top_k,
+                                     min_confidence)
+        return [r for r in results if r is not None]
+
+    def _fuse(self, out: HeadOutputs, texts: list[str | None]) -> HeadOutputs:
+        """Replace the fine probabilities by the fusion head's, from the image embedding and the text."""
+        from dataclasses import replace
+
+        from .fusion import load_fusion
+        from .text import load_text_encoder
+
+        fusion = load_fusion(self.path) if self.path is not None else None
+        if fusion is None:
+            raise ValueError("this bundle has no fusion head: train one with `skulens fuse BUNDLE --data ...`")
+        head, classes = fusion
+        if classes != self.card.classes:
+            raise ValueError("the fusion head was trained for other classes (enrolled or retrained since): "
+                             "run `skulens fuse` again")
+        assert out.embeddings is not None
+        has = np.array([bool(t and t.strip()) for t in texts])
+        enc = load_text_encoder()
+        tv = np.zeros((len(texts), enc.dim), dtype=np.float32)
+        if has.any():
+            tv[has] = enc.encode([t for t in texts if t and t.strip()])
+        probs = head.probabilities(out.embeddings, tv)
+        if (~has).any():
+            probs[~has] = head.probabilities(out.embeddings[~has], None)
+        return replace(out, fine=probs.astype(np.float64))
+
+    def embed(self, images: Sequence[ImageInput], *, batch_size: int = 32, progress: bool = False) -> np.ndarray:
+        """L2-normalised embeddings (N x embedding_dim); undecodable images raise ImageDecodeError."""
+        tensors, _, failed = self._decode(images)
+        if failed:
+            i, reason = failed[0]
+            raise ImageDecodeError(_name(images[i], i), reason)
+        out = self.run(tensors, batch_size=batch_size, embeddings=True, progress=progress)
+        return out.embeddings if out.embeddings is not None else np.zeros((0, self.card.embedding_dim))
+
+    def evaluate(self, data: str | os.PathLike | None = None, *, split: str = "val",
+                 out: str | os.PathLike | None = None, baseline: bool = False, progress: bool = True) -> EvalReport:
+        """Evaluate on a catalogue split (default: the dataset recorded in the card); see `skulens.evaluate`."""
+        # The evaluate stage sits above models/: reached lazily, and it imports this module only for types.
+        from ..evaluate.evaluator import evaluate_model
+
+        return evaluate_model(self, data, split=split, out=out, baseline=baseline, progress=progress)
+
+
+def _name(im: ImageInput, i: int) -> str:
+    if isinstance(im, (str, os.PathLike)):
+        return str(im)
+    return f"<image {i}>"
+
+
+PRETRAINED_PREFIX = "pretrained:"
+
+
+def pretrained_model(backbone: str = "efficientnet_lite2", *, weights: str | None = None,
+                     image_size: int | None = None, device: str = "auto", precision: str = "auto") -> Model:
+    """A plain pretrained backbone as a Model with no classifier: `embed()` works, `predict()` does not."""
+    from .backbones import create_backbone
+    from .classifier import SkuModel
+
+    dev = resolve_device(device)
+    bb = create_backbone(backbone, weights, image_size=image_size)
+    card = ModelCard.for_backbone(backbone, bb.spec, embedding_dim=bb.num_features, coarse_head=False,
+                                  train_config={"pretrained_only": True, "weights": weights})
+    with warnings.catch_warnings():  # "Initializing zero-element tensors is a no-op": the head is empty on purpose
+        warnings.simplefilter("ignore", UserWarning)
+        net = SkuModel(bb, 0).to(dev).eval()
+    net.to(memory_format=torch.channels_last)
+    return Model(net, card, dev, precision)
+
+
+def load_onnx(path: str | os.PathLike) -> Model:
+    """A Model backed by ONNX Runtime: a .onnx file, or a bundle dir holding model.onnx."""
+    from .onnx_runtime import ONNX_NAME, OnnxRunner, read_onnx_card
+
+    p = Path(path)
+    if p.is_dir():
+        if not (p / ONNX_NAME).is_file():
+            raise BundleError(f"{p}: no {ONNX_NAME}; run `skulens export --model {p} --format onnx` first")
+        p = p / ONNX_NAME
+    card = read_onnx_card(p)
+    model = Model(None, card, torch.device("cpu"), "off", runner=OnnxRunner(p))
+    model.path = p.parent
+    return model
+
+
+def load_model(bundle: str | os.PathLike, *, device: str = "auto", precision: str = "auto",
+               backend: str = "torch") -> Model:
+    """Load a model bundle (model.safetensors + card.json; never unpickles).
+
+    backend "onnx" runs the bundle's exported `model.onnx` (see `skulens export`) with ONNX Runtime.
+    "pretrained:NAME" (e.g. "pretrained:efficientnet_lite2") is a plain pretrained backbone for
+    embeddings only (see `pretrained_model`).
+    """
+    if str(bundle).startswith(PRETRAINED_PREFIX):
+        return pretrained_model(str(bundle)[len(PRETRAINED_PREFIX):], device=device, precision=precision)
+    if backend == "onnx":
+        return load_onnx(bundle)
+    if backend != "torch":
+        raise ValueError(f"unknown backend {backend!r}: torch or onnx")
+    dev = resolve_device(device)
+    net, card = load_bundle(bundle, dev)
+    net.to(memory_format=torch.channels_last)
+    model = Model(net, card, dev, precision)
+    model.path = Path(bundle) if Path(bundle).is_dir() else Path(bundle).parent
+    return model
