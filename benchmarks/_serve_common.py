@@ -91,7 +91,7 @@ class Server:
 def find_photos(folder: str | None, limit: int | None = None) -> list[Path]:
     """Photos under `folder` (default: the grocery dataset's val split, else its train split)."""
     if folder is None:
-        from skulens.cli import find_default_data
+        from skulens.data.locate import find_default_data
 
         root = find_default_data()
         if root is None:

@@ -28,7 +28,7 @@ def main() -> int:
     ap.add_argument("--bundle", default="runs/bench5/bundle")
     ap.add_argument("--out", default=f"runs/bench-deploy-{time.strftime('%Y%m%d-%H%M%S')}")
     ns, extra = ap.parse_known_args()
-    cmd = [sys.executable, "-m", "skulens.cli", "bench", ns.bundle, "--out", ns.out, *extra]
+    cmd = [sys.executable, "-m", "skulens.cli", "bench", "--model", ns.bundle, "--out", ns.out, *extra]
     t0 = time.perf_counter()
     rc = subprocess.run(cmd, check=False).returncode
     wall = time.perf_counter() - t0

@@ -92,7 +92,7 @@ def main() -> int:
     n_unique = round(ns.uploads * (1 - ns.duplicates))
     folder = ns.photos
     if folder is None:
-        from skulens.cli import find_default_data
+        from skulens.data.locate import find_default_data
 
         root = find_default_data()
         folder = str(root / "train") if root else None

@@ -41,13 +41,13 @@ def main() -> int:
     for kind, amount in settings:
         name = f"{kind}-{amount:g}"
         rt = ["--round-to", ns.round_to] if kind == "structured" and ns.round_to else []
-        wall = run_timed([*cli, "prune", ns.bundle, "--out", str(out / name), "--kind", kind,
+        wall = run_timed([*cli, "prune", "--model", ns.bundle, "--out", str(out / name), "--kind", kind,
                      "--amount", str(amount), *rt, *data, "-q", *extra])
-        run_timed([*cli, "evaluate", str(out / name / "pruned"), *data, "--out", str(out / name / "eval-pruned"),
+        run_timed([*cli, "evaluate", "--model", str(out / name / "pruned"), *data, "--out", str(out / name / "eval-pruned"),
               "-q"])
         runs[name] = wall
     bench = out / "bench"
-    run_timed([*cli, "bench", ns.bundle, *data, "--out", str(bench), "--variants", f"baseline,{RUNTIMES}",
+    run_timed([*cli, "bench", "--model", ns.bundle, *data, "--out", str(bench), "--variants", f"baseline,{RUNTIMES}",
           "--extra-runtimes", RUNTIMES, *[a for n in runs for a in ("--extra", f"{n}={out / n / 'bundle'}")]])
     res = {r["name"]: r for r in json.loads((bench / "bench.json").read_text())["rows"]}
     orig = json.loads(Path(ns.bundle, "card.json").read_text())

@@ -54,7 +54,7 @@ def main() -> int:
     reports = {}
     for name, bundle in models.items():
         limit = ["--limit", ns.limit] if ns.limit else []
-        run_timed([*cli, "robustness", str(bundle), "--out", str(out / f"robustness-{name}"), "--eps", ns.eps,
+        run_timed([*cli, "robustness", "--model", str(bundle), "--out", str(out / f"robustness-{name}"), "--eps", ns.eps,
               "--pgd-steps", ns.pgd_steps, "--severities", ns.severities, *limit, *data, "-q"])
         reports[name] = json.loads((out / f"robustness-{name}" / "robustness.json").read_text())
 

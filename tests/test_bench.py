@@ -113,12 +113,13 @@ def test_dynamic_quantization_only_touches_the_linear_heads(tiny_bundle) -> None
 
 
 def test_deploy_commands_do_not_import_torch_for_help() -> None:
-    from skulens import _cli_deploy
+    from skulens.cli import deploy as cli_deploy
+    from skulens.cli import evaluate as cli_evaluate
     from skulens.evaluate.robustness import CORRUPTIONS
 
     # the CLI keeps its own copies of these names so that building the parser imports no torch
-    assert _cli_deploy.DEFAULT_RUNTIMES == DEFAULT_RUNTIMES
-    assert _cli_deploy.CORRUPTION_NAMES == tuple(CORRUPTIONS)
+    assert cli_deploy.DEFAULT_RUNTIMES == DEFAULT_RUNTIMES
+    assert cli_evaluate.CORRUPTION_NAMES == tuple(CORRUPTIONS)
     code = ("import sys, contextlib, io\nfrom skulens.cli import main\n"
             "for cmd in ('bench', 'prune', 'distill', 'robustness'):\n"
             "    with contextlib.redirect_stdout(io.StringIO()):\n"

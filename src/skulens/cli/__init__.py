@@ -1,0 +1,56 @@
+"""The `skulens` command: thin adapters over the core, grouped by stage. Importing it imports no torch.
+
+One grammar in every subcommand: the model is `-m/--model`, the data `--data`, the output `-o/--out`,
+the number of results `-k/--top-k`. Exit codes: 0 success, 1 a run that failed, 2 a usage or input error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from ._common import EXIT_USAGE, UsageError, say
+
+__all__ = ["build_parser", "main"]
+
+EPILOG = ("exit codes: 0 success, 1 a run that failed (e.g. no image could be read), 2 a usage or input error. "
+          "Every command names the model -m/--model, the data --data, the output -o/--out.")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import deploy, evaluate, inventory, predict, recommend, search, serve, train
+
+    p = argparse.ArgumentParser(prog="skulens", description="Product image recognition with pretrained models.",
+                                epilog=EPILOG)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging, and tracebacks for input errors")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for stage in (train, evaluate, predict, deploy, search, recommend, serve, inventory):
+        stage.add_commands(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if ns.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        return int(ns.func(ns) or 0)
+    except UsageError as e:
+        say(f"skulens {ns.command}: {e}")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        say("skulens: interrupted")
+        return 130
+    except Exception as e:
+        from ..config import ConfigError
+        from ._errors import is_user_error
+
+        if isinstance(e, ConfigError):
+            say(f"skulens: config error: {e}")
+            return EXIT_USAGE
+        if is_user_error(e) and not ns.verbose:
+            say(f"skulens: {type(e).__name__}: {e}")
+            return EXIT_USAGE
+        raise
+
+

@@ -1,0 +1,223 @@
+"""What every `skulens` subcommand shares: the one grammar (--model, --data, --out, -k/--top-k), input
+checks made before torch is imported, deprecated spellings, and the training flags.
+
+Exit codes, the same in every command: 0 success, 1 a run that failed (e.g. no image could be read),
+2 a usage or input error (a missing model or data path, a bad flag or config, an unreadable catalogue).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import sys
+from pathlib import Path
+from typing import Any, get_args
+
+from ..config import config_fields, load_config
+from ..data.locate import resolve_data
+
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "IMAGE_EXTS",
+    "UsageError",
+    "add_data",
+    "add_model",
+    "add_out",
+    "add_top_k",
+    "add_train_flags",
+    "csv_list",
+    "data_path",
+    "deprecated_alias",
+    "expand_inputs",
+    "model_path",
+    "report_result",
+    "say",
+    "train_overrides",
+]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+REMOVED_IN = "0.2"  # deprecated spellings keep working for one release
+
+
+class UsageError(Exception):
+    """A usage or input error the user can fix: printed as one line, exit code 2."""
+
+
+def say(msg: str) -> None:
+    """Human-facing messages go to stderr; stdout carries only results (JSON lines, CSV, tables)."""
+    print(msg, file=sys.stderr)
+
+
+def _warn_deprecated(old: str, new: str) -> None:
+    say(f"skulens: {old} is deprecated, use {new} (the old spelling goes away in skulens {REMOVED_IN})")
+
+
+class _DeprecatedAlias(argparse.Action):
+    """An old flag spelling: stores into the new flag's dest and prints one deprecation line."""
+
+    def __init__(self, option_strings: list[str], dest: str, new: str = "", **kwargs: Any) -> None:
+        self.new = new
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        _warn_deprecated(str(option_string), self.new)
+        setattr(namespace, self.dest, values)
+
+
+def deprecated_alias(p: argparse.ArgumentParser | Any, old: str, new: str, dest: str) -> None:
+    """Accept `old` as a hidden alias of `new` for one release."""
+    p.add_argument(old, dest=dest, action=_DeprecatedAlias, new=new, help=argparse.SUPPRESS)
+
+
+# --------------------------------------------------------------------------- the model
+
+def add_model(p: argparse.ArgumentParser, help_text: str = "model bundle folder (skulens train writes RUN/bundle)",
+              *, required: bool = True, positional_legacy: bool = True) -> None:
+    """--model/-m, the one spelling; `positional_legacy` also takes the old positional BUNDLE (deprecated)."""
+    p.add_argument("-m", "--model", help=help_text + ("" if required else " (optional)"))
+    p.set_defaults(model_required=required)
+    if positional_legacy:
+        p.add_argument("legacy_model", nargs="?", metavar="BUNDLE", help=argparse.SUPPRESS)
+
+
+def model_path(ns: argparse.Namespace, *, backend: str = "torch") -> str | None:
+    """The model argument, checked before torch is imported: a bundle folder (card.json), a card.json,
+    an exported .onnx file, or pretrained:NAME."""
+    legacy = getattr(ns, "legacy_model", None)
+    value = ns.model
+    if legacy is not None:
+        if value is not None:
+            raise UsageError(f"unexpected argument {legacy!r} (the model is --model {value})")
+        _warn_deprecated(f"`skulens {ns.command} BUNDLE`", f"`skulens {ns.command} --model BUNDLE`")
+        value = legacy
+    if value is None:
+        if getattr(ns, "model_required", True):
+            raise UsageError("--model BUNDLE is required")
+        return None
+    check_model(value, backend=backend)
+    return value
+
+
+def check_model(value: str, *, backend: str = "torch") -> None:
+    if value.startswith("pretrained:"):
+        return
+    p = Path(value)
+    if not p.exists():
+        raise UsageError(f"--model {value}: no such file or folder; it is not a bundle (no card.json)")
+    if p.is_dir():
+        wanted = "model.onnx" if backend == "onnx" else "card.json"
+        if not (p / wanted).is_file() and not (p / "card.json").is_file():
+            raise UsageError(f"--model {value} is not a bundle (no card.json); a training run's bundle is RUN/bundle")
+        if backend == "onnx" and not (p / "model.onnx").is_file():
+            raise UsageError(f"--model {value}: no model.onnx; run `skulens export --model {value}` first")
+    elif p.suffix not in (".json", ".onnx"):
+        raise UsageError(f"--model {value} is not a bundle (no card.json): give the bundle folder, its card.json "
+                         "or an exported .onnx file")
+
+
+# --------------------------------------------------------------------------- data, outputs, inputs
+
+def add_data(p: argparse.ArgumentParser, help_text: str = "catalogue: class folders, a CSV/JSONL manifest or the "
+             "Grocery Store layout (default: the model's recorded dataset, else the grocery dataset)",
+             *, legacy: tuple[str, ...] = ()) -> None:
+    p.add_argument("--data", help=help_text)
+    for old in legacy:
+        deprecated_alias(p, old, "--data", "data")
+
+
+def data_path(ns: argparse.Namespace, *, model: str | None = None, required: bool = True) -> str | None:
+    """--data, else the dataset recorded in the model's card (if still there), else the default dataset.
+    Checked here, before torch is imported: a missing or empty path is refused at once."""
+    from ..data.locate import recorded_dataset
+
+    recorded = recorded_dataset(model) if model and not model.startswith("pretrained:") else None
+    found = resolve_data(getattr(ns, "data", None), recorded=recorded, required=required)
+    return None if found is None else str(found)
+
+
+def add_out(p: argparse.ArgumentParser, help_text: str, *, required: bool = False, default: str | None = None,
+            legacy_output: bool = False) -> None:
+    p.add_argument("-o", "--out", required=required, default=default, help=help_text)
+    if legacy_output:
+        deprecated_alias(p, "--output", "--out", "out")
+
+
+def add_top_k(p: argparse.ArgumentParser, default: int, help_text: str = "results per query") -> None:
+    p.add_argument("-k", "--top-k", dest="top_k", type=int, default=default,
+                   help=f"{help_text} (default: {default})")
+
+
+def add_quiet(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or per-item lines")
+
+
+def expand_inputs(items: list[str]) -> list[str]:
+    """Files, folders (their images, recursively), globs, or '-' / nothing: paths read from stdin."""
+    if items == ["-"] or not items:
+        items = [line.strip() for line in sys.stdin if line.strip()]
+    out: list[str] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            out += sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTS and f.is_file())
+        elif any(ch in item for ch in "*?["):
+            out += sorted(glob.glob(item, recursive=True))
+        else:
+            out.append(item)  # a missing file becomes a per-file error, not a crash
+    return out
+
+
+def csv_list(text: str, kind: type = str) -> list[Any]:
+    return [kind(v.strip()) for v in text.split(",") if v.strip()]
+
+
+# --------------------------------------------------------------------------- training flags
+
+def add_train_flags(p: argparse.ArgumentParser) -> None:
+    """The TrainConfig flags shared by train, retrain, distill and prune, in one help group."""
+    p.add_argument("--config", help="YAML/TOML/JSON file of config keys (CLI flags override it)")
+    add_quiet(p)
+    g = p.add_argument_group("training options (each is also a key of --config)")
+    for name, hint, default, help_text in config_fields():
+        if name in ("data", "out"):
+            continue
+        flag = "--" + name.replace("_", "-")
+        args = get_args(hint)
+        if hint is bool or (args and bool in args and len(args) == 1):
+            g.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None,
+                           help=f"{help_text} (default: {default})")
+            continue
+        choices = args if "Literal" in repr(hint) and args and all(isinstance(a, str) for a in args) else None
+        g.add_argument(flag, dest=name, default=None, choices=choices, metavar=None if choices else name.upper(),
+                       help=f"{help_text} (default: {default})")
+
+
+def train_overrides(ns: argparse.Namespace) -> dict[str, Any]:
+    """--config file values, overridden by the flags given on the command line."""
+    values: dict[str, Any] = load_config(ns.config) if ns.config else {}
+    for name, *_ in config_fields():
+        v = getattr(ns, name, None)
+        if v is not None:
+            values[name] = v
+    return values
+
+
+def report_result(result: Any) -> None:
+    """The end of a training run, for a person: the report summary and where the outputs are."""
+    from ..evaluate.report import format_summary
+
+    say(format_summary(result.report, baseline=result.baseline))
+    say(f"trained {result.epochs_run} epoch(s) in {result.wall_time_s / 60:.1f} min, best epoch {result.best_epoch}")
+    if result.skipped:
+        say(f"skipped {len(result.skipped)} undecodable image(s): {result.run_dir / 'skipped_images.tsv'}")
+    say(f"model bundle: {result.bundle}")
+    say(f"report:       {result.run_dir / 'report' / 'report.md'}")
+
+
+def print_json(obj: Any, **kw: Any) -> None:
+    print(json.dumps(obj, **kw))

@@ -1,0 +1,109 @@
+"""`skulens export | bench`: a model made fast and small, and measured (thin handlers over the core)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ._common import (
+    UsageError,
+    add_data,
+    add_model,
+    add_out,
+    csv_list,
+    data_path,
+    deprecated_alias,
+    model_path,
+    say,
+)
+
+__all__ = ["add_commands"]
+
+# Kept here (not imported from deploy.bench) so that `--help` imports no torch; a test checks they agree.
+DEFAULT_RUNTIMES = ("baseline", "torch-fp32", "torch-bf16", "torch-dynamic-int8", "onnx-fp32", "onnx-int8")
+
+
+def cmd_export(ns: argparse.Namespace) -> int:
+    bundle = model_path(ns)
+    if ns.int8 and ns.format != "onnx":
+        raise UsageError("--int8 needs --format onnx")
+    data = data_path(ns, model=bundle) if ns.int8 else None  # checked before the export starts
+    from ..deploy.onnx import export_onnx, export_torchscript
+
+    path = export_onnx(bundle, ns.out) if ns.format == "onnx" else export_torchscript(bundle, ns.out)
+    say(f"exported {ns.format}: {path} ({path.stat().st_size / 1e6:.1f} MB); preprocessing and labels are "
+        "in its metadata")
+    if ns.int8:
+        from ..deploy.quantize import calibration_sample, quantize_onnx_with_photos
+
+        assert data is not None
+        photos = calibration_sample(data, split=ns.calibration_split, images=ns.calibration_images)
+        q = quantize_onnx_with_photos(path, photos, progress=True)
+        say(f"int8 (ONNX Runtime static, per-channel): {q} ({q.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+def cmd_bench(ns: argparse.Namespace) -> int:
+    bundle = model_path(ns)
+    extra = {k: v for k, v in (("distilled", ns.distilled), ("pruned", ns.pruned)) if v}
+    for item in ns.extra or []:
+        name, _, path = item.partition("=")
+        if not path:
+            raise UsageError(f"--extra {item!r}: expected NAME=BUNDLE")
+        extra[name] = path
+    data = data_path(ns, model=bundle)
+    from ..deploy.bench import bench_bundle, to_markdown
+    from ..models.inference import resolve_device
+
+    out = ns.out or f"runs/bench-deploy-{Path(bundle).resolve().parent.name}"
+    result = bench_bundle(bundle, data, out=out, split=ns.split, runtimes=csv_list(ns.variants), extra=extra,
+                          extra_runtimes=csv_list(ns.extra_runtimes), limit=ns.limit,
+                          calibration_images=ns.calibration_images, threads=ns.threads, workers=ns.workers,
+                          batch_size=ns.batch_size, latency_images=ns.latency_images, repeats=ns.repeats,
+                          isolate=ns.isolate, progress=not ns.quiet, device=str(resolve_device(ns.device)))
+    print(to_markdown(result))
+    say(f"results: {Path(out) / 'bench.json'}, {Path(out) / 'bench.md'}")
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    x = sub.add_parser("export", help="export a bundle to ONNX or TorchScript (card embedded)")
+    add_model(x)
+    x.add_argument("--format", choices=("onnx", "torchscript"), default="onnx", help="file format (default: onnx)")
+    add_out(x, "file to write (default: inside the bundle)", legacy_output=True)
+    x.add_argument("--int8", action="store_true", help="also write an int8-quantized NAME.int8.onnx")
+    add_data(x, "catalogue whose photos calibrate int8 (default: the bundle's recorded dataset)",
+             legacy=("--calibration-data",))
+    x.add_argument("--calibration-split", default="train", help="split the calibration photos come from")
+    x.add_argument("--calibration-images", type=int, default=256, help="photos that calibrate int8 (default: 256)")
+    x.set_defaults(func=cmd_export)
+
+    b = sub.add_parser("bench", help="deployment benchmark: accuracy, size, latency, throughput, memory")
+    add_model(b)
+    add_data(b, "catalogue (default: the one the bundle was trained on)")
+    b.add_argument("--split", default="val", help="split measured (default: val)")
+    b.add_argument("--variants", default=",".join(DEFAULT_RUNTIMES),
+                   help="runtimes for the model (baseline is required): " + ", ".join(DEFAULT_RUNTIMES))
+    b.add_argument("--distilled", help="a distilled bundle to measure too")
+    b.add_argument("--pruned", help="a pruned bundle to measure too")
+    b.add_argument("--extra", action="append", metavar="NAME=BUNDLE", help="more bundles (repeatable)")
+    b.add_argument("--extra-runtimes", default="torch-bf16,onnx-fp32", help="runtimes for the extra bundles")
+    b.add_argument("--limit", type=int, help="only N images of the split (seeded sample)")
+    add_out(b, "folder for bench.json, bench.md and exported models (default: runs/bench-deploy-RUN)")
+    b.add_argument("--threads", type=int, help="inference threads (default: all cores)")
+    b.add_argument("--workers", type=int, help="decode threads (default: as --threads)")
+    b.add_argument("--batch-size", type=int, default=32, help="batch of the fast variants (baseline: 64)")
+    b.add_argument("--latency-images", type=int, default=50, help="single-image requests for p50/p99")
+    b.add_argument("--repeats", type=int, default=3, help="timed passes; throughput is their median")
+    b.add_argument("--calibration-images", type=int, default=256, help="train photos calibrating int8")
+    b.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=True,
+                   help="one fresh process per variant (honest peak memory)")
+    b.add_argument("--device", default="cpu",
+                   help="cpu (default), cuda[:N] or auto: where the PyTorch variants (and ONNX, with "
+                        "onnxruntime-gpu) run; decoding and preprocessing stay on the CPU")
+    b.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    b.set_defaults(func=cmd_bench)
+
+
+_ = deprecated_alias  # re-exported for symmetry with the other command modules

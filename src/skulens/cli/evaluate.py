@@ -1,0 +1,112 @@
+"""`skulens evaluate | explain | robustness`: how good a model is, and why (thin handlers over the core)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from ._common import UsageError, add_data, add_model, add_out, csv_list, data_path, model_path, say
+
+__all__ = ["add_commands"]
+
+# Kept here (not imported from evaluate.robustness) so that `--help` imports no torch; a test checks they agree.
+CORRUPTION_NAMES = ("gaussian_noise", "gaussian_blur", "jpeg", "brightness", "rotation", "occlusion")
+
+
+def cmd_evaluate(ns: argparse.Namespace) -> int:
+    bundle = model_path(ns, backend=ns.backend)
+    data = data_path(ns, model=bundle)  # --data, else the dataset recorded in the card
+    from ..evaluate.evaluator import evaluate_model
+    from ..evaluate.report import format_summary
+    from ..models.predictor import load_model
+
+    model = load_model(bundle, device=ns.device, backend=ns.backend)
+    report = evaluate_model(model, data, split=ns.split, out=ns.out, baseline=ns.baseline, progress=not ns.quiet)
+    say(format_summary(report))
+    say(f"report: {Path(ns.out) / 'report.md'}")
+    return 0
+
+
+def cmd_explain(ns: argparse.Namespace) -> int:
+    inputs = list(ns.inputs)
+    if ns.model is None and len(inputs) == 2:  # old spelling: `explain BUNDLE photo.jpg`
+        ns.legacy_model = inputs.pop(0)
+    bundle = model_path(ns)
+    if len(inputs) != 1:
+        raise UsageError("give one photo to explain")
+    image = inputs[0]
+    from ..evaluate.explain import explain, overlay
+    from ..models.predictor import load_model
+
+    model = load_model(bundle, device=ns.device)
+    exp = explain(model, image, target=ns.target)
+    out = Path(ns.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    overlay(exp).save(out)
+    print(json.dumps({"image": image, "label": exp.label, "confidence": round(exp.confidence, 6),
+                      "overlay": str(out)}))
+    return 0
+
+
+def cmd_robustness(ns: argparse.Namespace) -> int:
+    bundle = model_path(ns)
+    data = data_path(ns, model=bundle)
+    corruptions = list(CORRUPTION_NAMES) if ns.corruptions == "all" else (
+        [] if ns.corruptions == "none" else csv_list(ns.corruptions))
+    from ..evaluate.robustness import robustness_bundle, to_markdown, write_robustness
+
+    report = robustness_bundle(bundle, data, split=ns.split, limit=ns.limit, device=ns.device,
+                               progress=not ns.quiet, eps=csv_list(ns.eps, float), attacks=csv_list(ns.attacks),
+                               pgd_steps=ns.pgd_steps, corruptions=corruptions,
+                               severities=csv_list(ns.severities, int), batch_size=ns.batch_size, seed=ns.seed)
+    title = f"Robustness of {bundle} ({ns.split})"
+    out = write_robustness(report, ns.out, title=title)
+    print(to_markdown(report, title))
+    say(f"report: {out / 'robustness.json'}, {out / 'robustness.md'}, {out / 'robustness.png'}")
+    return 0
+
+
+def _device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+
+
+def add_commands(sub: Any) -> None:
+    e = sub.add_parser("evaluate", help="evaluate a bundle on a catalogue split; write report.json/report.md")
+    add_model(e)
+    add_data(e)
+    e.add_argument("--split", default="val", help="catalogue split to evaluate (default: val)")
+    add_out(e, "report directory", required=True)
+    e.add_argument("--baseline", action="store_true", help="also evaluate the linear probe on the pretrained backbone")
+    _device(e)
+    e.add_argument("--backend", choices=("torch", "onnx"), default="torch", help="onnx: the bundle's model.onnx")
+    e.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    e.set_defaults(func=cmd_evaluate)
+
+    ex = sub.add_parser("explain", help="Grad-CAM heatmap of a prediction, blended over the photo")
+    add_model(ex, positional_legacy=False)
+    ex.set_defaults(legacy_model=None)
+    ex.add_argument("inputs", nargs="+", metavar="PHOTO", help="the photo to explain")
+    add_out(ex, "overlay PNG to write (default: explanation.png)", default="explanation.png", legacy_output=True)
+    ex.add_argument("--target", help="class to explain (default: the predicted one)")
+    _device(ex)
+    ex.set_defaults(func=cmd_explain)
+
+    r = sub.add_parser("robustness", help="accuracy under FGSM/PGD attacks and common corruptions")
+    add_model(r)
+    add_data(r)
+    r.add_argument("--split", default="val", help="catalogue split (default: val)")
+    add_out(r, "folder for robustness.json/.md/.png", required=True)
+    r.add_argument("--limit", type=int, help="only N images of the split (seeded sample)")
+    r.add_argument("--eps", default="0.5,1,2,4,8", help="L-inf budgets in pixel levels (x/255)")
+    r.add_argument("--attacks", default="fgsm,pgd", help="comma list of fgsm, pgd")
+    r.add_argument("--pgd-steps", type=int, default=10, help="PGD iterations (default: 10)")
+    r.add_argument("--corruptions", default="all",
+                   help="all, none, or a comma list of " + ",".join(CORRUPTION_NAMES))
+    r.add_argument("--severities", default="1,2,3,4,5", help="corruption severities, comma list of 1..5")
+    r.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
+    r.add_argument("--seed", type=int, default=0, help="seed of the sample and the attacks' noise")
+    _device(r)
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    r.set_defaults(func=cmd_robustness)

@@ -1,0 +1,126 @@
+"""`skulens inventory scan | counts | review | audit`: stock counts from photos (thin handlers over serve/).
+
+Importing this module imports neither torch nor fastapi.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+from typing import Any
+
+from ..serve.settings import ServeSettings
+from ._common import UsageError, add_model, add_out, model_path, say
+
+__all__ = ["add_commands"]
+
+
+def add_commands(sub: Any) -> None:
+    inv = sub.add_parser("inventory", help="count stock from photos; review queue; CSV export")
+    isub = inv.add_subparsers(dest="inventory_command", required=True, metavar="{scan,counts,review,audit}")
+
+    sc = isub.add_parser("scan", help="recognise every photo under DIR and count it (idempotent, resumable)")
+    sc.add_argument("dir", help="folder of photos (or one photo)")
+    add_model(sc, "model bundle that recognises the photos", positional_legacy=False)
+    sc.add_argument("--db", required=True, help="inventory SQLite file (created if missing)")
+    sc.add_argument("--threshold", type=float, default=ServeSettings.review_threshold,
+                    help="fine confidence below this goes to the review queue (default: %(default)s)")
+    sc.add_argument("--keep-photos", action="store_true", help="keep every photo (EXIF stripped), not only review ones")
+    sc.add_argument("--batch-size", type=int, default=32, help="photos per transaction (default: %(default)s)")
+    sc.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    sc.add_argument("-q", "--quiet", action="store_true", help="no per-photo JSON lines")
+    sc.set_defaults(func=cmd_inventory_scan)
+
+    c = isub.add_parser("counts", help="print the counts as CSV (label,count,updated_at)")
+    c.add_argument("--db", required=True, help="inventory SQLite file")
+    add_out(c, "write the CSV here instead of stdout", legacy_output=True)
+    c.set_defaults(func=cmd_inventory_counts)
+
+    r = isub.add_parser("review", help="list the review queue, or resolve one photo")
+    r.add_argument("--db", required=True, help="inventory SQLite file")
+    r.add_argument("sha256", nargs="?", help="photo to resolve (from the list)")
+    g = r.add_mutually_exclusive_group()
+    g.add_argument("--label", help="confirm / correct: the right product")
+    g.add_argument("--reject", action="store_true", help="not a product: never counted")
+    r.set_defaults(func=cmd_inventory_review)
+
+    a = isub.add_parser("audit", help="print the audit log, newest first (JSON lines)")
+    a.add_argument("--db", required=True, help="inventory SQLite file")
+    a.add_argument("--limit", type=int, default=100, help="newest entries to print (default: 100)")
+    a.set_defaults(func=cmd_inventory_audit)
+
+
+def _actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+def cmd_inventory_scan(ns: argparse.Namespace) -> int:
+    bundle = model_path(ns)
+    from ..serve.intake import ScanSummary, find_images, scan
+
+    paths = find_images(ns.dir)
+    if not paths:
+        raise UsageError(f"no images under {ns.dir}")
+    from ..models.predictor import load_model
+    from ..serve.inventory import InventoryStore
+
+    model = load_model(bundle, device=ns.device)
+    summary = ScanSummary()
+    with InventoryStore(ns.db) as store:
+        for path, result in scan(model, store, paths, threshold=ns.threshold, actor=_actor(),
+                                 keep_photos=ns.keep_photos, chunk=max(1, ns.batch_size)):
+            if isinstance(result, str):
+                summary.errors.append((str(path), result))
+                line: dict[str, Any] = {"path": str(path), "status": "error", "error": result}
+            else:
+                summary.add(result)
+                line = {"path": str(path), **result.to_dict()}
+            if not ns.quiet:
+                print(json.dumps(line), flush=True)
+    say(f"skulens inventory scan: {summary.line()}; db {ns.db}")
+    return 0
+
+
+def cmd_inventory_counts(ns: argparse.Namespace) -> int:
+    from ..serve.inventory import InventoryStore
+
+    with InventoryStore(ns.db) as store:
+        if ns.out:
+            with open(ns.out, "w", encoding="utf-8", newline="") as out:
+                n = store.export_csv(out)
+            say(f"{n} products -> {ns.out}")
+        else:
+            store.export_csv(sys.stdout)
+    return 0
+
+
+def cmd_inventory_review(ns: argparse.Namespace) -> int:
+    from ..serve.inventory import InventoryError, InventoryStore
+
+    with InventoryStore(ns.db) as store:
+        if ns.sha256 is None:
+            for item in store.review_queue(limit=1000):
+                print(json.dumps(item.to_dict()))
+            return 0
+        if not ns.label and not ns.reject:
+            raise UsageError("give --label LABEL or --reject with the photo's SHA256")
+        try:
+            item = store.resolve(ns.sha256, None if ns.reject else ns.label, actor=_actor())
+        except InventoryError as exc:
+            raise UsageError(str(exc)) from None
+        print(json.dumps(item.to_dict()))
+    return 0
+
+
+def cmd_inventory_audit(ns: argparse.Namespace) -> int:
+    from ..serve.inventory import InventoryStore
+
+    with InventoryStore(ns.db) as store:
+        for entry in store.audit(limit=ns.limit):
+            print(json.dumps(entry.to_dict()))
+    return 0

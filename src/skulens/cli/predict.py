@@ -1,0 +1,132 @@
+"""`skulens predict | info`: using a model on photos, and reading its card (thin handlers over the core)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from ._common import (
+    EXIT_FAILED,
+    UsageError,
+    add_model,
+    add_out,
+    add_top_k,
+    expand_inputs,
+    model_path,
+    say,
+)
+
+__all__ = ["add_commands"]
+
+CSV_COLUMNS = ["source", "label", "level", "confidence", "fine_label", "fine_confidence", "coarse_label",
+               "coarse_confidence", "top_k", "attributes", "error"]
+
+
+def _csv_row(p: Any) -> list[str]:
+    return [p.source, p.label or "", p.level, f"{p.confidence:.4f}", p.fine_label or "", f"{p.fine_confidence:.4f}",
+            p.coarse_label or "", "" if p.coarse_confidence is None else f"{p.coarse_confidence:.4f}",
+            ";".join(f"{lab}:{pr:.4f}" for lab, pr in p.top_k),
+            ";".join(f"{a}:{pr:.3f}" for a, pr in p.attributes), p.error or ""]
+
+
+def cmd_predict(ns: argparse.Namespace) -> int:
+    inputs = list(ns.inputs)
+    if ns.model is None and inputs and ns.legacy_model is None:  # old spelling: `predict BUNDLE photos...`
+        ns.legacy_model = inputs.pop(0)
+    bundle = model_path(ns, backend=ns.backend)
+    files = expand_inputs(inputs)
+    if not files:
+        raise UsageError("no input images")
+    if ns.text is not None and len(ns.text) != len(files):
+        raise UsageError(f"{len(ns.text)} --text for {len(files)} image(s): give one per image")
+    from ..models.predictor import load_model
+
+    model = load_model(bundle, device=ns.device, backend=ns.backend)
+    preds = model.predict(files, top_k=ns.top_k, min_confidence=ns.min_confidence, batch_size=ns.batch_size,
+                          progress=not ns.quiet and len(files) > ns.batch_size, texts=ns.text)
+    # One context manager for a file or stdout (stdout must not be closed).
+    sink = open(ns.out, "w", encoding="utf-8", newline="") if ns.out else contextlib.nullcontext(sys.stdout)  # noqa: SIM115
+    with sink as out:
+        if ns.format == "csv":
+            import csv
+
+            w = csv.writer(out)
+            w.writerow(CSV_COLUMNS)
+            w.writerows(_csv_row(p) for p in preds)
+        else:
+            for p in preds:
+                out.write(json.dumps(p.to_dict()) + "\n")
+    errors = sum(p.level == "error" for p in preds)
+    if errors:
+        say(f"skulens predict: {errors} of {len(preds)} image(s) could not be read (see their 'error')")
+    return EXIT_FAILED if errors == len(preds) else 0
+
+
+def _card_lines(path: Path, card: Any, card_path: Path) -> list[str]:
+    weights = path / "model.safetensors" if path.is_dir() else card_path.with_name("model.safetensors")
+    size = f"{weights.stat().st_size / 1e6:.1f} MB" if weights.is_file() else "missing!"
+    lines = [
+        f"bundle:      {path}",
+        f"backbone:    {card.backbone}  input {card.input_size}px  mean {card.mean} std {card.std}",
+        f"weights:     {size}  embedding dim {card.embedding_dim}",
+        f"classes:     {card.num_classes} fine" + (f", {len(card.coarse_classes)} coarse" if card.coarse_classes else ""),
+        f"attributes:  {len(card.attributes)}" + (f" ({', '.join(card.attributes[:6])}...)" if card.attributes else ""),
+        (f"dataset:     {card.dataset.get('path')} ({card.dataset.get('layout')}, fingerprint "
+         f"{card.dataset.get('fingerprint')})"),
+        f"created:     {card.created}  skulens {card.skulens_version}",
+    ]
+
+    def fmt(v: Any) -> str:
+        return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    m = card.metrics
+    if m:
+        lines.append("val metrics: " + ", ".join(f"{k}={fmt(v)}" for k, v in m.items()
+                                                 if k != "baseline" and v is not None))
+        if m.get("baseline"):
+            lines.append("baseline:    " + ", ".join(f"{k}={fmt(v)}" for k, v in m["baseline"].items() if v is not None))
+    return lines
+
+
+def cmd_info(ns: argparse.Namespace) -> int:
+    from ..models.card import ModelCard  # no torch: the card is JSON
+
+    bundle = model_path(ns)
+    assert bundle is not None
+    path = Path(bundle)
+    card_path = path / "card.json" if path.is_dir() else path
+    if not card_path.is_file() or card_path.suffix != ".json":
+        raise UsageError(f"--model {path}: not a bundle (no card.json)")
+    data = json.loads(card_path.read_text(encoding="utf-8"))
+    if ns.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    print("\n".join(_card_lines(path, ModelCard.from_dict(data), card_path)))
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    pr = sub.add_parser("predict", help="classify images: files, folders, globs, or '-' for a list on stdin")
+    add_model(pr, "model bundle folder, or an exported .onnx file with --backend onnx", positional_legacy=False)
+    pr.set_defaults(legacy_model=None)
+    pr.add_argument("inputs", nargs="*", help="images, folders or globs ('-' or nothing: read paths from stdin)")
+    add_top_k(pr, 5, "labels per image")
+    pr.add_argument("--min-confidence", type=float, default=0.0, help="abstain ('unknown') below this (default: 0)")
+    pr.add_argument("--format", choices=("jsonl", "csv"), default="jsonl", help="output format (default: jsonl)")
+    add_out(pr, "write the predictions here instead of stdout", legacy_output=True)
+    pr.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
+    pr.add_argument("--text", action="append", help="each image's listing text, in order (uses the fusion head)")
+    pr.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    pr.add_argument("--backend", choices=("torch", "onnx"), default="torch",
+                    help="onnx: run the bundle's model.onnx (or a .onnx file) with ONNX Runtime")
+    pr.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    pr.set_defaults(func=cmd_predict)
+
+    i = sub.add_parser("info", help="show a bundle's card (no torch: answers at once)")
+    add_model(i, "model bundle folder or its card.json")
+    i.add_argument("--json", action="store_true", help="print the raw card.json")
+    i.set_defaults(func=cmd_info)

@@ -1,0 +1,117 @@
+"""`skulens recommend for | generate | evaluate`: recommendations from a behaviour log (thin handlers)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from ._common import UsageError, add_data, add_model, add_out, add_top_k, data_path, model_path, say
+
+__all__ = ["add_commands"]
+
+
+def _model(ns: argparse.Namespace) -> Any:
+    bundle = model_path(ns)
+    if not bundle:
+        return None
+    from ..models.predictor import load_model
+
+    return load_model(bundle)
+
+
+def _recommender(ns: argparse.Namespace) -> Any:
+    """The same recommender the service builds from the same log, catalogue and model."""
+    needs_catalogue = bool(ns.data) or ns.kind != "popularity"
+    data = data_path(ns, model=model_path(ns)) if needs_catalogue else None  # checked before torch loads
+    from ..data.catalogue import load_catalogue
+    from ..recommend.recommenders import fit_recommender
+    from ..recommend.shopping_log import read_events
+
+    events = read_events(ns.events)
+    products = load_catalogue(data).products if data else None
+    return fit_recommender(events, products, kind=ns.kind, model=_model(ns))
+
+
+def _recs_json(recs: list[Any]) -> list[dict[str, Any]]:
+    return [{"product_id": r.product_id, "score": round(float(r.score), 6), "reason": r.reason} for r in recs]
+
+
+def cmd_recommend(ns: argparse.Namespace) -> int:
+    if not ns.user and not ns.similar:
+        raise UsageError("give --user USER_ID or --similar PRODUCT_ID")
+    rec = _recommender(ns)
+    for u in ns.user or ():
+        recs = rec.recommend(u, ns.top_k, exclude_seen=not ns.include_seen,
+                             seed_products=tuple(ns.seed_product or ()))
+        print(json.dumps({"user_id": u, "recommendations": _recs_json(recs)}))
+    for p in ns.similar or ():
+        print(json.dumps({"product_id": p, "similar": _recs_json(rec.similar(p, ns.top_k))}))
+    return 0
+
+
+def cmd_recommend_generate(ns: argparse.Namespace) -> int:
+    data = data_path(ns)
+    from ..data.catalogue import load_catalogue
+    from ..recommend.shopping_log import generate_shopping_log, write_events
+
+    cat = load_catalogue(data)
+    products = [(p, cat.hierarchy.get(p, p)) for p in cat.classes]
+    events = generate_shopping_log(products, n_users=ns.users, seed=ns.seed)
+    write_events(ns.out, events)
+    say(f"{ns.out}: {len(events)} SYNTHETIC events of {ns.users} users over {len(products)} products "
+        "(see skulens.recommend.shopping_log for how they are generated)")
+    return 0
+
+
+def cmd_recommend_evaluate(ns: argparse.Namespace) -> int:
+    data = data_path(ns, model=model_path(ns))
+    from ..data.catalogue import load_catalogue
+    from ..recommend.recommenders import create_recommender, evaluate, item_vectors, leave_last_out
+    from ..recommend.shopping_log import read_events
+
+    events = read_events(ns.events)
+    cat = load_catalogue(data)
+    vectors = item_vectors(cat, _model(ns))
+    train, test = leave_last_out(events)
+    for kind in ("popularity", "content", "hybrid"):
+        rec = create_recommender(kind, **({} if kind == "popularity" else {"item_vectors": vectors}))
+        rec.fit(train, catalogue=list(cat.products))
+        rep = evaluate(rec, train, test, k=ns.top_k, catalogue=list(cat.products))
+        print(json.dumps({"recommender": kind, "hit_rate": rep.hit_rate, "ndcg": rep.ndcg,
+                          "coverage": rep.coverage, "users": rep.n_users, "k": rep.k}))
+    return 0
+
+
+def _model_flag(p: argparse.ArgumentParser) -> None:
+    add_model(p, "bundle whose catalogue-photo embeddings join the text content vectors", required=False,
+              positional_legacy=False)
+
+
+def add_commands(sub: Any) -> None:
+    r = sub.add_parser("recommend", help="recommendations from a behaviour log (CSV user_id,product_id,event,timestamp)")
+    rsub = r.add_subparsers(dest="recommend_command", required=True, metavar="{for,generate,evaluate}")
+    g = rsub.add_parser("for", help="recommend for users, or products similar to a product")
+    g.add_argument("--events", required=True, help="behaviour log CSV")
+    add_data(g, "catalogue (products and their texts; default: the grocery dataset)")
+    _model_flag(g)
+    g.add_argument("--kind", choices=("hybrid", "content", "popularity"), default="hybrid",
+                   help="recommender (default: hybrid)")
+    g.add_argument("--user", nargs="+", help="user id(s)")
+    g.add_argument("--similar", nargs="+", help="product id(s)")
+    g.add_argument("--seed-product", action="append", help="for a user with no history: products they look at now")
+    g.add_argument("--include-seen", action="store_true", help="also recommend products the user already had")
+    add_top_k(g, 10, "recommendations per user or product")
+    g.set_defaults(func=cmd_recommend)
+    gen = rsub.add_parser("generate", help="write a SYNTHETIC shopping log for a catalogue (documented generator)")
+    add_data(gen, "catalogue (default: the grocery dataset)")
+    gen.add_argument("--users", type=int, default=2000, help="synthetic users (default: 2000)")
+    gen.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    add_out(gen, "CSV file to write", required=True)
+    gen.set_defaults(func=cmd_recommend_generate)
+    ev = rsub.add_parser("evaluate", help="leave-last-out HitRate@k / NDCG@k: popularity vs content vs hybrid")
+    ev.add_argument("--events", required=True, help="behaviour log CSV")
+    add_data(ev, "catalogue (default: the grocery dataset)")
+    _model_flag(ev)
+    add_top_k(ev, 10, "cut-off k of HitRate@k and NDCG@k")
+    ev.set_defaults(func=cmd_recommend_evaluate)

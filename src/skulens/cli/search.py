@@ -1,0 +1,273 @@
+"""`skulens index | search | align | enroll | fuse`: finding products (thin handlers over the core)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from ._common import (
+    UsageError,
+    add_data,
+    add_model,
+    add_out,
+    add_top_k,
+    data_path,
+    expand_inputs,
+    model_path,
+    say,
+)
+
+__all__ = ["add_commands"]
+
+
+def _filters(items: list[str] | None) -> dict[str, Any] | None:
+    """--filter coarse_label=Milk --filter in_stock=true --filter shelf=[1,3] (any of)."""
+    if not items:
+        return None
+    from ..search.index import parse_filter
+
+    return parse_filter(items)
+
+
+def cmd_index_build(ns: argparse.Namespace) -> int:
+    bundle = model_path(ns)
+    data = data_path(ns, model=bundle)
+    from ..data.catalogue import load_catalogue
+    from ..models.predictor import load_model
+    from ..search.catalogue_index import build_catalogue_index, read_metadata_table
+
+    meta = read_metadata_table(ns.metadata) if ns.metadata else None
+    options = {k: v for k, v in (("ann", ns.ann), ("exact_threshold", ns.exact_threshold), ("nprobe", ns.nprobe),
+                                 ("collection", ns.collection), ("index_type", ns.index_type)) if v is not None}
+    res = build_catalogue_index(load_model(bundle), load_catalogue(data), ns.out, backend=ns.backend,
+                                splits=ns.splits, catalogue_photos=ns.catalogue_photos, metadata=meta,
+                                progress=not ns.quiet, overwrite=ns.overwrite, **options)
+    say(f"index {ns.out} ({ns.backend}): {res.entries} photos of {res.products} products")
+    if res.failed:
+        say(f"skipped {len(res.failed)} undecodable image(s), e.g. {res.failed[0][0]}: {res.failed[0][1]}")
+    return 0
+
+
+def cmd_index_info(ns: argparse.Namespace) -> int:
+    from ..search.index import open_index
+
+    index = open_index(ns.index)
+    products = {r.product_id for r in index.records()}
+    print(json.dumps({"index": ns.index, "products": len(products), **index.info()}, indent=2, default=str))
+    return 0
+
+
+def cmd_index_update(ns: argparse.Namespace) -> int:
+    from ..search.index import open_index
+
+    index = open_index(ns.index)
+    values = _filters(ns.set) or {}
+    index.update_metadata(ns.product, values)
+    index.save()
+    say(f"{ns.product}: metadata {values}")
+    return 0
+
+
+def cmd_index_remove(ns: argparse.Namespace) -> int:
+    if not ns.product and not ns.id:
+        raise UsageError("give --product PRODUCT_ID or --id ENTRY_ID (repeatable)")
+    from ..search.index import open_index
+
+    index = open_index(ns.index)
+    n = index.remove(product_ids=ns.product or None, ids=ns.id or None)
+    index.save()
+    say(f"removed {n} entr{'y' if n == 1 else 'ies'}")
+    return 0
+
+
+def cmd_index_duplicates(ns: argparse.Namespace) -> int:
+    from ..search.duplicates import near_duplicates
+    from ..search.index import open_index
+
+    groups = near_duplicates(open_index(ns.index), threshold=ns.threshold, k=ns.top_k, filter=_filters(ns.filter),
+                             progress=not ns.quiet)
+    for g in groups:
+        print(json.dumps({"ids": list(g.ids), "product_ids": list(g.product_ids), "cross_product": g.cross_product,
+                          "min_score": round(g.min_score, 6), "max_score": round(g.max_score, 6)}))
+    cross = sum(g.cross_product for g in groups)
+    say(f"{len(groups)} group(s) of near-duplicates at cosine >= {ns.threshold}; {cross} span several products "
+        "(likely mislabels or duplicated listings)")
+    return 0
+
+
+def _engine(ns: argparse.Namespace, need_model: bool) -> Any:
+    bundle = model_path(ns)
+    if need_model and not bundle:
+        raise UsageError("--model BUNDLE is needed for photo queries (the index does not record its model)")
+    from ..models.predictor import load_model
+    from ..search.align import load_aligner
+    from ..search.engine import SearchEngine
+    from ..search.index import open_index
+
+    index = open_index(ns.index)
+    model = load_model(bundle) if bundle and (need_model or ns.mode != "text") else None
+    aligner = load_aligner(ns.align or bundle) if bundle and not bundle.startswith("pretrained:") \
+        else (load_aligner(ns.align) if ns.align else None)
+    return SearchEngine(model, index, aligner)
+
+
+def cmd_search(ns: argparse.Namespace) -> int:
+    filt = _filters(ns.filter)
+    engine = _engine(ns, need_model=bool(ns.image))
+    if ns.image:
+        results = engine.by_image(ns.image, k=ns.top_k, filter=filt)
+        queries = ns.image
+    elif ns.text:
+        results = engine.by_text(ns.text, k=ns.top_k, filter=filt, mode=ns.mode)
+        queries = ns.text
+    else:
+        results = [engine.more_like_this(p, k=ns.top_k, filter=filt) for p in ns.product]
+        queries = ns.product
+    for q, hits in zip(queries, results, strict=True):
+        print(json.dumps({"query": q, "hits": [h.to_dict() for h in hits]}))
+    return 0
+
+
+def cmd_align(ns: argparse.Namespace) -> int:
+    bundle = model_path(ns)
+    assert bundle is not None
+    data = data_path(ns, model=bundle)
+    from ..data.catalogue import load_catalogue
+    from ..models.predictor import load_model
+    from ..search.align import align_catalogue
+
+    aligner, products, photos = align_catalogue(load_model(bundle), load_catalogue(data), splits=ns.splits,
+                                                steps=ns.steps, progress=not ns.quiet)
+    out = aligner.save(ns.out or bundle)
+    say(f"text alignment for {products} products from {photos} photos: {out} "
+        f"(final loss {aligner.info['final_loss']:.3f})")
+    return 0
+
+
+def cmd_enroll(ns: argparse.Namespace) -> int:
+    bundle = model_path(ns)
+    photos = expand_inputs(ns.images)
+    from ..search.enroll import enroll
+
+    index = None
+    if ns.index:
+        from ..search.index import open_index
+
+        index = open_index(ns.index)
+    res = enroll(bundle, ns.product, photos, text=ns.text or "", title=ns.title or "", coarse=ns.coarse,
+                 data=ns.data, index=index, progress=not ns.quiet)
+    print(json.dumps({"label": res.label, "coarse_label": res.coarse_label, "coarse_inferred": res.coarse_inferred,
+                      "photos": res.images, "skipped": [list(s) for s in res.skipped], "reference": res.reference,
+                      "self_check": res.self_check, "index_entries": res.index_entries}))
+    if res.coarse_inferred:
+        say(f"coarse class inferred from the photos: {res.coarse_label} (pass --coarse to set it)")
+    return 0
+
+
+def cmd_fuse(ns: argparse.Namespace) -> int:
+    bundle = model_path(ns)
+    data = data_path(ns, model=bundle)
+    from ..evaluate.fusion import fuse_and_evaluate
+
+    print(json.dumps(fuse_and_evaluate(bundle, data, out=ns.out, progress=not ns.quiet), indent=2))
+    return 0
+
+
+def _quiet(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def _filter_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--filter", action="append", metavar="KEY=VALUE",
+                   help="metadata filter, repeatable: coarse_label=Milk, in_stock=true, shelf=[1,3] (any of)")
+
+
+def _add_index(sub: Any) -> None:
+    ix = sub.add_parser("index", help="build and maintain a product index (FAISS or Milvus)")
+    isub = ix.add_subparsers(dest="index_command", required=True, metavar="{build,info,update,remove,duplicates}")
+    b = isub.add_parser("build", help="embed a catalogue's photos into a new index")
+    add_model(b, "bundle (or pretrained:efficientnet_lite2) that embeds the photos", positional_legacy=False)
+    add_data(b, "catalogue (default: the model's recorded dataset, else the grocery dataset)",
+             legacy=("--catalogue",))
+    add_out(b, "index path: a folder (faiss) or a .db file / URI (milvus)", required=True)
+    b.add_argument("--backend", choices=("faiss", "milvus"), default="faiss", help="vector store (default: faiss)")
+    b.add_argument("--splits", nargs="+", default=["train"], help="catalogue splits whose photos are indexed")
+    b.add_argument("--catalogue-photos", action=argparse.BooleanOptionalAction, default=True,
+                   help="also index each product's catalogue photo")
+    b.add_argument("--metadata", help="CSV: product_id + metadata columns (in_stock, price, ...)")
+    b.add_argument("--overwrite", action="store_true", help="replace an existing index at --out")
+    b.add_argument("--ann", choices=("auto", "flat", "hnsw", "ivf", "ivfsq8", "ivfpq"),
+                   help="faiss: ANN structure (auto: exact below --exact-threshold entries, IVF-SQ8 above)")
+    b.add_argument("--exact-threshold", type=int, help="faiss: exact search below this many entries (20000)")
+    b.add_argument("--nprobe", type=int, help="faiss IVF: lists visited per query")
+    b.add_argument("--collection", help="milvus: collection name (default skulens)")
+    b.add_argument("--index-type", help="milvus: IVF_FLAT (Lite default), HNSW (server default), FLAT")
+    _quiet(b)
+    b.set_defaults(func=cmd_index_build)
+    inf = isub.add_parser("info", help="what an index holds")
+    inf.add_argument("index", help="index folder (faiss) or .db file / URI (milvus)")
+    inf.set_defaults(func=cmd_index_info)
+    u = isub.add_parser("update", help="change a product's metadata (no re-embedding)")
+    u.add_argument("index", help="index folder (faiss) or .db file / URI (milvus)")
+    u.add_argument("--product", required=True, help="product id")
+    u.add_argument("--set", action="append", required=True, metavar="KEY=VALUE", help="metadata value (repeatable)")
+    u.set_defaults(func=cmd_index_update)
+    r = isub.add_parser("remove", help="remove products or entries")
+    r.add_argument("index", help="index folder (faiss) or .db file / URI (milvus)")
+    r.add_argument("--product", action="append", help="product id (repeatable)")
+    r.add_argument("--id", action="append", help="entry id (repeatable)")
+    r.set_defaults(func=cmd_index_remove)
+    dd = isub.add_parser("duplicates", help="near-duplicate photos across the index (ANN, no N x N matrix)")
+    dd.add_argument("index", help="index folder (faiss) or .db file / URI (milvus)")
+    dd.add_argument("--threshold", type=float, default=0.95, help="cosine similarity (default: 0.95)")
+    add_top_k(dd, 10, "neighbours looked at per photo")
+    _filter_flag(dd)
+    _quiet(dd)
+    dd.set_defaults(func=cmd_index_duplicates)
+
+
+def add_commands(sub: Any) -> None:
+    _add_index(sub)
+
+    s = sub.add_parser("search", help="find products by photo, by words, or like an indexed product")
+    s.add_argument("--index", required=True, help="index folder (faiss) or .db file / URI (milvus)")
+    add_model(s, "bundle that built the index (needed for photo queries)", required=False, positional_legacy=False)
+    q = s.add_mutually_exclusive_group(required=True)
+    q.add_argument("--image", nargs="+", help="query photo(s)")
+    q.add_argument("--text", nargs="+", help="query text(s), e.g. 'oat milk'")
+    q.add_argument("--product", nargs="+", help="more like this indexed product id")
+    add_top_k(s, 10)
+    _filter_flag(s)
+    s.add_argument("--mode", choices=("hybrid", "aligned", "text"), default="hybrid",
+                   help="text search mode (default: hybrid)")
+    s.add_argument("--align", help="text alignment file (default: the model bundle's)")
+    s.set_defaults(func=cmd_search)
+
+    a = sub.add_parser("align", help="learn the text -> image alignment that text search uses")
+    add_model(a, "bundle whose embedding space the texts are aligned to", positional_legacy=False)
+    add_data(a, "catalogue with product titles/descriptions (default: the model's recorded dataset)")
+    a.add_argument("--splits", nargs="+", default=["train"], help="splits whose photos pair with the texts")
+    a.add_argument("--steps", type=int, default=400, help="optimisation steps (default: 400)")
+    add_out(a, "where to write it (default: inside the model bundle)")
+    _quiet(a)
+    a.set_defaults(func=cmd_align)
+
+    en = sub.add_parser("enroll", help="add a product to a trained model from a few photos (no retraining)")
+    add_model(en, "the bundle to add the product to (changed in place)")
+    en.add_argument("--product", required=True, help="the new product's label")
+    en.add_argument("--images", nargs="+", required=True, help="its photos (files, folders or globs)")
+    en.add_argument("--text", help="description")
+    en.add_argument("--title", help="display name (default: the label)")
+    en.add_argument("--coarse", help="coarse class (default: inferred from the photos)")
+    en.add_argument("--index", help="also add the photos to this index")
+    add_data(en, "the training catalogue, for reference photos (default: the card's)")
+    _quiet(en)
+    en.set_defaults(func=cmd_enroll)
+
+    fu = sub.add_parser("fuse", help="train and compare an image + text fusion head (listings with their own text)")
+    add_model(fu, "the bundle whose embeddings the fusion head reads")
+    add_data(fu, "catalogue whose samples carry text (manifest 'text' or 'title' column)")
+    add_out(fu, "report folder (default: BUNDLE/fusion-report)")
+    _quiet(fu)
+    fu.set_defaults(func=cmd_fuse)

@@ -1,0 +1,155 @@
+"""`skulens train | demo | distill | retrain | prune`: making a model (thin handlers over the core)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+from ._common import (
+    UsageError,
+    add_data,
+    add_model,
+    add_out,
+    add_train_flags,
+    data_path,
+    model_path,
+    report_result,
+    say,
+    train_overrides,
+)
+
+__all__ = ["add_commands"]
+
+
+def cmd_train(ns: argparse.Namespace) -> int:
+    values = train_overrides(ns)
+    ns.data = ns.data or values.get("data")
+    values["data"] = data_path(ns)  # checked before torch is imported
+    if ns.out:
+        values["out"] = ns.out
+    from ..config import resolve_config
+    from ..train.engine import fit
+
+    report_result(fit(resolve_config(values), progress=not ns.quiet))
+    return 0
+
+
+def cmd_demo(ns: argparse.Namespace) -> int:
+    data = data_path(ns)
+    out = ns.out or "runs/demo"
+    extra: dict[str, Any] = {}
+    if ns.quick:  # a minutes-long smoke run of the same pipeline
+        extra = {"backbone": "efficientnet_lite0", "epochs": 2, "image_size": 160}
+    if Path(out, "checkpoint").exists() or Path(out, "bundle").exists():
+        out = f"{out}-{time.strftime('%Y%m%d-%H%M%S')}"
+    say(f"skulens demo: fine-tuning the default model on {data} into {out}")
+    from ..config import resolve_config
+    from ..train.engine import fit
+
+    report_result(fit(resolve_config({"data": data, "out": out, **extra}), progress=not ns.quiet))
+    return 0
+
+
+def cmd_distill(ns: argparse.Namespace) -> int:
+    values = train_overrides(ns)
+    teacher = ns.model or values.pop("teacher", None)
+    values.pop("teacher", None)
+    if not teacher:
+        raise UsageError("--model TEACHER_BUNDLE is required (the model to distil; --teacher is the same)")
+    ns.model = teacher
+    teacher = model_path(ns)
+    ns.data = ns.data or values.pop("data", None)
+    out = ns.out or values.pop("out", None)
+    values.pop("data", None), values.pop("out", None)
+    data = data_path(ns, model=teacher)
+    from ..deploy.distill import distill
+
+    result = distill(teacher, student=ns.student, data=data, out=out, progress=not ns.quiet, **values)
+    report_result(result)
+    info = result.card.lineage.get("teacher", {})
+    if info.get("val_top1") is not None:
+        say(f"teacher {info['backbone']}: val top-1 {100 * info['val_top1']:.1f}; student "
+            f"{result.card.backbone}: {100 * result.report.top1:.1f}")
+    return 0
+
+
+def cmd_retrain(ns: argparse.Namespace) -> int:
+    bundle = model_path(ns)
+    overrides = {k: v for k, v in train_overrides(ns).items() if k not in ("data", "out")}
+    data = data_path(ns, model=bundle)
+    extra = [data_path(argparse.Namespace(data=e)) for e in ns.extra or ()]
+    from ..train.retrain import retrain
+
+    report_result(retrain(bundle, out=ns.out, data=data, extra=extra, progress=not ns.quiet, **overrides))
+    return 0
+
+
+def cmd_prune(ns: argparse.Namespace) -> int:
+    bundle = model_path(ns)
+    data = data_path(ns, model=bundle) if ns.recover else None
+    from ..deploy.prune import prune_and_recover
+
+    overrides = {k: v for k, v in train_overrides(ns).items() if k not in ("data", "out")}
+    run = prune_and_recover(bundle, ns.out, kind=ns.kind, amount=ns.amount, round_to=ns.round_to,
+                            recover=ns.recover, data=data, progress=not ns.quiet, **overrides)
+    res = run.pruned
+    say(f"{ns.kind} pruning, amount {ns.amount}: parameters {res.params_before:,} -> "
+        f"{res.params_after:,}, sparsity {100 * res.sparsity:.1f}% (before recovery: {res.bundle})")
+    if run.recovered is None:
+        return 0
+    result = run.recovered
+    report_result(result)
+    before = res.card.lineage.get("pruned_from", {}).get("val_top1")
+    if before is not None:
+        say(f"val top-1: {100 * before:.1f} before pruning, {100 * result.report.top1:.1f} after pruning "
+            f"and {result.epochs_run} recovery epoch(s) ({res.card.pruning['kind']}, "
+            f"{100 * res.sparsity:.1f}% sparsity)")
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    t = sub.add_parser("train", help="fine-tune a pretrained backbone on a catalogue")
+    add_data(t, "catalogue: class folders, a CSV/JSONL manifest, or the grocery layout (default: the grocery "
+                "dataset)")
+    add_out(t, "run directory (default runs/skulens)")
+    add_train_flags(t)
+    t.set_defaults(func=cmd_train)
+
+    d = sub.add_parser("demo", help="fine-tune and evaluate the default model on the grocery dataset")
+    add_data(d, "dataset path (default: $SKULENS_DATA or ../shared/datasets/grocery-store)")
+    add_out(d, "run directory (default runs/demo)")
+    d.add_argument("--quick", action="store_true", help="a few-minute run: Lite0 at 160px, 2 epochs")
+    d.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    d.set_defaults(func=cmd_demo)
+
+    ds = sub.add_parser("distill", help="train a small student on a teacher bundle's soft targets (+ labels)")
+    add_model(ds, "teacher bundle (same as --teacher)", required=False, positional_legacy=False)
+    ds.add_argument("--student", help="student backbone (= --backbone; default efficientnet_lite0)")
+    add_data(ds, "catalogue (default: the teacher's recorded dataset, else the grocery dataset)")
+    add_out(ds, "run directory (default runs/skulens)")
+    add_train_flags(ds)  # includes --teacher, --distill-temperature, --distill-alpha
+    ds.set_defaults(func=cmd_distill)
+
+    rt = sub.add_parser("retrain", help="fine-tune again from a bundle, folding in enrolled and newly labelled photos")
+    add_model(rt, "the bundle to start from")
+    add_out(rt, "new run directory", required=True)
+    add_data(rt, "the original catalogue (default: the one in the bundle's card)")
+    rt.add_argument("--extra", action="append", help="extra labelled catalogue (repeatable), e.g. the review queue")
+    add_train_flags(rt)
+    rt.set_defaults(func=cmd_retrain)
+
+    pr = sub.add_parser("prune", help="prune a bundle (structured channels or unstructured L1), fine-tune")
+    add_model(pr, "the bundle to prune")
+    add_out(pr, "run directory: OUT/pruned (before recovery), OUT/bundle", required=True)
+    add_data(pr, "catalogue for the recovery fine-tune (default: the bundle's recorded dataset)")
+    pr.add_argument("--amount", type=float, default=0.3,
+                    help="share of channels (structured) or of weights (unstructured) to remove (default: 0.3)")
+    pr.add_argument("--kind", choices=("structured", "unstructured"), default="structured",
+                    help="structured: remove channels (faster); unstructured: zero weights (smaller when compressed)")
+    pr.add_argument("--round-to", type=int, default=None, help="structured: channel counts multiples of N")
+    pr.add_argument("--recover", action=argparse.BooleanOptionalAction, default=True,
+                    help="recovery fine-tune in the engine (defaults: 3 epochs, freeze full, no baseline)")
+    add_train_flags(pr)
+    pr.set_defaults(func=cmd_prune)

@@ -1,0 +1,163 @@
+"""One grammar on the command line: the same spelling for the model, the data, the output and top-k in
+every command, help on every flag, exit codes that mean the same everywhere, input checks before torch."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from skulens.cli import build_parser
+
+# Every command that runs or reads a model.
+MODEL_COMMANDS = [("predict",), ("evaluate",), ("explain",), ("robustness",), ("info",), ("export",), ("bench",),
+                  ("train",), ("distill",), ("retrain",), ("prune",), ("index", "build"), ("search",), ("align",),
+                  ("enroll",), ("fuse",), ("recommend", "for"), ("recommend", "evaluate"), ("serve",),
+                  ("inventory", "scan")]
+MODEL_COMMANDS = [c for c in MODEL_COMMANDS if c not in (("train",),)]  # train makes a model, it reads none
+DATA_COMMANDS = [("train",), ("demo",), ("evaluate",), ("robustness",), ("export",), ("bench",), ("distill",),
+                 ("retrain",), ("prune",), ("index", "build"), ("align",), ("enroll",), ("fuse",),
+                 ("recommend", "for"), ("recommend", "generate"), ("recommend", "evaluate"), ("serve",)]
+
+
+def _leaves(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> dict[tuple[str, ...], argparse.ArgumentParser]:
+    out = {}
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        return {path: parser}
+    for name, child in subs[0].choices.items():
+        out.update(_leaves(child, (*path, name)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def leaves() -> dict[tuple[str, ...], argparse.ArgumentParser]:
+    return _leaves(build_parser())
+
+
+def _visible_options(p: argparse.ArgumentParser) -> set[str]:
+    return {s for a in p._actions if a.help != argparse.SUPPRESS for s in a.option_strings}
+
+
+def test_every_flag_has_help(leaves) -> None:
+    missing = [f"{' '.join(cmd)} {a.option_strings or a.dest}" for cmd, p in leaves.items() for a in p._actions
+               if a.help != argparse.SUPPRESS and not isinstance(a, argparse._HelpAction) and not (a.help or "").strip()]
+    assert missing == []
+
+
+def test_the_model_is_spelled_the_same_everywhere(leaves) -> None:
+    for cmd in MODEL_COMMANDS:
+        opts = _visible_options(leaves[cmd])
+        assert "--model" in opts and "-m" in opts, cmd
+        assert "--bundle" not in opts, cmd
+
+
+def test_data_out_and_top_k_are_spelled_the_same_everywhere(leaves) -> None:
+    for cmd in DATA_COMMANDS:
+        assert "--data" in _visible_options(leaves[cmd]), cmd
+    for cmd, p in leaves.items():
+        opts = _visible_options(p)
+        assert not opts & {"--catalogue", "--output", "--calibration-data", "--bundle"}, cmd
+        if "-o" in opts:
+            assert "--out" in opts, cmd
+        if "-k" in opts or "--top-k" in opts:
+            assert {"-k", "--top-k"} <= opts, cmd
+
+
+def test_training_flags_are_grouped_in_every_training_command(leaves) -> None:
+    for cmd in (("train",), ("retrain",), ("distill",), ("prune",)):
+        groups = {g.title: g for g in leaves[cmd]._action_groups}
+        group = groups["training options (each is also a key of --config)"]
+        flags = {s for a in group._group_actions for s in a.option_strings}
+        assert {"--lr", "--epochs", "--freeze", "--weight-decay"} <= flags, cmd
+
+
+def _run(*args: str, cwd: Path | None = None) -> tuple[subprocess.CompletedProcess[str], float]:
+    """Run the CLI in-process in a fresh interpreter; the last stdout line says whether torch was imported."""
+    code = ("import sys\nfrom skulens.cli import main\n"
+            f"rc = main({list(args)!r})\n"
+            "print('TORCH', 'torch' in sys.modules)\nsys.exit(rc)\n")
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False,
+                       cwd=cwd, env={**os.environ, "SKULENS_DATA": ""})
+    return r, time.perf_counter() - t0
+
+
+@pytest.mark.parametrize("cmd", [["info"], ["evaluate", "--out", "x"], ["predict", "a.jpg"], ["export"],
+                                 ["bench"], ["robustness", "--out", "x"], ["explain", "a.jpg"], ["fuse"],
+                                 ["enroll", "--product", "p", "--images", "a.jpg"], ["index", "build", "--out", "i"],
+                                 ["inventory", "scan", ".", "--db", "db.sqlite"]])
+def test_a_missing_model_is_exit_2_before_torch(cmd: list[str], tmp_path: Path) -> None:
+    r, _ = _run(*cmd, "--model", str(tmp_path / "no-bundle"), cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert "is not a bundle (no card.json)" in r.stderr and "Traceback" not in r.stderr
+    assert r.stdout.strip().endswith("TORCH False")
+
+
+def test_a_folder_that_is_not_a_bundle_is_refused_the_same_way(tmp_path: Path) -> None:
+    (tmp_path / "run").mkdir()
+    for cmd in (["info"], ["evaluate", "--out", "x"]):
+        r, _ = _run(cmd[0], "--model", str(tmp_path / "run"), *cmd[1:])
+        assert r.returncode == 2 and "RUN/bundle" in r.stderr
+
+
+@pytest.mark.parametrize("how", ["missing", "empty"])
+def test_bad_data_is_refused_at_once_without_torch(how: str, tmp_path: Path, tiny_bundle) -> None:
+    data = tmp_path / "data"
+    if how == "empty":
+        data.mkdir()
+    for cmd in (["train", "--data", str(data), "--out", str(tmp_path / "run")],
+                ["evaluate", "--model", str(tiny_bundle.bundle), "--data", str(data), "--out", str(tmp_path / "e")]):
+        r, wall = _run(*cmd)
+        assert r.returncode == 2, r.stderr
+        assert ("no such file or folder" if how == "missing" else "empty") in r.stderr
+        assert r.stdout.strip().endswith("TORCH False") and wall < 8
+    assert not (tmp_path / "run").exists()
+
+
+def test_usage_errors_are_exit_2_with_one_line(tiny_bundle, tmp_path: Path) -> None:
+    r, _ = _run("predict", "--model", str(tiny_bundle.bundle), str(tmp_path))  # an empty folder: no images
+    assert r.returncode == 2 and "skulens predict: no input images" in r.stderr and "Traceback" not in r.stderr
+    r, _ = _run("export", "--model", str(tiny_bundle.bundle), "--format", "torchscript", "--int8")
+    assert r.returncode == 2 and "--int8 needs --format onnx" in r.stderr
+    r, _ = _run("recommend", "for", "--events", "x.csv")
+    assert r.returncode == 2 and "give --user" in r.stderr
+
+
+def test_evaluate_without_data_uses_the_dataset_in_the_card(tiny_bundle, tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    r, _ = _run("evaluate", "--model", str(tiny_bundle.bundle), "--out", str(out), "-q")
+    assert r.returncode == 0, r.stderr
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert report["model"]["n"] == 9  # the tiny catalogue's val split, found through the card
+    assert report["extra"]["data"] == tiny_bundle.card.dataset["path"]
+
+
+def test_the_new_spelling_and_the_old_one_give_the_same_predictions(tiny_bundle, tiny_catalogue: Path,
+                                                                    tmp_path: Path) -> None:
+    photos = sorted(str(p) for p in (tiny_catalogue.parent / "val").rglob("*.jpg"))[:4]
+    new, _ = _run("predict", "-m", str(tiny_bundle.bundle), *photos, "-k", "2", "-o", str(tmp_path / "new.jsonl"),
+                  "-q")
+    old, _ = _run("predict", str(tiny_bundle.bundle), *photos, "--top-k", "2", "--output", str(tmp_path / "old.jsonl"),
+                  "-q")
+    assert new.returncode == 0 and old.returncode == 0, (new.stderr, old.stderr)
+    assert "deprecated" not in new.stderr
+    assert "`skulens predict BUNDLE` is deprecated" in old.stderr and "--output is deprecated" in old.stderr
+    rows = [json.loads(line) for line in (tmp_path / "new.jsonl").read_text().splitlines()]
+    assert [r["source"] for r in rows] == photos and all(len(r["top_k"]) == 2 for r in rows)
+    assert (tmp_path / "new.jsonl").read_text() == (tmp_path / "old.jsonl").read_text()
+
+
+def test_info_takes_the_model_flag_and_the_old_positional(tiny_bundle) -> None:
+    new, _ = _run("info", "--model", str(tiny_bundle.bundle), "--json")
+    old, _ = _run("info", str(tiny_bundle.bundle), "--json")
+    assert new.returncode == old.returncode == 0
+    assert new.stdout == old.stdout and "deprecated" in old.stderr
+    both, _ = _run("info", str(tiny_bundle.bundle), "--model", str(tiny_bundle.bundle))
+    assert both.returncode == 2 and "unexpected argument" in both.stderr
