@@ -24,7 +24,7 @@ from _results import append_section
 
 
 def _decay_everything() -> None:
-    import skulens.train.optim as optim
+    from skulens.train import optim
 
     plain = optim.param_groups
 
@@ -74,10 +74,10 @@ def main() -> int:
         "",
         "| scored on | fine top-1 | coarse top-1 | macro-F1 |",
         "|---|---|---|---|",
-        f"| hold-out of train (selection) | {100 * hold.top1:.1f} | {100 * (hold.coarse_top1 or 0):.1f} | "
-        f"{100 * hold.macro_f1:.1f} |",
-        f"| val (untouched) | {100 * report.top1:.1f} | {100 * (report.coarse_top1 or 0):.1f} | "
-        f"{100 * report.macro_f1:.1f} |",
+        (f"| hold-out of train (selection) | {100 * hold.top1:.1f} | {100 * (hold.coarse_top1 or 0):.1f} | "
+         f"{100 * hold.macro_f1:.1f} |"),
+        (f"| val (untouched) | {100 * report.top1:.1f} | {100 * (report.coarse_top1 or 0):.1f} | "
+         f"{100 * report.macro_f1:.1f} |"),
         "",
         f"Best epoch {result.best_epoch}; wall time {wall / 60:.1f} min.",
     ])
