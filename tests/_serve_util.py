@@ -102,7 +102,7 @@ def running_server(app: Any) -> Iterator[str]:
 
 
 class SlowModel:
-    """A real model whose forward pass takes `delay` seconds longer (to fill the queue on purpose)."""
+    """A real model whose predict takes `delay` seconds longer (to fill the queue on purpose)."""
 
     def __init__(self, model: Any, delay: float):
         self._model, self._delay = model, delay
@@ -110,6 +110,6 @@ class SlowModel:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._model, name)
 
-    def run(self, *args: Any, **kwargs: Any) -> Any:
+    def predict(self, *args: Any, **kwargs: Any) -> Any:
         time.sleep(self._delay)
-        return self._model.run(*args, **kwargs)
+        return self._model.predict(*args, **kwargs)

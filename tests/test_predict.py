@@ -227,3 +227,16 @@ def test_embed_raises_on_an_undecodable_image(model: Model, val_images: list[tup
     with pytest.raises(ImageDecodeError, match="not an image") as info:
         model.embed([str(val_images[0][0]), str(bad)])
     assert info.value.source == str(bad)
+
+
+def test_top_k_and_min_confidence_per_image(model: Model, val_images: list[tuple[Path, str]]) -> None:
+    # The service batches requests that asked for different top-k and abstention into one call.
+    paths = [str(p) for p, _ in val_images[:3]]
+    normal = model.predict(paths, top_k=3)
+    mixed = model.predict(paths, top_k=[1, 2, 3], min_confidence=[0.0, 1.01, 0.0])
+    assert [len(p.top_k) for p in mixed] == [1, 2, 3]
+    assert mixed[1].level == "unknown" and mixed[1].label is None
+    assert (mixed[0].label, mixed[2].label) == (normal[0].label, normal[2].label)
+    assert mixed[2].top_k == normal[2].top_k
+    with pytest.raises(ValueError, match="2 values of top_k for 3 images"):
+        model.predict(paths, top_k=[1, 2])

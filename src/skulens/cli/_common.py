@@ -9,23 +9,23 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 import sys
 from pathlib import Path
 from typing import Any, get_args
 
 from ..config import config_fields, load_config
-from ..data.locate import resolve_data
+from ..data.catalogue import IMAGE_SUFFIXES
+from ..data.locate import recorded_dataset, resolve_data
 
 __all__ = [
     "EXIT_FAILED",
     "EXIT_OK",
     "EXIT_USAGE",
-    "IMAGE_EXTS",
     "UsageError",
     "add_data",
     "add_model",
     "add_out",
+    "add_quiet",
     "add_top_k",
     "add_train_flags",
     "csv_list",
@@ -39,7 +39,6 @@ __all__ = [
 ]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 REMOVED_IN = "0.2"  # deprecated spellings keep working for one release
 
 
@@ -110,10 +109,10 @@ def check_model(value: str, *, backend: str = "torch") -> None:
     if not p.exists():
         raise UsageError(f"--model {value}: no such file or folder; it is not a bundle (no card.json)")
     if p.is_dir():
-        wanted = "model.onnx" if backend == "onnx" else "card.json"
-        if not (p / wanted).is_file() and not (p / "card.json").is_file():
+        has_onnx = (p / "model.onnx").is_file()
+        if not (p / "card.json").is_file() and not (backend == "onnx" and has_onnx):
             raise UsageError(f"--model {value} is not a bundle (no card.json); a training run's bundle is RUN/bundle")
-        if backend == "onnx" and not (p / "model.onnx").is_file():
+        if backend == "onnx" and not has_onnx:
             raise UsageError(f"--model {value}: no model.onnx; run `skulens export --model {value}` first")
     elif p.suffix not in (".json", ".onnx"):
         raise UsageError(f"--model {value} is not a bundle (no card.json): give the bundle folder, its card.json "
@@ -133,8 +132,6 @@ def add_data(p: argparse.ArgumentParser, help_text: str = "catalogue: class fold
 def data_path(ns: argparse.Namespace, *, model: str | None = None, required: bool = True) -> str | None:
     """--data, else the dataset recorded in the model's card (if still there), else the default dataset.
     Checked here, before torch is imported: a missing or empty path is refused at once."""
-    from ..data.locate import recorded_dataset
-
     recorded = recorded_dataset(model) if model and not model.startswith("pretrained:") else None
     found = resolve_data(getattr(ns, "data", None), recorded=recorded, required=required)
     return None if found is None else str(found)
@@ -152,8 +149,8 @@ def add_top_k(p: argparse.ArgumentParser, default: int, help_text: str = "result
                    help=f"{help_text} (default: {default})")
 
 
-def add_quiet(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or per-item lines")
+def add_quiet(p: argparse.ArgumentParser, help_text: str = "no progress bars") -> None:
+    p.add_argument("-q", "--quiet", action="store_true", help=help_text)
 
 
 def expand_inputs(items: list[str]) -> list[str]:
@@ -164,7 +161,7 @@ def expand_inputs(items: list[str]) -> list[str]:
     for item in items:
         p = Path(item)
         if p.is_dir():
-            out += sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTS and f.is_file())
+            out += sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
         elif any(ch in item for ch in "*?["):
             out += sorted(glob.glob(item, recursive=True))
         else:
@@ -218,6 +215,3 @@ def report_result(result: Any) -> None:
     say(f"model bundle: {result.bundle}")
     say(f"report:       {result.run_dir / 'report' / 'report.md'}")
 
-
-def print_json(obj: Any, **kw: Any) -> None:
-    print(json.dumps(obj, **kw))

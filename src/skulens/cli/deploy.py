@@ -11,9 +11,9 @@ from ._common import (
     add_data,
     add_model,
     add_out,
+    add_quiet,
     csv_list,
     data_path,
-    deprecated_alias,
     model_path,
     say,
 )
@@ -102,8 +102,6 @@ def add_commands(sub: Any) -> None:
     b.add_argument("--device", default="cpu",
                    help="cpu (default), cuda[:N] or auto: where the PyTorch variants (and ONNX, with "
                         "onnxruntime-gpu) run; decoding and preprocessing stay on the CPU")
-    b.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    add_quiet(b)
     b.set_defaults(func=cmd_bench)
 
-
-_ = deprecated_alias  # re-exported for symmetry with the other command modules

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ._common import UsageError, add_data, add_model, add_out, csv_list, data_path, model_path, say
+from ._common import UsageError, add_data, add_model, add_out, add_quiet, csv_list, data_path, model_path, say
 
 __all__ = ["add_commands"]
 
@@ -81,12 +81,11 @@ def add_commands(sub: Any) -> None:
     e.add_argument("--baseline", action="store_true", help="also evaluate the linear probe on the pretrained backbone")
     _device(e)
     e.add_argument("--backend", choices=("torch", "onnx"), default="torch", help="onnx: the bundle's model.onnx")
-    e.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    add_quiet(e)
     e.set_defaults(func=cmd_evaluate)
 
     ex = sub.add_parser("explain", help="Grad-CAM heatmap of a prediction, blended over the photo")
     add_model(ex, positional_legacy=False)
-    ex.set_defaults(legacy_model=None)
     ex.add_argument("inputs", nargs="+", metavar="PHOTO", help="the photo to explain")
     add_out(ex, "overlay PNG to write (default: explanation.png)", default="explanation.png", legacy_output=True)
     ex.add_argument("--target", help="class to explain (default: the predicted one)")
@@ -108,5 +107,5 @@ def add_commands(sub: Any) -> None:
     r.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
     r.add_argument("--seed", type=int, default=0, help="seed of the sample and the attacks' noise")
     _device(r)
-    r.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    add_quiet(r)
     r.set_defaults(func=cmd_robustness)

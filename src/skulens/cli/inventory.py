@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from ..serve.settings import ServeSettings
-from ._common import UsageError, add_model, add_out, model_path, say
+from ._common import UsageError, add_model, add_out, add_quiet, model_path, say
 
 __all__ = ["add_commands"]
 
@@ -30,7 +30,7 @@ def add_commands(sub: Any) -> None:
     sc.add_argument("--keep-photos", action="store_true", help="keep every photo (EXIF stripped), not only review ones")
     sc.add_argument("--batch-size", type=int, default=32, help="photos per transaction (default: %(default)s)")
     sc.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    sc.add_argument("-q", "--quiet", action="store_true", help="no per-photo JSON lines")
+    add_quiet(sc, "no per-photo JSON lines")
     sc.set_defaults(func=cmd_inventory_scan)
 
     c = isub.add_parser("counts", help="print the counts as CSV (label,count,updated_at)")

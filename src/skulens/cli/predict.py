@@ -14,6 +14,7 @@ from ._common import (
     UsageError,
     add_model,
     add_out,
+    add_quiet,
     add_top_k,
     expand_inputs,
     model_path,
@@ -35,7 +36,7 @@ def _csv_row(p: Any) -> list[str]:
 
 def cmd_predict(ns: argparse.Namespace) -> int:
     inputs = list(ns.inputs)
-    if ns.model is None and inputs and ns.legacy_model is None:  # old spelling: `predict BUNDLE photos...`
+    if ns.model is None and inputs:  # old spelling: `predict BUNDLE photos...`
         ns.legacy_model = inputs.pop(0)
     bundle = model_path(ns, backend=ns.backend)
     files = expand_inputs(inputs)
@@ -112,7 +113,6 @@ def cmd_info(ns: argparse.Namespace) -> int:
 def add_commands(sub: Any) -> None:
     pr = sub.add_parser("predict", help="classify images: files, folders, globs, or '-' for a list on stdin")
     add_model(pr, "model bundle folder, or an exported .onnx file with --backend onnx", positional_legacy=False)
-    pr.set_defaults(legacy_model=None)
     pr.add_argument("inputs", nargs="*", help="images, folders or globs ('-' or nothing: read paths from stdin)")
     add_top_k(pr, 5, "labels per image")
     pr.add_argument("--min-confidence", type=float, default=0.0, help="abstain ('unknown') below this (default: 0)")
@@ -123,7 +123,7 @@ def add_commands(sub: Any) -> None:
     pr.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     pr.add_argument("--backend", choices=("torch", "onnx"), default="torch",
                     help="onnx: run the bundle's model.onnx (or a .onnx file) with ONNX Runtime")
-    pr.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_quiet(pr)
     pr.set_defaults(func=cmd_predict)
 
     i = sub.add_parser("info", help="show a bundle's card (no torch: answers at once)")

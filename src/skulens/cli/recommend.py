@@ -11,8 +11,7 @@ from ._common import UsageError, add_data, add_model, add_out, add_top_k, data_p
 __all__ = ["add_commands"]
 
 
-def _model(ns: argparse.Namespace) -> Any:
-    bundle = model_path(ns)
+def _load(bundle: str | None) -> Any:
     if not bundle:
         return None
     from ..models.predictor import load_model
@@ -22,15 +21,16 @@ def _model(ns: argparse.Namespace) -> Any:
 
 def _recommender(ns: argparse.Namespace) -> Any:
     """The same recommender the service builds from the same log, catalogue and model."""
-    needs_catalogue = bool(ns.data) or ns.kind != "popularity"
-    data = data_path(ns, model=model_path(ns)) if needs_catalogue else None  # checked before torch loads
+    bundle = model_path(ns)
+    content = ns.kind != "popularity"  # popularity reads neither product texts nor photos
+    data = data_path(ns, model=bundle) if ns.data or content else None  # checked before torch loads
     from ..data.catalogue import load_catalogue
     from ..recommend.recommenders import fit_recommender
     from ..recommend.shopping_log import read_events
 
     events = read_events(ns.events)
     products = load_catalogue(data).products if data else None
-    return fit_recommender(events, products, kind=ns.kind, model=_model(ns))
+    return fit_recommender(events, products, kind=ns.kind, model=_load(bundle) if content else None)
 
 
 def _recs_json(recs: list[Any]) -> list[dict[str, Any]]:
@@ -65,14 +65,15 @@ def cmd_recommend_generate(ns: argparse.Namespace) -> int:
 
 
 def cmd_recommend_evaluate(ns: argparse.Namespace) -> int:
-    data = data_path(ns, model=model_path(ns))
+    bundle = model_path(ns)
+    data = data_path(ns, model=bundle)
     from ..data.catalogue import load_catalogue
     from ..recommend.recommenders import create_recommender, evaluate, item_vectors, leave_last_out
     from ..recommend.shopping_log import read_events
 
     events = read_events(ns.events)
     cat = load_catalogue(data)
-    vectors = item_vectors(cat, _model(ns))
+    vectors = item_vectors(cat, _load(bundle))
     train, test = leave_last_out(events)
     for kind in ("popularity", "content", "hybrid"):
         rec = create_recommender(kind, **({} if kind == "popularity" else {"item_vectors": vectors}))

@@ -11,6 +11,7 @@ from ._common import (
     add_data,
     add_model,
     add_out,
+    add_quiet,
     add_top_k,
     data_path,
     expand_inputs,
@@ -107,8 +108,8 @@ def _engine(ns: argparse.Namespace, need_model: bool) -> Any:
 
     index = open_index(ns.index)
     model = load_model(bundle) if bundle and (need_model or ns.mode != "text") else None
-    aligner = load_aligner(ns.align or bundle) if bundle and not bundle.startswith("pretrained:") \
-        else (load_aligner(ns.align) if ns.align else None)
+    source = ns.align or (bundle if bundle and not bundle.startswith("pretrained:") else None)
+    aligner = load_aligner(source) if source else None
     return SearchEngine(model, index, aligner)
 
 
@@ -174,10 +175,6 @@ def cmd_fuse(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _quiet(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-
-
 def _filter_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--filter", action="append", metavar="KEY=VALUE",
                    help="metadata filter, repeatable: coarse_label=Milk, in_stock=true, shelf=[1,3] (any of)")
@@ -203,7 +200,7 @@ def _add_index(sub: Any) -> None:
     b.add_argument("--nprobe", type=int, help="faiss IVF: lists visited per query")
     b.add_argument("--collection", help="milvus: collection name (default skulens)")
     b.add_argument("--index-type", help="milvus: IVF_FLAT (Lite default), HNSW (server default), FLAT")
-    _quiet(b)
+    add_quiet(b)
     b.set_defaults(func=cmd_index_build)
     inf = isub.add_parser("info", help="what an index holds")
     inf.add_argument("index", help="index folder (faiss) or .db file / URI (milvus)")
@@ -223,7 +220,7 @@ def _add_index(sub: Any) -> None:
     dd.add_argument("--threshold", type=float, default=0.95, help="cosine similarity (default: 0.95)")
     add_top_k(dd, 10, "neighbours looked at per photo")
     _filter_flag(dd)
-    _quiet(dd)
+    add_quiet(dd)
     dd.set_defaults(func=cmd_index_duplicates)
 
 
@@ -250,7 +247,7 @@ def add_commands(sub: Any) -> None:
     a.add_argument("--splits", nargs="+", default=["train"], help="splits whose photos pair with the texts")
     a.add_argument("--steps", type=int, default=400, help="optimisation steps (default: 400)")
     add_out(a, "where to write it (default: inside the model bundle)")
-    _quiet(a)
+    add_quiet(a)
     a.set_defaults(func=cmd_align)
 
     en = sub.add_parser("enroll", help="add a product to a trained model from a few photos (no retraining)")
@@ -262,12 +259,12 @@ def add_commands(sub: Any) -> None:
     en.add_argument("--coarse", help="coarse class (default: inferred from the photos)")
     en.add_argument("--index", help="also add the photos to this index")
     add_data(en, "the training catalogue, for reference photos (default: the card's)")
-    _quiet(en)
+    add_quiet(en)
     en.set_defaults(func=cmd_enroll)
 
     fu = sub.add_parser("fuse", help="train and compare an image + text fusion head (listings with their own text)")
     add_model(fu, "the bundle whose embeddings the fusion head reads")
     add_data(fu, "catalogue whose samples carry text (manifest 'text' or 'title' column)")
     add_out(fu, "report folder (default: BUNDLE/fusion-report)")
-    _quiet(fu)
+    add_quiet(fu)
     fu.set_defaults(func=cmd_fuse)

@@ -7,11 +7,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..data.locate import resolve_data
 from ._common import (
     UsageError,
     add_data,
     add_model,
     add_out,
+    add_quiet,
     add_train_flags,
     data_path,
     model_path,
@@ -54,15 +56,12 @@ def cmd_demo(ns: argparse.Namespace) -> int:
 
 def cmd_distill(ns: argparse.Namespace) -> int:
     values = train_overrides(ns)
-    teacher = ns.model or values.pop("teacher", None)
-    values.pop("teacher", None)
-    if not teacher:
+    # The teacher, data and output: flags first, then the --config file's keys; none stays in `values`.
+    cfg_teacher, cfg_data, cfg_out = (values.pop(key, None) for key in ("teacher", "data", "out"))
+    ns.model, ns.data, out = ns.model or cfg_teacher, ns.data or cfg_data, ns.out or cfg_out
+    if not ns.model:
         raise UsageError("--model TEACHER_BUNDLE is required (the model to distil; --teacher is the same)")
-    ns.model = teacher
     teacher = model_path(ns)
-    ns.data = ns.data or values.pop("data", None)
-    out = ns.out or values.pop("out", None)
-    values.pop("data", None), values.pop("out", None)
     data = data_path(ns, model=teacher)
     from ..deploy.distill import distill
 
@@ -79,7 +78,7 @@ def cmd_retrain(ns: argparse.Namespace) -> int:
     bundle = model_path(ns)
     overrides = {k: v for k, v in train_overrides(ns).items() if k not in ("data", "out")}
     data = data_path(ns, model=bundle)
-    extra = [data_path(argparse.Namespace(data=e)) for e in ns.extra or ()]
+    extra = [str(resolve_data(e)) for e in ns.extra or ()]
     from ..train.retrain import retrain
 
     report_result(retrain(bundle, out=ns.out, data=data, extra=extra, progress=not ns.quiet, **overrides))
@@ -121,7 +120,7 @@ def add_commands(sub: Any) -> None:
     add_data(d, "dataset path (default: $SKULENS_DATA or ../shared/datasets/grocery-store)")
     add_out(d, "run directory (default runs/demo)")
     d.add_argument("--quick", action="store_true", help="a few-minute run: Lite0 at 160px, 2 epochs")
-    d.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    add_quiet(d)
     d.set_defaults(func=cmd_demo)
 
     ds = sub.add_parser("distill", help="train a small student on a teacher bundle's soft targets (+ labels)")

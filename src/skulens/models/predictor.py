@@ -117,10 +117,13 @@ class Model:
                 failed.append((i, e.reason))
         return tensors, ok, failed
 
-    def predict(self, images: Sequence[ImageInput], *, top_k: int = 5, min_confidence: float = 0.0,
-                batch_size: int = 32, progress: bool = False, texts: Sequence[str | None] | None = None
-                ) -> list[Prediction]:
+    def predict(self, images: Sequence[ImageInput], *, top_k: int | Sequence[int] = 5,
+                min_confidence: float | Sequence[float] = 0.0, batch_size: int = 32, progress: bool = False,
+                texts: Sequence[str | None] | None = None) -> list[Prediction]:
         """Predictions in input order; an image that cannot be decoded gets level "error" with the reason.
+
+        top_k, min_confidence: one value for every image, or one per image (the service batches requests
+        that asked for different ones into one forward pass).
 
         texts: each photo's listing text (title/description; None or "" for none), classified with the
         bundle's image + text fusion head (`skulens fuse`) instead of the image classifier.
@@ -131,6 +134,7 @@ class Model:
             raise ValueError("this model has no classifier (a plain pretrained backbone): use embed() or "
                              "search, or fine-tune it with `skulens train`")
         names = [_name(im, i) for i, im in enumerate(images)]
+        ks, mins = _per_image(top_k, len(images), "top_k"), _per_image(min_confidence, len(images), "min_confidence")
         tensors, ok, failed = self._decode(images)
         results: list[Prediction | None] = [None] * len(images)
         for i, reason in failed:
@@ -144,8 +148,8 @@ class Model:
                                     card.coarse_rule)
             for row, i in enumerate(ok):
                 results[i] = decide(self.card, out.fine[row], None if coarse is None else coarse[row],
-                                     None if out.attributes is None else out.attributes[row], names[i], top_k,
-                                     min_confidence)
+                                     None if out.attributes is None else out.attributes[row], names[i], ks[i],
+                                     mins[i])
         return [r for r in results if r is not None]
 
     def _fuse(self, out: HeadOutputs, texts: list[str | None]) -> HeadOutputs:
@@ -189,6 +193,15 @@ class Model:
         from ..evaluate.evaluator import evaluate_model
 
         return evaluate_model(self, data, split=split, out=out, baseline=baseline, progress=progress)
+
+
+def _per_image(value: Any, n: int, name: str) -> list[Any]:
+    if isinstance(value, (int, float)):
+        return [value] * n
+    values = list(value)
+    if len(values) != n:
+        raise ValueError(f"{len(values)} values of {name} for {n} images: give one, or one per image")
+    return values
 
 
 def _name(im: ImageInput, i: int) -> str:

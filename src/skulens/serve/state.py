@@ -19,9 +19,6 @@ from PIL import Image
 
 from ..data.catalogue import Product
 from ..data.decode import decode_image
-from ..data.transforms import to_uint8_tensor
-from ..models.inference import combine_coarse
-from ..models.predictor import decide
 from .batching import MicroBatcher
 from .inventory import IntakePhoto, IntakeResult, InventoryStore
 from .metrics import ServiceMetrics
@@ -76,25 +73,16 @@ class Recognizer:
             idx = [i for i, j in enumerate(jobs) if j.kind == kind]
             if not idx:
                 continue
-            if kind == "predict":
-                results: Any = self._predict([jobs[i] for i in idx])
+            if kind == "predict":  # one forward pass; each request keeps its own top-k and abstention
+                batch = [jobs[i] for i in idx]
+                results: Any = self.model.predict([j.image for j in batch], top_k=[j.top_k for j in batch],
+                                                  min_confidence=[j.min_confidence for j in batch],
+                                                  batch_size=len(batch))
             else:
                 results = self.model.embed([jobs[i].image for i in idx], batch_size=len(idx))
             for row, i in enumerate(idx):
                 out[i] = results[row]
         return out
-
-    def _predict(self, jobs: list[_Job]) -> list[Prediction]:
-        """One forward pass for every request in the batch, then each request's own top-k and abstention
-        through the one decision rule (`decide`, as `Model.predict` uses it)."""
-        model = self.model
-        card = model.card
-        out = model.run([to_uint8_tensor(j.image) for j in jobs], batch_size=len(jobs))
-        coarse = combine_coarse(out.fine, out.coarse_head, card.fine_to_coarse, len(card.coarse_classes),
-                                card.coarse_rule)
-        return [decide(card, out.fine[row], None if coarse is None else coarse[row],
-                       None if out.attributes is None else out.attributes[row], f"<image {row}>", job.top_k,
-                       job.min_confidence) for row, job in enumerate(jobs)]
 
     async def predict(self, image: Image.Image, *, top_k: int = 5, min_confidence: float = 0.0) -> Prediction:
         return await self.batcher.submit(_Job("predict", image, top_k, min_confidence),
