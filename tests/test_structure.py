@@ -22,7 +22,7 @@ RANK = {
     "models": 1,
     "evaluate": 2,
     "train": 3,
-    "search": 4, "deploy": 4, "recommend": 5,
+    "search": 4, "deploy": 4, "detect": 4, "recommend": 5,
     "serve": 6,
     "api": 7, "cli": 7, "": 7,  # "" is the package's __init__: the lazy public front
 }

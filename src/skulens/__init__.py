@@ -9,12 +9,14 @@ from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
 
-__all__ = ["EvalReport", "Model", "Prediction", "TrainConfig", "__version__", "evaluate", "load", "load_catalogue",
-           "pretrained", "train"]
+__all__ = ["EvalReport", "Model", "Prediction", "TrainConfig", "__version__", "count", "evaluate", "load",
+           "load_catalogue", "load_detector", "pretrained", "train"]
 
 _LAZY = {
     "load": "skulens.api",
     "pretrained": "skulens.api",
+    "load_detector": "skulens.api",
+    "count": "skulens.api",
     "Model": "skulens.api",
     "Prediction": "skulens.api",
     "EvalReport": "skulens.evaluate.metrics",
@@ -23,7 +25,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from .api import Model, Prediction, load, pretrained
+    from .api import Model, Prediction, count, load, load_detector, pretrained
     from .config import TrainConfig
     from .data.catalogue import load_catalogue
     from .evaluate.metrics import EvalReport

@@ -1,5 +1,6 @@
 """The public front: `skulens.train(...)`, `skulens.load(bundle)`, `skulens.pretrained(...)`,
-`skulens.evaluate(model, data)`.
+`skulens.evaluate(model, data)`, and for shelf photos `skulens.load_detector(det)` and
+`skulens.count(photos, det, model=...)`.
 
 The CLI and the REST service are thin adapters over these functions and the core they call. No stage of the
 core imports this module: the model object lives in `skulens.models.predictor`.
@@ -14,10 +15,14 @@ from .config import TrainConfig, load_config, resolve_config
 from .models.predictor import ImageInput, Model, Prediction, load_model, pretrained_model
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from .detect.count import PhotoCount
+    from .detect.detector import Detector
     from .evaluate.metrics import EvalReport
     from .train.engine import TrainResult
 
-__all__ = ["ImageInput", "Model", "Prediction", "evaluate", "load", "pretrained", "train"]
+__all__ = ["ImageInput", "Model", "Prediction", "count", "evaluate", "load", "load_detector", "pretrained", "train"]
 
 
 def pretrained(backbone: str = "efficientnet_lite2", *, weights: str | None = None, image_size: int | None = None,
@@ -67,3 +72,35 @@ def train(data: str | os.PathLike | None = None, *, config_file: str | os.PathLi
         values["data"] = str(data)
     cfg: TrainConfig = resolve_config(values)
     return fit(cfg, progress=progress)
+
+
+def load_detector(path: str | os.PathLike, *, device: str = "auto", backend: str = "torch") -> Detector:
+    """Load a product detector folder (`skulens detect train` writes one); backend "onnx" runs its exported
+    detector.onnx (`skulens detect export`) under ONNX Runtime."""
+    if backend == "onnx":
+        from .detect.onnx import load_onnx_detector
+
+        return load_onnx_detector(path)
+    if backend != "torch":
+        raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
+    from .detect.detector import load_detector as _load_detector
+
+    return _load_detector(path, device=device)
+
+
+def count(photos: Sequence[ImageInput], detector: Detector | str | os.PathLike, *,
+          model: Model | str | os.PathLike | None = None, min_score: float = 0.5, min_confidence: float = 0.5,
+          tiles: str = "auto") -> list[PhotoCount]:
+    """Find, recognise and count every product in each photo.
+
+    detector: a Detector or its folder. model: the classification bundle that names each box (without one,
+    every box is an unnamed "product"). Each PhotoCount has the boxes (label None = unknown: the classifier
+    was below `min_confidence`), the count per product, and `annotated(photo)` for a picture.
+    """
+    from .detect.count import count_products
+    from .detect.detector import Detector as _Detector
+
+    det = detector if isinstance(detector, _Detector) else load_detector(detector)
+    clf = model if model is None or isinstance(model, Model) else load_model(model)
+    return [r for r, _ in count_products(det, photos, model=clf, min_score=min_score,
+                                         min_confidence=min_confidence, tiles=tiles)]

@@ -44,8 +44,16 @@ def cmd_export(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _split_samples(data: str, split: str) -> list[Any]:
+    from ..data.catalogue import load_catalogue
+
+    return list(load_catalogue(data).split(split))
+
+
 def cmd_bench(ns: argparse.Namespace) -> int:
     bundle = model_path(ns)
+    if ns.detector and not (Path(ns.detector) / "detector.json").is_file():
+        raise UsageError(f"--detector {ns.detector}: not a detector folder (no detector.json)")
     extra = {k: v for k, v in (("distilled", ns.distilled), ("pruned", ns.pruned)) if v}
     for item in ns.extra or []:
         name, _, path = item.partition("=")
@@ -63,6 +71,16 @@ def cmd_bench(ns: argparse.Namespace) -> int:
                           batch_size=ns.batch_size, latency_images=ns.latency_images, repeats=ns.repeats,
                           isolate=ns.isolate, progress=not ns.quiet, device=str(resolve_device(ns.device)))
     print(to_markdown(result))
+    if ns.detector:
+        from ..deploy.bench import bench_detection, detection_markdown, one_megapixel_jpegs
+        from ..models.predictor import load_model
+
+        photos = one_megapixel_jpegs([str(s.path) for s in _split_samples(data, ns.split)], ns.detection_photos)
+        rows = bench_detection(ns.detector, photos, model=load_model(bundle, device="cpu"), repeats=ns.repeats)
+        table = detection_markdown(rows)
+        print(table)
+        with open(Path(out) / "bench.md", "a", encoding="utf-8") as f:
+            f.write("\n" + table)
     say(f"results: {Path(out) / 'bench.json'}, {Path(out) / 'bench.md'}")
     return 0
 
@@ -87,6 +105,9 @@ def add_commands(sub: Any) -> None:
                    help="runtimes for the model (baseline is required): " + ", ".join(DEFAULT_RUNTIMES))
     b.add_argument("--distilled", help="a distilled bundle to measure too")
     b.add_argument("--pruned", help="a pruned bundle to measure too")
+    b.add_argument("--detector", help="add detection rows: shelf photos/s end to end at 1 megapixel (decode, detect, "
+                                      "classify every box), PyTorch and, if exported, ONNX Runtime")
+    b.add_argument("--detection-photos", type=int, default=10, help="photos of the detection rows (default: 10)")
     b.add_argument("--extra", action="append", metavar="NAME=BUNDLE", help="more bundles (repeatable)")
     b.add_argument("--extra-runtimes", default="torch-bf16,onnx-fp32", help="runtimes for the extra bundles")
     b.add_argument("--limit", type=int, help="only N images of the split (seeded sample)")

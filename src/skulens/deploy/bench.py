@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["RUNTIMES", "BenchResult", "BenchRow", "Variant", "bench_bundle", "run_bench", "to_markdown"]
+__all__ = ["RUNTIMES", "BenchResult", "BenchRow", "DetectionRow", "Variant", "bench_bundle", "bench_detection",
+           "detection_markdown", "one_megapixel_jpegs", "run_bench", "to_markdown"]
 
 RUNTIMES: dict[str, str] = {
     "baseline": "PyTorch eager fp32, naive preprocessing (PIL open/resize, ToTensor/Normalize), batch 64",
@@ -382,3 +383,67 @@ def to_markdown(result: BenchResult) -> str:
              f"{result.workers} decode workers, batch {result.batch_size} (baseline {BASELINE_BATCH}); "
              f"peak RSS: {memo}.")
     return "\n".join([intro, "", *lines, "", verdict, ""])
+
+
+@dataclass(frozen=True)
+class DetectionRow:
+    """End-to-end shelf-photo throughput: JPEG bytes -> decode -> detect -> classify every box."""
+
+    name: str
+    seconds_per_photo: float
+    photos_per_s: float
+    boxes_per_photo: float
+    megapixels: float
+
+
+def one_megapixel_jpegs(paths: Sequence[str], n: int, size: tuple[int, int] = (1155, 866)) -> list[bytes]:
+    """`n` photos scaled to about one megapixel and encoded as JPEG (quality 90), as phones upload them."""
+    import io
+
+    from ..data.decode import decode_image
+
+    out = []
+    for p in list(paths)[:n]:
+        buf = io.BytesIO()
+        decode_image(p).resize(size).save(buf, "JPEG", quality=90)
+        out.append(buf.getvalue())
+    return out
+
+
+def bench_detection(detector: str | os.PathLike, photos: Sequence[bytes], *, model: Any = None,
+                    repeats: int = 2) -> list[DetectionRow]:
+    """Photos/s end to end for the detector under PyTorch and, when it has been exported
+    (`skulens detect export`), under ONNX Runtime, each after one warm-up photo; median of `repeats`."""
+    import statistics
+
+    from ..data.decode import decode_image
+    from ..detect.count import count_products
+    from ..detect.detector import load_detector
+    from ..detect.onnx import ONNX_NAME, load_onnx_detector
+
+    if not photos:
+        raise ValueError("bench_detection needs at least one photo")
+    variants = [("detector (PyTorch)", load_detector(detector, device="cpu"))]
+    if (Path(detector) / ONNX_NAME).is_file():
+        variants.append(("detector (ONNX Runtime)", load_onnx_detector(detector)))
+    mp = statistics.mean(decode_image(p).width * decode_image(p).height for p in photos[:3]) / 1e6
+    rows = []
+    for name, det in variants:
+        list(count_products(det, photos[:1], model=model))
+        times, boxes = [], 0.0
+        for _ in range(max(1, repeats)):
+            t0 = time.perf_counter()
+            results = [r for r, _ in count_products(det, photos, model=model)]
+            times.append((time.perf_counter() - t0) / len(photos))
+            boxes = sum(r.total for r in results) / len(results)
+        sec = statistics.median(times)
+        label = name + (" + classifier per box" if model is not None else "")
+        rows.append(DetectionRow(label, sec, 1 / sec, boxes, mp))
+    return rows
+
+
+def detection_markdown(rows: Sequence[DetectionRow]) -> str:
+    lines = ["| detection variant | s / photo | photos / s | boxes / photo | MP |", "|---|---|---|---|---|"]
+    lines += [f"| {r.name} | {r.seconds_per_photo:.2f} | {r.photos_per_s:.2f} | {r.boxes_per_photo:.1f} | "
+              f"{r.megapixels:.2f} |" for r in rows]
+    return "\n".join(lines) + "\n"

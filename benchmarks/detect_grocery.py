@@ -1,0 +1,170 @@
+"""The product detector measured: held-out composites, the real fridge photos, dense phone-size shelves, speed.
+
+    python benchmarks/detect_grocery.py --detector DET [--model BUNDLE] [--data GROCERY] [--fridge PATH]
+                                        [--canvases 200] [--out DIR]
+
+1. Held-out composites: canvases made only of the products the detector's run held out of training
+   (the same seeded split its card records), from a seed the run never used for selection: class-agnostic
+   AP@0.5, AP@[.5:.95], share of canvases counted exactly, count MAE.
+2. The fridge sample (six real photos, VOC boxes; products of no skulens dataset): recall at IoU 0.5,
+   false boxes per photo, AP@0.5, count MAE, and (with --model) how many boxes the grocery classifier
+   leaves "unknown" (none of these products is in its catalogue); report.md and grid.png in --out.
+3. Dense shelves: 4000x3000 composites with 300+ products, tiled: count error and seconds per photo.
+4. Speed: photos/s end to end (JPEG bytes -> decode -> detect -> classify every box) at 1 megapixel,
+   PyTorch and ONNX Runtime detectors side by side in one run; and the run's training time from its card.
+Appends a section to benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _results import append_section
+
+DEFAULT_FRIDGE = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "fridge-objects-sample"
+
+
+def held_out_canvases(data: Path, card, n: int, size: tuple[int, int] = (512, 512), start: int = 0, **cfg):
+    """Composites of the catalogue products the training run held out (the seeded split its card records),
+    from a seed the run never used for selection."""
+    from skulens.data.catalogue import load_catalogue
+    from skulens.detect.synth import CompositeGenerator, SynthConfig, catalogue_cutouts, held_out_products
+
+    recipe = card.training.get("recipe", {})
+    cat = load_catalogue(data)
+    held = held_out_products(cat, recipe.get("holdout_products", 0.15), recipe.get("seed", 0))
+    cut = [c for c in catalogue_cutouts(cat) if c.label in held]
+    config = SynthConfig(width=size[0], height=size[1], sources={"catalogue": 1.0}, **cfg)
+    gen = CompositeGenerator(cut, config, recipe.get("seed", 0) + 104729)
+    return [gen.gen(start + i) for i in range(n)], sorted(held)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--detector", required=True)
+    ap.add_argument("--model", default=None, help="classification bundle (per-box recognition, speed row)")
+    ap.add_argument("--data", default=None)
+    ap.add_argument("--fridge", default=str(DEFAULT_FRIDGE))
+    ap.add_argument("--canvases", type=int, default=200)
+    ap.add_argument("--dense", type=int, default=2, help="4000x3000 dense composites")
+    ap.add_argument("--speed-photos", type=int, default=10)
+    ap.add_argument("--out", default=f"runs/bench-detect-{time.strftime('%Y%m%d-%H%M%S')}")
+    ns = ap.parse_args()
+
+    import numpy as np
+
+    from skulens.data.locate import resolve_data
+    from skulens.detect.annotations import load_annotations
+    from skulens.detect.count import count_products, recognise_boxes
+    from skulens.detect.detector import load_detector
+    from skulens.detect.evaluate import evaluate_detections, evaluate_detector
+    from skulens.detect.onnx import export_detector, load_onnx_detector
+
+    out = Path(ns.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = resolve_data(ns.data)
+    det = load_detector(ns.detector, device="cpu")
+    model = None
+    if ns.model:
+        from skulens.models.predictor import load_model
+
+        model = load_model(ns.model, device="cpu")
+    lines = []
+
+    # 1. held-out composites
+    canvases, held = held_out_canvases(data, det.card, ns.canvases)
+    dets = det.detect([im for im, _ in canvases], tiles="off")
+    comp = evaluate_detections([a for _, a in canvases], dets, score_threshold=0.5)
+    boxes = sum(len(a) for _, a in canvases)
+    lines += ["### Held-out composites (products never in a training canvas)", "",
+              (f"{ns.canvases} canvases 512x512, {boxes} boxes, {len(held)} held-out products "
+              f"({', '.join(held[:6])}, ...); score threshold 0.5."), "",
+              "| AP@0.5 | AP@[.5:.95] | recall@0.5 | false boxes / canvas | count exact | count MAE |",
+              "|---|---|---|---|---|---|",
+              (f"| {comp.ap50:.3f} | {comp.ap:.3f} | {comp.recall50:.3f} | {comp.false_per_image:.2f} | "
+              f"{comp.count_exact:.1%} | {comp.count_mae:.2f} |"), ""]
+    print(lines[-2], flush=True)
+
+    # 2. the fridge sample
+    fridge = Path(ns.fridge)
+    if fridge.exists():
+        images = load_annotations(fridge)
+        from skulens.data.decode import decode_image
+
+        def recognise(image, d):
+            return [b.label for b in recognise_boxes(model, decode_image(image.path), d, 0.5)]
+
+        rep = evaluate_detector(lambda batch: det.detect([i.path for i in batch]), images,
+                                recognise=recognise if model else None, out_dir=out / "fridge", progress=False)
+        unknown = ""
+        if model is not None and rep.per_product:
+            unknown = f" The grocery classifier left {rep.per_product.get('unknown_boxes', 0)} of the detected " \
+                      "boxes `unknown` (none of these products is in its catalogue)."
+        lines += ["### Fridge sample (6 real photos, 12 products of no skulens dataset)", "",
+                  "| AP@0.5 | AP@[.5:.95] | recall@0.5 | false boxes / photo | count exact | count MAE |",
+                  "|---|---|---|---|---|---|",
+                  (f"| {rep.ap50:.3f} | {rep.ap:.3f} | {rep.recall50:.3f} | {rep.false_per_image:.2f} | "
+                  f"{rep.count_exact:.1%} | {rep.count_mae:.2f} |"), "",
+                  "Per photo (truth / found / false): " + ", ".join(
+                      f"{Path(r['file']).name} {r['truth']}/{r['predicted']}/{r['false']}" for r in rep.per_image)
+                  + "." + unknown + f" Annotated grid: `{out / 'fridge' / 'grid.png'}`.", ""]
+        print(lines[-4], flush=True)
+
+    # 3. dense phone-size shelves
+    if ns.dense:
+        dense, _ = held_out_canvases(data, det.card, ns.dense, size=(4000, 3000), min_objects=300, max_objects=380,
+                                     scale=(0.05, 0.09), layouts={"shelf": 1.0}, empty_share=0.0)
+        wide = det.with_settings(max_detections=2000)
+        t0 = time.perf_counter()
+        dd = wide.detect([im for im, _ in dense])
+        sec = (time.perf_counter() - t0) / len(dense)
+        drep = evaluate_detections([a for _, a in dense], dd, score_threshold=0.5)
+        truth = [len(a) for _, a in dense]
+        found = [int((d.scores >= 0.5).sum()) for d in dd]
+        lines += ["### Dense shelves at phone size (4000x3000, tiled)", "",
+                  f"{len(dense)} composites, products per photo (truth -> found): "
+                  + ", ".join(f"{t} -> {f}" for t, f in zip(truth, found))
+                  + f"; AP@0.5 {drep.ap50:.3f}, recall {drep.recall50:.3f}, {sec:.1f} s per photo.", ""]
+        print(lines[-2], flush=True)
+
+    # 4. speed at 1 MP, end to end
+    photos = []
+    for im, _ in held_out_canvases(data, det.card, ns.speed_photos, size=(1155, 866), start=5000)[0]:
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=90)
+        photos.append(buf.getvalue())
+    onnx_path = export_detector(ns.detector, out / "detector.onnx")
+    (Path(ns.detector) / "detector.onnx").write_bytes(onnx_path.read_bytes())
+    rows = []
+    for name, d in (("PyTorch", det), ("ONNX Runtime", load_onnx_detector(ns.detector))):
+        list(count_products(d, photos[:1], model=model))  # warm-up
+        t0 = time.perf_counter()
+        res = [r for r, _ in count_products(d, photos, model=model)]
+        dt = (time.perf_counter() - t0) / len(photos)
+        rows.append(f"| {name} detector{' + classifier per box' if model else ''} | {dt:.2f} | {1 / dt:.2f} | "
+                    f"{np.mean([r.total for r in res]):.1f} |")
+    lines += ["### Speed at 1 megapixel (1155x866 JPEG, end to end: decode, detect, classify every box)", "",
+              "| variant | s / photo | photos / s | boxes / photo |", "|---|---|---|---|", *rows, ""]
+    print("\n".join(rows), flush=True)
+
+    tr = det.card.training
+    lines += ["### Training", "",
+              (f"{tr.get('steps_run')} steps in {tr.get('minutes')} min (stopped by: {tr.get('stopped')}); best held-out "
+              f"step {tr.get('best_step')}; recipe {json.dumps(tr.get('recipe', {}))}."), ""]
+    body = "\n".join(lines)
+    (out / "results.md").write_text(body, encoding="utf-8")
+    append_section("Product detection and counting", "python benchmarks/detect_grocery.py "
+                   + shlex.join(sys.argv[1:]), body)
+    print(body)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

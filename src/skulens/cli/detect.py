@@ -1,0 +1,318 @@
+"""`skulens count` and `skulens detect train | evaluate | export | preview`: products in shelf, fridge and
+basket photos (thin handlers over skulens.detect). Importing this module imports no torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from ._common import (
+    EXIT_FAILED,
+    UsageError,
+    add_data,
+    add_model,
+    add_out,
+    add_quiet,
+    check_model,
+    data_path,
+    expand_inputs,
+    say,
+)
+
+__all__ = ["add_commands"]
+
+TILES = ("auto", "on", "off")
+
+
+def _check_detector(value: str | None) -> str:
+    if not value:
+        raise UsageError("--detector DET is required (a folder written by `skulens detect train`)")
+    p = Path(value)
+    if not (p / "detector.json").is_file():
+        hint = " (that is a classification bundle: give it as -m/--model)" if (p / "card.json").is_file() else ""
+        raise UsageError(f"--detector {value}: not a detector folder, no detector.json{hint}")
+    return value
+
+
+def _add_detector(p: argparse.ArgumentParser, *, positional: bool = False) -> None:
+    if positional:
+        p.add_argument("detector_pos", nargs="?", metavar="DET", help="detector folder (or --detector)")
+    p.add_argument("--detector", help="detector folder written by `skulens detect train`")
+
+
+def _detector_arg(ns: argparse.Namespace) -> str:
+    pos = getattr(ns, "detector_pos", None)
+    if pos and ns.detector and pos != ns.detector:
+        raise UsageError(f"two detectors given: {pos} and --detector {ns.detector}")
+    return _check_detector(ns.detector or pos)
+
+
+def _add_box_settings(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("detection settings")
+    g.add_argument("--min-score", type=float, default=0.5,
+                   help="detector score a box needs to count as a product (default: %(default)s)")
+    g.add_argument("--min-confidence", type=float, default=0.5,
+                   help="classifier confidence a box needs to be named; below it the box is 'unknown' "
+                        "(default: %(default)s)")
+    g.add_argument("--tiles", choices=TILES, default="auto",
+                   help="tile large photos (auto: long side over 2x the detector's max size; default: auto)")
+    g.add_argument("--max-boxes", type=int, default=None,
+                   help="box cap per photo (default: the detector's, 1000); a photo that reaches it is "
+                        "flagged 'capped', never silently truncated")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+
+
+def add_commands(sub: Any) -> None:
+    c = sub.add_parser("count", help="find, recognise and count every product in shelf/fridge photos")
+    c.add_argument("inputs", nargs="*", help="photos, folders or globs ('-' or none: paths from stdin); "
+                                             "a bundle folder first is taken as the model")
+    add_model(c, "classification bundle that names each box", required=False, positional_legacy=False)
+    _add_detector(c)
+    add_out(c, "write results here: .jsonl (one photo per line, with boxes) or .csv (photo x product); "
+               "default: JSON lines on stdout")
+    c.add_argument("--annotated", metavar="DIR", help="write each photo with its boxes drawn as DIR/<name>.png")
+    c.add_argument("--index", metavar="PATH", help="name boxes by the nearest product in this search index (built "
+                                                  "with --model: `skulens index build`) instead of the classifier")
+    c.add_argument("--min-similarity", type=float, default=0.5,
+                   help="with --index: cosine similarity a box needs to be named (default: %(default)s)")
+    _add_box_settings(c)
+    add_quiet(c)
+    c.set_defaults(func=cmd_count)
+
+    d = sub.add_parser("detect", help="the product detector: train, evaluate, export, preview composites")
+    dsub = d.add_subparsers(dest="detect_command", required=True, metavar="{train,evaluate,export,preview}")
+
+    t = dsub.add_parser("train", help="train a class-agnostic product detector on catalogue composites")
+    add_data(t, "catalogue whose product photos become composites (default: the grocery dataset)")
+    add_out(t, "detector folder to write", required=True)
+    t.add_argument("--boxes", action="append", default=[], metavar="PATH",
+                   help="real box annotations to train on too: a VOC folder, COCO JSON or YOLO folder (repeatable)")
+    t.add_argument("--no-composites", action="store_true", help="train on --boxes only")
+    t.add_argument("--init", metavar="DET", help="fine-tune this detector instead of starting from ImageNet")
+    g = t.add_argument_group("recipe")
+    g.add_argument("--steps", type=int, help="optimizer steps (default: 900)")
+    g.add_argument("--batch-size", type=int, help="canvases per step (default: 8)")
+    g.add_argument("--lr", type=float, help="AdamW learning rate (default: 1e-3)")
+    g.add_argument("--max-minutes", type=float, help="wall-time budget: the schedule ends by then even if the "
+                                                     "steps are not done (default: 55)")
+    g.add_argument("--eval-every", type=int, help="steps between held-out checks (default: 150)")
+    g.add_argument("--seed", type=int, help="seed of the composites and the run (default: 0)")
+    add_quiet(t)
+    t.set_defaults(func=cmd_detect_train)
+
+    e = dsub.add_parser("evaluate", help="AP, recall and count error on photos with real boxes")
+    _add_detector(e, positional=True)
+    e.add_argument("--data", required=True, help="annotated photos: a VOC folder, COCO JSON or YOLO folder")
+    add_model(e, "classification bundle: adds per-product count accuracy", required=False,
+              positional_legacy=False)
+    add_out(e, "report folder: report.json, report.md, grid.png (default: DET/eval-<data name>)")
+    e.add_argument("--label-map", metavar="CSV", help="CSV 'annotation,model_label' when the names differ")
+    _add_box_settings(e)
+    add_quiet(e)
+    e.set_defaults(func=cmd_detect_evaluate)
+
+    x = dsub.add_parser("export", help="export the detector to ONNX (runs under ONNX Runtime)")
+    _add_detector(x, positional=True)
+    add_out(x, "ONNX file (default: DET/detector.onnx)")
+    x.set_defaults(func=cmd_detect_export)
+
+    pv = dsub.add_parser("preview", help="save a grid of synthetic training composites with their boxes")
+    add_data(pv, "catalogue whose product photos become composites (default: the grocery dataset)")
+    add_out(pv, "PNG to write", default="composites.png")
+    pv.add_argument("-n", type=int, default=8, help="composites in the grid (default: %(default)s)")
+    pv.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
+    pv.set_defaults(func=cmd_detect_preview)
+
+
+def _check_settings(ns: argparse.Namespace) -> None:
+    for name in ("min_score", "min_confidence"):
+        if not 0 <= getattr(ns, name) <= 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be between 0 and 1")
+    if ns.max_boxes is not None and ns.max_boxes < 1:
+        raise UsageError("--max-boxes must be >= 1")
+
+
+def _load(ns: argparse.Namespace, detector: str, model: str | None) -> tuple[Any, Any]:
+    from ..detect.detector import load_detector
+
+    det = load_detector(detector, device=ns.device).with_settings(max_detections=ns.max_boxes)
+    clf = None
+    if model:
+        from ..models.predictor import load_model
+
+        clf = load_model(model, device=ns.device)
+    return det, clf
+
+
+def cmd_count(ns: argparse.Namespace) -> int:
+    inputs = list(ns.inputs)
+    if ns.model is None and inputs and (Path(inputs[0]) / "card.json").is_file():
+        ns.model = inputs.pop(0)  # `skulens count MODEL photos/ --detector DET`
+    if ns.model:
+        check_model(ns.model)
+    detector = _check_detector(ns.detector)
+    _check_settings(ns)
+    files = expand_inputs(inputs)
+    if not files:
+        raise UsageError("no input photos")
+    if ns.out and Path(ns.out).suffix.lower() not in (".jsonl", ".json", ".csv"):
+        raise UsageError(f"--out {ns.out}: use a .jsonl or .csv file name")
+    if ns.index and not ns.model:
+        raise UsageError("--index needs the model it was built with (-m/--model)")
+    if ns.index and not Path(ns.index).exists():
+        raise UsageError(f"--index {ns.index}: no such index")
+    det, clf = _load(ns, detector, ns.model)
+    from tqdm.auto import tqdm
+
+    from ..detect.count import count_products, write_counts
+
+    index = None
+    if ns.index:
+        from ..search.index import open_index
+
+        index = open_index(ns.index)
+
+    annotated = Path(ns.annotated) if ns.annotated else None
+    if annotated:
+        annotated.mkdir(parents=True, exist_ok=True)
+    results = []
+    stream = count_products(det, files, model=clf, min_score=ns.min_score, min_confidence=ns.min_confidence,
+                            tiles=ns.tiles, index=index, min_similarity=ns.min_similarity)
+    for i, (res, photo) in enumerate(tqdm(stream, total=len(files), desc="count", unit="photo",
+                                          disable=ns.quiet or len(files) < 2)):
+        results.append(res)
+        if annotated and photo is not None:
+            res.annotated(photo).save(annotated / f"{i:04d}-{Path(res.source).stem}.png")
+        if res.capped:
+            say(f"skulens count: {res.source}: reached the box cap ({det.config.max_detections}); "
+                "there may be more products: raise --max-boxes")
+        if not ns.out:
+            print(json.dumps(res.to_dict()), flush=True)
+    if ns.out:
+        write_counts(results, ns.out)
+    errors = sum(r.error is not None for r in results)
+    for r in results:
+        if r.error:
+            say(f"skulens count: {r.source}: {r.error}")
+    total = sum(r.total for r in results)
+    say(f"skulens count: {len(results) - errors} photo(s), {total} product(s) found, "
+        f"{sum(r.unknown for r in results) if clf else 0} unknown" + (f", {errors} unreadable" if errors else ""))
+    return EXIT_FAILED if errors == len(results) else 0
+
+
+def _recipe(ns: argparse.Namespace) -> Any:
+    from ..detect.train import DetectorRecipe
+
+    keys = ("steps", "batch_size", "lr", "max_minutes", "eval_every", "seed")
+    try:
+        return DetectorRecipe(**{k: getattr(ns, k) for k in keys if getattr(ns, k) is not None})
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def cmd_detect_train(ns: argparse.Namespace) -> int:
+    for b in ns.boxes:
+        if not Path(b).exists():
+            raise UsageError(f"--boxes {b}: no such file or folder")
+    if ns.no_composites and not ns.boxes:
+        raise UsageError("--no-composites needs --boxes")
+    if ns.init:
+        _check_detector(ns.init)
+    data = None if ns.no_composites else data_path(ns)
+    recipe = _recipe(ns)
+    from ..detect.annotations import load_annotations
+    from ..detect.train import train_detector
+
+    boxes = [im for b in ns.boxes for im in load_annotations(b)]
+    result = train_detector(data, ns.out, recipe=recipe, annotations=boxes, init=ns.init, progress=not ns.quiet)
+    h = result.holdout
+    say(f"skulens detect train: {result.path} (best step {result.best_step} of {result.steps}, "
+        f"{result.minutes:.1f} min" + (", stopped at --max-minutes" if result.stopped == "time" else "") + ")")
+    if h:
+        say(f"  held-out products: AP@0.5 {h.get('ap50', 0):.3f}, AP@[.5:.95] {h.get('ap', 0):.3f}, "
+            f"count exact {h.get('count_exact', 0):.1%}")
+    return 0
+
+
+def _label_map(path: str | None) -> Any:
+    if not path:
+        return None
+    import csv
+
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = [r for r in csv.reader(f) if r and not r[0].startswith("#")]
+    except OSError as e:
+        raise UsageError(f"--label-map {path}: {e.strerror or e}") from None
+    mapping = {}
+    for i, r in enumerate(rows, 1):
+        if len(r) != 2:
+            raise UsageError(f"--label-map {path}: line {i}: expected 'annotation,model_label'")
+        mapping[r[0].strip()] = r[1].strip()
+    return lambda name: mapping.get(name, name)
+
+
+def cmd_detect_evaluate(ns: argparse.Namespace) -> int:
+    detector = _detector_arg(ns)
+    if ns.model:
+        check_model(ns.model)
+    _check_settings(ns)
+    if not Path(ns.data).exists():
+        raise UsageError(f"--data {ns.data}: no such file or folder")
+    label_map = _label_map(ns.label_map)
+    from ..detect.annotations import load_annotations
+
+    images = load_annotations(ns.data)
+    if not images:
+        raise UsageError(f"--data {ns.data}: no annotated photos")
+    det, clf = _load(ns, detector, ns.model)
+    from ..detect.count import recognise_boxes
+    from ..detect.evaluate import evaluate_detector
+
+    out = Path(ns.out) if ns.out else Path(detector) / f"eval-{Path(ns.data).resolve().name}"
+
+    def detect(batch: list[Any]) -> list[Any]:
+        return det.detect([im.path for im in batch], tiles=ns.tiles)
+
+    recognise = None
+    if clf is not None:
+        from ..data.decode import decode_image
+
+        def recognise(image: Any, dets: Any) -> list[str | None]:
+            boxes = recognise_boxes(clf, decode_image(image.path), dets.above(ns.min_score), ns.min_confidence)
+            return [b.label for b in boxes]
+
+    report = evaluate_detector(detect, images, recognise=recognise, score_threshold=ns.min_score, out_dir=out,
+                               progress=not ns.quiet, label_map=label_map)
+    sink = contextlib.nullcontext(sys.stdout)
+    with sink as f:
+        f.write(json.dumps({k: v for k, v in report.to_dict().items() if k != "per_image"}) + "\n")
+    say(f"skulens detect evaluate: AP@0.5 {report.ap50:.3f}, AP@[.5:.95] {report.ap:.3f}, recall "
+        f"{report.recall50:.3f}, false boxes/photo {report.false_per_image:.2f}, count MAE {report.count_mae:.2f}, "
+        f"exact {report.count_exact:.1%}; report in {out}")
+    return 0
+
+
+def cmd_detect_export(ns: argparse.Namespace) -> int:
+    detector = _detector_arg(ns)
+    from ..detect.onnx import export_detector
+
+    path = export_detector(detector, ns.out)
+    say(f"skulens detect export: {path}")
+    return 0
+
+
+def cmd_detect_preview(ns: argparse.Namespace) -> int:
+    if ns.n < 1:
+        raise UsageError("-n must be >= 1")
+    data = data_path(ns)
+    from ..detect.train import preview_composites
+
+    path = preview_composites(data, ns.out, n=ns.n, seed=ns.seed)
+    say(f"skulens detect preview: {path}")
+    return 0

@@ -1,0 +1,175 @@
+"""Find, recognise and count every product in a photo: the detector finds boxes, the classifier names
+each crop, and a crop it is unsure of stays `unknown` (open set) instead of taking a wrong name.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image
+
+from ..data.decode import ImageDecodeError, decode_image
+from .boxes import Detections
+from .detector import Detector, ImageInput
+
+if TYPE_CHECKING:
+    from ..models.predictor import Model
+    from ..search.index import VectorIndex
+
+__all__ = ["CountedBox", "PhotoCount", "count_products", "crop_boxes", "recognise_boxes", "write_counts"]
+
+UNKNOWN = "unknown"
+CROP_PAD = 0.06  # context kept around a box, as a share of its size: the classifier saw whole products
+
+
+@dataclass(frozen=True)
+class CountedBox:
+    box: tuple[float, float, float, float]  # x1, y1, x2, y2 in photo pixels
+    score: float  # the detector's: is this a product?
+    label: str | None  # the product, or None (unknown) when the classifier is not sure enough
+    confidence: float  # the classifier's for `label` (its best guess's when unknown)
+    guess: str | None = None  # the classifier's best guess, kept for review even when unknown
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"box": [round(v, 1) for v in self.box], "score": round(self.score, 4),
+                "label": self.label or UNKNOWN, "confidence": round(self.confidence, 4), "guess": self.guess}
+
+
+@dataclass(frozen=True)
+class PhotoCount:
+    """One photo's result: every box kept, the count per product and how many are unknown."""
+
+    source: str
+    width: int = 0
+    height: int = 0
+    boxes: tuple[CountedBox, ...] = ()
+    capped: bool = False  # the detector hit its box cap: there may be more products than boxes
+    error: str | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return len(self.boxes)
+
+    @property
+    def unknown(self) -> int:
+        return sum(b.label is None for b in self.boxes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "width": self.width, "height": self.height, "total": self.total,
+                "counts": dict(sorted(self.counts.items())), "unknown": self.unknown, "capped": self.capped,
+                "error": self.error, "boxes": [b.to_dict() for b in self.boxes]}
+
+    def annotated(self, image: Image.Image) -> Image.Image:
+        """The photo with every box drawn and named (unknown boxes in their own colour)."""
+        from .draw import draw_boxes
+
+        return draw_boxes(image, np.array([b.box for b in self.boxes], np.float32).reshape(-1, 4),
+                          labels=[b.label for b in self.boxes], scores=[b.confidence for b in self.boxes])
+
+
+def crop_boxes(image: Image.Image, boxes: np.ndarray, pad: float = CROP_PAD) -> list[Image.Image]:
+    """Each box cut out of the photo with a little context, clipped to the photo."""
+    crops = []
+    for x1, y1, x2, y2 in np.asarray(boxes, np.float32).reshape(-1, 4):
+        px, py = (x2 - x1) * pad, (y2 - y1) * pad
+        box = (max(0, int(x1 - px)), max(0, int(y1 - py)), min(image.width, int(np.ceil(x2 + px))),
+               min(image.height, int(np.ceil(y2 + py))))
+        if box[2] - box[0] < 2 or box[3] - box[1] < 2:
+            box = (max(0, int(x1)), max(0, int(y1)), max(int(x1) + 2, int(x2)), max(int(y1) + 2, int(y2)))
+        crops.append(image.crop(box))
+    return crops
+
+
+def recognise_boxes(model: Model | None, image: Image.Image, dets: Detections, min_confidence: float, *,
+                    index: VectorIndex | None = None, min_similarity: float = 0.5) -> list[CountedBox]:
+    """Name each box's crop; a box the recogniser is unsure of gets label None (unknown).
+
+    Without an index the classifier names it (confident when its probability >= min_confidence). With a
+    search index (built with this model) the nearest indexed product names it when the cosine similarity
+    is >= min_similarity, so products enrolled in the index but unknown to the classifier are counted too.
+    """
+    if model is None or not len(dets):
+        return [CountedBox(tuple(map(float, b)), float(s), None, 0.0) for b, s in zip(dets.boxes, dets.scores)]
+    crops = crop_boxes(image, dets.boxes)
+    out = []
+    if index is not None:
+        hits = index.search(model.embed(crops), k=1)
+        for b, s, hit in zip(dets.boxes, dets.scores, hits, strict=True):
+            best = hit[0] if hit else None
+            name = None if best is None else (best.record.label or best.product_id)
+            sure = best is not None and best.score >= min_similarity
+            out.append(CountedBox(tuple(map(float, b)), float(s), name if sure else None,
+                                  0.0 if best is None else float(best.score), name))
+        return out
+    preds = model.predict(crops, top_k=1, min_confidence=min_confidence)
+    for b, s, p in zip(dets.boxes, dets.scores, preds, strict=True):
+        out.append(CountedBox(tuple(map(float, b)), float(s), p.label, float(p.confidence), p.fine_label))
+    return out
+
+
+def count_products(detector: Detector, images: Iterable[ImageInput], *, model: Model | None = None,
+                   min_score: float = 0.5, min_confidence: float = 0.5, tiles: str = "auto",
+                   index: VectorIndex | None = None, min_similarity: float = 0.5,
+                   sources: Sequence[str] | None = None) -> Iterable[tuple[PhotoCount, Image.Image | None]]:
+    """Per photo (lazily, in order): its PhotoCount and the decoded photo (None when it failed).
+
+    min_score: the detector's score a box needs to count as a product. min_confidence: the classifier's
+    confidence a box needs to be named; below it the box counts as unknown. Without a model every box
+    is an unnamed product (a count of products, not of SKUs). index: name boxes by the nearest product in
+    a search index built with `model` (see `recognise_boxes`). A photo that cannot be decoded gives a
+    PhotoCount with `error` set, and the rest go on.
+    """
+    if not 0 <= min_score <= 1 or not 0 <= min_confidence <= 1:
+        raise ValueError(f"min_score and min_confidence must be in [0, 1], got {min_score}, {min_confidence}")
+    for i, im in enumerate(images):
+        source = sources[i] if sources is not None else _name(im, i)
+        try:
+            pil = im.convert("RGB") if isinstance(im, Image.Image) else decode_image(im)
+        except ImageDecodeError as e:
+            yield PhotoCount(source, error=e.reason), None
+            continue
+        dets = detector.detect([pil], tiles=tiles)[0].above(min_score)
+        boxes = tuple(recognise_boxes(model, pil, dets, min_confidence, index=index,
+                                      min_similarity=min_similarity))
+        counts = Counter(b.label for b in boxes if b.label is not None)
+        if model is None:
+            counts = Counter({"product": len(boxes)}) if boxes else Counter()
+        yield PhotoCount(source, pil.width, pil.height, boxes, dets.capped, None, dict(counts)), pil
+
+
+def _name(im: ImageInput, i: int) -> str:
+    if isinstance(im, (str, os.PathLike)):
+        return str(im)
+    return f"<image {i}>"
+
+
+def write_counts(results: Sequence[PhotoCount], path: str | os.PathLike, fmt: str | None = None) -> Path:
+    """JSON lines (one photo per line, boxes included) or CSV (one row per photo and product)."""
+    p = Path(path)
+    fmt = fmt or ("csv" if p.suffix.lower() == ".csv" else "jsonl")
+    if fmt == "jsonl":
+        text = "".join(json.dumps(r.to_dict()) + "\n" for r in results)
+    elif fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["source", "product", "count", "photo_total", "unknown", "capped", "error"])
+        for r in results:
+            rows = sorted(r.counts.items()) or [("", 0)]
+            for label, n in rows:
+                w.writerow([r.source, label, n, r.total, r.unknown, int(r.capped), r.error or ""])
+        text = buf.getvalue()
+    else:
+        raise ValueError(f"format must be jsonl or csv, got {fmt!r}")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(text, encoding="utf-8")
+    return p

@@ -1,0 +1,112 @@
+"""A loaded detector: photos in, class-agnostic product boxes out (with tiling for large photos)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..data.decode import decode_image
+from ..models.inference import resolve_device
+from .boxes import Detections
+from .model import DetectorCard, DetectorConfig, load_detector_net
+from .tiling import drop_cut_boxes, merge_boxes, tile_grid
+
+__all__ = ["Detector", "load_detector"]
+
+ImageInput = str | os.PathLike | bytes | Image.Image
+TILE_MODES = ("auto", "on", "off")
+
+
+class Detector:
+    """Finds products (one class) in photos. `detect` returns one `Detections` per photo, best first.
+
+    tiles: "auto" tiles a photo whose long side is over twice the detector's max_size (phone photos);
+    "on" always tiles, "off" never does. A tiled photo is looked at whole and in overlapping windows of
+    min_size pixels over a copy whose long side is 2 x max_size, and the boxes are merged.
+    """
+
+    def __init__(self, net: torch.nn.Module, card: DetectorCard, *, device: str = "auto",
+                 path: Path | None = None):
+        self.device = resolve_device(device)
+        self.net = net.to(self.device).eval()
+        self.card = card
+        self.path = path
+
+    @property
+    def config(self) -> DetectorConfig:
+        return self.card.config
+
+    def with_settings(self, *, max_detections: int | None = None) -> Detector:
+        """The same network with another box cap (per pass, and for the merged photo)."""
+        if max_detections is not None:
+            config = replace(self.card.config, max_detections=max_detections)
+            self.card = DetectorCard(config, self.card.training, self.card.schema)
+            self.net.detections_per_img = max_detections
+            self.net.topk_candidates = max(self.net.topk_candidates, 2 * max_detections)
+        return self
+
+    def detect(self, images: Sequence[ImageInput], *, tiles: str = "auto", batch_size: int = 4
+               ) -> list[Detections]:
+        """Boxes per photo. A photo that cannot be decoded raises ImageDecodeError naming it."""
+        if tiles not in TILE_MODES:
+            raise ValueError(f"tiles must be one of {', '.join(TILE_MODES)}, got {tiles!r}")
+        out = []
+        for im in images:
+            pil = im.convert("RGB") if isinstance(im, Image.Image) else decode_image(im)
+            out.append(self._detect_one(pil, tiles, batch_size))
+        return out
+
+    def _detect_one(self, pil: Image.Image, tiles: str, batch_size: int) -> Detections:
+        w, h = pil.size
+        cfg = self.config
+        whole = _to_tensor(pil)
+        tiled = tiles == "on" or (tiles == "auto" and max(w, h) > 2 * cfg.max_size)
+        if not tiled:
+            (boxes, scores), = self._run([whole])
+            return Detections(boxes, scores, w, h, capped=len(boxes) >= cfg.max_detections)
+        scale = min(1.0, 2 * cfg.max_size / max(w, h))
+        work = pil if scale == 1.0 else pil.resize((round(w * scale), round(h * scale)), Image.BILINEAR)
+        windows = tile_grid(work.width, work.height, cfg.min_size)
+        crops = [_to_tensor(work.crop(win)) for win in windows]
+        results = self._run([whole])
+        for i in range(0, len(crops), batch_size):
+            results += self._run(crops[i:i + batch_size])
+        all_boxes, all_scores, passes, capped = [], [], [], False
+        for p, (boxes, scores) in enumerate(results):
+            capped |= len(boxes) >= cfg.max_detections
+            if p > 0:  # a tile: back to photo coordinates, products cut by the window dropped
+                x0, y0, x1, y1 = windows[p - 1]
+                boxes = (boxes + np.array([x0, y0, x0, y0], np.float32)) / scale
+                window = tuple(round(v / scale) for v in (x0, y0, x1, y1))
+                keep = drop_cut_boxes(boxes, window, w, h, margin=2.0 / scale)
+                boxes, scores = boxes[keep], scores[keep]
+            all_boxes.append(boxes)
+            all_scores.append(scores)
+            passes.append(np.full(len(boxes), p))
+        boxes, scores = np.concatenate(all_boxes), np.concatenate(all_scores)
+        keep = merge_boxes(boxes, scores, np.concatenate(passes), iou=cfg.nms_iou)
+        keep = keep[: cfg.max_detections]
+        capped |= len(keep) >= cfg.max_detections
+        return Detections(boxes[keep], scores[keep], w, h, capped=capped)
+
+    @torch.inference_mode()
+    def _run(self, tensors: list[torch.Tensor]) -> list[tuple[np.ndarray, np.ndarray]]:
+        outs = self.net([t.to(self.device) for t in tensors])
+        return [(o["boxes"].float().cpu().numpy(), o["scores"].float().cpu().numpy()) for o in outs]
+
+
+def _to_tensor(pil: Image.Image) -> torch.Tensor:
+    arr = np.array(pil, dtype=np.uint8)  # a writable copy
+    return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255)
+
+
+def load_detector(path: str | os.PathLike, *, device: str = "auto") -> Detector:
+    """A detector folder written by `skulens detect train`."""
+    net, card = load_detector_net(path)
+    return Detector(net, card, device=device, path=Path(path))

@@ -1,0 +1,116 @@
+"""The detector under ONNX Runtime.
+
+The exported graph is the dense part (backbone, feature pyramid, FCOS head): a normalised, padded batch
+in; class logits, box regressions, centerness and one thin slice per pyramid level (whose shape gives
+the anchor grid) out. Resizing, anchor points, box decoding and NMS stay in torchvision on the host, so
+the ONNX detector and the PyTorch one share every line after the network.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .detector import Detector
+from .model import DETECTOR_CARD, DetectorCard, DetectorError, build_detector, load_detector_net
+
+__all__ = ["ONNX_NAME", "export_detector", "load_onnx_detector"]
+
+ONNX_NAME = "detector.onnx"
+OUTPUTS = ["cls_logits", "bbox_regression", "bbox_ctrness", "p3", "p4", "p5", "p6", "p7"]
+
+
+class _Dense(nn.Module):
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.backbone, self.head = net.backbone, net.head
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        feats = list(self.backbone(x).values())
+        out = self.head(feats)
+        return (out["cls_logits"], out["bbox_regression"], out["bbox_ctrness"],
+                *(f[:, :1] for f in feats))
+
+
+def export_detector(directory: str | os.PathLike, out: str | os.PathLike | None = None, *, opset: int = 17
+                    ) -> Path:
+    """Write the detector's dense network as ONNX (batch, height and width dynamic); checked by loading
+    it in ONNX Runtime and comparing boxes with PyTorch on a test canvas."""
+    net, card = load_detector_net(directory)
+    path = Path(out) if out else Path(directory) / ONNX_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    x = torch.rand(1, 3, card.config.min_size, card.config.min_size)
+    dyn = {"images": {0: "batch", 2: "height", 3: "width"}}
+    dyn.update({name: {0: "batch", 1: "anchors"} for name in OUTPUTS[:3]})
+    dyn.update({name: {0: "batch", 2: f"{name}_h", 3: f"{name}_w"} for name in OUTPUTS[3:]})
+    tmp = path.with_name(path.name + ".tmp")
+    torch.onnx.export(_Dense(net).eval(), (x,), str(tmp), input_names=["images"], output_names=OUTPUTS,
+                      dynamic_axes=dyn, opset_version=opset, dynamo=False)
+    _check(net, card, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def _check(net: nn.Module, card: DetectorCard, path: Path) -> None:
+    """The ONNX detector must score the same boxes as PyTorch on a random photo-sized input."""
+    image = torch.rand(3, 300, 400, generator=torch.Generator().manual_seed(0))
+    a = Detector(net, card, device="cpu")._run([image])[0]
+    b = Detector(_onnx_net(path, card), card, device="cpu")._run([image])[0]
+    n = min(len(a[1]), len(b[1]), 20)
+    if len(a[1]) != len(b[1]) or (n and not np.allclose(a[1][:n], b[1][:n], atol=2e-3)):
+        raise DetectorError(f"{path}: the ONNX graph does not reproduce PyTorch's detections")
+
+
+class _OrtBackbone(nn.Module):
+    """Runs the ONNX session in place of backbone + head; the head then hands over its outputs."""
+
+    def __init__(self, session):
+        super().__init__()
+        self.session = session
+        self.last: dict[str, torch.Tensor] = {}
+
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        outs = self.session.run(None, {"images": x.detach().cpu().numpy().astype(np.float32)})
+        self.last = {"cls_logits": torch.from_numpy(outs[0]), "bbox_regression": torch.from_numpy(outs[1]),
+                     "bbox_ctrness": torch.from_numpy(outs[2])}
+        return OrderedDict((str(i), torch.from_numpy(o)) for i, o in enumerate(outs[3:]))
+
+
+class _OrtHead(nn.Module):
+    def __init__(self, backbone: _OrtBackbone):
+        super().__init__()
+        self.source = [backbone]  # a list: not registered as a submodule twice
+
+    def forward(self, features: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        return self.source[0].last
+
+
+def load_onnx_detector(path: str | os.PathLike, *, threads: int | None = None) -> Detector:
+    """A Detector whose network runs under ONNX Runtime: a detector folder (with detector.onnx) or the
+    .onnx file beside its detector.json."""
+    p = Path(path)
+    onnx_path = p / ONNX_NAME if p.is_dir() else p
+    folder = onnx_path.parent
+    if not onnx_path.is_file():
+        raise DetectorError(f"{onnx_path}: no ONNX detector; run `skulens detect export {folder}` first")
+    card = DetectorCard.read(folder / DETECTOR_CARD)
+    return Detector(_onnx_net(onnx_path, card, threads), card, device="cpu", path=folder)
+
+
+def _onnx_net(onnx_path: Path, card: DetectorCard, threads: int | None = None) -> nn.Module:
+    """torchvision's FCOS (transform, anchors, decoding, NMS) around an ONNX Runtime session."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    net = build_detector(card.config, pretrained=False)
+    backbone = _OrtBackbone(session)
+    net.backbone, net.head = backbone, _OrtHead(backbone)
+    return net.eval()

@@ -1,0 +1,79 @@
+"""Large photos in overlapping tiles, and the tiles' boxes merged back into one set (pure functions).
+
+A 4000x3000 phone photo of a shelf, shrunk whole to the detector's input, leaves 300 products a few
+pixels wide. Tiling runs the detector on overlapping windows at a finer scale, then:
+- drops a tile's box that touches a cut edge of the tile (a product cut in half; the overlap makes sure
+  a neighbouring tile sees it whole), and
+- merges the rest with NMS by IoU and by "intersection over the smaller box" (the same product seen
+  whole in the global pass and in a tile, or a part-box inside a whole-box).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torchvision.ops import nms
+
+__all__ = ["drop_cut_boxes", "merge_boxes", "tile_grid"]
+
+
+def tile_grid(width: int, height: int, tile: int, overlap: float = 0.25) -> list[tuple[int, int, int, int]]:
+    """Windows (x0, y0, x1, y1) of side `tile` (clipped to the photo) covering it with `overlap`."""
+    if tile <= 0 or not 0 <= overlap < 1:
+        raise ValueError(f"need tile > 0 and 0 <= overlap < 1, got {tile}, {overlap}")
+
+    def starts(n: int) -> list[int]:
+        if n <= tile:
+            return [0]
+        count = math.ceil((n - tile) / (tile * (1 - overlap))) + 1
+        step = (n - tile) / (count - 1)
+        return [round(i * step) for i in range(count)]
+
+    return [(x, y, min(width, x + tile), min(height, y + tile)) for y in starts(height) for x in starts(width)]
+
+
+def drop_cut_boxes(boxes: np.ndarray, window: tuple[int, int, int, int], width: int, height: int,
+                   margin: float = 2.0) -> np.ndarray:
+    """Mask of the boxes (photo coordinates) that do not touch an edge of `window` inside the photo."""
+    x0, y0, x1, y1 = window
+    keep = np.ones(len(boxes), bool)
+    if x0 > 0:
+        keep &= boxes[:, 0] > x0 + margin
+    if y0 > 0:
+        keep &= boxes[:, 1] > y0 + margin
+    if x1 < width:
+        keep &= boxes[:, 2] < x1 - margin
+    if y1 < height:
+        keep &= boxes[:, 3] < y1 - margin
+    return keep
+
+
+def merge_boxes(boxes: np.ndarray, scores: np.ndarray, passes: np.ndarray, *, iou: float = 0.5,
+                containment: float = 0.8) -> np.ndarray:
+    """Indices of the boxes kept, best first: NMS by IoU, then a box mostly inside a better one from
+    another pass goes (within one pass a small product in front of a big one is a real second box)."""
+    if len(boxes) == 0:
+        return np.zeros(0, np.int64)
+    b, s = torch.from_numpy(np.ascontiguousarray(boxes, np.float32)), torch.from_numpy(scores.astype(np.float32))
+    keep = nms(b, s, iou)  # sorted by score
+    kb, kp = b[keep], torch.from_numpy(np.asarray(passes))[keep]
+    inter = _intersection(kb)
+    area = (kb[:, 2] - kb[:, 0]).clamp(min=0) * (kb[:, 3] - kb[:, 1]).clamp(min=0)
+    smaller = torch.minimum(area[:, None], area[None, :]).clamp(min=1e-6)
+    contained = ((inter / smaller) > containment) & (kp[:, None] != kp[None, :])
+    alive = torch.ones(len(keep), dtype=torch.bool)
+    for i in range(len(keep)):
+        if alive[i]:
+            later = contained[i].clone()
+            later[: i + 1] = False
+            alive &= ~later
+    return keep[alive].numpy()
+
+
+def _intersection(b: torch.Tensor) -> torch.Tensor:
+    lt = torch.maximum(b[:, None, :2], b[None, :, :2])
+    rb = torch.minimum(b[:, None, 2:], b[None, :, 2:])
+    wh = (rb - lt).clamp(min=0)
+    return wh[..., 0] * wh[..., 1]

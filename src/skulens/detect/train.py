@@ -1,0 +1,268 @@
+"""Train the product detector on synthetic composites from the catalogue (and real boxes, if any).
+
+No detection weights can be downloaded and no shop has drawn boxes for its catalogue, so the default
+recipe pastes catalogue cut-outs (and generated product-shaped objects) onto canvases where the boxes
+are known by construction. Real annotations (VOC / COCO / YOLO) mix in when the user has them.
+
+Selection is honest: a share of the *products* is held out of training entirely, and the detector kept
+is the one with the best AP@0.5 on composites made only of those unseen products.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from .boxes import AnnotatedImage, Detections
+from .detector import Detector
+from .model import DetectorCard, DetectorConfig, build_detector, load_detector_net, save_detector
+
+if TYPE_CHECKING:
+    from .synth import CompositeGenerator
+
+__all__ = ["DetectorRecipe", "DetectorTrainResult", "preview_composites", "train_detector"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DetectorRecipe:
+    """The default recipe fits in an hour on a 2-core laptop CPU (measured: benchmarks/RESULTS.md): it runs
+    `steps` steps or `max_minutes` of wall time, whichever ends first, with the learning-rate schedule
+    following whichever is further along."""
+
+    steps: int = 900
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 60
+    train_sizes: tuple[int, ...] = (384, 448, 512)  # short side, one drawn per batch (multi-scale)
+    canvas: int = 512
+    holdout_products: float = 0.15  # share of products never pasted into a training canvas
+    holdout_canvases: int = 48
+    eval_every: int = 150
+    real_share: float = 0.5  # share of each batch from real annotations, when given
+    max_minutes: float | None = 55.0  # the schedule ends at this wall time if the steps take longer
+    workers: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.eval_every < 1:
+            raise ValueError("steps, batch_size and eval_every must be >= 1")
+        if not 0 < self.lr < 1 or self.weight_decay < 0:
+            raise ValueError(f"need 0 < lr < 1 and weight_decay >= 0, got {self.lr}, {self.weight_decay}")
+        if not 0 <= self.holdout_products < 0.5 or not 0 <= self.real_share <= 1:
+            raise ValueError("holdout_products must be in [0, 0.5) and real_share in [0, 1]")
+        if not self.train_sizes or min(self.train_sizes) < 64:
+            raise ValueError(f"train_sizes must be sizes >= 64, got {self.train_sizes}")
+
+
+@dataclass(frozen=True)
+class DetectorTrainResult:
+    path: Path
+    steps: int
+    minutes: float
+    best_step: int
+    holdout: dict[str, float]  # AP@0.5, count exact ... on composites of held-out products
+    history: list[dict[str, float]] = field(default_factory=list)
+    stopped: str = "steps"  # steps | time
+
+
+def _lr_factor(progress: float, step: int, recipe: DetectorRecipe) -> float:
+    """Warmup, then cosine to 2 % over the run's progress (steps, or wall time under max_minutes)."""
+    if step < recipe.warmup_steps:
+        return 0.05 + 0.95 * step / recipe.warmup_steps
+    return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _progress(step: int, start: float, recipe: DetectorRecipe) -> float:
+    """How far the run is: by steps, or by wall time when `max_minutes` is set and comes first, so a
+    run stopped by the clock still ends with an annealed learning rate."""
+    p = step / recipe.steps
+    if recipe.max_minutes:
+        p = max(p, (time.monotonic() - start) / 60 / recipe.max_minutes)
+    return p
+
+
+def _param_groups(net: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for name, p in net.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class _RealBoxes(torch.utils.data.Dataset):
+    """Annotated photos, shrunk so the long side is `size`, with their boxes."""
+
+    def __init__(self, images: Sequence[AnnotatedImage], size: int):
+        self.images = [im for im in images if im.path is not None]
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        from ..data.decode import decode_image
+
+        item = self.images[i]
+        pil = decode_image(item.path)
+        scale = min(1.0, self.size / max(pil.size))
+        if scale < 1:
+            pil = pil.resize((round(pil.width * scale), round(pil.height * scale)))
+        boxes = torch.from_numpy(item.boxes * np.float32(pil.width / item.width if item.width else scale))
+        x = torch.from_numpy(np.asarray(pil, np.uint8).copy()).permute(2, 0, 1)
+        return x, {"boxes": boxes.reshape(-1, 4), "labels": torch.zeros(len(boxes), dtype=torch.int64)}
+
+
+def _loader(dataset: torch.utils.data.Dataset, batch: int, workers: int, seed: int) -> Iterator[list]:
+    """An endless stream of batches (lists: detection images differ in size)."""
+    epoch = 0
+    while True:
+        g = torch.Generator().manual_seed(seed + epoch)
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)  # composites: new scenes every epoch
+        dl = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, generator=g,
+                                         num_workers=workers, collate_fn=list, drop_last=len(dataset) > batch,
+                                         persistent_workers=False)
+        yield from dl
+        epoch += 1
+
+
+def _to_float(batch: list) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+    images = [x.float().div(255) for x, _ in batch]
+    return images, [t for _, t in batch]
+
+
+def holdout_score(detector: Detector, canvases: Sequence[tuple[Any, AnnotatedImage]],
+                  score_threshold: float = 0.5) -> dict[str, float]:
+    from .evaluate import evaluate_detections
+
+    dets: list[Detections] = detector.detect([im for im, _ in canvases], tiles="off")
+    report = evaluate_detections([a for _, a in canvases], dets, score_threshold=score_threshold)
+    return {"ap50": report.ap50, "ap": report.ap, "recall50": report.recall50,
+            "false_per_image": report.false_per_image, "count_mae": report.count_mae,
+            "count_exact": report.count_exact}
+
+
+def preview_composites(data: str | os.PathLike, path: str | os.PathLike, *, n: int = 8, seed: int = 0) -> Path:
+    """A grid PNG of `n` training composites with their boxes drawn (what the detector learns from)."""
+    from .synth import composite_sources, preview
+
+    ds, _ = composite_sources(data, DetectorRecipe(seed=seed, holdout_canvases=0), length=n)
+    return Path(preview(ds.generator, n, path))
+
+
+def train_detector(data: str | os.PathLike | None, out: str | os.PathLike, *,
+                   recipe: DetectorRecipe | None = None, config: DetectorConfig | None = None,
+                   annotations: Sequence[AnnotatedImage] = (), init: str | os.PathLike | None = None,
+                   composites: CompositeGenerator | None = None, progress: bool = True) -> DetectorTrainResult:
+    """Train a detector into the folder `out` (detector.safetensors, detector.json, history.json).
+
+    data: a catalogue (its catalogue photos and labelled photos become cut-outs); None trains on real
+    `annotations` alone, or on `composites` (a generator of your own, e.g. your own cut-outs).
+    init: a detector folder to fine-tune instead of starting from ImageNet.
+    """
+    from tqdm.auto import tqdm
+
+    recipe, config = recipe or DetectorRecipe(), config or DetectorConfig()
+    if data is None and not annotations and composites is None:
+        raise ValueError("nothing to train on: give a catalogue (--data) or box annotations (--boxes)")
+    if data is not None and composites is not None:
+        raise ValueError("give a catalogue or a composite generator, not both")
+    from .synth import CompositeDataset, composite_sources
+
+    random.seed(recipe.seed)
+    torch.manual_seed(recipe.seed)
+    out = Path(out)
+    length = recipe.steps * recipe.batch_size
+    if composites is not None:
+        train_ds, holdout = CompositeDataset(composites, length), []
+    elif data is not None:
+        train_ds, holdout = composite_sources(data, recipe, length=length)
+    else:
+        train_ds, holdout = None, []
+    real = _RealBoxes(annotations, recipe.canvas) if annotations else None
+    if init is not None:
+        net, old = load_detector_net(init)
+        config = old.config
+    else:
+        net = build_detector(config)
+    card = DetectorCard(config, {"recipe": asdict(recipe), "data": None if data is None else str(data),
+                                 "real_photos": len(real) if real else 0, "init": None if init is None else str(init)})
+    opt = torch.optim.AdamW(_param_groups(net, recipe.weight_decay), lr=recipe.lr)
+    n_real = recipe.batch_size if train_ds is None else round(recipe.batch_size * recipe.real_share) if real else 0
+    streams = []
+    if train_ds is not None and n_real < recipe.batch_size:
+        streams.append(_loader(train_ds, recipe.batch_size - n_real, recipe.workers, recipe.seed))
+    if real is not None and n_real:
+        streams.append(_loader(real, n_real, 0, recipe.seed + 1))
+    net.transform.min_size = tuple(recipe.train_sizes)
+    history: list[dict[str, float]] = []
+    best: tuple[float, int] = (-1.0, 0)
+    start = time.monotonic()
+    stopped = "steps"
+    bar = tqdm(range(recipe.steps), desc="detector", unit="step", disable=not progress)
+    for step in bar:
+        done = _progress(step, start, recipe)
+        for group in opt.param_groups:
+            group["lr"] = recipe.lr * _lr_factor(done, step, recipe)
+        batch = [item for stream in streams for item in next(stream)]
+        images, targets = _to_float(batch)
+        net.train()
+        losses = net(images, targets)
+        loss = sum(losses.values())
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"step {step}: the loss became {loss.item()}; lower --lr")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 10.0)
+        opt.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        last = step + 1 == recipe.steps
+        over_time = recipe.max_minutes is not None and _progress(step + 1, start, recipe) >= 1 and not last
+        if (step + 1) % recipe.eval_every == 0 or last or over_time:
+            row: dict[str, float] = {"step": step + 1, "loss": float(loss.item()),
+                                     "minutes": (time.monotonic() - start) / 60}
+            row.update({k: float(v.item()) for k, v in losses.items()})
+            if holdout:
+                net.transform.min_size = (config.min_size,)
+                row.update(holdout_score(Detector(net, card, device="cpu"), holdout))
+                net.transform.min_size = tuple(recipe.train_sizes)
+            history.append(row)
+            score = row.get("ap50", float(step))
+            if score > best[0]:
+                best = (score, step + 1)
+                net.transform.min_size = (config.min_size,)
+                card.training.update({"best_step": step + 1, "holdout": {k: v for k, v in row.items()
+                                                                           if k in ("ap50", "ap", "count_exact")}})
+                save_detector(net, card, out)
+                net.transform.min_size = tuple(recipe.train_sizes)
+            log.info("step %d: %s", step + 1, row)
+            if over_time:
+                stopped = "time"
+                break
+    minutes = (time.monotonic() - start) / 60
+    card.training.update({"steps_run": len(history) and int(history[-1]["step"]), "minutes": round(minutes, 1),
+                          "stopped": stopped, "history": history})
+    net.transform.min_size = (config.min_size,)
+    (out / "history.json").write_text(json.dumps(history, indent=1), encoding="utf-8")
+    # The card records the whole run; the weights stay those of the best step.
+    from ..models.bundle import atomic_write_text
+
+    atomic_write_text(out / "detector.json", card.to_json())
+    holdout_best = next((h for h in history if int(h["step"]) == best[1]), {})
+    return DetectorTrainResult(out, int(history[-1]["step"]) if history else 0, minutes, best[1],
+                               {k: v for k, v in holdout_best.items() if k not in ("step", "minutes")}, history,
+                               stopped)

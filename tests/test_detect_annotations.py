@@ -1,0 +1,270 @@
+"""Box annotation import: Pascal VOC, COCO JSON and YOLO txt to AnnotatedImage, and COCO back."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from skulens.detect import annotations as ann
+from skulens.detect.annotations import (
+    AnnotationError,
+    detect_format,
+    load_annotations,
+    read_coco,
+    read_voc,
+    read_yolo,
+    write_coco,
+)
+from skulens.detect.boxes import AnnotatedImage
+
+FRIDGE = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "fridge-objects-sample"
+
+
+def _image(path: Path, width: int = 100, height: int = 50, orientation: int | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    exif = Image.Exif()
+    if orientation is not None:
+        exif[0x0112] = orientation
+    Image.new("RGB", (width, height), (120, 80, 40)).save(path, exif=exif)
+    return path
+
+
+def _voc(folder: Path, name: str, objects: list[tuple[str, tuple[object, ...]]],
+         size: tuple[int, int] = (100, 50), image: str | None = None) -> Path:
+    """A VOC file whose k-th <object> opens on line 4 + 4k and its <bndbox> on line 6 + 4k."""
+    lines = ["<annotation>", f"  <filename>{image or name + '.jpg'}</filename>",
+             f"  <size><width>{size[0]}</width><height>{size[1]}</height><depth>3</depth></size>"]
+    for label, (x1, y1, x2, y2) in objects:
+        corners = f"<xmin>{x1}</xmin><ymin>{y1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax>"
+        lines += ["  <object>", f"    <name>{label}</name>", f"    <bndbox>{corners}</bndbox>", "  </object>"]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.xml").write_text("\n".join([*lines, "</annotation>", ""]), encoding="utf-8")
+    return folder / f"{name}.xml"
+
+
+def _yolo(root: Path, labels: dict[str, str], names: str | None = "classes.txt") -> Path:
+    for stem, text in labels.items():
+        _image(root / "images" / f"{stem}.jpg")
+        (root / "labels").mkdir(parents=True, exist_ok=True)
+        if text is not None:
+            (root / "labels" / f"{stem}.txt").write_text(text, encoding="utf-8")
+    if names == "classes.txt":
+        (root / "classes.txt").write_text("milk\ncan\n", encoding="utf-8")
+    elif names == "data.yaml":
+        (root / "data.yaml").write_text("path: .\nnames:\n  0: milk\n  1: can\n", encoding="utf-8")
+    return root
+
+
+def _coco(folder: Path, annotations: list[dict], images: list[dict] | None = None) -> Path:
+    _image(folder / "images" / "a.jpg")
+    _image(folder / "images" / "b.jpg", 80, 60)
+    doc = {"images": images or [{"id": 1, "file_name": "a.jpg", "width": 100, "height": 50},
+                                {"id": 2, "file_name": "b.jpg", "width": 80, "height": 60}],
+           "annotations": annotations, "categories": [{"id": 3, "name": "milk"}, {"id": 4, "name": "can"}]}
+    (folder / "instances.json").write_text(json.dumps(doc), encoding="utf-8")
+    return folder / "instances.json"
+
+
+def _error(fn: Callable[..., object], *args: object, match: str) -> str:
+    with pytest.raises(AnnotationError, match=match) as info:
+        fn(*args)
+    return str(info.value)
+
+
+# ---- YOLO ----------------------------------------------------------------------------------------------
+
+
+def test_yolo_values_names_and_empty_images(tmp_path: Path) -> None:
+    root = _yolo(tmp_path, {"a": "0 0.5 0.5 0.2 0.4\n\n1 0.25 0.5 0.5 1.0\n", "b": "", "c": None})
+    images = read_yolo(root)
+    assert [im.path.name for im in images] == ["a.jpg", "b.jpg", "c.jpg"]
+    a = images[0]
+    assert (a.width, a.height) == (100, 50) and a.labels == ("milk", "can")
+    np.testing.assert_allclose(a.boxes, [[40, 15, 60, 35], [0, 0, 50, 50]])
+    assert a.boxes.dtype == np.float32
+    assert [len(im) for im in images[1:]] == [0, 0]  # empty and missing label file: a photo with no products
+
+
+@pytest.mark.parametrize("names, expected", [("data.yaml", ("can",)), (None, ("1",))])
+def test_yolo_names_from_yaml_or_ids(tmp_path: Path, names: str | None, expected: tuple[str, ...]) -> None:
+    assert read_yolo(_yolo(tmp_path, {"a": "1 0.5 0.5 0.2 0.2"}, names=names))[0].labels == expected
+
+
+def test_yolo_size_follows_exif_rotation(tmp_path: Path) -> None:
+    _yolo(tmp_path, {"a": "0 0.5 0.5 0.2 0.4"})
+    _image(tmp_path / "images" / "a.jpg", 100, 50, orientation=6)  # stored landscape, shown portrait
+    im = read_yolo(tmp_path)[0]
+    assert (im.width, im.height) == (50, 100)
+    np.testing.assert_allclose(im.boxes, [[20, 30, 30, 70]])
+
+
+@pytest.mark.parametrize("line, match", [
+    ("0 0.5 0.5", "line 2: expected 5 numbers 'class cx cy w h', got 3"),
+    ("0 0.5 x 0.2 0.2", "line 2: not a number"),
+    ("0 0.5 1.2 0.2 0.2", r"line 2: cx cy w h must be fractions in \[0, 1\]"),
+    ("2 0.5 0.5 0.2 0.2", "line 2: class 2 is not one of the 2 class ids"),
+    ("0 0.5 0.5 0 0.2", "line 2: degenerate box"),
+    ("0 0.05 0.5 0.2 0.2", "line 2: box .* sticks out of the 100x50 image by 5 px"),
+])
+def test_yolo_errors_name_file_and_line(tmp_path: Path, line: str, match: str) -> None:
+    _yolo(tmp_path, {"img3": f"0 0.5 0.5 0.2 0.2\n{line}\n"})
+    message = _error(read_yolo, tmp_path, match=match)
+    assert message.startswith(str(tmp_path / "labels" / "img3.txt"))
+
+
+def test_yolo_missing_image_and_empty_folder(tmp_path: Path) -> None:
+    _yolo(tmp_path, {"a": "0 0.5 0.5 0.2 0.2"})
+    (tmp_path / "labels" / "gone.txt").write_text("0 0.5 0.5 0.2 0.2\n", encoding="utf-8")
+    gone = re.escape(str(tmp_path / "labels" / "gone.txt"))
+    _error(read_yolo, tmp_path, match=gone + ": its image is missing")
+    (tmp_path / "empty" / "images").mkdir(parents=True)
+    (tmp_path / "empty" / "labels").mkdir()
+    _error(read_yolo, tmp_path / "empty", match="no images")
+
+
+# ---- Pascal VOC ----------------------------------------------------------------------------------------
+
+
+def test_voc_values_sibling_images_and_no_objects(tmp_path: Path) -> None:
+    _image(tmp_path / "images" / "a.jpg")
+    _image(tmp_path / "images" / "b.jpg")
+    _voc(tmp_path / "annotations", "a", [("milk", (10, 5, 30, 25)), ("can", (99, 40, 101.5, 51))])
+    _voc(tmp_path / "annotations", "b", [])
+    for where in (tmp_path, tmp_path / "annotations"):
+        a, b = read_voc(where)
+        assert a.path == tmp_path / "images" / "a.jpg" and a.labels == ("milk", "can")
+        np.testing.assert_allclose(a.boxes, [[10, 5, 30, 25], [99, 40, 100, 50]])  # 1.5 px over: clipped
+        assert len(b) == 0 and b.boxes.shape == (0, 4) and (b.width, b.height) == (100, 50)
+
+
+def test_voc_image_beside_xml_or_via_path_element(tmp_path: Path) -> None:
+    _image(tmp_path / "x" / "a.jpg")
+    _voc(tmp_path / "x", "a", [("milk", (1, 1, 9, 9))])
+    assert read_voc(tmp_path / "x" / "a.xml")[0].path == tmp_path / "x" / "a.jpg"
+    _image(tmp_path / "pics" / "b.png")
+    xml = _voc(tmp_path / "y", "b", [], image="b.png")
+    xml.write_text(xml.read_text().replace("<annotation>", "<annotation><path>../pics/b.png</path>"))
+    assert read_voc(xml)[0].path == tmp_path / "pics" / "b.png"
+
+
+@pytest.mark.parametrize("box, match", [
+    ((10, 5, "ten", 25), "a.xml: line 10: <xmax> is not a number: 'ten'"),
+    ((30, 5, 10, 25), r"a.xml: line 10: degenerate box \[30, 5, 10, 25\]"),
+    ((120, 5, 130, 25), "a.xml: line 10: box .* lies wholly outside the 100x50 image"),
+    ((10, 5, 30, 80), "a.xml: line 10: box .* sticks out of the 100x50 image by 30 px"),
+])
+def test_voc_box_errors_name_file_and_line(tmp_path: Path, box: tuple[object, ...], match: str) -> None:
+    _image(tmp_path / "a.jpg")
+    _voc(tmp_path, "a", [("milk", (1, 1, 9, 9)), ("can", box)])
+    _error(read_voc, tmp_path, match=match)
+
+
+def test_voc_structure_errors(tmp_path: Path) -> None:
+    _image(tmp_path / "a.jpg")
+    xml = _voc(tmp_path, "a", [("milk", (1, 1, 9, 9))])
+    xml.write_text(xml.read_text().replace("<ymax>9</ymax>", ""))
+    _error(read_voc, xml, match="a.xml: line 6: <bndbox> has no <ymax>")
+    xml.write_text(xml.read_text().replace("</object>", "</objekt>"))
+    _error(read_voc, xml, match="a.xml: line 7: malformed XML")
+    _voc(tmp_path, "a", [("milk", (1, 1, 9, 9))], image="gone.jpg")
+    _error(read_voc, xml, match="a.xml: image 'gone.jpg' not found")
+    _error(read_voc, tmp_path / "nothing", match="no Pascal VOC .xml files")
+
+
+def test_voc_refuses_entity_declarations(tmp_path: Path) -> None:
+    _image(tmp_path / "a.jpg")
+    laughs = ('<?xml version="1.0"?>\n<!DOCTYPE annotation [\n <!ENTITY lol "lol">\n'
+              ' <!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">\n]>\n'
+              "<annotation><filename>a.jpg</filename><object><name>&lol2;</name></object></annotation>\n")
+    (tmp_path / "a.xml").write_text(laughs, encoding="utf-8")
+    _error(read_voc, tmp_path / "a.xml", match="a.xml: line 2: DOCTYPE/ENTITY declarations are refused")
+
+
+# ---- COCO ----------------------------------------------------------------------------------------------
+
+
+def test_coco_values_crowd_and_image_without_boxes(tmp_path: Path) -> None:
+    crowd = {"id": 2, "image_id": 1, "category_id": 3, "bbox": [0, 0, 100, 50], "iscrowd": 1}
+    path = _coco(tmp_path, [{"id": 1, "image_id": 1, "category_id": 4, "bbox": [10, 5, 20, 10]}, crowd])
+    for where in (path, tmp_path):
+        a, b = read_coco(where)
+        assert a.path == tmp_path / "images" / "a.jpg" and a.labels == ("can",)
+        np.testing.assert_allclose(a.boxes, [[10, 5, 30, 15]])
+        assert len(b) == 0 and (b.width, b.height) == (80, 60)
+
+
+@pytest.mark.parametrize("annotation, match", [
+    ({"image_id": 9, "category_id": 3, "bbox": [1, 1, 5, 5]}, r"annotations\[1\]: unknown image_id 9"),
+    ({"image_id": 1, "category_id": 7, "bbox": [1, 1, 5, 5]}, r"annotations\[1\]: unknown category_id 7"),
+    ({"image_id": 1, "category_id": 3, "bbox": [1, 1, "5", 5]}, r"annotations\[1\]: bbox must be 4 numbers"),
+    ({"image_id": 1, "category_id": 3, "bbox": [1, 1, 0, 5]}, r"annotations\[1\]: degenerate box"),
+])
+def test_coco_errors_name_file_and_index(tmp_path: Path, annotation: dict, match: str) -> None:
+    good = {"image_id": 2, "category_id": 3, "bbox": [1, 1, 5, 5]}
+    path = _coco(tmp_path, [good, annotation])
+    assert _error(read_coco, path, match=match).startswith(str(path))
+
+
+def test_coco_missing_image_bad_json_and_size_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _coco(tmp_path, [], images=[{"id": 1, "file_name": "gone.jpg", "width": 10, "height": 10}])
+    _error(read_coco, path, match=r"instances.json: images\[0\]: image 'gone.jpg' not found")
+    path.write_text('{"images": [\n  {"id": 1,,}]}')
+    _error(read_coco, path, match="invalid JSON .*line 2")
+    monkeypatch.setattr(ann, "_MAX_JSON", 10)
+    _error(read_coco, path, match="over the 0 MB limit")
+
+
+def test_write_coco_round_trips(tmp_path: Path) -> None:
+    folder = tmp_path / "cache" / "images"
+    images = [AnnotatedImage(_image(folder / "a.jpg"), 100, 50, [[0.5, 1.25, 30.1, 20.7]], ("milk",)),
+              AnnotatedImage(_image(folder / "b.jpg"), 100, 50),
+              AnnotatedImage(_image(folder / "c.jpg"), 100, 50, [[1, 2, 3, 4], [5, 6, 99, 49]],
+                             ("can", "milk"))]
+    path = write_coco(images, tmp_path / "cache" / "instances.json", root=folder)
+    doc = json.loads(path.read_text())
+    assert doc["categories"] == [{"id": 1, "name": "can"}, {"id": 2, "name": "milk"}]
+    assert [im["file_name"] for im in doc["images"]] == ["a.jpg", "b.jpg", "c.jpg"]
+    back = read_coco(path)
+    assert [(im.path, im.width, im.height, im.labels) for im in back] == \
+        [(im.path, im.width, im.height, im.labels) for im in images]
+    for got, want in zip(back, images, strict=True):
+        np.testing.assert_array_equal(got.boxes, want.boxes)
+    with pytest.raises(ValueError, match="must be"):
+        write_coco(images, tmp_path / "x.json", root=tmp_path / "elsewhere")
+
+
+# ---- detection and the real sample ---------------------------------------------------------------------
+
+
+def test_detect_format_and_load(tmp_path: Path) -> None:
+    _yolo(tmp_path / "yolo", {"a": "0 0.5 0.5 0.2 0.2"})
+    _image(tmp_path / "voc" / "images" / "a.jpg")
+    _voc(tmp_path / "voc" / "annotations", "a", [("milk", (1, 1, 9, 9))])
+    coco = _coco(tmp_path / "coco", [])
+    for where, fmt in [("yolo", "yolo"), ("voc", "voc"), ("voc/annotations/a.xml", "voc"), ("coco", "coco"),
+                       ("coco/instances.json", "coco")]:
+        assert detect_format(tmp_path / where) == fmt
+        assert len(load_annotations(tmp_path / where)) >= 1
+    assert len(load_annotations(coco, format="coco")) == 2
+    (tmp_path / "nothing").mkdir()
+    _error(detect_format, tmp_path / "nothing", match=r"looked for Pascal VOC .* COCO .* YOLO images/ \+")
+    with pytest.raises(AnnotationError, match="unknown annotation format"):
+        load_annotations(coco, format="csv")
+
+
+@pytest.mark.dataset
+def test_real_fridge_sample() -> None:
+    if not FRIDGE.is_dir():
+        pytest.skip("fridge-objects-sample not found in ../shared/datasets")
+    images = load_annotations(FRIDGE)
+    assert len(images) == 6 and [len(im) for im in images] == [2] * 6
+    assert load_annotations(FRIDGE / "annotations")[0].path == images[0].path
+    first = images[0]
+    assert first.path.name == "10.jpg" and first.labels == ("carton", "milk_bottle")
+    np.testing.assert_array_equal(first.boxes, [[86, 102, 216, 439], [150, 377, 445, 490]])

@@ -1,0 +1,209 @@
+"""The detector's plumbing: tiling and merging, the detector folder, the box cap, ONNX, counting output."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from skulens.detect.boxes import AnnotatedImage, Detections
+from skulens.detect.count import PhotoCount, count_products, crop_boxes, write_counts
+from skulens.detect.detector import load_detector
+from skulens.detect.model import (
+    DetectorCard,
+    DetectorConfig,
+    DetectorError,
+    build_detector,
+    load_detector_net,
+    save_detector,
+)
+from skulens.detect.tiling import drop_cut_boxes, merge_boxes, tile_grid
+
+SMALL = DetectorConfig(min_size=128, max_size=256, max_detections=6)
+
+
+@pytest.fixture(scope="module")
+def untrained(tmp_path_factory: pytest.TempPathFactory):
+    """A real detector folder with untrained (seeded) weights: boxes are arbitrary but deterministic."""
+    torch.manual_seed(0)
+    net = build_detector(SMALL, pretrained=False)
+    return save_detector(net, DetectorCard(SMALL, {"note": "test"}), tmp_path_factory.mktemp("det") / "det")
+
+
+def photo(w: int = 200, h: int = 150, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+# --------------------------------------------------------------------------- tiling
+
+def test_tile_grid_covers_the_photo_with_overlap() -> None:
+    tiles = tile_grid(1000, 700, 400, overlap=0.25)
+    covered = np.zeros((700, 1000), bool)
+    for x0, y0, x1, y1 in tiles:
+        assert x1 - x0 <= 400 and y1 - y0 <= 400
+        covered[y0:y1, x0:x1] = True
+    assert covered.all()
+    xs = sorted({t[0] for t in tiles})
+    assert all(b - a <= 300 for a, b in itertools.pairwise(xs))  # at least 25 % overlap
+    assert tile_grid(300, 200, 400) == [(0, 0, 300, 200)]
+    with pytest.raises(ValueError):
+        tile_grid(100, 100, 0)
+
+
+def test_boxes_cut_by_an_inner_tile_edge_are_dropped() -> None:
+    boxes = np.array([[10, 10, 50, 50], [380, 10, 420, 50], [150, 150, 399, 399]], np.float32)
+    keep = drop_cut_boxes(boxes, (0, 0, 400, 400), 1000, 1000)
+    assert keep.tolist() == [True, False, False]
+    # at the photo's own border a box is not cut
+    assert drop_cut_boxes(boxes[:1], (0, 0, 50, 50), 50, 50).tolist() == [True]
+
+
+def test_merge_removes_duplicates_and_part_boxes_across_passes_only() -> None:
+    boxes = np.array([[0, 0, 100, 100], [2, 2, 101, 99], [0, 0, 100, 40], [300, 300, 340, 340]], np.float32)
+    scores = np.array([0.9, 0.8, 0.7, 0.6], np.float32)
+    kept = merge_boxes(boxes, scores, np.array([0, 1, 1, 1]))
+    assert kept.tolist() == [0, 3]  # the duplicate (IoU) and the part inside from another pass go
+    same_pass = merge_boxes(boxes, scores, np.zeros(4, int))
+    assert same_pass.tolist() == [0, 2, 3]  # within a pass a small box in front of a big one stays
+    assert merge_boxes(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0)).tolist() == []
+
+
+# --------------------------------------------------------------------------- the detector folder
+
+def test_config_is_validated() -> None:
+    with pytest.raises(ValueError, match="fpn_channels"):
+        DetectorConfig(fpn_channels=32)
+    with pytest.raises(ValueError, match="min_size"):
+        DetectorConfig(min_size=600, max_size=500)
+    with pytest.raises(ValueError, match="max_detections"):
+        DetectorConfig(max_detections=0)
+
+
+def test_folder_round_trip_gives_the_same_boxes(untrained) -> None:
+    det = load_detector(untrained, device="cpu")
+    again = load_detector(untrained, device="cpu")
+    a, b = det.detect([photo()])[0], again.detect([photo()])[0]
+    assert len(a) == SMALL.max_detections and np.array_equal(a.boxes, b.boxes)
+    assert a.capped  # it hit the cap of 6: flagged, not silently truncated
+    assert det.config == SMALL and det.card.training == {"note": "test"}
+    assert (a.boxes[:, 2] <= 200).all() and (a.boxes[:, 3] <= 150).all() and (a.boxes >= 0).all()
+
+
+def test_not_a_detector_folder_is_a_clear_error(tmp_path, untrained) -> None:
+    with pytest.raises(DetectorError, match="no such detector folder"):
+        load_detector_net(tmp_path / "missing")
+    (tmp_path / "card.json").write_text("{}")
+    with pytest.raises(DetectorError, match="not a detector folder"):
+        load_detector_net(tmp_path)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "detector.json").write_text((untrained / "detector.json").read_text())
+    (bad / "detector.safetensors").write_bytes(b"not weights")
+    with pytest.raises(DetectorError, match="does not fit"):
+        load_detector_net(bad)
+
+
+def test_box_cap_is_a_setting(untrained) -> None:
+    det = load_detector(untrained, device="cpu").with_settings(max_detections=15)
+    d = det.detect([photo()])[0]
+    assert len(d) == 15 and d.capped
+
+
+def test_large_photos_are_tiled(untrained) -> None:
+    det = load_detector(untrained, device="cpu").with_settings(max_detections=50)
+    big = photo(1400, 600, seed=3)  # long side > 2 x max_size (256): auto tiles
+    auto, off = det.detect([big])[0], det.detect([big], tiles="off")[0]
+    assert (auto.width, auto.height) == (1400, 600)
+    assert (auto.boxes[:, 2] <= 1400).all() and (auto.boxes[:, 3] <= 600).all()
+    assert not np.array_equal(auto.boxes, off.boxes)  # the tiles saw more than the shrunk whole photo
+    assert len(auto) <= 50
+    with pytest.raises(ValueError, match="tiles"):
+        det.detect([big], tiles="sometimes")
+
+
+def test_onnx_detector_matches_pytorch(untrained, tmp_path) -> None:
+    pytest.importorskip("onnxruntime")
+    from skulens.detect.onnx import export_detector, load_onnx_detector
+
+    path = export_detector(untrained, tmp_path / "d.onnx")
+    assert path.is_file()
+    # beside its card the exported file loads as a detector
+    (untrained / "detector.onnx").write_bytes(path.read_bytes())
+    ort_det, torch_det = load_onnx_detector(untrained), load_detector(untrained, device="cpu")
+    a, b = torch_det.detect([photo(seed=5)])[0], ort_det.detect([photo(seed=5)])[0]
+    assert len(a) == len(b)
+    np.testing.assert_allclose(a.scores, b.scores, atol=2e-3)
+    np.testing.assert_allclose(a.boxes, b.boxes, atol=0.5)
+
+
+# --------------------------------------------------------------------------- counting output
+
+def test_crops_are_clipped_and_padded() -> None:
+    im = photo(100, 80)
+    crops = crop_boxes(im, np.array([[10, 10, 50, 40], [90, 70, 100, 80]], np.float32))
+    assert crops[0].size == (44 + 1, 32 + 1) or crops[0].size[0] >= 40
+    assert crops[1].size[0] >= 2 and crops[1].size[1] >= 2
+
+
+def test_count_without_classifier_counts_products_and_reports_bad_photos(untrained, tmp_path) -> None:
+    det = load_detector(untrained, device="cpu")
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    results = [r for r, _ in count_products(det, [photo(), str(bad)], min_score=0.0)]
+    assert results[0].total == 6 and results[0].counts == {"product": 6} and results[0].capped
+    assert results[1].error and "not an image" in results[1].error and results[1].total == 0
+    out = write_counts(results, tmp_path / "c.jsonl")
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows[0]["total"] == 6 and len(rows[0]["boxes"]) == 6 and rows[1]["error"]
+    csv_text = write_counts(results, tmp_path / "c.csv").read_text().splitlines()
+    assert csv_text[0].startswith("source,product,count") and ",product,6," in csv_text[1]
+
+
+def test_count_with_classifier_names_boxes_or_says_unknown(untrained, tiny_bundle) -> None:
+    from skulens.models.predictor import load_model
+
+    det = load_detector(untrained, device="cpu")
+    model = load_model(tiny_bundle.bundle, device="cpu")
+    sure = next(count_products(det, [photo()], model=model, min_score=0.0, min_confidence=0.0))[0]
+    assert all(b.label in model.classes for b in sure.boxes) and sum(sure.counts.values()) == 6
+    confidences = sorted(b.confidence for b in sure.boxes)
+    t = (confidences[2] + confidences[3]) / 2
+    split = next(count_products(det, [photo()], model=model, min_score=0.0, min_confidence=t))[0]
+    # open set: a box below the threshold is unknown, never forced into a class; its guess is kept
+    assert split.unknown == 3 and sum(split.counts.values()) == 3
+    for b, ref in zip(split.boxes, sure.boxes, strict=True):
+        assert (b.label is None) == (ref.confidence < t) and b.guess == ref.guess
+    picture = split.annotated(photo())
+    assert picture.size == (200, 150) and picture.tobytes() != photo().tobytes()
+
+
+def test_photo_count_dict_shape() -> None:
+    d = PhotoCount("x.jpg", 10, 10).to_dict()
+    assert d == {"source": "x.jpg", "width": 10, "height": 10, "total": 0, "counts": {}, "unknown": 0,
+                 "capped": False, "error": None, "boxes": []}
+    assert len(AnnotatedImage(None, 5, 5)) == 0 and len(Detections([], [], 5, 5)) == 0
+
+
+def test_count_names_boxes_from_a_search_index(untrained, tiny_bundle, tmp_path) -> None:
+    pytest.importorskip("faiss")
+    from skulens.detect.count import recognise_boxes
+    from skulens.models.predictor import load_model
+    from skulens.search.index import IndexRecord, create_index
+
+    det = load_detector(untrained, device="cpu")
+    model = load_model(tiny_bundle.bundle, device="cpu")
+    im = photo()
+    dets = det.detect([im])[0]
+    crops = crop_boxes(im, dets.boxes)
+    index = create_index("faiss", tmp_path / "idx", model.card.embedding_dim)
+    # enrol the first box's crop as a product the classifier has never heard of
+    index.add([IndexRecord("shelf/0", "new-jam", "new-jam")], model.embed(crops[:1]))
+    boxes = recognise_boxes(model, im, dets, 0.5, index=index, min_similarity=0.999)
+    assert boxes[0].label == "new-jam" and boxes[0].confidence == pytest.approx(1.0, abs=1e-3)
+    assert all(b.label is None or b.confidence >= 0.999 for b in boxes[1:])  # the rest: unknown unless as close
+    assert all(b.guess == "new-jam" for b in boxes)  # the best guess is kept for review
