@@ -100,3 +100,50 @@ def test_inventory_page_intake_review_and_counts(site, page, tmp_path: Path) -> 
     with page.expect_download() as dl:
         page.click("#export")
     assert Path(dl.value.path()).read_text().startswith("label,count,updated_at\noat-milk,1,")
+
+
+@pytest.fixture(scope="module")
+def shelf_site(tiny_bundle, model, tmp_path_factory):
+    from test_inventory_shelf import untrained_detector
+
+    root = tmp_path_factory.mktemp("web-shelf")
+    settings = ServeSettings(model=str(tiny_bundle.bundle), device="cpu", api_keys=(ApiKey("web", KEY),),
+                             db=str(root / "inv.sqlite"), detector=str(untrained_detector(root / "det")),
+                             detector_min_score=0.0, review_threshold=0.6)
+    with running_server(create_app(settings, model=model)) as url:
+        yield url
+
+
+def test_inventory_page_shows_a_shelf_photo_with_its_boxes_and_counts(shelf_site, page, tmp_path: Path) -> None:
+    shot = tmp_path / "shelf.jpg"
+    shot.write_bytes(photo_bytes("oat-milk", 0))  # with the test detector: named products and unknown ones
+    page.goto(shelf_site + "/inventory")
+    page.fill("#api-key", KEY)
+    page.dispatch_event("#api-key", "change")
+    with page.expect_response(lambda r: r.url.endswith("/v1/inventory/intake")) as response:
+        page.set_input_files("#intake-input", str(shot))
+    shelf = response.value.json()["results"][0]["shelf"]
+    expect = playwright_api.expect
+    review = [b for b in shelf["boxes"] if b["status"] == "review"]
+    expect(page.locator("#status")).to_contain_text(
+        f"1 shelf photo(s): {sum(shelf['counts'].values())} products counted, {len(review)} unknown", timeout=30_000)
+    boxes = page.locator("#shelf-photos .shelf-box")
+    expect(boxes).to_have_count(len(shelf["boxes"]), timeout=30_000)
+    expect(page.locator("#shelf-photos .shelf-box.review")).to_have_count(len(review))  # unknown: their own style
+    img = page.locator("#shelf-photos img")
+    expect(img).to_have_js_property("naturalWidth", 72)
+    frame = img.bounding_box()
+    scale = frame["width"] / shelf["width"]
+    assert scale > 2  # drawn over the displayed (enlarged) photo, not at the photo's pixel size
+    for i, b in enumerate(shelf["boxes"]):  # placed where the detector found them, scaled to the display
+        drawn = boxes.nth(i).bounding_box()
+        assert drawn["x"] == pytest.approx(frame["x"] + b["box"][0] * scale, abs=1.5)
+        assert drawn["y"] == pytest.approx(frame["y"] + b["box"][1] * scale, abs=1.5)
+    rows = page.locator("#shelf-counts tbody tr")
+    expect(rows).to_have_count(len(shelf["counts"]) + bool(review))
+    for label, n in shelf["counts"].items():
+        expect(rows.filter(has_text=label)).to_have_text(re.compile(rf"{re.escape(label)}\s*{n}"))
+    crops = page.locator(".review-item.review-box")  # the unsure boxes wait in the queue as crops
+    expect(crops).to_have_count(len(review), timeout=30_000)
+    if review:
+        expect(crops.first.locator("img")).to_have_attribute("src", re.compile(r"^blob:"))

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..serve.settings import ServeSettings
 from ._common import UsageError, add_model, add_out, add_quiet, model_path, say
+from .detect import _check_detector
 
 __all__ = ["add_commands"]
 
@@ -21,7 +22,8 @@ def add_commands(sub: Any) -> None:
     inv = sub.add_parser("inventory", help="count stock from photos; review queue; CSV export")
     isub = inv.add_subparsers(dest="inventory_command", required=True, metavar="{scan,counts,review,audit}")
 
-    sc = isub.add_parser("scan", help="recognise every photo under DIR and count it (idempotent, resumable)")
+    sc = isub.add_parser("scan", help="recognise every photo under DIR and count it (idempotent, resumable); "
+                                      "with --detector, count every product in each shelf photo")
     sc.add_argument("dir", help="folder of photos (or one photo)")
     add_model(sc, "model bundle that recognises the photos", positional_legacy=False)
     sc.add_argument("--db", required=True, help="inventory SQLite file (created if missing)")
@@ -29,6 +31,10 @@ def add_commands(sub: Any) -> None:
                     help="fine confidence below this goes to the review queue (default: %(default)s)")
     sc.add_argument("--keep-photos", action="store_true", help="keep every photo (EXIF stripped), not only review ones")
     sc.add_argument("--batch-size", type=int, default=32, help="photos per transaction (default: %(default)s)")
+    sc.add_argument("--detector", help="detector folder (skulens detect train): shelf photos, every product counts; "
+                                       "boxes below --threshold go to the review queue as crops")
+    sc.add_argument("--min-score", type=float, default=ServeSettings.detector_min_score,
+                    help="with --detector: detector score a box needs to be a product (default: %(default)s)")
     sc.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     add_quiet(sc, "no per-photo JSON lines")
     sc.set_defaults(func=cmd_inventory_scan)
@@ -38,9 +44,9 @@ def add_commands(sub: Any) -> None:
     add_out(c, "write the CSV here instead of stdout", legacy_output=True)
     c.set_defaults(func=cmd_inventory_counts)
 
-    r = isub.add_parser("review", help="list the review queue, or resolve one photo")
+    r = isub.add_parser("review", help="list the review queue, or resolve one photo or shelf box")
     r.add_argument("--db", required=True, help="inventory SQLite file")
-    r.add_argument("sha256", nargs="?", help="photo to resolve (from the list)")
+    r.add_argument("sha256", nargs="?", help="photo (SHA256) or shelf box (SHA256:INDEX) to resolve: the id in the list")
     g = r.add_mutually_exclusive_group()
     g.add_argument("--label", help="confirm / correct: the right product")
     g.add_argument("--reject", action="store_true", help="not a product: never counted")
@@ -61,7 +67,10 @@ def _actor() -> str:
 
 def cmd_inventory_scan(ns: argparse.Namespace) -> int:
     bundle = model_path(ns)
-    from ..serve.intake import ScanSummary, find_images, scan
+    detector_dir = _check_detector(ns.detector) if ns.detector is not None else None
+    if not 0 <= ns.min_score <= 1:
+        raise UsageError("--min-score must be between 0 and 1")
+    from ..serve.intake import ScanSummary, find_images, scan, scan_shelves
 
     paths = find_images(ns.dir)
     if not paths:
@@ -70,16 +79,24 @@ def cmd_inventory_scan(ns: argparse.Namespace) -> int:
     from ..serve.inventory import InventoryStore
 
     model = load_model(bundle, device=ns.device)
-    summary = ScanSummary()
+    summary = ScanSummary(shelf=detector_dir is not None)
+    common: dict[str, Any] = {"threshold": ns.threshold, "actor": _actor(), "keep_photos": ns.keep_photos,
+                              "chunk": max(1, ns.batch_size)}
     with InventoryStore(ns.db) as store:
-        for path, result in scan(model, store, paths, threshold=ns.threshold, actor=_actor(),
-                                 keep_photos=ns.keep_photos, chunk=max(1, ns.batch_size)):
+        if detector_dir is None:
+            results = scan(model, store, paths, **common)
+        else:
+            from ..detect.detector import load_detector
+
+            detector = load_detector(detector_dir, device=ns.device)
+            results = scan_shelves(detector, model, store, paths, min_score=ns.min_score, **common)
+        for path, result in results:
             if isinstance(result, str):
                 summary.errors.append((str(path), result))
                 line: dict[str, Any] = {"path": str(path), "status": "error", "error": result}
             else:
                 summary.add(result)
-                line = {"path": str(path), **result.to_dict()}
+                line = {"path": str(path), **result.to_dict(summary=True)}
             if not ns.quiet:
                 print(json.dumps(line), flush=True)
     say(f"skulens inventory scan: {summary.line()}; db {ns.db}")
@@ -108,7 +125,7 @@ def cmd_inventory_review(ns: argparse.Namespace) -> int:
                 print(json.dumps(item.to_dict()))
             return 0
         if not ns.label and not ns.reject:
-            raise UsageError("give --label LABEL or --reject with the photo's SHA256")
+            raise UsageError("give --label LABEL or --reject with the item's id (SHA256, or SHA256:INDEX for a box)")
         try:
             item = store.resolve(ns.sha256, None if ns.reject else ns.label, actor=_actor())
         except InventoryError as exc:

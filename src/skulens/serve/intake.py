@@ -1,5 +1,6 @@
-"""Inventory intake: the one rule that turns a recognised photo into a store entry (`intake_photo`, used by
-the API's intake and by `scan`), and intake from a folder (`skulens inventory scan DIR`).
+"""Inventory intake: the rules that turn a recognised photo into a store entry (`intake_photo` for a photo of
+one product, `shelf_photo` for a shelf photo of many, both used by the API's intake and by `scan`), and intake
+from a folder (`skulens inventory scan DIR`, with `--detector` for shelf photos).
 
 Resumable by construction: photos already in the store are skipped before recognition, and each chunk
 commits in one transaction, so a scan killed at any point and run again counts every photo once.
@@ -7,6 +8,7 @@ commits in one transaction, so a scan killed at any point and run again counts e
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -15,14 +17,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..data.catalogue import IMAGE_SUFFIXES
-from ..data.decode import DEFAULT_MAX_PIXELS, ImageDecodeError
-from .images import content_hash, stripped_jpeg
-from .inventory import IntakePhoto, IntakeResult, InventoryStore, is_counted
+from ..data.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
+from .images import STORED_SHORT_SIDE, content_hash, stripped_jpeg
+from .inventory import IntakeBox, IntakePhoto, IntakeResult, InventoryStore, ShelfPhoto, is_counted
 
 if TYPE_CHECKING:
+    from PIL import Image
+
+    from ..detect.count import PhotoCount
+    from ..detect.detector import Detector
     from ..models.predictor import Model, Prediction
 
-__all__ = ["TOP_K", "ScanSummary", "find_images", "intake_photo", "scan"]
+__all__ = ["TOP_K", "ScanSummary", "count_shelf", "find_images", "intake_photo", "scan", "scan_shelves",
+           "shelf_photo"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,17 +48,68 @@ def intake_photo(data: bytes, sha256: str, source: str, pred: Prediction, *, thr
     return IntakePhoto(sha256, source, pred.fine_label, pred.fine_confidence, pred.top_k, stored)
 
 
+def count_shelf(detector: Detector, model: Model, image: Image.Image, *, threshold: float, min_score: float,
+                tiles: str = "auto") -> PhotoCount:
+    """Every product box in a decoded shelf photo, named by the classifier when it is at least `threshold` sure
+    (the review threshold: a box it is less sure of stays unknown and goes to review)."""
+    from ..detect.count import count_products
+
+    ((result, _),) = count_products(detector, [image], model=model, min_score=min_score, min_confidence=threshold,
+                                    tiles=tiles)
+    return result
+
+
+def shelf_photo(data: bytes, sha256: str, source: str, result: PhotoCount, image: Image.Image, *,
+                threshold: float, keep_photos: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS) -> ShelfPhoto:
+    """A counted shelf photo ready for `InventoryStore.intake`: each box with its product, or none when the
+    classifier could not name it (unknown, or only its coarse class). A box that will not count carries its crop
+    for the reviewer, re-encoded from pixels (no EXIF); the whole photo is kept only with `keep_photos`."""
+    from ..detect.count import crop_boxes
+
+    boxes = []
+    for b in result.boxes:
+        label = b.label if b.label is not None and b.label == b.guess else None  # a coarse class is no product
+        crop = None
+        if not is_counted(label, b.confidence, threshold):
+            crop = _jpeg(crop_boxes(image, [b.box])[0])
+        boxes.append(IntakeBox(b.box, b.score, label, b.confidence, b.guess, crop))
+    kept = stripped_jpeg(data, max_pixels=max_pixels) if keep_photos else None
+    return ShelfPhoto(sha256, source, tuple(boxes), result.width, result.height, result.capped, kept)
+
+
+def _jpeg(image: Image.Image) -> bytes:
+    """An EXIF-free JPEG of decoded pixels, its short side at most STORED_SHORT_SIDE."""
+    from PIL import Image
+
+    scale = STORED_SHORT_SIDE / min(image.size)
+    if scale < 1:
+        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                             Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=90)  # no exif=/icc_profile= given: none written
+    return out.getvalue()
+
+
 @dataclass
 class ScanSummary:
     counted: int = 0
     review: int = 0
     duplicate: int = 0
     errors: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    products: int = 0  # shelf photos: products counted
+    boxes_review: int = 0  # shelf photos: boxes waiting for review
+    shelf: bool = False
 
     def add(self, r: IntakeResult) -> None:
         setattr(self, r.status, getattr(self, r.status) + 1)
+        if r.shelf is not None:
+            self.products += sum(r.shelf.counts.values())
+            self.boxes_review += r.shelf.review
 
     def line(self) -> str:
+        if self.shelf:
+            return (f"{self.counted} shelf photos: {self.products} products counted, {self.boxes_review} boxes for "
+                    f"review; {self.duplicate} photos already in the inventory, {len(self.errors)} unreadable")
         return (f"{self.counted} counted, {self.review} for review, {self.duplicate} already in the inventory, "
                 f"{len(self.errors)} unreadable")
 
@@ -67,29 +125,40 @@ def find_images(root: str | os.PathLike[str]) -> list[Path]:
                   and not any(part.startswith(".") for part in f.relative_to(p).parts))
 
 
+_Answer = tuple[Path, "IntakeResult | str"]
+
+
+def _triage(store: InventoryStore, part: Sequence[Path]) -> tuple[list[_Answer], list[tuple[Path, bytes, str]]]:
+    """The answers for unreadable photos and those already in the store, and the (path, bytes, sha256) of the
+    rest, which need recognising."""
+    done: list[_Answer] = []
+    datas: list[tuple[Path, bytes, str]] = []
+    for path in part:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            done.append((path, f"cannot read ({exc.strerror or exc})"))
+            continue
+        datas.append((path, data, content_hash(data)))
+    known = store.known(h for _, _, h in datas)
+    todo = []
+    seen: set[str] = set()
+    for path, data, h in datas:
+        if h in known or h in seen:  # the store would say duplicate; skip recognising it
+            done.append((path, IntakeResult(h, path.name, "duplicate", None, 0.0, previous_status=known.get(h))))
+        else:
+            seen.add(h)
+            todo.append((path, data, h))
+    return done, todo
+
+
 def scan(model: Model, store: InventoryStore, paths: Sequence[Path], *, threshold: float, actor: str,
          keep_photos: bool = False, chunk: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS
          ) -> Iterator[tuple[Path, IntakeResult | str]]:
-    """Yield (path, result or error reason) per photo; each chunk is one transaction."""
+    """Yield (path, result or error reason) per photo of one product; each chunk is one transaction."""
     for start in range(0, len(paths), chunk):
-        part = paths[start:start + chunk]
-        datas: list[tuple[Path, bytes, str]] = []
-        for path in part:
-            try:
-                data = path.read_bytes()
-            except OSError as exc:
-                yield path, f"cannot read ({exc.strerror or exc})"
-                continue
-            datas.append((path, data, content_hash(data)))
-        known = store.known(h for _, _, h in datas)
-        todo = []
-        seen: set[str] = set()
-        for path, data, h in datas:
-            if h in known or h in seen:  # the store would say duplicate; skip recognising it
-                yield path, IntakeResult(h, path.name, "duplicate", None, 0.0, previous_status=known.get(h))
-            else:
-                seen.add(h)
-                todo.append((path, data, h))
+        done, todo = _triage(store, paths[start:start + chunk])
+        yield from done
         if not todo:
             continue
         preds = model.predict([d for _, d, _ in todo], top_k=TOP_K, batch_size=len(todo))
@@ -107,3 +176,28 @@ def scan(model: Model, store: InventoryStore, paths: Sequence[Path], *, threshol
             sources.append(path)
         results = store.intake(photos, threshold=threshold, actor=actor, keep_photos=keep_photos)
         yield from zip(sources, results, strict=True)
+
+
+def scan_shelves(detector: Detector, model: Model, store: InventoryStore, paths: Sequence[Path], *,
+                 threshold: float, actor: str, min_score: float = 0.5, tiles: str = "auto", keep_photos: bool = False,
+                 chunk: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[tuple[Path, IntakeResult | str]]:
+    """`scan` for shelf photos: every product in each photo counts (boxes the classifier is unsure of go to
+    review); each chunk is one transaction. Photos are decoded one at a time (a chunk of 48 MP photos
+    would not fit in memory); only the review crops are held until the chunk commits."""
+    for start in range(0, len(paths), chunk):
+        done, todo = _triage(store, paths[start:start + chunk])
+        yield from done
+        photos, sources = [], []
+        for path, data, h in todo:
+            try:
+                image = decode_image(data, max_pixels=max_pixels)
+            except ImageDecodeError as exc:
+                yield path, exc.reason
+                continue
+            result = count_shelf(detector, model, image, threshold=threshold, min_score=min_score, tiles=tiles)
+            photos.append(shelf_photo(data, h, str(path), result, image, threshold=threshold,
+                                      keep_photos=keep_photos, max_pixels=max_pixels))
+            sources.append(path)
+        if photos:
+            results = store.intake(photos, threshold=threshold, actor=actor, keep_photos=keep_photos)
+            yield from zip(sources, results, strict=True)

@@ -7,11 +7,15 @@ Used by the service and by `skulens inventory`, so nothing here knows about HTTP
 * **Atomic.** One transaction per batch: a photo's row, the count it changes and the audit lines
   commit together or not at all (WAL, synchronous=FULL). A crash loses at most the uncommitted batch,
   which the retry then counts once.
-* **Reviewed.** Photos below the confidence threshold go to a review queue instead of the counts; a
-  reviewer confirms or corrects the label (then it counts) or rejects the photo. Reviewed photos are
-  written, EXIF-free, into a labelled folder with a `manifest.csv` (`path,label,split`) that
-  `load_catalogue` (and so `skulens train`/`retrain`) reads.
-* **Audited.** Every change to a count or a photo's status is a row in `audit`.
+* **Two kinds of photo.** A product photo (`IntakePhoto`) is one product: its top-1 label counts. A shelf
+  photo (`ShelfPhoto`) holds many: the detector's boxes, each named by the classifier, and every named box
+  adds one to its product; the photo, its boxes and every count it changes are one transaction.
+* **Reviewed.** Photos, and shelf boxes, below the confidence threshold go to a review queue instead of the
+  counts; a reviewer confirms or corrects the label (then it counts) or rejects the item. A review item's id
+  is the photo's sha256, or `sha256:index` for a box. Reviewed photos and box crops are written, EXIF-free,
+  into a labelled folder with a `manifest.csv` (`path,label,split`) that `load_catalogue` (and so
+  `skulens train`/`retrain`) reads.
+* **Audited.** Every change to a count or to a photo's or box's status is a row in `audit`.
 """
 
 from __future__ import annotations
@@ -33,49 +37,79 @@ from typing import Any
 
 __all__ = [
     "AuditEntry",
+    "BoxResult",
+    "IntakeBox",
     "IntakePhoto",
     "IntakeResult",
     "InventoryError",
     "InventoryStore",
     "ReviewItem",
+    "ShelfPhoto",
+    "ShelfResult",
     "is_counted",
 ]
 
-SCHEMA_VERSION = 1
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS stock (
-    label TEXT PRIMARY KEY,
-    count INTEGER NOT NULL DEFAULT 0,
-    updated_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS photos (
-    sha256 TEXT PRIMARY KEY,
-    source TEXT NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ('counted', 'review', 'confirmed', 'corrected', 'rejected')),
-    predicted_label TEXT,
-    confidence REAL NOT NULL,
-    top_k TEXT NOT NULL DEFAULT '[]',
-    label TEXT,
-    stored TEXT,
-    created_at TEXT NOT NULL,
-    reviewed_at TEXT,
-    reviewed_by TEXT
-);
-CREATE INDEX IF NOT EXISTS photos_status ON photos (status, created_at);
-CREATE TABLE IF NOT EXISTS audit (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    ts TEXT NOT NULL,
-    actor TEXT NOT NULL,
-    action TEXT NOT NULL,
-    label TEXT,
-    delta INTEGER NOT NULL DEFAULT 0,
-    count_after INTEGER,
-    photo TEXT,
-    detail TEXT NOT NULL DEFAULT '{}'
-);
-"""
+SCHEMA_VERSION = 2
+_STATUSES = "'counted', 'review', 'confirmed', 'corrected', 'rejected'"
+_SCHEMA_V1 = (
+    """CREATE TABLE IF NOT EXISTS stock (
+        label TEXT PRIMARY KEY,
+        count INTEGER NOT NULL DEFAULT 0,
+        updated_at TEXT NOT NULL
+    )""",
+    f"""CREATE TABLE IF NOT EXISTS photos (
+        sha256 TEXT PRIMARY KEY,
+        source TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ({_STATUSES})),
+        predicted_label TEXT,
+        confidence REAL NOT NULL,
+        top_k TEXT NOT NULL DEFAULT '[]',
+        label TEXT,
+        stored TEXT,
+        created_at TEXT NOT NULL,
+        reviewed_at TEXT,
+        reviewed_by TEXT
+    )""",
+    "CREATE INDEX IF NOT EXISTS photos_status ON photos (status, created_at)",
+    """CREATE TABLE IF NOT EXISTS audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        label TEXT,
+        delta INTEGER NOT NULL DEFAULT 0,
+        count_after INTEGER,
+        photo TEXT,
+        detail TEXT NOT NULL DEFAULT '{}'
+    )""",
+)
+# Each step takes a database from the version before to its own; applied in order, in one transaction.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    # 2: shelf photos. A photo row says its kind; a shelf photo's products are its boxes (a shelf photo row
+    # itself is 'counted' once taken in: its boxes carry the review states).
+    2: (
+        "ALTER TABLE photos ADD COLUMN kind TEXT NOT NULL DEFAULT 'photo' CHECK (kind IN ('photo', 'shelf'))",
+        f"""CREATE TABLE boxes (
+            sha256 TEXT NOT NULL REFERENCES photos (sha256),
+            idx INTEGER NOT NULL,
+            x1 REAL NOT NULL, y1 REAL NOT NULL, x2 REAL NOT NULL, y2 REAL NOT NULL,
+            score REAL NOT NULL,
+            predicted_label TEXT,
+            confidence REAL NOT NULL,
+            guess TEXT,
+            status TEXT NOT NULL CHECK (status IN ({_STATUSES})),
+            label TEXT,
+            stored TEXT,
+            reviewed_at TEXT,
+            reviewed_by TEXT,
+            PRIMARY KEY (sha256, idx)
+        )""",
+        "CREATE INDEX boxes_status ON boxes (status)",
+    ),
+}
 _REVIEWED = ("confirmed", "corrected")
 _MAX_LABEL = 200
+_ITEM_ID = re.compile(r"([0-9a-f]{64})(?::([0-9]{1,6}))?")
 
 
 class InventoryError(ValueError):
@@ -84,7 +118,7 @@ class InventoryError(ValueError):
 
 @dataclass(frozen=True)
 class IntakePhoto:
-    """One recognised photo on its way into the store."""
+    """One recognised photo of one product on its way into the store."""
 
     sha256: str
     source: str  # file name as given (never used as a path)
@@ -95,21 +129,90 @@ class IntakePhoto:
 
 
 @dataclass(frozen=True)
+class IntakeBox:
+    """One product the detector found in a shelf photo, named by the classifier."""
+
+    box: tuple[float, float, float, float]  # x1, y1, x2, y2 in the photo's (EXIF-rotated) pixels
+    score: float  # the detector's: is this a product?
+    label: str | None  # the product, or None when the classifier could not name it (unknown)
+    confidence: float  # the classifier's, for label (for its best guess when unknown)
+    guess: str | None = None  # the classifier's best product guess: what a reviewer starts from
+    crop: bytes | None = field(default=None, repr=False)  # EXIF-free JPEG of the box, kept for review
+
+
+@dataclass(frozen=True)
+class ShelfPhoto:
+    """A shelf (fridge, basket) photo with every product box in it, on its way into the store."""
+
+    sha256: str
+    source: str  # file name as given (never used as a path)
+    boxes: tuple[IntakeBox, ...]
+    width: int = 0
+    height: int = 0
+    capped: bool = False  # the detector hit its box cap: there may be more products than boxes
+    image: bytes | None = field(default=None, repr=False)  # the whole photo (EXIF-free) to keep, or None
+
+
+@dataclass(frozen=True)
+class BoxResult:
+    index: int
+    box: tuple[float, float, float, float]
+    score: float
+    label: str | None  # None: unknown
+    confidence: float
+    guess: str | None
+    status: str  # counted | review
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "box": [round(v, 1) for v in self.box], "score": round(self.score, 4),
+                "label": self.label or "unknown", "confidence": round(self.confidence, 4), "guess": self.guess,
+                "status": self.status}
+
+
+@dataclass(frozen=True)
+class ShelfResult:
+    """What a shelf photo added: products counted (label -> boxes), and every box with its fate."""
+
+    counts: dict[str, int]
+    boxes: tuple[BoxResult, ...]
+    width: int
+    height: int
+    capped: bool
+
+    @property
+    def review(self) -> int:
+        return sum(b.status == "review" for b in self.boxes)
+
+    def to_dict(self, *, summary: bool = False) -> dict[str, Any]:
+        """Every box, or (`summary`) only how many counted and how many wait for review."""
+        boxes: Any = ({"counted": len(self.boxes) - self.review, "review": self.review} if summary
+                      else [b.to_dict() for b in self.boxes])
+        return {"counts": dict(sorted(self.counts.items())), "boxes": boxes, "width": self.width,
+                "height": self.height, "capped": self.capped}
+
+
+@dataclass(frozen=True)
 class IntakeResult:
     sha256: str
     source: str
-    status: str  # counted | review | duplicate
+    status: str  # counted | review | duplicate (a shelf photo taken in is counted; its boxes say the rest)
     label: str | None  # the label counted (counted), the prediction (review), the stored label (duplicate)
     confidence: float
     count: int | None = None  # the label's count after this photo (counted)
     previous_status: str | None = None  # for duplicates: what happened to the photo the first time
+    shelf: ShelfResult | None = None  # a shelf photo's products and boxes
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def to_dict(self, *, summary: bool = False) -> dict[str, Any]:
+        d = {k: v for k, v in asdict(self).items() if k != "shelf"}
+        if self.shelf is not None:  # absent for product photos: their answer keeps its shape
+            d["shelf"] = self.shelf.to_dict(summary=summary)
+        return d
 
 
 @dataclass(frozen=True)
 class ReviewItem:
+    """A photo, or one box of a shelf photo (`kind` "box", `index` and `box` set), and its review state."""
+
     sha256: str
     source: str
     status: str
@@ -121,9 +224,17 @@ class ReviewItem:
     reviewed_at: str | None = None
     reviewed_by: str | None = None
     has_photo: bool = False
+    kind: str = "photo"  # photo | box
+    index: int | None = None
+    box: list[float] | None = None
+
+    @property
+    def id(self) -> str:
+        """What `resolve` and `photo_file` take: the sha256, or `sha256:index` for a box."""
+        return self.sha256 if self.index is None else f"{self.sha256}:{self.index}"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"id": self.id, **asdict(self)}
 
 
 @dataclass(frozen=True)
@@ -143,7 +254,7 @@ class AuditEntry:
 
 
 def is_counted(label: str | None, confidence: float, threshold: float) -> bool:
-    """Whether a recognised photo counts at once (else it waits for a reviewer)."""
+    """Whether a recognised photo (or shelf box) counts at once (else it waits for a reviewer)."""
     return label is not None and confidence >= threshold
 
 
@@ -163,11 +274,31 @@ def check_label(label: str) -> str:
     return label
 
 
+def _parse_id(item_id: str) -> tuple[str, int | None]:
+    m = _ITEM_ID.fullmatch(item_id)
+    if m is None:
+        raise InventoryError(f"{item_id[:80]!r} is not in the inventory (ids are a sha256, or sha256:index)")
+    return m[1], None if m[2] is None else int(m[2])
+
+
+# The review queue: photos and boxes in one list, oldest photo first (a box under its photo's source and date).
+_QUEUE_COLUMNS = ("sha256, idx, source, status, predicted_label, confidence, top_k, label, created_at, reviewed_at, "
+                  "reviewed_by, stored, x1, y1, x2, y2")
+_QUEUE = f"""
+SELECT {_QUEUE_COLUMNS} FROM (
+    SELECT sha256, NULL AS idx, source, status, predicted_label, confidence, top_k, label, created_at, reviewed_at,
+           reviewed_by, stored, NULL AS x1, NULL AS y1, NULL AS x2, NULL AS y2 FROM photos
+    UNION ALL
+    SELECT b.sha256, b.idx, p.source, b.status, b.guess, b.confidence, NULL, b.label, p.created_at, b.reviewed_at,
+           b.reviewed_by, b.stored, b.x1, b.y1, b.x2, b.y2 FROM boxes b JOIN photos p ON p.sha256 = b.sha256
+)"""
+
+
 class InventoryStore:
     """Counts, review queue and audit log in one SQLite file; thread-safe (one connection, one lock).
 
-    `photo_dir` holds photos waiting for review (and every intake photo with `keep_photos`);
-    `labelled_dir` receives reviewed photos plus `manifest.csv` for retraining.
+    `photo_dir` holds photos and box crops waiting for review (and every intake photo with `keep_photos`);
+    `labelled_dir` receives reviewed photos and crops plus `manifest.csv` for retraining.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, photo_dir: str | os.PathLike[str] | None = None,
@@ -184,11 +315,28 @@ class InventoryStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # a committed count survives kill -9 and power loss
         self._db.execute("PRAGMA busy_timeout=30000")  # a CLI scan and the server may share the file
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise InventoryError(f"{self.path}: schema {version} is newer than this skulens understands")
-        self._db.executescript(_SCHEMA)  # every statement is IF NOT EXISTS: safe on an existing file
-        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        try:
+            self._migrate()
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _migrate(self) -> None:
+        """Create or upgrade the schema, in one transaction (two processes opening an old file at once
+        upgrade it once; a failed upgrade leaves the file as it was)."""
+        with self._transaction() as db:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise InventoryError(f"{self.path}: schema {version} is newer than this skulens understands")
+            if version == SCHEMA_VERSION:
+                return
+            if version < 1:
+                for statement in _SCHEMA_V1:
+                    db.execute(statement)
+            for step in range(max(version, 1) + 1, SCHEMA_VERSION + 1):
+                for statement in _MIGRATIONS[step]:
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def close(self) -> None:
         with self._lock:
@@ -228,13 +376,13 @@ class InventoryStore:
                 f"SELECT sha256, status FROM photos WHERE sha256 IN ({marks})", chunk)})
         return out
 
-    def intake(self, photos: Sequence[IntakePhoto], *, threshold: float, actor: str,
+    def intake(self, photos: Sequence[IntakePhoto | ShelfPhoto], *, threshold: float, actor: str,
                keep_photos: bool = False) -> list[IntakeResult]:
         """Count or queue a batch of recognised photos in one transaction; duplicates change nothing."""
         return self.intake_batches([photos], threshold=threshold, actor=actor, keep_photos=keep_photos)[0]
 
-    def intake_batches(self, batches: Sequence[Sequence[IntakePhoto]], *, threshold: float, actor: str | Sequence[str],
-                       keep_photos: bool = False) -> list[list[IntakeResult]]:
+    def intake_batches(self, batches: Sequence[Sequence[IntakePhoto | ShelfPhoto]], *, threshold: float,
+                       actor: str | Sequence[str], keep_photos: bool = False) -> list[list[IntakeResult]]:
         """`intake` for several requests' photos at once, still one transaction (the service's writer)."""
         actors = [actor] * len(batches) if isinstance(actor, str) else list(actor)
         now = _now()
@@ -249,19 +397,20 @@ class InventoryStore:
             raise
         return results
 
-    def _intake_one(self, db: sqlite3.Connection, p: IntakePhoto, threshold: float, actor: str,
+    def _intake_one(self, db: sqlite3.Connection, p: IntakePhoto | ShelfPhoto, threshold: float, actor: str,
                     keep_photos: bool, now: str, written: list[Path]) -> IntakeResult:
         row = db.execute("SELECT status, label, predicted_label, confidence FROM photos WHERE sha256 = ?",
                          (p.sha256,)).fetchone()
         if row is not None:
             return IntakeResult(p.sha256, p.source, "duplicate", row["label"] or row["predicted_label"],
                                 row["confidence"], previous_status=row["status"])
+        if isinstance(p, ShelfPhoto):
+            return self._intake_shelf(db, p, threshold, actor, keep_photos, now, written)
         counted = is_counted(p.predicted_label, p.confidence, threshold)
         status = "counted" if counted else "review"
         stored = None
         if p.image is not None and (keep_photos or not counted):
-            stored = self._write_photo(p.sha256, p.image)
-            written.append(self.photo_dir / stored)
+            stored = self._write_photo(p.sha256, p.image, written)
         db.execute(
             "INSERT INTO photos (sha256, source, status, predicted_label, confidence, top_k, label, stored, "
             "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -278,12 +427,46 @@ class InventoryStore:
                     {"confidence": round(float(p.confidence), 6)})
         return IntakeResult(p.sha256, p.source, "counted", p.predicted_label, p.confidence, count=count)
 
-    def _write_photo(self, sha256: str, data: bytes) -> str:
+    def _intake_shelf(self, db: sqlite3.Connection, p: ShelfPhoto, threshold: float, actor: str, keep_photos: bool,
+                      now: str, written: list[Path]) -> IntakeResult:
+        """The photo row, +N per named product, every box row and the audit lines (the caller's transaction)."""
+        stored = self._write_photo(p.sha256, p.image, written) if p.image is not None and keep_photos else None
+        db.execute("INSERT INTO photos (sha256, source, status, predicted_label, confidence, label, stored, "
+                   "created_at, kind) VALUES (?, ?, 'counted', NULL, 0.0, NULL, ?, ?, 'shelf')",
+                   (p.sha256, p.source[:300], stored, now))
+        counted = [is_counted(b.label, b.confidence, threshold) for b in p.boxes]
+        by_label: dict[str, list[int]] = {}
+        for i, (b, ok) in enumerate(zip(p.boxes, counted, strict=True)):
+            if ok and b.label is not None:
+                by_label.setdefault(b.label, []).append(i)
+        for label, idx in sorted(by_label.items()):
+            count = self._add(db, label, len(idx), now)
+            self._audit(db, now, actor, "intake", label, len(idx), count, p.sha256, {"boxes": idx})
+        results = []
+        for i, (b, ok) in enumerate(zip(p.boxes, counted, strict=True)):
+            crop = None
+            if not ok:
+                if b.crop is not None:
+                    crop = self._write_photo(f"{p.sha256}-{i}", b.crop, written)
+                self._audit(db, now, actor, "review_queued", b.guess, 0, None, p.sha256,
+                            {"box": i, "confidence": round(float(b.confidence), 6), "threshold": threshold})
+            status = "counted" if ok else "review"
+            db.execute("INSERT INTO boxes (sha256, idx, x1, y1, x2, y2, score, predicted_label, confidence, guess, "
+                       "status, label, stored) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       (p.sha256, i, *map(float, b.box), float(b.score), b.label, float(b.confidence), b.guess,
+                        status, b.label if ok else None, crop))
+            results.append(BoxResult(i, b.box, b.score, b.label, b.confidence, b.guess, status))
+        shelf = ShelfResult({label: len(idx) for label, idx in by_label.items()}, tuple(results), p.width, p.height,
+                            p.capped)
+        return IntakeResult(p.sha256, p.source, "counted", None, 0.0, shelf=shelf)
+
+    def _write_photo(self, stem: str, data: bytes, written: list[Path]) -> str:
         self.photo_dir.mkdir(parents=True, exist_ok=True)
-        name = f"{sha256}.jpg"
+        name = f"{stem}.jpg"
         tmp = self.photo_dir / f".{name}.tmp"
         tmp.write_bytes(data)
         os.replace(tmp, self.photo_dir / name)
+        written.append(self.photo_dir / name)
         return name
 
     @staticmethod
@@ -304,72 +487,103 @@ class InventoryStore:
     # -- review ----------------------------------------------------------------------------------------
 
     def review_queue(self, *, limit: int = 100, offset: int = 0) -> list[ReviewItem]:
-        rows = self._read("SELECT * FROM photos WHERE status = 'review' ORDER BY created_at, sha256 LIMIT ? OFFSET ?",
+        """Photos and shelf boxes waiting for a reviewer, oldest first."""
+        rows = self._read(f"{_QUEUE} WHERE status = 'review' ORDER BY created_at, sha256, idx LIMIT ? OFFSET ?",
                           (limit, offset))
         return [self._item(r) for r in rows]
 
     def review_size(self) -> int:
-        return int(self._read("SELECT COUNT(*) FROM photos WHERE status = 'review'")[0][0])
+        return int(self._read("SELECT (SELECT COUNT(*) FROM photos WHERE status = 'review') + "
+                              "(SELECT COUNT(*) FROM boxes WHERE status = 'review')")[0][0])
 
     def photo(self, sha256: str) -> ReviewItem | None:
-        rows = self._read("SELECT * FROM photos WHERE sha256 = ?", (sha256,))
+        """A photo (or, given `sha256:index`, a shelf box) and its review state."""
+        try:
+            sha, idx = _parse_id(sha256)
+        except InventoryError:
+            return None
+        where, params = ("sha256 = ? AND idx IS NULL", (sha,)) if idx is None else ("sha256 = ? AND idx = ?",
+                                                                                  (sha, idx))
+        rows = self._read(f"{_QUEUE} WHERE {where}", params)
         return self._item(rows[0]) if rows else None
 
+    def boxes(self, sha256: str) -> list[ReviewItem]:
+        """Every box of a shelf photo, in detection order (best score first)."""
+        return [self._item(r) for r in self._read(f"{_QUEUE} WHERE sha256 = ? AND idx IS NOT NULL ORDER BY idx",
+                                                  (sha256,))]
+
     def photo_file(self, sha256: str) -> Path | None:
-        """The kept (EXIF-free) photo of `sha256`: waiting for review, or reviewed into the labelled folder."""
-        if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+        """The kept (EXIF-free) photo of `sha256`, or box crop of `sha256:index`: waiting for review, or
+        reviewed into the labelled folder."""
+        try:
+            sha, idx = _parse_id(sha256)
+        except InventoryError:
             return None
-        rows = self._read("SELECT stored, label FROM photos WHERE sha256 = ?", (sha256,))
+        rows = (self._read("SELECT stored, label FROM photos WHERE sha256 = ?", (sha,)) if idx is None else
+                self._read("SELECT stored, label FROM boxes WHERE sha256 = ? AND idx = ?", (sha, idx)))
         if not rows or not rows[0]["stored"]:
             return None
-        for path in (self.photo_dir / rows[0]["stored"], self._labelled_path(rows[0]["label"], sha256)):
+        for path in (self.photo_dir / rows[0]["stored"], self._labelled_path(rows[0]["label"], rows[0]["stored"])):
             if path is not None and path.is_file():
                 return path
         return None
 
-    def _labelled_path(self, label: str | None, sha256: str) -> Path | None:
-        return None if label is None else self.labelled_dir / _safe_dirname(label) / f"{sha256}.jpg"
+    def _labelled_path(self, label: str | None, name: str) -> Path | None:
+        return None if label is None else self.labelled_dir / _safe_dirname(label) / name
 
-    def _item(self, r: sqlite3.Row) -> ReviewItem:
-        return ReviewItem(r["sha256"], r["source"], r["status"], r["predicted_label"], r["confidence"],
-                          [{"label": lab, "p": p} for lab, p in json.loads(r["top_k"])], r["label"],
-                          r["created_at"], r["reviewed_at"], r["reviewed_by"], bool(r["stored"]))
+    @staticmethod
+    def _item(r: sqlite3.Row) -> ReviewItem:
+        if r["idx"] is None:
+            top_k = [{"label": lab, "p": p} for lab, p in json.loads(r["top_k"])]
+            box = None
+        else:  # a box keeps the classifier's best guess only
+            top_k = [{"label": r["predicted_label"], "p": r["confidence"]}] if r["predicted_label"] else []
+            box = [r["x1"], r["y1"], r["x2"], r["y2"]]
+        return ReviewItem(r["sha256"], r["source"], r["status"], r["predicted_label"], r["confidence"], top_k,
+                          r["label"], r["created_at"], r["reviewed_at"], r["reviewed_by"], bool(r["stored"]),
+                          "photo" if r["idx"] is None else "box", r["idx"], box)
 
     def resolve(self, sha256: str, label: str | None, *, actor: str) -> ReviewItem:
-        """Confirm (label == prediction) or correct (another label) a queued photo, which then counts,
-        or reject it (label None: not a product, unusable). Reviewed photos become labelled data."""
+        """Confirm (label == prediction) or correct (another label) a queued photo or box (id `sha256:index`),
+        which then counts, or reject it (label None: not a product, unusable). Reviewed ones become labelled data."""
         label = None if label is None else check_label(label)
+        sha, idx = _parse_id(sha256)
+        table, where, params = (("photos", "sha256 = ?", (sha,)) if idx is None else
+                                ("boxes", "sha256 = ? AND idx = ?", (sha, idx)))
+        what = f"photo {sha[:12]}" if idx is None else f"box {sha[:12]}:{idx}"
         now = _now()
         with self._transaction() as db:
-            row = db.execute("SELECT * FROM photos WHERE sha256 = ?", (sha256,)).fetchone()
+            row = db.execute(f"SELECT * FROM {table} WHERE {where}", params).fetchone()
             if row is None:
-                raise InventoryError(f"photo {sha256[:12]} is not in the inventory")
+                raise InventoryError(f"{what} is not in the inventory")
             if row["status"] != "review":
-                raise InventoryError(f"photo {sha256[:12]} is not waiting for review (status {row['status']})")
+                raise InventoryError(f"{what} is not waiting for review (status {row['status']})")
+            predicted = row["predicted_label"] if idx is None else row["guess"]
+            where_box = {} if idx is None else {"box": idx}
             if label is None:
                 status, count = "rejected", None
-                self._audit(db, now, actor, "review_rejected", row["predicted_label"], 0, None, sha256, {})
+                self._audit(db, now, actor, "review_rejected", predicted, 0, None, sha, where_box)
             else:
-                status = "confirmed" if label == row["predicted_label"] else "corrected"
+                status = "confirmed" if label == predicted else "corrected"
                 count = self._add(db, label, 1, now)
-                self._audit(db, now, actor, f"review_{status}", label, 1, count, sha256,
-                            {"predicted": row["predicted_label"], "confidence": row["confidence"]})
-            db.execute("UPDATE photos SET status = ?, label = ?, reviewed_at = ?, reviewed_by = ? WHERE sha256 = ?",
-                       (status, label, now, actor, sha256))
+                self._audit(db, now, actor, f"review_{status}", label, 1, count, sha,
+                            {**where_box, "predicted": predicted, "confidence": row["confidence"]})
+            db.execute(f"UPDATE {table} SET status = ?, label = ?, reviewed_at = ?, reviewed_by = ? WHERE {where}",
+                       (status, label, now, actor, *params))
         if row["stored"]:
             with self._files_lock:
                 if label is None:  # privacy: a rejected photo (not a product, maybe a person) is not kept
                     (self.photo_dir / row["stored"]).unlink(missing_ok=True)
                 else:
-                    self._move_to_labelled(sha256, label)
+                    self._move_to_labelled(row["stored"], label)
         self.write_manifest()
         item = self.photo(sha256)
         assert item is not None
         return item
 
-    def _move_to_labelled(self, sha256: str, label: str) -> None:
-        src = self.photo_dir / f"{sha256}.jpg"
-        dst = self._labelled_path(label, sha256)
+    def _move_to_labelled(self, name: str, label: str) -> None:
+        src = self.photo_dir / name
+        dst = self._labelled_path(label, name)
         if dst is None or not src.is_file():
             return
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -379,16 +593,15 @@ class InventoryStore:
         src.unlink()
 
     def labelled(self) -> list[tuple[str, str]]:
-        """(relative path, label) of every reviewed photo in the labelled folder. A photo whose move was cut
-        short by a crash (the review committed, the file still waiting) is moved now."""
-        rows = self._read("SELECT sha256, label FROM photos WHERE status IN ('confirmed', 'corrected') "
-                          "AND stored IS NOT NULL ORDER BY reviewed_at, sha256")
+        """(relative path, label) of every reviewed photo and box crop in the labelled folder. A file whose move
+        was cut short by a crash (the review committed, the file still waiting) is moved now."""
+        rows = self._read(f"{_QUEUE} WHERE status IN {_REVIEWED} AND stored IS NOT NULL ORDER BY reviewed_at, stored")
         out = []
         for r in rows:
-            path = self._labelled_path(r["label"], r["sha256"])
+            path = self._labelled_path(r["label"], r["stored"])
             assert path is not None
             if not path.is_file():
-                self._move_to_labelled(r["sha256"], r["label"])
+                self._move_to_labelled(r["stored"], r["label"])
             if path.is_file():
                 out.append((path.relative_to(self.labelled_dir).as_posix(), r["label"]))
         return out
@@ -459,5 +672,11 @@ class InventoryStore:
                            r["photo"], json.loads(r["detail"])) for r in rows]
 
     def stats(self) -> dict[str, int]:
+        """Photos per status (a shelf photo taken in is 'counted'; see `box_stats` for its boxes)."""
         rows = self._read("SELECT status, COUNT(*) AS n FROM photos GROUP BY status")
+        return {r["status"]: int(r["n"]) for r in rows}
+
+    def box_stats(self) -> dict[str, int]:
+        """Shelf boxes per status."""
+        rows = self._read("SELECT status, COUNT(*) AS n FROM boxes GROUP BY status")
         return {r["status"]: int(r["n"]) for r in rows}

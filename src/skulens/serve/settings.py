@@ -61,6 +61,8 @@ class ServeSettings:
     review_threshold: float = 0.6  # fine confidence below this goes to the review queue, not the counts
     labelled_dir: str | None = None  # corrected photos for retraining; default <db stem>-labelled/ beside the db
     keep_uploads: bool = False  # privacy: counted intake photos are not kept unless asked (EXIF stripped)
+    detector: str | None = None  # product detector folder: intake counts every product in a shelf photo
+    detector_min_score: float = 0.5  # detector score a box needs to count as a product (shelf intake)
     # Support replies.
     text_model: str = "minilm"
     support_min_confidence: float = 0.5  # recognition below this hands off to a person
@@ -73,13 +75,19 @@ class ServeSettings:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.request_timeout_s <= 0 or self.max_wait_ms < 0:
             raise ConfigError("request_timeout_s must be > 0 and max_wait_ms >= 0")
-        for name in ("review_threshold", "support_min_confidence", "support_min_score"):
+        for name in ("review_threshold", "support_min_confidence", "support_min_score", "detector_min_score"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.backend not in ("torch", "onnx"):
             raise ConfigError(f"backend must be torch or onnx, got {self.backend!r}")
         if "*" in self.cors_origins:
             raise ConfigError("cors_origins: list the origins; '*' would let any site call the API")
+        if self.detector is not None and not (Path(self.detector) / "detector.json").is_file():
+            # Checked here, before torch loads: a wrong path fails at startup with this line, not mid-request.
+            hint = " (that is a classification bundle: it goes to model)" if (
+                Path(self.detector) / "card.json").is_file() else ""
+            raise ConfigError(f"detector {self.detector}: not a detector folder, no detector.json{hint} "
+                              "(train one with `skulens detect train`)")
 
     @property
     def labelled_path(self) -> Path | None:

@@ -1,5 +1,6 @@
-"""What a running service holds: the model behind its micro-batcher, the inventory store and its writer,
-the support responder, and (when configured) the search and recommendation back-ends.
+"""What a running service holds: the model (and the product detector, when configured) behind its
+micro-batcher, the inventory store and its writer, the support responder, and (when configured) the search
+and recommendation back-ends.
 
 Everything is loaded once, at startup; request handlers only borrow it.
 """
@@ -17,14 +18,18 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 from PIL import Image
 
+from ..config import ConfigError
 from ..data.catalogue import Product
 from ..data.decode import decode_image
 from .batching import MicroBatcher
-from .inventory import IntakePhoto, IntakeResult, InventoryStore
+from .intake import count_shelf
+from .inventory import IntakePhoto, IntakeResult, InventoryStore, ShelfPhoto
 from .metrics import ServiceMetrics
 from .settings import ServeSettings
 
 if TYPE_CHECKING:
+    from ..detect.count import PhotoCount
+    from ..detect.detector import Detector
     from ..models.predictor import Model, Prediction
     from .support import SupportResponder
 
@@ -37,7 +42,7 @@ _T = TypeVar("_T")
 
 @dataclass(frozen=True)
 class _Job:
-    kind: str  # predict | embed | explain
+    kind: str  # predict | embed | explain | count
     image: Image.Image
     top_k: int = 5
     min_confidence: float = 0.0
@@ -46,18 +51,22 @@ class _Job:
 
 class Recognizer:
     """The model behind a micro-batcher: `await predict(image)` / `await embed(image)` from any request;
-    concurrent requests share forward passes, which run on one inference thread."""
+    concurrent requests share forward passes, which run on one inference thread. With a detector,
+    `await count(image)` finds and names every product of a shelf photo on that same thread."""
 
-    def __init__(self, model: Model, settings: ServeSettings, metrics: ServiceMetrics):
-        self.model, self.settings = model, settings
+    def __init__(self, model: Model, settings: ServeSettings, metrics: ServiceMetrics,
+                 detector: Detector | None = None):
+        self.model, self.settings, self.detector = model, settings, detector
         self.batcher: MicroBatcher[_Job, Any] = MicroBatcher(
             self._run, max_batch=settings.max_batch, max_wait_s=settings.max_wait_ms / 1000,
             queue_size=settings.queue_size, on_batch=metrics.observe_batch)
         metrics.track_queue(lambda: self.batcher.depth)
 
-    def decode(self, data: bytes) -> Image.Image:
-        """Bytes -> RGB at the size the model needs (ImageDecodeError for anything else). Call in a thread."""
-        return decode_image(data, max_pixels=self.settings.max_pixels, reduce_to=self.model.card.resize_to)
+    def decode(self, data: bytes, *, full: bool = False) -> Image.Image:
+        """Bytes -> RGB at the size the model needs, or (`full`, for the detector) at the photo's own size
+        (ImageDecodeError for anything else). Call in a thread."""
+        reduce_to = None if full else self.model.card.resize_to
+        return decode_image(data, max_pixels=self.settings.max_pixels, reduce_to=reduce_to)
 
     def _run(self, jobs: list[_Job]) -> list[Any]:
         out: list[Any] = [None] * len(jobs)
@@ -69,6 +78,10 @@ class Recognizer:
                     out[i] = explain(self.model, job.image, target=job.target)
                 except (ValueError, KeyError) as exc:  # an unknown target class
                     out[i] = exc
+            elif job.kind == "count":  # a shelf photo: its own detector pass, and one classifier batch of crops
+                assert self.detector is not None
+                out[i] = count_shelf(self.detector, self.model, job.image, threshold=self.settings.review_threshold,
+                                     min_score=self.settings.detector_min_score)
         for kind in ("predict", "embed"):
             idx = [i for i, j in enumerate(jobs) if j.kind == kind]
             if not idx:
@@ -95,10 +108,14 @@ class Recognizer:
     async def embed(self, image: Image.Image) -> np.ndarray:
         return await self.batcher.submit(_Job("embed", image), timeout=self.settings.request_timeout_s)
 
+    async def count(self, image: Image.Image) -> PhotoCount:
+        """Every product in a shelf photo (decoded with `full=True`): boxes, names, counts."""
+        return await self.batcher.submit(_Job("count", image), timeout=self.settings.request_timeout_s)
+
 
 @dataclass(frozen=True)
 class _Intake:
-    photos: list[IntakePhoto]
+    photos: list[IntakePhoto | ShelfPhoto]
     actor: str
 
 
@@ -108,10 +125,10 @@ class ServiceState:
 
     def __init__(self, settings: ServeSettings, model: Model, *, products: dict[str, Product] | None = None,
                  responder: SupportResponder | None = None, support_error: str | None = None,
-                 search: Any = None, recommender: Any = None):
+                 search: Any = None, recommender: Any = None, detector: Detector | None = None):
         self.settings, self.model = settings, model
         self.metrics = ServiceMetrics()
-        self.recognizer = Recognizer(model, settings, self.metrics)
+        self.recognizer = Recognizer(model, settings, self.metrics, detector)
         self.products = products or {}
         self.responder, self.support_error = responder, support_error
         self.search, self.recommender = search, recommender
@@ -133,6 +150,7 @@ class ServiceState:
     def load(cls, settings: ServeSettings, model: Model | None = None) -> ServiceState:
         from ..models.predictor import load_model as load
 
+        detector = _load_detector(settings) if settings.detector else None  # a bad folder fails before the model
         if model is None:
             model = load(settings.model, device=settings.device, backend=settings.backend)
         products, responder, error = _load_support(settings, model)
@@ -147,7 +165,7 @@ class ServiceState:
         if responder is not None:
             responder.products = products
         return cls(settings, model, products=products, responder=responder, support_error=error, search=search,
-                   recommender=recommender)
+                   recommender=recommender, detector=detector)
 
     def with_index(self, fn: Callable[[], _T]) -> _T:
         """Run `fn` holding the index lock (call from a worker thread, never on the event loop)."""
@@ -170,7 +188,7 @@ class ServiceState:
         return self.store.intake_batches([i.photos for i in items], threshold=self.settings.review_threshold,
                                          actor=[i.actor for i in items], keep_photos=self.settings.keep_uploads)
 
-    async def record_intake(self, photos: list[IntakePhoto], actor: str) -> list[IntakeResult]:
+    async def record_intake(self, photos: list[IntakePhoto | ShelfPhoto], actor: str) -> list[IntakeResult]:
         assert self.writer is not None
         return await self.writer.submit(_Intake(photos, actor), timeout=self.settings.request_timeout_s)
 
@@ -204,7 +222,22 @@ class ServiceState:
 
     def features(self) -> dict[str, bool]:
         return {"inventory": self.store is not None, "support": self.responder is not None,
-                "search": self.search is not None, "recommendations": self.recommender is not None}
+                "search": self.search is not None, "recommendations": self.recommender is not None,
+                "shelf_intake": self.store is not None and self.recognizer.detector is not None}
+
+
+def _load_detector(settings: ServeSettings) -> Detector:
+    """The product detector of shelf intake; a folder that is not one is a configuration error."""
+    from ..detect.detector import load_detector
+    from ..detect.model import DetectorError
+
+    assert settings.detector is not None
+    if not settings.db:
+        logger.warning("detector %s is used by inventory intake only, and no db is set", settings.detector)
+    try:
+        return load_detector(settings.detector, device=settings.device)
+    except DetectorError as exc:
+        raise ConfigError(f"detector: {exc}") from None
 
 
 def _load_search(settings: ServeSettings, model: Model) -> Any:

@@ -1,4 +1,8 @@
-"""Inventory: photo intake, counts, the review queue, CSV export and the audit log (needs --db)."""
+"""Inventory: photo intake, counts, the review queue, CSV export and the audit log (needs --db).
+
+With a detector configured (`detector`), intake takes shelf photos: every product in a photo counts, and
+the answer carries each box and the counts it added.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +15,14 @@ from typing import Annotated
 import anyio
 from fastapi import APIRouter, File, HTTPException, Query, Response, UploadFile
 from fastapi import Path as PathParam
+from pydantic import BaseModel, Field
 
 from ...data.decode import ImageDecodeError
 from ..batching import QueueFullError
 from ..deps import ReadKey, State, WriteKey, busy
 from ..images import content_hash
-from ..intake import TOP_K, intake_photo
-from ..inventory import IntakePhoto, InventoryError, InventoryStore
+from ..intake import TOP_K, intake_photo, shelf_photo
+from ..inventory import IntakePhoto, InventoryError, InventoryStore, ShelfPhoto
 from ..schemas import (
     AdjustRequest,
     AuditOut,
@@ -32,7 +37,41 @@ from ..state import ServiceState
 
 router = APIRouter(prefix="/v1/inventory", tags=["inventory"])
 
-Sha256 = Annotated[str, PathParam(pattern=r"^[0-9a-f]{64}$")]
+# A photo's sha256, or `sha256:index` for one box of a shelf photo.
+ItemId = Annotated[str, PathParam(pattern=r"^[0-9a-f]{64}(:[0-9]{1,6})?$")]
+
+
+class BoxOut(BaseModel):
+    index: int
+    box: list[float] = Field(description="x1, y1, x2, y2 in the photo's pixels (EXIF orientation applied)")
+    score: float = Field(description="the detector's: is this a product?")
+    label: str = Field(description='the product, or "unknown"')
+    confidence: float
+    guess: str | None = Field(None, description="the classifier's best guess (for unknown boxes too)")
+    status: str = Field(description="counted | review")
+
+
+class ShelfOut(BaseModel):
+    counts: dict[str, int] = Field(description="products this photo added to the counts")
+    boxes: list[BoxOut]
+    width: int
+    height: int
+    capped: bool = Field(description="the detector hit its box cap: there may be more products than boxes")
+
+
+class IntakeResultOut(IntakeItemOut):
+    shelf: ShelfOut | None = Field(None, description="a shelf photo's boxes and counts (server with a detector)")
+
+
+class IntakeResponse(IntakeOut):
+    results: list[IntakeResultOut]  # type: ignore[assignment]
+
+
+class QueueItemOut(ReviewItemOut):
+    id: str = Field(description="what /review/{id} and /photos/{id} take: the sha256, or sha256:index for a box")
+    kind: str = Field("photo", description="photo | box (one product box of a shelf photo)")
+    index: int | None = None
+    box: list[float] | None = None
 
 
 def _store(state: ServiceState) -> InventoryStore:
@@ -43,52 +82,59 @@ def _store(state: ServiceState) -> InventoryStore:
 
 @dataclass(frozen=True)
 class _Failed:
-    item: IntakeItemOut
+    item: IntakeResultOut
     status: int  # the HTTP status if every file of the request fails
 
 
-async def _recognise(state: ServiceState, upload: UploadFile) -> IntakePhoto | IntakeItemOut | _Failed:
-    """An IntakePhoto ready for the store, a duplicate's answer, or the file's error."""
+async def _recognise(state: ServiceState, upload: UploadFile) -> IntakePhoto | ShelfPhoto | IntakeResultOut | _Failed:
+    """An IntakePhoto (ShelfPhoto with a detector) ready for the store, a duplicate's answer, or the file's error."""
     name = upload.filename or "upload"
     try:
         data = await read_image_upload(upload, state.settings.max_upload_bytes)
     except HTTPException as exc:
-        return _Failed(IntakeItemOut(source=name, status="error", error=str(exc.detail)), exc.status_code)
+        return _Failed(IntakeResultOut(source=name, status="error", error=str(exc.detail)), exc.status_code)
     sha = content_hash(data)
     known = await anyio.to_thread.run_sync(_store(state).known, [sha])
     if sha in known:  # already in the store: no need to recognise it again (the store re-checks anyway)
-        return IntakeItemOut(sha256=sha, source=name, status="duplicate", previous_status=known[sha])
+        return IntakeResultOut(sha256=sha, source=name, status="duplicate", previous_status=known[sha])
+    shelf = state.recognizer.detector is not None
     try:
-        image = await anyio.to_thread.run_sync(state.recognizer.decode, data)
+        image = await anyio.to_thread.run_sync(partial(state.recognizer.decode, data, full=shelf))
     except ImageDecodeError as exc:
-        return _Failed(IntakeItemOut(sha256=sha, source=name, status="error", error=f"{name}: {exc.reason}"),
+        return _Failed(IntakeResultOut(sha256=sha, source=name, status="error", error=f"{name}: {exc.reason}"),
                        decode_error_status(exc))
-    pred = await state.recognizer.predict(image, top_k=TOP_K)
     settings = state.settings
+    if shelf:
+        counted = await state.recognizer.count(image)
+        return await anyio.to_thread.run_sync(partial(
+            shelf_photo, data, sha, name, counted, image, threshold=settings.review_threshold,
+            keep_photos=settings.keep_uploads, max_pixels=settings.max_pixels))
+    pred = await state.recognizer.predict(image, top_k=TOP_K)
     return await anyio.to_thread.run_sync(partial(
         intake_photo, data, sha, name, pred, threshold=settings.review_threshold, keep_photos=settings.keep_uploads,
         max_pixels=settings.max_pixels))
 
 
-@router.post("/intake", response_model=IntakeOut, summary="Count products from photos (idempotent per photo)")
+@router.post("/intake", response_model=IntakeResponse,
+             summary="Count products from photos (idempotent per photo; every product of a shelf photo with a detector)")
 async def intake(state: State, actor: WriteKey,
-                 images: Annotated[list[UploadFile], File(description="one or more photos")]) -> IntakeOut:
+                 images: Annotated[list[UploadFile], File(description="one or more photos")]) -> IntakeResponse:
     _store(state)
     if len(images) > state.settings.max_files:
         raise HTTPException(413, f"{len(images)} files in one request; at most {state.settings.max_files}")
     try:
         prepared = await asyncio.gather(*(_recognise(state, f) for f in images))
-        photos = [p for p in prepared if isinstance(p, IntakePhoto)]
+        photos = [p for p in prepared if isinstance(p, (IntakePhoto, ShelfPhoto))]
         stored = iter(await state.record_intake(photos, actor) if photos else [])
     except (QueueFullError, asyncio.TimeoutError) as exc:
         raise busy(state, exc) from None
-    results = [IntakeItemOut(**next(stored).to_dict()) if isinstance(p, IntakePhoto)
+    results = [IntakeResultOut(**next(stored).to_dict()) if isinstance(p, (IntakePhoto, ShelfPhoto))
                else p.item if isinstance(p, _Failed) else p for p in prepared]
     for r in results:
         state.metrics.intake.labels(r.status).inc()
-    out = IntakeOut(results=results, **{s: sum(r.status == s for r in results)
-                                        for s in ("counted", "review", "duplicate")},
-                    errors=sum(r.status == "error" for r in results))
+    out = IntakeResponse(results=results, **{s: sum(r.status == s for r in results)
+                                             for s in ("counted", "review", "duplicate")},
+                         errors=sum(r.status == "error" for r in results))
     failed = [p for p in prepared if isinstance(p, _Failed)]
     if len(failed) == len(prepared):  # nothing usable: answer with the first file's error
         raise HTTPException(failed[0].status, failed[0].item.error)
@@ -123,31 +169,31 @@ async def adjust(state: State, actor: WriteKey, body: AdjustRequest,
     return {"label": label, "count": count}
 
 
-@router.get("/review", response_model=list[ReviewItemOut], summary="Photos waiting for a reviewer")
+@router.get("/review", response_model=list[QueueItemOut], summary="Photos and shelf boxes waiting for a reviewer")
 async def review_queue(state: State, _: ReadKey, limit: Annotated[int, Query(ge=1, le=500)] = 100,
-                       offset: Annotated[int, Query(ge=0)] = 0) -> list[ReviewItemOut]:
+                       offset: Annotated[int, Query(ge=0)] = 0) -> list[QueueItemOut]:
     items = await anyio.to_thread.run_sync(lambda: _store(state).review_queue(limit=limit, offset=offset))
-    return [ReviewItemOut(**i.to_dict()) for i in items]
+    return [QueueItemOut(**i.to_dict()) for i in items]
 
 
-@router.post("/review/{sha256}", response_model=ReviewItemOut,
-             summary="Confirm or correct a queued photo's label (then it counts), or reject it")
-async def resolve(state: State, actor: WriteKey, sha256: Sha256, decision: ReviewDecision) -> ReviewItemOut:
+@router.post("/review/{item}", response_model=QueueItemOut,
+             summary="Confirm or correct a queued photo's or box's label (then it counts), or reject it")
+async def resolve(state: State, actor: WriteKey, item: ItemId, decision: ReviewDecision) -> QueueItemOut:
     if decision.reject == (decision.label is not None and decision.label.strip() != ""):
         raise HTTPException(422, "give either a label (confirm or correct) or reject: true")
     label = None if decision.reject else decision.label
     try:
-        item = await anyio.to_thread.run_sync(lambda: _store(state).resolve(sha256, label, actor=actor))
+        done = await anyio.to_thread.run_sync(lambda: _store(state).resolve(item, label, actor=actor))
     except InventoryError as exc:
         status = 404 if "not in the inventory" in str(exc) else 409 if "not waiting" in str(exc) else 422
         raise HTTPException(status, str(exc)) from None
-    return ReviewItemOut(**item.to_dict())
+    return QueueItemOut(**done.to_dict())
 
 
-@router.get("/photos/{sha256}", summary="A kept intake photo (EXIF-free JPEG); needs an API key",
+@router.get("/photos/{item}", summary="A kept intake photo or box crop (EXIF-free JPEG); needs an API key",
             response_class=Response, responses={200: {"content": {"image/jpeg": {}}}})
-async def photo(state: State, _: WriteKey, sha256: Sha256) -> Response:
-    path = await anyio.to_thread.run_sync(_store(state).photo_file, sha256)
+async def photo(state: State, _: WriteKey, item: ItemId) -> Response:
+    path = await anyio.to_thread.run_sync(_store(state).photo_file, item)
     if path is None:
         raise HTTPException(404, "no stored photo with that hash (counted photos are not kept unless configured)")
     return Response(path.read_bytes(), media_type="image/jpeg", headers={"Cache-Control": "private, no-store"})

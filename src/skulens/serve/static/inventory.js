@@ -1,5 +1,5 @@
 "use strict";
-// The inventory page: counts, intake, the review queue and CSV export.
+// The inventory page: counts, intake (shelf photos: every product boxed), the review queue and CSV export.
 const statusLine = document.getElementById("status");
 
 function setStatus(text, isError) {
@@ -27,16 +27,16 @@ async function loadCounts() {
   document.getElementById("review-size").textContent = `(${body.review_queue})`;
 }
 
-async function photoInto(img, sha) {
+async function photoInto(img, id) {
   try {
-    const blob = await (await api(`/v1/inventory/photos/${sha}`)).blob();
+    const blob = await (await api(`/v1/inventory/photos/${id}`)).blob();
     img.src = URL.createObjectURL(blob);
   } catch (e) { img.alt = "photo needs an API key"; }
 }
 
-async function decide(sha, decision) {
+async function decide(id, decision) {
   try {
-    await api(`/v1/inventory/review/${sha}`, {
+    await api(`/v1/inventory/review/${id}`, {
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(decision),
     });
     setStatus(decision.reject ? "Rejected." : `Counted as ${decision.label}.`);
@@ -47,11 +47,11 @@ async function decide(sha, decision) {
 async function loadReview() {
   const items = await (await api("/v1/inventory/review?limit=50")).json();
   document.getElementById("review").replaceChildren(...items.map((item) => {
-    const card = el("div", null, "review-item");
-    card.dataset.sha = item.sha256;
+    const card = el("div", null, item.kind === "box" ? "review-item review-box" : "review-item");
+    card.dataset.id = item.id;
     const img = el("img");
     img.alt = item.source;
-    if (item.has_photo) photoInto(img, item.sha256);
+    if (item.has_photo) photoInto(img, item.id);
     const guess = item.predicted_label ? `${item.predicted_label} (${pct(item.confidence)})` : "no guess";
     const input = el("input");
     input.setAttribute("list", "labels");
@@ -59,12 +59,13 @@ async function loadReview() {
     input.className = "review-label";
     const ok = el("button", "Confirm / correct");
     ok.type = "button";
-    ok.addEventListener("click", () => decide(item.sha256, { label: input.value.trim() }));
+    ok.addEventListener("click", () => decide(item.id, { label: input.value.trim() }));
     const reject = el("button", "Reject");
     reject.type = "button";
-    reject.addEventListener("click", () => decide(item.sha256, { reject: true }));
+    reject.addEventListener("click", () => decide(item.id, { reject: true }));
     const text = el("div");
-    text.append(el("p", item.source), el("p", `model: ${guess}`, "muted"), input, ok, reject);
+    const what = item.kind === "box" ? `product ${item.index + 1} of ${item.source}` : item.source;
+    text.append(el("p", what), el("p", `model: ${guess}`, "muted"), input, ok, reject);
     card.append(img, text);
     return card;
   }));
@@ -74,6 +75,56 @@ async function refresh() {
   try { await Promise.all([loadCounts(), loadReview()]); } catch (e) { setStatus(e.message, true); }
 }
 
+// A shelf photo with its boxes: divs over the <img>, placed in percent of the photo, so they follow the
+// displayed size. The browser applies EXIF orientation as the server does, so the pixel grids agree.
+function shelfFigure(file, shelf) {
+  const figure = el("figure", null, "shelf-frame");
+  const img = el("img");
+  img.alt = file.name;
+  img.src = URL.createObjectURL(file);
+  figure.append(img);
+  for (const b of shelf.boxes) {
+    const [x1, y1, x2, y2] = b.box;
+    const div = el("div", null, b.status === "counted" ? "shelf-box" : "shelf-box review");
+    // CSSOM, not a style attribute: the page's CSP forbids inline styles.
+    div.style.left = `${(100 * x1) / shelf.width}%`;
+    div.style.top = `${(100 * y1) / shelf.height}%`;
+    div.style.width = `${(100 * (x2 - x1)) / shelf.width}%`;
+    div.style.height = `${(100 * (y2 - y1)) / shelf.height}%`;
+    div.title = `${b.label} ${pct(b.confidence)}`;
+    div.append(el("span", b.label));
+    figure.append(div);
+  }
+  return figure;
+}
+
+// Shows the shelf photos of an intake answer; returns a status line for them ("" when there are none).
+function showShelf(files, results) {
+  const shelves = results.map((r, i) => [files[i], r.shelf]).filter(([, shelf]) => shelf);
+  document.getElementById("shelf").hidden = !shelves.length;
+  if (!shelves.length) return "";
+  document.getElementById("shelf-photos").replaceChildren(...shelves.map(([f, shelf]) => shelfFigure(f, shelf)));
+  const added = {};
+  let review = 0;
+  for (const [, shelf] of shelves) {
+    for (const [label, n] of Object.entries(shelf.counts)) added[label] = (added[label] || 0) + n;
+    review += shelf.boxes.filter((b) => b.status !== "counted").length;
+  }
+  const rows = Object.entries(added).sort().map(([label, n]) => {
+    const tr = el("tr");
+    tr.append(el("td", label), el("td", String(n), "num"));
+    return tr;
+  });
+  if (review) {
+    const tr = el("tr", null, "muted");
+    tr.append(el("td", "unknown (sent to review)"), el("td", String(review), "num"));
+    rows.push(tr);
+  }
+  document.querySelector("#shelf-counts tbody").replaceChildren(...rows);
+  const products = Object.values(added).reduce((a, b) => a + b, 0);
+  return `${shelves.length} shelf photo(s): ${products} products counted, ${review} unknown sent to review`;
+}
+
 async function intake(files) {
   if (!files.length) return;
   const form = new FormData();
@@ -81,8 +132,9 @@ async function intake(files) {
   setStatus(`Counting ${files.length} photo(s)…`);
   try {
     const body = await (await api("/v1/inventory/intake", { method: "POST", body: form })).json();
-    setStatus(`${body.counted} counted, ${body.review} for review, ${body.duplicate} already seen, ` +
-              `${body.errors} unreadable.`);
+    const shelf = showShelf(files, body.results);
+    const photos = shelf ? `${shelf}; ` : `${body.counted} counted, ${body.review} for review, `;
+    setStatus(`${photos}${body.duplicate} already seen, ${body.errors} unreadable.`);
     await refresh();
   } catch (e) { setStatus(e.message, true); }
 }
