@@ -207,3 +207,15 @@ def test_count_names_boxes_from_a_search_index(untrained, tiny_bundle, tmp_path)
     assert boxes[0].label == "new-jam" and boxes[0].confidence == pytest.approx(1.0, abs=1e-3)
     assert all(b.label is None or b.confidence >= 0.999 for b in boxes[1:])  # the rest: unknown unless as close
     assert all(b.guess == "new-jam" for b in boxes)  # the best guess is kept for review
+
+
+def test_a_part_inside_a_bigger_better_box_is_suppressed() -> None:
+    from skulens.detect.tiling import suppress_contained
+
+    boxes = np.array([[0, 0, 100, 200], [30, 0, 70, 30], [200, 0, 240, 40], [0, 0, 90, 190]], np.float32)
+    scores = np.array([0.9, 0.8, 0.7, 0.6], np.float32)
+    # the cap inside the bottle goes; a same-size near-duplicate inside (ratio < 1.5) is NMS's job, not this
+    assert suppress_contained(boxes, scores).tolist() == [0, 2, 3]
+    assert suppress_contained(boxes, scores, ios=0).tolist() == [0, 1, 2, 3]
+    # a better-scored small box inside a worse big one is kept (the big one is not "a part")
+    assert suppress_contained(boxes[[1, 0]], np.array([0.9, 0.5], np.float32)).tolist() == [0, 1]

@@ -89,11 +89,11 @@ def load_detector(path: str | os.PathLike, *, device: str = "auto", backend: str
 
 
 def count(photos: Sequence[ImageInput], detector: Detector | str | os.PathLike, *,
-          model: Model | str | os.PathLike | None = None, min_score: float = 0.5, min_confidence: float = 0.5,
+          model: Model | str | os.PathLike | None = None, min_score: float | None = None, min_confidence: float = 0.5,
           tiles: str = "auto") -> list[PhotoCount]:
     """Find, recognise and count every product in each photo.
 
-    detector: a Detector or its folder. model: the classification bundle that names each box (without one,
+    detector: a Detector or its folder; min_score None uses the detector's own threshold. model: the classification bundle that names each box (without one,
     every box is an unnamed "product"). Each PhotoCount has the boxes (label None = unknown: the classifier
     was below `min_confidence`), the count per product, and `annotated(photo)` for a picture.
     """

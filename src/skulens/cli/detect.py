@@ -54,8 +54,9 @@ def _detector_arg(ns: argparse.Namespace) -> str:
 
 def _add_box_settings(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("detection settings")
-    g.add_argument("--min-score", type=float, default=0.5,
-                   help="detector score a box needs to count as a product (default: %(default)s)")
+    g.add_argument("--min-score", type=float, default=None,
+                   help="detector score a box needs to count as a product (default: the detector's own, chosen on "
+                        "held-out composites when it was trained; see `detector.json`)")
     g.add_argument("--min-confidence", type=float, default=0.5,
                    help="classifier confidence a box needs to be named; below it the box is 'unknown' "
                         "(default: %(default)s)")
@@ -131,7 +132,7 @@ def add_commands(sub: Any) -> None:
 
 def _check_settings(ns: argparse.Namespace) -> None:
     for name in ("min_score", "min_confidence"):
-        if not 0 <= getattr(ns, name) <= 1:
+        if getattr(ns, name) is not None and not 0 <= getattr(ns, name) <= 1:
             raise UsageError(f"--{name.replace('_', '-')} must be between 0 and 1")
     if ns.max_boxes is not None and ns.max_boxes < 1:
         raise UsageError("--max-boxes must be >= 1")
@@ -276,6 +277,8 @@ def cmd_detect_evaluate(ns: argparse.Namespace) -> int:
 
     out = Path(ns.out) if ns.out else Path(detector) / f"eval-{Path(ns.data).resolve().name}"
 
+    min_score = det.config.min_score if ns.min_score is None else ns.min_score
+
     def detect(batch: list[Any]) -> list[Any]:
         return det.detect([im.path for im in batch], tiles=ns.tiles)
 
@@ -284,10 +287,10 @@ def cmd_detect_evaluate(ns: argparse.Namespace) -> int:
         from ..data.decode import decode_image
 
         def recognise(image: Any, dets: Any) -> list[str | None]:
-            boxes = recognise_boxes(clf, decode_image(image.path), dets.above(ns.min_score), ns.min_confidence)
+            boxes = recognise_boxes(clf, decode_image(image.path), dets.above(min_score), ns.min_confidence)
             return [b.label for b in boxes]
 
-    report = evaluate_detector(detect, images, recognise=recognise, score_threshold=ns.min_score, out_dir=out,
+    report = evaluate_detector(detect, images, recognise=recognise, score_threshold=min_score, out_dir=out,
                                progress=not ns.quiet, label_map=label_map)
     sink = contextlib.nullcontext(sys.stdout)
     with sink as f:

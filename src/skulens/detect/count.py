@@ -118,17 +118,19 @@ def recognise_boxes(model: Model | None, image: Image.Image, dets: Detections, m
 
 
 def count_products(detector: Detector, images: Iterable[ImageInput], *, model: Model | None = None,
-                   min_score: float = 0.5, min_confidence: float = 0.5, tiles: str = "auto",
+                   min_score: float | None = None, min_confidence: float = 0.5, tiles: str = "auto",
                    index: VectorIndex | None = None, min_similarity: float = 0.5,
                    sources: Sequence[str] | None = None) -> Iterable[tuple[PhotoCount, Image.Image | None]]:
     """Per photo (lazily, in order): its PhotoCount and the decoded photo (None when it failed).
 
-    min_score: the detector's score a box needs to count as a product. min_confidence: the classifier's
+    min_score: the detector's score a box needs to count as a product (None: the detector's own
+    `min_score`, chosen on held-out composites when it was trained). min_confidence: the classifier's
     confidence a box needs to be named; below it the box counts as unknown. Without a model every box
     is an unnamed product (a count of products, not of SKUs). index: name boxes by the nearest product in
     a search index built with `model` (see `recognise_boxes`). A photo that cannot be decoded gives a
     PhotoCount with `error` set, and the rest go on.
     """
+    min_score = detector.config.min_score if min_score is None else min_score
     if not 0 <= min_score <= 1 or not 0 <= min_confidence <= 1:
         raise ValueError(f"min_score and min_confidence must be in [0, 1], got {min_score}, {min_confidence}")
     for i, im in enumerate(images):

@@ -15,7 +15,7 @@ from ..data.decode import decode_image
 from ..models.inference import resolve_device
 from .boxes import Detections
 from .model import DetectorCard, DetectorConfig, load_detector_net
-from .tiling import drop_cut_boxes, merge_boxes, tile_grid
+from .tiling import drop_cut_boxes, merge_boxes, suppress_contained, tile_grid
 
 __all__ = ["Detector", "load_detector"]
 
@@ -43,7 +43,7 @@ class Detector:
         return self.card.config
 
     def with_settings(self, *, max_detections: int | None = None) -> Detector:
-        """The same network with another box cap (per pass, and for the merged photo)."""
+        """This detector, changed in place, with another box cap (per pass, and for the merged photo)."""
         if max_detections is not None:
             config = replace(self.card.config, max_detections=max_detections)
             self.card = DetectorCard(config, self.card.training, self.card.schema)
@@ -69,7 +69,9 @@ class Detector:
         tiled = tiles == "on" or (tiles == "auto" and max(w, h) > 2 * cfg.max_size)
         if not tiled:
             (boxes, scores), = self._run([whole])
-            return Detections(boxes, scores, w, h, capped=len(boxes) >= cfg.max_detections)
+            capped = len(boxes) >= cfg.max_detections
+            keep = suppress_contained(boxes, scores, ios=cfg.contained_ios)
+            return Detections(boxes[keep], scores[keep], w, h, capped=capped)
         scale = min(1.0, 2 * cfg.max_size / max(w, h))
         work = pil if scale == 1.0 else pil.resize((round(w * scale), round(h * scale)), Image.BILINEAR)
         windows = tile_grid(work.width, work.height, cfg.min_size)
@@ -91,7 +93,8 @@ class Detector:
             passes.append(np.full(len(boxes), p))
         boxes, scores = np.concatenate(all_boxes), np.concatenate(all_scores)
         keep = merge_boxes(boxes, scores, np.concatenate(passes), iou=cfg.nms_iou)
-        keep = keep[: cfg.max_detections]
+        boxes, scores = boxes[keep], scores[keep]
+        keep = suppress_contained(boxes, scores, ios=cfg.contained_ios)[: cfg.max_detections]
         capped |= len(keep) >= cfg.max_detections
         return Detections(boxes[keep], scores[keep], w, h, capped=capped)
 

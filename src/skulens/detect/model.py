@@ -52,7 +52,9 @@ class DetectorConfig:
     min_size: int = 512
     max_size: int = 896
     score_floor: float = 0.05  # candidates below this never leave the network
+    min_score: float = 0.5  # a box at or above this counts as a product; training picks it on held-out canvases
     nms_iou: float = 0.5
+    contained_ios: float = 0.85  # a box this much inside a better, 1.5x larger one is a part of it (0: off)
     max_detections: int = 1000
     topk_candidates: int = 2000
     center_sampling_radius: float = 1.5
@@ -65,8 +67,8 @@ class DetectorConfig:
             raise ValueError(f"head_convs must be 1..4, got {self.head_convs}")
         if not 64 <= self.min_size <= self.max_size:
             raise ValueError(f"need 64 <= min_size <= max_size, got {self.min_size}, {self.max_size}")
-        if not 0 <= self.score_floor < 1 or not 0 < self.nms_iou <= 1:
-            raise ValueError("score_floor must be in [0, 1) and nms_iou in (0, 1]")
+        if not 0 <= self.score_floor < 1 or not 0 < self.nms_iou <= 1 or not 0 <= self.min_score <= 1:
+            raise ValueError("score_floor must be in [0, 1), nms_iou in (0, 1] and min_score in [0, 1]")
         if self.max_detections < 1:
             raise ValueError(f"max_detections must be >= 1, got {self.max_detections}")
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torchvision.ops import nms
 
-__all__ = ["drop_cut_boxes", "merge_boxes", "tile_grid"]
+__all__ = ["drop_cut_boxes", "merge_boxes", "suppress_contained", "tile_grid"]
 
 
 def tile_grid(width: int, height: int, tile: int, overlap: float = 0.25) -> list[tuple[int, int, int, int]]:
@@ -70,6 +70,25 @@ def merge_boxes(boxes: np.ndarray, scores: np.ndarray, passes: np.ndarray, *, io
             later[: i + 1] = False
             alive &= ~later
     return keep[alive].numpy()
+
+
+def suppress_contained(boxes: np.ndarray, scores: np.ndarray, *, ios: float = 0.85, ratio: float = 1.5
+                       ) -> np.ndarray:
+    """Indices kept (best first) after dropping each box that lies `ios` inside a better-scored box at least
+    `ratio` times its area: a bottle's cap, a part of a carton lying down. Measured on held-out composites
+    and on the fridge photos, it lowered the count error on both (benchmarks/RESULTS.md)."""
+    order = np.argsort(-scores, kind="stable")
+    if len(order) < 2 or ios <= 0:
+        return order
+    b = torch.from_numpy(np.ascontiguousarray(boxes[order], np.float32))
+    area = ((b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)).numpy()
+    inside = (_intersection(b).numpy() / np.maximum(area[None, :], 1e-6)) > ios
+    inside &= area[:, None] >= ratio * area[None, :]
+    alive = np.ones(len(order), bool)
+    for i in range(len(order)):
+        if alive[i]:
+            alive[i + 1:] &= ~inside[i, i + 1:]
+    return order[alive]
 
 
 def _intersection(b: torch.Tensor) -> torch.Tensor:

@@ -62,7 +62,7 @@ class ServeSettings:
     labelled_dir: str | None = None  # corrected photos for retraining; default <db stem>-labelled/ beside the db
     keep_uploads: bool = False  # privacy: counted intake photos are not kept unless asked (EXIF stripped)
     detector: str | None = None  # product detector folder: intake counts every product in a shelf photo
-    detector_min_score: float = 0.5  # detector score a box needs to count as a product (shelf intake)
+    detector_min_score: float | None = None  # detector score a box needs to count (None: the detector's own)
     # Support replies.
     text_model: str = "minilm"
     support_min_confidence: float = 0.5  # recognition below this hands off to a person
@@ -76,7 +76,7 @@ class ServeSettings:
         if self.request_timeout_s <= 0 or self.max_wait_ms < 0:
             raise ConfigError("request_timeout_s must be > 0 and max_wait_ms >= 0")
         for name in ("review_threshold", "support_min_confidence", "support_min_score", "detector_min_score"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
+            if getattr(self, name) is not None and not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.backend not in ("torch", "onnx"):
             raise ConfigError(f"backend must be torch or onnx, got {self.backend!r}")
@@ -160,6 +160,9 @@ def _renamed(values: dict[str, Any], source: str) -> dict[str, Any]:
     return values
 
 
+_OPTIONAL_FLOATS = frozenset({"detector_min_score"})  # None: the detector's own value
+
+
 def _coerce(name: str, value: Any, default: Any) -> Any:
     if name == "api_keys":
         if isinstance(value, tuple) and all(isinstance(k, ApiKey) for k in value):
@@ -169,6 +172,8 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
         items = value.split(",") if isinstance(value, str) else list(value)
         return tuple(str(v).strip() for v in items if str(v).strip())
     try:
+        if name in _OPTIONAL_FLOATS:
+            return None if value is None or value == "" else float(value)
         if isinstance(default, bool):
             if isinstance(value, str):
                 if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
@@ -181,4 +186,5 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
             return float(value)
         return None if value is None else str(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{name}: cannot use {value!r} (expected {type(default).__name__})") from None
+        expected = "float" if name in _OPTIONAL_FLOATS else type(default).__name__
+        raise ConfigError(f"{name}: cannot use {value!r} (expected {expected})") from None
