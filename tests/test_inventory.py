@@ -74,6 +74,29 @@ def test_low_confidence_is_queued_and_a_reviewer_resolves_it(tmp_path: Path) -> 
         assert store.photo_file(f"{3:064x}") is None
 
 
+def test_a_correction_must_name_a_known_product(tmp_path: Path) -> None:
+    from skulens.serve.inventory import IntakeBox, ShelfPhoto, UnknownLabelError
+
+    known = ("green-apple", "oat-milk", "red-apple")
+    crop = stripped_jpeg(photo_bytes("oat-milk", 4))
+    box = IntakeBox((0.0, 0.0, 40.0, 40.0), 0.8, None, 0.2, "oat-milk", crop)  # a shelf box: reviewed alike
+    with InventoryStore(tmp_path / "inv.sqlite") as store:
+        store.intake([_photo(1, "oat-milk", 0.1, crop), ShelfPhoto(f"{2:064x}", "shelf.jpg", (box,), 64, 64)],
+                     threshold=0.6, actor="cam")
+        for item in (f"{1:064x}", f"{2:064x}:0"):
+            with pytest.raises(UnknownLabelError, match=r"unknown product 'Oat-Milkk': did you mean 'oat-milk'"):
+                store.resolve(item, "Oat-Milkk", actor="ana", known=known)
+            with pytest.raises(UnknownLabelError) as err:
+                store.resolve(item, "Bananna", actor="ana", known=known)
+            assert err.value.label == "Bananna" and err.value.suggestions == ()
+        # A typo invented nothing: no count, no class folder for retraining, both still waiting.
+        assert store.counts() == {} and store.review_size() == 2 and not store.labelled_dir.exists()
+        assert store.resolve(f"{1:064x}", "oat-milk", actor="ana", known=known).status == "confirmed"
+        assert store.resolve(f"{2:064x}:0", "red-apple", actor="ana", known=known).status == "corrected"
+        assert store.counts() == {"oat-milk": 1, "red-apple": 1}
+        assert store.labels() == {"oat-milk", "red-apple"}  # what the CLI checks against without a model
+
+
 def test_a_review_cut_short_by_a_crash_is_finished_later(tmp_path: Path) -> None:
     img = stripped_jpeg(photo_bytes("oat-milk", 5))
     with InventoryStore(tmp_path / "inv.sqlite") as store:
@@ -267,6 +290,9 @@ def test_cli_counts_review_and_audit(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["inventory", "review", "--db", str(db)]) == 0
     [queued] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert queued["predicted_label"] == "red-apple" and queued["status"] == "review"
+    # Without --model a correction names a product this inventory knows; a typo is a usage error.
+    assert main(["inventory", "review", "--db", str(db), queued["sha256"], "--label", "oat-milkk"]) == 2
+    assert "unknown product 'oat-milkk': did you mean 'oat-milk'?" in capsys.readouterr().err
     assert main(["inventory", "review", "--db", str(db), queued["sha256"], "--label", "oat-milk"]) == 0
     assert json.loads(capsys.readouterr().out)["status"] == "corrected"
     # A usage error is exit code 2 with one line (it was a SystemExit, exit code 1, before the CLI's one grammar).
@@ -276,3 +302,20 @@ def test_cli_counts_review_and_audit(tmp_path: Path, capsys: pytest.CaptureFixtu
     audit = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [a["action"] for a in audit] == ["review_corrected", "review_queued"]
     assert audit[0]["actor"].startswith("cli")
+
+
+def test_cli_review_checks_labels_against_the_model(tiny_bundle, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from skulens.cli import main
+
+    db = tmp_path / "inv.sqlite"
+    with InventoryStore(db) as store:
+        store.intake([_photo(1, "red-apple", 0.1)], threshold=0.6, actor="t")
+    item = ["inventory", "review", "--db", str(db), f"{1:064x}"]
+    # green-apple: one of the model's products, never seen by this inventory.
+    assert main([*item, "--label", "green-apple"]) == 2
+    assert "unknown product 'green-apple'" in capsys.readouterr().err
+    assert main([*item, "--label", "Bananna", "--model", str(tiny_bundle.bundle)]) == 2
+    assert "unknown product 'Bananna'" in capsys.readouterr().err
+    assert main([*item, "--label", "green-apple", "--model", str(tiny_bundle.bundle)]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "corrected"

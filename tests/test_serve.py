@@ -195,6 +195,29 @@ def test_low_confidence_goes_to_review_then_a_correction_counts(tiny_bundle, mod
     assert sample.label == "oat-milk" and not has_gps(sample.path.read_bytes())
 
 
+def test_a_review_label_must_name_an_existing_product(tiny_bundle, model, tmp_path) -> None:
+    settings = _settings(tiny_bundle, tmp_path, review_threshold=1.0)  # every photo waits for a reviewer
+    with TestClient(create_app(settings, model=model)) as c:
+        r = c.post("/v1/inventory/intake", files=[("images", ("p.jpg", photo_bytes(None, 8), "image/jpeg"))],
+                   headers=AUTH)
+        assert r.json()["review"] == 1, r.text
+        [item] = c.get("/v1/inventory/review").json()
+        url = f"/v1/inventory/review/{item['id']}"
+        typo = c.post(url, json={"label": "oat-milkk"}, headers=AUTH)
+        assert typo.status_code == 422, typo.text
+        body = typo.json()
+        assert body["label"] == "oat-milkk" and body["suggestions"] == ["oat-milk"]
+        assert "unknown product 'oat-milkk': did you mean 'oat-milk'?" in body["detail"]
+        invented = c.post(url, json={"label": "Bananna"}, headers=AUTH)
+        assert invented.status_code == 422 and "unknown product 'Bananna'" in invented.json()["detail"]
+        assert c.get("/v1/inventory").json()["counts"] == {}  # no new product row
+        assert c.get("/v1/inventory/review").json()[0]["status"] == "review"  # still waiting
+        done = c.post(url, json={"label": "green-apple"}, headers=AUTH)
+        assert done.status_code == 200 and done.json()["label"] == "green-apple", done.text
+        assert c.get("/v1/inventory").json()["counts"] == {"green-apple": 1}
+    assert not (tmp_path / "inventory-labelled" / "Bananna").exists()
+
+
 def test_manual_adjustments(client) -> None:
     r = client.post("/v1/inventory/products/oat-milk/adjust", json={"count": 10, "reason": "stock take"},
                     headers=AUTH)
@@ -249,13 +272,15 @@ def test_health_metrics_docs_and_info(client, val_photo) -> None:
     assert 'skulens_http_requests_total{method="POST",route="/v1/predict",status="200"}' in text
     assert "skulens_batch_size_count" in text
     docs = client.get("/docs")
-    assert docs.status_code == 200 and "/docs-static/swagger-ui-bundle.js" in docs.text  # served locally (offline)
-    assert "cdn." not in docs.text
-    assert client.get("/docs-static/swagger-ui-bundle.js").status_code == 200
+    assert docs.status_code == 200 and "/static/swagger-ui/swagger-ui-bundle.js" in docs.text  # local (offline)
+    assert "cdn." not in docs.text and "<script>" not in docs.text  # no inline script: the CSP holds
+    bundle = client.get("/static/swagger-ui/swagger-ui-bundle.js")
+    assert bundle.status_code == 200 and "5.35.0" in client.get("/static/swagger-ui/NOTICE").text
     paths = client.get("/openapi.json").json()["paths"]
     assert "/v1/predict" in paths and "/v1/inventory/intake" in paths and "/v1/support/ask" in paths
     info = client.get("/v1/info").json()
     assert info["features"]["inventory"] and info["model"]["classes"]
+    assert info["thresholds"] == {"min_confidence": 0.5, "review": 0.6}  # what the pages decide with
 
 
 def test_no_db_means_no_inventory_routes(tiny_bundle, model) -> None:
@@ -275,7 +300,7 @@ def test_cors_is_off_by_default_and_exact_when_on(client, tiny_bundle, model) ->
 
 
 def test_web_pages_are_served_with_a_strict_csp(client) -> None:
-    for path in ("/", "/inventory"):
+    for path in ("/", "/inventory", "/docs"):
         r = client.get(path)
         assert r.status_code == 200 and "<html" in r.text
         assert "script-src 'self'" in r.headers["content-security-policy"]

@@ -61,14 +61,25 @@ def page(browser):
     assert not [e for e in errors if "Content Security Policy" in e], errors  # the page obeys its own CSP
 
 
+# The page names a product only at or above the service's min_confidence (the support hand-off's threshold).
+MIN_CONFIDENCE = ServeSettings.support_min_confidence
+
+
+def _one_confidence_format(text: str) -> None:
+    """Every number the result shows is a percent with one decimal: no 0.09 beside 11.2 %."""
+    assert not re.search(r"(?<![\d.])[01]\.\d+(?!\d*%)", text), text
+    assert all(re.fullmatch(r"\d{1,3}\.\d%", p) for p in re.findall(r"[\d.]+%", text)), text
+
+
 def test_upload_a_photo_and_see_the_predicted_label(site, page, model, tiny_catalogue: Path) -> None:
     photo = tiny_catalogue.parent / "val" / "oat-milk" / "oat-milk_000.jpg"
-    expected = model.predict([str(photo)])[0]
+    expected = model.predict([str(photo)], min_confidence=MIN_CONFIDENCE)[0]
+    assert expected.level == "fine"  # the tiny model knows its val photos
     page.goto(site + "/")
     page.set_input_files("#file-input", str(photo))
     expect = playwright_api.expect
     # Playwright's string predicates use eval(), which the page's CSP forbids: use locators instead.
-    expect(page.locator("#top-label")).to_have_text(expected.label or "not sure", timeout=60_000)
+    expect(page.locator("#top-label")).to_have_text(expected.label, timeout=60_000)
     assert page.is_visible("#result")
     bars = page.query_selector_all("#topk li")
     assert len(bars) == min(5, len(model.classes))
@@ -79,6 +90,78 @@ def test_upload_a_photo_and_see_the_predicted_label(site, page, model, tiny_cata
     expect(gallery).to_have_count(len(model.classes) - 1, timeout=30_000)
     assert expected.fine_label not in page.text_content("#similar")
     expect(gallery.first.locator("img")).to_have_js_property("naturalWidth", 72)  # loaded (72 px: never upscaled)
+    _one_confidence_format(page.text_content("#result"))
+
+
+def _unsure_photo(model, tmp_path: Path) -> tuple[Path, object]:
+    """A grey frame or random noise the model is unsure about (below MIN_CONFIDENCE), and its prediction."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    frames = [Image.new("RGB", (72, 72), (128, 128, 128))]
+    frames += [Image.fromarray(rng.integers(0, 256, (72, 72, 3), dtype=np.uint8)) for _ in range(8)]
+    for i, frame in enumerate(frames):
+        path = tmp_path / f"unsure{i}.png"
+        frame.save(path)
+        pred = model.predict([str(path)], top_k=5, min_confidence=MIN_CONFIDENCE)[0]
+        if pred.level != "fine":  # "unknown", or "coarse": a product group, no product
+            return path, pred
+    pytest.fail("the tiny model is sure about every grey or noise frame")
+
+
+def test_an_unsure_photo_says_not_sure_and_shows_the_candidates(site, page, model, tmp_path: Path) -> None:
+    photo, pred = _unsure_photo(model, tmp_path)
+    page.goto(site + "/")
+    page.set_input_files("#file-input", str(photo))
+    expect = playwright_api.expect
+    expect(page.locator("#top-label")).to_have_text("not sure", timeout=60_000)
+    expect(page.locator("#top-title")).to_contain_text("Not sure which product")
+    rows = page.locator("#topk li")  # the candidates, each with its confidence
+    expect(rows).to_have_count(min(5, len(model.classes)))
+    for i, (label, p) in enumerate(pred.top_k):
+        expect(rows.nth(i).locator(".bar-label")).to_have_text(label)
+        shown = rows.nth(i).locator(".bar-value").text_content()
+        assert re.fullmatch(r"\d{1,3}\.\d%", shown) and float(shown[:-1]) == pytest.approx(100 * p, abs=0.051)
+    # No attribute chip claims a confidence the product decision lacks.
+    expect(page.locator("#attributes .chip")).to_have_count(0)
+    expect(page.locator("#attributes")).to_have_text("not sure (no product recognised)")
+    answer = page.locator("#support-answer")
+    expect(answer).not_to_be_empty(timeout=30_000)
+    if "Handed off" in answer.text_content():  # with support replies on: the page's words, not the server's 0.09
+        expect(answer).to_have_text("Handed off to a person: not sure which product this is")
+    _one_confidence_format(page.text_content("#result"))
+
+
+def test_a_failed_upload_clears_the_previous_result(site, page, tiny_catalogue: Path, tmp_path: Path) -> None:
+    good = tiny_catalogue.parent / "val" / "red-apple" / "red-apple_000.jpg"
+    bad = {"notes.txt": (b"just some text, not a photo\n" * 20, "415: notes.txt: not an image"),
+           "empty.jpg": (b"", "422: empty.jpg: empty file")}
+    expect = playwright_api.expect
+    page.goto(site + "/")
+    for name, (data, error) in bad.items():
+        page.set_input_files("#file-input", str(good))
+        expect(page.locator("#status")).to_contain_text("Done in", timeout=60_000)
+        expect(page.locator("#result")).to_be_visible()
+        (tmp_path / name).write_bytes(data)
+        page.set_input_files("#file-input", str(tmp_path / name))
+        expect(page.locator("#status")).to_contain_text(error, timeout=30_000)
+        expect(page.locator("#status")).to_have_class("error")
+        # Nothing of the good photo is left to look like the bad file's result.
+        expect(page.locator("#result")).to_be_hidden()
+        expect(page.locator("#top-label")).to_be_empty()
+        expect(page.locator("#topk li")).to_have_count(0)
+        expect(page.locator("#preview")).not_to_have_attribute("src", re.compile("."))
+
+
+def test_api_docs_render_the_openapi_31_document(site, page) -> None:
+    page.goto(site + "/docs")
+    expect = playwright_api.expect
+    predict = page.locator(".opblock", has=page.locator(".opblock-summary-path[data-path='/v1/predict']"))
+    expect(predict).to_have_count(1, timeout=20_000)  # the operation block: "POST /v1/predict"
+    expect(predict.locator(".opblock-summary-method")).to_have_text("POST")
+    assert page.locator(".opblock").count() >= 10  # every operation, not only the first
+    expect(page.get_by_text("Unable to render this definition")).to_have_count(0)
 
 
 def test_inventory_page_intake_review_and_counts(site, page, tmp_path: Path) -> None:

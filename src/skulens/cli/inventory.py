@@ -9,6 +9,7 @@ import argparse
 import getpass
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from ..serve.settings import ServeSettings
@@ -34,7 +35,7 @@ def add_commands(sub: Any) -> None:
     sc.add_argument("--detector", help="detector folder (skulens detect train): shelf photos, every product counts; "
                                        "boxes below --threshold go to the review queue as crops")
     sc.add_argument("--min-score", type=float, default=ServeSettings.detector_min_score,
-                    help="with --detector: detector score a box needs to be a product (default: %(default)s)")
+                    help="with --detector: detector score a box needs to be a product (default: the detector's own)")
     sc.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     add_quiet(sc, "no per-photo JSON lines")
     sc.set_defaults(func=cmd_inventory_scan)
@@ -48,8 +49,11 @@ def add_commands(sub: Any) -> None:
     r.add_argument("--db", required=True, help="inventory SQLite file")
     r.add_argument("sha256", nargs="?", help="photo (SHA256) or shelf box (SHA256:INDEX) to resolve: the id in the list")
     g = r.add_mutually_exclusive_group()
-    g.add_argument("--label", help="confirm / correct: the right product")
+    g.add_argument("--label", help="confirm / correct: the right product, one that exists (a new product is "
+                                   "enrolled first: skulens enroll)")
     g.add_argument("--reject", action="store_true", help="not a product: never counted")
+    add_model(r, "model bundle whose products --label must name (default: the products this inventory already "
+                 "knows: counted, or guessed by the model at intake)", required=False, positional_legacy=False)
     r.set_defaults(func=cmd_inventory_review)
 
     a = isub.add_parser("audit", help="print the audit log, newest first (JSON lines)")
@@ -68,7 +72,7 @@ def _actor() -> str:
 def cmd_inventory_scan(ns: argparse.Namespace) -> int:
     bundle = model_path(ns)
     detector_dir = _check_detector(ns.detector) if ns.detector is not None else None
-    if not 0 <= ns.min_score <= 1:
+    if ns.min_score is not None and not 0 <= ns.min_score <= 1:
         raise UsageError("--min-score must be between 0 and 1")
     from ..serve.intake import ScanSummary, find_images, scan, scan_shelves
 
@@ -116,9 +120,24 @@ def cmd_inventory_counts(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _model_products(bundle: str) -> set[str]:
+    """The classes in a bundle's card (JSON: no torch)."""
+    from ..models.card import ModelCard
+
+    path = Path(bundle)
+    card = path / "card.json" if path.is_dir() else path.with_name("card.json") if path.suffix == ".onnx" else path
+    if card.suffix != ".json" or not card.is_file():
+        raise UsageError(f"--model {bundle}: review needs the bundle's card.json to know its products")
+    try:
+        return set(ModelCard.from_dict(json.loads(card.read_text(encoding="utf-8"))).classes)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"--model {bundle}: unreadable card ({exc})") from None
+
+
 def cmd_inventory_review(ns: argparse.Namespace) -> int:
     from ..serve.inventory import InventoryError, InventoryStore
 
+    bundle = model_path(ns)
     with InventoryStore(ns.db) as store:
         if ns.sha256 is None:
             for item in store.review_queue(limit=1000):
@@ -126,8 +145,10 @@ def cmd_inventory_review(ns: argparse.Namespace) -> int:
             return 0
         if not ns.label and not ns.reject:
             raise UsageError("give --label LABEL or --reject with the item's id (SHA256, or SHA256:INDEX for a box)")
+        # A correction names an existing product: a typo must not invent one (a count row, a training class).
+        known = _model_products(bundle) if bundle else store.labels()
         try:
-            item = store.resolve(ns.sha256, None if ns.reject else ns.label, actor=_actor())
+            item = store.resolve(ns.sha256, None if ns.reject else ns.label, actor=_actor(), known=known)
         except InventoryError as exc:
             raise UsageError(str(exc)) from None
         print(json.dumps(item.to_dict()))

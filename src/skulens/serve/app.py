@@ -57,9 +57,9 @@ def create_app(settings: ServeSettings, *, model: Model | None = None, state: Se
 
     from .._version import __version__
 
-    offline_docs = _swagger_assets()
-    app = FastAPI(title="skulens", version=__version__, lifespan=lifespan,
-                  docs_url=None if offline_docs else "/docs",
+    # /docs is the web router's page over the Swagger UI shipped in static/swagger-ui/ (FastAPI's own loads
+    # Swagger UI and ReDoc from a CDN: blank offline, and refused by the pages' CSP).
+    app = FastAPI(title="skulens", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Product image recognition: predict, search, inventory intake and support replies. "
                               "Write endpoints need an API key (X-API-Key or Authorization: Bearer).")
     app.include_router(health.router)
@@ -72,8 +72,6 @@ def create_app(settings: ServeSettings, *, model: Model | None = None, state: Se
         app.include_router(router)
     app.include_router(web.router)
     app.mount("/static", StaticFiles(packages=[("skulens.serve", "static")]), name="static")
-    if offline_docs:
-        _mount_offline_docs(app, offline_docs)
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
 
     # Added innermost first: requests pass metrics -> headers -> CORS -> body limit -> timeout -> routes.
@@ -92,29 +90,6 @@ def create_app(settings: ServeSettings, *, model: Model | None = None, state: Se
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(_MetricsMiddleware)
     return app
-
-
-def _swagger_assets() -> str | None:
-    """Swagger UI's files from the swagger-ui-bundle package: FastAPI's default /docs page loads them from a
-    CDN, which leaves it blank on an offline machine."""
-    try:
-        import swagger_ui_bundle
-    except ImportError:
-        return None
-    return str(swagger_ui_bundle.swagger_ui_path)
-
-
-def _mount_offline_docs(app: FastAPI, assets: str) -> None:
-    from fastapi.openapi.docs import get_swagger_ui_html
-
-    app.mount("/docs-static", StaticFiles(directory=assets), name="docs-static")
-
-    @app.get("/docs", include_in_schema=False)
-    async def docs() -> Any:
-        return get_swagger_ui_html(openapi_url=app.openapi_url or "/openapi.json", title="skulens API",
-                                   swagger_js_url="/docs-static/swagger-ui-bundle.js",
-                                   swagger_css_url="/docs-static/swagger-ui.css",
-                                   swagger_favicon_url="/docs-static/favicon-32x32.png")
 
 
 def _search_routers(settings: ServeSettings) -> list[Any]:

@@ -48,7 +48,7 @@ def intake_photo(data: bytes, sha256: str, source: str, pred: Prediction, *, thr
     return IntakePhoto(sha256, source, pred.fine_label, pred.fine_confidence, pred.top_k, stored)
 
 
-def count_shelf(detector: Detector, model: Model, image: Image.Image, *, threshold: float, min_score: float,
+def count_shelf(detector: Detector, model: Model, image: Image.Image, *, threshold: float, min_score: float | None,
                 tiles: str = "auto") -> PhotoCount:
     """Every product box in a decoded shelf photo, named by the classifier when it is at least `threshold` sure
     (the review threshold: a box it is less sure of stays unknown and goes to review)."""
@@ -179,7 +179,8 @@ def scan(model: Model, store: InventoryStore, paths: Sequence[Path], *, threshol
 
 
 def scan_shelves(detector: Detector, model: Model, store: InventoryStore, paths: Sequence[Path], *,
-                 threshold: float, actor: str, min_score: float = 0.5, tiles: str = "auto", keep_photos: bool = False,
+                 threshold: float, actor: str, min_score: float | None = None, tiles: str = "auto",
+                 keep_photos: bool = False,
                  chunk: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[tuple[Path, IntakeResult | str]]:
     """`scan` for shelf photos: every product in each photo counts (boxes the classifier is unsure of go to
     review); each chunk is one transaction. Photos are decoded one at a time (a chunk of 48 MP photos

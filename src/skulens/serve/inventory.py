@@ -11,7 +11,8 @@ Used by the service and by `skulens inventory`, so nothing here knows about HTTP
   photo (`ShelfPhoto`) holds many: the detector's boxes, each named by the classifier, and every named box
   adds one to its product; the photo, its boxes and every count it changes are one transaction.
 * **Reviewed.** Photos, and shelf boxes, below the confidence threshold go to a review queue instead of the
-  counts; a reviewer confirms or corrects the label (then it counts) or rejects the item. A review item's id
+  counts; a reviewer confirms or corrects the label (then it counts) or rejects the item. Given the known
+  products, a correction must name one of them (a typo would otherwise invent a product). A review item's id
   is the photo's sha256, or `sha256:index` for a box. Reviewed photos and box crops are written, EXIF-free,
   into a labelled folder with a `manifest.csv` (`path,label,split`) that `load_catalogue` (and so
   `skulens train`/`retrain`) reads.
@@ -21,6 +22,7 @@ Used by the service and by `skulens inventory`, so nothing here knows about HTTP
 from __future__ import annotations
 
 import csv
+import difflib
 import io
 import json
 import os
@@ -28,7 +30,7 @@ import re
 import shutil
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -46,6 +48,8 @@ __all__ = [
     "ReviewItem",
     "ShelfPhoto",
     "ShelfResult",
+    "UnknownLabelError",
+    "check_known_label",
     "is_counted",
 ]
 
@@ -114,6 +118,17 @@ _ITEM_ID = re.compile(r"([0-9a-f]{64})(?::([0-9]{1,6}))?")
 
 class InventoryError(ValueError):
     """A request the store cannot honour (unknown photo, already reviewed, bad label or count)."""
+
+
+class UnknownLabelError(InventoryError):
+    """A review label that names no known product: accepted, a typo ("Bananna") would become a new product,
+    a row in the counts and a class folder in the labelled data that retraining reads."""
+
+    def __init__(self, label: str, suggestions: Sequence[str]):
+        self.label, self.suggestions = label, tuple(suggestions)
+        hint = f"did you mean {' or '.join(map(repr, self.suggestions))}? " if self.suggestions else ""
+        super().__init__(f"unknown product {label!r}: {hint}a correction must name an existing product "
+                         "(a new product is enrolled first)")
 
 
 @dataclass(frozen=True)
@@ -272,6 +287,19 @@ def check_label(label: str) -> str:
     if not label or len(label) > _MAX_LABEL or any(ord(ch) < 32 for ch in label):
         raise InventoryError(f"invalid label {label[:40]!r}: 1-{_MAX_LABEL} printable characters")
     return label
+
+
+def check_known_label(label: str, known: Collection[str]) -> str:
+    """`label`, checked as `check_label` does, if it is one of `known`; else UnknownLabelError with the
+    closest known names (compared case-insensitively, so "Oat-Milk" suggests "oat-milk")."""
+    label = check_label(label)
+    if label in known:
+        return label
+    by_lower: dict[str, str] = {}
+    for name in sorted(known):
+        by_lower.setdefault(name.lower(), name)
+    close = difflib.get_close_matches(label.lower(), list(by_lower), n=3, cutoff=0.6)
+    raise UnknownLabelError(label, [by_lower[c] for c in close])
 
 
 def _parse_id(item_id: str) -> tuple[str, int | None]:
@@ -543,10 +571,15 @@ class InventoryStore:
                           r["label"], r["created_at"], r["reviewed_at"], r["reviewed_by"], bool(r["stored"]),
                           "photo" if r["idx"] is None else "box", r["idx"], box)
 
-    def resolve(self, sha256: str, label: str | None, *, actor: str) -> ReviewItem:
+    def resolve(self, sha256: str, label: str | None, *, actor: str,
+                known: Collection[str] | None = None) -> ReviewItem:
         """Confirm (label == prediction) or correct (another label) a queued photo or box (id `sha256:index`),
-        which then counts, or reject it (label None: not a product, unusable). Reviewed ones become labelled data."""
-        label = None if label is None else check_label(label)
+        which then counts, or reject it (label None: not a product, unusable). Reviewed ones become labelled data.
+
+        known: the products a label may name (the model's classes, the catalogue); another label raises
+        UnknownLabelError with the closest names. None: any well-formed label (the caller checked it)."""
+        if label is not None:
+            label = check_label(label) if known is None else check_known_label(label, known)
         sha, idx = _parse_id(sha256)
         table, where, params = (("photos", "sha256 = ?", (sha,)) if idx is None else
                                 ("boxes", "sha256 = ? AND idx = ?", (sha, idx)))
@@ -625,6 +658,15 @@ class InventoryStore:
         tmp.write_text(buf.getvalue(), encoding="utf-8")
         os.replace(tmp, path)
         return path
+
+    def labels(self) -> set[str]:
+        """Every product name this inventory has seen: in the counts, predicted at intake (each photo's top-k
+        guesses too) or given by a reviewer. What a correction can be checked against without the model."""
+        rows = self._read(
+            "SELECT label FROM stock UNION SELECT predicted_label FROM photos UNION SELECT label FROM photos "
+            "UNION SELECT json_extract(t.value, '$[0]') FROM photos, json_each(photos.top_k) AS t "
+            "UNION SELECT guess FROM boxes UNION SELECT predicted_label FROM boxes UNION SELECT label FROM boxes")
+        return {r[0] for r in rows if r[0]}
 
     # -- counts ----------------------------------------------------------------------------------------
 

@@ -115,15 +115,16 @@ class TimeoutMiddleware:
 class SecurityHeadersMiddleware:
     """nosniff / no-referrer / no framing on every response; a strict CSP on the web pages."""
 
-    def __init__(self, app: ASGIApp, page_prefixes: Sequence[str] = ("/", "/inventory", "/static/")):
-        self.app, self.pages = app, tuple(page_prefixes)
+    def __init__(self, app: ASGIApp, pages: Sequence[str] = ("/", "/inventory", "/docs"),
+                 static_prefix: str = "/static/"):
+        self.app, self.pages, self.static_prefix = app, frozenset(pages), static_prefix
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         path = scope.get("path", "")
-        is_page = path in ("/", "/inventory") or path.startswith("/static/")
+        is_page = path in self.pages or path.startswith(self.static_prefix)
 
         async def with_headers(msg: Message) -> None:
             if msg["type"] == "http.response.start":

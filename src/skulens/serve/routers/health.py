@@ -44,6 +44,10 @@ async def info(state: State, _: ReadKey) -> dict[str, Any]:
                   "coarse_classes": list(card.coarse_classes), "attributes": list(card.attributes),
                   "metrics": {k: v for k, v in card.metrics.items() if isinstance(v, (int, float))}},
         "features": state.features(),
+        # What the pages decide with. min_confidence: below it a recognition is "not sure" (the support answer
+        # hands off to a person at the same point); review: intake below it waits for a reviewer.
+        "thresholds": {"min_confidence": state.settings.support_min_confidence,
+                       "review": state.settings.review_threshold},
         "limits": {"max_upload_bytes": state.settings.max_upload_bytes, "max_pixels": state.settings.max_pixels,
                    "max_files": state.settings.max_files},
         "auth": {"writes": "api key", "reads": "api key" if state.settings.auth_reads else "open"},

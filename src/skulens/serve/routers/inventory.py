@@ -15,6 +15,7 @@ from typing import Annotated
 import anyio
 from fastapi import APIRouter, File, HTTPException, Query, Response, UploadFile
 from fastapi import Path as PathParam
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from ...data.decode import ImageDecodeError
@@ -22,7 +23,7 @@ from ..batching import QueueFullError
 from ..deps import ReadKey, State, WriteKey, busy
 from ..images import content_hash
 from ..intake import TOP_K, intake_photo, shelf_photo
-from ..inventory import IntakePhoto, InventoryError, InventoryStore, ShelfPhoto
+from ..inventory import IntakePhoto, InventoryError, InventoryStore, ShelfPhoto, UnknownLabelError
 from ..schemas import (
     AdjustRequest,
     AuditOut,
@@ -176,14 +177,29 @@ async def review_queue(state: State, _: ReadKey, limit: Annotated[int, Query(ge=
     return [QueueItemOut(**i.to_dict()) for i in items]
 
 
+class UnknownLabelOut(BaseModel):
+    detail: str
+    label: str = Field(description="the label that names no product")
+    suggestions: list[str] = Field(description="the closest existing products")
+
+
 @router.post("/review/{item}", response_model=QueueItemOut,
+             responses={422: {"model": UnknownLabelOut, "description": "the label names no existing product "
+                                                                        "(or the request is malformed)"}},
              summary="Confirm or correct a queued photo's or box's label (then it counts), or reject it")
-async def resolve(state: State, actor: WriteKey, item: ItemId, decision: ReviewDecision) -> QueueItemOut:
+async def resolve(state: State, actor: WriteKey, item: ItemId,
+                  decision: ReviewDecision) -> QueueItemOut | JSONResponse:
+    """The label must be an existing product (the model's classes, the catalogue, enrolled products): a new
+    product is enrolled first (POST /v1/products, on a server with an index), never invented by a review."""
     if decision.reject == (decision.label is not None and decision.label.strip() != ""):
         raise HTTPException(422, "give either a label (confirm or correct) or reject: true")
     label = None if decision.reject else decision.label
+    known = set(state.products) | set(state.model.card.classes)
     try:
-        done = await anyio.to_thread.run_sync(lambda: _store(state).resolve(item, label, actor=actor))
+        done = await anyio.to_thread.run_sync(lambda: _store(state).resolve(item, label, actor=actor, known=known))
+    except UnknownLabelError as exc:
+        body = UnknownLabelOut(detail=str(exc), label=exc.label, suggestions=list(exc.suggestions))
+        return JSONResponse(body.model_dump(), status_code=422)
     except InventoryError as exc:
         status = 404 if "not in the inventory" in str(exc) else 409 if "not waiting" in str(exc) else 422
         raise HTTPException(status, str(exc)) from None

@@ -23,3 +23,9 @@ async def index() -> HTMLResponse:
 @router.get("/inventory")
 async def inventory_page() -> HTMLResponse:
     return _page("inventory.html")
+
+
+@router.get("/docs")
+async def api_docs() -> HTMLResponse:
+    """The API reference: Swagger UI 5 (OpenAPI 3.1) from static/swagger-ui/, so it works offline."""
+    return _page("docs.html")

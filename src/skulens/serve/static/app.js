@@ -1,28 +1,56 @@
 "use strict";
 // The recognise page: photo in, top-k with confidence bars, coarse class, attributes, support answer, similar.
+// Below the service's min_confidence the page names no product: it says "not sure" and shows the candidates.
 const statusLine = document.getElementById("status");
-let features = {};
+let info = null;
+let latest = 0;  // the upload the page is showing: an answer to an older one that arrives late is dropped
 
-api("/v1/info").then((r) => r.json()).then((info) => { features = info.features; }).catch(() => {});
+async function loadInfo() {
+  if (!info) {
+    try { info = await (await api("/v1/info")).json(); } catch (e) { /* tried again with the next photo */ }
+  }
+  return info;
+}
+loadInfo();
 
 function setStatus(text, isError) {
   statusLine.textContent = text;
   statusLine.className = isError ? "error" : "";
 }
 
+// Nothing of the previous photo stays on screen while a new one is recognised, nor after it fails.
+function clearResult() {
+  document.getElementById("result").hidden = true;
+  const preview = document.getElementById("preview");
+  if (preview.src.startsWith("blob:")) URL.revokeObjectURL(preview.src);
+  preview.removeAttribute("src");
+  for (const id of ["top-label", "top-title", "coarse", "support-answer", "support-meta"]) {
+    document.getElementById(id).textContent = "";
+  }
+  for (const id of ["attributes", "topk", "similar"]) document.getElementById(id).replaceChildren();
+  document.getElementById("similar-section").hidden = true;
+}
+
+// "fine": the service named a product at or above its threshold; "coarse" and "unknown" name none.
+function isSure(prediction) { return prediction.level === "fine" && prediction.label !== null; }
+
 function renderPrediction(body, file) {
   const p = body.prediction;
+  const sure = isSure(p);
   document.getElementById("result").hidden = false;
   document.getElementById("preview").src = URL.createObjectURL(file);
-  document.getElementById("top-label").textContent = p.label === null ? "not sure" : p.label;
-  document.getElementById("top-title").textContent =
-    `${body.product ? body.product.title : ""} (${p.level}, ${pct(p.confidence)})`;
+  document.getElementById("top-label").textContent = sure ? p.label : "not sure";
+  document.getElementById("top-title").textContent = sure
+    ? `${body.product ? body.product.title : p.label} (${pct(p.confidence)})`
+    : "Not sure which product this is: is it one of the candidates below?";
   document.getElementById("coarse").textContent =
     p.coarse_label ? `${p.coarse_label} (${pct(p.coarse_confidence)})` : "n/a";
   const attrs = document.getElementById("attributes");
-  attrs.replaceChildren(...(Object.keys(p.attributes).length
-    ? Object.entries(p.attributes).map(([a, v]) => el("span", `${a} ${pct(v)}`, "chip"))
-    : [el("span", "none", "muted")]));
+  // Attributes describe the product: without a product decision they would claim a certainty it lacks.
+  attrs.replaceChildren(...(!sure ? [el("span", "not sure (no product recognised)", "muted")]
+    : Object.keys(p.attributes).length
+      ? Object.entries(p.attributes).map(([a, v]) => el("span", `${a} ${pct(v)}`, "chip"))
+      : [el("span", "none", "muted")]));
   const list = document.getElementById("topk");
   list.replaceChildren(...p.top_k.map((row) => {
     const li = el("li", null, "bar-row");
@@ -36,19 +64,24 @@ function renderPrediction(body, file) {
   }));
 }
 
-function renderSupport(s) {
-  document.getElementById("support-answer").textContent =
-    s.handoff ? `Handed off to a person: ${s.reason}` : s.answer;
+function renderSupport(s, sure) {
+  let answer = s.answer;
+  if (s.handoff) {  // a recognition below the threshold hands off with the page's own words and numbers
+    answer = `Handed off to a person: ${!sure && s.product ? "not sure which product this is" : s.reason}`;
+  }
+  document.getElementById("support-answer").textContent = answer;
   document.getElementById("support-meta").textContent =
-    s.handoff ? "" : `from the product's ${s.field} (match ${s.score.toFixed(2)})`;
+    s.handoff ? "" : `from the product's ${s.field} (match ${pct(s.score)})`;
 }
 
-async function renderSimilar(label) {
+async function renderSimilar(label, mine) {
   const section = document.getElementById("similar-section");
   section.hidden = true;
+  const features = (info && info.features) || {};
   if (!label || !(features.search || features.recommendations)) return;
   try {
     const hits = await (await api(`/v1/products/${encodeURIComponent(label)}/similar?k=8`)).json();
+    if (mine !== latest) return;
     const gallery = document.getElementById("similar");
     gallery.replaceChildren(...hits.map((h) => {
       const fig = el("figure");
@@ -56,7 +89,7 @@ async function renderSimilar(label) {
       img.alt = h.title || h.product_id;
       img.loading = "lazy";
       img.src = `/v1/products/${encodeURIComponent(h.product_id)}/image`;
-      fig.append(img, el("figcaption", `${h.title || h.product_id} (${h.score.toFixed(2)})`));
+      fig.append(img, el("figcaption", `${h.title || h.product_id} (${pct(h.score)})`));
       return fig;
     }));
     section.hidden = hits.length === 0;
@@ -65,10 +98,14 @@ async function renderSimilar(label) {
 
 async function recognise(file) {
   if (!file) return;
+  const mine = ++latest;
+  clearResult();
   setStatus(`Recognising ${file.name}…`);
+  const threshold = (await loadInfo())?.thresholds?.min_confidence;
   const form = new FormData();
   form.append("image", file);
   form.append("top_k", "5");
+  if (threshold !== undefined) form.append("min_confidence", String(threshold));
   const ask = new FormData();
   ask.append("image", file);
   const question = document.getElementById("question").value.trim();
@@ -78,21 +115,28 @@ async function recognise(file) {
       api("/v1/predict", { method: "POST", body: form }).then((r) => r.json()),
       api("/v1/support/ask", { method: "POST", body: ask }).then((r) => r.json()).catch((e) => ({ error: e })),
     ]);
+    if (mine !== latest) return;
     renderPrediction(pred, file);
     if (support.error) {
       document.getElementById("support-answer").textContent = `No answer: ${support.error.message}`;
     } else {
-      renderSupport(support);
+      renderSupport(support, isSure(pred.prediction));
     }
     setStatus(`Done in ${pred.timing_ms.toFixed(0)} ms.`);
-    renderSimilar(pred.prediction.fine_label);
+    renderSimilar(pred.prediction.fine_label, mine);
   } catch (e) {
+    if (mine !== latest) return;
+    clearResult();
     setStatus(e.message, true);
   }
 }
 
 for (const id of ["file-input", "camera-input"]) {
-  document.getElementById(id).addEventListener("change", (ev) => recognise(ev.target.files[0]));
+  document.getElementById(id).addEventListener("change", (ev) => {
+    const file = ev.target.files[0];
+    ev.target.value = "";  // choosing the same file again (after fixing it, say) is a new upload
+    recognise(file);
+  });
 }
 const zone = document.getElementById("drop-zone");
 zone.addEventListener("dragover", (ev) => { ev.preventDefault(); zone.classList.add("over"); });

@@ -7,13 +7,22 @@ function setStatus(text, isError) {
   statusLine.className = isError ? "error" : "";
 }
 
+// The products a correction may name (the server refuses any other label, so a typo invents no product).
 async function loadLabels() {
+  const options = [];
   try {
-    const info = await (await api("/v1/info")).json();
-    document.getElementById("labels").replaceChildren(...info.model.classes.map((c) => {
-      const o = el("option"); o.value = c; return o;
-    }));
-  } catch (e) { /* the free-text label still works */ }
+    for (let offset = 0; ; offset += 1000) {
+      const page = await (await api(`/v1/products?limit=1000&offset=${offset}`)).json();
+      for (const p of page) {
+        const o = el("option");
+        o.value = p.id;
+        if (p.title && p.title !== p.id) o.label = p.title;
+        options.push(o);
+      }
+      if (page.length < 1000) break;
+    }
+  } catch (e) { /* no suggestions: the server still checks the label */ }
+  document.getElementById("labels").replaceChildren(...options);
 }
 
 async function loadCounts() {
