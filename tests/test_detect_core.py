@@ -219,3 +219,18 @@ def test_a_part_inside_a_bigger_better_box_is_suppressed() -> None:
     assert suppress_contained(boxes, scores, ios=0).tolist() == [0, 1, 2, 3]
     # a better-scored small box inside a worse big one is kept (the big one is not "a part")
     assert suppress_contained(boxes[[1, 0]], np.array([0.9, 0.5], np.float32)).tolist() == [0, 1]
+
+
+def test_bench_rows_for_detection(untrained, tmp_path) -> None:
+    from skulens.deploy.bench import bench_detection, detection_markdown, one_megapixel_jpegs
+
+    src = tmp_path / "p.png"
+    photo(300, 200).save(src)
+    photos = one_megapixel_jpegs([str(src)], 2, size=(400, 300))
+    assert len(photos) == 1 and photos[0][:3] == b"\xff\xd8\xff"
+    rows = bench_detection(untrained, photos, repeats=1)
+    assert [r.name for r in rows][0] == "detector (PyTorch)" and rows[0].photos_per_s > 0
+    assert rows[0].boxes_per_photo == 0.0  # untrained: no box reaches the default threshold of 0.5
+    assert abs(rows[0].megapixels - 0.12) < 1e-6
+    table = detection_markdown(rows)
+    assert table.startswith("| detection variant") and "detector (PyTorch)" in table
