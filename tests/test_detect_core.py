@@ -229,7 +229,7 @@ def test_bench_rows_for_detection(untrained, tmp_path) -> None:
     photos = one_megapixel_jpegs([str(src)], 2, size=(400, 300))
     assert len(photos) == 1 and photos[0][:3] == b"\xff\xd8\xff"
     rows = bench_detection(untrained, photos, repeats=1)
-    assert [r.name for r in rows][0] == "detector (PyTorch)" and rows[0].photos_per_s > 0
+    assert rows[0].name == "detector (PyTorch)" and rows[0].photos_per_s > 0
     assert rows[0].boxes_per_photo == 0.0  # untrained: no box reaches the default threshold of 0.5
     assert abs(rows[0].megapixels - 0.12) < 1e-6
     table = detection_markdown(rows)
