@@ -195,6 +195,19 @@ def test_low_confidence_goes_to_review_then_a_correction_counts(tiny_bundle, mod
     assert sample.label == "oat-milk" and not has_gps(sample.path.read_bytes())
 
 
+def test_a_hand_adjustment_cannot_invent_a_product(tiny_bundle, model, tmp_path) -> None:
+    with TestClient(create_app(_settings(tiny_bundle, tmp_path), model=model)) as c:
+        typo = c.post("/v1/inventory/products/oat-milkk/adjust", json={"count": 3, "reason": "stock take"},
+                      headers=AUTH)
+        assert typo.status_code == 422, typo.text
+        assert typo.json()["suggestions"] == ["oat-milk"] and "unknown product 'oat-milkk'" in typo.json()["detail"]
+        assert c.get("/v1/inventory").json()["counts"] == {}  # no new product row
+        ok = c.post("/v1/inventory/products/oat-milk/adjust", json={"count": 3, "reason": "stock take"}, headers=AUTH)
+        assert ok.status_code == 200 and ok.json() == {"label": "oat-milk", "count": 3}
+        sold = c.post("/v1/inventory/products/oat-milk/adjust", json={"delta": -1, "reason": "sold"}, headers=AUTH)
+        assert sold.json()["count"] == 2 and c.get("/v1/inventory").json()["counts"] == {"oat-milk": 2}
+
+
 def test_a_review_label_must_name_an_existing_product(tiny_bundle, model, tmp_path) -> None:
     settings = _settings(tiny_bundle, tmp_path, review_threshold=1.0)  # every photo waits for a reviewer
     with TestClient(create_app(settings, model=model)) as c:

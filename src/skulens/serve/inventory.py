@@ -678,9 +678,12 @@ class InventoryStore:
         return int(rows[0][0]) if rows else 0
 
     def adjust(self, label: str, *, delta: int | None = None, count: int | None = None, actor: str,
-               reason: str = "") -> int:
-        """A manual change (a sale, a stock take): add `delta` or set `count`; never below zero."""
-        label = check_label(label)
+               reason: str = "", known: Collection[str] | None = None) -> int:
+        """A manual change (a sale, a stock take): add `delta` or set `count`; never below zero.
+
+        known: the products a label may name (with those this inventory has seen); an unknown label is an
+        UnknownLabelError with the closest names, so a typo never becomes a new product row."""
+        label = check_label(label) if known is None else check_known_label(label, set(known) | self.labels())
         if (delta is None) == (count is None):
             raise InventoryError("give exactly one of delta or count")
         now = _now()

@@ -10,7 +10,7 @@ import asyncio
 import io
 from dataclasses import dataclass
 from functools import partial
-from typing import Annotated
+from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, File, HTTPException, Query, Response, UploadFile
@@ -159,15 +159,42 @@ async def export_csv(state: State, _: ReadKey) -> Response:
                     headers={"Content-Disposition": 'attachment; filename="inventory.csv"'})
 
 
-@router.post("/products/{label}/adjust", summary="Change a count by hand (sale, stock take)")
+class UnknownLabelOut(BaseModel):
+    detail: str
+    label: str = Field(description="the label that names no product")
+    suggestions: list[str] = Field(description="the closest existing products")
+
+
+def _known_products(state: Any) -> set[str]:
+    """What a label may name: the catalogue's and enrolled products and the model's classes."""
+    return set(state.products) | set(state.model.card.classes)
+
+
+def _unknown_label(exc: UnknownLabelError) -> JSONResponse:
+    body = UnknownLabelOut(detail=str(exc), label=exc.label, suggestions=list(exc.suggestions))
+    return JSONResponse(body.model_dump(), status_code=422)
+
+
+class AdjustOut(BaseModel):
+    label: str
+    count: int = Field(description="the count after the change")
+
+
+@router.post("/products/{label}/adjust", summary="Change a count by hand (sale, stock take)",
+             response_model=AdjustOut, responses={422: {"model": UnknownLabelOut, "description": "the label names no existing product "
+                                                                        "(or the request is malformed)"}})
 async def adjust(state: State, actor: WriteKey, body: AdjustRequest,
-                 label: Annotated[str, PathParam(min_length=1, max_length=200)]) -> dict[str, int | str]:
+                 label: Annotated[str, PathParam(min_length=1, max_length=200)]) -> Any:
+    known = _known_products(state)
     try:
         count = await anyio.to_thread.run_sync(
-            lambda: _store(state).adjust(label, delta=body.delta, count=body.count, actor=actor, reason=body.reason))
+            lambda: _store(state).adjust(label, delta=body.delta, count=body.count, actor=actor, reason=body.reason,
+                                         known=known))
+    except UnknownLabelError as exc:
+        return _unknown_label(exc)
     except InventoryError as exc:
         raise HTTPException(422, str(exc)) from None
-    return {"label": label, "count": count}
+    return AdjustOut(label=label, count=count)
 
 
 @router.get("/review", response_model=list[QueueItemOut], summary="Photos and shelf boxes waiting for a reviewer")
@@ -175,12 +202,6 @@ async def review_queue(state: State, _: ReadKey, limit: Annotated[int, Query(ge=
                        offset: Annotated[int, Query(ge=0)] = 0) -> list[QueueItemOut]:
     items = await anyio.to_thread.run_sync(lambda: _store(state).review_queue(limit=limit, offset=offset))
     return [QueueItemOut(**i.to_dict()) for i in items]
-
-
-class UnknownLabelOut(BaseModel):
-    detail: str
-    label: str = Field(description="the label that names no product")
-    suggestions: list[str] = Field(description="the closest existing products")
 
 
 @router.post("/review/{item}", response_model=QueueItemOut,
@@ -194,12 +215,11 @@ async def resolve(state: State, actor: WriteKey, item: ItemId,
     if decision.reject == (decision.label is not None and decision.label.strip() != ""):
         raise HTTPException(422, "give either a label (confirm or correct) or reject: true")
     label = None if decision.reject else decision.label
-    known = set(state.products) | set(state.model.card.classes)
+    known = _known_products(state)
     try:
         done = await anyio.to_thread.run_sync(lambda: _store(state).resolve(item, label, actor=actor, known=known))
     except UnknownLabelError as exc:
-        body = UnknownLabelOut(detail=str(exc), label=exc.label, suggestions=list(exc.suggestions))
-        return JSONResponse(body.model_dump(), status_code=422)
+        return _unknown_label(exc)
     except InventoryError as exc:
         status = 404 if "not in the inventory" in str(exc) else 409 if "not waiting" in str(exc) else 422
         raise HTTPException(status, str(exc)) from None
