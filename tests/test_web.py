@@ -226,7 +226,73 @@ def test_inventory_page_shows_a_shelf_photo_with_its_boxes_and_counts(shelf_site
     expect(rows).to_have_count(len(shelf["counts"]) + bool(review))
     for label, n in shelf["counts"].items():
         expect(rows.filter(has_text=label)).to_have_text(re.compile(rf"{re.escape(label)}\s*{n}"))
+    line = page.locator("#intake-files li")  # the per-file report: this photo's counts
+    expect(line).to_have_count(1)
+    expect(line).to_contain_text("shelf.jpg: shelf photo: counted ")
+    expect(line).to_contain_text(f"{len(review)} unknown sent to review")
     crops = page.locator(".review-item.review-box")  # the unsure boxes wait in the queue as crops
     expect(crops).to_have_count(len(review), timeout=30_000)
     if review:
         expect(crops.first.locator("img")).to_have_attribute("src", re.compile(r"^blob:"))
+
+
+def _open_inventory(page, url: str) -> None:
+    page.goto(url + "/inventory")
+    page.fill("#api-key", KEY)
+    page.dispatch_event("#api-key", "change")
+
+
+def test_inventory_review_candidate_is_accepted_in_one_click(site, page, tmp_path: Path) -> None:
+    shot = tmp_path / "apple.jpg"
+    shot.write_bytes(photo_bytes("red-apple", 11))  # threshold 1.0 on this server: it goes to review
+    _open_inventory(page, site)
+    with page.expect_response(lambda r: r.url.endswith("/v1/inventory/intake")) as response:
+        page.set_input_files("#intake-input", str(shot))
+    sha = response.value.json()["results"][0]["sha256"]
+    headers = {"X-API-Key": KEY}
+    queued = {i["id"]: i for i in page.request.get(site + "/v1/inventory/review?limit=500", headers=headers).json()}
+    top_k = queued[sha]["top_k"]
+    assert len(top_k) >= 2
+    item = page.locator(f'.review-item[data-id="{sha}"]')
+    buttons = item.locator("button.candidate")
+    expect = playwright_api.expect
+    expect(buttons).to_have_count(len(top_k), timeout=30_000)
+    for i, c in enumerate(top_k):  # "label 83.4%": the stored candidates, best first, one percent format
+        expect(buttons.nth(i)).to_have_text(f"{c['label']} {100 * c['p']:.1f}%")
+    label = top_k[1]["label"]  # not the model's pick: the reviewer's one click decides
+    before = page.request.get(site + "/v1/inventory", headers=headers).json()["counts"].get(label, 0)
+    buttons.nth(1).click()
+    expect(item).to_have_count(0, timeout=30_000)
+    expect(page.locator("#status")).to_have_text(f"Counted as {label}.")
+    row = page.locator("#counts tbody tr").filter(has_text=label)
+    expect(row).to_have_text(re.compile(rf"{re.escape(label)}\s*{before + 1}$"), timeout=30_000)
+
+
+def test_inventory_intake_reports_each_file(site, page, tmp_path: Path) -> None:
+    import io
+
+    from PIL import Image
+
+    grey = io.BytesIO()
+    Image.new("RGB", (72, 72), (120, 124, 128)).save(grey, format="JPEG")  # the model is unsure: review
+    files = {"a.jpg": photo_bytes("oat-milk", 21), "a-again.jpg": photo_bytes("oat-milk", 21),
+             "notes.txt": b"just some text, not a photo\n" * 20, "grey.jpg": grey.getvalue()}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    _open_inventory(page, site)
+    with page.expect_response(lambda r: r.url.endswith("/v1/inventory/intake")) as response:
+        page.set_input_files("#intake-input", [str(tmp_path / n) for n in files])
+    results = response.value.json()["results"]
+    assert [r["status"] for r in results][1:] == ["duplicate", "error", "review"]
+    lines = page.locator("#intake-files li")
+    expect = playwright_api.expect
+    expect(lines).to_have_count(4, timeout=60_000)
+    first = results[0]  # a sure oat milk counts even at this server's threshold of 1.0
+    expect(lines.nth(0)).to_have_text(
+        f"a.jpg: counted as {first['label']} (now {first['count']})" if first["status"] == "counted" else
+        re.compile(r"^a\.jpg: sent to review"))
+    expect(lines.nth(1)).to_have_text(re.compile(r"^a-again\.jpg: duplicate: already in the inventory"))
+    expect(lines.nth(2)).to_have_text(re.compile(r"^notes\.txt: error: notes\.txt: not an image"))
+    why = f"confidence {100 * results[3]['confidence']:.1f}% for {results[3]['label']}, below the threshold 100.0%"
+    expect(lines.nth(3)).to_have_text(f"grey.jpg: sent to review: {why}")
+    expect(page.locator("#status")).to_contain_text("1 already seen, 1 unreadable")

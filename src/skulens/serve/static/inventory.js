@@ -53,6 +53,19 @@ async function decide(id, decision) {
   } catch (e) { setStatus(e.message, true); }
 }
 
+// The model's stored top candidates (a shelf box: its guess), each a one-click "count it as this".
+function candidates(item) {
+  const row = el("div", null, "candidates");
+  for (const c of item.top_k || []) {
+    const b = el("button", `${c.label} ${pct(c.p)}`, "candidate");
+    b.type = "button";
+    b.title = `Count it as ${c.label}`;
+    b.addEventListener("click", () => decide(item.id, { label: c.label }));
+    row.append(b);
+  }
+  return row;
+}
+
 async function loadReview() {
   const items = await (await api("/v1/inventory/review?limit=50")).json();
   document.getElementById("review").replaceChildren(...items.map((item) => {
@@ -74,7 +87,7 @@ async function loadReview() {
     reject.addEventListener("click", () => decide(item.id, { reject: true }));
     const text = el("div");
     const what = item.kind === "box" ? `product ${item.index + 1} of ${item.source}` : item.source;
-    text.append(el("p", what), el("p", `model: ${guess}`, "muted"), input, ok, reject);
+    text.append(el("p", what), el("p", `model: ${guess}`, "muted"), candidates(item), input, ok, reject);
     card.append(img, text);
     return card;
   }));
@@ -134,13 +147,50 @@ function showShelf(files, results) {
   return `${shelves.length} shelf photo(s): ${products} products counted, ${review} unknown sent to review`;
 }
 
+// The review threshold, for saying why a photo went to review (null: unknown, say only its confidence).
+let reviewThreshold = null;
+async function loadThresholds() {
+  try { reviewThreshold = (await (await api("/v1/info")).json()).thresholds.review; } catch (e) { /* unknown */ }
+}
+
+// One line for one file of an intake answer: what became of it.
+function intakeLine(r) {
+  if (r.status === "error") return `error: ${r.error}`;
+  if (r.status === "duplicate") {
+    return `duplicate: already in the inventory${r.label ? ` (as ${r.label}, ${r.previous_status})` : ""}`;
+  }
+  if (r.shelf) {
+    const counted = Object.entries(r.shelf.counts).map(([label, n]) => `${n} × ${label}`).join(", ");
+    const review = r.shelf.boxes.filter((b) => b.status !== "counted").length;
+    return `shelf photo: counted ${counted || "nothing"}; ${review} unknown sent to review`;
+  }
+  if (r.status === "counted") return `counted as ${r.label} (now ${r.count})`;
+  const below = reviewThreshold === null ? "too low" : `below the threshold ${pct(reviewThreshold)}`;
+  const guess = r.label ? ` for ${r.label}` : "";
+  return `sent to review: confidence ${pct(r.confidence)}${guess}, ${below}`;
+}
+
+function showIntake(files, results) {
+  const items = results.map((r, i) => {
+    const name = r.source || (files[i] && files[i].name) || `file ${i + 1}`;
+    const li = el("li", null, r.status);
+    li.append(el("strong", name), document.createTextNode(`: ${intakeLine(r)}`));
+    return li;
+  });
+  document.getElementById("intake-files").replaceChildren(...items);
+  document.getElementById("intake-report").hidden = !items.length;
+}
+
 async function intake(files) {
   if (!files.length) return;
+  showIntake(files, []);
+  if (reviewThreshold === null) await loadThresholds();  // the API key may have come since the page loaded
   const form = new FormData();
   for (const f of files) form.append("images", f);
   setStatus(`Counting ${files.length} photo(s)…`);
   try {
     const body = await (await api("/v1/inventory/intake", { method: "POST", body: form })).json();
+    showIntake(files, body.results);
     const shelf = showShelf(files, body.results);
     const photos = shelf ? `${shelf}; ` : `${body.counted} counted, ${body.review} for review, `;
     setStatus(`${photos}${body.duplicate} already seen, ${body.errors} unreadable.`);
@@ -164,4 +214,5 @@ for (const id of ["intake-input", "intake-camera"]) {
 document.getElementById("export").addEventListener("click", exportCsv);
 document.getElementById("refresh").addEventListener("click", refresh);
 loadLabels();
+loadThresholds();
 refresh();
