@@ -58,14 +58,13 @@ def main() -> int:
     ap.add_argument("--out", default=f"runs/bench-detect-{time.strftime('%Y%m%d-%H%M%S')}")
     ns = ap.parse_args()
 
-    import numpy as np
 
     from skulens.data.locate import resolve_data
+    from skulens.deploy.bench import bench_detection, detection_markdown
     from skulens.detect.annotations import load_annotations
-    from skulens.detect.count import count_products, recognise_boxes
     from skulens.detect.detector import load_detector
-    from skulens.detect.evaluate import evaluate_detections, evaluate_detector
-    from skulens.detect.onnx import export_detector, load_onnx_detector
+    from skulens.detect.evaluate import evaluate_counting, evaluate_detections
+    from skulens.detect.onnx import export_detector
 
     out = Path(ns.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -96,14 +95,7 @@ def main() -> int:
     # 2. the fridge sample
     fridge = Path(ns.fridge)
     if fridge.exists():
-        images = load_annotations(fridge)
-        from skulens.data.decode import decode_image
-
-        def recognise(image, d):
-            return [b.label for b in recognise_boxes(model, decode_image(image.path), d, 0.5)]
-
-        rep = evaluate_detector(lambda batch: det.detect([i.path for i in batch]), images,
-                                recognise=recognise if model else None, score_threshold=thr, out_dir=out / "fridge",
+        rep = evaluate_counting(det, load_annotations(fridge), model=model, min_score=thr, out_dir=out / "fridge",
                                 progress=False)
         unknown = ""
         if model is not None and rep.per_product:
@@ -143,17 +135,10 @@ def main() -> int:
         im.save(buf, "JPEG", quality=90)
         photos.append(buf.getvalue())
     export_detector(ns.detector)  # DET/detector.onnx, checked against PyTorch
-    rows = []
-    for name, d in (("PyTorch", det), ("ONNX Runtime", load_onnx_detector(ns.detector))):
-        list(count_products(d, photos[:1], model=model))  # warm-up
-        t0 = time.perf_counter()
-        res = [r for r, _ in count_products(d, photos, model=model)]
-        dt = (time.perf_counter() - t0) / len(photos)
-        rows.append(f"| {name} detector{' + classifier per box' if model else ''} | {dt:.2f} | {1 / dt:.2f} | "
-                    f"{np.mean([r.total for r in res]):.1f} |")
+    table = detection_markdown(bench_detection(ns.detector, photos, model=model, repeats=1))
     lines += ["### Speed at 1 megapixel (1155x866 JPEG, end to end: decode, detect, classify every box)", "",
-              "| variant | s / photo | photos / s | boxes / photo |", "|---|---|---|---|", *rows, ""]
-    print("\n".join(rows), flush=True)
+              table]
+    print(table, flush=True)
 
     tr = det.card.training
     lines += ["### Training", "",

@@ -119,6 +119,17 @@ def check_model(value: str, *, backend: str = "torch") -> None:
                          "or an exported .onnx file")
 
 
+def check_detector(value: str | None, flag: str = "--detector") -> str:
+    """A detector folder (detector.json), checked before torch is imported."""
+    if not value:
+        raise UsageError(f"{flag} DET is required (a folder written by `skulens detect train`)")
+    p = Path(value)
+    if not (p / "detector.json").is_file():
+        hint = " (that is a classification bundle: give it as -m/--model)" if (p / "card.json").is_file() else ""
+        raise UsageError(f"{flag} {value}: not a detector folder, no detector.json{hint}")
+    return value
+
+
 # --------------------------------------------------------------------------- data, outputs, inputs
 
 def add_data(p: argparse.ArgumentParser, help_text: str = "catalogue: class folders, a CSV/JSONL manifest or the "

@@ -12,6 +12,7 @@ from ._common import (
     add_model,
     add_out,
     add_quiet,
+    check_detector,
     csv_list,
     data_path,
     model_path,
@@ -52,8 +53,8 @@ def _split_samples(data: str, split: str) -> list[Any]:
 
 def cmd_bench(ns: argparse.Namespace) -> int:
     bundle = model_path(ns)
-    if ns.detector and not (Path(ns.detector) / "detector.json").is_file():
-        raise UsageError(f"--detector {ns.detector}: not a detector folder (no detector.json)")
+    if ns.detector:
+        check_detector(ns.detector)
     extra = {k: v for k, v in (("distilled", ns.distilled), ("pruned", ns.pruned)) if v}
     for item in ns.extra or []:
         name, _, path = item.partition("=")

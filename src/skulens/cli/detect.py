@@ -18,6 +18,7 @@ from ._common import (
     add_model,
     add_out,
     add_quiet,
+    check_detector,
     check_model,
     data_path,
     expand_inputs,
@@ -27,16 +28,6 @@ from ._common import (
 __all__ = ["add_commands"]
 
 TILES = ("auto", "on", "off")
-
-
-def _check_detector(value: str | None) -> str:
-    if not value:
-        raise UsageError("--detector DET is required (a folder written by `skulens detect train`)")
-    p = Path(value)
-    if not (p / "detector.json").is_file():
-        hint = " (that is a classification bundle: give it as -m/--model)" if (p / "card.json").is_file() else ""
-        raise UsageError(f"--detector {value}: not a detector folder, no detector.json{hint}")
-    return value
 
 
 def _add_detector(p: argparse.ArgumentParser, *, positional: bool = False) -> None:
@@ -49,7 +40,7 @@ def _detector_arg(ns: argparse.Namespace) -> str:
     pos = getattr(ns, "detector_pos", None)
     if pos and ns.detector and pos != ns.detector:
         raise UsageError(f"two detectors given: {pos} and --detector {ns.detector}")
-    return _check_detector(ns.detector or pos)
+    return check_detector(ns.detector or pos)
 
 
 def _add_box_settings(p: argparse.ArgumentParser) -> None:
@@ -156,7 +147,7 @@ def cmd_count(ns: argparse.Namespace) -> int:
         ns.model = inputs.pop(0)  # `skulens count MODEL photos/ --detector DET`
     if ns.model:
         check_model(ns.model)
-    detector = _check_detector(ns.detector)
+    detector = check_detector(ns.detector)
     _check_settings(ns)
     files = expand_inputs(inputs)
     if not files:
@@ -223,7 +214,7 @@ def cmd_detect_train(ns: argparse.Namespace) -> int:
     if ns.no_composites and not ns.boxes:
         raise UsageError("--no-composites needs --boxes")
     if ns.init:
-        _check_detector(ns.init)
+        check_detector(ns.init, "--init")
     data = None if ns.no_composites else data_path(ns)
     recipe = _recipe(ns)
     from ..detect.annotations import load_annotations
@@ -272,26 +263,11 @@ def cmd_detect_evaluate(ns: argparse.Namespace) -> int:
     if not images:
         raise UsageError(f"--data {ns.data}: no annotated photos")
     det, clf = _load(ns, detector, ns.model)
-    from ..detect.count import recognise_boxes
-    from ..detect.evaluate import evaluate_detector
+    from ..detect.evaluate import evaluate_counting
 
     out = Path(ns.out) if ns.out else Path(detector) / f"eval-{Path(ns.data).resolve().name}"
-
-    min_score = det.config.min_score if ns.min_score is None else ns.min_score
-
-    def detect(batch: list[Any]) -> list[Any]:
-        return det.detect([im.path for im in batch], tiles=ns.tiles)
-
-    recognise = None
-    if clf is not None:
-        from ..data.decode import decode_image
-
-        def recognise(image: Any, dets: Any) -> list[str | None]:
-            boxes = recognise_boxes(clf, decode_image(image.path), dets.above(min_score), ns.min_confidence)
-            return [b.label for b in boxes]
-
-    report = evaluate_detector(detect, images, recognise=recognise, score_threshold=min_score, out_dir=out,
-                               progress=not ns.quiet, label_map=label_map)
+    report = evaluate_counting(det, images, model=clf, min_score=ns.min_score, min_confidence=ns.min_confidence,
+                               tiles=ns.tiles, label_map=label_map, out_dir=out, progress=not ns.quiet)
     sink = contextlib.nullcontext(sys.stdout)
     with sink as f:
         f.write(json.dumps({k: v for k, v in report.to_dict().items() if k != "per_image"}) + "\n")

@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..serve.settings import ServeSettings
-from ._common import UsageError, add_model, add_out, add_quiet, model_path, say
-from .detect import _check_detector
+from ._common import UsageError, add_model, add_out, add_quiet, check_detector, model_path, say
 
 __all__ = ["add_commands"]
 
@@ -71,7 +70,7 @@ def _actor() -> str:
 
 def cmd_inventory_scan(ns: argparse.Namespace) -> int:
     bundle = model_path(ns)
-    detector_dir = _check_detector(ns.detector) if ns.detector is not None else None
+    detector_dir = check_detector(ns.detector) if ns.detector is not None else None
     if ns.min_score is not None and not 0 <= ns.min_score <= 1:
         raise UsageError("--min-score must be between 0 and 1")
     from ..serve.intake import ScanSummary, find_images, scan, scan_shelves

@@ -426,7 +426,7 @@ def bench_detection(detector: str | os.PathLike, photos: Sequence[bytes], *, mod
     variants = [("detector (PyTorch)", load_detector(detector, device="cpu"))]
     if (Path(detector) / ONNX_NAME).is_file():
         variants.append(("detector (ONNX Runtime)", load_onnx_detector(detector)))
-    mp = statistics.mean(decode_image(p).width * decode_image(p).height for p in photos[:3]) / 1e6
+    mp = statistics.mean(w * h for w, h in (decode_image(p).size for p in photos[:3])) / 1e6
     rows = []
     for name, det in variants:
         list(count_products(det, photos[:1], model=model))

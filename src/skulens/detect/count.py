@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from ..data.decode import ImageDecodeError, decode_image
+from ..models.predictor import source_name
 from .boxes import Detections
 from .detector import Detector, ImageInput
 
@@ -134,7 +135,7 @@ def count_products(detector: Detector, images: Iterable[ImageInput], *, model: M
     if not 0 <= min_score <= 1 or not 0 <= min_confidence <= 1:
         raise ValueError(f"min_score and min_confidence must be in [0, 1], got {min_score}, {min_confidence}")
     for i, im in enumerate(images):
-        source = sources[i] if sources is not None else _name(im, i)
+        source = sources[i] if sources is not None else source_name(im, i)
         try:
             pil = im.convert("RGB") if isinstance(im, Image.Image) else decode_image(im)
         except ImageDecodeError as e:
@@ -143,16 +144,11 @@ def count_products(detector: Detector, images: Iterable[ImageInput], *, model: M
         dets = detector.detect([pil], tiles=tiles)[0].above(min_score)
         boxes = tuple(recognise_boxes(model, pil, dets, min_confidence, index=index,
                                       min_similarity=min_similarity))
-        counts = Counter(b.label for b in boxes if b.label is not None)
-        if model is None:
-            counts = Counter({"product": len(boxes)}) if boxes else Counter()
-        yield PhotoCount(source, pil.width, pil.height, boxes, dets.capped, None, dict(counts)), pil
-
-
-def _name(im: ImageInput, i: int) -> str:
-    if isinstance(im, (str, os.PathLike)):
-        return str(im)
-    return f"<image {i}>"
+        if model is None:  # unnamed: a count of products, not of SKUs
+            counts = {"product": len(boxes)} if boxes else {}
+        else:
+            counts = dict(Counter(b.label for b in boxes if b.label is not None))
+        yield PhotoCount(source, pil.width, pil.height, boxes, dets.capped, None, counts), pil
 
 
 def write_counts(results: Sequence[PhotoCount], path: str | os.PathLike, fmt: str | None = None) -> Path:

@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,11 +26,16 @@ from skulens.data.decode import decode_image
 from skulens.detect.boxes import AnnotatedImage, Detections
 from skulens.detect.draw import PREDICTED, UNKNOWN, contact_sheet, draw_boxes
 
+if TYPE_CHECKING:
+    from skulens.detect.detector import Detector
+    from skulens.models.predictor import Model
+
 __all__ = [
     "DetectFn",
     "DetectionReport",
     "RecogniseFn",
     "average_precision",
+    "evaluate_counting",
     "evaluate_detections",
     "evaluate_detector",
     "format_markdown",
@@ -180,6 +185,34 @@ def average_precision(images: Sequence[AnnotatedImage], detections: Sequence[Det
 
 def _one_class(n: int) -> torch.Tensor:
     return torch.zeros(n, dtype=torch.int64)  # class 0 for every box: the detector is class-agnostic
+
+
+def evaluate_counting(
+    detector: Detector,
+    images: Sequence[AnnotatedImage],
+    *,
+    model: Model | None = None,
+    min_score: float | None = None,
+    min_confidence: float = 0.5,
+    tiles: str = "auto",
+    label_map: Callable[[str], str] | None = None,
+    out_dir: str | Path | None = None,
+    progress: bool = True,
+) -> DetectionReport:
+    """`evaluate_detector` for a loaded detector, with `model` naming the boxes as `count_products` does
+    (min_score None: the detector's own threshold); what `skulens detect evaluate` runs."""
+    from .count import recognise_boxes
+
+    threshold = detector.config.min_score if min_score is None else min_score
+
+    def detect(batch: list[AnnotatedImage]) -> list[Detections]:
+        return detector.detect([im.path for im in batch], tiles=tiles)
+
+    def recognise(image: AnnotatedImage, dets: Detections) -> list[str | None]:
+        return [b.label for b in recognise_boxes(model, decode_image(image.path), dets, min_confidence)]
+
+    return evaluate_detector(detect, images, recognise=None if model is None else recognise,
+                             score_threshold=threshold, label_map=label_map, out_dir=out_dir, progress=progress)
 
 
 def evaluate_detector(

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from ..train.optim import is_decayed
 from .boxes import AnnotatedImage, Detections
 from .detector import Detector
 from .model import DetectorCard, DetectorConfig, build_detector, load_detector_net, save_detector
@@ -100,7 +101,7 @@ def _param_groups(net: torch.nn.Module, weight_decay: float) -> list[dict[str, A
     decay, no_decay = [], []
     for name, p in net.named_parameters():
         if p.requires_grad:
-            (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+            (decay if is_decayed(name, p) else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from ..evaluate.metrics import EvalReport
 
 __all__ = ["PRETRAINED_PREFIX", "ImageInput", "Model", "Prediction", "decide", "load_model", "load_onnx",
-           "pretrained_model"]
+           "pretrained_model", "source_name"]
 
 ImageInput = str | os.PathLike | bytes | Image.Image
 
@@ -133,7 +133,7 @@ class Model:
         if not self.card.classes:
             raise ValueError("this model has no classifier (a plain pretrained backbone): use embed() or "
                              "search, or fine-tune it with `skulens train`")
-        names = [_name(im, i) for i, im in enumerate(images)]
+        names = [source_name(im, i) for i, im in enumerate(images)]
         ks, mins = _per_image(top_k, len(images), "top_k"), _per_image(min_confidence, len(images), "min_confidence")
         tensors, ok, failed = self._decode(images)
         results: list[Prediction | None] = [None] * len(images)
@@ -182,7 +182,7 @@ class Model:
         tensors, _, failed = self._decode(images)
         if failed:
             i, reason = failed[0]
-            raise ImageDecodeError(_name(images[i], i), reason)
+            raise ImageDecodeError(source_name(images[i], i), reason)
         out = self.run(tensors, batch_size=batch_size, embeddings=True, progress=progress)
         return out.embeddings if out.embeddings is not None else np.zeros((0, self.card.embedding_dim))
 
@@ -204,7 +204,8 @@ def _per_image(value: Any, n: int, name: str) -> list[Any]:
     return values
 
 
-def _name(im: ImageInput, i: int) -> str:
+def source_name(im: ImageInput, i: int) -> str:
+    """How results name an input: its path, or `<image i>` for bytes and PIL images."""
     if isinstance(im, (str, os.PathLike)):
         return str(im)
     return f"<image {i}>"

@@ -8,7 +8,6 @@ commits in one transaction, so a scan killed at any point and run again counts e
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -18,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from ..data.catalogue import IMAGE_SUFFIXES
 from ..data.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
-from .images import STORED_SHORT_SIDE, content_hash, stripped_jpeg
+from .images import content_hash, encode_jpeg, stripped_jpeg
 from .inventory import IntakeBox, IntakePhoto, IntakeResult, InventoryStore, ShelfPhoto, is_counted
 
 if TYPE_CHECKING:
@@ -71,23 +70,10 @@ def shelf_photo(data: bytes, sha256: str, source: str, result: PhotoCount, image
         label = b.label if b.label is not None and b.label == b.guess else None  # a coarse class is no product
         crop = None
         if not is_counted(label, b.confidence, threshold):
-            crop = _jpeg(crop_boxes(image, [b.box])[0])
+            crop = encode_jpeg(crop_boxes(image, [b.box])[0])
         boxes.append(IntakeBox(b.box, b.score, label, b.confidence, b.guess, crop))
     kept = stripped_jpeg(data, max_pixels=max_pixels) if keep_photos else None
     return ShelfPhoto(sha256, source, tuple(boxes), result.width, result.height, result.capped, kept)
-
-
-def _jpeg(image: Image.Image) -> bytes:
-    """An EXIF-free JPEG of decoded pixels, its short side at most STORED_SHORT_SIDE."""
-    from PIL import Image
-
-    scale = STORED_SHORT_SIDE / min(image.size)
-    if scale < 1:
-        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
-                             Image.Resampling.LANCZOS)
-    out = io.BytesIO()
-    image.save(out, format="JPEG", quality=90)  # no exif=/icc_profile= given: none written
-    return out.getvalue()
 
 
 @dataclass

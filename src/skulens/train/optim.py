@@ -11,7 +11,12 @@ import torch
 from ..config import TrainConfig
 from ..models.inference import autocast_context
 
-__all__ = ["fp16_training", "make_grad_scaler", "make_optimizer", "param_groups"]
+__all__ = ["fp16_training", "is_decayed", "make_grad_scaler", "make_optimizer", "param_groups"]
+
+
+def is_decayed(name: str, p: torch.Tensor) -> bool:
+    """timm's rule: weight decay on weight matrices and kernels, not on 1-D tensors (norm scales) or biases."""
+    return p.ndim > 1 and not name.endswith(".bias")
 
 
 def param_groups(cfg: TrainConfig, model: Any) -> list[dict[str, Any]]:
@@ -28,7 +33,7 @@ def param_groups(cfg: TrainConfig, model: Any) -> list[dict[str, Any]]:
     for params, lr in parts:
         keep, skip = [], []
         for name, p in params:
-            (skip if p.ndim <= 1 or name.endswith(".bias") else keep).append(p)
+            (keep if is_decayed(name, p) else skip).append(p)
         decayed.append({"params": keep, "lr": lr, "weight_decay": cfg.weight_decay})
         undecayed.append({"params": skip, "lr": lr, "weight_decay": 0.0})
     return [g for g in decayed + undecayed if g["params"]]
