@@ -157,3 +157,24 @@ def test_save_over_existing_bundle_replaces_it_atomically(tiny_bundle, tmp_path:
     assert sorted(p.name for p in target.parent.iterdir()) == ["bundle"]
     _, loaded = load_bundle(target)
     assert loaded.metrics == {"top1": 0.5}
+
+
+def test_an_old_card_without_exclusive_attributes_loads_with_none() -> None:
+    # A card.json written before attribute_exclusive existed: it loads, and its attributes stay independent.
+    old = json.loads(ModelCard("efficientnet_lite0", 64, (0.5,) * 3, (0.5,) * 3, 0.875, ("a", "b"), 8,
+                               attributes=("colour=red", "colour=green"),
+                               attribute_thresholds=(0.5, 0.5)).to_json())
+    old.pop("attribute_exclusive", None)
+    card = ModelCard.from_dict(old)
+    assert card.attribute_exclusive == ()
+    assert card.attributes == ("colour=red", "colour=green")
+
+
+def test_exclusive_attributes_round_trip_through_card_json() -> None:
+    card = ModelCard("efficientnet_lite0", 64, (0.5,) * 3, (0.5,) * 3, 0.875, ("a", "b"), 8,
+                     attributes=("colour=green", "colour=red", "lactose_free"),
+                     attribute_exclusive=(("colour=green", "colour=red"),))
+    data = json.loads(card.to_json())
+    assert data["attribute_exclusive"] == [["colour=green", "colour=red"]]  # plain JSON lists
+    back = ModelCard.from_dict(data)
+    assert back == card and back.attribute_exclusive == (("colour=green", "colour=red"),)

@@ -179,13 +179,14 @@ def test_attributes_are_those_above_threshold(model: Model, val_images: list[tup
     assert set(card.attributes) == {"colour=red", "colour=green", "colour=yellow", "lactose_free"}
     assert len(card.attribute_thresholds) == len(card.attributes)
     thr = dict(zip(card.attributes, card.attribute_thresholds, strict=True))
+    card = card.with_(attribute_exclusive=())  # thresholds only: conflicts are resolved in their own tests
     everything = Model(model.net, card.with_(attribute_thresholds=(0.0,) * len(card.attributes)), model.device,
                        precision="off")
     nothing = Model(model.net, card.with_(attribute_thresholds=(1.01,) * len(card.attributes)), model.device,
                     precision="off")
     paths = [str(p) for p, _ in val_images]
     raw = everything.predict(paths)
-    chosen = model.predict(paths)
+    chosen = Model(model.net, card, model.device, precision="off").predict(paths)
     for r, c in zip(raw, chosen, strict=True):
         probs = dict(r.attributes)
         assert set(probs) == set(card.attributes)
@@ -240,3 +241,100 @@ def test_top_k_and_min_confidence_per_image(model: Model, val_images: list[tuple
     assert mixed[2].top_k == normal[2].top_k
     with pytest.raises(ValueError, match="2 values of top_k for 3 images"):
         model.predict(paths, top_k=[1, 2])
+
+
+# ------------------------------------------------------------- exclusive attributes (one value per group)
+
+
+def _attribute_card(attributes: tuple[str, ...], exclusive: tuple[tuple[str, str], ...] = (),
+                    thresholds: tuple[float, ...] = ()):
+    from skulens.models.card import ModelCard
+
+    return ModelCard("efficientnet_lite0", 64, (0.5,) * 3, (0.5,) * 3, 0.875, ("a", "b"), 8,
+                     attributes=attributes, attribute_thresholds=thresholds, attribute_exclusive=exclusive)
+
+
+def test_exclusive_attribute_pairs_are_same_group_values_no_product_carries_together() -> None:
+    from skulens.models.card import exclusive_attribute_pairs
+
+    # The grocery table's shape: strawberry and vanilla on one yoghurt, yellow and green on one package.
+    carried = [
+        {"flavour=strawberry", "flavour=vanilla", "colour=red"},
+        {"flavour=plain", "colour=white", "lactose_free"},
+        {"flavour=vanilla", "colour=yellow", "colour=green"},
+        {"colour=red", "organic"},
+        set(),  # a product without attributes says nothing
+    ]
+    attributes = ["colour=green", "colour=red", "colour=white", "colour=yellow", "flavour=plain",
+                  "flavour=strawberry", "flavour=vanilla", "lactose_free", "organic"]
+    assert exclusive_attribute_pairs(carried, attributes) == (
+        ("colour=green", "colour=red"), ("colour=green", "colour=white"), ("colour=red", "colour=white"),
+        ("colour=red", "colour=yellow"), ("colour=white", "colour=yellow"),
+        ("flavour=plain", "flavour=strawberry"), ("flavour=plain", "flavour=vanilla"),
+    )
+    # Flags never conflict, not even with each other; other groups' values never conflict.
+    assert exclusive_attribute_pairs([{"organic"}, {"lactose_free"}], ["lactose_free", "organic"]) == ()
+    two_groups = ["colour=red", "flavour=plain"]
+    assert exclusive_attribute_pairs([{"colour=red"}, {"flavour=plain"}], two_groups) == ()
+    # Only attributes the card has are paired (a value the head does not predict is not in the card).
+    assert exclusive_attribute_pairs([{"colour=red"}, {"colour=blue"}], ["colour=red"]) == ()
+
+
+def test_decide_keeps_only_the_likelier_of_two_exclusive_attributes() -> None:
+    from skulens.models.predictor import decide
+
+    attrs = ("colour=green", "colour=red", "colour=yellow",
+             "flavour=plain", "flavour=vanilla", "lactose_free")
+    exclusive = (("colour=green", "colour=red"), ("colour=green", "colour=yellow"),
+                 ("flavour=plain", "flavour=vanilla"))
+    card = _attribute_card(attrs, exclusive, (0.5,) * len(attrs))
+    fine = np.array([0.9, 0.1])
+
+    def shown(probs: list[float]) -> dict[str, float]:
+        p = decide(card, fine, None, np.array(probs), "x", 2, 0.0)
+        return dict(p.attributes)
+
+    # plain 0.7 and vanilla 0.9 both pass 0.5: vanilla only. The flag stays beside them.
+    assert shown([0.0, 0.0, 0.0, 0.7, 0.9, 0.8]) == pytest.approx({"flavour=vanilla": 0.9,
+                                                                   "lactose_free": 0.8})
+    assert shown([0.0, 0.0, 0.0, 0.9, 0.7, 0.8]) == pytest.approx({"flavour=plain": 0.9, "lactose_free": 0.8})
+    # red and yellow may go together (a product carries both); green conflicts with both and is the likeliest.
+    assert shown([0.95, 0.8, 0.6, 0.0, 0.0, 0.0]) == pytest.approx({"colour=green": 0.95})
+    # green loses to red; being dropped, it suppresses nothing: yellow (beside red on some product) stays.
+    assert shown([0.8, 0.95, 0.6, 0.0, 0.0, 0.0]) == pytest.approx({"colour=red": 0.95, "colour=yellow": 0.6})
+    # Below threshold, an attribute conflicts with nothing: the other stays.
+    assert shown([0.0, 0.0, 0.0, 0.4, 0.9, 0.0]) == pytest.approx({"flavour=vanilla": 0.9})
+    # The result keeps the card's order of attributes.
+    assert [a for a, _ in decide(card, fine, None, np.array([0.0, 0.6, 0.7, 0.0, 0.9, 0.8]), "x", 2,
+                                 0.0).attributes] == ["colour=red", "colour=yellow", "flavour=vanilla",
+                                                      "lactose_free"]
+    # Without pairs (an old card) both stay: independent sigmoids, as before.
+    old = _attribute_card(attrs, (), (0.5,) * len(attrs))
+    both = decide(old, fine, None, np.array([0.0, 0.0, 0.0, 0.7, 0.9, 0.0]), "x", 2, 0.0)
+    assert dict(both.attributes) == pytest.approx({"flavour=plain": 0.7, "flavour=vanilla": 0.9})
+
+
+def test_every_backend_resolves_exclusive_attributes_through_decide() -> None:
+    """Model.predict runs decide() on any runner's outputs (PyTorch, ONNX Runtime): one rule for all."""
+    import torch
+
+    from skulens.models.inference import HeadOutputs
+
+    attrs = ("flavour=plain", "flavour=vanilla")
+    card = _attribute_card(attrs, (attrs,), (0.5, 0.5))
+
+    def runner(images, transform, *, batch_size, embeddings, progress):
+        n = len(images)
+        return HeadOutputs(np.tile([0.8, 0.2], (n, 1)), None, np.tile([0.7, 0.9], (n, 1)), None)
+
+    stub = Model(None, card, torch.device("cpu"), "off", runner=runner)
+    [p] = stub.predict([Image.new("RGB", (80, 80), (200, 200, 200))])
+    assert dict(p.attributes) == pytest.approx({"flavour=vanilla": 0.9})
+
+
+def test_a_trained_card_records_which_colours_never_go_together(tiny_bundle) -> None:
+    # The tiny catalogue: red apple, green apple, yellow lactose-free oat milk: no product has two colours.
+    card = tiny_bundle.card
+    assert card.attribute_exclusive == (("colour=green", "colour=red"), ("colour=green", "colour=yellow"),
+                                        ("colour=red", "colour=yellow"))
+    assert not any("lactose_free" in pair for pair in card.attribute_exclusive)

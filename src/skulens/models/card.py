@@ -7,13 +7,14 @@ training. The card is plain JSON (no pickle) and frozen.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
 from .._version import __version__
 
-__all__ = ["CARD_SCHEMA", "ModelCard"]
+__all__ = ["CARD_SCHEMA", "ModelCard", "exclusive_attribute_pairs"]
 
 CARD_SCHEMA = 1
 
@@ -42,6 +43,9 @@ class ModelCard:
     coarse_rule: str = "combined"  # how coarse is predicted: combined | fine | head (chosen on val)
     attributes: tuple[str, ...] = ()
     attribute_thresholds: tuple[float, ...] = ()  # chosen on val, per attribute
+    # Pairs of values of one group ("flavour=plain", "flavour=vanilla") that no training product carries
+    # together: of two both above threshold, a prediction keeps the likelier (see exclusive_attribute_pairs).
+    attribute_exclusive: tuple[tuple[str, str], ...] = ()
     coarse_fallback: float = 0.5  # below this fine confidence, predict the coarse class
     dropout: float = 0.0
     # Products added after training (skulens enroll): label, coarse, images kept in the bundle, text, date.
@@ -91,7 +95,29 @@ class ModelCard:
                   "attribute_thresholds", "enrolled"):
             if k in values:
                 values[k] = tuple(values[k])
+        if "attribute_exclusive" in values:  # JSON lists of [a, b]
+            values["attribute_exclusive"] = tuple((str(a), str(b)) for a, b in values["attribute_exclusive"])
         return cls(**values)
 
     def with_(self, **changes: Any) -> ModelCard:
         return replace(self, **changes)
+
+
+def exclusive_attribute_pairs(attribute_sets: Iterable[Iterable[str]],
+                              attributes: Iterable[str]) -> tuple[tuple[str, str], ...]:
+    """The pairs of `attributes` that are values of one group (`group=value`, same `group`) and never occur
+    together in any of `attribute_sets` (one set per product: what the training labels carry).
+
+    Flags (attributes without "=") are never exclusive. Each pair is sorted, and the pairs are sorted.
+    """
+    together: set[tuple[str, str]] = set()
+    for carried in attribute_sets:
+        values = sorted({a for a in carried if "=" in a})
+        together.update((a, b) for i, a in enumerate(values) for b in values[i + 1:])
+    groups: dict[str, list[str]] = {}
+    for a in sorted(set(attributes)):
+        group, sep, _ = a.partition("=")
+        if sep:
+            groups.setdefault(group, []).append(a)
+    pairs = ((a, b) for values in groups.values() for i, a in enumerate(values) for b in values[i + 1:])
+    return tuple(sorted(pair for pair in pairs if pair not in together))

@@ -74,8 +74,23 @@ def decide(card: ModelCard, fine: np.ndarray, coarse: np.ndarray | None, attrs: 
     if attrs is not None and card.attributes:
         thr = card.attribute_thresholds or (0.5,) * len(card.attributes)
         attributes = tuple((a, float(p)) for a, p, t in zip(card.attributes, attrs, thr, strict=True) if p >= t)
+        if card.attribute_exclusive and len(attributes) > 1:
+            attributes = _without_conflicts(attributes, card.attribute_exclusive)
     return Prediction(source, label, level, conf, card.classes[f], fine_conf, c_label, c_conf,
                       tuple((card.classes[int(i)], float(fine[int(i)])) for i in order), attributes)
+
+
+def _without_conflicts(attributes: tuple[tuple[str, float], ...],
+                       exclusive: tuple[tuple[str, str], ...]) -> tuple[tuple[str, float], ...]:
+    """Of exclusive attributes (values of one group no product carries together), keep the likelier: from the
+    most probable down, an attribute is kept unless it conflicts with one already kept (a value dropped for
+    a likelier one suppresses nothing). Ties keep the card's order; the result keeps it too."""
+    conflicts = {frozenset(pair) for pair in exclusive}
+    kept: list[str] = []
+    for a, _ in sorted(attributes, key=lambda ap: -ap[1]):  # stable: ties keep the card's order
+        if not any(frozenset((a, k)) in conflicts for k in kept):
+            kept.append(a)
+    return tuple((a, p) for a, p in attributes if a in kept)
 
 
 class Model:

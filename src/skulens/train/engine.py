@@ -28,7 +28,7 @@ from ..evaluate.metrics import EvalReport, choose_thresholds
 from ..evaluate.report import write_report
 from ..models.backbones import Backbone, BackboneSpec, create_backbone
 from ..models.bundle import WEIGHTS, atomic_write_text, read_card, save_bundle
-from ..models.card import ModelCard
+from ..models.card import ModelCard, exclusive_attribute_pairs
 from ..models.classifier import SkuModel
 from ..models.inference import (
     COARSE_RULES,
@@ -144,14 +144,23 @@ def _base_card(cfg: TrainConfig, cat: Catalogue, spec: BackboneSpec, embedding_d
     coarse_index = {c: i for i, c in enumerate(cat.coarse_classes)}
     f2c = tuple(coarse_index[cat.hierarchy[c]] for c in cat.classes) if cat.hierarchy else ()
     coarse = tuple(cat.coarse_classes) if cfg.coarse_loss_weight > 0 or f2c else ()
+    attributes = tuple(cat.attributes) if cfg.attribute_loss_weight > 0 else ()
     return ModelCard.for_backbone(
         cfg.backbone, spec, embedding_dim=embedding_dim, classes=tuple(cat.classes), coarse_classes=coarse,
         fine_to_coarse=f2c, coarse_head=bool(coarse) and cfg.coarse_loss_weight > 0,
-        attributes=tuple(cat.attributes) if cfg.attribute_loss_weight > 0 else (),
+        attributes=attributes, attribute_exclusive=_exclusive_attributes(cat, attributes),
         coarse_fallback=cfg.coarse_fallback, dropout=cfg.dropout, train_config=config_to_dict(cfg),
         dataset={"path": str(cat.root), "layout": cat.layout, "fingerprint": cat.fingerprint(),
                  "sizes": {k: len(v) for k, v in cat.splits.items()}, "val_generated": cat.val_was_generated},
     )
+
+
+def _exclusive_attributes(cat: Catalogue, attributes: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """Same-group values no training product carries together (a product: its train samples' attributes)."""
+    carried: dict[str, set[str]] = {}
+    for s in cat.split("train"):
+        carried.setdefault(s.label, set()).update(s.attributes)
+    return exclusive_attribute_pairs(carried.values(), attributes)
 
 
 def _prepare_run_dir(cfg: TrainConfig) -> Path:

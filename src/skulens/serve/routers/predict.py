@@ -14,6 +14,7 @@ from fastapi import APIRouter, File, Form, HTTPException, UploadFile
 from ..batching import QueueFullError
 from ..deps import ReadKey, State, busy, decode_upload, predict_upload
 from ..schemas import PredictResponse
+from ..state import ServiceState
 from .products import product_out
 
 router = APIRouter(prefix="/v1", tags=["recognition"])
@@ -28,9 +29,18 @@ async def predict(state: State, _: ReadKey,
     _, pred = await predict_upload(state, image, top_k=top_k, min_confidence=min_confidence)
     d = pred.to_dict()
     d["source"] = image.filename or "upload"
+    d["title"] = _title(state, pred.label) if pred.label else None
+    for row in d["top_k"]:
+        row["title"] = _title(state, row["label"])
     # product_out reads the stock count from SQLite: off the event loop.
     product = await anyio.to_thread.run_sync(product_out, state, pred.fine_label) if pred.fine_label else None
     return PredictResponse(prediction=d, product=product, timing_ms=round((time.perf_counter() - t0) * 1000, 2))
+
+
+def _title(state: ServiceState, label: str) -> str:
+    """A label's name for people: its catalogue title, else (none, or just the key) dashes as spaces."""
+    title = state.product(label).title
+    return title if title and title != label else label.replace("-", " ")
 
 
 @router.post("/explain", summary="Grad-CAM: where in the photo the model looked for its answer")

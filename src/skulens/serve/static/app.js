@@ -1,6 +1,7 @@
 "use strict";
 // The recognise page: photo in, top-k with confidence bars, coarse class, attributes, support answer, similar.
 // Below the service's min_confidence the page names no product: it says "not sure" and shows the candidates.
+// People read names, not keys: the server's title ("Oatly Oat Milk"), else the key with dashes as spaces.
 const statusLine = document.getElementById("status");
 let info = null;
 let latest = 0;  // the upload the page is showing: an answer to an older one that arrives late is dropped
@@ -31,6 +32,16 @@ function clearResult() {
   document.getElementById("similar-section").hidden = true;
 }
 
+// A label as words: "Oatly-Oat-Milk" -> "Oatly Oat Milk" (for when the server sends no title).
+function words(label) { return String(label).replace(/-/g, " "); }
+
+// An attribute as words: a flag "lactose_free" -> "lactose free", a group value "colour=white" -> "colour: white".
+function attributeWords(attribute) {
+  const [group, ...value] = attribute.split("=");
+  const plain = (s) => s.replace(/_/g, " ");
+  return value.length ? `${plain(group)}: ${plain(value.join("="))}` : plain(group);
+}
+
 // "fine": the service named a product at or above its threshold; "coarse" and "unknown" name none.
 function isSure(prediction) { return prediction.level === "fine" && prediction.label !== null; }
 
@@ -39,22 +50,24 @@ function renderPrediction(body, file) {
   const sure = isSure(p);
   document.getElementById("result").hidden = false;
   document.getElementById("preview").src = URL.createObjectURL(file);
-  document.getElementById("top-label").textContent = sure ? p.label : "not sure";
+  const name = p.title || (body.product && body.product.title) || words(p.label);
+  document.getElementById("top-label").textContent = sure ? name : "not sure";
   document.getElementById("top-title").textContent = sure
-    ? `${body.product ? body.product.title : p.label} (${pct(p.confidence)})`
+    ? `Confidence: ${pct(p.confidence)}`
     : "Not sure which product this is: is it one of the candidates below?";
   document.getElementById("coarse").textContent =
-    p.coarse_label ? `${p.coarse_label} (${pct(p.coarse_confidence)})` : "n/a";
+    p.coarse_label ? `${words(p.coarse_label)} (${pct(p.coarse_confidence)})` : "n/a";
   const attrs = document.getElementById("attributes");
   // Attributes describe the product: without a product decision they would claim a certainty it lacks.
   attrs.replaceChildren(...(!sure ? [el("span", "not sure (no product recognised)", "muted")]
     : Object.keys(p.attributes).length
-      ? Object.entries(p.attributes).map(([a, v]) => el("span", `${a} ${pct(v)}`, "chip"))
+      ? Object.entries(p.attributes).map(([a, v]) => el("span", `${attributeWords(a)} (${pct(v)})`, "chip"))
       : [el("span", "none", "muted")]));
   const list = document.getElementById("topk");
   list.replaceChildren(...p.top_k.map((row) => {
     const li = el("li", null, "bar-row");
-    li.append(el("span", row.label, "bar-label"));
+    li.dataset.label = row.label;  // the key, for scripts; people read the name
+    li.append(el("span", row.title || words(row.label), "bar-label"));
     const track = el("span", null, "bar-track");
     const fill = el("span", null, "bar-fill");
     fill.style.width = pct(row.p);
@@ -70,8 +83,13 @@ function renderSupport(s, sure) {
     answer = `Handed off to a person: ${!sure && s.product ? "not sure which product this is" : s.reason}`;
   }
   document.getElementById("support-answer").textContent = answer;
-  document.getElementById("support-meta").textContent =
-    s.handoff ? "" : `from the product's ${s.field} (match ${pct(s.score)})`;
+  let meta = "";
+  if (!s.handoff) {  // a structured answer is a fact, not a text match: say where it came from, not a score
+    meta = s.source === "text" ? `from the product's ${s.field} (match ${pct(s.score)})`
+      : s.source === "photo" ? "from what the photo shows (the catalogue does not record it)"
+      : "from the product's catalogue facts";
+  }
+  document.getElementById("support-meta").textContent = meta;
 }
 
 async function renderSimilar(label, mine) {
@@ -86,10 +104,10 @@ async function renderSimilar(label, mine) {
     gallery.replaceChildren(...hits.map((h) => {
       const fig = el("figure");
       const img = el("img");
-      img.alt = h.title || h.product_id;
+      img.alt = h.title || words(h.product_id);
       img.loading = "lazy";
       img.src = `/v1/products/${encodeURIComponent(h.product_id)}/image`;
-      fig.append(img, el("figcaption", `${h.title || h.product_id} (${pct(h.score)})`));
+      fig.append(img, el("figcaption", `${h.title || words(h.product_id)} (${pct(h.score)})`));
       return fig;
     }));
     section.hidden = hits.length === 0;
