@@ -319,3 +319,25 @@ def test_cli_review_checks_labels_against_the_model(tiny_bundle, tmp_path: Path,
     assert "unknown product 'Bananna'" in capsys.readouterr().err
     assert main([*item, "--label", "green-apple", "--model", str(tiny_bundle.bundle)]) == 0
     assert json.loads(capsys.readouterr().out)["status"] == "corrected"
+
+
+def test_stock_rows_and_csv_export_with_product_names(tmp_path: Path) -> None:
+    with InventoryStore(tmp_path / "inv.sqlite") as store:
+        store.intake([_photo(1), _photo(2, "red-apple")], threshold=0.6, actor="t")
+        store.adjust("red-apple", count=4, actor="u", reason="recounted")
+        stock = store.stock()
+        assert [(lab, n) for lab, n, _ in stock] == [("oat-milk", 1), ("red-apple", 4)]
+        assert stock[1][2] >= stock[0][2]  # the stock take came later
+        # Without names: the columns as they always were (the CLI's export); with names, a title column last.
+        plain = io.StringIO()
+        store.export_csv(plain)
+        assert plain.getvalue().splitlines()[0] == "label,count,updated_at"
+        named = io.StringIO()
+        assert store.export_csv(named, titles={"oat-milk": "Oatly Oat Milk"}.get) == 2
+        rows = list(csv.reader(io.StringIO(named.getvalue())))
+        assert rows == [["label", "count", "updated_at", "title"], ["oat-milk", "1", stock[0][2], "Oatly Oat Milk"],
+                        ["red-apple", "4", stock[1][2], ""]]
+        # The audit line of a hand change says whether it set the count (a stock take) or changed it by a number.
+        store.adjust("red-apple", delta=-1, actor="u", reason="sold")
+        assert [a.detail for a in store.audit(limit=2)] == [{"reason": "sold", "mode": "delta"},
+                                                            {"reason": "recounted", "mode": "set"}]

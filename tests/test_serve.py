@@ -439,3 +439,29 @@ def test_the_service_runs_the_exported_onnx_model(tiny_bundle, model, tiny_catal
         assert r.status_code == 501 and "--backend onnx" in r.json()["detail"]
     with pytest.raises(ConfigError, match="backend"):
         _settings(tiny_bundle, backend="tensorflow")
+
+
+def test_inventory_counts_carry_names_and_change_times_and_the_csv_names_products(tiny_bundle, model,
+                                                                                  tmp_path) -> None:
+    from datetime import datetime
+
+    with TestClient(create_app(_settings(tiny_bundle, tmp_path), model=model)) as c:
+        for label, body in (("oat-milk", {"count": 3, "reason": "recounted"}),
+                            ("red-apple", {"delta": 2, "reason": "received"})):
+            assert c.post(f"/v1/inventory/products/{label}/adjust", json=body, headers=AUTH).status_code == 200
+        inv = c.get("/v1/inventory").json()
+        assert inv["counts"] == {"oat-milk": 3, "red-apple": 2}
+        names = {lab: c.get(f"/v1/products/{lab}").json()["title"] for lab in inv["counts"]}
+        assert inv["titles"] == names
+        assert set(inv["updated_at"]) == {"oat-milk", "red-apple"}
+        assert all(datetime.fromisoformat(t).utcoffset().total_seconds() == 0 for t in inv["updated_at"].values())
+        assert inv["updated_at"]["red-apple"] >= inv["updated_at"]["oat-milk"]
+        text = c.get("/v1/inventory/export.csv").text
+        assert text.splitlines()[0] == "label,count,updated_at,title"  # the old columns first, in their order
+        rows = list(csv.DictReader(io.StringIO(text)))
+        assert {r["label"]: (int(r["count"]), r["updated_at"], r["title"]) for r in rows} == {
+            lab: (n, inv["updated_at"][lab], names[lab]) for lab, n in inv["counts"].items()}
+        audit = c.get("/v1/inventory/audit?limit=2", headers=AUTH).json()
+        assert [(a["label"], a["delta"], a["count_after"], a["actor"], a["detail"]) for a in audit] == [
+            ("red-apple", 2, 2, "tester", {"reason": "received", "mode": "delta"}),
+            ("oat-milk", 3, 3, "tester", {"reason": "recounted", "mode": "set"})]

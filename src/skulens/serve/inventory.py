@@ -30,7 +30,7 @@ import re
 import shutil
 import sqlite3
 import threading
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -673,6 +673,11 @@ class InventoryStore:
     def counts(self) -> dict[str, int]:
         return {r["label"]: int(r["count"]) for r in self._read("SELECT label, count FROM stock ORDER BY label")}
 
+    def stock(self) -> list[tuple[str, int, str]]:
+        """(label, count, updated_at) per product, by label, in one read (updated_at: the last change, UTC)."""
+        rows = self._read("SELECT label, count, updated_at FROM stock ORDER BY label")
+        return [(r["label"], int(r["count"]), r["updated_at"]) for r in rows]
+
     def count(self, label: str) -> int:
         rows = self._read("SELECT count FROM stock WHERE label = ?", (label,))
         return int(rows[0][0]) if rows else 0
@@ -694,16 +699,19 @@ class InventoryStore:
             if after < 0:
                 raise InventoryError(f"{label}: count would become {after}")
             self._add(db, label, after - before, now)
-            self._audit(db, now, actor, "adjust", label, after - before, after, None, {"reason": reason[:500]})
+            # mode: a stock take ("set": the count was counted) or a change by a number ("delta": sold, broken).
+            self._audit(db, now, actor, "adjust", label, after - before, after, None,
+                        {"reason": reason[:500], "mode": "delta" if delta is not None else "set"})
         return after
 
-    def export_csv(self, out: io.TextIOBase | Any) -> int:
-        """Write `label,count,updated_at` rows; returns the number of products."""
-        rows = self._read("SELECT label, count, updated_at FROM stock ORDER BY label")
+    def export_csv(self, out: io.TextIOBase | Any, *, titles: Callable[[str], str] | None = None) -> int:
+        """Write `label,count,updated_at` rows (with `titles`, a fourth column `title`: the product's name);
+        returns the number of products."""
+        rows = self.stock()
         w = csv.writer(out, lineterminator="\n")
-        w.writerow(["label", "count", "updated_at"])
-        for r in rows:
-            w.writerow([r["label"], r["count"], r["updated_at"]])
+        w.writerow(["label", "count", "updated_at"] + (["title"] if titles is not None else []))
+        for label, count, updated_at in rows:
+            w.writerow([label, count, updated_at] + ([titles(label)] if titles is not None else []))
         return len(rows)
 
     def audit(self, *, limit: int = 100, before_id: int | None = None) -> list[AuditEntry]:

@@ -7,8 +7,8 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 __all__ = [
-    "AdjustRequest", "AuditOut", "IntakeOut", "InventoryOut", "LabelScore", "PredictResponse", "PredictionOut",
-    "ProductOut", "ReviewDecision", "ReviewItemOut", "SupportOut",
+    "AdjustRequest", "AuditOut", "CandidateOut", "IntakeOut", "InventoryOut", "LabelScore", "PredictResponse",
+    "PredictionOut", "ProductOut", "ReviewDecision", "ReviewItemOut", "SupportOut",
 ]
 
 
@@ -17,16 +17,21 @@ class LabelScore(BaseModel):
     p: float
 
 
+class CandidateOut(LabelScore):
+    title: str | None = Field(None, description="the product's name, for people (the label is its key)")
+
+
 class PredictionOut(BaseModel):
     source: str
     label: str | None = Field(description="the decision: fine label, coarse label (level coarse), or null")
+    title: str | None = Field(None, description="the decided label's name, for people; null with no label")
     level: str = Field(description="fine | coarse | unknown | error")
     confidence: float
     fine_label: str | None = None
     fine_confidence: float = 0.0
     coarse_label: str | None = None
     coarse_confidence: float | None = None
-    top_k: list[LabelScore] = []
+    top_k: list[CandidateOut] = []
     attributes: dict[str, float] = {}
     error: str | None = None
 
@@ -53,11 +58,14 @@ class SupportOut(BaseModel):
     confidence: float
     question: str | None
     answer: str | None
-    field: str | None = Field(description="name | category | description | info | stock")
-    score: float
+    field: str | None = Field(description="name | category | description | info | stock | attribute | identity | "
+                              "origin | brand | ingredient | size")
+    score: float = Field(description="cosine between the question and the matched text (1.0 for a structured answer)")
     handoff: bool = Field(description="a person should take over")
     reason: str | None
     candidates: list[LabelScore] = []
+    verdict: str | None = Field(None, description="yes | no: a yes/no question answered from structured facts")
+    source: str | None = Field(None, description="catalogue | photo (predicted attributes) | text (matched fact)")
 
 
 class IntakeItemOut(BaseModel):
@@ -81,7 +89,8 @@ class IntakeOut(BaseModel):
 
 class InventoryOut(BaseModel):
     counts: dict[str, int]
-    titles: dict[str, str]
+    titles: dict[str, str] = Field(description="each counted product's name (its title)")
+    updated_at: dict[str, str] = Field({}, description="each counted product's last change (ISO 8601, UTC)")
     review_queue: int
     photos: dict[str, int]
 
@@ -106,9 +115,9 @@ class ReviewDecision(BaseModel):
 
 
 class AdjustRequest(BaseModel):
-    delta: int | None = Field(None, description="add (or, negative, remove) this many")
-    count: int | None = Field(None, ge=0, description="set the count (a stock take)")
-    reason: str = Field("", max_length=500)
+    delta: int | None = Field(None, description="add (or, negative, remove) this many: received, sold, broken")
+    count: int | None = Field(None, ge=0, description="set the count (a stock take); the audit line says so")
+    reason: str = Field("", max_length=500, description="why, for the audit log (e.g. 'sold', 'recounted')")
 
 
 class AuditOut(BaseModel):

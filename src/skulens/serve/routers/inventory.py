@@ -142,19 +142,25 @@ async def intake(state: State, actor: WriteKey,
     return out
 
 
-@router.get("", response_model=InventoryOut, summary="Counts per product, review queue size")
+def _title(state: ServiceState, label: str) -> str:
+    return state.product(label).title or label
+
+
+@router.get("", response_model=InventoryOut, summary="Counts per product (its name, last change), review queue size")
 async def counts(state: State, _: ReadKey) -> InventoryOut:
     store = _store(state)
-    c, review, stats = await anyio.to_thread.run_sync(lambda: (store.counts(), store.review_size(), store.stats()))
-    return InventoryOut(counts=c, titles={lab: state.product(lab).title for lab in c}, review_queue=review,
-                        photos=stats)
+    stock, review, stats = await anyio.to_thread.run_sync(
+        lambda: (store.stock(), store.review_size(), store.stats()))
+    return InventoryOut(counts={lab: n for lab, n, _ in stock},
+                        titles={lab: _title(state, lab) for lab, _, _ in stock},
+                        updated_at={lab: t for lab, _, t in stock}, review_queue=review, photos=stats)
 
 
-@router.get("/export.csv", summary="Counts as CSV (label,count,updated_at)", response_class=Response,
+@router.get("/export.csv", summary="Counts as CSV (label,count,updated_at,title)", response_class=Response,
             responses={200: {"content": {"text/csv": {}}}})
 async def export_csv(state: State, _: ReadKey) -> Response:
     buf = io.StringIO()
-    await anyio.to_thread.run_sync(_store(state).export_csv, buf)
+    await anyio.to_thread.run_sync(partial(_store(state).export_csv, buf, titles=partial(_title, state)))
     return Response(buf.getvalue(), media_type="text/csv; charset=utf-8",
                     headers={"Content-Disposition": 'attachment; filename="inventory.csv"'})
 

@@ -1,5 +1,6 @@
 "use strict";
-// The inventory page: counts, intake (shelf photos: every product boxed), the review queue and CSV export.
+// The inventory page: counts (search, sort), intake (shelf photos: every product boxed), the review queue,
+// changes by hand (sold, broken, received, recounted), the recent changes (audit log) and CSV export.
 const statusLine = document.getElementById("status");
 
 function setStatus(text, isError) {
@@ -7,33 +8,233 @@ function setStatus(text, isError) {
   statusLine.className = isError ? "error" : "";
 }
 
-// The products a correction may name (the server refuses any other label, so a typo invents no product).
+// "2026-12-02 14:05" in the browser's time zone (the server stores UTC).
+function localTime(iso) {
+  const d = new Date(iso);
+  if (!iso || Number.isNaN(d.getTime())) return iso || "";
+  const p = (n) => String(n).padStart(2, "0");
+  return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())} ${p(d.getHours())}:${p(d.getMinutes())}`;
+}
+
+function timeEl(iso) {
+  const t = el("time", localTime(iso));
+  t.dateTime = iso || "";
+  return t;
+}
+
+// Product names: from /v1/products and from the counts (the server's titles; the page never guesses).
+const titles = {};
+function titleOf(label) { return titles[label] || label; }
+
+// The products a correction or a change by hand may name (the server refuses any other label, so a typo
+// invents no product): the review's suggestions and the change form's choices.
+const productIds = new Set();
 async function loadLabels() {
-  const options = [];
   try {
     for (let offset = 0; ; offset += 1000) {
       const page = await (await api(`/v1/products?limit=1000&offset=${offset}`)).json();
       for (const p of page) {
-        const o = el("option");
-        o.value = p.id;
-        if (p.title && p.title !== p.id) o.label = p.title;
-        options.push(o);
+        productIds.add(p.id);
+        if (p.title) titles[p.id] = p.title;
       }
       if (page.length < 1000) break;
     }
   } catch (e) { /* no suggestions: the server still checks the label */ }
-  document.getElementById("labels").replaceChildren(...options);
+  fillProducts();
+}
+
+function fillProducts() {
+  const ids = [...productIds].sort((a, b) => titleOf(a).localeCompare(titleOf(b)) || a.localeCompare(b));
+  document.getElementById("labels").replaceChildren(...ids.map((id) => {
+    const o = el("option");
+    o.value = id;
+    if (titleOf(id) !== id) o.label = titleOf(id);
+    return o;
+  }));
+  const select = document.getElementById("adjust-product");
+  const chosen = select.value;
+  const first = select.options[0];  // "choose a product…"
+  select.replaceChildren(first, ...ids.map((id) => {
+    const o = el("option", titleOf(id) === id ? id : `${titleOf(id)} (${id})`);
+    o.value = id;
+    return o;
+  }));
+  select.value = productIds.has(chosen) ? chosen : "";
+  showCurrent();
+}
+
+// The counts table: every product with its name, count and last change; filtered by the search box and
+// sorted by the column whose header was clicked last (again: the other way round).
+let stock = [];  // {label, title, count, changed}
+let sortKey = "name";
+let sortDir = 1;
+const search = document.getElementById("counts-search");
+const byKey = {
+  name: (a, b) => a.title.localeCompare(b.title, undefined, { sensitivity: "base" }),
+  count: (a, b) => a.count - b.count,
+  changed: (a, b) => (Date.parse(a.changed) || 0) - (Date.parse(b.changed) || 0),
+};
+
+function countRow(s) {
+  const tr = el("tr");
+  tr.dataset.label = s.label;
+  const pick = el("button", s.title, "pick");
+  pick.type = "button";
+  pick.title = `Change the stock of ${s.title} by hand`;
+  pick.addEventListener("click", () => chooseProduct(s.label));
+  const product = el("td", null, "product");
+  product.append(pick, el("span", s.label, "muted label-id"));
+  const changed = el("td", null, "changed");
+  changed.append(timeEl(s.changed));
+  tr.append(changed, product, el("td", String(s.count), "num"));
+  return tr;
+}
+
+function renderCounts() {
+  const cmp = byKey[sortKey];
+  const rows = [...stock].sort((a, b) => sortDir * cmp(a, b) || a.label.localeCompare(b.label));
+  const needle = search.value.trim().toLowerCase();
+  let shown = 0;
+  document.querySelector("#counts tbody").replaceChildren(...rows.map((s) => {
+    const tr = countRow(s);
+    tr.hidden = Boolean(needle) && !`${s.title}\n${s.label}`.toLowerCase().includes(needle);
+    shown += !tr.hidden;
+    return tr;
+  }));
+  document.getElementById("counts-shown").textContent = needle ? `(${shown} of ${stock.length})` : "";
+  for (const th of document.querySelectorAll("#counts th[data-sort]")) {
+    if (th.dataset.sort === sortKey) th.setAttribute("aria-sort", sortDir > 0 ? "ascending" : "descending");
+    else th.removeAttribute("aria-sort");
+  }
+}
+
+function sortBy(key) {
+  sortDir = key === sortKey ? -sortDir : key === "name" ? 1 : -1;  // counts and times: biggest, newest first
+  sortKey = key;
+  renderCounts();
 }
 
 async function loadCounts() {
   const body = await (await api("/v1/inventory")).json();
-  const rows = Object.entries(body.counts).map(([label, count]) => {
-    const tr = el("tr");
-    tr.append(el("td", body.titles[label] || label), el("td", label, "muted"), el("td", String(count), "num"));
-    return tr;
-  });
-  document.querySelector("#counts tbody").replaceChildren(...rows);
+  Object.assign(titles, body.titles);
+  const missing = Object.keys(body.counts).filter((label) => !productIds.has(label));
+  stock = Object.entries(body.counts).map(([label, count]) => ({
+    label, count, title: titleOf(label), changed: (body.updated_at || {})[label] || "",
+  }));
+  renderCounts();
   document.getElementById("review-size").textContent = `(${body.review_queue})`;
+  if (missing.length) {  // counted under a label /v1/products does not list: it may still be changed
+    for (const label of missing) productIds.add(label);
+    fillProducts();
+  } else showCurrent();
+}
+
+// Changes by hand: sold and broken subtract, received adds, recounted sets the count (a stock take, which the
+// audit log records as such). The reason ("sold: note") lands in the audit log, the API key's name as actor.
+const adjustForm = document.getElementById("adjust");
+const adjustProduct = document.getElementById("adjust-product");
+const adjustKind = document.getElementById("adjust-kind");
+const adjustQty = document.getElementById("adjust-qty");
+const adjustNote = document.getElementById("adjust-note");
+
+function showCurrent() {
+  const label = adjustProduct.value;
+  const row = stock.find((s) => s.label === label);
+  document.getElementById("adjust-current").textContent = label ? `in stock: ${row ? row.count : 0}` : "";
+}
+
+function showKind() {
+  const recount = adjustKind.value === "recounted";
+  document.getElementById("adjust-qty-label").textContent = recount ? "New count" : "How many";
+  adjustQty.min = recount ? "0" : "1";
+}
+
+function chooseProduct(label) {
+  if (!productIds.has(label)) {
+    productIds.add(label);
+    fillProducts();
+  }
+  adjustProduct.value = label;
+  showCurrent();
+  adjustForm.scrollIntoView({ block: "nearest" });
+  adjustQty.focus();
+}
+
+async function adjust(ev) {
+  ev.preventDefault();
+  const label = adjustProduct.value;
+  const kind = adjustKind.value;
+  const recount = kind === "recounted";
+  const n = Number(adjustQty.value);
+  if (!label) { setStatus("Choose a product first.", true); return; }
+  if (adjustQty.value.trim() === "" || !Number.isInteger(n) || n < (recount ? 0 : 1)) {
+    setStatus(recount ? "The new count is a whole number, 0 or more." : "How many: a whole number, 1 or more.", true);
+    return;
+  }
+  const note = adjustNote.value.trim();
+  const reason = note ? `${kind}: ${note}` : kind;
+  const change = recount ? { count: n } : { delta: kind === "received" ? n : -n };
+  const before = (stock.find((s) => s.label === label) || { count: 0 }).count;
+  try {
+    const body = await (await api(`/v1/inventory/products/${encodeURIComponent(label)}/adjust`, {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ ...change, reason }),
+    })).json();
+    const verb = `${kind[0].toUpperCase()}${kind.slice(1)}`;
+    const what = recount ? `${verb} ${titleOf(label)}` : `${verb} ${n} × ${titleOf(label)}`;
+    setStatus(`${what}: now ${body.count} in stock (was ${recount ? before : body.count - change.delta}).`);
+    adjustQty.value = "";
+    adjustNote.value = "";
+    await refresh();
+  } catch (e) { setStatus(`Not changed: ${e.message}`, true); }
+}
+
+// Recent changes, newest first, from the audit log (it needs the API key).
+function signed(n) { return n > 0 ? `+${n}` : String(n); }
+
+function describe(a) {  // [change, reason]
+  const d = a.detail || {};
+  switch (a.action) {
+    case "adjust":
+      return [d.mode === "set" ? `set to ${a.count_after} (was ${a.count_after - a.delta})` : signed(a.delta),
+        d.reason || "by hand"];
+    case "intake": return [signed(a.delta), d.boxes ? "counted from a shelf photo" : "counted from a photo"];
+    case "review_confirmed": return [signed(a.delta), "review: confirmed"];
+    case "review_corrected": return [signed(a.delta), `review: corrected (the model said ${d.predicted || "nothing"})`];
+    case "review_rejected": return ["rejected", "review: not a product"];
+    case "review_queued":
+      return ["to review", `unsure${typeof d.confidence === "number" ? ` (${pct(d.confidence)})` : ""}`];
+    default: return [a.delta ? signed(a.delta) : "", a.action];
+  }
+}
+
+function auditRow(a) {
+  const [change, reason] = describe(a);
+  const tr = el("tr");
+  tr.dataset.id = a.id;
+  const when = el("td", null, "changed");
+  when.append(timeEl(a.ts));
+  tr.append(when, el("td", a.label ? titleOf(a.label) : "–"), el("td", change, "change"),
+    el("td", a.count_after === null ? "" : String(a.count_after), "num"), el("td", reason, "reason"),
+    el("td", a.actor, "muted"));
+  return tr;
+}
+
+async function loadAudit() {
+  const note = document.getElementById("audit-note");
+  const tbody = document.querySelector("#audit tbody");
+  if (!Object.keys(authHeaders()).length) {
+    note.textContent = "Enter the API key (top right) to see the recent changes.";
+    tbody.replaceChildren();
+    return;
+  }
+  try {
+    const rows = await (await api("/v1/inventory/audit?limit=50")).json();
+    note.textContent = rows.length ? "" : "No changes yet.";
+    tbody.replaceChildren(...rows.map(auditRow));
+  } catch (e) {
+    note.textContent = `Recent changes unavailable: ${e.message}`;
+    tbody.replaceChildren();
+  }
 }
 
 async function photoInto(img, id) {
@@ -94,7 +295,7 @@ async function loadReview() {
 }
 
 async function refresh() {
-  try { await Promise.all([loadCounts(), loadReview()]); } catch (e) { setStatus(e.message, true); }
+  try { await Promise.all([loadCounts(), loadReview(), loadAudit()]); } catch (e) { setStatus(e.message, true); }
 }
 
 // A shelf photo with its boxes: divs over the <img>, placed in percent of the photo, so they follow the
@@ -213,6 +414,15 @@ for (const id of ["intake-input", "intake-camera"]) {
 }
 document.getElementById("export").addEventListener("click", exportCsv);
 document.getElementById("refresh").addEventListener("click", refresh);
+search.addEventListener("input", renderCounts);
+for (const th of document.querySelectorAll("#counts th[data-sort]")) {
+  th.querySelector("button").addEventListener("click", () => sortBy(th.dataset.sort));
+}
+adjustForm.addEventListener("submit", adjust);
+adjustProduct.addEventListener("change", showCurrent);
+adjustKind.addEventListener("change", showKind);
+document.getElementById("api-key").addEventListener("change", loadAudit);  // after common.js stored the key
+showKind();
 loadLabels();
 loadThresholds();
 refresh();
