@@ -257,13 +257,15 @@ def test_inventory_review_candidate_is_accepted_in_one_click(site, page, tmp_pat
     buttons = item.locator("button.candidate")
     expect = playwright_api.expect
     expect(buttons).to_have_count(len(top_k), timeout=30_000)
-    for i, c in enumerate(top_k):  # "label 83.4%": the stored candidates, best first, one percent format
-        expect(buttons.nth(i)).to_have_text(f"{c['label']} {100 * c['p']:.1f}%")
+    titles = {p["id"]: p["title"] for p in page.request.get(site + "/v1/products", headers=headers).json()}
+    for i, c in enumerate(top_k):  # "name 83.4%": the stored candidates by name, best first, one percent format
+        expect(buttons.nth(i)).to_have_text(f"{titles[c['label']]} {100 * c['p']:.1f}%")
+        assert titles[c["label"]] != c["label"]  # names, not the raw keys
     label = top_k[1]["label"]  # not the model's pick: the reviewer's one click decides
     before = page.request.get(site + "/v1/inventory", headers=headers).json()["counts"].get(label, 0)
     buttons.nth(1).click()
     expect(item).to_have_count(0, timeout=30_000)
-    expect(page.locator("#status")).to_have_text(f"Counted as {label}.")
+    expect(page.locator("#status")).to_have_text(f"Counted as {titles[label]}.")
     row = page.locator("#counts tbody tr").filter(has_text=label)
     expect(row).to_have_text(re.compile(rf"{re.escape(label)}\s*{before + 1}$"), timeout=30_000)
 

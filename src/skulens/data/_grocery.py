@@ -142,9 +142,13 @@ def _grocery_product(row: _GroceryClass, root: Path, root_real: Path) -> Product
         if text_path.is_file():
             description = text_path.read_text(encoding="utf-8", errors="replace").strip()
             # The grocery dataset keeps a fuller product sheet beside each description.
-            info_path = text_path.with_name(text_path.name.replace("_Description.txt", "_Information.txt"))
-            if info_path != text_path and info_path.is_file():
-                info = info_path.read_text(encoding="utf-8", errors="replace").strip()
+            # (one product, Cabbage, names it "Cabbage-Information.txt").
+            stem = text_path.name.removesuffix("_Description.txt")
+            for name in (f"{stem}_Information.txt", f"{stem}-Information.txt"):
+                info_path = text_path.with_name(name)
+                if stem != text_path.name and info_path.is_file():
+                    info = info_path.read_text(encoding="utf-8", errors="replace").strip()
+                    break
     image = None
     if row.iconic:
         image_path = inside_root(row.iconic.lstrip("/"), root, root_real, where)

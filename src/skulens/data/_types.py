@@ -40,6 +40,8 @@ class Product:
     description: str = ""
     image: Path | None = None  # catalogue ("iconic") photo
     info: str = ""  # further facts (origin, volume, nutrition), e.g. the grocery *_Information.txt
+    # The attributes every photo of the product carries ("lactose_free", "colour=white"); () when none are known.
+    attributes: tuple[str, ...] = ()
 
 
 @dataclass

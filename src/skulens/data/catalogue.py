@@ -29,9 +29,11 @@ the public face and the only one other code imports.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from ._attributes import attach_attributes, attribute_table
@@ -41,7 +43,7 @@ from ._manifest import MANIFEST_NAMES, MANIFEST_SUFFIXES, load_manifest
 from ._products import PRODUCTS_CSV, read_products
 from ._types import IMAGE_SUFFIXES, Catalogue, CatalogueError, Loaded, Product, Sample, ordered_splits
 
-__all__ = ["IMAGE_SUFFIXES", "Catalogue", "CatalogueError", "Product", "Sample", "load_catalogue"]
+__all__ = ["IMAGE_SUFFIXES", "Catalogue", "CatalogueError", "Product", "Sample", "label_attributes", "load_catalogue"]
 
 
 def load_catalogue(
@@ -75,6 +77,8 @@ def load_catalogue(
     products = loaded.products
     if not products and (loaded.root / PRODUCTS_CSV).is_file():
         products = read_products(loaded.root / PRODUCTS_CSV, loaded.root, set(classes), loaded.hierarchy)
+    shared = label_attributes(splits)
+    products = {label: dataclasses.replace(p, attributes=shared.get(label, ())) for label, p in products.items()}
     return Catalogue(
         root=loaded.root,
         layout=loaded.layout,
@@ -86,6 +90,18 @@ def load_catalogue(
         products=products,
         val_was_generated=val_was_generated,
     )
+
+
+def label_attributes(splits: Mapping[str, Iterable[Sample]]) -> dict[str, tuple[str, ...]]:
+    """Per label, the attributes all of its samples carry (a product's facts, not one photo's)."""
+    shared: dict[str, set[str]] = {}
+    for samples in splits.values():
+        for s in samples:
+            if s.label in shared:
+                shared[s.label] &= set(s.attributes)
+            else:
+                shared[s.label] = set(s.attributes)
+    return {label: tuple(sorted(attrs)) for label, attrs in shared.items()}
 
 
 def _load_layout(source: Path) -> Loaded:

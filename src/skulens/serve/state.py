@@ -290,5 +290,5 @@ def _load_support(settings: ServeSettings, model: Model) -> tuple[dict[str, Prod
         logger.warning("support replies disabled: %s", exc)
         return products, None, str(exc)
     responder = SupportResponder(products, encoder, min_confidence=settings.support_min_confidence,
-                                 min_score=settings.support_min_score)
+                                 min_score=settings.support_min_score, vocabulary=card.attributes)
     return products, responder, None

@@ -1,23 +1,27 @@
 """Customer-service replies: identify the product in a photo, then answer a question from its catalogue facts.
 
-The answer is never generated: it is one of the product's own facts (name, category, a description
-sentence, an information line, the stock count), chosen by the cosine between the question and each
-fact under the bundled MiniLM sentence encoder. When the photo is not recognised confidently, or no
-fact is close enough to the question, the reply is handed off to a person with the reason.
+The answer is never generated. First the structured rules of `answers` read what the question names
+(an attribute, the product type, a country, a brand, an ingredient, a dietary claim) and answer yes/no
+from the product's attribute table and sheet, or hand off when the facts cannot settle it. Questions
+that name none of those get one of the product's own facts (name, category, a description sentence, an
+information line, the stock count), chosen by the cosine between the question and each fact under the
+bundled MiniLM sentence encoder. When the photo is not recognised confidently, or no fact is close
+enough to the question, the reply is handed off to a person with the reason.
 """
 
 from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from ..data.catalogue import Catalogue, Product
+from ..data.catalogue import Catalogue, Product, label_attributes
+from .answers import Lexicon, country_name, info_lines, rule, split_compound, strip_names
 
 if TYPE_CHECKING:
     from ..models.predictor import Prediction
@@ -25,6 +29,8 @@ if TYPE_CHECKING:
 __all__ = ["Fact", "SupportAnswer", "SupportResponder", "load_products", "product_facts", "products_from_catalogue"]
 
 MAX_QUESTION_CHARS = 500
+# A yes/no must hold for the candidates that make up this much of the recognition's probability.
+CANDIDATE_MASS = 0.95
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
@@ -47,10 +53,12 @@ class SupportAnswer:
     question: str | None
     answer: str | None
     field: str | None  # which fact answered
-    score: float  # cosine between the question and that fact (1.0 when no question was asked)
+    score: float  # cosine between the question and that fact (1.0 for a structured answer or no question)
     handoff: bool  # a person should take over
     reason: str | None  # why it was handed off
     candidates: tuple[tuple[str, float], ...] = ()  # the model's top-k, for the person taking over
+    verdict: str | None = None  # "yes" | "no" for a yes/no question answered from structured facts
+    source: str | None = None  # "catalogue" | "photo" (the model's predicted attributes) | "text" (matched fact)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -62,6 +70,7 @@ def products_from_catalogue(cat: Catalogue) -> dict[str, Product]:
     """The catalogue's products; for layouts without product sheets (manifests, folders), one per class
     from its first sample's title/text."""
     products = dict(cat.products)
+    shared = label_attributes(cat.splits)
     for samples in cat.splits.values():
         for s in samples:
             if s.label in products:
@@ -69,7 +78,7 @@ def products_from_catalogue(cat: Catalogue) -> dict[str, Product]:
             lines = (s.text or "").splitlines()
             products[s.label] = Product(label=s.label, coarse_label=s.coarse_label,
                                         title=lines[0].strip() if lines else s.label.replace("-", " "),
-                                        description="\n".join(lines[1:]).strip())
+                                        description="\n".join(lines[1:]).strip(), attributes=shared[s.label])
     return products
 
 
@@ -85,6 +94,11 @@ _KEY_QUESTIONS = {
                   "How much fat, sugar or protein is in it?"),
     "title": ("What is the product called?",),
     "url": ("Where can I read more about it?", "Do you have a link to the product page?"),
+}
+_GROUP_QUESTIONS = {
+    "colour": ("What colour is it?", "What color is the package?"),
+    "flavour": ("What flavour is it?", "What does it taste like?"),
+    "packaging": ("How is it packed?", "What does it come in?"),
 }
 _NAME_QUESTIONS = ("What is this?", "What is this product called?", "What's the name of this product?")
 _CATEGORY_QUESTIONS = ("What kind of product is this?", "Which category is it in?")
@@ -104,31 +118,23 @@ _HANDOFF_TOPICS = {
 }
 
 
-def _split_compound(key: str, value: str) -> list[tuple[str, str]]:
-    """"Country and volume: Italy, ca 180g" -> [("Country", "Italy"), ("Volume", "ca 180g")]."""
-    keys = [k.strip() for k in re.split(r"\s+and\s+", key) if k.strip()]
-    values = [v.strip() for v in value.split(",") if v.strip()]
-    if len(keys) > 1 and len(keys) == len(values):
-        return [(k[:1].upper() + k[1:], v) for k, v in zip(keys, values, strict=True)]
-    return [(key, value)]
+# Questions the catalogue never answers, by their words: handed off at once, even when they name a product
+# or an attribute ("I found something weird in the carton" is not a packaging question).
+_HANDOFF_WORDS = {
+    "price": r"price\w*|cost|costs|expensive|cheap\w*|on sale|discount\w*|offers?",
+    "delivery": r"deliver\w*|shipping|shipped|my order",
+    "returns": r"return\w*|refund\w*|exchange",
+    "payment": r"pay|paying|payment\w*|card|cash",
+    "complaint": r"complain\w*|broken|damaged|weird|mou?ld\w*|spoil\w*|rotten|sick|leak\w*",
+    "freshness": r"ripe|best before|expir\w*|use by|pesticides?",
+}
+_HANDOFF_TOPIC = re.compile("|".join(f"(?P<{k}>\\b(?:{v})\\b)" for k, v in _HANDOFF_WORDS.items()), re.IGNORECASE)
+# Stock questions go to the stock fact (text matching), even when they name a product.
+_STOCK_WORDS = re.compile(r"\b(stock|available|availability|sold out|any left|have any)\b", re.IGNORECASE)
 
 
 def _key_questions(key: str) -> tuple[str, ...]:
     return tuple(q for word, qs in _KEY_QUESTIONS.items() if word in key.lower() for q in qs)
-
-
-def _info_lines(info: str) -> list[str]:
-    """`Key: value` lines; indented lines continue the previous one (nutrition tables)."""
-    out: list[str] = []
-    for raw in info.replace("\ufeff", "").replace("\xa0", " ").splitlines():
-        if not raw.strip():
-            continue
-        if raw[:1].isspace() and out:
-            out[-1] = f"{out[-1]}; {raw.strip()}"
-        else:
-            out.append(raw.strip())
-    # "Key:" with nothing after it carries no fact.
-    return [line for line in out if not line.endswith(":") and len(line) > 3]
 
 
 def product_facts(product: Product, stock: int | None = None) -> list[Fact]:
@@ -140,13 +146,23 @@ def product_facts(product: Product, stock: int | None = None) -> list[Fact]:
     for sentence in _SENTENCE_END.split(product.description.strip()):
         if sentence.strip():
             facts.append(Fact("description", (sentence.strip(),), sentence.strip()))
-    for line in _info_lines(product.info):
+    for line in info_lines(product.info):
         key, sep, value = line.partition(":")
         if not sep or not value.strip():
             facts.append(Fact("info", (line,), line))
             continue
-        for k, v in _split_compound(key.strip(), value.strip()):
+        for k, v in split_compound(key.strip(), value.strip()):
+            if "country" in k.lower() and country_name(v) != v:
+                v = f"{v} ({country_name(v)})"  # "Sverige (Sweden)": the sheet's word and the shopper's
             facts.append(Fact("info", (f"{k}: {v}", *_key_questions(k)), f"{k}: {v}"))
+    groups: dict[str, list[str]] = {}
+    for a in product.attributes:
+        if "=" in a:
+            group, value = a.split("=", 1)
+            groups.setdefault(group, []).append(value)
+    for group, values in groups.items():
+        text = f"{group[:1].upper()}{group[1:].replace('_', ' ')}: {', '.join(values)}"
+        facts.append(Fact("attribute", (text, *_GROUP_QUESTIONS.get(group, ())), text))
     if stock is not None:
         answer = f"We have {stock} of {title} in stock." if stock > 0 else f"{title} is out of stock right now."
         facts.append(Fact("stock", (f"In stock: {stock}", *_STOCK_QUESTIONS), answer))
@@ -158,9 +174,11 @@ class SupportResponder:
     fact's text carries the count, so a count change re-embeds only that product's facts)."""
 
     def __init__(self, products: Mapping[str, Product], encoder: Encoder, *, min_confidence: float = 0.5,
-                 min_score: float = 0.4, stock: Callable[[str], int | None] | None = None):
-        self.products, self.encoder = dict(products), encoder
-        self.min_confidence, self.min_score, self.stock = min_confidence, min_score, stock
+                 min_score: float = 0.4, stock: Callable[[str], int | None] | None = None,
+                 vocabulary: Iterable[str] = (), photo_min: float = 0.9):
+        self.encoder, self.vocabulary = encoder, tuple(vocabulary)
+        self.min_confidence, self.min_score, self.stock, self.photo_min = min_confidence, min_score, stock, photo_min
+        self.products = products  # also builds the lexicon of the structured rules
         # (label, stock) -> (facts, key vectors K x D, fact index of each key row)
         self._cache: dict[tuple[str, int | None], tuple[list[Fact], np.ndarray, np.ndarray]] = {}
         self._lock = threading.Lock()
@@ -168,6 +186,17 @@ class SupportResponder:
         self._topic_names = [name for name, _ in topics]
         self._topic_vectors = np.asarray(self.encoder.encode([q for _, q in topics]), dtype=np.float32)
         self._topic_is_stock = np.array([name == "stock" for name in self._topic_names])
+
+    @property
+    def products(self) -> dict[str, Product]:
+        return self._products
+
+    @products.setter
+    def products(self, products: Mapping[str, Product]) -> None:
+        """Products and the attribute vocabulary (theirs plus the model's) make the rules' lexicon."""
+        self._products = dict(products)
+        vocabulary = {a for p in self._products.values() for a in p.attributes} | set(self.vocabulary)
+        self.lexicon = Lexicon.build(self._products.values(), vocabulary)
 
     def product(self, label: str) -> Product:
         return self.products.get(label) or Product(label=label, title=label.replace("-", " "))
@@ -188,6 +217,22 @@ class SupportResponder:
                 self._cache[key] = hit
         return hit
 
+    def _disagreeing(self, prediction: Prediction, question: str, verdict: str) -> str | None:
+        """A yes/no is given only when it is the same for every product the photo may show: the top-k
+        candidates that make up CANDIDATE_MASS of the probability. Otherwise the candidates and their
+        answers, for the person taking over."""
+        seen, mass = [], 0.0
+        for label, p in prediction.top_k:
+            if mass >= CANDIDATE_MASS:
+                break
+            mass += p
+            other = rule(question, self.product(label), self.lexicon, photo_min=self.photo_min,
+                         predicted=dict(prediction.attributes))
+            seen.append((label, p, other.verdict if other is not None else None))
+        if all(v == verdict for _, _, v in seen):
+            return None
+        return ", ".join(f"{self.product(lab).title or lab} {100 * p:.0f} % ({v or 'unknown'})" for lab, p, v in seen)
+
     def answer(self, prediction: Prediction, question: str | None = None) -> SupportAnswer:
         question = (question or "").strip()[:MAX_QUESTION_CHARS] or None
         label, conf = prediction.fine_label, float(prediction.fine_confidence)
@@ -200,12 +245,32 @@ class SupportResponder:
             return SupportAnswer(label, title, conf, question, None, None, 0.0, True,
                                  f"recognition confidence {conf:.2f} is below {self.min_confidence:.2f}: "
                                  "a person should check which product this is", candidates)
+        topic = _HANDOFF_TOPIC.search(question) if question is not None else None
+        if topic is not None:
+            return SupportAnswer(label, title, conf, question, None, None, 1.0, True,
+                                 f"the question is about {topic.lastgroup}, which the catalogue does not answer",
+                                 candidates)
+        if question is not None and not _STOCK_WORDS.search(question):
+            ruling = rule(question, self.product(label), self.lexicon, predicted=dict(prediction.attributes),
+                          photo_min=self.photo_min)
+            if ruling is not None and ruling.answer is None:
+                return SupportAnswer(label, title, conf, question, None, ruling.field, 1.0, True, ruling.reason,
+                                     candidates)
+            if ruling is not None and ruling.verdict is not None:
+                split = self._disagreeing(prediction, question, ruling.verdict)
+                if split:
+                    return SupportAnswer(label, title, conf, question, None, ruling.field, 1.0, True,
+                                         f"the answer depends on which product this is: {split}", candidates)
+            if ruling is not None:
+                return SupportAnswer(label, title, conf, question, ruling.answer, ruling.field, 1.0, False, None,
+                                     candidates, verdict=ruling.verdict, source=ruling.source)
         facts, vectors, owner = self._facts(label)
         if question is None:
             described = next((f for f in facts if f.field == "description"), facts[0])
             text = f"This is {title}." + ("" if described.field == "name" else f" {described.answer}")
             return SupportAnswer(label, title, conf, None, text, "name", 1.0, False, None, candidates)
-        q = np.asarray(self.encoder.encode([question]), dtype=np.float32)[0]
+        # The product's own names say nothing about what is asked ("What size is this sour cream?").
+        q = np.asarray(self.encoder.encode([strip_names(question, self.product(label))]), dtype=np.float32)[0]
         scores = vectors @ q
         row = int(scores.argmax())
         best, score = int(owner[row]), float(scores[row])
@@ -223,7 +288,7 @@ class SupportResponder:
                                  f"no catalogue field answers the question (best match {facts[best].field!r} "
                                  f"at {score:.2f} < {self.min_score:.2f})", candidates)
         return SupportAnswer(label, title, conf, question, facts[best].answer, facts[best].field, score, False,
-                             None, candidates)
+                             None, candidates, source="text")
 
 
 def load_products(catalogue: str | Path | None, fallback: str | Path | None = None) -> dict[str, Product]:

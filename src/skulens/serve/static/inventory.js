@@ -249,7 +249,7 @@ async function decide(id, decision) {
     await api(`/v1/inventory/review/${id}`, {
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(decision),
     });
-    setStatus(decision.reject ? "Rejected." : `Counted as ${decision.label}.`);
+    setStatus(decision.reject ? "Rejected." : `Counted as ${titleOf(decision.label)}.`);
     await refresh();
   } catch (e) { setStatus(e.message, true); }
 }
@@ -258,9 +258,10 @@ async function decide(id, decision) {
 function candidates(item) {
   const row = el("div", null, "candidates");
   for (const c of item.top_k || []) {
-    const b = el("button", `${c.label} ${pct(c.p)}`, "candidate");
+    const b = el("button", `${titleOf(c.label)} ${pct(c.p)}`, "candidate");
     b.type = "button";
-    b.title = `Count it as ${c.label}`;
+    b.dataset.label = c.label;
+    b.title = `Count it as ${titleOf(c.label)} (${c.label})`;
     b.addEventListener("click", () => decide(item.id, { label: c.label }));
     row.append(b);
   }
@@ -275,7 +276,7 @@ async function loadReview() {
     const img = el("img");
     img.alt = item.source;
     if (item.has_photo) photoInto(img, item.id);
-    const guess = item.predicted_label ? `${item.predicted_label} (${pct(item.confidence)})` : "no guess";
+    const guess = item.predicted_label ? `${titleOf(item.predicted_label)} (${pct(item.confidence)})` : "no guess";
     const input = el("input");
     input.setAttribute("list", "labels");
     input.value = item.predicted_label || "";
@@ -314,8 +315,8 @@ function shelfFigure(file, shelf) {
     div.style.top = `${(100 * y1) / shelf.height}%`;
     div.style.width = `${(100 * (x2 - x1)) / shelf.width}%`;
     div.style.height = `${(100 * (y2 - y1)) / shelf.height}%`;
-    div.title = `${b.label} ${pct(b.confidence)}`;
-    div.append(el("span", b.label));
+    div.title = `${titleOf(b.label)} ${pct(b.confidence)}`;
+    div.append(el("span", titleOf(b.label)));
     figure.append(div);
   }
   return figure;
