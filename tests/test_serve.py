@@ -465,3 +465,25 @@ def test_inventory_counts_carry_names_and_change_times_and_the_csv_names_product
         assert [(a["label"], a["delta"], a["count_after"], a["actor"], a["detail"]) for a in audit] == [
             ("red-apple", 2, 2, "tester", {"reason": "received", "mode": "delta"}),
             ("oat-milk", 3, 3, "tester", {"reason": "recounted", "mode": "set"})]
+
+
+def test_support_yes_no_comes_from_the_attribute_table_over_http(client, model, val_photo) -> None:
+    """The tiny catalogue's table: only oat-milk is lactose free. The reply is a verdict from the catalogue
+    when every likely candidate gives the same one, else a hand-off naming the candidates."""
+    pred = model.predict([val_photo[0]], top_k=5)[0]
+    r = client.post("/v1/support/ask", files=_upload(val_photo[0]), data={"question": "Is it lactose free?"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    likely, mass = [], 0.0
+    for label, p in pred.top_k:
+        if mass >= 0.95:
+            break
+        likely.append(label)
+        mass += p
+    if "oat-milk" not in likely:
+        assert body["verdict"] == "no" and body["source"] == "catalogue" and body["field"] == "attribute"
+        assert body["answer"].startswith("No:") and "not lactose free" in body["answer"]
+    else:
+        assert body["handoff"] and body["verdict"] is None and "depends on which product" in body["reason"]
+    r = client.post("/v1/support/ask", files=_upload(val_photo[0]), data={"question": "Is it vegan?"})
+    assert r.json()["handoff"] is True and r.json()["verdict"] is None  # nothing in the catalogue says
