@@ -650,3 +650,23 @@ def test_sigkill_during_save_leaves_a_loadable_index(tmp_path):
         assert hit.record.id == "e5"
         index.close()
         last_seen = gen
+
+
+@pytest.mark.parametrize(("fraction", "action"), [(0.5, "loaded into memory"), (0.0, "paged in")])
+def test_faiss_warm_loads_or_pages_in_the_mapped_vectors_and_answers_the_same(tmp_path, fraction, action):
+    vecs = clustered(3000)
+    recs = [IndexRecord(f"e{i}", f"p{i // 3}", "x") for i in range(3000)]
+    index = create_index("faiss", tmp_path / "w", 32)
+    index.add(recs, vecs)
+    index.save()
+    index.close()
+    again = open_index(tmp_path / "w")
+    assert isinstance(again._buf, np.memmap)  # reopened: mapped from disk, paged in by the first searches
+    before = ids_scores(again.search(vecs[:20], 10, group_by_product=False))
+    report = again.warm(memory_fraction=fraction)
+    assert report["action"].startswith(action) and report["vectors"] == 3000 and report["seconds"] >= 0
+    assert isinstance(again._buf, np.memmap) == (fraction == 0.0)
+    assert ids_scores(again.search(vecs[:20], 10, group_by_product=False)) == before
+    again.add([IndexRecord("new", "pnew", "x")], vecs[:1] + 0.01)  # still writable after the in-memory copy
+    assert again.get("new") is not None and len(again) == 3001
+    again.close()

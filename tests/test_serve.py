@@ -487,3 +487,50 @@ def test_support_yes_no_comes_from_the_attribute_table_over_http(client, model, 
         assert body["handoff"] and body["verdict"] is None and "depends on which product" in body["reason"]
     r = client.post("/v1/support/ask", files=_upload(val_photo[0]), data={"question": "Is it vegan?"})
     assert r.json()["handoff"] is True and r.json()["verdict"] is None  # nothing in the catalogue says
+
+
+def test_readyz_waits_for_the_warm_up_and_reports_it(tiny_bundle, model, tmp_path) -> None:
+    """/readyz answers 503 "warming up" until every batch size ran once, then 200 with the report;
+    with --no-warmup it is ready at once and reports nothing."""
+    import threading
+    import time
+
+    from skulens.serve import warmup
+
+    gate = threading.Event()
+    real = warmup.warm_service
+
+    def held(state):  # the test decides when the warm-up may finish
+        gate.wait(30)
+        return real(state)
+
+    settings = _settings(tiny_bundle, max_batch=4)
+    warmup.warm_service = held
+    try:
+        with TestClient(create_app(settings, model=model)) as c:
+            r = c.get("/readyz")
+            assert r.status_code == 503 and any("warming up" in p for p in r.json()["problems"])
+            assert c.get("/healthz").status_code == 200  # alive while warming
+            gate.set()
+            for _ in range(300):
+                r = c.get("/readyz")
+                if r.status_code == 200:
+                    break
+                time.sleep(0.05)
+            assert r.status_code == 200, r.json()
+            report = r.json()["startup"]["warmup"]
+            assert report["model"]["batch_sizes"] == [1, 2, 3, 4] and report["seconds"] > 0
+            assert "text" in report or "support" not in c.get("/v1/info").json().get("features", {})
+    finally:
+        warmup.warm_service = real
+    with TestClient(create_app(_settings(tiny_bundle, warmup=False), model=model)) as c:
+        r = c.get("/readyz")
+        assert r.status_code == 200 and r.json()["startup"] == {}
+
+
+def test_warm_up_batch_sizes() -> None:
+    from skulens.serve.warmup import batch_sizes
+
+    assert batch_sizes(4) == [1, 2, 3, 4]
+    assert batch_sizes(16) == list(range(1, 17))
+    assert batch_sizes(100) == [*range(1, 17), 32, 64, 100]

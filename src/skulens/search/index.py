@@ -353,6 +353,11 @@ class VectorIndex(ABC):
     def close(self) -> None:
         """Release files / connections (does not save)."""
 
+    def warm(self, *, memory_fraction: float = 0.5) -> dict[str, Any]:
+        """Make the first searches as fast as later ones (a server calls this before taking traffic):
+        what was done, for the start-up log. The default (a remote server's index) does nothing."""
+        return {"index": self.kind, "action": "none"}
+
     @abstractmethod
     def optimize(self) -> None:
         """Bring the ANN structure up to date now (otherwise it happens lazily, at search or save)."""

@@ -8,6 +8,7 @@ recommendations), so /docs shows exactly what this server can do.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -40,6 +41,21 @@ _MAX_REQUEST_BYTES = 128_000_000
 _UPLOAD_FIELDS = {"image", "images"}
 
 
+async def _warm(st: ServiceState) -> None:
+    """The warm-up in a worker thread while the server already answers /healthz and /readyz (503)."""
+    from .warmup import warm_service
+
+    try:
+        report = await anyio.to_thread.run_sync(warm_service, st)
+        st.startup = {"loading_s": st.loading_s, "warmup": report,
+                      "ready_after_s": round(time.time() - st.started_at + (st.loading_s or 0.0), 3)}
+    except Exception as exc:  # a failed warm-up costs speed, never service
+        logger.exception("skulens serve: warm-up failed; serving cold")
+        st.startup = {"loading_s": st.loading_s, "warmup_error": str(exc)}
+    finally:
+        st.warming = False
+
+
 def create_app(settings: ServeSettings, *, model: Model | None = None, state: ServiceState | None = None) -> FastAPI:
     """The service. `model` (an already loaded skulens.Model) or a whole `state` may be injected (tests)."""
 
@@ -48,11 +64,15 @@ def create_app(settings: ServeSettings, *, model: Model | None = None, state: Se
         st = state if state is not None else await anyio.to_thread.run_sync(ServiceState.load, settings, model)
         app.state.skulens = st
         await st.start()
-        logger.info("skulens serve: model %s ready (%s); features %s", settings.model, st.model.card.backbone,
+        logger.info("skulens serve: model %s loaded (%s); features %s", settings.model, st.model.card.backbone,
                     st.features())
+        st.warming = settings.warmup  # before the first request can reach /readyz
+        warming = asyncio.create_task(_warm(st)) if settings.warmup else None
         try:
             yield
         finally:
+            if warming is not None:
+                await warming  # a worker thread cannot be cancelled: let it finish before the model goes
             await st.stop()
 
     from .._version import __version__

@@ -57,6 +57,8 @@ class ServeSettings:
     max_wait_ms: float = 10.0  # how long the first request of a batch waits for company
     queue_size: int = 256  # requests waiting for the model; more answer 503
     top_k: int = 5
+    # Start-up: run the model once per batch size and page the index in before /readyz says ready.
+    warmup: bool = True
     # Inventory.
     review_threshold: float = 0.6  # fine confidence below this goes to the review queue, not the counts
     labelled_dir: str | None = None  # corrected photos for retraining; default <db stem>-labelled/ beside the db

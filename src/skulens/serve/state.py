@@ -145,11 +145,15 @@ class ServiceState:
             if responder is not None:
                 responder.stock = self.store.count
         self.started_at = time.time()
+        self.loading_s: float | None = None  # ServiceState.load: model, catalogue, index, text encoder
+        self.warming = False
+        self.startup: dict[str, Any] = {}  # warm-up report and start-up times, for /readyz and the log
 
     @classmethod
     def load(cls, settings: ServeSettings, model: Model | None = None) -> ServiceState:
         from ..models.predictor import load_model as load
 
+        t0 = time.time()
         detector = _load_detector(settings) if settings.detector else None  # a bad folder fails before the model
         if model is None:
             model = load(settings.model, device=settings.device, backend=settings.backend)
@@ -164,8 +168,10 @@ class ServiceState:
         recommender = _load_recommender(settings, model, products) if settings.events else None
         if responder is not None:
             responder.products = products
-        return cls(settings, model, products=products, responder=responder, support_error=error, search=search,
-                   recommender=recommender, detector=detector)
+        state = cls(settings, model, products=products, responder=responder, support_error=error, search=search,
+                    recommender=recommender, detector=detector)
+        state.loading_s = time.time() - t0
+        return state
 
     def with_index(self, fn: Callable[[], _T]) -> _T:
         """Run `fn` holding the index lock (call from a worker thread, never on the event loop)."""

@@ -26,8 +26,10 @@ async def readyz(state: State) -> JSONResponse:
         problems.append("model batcher is not running")
     if state.writer is not None and not state.writer.running:
         problems.append("inventory writer is not running")
+    if state.warming:
+        problems.append("warming up: running the model once per batch size and paging the index in")
     body = {"status": "not ready" if problems else "ready", "problems": problems,
-            "queue_depth": state.recognizer.batcher.depth}
+            "queue_depth": state.recognizer.batcher.depth, "startup": state.startup}
     return JSONResponse(body, status_code=503 if problems else 200)
 
 
