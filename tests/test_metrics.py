@@ -336,3 +336,18 @@ def test_helpers_reject_bad_shapes() -> None:
         choose_thresholds(np.ones((2, 3)), np.ones((3, 2)))
     with pytest.raises(ValueError):
         expected_calibration_error(np.ones((2, 3)) / 3, np.array([0, 1, 2]))
+
+
+def test_attribute_f1_scores_only_the_likelier_of_two_exclusive_values() -> None:
+    """As predictions show them: flavour=plain 0.9 and flavour=vanilla 0.8 on one photo keep only plain."""
+    probs = np.array([[0.9, 0.1], [0.2, 0.1]])
+    targets = np.array([0, 1])
+    names = ["flavour=plain", "flavour=vanilla"]
+    attr_p = np.array([[0.9, 0.8], [0.1, 0.7]])
+    attr_y = np.array([[1, 0], [0, 1]])
+    kw = {"attr_probs": attr_p, "attr_targets": attr_y, "attr_names": names}
+    free = evaluate_predictions(probs, targets, ["a", "b"], **kw)
+    resolved = evaluate_predictions(probs, targets, ["a", "b"], **kw,
+                                    attr_exclusive=[("flavour=plain", "flavour=vanilla")])
+    assert free.attribute_f1 < 1.0 and resolved.attribute_f1 == 1.0  # the vanilla false positive is gone
+    assert free.attribute_map == resolved.attribute_map  # AP ranks the raw probabilities either way

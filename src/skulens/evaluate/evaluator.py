@@ -38,6 +38,7 @@ def evaluate_outputs(out: HeadOutputs, split: Split, card: ModelCard,
         attr_targets=split.attributes.numpy() if has_attrs else None,
         attr_names=card.attributes if has_attrs else None,
         attr_thresholds=thresholds if has_attrs else None,
+        attr_exclusive=card.attribute_exclusive if has_attrs else (),
     )
 
 

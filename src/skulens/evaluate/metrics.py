@@ -408,6 +408,7 @@ def _attribute_metrics(
     attr_names: Sequence[str] | None,
     attr_thresholds: np.ndarray | None,
     n: int,
+    attr_exclusive: Sequence[tuple[str, str]] = (),
 ) -> tuple[float | None, float | None, tuple[AttributeMetrics, ...]]:
     if attr_probs is None and attr_targets is None:
         return None, None, ()
@@ -422,6 +423,10 @@ def _attribute_metrics(
     if thr.shape != (n_attr,):
         raise ValueError(f"attr_thresholds must have shape ({n_attr},), got {thr.shape}")
     pred = (p >= thr).astype(np.int64)
+    if attr_exclusive:  # F1 scores what a prediction shows: of two exclusive values, only the likelier
+        from ..models.predictor import resolve_exclusive
+
+        pred = resolve_exclusive(p, pred.astype(bool), names, attr_exclusive).astype(np.int64)
     per_attr = []
     for j in range(n_attr):
         support = int(y[:, j].sum())
@@ -451,8 +456,12 @@ def evaluate_predictions(
     attr_targets: np.ndarray | None = None,
     attr_names: Sequence[str] | None = None,
     attr_thresholds: np.ndarray | None = None,
+    attr_exclusive: Sequence[tuple[str, str]] = (),
 ) -> EvalReport:
-    """Score one split's predictions. Conventions and edge cases are in the module docstring."""
+    """Score one split's predictions. Conventions and edge cases are in the module docstring.
+
+    attr_exclusive: the card's pairs of attributes no product carries together; F1 then counts only the
+    likelier of two, as predictions do (AP ranks the raw probabilities)."""
     p = _as_probs(probs, "probs")
     n, n_classes = p.shape
     names = _as_names(class_names, n_classes, "class")
@@ -467,7 +476,8 @@ def evaluate_predictions(
     coarse_top1, coarse_derived = _coarse_metrics(
         p, t, coarse_probs, coarse_targets, coarse_names, fine_to_coarse
     )
-    attr_map, attr_f1, per_attr = _attribute_metrics(attr_probs, attr_targets, attr_names, attr_thresholds, n)
+    attr_map, attr_f1, per_attr = _attribute_metrics(attr_probs, attr_targets, attr_names, attr_thresholds, n,
+                                                     attr_exclusive)
     return EvalReport(
         n=int(n),
         top1=float(np.mean(preds == t)),

@@ -80,6 +80,19 @@ def decide(card: ModelCard, fine: np.ndarray, coarse: np.ndarray | None, attrs: 
                       tuple((card.classes[int(i)], float(fine[int(i)])) for i in order), attributes)
 
 
+def resolve_exclusive(probs: np.ndarray, positive: np.ndarray, names: Sequence[str],
+                      exclusive: Sequence[tuple[str, str]]) -> np.ndarray:
+    """`positive` (N x A booleans above threshold) with `_without_conflicts` applied to every row: what
+    predictions show, for the evaluation to score."""
+    out = np.zeros_like(positive, dtype=bool)
+    index = {a: j for j, a in enumerate(names)}
+    pairs = tuple(exclusive)
+    for i in range(len(positive)):
+        kept = _without_conflicts(tuple((names[j], float(probs[i, j])) for j in np.flatnonzero(positive[i])), pairs)
+        out[i, [index[a] for a, _ in kept]] = True
+    return out
+
+
 def _without_conflicts(attributes: tuple[tuple[str, float], ...],
                        exclusive: tuple[tuple[str, str], ...]) -> tuple[tuple[str, float], ...]:
     """Of exclusive attributes (values of one group no product carries together), keep the likelier: from the
