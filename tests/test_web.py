@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -49,9 +50,11 @@ def browser():
         b.close()
 
 
-@pytest.fixture
-def page(browser):
-    ctx = browser.new_context()
+@contextmanager
+def checked_page(browser, **context):
+    """A page in a fresh browser context (`context`: viewport, time zone...); on close, the page must not
+    have broken its own Content-Security-Policy."""
+    ctx = browser.new_context(**context)
     pg = ctx.new_page()
     errors: list[str] = []
     pg.on("pageerror", lambda e: errors.append(str(e)))
@@ -59,6 +62,12 @@ def page(browser):
     yield pg
     ctx.close()
     assert not [e for e in errors if "Content Security Policy" in e], errors  # the page obeys its own CSP
+
+
+@pytest.fixture
+def page(browser):
+    with checked_page(browser) as pg:
+        yield pg
 
 
 # The page names a product only at or above the service's min_confidence (the support hand-off's threshold).

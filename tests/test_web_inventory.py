@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from test_web import KEY, browser, model, page, playwright_api, site  # noqa: F401
+from test_web import KEY, browser, checked_page, model, page, playwright_api, site  # noqa: F401
 
 HEADERS = {"X-API-Key": KEY}
 expect = playwright_api.expect
@@ -224,14 +224,8 @@ def test_inventory_counts_have_names_search_sort_last_change_and_csv_titles(site
 @pytest.fixture
 def phone(browser):  # noqa: F811
     """A 390 px wide phone in a time zone half an hour off UTC's hours (so local time is really local)."""
-    ctx = browser.new_context(viewport={"width": 390, "height": 844}, timezone_id="Asia/Kolkata")
-    pg = ctx.new_page()
-    errors: list[str] = []
-    pg.on("pageerror", lambda e: errors.append(str(e)))
-    pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    yield pg
-    ctx.close()
-    assert not [e for e in errors if "Content Security Policy" in e], errors
+    with checked_page(browser, viewport={"width": 390, "height": 844}, timezone_id="Asia/Kolkata") as pg:
+        yield pg
 
 
 def test_inventory_page_works_on_a_phone_in_local_time(site, phone) -> None:  # noqa: F811
