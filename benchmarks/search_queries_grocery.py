@@ -1,0 +1,321 @@
+"""Shopper-language text search on the Grocery Store catalogue: Recall@1, Recall@5 and MRR per search mode.
+
+    python benchmarks/search_queries_grocery.py [--bundle runs/bench9/bundle] [--data PATH]
+        [--queries benchmarks/data/shopper_queries.csv] [--aligner FILE] [--fit-aligner]
+        [--text-model DIR ...] [--modes NAME ...] [--misses N] [--no-write]
+
+Queries: benchmarks/data/shopper_queries.csv (query, accepted products, kind), written by hand from general
+knowledge and the product files, never from search results. A query is a hit at k when any accepted product
+is among the first k distinct products; MRR uses the first accepted product's rank (0 when it is not ranked).
+
+Modes (each a function: list of queries -> one ranked product list per query; add one to MODES to compare a
+fine-tuned encoder, or pass --text-model DIR for a local sentence-transformers folder):
+
+- lexical: TF-IDF (scikit-learn, words and word pairs, accents folded) over each product's title, label,
+  coarse class, description, Information file and attribute words; products sharing no word are not ranked.
+- minilm: the bundled frozen MiniLM; a product scores its best cosine over `product_sentences`.
+- engine-text / engine-hybrid / aligned: skulens' own `SearchEngine.by_text` in modes "text", "hybrid"
+  (the default) and "aligned", over an index of the catalogue photos. hybrid and aligned need the bundle's
+  text aligner (text_align.safetensors); without one "aligned" is skipped and "hybrid" is what the engine
+  then does (text only). --fit-aligner fits one in memory, as `skulens align` would, to measure them anyway.
+- rrf(lexical+minilm): reciprocal-rank fusion (the engine's `rank_fusion`) of the lexical and minilm lists.
+
+Appends to RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import re
+import sys
+import tempfile
+import time
+import unicodedata
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from itertools import pairwise
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "src"))
+from _results import append_section
+
+QUERIES = HERE / "data" / "shopper_queries.csv"
+KINDS = ("synonym", "description", "use", "brand", "attribute", "category", "name")
+
+Ranker = Callable[[list[str]], list[list[str]]]
+
+
+@dataclass(frozen=True)
+class Query:
+    text: str
+    accepted: frozenset[str]
+    kind: str
+
+
+def load_queries(path: str | Path, products: Sequence[str] | None = None) -> list[Query]:
+    """The query file; with `products`, every accepted label must be one of them."""
+    out = []
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames != ["query", "accepted", "kind"]:
+            raise SystemExit(f"{path}: header must be query,accepted,kind (got {reader.fieldnames})")
+        for line, row in enumerate(reader, start=2):
+            accepted = frozenset(a.strip() for a in row["accepted"].split(";") if a.strip())
+            if not row["query"].strip() or not accepted:
+                raise SystemExit(f"{path}:{line}: empty query or accepted list")
+            unknown = accepted - set(products) if products is not None else set()
+            if unknown:
+                raise SystemExit(f"{path}:{line}: unknown product(s) {sorted(unknown)}")
+            out.append(Query(row["query"].strip(), accepted, row["kind"].strip()))
+    return out
+
+
+def first_rank(ranked: Sequence[str], accepted: frozenset[str]) -> int | None:
+    """1-based rank of the first accepted product, None when none is ranked."""
+    return next((i + 1 for i, p in enumerate(ranked) if p in accepted), None)
+
+
+def scores(ranks: Sequence[int | None]) -> tuple[float, float, float]:
+    """Recall@1, Recall@5, MRR."""
+    r = [x or 0 for x in ranks]
+    return (float(np.mean([0 < x <= 1 for x in r])), float(np.mean([0 < x <= 5 for x in r])),
+            float(np.mean([1 / x if x else 0.0 for x in r])))
+
+
+def ranked_by(scores_matrix: np.ndarray, products: Sequence[str], *, drop_zero: bool = False) -> list[list[str]]:
+    out = []
+    for row in scores_matrix:
+        order = np.argsort(-row, kind="stable")
+        out.append([products[j] for j in order if not drop_zero or row[j] > 0])
+    return out
+
+
+# --- the catalogue's own words --------------------------------------------------------------------------
+
+def attribute_words(attributes: Sequence[str]) -> str:
+    """("colour=green", "lactose_free", "organic") -> "green lactose free organic"."""
+    return " ".join((a.split("=", 1)[1] if "=" in a else a).replace("_", " ") for a in attributes)
+
+
+def product_document(label: str, cat) -> str:
+    p = cat.products[label]
+    coarse = cat.hierarchy.get(label, "") or ""
+    return " ".join(x for x in (p.title, label.replace("-", " "), coarse.replace("-", " "), p.description, p.info,
+                                attribute_words(p.attributes)) if x)
+
+
+_STOP = {"a", "an", "and", "are", "as", "at", "be", "by", "for", "from", "has", "have", "in", "is", "it", "its", "of",
+         "on", "or", "that", "the", "this", "to", "with"}
+
+
+def _fold(text: str) -> str:
+    """Lower case, accents dropped, decimal commas as points ("1,5%" -> "1.5%")."""
+    text = re.sub(r"(\d),(\d)", r"\1.\2", text.lower())
+    return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+
+
+def _tokens(text: str) -> list[str]:
+    words = [w for w in re.findall(r"[a-z0-9]+(?:[.,][0-9]+)?%?", _fold(text)) if w not in _STOP]
+    return words + [f"{a} {b}" for a, b in pairwise(words)]
+
+
+# --- modes -----------------------------------------------------------------------------------------------
+
+def lexical_mode(cat, products: Sequence[str]) -> Ranker:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    vec = TfidfVectorizer(analyzer=_tokens, sublinear_tf=True)
+    docs = vec.fit_transform([product_document(p, cat) for p in products])
+
+    def run(queries: list[str]) -> list[list[str]]:
+        return ranked_by((vec.transform(queries) @ docs.T).toarray(), products, drop_zero=True)
+
+    return run
+
+
+def sentence_mode(cat, products: Sequence[str], text_model: str = "minilm") -> Ranker:
+    """A product scores its best cosine over its product_sentences (title, title + description, ...)."""
+    from skulens.models.text import load_text_encoder
+    from skulens.search.align import product_sentences
+
+    enc = load_text_encoder(text_model)
+    texts = [product_sentences(cat.products[p].title, cat.products[p].description, cat.products[p].info)
+             for p in products]
+    owner = np.repeat(np.arange(len(products)), [len(t) for t in texts])
+    vecs = enc.encode([t for ts in texts for t in ts])
+
+    def run(queries: list[str]) -> list[list[str]]:
+        s = enc.encode(queries) @ vecs.T
+        best = np.full((len(queries), len(products)), -np.inf, dtype=np.float32)
+        np.maximum.at(best.T, owner, s.T)
+        return ranked_by(best, products)
+
+    return run
+
+
+def rrf_mode(*rankers: Ranker) -> Ranker:
+    from skulens.search.engine import rank_fusion
+    from skulens.search.index import IndexRecord, SearchHit
+
+    def hits(ranked: list[str]) -> list[SearchHit]:
+        return [SearchHit(p, 0.0, IndexRecord(id=p, product_id=p, label=p)) for p in ranked]
+
+    def run(queries: list[str]) -> list[list[str]]:
+        lists = [r(queries) for r in rankers]
+        return [[h.product_id for h in rank_fusion([hits(lst[i]) for lst in lists], 10**6)]
+                for i in range(len(queries))]
+
+    return run
+
+
+def engine_modes(cat, products: Sequence[str], bundle: str, aligner, tmp: str, splits: Sequence[str]
+                 ) -> dict[str, Ranker]:
+    """skulens' SearchEngine over an index of the catalogue's photos (real image vectors when an aligner
+    needs them; the "text" mode reads only the records' titles and texts)."""
+    from skulens.search.catalogue_index import build_catalogue_index, catalogue_records
+    from skulens.search.engine import SearchEngine
+    from skulens.search.index import create_index
+
+    if aligner is not None:
+        from skulens.models.predictor import load_model
+
+        index = build_catalogue_index(load_model(bundle), cat, str(Path(tmp) / "ix"), splits=splits).index
+    else:
+        records, _ = catalogue_records(cat, splits=(), catalogue_photos=True)
+        index = create_index("faiss", str(Path(tmp) / "ix"), len(records))
+        index.add(records, np.eye(len(records), dtype=np.float32))  # placeholders: text mode never reads them
+    engine = SearchEngine(None, index, aligner)
+    n = len(products)
+
+    def mode(name: str) -> Ranker:
+        def run(queries: list[str]) -> list[list[str]]:
+            return [[h.product_id for h in row] for row in engine.by_text(queries, k=n, mode=name)]
+        return run
+
+    out = {"engine-text": mode("text"), "engine-hybrid (default)": mode("hybrid")}
+    if aligner is not None:
+        out["aligned"] = mode("aligned")
+    return out
+
+
+# --- the benchmark -----------------------------------------------------------------------------------------
+
+def evaluate(modes: dict[str, Ranker], queries: list[Query]) -> dict[str, dict]:
+    out = {}
+    texts = [q.text for q in queries]
+    for name, run in modes.items():
+        run(texts[:1])  # warm-up: model loading and product encoding are not query time
+        t0 = time.perf_counter()
+        ranked = run(texts)
+        took = time.perf_counter() - t0
+        ranks = [first_rank(r, q.accepted) for r, q in zip(ranked, queries, strict=True)]
+        per_kind = {k: scores([r for r, q in zip(ranks, queries, strict=True) if q.kind == k])
+                    for k in KINDS if any(q.kind == k for q in queries)}
+        out[name] = {"all": scores(ranks), "kinds": per_kind, "ranks": ranks, "ranked": ranked, "seconds": took}
+        r1, r5, mrr = out[name]["all"]
+        print(f"{name}: R@1 {r1:.3f}  R@5 {r5:.3f}  MRR {mrr:.3f}  ({took:.1f} s)", flush=True)
+    return out
+
+
+def tables(res: dict[str, dict], queries: list[Query]) -> str:
+    kinds = [k for k in KINDS if any(q.kind == k for q in queries)]
+    counts = {k: sum(q.kind == k for q in queries) for k in kinds}
+    head = ("| mode | Recall@1 | Recall@5 | MRR | s for all queries (warm) |\n|---|---|---|---|---|\n"
+            + "\n".join(f"| {m} | {100 * r['all'][0]:.1f} | {100 * r['all'][1]:.1f} | {r['all'][2]:.3f} "
+                        f"| {r['seconds']:.1f} |" for m, r in res.items()))
+    out = [head]
+    for i, metric in enumerate(("Recall@1", "Recall@5", "MRR")):
+        cols = " | ".join(f"{k} ({counts[k]})" for k in kinds)
+        rows = []
+        for m, r in res.items():
+            cells = " | ".join((f"{r['kinds'][k][i]:.3f}" if i == 2 else f"{100 * r['kinds'][k][i]:.1f}")
+                               for k in kinds)
+            rows.append(f"| {m} | {cells} |")
+        out.append(f"{metric} per kind (queries):\n\n| mode | {cols} |\n|---|{'---|' * len(kinds)}\n"
+                   + "\n".join(rows))
+    return "\n\n".join(out)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bundle", default="runs/bench9/bundle", help="bundle whose text aligner is measured")
+    ap.add_argument("--data", default=str(HERE.parent.parent / "shared" / "datasets" / "grocery-store"))
+    ap.add_argument("--queries", default=str(QUERIES))
+    ap.add_argument("--aligner", help="text alignment file (default: the bundle's text_align.safetensors)")
+    ap.add_argument("--fit-aligner", action="store_true",
+                    help="no aligner in the bundle: fit one in memory as `skulens align` does, on the index splits")
+    ap.add_argument("--index-splits", nargs="*", default=[],
+                    help="photo splits indexed beside the catalogue photos for aligned/hybrid (default: none)")
+    ap.add_argument("--text-model", action="append", default=[],
+                    help="extra mode: a local sentence-transformers folder (e.g. a fine-tuned MiniLM)")
+    ap.add_argument("--modes", nargs="+", help="only these modes (names as printed)")
+    ap.add_argument("--misses", type=int, default=0, help="print up to N misses at 5 per mode")
+    ap.add_argument("--no-write", action="store_true")
+    ns = ap.parse_args()
+
+    from skulens.data.catalogue import load_catalogue
+    from skulens.search.align import load_aligner
+
+    t0 = time.perf_counter()
+    cat = load_catalogue(ns.data)
+    products = list(cat.classes)
+    queries = load_queries(ns.queries, products)
+    aligner_note = ""
+    aligner = load_aligner(ns.aligner or ns.bundle) if (ns.aligner or Path(ns.bundle).is_dir()) else None
+    if aligner is not None:
+        aligner_note = f"Aligner: `{ns.aligner or ns.bundle}`."
+    elif ns.fit_aligner:
+        from skulens.models.predictor import load_model
+        from skulens.search.align import align_catalogue
+
+        t1 = time.perf_counter()
+        aligner, n_products, n_photos = align_catalogue(load_model(ns.bundle), cat, splits=ns.index_splits,
+                                                        progress=False)
+        aligner_note = (f"Aligner: none in `{ns.bundle}`; fitted here as `skulens align` does ({n_products} products, "
+                        f"{n_photos} photos: catalogue photos + splits {ns.index_splits or 'none'}, "
+                        f"{time.perf_counter() - t1:.0f} s).")
+    else:
+        aligner_note = (f"Aligner: `{ns.bundle}` has no text_align.safetensors, so the aligned mode is skipped and "
+                        "the engine's default hybrid mode falls back to its text-only search (same ranking as "
+                        "engine-text).")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        lexical = lexical_mode(cat, products)
+        minilm = sentence_mode(cat, products)
+        modes: dict[str, Ranker] = {"lexical (TF-IDF)": lexical, "minilm (frozen, product sentences)": minilm}
+        modes.update(engine_modes(cat, products, ns.bundle, aligner, tmp, ns.index_splits))
+        modes["rrf(lexical+minilm)"] = rrf_mode(lexical, minilm)
+        for folder in ns.text_model:
+            modes[f"text model {Path(folder).name}"] = sentence_mode(cat, products, folder)
+        if ns.modes:
+            unknown = set(ns.modes) - set(modes)
+            if unknown:
+                raise SystemExit(f"unknown mode(s) {sorted(unknown)}: {', '.join(modes)}")
+            modes = {m: modes[m] for m in ns.modes}
+        res = evaluate(modes, queries)
+
+    for name, r in res.items():
+        misses = [(q, ranked[:5]) for q, rank, ranked in zip(queries, r["ranks"], r["ranked"], strict=True)
+                  if not rank or rank > 5]
+        for q, top in misses[:ns.misses]:
+            print(f"  miss [{name}] {q.kind}: {q.text!r} -> {', '.join(top) or '(nothing)'}")
+    kinds = ", ".join(f"{k} {sum(q.kind == k for q in queries)}" for k in KINDS)
+    covered = len(set().union(*(q.accepted for q in queries)))
+    body = (f"{len(queries)} shopper queries (`{Path(ns.queries).name}`; {kinds}) over the {len(products)} grocery "
+            f"products ({covered} covered); hit = any accepted product (1 to 10 per query) in the top k distinct "
+            f"products. {aligner_note}\n\n{tables(res, queries)}\n\n"
+            f"Wall time: {time.perf_counter() - t0:.0f} s.")
+    print(body)
+    if not ns.no_write:
+        append_section("Shopper-language text search on grocery (hand-written queries)",
+                       "python benchmarks/search_queries_grocery.py " + " ".join(sys.argv[1:]), body)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
