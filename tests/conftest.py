@@ -76,3 +76,103 @@ def grocery_path() -> Path | None:
     env = os.environ.get("SKULENS_DATA")
     p = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "grocery-store"
     return p if (p / "classes.csv").is_file() else None
+
+
+# -- PostgreSQL for the inventory tests --------------------------------------------------------------------
+
+POSTGRES_ENV = "SKULENS_TEST_POSTGRES"
+
+
+@pytest.fixture(scope="module")
+def postgres_url(request: pytest.FixtureRequest):
+    """A fresh, empty PostgreSQL database for this test module (dropped afterwards): its SQLAlchemy URL.
+
+    The server is $SKULENS_TEST_POSTGRES, a libpq URL of a server where the tests may CREATE DATABASE
+    (`.ci/run` starts Debian's PostgreSQL and sets it). Unset: the PostgreSQL variants skip, saying so; set but
+    unreachable (or psycopg missing): they fail, so CI cannot pass without running them."""
+    import re
+    import secrets
+
+    server = os.environ.get(POSTGRES_ENV)
+    if not server:
+        pytest.skip(f"PostgreSQL variant: no server given (set {POSTGRES_ENV}=postgresql://... to a server where "
+                    "the tests may CREATE DATABASE; .ci/run does)")
+    try:
+        import psycopg
+        from sqlalchemy.engine import make_url
+    except ImportError as exc:
+        pytest.fail(f"{POSTGRES_ENV} is set but {exc.name} is missing: pip install -e '.[dev]'")
+    module = re.sub(r"[^a-z0-9]+", "_", request.module.__name__.lower())[-24:]
+    name = f"skulens_{module}_{secrets.token_hex(4)}"
+    try:
+        with psycopg.connect(server, autocommit=True, connect_timeout=10) as admin:
+            admin.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.Error as exc:
+        pytest.fail(f"{POSTGRES_ENV}={server}: cannot create a test database ({exc})")
+    yield make_url(server).set(drivername="postgresql+psycopg", database=name).render_as_string(hide_password=False)
+    with psycopg.connect(server, autocommit=True, connect_timeout=10) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+class InventoryDB:
+    """Where one test's inventories live: SQLite files in tmp_path, or (PostgreSQL) one fresh schema per name
+    in the module's database, with the photo and labelled folders where a SQLite file's would be."""
+
+    def __init__(self, backend: str, tmp_path: Path, server_url: str | None = None):
+        self.backend, self.tmp_path, self._server_url = backend, tmp_path, server_url
+        self._urls: dict[str, str] = {}
+
+    def url(self, name: str = "inv") -> str:
+        """What `InventoryStore(...)` and `--db` take: `tmp_path/NAME.sqlite`, or a URL whose search_path is a
+        schema of its own (created on first use)."""
+        if self.backend == "sqlite":
+            return str(self.tmp_path / f"{name}.sqlite")
+        if name not in self._urls:
+            import secrets
+
+            import psycopg
+            from sqlalchemy.engine import make_url
+
+            assert self._server_url is not None
+            schema = f"t_{secrets.token_hex(6)}"
+            url = make_url(self._server_url)
+            with psycopg.connect(url.set(drivername="postgresql").render_as_string(hide_password=False),
+                                 autocommit=True) as con:
+                con.execute(f"CREATE SCHEMA {schema}")
+            self._urls[name] = url.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
+                hide_password=False)
+        return self._urls[name]
+
+    def dirs(self, name: str = "inv") -> dict[str, Path]:
+        """The store's photo_dir and labelled_dir: SQLite's defaults (beside the file), given for PostgreSQL."""
+        if self.backend == "sqlite":
+            return {}
+        return {"photo_dir": self.tmp_path / f"{name}-photos", "labelled_dir": self.tmp_path / f"{name}-labelled"}
+
+    def store(self, name: str = "inv", **kw):
+        from skulens.serve.inventory import InventoryStore
+
+        return InventoryStore(self.url(name), **{**self.dirs(name), **kw})
+
+    def execute(self, name: str, sql: str) -> None:
+        """Run SQL on the inventory `name` directly (as another program would)."""
+        import sqlalchemy as sa
+
+        url = self.url(name)
+        engine = sa.create_engine(f"sqlite:///{url}" if self.backend == "sqlite" else url)
+        try:
+            with engine.begin() as con:
+                con.exec_driver_sql(sql)
+        finally:
+            engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def inventory_db(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> InventoryDB:
+    """The inventory database of a test, once per backend (the PostgreSQL one skips without a server). A
+    PostgreSQL test runs in tmp_path, where a URL's default photo and labelled folders go."""
+    if request.param == "sqlite":
+        return InventoryDB("sqlite", tmp_path)
+    server = request.getfixturevalue("postgres_url")
+    monkeypatch.chdir(tmp_path)
+    return InventoryDB("postgresql", tmp_path, server)

@@ -26,8 +26,8 @@ def _photo(i: int, label: str = "oat-milk", conf: float = 0.9, image: bytes | No
     return IntakePhoto(f"{i:064x}", f"p{i}.jpg", label, conf, ((label, conf),), image)
 
 
-def test_intake_counts_confident_photos_once(tmp_path: Path) -> None:
-    with InventoryStore(tmp_path / "inv.sqlite") as store:
+def test_intake_counts_confident_photos_once(inventory_db) -> None:
+    with inventory_db.store() as store:
         res = store.intake([_photo(1), _photo(2), _photo(1), _photo(3, "red-apple")], threshold=0.6, actor="t")
         assert [r.status for r in res] == ["counted", "counted", "duplicate", "counted"]
         assert [r.count for r in res] == [1, 2, None, 1]
@@ -40,9 +40,9 @@ def test_intake_counts_confident_photos_once(tmp_path: Path) -> None:
         assert audit[0].actor == "t" and audit[0].photo == f"{3:064x}"
 
 
-def test_low_confidence_is_queued_and_a_reviewer_resolves_it(tmp_path: Path) -> None:
+def test_low_confidence_is_queued_and_a_reviewer_resolves_it(inventory_db, tmp_path: Path) -> None:
     img = stripped_jpeg(photo_bytes("green-apple", 1, gps=True))
-    with InventoryStore(tmp_path / "inv.sqlite") as store:
+    with inventory_db.store() as store:
         res = store.intake([_photo(1, "green-apple", 0.3, img), _photo(2, "green-apple", 0.2, img),
                             _photo(3, None, 0.1, img)], threshold=0.6, actor="cam")
         assert [r.status for r in res] == ["review"] * 3
@@ -69,18 +69,18 @@ def test_low_confidence_is_queued_and_a_reviewer_resolves_it(tmp_path: Path) -> 
     assert all(not has_gps(s.path.read_bytes()) for s in cat.split("train"))
     # Reviewed photos moved to the labelled folder; the rejected one is gone (privacy).
     assert sorted(p.name for p in (tmp_path / "inv-photos").iterdir()) == []
-    with InventoryStore(tmp_path / "inv.sqlite") as store:
+    with inventory_db.store() as store:
         assert store.photo_file(f"{2:064x}") == tmp_path / "inv-labelled" / "red-apple" / f"{2:064x}.jpg"
         assert store.photo_file(f"{3:064x}") is None
 
 
-def test_a_correction_must_name_a_known_product(tmp_path: Path) -> None:
+def test_a_correction_must_name_a_known_product(inventory_db) -> None:
     from skulens.serve.inventory import IntakeBox, ShelfPhoto, UnknownLabelError
 
     known = ("green-apple", "oat-milk", "red-apple")
     crop = stripped_jpeg(photo_bytes("oat-milk", 4))
     box = IntakeBox((0.0, 0.0, 40.0, 40.0), 0.8, None, 0.2, "oat-milk", crop)  # a shelf box: reviewed alike
-    with InventoryStore(tmp_path / "inv.sqlite") as store:
+    with inventory_db.store() as store:
         store.intake([_photo(1, "oat-milk", 0.1, crop), ShelfPhoto(f"{2:064x}", "shelf.jpg", (box,), 64, 64)],
                      threshold=0.6, actor="cam")
         for item in (f"{1:064x}", f"{2:064x}:0"):
@@ -97,9 +97,9 @@ def test_a_correction_must_name_a_known_product(tmp_path: Path) -> None:
         assert store.labels() == {"oat-milk", "red-apple"}  # what the CLI checks against without a model
 
 
-def test_a_review_cut_short_by_a_crash_is_finished_later(tmp_path: Path) -> None:
+def test_a_review_cut_short_by_a_crash_is_finished_later(inventory_db, tmp_path: Path) -> None:
     img = stripped_jpeg(photo_bytes("oat-milk", 5))
-    with InventoryStore(tmp_path / "inv.sqlite") as store:
+    with inventory_db.store() as store:
         store.intake([_photo(1, "oat-milk", 0.1, img)], threshold=0.6, actor="t")
         store.resolve(f"{1:064x}", "oat-milk", actor="t")
         # Undo the file move, as if the process died right after the review committed.
@@ -111,9 +111,9 @@ def test_a_review_cut_short_by_a_crash_is_finished_later(tmp_path: Path) -> None
     assert load_catalogue(tmp_path / "inv-labelled", val_fraction=0).split("train")[0].label == "oat-milk"
 
 
-def test_labels_cannot_escape_the_labelled_folder(tmp_path: Path) -> None:
+def test_labels_cannot_escape_the_labelled_folder(inventory_db, tmp_path: Path) -> None:
     img = stripped_jpeg(photo_bytes("oat-milk", 2))
-    with InventoryStore(tmp_path / "inv.sqlite") as store:
+    with inventory_db.store() as store:
         store.intake([_photo(1, "x", 0.1, img)], threshold=0.6, actor="t")
         store.resolve(f"{1:064x}", "../../etc/evil", actor="t")
     files = [p for p in (tmp_path / "inv-labelled").rglob("*.jpg")]
@@ -121,12 +121,12 @@ def test_labels_cannot_escape_the_labelled_folder(tmp_path: Path) -> None:
     assert not (tmp_path.parent / "etc").exists()
 
 
-def test_counted_photos_are_not_kept_unless_asked(tmp_path: Path) -> None:
+def test_counted_photos_are_not_kept_unless_asked(inventory_db) -> None:
     img = stripped_jpeg(photo_bytes("oat-milk", 3))
-    with InventoryStore(tmp_path / "a.sqlite") as store:
+    with inventory_db.store("a") as store:
         store.intake([_photo(1, image=img)], threshold=0.6, actor="t")
         assert store.photo_file(f"{1:064x}") is None and not store.photo_dir.exists()
-    with InventoryStore(tmp_path / "b.sqlite") as store:
+    with inventory_db.store("b") as store:
         store.intake([_photo(1, image=img)], threshold=0.6, actor="t", keep_photos=True)
         assert store.photo_file(f"{1:064x}").read_bytes() == img
 
@@ -157,8 +157,8 @@ def test_stripped_jpeg_drops_exif_and_keeps_orientation() -> None:
     assert content_hash(raw) != content_hash(out)
 
 
-def test_adjust_export_and_audit(tmp_path: Path) -> None:
-    with InventoryStore(tmp_path / "inv.sqlite") as store:
+def test_adjust_export_and_audit(inventory_db) -> None:
+    with inventory_db.store() as store:
         store.intake([_photo(1)], threshold=0.6, actor="t")
         assert store.adjust("oat-milk", delta=4, actor="u", reason="delivery") == 5
         assert store.adjust("oat-milk", count=2, actor="u") == 2
@@ -175,11 +175,10 @@ def test_adjust_export_and_audit(tmp_path: Path) -> None:
         assert [a.id for a in store.audit(before_id=last.id)] == [last.id - 1, last.id - 2]
 
 
-def test_concurrent_writers_count_exactly(tmp_path: Path) -> None:
+def test_concurrent_writers_count_exactly(inventory_db) -> None:
     """Eight threads (and a second connection) send overlapping photos: each unique photo counts once."""
-    path = tmp_path / "inv.sqlite"
     unique = 200
-    with InventoryStore(path) as store, InventoryStore(path) as other:
+    with inventory_db.store() as store, inventory_db.store() as other:
         def worker(w: int) -> None:
             target = store if w % 2 else other
             for start in range(0, unique, 10):
@@ -209,32 +208,35 @@ _CHILD = textwrap.dedent("""
 """)
 
 
-def test_kill_9_mid_intake_then_rerun_loses_nothing_and_counts_nothing_twice(tmp_path: Path) -> None:
-    path, n = tmp_path / "inv.sqlite", 400
-    cmd = [sys.executable, "-c", _CHILD, str(path), str(n)]
+def test_kill_9_mid_intake_then_rerun_loses_nothing_and_counts_nothing_twice(inventory_db) -> None:
+    path, n = inventory_db.url(), 400
+    cmd = [sys.executable, "-c", _CHILD, path, str(n)]
     child = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     for _ in range(10):  # let it commit a few batches, then kill it without warning
         child.stdout.readline()
     os.kill(child.pid, signal.SIGKILL)
     child.wait()
-    with InventoryStore(path) as store:
+    with inventory_db.store() as store:
         partial = sum(store.counts().values())
     assert 0 < partial < n
     subprocess.run(cmd, check=True, capture_output=True)  # the retry sends everything again
-    with InventoryStore(path) as store:
+    with inventory_db.store() as store:
         assert store.counts() == {"oat-milk": n - len(range(0, n, 3)), "red-apple": len(range(0, n, 3))}
         assert sum(a.action == "intake" for a in store.audit(limit=10_000)) == n
-    assert sqlite3.connect(path).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    if inventory_db.backend == "sqlite":
+        assert sqlite3.connect(path).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
-def test_newer_schema_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "inv.sqlite"
-    InventoryStore(path).close()
-    con = sqlite3.connect(path)
-    con.execute("PRAGMA user_version=99")
-    con.close()
+def test_newer_schema_is_refused(inventory_db) -> None:
+    inventory_db.store().close()
+    if inventory_db.backend == "sqlite":
+        con = sqlite3.connect(inventory_db.url())
+        con.execute("PRAGMA user_version=99")
+        con.close()
+    else:  # PostgreSQL keeps the version in a table
+        inventory_db.execute("inv", "UPDATE skulens_schema SET version = 99")
     with pytest.raises(InventoryError, match="newer"):
-        InventoryStore(path)
+        inventory_db.store()
 
 
 # -- the CLI, with the real tiny model ------------------------------------------------------------------
@@ -274,12 +276,12 @@ def test_cli_scan_is_idempotent_and_resumable_after_kill_9(tiny_bundle, tmp_path
     assert "0 counted, 0 for review, 36 already in the inventory, 1 unreadable" in again.stderr
 
 
-def test_cli_counts_review_and_audit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_counts_review_and_audit(inventory_db, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from skulens.cli import main
 
-    db = tmp_path / "inv.sqlite"
+    db = inventory_db.url()
     img = stripped_jpeg(photo_bytes("oat-milk", 9))
-    with InventoryStore(db) as store:
+    with inventory_db.store() as store:
         store.intake([_photo(1), _photo(2, "red-apple", 0.1, img)], threshold=0.6, actor="t")
     assert main(["inventory", "counts", "--db", str(db)]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -304,12 +306,12 @@ def test_cli_counts_review_and_audit(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert audit[0]["actor"].startswith("cli")
 
 
-def test_cli_review_checks_labels_against_the_model(tiny_bundle, tmp_path: Path,
+def test_cli_review_checks_labels_against_the_model(tiny_bundle, inventory_db,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     from skulens.cli import main
 
-    db = tmp_path / "inv.sqlite"
-    with InventoryStore(db) as store:
+    db = inventory_db.url()
+    with inventory_db.store() as store:
         store.intake([_photo(1, "red-apple", 0.1)], threshold=0.6, actor="t")
     item = ["inventory", "review", "--db", str(db), f"{1:064x}"]
     # green-apple: one of the model's products, never seen by this inventory.
@@ -321,8 +323,8 @@ def test_cli_review_checks_labels_against_the_model(tiny_bundle, tmp_path: Path,
     assert json.loads(capsys.readouterr().out)["status"] == "corrected"
 
 
-def test_stock_rows_and_csv_export_with_product_names(tmp_path: Path) -> None:
-    with InventoryStore(tmp_path / "inv.sqlite") as store:
+def test_stock_rows_and_csv_export_with_product_names(inventory_db) -> None:
+    with inventory_db.store() as store:
         store.intake([_photo(1), _photo(2, "red-apple")], threshold=0.6, actor="t")
         store.adjust("red-apple", count=4, actor="u", reason="recounted")
         stock = store.stock()

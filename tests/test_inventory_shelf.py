@@ -68,8 +68,8 @@ def _mixed(i: int) -> ShelfPhoto:
 # -- the store ------------------------------------------------------------------------------------------
 
 
-def test_a_shelf_photo_counts_every_named_product_once(tmp_path: Path) -> None:
-    with InventoryStore(tmp_path / "inv.sqlite") as store:
+def test_a_shelf_photo_counts_every_named_product_once(inventory_db) -> None:
+    with inventory_db.store() as store:
         [res, photo] = store.intake([_mixed(1), IntakePhoto(f"{2:064x}", "p.jpg", "oat-milk", 0.9)], threshold=0.6,
                                     actor="cam")
         assert (res.status, photo.status, photo.count) == ("counted", "counted", 3)
@@ -95,8 +95,8 @@ def test_a_shelf_photo_counts_every_named_product_once(tmp_path: Path) -> None:
         assert store.photo_file(f"{1:064x}:0") is None  # nor the crops of boxes that counted
 
 
-def test_reviewing_boxes_counts_them_and_writes_labelled_crops(tmp_path: Path) -> None:
-    with InventoryStore(tmp_path / "inv.sqlite") as store:
+def test_reviewing_boxes_counts_them_and_writes_labelled_crops(inventory_db, tmp_path: Path) -> None:
+    with inventory_db.store() as store:
         store.intake([_mixed(1), _shelf(2, _box(None, 0.2, "oat-milk", CROP)),
                       IntakePhoto(f"{3:064x}", "p.jpg", "oat-milk", 0.1, image=CROP)], threshold=0.6, actor="cam")
         assert [q.kind for q in store.review_queue()] == ["box", "box", "box", "photo"]  # one queue
@@ -125,35 +125,51 @@ def test_reviewing_boxes_counts_them_and_writes_labelled_crops(tmp_path: Path) -
     assert not list((tmp_path / "inv-photos").iterdir())
 
 
-def test_a_failure_in_the_middle_of_a_shelf_intake_leaves_nothing_half_counted(tmp_path: Path) -> None:
-    path = tmp_path / "inv.sqlite"
-    with InventoryStore(path) as store:
+_PG_FAIL_BOX = """
+CREATE FUNCTION fail_box() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN IF NEW.idx = 4 THEN RAISE EXCEPTION 'disk I/O error (test)'; END IF; RETURN NEW; END $$;
+CREATE TRIGGER fail_box BEFORE INSERT ON boxes FOR EACH ROW EXECUTE FUNCTION fail_box();
+"""
+
+
+def test_a_failure_in_the_middle_of_a_shelf_intake_leaves_nothing_half_counted(inventory_db) -> None:
+    path = inventory_db.url()
+    with inventory_db.store() as store:
         store.intake([IntakePhoto(f"{9:064x}", "p.jpg", "oat-milk", 0.9)], threshold=0.6, actor="t")
         before = (store.counts(), store.audit(), store.known([f"{9:064x}"]))
-        # A real failure from inside SQLite after the counts, the photo rows and two boxes were written
+        # A real failure from inside the database after the counts, the photo rows and two boxes were written
         # (as a full disk or an I/O error would fail the fourth box insert).
-        con = sqlite3.connect(path)
-        con.execute("CREATE TRIGGER fail_box BEFORE INSERT ON boxes WHEN NEW.idx = 4 "
-                    "BEGIN SELECT RAISE(ABORT, 'disk I/O error (test)'); END")
-        con.commit()
+        if inventory_db.backend == "sqlite":
+            con = sqlite3.connect(path)
+            con.execute("CREATE TRIGGER fail_box BEFORE INSERT ON boxes WHEN NEW.idx = 4 "
+                        "BEGIN SELECT RAISE(ABORT, 'disk I/O error (test)'); END")
+            con.commit()
+            error: type[Exception] = sqlite3.IntegrityError
+        else:
+            import psycopg
+
+            inventory_db.execute("inv", _PG_FAIL_BOX)
+            error = psycopg.Error  # the driver's own error, as sqlite3's is
         batch = [IntakePhoto(f"{8:064x}", "p8.jpg", "red-apple", 0.9), _mixed(1)]
-        with pytest.raises(sqlite3.IntegrityError, match="disk I/O error"):
+        with pytest.raises(error, match="disk I/O error"):
             store.intake(batch, threshold=0.6, actor="t")
         assert (store.counts(), store.audit(), store.known([f"{9:064x}", f"{8:064x}", f"{1:064x}"])) == before
         assert store.box_stats() == {} and store.review_queue() == []
         assert not list(store.photo_dir.glob("*"))  # the crops written for boxes 3 and 4 went with the rollback
-        con.execute("DROP TRIGGER fail_box")
-        con.commit()
-        con.close()
+        if inventory_db.backend == "sqlite":
+            con.execute("DROP TRIGGER fail_box")
+            con.commit()
+            con.close()
+        else:
+            inventory_db.execute("inv", "DROP TRIGGER fail_box ON boxes")
         store.intake(batch, threshold=0.6, actor="t")  # the retry counts everything, once
         assert store.counts() == {"oat-milk": 3, "red-apple": 2}
         assert store.box_stats() == {"counted": 3, "review": 2}
 
 
-def test_a_shelf_photo_sent_concurrently_counts_once(tmp_path: Path) -> None:
+def test_a_shelf_photo_sent_concurrently_counts_once(inventory_db) -> None:
     """Eight threads on two connections send the same shelf photos at once: each counts once."""
-    path = tmp_path / "inv.sqlite"
-    with InventoryStore(path) as store, InventoryStore(path) as other:
+    with inventory_db.store() as store, inventory_db.store() as other:
         barrier = threading.Barrier(8)
 
         def send(w: int) -> list[str]:

@@ -33,9 +33,13 @@ def val_photo(tiny_catalogue: Path) -> tuple[bytes, str]:
     return path.read_bytes(), "red-apple"
 
 
-def _settings(tiny_bundle, tmp_path: Path | None = None, **kw) -> ServeSettings:
+def _settings(tiny_bundle, tmp_path: Path | None = None, *, inv=None, **kw) -> ServeSettings:
+    """inv: the `inventory_db` fixture (SQLite or PostgreSQL) instead of tmp_path/inventory.sqlite."""
     base = {"model": str(tiny_bundle.bundle), "api_keys": (ApiKey("tester", KEY),), "device": "cpu"}
-    if tmp_path is not None:
+    if inv is not None:
+        base["db"] = inv.url("inventory")
+        base.update({k: str(v) for k, v in inv.dirs("inventory").items() if k == "labelled_dir"})
+    elif tmp_path is not None:
         base["db"] = str(tmp_path / "inventory.sqlite")
     base.update(kw)
     return ServeSettings(**base)
@@ -162,11 +166,11 @@ def test_inventory_intake_review_export_and_audit(client, model, tiny_catalogue)
     assert all(a["actor"] == "tester" for a in audit)
 
 
-def test_low_confidence_goes_to_review_then_a_correction_counts(tiny_bundle, model, tmp_path) -> None:
+def test_low_confidence_goes_to_review_then_a_correction_counts(tiny_bundle, model, inventory_db, tmp_path) -> None:
     from skulens.data.catalogue import load_catalogue
 
     # A grey frame: the model is unsure (checked below), so with threshold 1.0 it surely needs review.
-    settings = _settings(tiny_bundle, tmp_path, review_threshold=1.0)
+    settings = _settings(tiny_bundle, tmp_path, inv=inventory_db, review_threshold=1.0)
     data = photo_bytes(None, 7, gps=True)
     assert has_gps(data)
     assert model.predict([data])[0].fine_confidence < 1.0
@@ -195,8 +199,8 @@ def test_low_confidence_goes_to_review_then_a_correction_counts(tiny_bundle, mod
     assert sample.label == "oat-milk" and not has_gps(sample.path.read_bytes())
 
 
-def test_a_hand_adjustment_cannot_invent_a_product(tiny_bundle, model, tmp_path) -> None:
-    with TestClient(create_app(_settings(tiny_bundle, tmp_path), model=model)) as c:
+def test_a_hand_adjustment_cannot_invent_a_product(tiny_bundle, model, inventory_db, tmp_path) -> None:
+    with TestClient(create_app(_settings(tiny_bundle, tmp_path, inv=inventory_db), model=model)) as c:
         typo = c.post("/v1/inventory/products/oat-milkk/adjust", json={"count": 3, "reason": "stock take"},
                       headers=AUTH)
         assert typo.status_code == 422, typo.text
@@ -208,8 +212,8 @@ def test_a_hand_adjustment_cannot_invent_a_product(tiny_bundle, model, tmp_path)
         assert sold.json()["count"] == 2 and c.get("/v1/inventory").json()["counts"] == {"oat-milk": 2}
 
 
-def test_a_review_label_must_name_an_existing_product(tiny_bundle, model, tmp_path) -> None:
-    settings = _settings(tiny_bundle, tmp_path, review_threshold=1.0)  # every photo waits for a reviewer
+def test_a_review_label_must_name_an_existing_product(tiny_bundle, model, inventory_db, tmp_path) -> None:
+    settings = _settings(tiny_bundle, tmp_path, inv=inventory_db, review_threshold=1.0)  # every photo: a reviewer
     with TestClient(create_app(settings, model=model)) as c:
         r = c.post("/v1/inventory/intake", files=[("images", ("p.jpg", photo_bytes(None, 8), "image/jpeg"))],
                    headers=AUTH)
@@ -441,11 +445,11 @@ def test_the_service_runs_the_exported_onnx_model(tiny_bundle, model, tiny_catal
         _settings(tiny_bundle, backend="tensorflow")
 
 
-def test_inventory_counts_carry_names_and_change_times_and_the_csv_names_products(tiny_bundle, model,
+def test_inventory_counts_carry_names_and_change_times_and_the_csv_names_products(tiny_bundle, model, inventory_db,
                                                                                   tmp_path) -> None:
     from datetime import datetime
 
-    with TestClient(create_app(_settings(tiny_bundle, tmp_path), model=model)) as c:
+    with TestClient(create_app(_settings(tiny_bundle, tmp_path, inv=inventory_db), model=model)) as c:
         for label, body in (("oat-milk", {"count": 3, "reason": "recounted"}),
                             ("red-apple", {"delta": 2, "reason": "received"})):
             assert c.post(f"/v1/inventory/products/{label}/adjust", json=body, headers=AUTH).status_code == 200

@@ -17,6 +17,9 @@ from ._common import UsageError, add_model, add_out, add_quiet, check_detector, 
 
 __all__ = ["add_commands"]
 
+# A URL's review photos and labelled data go under the current folder (./<database>-photos, -labelled).
+_DB_HELP = "inventory: SQLite file or postgresql:// URL"
+
 
 def add_commands(sub: Any) -> None:
     inv = sub.add_parser("inventory", help="count stock from photos; review queue; CSV export")
@@ -26,7 +29,7 @@ def add_commands(sub: Any) -> None:
                                       "with --detector, count every product in each shelf photo")
     sc.add_argument("dir", help="folder of photos (or one photo)")
     add_model(sc, "model bundle that recognises the photos", positional_legacy=False)
-    sc.add_argument("--db", required=True, help="inventory SQLite file (created if missing)")
+    sc.add_argument("--db", required=True, help="inventory: SQLite file (created if missing) or postgresql:// URL")
     sc.add_argument("--threshold", type=float, default=ServeSettings.review_threshold,
                     help="fine confidence below this goes to the review queue (default: %(default)s)")
     sc.add_argument("--keep-photos", action="store_true", help="keep every photo (EXIF stripped), not only review ones")
@@ -40,12 +43,12 @@ def add_commands(sub: Any) -> None:
     sc.set_defaults(func=cmd_inventory_scan)
 
     c = isub.add_parser("counts", help="print the counts as CSV (label,count,updated_at)")
-    c.add_argument("--db", required=True, help="inventory SQLite file")
+    c.add_argument("--db", required=True, help=_DB_HELP)
     add_out(c, "write the CSV here instead of stdout", legacy_output=True)
     c.set_defaults(func=cmd_inventory_counts)
 
     r = isub.add_parser("review", help="list the review queue, or resolve one photo or shelf box")
-    r.add_argument("--db", required=True, help="inventory SQLite file")
+    r.add_argument("--db", required=True, help=_DB_HELP)
     r.add_argument("sha256", nargs="?", help="photo (SHA256) or shelf box (SHA256:INDEX) to resolve: the id in the list")
     g = r.add_mutually_exclusive_group()
     g.add_argument("--label", help="confirm / correct: the right product, one that exists (a new product is "
@@ -56,7 +59,7 @@ def add_commands(sub: Any) -> None:
     r.set_defaults(func=cmd_inventory_review)
 
     a = isub.add_parser("audit", help="print the audit log, newest first (JSON lines)")
-    a.add_argument("--db", required=True, help="inventory SQLite file")
+    a.add_argument("--db", required=True, help=_DB_HELP)
     a.add_argument("--limit", type=int, default=100, help="newest entries to print (default: 100)")
     a.set_defaults(func=cmd_inventory_audit)
 
@@ -102,7 +105,7 @@ def cmd_inventory_scan(ns: argparse.Namespace) -> int:
                 line = {"path": str(path), **result.to_dict(summary=True)}
             if not ns.quiet:
                 print(json.dumps(line), flush=True)
-    say(f"skulens inventory scan: {summary.line()}; db {ns.db}")
+    say(f"skulens inventory scan: {summary.line()}; db {store.url}")
     return 0
 
 

@@ -26,7 +26,7 @@ _SERVE_HELP = {
     "index": "vector index: enables /v1/search, similar products, product CRUD and enrolment",
     "events": "behaviour-log CSV: enables /v1/users/{id}/recommendations",
     "data": "catalogue for support replies (default: the data the bundle was trained on)",
-    "db": "inventory SQLite file: enables /v1/inventory/*",
+    "db": "inventory: SQLite file or postgresql:// URL; enables /v1/inventory/*",
     "port": "TCP port",
     "device": "auto, cpu, cuda or cuda:N",
     "backend": "torch, or onnx: the bundle's model.onnx (skulens export) under ONNX Runtime; no explain/enrolment",

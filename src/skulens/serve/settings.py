@@ -9,6 +9,7 @@ import dataclasses
 import hashlib
 import logging
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ class ServeSettings:
     index: str | None = None  # vector index (search, similar, product CRUD, enrolment)
     events: str | None = None  # behaviour-log CSV (recommendations)
     data: str | None = None  # catalogue: product facts and photos; default: the bundle's training data
-    db: str | None = None  # inventory SQLite file; None: no inventory endpoints
+    db: str | None = None  # inventory: a SQLite file or a postgresql:// URL; None: no inventory endpoints
     host: str = "127.0.0.1"  # localhost only unless asked: the service has write endpoints
     port: int = 8000
     device: str = "auto"
@@ -61,7 +62,7 @@ class ServeSettings:
     warmup: bool = True
     # Inventory.
     review_threshold: float = 0.6  # fine confidence below this goes to the review queue, not the counts
-    labelled_dir: str | None = None  # corrected photos for retraining; default <db stem>-labelled/ beside the db
+    labelled_dir: str | None = None  # corrected photos for retraining; default <db stem>-labelled/ (a URL: in ./)
     keep_uploads: bool = False  # privacy: counted intake photos are not kept unless asked (EXIF stripped)
     detector: str | None = None  # product detector folder: intake counts every product in a shelf photo
     detector_min_score: float | None = None  # detector score a box needs to count (None: the detector's own)
@@ -82,6 +83,9 @@ class ServeSettings:
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.backend not in ("torch", "onnx"):
             raise ConfigError(f"backend must be torch or onnx, got {self.backend!r}")
+        if self.db and "://" in self.db and self.db.split("://", 1)[0].lower() not in _DB_SCHEMES:
+            raise ConfigError(f"db {_hide_password(self.db)}: a SQLite file path or a postgresql:// URL "
+                              f"(schemes: {', '.join(sorted(_DB_SCHEMES))})")
         if "*" in self.cors_origins:
             raise ConfigError("cors_origins: list the origins; '*' would let any site call the API")
         if self.detector is not None and not (Path(self.detector) / "detector.json").is_file():
@@ -95,15 +99,17 @@ class ServeSettings:
     def labelled_path(self) -> Path | None:
         if self.labelled_dir:
             return Path(self.labelled_dir)
-        if self.db:
+        if self.db and "://" not in self.db:
             db = Path(self.db)
             return db.with_name(f"{db.stem}-labelled")
-        return None
+        return None  # no inventory, or a database URL: the store's default (./<database>-labelled/)
 
     def public(self) -> dict[str, Any]:
         """The resolved settings without secrets (logged and shown at /v1/info)."""
         d = dataclasses.asdict(self)
         d["api_keys"] = [k.name for k in self.api_keys]
+        if self.db:
+            d["db"] = _hide_password(self.db)
         return d
 
 
@@ -160,6 +166,15 @@ def _renamed(values: dict[str, Any], source: str) -> dict[str, Any]:
                        new)
         values[new] = values.pop(old)
     return values
+
+
+# Database URL schemes the inventory store takes (anything without "://" is a SQLite file path).
+_DB_SCHEMES = frozenset({"postgresql", "postgres", "postgresql+psycopg", "sqlite", "sqlite+pysqlite"})
+
+
+def _hide_password(db: str) -> str:
+    """A database URL as it may be logged and shown at /v1/info: scheme://user:***@host/..."""
+    return re.sub(r"^([a-z0-9+.-]+://[^:/@?#]*:)[^@/?#]*@", r"\1***@", db, flags=re.IGNORECASE)
 
 
 _OPTIONAL_FLOATS = frozenset({"detector_min_score"})  # None: the detector's own value
