@@ -139,8 +139,9 @@ def test_inventory_history_refreshes_after_an_intake_and_a_review(site, page, tm
     item = page.locator(f'.review-item[data-id="{result["sha256"]}"]')
     button = item.locator("button.candidate").first
     expect(button).to_be_visible(timeout=30_000)
-    label = button.text_content().rsplit(" ", 1)[0]
+    label = button.get_attribute("data-label")  # the button reads "name 83.4%"; the key rides along
     title = _get(page, site, f"/v1/products/{label}").json()["title"]
+    assert button.text_content().startswith(title)
     before = _get(page, site, "/v1/inventory").json()["counts"].get(label, 0)
     button.click()
     expect(item).to_have_count(0, timeout=30_000)

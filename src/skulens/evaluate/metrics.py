@@ -424,7 +424,7 @@ def _attribute_metrics(
         raise ValueError(f"attr_thresholds must have shape ({n_attr},), got {thr.shape}")
     pred = (p >= thr).astype(np.int64)
     if attr_exclusive:  # F1 scores what a prediction shows: of two exclusive values, only the likelier
-        from ..models.predictor import resolve_exclusive
+        from ..models.card import resolve_exclusive
 
         pred = resolve_exclusive(p, pred.astype(bool), names, attr_exclusive).astype(np.int64)
     per_attr = []

@@ -7,14 +7,16 @@ training. The card is plain JSON (no pickle) and frozen.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
+import numpy as np
+
 from .._version import __version__
 
-__all__ = ["CARD_SCHEMA", "ModelCard", "exclusive_attribute_pairs"]
+__all__ = ["CARD_SCHEMA", "ModelCard", "exclusive_attribute_pairs", "resolve_exclusive", "without_conflicts"]
 
 CARD_SCHEMA = 1
 
@@ -121,3 +123,29 @@ def exclusive_attribute_pairs(attribute_sets: Iterable[Iterable[str]],
             groups.setdefault(group, []).append(a)
     pairs = ((a, b) for values in groups.values() for i, a in enumerate(values) for b in values[i + 1:])
     return tuple(sorted(pair for pair in pairs if pair not in together))
+
+
+def resolve_exclusive(probs: np.ndarray, positive: np.ndarray, names: Sequence[str],
+                      exclusive: Sequence[tuple[str, str]]) -> np.ndarray:
+    """`positive` (N x A booleans above threshold) with `without_conflicts` applied to every row: what
+    predictions show, for the evaluation to score."""
+    out = np.zeros_like(positive, dtype=bool)
+    index = {a: j for j, a in enumerate(names)}
+    pairs = tuple(exclusive)
+    for i in range(len(positive)):
+        kept = without_conflicts(tuple((names[j], float(probs[i, j])) for j in np.flatnonzero(positive[i])), pairs)
+        out[i, [index[a] for a, _ in kept]] = True
+    return out
+
+
+def without_conflicts(attributes: tuple[tuple[str, float], ...],
+                       exclusive: tuple[tuple[str, str], ...]) -> tuple[tuple[str, float], ...]:
+    """Of exclusive attributes (values of one group no product carries together), keep the likelier: from the
+    most probable down, an attribute is kept unless it conflicts with one already kept (a value dropped for
+    a likelier one suppresses nothing). Ties keep the card's order; the result keeps it too."""
+    conflicts = {frozenset(pair) for pair in exclusive}
+    kept: list[str] = []
+    for a, _ in sorted(attributes, key=lambda ap: -ap[1]):  # stable: ties keep the card's order
+        if not any(frozenset((a, k)) in conflicts for k in kept):
+            kept.append(a)
+    return tuple((a, p) for a, p in attributes if a in kept)

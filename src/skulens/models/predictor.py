@@ -20,7 +20,7 @@ from PIL import Image
 from ..data.decode import ImageDecodeError, decode_image
 from ..data.transforms import create_transform, to_uint8_tensor
 from .bundle import BundleError, load_bundle
-from .card import ModelCard
+from .card import ModelCard, without_conflicts
 from .inference import HeadOutputs, Runner, TorchRunner, combine_coarse, resolve_device
 
 if TYPE_CHECKING:
@@ -75,35 +75,9 @@ def decide(card: ModelCard, fine: np.ndarray, coarse: np.ndarray | None, attrs: 
         thr = card.attribute_thresholds or (0.5,) * len(card.attributes)
         attributes = tuple((a, float(p)) for a, p, t in zip(card.attributes, attrs, thr, strict=True) if p >= t)
         if card.attribute_exclusive and len(attributes) > 1:
-            attributes = _without_conflicts(attributes, card.attribute_exclusive)
+            attributes = without_conflicts(attributes, card.attribute_exclusive)
     return Prediction(source, label, level, conf, card.classes[f], fine_conf, c_label, c_conf,
                       tuple((card.classes[int(i)], float(fine[int(i)])) for i in order), attributes)
-
-
-def resolve_exclusive(probs: np.ndarray, positive: np.ndarray, names: Sequence[str],
-                      exclusive: Sequence[tuple[str, str]]) -> np.ndarray:
-    """`positive` (N x A booleans above threshold) with `_without_conflicts` applied to every row: what
-    predictions show, for the evaluation to score."""
-    out = np.zeros_like(positive, dtype=bool)
-    index = {a: j for j, a in enumerate(names)}
-    pairs = tuple(exclusive)
-    for i in range(len(positive)):
-        kept = _without_conflicts(tuple((names[j], float(probs[i, j])) for j in np.flatnonzero(positive[i])), pairs)
-        out[i, [index[a] for a, _ in kept]] = True
-    return out
-
-
-def _without_conflicts(attributes: tuple[tuple[str, float], ...],
-                       exclusive: tuple[tuple[str, str], ...]) -> tuple[tuple[str, float], ...]:
-    """Of exclusive attributes (values of one group no product carries together), keep the likelier: from the
-    most probable down, an attribute is kept unless it conflicts with one already kept (a value dropped for
-    a likelier one suppresses nothing). Ties keep the card's order; the result keeps it too."""
-    conflicts = {frozenset(pair) for pair in exclusive}
-    kept: list[str] = []
-    for a, _ in sorted(attributes, key=lambda ap: -ap[1]):  # stable: ties keep the card's order
-        if not any(frozenset((a, k)) in conflicts for k in kept):
-            kept.append(a)
-    return tuple((a, p) for a, p in attributes if a in kept)
 
 
 class Model:
