@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -31,10 +33,16 @@ def cmd_train(ns: argparse.Namespace) -> int:
     values["data"] = data_path(ns)  # checked before torch is imported
     if ns.out:
         values["out"] = ns.out
+    # Under torchrun every process runs this command; rank 0 speaks for the run, the others only warn.
+    main_rank = os.environ.get("RANK", "0") == "0"
+    if not main_rank:
+        logging.getLogger().setLevel(logging.WARNING)
     from ..config import resolve_config
     from ..train.engine import fit
 
-    report_result(fit(resolve_config(values), progress=not ns.quiet))
+    result = fit(resolve_config(values), progress=not ns.quiet and main_rank, sync_bn=ns.sync_bn)
+    if main_rank:
+        report_result(result)
     return 0
 
 
@@ -114,6 +122,9 @@ def add_commands(sub: Any) -> None:
                 "dataset)")
     add_out(t, "run directory (default runs/skulens)")
     add_train_flags(t)
+    t.add_argument("--sync-bn", dest="sync_bn", action=argparse.BooleanOptionalAction, default=True,
+                   help="under torchrun: BatchNorm statistics over the global batch, as one process would compute "
+                        "them (default: on; --no-sync-bn: each process's own shard, less communication)")
     t.set_defaults(func=cmd_train)
 
     d = sub.add_parser("demo", help="fine-tune and evaluate the default model on the grocery dataset")

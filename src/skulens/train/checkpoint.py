@@ -64,10 +64,14 @@ def save_checkpoint(directory: Path, state: dict[str, Any]) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def load_checkpoint(directory: Path) -> dict[str, Any] | None:
-    """The last complete checkpoint, or None. Falls back to `.old` if a swap was interrupted."""
+def load_checkpoint(directory: Path, device: str | torch.device = "cpu") -> dict[str, Any] | None:
+    """The last complete checkpoint, or None. Falls back to `.old` if a swap was interrupted.
+
+    `device`: where the tensors are loaded (torch.load's map_location). The CPU by default: under torchrun
+    every rank reads the checkpoint, and load_state_dict then copies into each rank's own device.
+    """
     for d in (directory, directory.with_name(directory.name + ".old")):
         if (d / "state.json").is_file() and (d / "state.safetensors").is_file():
-            tensors = load_file(str(d / "state.safetensors"))
+            tensors = load_file(str(d / "state.safetensors"), device=str(device))
             return _unflatten(json.loads((d / "state.json").read_text(encoding="utf-8")), tensors)
     return None

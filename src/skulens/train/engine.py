@@ -39,6 +39,7 @@ from ..models.inference import (
     run_heads,
 )
 from ..models.pruned import adopt_pruning
+from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint
 from .extras import training_extras
 from .freeze import apply_freeze, train_mode
@@ -84,6 +85,10 @@ class _Run:
     val: Split
     skipped: list[tuple[str, str]]
     resumed: bool
+    dist: distributed.Dist  # rank, world size; Dist.single(device) in one process
+    # The module the training forward runs through: `model`, or a DistributedDataParallel over it (built in
+    # _train_loop, once the freeze is known). Everything else (EMA, attacks, eval, checkpoints) uses `model`.
+    net: torch.nn.Module = field(init=False)
     # Set by _prepare_training, once the model's shape is final:
     opt: torch.optim.Optimizer = field(init=False)
     sched: torch.optim.lr_scheduler.LRScheduler = field(init=False)
@@ -92,12 +97,22 @@ class _Run:
     class_weights: torch.Tensor | None = field(init=False)
     teacher: Teacher | None = field(init=False)
     adversary: AdversarialBatch | None = field(init=False)
-    logger: RunLogger = field(init=False)
+    logger: RunLogger | _QuietLogger = field(init=False)
     # The loop state, checkpointed each epoch: epoch, step, best, best_epoch, bad_epochs, history.
     state: dict[str, Any] = field(init=False)
 
     def out_of_steps(self) -> bool:
         return bool(self.cfg.max_steps) and self.state["step"] >= self.cfg.max_steps
+
+
+class _QuietLogger:
+    """The logger of ranks other than 0: they write nothing."""
+
+    def log(self, step: int, values: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _quick_metrics(out: HeadOutputs, split: Split, card: ModelCard) -> dict[str, float]:
@@ -163,13 +178,14 @@ def _exclusive_attributes(cat: Catalogue, attributes: tuple[str, ...]) -> tuple[
     return exclusive_attribute_pairs(carried.values(), attributes)
 
 
-def _prepare_run_dir(cfg: TrainConfig) -> Path:
+def _prepare_run_dir(cfg: TrainConfig, *, main: bool = True) -> Path:
     run_dir = Path(cfg.out)
     ckpt = run_dir / "checkpoint"
     if not cfg.resume and (ckpt.exists() or (run_dir / "bundle").exists()):
         raise ConfigError(f"{run_dir} already holds a run: pass --resume to continue it, "
                           "or choose another --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if main:  # the other ranks of a distributed run write nothing
+        run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 
 
@@ -179,37 +195,63 @@ def _load_data(cfg: TrainConfig) -> Catalogue:
     return load_catalogue(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed)
 
 
-def fit(cfg: TrainConfig, *, catalogue: Catalogue | None = None, progress: bool = True) -> TrainResult:
-    """Fine-tune `cfg.backbone` on the catalogue, select on val, write bundle + report into `cfg.out`."""
+def fit(cfg: TrainConfig, *, catalogue: Catalogue | None = None, progress: bool = True,
+        sync_bn: bool = True) -> TrainResult:
+    """Fine-tune `cfg.backbone` on the catalogue, select on val, write bundle + report into `cfg.out`.
+
+    Under torchrun (WORLD_SIZE > 1) every process calls this: DistributedDataParallel, the training set
+    sharded, `cfg.batch_size` the global batch; rank 0 alone validates and writes the run directory, and
+    every rank returns rank 0's result. `sync_bn`: BatchNorm statistics of the global batch (as one process
+    would compute them) or, False, of each process's shard (see distributed.sync_batchnorm).
+    """
     t0 = time.perf_counter()
     cat = catalogue if catalogue is not None else _load_data(cfg)
-    run_dir = _prepare_run_dir(cfg)
-    device = resolve_device(cfg.device)
+    d = distributed.setup(resolve_device(cfg.device))
+    try:
+        return _fit(cfg, cat, d, progress=progress and d.is_main, sync_bn=sync_bn, t0=t0)
+    finally:
+        d.close()
+
+
+def _fit(cfg: TrainConfig, cat: Catalogue, d: distributed.Dist, *, progress: bool, sync_bn: bool,
+         t0: float) -> TrainResult:
+    if d.enabled:
+        distributed.local_batch_size(cfg.batch_size, d.world_size)  # fail early, on every rank alike
+    run_dir = _prepare_run_dir(cfg, main=d.is_main)
+    device = d.device
     _seed_everything(cfg.seed)
     log.info("catalogue: %s", cat.summary())
 
     backbone = create_backbone(cfg.backbone, cfg.weights, image_size=cfg.image_size)
     card = _base_card(cfg, cat, backbone.spec, backbone.num_features)
-    train, val, skipped = _load_splits(cfg, cat, card, run_dir, progress)
+    train, val, skipped = _load_splits(cfg, cat, card, run_dir, progress, main=d.is_main)
     backbone.to(device)
     if cfg.channels_last:
         backbone.to(memory_format=torch.channels_last)
-    ckpt = load_checkpoint(run_dir / "checkpoint") if cfg.resume else None
-    baseline = _baseline(cfg, card, train, val, backbone, run_dir, fresh=ckpt is None, progress=progress)
+    # Every rank reads the checkpoint (onto the CPU: load_state_dict copies into each rank's own device).
+    ckpt = load_checkpoint(run_dir / "checkpoint", device="cpu") if cfg.resume else None
+    d.same_everywhere("the checkpoint to resume from", ckpt and ckpt.get("state", {}).get("epoch"))
+    baseline = None
+    if d.is_main:  # the linear probe is a report for rank 0 to write; the other ranks wait
+        baseline = _baseline(cfg, card, train, val, backbone, run_dir, fresh=ckpt is None, progress=progress)
     model, card = _build_model(cfg, backbone, card, device, fresh=ckpt is None)
+    model = distributed.sync_batchnorm(model, d, enabled=sync_bn)  # type: ignore[assignment]
 
     run = _Run(cfg=cfg, catalogue=cat, run_dir=run_dir, device=device, progress=progress, t0=t0, model=model,
-               card=card, train=train, val=val, skipped=skipped, resumed=ckpt is not None)
+               card=card, train=train, val=val, skipped=skipped, resumed=ckpt is not None, dist=d)
     _prepare_training(run, ckpt)
     try:
         epochs_run = _train_loop(run)
     finally:
         run.logger.close()
-    return _finish(run, baseline, epochs_run)
+    if not d.enabled:
+        return _finish(run, baseline, epochs_run)
+    # Rank 0 calibrates and writes the bundle and report; every rank returns its result.
+    return d.broadcast(_finish(run, baseline, epochs_run) if d.is_main else None)
 
 
 def _load_splits(cfg: TrainConfig, cat: Catalogue, card: ModelCard, run_dir: Path,
-                 progress: bool) -> tuple[Split, Split, list[tuple[str, str]]]:
+                 progress: bool, *, main: bool = True) -> tuple[Split, Split, list[tuple[str, str]]]:
     """Decode train (+ catalogue photos) and val once; list what could not be decoded."""
     train_samples = list(cat.split("train"))
     if cfg.catalogue_images:
@@ -217,7 +259,7 @@ def _load_splits(cfg: TrainConfig, cat: Catalogue, card: ModelCard, run_dir: Pat
     train = prepare_split(train_samples, card, desc="train", progress=progress)
     val = prepare_split(list(cat.split("val")), card, desc="val", progress=progress)
     skipped = train.skipped + val.skipped
-    if skipped:
+    if skipped and main:
         atomic_write_text(run_dir / "skipped_images.tsv", "".join(f"{p}\t{r}\n" for p, r in skipped))
     if not train.images or not val.images:
         raise CatalogueError("no decodable images in the train or val split")
@@ -268,6 +310,9 @@ def _prepare_training(run: _Run, ckpt: dict[str, Any] | None) -> None:
     run.class_weights = weights.to(run.device) if weights is not None else None
     run.state = _restore(run, ckpt)
     run.card, run.teacher, run.adversary = training_extras(cfg, run.card, run.model, run.opt, run.device)
+    if not run.dist.is_main:
+        run.logger = _QuietLogger()
+        return
     (run.run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False),
                                              encoding="utf-8")
     run.logger = RunLogger(run.run_dir, cfg.loggers, config_to_dict(cfg))
@@ -293,7 +338,8 @@ def _restore(run: _Run, ckpt: dict[str, Any] | None) -> dict[str, Any]:
     # The checkpoint is the truth: epochs logged after it (killed before the next save) are dropped, and one
     # saved but not yet logged is restored.
     history = ckpt["state"]["history"]
-    atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+    if run.dist.is_main:
+        atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
     return ckpt["state"]
 
 
@@ -308,15 +354,24 @@ def _train_loop(run: _Run) -> int:
     eval_tf = create_transform(run.card)
     frozen = apply_freeze(run.model, cfg.freeze, cfg.trainable_stages,
                           head_only=run.state["epoch"] < cfg.gradual_head_epochs)
+    run.net = distributed.wrap(run.model, run.dist)  # after the freeze: DDP syncs what trains now
     epochs_run = 0
     for epoch in range(run.state["epoch"], cfg.epochs):
         if cfg.freeze == "gradual" and epoch == cfg.gradual_head_epochs:
             frozen = apply_freeze(run.model, "full")
+            # Rebuilt: a DDP syncs only what required grad when it was built, so the old one would leave the
+            # backbone's gradients unsynced (find_unused_parameters would not help; check_in_step catches it).
+            run.net = distributed.wrap(run.model, run.dist)
         t_epoch = time.perf_counter()
         losses = _train_epoch(run, ds, frozen, epoch)
         epochs_run += 1
-        train_loss = float(np.mean(losses)) if losses else float("nan")
-        _end_of_epoch(run, eval_tf, epoch, train_loss, time.perf_counter() - t_epoch)
+        # Under DDP: the mean of the ranks' means, i.e. the global batches' mean loss (equal shard sizes).
+        train_loss = run.dist.mean(float(np.mean(losses)) if losses else float("nan"))
+        if run.dist.is_main:
+            _end_of_epoch(run, eval_tf, epoch, train_loss, time.perf_counter() - t_epoch)
+        # Rank 0's validation decides for all: the same selection, early stopping and history everywhere.
+        run.state = run.dist.broadcast(run.state)
+        run.dist.check_in_step(run.model, f"epoch {epoch + 1}")
         if run.state["bad_epochs"] >= cfg.patience:
             log.info("early stopping: no val improvement for %d epochs", cfg.patience)
             break
@@ -328,12 +383,23 @@ def _train_loop(run: _Run) -> int:
 def _train_epoch(run: _Run, ds: TensorImageDataset, frozen: list[torch.nn.Module], epoch: int) -> list[float]:
     """One pass over the shuffled training set (seeded per epoch, so a resumed run sees the same batches)."""
     cfg = run.cfg
-    _seed_everything(cfg.seed * 1000 + epoch)
-    loader = torch.utils.data.DataLoader(
-        ds, batch_size=cfg.batch_size, shuffle=True, drop_last=len(ds) > cfg.batch_size,
-        num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch),
-        persistent_workers=False,
-    )
+    # Under DDP random augmentation and dropout differ between ranks (rank 0 draws as one process would).
+    rank_seed = cfg.seed * 1000 + epoch + 1_000_003 * run.dist.rank
+    _seed_everything(rank_seed)
+    if run.dist.enabled:
+        # Each rank a B/W share of the one-process run's batches (see ShardedSampler): same global batches.
+        sampler = distributed.ShardedSampler(ds, run.dist.world_size, run.dist.rank, seed=cfg.seed * 1000)
+        sampler.set_epoch(epoch)
+        loader = torch.utils.data.DataLoader(
+            ds, batch_size=distributed.local_batch_size(cfg.batch_size, run.dist.world_size), sampler=sampler,
+            drop_last=len(ds) > cfg.batch_size, num_workers=cfg.num_workers,
+            generator=torch.Generator().manual_seed(rank_seed), persistent_workers=False)
+    else:  # (distributed.single_process_order mirrors this loader and the tqdm below: keep them in step)
+        loader = torch.utils.data.DataLoader(
+            ds, batch_size=cfg.batch_size, shuffle=True, drop_last=len(ds) > cfg.batch_size,
+            num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch),
+            persistent_workers=False,
+        )
     train_mode(run.model, frozen)
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not run.progress, leave=False)
     losses: list[float] = []
@@ -356,7 +422,7 @@ def _train_step(run: _Run, batch: list[torch.Tensor]) -> float:
     if run.adversary is not None:
         x = run.adversary(run.model, x, yf)
     with autocast_context(device, cfg.mixed_precision, training=True):
-        out = run.model(x)
+        out = run.net(x)
     loss = _loss(run, out, x, yf, yc, ya)
     run.opt.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()  # a no-op scaling unless training runs under fp16 autocast
@@ -380,6 +446,10 @@ def _loss(run: _Run, out: dict[str, torch.Tensor], x: torch.Tensor, yf: torch.Te
     if "coarse" in out and (yc >= 0).any():
         loss = loss + cfg.coarse_loss_weight * F.cross_entropy(
             out["coarse"].float(), yc, ignore_index=-100, label_smoothing=cfg.label_smoothing)
+    elif "coarse" in out and run.dist.enabled:
+        # A shard without coarse labels: the coarse head still joins this rank's graph (zero gradient), as
+        # DDP without find_unused_parameters waits for a gradient of every parameter it syncs.
+        loss = loss + 0.0 * out["coarse"].float().sum()
     if "attributes" in out:
         loss = loss + cfg.attribute_loss_weight * F.binary_cross_entropy_with_logits(
             out["attributes"].float(), ya)
