@@ -2,7 +2,7 @@
 
     python benchmarks/search_queries_grocery.py [--bundle runs/bench9/bundle] [--data PATH]
         [--queries benchmarks/data/shopper_queries.csv] [--aligner FILE] [--fit-aligner]
-        [--text-model DIR ...] [--modes NAME ...] [--misses N] [--no-write]
+        [--text-tune OUT | --tuned BUNDLE] [--text-model DIR ...] [--modes NAME ...] [--misses N] [--no-write]
 
 Queries: benchmarks/data/shopper_queries.csv (query, accepted products, kind), written by hand from general
 knowledge and the product files, never from search results. A query is a hit at k when any accepted product
@@ -14,11 +14,17 @@ fine-tuned encoder, or pass --text-model DIR for a local sentence-transformers f
 - lexical: TF-IDF (scikit-learn, words and word pairs, accents folded) over each product's title, label,
   coarse class, description, Information file and attribute words; products sharing no word are not ranked.
 - minilm: the bundled frozen MiniLM; a product scores its best cosine over `product_sentences`.
-- engine-text / engine-hybrid / aligned: skulens' own `SearchEngine.by_text` in modes "text", "hybrid"
-  (the default) and "aligned", over an index of the catalogue photos. hybrid and aligned need the bundle's
-  text aligner (text_align.safetensors); without one "aligned" is skipped and "hybrid" is what the engine
-  then does (text only). --fit-aligner fits one in memory, as `skulens align` would, to measure them anyway.
+- engine-lexical / engine-text / engine-hybrid / aligned: skulens' own `SearchEngine.by_text` in modes
+  "lexical" (BM25 over the index records' words), "text" (dense: the text encoder over each product's
+  texts), "hybrid" (the default: lexical + dense + aligned when there is an aligner, fused by reciprocal
+  rank) and "aligned", over an index of the catalogue photos (records as `skulens index build` writes
+  them). aligned needs the bundle's text aligner (text_align.safetensors); without one it is skipped and
+  hybrid fuses lexical + dense. --fit-aligner fits one in memory, as `skulens align` would.
 - rrf(lexical+minilm): reciprocal-rank fusion (the engine's `rank_fusion`) of the lexical and minilm lists.
+- fine-tuned: with --text-tune OUT the bundle is copied to OUT and its text encoder fine-tuned there as
+  `skulens text-tune` does (timed; the image weights are hashed before and after), or --tuned BUNDLE names
+  one tuned before; then "minilm fine-tuned" (the sentence mode with that encoder) and the engine's text and
+  hybrid modes with it are measured too. The query set is never trained on.
 
 Appends to RESULTS.md.
 """
@@ -173,8 +179,8 @@ def rrf_mode(*rankers: Ranker) -> Ranker:
     return run
 
 
-def engine_modes(cat, products: Sequence[str], bundle: str, aligner, tmp: str, splits: Sequence[str]
-                 ) -> dict[str, Ranker]:
+def engine_modes(cat, products: Sequence[str], bundle: str, aligner, tmp: str, splits: Sequence[str],
+                 tuned: str | None = None) -> dict[str, Ranker]:
     """skulens' SearchEngine over an index of the catalogue's photos (real image vectors when an aligner
     needs them; the "text" mode reads only the records' titles and texts)."""
     from skulens.search.catalogue_index import build_catalogue_index, catalogue_records
@@ -189,18 +195,67 @@ def engine_modes(cat, products: Sequence[str], bundle: str, aligner, tmp: str, s
         records, _ = catalogue_records(cat, splits=(), catalogue_photos=True)
         index = create_index("faiss", str(Path(tmp) / "ix"), len(records))
         index.add(records, np.eye(len(records), dtype=np.float32))  # placeholders: text mode never reads them
-    engine = SearchEngine(None, index, aligner)
+    engine = SearchEngine(None, index, aligner, text_model="minilm")
     n = len(products)
 
-    def mode(name: str) -> Ranker:
+    def mode(name: str, eng=engine) -> Ranker:
         def run(queries: list[str]) -> list[list[str]]:
-            return [[h.product_id for h in row] for row in engine.by_text(queries, k=n, mode=name)]
+            return [[h.product_id for h in row] for row in eng.by_text(queries, k=n, mode=name)]
         return run
 
-    out = {"engine-text": mode("text"), "engine-hybrid (default)": mode("hybrid")}
+    out = {"engine-lexical (BM25)": mode("lexical"), "engine-text (frozen MiniLM)": mode("text"),
+           "engine-hybrid (default, frozen MiniLM)": mode("hybrid")}
     if aligner is not None:
         out["aligned"] = mode("aligned")
+    if tuned is not None:
+        from skulens.models.text import bundle_text_model
+
+        folder = bundle_text_model(tuned)
+        if folder is None:
+            raise SystemExit(f"{tuned}: no fine-tuned text encoder (run `skulens text-tune --model {tuned}`)")
+        tuned_engine = SearchEngine(None, index, aligner, text_model=folder)
+        out["engine-text (fine-tuned)"] = mode("text", tuned_engine)
+        out["engine-hybrid (default, fine-tuned)"] = mode("hybrid", tuned_engine)
     return out
+
+
+def sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def text_tune_copy(bundle: str, out: str, cat) -> tuple[str, str]:
+    """Copy the bundle to `out` and fine-tune its text encoder there as `skulens text-tune` does; returns
+    the tuned bundle and a note (wall time, load average, image weights hashed before and after)."""
+    import os
+    import shutil
+
+    from skulens.search.text_tune import TuneConfig, tune_text_encoder
+
+    src, dst = Path(bundle), Path(out)
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst)
+    files = [f for f in ("model.safetensors", "card.json") if (dst / f).is_file()]
+    before = {f: sha256(dst / f) for f in files}
+    load0 = os.getloadavg()[0]
+    config = TuneConfig()
+    res = tune_text_encoder(dst, cat, config=config, progress=True)
+    load1 = os.getloadavg()[0]
+    after = {f: sha256(dst / f) for f in files}
+    same = before == after and before == {f: sha256(src / f) for f in files}
+    if not same:
+        raise SystemExit(f"text-tune changed the image bundle files: {before} -> {after}")
+    note = (f"Text encoder fine-tuned (`skulens text-tune --model {dst}`: {res.pairs} catalogue pairs of "
+            f"{res.products} products, {res.epochs} epochs, {res.steps} steps, batch {config.batch_size}, lr "
+            f"{config.lr}, seed {config.seed}) in **{res.seconds:.0f} s** on this CPU (1-minute load average "
+            f"{load0:.2f} at the start, {load1:.2f} at the end); mean loss {res.mean_loss:.3f}. Image model "
+            f"unchanged by construction: model.safetensors sha256 {before.get('model.safetensors', '?')[:16]}... and "
+            "card.json are byte-identical before and after, and to the source bundle, so image top-1 is the "
+            "source bundle's.")
+    print(note, flush=True)
+    return str(dst), note
 
 
 # --- the benchmark -----------------------------------------------------------------------------------------
@@ -251,6 +306,9 @@ def main() -> int:
                     help="no aligner in the bundle: fit one in memory as `skulens align` does, on the index splits")
     ap.add_argument("--index-splits", nargs="*", default=[],
                     help="photo splits indexed beside the catalogue photos for aligned/hybrid (default: none)")
+    ap.add_argument("--text-tune", metavar="OUT",
+                    help="copy --bundle to OUT, fine-tune its text encoder there (timed), and measure it too")
+    ap.add_argument("--tuned", metavar="BUNDLE", help="a bundle whose text encoder was fine-tuned before")
     ap.add_argument("--text-model", action="append", default=[],
                     help="extra mode: a local sentence-transformers folder (e.g. a fine-tuned MiniLM)")
     ap.add_argument("--modes", nargs="+", help="only these modes (names as printed)")
@@ -281,14 +339,27 @@ def main() -> int:
                         f"{time.perf_counter() - t1:.0f} s).")
     else:
         aligner_note = (f"Aligner: `{ns.bundle}` has no text_align.safetensors, so the aligned mode is skipped and "
-                        "the engine's default hybrid mode falls back to its text-only search (same ranking as "
-                        "engine-text).")
+                        "the engine's default hybrid mode fuses its lexical (BM25) and dense rankings only.")
+
+    tuned, tune_note = ns.tuned, ""
+    if ns.text_tune:
+        tuned, tune_note = text_tune_copy(ns.bundle, ns.text_tune, cat)
+    elif tuned:
+        from skulens.models.text import bundle_text_model, text_tune_info
+
+        info = text_tune_info(bundle_text_model(tuned) or tuned)
+        tune_note = (f"Fine-tuned text encoder: `{tuned}/text_encoder` ({info.get('pairs')} pairs, "
+                     f"{info.get('config', {}).get('epochs')} epochs, {info.get('seconds')} s).")
 
     with tempfile.TemporaryDirectory() as tmp:
         lexical = lexical_mode(cat, products)
         minilm = sentence_mode(cat, products)
         modes: dict[str, Ranker] = {"lexical (TF-IDF)": lexical, "minilm (frozen, product sentences)": minilm}
-        modes.update(engine_modes(cat, products, ns.bundle, aligner, tmp, ns.index_splits))
+        if tuned:
+            from skulens.models.text import bundle_text_model
+
+            modes["minilm fine-tuned (product sentences)"] = sentence_mode(cat, products, bundle_text_model(tuned))
+        modes.update(engine_modes(cat, products, ns.bundle, aligner, tmp, ns.index_splits, tuned))
         modes["rrf(lexical+minilm)"] = rrf_mode(lexical, minilm)
         for folder in ns.text_model:
             modes[f"text model {Path(folder).name}"] = sentence_mode(cat, products, folder)
@@ -308,7 +379,7 @@ def main() -> int:
     covered = len(set().union(*(q.accepted for q in queries)))
     body = (f"{len(queries)} shopper queries (`{Path(ns.queries).name}`; {kinds}) over the {len(products)} grocery "
             f"products ({covered} covered); hit = any accepted product (1 to 10 per query) in the top k distinct "
-            f"products. {aligner_note}\n\n{tables(res, queries)}\n\n"
+            f"products. {aligner_note} {tune_note}\n\n{tables(res, queries)}\n\n"
             f"Wall time: {time.perf_counter() - t0:.0f} s.")
     print(body)
     if not ns.no_write:

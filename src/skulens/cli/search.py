@@ -1,4 +1,4 @@
-"""`skulens index | search | align | enroll | fuse`: finding products (thin handlers over the core)."""
+"""`skulens index | search | align | text-tune | enroll | fuse`: finding products (thin handlers over the core)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,9 @@ from ._common import (
 )
 
 __all__ = ["add_commands"]
+
+TEXT_MODES = ("hybrid", "aligned", "text", "lexical")  # skulens.search.engine.TEXT_MODES (no torch import here)
+TUNE_EPOCHS = 2  # skulens.search.text_tune.TuneConfig.epochs
 
 
 def _filters(items: list[str] | None) -> dict[str, Any] | None:
@@ -102,18 +105,22 @@ def _engine(ns: argparse.Namespace, need_model: bool) -> Any:
     if need_model and not bundle:
         raise UsageError("--model BUNDLE is needed for photo queries (the index does not record its model)")
     from ..models.predictor import load_model
+    from ..models.text import DEFAULT_TEXT_MODEL, bundle_text_model
     from ..search.align import load_aligner
     from ..search.engine import SearchEngine
     from ..search.index import open_index
 
     index = open_index(ns.index)
-    model = load_model(bundle) if bundle and (need_model or ns.mode != "text") else None
+    model = load_model(bundle) if bundle and (need_model or ns.mode not in ("text", "lexical")) else None
     source = ns.align or (bundle if bundle and not bundle.startswith("pretrained:") else None)
     aligner = load_aligner(source) if source else None
-    return SearchEngine(model, index, aligner)
+    # the bundle's fine-tuned text encoder (`skulens text-tune`) even when the image model is not loaded
+    return SearchEngine(model, index, aligner, text_model=bundle_text_model(bundle) or DEFAULT_TEXT_MODEL)
 
 
 def cmd_search(ns: argparse.Namespace) -> int:
+    if ns.text and any(not t.strip() for t in ns.text):
+        raise UsageError("--text: empty query; give some words to search by")
     filt = _filters(ns.filter)
     engine = _engine(ns, need_model=bool(ns.image))
     if ns.image:
@@ -143,6 +150,31 @@ def cmd_align(ns: argparse.Namespace) -> int:
     out = aligner.save(ns.out or bundle)
     say(f"text alignment for {products} products from {photos} photos: {out} "
         f"(final loss {aligner.info['final_loss']:.3f})")
+    return 0
+
+
+def cmd_text_tune(ns: argparse.Namespace) -> int:
+    bundle = model_path(ns)
+    assert bundle is not None
+    if bundle.startswith("pretrained:") or bundle.endswith(".onnx"):
+        raise UsageError(f"--model {bundle}: text-tune stores the encoder in a bundle folder; give one")
+    data = data_path(ns, model=bundle)
+    if ns.epochs < 1:
+        raise UsageError("--epochs must be at least 1")
+    if ns.queries:
+        from pathlib import Path
+
+        if not Path(ns.queries).is_file():
+            raise UsageError(f"--queries {ns.queries}: no such file (a CSV with query,product_id columns)")
+    from ..data.catalogue import load_catalogue
+    from ..search.text_tune import TuneConfig, tune_text_encoder
+
+    res = tune_text_encoder(bundle, load_catalogue(data), queries=ns.queries,
+                            config=TuneConfig(epochs=ns.epochs, seed=ns.seed), progress=not ns.quiet)
+    log = f", {res.query_pairs} from {ns.queries}" if ns.queries else ""
+    say(f"text encoder fine-tuned on {res.pairs} pairs of {res.products} products{log}: {res.epochs} epoch(s), "
+        f"{res.steps} steps in {res.seconds:.0f} s, mean loss {res.mean_loss:.3f} -> {res.folder} "
+        "(search uses it from now on; the image model is unchanged)")
     return 0
 
 
@@ -236,8 +268,9 @@ def add_commands(sub: Any) -> None:
     q.add_argument("--product", nargs="+", help="more like this indexed product id")
     add_top_k(s, 10)
     _filter_flag(s)
-    s.add_argument("--mode", choices=("hybrid", "aligned", "text"), default="hybrid",
-                   help="text search mode (default: hybrid)")
+    s.add_argument("--mode", choices=TEXT_MODES, default="hybrid",
+                   help="text search: hybrid (lexical + dense + aligned, fused; the default), text (dense only), "
+                        "lexical (BM25 only), aligned (through the image space only)")
     s.add_argument("--align", help="text alignment file (default: the model bundle's)")
     s.set_defaults(func=cmd_search)
 
@@ -249,6 +282,17 @@ def add_commands(sub: Any) -> None:
     add_out(a, "where to write it (default: inside the model bundle)")
     add_quiet(a)
     a.set_defaults(func=cmd_align)
+
+    tt = sub.add_parser("text-tune", help="fine-tune the text encoder of search on the catalogue's own words")
+    add_model(tt, "bundle to store the fine-tuned encoder in (BUNDLE/text_encoder; the image model is untouched)",
+              positional_legacy=False)
+    add_data(tt, "catalogue with product titles/descriptions (default: the model's recorded dataset)")
+    tt.add_argument("--queries", metavar="LOG.csv",
+                    help="optional query log: CSV with query,product_id columns (what shoppers typed and chose)")
+    tt.add_argument("--epochs", type=int, default=TUNE_EPOCHS, help=f"passes over the pairs (default: {TUNE_EPOCHS})")
+    tt.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    add_quiet(tt)
+    tt.set_defaults(func=cmd_text_tune)
 
     en = sub.add_parser("enroll", help="add a product to a trained model from a few photos (no retraining)")
     add_model(en, "the bundle to add the product to (changed in place)")

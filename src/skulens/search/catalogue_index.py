@@ -59,8 +59,8 @@ def read_metadata_table(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
 def catalogue_records(cat: Catalogue, *, splits: Sequence[str] = ("train",), catalogue_photos: bool = True,
                       metadata: Mapping[str, Mapping[str, Any]] | None = None) -> tuple[list[Any], list[Path]]:
     """Index records and their image paths: one per photo; ids are paths relative to the catalogue root."""
-    from .embeddings import product_text
     from .index import IndexRecord
+    from .text_tune import catalogue_text
 
     metadata = metadata or {}
     records, paths = [], []
@@ -78,7 +78,7 @@ def catalogue_records(cat: Catalogue, *, splits: Sequence[str] = ("train",), cat
         records.append(IndexRecord(
             id=rid, product_id=label, label=label, coarse_label=coarse or cat.hierarchy.get(label),
             title=prod.title if prod else label.replace("-", " "),
-            text=product_text(prod, with_description=True) if prod else "",
+            text=catalogue_text(prod) if prod else "",
             image=str(path), metadata=dict(metadata.get(label, {}))))
         paths.append(path)
 

@@ -1,13 +1,21 @@
 """One search façade over a model, a vector index and (optionally) a text aligner.
 
-Photos are embedded by the model and searched in the index; texts are searched two ways and fused:
-through the aligner (a text projected into the image space finds products by how they *look*) and by
-sentence similarity to the products' own titles and texts (finds them by what the shop *says*).
-Reciprocal-rank fusion combines the two without having to calibrate two cosine scales.
+Photos are embedded by the model and searched in the index. Texts are searched three ways and fused by
+reciprocal rank (no need to calibrate three score scales against each other):
+
+- lexical: BM25 over each product's own words (title, label, coarse class and the record's text: the
+  description, information lines and attribute words), so exact names, brands and attributes are found;
+- dense: sentence similarity to the product's texts with the text encoder, the bundle's fine-tuned one
+  (`skulens text-tune`) when it has one, else the bundled MiniLM: finds synonyms and descriptions;
+- aligned, when the bundle has a text aligner: a text projected into the image space finds products by how
+  they *look*.
+
+Modes of `by_text`: hybrid (the default: all of them, fused), text (dense only), lexical, aligned.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -17,12 +25,15 @@ from .index import SearchHit, VectorIndex, compile_filter, record_matches
 
 if TYPE_CHECKING:
     from ..models.predictor import ImageInput, Model
+    from ..models.text import TextEncoder
     from .align import TextAligner
 
-__all__ = ["TEXT_MODES", "SearchEngine", "rank_fusion"]
+__all__ = ["TEXT_MODES", "SearchEngine", "product_document", "product_pieces", "rank_fusion"]
 
-TEXT_MODES = ("hybrid", "aligned", "text")
+TEXT_MODES = ("hybrid", "aligned", "text", "lexical")
 _RRF_K = 60  # the usual reciprocal-rank-fusion constant (Cormack et al. 2009)
+_FUSE_DEPTH = 100  # products taken from each ranking into the fusion
+_MAX_PIECES = 10  # texts per product on the dense side
 
 
 def rank_fusion(lists: Sequence[Sequence[SearchHit]], k: int) -> list[SearchHit]:
@@ -37,13 +48,54 @@ def rank_fusion(lists: Sequence[Sequence[SearchHit]], k: int) -> list[SearchHit]
     return [SearchHit(p, scores[p], first[p].record) for p in order]
 
 
+def _lines(text: str) -> list[str]:
+    return [" ".join(line.split()) for line in text.splitlines() if line.strip()]
+
+
+def product_document(title: str, text: str = "") -> str:
+    """The one text that stands for a product on the dense side: its title, then its text (description,
+    information lines, attribute words) as sentences. Also the positive of every pair in `skulens text-tune`."""
+    title = " ".join(title.split())
+    body = " ".join(line if line.endswith((".", "!", "?")) else f"{line}." for line in _lines(text))
+    if not body:
+        return title
+    return body if not title or body.lower().startswith(title.lower()) else f"{title}. {body}"
+
+
+def product_pieces(title: str, text: str = "", *, max_pieces: int = _MAX_PIECES) -> list[str]:
+    """The product's texts a query is compared with (it scores its best): the title, the whole document and
+    each sentence of the text prefixed with the title, so one matching sentence is not drowned by the rest."""
+    title = " ".join(title.split())
+    pieces = [title, product_document(title, text)]
+    for line in _lines(text):
+        for s in re.split(r"(?<=[.!?])\s+", line):
+            s = s.strip()
+            if len(s) > 12 and s.rstrip(".").lower() != title.lower():
+                pieces.append(f"{title}: {s}" if title else s)
+    return list(dict.fromkeys(p for p in pieces if p))[:max_pieces]
+
+
 class SearchEngine:
-    def __init__(self, model: Model | None, index: VectorIndex, aligner: TextAligner | None = None):
+    """text_model: the text encoder of the dense side (a sentence-transformers folder, or "minilm"); by
+    default the model bundle's fine-tuned encoder when it has one (`skulens text-tune`), else MiniLM."""
+
+    def __init__(self, model: Model | None, index: VectorIndex, aligner: TextAligner | None = None, *,
+                 text_model: str | None = None):
         if model is not None and model.card.embedding_dim != index.dim:
             raise ValueError(f"the index holds {index.dim}-d vectors but the model embeds {model.card.embedding_dim}-d:"
                              " build the index with this model")
         self.model, self.index, self.aligner = model, index, aligner
-        self._text_cache: tuple[tuple[int, int], list[str], np.ndarray] | None = None
+        self.text_model = text_model
+        self._text_cache: tuple[tuple[Any, ...], _ProductTexts] | None = None
+
+    def text_encoder(self) -> TextEncoder:
+        """The dense side's encoder: `text_model` if given, else the model bundle's fine-tuned one, else MiniLM."""
+        from ..models.text import DEFAULT_TEXT_MODEL, load_text_encoder
+
+        if self.text_model is not None:
+            return load_text_encoder(self.text_model)
+        bundle = getattr(self.model, "path", None) if self.model is not None else None
+        return load_text_encoder(DEFAULT_TEXT_MODEL, bundle=bundle)
 
     def by_image(self, images: Sequence[ImageInput], *, k: int = 10, filter: Mapping[str, Any] | None = None
                  ) -> list[list[SearchHit]]:
@@ -61,43 +113,59 @@ class SearchEngine:
 
     def by_text(self, texts: Sequence[str], *, k: int = 10, filter: Mapping[str, Any] | None = None,
                 mode: str = "hybrid") -> list[list[SearchHit]]:
-        """mode: hybrid (both, fused), aligned (through the image space only), text (titles/texts only)."""
+        """mode: hybrid (lexical + dense + aligned when there is an aligner, fused), aligned (through the
+        image space only), text (dense similarity to the products' texts only), lexical (BM25 only)."""
         if mode not in TEXT_MODES:
             raise ValueError(f"unknown text search mode {mode!r}: {', '.join(TEXT_MODES)}")
         if isinstance(texts, str):
             raise TypeError("by_text() takes a list of queries")
+        texts = list(texts)
+        empty = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
+        if empty:
+            raise ValueError(f"empty text query (query {empty[0] + 1} of {len(texts)}): give some words to search by")
         if mode == "aligned" and self.aligner is None:
             raise ValueError("no text alignment for this model: run `skulens align` first, or use mode 'text'")
-        use_aligned = self.aligner is not None and mode in ("hybrid", "aligned")
-        aligned = self.by_vector(self.aligner.encode(texts), k=max(k, 20), filter=filter) if use_aligned else None
-        lexical = self._by_product_text(texts, k=max(k, 20), filter=filter) if mode in ("hybrid", "text") else None
-        if aligned is None:
-            assert lexical is not None
-            return [hits[:k] for hits in lexical]
-        if lexical is None:
-            return [hits[:k] for hits in aligned]
-        return [rank_fusion([a, t], k) for a, t in zip(aligned, lexical, strict=True)]
+        depth = max(k, _FUSE_DEPTH) if mode == "hybrid" else k
+        lists: list[list[list[SearchHit]]] = []
+        if mode in ("hybrid", "lexical", "text"):
+            lexical, dense = self._by_product_text(texts, k=depth, filter=filter, lexical=mode != "text",
+                                                   dense=mode != "lexical")
+            lists += [x for x in (lexical, dense) if x is not None]
+        if self.aligner is not None and mode in ("hybrid", "aligned"):
+            lists.append(self.by_vector(self.aligner.encode(texts), k=max(depth, 20), filter=filter))
+        if len(lists) == 1:
+            return [hits[:k] for hits in lists[0]]
+        return [rank_fusion(per_query, k) for per_query in zip(*lists, strict=True)]
 
-    def _product_texts(self) -> tuple[list[str], np.ndarray]:
-        """MiniLM vectors of each product's title + text, cached until the index is written to."""
-        from ..models.text import load_text_encoder
+    def _product_texts(self, encoder: TextEncoder | None) -> _ProductTexts:
+        """Each product's texts, its dense vectors (with this encoder) and its BM25 document; cached until the
+        index is written to or the encoder changes."""
+        key = (self.index.revision, len(self.index))  # len too: another process may have written to it
+        cached = self._text_cache[1] if self._text_cache is not None and self._text_cache[0] == key else None
+        if cached is None:
+            from .lexical import BM25
 
-        n = (self.index.revision, len(self.index))  # len too: another process may have written to it
-        if self._text_cache is None or self._text_cache[0] != n:
-            texts: dict[str, str] = {}
+            records: dict[str, Any] = {}
             for r in self.index.records():
-                if r.product_id not in texts or (not texts[r.product_id] and (r.title or r.text)):
-                    texts[r.product_id] = ". ".join(t for t in (r.title or r.label, r.text) if t)
-            ids = sorted(texts)
-            vecs = load_text_encoder().encode([texts[p] for p in ids])
-            self._text_cache = (n, ids, vecs)
-        return self._text_cache[1], self._text_cache[2]
+                if r.product_id not in records or (not (records[r.product_id].title or records[r.product_id].text)
+                                                   and (r.title or r.text)):
+                    records[r.product_id] = r
+            ids = sorted(records)
+            docs = [" ".join(x for x in (records[p].title, records[p].label.replace("-", " ").replace("_", " "),
+                                         (records[p].coarse_label or "").replace("-", " "), records[p].text) if x)
+                    for p in ids]
+            pieces = [product_pieces(records[p].title or records[p].label.replace("-", " "), records[p].text)
+                      for p in ids]
+            cached = _ProductTexts(ids, pieces, BM25(docs))
+            self._text_cache = (key, cached)
+        if encoder is not None:
+            cached.vectors(encoder)
+        return cached
 
-    def _by_product_text(self, texts: Sequence[str], *, k: int, filter: Mapping[str, Any] | None
-                         ) -> list[list[SearchHit]]:
-        from ..models.text import load_text_encoder
-
-        ids, vecs = self._product_texts()
+    def _by_product_text(self, texts: list[str], *, k: int, filter: Mapping[str, Any] | None, lexical: bool,
+                         dense: bool) -> tuple[list[list[SearchHit]] | None, list[list[SearchHit]] | None]:
+        encoder = self.text_encoder() if dense else None
+        pt = self._product_texts(encoder)
         compiled = compile_filter(filter)
         # One pass over the records (current metadata) gives each allowed product's first record: no
         # per-hit lookups, which cost a round trip each on a Milvus server.
@@ -105,17 +173,43 @@ class SearchEngine:
         for r in self.index.records():
             if r.product_id not in first and record_matches(r, compiled):
                 first[r.product_id] = r
-        q = load_text_encoder().encode(texts)
-        out = []
-        for row in q @ vecs.T:
-            hits = []
-            for j in np.argsort(-row):
-                p = ids[j]
-                if p not in first:  # filtered out (or removed since the text cache was built)
-                    continue
-                hits.append(SearchHit(p, float(row[j]), first[p]))
-                if len(hits) == k:
-                    break
-            out.append(hits)
-        return out
 
+        def ranked(matrix: np.ndarray, *, drop_zero: bool) -> list[list[SearchHit]]:
+            out = []
+            for row in matrix:
+                hits = []
+                for j in np.argsort(-row, kind="stable"):
+                    if drop_zero and row[j] <= 0:
+                        break
+                    p = pt.ids[j]
+                    if p not in first:  # filtered out (or removed since the text cache was built)
+                        continue
+                    hits.append(SearchHit(p, float(row[j]), first[p]))
+                    if len(hits) == k:
+                        break
+                out.append(hits)
+            return out
+
+        lex = ranked(pt.bm25.scores(texts), drop_zero=True) if lexical else None
+        den = None
+        if encoder is not None:
+            vecs, owner = pt.vectors(encoder)
+            sims = encoder.encode(texts) @ vecs.T
+            best = np.full((len(texts), len(pt.ids)), -np.inf, dtype=np.float32)
+            np.maximum.at(best.T, owner, sims.T)  # a product scores its best piece
+            den = ranked(best, drop_zero=False)
+        return lex, den
+
+
+class _ProductTexts:
+    """The products' ids, texts and BM25 index of one index revision; dense vectors per encoder."""
+
+    def __init__(self, ids: list[str], pieces: list[list[str]], bm25: Any):
+        self.ids, self.pieces, self.bm25 = ids, pieces, bm25
+        self.owner = np.repeat(np.arange(len(ids)), [len(p) for p in pieces])
+        self._vectors: tuple[TextEncoder, np.ndarray] | None = None  # the encoder itself: a re-tune is a new one
+
+    def vectors(self, encoder: TextEncoder) -> tuple[np.ndarray, np.ndarray]:
+        if self._vectors is None or self._vectors[0] is not encoder:
+            self._vectors = (encoder, encoder.encode([p for ps in self.pieces for p in ps]))
+        return self._vectors[1], self.owner

@@ -1,0 +1,238 @@
+"""Fine-tuning the text encoder of search (`skulens text-tune`) and the hybrid (lexical + dense) text search.
+
+The synonym test can fail: the query "easy peelers" is in the satsumas' description only, and the index
+knows the products by their names alone, so only an encoder that learnt the catalogue's words ranks it first
+(the frozen MiniLM puts the dish soap first: it is checked, so the test cannot pass by accident)."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sentence_transformers")
+pytest.importorskip("faiss")
+
+import skulens
+from skulens.cli import main
+from skulens.data.catalogue import Catalogue, CatalogueError, Product
+from skulens.models.text import DEFAULT_TEXT_MODEL, TEXT_ENCODER_DIR, bundle_text_model, load_text_encoder
+from skulens.search.engine import TEXT_MODES, SearchEngine, product_document, product_pieces
+from skulens.search.index import IndexRecord, create_index
+from skulens.search.lexical import BM25, tokens
+from skulens.search.text_tune import (
+    TuneConfig,
+    catalogue_pairs,
+    catalogue_text,
+    masked_document,
+    read_query_log,
+    tune_text_encoder,
+)
+
+# Six products; the synonym "easy peelers" is in the satsumas' description, never in a title.
+SHOP = {
+    "satsumas": ("Satsumas", "Citrus", "Small sweet citrus fruit with a loose skin, sold as easy peelers."),
+    "oat-milk": ("Oat milk", "Milk", "A plant-based drink made from oats, in a yellow carton."),
+    "rye-bread": ("Rye bread", "Bread", "Dark sourdough bread baked with whole rye flour."),
+    "green-apple": ("Green apple", "Apple", "A sour green apple, good for baking pies."),
+    "dish-soap": ("Dish soap", "Cleaning", "Washing-up liquid that cuts grease."),
+    "dark-chocolate": ("Dark chocolate", "Sweets", "A bar of bitter chocolate with 70% cocoa."),
+}
+SYNONYM, TARGET = "easy peelers", "satsumas"
+# The default pairs of six products (34), 3 short epochs at a higher rate: 18 steps, ~10-25 s on 2 CPU cores.
+QUICK = TuneConfig(epochs=3, lr=3e-4, seed=0)
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _image_files(bundle: Path) -> dict[str, str]:
+    return {f: _sha(bundle / f) for f in ("model.safetensors", "card.json")}
+
+
+def _shop(root: Path) -> Catalogue:
+    products = {label: Product(label=label, coarse_label=coarse, title=title, description=desc)
+                for label, (title, coarse, desc) in SHOP.items()}
+    return Catalogue(root=root, layout="manifest", splits={"train": []}, classes=sorted(products), coarse_classes=[],
+                     hierarchy={label: p.coarse_label or "" for label, p in products.items()}, attributes=[],
+                     products=products)
+
+
+def _names_only_index(path: Path, dim: int):
+    """The shop's index knows its products by name only (no descriptions)."""
+    rng = np.random.default_rng(0)
+    index = create_index("faiss", str(path), dim)
+    vecs = rng.normal(size=(len(SHOP), dim)).astype(np.float32)
+    index.add([IndexRecord(id=label, product_id=label, label=label, coarse_label=coarse, title=title)
+               for label, (title, coarse, _) in SHOP.items()], vecs / np.linalg.norm(vecs, axis=1, keepdims=True))
+    index.save()
+    return index
+
+
+def _rank(engine: SearchEngine, query: str, mode: str = "hybrid") -> list[str]:
+    return [h.product_id for h in engine.by_text([query], k=len(SHOP), mode=mode)[0]]
+
+
+@pytest.fixture(scope="module")
+def described(tiny_catalogue: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny photo catalogue with a products.csv (titles and descriptions)."""
+    root = tmp_path_factory.mktemp("described") / "cat"
+    shutil.copytree(tiny_catalogue.parent, root)
+    with open(root / "products.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["label", "title", "description"])
+        w.writerow(["red-apple", "Red apple", "A sweet red apple, crisp and juicy."])
+        w.writerow(["green-apple", "Green apple", "A sour green apple for baking."])
+        w.writerow(["oat-milk", "Oat milk", "A plant-based drink made from oats."])
+    return root / "manifest.csv"
+
+
+@pytest.fixture()
+def bundle(tiny_bundle, tmp_path: Path) -> Path:
+    out = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle.bundle, out)
+    return out
+
+
+def test_a_synonym_from_a_description_finds_its_product_after_text_tune_and_not_before(bundle: Path,
+                                                                                       tmp_path: Path) -> None:
+    model = skulens.load(bundle, device="cpu", precision="off")
+    index = _names_only_index(tmp_path / "ix", model.card.embedding_dim)
+    images_before, files_before = _image_files(bundle), {p.name for p in bundle.iterdir()}
+
+    before = SearchEngine(model, index)
+    assert bundle_text_model(bundle) is None and not before.text_encoder().fine_tuned
+    assert _rank(before, SYNONYM)[0] != TARGET  # the frozen MiniLM does not know the shop's word
+    assert _rank(before, SYNONYM, "text")[0] != TARGET
+    assert _rank(before, SYNONYM, "lexical") == []  # no name shares a word with the query
+
+    res = tune_text_encoder(bundle, _shop(tmp_path), config=QUICK)
+    assert res.folder == bundle / TEXT_ENCODER_DIR and res.products == len(SHOP) and res.steps > 0
+    assert (res.folder / "model.safetensors").is_file() and not list(res.folder.glob("*.bin"))
+    info = json.loads((res.folder / "text_tune.json").read_text())
+    assert info["pairs"] == res.pairs and info["config"]["seed"] == 0
+
+    # the model's bundle carries its encoder: an engine over the same index now finds the product
+    after = SearchEngine(skulens.load(bundle, device="cpu", precision="off"), index)
+    assert after.text_encoder().fine_tuned
+    assert _rank(after, SYNONYM)[0] == TARGET
+    assert _rank(after, SYNONYM, "text")[0] == TARGET
+    assert _rank(after, "oat milk")[0] == "oat-milk"  # names still find their products
+    # ... and the image model is untouched: the same bytes, and only text_encoder/ is new in the bundle
+    assert _image_files(bundle) == images_before
+    assert {p.name for p in bundle.iterdir()} - files_before == {TEXT_ENCODER_DIR}
+
+
+def test_text_tune_cli_with_a_query_log_keeps_the_image_model_byte_identical(bundle: Path, described: Path,
+                                                                             tmp_path: Path) -> None:
+    root = described.parent
+    log = tmp_path / "log.csv"
+    log.write_text("query,product_id\ndairy free milk,oat-milk\ncooking apples,green-apple\n", encoding="utf-8")
+    images = _image_files(bundle)
+    photo = min((root / "val").rglob("*.jpg"))
+    pred_before = skulens.load(bundle, device="cpu", precision="off").predict([photo])[0]
+
+    r = subprocess.run([sys.executable, "-m", "skulens.cli", "text-tune", "--model", str(bundle), "--data",
+                        str(described), "--queries", str(log), "--epochs", "1", "-q"],
+                       capture_output=True, text=True, timeout=300, check=False)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "text encoder fine-tuned on" in r.stderr and "2 from" in r.stderr and "image model is unchanged" in r.stderr
+    assert r.stdout == ""  # stdout carries results only; the trainer's own printing is off
+    assert _image_files(bundle) == images
+    assert bundle_text_model(bundle) == str(bundle / TEXT_ENCODER_DIR)
+    pred_after = skulens.load(bundle, device="cpu", precision="off").predict([photo])[0]
+    assert pred_after.label == pred_before.label and pred_after.confidence == pytest.approx(pred_before.confidence)
+
+
+def test_a_bundle_without_a_fine_tuned_encoder_uses_minilm(tiny_bundle, tmp_path: Path) -> None:
+    assert bundle_text_model(tiny_bundle.bundle) is None
+    assert load_text_encoder(bundle=tiny_bundle.bundle) is load_text_encoder()  # the shared bundled MiniLM
+    assert bundle_text_model("pretrained:efficientnet_lite0") is None
+    half = tmp_path / "half"
+    shutil.copytree(tiny_bundle.bundle, half)
+    (half / TEXT_ENCODER_DIR).mkdir()  # an interrupted copy: no weights, no text_tune.json
+    assert bundle_text_model(half) is None
+    model = skulens.load(half, device="cpu", precision="off")
+    engine = SearchEngine(model, _names_only_index(tmp_path / "ix", model.card.embedding_dim))
+    assert engine.text_encoder().name == DEFAULT_TEXT_MODEL
+    for mode in ("hybrid", "text", "lexical"):
+        assert _rank(engine, "oat milk", mode)[0] == "oat-milk", mode
+    with pytest.raises(ValueError, match="skulens align"):
+        engine.by_text(["oat milk"], mode="aligned")
+
+
+def test_bad_query_logs_and_empty_queries_get_clear_errors(bundle: Path, tmp_path: Path, tiny_catalogue: Path,
+                                                           described: Path, capsys: pytest.CaptureFixture) -> None:
+    products = {label: None for label in SHOP}
+    cases = {"query;product_id\nx;oat-milk\n": "needs 'query' and 'product_id' columns",
+             "query,product_id\n  ,oat-milk\n": r":2: empty query",
+             "query,product_id\noat drink,oat-milk\ncola,coca-cola\n": r":3: unknown product_id 'coca-cola'",
+             "query,product_id\n": "no rows", "": "no header"}
+    for i, (text, message) in enumerate(cases.items()):
+        p = tmp_path / f"log{i}.csv"
+        p.write_text(text, encoding="utf-8")
+        with pytest.raises(CatalogueError, match=message):
+            read_query_log(p, products)
+    with pytest.raises(CatalogueError, match="no such file"):
+        read_query_log(tmp_path / "missing.csv", products)
+    # through the CLI: exit 2, one line, nothing trained and nothing written into the bundle
+    bad = tmp_path / "log1.csv"
+    assert main(["text-tune", "--model", str(bundle), "--data", str(described), "--queries", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "empty query" in err and "Traceback" not in err
+    assert not (bundle / TEXT_ENCODER_DIR).exists()
+    assert main(["text-tune", "--model", str(bundle), "--queries", str(tmp_path / "nope.csv")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    # a catalogue without product texts has nothing to learn from
+    with pytest.raises(CatalogueError, match="no product texts"):
+        tune_text_encoder(bundle, skulens.load_catalogue(tiny_catalogue), config=QUICK)
+    # empty text queries: the engine and the CLI say so
+    engine = SearchEngine(None, _names_only_index(tmp_path / "ix", 8))
+    for queries in ([""], ["oat milk", "   "]):
+        with pytest.raises(ValueError, match="empty text query"):
+            engine.by_text(queries)
+    assert main(["search", "--index", str(tmp_path / "ix"), "--text", " "]) == 2
+    assert "empty query" in capsys.readouterr().err
+
+
+def test_catalogue_pairs_texts_and_bm25() -> None:
+    milk = Product(label="Arla-Milk", coarse_label="Milk", title="Arla Lactose Free Milk",
+                   description="Skimmed milk for people with lactose intolerance. Great on porridge.",
+                   info="Title: Mellanmjolk laktosfri\nManufacturer and volume: ARLA KO,\xa01l\nNutrition values:\n"
+                        "   fat 1.5 gram\nURL: https://example.org/milk",
+                   attributes=("lactose_free", "colour=white", "packaging=carton"))
+    text = catalogue_text(milk)
+    assert "Attributes: lactose free, white, carton" in text and "ARLA KO, 1l" in text
+    assert "Mellanmjolk laktosfri" in text and "https" not in text and "gram" not in text
+    doc = product_document(milk.title, text)
+    assert doc.startswith("Arla Lactose Free Milk. Skimmed milk") and "\n" not in doc
+    assert product_pieces(milk.title, text)[:2] == [milk.title, doc]
+    # the pair's positive leaves out what the anchor says (inverse cloze), never the whole product
+    masked = masked_document(milk.title, text, "porridge")
+    assert "porridge" not in masked and "lactose intolerance" in masked
+    assert not masked_document("Satsumas", "Satsumas. Sold as easy peelers.", "easy peelers").count("peelers")
+    cat = Catalogue(root=Path("."), layout="manifest", splits={"train": []}, classes=["Arla-Milk"], coarse_classes=[],
+                    hierarchy={"Arla-Milk": "Milk"}, attributes=[], products={"Arla-Milk": milk})
+    anchors = [a for a, _, _ in catalogue_pairs(cat, max_anchors=20)]
+    assert anchors[0] == milk.title and "lactose free milk" in anchors and "ARLA KO" in anchors
+    assert "porridge" in anchors and anchors.index("white milk") == len(anchors) - 1  # colours come last
+
+    assert "lactose free" in tokens("Lactose-free") and "1.5%" in tokens("fett 1,5%") and "creme" in tokens("Crème")
+    bm = BM25(["red apple sweet", "green apple sour", "oat milk drink"])
+    s = bm.scores(["green apple", "coffee"])
+    assert s[0].argmax() == 1 and s[0, 2] == 0 and not s[1].any()  # a product sharing no word scores 0
+    assert not BM25([]).scores(["x"]).size
+
+
+def test_cli_and_engine_agree_on_modes_and_defaults() -> None:
+    from skulens.cli import search as cli_search
+
+    assert cli_search.TEXT_MODES == TEXT_MODES and cli_search.TUNE_EPOCHS == TuneConfig().epochs
