@@ -87,9 +87,9 @@ def main() -> int:
             kept = [q for q, p in zip(questions, chosen, strict=True) if p is not None]
             rows.append(_row(name, "end to end (val photo)", summarise(kept, replies)))
         print("\n".join(rows[-2:] if model is not None else rows[-1:]), flush=True)
-    table = "\n".join(["| question set | mode | questions | correct or correctly handed off | hand-off rate | "
-                       "confident wrong yes/no | of them on attribute questions |",
-                       "|---|---|---:|---:|---:|---:|---:|", *rows])
+    header = ("| question set | mode | questions | correct or correctly handed off | hand-off rate | "
+              "confident wrong yes/no | of them on attribute questions |")
+    table = "\n".join([header, "|---|---|---:|---:|---:|---:|---:|", *rows])
     body = (f"Model `{ns.model}`; responder thresholds as `skulens serve` (min_confidence "
             f"{settings.support_min_confidence}, min_score {settings.support_min_score}); {time.time() - t0:.0f} s.\n\n"
             f"{table}\n\nWhat the answering mode got wrong:\n\n" + "\n".join(failures))
