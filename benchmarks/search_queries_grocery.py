@@ -33,14 +33,11 @@ from __future__ import annotations
 
 import argparse
 import csv
-import re
 import sys
 import tempfile
 import time
-import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +46,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))
 from _results import append_section
+
+from skulens.search.lexical import tokens as lexical_tokens
 
 QUERIES = HERE / "data" / "shopper_queries.csv"
 KINDS = ("synonym", "description", "use", "brand", "attribute", "category", "name")
@@ -115,19 +114,8 @@ def product_document(label: str, cat) -> str:
                                 attribute_words(p.attributes)) if x)
 
 
-_STOP = {"a", "an", "and", "are", "as", "at", "be", "by", "for", "from", "has", "have", "in", "is", "it", "its", "of",
-         "on", "or", "that", "the", "this", "to", "with"}
-
-
-def _fold(text: str) -> str:
-    """Lower case, accents dropped, decimal commas as points ("1,5%" -> "1.5%")."""
-    text = re.sub(r"(\d),(\d)", r"\1.\2", text.lower())
-    return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
-
-
-def _tokens(text: str) -> list[str]:
-    words = [w for w in re.findall(r"[a-z0-9]+(?:[.,][0-9]+)?%?", _fold(text)) if w not in _STOP]
-    return words + [f"{a} {b}" for a, b in pairwise(words)]
+# The same words and word pairs as the engine's BM25 (skulens.search.lexical).
+_tokens = lexical_tokens
 
 
 # --- modes -----------------------------------------------------------------------------------------------
