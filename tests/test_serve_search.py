@@ -73,8 +73,9 @@ def test_search_by_photo_finds_its_product(client, tiny_catalogue: Path) -> None
     assert [h["product_id"] for h in r.json()["hits"]] == ["red-apple"]
 
 
-def test_search_by_text(client) -> None:
-    r = client.post("/v1/search", data={"text": "oat milk", "mode": "text", "k": "2"})
+@pytest.mark.parametrize("mode", ["text", "lexical", "hybrid"])
+def test_search_by_text(client, mode) -> None:
+    r = client.post("/v1/search", data={"text": "oat milk", "mode": mode, "k": "2"})
     assert r.status_code == 200, r.text
     assert r.json()["hits"][0]["product_id"] == "oat-milk"
 

@@ -16,6 +16,7 @@ from fastapi import APIRouter, File, Form, HTTPException, Query, UploadFile
 from fastapi import Path as PathParam
 from pydantic import BaseModel, Field
 
+from ...search.engine import TEXT_MODES
 from ...search.index import IndexRecord, IndexStoreError, SearchHit
 from ..batching import QueueFullError
 from ..deps import ReadKey, State, WriteKey, busy, decode_upload
@@ -26,7 +27,6 @@ from ..state import ServiceState
 logger = logging.getLogger(__name__)
 
 ProductId = Annotated[str, PathParam(min_length=1, max_length=200)]
-_MODES = ("hybrid", "aligned", "text")
 
 
 class HitOut(BaseModel):
@@ -101,13 +101,13 @@ async def search(state: State, _: ReadKey,
                  k: Annotated[int, Form(ge=1, le=100)] = 10,
                  filter: Annotated[str | None, Form(max_length=2000, description="JSON, e.g. {\"in_stock\": true}")]
                  = None,
-                 mode: Annotated[str, Form(description="text search: hybrid | aligned | text")] = "hybrid",
+                 mode: Annotated[str, Form(description="text search: " + " | ".join(TEXT_MODES))] = "hybrid",
                  ) -> SearchOut:
     engine = state.search
     if (image is None) == (not text):
         raise HTTPException(422, "send either an image (multipart file field 'image') or a text, not both")
-    if mode not in _MODES:
-        raise HTTPException(422, f"mode must be one of {', '.join(_MODES)}")
+    if mode not in TEXT_MODES:
+        raise HTTPException(422, f"mode must be one of {', '.join(TEXT_MODES)}")
     flt = _filter(filter)
     if image is not None:
         _, pil = await decode_upload(state, image)
