@@ -336,7 +336,8 @@ function showShelf(files, results) {
   }
   const rows = Object.entries(added).sort().map(([label, n]) => {
     const tr = el("tr");
-    tr.append(el("td", label), el("td", String(n), "num"));
+    tr.dataset.label = label;
+    tr.append(el("td", titleOf(label)), el("td", String(n), "num"));
     return tr;
   });
   if (review) {
