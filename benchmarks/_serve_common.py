@@ -88,6 +88,28 @@ class Server:
         self.stop()
 
 
+def intake_uploads(folder: str | None, uploads: int, duplicates: float) -> tuple[int, list[tuple[int, bytes]]]:
+    """For the intake benchmarks: `uploads` photo uploads of which a `duplicates` fraction repeat a photo
+    already in the set, seeded and shuffled, each as (photo index, bytes); and the number of distinct
+    photos. `folder` None: the grocery train split."""
+    import random
+
+    n_unique = round(uploads * (1 - duplicates))
+    if folder is None:
+        from skulens.data.locate import find_default_data
+
+        root = find_default_data()
+        folder = str(root / "train") if root else None
+    photos = find_photos(folder, limit=None)
+    if len(photos) < n_unique:
+        raise SystemExit(f"need {n_unique} distinct photos, found {len(photos)} under {folder}")
+    rng = random.Random(0)
+    unique = [(i, p.read_bytes()) for i, p in enumerate(rng.sample(photos, n_unique))]
+    out = unique + [rng.choice(unique) for _ in range(uploads - n_unique)]
+    rng.shuffle(out)
+    return n_unique, out
+
+
 def find_photos(folder: str | None, limit: int | None = None) -> list[Path]:
     """Photos under `folder` (default: the grocery dataset's val split, else its train split)."""
     if folder is None:

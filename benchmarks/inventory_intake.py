@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import random
 import shlex
 import sqlite3
 import sys
@@ -29,7 +28,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _results import append_section
-from _serve_common import Server, find_photos, percentile
+from _serve_common import Server, intake_uploads, percentile
 
 
 async def _send(url: str, key: str, uploads: list[tuple[int, bytes]], clients: int, stop_after: int | None = None,
@@ -89,21 +88,7 @@ def main() -> int:
     ns = ap.parse_args()
     out = Path(ns.out)
     out.mkdir(parents=True, exist_ok=True)
-    n_unique = round(ns.uploads * (1 - ns.duplicates))
-    folder = ns.photos
-    if folder is None:
-        from skulens.data.locate import find_default_data
-
-        root = find_default_data()
-        folder = str(root / "train") if root else None
-    photos = find_photos(folder, limit=None)
-    if len(photos) < n_unique:
-        raise SystemExit(f"need {n_unique} distinct photos, found {len(photos)} under {folder}")
-    rng = random.Random(0)
-    chosen = rng.sample(photos, n_unique)
-    unique = [(i, p.read_bytes()) for i, p in enumerate(chosen)]
-    uploads = unique + [rng.choice(unique) for _ in range(ns.uploads - n_unique)]
-    rng.shuffle(uploads)
+    n_unique, uploads = intake_uploads(ns.photos, ns.uploads, ns.duplicates)
     # Threshold 0: every unique photo counts, so the right total is known exactly.
     args = ["--review-threshold", "0", "--max-batch", "16"]
     lines = []

@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import concurrent.futures
 import os
-import random
 import secrets
 import shlex
 import sys
@@ -37,7 +36,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _results import append_section
-from _serve_common import Server, find_photos, percentile
+from _serve_common import Server, intake_uploads, percentile
 
 from skulens.serve.images import content_hash
 from skulens.serve.inventory import InventoryStore
@@ -130,20 +129,8 @@ def main() -> int:
     ns = ap.parse_args()
     out = Path(ns.out)
     out.mkdir(parents=True, exist_ok=True)
-    n_unique = round(ns.uploads * (1 - ns.duplicates))
-    folder = ns.photos
-    if folder is None:
-        from skulens.data.locate import find_default_data
-
-        root = find_default_data()
-        folder = str(root / "train") if root else None
-    photos = find_photos(folder, limit=None)
-    if len(photos) < n_unique:
-        raise SystemExit(f"need {n_unique} distinct photos, found {len(photos)} under {folder}")
-    rng = random.Random(0)
-    unique = [p.read_bytes() for p in rng.sample(photos, n_unique)]
-    uploads = unique + [rng.choice(unique) for _ in range(ns.uploads - n_unique)]
-    rng.shuffle(uploads)
+    n_unique, numbered = intake_uploads(ns.photos, ns.uploads, ns.duplicates)
+    uploads = [data for _, data in numbered]
     shas = [content_hash(d) for d in uploads]
     kinds = ["sqlite"] + (["postgresql"] if ns.postgres else [])
     rows, notes, ok = [], [], True

@@ -202,7 +202,8 @@ def strip_names(question: str, product: Product) -> str:
     """The question with the product's own names replaced by "it", for matching against its text:
     "What size is this sour cream?" reads as "what size is this it", not as a question about sour cream."""
     words = _tokens(question)
-    names = sorted(facts_of(product).names | facts_of(product).brands, key=len, reverse=True)
+    facts = facts_of(product)
+    names = sorted(facts.names | facts.brands, key=len, reverse=True)
     out, i = [], 0
     while i < len(words):
         for name in names:

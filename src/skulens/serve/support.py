@@ -226,6 +226,9 @@ class SupportResponder:
             if mass >= CANDIDATE_MASS:
                 break
             mass += p
+            if label == prediction.fine_label:  # ruled already: that is `verdict`
+                seen.append((label, p, verdict))
+                continue
             other = rule(question, self.product(label), self.lexicon, photo_min=self.photo_min,
                          predicted=dict(prediction.attributes))
             seen.append((label, p, other.verdict if other is not None else None))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,7 +94,3 @@ def summarise(questions: Sequence[Question], replies: Iterable[SupportAnswer]) -
             failures.append((q, outcome, reply.answer or f"[hand-off] {reply.reason}"))
     return SupportReport(len(questions), outcomes["correct"], handoffs, outcomes["confident_wrong"], wrong_attr,
                          {k: (v[0], v[1]) for k, v in sorted(by_kind.items())}, failures)
-
-
-def ask_all(questions: Sequence[Question], answer: Callable[[Question], SupportAnswer]) -> SupportReport:
-    return summarise(questions, [answer(q) for q in questions])
