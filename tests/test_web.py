@@ -301,12 +301,14 @@ def test_inventory_intake_reports_each_file(site, page, tmp_path: Path) -> None:
     lines = page.locator("#intake-files li")
     expect = playwright_api.expect
     expect(lines).to_have_count(4, timeout=60_000)
+    titles = {p["id"]: p["title"] for p in page.request.get(site + "/v1/products", headers={"X-API-Key": KEY}).json()}
     first = results[0]  # a sure oat milk counts even at this server's threshold of 1.0
-    expect(lines.nth(0)).to_have_text(
-        f"a.jpg: counted as {first['label']} (now {first['count']})" if first["status"] == "counted" else
+    expect(lines.nth(0)).to_have_text(  # products by name, as everywhere on the page
+        f"a.jpg: counted as {titles[first['label']]} (now {first['count']})" if first["status"] == "counted" else
         re.compile(r"^a\.jpg: sent to review"))
     expect(lines.nth(1)).to_have_text(re.compile(r"^a-again\.jpg: duplicate: already in the inventory"))
     expect(lines.nth(2)).to_have_text(re.compile(r"^notes\.txt: error: notes\.txt: not an image"))
-    why = f"confidence {100 * results[3]['confidence']:.1f}% for {results[3]['label']}, below the threshold 100.0%"
+    why = (f"confidence {100 * results[3]['confidence']:.1f}% for {titles[results[3]['label']]}, "
+           "below the threshold 100.0%")
     expect(lines.nth(3)).to_have_text(f"grey.jpg: sent to review: {why}")
     expect(page.locator("#status")).to_contain_text("1 already seen, 1 unreadable")

@@ -360,16 +360,16 @@ async function loadThresholds() {
 function intakeLine(r) {
   if (r.status === "error") return `error: ${r.error}`;
   if (r.status === "duplicate") {
-    return `duplicate: already in the inventory${r.label ? ` (as ${r.label}, ${r.previous_status})` : ""}`;
+    return `duplicate: already in the inventory${r.label ? ` (as ${titleOf(r.label)}, ${r.previous_status})` : ""}`;
   }
   if (r.shelf) {
-    const counted = Object.entries(r.shelf.counts).map(([label, n]) => `${n} × ${label}`).join(", ");
+    const counted = Object.entries(r.shelf.counts).map(([label, n]) => `${n} × ${titleOf(label)}`).join(", ");
     const review = r.shelf.boxes.filter((b) => b.status !== "counted").length;
     return `shelf photo: counted ${counted || "nothing"}; ${review} unknown sent to review`;
   }
-  if (r.status === "counted") return `counted as ${r.label} (now ${r.count})`;
+  if (r.status === "counted") return `counted as ${titleOf(r.label)} (now ${r.count})`;
   const below = reviewThreshold === null ? "too low" : `below the threshold ${pct(reviewThreshold)}`;
-  const guess = r.label ? ` for ${r.label}` : "";
+  const guess = r.label ? ` for ${titleOf(r.label)}` : "";
   return `sent to review: confidence ${pct(r.confidence)}${guess}, ${below}`;
 }
 
