@@ -229,7 +229,7 @@ def test_a_schema_1_database_migrates_and_keeps_its_counts(tmp_path: Path) -> No
         assert store.counts() == {"oat-milk": 9, "red-apple": 2}
         assert [a.action for a in store.audit()][-1] == "intake"
     con = sqlite3.connect(path)
-    assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     assert con.execute("SELECT kind, COUNT(*) FROM photos GROUP BY kind").fetchall() == [("photo", 2), ("shelf", 1)]
     assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     con.close()

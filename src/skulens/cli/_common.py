@@ -23,6 +23,7 @@ __all__ = [
     "EXIT_USAGE",
     "UsageError",
     "add_data",
+    "add_key_file",
     "add_model",
     "add_out",
     "add_quiet",
@@ -33,6 +34,7 @@ __all__ = [
     "deprecated_alias",
     "expand_inputs",
     "model_path",
+    "pseudonymizer",
     "report_result",
     "say",
     "train_overrides",
@@ -158,6 +160,21 @@ def add_out(p: argparse.ArgumentParser, help_text: str, *, required: bool = Fals
 def add_top_k(p: argparse.ArgumentParser, default: int, help_text: str = "results per query") -> None:
     p.add_argument("-k", "--top-k", dest="top_k", type=int, default=default,
                    help=f"{help_text} (default: {default})")
+
+
+def add_key_file(p: argparse.ArgumentParser, extra: str = "") -> None:
+    p.add_argument("--pseudonym-key-file", help="file holding the key user ids are pseudonymised with, kept "
+                   f"outside the data (default: $SKULENS_PSEUDONYM_KEY){extra}")
+
+
+def pseudonymizer(ns: argparse.Namespace, *, required: bool = False, data_dirs: tuple[Any, ...] = ()) -> Any:
+    """The Pseudonymizer of --pseudonym-key-file or $SKULENS_PSEUDONYM_KEY (None if neither, unless `required`)."""
+    from ..serve.privacy import KEY_ENV, load_pseudonymizer
+
+    key = load_pseudonymizer(ns.pseudonym_key_file, data_dirs=data_dirs)
+    if key is None and required:
+        raise UsageError(f"no pseudonym key: give --pseudonym-key-file FILE or set ${KEY_ENV}")
+    return key
 
 
 def add_quiet(p: argparse.ArgumentParser, help_text: str = "no progress bars") -> None:

@@ -1,4 +1,5 @@
-"""`skulens inventory scan | counts | review | audit`: stock counts from photos (thin handlers over serve/).
+"""`skulens inventory scan | counts | review | audit | erase-user | purge`: stock counts from photos, and the
+personal data kept with them (thin handlers over serve/).
 
 Importing this module imports neither torch nor fastapi.
 """
@@ -13,7 +14,17 @@ from pathlib import Path
 from typing import Any
 
 from ..serve.settings import ServeSettings
-from ._common import UsageError, add_model, add_out, add_quiet, check_detector, model_path, say
+from ._common import (
+    UsageError,
+    add_key_file,
+    add_model,
+    add_out,
+    add_quiet,
+    check_detector,
+    model_path,
+    pseudonymizer,
+    say,
+)
 
 __all__ = ["add_commands"]
 
@@ -23,7 +34,7 @@ _DB_HELP = "inventory: SQLite file or postgresql:// URL"
 
 def add_commands(sub: Any) -> None:
     inv = sub.add_parser("inventory", help="count stock from photos; review queue; CSV export")
-    isub = inv.add_subparsers(dest="inventory_command", required=True, metavar="{scan,counts,review,audit}")
+    isub = inv.add_subparsers(dest="inventory_command", required=True, metavar="{scan,counts,review,audit,erase-user,purge}")
 
     sc = isub.add_parser("scan", help="recognise every photo under DIR and count it (idempotent, resumable); "
                                       "with --detector, count every product in each shelf photo")
@@ -62,6 +73,19 @@ def add_commands(sub: Any) -> None:
     a.add_argument("--db", required=True, help=_DB_HELP)
     a.add_argument("--limit", type=int, default=100, help="newest entries to print (default: 100)")
     a.set_defaults(func=cmd_inventory_audit)
+
+    e = isub.add_parser("erase-user", help="erase a user: their behaviour events and the photos they sent "
+                                           "(audited; counts stay)")
+    e.add_argument("user_id", help="the user as the shop knows them (looked up by pseudonym)")
+    e.add_argument("--db", required=True, help=_DB_HELP)
+    e.add_argument("--events", help="behaviour-log CSV the service reads (--events): the user's rows go too")
+    add_key_file(e)
+    e.set_defaults(func=cmd_inventory_erase_user)
+
+    pu = isub.add_parser("purge", help="delete kept uploads (not yet labelled) older than a retention period")
+    pu.add_argument("--db", required=True, help=_DB_HELP)
+    pu.add_argument("--older-than-days", type=float, required=True, help="retention period in days")
+    pu.set_defaults(func=cmd_inventory_purge)
 
 
 def _actor() -> str:
@@ -163,4 +187,27 @@ def cmd_inventory_audit(ns: argparse.Namespace) -> int:
     with InventoryStore(ns.db) as store:
         for entry in store.audit(limit=ns.limit):
             print(json.dumps(entry.to_dict()))
+    return 0
+
+
+def cmd_inventory_erase_user(ns: argparse.Namespace) -> int:
+    from ..serve.inventory import InventoryStore
+    from ..serve.people import People
+
+    with InventoryStore(ns.db) as store:
+        key = pseudonymizer(ns, required=True, data_dirs=(store.photo_dir, store.labelled_dir))
+        done = People(store=store, pseudonym=key, events_csv=ns.events, fit=None).erase(ns.user_id, actor=_actor())
+    print(json.dumps(vars(done)))
+    return 0
+
+
+def cmd_inventory_purge(ns: argparse.Namespace) -> int:
+    from ..serve.inventory import InventoryError, InventoryStore
+
+    with InventoryStore(ns.db) as store:
+        try:
+            n = store.purge_uploads(ns.older_than_days, actor=_actor())
+        except InventoryError as exc:
+            raise UsageError(str(exc)) from None
+    say(f"{ns.db}: deleted {n} kept upload(s) older than {ns.older_than_days:g} days")
     return 0

@@ -1,4 +1,5 @@
-"""`skulens recommend for | generate | evaluate`: recommendations from a behaviour log (thin handlers)."""
+"""`skulens recommend for | generate | evaluate | pseudonymise`: recommendations from a behaviour log (thin
+handlers)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,18 @@ import argparse
 import json
 from typing import Any
 
-from ._common import UsageError, add_data, add_model, add_out, add_top_k, data_path, model_path, say
+from ._common import (
+    UsageError,
+    add_data,
+    add_key_file,
+    add_model,
+    add_out,
+    add_top_k,
+    data_path,
+    model_path,
+    pseudonymizer,
+    say,
+)
 
 __all__ = ["add_commands"]
 
@@ -29,6 +41,11 @@ def _recommender(ns: argparse.Namespace) -> Any:
     from ..recommend.shopping_log import read_events
 
     events = read_events(ns.events)
+    key = pseudonymizer(ns)
+    if key is not None:  # as the service does: the log's ids and the asked ones meet as pseudonyms
+        from ..serve.privacy import pseudonymize_events
+
+        events = list(pseudonymize_events(events, key))
     products = load_catalogue(data).products if data else None
     return fit_recommender(events, products, kind=ns.kind, model=_load(bundle) if content else None)
 
@@ -41,8 +58,9 @@ def cmd_recommend(ns: argparse.Namespace) -> int:
     if not ns.user and not ns.similar:
         raise UsageError("give --user USER_ID or --similar PRODUCT_ID")
     rec = _recommender(ns)
+    key = pseudonymizer(ns)
     for u in ns.user or ():
-        recs = rec.recommend(u, ns.top_k, exclude_seen=not ns.include_seen,
+        recs = rec.recommend(key(u) if key is not None else u, ns.top_k, exclude_seen=not ns.include_seen,
                              seed_products=tuple(ns.seed_product or ()))
         print(json.dumps({"user_id": u, "recommendations": _recs_json(recs)}))
     for p in ns.similar or ():
@@ -91,7 +109,7 @@ def _model_flag(p: argparse.ArgumentParser) -> None:
 
 def add_commands(sub: Any) -> None:
     r = sub.add_parser("recommend", help="recommendations from a behaviour log (CSV user_id,product_id,event,timestamp)")
-    rsub = r.add_subparsers(dest="recommend_command", required=True, metavar="{for,generate,evaluate}")
+    rsub = r.add_subparsers(dest="recommend_command", required=True, metavar="{for,generate,evaluate,pseudonymise}")
     g = rsub.add_parser("for", help="recommend for users, or products similar to a product")
     g.add_argument("--events", required=True, help="behaviour log CSV")
     add_data(g, "catalogue (products and their texts; default: the grocery dataset)")
@@ -103,6 +121,7 @@ def add_commands(sub: Any) -> None:
     g.add_argument("--seed-product", action="append", help="for a user with no history: products they look at now")
     g.add_argument("--include-seen", action="store_true", help="also recommend products the user already had")
     add_top_k(g, 10, "recommendations per user or product")
+    add_key_file(g, " (given one: the log's user ids and --user are matched as pseudonyms)")
     g.set_defaults(func=cmd_recommend)
     gen = rsub.add_parser("generate", help="write a SYNTHETIC shopping log for a catalogue (documented generator)")
     add_data(gen, "catalogue (default: the grocery dataset)")
@@ -116,3 +135,20 @@ def add_commands(sub: Any) -> None:
     _model_flag(ev)
     add_top_k(ev, 10, "cut-off k of HitRate@k and NDCG@k")
     ev.set_defaults(func=cmd_recommend_evaluate)
+    ps = rsub.add_parser("pseudonymise", help="rewrite a behaviour log with keyed-hash pseudonyms for user ids")
+    ps.add_argument("--events", required=True, help="behaviour log CSV")
+    add_out(ps, "CSV file to write (the pseudonymised log)", required=True)
+    add_key_file(ps)
+    ps.set_defaults(func=cmd_recommend_pseudonymise)
+
+
+def cmd_recommend_pseudonymise(ns: argparse.Namespace) -> int:
+    from ..recommend.shopping_log import read_events, write_events
+    from ..serve.privacy import pseudonymize_events
+
+    key = pseudonymizer(ns, required=True)
+    events = read_events(ns.events)
+    write_events(ns.out, pseudonymize_events(events, key))
+    say(f"{ns.out}: {len(events)} events of {len({e.user_id for e in events})} users, user ids pseudonymised "
+        "(keep the key apart from the log)")
+    return 0

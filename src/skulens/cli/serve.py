@@ -24,7 +24,10 @@ logger = logging.getLogger("skulens.serve")
 _SERVE_HELP = {
     "model": "model bundle folder (required)",
     "index": "vector index: enables /v1/search, similar products, product CRUD and enrolment",
-    "events": "behaviour-log CSV: enables /v1/users/{id}/recommendations",
+    "events": "behaviour-log CSV: enables /v1/users/{id}/recommendations (so does --db; events then also come "
+              "from POST /v1/events)",
+    "pseudonym_key_file": "file with the key user ids are pseudonymised with (default: $SKULENS_PSEUDONYM_KEY), "
+                          "outside the data; needed to record events and erase users",
     "data": "catalogue for support replies (default: the data the bundle was trained on)",
     "db": "inventory: SQLite file or postgresql:// URL; enables /v1/inventory/*",
     "port": "TCP port",

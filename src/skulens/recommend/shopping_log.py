@@ -37,7 +37,7 @@ from __future__ import annotations
 import csv
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -52,6 +52,7 @@ __all__ = [
     "ShoppingLogError",
     "generate_shopping_log",
     "read_events",
+    "remove_users",
     "write_events",
 ]
 
@@ -80,8 +81,10 @@ class Event:
 # CSV
 
 
-def read_events(path: str | os.PathLike[str], *, event_types: Iterable[str] = EVENT_TYPES) -> list[Event]:
-    """Read and validate a behaviour log CSV (see the module docstring); events keep file order."""
+def read_events(path: str | os.PathLike[str], *, event_types: Iterable[str] = EVENT_TYPES,
+                allow_empty: bool = False) -> list[Event]:
+    """Read and validate a behaviour log CSV (see the module docstring); events keep file order. A log with a
+    header and no events is an error unless `allow_empty` (a log whose every user asked to be erased)."""
     source = Path(path)
     known = tuple(e.lower() for e in event_types)
     try:
@@ -106,9 +109,24 @@ def read_events(path: str | os.PathLike[str], *, event_types: Iterable[str] = EV
                 events.append(_parse_row(cells, where, known, f"{source}: line {reader.line_num}"))
         except csv.Error as exc:
             raise ShoppingLogError(f"{source}: line {reader.line_num}: bad CSV ({exc})") from exc
-    if not events:
+    if not events and not allow_empty:
         raise ShoppingLogError(f"{source}: no events after the header")
     return events
+
+
+def remove_users(path: str | os.PathLike[str], drop: Callable[[str], bool]) -> int:
+    """Rewrite the log without the events of users `drop` names (a user's erasure); returns how many went.
+
+    The file is replaced atomically (a crash leaves the old or the new log, never half of one); the rewritten
+    log has the four columns (others are dropped) and ISO-8601 UTC timestamps, as `write_events` writes."""
+    target = Path(path)
+    events = read_events(target, allow_empty=True)
+    keep = [e for e in events if not drop(e.user_id)]
+    if len(keep) < len(events):
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        write_events(tmp, keep)
+        os.replace(tmp, target)
+    return len(events) - len(keep)
 
 
 def _parse_row(cells: list[str], where: list[int], known: tuple[str, ...], place: str) -> Event:

@@ -2,8 +2,8 @@
 
 Routers live in `serve/routers/`, shared dependencies in `serve/deps.py`; the model and every other
 back-end are loaded once, in the lifespan, into a `ServiceState`. Routers whose back-end is not
-configured are not mounted (no --db: no inventory; no --index: no search; no --events: no
-recommendations), so /docs shows exactly what this server can do.
+configured are not mounted (no --db: no inventory; no --index: no search; neither --events nor --db:
+no recommendations), so /docs shows exactly what this server can do.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .routers import health, inventory, predict, products, support, web
+from .routers import health, inventory, predict, products, support, users, web
 from .security import BodyLimitMiddleware, SecurityHeadersMiddleware, TimeoutMiddleware
 from .settings import ServeSettings
 from .state import ServiceState
@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 # but never more than this in total (a 20-photo intake of 5 MB phone photos fits).
 _MAX_REQUEST_BYTES = 128_000_000
 _UPLOAD_FIELDS = {"image", "images"}
+_PEOPLE_TICK_S = 5.0
 
 
 async def _warm(st: ServiceState) -> None:
@@ -56,6 +57,13 @@ async def _warm(st: ServiceState) -> None:
         st.warming = False
 
 
+async def _people_loop(st: ServiceState) -> None:
+    """Retention and recommender refits (serve.people), checked every few seconds, off the event loop."""
+    while True:
+        await asyncio.sleep(_PEOPLE_TICK_S)
+        await anyio.to_thread.run_sync(st.people.tick)
+
+
 def create_app(settings: ServeSettings, *, model: Model | None = None, state: ServiceState | None = None) -> FastAPI:
     """The service. `model` (an already loaded skulens.Model) or a whole `state` may be injected (tests)."""
 
@@ -68,9 +76,11 @@ def create_app(settings: ServeSettings, *, model: Model | None = None, state: Se
                     st.features())
         st.warming = settings.warmup  # before the first request can reach /readyz
         warming = asyncio.create_task(_warm(st)) if settings.warmup else None
+        background = asyncio.create_task(_people_loop(st))
         try:
             yield
         finally:
+            background.cancel()
             if warming is not None:
                 await warming  # a worker thread cannot be cancelled: let it finish before the model goes
             await st.stop()
@@ -88,6 +98,8 @@ def create_app(settings: ServeSettings, *, model: Model | None = None, state: Se
     app.include_router(products.router)
     if settings.db:
         app.include_router(inventory.router)
+    if settings.db or settings.events:
+        app.include_router(users.router)
     for router in _search_routers(settings):
         app.include_router(router)
     app.include_router(web.router)

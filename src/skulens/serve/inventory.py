@@ -22,6 +22,10 @@ Used by the service and by `skulens inventory`, so nothing here knows about HTTP
   into a labelled folder with a `manifest.csv` (`path,label,split`) that `load_catalogue` (and so
   `skulens train`/`retrain`) reads.
 * **Audited.** Every change to a count or to a photo's or box's status is a row in `audit`.
+* **People.** Behaviour events (`record_events`) and uploads that name who sent them carry a pseudonym
+  (`serve.privacy`), never a user id; `erase_user` deletes a user's events and photos in one call, and
+  `purge_uploads` deletes kept uploads older than a retention period. Counts never change for either: a
+  counted product stays counted, only the personal data goes.
 
 Errors from the database itself are the driver's own exceptions (`sqlite3.Error`, `psycopg.Error`), as when
 this module talked to sqlite3 directly.
@@ -43,13 +47,16 @@ import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, RowMapping
+
+from ..recommend.shopping_log import Event
+from .privacy import is_pseudonym
 
 try:
     import fcntl
@@ -59,6 +66,7 @@ except ImportError:  # Windows: the manifest lock is per process only
 __all__ = [
     "AuditEntry",
     "BoxResult",
+    "Erasure",
     "IntakeBox",
     "IntakePhoto",
     "IntakeResult",
@@ -76,7 +84,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _STATUSES = "'counted', 'review', 'confirmed', 'corrected', 'rejected'"
 # The DDL as SQLite files have always had it; {real} and {serial} become PostgreSQL's types there
 # (PostgreSQL's REAL is 4 bytes: a confidence would come back as 0.8999999761...).
@@ -139,6 +147,19 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         )""",
         "CREATE INDEX boxes_status ON boxes (status)",
     ),
+    # 3: people. Behaviour events (user pseudonyms, never ids) and who sent a photo, for erasure on request.
+    3: (
+        """CREATE TABLE events (
+            id {serial},
+            user_ref TEXT NOT NULL,
+            product_id TEXT NOT NULL,
+            event TEXT NOT NULL,
+            ts {real} NOT NULL
+        )""",
+        "CREATE INDEX events_user ON events (user_ref)",
+        "ALTER TABLE photos ADD COLUMN user_ref TEXT",
+        "CREATE INDEX photos_user ON photos (user_ref)",
+    ),
 }
 # PostgreSQL keeps the schema version in this table (SQLite: PRAGMA user_version, as always).
 _PG_VERSION_TABLE = "skulens_schema"
@@ -179,6 +200,7 @@ class IntakePhoto:
     confidence: float  # fine confidence of predicted_label
     top_k: tuple[tuple[str, float], ...] = ()
     image: bytes | None = field(default=None, repr=False)  # EXIF-free JPEG to keep, or None
+    user_ref: str | None = None  # the sender's pseudonym (serve.privacy), when the photo came from a known user
 
 
 @dataclass(frozen=True)
@@ -204,6 +226,7 @@ class ShelfPhoto:
     height: int = 0
     capped: bool = False  # the detector hit its box cap: there may be more products than boxes
     image: bytes | None = field(default=None, repr=False)  # the whole photo (EXIF-free) to keep, or None
+    user_ref: str | None = None  # the sender's pseudonym (serve.privacy), when the photo came from a known user
 
 
 @dataclass(frozen=True)
@@ -291,6 +314,20 @@ class ReviewItem:
 
 
 @dataclass(frozen=True)
+class Erasure:
+    """What `erase_user` deleted: the user's events, and the files of the photos they sent (their rows stay,
+    without the file and without the user, so a photo sent again is still a duplicate and counts stay right)."""
+
+    user_ref: str
+    events: int
+    photos: int
+    files: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
 class AuditEntry:
     id: int
     ts: str
@@ -313,6 +350,13 @@ def is_counted(label: str | None, confidence: float, threshold: float) -> bool:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _user_ref(value: str | None) -> str | None:
+    """A user reference as stored: a pseudonym or nothing (a plain user id here is a bug upstream)."""
+    if value is not None and not is_pseudonym(value):
+        raise InventoryError("a user is stored by pseudonym only (serve.privacy.Pseudonymizer), never by id")
+    return value
 
 
 def _safe_dirname(label: str) -> str:
@@ -645,9 +689,10 @@ class InventoryStore:
         transaction, which PostgreSQL then waits for); whether this transaction inserted it."""
         row = db.execute(sa.text(
             "INSERT INTO photos (sha256, source, status, predicted_label, confidence, top_k, label, stored, "
-            "created_at, kind) VALUES (:sha, :source, :status, :predicted, :confidence, :top_k, :label, :stored, "
-            ":now, :kind) ON CONFLICT (sha256) DO NOTHING RETURNING sha256"),
-            {"sha": p.sha256, "source": p.source[:300], "now": now, **self._row(p, threshold, keep_photos)}).first()
+            "created_at, kind, user_ref) VALUES (:sha, :source, :status, :predicted, :confidence, :top_k, :label, "
+            ":stored, :now, :kind, :user) ON CONFLICT (sha256) DO NOTHING RETURNING sha256"),
+            {"sha": p.sha256, "source": p.source[:300], "now": now, "user": _user_ref(p.user_ref),
+             **self._row(p, threshold, keep_photos)}).first()
         return row is not None
 
     def _intake_photo(self, db: Connection, p: IntakePhoto, threshold: float, actor: str, keep_photos: bool,
@@ -978,3 +1023,97 @@ class InventoryStore:
         """Shelf boxes per status."""
         rows = self._read("SELECT status, COUNT(*) AS n FROM boxes GROUP BY status")
         return {r["status"]: int(r["n"]) for r in rows}
+
+    # -- people: behaviour events, erasure, retention -----------------------------------------------------
+
+    def record_events(self, events: Sequence[Event]) -> int:
+        """Append behaviour events whose `user_id` is a pseudonym (serve.privacy); one transaction."""
+        rows = [{"user": _user_ref(e.user_id), "product": e.product_id[:_MAX_LABEL], "event": e.event,
+                 "ts": float(e.timestamp)} for e in events]
+        if rows:
+            self._write(lambda db, _w: db.execute(sa.text(
+                "INSERT INTO events (user_ref, product_id, event, ts) VALUES (:user, :product, :event, :ts)"), rows))
+        return len(rows)
+
+    def events(self) -> list[Event]:
+        """Every recorded event, in the order they were recorded (user ids are pseudonyms)."""
+        return [Event(r["user_ref"], r["product_id"], r["event"], float(r["ts"]))
+                for r in self._read("SELECT user_ref, product_id, event, ts FROM events ORDER BY id")]
+
+    def events_version(self) -> tuple[int, int]:
+        """(number of events, last event id): changes whenever events are added or erased."""
+        r = self._read("SELECT COUNT(*) AS n, COALESCE(MAX(id), 0) AS last FROM events")[0]
+        return int(r["n"]), int(r["last"])
+
+    def erase_user(self, user_ref: str, *, actor: str) -> Erasure:
+        """Delete a user's events and the kept files of every photo they sent (waiting for review, kept, or
+        reviewed into the labelled folder; box crops too), in one transaction, with an audit line. Counts and
+        the photos' rows stay (without file or user): stock that was counted is still there."""
+        user = _user_ref(user_ref)
+        assert user is not None
+        now = _now()
+
+        def erase(db: Connection, _written: list[Path]) -> tuple[int, int, list[tuple[str | None, str]]]:
+            n_events = db.execute(sa.text("DELETE FROM events WHERE user_ref = :u"), {"u": user}).rowcount
+            files = [(r["label"], r["stored"]) for r in db.execute(sa.text(
+                # (a rejected item's file went when it was rejected)
+                "SELECT label, stored FROM photos WHERE user_ref = :u AND stored IS NOT NULL AND status <> 'rejected' "
+                "UNION ALL SELECT b.label, b.stored FROM boxes b JOIN photos p ON p.sha256 = b.sha256 "
+                "WHERE p.user_ref = :u AND b.stored IS NOT NULL AND b.status <> 'rejected'"), {"u": user}).mappings()]
+            db.execute(sa.text("UPDATE boxes SET stored = NULL WHERE stored IS NOT NULL AND sha256 IN "
+                               "(SELECT sha256 FROM photos WHERE user_ref = :u)"), {"u": user})
+            n_photos = db.execute(sa.text("UPDATE photos SET stored = NULL, user_ref = NULL WHERE user_ref = :u"),
+                                  {"u": user}).rowcount
+            self._audit(db, now, actor, "erase_user", None, 0, None, None,
+                        {"user": user, "events": n_events, "photos": n_photos, "files": len(files)})
+            return n_events, n_photos, files
+
+        n_events, n_photos, files = self._write(erase)
+        self._delete_files(files)
+        return Erasure(user, n_events, n_photos, len(files))
+
+    def purge_uploads(self, older_than_days: float, *, actor: str = "retention") -> int:
+        """Delete kept photos and box crops taken in more than `older_than_days` ago that no reviewer has
+        labelled (counted photos kept with keep_photos, and items still waiting for review, which stay in the
+        queue without their photo). Labelled ones are the shop's training data: `erase_user` removes those.
+        Returns the number of files deleted; one audit line when there were any."""
+        if older_than_days < 0:
+            raise InventoryError(f"older_than_days must be >= 0, got {older_than_days}")
+        cutoff = (datetime.now(timezone.utc) - timedelta(days=older_than_days)).isoformat(timespec="milliseconds")
+        # Counted-and-kept photos and items still waiting for review; a rejected one's file is already gone.
+        kept = "{t}stored IS NOT NULL AND {t}status IN ('counted', 'review')"
+
+        def purge(db: Connection, _written: list[Path]) -> list[tuple[str | None, str]]:
+            params = {"cutoff": cutoff}
+            old_photos = "SELECT sha256 FROM photos WHERE created_at < :cutoff"
+            files = [(None, r["stored"]) for r in db.execute(sa.text(
+                f"SELECT stored FROM photos WHERE {kept.format(t='')} AND created_at < :cutoff UNION ALL "
+                f"SELECT b.stored FROM boxes b WHERE {kept.format(t='b.')} AND b.sha256 IN ({old_photos})"),
+                params).mappings()]
+            if not files:
+                return []
+            db.execute(sa.text(f"UPDATE photos SET stored = NULL WHERE {kept.format(t='')} AND created_at < :cutoff"),
+                       params)
+            db.execute(sa.text(f"UPDATE boxes SET stored = NULL WHERE {kept.format(t='')} AND sha256 IN "
+                               f"({old_photos})"), params)
+            self._audit(db, _now(), actor, "retention_purge", None, 0, None, None,
+                        {"files": len(files), "older_than_days": older_than_days, "cutoff": cutoff})
+            return files
+
+        files = self._write(purge)
+        self._delete_files(files)
+        return len(files)
+
+    def _delete_files(self, files: Sequence[tuple[str | None, str]]) -> None:
+        """Unlink (label, name) files from the photo folder and, for labelled ones, the labelled folder; then
+        rewrite the manifest, which no longer lists them (after the commit: a crash before this leaves a file
+        that no row names, never a row that names a deleted file)."""
+        if not files:
+            return
+        with self._files():
+            for label, name in files:
+                for path in (self.photo_dir / name, self._labelled_path(label, name)):
+                    if path is not None:
+                        path.unlink(missing_ok=True)
+            if self._write_manifest() is None:
+                (self.labelled_dir / "manifest.csv").unlink(missing_ok=True)

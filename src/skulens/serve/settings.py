@@ -66,6 +66,11 @@ class ServeSettings:
     keep_uploads: bool = False  # privacy: counted intake photos are not kept unless asked (EXIF stripped)
     detector: str | None = None  # product detector folder: intake counts every product in a shelf photo
     detector_min_score: float | None = None  # detector score a box needs to count (None: the detector's own)
+    # People (serve.privacy): user ids are kept as keyed-hash pseudonyms; the key from this file (outside the
+    # data) or $SKULENS_PSEUDONYM_KEY. Without one the service records no events and erases no users.
+    pseudonym_key_file: str | None = None
+    upload_retention_days: float | None = None  # kept uploads not yet labelled are deleted after this (None: kept)
+    recommend_refit_s: float = 60.0  # how often the recommender looks for new or erased events in the database
     # Support replies.
     text_model: str = "minilm"
     support_min_confidence: float = 0.5  # recognition below this hands off to a person
@@ -81,6 +86,12 @@ class ServeSettings:
         for name in ("review_threshold", "support_min_confidence", "support_min_score", "detector_min_score"):
             if getattr(self, name) is not None and not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.upload_retention_days is not None and self.upload_retention_days < 0:
+            raise ConfigError(f"upload_retention_days must be >= 0, got {self.upload_retention_days}")
+        if self.recommend_refit_s <= 0:
+            raise ConfigError(f"recommend_refit_s must be > 0, got {self.recommend_refit_s}")
+        if self.upload_retention_days is not None and not self.db:
+            raise ConfigError("upload_retention_days needs an inventory (db): only the inventory keeps uploads")
         if self.backend not in ("torch", "onnx"):
             raise ConfigError(f"backend must be torch or onnx, got {self.backend!r}")
         if self.db and "://" in self.db and self.db.split("://", 1)[0].lower() not in _DB_SCHEMES:
@@ -177,7 +188,7 @@ def _hide_password(db: str) -> str:
     return re.sub(r"^([a-z0-9+.-]+://[^:/@?#]*:)[^@/?#]*@", r"\1***@", db, flags=re.IGNORECASE)
 
 
-_OPTIONAL_FLOATS = frozenset({"detector_min_score"})  # None: the detector's own value
+_OPTIONAL_FLOATS = frozenset({"detector_min_score", "upload_retention_days"})  # None: the detector's own value
 
 
 def _coerce(name: str, value: Any, default: Any) -> Any:

@@ -25,6 +25,8 @@ from .batching import MicroBatcher
 from .intake import count_shelf
 from .inventory import IntakePhoto, IntakeResult, InventoryStore, ShelfPhoto
 from .metrics import ServiceMetrics
+from .people import People
+from .privacy import load_pseudonymizer
 from .settings import ServeSettings
 
 if TYPE_CHECKING:
@@ -125,13 +127,14 @@ class ServiceState:
 
     def __init__(self, settings: ServeSettings, model: Model, *, products: dict[str, Product] | None = None,
                  responder: SupportResponder | None = None, support_error: str | None = None,
-                 search: Any = None, recommender: Any = None, detector: Detector | None = None):
+                 search: Any = None, recommender: Any = None, detector: Detector | None = None,
+                 fit_recommender: Callable[[list[Any]], Any] | None = None):
         self.settings, self.model = settings, model
         self.metrics = ServiceMetrics()
         self.recognizer = Recognizer(model, settings, self.metrics, detector)
         self.products = products or {}
         self.responder, self.support_error = responder, support_error
-        self.search, self.recommender = search, recommender
+        self.search = search
         # The vector index is not thread-safe: every use (search, CRUD, enrolment) holds this lock.
         self.index_lock = threading.Lock()
         self._model_lock = threading.Lock()
@@ -144,6 +147,11 @@ class ServiceState:
                                        queue_size=settings.queue_size)
             if responder is not None:
                 responder.stock = self.store.count
+        store_dirs = (self.store.photo_dir, self.store.labelled_dir) if self.store is not None else ()
+        self.people = People(store=self.store, events_csv=settings.events, fit=fit_recommender,
+                             pseudonym=load_pseudonymizer(settings.pseudonym_key_file, data_dirs=store_dirs),
+                             refit_s=settings.recommend_refit_s, retention_days=settings.upload_retention_days)
+        self.people.recommender = recommender
         self.started_at = time.time()
         self.loading_s: float | None = None  # ServiceState.load: model, catalogue, index, text encoder
         self.warming = False
@@ -165,13 +173,20 @@ class ServiceState:
                     products[r.product_id] = Product(label=r.product_id, coarse_label=r.coarse_label,
                                                      title=r.title or r.product_id, description=r.text,
                                                      image=r.image and Path(r.image))
-        recommender = _load_recommender(settings, model, products) if settings.events else None
+        fit = _recommender_fit(model, products) if settings.events or settings.db else None
         if responder is not None:
             responder.products = products
         state = cls(settings, model, products=products, responder=responder, support_error=error, search=search,
-                    recommender=recommender, detector=detector)
+                    detector=detector, fit_recommender=fit)
+        state.people.purge_if_due()  # retention first: nothing past its time is served after a restart
+        state.people.refit()
         state.loading_s = time.time() - t0
         return state
+
+    @property
+    def recommender(self) -> Any:
+        """The recommender fitted on the behaviour events (None: no events, or none configured)."""
+        return self.people.recommender
 
     def with_index(self, fn: Callable[[], _T]) -> _T:
         """Run `fn` holding the index lock (call from a worker thread, never on the event loop)."""
@@ -255,18 +270,23 @@ def _load_search(settings: ServeSettings, model: Model) -> Any:
     return SearchEngine(model, open_index(settings.index), load_aligner(settings.model))
 
 
-def _load_recommender(settings: ServeSettings, model: Model, products: dict[str, Product]) -> Any:
-    """The hybrid recommender fitted on the behaviour log, built as `skulens recommend` builds it."""
-    from ..recommend.recommenders import fit_recommender
-    from ..recommend.shopping_log import read_events
+def _recommender_fit(model: Model, products: dict[str, Product]) -> Callable[[list[Any]], Any]:
+    """events -> the hybrid recommender, built as `skulens recommend` builds it. The product content is
+    computed at the first fit (none when there are no events yet) and reused by every refit."""
+    from ..recommend.recommenders import fit_recommender, item_vectors
 
-    assert settings.events is not None
-    events = read_events(settings.events)
-    try:
-        return fit_recommender(events, products, model=model)
-    except (ImportError, FileNotFoundError) as exc:  # product content needs the text encoder
-        logger.warning("recommendations from the behaviour log only, without product content: %s", exc)
-        return fit_recommender(events, products, item_vectors=None)
+    content: list[dict[str, np.ndarray] | None] = []
+
+    def fit(events: list[Any]) -> Any:
+        if not content:
+            try:
+                content.append(item_vectors(products, model))
+            except (ImportError, FileNotFoundError) as exc:  # product content needs the text encoder
+                logger.warning("recommendations from the behaviour log only, without product content: %s", exc)
+                content.append(None)
+        return fit_recommender(events, products, item_vectors=content[0])
+
+    return fit
 
 
 def _load_support(settings: ServeSettings, model: Model) -> tuple[dict[str, Product], SupportResponder | None,

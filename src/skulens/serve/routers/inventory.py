@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Annotated, Any
 
 import anyio
-from fastapi import APIRouter, File, HTTPException, Query, Response, UploadFile
+from fastapi import APIRouter, File, Form, HTTPException, Query, Response, UploadFile
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
@@ -119,13 +119,20 @@ async def _recognise(state: ServiceState, upload: UploadFile) -> IntakePhoto | S
 @router.post("/intake", response_model=IntakeResponse,
              summary="Count products from photos (idempotent per photo; every product of a shelf photo with a detector)")
 async def intake(state: State, actor: WriteKey,
-                 images: Annotated[list[UploadFile], File(description="one or more photos")]) -> IntakeResponse:
+                 images: Annotated[list[UploadFile], File(description="one or more photos")],
+                 user: Annotated[str | None, Form(min_length=1, max_length=200, description=(
+                     "who sent the photos (a seller, a shopper), so `DELETE /v1/users/{id}` can erase them; kept "
+                     "as a pseudonym only, and only with a pseudonym key"))] = None) -> IntakeResponse:
     _store(state)
     if len(images) > state.settings.max_files:
         raise HTTPException(413, f"{len(images)} files in one request; at most {state.settings.max_files}")
+    if user is not None and not state.people.records_events:
+        raise HTTPException(409, "a photo's user can be kept only as a pseudonym: start the service with a "
+                                 "pseudonym key (--pseudonym-key-file or $SKULENS_PSEUDONYM_KEY)")
+    ref = None if user is None else state.people.user_ref(user)
     try:
         prepared = await asyncio.gather(*(_recognise(state, f) for f in images))
-        photos = [p for p in prepared if isinstance(p, (IntakePhoto, ShelfPhoto))]
+        photos = [replace(p, user_ref=ref) for p in prepared if isinstance(p, (IntakePhoto, ShelfPhoto))]
         stored = iter(await state.record_intake(photos, actor) if photos else [])
     except (QueueFullError, asyncio.TimeoutError) as exc:
         raise busy(state, exc) from None

@@ -1,7 +1,7 @@
-"""Search, similar products, recommendations, and product changes backed by the vector index.
+"""Search, similar products, and product changes backed by the vector index.
 
 Mounted only when configured: `--index` for search, similar products, product CRUD and enrolment;
-`--events` for recommendations (and similar products when there is no index).
+`--events` for similar products from the behaviour log when there is no index (recommendations: `users`).
 """
 
 from __future__ import annotations
@@ -42,13 +42,6 @@ class HitOut(BaseModel):
 class SearchOut(BaseModel):
     query: str = Field(description="'image' or the text searched")
     hits: list[HitOut]
-
-
-class RecommendationOut(BaseModel):
-    product_id: str
-    score: float
-    reason: str
-    title: str
 
 
 class ProductPatch(BaseModel):
@@ -144,23 +137,6 @@ async def similar(state: State, _: ReadKey, product_id: ProductId, k: Annotated[
                        label=r.product_id, coarse_label=state.product(r.product_id).coarse_label,
                        has_image=state.product(r.product_id).image is not None) for r in recs]
     raise HTTPException(404, f"unknown product {product_id!r}")
-
-
-recommend_router = APIRouter(prefix="/v1/users", tags=["recommendations"])
-
-
-@recommend_router.get("/{user_id}/recommendations", response_model=list[RecommendationOut],
-                      summary="Products for a user, from the behaviour log (popular ones for a new user)")
-async def recommendations(state: State, _: ReadKey, user_id: Annotated[str, PathParam(min_length=1, max_length=200)],
-                          k: Annotated[int, Query(ge=1, le=100)] = 10,
-                          seed: Annotated[list[str] | None, Query(max_length=50, description="products on screen")]
-                          = None,
-                          exclude_seen: bool = True) -> list[RecommendationOut]:
-    rec = state.recommender
-    recs = await anyio.to_thread.run_sync(
-        lambda: rec.recommend(user_id, k, exclude_seen=exclude_seen, seed_products=tuple(seed or ())))
-    return [RecommendationOut(product_id=r.product_id, score=round(r.score, 6), reason=r.reason,
-                              title=state.product(r.product_id).title) for r in recs]
 
 
 crud_router = APIRouter(prefix="/v1/products", tags=["products"])
@@ -280,8 +256,6 @@ def routers(settings: ServeSettings) -> list[APIRouter]:
         out += [search_router, crud_router]
     if settings.index or settings.events:
         out.append(similar_router)
-    if settings.events:
-        out.append(recommend_router)
     return out
 
 

@@ -1,0 +1,149 @@
+"""The service's data about people: behaviour events under pseudonyms, the recommender fitted on them, a
+user's erasure on request, and the retention of kept uploads.
+
+* Events come from the behaviour-log CSV (`--events`, read at start) and from `POST /v1/events` (kept in the
+  database, `--db`). Both reach the recommender with pseudonymous user ids (`serve.privacy`); a recommendation
+  request's user id is pseudonymised the same way before the lookup.
+* The recommender is refitted from all events in the background when the database's events change (new
+  events, an erasure by this or another worker), at most every `recommend_refit_s` seconds; after an erasure
+  this worker refits at once, so the erased user's history is gone from its answers when the call returns.
+* `erase(user_id)` deletes the user's events from the database and from the CSV log, and the files of every
+  photo they sent (`InventoryStore.erase_user`), with an audit line.
+* With `upload_retention_days`, kept uploads older than that are deleted at start and then hourly
+  (`InventoryStore.purge_uploads`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..recommend.shopping_log import Event, read_events, remove_users
+from .inventory import InventoryStore
+from .privacy import Pseudonymizer, pseudonymize_events
+
+__all__ = ["People", "UserErasure"]
+
+logger = logging.getLogger(__name__)
+
+RETENTION_EVERY_S = 3600.0  # how often kept uploads are checked against the retention period
+
+
+@dataclass(frozen=True)
+class UserErasure:
+    """What one erasure removed: events (database and CSV log), photos whose files went, files deleted."""
+
+    user: str  # the pseudonym (never the id that was asked for)
+    events: int
+    log_events: int
+    photos: int
+    files: int
+
+
+class People:
+    """Events, recommender refits, erasure and retention for one service process (thread-safe)."""
+
+    def __init__(self, *, store: InventoryStore | None, pseudonym: Pseudonymizer | None, events_csv: str | None,
+                 fit: Callable[[list[Event]], Any] | None, refit_s: float = 60.0,
+                 retention_days: float | None = None):
+        self.store, self.pseudonym, self.events_csv = store, pseudonym, events_csv
+        self._fit, self.refit_s, self.retention_days = fit, refit_s, retention_days
+        self.recommender: Any = None
+        self._fitted_version: tuple[int, int] | None = None
+        self._last_check = self._last_retention = 0.0
+        self._lock = threading.Lock()  # one refit or erasure at a time
+        self._log_lock = threading.Lock()
+
+    @property
+    def records_events(self) -> bool:
+        """Whether this service can keep events and erase users: a database and a pseudonym key."""
+        return self.store is not None and self.pseudonym is not None
+
+    def user_ref(self, user_id: str) -> str:
+        """The id a user is known by here: their pseudonym when a key is configured, else the id as given
+        (a CSV-only service without a key keeps the log's ids, as before)."""
+        return self.pseudonym(user_id) if self.pseudonym is not None else user_id
+
+    # -- events and the recommender ----------------------------------------------------------------------
+
+    def all_events(self) -> list[Event]:
+        """The CSV log's events (pseudonymised when a key is set), then the database's."""
+        events: list[Event] = []
+        if self.events_csv:
+            with self._log_lock:
+                events = read_events(self.events_csv, allow_empty=self.store is not None)
+            if self.pseudonym is not None:
+                events = list(pseudonymize_events(events, self.pseudonym))
+        if self.store is not None and self.pseudonym is not None:
+            events += self.store.events()
+        return events
+
+    def refit(self) -> Any:
+        """Fit the recommender on every event now (None when there are none yet, or nothing to fit with)."""
+        if self._fit is None:
+            return None
+        with self._lock:
+            version = self._version()
+            events = self.all_events()
+            self.recommender = self._fit(events) if events else None
+            self._fitted_version = version
+            return self.recommender
+
+    def _version(self) -> tuple[int, int] | None:
+        return self.store.events_version() if self.records_events and self.store is not None else None
+
+    def refit_if_changed(self) -> bool:
+        """Refit when the database's events changed since the last fit (polled, at most every `refit_s`)."""
+        now = time.monotonic()
+        if not self.records_events or now - self._last_check < self.refit_s:
+            return False
+        self._last_check = now
+        if self._version() == self._fitted_version:
+            return False
+        self.refit()
+        return True
+
+    def record(self, events: Sequence[Event]) -> int:
+        """Keep events whose user ids are as the caller knows them; they are stored under pseudonyms."""
+        assert self.store is not None and self.pseudonym is not None, "records_events is False"
+        return self.store.record_events(list(pseudonymize_events(events, self.pseudonym)))
+
+    # -- erasure and retention ---------------------------------------------------------------------------
+
+    def erase(self, user_id: str, *, actor: str) -> UserErasure:
+        """Delete everything kept about one user, then refit so their history leaves the recommender too."""
+        assert self.store is not None and self.pseudonym is not None, "records_events is False"
+        ref = self.pseudonym(user_id)
+        done = self.store.erase_user(ref, actor=actor)
+        log_events = 0
+        if self.events_csv:
+            with self._log_lock:  # the log holds raw ids (an old log) or pseudonyms (one pseudonymised)
+                log_events = remove_users(self.events_csv, lambda u: u == ref or self.pseudonym(u) == ref)
+        self.refit()
+        logger.info("erased user %s for %s: %d events, %d log events, %d photos, %d files", ref, actor, done.events,
+                    log_events, done.photos, done.files)
+        return UserErasure(ref, done.events, log_events, done.photos, done.files)
+
+    def purge_if_due(self) -> int:
+        """Delete kept uploads past the retention period (at most every hour); files deleted."""
+        now = time.monotonic()
+        if self.store is None or self.retention_days is None or (
+                self._last_retention and now - self._last_retention < RETENTION_EVERY_S):
+            return 0
+        self._last_retention = now
+        n = self.store.purge_uploads(self.retention_days)
+        if n:
+            logger.info("retention: deleted %d kept uploads older than %g days", n, self.retention_days)
+        return n
+
+    def tick(self) -> None:
+        """The background work, called every few seconds from the service loop (in a worker thread)."""
+        try:
+            self.purge_if_due()
+            self.refit_if_changed()
+        except Exception:  # the next tick tries again; the service keeps answering
+            logger.exception("privacy/recommender background work failed")

@@ -1,0 +1,81 @@
+"""Data about people: pseudonymous user ids, and the key they are made with.
+
+A shopper's or seller's id never reaches the database or the recommender as given: it is replaced by a
+*pseudonym*, ``ps_`` + the first 32 hex digits of HMAC-SHA256(key, id). The same id always gives the same
+pseudonym (so a user's events still belong together and `DELETE /v1/users/{id}` finds them), but without the
+key nobody can tell whose it is, nor test a guessed id against it: the key lives outside the data (an
+environment variable or a file elsewhere), so a copy of the database or the logs alone identifies nobody.
+
+Losing the key makes every stored pseudonym unreachable (a user can no longer be found, to recommend to or to
+erase); rotating it is the same as losing it for the old records. Keep it as carefully as the API keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from ..config import ConfigError
+from ..recommend.shopping_log import Event
+
+__all__ = ["KEY_ENV", "Pseudonymizer", "is_pseudonym", "load_pseudonymizer", "pseudonymize_events"]
+
+KEY_ENV = "SKULENS_PSEUDONYM_KEY"
+_PREFIX = "ps_"
+_PSEUDONYM = re.compile(r"ps_[0-9a-f]{32}")
+_MIN_KEY_BYTES = 16  # 128 bits: an HMAC key shorter than this could be guessed
+
+
+def is_pseudonym(value: str) -> bool:
+    """Whether `value` has the form of a pseudonym (what the store accepts as a user reference)."""
+    return _PSEUDONYM.fullmatch(value) is not None
+
+
+@dataclass(frozen=True)
+class Pseudonymizer:
+    """user id -> pseudonym with a secret key. A value that already is a pseudonym is returned unchanged, so
+    a log pseudonymised once can be read again without hashing its ids twice."""
+
+    key: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if len(self.key) < _MIN_KEY_BYTES:
+            raise ConfigError(f"the pseudonym key must be at least {_MIN_KEY_BYTES} bytes, got {len(self.key)}")
+
+    def __call__(self, user_id: str) -> str:
+        if is_pseudonym(user_id):
+            return user_id
+        digest = hmac.new(self.key, user_id.encode("utf-8"), hashlib.sha256).hexdigest()
+        return _PREFIX + digest[:32]  # 128 bits: no two users of any shop collide
+
+
+def pseudonymize_events(events: Iterable[Event], pseudonym: Pseudonymizer) -> Iterator[Event]:
+    """The events with every user id replaced by its pseudonym."""
+    for e in events:
+        yield replace(e, user_id=pseudonym(e.user_id))
+
+
+def load_pseudonymizer(key_file: str | os.PathLike[str] | None = None, *,
+                       data_dirs: Iterable[str | os.PathLike[str] | None] = ()) -> Pseudonymizer | None:
+    """The pseudonymizer from `key_file` (its bytes, surrounding whitespace stripped), else from
+    $SKULENS_PSEUDONYM_KEY; None when neither is set.
+
+    data_dirs: folders the service keeps data in; a key file inside one of them is refused (a copy of the data
+    would carry the key that undoes its pseudonyms)."""
+    if key_file is not None:
+        path = Path(key_file)
+        if not path.is_file():
+            raise ConfigError(f"pseudonym key file not found: {path}")
+        resolved = path.resolve()
+        for d in data_dirs:
+            if d is not None and resolved.is_relative_to(Path(d).resolve()):
+                raise ConfigError(f"pseudonym key file {path} lies inside the data folder {d}: keep the key "
+                                  "outside the data it protects")
+        return Pseudonymizer(path.read_bytes().strip())
+    value = os.environ.get(KEY_ENV, "").strip()
+    return Pseudonymizer(value.encode("utf-8")) if value else None

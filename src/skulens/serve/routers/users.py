@@ -1,0 +1,103 @@
+"""People: recommendations for a user, behaviour events, and a user's erasure (serve.people).
+
+Mounted with `--events` (a behaviour-log CSV) or `--db` (events kept in the database). Recording events and
+erasing users need a pseudonym key (`--pseudonym-key-file` or $SKULENS_PSEUDONYM_KEY): user ids are stored
+as keyed-hash pseudonyms only, so without a key nothing about people is kept.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+import anyio
+from fastapi import APIRouter, HTTPException, Query
+from fastapi import Path as PathParam
+from pydantic import BaseModel, Field
+
+from ...recommend.shopping_log import EVENT_TYPES, Event
+from ..deps import ReadKey, State, WriteKey
+from ..state import ServiceState
+
+router = APIRouter(prefix="/v1", tags=["people"])
+
+UserId = Annotated[str, PathParam(min_length=1, max_length=200)]
+_NO_KEY = ("this service keeps no data about people: start it with a pseudonym key (--pseudonym-key-file, or "
+           "$SKULENS_PSEUDONYM_KEY) and an inventory database (--db)")
+
+
+class RecommendationOut(BaseModel):
+    product_id: str
+    score: float
+    reason: str
+    title: str
+
+
+class EventIn(BaseModel):
+    user_id: str = Field(min_length=1, max_length=200, description="the user as your shop knows them; "
+                         "stored only as a keyed-hash pseudonym")
+    product_id: str = Field(min_length=1, max_length=200)
+    event: str = Field(description=f"one of {', '.join(EVENT_TYPES)}")
+    timestamp: float | None = Field(None, description="unix seconds (UTC); default: now")
+
+
+class EventsIn(BaseModel):
+    events: list[EventIn] = Field(min_length=1, max_length=1000)
+
+
+class EventsOut(BaseModel):
+    recorded: int
+
+
+class ErasureOut(BaseModel):
+    user: str = Field(description="the pseudonym the user's data was kept under")
+    events: int = Field(description="behaviour events deleted from the database")
+    log_events: int = Field(description="behaviour events deleted from the --events CSV log")
+    photos: int = Field(description="photos the user sent whose files were deleted (their counts stay)")
+    files: int = Field(description="photo and crop files deleted")
+
+
+def _recording(state: ServiceState) -> None:
+    if not state.people.records_events:
+        raise HTTPException(409, _NO_KEY)
+
+
+@router.get("/users/{user_id}/recommendations", response_model=list[RecommendationOut],
+            summary="Products for a user, from the behaviour events (popular ones for a new user)")
+async def recommendations(state: State, _: ReadKey, user_id: UserId, k: Annotated[int, Query(ge=1, le=100)] = 10,
+                          seed: Annotated[list[str] | None, Query(max_length=50, description="products on screen")]
+                          = None,
+                          exclude_seen: bool = True) -> list[RecommendationOut]:
+    rec = state.recommender
+    if rec is None:  # a database and a key, but no event recorded yet
+        return []
+    ref = state.people.user_ref(user_id)
+    recs = await anyio.to_thread.run_sync(
+        lambda: rec.recommend(ref, k, exclude_seen=exclude_seen, seed_products=tuple(seed or ())))
+    return [RecommendationOut(product_id=r.product_id, score=round(r.score, 6), reason=r.reason,
+                              title=state.product(r.product_id).title) for r in recs]
+
+
+@router.post("/events", response_model=EventsOut, status_code=202,
+             summary="Record behaviour events (views, carts, purchases) under pseudonymous user ids")
+async def record_events(state: State, _: WriteKey, body: EventsIn) -> EventsOut:
+    _recording(state)
+    bad = sorted({e.event for e in body.events} - set(EVENT_TYPES))
+    if bad:
+        raise HTTPException(422, f"unknown event type(s) {', '.join(bad)} (known: {', '.join(EVENT_TYPES)})")
+    now = time.time()
+    events = [Event(e.user_id, e.product_id, e.event, now if e.timestamp is None else e.timestamp)
+              for e in body.events]
+    n = await anyio.to_thread.run_sync(state.people.record, events)
+    return EventsOut(recorded=n)
+
+
+@router.delete("/users/{user_id}", response_model=ErasureOut,
+               summary="Erase a user: their events and the photos they sent (audited; counts stay)")
+async def erase_user(state: State, actor: WriteKey, user_id: UserId) -> ErasureOut:
+    _recording(state)
+    done = await anyio.to_thread.run_sync(lambda: state.people.erase(user_id, actor=actor))
+    return ErasureOut(**vars(done))
+
+
+__all__ = ["router"]

@@ -1,0 +1,268 @@
+"""Data about people: pseudonymous user ids, events in the database, a user's erasure, upload retention."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from _serve_util import photo_bytes
+from skulens.config import ConfigError
+from skulens.recommend.shopping_log import Event, read_events, write_events
+from skulens.serve.images import content_hash, stripped_jpeg
+from skulens.serve.inventory import IntakeBox, IntakePhoto, InventoryError, ShelfPhoto
+from skulens.serve.privacy import Pseudonymizer, is_pseudonym, load_pseudonymizer
+
+KEY = b"0123456789abcdef-test-key"
+
+
+def _photo(i: int, label: str, conf: float, user: str | None) -> IntakePhoto:
+    data = photo_bytes(label, i)
+    return IntakePhoto(content_hash(data), f"p{i}.jpg", label, conf, ((label, conf),), stripped_jpeg(data), user)
+
+
+# -- pseudonyms ---------------------------------------------------------------------------------------
+
+
+def test_pseudonyms_are_keyed_stable_and_not_the_id(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    p, other = Pseudonymizer(KEY), Pseudonymizer(b"another key of 16+ bytes")
+    a = p("alice@example.com")
+    assert is_pseudonym(a) and a == p("alice@example.com") and a != p("bob@example.com")
+    assert a != other("alice@example.com")  # without the key, nobody can recompute (or test a guess)
+    assert "alice" not in a and p(a) == a  # a pseudonym passes through: a pseudonymised log is read as is
+    with pytest.raises(ConfigError, match="at least 16 bytes"):
+        Pseudonymizer(b"short")
+    key = tmp_path / "key"
+    key.write_bytes(KEY + b"\n")
+    assert load_pseudonymizer(key)("alice@example.com") == a  # surrounding whitespace is not part of the key
+    data = tmp_path / "data"
+    (data / "keys").mkdir(parents=True)
+    (data / "keys" / "k").write_bytes(KEY)
+    with pytest.raises(ConfigError, match="inside the data folder"):
+        load_pseudonymizer(data / "keys" / "k", data_dirs=[data])
+    with pytest.raises(ConfigError, match="not found"):
+        load_pseudonymizer(tmp_path / "missing")
+    monkeypatch.delenv("SKULENS_PSEUDONYM_KEY", raising=False)
+    assert load_pseudonymizer() is None
+    monkeypatch.setenv("SKULENS_PSEUDONYM_KEY", KEY.decode())
+    assert load_pseudonymizer()("alice@example.com") == a
+
+
+# -- the store ----------------------------------------------------------------------------------------
+
+
+def test_store_keeps_pseudonyms_only(inventory_db) -> None:
+    p = Pseudonymizer(KEY)
+    with inventory_db.store() as store:
+        with pytest.raises(InventoryError, match="pseudonym"):
+            store.record_events([Event("alice", "oat-milk", "view", 1.0)])
+        with pytest.raises(InventoryError, match="pseudonym"):
+            store.intake([_photo(0, "oat-milk", 0.9, "alice")], threshold=0.5, actor="t")
+        assert store.events() == [] and store.counts() == {}  # the refused batch wrote nothing
+        assert store.record_events([Event(p("alice"), "oat-milk", "view", 1.5),
+                                    Event(p("bob"), "red-apple", "purchase", 2.0)]) == 2
+        assert store.events() == [Event(p("alice"), "oat-milk", "view", 1.5),
+                                  Event(p("bob"), "red-apple", "purchase", 2.0)]
+        assert store.events_version()[0] == 2
+
+
+def test_erase_user_deletes_their_events_and_photos_but_not_the_counts(inventory_db) -> None:
+    p = Pseudonymizer(KEY)
+    alice, bob = p("alice"), p("bob")
+    with inventory_db.store() as store:
+        store.record_events([Event(alice, "oat-milk", "view", 1.0), Event(bob, "oat-milk", "view", 2.0),
+                             Event(alice, "red-apple", "cart", 3.0)])
+        counted, queued, labelled = _photo(1, "oat-milk", 0.9, alice), _photo(2, "oat-milk", 0.2, alice), \
+            _photo(3, "red-apple", 0.2, alice)
+        crop = stripped_jpeg(photo_bytes("red-apple", 9))
+        shelf_bytes = photo_bytes("oat-milk", 4)
+        shelf = ShelfPhoto(content_hash(shelf_bytes), "shelf.jpg",
+                           (IntakeBox((0, 0, 10, 10), 0.9, "oat-milk", 0.95, "oat-milk"),
+                            IntakeBox((10, 0, 20, 10), 0.9, None, 0.3, "red-apple", crop)),
+                           width=20, height=10, image=stripped_jpeg(shelf_bytes), user_ref=alice)
+        bobs = _photo(5, "red-apple", 0.2, bob)
+        store.intake([counted, queued, labelled, shelf, bobs], threshold=0.5, actor="t", keep_photos=True)
+        store.resolve(labelled.sha256, "red-apple", actor="reviewer")  # now training data in the labelled folder
+        files = {sha: store.photo_file(sha) for sha in (counted.sha256, queued.sha256, labelled.sha256, shelf.sha256,
+                                                        f"{shelf.sha256}:1", bobs.sha256)}
+        assert all(f is not None and f.is_file() for f in files.values())
+        assert len((store.labelled_dir / "manifest.csv").read_text().splitlines()) == 2  # header + that photo
+        before = store.counts()
+
+        done = store.erase_user(alice, actor="support")
+
+        assert (done.events, done.photos, done.files) == (2, 4, 5)
+        assert [e.user_id for e in store.events()] == [bob]
+        for sha, path in files.items():
+            assert path.is_file() == (sha == bobs.sha256), sha  # only bob's photo is still on disk
+            assert (store.photo_file(sha) is not None) == (sha == bobs.sha256)
+        assert not (store.labelled_dir / "manifest.csv").exists()  # its one photo was alice's
+        assert store.counts() == before  # stock that was counted stays counted
+        queue = {i.id: i for i in store.review_queue()}
+        assert not queue[queued.sha256].has_photo and queue[bobs.sha256].has_photo  # still reviewable by label
+        entry = store.audit(limit=1)[0]
+        assert (entry.action, entry.actor) == ("erase_user", "support")
+        assert entry.detail == {"user": alice, "events": 2, "photos": 4, "files": 5}
+        # The same photo sent again is still a duplicate: erasure keeps idempotency.
+        again = store.intake([_photo(1, "oat-milk", 0.9, None)], threshold=0.5, actor="t")
+        assert again[0].status == "duplicate" and store.counts() == before
+        assert store.erase_user(alice, actor="support").files == 0  # a second erasure finds nothing
+
+
+def test_retention_purges_old_unlabelled_uploads(inventory_db) -> None:
+    with inventory_db.store() as store:
+        old_kept, old_queued, old_labelled, new = (_photo(i, "oat-milk", c, None)
+                                                   for i, c in ((1, 0.9), (2, 0.2), (3, 0.2), (4, 0.9)))
+        store.intake([old_kept, old_queued, old_labelled], threshold=0.5, actor="t", keep_photos=True)
+        store.resolve(old_labelled.sha256, "oat-milk", actor="reviewer")
+        inventory_db.execute("inv", "UPDATE photos SET created_at = '2020-01-01T00:00:00.000+00:00'")
+        store.intake([new], threshold=0.5, actor="t", keep_photos=True)
+        paths = {p.sha256: store.photo_file(p.sha256) for p in (old_kept, old_queued, old_labelled, new)}
+        with pytest.raises(InventoryError, match=">= 0"):
+            store.purge_uploads(-1)
+
+        assert store.purge_uploads(30) == 2
+
+        assert not paths[old_kept.sha256].exists() and not paths[old_queued.sha256].exists()
+        assert paths[old_labelled.sha256].is_file() and paths[new.sha256].is_file()  # labelled, and recent
+        assert store.audit(limit=1)[0].action == "retention_purge"
+        assert store.review_queue()[0].sha256 == old_queued.sha256  # the item waits on, without its photo
+        assert store.purge_uploads(30) == 0 and store.audit(limit=1)[0].action == "retention_purge"
+        assert len([e for e in store.audit() if e.action == "retention_purge"]) == 1  # no line for nothing
+
+
+# -- the service --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def service(inventory_db, tiny_bundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A service with an inventory, a behaviour log with raw ids, and a pseudonym key file outside the data."""
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    import skulens
+    from skulens.serve.app import create_app
+    from skulens.serve.settings import ApiKey, ServeSettings
+
+    monkeypatch.delenv("SKULENS_PSEUDONYM_KEY", raising=False)
+    key = tmp_path / "secrets" / "pseudonym.key"
+    key.parent.mkdir()
+    key.write_bytes(KEY)
+    events = tmp_path / "events.csv"
+    rows = [Event(f"u{u}", p, "purchase", 1_700_000_000 + u * 10 + i)
+            for u in range(20) for i, p in enumerate(("red-apple", "oat-milk") if u % 2 else ("green-apple",))]
+    write_events(events, rows + [Event("alice", "green-apple", "purchase", 1_800_000_000)])
+    settings = ServeSettings(model=str(tiny_bundle.bundle), db=inventory_db.url(), events=str(events), device="cpu",
+                             api_keys=(ApiKey("t", "write-key-123"),), pseudonym_key_file=str(key),
+                             keep_uploads=True, warmup=False, recommend_refit_s=0.01,
+                             **({"labelled_dir": str(tmp_path / "inv-labelled")}
+                                if inventory_db.backend == "postgresql" else {}))
+    model = skulens.load(tiny_bundle.bundle, device="cpu", precision="off")
+    with TestClient(create_app(settings, model=model), headers={"X-API-Key": "write-key-123"}) as c:
+        yield c, events
+
+
+def _recs(client, user: str) -> list[str]:
+    r = client.get(f"/v1/users/{user}/recommendations", params={"k": 3, "exclude_seen": "false"})
+    assert r.status_code == 200, r.text
+    return [x["product_id"] for x in r.json()]
+
+
+def test_service_records_events_and_erases_a_user(service) -> None:
+    client, events_csv = service
+    state = client.app.state.skulens
+    r = client.post("/v1/events", json={"events": [
+        {"user_id": "carol", "product_id": "red-apple", "event": "purchase", "timestamp": 1_900_000_000},
+        {"user_id": "carol", "product_id": "oat-milk", "event": "cart"}]})
+    assert r.status_code == 202 and r.json() == {"recorded": 2}
+    assert client.post("/v1/events", json={"events": [{"user_id": "x", "product_id": "y", "event": "like"}]}
+                       ).status_code == 422
+    stored = state.store.events()
+    assert {e.user_id for e in stored} == {state.people.user_ref("carol")} and "carol" not in str(stored)
+    state.people.refit_if_changed()  # the background loop does this within recommend_refit_s
+    assert "red-apple" in _recs(client, "carol")  # carol's own events now drive her recommendations
+    assert _recs(client, "alice")[0] == "green-apple"  # from the CSV log, looked up by pseudonym
+
+    photo = photo_bytes("oat-milk", 7)
+    r = client.post("/v1/inventory/intake", files={"images": ("mine.jpg", photo, "image/jpeg")},
+                    data={"user": "carol"})
+    assert r.status_code == 200, r.text
+    sha = r.json()["results"][0]["sha256"]
+    kept = state.store.photo_file(sha)
+    assert kept is not None and kept.is_file()
+
+    r = client.delete("/v1/users/carol")
+    assert r.status_code == 200, r.text
+    assert r.json() == {"user": state.people.user_ref("carol"), "events": 2, "log_events": 0, "photos": 1,
+                        "files": 1}
+    assert state.store.events() == [] and not kept.exists()
+    assert _recs(client, "carol") == _recs(client, "someone-new")  # her history has left the recommender
+    assert client.get(f"/v1/inventory/photos/{sha}").status_code == 404
+
+    r = client.delete("/v1/users/alice")  # a user known only to the CSV log
+    assert r.json()["log_events"] == 1
+    assert "alice" not in {e.user_id for e in read_events(events_csv)}
+    assert len(read_events(events_csv)) == 30  # everybody else's events are still there
+    audit = client.get("/v1/inventory/audit").json()
+    erased = [e for e in audit if e["action"] == "erase_user"]
+    assert len(erased) == 2 and all(e["actor"] == "t" and "carol" not in json.dumps(e) for e in erased)
+    assert client.delete("/v1/users/carol", headers={"X-API-Key": "wrong-key-000"}).status_code == 401
+
+
+def test_without_a_key_nothing_about_people_is_kept(inventory_db, tiny_bundle, monkeypatch) -> None:
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    import skulens
+    from skulens.serve.app import create_app
+    from skulens.serve.settings import ApiKey, ServeSettings
+
+    monkeypatch.delenv("SKULENS_PSEUDONYM_KEY", raising=False)
+    settings = ServeSettings(model=str(tiny_bundle.bundle), db=inventory_db.url(), device="cpu", warmup=False,
+                             api_keys=(ApiKey("t", "write-key-123"),),
+                             **({"labelled_dir": str(inventory_db.tmp_path / "l")}
+                                if inventory_db.backend == "postgresql" else {}))
+    model = skulens.load(tiny_bundle.bundle, device="cpu", precision="off")
+    with TestClient(create_app(settings, model=model), headers={"X-API-Key": "write-key-123"}) as c:
+        r = c.post("/v1/events", json={"events": [{"user_id": "a", "product_id": "b", "event": "view"}]})
+        assert r.status_code == 409 and "pseudonym key" in r.json()["detail"]
+        assert c.delete("/v1/users/a").status_code == 409
+        r = c.post("/v1/inventory/intake", files={"images": ("a.jpg", photo_bytes("oat-milk", 1), "image/jpeg")},
+                   data={"user": "a"})
+        assert r.status_code == 409 and c.get("/v1/inventory").json()["counts"] == {}
+        assert c.get("/v1/users/a/recommendations").json() == []  # no events yet: nothing to recommend from
+    with pytest.raises(ConfigError, match="upload_retention_days needs an inventory"):
+        ServeSettings(model="m", upload_retention_days=30)
+
+
+# -- the command line ---------------------------------------------------------------------------------
+
+
+def test_cli_pseudonymise_erase_and_purge(inventory_db, tmp_path: Path, monkeypatch, capsys) -> None:
+    from skulens.cli import main
+
+    monkeypatch.delenv("SKULENS_PSEUDONYM_KEY", raising=False)
+    log, out, key = tmp_path / "log.csv", tmp_path / "pseudo.csv", tmp_path / "key"
+    key.write_bytes(KEY)
+    write_events(log, [Event("alice", "oat-milk", "view", 1.0), Event("bob", "red-apple", "cart", 2.0)])
+    assert main(["recommend", "pseudonymise", "--events", str(log), "-o", str(out)]) == 2  # no key: usage error
+    assert "no pseudonym key" in capsys.readouterr().err
+    assert main(["recommend", "pseudonymise", "--events", str(log), "-o", str(out),
+                 "--pseudonym-key-file", str(key)]) == 0
+    p = Pseudonymizer(KEY)
+    assert [e.user_id for e in read_events(out)] == [p("alice"), p("bob")]
+    assert "alice" not in out.read_text()
+
+    with inventory_db.store() as store:
+        store.record_events([Event(p("alice"), "oat-milk", "view", 3.0)])
+        store.intake([_photo(1, "oat-milk", 0.2, p("alice"))], threshold=0.5, actor="t")
+    capsys.readouterr()
+    assert main(["inventory", "erase-user", "alice", "--db", inventory_db.url(), "--events", str(out),
+                 "--pseudonym-key-file", str(key)]) == 0
+    assert json.loads(capsys.readouterr().out) == {"user": p("alice"), "events": 1, "log_events": 1, "photos": 1,
+                                                   "files": 1}
+    assert [e.user_id for e in read_events(out)] == [p("bob")]
+    assert main(["inventory", "purge", "--db", inventory_db.url(), "--older-than-days", "0"]) == 0
+    assert "deleted 0 kept upload(s)" in capsys.readouterr().err  # alice's photo already went with her
+    assert main(["inventory", "purge", "--db", inventory_db.url(), "--older-than-days", "-1"]) == 2
