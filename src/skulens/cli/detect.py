@@ -94,6 +94,8 @@ def add_commands(sub: Any) -> None:
                                                      "steps are not done (default: 55)")
     g.add_argument("--eval-every", type=int, help="steps between held-out checks (default: 150)")
     g.add_argument("--seed", type=int, help="seed of the composites and the run (default: 0)")
+    t.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto); under torchrun "
+                                                   "each process takes its own GPU (LOCAL_RANK)")
     add_quiet(t)
     t.set_defaults(func=cmd_detect_train)
 
@@ -221,7 +223,8 @@ def cmd_detect_train(ns: argparse.Namespace) -> int:
     from ..detect.train import train_detector
 
     boxes = [im for b in ns.boxes for im in load_annotations(b)]
-    result = train_detector(data, ns.out, recipe=recipe, annotations=boxes, init=ns.init, progress=not ns.quiet)
+    result = train_detector(data, ns.out, recipe=recipe, annotations=boxes, init=ns.init, progress=not ns.quiet,
+                            device=ns.device)
     h = result.holdout
     say(f"skulens detect train: {result.path} (best step {result.best_step} of {result.steps}, "
         f"{result.minutes:.1f} min" + (", stopped at --max-minutes" if result.stopped == "time" else "") + ")")

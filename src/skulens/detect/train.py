@@ -6,6 +6,12 @@ are known by construction. Real annotations (VOC / COCO / YOLO) mix in when the 
 
 Selection is honest: a share of the *products* is held out of training entirely, and the detector kept
 is the one with the best AP@0.5 on composites made only of those unseen products.
+
+Under torchrun (`torchrun --nproc_per_node N -m skulens.cli detect train ...`) the same path as the
+classifier's (`train.distributed`): each process builds a B/N share of every global batch of B canvases (the
+one-process run's canvases, split by rank), DistributedDataParallel averages the gradients, the schedule's
+wall-clock progress is rank 0's, and rank 0 alone evaluates the held-out products and writes the detector.
+(The backbone's batch norms are frozen, so there are no batch statistics to synchronise.)
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from ..train import distributed
 from ..train.optim import is_decayed
 from .boxes import AnnotatedImage, Detections
 from .detector import Detector
@@ -128,16 +135,31 @@ class _RealBoxes(torch.utils.data.Dataset):
         return x, {"boxes": boxes.reshape(-1, 4), "labels": torch.zeros(len(boxes), dtype=torch.int64)}
 
 
-def _loader(dataset: torch.utils.data.Dataset, batch: int, workers: int, seed: int) -> Iterator[list]:
-    """An endless stream of batches (lists: detection images differ in size)."""
+def _loader(dataset: torch.utils.data.Dataset, batch: int, workers: int, seed: int,
+            d: distributed.Dist | None = None) -> Iterator[list]:
+    """An endless stream of batches (lists: detection images differ in size). Under DDP (`d` enabled) this
+    process's share of each global batch of `batch`: items rank, rank + W, ... of the batch one process
+    would have drawn (the same shuffled order)."""
     epoch = 0
+    world, rank = (d.world_size, d.rank) if d is not None else (1, 0)
+    local = distributed.local_batch_size(batch, world)
     while True:
         g = torch.Generator().manual_seed(seed + epoch)
         if hasattr(dataset, "set_epoch"):
             dataset.set_epoch(epoch)  # composites: new scenes every epoch
-        dl = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, generator=g,
-                                         num_workers=workers, collate_fn=list, drop_last=len(dataset) > batch,
-                                         persistent_workers=False)
+        drop_last = len(dataset) > batch
+        if world == 1:
+            dl = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, generator=g,
+                                             num_workers=workers, collate_fn=list, drop_last=drop_last,
+                                             persistent_workers=False)
+        else:
+            order = distributed.single_process_order(len(dataset), seed + epoch, in_tqdm=False)
+            batches = [order[i:i + batch] for i in range(0, len(order), batch)]
+            if drop_last and len(batches[-1]) < batch:
+                batches.pop()
+            mine = [b[rank::world] for b in batches if len(b[rank::world]) == local]
+            dl = torch.utils.data.DataLoader(dataset, batch_sampler=mine, num_workers=workers, collate_fn=list,
+                                             persistent_workers=False)
         yield from dl
         epoch += 1
 
@@ -145,6 +167,14 @@ def _loader(dataset: torch.utils.data.Dataset, batch: int, workers: int, seed: i
 def _to_float(batch: list) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
     images = [x.float().div(255) for x, _ in batch]
     return images, [t for _, t in batch]
+
+
+def _to_device(images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]], device: torch.device
+               ) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+    if device.type == "cpu":
+        return images, targets
+    return ([x.to(device, non_blocking=True) for x in images],
+            [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets])
 
 
 def holdout_score(detector: Detector, canvases: Sequence[tuple[Any, AnnotatedImage]],
@@ -199,25 +229,40 @@ def preview_composites(data: str | os.PathLike, path: str | os.PathLike, *, n: i
 def train_detector(data: str | os.PathLike | None, out: str | os.PathLike, *,
                    recipe: DetectorRecipe | None = None, config: DetectorConfig | None = None,
                    annotations: Sequence[AnnotatedImage] = (), init: str | os.PathLike | None = None,
-                   composites: CompositeGenerator | None = None, progress: bool = True) -> DetectorTrainResult:
+                   composites: CompositeGenerator | None = None, progress: bool = True,
+                   device: str = "cpu") -> DetectorTrainResult:
     """Train a detector into the folder `out` (detector.safetensors, detector.json, history.json).
 
     data: a catalogue (its catalogue photos and labelled photos become cut-outs); None trains on real
     `annotations` alone, or on `composites` (a generator of your own, e.g. your own cut-outs).
     init: a detector folder to fine-tune instead of starting from ImageNet.
+    Under torchrun, data-parallel over the processes (see the module docstring); every rank returns rank 0's
+    result.
     """
-    from tqdm.auto import tqdm
-
     recipe, config = recipe or DetectorRecipe(), config or DetectorConfig()
     if data is None and not annotations and composites is None:
         raise ValueError("nothing to train on: give a catalogue (--data) or box annotations (--boxes)")
     if data is not None and composites is not None:
         raise ValueError("give a catalogue or a composite generator, not both")
+    from ..models.inference import resolve_device
+
+    d = distributed.setup(resolve_device(device))
+    try:
+        result = _train(data, Path(out), recipe, config, annotations, init, composites, progress and d.is_main, d)
+        return d.broadcast(result)
+    finally:
+        d.close()
+
+
+def _train(data: str | os.PathLike | None, out: Path, recipe: DetectorRecipe, config: DetectorConfig,
+           annotations: Sequence[AnnotatedImage], init: str | os.PathLike | None,
+           composites: CompositeGenerator | None, progress: bool, d: distributed.Dist) -> DetectorTrainResult | None:
+    from tqdm.auto import tqdm
+
     from .synth import CompositeDataset, composite_sources
 
     random.seed(recipe.seed)
-    torch.manual_seed(recipe.seed)
-    out = Path(out)
+    torch.manual_seed(recipe.seed)  # the same on every rank: multi-scale sizes are drawn alike
     length = recipe.steps * recipe.batch_size
     if composites is not None:
         train_ds, holdout = CompositeDataset(composites, length), []
@@ -233,27 +278,31 @@ def train_detector(data: str | os.PathLike | None, out: str | os.PathLike, *,
         net = build_detector(config)
     card = DetectorCard(config, {"recipe": asdict(recipe), "data": None if data is None else str(data),
                                  "real_photos": len(real) if real else 0, "init": None if init is None else str(init)})
+    net.to(d.device)
     opt = torch.optim.AdamW(_param_groups(net, recipe.weight_decay), lr=recipe.lr)
     n_real = recipe.batch_size if train_ds is None else round(recipe.batch_size * recipe.real_share) if real else 0
     streams = []
     if train_ds is not None and n_real < recipe.batch_size:
-        streams.append(_loader(train_ds, recipe.batch_size - n_real, recipe.workers, recipe.seed))
+        streams.append(_loader(train_ds, recipe.batch_size - n_real, recipe.workers, recipe.seed, d))
     if real is not None and n_real:
-        streams.append(_loader(real, n_real, 0, recipe.seed + 1))
+        streams.append(_loader(real, n_real, 0, recipe.seed + 1, d))
+    trained = distributed.wrap(net, d)  # frozen blocks are not DDP's: only what trains is all-reduced
     net.transform.min_size = tuple(recipe.train_sizes)
     history: list[dict[str, float]] = []
     best: tuple[float, int] = (-1.0, 0)
     start = time.monotonic()
     stopped = "steps"
     bar = tqdm(range(recipe.steps), desc="detector", unit="step", disable=not progress)
+    timed = recipe.max_minutes is not None
     for step in bar:
-        done = _progress(step, start, recipe)
+        # Wall-clock progress is rank 0's: every rank must use the same learning rate and stop together.
+        done = d.broadcast(_progress(step, start, recipe)) if timed else _progress(step, start, recipe)
         for group in opt.param_groups:
             group["lr"] = recipe.lr * _lr_factor(done, step, recipe)
         batch = [item for stream in streams for item in next(stream)]
-        images, targets = _to_float(batch)
+        images, targets = _to_device(*_to_float(batch), d.device)
         net.train()
-        losses = net(images, targets)
+        losses = trained(images, targets)
         loss = sum(losses.values())
         if not torch.isfinite(loss):
             raise FloatingPointError(f"step {step}: the loss became {loss.item()}; lower --lr")
@@ -263,14 +312,19 @@ def train_detector(data: str | os.PathLike | None, out: str | os.PathLike, *,
         opt.step()
         bar.set_postfix(loss=f"{loss.item():.3f}")
         last = step + 1 == recipe.steps
-        over_time = recipe.max_minutes is not None and _progress(step + 1, start, recipe) >= 1 and not last
+        over_time = timed and d.broadcast(_progress(step + 1, start, recipe) >= 1) and not last
         if (step + 1) % recipe.eval_every == 0 or last or over_time:
-            row: dict[str, float] = {"step": step + 1, "loss": float(loss.item()),
+            d.check_in_step(net, f"step {step + 1}")
+            row: dict[str, float] = {"step": step + 1, "loss": d.mean(float(loss.item())),
                                      "minutes": (time.monotonic() - start) / 60}
-            row.update({k: float(v.item()) for k, v in losses.items()})
+            row.update({k: d.mean(float(v.item())) for k, v in losses.items()})
+            if not d.is_main:  # rank 0 evaluates and writes; the others go on with the next step
+                if over_time:
+                    break
+                continue
             if holdout:
                 net.transform.min_size = (config.min_size,)
-                row.update(holdout_score(Detector(net, card, device="cpu"), holdout))
+                row.update(holdout_score(Detector(net, card, device=str(d.device)), holdout))
                 net.transform.min_size = tuple(recipe.train_sizes)
             history.append(row)
             score = row.get("ap50", float(step))
@@ -285,6 +339,8 @@ def train_detector(data: str | os.PathLike | None, out: str | os.PathLike, *,
             if over_time:
                 stopped = "time"
                 break
+    if not d.is_main:
+        return None
     minutes = (time.monotonic() - start) / 60
     card.training.update({"steps_run": len(history) and int(history[-1]["step"]), "minutes": round(minutes, 1),
                           "stopped": stopped, "history": history})

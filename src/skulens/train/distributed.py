@@ -165,19 +165,20 @@ class _Positions(torch.utils.data.Dataset):
         return list(indices)
 
 
-def single_process_order(n: int, seed: int) -> list[int]:
+def single_process_order(n: int, seed: int, *, in_tqdm: bool = True) -> list[int]:
     """The order in which one process's epoch visits the n training samples: the engine's
-    `tqdm(DataLoader(shuffle=True, generator=manual_seed(seed)))`, built the same way and read in one batch.
+    `tqdm(DataLoader(shuffle=True, generator=manual_seed(seed)))` (`in_tqdm` False: the plain DataLoader, as
+    the detector's trainer iterates it), built the same way and read in one batch.
 
     Built, not re-derived: the order is a randperm drawn after the loader's own draws from the generator
     (one workers' base seed per iterator, and tqdm.auto opens an extra iterator in its constructor), which
-    are PyTorch and tqdm internals. tests/test_train_ddp.py checks it against a one-process run.
+    are PyTorch and tqdm internals. tests/test_train_ddp.py checks it against one-process runs.
     """
     if n == 0:
         return []
     loader = torch.utils.data.DataLoader(_Positions(n), batch_size=n, shuffle=True, collate_fn=list,
                                          generator=torch.Generator().manual_seed(seed))
-    return list(next(iter(tqdm(loader, disable=True))))
+    return list(next(iter(tqdm(loader, disable=True) if in_tqdm else loader)))
 
 
 class ShardedSampler(DistributedSampler):
