@@ -351,3 +351,29 @@ def test_attribute_f1_scores_only_the_likelier_of_two_exclusive_values() -> None
                                     attr_exclusive=[("flavour=plain", "flavour=vanilla")])
     assert free.attribute_f1 < 1.0 and resolved.attribute_f1 == 1.0  # the vanilla false positive is gone
     assert free.attribute_map == resolved.attribute_map  # AP ranks the raw probabilities either way
+
+
+def test_bootstrap_intervals_match_explicit_resamples_and_shrink_with_more_photos() -> None:
+    from sklearn.metrics import f1_score
+
+    from skulens.evaluate.metrics import bootstrap_intervals
+
+    rng = np.random.default_rng(3)
+    t = rng.integers(0, 5, 200)
+    p = np.where(rng.random(200) < 0.7, t, rng.integers(0, 5, 200))
+    ci = bootstrap_intervals(t, p, 5, rounds=300, seed=1)
+    # The same resamples, drawn explicitly: rows of counts -> photo indices.
+    w = np.random.default_rng(1).multinomial(200, np.full(200, 1 / 200), size=300)
+    top1, f1 = [], []
+    for row in w:
+        idx = np.repeat(np.arange(200), row)
+        top1.append(np.mean(t[idx] == p[idx]))
+        f1.append(f1_score(t[idx], p[idx], average="macro", labels=np.union1d(t[idx], p[idx]), zero_division=0))
+    assert ci["top1"] == pytest.approx(tuple(np.percentile(top1, [2.5, 97.5])))
+    assert ci["macro_f1"] == pytest.approx(tuple(np.percentile(f1, [2.5, 97.5])))
+    assert ci["top1"][0] < np.mean(t == p) < ci["top1"][1] and ci["coarse_top1"] is None
+    wide = bootstrap_intervals(t[:50], p[:50], 5, seed=1)["top1"]
+    assert wide[1] - wide[0] > ci["top1"][1] - ci["top1"][0]  # fewer photos, less certainty
+    hits = np.array([1, 0, -1, 1] * 50)  # -1: no coarse label, left out
+    coarse = bootstrap_intervals(t, p, 5, coarse_hits=hits, seed=1)["coarse_top1"]
+    assert coarse[0] < 2 / 3 < coarse[1]

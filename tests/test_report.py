@@ -74,7 +74,12 @@ def test_write_report_with_baseline(tmp_path: Path) -> None:
     md = md_path.read_text()
     assert "before vs after fine-tuning" in md
     assert "| metric | model | baseline | change |" in md
-    assert "| top-1 accuracy | 75.00% | 50.00% | +25.00 pp |" in md
+    lo, hi = model.top1_ci
+    base_lo, base_hi = base.top1_ci
+    assert lo <= 0.75 <= hi and base_lo <= 0.5 <= base_hi
+    assert (f"| top-1 accuracy | 75.00% [{100 * lo:.1f}-{100 * hi:.1f}] | 50.00% [{100 * base_lo:.1f}-"
+            f"{100 * base_hi:.1f}] | +25.00 pp |") in md
+    assert "bootstrap intervals" in md
     assert "coarse top-1" not in md  # neither report has a hierarchy
     for name in ("confusion.png", "reliability.png", "per_class.png"):
         assert f"]({name})" in md

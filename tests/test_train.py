@@ -424,3 +424,29 @@ def test_pretrained_weights_map_to_imagenet(name: str, size: int, stem: str, ima
     found = glob.glob(str(root / "train" / "**" / f"{stem}.jpg"), recursive=True)
     assert len(found) == 1, found
     assert _imagenet_class(name, Path(found[0]), size) == imagenet
+
+
+# --- honest selection: a hold-out of train ------------------------------------------------------------
+
+
+def test_select_on_a_holdout_of_train_leaves_val_untouched(tiny_catalogue: Path, tmp_path: Path) -> None:
+    import json
+
+    from skulens.data.catalogue import _stratified_split, load_catalogue
+
+    r = train(tiny_catalogue, out=str(tmp_path / "ho"), progress=False, select_on="holdout", holdout_fraction=0.25,
+              **TINY)
+    cat = load_catalogue(tiny_catalogue)
+    _, held = _stratified_split(list(cat.split("train")), 0.25, seed=0)
+    assert r.report.n == len(held) == 6  # selection (epochs, temperature, rules) saw only the hold-out: 2 a class
+    assert r.card.metrics["split"] == "holdout" and r.card.metrics["selected_on"] == "holdout"
+    val_report = json.loads((r.run_dir / "report-val" / "report.json").read_text())
+    assert val_report["model"]["n"] == len(list(cat.split("val"))) == 9
+    assert r.card.metrics["val"]["top1"] == val_report["model"]["top1"]
+    lo, hi = val_report["model"]["top1_ci"]
+    assert lo <= val_report["model"]["top1"] <= hi
+    assert "untouched" in (r.run_dir / "report-val" / "report.md").read_text()
+    assert "hold-out of train" in (r.run_dir / "report" / "report.md").read_text()
+    with pytest.raises(ConfigError, match="holdout_fraction"):
+        train(tiny_catalogue, out=str(tmp_path / "bad"), progress=False, select_on="holdout", holdout_fraction=0.6,
+              **TINY)

@@ -33,6 +33,7 @@ Augment = Literal["none", "light", "strong"]
 Precision = Literal["auto", "bf16", "fp16", "off"]
 ClassWeights = Literal["none", "balanced"]
 Adversarial = Literal["none", "fgsm", "pgd"]
+SelectOn = Literal["val", "holdout"]
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,10 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 0  # DataLoader workers (0: main process; images are decoded once and cached)
     val_fraction: float = 0.1  # used only when the catalogue has no val split
+    # holdout: epoch, EMA, temperature, coarse rule and thresholds are chosen on a seeded stratified hold-out
+    # of train (same stores as train), and val is scored once at the end, untouched by any choice.
+    select_on: SelectOn = "val"  # the split every selection is made on: val, or holdout (a part of train)
+    holdout_fraction: float = 0.15  # select_on holdout: share of each class's train photos held out
     catalogue_images: bool = True  # add the products' catalogue photos to the training set
     coarse_fallback: float = 0.5  # predict the coarse class when fine confidence is below this
     baseline: bool = True  # also fit the linear-probe baseline (before fine-tuning) for comparison
@@ -185,6 +190,8 @@ def _validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"label_smoothing: {cfg.label_smoothing} is outside [0, 1)")
     if not 0 < cfg.val_fraction < 1:
         raise ConfigError(f"val_fraction: {cfg.val_fraction} is outside (0, 1)")
+    if not 0 < cfg.holdout_fraction < 0.5:
+        raise ConfigError(f"holdout_fraction: {cfg.holdout_fraction} is outside (0, 0.5)")
     if cfg.distill_temperature <= 0 or not 0 <= cfg.distill_alpha <= 1:
         raise ConfigError("distill_temperature must be > 0 and distill_alpha in [0, 1]")
     adv = (cfg.adversarial_eps, cfg.adversarial_steps, cfg.adversarial_fraction)

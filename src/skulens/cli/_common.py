@@ -242,4 +242,9 @@ def report_result(result: Any) -> None:
         say(f"skipped {len(result.skipped)} undecodable image(s): {result.run_dir / 'skipped_images.tsv'}")
     say(f"model bundle: {result.bundle}")
     say(f"report:       {result.run_dir / 'report' / 'report.md'}")
+    val = result.card.metrics.get("val")
+    if val is not None:  # --select-on holdout: the summary above is the hold-out; val chose nothing
+        coarse = f", coarse top-1 {val['coarse_top1']:.2%}" if val.get("coarse_top1") is not None else ""
+        say(f"untouched val: top-1 {val['top1']:.2%}{coarse}, macro F1 {val['macro_f1']:.2%} "
+            f"({result.run_dir / 'report-val' / 'report.md'})")
 

@@ -35,7 +35,9 @@ attribute_map, attribute_f1`` (number or null); ``class_names`` (list of str);
 ``most_confused``: list of ``{true, predicted, count}``;
 ``top_losses``: list of ``{path, true, predicted, confidence, loss, index}``;
 ``confusion``: C lists of C ints, rows = true class; ``reliability``: list of
-``[mean_confidence, accuracy, count]``. Only JSON types (lists, str, int, float, null).
+``[mean_confidence, accuracy, count]``; ``top1_ci, macro_f1_ci, coarse_top1_ci``: ``[low, high]`` 95 %
+percentile-bootstrap intervals (`bootstrap_intervals`, seeded) or null. Only JSON types (lists, str, int,
+float, null).
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ __all__ = [
     "ConfusedPair",
     "EvalReport",
     "TopLoss",
+    "bootstrap_intervals",
     "choose_thresholds",
     "derive_coarse",
     "evaluate_predictions",
@@ -128,6 +131,11 @@ class EvalReport:
     confusion: tuple[tuple[int, ...], ...]
     reliability: tuple[tuple[float, float, int], ...]
     class_names: tuple[str, ...]
+    # 95 % bootstrap intervals (percentile, BOOTSTRAP_ROUNDS resamples of the photos, seeded): how far the
+    # number could move on another sample of photos like these. None when there is nothing to resample.
+    top1_ci: tuple[float, float] | None = None
+    macro_f1_ci: tuple[float, float] | None = None
+    coarse_top1_ci: tuple[float, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (keys in the module docstring); `from_dict` reverses it."""
@@ -146,6 +154,10 @@ class EvalReport:
         }
         values: dict[str, Any] = {}
         for f in fields(cls):
+            if f.name.endswith("_ci"):  # absent from reports written before intervals existed
+                raw = data.get(f.name)
+                values[f.name] = None if raw is None else (float(raw[0]), float(raw[1]))
+                continue
             raw = data[f.name]
             if f.name in nested:
                 values[f.name] = tuple(nested[f.name](**item) for item in raw)
@@ -381,6 +393,55 @@ def _coarse_metrics(
     return top1, derived
 
 
+def _coarse_hits(coarse_probs: np.ndarray | None, coarse_targets: np.ndarray | None) -> np.ndarray | None:
+    """Per sample: 1 when the coarse prediction is right, 0 when wrong, -1 when the coarse label is unknown."""
+    if coarse_probs is None or coarse_targets is None:
+        return None
+    ct = np.asarray(coarse_targets)
+    return np.where(ct < 0, -1, (np.asarray(coarse_probs).argmax(axis=1) == ct).astype(np.int64))
+
+
+BOOTSTRAP_ROUNDS = 1000
+
+
+def bootstrap_intervals(targets: np.ndarray, preds: np.ndarray, n_classes: int, *,
+                        coarse_hits: np.ndarray | None = None, rounds: int = BOOTSTRAP_ROUNDS, seed: int = 0,
+                        level: float = 0.95) -> dict[str, tuple[float, float] | None]:
+    """Percentile bootstrap intervals of top-1, macro-F1 (this module's convention: over classes that occur
+    in the targets or predictions of the resample) and coarse top-1: `rounds` resamples of the n photos with
+    replacement, seeded. Vectorised: each resample is a row of counts, and every metric a matrix product."""
+    t, p = np.asarray(targets), np.asarray(preds)
+    n = len(t)
+    if n == 0:
+        return {"top1": None, "macro_f1": None, "coarse_top1": None}
+    rng = np.random.default_rng(seed)
+    w = rng.multinomial(n, np.full(n, 1.0 / n), size=rounds).astype(np.float64)  # (rounds, n) counts
+    lo, hi = 100 * (1 - level) / 2, 100 * (1 + level) / 2
+
+    def interval(values: np.ndarray) -> tuple[float, float]:
+        a, b = np.percentile(values, [lo, hi])
+        return float(a), float(b)
+
+    truth = np.zeros((n, n_classes))
+    truth[np.arange(n), t] = 1
+    guess = np.zeros((n, n_classes))
+    guess[np.arange(n), p] = 1
+    tp, true, pred = w @ (truth * guess), w @ truth, w @ guess
+    seen = (true + pred) > 0
+    f1 = np.divide(2 * tp, true + pred, out=np.zeros_like(tp), where=seen)
+    out: dict[str, tuple[float, float] | None] = {
+        "top1": interval(w @ (t == p) / n),
+        "macro_f1": interval(f1.sum(axis=1) / np.maximum(seen.sum(axis=1), 1)),
+        "coarse_top1": None,
+    }
+    if coarse_hits is not None and (coarse_hits >= 0).any():
+        known = coarse_hits >= 0
+        counted = w[:, known].sum(axis=1)
+        out["coarse_top1"] = interval(np.divide(w[:, known] @ coarse_hits[known], counted,
+                                                out=np.zeros(rounds), where=counted > 0))
+    return out
+
+
 def _as_coarse_targets(coarse_targets: np.ndarray, n: int, n_coarse: int) -> np.ndarray:
     # Negative entries (PyTorch's ignore_index -100) mark samples whose coarse label is unknown:
     # the catalogue may lack it for some products, and those rows are left out of coarse accuracy.
@@ -478,6 +539,10 @@ def evaluate_predictions(
     )
     attr_map, attr_f1, per_attr = _attribute_metrics(attr_probs, attr_targets, attr_names, attr_thresholds, n,
                                                      attr_exclusive)
+    if coarse_targets is None and fine_to_coarse is not None:
+        coarse_targets = np.asarray(fine_to_coarse)[t]
+    cis = bootstrap_intervals(t, preds, n_classes, coarse_hits=_coarse_hits(coarse_probs, coarse_targets)
+                              if coarse_top1 is not None else None)
     return EvalReport(
         n=int(n),
         top1=float(np.mean(preds == t)),
@@ -496,4 +561,7 @@ def evaluate_predictions(
         confusion=tuple(tuple(int(v) for v in row) for row in cm),
         reliability=tuple(reliability),
         class_names=names,
+        top1_ci=cis["top1"],
+        macro_f1_ci=cis["macro_f1"],
+        coarse_top1_ci=cis["coarse_top1"],
     )

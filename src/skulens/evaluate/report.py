@@ -67,6 +67,15 @@ def _fmt_delta(value: float | None, base: float | None, kind: str) -> str:
     return f"{delta:+.4f}"
 
 
+def _with_ci(report: EvalReport | None, key: str, kind: str) -> str:
+    """The value, and its 95 % bootstrap interval where the report has one: "85.50% [81.4-89.2]"."""
+    if report is None:
+        return "n/a"
+    text = _fmt(getattr(report, key), kind)
+    ci = getattr(report, f"{key}_ci", None)
+    return text if ci is None or kind != "pct" else f"{text} [{100 * ci[0]:.1f}-{100 * ci[1]:.1f}]"
+
+
 def _headline_rows(report: EvalReport, baseline: EvalReport | None) -> list[tuple[str, str, str, str]]:
     """(label, model, baseline, change) for every headline metric that either report has."""
     rows = []
@@ -75,7 +84,8 @@ def _headline_rows(report: EvalReport, baseline: EvalReport | None) -> list[tupl
         base = getattr(baseline, key) if baseline is not None else None
         if value is None and base is None:
             continue  # no coarse head / no attributes: the row would only say n/a
-        rows.append((label, _fmt(value, kind), _fmt(base, kind), _fmt_delta(value, base, kind)))
+        rows.append((label, _with_ci(report, key, kind), _with_ci(baseline, key, kind),
+                     _fmt_delta(value, base, kind)))
     return rows
 
 
@@ -115,13 +125,19 @@ def _link_target(path: str, out_dir: Path) -> str:
 # --------------------------------------------------------------------------- markdown
 
 
+_CI_NOTE = ("In brackets: 95 % bootstrap intervals (1000 resamples of these photos): how far a number could "
+            "move on another sample of photos like these.")
+
+
 def _md_headline(report: EvalReport, baseline: EvalReport | None, baseline_name: str) -> list[str]:
     rows = _headline_rows(report, baseline)
+    note = [_CI_NOTE, ""] if report.top1_ci is not None else []
     if baseline is None:
-        return ["## Headline", "", *_table(("metric", "model"), [(r[0], r[1]) for r in rows])]
+        return ["## Headline", "", *note, *_table(("metric", "model"), [(r[0], r[1]) for r in rows])]
     return [
         "## Headline: before vs after fine-tuning",
         "",
+        *note,
         f"Baseline: {baseline_name}.",
         "",
         *_table(("metric", "model", "baseline", "change"), list(rows)),

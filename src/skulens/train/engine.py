@@ -82,10 +82,11 @@ class _Run:
     model: SkuModel
     card: ModelCard  # grows lineage/pruning in _prepare_training, val-chosen settings in _finish
     train: Split
-    val: Split
+    val: Split  # the selection split: val, or (select_on holdout) the hold-out of train
     skipped: list[tuple[str, str]]
     resumed: bool
     dist: distributed.Dist  # rank, world size; Dist.single(device) in one process
+    untouched: Split | None = None  # select_on holdout: val, scored once at the end and chosen nothing
     # The module the training forward runs through: `model`, or a DistributedDataParallel over it (built in
     # _train_loop, once the freeze is known). Everything else (EMA, attacks, eval, checkpoints) uses `model`.
     net: torch.nn.Module = field(init=False)
@@ -224,7 +225,7 @@ def _fit(cfg: TrainConfig, cat: Catalogue, d: distributed.Dist, *, progress: boo
 
     backbone = create_backbone(cfg.backbone, cfg.weights, image_size=cfg.image_size)
     card = _base_card(cfg, cat, backbone.spec, backbone.num_features)
-    train, val, skipped = _load_splits(cfg, cat, card, run_dir, progress, main=d.is_main)
+    train, val, untouched, skipped = _load_splits(cfg, cat, card, run_dir, progress, main=d.is_main)
     backbone.to(device)
     if cfg.channels_last:
         backbone.to(memory_format=torch.channels_last)
@@ -238,7 +239,8 @@ def _fit(cfg: TrainConfig, cat: Catalogue, d: distributed.Dist, *, progress: boo
     model = distributed.sync_batchnorm(model, d, enabled=sync_bn)  # type: ignore[assignment]
 
     run = _Run(cfg=cfg, catalogue=cat, run_dir=run_dir, device=device, progress=progress, t0=t0, model=model,
-               card=card, train=train, val=val, skipped=skipped, resumed=ckpt is not None, dist=d)
+               card=card, train=train, val=val, skipped=skipped, resumed=ckpt is not None, dist=d,
+               untouched=untouched)
     _prepare_training(run, ckpt)
     try:
         epochs_run = _train_loop(run)
@@ -250,20 +252,30 @@ def _fit(cfg: TrainConfig, cat: Catalogue, d: distributed.Dist, *, progress: boo
     return d.broadcast(_finish(run, baseline, epochs_run) if d.is_main else None)
 
 
-def _load_splits(cfg: TrainConfig, cat: Catalogue, card: ModelCard, run_dir: Path,
-                 progress: bool, *, main: bool = True) -> tuple[Split, Split, list[tuple[str, str]]]:
-    """Decode train (+ catalogue photos) and val once; list what could not be decoded."""
+def _load_splits(cfg: TrainConfig, cat: Catalogue, card: ModelCard, run_dir: Path, progress: bool, *,
+                 main: bool = True) -> tuple[Split, Split, Split | None, list[tuple[str, str]]]:
+    """Decode train (+ catalogue photos), the selection split and (select_on holdout) val once: (train,
+    selection, untouched val or None, what could not be decoded). The hold-out is seeded and stratified
+    (`holdout_fraction` of each class's train photos), so a resumed run holds out the same photos."""
     train_samples = list(cat.split("train"))
+    untouched = None
+    if cfg.select_on == "holdout":
+        from ..data.catalogue import _stratified_split
+
+        train_samples, selection = _stratified_split(train_samples, cfg.holdout_fraction, seed=cfg.seed)
+        untouched = prepare_split(list(cat.split("val")), card, desc="val", progress=progress)
+    else:
+        selection = list(cat.split("val"))
     if cfg.catalogue_images:
         train_samples += _catalogue_samples(cat, train_samples)
     train = prepare_split(train_samples, card, desc="train", progress=progress)
-    val = prepare_split(list(cat.split("val")), card, desc="val", progress=progress)
-    skipped = train.skipped + val.skipped
+    val = prepare_split(selection, card, desc=cfg.select_on, progress=progress)
+    skipped = train.skipped + val.skipped + (untouched.skipped if untouched is not None else [])
     if skipped and main:
         atomic_write_text(run_dir / "skipped_images.tsv", "".join(f"{p}\t{r}\n" for p, r in skipped))
-    if not train.images or not val.images:
-        raise CatalogueError("no decodable images in the train or val split")
-    return train, val, skipped
+    if not train.images or not val.images or (untouched is not None and not untouched.images):
+        raise CatalogueError(f"no decodable images in the train, {cfg.select_on} or val split")
+    return train, val, untouched, skipped
 
 
 def _baseline(cfg: TrainConfig, card: ModelCard, train: Split, val: Split, backbone: Backbone, run_dir: Path,
@@ -526,18 +538,31 @@ def _finish(run: _Run, baseline: EvalReport | None, epochs_run: int) -> TrainRes
         thresholds = choose_thresholds(out.attributes, val.attributes.numpy())
     card = run.card.with_(coarse_rule=_choose_coarse_rule(out, val, run.card))
     report = evaluate_outputs(out, val, card, thresholds)
+    untouched = None
+    if run.untouched is not None:  # scored once, with every choice already made on the hold-out
+        raw = run_heads(model, run.untouched.images, eval_tf, device=run.device, precision=cfg.mixed_precision)
+        untouched = evaluate_outputs(_tempered(model, raw), run.untouched, card, thresholds)
     wall = time.perf_counter() - run.t0  # this process only: a resumed run reports the time since resuming
+    selection = {"selected_on": cfg.select_on, "holdout_fraction": cfg.holdout_fraction} \
+        if cfg.select_on == "holdout" else {}
     card = card.with_(
         attribute_thresholds=tuple(float(t) for t in thresholds) if thresholds is not None else (),
-        metrics={"split": "val", "best_epoch": state["best_epoch"], "train_wall_time_s": round(wall, 1),
+        metrics={"split": cfg.select_on, "best_epoch": state["best_epoch"], "train_wall_time_s": round(wall, 1),
                  "resumed": run.resumed, "temperature": [round(float(t), 4) for t in model.temperature],
-                 **_summary(report), "baseline": _summary(baseline) if baseline else None},
+                 **_summary(report), "baseline": _summary(baseline) if baseline else None, **selection,
+                 **({"val": _summary(untouched)} if untouched is not None else {})},
     )
     bundle = save_bundle(model, card, run.run_dir / "bundle")
+    split_name = "val" if cfg.select_on == "val" else "hold-out of train: every selection made here"
+    extra = {"train_wall_time_s": round(wall, 1), "best_epoch": state["best_epoch"], "selected_on": cfg.select_on,
+             "history": state["history"]}
     write_report(report, run.run_dir / "report",
-                 title=f"skulens: {cfg.backbone} on {run.catalogue.root.name} (val)", baseline=baseline,
-                 extra={"train_wall_time_s": round(wall, 1), "best_epoch": state["best_epoch"],
-                        "history": state["history"]})
+                 title=f"skulens: {cfg.backbone} on {run.catalogue.root.name} ({split_name})", baseline=baseline,
+                 extra=extra)
+    if untouched is not None:
+        write_report(untouched, run.run_dir / "report-val",
+                     title=f"skulens: {cfg.backbone} on {run.catalogue.root.name} (val, untouched: selected on "
+                           f"a {cfg.holdout_fraction:.0%} hold-out of train)", extra=extra)
     shutil.rmtree(run.run_dir / "checkpoint", ignore_errors=True)
     return TrainResult(run.run_dir, bundle, card, report, baseline, state["best_epoch"], epochs_run, wall,
                        tuple(state["history"]), tuple(run.skipped))
@@ -553,6 +578,13 @@ def _calibrate(model: SkuModel, out: HeadOutputs, val: Split) -> HeadOutputs:
         coarse = apply_temperature(coarse, t_coarse)
     model.temperature.copy_(torch.tensor([t_fine, t_coarse]))
     log.info("temperature scaling on val: fine T=%.3f, coarse T=%.3f", t_fine, t_coarse)
+    return HeadOutputs(apply_temperature(out.fine, t_fine), coarse, out.attributes, out.embeddings)
+
+
+def _tempered(model: SkuModel, out: HeadOutputs) -> HeadOutputs:
+    """`out` rescaled by the temperatures `_calibrate` stored in the model (fitted on the selection split)."""
+    t_fine, t_coarse = (float(t) for t in model.temperature)
+    coarse = None if out.coarse_head is None else apply_temperature(out.coarse_head, t_coarse)
     return HeadOutputs(apply_temperature(out.fine, t_fine), coarse, out.attributes, out.embeddings)
 
 
@@ -573,7 +605,8 @@ def _choose_coarse_rule(out: HeadOutputs, val: Split, card: ModelCard) -> str:
 
 def _summary(r: EvalReport) -> dict[str, float | None]:
     return {"top1": r.top1, "top5": r.top5, "coarse_top1": r.coarse_top1, "coarse_top1_derived":
-            r.coarse_top1_derived, "macro_f1": r.macro_f1, "ece": r.ece, "attribute_map": r.attribute_map}
+            r.coarse_top1_derived, "macro_f1": r.macro_f1, "ece": r.ece, "attribute_map": r.attribute_map,
+            "top1_ci": r.top1_ci}
 
 
 def _load_report(path: Path) -> EvalReport | None:
