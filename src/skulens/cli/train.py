@@ -1,4 +1,5 @@
-"""`skulens train | demo | distill | retrain | prune`: making a model (thin handlers over the core)."""
+"""`skulens train | demo | distill | retrain | prune | suggest-labels`: making a model, and choosing what to label
+for it (thin handlers over the core)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from ._common import (
     add_quiet,
     add_train_flags,
     data_path,
+    expand_inputs,
     model_path,
     report_result,
     say,
@@ -116,6 +118,44 @@ def cmd_prune(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_suggest_labels(ns: argparse.Namespace) -> int:
+    import csv
+
+    bundle = model_path(ns)
+    if ns.budget < 1:
+        raise UsageError(f"--budget must be >= 1, got {ns.budget}")
+    photos = expand_inputs(ns.inputs)
+    if not photos:
+        raise UsageError("no photos given (folders, files, globs or a list)")
+    out = Path(ns.out) if ns.out else (Path(ns.inputs[0]) / "to_label.csv" if len(ns.inputs) == 1 and
+                                       Path(ns.inputs[0]).is_dir() else None)
+    if out is None:
+        raise UsageError("give -o FILE.csv (beside or above the photos: a manifest's paths stay inside its folder)")
+    root = out.resolve().parent
+    outside = [p for p in photos if not Path(p).resolve().is_relative_to(root)]
+    if outside:
+        raise UsageError(f"{outside[0]} is not inside {root}: write the manifest beside or above the photos "
+                         "(-o PHOTOS/to_label.csv), so `skulens train --data` can read it")
+    from ..models.predictor import load_model
+    from ..train.active import suggest_labels
+
+    model = load_model(bundle, device=ns.device)
+    picks, failed = suggest_labels(model, photos, ns.budget, strategy=ns.strategy,
+                                   labelled=expand_inputs(ns.labelled) if ns.labelled else (), progress=not ns.quiet)
+    for path, reason in failed:
+        say(f"skipped {path}: {reason}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["path", "label", "split", "rank", "guess", "confidence", "margin"])
+        for s in picks:
+            rel = Path(s.path).resolve().relative_to(root).as_posix()
+            w.writerow([rel, "", "train", s.rank, s.guess, f"{s.confidence:.4f}", f"{s.margin:.4f}"])
+    say(f"{out}: the {len(picks)} of {len(photos)} photos to label first ({ns.strategy}); fill in the label "
+        "column (delete rows you skip), then train with --data pointing at it, or `skulens retrain --extra`")
+    return 0 if picks else 1
+
+
 def add_commands(sub: Any) -> None:
     t = sub.add_parser("train", help="fine-tune a pretrained backbone on a catalogue")
     add_data(t, "catalogue: class folders, a CSV/JSONL manifest, or the grocery layout (default: the grocery "
@@ -163,3 +203,17 @@ def add_commands(sub: Any) -> None:
                     help="recovery fine-tune in the engine (defaults: 3 epochs, freeze full, no baseline)")
     add_train_flags(pr)
     pr.set_defaults(func=cmd_prune)
+
+    sl = sub.add_parser("suggest-labels", help="rank unlabelled photos by how much a label would teach the model "
+                                               "(unsure and unlike the labelled ones); write a manifest to fill in")
+    sl.add_argument("inputs", nargs="+", help="unlabelled photos: folders, files or globs")
+    add_model(sl, "the model whose uncertainty ranks the photos", positional_legacy=False)
+    sl.add_argument("--budget", type=int, required=True, help="how many photos to suggest")
+    sl.add_argument("--strategy", choices=("margin-kcenter", "margin", "kcenter", "random"), default="margin-kcenter",
+                    help="margin-kcenter (default): the least certain, spread over the embedding space; margin: "
+                         "least certain only; kcenter: most diverse only; random")
+    sl.add_argument("--labelled", nargs="+", help="photos already labelled (the diversity step keeps away from them)")
+    add_out(sl, "manifest CSV to write (default: PHOTOS/to_label.csv); path,label,split plus the model's guess")
+    sl.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    add_quiet(sl)
+    sl.set_defaults(func=cmd_suggest_labels)

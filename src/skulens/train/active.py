@@ -1,0 +1,133 @@
+"""Active learning: which unlabelled photos a person should label next.
+
+A label is worth most where the model is unsure *and* the photo is unlike what is already labelled. The
+default strategy, ``margin-kcenter``, takes the ``pool`` x budget photos with the smallest margin between the
+model's two best classes (uncertainty), then picks the budget among them by greedy k-center over the
+embeddings (diversity: each pick is the photo farthest, in cosine distance, from everything labelled or
+picked so far), so a batch is not fifty photos of the one product the model confuses. ``margin`` (uncertainty
+only), ``kcenter`` (diversity only: Sener & Savarese, ICLR 2018, core-set) and ``random`` are there for
+comparison; benchmarks/active_learning_grocery.py measures them against each other.
+
+`select` is pure numpy (probabilities and L2-normalised embeddings in, indices out); `suggest_labels` runs a
+model over photos (one pass: probabilities and embeddings) and returns typed suggestions, which
+`skulens suggest-labels` writes as a manifest to fill in.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from ..models.predictor import Model
+
+__all__ = ["STRATEGIES", "LabelSuggestion", "k_center", "margins", "select", "suggest_labels"]
+
+STRATEGIES = ("margin-kcenter", "margin", "kcenter", "random")
+
+
+def margins(probs: np.ndarray) -> np.ndarray:
+    """Per row, best minus second-best probability (small: unsure between two classes; 1 with one class)."""
+    p = np.asarray(probs, dtype=np.float64)
+    if p.ndim != 2 or p.shape[0] == 0:
+        return np.zeros(p.shape[0] if p.ndim else 0)
+    if p.shape[1] < 2:
+        return np.ones(p.shape[0])
+    top2 = np.partition(p, -2, axis=1)[:, -2:]
+    return top2[:, 1] - top2[:, 0]
+
+
+def k_center(embeddings: np.ndarray, budget: int, *, candidates: Sequence[int] | np.ndarray | None = None,
+             anchors: np.ndarray | None = None) -> list[int]:
+    """Greedy k-center: `budget` indices of `candidates` (default: all rows), each the one farthest (cosine
+    distance on L2-normalised rows) from the `anchors` (already labelled embeddings) and the earlier picks.
+    Without anchors the first pick is the candidate farthest from the candidates' mean."""
+    emb = np.asarray(embeddings, dtype=np.float32)
+    cand = np.arange(len(emb)) if candidates is None else np.asarray(candidates, dtype=np.int64)
+    budget = min(int(budget), len(cand))
+    if budget <= 0:
+        return []
+    x = emb[cand]
+    if anchors is not None and len(anchors):
+        nearest = (1.0 - x @ np.asarray(anchors, dtype=np.float32).T).min(axis=1)
+    else:
+        centre = x.mean(axis=0)
+        nearest = 1.0 - x @ (centre / max(float(np.linalg.norm(centre)), 1e-12))
+    picked: list[int] = []
+    for _ in range(budget):
+        j = int(np.argmax(nearest))
+        picked.append(int(cand[j]))
+        nearest = np.minimum(nearest, 1.0 - x @ x[j])
+        nearest[j] = -np.inf  # never twice
+    return picked
+
+
+def select(probs: np.ndarray, embeddings: np.ndarray, budget: int, *, strategy: str = "margin-kcenter",
+           labelled: np.ndarray | None = None, pool: int = 4, seed: int = 0) -> list[int]:
+    """The rows to label next, best first. `labelled`: embeddings of photos already labelled (k-center keeps
+    away from them). `pool`: margin-kcenter draws from the pool x budget least certain rows."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r} (known: {', '.join(STRATEGIES)})")
+    n = len(probs)
+    if len(embeddings) != n:
+        raise ValueError(f"{n} probability rows but {len(embeddings)} embeddings")
+    if budget < 1:
+        raise ValueError(f"budget must be >= 1, got {budget}")
+    budget = min(budget, n)
+    if strategy == "random":
+        return [int(i) for i in np.random.default_rng(seed).permutation(n)[:budget]]
+    if strategy == "kcenter":
+        return k_center(embeddings, budget, anchors=labelled)
+    order = np.argsort(margins(probs), kind="stable")  # least certain first
+    if strategy == "margin":
+        return [int(i) for i in order[:budget]]
+    return k_center(embeddings, budget, candidates=order[: max(budget, pool * budget)], anchors=labelled)
+
+
+@dataclass(frozen=True)
+class LabelSuggestion:
+    """One photo to label: its rank (1 = label first), the model's guess and how unsure it is."""
+
+    path: str
+    rank: int
+    guess: str
+    confidence: float
+    margin: float  # best minus second-best probability
+
+
+def suggest_labels(model: Model, photos: Sequence[str | os.PathLike[str]], budget: int, *,
+                   strategy: str = "margin-kcenter", labelled: Sequence[str | os.PathLike[str]] = (),
+                   batch_size: int = 32, progress: bool = False) -> tuple[list[LabelSuggestion], list[tuple[str, str]]]:
+    """(the `budget` photos to label next, best first; the photos that could not be read, with the reason).
+    `labelled`: photos already labelled, which the diversity step keeps away from."""
+    from ..data.decode import ImageDecodeError, decode_image
+    from ..data.transforms import to_uint8_tensor
+
+    def decoded(paths: Sequence[str | os.PathLike[str]]) -> tuple[list[str], list, list[tuple[str, str]]]:
+        ok, tensors, bad = [], [], []
+        for p in paths:
+            try:
+                tensors.append(to_uint8_tensor(decode_image(p, reduce_to=model.card.resize_to)))
+                ok.append(str(p))
+            except ImageDecodeError as e:
+                bad.append((str(p), e.reason))
+        return ok, tensors, bad
+
+    names, tensors, failed = decoded(photos)
+    if not tensors:
+        return [], failed
+    out = model.run(tensors, embeddings=True, batch_size=batch_size, progress=progress)
+    anchors = None
+    if labelled:
+        _, known, _ = decoded(labelled)
+        anchors = model.run(known, embeddings=True, batch_size=batch_size).embeddings if known else None
+    assert out.embeddings is not None
+    chosen = select(out.fine, out.embeddings, budget, strategy=strategy, labelled=anchors)
+    m = margins(out.fine)
+    classes = model.card.classes
+    return [LabelSuggestion(names[i], rank, classes[int(out.fine[i].argmax())], float(out.fine[i].max()), float(m[i]))
+            for rank, i in enumerate(chosen, start=1)], failed

@@ -1,0 +1,83 @@
+"""Active learning: which photos to label next (`skulens suggest-labels`)."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from skulens.train.active import k_center, margins, select
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _clusters(rng: np.random.Generator, centres: list[list[float]], n: int) -> np.ndarray:
+    return _unit(np.concatenate([np.asarray(c) + 0.05 * rng.standard_normal((n, len(c))) for c in centres]))
+
+
+def test_margins_and_k_center() -> None:
+    p = np.array([[0.5, 0.45, 0.05], [0.9, 0.05, 0.05], [0.4, 0.3, 0.3]])
+    assert margins(p) == pytest.approx([0.05, 0.85, 0.1])
+    assert margins(np.ones((2, 1))).tolist() == [1.0, 1.0]
+    emb = _clusters(np.random.default_rng(0), [[1, 0, 0], [0, 1, 0], [0, 0, 1]], 10)
+    picked = k_center(emb, 3)
+    assert sorted(i // 10 for i in picked) == [0, 1, 2]  # one from each cluster
+    away = k_center(emb, 2, anchors=emb[:10])  # cluster 0 is labelled already
+    assert all(i >= 10 for i in away) and len({i // 10 for i in away}) == 2
+
+
+def test_strategies() -> None:
+    rng = np.random.default_rng(1)
+    emb = _clusters(rng, [[1, 0, 0], [0, 1, 0], [0, 0, 1]], 10)
+    conf = np.concatenate([np.full(10, 0.51), np.full(10, 0.55), np.full(10, 0.99)])  # cluster 0 least certain
+    probs = np.stack([conf, 1 - conf], axis=1)
+    assert {i // 10 for i in select(probs, emb, 4, strategy="margin")} == {0}  # all from one cluster
+    mixed = select(probs, emb, 4, strategy="margin-kcenter", pool=5)
+    assert {i // 10 for i in mixed} == {0, 1}  # unsure ones, spread over both unsure clusters, none certain
+    assert len(set(select(probs, emb, 30, strategy="random"))) == 30
+    assert len(select(probs, emb, 99)) == 30
+    with pytest.raises(ValueError, match="unknown strategy"):
+        select(probs, emb, 2, strategy="entropy")
+
+
+def _skulens(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "skulens.cli", *args], capture_output=True, text=True, check=False,
+                          timeout=600)
+
+
+def test_suggest_labels_writes_a_manifest_to_fill_in(tiny_bundle, tiny_catalogue: Path, tmp_path: Path) -> None:
+    from skulens.data.catalogue import CatalogueError, load_catalogue
+
+    pool = tmp_path / "unlabelled"
+    truth = {}
+    for photo in sorted((tiny_catalogue.parent / "val").rglob("*.jpg")):
+        dest = pool / photo.name
+        dest.parent.mkdir(exist_ok=True)
+        dest.write_bytes(photo.read_bytes())
+        truth[photo.name] = photo.parent.name
+    (pool / "broken.jpg").write_bytes(b"not a photo")
+    r = _skulens("suggest-labels", str(pool), "-m", str(tiny_bundle.bundle), "--budget", "4", "-q")
+    assert r.returncode == 0, r.stderr
+    assert "skipped" in r.stderr and "broken.jpg" in r.stderr
+    rows = list(csv.DictReader((pool / "to_label.csv").open()))
+    assert [int(x["rank"]) for x in rows] == [1, 2, 3, 4] and all(x["label"] == "" for x in rows)
+    assert len({x["path"] for x in rows}) == 4 and all(0 <= float(x["margin"]) <= 1 for x in rows)
+    with pytest.raises(CatalogueError, match="missing label"):  # not filled in yet: a clear error
+        load_catalogue(pool / "to_label.csv")
+    for x in rows:
+        x["label"] = truth[x["path"]]
+    with (pool / "to_label.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    cat = load_catalogue(pool / "to_label.csv", val_fraction=0)  # filled in: a catalogue `skulens train` reads
+    assert len(list(cat.split("train"))) == 4
+    r = _skulens("suggest-labels", str(pool), "-m", str(tiny_bundle.bundle), "--budget", "2",
+                 "-o", str(tmp_path / "elsewhere" / "x.csv"))
+    assert r.returncode == 2 and "not inside" in r.stderr
