@@ -33,7 +33,7 @@ import dataclasses
 import os
 import random
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from ._attributes import attach_attributes, attribute_table
@@ -43,7 +43,8 @@ from ._manifest import MANIFEST_NAMES, MANIFEST_SUFFIXES, load_manifest
 from ._products import PRODUCTS_CSV, read_products
 from ._types import IMAGE_SUFFIXES, Catalogue, CatalogueError, Loaded, Product, Sample, ordered_splits
 
-__all__ = ["IMAGE_SUFFIXES", "Catalogue", "CatalogueError", "Product", "Sample", "label_attributes", "load_catalogue"]
+__all__ = ["IMAGE_SUFFIXES", "Catalogue", "CatalogueError", "Product", "Sample", "label_attributes", "load_catalogue",
+           "merge_samples"]
 
 
 def load_catalogue(
@@ -138,3 +139,29 @@ def _stratified_split(train: list[Sample], fraction: float, seed: int) -> tuple[
     kept = [s for i, s in enumerate(train) if i not in chosen]
     held_out = [s for i, s in enumerate(train) if i in chosen]
     return kept, held_out
+
+
+def merge_samples(cat: Catalogue, samples: Sequence[Sample], products: dict[str, Product] | None = None
+                  ) -> Catalogue:
+    """A copy of `cat` with `samples` added to train; new labels and coarse labels are appended (retrain's
+    enrolled and reviewed photos, self-training's pseudo-labelled ones)."""
+    classes = list(cat.classes)
+    coarse = list(cat.coarse_classes)
+    hierarchy = dict(cat.hierarchy)
+    for s in samples:
+        if s.label not in classes:
+            classes.append(s.label)
+        if s.coarse_label:
+            known = hierarchy.get(s.label)
+            if known is not None and known != s.coarse_label:
+                raise CatalogueError(f"{s.path}: {s.label!r} is under {known!r} in the catalogue, not {s.coarse_label!r}")
+            hierarchy[s.label] = s.coarse_label
+            if s.coarse_label not in coarse:
+                coarse.append(s.coarse_label)
+    if hierarchy and set(hierarchy) != set(classes):
+        missing = sorted(set(classes) - set(hierarchy))
+        raise CatalogueError(f"new product(s) without a coarse label: {', '.join(missing[:5])}")
+    splits = {k: list(v) for k, v in cat.splits.items()}
+    splits["train"] = splits["train"] + list(samples)
+    return dataclasses.replace(cat, splits=splits, classes=classes, coarse_classes=coarse, hierarchy=hierarchy,
+                               products={**cat.products, **(products or {})})

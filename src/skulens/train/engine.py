@@ -87,6 +87,7 @@ class _Run:
     resumed: bool
     dist: distributed.Dist  # rank, world size; Dist.single(device) in one process
     untouched: Split | None = None  # select_on holdout: val, scored once at the end and chosen nothing
+    extra_metrics: dict[str, Any] = field(default_factory=dict)  # recorded in the card (self-training's)
     # The module the training forward runs through: `model`, or a DistributedDataParallel over it (built in
     # _train_loop, once the freeze is known). Everything else (EMA, attacks, eval, checkpoints) uses `model`.
     net: torch.nn.Module = field(init=False)
@@ -197,7 +198,7 @@ def _load_data(cfg: TrainConfig) -> Catalogue:
 
 
 def fit(cfg: TrainConfig, *, catalogue: Catalogue | None = None, progress: bool = True,
-        sync_bn: bool = True) -> TrainResult:
+        sync_bn: bool = True, extra_metrics: dict[str, Any] | None = None) -> TrainResult:
     """Fine-tune `cfg.backbone` on the catalogue, select on val, write bundle + report into `cfg.out`.
 
     Under torchrun (WORLD_SIZE > 1) every process calls this: DistributedDataParallel, the training set
@@ -207,15 +208,20 @@ def fit(cfg: TrainConfig, *, catalogue: Catalogue | None = None, progress: bool 
     """
     t0 = time.perf_counter()
     cat = catalogue if catalogue is not None else _load_data(cfg)
+    if cfg.unlabeled:  # self-training: a teacher, pseudo-labels, then a student (each a run of this function)
+        from .semi import self_train
+
+        return self_train(cfg, cat, progress=progress, fit_run=fit)
     d = distributed.setup(resolve_device(cfg.device))
     try:
-        return _fit(cfg, cat, d, progress=progress and d.is_main, sync_bn=sync_bn, t0=t0)
+        return _fit(cfg, cat, d, progress=progress and d.is_main, sync_bn=sync_bn, t0=t0,
+                    extra_metrics=extra_metrics or {})
     finally:
         d.close()
 
 
 def _fit(cfg: TrainConfig, cat: Catalogue, d: distributed.Dist, *, progress: bool, sync_bn: bool,
-         t0: float) -> TrainResult:
+         t0: float, extra_metrics: dict[str, Any]) -> TrainResult:
     if d.enabled:
         distributed.local_batch_size(cfg.batch_size, d.world_size)  # fail early, on every rank alike
     run_dir = _prepare_run_dir(cfg, main=d.is_main)
@@ -240,7 +246,7 @@ def _fit(cfg: TrainConfig, cat: Catalogue, d: distributed.Dist, *, progress: boo
 
     run = _Run(cfg=cfg, catalogue=cat, run_dir=run_dir, device=device, progress=progress, t0=t0, model=model,
                card=card, train=train, val=val, skipped=skipped, resumed=ckpt is not None, dist=d,
-               untouched=untouched)
+               untouched=untouched, extra_metrics=extra_metrics)
     _prepare_training(run, ckpt)
     try:
         epochs_run = _train_loop(run)
@@ -550,7 +556,7 @@ def _finish(run: _Run, baseline: EvalReport | None, epochs_run: int) -> TrainRes
         metrics={"split": cfg.select_on, "best_epoch": state["best_epoch"], "train_wall_time_s": round(wall, 1),
                  "resumed": run.resumed, "temperature": [round(float(t), 4) for t in model.temperature],
                  **_summary(report), "baseline": _summary(baseline) if baseline else None, **selection,
-                 **({"val": _summary(untouched)} if untouched is not None else {})},
+                 **({"val": _summary(untouched)} if untouched is not None else {}), **run.extra_metrics},
     )
     bundle = save_bundle(model, card, run.run_dir / "bundle")
     split_name = "val" if cfg.select_on == "val" else "hold-out of train: every selection made here"

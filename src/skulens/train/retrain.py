@@ -15,35 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from ..config import REMOVED_KEYS, ConfigError, resolve_config
-from ..data.catalogue import Catalogue, Product, Sample, load_catalogue
+from ..data.catalogue import Catalogue, Product, Sample, load_catalogue, merge_samples
 from ..models.bundle import read_card
 
 __all__ = ["merge_samples", "retrain", "retrain_catalogue"]
-
-
-def merge_samples(cat: Catalogue, samples: Sequence[Sample], products: dict[str, Product] | None = None
-                  ) -> Catalogue:
-    """A copy of `cat` with `samples` added to train; new labels and coarse labels are appended."""
-    classes = list(cat.classes)
-    coarse = list(cat.coarse_classes)
-    hierarchy = dict(cat.hierarchy)
-    for s in samples:
-        if s.label not in classes:
-            classes.append(s.label)
-        if s.coarse_label:
-            known = hierarchy.get(s.label)
-            if known is not None and known != s.coarse_label:
-                raise ConfigError(f"{s.path}: {s.label!r} is under {known!r} in the catalogue, not {s.coarse_label!r}")
-            hierarchy[s.label] = s.coarse_label
-            if s.coarse_label not in coarse:
-                coarse.append(s.coarse_label)
-    if hierarchy and set(hierarchy) != set(classes):
-        missing = sorted(set(classes) - set(hierarchy))
-        raise ConfigError(f"new product(s) without a coarse label: {', '.join(missing[:5])}")
-    splits = {k: list(v) for k, v in cat.splits.items()}
-    splits["train"] = splits["train"] + list(samples)
-    return replace(cat, splits=splits, classes=classes, coarse_classes=coarse, hierarchy=hierarchy,
-                   products={**cat.products, **(products or {})})
 
 
 def _enrolled_samples(bundle: Path) -> tuple[list[Sample], dict[str, Product]]:

@@ -1,0 +1,181 @@
+"""Semi-supervised fine-tuning by self-training: `skulens train --unlabeled DIR`.
+
+Shops have far more unlabelled photos (intake, the review queue, a new store's shelves) than labelled ones.
+Self-training puts them to work through the teacher/student path skulens already has:
+
+1. **Teacher.** A model trained on the labelled catalogue (`--teacher BUNDLE`, or trained first into
+   `OUT/teacher`).
+2. **Pseudo-labels.** The teacher labels each unlabelled photo twice: as served (the weak view) and under a
+   strong augmentation (horizontal flip + TrivialAugment, seeded). A photo is kept when both views name
+   the same product and the weak view's calibrated confidence (the bundle's temperature-scaled
+   probability) reaches a threshold chosen on the selection split (val, or the hold-out of train with
+   `--select-on holdout`): the lowest confidence at which the teacher's own predictions there are right
+   at least `pseudo_precision` of the time (default 95 %), so the pseudo-labels are about that clean.
+3. **Student.** A fresh model trained on the labelled photos plus the kept pseudo-labelled ones, the fine
+   head also learning the teacher's soft targets on every batch (distillation, `distill_alpha`,
+   `distill_temperature`), and the photos augmented as usual (the "noise" of Noisy Student).
+
+The pseudo-labels are written to `OUT/pseudo_labels.csv` (path, label, confidence) and the card records
+the threshold, its measured precision and how many photos were kept.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..data.catalogue import Catalogue, Sample, merge_samples
+
+if TYPE_CHECKING:
+    from ..config import TrainConfig
+    from ..models.predictor import Model
+    from .engine import TrainResult
+
+__all__ = ["PseudoLabels", "choose_pseudo_threshold", "pseudo_label", "self_train"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PseudoLabels:
+    """The unlabelled photos the teacher was sure of, and how they were chosen."""
+
+    samples: tuple[Sample, ...]
+    confidences: tuple[float, ...]
+    threshold: float
+    precision: float  # of the teacher's predictions at or above the threshold, on the selection split
+    considered: int  # photos read
+    inconsistent: int  # confident, but the strong view named another product
+    unreadable: tuple[tuple[str, str], ...] = ()
+
+    def summary(self) -> dict[str, Any]:
+        return {"threshold": round(self.threshold, 4), "precision_at_threshold": round(self.precision, 4),
+                "considered": self.considered, "kept": len(self.samples), "inconsistent": self.inconsistent,
+                "unreadable": len(self.unreadable)}
+
+
+def choose_pseudo_threshold(probs: np.ndarray, targets: np.ndarray, precision: float = 0.95,
+                            grid: Sequence[float] = tuple(np.round(np.arange(0.3, 0.991, 0.01), 2))
+                            ) -> tuple[float, float]:
+    """(the lowest confidence at which predictions are right >= `precision` of the time, that precision).
+    No such confidence on the grid: the grid's top and the precision there (few pseudo-labels, if any)."""
+    conf, right = probs.max(axis=1), probs.argmax(axis=1) == np.asarray(targets)
+    last = (float(grid[-1]), float(right[conf >= grid[-1]].mean()) if (conf >= grid[-1]).any() else 0.0)
+    for t in grid:
+        kept = conf >= t
+        if kept.any() and right[kept].mean() >= precision:
+            return float(t), float(right[kept].mean())
+    return last
+
+
+def _strong_views(tensors: list[Any], seed: int) -> list[Any]:
+    import torch
+    from torchvision.transforms import v2
+
+    torch.manual_seed(seed)
+    strong = v2.Compose([v2.RandomHorizontalFlip(p=1.0), v2.TrivialAugmentWide()])
+    return [strong(t) for t in tensors]
+
+
+def pseudo_label(model: Model, photos: Sequence[str | os.PathLike[str]], threshold: float, *, precision: float = 0.0,
+                 seed: int = 0, batch_size: int = 32, progress: bool = False) -> PseudoLabels:
+    """Label `photos` with `model` where it is at least `threshold` sure and a strong view agrees."""
+    from ..data.decode import ImageDecodeError, decode_image
+    from ..data.transforms import to_uint8_tensor
+
+    paths, tensors, bad = [], [], []
+    for p in photos:
+        try:
+            tensors.append(to_uint8_tensor(decode_image(p, reduce_to=model.card.resize_to)))
+            paths.append(Path(p).resolve())
+        except ImageDecodeError as e:
+            bad.append((str(p), e.reason))
+    if not tensors:
+        return PseudoLabels((), (), threshold, precision, 0, 0, tuple(bad))
+    weak = model.run(tensors, batch_size=batch_size, progress=progress).fine
+    strong = model.run(_strong_views(tensors, seed), batch_size=batch_size).fine
+    guess, conf = weak.argmax(axis=1), weak.max(axis=1)
+    confident = conf >= threshold
+    agree = strong.argmax(axis=1) == guess
+    card = model.card
+    coarse = {c: card.coarse_classes[card.fine_to_coarse[i]] for i, c in enumerate(card.classes)} \
+        if card.coarse_classes and card.fine_to_coarse else {}
+    keep = np.flatnonzero(confident & agree)
+    samples = tuple(Sample(paths[i], card.classes[int(guess[i])], coarse.get(card.classes[int(guess[i])]))
+                    for i in keep)
+    return PseudoLabels(samples, tuple(float(conf[i]) for i in keep), threshold, precision, len(tensors),
+                        int((confident & ~agree).sum()), tuple(bad))
+
+
+def _selection_probs(model: Model, cfg: TrainConfig, cat: Catalogue) -> tuple[np.ndarray, np.ndarray]:
+    """The teacher's calibrated probabilities on the split this run selects on, and the true classes."""
+    from ..data.catalogue import _stratified_split
+    from ..data.decode import decode_image
+    from ..data.transforms import to_uint8_tensor
+
+    if cfg.select_on == "holdout":
+        _, samples = _stratified_split(list(cat.split("train")), cfg.holdout_fraction, seed=cfg.seed)
+    else:
+        samples = list(cat.split("val"))
+    index = {c: i for i, c in enumerate(model.card.classes)}
+    samples = [s for s in samples if s.label in index]
+    tensors = [to_uint8_tensor(decode_image(s.path, reduce_to=model.card.resize_to)) for s in samples]
+    return model.run(tensors).fine, np.array([index[s.label] for s in samples])
+
+
+def self_train(cfg: TrainConfig, catalogue: Catalogue, *, progress: bool = True, fit_run: Any = None) -> TrainResult:
+    """Teacher (given as `cfg.teacher`, or trained into OUT/teacher), pseudo-labels, student into OUT."""
+    from ..models.bundle import read_card
+    from ..models.predictor import load_model
+
+    assert cfg.unlabeled is not None and fit_run is not None
+    photos = _unlabelled_photos(cfg.unlabeled)
+    out = Path(cfg.out)
+    teacher = cfg.teacher
+    if teacher is None:
+        log.info("self-training: the teacher first, on the labelled photos only (%s)", out / "teacher")
+        result = fit_run(dataclasses.replace(cfg, unlabeled=None, out=str(out / "teacher")), catalogue=catalogue,
+                         progress=progress)
+        teacher = str(result.bundle)
+    model = load_model(teacher, device=cfg.device)
+    if tuple(model.card.classes) != tuple(catalogue.classes):
+        raise ValueError(f"teacher {teacher} knows other products than the catalogue; train it on the same one")
+    probs, targets = _selection_probs(model, cfg, catalogue)
+    threshold, precision = choose_pseudo_threshold(probs, targets, cfg.pseudo_precision)
+    pseudo = pseudo_label(model, photos, threshold, precision=precision, seed=cfg.seed, progress=progress)
+    for path, reason in pseudo.unreadable:
+        log.warning("unlabelled photo skipped: %s: %s", path, reason)
+    log.info("self-training: %s", pseudo.summary())
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "pseudo_labels.csv").open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["path", "label", "confidence"])
+        w.writerows([str(s.path), s.label, f"{c:.4f}"] for s, c in zip(pseudo.samples, pseudo.confidences,
+                                                                         strict=True))
+    student_cfg = dataclasses.replace(cfg, unlabeled=None, teacher=teacher)
+    result = fit_run(student_cfg, catalogue=merge_samples(catalogue, list(pseudo.samples)), progress=progress,
+                     extra_metrics={"self_training": {**pseudo.summary(), "teacher": teacher,
+                                                      "teacher_val": read_card(teacher).metrics.get("top1")}})
+    return result
+
+
+def _unlabelled_photos(source: str) -> list[Path]:
+    from ..data.catalogue import IMAGE_SUFFIXES
+
+    root = Path(source)
+    if root.is_file():
+        return [root]
+    if not root.is_dir():
+        raise FileNotFoundError(f"--unlabeled {source}: no such folder")
+    photos = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not photos:
+        raise FileNotFoundError(f"--unlabeled {source}: no photos in it")
+    return photos
