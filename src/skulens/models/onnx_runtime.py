@@ -10,6 +10,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -58,9 +59,15 @@ class OnnxRunner:
             opts.intra_op_num_threads = threads
         providers = ["CPUExecutionProvider"]
         if str(device).startswith("cuda"):
-            if "CUDAExecutionProvider" in ort.get_available_providers():
-                index = str(device).partition(":")[2] or "0"
-                providers = [("CUDAExecutionProvider", {"device_id": int(index)}), "CPUExecutionProvider"]
+            available = ort.get_available_providers()
+            if "CUDAExecutionProvider" in available:
+                index = int(str(device).partition(":")[2] or "0")
+                providers = [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+                if "TensorrtExecutionProvider" in available:  # onnxruntime-gpu built with TensorRT: first choice
+                    # The engine is built on first use (minutes) and cached beside the model for the next start.
+                    cache = str(Path(path).with_name(Path(path).stem + ".trt-cache"))
+                    providers.insert(0, ("TensorrtExecutionProvider", {
+                        "device_id": index, "trt_engine_cache_enable": True, "trt_engine_cache_path": cache}))
             else:
                 log.warning("onnxruntime has no CUDA provider (pip install onnxruntime-gpu): ONNX runs on the CPU")
         self.session = ort.InferenceSession(str(path), opts, providers=providers)
