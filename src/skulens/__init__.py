@@ -10,13 +10,14 @@ from typing import TYPE_CHECKING, Any
 from ._version import __version__
 
 __all__ = ["EvalReport", "Model", "Prediction", "TrainConfig", "__version__", "count", "evaluate", "load",
-           "load_catalogue", "load_detector", "pretrained", "train"]
+           "load_catalogue", "load_detector", "pretrained", "tag", "train"]
 
 _LAZY = {
     "load": "skulens.api",
     "pretrained": "skulens.api",
     "load_detector": "skulens.api",
     "count": "skulens.api",
+    "tag": "skulens.api",
     "Model": "skulens.api",
     "Prediction": "skulens.api",
     "EvalReport": "skulens.evaluate.metrics",
@@ -25,7 +26,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from .api import Model, Prediction, count, load, load_detector, pretrained
+    from .api import Model, Prediction, count, load, load_detector, pretrained, tag
     from .config import TrainConfig
     from .data.catalogue import load_catalogue
     from .evaluate.metrics import EvalReport

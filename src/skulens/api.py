@@ -1,6 +1,6 @@
 """The public front: `skulens.train(...)`, `skulens.load(bundle)`, `skulens.pretrained(...)`,
 `skulens.evaluate(model, data)`, and for shelf photos `skulens.load_detector(det)` and
-`skulens.count(photos, det, model=...)`.
+`skulens.count(photos, det, model=...)`, and for listings `skulens.tag(photos, model, vocabulary=...)`.
 
 The CLI and the REST service are thin adapters over these functions and the core they call. No stage of the
 core imports this module: the model object lives in `skulens.models.predictor`.
@@ -17,12 +17,15 @@ from .models.predictor import ImageInput, Model, Prediction, load_model, pretrai
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from .data.catalogue import Product
     from .detect.count import PhotoCount
     from .detect.detector import Detector
     from .evaluate.metrics import EvalReport
+    from .search.tags import ListingTags
     from .train.engine import TrainResult
 
-__all__ = ["ImageInput", "Model", "Prediction", "count", "evaluate", "load", "load_detector", "pretrained", "train"]
+__all__ = ["ImageInput", "Model", "Prediction", "count", "evaluate", "load", "load_detector", "pretrained", "tag",
+           "train"]
 
 
 def pretrained(backbone: str = "efficientnet_lite2", *, weights: str | None = None, image_size: int | None = None,
@@ -104,3 +107,42 @@ def count(photos: Sequence[ImageInput], detector: Detector | str | os.PathLike, 
     clf = model if model is None or isinstance(model, Model) else load_model(model)
     return [r for r, _ in count_products(det, photos, model=clf, min_score=min_score,
                                          min_confidence=min_confidence, tiles=tiles)]
+
+
+def tag(photos: Sequence[ImageInput], model: Model | str | os.PathLike, *, vocabulary: Sequence[str] | None = None,
+        data: str | os.PathLike | None = None, mode: str = "auto", top_k: int = 5, min_score: float | None = None,
+        batch_size: int = 32, progress: bool = False, device: str = "auto") -> list[ListingTags]:
+    """Listing tags per photo: category path, attributes, colour names and, with a `vocabulary` (phrases),
+    the phrases that fit the photo, best first (top_k of them scoring at least min_score).
+
+    data: the catalogue whose product sheets (titles, descriptions, attributes) the tags use; default: the one
+    the bundle was trained on, if it is still there. mode: how phrases are scored (see `skulens.search.tags`):
+    "text" through the recognised product's texts, "aligned" through the bundle's text aligner, "auto" text
+    when the catalogue has texts.
+    """
+    from .search.align import load_aligner
+    from .search.tags import Tagger
+
+    m = model if isinstance(model, Model) else load_model(model, device=device)
+    tagger = Tagger(m, products=_catalogue_products(data, m), mode=mode,
+                    aligner=load_aligner(m.path) if m.path is not None else None)
+    return tagger.tag(photos, vocabulary=vocabulary, top_k=top_k, min_score=min_score, batch_size=batch_size,
+                      progress=progress)
+
+
+def _catalogue_products(data: str | os.PathLike | None, model: Model) -> dict[str, Product]:
+    """The product sheets of `data`, else of the bundle's training data if it is still there (else none)."""
+    import logging
+
+    from .data.catalogue import CatalogueError, load_catalogue
+
+    if data is not None:
+        return dict(load_catalogue(data, val_fraction=0).products)
+    recorded = model.card.dataset.get("path")
+    if not recorded or not os.path.exists(recorded):
+        return {}
+    try:
+        return dict(load_catalogue(recorded, val_fraction=0).products)
+    except CatalogueError as exc:  # the training data moved or changed: tag without titles and texts
+        logging.getLogger(__name__).warning("catalogue %s: %s; tagging without product sheets", recorded, exc)
+        return {}

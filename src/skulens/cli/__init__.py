@@ -18,13 +18,13 @@ EPILOG = ("exit codes: 0 success, 1 a run that failed (e.g. no image could be re
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import deploy, detect, evaluate, inventory, predict, recommend, search, serve, train
+    from . import deploy, detect, evaluate, inventory, predict, recommend, search, serve, tag, train
 
     p = argparse.ArgumentParser(prog="skulens", description="Product image recognition with pretrained models.",
                                 epilog=EPILOG)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging, and tracebacks for input errors")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for stage in (train, evaluate, predict, detect, deploy, search, recommend, serve, inventory):
+    for stage in (train, evaluate, predict, tag, detect, deploy, search, recommend, serve, inventory):
         stage.add_commands(sub)
     return p
 

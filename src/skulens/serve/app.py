@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .routers import health, inventory, predict, products, support, users, web
+from .routers import health, inventory, predict, products, support, tag, users, web
 from .security import BodyLimitMiddleware, SecurityHeadersMiddleware, TimeoutMiddleware
 from .settings import ServeSettings
 from .state import ServiceState
@@ -94,6 +94,7 @@ def create_app(settings: ServeSettings, *, model: Model | None = None, state: Se
                               "Write endpoints need an API key (X-API-Key or Authorization: Bearer).")
     app.include_router(health.router)
     app.include_router(predict.router)
+    app.include_router(tag.router)
     app.include_router(support.router)
     app.include_router(products.router)
     if settings.db:

@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field
 
 __all__ = [
     "AdjustRequest", "AuditOut", "CandidateOut", "IntakeOut", "InventoryOut", "LabelScore", "PredictResponse",
-    "PredictionOut", "ProductOut", "ReviewDecision", "ReviewItemOut", "SupportOut",
+    "PredictionOut", "ProductOut", "ReviewDecision", "ReviewItemOut", "SupportOut", "TagResponse", "TagsOut",
 ]
 
 
@@ -49,6 +49,34 @@ class ProductOut(BaseModel):
 class PredictResponse(BaseModel):
     prediction: PredictionOut
     product: ProductOut | None = None
+    timing_ms: float
+
+
+class CategoryStepOut(BaseModel):
+    level: str = Field(description="coarse | fine")
+    label: str
+    title: str = Field(description="the catalogue's name for people")
+    confidence: float
+
+
+class PhraseScore(BaseModel):
+    phrase: str
+    score: float
+
+
+class TagsOut(BaseModel):
+    source: str
+    category_path: str = Field(description="titles, coarse first: 'Apple > Granny Smith'")
+    category: list[CategoryStepOut] = []
+    attributes: dict[str, float] = Field({}, description="attribute heads above threshold, conflicts resolved")
+    colours: dict[str, float] = Field({}, description="basic colour name -> share of the product region's pixels")
+    tags: list[PhraseScore] = Field([], description="vocabulary phrases that fit the photo, best first")
+    error: str | None = None
+
+
+class TagResponse(BaseModel):
+    tags: TagsOut
+    vocabulary: str = Field(description="request | server | none: where the phrases came from")
     timing_ms: float
 
 

@@ -75,6 +75,8 @@ class ServeSettings:
     text_model: str = "minilm"
     support_min_confidence: float = 0.5  # recognition below this hands off to a person
     support_min_score: float = 0.4  # best question-to-field cosine below this hands off
+    # Listing tags.
+    tag_vocabulary: str | None = None  # phrases file (one per line) for /v1/tag requests that send no vocabulary
 
     def __post_init__(self) -> None:
         positive = ("max_upload_bytes", "max_pixels", "max_files", "max_batch", "queue_size", "top_k")
@@ -99,6 +101,8 @@ class ServeSettings:
                               f"(schemes: {', '.join(sorted(_DB_SCHEMES))})")
         if "*" in self.cors_origins:
             raise ConfigError("cors_origins: list the origins; '*' would let any site call the API")
+        if self.tag_vocabulary is not None and not Path(self.tag_vocabulary).is_file():
+            raise ConfigError(f"tag_vocabulary {self.tag_vocabulary}: no such file (one phrase per line)")
         if self.detector is not None and not (Path(self.detector) / "detector.json").is_file():
             # Checked here, before torch loads: a wrong path fails at startup with this line, not mid-request.
             hint = " (that is a classification bundle: it goes to model)" if (

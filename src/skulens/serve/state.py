@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from ..detect.count import PhotoCount
     from ..detect.detector import Detector
     from ..models.predictor import Model, Prediction
+    from ..search.tags import ListingTags, Tagger, Vocabulary
     from .support import SupportResponder
 
 __all__ = ["Recognizer", "ServiceState"]
@@ -44,11 +45,13 @@ _T = TypeVar("_T")
 
 @dataclass(frozen=True)
 class _Job:
-    kind: str  # predict | embed | explain | count
+    kind: str  # predict | embed | explain | count | tag
     image: Image.Image
     top_k: int = 5
     min_confidence: float = 0.0
     target: str | None = None  # explain: the class to explain (None: the predicted one)
+    vocabulary: Vocabulary | None = None  # tag: the encoded phrases (None: no vocabulary tags)
+    min_score: float | None = None  # tag: the score a phrase needs (None: the mode's default)
 
 
 class Recognizer:
@@ -59,6 +62,7 @@ class Recognizer:
     def __init__(self, model: Model, settings: ServeSettings, metrics: ServiceMetrics,
                  detector: Detector | None = None):
         self.model, self.settings, self.detector = model, settings, detector
+        self.tagger: Tagger | None = None  # listing tags: set by ServiceState (its products, the bundle's aligner)
         self.batcher: MicroBatcher[_Job, Any] = MicroBatcher(
             self._run, max_batch=settings.max_batch, max_wait_s=settings.max_wait_ms / 1000,
             queue_size=settings.queue_size, on_batch=metrics.observe_batch)
@@ -84,13 +88,19 @@ class Recognizer:
                 assert self.detector is not None
                 out[i] = count_shelf(self.detector, self.model, job.image, threshold=self.settings.review_threshold,
                                      min_score=self.settings.detector_min_score)
-        for kind in ("predict", "embed"):
+        for kind in ("predict", "embed", "tag"):
             idx = [i for i, j in enumerate(jobs) if j.kind == kind]
             if not idx:
                 continue
-            if kind == "predict":  # one forward pass; each request keeps its own top-k and abstention
+            if kind == "tag":  # one forward pass; each request keeps its own vocabulary, top-k and floor
+                assert self.tagger is not None
                 batch = [jobs[i] for i in idx]
-                results: Any = self.model.predict([j.image for j in batch], top_k=[j.top_k for j in batch],
+                results: Any = self.tagger.tag([j.image for j in batch], vocabulary=[j.vocabulary for j in batch],
+                                               top_k=[j.top_k for j in batch],
+                                               min_score=[j.min_score for j in batch], batch_size=len(batch))
+            elif kind == "predict":  # one forward pass; each request keeps its own top-k and abstention
+                batch = [jobs[i] for i in idx]
+                results = self.model.predict([j.image for j in batch], top_k=[j.top_k for j in batch],
                                                   min_confidence=[j.min_confidence for j in batch],
                                                   batch_size=len(batch))
             else:
@@ -106,6 +116,12 @@ class Recognizer:
     async def explain(self, image: Image.Image, target: str | None = None) -> Any:
         """Grad-CAM for one photo (an Explanation), or the ValueError for an unknown target."""
         return await self.batcher.submit(_Job("explain", image, target=target), timeout=self.settings.request_timeout_s)
+
+    async def tag(self, image: Image.Image, *, vocabulary: Vocabulary | None = None, top_k: int = 5,
+                  min_score: float | None = None) -> ListingTags:
+        """Listing tags for one photo; `vocabulary` encoded beforehand (`tagger.vocabulary`, off this thread)."""
+        return await self.batcher.submit(_Job("tag", image, top_k, vocabulary=vocabulary, min_score=min_score),
+                                         timeout=self.settings.request_timeout_s)
 
     async def embed(self, image: Image.Image) -> np.ndarray:
         return await self.batcher.submit(_Job("embed", image), timeout=self.settings.request_timeout_s)
@@ -156,6 +172,8 @@ class ServiceState:
         self.loading_s: float | None = None  # ServiceState.load: model, catalogue, index, text encoder
         self.warming = False
         self.startup: dict[str, Any] = {}  # warm-up report and start-up times, for /readyz and the log
+        self.recognizer.tagger = _tagger(model, self.products)
+        self.tag_vocabulary: tuple[str, ...] | None = None  # --tag-vocabulary: for requests that send none
 
     @classmethod
     def load(cls, settings: ServeSettings, model: Model | None = None) -> ServiceState:
@@ -178,6 +196,8 @@ class ServiceState:
             responder.products = products
         state = cls(settings, model, products=products, responder=responder, support_error=error, search=search,
                     detector=detector, fit_recommender=fit)
+        if settings.tag_vocabulary:
+            state.tag_vocabulary = _load_tag_vocabulary(settings.tag_vocabulary, state.recognizer.tagger)
         state.people.purge_if_due()  # retention first: nothing past its time is served after a restart
         state.people.refit()
         state.loading_s = time.time() - t0
@@ -201,6 +221,7 @@ class ServiceState:
             model = load(self.settings.model, device=self.settings.device, backend=self.settings.backend)
             self.model = model
             self.recognizer.model = model
+            self.recognizer.tagger = _tagger(model, self.products)  # new classes: the text side is re-encoded
             if self.search is not None:
                 self.search.model = model
 
@@ -245,6 +266,28 @@ class ServiceState:
         return {"inventory": self.store is not None, "support": self.responder is not None,
                 "search": self.search is not None, "recommendations": self.recommender is not None,
                 "shelf_intake": self.store is not None and self.recognizer.detector is not None}
+
+
+def _tagger(model: Model, products: dict[str, Product]) -> Tagger:
+    """Listing tags with the service's products (titles, texts) and the bundle's text aligner, if it has one."""
+    from ..search.align import load_aligner
+    from ..search.tags import Tagger
+
+    return Tagger(model, products=products, aligner=load_aligner(model.path) if model.path is not None else None)
+
+
+def _load_tag_vocabulary(path: str, tagger: Tagger | None) -> tuple[str, ...]:
+    """The --tag-vocabulary phrases, checked and encoded at startup: a bad file or a model that cannot score
+    it fails here, not on the first request."""
+    from ..search.tags import TaggingError, parse_vocabulary
+
+    assert tagger is not None
+    try:
+        phrases = parse_vocabulary(Path(path).read_text(encoding="utf-8-sig"))
+        tagger.vocabulary(phrases)
+    except (OSError, UnicodeDecodeError, TaggingError) as exc:
+        raise ConfigError(f"tag_vocabulary {path}: {exc}") from None
+    return phrases
 
 
 def _load_detector(settings: ServeSettings) -> Detector:

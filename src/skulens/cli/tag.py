@@ -1,0 +1,109 @@
+"""`skulens tag`: listing tags for photos (a thin handler over `skulens.api.tag`)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from ._common import (
+    EXIT_FAILED,
+    UsageError,
+    add_data,
+    add_model,
+    add_out,
+    add_quiet,
+    add_top_k,
+    expand_inputs,
+    model_path,
+    say,
+)
+
+__all__ = ["add_commands"]
+
+
+def _vocabulary(path: str | None) -> tuple[str, ...] | None:
+    if path is None:
+        return None
+    from ..search.tags import TaggingError, parse_vocabulary
+
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"--vocabulary {path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
+    try:
+        return parse_vocabulary(text)
+    except TaggingError as e:
+        raise UsageError(f"--vocabulary {path}: {e}") from None
+
+
+def _format(ns: argparse.Namespace) -> str:
+    if ns.format:
+        return ns.format
+    return "csv" if ns.out and ns.out.lower().endswith(".csv") else "jsonl"
+
+
+def cmd_tag(ns: argparse.Namespace) -> int:
+    bundle = model_path(ns)
+    if ns.data is not None and not Path(ns.data).exists():
+        raise UsageError(f"--data {ns.data}: no such file or folder")
+    vocabulary = _vocabulary(ns.vocabulary)
+    files = expand_inputs(list(ns.inputs))
+    if not files:
+        raise UsageError("no input images")
+    if ns.top_k < 0:
+        raise UsageError(f"--top-k {ns.top_k}: give 0 or more tags per photo")
+    from ..api import tag
+    from ..search.tags import TaggingError
+
+    try:
+        results = tag(files, bundle, vocabulary=vocabulary, data=ns.data, mode=ns.mode, top_k=ns.top_k,
+                      min_score=ns.min_score, batch_size=ns.batch_size, device=ns.device,
+                      progress=not ns.quiet and len(files) > ns.batch_size)
+    except TaggingError as e:  # a vocabulary this model cannot score (no aligner, no product texts)
+        raise UsageError(str(e)) from None
+    # One context manager for a file or stdout (stdout must not be closed).
+    sink = open(ns.out, "w", encoding="utf-8", newline="") if ns.out else contextlib.nullcontext(sys.stdout)  # noqa: SIM115
+    with sink as out:
+        if _format(ns) == "csv":
+            import csv
+
+            from ..search.tags import CSV_COLUMNS
+
+            w = csv.DictWriter(out, fieldnames=CSV_COLUMNS)
+            w.writeheader()
+            w.writerows(r.to_row() for r in results)
+        else:
+            for r in results:
+                out.write(json.dumps(r.to_dict()) + "\n")
+    errors = sum(r.error is not None for r in results)
+    if errors:
+        say(f"skulens tag: {errors} of {len(results)} image(s) could not be read (see their 'error')")
+    return EXIT_FAILED if errors == len(results) else 0
+
+
+def add_commands(sub: Any) -> None:
+    t = sub.add_parser("tag", help="listing tags for photos: category path, attributes, colours, vocabulary tags",
+                       description="Tags for ads and marketplace listings, one row per photo (JSON lines or CSV).")
+    add_model(t, "model bundle folder", positional_legacy=False)
+    t.add_argument("inputs", nargs="*", help="images, folders or globs ('-' or nothing: read paths from stdin)")
+    t.add_argument("--vocabulary", metavar="FILE",
+                   help="phrases to tag with, one per line ('#' comments); without it, no vocabulary tags")
+    add_data(t, "catalogue for product titles and texts (default: the data the bundle was trained on, if there)")
+    t.add_argument("--mode", choices=("auto", "text", "aligned"), default="auto",
+                   help="how phrases are scored: text (the recognised product's texts), aligned (the bundle's text "
+                        "aligner, `skulens align`), auto: text when the catalogue has texts (default: auto)")
+    add_top_k(t, 5, "vocabulary tags per photo")
+    t.add_argument("--min-score", type=float, default=None,
+                   help="score a vocabulary tag needs (default: per mode, chosen on grocery; see README)")
+    t.add_argument("--format", choices=("jsonl", "csv"), default=None,
+                   help="output format (default: csv when --out ends in .csv, else jsonl)")
+    add_out(t, "write the tags here instead of stdout")
+    t.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
+    t.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    add_quiet(t)
+    t.set_defaults(func=cmd_tag)
