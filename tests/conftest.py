@@ -176,3 +176,27 @@ def inventory_db(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: py
     server = request.getfixturevalue("postgres_url")
     monkeypatch.chdir(tmp_path)
     return InventoryDB("postgresql", tmp_path, server)
+
+
+# -- a real Milvus server (the [milvus-server] extra) -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def milvus_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real Milvus 2.3 standalone server (PyPI package `milvus`) on free localhost ports with a temporary data
+    folder: a `skulens.search.milvus_server.LocalMilvusServer`, `.uri` is http://127.0.0.1:PORT. Skips, saying so,
+    without the package (`pip install -e '.[dev]'` has it); a server that does not start is an error.
+
+    Module-scoped: it starts in ~3 s, and a session-scoped one would idle through the rest of the suite. The proxy's
+    time tick is 20 ms instead of 200 ms: every Strong-consistency request waits for the next tick."""
+    pytest.importorskip("milvus", reason="Milvus server tests need the PyPI package 'milvus' (2.3.x): "
+                        "pip install -e '.[milvus-server]'")
+    import shutil
+
+    from skulens.search.milvus_server import LocalMilvusServer
+
+    server = LocalMilvusServer(tmp_path_factory.mktemp("milvus-server"), settings={"proxy.timeTickInterval": 20})
+    server.start()
+    yield server
+    server.stop(timeout=1)  # its data is thrown away: no need to wait for a graceful stop
+    shutil.rmtree(server.data_dir, ignore_errors=True)

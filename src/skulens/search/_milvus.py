@@ -5,8 +5,14 @@ The code path is the same for both: ``MilvusClient(uri)`` with ``uri`` either ``
 standalone server or a cluster, with ``token="user:password"`` if auth is on), which is how an
 index outgrows one machine. Only the default vector index differs (see ``_default_index``).
 
+One partition per coarse class (see ``partition_name``): an entry goes to the partition of its
+``coarse_label`` and a search filtered on ``coarse_label`` visits only those partitions. A server
+older than 2.5 (e.g. the 2.3 standalone of the ``[milvus-server]`` extra, which pymilvus 3 talks to)
+has no nullable fields and no grouping search: there, a missing ``coarse_label`` / ``image`` is
+stored as "" (so "" reads back as None) and grouping falls back to over-fetching.
+
 One collection (default ``"skulens"``) holds one row per entry: a VARCHAR primary key ``id``,
-``product_id``, ``label``, ``coarse_label`` and ``image`` (nullable), ``title``, ``text``, a JSON
+``product_id``, ``label``, ``coarse_label`` and ``image`` (nullable where the server can), ``title``, ``text``, a JSON
 ``metadata`` field and a FLOAT_VECTOR compared by inner product. Filters become Milvus boolean
 expressions; string literals are escaped here because Milvus Lite has no expression templates.
 Durability is Milvus' own (its write-ahead log); ``save()`` flushes.
@@ -14,9 +20,12 @@ Durability is Milvus' own (its write-ahead log); ``save()`` flushes.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import re
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,7 +47,7 @@ except ImportError as e:
     raise ImportError("the Milvus index needs pymilvus (and milvus-lite for *.db files): "
                       "pip install 'skulens[milvus]'") from e
 
-__all__ = ["MilvusIndex", "milvus_expr"]
+__all__ = ["MilvusIndex", "milvus_expr", "partition_name"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +66,9 @@ logging.getLogger("pymilvus.client.iterator.query_iterator").addFilter(_QuietIte
 _MAX_BYTES = {"id": 1024, "product_id": 512, "label": 512, "coarse_label": 512, "title": 2048, "text": 65535,
               "image": 2048}
 _SCALARS = ["id", "product_id", "label", "coarse_label", "title", "text", "image", "metadata"]
+# describe_index: the build parameters (M, efConstruction, nlist) sit beside these keys
+_INDEX_STATE = {"field_name", "index_name", "index_type", "metric_type", "total_rows", "indexed_rows",
+                "pending_index_rows", "state", "index_state_fail_reason", "params"}
 _MAX_TOPK = 16384  # Milvus' limit on limit (and offset + limit)
 _BATCH = 1000  # rows per insert / ids per get: well under gRPC's 64 MB message limit at 1280 dims
 _QUERY_CHUNK = 128  # queries per search call
@@ -80,6 +92,43 @@ def _search_params(index_type: str) -> dict[str, Any]:
 
 def _is_lite(uri: str) -> bool:
     return uri.endswith(".db")
+
+
+# Server versions from which a feature exists (Milvus Lite has both). A 2.3 server accepts a nullable
+# field and then rejects None, and answers a grouping search with ungrouped hits, so it is asked.
+_SINCE = {"nullable": (2, 5), "grouping": (2, 4)}
+
+
+def _server_has(client: MilvusClient, uri: str) -> dict[str, bool]:
+    if _is_lite(uri):
+        return dict.fromkeys(_SINCE, True)
+    try:
+        m = re.search(r"(\d+)\.(\d+)", str(client.get_server_version()))  # "v2.3.5-lite", "2.5.4"
+    except MilvusException:
+        m = None
+    return {name: m is None or (int(m[1]), int(m[2])) >= since for name, since in _SINCE.items()}
+
+
+# The collection property that says entries are partitioned by coarse class: a collection made
+# before partitions (everything in "_default") lacks it and keeps searching everything.
+_PARTITION_PROPERTY = "skulens.partition_by"
+_DEFAULT_PARTITION = "_default"
+
+
+def partition_name(coarse_label: str | None) -> str:
+    """The partition of a coarse class; no class (None or "") is Milvus' "_default".
+
+    Milvus names are [A-Za-z0-9_], 255 at most, starting with a letter or "_": "Milk" is "c_Milk",
+    and a label that had to be changed gets a hash of itself ("Ben & Jerry's" -> "c_Ben___Jerry_s_1f0c...").
+    A search still applies its coarse_label filter inside the partitions, so two labels sharing a
+    partition would cost speed, never correctness.
+    """
+    if not coarse_label:
+        return _DEFAULT_PARTITION
+    clean = re.sub(r"[^A-Za-z0-9_]", "_", coarse_label)
+    if clean == coarse_label and len(clean) <= 200:
+        return "c_" + clean
+    return f"c_{clean[:200]}_{hashlib.sha1(coarse_label.encode('utf-8')).hexdigest()[:10]}"
 
 
 # Milvus Lite runs one in-process server per .db path; close() stops it when no index here uses it
@@ -162,22 +211,32 @@ class MilvusIndex(VectorIndex):
     kind = "milvus"
 
     def __init__(self, client: MilvusClient, uri: str, collection: str, dim: int, index_type: str,
-                 search_params: dict[str, Any]):
+                 search_params: dict[str, Any], *, partitions: set[str] | None = None, nullable: bool = True,
+                 grouping: bool = True):
         super().__init__(dim)
         self.uri, self.collection, self.index_type = uri, collection, index_type
         self.search_params = search_params
         self._client: MilvusClient | None = client
-        self._native_grouping = True
+        #: Partitions known to exist (None: the collection is not partitioned by coarse class).
+        self._partitions = partitions
+        self._nullable = nullable
+        self._native_grouping = grouping
+
+    @property
+    def partitioned(self) -> bool:
+        return self._partitions is not None
 
     @classmethod
     def create(cls, uri: str | os.PathLike[str], dim: int, *, overwrite: bool = False, collection: str = "skulens",
                index_type: str = "auto", index_params: dict[str, Any] | None = None,
                search_params: dict[str, Any] | None = None, token: str | None = None,
-               consistency_level: str = "Strong") -> MilvusIndex:
+               consistency_level: str = "Strong", partitions: bool = True) -> MilvusIndex:
         """A new collection. ``index_type`` "auto" picks by location (see ``_default_index``).
 
         ``consistency_level="Strong"``: a search sees every write before it, which updates and tests
-        rely on; "Bounded" is faster on a busy cluster.
+        rely on; on a server each request then waits for the next time tick (200 ms by default), so
+        a service that can miss the last fraction of a second of writes uses "Bounded" (a few ms).
+        ``partitions``: one partition per coarse class (see ``partition_name``).
         """
         uri = os.fspath(uri)
         if _is_lite(uri):
@@ -192,18 +251,21 @@ class MilvusIndex(VectorIndex):
             auto_type, auto_params = _default_index(uri)
             itype = auto_type if index_type == "auto" else index_type.upper()
             params = index_params if index_params is not None else (auto_params if index_type == "auto" else {})
+            has = _server_has(client, uri)
             schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
             schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=_MAX_BYTES["id"])
             for name in ("product_id", "label", "title", "text"):
                 schema.add_field(name, DataType.VARCHAR, max_length=_MAX_BYTES[name])
             for name in ("coarse_label", "image"):
-                schema.add_field(name, DataType.VARCHAR, max_length=_MAX_BYTES[name], nullable=True)
+                schema.add_field(name, DataType.VARCHAR, max_length=_MAX_BYTES[name], nullable=has["nullable"])
             schema.add_field("metadata", DataType.JSON)
             schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
             iparams = client.prepare_index_params()
             iparams.add_index("vector", index_type=itype, metric_type="IP", params=params)
             client.create_collection(collection, schema=schema, index_params=iparams,
-                                     consistency_level=consistency_level)
+                                     consistency_level=consistency_level,
+                                     **({"properties": {_PARTITION_PROPERTY: "coarse_label"}} if partitions else {}))
+            known = set(client.list_partitions(collection)) if partitions else None
         except MilvusException as e:
             client.close()
             _release(uri)
@@ -212,7 +274,8 @@ class MilvusIndex(VectorIndex):
             client.close()
             _release(uri)
             raise
-        return cls(client, uri, collection, dim, itype, {**_search_params(itype), **(search_params or {})})
+        return cls(client, uri, collection, dim, itype, {**_search_params(itype), **(search_params or {})},
+                   partitions=known, nullable=has["nullable"], grouping=has["grouping"])
 
     @classmethod
     def open(cls, uri: str | os.PathLike[str], *, collection: str = "skulens", token: str | None = None,
@@ -231,6 +294,9 @@ class MilvusIndex(VectorIndex):
                 raise IndexStoreError(f"{uri}: collection {collection!r} is not a skulens index (no {missing})")
             dim = int(by_name["vector"]["params"]["dim"])
             itype = client.describe_index(collection, "vector").get("index_type", "")
+            partitioned = (desc.get("properties") or {}).get(_PARTITION_PROPERTY) == "coarse_label"
+            known = set(client.list_partitions(collection)) if partitioned else None
+            has = _server_has(client, uri)
             client.load_collection(collection)
         except MilvusException as e:
             client.close()
@@ -240,7 +306,9 @@ class MilvusIndex(VectorIndex):
             client.close()
             _release(uri)
             raise
-        return cls(client, uri, collection, dim, itype, {**_search_params(itype), **(search_params or {})})
+        return cls(client, uri, collection, dim, itype, {**_search_params(itype), **(search_params or {})},
+                   partitions=known, nullable=bool(by_name["coarse_label"].get("nullable")),
+                   grouping=has["grouping"])
 
     @property
     def client(self) -> MilvusClient:
@@ -262,11 +330,11 @@ class MilvusIndex(VectorIndex):
 
     def get(self, id: str) -> IndexRecord | None:
         res = self._call("get", self.client.get, self.collection, ids=[id], output_fields=_SCALARS)
-        return _record(res[0]) if res else None
+        return self._record(res[0]) if res else None
 
     def records(self, product_id: str | None = None) -> list[IndexRecord]:
         expr = "" if product_id is None else f"product_id == {_literal(product_id)}"
-        return [_record(row) for batch in self._iterate(expr, _SCALARS) for row in batch]
+        return [self._record(row) for batch in self._iterate(expr, _SCALARS) for row in batch]
 
     def vectors(self, ids: Sequence[str]) -> np.ndarray:
         ids = list(ids)
@@ -281,7 +349,7 @@ class MilvusIndex(VectorIndex):
 
     def iter_entries(self, batch_size: int = 1024) -> Iterator[tuple[list[IndexRecord], np.ndarray]]:
         for batch in self._iterate("", [*_SCALARS, "vector"], batch_size):
-            yield ([_record(row) for row in batch],
+            yield ([self._record(row) for row in batch],
                    np.asarray([row["vector"] for row in batch], np.float32).reshape(len(batch), self.dim))
 
     def _iterate(self, expr: str, fields: list[str], batch_size: int = _BATCH) -> Iterator[list[dict[str, Any]]]:
@@ -298,9 +366,12 @@ class MilvusIndex(VectorIndex):
 
     def info(self) -> dict[str, Any]:
         index = self._call("describe_index", self.client.describe_index, self.collection, "vector")
+        partitions = self._call("list_partitions", self.client.list_partitions, self.collection)
         return {"kind": self.kind, "uri": self.uri, "collection": self.collection, "dim": self.dim, "metric": "ip",
-                "entries": len(self), "ann": self.index_type, "ann_params": index.get("params", {}),
-                "search_params": dict(self.search_params), "lite": _is_lite(self.uri)}
+                "entries": len(self), "ann": self.index_type,
+                "ann_params": index.get("params") or {k: v for k, v in index.items() if k not in _INDEX_STATE},
+                "search_params": dict(self.search_params), "lite": _is_lite(self.uri),
+                "partition_by": "coarse_label" if self.partitioned else None, "partitions": len(partitions)}
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -315,18 +386,80 @@ class MilvusIndex(VectorIndex):
                 if res:
                     raise IndexStoreError(f"{len(res)} ids already in the index, e.g. {res[0]['id']!r} "
                                           "(use upsert to replace them)")
-        write = self.client.upsert if replace else self.client.insert
-        for s in range(0, len(records), _BATCH):
-            rows = [_row(r, v) for r, v in zip(records[s:s + _BATCH], vectors[s:s + _BATCH])]
-            self._call("upsert" if replace else "insert", write, self.collection, rows)
+        self._write(records, vectors, replace=replace)
 
     def _replace_records(self, records: list[IndexRecord]) -> None:
         for r in records:
             _check_lengths(r)
-        vectors = self.vectors([r.id for r in records])  # a full-row upsert works on every Milvus version
+        # a full-row upsert works on every Milvus version
+        self._write(records, self.vectors([r.id for r in records]), replace=True)
+
+    def _write(self, records: list[IndexRecord], vectors: np.ndarray, *, replace: bool) -> None:
+        """Insert or upsert rows; in a partitioned collection each into its coarse class's partition."""
+        what, write = ("upsert", self.client.upsert) if replace else ("insert", self.client.insert)
+        groups: dict[str | None, list[int]] = {None: list(range(len(records)))}
+        if self.partitioned:
+            if replace:
+                self._delete_moved(records)
+            groups = {}
+            for i, r in enumerate(records):
+                groups.setdefault(partition_name(r.coarse_label), []).append(i)
+        for partition, rows in groups.items():
+            where = {}
+            if partition is not None:
+                self._ensure_partition(partition)
+                where = {"partition_name": partition}
+            for s in range(0, len(rows), _BATCH):
+                self._call(what, write, self.collection,
+                           [self._row(records[i], vectors[i]) for i in rows[s:s + _BATCH]], **where)
+
+    def _delete_moved(self, records: list[IndexRecord]) -> None:
+        """Before an upsert: a server replaces an id only within the partition written to, so an entry whose
+        coarse class changed is deleted first (not atomic: a search in between misses it)."""
         for s in range(0, len(records), _BATCH):
-            rows = [_row(r, v) for r, v in zip(records[s:s + _BATCH], vectors[s:s + _BATCH])]
-            self._call("upsert", self.client.upsert, self.collection, rows)
+            recs = records[s:s + _BATCH]
+            res = self._call("get", self.client.get, self.collection, ids=[r.id for r in recs],
+                             output_fields=["coarse_label"])
+            old = {row["id"]: partition_name(row.get("coarse_label")) for row in res}
+            moved = [r.id for r in recs if r.id in old and old[r.id] != partition_name(r.coarse_label)]
+            if moved:
+                self._call("delete", self.client.delete, self.collection, ids=moved)
+
+    def _ensure_partition(self, name: str) -> None:
+        assert self._partitions is not None
+        if name in self._partitions:
+            return
+        try:
+            self.client.create_partition(self.collection, name)
+        except MilvusException as e:
+            self._refresh_partitions()
+            if name not in self._partitions:  # not made meanwhile by another writer
+                raise IndexStoreError(f"{self.uri}: cannot create partition {name!r}: {_one_line(e)}") from None
+        self._partitions.add(name)
+
+    def _refresh_partitions(self) -> None:
+        self._partitions = set(self._call("list_partitions", self.client.list_partitions, self.collection))
+
+    def _partitions_for(self, compiled: CompiledFilter) -> list[str] | None:
+        """The partitions a filtered search visits: its coarse classes' ([]: no entry can match); None: all."""
+        values = dict(compiled).get("coarse_label")
+        if self._partitions is None or values is None:
+            return None
+        names = list(dict.fromkeys(partition_name(str(v)) for v in values))
+        if not set(names) <= self._partitions:  # a class this object has not seen: another writer's?
+            self._refresh_partitions()
+        return [n for n in names if n in self._partitions]
+
+    def _row(self, r: IndexRecord, v: np.ndarray) -> dict[str, Any]:
+        row = {**r.to_dict(), "vector": v}
+        if not self._nullable:
+            row["coarse_label"], row["image"] = r.coarse_label or "", r.image or ""
+        return row
+
+    def _record(self, row: dict[str, Any]) -> IndexRecord:
+        if not self._nullable:
+            row = {**row, "coarse_label": row.get("coarse_label") or None, "image": row.get("image") or None}
+        return _record(row)
 
     def _remove(self, ids: set[str] | None, product_ids: set[str] | None) -> int:
         found: set[str] = set()
@@ -352,18 +485,21 @@ class MilvusIndex(VectorIndex):
                         exclude_products: frozenset[str]) -> list[list[tuple[float, IndexRecord]]]:
         n = min(n, _MAX_TOPK)
         expr = milvus_expr(compiled, exclude_products)
-        out = self._search(queries, n, expr, self.search_params)
+        partitions = self._partitions_for(compiled)
+        if partitions == []:
+            return [[] for _ in range(len(queries))]
+        out = self._search(queries, n, expr, self.search_params, partitions)
         short = [i for i, row in enumerate(out) if len(row) < n]
         if expr and short:
             # An ANN index filters while it scans the lists / graph it visits, so a selective filter can
             # come back short although more entries match: count them, and search those queries again
             # visiting everything (IVF: every list; HNSW: the widest beam Milvus allows).
             count = self._call("count", self.client.query, self.collection, filter=expr,
-                               output_fields=["count(*)"])[0]["count(*)"]
+                               output_fields=["count(*)"], partition_names=partitions)[0]["count(*)"]
             redo = [i for i in short if len(out[i]) < min(n, count)]
             if redo:
                 wide = {**self.search_params, "nprobe": 65536, "ef": 32768}
-                for i, row in zip(redo, self._search(queries[redo], n, expr, wide)):
+                for i, row in zip(redo, self._search(queries[redo], n, expr, wide, partitions)):
                     out[i] = row
         return out
 
@@ -376,9 +512,12 @@ class MilvusIndex(VectorIndex):
         """
         if not self._native_grouping or k > _MAX_TOPK:
             return [None] * len(queries)
+        partitions = self._partitions_for(compiled)
+        if partitions == []:
+            return [[] for _ in range(len(queries))]
         try:
             rows = self._search(queries, k, milvus_expr(compiled, exclude_products), self.search_params,
-                                group_by="product_id")
+                                partitions, group_by="product_id")
         except IndexStoreError as e:  # a server / index type without grouping search
             logger.info("Milvus grouping search unavailable (%s); over-fetching instead", e)
             self._native_grouping = False
@@ -386,7 +525,8 @@ class MilvusIndex(VectorIndex):
         return [[SearchHit(r.product_id, s, r) for s, r in row] if len(row) == k else None for row in rows]
 
     def _search(self, queries: np.ndarray, n: int, expr: str, params: dict[str, Any],
-                group_by: str | None = None) -> list[list[tuple[float, IndexRecord]]]:
+                partitions: list[str] | None = None, group_by: str | None = None
+                ) -> list[list[tuple[float, IndexRecord]]]:
         params = {k: v for k, v in params.items() if k in _search_params(self.index_type) or k not in ("nprobe", "ef")}
         if "ef" in params:
             params["ef"] = max(params["ef"], n)  # HNSW needs ef >= limit
@@ -394,10 +534,10 @@ class MilvusIndex(VectorIndex):
         for s in range(0, len(queries), _QUERY_CHUNK):
             extra = {"group_by_field": group_by} if group_by else {}
             res = self._call("search", self.client.search, self.collection, data=list(queries[s:s + _QUERY_CHUNK]),
-                             limit=n, filter=expr, output_fields=_SCALARS,
+                             limit=n, filter=expr, output_fields=_SCALARS, partition_names=partitions,
                              search_params={"metric_type": "IP", "params": params}, **extra)
             for hits in res:
-                out.append([(float(h["distance"]), _record({**h["entity"], "id": h["id"]})) for h in hits])
+                out.append([(float(h["distance"]), self._record({**h["entity"], "id": h["id"]})) for h in hits])
         return out
 
     # -- persistence -----------------------------------------------------------------------
@@ -406,10 +546,20 @@ class MilvusIndex(VectorIndex):
         self._call("flush", self.client.flush, self.collection)
 
     def optimize(self) -> None:
-        """Flush, then (re)load the collection: Milvus Lite builds each segment's vector index on load."""
+        """Flush, then (re)load the collection: Milvus Lite builds each segment's vector index on load;
+        a server builds the flushed segments' indexes in the background, which this waits for."""
         self.save()
         if _is_lite(self.uri):
             self._call("release", self.client.release_collection, self.collection)
+        else:
+            while True:
+                state = self._call("describe_index", self.client.describe_index, self.collection, "vector")
+                if state.get("state") == "Failed":
+                    raise IndexStoreError(f"{self.uri}: Milvus index build failed: "
+                                          f"{state.get('index_state_fail_reason') or state}")
+                if int(state.get("pending_index_rows") or 0) == 0:
+                    break
+                time.sleep(0.5)
         self._call("load", self.client.load_collection, self.collection)
 
     def close(self) -> None:
@@ -424,10 +574,6 @@ def _check_lengths(r: IndexRecord) -> None:
         value = getattr(r, name)
         if value is not None and len(value.encode("utf-8")) > limit:
             raise IndexStoreError(f"record {r.id[:80]!r}: {name} is longer than Milvus allows ({limit} bytes)")
-
-
-def _row(r: IndexRecord, v: np.ndarray) -> dict[str, Any]:
-    return {**r.to_dict(), "vector": v}
 
 
 def _record(row: dict[str, Any]) -> IndexRecord:
