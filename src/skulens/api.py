@@ -42,9 +42,9 @@ def load(bundle: str | os.PathLike, *, device: str = "auto", precision: str = "a
          backend: str = "torch") -> Model:
     """Load a model bundle (model.safetensors + card.json; never unpickles).
 
-    backend "onnx" runs the bundle's exported `model.onnx` (see `skulens export`) with ONNX Runtime.
-    "pretrained:NAME" (e.g. "pretrained:efficientnet_lite2") is a plain pretrained backbone for
-    embeddings only (see `pretrained`).
+    backend "onnx" runs the bundle's exported `model.onnx` (see `skulens export`) with ONNX Runtime, "tflite"
+    its `model.tflite` with LiteRT. "pretrained:NAME" (e.g. "pretrained:efficientnet_lite2") is a plain
+    pretrained backbone for embeddings only (see `pretrained`).
     """
     return load_model(bundle, device=device, precision=precision, backend=backend)
 

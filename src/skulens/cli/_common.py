@@ -15,6 +15,7 @@ from typing import Any, get_args
 
 from ..config import config_fields, load_config
 from ..data.catalogue import IMAGE_SUFFIXES
+from ..data.image_list import is_image_list, read_image_list
 from ..data.locate import recorded_dataset, resolve_data
 
 __all__ = [
@@ -23,15 +24,19 @@ __all__ = [
     "EXIT_USAGE",
     "UsageError",
     "add_data",
+    "add_engine",
     "add_key_file",
     "add_model",
     "add_out",
     "add_quiet",
     "add_top_k",
     "add_train_flags",
+    "check_engine",
     "csv_list",
     "data_path",
     "deprecated_alias",
+    "engine_options",
+    "engine_out",
     "expand_inputs",
     "model_path",
     "pseudonymizer",
@@ -88,7 +93,7 @@ def add_model(p: argparse.ArgumentParser, help_text: str = "model bundle folder 
 
 def model_path(ns: argparse.Namespace, *, backend: str = "torch") -> str | None:
     """The model argument, checked before torch is imported: a bundle folder (card.json), a card.json,
-    an exported .onnx file, or pretrained:NAME."""
+    an exported .onnx or .tflite file, or pretrained:NAME."""
     legacy = getattr(ns, "legacy_model", None)
     value = ns.model
     if legacy is not None:
@@ -111,14 +116,16 @@ def check_model(value: str, *, backend: str = "torch") -> None:
     if not p.exists():
         raise UsageError(f"--model {value}: no such file or folder; it is not a bundle (no card.json)")
     if p.is_dir():
-        has_onnx = (p / "model.onnx").is_file()
-        if not (p / "card.json").is_file() and not (backend == "onnx" and has_onnx):
+        exported = {"onnx": "model.onnx", "tflite": "model.tflite"}.get(backend)  # what the backend runs
+        has_export = exported is not None and (p / exported).is_file()
+        if not (p / "card.json").is_file() and not has_export:
             raise UsageError(f"--model {value} is not a bundle (no card.json); a training run's bundle is RUN/bundle")
-        if backend == "onnx" and not has_onnx:
-            raise UsageError(f"--model {value}: no model.onnx; run `skulens export --model {value}` first")
-    elif p.suffix not in (".json", ".onnx"):
+        if exported and not has_export:
+            fmt = "" if backend == "onnx" else f" --format {backend}"
+            raise UsageError(f"--model {value}: no {exported}; run `skulens export --model {value}{fmt}` first")
+    elif p.suffix not in (".json", ".onnx", ".tflite"):
         raise UsageError(f"--model {value} is not a bundle (no card.json): give the bundle folder, its card.json "
-                         "or an exported .onnx file")
+                         "or an exported .onnx / .tflite file")
 
 
 def check_detector(value: str | None, flag: str = "--detector") -> str:
@@ -182,7 +189,8 @@ def add_quiet(p: argparse.ArgumentParser, help_text: str = "no progress bars") -
 
 
 def expand_inputs(items: list[str]) -> list[str]:
-    """Files, folders (their images, recursively), globs, or '-' / nothing: paths read from stdin."""
+    """Files, folders (their images, recursively), globs, Parquet/CSV lists with a `path` column, or '-' /
+    nothing: paths read from stdin."""
     if items == ["-"] or not items:
         items = [line.strip() for line in sys.stdin if line.strip()]
     out: list[str] = []
@@ -190,11 +198,62 @@ def expand_inputs(items: list[str]) -> list[str]:
         p = Path(item)
         if p.is_dir():
             out += sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+        elif is_image_list(p):
+            out += read_image_list(p)
         elif any(ch in item for ch in "*?["):
             out += sorted(glob.glob(item, recursive=True))
         else:
             out.append(item)  # a missing file becomes a per-file error, not a crash
     return out
+
+
+def add_engine(p: argparse.ArgumentParser, note: str = "") -> None:
+    """--engine local|ray, --actors, --cpus-per-actor, --ray-address: where a batch job runs (on Ray:
+    skulens.deploy.ray_jobs)."""
+    g = p.add_argument_group("batch engine")
+    g.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: this process (default); ray: an actor pool on Ray Data, each actor loading the "
+                        "model once" + (f"; {note}" if note else ""))
+    g.add_argument("--actors", type=int, default=1, help="--engine ray: actors in the pool (default: 1)")
+    g.add_argument("--cpus-per-actor", type=float, default=1.0,
+                   help="--engine ray: CPUs each actor reserves, and its torch threads (default: 1)")
+    g.add_argument("--ray-address", metavar="ADDR",
+                   help="--engine ray: the cluster (default: $RAY_ADDRESS, else a local Ray for the job)")
+
+
+def check_engine(ns: argparse.Namespace) -> bool:
+    """True for --engine ray, checked before torch or ray is imported: Ray installed, a sensible pool."""
+    if getattr(ns, "engine", "local") != "ray":
+        return False
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        raise UsageError("--engine ray needs Ray Data: pip install 'skulens[ray]'")
+    if ns.actors < 1 or ns.cpus_per_actor <= 0:
+        raise UsageError("--actors must be >= 1 and --cpus-per-actor > 0")
+    if getattr(ns, "batch_size", None) is not None and ns.batch_size < 1:
+        raise UsageError("--batch-size must be >= 1")
+    return True
+
+
+def engine_out(ns: argparse.Namespace) -> Path:
+    """--engine ray writes Parquet: -o a .parquet file, or a new (or empty) folder for part files."""
+    if not ns.out:
+        raise UsageError("--engine ray writes Parquet: give -o OUT.parquet or -o FOLDER")
+    out = Path(ns.out)
+    if out.suffix.lower() != ".parquet":
+        if out.suffix and not out.is_dir():
+            raise UsageError(f"--out {ns.out}: with --engine ray, a .parquet file or a folder")
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise UsageError(f"--out {ns.out}: not empty; give a new or empty folder for the Parquet part files")
+    return out
+
+
+def engine_options(ns: argparse.Namespace) -> dict[str, Any]:
+    """The keywords of skulens.deploy.ray_jobs' runners; --device cuda asks one GPU per actor."""
+    device = getattr(ns, "device", "auto") or "auto"
+    return {"actors": ns.actors, "cpus_per_actor": ns.cpus_per_actor, "address": ns.ray_address,
+            "progress": not getattr(ns, "quiet", False), "gpus_per_actor": 1.0 if device.startswith("cuda") else 0.0}
 
 
 def csv_list(text: str, kind: type = str) -> list[Any]:

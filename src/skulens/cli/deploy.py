@@ -23,13 +23,17 @@ __all__ = ["add_commands"]
 
 # Kept here (not imported from deploy.bench) so that `--help` imports no torch; a test checks they agree.
 DEFAULT_RUNTIMES = ("baseline", "torch-fp32", "torch-bf16", "torch-dynamic-int8", "onnx-fp32", "onnx-int8")
+OPTIONAL_RUNTIMES = ("tflite-fp32", "tflite-int8")  # on request: they need skulens[tflite-export]
 
 
 def cmd_export(ns: argparse.Namespace) -> int:
     bundle = model_path(ns)
-    if ns.int8 and ns.format != "onnx":
-        raise UsageError("--int8 needs --format onnx")
-    data = data_path(ns, model=bundle) if ns.int8 else None  # checked before the export starts
+    if ns.int8 and ns.format == "torchscript":
+        raise UsageError("--int8 needs --format onnx or tflite")
+    # checked before the export starts; tflite fp32 takes its parity photos from the data when it is there
+    data = data_path(ns, model=bundle, required=ns.int8) if ns.int8 or ns.format == "tflite" else None
+    if ns.format == "tflite":
+        return _export_tflite(ns, bundle, data)
     from ..deploy.onnx import export_onnx, export_torchscript
 
     path = export_onnx(bundle, ns.out) if ns.format == "onnx" else export_torchscript(bundle, ns.out)
@@ -42,6 +46,25 @@ def cmd_export(ns: argparse.Namespace) -> int:
         photos = calibration_sample(data, split=ns.calibration_split, images=ns.calibration_images)
         q = quantize_onnx_with_photos(path, photos, progress=True)
         say(f"int8 (ONNX Runtime static, per-channel): {q} ({q.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+def _export_tflite(ns: argparse.Namespace, bundle: str, data: str | None) -> int:
+    from ..deploy.quantize import calibration_sample
+    from ..deploy.tflite import export_tflite_checked, require_tflite_export
+
+    require_tflite_export()  # before any photo is read
+    parity = calibration_sample(data, split="val", images=ns.parity_images) if data else []
+    calibration = (calibration_sample(data, split=ns.calibration_split, images=ns.calibration_images)
+                   if ns.int8 and data else None)
+    say(f"converting {bundle} with litert-torch{' and quantizing it' if ns.int8 else ''} (a minute or two)")
+    res = export_tflite_checked(bundle, ns.out, parity_photos=parity, calibration_photos=calibration)
+    source = "val photos" if parity else "noise images (no dataset found: give --data for real photos)"
+    say(f"exported tflite: {res.path} ({res.path.stat().st_size / 1e6:.1f} MB); preprocessing and labels are "
+        f"in its metadata. Parity with PyTorch on {source}: {res.parity}")
+    if res.int8_path is not None:
+        say(f"int8 (LiteRT static, per-channel): {res.int8_path} ({res.int8_path.stat().st_size / 1e6:.1f} MB). "
+            f"Parity with PyTorch: {res.int8_parity}")
     return 0
 
 
@@ -87,15 +110,18 @@ def cmd_bench(ns: argparse.Namespace) -> int:
 
 
 def add_commands(sub: Any) -> None:
-    x = sub.add_parser("export", help="export a bundle to ONNX or TorchScript (card embedded)")
+    x = sub.add_parser("export", help="export a bundle to ONNX, TorchScript or TFLite (card embedded)")
     add_model(x)
-    x.add_argument("--format", choices=("onnx", "torchscript"), default="onnx", help="file format (default: onnx)")
+    x.add_argument("--format", choices=("onnx", "torchscript", "tflite"), default="onnx",
+                   help="file format (default: onnx); tflite: LiteRT via litert-torch, checked against PyTorch")
     add_out(x, "file to write (default: inside the bundle)", legacy_output=True)
-    x.add_argument("--int8", action="store_true", help="also write an int8-quantized NAME.int8.onnx")
-    add_data(x, "catalogue whose photos calibrate int8 (default: the bundle's recorded dataset)",
-             legacy=("--calibration-data",))
+    x.add_argument("--int8", action="store_true", help="also write an int8-quantized NAME.int8.onnx / .int8.tflite")
+    add_data(x, "catalogue whose photos calibrate int8 and (tflite) check parity (default: the bundle's recorded "
+                "dataset)", legacy=("--calibration-data",))
     x.add_argument("--calibration-split", default="train", help="split the calibration photos come from")
     x.add_argument("--calibration-images", type=int, default=256, help="photos that calibrate int8 (default: 256)")
+    x.add_argument("--parity-images", type=int, default=64,
+                   help="tflite: val photos each exported file must agree with PyTorch on (default: 64)")
     x.set_defaults(func=cmd_export)
 
     b = sub.add_parser("bench", help="deployment benchmark: accuracy, size, latency, throughput, memory")
@@ -103,7 +129,8 @@ def add_commands(sub: Any) -> None:
     add_data(b, "catalogue (default: the one the bundle was trained on)")
     b.add_argument("--split", default="val", help="split measured (default: val)")
     b.add_argument("--variants", default=",".join(DEFAULT_RUNTIMES),
-                   help="runtimes for the model (baseline is required): " + ", ".join(DEFAULT_RUNTIMES))
+                   help="runtimes for the model (baseline is required): " + ", ".join(DEFAULT_RUNTIMES) +
+                        "; also " + ", ".join(OPTIONAL_RUNTIMES) + " (LiteRT, needs skulens[tflite-export])")
     b.add_argument("--distilled", help="a distilled bundle to measure too")
     b.add_argument("--pruned", help="a pruned bundle to measure too")
     b.add_argument("--detector", help="add detection rows: shelf photos/s end to end at 1 megapixel (decode, detect, "

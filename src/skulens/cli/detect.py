@@ -15,12 +15,16 @@ from ._common import (
     EXIT_FAILED,
     UsageError,
     add_data,
+    add_engine,
     add_model,
     add_out,
     add_quiet,
     check_detector,
+    check_engine,
     check_model,
     data_path,
+    engine_options,
+    engine_out,
     expand_inputs,
     say,
 )
@@ -61,7 +65,8 @@ def _add_box_settings(p: argparse.ArgumentParser) -> None:
 
 def add_commands(sub: Any) -> None:
     c = sub.add_parser("count", help="find, recognise and count every product in shelf/fridge photos")
-    c.add_argument("inputs", nargs="*", help="photos, folders or globs ('-' or none: paths from stdin); "
+    c.add_argument("inputs", nargs="*", help="photos, folders, globs or Parquet/CSV lists with a 'path' column "
+                                             "('-' or none: paths from stdin); "
                                              "a bundle folder first is taken as the model")
     add_model(c, "classification bundle that names each box", required=False, positional_legacy=False)
     _add_detector(c)
@@ -73,6 +78,9 @@ def add_commands(sub: Any) -> None:
     c.add_argument("--min-similarity", type=float, default=0.5,
                    help="with --index: cosine similarity a box needs to be named (default: %(default)s)")
     _add_box_settings(c)
+    c.add_argument("--batch-size", type=int, default=8, help="--engine ray: photos per batch (default: 8)")
+    add_engine(c, "a catalogue-wide count, written as Parquet to -o (a .parquet file or a folder; one row per "
+                  "photo: counts, boxes, error)")
     add_quiet(c)
     c.set_defaults(func=cmd_count)
 
@@ -151,15 +159,21 @@ def cmd_count(ns: argparse.Namespace) -> int:
         check_model(ns.model)
     detector = check_detector(ns.detector)
     _check_settings(ns)
+    on_ray = check_engine(ns)
+    if on_ray and ns.annotated:
+        raise UsageError("--annotated: not with --engine ray (its photos stay on the workers)")
+    parquet = engine_out(ns) if on_ray else None
     files = expand_inputs(inputs)
     if not files:
         raise UsageError("no input photos")
-    if ns.out and Path(ns.out).suffix.lower() not in (".jsonl", ".json", ".csv"):
-        raise UsageError(f"--out {ns.out}: use a .jsonl or .csv file name")
+    if not on_ray and ns.out and Path(ns.out).suffix.lower() not in (".jsonl", ".json", ".csv"):
+        raise UsageError(f"--out {ns.out}: use a .jsonl or .csv file name (Parquet: --engine ray)")
     if ns.index and not ns.model:
         raise UsageError("--index needs the model it was built with (-m/--model)")
     if ns.index and not Path(ns.index).exists():
         raise UsageError(f"--index {ns.index}: no such index")
+    if parquet is not None:
+        return _count_on_ray(ns, detector, files, parquet)
     det, clf = _load(ns, detector, ns.model)
     from tqdm.auto import tqdm
 
@@ -197,6 +211,19 @@ def cmd_count(ns: argparse.Namespace) -> int:
     say(f"skulens count: {len(results) - errors} photo(s), {total} product(s) found, "
         f"{sum(r.unknown for r in results) if clf else 0} unknown" + (f", {errors} unreadable" if errors else ""))
     return EXIT_FAILED if errors == len(results) else 0
+
+
+def _count_on_ray(ns: argparse.Namespace, detector: str, files: list[str], out: Path) -> int:
+    from ..deploy.batch_jobs import CountJob
+    from ..deploy.ray_jobs import run_job
+
+    job = CountJob(detector, model=ns.model, index=ns.index, min_score=ns.min_score,
+                   min_confidence=ns.min_confidence, min_similarity=ns.min_similarity, tiles=ns.tiles,
+                   max_boxes=ns.max_boxes, batch_size=ns.batch_size, device=ns.device)
+    res = run_job(job, files, out, **engine_options(ns))
+    say(f"skulens count: {res.rows - res.errors} photo(s) on Ray, {ns.actors} actor(s), in {res.seconds:.1f} s "
+        f"({res.images_per_s:.2f} photos/s) -> {res.out}" + (f", {res.errors} unreadable" if res.errors else ""))
+    return EXIT_FAILED if res.errors == res.rows else 0
 
 
 def _recipe(ns: argparse.Namespace) -> Any:

@@ -80,7 +80,8 @@ def add_commands(sub: Any) -> None:
     add_out(e, "report directory", required=True)
     e.add_argument("--baseline", action="store_true", help="also evaluate the linear probe on the pretrained backbone")
     _device(e)
-    e.add_argument("--backend", choices=("torch", "onnx"), default="torch", help="onnx: the bundle's model.onnx")
+    e.add_argument("--backend", choices=("torch", "onnx", "tflite"), default="torch",
+                   help="onnx: the bundle's model.onnx (ONNX Runtime); tflite: its model.tflite (LiteRT)")
     add_quiet(e)
     e.set_defaults(func=cmd_evaluate)
 

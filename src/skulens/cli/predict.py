@@ -1,4 +1,4 @@
-"""`skulens predict | info`: using a model on photos, and reading its card (thin handlers over the core)."""
+"""`skulens predict | info`: using a model on photos (here or on Ray), and reading its card (thin handlers)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,14 @@ from typing import Any
 from ._common import (
     EXIT_FAILED,
     UsageError,
+    add_engine,
     add_model,
     add_out,
     add_quiet,
     add_top_k,
+    check_engine,
+    engine_options,
+    engine_out,
     expand_inputs,
     model_path,
     say,
@@ -39,9 +43,18 @@ def cmd_predict(ns: argparse.Namespace) -> int:
     if ns.model is None and inputs:  # old spelling: `predict BUNDLE photos...`
         ns.legacy_model = inputs.pop(0)
     bundle = model_path(ns, backend=ns.backend)
+    on_ray = check_engine(ns)
+    if on_ray and (ns.text is not None or ns.format is not None):
+        raise UsageError(f"{'--text' if ns.text is not None else '--format'}: not with --engine ray (it writes "
+                         "Parquet, and classifies photos without their texts)")
+    if not on_ray and ns.out and Path(ns.out).suffix.lower() == ".parquet":
+        raise UsageError(f"--out {ns.out}: Parquet is written by --engine ray; here use .jsonl or .csv")
+    parquet = engine_out(ns) if on_ray else None
     files = expand_inputs(inputs)
     if not files:
         raise UsageError("no input images")
+    if parquet is not None:
+        return _predict_on_ray(ns, bundle, files, parquet)
     if ns.text is not None and len(ns.text) != len(files):
         raise UsageError(f"{len(ns.text)} --text for {len(files)} image(s): give one per image")
     from ..models.predictor import load_model
@@ -65,6 +78,21 @@ def cmd_predict(ns: argparse.Namespace) -> int:
     if errors:
         say(f"skulens predict: {errors} of {len(preds)} image(s) could not be read (see their 'error')")
     return EXIT_FAILED if errors == len(preds) else 0
+
+
+def _predict_on_ray(ns: argparse.Namespace, bundle: str | None, files: list[str], out: Path) -> int:
+    from ..deploy.batch_jobs import PredictJob
+    from ..deploy.ray_jobs import run_job
+
+    assert bundle is not None
+    job = PredictJob(bundle, top_k=ns.top_k, min_confidence=ns.min_confidence, batch_size=ns.batch_size,
+                     device=ns.device, backend=ns.backend)
+    res = run_job(job, files, out, **engine_options(ns))
+    say(f"skulens predict: {res.rows} image(s) on Ray, {ns.actors} actor(s), in {res.seconds:.1f} s "
+        f"({res.images_per_s:.1f} images/s) -> {res.out}")
+    if res.errors:
+        say(f"skulens predict: {res.errors} of {res.rows} image(s) could not be read (see their 'error')")
+    return EXIT_FAILED if res.errors == res.rows else 0
 
 
 def _card_lines(path: Path, card: Any, card_path: Path) -> list[str]:
@@ -112,17 +140,22 @@ def cmd_info(ns: argparse.Namespace) -> int:
 
 def add_commands(sub: Any) -> None:
     pr = sub.add_parser("predict", help="classify images: files, folders, globs, or '-' for a list on stdin")
-    add_model(pr, "model bundle folder, or an exported .onnx file with --backend onnx", positional_legacy=False)
-    pr.add_argument("inputs", nargs="*", help="images, folders or globs ('-' or nothing: read paths from stdin)")
+    add_model(pr, "model bundle folder, or an exported .onnx / .tflite file with --backend onnx / tflite",
+              positional_legacy=False)
+    pr.add_argument("inputs", nargs="*", help="images, folders, globs or Parquet/CSV lists with a 'path' column "
+                                              "('-' or nothing: read paths from stdin)")
     add_top_k(pr, 5, "labels per image")
     pr.add_argument("--min-confidence", type=float, default=0.0, help="abstain ('unknown') below this (default: 0)")
-    pr.add_argument("--format", choices=("jsonl", "csv"), default="jsonl", help="output format (default: jsonl)")
-    add_out(pr, "write the predictions here instead of stdout", legacy_output=True)
+    pr.add_argument("--format", choices=("jsonl", "csv"), help="output format (default: jsonl; --engine ray: Parquet)")
+    add_out(pr, "write the predictions here instead of stdout (--engine ray: a .parquet file or a folder)",
+            legacy_output=True)
     pr.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
     pr.add_argument("--text", action="append", help="each image's listing text, in order (uses the fusion head)")
     pr.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    pr.add_argument("--backend", choices=("torch", "onnx"), default="torch",
-                    help="onnx: run the bundle's model.onnx (or a .onnx file) with ONNX Runtime")
+    pr.add_argument("--backend", choices=("torch", "onnx", "tflite"), default="torch",
+                    help="onnx: run the bundle's model.onnx (or a .onnx file) with ONNX Runtime; tflite: its "
+                         "model.tflite (or a .tflite file) with LiteRT")
+    add_engine(pr, "writes Parquet to -o (a .parquet file or a folder)")
     add_quiet(pr)
     pr.set_defaults(func=cmd_predict)
 

@@ -9,11 +9,14 @@ from typing import Any
 from ._common import (
     UsageError,
     add_data,
+    add_engine,
     add_model,
     add_out,
     add_quiet,
     add_top_k,
+    check_engine,
     data_path,
+    engine_options,
     expand_inputs,
     model_path,
     say,
@@ -34,8 +37,18 @@ def _filters(items: list[str] | None) -> dict[str, Any] | None:
     return parse_filter(items)
 
 
+def _ray_embedder(ns: argparse.Namespace, bundle: str) -> Any:
+    from ..deploy.batch_jobs import EmbedJob
+    from ..deploy.ray_jobs import embed_on_ray
+
+    job = EmbedJob(bundle, batch_size=ns.batch_size)
+    return lambda paths: embed_on_ray(job, paths, **engine_options(ns))
+
+
 def cmd_index_build(ns: argparse.Namespace) -> int:
     bundle = model_path(ns)
+    assert bundle is not None
+    on_ray = check_engine(ns)
     data = data_path(ns, model=bundle)
     from ..data.catalogue import load_catalogue
     from ..models.predictor import load_model
@@ -46,7 +59,8 @@ def cmd_index_build(ns: argparse.Namespace) -> int:
                                  ("collection", ns.collection), ("index_type", ns.index_type)) if v is not None}
     res = build_catalogue_index(load_model(bundle), load_catalogue(data), ns.out, backend=ns.backend,
                                 splits=ns.splits, catalogue_photos=ns.catalogue_photos, metadata=meta,
-                                progress=not ns.quiet, overwrite=ns.overwrite, **options)
+                                progress=not ns.quiet, overwrite=ns.overwrite, batch_size=ns.batch_size,
+                                embed=_ray_embedder(ns, bundle) if on_ray else None, **options)
     say(f"index {ns.out} ({ns.backend}): {res.entries} photos of {res.products} products")
     if res.failed:
         say(f"skipped {len(res.failed)} undecodable image(s), e.g. {res.failed[0][0]}: {res.failed[0][1]}")
@@ -232,6 +246,9 @@ def _add_index(sub: Any) -> None:
     b.add_argument("--nprobe", type=int, help="faiss IVF: lists visited per query")
     b.add_argument("--collection", help="milvus: collection name (default skulens)")
     b.add_argument("--index-type", help="milvus: IVF_FLAT (Lite default), HNSW (server default), FLAT")
+    b.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
+    add_engine(b, "the embeddings are computed on Ray and the index is written here, by this process (the "
+                  "index backends are not distributed writers)")
     add_quiet(b)
     b.set_defaults(func=cmd_index_build)
     inf = isub.add_parser("info", help="what an index holds")

@@ -35,6 +35,8 @@ RUNTIMES: dict[str, str] = {
     "torch-dynamic-int8": "PyTorch fp32 with dynamic int8 Linear heads (quantize_dynamic)",
     "onnx-fp32": "ONNX Runtime fp32",
     "onnx-int8": "ONNX Runtime int8 (static QDQ, per-channel, backbone only)",
+    "tflite-fp32": "LiteRT (TFLite) fp32, XNNPACK (litert-torch export)",
+    "tflite-int8": "LiteRT (TFLite) int8 (static, per-channel, backbone only)",
 }
 DEFAULT_RUNTIMES = ("baseline", "torch-fp32", "torch-bf16", "torch-dynamic-int8", "onnx-fp32", "onnx-int8")
 BASELINE_BATCH = 64  # the naive seed script's batch size
@@ -45,7 +47,7 @@ class Variant:
     name: str  # row label, e.g. "default (onnx-int8)"
     runtime: str  # a RUNTIMES key
     bundle: str  # the bundle: card (preprocessing, labels) and, for PyTorch runtimes, weights
-    model_file: str | None = None  # the .onnx file for ONNX runtimes
+    model_file: str | None = None  # the .onnx / .tflite file for ONNX and LiteRT runtimes
     device: str = "cpu"  # PyTorch runtimes: cpu or cuda[:N]; ONNX: its CUDA provider when cuda and installed
 
 
@@ -180,6 +182,27 @@ def _onnx_infer(v: Variant, threads: int) -> tuple[Callable[[Any], np.ndarray], 
     return run, Path(v.model_file).stat().st_size / 1e6
 
 
+def _tflite_infer(v: Variant, threads: int) -> tuple[Callable[[Any], np.ndarray], float]:
+    from ..models.tflite_runtime import TfliteRunner
+
+    if not v.model_file:
+        raise ValueError(f"{v.name}: a LiteRT runtime needs its .tflite file")
+    runner = TfliteRunner(v.model_file, threads=threads)
+
+    def run(x: Any) -> np.ndarray:
+        return runner.run_batch(x.numpy())["fine"]
+
+    return run, Path(v.model_file).stat().st_size / 1e6
+
+
+def _infer(v: Variant, threads: int) -> tuple[Callable[[Any], np.ndarray], float]:
+    if v.runtime.startswith("onnx"):
+        return _onnx_infer(v, threads)
+    if v.runtime.startswith("tflite"):
+        return _tflite_infer(v, threads)
+    return _torch_infer(v)
+
+
 def _peak_rss_mb() -> float:
     """This process's peak resident memory. VmHWM, not getrusage: ru_maxrss survives exec, so a child
     would report its parent's peak."""
@@ -211,7 +234,7 @@ def measure_variant(v: Variant, paths: Sequence[str], labels: Sequence[str], *, 
         card = read_card(v.bundle)
         naive = v.runtime == "baseline"
         load = _naive_loader(card) if naive else _fast_loader(card)
-        infer, size = _onnx_infer(v, threads) if v.runtime.startswith("onnx") else _torch_infer(v)
+        infer, size = _infer(v, threads)
         bs = BASELINE_BATCH if naive else batch_size
         for p in list(paths[:warmup]):  # warm-up: allocators, kernels, thread pools
             infer(load(p).unsqueeze(0))
@@ -321,6 +344,16 @@ def _onnx_files(bundle: str, work: Path, int8: bool, calibration: Sequence[Path]
     return fp32, q
 
 
+def _tflite_files(bundle: str, work: Path, int8: bool, calibration: Sequence[Path]) -> tuple[Path, Path | None]:
+    """Export the bundle to LiteRT (and an int8 copy calibrated on `calibration` photos) into `work`."""
+    from .tflite import export_tflite, quantize_tflite_with_photos
+
+    work.mkdir(parents=True, exist_ok=True)
+    fp32 = export_tflite(bundle, work / "model.tflite")
+    q = quantize_tflite_with_photos(fp32, calibration, work / "model.int8.tflite") if int8 else None
+    return fp32, q
+
+
 def bench_bundle(bundle: str | os.PathLike, data: str | os.PathLike, *, out: str | os.PathLike,
                  split: str = "val", runtimes: Sequence[str] = DEFAULT_RUNTIMES,
                  extra: dict[str, str] | None = None,
@@ -348,12 +381,15 @@ def bench_bundle(bundle: str | os.PathLike, data: str | os.PathLike, *, out: str
     extra_rts = [r for r in extra_runtimes if r != "baseline"]
     todo += [(name, str(b), extra_rts) for name, b in (extra or {}).items()]
     for name, b, rts in todo:
-        onnx_rts = [r for r in rts if r.startswith("onnx")]
-        fp32 = q = None
-        if onnx_rts:
-            fp32, q = _onnx_files(b, out_dir / "models" / name, "onnx-int8" in onnx_rts, calib)
+        files: dict[str, Path | None] = {}
+        if any(r.startswith("onnx") for r in rts):
+            files["onnx-fp32"], files["onnx-int8"] = _onnx_files(b, out_dir / "models" / name, "onnx-int8" in rts,
+                                                                 calib)
+        if any(r.startswith("tflite") for r in rts):
+            files["tflite-fp32"], files["tflite-int8"] = _tflite_files(b, out_dir / "models" / name,
+                                                                       "tflite-int8" in rts, calib)
         for r in rts:
-            file = {"onnx-fp32": fp32, "onnx-int8": q}.get(r)
+            file = files.get(r)
             variants.append(Variant(f"{name} ({r})", r, b, str(file) if file else None))
     settings = {"bundle": str(bundle), "data": str(data), "limit": limit, "extra": extra or {},
                 "calibration_images": len(calib)}

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from ..evaluate.metrics import EvalReport
 
 __all__ = ["PRETRAINED_PREFIX", "ImageInput", "Model", "Prediction", "decide", "load_model", "load_onnx",
-           "pretrained_model", "source_name"]
+           "load_tflite", "pretrained_model", "source_name"]
 
 ImageInput = str | os.PathLike | bytes | Image.Image
 
@@ -248,20 +248,50 @@ def load_onnx(path: str | os.PathLike) -> Model:
     return model
 
 
+def load_tflite(path: str | os.PathLike, *, threads: int | None = None) -> Model:
+    """A Model backed by LiteRT (TensorFlow Lite): a .tflite file, or a bundle dir holding model.tflite.
+
+    Inside a bundle (a card.json beside the file) the file's embedded card must be the bundle's: a file
+    exported from another model, or from this one before it changed, is refused rather than run."""
+    import json
+
+    from .bundle import CARD, read_card
+    from .tflite_runtime import TFLITE_NAME, TfliteRunner, read_tflite_card
+
+    p = Path(path)
+    if p.is_dir():
+        if not (p / TFLITE_NAME).is_file():
+            raise BundleError(f"{p}: no {TFLITE_NAME}; run `skulens export --model {p} --format tflite` first")
+        p = p / TFLITE_NAME
+    card = read_tflite_card(p)
+    if (p.parent / CARD).is_file():
+        bundle = json.loads(read_card(p.parent).to_json())
+        differ = [k for k, v in json.loads(card.to_json()).items() if bundle.get(k) != v]
+        if differ:
+            raise BundleError(f"{p}: exported from another model than the bundle it sits in (its card differs from "
+                              f"{p.parent / CARD} in {', '.join(differ[:5])}); export it again with "
+                              f"`skulens export --model {p.parent} --format tflite`")
+    model = Model(None, card, torch.device("cpu"), "off", runner=TfliteRunner(p, threads=threads, card=card))
+    model.path = p.parent
+    return model
+
+
 def load_model(bundle: str | os.PathLike, *, device: str = "auto", precision: str = "auto",
                backend: str = "torch") -> Model:
     """Load a model bundle (model.safetensors + card.json; never unpickles).
 
-    backend "onnx" runs the bundle's exported `model.onnx` (see `skulens export`) with ONNX Runtime.
-    "pretrained:NAME" (e.g. "pretrained:efficientnet_lite2") is a plain pretrained backbone for
-    embeddings only (see `pretrained_model`).
+    backend "onnx" runs the bundle's exported `model.onnx` (see `skulens export`) with ONNX Runtime, "tflite"
+    its `model.tflite` with LiteRT. "pretrained:NAME" (e.g. "pretrained:efficientnet_lite2") is a plain
+    pretrained backbone for embeddings only (see `pretrained_model`).
     """
     if str(bundle).startswith(PRETRAINED_PREFIX):
         return pretrained_model(str(bundle)[len(PRETRAINED_PREFIX):], device=device, precision=precision)
     if backend == "onnx":
         return load_onnx(bundle)
+    if backend == "tflite":
+        return load_tflite(bundle)
     if backend != "torch":
-        raise ValueError(f"unknown backend {backend!r}: torch or onnx")
+        raise ValueError(f"unknown backend {backend!r}: torch, onnx or tflite")
     dev = resolve_device(device)
     net, card = load_bundle(bundle, dev)
     net.to(memory_format=torch.channels_last)

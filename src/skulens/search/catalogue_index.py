@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,6 +13,7 @@ from ..data.catalogue import Catalogue, CatalogueError
 
 if TYPE_CHECKING:
     from ..models.predictor import Model
+    from .embeddings import EmbeddedImages
     from .index import VectorIndex
 
 __all__ = ["BuildResult", "build_catalogue_index", "catalogue_records", "read_metadata_table"]
@@ -98,15 +99,22 @@ def catalogue_records(cat: Catalogue, *, splits: Sequence[str] = ("train",), cat
 def build_catalogue_index(model: Model, cat: Catalogue, path: str, *, backend: str = "faiss",
                           splits: Sequence[str] = ("train",), catalogue_photos: bool = True,
                           metadata: Mapping[str, Mapping[str, Any]] | None = None, progress: bool = False,
+                          batch_size: int = 32, embed: Callable[[Sequence[Path]], EmbeddedImages] | None = None,
                           **options: Any) -> BuildResult:
+    """Embed the catalogue's photos with `model` and write them into a new index at `path`.
+
+    embed: computes the embeddings of the photos elsewhere (e.g. on a Ray cluster, `skulens.deploy.ray_jobs`);
+    the index is still written here, by this process: the index backends are not distributed writers.
+    """
     from .embeddings import embed_paths
     from .index import create_index
 
     records, paths = catalogue_records(cat, splits=splits, catalogue_photos=catalogue_photos, metadata=metadata)
     if not records:
         raise CatalogueError(f"{cat.root}: no images to index in split(s) {', '.join(splits)}")
-    emb = embed_paths(model, paths, progress=progress)
-    index = create_index(backend, path, model.card.embedding_dim, **options)
-    index.add([records[i] for i in emb.kept], emb.vectors)
+    emb = embed(paths) if embed is not None else embed_paths(model, paths, batch_size=batch_size, progress=progress)
+    dim = model.card.embedding_dim
+    index = create_index(backend, path, dim, **options)
+    index.add([records[i] for i in emb.kept], emb.vectors.reshape(len(emb.kept), dim))
     index.save()
     return BuildResult(index, len(emb.kept), len({records[i].product_id for i in emb.kept}), tuple(emb.failed))

@@ -1,0 +1,216 @@
+"""`--engine ray`: predict, index build and count on a real local Ray cluster give the local engine's answers.
+
+One cluster for the module (two CPUs); the jobs use it in-process, and one CLI run in a subprocess reaches
+it through $RAY_ADDRESS, as on a real cluster. Without Ray the cluster tests skip; the usage checks run.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from skulens.cli import main
+from skulens.data.catalogue import CatalogueError
+from skulens.data.image_list import read_image_list
+from skulens.deploy.batch_jobs import CountJob, EmbedJob, PredictJob
+
+TOL = 1e-5
+# Ray Data's own DataContext warns about its deprecated settings when it is copied; not ours to fix
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'skulens[ray]'")
+    pytest.importorskip("ray.data")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def photos(tiny_catalogue: Path, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """The tiny catalogue's val photos, a corrupt file and a missing one: 11 inputs, 2 of them errors."""
+    bad = tmp_path_factory.mktemp("bad") / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff not really a jpeg")
+    val = sorted(str(p) for p in (tiny_catalogue.parent / "val").rglob("*.jpg"))
+    return [*val[:5], str(bad), *val[5:], str(bad.with_name("missing.jpg"))]
+
+
+@pytest.fixture(scope="module")
+def detector(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+
+    from skulens.detect.model import DetectorCard, DetectorConfig, build_detector, save_detector
+
+    torch.manual_seed(0)
+    cfg = DetectorConfig(min_size=128, max_size=256, max_detections=5)
+    return save_detector(build_detector(cfg, pretrained=False), DetectorCard(cfg),
+                         tmp_path_factory.mktemp("det") / "det")
+
+
+def _rows(path: Path) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pylist()
+
+
+# --------------------------------------------------------------------------- same answers as the local engine
+
+def test_predict_on_ray_equals_local(ray_cluster, tiny_bundle, photos, tmp_path) -> None:
+    import skulens
+    from skulens.deploy.ray_jobs import run_job
+
+    job = PredictJob(str(tiny_bundle.bundle), top_k=3, batch_size=4, device="cpu")
+    res = run_job(job, photos, tmp_path / "preds.parquet", actors=2)
+    assert (res.rows, res.errors) == (11, 2) and res.images_per_s > 0
+    rows = _rows(tmp_path / "preds.parquet")
+    local = skulens.load(tiny_bundle.bundle, device="cpu").predict(photos, top_k=3, batch_size=4)
+    assert [r["source"] for r in rows] == photos  # input order
+    for row, p in zip(rows, local, strict=True):
+        assert (row["label"], row["level"], row["fine_label"], row["error"]) == (p.label, p.level, p.fine_label,
+                                                                                 p.error)
+        assert row["confidence"] == pytest.approx(p.confidence, abs=TOL)
+        assert [t["label"] for t in row["top_k"]] == [lab for lab, _ in p.top_k]
+        assert np.allclose([t["p"] for t in row["top_k"]], [pr for _, pr in p.top_k], atol=TOL)
+    assert rows[5]["level"] == "error" and rows[5]["error"] and rows[-1]["error"]
+
+
+def test_embed_on_ray_equals_local(ray_cluster, tiny_bundle, photos) -> None:
+    import skulens
+    from skulens.deploy.ray_jobs import embed_on_ray
+    from skulens.search.embeddings import embed_paths
+
+    got = embed_on_ray(EmbedJob(str(tiny_bundle.bundle), batch_size=4, device="cpu"), photos, actors=1)
+    want = embed_paths(skulens.load(tiny_bundle.bundle, device="cpu"), photos, batch_size=4)
+    assert got.kept == want.kept and got.failed == want.failed and len(got.kept) == 9
+    assert got.vectors.dtype == np.float32 and np.allclose(got.vectors, want.vectors, atol=TOL)
+
+
+def test_count_on_ray_equals_local(ray_cluster, detector, tiny_bundle, photos, tmp_path) -> None:
+    import pyarrow.parquet as pq
+
+    import skulens
+    from skulens.deploy.ray_jobs import run_job
+    from skulens.detect.count import count_products
+
+    job = CountJob(str(detector), model=str(tiny_bundle.bundle), min_score=0.0, min_confidence=0.5, batch_size=3,
+                   device="cpu")
+    res = run_job(job, photos, tmp_path / "counts", actors=1)  # a folder: part files written by the workers
+    assert (res.rows, res.errors) == (11, 2) and list((tmp_path / "counts").glob("*.parquet"))
+    by_source = {r["source"]: r for r in pq.read_table(tmp_path / "counts").to_pylist()}
+    det = skulens.load_detector(detector, device="cpu")
+    clf = skulens.load(tiny_bundle.bundle, device="cpu")
+    for want, _ in count_products(det, photos, model=clf, min_score=0.0, min_confidence=0.5):
+        row = by_source[want.source]
+        assert {c["product"]: c["count"] for c in row["counts"]} == want.counts
+        assert (row["total"], row["unknown"], row["capped"], row["error"]) == (want.total, want.unknown, want.capped,
+                                                                               want.error)
+        assert [b["label"] for b in row["boxes"]] == [b.label for b in want.boxes]
+    assert sum(r["total"] for r in by_source.values()) > 0
+
+
+# --------------------------------------------------------------------------- the CLI
+
+def test_cli_predict_on_ray_reads_a_csv_list_and_matches_the_local_output(ray_cluster, tiny_bundle, photos,
+                                                                         tmp_path, capsys) -> None:
+    listing = tmp_path / "list.csv"
+    with open(listing, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["sku", "path"])
+        w.writerows([i, os.path.relpath(p, tmp_path)] for i, p in enumerate(photos))  # relative to the list
+    model = ["--model", str(tiny_bundle.bundle), "--batch-size", "4", "--device", "cpu", "-k", "3"]
+    assert main(["predict", *model, str(listing), "-o", str(tmp_path / "local.jsonl"), "-q"]) == 0
+    assert main(["predict", *model, str(listing), "--engine", "ray", "-o", str(tmp_path / "out"), "-q"]) == 0
+    assert "11 image(s) on Ray, 1 actor(s)" in capsys.readouterr().err
+    import pyarrow.parquet as pq
+
+    ray_rows = pq.read_table(tmp_path / "out").to_pylist()
+    local = [json.loads(line) for line in (tmp_path / "local.jsonl").read_text().splitlines()]
+    assert sorted(r["source"] for r in ray_rows) == sorted(r["source"] for r in local)
+    by_source = {r["source"]: r for r in ray_rows}
+    for want in local:
+        got = by_source[want["source"]]
+        assert (got["label"], got["level"], got["error"]) == (want["label"], want["level"], want["error"])
+        assert got["confidence"] == pytest.approx(want["confidence"], abs=TOL)
+
+
+def test_cli_index_build_on_ray_equals_local(ray_cluster, tiny_bundle, tiny_catalogue, tmp_path) -> None:
+    from skulens.search.index import open_index
+
+    common = ["index", "build", "--model", str(tiny_bundle.bundle), "--data", str(tiny_catalogue), "-q"]
+    assert main([*common, "--out", str(tmp_path / "local")]) == 0
+    assert main([*common, "--out", str(tmp_path / "ray"), "--engine", "ray"]) == 0
+    a, b = open_index(str(tmp_path / "local")), open_index(str(tmp_path / "ray"))
+    ids = sorted(r.id for r in a.records())
+    assert ids == sorted(r.id for r in b.records()) and len(ids) == 24
+    assert np.allclose(a.vectors(ids), b.vectors(ids), atol=TOL)
+
+
+def test_cli_count_on_ray_through_ray_address(ray_cluster, detector, photos, tmp_path) -> None:
+    """A separate process joins the running cluster by $RAY_ADDRESS, as `skulens` does on a real cluster; the
+    photos are given relative to its current folder, which the workers do not share."""
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster, "OMP_NUM_THREADS": "1"}
+    relative = [os.path.relpath(p, tmp_path) for p in photos]
+    r = subprocess.run([sys.executable, "-m", "skulens.cli", "count", *relative, "--detector", str(detector),
+                        "--min-score", "0", "--device", "cpu", "--engine", "ray", "-o", "counts.parquet", "-q"],
+                       capture_output=True, text=True, env=env, timeout=300, check=False, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "9 photo(s) on Ray" in r.stderr and "2 unreadable" in r.stderr
+    rows = _rows(tmp_path / "counts.parquet")
+    assert [row["source"] for row in rows] == relative  # named as given, read from where they are
+    good = [row for row in rows if not row["error"]]
+    assert len(good) == 9 and all(row["counts"] == [{"product": "product", "count": row["total"]}] for row in good)
+
+
+# --------------------------------------------------------------------------- inputs and usage errors (no Ray needed)
+
+def test_image_lists_from_csv_and_parquet(tmp_path) -> None:
+    (tmp_path / "a.csv").write_text("\ufeffPath,label\nx/1.jpg,a\n,b\n/abs/2.jpg,c\n", encoding="utf-8")
+    assert read_image_list(tmp_path / "a.csv") == [str(tmp_path / "x/1.jpg"), "/abs/2.jpg"]
+    (tmp_path / "b.csv").write_text("image\n1.jpg\n", encoding="utf-8")
+    with pytest.raises(CatalogueError, match="no 'path' column"):
+        read_image_list(tmp_path / "b.csv")
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"path": ["y.png", None], "n": [1, 2]}), tmp_path / "c.parquet")
+    assert read_image_list(tmp_path / "c.parquet") == [str(tmp_path / "y.png")]
+
+
+def test_usage_errors_are_exit_2_before_any_work(tiny_bundle, tmp_path, capsys, monkeypatch) -> None:
+    photo = str(tmp_path / "x.jpg")
+    m = ["predict", "--model", str(tiny_bundle.bundle), photo]
+    cases = [
+        ([*m, "--engine", "ray"], "give -o OUT.parquet or -o FOLDER"),
+        ([*m, "--engine", "ray", "-o", str(tmp_path / "p.parquet"), "--format", "csv"], "--format: not with"),
+        ([*m, "--engine", "ray", "-o", str(tmp_path / "p.parquet"), "--actors", "0"], "--actors must be >= 1"),
+        ([*m, "--engine", "ray", "-o", str(tmp_path / "p.jsonl")], "a .parquet file or a folder"),
+        ([*m, "-o", str(tmp_path / "p.parquet")], "Parquet is written by --engine ray"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        assert message in capsys.readouterr().err
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    assert main([*m, "--engine", "ray", "-o", str(tmp_path / "p.parquet")]) == 2
+    assert "pip install 'skulens[ray]'" in capsys.readouterr().err
+
+
+def test_the_cli_and_job_descriptions_import_neither_ray_nor_torch() -> None:
+    code = ("import sys, skulens.cli, skulens.deploy.batch_jobs as b\n"
+            "skulens.cli.build_parser(); b.PredictJob('x')\n"
+            "print(sorted(m for m in ('ray', 'torch', 'pyarrow') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
