@@ -72,6 +72,20 @@ def tiny_bundle(tiny_catalogue: Path, tmp_path_factory: pytest.TempPathFactory):
                          **{k: v for k, v in TINY.items() if k != "epochs"})
 
 
+@pytest.fixture(scope="module")
+def detector(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained tiny product detector folder (random weights, 128-256 px, at most 5 boxes): the plumbing of
+    count, detect and batch jobs, not accuracy."""
+    import torch
+
+    from skulens.detect.model import DetectorCard, DetectorConfig, build_detector, save_detector
+
+    torch.manual_seed(0)
+    cfg = DetectorConfig(min_size=128, max_size=256, max_detections=5)
+    return save_detector(build_detector(cfg, pretrained=False), DetectorCard(cfg),
+                         tmp_path_factory.mktemp("det") / "det")
+
+
 def grocery_path() -> Path | None:
     env = os.environ.get("SKULENS_DATA")
     p = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "grocery-store"

@@ -26,18 +26,6 @@ def _skulens(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def detector(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-
-    from skulens.detect.model import DetectorCard, DetectorConfig, build_detector, save_detector
-
-    torch.manual_seed(0)
-    cfg = DetectorConfig(min_size=128, max_size=256, max_detections=5)
-    return save_detector(build_detector(cfg, pretrained=False), DetectorCard(cfg),
-                         tmp_path_factory.mktemp("det") / "det")
-
-
-@pytest.fixture(scope="module")
 def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Three shelf-like photos with known boxes (COCO JSON beside them) and one corrupt file."""
     root = tmp_path_factory.mktemp("shelf")

@@ -45,18 +45,6 @@ def photos(tiny_catalogue: Path, tmp_path_factory: pytest.TempPathFactory) -> li
     return [*val[:5], str(bad), *val[5:], str(bad.with_name("missing.jpg"))]
 
 
-@pytest.fixture(scope="module")
-def detector(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-
-    from skulens.detect.model import DetectorCard, DetectorConfig, build_detector, save_detector
-
-    torch.manual_seed(0)
-    cfg = DetectorConfig(min_size=128, max_size=256, max_detections=5)
-    return save_detector(build_detector(cfg, pretrained=False), DetectorCard(cfg),
-                         tmp_path_factory.mktemp("det") / "det")
-
-
 def _rows(path: Path) -> list[dict]:
     import pyarrow.parquet as pq
 

@@ -14,9 +14,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..models.card import ModelCard
 from ..models.inference import iter_batches
 
-__all__ = ["calibration_sample", "quantize_dynamic_linear", "quantize_onnx", "quantize_onnx_with_photos"]
+__all__ = ["calibration_inputs", "calibration_sample", "quantize_dynamic_linear", "quantize_onnx",
+           "quantize_onnx_with_photos"]
 
 
 def calibration_sample(data: str | os.PathLike, *, split: str = "train", images: int = 256,
@@ -36,15 +38,22 @@ def quantize_onnx_with_photos(onnx_path: str | os.PathLike, photos: Sequence[str
                               out: str | os.PathLike | None = None, *, progress: bool = False) -> Path:
     """int8 copy of an exported model (default NAME.int8.onnx beside it), calibrated on `photos`,
     decoded and preprocessed as the card embedded in the file says."""
-    from ..data.dataset import decode_all
-    from ..data.transforms import create_transform
     from ..models.onnx_runtime import read_onnx_card
 
     onnx_path = Path(onnx_path)
-    card = read_onnx_card(onnx_path)
-    decoded = decode_all([Path(p) for p in photos], card.resize_to, desc="calibration", progress=progress)
+    images, transform = calibration_inputs(photos, read_onnx_card(onnx_path), progress=progress)
     out = Path(out) if out else onnx_path.with_name(onnx_path.stem + ".int8.onnx")
-    return quantize_onnx(onnx_path, out, decoded.images, create_transform(card))
+    return quantize_onnx(onnx_path, out, images, transform)
+
+
+def calibration_inputs(photos: Sequence[str | os.PathLike], card: ModelCard, *, progress: bool = False
+                       ) -> tuple[list[torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]:
+    """The calibration photos decoded (uint8 tensors) and the preprocessing an exported file's card says."""
+    from ..data.dataset import decode_all
+    from ..data.transforms import create_transform
+
+    decoded = decode_all([Path(p) for p in photos], card.resize_to, desc="calibration", progress=progress)
+    return decoded.images, create_transform(card)
 
 
 def quantize_onnx(onnx_path: str | os.PathLike, out: str | os.PathLike, images: Sequence[torch.Tensor],

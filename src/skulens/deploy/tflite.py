@@ -136,16 +136,14 @@ def quantize_tflite_with_photos(tflite_path: str | os.PathLike, photos: Sequence
                                 out: str | os.PathLike | None = None, *, progress: bool = False) -> Path:
     """int8 copy of an exported .tflite (default model.int8.tflite beside it), calibrated on `photos`,
     decoded and preprocessed as the card embedded in the file says."""
-    from ..data.dataset import decode_all
-    from ..data.transforms import create_transform
+    from .quantize import calibration_inputs
 
     tflite_path = Path(tflite_path)
-    card = read_tflite_card(tflite_path)
-    decoded = decode_all([Path(p) for p in photos], card.resize_to, desc="calibration", progress=progress)
+    images, transform = calibration_inputs(photos, read_tflite_card(tflite_path), progress=progress)
     if out is None:
         out = tflite_path.with_name(TFLITE_INT8_NAME if tflite_path.name == TFLITE_NAME
                                     else tflite_path.stem + ".int8.tflite")
-    return quantize_tflite(tflite_path, out, decoded.images, create_transform(card), progress=progress)
+    return quantize_tflite(tflite_path, out, images, transform, progress=progress)
 
 
 def quantize_tflite(tflite_path: str | os.PathLike, out: str | os.PathLike, images: Sequence[torch.Tensor],

@@ -233,15 +233,21 @@ def pretrained_model(backbone: str = "efficientnet_lite2", *, weights: str | Non
     return Model(net, card, dev, precision)
 
 
+def _exported_file(path: str | os.PathLike, name: str, fmt: str) -> Path:
+    """`path` itself, or for a bundle folder its exported `name` (an error saying how to make it)."""
+    p = Path(path)
+    if not p.is_dir():
+        return p
+    if not (p / name).is_file():
+        raise BundleError(f"{p}: no {name}; run `skulens export --model {p} --format {fmt}` first")
+    return p / name
+
+
 def load_onnx(path: str | os.PathLike) -> Model:
     """A Model backed by ONNX Runtime: a .onnx file, or a bundle dir holding model.onnx."""
     from .onnx_runtime import ONNX_NAME, OnnxRunner, read_onnx_card
 
-    p = Path(path)
-    if p.is_dir():
-        if not (p / ONNX_NAME).is_file():
-            raise BundleError(f"{p}: no {ONNX_NAME}; run `skulens export --model {p} --format onnx` first")
-        p = p / ONNX_NAME
+    p = _exported_file(path, ONNX_NAME, "onnx")
     card = read_onnx_card(p)
     model = Model(None, card, torch.device("cpu"), "off", runner=OnnxRunner(p))
     model.path = p.parent
@@ -258,11 +264,7 @@ def load_tflite(path: str | os.PathLike, *, threads: int | None = None) -> Model
     from .bundle import CARD, read_card
     from .tflite_runtime import TFLITE_NAME, TfliteRunner, read_tflite_card
 
-    p = Path(path)
-    if p.is_dir():
-        if not (p / TFLITE_NAME).is_file():
-            raise BundleError(f"{p}: no {TFLITE_NAME}; run `skulens export --model {p} --format tflite` first")
-        p = p / TFLITE_NAME
+    p = _exported_file(path, TFLITE_NAME, "tflite")
     card = read_tflite_card(p)
     if (p.parent / CARD).is_file():
         bundle = json.loads(read_card(p.parent).to_json())

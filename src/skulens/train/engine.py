@@ -612,7 +612,7 @@ def _choose_coarse_rule(out: HeadOutputs, val: Split, card: ModelCard) -> str:
 def _summary(r: EvalReport) -> dict[str, float | None]:
     return {"top1": r.top1, "top5": r.top5, "coarse_top1": r.coarse_top1, "coarse_top1_derived":
             r.coarse_top1_derived, "macro_f1": r.macro_f1, "ece": r.ece, "attribute_map": r.attribute_map,
-            "top1_ci": r.top1_ci}
+            "top1_ci": list(r.top1_ci) if r.top1_ci is not None else None}  # as JSON reads it back
 
 
 def _load_report(path: Path) -> EvalReport | None:
