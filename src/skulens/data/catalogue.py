@@ -44,7 +44,7 @@ from ._products import PRODUCTS_CSV, read_products
 from ._types import IMAGE_SUFFIXES, Catalogue, CatalogueError, Loaded, Product, Sample, ordered_splits
 
 __all__ = ["IMAGE_SUFFIXES", "Catalogue", "CatalogueError", "Product", "Sample", "label_attributes", "load_catalogue",
-           "merge_samples"]
+           "merge_samples", "selection_split"]
 
 
 def load_catalogue(
@@ -139,6 +139,20 @@ def _stratified_split(train: list[Sample], fraction: float, seed: int) -> tuple[
     kept = [s for i, s in enumerate(train) if i not in chosen]
     held_out = [s for i, s in enumerate(train) if i in chosen]
     return kept, held_out
+
+
+def selection_split(cat: Catalogue, select_on: str, holdout_fraction: float, seed: int
+                    ) -> tuple[list[Sample], list[Sample], list[Sample] | None]:
+    """(the photos a run trains on, the ones it makes its choices on, val when no choice was made on it).
+
+    select_on "val": train, val, None. "holdout": train less a seeded, stratified `holdout_fraction` of each
+    class (the same photos on every call: a resumed run or a teacher's threshold sees the same hold-out), that
+    hold-out, and val."""
+    train, val = list(cat.split("train")), list(cat.split("val"))
+    if select_on == "holdout":
+        kept, held = _stratified_split(train, holdout_fraction, seed=seed)
+        return kept, held, val
+    return train, val, None
 
 
 def merge_samples(cat: Catalogue, samples: Sequence[Sample], products: dict[str, Product] | None = None

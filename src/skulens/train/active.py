@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -104,30 +105,20 @@ def suggest_labels(model: Model, photos: Sequence[str | os.PathLike[str]], budge
                    batch_size: int = 32, progress: bool = False) -> tuple[list[LabelSuggestion], list[tuple[str, str]]]:
     """(the `budget` photos to label next, best first; the photos that could not be read, with the reason).
     `labelled`: photos already labelled, which the diversity step keeps away from."""
-    from ..data.decode import ImageDecodeError, decode_image
-    from ..data.transforms import to_uint8_tensor
+    from ..data.dataset import decode_all
 
-    def decoded(paths: Sequence[str | os.PathLike[str]]) -> tuple[list[str], list, list[tuple[str, str]]]:
-        ok, tensors, bad = [], [], []
-        for p in paths:
-            try:
-                tensors.append(to_uint8_tensor(decode_image(p, reduce_to=model.card.resize_to)))
-                ok.append(str(p))
-            except ImageDecodeError as e:
-                bad.append((str(p), e.reason))
-        return ok, tensors, bad
-
-    names, tensors, failed = decoded(photos)
-    if not tensors:
-        return [], failed
-    out = model.run(tensors, embeddings=True, batch_size=batch_size, progress=progress)
+    pool = decode_all([Path(p) for p in photos], model.card.resize_to, desc="photos", progress=progress)
+    if not pool.images:
+        return [], pool.failed
+    names = [str(photos[i]) for i in pool.kept]
+    out = model.run(pool.images, embeddings=True, batch_size=batch_size, progress=progress)
     anchors = None
     if labelled:
-        _, known, _ = decoded(labelled)
+        known = decode_all([Path(p) for p in labelled], model.card.resize_to, desc="labelled", progress=False).images
         anchors = model.run(known, embeddings=True, batch_size=batch_size).embeddings if known else None
     assert out.embeddings is not None
     chosen = select(out.fine, out.embeddings, budget, strategy=strategy, labelled=anchors)
     m = margins(out.fine)
     classes = model.card.classes
     return [LabelSuggestion(names[i], rank, classes[int(out.fine[i].argmax())], float(out.fine[i].max()), float(m[i]))
-            for rank, i in enumerate(chosen, start=1)], failed
+            for rank, i in enumerate(chosen, start=1)], pool.failed

@@ -263,15 +263,10 @@ def _load_splits(cfg: TrainConfig, cat: Catalogue, card: ModelCard, run_dir: Pat
     """Decode train (+ catalogue photos), the selection split and (select_on holdout) val once: (train,
     selection, untouched val or None, what could not be decoded). The hold-out is seeded and stratified
     (`holdout_fraction` of each class's train photos), so a resumed run holds out the same photos."""
-    train_samples = list(cat.split("train"))
-    untouched = None
-    if cfg.select_on == "holdout":
-        from ..data.catalogue import _stratified_split
+    from ..data.catalogue import selection_split
 
-        train_samples, selection = _stratified_split(train_samples, cfg.holdout_fraction, seed=cfg.seed)
-        untouched = prepare_split(list(cat.split("val")), card, desc="val", progress=progress)
-    else:
-        selection = list(cat.split("val"))
+    train_samples, selection, held_back = selection_split(cat, cfg.select_on, cfg.holdout_fraction, cfg.seed)
+    untouched = None if held_back is None else prepare_split(held_back, card, desc="val", progress=progress)
     if cfg.catalogue_images:
         train_samples += _catalogue_samples(cat, train_samples)
     train = prepare_split(train_samples, card, desc="train", progress=progress)
@@ -577,14 +572,10 @@ def _finish(run: _Run, baseline: EvalReport | None, epochs_run: int) -> TrainRes
 def _calibrate(model: SkuModel, out: HeadOutputs, val: Split) -> HeadOutputs:
     """Fit the fine and coarse temperatures on val, store them in the model, return rescaled outputs."""
     t_fine = fit_temperature(out.fine, val.fine.numpy())
-    coarse = out.coarse_head
-    t_coarse = 1.0
-    if coarse is not None:
-        t_coarse = fit_temperature(coarse, val.coarse.numpy())
-        coarse = apply_temperature(coarse, t_coarse)
+    t_coarse = 1.0 if out.coarse_head is None else fit_temperature(out.coarse_head, val.coarse.numpy())
     model.temperature.copy_(torch.tensor([t_fine, t_coarse]))
     log.info("temperature scaling on val: fine T=%.3f, coarse T=%.3f", t_fine, t_coarse)
-    return HeadOutputs(apply_temperature(out.fine, t_fine), coarse, out.attributes, out.embeddings)
+    return _tempered(model, out)
 
 
 def _tempered(model: SkuModel, out: HeadOutputs) -> HeadOutputs:

@@ -88,18 +88,13 @@ def _strong_views(tensors: list[Any], seed: int) -> list[Any]:
 def pseudo_label(model: Model, photos: Sequence[str | os.PathLike[str]], threshold: float, *, precision: float = 0.0,
                  seed: int = 0, batch_size: int = 32, progress: bool = False) -> PseudoLabels:
     """Label `photos` with `model` where it is at least `threshold` sure and a strong view agrees."""
-    from ..data.decode import ImageDecodeError, decode_image
-    from ..data.transforms import to_uint8_tensor
+    from ..data.dataset import decode_all
 
-    paths, tensors, bad = [], [], []
-    for p in photos:
-        try:
-            tensors.append(to_uint8_tensor(decode_image(p, reduce_to=model.card.resize_to)))
-            paths.append(Path(p).resolve())
-        except ImageDecodeError as e:
-            bad.append((str(p), e.reason))
+    decoded = decode_all([Path(p) for p in photos], model.card.resize_to, desc="unlabelled", progress=progress)
+    tensors, bad = decoded.images, tuple(decoded.failed)
+    paths = [Path(photos[i]).resolve() for i in decoded.kept]
     if not tensors:
-        return PseudoLabels((), (), threshold, precision, 0, 0, tuple(bad))
+        return PseudoLabels((), (), threshold, precision, 0, 0, bad)
     weak = model.run(tensors, batch_size=batch_size, progress=progress).fine
     strong = model.run(_strong_views(tensors, seed), batch_size=batch_size).fine
     guess, conf = weak.argmax(axis=1), weak.max(axis=1)
@@ -112,23 +107,18 @@ def pseudo_label(model: Model, photos: Sequence[str | os.PathLike[str]], thresho
     samples = tuple(Sample(paths[i], card.classes[int(guess[i])], coarse.get(card.classes[int(guess[i])]))
                     for i in keep)
     return PseudoLabels(samples, tuple(float(conf[i]) for i in keep), threshold, precision, len(tensors),
-                        int((confident & ~agree).sum()), tuple(bad))
+                        int((confident & ~agree).sum()), bad)
 
 
 def _selection_probs(model: Model, cfg: TrainConfig, cat: Catalogue) -> tuple[np.ndarray, np.ndarray]:
-    """The teacher's calibrated probabilities on the split this run selects on, and the true classes."""
-    from ..data.catalogue import _stratified_split
-    from ..data.decode import decode_image
-    from ..data.transforms import to_uint8_tensor
+    """The teacher's calibrated probabilities on the split this run selects on (decoded as the engine decodes
+    it: an unreadable photo is skipped there and here), and the true classes."""
+    from ..data.catalogue import selection_split
+    from ..data.splits import prepare_split
 
-    if cfg.select_on == "holdout":
-        _, samples = _stratified_split(list(cat.split("train")), cfg.holdout_fraction, seed=cfg.seed)
-    else:
-        samples = list(cat.split("val"))
-    index = {c: i for i, c in enumerate(model.card.classes)}
-    samples = [s for s in samples if s.label in index]
-    tensors = [to_uint8_tensor(decode_image(s.path, reduce_to=model.card.resize_to)) for s in samples]
-    return model.run(tensors).fine, np.array([index[s.label] for s in samples])
+    _, samples, _ = selection_split(cat, cfg.select_on, cfg.holdout_fraction, cfg.seed)
+    split = prepare_split(samples, model.card, desc=cfg.select_on, progress=False)
+    return model.run(split.images).fine, split.fine.numpy()
 
 
 def self_train(cfg: TrainConfig, catalogue: Catalogue, *, progress: bool = True, fit_run: Any = None) -> TrainResult:
