@@ -139,16 +139,14 @@ def _check_settings(ns: argparse.Namespace) -> None:
         raise UsageError("--max-boxes must be >= 1")
 
 
-def _load(ns: argparse.Namespace, detector: str, model: str | None) -> tuple[Any, Any]:
-    from ..detect.detector import load_detector
+def _count_job(ns: argparse.Namespace, detector: str) -> Any:
+    """The count as a job (skulens.deploy.batch_jobs.CountJob): what both engines load and run."""
+    from ..deploy.batch_jobs import CountJob
 
-    det = load_detector(detector, device=ns.device).with_settings(max_detections=ns.max_boxes)
-    clf = None
-    if model:
-        from ..models.predictor import load_model
-
-        clf = load_model(model, device=ns.device)
-    return det, clf
+    return CountJob(detector, model=ns.model, index=getattr(ns, "index", None), min_score=ns.min_score,
+                    min_confidence=ns.min_confidence, min_similarity=getattr(ns, "min_similarity", 0.5),
+                    tiles=ns.tiles, max_boxes=ns.max_boxes, batch_size=getattr(ns, "batch_size", 8),
+                    device=ns.device)
 
 
 def cmd_count(ns: argparse.Namespace) -> int:
@@ -172,18 +170,13 @@ def cmd_count(ns: argparse.Namespace) -> int:
         raise UsageError("--index needs the model it was built with (-m/--model)")
     if ns.index and not Path(ns.index).exists():
         raise UsageError(f"--index {ns.index}: no such index")
+    job = _count_job(ns, detector)
     if parquet is not None:
-        return _count_on_ray(ns, detector, files, parquet)
-    det, clf = _load(ns, detector, ns.model)
+        return _count_on_ray(ns, job, files, parquet)
+    det, clf, index = job.load()
     from tqdm.auto import tqdm
 
     from ..detect.count import count_products, write_counts
-
-    index = None
-    if ns.index:
-        from ..search.index import open_index
-
-        index = open_index(ns.index)
 
     annotated = Path(ns.annotated) if ns.annotated else None
     if annotated:
@@ -213,13 +206,9 @@ def cmd_count(ns: argparse.Namespace) -> int:
     return EXIT_FAILED if errors == len(results) else 0
 
 
-def _count_on_ray(ns: argparse.Namespace, detector: str, files: list[str], out: Path) -> int:
-    from ..deploy.batch_jobs import CountJob
+def _count_on_ray(ns: argparse.Namespace, job: Any, files: list[str], out: Path) -> int:
     from ..deploy.ray_jobs import run_job
 
-    job = CountJob(detector, model=ns.model, index=ns.index, min_score=ns.min_score,
-                   min_confidence=ns.min_confidence, min_similarity=ns.min_similarity, tiles=ns.tiles,
-                   max_boxes=ns.max_boxes, batch_size=ns.batch_size, device=ns.device)
     res = run_job(job, files, out, **engine_options(ns))
     say(f"skulens count: {res.rows - res.errors} photo(s) on Ray, {ns.actors} actor(s), in {res.seconds:.1f} s "
         f"({res.images_per_s:.2f} photos/s) -> {res.out}" + (f", {res.errors} unreadable" if res.errors else ""))
@@ -292,7 +281,7 @@ def cmd_detect_evaluate(ns: argparse.Namespace) -> int:
     images = load_annotations(ns.data)
     if not images:
         raise UsageError(f"--data {ns.data}: no annotated photos")
-    det, clf = _load(ns, detector, ns.model)
+    det, clf, _ = _count_job(ns, detector).load()
     from ..detect.evaluate import evaluate_counting
 
     out = Path(ns.out) if ns.out else Path(detector) / f"eval-{Path(ns.data).resolve().name}"
