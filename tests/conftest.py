@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +85,23 @@ def detector(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cfg = DetectorConfig(min_size=128, max_size=256, max_detections=5)
     return save_detector(build_detector(cfg, pretrained=False), DetectorCard(cfg),
                          tmp_path_factory.mktemp("det") / "det")
+
+
+def modules_loaded_by(argvs: list[list[str]], modules: Sequence[str]) -> list[str]:
+    """Which of `modules` a fresh interpreter has imported after `skulens ARGV` for each ARGV (output
+    swallowed): how tests keep `--help` from loading torch and other heavy packages."""
+    import json
+    import subprocess
+    import sys
+
+    code = ("import contextlib, io, json, sys\nfrom skulens.cli import main\n"
+            f"for argv in {argvs!r}:\n"
+            "    with contextlib.redirect_stdout(io.StringIO()):\n"
+            "        try:\n            main(argv)\n        except SystemExit:\n            pass\n"
+            f"print(json.dumps(sorted(m for m in {list(modules)!r} if m in sys.modules)))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 def grocery_path() -> Path | None:

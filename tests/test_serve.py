@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 
 import skulens
 from _serve_util import SlowModel, bad_uploads, has_gps, photo_bytes
+from conftest import modules_loaded_by
 from skulens.serve.app import create_app
 from skulens.serve.settings import ApiKey, ServeSettings
 
@@ -387,15 +388,8 @@ def test_api_keys_from_a_file_and_the_environment(tmp_path: Path) -> None:
 
 
 def test_serve_and_inventory_help_import_neither_torch_nor_fastapi() -> None:
-    import subprocess
-    import sys
-
-    code = ("import sys; from skulens.cli import build_parser; p = build_parser()\n"
-            "for argv in (['serve', '--help'], ['inventory', 'scan', '--help']):\n"
-            "    try: p.parse_args(argv)\n    except SystemExit: pass\n"
-            "print(sorted(m for m in ('torch', 'fastapi', 'uvicorn') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip().endswith("[]"), out
+    assert modules_loaded_by([["serve", "--help"], ["inventory", "scan", "--help"]],
+                             ("torch", "fastapi", "uvicorn")) == []
 
 
 def test_explain_route_returns_the_predicted_class_and_a_heatmap(client, val_photo) -> None:

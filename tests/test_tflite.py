@@ -20,6 +20,7 @@ import pytest
 import torch
 
 import skulens
+from conftest import modules_loaded_by
 from skulens.deploy.tflite import FP32_TOLERANCE, Parity, check_parity, embed_card
 from skulens.models.bundle import BundleError
 from skulens.models.card import ModelCard
@@ -243,14 +244,8 @@ def test_help_imports_neither_torch_nor_litert() -> None:
     from skulens.deploy.bench import RUNTIMES
 
     assert DEFAULT_RUNTIMES + OPTIONAL_RUNTIMES == tuple(RUNTIMES)
-    code = ("import sys, contextlib, io\nfrom skulens.cli import main\n"
-            "for cmd in ('export', 'predict', 'bench'):\n"
-            "    with contextlib.redirect_stdout(io.StringIO()):\n"
-            "        try:\n            main([cmd, '--help'])\n        except SystemExit:\n            pass\n"
-            "print(sorted(m for m in ('torch', 'tensorflow', 'ai_edge_litert', 'litert_torch') if m in sys.modules))\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=120)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == "[]"
+    assert modules_loaded_by([[cmd, "--help"] for cmd in ("export", "predict", "bench")],
+                             ("torch", "tensorflow", "ai_edge_litert", "litert_torch")) == []
 
 
 # ------------------------------------------------------------------------------- export (needs the converter)
