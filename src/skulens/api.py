@@ -42,7 +42,8 @@ def load(bundle: str | os.PathLike, *, device: str = "auto", precision: str = "a
          backend: str = "torch") -> Model:
     """Load a model bundle (model.safetensors + card.json; never unpickles).
 
-    backend "onnx" runs the bundle's exported `model.onnx` (see `skulens export`) with ONNX Runtime, "tflite"
+    backend "onnx" runs the bundle's exported `model.onnx` (see `skulens export`) with ONNX Runtime, "onnx-int8"
+    its `model.int8.onnx` (`skulens export --int8` or `--preset fast`), "tflite"
     its `model.tflite` with LiteRT. "pretrained:NAME" (e.g. "pretrained:efficientnet_lite2") is a plain
     pretrained backbone for embeddings only (see `pretrained`).
     """

@@ -28,6 +28,12 @@ OPTIONAL_RUNTIMES = ("tflite-fp32", "tflite-int8")  # on request: they need skul
 
 def cmd_export(ns: argparse.Namespace) -> int:
     bundle = model_path(ns)
+    if ns.preset == "fast":
+        return _export_fast(ns, bundle)
+    for flag, value in (("--student", ns.student), ("--epochs", ns.epochs), ("--check-split", ns.check_split),
+                        ("--max-drop", ns.max_drop)):
+        if value is not None:
+            raise UsageError(f"{flag} belongs to --preset fast")
     if ns.int8 and ns.format == "torchscript":
         raise UsageError("--int8 needs --format onnx or tflite")
     # checked before the export starts; tflite fp32 takes its parity photos from the data when it is there
@@ -46,6 +52,33 @@ def cmd_export(ns: argparse.Namespace) -> int:
         photos = calibration_sample(data, split=ns.calibration_split, images=ns.calibration_images)
         q = quantize_onnx_with_photos(path, photos, progress=True)
         say(f"int8 (ONNX Runtime static, per-channel): {q} ({q.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+def _export_fast(ns: argparse.Namespace, bundle: str) -> int:
+    if ns.format != "onnx":
+        raise UsageError("--preset fast makes ONNX Runtime int8 files: drop --format")
+    if ns.max_drop is not None and ns.max_drop < 0:
+        raise UsageError(f"--max-drop must be >= 0, got {ns.max_drop}")
+    if ns.epochs is not None and ns.epochs < 1:
+        raise UsageError(f"--epochs must be >= 1, got {ns.epochs}")
+    out = Path(ns.out or f"runs/fast-{Path(bundle).resolve().parent.name}")
+    if out.exists() and any(out.iterdir()):
+        raise UsageError(f"--out {out} exists and is not empty: give a new folder")
+    data = data_path(ns, model=bundle)
+    from ..deploy.fast import make_fast
+
+    overrides = {"epochs": ns.epochs} if ns.epochs else {}
+    res = make_fast(bundle, out=out, data=data, student=ns.student, check_split=ns.check_split or "val",
+                    calibration_images=ns.calibration_images,
+                    max_drop=1.0 if ns.max_drop is None else ns.max_drop, progress=not ns.quiet, say=say,
+                    **overrides)
+    say(f"fast model: {res.int8_path} ({res.int8_path.stat().st_size / 1e6:.1f} MB); run it with "
+        f"`skulens predict --model {res.out} --backend onnx-int8 ...`; measurements: {res.out / 'fast.md'}")
+    if not res.passed:
+        say(f"skulens: the int8 student is {res.drop:.1f} points below the teacher on {res.check_split}, more than "
+            f"--max-drop {res.max_drop:g}: the files are written, but do not deploy them as they are")
+        return 1
     return 0
 
 
@@ -78,6 +111,9 @@ def cmd_bench(ns: argparse.Namespace) -> int:
     bundle = model_path(ns)
     if ns.detector:
         check_detector(ns.detector)
+    if ns.fast and not (Path(ns.fast) / "model.int8.onnx").is_file():
+        raise UsageError(f"--fast {ns.fast}: no model.int8.onnx there (make it with `skulens export --model BUNDLE "
+                         f"--preset fast --out {ns.fast}`)")
     extra = {k: v for k, v in (("distilled", ns.distilled), ("pruned", ns.pruned)) if v}
     for item in ns.extra or []:
         name, _, path = item.partition("=")
@@ -90,7 +126,7 @@ def cmd_bench(ns: argparse.Namespace) -> int:
 
     out = ns.out or f"runs/bench-deploy-{Path(bundle).resolve().parent.name}"
     result = bench_bundle(bundle, data, out=out, split=ns.split, runtimes=csv_list(ns.variants), extra=extra,
-                          extra_runtimes=csv_list(ns.extra_runtimes), limit=ns.limit,
+                          extra_runtimes=csv_list(ns.extra_runtimes), fast=ns.fast, limit=ns.limit,
                           calibration_images=ns.calibration_images, threads=ns.threads, workers=ns.workers,
                           batch_size=ns.batch_size, latency_images=ns.latency_images, repeats=ns.repeats,
                           isolate=ns.isolate, progress=not ns.quiet, device=str(resolve_device(ns.device)))
@@ -110,8 +146,21 @@ def cmd_bench(ns: argparse.Namespace) -> int:
 
 
 def add_commands(sub: Any) -> None:
-    x = sub.add_parser("export", help="export a bundle to ONNX, TorchScript or TFLite (card embedded)")
+    x = sub.add_parser("export", help="export a bundle to ONNX, TorchScript or TFLite (card embedded); "
+                                      "--preset fast: distil, export, quantize and check in one command")
     add_model(x)
+    x.add_argument("--preset", choices=("fast",),
+                   help="fast: distil the bundle into an EfficientNet-Lite0 student, export it to ONNX, quantize it "
+                        "to int8 (which convs stay float chosen by measured accuracy and speed) and check it "
+                        "against the bundle; --out is then a folder (default runs/fast-RUN), a bundle holding "
+                        "model.int8.onnx for --backend onnx-int8. Distillation takes about 30 min on 2 CPU cores")
+    x.add_argument("--student", help="--preset fast: the student backbone (default: efficientnet_lite0)")
+    x.add_argument("--epochs", type=int, help="--preset fast: distillation epochs (default: the training default)")
+    x.add_argument("--check-split", help="--preset fast: split the int8 candidates and the check are scored on "
+                                         "(default: val)")
+    x.add_argument("--max-drop", type=float,
+                   help="--preset fast: points of top-1 the int8 student may lose against the bundle (default: 1); "
+                        "beyond it the command exits 1")
     x.add_argument("--format", choices=("onnx", "torchscript", "tflite"), default="onnx",
                    help="file format (default: onnx); tflite: LiteRT via litert-torch, checked against PyTorch")
     add_out(x, "file to write (default: inside the bundle)", legacy_output=True)
@@ -122,6 +171,7 @@ def add_commands(sub: Any) -> None:
     x.add_argument("--calibration-images", type=int, default=256, help="photos that calibrate int8 (default: 256)")
     x.add_argument("--parity-images", type=int, default=64,
                    help="tflite: val photos each exported file must agree with PyTorch on (default: 64)")
+    add_quiet(x)
     x.set_defaults(func=cmd_export)
 
     b = sub.add_parser("bench", help="deployment benchmark: accuracy, size, latency, throughput, memory")
@@ -133,6 +183,8 @@ def add_commands(sub: Any) -> None:
                         "; also " + ", ".join(OPTIONAL_RUNTIMES) + " (LiteRT, needs skulens[tflite-export])")
     b.add_argument("--distilled", help="a distilled bundle to measure too")
     b.add_argument("--pruned", help="a pruned bundle to measure too")
+    b.add_argument("--fast", help="a folder made by `skulens export --preset fast`: its model.int8.onnx measured as "
+                                  "it is, row 'fast (onnx-int8)'")
     b.add_argument("--detector", help="add detection rows: shelf photos/s end to end at 1 megapixel (decode, detect, "
                                       "classify every box), PyTorch and, if exported, ONNX Runtime")
     b.add_argument("--detection-photos", type=int, default=10, help="photos of the detection rows (default: 10)")

@@ -80,8 +80,9 @@ def add_commands(sub: Any) -> None:
     add_out(e, "report directory", required=True)
     e.add_argument("--baseline", action="store_true", help="also evaluate the linear probe on the pretrained backbone")
     _device(e)
-    e.add_argument("--backend", choices=("torch", "onnx", "tflite"), default="torch",
-                   help="onnx: the bundle's model.onnx (ONNX Runtime); tflite: its model.tflite (LiteRT)")
+    e.add_argument("--backend", choices=("torch", "onnx", "onnx-int8", "tflite"), default="torch",
+                   help="onnx: the bundle's model.onnx (ONNX Runtime); onnx-int8: its model.int8.onnx; tflite: its "
+                        "model.tflite (LiteRT)")
     add_quiet(e)
     e.set_defaults(func=cmd_evaluate)
 

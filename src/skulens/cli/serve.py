@@ -32,7 +32,8 @@ _SERVE_HELP = {
     "db": "inventory: SQLite file or postgresql:// URL; enables /v1/inventory/*",
     "port": "TCP port",
     "device": "auto, cpu, cuda or cuda:N",
-    "backend": "torch, or onnx: the bundle's model.onnx (skulens export) under ONNX Runtime; no explain/enrolment",
+    "backend": "torch, or onnx / onnx-int8: the bundle's model.onnx / model.int8.onnx (skulens export) under ONNX "
+               "Runtime; no explain/enrolment",
     "auth_reads": "require an API key on read endpoints too",
     "cors_origins": "comma-separated origins allowed by CORS (default: CORS off)",
     "top_k": "labels per prediction",

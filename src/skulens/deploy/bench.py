@@ -86,9 +86,18 @@ class BenchResult:
     def baseline(self) -> BenchRow:
         return next(r for r in self.rows if r.runtime == "baseline")
 
-    def goal(self, min_speedup: float = 4.0, max_top1_loss: float = 1.0) -> BenchRow | None:
-        """The fastest row at >= `min_speedup` x the baseline with at most `max_top1_loss` points lost."""
-        ok = [r for r in self.rows if r.speedup >= min_speedup and r.top1_delta >= -max_top1_loss]
+    def reference(self, name: str = "default (torch-fp32)") -> BenchRow | None:
+        """A row by name: by default the default model's own fp32 accuracy, with skulens' preprocessing."""
+        return next((r for r in self.rows if r.name == name), None)
+
+    def goal(self, min_speedup: float = 4.0, max_top1_loss: float = 1.0, against: BenchRow | None = None
+             ) -> BenchRow | None:
+        """The fastest row at >= `min_speedup` x the baseline with at most `max_top1_loss` points lost
+        against the baseline, or against the row `against` (e.g. `reference()`)."""
+        def change(r: BenchRow) -> float:
+            return r.top1_delta if against is None else 100 * (r.top1 - against.top1)
+
+        ok = [r for r in self.rows if r.speedup >= min_speedup and change(r) >= -max_top1_loss - 1e-9]
         return max(ok, key=lambda r: r.throughput_ips, default=None)
 
     def to_dict(self) -> dict[str, Any]:
@@ -357,10 +366,11 @@ def _tflite_files(bundle: str, work: Path, int8: bool, calibration: Sequence[Pat
 def bench_bundle(bundle: str | os.PathLike, data: str | os.PathLike, *, out: str | os.PathLike,
                  split: str = "val", runtimes: Sequence[str] = DEFAULT_RUNTIMES,
                  extra: dict[str, str] | None = None,
-                 extra_runtimes: Sequence[str] = ("torch-bf16", "onnx-fp32"),
+                 extra_runtimes: Sequence[str] = ("torch-bf16", "onnx-fp32"), fast: str | os.PathLike | None = None,
                  limit: int | None = None, calibration_images: int = 256, **kwargs: Any) -> BenchResult:
     """Export what the runtimes need into `out`, then measure the bundle (and `extra` bundles, e.g.
-    {"distilled": path, "pruned": path}) on `split` of the catalogue `data`; writes bench.json/bench.md."""
+    {"distilled": path, "pruned": path}) on `split` of the catalogue `data`; writes bench.json/bench.md.
+    `fast`: a folder made by `skulens export --preset fast`, measured as it is (its model.int8.onnx)."""
     import json
     import random
 
@@ -391,7 +401,16 @@ def bench_bundle(bundle: str | os.PathLike, data: str | os.PathLike, *, out: str
         for r in rts:
             file = files.get(r)
             variants.append(Variant(f"{name} ({r})", r, b, str(file) if file else None))
+    if fast is not None:
+        from ..models.onnx_runtime import ONNX_INT8_NAME
+
+        file = Path(fast) / ONNX_INT8_NAME
+        if not file.is_file():
+            raise FileNotFoundError(f"{fast}: no {ONNX_INT8_NAME}; make it with `skulens export --model BUNDLE "
+                                    f"--preset fast --out {fast}`")
+        variants.append(Variant("fast (onnx-int8)", "onnx-int8", str(fast), str(file)))
     settings = {"bundle": str(bundle), "data": str(data), "limit": limit, "extra": extra or {},
+                "fast": None if fast is None else str(fast),
                 "calibration_images": len(calib)}
     result = run_bench(variants, paths, labels, split=split, settings=settings, **kwargs)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -413,6 +432,15 @@ def to_markdown(result: BenchResult) -> str:
     verdict = (f"Goal (>= 4x the baseline's end-to-end throughput at <= 1 point top-1 loss): met by "
                f"{goal.name}, {goal.speedup:.2f}x at {goal.top1_delta:+.1f} points." if goal else
                "Goal (>= 4x the baseline's end-to-end throughput at <= 1 point top-1 loss): NOT met.")
+    ref = result.reference()
+    if ref is not None:
+        fast = result.goal(10.0, 1.0, against=ref)
+        best = max(result.rows, key=lambda r: r.throughput_ips)
+        text = "Goal (>= 10x the baseline at <= 1 point below the default model's own fp32 top-1, " \
+               f"{ref.name} {100 * ref.top1:.1f}): "
+        verdict += "\n" + text + (
+            f"met by {fast.name}, {fast.speedup:.2f}x at {100 * (fast.top1 - ref.top1):+.1f} points." if fast else
+            f"NOT met (fastest: {best.name}, {best.speedup:.2f}x at {100 * (best.top1 - ref.top1):+.1f} points).")
     memo = "one fresh process per variant" if result.isolated else "one process for all variants (cumulative)"
     device = result.settings.get("device", "cpu")
     intro = (f"{result.n_images} images ({result.split}) on {device}; {result.threads} inference threads, "

@@ -58,8 +58,11 @@ def calibration_inputs(photos: Sequence[str | os.PathLike], card: ModelCard, *, 
 
 def quantize_onnx(onnx_path: str | os.PathLike, out: str | os.PathLike, images: Sequence[torch.Tensor],
                   transform: Callable[[torch.Tensor], torch.Tensor], *, batch_size: int = 16,
-                  per_channel: bool = True) -> Path:
-    """Quantize `onnx_path` to int8 using `images` (decoded uint8 tensors) for activation ranges."""
+                  per_channel: bool = True, keep_float: Sequence[str] = ()) -> Path:
+    """Quantize `onnx_path` to int8 using `images` (decoded uint8 tensors) for activation ranges.
+
+    `keep_float`: names of more nodes (of the graph after ONNX Runtime's pre-processing, which keeps the
+    exported names) to leave in float, beside the heads and post-processing (`deploy.fast` measures which)."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -85,9 +88,13 @@ def quantize_onnx(onnx_path: str | os.PathLike, out: str | os.PathLike, images: 
         # The backbone goes int8; the heads and the softmax/sigmoid/normalise tail stay float: quantized,
         # the probabilities were rounded to 1/255 steps (seen here: rows summing to 254/255, ties).
         # Quantizing only Conv/Gemm instead cost 16 points (conv outputs quantized before ReLU6).
+        graph = onnx.load(str(pre))
+        missing = sorted(set(keep_float) - {n.name for n in graph.graph.node})
+        if missing:
+            raise ValueError(f"{onnx_path}: no node named {', '.join(missing[:3])} to keep float")
         quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
                         weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
-                        nodes_to_exclude=_tail_nodes(onnx.load(str(pre))))
+                        nodes_to_exclude=[*_tail_nodes(graph), *keep_float])
     source = {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
     proto = onnx.load(str(out))
     if CARD_KEY in source and CARD_KEY not in {p.key for p in proto.metadata_props}:

@@ -19,12 +19,13 @@ from .bundle import BundleError
 from .card import ModelCard
 from .inference import HeadOutputs, collect_outputs, iter_batches
 
-__all__ = ["CARD_KEY", "ONNX_NAME", "OnnxRunner", "read_onnx_card", "require_onnx"]
+__all__ = ["CARD_KEY", "ONNX_INT8_NAME", "ONNX_NAME", "OnnxRunner", "read_onnx_card", "require_onnx"]
 
 # The deploy stage's logger name: users (and tests) filter ONNX messages on it.
 log = logging.getLogger("skulens.deploy.onnx")
 
 ONNX_NAME = "model.onnx"
+ONNX_INT8_NAME = "model.int8.onnx"  # `skulens export --int8` and `--preset fast` write it beside model.onnx
 CARD_KEY = "skulens_card"
 
 

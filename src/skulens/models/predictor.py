@@ -243,11 +243,12 @@ def _exported_file(path: str | os.PathLike, name: str, fmt: str) -> Path:
     return p / name
 
 
-def load_onnx(path: str | os.PathLike) -> Model:
-    """A Model backed by ONNX Runtime: a .onnx file, or a bundle dir holding model.onnx."""
-    from .onnx_runtime import ONNX_NAME, OnnxRunner, read_onnx_card
+def load_onnx(path: str | os.PathLike, *, int8: bool = False) -> Model:
+    """A Model backed by ONNX Runtime: a .onnx file, or a bundle dir holding model.onnx (`int8`: its
+    model.int8.onnx, written by `skulens export --int8` or `--preset fast`)."""
+    from .onnx_runtime import ONNX_INT8_NAME, ONNX_NAME, OnnxRunner, read_onnx_card
 
-    p = _exported_file(path, ONNX_NAME, "onnx")
+    p = _exported_file(path, ONNX_INT8_NAME if int8 else ONNX_NAME, "onnx --int8" if int8 else "onnx")
     card = read_onnx_card(p)
     model = Model(None, card, torch.device("cpu"), "off", runner=OnnxRunner(p))
     model.path = p.parent
@@ -282,18 +283,19 @@ def load_model(bundle: str | os.PathLike, *, device: str = "auto", precision: st
                backend: str = "torch") -> Model:
     """Load a model bundle (model.safetensors + card.json; never unpickles).
 
-    backend "onnx" runs the bundle's exported `model.onnx` (see `skulens export`) with ONNX Runtime, "tflite"
+    backend "onnx" runs the bundle's exported `model.onnx` (see `skulens export`) with ONNX Runtime, "onnx-int8"
+    its `model.int8.onnx` (`skulens export --int8` or `--preset fast`), "tflite"
     its `model.tflite` with LiteRT. "pretrained:NAME" (e.g. "pretrained:efficientnet_lite2") is a plain
     pretrained backbone for embeddings only (see `pretrained_model`).
     """
     if str(bundle).startswith(PRETRAINED_PREFIX):
         return pretrained_model(str(bundle)[len(PRETRAINED_PREFIX):], device=device, precision=precision)
-    if backend == "onnx":
-        return load_onnx(bundle)
+    if backend in ("onnx", "onnx-int8"):
+        return load_onnx(bundle, int8=backend == "onnx-int8")
     if backend == "tflite":
         return load_tflite(bundle)
     if backend != "torch":
-        raise ValueError(f"unknown backend {backend!r}: torch, onnx or tflite")
+        raise ValueError(f"unknown backend {backend!r}: torch, onnx, onnx-int8 or tflite")
     dev = resolve_device(device)
     net, card = load_bundle(bundle, dev)
     net.to(memory_format=torch.channels_last)

@@ -43,7 +43,7 @@ class ServeSettings:
     host: str = "127.0.0.1"  # localhost only unless asked: the service has write endpoints
     port: int = 8000
     device: str = "auto"
-    backend: str = "torch"  # torch, or onnx: the bundle's exported model.onnx under ONNX Runtime (no Grad-CAM, no enrolment)
+    backend: str = "torch"  # torch, or onnx / onnx-int8: the bundle's model.onnx / model.int8.onnx under ONNX Runtime (no Grad-CAM, no enrolment)
     # Security.
     api_keys: tuple[ApiKey, ...] = ()  # from --api-keys-file or $SKULENS_API_KEYS; none: writes refused
     auth_reads: bool = False  # also require a key on read endpoints
@@ -94,8 +94,8 @@ class ServeSettings:
             raise ConfigError(f"recommend_refit_s must be > 0, got {self.recommend_refit_s}")
         if self.upload_retention_days is not None and not self.db:
             raise ConfigError("upload_retention_days needs an inventory (db): only the inventory keeps uploads")
-        if self.backend not in ("torch", "onnx"):
-            raise ConfigError(f"backend must be torch or onnx, got {self.backend!r}")
+        if self.backend not in ("torch", "onnx", "onnx-int8"):
+            raise ConfigError(f"backend must be torch, onnx or onnx-int8, got {self.backend!r}")
         if self.db and "://" in self.db and self.db.split("://", 1)[0].lower() not in _DB_SCHEMES:
             raise ConfigError(f"db {_hide_password(self.db)}: a SQLite file path or a postgresql:// URL "
                               f"(schemes: {', '.join(sorted(_DB_SCHEMES))})")
