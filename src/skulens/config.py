@@ -29,7 +29,7 @@ class ConfigError(ValueError):
 Freeze = Literal["full", "head", "partial", "gradual"]
 Optimizer = Literal["adamw", "sgd"]
 Schedule = Literal["cosine", "onecycle", "constant"]
-Augment = Literal["none", "light", "strong"]
+Augment = Literal["none", "light", "strong", "robust"]
 Precision = Literal["auto", "bf16", "fp16", "off"]
 ClassWeights = Literal["none", "balanced"]
 Adversarial = Literal["none", "fgsm", "pgd"]

@@ -6,12 +6,13 @@ does that once), so the per-epoch work is only cropping, augmentation and normal
 
 from __future__ import annotations
 
+import math
 from typing import Protocol
 
 import torch
 from torchvision.transforms import v2
 
-__all__ = ["PreprocessSpec", "create_transform", "to_uint8_tensor"]
+__all__ = ["PreprocessSpec", "create_transform", "robust_transform", "to_uint8_tensor"]
 
 
 class PreprocessSpec(Protocol):
@@ -50,7 +51,49 @@ def create_transform(spec: PreprocessSpec, *, train: bool = False, augment: str 
             v2.TrivialAugmentWide(),
         ]
         return v2.Compose(ops + finish + [v2.RandomErasing(p=0.25, value=0)])
-    raise ValueError(f"unknown augmentation preset {augment!r}: none, light or strong")
+    if augment == "robust":
+        return robust_transform(size, finish)
+    raise ValueError(f"unknown augmentation preset {augment!r}: none, light, strong or robust")
+
+
+class RandomJpeg(torch.nn.Module):
+    """JPEG-compress a uint8 CHW image at a random quality, through Pillow (torchvision's own JPEG
+    encoder is deprecated since 0.29 and warns on every call)."""
+
+    def __init__(self, quality: tuple[int, int]):
+        super().__init__()
+        self.quality = quality
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import io
+
+        import numpy as np
+        from PIL import Image
+
+        q = int(torch.randint(self.quality[0], self.quality[1] + 1, (1,)))
+        buf = io.BytesIO()
+        Image.fromarray(x.permute(1, 2, 0).numpy()).save(buf, format="JPEG", quality=q)
+        back = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+        return torch.from_numpy(back.copy()).permute(2, 0, 1)
+
+
+def robust_transform(size: int, finish: list) -> v2.Compose:
+    """"light" plus the ways real phone photos degrade, each on a share of the batches: JPEG compression,
+    Gaussian blur, sensor noise and stronger lighting changes (torchvision v2 ops, at the model's input
+    size, where `evaluate.robustness` applies its corruptions too). The ranges stop short of the
+    benchmark's worst severities: training on them cost clean accuracy elsewhere (ImageNet-C practice)."""
+    sigma = 3.0 * size / 224  # blur sigma in px, the robustness benchmark's scale (its levels are for 224 px)
+    kernel = 2 * math.ceil(3 * sigma) + 1
+    return v2.Compose([
+        v2.RandomResizedCrop(size, scale=(0.35, 1.0), antialias=True),
+        v2.RandomHorizontalFlip(),
+        v2.ColorJitter(0.4, 0.3, 0.3),
+        v2.RandomApply([RandomJpeg((10, 60))], p=0.2),  # on uint8, before the float conversion
+        finish[0],
+        v2.RandomApply([v2.GaussianBlur(kernel, sigma=(0.5, sigma))], p=0.2),
+        v2.RandomApply([v2.RandomChoice([v2.GaussianNoise(sigma=s) for s in (0.04, 0.08, 0.15)])], p=0.2),
+        *finish[1:],
+    ])
 
 
 def to_uint8_tensor(image) -> torch.Tensor:
