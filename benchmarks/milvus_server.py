@@ -42,8 +42,10 @@ K = 10
 # Measured at 100k x 1280 (2-core machine): the server's data folder held 1.7 GB (write-ahead log 0.53, binlogs
 # 0.48, HNSW files 0.45, etcd and metadata 0.2) and the server peaked at 2.6 GB RSS (all rows sit in growing
 # segments until the flush, then the HNSW builds and loads beside them). Per float32 value, plus fixed parts:
+# At 400k x 1280 the server peaked at 5.1 GB (about 9 B per value above the fixed part): the 100k figure
+# overstates the per-value memory, so the estimate now uses 10 B.
 DISK_PER_VALUE, DISK_FIXED_GB = 12.0, 0.3
-SERVER_RAM_PER_VALUE, SERVER_FIXED_GB = 17.0, 0.6
+SERVER_RAM_PER_VALUE, SERVER_FIXED_GB = 10.0, 0.6
 CLIENT_RAM_PER_VALUE = 10.0  # this process: the vectors and records, then FAISS' copy + SQ8 codes + training
 
 
@@ -128,7 +130,7 @@ def measure(index, queries: np.ndarray, gt: np.ndarray | None, *, group: bool = 
 
 
 def run_backend(kind: str, where: str, base, records, queries, gts, filters, n_filtered: int, n_grouped: int,
-                strong_sample: int = 0, partitions: bool = True) -> dict:
+                strong_sample: int = 0, partitions: bool = True, ef_sweep: tuple[int, ...] = ()) -> dict:
     from threadpoolctl import threadpool_limits
 
     from skulens.search.index import create_index
@@ -158,6 +160,15 @@ def run_backend(kind: str, where: str, base, records, queries, gts, filters, n_f
         out["grouped"] = measure(index, queries[:n_grouped], None, group=True)
         if strong_sample:
             out["strong"] = strong_latency(index, queries[:strong_sample])
+        default = dict(index.search_params)
+        out["ef_sweep"] = []
+        for ef in ef_sweep:  # HNSW: the same built index searched with other ef (the search-time beam width)
+            index.search_params = {**default, "ef": ef}
+            measure(index, queries[:20], None)
+            out["ef_sweep"].append({"ef": ef, "raw": measure(index, queries, gt),
+                                    "filtered": measure(index, queries[:n_filtered], gt_f[:n_filtered],
+                                                        filters=filters[:n_filtered])})
+        index.search_params = default
     out["client_rss_gb"] = proc_status("self", "VmRSS")
     index.close()
     return out
@@ -198,8 +209,11 @@ def main() -> int:
     ap.add_argument("--scratch", default=None, help="where the Milvus server keeps its data (temp dir)")
     ap.add_argument("--disk-margin-gb", type=float, default=3.0, help="disk left free for everyone else")
     ap.add_argument("--fit", action="store_true", help="lower --n to the largest size that fits (in steps of 50k)")
+    ap.add_argument("--ef", default="64,32",
+                    help="Milvus HNSW: more search-time ef values measured on the same index (default 64,32; '' for none)")
     ap.add_argument("--no-write", action="store_true", help="print only; do not append to RESULTS.md")
     args = ap.parse_args()
+    ef_sweep = tuple(int(v) for v in args.ef.split(",") if v.strip())
 
     import faiss
 
@@ -239,7 +253,7 @@ def main() -> int:
         print(f"Milvus server up in {time.perf_counter() - t1:.1f} s at {server.uri}", flush=True)
         try:
             r = run_backend("milvus", server.uri, base, records, queries, (gt, gt_f), filters, args.filtered,
-                            args.grouped, strong_sample=50, partitions=args.partitions)
+                            args.grouped, strong_sample=50, partitions=args.partitions, ef_sweep=ef_sweep)
             r["memory"] = (f"server {proc_status(server.pid, 'VmRSS'):.1f} (peak {proc_status(server.pid, 'VmHWM'):.1f})"
                            f" + client {r['client_rss_gb']:.1f}")
             r["disk"] = f"{du_gb(scratch / 'milvus'):.1f}"
@@ -250,6 +264,9 @@ def main() -> int:
             server.remove_data()
         rows.append(fmt(r))
         strong = r["strong"]
+        sweep = [f"| {s['ef']} | {s['raw']['p50_ms']:.2f} | {s['raw']['p99_ms']:.2f} | {s['raw']['recall']:.3f} | "
+                 f"{s['filtered']['p50_ms']:.2f} / {s['filtered']['p99_ms']:.2f} | {s['filtered']['recall']:.3f} |"
+                 for s in r["ef_sweep"]]
         print(rows[-1], flush=True)
 
         before = proc_status("self", "VmRSS")
@@ -286,6 +303,10 @@ def main() -> int:
         (f"Milvus with Strong consistency (the skulens default), same raw search, {strong['queries']} queries: "
         f"p50 {strong['p50_ms']:.1f} ms, p99 {strong['p99_ms']:.1f} ms (it waits until the server's time ticks pass the "
         "request's timestamp; proxy.timeTickInterval is 200 ms)."),
+        *(["", f"Milvus HNSW, the same index searched with other ef (default {r['search_params'].get('ef')}; "
+               "Bounded consistency):", "",
+           "| ef | p50 ms | p99 ms | recall@10 | filtered p50 / p99 ms | filtered recall@10 |",
+           "|---|---|---|---|---|---|", *sweep] if sweep else []),
     ])
     print(body)
     if not args.no_write:

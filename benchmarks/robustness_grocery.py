@@ -1,14 +1,15 @@
-"""Robustness on Grocery Store: the default model vs an adversarially fine-tuned one (and a clean control).
+"""Robustness on Grocery Store: the default model vs robustness fine-tunes (and a clean control).
 
-    python benchmarks/robustness_grocery.py [--bundle runs/bench5/bundle] [--epochs 3] [--adversarial pgd]
-                                            [--adv-eps 2] [--adv-steps 2] [--eps 0.5,1,2,4] [--pgd-steps 5]
-                                            [--severities 1,2,3,4,5] [--limit N]
-                                            [extra `skulens train` flags for both fine-tunes]
+    python benchmarks/robustness_grocery.py [--bundle runs/bench5/bundle] [--arms control,adversarial,robust]
+                                            [--epochs 3] [--adversarial pgd] [--adv-eps 2] [--adv-steps 2]
+                                            [--eps 0.5,1,2,4] [--pgd-steps 5] [--severities 1,2,3,4,5] [--limit N]
+                                            [extra `skulens train` flags for every fine-tune]
 
-Both fine-tunes start from BUNDLE with the same recipe (`--init-from`, a lower LR); one adds
-`--adversarial`, the control does not, so the difference is the adversarial examples and not the extra
-epochs. Then `skulens robustness` (FGSM/PGD at --eps, six corruptions at --severities) on all three, and
-a table of clean vs robust accuracy appended to benchmarks/RESULTS.md.
+Every fine-tune starts from BUNDLE with the same recipe (`--init-from`, a lower LR); `adversarial` adds
+`--adversarial`, `robust` adds `--augment robust` (JPEG, blur, noise and lighting on a share of the photos),
+`robust+adversarial` both; the control adds nothing, so each difference is what the arm adds and not the
+extra epochs. Then `skulens robustness` (FGSM/PGD at --eps, six corruptions at --severities) on every model,
+and a table of clean vs robust accuracy appended to benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from _results import append_section, run_timed
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", default="runs/bench5/bundle")
+    ap.add_argument("--arms", default="control,adversarial",
+                    help="fine-tunes beside the default model: control, adversarial, robust, robust+adversarial")
     ap.add_argument("--epochs", default="3")
     ap.add_argument("--lr", default="3e-4", help="fine-tune LR (the bundle is already trained)")
     ap.add_argument("--adversarial", default="pgd", choices=("pgd", "fgsm"))
@@ -45,12 +48,16 @@ def main() -> int:
     backbone = json.loads(Path(ns.bundle, "card.json").read_text())["backbone"]
     tune = ["--init-from", ns.bundle, "--backbone", backbone, "--epochs", ns.epochs, "--lr", ns.lr,
             "--warmup-epochs", "0.5", "--no-baseline", *data, "-q", *extra]
-    walls = {"control": run_timed([*cli, "train", "--out", str(out / "control"), *tune]),
-             "adversarial": run_timed([*cli, "train", "--out", str(out / "adversarial"), *tune, "--adversarial",
-                                  ns.adversarial, "--adversarial-eps", ns.adv_eps, "--adversarial-steps",
-                                  ns.adv_steps])}
-    models = {"default": Path(ns.bundle), "control": out / "control" / "bundle",
-              "adversarial": out / "adversarial" / "bundle"}
+    adversarial = ["--adversarial", ns.adversarial, "--adversarial-eps", ns.adv_eps, "--adversarial-steps",
+                   ns.adv_steps]
+    recipes = {"control": [], "adversarial": adversarial, "robust": ["--augment", "robust"],
+               "robust+adversarial": ["--augment", "robust", *adversarial]}
+    arms = [a.strip() for a in ns.arms.split(",") if a.strip()]
+    unknown = [a for a in arms if a not in recipes]
+    if unknown:
+        ap.error(f"--arms: unknown {unknown}; choose from {', '.join(recipes)}")
+    walls = {a: run_timed([*cli, "train", "--out", str(out / a), *tune, *recipes[a]]) for a in arms}
+    models = {"default": Path(ns.bundle), **{a: out / a / "bundle" for a in arms}}
     reports = {}
     for name, bundle in models.items():
         limit = ["--limit", ns.limit] if ns.limit else []
@@ -79,7 +86,9 @@ def main() -> int:
          f"levels, x/255), on the fine head; PGD with random start and step 2.5 eps / steps; all in fp32. "
          f"Fine-tunes from `{ns.bundle}`: {ns.epochs} epochs at LR {ns.lr}; adversarial = `--adversarial "
          f"{ns.adversarial} --adversarial-eps {ns.adv_eps} --adversarial-steps {ns.adv_steps}` (half of each "
-         "batch replaced by attacks made with the model in eval mode); control = the same without it."),
+         "batch replaced by attacks made with the model in eval mode); robust = `--augment robust` (JPEG q10-60, "
+         "blur, noise sigma 0.04-0.15 and stronger lighting, each on a fifth of the photos); control = the same "
+         f"fine-tune with neither. Arms: {', '.join(arms)}."),
         "",
         *rows,
         "",
@@ -90,7 +99,7 @@ def main() -> int:
         f"Reports and plots: {out}/robustness-*/.",
     ])
     command = ("python benchmarks/robustness_grocery.py " + shlex.join(sys.argv[1:])).strip()
-    append_section("Robustness: default vs adversarial fine-tune (grocery val)", command, body)
+    append_section("Robustness: default vs robustness fine-tunes (grocery val)", command, body)
     print(body)
     return 0
 

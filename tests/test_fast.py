@@ -81,6 +81,23 @@ def test_the_report_holds_what_the_files_do(fast, tiny_bundle, tiny_catalogue: P
             assert weight is None or weight.op_type != "DequantizeLinear", node.name
 
 
+def test_a_second_run_reuses_the_distilled_student(fast, tiny_bundle, tiny_catalogue: Path, tmp_path: Path) -> None:
+    import shutil
+
+    res, _ = fast
+    out = tmp_path / "again"
+    shutil.copytree(res.out, out)
+    before = (out / "distill-run" / "bundle" / "model.safetensors").stat().st_mtime_ns
+    messages: list[str] = []
+    again = make_fast(tiny_bundle.bundle, out=out, data=tiny_catalogue, distil=True, calibration_images=16,
+                      progress=False, say=messages.append, **DISTIL_TINY)
+    assert any("reusing the student" in m for m in messages)
+    assert (out / "distill-run" / "bundle" / "model.safetensors").stat().st_mtime_ns == before
+    assert again.student_top1 == pytest.approx(res.student_top1)  # the same student, exported again
+    other = _cli("export", "--model", str(res.out), "--preset", "fast", "--out", str(out))
+    assert other.returncode == 2 and "holds a student distilled from" in other.stderr
+
+
 def test_kept_float_convs_stay_float_and_unknown_names_are_refused(tiny_bundle, tiny_catalogue: Path,
                                                                    tmp_path: Path) -> None:
     fp32 = export_onnx(tiny_bundle.bundle, tmp_path / "m.onnx")
@@ -101,6 +118,11 @@ def test_kept_float_convs_stay_float_and_unknown_names_are_refused(tiny_bundle, 
     assert producer[second.input[1]].op_type == "DequantizeLinear"  # the others did go int8
     with pytest.raises(ValueError, match="no node named nope"):
         quantize_onnx(fp32, tmp_path / "x.onnx", images, transform, keep_float=["nope"])
+    with pytest.raises(ValueError, match="minmax or percentile"):
+        quantize_onnx(fp32, tmp_path / "x.onnx", images, transform, method="entropy")
+    p = quantize_onnx(fp32, tmp_path / "p.onnx", images, transform, method="percentile")
+    out = skulens.load(p, backend="onnx").run(images)
+    np.testing.assert_allclose(out.fine.sum(1), 1.0, atol=1e-4)
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -122,7 +144,7 @@ def test_cli_preset_fast_then_predict_with_onnx_int8(tiny_bundle, tiny_catalogue
     expected = [x.fine_label for x in skulens.load(out, backend="onnx-int8").predict(paths[:3])]
     assert [row["fine_label"] for row in rows] == expected
     again = _cli("export", "--model", str(tiny_bundle.bundle), "--preset", "fast", "--out", str(out))
-    assert again.returncode == 2 and "not empty" in again.stderr
+    assert again.returncode == 2 and "not empty" in again.stderr  # no distillation to take up: refused
 
 
 def test_cli_preset_fast_refuses_bad_flags(tiny_bundle, tmp_path: Path) -> None:

@@ -63,8 +63,16 @@ def _export_fast(ns: argparse.Namespace, bundle: str) -> int:
     if ns.epochs is not None and ns.epochs < 1:
         raise UsageError(f"--epochs must be >= 1, got {ns.epochs}")
     out = Path(ns.out or f"runs/fast-{Path(bundle).resolve().parent.name}")
+    earlier = out / "distill-run" / "bundle" / "card.json"  # an earlier run of this command: its student is reused
     if out.exists() and any(out.iterdir()):
-        raise UsageError(f"--out {out} exists and is not empty: give a new folder")
+        if not earlier.is_file():
+            raise UsageError(f"--out {out} exists and is not empty: give a new folder")
+        import json
+
+        teacher = json.loads(earlier.read_text(encoding="utf-8")).get("lineage", {}).get("teacher", {}).get("bundle")
+        if teacher != str(Path(bundle).resolve()):
+            raise UsageError(f"--out {out} holds a student distilled from {teacher}, not from {bundle}: give a new "
+                             "folder")
     data = data_path(ns, model=bundle)
     from ..deploy.fast import make_fast
 

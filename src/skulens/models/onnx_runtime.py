@@ -58,6 +58,9 @@ class OnnxRunner:
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
+        # Idle ONNX Runtime threads sleep instead of spinning: decoding threads (and the service's) share these
+        # cores. Measured on 2 cores, Lite0 int8, grocery val end to end: 210 -> 220 images/s, p99 37 -> 9 ms.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = ["CPUExecutionProvider"]
         if str(device).startswith("cuda"):
             available = ort.get_available_providers()
