@@ -160,15 +160,17 @@ def run_backend(kind: str, where: str, base, records, queries, gts, filters, n_f
         out["grouped"] = measure(index, queries[:n_grouped], None, group=True)
         if strong_sample:
             out["strong"] = strong_latency(index, queries[:strong_sample])
-        default = dict(index.search_params)
         out["ef_sweep"] = []
-        for ef in ef_sweep:  # HNSW: the same built index searched with other ef (the search-time beam width)
-            index.search_params = {**default, "ef": ef}
-            measure(index, queries[:20], None)
-            out["ef_sweep"].append({"ef": ef, "raw": measure(index, queries, gt),
-                                    "filtered": measure(index, queries[:n_filtered], gt_f[:n_filtered],
-                                                        filters=filters[:n_filtered])})
-        index.search_params = default
+        if ef_sweep and out["ann"] == "HNSW":  # the same built index searched with other ef (beam width)
+            default = dict(index.search_params)
+            for ef in ef_sweep:
+                index.search_params = {**default, "ef": ef}
+                measure(index, queries[:20], None)
+                row = {"ef": ef, "raw": measure(index, queries, gt),
+                       "filtered": measure(index, queries[:n_filtered], gt_f[:n_filtered], filters=filters[:n_filtered])}
+                out["ef_sweep"].append(row)
+                print(f"  ef {ef}: {row}", flush=True)
+            index.search_params = default
     out["client_rss_gb"] = proc_status("self", "VmRSS")
     index.close()
     return out
