@@ -147,11 +147,8 @@ def quantize_tflite_with_photos(tflite_path: str | os.PathLike, photos: Sequence
 
 
 def quantize_tflite(tflite_path: str | os.PathLike, out: str | os.PathLike, images: Sequence[torch.Tensor],
-                    transform: Callable[[torch.Tensor], torch.Tensor], *, progress: bool = False,
-                    keep_stem_float: bool = False) -> Path:
-    """Static int8 of `tflite_path` with `images` (decoded uint8 tensors) for the activation ranges.
-
-    `keep_stem_float`: the first convolution (it sees the raw pixels) stays float too."""
+                    transform: Callable[[torch.Tensor], torch.Tensor], *, progress: bool = False) -> Path:
+    """Static int8 of `tflite_path` with `images` (decoded uint8 tensors) for the activation ranges."""
     require_tflite_export()
     from ai_edge_quantizer import algorithm_manager, qtyping, quantizer, recipe
 
@@ -162,8 +159,6 @@ def quantize_tflite(tflite_path: str | os.PathLike, out: str | os.PathLike, imag
     qt = quantizer.Quantizer(str(tflite_path), recipe.static_wi8_ai8())
     keep_float = algorithm_manager.AlgorithmName.NO_QUANTIZE
     tail = _tail_scopes(tflite_path.read_bytes())
-    if keep_stem_float:
-        tail += _stem_scope(tflite_path.read_bytes())
     if tail:
         qt.update_quantization_recipe("^(" + "|".join(re.escape(s) for s in tail) + ")$",
                                       qtyping.TFLOperationName.ALL_SUPPORTED, algorithm_key=keep_float)
@@ -221,20 +216,6 @@ def _bias_safe_weights(model: bytes, calibration: dict) -> bytes | None:
             changed = True
         wbuf.data = np.frombuffer(weights.tobytes(), dtype=np.uint8)
     return bytes(fb.convert_object_to_bytearray(obj)) if changed else None
-
-
-def _stem_scope(model: bytes) -> list[str]:
-    """The scope of the graph's first CONV_2D (the stem), or [] when it has none."""
-    from ai_edge_litert import schema_py_generated as schema
-    from ai_edge_litert.tools import flatbuffer_utils as fb
-    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as qfb
-
-    obj = fb.read_model_from_bytearray(bytearray(model))
-    graph = obj.subgraphs[0]
-    for op in graph.operators:
-        if fb.get_builtin_code_from_operator_code(obj.operatorCodes[op.opcodeIndex]) == schema.BuiltinOperator.CONV_2D:
-            return [qfb.get_op_scope(op, graph.tensors)]
-    return []
 
 
 def _tail_scopes(model: bytes) -> list[str]:
