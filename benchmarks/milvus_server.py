@@ -305,8 +305,8 @@ def main() -> int:
         (f"Milvus with Strong consistency (the skulens default), same raw search, {strong['queries']} queries: "
         f"p50 {strong['p50_ms']:.1f} ms, p99 {strong['p99_ms']:.1f} ms (it waits until the server's time ticks pass the "
         "request's timestamp; proxy.timeTickInterval is 200 ms)."),
-        *(["", f"Milvus HNSW, the same index searched with other ef (default {r['search_params'].get('ef')}; "
-               "Bounded consistency):", "",
+        *(["", (f"Milvus HNSW, the same index searched with other ef (default {r['search_params'].get('ef')}; "
+                "Bounded consistency):"), "",
            "| ef | p50 ms | p99 ms | recall@10 | filtered p50 / p99 ms | filtered recall@10 |",
            "|---|---|---|---|---|---|", *sweep] if sweep else []),
     ])

@@ -61,7 +61,7 @@ def test_the_report_holds_what_the_files_do(fast, tiny_bundle, tiny_catalogue: P
     assert res.teacher_top1 == pytest.approx(_top1(skulens.load(tiny_bundle.bundle, precision="off"), paths, labels))
     assert res.student_top1 == pytest.approx(_top1(skulens.load(res.out, backend="onnx"), paths, labels))
     assert res.int8_top1 == pytest.approx(_top1(skulens.load(res.out, backend="onnx-int8"), paths, labels))
-    assert [c.name for c in res.candidates][0] == "all int8" and len(res.candidates) == 4
+    assert res.candidates[0].name == "all int8" and len(res.candidates) == 4
     sizes = [len(c.float_nodes) for c in res.candidates]
     assert sizes[0] == 0 and sizes == sorted(sizes) and sizes[-1] > 2
     chosen = next(c for c in res.candidates if c.name == res.chosen)
@@ -95,7 +95,34 @@ def test_a_second_run_reuses_the_distilled_student(fast, tiny_bundle, tiny_catal
     assert (out / "distill-run" / "bundle" / "model.safetensors").stat().st_mtime_ns == before
     assert again.student_top1 == pytest.approx(res.student_top1)  # the same student, exported again
     other = _cli("export", "--model", str(res.out), "--preset", "fast", "--out", str(out))
-    assert other.returncode == 2 and "holds a student distilled from" in other.stderr
+    assert other.returncode == 2 and "holds a distillation from" in other.stderr
+
+
+def test_earlier_run_says_what_an_out_folder_holds(tmp_path: Path) -> None:
+    from skulens.deploy.fast import earlier_run
+
+    teacher = tmp_path / "teacher"
+    out = tmp_path / "out"
+    assert earlier_run(out, teacher, "efficientnet_lite0") is None  # missing
+    out.mkdir()
+    assert earlier_run(out, teacher, "efficientnet_lite0") is None  # empty
+    (out / "notes.txt").write_text("x")
+    with pytest.raises(FileExistsError, match="not empty"):
+        earlier_run(out, teacher, "efficientnet_lite0")
+    (out / "notes.txt").unlink()
+    run = out / "distill-run"
+    (run / "checkpoint").mkdir(parents=True)
+    (run / "config.yaml").write_text(f"teacher: {teacher}\nbackbone: efficientnet_lite0\n")
+    assert earlier_run(out, teacher, "efficientnet_lite0") == "stopped"  # killed mid-distillation: resume
+    (run / "bundle").mkdir()
+    (run / "bundle" / "card.json").write_text("{}")
+    assert earlier_run(out, teacher, "efficientnet_lite0") == "stopped"  # a bundle of a best epoch, not finished
+    (run / "checkpoint").rmdir()
+    assert earlier_run(out, teacher, "efficientnet_lite0") == "done"
+    with pytest.raises(FileExistsError, match="into efficientnet_lite0, not from"):
+        earlier_run(out, teacher, "efficientnet_lite2")  # another student
+    with pytest.raises(FileExistsError, match="holds a distillation from"):
+        earlier_run(out, tmp_path / "other", "efficientnet_lite0")
 
 
 def test_kept_float_convs_stay_float_and_unknown_names_are_refused(tiny_bundle, tiny_catalogue: Path,
@@ -159,6 +186,14 @@ def test_cli_preset_fast_refuses_bad_flags(tiny_bundle, tmp_path: Path) -> None:
     assert r.returncode == 2 and "model.int8.onnx" in r.stderr
     r = _cli("bench", "--model", b, "--fast", str(tmp_path))
     assert r.returncode == 2 and "no model.int8.onnx" in r.stderr
+    r = _cli("export", "--model", b, "--preset", "fast", "--int8", "--out", str(tmp_path / "c"))
+    assert r.returncode == 2 and "drop --int8" in r.stderr
+    onnx_file = export_onnx(b, tmp_path / "m.onnx")
+    r = _cli("export", "--model", str(onnx_file), "--preset", "fast", "--out", str(tmp_path / "d"))
+    assert r.returncode == 2 and "needs a bundle folder" in r.stderr
+    r = _cli("export", "--model", b, "--preset", "fast", "--check-split", "nope", "--out", str(tmp_path / "e"))
+    assert r.returncode != 0 and "no 'nope' split" in r.stderr  # refused before any distillation
+    assert not (tmp_path / "e" / "distill-run").exists()
 
 
 def test_bench_measures_the_fast_folder_as_it_is(fast, tiny_bundle, tiny_catalogue: Path, tmp_path: Path) -> None:

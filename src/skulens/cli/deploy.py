@@ -50,7 +50,7 @@ def cmd_export(ns: argparse.Namespace) -> int:
 
         assert data is not None
         photos = calibration_sample(data, split=ns.calibration_split, images=ns.calibration_images)
-        q = quantize_onnx_with_photos(path, photos, progress=True)
+        q = quantize_onnx_with_photos(path, photos, progress=not ns.quiet)
         say(f"int8 (ONNX Runtime static, per-channel): {q} ({q.stat().st_size / 1e6:.1f} MB)")
     return 0
 
@@ -62,23 +62,26 @@ def _export_fast(ns: argparse.Namespace, bundle: str) -> int:
         raise UsageError(f"--max-drop must be >= 0, got {ns.max_drop}")
     if ns.epochs is not None and ns.epochs < 1:
         raise UsageError(f"--epochs must be >= 1, got {ns.epochs}")
+    if ns.int8 or ns.parity_images is not None:
+        raise UsageError("--preset fast always writes int8 and checks it itself: drop --int8 / --parity-images")
+    if Path(bundle).name == "card.json":
+        bundle = str(Path(bundle).parent)
+    if not Path(bundle, "card.json").is_file() or not Path(bundle, "model.safetensors").is_file():
+        raise UsageError(f"--model {bundle}: --preset fast needs a bundle folder (RUN/bundle), not an exported file")
     out = Path(ns.out or f"runs/fast-{Path(bundle).resolve().parent.name}")
-    earlier = out / "distill-run" / "bundle" / "card.json"  # an earlier run of this command: its student is reused
-    if out.exists() and any(out.iterdir()):
-        if not earlier.is_file():
-            raise UsageError(f"--out {out} exists and is not empty: give a new folder")
-        import json
+    from ..deploy.distill import DEFAULT_STUDENT
+    from ..deploy.fast import earlier_run
 
-        teacher = json.loads(earlier.read_text(encoding="utf-8")).get("lineage", {}).get("teacher", {}).get("bundle")
-        if teacher != str(Path(bundle).resolve()):
-            raise UsageError(f"--out {out} holds a student distilled from {teacher}, not from {bundle}: give a new "
-                             "folder")
+    try:  # before the long distillation: an --out holding something else is refused at once
+        earlier_run(out, bundle, ns.student or DEFAULT_STUDENT)
+    except FileExistsError as e:
+        raise UsageError(f"--out {e}") from None
     data = data_path(ns, model=bundle)
     from ..deploy.fast import make_fast
 
     overrides = {"epochs": ns.epochs} if ns.epochs else {}
     res = make_fast(bundle, out=out, data=data, student=ns.student, check_split=ns.check_split or "val",
-                    calibration_images=ns.calibration_images,
+                    calibration_images=ns.calibration_images, calibration_split=ns.calibration_split,
                     max_drop=1.0 if ns.max_drop is None else ns.max_drop, progress=not ns.quiet, say=say,
                     **overrides)
     say(f"fast model: {res.int8_path} ({res.int8_path.stat().st_size / 1e6:.1f} MB); run it with "
@@ -95,11 +98,12 @@ def _export_tflite(ns: argparse.Namespace, bundle: str, data: str | None) -> int
     from ..deploy.tflite import export_tflite_checked, require_tflite_export
 
     require_tflite_export()  # before any photo is read
-    parity = calibration_sample(data, split="val", images=ns.parity_images) if data else []
+    parity = calibration_sample(data, split="val", images=ns.parity_images or 64) if data else []
     calibration = (calibration_sample(data, split=ns.calibration_split, images=ns.calibration_images)
                    if ns.int8 and data else None)
     say(f"converting {bundle} with litert-torch{' and quantizing it' if ns.int8 else ''} (a minute or two)")
-    res = export_tflite_checked(bundle, ns.out, parity_photos=parity, calibration_photos=calibration)
+    res = export_tflite_checked(bundle, ns.out, parity_photos=parity, calibration_photos=calibration,
+                                progress=not ns.quiet)
     source = "val photos" if parity else "noise images (no dataset found: give --data for real photos)"
     say(f"exported tflite: {res.path} ({res.path.stat().st_size / 1e6:.1f} MB); preprocessing and labels are "
         f"in its metadata. Parity with PyTorch on {source}: {res.parity}")
@@ -161,7 +165,8 @@ def add_commands(sub: Any) -> None:
                    help="fast: distil the bundle into an EfficientNet-Lite0 student, export it to ONNX, quantize it "
                         "to int8 (which convs stay float chosen by measured accuracy and speed) and check it "
                         "against the bundle; --out is then a folder (default runs/fast-RUN), a bundle holding "
-                        "model.int8.onnx for --backend onnx-int8. Distillation takes about 30 min on 2 CPU cores")
+                        "model.int8.onnx for --backend onnx-int8. Distillation takes 20-30 min on 2 CPU cores; "
+                        "the same --out again reuses a finished distillation or resumes a stopped one")
     x.add_argument("--student", help="--preset fast: the student backbone (default: efficientnet_lite0)")
     x.add_argument("--epochs", type=int, help="--preset fast: distillation epochs (default: the training default)")
     x.add_argument("--check-split", help="--preset fast: split the int8 candidates and the check are scored on "
@@ -177,7 +182,7 @@ def add_commands(sub: Any) -> None:
                 "dataset)", legacy=("--calibration-data",))
     x.add_argument("--calibration-split", default="train", help="split the calibration photos come from")
     x.add_argument("--calibration-images", type=int, default=256, help="photos that calibrate int8 (default: 256)")
-    x.add_argument("--parity-images", type=int, default=64,
+    x.add_argument("--parity-images", type=int,
                    help="tflite: val photos each exported file must agree with PyTorch on (default: 64)")
     add_quiet(x)
     x.set_defaults(func=cmd_export)

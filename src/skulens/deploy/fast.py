@@ -15,8 +15,10 @@ Four steps, each an existing piece of skulens:
 4. **check** the result against the teacher's fp32 top-1 on the same photos: `FastResult.passed` says
    whether the int8 student is at most `max_drop` points below it.
 
-A run that stopped after the distillation (or failed its check) is taken up again by the same command: the
-student in OUT/distill-run, distilled from the same teacher, is reused.
+The same command on the same OUT takes an earlier run up again: a distillation that finished (its run in
+OUT/distill-run, from the same teacher into the same student) is reused, one that was stopped is resumed from
+its last checkpoint. The int8 candidates are scored on the same photos as the final check, so the check
+carries that choice among four (see `--check-split`).
 
 The output folder is a bundle (the student's weights and card) holding `model.onnx` and `model.int8.onnx`
 (run it with `--backend onnx-int8`) and `fast.json` / `fast.md` with every measurement.
@@ -35,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FastCandidate", "FastResult", "float_node_sets", "make_fast", "to_markdown"]
+__all__ = ["FastCandidate", "FastResult", "earlier_run", "float_node_sets", "make_fast", "to_markdown"]
 
 REPORT = "fast.json"
 
@@ -122,7 +124,8 @@ def _throughput(path: Path, batch: np.ndarray, *, repeats: int = 3) -> float:
 
 def make_fast(bundle: str | os.PathLike[str], *, out: str | os.PathLike[str], data: str | os.PathLike[str] | None = None,
               student: str | None = None, distil: bool | None = None, check_split: str = "val", check_images: int | None = None,
-              calibration_images: int = 256, tolerance: float = 0.5, max_drop: float = 1.0,
+              calibration_images: int = 256, calibration_split: str = "train", tolerance: float = 0.5,
+              max_drop: float = 1.0,
               progress: bool = True, say: Callable[[str], None] = print, **distill_overrides: Any) -> FastResult:
     """Distil, export, quantize and check; see the module docstring.
 
@@ -149,19 +152,22 @@ def make_fast(bundle: str | os.PathLike[str], *, out: str | os.PathLike[str], da
     student = student or DEFAULT_STUDENT
     data = resolve_data(data, recorded=recorded_dataset(bundle))
     teacher_card = read_card(bundle)
-    earlier = _earlier_student(out_dir, bundle)
-    if out_dir.exists() and any(out_dir.iterdir()) and earlier is None:
-        raise FileExistsError(f"{out_dir} exists and is not empty: give a new --out folder")
+    earlier = earlier_run(out_dir, bundle, student)  # raises if OUT holds something else
+    catalogue = load_catalogue(data)
+    samples = list(catalogue.split(check_split))  # checked before the long distillation
+    if not samples or not list(catalogue.split(calibration_split)):
+        raise ValueError(f"{data}: no photos in split {check_split if not samples else calibration_split!r}")
 
     # 1. the student
     distilled = teacher_card.backbone != student if distil is None else distil
-    if distilled and earlier is not None:
-        say(f"[1/4] reusing the student distilled from {bundle} earlier: {earlier}")
-        source = earlier
+    if distilled and earlier == "done":
+        source = out_dir / "distill-run" / "bundle"
+        say(f"[1/4] reusing the student distilled from {bundle} earlier: {source}")
     elif distilled:
-        say(f"[1/4] distilling {bundle} ({teacher_card.backbone}) into {student} (the longest step)")
+        say(f"[1/4] {'resuming the stopped distillation' if earlier == 'stopped' else 'distilling'} of {bundle} "
+            f"({teacher_card.backbone}) into {student} (the longest step)")
         run = distill(bundle, student=student, data=data, out=str(out_dir / "distill-run"), progress=progress,
-                      **distill_overrides)
+                      **({"resume": True} if earlier == "stopped" else {}), **distill_overrides)
         source = Path(run.bundle)
     else:
         say(f"[1/4] {bundle} ({teacher_card.backbone}) is exported as it is: no distillation")
@@ -175,8 +181,7 @@ def make_fast(bundle: str | os.PathLike[str], *, out: str | os.PathLike[str], da
     say("[2/4] exporting the student to ONNX")
     fp32 = export_onnx(out_dir, out_dir / "model.onnx")
 
-    # the check photos, decoded once; the teacher's fp32 top-1 on them
-    samples = list(load_catalogue(data).split(check_split))
+    # the check photos, decoded at each model's own size; the teacher's fp32 top-1 on them
     if check_images and check_images < len(samples):
         import random
 
@@ -190,7 +195,12 @@ def make_fast(bundle: str | os.PathLike[str], *, out: str | os.PathLike[str], da
     decoded = decode_all([s.path for s in samples], card.resize_to, desc=f"decode {check_split}", progress=progress)
     labels = [index[samples[i].label] for i in decoded.kept]
     teacher = load_model(bundle, device="cpu", precision="off")
-    t_probs = teacher.run(decoded.images).fine
+    t_images = decoded.images if teacher.card.resize_to == card.resize_to else decode_all(
+        [samples[i].path for i in decoded.kept], teacher.card.resize_to, desc="decode for the teacher",
+        progress=progress).images
+    if len(t_images) != len(labels):
+        raise ValueError("a check photo decoded at the student's size but not at the teacher's")
+    t_probs = teacher.run(t_images).fine
     teacher_top1 = float(np.mean([teacher.classes[int(p)] == card.classes[y]
                                   for p, y in zip(t_probs.argmax(1), labels, strict=True)]))
     del teacher
@@ -201,26 +211,28 @@ def make_fast(bundle: str | os.PathLike[str], *, out: str | os.PathLike[str], da
 
     # 3. int8 candidates, scored and timed
     say("[3/4] quantizing to int8: which convolutions stay float is measured")
-    calib, transform = calibration_inputs(calibration_sample(data, split="train", images=calibration_images),
-                                          card, progress=progress)
+    calib, transform = calibration_inputs(calibration_sample(data, split=calibration_split,
+                                                             images=calibration_images), card, progress=progress)
     batch = torch.stack([transform(im) for im in decoded.images[:32]]).numpy().astype(np.float32)
     cands: list[FastCandidate] = []
     work = out_dir / "candidates"
     work.mkdir(exist_ok=True)
-    for i, (name, nodes) in enumerate(float_node_sets(onnx.load(str(fp32)))):
-        path = quantize_onnx(fp32, work / f"int8-{i}.onnx", calib, transform, keep_float=nodes, method="percentile")
-        from ..models.onnx_runtime import OnnxRunner
+    try:
+        for i, (name, nodes) in enumerate(float_node_sets(onnx.load(str(fp32)))):
+            path = quantize_onnx(fp32, work / f"int8-{i}.onnx", calib, transform, keep_float=nodes, method="percentile")
+            from ..models.onnx_runtime import OnnxRunner
 
-        probs = OnnxRunner(path)(decoded.images, transform).fine
-        cand = FastCandidate(name, tuple(nodes), _top1(probs, labels), _throughput(path, batch),
-                             path.stat().st_size / 1e6)
-        cands.append(cand)
-        say(f"      {name}: top-1 {100 * cand.top1:.1f}, {cand.images_per_s:.0f} images/s (model only), "
-            f"{cand.size_mb:.1f} MB")
-    ok = [c for c in cands if 100 * (student_top1 - c.top1) <= tolerance + 1e-9]
-    chosen = max(ok, key=lambda c: c.images_per_s) if ok else max(cands, key=lambda c: (c.top1, c.images_per_s))
-    shutil.copy2(work / f"int8-{cands.index(chosen)}.onnx", out_dir / "model.int8.onnx")
-    shutil.rmtree(work)
+            probs = OnnxRunner(path)(decoded.images, transform).fine
+            cand = FastCandidate(name, tuple(nodes), _top1(probs, labels), _throughput(path, batch),
+                                 path.stat().st_size / 1e6)
+            cands.append(cand)
+            say(f"      {name}: top-1 {100 * cand.top1:.1f}, {cand.images_per_s:.0f} images/s (model only), "
+                f"{cand.size_mb:.1f} MB")
+        ok = [c for c in cands if 100 * (student_top1 - c.top1) <= tolerance + 1e-9]
+        chosen = max(ok, key=lambda c: c.images_per_s) if ok else max(cands, key=lambda c: (c.top1, c.images_per_s))
+        shutil.copy2(work / f"int8-{cands.index(chosen)}.onnx", out_dir / "model.int8.onnx")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
     # 4. the check
     result = FastResult(out=out_dir, teacher=str(bundle), distilled=distilled, check_split=check_split,
@@ -234,26 +246,40 @@ def make_fast(bundle: str | os.PathLike[str], *, out: str | os.PathLike[str], da
     return result
 
 
-def _earlier_student(out_dir: Path, teacher: Path) -> Path | None:
-    """OUT/distill-run/bundle when an earlier run of this command distilled it from `teacher`."""
-    card_file = out_dir / "distill-run" / "bundle" / "card.json"
-    if not card_file.is_file():
+def earlier_run(out_dir: Path, teacher: str | os.PathLike[str], student: str) -> str | None:
+    """What OUT holds from an earlier run of `make_fast`: None (nothing: OUT is missing or empty), "done" (a
+    finished distillation from `teacher` into `student`), "stopped" (one that has a checkpoint to resume).
+    Anything else in OUT (a run from another teacher or into another student, or other files) is an error."""
+    out_dir = Path(out_dir)
+    if not out_dir.exists() or not any(out_dir.iterdir()):
         return None
-    lineage = json.loads(card_file.read_text(encoding="utf-8")).get("lineage", {}).get("teacher", {})
-    return card_file.parent if lineage.get("bundle") == str(teacher.resolve()) else None
+    run = out_dir / "distill-run"
+    config = run / "config.yaml"
+    if not config.is_file():
+        raise FileExistsError(f"{out_dir} exists and is not empty: give a new folder")
+    import yaml
+
+    cfg = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+    made_by = Path(str(cfg.get("teacher", ""))).resolve()
+    if made_by != Path(teacher).resolve() or cfg.get("backbone") != student:
+        raise FileExistsError(f"{out_dir} holds a distillation from {cfg.get('teacher')} into {cfg.get('backbone')}, "
+                              f"not from {teacher} into {student}: give a new folder")
+    if (run / "checkpoint").exists():
+        return "stopped"
+    return "done" if (run / "bundle" / "card.json").is_file() else "stopped"
 
 
 def to_markdown(r: FastResult) -> str:
-    lines = [f"`skulens export --preset fast`: {r.teacher} -> {r.out} "
-             f"({'distilled' if r.distilled else 'no distillation: already the student backbone'}), "
-             f"{r.wall_s / 60:.1f} min.", "",
-             f"Top-1 on {r.n_check} {r.check_split} photos: teacher fp32 (PyTorch) {100 * r.teacher_top1:.1f}, "
-             f"student fp32 (ONNX Runtime) {100 * r.student_top1:.1f}, int8 student {100 * r.int8_top1:.1f}.", "",
+    lines = [(f"`skulens export --preset fast`: {r.teacher} -> {r.out} "
+              f"({'distilled' if r.distilled else 'no distillation: already the student backbone'}), "
+              f"{r.wall_s / 60:.1f} min."), "",
+             (f"Top-1 on {r.n_check} {r.check_split} photos: teacher fp32 (PyTorch) {100 * r.teacher_top1:.1f}, "
+              f"student fp32 (ONNX Runtime) {100 * r.student_top1:.1f}, int8 student {100 * r.int8_top1:.1f}."), "",
              "| int8 candidate | convs kept float | top-1 | images/s (model only) | MB | chosen |",
              "|---|---|---|---|---|---|"]
     for c in r.candidates:
         lines.append(f"| {c.name} | {len(c.float_nodes)} | {100 * c.top1:.1f} | {c.images_per_s:.0f} | "
                      f"{c.size_mb:.1f} | {'yes' if c.name == r.chosen else ''} |")
-    lines += ["", f"Check: {r.drop:+.1f} points below the teacher (allowed {r.max_drop:g}): "
-                  f"{'passed' if r.passed else 'FAILED'}.", ""]
+    lines += ["", (f"Check: {r.drop:+.1f} points below the teacher (allowed {r.max_drop:g}): "
+                   f"{'passed' if r.passed else 'FAILED'}."), ""]
     return "\n".join(lines)

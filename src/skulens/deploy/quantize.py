@@ -1,12 +1,15 @@
 """int8 static quantization with ONNX Runtime, calibrated on catalogue images.
 
-QDQ format, per-channel int8 weights and uint8 activations (MinMax calibration): the combination ONNX
-Runtime recommends for CNNs on x86 CPUs. The card is copied into the quantized file.
+QDQ format, per-channel int8 weights and uint8 activations (min/max calibration, or percentile with
+`method="percentile"`): the combination ONNX Runtime recommends for CNNs on x86 CPUs. The card is copied
+into the quantized file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -105,10 +108,12 @@ def quantize_onnx(onnx_path: str | os.PathLike, out: str | os.PathLike, images: 
         missing = sorted(set(keep_float) - {n.name for n in graph.graph.node})
         if missing:
             raise ValueError(f"{onnx_path}: no node named {', '.join(missing[:3])} to keep float")
-        quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                        weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
-                        nodes_to_exclude=[*_tail_nodes(graph), *keep_float], calibrate_method=calibrate,
-                        extra_options=calib_options)
+        # the histogram calibrators print their progress: to stderr, where skulens' messages go
+        with contextlib.redirect_stdout(sys.stderr):
+            quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                            weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
+                            nodes_to_exclude=[*_tail_nodes(graph), *keep_float], calibrate_method=calibrate,
+                            extra_options=calib_options)
     source = {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
     proto = onnx.load(str(out))
     if CARD_KEY in source and CARD_KEY not in {p.key for p in proto.metadata_props}:
