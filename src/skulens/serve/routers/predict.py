@@ -50,7 +50,8 @@ async def explain(state: State, _: ReadKey,
     """The explained class, its confidence, and a PNG of the heatmap over the model's view (base64)."""
     t0 = time.perf_counter()
     if state.model.net is None:
-        raise HTTPException(501, "Grad-CAM needs the PyTorch model: this service runs an ONNX backend")
+        raise HTTPException(501, "Grad-CAM needs the PyTorch model: this service runs with "
+                                 f"--backend {state.settings.backend}")
     _, img = await decode_upload(state, image)
     try:
         exp = await state.recognizer.explain(img, target=target or None)
