@@ -12,7 +12,7 @@ from typing import Protocol
 import torch
 from torchvision.transforms import v2
 
-__all__ = ["PreprocessSpec", "create_transform", "robust_transform", "to_uint8_tensor"]
+__all__ = ["PreprocessSpec", "RandomJpeg", "create_transform", "jpeg_roundtrip", "robust_transform", "to_uint8_tensor"]
 
 
 class PreprocessSpec(Protocol):
@@ -56,6 +56,20 @@ def create_transform(spec: PreprocessSpec, *, train: bool = False, augment: str 
     raise ValueError(f"unknown augmentation preset {augment!r}: none, light, strong or robust")
 
 
+def jpeg_roundtrip(x: torch.Tensor, quality: int) -> torch.Tensor:
+    """A uint8 CHW image compressed to JPEG at `quality` and decoded again, through Pillow (training's
+    `RandomJpeg` and the robustness benchmark's JPEG corruption both use it)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(x.permute(1, 2, 0).cpu().numpy()).save(buf, format="JPEG", quality=int(quality))
+    back = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+    return torch.from_numpy(back.copy()).permute(2, 0, 1)
+
+
 class RandomJpeg(torch.nn.Module):
     """JPEG-compress a uint8 CHW image at a random quality, through Pillow (torchvision's own JPEG
     encoder is deprecated since 0.29 and warns on every call)."""
@@ -65,16 +79,7 @@ class RandomJpeg(torch.nn.Module):
         self.quality = quality
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        import io
-
-        import numpy as np
-        from PIL import Image
-
-        q = int(torch.randint(self.quality[0], self.quality[1] + 1, (1,)))
-        buf = io.BytesIO()
-        Image.fromarray(x.permute(1, 2, 0).numpy()).save(buf, format="JPEG", quality=q)
-        back = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
-        return torch.from_numpy(back.copy()).permute(2, 0, 1)
+        return jpeg_roundtrip(x, int(torch.randint(self.quality[0], self.quality[1] + 1, (1,))))
 
 
 def robust_transform(size: int, finish: list) -> v2.Compose:

@@ -79,7 +79,9 @@ class FastResult:
 
     @property
     def int8_path(self) -> Path:
-        return self.out / "model.int8.onnx"
+        from ..models.onnx_runtime import ONNX_INT8_NAME
+
+        return self.out / ONNX_INT8_NAME
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -142,6 +144,7 @@ def make_fast(bundle: str | os.PathLike[str], *, out: str | os.PathLike[str], da
     from ..data.dataset import decode_all
     from ..data.locate import recorded_dataset, resolve_data
     from ..models.bundle import read_card
+    from ..models.onnx_runtime import ONNX_INT8_NAME, ONNX_NAME, OnnxRunner
     from ..models.predictor import load_model
     from .distill import DEFAULT_STUDENT, distill
     from .onnx import export_onnx
@@ -179,7 +182,7 @@ def make_fast(bundle: str | os.PathLike[str], *, out: str | os.PathLike[str], da
 
     # 2. ONNX fp32
     say("[2/4] exporting the student to ONNX")
-    fp32 = export_onnx(out_dir, out_dir / "model.onnx")
+    fp32 = export_onnx(out_dir, out_dir / ONNX_NAME)
 
     # the check photos, decoded at each model's own size; the teacher's fp32 top-1 on them
     if check_images and check_images < len(samples):
@@ -220,8 +223,6 @@ def make_fast(bundle: str | os.PathLike[str], *, out: str | os.PathLike[str], da
     try:
         for i, (name, nodes) in enumerate(float_node_sets(onnx.load(str(fp32)))):
             path = quantize_onnx(fp32, work / f"int8-{i}.onnx", calib, transform, keep_float=nodes, method="percentile")
-            from ..models.onnx_runtime import OnnxRunner
-
             probs = OnnxRunner(path)(decoded.images, transform).fine
             cand = FastCandidate(name, tuple(nodes), _top1(probs, labels), _throughput(path, batch),
                                  path.stat().st_size / 1e6)
@@ -230,7 +231,7 @@ def make_fast(bundle: str | os.PathLike[str], *, out: str | os.PathLike[str], da
                 f"{cand.size_mb:.1f} MB")
         ok = [c for c in cands if 100 * (student_top1 - c.top1) <= tolerance + 1e-9]
         chosen = max(ok, key=lambda c: c.images_per_s) if ok else max(cands, key=lambda c: (c.top1, c.images_per_s))
-        shutil.copy2(work / f"int8-{cands.index(chosen)}.onnx", out_dir / "model.int8.onnx")
+        shutil.copy2(work / f"int8-{cands.index(chosen)}.onnx", out_dir / ONNX_INT8_NAME)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -14,7 +14,6 @@ Adversarial fine-tuning (`--adversarial fgsm|pgd`) is the training engine's (tra
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -59,16 +58,10 @@ def _blur(x: torch.Tensor, level: float, g: torch.Generator) -> torch.Tensor:
 
 
 def _jpeg(x: torch.Tensor, level: float, g: torch.Generator) -> torch.Tensor:
-    from PIL import Image
+    from ..data.transforms import jpeg_roundtrip
 
-    out = []
-    for im in x:
-        arr = (im.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
-        buf = io.BytesIO()
-        Image.fromarray(arr).save(buf, format="JPEG", quality=int(level))
-        back = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"), dtype=np.float32) / 255
-        out.append(torch.from_numpy(back).permute(2, 0, 1))
-    return torch.stack(out).to(x.device)
+    pixels = (x * 255).round().to(torch.uint8)
+    return torch.stack([jpeg_roundtrip(im, int(level)) for im in pixels]).float().div(255).to(x.device)
 
 
 def _brightness(x: torch.Tensor, level: float, g: torch.Generator) -> torch.Tensor:
