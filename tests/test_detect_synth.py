@@ -301,3 +301,32 @@ def test_composite_sources_hold_products_out_of_training() -> None:
     seen = {c.label for c in train.generator.cutouts}
     assert held and not held & seen  # no held-out product is ever pasted into a training canvas
     assert all(im.size == (128, 128) for im, _ in holdout)
+
+
+# --- product views (enrolment from a catalogue photo) ------------------------------------------------
+
+
+def test_product_views_put_the_product_on_varied_backgrounds() -> None:
+    from skulens.detect.synth import product_views
+
+    photo = _on_white(lambda d: d.ellipse((20, 15, 75, 70), fill=(200, 30, 30)))
+    views = product_views(photo, 6, size=96, seed=3)
+    assert len(views) == 6 and all(v.size == (96, 96) and v.mode == "RGB" for v in views)
+    arrays = [np.asarray(v, dtype=np.float32) for v in views]
+    for a in arrays:
+        red = (a[..., 0] > 120) & (a[..., 1] < 110) & (a[..., 2] < 110)
+        assert red.mean() > 0.03, red.mean()  # the product is in every view
+        assert (a.min(axis=2) >= 240).mean() < 0.5  # and no longer on white
+    corners = np.array([a[:8, :8].mean(axis=(0, 1)) for a in arrays])
+    assert corners.std(axis=0).max() > 10  # the backgrounds differ
+    again = product_views(photo, 6, size=96, seed=3)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(views, again, strict=True))
+
+
+def test_product_views_refuse_a_photo_not_taken_on_white() -> None:
+    from skulens.detect.synth import product_views
+
+    rng = np.random.default_rng(0)
+    shop = Image.fromarray(rng.integers(0, 200, size=(80, 80, 3), dtype=np.uint8))
+    with pytest.raises(ValueError, match="does not stand on white"):
+        product_views(shop, 2)

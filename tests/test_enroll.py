@@ -131,3 +131,58 @@ def test_retrain_folds_in_enrolled_photos(bundle_copy: Path, blue_photos: list[P
     model = skulens.load(result.bundle, device="cpu", precision="off")
     preds = model.predict(blue_photos[4:])
     assert sum(p.fine_label == "blue-box" for p in preds) >= 3
+
+
+def _catalogue_blue_box() -> Image.Image:
+    """The blue box as a catalogue shows it: alone on white."""
+    arr = np.full((72, 72, 3), 255, dtype=np.uint8)
+    arr[12:60, 24:48] = (30, 40, 210)
+    return Image.fromarray(arr)
+
+
+def test_enroll_from_one_catalogue_photo_sees_it_on_backgrounds(tiny_bundle, blue_photos: list[Path],
+                                                                 tiny_catalogue: Path, tmp_path: Path) -> None:
+    from skulens.data.transforms import create_transform, to_uint8_tensor
+
+    photo = tmp_path / "blue_iconic.png"
+    _catalogue_blue_box().save(photo)
+    margin, seen_acc = {}, {}
+    for views in (0, 16):
+        copy = tmp_path / f"b{views}"
+        shutil.copytree(tiny_bundle.bundle, copy)
+        torch.manual_seed(0)  # the same augmented views both times: the studio views are the one difference
+        res = enroll(copy, "blue-box", [photo], coarse="Box", data=tiny_catalogue, studio_views=views,
+                     keep_photos=False)
+        assert res.images == 1 and res.self_check == 1.0
+        net, card = load_bundle(copy)
+        x = torch.stack([create_transform(card)(to_uint8_tensor(Image.open(p).convert("RGB"))) for p in blue_photos])
+        with torch.no_grad():
+            logits = net.forward_head(net.backbone(x))["fine"]
+        margin[views] = float((logits[:, -1] - logits[:, :-1].max(1).values).mean())
+        model = skulens.load(copy, device="cpu", precision="off")
+        val = sorted((tiny_catalogue.parent / "val").rglob("*.jpg"))
+        seen_acc[views] = np.mean([p.fine_label == path.parent.name
+                                   for p, path in zip(model.predict(val), val, strict=True)])
+    # shop photos of the box (on a grey, noisy ground) come closer to the new product once the catalogue
+    # photo is also seen on backgrounds, and the trained products keep their photos
+    assert margin[16] > margin[0], margin
+    assert min(seen_acc.values()) >= 0.75, seen_acc
+
+
+def test_text_features_follow_the_aligner_at_the_photos_scale(bundle_copy: Path) -> None:
+    from skulens.search.align import TextAligner, load_aligner
+    from skulens.search.enroll import _text_features
+
+    net, _ = load_bundle(bundle_copy)
+    dim = net.head.in_features
+    positives = torch.randn(9, dim) * 4
+    assert len(_text_features(bundle_copy, "Blue box", "A blue box.", positives, 0.2)) == 0  # no aligner yet
+    rng = np.random.default_rng(0)
+    TextAligner(rng.normal(size=(dim, 384)).astype(np.float32), np.zeros(dim, np.float32), 0.07).save(bundle_copy)
+    feats = _text_features(bundle_copy, "Blue box", "A blue box.", positives, 0.2)
+    assert feats.shape == (2, dim)  # 0.2 of 11 rows
+    expected = torch.from_numpy(load_aligner(bundle_copy).encode(["Blue box. A blue box."]))[0]
+    assert torch.allclose(torch.nn.functional.normalize(feats[0], dim=0), expected, atol=1e-5)
+    assert torch.allclose(feats.norm(dim=1), positives.norm(dim=1).mean().expand(2), rtol=1e-4)
+    assert len(_text_features(bundle_copy, "Blue box", "", positives, 0.2)) == 0  # no text
+    assert len(_text_features(bundle_copy, "Blue box", "A blue box.", positives, 0.0)) == 0  # turned off

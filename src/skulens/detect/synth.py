@@ -68,6 +68,7 @@ __all__ = [
     "photo_thumbnails",
     "preview",
     "procedural_cutouts",
+    "product_views",
     "texture_patches",
     "write_composites",
 ]
@@ -524,6 +525,40 @@ class CompositeGenerator:
                 x, y = rng.uniform(0, W) - 0.5 * patch.w, rng.uniform(0, H) - 0.5 * patch.h
                 if self._place(scene, look, patch, x, y):
                     break
+
+
+def product_views(image: Image.Image, n: int, *, size: int = 320, seed: int = 0) -> list[Image.Image]:
+    """`n` shop-like views of one product photo taken on white (a catalogue photo): the product cut out
+    (`cutout_from_white`) and put on a varied background (flat, gradient or texture), alone at 45-90 % of
+    the frame or as 3-8 copies at 30-50 %, turned up to 12 degrees, under uneven light with a colour cast and, now and then, blur, sensor
+    noise and JPEG. Raises ValueError when the photo does not stand on white (most of its border is not
+    near-white)."""
+    rgb = np.asarray(image.convert("RGB"))
+    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
+    if (border.min(axis=1) >= 240).mean() < 0.6:
+        raise ValueError("the photo does not stand on white: no product to cut out")
+    cutout = cutout_from_white(image, "product")
+    sprite = cutout.image
+    rng = np.random.default_rng(seed)
+    views = []
+    for _ in range(n):
+        kind = ("flat", "gradient", "texture")[int(rng.integers(3))]
+        canvas = make_background(kind, size, size, rng)
+        base = Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8)).convert("RGBA")
+        # half the views show one item, the others a few (a crate of fruit, a row of packs)
+        copies, share = (1, (0.45, 0.9)) if rng.random() < 0.5 else (int(rng.integers(3, 9)), (0.3, 0.5))
+        for _ in range(copies):
+            scale = rng.uniform(*share) * size / max(sprite.size)
+            patch = sprite.resize((max(1, round(sprite.width * scale)), max(1, round(sprite.height * scale))),
+                                  Image.Resampling.BILINEAR)
+            patch = patch.rotate(float(rng.uniform(-12, 12)), resample=Image.Resampling.BILINEAR, expand=True)
+            x = int(rng.integers(0, max(1, size - patch.width + 1)))
+            y = int(rng.integers(0, max(1, size - patch.height + 1)))
+            base.alpha_composite(patch, (x, y))
+        views.append(finish(np.asarray(base.convert("RGB"), dtype=np.float32).copy(), rng,
+                            light=lighting(size, size, rng), matrix=colour_matrix(rng, 0.2),
+                            blur=0.3, noise=0.3, jpeg=0.3))
+    return views
 
 
 def _solidity(cutout: Cutout) -> float:

@@ -37,6 +37,8 @@ ENROLLED_DIR = "enrolled"
 BANK_FILE = "reference_bank.safetensors"
 _VIEWS = 8  # augmented views per enrolment photo: one photo is still a usable class
 _BANK_PER_CLASS = 8
+_STUDIO_VIEWS = 16  # scene-like views of a photo taken on white
+_TEXT_WEIGHT = 0.2  # share of the positives given to the description (photo 0.8 / text 0.2: see search_grocery)
 
 
 class EnrolmentError(ValueError):
@@ -61,6 +63,8 @@ class EnrolResult:
 def _features(net: SkuModel, images: Sequence[torch.Tensor], transform, views: int = 1) -> torch.Tensor:
     """Pooled (un-normalised) backbone features, the input of the heads; fp32 for a stable fit."""
     net.eval()
+    if not len(images):
+        return torch.zeros(0, net.head.in_features)
     batches = []
     for _ in range(views):
         for start in range(0, len(images), 32):  # bounded memory for a large reference bank
@@ -140,6 +144,33 @@ def reference_bank(bundle: Path, net: SkuModel, card: ModelCard, data: str | os.
     return feats, labels
 
 
+def _studio_views(pils: Sequence, card: ModelCard, n: int) -> list[torch.Tensor]:
+    """`n` scene-like views of every photo that stands on white (none for the others)."""
+    from ..detect.synth import product_views
+
+    out: list[torch.Tensor] = []
+    for i, pil in enumerate(pils if n > 0 else ()):
+        try:
+            views = product_views(pil, n, size=card.resize_to, seed=i)
+        except ValueError:  # not on white: a shop photo, already the kind of picture queries are
+            continue
+        out += [to_uint8_tensor(v) for v in views]
+    return out
+
+
+def _text_features(bundle: Path, title: str, text: str, positives: torch.Tensor, weight: float) -> torch.Tensor:
+    """The product text's vector in the image space (the bundle's aligner), as pseudo-features at the photos'
+    mean norm, repeated so it holds `weight` of the positives; empty without text, aligner or weight."""
+    from .align import load_aligner
+
+    aligner = load_aligner(bundle) if text.strip() and 0 < weight < 1 else None
+    if aligner is None or aligner.dim != positives.shape[1]:
+        return positives[:0]
+    vector = torch.from_numpy(aligner.encode([f"{title}. {text}".strip()])).float()
+    repeats = max(1, round(weight / (1 - weight) * len(positives)))
+    return (vector * positives.norm(dim=1).mean()).repeat(repeats, 1)
+
+
 def _safe_name(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("._") or "product"
 
@@ -160,8 +191,15 @@ def _keep_photo(pil, folder: Path) -> Path:
 
 def enroll(bundle: str | os.PathLike, label: str, images: Sequence[str | os.PathLike | bytes], *,
            text: str = "", title: str = "", coarse: str | None = None, data: str | os.PathLike | None = None,
-           index: object | None = None, keep_photos: bool = True, progress: bool = False) -> EnrolResult:
-    """Add product `label` to the bundle in place (atomically); optionally add its photos to a vector index."""
+           index: object | None = None, keep_photos: bool = True, studio_views: int = _STUDIO_VIEWS,
+           text_weight: float = _TEXT_WEIGHT, progress: bool = False) -> EnrolResult:
+    """Add product `label` to the bundle in place (atomically); optionally add its photos to a vector index.
+
+    The new row is imprinted from the photos' features: each photo as it is and in 8 augmented views, and
+    a photo taken on white (a catalogue photo) also in `studio_views` views on varied backgrounds, light
+    and camera noise (`detect.synth.product_views`), so a shop photo of the product looks like something
+    enrolled. When the bundle has a text aligner (`skulens align`) and the product has a text, the text's
+    place in the image space joins the positives with weight `text_weight` (0 turns it off)."""
     bundle = Path(bundle)
     net, card = load_bundle(bundle)
     label = label.strip()
@@ -179,8 +217,12 @@ def enroll(bundle: str | os.PathLike, label: str, images: Sequence[str | os.Path
     if not pils:
         raise EnrolmentError(f"no usable photo for {label!r}: " + "; ".join(f"{p}: {r}" for p, r in skipped[:3]))
     tensors = [to_uint8_tensor(p) for p in pils]
+    studio = _studio_views(pils, card, studio_views)
     positives = torch.cat([_features(net, tensors, create_transform(card)),
-                           _features(net, tensors, create_transform(card, train=True), views=_VIEWS)])
+                           _features(net, tensors, create_transform(card, train=True), views=_VIEWS),
+                           _features(net, studio, create_transform(card))])
+    described = _text_features(bundle, title or label, text, positives, text_weight)
+    positives = torch.cat([positives, described])
     bank = reference_bank(bundle, net, card, data, progress)
     ref = ref_t = None
     if bank is not None:
