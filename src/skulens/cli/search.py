@@ -315,7 +315,7 @@ def add_commands(sub: Any) -> None:
     add_model(en, "the bundle to add the product to (changed in place)")
     en.add_argument("--product", required=True, help="the new product's label")
     en.add_argument("--images", nargs="+", required=True, help="its photos (files, folders or globs)")
-    en.add_argument("--text", help="description")
+    en.add_argument("--text", help="description (also used to recognise it when the bundle has a text aligner)")
     en.add_argument("--title", help="display name (default: the label)")
     en.add_argument("--coarse", help="coarse class (default: inferred from the photos)")
     en.add_argument("--index", help="also add the photos to this index")
