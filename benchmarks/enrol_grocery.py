@@ -8,9 +8,10 @@ recipe when --bundle does not exist yet, about 15 minutes on 2 cores). Then, for
 of the bundle gets the 21 other products through `skulens.search.enroll.enroll` (the path behind
 `skulens enroll`), one product at a time, and `skulens.load(bundle).predict` answers every val photo:
 
-- 1 catalogue photo (the product's iconic photo on white);
-- 1 catalogue photo + its description (the description reaches the model only through the bundle's
-  text aligner, when the bundle has one);
+- 1 catalogue photo, as it is (`studio_views=0`: enrolment as it was before the studio views);
+- 1 catalogue photo (the product's iconic photo on white, also seen in enroll()'s 16 studio views);
+- 1 catalogue photo + its description (the description reaches the model through the bundle's text
+  aligner, learned here on the 60 seen products when the bundle has none);
 - 1, 3 and 5 shop photos (drawn from the new product's train photos; --draws seeded draws, averaged).
 
 Reported per condition: top-1 among all 81 on the val photos of the 21 new products, top-1 of the 60
@@ -53,11 +54,15 @@ def ensure_aligner(bundle: Path) -> str:
     from skulens.models.bundle import read_card
     from skulens.search.align import align_catalogue, load_aligner
 
-    if load_aligner(bundle) is None:
+    existing = load_aligner(bundle)
+    if existing is not None and existing.info.get("products") != 60:
+        raise SystemExit(f"{bundle}: its text aligner knows {existing.info.get('products')} products, not the 60 "
+                         "seen ones (it may have read the new products' texts); delete text_align.safetensors")
+    if existing is None:
         aligner, products, photos = align_catalogue(skulens.load(bundle), load_catalogue(read_card(bundle).dataset["path"]))
         aligner.save(bundle)
         return f"learned here on the {products} seen products ({photos} photos)"
-    return "the bundle's own"
+    return "the bundle's own, learned on the 60 seen products"
 
 
 def evaluate(bundle: Path, val_paths: list[str], val_labels: np.ndarray, new: set[str]) -> dict:

@@ -324,9 +324,19 @@ def test_product_views_put_the_product_on_varied_backgrounds() -> None:
 
 
 def test_product_views_refuse_a_photo_not_taken_on_white() -> None:
-    from skulens.detect.synth import product_views
+    from skulens.detect.synth import NotOnWhiteError, product_views
 
     rng = np.random.default_rng(0)
     shop = Image.fromarray(rng.integers(0, 200, size=(80, 80, 3), dtype=np.uint8))
-    with pytest.raises(ValueError, match="does not stand on white"):
+    with pytest.raises(NotOnWhiteError, match="does not stand on white"):
         product_views(shop, 2)
+    off_white = Image.new("RGB", (80, 80), (245, 245, 245))  # light grey is not white: nothing to cut out
+    ImageDraw.Draw(off_white).ellipse((20, 20, 60, 60), fill=(200, 30, 30))
+    with pytest.raises(NotOnWhiteError):
+        product_views(off_white, 2)
+    framed = Image.new("RGB", (100, 100), "white")  # a shop photo in a thin white frame
+    framed.paste(shop.resize((96, 96)), (2, 2))
+    with pytest.raises(NotOnWhiteError, match="fills its white frame"):
+        product_views(framed, 2)
+    with pytest.raises(NotOnWhiteError):
+        product_views(Image.new("RGB", (40, 40), "white"), 2)  # all white

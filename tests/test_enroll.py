@@ -153,7 +153,7 @@ def test_enroll_from_one_catalogue_photo_sees_it_on_backgrounds(tiny_bundle, blu
         torch.manual_seed(0)  # the same augmented views both times: the studio views are the one difference
         res = enroll(copy, "blue-box", [photo], coarse="Box", data=tiny_catalogue, studio_views=views,
                      keep_photos=False)
-        assert res.images == 1 and res.self_check == 1.0
+        assert res.images == 1 and res.self_check == 1.0 and res.on_white == (1 if views else 0)
         net, card = load_bundle(copy)
         x = torch.stack([create_transform(card)(to_uint8_tensor(Image.open(p).convert("RGB"))) for p in blue_photos])
         with torch.no_grad():
@@ -186,3 +186,27 @@ def test_text_features_follow_the_aligner_at_the_photos_scale(bundle_copy: Path)
     assert torch.allclose(feats.norm(dim=1), positives.norm(dim=1).mean().expand(2), rtol=1e-4)
     assert len(_text_features(bundle_copy, "Blue box", "", positives, 0.2)) == 0  # no text
     assert len(_text_features(bundle_copy, "Blue box", "A blue box.", positives, 0.0)) == 0  # turned off
+
+
+def test_enroll_with_text_and_index_keeps_photos_apart_from_views_and_text(bundle_copy: Path, tmp_path: Path,
+                                                                           tiny_catalogue: Path) -> None:
+    from skulens.search.align import TextAligner
+    from skulens.search.index import create_index
+
+    net, _ = load_bundle(bundle_copy)
+    dim = net.head.in_features
+    rng = np.random.default_rng(0)
+    TextAligner(rng.normal(size=(dim, 384)).astype(np.float32), np.zeros(dim, np.float32), 0.07).save(bundle_copy)
+    photo = tmp_path / "blue_iconic.png"
+    _catalogue_blue_box().save(photo)
+    index = create_index("faiss", tmp_path / "index", dim)
+    res = enroll(bundle_copy, "blue-box", [photo], text="A blue box.", data=tiny_catalogue, index=index,
+                 keep_photos=False)
+    # the index holds the one photo, not its 16 studio views nor the text rows; the self-check is on it alone
+    assert res.index_entries == 1 and len(index) == 1 and res.self_check in (0.0, 1.0)
+    assert res.on_white == 1 and res.text_rows > 0
+    assert res.coarse_inferred and res.coarse_label in read_card(bundle_copy).coarse_classes
+    with pytest.raises(EnrolmentError, match="text_weight"):
+        enroll(bundle_copy, "red-box", [photo], text="x", text_weight=1.0, data=tiny_catalogue)
+    with pytest.raises(EnrolmentError, match="studio_views"):
+        enroll(bundle_copy, "red-box", [photo], studio_views=-1, data=tiny_catalogue)

@@ -59,6 +59,7 @@ __all__ = [
     "CompositeDataset",
     "CompositeGenerator",
     "Cutout",
+    "NotOnWhiteError",
     "SynthConfig",
     "catalogue_cutouts",
     "composite_sources",
@@ -527,18 +528,26 @@ class CompositeGenerator:
                     break
 
 
+class NotOnWhiteError(ValueError):
+    """A photo that does not show one product on a white background (`product_views` has nothing to cut out)."""
+
+
 def product_views(image: Image.Image, n: int, *, size: int = 320, seed: int = 0) -> list[Image.Image]:
     """`n` shop-like views of one product photo taken on white (a catalogue photo): the product cut out
     (`cutout_from_white`) and put on a varied background (flat, gradient or texture), alone at 45-90 % of
     the frame or as 3-8 copies at 30-50 %, turned up to 12 degrees, under uneven light with a colour cast and, now and then, blur, sensor
-    noise and JPEG. Raises ValueError when the photo does not stand on white (most of its border is not
-    near-white)."""
+    noise and JPEG. Raises NotOnWhiteError when the photo does not stand on white (most of its border is not
+    white, or the object fills the frame)."""
     rgb = np.asarray(image.convert("RGB"))
     border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
-    if (border.min(axis=1) >= 240).mean() < 0.6:
-        raise ValueError("the photo does not stand on white: no product to cut out")
-    cutout = cutout_from_white(image, "product")
-    sprite = cutout.image
+    if (border.min(axis=1) >= 250).mean() < 0.6:  # cutout_from_white's own white (threshold 5)
+        raise NotOnWhiteError("the photo does not stand on white: no product to cut out")
+    try:
+        sprite = cutout_from_white(image, "product").image
+    except ValueError as e:  # all white
+        raise NotOnWhiteError(str(e)) from e
+    if sprite.width * sprite.height > 0.9 * image.width * image.height:
+        raise NotOnWhiteError("the photo fills its white frame: no product to cut out")
     rng = np.random.default_rng(seed)
     views = []
     for _ in range(n):

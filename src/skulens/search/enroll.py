@@ -14,6 +14,7 @@ import io
 import logging
 import os
 import re
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -57,6 +58,8 @@ class EnrolResult:
     self_check: float  # fraction of the enrolment photos the updated model predicts as the product
     index_entries: int = 0
     kept: tuple[str, ...] = field(default=())  # photos stored in the bundle for retrain
+    on_white: int = 0  # photos that stood on white and were also seen in studio views
+    text_rows: int = 0  # positives that came from the text (0: no text, no aligner, or text_weight 0)
 
 
 @torch.no_grad()
@@ -146,13 +149,15 @@ def reference_bank(bundle: Path, net: SkuModel, card: ModelCard, data: str | os.
 
 def _studio_views(pils: Sequence, card: ModelCard, n: int) -> list[torch.Tensor]:
     """`n` scene-like views of every photo that stands on white (none for the others)."""
-    from ..detect.synth import product_views
+    from ..detect.synth import NotOnWhiteError, product_views
 
     out: list[torch.Tensor] = []
-    for i, pil in enumerate(pils if n > 0 else ()):
+    for pil in pils if n > 0 else ():
+        # seeded by the photo itself: the same photo gets the same views, two products different ones
+        seed = zlib.crc32(pil.tobytes())
         try:
-            views = product_views(pil, n, size=card.resize_to, seed=i)
-        except ValueError:  # not on white: a shop photo, already the kind of picture queries are
+            views = product_views(pil, n, size=card.resize_to, seed=seed)
+        except NotOnWhiteError:  # a shop photo: already the kind of picture queries are
             continue
         out += [to_uint8_tensor(v) for v in views]
     return out
@@ -163,7 +168,7 @@ def _text_features(bundle: Path, title: str, text: str, positives: torch.Tensor,
     mean norm, repeated so it holds `weight` of the positives; empty without text, aligner or weight."""
     from .align import load_aligner
 
-    aligner = load_aligner(bundle) if text.strip() and 0 < weight < 1 else None
+    aligner = load_aligner(bundle) if text.strip() and weight > 0 else None
     if aligner is None or aligner.dim != positives.shape[1]:
         return positives[:0]
     vector = torch.from_numpy(aligner.encode([f"{title}. {text}".strip()])).float()
@@ -208,6 +213,10 @@ def enroll(bundle: str | os.PathLike, label: str, images: Sequence[str | os.Path
     if label in card.classes:
         raise EnrolmentError(f"{label!r} is already a class of this model: to add photos of a known product, "
                              "label them and run `skulens retrain`")
+    if studio_views < 0:
+        raise EnrolmentError(f"studio_views must be 0 or more, got {studio_views}")
+    if not 0 <= text_weight < 1:
+        raise EnrolmentError(f"text_weight must be in [0, 1), got {text_weight}")
     pils, skipped = [], []
     for im in images:
         try:
@@ -217,12 +226,12 @@ def enroll(bundle: str | os.PathLike, label: str, images: Sequence[str | os.Path
     if not pils:
         raise EnrolmentError(f"no usable photo for {label!r}: " + "; ".join(f"{p}: {r}" for p, r in skipped[:3]))
     tensors = [to_uint8_tensor(p) for p in pils]
+    title = title or label.replace("-", " ")
+    plain = _features(net, tensors, create_transform(card))  # the photos as they are: self-check and index
+    photos = torch.cat([plain, _features(net, tensors, create_transform(card, train=True), views=_VIEWS)])
     studio = _studio_views(pils, card, studio_views)
-    positives = torch.cat([_features(net, tensors, create_transform(card)),
-                           _features(net, tensors, create_transform(card, train=True), views=_VIEWS),
-                           _features(net, studio, create_transform(card))])
-    described = _text_features(bundle, title or label, text, positives, text_weight)
-    positives = torch.cat([positives, described])
+    positives = torch.cat([photos, _features(net, studio, create_transform(card))])
+    positives = torch.cat([positives, _text_features(bundle, title, text, positives, text_weight)])
     bank = reference_bank(bundle, net, card, data, progress)
     ref = ref_t = None
     if bank is not None:
@@ -235,7 +244,7 @@ def enroll(bundle: str | os.PathLike, label: str, images: Sequence[str | os.Path
     inferred = False
     if coarse_classes:
         if coarse is None:
-            coarse, inferred = _infer_coarse(net, card, positives), True
+            coarse, inferred = _infer_coarse(net, card, photos), True  # the real photos vote
         if coarse not in coarse_classes:
             coarse_classes.append(coarse)
             if net.coarse_head is not None:
@@ -248,17 +257,18 @@ def enroll(bundle: str | os.PathLike, label: str, images: Sequence[str | os.Path
     if keep_photos:
         folder = bundle / ENROLLED_DIR / _safe_name(label)
         kept = [str(_keep_photo(p, folder).relative_to(bundle)) for p in pils]
-    entry = {"label": label, "coarse_label": coarse, "title": title or label.replace("-", " "), "text": text,
+    entry = {"label": label, "coarse_label": coarse, "title": title, "text": text,
              "photos": kept, "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     new_card = card.with_(classes=(*card.classes, label), coarse_classes=tuple(coarse_classes),
                           fine_to_coarse=tuple(f2c), enrolled=(*card.enrolled, entry))
     with torch.no_grad():
-        fine = net.forward_head(positives[: len(pils)])["fine"]
+        fine = net.forward_head(plain)["fine"]
     self_check = float((fine.argmax(1) == len(card.classes)).float().mean())
     save_bundle(net, new_card, bundle, carry_over=True)
-    added = _add_to_index(index, net, label, coarse, entry, positives[: len(pils)], kept, bundle) if index else 0
+    added = _add_to_index(index, net, label, coarse, entry, plain, kept, bundle) if index is not None else 0
     return EnrolResult(label, coarse, inferred, len(pils), tuple(skipped), bundle,
-                       0 if ref is None else len(ref), self_check, added, tuple(kept))
+                       0 if ref is None else len(ref), self_check, added, tuple(kept), len(studio) // max(1, studio_views),
+                       len(positives) - len(photos) - len(studio))
 
 
 def _infer_coarse(net: SkuModel, card: ModelCard, feats: torch.Tensor) -> str:
