@@ -570,11 +570,12 @@ def _finish(run: _Run, baseline: EvalReport | None, epochs_run: int) -> TrainRes
 
 
 def _calibrate(model: SkuModel, out: HeadOutputs, val: Split) -> HeadOutputs:
-    """Fit the fine and coarse temperatures on val, store them in the model, return rescaled outputs."""
+    """Fit the fine and coarse temperatures on the selection split (val, or the hold-out of train), store them
+    in the model, return rescaled outputs."""
     t_fine = fit_temperature(out.fine, val.fine.numpy())
     t_coarse = 1.0 if out.coarse_head is None else fit_temperature(out.coarse_head, val.coarse.numpy())
     model.temperature.copy_(torch.tensor([t_fine, t_coarse]))
-    log.info("temperature scaling on val: fine T=%.3f, coarse T=%.3f", t_fine, t_coarse)
+    log.info("temperature scaling on the selection split: fine T=%.3f, coarse T=%.3f", t_fine, t_coarse)
     return _tempered(model, out)
 
 
@@ -586,7 +587,8 @@ def _tempered(model: SkuModel, out: HeadOutputs) -> HeadOutputs:
 
 
 def _choose_coarse_rule(out: HeadOutputs, val: Split, card: ModelCard) -> str:
-    """Pick how coarse is predicted (like attribute thresholds, on val); ties keep the earlier rule."""
+    """Pick how coarse is predicted (like attribute thresholds, on the selection split); ties keep the earlier
+    rule."""
     y = val.coarse.numpy()
     ok = y >= 0
     if not card.coarse_classes or out.coarse_head is None or not ok.any():
@@ -596,7 +598,7 @@ def _choose_coarse_rule(out: HeadOutputs, val: Split, card: ModelCard) -> str:
         p = combine_coarse(out.fine, out.coarse_head, card.fine_to_coarse, len(card.coarse_classes), rule)
         acc[rule] = float((p.argmax(1)[ok] == y[ok]).mean())
     best = max(COARSE_RULES, key=lambda r: (acc[r], -COARSE_RULES.index(r)))
-    log.info("coarse rule on val: %s (%s)", best, ", ".join(f"{r}={a:.4f}" for r, a in acc.items()))
+    log.info("coarse rule on the selection split: %s (%s)", best, ", ".join(f"{r}={a:.4f}" for r, a in acc.items()))
     return best
 
 
