@@ -72,3 +72,17 @@ def test_self_training_trains_its_teacher_first(tiny_catalogue: Path, pool, tmp_
               **{k: v for k, v in TINY.items() if k != "epochs"})
     assert (out / "teacher" / "bundle" / "card.json").is_file() and (out / "pseudo_labels.csv").is_file()
     assert r.card.metrics["self_training"]["teacher"] == str(out / "teacher" / "bundle")
+
+
+def test_pseudo_labelled_photos_are_trained_on_and_never_held_out(tiny_catalogue: Path, tmp_path: Path) -> None:
+    from skulens.data.catalogue import EXTRA_TRAIN, Sample, load_catalogue, merge_samples, selection_split
+
+    cat = load_catalogue(tiny_catalogue)
+    extra = [Sample(path=tmp_path / f"p{i}.jpg", label=cat.classes[i % len(cat.classes)],
+                    coarse_label=cat.hierarchy.get(cat.classes[i % len(cat.classes)])) for i in range(6)]
+    merged = merge_samples(cat, extra, split=EXTRA_TRAIN)
+    assert merged.split("train") == cat.split("train")
+    for select_on in ("holdout", "val"):
+        before, after = selection_split(cat, select_on, 0.3, 0), selection_split(merged, select_on, 0.3, 0)
+        assert after[1] == before[1] and after[2] == before[2]  # the same photos to select on and to score
+        assert after[0] == before[0] + extra  # and the pseudo-labelled ones only trained on

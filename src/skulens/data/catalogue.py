@@ -43,8 +43,12 @@ from ._manifest import MANIFEST_NAMES, MANIFEST_SUFFIXES, load_manifest
 from ._products import PRODUCTS_CSV, read_products
 from ._types import IMAGE_SUFFIXES, Catalogue, CatalogueError, Loaded, Product, Sample, ordered_splits
 
-__all__ = ["IMAGE_SUFFIXES", "Catalogue", "CatalogueError", "Product", "Sample", "label_attributes", "load_catalogue",
-           "merge_samples", "selection_split"]
+__all__ = ["EXTRA_TRAIN", "IMAGE_SUFFIXES", "Catalogue", "CatalogueError", "Product", "Sample", "label_attributes",
+           "load_catalogue", "merge_samples", "selection_split"]
+
+# Photos a run trains on but never holds out or selects on: self-training's pseudo-labelled ones, whose labels
+# are the teacher's guesses (a hold-out drawn over them would score the student against those guesses).
+EXTRA_TRAIN = "train_extra"
 
 
 def load_catalogue(
@@ -147,18 +151,20 @@ def selection_split(cat: Catalogue, select_on: str, holdout_fraction: float, see
 
     select_on "val": train, val, None. "holdout": train less a seeded, stratified `holdout_fraction` of each
     class (the same photos on every call: a resumed run or a teacher's threshold sees the same hold-out), that
-    hold-out, and val."""
+    hold-out, and val. The `EXTRA_TRAIN` split, where there is one, is trained on in both cases and never
+    held out: the hold-out is the same photos with or without it."""
     train, val = list(cat.split("train")), list(cat.split("val"))
+    extra = list(cat.splits.get(EXTRA_TRAIN, ()))
     if select_on == "holdout":
         kept, held = _stratified_split(train, holdout_fraction, seed=seed)
-        return kept, held, val
-    return train, val, None
+        return kept + extra, held, val
+    return train + extra, val, None
 
 
-def merge_samples(cat: Catalogue, samples: Sequence[Sample], products: dict[str, Product] | None = None
-                  ) -> Catalogue:
-    """A copy of `cat` with `samples` added to train; new labels and coarse labels are appended (retrain's
-    enrolled and reviewed photos, self-training's pseudo-labelled ones)."""
+def merge_samples(cat: Catalogue, samples: Sequence[Sample], products: dict[str, Product] | None = None, *,
+                  split: str = "train") -> Catalogue:
+    """A copy of `cat` with `samples` added to `split` (train: retrain's enrolled and reviewed photos;
+    `EXTRA_TRAIN`: self-training's pseudo-labelled ones); new labels and coarse labels are appended."""
     classes = list(cat.classes)
     coarse = list(cat.coarse_classes)
     hierarchy = dict(cat.hierarchy)
@@ -176,6 +182,6 @@ def merge_samples(cat: Catalogue, samples: Sequence[Sample], products: dict[str,
         missing = sorted(set(classes) - set(hierarchy))
         raise CatalogueError(f"new product(s) without a coarse label: {', '.join(missing[:5])}")
     splits = {k: list(v) for k, v in cat.splits.items()}
-    splits["train"] = splits["train"] + list(samples)
+    splits[split] = splits.get(split, []) + list(samples)
     return dataclasses.replace(cat, splits=splits, classes=classes, coarse_classes=coarse, hierarchy=hierarchy,
                                products={**cat.products, **(products or {})})

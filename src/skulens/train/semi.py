@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..data.catalogue import Catalogue, Sample, merge_samples
+from ..data.catalogue import EXTRA_TRAIN, Catalogue, Sample, merge_samples
 
 if TYPE_CHECKING:
     from ..config import TrainConfig
@@ -151,7 +151,9 @@ def self_train(cfg: TrainConfig, catalogue: Catalogue, *, progress: bool = True,
         w.writerows([str(s.path), s.label, f"{c:.4f}"] for s, c in zip(pseudo.samples, pseudo.confidences,
                                                                          strict=True))
     student_cfg = dataclasses.replace(cfg, unlabeled=None, teacher=teacher)
-    result = fit_run(student_cfg, catalogue=merge_samples(catalogue, list(pseudo.samples)), progress=progress,
+    # The pseudo-labelled photos are trained on, never held out: the student selects on the teacher's hold-out.
+    result = fit_run(student_cfg, catalogue=merge_samples(catalogue, list(pseudo.samples), split=EXTRA_TRAIN),
+                     progress=progress,
                      extra_metrics={"self_training": {**pseudo.summary(), "teacher": teacher,
                                                       "teacher_val": read_card(teacher).metrics.get("top1")}})
     return result
