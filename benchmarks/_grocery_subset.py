@@ -14,11 +14,13 @@ import argparse
 import csv
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "grocery-store"
 
 
@@ -70,19 +72,15 @@ def write_subset(data: Path, out: Path, keep: set[str]) -> Path:
     return out
 
 
-def class_names(data: Path) -> list[str]:
-    with (data / "classes.csv").open(newline="", encoding="utf-8-sig") as f:
-        rows = [r for r in csv.reader(f) if r][1:]
-    return [r[0] for r in sorted(rows, key=lambda r: int(r[1]))]
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--keep-seen", type=int, default=60)
     ap.add_argument("--out", type=Path, required=True)
     ns = ap.parse_args()
-    names = class_names(ns.data)
+    from skulens.data.catalogue import load_catalogue
+
+    names = list(load_catalogue(ns.data).classes)  # in class-id order, as the search benchmark sees them
     seen, _ = seen_new_split(len(names), ns.keep_seen)
     write_subset(ns.data, ns.out, {names[i] for i in seen})
     print(f"{ns.out}: {ns.keep_seen} of {len(names)} products")

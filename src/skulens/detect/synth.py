@@ -535,9 +535,9 @@ class NotOnWhiteError(ValueError):
 def product_views(image: Image.Image, n: int, *, size: int = 320, seed: int = 0) -> list[Image.Image]:
     """`n` shop-like views of one product photo taken on white (a catalogue photo): the product cut out
     (`cutout_from_white`) and put on a varied background (flat, gradient or texture), alone at 45-90 % of
-    the frame or as 3-8 copies at 30-50 %, turned up to 12 degrees, under uneven light with a colour cast and, now and then, blur, sensor
-    noise and JPEG. Raises NotOnWhiteError when the photo does not stand on white (most of its border is not
-    white, or the object fills the frame)."""
+    the frame or as 3-8 copies at 30-50 %, turned up to 12 degrees, under uneven light with a colour cast
+    and, now and then, blur, sensor noise and JPEG. Raises NotOnWhiteError when the photo does not stand
+    on white (most of its border is not white, or the object fills the frame)."""
     rgb = np.asarray(image.convert("RGB"))
     border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
     if (border.min(axis=1) >= 250).mean() < 0.6:  # cutout_from_white's own white (threshold 5)

@@ -152,7 +152,9 @@ def _studio_views(pils: Sequence, card: ModelCard, n: int) -> list[torch.Tensor]
     from ..detect.synth import NotOnWhiteError, product_views
 
     out: list[torch.Tensor] = []
-    for pil in pils if n > 0 else ():
+    if n <= 0:
+        return out
+    for pil in pils:
         # seeded by the photo itself: the same photo gets the same views, two products different ones
         seed = zlib.crc32(pil.tobytes())
         try:
@@ -231,7 +233,8 @@ def enroll(bundle: str | os.PathLike, label: str, images: Sequence[str | os.Path
     photos = torch.cat([plain, _features(net, tensors, create_transform(card, train=True), views=_VIEWS)])
     studio = _studio_views(pils, card, studio_views)
     positives = torch.cat([photos, _features(net, studio, create_transform(card))])
-    positives = torch.cat([positives, _text_features(bundle, title, text, positives, text_weight)])
+    described = _text_features(bundle, title, text, positives, text_weight)
+    positives = torch.cat([positives, described])
     bank = reference_bank(bundle, net, card, data, progress)
     ref = ref_t = None
     if bank is not None:
@@ -267,8 +270,8 @@ def enroll(bundle: str | os.PathLike, label: str, images: Sequence[str | os.Path
     save_bundle(net, new_card, bundle, carry_over=True)
     added = _add_to_index(index, net, label, coarse, entry, plain, kept, bundle) if index is not None else 0
     return EnrolResult(label, coarse, inferred, len(pils), tuple(skipped), bundle,
-                       0 if ref is None else len(ref), self_check, added, tuple(kept), len(studio) // max(1, studio_views),
-                       len(positives) - len(photos) - len(studio))
+                       0 if ref is None else len(ref), self_check, added, tuple(kept),
+                       len(studio) // studio_views if studio_views else 0, len(described))
 
 
 def _infer_coarse(net: SkuModel, card: ModelCard, feats: torch.Tensor) -> str:
