@@ -236,3 +236,73 @@ def test_cli_and_engine_agree_on_modes_and_defaults() -> None:
     from skulens.cli import search as cli_search
 
     assert cli_search.TEXT_MODES == TEXT_MODES and cli_search.TUNE_EPOCHS == TuneConfig().epochs
+
+
+def _retune_in_place(folder: Path) -> None:
+    """A later text-tune, cheaply: the encoder's weights change (one tensor nudged) and nothing else."""
+    from safetensors.torch import load_file, save_file
+
+    weights = folder / "model.safetensors"
+    state = load_file(str(weights))
+    name = max((k for k in state if k.endswith("weight") and state[k].ndim == 2), key=lambda k: state[k].numel())
+    state[name] = state[name] + 0.05
+    save_file(state, str(weights), metadata={"format": "pt"})
+
+
+def test_aligner_fusion_support_and_recommenders_use_the_fine_tuned_encoder_and_refuse_a_retuned_one(
+        bundle: Path, tiny_catalogue: Path, tmp_path: Path) -> None:
+    from skulens.models.fusion import load_fusion
+    from skulens.models.text import BUNDLE_TEXT_MODEL, TextEncoderMismatch, text_fingerprint
+    from skulens.recommend.recommenders import item_vectors
+    from skulens.search.align import load_aligner, train_aligner
+    from skulens.search.text_tune import heads_on_other_text
+    from skulens.serve.settings import ServeSettings
+    from skulens.serve.state import _load_support
+
+    tune_text_encoder(bundle, _shop(tmp_path), config=QUICK)
+    tuned, frozen = load_text_encoder(bundle=bundle), load_text_encoder()
+    assert tuned.fine_tuned and tuned is not frozen
+    fingerprint = text_fingerprint(str(bundle / TEXT_ENCODER_DIR))
+    assert fingerprint.startswith("tuned:")
+
+    # the text aligner is fitted on the bundle's encoder and says so; reloaded, it projects that encoder's vectors
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(12, 8)).astype(np.float32)
+    aligner = train_aligner(x / np.linalg.norm(x, axis=1, keepdims=True), [0, 1, 2] * 4,
+                            [["oat milk"], ["rye bread"], ["dish soap"]], bundle=bundle)
+    assert (aligner.text_model, aligner.fingerprint) == (BUNDLE_TEXT_MODEL, fingerprint)
+    aligner.save(bundle)
+    loaded = load_aligner(bundle)
+    assert loaded is not None and loaded.fingerprint == fingerprint
+    q = ["easy peelers"]
+    assert np.allclose(loaded.encode(q), aligner.project(tuned.encode(q)), atol=1e-5)
+    assert not np.allclose(loaded.encode(q), aligner.project(frozen.encode(q)), atol=1e-3)
+
+    # the fusion head too (fitted by `skulens fuse`), and prediction with a listing text runs on it
+    assert main(["fuse", "--model", str(bundle), "--data", str(tiny_catalogue), "--out", str(tmp_path / "rep"),
+                 "-q"]) == 0
+    fusion = load_fusion(bundle)
+    assert fusion is not None and (fusion.text_model, fusion.text_fingerprint) == (BUNDLE_TEXT_MODEL, fingerprint)
+    assert json.loads((tmp_path / "rep" / "fusion.json").read_text())["text_encoder"].startswith("fine-tuned")
+    model = skulens.load(bundle, device="cpu", precision="off")
+    photo = min((tiny_catalogue.parent / "val" / "oat-milk").glob("*.jpg"))
+    assert model.predict([photo], texts=["oat milk"])[0].level != "error"
+
+    # support replies and the recommenders' product content read the same encoder
+    _, responder, error = _load_support(ServeSettings(model=str(bundle)), model)
+    assert error is None and responder is not None and responder.encoder is tuned
+    products = _shop(tmp_path).products
+    content = item_vectors(products)  # no model: the bundled MiniLM
+    assert not np.allclose(item_vectors(products, model)["satsumas"][:384], content["satsumas"][:384], atol=1e-3)
+    assert heads_on_other_text(bundle) == []
+
+    # a later text-tune: both heads now name the command that fits them again, and refuse to run until then
+    _retune_in_place(bundle / TEXT_ENCODER_DIR)
+    assert heads_on_other_text(bundle) == ["align", "fuse"]
+    with pytest.raises(TextEncoderMismatch, match="skulens align --model"):
+        load_aligner(bundle).encode(q)
+    with pytest.raises(TextEncoderMismatch, match="skulens fuse --model"):
+        skulens.load(bundle, device="cpu", precision="off").predict([photo], texts=["oat milk"])
+    assert main(["fuse", "--model", str(bundle), "--data", str(tiny_catalogue), "--out", str(tmp_path / "rep"),
+                 "-q"]) == 0
+    assert heads_on_other_text(bundle) == ["align"]

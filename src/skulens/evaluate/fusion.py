@@ -55,7 +55,7 @@ def fuse_and_evaluate(bundle: str | os.PathLike, data: str | os.PathLike, *, out
     from ..data.catalogue import load_catalogue
     from ..models.fusion import save_fusion, train_fusion
     from ..models.predictor import load_model as load
-    from ..models.text import load_text_encoder
+    from ..models.text import fitting_text_encoder
 
     model = load(bundle)
     cat = load_catalogue(data)
@@ -64,7 +64,7 @@ def fuse_and_evaluate(bundle: str | os.PathLike, data: str | os.PathLike, *, out
         raise ValueError(f"{cat.root}: no listing has its own text (a manifest 'title' or 'text' column): "
                          "nothing to fuse")
     classes = {c: i for i, c in enumerate(model.card.classes)}
-    enc = load_text_encoder()
+    enc, text_model, fingerprint = fitting_text_encoder(bundle)
     xi, xt, ht, y = _embed_split(model, train, enc, classes, progress)
     vi, vt, vh, vy = _embed_split(model, val, enc, classes, progress)
     head = train_fusion(xi, xt, y, len(classes), text_present=ht)
@@ -73,7 +73,8 @@ def fuse_and_evaluate(bundle: str | os.PathLike, data: str | os.PathLike, *, out
     preds = model.predict([s.path for s in val], top_k=1)
     report["val_top1"]["bundle_classifier"] = float(np.mean([p.fine_label == s.label for p, s in zip(preds, val,
                                                                                                     strict=True)]))
-    save_fusion(head, Path(bundle), tuple(model.card.classes))
+    report["text_encoder"] = "fine-tuned (skulens text-tune)" if fingerprint else text_model
+    save_fusion(head, Path(bundle), tuple(model.card.classes), text_model=text_model, text_fingerprint=fingerprint)
     dest = Path(out) if out else Path(bundle) / "fusion-report"
     dest.mkdir(parents=True, exist_ok=True)
     (dest / "fusion.json").write_text(json.dumps(report, indent=2), encoding="utf-8")

@@ -1,6 +1,7 @@
 """Image + text fusion head, for catalogues whose listings carry their own title or text.
 
-Late fusion over the two frozen embeddings (the model's image embedding, MiniLM's text embedding):
+Late fusion over the two frozen embeddings (the model's image embedding, the text embedding of the bundle's
+fine-tuned encoder when `skulens text-tune` made one, else the bundled MiniLM's; the head records which):
 each modality is projected, the projections are concatenated and classified. Trained with modality
 dropout (whole modalities zeroed at random, with a flag saying so), so one head answers image-only,
 text-only and both; the report compares the three on the same photos.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import NamedTuple
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["FUSION_FILE", "FusionConfig", "FusionHead", "load_fusion", "save_fusion", "train_fusion"]
+__all__ = ["FUSION_FILE", "FusionConfig", "FusionHead", "LoadedFusion", "load_fusion", "save_fusion", "train_fusion"]
 
 FUSION_FILE = "fusion.safetensors"
 
@@ -91,20 +93,30 @@ def train_fusion(image: np.ndarray, text: np.ndarray, labels: np.ndarray, num_cl
     return head.eval()
 
 
-def save_fusion(head: FusionHead, path: str | os.PathLike, classes: tuple[str, ...]) -> Path:
+class LoadedFusion(NamedTuple):
+    head: FusionHead
+    classes: tuple[str, ...]
+    text_model: str  # the text encoder it was fitted on ("bundle": the bundle's fine-tuned one)
+    text_fingerprint: str | None  # which fine-tuned weights, for "bundle"
+
+
+def save_fusion(head: FusionHead, path: str | os.PathLike, classes: tuple[str, ...], *, text_model: str = "minilm",
+                text_fingerprint: str | None = None) -> Path:
     from safetensors.torch import save_file
 
     p = Path(path)
     if p.is_dir():
         p = p / FUSION_FILE
     tmp = p.with_name(p.name + ".tmp")
-    meta = {"classes": "\n".join(classes), "hidden": str(head.image_proj[1].out_features)}
+    meta = {"classes": "\n".join(classes), "hidden": str(head.image_proj[1].out_features), "text_model": text_model}
+    if text_fingerprint:
+        meta["text_fingerprint"] = text_fingerprint
     save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(tmp), metadata=meta)
     os.replace(tmp, p)
     return p
 
 
-def load_fusion(path: str | os.PathLike) -> tuple[FusionHead, tuple[str, ...]] | None:
+def load_fusion(path: str | os.PathLike) -> LoadedFusion | None:
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -121,4 +133,4 @@ def load_fusion(path: str | os.PathLike) -> tuple[FusionHead, tuple[str, ...]] |
     d_t = state["text_proj.1.weight"].shape[1]
     head = FusionHead(d_i, d_t, len(classes), int(meta.get("hidden", 512)))
     head.load_state_dict(state)
-    return head.eval(), classes
+    return LoadedFusion(head.eval(), classes, meta.get("text_model", "minilm"), meta.get("text_fingerprint"))

@@ -159,18 +159,19 @@ class Model:
         from dataclasses import replace
 
         from .fusion import load_fusion
-        from .text import load_text_encoder
+        from .text import head_text_encoder
 
         fusion = load_fusion(self.path) if self.path is not None else None
         if fusion is None:
             raise ValueError("this bundle has no fusion head: train one with `skulens fuse BUNDLE --data ...`")
-        head, classes = fusion
+        head, classes = fusion.head, fusion.classes
         if classes != self.card.classes:
             raise ValueError("the fusion head was trained for other classes (enrolled or retrained since): "
                              "run `skulens fuse` again")
         assert out.embeddings is not None
         has = np.array([bool(t and t.strip()) for t in texts])
-        enc = load_text_encoder()
+        enc = head_text_encoder(self.path, fusion.text_model, fusion.text_fingerprint, what="the fusion head",
+                                refit=f"skulens fuse --model {self.path}")
         tv = np.zeros((len(texts), enc.dim), dtype=np.float32)
         if has.any():
             tv[has] = enc.encode([t for t in texts if t and t.strip()])

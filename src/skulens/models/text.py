@@ -16,12 +16,18 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DEFAULT_TEXT_MODEL", "TEXT_ENCODER_DIR", "TEXT_TUNE_INFO", "TextEncoder", "bundle_text_model",
-           "load_text_encoder", "text_tune_info"]
+__all__ = ["BUNDLE_TEXT_MODEL", "DEFAULT_TEXT_MODEL", "TEXT_ENCODER_DIR", "TEXT_TUNE_INFO", "TextEncoder",
+           "TextEncoderMismatch", "bundle_text_model", "fitting_text_encoder", "head_text_encoder", "load_text_encoder", "text_fingerprint",
+           "text_tune_info"]
 
 DEFAULT_TEXT_MODEL = "minilm"  # the bundled all-MiniLM-L6-v2
 TEXT_ENCODER_DIR = "text_encoder"  # BUNDLE/text_encoder/: a fine-tuned sentence-transformers folder
 TEXT_TUNE_INFO = "text_tune.json"  # inside it: what it was tuned from and on
+BUNDLE_TEXT_MODEL = "bundle"  # stored by a head (aligner, fusion) fitted on its bundle's fine-tuned encoder
+
+
+class TextEncoderMismatch(ValueError):
+    """A head fitted on one text encoder would be fed vectors of another (the bundle was re-tuned)."""
 
 
 def _model_path(name: str) -> str:
@@ -111,3 +117,49 @@ def load_text_encoder(name: str = DEFAULT_TEXT_MODEL, *, bundle: str | os.PathLi
     elif name != DEFAULT_TEXT_MODEL:
         name = str(Path(name))
     return _load(name, _version(name))
+
+
+def text_fingerprint(name: str) -> str:
+    """Which encoder `name` is, as stored beside a head fitted on its vectors: "minilm" for the bundled one, else
+    a hash of the fine-tuned weights (a new `skulens text-tune` changes it)."""
+    if name == DEFAULT_TEXT_MODEL:
+        return DEFAULT_TEXT_MODEL
+    return _fingerprint(str(Path(name)), _version(name))
+
+
+@lru_cache(maxsize=8)
+def _fingerprint(name: str, version: int) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(os.path.join(name, "model.safetensors"), "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return "tuned:" + h.hexdigest()[:16]
+
+
+def head_text_encoder(bundle: str | os.PathLike[str] | None, stored: str = DEFAULT_TEXT_MODEL,
+                      fingerprint: str | None = None, *, what: str = "this head", refit: str = "") -> TextEncoder:
+    """The encoder a head (text aligner, fusion head) was fitted on. `stored` is what the head recorded: a
+    model name, or BUNDLE_TEXT_MODEL for its bundle's fine-tuned encoder, whose `fingerprint` must still match
+    (else TextEncoderMismatch: the head must be fitted again, with the command `refit`)."""
+    if stored != BUNDLE_TEXT_MODEL:
+        return load_text_encoder(stored)
+    tuned = bundle_text_model(bundle)
+    again = f": run `{refit}` again" if refit else ""
+    if tuned is None:
+        raise TextEncoderMismatch(f"{what} was fitted on the fine-tuned text encoder of {bundle}, which has none "
+                                  f"now{again}")
+    if fingerprint is not None and text_fingerprint(tuned) != fingerprint:
+        raise TextEncoderMismatch(f"{what} was fitted on an earlier fine-tuned text encoder (`skulens text-tune` "
+                                  f"ran since){again}")
+    return load_text_encoder(tuned)
+
+
+def fitting_text_encoder(bundle: str | os.PathLike[str] | None) -> tuple[TextEncoder, str, str | None]:
+    """The encoder a new head for `bundle` is fitted on (the bundle's fine-tuned one when it has one, else the
+    bundled MiniLM) and what the head stores to find it again: (encoder, stored name, fingerprint)."""
+    tuned = bundle_text_model(bundle)
+    if tuned is None:
+        return load_text_encoder(), DEFAULT_TEXT_MODEL, None
+    return load_text_encoder(tuned), BUNDLE_TEXT_MODEL, text_fingerprint(tuned)

@@ -563,7 +563,8 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 def item_vectors(catalogue: Catalogue | Mapping[str, Product], model: Model | None = None) -> dict[str, np.ndarray]:
     """The recommenders' product content, one vector per product of a catalogue (or a label -> Product map):
-    MiniLM of its title + description, joined with the model's embedding of its catalogue photo when a model
+    the text encoding of its title + description (the model bundle's fine-tuned encoder when it has one, else
+    MiniLM), joined with the model's embedding of its catalogue photo when a model
     is given (each part unit-length, the whole renormalised). `skulens recommend` and the service use it.
     """
     from ..data.catalogue import Catalogue
@@ -573,7 +574,8 @@ def item_vectors(catalogue: Catalogue | Mapping[str, Product], model: Model | No
     products = list((catalogue.products if isinstance(catalogue, Catalogue) else catalogue).values())
     if not products:
         return {}
-    parts = [_unit(load_text_encoder().encode([product_text(p) for p in products]))]
+    encoder = load_text_encoder(bundle=getattr(model, "path", None) if model is not None else None)
+    parts = [_unit(encoder.encode([product_text(p) for p in products]))]
     if model is not None:
         with_image = [i for i, p in enumerate(products) if p.image is not None]
         embedded = embed_paths(model, [str(products[i].image) for i in with_image])

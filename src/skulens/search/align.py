@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..models.text import DEFAULT_TEXT_MODEL, load_text_encoder
+from ..models.text import DEFAULT_TEXT_MODEL, fitting_text_encoder, head_text_encoder, load_text_encoder
 
 __all__ = ["ALIGN_FILE", "AlignConfig", "TextAligner", "align_catalogue", "load_aligner", "product_sentences",
            "train_aligner"]
@@ -52,15 +52,23 @@ def product_sentences(title: str, description: str = "", info: str = "", *, max_
 
 
 class TextAligner:
-    """`encode(texts)` -> unit vectors in the image-embedding space of the model it was trained for."""
+    """`encode(texts)` -> unit vectors in the image-embedding space of the model it was trained for.
+
+    text_model: the sentence encoder it was fitted on: a name, or "bundle" for its bundle's fine-tuned encoder
+    (`skulens text-tune`), whose `fingerprint` it keeps: after a new text-tune it refuses to run
+    (TextEncoderMismatch) instead of projecting another encoder's vectors.
+    """
 
     def __init__(self, weight: np.ndarray, bias: np.ndarray, temperature: float,
-                 text_model: str = DEFAULT_TEXT_MODEL, info: dict | None = None):
+                 text_model: str = DEFAULT_TEXT_MODEL, info: dict | None = None, *,
+                 fingerprint: str | None = None, bundle: str | os.PathLike | None = None):
         self.weight = np.asarray(weight, dtype=np.float32)  # image_dim x text_dim
         self.bias = np.asarray(bias, dtype=np.float32)
         self.temperature = float(temperature)
         self.text_model = text_model
         self.info = dict(info or {})
+        self.fingerprint = fingerprint
+        self.bundle = bundle
 
     @property
     def dim(self) -> int:
@@ -70,8 +78,12 @@ class TextAligner:
         z = np.asarray(text_vectors, dtype=np.float32) @ self.weight.T + self.bias
         return z / np.clip(np.linalg.norm(z, axis=1, keepdims=True), 1e-12, None)
 
+    def text_encoder(self) -> Any:
+        return head_text_encoder(self.bundle, self.text_model, self.fingerprint, what="the text aligner",
+                                 refit=f"skulens align --model {self.bundle or 'BUNDLE'}")
+
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        return self.project(load_text_encoder(self.text_model).encode(texts))
+        return self.project(self.text_encoder().encode(texts))
 
     def save(self, path: str | os.PathLike) -> Path:
         """Into a bundle folder (as text_align.safetensors) or to a .safetensors file; atomic."""
@@ -82,6 +94,8 @@ class TextAligner:
             p = p / ALIGN_FILE
         tmp = p.with_name(p.name + ".tmp")
         meta = {"temperature": str(self.temperature), "text_model": self.text_model, "info": json.dumps(self.info)}
+        if self.fingerprint:
+            meta["text_fingerprint"] = self.fingerprint
         save_file({"weight": self.weight, "bias": self.bias}, str(tmp), metadata=meta)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
@@ -102,13 +116,16 @@ def load_aligner(path: str | os.PathLike) -> TextAligner | None:
         meta = f.metadata() or {}
         weight, bias = f.get_tensor("weight"), f.get_tensor("bias")
     return TextAligner(weight, bias, float(meta.get("temperature", 0.07)), meta.get("text_model", DEFAULT_TEXT_MODEL),
-                       json.loads(meta.get("info", "{}")))
+                       json.loads(meta.get("info", "{}")), fingerprint=meta.get("text_fingerprint"), bundle=p.parent)
 
 
 def train_aligner(image_vectors: np.ndarray, image_products: Sequence[int], product_texts: Sequence[Sequence[str]],
                   *, config: AlignConfig = AlignConfig(), text_model: str = DEFAULT_TEXT_MODEL,
-                  progress: bool = False) -> TextAligner:
+                  bundle: str | os.PathLike | None = None, progress: bool = False) -> TextAligner:
     """Fit the projection on (image, product) pairs and several texts per product.
+
+    bundle: the model bundle the aligner is for; its fine-tuned text encoder (`skulens text-tune`), when it
+    has one and `text_model` is the default, is the one fitted on.
 
     image_vectors: N x D unit vectors; image_products: product index of each row; product_texts[p]: the
     texts of product p. Each step draws a batch of images and one text per product, and minimises the
@@ -130,7 +147,11 @@ def train_aligner(image_vectors: np.ndarray, image_products: Sequence[int], prod
         raise ValueError("alignment needs images of at least two products")
     flat = [t for texts in product_texts for t in texts]
     owner = np.repeat(np.arange(n_products), [len(t) for t in product_texts])
-    text_vecs = torch.from_numpy(load_text_encoder(text_model).encode(flat))
+    if bundle is not None and text_model == DEFAULT_TEXT_MODEL:
+        encoder, text_model, fingerprint = fitting_text_encoder(bundle)
+    else:
+        encoder, fingerprint = load_text_encoder(text_model), None
+    text_vecs = torch.from_numpy(encoder.encode(flat))
     images = torch.from_numpy(np.asarray(image_vectors, dtype=np.float32))
     labels = torch.from_numpy(y)
 
@@ -159,9 +180,9 @@ def train_aligner(image_vectors: np.ndarray, image_products: Sequence[int], prod
         opt.step()
         sched.step()
     info = {"products": n_products, "images": len(images), "texts": len(flat), "final_loss": float(loss.item()),
-            "config": config.__dict__}
+            "config": config.__dict__, "text_encoder": "fine-tuned" if fingerprint else text_model}
     return TextAligner(proj.weight.detach().numpy(), proj.bias.detach().numpy(), float(log_t.exp().item()), text_model,
-                       info)
+                       info, fingerprint=fingerprint, bundle=bundle)
 
 
 def align_catalogue(model: Any, cat: Any, *, splits: Sequence[str] = ("train",), steps: int = 400,
@@ -182,5 +203,6 @@ def align_catalogue(model: Any, cat: Any, *, splits: Sequence[str] = ("train",),
     y = [index[records[emb.kept[j]].product_id] for j in rows]
     texts = [product_sentences(cat.products[p].title, cat.products[p].description, cat.products[p].info)
              for p in labels]
-    aligner = train_aligner(emb.vectors[rows], y, texts, config=AlignConfig(steps=steps), progress=progress)
+    aligner = train_aligner(emb.vectors[rows], y, texts, config=AlignConfig(steps=steps), progress=progress,
+                            bundle=getattr(model, "path", None))
     return aligner, len(labels), len(rows)

@@ -40,7 +40,7 @@ from ..data.catalogue import Catalogue, CatalogueError, Product
 from ..models.text import DEFAULT_TEXT_MODEL, TEXT_ENCODER_DIR, TEXT_TUNE_INFO, _model_path
 from .engine import product_document
 
-__all__ = ["OneRowPerProduct", "TuneConfig", "TuneResult", "attribute_phrases", "catalogue_pairs", "catalogue_text", "masked_document",
+__all__ = ["OneRowPerProduct", "heads_on_other_text", "TuneConfig", "TuneResult", "attribute_phrases", "catalogue_pairs", "catalogue_text", "masked_document",
            "product_anchors", "read_query_log", "tune_text_encoder"]
 
 _STOP = frozenset({
@@ -450,3 +450,23 @@ def tune_text_encoder(bundle: str | os.PathLike[str], cat: Catalogue, *,
         _swap_in(staged, folder / TEXT_ENCODER_DIR)
     return TuneResult(folder / TEXT_ENCODER_DIR, info["products"], len(pairs), len(log_pairs), config.epochs,
                       int(out.global_step), seconds, float(progress_cb.loss), float(out.training_loss))
+
+
+def heads_on_other_text(bundle: str | os.PathLike[str]) -> list[str]:
+    """The bundle's text heads (the aligner of `skulens align`, the fusion head of `skulens fuse`) that were fitted
+    on another text encoder than the bundle's current one: after a text-tune they must be fitted again to use
+    it (one fitted on an earlier fine-tuned encoder refuses to run until then)."""
+    from ..models.fusion import load_fusion
+    from ..models.text import BUNDLE_TEXT_MODEL, bundle_text_model, text_fingerprint
+    from .align import load_aligner
+
+    tuned = bundle_text_model(bundle)
+    current = (BUNDLE_TEXT_MODEL, text_fingerprint(tuned)) if tuned else (DEFAULT_TEXT_MODEL, None)
+    out = []
+    aligner = load_aligner(bundle)
+    if aligner is not None and (aligner.text_model, aligner.fingerprint) != current:
+        out.append("align")
+    fusion = load_fusion(bundle)
+    if fusion is not None and (fusion.text_model, fusion.text_fingerprint) != current:
+        out.append("fuse")
+    return out

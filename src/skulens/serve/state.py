@@ -334,7 +334,8 @@ def _recommender_fit(model: Model, products: dict[str, Product]) -> Callable[[li
 
 def _load_support(settings: ServeSettings, model: Model) -> tuple[dict[str, Product], SupportResponder | None,
                                                                   str | None]:
-    """Catalogue products (--data, else the bundle's training data) and the MiniLM responder."""
+    """Catalogue products (--data, else the bundle's training data) and the responder over the bundle's text
+    encoder (fine-tuned, else MiniLM)."""
     from .support import SupportResponder, load_products
 
     fallback = model.card.dataset.get("path")
@@ -354,7 +355,8 @@ def _load_support(settings: ServeSettings, model: Model) -> tuple[dict[str, Prod
     try:
         from ..models.text import load_text_encoder
 
-        encoder = load_text_encoder(settings.text_model)
+        # The bundle's fine-tuned encoder (`skulens text-tune`) when it has one and no other model is named.
+        encoder = load_text_encoder(settings.text_model, bundle=model.path)
     except (ImportError, FileNotFoundError) as exc:
         logger.warning("support replies disabled: %s", exc)
         return products, None, str(exc)
