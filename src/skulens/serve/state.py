@@ -353,10 +353,11 @@ def _load_support(settings: ServeSettings, model: Model) -> tuple[dict[str, Prod
         if c not in products:
             products[c] = Product(label=c, coarse_label=coarse.get(c), title=c.replace("-", " "))
     try:
-        from ..models.text import load_text_encoder
+        from ..models.text import DEFAULT_TEXT_MODEL, load_text_encoder
 
         # The bundle's fine-tuned encoder (`skulens text-tune`) when it has one and no other model is named.
-        encoder = load_text_encoder(settings.text_model, bundle=model.path)
+        named = settings.text_model != DEFAULT_TEXT_MODEL
+        encoder = load_text_encoder(settings.text_model, bundle=None if named else model.path)
     except (ImportError, FileNotFoundError) as exc:
         logger.warning("support replies disabled: %s", exc)
         return products, None, str(exc)
