@@ -46,6 +46,16 @@ def held_out_canvases(data: Path, card, n: int, size: tuple[int, int] = (512, 51
     return [gen.gen(start + i) for i in range(n)], sorted(held)
 
 
+def _errors(report) -> str:
+    """Where the count errors come from: false boxes by kind, and the true labels missed most."""
+    false = ", ".join(f"{n} {kind}" for kind, n in report.errors["false"].items())
+    missed = sorted(((v["missed"], label, v["boxes"]) for label, v in report.errors["missed"].items() if v["missed"]),
+                    reverse=True)
+    top = ", ".join(f"{label} {m}/{b}" for m, label, b in missed[:6])
+    return (f"Count errors over {report.images} photos: false boxes {false}; missed boxes by true label "
+            f"(missed/boxes) {top or 'none'}.")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--detector", required=True)
@@ -89,8 +99,8 @@ def main() -> int:
               "| AP@0.5 | AP@[.5:.95] | recall@0.5 | false boxes / canvas | count exact | count MAE |",
               "|---|---|---|---|---|---|",
               (f"| {comp.ap50:.3f} | {comp.ap:.3f} | {comp.recall50:.3f} | {comp.false_per_image:.2f} | "
-              f"{comp.count_exact:.1%} | {comp.count_mae:.2f} |"), ""]
-    print(lines[-2], flush=True)
+              f"{comp.count_exact:.1%} | {comp.count_mae:.2f} |"), "", _errors(comp), ""]
+    print(lines[-4], lines[-2], sep="\n", flush=True)
 
     # 2. the fridge sample
     fridge = Path(ns.fridge)
@@ -108,8 +118,8 @@ def main() -> int:
                   f"{rep.count_exact:.1%} | {rep.count_mae:.2f} |"), "",
                   "Per photo (truth / found / false): " + ", ".join(
                       f"{Path(r['file']).name} {r['truth']}/{r['predicted']}/{r['false']}" for r in rep.per_image)
-                  + "." + unknown + f" Annotated grid: `{out / 'fridge' / 'grid.png'}`.", ""]
-        print(lines[-4], flush=True)
+                  + "." + unknown + f" Annotated grid: `{out / 'fridge' / 'grid.png'}`.", "", _errors(rep), ""]
+        print(lines[-6], flush=True)
 
     # 3. dense phone-size shelves
     if ns.dense:

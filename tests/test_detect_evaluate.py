@@ -12,7 +12,7 @@ from PIL import Image
 
 from skulens.detect.boxes import AnnotatedImage, Detections
 from skulens.detect.draw import contact_sheet, draw_boxes
-from skulens.detect.evaluate import evaluate_detections, evaluate_detector, match
+from skulens.detect.evaluate import evaluate_detections, evaluate_detector, format_markdown, match
 
 W, H = 200, 100
 TWO = [[10, 10, 50, 60], [100, 20, 150, 90]]
@@ -34,7 +34,8 @@ def test_perfect_detections_score_one() -> None:
     assert r.recall50 == 1.0 and r.count_exact == 1.0 and r.count_mae == 0.0 and r.false_per_image == 0.0
     assert (r.images, r.boxes, r.per_product) == (1, 2, None)
     assert r.per_image[0] | {"file": None} == {"file": None, "truth": 2, "predicted": 2, "error": 0, "matched": 2,
-                                               "false": 0, "missed": 0}
+                                               "false": 0, "missed": 0, "false_kinds": {}, "missed_labels": {}}
+    assert r.errors["false"] == dict.fromkeys(("duplicate", "merge", "part", "misplaced", "background"), 0)
 
 
 def test_one_missed_box() -> None:
@@ -58,6 +59,23 @@ def test_a_duplicate_box_is_a_false_positive() -> None:
     r = evaluate_detections([photo(TWO)], [found([TWO[0], TWO[0], TWO[1]], [0.9, 0.8, 0.7])])
     assert r.per_image[0]["matched"] == 2 and r.per_image[0]["false"] == 1 and r.recall50 == 1.0
     assert 0.5 < r.ap50 < 1.0  # AP agrees: the duplicate, ranked between the two hits, costs precision
+
+
+def test_false_boxes_are_sorted_by_kind_and_misses_by_true_label() -> None:
+    """Each false box says why it is false; each missed box is tallied under its true label."""
+    truth = photo([[10, 10, 50, 60], [60, 10, 100, 60], [120, 20, 160, 90]], ("milk", "milk", "lemon"))
+    boxes = [[10, 10, 50, 60],      # milk 1: a hit
+             [11, 11, 50, 60],      # the same milk again: duplicate
+             [8, 8, 102, 62],       # over both milks: merge
+             [120, 20, 140, 50],    # a corner of the lemon, which nothing else found: part
+             [140, 50, 180, 98],    # partly over the lemon: misplaced
+             [170, 2, 198, 12]]     # on nothing: background
+    r = evaluate_detections([truth], [found(boxes, [0.9, 0.85, 0.8, 0.7, 0.6, 0.55])])
+    assert r.errors["false"] == {"duplicate": 1, "merge": 1, "part": 1, "misplaced": 1, "background": 1}
+    assert r.errors["missed"] == {"lemon": {"missed": 1, "boxes": 1}, "milk": {"missed": 1, "boxes": 2}}
+    assert r.per_image[0]["missed_labels"] == {"milk": 1, "lemon": 1} and r.per_image[0]["false"] == 5
+    md = format_markdown(r)
+    assert "1 duplicate, 1 merge, 1 part, 1 misplaced, 1 background" in md and "| lemon | 1 | 1 | 100.0% |" in md
 
 
 def test_greedy_matching_goes_best_score_first() -> None:

@@ -13,7 +13,7 @@ import json
 import math
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +38,7 @@ __all__ = [
     "evaluate_counting",
     "evaluate_detections",
     "evaluate_detector",
+    "false_kind",
     "format_markdown",
     "match",
     "write_detection_report",
@@ -47,6 +48,9 @@ DetectFn = Callable[[list[AnnotatedImage]], Sequence[Detections]]
 RecogniseFn = Callable[[AnnotatedImage, Detections], Sequence[str | None]]
 
 MATCH_IOU = 0.5
+# A false box is: a second box on a product already counted, one box over several products, a piece of one
+# product, a box that overlaps a product poorly, or a box on no product at all.
+FALSE_KINDS = ("duplicate", "merge", "part", "misplaced", "background")
 _WORST_ROWS = 10
 _TAGGED_BOXES = 25  # beyond this many boxes in a grid cell, label tags hide the photo: boxes only
 _CELL = 320
@@ -68,6 +72,8 @@ class DetectionReport:
     per_product: dict[str, Any] | None  # with a recogniser: per-label count accuracy (see _per_product)
     per_image: list[dict[str, Any]]
     score_threshold: float
+    # Where the count errors come from: false boxes by kind (FALSE_KINDS) and missed boxes per true label.
+    errors: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return _json_safe(asdict(self))
@@ -104,6 +110,13 @@ def evaluate_detections(
         rows.append(_photo_row(img, kept, labels, label_map or _identity))
     ap50, ap = average_precision(images, detections)
     n_gt = sum(r["truth"] for r in rows)
+    kinds: Counter[str] = Counter()
+    missed: Counter[str] = Counter()
+    truth_labels: Counter[str] = Counter()
+    for img, r in zip(images, rows, strict=True):
+        kinds.update(r["false_kinds"])
+        missed.update(r["missed_labels"])
+        truth_labels.update(img.labels)
     errors = [abs(r["predicted"] - r["truth"]) for r in rows]
     return DetectionReport(
         images=len(images),
@@ -117,6 +130,9 @@ def evaluate_detections(
         per_product=None if recognised is None else _per_product(rows),
         per_image=rows,
         score_threshold=float(score_threshold),
+        errors={"false": {k: kinds.get(k, 0) for k in FALSE_KINDS},
+                "missed": {label: {"missed": missed.get(label, 0), "boxes": n}
+                           for label, n in sorted(truth_labels.items())}},
     )
 
 
@@ -268,6 +284,8 @@ def _photo_row(
 ) -> dict[str, Any]:
     matched_to = match(img.boxes, kept.boxes, kept.scores)
     n_matched = int((matched_to >= 0).sum())
+    hit = np.zeros(len(img), bool)
+    hit[matched_to[matched_to >= 0]] = True
     row: dict[str, Any] = {
         "file": None if img.path is None else str(img.path),
         "truth": len(img),
@@ -276,6 +294,8 @@ def _photo_row(
         "matched": n_matched,
         "false": len(kept) - n_matched,
         "missed": len(img) - n_matched,
+        "false_kinds": dict(Counter(false_kind(img.boxes, b) for b in kept.boxes[matched_to < 0])),
+        "missed_labels": dict(Counter(label for label, h in zip(img.labels, hit, strict=True) if not h)),
     }
     if labels is not None:
         truth = [label_map(label) for label in img.labels]
@@ -285,6 +305,26 @@ def _photo_row(
         pairs = [(labels[d], truth[g]) for d, g in enumerate(matched_to) if g >= 0]
         row["boxes_labelled_right"] = sum(p == t for p, t in pairs)
     return row
+
+
+def false_kind(truth: np.ndarray, box: np.ndarray) -> str:
+    """Why an unmatched box is false (one of FALSE_KINDS), from its overlaps with the true boxes."""
+    truth = np.asarray(truth, np.float32).reshape(-1, 4)
+    if not len(truth):
+        return "background"
+    x1, y1, x2, y2 = (float(v) for v in box)
+    inter = (np.clip(np.minimum(x2, truth[:, 2]) - np.maximum(x1, truth[:, 0]), 0, None)
+             * np.clip(np.minimum(y2, truth[:, 3]) - np.maximum(y1, truth[:, 1]), 0, None))
+    area = max((x2 - x1) * (y2 - y1), 1e-6)
+    areas = np.maximum((truth[:, 2] - truth[:, 0]) * (truth[:, 3] - truth[:, 1]), 1e-6)
+    iou = inter / (area + areas - inter)
+    if iou.max() >= MATCH_IOU:
+        return "duplicate"  # it overlaps a product well, but that product was taken by a better box
+    if (inter / areas >= 0.8).sum() >= 2:
+        return "merge"
+    if (inter / area).max() >= 0.8:
+        return "part"
+    return "misplaced" if iou.max() >= 0.1 else "background"
 
 
 def _per_product(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -368,6 +408,17 @@ def format_markdown(report: DetectionReport, *, grid: str | None = None) -> str:
             (label, p["photos"], _pct(p["accuracy"]), p["truth"], p["predicted"])
             for label, p in sorted(pp["products"].items(), key=lambda kv: (kv[1]["accuracy"], kv[0]))
         ])
+    if report.errors:
+        false, missed = report.errors["false"], report.errors["missed"]
+        lines += ["", "## Where the count errors come from", "",
+                  "False boxes: " + ", ".join(f"{n} {kind}" for kind, n in false.items()) + " (duplicate: a "
+                  "second box on one product; merge: one box over several; part: a piece of one product; "
+                  "misplaced: a poor overlap; background: on no product).", ""]
+        worst = sorted(((v["missed"] / v["boxes"], label, v) for label, v in missed.items() if v["missed"]),
+                       reverse=True)[:_WORST_ROWS]
+        if worst:
+            lines += _table(("true label", "missed", "boxes", "share missed"),
+                            [(label, v["missed"], v["boxes"], _pct(share)) for share, label, v in worst])
     lines += ["", "## Worst photos by count error", ""]
     lines += _table(("photo", "true", "predicted", "error", "matched", "false", "missed"), [
         (_photo_name(r, i), r["truth"], r["predicted"], f"{r['error']:+d}", r["matched"], r["false"], r["missed"])
