@@ -168,9 +168,10 @@ def rrf_mode(*rankers: Ranker) -> Ranker:
 
 
 def engine_modes(cat, products: Sequence[str], bundle: str, aligner, tmp: str, splits: Sequence[str],
-                 tuned: str | None = None) -> dict[str, Ranker]:
+                 tuned: str | None = None, tuned_aligner=None) -> dict[str, Ranker]:
     """skulens' SearchEngine over an index of the catalogue's photos (real image vectors when an aligner
-    needs them; the "text" mode reads only the records' titles and texts)."""
+    needs them; the "text" mode reads only the records' titles and texts). The fine-tuned rows use
+    `tuned_aligner` (fitted on the fine-tuned encoder) when given, else `aligner`."""
     from skulens.search.catalogue_index import build_catalogue_index, catalogue_records
     from skulens.search.engine import SearchEngine
     from skulens.search.index import create_index
@@ -201,9 +202,11 @@ def engine_modes(cat, products: Sequence[str], bundle: str, aligner, tmp: str, s
         folder = bundle_text_model(tuned)
         if folder is None:
             raise SystemExit(f"{tuned}: no fine-tuned text encoder (run `skulens text-tune --model {tuned}`)")
-        tuned_engine = SearchEngine(None, index, aligner, text_model=folder)
+        tuned_engine = SearchEngine(None, index, tuned_aligner or aligner, text_model=folder)
         out["engine-text (fine-tuned)"] = mode("text", tuned_engine)
         out["engine-hybrid (default, fine-tuned)"] = mode("hybrid", tuned_engine)
+        if tuned_aligner is not None:
+            out["aligned (fine-tuned encoder)"] = mode("aligned", tuned_engine)
     return out
 
 
@@ -347,7 +350,16 @@ def main() -> int:
             from skulens.models.text import bundle_text_model
 
             modes["minilm fine-tuned (product sentences)"] = sentence_mode(cat, products, bundle_text_model(tuned))
-        modes.update(engine_modes(cat, products, ns.bundle, aligner, tmp, ns.index_splits, tuned))
+        tuned_aligner = None
+        if tuned is not None and ns.fit_aligner and aligner is not None and aligner.text_model == "minilm":
+            from skulens.models.predictor import load_model
+            from skulens.search.align import align_catalogue
+
+            t1 = time.perf_counter()
+            tuned_aligner = align_catalogue(load_model(tuned), cat, splits=ns.index_splits, progress=False)[0]
+            aligner_note += (f" A second aligner fitted the same way on the fine-tuned encoder ("
+                             f"{time.perf_counter() - t1:.0f} s) serves the fine-tuned rows.")
+        modes.update(engine_modes(cat, products, ns.bundle, aligner, tmp, ns.index_splits, tuned, tuned_aligner))
         modes["rrf(lexical+minilm)"] = rrf_mode(lexical, minilm)
         for folder in ns.text_model:
             modes[f"text model {Path(folder).name}"] = sentence_mode(cat, products, folder)

@@ -92,7 +92,7 @@ def fit_aligner(model, cat, train_emb, train_labels):
     y = [index[c] for c in train_labels] + list(range(len(labels)))
     texts = [product_sentences(cat.products[c].title, cat.products[c].description, cat.products[c].info)
              for c in labels]
-    return train_aligner(x, y, texts, config=AlignConfig())
+    return train_aligner(x, y, texts, config=AlignConfig(), bundle=model.path)
 
 
 def choose_threshold(scores: np.ndarray, truth: np.ndarray) -> float:

@@ -267,7 +267,8 @@ def test_aligner_fusion_support_and_recommenders_use_the_fine_tuned_encoder_and_
 
     # the text aligner is fitted on the bundle's encoder and says so; reloaded, it projects that encoder's vectors
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(12, 8)).astype(np.float32)
+    dim = skulens.load(bundle, device="cpu", precision="off").card.embedding_dim
+    x = rng.normal(size=(12, dim)).astype(np.float32)
     aligner = train_aligner(x / np.linalg.norm(x, axis=1, keepdims=True), [0, 1, 2] * 4,
                             [["oat milk"], ["rye bread"], ["dish soap"]], bundle=bundle)
     assert (aligner.text_model, aligner.fingerprint) == (BUNDLE_TEXT_MODEL, fingerprint)
@@ -277,6 +278,8 @@ def test_aligner_fusion_support_and_recommenders_use_the_fine_tuned_encoder_and_
     q = ["easy peelers"]
     assert np.allclose(loaded.encode(q), aligner.project(tuned.encode(q)), atol=1e-5)
     assert not np.allclose(loaded.encode(q), aligner.project(frozen.encode(q)), atol=1e-3)
+    elsewhere = aligner.save(tmp_path / "aligner.safetensors")  # `skulens align --out` outside the bundle
+    assert np.allclose(load_aligner(elsewhere, bundle=bundle).encode(q), loaded.encode(q), atol=1e-6)
 
     # the fusion head too (fitted by `skulens fuse`), and prediction with a listing text runs on it
     assert main(["fuse", "--model", str(bundle), "--data", str(tiny_catalogue), "--out", str(tmp_path / "rep"),
@@ -298,9 +301,14 @@ def test_aligner_fusion_support_and_recommenders_use_the_fine_tuned_encoder_and_
 
     # a later text-tune: both heads now name the command that fits them again, and refuse to run until then
     _retune_in_place(bundle / TEXT_ENCODER_DIR)
-    assert heads_on_other_text(bundle) == ["align", "fuse"]
+    assert heads_on_other_text(bundle) == ["align", "fuse"] == heads_on_other_text(bundle / "card.json")
     with pytest.raises(TextEncoderMismatch, match="skulens align --model"):
         load_aligner(bundle).encode(q)
+    # text search goes on without the stale aligner in its default hybrid mode; the aligned mode refuses
+    engine = SearchEngine(model, _names_only_index(tmp_path / "ix", dim), load_aligner(bundle))
+    assert _rank(engine, "oat milk")[0] == "oat-milk"
+    with pytest.raises(TextEncoderMismatch):
+        _rank(engine, "oat milk", "aligned")
     with pytest.raises(TextEncoderMismatch, match="skulens fuse --model"):
         skulens.load(bundle, device="cpu", precision="off").predict([photo], texts=["oat milk"])
     assert main(["fuse", "--model", str(bundle), "--data", str(tiny_catalogue), "--out", str(tmp_path / "rep"),

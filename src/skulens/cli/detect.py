@@ -95,7 +95,8 @@ def add_commands(sub: Any) -> None:
     t.add_argument("--no-composites", action="store_true", help="train on --boxes only")
     t.add_argument("--init", metavar="DET", help="fine-tune this detector instead of starting from ImageNet")
     g = t.add_argument_group("recipe")
-    g.add_argument("--steps", type=int, help="optimizer steps (default: 900)")
+    g.add_argument("--steps", type=int, help="optimizer steps (default: 1800; the --max-minutes budget ends a "
+                   "2-core CPU run first)")
     g.add_argument("--batch-size", type=int, help="canvases per step (default: 8)")
     g.add_argument("--lr", type=float, help="AdamW learning rate (default: 1e-3)")
     g.add_argument("--max-minutes", type=float, help="wall-time budget: the schedule ends by then even if the "

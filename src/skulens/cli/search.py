@@ -127,7 +127,8 @@ def _engine(ns: argparse.Namespace, need_model: bool) -> Any:
     index = open_index(ns.index)
     model = load_model(bundle) if bundle and (need_model or ns.mode not in ("text", "lexical")) else None
     source = ns.align or (bundle if bundle and not bundle.startswith("pretrained:") else None)
-    aligner = load_aligner(source) if source else None
+    model_bundle = bundle if bundle and not bundle.startswith("pretrained:") else None
+    aligner = load_aligner(source, bundle=model_bundle) if source else None
     # the bundle's fine-tuned text encoder (`skulens text-tune`) even when the image model is not loaded
     return SearchEngine(model, index, aligner, text_model=bundle_text_model(bundle) or DEFAULT_TEXT_MODEL)
 
@@ -193,8 +194,8 @@ def cmd_text_tune(ns: argparse.Namespace) -> int:
 
     for head in heads_on_other_text(bundle):
         what = "text aligner" if head == "align" else "fusion head"
-        say(f"the bundle's {what} was fitted on the earlier text encoder: run `skulens {head} --model {bundle}` "
-            "again to use this one")
+        say(f"the bundle's {what} was fitted on the earlier text encoder: run `skulens {head} --model "
+            f"{res.folder.parent}` again to use this one")
     return 0
 
 

@@ -49,9 +49,11 @@ log = logging.getLogger(__name__)
 class DetectorRecipe:
     """The default recipe fits in an hour on a 2-core laptop CPU (measured: benchmarks/RESULTS.md): it runs
     `steps` steps or `max_minutes` of wall time, whichever ends first, with the learning-rate schedule
-    following whichever is further along."""
+    following whichever is further along. The steps are set so the time budget is what ends a run on a
+    2-core CPU: measured side by side, 1771 steps in 55 min beat 900 in 34 min on the held-out products
+    (AP@0.5 0.953 vs 0.934, count exact 44.5 % vs 34.5 %) and on the real fridge photos."""
 
-    steps: int = 900
+    steps: int = 1800
     batch_size: int = 8
     lr: float = 1e-3
     weight_decay: float = 1e-4

@@ -103,8 +103,12 @@ class TextAligner:
         return p
 
 
-def load_aligner(path: str | os.PathLike) -> TextAligner | None:
-    """The aligner in a bundle folder or file; None if the bundle has none (text search is then off)."""
+def load_aligner(path: str | os.PathLike, *, bundle: str | os.PathLike | None = None) -> TextAligner | None:
+    """The aligner in a bundle folder or file; None if the bundle has none (text search is then off).
+
+    bundle: the model bundle it serves (whose fine-tuned text encoder it may read); default: `path` itself when
+    it is a folder, else the file's folder (an aligner written with `skulens align --out` elsewhere needs it).
+    """
     from safetensors import safe_open
 
     p = Path(path)
@@ -116,7 +120,8 @@ def load_aligner(path: str | os.PathLike) -> TextAligner | None:
         meta = f.metadata() or {}
         weight, bias = f.get_tensor("weight"), f.get_tensor("bias")
     return TextAligner(weight, bias, float(meta.get("temperature", 0.07)), meta.get("text_model", DEFAULT_TEXT_MODEL),
-                       json.loads(meta.get("info", "{}")), fingerprint=meta.get("text_fingerprint"), bundle=p.parent)
+                       json.loads(meta.get("info", "{}")), fingerprint=meta.get("text_fingerprint"),
+                       bundle=bundle if bundle is not None else p.parent)
 
 
 def train_aligner(image_vectors: np.ndarray, image_products: Sequence[int], product_texts: Sequence[Sequence[str]],

@@ -15,6 +15,7 @@ Modes of `by_text`: hybrid (the default: all of them, fused), text (dense only),
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .index import SearchHit, VectorIndex, compile_filter, record_matches
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from ..models.predictor import ImageInput, Model
@@ -132,7 +135,17 @@ class SearchEngine:
                                                    dense=mode != "lexical")
             lists += [x for x in (lexical, dense) if x is not None]
         if self.aligner is not None and mode in ("hybrid", "aligned"):
-            lists.append(self.by_vector(self.aligner.encode(texts), k=max(depth, 20), filter=filter))
+            from ..models.text import TextEncoderMismatch
+
+            try:
+                projected = self.aligner.encode(texts)
+            except TextEncoderMismatch as e:
+                if mode == "aligned":
+                    raise
+                # hybrid goes on without the stale aligner (its lexical and dense parts are sound)
+                log.warning("text search without the image-space part: %s", e)
+            else:
+                lists.append(self.by_vector(projected, k=max(depth, 20), filter=filter))
         if len(lists) == 1:
             return [hits[:k] for hits in lists[0]]
         return [rank_fusion(per_query, k) for per_query in zip(*lists, strict=True)]

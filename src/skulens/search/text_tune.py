@@ -471,6 +471,7 @@ def heads_on_other_text(bundle: str | os.PathLike[str]) -> list[str]:
     from ..models.text import BUNDLE_TEXT_MODEL, bundle_text_model, text_fingerprint
     from .align import load_aligner
 
+    bundle = _bundle_folder(bundle)  # card.json or model.safetensors may name the bundle
     tuned = bundle_text_model(bundle)
     current = (BUNDLE_TEXT_MODEL, text_fingerprint(tuned)) if tuned else (DEFAULT_TEXT_MODEL, None)
     out = []

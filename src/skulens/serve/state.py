@@ -305,12 +305,19 @@ def _load_detector(settings: ServeSettings) -> Detector:
 
 
 def _load_search(settings: ServeSettings, model: Model) -> Any:
+    from ..models.text import BUNDLE_TEXT_MODEL, TextEncoderMismatch
     from ..search.align import load_aligner
     from ..search.engine import SearchEngine
     from ..search.index import open_index
 
     assert settings.index is not None
-    return SearchEngine(model, open_index(settings.index), load_aligner(settings.model))
+    aligner = load_aligner(settings.model)
+    if aligner is not None and aligner.text_model == BUNDLE_TEXT_MODEL:
+        try:
+            aligner.text_encoder()
+        except TextEncoderMismatch as exc:  # text search still runs, without the image-space part
+            logger.warning("%s", exc)
+    return SearchEngine(model, open_index(settings.index), aligner)
 
 
 def _recommender_fit(model: Model, products: dict[str, Product]) -> Callable[[list[Any]], Any]:
