@@ -291,8 +291,11 @@ def test_aligner_fusion_support_and_recommenders_use_the_fine_tuned_encoder_and_
     photo = min((tiny_catalogue.parent / "val" / "oat-milk").glob("*.jpg"))
     assert model.predict([photo], texts=["oat milk"])[0].level != "error"
 
-    # support replies and the recommenders' product content read the same encoder
+    # support replies keep the frozen MiniLM unless told (the tuned one answered worse), the recommenders'
+    # product content reads the bundle's encoder
     _, responder, error = _load_support(ServeSettings(model=str(bundle)), model)
+    assert error is None and responder is not None and responder.encoder is frozen
+    _, responder, error = _load_support(ServeSettings(model=str(bundle), text_model="bundle"), model)
     assert error is None and responder is not None and responder.encoder is tuned
     products = _shop(tmp_path).products
     content = item_vectors(products)  # no model: the bundled MiniLM

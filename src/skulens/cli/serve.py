@@ -38,8 +38,9 @@ _SERVE_HELP = {
     "cors_origins": "comma-separated origins allowed by CORS (default: CORS off)",
     "top_k": "labels per prediction",
     "max_batch": "most images per micro-batch",
-    "text_model": "sentence encoder for support replies: minilm (the bundle's fine-tuned encoder when `skulens text-tune` made one, "
-                  "else the bundled MiniLM) or a local sentence-transformers folder",
+    "text_model": "sentence encoder for support replies: minilm (the bundled MiniLM, default), bundle (the bundle's "
+                  "`skulens text-tune` encoder: tuned for search, it answered the grocery questions worse) or a local "
+                  "sentence-transformers folder",
     "keep_uploads": "keep every intake photo (EXIF stripped); default: only photos waiting for review",
 }
 

@@ -341,8 +341,7 @@ def _recommender_fit(model: Model, products: dict[str, Product]) -> Callable[[li
 
 def _load_support(settings: ServeSettings, model: Model) -> tuple[dict[str, Product], SupportResponder | None,
                                                                   str | None]:
-    """Catalogue products (--data, else the bundle's training data) and the responder over the bundle's text
-    encoder (fine-tuned, else MiniLM)."""
+    """Catalogue products (--data, else the bundle's training data) and the responder over `text_model`."""
     from .support import SupportResponder, load_products
 
     fallback = model.card.dataset.get("path")
@@ -360,11 +359,18 @@ def _load_support(settings: ServeSettings, model: Model) -> tuple[dict[str, Prod
         if c not in products:
             products[c] = Product(label=c, coarse_label=coarse.get(c), title=c.replace("-", " "))
     try:
-        from ..models.text import DEFAULT_TEXT_MODEL, load_text_encoder
+        from ..models.text import BUNDLE_TEXT_MODEL, DEFAULT_TEXT_MODEL, bundle_text_model, load_text_encoder
 
-        # The bundle's fine-tuned encoder (`skulens text-tune`) when it has one and no other model is named.
-        named = settings.text_model != DEFAULT_TEXT_MODEL
-        encoder = load_text_encoder(settings.text_model, bundle=None if named else model.path)
+        # The frozen MiniLM by default: the search-tuned encoder answered the grocery question sets 1.7-2.1
+        # points worse (benchmarks/RESULTS.md); "bundle" picks the bundle's fine-tuned one all the same.
+        if settings.text_model == BUNDLE_TEXT_MODEL:
+            tuned = bundle_text_model(model.path)
+            if tuned is None:
+                raise ConfigError(f"--text-model bundle: {model.path} has no fine-tuned text encoder "
+                                  "(run `skulens text-tune`)")
+            encoder = load_text_encoder(tuned)
+        else:
+            encoder = load_text_encoder(settings.text_model or DEFAULT_TEXT_MODEL)
     except (ImportError, FileNotFoundError) as exc:
         logger.warning("support replies disabled: %s", exc)
         return products, None, str(exc)
