@@ -254,8 +254,7 @@ def test_aligner_fusion_support_and_recommenders_use_the_fine_tuned_encoder_and_
     from skulens.models.fusion import load_fusion
     from skulens.models.text import BUNDLE_TEXT_MODEL, TextEncoderMismatch, text_fingerprint
     from skulens.recommend.recommenders import item_vectors
-    from skulens.search.align import load_aligner, train_aligner
-    from skulens.search.text_tune import heads_on_other_text
+    from skulens.search.align import heads_on_other_text, load_aligner, train_aligner
     from skulens.serve.settings import ServeSettings
     from skulens.serve.state import _load_support
 

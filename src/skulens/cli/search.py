@@ -190,7 +190,7 @@ def cmd_text_tune(ns: argparse.Namespace) -> int:
     say(f"text encoder fine-tuned on {res.pairs} pairs of {res.products} products{log}: {res.epochs} epoch(s), "
         f"{res.steps} steps in {res.seconds:.0f} s, mean loss {res.mean_loss:.3f} -> {res.folder} "
         "(search uses it from now on; the image model is unchanged)")
-    from ..search.text_tune import heads_on_other_text
+    from ..search.align import heads_on_other_text
 
     for head in heads_on_other_text(bundle):
         what = "text aligner" if head == "align" else "fusion head"

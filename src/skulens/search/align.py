@@ -22,8 +22,8 @@ import numpy as np
 
 from ..models.text import DEFAULT_TEXT_MODEL, fitting_text_encoder, head_text_encoder, load_text_encoder
 
-__all__ = ["ALIGN_FILE", "AlignConfig", "TextAligner", "align_catalogue", "load_aligner", "product_sentences",
-           "train_aligner"]
+__all__ = ["ALIGN_FILE", "AlignConfig", "TextAligner", "align_catalogue", "heads_on_other_text", "load_aligner",
+           "product_sentences", "train_aligner"]
 
 ALIGN_FILE = "text_align.safetensors"
 
@@ -211,3 +211,24 @@ def align_catalogue(model: Any, cat: Any, *, splits: Sequence[str] = ("train",),
     aligner = train_aligner(emb.vectors[rows], y, texts, config=AlignConfig(steps=steps), progress=progress,
                             bundle=getattr(model, "path", None))
     return aligner, len(labels), len(rows)
+
+
+def heads_on_other_text(bundle: str | os.PathLike[str]) -> list[str]:
+    """The bundle's text heads (the aligner of `skulens align`, the fusion head of `skulens fuse`) that were fitted
+    on another text encoder than the bundle's current one: after a text-tune they must be fitted again to use
+    it (one fitted on an earlier fine-tuned encoder refuses to run until then)."""
+    from ..models.fusion import load_fusion
+    from ..models.text import BUNDLE_TEXT_MODEL, bundle_text_model, text_fingerprint
+
+    if Path(bundle).is_file():  # card.json or model.safetensors may name the bundle
+        bundle = Path(bundle).parent
+    tuned = bundle_text_model(bundle)
+    current = (BUNDLE_TEXT_MODEL, text_fingerprint(tuned)) if tuned else (DEFAULT_TEXT_MODEL, None)
+    out = []
+    aligner = load_aligner(bundle)
+    if aligner is not None and (aligner.text_model, aligner.fingerprint) != current:
+        out.append("align")
+    fusion = load_fusion(bundle)
+    if fusion is not None and (fusion.text_model, fusion.text_fingerprint) != current:
+        out.append("fuse")
+    return out

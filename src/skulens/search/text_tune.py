@@ -47,7 +47,6 @@ __all__ = [
     "attribute_phrases",
     "catalogue_pairs",
     "catalogue_text",
-    "heads_on_other_text",
     "masked_document",
     "product_anchors",
     "read_query_log",
@@ -461,24 +460,3 @@ def tune_text_encoder(bundle: str | os.PathLike[str], cat: Catalogue, *,
         _swap_in(staged, folder / TEXT_ENCODER_DIR)
     return TuneResult(folder / TEXT_ENCODER_DIR, info["products"], len(pairs), len(log_pairs), config.epochs,
                       int(out.global_step), seconds, float(progress_cb.loss), float(out.training_loss))
-
-
-def heads_on_other_text(bundle: str | os.PathLike[str]) -> list[str]:
-    """The bundle's text heads (the aligner of `skulens align`, the fusion head of `skulens fuse`) that were fitted
-    on another text encoder than the bundle's current one: after a text-tune they must be fitted again to use
-    it (one fitted on an earlier fine-tuned encoder refuses to run until then)."""
-    from ..models.fusion import load_fusion
-    from ..models.text import BUNDLE_TEXT_MODEL, bundle_text_model, text_fingerprint
-    from .align import load_aligner
-
-    bundle = _bundle_folder(bundle)  # card.json or model.safetensors may name the bundle
-    tuned = bundle_text_model(bundle)
-    current = (BUNDLE_TEXT_MODEL, text_fingerprint(tuned)) if tuned else (DEFAULT_TEXT_MODEL, None)
-    out = []
-    aligner = load_aligner(bundle)
-    if aligner is not None and (aligner.text_model, aligner.fingerprint) != current:
-        out.append("align")
-    fusion = load_fusion(bundle)
-    if fusion is not None and (fusion.text_model, fusion.text_fingerprint) != current:
-        out.append("fuse")
-    return out
