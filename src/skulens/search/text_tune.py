@@ -40,18 +40,8 @@ from ..data.catalogue import Catalogue, CatalogueError, Product
 from ..models.text import DEFAULT_TEXT_MODEL, TEXT_ENCODER_DIR, TEXT_TUNE_INFO, _model_path
 from .engine import product_document
 
-__all__ = [
-    "OneRowPerProduct",
-    "TuneConfig",
-    "TuneResult",
-    "attribute_phrases",
-    "catalogue_pairs",
-    "catalogue_text",
-    "masked_document",
-    "product_anchors",
-    "read_query_log",
-    "tune_text_encoder",
-]
+__all__ = ["OneRowPerProduct", "TuneConfig", "TuneResult", "attribute_phrases", "catalogue_pairs", "catalogue_text", "masked_document",
+           "product_anchors", "read_query_log", "tune_text_encoder"]
 
 _STOP = frozenset({
     "a", "an", "and", "are", "as", "at", "be", "been", "but", "by", "can", "for", "from", "has", "have", "in",
