@@ -126,8 +126,8 @@ def _engine(ns: argparse.Namespace, need_model: bool) -> Any:
 
     index = open_index(ns.index)
     model = load_model(bundle) if bundle and (need_model or ns.mode not in ("text", "lexical")) else None
-    source = ns.align or (bundle if bundle and not bundle.startswith("pretrained:") else None)
     model_bundle = bundle if bundle and not bundle.startswith("pretrained:") else None
+    source = ns.align or model_bundle
     aligner = load_aligner(source, bundle=model_bundle) if source else None
     # the bundle's fine-tuned text encoder (`skulens text-tune`) even when the image model is not loaded
     return SearchEngine(model, index, aligner, text_model=bundle_text_model(bundle) or DEFAULT_TEXT_MODEL)

@@ -20,11 +20,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.ops import box_iou
+from torchvision.ops import box_area, box_iou
 
 from skulens.data.decode import decode_image
 from skulens.detect.boxes import AnnotatedImage, Detections
 from skulens.detect.draw import PREDICTED, UNKNOWN, contact_sheet, draw_boxes
+from skulens.detect.tiling import box_intersection
 
 if TYPE_CHECKING:
     from skulens.detect.detector import Detector
@@ -38,7 +39,7 @@ __all__ = [
     "evaluate_counting",
     "evaluate_detections",
     "evaluate_detector",
-    "false_kind",
+    "false_kinds",
     "format_markdown",
     "match",
     "write_detection_report",
@@ -294,7 +295,7 @@ def _photo_row(
         "matched": n_matched,
         "false": len(kept) - n_matched,
         "missed": len(img) - n_matched,
-        "false_kinds": dict(Counter(false_kind(img.boxes, b) for b in kept.boxes[matched_to < 0])),
+        "false_kinds": dict(Counter(false_kinds(img.boxes, kept.boxes[matched_to < 0]))),
         "missed_labels": dict(Counter(label for label, h in zip(img.labels, hit, strict=True) if not h)),
     }
     if labels is not None:
@@ -307,24 +308,27 @@ def _photo_row(
     return row
 
 
-def false_kind(truth: np.ndarray, box: np.ndarray) -> str:
-    """Why an unmatched box is false (one of FALSE_KINDS), from its overlaps with the true boxes."""
-    truth = np.asarray(truth, np.float32).reshape(-1, 4)
-    if not len(truth):
-        return "background"
-    x1, y1, x2, y2 = (float(v) for v in box)
-    inter = (np.clip(np.minimum(x2, truth[:, 2]) - np.maximum(x1, truth[:, 0]), 0, None)
-             * np.clip(np.minimum(y2, truth[:, 3]) - np.maximum(y1, truth[:, 1]), 0, None))
-    area = max((x2 - x1) * (y2 - y1), 1e-6)
-    areas = np.maximum((truth[:, 2] - truth[:, 0]) * (truth[:, 3] - truth[:, 1]), 1e-6)
+def false_kinds(truth: np.ndarray, boxes: np.ndarray) -> list[str]:
+    """Why each unmatched box is false (one of FALSE_KINDS), from its overlaps with the true boxes."""
+    if not len(boxes) or not len(truth):
+        return ["background"] * len(boxes)
+    b = torch.from_numpy(np.ascontiguousarray(boxes, np.float32).reshape(-1, 4))
+    t = torch.from_numpy(np.ascontiguousarray(truth, np.float32).reshape(-1, 4))
+    inter = box_intersection(b, t).numpy()  # (boxes, truth)
+    area = box_area(b).clamp(min=1e-6).numpy()[:, None]
+    areas = box_area(t).clamp(min=1e-6).numpy()[None, :]
     iou = inter / (area + areas - inter)
-    if iou.max() >= MATCH_IOU:
-        return "duplicate"  # it overlaps a product well, but that product was taken by a better box
-    if (inter / areas >= 0.8).sum() >= 2:
-        return "merge"
-    if (inter / area).max() >= 0.8:
-        return "part"
-    return "misplaced" if iou.max() >= 0.1 else "background"
+    kinds = []
+    for i in range(len(b)):
+        if iou[i].max() >= MATCH_IOU:
+            kinds.append("duplicate")  # it overlaps a product well, but that product was taken by a better box
+        elif (inter[i] / areas[0] >= 0.8).sum() >= 2:
+            kinds.append("merge")
+        elif (inter[i] / area[i]).max() >= 0.8:
+            kinds.append("part")
+        else:
+            kinds.append("misplaced" if iou[i].max() >= 0.1 else "background")
+    return kinds
 
 
 def _per_product(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torchvision.ops import nms
 
-__all__ = ["drop_cut_boxes", "merge_boxes", "suppress_contained", "tile_grid"]
+__all__ = ["box_intersection", "drop_cut_boxes", "merge_boxes", "suppress_contained", "tile_grid"]
 
 
 def tile_grid(width: int, height: int, tile: int, overlap: float = 0.25) -> list[tuple[int, int, int, int]]:
@@ -59,7 +59,7 @@ def merge_boxes(boxes: np.ndarray, scores: np.ndarray, passes: np.ndarray, *, io
     b, s = torch.from_numpy(np.ascontiguousarray(boxes, np.float32)), torch.from_numpy(scores.astype(np.float32))
     keep = nms(b, s, iou)  # sorted by score
     kb, kp = b[keep], torch.from_numpy(np.asarray(passes))[keep]
-    inter = _intersection(kb)
+    inter = box_intersection(kb, kb)
     area = (kb[:, 2] - kb[:, 0]).clamp(min=0) * (kb[:, 3] - kb[:, 1]).clamp(min=0)
     smaller = torch.minimum(area[:, None], area[None, :]).clamp(min=1e-6)
     contained = ((inter / smaller) > containment) & (kp[:, None] != kp[None, :])
@@ -82,7 +82,7 @@ def suppress_contained(boxes: np.ndarray, scores: np.ndarray, *, ios: float = 0.
         return order
     b = torch.from_numpy(np.ascontiguousarray(boxes[order], np.float32))
     area = ((b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)).numpy()
-    inside = (_intersection(b).numpy() / np.maximum(area[None, :], 1e-6)) > ios
+    inside = (box_intersection(b, b).numpy() / np.maximum(area[None, :], 1e-6)) > ios
     inside &= area[:, None] >= ratio * area[None, :]
     alive = np.ones(len(order), bool)
     for i in range(len(order)):
@@ -91,8 +91,9 @@ def suppress_contained(boxes: np.ndarray, scores: np.ndarray, *, ios: float = 0.
     return order[alive]
 
 
-def _intersection(b: torch.Tensor) -> torch.Tensor:
-    lt = torch.maximum(b[:, None, :2], b[None, :, :2])
-    rb = torch.minimum(b[:, None, 2:], b[None, :, 2:])
+def box_intersection(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Pairwise intersection areas, len(a) x len(b), of (x1, y1, x2, y2) boxes."""
+    lt = torch.maximum(a[:, None, :2], b[None, :, :2])
+    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
     wh = (rb - lt).clamp(min=0)
     return wh[..., 0] * wh[..., 1]

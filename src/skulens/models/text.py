@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["BUNDLE_TEXT_MODEL", "DEFAULT_TEXT_MODEL", "TEXT_ENCODER_DIR", "TEXT_TUNE_INFO", "TextEncoder",
-           "TextEncoderMismatch", "bundle_text_model", "fitting_text_encoder", "head_text_encoder", "load_text_encoder", "text_fingerprint",
-           "text_tune_info"]
+           "TextEncoderMismatch", "bundle_text_model", "fitting_text_encoder", "head_text_encoder",
+           "load_text_encoder", "text_fingerprint", "text_tune_info"]
 
 DEFAULT_TEXT_MODEL = "minilm"  # the bundled all-MiniLM-L6-v2
 TEXT_ENCODER_DIR = "text_encoder"  # BUNDLE/text_encoder/: a fine-tuned sentence-transformers folder

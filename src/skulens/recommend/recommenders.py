@@ -564,8 +564,8 @@ def _unit(x: np.ndarray) -> np.ndarray:
 def item_vectors(catalogue: Catalogue | Mapping[str, Product], model: Model | None = None) -> dict[str, np.ndarray]:
     """The recommenders' product content, one vector per product of a catalogue (or a label -> Product map):
     the text encoding of its title + description (the model bundle's fine-tuned encoder when it has one, else
-    MiniLM), joined with the model's embedding of its catalogue photo when a model
-    is given (each part unit-length, the whole renormalised). `skulens recommend` and the service use it.
+    MiniLM), joined with the model's embedding of its catalogue photo when a model is given (each part
+    unit-length, the whole renormalised). `skulens recommend` and the service use it.
     """
     from ..data.catalogue import Catalogue
     from ..models.text import load_text_encoder
@@ -574,7 +574,7 @@ def item_vectors(catalogue: Catalogue | Mapping[str, Product], model: Model | No
     products = list((catalogue.products if isinstance(catalogue, Catalogue) else catalogue).values())
     if not products:
         return {}
-    encoder = load_text_encoder(bundle=getattr(model, "path", None) if model is not None else None)
+    encoder = load_text_encoder(bundle=getattr(model, "path", None))
     parts = [_unit(encoder.encode([product_text(p) for p in products]))]
     if model is not None:
         with_image = [i for i, p in enumerate(products) if p.image is not None]
