@@ -36,6 +36,7 @@ def test_perfect_detections_score_one() -> None:
     assert r.per_image[0] | {"file": None} == {"file": None, "truth": 2, "predicted": 2, "error": 0, "matched": 2,
                                                "false": 0, "missed": 0, "false_kinds": {}, "missed_labels": {}}
     assert r.errors["false"] == dict.fromkeys(("duplicate", "merge", "part", "misplaced", "background"), 0)
+    assert "No true box was missed." in format_markdown(r)
 
 
 def test_one_missed_box() -> None:

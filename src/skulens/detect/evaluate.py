@@ -423,6 +423,8 @@ def format_markdown(report: DetectionReport, *, grid: str | None = None) -> str:
         if worst:
             lines += _table(("true label", "missed", "boxes", "share missed"),
                             [(label, v["missed"], v["boxes"], _pct(share)) for share, label, v in worst])
+        else:
+            lines.append("No true box was missed.")
     lines += ["", "## Worst photos by count error", ""]
     lines += _table(("photo", "true", "predicted", "error", "matched", "false", "missed"), [
         (_photo_name(r, i), r["truth"], r["predicted"], f"{r['error']:+d}", r["matched"], r["false"], r["missed"])
