@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -12,6 +13,7 @@ from torch import nn
 from conftest import modules_loaded_by
 from skulens.deploy.bench import (
     DEFAULT_RUNTIMES,
+    RUNTIMES,
     BenchResult,
     Variant,
     bench_bundle,
@@ -118,6 +120,7 @@ def test_deploy_commands_do_not_import_torch_for_help() -> None:
 
     # the CLI keeps its own copies of these names so that building the parser imports no torch
     assert cli_deploy.DEFAULT_RUNTIMES == DEFAULT_RUNTIMES
+    assert set(cli_deploy.OPTIONAL_RUNTIMES) == set(RUNTIMES) - set(DEFAULT_RUNTIMES)
     assert cli_evaluate.CORRUPTION_NAMES == tuple(CORRUPTIONS)
     assert modules_loaded_by([[cmd, "--help"] for cmd in ("bench", "prune", "distill", "robustness")],
                              ("torch",)) == []
@@ -137,3 +140,21 @@ def test_the_device_is_recorded_and_onnx_without_a_cuda_provider_falls_back_to_t
     with caplog.at_level("WARNING", logger="skulens.deploy.onnx"):
         runner = OnnxRunner(model, threads=1, device="cuda")
     assert runner.provider == "CPUExecutionProvider" and "onnxruntime-gpu" in caplog.text
+
+
+def test_torch_compile_runtime_matches_eager_and_pads_a_short_batch(tiny_bundle) -> None:
+    """torch-compile (inductor; ~25 s to compile the tiny model here): the same probabilities as eager fp32, and a
+    short last batch padded to the batch size, not compiled again (the second call returns at once)."""
+    import time
+
+    from skulens.deploy.bench import _torch_infer
+
+    run, _ = _torch_infer(Variant("c", "torch-compile", str(tiny_bundle.bundle)))
+    eager, _ = _torch_infer(Variant("e", "torch-fp32", str(tiny_bundle.bundle)))
+    x = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    np.testing.assert_allclose(run(x), eager(x), atol=1e-5)
+    t = time.perf_counter()
+    short = run(x[:2])
+    assert time.perf_counter() - t < 5, "a short batch was compiled again"
+    assert short.shape == (2, len(load_bundle(tiny_bundle.bundle)[1].classes))
+    np.testing.assert_allclose(short, eager(x[:2]), atol=1e-5)

@@ -356,3 +356,24 @@ def test_noise_images_stand_in_for_photos(tiny_bundle) -> None:
 
     imgs = _noise_images(tiny_bundle.bundle, 2)
     assert len(imgs) == 2 and imgs[0].dtype == torch.uint8 and not torch.equal(imgs[0], imgs[1])
+
+
+@needs_converter
+def test_cli_qat_int8_export_is_checked_against_the_fp32_bundle(tiny_bundle, tiny_catalogue: Path,
+                                                               tmp_path: Path) -> None:
+    """--qat: the int8 file comes from the quantization-aware fine-tuned weights, the fp32 file from the bundle's
+    own; both are checked against the bundle, and no temporary file is left beside them."""
+    out = tmp_path / "m.tflite"
+    r = subprocess.run([sys.executable, "-m", "skulens.cli", "export", "-m", str(tiny_bundle.bundle), "--format",
+                        "tflite", "--int8", "--qat", "-o", str(out), "--data", str(tiny_catalogue),
+                        "--calibration-images", "16", "--parity-images", "6", "-q"],
+                       capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stderr
+    assert "tuned" in r.stderr and "quantization-aware fine-tuned" in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.int8.tflite", "m.tflite"]
+    ref = skulens.load(tiny_bundle.bundle, precision="off")
+    tensors, _, _ = ref._decode(_val_images(tiny_catalogue))
+    a = ref.run(tensors).fine
+    np.testing.assert_allclose(load_tflite(out).run(tensors).fine, a, atol=1e-4)  # fp32: the bundle's weights
+    q = load_tflite(tmp_path / "m.int8.tflite").run(tensors).fine
+    assert (q.argmax(1) == a.argmax(1)).mean() >= 8 / 9 and np.abs(q - a).max() <= 0.15

@@ -23,7 +23,8 @@ __all__ = ["add_commands"]
 
 # Kept here (not imported from deploy.bench) so that `--help` imports no torch; a test checks they agree.
 DEFAULT_RUNTIMES = ("baseline", "torch-fp32", "torch-bf16", "torch-dynamic-int8", "onnx-fp32", "onnx-int8")
-OPTIONAL_RUNTIMES = ("tflite-fp32", "tflite-int8")  # on request: they need skulens[tflite-export]
+OPTIONAL_RUNTIMES = ("torch-compile", "tflite-fp32", "tflite-int8")  # on request (compiling takes a minute or
+# two; LiteRT needs skulens[tflite-export])
 
 
 def cmd_export(ns: argparse.Namespace) -> int:
@@ -36,6 +37,8 @@ def cmd_export(ns: argparse.Namespace) -> int:
             raise UsageError(f"{flag} belongs to --preset fast")
     if ns.int8 and ns.format == "torchscript":
         raise UsageError("--int8 needs --format onnx or tflite")
+    if ns.qat and not (ns.int8 and ns.format == "tflite"):
+        raise UsageError("--qat tunes the weights for an int8 file: it needs --format tflite --int8")
     # checked before the export starts; tflite fp32 takes its parity photos from the data when it is there
     data = data_path(ns, model=bundle, required=ns.int8) if ns.int8 or ns.format == "tflite" else None
     if ns.format == "tflite":
@@ -94,6 +97,8 @@ def _export_fast(ns: argparse.Namespace, bundle: str) -> int:
 
 
 def _export_tflite(ns: argparse.Namespace, bundle: str, data: str | None) -> int:
+    import tempfile
+
     from ..deploy.quantize import calibration_sample
     from ..deploy.tflite import export_tflite_checked, require_tflite_export
 
@@ -101,15 +106,29 @@ def _export_tflite(ns: argparse.Namespace, bundle: str, data: str | None) -> int
     parity = calibration_sample(data, split="val", images=ns.parity_images or 64) if data else []
     calibration = (calibration_sample(data, split=ns.calibration_split, images=ns.calibration_images)
                    if ns.int8 and data else None)
-    say(f"converting {bundle} with litert-torch{' and quantizing it' if ns.int8 else ''} (a minute or two)")
-    res = export_tflite_checked(bundle, ns.out, parity_photos=parity, calibration_photos=calibration,
-                                progress=not ns.quiet)
-    source = "val photos" if parity else "noise images (no dataset found: give --data for real photos)"
+    with tempfile.TemporaryDirectory(prefix="skulens-qat-") as tmp:
+        source = None
+        if ns.qat:
+            from ..deploy.qat import qat_bundle
+
+            assert data is not None
+            samples = _split_samples(data, ns.calibration_split)
+            say(f"quantization-aware fine-tune on {len(samples)} {ns.calibration_split} photos (about a minute per "
+                "1000 photos on 2 CPU cores)")
+            tuned = qat_bundle(bundle, Path(tmp) / "qat", samples, progress=not ns.quiet)
+            say(f"tuned {tuned.convolutions} convolutions through int8 rounding in {tuned.steps} steps "
+                f"({tuned.seconds / 60:.1f} min)")
+            source = tuned.out
+        say(f"converting {bundle} with litert-torch{' and quantizing it' if ns.int8 else ''} (a minute or two)")
+        res = export_tflite_checked(bundle, ns.out, parity_photos=parity, calibration_photos=calibration,
+                                    int8_source=source, progress=not ns.quiet)
+    where = "val photos" if parity else "noise images (no dataset found: give --data for real photos)"
     say(f"exported tflite: {res.path} ({res.path.stat().st_size / 1e6:.1f} MB); preprocessing and labels are "
-        f"in its metadata. Parity with PyTorch on {source}: {res.parity}")
+        f"in its metadata. Parity with PyTorch on {where}: {res.parity}")
     if res.int8_path is not None:
-        say(f"int8 (LiteRT static, per-channel): {res.int8_path} ({res.int8_path.stat().st_size / 1e6:.1f} MB). "
-            f"Parity with PyTorch: {res.int8_parity}")
+        kind = ", quantization-aware fine-tuned" if ns.qat else ""
+        say(f"int8 (LiteRT static, per-channel{kind}): {res.int8_path} ({res.int8_path.stat().st_size / 1e6:.1f} "
+            f"MB). Parity with PyTorch: {res.int8_parity}")
     return 0
 
 
@@ -178,6 +197,10 @@ def add_commands(sub: Any) -> None:
                    help="file format (default: onnx); tflite: LiteRT via litert-torch, checked against PyTorch")
     add_out(x, "file to write (default: inside the bundle)", legacy_output=True)
     x.add_argument("--int8", action="store_true", help="also write an int8-quantized NAME.int8.onnx / .int8.tflite")
+    x.add_argument("--qat", action="store_true",
+                   help="with --format tflite --int8: fine-tune the weights through int8 rounding first "
+                        "(quantization-aware, the fp32 model as teacher, on the calibration split's photos; about "
+                        "1 min per 1000 photos); the fp32 file is unchanged")
     add_data(x, "catalogue whose photos calibrate int8 and (tflite) check parity (default: the bundle's recorded "
                 "dataset)", legacy=("--calibration-data",))
     x.add_argument("--calibration-split", default="train", help="split the calibration photos come from")
@@ -193,7 +216,8 @@ def add_commands(sub: Any) -> None:
     b.add_argument("--split", default="val", help="split measured (default: val)")
     b.add_argument("--variants", default=",".join(DEFAULT_RUNTIMES),
                    help="runtimes for the model (baseline is required): " + ", ".join(DEFAULT_RUNTIMES) +
-                        "; also " + ", ".join(OPTIONAL_RUNTIMES) + " (LiteRT, needs skulens[tflite-export])")
+                        "; also " + ", ".join(OPTIONAL_RUNTIMES) + " (torch-compile: a minute or two to compile; "
+                        "LiteRT: needs skulens[tflite-export])")
     b.add_argument("--distilled", help="a distilled bundle to measure too")
     b.add_argument("--pruned", help="a pruned bundle to measure too")
     b.add_argument("--fast", help="a folder made by `skulens export --preset fast`: its model.int8.onnx measured as "

@@ -309,16 +309,28 @@ class TfliteExport:
 def export_tflite_checked(bundle: str | os.PathLike, out: str | os.PathLike | None = None, *,
                           parity_photos: Sequence[str | os.PathLike] = (),
                           calibration_photos: Sequence[str | os.PathLike] | None = None,
+                          int8_source: str | os.PathLike | None = None,
                           progress: bool = False) -> TfliteExport:
     """`skulens export --format tflite [--int8]`: the fp32 file, then (given calibration photos) its int8 copy,
     each checked against PyTorch on `parity_photos` (held-out photos; none: 8 seeded noise images, which
-    prove the graph and not the accuracy). A file that fails its check is deleted and BundleError raised."""
+    prove the graph and not the accuracy). A file that fails its check is deleted and BundleError raised.
+
+    int8_source: a bundle the int8 file is made from instead (`--qat`: `bundle` fine-tuned through the int8
+    rounding by `deploy.qat`); it is still checked against `bundle` in PyTorch fp32."""
     photos: Sequence[str | os.PathLike | torch.Tensor] = list(parity_photos) or _noise_images(bundle)
     path = export_tflite(bundle, out, progress=progress)
     parity = _checked(bundle, path, photos, int8=False)
     if calibration_photos is None:
         return TfliteExport(path, parity)
-    q = quantize_tflite_with_photos(path, calibration_photos, progress=progress)
+    int8_out = path.with_name(TFLITE_INT8_NAME if path.name == TFLITE_NAME else path.stem + ".int8.tflite")
+    if int8_source is None:
+        q = quantize_tflite_with_photos(path, calibration_photos, int8_out, progress=progress)
+    else:
+        float_grid = export_tflite(int8_source, int8_out.with_name(int8_out.name + ".grid.tflite"), progress=progress)
+        try:
+            q = quantize_tflite_with_photos(float_grid, calibration_photos, int8_out, progress=progress)
+        finally:
+            float_grid.unlink(missing_ok=True)
     return TfliteExport(path, parity, q, _checked(bundle, q, photos, int8=True))
 
 
