@@ -377,3 +377,26 @@ def test_cli_qat_int8_export_is_checked_against_the_fp32_bundle(tiny_bundle, tin
     np.testing.assert_allclose(load_tflite(out).run(tensors).fine, a, atol=1e-4)  # fp32: the bundle's weights
     q = load_tflite(tmp_path / "m.int8.tflite").run(tensors).fine
     assert (q.argmax(1) == a.argmax(1)).mean() >= 8 / 9 and np.abs(q - a).max() <= 0.15
+
+
+@needs_converter
+def test_bench_measures_a_tflite_int8_in_the_fast_folder(exported, tiny_catalogue: Path, tmp_path: Path) -> None:
+    """`bench --fast DIR` measures DIR/model.int8.tflite beside DIR/model.int8.onnx when an export put it there."""
+    from skulens.deploy.bench import bench_bundle
+    from skulens.deploy.onnx import export_onnx
+    from skulens.deploy.quantize import calibration_sample, quantize_onnx_with_photos
+
+    b, res = exported
+    fast = tmp_path / "fast"
+    shutil.copytree(b, fast)
+    quantize_onnx_with_photos(export_onnx(fast), calibration_sample(tiny_catalogue, images=8))
+    bench = bench_bundle(b, tiny_catalogue, out=tmp_path / "bench", runtimes=("baseline",), fast=fast,
+                         latency_images=2, isolate=False, threads=1, workers=1, progress=False)
+    rows = {r.name: r for r in bench.rows}
+    assert list(rows) == ["default (baseline)", "fast (onnx-int8)", "fast (tflite-int8)"]
+    lite = load_tflite(fast / "model.int8.tflite")
+    labels = [Path(p).parent.name for p in _val_images(tiny_catalogue)]
+    expected = np.mean([p.fine_label == lab for p, lab in zip(lite.predict(_val_images(tiny_catalogue)), labels,
+                                                              strict=True)])
+    assert rows["fast (tflite-int8)"].top1 == pytest.approx(expected)
+    assert rows["fast (tflite-int8)"].size_mb == pytest.approx(res.int8_path.stat().st_size / 1e6, abs=0.01)

@@ -221,7 +221,8 @@ def add_commands(sub: Any) -> None:
     b.add_argument("--distilled", help="a distilled bundle to measure too")
     b.add_argument("--pruned", help="a pruned bundle to measure too")
     b.add_argument("--fast", help="a folder made by `skulens export --preset fast`: its model.int8.onnx measured as "
-                                  "it is, row 'fast (onnx-int8)'")
+                                  "it is, row 'fast (onnx-int8)', and its model.int8.tflite when there is one "
+                                  "(`skulens export -m FAST --format tflite --int8 --qat`), row 'fast (tflite-int8)'")
     b.add_argument("--detector", help="add detection rows: shelf photos/s end to end at 1 megapixel (decode, detect, "
                                       "classify every box), PyTorch and, if exported, ONNX Runtime")
     b.add_argument("--detection-photos", type=int, default=10, help="photos of the detection rows (default: 10)")

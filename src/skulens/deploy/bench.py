@@ -387,7 +387,8 @@ def bench_bundle(bundle: str | os.PathLike, data: str | os.PathLike, *, out: str
                  limit: int | None = None, calibration_images: int = 256, **kwargs: Any) -> BenchResult:
     """Export what the runtimes need into `out`, then measure the bundle (and `extra` bundles, e.g.
     {"distilled": path, "pruned": path}) on `split` of the catalogue `data`; writes bench.json/bench.md.
-    `fast`: a folder made by `skulens export --preset fast`, measured as it is (its model.int8.onnx)."""
+    `fast`: a folder made by `skulens export --preset fast`, measured as it is (its model.int8.onnx, and its
+    model.int8.tflite when `skulens export --format tflite --int8` wrote one there)."""
     import json
     import random
 
@@ -426,6 +427,11 @@ def bench_bundle(bundle: str | os.PathLike, data: str | os.PathLike, *, out: str
             raise FileNotFoundError(f"{fast}: no {ONNX_INT8_NAME}; make it with `skulens export --model BUNDLE "
                                     f"--preset fast --out {fast}`")
         variants.append(Variant("fast (onnx-int8)", "onnx-int8", str(fast), str(file)))
+        from ..models.tflite_runtime import TFLITE_INT8_NAME
+
+        lite = Path(fast) / TFLITE_INT8_NAME  # `skulens export -m FAST --format tflite --int8 [--qat]` put it there
+        if lite.is_file():
+            variants.append(Variant("fast (tflite-int8)", "tflite-int8", str(fast), str(lite)))
     settings = {"bundle": str(bundle), "data": str(data), "limit": limit, "extra": extra or {},
                 "fast": None if fast is None else str(fast),
                 "calibration_images": len(calib)}
