@@ -13,7 +13,6 @@ from torch import nn
 from conftest import modules_loaded_by
 from skulens.deploy.bench import (
     DEFAULT_RUNTIMES,
-    RUNTIMES,
     BenchResult,
     Variant,
     bench_bundle,
@@ -120,7 +119,6 @@ def test_deploy_commands_do_not_import_torch_for_help() -> None:
 
     # the CLI keeps its own copies of these names so that building the parser imports no torch
     assert cli_deploy.DEFAULT_RUNTIMES == DEFAULT_RUNTIMES
-    assert set(cli_deploy.OPTIONAL_RUNTIMES) == set(RUNTIMES) - set(DEFAULT_RUNTIMES)
     assert cli_evaluate.CORRUPTION_NAMES == tuple(CORRUPTIONS)
     assert modules_loaded_by([[cmd, "--help"] for cmd in ("bench", "prune", "distill", "robustness")],
                              ("torch",)) == []

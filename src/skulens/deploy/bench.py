@@ -33,9 +33,9 @@ RUNTIMES: dict[str, str] = {
     "torch-fp32": "PyTorch fp32, channels-last",
     "torch-bf16": "PyTorch bf16 autocast, channels-last",
     "torch-dynamic-int8": "PyTorch fp32 with dynamic int8 Linear heads (quantize_dynamic)",
-    "torch-compile": "PyTorch fp32, channels-last, torch.compile (inductor; on CUDA with CUDA graphs)",
     "onnx-fp32": "ONNX Runtime fp32",
     "onnx-int8": "ONNX Runtime int8 (static QDQ, per-channel, backbone only)",
+    "torch-compile": "PyTorch fp32, channels-last, torch.compile (inductor; on CUDA with CUDA graphs)",
     "tflite-fp32": "LiteRT (TFLite) fp32, XNNPACK (litert-torch export)",
     "tflite-int8": "LiteRT (TFLite) int8 (static, per-channel, backbone only)",
 }
