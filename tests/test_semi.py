@@ -86,3 +86,24 @@ def test_pseudo_labelled_photos_are_trained_on_and_never_held_out(tiny_catalogue
         before, after = selection_split(cat, select_on, 0.3, 0), selection_split(merged, select_on, 0.3, 0)
         assert after[1] == before[1] and after[2] == before[2]  # the same photos to select on and to score
         assert after[0] == before[0] + extra  # and the pseudo-labelled ones only trained on
+
+
+def test_two_rounds_of_self_training_chain_their_teachers(tiny_bundle, tiny_catalogue: Path, pool,
+                                                          tmp_path: Path) -> None:
+    photos, truth = pool
+    out = tmp_path / "run"
+    r = train(tiny_catalogue, out=str(out), progress=False, unlabeled=str(photos), pseudo_precision=0.9,
+              pseudo_rounds=2, teacher=str(tiny_bundle.bundle), **TINY)
+    first = out / "round-1"
+    assert r.bundle == out / "bundle" and (first / "bundle" / "card.json").is_file()
+    rounds = r.card.metrics["self_training"]["rounds"]
+    assert [x["round"] for x in rounds] == [1, 2]
+    assert rounds[0]["teacher"] == str(tiny_bundle.bundle) and rounds[1]["teacher"] == str(first / "bundle")
+    assert r.card.metrics["self_training"]["teacher"] == str(first / "bundle")  # the last round's
+    assert json.loads((out / "bundle" / "card.json").read_text())["train_config"]["teacher"] == str(first / "bundle")
+    for folder, summary, least in ((first, rounds[0], 6), (out, rounds[1], 1)):
+        rows = list(csv.DictReader((folder / "pseudo_labels.csv").open()))
+        assert len(rows) == summary["kept"] >= least  # each round's own pseudo-labels, written beside its student
+        assert sum(truth[Path(x["path"]).name] == x["label"] for x in rows) / len(rows) >= 0.9
+    with pytest.raises(ConfigError, match="pseudo_rounds"):
+        train(tiny_catalogue, out=str(tmp_path / "x"), progress=False, unlabeled=str(photos), pseudo_rounds=0, **TINY)

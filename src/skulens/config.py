@@ -83,6 +83,7 @@ class TrainConfig:
     # Self-training (skulens.train.semi): a teacher (--teacher, or trained first) pseudo-labels these photos.
     unlabeled: str | None = None  # folder of unlabelled photos: self-training, teacher first (see train/semi.py)
     pseudo_precision: float = 0.95  # unlabeled: pseudo-labels keep the confidence at which the teacher is this right
+    pseudo_rounds: int = 1  # unlabeled: rounds of self-training, each round's student the next one's teacher
     catalogue_images: bool = True  # add the products' catalogue photos to the training set
     coarse_fallback: float = 0.5  # predict the coarse class when fine confidence is below this
     baseline: bool = True  # also fit the linear-probe baseline (before fine-tuning) for comparison
@@ -195,6 +196,8 @@ def _validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"val_fraction: {cfg.val_fraction} is outside (0, 1)")
     if not 0.5 <= cfg.pseudo_precision < 1:
         raise ConfigError(f"pseudo_precision: {cfg.pseudo_precision} is outside [0.5, 1)")
+    if not 1 <= cfg.pseudo_rounds <= 10:
+        raise ConfigError(f"pseudo_rounds: {cfg.pseudo_rounds} is outside [1, 10]")
     if not 0 < cfg.holdout_fraction < 0.5:
         raise ConfigError(f"holdout_fraction: {cfg.holdout_fraction} is outside (0, 0.5)")
     if cfg.distill_temperature <= 0 or not 0 <= cfg.distill_alpha <= 1:

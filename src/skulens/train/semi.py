@@ -122,9 +122,9 @@ def _selection_probs(model: Model, cfg: TrainConfig, cat: Catalogue) -> tuple[np
 
 
 def self_train(cfg: TrainConfig, catalogue: Catalogue, *, progress: bool = True, fit_run: Any = None) -> TrainResult:
-    """Teacher (given as `cfg.teacher`, or trained into OUT/teacher), pseudo-labels, student into OUT."""
+    """Teacher (given as `cfg.teacher`, or trained into OUT/teacher), pseudo-labels, student into OUT; with
+    `cfg.pseudo_rounds` > 1, each round's student (OUT/round-K) labels the photos again for the next round."""
     from ..models.bundle import read_card
-    from ..models.predictor import load_model
 
     assert cfg.unlabeled is not None and fit_run is not None
     photos = _unlabelled_photos(cfg.unlabeled)
@@ -135,6 +135,27 @@ def self_train(cfg: TrainConfig, catalogue: Catalogue, *, progress: bool = True,
         result = fit_run(dataclasses.replace(cfg, unlabeled=None, out=str(out / "teacher")), catalogue=catalogue,
                          progress=progress)
         teacher = str(result.bundle)
+    rounds: list[dict[str, Any]] = []
+    for k in range(1, cfg.pseudo_rounds + 1):
+        last = k == cfg.pseudo_rounds
+        pseudo = _pseudo_labels(cfg, catalogue, teacher, photos, progress=progress)
+        where = out if last else out / f"round-{k}"
+        _write_pseudo_labels(where, pseudo)
+        rounds.append({**pseudo.summary(), "round": k, "teacher": teacher,
+                       "teacher_val": read_card(teacher).metrics.get("top1")})
+        student_cfg = dataclasses.replace(cfg, unlabeled=None, teacher=teacher, out=str(where))
+        # The pseudo-labelled photos are trained on, never held out: the student selects on the teacher's hold-out.
+        result = fit_run(student_cfg, catalogue=merge_samples(catalogue, list(pseudo.samples), split=EXTRA_TRAIN),
+                         progress=progress,
+                         extra_metrics={"self_training": {**rounds[-1], "rounds": rounds}})
+        teacher = str(result.bundle)
+    return result
+
+
+def _pseudo_labels(cfg: TrainConfig, catalogue: Catalogue, teacher: str, photos: Sequence[Path], *,
+                   progress: bool) -> PseudoLabels:
+    from ..models.predictor import load_model
+
     model = load_model(teacher, device=cfg.device)
     if tuple(model.card.classes) != tuple(catalogue.classes):
         raise ValueError(f"teacher {teacher} knows other products than the catalogue; train it on the same one")
@@ -144,19 +165,16 @@ def self_train(cfg: TrainConfig, catalogue: Catalogue, *, progress: bool = True,
     for path, reason in pseudo.unreadable:
         log.warning("unlabelled photo skipped: %s: %s", path, reason)
     log.info("self-training: %s", pseudo.summary())
-    out.mkdir(parents=True, exist_ok=True)
-    with (out / "pseudo_labels.csv").open("w", newline="", encoding="utf-8") as f:
+    return pseudo
+
+
+def _write_pseudo_labels(folder: Path, pseudo: PseudoLabels) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / "pseudo_labels.csv").open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(["path", "label", "confidence"])
         w.writerows([str(s.path), s.label, f"{c:.4f}"] for s, c in zip(pseudo.samples, pseudo.confidences,
                                                                          strict=True))
-    student_cfg = dataclasses.replace(cfg, unlabeled=None, teacher=teacher)
-    # The pseudo-labelled photos are trained on, never held out: the student selects on the teacher's hold-out.
-    result = fit_run(student_cfg, catalogue=merge_samples(catalogue, list(pseudo.samples), split=EXTRA_TRAIN),
-                     progress=progress,
-                     extra_metrics={"self_training": {**pseudo.summary(), "teacher": teacher,
-                                                      "teacher_val": read_card(teacher).metrics.get("top1")}})
-    return result
 
 
 def _unlabelled_photos(source: str) -> list[Path]:
