@@ -31,7 +31,7 @@ from _results import append_section, run_timed
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ["--backbone=efficientnet_lite0", "--image-size=160", "--epochs=40", "--no-baseline", "--loggers="]
-SELF = ["--pseudo-precision=0.5"]
+SELF = ["--pseudo-precision=0.5", "--pseudo-rounds=2"]
 
 
 def _link_catalogue(folder: Path, rows: list[tuple[Path, str, str]]) -> Path:
