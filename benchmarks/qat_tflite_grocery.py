@@ -19,7 +19,6 @@ import argparse
 import shlex
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -37,9 +36,8 @@ def main() -> int:
 
     import skulens
     from skulens.data.catalogue import load_catalogue, selection_split
-    from skulens.deploy.qat import qat_bundle
     from skulens.deploy.quantize import calibration_sample
-    from skulens.deploy.tflite import export_tflite, quantize_tflite_with_photos
+    from skulens.deploy.tflite import export_tflite_checked
     from skulens.models.predictor import load_tflite
 
     out = Path(ns.out)
@@ -55,11 +53,10 @@ def main() -> int:
     cat = load_catalogue(ns.data)
     kept, held, val = selection_split(cat, "holdout", 0.15, 0)
     t = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        tuned = qat_bundle(ns.bundle, Path(tmp) / "qat", kept, progress=True)
-        grid = export_tflite(tuned.out, Path(tmp) / "grid.tflite")
-        quantize_tflite_with_photos(grid, calibration_sample(ns.data, split="train", images=256),
-                                    out / "qat-holdout.int8.tflite")
+    res = export_tflite_checked(ns.bundle, out / "qat-holdout.tflite", qat_samples=kept, progress=True,
+                                parity_photos=calibration_sample(ns.data, split="val", images=64),
+                                calibration_photos=calibration_sample(ns.data, split="train", images=256))
+    tuned = res.qat
     seconds["qat-holdout"] = time.perf_counter() - t
 
     ref = skulens.load(ns.bundle, device="cpu", precision="off")

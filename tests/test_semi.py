@@ -109,3 +109,5 @@ def test_two_rounds_of_self_training_chain_their_teachers(tiny_bundle, tiny_cata
             assert sum(truth[Path(x["path"]).name] == x["label"] for x in rows) / len(rows) >= 0.9
     with pytest.raises(ConfigError, match="pseudo_rounds"):
         train(tiny_catalogue, out=str(tmp_path / "x"), progress=False, unlabeled=str(photos), pseudo_rounds=0, **TINY)
+    with pytest.raises(ConfigError, match="need unlabelled photos"):
+        train(tiny_catalogue, out=str(tmp_path / "y"), progress=False, pseudo_rounds=2, **TINY)

@@ -198,6 +198,8 @@ def _validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"pseudo_precision: {cfg.pseudo_precision} is outside [0.5, 1)")
     if not 1 <= cfg.pseudo_rounds <= 10:
         raise ConfigError(f"pseudo_rounds: {cfg.pseudo_rounds} is outside [1, 10]")
+    if cfg.pseudo_rounds > 1 and not cfg.unlabeled:
+        raise ConfigError("pseudo_rounds: rounds of self-training need unlabelled photos (--unlabeled DIR)")
     if not 0 < cfg.holdout_fraction < 0.5:
         raise ConfigError(f"holdout_fraction: {cfg.holdout_fraction} is outside (0, 0.5)")
     if cfg.distill_temperature <= 0 or not 0 <= cfg.distill_alpha <= 1:

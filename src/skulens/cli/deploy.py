@@ -29,6 +29,8 @@ OPTIONAL_RUNTIMES = ("torch-compile", "tflite-fp32", "tflite-int8")  # on reques
 
 def cmd_export(ns: argparse.Namespace) -> int:
     bundle = model_path(ns)
+    if ns.qat and not (ns.int8 and ns.format == "tflite" and ns.preset is None):
+        raise UsageError("--qat tunes the weights for an int8 file: it needs --format tflite --int8 (and no --preset)")
     if ns.preset == "fast":
         return _export_fast(ns, bundle)
     for flag, value in (("--student", ns.student), ("--epochs", ns.epochs), ("--check-split", ns.check_split),
@@ -37,8 +39,6 @@ def cmd_export(ns: argparse.Namespace) -> int:
             raise UsageError(f"{flag} belongs to --preset fast")
     if ns.int8 and ns.format == "torchscript":
         raise UsageError("--int8 needs --format onnx or tflite")
-    if ns.qat and not (ns.int8 and ns.format == "tflite"):
-        raise UsageError("--qat tunes the weights for an int8 file: it needs --format tflite --int8")
     # checked before the export starts; tflite fp32 takes its parity photos from the data when it is there
     data = data_path(ns, model=bundle, required=ns.int8) if ns.int8 or ns.format == "tflite" else None
     if ns.format == "tflite":
@@ -97,8 +97,6 @@ def _export_fast(ns: argparse.Namespace, bundle: str) -> int:
 
 
 def _export_tflite(ns: argparse.Namespace, bundle: str, data: str | None) -> int:
-    import tempfile
-
     from ..deploy.quantize import calibration_sample
     from ..deploy.tflite import export_tflite_checked, require_tflite_export
 
@@ -106,27 +104,15 @@ def _export_tflite(ns: argparse.Namespace, bundle: str, data: str | None) -> int
     parity = calibration_sample(data, split="val", images=ns.parity_images or 64) if data else []
     calibration = (calibration_sample(data, split=ns.calibration_split, images=ns.calibration_images)
                    if ns.int8 and data else None)
-    with tempfile.TemporaryDirectory(prefix="skulens-qat-") as tmp:
-        source = None
-        if ns.qat:
-            from ..deploy.qat import qat_bundle
-
-            assert data is not None
-            samples = _split_samples(data, ns.calibration_split)
-            say(f"quantization-aware fine-tune on {len(samples)} {ns.calibration_split} photos (about a minute per "
-                "1000 photos on 2 CPU cores)")
-            tuned = qat_bundle(bundle, Path(tmp) / "qat", samples, progress=not ns.quiet)
-            say(f"tuned {tuned.convolutions} convolutions through int8 rounding in {tuned.steps} steps "
-                f"({tuned.seconds / 60:.1f} min)")
-            source = tuned.out
-        say(f"converting {bundle} with litert-torch{' and quantizing it' if ns.int8 else ''} (a minute or two)")
-        res = export_tflite_checked(bundle, ns.out, parity_photos=parity, calibration_photos=calibration,
-                                    int8_source=source, progress=not ns.quiet)
+    qat = _split_samples(data, ns.calibration_split) if ns.qat and data else None
+    say(f"converting {bundle} with litert-torch{' and quantizing it' if ns.int8 else ''} (a minute or two)")
+    res = export_tflite_checked(bundle, ns.out, parity_photos=parity, calibration_photos=calibration,
+                                qat_samples=qat, progress=not ns.quiet, say=say)
     where = "val photos" if parity else "noise images (no dataset found: give --data for real photos)"
     say(f"exported tflite: {res.path} ({res.path.stat().st_size / 1e6:.1f} MB); preprocessing and labels are "
         f"in its metadata. Parity with PyTorch on {where}: {res.parity}")
     if res.int8_path is not None:
-        kind = ", quantization-aware fine-tuned" if ns.qat else ""
+        kind = ", quantization-aware fine-tuned" if res.qat is not None else ""
         say(f"int8 (LiteRT static, per-channel{kind}): {res.int8_path} ({res.int8_path.stat().st_size / 1e6:.1f} "
             f"MB). Parity with PyTorch: {res.int8_parity}")
     return 0

@@ -14,6 +14,7 @@ is that variant's own and no variant warms another's caches or thread pools.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections import deque
@@ -39,6 +40,8 @@ RUNTIMES: dict[str, str] = {
     "tflite-fp32": "LiteRT (TFLite) fp32, XNNPACK (litert-torch export)",
     "tflite-int8": "LiteRT (TFLite) int8 (static, per-channel, backbone only)",
 }
+log = logging.getLogger(__name__)
+
 DEFAULT_RUNTIMES = ("baseline", "torch-fp32", "torch-bf16", "torch-dynamic-int8", "onnx-fp32", "onnx-int8")
 BASELINE_BATCH = 64  # the naive seed script's batch size
 
@@ -431,7 +434,12 @@ def bench_bundle(bundle: str | os.PathLike, data: str | os.PathLike, *, out: str
 
         lite = Path(fast) / TFLITE_INT8_NAME  # `skulens export -m FAST --format tflite --int8 [--qat]` put it there
         if lite.is_file():
-            variants.append(Variant("fast (tflite-int8)", "tflite-int8", str(fast), str(lite)))
+            try:
+                import ai_edge_litert  # noqa: F401
+            except ImportError:
+                log.warning("%s: not measured, LiteRT is not installed (pip install 'skulens[tflite]')", lite)
+            else:
+                variants.append(Variant("fast (tflite-int8)", "tflite-int8", str(fast), str(lite)))
     settings = {"bundle": str(bundle), "data": str(data), "limit": limit, "extra": extra or {},
                 "fast": None if fast is None else str(fast),
                 "calibration_images": len(calib)}

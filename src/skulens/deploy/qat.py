@@ -116,13 +116,14 @@ def qat_finetune(model: nn.Module, loader: Sequence[torch.Tensor] | torch.utils.
         parametrize.register_parametrization(conv, "weight", PerChannelInt8())
     for p in model.parameters():
         p.requires_grad_(False)
-    params = [p for p in model.backbone.parameters()]
+    params = list(model.backbone.parameters())
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     step = 0
     while step < steps:
+        before = step
         for batch in loader:
             x = batch[0] if isinstance(batch, (list, tuple)) else batch
             with torch.no_grad():
@@ -137,6 +138,8 @@ def qat_finetune(model: nn.Module, loader: Sequence[torch.Tensor] | torch.utils.
                 progress(step, loss.item())
             if step >= steps:
                 break
+        if step == before:
+            raise ValueError("quantization-aware fine-tuning got no batches from its loader")
     for conv in quantized:
         parametrize.remove_parametrizations(conv, "weight", leave_parametrized=True)
     for p in model.parameters():
@@ -170,7 +173,6 @@ def qat_bundle(bundle: str | os.PathLike[str], out: str | os.PathLike[str], samp
     steps = max(1, round(epochs * len(loader)))
     evaluation = create_transform(card)
     check = torch.stack([evaluation(im) for im in split.images[: min(8, len(split.images))]])
-    torch.manual_seed(seed)
     bar = tqdm(total=steps, desc="quantization-aware fine-tune", disable=not progress, unit="step")
 
     def tick(_: int, loss: float) -> None:
@@ -179,7 +181,9 @@ def qat_bundle(bundle: str | os.PathLike[str], out: str | os.PathLike[str], samp
 
     start = time.perf_counter()
     try:
-        tuned, convs, diff = qat_finetune(model, loader, steps=steps, lr=lr, progress=tick, check=check)
+        with torch.random.fork_rng():  # the augmentations draw from the global generator: seeded, then put back
+            torch.manual_seed(seed)
+            tuned, convs, diff = qat_finetune(model, loader, steps=steps, lr=lr, progress=tick, check=check)
     finally:
         bar.close()
     path = save_bundle(tuned, card, out)  # type: ignore[arg-type]

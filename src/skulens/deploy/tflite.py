@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,7 +32,7 @@ from ..models.tflite_runtime import TFLITE_INT8_NAME, TFLITE_NAME, read_tflite_c
 from .onnx import _exportable
 
 __all__ = ["FP32_TOLERANCE", "INT8_MIN_AGREEMENT", "INT8_TIE_DIFF", "Parity", "TfliteExport", "check_parity", "embed_card",
-           "export_tflite", "export_tflite_checked", "quantize_tflite", "quantize_tflite_with_photos",
+           "export_tflite", "export_tflite_checked", "int8_name", "quantize_tflite", "quantize_tflite_with_photos",
            "require_tflite_export", "tflite_parity"]
 
 # fp32 LiteRT vs PyTorch on the same graph: float reassociation only (measured ~1e-6 on Lite0 and Lite2).
@@ -140,9 +141,7 @@ def quantize_tflite_with_photos(tflite_path: str | os.PathLike, photos: Sequence
 
     tflite_path = Path(tflite_path)
     images, transform = calibration_inputs(photos, read_tflite_card(tflite_path), progress=progress)
-    if out is None:
-        out = tflite_path.with_name(TFLITE_INT8_NAME if tflite_path.name == TFLITE_NAME
-                                    else tflite_path.stem + ".int8.tflite")
+    out = int8_name(tflite_path) if out is None else out
     return quantize_tflite(tflite_path, out, images, transform, progress=progress)
 
 
@@ -304,34 +303,48 @@ class TfliteExport:
     parity: Parity
     int8_path: Path | None = None
     int8_parity: Parity | None = None
+    qat: Any = None  # deploy.qat.QatResult when the int8 file comes from quantization-aware fine-tuned weights
+
+
+def int8_name(path: Path) -> Path:
+    """Where the int8 copy of an exported .tflite goes: model.int8.tflite beside model.tflite, NAME.int8.tflite."""
+    return path.with_name(TFLITE_INT8_NAME if path.name == TFLITE_NAME else path.stem + ".int8.tflite")
 
 
 def export_tflite_checked(bundle: str | os.PathLike, out: str | os.PathLike | None = None, *,
                           parity_photos: Sequence[str | os.PathLike] = (),
                           calibration_photos: Sequence[str | os.PathLike] | None = None,
-                          int8_source: str | os.PathLike | None = None,
-                          progress: bool = False) -> TfliteExport:
-    """`skulens export --format tflite [--int8]`: the fp32 file, then (given calibration photos) its int8 copy,
-    each checked against PyTorch on `parity_photos` (held-out photos; none: 8 seeded noise images, which
+                          qat_samples: Sequence[Any] | None = None,
+                          progress: bool = False, say: Callable[[str], None] | None = None) -> TfliteExport:
+    """`skulens export --format tflite [--int8 [--qat]]`: the fp32 file, then (given calibration photos) its int8
+    copy, each checked against PyTorch on `parity_photos` (held-out photos; none: 8 seeded noise images, which
     prove the graph and not the accuracy). A file that fails its check is deleted and BundleError raised.
 
-    int8_source: a bundle the int8 file is made from instead (`--qat`: `bundle` fine-tuned through the int8
-    rounding by `deploy.qat`); it is still checked against `bundle` in PyTorch fp32."""
+    qat_samples (catalogue Samples, usually train): the int8 file is made from `bundle` fine-tuned through the
+    int8 rounding on them (`deploy.qat`), after the fp32 file passed its check; it is still checked against
+    `bundle` in PyTorch fp32."""
+    import tempfile
+
     photos: Sequence[str | os.PathLike | torch.Tensor] = list(parity_photos) or _noise_images(bundle)
     path = export_tflite(bundle, out, progress=progress)
     parity = _checked(bundle, path, photos, int8=False)
     if calibration_photos is None:
         return TfliteExport(path, parity)
-    int8_out = path.with_name(TFLITE_INT8_NAME if path.name == TFLITE_NAME else path.stem + ".int8.tflite")
-    if int8_source is None:
-        q = quantize_tflite_with_photos(path, calibration_photos, int8_out, progress=progress)
-    else:
-        float_grid = export_tflite(int8_source, int8_out.with_name(int8_out.name + ".grid.tflite"), progress=progress)
-        try:
-            q = quantize_tflite_with_photos(float_grid, calibration_photos, int8_out, progress=progress)
-        finally:
-            float_grid.unlink(missing_ok=True)
-    return TfliteExport(path, parity, q, _checked(bundle, q, photos, int8=True))
+    if qat_samples is None:
+        q = quantize_tflite_with_photos(path, calibration_photos, int8_name(path), progress=progress)
+        return TfliteExport(path, parity, q, _checked(bundle, q, photos, int8=True))
+    from .qat import qat_bundle
+
+    with tempfile.TemporaryDirectory(prefix="skulens-qat-") as tmp:
+        if say:
+            say(f"quantization-aware fine-tune on {len(qat_samples)} photos (about a minute per 1000 on 2 CPU cores)")
+        tuned = qat_bundle(bundle, Path(tmp) / "bundle", qat_samples, progress=progress)
+        if say:
+            say(f"tuned {tuned.convolutions} convolutions through int8 rounding in {tuned.steps} steps "
+                f"({tuned.seconds / 60:.1f} min)")
+        grid = export_tflite(tuned.out, Path(tmp) / TFLITE_NAME, progress=progress)
+        q = quantize_tflite_with_photos(grid, calibration_photos, int8_name(path), progress=progress)
+    return TfliteExport(path, parity, q, _checked(bundle, q, photos, int8=True), tuned)
 
 
 def _checked(bundle: str | os.PathLike, path: Path, photos: Sequence[str | os.PathLike | torch.Tensor], *,

@@ -16,7 +16,9 @@ Self-training puts them to work through the teacher/student path skulens already
    `distill_temperature`), and the photos augmented as usual (the "noise" of Noisy Student).
 
 The pseudo-labels are written to `OUT/pseudo_labels.csv` (path, label, confidence) and the card records
-the threshold, its measured precision and how many photos were kept.
+the threshold, its measured precision and how many photos were kept. With `--pseudo-rounds N` the student of
+round K (OUT/round-K, its pseudo-labels beside it) is the teacher of round K+1, and the last one goes to OUT
+(Noisy Student's iteration); the card lists every round.
 """
 
 from __future__ import annotations
@@ -147,7 +149,7 @@ def self_train(cfg: TrainConfig, catalogue: Catalogue, *, progress: bool = True,
         # The pseudo-labelled photos are trained on, never held out: the student selects on the teacher's hold-out.
         result = fit_run(student_cfg, catalogue=merge_samples(catalogue, list(pseudo.samples), split=EXTRA_TRAIN),
                          progress=progress,
-                         extra_metrics={"self_training": {**rounds[-1], "rounds": rounds}})
+                         extra_metrics={"self_training": {**rounds[-1], "rounds": list(rounds)}})
         teacher = str(result.bundle)
     return result
 
