@@ -278,6 +278,24 @@ def test_early_stopping(tiny_catalogue: Path, tmp_path: Path) -> None:
     assert r.history[0]["selected"] == "model" and r.history[1]["selected"] is None
 
 
+def test_a_run_too_short_for_its_catalogue_says_how_many_epochs(tiny_catalogue: Path, tmp_path: Path, caplog) -> None:
+    import logging
+
+    from skulens.train.engine import FEW_STEPS
+
+    with caplog.at_level(logging.WARNING, logger="skulens.train.engine"):
+        train(tiny_catalogue, out=str(tmp_path / "short"), progress=False, **{**TINY, "epochs": 1})
+    # 24 train photos at batch 8: 3 steps an epoch, 3 planned
+    warned = [r.getMessage() for r in caplog.records if "optimizer steps planned" in r.getMessage()]
+    assert warned == [(f"only 3 optimizer steps planned (24 photos, batch 8, 1 epochs): a catalogue this small is "
+                      f"undertrained at this length; try --epochs {-(-FEW_STEPS // 3)} (early stopping ends it when "
+                      "val stops improving)")]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="skulens.train.engine"):
+        train(tiny_catalogue, out=str(tmp_path / "capped"), progress=False, **{**TINY, "epochs": 1, "max_steps": 2})
+    assert not [r for r in caplog.records if "optimizer steps planned" in r.getMessage()]  # asked for on purpose
+
+
 # --- run directories and resuming -----------------------------------------------------------------
 
 
