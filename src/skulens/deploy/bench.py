@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+log = logging.getLogger(__name__)
+
 __all__ = ["RUNTIMES", "BenchResult", "BenchRow", "DetectionRow", "Variant", "bench_bundle", "bench_detection",
            "detection_markdown", "one_megapixel_jpegs", "run_bench", "to_markdown"]
 
@@ -40,8 +42,6 @@ RUNTIMES: dict[str, str] = {
     "tflite-fp32": "LiteRT (TFLite) fp32, XNNPACK (litert-torch export)",
     "tflite-int8": "LiteRT (TFLite) int8 (static, per-channel, backbone only)",
 }
-log = logging.getLogger(__name__)
-
 DEFAULT_RUNTIMES = ("baseline", "torch-fp32", "torch-bf16", "torch-dynamic-int8", "onnx-fp32", "onnx-int8")
 BASELINE_BATCH = 64  # the naive seed script's batch size
 
@@ -430,14 +430,14 @@ def bench_bundle(bundle: str | os.PathLike, data: str | os.PathLike, *, out: str
             raise FileNotFoundError(f"{fast}: no {ONNX_INT8_NAME}; make it with `skulens export --model BUNDLE "
                                     f"--preset fast --out {fast}`")
         variants.append(Variant("fast (onnx-int8)", "onnx-int8", str(fast), str(file)))
-        from ..models.tflite_runtime import TFLITE_INT8_NAME
+        from ..models.tflite_runtime import TFLITE_INT8_NAME, require_tflite
 
         lite = Path(fast) / TFLITE_INT8_NAME  # `skulens export -m FAST --format tflite --int8 [--qat]` put it there
         if lite.is_file():
             try:
-                import ai_edge_litert  # noqa: F401
-            except ImportError:
-                log.warning("%s: not measured, LiteRT is not installed (pip install 'skulens[tflite]')", lite)
+                require_tflite()
+            except ImportError as e:
+                log.warning("%s: not measured: %s", lite, e)
             else:
                 variants.append(Variant("fast (tflite-int8)", "tflite-int8", str(fast), str(lite)))
     settings = {"bundle": str(bundle), "data": str(data), "limit": limit, "extra": extra or {},

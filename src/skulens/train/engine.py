@@ -59,6 +59,7 @@ log = logging.getLogger(__name__)
 # an epoch) reached 20.6 % top-1 in 5 epochs and 47.6 % with up to 40 and early stopping (benchmarks/RESULTS.md).
 FEW_STEPS = 300
 
+
 @dataclass(frozen=True)
 class TrainResult:
     run_dir: Path
