@@ -62,7 +62,7 @@ def main() -> int:
 
     import skulens
     from skulens.deploy.batch_jobs import PredictJob
-    from skulens.deploy.ray_jobs import run_job
+    from skulens.deploy.ray_jobs import run_job, start_local_ray
 
     backbone = json.loads((Path(ns.bundle) / "card.json").read_text())["backbone"]
     paths = grocery_photos(Path(ns.data), ns.images)
@@ -81,7 +81,7 @@ def main() -> int:
              n / t_local, "-")]
 
     t0 = time.perf_counter()
-    ray.init(num_cpus=cores, include_dashboard=False, logging_level=logging.WARNING)
+    start_local_ray(cores, logging_level=logging.WARNING)
     t_cluster = time.perf_counter() - t0
     job = PredictJob(ns.bundle, batch_size=bs)
     try:

@@ -12,6 +12,7 @@ every node needs skulens installed and the image paths readable (a shared filesy
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -31,9 +32,14 @@ if TYPE_CHECKING:
 
     from ..search.embeddings import EmbeddedImages
 
-__all__ = ["JobActor", "JobSummary", "embed_on_ray", "job_dataset", "ray_session", "require_ray", "run_job"]
+__all__ = ["JobActor", "JobSummary", "embed_on_ray", "job_dataset", "ray_session", "require_ray", "run_job",
+           "start_local_ray"]
+
+logger = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install 'skulens[ray]'"
+STARTUP_ATTEMPTS = 3  # Ray gives its raylet a fixed 30 s to register; a loaded machine can miss that once
+STARTUP_TIMEOUT = "timed out during startup"  # the words of Ray's exception when the node did not come up
 BLOCKS_PER_ACTOR = 4  # enough blocks that every actor of the pool gets work and a slow one is not waited on
 
 
@@ -71,11 +77,73 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None) -> I
     if address:
         ray.init(address=address, **quiet)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, **quiet)
+        start_local_ray(num_cpus, **quiet)
     try:
         yield
     finally:
         ray.shutdown()
+
+
+def start_local_ray(num_cpus: int | None = None, *, attempts: int = STARTUP_ATTEMPTS, **init_kwargs: Any) -> None:
+    """`ray.init` of a local cluster (no dashboard), tried up to `attempts` times when the node does not come up.
+
+    Ray waits a fixed 30 s for its raylet to register with the GCS; on a loaded machine that can fail once
+    and pass on the next try. Each failed try is logged with the end of the raylet's log, its processes are
+    stopped, and the last failure is raised with that log. Any other error is raised at once."""
+    ray = require_ray()
+    for attempt in range(1, attempts + 1):
+        before = _child_pids()
+        try:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, **init_kwargs)
+            return
+        except Exception as exc:
+            if STARTUP_TIMEOUT not in str(exc):
+                raise
+            log = _raylet_log_tail()
+            _stop_leftovers(_child_pids() - before)
+            ray.shutdown()
+            if attempt == attempts:
+                raise RuntimeError(f"a local Ray did not start in {attempts} tries: {exc}\n{log}") from exc
+            logger.warning("a local Ray did not start (try %d of %d): %s\n%s", attempt, attempts, exc, log)
+            time.sleep(2.0 * attempt)
+
+
+def _child_pids() -> set[int]:
+    """This process's children (Linux /proc; elsewhere none are known and none are stopped)."""
+    me = str(os.getpid())
+    pids: set[int] = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError):
+            # the fields after the command (which may hold spaces) start after its closing parenthesis
+            if stat.read_text().rsplit(")", 1)[1].split()[1] == me:
+                pids.add(int(stat.parent.name))
+    return pids
+
+
+def _stop_leftovers(pids: set[int]) -> None:
+    """SIGKILL the processes a failed `ray.init` left behind (its GCS, raylet, log monitor...)."""
+    import signal
+
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.waitpid(pid, 0)
+
+
+def _raylet_log_tail(lines: int = 20) -> str:
+    """The last lines of the newest Ray session's raylet and GCS logs, for the error message."""
+    import tempfile
+
+    logs = Path(os.environ.get("RAY_TMPDIR", tempfile.gettempdir())) / "ray" / "session_latest" / "logs"
+    parts = []
+    for name in ("raylet.out", "raylet.err", "gcs_server.out", "gcs_server.err"):
+        with contextlib.suppress(OSError):
+            text = (logs / name).read_text(errors="replace").splitlines()[-lines:]
+            if text:
+                parts.append(f"--- {logs / name} (last {len(text)} lines)\n" + "\n".join(text))
+    return "\n".join(parts) or f"(no raylet or GCS log under {logs})"
 
 
 @contextmanager
