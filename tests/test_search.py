@@ -203,3 +203,57 @@ def test_recommend_cli_generate_recommend_evaluate(catalogue: Path, tmp_path: Pa
     bad.write_text("user_id,product_id\nu1,oat-milk\n")
     assert main(["recommend", "for", "--events", str(bad), "--data", str(catalogue), "--user", "u1"]) == 2
     assert "bad.csv" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- routing photo searches by coarse class
+
+def test_route_classes_take_the_likeliest_until_the_mass_is_held() -> None:
+    from skulens.search.engine import route_classes
+
+    probs = np.array([[0.05, 0.9, 0.05, 0.0], [0.5, 0.1, 0.3, 0.1], [0.25, 0.25, 0.25, 0.25], [1.0, 0, 0, 0]])
+    assert route_classes(probs, 0.9) == [[1], [0, 2, 1], [0, 1, 2], [0]]  # row 2: capped at 3 classes
+    assert route_classes(probs, 0.8, max_classes=5) == [[1], [0, 2], [0, 1, 2, 3], [0]]
+    assert route_classes(probs, 0.9, max_classes=1) == [[1], [0], [0], [0]]
+    for bad in (0.0, -0.5, 1.5):
+        with pytest.raises(ValueError, match="probability mass"):
+            route_classes(probs, bad)
+
+
+def test_routed_photo_search_visits_only_the_predicted_coarse_classes(index_dir: Path, tiny_bundle, catalogue: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    from skulens.search.engine import route_classes
+
+    model = skulens.load(tiny_bundle.bundle, device="cpu", precision="off")
+    photos = [str(p) for p, _ in _val(catalogue)]
+    _, coarse = model.embed_with_coarse(photos)
+    names = model.card.coarse_classes
+    expected = [{names[c] for c in row} for row in route_classes(coarse, 0.6)]
+    assert any(len(e) == 1 for e in expected), "the tiny model should be sure of some photo's coarse class"
+    main(["search", "--index", str(index_dir), "--model", str(tiny_bundle.bundle), "-k", "3", "--route", "0.6",
+          "--image", *photos])
+    routed = [json.loads(x)["hits"] for x in capsys.readouterr().out.splitlines()]
+    main(["search", "--index", str(index_dir), "--model", str(tiny_bundle.bundle), "-k", "3", "--image", *photos])
+    plain = [json.loads(x)["hits"] for x in capsys.readouterr().out.splitlines()]
+    for hits, allowed, unrouted in zip(routed, expected, plain, strict=True):
+        assert {h["coarse_label"] for h in hits} <= allowed and hits
+        # what a routed search finds is the unrouted ranking restricted to its classes
+        assert [h["product_id"] for h in hits] == [h["product_id"] for h in unrouted
+                                                   if h["coarse_label"] in allowed]
+    assert sum(len(h) for h in routed) < sum(len(h) for h in plain)
+    # the Python API answers as the CLI does
+    engine = SearchEngine(model, open_index(index_dir), route=0.6)
+    api = [[h.product_id for h in hits] for hits in engine.by_image(photos, k=3)]
+    assert api == [[h["product_id"] for h in hits] for hits in routed]
+    # a filter naming coarse_label is the user's choice: never routed
+    milk = engine.by_image(photos, k=3, filter={"coarse_label": "Milk"})
+    assert all([h.product_id for h in hits] == ["oat-milk"] for hits in milk)
+
+
+def test_route_usage_errors(index_dir: Path, tiny_bundle, capsys: pytest.CaptureFixture) -> None:
+    assert main(["search", "--index", str(index_dir), "--text", "milk", "--route"]) == 2
+    assert "routes photo queries" in capsys.readouterr().err
+    assert main(["search", "--index", str(index_dir), "--model", str(tiny_bundle.bundle), "--image", "x.jpg",
+                 "--route", "1.5"]) == 2
+    assert "(0, 1]" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="coarse classes"):
+        SearchEngine(None, open_index(index_dir), route=0.9)

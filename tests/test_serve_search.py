@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 import skulens
 from _serve_util import photo_bytes
 from skulens.serve.app import create_app
-from skulens.serve.settings import ApiKey, ServeSettings
+from skulens.serve.settings import ApiKey, ConfigError, ServeSettings
 
 KEY = "search-test-key"
 AUTH = {"X-API-Key": KEY}
@@ -172,3 +172,27 @@ def test_the_service_recommends_as_skulens_recommend_does(tiny_bundle, tmp_path:
         assert [r.score for r in a] == pytest.approx([r.score for r in b], abs=1e-9)
     for p in PRODUCTS:
         assert [r.product_id for r in served.similar(p, 2)] == [r.product_id for r in cli.similar(p, 2)]
+
+
+def test_search_route_setting_keeps_photo_searches_in_their_predicted_coarse_classes(backends,
+                                                                                     tiny_catalogue: Path) -> None:
+    from skulens.search.engine import route_classes
+
+    bundle, index, _ = backends
+    model = skulens.load(bundle, device="cpu", precision="off")
+    photos = sorted((tiny_catalogue.parent / "val").rglob("*.jpg"))
+    _, coarse = model.embed_with_coarse([str(p) for p in photos])
+    routes = route_classes(coarse, 0.6)
+    i = next(i for i, r in enumerate(routes) if len(r) == 1)  # a photo of whose class the model is sure
+    allowed = model.card.coarse_classes[routes[i][0]]
+    with pytest.raises(ConfigError, match="search_route"):
+        ServeSettings(model=str(bundle), index=str(index), search_route=0)
+    settings = ServeSettings(model=str(bundle), index=str(index), device="cpu", search_route=0.6)
+    with TestClient(create_app(settings, model=model)) as c:
+        r = c.post("/v1/search", files={"image": ("q.jpg", photos[i].read_bytes(), "image/jpeg")}, data={"k": "3"})
+        assert r.status_code == 200, r.text
+        hits = r.json()["hits"]
+        assert hits and {h["coarse_label"] for h in hits} == {allowed}
+        r = c.post("/v1/search", files={"image": ("q.jpg", photos[i].read_bytes(), "image/jpeg")},
+                   data={"k": "3", "filter": '{"coarse_label": ["Apple", "Milk"]}'})  # the user's filter: not routed
+        assert len(r.json()["hits"]) == 3

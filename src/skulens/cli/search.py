@@ -25,6 +25,7 @@ from ._common import (
 __all__ = ["add_commands"]
 
 TEXT_MODES = ("hybrid", "aligned", "text", "lexical")  # skulens.search.engine.TEXT_MODES (no torch import here)
+ROUTE_MASS, ROUTE_MAX_CLASSES = 0.9, 3  # skulens.search.engine's, likewise
 TUNE_EPOCHS = 2  # skulens.search.text_tune.TuneConfig.epochs
 
 
@@ -130,12 +131,17 @@ def _engine(ns: argparse.Namespace, need_model: bool) -> Any:
     source = ns.align or model_bundle
     aligner = load_aligner(source, bundle=model_bundle) if source else None
     # the bundle's fine-tuned text encoder (`skulens text-tune`) even when the image model is not loaded
-    return SearchEngine(model, index, aligner, text_model=bundle_text_model(bundle) or DEFAULT_TEXT_MODEL)
+    return SearchEngine(model, index, aligner, text_model=bundle_text_model(bundle) or DEFAULT_TEXT_MODEL,
+                        route=ns.route if ns.image else None)
 
 
 def cmd_search(ns: argparse.Namespace) -> int:
     if ns.text and any(not t.strip() for t in ns.text):
         raise UsageError("--text: empty query; give some words to search by")
+    if ns.route is not None and not ns.image:
+        raise UsageError("--route routes photo queries (--image) to their predicted coarse classes")
+    if ns.route is not None and not 0.0 < ns.route <= 1.0:
+        raise UsageError(f"--route must be a probability in (0, 1], got {ns.route}")
     filt = _filters(ns.filter)
     engine = _engine(ns, need_model=bool(ns.image))
     if ns.image:
@@ -296,6 +302,10 @@ def add_commands(sub: Any) -> None:
                    help="text search: hybrid (lexical + dense + aligned, fused; the default), text (dense only), "
                         "lexical (BM25 only), aligned (through the image space only)")
     s.add_argument("--align", help="text alignment file (default: the model bundle's)")
+    s.add_argument("--route", type=float, nargs="?", const=ROUTE_MASS, metavar="MASS",
+                   help="photo queries visit only their predicted coarse classes, the likeliest until they hold MASS "
+                        f"of the probability (default {ROUTE_MASS}, at most {ROUTE_MAX_CLASSES} classes): fast on a "
+                        "Milvus collection partitioned by coarse class; entries without a coarse class are not found")
     s.set_defaults(func=cmd_search)
 
     a = sub.add_parser("align", help="learn the text -> image alignment that text search uses")

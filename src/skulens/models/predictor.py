@@ -182,12 +182,25 @@ class Model:
 
     def embed(self, images: Sequence[ImageInput], *, batch_size: int = 32, progress: bool = False) -> np.ndarray:
         """L2-normalised embeddings (N x embedding_dim); undecodable images raise ImageDecodeError."""
+        return self._embedded(images, batch_size, progress)[0]
+
+    def embed_with_coarse(self, images: Sequence[ImageInput], *, batch_size: int = 32
+                          ) -> tuple[np.ndarray, np.ndarray | None]:
+        """`embed` and, from the same forward pass, the coarse-class probabilities (N x coarse classes, in
+        `card.coarse_classes` order, under the card's coarse rule; None for a model without coarse classes)."""
+        vectors, out = self._embedded(images, batch_size, False)
+        card = self.card
+        return vectors, combine_coarse(out.fine, out.coarse_head, card.fine_to_coarse, len(card.coarse_classes),
+                                       card.coarse_rule)
+
+    def _embedded(self, images: Sequence[ImageInput], batch_size: int, progress: bool
+                  ) -> tuple[np.ndarray, HeadOutputs]:
         tensors, _, failed = self._decode(images)
         if failed:
             i, reason = failed[0]
             raise ImageDecodeError(source_name(images[i], i), reason)
         out = self.run(tensors, batch_size=batch_size, embeddings=True, progress=progress)
-        return out.embeddings if out.embeddings is not None else np.zeros((0, self.card.embedding_dim))
+        return out.embeddings if out.embeddings is not None else np.zeros((0, self.card.embedding_dim)), out
 
     def evaluate(self, data: str | os.PathLike | None = None, *, split: str = "val",
                  out: str | os.PathLike | None = None, baseline: bool = False, progress: bool = True) -> EvalReport:

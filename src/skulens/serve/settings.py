@@ -37,6 +37,7 @@ class ApiKey:
 class ServeSettings:
     model: str  # bundle folder
     index: str | None = None  # vector index (search, similar, product CRUD, enrolment)
+    search_route: float | None = None  # photo searches visit only the predicted coarse classes holding this much probability (e.g. 0.9; at most 3): fast on a Milvus collection partitioned by coarse class
     events: str | None = None  # behaviour-log CSV (recommendations)
     data: str | None = None  # catalogue: product facts and photos; default: the bundle's training data
     db: str | None = None  # inventory: a SQLite file or a postgresql:// URL; None: no inventory endpoints
@@ -85,6 +86,10 @@ class ServeSettings:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.request_timeout_s <= 0 or self.max_wait_ms < 0:
             raise ConfigError("request_timeout_s must be > 0 and max_wait_ms >= 0")
+        if self.search_route is not None and not 0.0 < self.search_route <= 1.0:
+            raise ConfigError(f"search_route must be in (0, 1], got {self.search_route}")
+        if self.search_route is not None and not self.index:
+            raise ConfigError("search_route needs an index: it routes photo searches")
         for name in ("review_threshold", "support_min_confidence", "support_min_score", "detector_min_score"):
             if getattr(self, name) is not None and not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
@@ -192,7 +197,7 @@ def _hide_password(db: str) -> str:
     return re.sub(r"^([a-z0-9+.-]+://[^:/@?#]*:)[^@/?#]*@", r"\1***@", db, flags=re.IGNORECASE)
 
 
-_OPTIONAL_FLOATS = frozenset({"detector_min_score", "upload_retention_days"})  # None: the detector's own value
+_OPTIONAL_FLOATS = frozenset({"detector_min_score", "upload_retention_days", "search_route"})  # None: unset
 
 
 def _coerce(name: str, value: Any, default: Any) -> Any:

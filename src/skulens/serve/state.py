@@ -103,8 +103,9 @@ class Recognizer:
                 results = self.model.predict([j.image for j in batch], top_k=[j.top_k for j in batch],
                                                   min_confidence=[j.min_confidence for j in batch],
                                                   batch_size=len(batch))
-            else:
-                results = self.model.embed([jobs[i].image for i in idx], batch_size=len(idx))
+            else:  # the coarse probabilities come with the embedding, for routed searches
+                vectors, coarse = self.model.embed_with_coarse([jobs[i].image for i in idx], batch_size=len(idx))
+                results = [(v, None if coarse is None else coarse[row]) for row, v in enumerate(vectors)]
             for row, i in enumerate(idx):
                 out[i] = results[row]
         return out
@@ -124,6 +125,10 @@ class Recognizer:
                                          timeout=self.settings.request_timeout_s)
 
     async def embed(self, image: Image.Image) -> np.ndarray:
+        return (await self.embed_with_coarse(image))[0]
+
+    async def embed_with_coarse(self, image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+        """The embedding and the coarse-class probabilities (None without coarse classes), for routing."""
         return await self.batcher.submit(_Job("embed", image), timeout=self.settings.request_timeout_s)
 
     async def count(self, image: Image.Image) -> PhotoCount:
@@ -317,7 +322,7 @@ def _load_search(settings: ServeSettings, model: Model) -> Any:
             aligner.text_encoder()
         except TextEncoderMismatch as exc:  # text search still runs, without the image-space part
             logger.warning("%s", exc)
-    return SearchEngine(model, open_index(settings.index), aligner)
+    return SearchEngine(model, open_index(settings.index), aligner, route=settings.search_route)
 
 
 def _recommender_fit(model: Model, products: dict[str, Product]) -> Callable[[list[Any]], Any]:

@@ -105,10 +105,11 @@ async def search(state: State, _: ReadKey,
     if image is not None:
         _, pil = await decode_upload(state, image)
         try:
-            vector = await state.recognizer.embed(pil)
+            vector, coarse = await state.recognizer.embed_with_coarse(pil)
         except (QueueFullError, asyncio.TimeoutError) as exc:
             raise busy(state, exc) from None
-        hits = await _index_call(state, lambda: engine.by_vector(vector[None, :], k=k, filter=flt)[0])
+        probs = None if coarse is None else coarse[None, :]
+        hits = await _index_call(state, lambda: engine.by_vector(vector[None, :], k=k, filter=flt, coarse=probs)[0])
         return SearchOut(query="image", hits=_hits(state, hits))
     assert text is not None
     hits = await _index_call(state, lambda: engine.by_text([text], k=k, filter=flt, mode=mode)[0])
