@@ -143,11 +143,12 @@ class SearchEngine:
         return self.route is not None and not (filter and "coarse_label" in filter)
 
     def by_vector(self, vectors: np.ndarray, *, k: int = 10, filter: Mapping[str, Any] | None = None,
-                  coarse: np.ndarray | None = None) -> list[list[SearchHit]]:
-        """`coarse`: the photos' coarse-class probabilities, to route each search (when this engine routes)."""
+                  coarse: np.ndarray | None = None, group_by_product: bool = True) -> list[list[SearchHit]]:
+        """`coarse`: the photos' coarse-class probabilities, to route each search (when this engine routes);
+        `group_by_product`: distinct products (the default) or raw index entries, as `VectorIndex.search`."""
         vectors = np.asarray(vectors, dtype=np.float32)
         if coarse is None or not self.routes(filter):
-            return self.index.search(vectors, k=k, filter=filter)
+            return self.index.search(vectors, k=k, filter=filter, group_by_product=group_by_product)
         assert self.model is not None and self.route is not None
         names = self.model.card.coarse_classes
         routed = route_classes(np.asarray(coarse, dtype=np.float64).reshape(len(vectors), -1), self.route)
@@ -158,7 +159,8 @@ class SearchEngine:
         out: list[list[SearchHit]] = [[] for _ in range(len(vectors))]
         for classes, rows in groups.items():
             flt = {**(filter or {}), "coarse_label": [names[c] for c in classes]}
-            for i, hits in zip(rows, self.index.search(vectors[rows], k=k, filter=flt), strict=True):
+            found = self.index.search(vectors[rows], k=k, filter=flt, group_by_product=group_by_product)
+            for i, hits in zip(rows, found, strict=True):
                 out[i] = hits
         return out
 
