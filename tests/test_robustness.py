@@ -150,3 +150,67 @@ def test_robustness_command_writes_the_report(tiny_bundle, tiny_catalogue: Path,
     data = json.loads((out / "robustness.json").read_text())
     assert data["n_images"] == 9 and [c["corruption"] for c in data["corruptions"]] == ["jpeg"]
     assert data["settings"]["bundle"] == str(tiny_bundle.bundle)
+
+
+# --------------------------------------------------------------------------- corruption in the training step
+
+def test_corrupt_batch_degrades_its_share_only_each_kind_within_range(tiny_eval) -> None:
+    from skulens.evaluate.attacks import normalisation
+    from skulens.train.corrupt import KINDS, CorruptBatch
+
+    _, card, _, pixels, _, _ = tiny_eval
+    m, s = normalisation(card.mean, card.std, torch.device("cpu"))
+    x = (pixels - m) / s
+    before = x.clone()
+    out = CorruptBatch(0.5, card.mean, card.std, card.input_size, seed=3)(x)
+    n = int(np.ceil(0.5 * len(x)))
+    assert torch.equal(x, before), "the loader's batch (the teacher's view) must not change"
+    assert torch.equal(out[n:], x[n:]) and out.shape == x.shape and out.dtype == x.dtype
+    assert all(not torch.allclose(out[i], x[i], atol=1e-3) for i in range(n))
+    again = CorruptBatch(0.5, card.mean, card.std, card.input_size, seed=3)(x)
+    assert torch.equal(again, out), "seeded"
+    c = CorruptBatch(1.0, card.mean, card.std, card.input_size)
+    for kind in KINDS:
+        d = c.degrade(pixels[0], kind)
+        assert d.shape == pixels[0].shape and float(d.min()) >= 0 and float(d.max()) <= 1
+        assert float((d - pixels[0]).abs().mean()) > 1e-3, kind
+    with pytest.raises(ValueError, match="unknown corruption"):
+        c.degrade(pixels[0], "fog")
+    with pytest.raises(ValueError, match="fraction"):
+        CorruptBatch(0.0, card.mean, card.std, 64)
+
+
+def test_with_a_teacher_the_student_sees_the_degraded_batch_and_the_teacher_the_clean_one(
+        tiny_bundle, tiny_catalogue: Path, tmp_path: Path, monkeypatch) -> None:
+    from skulens.train.corrupt import CorruptBatch
+    from skulens.train.teacher import Teacher
+
+    given, made, taught = [], [], []
+    real_call, real_logits = CorruptBatch.__call__, Teacher.logits
+
+    def call(self, x):
+        out = real_call(self, x)
+        given.append(x.detach().clone())
+        made.append(out.detach().clone())
+        return out
+
+    def logits(self, x):
+        taught.append(x.detach().clone())
+        return real_logits(self, x)
+
+    monkeypatch.setattr(CorruptBatch, "__call__", call)
+    monkeypatch.setattr(Teacher, "logits", logits)
+    out = tmp_path / "robust-distill"
+    rc = main(["train", "--data", str(tiny_catalogue), "--out", str(out), "--init-from", str(tiny_bundle.bundle),
+               "--backbone", "efficientnet_lite0", "--image-size", "64", "--train-image-size", "64", "--epochs", "1",
+               "--max-steps", "2", "--batch-size", "8", "--no-ema", "--no-baseline", "--loggers", "",
+               "--teacher", str(tiny_bundle.bundle), "--corrupt-fraction", "1", "-q"])
+    assert rc == 0 and len(given) == len(taught) == 2
+    for clean, degraded, teacher_saw in zip(given, made, taught, strict=True):
+        assert torch.equal(teacher_saw, clean) and not torch.allclose(degraded, clean, atol=1e-3)
+    card = json.loads((out / "bundle" / "card.json").read_text())
+    assert card["train_config"]["corrupt_fraction"] == 1.0 and card["lineage"]["teacher"]
+    with pytest.raises(Exception, match="corrupt_fraction"):
+        from skulens.config import resolve_config
+
+        resolve_config({"corrupt_fraction": 1.5})

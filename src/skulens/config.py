@@ -101,6 +101,9 @@ class TrainConfig:
     adversarial_eps: float = 2.0  # adversarial: L-inf budget in pixel levels (eps / 255)
     adversarial_steps: int = 3  # adversarial pgd: steps (step size 2.5 * eps / steps)
     adversarial_fraction: float = 0.5  # adversarial: share of each batch replaced by its adversarial version
+    # Corruption in the step (skulens.train.corrupt): the student sees a degraded photo (JPEG, blur, noise or
+    # lighting), a teacher (--teacher) the clean one, so it learns to answer on the first what the teacher does on the second.
+    corrupt_fraction: float = 0.0  # share of each batch degraded in the training step (0: none); with --teacher, the teacher sees the clean photo
 
 
 # Keys that once existed, with why they went: a config that still sets one gets this, not "unknown key".
@@ -208,6 +211,8 @@ def _validate(cfg: TrainConfig) -> TrainConfig:
     if not (0 <= adv[0] <= 255 and adv[1] >= 1 and 0 < adv[2] <= 1):
         raise ConfigError("adversarial_eps must be in [0, 255], adversarial_steps >= 1, "
                           "adversarial_fraction in (0, 1]")
+    if not 0 <= cfg.corrupt_fraction <= 1:
+        raise ConfigError(f"corrupt_fraction: {cfg.corrupt_fraction} is outside [0, 1]")
     if cfg.monitor not in ("top1", "coarse_top1", "macro_f1"):
         raise ConfigError(f"monitor: {cfg.monitor!r} is not one of top1, coarse_top1, macro_f1")
     unknown = set(cfg.loggers) - {"tensorboard", "mlflow", "wandb"}

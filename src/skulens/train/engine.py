@@ -49,6 +49,7 @@ from .warm import warm_start
 
 if TYPE_CHECKING:
     from .adversarial import AdversarialBatch
+    from .corrupt import CorruptBatch
     from .teacher import Teacher
 
 __all__ = ["TrainResult", "fit"]
@@ -104,6 +105,7 @@ class _Run:
     class_weights: torch.Tensor | None = field(init=False)
     teacher: Teacher | None = field(init=False)
     adversary: AdversarialBatch | None = field(init=False)
+    corrupter: CorruptBatch | None = field(init=False)
     logger: RunLogger | _QuietLogger = field(init=False)
     # The loop state, checkpointed each epoch: epoch, step, best, best_epoch, bad_epochs, history.
     state: dict[str, Any] = field(init=False)
@@ -332,7 +334,8 @@ def _prepare_training(run: _Run, ckpt: dict[str, Any] | None) -> None:
     weights = _class_weights(cfg, run.train.fine, run.card.num_classes)
     run.class_weights = weights.to(run.device) if weights is not None else None
     run.state = _restore(run, ckpt)
-    run.card, run.teacher, run.adversary = training_extras(cfg, run.card, run.model, run.opt, run.device)
+    run.card, run.teacher, run.adversary, run.corrupter = training_extras(cfg, run.card, run.model, run.opt,
+                                                                          run.device)
     if not run.dist.is_main:
         run.logger = _QuietLogger()
         return
@@ -444,9 +447,12 @@ def _train_step(run: _Run, batch: list[torch.Tensor]) -> float:
     yf, yc, ya = yf.to(device), yc.to(device), ya.to(device)
     if run.adversary is not None:
         x = run.adversary(run.model, x, yf)
+    seen_by_teacher = x  # the clean batch: corruption is for the student alone
+    if run.corrupter is not None:
+        x = run.corrupter(x)
     with autocast_context(device, cfg.mixed_precision, training=True):
         out = run.net(x)
-    loss = _loss(run, out, x, yf, yc, ya)
+    loss = _loss(run, out, seen_by_teacher, yf, yc, ya)
     run.opt.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()  # a no-op scaling unless training runs under fp16 autocast
     run.scaler.step(run.opt)  # (no gradient clipping here: clipping would need scaler.unscale_ first)
@@ -460,7 +466,8 @@ def _train_step(run: _Run, batch: list[torch.Tensor]) -> float:
 
 def _loss(run: _Run, out: dict[str, torch.Tensor], x: torch.Tensor, yf: torch.Tensor, yc: torch.Tensor,
           ya: torch.Tensor) -> torch.Tensor:
-    """Fine cross-entropy (blended with the teacher's soft targets when distilling) + coarse + attributes."""
+    """Fine cross-entropy (blended with the teacher's soft targets on `x` when distilling) + coarse +
+    attributes."""
     cfg = run.cfg
     loss = F.cross_entropy(out["fine"].float(), yf, weight=run.class_weights,
                            label_smoothing=cfg.label_smoothing)

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from torch.utils.hooks import RemovableHandle
 
     from .adversarial import AdversarialBatch
+    from .corrupt import CorruptBatch
     from .teacher import Teacher
 
 __all__ = ["keep_zeros", "training_extras"]
@@ -28,8 +29,10 @@ log = logging.getLogger(__name__)
 
 
 def training_extras(cfg: TrainConfig, card: ModelCard, model: SkuModel, opt: torch.optim.Optimizer,
-                    device: torch.device) -> tuple[ModelCard, Teacher | None, AdversarialBatch | None]:
-    """The card to train under (with lineage), the teacher and the adversary; registers pruning masks."""
+                    device: torch.device
+                    ) -> tuple[ModelCard, Teacher | None, AdversarialBatch | None, CorruptBatch | None]:
+    """The card to train under (with lineage), the teacher, the adversary and the in-step corruption;
+    registers pruning masks."""
     if card.pruning.get("kind") == "unstructured":
         keep_zeros(model, opt, card.pruning["parameters"])
         log.info("unstructured pruning: %d pruned tensors held at zero", len(card.pruning["parameters"]))
@@ -48,7 +51,14 @@ def training_extras(cfg: TrainConfig, card: ModelCard, model: SkuModel, opt: tor
         adversary = AdversarialBatch.from_config(cfg, card, device)
         log.info("adversarial training: %s, eps %g/255, %.0f%% of each batch", cfg.adversarial,
                  cfg.adversarial_eps, 100 * cfg.adversarial_fraction)
-    return card, teacher, adversary
+    corrupter = None
+    if cfg.corrupt_fraction > 0:
+        from .corrupt import CorruptBatch
+
+        corrupter = CorruptBatch(cfg.corrupt_fraction, card.mean, card.std, card.input_size, seed=cfg.seed)
+        log.info("corruption in the step: %.0f%% of each batch degraded%s", 100 * cfg.corrupt_fraction,
+                 ", the teacher on the clean photos" if teacher is not None else "")
+    return card, teacher, adversary, corrupter
 
 
 def keep_zeros(model: nn.Module, optimizer: torch.optim.Optimizer, names: list[str]) -> RemovableHandle:

@@ -1,0 +1,73 @@
+"""Corruption in the training step (`--corrupt-fraction F`): a share of each batch degraded as phone photos
+degrade, while a teacher (`--teacher`) gives its soft targets on the clean photo.
+
+The `robust` augmentation preset degrades photos in the loader, so a teacher sees the same degraded photo
+as the student. Here the loader's batch (any preset) stays clean for the teacher, and each photo of the
+first `fraction` of the batch gets one degradation for the student: JPEG at quality 10-60, Gaussian blur
+(sigma 0.5 to 3 px at 224 px, scaled with the input size), sensor noise (sigma 0.04-0.15) or a lighting
+change (brightness and contrast 0.5-1.5): the `robust` preset's kinds and ranges. The student so learns
+to answer on a degraded photo what the teacher answers on the clean one (consistency with a clean
+teacher, as in AugMix's and robust distillation's practice), instead of only the label.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torchvision.transforms.v2 import functional as TF
+
+from ..data.transforms import jpeg_roundtrip
+from ..evaluate.attacks import normalisation
+
+__all__ = ["KINDS", "CorruptBatch"]
+
+KINDS = ("jpeg", "blur", "noise", "lighting")
+
+
+class CorruptBatch:
+    """Engine hook: the batch with its first `fraction` of photos degraded (one kind each, seeded)."""
+
+    def __init__(self, fraction: float, mean: Sequence[float], std: Sequence[float], size: int, seed: int = 0):
+        if not 0 < fraction <= 1:
+            raise ValueError(f"corrupt fraction must be in (0, 1], got {fraction}")
+        self.fraction, self.size = float(fraction), int(size)
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def _uniform(self, low: float, high: float) -> float:
+        return low + (high - low) * float(torch.rand((), generator=self.generator))
+
+    def degrade(self, pixels: torch.Tensor, kind: str) -> torch.Tensor:
+        """One CHW photo in [0, 1], degraded by `kind` at a random strength."""
+        if kind == "jpeg":
+            q = int(torch.randint(10, 61, (), generator=self.generator))
+            as_bytes = (pixels * 255).round().clamp(0, 255).to(torch.uint8).cpu()
+            return (jpeg_roundtrip(as_bytes, q).float() / 255).to(pixels.device)
+        if kind == "blur":
+            top = 3.0 * self.size / 224
+            sigma = self._uniform(0.5, top)
+            kernel = 2 * math.ceil(3 * sigma) + 1
+            return TF.gaussian_blur(pixels, [kernel, kernel], [sigma, sigma])
+        if kind == "noise":
+            sigma = self._uniform(0.04, 0.15)
+            noise = torch.randn(pixels.shape, generator=self.generator).to(pixels.device)
+            return (pixels + sigma * noise).clamp(0, 1)
+        if kind == "lighting":
+            out = TF.adjust_brightness(pixels, self._uniform(0.5, 1.5))
+            return TF.adjust_contrast(out, self._uniform(0.5, 1.5)).clamp(0, 1)
+        raise ValueError(f"unknown corruption {kind!r}: {', '.join(KINDS)}")
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """`x` (normalised, as the loader gives it; shuffled) with its first rows degraded; `x` is not changed."""
+        n = min(len(x), math.ceil(self.fraction * len(x)))
+        if n == 0:
+            return x
+        m, s = normalisation(self.mean, self.std, x.device)
+        pixels = (x[:n].detach().float() * s + m).clamp(0, 1)
+        kinds = torch.randint(len(KINDS), (n,), generator=self.generator).tolist()
+        degraded = torch.stack([self.degrade(p, KINDS[k]) for p, k in zip(pixels, kinds, strict=True)])
+        out = x.detach().clone()
+        out[:n] = ((degraded - m) / s).to(x.dtype)
+        return out
