@@ -7,7 +7,8 @@
 
 Every fine-tune starts from BUNDLE with the same recipe (`--init-from`, a lower LR); `adversarial` adds
 `--adversarial`, `robust` adds `--augment robust` (JPEG, blur, noise and lighting on a share of the photos),
-`robust+adversarial` both; the control adds nothing, so each difference is what the arm adds and not the
+`robust+adversarial` both, `robust-distill` degrades --corrupt-fraction of each batch in the training step
+while BUNDLE, as a teacher, gives its soft targets on the clean photos; the control adds nothing, so each difference is what the arm adds and not the
 extra epochs. Then `skulens robustness` (FGSM/PGD at --eps, six corruptions at --severities) on every model,
 and a table of clean vs robust accuracy appended to benchmarks/RESULTS.md.
 """
@@ -29,10 +30,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", default="runs/bench5/bundle")
     ap.add_argument("--arms", default="control,adversarial",
-                    help="fine-tunes beside the default model: control, adversarial, robust, robust+adversarial")
+                    help="fine-tunes beside the default model: control, adversarial, robust, robust+adversarial, "
+                         "robust-distill")
     ap.add_argument("--epochs", default="3")
     ap.add_argument("--lr", default="3e-4", help="fine-tune LR (the bundle is already trained)")
     ap.add_argument("--adversarial", default="pgd", choices=("pgd", "fgsm"))
+    ap.add_argument("--corrupt-fraction", default="0.5", help="robust-distill: share of each batch degraded")
     ap.add_argument("--adv-eps", default="2", help="training budget in pixel levels (x/255)")
     ap.add_argument("--adv-steps", default="2")
     ap.add_argument("--eps", default="0.5,1,2,4", help="evaluation budgets in pixel levels")
@@ -50,8 +53,11 @@ def main() -> int:
             "--warmup-epochs", "0.5", "--no-baseline", *data, "-q", *extra]
     adversarial = ["--adversarial", ns.adversarial, "--adversarial-eps", ns.adv_eps, "--adversarial-steps",
                    ns.adv_steps]
+    # robust-distill: the loader's photos stay clean for the starting bundle as a teacher; half of each batch is
+    # degraded in the step for the student (`--corrupt-fraction`: the robust preset's kinds and ranges)
     recipes = {"control": [], "adversarial": adversarial, "robust": ["--augment", "robust"],
-               "robust+adversarial": ["--augment", "robust", *adversarial]}
+               "robust+adversarial": ["--augment", "robust", *adversarial],
+               "robust-distill": ["--teacher", ns.bundle, "--corrupt-fraction", ns.corrupt_fraction]}
     arms = [a.strip() for a in ns.arms.split(",") if a.strip()]
     unknown = [a for a in arms if a not in recipes]
     if unknown:
@@ -87,7 +93,9 @@ def main() -> int:
          f"Fine-tunes from `{ns.bundle}`: {ns.epochs} epochs at LR {ns.lr}; adversarial = `--adversarial "
          f"{ns.adversarial} --adversarial-eps {ns.adv_eps} --adversarial-steps {ns.adv_steps}` (half of each "
          "batch replaced by attacks made with the model in eval mode); robust = `--augment robust` (JPEG q10-60, "
-         "blur, noise sigma 0.04-0.15 and stronger lighting, each on a fifth of the photos); control = the same "
+         "blur, noise sigma 0.04-0.15 and stronger lighting, each on a fifth of the photos); robust-distill = "
+         f"`--teacher BUNDLE --corrupt-fraction {ns.corrupt_fraction}` (one of JPEG, blur, noise, lighting in those "
+         "ranges on that share of each batch, in the step; the teacher sees the clean photos); control = the same "
          f"fine-tune with neither. Arms: {', '.join(arms)}."),
         "",
         *rows,
