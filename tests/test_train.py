@@ -295,6 +295,12 @@ def test_a_run_too_short_for_its_catalogue_says_how_many_epochs(tiny_catalogue: 
         train(tiny_catalogue, out=str(tmp_path / "capped"), progress=False, **{**TINY, "epochs": 1, "max_steps": 2})
     assert not [r for r in caplog.records if "optimizer steps planned" in r.getMessage()]  # asked for on purpose
 
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="skulens.train.engine"):  # a trained bundle's short fine-tune
+        train(tiny_catalogue, out=str(tmp_path / "tune"), progress=False,
+              **{**TINY, "epochs": 1, "init_from": str(tmp_path / "short" / "bundle")})
+    assert not [r for r in caplog.records if "optimizer steps planned" in r.getMessage()]
+
 
 # --- run directories and resuming -----------------------------------------------------------------
 

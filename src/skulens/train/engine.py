@@ -320,7 +320,7 @@ def _prepare_training(run: _Run, ckpt: dict[str, Any] | None) -> None:
     total_steps = cfg.epochs * per_epoch
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
-    elif total_steps < FEW_STEPS and run.dist.is_main:
+    elif total_steps < FEW_STEPS and run.dist.is_main and not cfg.init_from:  # a trained bundle's fine-tune is short
         log.warning("only %d optimizer steps planned (%d photos, batch %d, %d epochs): a catalogue this small is "
                     "undertrained at this length; try --epochs %d (early stopping ends it when val stops improving)",
                     total_steps, len(run.train.images), cfg.batch_size, cfg.epochs, -(-FEW_STEPS // per_epoch))
