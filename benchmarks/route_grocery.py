@@ -9,7 +9,7 @@ unrouted and routed at each mass (`skulens search --route MASS`, serve's `search
 probabilities of the same forward pass (`Model.embed_with_coarse`). Reported: how many of the unrouted top-10
 products a routed search keeps, top-1 / top-5 product accuracy against the photo's label, the coarse classes
 visited (mean, and how many photos visit 1 / 2 / 3), and search time. The latency a routed search saves on a
-Milvus server partitioned by coarse class is measured by benchmarks/milvus_server.py (--routed).
+Milvus server partitioned by coarse class is measured by benchmarks/milvus_server.py (its routed columns).
 Appends to RESULTS.md.
 """
 

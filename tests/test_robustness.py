@@ -162,14 +162,14 @@ def test_corrupt_batch_degrades_its_share_only_each_kind_within_range(tiny_eval)
     m, s = normalisation(card.mean, card.std, torch.device("cpu"))
     x = (pixels - m) / s
     before = x.clone()
-    out = CorruptBatch(0.5, card.mean, card.std, card.input_size, seed=3)(x)
+    out = CorruptBatch(0.5, card.mean, card.std, seed=3)(x)
     n = int(np.ceil(0.5 * len(x)))
     assert torch.equal(x, before), "the loader's batch (the teacher's view) must not change"
     assert torch.equal(out[n:], x[n:]) and out.shape == x.shape and out.dtype == x.dtype
     assert all(not torch.allclose(out[i], x[i], atol=1e-3) for i in range(n))
-    again = CorruptBatch(0.5, card.mean, card.std, card.input_size, seed=3)(x)
+    again = CorruptBatch(0.5, card.mean, card.std, seed=3)(x)
     assert torch.equal(again, out), "seeded"
-    c = CorruptBatch(1.0, card.mean, card.std, card.input_size)
+    c = CorruptBatch(1.0, card.mean, card.std)
     for kind in KINDS:
         d = c.degrade(pixels[0], kind)
         assert d.shape == pixels[0].shape and float(d.min()) >= 0 and float(d.max()) <= 1
@@ -177,7 +177,7 @@ def test_corrupt_batch_degrades_its_share_only_each_kind_within_range(tiny_eval)
     with pytest.raises(ValueError, match="unknown corruption"):
         c.degrade(pixels[0], "fog")
     with pytest.raises(ValueError, match="fraction"):
-        CorruptBatch(0.0, card.mean, card.std, 64)
+        CorruptBatch(0.0, card.mean, card.std)
 
 
 def test_with_a_teacher_the_student_sees_the_degraded_batch_and_the_teacher_the_clean_one(

@@ -247,6 +247,13 @@ def test_routed_photo_search_visits_only_the_predicted_coarse_classes(index_dir:
     # a filter naming coarse_label is the user's choice: never routed
     milk = engine.by_image(photos, k=3, filter={"coarse_label": "Milk"})
     assert all([h.product_id for h in hits] == ["oat-milk"] for hits in milk)
+    # one query as a 1-D vector, an empty batch, probabilities that do not fit
+    vectors, probs = model.embed_with_coarse(photos[:1])
+    one = engine.by_vector(vectors[0], k=3, coarse=probs[0])
+    assert [[h.product_id for h in hits] for hits in one] == api[:1]
+    assert engine.by_vector(np.zeros((0, vectors.shape[1]), np.float32), coarse=np.zeros((0, probs.shape[1]))) == []
+    with pytest.raises(ValueError, match="probabilities for 1 queries"):
+        engine.by_vector(vectors, coarse=probs[:, :1])
 
 
 def test_route_usage_errors(index_dir: Path, tiny_bundle, capsys: pytest.CaptureFixture) -> None:
@@ -257,3 +264,13 @@ def test_route_usage_errors(index_dir: Path, tiny_bundle, capsys: pytest.Capture
     assert "(0, 1]" in capsys.readouterr().err
     with pytest.raises(ValueError, match="coarse classes"):
         SearchEngine(None, open_index(index_dir), route=0.9)
+
+
+
+def test_routing_on_faiss_warns_that_it_is_slower_there(index_dir: Path, tiny_bundle, caplog) -> None:
+    import logging
+
+    model = skulens.load(tiny_bundle.bundle, device="cpu", precision="off")
+    with caplog.at_level(logging.WARNING, logger="skulens.search.engine"):
+        SearchEngine(model, open_index(index_dir), route=0.9)
+    assert "not partitioned by coarse class" in caplog.text

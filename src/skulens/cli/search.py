@@ -305,7 +305,8 @@ def add_commands(sub: Any) -> None:
     s.add_argument("--route", type=float, nargs="?", const=ROUTE_MASS, metavar="MASS",
                    help="photo queries visit only their predicted coarse classes, the likeliest until they hold MASS "
                         f"of the probability (default {ROUTE_MASS}, at most {ROUTE_MAX_CLASSES} classes): fast on a "
-                        "Milvus collection partitioned by coarse class; entries without a coarse class are not found")
+                        "Milvus collection partitioned by coarse class (on FAISS, slower); entries outside the model's "
+                        "coarse classes are not found")
     s.set_defaults(func=cmd_search)
 
     a = sub.add_parser("align", help="learn the text -> image alignment that text search uses")

@@ -14,10 +14,11 @@ Modes of `by_text`: hybrid (the default: all of them, fused), text (dense only),
 
 Routing (`route`): a photo search can visit only the coarse classes the model predicts for the photo, the
 most likely first until their probabilities sum to `route` (at most ROUTE_MAX_CLASSES). On a Milvus
-collection with one partition per coarse class that is 1-3 partitions instead of all of them; on grocery
-val, routing at 0.9 keeps 99.3 % of the unrouted top-10 entries (benchmarks/milvus_server.py, RESULTS.md).
-Entries without a coarse class are not found by a routed search; a filter that names coarse_label is
-never routed.
+collection with one partition per coarse class that is 1-3 partitions instead of all of them
+(benchmarks/milvus_server.py); on grocery val, routing at 0.9 keeps 99.3 % of the unrouted top-10 photos
+(benchmarks/route_grocery.py). On an index not partitioned by coarse class (FAISS) a routed search is a
+filtered one, which is slower there. Entries whose coarse class is not one of the model's (none, or one the
+model does not know) are not found by a routed search; a filter that names coarse_label is never routed.
 """
 
 from __future__ import annotations
@@ -117,6 +118,9 @@ class SearchEngine:
             route_classes(np.ones((0, 1)), route)  # a bad mass fails here, not at the first search
             if model is None or not model.card.coarse_classes:
                 raise ValueError("routing searches to the predicted coarse classes needs a model with coarse classes")
+            if not getattr(index, "partitioned", False):
+                log.warning("routing photo searches on an index not partitioned by coarse class: each search is "
+                            "filtered, which is slower there, not faster (routing pays on a Milvus server)")
         self.route = route
         self._text_cache: tuple[tuple[Any, ...], _ProductTexts] | None = None
 
@@ -150,8 +154,15 @@ class SearchEngine:
         if coarse is None or not self.routes(filter):
             return self.index.search(vectors, k=k, filter=filter, group_by_product=group_by_product)
         assert self.model is not None and self.route is not None
+        vectors = np.atleast_2d(vectors)
+        probs = np.atleast_2d(np.asarray(coarse, dtype=np.float64))
         names = self.model.card.coarse_classes
-        routed = route_classes(np.asarray(coarse, dtype=np.float64).reshape(len(vectors), -1), self.route)
+        if probs.shape != (len(vectors), len(names)):
+            raise ValueError(f"coarse: {probs.shape} probabilities for {len(vectors)} queries of "
+                             f"{len(names)} coarse classes")
+        if not len(vectors):
+            return []
+        routed = route_classes(probs, self.route)
         # one index call per distinct set of classes (photos of one class share theirs)
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, classes in enumerate(routed):

@@ -37,7 +37,7 @@ class ApiKey:
 class ServeSettings:
     model: str  # bundle folder
     index: str | None = None  # vector index (search, similar, product CRUD, enrolment)
-    search_route: float | None = None  # photo searches visit only the predicted coarse classes holding this much probability (e.g. 0.9; at most 3): fast on a Milvus collection partitioned by coarse class
+    search_route: float | None = None  # photo searches visit only the predicted coarse classes holding this much probability (e.g. 0.9; at most 3): fast on a Milvus collection partitioned by coarse class, slower on FAISS
     events: str | None = None  # behaviour-log CSV (recommendations)
     data: str | None = None  # catalogue: product facts and photos; default: the bundle's training data
     db: str | None = None  # inventory: a SQLite file or a postgresql:// URL; None: no inventory endpoints

@@ -322,7 +322,11 @@ def _load_search(settings: ServeSettings, model: Model) -> Any:
             aligner.text_encoder()
         except TextEncoderMismatch as exc:  # text search still runs, without the image-space part
             logger.warning("%s", exc)
-    return SearchEngine(model, open_index(settings.index), aligner, route=settings.search_route)
+    index = open_index(settings.index)
+    try:
+        return SearchEngine(model, index, aligner, route=settings.search_route)
+    except ValueError as exc:  # search_route with a model that has no coarse classes
+        raise ConfigError(f"search_route: {exc}") from None
 
 
 def _recommender_fit(model: Model, products: dict[str, Product]) -> Callable[[list[Any]], Any]:

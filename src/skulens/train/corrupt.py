@@ -4,10 +4,14 @@ degrade, while a teacher (`--teacher`) gives its soft targets on the clean photo
 The `robust` augmentation preset degrades photos in the loader, so a teacher sees the same degraded photo
 as the student. Here the loader's batch (any preset) stays clean for the teacher, and each photo of the
 first `fraction` of the batch gets one degradation for the student: JPEG at quality 10-60, Gaussian blur
-(sigma 0.5 to 3 px at 224 px, scaled with the input size), sensor noise (sigma 0.04-0.15) or a lighting
-change (brightness and contrast 0.5-1.5): the `robust` preset's kinds and ranges. The student so learns
+(sigma 0.5 to 3 px at 224 px, scaled with the batch's size), sensor noise (sigma drawn in 0.04-0.15) or a
+lighting change (brightness and contrast each 0.5-1.5): the `robust` preset's kinds, its JPEG, blur and
+noise ranges, and a wider lighting change than its colour jitter (0.6-1.4 / 0.7-1.3). The student so learns
 to answer on a degraded photo what the teacher answers on the clean one (consistency with a clean
 teacher, as in AugMix's and robust distillation's practice), instead of only the label.
+
+The draws are seeded by the run's seed: under DDP every rank draws the same sequence of kinds and
+strengths (over different photos), and a resumed run starts the sequence again.
 """
 
 from __future__ import annotations
@@ -29,10 +33,10 @@ KINDS = ("jpeg", "blur", "noise", "lighting")
 class CorruptBatch:
     """Engine hook: the batch with its first `fraction` of photos degraded (one kind each, seeded)."""
 
-    def __init__(self, fraction: float, mean: Sequence[float], std: Sequence[float], size: int, seed: int = 0):
+    def __init__(self, fraction: float, mean: Sequence[float], std: Sequence[float], seed: int = 0):
         if not 0 < fraction <= 1:
             raise ValueError(f"corrupt fraction must be in (0, 1], got {fraction}")
-        self.fraction, self.size = float(fraction), int(size)
+        self.fraction = float(fraction)
         self.mean, self.std = tuple(mean), tuple(std)
         self.generator = torch.Generator().manual_seed(seed)
 
@@ -46,7 +50,7 @@ class CorruptBatch:
             as_bytes = (pixels * 255).round().clamp(0, 255).to(torch.uint8).cpu()
             return (jpeg_roundtrip(as_bytes, q).float() / 255).to(pixels.device)
         if kind == "blur":
-            top = 3.0 * self.size / 224
+            top = 3.0 * pixels.shape[-1] / 224  # the robustness benchmark's scale, at this photo's size
             sigma = self._uniform(0.5, top)
             kernel = 2 * math.ceil(3 * sigma) + 1
             return TF.gaussian_blur(pixels, [kernel, kernel], [sigma, sigma])

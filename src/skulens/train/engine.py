@@ -447,7 +447,7 @@ def _train_step(run: _Run, batch: list[torch.Tensor]) -> float:
     yf, yc, ya = yf.to(device), yc.to(device), ya.to(device)
     if run.adversary is not None:
         x = run.adversary(run.model, x, yf)
-    seen_by_teacher = x  # the clean batch: corruption is for the student alone
+    seen_by_teacher = x  # the batch before corruption (adversarial rows stay): corruption is for the student alone
     if run.corrupter is not None:
         x = run.corrupter(x)
     with autocast_context(device, cfg.mixed_precision, training=True):

@@ -55,7 +55,7 @@ def training_extras(cfg: TrainConfig, card: ModelCard, model: SkuModel, opt: tor
     if cfg.corrupt_fraction > 0:
         from .corrupt import CorruptBatch
 
-        corrupter = CorruptBatch(cfg.corrupt_fraction, card.mean, card.std, card.input_size, seed=cfg.seed)
+        corrupter = CorruptBatch(cfg.corrupt_fraction, card.mean, card.std, seed=cfg.seed)
         log.info("corruption in the step: %.0f%% of each batch degraded%s", 100 * cfg.corrupt_fraction,
                  ", the teacher on the clean photos" if teacher is not None else "")
     return card, teacher, adversary, corrupter
