@@ -162,3 +162,40 @@ def test_partitions_off_and_legacy_collections(milvus_server):
     top2 = again.search(vecs[0], 2, filter={"coarse_label": "Milk"}, group_by_product=False)[0]
     assert {h.record.id for h in top2} == {"x", recs[0].id}  # the same vector twice
     again.close()
+
+
+def test_grouped_searches_learn_how_deep_to_fetch(milvus_server):
+    """A 2.3 server has no grouping search: over-fetches that hold ~10 photos per product teach the index to
+    ask for about twice that per wanted product next time (one round trip instead of two), same answers."""
+    rng = np.random.default_rng(5)
+    centres = rng.standard_normal((40, DIM))
+    vecs = centres.repeat(10, axis=0) + 0.3 * rng.standard_normal((400, DIM))
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    recs = [IndexRecord(f"e{i}", f"p{i // 10}", f"p{i // 10}") for i in range(400)]
+    index = create_index("milvus", milvus_server.uri, DIM, collection="overfetch", overwrite=True,
+                         index_type="FLAT")
+    try:
+        index.add(recs, vecs)
+        if index._native_grouping:
+            pytest.skip("this server groups natively: no over-fetch to learn")
+        assert index._overfetch() == index.group_overfetch
+        calls = []
+        fetch = index._search_entries
+
+        def counted(*args, **kwargs):
+            calls.append(args[1])  # entries asked for
+            return fetch(*args, **kwargs)
+
+        index._search_entries = counted
+        queries = vecs[::20] + 0.1 * rng.standard_normal((20, DIM))
+        trips = []
+        for q in queries:  # one query per call, as a service answers them
+            calls.clear()
+            hits = index.search(q, 5)[0]
+            assert len({h.product_id for h in hits}) == 5
+            trips.append(len(calls))
+        assert trips[0] >= 2, "a first fetch of 4 entries per product is too shallow here"
+        assert index._overfetch() > 2 * index.group_overfetch  # ~10 entries per product seen
+        assert sum(t == 1 for t in trips[10:]) >= 9, trips  # once learnt, one round trip
+    finally:
+        index.close()

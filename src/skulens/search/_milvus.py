@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import re
 import threading
@@ -70,6 +71,7 @@ _SCALARS = ["id", "product_id", "label", "coarse_label", "title", "text", "image
 _INDEX_STATE = {"field_name", "index_name", "index_type", "metric_type", "total_rows", "indexed_rows",
                 "pending_index_rows", "state", "index_state_fail_reason", "params"}
 _MAX_TOPK = 16384  # Milvus' limit on limit (and offset + limit)
+_MAX_OVERFETCH = 32  # entries fetched per wanted product on a first try, at most (k = 10: 320)
 _BATCH = 1000  # rows per insert / ids per get: well under gRPC's 64 MB message limit at 1280 dims
 _QUERY_CHUNK = 128  # queries per search call
 
@@ -221,6 +223,8 @@ class MilvusIndex(VectorIndex):
         self._partitions = partitions
         self._nullable = nullable
         self._native_grouping = grouping
+        #: Entries per distinct product in this object's full over-fetches (running mean; 0: none yet).
+        self._per_product = 0.0
 
     @property
     def partitioned(self) -> bool:
@@ -480,6 +484,15 @@ class MilvusIndex(VectorIndex):
 
     def _max_fetch(self) -> int:
         return _MAX_TOPK
+
+    def _overfetch(self) -> int:
+        # twice the entries per product the over-fetches have seen, as FAISS does with the counts it holds: a
+        # server without grouping search otherwise often needs a second round trip (benchmarks/milvus_server.py)
+        return max(self.group_overfetch, min(_MAX_OVERFETCH, math.ceil(2 * self._per_product)))
+
+    def _observe_fetch(self, entries: int, products: int) -> None:
+        ratio = entries / max(1, products)
+        self._per_product = ratio if not self._per_product else 0.9 * self._per_product + 0.1 * ratio
 
     def _search_entries(self, queries: np.ndarray, n: int, compiled: CompiledFilter,
                         exclude_products: frozenset[str]) -> list[list[tuple[float, IndexRecord]]]:
