@@ -12,7 +12,7 @@ from ..data.catalogue import CatalogueError, load_catalogue
 from ..data.locate import resolve_data
 from ..data.splits import Split, prepare_split
 from ..models.card import ModelCard
-from ..models.inference import HeadOutputs, combine_coarse
+from ..models.inference import HeadOutputs, card_coarse
 from .metrics import EvalReport, evaluate_predictions
 from .report import write_report
 
@@ -25,8 +25,7 @@ __all__ = ["baseline_report", "evaluate_model", "evaluate_outputs"]
 def evaluate_outputs(out: HeadOutputs, split: Split, card: ModelCard,
                      thresholds: np.ndarray | None = None) -> EvalReport:
     has_coarse = bool(card.coarse_classes) and bool((split.coarse >= 0).any())
-    coarse = combine_coarse(out.fine, out.coarse_head, card.fine_to_coarse, len(card.coarse_classes),
-                            card.coarse_rule)
+    coarse = card_coarse(out, card)
     has_attrs = out.attributes is not None and split.attributes.shape[1] > 0
     return evaluate_predictions(
         out.fine, split.fine.numpy(), card.classes, paths=split.paths,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
@@ -13,12 +13,16 @@ import torch.nn.functional as F
 
 from .classifier import SkuModel
 
+if TYPE_CHECKING:
+    from .card import ModelCard
+
 __all__ = [
     "COARSE_RULES",
     "HeadOutputs",
     "Runner",
     "TorchRunner",
     "autocast_context",
+    "card_coarse",
     "collect_outputs",
     "combine_coarse",
     "derive_coarse_probs",
@@ -99,6 +103,11 @@ def combine_coarse(fine: np.ndarray, coarse_head: np.ndarray | None, fine_to_coa
     if coarse_head is None or rule == "fine":
         return derived
     return coarse_head if rule == "head" else 0.5 * (derived + coarse_head)
+
+
+def card_coarse(out: HeadOutputs, card: ModelCard) -> np.ndarray | None:
+    """The coarse probabilities of `out` in `card.coarse_classes` order, under the card's coarse rule."""
+    return combine_coarse(out.fine, out.coarse_head, card.fine_to_coarse, len(card.coarse_classes), card.coarse_rule)
 
 
 def head_probabilities(model: SkuModel, x: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -21,7 +21,7 @@ from ..data.decode import ImageDecodeError, decode_image
 from ..data.transforms import create_transform, to_uint8_tensor
 from .bundle import BundleError, load_bundle
 from .card import ModelCard, without_conflicts
-from .inference import HeadOutputs, Runner, TorchRunner, combine_coarse, resolve_device
+from .inference import HeadOutputs, Runner, TorchRunner, card_coarse, resolve_device
 
 if TYPE_CHECKING:
     from ..evaluate.metrics import EvalReport
@@ -145,9 +145,7 @@ class Model:
             out = self.run(tensors, batch_size=batch_size, progress=progress, embeddings=texts is not None)
             if texts is not None:
                 out = self._fuse(out, [texts[i] for i in ok])
-            card = self.card
-            coarse = combine_coarse(out.fine, out.coarse_head, card.fine_to_coarse, len(card.coarse_classes),
-                                    card.coarse_rule)
+            coarse = card_coarse(out, self.card)
             for row, i in enumerate(ok):
                 results[i] = decide(self.card, out.fine[row], None if coarse is None else coarse[row],
                                      None if out.attributes is None else out.attributes[row], names[i], ks[i],
@@ -189,9 +187,7 @@ class Model:
         """`embed` and, from the same forward pass, the coarse-class probabilities (N x coarse classes, in
         `card.coarse_classes` order, under the card's coarse rule; None for a model without coarse classes)."""
         vectors, out = self._embedded(images, batch_size, False)
-        card = self.card
-        return vectors, combine_coarse(out.fine, out.coarse_head, card.fine_to_coarse, len(card.coarse_classes),
-                                       card.coarse_rule)
+        return vectors, card_coarse(out, self.card)
 
     def _embedded(self, images: Sequence[ImageInput], batch_size: int, progress: bool
                   ) -> tuple[np.ndarray, HeadOutputs]:

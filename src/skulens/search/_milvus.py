@@ -490,8 +490,8 @@ class MilvusIndex(VectorIndex):
         # server without grouping search otherwise often needs a second round trip (benchmarks/milvus_server.py)
         return max(self.group_overfetch, min(_MAX_OVERFETCH, math.ceil(2 * self._per_product)))
 
-    def _observe_fetch(self, entries: int, products: int) -> None:
-        ratio = entries / max(1, products)
+    def _observe_fetch(self, row: list[tuple[float, IndexRecord]]) -> None:
+        ratio = len(row) / max(1, len({r.product_id for _, r in row}))
         self._per_product = ratio if not self._per_product else 0.9 * self._per_product + 0.1 * ratio
 
     def _search_entries(self, queries: np.ndarray, n: int, compiled: CompiledFilter,

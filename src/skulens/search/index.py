@@ -432,8 +432,8 @@ class VectorIndex(ABC):
             retry = []
             for qi, row in zip(pending, rows):
                 out[qi] = _group(row, k)
-                if len(row) == n:  # a full fetch: its entries per distinct product, for the next first fetch
-                    self._observe_fetch(len(row), len({r.product_id for _, r in row}))
+                if len(row) == n:  # a full fetch: how many entries each product had, for the next first fetch
+                    self._observe_fetch(row)
                 # fewer entries than asked for means every match was seen
                 if len(out[qi]) < k and len(row) == n and n < self._max_fetch():
                     retry.append(qi)
@@ -463,9 +463,9 @@ class VectorIndex(ABC):
         """Entries fetched per wanted product on the first try."""
         return self.group_overfetch
 
-    def _observe_fetch(self, entries: int, products: int) -> None:
-        """A full over-fetch held `entries` entries of `products` distinct products (backends that cannot
-        count their products cheaply learn their first fetch's depth from this)."""
+    def _observe_fetch(self, row: list[tuple[float, IndexRecord]]) -> None:
+        """A full over-fetch's entries (backends that cannot count their products cheaply learn their first
+        fetch's depth from these; the others ignore them)."""
 
     def _max_fetch(self) -> int:
         """Most entries one query may ask the backend for (Milvus caps topk)."""

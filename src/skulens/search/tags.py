@@ -405,7 +405,7 @@ class Tagger:
                      vocabs: list[Vocabulary | None], ks: list[int], mins: list[float | None], colours: bool,
                      batch_size: int, progress: bool, out: list[ListingTags | None]) -> None:
         from ..data.transforms import to_uint8_tensor
-        from ..models.inference import combine_coarse
+        from ..models.inference import card_coarse
         from ..models.predictor import decide
 
         card = self.card
@@ -414,8 +414,7 @@ class Tagger:
         heads = self.model.run([to_uint8_tensor(p) for p in pils], embeddings=True, batch_size=batch_size,
                                progress=progress)
         assert heads.embeddings is not None
-        coarse = combine_coarse(heads.fine, heads.coarse_head, card.fine_to_coarse, len(card.coarse_classes),
-                                card.coarse_rule)
+        coarse = card_coarse(heads, card)
         exclusive = self._exclusive()
         for row, i in enumerate(ok):
             pred = decide(card, heads.fine[row], None if coarse is None else coarse[row],
