@@ -39,11 +39,12 @@ def main() -> int:
     ap.add_argument("--data", default=None, help="Grocery Store dataset (default: the usual lookup)")
     ap.add_argument("--fraction", type=float, default=0.15, help="share of each class's train photos held out")
     ap.add_argument("--decay-norm-bias", action="store_true", help="the pre-issue-9 weight decay (all parameters)")
+    ap.add_argument("--preset", default=None, help="a `skulens train --preset` recipe (best, default) before --set")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="TrainConfig override")
     ap.add_argument("--out", default=f"runs/bench-holdout-{time.strftime('%Y%m%d-%H%M%S')}")
     ns = ap.parse_args()
 
-    from skulens.config import resolve_config
+    from skulens.config import preset_values, resolve_config
     from skulens.data.catalogue import _stratified_split, load_catalogue
     from skulens.data.locate import resolve_data
     from skulens.evaluate.evaluator import evaluate_model
@@ -56,7 +57,7 @@ def main() -> int:
     cat = load_catalogue(data)
     kept, held = _stratified_split(list(cat.split("train")), ns.fraction, seed=0)
     holdout_cat = dataclasses.replace(cat, splits={"train": kept, "val": held})
-    overrides = dict(item.split("=", 1) for item in ns.set)
+    overrides = {**(preset_values(ns.preset) if ns.preset else {}), **dict(item.split("=", 1) for item in ns.set)}
     cfg = resolve_config({"data": str(data), "out": ns.out, "baseline": False, **overrides})
     t0 = time.perf_counter()
     result = fit(cfg, catalogue=holdout_cat)
@@ -69,7 +70,8 @@ def main() -> int:
     body = "\n".join([
         f"Train split: {len(kept)} photos train on, {len(held)} held out ({ns.fraction:.0%} of each class, seeded); "
         f"every selection (epoch, EMA, coarse rule, temperature) made on the hold-out; val ({report.n} photos, "
-        "two other stores) used for nothing but the last row. Recipe: the default"
+        "two other stores) used for nothing but the last row. Recipe: "
+        + (f"preset {ns.preset}" if ns.preset else "the default")
         + (f" with {', '.join(ns.set)}" if ns.set else "") + f"; {variant}.",
         "",
         "| scored on | fine top-1 | coarse top-1 | macro-F1 |",

@@ -152,3 +152,37 @@ def test_bad_cli_choice_fails() -> None:
     r = _run("-m", "skulens.cli", "train", "--freeze", "bogus")
     assert r.returncode != 0
     assert "bogus" in r.stderr
+
+
+def _train_values(*argv: str) -> dict:
+    from skulens.cli import build_parser
+    from skulens.cli._common import train_overrides
+
+    return train_overrides(build_parser().parse_args(["train", *argv]))
+
+
+def test_preset_best_is_a_full_fine_tune_at_native_resolution() -> None:
+    cfg = resolve_config(_train_values("--preset", "best"))
+    assert (cfg.freeze, cfg.image_size, cfg.train_image_size) == ("full", None, None)
+    assert resolve_config(_train_values("--preset", "default")) == resolve_config(_train_values())
+
+
+def test_flags_and_config_files_override_a_preset(tmp_path: Path) -> None:
+    assert resolve_config(_train_values("--preset", "best", "--image-size", "224")).image_size == 224
+    p = tmp_path / "run.yaml"
+    p.write_text("preset: best\nepochs: 3\n", encoding="utf-8")
+    cfg = resolve_config(_train_values("--config", str(p)))
+    assert (cfg.freeze, cfg.image_size, cfg.epochs) == ("full", None, 3)
+    p.write_text("preset: best\nfreeze: partial\n", encoding="utf-8")
+    assert resolve_config(_train_values("--config", str(p))).freeze == "partial"  # the file's own key wins
+    # a flag's preset replaces the file's
+    assert resolve_config(_train_values("--config", str(p), "--preset", "default")).image_size == 224
+
+
+def test_unknown_preset_is_a_clear_error(tmp_path: Path) -> None:
+    p = tmp_path / "run.yaml"
+    p.write_text("preset: fastest\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="unknown preset 'fastest'; choose from default, best"):
+        _train_values("--config", str(p))
+    r = _run("-m", "skulens.cli", "train", "--preset", "fastest")
+    assert r.returncode != 0 and "fastest" in r.stderr

@@ -100,7 +100,11 @@ def test_partitions_per_coarse_class_and_hnsw(milvus_server):
             assert_same(ids_scores(index.search(q, 5, filter=flt, group_by_product=False)),
                         brute_force(recs, vecs, q, 5, flt, group=False))
             assert_same(ids_scores(index.search(q, 5, filter=flt)), brute_force(recs, vecs, q, 5, flt))
+        listed, list_partitions = [], index.client.list_partitions
+        index.client.list_partitions = lambda *a, **kw: listed.append(1) or list_partitions(*a, **kw)
         assert index.search(q, 5, filter={"coarse_label": "Bread"}) == [[], [], []]  # no such partition: no call
+        assert index.search(q, 5, filter={"coarse_label": "Bread"}) == [[], [], []]
+        assert len(listed) == 1, "an unknown class asks the server for its partitions once, not at every search"
         # an upsert that changes the class moves the entry to the other partition (no copy left behind)
         index.upsert([IndexRecord("e0", "p0", "l0", coarse_label="Bread")], vecs[:1])
         assert len(index) == 400 and index.get("e0").coarse_label == "Bread"

@@ -15,7 +15,7 @@ import skulens
 from skulens.cli import main
 from skulens.search.align import load_aligner
 from skulens.search.engine import SearchEngine, rank_fusion
-from skulens.search.index import IndexRecord, SearchHit, open_index
+from skulens.search.index import IndexRecord, SearchHit, create_index, open_index
 
 DESCRIPTIONS = {
     "red-apple": ("Red apple", "A sweet red apple, crisp and juicy."),
@@ -264,6 +264,16 @@ def test_route_usage_errors(index_dir: Path, tiny_bundle, capsys: pytest.Capture
     assert "(0, 1]" in capsys.readouterr().err
     with pytest.raises(ValueError, match="coarse classes"):
         SearchEngine(None, open_index(index_dir), route=0.9)
+
+
+def test_an_index_of_another_model_is_a_usage_error_not_a_traceback(tiny_bundle, catalogue: Path, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    other = tmp_path / "idx8"
+    create_index("faiss", other, 8).save()  # 8-d: no bundle embeds that
+    photo = _val(catalogue)[0][0]
+    assert main(["search", "--index", str(other), "--model", str(tiny_bundle.bundle), "--image", str(photo)]) == 2
+    err = capsys.readouterr().err
+    assert "holds 8-d vectors" in err and "Traceback" not in err
 
 
 

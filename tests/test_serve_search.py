@@ -196,3 +196,15 @@ def test_search_route_setting_keeps_photo_searches_in_their_predicted_coarse_cla
         r = c.post("/v1/search", files={"image": ("q.jpg", photos[i].read_bytes(), "image/jpeg")},
                    data={"k": "3", "filter": '{"coarse_label": ["Apple", "Milk"]}'})  # the user's filter: not routed
         assert len(r.json()["hits"]) == 3
+
+
+def test_an_index_of_another_model_fails_at_start_naming_the_index(tiny_bundle, tmp_path: Path) -> None:
+    from skulens.search.index import create_index
+    from skulens.serve.state import ServiceState
+
+    other = tmp_path / "idx8"
+    create_index("faiss", other, 8).save()
+    settings = ServeSettings(model=str(tiny_bundle.bundle), index=str(other), device="cpu")
+    with pytest.raises(ConfigError, match=r"index .*idx8: the index holds 8-d vectors") as e:
+        ServiceState.load(settings)
+    assert "search_route" not in str(e.value)  # not blamed on a setting that was never given

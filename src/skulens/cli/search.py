@@ -131,8 +131,12 @@ def _engine(ns: argparse.Namespace, need_model: bool) -> Any:
     source = ns.align or model_bundle
     aligner = load_aligner(source, bundle=model_bundle) if source else None
     # the bundle's fine-tuned text encoder (`skulens text-tune`) even when the image model is not loaded
-    return SearchEngine(model, index, aligner, text_model=bundle_text_model(bundle) or DEFAULT_TEXT_MODEL,
-                        route=ns.route if ns.image else None)
+    try:
+        return SearchEngine(model, index, aligner, text_model=bundle_text_model(bundle) or DEFAULT_TEXT_MODEL,
+                            route=ns.route if ns.image else None)
+    except ValueError as exc:  # an index of another model, or --route with a model without coarse classes
+        index.close()
+        raise UsageError(f"{'--route: ' if ns.route is not None and 'coarse' in str(exc) else ''}{exc}") from None
 
 
 def cmd_search(ns: argparse.Namespace) -> int:

@@ -72,6 +72,7 @@ _INDEX_STATE = {"field_name", "index_name", "index_type", "metric_type", "total_
                 "pending_index_rows", "state", "index_state_fail_reason", "params"}
 _MAX_TOPK = 16384  # Milvus' limit on limit (and offset + limit)
 _MAX_OVERFETCH = 32  # entries fetched per wanted product on a first try, at most (k = 10: 320)
+_RELIST_S = 5.0  # a search naming an unknown partition lists the server's partitions at most this often
 _BATCH = 1000  # rows per insert / ids per get: well under gRPC's 64 MB message limit at 1280 dims
 _QUERY_CHUNK = 128  # queries per search call
 
@@ -221,6 +222,7 @@ class MilvusIndex(VectorIndex):
         self._client: MilvusClient | None = client
         #: Partitions known to exist (None: the collection is not partitioned by coarse class).
         self._partitions = partitions
+        self._listed_at = -math.inf  # when a search last asked the server for its partitions
         self._nullable = nullable
         self._native_grouping = grouping
         #: Entries per distinct product in this object's full over-fetches (running mean; 0: none yet).
@@ -450,7 +452,10 @@ class MilvusIndex(VectorIndex):
         if self._partitions is None or values is None:
             return None
         names = list(dict.fromkeys(partition_name(str(v)) for v in values))
-        if not set(names) <= self._partitions:  # a class this object has not seen: another writer's?
+        # A class this object has not seen: another writer's? Asked at most every few seconds, so a class the
+        # index never holds (a routed search's prediction) does not cost every search a round trip.
+        if not set(names) <= self._partitions and time.monotonic() - self._listed_at > _RELIST_S:
+            self._listed_at = time.monotonic()
             self._refresh_partitions()
         return [n for n in names if n in self._partitions]
 

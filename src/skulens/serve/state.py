@@ -325,8 +325,10 @@ def _load_search(settings: ServeSettings, model: Model) -> Any:
     index = open_index(settings.index)
     try:
         return SearchEngine(model, index, aligner, route=settings.search_route)
-    except ValueError as exc:  # search_route with a model that has no coarse classes
-        raise ConfigError(f"search_route: {exc}") from None
+    except ValueError as exc:  # an index of another model, or search_route with a model without coarse classes
+        index.close()
+        routing = settings.search_route is not None and "coarse" in str(exc)
+        raise ConfigError(f"search_route: {exc}" if routing else f"index {settings.index}: {exc}") from None
 
 
 def _recommender_fit(model: Model, products: dict[str, Product]) -> Callable[[list[Any]], Any]:

@@ -3,8 +3,9 @@ degrade, while a teacher (`--teacher`) gives its soft targets on the clean photo
 
 The `robust` augmentation preset degrades photos in the loader, so a teacher sees the same degraded photo
 as the student. Here the loader's batch (any preset) stays clean for the teacher, and each photo of the
-first `fraction` of the batch gets one degradation for the student: JPEG at quality 10-60, Gaussian blur
-(sigma 0.5 to 3 px at 224 px, scaled with the batch's size), sensor noise (sigma drawn in 0.04-0.15) or a
+last `fraction` of the batch (the last rows: `--adversarial` replaces the first ones, so the two touch
+different photos while their shares fit in one batch) gets one degradation for the student: JPEG at
+quality 10-60, Gaussian blur (sigma 0.5 to 3 px at 224 px, scaled with the batch's size), sensor noise (sigma drawn in 0.04-0.15) or a
 lighting change (brightness and contrast each 0.5-1.5): the `robust` preset's kinds, its JPEG, blur and
 noise ranges, and a wider lighting change than its colour jitter (0.6-1.4 / 0.7-1.3). The student so learns
 to answer on a degraded photo what the teacher answers on the clean one (consistency with a clean
@@ -31,7 +32,7 @@ KINDS = ("jpeg", "blur", "noise", "lighting")
 
 
 class CorruptBatch:
-    """Engine hook: the batch with its first `fraction` of photos degraded (one kind each, seeded)."""
+    """Engine hook: the batch with its last `fraction` of photos degraded (one kind each, seeded)."""
 
     def __init__(self, fraction: float, mean: Sequence[float], std: Sequence[float], seed: int = 0):
         if not 0 < fraction <= 1:
@@ -64,14 +65,14 @@ class CorruptBatch:
         raise ValueError(f"unknown corruption {kind!r}: {', '.join(KINDS)}")
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """`x` (normalised, as the loader gives it; shuffled) with its first rows degraded; `x` is not changed."""
+        """`x` (normalised, as the loader gives it; shuffled) with its last rows degraded; `x` is not changed."""
         n = min(len(x), math.ceil(self.fraction * len(x)))
         if n == 0:
             return x
         m, s = normalisation(self.mean, self.std, x.device)
-        pixels = (x[:n].detach().float() * s + m).clamp(0, 1)
+        pixels = (x[-n:].detach().float() * s + m).clamp(0, 1)
         kinds = torch.randint(len(KINDS), (n,), generator=self.generator).tolist()
         degraded = torch.stack([self.degrade(p, KINDS[k]) for p, k in zip(pixels, kinds, strict=True)])
         out = x.detach().clone()
-        out[:n] = ((degraded - m) / s).to(x.dtype)
+        out[-n:] = ((degraded - m) / s).to(x.dtype)
         return out
