@@ -146,6 +146,8 @@ def test_text_tune_cli_with_a_query_log_keeps_the_image_model_byte_identical(bun
     assert r.returncode == 0, r.stderr[-2000:]
     assert "text encoder fine-tuned on" in r.stderr and "2 from" in r.stderr and "image model is unchanged" in r.stderr
     assert r.stdout == ""  # stdout carries results only; the trainer's own printing is off
+    # -q: no progress bars or INFO lines from the libraries either (loading, widget examples, writing shards)
+    assert "it/s]" not in r.stderr and "Loading" not in r.stderr and "INFO" not in r.stderr, r.stderr[-1500:]
     assert _image_files(bundle) == images
     assert bundle_text_model(bundle) == str(bundle / TEXT_ENCODER_DIR)
     pred_after = skulens.load(bundle, device="cpu", precision="off").predict([photo])[0]

@@ -23,15 +23,17 @@ config, plus text_tune.json); the image model's files are not written.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import logging
 import os
 import re
 import shutil
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -276,6 +278,31 @@ def _freeze_lower(model: Any, layers: int) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+@contextlib.contextmanager
+def _library_output(progress: bool) -> Iterator[None]:
+    """Without progress (-q): no bars or INFO lines from transformers, huggingface_hub or sentence-transformers
+    (loading and writing weights) while text-tune runs; their settings are restored afterwards."""
+    if progress:
+        yield
+        return
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    st_log = logging.getLogger("sentence_transformers")
+    level, hub_was_off, hf_was_on = st_log.level, are_progress_bars_disabled(), hf_logging.is_progress_bar_enabled()
+    st_log.setLevel(logging.WARNING)
+    disable_progress_bars()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        st_log.setLevel(level)
+        if not hub_was_off:
+            enable_progress_bars()
+        if hf_was_on:
+            hf_logging.enable_progress_bar()
+
+
 def _progress_callback(enabled: bool) -> Any:
     from tqdm.auto import tqdm
     from transformers import TrainerCallback
@@ -395,23 +422,34 @@ def tune_text_encoder(bundle: str | os.PathLike[str], cat: Catalogue, *,
         raise CatalogueError(f"{cat.root}: text-tune needs the texts of at least two products")
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    try:
-        import torch
-        from datasets import Dataset
-        from sentence_transformers import (
-            SentenceTransformer,
-            SentenceTransformerTrainer,
-            SentenceTransformerTrainingArguments,
-        )
-        from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
+    try:  # what _tune needs, checked before anything is loaded
+        import datasets  # noqa: F401
+        import sentence_transformers  # noqa: F401
+        import transformers.trainer_callback  # noqa: F401
     except ImportError as e:
         raise ImportError(f"text-tune needs sentence-transformers' trainer ({e.name} is missing): "
                           "pip install 'skulens[search]'") from e
 
+    with _library_output(progress):
+        return _tune(folder, cat, pairs, log_pairs, queries, config, progress, base)
+
+
+def _tune(folder: Path, cat: Catalogue, pairs: list[tuple[str, str, str]], log_pairs: list[tuple[str, str]],
+          queries: str | os.PathLike[str] | None, config: TuneConfig, progress: bool, base: str) -> TuneResult:
+    import torch
+    from datasets import Dataset
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
     t0 = time.perf_counter()
     torch.manual_seed(config.seed)
     model = SentenceTransformer(_model_path(base), device="cpu")  # a fresh copy: never the shared encoder
+    # The trainer fills a model card's example widget (with its own progress bar); skulens writes no card.
+    model.model_card_data.widget = [{"text": "-"}]
     base_length = model.max_seq_length
     model.max_seq_length = config.max_seq_length
     _freeze_lower(model, config.frozen_layers)
