@@ -38,6 +38,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=None, help="Grocery Store dataset (default: the usual lookup)")
     ap.add_argument("--fraction", type=float, default=0.15, help="share of each class's train photos held out")
+    ap.add_argument("--folds", type=int, default=None, help="k-fold: hold out fold --fold of K stratified folds of "
+                    "train instead of --fraction (`skulens.data.catalogue.stratified_folds`, seed 0)")
+    ap.add_argument("--fold", type=int, default=1, help="with --folds: which fold (1..K) is held out")
     ap.add_argument("--decay-norm-bias", action="store_true", help="the pre-issue-9 weight decay (all parameters)")
     ap.add_argument("--preset", default=None, help="a `skulens train --preset` recipe (best, default) before --set")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="TrainConfig override")
@@ -45,7 +48,7 @@ def main() -> int:
     ns = ap.parse_args()
 
     from skulens.config import preset_values, resolve_config
-    from skulens.data.catalogue import _stratified_split, load_catalogue
+    from skulens.data.catalogue import _stratified_split, load_catalogue, stratified_folds
     from skulens.data.locate import resolve_data
     from skulens.evaluate.evaluator import evaluate_model
     from skulens.models.predictor import load_model
@@ -55,7 +58,17 @@ def main() -> int:
         _decay_everything()
     data = resolve_data(ns.data)
     cat = load_catalogue(data)
-    kept, held = _stratified_split(list(cat.split("train")), ns.fraction, seed=0)
+    train = list(cat.split("train"))
+    if ns.folds:
+        if not 1 <= ns.fold <= ns.folds:
+            ap.error(f"--fold must be in 1..{ns.folds}")
+        held = stratified_folds(train, ns.folds, seed=0)[ns.fold - 1]
+        out_of_fold = set(held)
+        kept = [s for s in train if s not in out_of_fold]
+        held_how = f"fold {ns.fold} of {ns.folds} stratified folds, seeded"
+    else:
+        kept, held = _stratified_split(train, ns.fraction, seed=0)
+        held_how = f"{ns.fraction:.0%} of each class, seeded"
     holdout_cat = dataclasses.replace(cat, splits={"train": kept, "val": held})
     overrides = {**(preset_values(ns.preset) if ns.preset else {}), **dict(item.split("=", 1) for item in ns.set)}
     cfg = resolve_config({"data": str(data), "out": ns.out, "baseline": False, **overrides})
@@ -68,7 +81,7 @@ def main() -> int:
     variant = "weight decay on every parameter (before issue 9)" if ns.decay_norm_bias else \
         "no weight decay on norm scales and biases (skulens default)"
     body = "\n".join([
-        f"Train split: {len(kept)} photos train on, {len(held)} held out ({ns.fraction:.0%} of each class, seeded); "
+        f"Train split: {len(kept)} photos train on, {len(held)} held out ({held_how}); "
         f"every selection (epoch, EMA, coarse rule, temperature) made on the hold-out; val ({report.n} photos, "
         "two other stores) used for nothing but the last row. Recipe: "
         + (f"preset {ns.preset}" if ns.preset else "the default")

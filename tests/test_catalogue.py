@@ -581,3 +581,24 @@ def test_real_grocery_store_dataset() -> None:
     oat_milk = cat.products["Oatly-Oat-Milk"]
     assert oat_milk.description and oat_milk.title == "Oatly Oat Milk"
     assert oat_milk.image is not None and oat_milk.image.is_file()
+
+
+def test_stratified_folds_are_disjoint_cover_everything_and_spread_each_class() -> None:
+    from collections import Counter
+
+    from skulens.data.catalogue import stratified_folds
+
+    sizes = {"apple": 12, "milk": 7, "leek": 3}  # leek has fewer photos than folds: it is in 3 of them
+    samples = [Sample(Path(f"/c/{label}/{i:02d}.jpg"), label) for label, n in sizes.items() for i in range(n)]
+    folds = stratified_folds(samples, 5, seed=1)
+    assert len(folds) == 5
+    flat = [s for fold in folds for s in fold]
+    assert len(flat) == len(samples) and set(flat) == set(samples)  # disjoint and complete
+    for label, n in sizes.items():
+        per_fold = [Counter(s.label for s in fold)[label] for fold in folds]
+        assert max(per_fold) - min(per_fold) <= 1 and sum(per_fold) == n, (label, per_fold)
+    # seeded, and independent of the listing order; another seed moves photos between folds
+    assert stratified_folds(list(reversed(samples)), 5, seed=1) == folds
+    assert stratified_folds(samples, 5, seed=2) != folds
+    with pytest.raises(ValueError, match="2 <= k"):
+        stratified_folds(samples, 1)

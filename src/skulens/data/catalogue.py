@@ -44,7 +44,7 @@ from ._products import PRODUCTS_CSV, read_products
 from ._types import IMAGE_SUFFIXES, Catalogue, CatalogueError, Loaded, Product, Sample, ordered_splits
 
 __all__ = ["EXTRA_TRAIN", "IMAGE_SUFFIXES", "Catalogue", "CatalogueError", "Product", "Sample", "label_attributes",
-           "load_catalogue", "merge_samples", "selection_split"]
+           "load_catalogue", "merge_samples", "selection_split", "stratified_folds"]
 
 # Photos a run trains on but never holds out or selects on: self-training's pseudo-labelled ones, whose labels
 # are the teacher's guesses (a hold-out drawn over them would score the student against those guesses).
@@ -143,6 +143,25 @@ def _stratified_split(train: list[Sample], fraction: float, seed: int) -> tuple[
     kept = [s for i, s in enumerate(train) if i not in chosen]
     held_out = [s for i, s in enumerate(train) if i in chosen]
     return kept, held_out
+
+
+def stratified_folds(samples: Sequence[Sample], k: int, seed: int = 0) -> list[list[Sample]]:
+    """`k` disjoint folds covering `samples`, each class spread over them as evenly as it goes (fold sizes of a
+    class differ by at most one): scikit-learn's StratifiedKFold over the path-sorted samples, shuffled with
+    `seed`, so the folds do not move when the listing order changes. Fold i is a k-fold estimate's i-th
+    hold-out; the others are what that model trains on."""
+    if not 2 <= k <= len(samples):
+        raise ValueError(f"k-fold needs 2 <= k <= {len(samples)} (the photos), got {k}")
+    import warnings
+
+    from sklearn.model_selection import StratifiedKFold
+
+    ordered = sorted(samples, key=lambda s: (s.path, s.label))
+    labels = [s.label for s in ordered]
+    with warnings.catch_warnings():  # a class with fewer than k photos is in fewer folds: said in the docstring
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        parts = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(ordered, labels)
+        return [[ordered[i] for i in sorted(held)] for _, held in parts]
 
 
 def selection_split(cat: Catalogue, select_on: str, holdout_fraction: float, seed: int
