@@ -59,9 +59,9 @@ def main() -> int:
     data = resolve_data(ns.data)
     cat = load_catalogue(data)
     train = list(cat.split("train"))
-    if ns.folds:
-        if not 1 <= ns.fold <= ns.folds:
-            ap.error(f"--fold must be in 1..{ns.folds}")
+    if ns.folds is not None:
+        if ns.folds < 2 or not 1 <= ns.fold <= ns.folds:
+            ap.error(f"need --folds >= 2 and --fold in 1..--folds, got {ns.folds} and {ns.fold}")
         held = stratified_folds(train, ns.folds, seed=0)[ns.fold - 1]
         out_of_fold = set(held)
         kept = [s for s in train if s not in out_of_fold]

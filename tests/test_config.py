@@ -186,3 +186,17 @@ def test_unknown_preset_is_a_clear_error(tmp_path: Path) -> None:
         _train_values("--config", str(p))
     r = _run("-m", "skulens.cli", "train", "--preset", "fastest")
     assert r.returncode != 0 and "fastest" in r.stderr
+
+
+def test_the_python_api_and_a_started_config_take_presets_too(tmp_path: Path) -> None:
+    from skulens.config import apply_preset
+
+    p = tmp_path / "run.yaml"
+    p.write_text("preset: best\nepochs: 3\n", encoding="utf-8")
+    values = apply_preset(load_config(p))  # what skulens.train(config_file=...) resolves
+    assert "preset" not in values and resolve_config(values).freeze == "full"
+    assert resolve_config(apply_preset({}, "best")).image_size is None
+    # "default" means the defaults even over a config that started elsewhere (retrain from a best bundle)
+    started = resolve_config({"freeze": "full", "image_size": None})
+    back = resolve_config(apply_preset({}, "default"), base=started)
+    assert (back.freeze, back.image_size, back.train_image_size) == ("partial", 224, None)

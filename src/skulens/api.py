@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from .config import TrainConfig, load_config, resolve_config
+from .config import TrainConfig, apply_preset, load_config, resolve_config
 from .models.predictor import ImageInput, Model, Prediction, load_model, pretrained_model
 
 if TYPE_CHECKING:
@@ -66,11 +66,13 @@ def evaluate(model: Model | str | os.PathLike, data: str | os.PathLike | None = 
 
 
 def train(data: str | os.PathLike | None = None, *, config_file: str | os.PathLike | None = None,
-          progress: bool = True, **overrides: Any) -> TrainResult:
-    """Fine-tune a backbone on a catalogue. Keyword overrides are TrainConfig fields; returns TrainResult."""
+          preset: str | None = None, progress: bool = True, **overrides: Any) -> TrainResult:
+    """Fine-tune a backbone on a catalogue. Keyword overrides are TrainConfig fields; `preset` ("best",
+    "default") or a config file's `preset` key goes under the file's values and the overrides; returns
+    TrainResult."""
     from .train.engine import fit
 
-    values: dict[str, Any] = load_config(config_file) if config_file else {}
+    values = apply_preset(load_config(config_file) if config_file else {}, preset)
     values.update(overrides)
     if data is not None:
         values["data"] = str(data)

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, get_args
 
-from ..config import config_fields, load_config, preset_values
+from ..config import apply_preset, config_fields, load_config
 from ..data.catalogue import IMAGE_SUFFIXES
 from ..data.image_list import is_image_list, read_image_list
 from ..data.locate import recorded_dataset, resolve_data
@@ -284,11 +284,7 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
 
 def train_overrides(ns: argparse.Namespace) -> dict[str, Any]:
     """A preset's values (--preset, or the file's `preset` key), then the --config file's, then the flags given."""
-    from_file: dict[str, Any] = load_config(ns.config) if ns.config else {}
-    preset = getattr(ns, "preset", None) or from_file.pop("preset", None)
-    from_file.pop("preset", None)
-    values = preset_values(str(preset)) if preset else {}
-    values.update(from_file)
+    values = apply_preset(load_config(ns.config) if ns.config else {}, getattr(ns, "preset", None))
     for name, *_ in config_fields():
         v = getattr(ns, name, None)
         if v is not None:

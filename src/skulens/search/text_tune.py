@@ -280,8 +280,8 @@ def _freeze_lower(model: Any, layers: int) -> int:
 
 @contextlib.contextmanager
 def _library_output(progress: bool) -> Iterator[None]:
-    """Without progress (-q): no bars or INFO lines from transformers, huggingface_hub or sentence-transformers
-    (loading and writing weights) while text-tune runs; their settings are restored afterwards."""
+    """Without progress (-q): no progress bars from transformers or huggingface_hub (loading and writing weights)
+    and no INFO lines from sentence-transformers while text-tune runs; their settings are restored afterwards."""
     if progress:
         yield
         return
@@ -295,12 +295,14 @@ def _library_output(progress: bool) -> Iterator[None]:
     hf_logging.disable_progress_bar()
     try:
         yield
-    finally:
+    finally:  # transformers' switch also flips huggingface_hub's, so it goes first
         st_log.setLevel(level)
-        if not hub_was_off:
-            enable_progress_bars()
         if hf_was_on:
             hf_logging.enable_progress_bar()
+        if hub_was_off:
+            disable_progress_bars()
+        else:
+            enable_progress_bars()
 
 
 def _progress_callback(enabled: bool) -> Any:
