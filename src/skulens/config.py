@@ -109,10 +109,9 @@ class TrainConfig:
 
 # Named recipes (`skulens train --preset NAME`): a preset's keys come first, a --config file and flags override
 # them. "best": a full fine-tune at the backbone's native resolution (Lite2: 260 px) instead of the default's last
-# six stages at 224 px. Measured side by side on grocery (benchmarks/holdout_grocery.py, every choice on a hold-out
-# of train): hold-out 99.2 vs 98.5, untouched val 84.1 vs 80.7, in 25.9 vs 11.6 min on a 2-core CPU; a plain full
-# fine-tune at 260 px also scored 1.7 points above the default on the withheld test split (issue 12). Not the
-# default because it takes 2.2x as long to train and 1.35x as long per photo to serve.
+# six stages at 224 px: a plain full fine-tune at 260 px scored 1.7 points above the default on the withheld
+# Grocery test split (issue 12). Side by side on two hold-outs of train (benchmarks/holdout_grocery.py) it was
+# ahead there (+0.7, +0.8) but not on val (+3.4, -7.1), in 2.2x the time: opt-in, not the default.
 # "default" sets every key another preset sets, to its default: it means the defaults also where a run starts from
 # another config (retrain from a bundle's recorded one, prune's recovery).
 PRESETS: dict[str, dict[str, Any]] = {

@@ -165,8 +165,8 @@ def add_commands(sub: Any) -> None:
     add_train_flags(t)
     t.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="a named recipe, applied before --config and the flags: best = a full fine-tune at the backbone's "
-                        "native resolution (Lite2: 260 px): on grocery, +0.7 on a hold-out of train and +3.4 on val "
-                        "against the default, in 2.2x its time; default = the defaults")
+                        "native resolution (Lite2: 260 px), in about 2.2x the default's time (on grocery: ahead on two "
+                        "hold-outs of train, not on val; see the README); default = the defaults")
     t.add_argument("--sync-bn", dest="sync_bn", action=argparse.BooleanOptionalAction, default=True,
                    help="under torchrun: BatchNorm statistics over the global batch, as one process would compute "
                         "them (default: on; --no-sync-bn: each process's own shard, less communication)")
