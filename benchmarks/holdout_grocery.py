@@ -47,7 +47,7 @@ def main() -> int:
     ap.add_argument("--out", default=f"runs/bench-holdout-{time.strftime('%Y%m%d-%H%M%S')}")
     ns = ap.parse_args()
 
-    from skulens.config import preset_values, resolve_config
+    from skulens.config import apply_preset, resolve_config
     from skulens.data.catalogue import _stratified_split, load_catalogue, stratified_folds
     from skulens.data.locate import resolve_data
     from skulens.evaluate.evaluator import evaluate_model
@@ -70,7 +70,7 @@ def main() -> int:
         kept, held = _stratified_split(train, ns.fraction, seed=0)
         held_how = f"{ns.fraction:.0%} of each class, seeded"
     holdout_cat = dataclasses.replace(cat, splits={"train": kept, "val": held})
-    overrides = {**(preset_values(ns.preset) if ns.preset else {}), **dict(item.split("=", 1) for item in ns.set)}
+    overrides = apply_preset(dict(item.split("=", 1) for item in ns.set), ns.preset)
     cfg = resolve_config({"data": str(data), "out": ns.out, "baseline": False, **overrides})
     t0 = time.perf_counter()
     result = fit(cfg, catalogue=holdout_cat)

@@ -122,7 +122,7 @@ def _engine(ns: argparse.Namespace, need_model: bool) -> Any:
     from ..models.predictor import load_model
     from ..models.text import DEFAULT_TEXT_MODEL, bundle_text_model
     from ..search.align import load_aligner
-    from ..search.engine import SearchEngine
+    from ..search.engine import RouteError, SearchEngine
     from ..search.index import open_index
 
     index = open_index(ns.index)
@@ -134,9 +134,9 @@ def _engine(ns: argparse.Namespace, need_model: bool) -> Any:
     try:
         return SearchEngine(model, index, aligner, text_model=bundle_text_model(bundle) or DEFAULT_TEXT_MODEL,
                             route=ns.route if ns.image else None)
-    except ValueError as exc:  # an index of another model, or --route with a model without coarse classes
+    except ValueError as exc:  # --route the model cannot serve (RouteError), or an index of another model
         index.close()
-        raise UsageError(f"{'--route: ' if ns.route is not None and 'coarse' in str(exc) else ''}{exc}") from None
+        raise UsageError(f"--route: {exc}" if isinstance(exc, RouteError) else str(exc)) from None
 
 
 def cmd_search(ns: argparse.Namespace) -> int:

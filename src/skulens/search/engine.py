@@ -39,8 +39,8 @@ if TYPE_CHECKING:
     from ..models.text import TextEncoder
     from .align import TextAligner
 
-__all__ = ["ROUTE_MASS", "ROUTE_MAX_CLASSES", "TEXT_MODES", "SearchEngine", "product_document", "product_pieces",
-           "rank_fusion", "route_classes"]
+__all__ = ["ROUTE_MASS", "ROUTE_MAX_CLASSES", "TEXT_MODES", "RouteError", "SearchEngine", "product_document",
+           "product_pieces", "rank_fusion", "route_classes"]
 
 TEXT_MODES = ("hybrid", "aligned", "text", "lexical")
 _RRF_K = 60  # the usual reciprocal-rank-fusion constant (Cormack et al. 2009)
@@ -50,11 +50,16 @@ ROUTE_MASS = 0.9  # `--route` without a value: the classes holding 90 % of the c
 ROUTE_MAX_CLASSES = 3  # a routed search visits at most this many coarse classes
 
 
+class RouteError(ValueError):
+    """A routed search that cannot be made: a bad probability mass, or a model without coarse classes. The CLI and
+    the service name their routing setting in it; other ValueErrors of SearchEngine are about the index."""
+
+
 def route_classes(coarse: np.ndarray, mass: float, max_classes: int = ROUTE_MAX_CLASSES) -> list[list[int]]:
     """Per row of coarse-class probabilities: the most likely classes, in order, until their probabilities
     sum to at least `mass`, at most `max_classes` of them (always at least one)."""
     if not 0.0 < mass <= 1.0:
-        raise ValueError(f"route must be a probability mass in (0, 1], got {mass}")
+        raise RouteError(f"route must be a probability mass in (0, 1], got {mass}")
     if max_classes < 1:
         raise ValueError(f"max_classes must be >= 1, got {max_classes}")
     order = np.argsort(-coarse, axis=1, kind="stable")
@@ -117,7 +122,7 @@ class SearchEngine:
         if route is not None:
             route_classes(np.ones((0, 1)), route)  # a bad mass fails here, not at the first search
             if model is None or not model.card.coarse_classes:
-                raise ValueError("routing searches to the predicted coarse classes needs a model with coarse classes")
+                raise RouteError("routing searches to the predicted coarse classes needs a model with coarse classes")
             if not getattr(index, "partitioned", False):
                 log.warning("routing photo searches on an index not partitioned by coarse class: each search is "
                             "filtered, which is slower there, not faster (routing pays on a Milvus server)")

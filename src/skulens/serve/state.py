@@ -312,7 +312,7 @@ def _load_detector(settings: ServeSettings) -> Detector:
 def _load_search(settings: ServeSettings, model: Model) -> Any:
     from ..models.text import BUNDLE_TEXT_MODEL, TextEncoderMismatch
     from ..search.align import load_aligner
-    from ..search.engine import SearchEngine
+    from ..search.engine import RouteError, SearchEngine
     from ..search.index import open_index
 
     assert settings.index is not None
@@ -325,10 +325,10 @@ def _load_search(settings: ServeSettings, model: Model) -> Any:
     index = open_index(settings.index)
     try:
         return SearchEngine(model, index, aligner, route=settings.search_route)
-    except ValueError as exc:  # an index of another model, or search_route with a model without coarse classes
+    except ValueError as exc:  # search_route the model cannot serve (RouteError), or an index of another model
         index.close()
-        routing = settings.search_route is not None and "coarse" in str(exc)
-        raise ConfigError(f"search_route: {exc}" if routing else f"index {settings.index}: {exc}") from None
+        raise ConfigError(f"search_route: {exc}" if isinstance(exc, RouteError)
+                          else f"index {settings.index}: {exc}") from None
 
 
 def _recommender_fit(model: Model, products: dict[str, Product]) -> Callable[[list[Any]], Any]:
