@@ -122,6 +122,20 @@ def main() -> int:
         need = {s: next((n for i, n in enumerate(labels) if mean(s, split, i) >= target), None) for s in STRATEGIES}
         lines.append(f"Labels needed to reach random's {labels[-1]}-label accuracy on {split} ({target:.1f}): " +
                      ", ".join(f"{s} {n if n is not None else '>' + str(labels[-1])}" for s, n in need.items()) + ".")
+    # The share depends on the budget: the same question at a third and two thirds of the curve too.
+    picks = sorted({len(labels) // 3, 2 * len(labels) // 3, len(labels) - 1})
+    others = [s for s in STRATEGIES if s != "random"]
+    lines += ["", "Labels each strategy needs to reach random's accuracy at a budget (share of that budget):", "",
+              "| split | random's budget | random's top-1 | " + " | ".join(others) + " |",
+              "|---" * (len(others) + 3) + "|"]
+    for split in ("hold-out", "val"):
+        for j in picks:
+            target = mean("random", split, j)
+            cells = []
+            for s in others:
+                n = next((n for i, n in enumerate(labels) if mean(s, split, i) >= target), None)
+                cells.append(f"{n} ({100 * n / labels[j]:.0f} %)" if n is not None else f">{labels[-1]}")
+            lines.append(f"| {split} | {labels[j]} | {target:.1f} | " + " | ".join(cells) + " |")
     body = "\n".join([
         (f"Pool: {len(pool_y)} train photos; hold-out: {int(is_held.sum())} train photos (15 % of each class, seeded, "
         f"same stores); val: {len(e.val_y)} photos (two other stores). Start: 1 random labelled photo per product "
