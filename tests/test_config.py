@@ -200,3 +200,20 @@ def test_the_python_api_and_a_started_config_take_presets_too(tmp_path: Path) ->
     started = resolve_config({"freeze": "full", "image_size": None})
     back = resolve_config(apply_preset({}, "default"), base=started)
     assert (back.freeze, back.image_size, back.train_image_size) == ("partial", 224, None)
+
+
+def test_a_config_that_overrides_a_preset_says_so(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from skulens.config import apply_preset
+
+    saved = tmp_path / "config.yaml"  # a run's resolved config sets every key, the preset's too
+    saved.write_text("freeze: partial\nimage_size: 224\ntrain_image_size: null\nepochs: 3\n", encoding="utf-8")
+    with caplog.at_level("WARNING", logger="skulens.config"):
+        values = apply_preset(load_config(saved), "best")
+    assert resolve_config(values).freeze == "partial"  # the file still wins, as documented
+    assert "preset 'best'" in caplog.text and "freeze='partial'" in caplog.text and "image_size=224" in caplog.text
+    assert "train_image_size" not in caplog.text  # the same value as the preset's is no override
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="skulens.config"):
+        apply_preset({"epochs": 3}, "best")
+        apply_preset({"freeze": "full"}, "best")
+    assert caplog.text == ""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import sys
 from dataclasses import dataclass, fields
@@ -129,11 +130,24 @@ def preset_values(name: str) -> dict[str, Any]:
 
 def apply_preset(values: dict[str, Any], preset: str | None = None) -> dict[str, Any]:
     """Config values with a preset under them: `preset` (or else the values' own `preset` key) first, then the
-    values. The `preset` key never reaches resolve_config. The CLI and `skulens.train` share this."""
+    values. The `preset` key never reaches resolve_config. The CLI and `skulens.train` share this.
+
+    Values that set a preset's key to something else win, with a warning naming them: a run's saved
+    config.yaml sets every key, so `--preset best --config RUN/config.yaml` would otherwise be the saved
+    recipe with nothing of the preset left, and say nothing."""
     values = dict(values)
     named = values.pop("preset", None)
     name = preset or named
-    return {**preset_values(str(name)), **values} if name else values
+    if not name:
+        return values
+    under = preset_values(str(name))
+    overridden = {k: values[k] for k in under if k in values and values[k] != under[k]}
+    if overridden:
+        logging.getLogger(__name__).warning(
+            "preset %r: the config sets %s over the preset's %s", name,
+            ", ".join(f"{k}={v!r}" for k, v in overridden.items()),
+            ", ".join(f"{k}={under[k]!r}" for k in overridden))
+    return {**under, **values}
 
 
 # Keys that once existed, with why they went: a config that still sets one gets this, not "unknown key".
