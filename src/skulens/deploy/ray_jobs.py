@@ -120,10 +120,22 @@ def _child_pids() -> set[int]:
     return pids
 
 
+def _is_ray_process(pid: int) -> bool:
+    """Whether the process runs something of Ray's: its GCS and raylet binaries and its Python helpers all
+    live in the `ray` package's folder."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return any(b"/ray/" in a or os.path.basename(a) in (b"raylet", b"gcs_server") for a in args)
+
+
 def _stop_leftovers(pids: set[int]) -> None:
-    """SIGKILL the processes a failed `ray.init` left behind (its GCS, raylet, log monitor...)."""
+    """SIGKILL the processes a failed `ray.init` left behind (its GCS, raylet, log monitor...): only Ray's, so a
+    child another thread started meanwhile lives on."""
     import signal
 
+    pids = {pid for pid in pids if _is_ray_process(pid)}
     for pid in pids:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
