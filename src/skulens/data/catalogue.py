@@ -149,7 +149,8 @@ def stratified_folds(samples: Sequence[Sample], k: int, seed: int = 0) -> list[l
     """`k` disjoint folds covering `samples`, each class spread over them as evenly as it goes (fold sizes of a
     class differ by at most one): scikit-learn's StratifiedKFold over the path-sorted samples, shuffled with
     `seed`, so the folds do not move when the listing order changes. Fold i is a k-fold estimate's i-th
-    hold-out; the others are what that model trains on."""
+    hold-out; the others are what that model trains on. A class with fewer than k photos is in fewer folds, and
+    one with a single photo is held out whole by its fold: that fold's model trains without the class."""
     if not 2 <= k <= len(samples):
         raise ValueError(f"k-fold needs 2 <= k <= {len(samples)} (the photos), got {k}")
     import warnings
