@@ -19,7 +19,7 @@ from skulens.cli import build_parser
 MODEL_COMMANDS = [("predict",), ("evaluate",), ("explain",), ("robustness",), ("info",), ("export",), ("bench",),
                   ("train",), ("distill",), ("retrain",), ("prune",), ("index", "build"), ("search",), ("align",),
                   ("enroll",), ("fuse",), ("recommend", "for"), ("recommend", "evaluate"), ("serve",),
-                  ("inventory", "scan"), ("tag",), ("suggest-labels",)]
+                  ("inventory", "scan"), ("tag",), ("suggest-labels",), ("unenroll",)]
 MODEL_COMMANDS = [c for c in MODEL_COMMANDS if c not in (("train",),)]  # train makes a model, it reads none
 DATA_COMMANDS = [("train",), ("demo",), ("evaluate",), ("robustness",), ("export",), ("bench",), ("distill",),
                  ("retrain",), ("prune",), ("index", "build"), ("align",), ("enroll",), ("fuse",),

@@ -12,7 +12,7 @@ from PIL import Image
 
 import skulens
 from skulens.models.bundle import load_bundle, read_card
-from skulens.search.enroll import EnrolmentError, enroll, imprint_class
+from skulens.search.enroll import EnrolmentError, enroll, imprint_class, unenroll
 
 
 def blue_box(rng: np.random.Generator, size: int = 72) -> Image.Image:
@@ -210,3 +210,55 @@ def test_enroll_with_text_and_index_keeps_photos_apart_from_views_and_text(bundl
         enroll(bundle_copy, "red-box", [photo], text="x", text_weight=1.0, data=tiny_catalogue)
     with pytest.raises(EnrolmentError, match="studio_views"):
         enroll(bundle_copy, "red-box", [photo], studio_views=-1, data=tiny_catalogue)
+
+
+def test_unenroll_undoes_an_enrolment_exactly(bundle_copy: Path, blue_photos: list[Path], tiny_catalogue: Path,
+                                              tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from skulens.cli import main
+    from skulens.search.index import create_index, open_index
+
+    before = load_file(str(bundle_copy / "model.safetensors"))
+    card0 = read_card(bundle_copy)
+    net, _ = load_bundle(bundle_copy)
+    index = create_index("faiss", tmp_path / "index", net.head.in_features)
+    enroll(bundle_copy, "blue-box", blue_photos[:3], coarse="Box", data=tiny_catalogue, index=index)
+    enroll(bundle_copy, "red-box", blue_photos[3:5], coarse="Apple", data=tiny_catalogue, index=index)
+    kept = [bundle_copy / p for p in read_card(bundle_copy).enrolled[0]["photos"]]
+    assert len(index) == 5 and all(p.is_file() for p in kept)
+
+    res = unenroll(bundle_copy, "blue-box", index=index)
+    assert (res.coarse_removed, res.photos_removed, res.index_entries) == ("Box", 3, 3)
+    card = read_card(bundle_copy)
+    # red-box stays, with its row and its (trained) coarse class, which lost no index
+    assert card.classes == (*card0.classes, "red-box") and card.coarse_classes == card0.coarse_classes
+    assert card.fine_to_coarse == (*card0.fine_to_coarse, card0.coarse_classes.index("Apple"))
+    assert [e["label"] for e in card.enrolled] == ["red-box"] and not any(p.exists() for p in kept)
+    assert {r.product_id for r in open_index(tmp_path / "index").records()} == {"red-box"}
+    with pytest.raises(EnrolmentError, match="trained class"):
+        unenroll(bundle_copy, "oat-milk")
+    with pytest.raises(EnrolmentError, match="not a product"):
+        unenroll(bundle_copy, "blue-box")
+
+    # the CLI undoes the other one: every weight is as it was before either enrolment
+    assert main(["unenroll", "-m", str(bundle_copy), "--product", "red-box", "--index", str(tmp_path / "index")]) == 0
+    after = load_file(str(bundle_copy / "model.safetensors"))
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    card = read_card(bundle_copy)
+    assert (card.classes, card.coarse_classes, card.fine_to_coarse, card.enrolled) == (
+        card0.classes, card0.coarse_classes, card0.fine_to_coarse, ())
+    assert len(open_index(tmp_path / "index")) == 0
+    assert main(["unenroll", "-m", str(bundle_copy), "--product", "red-box"]) == 2  # a clear error, not a traceback
+
+
+def test_an_index_that_refuses_the_enrolment_leaves_the_bundle_as_it_was(bundle_copy: Path, blue_photos: list[Path],
+                                                                          tiny_catalogue: Path, tmp_path: Path) -> None:
+    from skulens.search.index import IndexStoreError, create_index
+
+    wrong = create_index("faiss", tmp_path / "index8", 8)  # another model's index: 8-d vectors
+    card0 = read_card(bundle_copy)
+    with pytest.raises(IndexStoreError):
+        enroll(bundle_copy, "blue-box", blue_photos[:2], coarse="Box", data=tiny_catalogue, index=wrong)
+    assert read_card(bundle_copy) == card0 and len(wrong) == 0
+    assert enroll(bundle_copy, "blue-box", blue_photos[:2], coarse="Box", data=tiny_catalogue).images == 2  # retried

@@ -125,7 +125,9 @@ def test_enrol_a_new_product_then_predict_and_find_it(client) -> None:
     more = client.post("/v1/products/new-red-thing/images", files=shots[:1], headers=AUTH)
     assert more.status_code == 200 and more.json()["entries"] == 1
     r = client.delete("/v1/products/new-red-thing", headers=AUTH)
-    assert r.status_code == 200 and r.json()["removed_entries"] == 4
+    assert r.status_code == 200 and r.json()["removed_entries"] == 4 and r.json()["unenrolled"] is True
+    # the enrolment is undone: the served model forgot the product too, and it can be enrolled again
+    assert "new-red-thing" not in client.get("/v1/info").json()["model"]["classes"]
     assert client.delete("/v1/products/new-red-thing", headers=AUTH).status_code == 404
 
 

@@ -1,4 +1,4 @@
-"""`skulens index | search | align | text-tune | enroll | fuse`: finding products (thin handlers over the core)."""
+"""`skulens index | search | align | text-tune | enroll | unenroll | fuse`: finding products (thin handlers over the core)."""
 
 from __future__ import annotations
 
@@ -229,6 +229,25 @@ def cmd_enroll(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_unenroll(ns: argparse.Namespace) -> int:
+    bundle = model_path(ns)
+    from ..search.enroll import unenroll
+
+    index = None
+    if ns.index:
+        from ..search.index import open_index
+
+        index = open_index(ns.index)
+    try:
+        res = unenroll(bundle, ns.product, index=index)
+    finally:
+        if index is not None and hasattr(index, "close"):
+            index.close()
+    print(json.dumps({"label": res.label, "coarse_removed": res.coarse_removed, "photos_removed": res.photos_removed,
+                      "index_entries": res.index_entries}))
+    return 0
+
+
 def cmd_fuse(ns: argparse.Namespace) -> int:
     bundle = model_path(ns)
     data = data_path(ns, model=bundle)
@@ -344,6 +363,12 @@ def add_commands(sub: Any) -> None:
     add_data(en, "the training catalogue, for reference photos (default: the card's)")
     add_quiet(en)
     en.set_defaults(func=cmd_enroll)
+
+    un = sub.add_parser("unenroll", help="undo `skulens enroll`: take an enrolled product out of the model (and an index)")
+    add_model(un, "the bundle the product was enrolled into (changed in place)")
+    un.add_argument("--product", required=True, help="the enrolled product's label")
+    un.add_argument("--index", help="also remove the product's entries from this index")
+    un.set_defaults(func=cmd_unenroll)
 
     fu = sub.add_parser("fuse", help="train and compare an image + text fusion head (listings with their own text)")
     add_model(fu, "the bundle whose embeddings the fusion head reads")

@@ -9,6 +9,7 @@ knows the product at once; `skulens retrain` later folds the kept photos into a 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import logging
@@ -30,7 +31,8 @@ from ..models.bundle import load_bundle, save_bundle
 from ..models.card import ModelCard
 from ..models.classifier import SkuModel
 
-__all__ = ["ENROLLED_DIR", "EnrolResult", "EnrolmentError", "enroll", "imprint_class", "reference_bank"]
+__all__ = ["ENROLLED_DIR", "EnrolResult", "EnrolmentError", "UnenrolResult", "drop_class", "enroll", "imprint_class",
+           "reference_bank", "unenroll"]
 
 log = logging.getLogger(__name__)
 
@@ -267,8 +269,18 @@ def enroll(bundle: str | os.PathLike, label: str, images: Sequence[str | os.Path
     with torch.no_grad():
         fine = net.forward_head(plain)["fine"]
     self_check = float((fine.argmax(1) == len(card.classes)).float().mean())
-    save_bundle(net, new_card, bundle, carry_over=True)
+    # The index first: if it refuses (another model's index, a server error), the bundle is untouched and the
+    # enrolment can be retried; if the bundle then cannot be saved, the new entries are taken out again.
     added = _add_to_index(index, net, label, coarse, entry, plain, kept, bundle) if index is not None else 0
+    try:
+        save_bundle(net, new_card, bundle, carry_over=True)
+    except BaseException:
+        if added:
+            with contextlib.suppress(Exception):
+                index.remove(product_ids=[label])  # type: ignore[union-attr]
+                if hasattr(index, "save"):
+                    index.save()
+        raise
     return EnrolResult(label, coarse, inferred, len(pils), tuple(skipped), bundle,
                        0 if ref is None else len(ref), self_check, added, tuple(kept),
                        len(studio) // studio_views if studio_views else 0, len(described))
@@ -301,3 +313,66 @@ def _add_to_index(index, net: SkuModel, label: str, coarse: str | None, entry: d
     if hasattr(index, "save"):
         index.save()
     return len(records)
+
+
+@dataclass(frozen=True)
+class UnenrolResult:
+    label: str
+    coarse_removed: str | None  # the coarse class that went with it (no other product had it), else None
+    photos_removed: int  # kept enrolment photos deleted from the bundle
+    index_entries: int  # entries of the product taken out of the index
+
+
+def drop_class(head: torch.nn.Linear, row: int) -> torch.nn.Linear:
+    """A copy of `head` without output `row` (the other rows, and their order, unchanged)."""
+    keep = [i for i in range(head.out_features) if i != row]
+    out = torch.nn.Linear(head.in_features, len(keep))
+    with torch.no_grad():
+        out.weight.copy_(head.weight.detach()[keep])
+        out.bias.copy_(head.bias.detach()[keep])
+    return out.to(head.weight.dtype)
+
+
+def unenroll(bundle: str | os.PathLike, label: str, *, index: object | None = None) -> UnenrolResult:
+    """Undo `enroll`: the product's head row, its coarse class where it was the only product in it, its card
+    entry, its kept photos and (given `index`) its index entries go; every other class keeps its weights, so
+    the bundle predicts as it did before the enrolment. Only enrolled products: a trained class leaves the
+    model when it is retrained without its photos. The index goes first, then the bundle (atomically), so a
+    failure half-way can be retried."""
+    bundle = Path(bundle)
+    net, card = load_bundle(bundle)
+    entry = next((e for e in card.enrolled if e.get("label") == label), None)
+    if entry is None:
+        if label in card.classes:
+            raise EnrolmentError(f"{label!r} is a trained class of this model, not an enrolled one: it leaves the "
+                                 "model when you retrain without its photos")
+        raise EnrolmentError(f"{label!r} is not a product of this model")
+    removed = 0
+    if index is not None:
+        removed = int(index.remove(product_ids=[label]))  # type: ignore[attr-defined]
+        if hasattr(index, "save"):
+            index.save()
+    row = card.classes.index(label)
+    net.head = drop_class(net.head, row)
+    f2c = list(card.fine_to_coarse)
+    coarse_classes = list(card.coarse_classes)
+    coarse_removed = None
+    if f2c:
+        c = f2c.pop(row)
+        if c not in f2c:  # no other product in that coarse class: it goes too
+            coarse_removed = coarse_classes.pop(c)
+            if net.coarse_head is not None and net.coarse_head.out_features > len(coarse_classes):
+                net.coarse_head = drop_class(net.coarse_head, c)
+            f2c = [i - 1 if i > c else i for i in f2c]
+    new_card = card.with_(classes=tuple(x for x in card.classes if x != label), coarse_classes=tuple(coarse_classes),
+                          fine_to_coarse=tuple(f2c), enrolled=tuple(e for e in card.enrolled if e is not entry))
+    save_bundle(net, new_card, bundle, carry_over=True)
+    photos = 0
+    for rel in entry.get("photos", ()):  # only its own files: another label may share the folder's safe name
+        path = bundle / rel
+        if path.resolve().is_relative_to((bundle / ENROLLED_DIR).resolve()) and path.is_file():
+            path.unlink()
+            photos += 1
+            with contextlib.suppress(OSError):
+                path.parent.rmdir()  # when it was the last one
+    return UnenrolResult(label, coarse_removed, photos, removed)

@@ -169,6 +169,8 @@ async def create_product(state: State, actor: WriteKey,
         result = await anyio.to_thread.run_sync(state.with_index, run)
     except EnrolmentError as exc:
         raise HTTPException(409 if "already a class" in str(exc) else 422, str(exc)) from None
+    except (IndexStoreError, ValueError) as exc:  # the index refused the photos, a stale text aligner, ...
+        raise HTTPException(422, f"the product was not enrolled: {exc}") from None
     logger.info("product %r enrolled by %s from %d photo(s)", result.label, actor, result.images)
     await anyio.to_thread.run_sync(state.reload_model)
     state.products[result.label] = Product(label=result.label, coarse_label=result.coarse_label,
@@ -237,9 +239,16 @@ async def update_product(state: State, actor: WriteKey, product_id: ProductId, p
     return {"product_id": product_id, "entries": entries, "by": actor}
 
 
-@crud_router.delete("/{product_id}", summary="Remove a product from search (the model forgets it at retrain)")
+@crud_router.delete("/{product_id}", summary="Remove a product from search; an enrolled product also leaves the "
+                    "model (a trained class stays in the model until it is retrained without its photos)")
 async def delete_product(state: State, actor: WriteKey, product_id: ProductId) -> dict[str, Any]:
+    from ...search.enroll import unenroll
+
+    enrolled = state.model.net is not None and any(e.get("label") == product_id for e in state.model.card.enrolled)
+
     def run() -> int:
+        if enrolled:  # undo the enrolment: its index entries, then its row, kept photos and card entry
+            return unenroll(state.settings.model, product_id, index=state.search.index).index_entries
         n = state.search.index.remove(product_ids=[product_id])
         if n == 0:
             raise HTTPException(404, f"product {product_id!r} is not in the index")
@@ -247,8 +256,12 @@ async def delete_product(state: State, actor: WriteKey, product_id: ProductId) -
         return n
 
     removed = await _index_call(state, run)
-    logger.info("product %r removed from the index by %s (%d entries)", product_id, actor, removed)
-    return {"product_id": product_id, "removed_entries": removed, "by": actor}
+    if enrolled:
+        await anyio.to_thread.run_sync(state.reload_model)
+        state.products.pop(product_id, None)
+    logger.info("product %r removed %sby %s (%d index entries)", product_id,
+                "from the model and the index " if enrolled else "from the index ", actor, removed)
+    return {"product_id": product_id, "removed_entries": removed, "unenrolled": enrolled, "by": actor}
 
 
 def routers(settings: ServeSettings) -> list[APIRouter]:
