@@ -53,6 +53,20 @@ def test_count_needs_a_detector_and_says_which_folder_is_what(tiny_bundle, photo
     assert r.returncode == 2
 
 
+def test_bad_boxes_and_a_broken_detector_are_one_line_exit_2(photos, tmp_path) -> None:
+    bad = tmp_path / "bad.json"
+    coco = json.loads((photos / "instances.json").read_text())
+    coco["annotations"][1]["bbox"] = ["ten", 20, 40, 80]
+    bad.write_text(json.dumps(coco))
+    r = _skulens("detect", "train", "--boxes", str(bad), "--no-composites", "-o", str(tmp_path / "x"), "-q")
+    assert r.returncode == 2 and "bad.json" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    broken = tmp_path / "det"  # a detector.json without its weights
+    broken.mkdir()
+    (broken / "detector.json").write_text(json.dumps({"kind": "skulens-detector"}))
+    r = _skulens("count", str(photos / "images"), "--detector", str(broken))
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+
+
 def test_count_writes_json_lines_csv_and_annotated_pictures(detector, tiny_bundle, photos, tmp_path) -> None:
     bad = photos / "broken.jpg"
     bad.write_bytes(b"\xff\xd8\xff not really")

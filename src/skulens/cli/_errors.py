@@ -14,6 +14,8 @@ USER_ERROR_CLASSES = (
     ("skulens.config", "ConfigError"),
     ("skulens.data.catalogue", "CatalogueError"),
     ("skulens.data.decode", "ImageDecodeError"),
+    ("skulens.detect.annotations", "AnnotationError"),
+    ("skulens.detect.model", "DetectorError"),
     ("skulens.models.backbones", "WeightsError"),
     ("skulens.models.bundle", "BundleError"),
     ("skulens.search.enroll", "EnrolmentError"),
