@@ -21,7 +21,7 @@ from skulens.detect.model import (
     load_detector_net,
     save_detector,
 )
-from skulens.detect.tiling import drop_cut_boxes, merge_boxes, tile_grid
+from skulens.detect.tiling import drop_cut_boxes, merge_boxes, tile_grid, window_in_photo
 
 SMALL = DetectorConfig(min_size=128, max_size=256, max_detections=6)
 
@@ -53,6 +53,19 @@ def test_tile_grid_covers_the_photo_with_overlap() -> None:
     assert tile_grid(300, 200, 400) == [(0, 0, 300, 200)]
     with pytest.raises(ValueError):
         tile_grid(100, 100, 0)
+
+
+def test_a_tile_on_the_working_copys_border_keeps_the_photos_border() -> None:
+    # 4000x3001 worked at 1792x1344: rounding back gives 3000, one pixel short of the photo's bottom edge
+    w, h, scale = 4000, 3001, 1792 / 4000
+    work = (round(w * scale), round(h * scale))
+    last = window_in_photo((1000, 700, work[0], work[1]), work, (w, h))
+    assert last[2:] == (w, h) and round(work[1] / scale) < h
+    box_on_the_bottom_edge = np.array([[3000, 2800, 3500, 3001]], np.float32)
+    assert drop_cut_boxes(box_on_the_bottom_edge, last, w, h).tolist() == [True]
+    inner = window_in_photo((0, 0, 1000, 700), work, (w, h))
+    assert inner[:2] == (0, 0) and inner[2] < w and drop_cut_boxes(
+        np.array([[2000, 1500, 2300, 1600]], np.float32), inner, w, h).tolist() == [False]  # cut by the tile
 
 
 def test_boxes_cut_by_an_inner_tile_edge_are_dropped() -> None:
@@ -162,6 +175,17 @@ def test_count_without_classifier_counts_products_and_reports_bad_photos(untrain
     assert rows[0]["total"] == 6 and len(rows[0]["boxes"]) == 6 and rows[1]["error"]
     csv_text = write_counts(results, tmp_path / "c.csv").read_text().splitlines()
     assert csv_text[0].startswith("source,product,count") and ",product,6," in csv_text[1]
+
+
+def test_a_photo_too_narrow_to_look_into_is_an_error_not_a_crash(untrained) -> None:
+    from skulens.data.decode import ImageDecodeError
+
+    det = load_detector(untrained, device="cpu")
+    strip = Image.new("RGB", (2000, 2), (200, 10, 10))  # 0.3 px high at the detector's scale
+    with pytest.raises(ImageDecodeError, match="too narrow"):
+        det.detect([strip])
+    results = [r for r, _ in count_products(det, [strip, photo()], min_score=0.0)]
+    assert "too narrow" in results[0].error and results[1].total > 0  # the next photo is still counted
 
 
 def test_count_with_classifier_names_boxes_or_says_unknown(untrained, tiny_bundle) -> None:

@@ -16,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from _serve_util import bad_uploads, has_gps, photo_bytes
 from skulens.data.catalogue import load_catalogue
@@ -417,6 +418,10 @@ def test_service_bad_uploads_are_4xx_in_shelf_mode(server) -> None:
         for case, (name, data, ctype) in bad_uploads(photo_bytes("oat-milk", 1)).items():
             r = c.post("/v1/inventory/intake", files=[("images", (name, data, ctype))])
             assert 400 <= r.status_code < 500 and name in r.json()["detail"], (case, r.status_code, r.text)
+        buf = io.BytesIO()
+        Image.new("RGB", (3000, 2), (200, 10, 10)).save(buf, format="PNG")  # decodes, but nothing to look into
+        r = c.post("/v1/inventory/intake", files=[("images", ("strip.png", buf.getvalue(), "image/png"))])
+        assert 400 <= r.status_code < 500 and "too narrow" in r.json()["detail"], (r.status_code, r.text)
         assert c.get("/healthz").status_code == 200
 
 

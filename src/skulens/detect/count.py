@@ -138,10 +138,10 @@ def count_products(detector: Detector, images: Iterable[ImageInput], *, model: M
         source = sources[i] if sources is not None else source_name(im, i)
         try:
             pil = im.convert("RGB") if isinstance(im, Image.Image) else decode_image(im)
+            dets = detector.detect([pil], tiles=tiles)[0].above(min_score)  # a strip too narrow: an error too
         except ImageDecodeError as e:
             yield PhotoCount(source, error=e.reason), None
             continue
-        dets = detector.detect([pil], tiles=tiles)[0].above(min_score)
         boxes = tuple(recognise_boxes(model, pil, dets, min_confidence, index=index,
                                       min_similarity=min_similarity))
         if model is None:  # unnamed: a count of products, not of SKUs

@@ -11,11 +11,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data.decode import decode_image
+from ..data.decode import ImageDecodeError, decode_image
 from ..models.inference import resolve_device
 from .boxes import Detections
 from .model import DetectorCard, DetectorConfig, load_detector_net
-from .tiling import drop_cut_boxes, merge_boxes, suppress_contained, tile_grid
+from .tiling import drop_cut_boxes, merge_boxes, suppress_contained, tile_grid, window_in_photo
 
 __all__ = ["Detector", "load_detector"]
 
@@ -57,8 +57,9 @@ class Detector:
         if tiles not in TILE_MODES:
             raise ValueError(f"tiles must be one of {', '.join(TILE_MODES)}, got {tiles!r}")
         out = []
-        for im in images:
+        for i, im in enumerate(images):
             pil = im.convert("RGB") if isinstance(im, Image.Image) else decode_image(im)
+            check_detectable(pil.size, self.config, im if isinstance(im, (str, os.PathLike)) else f"<image {i}>")
             out.append(self._detect_one(pil, tiles, batch_size))
         return out
 
@@ -85,7 +86,7 @@ class Detector:
             if p > 0:  # a tile: back to photo coordinates, products cut by the window dropped
                 x0, y0, x1, y1 = windows[p - 1]
                 boxes = (boxes + np.array([x0, y0, x0, y0], np.float32)) / scale
-                window = tuple(round(v / scale) for v in (x0, y0, x1, y1))
+                window = window_in_photo((x0, y0, x1, y1), work.size, (w, h))
                 keep = drop_cut_boxes(boxes, window, w, h, margin=2.0 / scale)
                 boxes, scores = boxes[keep], scores[keep]
             all_boxes.append(boxes)
@@ -102,6 +103,20 @@ class Detector:
     def _run(self, tensors: list[torch.Tensor]) -> list[tuple[np.ndarray, np.ndarray]]:
         outs = self.net([t.to(self.device) for t in tensors])
         return [(o["boxes"].float().cpu().numpy(), o["scores"].float().cpu().numpy()) for o in outs]
+
+
+MIN_SIDE_PX = 8  # the short side at the detector's scale: below it there is nothing to find, and resizing fails
+
+
+def check_detectable(size: tuple[int, int], config: DetectorConfig, source: str | os.PathLike) -> None:
+    """ImageDecodeError for a photo too narrow to look into: the detector scales the short side towards
+    min_size with the long side at most max_size, so a 1000x1 strip would become 0 px high and fail inside
+    torchvision (and, in the service, fail every request batched with it)."""
+    w, h = size
+    scale = min(config.min_size / min(w, h), config.max_size / max(w, h))
+    if min(w, h) * scale < MIN_SIDE_PX:
+        raise ImageDecodeError(str(source), f"a {w}x{h} photo is too narrow to look for products in (its short "
+                               f"side would be {min(w, h) * scale:.1f} px at the detector's scale, under {MIN_SIDE_PX})")
 
 
 def _to_tensor(pil: Image.Image) -> torch.Tensor:

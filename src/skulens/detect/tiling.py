@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torchvision.ops import nms
 
-__all__ = ["box_intersection", "drop_cut_boxes", "merge_boxes", "suppress_contained", "tile_grid"]
+__all__ = ["box_intersection", "drop_cut_boxes", "merge_boxes", "suppress_contained", "tile_grid", "window_in_photo"]
 
 
 def tile_grid(width: int, height: int, tile: int, overlap: float = 0.25) -> list[tuple[int, int, int, int]]:
@@ -32,6 +32,17 @@ def tile_grid(width: int, height: int, tile: int, overlap: float = 0.25) -> list
         return [round(i * step) for i in range(count)]
 
     return [(x, y, min(width, x + tile), min(height, y + tile)) for y in starts(height) for x in starts(width)]
+
+
+def window_in_photo(window: tuple[int, int, int, int], work_size: tuple[int, int], photo_size: tuple[int, int]
+                    ) -> tuple[int, int, int, int]:
+    """A tile of a resized working copy (`work_size`) in photo pixels. An edge on the working copy's border is
+    the photo's border exactly: scaling back by rounding can land a pixel short of it (4000x3001 worked at
+    1792x1344 gives 3000), and `drop_cut_boxes` would then take the photo's own edge for a cut."""
+    (x0, y0, x1, y1), (ww, wh), (w, h) = window, work_size, photo_size
+    sx, sy = w / ww, h / wh
+    return (0 if x0 <= 0 else round(x0 * sx), 0 if y0 <= 0 else round(y0 * sy),
+            w if x1 >= ww else round(x1 * sx), h if y1 >= wh else round(y1 * sy))
 
 
 def drop_cut_boxes(boxes: np.ndarray, window: tuple[int, int, int, int], width: int, height: int,

@@ -72,7 +72,12 @@ class Recognizer:
         """Bytes -> RGB at the size the model needs, or (`full`, for the detector) at the photo's own size
         (ImageDecodeError for anything else). Call in a thread."""
         reduce_to = None if full else self.model.card.resize_to
-        return decode_image(data, max_pixels=self.settings.max_pixels, reduce_to=reduce_to)
+        pil = decode_image(data, max_pixels=self.settings.max_pixels, reduce_to=reduce_to)
+        if full and self.detector is not None:  # refused here, not inside a batch it would fail for everyone
+            from ..detect.detector import check_detectable
+
+            check_detectable(pil.size, self.detector.config, "upload")
+        return pil
 
     def _run(self, jobs: list[_Job]) -> list[Any]:
         out: list[Any] = [None] * len(jobs)
