@@ -206,6 +206,21 @@ def test_count_with_classifier_names_boxes_or_says_unknown(untrained, tiny_bundl
     assert picture.size == (200, 150) and picture.tobytes() != photo().tobytes()
 
 
+def test_boxes_are_named_by_product_never_by_a_coarse_class(untrained, tiny_bundle) -> None:
+    from skulens.models.predictor import load_model
+
+    det = load_detector(untrained, device="cpu")
+    model = load_model(tiny_bundle.bundle, device="cpu")
+    model.card = model.card.with_(coarse_fallback=1.01)  # predict() answers the coarse class whenever it can
+    crops = crop_boxes(photo(), det.detect([photo()])[0].above(0.0).boxes)
+    preds = model.predict(crops, top_k=1)
+    assert any(p.level == "coarse" for p in preds)  # the case this test is about
+    result = next(count_products(det, [photo()], model=model, min_score=0.0, min_confidence=0.0))[0]
+    assert all(b.label in model.classes for b in result.boxes) and set(result.counts) <= set(model.classes)
+    for b, p in zip(result.boxes, preds, strict=True):
+        assert (b.label, b.guess, b.confidence) == (p.fine_label, p.fine_label, pytest.approx(p.fine_confidence))
+
+
 def test_photo_count_dict_shape() -> None:
     d = PhotoCount("x.jpg", 10, 10).to_dict()
     assert d == {"source": "x.jpg", "width": 10, "height": 10, "total": 0, "counts": {}, "unknown": 0,

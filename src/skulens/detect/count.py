@@ -36,8 +36,8 @@ CROP_PAD = 0.06  # context kept around a box, as a share of its size: the classi
 class CountedBox:
     box: tuple[float, float, float, float]  # x1, y1, x2, y2 in photo pixels
     score: float  # the detector's: is this a product?
-    label: str | None  # the product, or None (unknown) when the classifier is not sure enough
-    confidence: float  # the classifier's for `label` (its best guess's when unknown)
+    label: str | None  # the product, or None (unknown) when the classifier is not sure enough of one
+    confidence: float  # the classifier's for its best guess (a product, never a coarse class)
     guess: str | None = None  # the classifier's best guess, kept for review even when unknown
 
     def to_dict(self) -> dict[str, Any]:
@@ -112,9 +112,13 @@ def recognise_boxes(model: Model | None, image: Image.Image, dets: Detections, m
             out.append(CountedBox(tuple(map(float, b)), float(s), name if sure else None,
                                   0.0 if best is None else float(best.score), name))
         return out
-    preds = model.predict(crops, top_k=1, min_confidence=min_confidence)
+    # A count is of products: the fine decision alone. predict's fallback to a coarse class ("Apple" for an
+    # unsure Granny-Smith) would be counted beside the SKUs and carry the coarse class's confidence.
+    preds = model.predict(crops, top_k=1)
     for b, s, p in zip(dets.boxes, dets.scores, preds, strict=True):
-        out.append(CountedBox(tuple(map(float, b)), float(s), p.label, float(p.confidence), p.fine_label))
+        sure = p.fine_label is not None and p.fine_confidence >= min_confidence
+        out.append(CountedBox(tuple(map(float, b)), float(s), p.fine_label if sure else None,
+                              float(p.fine_confidence), p.fine_label))
     return out
 
 
