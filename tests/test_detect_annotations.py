@@ -143,6 +143,19 @@ def test_voc_values_sibling_images_and_no_objects(tmp_path: Path) -> None:
         assert len(b) == 0 and b.boxes.shape == (0, 4) and (b.width, b.height) == (100, 50)
 
 
+def test_a_stated_size_that_is_not_the_photos_is_an_error(tmp_path: Path) -> None:
+    # stored landscape, shown portrait: boxes drawn on the stored grid would land in the wrong place
+    _image(tmp_path / "voc" / "images" / "a.jpg", 100, 50, orientation=6)
+    _voc(tmp_path / "voc" / "annotations", "a", [("milk", (10, 5, 30, 25))], size=(100, 50))
+    msg = _error(read_voc, tmp_path / "voc", match=r"a\.xml: line 3: the annotation says the image is 100x50")
+    assert "is 50x100 as displayed" in msg and "EXIF orientation" in msg
+    _image(tmp_path / "voc" / "images" / "a.jpg", 120, 50)  # simply another size
+    msg = _error(read_voc, tmp_path / "voc", match="says the image is 100x50")
+    assert "120x50" in msg and "EXIF" not in msg
+    path = _coco(tmp_path / "coco", [], images=[{"id": 1, "file_name": "a.jpg", "width": 50, "height": 100}])
+    _error(read_coco, path, match=r"images\[0\]: the annotation says the image is 50x100 but .* is 100x50")
+
+
 def test_voc_image_beside_xml_or_via_path_element(tmp_path: Path) -> None:
     _image(tmp_path / "x" / "a.jpg")
     _voc(tmp_path / "x", "a", [("milk", (1, 1, 9, 9))])
@@ -268,3 +281,25 @@ def test_real_fridge_sample() -> None:
     first = images[0]
     assert first.path.name == "10.jpg" and first.labels == ("carton", "milk_bottle")
     np.testing.assert_array_equal(first.boxes, [[86, 102, 216, 439], [150, 377, 445, 490]])
+
+
+def test_training_checks_every_annotated_photo_decodes_before_it_starts(tmp_path: Path) -> None:
+    from skulens.detect.train import _RealBoxes
+
+    good, bad = _image(tmp_path / "a.jpg", 100, 50), tmp_path / "b.jpg"
+    _image(bad, 100, 50)
+    bad.write_bytes(bad.read_bytes()[:200])  # the header reads, the pixels do not: a truncated upload
+    images = [AnnotatedImage(p, 100, 50, np.array([[10, 5, 30, 25]], np.float32), ("milk",)) for p in (good, bad)]
+    _error(_RealBoxes, images, 64, match=r"1 annotated photo\(s\) cannot be decoded: .*b\.jpg")
+    assert len(_RealBoxes(images[:1], 64)) == 1
+
+
+def test_every_batch_mixing_real_boxes_and_composites_holds_both() -> None:
+    from skulens.detect.train import DetectorRecipe, _real_per_batch
+
+    assert _real_per_batch(DetectorRecipe(batch_size=8, real_share=0.5)) == 4
+    assert _real_per_batch(DetectorRecipe(batch_size=3, real_share=0.1)) == 1  # round(0.3) would be 0
+    assert _real_per_batch(DetectorRecipe(batch_size=4, real_share=1.0)) == 3  # one composite stays
+    assert _real_per_batch(DetectorRecipe(batch_size=4, real_share=0.0)) == 0
+    with pytest.raises(ValueError, match="batch_size >= 2"):
+        _real_per_batch(DetectorRecipe(batch_size=1, real_share=0.5))

@@ -237,7 +237,13 @@ def cmd_detect_train(ns: argparse.Namespace) -> int:
     data = None if ns.no_composites else data_path(ns)
     recipe = _recipe(ns)
     from ..detect.annotations import load_annotations
-    from ..detect.train import train_detector
+    from ..detect.train import _real_per_batch, train_detector
+
+    if ns.boxes and not ns.no_composites:
+        try:
+            _real_per_batch(recipe)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
 
     boxes = [im for b in ns.boxes for im in load_annotations(b)]
     result = train_detector(data, ns.out, recipe=recipe, annotations=boxes, init=ns.init, progress=not ns.quiet,

@@ -99,7 +99,8 @@ def _voc_image(xml: Path) -> AnnotatedImage:
     size, w, h = root.find("size"), 0.0, 0.0
     if size is not None and size.find("width") is not None and size.find("height") is not None:
         w, h = _xml_number(size, "width", xml, lines), _xml_number(size, "height", xml, lines)
-    width, height = (int(w), int(h)) if 0 < w < 1e6 and 0 < h < 1e6 else _image_size(image)
+    width, height = _checked_size(image, (int(w), int(h)) if 0 < w < 1e6 and 0 < h < 1e6 else None,
+                                  f"{xml}: line {lines[id(size)]}" if size is not None else str(xml))
     boxes, labels = [], []
     for obj in root.findall("object"):
         label, bndbox = (obj.findtext("name") or "").strip(), obj.find("bndbox")
@@ -204,7 +205,7 @@ def _coco_images(entries: list[Any], path: Path) -> dict[Any, tuple[Path, int, i
         file = _find_image(where, name, [path.parent / name, path.parent / "images" / name])
         w, h = im.get("width"), im.get("height")
         ok = isinstance(w, int) and isinstance(h, int) and w > 0 and h > 0
-        images[im["id"]] = (file, w, h) if ok else (file, *_image_size(file))
+        images[im["id"]] = (file, *_checked_size(file, (w, h) if ok else None, where))
     return images
 
 
@@ -322,6 +323,18 @@ def _check_box(box: Sequence[float], width: int, height: int, where: str) -> lis
         raise AnnotationError(f"{where}: box {shown} sticks out of the {width}x{height} image by {out:g} px "
                               f"(over {EDGE_SLOP:g}: wrong image size or coordinate order?)")
     return clipped
+
+
+def _checked_size(image: Path, stated: tuple[int, int] | None, where: str) -> tuple[int, int]:
+    """The photo's displayed size; an annotation that states another one is an error: its boxes are in another
+    pixel grid (most often the photo as stored, before its EXIF rotation), and scaling them would misplace them."""
+    actual = _image_size(image)
+    if stated is not None and stated != actual:
+        turned = " (the photo is turned by its EXIF orientation: were the boxes drawn on it unturned?)" if (
+            stated == actual[::-1]) else ""
+        raise AnnotationError(f"{where}: the annotation says the image is {stated[0]}x{stated[1]} but {image} is "
+                              f"{actual[0]}x{actual[1]} as displayed{turned}")
+    return actual
 
 
 def _image_size(path: Path) -> tuple[int, int]:

@@ -114,12 +114,35 @@ def _param_groups(net: torch.nn.Module, weight_decay: float) -> list[dict[str, A
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def _real_per_batch(recipe: DetectorRecipe) -> int:
+    """Photos with real boxes in each batch that also holds composites: at least one whenever real_share > 0
+    (round(1 * 0.5) is 0, which silently dropped --boxes at batch size 1), and at least one composite."""
+    if recipe.real_share == 0:
+        return 0
+    if recipe.batch_size < 2:
+        raise ValueError("real boxes beside composites need batch_size >= 2 (one of each per batch at least); "
+                         "or train on the real boxes alone (--no-composites)")
+    return min(recipe.batch_size - 1, max(1, round(recipe.batch_size * recipe.real_share)))
+
+
 class _RealBoxes(torch.utils.data.Dataset):
     """Annotated photos, shrunk so the long side is `size`, with their boxes."""
 
     def __init__(self, images: Sequence[AnnotatedImage], size: int):
+        from ..data.decode import ImageDecodeError, decode_image
+        from .annotations import AnnotationError
+
         self.images = [im for im in images if im.path is not None]
         self.size = size
+        # Each photo decoded once now: a truncated file found at step 900 would end the run there.
+        bad = []
+        for im in self.images:
+            try:
+                decode_image(im.path, reduce_to=size)
+            except ImageDecodeError as e:
+                bad.append(str(e))
+        if bad:
+            raise AnnotationError(f"{len(bad)} annotated photo(s) cannot be decoded: " + "; ".join(bad[:3]))
 
     def __len__(self) -> int:
         return len(self.images)
@@ -282,7 +305,7 @@ def _train(data: str | os.PathLike | None, out: Path, recipe: DetectorRecipe, co
                                  "real_photos": len(real) if real else 0, "init": None if init is None else str(init)})
     net.to(d.device)
     opt = torch.optim.AdamW(_param_groups(net, recipe.weight_decay), lr=recipe.lr)
-    n_real = recipe.batch_size if train_ds is None else round(recipe.batch_size * recipe.real_share) if real else 0
+    n_real = recipe.batch_size if train_ds is None else _real_per_batch(recipe) if real else 0
     streams = []
     if train_ds is not None and n_real < recipe.batch_size:
         streams.append(_loader(train_ds, recipe.batch_size - n_real, recipe.workers, recipe.seed, d))
