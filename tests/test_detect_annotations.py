@@ -295,11 +295,11 @@ def test_training_checks_every_annotated_photo_decodes_before_it_starts(tmp_path
 
 
 def test_every_batch_mixing_real_boxes_and_composites_holds_both() -> None:
-    from skulens.detect.train import DetectorRecipe, _real_per_batch
+    from skulens.detect.train import DetectorRecipe, real_photos_per_batch
 
-    assert _real_per_batch(DetectorRecipe(batch_size=8, real_share=0.5)) == 4
-    assert _real_per_batch(DetectorRecipe(batch_size=3, real_share=0.1)) == 1  # round(0.3) would be 0
-    assert _real_per_batch(DetectorRecipe(batch_size=4, real_share=1.0)) == 3  # one composite stays
-    assert _real_per_batch(DetectorRecipe(batch_size=4, real_share=0.0)) == 0
+    assert real_photos_per_batch(DetectorRecipe(batch_size=8, real_share=0.5)) == 4
+    assert real_photos_per_batch(DetectorRecipe(batch_size=3, real_share=0.1)) == 1  # round(0.3) would be 0
+    assert real_photos_per_batch(DetectorRecipe(batch_size=4, real_share=1.0)) == 3  # one composite stays
+    assert real_photos_per_batch(DetectorRecipe(batch_size=4, real_share=0.0)) == 0
     with pytest.raises(ValueError, match="batch_size >= 2"):
-        _real_per_batch(DetectorRecipe(batch_size=1, real_share=0.5))
+        real_photos_per_batch(DetectorRecipe(batch_size=1, real_share=0.5))

@@ -237,11 +237,11 @@ def cmd_detect_train(ns: argparse.Namespace) -> int:
     data = None if ns.no_composites else data_path(ns)
     recipe = _recipe(ns)
     from ..detect.annotations import load_annotations
-    from ..detect.train import _real_per_batch, train_detector
+    from ..detect.train import real_photos_per_batch, train_detector
 
     if ns.boxes and not ns.no_composites:
         try:
-            _real_per_batch(recipe)
+            real_photos_per_batch(recipe)
         except ValueError as e:
             raise UsageError(str(e)) from None
 

@@ -114,7 +114,7 @@ def _param_groups(net: torch.nn.Module, weight_decay: float) -> list[dict[str, A
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _real_per_batch(recipe: DetectorRecipe) -> int:
+def real_photos_per_batch(recipe: DetectorRecipe) -> int:
     """Photos with real boxes in each batch that also holds composites: at least one whenever real_share > 0
     (round(1 * 0.5) is 0, which silently dropped --boxes at batch size 1), and at least one composite."""
     if recipe.real_share == 0:
@@ -305,7 +305,7 @@ def _train(data: str | os.PathLike | None, out: Path, recipe: DetectorRecipe, co
                                  "real_photos": len(real) if real else 0, "init": None if init is None else str(init)})
     net.to(d.device)
     opt = torch.optim.AdamW(_param_groups(net, recipe.weight_decay), lr=recipe.lr)
-    n_real = recipe.batch_size if train_ds is None else _real_per_batch(recipe) if real else 0
+    n_real = recipe.batch_size if train_ds is None else real_photos_per_batch(recipe) if real else 0
     streams = []
     if train_ds is not None and n_real < recipe.batch_size:
         streams.append(_loader(train_ds, recipe.batch_size - n_real, recipe.workers, recipe.seed, d))
