@@ -154,6 +154,22 @@ def test_onnx_detector_matches_pytorch(untrained, tmp_path) -> None:
     np.testing.assert_allclose(a.boxes, b.boxes, atol=0.5)
 
 
+def test_the_onnx_check_compares_box_regression_too(untrained, tmp_path) -> None:
+    pytest.importorskip("onnxruntime")
+    import torch
+
+    from skulens.detect.model import DetectorError, load_detector_net
+    from skulens.detect.onnx import _check, export_detector
+
+    path = export_detector(untrained, tmp_path / "d.onnx")
+    net, card = load_detector_net(untrained)
+    _check(net, card, path)  # the graph it was exported from passes
+    with torch.no_grad():  # same scores everywhere, other boxes: what a scores-only check let through
+        net.head.regression_head.bbox_reg.bias.add_(0.5)
+    with pytest.raises(DetectorError, match="bbox_regression"):
+        _check(net, card, path)
+
+
 # --------------------------------------------------------------------------- counting output
 
 def test_crops_are_clipped_and_padded() -> None:
