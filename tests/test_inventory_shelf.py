@@ -294,6 +294,21 @@ def test_cli_scan_counts_every_product_of_shelf_photos(tiny_bundle, detector_dir
         assert store.counts() == dict(added) and store.review_size() == review
         assert all(not has_gps(store.photo_file(q.id).read_bytes()) for q in store.review_queue())
     assert f"3 shelf photos: {sum(added.values())} products counted, {review} boxes for review" in done.stderr
+    # every photo reached the detector's cap: said at the time and kept in the audit log with the photo
+    assert done.stderr.count("reached the box cap") == 3
+    with InventoryStore(db) as store:
+        capped = [a for a in store.audit(limit=1000) if a.action == "box_cap_reached"]
+        assert len(capped) == 3 and {a.photo for a in capped} == {q.photo for q in store.audit(limit=1000)
+                                                                   if q.action in ("intake", "review_queued")}
+    fewer = [*args, "--max-boxes", "2", "--tiles", "off"]
+    fewer[fewer.index("--db") + 1] = str(tmp_path / "inv2.sqlite")
+    done2 = _cli(*fewer, "-q")
+    assert done2.returncode == 0, done2.stderr
+    with InventoryStore(tmp_path / "inv2.sqlite") as store:
+        assert sum(store.counts().values()) + store.review_size() == 3 * 2  # the cap is a setting
+    no_detector = [a for a in fewer if a not in ("--detector", str(detector_dir))]
+    bad = _cli(*no_detector)
+    assert bad.returncode == 2 and "settings of --detector" in bad.stderr
     again = _cli(*args, "-q")  # idempotent: a second scan finds every photo in the store
     assert again.returncode == 0 and "0 shelf photos: 0 products counted" in again.stderr
     assert "3 photos already in the inventory, 1 unreadable" in again.stderr
@@ -437,3 +452,14 @@ def test_a_detector_setting_that_is_not_a_detector_fails_at_startup(tiny_bundle,
         _settings(tiny_bundle, detector_dir, tmp_path / "inv.sqlite", detector_min_score=1.5)
     ok = resolve_settings({"model": str(tiny_bundle.bundle), "detector": str(detector_dir), "detector_min_score": "0"})
     assert ok.detector == str(detector_dir) and ok.detector_min_score == 0.0
+    for bad, match in (({"detector_max_boxes": "0"}, "detector_max_boxes must be >= 1"),
+                       ({"detector_max_boxes": "many"}, r"detector_max_boxes: cannot use 'many' \(expected int\)"),
+                       ({"detector_tiles": "sometimes"}, "detector_tiles must be auto, on or off")):
+        with pytest.raises(ConfigError, match=match):
+            resolve_settings({"model": str(tiny_bundle.bundle), "detector": str(detector_dir), **bad})
+    capped = resolve_settings({"model": str(tiny_bundle.bundle), "detector": str(detector_dir),
+                               "detector_max_boxes": "7", "detector_tiles": "off"})
+    assert (capped.detector_max_boxes, capped.detector_tiles) == (7, "off")
+    from skulens.serve.state import _load_detector
+
+    assert _load_detector(capped).config.max_detections == 7  # the service's detector takes the cap

@@ -49,6 +49,11 @@ def add_commands(sub: Any) -> None:
                                        "boxes below --threshold go to the review queue as crops")
     sc.add_argument("--min-score", type=float, default=ServeSettings.detector_min_score,
                     help="with --detector: detector score a box needs to be a product (default: the detector's own)")
+    sc.add_argument("--max-boxes", type=int, default=ServeSettings.detector_max_boxes,
+                    help="with --detector: box cap per photo (default: the detector's, 1000); a photo that reaches "
+                         "it is logged and audited as 'box_cap_reached'")
+    sc.add_argument("--tiles", choices=("auto", "on", "off"), default=ServeSettings.detector_tiles,
+                    help="with --detector: tile large photos (auto: long side over 2x the detector's size)")
     sc.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     add_quiet(sc, "no per-photo JSON lines")
     sc.set_defaults(func=cmd_inventory_scan)
@@ -100,6 +105,10 @@ def cmd_inventory_scan(ns: argparse.Namespace) -> int:
     detector_dir = check_detector(ns.detector) if ns.detector is not None else None
     if ns.min_score is not None and not 0 <= ns.min_score <= 1:
         raise UsageError("--min-score must be between 0 and 1")
+    if ns.max_boxes is not None and ns.max_boxes < 1:
+        raise UsageError("--max-boxes must be >= 1")
+    if detector_dir is None and (ns.max_boxes is not None or ns.tiles != "auto" or ns.min_score is not None):
+        raise UsageError("--min-score, --max-boxes and --tiles are settings of --detector: give a detector")
     from ..serve.intake import ScanSummary, find_images, scan, scan_shelves
 
     paths = find_images(ns.dir)
@@ -118,8 +127,8 @@ def cmd_inventory_scan(ns: argparse.Namespace) -> int:
         else:
             from ..detect.detector import load_detector
 
-            detector = load_detector(detector_dir, device=ns.device)
-            results = scan_shelves(detector, model, store, paths, min_score=ns.min_score, **common)
+            detector = load_detector(detector_dir, device=ns.device).with_settings(max_detections=ns.max_boxes)
+            results = scan_shelves(detector, model, store, paths, min_score=ns.min_score, tiles=ns.tiles, **common)
         for path, result in results:
             if isinstance(result, str):
                 summary.errors.append((str(path), result))

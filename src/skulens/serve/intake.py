@@ -55,6 +55,9 @@ def count_shelf(detector: Detector, model: Model, image: Image.Image, *, thresho
 
     ((result, _),) = count_products(detector, [image], model=model, min_score=min_score, min_confidence=threshold,
                                     tiles=tiles)
+    if result.capped:
+        logger.warning("a shelf photo reached the box cap (%d boxes): there may be more products than counted; "
+                    "raise the cap (detector_max_boxes, --max-boxes)", detector.config.max_detections)
     return result
 
 

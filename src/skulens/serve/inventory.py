@@ -725,6 +725,8 @@ class InventoryStore:
         for label, idx in sorted(by_label.items()):
             count = self._add(db, label, len(idx), now)
             self._audit(db, now, actor, "intake", label, len(idx), count, p.sha256, {"boxes": idx})
+        if p.capped:  # kept with the photo: its counts may be short, and a re-sent photo only says "duplicate"
+            self._audit(db, now, actor, "box_cap_reached", None, 0, None, p.sha256, {"boxes": len(p.boxes)})
         results = []
         for i, (b, ok) in enumerate(zip(p.boxes, counted, strict=True)):
             crop = None

@@ -67,6 +67,8 @@ class ServeSettings:
     keep_uploads: bool = False  # privacy: counted intake photos are not kept unless asked (EXIF stripped)
     detector: str | None = None  # product detector folder: intake counts every product in a shelf photo
     detector_min_score: float | None = None  # detector score a box needs to count (None: the detector's own)
+    detector_max_boxes: int | None = None  # box cap per shelf photo (None: the detector's own); reaching it is logged and audited
+    detector_tiles: str = "auto"  # tile large shelf photos: auto (long side over 2x the detector's size), on, off
     # People (serve.privacy): user ids are kept as keyed-hash pseudonyms; the key from this file (outside the
     # data) or $SKULENS_PSEUDONYM_KEY. Without one the service records no events and erases no users.
     pseudonym_key_file: str | None = None
@@ -93,6 +95,10 @@ class ServeSettings:
         for name in ("review_threshold", "support_min_confidence", "support_min_score", "detector_min_score"):
             if getattr(self, name) is not None and not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.detector_max_boxes is not None and self.detector_max_boxes < 1:
+            raise ConfigError(f"detector_max_boxes must be >= 1, got {self.detector_max_boxes}")
+        if self.detector_tiles not in ("auto", "on", "off"):
+            raise ConfigError(f"detector_tiles must be auto, on or off, got {self.detector_tiles!r}")
         if self.upload_retention_days is not None and self.upload_retention_days < 0:
             raise ConfigError(f"upload_retention_days must be >= 0, got {self.upload_retention_days}")
         if self.recommend_refit_s <= 0:
@@ -198,6 +204,7 @@ def _hide_password(db: str) -> str:
 
 
 _OPTIONAL_FLOATS = frozenset({"detector_min_score", "upload_retention_days", "search_route"})  # None: unset
+_OPTIONAL_INTS = frozenset({"detector_max_boxes"})  # None: unset
 
 
 def _coerce(name: str, value: Any, default: Any) -> Any:
@@ -211,6 +218,10 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
     try:
         if name in _OPTIONAL_FLOATS:
             return None if value is None or value == "" else float(value)
+        if name in _OPTIONAL_INTS:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return None if value is None or value == "" else int(value)
         if isinstance(default, bool):
             if isinstance(value, str):
                 if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
@@ -223,5 +234,5 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
             return float(value)
         return None if value is None else str(value)
     except (TypeError, ValueError):
-        expected = "float" if name in _OPTIONAL_FLOATS else type(default).__name__
+        expected = "float" if name in _OPTIONAL_FLOATS else "int" if name in _OPTIONAL_INTS else type(default).__name__
         raise ConfigError(f"{name}: cannot use {value!r} (expected {expected})") from None

@@ -92,7 +92,7 @@ class Recognizer:
             elif job.kind == "count":  # a shelf photo: its own detector pass, and one classifier batch of crops
                 assert self.detector is not None
                 out[i] = count_shelf(self.detector, self.model, job.image, threshold=self.settings.review_threshold,
-                                     min_score=self.settings.detector_min_score)
+                                     min_score=self.settings.detector_min_score, tiles=self.settings.detector_tiles)
         for kind in ("predict", "embed", "tag"):
             idx = [i for i, j in enumerate(jobs) if j.kind == kind]
             if not idx:
@@ -309,7 +309,8 @@ def _load_detector(settings: ServeSettings) -> Detector:
     if not settings.db:
         logger.warning("detector %s is used by inventory intake only, and no db is set", settings.detector)
     try:
-        return load_detector(settings.detector, device=settings.device)
+        return load_detector(settings.detector, device=settings.device).with_settings(
+            max_detections=settings.detector_max_boxes)
     except DetectorError as exc:
         raise ConfigError(f"detector: {exc}") from None
 
