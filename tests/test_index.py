@@ -483,6 +483,23 @@ def test_parse_filter_from_strings():
         parse_filter(["title=x"])
 
 
+def test_metadata_from_a_csv_and_a_filter_are_typed_alike(tmp_path: Path) -> None:
+    from skulens.search.catalogue_index import read_metadata_table
+    from skulens.search.index import parse_filter, typed_value
+
+    assert [typed_value(v) for v in ("TRUE", "false", "3", "-2.5", "1e3", "0")] == [True, False, 3, -2.5, 1000.0, 0]
+    # text that only looks like a number stays text: leading zeros, separators, NaN and Infinity
+    assert [typed_value(v) for v in ("0012345", "1_000", "NAN", "Infinity", "3.", "yes")] == [
+        "0012345", "1_000", "NAN", "Infinity", "3.", "yes"]
+    table = tmp_path / "meta.csv"
+    table.write_text("product_id,ean,brand,price,in_stock\nmilk,0012345,NAN,1.90,TRUE\n", encoding="utf-8")
+    meta = read_metadata_table(table)["milk"]
+    assert meta == {"ean": "0012345", "brand": "NAN", "price": 1.9, "in_stock": True}
+    wanted = parse_filter(["ean=0012345", "brand=NAN", "price=1.90", "in_stock=TRUE"])
+    assert all(meta[k] == v and type(meta[k]) is type(v) for k, v in wanted.items())
+    assert parse_filter(['sku="3"', "shelf=[1, 3]"]) == {"sku": "3", "shelf": [1, 3]}
+
+
 def test_milvus_expressions_escape_strings():
     from skulens.search._milvus import milvus_expr
 

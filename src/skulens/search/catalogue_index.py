@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..data.catalogue import Catalogue, CatalogueError
+from .index import typed_value
 
 if TYPE_CHECKING:
     from ..models.predictor import Model
@@ -27,22 +28,9 @@ class BuildResult:
     failed: tuple[tuple[str, str], ...]  # (image, reason) skipped
 
 
-def _coerce(value: str) -> Any:
-    low = value.strip().lower()
-    if low in ("true", "yes"):
-        return True
-    if low in ("false", "no"):
-        return False
-    for cast in (int, float):
-        try:
-            return cast(value)
-        except ValueError:
-            pass
-    return value
-
-
 def read_metadata_table(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
-    """A CSV with a `product_id` column plus any metadata columns (in_stock, price, ...), typed by value."""
+    """A CSV with a `product_id` column plus any metadata columns (in_stock, price, ...), each cell typed by
+    `typed_value` (true/false, numbers; "0012345" stays text), as `--filter` types what it is compared with."""
     p = Path(path)
     with open(p, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
@@ -53,7 +41,7 @@ def read_metadata_table(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
             pid = (row.pop("product_id") or "").strip()
             if not pid:
                 raise CatalogueError(f"{p}:{line}: empty product_id")
-            out[pid] = {k: _coerce(v) for k, v in row.items() if k and v not in (None, "")}
+            out[pid] = {k: typed_value(v) for k, v in row.items() if k and v not in (None, "")}
     return out
 
 

@@ -219,20 +219,40 @@ def compile_filter(filter: Filter | None) -> CompiledFilter:
     return tuple(out)
 
 
+_NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
+
+
+def typed_value(text: str) -> str | int | float | bool:
+    """A metadata value written as text (a CSV cell, `--set`, a filter): true/false (any case) is a bool, a
+    number in JSON's grammar an int or float, anything else stays the string it is, so an EAN or SKU with a
+    leading zero ("0012345"), "1_000", "NaN" or a brand called "NAN" is never turned into a number. The CSV
+    reader and `parse_filter` both use it, so a stored value and a filter written alike always match."""
+    low = text.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if _NUMBER.fullmatch(text.strip()):
+        number = float(text)
+        return int(text) if number.is_integer() and not any(c in text for c in ".eE") else number
+    return text
+
+
 def parse_filter(items: Iterable[str]) -> dict[str, FilterValue]:
     """``["coarse_label=Milk", "in_stock=true", "shelf=[1,3]"]`` -> a filter, for the CLI and query strings.
 
-    A value that parses as JSON (true, 3, 2.5, "007", [1, 3]) keeps that type; anything else is a string.
+    A value is typed as `typed_value` types it (true, 3, 2.5; "007" stays a string); a JSON list ([1, 3]) or
+    a JSON string ("\"3\"", to match the text 3) keeps its JSON type.
     """
     out: dict[str, FilterValue] = {}
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise IndexStoreError(f"filter {item!r}: expected key=value")
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            value = raw
+        value: Any = typed_value(raw)
+        if isinstance(value, str) and raw.strip()[:1] in ("[", '"'):
+            try:
+                value = json.loads(raw)
+            except ValueError:
+                value = raw
         if value is None or isinstance(value, dict) or (isinstance(value, list) and not value):
             value = raw
         out[key.strip()] = value
