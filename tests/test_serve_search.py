@@ -108,6 +108,12 @@ def test_product_update_and_delete_need_a_key(client) -> None:
     assert [h["title"] for h in r.json()["hits"]] == ["Oat drink"]
     assert client.get("/v1/products/oat-milk").json()["title"] == "Oat drink"
     assert client.patch("/v1/products/ghost", json={"title": "x"}, headers=AUTH).status_code == 404
+    # a refused metadata key refuses the whole change: the title is not half-written
+    r = client.patch("/v1/products/oat-milk", json={"title": "Half", "metadata": {"in stock": True}}, headers=AUTH)
+    assert r.status_code == 422, r.text
+    r = client.post("/v1/search", data={"text": "oat", "mode": "text", "filter": '{"price": 1.5}'})
+    assert [h["title"] for h in r.json()["hits"]] == ["Oat drink"]
+    assert client.get("/v1/products/oat-milk").json()["title"] == "Oat drink"
     assert client.delete("/v1/products/green-apple").status_code == 401
 
 

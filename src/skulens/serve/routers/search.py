@@ -219,12 +219,15 @@ async def update_product(state: State, actor: WriteKey, product_id: ProductId, p
         if not current:
             raise HTTPException(404, f"product {product_id!r} is not in the index")
         if patch.title is not None or patch.text is not None:
+            # Every changed record is built (and its metadata checked) before anything is written: one upsert
+            # carries title, text and metadata, so a refused key leaves the product as it was.
             changed = [IndexRecord(r.id, r.product_id, r.label, r.coarse_label,
                                    r.title if patch.title is None else patch.title,
-                                   r.text if patch.text is None else patch.text, r.image, r.metadata)
+                                   r.text if patch.text is None else patch.text, r.image,
+                                   r.metadata).with_metadata(patch.metadata or {})
                        for r in current]
             index.upsert(changed, index.vectors([r.id for r in current]))
-        if patch.metadata:
+        elif patch.metadata:
             index.update_metadata(product_id, patch.metadata)
         index.save()
         return len(current)
