@@ -100,6 +100,16 @@ def test_similar_and_recommendations(client) -> None:
     assert seeded[0]["product_id"] == "oat-milk"
 
 
+def test_similar_from_the_recommender_refuses_a_filter_it_cannot_apply(backends) -> None:
+    bundle, _, events = backends  # no index: similar products come from the behaviour log alone
+    settings = ServeSettings(model=str(bundle), events=str(events), device="cpu", api_keys=(ApiKey("t", KEY),))
+    with TestClient(create_app(settings)) as c:
+        assert c.get("/v1/products/red-apple/similar", params={"k": 2}).status_code == 200
+        r = c.get("/v1/products/red-apple/similar", params={"k": 2, "filter": '{"in_stock": true}'})
+        assert r.status_code == 422 and "only the index" in r.json()["detail"]
+        assert c.get("/v1/products/nope/similar", params={"filter": '{"in_stock": true}'}).status_code == 404
+
+
 def test_product_update_and_delete_need_a_key(client) -> None:
     assert client.patch("/v1/products/oat-milk", json={"metadata": {"price": 1.5}}).status_code == 401
     r = client.patch("/v1/products/oat-milk", json={"title": "Oat drink", "metadata": {"price": 1.5}}, headers=AUTH)

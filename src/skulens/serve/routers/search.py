@@ -124,16 +124,26 @@ similar_router = APIRouter(prefix="/v1/products", tags=["search"])
 async def similar(state: State, _: ReadKey, product_id: ProductId, k: Annotated[int, Query(ge=1, le=100)] = 10,
                   filter: Annotated[str | None, Query(max_length=2000)] = None) -> list[HitOut]:
     flt = _filter(filter)
-    if state.search is not None and state.search.index.records(product_id):
-        hits = await _index_call(state, lambda: state.search.more_like_this(product_id, k=k, filter=flt))
-        return _hits(state, hits)
+    if state.search is not None:
+        def run() -> Any:  # the lookup too: off the event loop, under the index lock like every index call
+            if not state.search.index.records(product_id):
+                return None
+            return state.search.more_like_this(product_id, k=k, filter=flt)
+
+        hits = await _index_call(state, run)
+        if hits is not None:
+            return _hits(state, hits)
     if state.recommender is not None:
         from ...recommend.recommenders import UnknownProductError
+
 
         try:
             recs = await anyio.to_thread.run_sync(lambda: state.recommender.similar(product_id, k))
         except UnknownProductError as exc:
             raise HTTPException(404, str(exc)) from None
+        if flt:  # the recommender knows no metadata: answering without the filter would ignore it silently
+            raise HTTPException(422, f"product {product_id!r} is not in the search index, and only the index's "
+                                     "more-like-this can filter: drop the filter or add the product to the index")
         return [HitOut(product_id=r.product_id, score=round(r.score, 6), title=state.product(r.product_id).title,
                        label=r.product_id, coarse_label=state.product(r.product_id).coarse_label,
                        has_image=state.product(r.product_id).image is not None) for r in recs]
