@@ -284,3 +284,38 @@ def test_routing_on_faiss_warns_that_it_is_slower_there(index_dir: Path, tiny_bu
     with caplog.at_level(logging.WARNING, logger="skulens.search.engine"):
         SearchEngine(model, open_index(index_dir), route=0.9)
     assert "not partitioned by coarse class" in caplog.text
+
+
+def test_index_build_refuses_before_embedding(index_dir: Path, tiny_bundle, catalogue: Path, tmp_path: Path) -> None:
+    from skulens.search.catalogue_index import build_catalogue_index
+    from skulens.search.index import IndexStoreError
+
+    calls: list[int] = []
+
+    def embed(paths):  # stands in for hours of embedding: it must not run when the build will be refused
+        calls.append(len(paths))
+        raise AssertionError("embedded before the existing index was noticed")
+
+    model = skulens.load(tiny_bundle.bundle, device="cpu")
+    with pytest.raises(IndexStoreError, match="already exists"):
+        build_catalogue_index(model, skulens.load_catalogue(catalogue), str(index_dir), embed=embed)
+    if _milvus_lite_with(tmp_path / "m.db", model):
+        with pytest.raises(IndexStoreError, match="already exists"):
+            build_catalogue_index(model, skulens.load_catalogue(catalogue), str(tmp_path / "m.db"), backend="milvus",
+                                  embed=embed)
+    assert calls == []
+    base = ["index", "build", "--model", str(tiny_bundle.bundle), "--data", str(catalogue), "-q"]
+    assert main([*base, "--out", str(tmp_path / "m2.db"), "--backend", "milvus", "--nprobe", "8"]) == 2
+    assert main([*base, "--out", str(tmp_path / "f"), "--collection", "x"]) == 2
+
+
+def _milvus_lite_with(path: Path, model) -> bool:
+    """A Milvus Lite database at `path` holding an (empty) skulens collection; False where Milvus Lite is absent."""
+    from skulens.search.index import create_index
+
+    try:
+        create_index("milvus", path, model.card.embedding_dim).close()
+    except ImportError:
+        return False
+    return True
+

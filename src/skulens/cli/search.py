@@ -58,6 +58,10 @@ def cmd_index_build(ns: argparse.Namespace) -> int:
     meta = read_metadata_table(ns.metadata) if ns.metadata else None
     options = {k: v for k, v in (("ann", ns.ann), ("exact_threshold", ns.exact_threshold), ("nprobe", ns.nprobe),
                                  ("collection", ns.collection), ("index_type", ns.index_type)) if v is not None}
+    other = {"faiss": ("collection", "index_type"), "milvus": ("ann", "exact_threshold", "nprobe")}[ns.backend]
+    wrong = [f"--{k.replace('_', '-')}" for k in other if k in options]
+    if wrong:
+        raise UsageError(f"{', '.join(wrong)}: not a setting of the {ns.backend} backend")
     res = build_catalogue_index(load_model(bundle), load_catalogue(data), ns.out, backend=ns.backend,
                                 splits=ns.splits, catalogue_photos=ns.catalogue_photos, metadata=meta,
                                 progress=not ns.quiet, overwrite=ns.overwrite, batch_size=ns.batch_size,

@@ -284,6 +284,18 @@ class MilvusIndex(VectorIndex):
                    partitions=known, nullable=has["nullable"], grouping=has["grouping"])
 
     @classmethod
+    def exists(cls, uri: str | os.PathLike[str], *, collection: str = "skulens", token: str | None = None) -> bool:
+        """Whether `collection` is there already: a build checks it before hours of embedding, not after."""
+        uri = os.fspath(uri)
+        if _is_lite(uri) and not Path(uri).exists():
+            return False
+        client = _connect(uri, token)
+        try:
+            return bool(client.has_collection(collection))
+        finally:
+            client.close()
+
+    @classmethod
     def open(cls, uri: str | os.PathLike[str], *, collection: str = "skulens", token: str | None = None,
              search_params: dict[str, Any] | None = None) -> MilvusIndex:
         uri = os.fspath(uri)
@@ -383,7 +395,7 @@ class MilvusIndex(VectorIndex):
 
     def _add(self, records: list[IndexRecord], vectors: np.ndarray, *, replace: bool) -> None:
         for r in records:
-            _check_lengths(r)
+            check_record_lengths(r)
         if not replace:
             ids = [r.id for r in records]
             for s in range(0, len(ids), _BATCH):
@@ -396,7 +408,7 @@ class MilvusIndex(VectorIndex):
 
     def _replace_records(self, records: list[IndexRecord]) -> None:
         for r in records:
-            _check_lengths(r)
+            check_record_lengths(r)
         # a full-row upsert works on every Milvus version
         self._write(records, self.vectors([r.id for r in records]), replace=True)
 
@@ -587,7 +599,8 @@ class MilvusIndex(VectorIndex):
             _release(self.uri)
 
 
-def _check_lengths(r: IndexRecord) -> None:
+def check_record_lengths(r: IndexRecord) -> None:
+    """IndexStoreError for a record whose text fields are longer than the collection's VARCHAR fields."""
     for name, limit in _MAX_BYTES.items():
         value = getattr(r, name)
         if value is not None and len(value.encode("utf-8")) > limit:

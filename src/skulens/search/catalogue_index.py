@@ -93,16 +93,34 @@ def build_catalogue_index(model: Model, cat: Catalogue, path: str, *, backend: s
 
     embed: computes the embeddings of the photos elsewhere (e.g. on a Ray cluster, `skulens.deploy.ray_jobs`);
     the index is still written here, by this process: the index backends are not distributed writers.
+
+    An existing index (without `overwrite`) and records Milvus cannot hold are refused before the embedding.
+    FAISS keeps the old index until the new one is saved; Milvus `overwrite` replaces the collection when the
+    photos are embedded, so a server error while inserting leaves it partly filled: to keep the old one live
+    meanwhile, build into another `collection` and switch to it.
     """
     from .embeddings import embed_paths
-    from .index import create_index
+    from .index import IndexStoreError, create_index
 
     records, paths = catalogue_records(cat, splits=splits, catalogue_photos=catalogue_photos, metadata=metadata)
     if not records:
         raise CatalogueError(f"{cat.root}: no images to index in split(s) {', '.join(splits)}")
-    emb = embed(paths) if embed is not None else embed_paths(model, paths, batch_size=batch_size, progress=progress)
     dim = model.card.embedding_dim
-    index = create_index(backend, path, dim, **options)
+    # Everything that can refuse the build is asked before the embedding, which can take hours.
+    early = None
+    if backend == "faiss":  # a FAISS index writes nothing until it is saved: safe to create first
+        early = create_index(backend, path, dim, **options)
+    elif backend == "milvus":
+        from ._milvus import MilvusIndex, check_record_lengths
+
+        for r in records:  # before --overwrite drops the old collection, not after
+            check_record_lengths(r)
+        where = {k: options[k] for k in ("collection", "token") if k in options}
+        if not options.get("overwrite") and MilvusIndex.exists(path, **where):
+            raise IndexStoreError(f"{path}: collection {where.get('collection', 'skulens')!r} already exists "
+                                  "(open it, or pass overwrite=True)")
+    emb = embed(paths) if embed is not None else embed_paths(model, paths, batch_size=batch_size, progress=progress)
+    index = early if early is not None else create_index(backend, path, dim, **options)
     index.add([records[i] for i in emb.kept], emb.vectors.reshape(len(emb.kept), dim))
     index.save()
     return BuildResult(index, len(emb.kept), len({records[i].product_id for i in emb.kept}), tuple(emb.failed))
