@@ -116,6 +116,11 @@ def test_text_search_after_alignment(tiny_bundle, catalogue: Path, tmp_path: Pat
     with pytest.raises(ValueError, match="skulens align"):
         no_aligner.by_text(["oat milk"], mode="aligned")
     assert no_aligner.by_text(["oat drink"], k=1)[0][0].product_id == "oat-milk"
+    # the CLI: a wrong --align path and an aligned search without an aligner are one-line usage errors
+    search = ["search", "--index", str(index_dir), "--text", "oat milk"]
+    assert main([*search, "--align", str(tmp_path / "typo.safetensors")]) == 2
+    assert main([*search, "--mode", "aligned"]) == 2
+    assert main([*search, "--align", str(bundle), "--mode", "aligned"]) == 0
 
 
 def test_text_search_sees_a_same_size_rewrite_of_the_index(index_dir: Path, tmp_path: Path) -> None:

@@ -134,6 +134,10 @@ def _engine(ns: argparse.Namespace, need_model: bool) -> Any:
     model_bundle = bundle if bundle and not bundle.startswith("pretrained:") else None
     source = ns.align or model_bundle
     aligner = load_aligner(source, bundle=model_bundle) if source else None
+    if ns.align and aligner is None:  # a typo must not quietly search without the image-space part
+        index.close()
+        raise UsageError(f"--align {ns.align}: no text alignment there (a text_align.safetensors file, or a bundle "
+                         "folder holding one: `skulens align` writes it)")
     # the bundle's fine-tuned text encoder (`skulens text-tune`) even when the image model is not loaded
     try:
         return SearchEngine(model, index, aligner, text_model=bundle_text_model(bundle) or DEFAULT_TEXT_MODEL,
@@ -156,7 +160,10 @@ def cmd_search(ns: argparse.Namespace) -> int:
         results = engine.by_image(ns.image, k=ns.top_k, filter=filt)
         queries = ns.image
     elif ns.text:
-        results = engine.by_text(ns.text, k=ns.top_k, filter=filt, mode=ns.mode)
+        try:
+            results = engine.by_text(ns.text, k=ns.top_k, filter=filt, mode=ns.mode)
+        except ValueError as exc:  # mode aligned without an aligner, an aligner of another text encoder
+            raise UsageError(str(exc)) from None
         queries = ns.text
     else:
         results = [engine.more_like_this(p, k=ns.top_k, filter=filt) for p in ns.product]
