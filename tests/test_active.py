@@ -78,6 +78,17 @@ def test_suggest_labels_writes_a_manifest_to_fill_in(tiny_bundle, tiny_catalogue
         w.writerows(rows)
     cat = load_catalogue(pool / "to_label.csv", val_fraction=0)  # filled in: a catalogue `skulens train` reads
     assert len(list(cat.split("train"))) == 4
+    # the next round: the filled-in manifest is not overwritten, and its photos are not suggested again
+    again = ["suggest-labels", str(pool), "-m", str(tiny_bundle.bundle), "--budget", "3", "-q"]
+    r = _skulens(*again)
+    assert r.returncode == 2 and "may hold labels" in r.stderr
+    assert [x["label"] for x in csv.DictReader((pool / "to_label.csv").open())] == [x["label"] for x in rows]
+    done = [str(pool / x["path"]) for x in rows]
+    r = _skulens(*again, "-o", str(pool / "round2.csv"), "--labelled", *done)
+    assert r.returncode == 0, r.stderr
+    second = {x["path"] for x in csv.DictReader((pool / "round2.csv").open())}
+    assert len(second) == 3 and not second & {x["path"] for x in rows}
+    assert _skulens(*again, "--force").returncode == 0
     r = _skulens("suggest-labels", str(pool), "-m", str(tiny_bundle.bundle), "--budget", "2",
                  "-o", str(tmp_path / "elsewhere" / "x.csv"))
     assert r.returncode == 2 and "not inside" in r.stderr

@@ -132,17 +132,25 @@ def cmd_suggest_labels(ns: argparse.Namespace) -> int:
                                        Path(ns.inputs[0]).is_dir() else None)
     if out is None:
         raise UsageError("give -o FILE.csv (beside or above the photos: a manifest's paths stay inside its folder)")
+    if out.exists() and not ns.force:
+        raise UsageError(f"{out} exists and may hold labels you filled in: label those first, then pass --force "
+                         "to write a new one, or -o another file")
     root = out.resolve().parent
     outside = [p for p in photos if not Path(p).resolve().is_relative_to(root)]
     if outside:
         raise UsageError(f"{outside[0]} is not inside {root}: write the manifest beside or above the photos "
                          "(-o PHOTOS/to_label.csv), so `skulens train --data` can read it")
+    labelled = expand_inputs(ns.labelled) if ns.labelled else []
+    known = {Path(p).resolve() for p in labelled}
+    photos = [p for p in photos if Path(p).resolve() not in known]  # never suggest a photo already labelled
+    if not photos:
+        raise UsageError("every photo given is among --labelled: nothing left to suggest")
     from ..models.predictor import load_model
     from ..train.active import suggest_labels
 
     model = load_model(bundle, device=ns.device)
-    picks, failed = suggest_labels(model, photos, ns.budget, strategy=ns.strategy,
-                                   labelled=expand_inputs(ns.labelled) if ns.labelled else (), progress=not ns.quiet)
+    picks, failed = suggest_labels(model, photos, ns.budget, strategy=ns.strategy, labelled=labelled,
+                                   progress=not ns.quiet)
     for path, reason in failed:
         say(f"skipped {path}: {reason}")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -219,6 +227,7 @@ def add_commands(sub: Any) -> None:
                          "least certain only; kcenter: most diverse only; random")
     sl.add_argument("--labelled", nargs="+", help="photos already labelled (the diversity step keeps away from them)")
     add_out(sl, "manifest CSV to write (default: PHOTOS/to_label.csv); path,label,split plus the model's guess")
+    sl.add_argument("--force", action="store_true", help="replace an existing manifest (it may hold filled-in labels)")
     sl.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     add_quiet(sl)
     sl.set_defaults(func=cmd_suggest_labels)
