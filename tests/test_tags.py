@@ -166,6 +166,27 @@ def test_text_mode_scores_phrases_through_the_recognised_products_texts(model, p
             assert t.tags[0][0] == expected[label], t.tags
 
 
+def test_a_new_text_encoder_is_never_compared_with_the_old_ones_vectors(model, tmp_path) -> None:
+    import shutil
+
+    from skulens.data.catalogue import Product
+    from skulens.models.text import DEFAULT_TEXT_MODEL, _model_path
+
+    products = {c: Product(c, title=c.replace("-", " "), description=f"A {c.replace('-', ' ')}.")
+                for c in model.classes}
+    tagger = Tagger(model, products=products)
+    first = tagger.vocabulary(["sweet red apple", "oat drink"])
+    old = tagger._pieces[3]
+    assert tagger.vocabulary(["sweet red apple", "oat drink"]) is first  # cached while the encoder is the same
+    # what `skulens text-tune` does to a running server: the encoder it loads is another one from now on
+    retuned = tmp_path / "retuned"
+    shutil.copytree(_model_path(DEFAULT_TEXT_MODEL), retuned)
+    tagger.text_model = str(retuned)
+    again = tagger.vocabulary(["sweet red apple", "oat drink"])
+    assert again is not first and tagger._pieces[3] is tagger.text_encoder() is not old
+    np.testing.assert_allclose(again.matrix, first.matrix, atol=1e-5)  # same weights here, so the same scores
+
+
 def test_vocabulary_checks() -> None:
     assert check_vocabulary([" red  apple ", "Red apple", "", "milk"]) == ("red apple", "milk")
     assert parse_vocabulary("# colours\nred\n\n  # more\nblue\n") == ("red", "blue")

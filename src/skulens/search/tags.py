@@ -286,8 +286,10 @@ class Tagger:
         self.products: Mapping[str, Product] = products if products is not None else {}
         self.mode = mode
         self._lock = threading.Lock()
-        self._cache: dict[tuple[str, tuple[str, ...]], Vocabulary] = {}
-        self._pieces: tuple[tuple[str, ...], np.ndarray, np.ndarray] | None = None
+        # Both keyed by the text encoder object too: after `skulens text-tune` rewrites the bundle's encoder,
+        # `text_encoder()` returns a new one, and vectors of the old one must not meet the new one's.
+        self._cache: dict[tuple[str, tuple[str, ...], Any], Vocabulary] = {}
+        self._pieces: tuple[tuple[str, ...], np.ndarray, np.ndarray, Any] | None = None
 
     @property
     def card(self) -> ModelCard:
@@ -326,7 +328,7 @@ class Tagger:
             return phrases
         checked = check_vocabulary(phrases, max_phrases=max_phrases)
         mode = self.resolved_mode()
-        key = (mode, checked)
+        key = (mode, checked, self.text_encoder() if mode == "text" else None)
         with self._lock:
             if key not in self._cache:
                 if mode == "aligned":
@@ -345,15 +347,15 @@ class Tagger:
 
         encoder = self.text_encoder()
         classes = self.card.classes
-        if self._pieces is None or self._pieces[0] != classes:
+        if self._pieces is None or self._pieces[0] != classes or self._pieces[3] is not encoder:
             pieces = []
             for c in classes:
                 p = self.products.get(c)
                 pieces.append(product_pieces(p.title or product_title(c), catalogue_text(p)) if p is not None
                               else [product_title(c)])
             owner = np.repeat(np.arange(len(classes)), [len(p) for p in pieces])
-            self._pieces = (classes, encoder.encode([t for ps in pieces for t in ps]), owner)
-        _, vectors, owner = self._pieces
+            self._pieces = (classes, encoder.encode([t for ps in pieces for t in ps]), owner, encoder)
+        _, vectors, owner, _ = self._pieces
         sims = encoder.encode(list(phrases)) @ vectors.T  # P x pieces
         best = np.full((len(phrases), len(classes)), -1.0)
         np.maximum.at(best.T, owner, sims.T)  # a product scores its best piece
