@@ -105,6 +105,8 @@ def cmd_inventory_scan(ns: argparse.Namespace) -> int:
     detector_dir = check_detector(ns.detector) if ns.detector is not None else None
     if ns.min_score is not None and not 0 <= ns.min_score <= 1:
         raise UsageError("--min-score must be between 0 and 1")
+    if not 0 <= ns.threshold <= 1:
+        raise UsageError(f"--threshold must be between 0 and 1, got {ns.threshold}")
     if ns.max_boxes is not None and ns.max_boxes < 1:
         raise UsageError("--max-boxes must be >= 1")
     if detector_dir is None and (ns.max_boxes is not None or ns.tiles != "auto" or ns.min_score is not None):
