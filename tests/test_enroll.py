@@ -228,8 +228,15 @@ def test_unenroll_undoes_an_enrolment_exactly(bundle_copy: Path, blue_photos: li
     kept = [bundle_copy / p for p in read_card(bundle_copy).enrolled[0]["photos"]]
     assert len(index) == 5 and all(p.is_file() for p in kept)
 
+    from skulens.search.index import IndexRecord
+
+    later = IndexRecord("api/blue-box/1", "blue-box", "blue-box")  # a photo added to search after the enrolment
+    index.upsert([later], index.vectors([index.records("blue-box")[0].id]))
     res = unenroll(bundle_copy, "blue-box", index=index)
     assert (res.coarse_removed, res.photos_removed, res.index_entries) == ("Box", 3, 3)
+    assert [r.id for r in index.records("blue-box")] == ["api/blue-box/1"]  # only what the enrolment added
+    index.remove(ids=["api/blue-box/1"])
+    index.save()
     card = read_card(bundle_copy)
     # red-box stays, with its row and its (trained) coarse class, which lost no index
     assert card.classes == (*card0.classes, "red-box") and card.coarse_classes == card0.coarse_classes
@@ -261,4 +268,15 @@ def test_an_index_that_refuses_the_enrolment_leaves_the_bundle_as_it_was(bundle_
     with pytest.raises(IndexStoreError):
         enroll(bundle_copy, "blue-box", blue_photos[:2], coarse="Box", data=tiny_catalogue, index=wrong)
     assert read_card(bundle_copy) == card0 and len(wrong) == 0
+    assert not (bundle_copy / "enrolled" / "blue-box").exists()  # no kept photo that no card entry lists
     assert enroll(bundle_copy, "blue-box", blue_photos[:2], coarse="Box", data=tiny_catalogue).images == 2  # retried
+
+
+def test_unenroll_keeps_a_photo_another_product_still_lists(bundle_copy: Path, blue_photos: list[Path],
+                                                            tiny_catalogue: Path) -> None:
+    enroll(bundle_copy, "Box!", blue_photos[:1], coarse="Box", data=tiny_catalogue)
+    enroll(bundle_copy, "Box?", blue_photos[:1], coarse="Box", data=tiny_catalogue)  # same safe folder, same photo
+    shared = bundle_copy / read_card(bundle_copy).enrolled[1]["photos"][0]
+    assert read_card(bundle_copy).enrolled[0]["photos"] == read_card(bundle_copy).enrolled[1]["photos"]
+    assert unenroll(bundle_copy, "Box!").photos_removed == 0 and shared.is_file()
+    assert unenroll(bundle_copy, "Box?").photos_removed == 1 and not shared.exists()

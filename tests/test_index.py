@@ -489,8 +489,10 @@ def test_metadata_from_a_csv_and_a_filter_are_typed_alike(tmp_path: Path) -> Non
 
     assert [typed_value(v) for v in ("TRUE", "false", "3", "-2.5", "1e3", "0")] == [True, False, 3, -2.5, 1000.0, 0]
     # text that only looks like a number stays text: leading zeros, separators, NaN and Infinity
-    assert [typed_value(v) for v in ("0012345", "1_000", "NAN", "Infinity", "3.", "yes")] == [
-        "0012345", "1_000", "NAN", "Infinity", "3.", "yes"]
+    assert [typed_value(v) for v in ("0012345", "1_000", "NAN", "Infinity", "3.", "yes", "1e400",
+                                     "73513537123456789012")] == [
+        "0012345", "1_000", "NAN", "Infinity", "3.", "yes", "1e400", "73513537123456789012"]
+    assert typed_value(" -0 ") == 0 and typed_value("1.0") == 1.0
     table = tmp_path / "meta.csv"
     table.write_text("product_id,ean,brand,price,in_stock\nmilk,0012345,NAN,1.90,TRUE\n", encoding="utf-8")
     meta = read_metadata_table(table)["milk"]

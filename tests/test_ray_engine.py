@@ -251,9 +251,13 @@ def test_child_processes_left_by_a_failed_start_are_found_and_stopped() -> None:
 
     before = _child_pids()
     sleep = [sys.executable, "-c", "import time; time.sleep(60)"]
-    # Ray's helpers run from its package folder; another thread's child (the second) is not Ray's.
-    child = subprocess.Popen([*sleep, "/site-packages/ray/_private/log_monitor.py"])
-    other = subprocess.Popen(sleep)
+    # Ray's helpers run from its package folder; another thread's child (the second, even with "/ray/" in its
+    # arguments, as a virtualenv called ray would put there) is not Ray's.
+    import ray
+
+    child = subprocess.Popen([*sleep, os.path.join(os.path.dirname(os.path.realpath(ray.__file__)), "_private",
+                                                   "log_monitor.py")])
+    other = subprocess.Popen([*sleep, "/home/me/ray/.venv/bin/tool"])
     try:
         new = _child_pids() - before
         assert {child.pid, other.pid} <= new

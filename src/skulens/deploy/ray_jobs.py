@@ -122,12 +122,18 @@ def _child_pids() -> set[int]:
 
 def _is_ray_process(pid: int) -> bool:
     """Whether the process runs something of Ray's: its GCS and raylet binaries and its Python helpers all
-    live in the `ray` package's folder."""
+    live in the installed `ray` package's folder (a folder named ray elsewhere, e.g. a virtualenv's, is not it)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("ray")
+    if spec is None or not spec.origin:
+        return False
+    homes = tuple({os.fsencode(os.path.dirname(p)) + b"/" for p in (spec.origin, os.path.realpath(spec.origin))})
     try:
         args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return any(b"/ray/" in a or os.path.basename(a) in (b"raylet", b"gcs_server") for a in args)
+    return any(a.startswith(homes) for a in args)
 
 
 def _stop_leftovers(pids: set[int]) -> None:

@@ -292,8 +292,11 @@ class MilvusIndex(VectorIndex):
         client = _connect(uri, token)
         try:
             return bool(client.has_collection(collection))
+        except MilvusException as e:
+            raise IndexStoreError(f"{uri}: {e}") from None
         finally:
             client.close()
+            _release(uri)
 
     @classmethod
     def open(cls, uri: str | os.PathLike[str], *, collection: str = "skulens", token: str | None = None,

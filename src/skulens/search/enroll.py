@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -259,9 +260,12 @@ def enroll(bundle: str | os.PathLike, label: str, images: Sequence[str | os.Path
     net.head = imprint_class(net.head, positives, ref, ref_t)
 
     kept: list[str] = []
+    written: list[Path] = []  # files this call created: taken away again if the enrolment fails
     if keep_photos:
         folder = bundle / ENROLLED_DIR / _safe_name(label)
+        before = set(folder.iterdir()) if folder.is_dir() else set()
         kept = [str(_keep_photo(p, folder).relative_to(bundle)) for p in pils]
+        written = [f for f in folder.iterdir() if f not in before]
     entry = {"label": label, "coarse_label": coarse, "title": title, "text": text,
              "photos": kept, "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     new_card = card.with_(classes=(*card.classes, label), coarse_classes=tuple(coarse_classes),
@@ -271,16 +275,24 @@ def enroll(bundle: str | os.PathLike, label: str, images: Sequence[str | os.Path
     self_check = float((fine.argmax(1) == len(card.classes)).float().mean())
     # The index first: if it refuses (another model's index, a server error), the bundle is untouched and the
     # enrolment can be retried; if the bundle then cannot be saved, the new entries are taken out again.
-    added = _add_to_index(index, net, label, coarse, entry, plain, kept, bundle) if index is not None else 0
+    records: list[Any] = []
     try:
+        if index is not None:
+            records = _add_to_index(index, net, label, coarse, entry, plain, kept, bundle)
         save_bundle(net, new_card, bundle, carry_over=True)
     except BaseException:
-        if added:
+        if records:  # only the entries this call added: the product may have had others before
             with contextlib.suppress(Exception):
-                index.remove(product_ids=[label])  # type: ignore[union-attr]
+                index.remove(ids=[r.id for r in records])  # type: ignore[union-attr]
                 if hasattr(index, "save"):
                     index.save()
+        for f in written:  # no card entry will ever point at them
+            f.unlink(missing_ok=True)
+        if written:
+            with contextlib.suppress(OSError):
+                written[0].parent.rmdir()
         raise
+    added = len(records)
     return EnrolResult(label, coarse, inferred, len(pils), tuple(skipped), bundle,
                        0 if ref is None else len(ref), self_check, added, tuple(kept),
                        len(studio) // studio_views if studio_views else 0, len(described))
@@ -301,7 +313,7 @@ def _infer_coarse(net: SkuModel, card: ModelCard, feats: torch.Tensor) -> str:
 
 
 def _add_to_index(index, net: SkuModel, label: str, coarse: str | None, entry: dict, feats: torch.Tensor,
-                  kept: list[str], bundle: Path) -> int:
+                  kept: list[str], bundle: Path) -> list[Any]:
     from .index import IndexRecord
 
     vectors = F.normalize(feats, dim=-1).numpy().astype(np.float32)
@@ -312,7 +324,7 @@ def _add_to_index(index, net: SkuModel, label: str, coarse: str | None, entry: d
     index.upsert(records, vectors)
     if hasattr(index, "save"):
         index.save()
-    return len(records)
+    return records
 
 
 @dataclass(frozen=True)
@@ -333,12 +345,14 @@ def drop_class(head: torch.nn.Linear, row: int) -> torch.nn.Linear:
     return out.to(head.weight.dtype)
 
 
-def unenroll(bundle: str | os.PathLike, label: str, *, index: object | None = None) -> UnenrolResult:
+def unenroll(bundle: str | os.PathLike, label: str, *, index: object | None = None,
+             all_entries: bool = False) -> UnenrolResult:
     """Undo `enroll`: the product's head row, its coarse class where it was the only product in it, its card
-    entry, its kept photos and (given `index`) its index entries go; every other class keeps its weights, so
-    the bundle predicts as it did before the enrolment. Only enrolled products: a trained class leaves the
-    model when it is retrained without its photos. The index goes first, then the bundle (atomically), so a
-    failure half-way can be retried."""
+    entry, its kept photos and (given `index`) the index entries the enrolment added go; every other class
+    keeps its weights, so the bundle predicts as it did before the enrolment. `all_entries`: every index
+    entry of the product instead (photos added later too: removing the product, as DELETE does). Only
+    enrolled products: a trained class leaves the model when it is retrained without its photos. The index
+    goes first, then the bundle (atomically), so a failure half-way can be retried."""
     bundle = Path(bundle)
     net, card = load_bundle(bundle)
     entry = next((e for e in card.enrolled if e.get("label") == label), None)
@@ -349,7 +363,11 @@ def unenroll(bundle: str | os.PathLike, label: str, *, index: object | None = No
         raise EnrolmentError(f"{label!r} is not a product of this model")
     removed = 0
     if index is not None:
-        removed = int(index.remove(product_ids=[label]))  # type: ignore[attr-defined]
+        if all_entries:
+            removed = int(index.remove(product_ids=[label]))  # type: ignore[attr-defined]
+        else:
+            ours = [r.id for r in index.records(label) if r.id.startswith(f"enrolled/{label}/")]  # type: ignore[attr-defined]
+            removed = int(index.remove(ids=ours)) if ours else 0  # type: ignore[attr-defined]
         if hasattr(index, "save"):
             index.save()
     row = card.classes.index(label)
@@ -368,7 +386,12 @@ def unenroll(bundle: str | os.PathLike, label: str, *, index: object | None = No
                           fine_to_coarse=tuple(f2c), enrolled=tuple(e for e in card.enrolled if e is not entry))
     save_bundle(net, new_card, bundle, carry_over=True)
     photos = 0
-    for rel in entry.get("photos", ()):  # only its own files: another label may share the folder's safe name
+    # Only its own files, and none another enrolled product still lists: two labels with the same safe folder
+    # name ("Milk!", "Milk?") enrolled with the same photo share one content-named file.
+    shared = {rel for e in new_card.enrolled for rel in e.get("photos", ())}
+    for rel in entry.get("photos", ()):
+        if rel in shared:
+            continue
         path = bundle / rel
         if path.resolve().is_relative_to((bundle / ENROLLED_DIR).resolve()) and path.is_file():
             path.unlink()

@@ -224,15 +224,18 @@ _NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
 
 def typed_value(text: str) -> str | int | float | bool:
     """A metadata value written as text (a CSV cell, `--set`, a filter): true/false (any case) is a bool, a
-    number in JSON's grammar an int or float, anything else stays the string it is, so an EAN or SKU with a
-    leading zero ("0012345"), "1_000", "NaN" or a brand called "NAN" is never turned into a number. The CSV
+    number in JSON's grammar an int (up to 2**53) or a finite float, anything else stays the string it is, so
+    an EAN or SKU with a leading zero ("0012345"), "1_000", "NaN", a brand called "NAN" or "yes"/"no" is never
+    turned into a number or a bool. The CSV
     reader and `parse_filter` both use it, so a stored value and a filter written alike always match."""
     low = text.strip().lower()
     if low in ("true", "false"):
         return low == "true"
     if _NUMBER.fullmatch(text.strip()):
         number = float(text)
-        return int(text) if number.is_integer() and not any(c in text for c in ".eE") else number
+        if any(c in text for c in ".eE"):
+            return number if math.isfinite(number) else text  # 1e400 is no number a record can hold
+        return int(text) if abs(int(text)) <= 2**53 else text  # a 20-digit code stays the code it is
     return text
 
 

@@ -55,6 +55,8 @@ def count_shelf(detector: Detector, model: Model, image: Image.Image, *, thresho
 
     ((result, _),) = count_products(detector, [image], model=model, min_score=min_score, min_confidence=threshold,
                                     tiles=tiles)
+    if result.error:  # a photo the detector cannot look into (too narrow): never a counted photo of nothing
+        raise ImageDecodeError(result.source, result.error)
     if result.capped:
         logger.warning("a shelf photo reached the box cap (%d boxes): there may be more products than counted; "
                     "raise the cap (detector_max_boxes, --max-boxes)", detector.config.max_detections)
@@ -181,10 +183,10 @@ def scan_shelves(detector: Detector, model: Model, store: InventoryStore, paths:
         for path, data, h in todo:
             try:
                 image = decode_image(data, max_pixels=max_pixels)
+                result = count_shelf(detector, model, image, threshold=threshold, min_score=min_score, tiles=tiles)
             except ImageDecodeError as exc:
                 yield path, exc.reason
                 continue
-            result = count_shelf(detector, model, image, threshold=threshold, min_score=min_score, tiles=tiles)
             photos.append(shelf_photo(data, h, str(path), result, image, threshold=threshold,
                                       keep_photos=keep_photos, max_pixels=max_pixels))
             sources.append(path)

@@ -255,20 +255,24 @@ async def update_product(state: State, actor: WriteKey, product_id: ProductId, p
 @crud_router.delete("/{product_id}", summary="Remove a product from search; an enrolled product also leaves the "
                     "model (a trained class stays in the model until it is retrained without its photos)")
 async def delete_product(state: State, actor: WriteKey, product_id: ProductId) -> dict[str, Any]:
+    from ...models.bundle import read_card
     from ...search.enroll import unenroll
 
-    enrolled = state.model.net is not None and any(e.get("label") == product_id for e in state.model.card.enrolled)
-
-    def run() -> int:
-        if enrolled:  # undo the enrolment: its index entries, then its row, kept photos and card entry
-            return unenroll(state.settings.model, product_id, index=state.search.index).index_entries
+    def run() -> tuple[int, bool]:
+        # Decided here, under the index lock (enrolment writes under it too), from the bundle on disk: a
+        # concurrent enrolment may have saved it before the served model was reloaded.
+        enrolled = state.model.net is not None and any(
+            e.get("label") == product_id for e in read_card(state.settings.model).enrolled)
+        if enrolled:  # undo the enrolment: every index entry of the product, its row, kept photos, card entry
+            return unenroll(state.settings.model, product_id, index=state.search.index, all_entries=True
+                            ).index_entries, True
         n = state.search.index.remove(product_ids=[product_id])
         if n == 0:
             raise HTTPException(404, f"product {product_id!r} is not in the index")
         state.search.index.save()
-        return n
+        return n, False
 
-    removed = await _index_call(state, run)
+    removed, enrolled = await _index_call(state, run)
     if enrolled:
         await anyio.to_thread.run_sync(state.reload_model)
         state.products.pop(product_id, None)
