@@ -124,7 +124,12 @@ def test_not_a_detector_folder_is_a_clear_error(tmp_path, untrained) -> None:
 def test_box_cap_is_a_setting(untrained) -> None:
     det = load_detector(untrained, device="cpu").with_settings(max_detections=15)
     d = det.detect([photo()])[0]
-    assert len(d) == 15 and d.capped
+    assert len(d) == 15 and d.capped and d.cap_score == pytest.approx(float(d.scores.min()))
+    # the cap keeps the best boxes: above a score every dropped box was under, nothing that counts was cut
+    assert d.above(d.cap_score).capped and not d.above(d.cap_score + 1e-4).capped
+    big = photo(1400, 600, seed=3)  # tiled: each pass's cap and the merged photo's
+    t = det.detect([big])[0]
+    assert t.capped and t.cap_score is not None and not t.above(t.cap_score + 1e-4).capped
 
 
 def test_large_photos_are_tiled(untrained) -> None:

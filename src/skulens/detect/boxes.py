@@ -54,7 +54,8 @@ class Detections:
     """What the detector found in one photo: boxes (N, 4) in photo pixels and their scores, best first.
 
     capped: the detector hit its box cap (`max_detections`) on this photo, so there may be more products
-    than boxes; raise the cap rather than trust the count.
+    than boxes; raise the cap rather than trust the count. cap_score: the highest score a box the cap dropped
+    can have had (the weakest box kept by a pass that hit the cap), when known.
     """
 
     boxes: np.ndarray
@@ -62,6 +63,7 @@ class Detections:
     width: int
     height: int
     capped: bool = False
+    cap_score: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "boxes", as_boxes(self.boxes))
@@ -73,5 +75,10 @@ class Detections:
         return len(self.boxes)
 
     def above(self, threshold: float) -> Detections:
+        """The boxes scoring at least `threshold`. Still `capped` only when the cap may have cut such boxes:
+        it keeps the best-scoring ones, so when every box it dropped scored below `threshold` (`cap_score`
+        under it), nothing that would count was lost."""
         keep = self.scores >= threshold
-        return Detections(self.boxes[keep], self.scores[keep], self.width, self.height, self.capped)
+        cut = self.capped and (self.cap_score is None or self.cap_score >= threshold)
+        return Detections(self.boxes[keep], self.scores[keep], self.width, self.height, cut,
+                          self.cap_score if cut else None)

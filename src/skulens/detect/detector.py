@@ -70,9 +70,9 @@ class Detector:
         tiled = tiles == "on" or (tiles == "auto" and max(w, h) > 2 * cfg.max_size)
         if not tiled:
             (boxes, scores), = self._run([whole])
-            capped = len(boxes) >= cfg.max_detections
+            cap = _cap_score(scores, cfg.max_detections)
             keep = suppress_contained(boxes, scores, ios=cfg.contained_ios)
-            return Detections(boxes[keep], scores[keep], w, h, capped=capped)
+            return Detections(boxes[keep], scores[keep], w, h, capped=cap is not None, cap_score=cap)
         scale = min(1.0, 2 * cfg.max_size / max(w, h))
         work = pil if scale == 1.0 else pil.resize((round(w * scale), round(h * scale)), Image.BILINEAR)
         windows = tile_grid(work.width, work.height, cfg.min_size)
@@ -80,9 +80,9 @@ class Detector:
         results = self._run([whole])
         for i in range(0, len(crops), batch_size):
             results += self._run(crops[i:i + batch_size])
-        all_boxes, all_scores, passes, capped = [], [], [], False
+        all_boxes, all_scores, passes, caps = [], [], [], []
         for p, (boxes, scores) in enumerate(results):
-            capped |= len(boxes) >= cfg.max_detections
+            caps.append(_cap_score(scores, cfg.max_detections))
             if p > 0:  # a tile: back to photo coordinates, products cut by the window dropped
                 x0, y0, x1, y1 = windows[p - 1]
                 boxes = (boxes + np.array([x0, y0, x0, y0], np.float32)) / scale
@@ -95,14 +95,23 @@ class Detector:
         boxes, scores = np.concatenate(all_boxes), np.concatenate(all_scores)
         keep = merge_boxes(boxes, scores, np.concatenate(passes), iou=cfg.nms_iou)
         boxes, scores = boxes[keep], scores[keep]
-        keep = suppress_contained(boxes, scores, ios=cfg.contained_ios)[: cfg.max_detections]
-        capped |= len(keep) >= cfg.max_detections
-        return Detections(boxes[keep], scores[keep], w, h, capped=capped)
+        keep = suppress_contained(boxes, scores, ios=cfg.contained_ios)
+        if len(keep) > cfg.max_detections:  # the merged photo's own cap: the best boxes stay
+            caps.append(float(scores[keep[cfg.max_detections - 1]]))
+            keep = keep[: cfg.max_detections]
+        known = [c for c in caps if c is not None]
+        cap = max(known) if known else None
+        return Detections(boxes[keep], scores[keep], w, h, capped=cap is not None, cap_score=cap)
 
     @torch.inference_mode()
     def _run(self, tensors: list[torch.Tensor]) -> list[tuple[np.ndarray, np.ndarray]]:
         outs = self.net([t.to(self.device) for t in tensors])
         return [(o["boxes"].float().cpu().numpy(), o["scores"].float().cpu().numpy()) for o in outs]
+
+
+def _cap_score(scores: np.ndarray, cap: int) -> float | None:
+    """A pass that returned `cap` boxes may have dropped more, none scoring above its weakest box kept."""
+    return float(scores.min()) if len(scores) >= cap and len(scores) else None
 
 
 MIN_SIDE_PX = 8  # the short side at the detector's scale: below it there is nothing to find, and resizing fails
