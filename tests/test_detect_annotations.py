@@ -303,3 +303,14 @@ def test_every_batch_mixing_real_boxes_and_composites_holds_both() -> None:
     assert real_photos_per_batch(DetectorRecipe(batch_size=4, real_share=0.0)) == 0
     with pytest.raises(ValueError, match="batch_size >= 2"):
         real_photos_per_batch(DetectorRecipe(batch_size=1, real_share=0.5))
+
+
+def test_coco_json_in_an_annotations_folder_finds_images_beside_it(tmp_path: Path) -> None:
+    _image(tmp_path / "images" / "a.jpg")  # COCO's own layout: annotations/instances.json and images/
+    doc = {"images": [{"id": 1, "file_name": "a.jpg", "width": 100, "height": 50}],
+           "annotations": [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [10, 5, 20, 10]}],
+           "categories": [{"id": 3, "name": "milk"}]}
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "annotations" / "instances.json").write_text(json.dumps(doc), encoding="utf-8")
+    (im,) = read_coco(tmp_path / "annotations" / "instances.json")
+    assert im.path == tmp_path / "images" / "a.jpg" and im.labels == ("milk",)

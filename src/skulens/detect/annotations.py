@@ -202,7 +202,8 @@ def _coco_images(entries: list[Any], path: Path) -> dict[Any, tuple[Path, int, i
         if im["id"] in images:
             raise AnnotationError(f"{where}: duplicate image id {im['id']!r}")
         name = im["file_name"]
-        file = _find_image(where, name, [path.parent / name, path.parent / "images" / name])
+        file = _find_image(where, name, [path.parent / name, path.parent / "images" / name,
+                                         path.parent.parent / "images" / name])  # COCO's annotations/ beside images/
         w, h = im.get("width"), im.get("height")
         ok = isinstance(w, int) and isinstance(h, int) and w > 0 and h > 0
         images[im["id"]] = (file, *_checked_size(file, (w, h) if ok else None, where))
