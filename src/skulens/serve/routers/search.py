@@ -261,11 +261,12 @@ async def delete_product(state: State, actor: WriteKey, product_id: ProductId) -
     def run() -> tuple[int, bool]:
         # Decided here, under the index lock (enrolment writes under it too), from the bundle on disk: a
         # concurrent enrolment may have saved it before the served model was reloaded.
-        enrolled = state.model.net is not None and any(
-            e.get("label") == product_id for e in read_card(state.settings.model).enrolled)
+        folder = state.model.path  # None or no card for a plain pretrained backbone: nothing was enrolled
+        enrolled = (state.model.net is not None and folder is not None and (folder / "card.json").is_file()
+                    and any(e.get("label") == product_id for e in read_card(folder).enrolled))
         if enrolled:  # undo the enrolment: every index entry of the product, its row, kept photos, card entry
-            return unenroll(state.settings.model, product_id, index=state.search.index, all_entries=True
-                            ).index_entries, True
+            assert folder is not None
+            return unenroll(folder, product_id, index=state.search.index, all_entries=True).index_entries, True
         n = state.search.index.remove(product_ids=[product_id])
         if n == 0:
             raise HTTPException(404, f"product {product_id!r} is not in the index")
