@@ -25,6 +25,7 @@ from ._common import (
     pseudonymizer,
     say,
 )
+from .detect import TILES
 
 __all__ = ["add_commands"]
 
@@ -52,7 +53,7 @@ def add_commands(sub: Any) -> None:
     sc.add_argument("--max-boxes", type=int, default=ServeSettings.detector_max_boxes,
                     help="with --detector: box cap per photo (default: the detector's, 1000); a photo that reaches "
                          "it is logged and audited as 'box_cap_reached'")
-    sc.add_argument("--tiles", choices=("auto", "on", "off"), default=ServeSettings.detector_tiles,
+    sc.add_argument("--tiles", choices=TILES, default=ServeSettings.detector_tiles,
                     help="with --detector: tile large photos (auto: long side over 2x the detector's size)")
     sc.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     add_quiet(sc, "no per-photo JSON lines")

@@ -13,6 +13,7 @@ from PIL import Image
 
 from ..data.decode import ImageDecodeError, decode_image
 from ..models.inference import resolve_device
+from ..models.predictor import source_name
 from .boxes import Detections
 from .model import DetectorCard, DetectorConfig, load_detector_net
 from .tiling import drop_cut_boxes, merge_boxes, suppress_contained, tile_grid, window_in_photo
@@ -59,7 +60,7 @@ class Detector:
         out = []
         for i, im in enumerate(images):
             pil = im.convert("RGB") if isinstance(im, Image.Image) else decode_image(im)
-            check_detectable(pil.size, self.config, im if isinstance(im, (str, os.PathLike)) else f"<image {i}>")
+            check_detectable(pil.size, self.config, source_name(im, i))
             out.append(self._detect_one(pil, tiles, batch_size))
         return out
 

@@ -60,19 +60,17 @@ def _check(net: nn.Module, card: DetectorCard, path: Path) -> None:
     """The ONNX graph must give PyTorch's dense outputs (class logits, box regression, centre-ness at every
     location: never a vacuous check, even where nothing is detected) and then the same boxes and scores on a
     random photo-sized input."""
-    import onnxruntime as ort
-
     image = torch.rand(3, 300, 400, generator=torch.Generator().manual_seed(0))
     x = net.transform([image])[0].tensors  # what the graph sees inside the detector: resized and normalised
     with torch.inference_mode():
         want = [t.numpy() for t in _Dense(net).eval()(x)[:3]]
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run(OUTPUTS[:3], {"images": x.numpy().astype(np.float32)})
+    onnx_net = _onnx_net(path, card)  # one ONNX Runtime session for both checks
+    got = onnx_net.backbone.session.run(OUTPUTS[:3], {"images": x.numpy().astype(np.float32)})
     for name, a, b in zip(OUTPUTS, want, got):
         if a.shape != b.shape or not np.allclose(a, b, atol=2e-3, rtol=1e-3):
             raise DetectorError(f"{path}: the ONNX graph does not reproduce PyTorch's {name}")
     a = Detector(net, card, device="cpu")._run([image])[0]
-    b = Detector(_onnx_net(path, card), card, device="cpu")._run([image])[0]
+    b = Detector(onnx_net, card, device="cpu")._run([image])[0]
     n = min(len(a[1]), len(b[1]), 20)
     if len(a[1]) != len(b[1]) or (n and not (np.allclose(a[1][:n], b[1][:n], atol=2e-3)
                                              and np.allclose(a[0][:n], b[0][:n], atol=0.5))):

@@ -28,12 +28,12 @@ import torch.nn.functional as F
 
 from ..data.decode import ImageDecodeError, decode_image
 from ..data.transforms import create_transform, to_uint8_tensor
-from ..models.bundle import load_bundle, save_bundle
+from ..models.bundle import load_bundle, read_card, save_bundle
 from ..models.card import ModelCard
 from ..models.classifier import SkuModel
 
 __all__ = ["ENROLLED_DIR", "EnrolResult", "EnrolmentError", "UnenrolResult", "drop_class", "enroll", "imprint_class",
-           "reference_bank", "unenroll"]
+           "is_enrolled", "reference_bank", "unenroll"]
 
 log = logging.getLogger(__name__)
 
@@ -343,6 +343,13 @@ def drop_class(head: torch.nn.Linear, row: int) -> torch.nn.Linear:
         out.weight.copy_(head.weight.detach()[keep])
         out.bias.copy_(head.bias.detach()[keep])
     return out.to(head.weight.dtype)
+
+
+def is_enrolled(bundle: str | os.PathLike, label: str) -> bool:
+    """Whether `label` was added to the bundle on disk by `enroll` (False where there is no bundle card, as for a
+    plain pretrained backbone)."""
+    card = Path(bundle) / "card.json"
+    return card.is_file() and any(e.get("label") == label for e in read_card(bundle).enrolled)
 
 
 def unenroll(bundle: str | os.PathLike, label: str, *, index: object | None = None,

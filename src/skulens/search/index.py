@@ -226,8 +226,8 @@ def typed_value(text: str) -> str | int | float | bool:
     """A metadata value written as text (a CSV cell, `--set`, a filter): true/false (any case) is a bool, a
     number in JSON's grammar an int (up to 2**53) or a finite float, anything else stays the string it is, so
     an EAN or SKU with a leading zero ("0012345"), "1_000", "NaN", a brand called "NAN" or "yes"/"no" is never
-    turned into a number or a bool. The CSV
-    reader and `parse_filter` both use it, so a stored value and a filter written alike always match."""
+    turned into a number or a bool. The CSV reader and `parse_filter` both use it, so a stored value and a
+    filter written alike always match."""
     low = text.strip().lower()
     if low in ("true", "false"):
         return low == "true"

@@ -59,7 +59,7 @@ def count_shelf(detector: Detector, model: Model, image: Image.Image, *, thresho
         raise ImageDecodeError(result.source, result.error)
     if result.capped:
         logger.warning("a shelf photo reached the box cap (%d boxes): there may be more products than counted; "
-                    "raise the cap (detector_max_boxes, --max-boxes)", detector.config.max_detections)
+                       "raise the cap (detector_max_boxes, --max-boxes)", detector.config.max_detections)
     return result
 
 

@@ -136,7 +136,6 @@ async def similar(state: State, _: ReadKey, product_id: ProductId, k: Annotated[
     if state.recommender is not None:
         from ...recommend.recommenders import UnknownProductError
 
-
         try:
             recs = await anyio.to_thread.run_sync(lambda: state.recommender.similar(product_id, k))
         except UnknownProductError as exc:
@@ -255,17 +254,14 @@ async def update_product(state: State, actor: WriteKey, product_id: ProductId, p
 @crud_router.delete("/{product_id}", summary="Remove a product from search; an enrolled product also leaves the "
                     "model (a trained class stays in the model until it is retrained without its photos)")
 async def delete_product(state: State, actor: WriteKey, product_id: ProductId) -> dict[str, Any]:
-    from ...models.bundle import read_card
-    from ...search.enroll import unenroll
+    from ...search.enroll import is_enrolled, unenroll
 
     def run() -> tuple[int, bool]:
         # Decided here, under the index lock (enrolment writes under it too), from the bundle on disk: a
         # concurrent enrolment may have saved it before the served model was reloaded.
-        folder = state.model.path  # None or no card for a plain pretrained backbone: nothing was enrolled
-        enrolled = (state.model.net is not None and folder is not None and (folder / "card.json").is_file()
-                    and any(e.get("label") == product_id for e in read_card(folder).enrolled))
-        if enrolled:  # undo the enrolment: every index entry of the product, its row, kept photos, card entry
-            assert folder is not None
+        folder = state.model.path if state.model.net is not None else None  # an exported model enrols nothing
+        if folder is not None and is_enrolled(folder, product_id):
+            # undo the enrolment: every index entry of the product, its row, kept photos, card entry
             return unenroll(folder, product_id, index=state.search.index, all_entries=True).index_entries, True
         n = state.search.index.remove(product_ids=[product_id])
         if n == 0:
