@@ -161,3 +161,60 @@ def test_info_takes_the_model_flag_and_the_old_positional(tiny_bundle) -> None:
     assert new.stdout == old.stdout and "deprecated" in old.stderr
     both, _ = _run("info", str(tiny_bundle.bundle), "--model", str(tiny_bundle.bundle))
     assert both.returncode == 2 and "unexpected argument" in both.stderr
+
+
+def test_bad_values_are_one_line_exit_2_before_any_work(tiny_bundle, tiny_catalogue: Path, tmp_path: Path,
+                                                       capsys) -> None:
+    """Flags whose bad values used to crash deep inside (a traceback), be dropped silently (`--attacks fgm`),
+    or fail only after minutes of work (`bench --variants` without baseline): each is refused at once."""
+    from skulens.cli import main
+
+    m, d, out = str(tiny_bundle.bundle), str(tiny_catalogue), str(tmp_path / "o")
+    photo = str(tiny_catalogue.parent / "val" / "red-apple" / "red-apple_000.jpg")
+    robust = ["robustness", "--model", m, "--data", d, "--out", out]
+    cases = [
+        (robust + ["--attacks", "fgsm,fgm"], "--attacks: unknown 'fgm'"),
+        (robust + ["--severities", "1,6"], "--severities: each in 1..5"),
+        (robust + ["--eps", "1,abc"], "--eps: 'abc' is not a float"),
+        (robust + ["--corruptions", "fog"], "--corruptions: unknown 'fog'"),
+        (robust + ["--pgd-steps", "0"], "must be >= 1, got 0"),
+        (["predict", "--model", m, d, "--device", "gpu"], "give auto, cpu, cuda or cuda:N"),
+        (["predict", "--model", m, d, "--batch-size", "0"], "--batch-size: must be >= 1"),
+        (["predict", "--model", m, d, "-k", "0"], "-k/--top-k: must be >= 1"),
+        (["predict", "--model", m, d, "--min-confidence", "2"], "must be in [0, 1]"),
+        (["predict", "--model", m, photo, "--text", "x"], "--text needs a bundle with a fusion head"),
+        (["bench", "--model", m, "--data", d, "--variants", "torch-fp32"], "--variants must include baseline"),
+        (["bench", "--model", m, "--data", d, "--variants", "baseline,onnx-fp33"], "--variants: unknown 'onnx-fp33'"),
+        (["prune", "--model", m, "--out", out, "--amount", "1.5"], "--amount must be in (0, 1)"),
+        (["prune", "--model", m, "--out", out, "--no-recover", "--epochs", "3"], "--epochs: only for the recovery"),
+        (["export", "--model", m, "--calibration-images", "10"], "--calibration-images calibrates int8"),
+        (["export", "--model", m, "--parity-images", "5"], "--parity-images checks a LiteRT file"),
+        (["recommend", "generate", "--data", d, "--out", out, "--users", "0"], "--users: must be >= 1"),
+        (["explain", "--model", m, photo, "--target", "no-such"],
+         "--target 'no-such': not a class"),
+    ]
+    for argv, expected in cases:
+        try:
+            rc = main(argv)
+        except SystemExit as e:  # argparse's own usage error
+            rc = e.code
+        err = capsys.readouterr().err
+        assert rc == 2 and expected in err and "Traceback" not in err, (argv, rc, err)
+    assert not Path(out).exists()  # nothing was written by any of them
+
+
+def test_a_device_this_machine_lacks_is_a_user_error() -> None:
+    import torch
+
+    from skulens.cli._errors import is_user_error
+    from skulens.models.inference import DeviceError, resolve_device
+
+    with pytest.raises(DeviceError, match="give auto, cpu, cuda or cuda:N"):
+        resolve_device("gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(DeviceError, match="CUDA is not available") as e:
+            resolve_device("cuda")
+        assert is_user_error(e.value)
+    else:
+        with pytest.raises(DeviceError, match="GPU"):
+            resolve_device(f"cuda:{torch.cuda.device_count()}")

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import glob
+import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, get_args
 
@@ -35,10 +37,13 @@ __all__ = [
     "csv_list",
     "data_path",
     "deprecated_alias",
+    "device_arg",
     "engine_options",
     "engine_out",
     "expand_inputs",
+    "fraction",
     "model_path",
+    "positive_int",
     "pseudonymizer",
     "report_result",
     "say",
@@ -166,7 +171,7 @@ def add_out(p: argparse.ArgumentParser, help_text: str, *, required: bool = Fals
 
 
 def add_top_k(p: argparse.ArgumentParser, default: int, help_text: str = "results per query") -> None:
-    p.add_argument("-k", "--top-k", dest="top_k", type=int, default=default,
+    p.add_argument("-k", "--top-k", dest="top_k", type=positive_int, default=default,
                    help=f"{help_text} (default: {default})")
 
 
@@ -215,7 +220,7 @@ def add_engine(p: argparse.ArgumentParser, note: str = "") -> None:
     g.add_argument("--engine", choices=("local", "ray"), default="local",
                    help="local: this process (default); ray: an actor pool on Ray Data, each actor loading the "
                         "model once" + (f"; {note}" if note else ""))
-    g.add_argument("--actors", type=int, default=1, help="--engine ray: actors in the pool (default: 1)")
+    g.add_argument("--actors", type=positive_int, default=1, help="--engine ray: actors in the pool (default: 1)")
     g.add_argument("--cpus-per-actor", type=float, default=1.0,
                    help="--engine ray: CPUs each actor reserves, and its torch threads (default: 1)")
     g.add_argument("--ray-address", metavar="ADDR",
@@ -257,8 +262,51 @@ def engine_options(ns: argparse.Namespace) -> dict[str, Any]:
             "progress": not getattr(ns, "quiet", False), "gpus_per_actor": 1.0 if device.startswith("cuda") else 0.0}
 
 
-def csv_list(text: str, kind: type = str) -> list[Any]:
-    return [kind(v.strip()) for v in text.split(",") if v.strip()]
+def csv_list(text: str, kind: type = str, *, flag: str = "", allowed: Sequence[str] | None = None) -> list[Any]:
+    """"a, b" -> ["a", "b"] (each converted by `kind`); a value that does not convert, or is not one of
+    `allowed`, is a UsageError naming `flag`."""
+    name = flag or "a list"
+    out = []
+    for v in (v.strip() for v in text.split(",")):
+        if not v:
+            continue
+        try:
+            out.append(kind(v))
+        except ValueError:
+            raise UsageError(f"{name}: {v!r} is not a{'n' if kind is int else ''} {kind.__name__}") from None
+        if allowed is not None and out[-1] not in allowed:
+            raise UsageError(f"{name}: unknown {v!r} (one of {', '.join(allowed)})")
+    return out
+
+
+# --------------------------------------------------------------------------- argparse value types
+# Checked while parsing, so a bad value is the usage line and exit 2 before anything is loaded.
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
+def device_arg(text: str) -> str:
+    """auto, cpu, cuda or cuda:N (whether that GPU exists is checked when the model loads)."""
+    if re.fullmatch(r"auto|cpu|cuda(:\d+)?", text.strip()):
+        return text.strip()
+    raise argparse.ArgumentTypeError(f"{text!r}: give auto, cpu, cuda or cuda:N")
 
 
 # --------------------------------------------------------------------------- training flags

@@ -18,6 +18,7 @@ USER_ERROR_CLASSES = (
     ("skulens.detect.model", "DetectorError"),
     ("skulens.models.backbones", "WeightsError"),
     ("skulens.models.bundle", "BundleError"),
+    ("skulens.models.inference", "DeviceError"),
     ("skulens.search.enroll", "EnrolmentError"),
     ("skulens.search.index", "IndexStoreError"),
     ("skulens.recommend.shopping_log", "ShoppingLogError"),

@@ -15,7 +15,9 @@ from ._common import (
     check_detector,
     csv_list,
     data_path,
+    device_arg,
     model_path,
+    positive_int,
     say,
 )
 
@@ -39,6 +41,13 @@ def cmd_export(ns: argparse.Namespace) -> int:
             raise UsageError(f"{flag} belongs to --preset fast")
     if ns.int8 and ns.format == "torchscript":
         raise UsageError("--int8 needs --format onnx or tflite")
+    for flag, value in (("--calibration-split", ns.calibration_split), ("--calibration-images", ns.calibration_images)):
+        if value is not None and not ns.int8:
+            raise UsageError(f"{flag} calibrates int8: it needs --int8 (or --preset fast)")
+    if ns.parity_images is not None and ns.format != "tflite":
+        raise UsageError("--parity-images checks a LiteRT file: it needs --format tflite")
+    ns.calibration_split = ns.calibration_split or "train"
+    ns.calibration_images = ns.calibration_images or 256
     # checked before the export starts; tflite fp32 takes its parity photos from the data when it is there
     data = data_path(ns, model=bundle, required=ns.int8) if ns.int8 or ns.format == "tflite" else None
     if ns.format == "tflite":
@@ -84,7 +93,7 @@ def _export_fast(ns: argparse.Namespace, bundle: str) -> int:
 
     overrides = {"epochs": ns.epochs} if ns.epochs else {}
     res = make_fast(bundle, out=out, data=data, student=ns.student, check_split=ns.check_split or "val",
-                    calibration_images=ns.calibration_images, calibration_split=ns.calibration_split,
+                    calibration_images=ns.calibration_images or 256, calibration_split=ns.calibration_split or "train",
                     max_drop=1.0 if ns.max_drop is None else ns.max_drop, progress=not ns.quiet, say=say,
                     **overrides)
     say(f"fast model: {res.int8_path} ({res.int8_path.stat().st_size / 1e6:.1f} MB); run it with "
@@ -101,7 +110,7 @@ def _export_tflite(ns: argparse.Namespace, bundle: str, data: str | None) -> int
     from ..deploy.tflite import export_tflite_checked, require_tflite_export
 
     require_tflite_export()  # before any photo is read
-    parity = calibration_sample(data, split="val", images=ns.parity_images or 64) if data else []
+    parity = calibration_sample(data, split="val", images=ns.parity_images or 64) if data else []  # >= 1: positive_int
     calibration = (calibration_sample(data, split=ns.calibration_split, images=ns.calibration_images)
                    if ns.int8 and data else None)
     qat = _split_samples(data, ns.calibration_split) if ns.qat and data else None
@@ -137,13 +146,18 @@ def cmd_bench(ns: argparse.Namespace) -> int:
         if not path:
             raise UsageError(f"--extra {item!r}: expected NAME=BUNDLE")
         extra[name] = path
+    known = DEFAULT_RUNTIMES + OPTIONAL_RUNTIMES
+    runtimes = csv_list(ns.variants, flag="--variants", allowed=known)
+    extra_runtimes = csv_list(ns.extra_runtimes, flag="--extra-runtimes", allowed=known)
+    if "baseline" not in runtimes:  # checked here, not after minutes of exports
+        raise UsageError("--variants must include baseline (the reference every other row is compared with)")
     data = data_path(ns, model=bundle)
     from ..deploy.bench import bench_bundle, to_markdown
     from ..models.inference import resolve_device
 
     out = ns.out or f"runs/bench-deploy-{Path(bundle).resolve().parent.name}"
-    result = bench_bundle(bundle, data, out=out, split=ns.split, runtimes=csv_list(ns.variants), extra=extra,
-                          extra_runtimes=csv_list(ns.extra_runtimes), fast=ns.fast, limit=ns.limit,
+    result = bench_bundle(bundle, data, out=out, split=ns.split, runtimes=runtimes, extra=extra,
+                          extra_runtimes=extra_runtimes, fast=ns.fast, limit=ns.limit,
                           calibration_images=ns.calibration_images, threads=ns.threads, workers=ns.workers,
                           batch_size=ns.batch_size, latency_images=ns.latency_images, repeats=ns.repeats,
                           isolate=ns.isolate, progress=not ns.quiet, device=str(resolve_device(ns.device)))
@@ -173,7 +187,7 @@ def add_commands(sub: Any) -> None:
                         "model.int8.onnx for --backend onnx-int8. Distillation takes 20-30 min on 2 CPU cores; "
                         "the same --out again reuses a finished distillation or resumes a stopped one")
     x.add_argument("--student", help="--preset fast: the student backbone (default: efficientnet_lite0)")
-    x.add_argument("--epochs", type=int, help="--preset fast: distillation epochs (default: the training default)")
+    x.add_argument("--epochs", type=positive_int, help="--preset fast: distillation epochs (default: the training default)")
     x.add_argument("--check-split", help="--preset fast: split the int8 candidates and the check are scored on "
                                          "(default: val)")
     x.add_argument("--max-drop", type=float,
@@ -189,9 +203,11 @@ def add_commands(sub: Any) -> None:
                         "1 min per 1000 photos); the fp32 file is unchanged")
     add_data(x, "catalogue whose photos calibrate int8 and (tflite) check parity (default: the bundle's recorded "
                 "dataset)", legacy=("--calibration-data",))
-    x.add_argument("--calibration-split", default="train", help="split the calibration photos come from")
-    x.add_argument("--calibration-images", type=int, default=256, help="photos that calibrate int8 (default: 256)")
-    x.add_argument("--parity-images", type=int,
+    x.add_argument("--calibration-split", help="--int8 / --preset fast: split the calibration photos come from "
+                                               "(default: train)")
+    x.add_argument("--calibration-images", type=positive_int,
+                   help="--int8 / --preset fast: photos that calibrate int8 (default: 256)")
+    x.add_argument("--parity-images", type=positive_int,
                    help="tflite: val photos each exported file must agree with PyTorch on (default: 64)")
     add_quiet(x)
     x.set_defaults(func=cmd_export)
@@ -211,22 +227,23 @@ def add_commands(sub: Any) -> None:
                                   "(`skulens export -m FAST --format tflite --int8 --qat`), row 'fast (tflite-int8)'")
     b.add_argument("--detector", help="add detection rows: shelf photos/s end to end at 1 megapixel (decode, detect, "
                                       "classify every box), PyTorch and, if exported, ONNX Runtime")
-    b.add_argument("--detection-photos", type=int, default=10, help="photos of the detection rows (default: 10)")
+    b.add_argument("--detection-photos", type=positive_int, default=10, help="photos of the detection rows (default: 10)")
     b.add_argument("--extra", action="append", metavar="NAME=BUNDLE", help="more bundles (repeatable)")
     b.add_argument("--extra-runtimes", default="torch-bf16,onnx-fp32", help="runtimes for the extra bundles")
-    b.add_argument("--limit", type=int, help="only N images of the split (seeded sample)")
+    b.add_argument("--limit", type=positive_int, help="only N images of the split (seeded sample)")
     add_out(b, "folder for bench.json, bench.md and exported models (default: runs/bench-deploy-RUN)")
-    b.add_argument("--threads", type=int, help="inference threads (default: all cores)")
-    b.add_argument("--workers", type=int, help="decode threads (default: as --threads)")
-    b.add_argument("--batch-size", type=int, default=32, help="batch of the fast variants (baseline: 64)")
-    b.add_argument("--latency-images", type=int, default=50, help="single-image requests for p50/p99")
-    b.add_argument("--repeats", type=int, default=3, help="timed passes; throughput is their median")
-    b.add_argument("--calibration-images", type=int, default=256, help="train photos calibrating int8")
+    b.add_argument("--threads", type=positive_int, help="inference threads (default: all cores)")
+    b.add_argument("--workers", type=positive_int, help="decode threads (default: as --threads)")
+    b.add_argument("--batch-size", type=positive_int, default=32, help="batch of the fast variants (baseline: 64)")
+    b.add_argument("--latency-images", type=positive_int, default=50, help="single-image requests for p50/p99")
+    b.add_argument("--repeats", type=positive_int, default=3, help="timed passes; throughput is their median")
+    b.add_argument("--calibration-images", type=positive_int, default=256, help="train photos calibrating int8")
     b.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=True,
                    help="one fresh process per variant (honest peak memory)")
-    b.add_argument("--device", default="cpu",
+    b.add_argument("--device", type=device_arg, default="cpu",
                    help="cpu (default), cuda[:N] or auto: where the PyTorch variants (and ONNX, with "
-                        "onnxruntime-gpu) run; decoding and preprocessing stay on the CPU")
+                        "onnxruntime-gpu) run; decoding and preprocessing stay on the CPU, and so do the "
+                        "--detector rows (a laptop's shelf photos)")
     add_quiet(b)
     b.set_defaults(func=cmd_bench)
 

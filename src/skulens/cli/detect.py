@@ -23,9 +23,11 @@ from ._common import (
     check_engine,
     check_model,
     data_path,
+    device_arg,
     engine_options,
     engine_out,
     expand_inputs,
+    positive_int,
     say,
 )
 
@@ -57,10 +59,10 @@ def _add_box_settings(p: argparse.ArgumentParser) -> None:
                         "(default: %(default)s)")
     g.add_argument("--tiles", choices=TILES, default="auto",
                    help="tile large photos (auto: long side over 2x the detector's max size; default: auto)")
-    g.add_argument("--max-boxes", type=int, default=None,
+    g.add_argument("--max-boxes", type=positive_int, default=None,
                    help="box cap per photo (default: the detector's, 1000); a photo that reaches it is "
                         "flagged 'capped', never silently truncated")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    g.add_argument("--device", type=device_arg, default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
 
 
 def add_commands(sub: Any) -> None:
@@ -78,7 +80,7 @@ def add_commands(sub: Any) -> None:
     c.add_argument("--min-similarity", type=float, default=0.5,
                    help="with --index: cosine similarity a box needs to be named (default: %(default)s)")
     _add_box_settings(c)
-    c.add_argument("--batch-size", type=int, default=8, help="--engine ray: photos per batch (default: 8)")
+    c.add_argument("--batch-size", type=positive_int, default=8, help="--engine ray: photos per batch (default: 8)")
     add_engine(c, "a catalogue-wide count, written as Parquet to -o (a .parquet file or a folder; one row per "
                   "photo: counts, boxes, error)")
     add_quiet(c)
@@ -95,15 +97,15 @@ def add_commands(sub: Any) -> None:
     t.add_argument("--no-composites", action="store_true", help="train on --boxes only")
     t.add_argument("--init", metavar="DET", help="fine-tune this detector instead of starting from ImageNet")
     g = t.add_argument_group("recipe")
-    g.add_argument("--steps", type=int, help="optimizer steps (default: 1800; the --max-minutes budget ends a "
+    g.add_argument("--steps", type=positive_int, help="optimizer steps (default: 1800; the --max-minutes budget ends a "
                    "2-core CPU run first)")
-    g.add_argument("--batch-size", type=int, help="canvases per step (default: 8)")
+    g.add_argument("--batch-size", type=positive_int, help="canvases per step (default: 8)")
     g.add_argument("--lr", type=float, help="AdamW learning rate (default: 1e-3)")
     g.add_argument("--max-minutes", type=float, help="wall-time budget: the schedule ends by then even if the "
                                                      "steps are not done (default: 55)")
-    g.add_argument("--eval-every", type=int, help="steps between held-out checks (default: 150)")
+    g.add_argument("--eval-every", type=positive_int, help="steps between held-out checks (default: 150)")
     g.add_argument("--seed", type=int, help="seed of the composites and the run (default: 0)")
-    t.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto); under torchrun "
+    t.add_argument("--device", type=device_arg, default="auto", help="auto, cpu, cuda or cuda:N (default: auto); under torchrun "
                                                    "each process takes its own GPU (LOCAL_RANK)")
     add_quiet(t)
     t.set_defaults(func=cmd_detect_train)
@@ -127,7 +129,7 @@ def add_commands(sub: Any) -> None:
     pv = dsub.add_parser("preview", help="save a grid of synthetic training composites with their boxes")
     add_data(pv, "catalogue whose product photos become composites (default: the grocery dataset)")
     add_out(pv, "PNG to write", default="composites.png")
-    pv.add_argument("-n", type=int, default=8, help="composites in the grid (default: %(default)s)")
+    pv.add_argument("-n", type=positive_int, default=8, help="composites in the grid (default: %(default)s)")
     pv.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
     pv.set_defaults(func=cmd_detect_preview)
 

@@ -7,12 +7,25 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ._common import UsageError, add_data, add_model, add_out, add_quiet, csv_list, data_path, model_path, say
+from ._common import (
+    UsageError,
+    add_data,
+    add_model,
+    add_out,
+    add_quiet,
+    csv_list,
+    data_path,
+    device_arg,
+    model_path,
+    positive_int,
+    say,
+)
 
 __all__ = ["add_commands"]
 
 # Kept here (not imported from evaluate.robustness) so that `--help` imports no torch; a test checks they agree.
 CORRUPTION_NAMES = ("gaussian_noise", "gaussian_blur", "jpeg", "brightness", "rotation", "occlusion")
+ATTACK_NAMES = ("fgsm", "pgd")
 
 
 def cmd_evaluate(ns: argparse.Namespace) -> int:
@@ -41,6 +54,9 @@ def cmd_explain(ns: argparse.Namespace) -> int:
     from ..models.predictor import load_model
 
     model = load_model(bundle, device=ns.device)
+    if ns.target is not None and ns.target not in model.card.classes:
+        raise UsageError(f"--target {ns.target!r}: not a class of this model (it knows {len(model.card.classes)}, "
+                         f"e.g. {', '.join(model.card.classes[:3])})")
     exp = explain(model, image, target=ns.target)
     out = Path(ns.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -54,13 +70,20 @@ def cmd_robustness(ns: argparse.Namespace) -> int:
     bundle = model_path(ns)
     data = data_path(ns, model=bundle)
     corruptions = list(CORRUPTION_NAMES) if ns.corruptions == "all" else (
-        [] if ns.corruptions == "none" else csv_list(ns.corruptions))
+        [] if ns.corruptions == "none" else csv_list(ns.corruptions, flag="--corruptions", allowed=CORRUPTION_NAMES))
+    attacks = csv_list(ns.attacks, flag="--attacks", allowed=ATTACK_NAMES)
+    eps = csv_list(ns.eps, float, flag="--eps")
+    severities = csv_list(ns.severities, int, flag="--severities")
+    if any(not e > 0 for e in eps):  # also NaN
+        raise UsageError(f"--eps: budgets must be > 0 pixel levels, got {ns.eps}")
+    if any(not 1 <= s <= 5 for s in severities):
+        raise UsageError(f"--severities: each in 1..5, got {ns.severities}")
     from ..evaluate.robustness import robustness_bundle, to_markdown, write_robustness
 
     report = robustness_bundle(bundle, data, split=ns.split, limit=ns.limit, device=ns.device,
-                               progress=not ns.quiet, eps=csv_list(ns.eps, float), attacks=csv_list(ns.attacks),
+                               progress=not ns.quiet, eps=eps, attacks=attacks,
                                pgd_steps=ns.pgd_steps, corruptions=corruptions,
-                               severities=csv_list(ns.severities, int), batch_size=ns.batch_size, seed=ns.seed)
+                               severities=severities, batch_size=ns.batch_size, seed=ns.seed)
     title = f"Robustness of {bundle} ({ns.split})"
     out = write_robustness(report, ns.out, title=title)
     print(to_markdown(report, title))
@@ -69,7 +92,7 @@ def cmd_robustness(ns: argparse.Namespace) -> int:
 
 
 def _device(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--device", type=device_arg, default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
 
 
 def add_commands(sub: Any) -> None:
@@ -99,14 +122,14 @@ def add_commands(sub: Any) -> None:
     add_data(r)
     r.add_argument("--split", default="val", help="catalogue split (default: val)")
     add_out(r, "folder for robustness.json/.md/.png", required=True)
-    r.add_argument("--limit", type=int, help="only N images of the split (seeded sample)")
+    r.add_argument("--limit", type=positive_int, help="only N images of the split (seeded sample)")
     r.add_argument("--eps", default="0.5,1,2,4,8", help="L-inf budgets in pixel levels (x/255)")
-    r.add_argument("--attacks", default="fgsm,pgd", help="comma list of fgsm, pgd")
-    r.add_argument("--pgd-steps", type=int, default=10, help="PGD iterations (default: 10)")
+    r.add_argument("--attacks", default="fgsm,pgd", help="comma list of " + ", ".join(ATTACK_NAMES))
+    r.add_argument("--pgd-steps", type=positive_int, default=10, help="PGD iterations (default: 10)")
     r.add_argument("--corruptions", default="all",
                    help="all, none, or a comma list of " + ",".join(CORRUPTION_NAMES))
     r.add_argument("--severities", default="1,2,3,4,5", help="corruption severities, comma list of 1..5")
-    r.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
+    r.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default: 32)")
     r.add_argument("--seed", type=int, default=0, help="seed of the sample and the attacks' noise")
     _device(r)
     add_quiet(r)

@@ -21,7 +21,9 @@ from ._common import (
     add_out,
     add_quiet,
     check_detector,
+    device_arg,
     model_path,
+    positive_int,
     pseudonymizer,
     say,
 )
@@ -45,17 +47,17 @@ def add_commands(sub: Any) -> None:
     sc.add_argument("--threshold", type=float, default=ServeSettings.review_threshold,
                     help="fine confidence below this goes to the review queue (default: %(default)s)")
     sc.add_argument("--keep-photos", action="store_true", help="keep every photo (EXIF stripped), not only review ones")
-    sc.add_argument("--batch-size", type=int, default=32, help="photos per transaction (default: %(default)s)")
+    sc.add_argument("--batch-size", type=positive_int, default=32, help="photos per transaction (default: %(default)s)")
     sc.add_argument("--detector", help="detector folder (skulens detect train): shelf photos, every product counts; "
                                        "boxes below --threshold go to the review queue as crops")
     sc.add_argument("--min-score", type=float, default=ServeSettings.detector_min_score,
                     help="with --detector: detector score a box needs to be a product (default: the detector's own)")
-    sc.add_argument("--max-boxes", type=int, default=ServeSettings.detector_max_boxes,
+    sc.add_argument("--max-boxes", type=positive_int, default=ServeSettings.detector_max_boxes,
                     help="with --detector: box cap per photo (default: the detector's, 1000); a photo that reaches "
                          "it is logged and audited as 'box_cap_reached'")
     sc.add_argument("--tiles", choices=TILES, default=ServeSettings.detector_tiles,
                     help="with --detector: tile large photos (auto: long side over 2x the detector's size)")
-    sc.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    sc.add_argument("--device", type=device_arg, default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     add_quiet(sc, "no per-photo JSON lines")
     sc.set_defaults(func=cmd_inventory_scan)
 
@@ -77,7 +79,7 @@ def add_commands(sub: Any) -> None:
 
     a = isub.add_parser("audit", help="print the audit log, newest first (JSON lines)")
     a.add_argument("--db", required=True, help=_DB_HELP)
-    a.add_argument("--limit", type=int, default=100, help="newest entries to print (default: 100)")
+    a.add_argument("--limit", type=positive_int, default=100, help="newest entries to print (default: 100)")
     a.set_defaults(func=cmd_inventory_audit)
 
     e = isub.add_parser("erase-user", help="erase a user: their behaviour events and the photos they sent "

@@ -18,10 +18,13 @@ from ._common import (
     add_quiet,
     add_top_k,
     check_engine,
+    device_arg,
     engine_options,
     engine_out,
     expand_inputs,
+    fraction,
     model_path,
+    positive_int,
     say,
 )
 
@@ -59,13 +62,20 @@ def cmd_predict(ns: argparse.Namespace) -> int:
         raise UsageError(f"{len(ns.text)} --text for {len(files)} image(s): give one per image")
     from ..models.predictor import load_model
 
+    if ns.text is not None:
+        from ..models.fusion import FUSION_FILE
+
+        folder = Path(bundle) if bundle and Path(bundle).is_dir() else Path(bundle or ".").parent
+        if not (folder / FUSION_FILE).is_file():
+            raise UsageError("--text needs a bundle with a fusion head: train one with `skulens fuse --model BUNDLE "
+                             "--data ...`")
     model = load_model(bundle, device=ns.device, backend=ns.backend)
     preds = model.predict(files, top_k=ns.top_k, min_confidence=ns.min_confidence, batch_size=ns.batch_size,
                           progress=not ns.quiet and len(files) > ns.batch_size, texts=ns.text)
     # One context manager for a file or stdout (stdout must not be closed).
     sink = open(ns.out, "w", encoding="utf-8", newline="") if ns.out else contextlib.nullcontext(sys.stdout)  # noqa: SIM115
     with sink as out:
-        if ns.format == "csv":
+        if (ns.format or ("csv" if ns.out and ns.out.lower().endswith(".csv") else "jsonl")) == "csv":
             import csv
 
             w = csv.writer(out)
@@ -145,13 +155,13 @@ def add_commands(sub: Any) -> None:
     pr.add_argument("inputs", nargs="*", help="images, folders, globs or Parquet/CSV lists with a 'path' column "
                                               "('-' or nothing: read paths from stdin)")
     add_top_k(pr, 5, "labels per image")
-    pr.add_argument("--min-confidence", type=float, default=0.0, help="abstain ('unknown') below this (default: 0)")
-    pr.add_argument("--format", choices=("jsonl", "csv"), help="output format (default: jsonl; --engine ray: Parquet)")
+    pr.add_argument("--min-confidence", type=fraction, default=0.0, help="abstain ('unknown') below this (default: 0)")
+    pr.add_argument("--format", choices=("jsonl", "csv"), help="output format (default: csv when --out ends in .csv, else jsonl; --engine ray: Parquet)")
     add_out(pr, "write the predictions here instead of stdout (--engine ray: a .parquet file or a folder)",
             legacy_output=True)
-    pr.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
+    pr.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default: 32)")
     pr.add_argument("--text", action="append", help="each image's listing text, in order (uses the fusion head)")
-    pr.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    pr.add_argument("--device", type=device_arg, default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     pr.add_argument("--backend", choices=("torch", "onnx", "onnx-int8", "tflite"), default="torch",
                     help="onnx: run the bundle's model.onnx (or a .onnx file) with ONNX Runtime; onnx-int8: its "
                          "model.int8.onnx (export --int8 or --preset fast); tflite: its model.tflite (or a .tflite "

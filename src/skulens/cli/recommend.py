@@ -16,6 +16,7 @@ from ._common import (
     add_top_k,
     data_path,
     model_path,
+    positive_int,
     pseudonymizer,
     say,
 )
@@ -125,7 +126,7 @@ def add_commands(sub: Any) -> None:
     g.set_defaults(func=cmd_recommend)
     gen = rsub.add_parser("generate", help="write a SYNTHETIC shopping log for a catalogue (documented generator)")
     add_data(gen, "catalogue (default: the grocery dataset)")
-    gen.add_argument("--users", type=int, default=2000, help="synthetic users (default: 2000)")
+    gen.add_argument("--users", type=positive_int, default=2000, help="synthetic users (default: 2000)")
     gen.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     add_out(gen, "CSV file to write", required=True)
     gen.set_defaults(func=cmd_recommend_generate)

@@ -16,9 +16,11 @@ from ._common import (
     add_top_k,
     check_engine,
     data_path,
+    device_arg,
     engine_options,
     expand_inputs,
     model_path,
+    positive_int,
     say,
 )
 
@@ -42,7 +44,7 @@ def _ray_embedder(ns: argparse.Namespace, bundle: str) -> Any:
     from ..deploy.batch_jobs import EmbedJob
     from ..deploy.ray_jobs import embed_on_ray
 
-    job = EmbedJob(bundle, batch_size=ns.batch_size)
+    job = EmbedJob(bundle, batch_size=ns.batch_size, device=ns.device)
     return lambda paths: embed_on_ray(job, paths, **engine_options(ns))
 
 
@@ -62,11 +64,13 @@ def cmd_index_build(ns: argparse.Namespace) -> int:
     wrong = [f"--{k.replace('_', '-')}" for k in other if k in options]
     if wrong:
         raise UsageError(f"{', '.join(wrong)}: not a setting of the {ns.backend} backend")
-    res = build_catalogue_index(load_model(bundle), load_catalogue(data), ns.out, backend=ns.backend,
+    res = build_catalogue_index(load_model(bundle, device=ns.device), load_catalogue(data), ns.out, backend=ns.backend,
                                 splits=ns.splits, catalogue_photos=ns.catalogue_photos, metadata=meta,
                                 progress=not ns.quiet, overwrite=ns.overwrite, batch_size=ns.batch_size,
                                 embed=_ray_embedder(ns, bundle) if on_ray else None, **options)
-    say(f"index {ns.out} ({ns.backend}): {res.entries} photos of {res.products} products")
+    where = ns.out if not ns.collection or "#" in ns.out else f"{ns.out}#{ns.collection}"
+    say(f"index {where} ({ns.backend}): {res.entries} photos of {res.products} products"
+        + (f"; other commands open it as {where}" if where != ns.out else ""))
     if res.failed:
         say(f"skipped {len(res.failed)} undecodable image(s), e.g. {res.failed[0][0]}: {res.failed[0][1]}")
     return 0
@@ -290,10 +294,13 @@ def _add_index(sub: Any) -> None:
     b.add_argument("--ann", choices=("auto", "flat", "hnsw", "ivf", "ivfsq8", "ivfpq"),
                    help="faiss: ANN structure (auto: exact below --exact-threshold entries, IVF-SQ8 above)")
     b.add_argument("--exact-threshold", type=int, help="faiss: exact search below this many entries (20000)")
-    b.add_argument("--nprobe", type=int, help="faiss IVF: lists visited per query")
-    b.add_argument("--collection", help="milvus: collection name (default skulens)")
+    b.add_argument("--nprobe", type=positive_int, help="faiss IVF: lists visited per query")
+    b.add_argument("--collection", help="milvus: collection name (default skulens); other commands reach it as "
+                                        "LOCATION#NAME (e.g. http://localhost:19530#shoes), which -o takes too")
     b.add_argument("--index-type", help="milvus: IVF_FLAT (Lite default), HNSW (server default), FLAT")
-    b.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
+    b.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default: 32)")
+    b.add_argument("--device", type=device_arg, default="auto",
+                   help="auto, cpu, cuda or cuda:N (default: auto); --engine ray: cuda gives each actor a GPU")
     add_engine(b, "the embeddings are computed on Ray and the index is written here, by this process (the "
                   "index backends are not distributed writers)")
     add_quiet(b)
@@ -347,7 +354,7 @@ def add_commands(sub: Any) -> None:
     add_model(a, "bundle whose embedding space the texts are aligned to", positional_legacy=False)
     add_data(a, "catalogue with product titles/descriptions (default: the model's recorded dataset)")
     a.add_argument("--splits", nargs="+", default=["train"], help="splits whose photos pair with the texts")
-    a.add_argument("--steps", type=int, default=400, help="optimisation steps (default: 400)")
+    a.add_argument("--steps", type=positive_int, default=400, help="optimisation steps (default: 400)")
     add_out(a, "where to write it (default: inside the model bundle)")
     add_quiet(a)
     a.set_defaults(func=cmd_align)
@@ -358,7 +365,7 @@ def add_commands(sub: Any) -> None:
     add_data(tt, "catalogue with product titles/descriptions (default: the model's recorded dataset)")
     tt.add_argument("--queries", metavar="LOG.csv",
                     help="optional query log: CSV with query,product_id columns (what shoppers typed and chose)")
-    tt.add_argument("--epochs", type=int, default=TUNE_EPOCHS, help=f"passes over the pairs (default: {TUNE_EPOCHS})")
+    tt.add_argument("--epochs", type=positive_int, default=TUNE_EPOCHS, help=f"passes over the pairs (default: {TUNE_EPOCHS})")
     tt.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     add_quiet(tt)
     tt.set_defaults(func=cmd_text_tune)

@@ -17,8 +17,10 @@ from ._common import (
     add_out,
     add_quiet,
     add_top_k,
+    device_arg,
     expand_inputs,
     model_path,
+    positive_int,
     say,
 )
 
@@ -103,7 +105,7 @@ def add_commands(sub: Any) -> None:
     t.add_argument("--format", choices=("jsonl", "csv"), default=None,
                    help="output format (default: csv when --out ends in .csv, else jsonl)")
     add_out(t, "write the tags here instead of stdout")
-    t.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
-    t.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    t.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default: 32)")
+    t.add_argument("--device", type=device_arg, default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     add_quiet(t)
     t.set_defaults(func=cmd_tag)

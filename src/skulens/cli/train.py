@@ -20,8 +20,10 @@ from ._common import (
     add_quiet,
     add_train_flags,
     data_path,
+    device_arg,
     expand_inputs,
     model_path,
+    positive_int,
     report_result,
     say,
     train_overrides,
@@ -87,7 +89,12 @@ def cmd_distill(ns: argparse.Namespace) -> int:
 
 def cmd_retrain(ns: argparse.Namespace) -> int:
     bundle = model_path(ns)
-    overrides = {k: v for k, v in train_overrides(ns).items() if k not in ("data", "out")}
+    overrides = train_overrides(ns)
+    # data and out: the flags first, then the --config file's keys (as train and distill read them)
+    cfg_data, cfg_out = overrides.pop("data", None), overrides.pop("out", None)
+    ns.data, ns.out = ns.data or cfg_data, ns.out or cfg_out
+    if not ns.out:
+        raise UsageError("--out is required (a new run directory), or an 'out' key in --config")
     data = data_path(ns, model=bundle)
     extra = [str(resolve_data(e)) for e in ns.extra or ()]
     from ..train.retrain import retrain
@@ -98,10 +105,19 @@ def cmd_retrain(ns: argparse.Namespace) -> int:
 
 def cmd_prune(ns: argparse.Namespace) -> int:
     bundle = model_path(ns)
+    if not 0.0 < ns.amount < 1.0:
+        raise UsageError(f"--amount must be in (0, 1), got {ns.amount}")
+    overrides = train_overrides(ns)
+    cfg_data, cfg_out = overrides.pop("data", None), overrides.pop("out", None)
+    ns.data, ns.out = ns.data or cfg_data, ns.out or cfg_out
+    if not ns.out:
+        raise UsageError("--out is required (a run directory: OUT/pruned, OUT/bundle), or an 'out' key in --config")
+    if not ns.recover and (ns.data or ns.config or overrides):
+        given = "--data" if ns.data else "--config" if ns.config else "--" + next(iter(overrides)).replace("_", "-")
+        raise UsageError(f"{given}: only for the recovery fine-tune, which --no-recover skips")
     data = data_path(ns, model=bundle) if ns.recover else None
     from ..deploy.prune import prune_and_recover
 
-    overrides = {k: v for k, v in train_overrides(ns).items() if k not in ("data", "out")}
     run = prune_and_recover(bundle, ns.out, kind=ns.kind, amount=ns.amount, round_to=ns.round_to,
                             recover=ns.recover, data=data, progress=not ns.quiet, **overrides)
     res = run.pruned
@@ -197,7 +213,7 @@ def add_commands(sub: Any) -> None:
 
     rt = sub.add_parser("retrain", help="fine-tune again from a bundle, folding in enrolled and newly labelled photos")
     add_model(rt, "the bundle to start from")
-    add_out(rt, "new run directory", required=True)
+    add_out(rt, "new run directory (or the --config file's 'out')")
     add_data(rt, "the original catalogue (default: the one in the bundle's card)")
     rt.add_argument("--extra", action="append", help="extra labelled catalogue (repeatable), e.g. the review queue")
     add_train_flags(rt)
@@ -205,13 +221,13 @@ def add_commands(sub: Any) -> None:
 
     pr = sub.add_parser("prune", help="prune a bundle (structured channels or unstructured L1), fine-tune")
     add_model(pr, "the bundle to prune")
-    add_out(pr, "run directory: OUT/pruned (before recovery), OUT/bundle", required=True)
+    add_out(pr, "run directory: OUT/pruned (before recovery), OUT/bundle (or the --config file's 'out')")
     add_data(pr, "catalogue for the recovery fine-tune (default: the bundle's recorded dataset)")
     pr.add_argument("--amount", type=float, default=0.3,
                     help="share of channels (structured) or of weights (unstructured) to remove (default: 0.3)")
     pr.add_argument("--kind", choices=("structured", "unstructured"), default="structured",
                     help="structured: remove channels (faster); unstructured: zero weights (smaller when compressed)")
-    pr.add_argument("--round-to", type=int, default=None, help="structured: channel counts multiples of N")
+    pr.add_argument("--round-to", type=positive_int, default=None, help="structured: channel counts multiples of N")
     pr.add_argument("--recover", action=argparse.BooleanOptionalAction, default=True,
                     help="recovery fine-tune in the engine (defaults: 3 epochs, freeze full, no baseline)")
     add_train_flags(pr)
@@ -221,13 +237,13 @@ def add_commands(sub: Any) -> None:
                                                "(unsure and unlike the labelled ones); write a manifest to fill in")
     sl.add_argument("inputs", nargs="+", help="unlabelled photos: folders, files or globs")
     add_model(sl, "the model whose uncertainty ranks the photos", positional_legacy=False)
-    sl.add_argument("--budget", type=int, required=True, help="how many photos to suggest")
+    sl.add_argument("--budget", type=positive_int, required=True, help="how many photos to suggest")
     sl.add_argument("--strategy", choices=("margin-kcenter", "margin", "kcenter", "random"), default="margin-kcenter",
                     help="margin-kcenter (default): the least certain, spread over the embedding space; margin: "
                          "least certain only; kcenter: most diverse only; random")
     sl.add_argument("--labelled", nargs="+", help="photos already labelled (the diversity step keeps away from them)")
     add_out(sl, "manifest CSV to write (default: PHOTOS/to_label.csv); path,label,split plus the model's guess")
     sl.add_argument("--force", action="store_true", help="replace an existing manifest (it may hold filled-in labels)")
-    sl.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    sl.add_argument("--device", type=device_arg, default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     add_quiet(sl)
     sl.set_defaults(func=cmd_suggest_labels)

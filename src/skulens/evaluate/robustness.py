@@ -191,6 +191,11 @@ def evaluate_robustness(net: nn.Module, card: Any, images: Sequence[torch.Tensor
     """
     from tqdm.auto import tqdm
 
+    unknown = sorted(set(attacks) - {"fgsm", "pgd"})
+    if unknown:  # before any work, and never a row that silently falls back to the clean photo
+        raise ValueError(f"unknown attack(s) {', '.join(unknown)}: fgsm, pgd")
+    if pgd_steps < 1 or batch_size < 1:
+        raise ValueError(f"pgd_steps and batch_size must be >= 1, got {pgd_steps} and {batch_size}")
     device = device or next(net.parameters()).device
     net = net.float().eval().to(memory_format=torch.channels_last)  # CPU: channels-last convs are faster
     forward = fine_logits_fn(net, card.mean, card.std, device)

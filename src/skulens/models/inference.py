@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "COARSE_RULES",
+    "DeviceError",
     "HeadOutputs",
     "Runner",
     "TorchRunner",
@@ -41,12 +42,21 @@ class HeadOutputs:
     embeddings: np.ndarray | None  # N x D, L2-normalised
 
 
+class DeviceError(RuntimeError):
+    """A device that is not a device name, or not on this machine (a user error: exit 2 in the CLI)."""
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise DeviceError(f"device {name!r}: give auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} asked for, but CUDA is not available here")
+        raise DeviceError(f"device {name!r} asked for, but CUDA is not available here")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise DeviceError(f"device {name!r}: this machine has {torch.cuda.device_count()} GPU(s)")
     return dev
 
 

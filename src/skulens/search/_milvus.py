@@ -97,6 +97,21 @@ def _is_lite(uri: str) -> bool:
     return uri.endswith(".db")
 
 
+DEFAULT_COLLECTION = "skulens"
+
+
+def split_location(location: str | os.PathLike[str], collection: str | None = None) -> tuple[str, str]:
+    """"http://host:19530#shoes" -> ("http://host:19530", "shoes"): a collection other than the default named in
+    the location itself, so every command that takes an index location reaches it. `collection`, when given
+    too, must agree."""
+    uri, sep, named = os.fspath(location).partition("#")
+    if sep and not named:
+        raise IndexStoreError(f"{location}: an empty collection name after '#'")
+    if named and collection and named != collection:
+        raise IndexStoreError(f"{location}: the location names collection {named!r}, the option {collection!r}")
+    return uri, named or collection or DEFAULT_COLLECTION
+
+
 # Server versions from which a feature exists (Milvus Lite has both). A 2.3 server accepts a nullable
 # field and then rejects None, and answers a grouping search with ungrouped hits, so it is asked.
 _SINCE = {"nullable": (2, 5), "grouping": (2, 4)}
@@ -233,7 +248,7 @@ class MilvusIndex(VectorIndex):
         return self._partitions is not None
 
     @classmethod
-    def create(cls, uri: str | os.PathLike[str], dim: int, *, overwrite: bool = False, collection: str = "skulens",
+    def create(cls, uri: str | os.PathLike[str], dim: int, *, overwrite: bool = False, collection: str | None = None,
                index_type: str = "auto", index_params: dict[str, Any] | None = None,
                search_params: dict[str, Any] | None = None, token: str | None = None,
                consistency_level: str = "Strong", partitions: bool = True) -> MilvusIndex:
@@ -242,9 +257,10 @@ class MilvusIndex(VectorIndex):
         ``consistency_level="Strong"``: a search sees every write before it, which updates and tests
         rely on; on a server each request then waits for the next time tick (200 ms by default), so
         a service that can miss the last fraction of a second of writes uses "Bounded" (a few ms).
-        ``partitions``: one partition per coarse class (see ``partition_name``).
+        ``partitions``: one partition per coarse class (see ``partition_name``). The collection is
+        `collection`, else the one the location names after '#', else "skulens".
         """
-        uri = os.fspath(uri)
+        uri, collection = split_location(uri, collection)
         if _is_lite(uri):
             Path(uri).parent.mkdir(parents=True, exist_ok=True)
         client = _connect(uri, token)
@@ -284,9 +300,9 @@ class MilvusIndex(VectorIndex):
                    partitions=known, nullable=has["nullable"], grouping=has["grouping"])
 
     @classmethod
-    def exists(cls, uri: str | os.PathLike[str], *, collection: str = "skulens", token: str | None = None) -> bool:
+    def exists(cls, uri: str | os.PathLike[str], *, collection: str | None = None, token: str | None = None) -> bool:
         """Whether `collection` is there already: a build checks it before hours of embedding, not after."""
-        uri = os.fspath(uri)
+        uri, collection = split_location(uri, collection)
         if _is_lite(uri) and not Path(uri).exists():
             return False
         client = _connect(uri, token)
@@ -299,9 +315,9 @@ class MilvusIndex(VectorIndex):
             _release(uri)
 
     @classmethod
-    def open(cls, uri: str | os.PathLike[str], *, collection: str = "skulens", token: str | None = None,
+    def open(cls, uri: str | os.PathLike[str], *, collection: str | None = None, token: str | None = None,
              search_params: dict[str, Any] | None = None) -> MilvusIndex:
-        uri = os.fspath(uri)
+        uri, collection = split_location(uri, collection)
         if _is_lite(uri) and not Path(uri).exists():
             raise IndexStoreError(f"{uri}: no Milvus Lite database here")
         client = _connect(uri, token)

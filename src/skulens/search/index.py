@@ -557,7 +557,7 @@ def create_index(kind: str, path_or_uri: str | os.PathLike[str], dim: int, *, me
 
 def detect_kind(path_or_uri: str | os.PathLike[str]) -> str:
     """"milvus" for a server URI or a ``*.db`` path, else "faiss" (a directory)."""
-    s = os.fspath(path_or_uri)
+    s = os.fspath(path_or_uri).partition("#")[0]  # "URI#collection": a Milvus collection other than the default
     if s.startswith(_MILVUS_SCHEMES) or s.endswith(".db"):
         return "milvus"
     return "faiss"
