@@ -541,6 +541,12 @@ def test_milvus_default_index_recall(tmp_path):
     again = open_index(tmp_path / "ann.db", collection="products")
     assert len(again) == 3000 and again.dim == 32
     again.close()
+    # LOCATION#NAME: what every command that takes only an index location passes for another collection
+    named = open_index(f"{tmp_path / 'ann.db'}#products")
+    assert len(named) == 3000
+    named.close()
+    with pytest.raises(IndexStoreError, match="the option 'other'"):
+        open_index(f"{tmp_path / 'ann.db'}#products", collection="other")
 
 
 def test_index_module_imports_no_backend():
