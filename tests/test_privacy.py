@@ -178,6 +178,13 @@ def test_service_records_events_and_erases_a_user(service) -> None:
     assert r.status_code == 202 and r.json() == {"recorded": 2}
     assert client.post("/v1/events", json={"events": [{"user_id": "x", "product_id": "y", "event": "like"}]}
                        ).status_code == 422
+    # made-up product ids (each would be a row and a column of the recommender's item matrix) and a NaN time
+    r = client.post("/v1/events", json={"events": [{"user_id": "x", "product_id": f"fake-{i}", "event": "view"}
+                                                   for i in range(3)]})
+    assert r.status_code == 422 and "fake-0" in r.json()["detail"]
+    r = client.post("/v1/events", content=b'{"events": [{"user_id": "x", "product_id": "red-apple", "event": "view",'
+                    b' "timestamp": NaN}]}', headers={"Content-Type": "application/json"})
+    assert r.status_code == 422, r.text
     stored = state.store.events()
     assert {e.user_id for e in stored} == {state.people.user_ref("carol")} and "carol" not in str(stored)
     state.people.refit_if_changed()  # the background loop does this within recommend_refit_s

@@ -101,6 +101,16 @@ def test_wrong_content_types_are_422_with_a_hint(client, val_photo) -> None:
     assert r.status_code == 422 and "top_k" in r.json()["detail"]
 
 
+def test_the_services_top_k_is_the_default_of_a_request(tiny_bundle, model, val_photo) -> None:
+    """`skulens serve -k 2`: a request that sends no top_k gets 2 rows (of the tiny model's 3 classes; the old
+    fixed default of 5 gave all 3); one that sends top_k gets its own."""
+    with TestClient(create_app(_settings(tiny_bundle, top_k=2), model=model)) as c:
+        assert len(c.post("/v1/predict", files=_upload(val_photo[0])).json()["prediction"]["top_k"]) == 2
+        assert len(c.post("/v1/predict", files=_upload(val_photo[0]), data={"top_k": "1"}).json()["prediction"]["top_k"]) == 1
+    with pytest.raises(Exception, match="top_k"):
+        _settings(tiny_bundle, top_k=51)
+
+
 def test_upload_and_body_limits(tiny_bundle, model, val_photo) -> None:
     settings = _settings(tiny_bundle, max_upload_bytes=len(val_photo[0]) - 1, max_files=2)
     with TestClient(create_app(settings, model=model)) as c:
@@ -111,6 +121,12 @@ def test_upload_and_body_limits(tiny_bundle, model, val_photo) -> None:
         r = c.post("/v1/predict", files=_upload(big))
         assert r.status_code == 413, r.text
         assert c.get("/healthz").status_code == 200
+    # A JSON body is parsed whole before the key is checked: anything but a multipart upload stops at 1 MiB.
+    with TestClient(create_app(_settings(tiny_bundle), model=model)) as c:
+        r = c.post("/v1/support/ask", content=b'{"question": "' + b"a" * (2 << 20) + b'"}',
+                   headers={"Content-Type": "application/json"})
+        assert r.status_code == 413 and "not a multipart upload" in r.json()["detail"], r.text
+        assert c.post("/v1/predict", files=_upload(b"\xff\xd8\xff" + b"0" * (2 << 20))).status_code != 413
 
 
 def test_writes_need_a_valid_key_reads_do_not(client, val_photo) -> None:
@@ -211,6 +227,15 @@ def test_a_hand_adjustment_cannot_invent_a_product(tiny_bundle, model, inventory
         assert ok.status_code == 200 and ok.json() == {"label": "oat-milk", "count": 3}
         sold = c.post("/v1/inventory/products/oat-milk/adjust", json={"delta": -1, "reason": "sold"}, headers=AUTH)
         assert sold.json()["count"] == 2 and c.get("/v1/inventory").json()["counts"] == {"oat-milk": 2}
+        # numbers no column holds (PostgreSQL's INTEGER; SQLite's 8 bytes) are a 422, never a 500
+        for body in ({"delta": 10**20}, {"count": 3_000_000_000}):
+            r = c.post("/v1/inventory/products/oat-milk/adjust", json=body, headers=AUTH)
+            assert r.status_code == 422, r.text
+        c.post("/v1/inventory/products/oat-milk/adjust", json={"count": 2**31 - 2}, headers=AUTH)
+        r = c.post("/v1/inventory/products/oat-milk/adjust", json={"delta": 5}, headers=AUTH)
+        assert r.status_code == 422 and "largest stored" in r.json()["detail"]
+        assert c.get("/v1/inventory/review", params={"offset": 10**20}, headers=AUTH).status_code == 422
+        assert c.get("/v1/inventory").json()["counts"] == {"oat-milk": 2**31 - 2}
 
 
 def test_a_review_label_must_name_an_existing_product(tiny_bundle, model, inventory_db, tmp_path) -> None:
@@ -289,6 +314,10 @@ def test_health_metrics_docs_and_info(client, val_photo) -> None:
     text = client.get("/metrics").text
     assert 'skulens_http_requests_total{method="POST",route="/v1/predict",status="200"}' in text
     assert "skulens_batch_size_count" in text
+    for i in range(3):  # made-up methods are one series, not one each
+        client.request(f"X-ODD{i}", "/v1/info")
+    text = client.get("/metrics").text
+    assert "X-ODD" not in text and 'method="OTHER"' in text
     docs = client.get("/docs")
     assert docs.status_code == 200 and "/static/swagger-ui/swagger-ui-bundle.js" in docs.text  # local (offline)
     assert "cdn." not in docs.text and "<script>" not in docs.text  # no inline script: the CSP holds

@@ -44,6 +44,11 @@ from pathlib import Path
 
 import numpy as np
 
+try:
+    import fcntl
+except ImportError:  # Windows: one process at a time is up to the user
+    fcntl = None  # type: ignore[assignment]
+
 __all__ = [
     "COLUMNS",
     "DEFAULT_EVENT_WEIGHTS",
@@ -120,12 +125,20 @@ def remove_users(path: str | os.PathLike[str], drop: Callable[[str], bool]) -> i
     The file is replaced atomically (a crash leaves the old or the new log, never half of one); the rewritten
     log has the four columns (others are dropped) and ISO-8601 UTC timestamps, as `write_events` writes."""
     target = Path(path)
-    events = read_events(target, allow_empty=True)
-    keep = [e for e in events if not drop(e.user_id)]
-    if len(keep) < len(events):
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        write_events(tmp, keep)
-        os.replace(tmp, target)
+    # Two erasures in two processes (the service and the CLI) must not each rewrite the log from what it read
+    # before the other's rewrite: one at a time, under an advisory lock on a file beside the log (POSIX).
+    with open(target.with_name(f".{target.name}.lock"), "a") as lock:
+        if fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        events = read_events(target, allow_empty=True)
+        keep = [e for e in events if not drop(e.user_id)]
+        if len(keep) < len(events):
+            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+            try:
+                write_events(tmp, keep)
+                os.replace(tmp, target)
+            finally:
+                tmp.unlink(missing_ok=True)
     return len(events) - len(keep)
 
 

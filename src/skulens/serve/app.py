@@ -137,6 +137,9 @@ def _state(app: FastAPI) -> ServiceState | None:
     return getattr(app.state, "skulens", None)
 
 
+_HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 class _MetricsMiddleware:
     """Requests and latency per route template (never per raw path: ids would explode the label set)."""
 
@@ -162,8 +165,10 @@ class _MetricsMiddleware:
             st = _state(scope["app"])
             route = getattr(scope.get("route"), "path", None) or "unmatched"
             if st is not None and not route.startswith("/static"):
-                st.metrics.requests.labels(scope["method"], route, str(status)).inc()
-                st.metrics.latency.labels(scope["method"], route).observe(time.perf_counter() - t0)
+                # a client picks the method string: any outside HTTP's own would be a new series each
+                method = scope["method"] if scope["method"] in _HTTP_METHODS else "OTHER"
+                st.metrics.requests.labels(method, route, str(status)).inc()
+                st.metrics.latency.labels(method, route).observe(time.perf_counter() - t0)
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

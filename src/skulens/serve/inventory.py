@@ -174,6 +174,8 @@ _REVIEWED = ("confirmed", "corrected")
 _MAX_LABEL = 200
 _ITEM_ID = re.compile(r"([0-9a-f]{64})(?::([0-9]{1,6}))?")
 
+MAX_COUNT = 2**31 - 1  # a stock count: PostgreSQL's INTEGER column
+
 
 class InventoryError(ValueError):
     """A request the store cannot honour (unknown photo, already reviewed, bad label or count)."""
@@ -988,6 +990,8 @@ class InventoryStore:
             after = before + delta if delta is not None else int(count)  # type: ignore[arg-type]
             if after < 0:
                 raise InventoryError(f"{label}: count would become {after}")
+            if after > MAX_COUNT:  # the column is a 4-byte integer on PostgreSQL
+                raise InventoryError(f"{label}: count would become {after}, above the largest stored ({MAX_COUNT})")
             after = self._add(db, label, after - before, now)
             # mode: a stock take ("set": the count was counted) or a change by a number ("delta": sold, broken).
             self._audit(db, now, actor, "adjust", label, after - before, after, None,

@@ -143,8 +143,10 @@ class ReviewDecision(BaseModel):
 
 
 class AdjustRequest(BaseModel):
-    delta: int | None = Field(None, description="add (or, negative, remove) this many: received, sold, broken")
-    count: int | None = Field(None, ge=0, description="set the count (a stock take); the audit line says so")
+    delta: int | None = Field(None, ge=-(2**31 - 1), le=2**31 - 1,
+                              description="add (or, negative, remove) this many: received, sold, broken")
+    count: int | None = Field(None, ge=0, le=2**31 - 1,
+                              description="set the count (a stock take); the audit line says so")
     reason: str = Field("", max_length=500, description="why, for the audit log (e.g. 'sold', 'recounted')")
 
 

@@ -36,19 +36,23 @@ async def _send_json(send: Send, status: int, detail: str, headers: Sequence[tup
 
 
 class BodyLimitMiddleware:
-    """413 for a request body over `max_bytes`: refused from Content-Length before reading, and counted
-    while streaming (chunked uploads, lying headers)."""
+    """413 for a request body over `max_bytes` (`max_other_bytes` for one that is not a multipart upload: JSON
+    and forms are parsed whole, on the event loop, before any route or key check runs): refused from
+    Content-Length before reading, and counted while streaming (chunked uploads, lying headers)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app: ASGIApp, max_bytes: int, max_other_bytes: int = 1 << 20):
+        self.app, self.max_bytes, self.max_other_bytes = app, max_bytes, max_other_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        message = f"request body larger than {self.max_bytes} bytes"
-        length = dict(scope.get("headers", ())).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+        headers = dict(scope.get("headers", ()))
+        multipart = headers.get(b"content-type", b"").lower().startswith(b"multipart/form-data")
+        limit = self.max_bytes if multipart else min(self.max_bytes, self.max_other_bytes)
+        message = f"request body larger than {limit} bytes" + ("" if multipart else " (not a multipart upload)")
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > limit):
             await _send_json(send, 413, message, [(b"connection", b"close")])
             return
         seen = 0
@@ -59,7 +63,7 @@ class BodyLimitMiddleware:
             msg = await receive()
             if msg["type"] == "http.request":
                 seen += len(msg.get("body", b""))
-                if seen > self.max_bytes:
+                if seen > limit:
                     # FastAPI re-raises an HTTPException met while reading the body; it becomes the 413.
                     raise HTTPException(413, message, headers={"connection": "close"})
             return msg

@@ -86,6 +86,8 @@ class ServeSettings:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.top_k > 50:
+            raise ConfigError(f"top_k must be <= 50 (a request's own top_k is capped there too), got {self.top_k}")
         if self.request_timeout_s <= 0 or self.max_wait_ms < 0:
             raise ConfigError("request_timeout_s must be > 0 and max_wait_ms >= 0")
         if self.search_route is not None and not 0.0 < self.search_route <= 1.0:

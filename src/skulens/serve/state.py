@@ -7,6 +7,7 @@ Everything is loaded once, at startup; request handlers only borrow it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -91,8 +92,12 @@ class Recognizer:
                     out[i] = exc
             elif job.kind == "count":  # a shelf photo: its own detector pass, and one classifier batch of crops
                 assert self.detector is not None
-                out[i] = count_shelf(self.detector, self.model, job.image, threshold=self.settings.review_threshold,
-                                     min_score=self.settings.detector_min_score, tiles=self.settings.detector_tiles)
+                try:  # its own failure only: not the predict/embed/tag requests batched with it
+                    out[i] = count_shelf(self.detector, self.model, job.image,
+                                         threshold=self.settings.review_threshold,
+                                         min_score=self.settings.detector_min_score, tiles=self.settings.detector_tiles)
+                except Exception as exc:  # noqa: BLE001 - handed back to that request, raised there
+                    out[i] = _Failed(exc)
         for kind in ("predict", "embed", "tag"):
             idx = [i for i, j in enumerate(jobs) if j.kind == kind]
             if not idx:
@@ -138,7 +143,17 @@ class Recognizer:
 
     async def count(self, image: Image.Image) -> PhotoCount:
         """Every product in a shelf photo (decoded with `full=True`): boxes, names, counts."""
-        return await self.batcher.submit(_Job("count", image), timeout=self.settings.request_timeout_s)
+        result = await self.batcher.submit(_Job("count", image), timeout=self.settings.request_timeout_s)
+        if isinstance(result, _Failed):
+            raise result.error
+        return result
+
+
+@dataclass(frozen=True)
+class _Failed:
+    """One job's exception, returned in its slot of a batch so the other jobs still get their answers."""
+
+    error: Exception
 
 
 @dataclass(frozen=True)
@@ -161,6 +176,8 @@ class ServiceState:
         self.products = products or {}
         self.responder, self.support_error = responder, support_error
         self.search = search
+        # Shelf photos decoded at full size at once, over all requests (memory: see routers.inventory).
+        self.shelf_slots = asyncio.Semaphore(2)
         # The vector index is not thread-safe: every use (search, CRUD, enrolment) holds this lock.
         self.index_lock = threading.Lock()
         self._model_lock = threading.Lock()

@@ -98,18 +98,25 @@ async def _recognise(state: ServiceState, upload: UploadFile) -> IntakePhoto | S
     known = await anyio.to_thread.run_sync(_store(state).known, [sha])
     if sha in known:  # already in the store: no need to recognise it again (the store re-checks anyway)
         return IntakeResultOut(sha256=sha, source=name, status="duplicate", previous_status=known[sha])
-    shelf = state.recognizer.detector is not None
+    settings = state.settings
+    if state.recognizer.detector is not None:
+        # A shelf photo is decoded at its own size (up to max_pixels: ~120 MB at 40 MP): a few at a time over
+        # all requests, not every photo of every request at once.
+        async with state.shelf_slots:
+            try:
+                image = await anyio.to_thread.run_sync(partial(state.recognizer.decode, data, full=True))
+            except ImageDecodeError as exc:
+                return _Failed(IntakeResultOut(sha256=sha, source=name, status="error",
+                                               error=f"{name}: {exc.reason}"), decode_error_status(exc))
+            counted = await state.recognizer.count(image)
+            return await anyio.to_thread.run_sync(partial(
+                shelf_photo, data, sha, name, counted, image, threshold=settings.review_threshold,
+                keep_photos=settings.keep_uploads, max_pixels=settings.max_pixels))
     try:
-        image = await anyio.to_thread.run_sync(partial(state.recognizer.decode, data, full=shelf))
+        image = await anyio.to_thread.run_sync(partial(state.recognizer.decode, data))
     except ImageDecodeError as exc:
         return _Failed(IntakeResultOut(sha256=sha, source=name, status="error", error=f"{name}: {exc.reason}"),
                        decode_error_status(exc))
-    settings = state.settings
-    if shelf:
-        counted = await state.recognizer.count(image)
-        return await anyio.to_thread.run_sync(partial(
-            shelf_photo, data, sha, name, counted, image, threshold=settings.review_threshold,
-            keep_photos=settings.keep_uploads, max_pixels=settings.max_pixels))
     pred = await state.recognizer.predict(image, top_k=TOP_K)
     return await anyio.to_thread.run_sync(partial(
         intake_photo, data, sha, name, pred, threshold=settings.review_threshold, keep_photos=settings.keep_uploads,
@@ -212,7 +219,7 @@ async def adjust(state: State, actor: WriteKey, body: AdjustRequest,
 
 @router.get("/review", response_model=list[QueueItemOut], summary="Photos and shelf boxes waiting for a reviewer")
 async def review_queue(state: State, _: ReadKey, limit: Annotated[int, Query(ge=1, le=500)] = 100,
-                       offset: Annotated[int, Query(ge=0)] = 0) -> list[QueueItemOut]:
+                       offset: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0) -> list[QueueItemOut]:
     items = await anyio.to_thread.run_sync(lambda: _store(state).review_queue(limit=limit, offset=offset))
     return [QueueItemOut(**i.to_dict()) for i in items]
 
@@ -242,14 +249,21 @@ async def resolve(state: State, actor: WriteKey, item: ItemId,
 @router.get("/photos/{item}", summary="A kept intake photo or box crop (EXIF-free JPEG); needs an API key",
             response_class=Response, responses={200: {"content": {"image/jpeg": {}}}})
 async def photo(state: State, _: WriteKey, item: ItemId) -> Response:
-    path = await anyio.to_thread.run_sync(_store(state).photo_file, item)
-    if path is None:
+    def read() -> bytes | None:  # in one step off the loop: a review, a rejection or an erasure may move the file
+        path = _store(state).photo_file(item)
+        try:
+            return path.read_bytes() if path is not None else None
+        except FileNotFoundError:
+            return None
+
+    data = await anyio.to_thread.run_sync(read)
+    if data is None:
         raise HTTPException(404, "no stored photo with that hash (counted photos are not kept unless configured)")
-    return Response(path.read_bytes(), media_type="image/jpeg", headers={"Cache-Control": "private, no-store"})
+    return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, no-store"})
 
 
 @router.get("/audit", response_model=list[AuditOut], summary="Every change, newest first; needs an API key")
 async def audit(state: State, _: WriteKey, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-                before_id: Annotated[int | None, Query(ge=1)] = None) -> list[AuditOut]:
+                before_id: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None) -> list[AuditOut]:
     rows = await anyio.to_thread.run_sync(lambda: _store(state).audit(limit=limit, before_id=before_id))
     return [AuditOut(**r.to_dict()) for r in rows]

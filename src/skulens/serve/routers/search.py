@@ -168,11 +168,20 @@ async def create_product(state: State, actor: WriteKey,
                                  "--backend torch (and re-export for ONNX afterwards)")
     if len(images) > state.settings.max_files:
         raise HTTPException(413, f"at most {state.settings.max_files} photos per request")
+    if product_id != product_id.strip() or any(ord(ch) < 32 or ch in "/\\" for ch in product_id):
+        # the id is a path segment of every other route (GET, PATCH, DELETE /v1/products/{id}) and a log field
+        raise HTTPException(422, f"product_id {product_id[:40]!r}: no '/', '\\', control characters or surrounding "
+                                 "spaces")
     datas = [(await decode_upload(state, f))[0] for f in images]  # checked like every upload
 
     def run() -> Any:
-        return enroll(state.settings.model, product_id, datas, text=text, title=title, coarse=coarse_label,
-                      index=state.search.index, keep_photos=state.settings.keep_uploads)
+        result = enroll(state.settings.model, product_id, datas, text=text, title=title, coarse=coarse_label,
+                        index=state.search.index, keep_photos=state.settings.keep_uploads)
+        # in the same locked step: a request timing out, or a DELETE of the product, cannot come in between
+        state.products[result.label] = Product(label=result.label, coarse_label=result.coarse_label,
+                                               title=title or result.label.replace("-", " "), description=text)
+        state.reload_model()
+        return result
 
     try:
         result = await anyio.to_thread.run_sync(state.with_index, run)
@@ -181,9 +190,6 @@ async def create_product(state: State, actor: WriteKey,
     except (IndexStoreError, ValueError) as exc:  # the index refused the photos, a stale text aligner, ...
         raise HTTPException(422, f"the product was not enrolled: {exc}") from None
     logger.info("product %r enrolled by %s from %d photo(s)", result.label, actor, result.images)
-    await anyio.to_thread.run_sync(state.reload_model)
-    state.products[result.label] = Product(label=result.label, coarse_label=result.coarse_label,
-                                           title=title or result.label.replace("-", " "), description=text)
     return {"product_id": result.label, "coarse_label": result.coarse_label, "photos": result.images,
             "self_check": result.self_check, "index_entries": result.index_entries, "by": actor}
 
@@ -261,8 +267,12 @@ async def delete_product(state: State, actor: WriteKey, product_id: ProductId) -
         # concurrent enrolment may have saved it before the served model was reloaded.
         folder = state.model.path if state.model.net is not None else None  # an exported model enrols nothing
         if folder is not None and is_enrolled(folder, product_id):
-            # undo the enrolment: every index entry of the product, its row, kept photos, card entry
-            return unenroll(folder, product_id, index=state.search.index, all_entries=True).index_entries, True
+            # undo the enrolment: every index entry of the product, its row, kept photos, card entry; then the
+            # served model and product list, in the same locked step
+            n = unenroll(folder, product_id, index=state.search.index, all_entries=True).index_entries
+            state.products.pop(product_id, None)
+            state.reload_model()
+            return n, True
         n = state.search.index.remove(product_ids=[product_id])
         if n == 0:
             raise HTTPException(404, f"product {product_id!r} is not in the index")
@@ -270,9 +280,6 @@ async def delete_product(state: State, actor: WriteKey, product_id: ProductId) -
         return n, False
 
     removed, enrolled = await _index_call(state, run)
-    if enrolled:
-        await anyio.to_thread.run_sync(state.reload_model)
-        state.products.pop(product_id, None)
     logger.info("product %r removed %sby %s (%d index entries)", product_id,
                 "from the model and the index " if enrolled else "from the index ", actor, removed)
     return {"product_id": product_id, "removed_entries": removed, "unenrolled": enrolled, "by": actor}

@@ -38,7 +38,7 @@ class EventIn(BaseModel):
                          "stored only as a keyed-hash pseudonym")
     product_id: str = Field(min_length=1, max_length=200)
     event: str = Field(description=f"one of {', '.join(EVENT_TYPES)}")
-    timestamp: float | None = Field(None, description="unix seconds (UTC); default: now")
+    timestamp: float | None = Field(None, ge=0, allow_inf_nan=False, description="unix seconds (UTC); default: now")
 
 
 class EventsIn(BaseModel):
@@ -85,6 +85,14 @@ async def record_events(state: State, _: WriteKey, body: EventsIn) -> EventsOut:
     bad = sorted({e.event for e in body.events} - set(EVENT_TYPES))
     if bad:
         raise HTTPException(422, f"unknown event type(s) {', '.join(bad)} (known: {', '.join(EVENT_TYPES)})")
+    # Only products the shop has: every id becomes a row and a column of the recommender's item matrix, so
+    # made-up ids would grow it without bound (and they would be recommended back).
+    known = set(state.products) | set(state.model.card.classes)
+    unknown = sorted({e.product_id for e in body.events} - known)
+    if unknown:
+        raise HTTPException(422, f"unknown product id(s) {', '.join(repr(u) for u in unknown[:5])}"
+                                 f"{' ...' if len(unknown) > 5 else ''}: events name products of the catalogue "
+                                 "or the model")
     now = time.time()
     events = [Event(e.user_id, e.product_id, e.event, now if e.timestamp is None else e.timestamp)
               for e in body.events]
