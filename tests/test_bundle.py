@@ -178,3 +178,18 @@ def test_exclusive_attributes_round_trip_through_card_json() -> None:
     assert data["attribute_exclusive"] == [["colour=green", "colour=red"]]  # plain JSON lists
     back = ModelCard.from_dict(data)
     assert back == card and back.attribute_exclusive == (("colour=green", "colour=red"),)
+
+
+def test_a_kill_inside_the_bundle_swap_is_recovered(tiny_bundle, tmp_path: Path) -> None:
+    """save_bundle moves the old bundle aside, then the new one in: a kill between the two leaves only
+    `.bundle.old`, which the next read (or save, or `train --resume`) puts back."""
+    from skulens.models.bundle import recover_bundle
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle.bundle, tmp_path / ".bundle.old")  # the state right after the first os.replace
+    assert not bundle.exists()
+    card = read_card(bundle)
+    assert card.classes == read_card(tiny_bundle.bundle).classes and bundle.is_dir()
+    assert not (tmp_path / ".bundle.old").exists()
+    load_bundle(bundle)
+    assert recover_bundle(bundle) is False  # nothing to put back now

@@ -277,6 +277,19 @@ def test_manifest_split_aliases(tmp_path: Path, cell: str, split: str) -> None:
     assert cat.split(split)[-1].path == root / "b.jpg"
 
 
+@pytest.mark.parametrize(("rows", "message"), [
+    (["a.jpg,x,train", "b.jpg,x,vaild"], "row 3: unknown split 'vaild'"),
+    (["a.jpg,x,train", "a.jpg,y,train"], "row 3: 'a.jpg' is listed already \\(row 2\\)"),
+    (["a.jpg,x,train", "b.jpg,x,train", "b.jpg,x,val"], "row 4: 'b.jpg' is listed already"),  # a train/val leak
+])
+def test_manifest_typos_and_repeated_photos_are_errors(tmp_path: Path, rows: list[str], message: str) -> None:
+    root = tmp_path / "ds"
+    _image(root / "a.jpg")
+    _image(root / "b.jpg")
+    with pytest.raises(CatalogueError, match=message):
+        load_catalogue(_csv(root / "m.csv", ["path,label,split", *rows]))
+
+
 def test_manifest_folder_and_jsonl(tmp_path: Path) -> None:
     root = tmp_path / "ds"
     _image(root / "x.png")
@@ -406,7 +419,8 @@ def test_fine_label_with_two_coarse_labels(tmp_path: Path) -> None:
 def test_partial_hierarchy_is_refused(tmp_path: Path) -> None:
     root = tmp_path / "ds"
     _image(root / "a.jpg")
-    manifest = _csv(root / "m.csv", ["path,label,coarse_label", "a.jpg,x,one", "a.jpg,y,"])
+    _image(root / "b.jpg")
+    manifest = _csv(root / "m.csv", ["path,label,coarse_label", "a.jpg,x,one", "b.jpg,y,"])
     with pytest.raises(CatalogueError, match="not for 1: y"):
         load_catalogue(manifest)
 

@@ -44,6 +44,15 @@ def test_bad_literal_lists_the_choices() -> None:
     ("batch_size", "many", "batch_size: 'many' is not a valid int"),
     ("ema", "maybe", "ema: 'maybe' is not a valid bool"),
     ("epochs", None, "epochs: may not be null"),
+    ("epochs", True, "epochs: True is not a valid int"),  # YAML `epochs: yes` was a silent 1
+    ("patience", 0, "patience: must be >= 1"),
+    ("max_steps", 0, "max_steps: must be >= 1"),
+    ("num_workers", -1, "num_workers: must be >= 0"),
+    ("trainable_stages", -2, "trainable_stages: must be >= 0"),
+    ("ema_decay", 1.5, "ema_decay: 1.5 is outside"),
+    ("coarse_fallback", -0.1, "coarse_fallback"),
+    ("weight_decay", -0.01, "weight_decay: must be >= 0"),
+    ("backbone_lr_mult", -1, "backbone_lr_mult: must be >= 0"),
 ])
 def test_bad_values_raise(key: str, value: object, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -69,6 +78,14 @@ def test_overrides_apply_on_a_base() -> None:
     base = resolve_config({"epochs": 9, "lr": 0.01})
     cfg = resolve_config({"lr": 0.02}, base=base)
     assert (cfg.epochs, cfg.lr) == (9, 0.02)
+
+
+def test_sgd_without_momentum_and_an_unquoted_yaml_off(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="Nesterov"):
+        resolve_config({"optimizer": "sgd", "momentum": 0})
+    y = tmp_path / "run.yaml"
+    y.write_text("mixed_precision: off\n", encoding="utf-8")  # YAML 1.1 reads it as false
+    assert resolve_config(load_config(y)).mixed_precision == "off"
 
 
 def test_load_yaml_and_toml(tmp_path: Path) -> None:

@@ -125,7 +125,14 @@ def test_retrain_folds_in_enrolled_photos(bundle_copy: Path, blue_photos: list[P
     cat = retrain_catalogue(bundle_copy, tiny_catalogue)
     assert cat.classes[-1] == "blue-box" and cat.hierarchy["blue-box"] == "Box"
     assert sum(s.label == "blue-box" for s in cat.split("train")) == 4
+    # a bundle made by distillation records its teacher: a retrain learns from labels, not from it again
+    import json
+
+    card = json.loads((bundle_copy / "card.json").read_text(encoding="utf-8"))
+    card["train_config"]["teacher"] = str(tmp_path / "teacher-long-gone")
+    (bundle_copy / "card.json").write_text(json.dumps(card), encoding="utf-8")
     result = retrain(bundle_copy, out=str(tmp_path / "rt"), data=tiny_catalogue, progress=False, epochs=1)
+    assert result.card.train_config["teacher"] is None
     assert result.card.classes[-1] == "blue-box"
     assert result.card.train_config["init_from"] == str(bundle_copy)
     model = skulens.load(result.bundle, device="cpu", precision="off")
@@ -280,3 +287,32 @@ def test_unenroll_keeps_a_photo_another_product_still_lists(bundle_copy: Path, b
     assert read_card(bundle_copy).enrolled[0]["photos"] == read_card(bundle_copy).enrolled[1]["photos"]
     assert unenroll(bundle_copy, "Box!").photos_removed == 0 and shared.is_file()
     assert unenroll(bundle_copy, "Box?").photos_removed == 1 and not shared.exists()
+
+
+def test_retrain_rebuilds_the_catalogue_the_bundle_was_trained_on(bundle_copy: Path, tiny_catalogue: Path,
+                                                                  tmp_path: Path) -> None:
+    """A catalogue without a val split gets the same generated val (the recorded fraction and seed) and a
+    manifest not named manifest.csv is read as the manifest, not as its folder of class folders."""
+    import csv
+    import json
+
+    from skulens.data.catalogue import load_catalogue
+    from skulens.train.retrain import retrain_catalogue
+
+    with open(tiny_catalogue, encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    items = tiny_catalogue.parent / "items.csv"  # train rows only: val is generated
+    with open(items, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(r for r in rows if r["split"] == "train")
+    card_path = bundle_copy / "card.json"
+    card = json.loads(card_path.read_text(encoding="utf-8"))
+    card["train_config"].update({"data": str(items), "seed": 3, "val_fraction": 0.25, "teacher": "/gone/teacher"})
+    card["dataset"]["path"] = str(items.parent)
+    card_path.write_text(json.dumps(card), encoding="utf-8")
+    original = load_catalogue(items, val_fraction=0.25, seed=3)
+    cat = retrain_catalogue(bundle_copy)
+    assert cat.classes == original.classes  # not the folder read as class folders (train/, val/)
+    assert sorted(s.path for s in cat.split("val")) == sorted(s.path for s in original.split("val"))
+    assert sorted(s.path for s in cat.split("val")) != sorted(s.path for s in load_catalogue(items).split("val"))

@@ -108,12 +108,14 @@ def test_unknown_split_and_unknown_label_are_errors(model: Model, tiny_catalogue
         model.evaluate(tiny_catalogue, split="test", progress=False)
     root = tmp_path / "cat"
     shutil.copytree(tiny_catalogue.parent / "val", root / "val")
+    shutil.copytree(tiny_catalogue.parent / "val", root / "train")  # a photo listed in two splits is refused
     rows = _split_rows(tiny_catalogue, "val")
     rows[0] = {**rows[0], "label": "soy-milk", "coarse_label": "Milk"}
     with open(root / "manifest.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
-        w.writerows(rows + [{**r, "split": "train"} for r in rows[1:]])
+        w.writerows(rows + [{**r, "split": "train", "path": r["path"].replace("val/", "train/", 1)}
+                            for r in rows[1:]])
     with pytest.raises(ValueError, match="soy-milk"):
         model.evaluate(root / "manifest.csv", split="val", out=tmp_path / "r", progress=False)
     assert not (tmp_path / "r").exists()

@@ -364,6 +364,11 @@ def test_kill_and_resume(tiny_catalogue: Path, tmp_path: Path) -> None:
     assert not (out / "checkpoint").exists()
     card = json.loads((out / "bundle" / "card.json").read_text(encoding="utf-8"))
     assert card["metrics"]["resumed"] is True
+    # --resume on the finished run: refused, not a new run over its bundle, report and log
+    before = (out / "metrics.jsonl").read_bytes(), (out / "bundle" / "model.safetensors").read_bytes()
+    with pytest.raises(ConfigError, match="this run finished"):
+        skulens.train(tiny_catalogue, out=str(out), resume=True, progress=False)
+    assert ((out / "metrics.jsonl").read_bytes(), (out / "bundle" / "model.safetensors").read_bytes()) == before
 
     model = skulens.load(out / "bundle", device="cpu")
     val = sorted(glob.glob(str(tiny_catalogue.parent / "val" / "*" / "*.jpg")))

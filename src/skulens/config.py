@@ -173,6 +173,8 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
         return None
     literal_values = _literal_values(hint)
     if literal_values:
+        if value is False and "off" in literal_values:  # YAML 1.1 reads an unquoted `off` as false
+            value = "off"
         if value not in literal_values:
             raise ConfigError(f"{name}: {value!r} is not one of {', '.join(map(str, literal_values))}")
         return value
@@ -185,6 +187,8 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
                 return True
             if str(value).lower() in ("0", "false", "no", "off"):
                 return False
+            raise ValueError(value)
+        if base in (int, float) and isinstance(value, bool):  # YAML `yes`: int(True) would be a silent 1
             raise ValueError(value)
         if base is int:
             if isinstance(value, float) and not value.is_integer():
@@ -257,6 +261,21 @@ def _validate(cfg: TrainConfig) -> TrainConfig:
                           "adversarial_fraction in (0, 1]")
     if not 0 <= cfg.corrupt_fraction <= 1:
         raise ConfigError(f"corrupt_fraction: {cfg.corrupt_fraction} is outside [0, 1]")
+    at_least = {"patience": (cfg.patience, 1), "max_steps": (cfg.max_steps, 1), "num_workers": (cfg.num_workers, 0),
+                "trainable_stages": (cfg.trainable_stages, 0)}
+    for name, (v, low) in at_least.items():
+        if v is not None and v < low:
+            raise ConfigError(f"{name}: must be >= {low}, got {v}")
+    in_range = {"ema_decay": (cfg.ema_decay, 0.0, 1.0), "coarse_fallback": (cfg.coarse_fallback, 0.0, 1.0),
+                "momentum": (cfg.momentum, 0.0, 1.0)}
+    for name, (v, low, high) in in_range.items():
+        if not low <= v <= high:
+            raise ConfigError(f"{name}: {v} is outside [{low:g}, {high:g}]")
+    if cfg.optimizer == "sgd" and cfg.momentum == 0:
+        raise ConfigError("momentum: SGD here uses Nesterov momentum, which needs momentum > 0")
+    for name in ("weight_decay", "backbone_lr_mult"):
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"{name}: must be >= 0, got {getattr(cfg, name)}")
     if cfg.monitor not in ("top1", "coarse_top1", "macro_f1"):
         raise ConfigError(f"monitor: {cfg.monitor!r} is not one of top1, coarse_top1, macro_f1")
     unknown = set(cfg.loggers) - {"tensorboard", "mlflow", "wandb"}

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from ._checks import MAX_LISTED, attribute_cell, cell, inside_root, require_files
-from ._types import CatalogueError, Loaded, Sample, split_name
+from ._types import SPLIT_ORDER, CatalogueError, Loaded, Sample, split_name
 
 MANIFEST_NAMES = ("manifest.csv", "manifest.jsonl")
 MANIFEST_SUFFIXES = (".csv", ".jsonl")
@@ -31,8 +31,16 @@ def load_manifest(manifest: Path) -> Loaded:
     splits: dict[str, list[Sample]] = defaultdict(list)
     hierarchy: dict[str, str] = {}
     located: list[tuple[str, Path]] = []
+    first_row: dict[Path, str] = {}
     for where, record in records:
         split, sample = _manifest_sample(manifest, root, root_real, where, record)
+        if split not in SPLIT_ORDER:  # a typo ("vaild") would be a split nothing reads, its labels still classes
+            raise CatalogueError(f"{manifest}: {where}: unknown split {cell(record, 'split')!r} (one of "
+                                 f"{', '.join(SPLIT_ORDER)}, or empty for train)")
+        if sample.path in first_row:  # two labels for one photo, or one photo in train and val (a leak)
+            raise CatalogueError(f"{manifest}: {where}: {cell(record, 'path')!r} is listed already "
+                                 f"({first_row[sample.path]})")
+        first_row[sample.path] = where
         if sample.coarse_label is not None:
             _add_to_hierarchy(hierarchy, sample.label, sample.coarse_label, f"{manifest}: {where}")
         splits[split].append(sample)

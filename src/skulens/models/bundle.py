@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -16,7 +17,10 @@ from .card import ModelCard
 from .classifier import SkuModel
 from .pruned import apply_pruning
 
-__all__ = ["BundleError", "atomic_write_text", "build_model", "load_bundle", "read_card", "save_bundle"]
+__all__ = ["BundleError", "atomic_write_text", "build_model", "load_bundle", "read_card", "recover_bundle",
+           "save_bundle"]
+
+log = logging.getLogger(__name__)
 
 WEIGHTS = "model.safetensors"
 CARD = "card.json"
@@ -60,6 +64,7 @@ def save_bundle(model: SkuModel, card: ModelCard, directory: str | os.PathLike[s
     """
     out = Path(directory)
     out.parent.mkdir(parents=True, exist_ok=True)
+    recover_bundle(out)  # an interrupted earlier swap: its bundle is the one carried over and replaced
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     umask = os.umask(0)
     os.umask(umask)
@@ -83,11 +88,25 @@ def save_bundle(model: SkuModel, card: ModelCard, directory: str | os.PathLike[s
     return out
 
 
+def recover_bundle(directory: str | os.PathLike[str]) -> bool:
+    """Put back the previous bundle when a kill landed inside `save_bundle`'s swap (after the old one moved
+    aside, before the new one moved in): True when it did."""
+    out = Path(directory)
+    old = out.with_name(f".{out.name}.old")
+    if out.exists() or not (old / CARD).is_file() or not (old / WEIGHTS).is_file():
+        return False
+    os.replace(old, out)
+    log.warning("%s: restored the previous bundle (a save was interrupted while swapping it)", out)
+    return True
+
+
 def read_card(directory: str | os.PathLike[str]) -> ModelCard:
     path = Path(directory)
     if path.is_file() and path.name in (CARD, WEIGHTS):
         path = path.parent
     card_path = path / CARD
+    if not card_path.is_file():
+        recover_bundle(path)
     if not card_path.is_file():
         raise BundleError(f"{path}: not a skulens bundle (no {CARD})")
     try:

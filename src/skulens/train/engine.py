@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import shutil
 import time
@@ -27,7 +28,7 @@ from ..evaluate.evaluator import baseline_report, evaluate_outputs
 from ..evaluate.metrics import EvalReport, choose_thresholds
 from ..evaluate.report import write_report
 from ..models.backbones import Backbone, BackboneSpec, create_backbone
-from ..models.bundle import WEIGHTS, atomic_write_text, read_card, save_bundle
+from ..models.bundle import WEIGHTS, atomic_write_text, read_card, recover_bundle, save_bundle
 from ..models.card import ModelCard, exclusive_attribute_pairs
 from ..models.classifier import SkuModel
 from ..models.inference import (
@@ -52,7 +53,7 @@ if TYPE_CHECKING:
     from .corrupt import CorruptBatch
     from .teacher import Teacher
 
-__all__ = ["TrainResult", "fit"]
+__all__ = ["TrainResult", "fit", "run_finished"]
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +166,8 @@ def _catalogue_samples(cat: Catalogue, train: list[Sample]) -> list[Sample]:
 
 
 def _base_card(cfg: TrainConfig, cat: Catalogue, spec: BackboneSpec, embedding_dim: int) -> ModelCard:
+    if cfg.monitor == "coarse_top1" and not cat.hierarchy:  # else it would quietly select on fine top-1
+        raise ConfigError("monitor coarse_top1: this catalogue has no coarse classes")
     coarse_index = {c: i for i, c in enumerate(cat.coarse_classes)}
     f2c = tuple(coarse_index[cat.hierarchy[c]] for c in cat.classes) if cat.hierarchy else ()
     coarse = tuple(cat.coarse_classes) if cfg.coarse_loss_weight > 0 or f2c else ()
@@ -187,12 +190,22 @@ def _exclusive_attributes(cat: Catalogue, attributes: tuple[str, ...]) -> tuple[
     return exclusive_attribute_pairs(carried.values(), attributes)
 
 
+def run_finished(run_dir: str | os.PathLike[str]) -> bool:
+    """A run that ended normally: its bundle written and its checkpoint removed (the last step of a run)."""
+    return (Path(run_dir) / "bundle" / "card.json").is_file() and not (Path(run_dir) / "checkpoint").exists()
+
+
 def _prepare_run_dir(cfg: TrainConfig, *, main: bool = True) -> Path:
     run_dir = Path(cfg.out)
     ckpt = run_dir / "checkpoint"
+    if cfg.resume and main:
+        recover_bundle(run_dir / "bundle")  # killed while the best epoch's bundle was being swapped in
     if not cfg.resume and (ckpt.exists() or (run_dir / "bundle").exists()):
         raise ConfigError(f"{run_dir} already holds a run: pass --resume to continue it, "
                           "or choose another --out")
+    if cfg.resume and run_finished(run_dir):  # a new run would overwrite its bundle, baseline, report and log
+        raise ConfigError(f"{run_dir}: this run finished (its bundle is there and no checkpoint): nothing to "
+                          "resume; choose another --out for a new run")
     if main:  # the other ranks of a distributed run write nothing
         run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
@@ -283,6 +296,12 @@ def _load_splits(cfg: TrainConfig, cat: Catalogue, card: ModelCard, run_dir: Pat
         atomic_write_text(run_dir / "skipped_images.tsv", "".join(f"{p}\t{r}\n" for p, r in skipped))
     if not train.images or not val.images or (untouched is not None and not untouched.images):
         raise CatalogueError(f"no decodable images in the train, {cfg.select_on} or val split")
+    counts = torch.bincount(train.fine, minlength=card.num_classes)
+    empty = [card.classes[i] for i in torch.nonzero(counts == 0).flatten().tolist()]
+    if empty:  # a head row no photo teaches: it would only ever be pushed down
+        raise CatalogueError(f"{len(empty)} class(es) with no (decodable) training photo: "
+                             f"{', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''}; add train photos or "
+                             "take them out of the catalogue")
     return train, val, untouched, skipped
 
 
@@ -383,6 +402,9 @@ def _train_loop(run: _Run) -> int:
     run.net = distributed.wrap(run.model, run.dist)  # after the freeze: DDP syncs what trains now
     epochs_run = 0
     for epoch in range(run.state["epoch"], cfg.epochs):
+        # checked before the epoch too: a run resumed from the checkpoint of its stopping epoch stops here
+        if run.state["bad_epochs"] >= cfg.patience or run.out_of_steps():
+            break
         if cfg.freeze == "gradual" and epoch == cfg.gradual_head_epochs:
             frozen = apply_freeze(run.model, "full")
             # Rebuilt: a DDP syncs only what required grad when it was built, so the old one would leave the
@@ -548,6 +570,9 @@ def _finish(run: _Run, baseline: EvalReport | None, epochs_run: int) -> TrainRes
     from safetensors.torch import load_file
 
     model.load_state_dict(load_file(str(run.run_dir / "bundle" / WEIGHTS)))
+    # A run resumed after a kill inside this function finds its bundle already calibrated: fit from T = 1,
+    # or the new temperatures would be fitted on already tempered outputs and replace the first ones.
+    model.temperature.fill_(1.0)
     out = _calibrate(model, run_heads(model, val.images, eval_tf, device=run.device,
                                       precision=cfg.mixed_precision), val)
     thresholds = None

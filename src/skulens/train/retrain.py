@@ -38,10 +38,14 @@ def retrain_catalogue(bundle: str | os.PathLike, data: str | os.PathLike | None 
     """The catalogue a retrain uses: the bundle's training data + its enrolled photos + extra catalogues."""
     bundle = Path(bundle)
     card = read_card(bundle)
-    source = data or card.dataset.get("path")
+    tc = card.train_config
+    # The path the run was given (a manifest file keeps its name: the card's dataset path is its folder),
+    # and the same generated val (its fraction and seed), so val stays the photos the bundle never trained on.
+    recorded = tc.get("data") if tc.get("data") and Path(tc["data"]).exists() else card.dataset.get("path")
+    source = data or recorded
     if not source or not Path(source).exists():
         raise ConfigError(f"the data {bundle} was trained on ({source!r}) is not here: pass --data PATH")
-    cat = load_catalogue(source)
+    cat = load_catalogue(source, val_fraction=float(tc.get("val_fraction", 0.1)), seed=int(tc.get("seed", 0)))
     samples, products = _enrolled_samples(bundle)
     for path in extra:
         more = load_catalogue(path, val_fraction=0.0)
@@ -59,7 +63,9 @@ def retrain(bundle: str | os.PathLike, *, out: str, data: str | os.PathLike | No
     card = read_card(bundle)
     cat = retrain_catalogue(bundle, data, extra)
     # The recorded config, less this run's own keys and keys removed since that run was trained.
-    skip = {"resume", "out", "init_from", "data", *REMOVED_KEYS}
+    # A recorded teacher (a distilled or self-trained bundle) is not distilled from again: it does not know
+    # the products enrolled since, and the retrain learns from labels.
+    skip = {"resume", "out", "init_from", "data", "teacher", "unlabeled", *REMOVED_KEYS}
     values = {k: v for k, v in card.train_config.items() if k not in skip}
     values.update({"baseline": False, **overrides, "out": out, "init_from": str(bundle), "data": str(cat.root)})
     return fit(resolve_config(values), catalogue=cat, progress=progress)

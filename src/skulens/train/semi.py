@@ -131,8 +131,13 @@ def self_train(cfg: TrainConfig, catalogue: Catalogue, *, progress: bool = True,
     assert cfg.unlabeled is not None and fit_run is not None
     photos = _unlabelled_photos(cfg.unlabeled)
     out = Path(cfg.out)
+    from .engine import run_finished
+
     teacher = cfg.teacher
-    if teacher is None:
+    if teacher is None and cfg.resume and run_finished(out / "teacher"):  # --resume after a kill in a later stage
+        log.info("self-training: resuming; the teacher in %s is finished", out / "teacher")
+        teacher = str(out / "teacher" / "bundle")
+    elif teacher is None:
         log.info("self-training: the teacher first, on the labelled photos only (%s)", out / "teacher")
         result = fit_run(dataclasses.replace(cfg, unlabeled=None, out=str(out / "teacher")), catalogue=catalogue,
                          progress=progress)
@@ -140,8 +145,14 @@ def self_train(cfg: TrainConfig, catalogue: Catalogue, *, progress: bool = True,
     rounds: list[dict[str, Any]] = []
     for k in range(1, cfg.pseudo_rounds + 1):
         last = k == cfg.pseudo_rounds
-        pseudo = _pseudo_labels(cfg, catalogue, teacher, photos, progress=progress)
         where = out if last else out / f"round-{k}"
+        if not last and cfg.resume and run_finished(where):  # a finished round is not trained again
+            log.info("self-training: resuming; round %d in %s is finished", k, where)
+            done = read_card(where / "bundle").metrics.get("self_training", {})
+            rounds.append({**{key: v for key, v in done.items() if key != "rounds"}, "round": k})
+            teacher = str(where / "bundle")
+            continue
+        pseudo = _pseudo_labels(cfg, catalogue, teacher, photos, progress=progress)
         _write_pseudo_labels(where, pseudo)
         rounds.append({**pseudo.summary(), "round": k, "teacher": teacher,
                        "teacher_val": read_card(teacher).metrics.get("top1")})
