@@ -127,3 +127,18 @@ def test_int8_needs_onnx_format(bundle: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "skulens.cli", "export", str(bundle), "--format", "torchscript",
                         "--int8"], capture_output=True, text=True, check=False)
     assert r.returncode != 0 and "--int8 needs --format onnx" in r.stderr
+
+
+def test_an_onnx_file_from_another_model_is_refused_inside_a_bundle(bundle: Path, tmp_path: Path) -> None:
+    """model.onnx inside a bundle must carry the bundle's card (as model.tflite does): one exported before an
+    enrolment or a retrain, or copied in from another run, is refused rather than run with stale classes.
+    The bundle named by its card.json works too."""
+    copy = tmp_path / "b"
+    shutil.copytree(bundle, copy)
+    export_onnx(copy, copy / "model.onnx")
+    assert skulens.load(copy / "card.json", backend="onnx").classes == skulens.load(copy).classes
+    card = json.loads((copy / "card.json").read_text(encoding="utf-8"))
+    card["classes"] = [*card["classes"][:-1], "renamed-since"]
+    (copy / "card.json").write_text(json.dumps(card), encoding="utf-8")
+    with pytest.raises(BundleError, match="exported from another model"):
+        skulens.load(copy, backend="onnx")

@@ -96,12 +96,17 @@ def test_a_second_run_reuses_the_distilled_student(fast, tiny_bundle, tiny_catal
     assert again.student_top1 == pytest.approx(res.student_top1)  # the same student, exported again
     other = _cli("export", "--model", str(res.out), "--preset", "fast", "--out", str(out))
     assert other.returncode == 2 and "holds a distillation from" in other.stderr
+    with pytest.raises(FileExistsError, match="other epochs"):  # not silently the old student
+        make_fast(tiny_bundle.bundle, out=out, data=tiny_catalogue, distil=True, calibration_images=16,
+                  progress=False, say=messages.append, **{**DISTIL_TINY, "epochs": 2})
 
 
-def test_earlier_run_says_what_an_out_folder_holds(tmp_path: Path) -> None:
-    from skulens.deploy.fast import earlier_run
+def test_earlier_run_says_what_an_out_folder_holds(tiny_bundle, tmp_path: Path) -> None:
+    import json
 
-    teacher = tmp_path / "teacher"
+    from skulens.deploy.fast import TEACHER_FILE, earlier_run, teacher_fingerprint
+
+    teacher = tiny_bundle.bundle
     out = tmp_path / "out"
     assert earlier_run(out, teacher, "efficientnet_lite0") is None  # missing
     out.mkdir()
@@ -112,6 +117,7 @@ def test_earlier_run_says_what_an_out_folder_holds(tmp_path: Path) -> None:
     (out / "notes.txt").unlink()
     run = out / "distill-run"
     (run / "checkpoint").mkdir(parents=True)
+    (run / TEACHER_FILE).write_text(json.dumps(teacher_fingerprint(teacher)))
     (run / "config.yaml").write_text(f"teacher: {teacher}\nbackbone: efficientnet_lite0\n")
     assert earlier_run(out, teacher, "efficientnet_lite0") == "stopped"  # killed mid-distillation: resume
     (run / "bundle").mkdir()
@@ -123,6 +129,11 @@ def test_earlier_run_says_what_an_out_folder_holds(tmp_path: Path) -> None:
         earlier_run(out, teacher, "efficientnet_lite2")  # another student
     with pytest.raises(FileExistsError, match="holds a distillation from"):
         earlier_run(out, tmp_path / "other", "efficientnet_lite0")
+    # the teacher retrained or enrolled into since (here: another class list): its old student is not reused
+    changed = {**teacher_fingerprint(teacher), "classes": ["only-one"]}
+    (run / TEACHER_FILE).write_text(json.dumps(changed))
+    with pytest.raises(FileExistsError, match="earlier version of"):
+        earlier_run(out, teacher, "efficientnet_lite0")
 
 
 def test_kept_float_convs_stay_float_and_unknown_names_are_refused(tiny_bundle, tiny_catalogue: Path,

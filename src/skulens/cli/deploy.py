@@ -31,6 +31,8 @@ OPTIONAL_RUNTIMES = ("torch-compile", "tflite-fp32", "tflite-int8")  # on reques
 
 def cmd_export(ns: argparse.Namespace) -> int:
     bundle = model_path(ns)
+    if bundle and Path(bundle).name == "card.json":  # the bundle named by its card: its folder
+        bundle = str(Path(bundle).parent)
     if ns.qat and not (ns.int8 and ns.format == "tflite" and ns.preset is None):
         raise UsageError("--qat tunes the weights for an int8 file: it needs --format tflite --int8 (and no --preset)")
     if ns.preset == "fast":

@@ -158,6 +158,11 @@ def make_fast(bundle: str | os.PathLike[str], *, out: str | os.PathLike[str], da
     data = resolve_data(data, recorded=recorded_dataset(bundle))
     teacher_card = read_card(bundle)
     earlier = earlier_run(out_dir, bundle, student)  # raises if OUT holds something else
+    if earlier == "done" and distill_overrides:
+        changed = _changed_options(out_dir / "distill-run" / "config.yaml", distill_overrides)
+        if changed:
+            raise FileExistsError(f"{out_dir} holds a finished student, reused as it is: it was distilled with "
+                                  f"other {', '.join(changed)}; give a new folder for those")
     catalogue = load_catalogue(data)
     samples = list(catalogue.split(check_split))  # checked before the long distillation
     if not samples or not list(catalogue.split(calibration_split)):
@@ -169,6 +174,10 @@ def make_fast(bundle: str | os.PathLike[str], *, out: str | os.PathLike[str], da
         source = out_dir / "distill-run" / "bundle"
         say(f"[1/4] reusing the student distilled from {bundle} earlier: {source}")
     elif distilled:
+        (out_dir / "distill-run").mkdir(parents=True, exist_ok=True)
+        from ..models.bundle import atomic_write_text
+
+        atomic_write_text(out_dir / "distill-run" / TEACHER_FILE, json.dumps(teacher_fingerprint(bundle)))
         say(f"[1/4] {'resuming the stopped distillation' if earlier == 'stopped' else 'distilling'} of {bundle} "
             f"({teacher_card.backbone}) into {student} (the longest step)")
         run = distill(bundle, student=student, data=data, out=str(out_dir / "distill-run"), progress=progress,
@@ -251,6 +260,33 @@ def make_fast(bundle: str | os.PathLike[str], *, out: str | os.PathLike[str], da
     return result
 
 
+def _changed_options(config: Path, overrides: dict[str, Any]) -> list[str]:
+    """The distillation options in `overrides` that differ from the ones the finished run recorded."""
+    import yaml
+
+    from ..config import config_to_dict, resolve_config
+
+    recorded = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+    before, after = config_to_dict(resolve_config(recorded)), config_to_dict(resolve_config({**recorded, **overrides}))
+    return sorted(k for k in overrides if before.get(k) != after.get(k))
+
+
+TEACHER_FILE = "teacher.json"  # in OUT/distill-run: which teacher, weights and classes, the student came from
+
+
+def teacher_fingerprint(bundle: str | os.PathLike[str]) -> dict[str, Any]:
+    """The teacher's weights (SHA-256) and classes: a retrain or an enrolment changes one of them."""
+    import hashlib
+
+    from ..models.bundle import read_card
+
+    digest = hashlib.sha256()
+    with open(Path(bundle) / "model.safetensors", "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {"weights_sha256": digest.hexdigest(), "classes": list(read_card(bundle).classes)}
+
+
 def earlier_run(out_dir: Path, teacher: str | os.PathLike[str], student: str) -> str | None:
     """What OUT holds from an earlier run of `make_fast`: None (nothing: OUT is missing or empty), "done" (a
     finished distillation from `teacher` into `student`), "stopped" (one that has a checkpoint to resume).
@@ -261,6 +297,8 @@ def earlier_run(out_dir: Path, teacher: str | os.PathLike[str], student: str) ->
     run = out_dir / "distill-run"
     config = run / "config.yaml"
     if not config.is_file():
+        if [p.name for p in out_dir.iterdir()] == ["distill-run"] and [p.name for p in run.iterdir()] == [TEACHER_FILE]:
+            return None  # stopped before the distillation wrote anything
         raise FileExistsError(f"{out_dir} exists and is not empty: give a new folder")
     import yaml
 
@@ -269,6 +307,11 @@ def earlier_run(out_dir: Path, teacher: str | os.PathLike[str], student: str) ->
     if made_by != Path(teacher).resolve() or cfg.get("backbone") != student:
         raise FileExistsError(f"{out_dir} holds a distillation from {cfg.get('teacher')} into {cfg.get('backbone')}, "
                               f"not from {teacher} into {student}: give a new folder")
+    recorded = run / TEACHER_FILE
+    same = recorded.is_file() and json.loads(recorded.read_text(encoding="utf-8")) == teacher_fingerprint(teacher)
+    if not same:  # retrained or enrolled into since: the student would lack its new weights or classes
+        raise FileExistsError(f"{out_dir} holds a student of an earlier version of {teacher} (its weights or "
+                              "classes changed since): give a new folder")
     if (run / "checkpoint").exists():
         return "stopped"
     return "done" if (run / "bundle" / "card.json").is_file() else "stopped"

@@ -246,6 +246,8 @@ def pretrained_model(backbone: str = "efficientnet_lite2", *, weights: str | Non
 def _exported_file(path: str | os.PathLike, name: str, fmt: str) -> Path:
     """`path` itself, or for a bundle folder its exported `name` (an error saying how to make it)."""
     p = Path(path)
+    if p.name == "card.json":  # a bundle named by its card, as --model accepts
+        p = p.parent
     if not p.is_dir():
         return p
     if not (p / name).is_file():
@@ -253,14 +255,32 @@ def _exported_file(path: str | os.PathLike, name: str, fmt: str) -> Path:
     return p / name
 
 
-def load_onnx(path: str | os.PathLike, *, int8: bool = False) -> Model:
+def _check_embedded_card(p: Path, card: ModelCard, fmt: str) -> None:
+    """Inside a bundle (a card.json beside the file) an exported file's embedded card must be the bundle's: a
+    file exported from another model, or from this one before it changed, is refused rather than run."""
+    import json
+
+    from .bundle import CARD, read_card
+
+    if (p.parent / CARD).is_file():
+        bundle = json.loads(read_card(p.parent).to_json())
+        differ = [k for k, v in json.loads(card.to_json()).items() if bundle.get(k) != v]
+        if differ:
+            raise BundleError(f"{p}: exported from another model than the bundle it sits in (its card differs from "
+                              f"{p.parent / CARD} in {', '.join(differ[:5])}); export it again with "
+                              f"`skulens export --model {p.parent} --format {fmt}`")
+
+
+def load_onnx(path: str | os.PathLike, *, int8: bool = False, device: str = "cpu") -> Model:
     """A Model backed by ONNX Runtime: a .onnx file, or a bundle dir holding model.onnx (`int8`: its
-    model.int8.onnx, written by `skulens export --int8` or `--preset fast`)."""
+    model.int8.onnx, written by `skulens export --int8` or `--preset fast`). `device` cuda (or auto) runs it
+    through onnxruntime-gpu's CUDA provider where there is one. Inside a bundle its card must be the bundle's."""
     from .onnx_runtime import ONNX_INT8_NAME, ONNX_NAME, OnnxRunner, read_onnx_card
 
     p = _exported_file(path, ONNX_INT8_NAME if int8 else ONNX_NAME, "onnx --int8" if int8 else "onnx")
     card = read_onnx_card(p)
-    model = Model(None, card, torch.device("cpu"), "off", runner=OnnxRunner(p))
+    _check_embedded_card(p, card, "onnx" + (" --int8" if int8 else ""))
+    model = Model(None, card, torch.device("cpu"), "off", runner=OnnxRunner(p, device=device))
     model.path = p.parent
     return model
 
@@ -270,20 +290,11 @@ def load_tflite(path: str | os.PathLike, *, threads: int | None = None) -> Model
 
     Inside a bundle (a card.json beside the file) the file's embedded card must be the bundle's: a file
     exported from another model, or from this one before it changed, is refused rather than run."""
-    import json
-
-    from .bundle import CARD, read_card
     from .tflite_runtime import TFLITE_NAME, TfliteRunner, read_tflite_card
 
     p = _exported_file(path, TFLITE_NAME, "tflite")
     card = read_tflite_card(p)
-    if (p.parent / CARD).is_file():
-        bundle = json.loads(read_card(p.parent).to_json())
-        differ = [k for k, v in json.loads(card.to_json()).items() if bundle.get(k) != v]
-        if differ:
-            raise BundleError(f"{p}: exported from another model than the bundle it sits in (its card differs from "
-                              f"{p.parent / CARD} in {', '.join(differ[:5])}); export it again with "
-                              f"`skulens export --model {p.parent} --format tflite`")
+    _check_embedded_card(p, card, "tflite")
     model = Model(None, card, torch.device("cpu"), "off", runner=TfliteRunner(p, threads=threads, card=card))
     model.path = p.parent
     return model
@@ -301,7 +312,7 @@ def load_model(bundle: str | os.PathLike, *, device: str = "auto", precision: st
     if str(bundle).startswith(PRETRAINED_PREFIX):
         return pretrained_model(str(bundle)[len(PRETRAINED_PREFIX):], device=device, precision=precision)
     if backend in ("onnx", "onnx-int8"):
-        return load_onnx(bundle, int8=backend == "onnx-int8")
+        return load_onnx(bundle, int8=backend == "onnx-int8", device=device)
     if backend == "tflite":
         return load_tflite(bundle)
     if backend != "torch":
