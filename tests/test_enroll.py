@@ -316,3 +316,15 @@ def test_retrain_rebuilds_the_catalogue_the_bundle_was_trained_on(bundle_copy: P
     assert cat.classes == original.classes  # not the folder read as class folders (train/, val/)
     assert sorted(s.path for s in cat.split("val")) == sorted(s.path for s in original.split("val"))
     assert sorted(s.path for s in cat.split("val")) != sorted(s.path for s in load_catalogue(items).split("val"))
+
+
+def test_retrain_names_products_enrolled_without_photos(bundle_copy: Path, blue_photos: list[Path],
+                                                        tiny_catalogue: Path) -> None:
+    """An enrolment that kept no photo (the service without --keep-uploads) leaves a retrain nothing to learn
+    the product from: refused before training, naming the product and the ways out."""
+    from skulens.config import ConfigError
+    from skulens.train.retrain import retrain_catalogue
+
+    enroll(bundle_copy, "blue-box", blue_photos[:2], coarse="Box", data=tiny_catalogue, keep_photos=False)
+    with pytest.raises(ConfigError, match="enrolled without kept photos.*blue-box.*--extra"):
+        retrain_catalogue(bundle_copy, tiny_catalogue)

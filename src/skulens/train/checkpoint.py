@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-__all__ = ["load_checkpoint", "save_checkpoint"]
+__all__ = ["load_checkpoint", "run_finished", "save_checkpoint"]
 
 
 def _flatten(obj: Any, key: str, tensors: dict[str, torch.Tensor]) -> Any:
@@ -75,3 +75,8 @@ def load_checkpoint(directory: Path, device: str | torch.device = "cpu") -> dict
             tensors = load_file(str(d / "state.safetensors"), device=str(device))
             return _unflatten(json.loads((d / "state.json").read_text(encoding="utf-8")), tensors)
     return None
+
+
+def run_finished(run_dir: str | os.PathLike[str]) -> bool:
+    """A run that ended normally: its bundle written and its checkpoint removed (the last step of a run)."""
+    return (Path(run_dir) / "bundle" / "card.json").is_file() and not (Path(run_dir) / "checkpoint").exists()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import shutil
 import time
@@ -41,7 +40,7 @@ from ..models.inference import (
 )
 from ..models.pruned import adopt_pruning
 from . import distributed
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, run_finished, save_checkpoint
 from .extras import training_extras
 from .freeze import apply_freeze, train_mode
 from .loggers import RunLogger
@@ -53,7 +52,7 @@ if TYPE_CHECKING:
     from .corrupt import CorruptBatch
     from .teacher import Teacher
 
-__all__ = ["TrainResult", "fit", "run_finished"]
+__all__ = ["TrainResult", "fit"]
 
 log = logging.getLogger(__name__)
 
@@ -188,11 +187,6 @@ def _exclusive_attributes(cat: Catalogue, attributes: tuple[str, ...]) -> tuple[
     for s in cat.split("train"):
         carried.setdefault(s.label, set()).update(s.attributes)
     return exclusive_attribute_pairs(carried.values(), attributes)
-
-
-def run_finished(run_dir: str | os.PathLike[str]) -> bool:
-    """A run that ended normally: its bundle written and its checkpoint removed (the last step of a run)."""
-    return (Path(run_dir) / "bundle" / "card.json").is_file() and not (Path(run_dir) / "checkpoint").exists()
 
 
 def _prepare_run_dir(cfg: TrainConfig, *, main: bool = True) -> Path:

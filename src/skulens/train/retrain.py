@@ -52,7 +52,15 @@ def retrain_catalogue(bundle: str | os.PathLike, data: str | os.PathLike | None 
         for split in more.splits.values():
             samples += [s if s.coarse_label or not more.hierarchy else replace(s, coarse_label=more.hierarchy.get(s.label))
                         for s in split]
-    return merge_samples(cat, samples, products)
+    merged = merge_samples(cat, samples, products)
+    have = {s.label for s in merged.split("train")}
+    bare = [label for label in products if label not in have]
+    if bare:  # a clearer word than the engine's "class with no training photo" for where it comes from
+        raise ConfigError(f"enrolled without kept photos, so a retrain has nothing to learn them from: "
+                          f"{', '.join(bare[:5])}{' ...' if len(bare) > 5 else ''}; give labelled photos of them "
+                          "with --extra, or `skulens unenroll` them (the service keeps enrolment photos only with "
+                          "--keep-uploads)")
+    return merged
 
 
 def retrain(bundle: str | os.PathLike, *, out: str, data: str | os.PathLike | None = None,

@@ -131,7 +131,7 @@ def self_train(cfg: TrainConfig, catalogue: Catalogue, *, progress: bool = True,
     assert cfg.unlabeled is not None and fit_run is not None
     photos = _unlabelled_photos(cfg.unlabeled)
     out = Path(cfg.out)
-    from .engine import run_finished
+    from .checkpoint import run_finished
 
     teacher = cfg.teacher
     if teacher is None and cfg.resume and run_finished(out / "teacher"):  # --resume after a kill in a later stage
