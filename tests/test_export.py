@@ -142,3 +142,18 @@ def test_an_onnx_file_from_another_model_is_refused_inside_a_bundle(bundle: Path
     (copy / "card.json").write_text(json.dumps(card), encoding="utf-8")
     with pytest.raises(BundleError, match="exported from another model"):
         skulens.load(copy, backend="onnx")
+
+
+def test_the_onnx_export_is_checked_against_pytorch(bundle: Path, tmp_path: Path) -> None:
+    """export_onnx runs the file it wrote under ONNX Runtime on a seeded batch and compares every output with
+    PyTorch's. Compared against a network whose head differs, the check refuses."""
+    from skulens.deploy.onnx import _exportable, check_onnx_matches
+
+    path = export_onnx(bundle, tmp_path / "m.onnx")
+    wrapper, card, _ = _exportable(bundle)
+    check_onnx_matches(wrapper, path, card.input_size)  # the file as written: equal
+    with torch.no_grad():
+        wrapper.model.head.bias[0] += 5.0  # one class raised (a shift of every logit alike would not show)
+    with pytest.raises(BundleError, match="differs from PyTorch"):
+        check_onnx_matches(wrapper, path, card.input_size)
+    assert not (tmp_path / "m.onnx.tmp").exists()
