@@ -43,6 +43,7 @@ __all__ = [
     "expand_inputs",
     "fraction",
     "model_path",
+    "output_format",
     "positive_int",
     "pseudonymizer",
     "report_result",
@@ -260,6 +261,13 @@ def engine_options(ns: argparse.Namespace) -> dict[str, Any]:
     device = getattr(ns, "device", "auto") or "auto"
     return {"actors": ns.actors, "cpus_per_actor": ns.cpus_per_actor, "address": ns.ray_address,
             "progress": not getattr(ns, "quiet", False), "gpus_per_actor": 1.0 if device.startswith("cuda") else 0.0}
+
+
+def output_format(ns: argparse.Namespace) -> str:
+    """--format, else what the --out file's name says: csv for a .csv file, jsonl otherwise (and for stdout)."""
+    if ns.format:
+        return ns.format
+    return "csv" if ns.out and ns.out.lower().endswith(".csv") else "jsonl"
 
 
 def csv_list(text: str, kind: type = str, *, flag: str = "", allowed: Sequence[str] | None = None) -> list[Any]:

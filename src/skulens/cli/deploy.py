@@ -35,6 +35,10 @@ def cmd_export(ns: argparse.Namespace) -> int:
         bundle = str(Path(bundle).parent)
     if ns.qat and not (ns.int8 and ns.format == "tflite" and ns.preset is None):
         raise UsageError("--qat tunes the weights for an int8 file: it needs --format tflite --int8 (and no --preset)")
+    calibration_given = [flag for flag, value in (("--calibration-split", ns.calibration_split),
+                                                  ("--calibration-images", ns.calibration_images)) if value is not None]
+    ns.calibration_split = ns.calibration_split or "train"
+    ns.calibration_images = ns.calibration_images or 256
     if ns.preset == "fast":
         return _export_fast(ns, bundle)
     for flag, value in (("--student", ns.student), ("--epochs", ns.epochs), ("--check-split", ns.check_split),
@@ -43,13 +47,10 @@ def cmd_export(ns: argparse.Namespace) -> int:
             raise UsageError(f"{flag} belongs to --preset fast")
     if ns.int8 and ns.format == "torchscript":
         raise UsageError("--int8 needs --format onnx or tflite")
-    for flag, value in (("--calibration-split", ns.calibration_split), ("--calibration-images", ns.calibration_images)):
-        if value is not None and not ns.int8:
-            raise UsageError(f"{flag} calibrates int8: it needs --int8 (or --preset fast)")
+    if calibration_given and not ns.int8:
+        raise UsageError(f"{calibration_given[0]} calibrates int8: it needs --int8 (or --preset fast)")
     if ns.parity_images is not None and ns.format != "tflite":
         raise UsageError("--parity-images checks a LiteRT file: it needs --format tflite")
-    ns.calibration_split = ns.calibration_split or "train"
-    ns.calibration_images = ns.calibration_images or 256
     # checked before the export starts; tflite fp32 takes its parity photos from the data when it is there
     data = data_path(ns, model=bundle, required=ns.int8) if ns.int8 or ns.format == "tflite" else None
     if ns.format == "tflite":
@@ -74,12 +75,8 @@ def _export_fast(ns: argparse.Namespace, bundle: str) -> int:
         raise UsageError("--preset fast makes ONNX Runtime int8 files: drop --format")
     if ns.max_drop is not None and ns.max_drop < 0:
         raise UsageError(f"--max-drop must be >= 0, got {ns.max_drop}")
-    if ns.epochs is not None and ns.epochs < 1:
-        raise UsageError(f"--epochs must be >= 1, got {ns.epochs}")
     if ns.int8 or ns.parity_images is not None:
         raise UsageError("--preset fast always writes int8 and checks it itself: drop --int8 / --parity-images")
-    if Path(bundle).name == "card.json":
-        bundle = str(Path(bundle).parent)
     if not Path(bundle, "card.json").is_file() or not Path(bundle, "model.safetensors").is_file():
         raise UsageError(f"--model {bundle}: --preset fast needs a bundle folder (RUN/bundle), not an exported file")
     out = Path(ns.out or f"runs/fast-{Path(bundle).resolve().parent.name}")
@@ -95,7 +92,7 @@ def _export_fast(ns: argparse.Namespace, bundle: str) -> int:
 
     overrides = {"epochs": ns.epochs} if ns.epochs else {}
     res = make_fast(bundle, out=out, data=data, student=ns.student, check_split=ns.check_split or "val",
-                    calibration_images=ns.calibration_images or 256, calibration_split=ns.calibration_split or "train",
+                    calibration_images=ns.calibration_images, calibration_split=ns.calibration_split,
                     max_drop=1.0 if ns.max_drop is None else ns.max_drop, progress=not ns.quiet, say=say,
                     **overrides)
     say(f"fast model: {res.int8_path} ({res.int8_path.stat().st_size / 1e6:.1f} MB); run it with "
@@ -112,7 +109,7 @@ def _export_tflite(ns: argparse.Namespace, bundle: str, data: str | None) -> int
     from ..deploy.tflite import export_tflite_checked, require_tflite_export
 
     require_tflite_export()  # before any photo is read
-    parity = calibration_sample(data, split="val", images=ns.parity_images or 64) if data else []  # >= 1: positive_int
+    parity = calibration_sample(data, split="val", images=ns.parity_images or 64) if data else []
     calibration = (calibration_sample(data, split=ns.calibration_split, images=ns.calibration_images)
                    if ns.int8 and data else None)
     qat = _split_samples(data, ns.calibration_split) if ns.qat and data else None

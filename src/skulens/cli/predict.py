@@ -24,6 +24,7 @@ from ._common import (
     expand_inputs,
     fraction,
     model_path,
+    output_format,
     positive_int,
     say,
 )
@@ -75,7 +76,7 @@ def cmd_predict(ns: argparse.Namespace) -> int:
     # One context manager for a file or stdout (stdout must not be closed).
     sink = open(ns.out, "w", encoding="utf-8", newline="") if ns.out else contextlib.nullcontext(sys.stdout)  # noqa: SIM115
     with sink as out:
-        if (ns.format or ("csv" if ns.out and ns.out.lower().endswith(".csv") else "jsonl")) == "csv":
+        if output_format(ns) == "csv":
             import csv
 
             w = csv.writer(out)

@@ -20,6 +20,7 @@ from ._common import (
     device_arg,
     expand_inputs,
     model_path,
+    output_format,
     positive_int,
     say,
 )
@@ -41,12 +42,6 @@ def _vocabulary(path: str | None) -> tuple[str, ...] | None:
         return parse_vocabulary(text)
     except TaggingError as e:
         raise UsageError(f"--vocabulary {path}: {e}") from None
-
-
-def _format(ns: argparse.Namespace) -> str:
-    if ns.format:
-        return ns.format
-    return "csv" if ns.out and ns.out.lower().endswith(".csv") else "jsonl"
 
 
 def cmd_tag(ns: argparse.Namespace) -> int:
@@ -71,7 +66,7 @@ def cmd_tag(ns: argparse.Namespace) -> int:
     # One context manager for a file or stdout (stdout must not be closed).
     sink = open(ns.out, "w", encoding="utf-8", newline="") if ns.out else contextlib.nullcontext(sys.stdout)  # noqa: SIM115
     with sink as out:
-        if _format(ns) == "csv":
+        if output_format(ns) == "csv":
             import csv
 
             from ..search.tags import CSV_COLUMNS

@@ -67,18 +67,28 @@ def cmd_demo(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _data_and_out(ns: argparse.Namespace, values: dict[str, Any], out_required: str = "") -> None:
+    """--data and --out, each else the --config file's key; both keys leave `values` (the training options
+    passed on). `out_required` names the run directory a command cannot do without."""
+    cfg_data, cfg_out = values.pop("data", None), values.pop("out", None)
+    ns.data, ns.out = ns.data or cfg_data, ns.out or cfg_out
+    if out_required and not ns.out:
+        raise UsageError(f"--out is required ({out_required}), or an 'out' key in --config")
+
+
 def cmd_distill(ns: argparse.Namespace) -> int:
     values = train_overrides(ns)
     # The teacher, data and output: flags first, then the --config file's keys; none stays in `values`.
-    cfg_teacher, cfg_data, cfg_out = (values.pop(key, None) for key in ("teacher", "data", "out"))
-    ns.model, ns.data, out = ns.model or cfg_teacher, ns.data or cfg_data, ns.out or cfg_out
+    cfg_teacher = values.pop("teacher", None)
+    ns.model = ns.model or cfg_teacher
+    _data_and_out(ns, values)
     if not ns.model:
         raise UsageError("--model TEACHER_BUNDLE is required (the model to distil; --teacher is the same)")
     teacher = model_path(ns)
     data = data_path(ns, model=teacher)
     from ..deploy.distill import distill
 
-    result = distill(teacher, student=ns.student, data=data, out=out, progress=not ns.quiet, **values)
+    result = distill(teacher, student=ns.student, data=data, out=ns.out, progress=not ns.quiet, **values)
     report_result(result)
     info = result.card.lineage.get("teacher", {})
     if info.get("val_top1") is not None:
@@ -90,11 +100,7 @@ def cmd_distill(ns: argparse.Namespace) -> int:
 def cmd_retrain(ns: argparse.Namespace) -> int:
     bundle = model_path(ns)
     overrides = train_overrides(ns)
-    # data and out: the flags first, then the --config file's keys (as train and distill read them)
-    cfg_data, cfg_out = overrides.pop("data", None), overrides.pop("out", None)
-    ns.data, ns.out = ns.data or cfg_data, ns.out or cfg_out
-    if not ns.out:
-        raise UsageError("--out is required (a new run directory), or an 'out' key in --config")
+    _data_and_out(ns, overrides, "a new run directory")
     data = data_path(ns, model=bundle)
     extra = [str(resolve_data(e)) for e in ns.extra or ()]
     from ..train.retrain import retrain
@@ -108,10 +114,7 @@ def cmd_prune(ns: argparse.Namespace) -> int:
     if not 0.0 < ns.amount < 1.0:
         raise UsageError(f"--amount must be in (0, 1), got {ns.amount}")
     overrides = train_overrides(ns)
-    cfg_data, cfg_out = overrides.pop("data", None), overrides.pop("out", None)
-    ns.data, ns.out = ns.data or cfg_data, ns.out or cfg_out
-    if not ns.out:
-        raise UsageError("--out is required (a run directory: OUT/pruned, OUT/bundle), or an 'out' key in --config")
+    _data_and_out(ns, overrides, "a run directory: OUT/pruned, OUT/bundle")
     if not ns.recover and (ns.data or ns.config or overrides):
         given = "--data" if ns.data else "--config" if ns.config else "--" + next(iter(overrides)).replace("_", "-")
         raise UsageError(f"{given}: only for the recovery fine-tune, which --no-recover skips")

@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from .inventory import MAX_COUNT
+
 __all__ = [
     "AdjustRequest", "AuditOut", "CandidateOut", "IntakeOut", "InventoryOut", "LabelScore", "PredictResponse",
     "PredictionOut", "ProductOut", "ReviewDecision", "ReviewItemOut", "SupportOut", "TagResponse", "TagsOut",
@@ -143,9 +145,9 @@ class ReviewDecision(BaseModel):
 
 
 class AdjustRequest(BaseModel):
-    delta: int | None = Field(None, ge=-(2**31 - 1), le=2**31 - 1,
+    delta: int | None = Field(None, ge=-MAX_COUNT, le=MAX_COUNT,
                               description="add (or, negative, remove) this many: received, sold, broken")
-    count: int | None = Field(None, ge=0, le=2**31 - 1,
+    count: int | None = Field(None, ge=0, le=MAX_COUNT,
                               description="set the count (a stock take); the audit line says so")
     reason: str = Field("", max_length=500, description="why, for the audit log (e.g. 'sold', 'recounted')")
 

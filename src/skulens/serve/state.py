@@ -96,8 +96,8 @@ class Recognizer:
                     out[i] = count_shelf(self.detector, self.model, job.image,
                                          threshold=self.settings.review_threshold,
                                          min_score=self.settings.detector_min_score, tiles=self.settings.detector_tiles)
-                except Exception as exc:  # noqa: BLE001 - handed back to that request, raised there
-                    out[i] = _Failed(exc)
+                except Exception as exc:  # noqa: BLE001 - handed back in its slot, as explain's are; raised there
+                    out[i] = exc
         for kind in ("predict", "embed", "tag"):
             idx = [i for i, j in enumerate(jobs) if j.kind == kind]
             if not idx:
@@ -144,16 +144,9 @@ class Recognizer:
     async def count(self, image: Image.Image) -> PhotoCount:
         """Every product in a shelf photo (decoded with `full=True`): boxes, names, counts."""
         result = await self.batcher.submit(_Job("count", image), timeout=self.settings.request_timeout_s)
-        if isinstance(result, _Failed):
-            raise result.error
+        if isinstance(result, Exception):
+            raise result
         return result
-
-
-@dataclass(frozen=True)
-class _Failed:
-    """One job's exception, returned in its slot of a batch so the other jobs still get their answers."""
-
-    error: Exception
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ the answer carries each box and the counts it added.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 from dataclasses import dataclass, replace
 from functools import partial
@@ -99,24 +100,20 @@ async def _recognise(state: ServiceState, upload: UploadFile) -> IntakePhoto | S
     if sha in known:  # already in the store: no need to recognise it again (the store re-checks anyway)
         return IntakeResultOut(sha256=sha, source=name, status="duplicate", previous_status=known[sha])
     settings = state.settings
-    if state.recognizer.detector is not None:
-        # A shelf photo is decoded at its own size (up to max_pixels: ~120 MB at 40 MP): a few at a time over
-        # all requests, not every photo of every request at once.
-        async with state.shelf_slots:
-            try:
-                image = await anyio.to_thread.run_sync(partial(state.recognizer.decode, data, full=True))
-            except ImageDecodeError as exc:
-                return _Failed(IntakeResultOut(sha256=sha, source=name, status="error",
-                                               error=f"{name}: {exc.reason}"), decode_error_status(exc))
+    shelf = state.recognizer.detector is not None
+    # A shelf photo is decoded at its own size (up to max_pixels: ~120 MB at 40 MP): a few at a time over all
+    # requests, not every photo of every request at once.
+    async with state.shelf_slots if shelf else contextlib.nullcontext():
+        try:
+            image = await anyio.to_thread.run_sync(partial(state.recognizer.decode, data, full=shelf))
+        except ImageDecodeError as exc:
+            return _Failed(IntakeResultOut(sha256=sha, source=name, status="error", error=f"{name}: {exc.reason}"),
+                           decode_error_status(exc))
+        if shelf:
             counted = await state.recognizer.count(image)
             return await anyio.to_thread.run_sync(partial(
                 shelf_photo, data, sha, name, counted, image, threshold=settings.review_threshold,
                 keep_photos=settings.keep_uploads, max_pixels=settings.max_pixels))
-    try:
-        image = await anyio.to_thread.run_sync(partial(state.recognizer.decode, data))
-    except ImageDecodeError as exc:
-        return _Failed(IntakeResultOut(sha256=sha, source=name, status="error", error=f"{name}: {exc.reason}"),
-                       decode_error_status(exc))
     pred = await state.recognizer.predict(image, top_k=TOP_K)
     return await anyio.to_thread.run_sync(partial(
         intake_photo, data, sha, name, pred, threshold=settings.review_threshold, keep_photos=settings.keep_uploads,
