@@ -97,7 +97,7 @@ def test_folder_extensions_are_case_insensitive_and_litter_is_ignored(tmp_path: 
 
 def test_split_folders(tmp_path: Path) -> None:
     root = tmp_path / "ds"
-    _folders(root / "train", {"a": 2, "b": 2})
+    _folders(root / "train", {"a": 2, "b": 1, "c": 1})  # every class has a train photo (else refused)
     _folders(root / "val", {"a": 1, "b": 1})
     _folders(root / "test", {"a": 1, "c": 1})
     cat = load_catalogue(root)

@@ -22,6 +22,7 @@ USER_ERROR_CLASSES = (
     ("skulens.search.enroll", "EnrolmentError"),
     ("skulens.search.index", "IndexStoreError"),
     ("skulens.recommend.shopping_log", "ShoppingLogError"),
+    ("skulens.recommend.recommenders", "UnknownProductError"),
     ("skulens.serve.inventory", "InventoryError"),
 )
 

@@ -37,7 +37,7 @@ def _recommender(ns: argparse.Namespace) -> Any:
     bundle = model_path(ns)
     content = ns.kind != "popularity"  # popularity reads neither product texts nor photos
     data = data_path(ns, model=bundle) if ns.data or content else None  # checked before torch loads
-    from ..data.catalogue import load_catalogue
+    from ..data.catalogue import class_products, load_catalogue
     from ..recommend.recommenders import fit_recommender
     from ..recommend.shopping_log import read_events
 
@@ -47,7 +47,9 @@ def _recommender(ns: argparse.Namespace) -> Any:
         from ..serve.privacy import pseudonymize_events
 
         events = list(pseudonymize_events(events, key))
-    products = load_catalogue(data).products if data else None
+    # Every class is a product (the service's products_from_catalogue): a folder or manifest catalogue without
+    # products.csv still has content for `--kind content` and the hybrid.
+    products = class_products(load_catalogue(data)) if data else None
     return fit_recommender(events, products, kind=ns.kind, model=_load(bundle) if content else None)
 
 
@@ -86,18 +88,17 @@ def cmd_recommend_generate(ns: argparse.Namespace) -> int:
 def cmd_recommend_evaluate(ns: argparse.Namespace) -> int:
     bundle = model_path(ns)
     data = data_path(ns, model=bundle)
-    from ..data.catalogue import load_catalogue
+    from ..data.catalogue import class_products, load_catalogue
     from ..recommend.recommenders import create_recommender, evaluate, item_vectors, leave_last_out
     from ..recommend.shopping_log import read_events
 
     events = read_events(ns.events)
-    cat = load_catalogue(data)
-    vectors = item_vectors(cat, _load(bundle))
+    products = class_products(load_catalogue(data))
+    vectors = item_vectors(products, _load(bundle))
     train, test = leave_last_out(events)
     for kind in ("popularity", "content", "hybrid"):
         rec = create_recommender(kind, **({} if kind == "popularity" else {"item_vectors": vectors}))
-        rec.fit(train, catalogue=list(cat.products))
-        rep = evaluate(rec, train, test, k=ns.top_k, catalogue=list(cat.products))
+        rep = evaluate(rec, train, test, k=ns.top_k, catalogue=list(products))
         print(json.dumps({"recommender": kind, "hit_rate": rep.hit_rate, "ndcg": rep.ndcg,
                           "coverage": rep.coverage, "users": rep.n_users, "k": rep.k}))
     return 0

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ._checks import MAX_LISTED, attribute_cell
 from ._types import CatalogueError, Sample
+from .encoding import not_utf8
 
 # Logged under the public module: that is the logger users know to configure.
 logger = logging.getLogger("skulens.data.catalogue")
@@ -34,6 +35,8 @@ def attribute_table(
             raise CatalogueError(
                 f"{table_path}: cannot read attribute table ({exc.strerror or exc})"
             ) from exc
+        except UnicodeDecodeError:
+            raise CatalogueError(f"{table_path}: {not_utf8(table_path)}") from None
         return _parse_attribute_table(text, str(table_path))
     if layout == "grocery":
         bundled = _bundled_grocery_attributes()

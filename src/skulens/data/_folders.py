@@ -1,6 +1,7 @@
 """The folder-per-class layout: ``root/<class>/*.jpg``, or the same under ``root/{train,val,test}/``.
 
-Split folders may be spelled as manifests spell splits (``validation/``, ``valid/``, ``training/``...).
+Split folders may be spelled as manifests spell splits, in any case (``validation/``, ``Valid/``,
+``Training/``...).
 Symlinks anywhere in the structure are followed: the folders are the owner's own arrangement, often
 links into a data store on another disk, and no path string read from a file is involved.
 """

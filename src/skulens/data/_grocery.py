@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ._checks import inside_root, require_files
 from ._types import SPLIT_ORDER, CatalogueError, Loaded, Product, Sample
+from .encoding import not_utf8
 
 _GROCERY_COLUMNS = ("class name", "class id", "coarse class name", "coarse class id")
 
@@ -37,10 +38,11 @@ def load_grocery(root: Path) -> Loaded:
     rows = _read_grocery_classes(root / "classes.csv")
     by_id = {row.class_id: row for row in rows}
     splits: dict[str, list[Sample]] = {}
+    first_line: dict[Path, str] = {}  # one photo in two lines (or two split files) is refused, as in a manifest
     for name in SPLIT_ORDER:
         split_file = root / f"{name}.txt"
         if split_file.is_file():
-            splits[name] = _read_grocery_split(split_file, root, root_real, by_id)
+            splits[name] = _read_grocery_split(split_file, root, root_real, by_id, first_line)
     coarse_by_id = {row.coarse_id: row.coarse for row in rows}
     return Loaded(
         root=root,
@@ -54,14 +56,18 @@ def load_grocery(root: Path) -> Loaded:
 
 
 def _read_grocery_classes(classes_csv: Path) -> list[_GroceryClass]:
-    with classes_csv.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.reader(handle)
-        # "Class Name (str)" -> "class name": the header carries type hints in parentheses.
-        header = [cell.split("(")[0].strip().lower() for cell in next(reader, [])]
-        missing = [name for name in _GROCERY_COLUMNS if name not in header]
-        if missing:
-            raise CatalogueError(f"{classes_csv}: missing column(s) {', '.join(missing)}")
-        rows = [_grocery_class(dict(zip(header, cells)), classes_csv, reader.line_num) for cells in reader]
+    try:
+        with classes_csv.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            # "Class Name (str)" -> "class name": the header carries type hints in parentheses.
+            header = [cell.split("(")[0].strip().lower() for cell in next(reader, [])]
+            missing = [name for name in _GROCERY_COLUMNS if name not in header]
+            if missing:
+                raise CatalogueError(f"{classes_csv}: missing column(s) {', '.join(missing)}")
+            rows = [_grocery_class(dict(zip(header, cells)), classes_csv, reader.line_num)
+                    for cells in reader if any(cell.strip() for cell in cells)]  # blank lines are no classes
+    except UnicodeDecodeError:
+        raise CatalogueError(f"{classes_csv}: {not_utf8(classes_csv)}") from None
     return _check_grocery_classes(sorted(rows, key=lambda row: row.class_id), classes_csv)
 
 
@@ -95,19 +101,27 @@ def _check_grocery_classes(rows: list[_GroceryClass], classes_csv: Path) -> list
 
 
 def _read_grocery_split(
-    split_file: Path, root: Path, root_real: Path, by_id: Mapping[int, _GroceryClass]
+    split_file: Path, root: Path, root_real: Path, by_id: Mapping[int, _GroceryClass], first_line: dict[Path, str]
 ) -> list[Sample]:
+    """The samples of one split file; ``first_line`` (photo -> where it was listed) spans the split files."""
     samples: list[Sample] = []
     located: list[tuple[str, Path]] = []
-    with split_file.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{split_file}: line {number}"
-            row = _grocery_split_row(line, by_id, where)
-            path = inside_root(row[0], root, root_real, where)
-            samples.append(Sample(path=path, label=row[1].name, coarse_label=row[1].coarse))
-            located.append((f"line {number}", path))
+    try:
+        # utf-8-sig: a split list saved by a Windows editor starts with a byte-order mark.
+        with split_file.open(encoding="utf-8-sig") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                where = f"{split_file}: line {number}"
+                row = _grocery_split_row(line, by_id, where)
+                path = inside_root(row[0], root, root_real, where)
+                if path in first_line:  # two labels for one photo, or one photo in train and test (a leak)
+                    raise CatalogueError(f"{where}: {row[0]!r} is listed already ({first_line[path]})")
+                first_line[path] = f"{split_file.name} line {number}"
+                samples.append(Sample(path=path, label=row[1].name, coarse_label=row[1].coarse))
+                located.append((f"line {number}", path))
+    except UnicodeDecodeError:
+        raise CatalogueError(f"{split_file}: {not_utf8(split_file)}") from None
     require_files(located, split_file)
     return samples
 

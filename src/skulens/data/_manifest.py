@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ._checks import MAX_LISTED, attribute_cell, cell, inside_root, require_files
 from ._types import SPLIT_ORDER, CatalogueError, Loaded, Sample, split_name
+from .encoding import not_utf8
 
 MANIFEST_NAMES = ("manifest.csv", "manifest.jsonl")
 MANIFEST_SUFFIXES = (".csv", ".jsonl")
@@ -25,7 +26,10 @@ MANIFEST_SUFFIXES = (".csv", ".jsonl")
 def load_manifest(manifest: Path) -> Loaded:
     root = manifest.parent
     root_real = root.resolve()
-    records = _read_jsonl(manifest) if manifest.suffix.lower() == ".jsonl" else _read_csv(manifest)
+    try:
+        records = _read_jsonl(manifest) if manifest.suffix.lower() == ".jsonl" else _read_csv(manifest)
+    except UnicodeDecodeError:
+        raise CatalogueError(f"{manifest}: {not_utf8(manifest)}") from None
     if not records:
         raise CatalogueError(f"{manifest}: no rows")
     splits: dict[str, list[Sample]] = defaultdict(list)

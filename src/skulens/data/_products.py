@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ._checks import cell, inside_root
 from ._types import CatalogueError, Product
+from .encoding import not_utf8
 
 PRODUCTS_CSV = "products.csv"
 
@@ -20,6 +21,15 @@ def read_products(
     path: Path, root: Path, classes: set[str], hierarchy: Mapping[str, str]
 ) -> dict[str, Product]:
     """products.csv: one row per product (label + title/description/info/coarse_label/image)."""
+    try:
+        return _read_products(path, root, classes, hierarchy)
+    except UnicodeDecodeError:
+        raise CatalogueError(f"{path}: {not_utf8(path)}") from None
+
+
+def _read_products(
+    path: Path, root: Path, classes: set[str], hierarchy: Mapping[str, str]
+) -> dict[str, Product]:
     root_real = root.resolve()
     with path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)

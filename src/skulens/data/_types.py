@@ -102,8 +102,10 @@ class Loaded:
 
 
 def split_name(name: str) -> str:
-    """The canonical name of a split as a manifest cell or a folder spells it ("validation" -> "val")."""
-    return SPLIT_ALIASES.get(name, name)
+    """The canonical name of a split as a manifest cell or a folder spells it, in any case
+    ("validation" -> "val", "Training" -> "train"); a name that is no split comes back lower-cased."""
+    lowered = name.lower()
+    return SPLIT_ALIASES.get(lowered, lowered)
 
 
 def ordered_splits(splits: Mapping[str, object]) -> list[str]:

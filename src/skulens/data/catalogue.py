@@ -20,8 +20,9 @@ product, used by text search, alignment, zero-shot enrolment and customer-servic
 Everything is validated up front, because a bad row found in epoch 3 costs hours: every image
 must exist, manifest and split-file paths may not leave the dataset root (a manifest is data a
 stranger may hand us; symlinks in a folder catalogue are the owner's and are followed), and every
-problem is a :class:`CatalogueError` naming the file and row. When there is no validation split,
-a seeded, stratified one is carved out of train.
+problem is a :class:`CatalogueError` naming the file and row. Every class needs a training photo (or a
+catalogue photo, which training adds). When there is no validation split, a seeded, stratified one is
+carved out of train.
 
 The layouts live in private modules (``_folders``, ``_manifest``, ``_grocery``); this module is
 the public face and the only one other code imports.
@@ -37,14 +38,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from ._attributes import attach_attributes, attribute_table
+from ._checks import MAX_LISTED
 from ._folders import load_folders
 from ._grocery import is_grocery, load_grocery
 from ._manifest import MANIFEST_NAMES, MANIFEST_SUFFIXES, load_manifest
 from ._products import PRODUCTS_CSV, read_products
 from ._types import IMAGE_SUFFIXES, Catalogue, CatalogueError, Loaded, Product, Sample, ordered_splits
 
-__all__ = ["EXTRA_TRAIN", "IMAGE_SUFFIXES", "Catalogue", "CatalogueError", "Product", "Sample", "label_attributes",
-           "load_catalogue", "merge_samples", "selection_split", "stratified_folds"]
+__all__ = ["EXTRA_TRAIN", "IMAGE_SUFFIXES", "Catalogue", "CatalogueError", "Product", "Sample", "class_products",
+           "label_attributes", "load_catalogue", "merge_samples", "selection_split", "stratified_folds"]
 
 # Photos a run trains on but never holds out or selects on: self-training's pseudo-labelled ones, whose labels
 # are the teacher's guesses (a hold-out drawn over them would score the student against those guesses).
@@ -82,6 +84,7 @@ def load_catalogue(
     products = loaded.products
     if not products and (loaded.root / PRODUCTS_CSV).is_file():
         products = read_products(loaded.root / PRODUCTS_CSV, loaded.root, set(classes), loaded.hierarchy)
+    _require_training_photos(source, splits, classes, products)
     shared = label_attributes(splits)
     products = {label: dataclasses.replace(p, attributes=shared.get(label, ())) for label, p in products.items()}
     return Catalogue(
@@ -95,6 +98,44 @@ def load_catalogue(
         products=products,
         val_was_generated=val_was_generated,
     )
+
+
+def _require_training_photos(source: Path, splits: Mapping[str, list[Sample]], classes: Sequence[str],
+                             products: Mapping[str, Product]) -> None:
+    """Every class has a train photo, or a catalogue photo that training adds (``catalogue_images``): a class
+    only val or test has could never be predicted, and would only drag their scores down."""
+    taught = {s.label for s in splits["train"]}
+    taught |= {label for label, p in products.items() if p.image is not None}
+    bare = [label for label in classes if label not in taught]
+    if bare:
+        where: dict[str, list[str]] = defaultdict(list)
+        for name, samples in splits.items():
+            for label in {s.label for s in samples} & set(bare):
+                where[label].append(name)
+        listed = ", ".join(f"{label} ({'/'.join(where[label]) or 'no photos'})" for label in bare[:MAX_LISTED])
+        more = f" (and {len(bare) - MAX_LISTED} more)" if len(bare) > MAX_LISTED else ""
+        raise CatalogueError(f"{source}: {len(bare)} class(es) with no training photo (and no catalogue photo): "
+                             f"{listed}{more}")
+
+
+def class_products(cat: Catalogue) -> dict[str, Product]:
+    """A product for every class: the catalogue's own (products.csv, the grocery sheets), else one made from
+    the class's first photo's listing text (first line the title, the rest the description), else its label.
+    What product content (recommendations, support answers) is built from when a catalogue has no sheets."""
+    products = dict(cat.products)
+    shared = label_attributes(cat.splits)
+    for samples in cat.splits.values():
+        for s in samples:
+            if s.label in products:
+                continue
+            lines = (s.text or "").splitlines()
+            products[s.label] = Product(label=s.label, coarse_label=s.coarse_label or cat.hierarchy.get(s.label),
+                                        title=lines[0].strip() if lines else s.label.replace("-", " "),
+                                        description="\n".join(lines[1:]).strip(), attributes=shared[s.label])
+    for label in cat.classes:  # a class without photos (only a catalogue photo) has its product already
+        products.setdefault(label, Product(label=label, coarse_label=cat.hierarchy.get(label),
+                                           title=label.replace("-", " ")))
+    return products
 
 
 def label_attributes(splits: Mapping[str, Iterable[Sample]]) -> dict[str, tuple[str, ...]]:

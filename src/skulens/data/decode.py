@@ -13,7 +13,9 @@ Policy, in the order it is applied:
 * **Check the size before decoding.** Pillow reads the header lazily, so the
   pixel count is checked against ``max_pixels`` before a single pixel is
   decoded (decompression bombs); Pillow's own bomb guard is mapped to the
-  same error.
+  same error. So is the aspect ratio, against ``max_aspect``: a 100000 x 1
+  PNG is a few hundred bytes and 0.1 MP, but resizing its short side to a
+  model's input makes it tens of gigabytes.
 * **No silent truncation.** ``ImageFile.LOAD_TRUNCATED_IMAGES`` is left alone
   (it is process-global); a truncated file is an error, not a grey band.
 * **Canonical output.** EXIF orientation is applied, the first frame of an
@@ -38,12 +40,14 @@ from PIL import Image, ImageOps
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["DEFAULT_MAX_PIXELS", "ImageDecodeError", "decode_image", "sniff_format", "to_rgb"]
+__all__ = ["DEFAULT_MAX_ASPECT", "DEFAULT_MAX_PIXELS", "ImageDecodeError", "decode_image", "sniff_format", "to_rgb"]
 
 logger = logging.getLogger(__name__)
 
 # 40 MP: a 6000x6000 phone photo (36 MP) passes, a 20000x20000 (400 MP) bomb does not.
 DEFAULT_MAX_PIXELS = 40_000_000
+# Long side over short side: a 360-degree shelf panorama (about 8:1) passes, a 100000 x 1 strip does not.
+DEFAULT_MAX_ASPECT = 25.0
 
 # 2.0: reduce by an integer box filter first, then Lanczos over the last <2x; as fast as
 # bilinear on big inputs and as sharp as Lanczos (what Image.thumbnail does).
@@ -91,13 +95,14 @@ def decode_image(
     source: str | os.PathLike[str] | bytes,
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_aspect: float = DEFAULT_MAX_ASPECT,
     reduce_to: int | None = None,
 ) -> Image.Image:
     """Decode ``source`` (a path or the raw bytes) into a fully loaded 8-bit RGB image.
 
     Raises:
         ImageDecodeError: empty, missing, unreadable, not an image, corrupt or truncated,
-            or more than ``max_pixels`` pixels.
+            more than ``max_pixels`` pixels, or a long side more than ``max_aspect`` times the short one.
     """
     if reduce_to is not None and reduce_to < 1:
         raise ValueError(f"reduce_to must be a positive int, got {reduce_to}")
@@ -107,7 +112,7 @@ def decode_image(
     fmt = sniff_format(data)
     if fmt is None:
         raise ImageDecodeError(name, f"not an image (unrecognised header {data[:8]!r})")
-    img = _open_checked(name, data, fmt, max_pixels)
+    img = _open_checked(name, data, fmt, max_pixels, max_aspect)
     if reduce_to is not None and fmt == "JPEG":
         # Asks libjpeg for the largest 1/1..1/8 scale that keeps both sides >= reduce_to.
         img.draft("RGB", (reduce_to, reduce_to))
@@ -136,8 +141,8 @@ def _read_source(source: str | os.PathLike[str] | bytes) -> tuple[str, bytes]:
         raise ImageDecodeError(name, f"cannot read file ({exc.strerror or exc})") from exc
 
 
-def _open_checked(name: str, data: bytes, fmt: str, max_pixels: int) -> Image.Image:
-    """Parse only the header, then refuse oversized images before any pixel is decoded."""
+def _open_checked(name: str, data: bytes, fmt: str, max_pixels: int, max_aspect: float) -> Image.Image:
+    """Parse only the header, then refuse oversized or extremely elongated images before any pixel is decoded."""
     try:
         img = Image.open(io.BytesIO(data), formats=[fmt])
     except Image.DecompressionBombError as exc:
@@ -152,6 +157,8 @@ def _open_checked(name: str, data: bytes, fmt: str, max_pixels: int) -> Image.Im
         raise ImageDecodeError(name, f"too many pixels ({width} x {height} > {max_pixels})")
     if width < 1 or height < 1:
         raise ImageDecodeError(name, f"corrupt {fmt} (size {width} x {height})")
+    if max(width, height) > max_aspect * min(width, height):
+        raise ImageDecodeError(name, f"extreme aspect ratio ({width} x {height}, more than {max_aspect:g}:1)")
     return img
 
 

@@ -12,6 +12,8 @@ from typing import Protocol
 import torch
 from torchvision.transforms import v2
 
+from .decode import DEFAULT_MAX_ASPECT
+
 __all__ = ["PreprocessSpec", "RandomJpeg", "create_transform", "jpeg_roundtrip", "robust_transform", "to_uint8_tensor"]
 
 
@@ -22,18 +24,18 @@ class PreprocessSpec(Protocol):
     crop_pct: float
 
 
-def _resize_to(spec: PreprocessSpec) -> int:
-    return round(spec.input_size / spec.crop_pct)
-
-
 def create_transform(spec: PreprocessSpec, *, train: bool = False, augment: str = "light",
                      train_size: int | None = None) -> v2.Compose:
     """uint8 CHW tensor (any size) -> normalised float tensor of `input_size` (`train_size` when training)."""
     size = train_size if train and train_size else spec.input_size
     finish = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(spec.mean), list(spec.std))]
     if not train or augment == "none":
-        # "none" trains on the eval view.
-        ops: list = [v2.Resize(_resize_to(spec), antialias=True), v2.CenterCrop(size)]
+        # "none" trains on the eval view, at `size`: the same framing (crop_pct) as eval, not a crop of
+        # train_size out of an image resized for input_size (a zoom, or black padding when larger).
+        resize = round(size / spec.crop_pct)
+        # max_size: a PIL image handed in directly skips decode_image's aspect-ratio guard.
+        ops: list = [v2.Resize(resize, antialias=True, max_size=math.ceil(resize * DEFAULT_MAX_ASPECT)),
+                     v2.CenterCrop(size)]
         return v2.Compose(ops + finish)
     if augment == "light":
         ops = [

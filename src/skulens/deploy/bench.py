@@ -395,17 +395,19 @@ def bench_bundle(bundle: str | os.PathLike, data: str | os.PathLike, *, out: str
     import json
     import random
 
-    from ..data.catalogue import load_catalogue
+    from ..evaluate.heldout import card_catalogue
+    from ..models.bundle import read_card
     from .quantize import calibration_sample
 
     out_dir = Path(out)
-    cat = load_catalogue(data)
+    card = read_card(bundle)
+    cat = card_catalogue(data, card)  # a generated val is the one the training run held out
     samples = list(cat.split(split))
     if limit:
         random.Random(0).shuffle(samples)
         samples = samples[:limit]
     paths, labels = [str(s.path) for s in samples], [s.label for s in samples]
-    calib = calibration_sample(data, split="train", images=calibration_images)
+    calib = calibration_sample(data, split="train", images=calibration_images, card=card)
 
     variants: list[Variant] = []
     todo = [("default", str(bundle), list(runtimes))]

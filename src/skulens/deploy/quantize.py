@@ -25,14 +25,17 @@ __all__ = ["calibration_inputs", "calibration_sample", "quantize_dynamic_linear"
 
 
 def calibration_sample(data: str | os.PathLike, *, split: str = "train", images: int = 256,
-                       seed: int = 0) -> list[Path]:
+                       seed: int = 0, card: ModelCard | None = None) -> list[Path]:
     """The photos that calibrate int8: a seeded random `images` of the catalogue split (the CLI and the
-    deployment benchmark use this one rule, so their int8 models are the same)."""
+    deployment benchmark use this one rule, so their int8 models are the same). With the model's `card`, a
+    catalogue without a val split is split as its training run split it (see evaluate.heldout)."""
     import random
 
     from ..data.catalogue import load_catalogue
+    from ..evaluate.heldout import card_catalogue
 
-    paths = [s.path for s in load_catalogue(data).split(split)]
+    cat = card_catalogue(data, card) if card is not None else load_catalogue(data)
+    paths = [s.path for s in cat.split(split)]
     random.Random(seed).shuffle(paths)
     return paths[:images]
 

@@ -7,12 +7,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 
-from ..data.catalogue import CatalogueError, load_catalogue
+from ..data.catalogue import CatalogueError
 from ..data.locate import resolve_data
 from ..data.splits import Split, prepare_split
 from ..models.card import ModelCard
 from ..models.inference import HeadOutputs, card_coarse
+from .heldout import card_catalogue
 from .metrics import EvalReport, evaluate_predictions
 from .report import write_report
 
@@ -26,7 +28,9 @@ def evaluate_outputs(out: HeadOutputs, split: Split, card: ModelCard,
                      thresholds: np.ndarray | None = None) -> EvalReport:
     has_coarse = bool(card.coarse_classes) and bool((split.coarse >= 0).any())
     coarse = card_coarse(out, card)
-    has_attrs = out.attributes is not None and split.attributes.shape[1] > 0
+    # A split where no sample carries any of the model's attributes has no attribute labels (a catalogue
+    # without attributes): its attribute metrics are unknown, not 0.
+    has_attrs = out.attributes is not None and split.attributes.shape[1] > 0 and bool(split.attributes.any())
     return evaluate_predictions(
         out.fine, split.fine.numpy(), card.classes, paths=split.paths,
         coarse_probs=coarse if has_coarse else None,
@@ -43,14 +47,19 @@ def evaluate_outputs(out: HeadOutputs, split: Split, card: ModelCard,
 
 def baseline_report(card: ModelCard, train: Split, val: Split, *, weights: str | None = None,
                     precision: str = "auto", seed: int = 0, progress: bool = True,
-                    backbone=None) -> EvalReport:
-    """Linear probe on the untouched pretrained backbone: the 'before fine-tuning' point."""
+                    backbone=None, device: str | torch.device | None = None) -> EvalReport:
+    """Linear probe on the untouched pretrained backbone: the 'before fine-tuning' point.
+
+    `device`: where the backbone runs (it is moved there); None leaves it where it is (a new one: the CPU).
+    """
     from ..data.transforms import create_transform
     from ..models.backbones import create_backbone
     from .baseline import extract_features, linear_probe
 
     if backbone is None:
         backbone = create_backbone(card.backbone, weights, image_size=card.input_size)
+    if device is not None:
+        backbone = backbone.to(device)
     tf = create_transform(card)
     xtr = extract_features(backbone, train.images, tf, precision=precision, progress=progress)
     xva = extract_features(backbone, val.images, tf, precision=precision, progress=progress)
@@ -64,7 +73,7 @@ def evaluate_model(model: Model, data: str | os.PathLike | None = None, *, split
     """Evaluate `model` on a catalogue split; without `data`, on the dataset recorded in its card."""
     card = model.card
     data = resolve_data(data, recorded=card.dataset.get("path"))
-    cat = load_catalogue(data)
+    cat = card_catalogue(data, card)  # a generated val is the one the training run held out
     target = prepare_split(list(cat.split(split)), card, desc=split, progress=progress)
     if not target.images:
         raise CatalogueError(f"{split}: no decodable images")
@@ -75,9 +84,18 @@ def evaluate_model(model: Model, data: str | os.PathLike | None = None, *, split
     if baseline:
         train = prepare_split(list(cat.split("train")), card, desc="train (baseline)", progress=progress)
         weights = card.train_config.get("weights")
-        base = baseline_report(card, train, target, weights=weights, precision=model.precision,
-                               progress=progress)
+        # The probe runs in PyTorch beside the model: on its device and precision; beside an ONNX or LiteRT
+        # model (whose device and precision say nothing about PyTorch) on the CPU in fp32.
+        torch_model = model.net is not None
+        base = baseline_report(card, train, target, weights=weights,
+                               device=model.device if torch_model else torch.device("cpu"),
+                               precision=model.precision if torch_model else "off", progress=progress)
     if out is not None:
+        extra: dict[str, object] = {"split": split, "data": str(data), "skipped": target.skipped}
+        if split == card.metrics.get("split") and card.metrics.get("temperature"):
+            extra["calibration"] = (f"the temperatures (and epoch, coarse rule, attribute thresholds) were chosen on "
+                                    f"the {split} split of the training catalogue: on that catalogue ECE and the "
+                                    "reliability diagram are in-sample (optimistic)")
         write_report(report, Path(out), title=f"skulens: {card.backbone} on {Path(data).name} ({split})",
-                     baseline=base, extra={"split": split, "data": str(data), "skipped": target.skipped})
+                     baseline=base, extra=extra)
     return report

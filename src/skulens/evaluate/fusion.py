@@ -52,30 +52,35 @@ def _embed_split(model: Any, samples: list, encoder: Any, classes: dict[str, int
 
 def fuse_and_evaluate(bundle: str | os.PathLike, data: str | os.PathLike, *, out: str | os.PathLike | None = None,
                       progress: bool = False) -> dict[str, Any]:
-    from ..data.catalogue import load_catalogue
+    """Fit the bundle's fusion head on `data`'s train listings, compare the modalities on val, save the head
+    into the bundle folder (`bundle` may name the folder or its card.json) and the report into `out`."""
+    from ..models.bundle import bundle_folder
     from ..models.fusion import save_fusion, train_fusion
     from ..models.predictor import load_model as load
     from ..models.text import fitting_text_encoder
+    from .heldout import card_catalogue
 
-    model = load(bundle)
-    cat = load_catalogue(data)
+    folder = bundle_folder(bundle)  # the head is saved in it: never over the card.json it was named by
+    model = load(folder)
+    cat = card_catalogue(data, model.card)  # a generated val is the one the training run held out
     train, val = cat.split("train"), cat.split("val")
     if not any(s.text for s in train):
         raise ValueError(f"{cat.root}: no listing has its own text (a manifest 'title' or 'text' column): "
                          "nothing to fuse")
     classes = {c: i for i, c in enumerate(model.card.classes)}
-    enc, text_model, fingerprint = fitting_text_encoder(bundle)
+    enc, text_model, fingerprint = fitting_text_encoder(folder)
     xi, xt, ht, y = _embed_split(model, train, enc, classes, progress)
     vi, vt, vh, vy = _embed_split(model, val, enc, classes, progress)
     head = train_fusion(xi, xt, y, len(classes), text_present=ht)
     report: dict[str, Any] = {"catalogue": str(cat.root), "train": len(y), "val": len(vy),
                               "val_top1": fusion_accuracies(head, vi, vt, vh, vy)}
     preds = model.predict([s.path for s in val], top_k=1)
-    report["val_top1"]["bundle_classifier"] = float(np.mean([p.fine_label == s.label for p, s in zip(preds, val,
-                                                                                                    strict=True)]))
+    # Over the photos the other rows are scored on: an undecodable one is skipped there, so here too.
+    scored = [p.fine_label == s.label for p, s in zip(preds, val, strict=True) if p.level != "error"]
+    report["val_top1"]["bundle_classifier"] = float(np.mean(scored))
     report["text_encoder"] = "fine-tuned (skulens text-tune)" if fingerprint else text_model
-    save_fusion(head, Path(bundle), tuple(model.card.classes), text_model=text_model, text_fingerprint=fingerprint)
-    dest = Path(out) if out else Path(bundle) / "fusion-report"
+    save_fusion(head, folder, tuple(model.card.classes), text_model=text_model, text_fingerprint=fingerprint)
+    dest = Path(out) if out else folder / "fusion-report"
     dest.mkdir(parents=True, exist_ok=True)
     (dest / "fusion.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     return report

@@ -243,19 +243,20 @@ def evaluate_robustness(net: nn.Module, card: Any, images: Sequence[torch.Tensor
 def robustness_bundle(bundle: str | os.PathLike, data: str | os.PathLike, *, split: str = "val",
                       limit: int | None = None, device: str = "auto", progress: bool = True,
                       **kwargs: Any) -> RobustnessReport:
-    """`evaluate_robustness` on a catalogue split (the first `limit` photos after a seeded shuffle)."""
+    """`evaluate_robustness` on a catalogue split (the first `limit` photos after a shuffle seeded by `seed`)."""
     import random
 
-    from ..data.catalogue import CatalogueError, load_catalogue
+    from ..data.catalogue import CatalogueError
     from ..data.splits import prepare_split
     from ..models.bundle import load_bundle
     from ..models.inference import resolve_device
+    from .heldout import card_catalogue
 
     dev = resolve_device(device)
     net, card = load_bundle(bundle, dev)
-    samples = list(load_catalogue(data).split(split))
+    samples = list(card_catalogue(data, card).split(split))  # a generated val is the training run's
     if limit:
-        random.Random(0).shuffle(samples)
+        random.Random(kwargs.get("seed", 0)).shuffle(samples)  # the seed chooses the sample too
         samples = samples[:limit]
     target = prepare_split(samples, card, desc=split, progress=progress)
     if not target.images:

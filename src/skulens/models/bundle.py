@@ -17,8 +17,8 @@ from .card import ModelCard
 from .classifier import SkuModel
 from .pruned import apply_pruning
 
-__all__ = ["BundleError", "atomic_write_text", "build_model", "load_bundle", "read_card", "recover_bundle",
-           "save_bundle"]
+__all__ = ["BundleError", "atomic_write_text", "build_model", "bundle_folder", "load_bundle", "read_card",
+           "recover_bundle", "save_bundle"]
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,19 @@ def recover_bundle(directory: str | os.PathLike[str]) -> bool:
     os.replace(old, out)
     log.warning("%s: restored the previous bundle (a save was interrupted while swapping it)", out)
     return True
+
+
+def bundle_folder(path: str | os.PathLike[str]) -> Path:
+    """The bundle folder `path` names: the folder itself, or its card.json or model.safetensors (as --model
+    accepts). Side files (fusion head, exports) are written into it, never over the file it was named by."""
+    p = Path(path)
+    if p.name in (CARD, WEIGHTS) and not p.is_dir():
+        p = p.parent
+    if not (p / CARD).is_file():
+        recover_bundle(p)
+    if not (p / CARD).is_file():
+        raise BundleError(f"{path}: not a skulens bundle (a folder with {CARD})")
+    return p
 
 
 def read_card(directory: str | os.PathLike[str]) -> ModelCard:

@@ -6,6 +6,7 @@ probabilities into `Prediction`s with `decide`, the one decision rule (the REST 
 
 from __future__ import annotations
 
+import numbers
 import os
 import warnings
 from collections.abc import Sequence
@@ -15,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
-from ..data.decode import ImageDecodeError, decode_image
+from ..data.decode import DEFAULT_MAX_ASPECT, DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, to_rgb
 from ..data.transforms import create_transform, to_uint8_tensor
 from .bundle import BundleError, load_bundle
 from .card import ModelCard, without_conflicts
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     from ..evaluate.metrics import EvalReport
 
 __all__ = ["PRETRAINED_PREFIX", "ImageInput", "Model", "Prediction", "decide", "load_model", "load_onnx",
-           "load_tflite", "pretrained_model", "source_name"]
+           "load_tflite", "pil_to_rgb", "pretrained_model", "source_name"]
 
 ImageInput = str | os.PathLike | bytes | Image.Image
 
@@ -58,7 +59,7 @@ class Prediction:
 
 def decide(card: ModelCard, fine: np.ndarray, coarse: np.ndarray | None, attrs: np.ndarray | None,
             source: str, top_k: int, min_confidence: float) -> Prediction:
-    order = np.argsort(-fine)[: max(1, top_k)]
+    order = np.argsort(-fine, kind="stable")[: max(1, top_k)]  # ties: the first class, as argmax and metrics
     f = int(order[0])
     fine_conf = float(fine[f])
     c_label = c_conf = None
@@ -109,10 +110,12 @@ class Model:
                            progress=progress)
 
     def _decode(self, images: Sequence[ImageInput]) -> tuple[list[torch.Tensor], list[int], list[tuple[int, str]]]:
+        _check_images(images)
         tensors, ok, failed = [], [], []
         for i, im in enumerate(images):
             try:
-                pil = im.convert("RGB") if isinstance(im, Image.Image) else decode_image(im, reduce_to=self.card.resize_to)
+                pil = (pil_to_rgb(im, source_name(im, i)) if isinstance(im, Image.Image)
+                       else decode_image(im, reduce_to=self.card.resize_to))
                 tensors.append(to_uint8_tensor(pil))
                 ok.append(i)
             except ImageDecodeError as e:
@@ -124,12 +127,16 @@ class Model:
                 texts: Sequence[str | None] | None = None) -> list[Prediction]:
         """Predictions in input order; an image that cannot be decoded gets level "error" with the reason.
 
+        images: a list of paths, bytes or PIL images (one on its own is refused: wrap it in a list); a PIL
+        image is normalised as a file is (EXIF orientation, alpha on white, size limits).
+
         top_k, min_confidence: one value for every image, or one per image (the service batches requests
         that asked for different ones into one forward pass).
 
         texts: each photo's listing text (title/description; None or "" for none), classified with the
         bundle's image + text fusion head (`skulens fuse`) instead of the image classifier.
         """
+        _check_images(images)
         if texts is not None and len(texts) != len(images):
             raise ValueError(f"{len(texts)} texts for {len(images)} images: give one per image (None for none)")
         if not self.card.classes:
@@ -207,9 +214,42 @@ class Model:
         return evaluate_model(self, data, split=split, out=out, baseline=baseline, progress=progress)
 
 
+def _check_images(images: Any) -> None:
+    """`images` is a list of inputs: one path, bytes or PIL image on its own would be iterated as characters,
+    bytes or pixel rows."""
+    if isinstance(images, (str, os.PathLike, bytes, bytearray, memoryview, Image.Image)):
+        raise TypeError(f"images: give a list of images (e.g. [{type(images).__name__}]), "
+                        f"not one {type(images).__name__}")
+
+
+def pil_to_rgb(im: Image.Image, source: str = "<image>", *, max_pixels: int = DEFAULT_MAX_PIXELS,
+               max_aspect: float = DEFAULT_MAX_ASPECT) -> Image.Image:
+    """A caller's PIL image under decode_image's policy: pixel and aspect limits, fully loaded (a truncated lazy
+    file is an ImageDecodeError, not an OSError), EXIF orientation applied, alpha on white, high bit depths
+    rescaled. The caller's image is not changed."""
+    width, height = im.size
+    if width * height > max_pixels:
+        raise ImageDecodeError(source, f"too many pixels ({width} x {height} > {max_pixels})")
+    if width < 1 or height < 1:
+        raise ImageDecodeError(source, f"empty image (size {width} x {height})")
+    if max(width, height) > max_aspect * min(width, height):
+        raise ImageDecodeError(source, f"extreme aspect ratio ({width} x {height}, more than {max_aspect:g}:1)")
+    try:
+        im.load()
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError(source, f"too many pixels ({exc})") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageDecodeError(source, f"corrupt or truncated image ({exc})") from exc
+    try:
+        upright = ImageOps.exif_transpose(im)  # a copy: the caller's image keeps its pixels and EXIF
+    except Exception:  # noqa: BLE001 - a mangled EXIF block: keep the image as stored, as decode_image does
+        upright = im
+    return to_rgb(upright if upright is not None else im, source=source)
+
+
 def _per_image(value: Any, n: int, name: str) -> list[Any]:
-    if isinstance(value, (int, float)):
-        return [value] * n
+    if isinstance(value, numbers.Real):  # also NumPy scalars (np.int64(3), np.float32(0.5))
+        return [value.item() if isinstance(value, np.generic) else value] * n
     values = list(value)
     if len(values) != n:
         raise ValueError(f"{len(values)} values of {name} for {n} images: give one, or one per image")

@@ -64,6 +64,9 @@ _ALPHAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)  # content wei
 _BETAS = (0.0, 0.05, 0.1, 0.2, 0.4, 0.7, 1.0)  # popularity weight added to the blend
 _MIN_VAL_USERS = 50  # fewer validation users than this: keep the default blend, the grid would chase noise
 _MAX_VAL_USERS = 5000  # enough to rank a few dozen blends; caps tuning time on big logs
+# The least an event's recency weight decays to: 0.5 ** (later / half_life) underflows to exactly 0 after
+# about 1075 half-lives, and a zero would drop the event from the history (and from what is excluded as seen).
+_MIN_DECAY = 1e-12
 
 
 class UnknownProductError(LookupError):
@@ -190,7 +193,7 @@ class Recommender:
               ) -> tuple[np.ndarray, np.ndarray]:
         scores = self._scores(history)
         if exclude is not None and exclude.nnz:
-            rows, cols = exclude.nonzero()
+            rows, cols = _stored(exclude)
             scores[rows, cols] = -np.inf
         order = _top_k(scores, k)
         return order, np.take_along_axis(scores, order, axis=1)
@@ -251,12 +254,18 @@ def _user_matrices(events: Sequence[Event], users: Mapping[str, int], index: Map
     u, i, w = u[order], i[order], w[order]
     ends = np.cumsum(np.bincount(u, minlength=len(users)))  # one past each user's last event
     later = ends[u] - 1 - np.arange(len(u))  # how many of the user's events come after this one
-    decay = 1.0 if half_life is None else 0.5 ** (later / half_life)
+    decay = 1.0 if half_life is None else np.maximum(0.5 ** (later / half_life), _MIN_DECAY)
     history = sparse.csr_matrix((w * decay, (u, i)), shape=shape)
     raw = sparse.csr_matrix((w, (u, i)), shape=shape)
     history.sum_duplicates()
     raw.sum_duplicates()
     return history, raw
+
+
+def _stored(matrix: sparse.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) of every stored entry, zeros included: what a user touched, however faded its weight."""
+    coo = matrix.tocoo()
+    return coo.row, coo.col
 
 
 def _top_k(scores: np.ndarray, k: int, *, exact: bool = True) -> np.ndarray:
@@ -440,7 +449,7 @@ class HybridRecommender(_ContentMixin, Recommender):
         rows = self._rows(users)
         cooc, content, popular = self._components(rows)
         targets = np.array([self._index.get(val[u], -1) for u in users])
-        seen_rows, seen_cols = rows.nonzero()
+        seen_rows, seen_cols = _stored(rows)
         alphas = _ALPHAS if self.alpha is None and self._vectors else (self.alpha_,)
         betas = _BETAS if self.beta is None else (self.beta_,)
         for a in alphas:
@@ -565,13 +574,15 @@ def item_vectors(catalogue: Catalogue | Mapping[str, Product], model: Model | No
     """The recommenders' product content, one vector per product of a catalogue (or a label -> Product map):
     the text encoding of its title + description (the model bundle's fine-tuned encoder when it has one, else
     MiniLM), joined with the model's embedding of its catalogue photo when a model is given (each part
-    unit-length, the whole renormalised). `skulens recommend` and the service use it.
+    unit-length, the whole renormalised). `skulens recommend` and the service use it. A catalogue's classes
+    without a product sheet (folder and manifest layouts without products.csv) get one from their listing
+    text or label (`class_products`).
     """
-    from ..data.catalogue import Catalogue
+    from ..data.catalogue import Catalogue, class_products
     from ..models.text import load_text_encoder
     from ..search.embeddings import embed_paths, product_text
 
-    products = list((catalogue.products if isinstance(catalogue, Catalogue) else catalogue).values())
+    products = list((class_products(catalogue) if isinstance(catalogue, Catalogue) else catalogue).values())
     if not products:
         return {}
     encoder = load_text_encoder(bundle=getattr(model, "path", None))

@@ -2,8 +2,8 @@
 
 A log is a CSV with the columns ``user_id,product_id,event,timestamp`` (other columns are ignored).
 ``event`` is one of `EVENT_TYPES` unless the caller names others; ``timestamp`` is ISO-8601 (a value
-without a zone is read as UTC) or unix seconds. Every problem is a :class:`ShoppingLogError` naming
-the file and line.
+without a zone is read as UTC) or unix seconds (years 1 to 9999: unix milliseconds are refused, not
+guessed at). The file is UTF-8. Every problem is a :class:`ShoppingLogError` naming the file and line.
 
 **The generator makes synthetic data.** No public behaviour log ships with skulens, so
 :func:`generate_shopping_log` invents one from a catalogue's ``(product_id, coarse_label)`` pairs.
@@ -44,6 +44,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.encoding import not_utf8
+
 try:
     import fcntl
 except ImportError:  # Windows: one process at a time is up to the user
@@ -65,7 +67,8 @@ COLUMNS = ("user_id", "product_id", "event", "timestamp")
 EVENT_TYPES = ("view", "cart", "purchase")
 # A purchase says more about taste than a cart, and a cart more than a glance.
 DEFAULT_EVENT_WEIGHTS = {"view": 1.0, "cart": 3.0, "purchase": 5.0}
-_START = datetime(2024, 1, 1, tzinfo=timezone.utc).timestamp()
+_START = datetime(2024, 1, 1, tzinfo=timezone.utc).timestamp()  # the synthetic logs begin here
+_MAX_SECONDS = datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc).timestamp()
 
 
 class ShoppingLogError(ValueError):
@@ -98,7 +101,10 @@ def read_events(path: str | os.PathLike[str], *, event_types: Iterable[str] = EV
         raise ShoppingLogError(f"{source}: cannot read behaviour log ({exc.strerror or exc})") from exc
     with handle:
         reader = csv.reader(handle)
-        header = [cell.strip().lower() for cell in next(reader, [])]
+        try:
+            header = [cell.strip().lower() for cell in next(reader, [])]
+        except UnicodeDecodeError:
+            raise ShoppingLogError(f"{source}: {not_utf8(source)}") from None
         if not any(header):
             raise ShoppingLogError(f"{source}: empty file (expected a header {','.join(COLUMNS)})")
         missing = [name for name in COLUMNS if name not in header]
@@ -114,6 +120,8 @@ def read_events(path: str | os.PathLike[str], *, event_types: Iterable[str] = EV
                 events.append(_parse_row(cells, where, known, f"{source}: line {reader.line_num}"))
         except csv.Error as exc:
             raise ShoppingLogError(f"{source}: line {reader.line_num}: bad CSV ({exc})") from exc
+        except UnicodeDecodeError:
+            raise ShoppingLogError(f"{source}: {not_utf8(source)}") from None
     if not events and not allow_empty:
         raise ShoppingLogError(f"{source}: no events after the header")
     return events
@@ -160,6 +168,12 @@ def _parse_timestamp(text: str, place: str) -> float:
         value = _parse_iso(text, place)
     if not math.isfinite(value):
         raise ShoppingLogError(f"{place}: bad timestamp {text!r} (expected ISO-8601 or unix seconds)")
+    try:  # what write_events must be able to write back (and every datetime use of it)
+        datetime.fromtimestamp(value, timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        hint = "; unix milliseconds? divide by 1000" if abs(value) >= _MAX_SECONDS else ""
+        raise ShoppingLogError(f"{place}: timestamp {text!r} is out of range (unix seconds, years 1 to 9999"
+                               f"{hint})") from None
     return value
 
 
@@ -292,7 +306,7 @@ def _user_events(user: str, n: int, taste_cdf: np.ndarray, cat: _Catalogue, rng:
                  p_stay: float, noise: float, repeat: float, session_length: float, p_cart: float,
                  p_purchase: float, days: float) -> list[Event]:
     n_sessions = max(1, round(n / session_length))
-    starts = np.sort(rng.uniform(0.0, days * 86400.0, size=n_sessions))
+    starts = _START + np.sort(rng.uniform(0.0, days * 86400.0, size=n_sessions))
     session_of = np.sort(rng.integers(0, n_sessions, size=n))
     draws = rng.random((n, 6))
     bought: list[int] = []

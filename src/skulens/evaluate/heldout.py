@@ -1,0 +1,25 @@
+"""The catalogue as the model's training run split it, so "val" stays the photos the model never trained on."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..data.catalogue import Catalogue
+    from ..models.card import ModelCard
+
+__all__ = ["card_catalogue"]
+
+
+def card_catalogue(data: str | os.PathLike, card: ModelCard) -> Catalogue:
+    """Load `data` with the val fraction and seed recorded in the card's training config.
+
+    A catalogue without a val split gets one carved out of train; with other settings than the training run's
+    that "val" would hold photos the model trained on. A card without a training config (a plain pretrained
+    backbone) gets the training defaults, which are also load_catalogue's.
+    """
+    from ..data.catalogue import load_catalogue
+
+    tc = card.train_config or {}
+    return load_catalogue(data, val_fraction=float(tc.get("val_fraction", 0.1)), seed=int(tc.get("seed", 0)))
