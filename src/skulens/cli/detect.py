@@ -27,6 +27,7 @@ from ._common import (
     engine_options,
     engine_out,
     expand_inputs,
+    fraction,
     positive_int,
     say,
 )
@@ -77,7 +78,7 @@ def add_commands(sub: Any) -> None:
     c.add_argument("--annotated", metavar="DIR", help="write each photo with its boxes drawn as DIR/<name>.png")
     c.add_argument("--index", metavar="PATH", help="name boxes by the nearest product in this search index (built "
                                                   "with --model: `skulens index build`) instead of the classifier")
-    c.add_argument("--min-similarity", type=float, default=0.5,
+    c.add_argument("--min-similarity", type=fraction, default=0.5,
                    help="with --index: cosine similarity a box needs to be named (default: %(default)s)")
     _add_box_settings(c)
     c.add_argument("--batch-size", type=positive_int, default=8, help="--engine ray: photos per batch (default: 8)")
@@ -91,7 +92,8 @@ def add_commands(sub: Any) -> None:
 
     t = dsub.add_parser("train", help="train a class-agnostic product detector on catalogue composites")
     add_data(t, "catalogue whose product photos become composites (default: the grocery dataset)")
-    add_out(t, "detector folder to write", required=True)
+    add_out(t, "detector folder to write (a folder that already holds a detector: only with --force)", required=True)
+    t.add_argument("--force", action="store_true", help="replace the detector already in -o (never the --init one)")
     t.add_argument("--boxes", action="append", default=[], metavar="PATH",
                    help="real box annotations to train on too: a VOC folder, COCO JSON or YOLO folder (repeatable)")
     t.add_argument("--no-composites", action="store_true", help="train on --boxes only")
@@ -167,8 +169,9 @@ def cmd_count(ns: argparse.Namespace) -> int:
     files = expand_inputs(inputs)
     if not files:
         raise UsageError("no input photos")
-    if not on_ray and ns.out and Path(ns.out).suffix.lower() not in (".jsonl", ".json", ".csv"):
-        raise UsageError(f"--out {ns.out}: use a .jsonl or .csv file name (Parquet: --engine ray)")
+    if not on_ray and ns.out and Path(ns.out).suffix.lower() not in (".jsonl", ".csv"):
+        # No .json: the file is JSON lines (one photo a line), which a JSON reader refuses.
+        raise UsageError(f"--out {ns.out}: use a .jsonl (JSON lines) or .csv file name (Parquet: --engine ray)")
     if ns.index and not ns.model:
         raise UsageError("--index needs the model it was built with (-m/--model)")
     if ns.index and not Path(ns.index).exists():
@@ -205,7 +208,7 @@ def cmd_count(ns: argparse.Namespace) -> int:
             say(f"skulens count: {r.source}: {r.error}")
     total = sum(r.total for r in results)
     say(f"skulens count: {len(results) - errors} photo(s), {total} product(s) found, "
-        f"{sum(r.unknown for r in results) if clf else 0} unknown" + (f", {errors} unreadable" if errors else ""))
+        f"{sum(r.unknown for r in results)} unknown" + (f", {errors} unreadable" if errors else ""))
     return EXIT_FAILED if errors == len(results) else 0
 
 
@@ -239,7 +242,9 @@ def cmd_detect_train(ns: argparse.Namespace) -> int:
     data = None if ns.no_composites else data_path(ns)
     recipe = _recipe(ns)
     from ..detect.annotations import load_annotations
-    from ..detect.train import real_photos_per_batch, train_detector
+    from ..detect.train import check_out, real_photos_per_batch, train_detector
+
+    check_out(ns.out, init=ns.init, overwrite=ns.force)  # before the boxes load and the composites are made
 
     if ns.boxes and not ns.no_composites:
         try:
@@ -249,7 +254,7 @@ def cmd_detect_train(ns: argparse.Namespace) -> int:
 
     boxes = [im for b in ns.boxes for im in load_annotations(b)]
     result = train_detector(data, ns.out, recipe=recipe, annotations=boxes, init=ns.init, progress=not ns.quiet,
-                            device=ns.device)
+                            device=ns.device, overwrite=ns.force)
     h = result.holdout
     say(f"skulens detect train: {result.path} (best step {result.best_step} of {result.steps}, "
         f"{result.minutes:.1f} min" + (", stopped at --max-minutes" if result.stopped == "time" else "") + ")")
@@ -265,7 +270,7 @@ def _label_map(path: str | None) -> Any:
     import csv
 
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's CSV starts with a BOM
             rows = [r for r in csv.reader(f) if r and not r[0].startswith("#")]
     except OSError as e:
         raise UsageError(f"--label-map {path}: {e.strerror or e}") from None
@@ -299,8 +304,10 @@ def cmd_detect_evaluate(ns: argparse.Namespace) -> int:
     sink = contextlib.nullcontext(sys.stdout)
     with sink as f:
         f.write(json.dumps({k: v for k, v in report.to_dict().items() if k != "per_image"}) + "\n")
-    say(f"skulens detect evaluate: AP@0.5 {report.ap50:.3f}, AP@[.5:.95] {report.ap:.3f}, recall "
-        f"{report.recall50:.3f}, false boxes/photo {report.false_per_image:.2f}, count MAE {report.count_mae:.2f}, "
+    for s in report.skipped:
+        say(f"skulens detect evaluate: {s['file']}: {s['error']} (left out of the scores; listed in the report)")
+    say(f"skulens detect evaluate: {report.images} photo(s), AP@0.5 {report.ap50:.3f}, AP@[.5:.95] {report.ap:.3f}, "
+        f"recall {report.recall50:.3f}, false boxes/photo {report.false_per_image:.2f}, count MAE {report.count_mae:.2f}, "
         f"exact {report.count_exact:.1%}; report in {out}")
     return 0
 

@@ -17,6 +17,7 @@ Conventions, kept as given rather than guessed at:
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path, PureWindowsPath
@@ -42,6 +43,8 @@ _MAX_SMALL = 16 * 2**20  # one XML or label file describes one photo
 _NAMES_FILES = ("classes.txt", "obj.names")
 _ORIENTATION = 0x0112  # EXIF tag; values 5-8 turn the photo by 90 degrees, swapping width and height
 _TRANSPOSED = frozenset({5, 6, 7, 8})
+
+log = logging.getLogger(__name__)
 
 
 class AnnotationError(ValueError):
@@ -71,6 +74,10 @@ def detect_format(path: str | os.PathLike[str]) -> str:
         return "voc"
     if _files(p, "*.json"):
         return "coco"
+    splits = sorted(d.name for d in p.iterdir() if (d / "images").is_dir() and (d / "labels").is_dir())
+    if splits:  # Roboflow's YOLO export: data.yaml at the root, train/ valid/ test/ below it
+        raise AnnotationError(f"{p}: a YOLO dataset split into {', '.join(splits)}; point at one of them "
+                              f"(e.g. {p / splits[0]})")
     raise AnnotationError(f"{p}: no annotations found; looked for Pascal VOC *.xml and COCO *.json files "
                           "(here or in annotations/) and for YOLO images/ + labels/ folders")
 
@@ -243,7 +250,9 @@ def write_coco(images: Sequence[AnnotatedImage], path: str | os.PathLike[str], *
 
 
 def read_yolo(path: str | os.PathLike[str]) -> list[AnnotatedImage]:
-    """A YOLO folder: images/ and labels/ (same relative paths, .txt), names from classes.txt etc."""
+    """A YOLO folder: images/ and labels/ (same relative paths, .txt), names from classes.txt, obj.names or
+    data.yaml (here, in labels/, or in the parent folder as Roboflow exports a split); without one the labels
+    are the class ids, with a warning."""
     root = Path(path)
     img_dir, lbl_dir = root / "images", root / "labels"
     if not (img_dir.is_dir() and lbl_dir.is_dir()):
@@ -257,7 +266,11 @@ def read_yolo(path: str | os.PathLike[str]) -> list[AnnotatedImage]:
     for txt in sorted(lbl_dir.rglob("*.txt")):
         if txt.name not in _NAMES_FILES and txt.relative_to(lbl_dir).with_suffix("") not in stems:
             raise AnnotationError(f"{txt}: its image is missing from {img_dir}")
-    return [_yolo_image(f, lbl_dir / f.relative_to(img_dir).with_suffix(".txt"), names) for f in photos]
+    images = [_yolo_image(f, lbl_dir / f.relative_to(img_dir).with_suffix(".txt"), names) for f in photos]
+    if names is None and any(len(im) for im in images):
+        log.warning("%s: no data.yaml, classes.txt or obj.names (here, in labels/ or the parent folder): the box "
+                    "labels are the class ids", root)
+    return images
 
 
 def _yolo_image(image: Path, label: Path, names: dict[int, str] | None) -> AnnotatedImage:
@@ -289,12 +302,21 @@ def _yolo_image(image: Path, label: Path, names: dict[int, str] | None) -> Annot
 
 
 def _yolo_names(root: Path) -> dict[int, str] | None:
-    """Class names by id from classes.txt / obj.names (here or in labels/) or data.yaml; None if absent."""
-    for file in (d / name for d in (root, root / "labels") for name in _NAMES_FILES):
-        if file.is_file():
-            text = _read(file, _MAX_SMALL).decode("utf-8-sig", "replace")
-            return dict(enumerate(s.strip() for s in text.splitlines() if s.strip()))
-    file = root / "data.yaml"
+    """Class names by id from classes.txt / obj.names (here or in labels/) or data.yaml, else from the same files
+    in the parent folder (a split of a Roboflow export: ds/data.yaml over ds/train/); None if absent."""
+    for folders, parent in (((root, root / "labels"), False), ((root.parent,), True)):
+        for file in (d / name for d in folders for name in _NAMES_FILES):
+            if file.is_file():
+                text = _read(file, _MAX_SMALL).decode("utf-8-sig", "replace")
+                return dict(enumerate(s.strip() for s in text.splitlines() if s.strip()))
+        names = _yaml_names(folders[0] / "data.yaml", optional=parent)
+        if names is not None:
+            return names
+    return None
+
+
+def _yaml_names(file: Path, *, optional: bool) -> dict[int, str] | None:
+    """The 'names' of a YOLO data.yaml; None without the file (or, `optional`, without a 'names' key)."""
     if not file.is_file():
         return None
     try:
@@ -302,6 +324,8 @@ def _yolo_names(root: Path) -> dict[int, str] | None:
     except yaml.YAMLError as exc:
         raise AnnotationError(f"{file}: invalid YAML ({exc})") from None
     names = doc.get("names") if isinstance(doc, dict) else None
+    if names is None and optional:
+        return None
     if isinstance(names, list):
         return {i: str(n) for i, n in enumerate(names)}
     if isinstance(names, dict) and all(isinstance(k, int) for k in names):

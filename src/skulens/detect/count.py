@@ -19,8 +19,8 @@ from PIL import Image
 
 from ..data.decode import ImageDecodeError, decode_image
 from ..models.predictor import source_name
-from .boxes import Detections
-from .detector import Detector, ImageInput
+from .boxes import PRODUCT, Detections
+from .detector import MAX_PIXELS, Detector, ImageInput
 
 if TYPE_CHECKING:
     from ..models.predictor import Model
@@ -36,7 +36,8 @@ CROP_PAD = 0.06  # context kept around a box, as a share of its size: the classi
 class CountedBox:
     box: tuple[float, float, float, float]  # x1, y1, x2, y2 in photo pixels
     score: float  # the detector's: is this a product?
-    label: str | None  # the product, or None (unknown) when the classifier is not sure enough of one
+    label: str | None  # the product, None (unknown) when the recogniser is not sure enough of one, or
+    # "product" when no recogniser ran (a count of products, not of SKUs)
     confidence: float  # the classifier's for its best guess (a product, never a coarse class)
     guess: str | None = None  # the classifier's best guess, kept for review even when unknown
 
@@ -56,6 +57,7 @@ class PhotoCount:
     capped: bool = False  # the detector hit its box cap: there may be more products than boxes
     error: str | None = None
     counts: dict[str, int] = field(default_factory=dict)
+    recognised: bool = True  # False: no recogniser ran, every box is an unnamed "product" (none unknown)
 
     @property
     def total(self) -> int:
@@ -71,11 +73,15 @@ class PhotoCount:
                 "error": self.error, "boxes": [b.to_dict() for b in self.boxes]}
 
     def annotated(self, image: Image.Image) -> Image.Image:
-        """The photo with every box drawn and named (unknown boxes in their own colour)."""
+        """The photo with every box drawn and named (unknown boxes in their own colour); unnamed products
+        (no recogniser) with the detector's score."""
         from .draw import draw_boxes
 
-        return draw_boxes(image, np.array([b.box for b in self.boxes], np.float32).reshape(-1, 4),
-                          labels=[b.label for b in self.boxes], scores=[b.confidence for b in self.boxes])
+        boxes = np.array([b.box for b in self.boxes], np.float32).reshape(-1, 4)
+        if not self.recognised:
+            return draw_boxes(image, boxes, scores=[b.score for b in self.boxes])
+        return draw_boxes(image, boxes, labels=[b.label for b in self.boxes],
+                          scores=[b.confidence for b in self.boxes])
 
 
 def crop_boxes(image: Image.Image, boxes: np.ndarray, pad: float = CROP_PAD) -> list[Image.Image]:
@@ -93,14 +99,15 @@ def crop_boxes(image: Image.Image, boxes: np.ndarray, pad: float = CROP_PAD) -> 
 
 def recognise_boxes(model: Model | None, image: Image.Image, dets: Detections, min_confidence: float, *,
                     index: VectorIndex | None = None, min_similarity: float = 0.5) -> list[CountedBox]:
-    """Name each box's crop; a box the recogniser is unsure of gets label None (unknown).
+    """Name each box's crop; a box the recogniser is unsure of gets label None (unknown). Without a model
+    every box is an unnamed "product" (never unknown: nothing was asked to name it).
 
     Without an index the classifier names it (confident when its probability >= min_confidence). With a
     search index (built with this model) the nearest indexed product names it when the cosine similarity
     is >= min_similarity, so products enrolled in the index but unknown to the classifier are counted too.
     """
     if model is None or not len(dets):
-        return [CountedBox(tuple(map(float, b)), float(s), None, 0.0) for b, s in zip(dets.boxes, dets.scores)]
+        return [CountedBox(tuple(map(float, b)), float(s), PRODUCT, 0.0) for b, s in zip(dets.boxes, dets.scores)]
     crops = crop_boxes(image, dets.boxes)
     out = []
     if index is not None:
@@ -131,9 +138,9 @@ def count_products(detector: Detector, images: Iterable[ImageInput], *, model: M
     min_score: the detector's score a box needs to count as a product (None: the detector's own
     `min_score`, chosen on held-out composites when it was trained). min_confidence: the classifier's
     confidence a box needs to be named; below it the box counts as unknown. Without a model every box
-    is an unnamed product (a count of products, not of SKUs). index: name boxes by the nearest product in
-    a search index built with `model` (see `recognise_boxes`). A photo that cannot be decoded gives a
-    PhotoCount with `error` set, and the rest go on.
+    is an unnamed "product" (a count of products, not of SKUs; `unknown` is 0). index: name boxes by the
+    nearest product in a search index built with `model` (see `recognise_boxes`). A photo that cannot be
+    decoded gives a PhotoCount with `error` set, and the rest go on. Photos up to MAX_PIXELS are counted.
     """
     min_score = detector.config.min_score if min_score is None else min_score
     if not 0 <= min_score <= 1 or not 0 <= min_confidence <= 1:
@@ -141,18 +148,15 @@ def count_products(detector: Detector, images: Iterable[ImageInput], *, model: M
     for i, im in enumerate(images):
         source = sources[i] if sources is not None else source_name(im, i)
         try:
-            pil = im.convert("RGB") if isinstance(im, Image.Image) else decode_image(im)
+            pil = im.convert("RGB") if isinstance(im, Image.Image) else decode_image(im, max_pixels=MAX_PIXELS)
             dets = detector.detect([pil], tiles=tiles)[0].above(min_score)  # a strip too narrow: an error too
         except ImageDecodeError as e:
             yield PhotoCount(source, error=e.reason), None
             continue
         boxes = tuple(recognise_boxes(model, pil, dets, min_confidence, index=index,
                                       min_similarity=min_similarity))
-        if model is None:  # unnamed: a count of products, not of SKUs
-            counts = {"product": len(boxes)} if boxes else {}
-        else:
-            counts = dict(Counter(b.label for b in boxes if b.label is not None))
-        yield PhotoCount(source, pil.width, pil.height, boxes, dets.capped, None, counts), pil
+        counts = dict(Counter(b.label for b in boxes if b.label is not None))  # no model: {"product": n}
+        yield PhotoCount(source, pil.width, pil.height, boxes, dets.capped, None, counts, model is not None), pil
 
 
 def write_counts(results: Sequence[PhotoCount], path: str | os.PathLike, fmt: str | None = None) -> Path:

@@ -18,10 +18,13 @@ from .boxes import Detections
 from .model import DetectorCard, DetectorConfig, load_detector_net
 from .tiling import drop_cut_boxes, merge_boxes, suppress_contained, tile_grid, window_in_photo
 
-__all__ = ["Detector", "load_detector"]
+__all__ = ["MAX_PIXELS", "Detector", "load_detector"]
 
 ImageInput = str | os.PathLike | bytes | Image.Image
 TILE_MODES = ("auto", "on", "off")
+# Shelf photos are decoded up to 80 MP (a 48-64 MP phone photo at full size; under Pillow's own 89 MP bomb
+# warning), not the 40 MP of a product photo: the detector tiles them, and the crops it names keep their detail.
+MAX_PIXELS = 80_000_000
 
 
 class Detector:
@@ -54,12 +57,13 @@ class Detector:
 
     def detect(self, images: Sequence[ImageInput], *, tiles: str = "auto", batch_size: int = 4
                ) -> list[Detections]:
-        """Boxes per photo. A photo that cannot be decoded raises ImageDecodeError naming it."""
+        """Boxes per photo (files decoded up to MAX_PIXELS). A photo that cannot be decoded raises
+        ImageDecodeError naming it."""
         if tiles not in TILE_MODES:
             raise ValueError(f"tiles must be one of {', '.join(TILE_MODES)}, got {tiles!r}")
         out = []
         for i, im in enumerate(images):
-            pil = im.convert("RGB") if isinstance(im, Image.Image) else decode_image(im)
+            pil = im.convert("RGB") if isinstance(im, Image.Image) else decode_image(im, max_pixels=MAX_PIXELS)
             check_detectable(pil.size, self.config, source_name(im, i))
             out.append(self._detect_one(pil, tiles, batch_size))
         return out

@@ -4,7 +4,8 @@
 torchmetrics' MeanAveragePrecision (pycocotools backend, one class, every detection so the ranking is whole);
 recall, false boxes and counts use only detections at or above the score threshold, matched greedily to the
 ground truth at IoU 0.5, best score first (the COCO rule). `evaluate_detector` runs a detector and a
-recogniser over the photos and, given `out_dir`, writes report.json, report.md and grid.png there.
+recogniser over the photos and, given `out_dir`, writes report.json, report.md and grid.png there; a photo
+that cannot be decoded is left out of the scores and listed in the report (`skipped`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 import math
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,8 +23,9 @@ import torch
 from PIL import Image
 from torchvision.ops import box_area, box_iou
 
-from skulens.data.decode import decode_image
+from skulens.data.decode import ImageDecodeError, decode_image
 from skulens.detect.boxes import AnnotatedImage, Detections
+from skulens.detect.detector import MAX_PIXELS
 from skulens.detect.draw import PREDICTED, UNKNOWN, contact_sheet, draw_boxes
 from skulens.detect.tiling import box_intersection
 
@@ -75,6 +77,8 @@ class DetectionReport:
     score_threshold: float
     # Where the count errors come from: false boxes by kind (FALSE_KINDS) and missed boxes per true label.
     errors: dict[str, Any] = field(default_factory=dict)
+    # Photos left out because they could not be decoded: {"file", "error"} each (`evaluate_detector`).
+    skipped: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return _json_safe(asdict(self))
@@ -226,7 +230,8 @@ def evaluate_counting(
         return detector.detect([im.path for im in batch], tiles=tiles)
 
     def recognise(image: AnnotatedImage, dets: Detections) -> list[str | None]:
-        return [b.label for b in recognise_boxes(model, decode_image(image.path), dets, min_confidence)]
+        photo = decode_image(image.path, max_pixels=MAX_PIXELS)
+        return [b.label for b in recognise_boxes(model, photo, dets, min_confidence)]
 
     return evaluate_detector(detect, images, recognise=None if model is None else recognise,
                              score_threshold=threshold, label_map=label_map, out_dir=out_dir, progress=progress)
@@ -248,26 +253,48 @@ def evaluate_detector(
     with `evaluate_detections`, and with `out_dir` write report.json, report.md and grid.png there.
 
     detect: takes a list of photos (it opens `img.path` itself), returns one `Detections` per photo; it is
-    called `batch_size` photos at a time.
+    called `batch_size` photos at a time. A photo it cannot decode (ImageDecodeError) is left out of the
+    scores and listed in the report's `skipped`, so one bad file among many costs its row, not the run;
+    ImageDecodeError when no photo can be decoded.
     """
     from tqdm.auto import tqdm
 
     images = list(images)
+    read: list[AnnotatedImage] = []
     detections: list[Detections] = []
+    skipped: list[dict[str, Any]] = []
     with tqdm(total=len(images), desc="detect", unit="photo", disable=not progress) as bar:
         for start in range(0, len(images), batch_size):
             chunk = images[start:start + batch_size]
-            found = list(detect(chunk))
-            if len(found) != len(chunk):
-                raise ValueError(f"detect returned {len(found)} results for {len(chunk)} photos")
+            try:
+                found = list(detect(chunk))
+                done = chunk
+            except ImageDecodeError:  # which photo(s): one at a time
+                found, done = [], []
+                for img in chunk:
+                    try:
+                        found += list(detect([img]))
+                        done.append(img)
+                    except ImageDecodeError as e:
+                        skipped.append({"file": None if img.path is None else str(img.path), "error": e.reason})
+            if len(found) != len(done):
+                raise ValueError(f"detect returned {len(found)} results for {len(done)} photos")
+            read += done
             detections += found
             bar.update(len(chunk))
+    if not read:
+        first, others = skipped[0], len(skipped) - 1
+        raise ImageDecodeError(str(first["file"]), first["error"] + (
+            f" (and none of the other {others} photos could be decoded either)" if others else ""))
+    images = read
     recognised = None
     if recognise is not None:
         pairs = tqdm(list(zip(images, detections)), desc="recognise", unit="photo", disable=not progress)
         recognised = [list(recognise(img, det.above(score_threshold))) for img, det in pairs]
     report = evaluate_detections(images, detections, score_threshold=score_threshold, recognised=recognised,
                                  label_map=label_map)
+    if skipped:
+        report = replace(report, skipped=skipped)
     if out_dir is not None:
         write_detection_report(report, images, detections, out_dir, recognised=recognised, grid=grid)
     return report
@@ -425,6 +452,9 @@ def format_markdown(report: DetectionReport, *, grid: str | None = None) -> str:
                             [(label, v["missed"], v["boxes"], _pct(share)) for share, label, v in worst])
         else:
             lines.append("No true box was missed.")
+    if report.skipped:
+        lines += ["", f"## Photos left out ({len(report.skipped)}: could not be decoded)", ""]
+        lines += _table(("photo", "error"), [(_photo_name(r, i), r["error"]) for i, r in enumerate(report.skipped)])
     lines += ["", "## Worst photos by count error", ""]
     lines += _table(("photo", "true", "predicted", "error", "matched", "false", "missed"), [
         (_photo_name(r, i), r["truth"], r["predicted"], f"{r['error']:+d}", r["matched"], r["false"], r["missed"])
@@ -446,7 +476,7 @@ def _grid_cell(img: AnnotatedImage, det: Detections, score_threshold: float,
         photo = Image.new("RGB", (img.width, img.height), (128, 128, 128))
     else:
         # reduce_to: drawn at about the cell's size, so lines and tags keep their size in the sheet.
-        photo = decode_image(img.path, reduce_to=_CELL)
+        photo = decode_image(img.path, reduce_to=_CELL, max_pixels=MAX_PIXELS)
     scale = np.array([photo.width / img.width, photo.height / img.height] * 2, dtype=np.float32)
     kept = det.above(score_threshold)
     tagged = len(kept) <= _TAGGED_BOXES

@@ -6,7 +6,7 @@ pyramid). skulens supplies the backbone taps (the bundled ImageNet EfficientNet-
 no detection weights can be downloaded) and the narrow, CPU-sized head.
 
 A detector folder holds `detector.safetensors` and `detector.json` (this config plus the training
-record); loading never unpickles.
+record), and `detector.onnx` once exported; loading never unpickles.
 """
 
 from __future__ import annotations
@@ -24,11 +24,12 @@ from torch import nn
 from ..models.backbones import create_architecture, create_backbone, get_spec
 from ..models.bundle import atomic_write_text
 
-__all__ = ["DETECTOR_CARD", "DETECTOR_WEIGHTS", "DetectorCard", "DetectorConfig", "DetectorError", "build_detector",
+__all__ = ["DETECTOR_CARD", "DETECTOR_ONNX", "DETECTOR_WEIGHTS", "DetectorCard", "DetectorConfig", "DetectorError", "build_detector",
            "is_detector", "load_detector_net", "save_detector"]
 
 DETECTOR_WEIGHTS = "detector.safetensors"
 DETECTOR_CARD = "detector.json"
+DETECTOR_ONNX = "detector.onnx"  # written by `skulens detect export`; an export of the weights beside it
 SCHEMA = 1
 
 
@@ -183,11 +184,13 @@ def is_detector(path: str | os.PathLike) -> bool:
 
 
 def save_detector(net: nn.Module, card: DetectorCard, directory: str | os.PathLike) -> Path:
-    """Write weights then card (the card last: a folder with a card is complete)."""
+    """Write weights then card (the card last: a folder with a card is complete). An exported detector.onnx
+    there is of the old weights, and would run with the new card: it is removed first."""
     from safetensors.torch import save_file
 
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
+    (out / DETECTOR_ONNX).unlink(missing_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     tmp = out / (DETECTOR_WEIGHTS + ".tmp")
     save_file(state, str(tmp), metadata={"format": "pt", "skulens": "detector"})

@@ -17,11 +17,18 @@ import torch
 from torch import nn
 
 from .detector import Detector
-from .model import DETECTOR_CARD, DetectorCard, DetectorError, build_detector, load_detector_net
+from .model import (
+    DETECTOR_CARD,
+    DETECTOR_ONNX,
+    DetectorCard,
+    DetectorError,
+    build_detector,
+    load_detector_net,
+)
 
 __all__ = ["ONNX_NAME", "export_detector", "load_onnx_detector"]
 
-ONNX_NAME = "detector.onnx"
+ONNX_NAME = DETECTOR_ONNX
 OUTPUTS = ["cls_logits", "bbox_regression", "bbox_ctrness", "p3", "p4", "p5", "p6", "p7"]
 
 
@@ -40,7 +47,8 @@ class _Dense(nn.Module):
 def export_detector(directory: str | os.PathLike, out: str | os.PathLike | None = None, *, opset: int = 17
                     ) -> Path:
     """Write the detector's dense network as ONNX (batch, height and width dynamic); checked by loading
-    it in ONNX Runtime and comparing boxes with PyTorch on a test canvas."""
+    it in ONNX Runtime and comparing boxes with PyTorch on a test canvas. A failed export or check leaves
+    no file (and an older export at `out` as it was)."""
     net, card = load_detector_net(directory)
     path = Path(out) if out else Path(directory) / ONNX_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -49,10 +57,13 @@ def export_detector(directory: str | os.PathLike, out: str | os.PathLike | None 
     dyn.update({name: {0: "batch", 1: "anchors"} for name in OUTPUTS[:3]})
     dyn.update({name: {0: "batch", 2: f"{name}_h", 3: f"{name}_w"} for name in OUTPUTS[3:]})
     tmp = path.with_name(path.name + ".tmp")
-    torch.onnx.export(_Dense(net).eval(), (x,), str(tmp), input_names=["images"], output_names=OUTPUTS,
-                      dynamic_axes=dyn, opset_version=opset, dynamo=False)
-    _check(net, card, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.onnx.export(_Dense(net).eval(), (x,), str(tmp), input_names=["images"], output_names=OUTPUTS,
+                          dynamic_axes=dyn, opset_version=opset, dynamo=False)
+        _check(net, card, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 

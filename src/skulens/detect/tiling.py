@@ -5,7 +5,8 @@ pixels wide. Tiling runs the detector on overlapping windows at a finer scale, t
 - drops a tile's box that touches a cut edge of the tile (a product cut in half; the overlap makes sure
   a neighbouring tile sees it whole), and
 - merges the rest with NMS by IoU and by "intersection over the smaller box" (the same product seen
-  whole in the global pass and in a tile, or a part-box inside a whole-box).
+  whole in the global pass and in a tile, or a part-box inside a whole-box from another pass: the part
+  goes, whatever its score).
 """
 
 from __future__ import annotations
@@ -63,23 +64,24 @@ def drop_cut_boxes(boxes: np.ndarray, window: tuple[int, int, int, int], width: 
 
 def merge_boxes(boxes: np.ndarray, scores: np.ndarray, passes: np.ndarray, *, iou: float = 0.5,
                 containment: float = 0.8) -> np.ndarray:
-    """Indices of the boxes kept, best first: NMS by IoU, then a box mostly inside a better one from
-    another pass goes (within one pass a small product in front of a big one is a real second box)."""
+    """Indices of the boxes kept, best first: NMS by IoU, then a box lying mostly (`containment` of its own
+    area) inside a kept box from another pass goes, whichever scored higher: it is a part of that whole box.
+    Within one pass a small product in front of a big one is a real second box."""
     if len(boxes) == 0:
         return np.zeros(0, np.int64)
     b, s = torch.from_numpy(np.ascontiguousarray(boxes, np.float32)), torch.from_numpy(scores.astype(np.float32))
     keep = nms(b, s, iou)  # sorted by score
     kb, kp = b[keep], torch.from_numpy(np.asarray(passes))[keep]
-    inter = box_intersection(kb, kb)
     area = (kb[:, 2] - kb[:, 0]).clamp(min=0) * (kb[:, 3] - kb[:, 1]).clamp(min=0)
-    smaller = torch.minimum(area[:, None], area[None, :]).clamp(min=1e-6)
-    contained = ((inter / smaller) > containment) & (kp[:, None] != kp[None, :])
+    # inside[i, j]: box i lies mostly inside box j, which comes from another pass
+    inside = (box_intersection(kb, kb) / area[:, None].clamp(min=1e-6)) > containment
+    inside &= kp[:, None] != kp[None, :]
     alive = torch.ones(len(keep), dtype=torch.bool)
-    for i in range(len(keep)):
-        if alive[i]:
-            later = contained[i].clone()
-            later[: i + 1] = False
-            alive &= ~later
+    for j in torch.argsort(area, descending=True, stable=True).tolist():  # wholes decide before their parts
+        if alive[j]:
+            part = inside[:, j].clone()
+            part[j] = False
+            alive &= ~part
     return keep[alive].numpy()
 
 

@@ -34,13 +34,22 @@ from ..train import distributed
 from ..train.optim import is_decayed
 from .boxes import AnnotatedImage, Detections
 from .detector import Detector
-from .model import DetectorCard, DetectorConfig, build_detector, load_detector_net, save_detector
+from .model import (
+    DETECTOR_WEIGHTS,
+    DetectorCard,
+    DetectorConfig,
+    DetectorError,
+    build_detector,
+    is_detector,
+    load_detector_net,
+    save_detector,
+)
 
 if TYPE_CHECKING:
     from .synth import CompositeGenerator
 
-__all__ = ["DetectorRecipe", "DetectorTrainResult", "calibrate_min_score", "choose_min_score", "preview_composites",
-           "train_detector"]
+__all__ = ["DetectorRecipe", "DetectorTrainResult", "calibrate_min_score", "check_out", "choose_min_score",
+           "preview_composites", "train_detector"]
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +164,10 @@ class _RealBoxes(torch.utils.data.Dataset):
         scale = min(1.0, self.size / max(pil.size))
         if scale < 1:
             pil = pil.resize((round(pil.width * scale), round(pil.height * scale)))
-        boxes = torch.from_numpy(item.boxes * np.float32(pil.width / item.width if item.width else scale))
+        # Each axis by its own ratio: rounding the shrunk size makes them differ (100x4000 -> 13x512).
+        sx = pil.width / item.width if item.width else scale
+        sy = pil.height / item.height if item.height else scale
+        boxes = torch.from_numpy(item.boxes * np.array([sx, sy, sx, sy], np.float32))
         x = torch.from_numpy(np.asarray(pil, np.uint8).copy()).permute(2, 0, 1)
         return x, {"boxes": boxes.reshape(-1, 4), "labels": torch.zeros(len(boxes), dtype=torch.int64)}
 
@@ -251,20 +263,34 @@ def preview_composites(data: str | os.PathLike, path: str | os.PathLike, *, n: i
     return Path(preview(ds.generator, n, path))
 
 
+def check_out(out: str | os.PathLike, *, init: str | os.PathLike | None = None, overwrite: bool = False) -> None:
+    """DetectorError when training into `out` would lose a detector: `out` is the `init` detector being fine-tuned
+    (always), or it already holds one (unless `overwrite`)."""
+    o = Path(out)
+    if init is not None and (o.resolve() == Path(init).resolve()
+                             or (o.exists() and Path(init).exists() and os.path.samefile(o, init))):
+        raise DetectorError(f"{o}: the detector --init fine-tunes would be overwritten; write to another folder (-o)")
+    if not overwrite and (is_detector(o) or (o / DETECTOR_WEIGHTS).exists()):
+        raise DetectorError(f"{o} already holds a detector; choose another folder (-o), or pass --force (overwrite=True) to replace it")
+
+
 def train_detector(data: str | os.PathLike | None, out: str | os.PathLike, *,
                    recipe: DetectorRecipe | None = None, config: DetectorConfig | None = None,
                    annotations: Sequence[AnnotatedImage] = (), init: str | os.PathLike | None = None,
                    composites: CompositeGenerator | None = None, progress: bool = True,
-                   device: str = "cpu") -> DetectorTrainResult:
+                   device: str = "cpu", overwrite: bool = False) -> DetectorTrainResult:
     """Train a detector into the folder `out` (detector.safetensors, detector.json, history.json).
 
     data: a catalogue (its catalogue photos and labelled photos become cut-outs); None trains on real
     `annotations` alone, or on `composites` (a generator of your own, e.g. your own cut-outs).
-    init: a detector folder to fine-tune instead of starting from ImageNet.
+    init: a detector folder to fine-tune instead of starting from ImageNet; never `out` itself.
+    overwrite: replace a detector already in `out` (else DetectorError before anything runs); its weights
+    are replaced at the first held-out check, and an exported detector.onnx there is removed then.
     Under torchrun, data-parallel over the processes (see the module docstring); every rank returns rank 0's
     result.
     """
     recipe, config = recipe or DetectorRecipe(), config or DetectorConfig()
+    check_out(out, init=init, overwrite=overwrite)
     if data is None and not annotations and composites is None:
         raise ValueError("nothing to train on: give a catalogue (--data) or box annotations (--boxes)")
     if data is not None and composites is not None:

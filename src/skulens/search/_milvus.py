@@ -539,12 +539,14 @@ class MilvusIndex(VectorIndex):
             return [[] for _ in range(len(queries))]
         out = self._search(queries, n, expr, self.search_params, partitions)
         short = [i for i, row in enumerate(out) if len(row) < n]
-        if expr and short:
-            # An ANN index filters while it scans the lists / graph it visits, so a selective filter can
-            # come back short although more entries match: count them, and search those queries again
-            # visiting everything (IVF: every list; HNSW: the widest beam Milvus allows).
-            count = self._call("count", self.client.query, self.collection, filter=expr,
-                               output_fields=["count(*)"], partition_names=partitions)[0]["count(*)"]
+        if short:
+            # An ANN index finds only what the lists / graph it visits hold, and filters while it scans them, so
+            # a query (a selective filter most of all) can come back short although more entries match: count
+            # them, and search those queries again visiting everything (IVF: every list; HNSW: the widest beam
+            # Milvus allows), as FAISS finishes a short row exactly.
+            count = len(self) if not expr else self._call(
+                "count", self.client.query, self.collection, filter=expr, output_fields=["count(*)"],
+                partition_names=partitions)[0]["count(*)"]
             redo = [i for i in short if len(out[i]) < min(n, count)]
             if redo:
                 wide = {**self.search_params, "nprobe": 65536, "ef": 32768}

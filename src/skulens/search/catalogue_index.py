@@ -30,10 +30,13 @@ class BuildResult:
 
 def read_metadata_table(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
     """A CSV with a `product_id` column plus any metadata columns (in_stock, price, ...), each cell typed by
-    `typed_value` (true/false, numbers; "0012345" stays text), as `--filter` types what it is compared with."""
+    `typed_value` (true/false, numbers; "0012345" stays text; spaces around a cell dropped), as `--filter` types
+    what it is compared with. A UTF-8 BOM and spaces around the column names are ignored; blank cells are left out."""
     p = Path(path)
-    with open(p, newline="", encoding="utf-8") as f:
+    with open(p, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's "CSV UTF-8" starts with a BOM
         reader = csv.DictReader(f)
+        if reader.fieldnames:
+            reader.fieldnames = [name.strip() for name in reader.fieldnames]
         if not reader.fieldnames or "product_id" not in reader.fieldnames:
             raise CatalogueError(f"{p}: needs a 'product_id' column (got {reader.fieldnames})")
         out: dict[str, dict[str, Any]] = {}
@@ -41,7 +44,7 @@ def read_metadata_table(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
             pid = (row.pop("product_id") or "").strip()
             if not pid:
                 raise CatalogueError(f"{p}:{line}: empty product_id")
-            out[pid] = {k: typed_value(v) for k, v in row.items() if k and v not in (None, "")}
+            out[pid] = {k: typed_value(v) for k, v in row.items() if k and v is not None and v.strip()}
     return out
 
 
@@ -94,7 +97,8 @@ def build_catalogue_index(model: Model, cat: Catalogue, path: str, *, backend: s
     embed: computes the embeddings of the photos elsewhere (e.g. on a Ray cluster, `skulens.deploy.ray_jobs`);
     the index is still written here, by this process: the index backends are not distributed writers.
 
-    An existing index (without `overwrite`) and records Milvus cannot hold are refused before the embedding.
+    An existing index (without `overwrite`) and records Milvus cannot hold are refused before the embedding; no
+    photo that decodes is refused after it, before anything is written (CatalogueError).
     FAISS keeps the old index until the new one is saved; Milvus `overwrite` replaces the collection when the
     photos are embedded, so a server error while inserting leaves it partly filled: to keep the old one live
     meanwhile, build into another `collection` and switch to it.
@@ -120,6 +124,10 @@ def build_catalogue_index(model: Model, cat: Catalogue, path: str, *, backend: s
             raise IndexStoreError(f"{path}: collection {where.get('collection', 'skulens')!r} already exists "
                                   "(open it, or pass overwrite=True)")
     emb = embed(paths) if embed is not None else embed_paths(model, paths, batch_size=batch_size, progress=progress)
+    if not emb.kept:  # before anything is written: --overwrite must not replace an index with an empty one
+        first = f" (e.g. {emb.failed[0][0]}: {emb.failed[0][1]})" if emb.failed else ""
+        kept = "the existing index is left as it was" if options.get("overwrite") else "no index written"
+        raise CatalogueError(f"{cat.root}: none of the {len(paths)} image(s) could be read{first}; {kept}")
     index = early if early is not None else create_index(backend, path, dim, **options)
     index.add([records[i] for i in emb.kept], emb.vectors.reshape(len(emb.kept), dim))
     index.save()

@@ -278,7 +278,9 @@ def enroll(bundle: str | os.PathLike, label: str, images: Sequence[str | os.Path
     records: list[Any] = []
     try:
         if index is not None:
-            records = _add_to_index(index, net, label, coarse, entry, plain, kept, bundle)
+            # The ids are known before the index is written: an upsert or save that fails half-way is undone too.
+            records = _index_records(label, coarse, entry, len(plain), kept, bundle)
+            _add_to_index(index, records, plain)
         save_bundle(net, new_card, bundle, carry_over=True)
     except BaseException:
         if records:  # only the entries this call added: the product may have had others before
@@ -312,19 +314,20 @@ def _infer_coarse(net: SkuModel, card: ModelCard, feats: torch.Tensor) -> str:
     return card.coarse_classes[int(votes.argmax())]
 
 
-def _add_to_index(index, net: SkuModel, label: str, coarse: str | None, entry: dict, feats: torch.Tensor,
-                  kept: list[str], bundle: Path) -> list[Any]:
+def _index_records(label: str, coarse: str | None, entry: dict, n: int, kept: list[str], bundle: Path) -> list[Any]:
+    """The index entries of an enrolment's `n` photos: ids enrolled/LABEL/0.., each with its kept photo."""
     from .index import IndexRecord
 
-    vectors = F.normalize(feats, dim=-1).numpy().astype(np.float32)
-    images = [str(bundle / k) for k in kept] or [None] * len(vectors)
-    records = [IndexRecord(id=f"enrolled/{label}/{i}", product_id=label, label=label, coarse_label=coarse,
-                           title=entry["title"], text=entry["text"], image=images[i] if i < len(images) else None)
-               for i in range(len(vectors))]
-    index.upsert(records, vectors)
+    images = [str(bundle / k) for k in kept]
+    return [IndexRecord(id=f"enrolled/{label}/{i}", product_id=label, label=label, coarse_label=coarse,
+                        title=entry["title"], text=entry["text"], image=images[i] if i < len(images) else None)
+            for i in range(n)]
+
+
+def _add_to_index(index: Any, records: list[Any], feats: torch.Tensor) -> None:
+    index.upsert(records, F.normalize(feats, dim=-1).numpy().astype(np.float32))
     if hasattr(index, "save"):
         index.save()
-    return records
 
 
 @dataclass(frozen=True)

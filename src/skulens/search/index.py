@@ -223,15 +223,16 @@ _NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
 
 
 def typed_value(text: str) -> str | int | float | bool:
-    """A metadata value written as text (a CSV cell, `--set`, a filter): true/false (any case) is a bool, a
-    number in JSON's grammar an int (up to 2**53) or a finite float, anything else stays the string it is, so
-    an EAN or SKU with a leading zero ("0012345"), "1_000", "NaN", a brand called "NAN" or "yes"/"no" is never
-    turned into a number or a bool. The CSV reader and `parse_filter` both use it, so a stored value and a
-    filter written alike always match."""
-    low = text.strip().lower()
+    """A metadata value written as text (a CSV cell, `--set`, a filter), spaces around it dropped: true/false
+    (any case) is a bool, a number in JSON's grammar an int (up to 2**53) or a finite float, anything else stays
+    the string it is, so an EAN or SKU with a leading zero ("0012345"), "1_000", "NaN", a brand called "NAN" or
+    "yes"/"no" is never turned into a number or a bool. The CSV reader and `parse_filter` both use it, so a
+    stored value and a filter written alike always match (" Arla" in a cell is the brand Arla)."""
+    text = text.strip()
+    low = text.lower()
     if low in ("true", "false"):
         return low == "true"
-    if _NUMBER.fullmatch(text.strip()):
+    if _NUMBER.fullmatch(text):
         number = float(text)
         if any(c in text for c in ".eE"):
             return number if math.isfinite(number) else text  # 1e400 is no number a record can hold
@@ -239,26 +240,38 @@ def typed_value(text: str) -> str | int | float | bool:
     return text
 
 
+def _json_value(raw: str, *, text: bool) -> Any:
+    """A JSON list or string; `text`: its numbers and true/false as the text they are written as (a core field's
+    values are strings: product_id=[12345, 0.50] means the products "12345" and "0.50"). None: not JSON."""
+    try:
+        value = json.loads(raw, parse_int=str, parse_float=str) if text else json.loads(raw)
+    except ValueError:
+        return None
+    if text and isinstance(value, list):
+        value = [json.dumps(v) if isinstance(v, bool) else v for v in value]
+    return value
+
+
 def parse_filter(items: Iterable[str]) -> dict[str, FilterValue]:
     """``["coarse_label=Milk", "in_stock=true", "shelf=[1,3]"]`` -> a filter, for the CLI and query strings.
 
     A value is typed as `typed_value` types it (true, 3, 2.5; "007" stays a string); a JSON list ([1, 3]) or
-    a JSON string ("\"3\"", to match the text 3) keeps its JSON type.
+    a JSON string ("\"3\"", to match the text 3) keeps its JSON type. The values of product_id, label and
+    coarse_label are always strings (product_id=12345 is the product "12345"), in a list too.
     """
     out: dict[str, FilterValue] = {}
     for item in items:
         key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
+        key = key.strip()
+        if not sep or not key:
             raise IndexStoreError(f"filter {item!r}: expected key=value")
-        value: Any = typed_value(raw)
-        if isinstance(value, str) and raw.strip()[:1] in ("[", '"'):
-            try:
-                value = json.loads(raw)
-            except ValueError:
-                value = raw
+        core = key in CORE_FILTER_FIELDS
+        value: Any = raw.strip() if core else typed_value(raw)
+        if isinstance(value, str) and value[:1] in ("[", '"'):
+            value = _json_value(value, text=core)
         if value is None or isinstance(value, dict) or (isinstance(value, list) and not value):
-            value = raw
-        out[key.strip()] = value
+            value = raw.strip()
+        out[key] = value
     compile_filter(out)  # fail here, naming the item, rather than at search time
     return out
 

@@ -48,15 +48,18 @@ if TYPE_CHECKING:  # torch comes with the model: checking a vocabulary file (the
     from .align import TextAligner
 
 __all__ = ["BASIC_COLOURS", "CSV_COLUMNS", "DEFAULT_MIN_SCORE", "MAX_PHRASES", "MAX_PHRASE_CHARS", "TAG_MODES",
+           "TUNED_TEXT_MIN_SCORE",
            "CategoryStep", "ListingTags", "Tagger", "TaggingError", "Vocabulary", "category_path", "check_vocabulary",
            "colour_name", "dominant_colours", "parse_vocabulary", "product_title"]
 
 TAG_MODES = ("auto", "text", "aligned")
 # Score a tag needs, per mode: the cutoff (top 5 kept) that maximised micro F1 of the product-text words on the
 # grocery *train* photos with runs/bench9, MiniLM and an aligner fitted as `skulens align` does
-# (benchmarks/tags_grocery.py; val is where it is measured). Cosines, so they move with the encoder (0.30 with
-# the text-tuned one) and the aligner: pass min_score for another catalogue.
+# (benchmarks/tags_grocery.py; val is where it is measured). Cosines, so they move with the encoder and the
+# aligner: pass min_score for another catalogue.
 DEFAULT_MIN_SCORE = {"text": 0.39, "aligned": 0.115}
+# "text" with a `skulens text-tune`d encoder, whose cosines run lower (0.296 on the same benchmark).
+TUNED_TEXT_MIN_SCORE = 0.30
 MAX_PHRASES = 1000  # a vocabulary file; the REST API takes fewer per request
 MAX_PHRASE_CHARS = 100  # a tag, not a description
 
@@ -259,11 +262,17 @@ def parse_vocabulary(text: str, *, max_phrases: int = MAX_PHRASES) -> tuple[str,
 @dataclass(frozen=True)
 class Vocabulary:
     """Phrases encoded for one Tagger and mode: "aligned" rows are image-space vectors (P x D), "text" rows
-    the phrase's best cosine with each class's texts (P x C, in the card's class order)."""
+    the phrase's best cosine with each class's texts (P x C, in the card's class order). min_score: the score a
+    tag needs when the caller gives none (None: DEFAULT_MIN_SCORE of the mode), which depends on the encoder."""
 
     phrases: tuple[str, ...]
     mode: str
     matrix: np.ndarray
+    min_score: float | None = None
+
+    @property
+    def default_min_score(self) -> float:
+        return DEFAULT_MIN_SCORE[self.mode] if self.min_score is None else self.min_score
 
     def scores(self, embeddings: np.ndarray, fine: np.ndarray) -> np.ndarray:
         """N x P scores of the phrases for N photos (their embeddings and fine probabilities)."""
@@ -328,24 +337,26 @@ class Tagger:
             return phrases
         checked = check_vocabulary(phrases, max_phrases=max_phrases)
         mode = self.resolved_mode()
-        key = (mode, checked, self.text_encoder() if mode == "text" else None)
+        encoder = self.text_encoder() if mode == "text" else None
+        key = (mode, checked, encoder)
         with self._lock:
             if key not in self._cache:
                 if mode == "aligned":
                     assert self.aligner is not None
                     matrix = self.aligner.encode(list(checked)).astype(np.float64)
                 else:
-                    matrix = self._text_matrix(checked)
+                    assert encoder is not None
+                    matrix = self._text_matrix(checked, encoder)
                 if len(self._cache) >= 64:  # a server sees many request vocabularies: keep the recent ones
                     self._cache.pop(next(iter(self._cache)))
-                self._cache[key] = Vocabulary(checked, mode, matrix)
+                tuned = encoder is not None and encoder.fine_tuned
+                self._cache[key] = Vocabulary(checked, mode, matrix, TUNED_TEXT_MIN_SCORE if tuned else None)
             return self._cache[key]
 
-    def _text_matrix(self, phrases: tuple[str, ...]) -> np.ndarray:
+    def _text_matrix(self, phrases: tuple[str, ...], encoder: TextEncoder) -> np.ndarray:
         from .engine import product_pieces
         from .text_tune import catalogue_text
 
-        encoder = self.text_encoder()
         classes = self.card.classes
         if self._pieces is None or self._pieces[0] != classes or self._pieces[3] is not encoder:
             pieces = []
@@ -376,7 +387,8 @@ class Tagger:
 
         vocabulary: phrases (or an encoded Vocabulary) for every photo, or one Vocabulary/None per photo (the
         service batches requests that sent different ones). top_k, min_score: tags per photo and the score they
-        need (None: DEFAULT_MIN_SCORE of the mode); one value, or one per photo.
+        need (None: DEFAULT_MIN_SCORE of the mode, TUNED_TEXT_MIN_SCORE for "text" with a text-tuned encoder);
+        one value, or one per photo.
         """
         from ..models.predictor import source_name
 
@@ -426,7 +438,7 @@ class Tagger:
             v = vocabs[i]
             if v is not None:
                 s = v.scores(heads.embeddings[row:row + 1], heads.fine[row:row + 1])[0]
-                floor = DEFAULT_MIN_SCORE[v.mode] if mins[i] is None else mins[i]
+                floor = v.default_min_score if mins[i] is None else mins[i]
                 order = np.argsort(-s, kind="stable")[: max(0, ks[i])]
                 tags = tuple((v.phrases[j], float(s[j])) for j in order if s[j] >= floor)
             out[i] = ListingTags(
