@@ -215,3 +215,15 @@ def test_with_a_teacher_the_student_sees_the_degraded_batch_and_the_teacher_the_
         from skulens.config import resolve_config
 
         resolve_config({"corrupt_fraction": 1.5})
+
+
+def test_corrupt_batch_reaches_the_benchmark_levels_and_keeps_mild_draws_common() -> None:
+    """Noise strengths are drawn log-uniformly over 0.03-0.4: the benchmark's severity 5 (0.38) is within
+    reach, and most draws stay mild (the old range stopped at 0.15, below severity 3's 0.18)."""
+    from skulens.train.corrupt import CorruptBatch
+
+    c = CorruptBatch(1.0, (0.5,) * 3, (0.5,) * 3, seed=0)
+    grey = torch.full((3, 64, 64), 0.5)
+    sigmas = np.array([float((c.degrade(grey, "noise") - grey).std()) for _ in range(200)])
+    assert sigmas.max() > 0.3 and sigmas.min() < 0.05
+    assert 0.4 < float(np.mean(sigmas < 0.12)) < 0.8  # log-uniform: about 55 % of draws below 0.12
