@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from ..data.catalogue import Catalogue, Product, label_attributes
+from ..data.catalogue import Catalogue, Product, class_products
 from .answers import Lexicon, country_name, info_lines, rule, split_compound, strip_names
 
 if TYPE_CHECKING:
@@ -68,18 +68,8 @@ class SupportAnswer:
 
 def products_from_catalogue(cat: Catalogue) -> dict[str, Product]:
     """The catalogue's products; for layouts without product sheets (manifests, folders), one per class
-    from its first sample's title/text."""
-    products = dict(cat.products)
-    shared = label_attributes(cat.splits)
-    for samples in cat.splits.values():
-        for s in samples:
-            if s.label in products:
-                continue
-            lines = (s.text or "").splitlines()
-            products[s.label] = Product(label=s.label, coarse_label=s.coarse_label,
-                                        title=lines[0].strip() if lines else s.label.replace("-", " "),
-                                        description="\n".join(lines[1:]).strip(), attributes=shared[s.label])
-    return products
+    from its first sample's title/text (`data.catalogue.class_products`, which the CLI's recommendations use too)."""
+    return class_products(cat)
 
 
 # What shoppers ask about each common product-sheet key. A fact scores the best cosine over its own text
