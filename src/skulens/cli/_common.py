@@ -171,8 +171,10 @@ def add_out(p: argparse.ArgumentParser, help_text: str, *, required: bool = Fals
         deprecated_alias(p, "--output", "--out", "out")
 
 
-def add_top_k(p: argparse.ArgumentParser, default: int, help_text: str = "results per query") -> None:
-    p.add_argument("-k", "--top-k", dest="top_k", type=positive_int, default=default,
+def add_top_k(p: argparse.ArgumentParser, default: int, help_text: str = "results per query", *,
+              allow_zero: bool = False) -> None:
+    p.add_argument("-k", "--top-k", dest="top_k", type=non_negative_int if allow_zero else positive_int,
+                   default=default,
                    help=f"{help_text} (default: {default})")
 
 
@@ -290,14 +292,22 @@ def csv_list(text: str, kind: type = str, *, flag: str = "", allowed: Sequence[s
 # --------------------------------------------------------------------------- argparse value types
 # Checked while parsing, so a bad value is the usage line and exit 2 before anything is loaded.
 
-def positive_int(text: str) -> int:
+def _whole_number(text: str, minimum: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return _whole_number(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    return _whole_number(text, 0)
 
 
 def fraction(text: str) -> float:

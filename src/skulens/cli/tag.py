@@ -16,6 +16,7 @@ from ._common import (
     add_model,
     add_out,
     add_quiet,
+    add_top_k,
     device_arg,
     expand_inputs,
     model_path,
@@ -41,17 +42,6 @@ def _vocabulary(path: str | None) -> tuple[str, ...] | None:
         return parse_vocabulary(text)
     except TaggingError as e:
         raise UsageError(f"--vocabulary {path}: {e}") from None
-
-
-def _tag_count(text: str) -> int:
-    """-k for tags: 0 or more (0: category, attributes and colours only), as `skulens.tag` and POST /v1/tag take."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
 
 
 def cmd_tag(ns: argparse.Namespace) -> int:
@@ -102,9 +92,8 @@ def add_commands(sub: Any) -> None:
     t.add_argument("--mode", choices=("auto", "text", "aligned"), default="auto",
                    help="how phrases are scored: text (the recognised product's texts), aligned (the bundle's text "
                         "aligner, `skulens align`), auto: text when the catalogue has texts (default: auto)")
-    # -k as every command spells it (_common.add_top_k), but 0 is a valid count of tags: no vocabulary tags
-    t.add_argument("-k", "--top-k", dest="top_k", type=_tag_count, default=5,
-                   help="vocabulary tags per photo, 0 for none (default: 5)")
+    # 0 is a valid count of tags (category, attributes and colours only), as `skulens.tag` and POST /v1/tag take
+    add_top_k(t, 5, "vocabulary tags per photo, 0 for none", allow_zero=True)
     t.add_argument("--min-score", type=float, default=None,
                    help="score a vocabulary tag needs (default: per mode, chosen on grocery; see README)")
     t.add_argument("--format", choices=("jsonl", "csv"), default=None,

@@ -40,7 +40,8 @@ from PIL import Image, ImageOps
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["DEFAULT_MAX_ASPECT", "DEFAULT_MAX_PIXELS", "ImageDecodeError", "decode_image", "sniff_format", "to_rgb"]
+__all__ = ["DEFAULT_MAX_ASPECT", "DEFAULT_MAX_PIXELS", "ImageDecodeError", "decode_image", "pil_to_rgb", "sniff_format",
+           "to_rgb"]
 
 logger = logging.getLogger(__name__)
 
@@ -152,14 +153,19 @@ def _open_checked(name: str, data: bytes, fmt: str, max_pixels: int, max_aspect:
         raise ImageDecodeError(name, f"corrupt {fmt} (unreadable header)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageDecodeError(name, f"corrupt {fmt} ({exc})") from exc
-    width, height = img.size
+    _check_size(name, img.size, max_pixels, max_aspect, empty=f"corrupt {fmt}")
+    return img
+
+
+def _check_size(name: str, size: tuple[int, int], max_pixels: int, max_aspect: float, *, empty: str) -> None:
+    """The size policy, before any pixel is decoded: the pixel limit, no empty side, the aspect limit."""
+    width, height = size
     if width * height > max_pixels:
         raise ImageDecodeError(name, f"too many pixels ({width} x {height} > {max_pixels})")
     if width < 1 or height < 1:
-        raise ImageDecodeError(name, f"corrupt {fmt} (size {width} x {height})")
+        raise ImageDecodeError(name, f"{empty} (size {width} x {height})")
     if max(width, height) > max_aspect * min(width, height):
         raise ImageDecodeError(name, f"extreme aspect ratio ({width} x {height}, more than {max_aspect:g}:1)")
-    return img
 
 
 def _load(name: str, img: Image.Image, fmt: str) -> None:
@@ -178,6 +184,20 @@ def _apply_orientation(name: str, img: Image.Image) -> Image.Image:
         # A mangled EXIF block should not cost us an otherwise good photo; keep it as stored.
         logger.debug("%s: ignoring unreadable EXIF orientation (%s)", name, exc)
     return img
+
+
+def pil_to_rgb(im: Image.Image, source: str = "<image>", *, max_pixels: int = DEFAULT_MAX_PIXELS,
+               max_aspect: float = DEFAULT_MAX_ASPECT) -> Image.Image:
+    """A caller's PIL image under decode_image's policy: pixel and aspect limits, fully loaded (a truncated lazy
+    file is an ImageDecodeError, not an OSError), EXIF orientation applied, alpha on white, high bit depths
+    rescaled. The caller's image is not changed."""
+    _check_size(source, im.size, max_pixels, max_aspect, empty="empty image")
+    _load(source, im, "image")
+    try:
+        upright = ImageOps.exif_transpose(im)  # a copy: the caller's image keeps its pixels and EXIF
+    except Exception:  # noqa: BLE001 - a mangled EXIF block: keep the image as stored, as decode_image does
+        upright = im
+    return to_rgb(upright if upright is not None else im, source=source)
 
 
 def to_rgb(img: Image.Image, *, source: str = "<image>") -> Image.Image:

@@ -516,12 +516,13 @@ def bench_detection(detector: str | os.PathLike, photos: Sequence[bytes], *, mod
     from ..data.decode import decode_image
     from ..detect.count import count_products
     from ..detect.detector import load_detector
-    from ..detect.onnx import ONNX_NAME, load_onnx_detector
+    from ..detect.model import DETECTOR_ONNX
+    from ..detect.onnx import load_onnx_detector
 
     if not photos:
         raise ValueError("bench_detection needs at least one photo")
     variants = [("detector (PyTorch)", load_detector(detector, device="cpu"))]
-    if (Path(detector) / ONNX_NAME).is_file():
+    if (Path(detector) / DETECTOR_ONNX).is_file():
         variants.append(("detector (ONNX Runtime)", load_onnx_detector(detector)))
     mp = statistics.mean(w * h for w, h in (decode_image(p).size for p in photos[:3])) / 1e6
     rows = []

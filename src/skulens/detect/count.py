@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from ..data.decode import ImageDecodeError, decode_image
+from ..data.decode import ImageDecodeError
 from ..models.predictor import source_name
 from .boxes import PRODUCT, Detections
-from .detector import MAX_PIXELS, Detector, ImageInput
+from .detector import Detector, ImageInput, shelf_photo
 
 if TYPE_CHECKING:
     from ..models.predictor import Model
@@ -148,7 +148,7 @@ def count_products(detector: Detector, images: Iterable[ImageInput], *, model: M
     for i, im in enumerate(images):
         source = sources[i] if sources is not None else source_name(im, i)
         try:
-            pil = im.convert("RGB") if isinstance(im, Image.Image) else decode_image(im, max_pixels=MAX_PIXELS)
+            pil = shelf_photo(im)
             dets = detector.detect([pil], tiles=tiles)[0].above(min_score)  # a strip too narrow: an error too
         except ImageDecodeError as e:
             yield PhotoCount(source, error=e.reason), None

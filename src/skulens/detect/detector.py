@@ -18,13 +18,21 @@ from .boxes import Detections
 from .model import DetectorCard, DetectorConfig, load_detector_net
 from .tiling import drop_cut_boxes, merge_boxes, suppress_contained, tile_grid, window_in_photo
 
-__all__ = ["MAX_PIXELS", "Detector", "load_detector"]
+__all__ = ["MAX_PIXELS", "Detector", "load_detector", "shelf_photo"]
 
 ImageInput = str | os.PathLike | bytes | Image.Image
 TILE_MODES = ("auto", "on", "off")
 # Shelf photos are decoded up to 80 MP (a 48-64 MP phone photo at full size; under Pillow's own 89 MP bomb
 # warning), not the 40 MP of a product photo: the detector tiles them, and the crops it names keep their detail.
 MAX_PIXELS = 80_000_000
+
+
+def shelf_photo(im: ImageInput) -> Image.Image:
+    """The RGB photo to look into: a PIL image as it is (converted when not RGB; never copied, the detector
+    only reads it), else the file or bytes decoded up to MAX_PIXELS."""
+    if isinstance(im, Image.Image):
+        return im if im.mode == "RGB" else im.convert("RGB")
+    return decode_image(im, max_pixels=MAX_PIXELS)
 
 
 class Detector:
@@ -63,7 +71,7 @@ class Detector:
             raise ValueError(f"tiles must be one of {', '.join(TILE_MODES)}, got {tiles!r}")
         out = []
         for i, im in enumerate(images):
-            pil = im.convert("RGB") if isinstance(im, Image.Image) else decode_image(im, max_pixels=MAX_PIXELS)
+            pil = shelf_photo(im)
             check_detectable(pil.size, self.config, source_name(im, i))
             out.append(self._detect_one(pil, tiles, batch_size))
         return out

@@ -26,9 +26,8 @@ from .model import (
     load_detector_net,
 )
 
-__all__ = ["ONNX_NAME", "export_detector", "load_onnx_detector"]
+__all__ = ["export_detector", "load_onnx_detector"]
 
-ONNX_NAME = DETECTOR_ONNX
 OUTPUTS = ["cls_logits", "bbox_regression", "bbox_ctrness", "p3", "p4", "p5", "p6", "p7"]
 
 
@@ -50,7 +49,7 @@ def export_detector(directory: str | os.PathLike, out: str | os.PathLike | None 
     it in ONNX Runtime and comparing boxes with PyTorch on a test canvas. A failed export or check leaves
     no file (and an older export at `out` as it was)."""
     net, card = load_detector_net(directory)
-    path = Path(out) if out else Path(directory) / ONNX_NAME
+    path = Path(out) if out else Path(directory) / DETECTOR_ONNX
     path.parent.mkdir(parents=True, exist_ok=True)
     x = torch.rand(1, 3, card.config.min_size, card.config.min_size)
     dyn = {"images": {0: "batch", 2: "height", 3: "width"}}
@@ -116,7 +115,7 @@ def load_onnx_detector(path: str | os.PathLike, *, threads: int | None = None) -
     """A Detector whose network runs under ONNX Runtime: a detector folder (with detector.onnx) or the
     .onnx file beside its detector.json."""
     p = Path(path)
-    onnx_path = p / ONNX_NAME if p.is_dir() else p
+    onnx_path = p / DETECTOR_ONNX if p.is_dir() else p
     folder = onnx_path.parent
     if not onnx_path.is_file():
         raise DetectorError(f"{onnx_path}: no ONNX detector; run `skulens detect export {folder}` first")

@@ -109,19 +109,12 @@ def bundle_folder(path: str | os.PathLike[str]) -> Path:
     if not (p / CARD).is_file():
         recover_bundle(p)
     if not (p / CARD).is_file():
-        raise BundleError(f"{path}: not a skulens bundle (a folder with {CARD})")
+        raise BundleError(f"{p}: not a skulens bundle (no {CARD})")
     return p
 
 
 def read_card(directory: str | os.PathLike[str]) -> ModelCard:
-    path = Path(directory)
-    if path.is_file() and path.name in (CARD, WEIGHTS):
-        path = path.parent
-    card_path = path / CARD
-    if not card_path.is_file():
-        recover_bundle(path)
-    if not card_path.is_file():
-        raise BundleError(f"{path}: not a skulens bundle (no {CARD})")
+    card_path = bundle_folder(directory) / CARD
     try:
         return ModelCard.from_dict(json.loads(card_path.read_text(encoding="utf-8")))
     except (ValueError, TypeError) as e:

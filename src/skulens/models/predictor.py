@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
-from ..data.decode import DEFAULT_MAX_ASPECT, DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, to_rgb
+from ..data.decode import ImageDecodeError, decode_image, pil_to_rgb
 from ..data.transforms import create_transform, to_uint8_tensor
 from .bundle import BundleError, load_bundle
 from .card import ModelCard, without_conflicts
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from ..evaluate.metrics import EvalReport
 
 __all__ = ["PRETRAINED_PREFIX", "ImageInput", "Model", "Prediction", "decide", "load_model", "load_onnx",
-           "load_tflite", "pil_to_rgb", "pretrained_model", "source_name"]
+           "load_tflite", "pretrained_model", "source_name"]
 
 ImageInput = str | os.PathLike | bytes | Image.Image
 
@@ -220,31 +220,6 @@ def _check_images(images: Any) -> None:
     if isinstance(images, (str, os.PathLike, bytes, bytearray, memoryview, Image.Image)):
         raise TypeError(f"images: give a list of images (e.g. [{type(images).__name__}]), "
                         f"not one {type(images).__name__}")
-
-
-def pil_to_rgb(im: Image.Image, source: str = "<image>", *, max_pixels: int = DEFAULT_MAX_PIXELS,
-               max_aspect: float = DEFAULT_MAX_ASPECT) -> Image.Image:
-    """A caller's PIL image under decode_image's policy: pixel and aspect limits, fully loaded (a truncated lazy
-    file is an ImageDecodeError, not an OSError), EXIF orientation applied, alpha on white, high bit depths
-    rescaled. The caller's image is not changed."""
-    width, height = im.size
-    if width * height > max_pixels:
-        raise ImageDecodeError(source, f"too many pixels ({width} x {height} > {max_pixels})")
-    if width < 1 or height < 1:
-        raise ImageDecodeError(source, f"empty image (size {width} x {height})")
-    if max(width, height) > max_aspect * min(width, height):
-        raise ImageDecodeError(source, f"extreme aspect ratio ({width} x {height}, more than {max_aspect:g}:1)")
-    try:
-        im.load()
-    except Image.DecompressionBombError as exc:
-        raise ImageDecodeError(source, f"too many pixels ({exc})") from exc
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageDecodeError(source, f"corrupt or truncated image ({exc})") from exc
-    try:
-        upright = ImageOps.exif_transpose(im)  # a copy: the caller's image keeps its pixels and EXIF
-    except Exception:  # noqa: BLE001 - a mangled EXIF block: keep the image as stored, as decode_image does
-        upright = im
-    return to_rgb(upright if upright is not None else im, source=source)
 
 
 def _per_image(value: Any, n: int, name: str) -> list[Any]:

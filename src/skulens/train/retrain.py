@@ -16,6 +16,7 @@ from typing import Any
 
 from ..config import REMOVED_KEYS, ConfigError, resolve_config
 from ..data.catalogue import Catalogue, Product, Sample, load_catalogue, merge_samples
+from ..evaluate.heldout import card_catalogue
 from ..models.bundle import read_card
 
 __all__ = ["merge_samples", "retrain", "retrain_catalogue"]
@@ -45,7 +46,7 @@ def retrain_catalogue(bundle: str | os.PathLike, data: str | os.PathLike | None 
     source = data or recorded
     if not source or not Path(source).exists():
         raise ConfigError(f"the data {bundle} was trained on ({source!r}) is not here: pass --data PATH")
-    cat = load_catalogue(source, val_fraction=float(tc.get("val_fraction", 0.1)), seed=int(tc.get("seed", 0)))
+    cat = card_catalogue(source, card)
     samples, products = _enrolled_samples(bundle)
     for path in extra:
         more = load_catalogue(path, val_fraction=0.0)
