@@ -181,6 +181,22 @@ def test_corrupt_batch_degrades_its_share_only_each_kind_within_range(tiny_eval)
         CorruptBatch(0.0, card.mean, card.std)
 
 
+def test_corrupt_batch_occluder_is_one_rectangle_of_4_to_36_percent_and_tilt_keeps_the_centre() -> None:
+    from skulens.train.corrupt import CorruptBatch
+
+    c = CorruptBatch(1.0, (0.5,) * 3, (0.5,) * 3, seed=1)
+    photo = torch.rand(3, 64, 64)
+    for _ in range(20):
+        changed = (c.degrade(photo, "occlusion") != photo).any(0)
+        rows, cols = changed.any(1).nonzero(), changed.any(0).nonzero()
+        box = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+        assert int(changed.sum()) <= int(box) and 0.03 * 64 * 64 <= int(box) <= 0.37 * 64 * 64
+    flat = torch.zeros(3, 64, 64)
+    flat[:, 24:40, 24:40] = 1.0
+    tilted = c.degrade(flat, "rotation")
+    assert float(tilted[:, 30:34, 30:34].min()) > 0.9, "a tilt turns the photo about its centre"
+
+
 def test_with_a_teacher_the_student_sees_the_degraded_batch_and_the_teacher_the_clean_one(
         tiny_bundle, tiny_catalogue: Path, tmp_path: Path, monkeypatch) -> None:
     from skulens.train.corrupt import CorruptBatch

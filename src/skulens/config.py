@@ -103,8 +103,8 @@ class TrainConfig:
     adversarial_eps: float = 2.0  # adversarial: L-inf budget in pixel levels (eps / 255)
     adversarial_steps: int = 3  # adversarial pgd: steps (step size 2.5 * eps / steps)
     adversarial_fraction: float = 0.5  # adversarial: share of each batch replaced by its adversarial version
-    # Corruption in the step (skulens.train.corrupt): the student sees a degraded photo (JPEG, blur, noise or
-    # lighting), a teacher (--teacher) the clean one, so it learns to answer on the first what the teacher does on the second.
+    # Corruption in the step (skulens.train.corrupt): the student sees a degraded photo (JPEG, blur, noise,
+    # lighting, a tilt or an occluder), a teacher (--teacher) the clean one, so it learns to answer on the first what the teacher does on the second.
     corrupt_fraction: float = 0.0  # share of each batch degraded in the training step (0: none); with --teacher, the teacher sees the clean photo
 
 

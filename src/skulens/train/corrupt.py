@@ -6,10 +6,14 @@ as the student. Here the loader's batch (any preset) stays clean for the teacher
 last `fraction` of the batch (the last rows: `--adversarial` replaces the first ones, so the two touch
 different photos while their shares fit in one batch) gets one degradation for the student: JPEG at
 quality 7-60, Gaussian blur (sigma 0.5 to 6 px at 224 px, scaled with the batch's size), sensor noise
-(sigma 0.03-0.4) or a lighting change (brightness and contrast each 0.5-1.5). Blur and noise strengths are
+(sigma 0.03-0.4), a lighting change (brightness and contrast each 0.5-1.5, then on half the photos a glare
+that lifts every pixel towards white by up to half), a tilt (up to 60 degrees either way, the corners
+filled with the photo's mean colour) or an occluder (a rectangle of 4-36 % of the photo, aspect 1:2 to 2:1,
+of one random colour or of noise, as a hand or a price tag covers a product). Blur and noise strengths are
 drawn log-uniformly, so mild degradations stay common while the range reaches what a dark or shaken phone
 photo shows (the ImageNet-C levels the robustness benchmark uses at severity 5: blur 6 px, noise 0.38,
-JPEG 7). The student so learns
+JPEG 7). The benchmark's own brightness, rotation and occlusion differ in form (an HSV value lift, a grey
+fill, a grey square): its scores on them are not scores on the training distortion. The student so learns
 to answer on a degraded photo what the teacher answers on the clean one (consistency with a clean
 teacher, as in AugMix's and robust distillation's practice), instead of only the label.
 
@@ -30,7 +34,7 @@ from ..evaluate.attacks import normalisation
 
 __all__ = ["KINDS", "CorruptBatch"]
 
-KINDS = ("jpeg", "blur", "noise", "lighting")
+KINDS = ("jpeg", "blur", "noise", "lighting", "rotation", "occlusion")
 
 
 class CorruptBatch:
@@ -66,8 +70,33 @@ class CorruptBatch:
             return (pixels + sigma * noise).clamp(0, 1)
         if kind == "lighting":
             out = TF.adjust_brightness(pixels, self._uniform(0.5, 1.5))
-            return TF.adjust_contrast(out, self._uniform(0.5, 1.5)).clamp(0, 1)
+            out = TF.adjust_contrast(out, self._uniform(0.5, 1.5)).clamp(0, 1)
+            if self._uniform(0, 1) < 0.5:  # glare: every pixel lifted towards white
+                lift = self._uniform(0, 0.5)
+                out = out * (1 - lift) + lift
+            return out
+        if kind == "rotation":
+            angle = self._uniform(-60, 60)
+            fill = [float(v) for v in pixels.mean((-2, -1))]
+            return TF.rotate(pixels, angle, fill=fill)
+        if kind == "occlusion":
+            return self._occlude(pixels)
         raise ValueError(f"unknown corruption {kind!r}: {', '.join(KINDS)}")
+
+    def _occlude(self, pixels: torch.Tensor) -> torch.Tensor:
+        h, w = pixels.shape[-2:]
+        area, aspect = self._uniform(0.04, 0.36) * h * w, self._log_uniform(0.5, 2.0)
+        oh = max(1, min(h, round(math.sqrt(area * aspect))))
+        ow = max(1, min(w, round(math.sqrt(area / aspect))))
+        top = int(torch.randint(0, h - oh + 1, (), generator=self.generator))
+        left = int(torch.randint(0, w - ow + 1, (), generator=self.generator))
+        if self._uniform(0, 1) < 0.5:
+            patch = torch.rand((3, 1, 1), generator=self.generator).expand(3, oh, ow)
+        else:
+            patch = torch.rand((3, oh, ow), generator=self.generator)
+        out = pixels.clone()
+        out[:, top:top + oh, left:left + ow] = patch.to(pixels.device, pixels.dtype)
+        return out
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """`x` (normalised, as the loader gives it; shuffled) with its last rows degraded; `x` is not changed."""
