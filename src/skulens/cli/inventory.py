@@ -90,7 +90,8 @@ def add_commands(sub: Any) -> None:
     add_key_file(e)
     e.set_defaults(func=cmd_inventory_erase_user)
 
-    pu = isub.add_parser("purge", help="delete kept uploads (not yet labelled) older than a retention period")
+    pu = isub.add_parser("purge", help="delete kept uploads (not yet labelled) older than a retention period, "
+                                         "and files no row names")
     pu.add_argument("--db", required=True, help=_DB_HELP)
     pu.add_argument("--older-than-days", type=float, required=True, help="retention period in days")
     pu.set_defaults(func=cmd_inventory_purge)
@@ -223,5 +224,6 @@ def cmd_inventory_purge(ns: argparse.Namespace) -> int:
             n = store.purge_uploads(ns.older_than_days, actor=_actor())
         except InventoryError as exc:
             raise UsageError(str(exc)) from None
-    say(f"{ns.db}: deleted {n} kept upload(s) older than {ns.older_than_days:g} days")
+    say(f"{ns.db}: deleted {n} file(s): kept uploads older than {ns.older_than_days:g} days, and any that no "
+        "row names (left by a crash)")
     return 0

@@ -175,6 +175,12 @@ _MAX_LABEL = 200
 _ITEM_ID = re.compile(r"([0-9a-f]{64})(?::([0-9]{1,6}))?")
 
 MAX_COUNT = 2**31 - 1  # a stock count: PostgreSQL's INTEGER column
+# The store's own files in its folders: kept photos and box crops, and their temporaries (`_write_photo`,
+# `_move_to_labelled`). Only these are ever swept.
+_STORE_FILE = re.compile(r"[0-9a-f]{64}(?:-[0-9]+)?\.jpg|\.[0-9a-f]{64}(?:-[0-9]+)?\.jpg(?:\.[0-9]+)?\.tmp")
+# 1 h: an intake writes its files before its transaction commits (seconds, a lock wait at most); a file that no
+# row names an hour later was left by a crash or a failed write.
+_SWEEP_MIN_AGE_S = 3600.0
 
 
 class InventoryError(ValueError):
@@ -613,11 +619,17 @@ class InventoryStore:
     def intake(self, photos: Sequence[IntakePhoto | ShelfPhoto], *, threshold: float, actor: str,
                keep_photos: bool = False) -> list[IntakeResult]:
         """Count or queue a batch of recognised photos in one transaction; duplicates change nothing."""
-        return self.intake_batches([photos], threshold=threshold, actor=actor, keep_photos=keep_photos)[0]
+        return self._intake_merged([photos], [actor], threshold, keep_photos)[0]
 
     def intake_batches(self, batches: Sequence[Sequence[IntakePhoto | ShelfPhoto]], *, threshold: float,
-                       actor: str | Sequence[str], keep_photos: bool = False) -> list[list[IntakeResult]]:
-        """`intake` for several requests' photos at once, still one transaction (the service's writer).
+                       actor: str | Sequence[str], keep_photos: bool = False) -> list[list[IntakeResult] | Exception]:
+        """`intake` for several requests' photos at once, still one transaction (the service's writer): each
+        request's results, or the exception that request failed with.
+
+        One request's failure (its photo file cannot be written, a bad row) is its own: when the merged
+        transaction fails, everything in it was rolled back, and each request is written again in a transaction
+        of its own, so only the requests that fail alone get an error. Nothing counts twice: a photo whose row
+        is already there (a transaction that committed after all, a client's retry) is a duplicate.
 
         Concurrency, the same on both databases: a photo counts in the transaction that inserted its row (the
         sha256 is the primary key: `INSERT ... ON CONFLICT DO NOTHING`), and counts change by
@@ -630,6 +642,24 @@ class InventoryStore:
         sha256, then the counts it will change, by label; only then does it write counts and audit lines in
         request order. (A deadlock, should one happen anyway, is retried: see `_write`.)"""
         actors = [actor] * len(batches) if isinstance(actor, str) else list(actor)
+        try:
+            return list(self._intake_merged(batches, actors, threshold, keep_photos))
+        except Exception as exc:  # noqa: BLE001 - whose failure it is, the requests written alone tell
+            if len(batches) == 1:
+                return [exc]
+            logger.warning("inventory %s: an intake of %d requests failed (%s); writing each on its own", self.url,
+                           len(batches), str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        out: list[list[IntakeResult] | Exception] = []
+        for photos, who in zip(batches, actors, strict=True):
+            try:
+                out.append(self._intake_merged([photos], [who], threshold, keep_photos)[0])
+            except Exception as exc:  # noqa: BLE001 - handed back in its request's place
+                out.append(exc)
+        return out
+
+    def _intake_merged(self, batches: Sequence[Sequence[IntakePhoto | ShelfPhoto]], actors: Sequence[str],
+                       threshold: float, keep_photos: bool) -> list[list[IntakeResult]]:
+        """Every request's photos in one transaction: each request's results."""
         items = [(p, who) for photos, who in zip(batches, actors, strict=True) for p in photos]
         now = _now()
         flat = self._write(lambda db, written: self._intake(db, items, threshold, keep_photos, now, written))
@@ -755,8 +785,12 @@ class InventoryStore:
         self.photo_dir.mkdir(parents=True, exist_ok=True)
         name = f"{stem}.jpg"
         tmp = self.photo_dir / f".{name}.{os.getpid()}.tmp"
-        tmp.write_bytes(data)
-        os.replace(tmp, self.photo_dir / name)
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, self.photo_dir / name)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a half-written photo is still someone's photo
+            raise
         written.append(self.photo_dir / name)
         return name
 
@@ -1108,7 +1142,40 @@ class InventoryStore:
 
         files = self._write(purge)
         self._delete_files(files)
-        return len(files)
+        return len(files) + self.sweep_uploads(actor=actor)
+
+    def sweep_uploads(self, *, actor: str = "retention", min_age_s: float = _SWEEP_MIN_AGE_S) -> int:
+        """Delete the store's files (photos, box crops, half-written temporaries) in the photo and labelled
+        folders that no row names: what a crash between a commit and its file deletions leaves behind
+        (`erase_user`, `purge_uploads`, a rejection), or a write cut short. A file younger than `min_age_s` stays:
+        it may be an intake's whose transaction has not committed yet. Returns how many went; one audit line
+        when any did. `purge_uploads` calls it, and the service at start."""
+        named = {r["stored"] for r in self._read(  # a rejected item's file is deleted after its commit
+            "SELECT stored FROM photos WHERE stored IS NOT NULL AND status <> 'rejected' UNION "
+            "SELECT stored FROM boxes WHERE stored IS NOT NULL AND status <> 'rejected'")}
+        cutoff = time.time() - min_age_s
+        swept = labelled = 0
+        with self._files():
+            for folder in (self.photo_dir, *(d for d in self.labelled_dir.glob("*") if d.is_dir())):
+                for path in folder.glob("*"):
+                    if _STORE_FILE.fullmatch(path.name) is None or path.name in named:
+                        continue
+                    try:
+                        if not path.is_file() or path.stat().st_mtime >= cutoff:
+                            continue
+                        path.unlink()
+                    except FileNotFoundError:  # deleted meanwhile (a rejection's own unlink)
+                        continue
+                    swept += 1
+                    labelled += folder != self.photo_dir
+            if labelled and self._write_manifest() is None:
+                (self.labelled_dir / "manifest.csv").unlink(missing_ok=True)
+        if swept:
+            logger.warning("inventory %s: deleted %d file(s) that no photo names (left by a crash or a failed "
+                           "write)", self.url, swept)
+            self._write(lambda db, _w: self._audit(db, _now(), actor, "sweep_files", None, 0, None, None,
+                                                   {"files": swept, "labelled": labelled}))
+        return swept
 
     def _delete_files(self, files: Sequence[tuple[str | None, str]]) -> None:
         """Unlink (label, name) files from the photo folder and, for labelled ones, the labelled folder; then

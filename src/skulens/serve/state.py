@@ -175,10 +175,11 @@ class ServiceState:
         self.index_lock = threading.Lock()
         self._model_lock = threading.Lock()
         self.store: InventoryStore | None = None
-        self.writer: MicroBatcher[_Intake, list[IntakeResult]] | None = None
+        self.writer: MicroBatcher[_Intake, list[IntakeResult] | Exception] | None = None
         if settings.db:
             self.store = InventoryStore(settings.db, labelled_dir=settings.labelled_path)
-            # Intake from concurrent requests commits together: one transaction per batch, not per photo.
+            # Intake from concurrent requests commits together: one transaction per batch, not per photo (a
+            # request that fails it is written again alone, as is every other: see `intake_batches`).
             self.writer = MicroBatcher(self._write_intake, max_batch=64, max_wait_s=0.005,
                                        queue_size=settings.queue_size)
             if responder is not None:
@@ -219,6 +220,8 @@ class ServiceState:
         if settings.tag_vocabulary:
             state.tag_vocabulary = _load_tag_vocabulary(settings.tag_vocabulary, state.recognizer.tagger)
         state.people.purge_if_due()  # retention first: nothing past its time is served after a restart
+        if state.store is not None:  # and no photo a crash left behind (an erased user's) outlives the restart
+            state.store.sweep_uploads(actor="startup")
         state.people.refit()
         state.loading_s = time.time() - t0
         return state
@@ -245,14 +248,18 @@ class ServiceState:
             if self.search is not None:
                 self.search.model = model
 
-    def _write_intake(self, items: list[_Intake]) -> list[list[IntakeResult]]:
+    def _write_intake(self, items: list[_Intake]) -> list[list[IntakeResult] | Exception]:
         assert self.store is not None
         return self.store.intake_batches([i.photos for i in items], threshold=self.settings.review_threshold,
                                          actor=[i.actor for i in items], keep_photos=self.settings.keep_uploads)
 
     async def record_intake(self, photos: list[IntakePhoto | ShelfPhoto], actor: str) -> list[IntakeResult]:
+        """Store one request's photos (merged with concurrent requests); the request's own error, raised."""
         assert self.writer is not None
-        return await self.writer.submit(_Intake(photos, actor), timeout=self.settings.request_timeout_s)
+        result = await self.writer.submit(_Intake(photos, actor), timeout=self.settings.request_timeout_s)
+        if isinstance(result, Exception):
+            raise result
+        return result
 
     async def start(self) -> None:
         await self.recognizer.batcher.start()
