@@ -203,10 +203,13 @@ def test_a_photo_too_narrow_to_look_into_is_an_error_not_a_crash(untrained) -> N
 
     det = load_detector(untrained, device="cpu")
     strip = Image.new("RGB", (2000, 2), (200, 10, 10))  # 0.3 px high at the detector's scale
-    with pytest.raises(ImageDecodeError, match="too narrow"):
+    # 1000:1 is refused at decode (extreme aspect ratio) before the detector's own "too narrow": either way
+    # an error naming the photo, never a crash inside torchvision.
+    with pytest.raises(ImageDecodeError, match="too narrow|extreme aspect ratio"):
         det.detect([strip])
     results = [r for r, _ in count_products(det, [strip, photo()], min_score=0.0)]
-    assert "too narrow" in results[0].error and results[1].total > 0  # the next photo is still counted
+    assert any(k in results[0].error for k in ("too narrow", "extreme aspect ratio"))
+    assert results[1].total > 0  # the next photo is still counted
 
 
 def test_count_with_classifier_names_boxes_or_says_unknown(untrained, tiny_bundle) -> None:

@@ -46,6 +46,7 @@ __all__ = [
     "output_format",
     "positive_int",
     "pseudonymizer",
+    "refuse_json_out",
     "report_result",
     "say",
     "train_overrides",
@@ -169,6 +170,12 @@ def add_out(p: argparse.ArgumentParser, help_text: str, *, required: bool = Fals
     p.add_argument("-o", "--out", required=required, default=default, help=help_text)
     if legacy_output:
         deprecated_alias(p, "--output", "--out", "out")
+
+
+def refuse_json_out(out: str | None) -> None:
+    """Results files hold JSON lines (one photo a line), which a JSON reader refuses in a file named .json."""
+    if out and Path(out).suffix.lower() == ".json":
+        raise UsageError(f"--out {out}: use a .jsonl (JSON lines) or .csv file name")
 
 
 def add_top_k(p: argparse.ArgumentParser, default: int, help_text: str = "results per query", *,

@@ -26,6 +26,7 @@ from ._common import (
     model_path,
     output_format,
     positive_int,
+    refuse_json_out,
     say,
 )
 
@@ -53,6 +54,8 @@ def cmd_predict(ns: argparse.Namespace) -> int:
                          "Parquet, and classifies photos without their texts)")
     if not on_ray and ns.out and Path(ns.out).suffix.lower() == ".parquet":
         raise UsageError(f"--out {ns.out}: Parquet is written by --engine ray; here use .jsonl or .csv")
+    if not on_ray:
+        refuse_json_out(ns.out)
     parquet = engine_out(ns) if on_ray else None
     files = expand_inputs(inputs)
     if not files:

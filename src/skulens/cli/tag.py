@@ -22,6 +22,7 @@ from ._common import (
     model_path,
     output_format,
     positive_int,
+    refuse_json_out,
     say,
 )
 
@@ -45,6 +46,7 @@ def _vocabulary(path: str | None) -> tuple[str, ...] | None:
 
 
 def cmd_tag(ns: argparse.Namespace) -> int:
+    refuse_json_out(ns.out)
     bundle = model_path(ns)
     if ns.data is not None and not Path(ns.data).exists():
         raise UsageError(f"--data {ns.data}: no such file or folder")

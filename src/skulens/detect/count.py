@@ -148,7 +148,7 @@ def count_products(detector: Detector, images: Iterable[ImageInput], *, model: M
     for i, im in enumerate(images):
         source = sources[i] if sources is not None else source_name(im, i)
         try:
-            pil = shelf_photo(im)
+            pil = shelf_photo(im, source)
             dets = detector.detect([pil], tiles=tiles)[0].above(min_score)  # a strip too narrow: an error too
         except ImageDecodeError as e:
             yield PhotoCount(source, error=e.reason), None

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data.decode import ImageDecodeError, decode_image
+from ..data.decode import ImageDecodeError, decode_image, pil_to_rgb
 from ..models.inference import resolve_device
 from ..models.predictor import source_name
 from .boxes import Detections
@@ -27,11 +27,11 @@ TILE_MODES = ("auto", "on", "off")
 MAX_PIXELS = 80_000_000
 
 
-def shelf_photo(im: ImageInput) -> Image.Image:
-    """The RGB photo to look into: a PIL image as it is (converted when not RGB; never copied, the detector
-    only reads it), else the file or bytes decoded up to MAX_PIXELS."""
+def shelf_photo(im: ImageInput, source: str = "<image>") -> Image.Image:
+    """The RGB photo to look into, under the decoder's rules up to MAX_PIXELS: a file or bytes decoded, a
+    caller's PIL image checked as a file would be (size and aspect limits, EXIF orientation, alpha on white)."""
     if isinstance(im, Image.Image):
-        return im if im.mode == "RGB" else im.convert("RGB")
+        return pil_to_rgb(im, source, max_pixels=MAX_PIXELS)
     return decode_image(im, max_pixels=MAX_PIXELS)
 
 
@@ -71,8 +71,9 @@ class Detector:
             raise ValueError(f"tiles must be one of {', '.join(TILE_MODES)}, got {tiles!r}")
         out = []
         for i, im in enumerate(images):
-            pil = shelf_photo(im)
-            check_detectable(pil.size, self.config, source_name(im, i))
+            source = source_name(im, i)
+            pil = shelf_photo(im, source)
+            check_detectable(pil.size, self.config, source)
             out.append(self._detect_one(pil, tiles, batch_size))
         return out
 

@@ -222,28 +222,38 @@ class SearchEngine:
 
     def _product_texts(self, encoder: TextEncoder | None) -> _ProductTexts:
         """Each product's texts, its dense vectors (with this encoder) and its BM25 document; cached until the
-        index is written to or the encoder changes."""
+        texts change or the encoder does. A write to the index (its revision) only makes the texts be read
+        again: a metadata update (price, stock) that leaves them as they were keeps the vectors."""
         key = (self.index.revision, len(self.index))  # len too: another process may have written to it
-        cached = self._text_cache[1] if self._text_cache is not None and self._text_cache[0] == key else None
-        if cached is None:
-            from .lexical import BM25
+        if self._text_cache is None or self._text_cache[0] != key:
+            ids, pieces, docs = self._record_texts()
+            old = self._text_cache[1] if self._text_cache is not None else None
+            if old is not None and (old.ids, old.pieces, old.docs) == (ids, pieces, docs):
+                self._text_cache = (key, old)
+            else:
+                from .lexical import BM25
 
-            records: dict[str, Any] = {}
-            for r in self.index.records():
-                if r.product_id not in records or (not (records[r.product_id].title or records[r.product_id].text)
-                                                   and (r.title or r.text)):
-                    records[r.product_id] = r
-            ids = sorted(records)
-            docs = [" ".join(x for x in (records[p].title, records[p].label.replace("-", " ").replace("_", " "),
-                                         (records[p].coarse_label or "").replace("-", " "), records[p].text) if x)
-                    for p in ids]
-            pieces = [product_pieces(records[p].title or records[p].label.replace("-", " "), records[p].text)
-                      for p in ids]
-            cached = _ProductTexts(ids, pieces, BM25(docs))
-            self._text_cache = (key, cached)
+                self._text_cache = (key, _ProductTexts(ids, pieces, docs, BM25(docs)))
+        cached = self._text_cache[1]
         if encoder is not None:
             cached.vectors(encoder)
         return cached
+
+    def _record_texts(self) -> tuple[list[str], list[list[str]], list[str]]:
+        """The products' ids (sorted), dense pieces and BM25 documents, from each product's first record with
+        a title or text."""
+        records: dict[str, Any] = {}
+        for r in self.index.records():
+            if r.product_id not in records or (not (records[r.product_id].title or records[r.product_id].text)
+                                               and (r.title or r.text)):
+                records[r.product_id] = r
+        ids = sorted(records)
+        docs = [" ".join(x for x in (records[p].title, records[p].label.replace("-", " ").replace("_", " "),
+                                     (records[p].coarse_label or "").replace("-", " "), records[p].text) if x)
+                for p in ids]
+        pieces = [product_pieces(records[p].title or records[p].label.replace("-", " "), records[p].text)
+                  for p in ids]
+        return ids, pieces, docs
 
     def _by_product_text(self, texts: list[str], *, k: int, filter: Mapping[str, Any] | None, lexical: bool,
                          dense: bool) -> tuple[list[list[SearchHit]] | None, list[list[SearchHit]] | None]:
@@ -285,10 +295,11 @@ class SearchEngine:
 
 
 class _ProductTexts:
-    """The products' ids, texts and BM25 index of one index revision; dense vectors per encoder."""
+    """The products' ids, texts and BM25 index (of the index revisions with these texts); dense vectors per
+    encoder."""
 
-    def __init__(self, ids: list[str], pieces: list[list[str]], bm25: Any):
-        self.ids, self.pieces, self.bm25 = ids, pieces, bm25
+    def __init__(self, ids: list[str], pieces: list[list[str]], docs: list[str], bm25: Any):
+        self.ids, self.pieces, self.docs, self.bm25 = ids, pieces, docs, bm25
         self.owner = np.repeat(np.arange(len(ids)), [len(p) for p in pieces])
         self._vectors: tuple[TextEncoder, np.ndarray] | None = None  # the encoder itself: a re-tune is a new one
 

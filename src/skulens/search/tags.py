@@ -39,7 +39,7 @@ import numpy as np
 from PIL import Image
 
 from ..data.catalogue import Product
-from ..data.decode import ImageDecodeError, decode_image
+from ..data.decode import ImageDecodeError, decode_image, pil_to_rgb, to_rgb
 from ..models.card import ModelCard, exclusive_attribute_pairs, without_conflicts
 
 if TYPE_CHECKING:  # torch comes with the model: checking a vocabulary file (the CLI does, first) needs none
@@ -205,7 +205,7 @@ def dominant_colours(image: Image.Image, *, k: int = 4, min_share: float = 0.15,
     """
     from sklearn.cluster import KMeans
 
-    img = image.convert("RGB")
+    img = to_rgb(image)  # transparency on white, as the decoder does (a plain convert makes it black)
     w, h = img.size
     m = (1 - centre) / 2
     img = img.crop((round(w * m), round(h * m), max(round(w * (1 - m)), round(w * m) + 1),
@@ -406,7 +406,7 @@ class Tagger:
         out: list[ListingTags | None] = [None] * n
         for i, im in enumerate(images):
             try:
-                pils.append(im.convert("RGB") if isinstance(im, Image.Image)
+                pils.append(pil_to_rgb(im, names[i]) if isinstance(im, Image.Image)
                             else decode_image(im, reduce_to=self.card.resize_to))
                 ok.append(i)
             except ImageDecodeError as e:

@@ -258,15 +258,6 @@ def read_query_log(path: str | os.PathLike[str], products: Mapping[str, Any]) ->
 
 # ---------------------------------------------------------------------------------------------- training
 
-def _bundle_folder(bundle: str | os.PathLike[str]) -> Path:
-    p = Path(bundle)
-    if p.is_file():
-        p = p.parent
-    if not (p / "card.json").is_file():
-        raise CatalogueError(f"{bundle}: not a bundle folder (no card.json); the text encoder is stored in one")
-    return p
-
-
 def _freeze_lower(model: Any, layers: int) -> int:
     """Freeze the token embeddings and the first `layers` transformer layers (BERT-family parameter
     names); returns how many parameters still train."""
@@ -412,7 +403,9 @@ def tune_text_encoder(bundle: str | os.PathLike[str], cat: Catalogue, *,
                       progress: bool = False, base: str = DEFAULT_TEXT_MODEL) -> TuneResult:
     """Fine-tune `base` (the bundled MiniLM) on the catalogue's pairs (+ the query log) and store it as
     BUNDLE/text_encoder (replacing an earlier one, atomically). Nothing else in the bundle is written."""
-    folder = _bundle_folder(bundle)
+    from ..models.bundle import bundle_folder  # lazy: it imports torch
+
+    folder = bundle_folder(bundle)
     if config.epochs < 1 or config.batch_size < 2:
         raise ValueError("text-tune needs epochs >= 1 and batch_size >= 2")
     pairs = catalogue_pairs(cat, max_anchors=config.max_anchors, mask=config.mask)

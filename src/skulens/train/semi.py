@@ -15,7 +15,8 @@ Self-training puts them to work through the teacher/student path skulens already
    head also learning the teacher's soft targets on every batch (distillation, `distill_alpha`,
    `distill_temperature`), and the photos augmented as usual (the "noise" of Noisy Student).
 
-The pseudo-labels are written to `OUT/pseudo_labels.csv` (path, label, confidence) and the card records
+The pseudo-labels are written to `OUT/pseudo_labels.csv` (path, label, confidence; under torchrun rank 0
+labels and writes, and every rank trains on its labels) and the card records
 the threshold, its measured precision and how many photos were kept. With `--pseudo-rounds N` the student of
 round K (OUT/round-K, its pseudo-labels beside it) is the teacher of round K+1, and the last one goes to OUT
 (Noisy Student's iteration); the card lists every round.
@@ -39,6 +40,7 @@ from ..data.catalogue import EXTRA_TRAIN, Catalogue, Sample, merge_samples
 if TYPE_CHECKING:
     from ..config import TrainConfig
     from ..models.predictor import Model
+    from .distributed import Dist
     from .engine import TrainResult
 
 __all__ = ["PseudoLabels", "choose_pseudo_threshold", "pseudo_label", "self_train"]
@@ -126,13 +128,26 @@ def _selection_probs(model: Model, cfg: TrainConfig, cat: Catalogue) -> tuple[np
 def self_train(cfg: TrainConfig, catalogue: Catalogue, *, progress: bool = True, fit_run: Any = None) -> TrainResult:
     """Teacher (given as `cfg.teacher`, or trained into OUT/teacher), pseudo-labels, student into OUT; with
     `cfg.pseudo_rounds` > 1, each round's student (OUT/round-K) labels the photos again for the next round."""
-    from ..models.bundle import read_card
+    from ..models.inference import resolve_device
+    from . import distributed
 
     assert cfg.unlabeled is not None and fit_run is not None
     photos = _unlabelled_photos(cfg.unlabeled)
-    out = Path(cfg.out)
+    # Under torchrun one process group for every stage (each fit joins it): rank 0 labels the photos and writes
+    # them, and every rank trains its student on rank 0's pseudo-labels.
+    d = distributed.setup(resolve_device(cfg.device))
+    try:
+        return _self_train(cfg, catalogue, photos, d, progress=progress, fit_run=fit_run)
+    finally:
+        d.close()
+
+
+def _self_train(cfg: TrainConfig, catalogue: Catalogue, photos: list[Path], d: Dist, *, progress: bool,
+                fit_run: Any) -> TrainResult:
+    from ..models.bundle import read_card
     from .checkpoint import run_finished
 
+    out = Path(cfg.out)
     teacher = cfg.teacher
     if teacher is None and cfg.resume and run_finished(out / "teacher"):  # --resume after a kill in a later stage
         log.info("self-training: resuming; the teacher in %s is finished", out / "teacher")
@@ -152,8 +167,12 @@ def self_train(cfg: TrainConfig, catalogue: Catalogue, *, progress: bool = True,
             rounds.append({**{key: v for key, v in done.items() if key != "rounds"}, "round": k})
             teacher = str(where / "bundle")
             continue
-        pseudo = _pseudo_labels(cfg, catalogue, teacher, photos, progress=progress)
-        _write_pseudo_labels(where, pseudo)
+        pseudo: PseudoLabels | None = None
+        if d.is_main:  # the other ranks wait for rank 0's labels: one set, whatever each GPU would round
+            pseudo = _pseudo_labels(cfg, catalogue, teacher, photos, progress=progress)
+            _write_pseudo_labels(where, pseudo)
+        pseudo = d.broadcast(pseudo)
+        assert pseudo is not None
         rounds.append({**pseudo.summary(), "round": k, "teacher": teacher,
                        "teacher_val": read_card(teacher).metrics.get("top1")})
         student_cfg = dataclasses.replace(cfg, unlabeled=None, teacher=teacher, out=str(where))

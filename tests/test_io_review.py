@@ -1,0 +1,226 @@
+"""Inputs and outputs at the edges: `predict -o` file names, caller's PIL images under the decoder's rules,
+one bundle-folder rule for text-tune, rank 0 alone writing self-training's pseudo-labels, and the text search
+cache surviving metadata-only index writes."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from skulens.cli import main
+from skulens.data.catalogue import EXTRA_TRAIN
+from skulens.data.decode import DEFAULT_MAX_ASPECT
+
+# 26:1, over DEFAULT_MAX_ASPECT: the decoder refuses it before any pixel is decoded.
+STRIP = (int(100 * (DEFAULT_MAX_ASPECT + 1)), 100)
+
+
+# --- 1. predict -o: a .json name for a JSON-lines file is refused, as `skulens count` refuses it -------------
+
+
+def test_predict_refuses_a_json_out_file_and_names_jsonl(tiny_bundle, tiny_catalogue: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    photo = str(min((tiny_catalogue.parent / "val" / "red-apple").glob("*.jpg")))
+    out = tmp_path / "preds.json"
+    assert main(["predict", "-m", str(tiny_bundle.bundle), photo, "-o", str(out), "-q"]) == 2
+    assert not out.exists()
+    assert ".jsonl" in capsys.readouterr().err
+    ok = tmp_path / "preds.jsonl"
+    assert main(["predict", "-m", str(tiny_bundle.bundle), photo, "-o", str(ok), "-q"]) == 0
+    assert json.loads(ok.read_text().splitlines()[0])["source"] == photo
+    tags = tmp_path / "tags.json"  # the same rule for `skulens tag`, before its model loads
+    assert main(["tag", "-m", str(tiny_bundle.bundle), photo, "-o", str(tags), "-q"]) == 2
+    assert not tags.exists() and ".jsonl" in capsys.readouterr().err
+
+
+# --- 2. a caller's PIL image goes through the decoder's rules ---------------------------------------------
+
+
+def test_tag_refuses_a_pil_image_the_decoder_refuses(tiny_bundle) -> None:
+    from skulens.api import tag
+
+    strip = Image.new("RGB", STRIP, (200, 30, 30))
+    fine = Image.new("RGB", (80, 80), (200, 30, 30))
+    rows = tag([strip, fine], tiny_bundle.bundle, device="cpu")
+    assert rows[0].error is not None and "extreme aspect ratio" in rows[0].error
+    assert rows[1].error is None and rows[1].label is not None
+
+
+def test_dominant_colours_put_a_transparent_pil_image_on_white() -> None:
+    from skulens.search.tags import dominant_colours
+
+    clear = Image.new("RGBA", (60, 60), (0, 0, 0, 0))  # a plain convert("RGB") makes this black
+    assert dominant_colours(clear)[0][0] == "white"
+
+
+def test_count_refuses_a_pil_image_the_decoder_refuses(detector: Path) -> None:
+    from skulens.detect.count import count_products
+    from skulens.detect.detector import load_detector
+
+    det = load_detector(detector, device="cpu")
+    strip = Image.new("RGB", STRIP, (200, 30, 30))
+    (result, image), = count_products(det, [strip], min_score=0.0)
+    assert image is None and result.error is not None and "extreme aspect ratio" in result.error
+    from skulens.data.decode import ImageDecodeError
+
+    with pytest.raises(ImageDecodeError, match="extreme aspect ratio"):  # the detector's own entry too
+        det.detect([strip])
+
+
+# --- 3. text-tune finds the bundle by the one rule (models.bundle.bundle_folder) --------------------------
+
+
+def _shop(root: Path):
+    from skulens.data.catalogue import Catalogue, Product
+
+    products = {label: Product(label=label, title=label.replace("-", " ").title(), description=desc)
+                for label, desc in {"oat-milk": "A plant-based drink made from oats.",
+                                    "rye-bread": "Dark sourdough bread baked with rye flour."}.items()}
+    return Catalogue(root=root, layout="manifest", splits={"train": []}, classes=sorted(products),
+                     coarse_classes=[], hierarchy={}, attributes=[], products=products)
+
+
+@pytest.fixture()
+def tuned_folders(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The folders tune_text_encoder would write into (the tuning itself is skipped)."""
+    pytest.importorskip("sentence_transformers")
+    pytest.importorskip("datasets")
+    from skulens.search import text_tune
+
+    seen: list[Path] = []
+    monkeypatch.setattr(text_tune, "_tune", lambda folder, *a, **k: seen.append(folder))
+    return seen
+
+
+def test_text_tune_takes_the_bundle_folder_its_card_or_an_interrupted_swap(tuned_folders: list[Path],
+                                                                           tmp_path: Path) -> None:
+    from skulens.models.bundle import BundleError
+    from skulens.search.text_tune import tune_text_encoder
+
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "card.json").write_text("{}")
+    (bundle / "model.safetensors").write_bytes(b"")
+    cat = _shop(tmp_path)
+    tune_text_encoder(bundle, cat)
+    tune_text_encoder(bundle / "card.json", cat)
+    # A kill inside save_bundle's swap left only .bundle.old: the bundle rule puts it back.
+    bundle.rename(tmp_path / ".bundle.old")
+    tune_text_encoder(bundle, cat)
+    assert tuned_folders == [bundle] * 3 and (bundle / "card.json").is_file()
+    with pytest.raises(BundleError, match="not a skulens bundle"):
+        tune_text_encoder(tmp_path / "elsewhere", cat)
+
+
+# --- 4. self-training under torchrun: rank 0 alone writes, every rank trains on rank 0's labels ------------
+
+
+@pytest.fixture()
+def ranked_self_train(tiny_bundle, tiny_catalogue: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """self_train as rank `rank` of 2 processes: the process group faked (broadcast hands out rank 0's labels),
+    the teacher's labelling and the student's training stubbed."""
+    from skulens.config import TrainConfig
+    from skulens.data.catalogue import Sample, load_catalogue
+    from skulens.train import distributed, semi
+
+    photos = tmp_path / "unlabelled"
+    photos.mkdir()
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(photos / "a.jpg")
+    rank0 = semi.PseudoLabels((Sample(photos / "a.jpg", "red-apple"),), (0.99,), 0.9, 1.0, 1, 0)
+    calls: dict[str, list] = {"labelled": [], "broadcast": [], "trained": []}
+
+    def pseudo_labels(*args, **kwargs):
+        calls["labelled"].append(args)
+        return rank0
+
+    def broadcast(self, obj):
+        calls["broadcast"].append(obj)
+        return rank0
+
+    def fit_run(cfg, *, catalogue, **kwargs):
+        calls["trained"].append(catalogue)
+        return type("Result", (), {"bundle": tiny_bundle.bundle})()
+
+    monkeypatch.setattr(semi, "_pseudo_labels", pseudo_labels)
+    monkeypatch.setattr(distributed.Dist, "broadcast", broadcast)
+    cat = load_catalogue(tiny_catalogue)
+
+    def run(rank: int) -> Path:
+        import torch
+
+        d = distributed.Dist(torch.device("cpu"), rank=rank, world_size=2)
+        monkeypatch.setattr(distributed, "setup", lambda device: d)
+        out = tmp_path / f"rank{rank}"
+        cfg = TrainConfig(data=str(tiny_catalogue), out=str(out), unlabeled=str(photos),
+                          teacher=str(tiny_bundle.bundle), device="cpu")
+        semi.self_train(cfg, cat, progress=False, fit_run=fit_run)
+        return out
+
+    return run, calls, rank0
+
+
+def test_self_training_off_rank_zero_writes_nothing_and_trains_on_rank_zeros_labels(ranked_self_train) -> None:
+    run, calls, rank0 = ranked_self_train
+    out = run(1)
+    assert not (out / "pseudo_labels.csv").exists()
+    assert calls["labelled"] == [] and calls["broadcast"] == [None]  # it labelled nothing, it waited
+    (student,) = calls["trained"]
+    assert list(student.splits[EXTRA_TRAIN]) == list(rank0.samples)
+
+
+def test_self_training_on_rank_zero_labels_writes_and_shares(ranked_self_train) -> None:
+    run, calls, rank0 = ranked_self_train
+    out = run(0)
+    assert (out / "pseudo_labels.csv").read_text().splitlines()[1].endswith("red-apple,0.9900")
+    assert len(calls["labelled"]) == 1 and calls["broadcast"] == [rank0]
+
+
+# --- 5. the text search cache: re-embedded when the texts change, not on a metadata update -----------------
+
+
+class _CountingEncoder:
+    """A stand-in sentence encoder: a hashed bag of words; counts the texts it embeds."""
+
+    def __init__(self) -> None:
+        self.texts = 0
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        self.texts += len(texts)
+        out = np.zeros((len(texts), 32), np.float32)
+        for i, t in enumerate(texts):
+            for w in t.lower().split():
+                out[i, sum(map(ord, w)) % 32] += 1
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
+
+
+def test_text_search_reembeds_products_only_when_their_texts_change(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("faiss")
+    from skulens.search.engine import SearchEngine
+    from skulens.search.index import IndexRecord, create_index
+
+    index = create_index("faiss", str(tmp_path / "idx"), 8)
+    records = [IndexRecord(id="a", product_id="oat-milk", label="oat-milk", title="Oat milk", text="From oats."),
+               IndexRecord(id="b", product_id="rye-bread", label="rye-bread", title="Rye bread", text="Sourdough.")]
+    vecs = np.eye(2, 8, dtype=np.float32)
+    index.add(records, vecs)
+    engine = SearchEngine(None, index)
+    encoder = _CountingEncoder()
+    monkeypatch.setattr(engine, "text_encoder", lambda: encoder)
+
+    engine.by_text(["oat drink"], mode="text")
+    first = encoder.texts
+    assert first > 1  # the products' pieces, then the query
+    index.update_metadata("oat-milk", price=1.25, in_stock=True)  # no text changed
+    hits = engine.by_text(["oat drink"], mode="text")[0]
+    assert encoder.texts == first + 1  # the query alone: the products' vectors were kept
+    assert hits[0].record.metadata["price"] == 1.25  # the hits carry the current metadata
+    index.upsert([dataclasses.replace(records[1], text="Sourdough with caraway.")], vecs[1:])
+    engine.by_text(["oat drink"], mode="text")
+    assert encoder.texts > first + 2  # a text changed: the products' pieces are embedded again
+    assert any("caraway" in p for ps in engine._product_texts(None).pieces for p in ps)
