@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._common import (
     UsageError,
@@ -21,6 +21,9 @@ from ._common import (
     say,
 )
 
+if TYPE_CHECKING:
+    from ..models.card import ModelCard
+
 __all__ = ["add_commands"]
 
 # Kept here (not imported from deploy.bench) so that `--help` imports no torch; a test checks they agree.
@@ -31,8 +34,6 @@ OPTIONAL_RUNTIMES = ("torch-compile", "tflite-fp32", "tflite-int8")  # on reques
 
 def cmd_export(ns: argparse.Namespace) -> int:
     bundle = model_path(ns)
-    if bundle and Path(bundle).name == "card.json":  # the bundle named by its card: its folder
-        bundle = str(Path(bundle).parent)
     if ns.qat and not (ns.int8 and ns.format == "tflite" and ns.preset is None):
         raise UsageError("--qat tunes the weights for an int8 file: it needs --format tflite --int8 (and no --preset)")
     calibration_given = [flag for flag, value in (("--calibration-split", ns.calibration_split),
@@ -53,6 +54,9 @@ def cmd_export(ns: argparse.Namespace) -> int:
         raise UsageError("--parity-images checks a LiteRT file: it needs --format tflite")
     # checked before the export starts; tflite fp32 takes its parity photos from the data when it is there
     data = data_path(ns, model=bundle, required=ns.int8) if ns.int8 or ns.format == "tflite" else None
+    from ..models.bundle import bundle_folder, read_card  # torch: after the usage checks
+
+    bundle = str(bundle_folder(bundle))  # --model may name the bundle's card.json
     if ns.format == "tflite":
         return _export_tflite(ns, bundle, data)
     from ..deploy.onnx import export_onnx, export_torchscript
@@ -64,9 +68,10 @@ def cmd_export(ns: argparse.Namespace) -> int:
         from ..deploy.quantize import calibration_sample, quantize_onnx_with_photos
 
         assert data is not None
-        photos = calibration_sample(data, split=ns.calibration_split, images=ns.calibration_images)
-        q = quantize_onnx_with_photos(path, photos, progress=not ns.quiet)
-        say(f"int8 (ONNX Runtime static, per-channel): {q} ({q.stat().st_size / 1e6:.1f} MB)")
+        photos = calibration_sample(data, split=ns.calibration_split, images=ns.calibration_images,
+                                    card=read_card(bundle))
+        q = quantize_onnx_with_photos(path, photos, check=True, progress=not ns.quiet)
+        say(f"int8 (ONNX Runtime static, per-channel): {q} ({q.stat().st_size / 1e6:.1f} MB), checked against fp32")
     return 0
 
 
@@ -77,8 +82,15 @@ def _export_fast(ns: argparse.Namespace, bundle: str) -> int:
         raise UsageError(f"--max-drop must be >= 0, got {ns.max_drop}")
     if ns.int8 or ns.parity_images is not None:
         raise UsageError("--preset fast always writes int8 and checks it itself: drop --int8 / --parity-images")
-    if not Path(bundle, "card.json").is_file() or not Path(bundle, "model.safetensors").is_file():
+    from ..models.bundle import BundleError, bundle_folder
+
+    try:
+        folder = bundle_folder(bundle)
+    except BundleError:
+        folder = Path(bundle)  # an exported file: refused just below
+    if not (folder / "model.safetensors").is_file():
         raise UsageError(f"--model {bundle}: --preset fast needs a bundle folder (RUN/bundle), not an exported file")
+    bundle = str(folder)
     out = Path(ns.out or f"runs/fast-{Path(bundle).resolve().parent.name}")
     from ..deploy.distill import DEFAULT_STUDENT
     from ..deploy.fast import earlier_run
@@ -107,12 +119,14 @@ def _export_fast(ns: argparse.Namespace, bundle: str) -> int:
 def _export_tflite(ns: argparse.Namespace, bundle: str, data: str | None) -> int:
     from ..deploy.quantize import calibration_sample
     from ..deploy.tflite import export_tflite_checked, require_tflite_export
+    from ..models.bundle import read_card
 
     require_tflite_export()  # before any photo is read
-    parity = calibration_sample(data, split="val", images=ns.parity_images or 64) if data else []
-    calibration = (calibration_sample(data, split=ns.calibration_split, images=ns.calibration_images)
+    card = read_card(bundle)  # a generated val split is the one its training run held out
+    parity = calibration_sample(data, split="val", images=ns.parity_images or 64, card=card) if data else []
+    calibration = (calibration_sample(data, split=ns.calibration_split, images=ns.calibration_images, card=card)
                    if ns.int8 and data else None)
-    qat = _split_samples(data, ns.calibration_split) if ns.qat and data else None
+    qat = _split_samples(data, ns.calibration_split, card) if ns.qat and data else None
     say(f"converting {bundle} with litert-torch{' and quantizing it' if ns.int8 else ''} (a minute or two)")
     res = export_tflite_checked(bundle, ns.out, parity_photos=parity, calibration_photos=calibration,
                                 qat_samples=qat, progress=not ns.quiet, say=say)
@@ -126,10 +140,11 @@ def _export_tflite(ns: argparse.Namespace, bundle: str, data: str | None) -> int
     return 0
 
 
-def _split_samples(data: str, split: str) -> list[Any]:
-    from ..data.catalogue import load_catalogue
+def _split_samples(data: str, split: str, card: ModelCard) -> list[Any]:
+    """`split` of the catalogue as the model's training run split it (a generated val holds no training photo)."""
+    from ..evaluate.heldout import card_catalogue
 
-    return list(load_catalogue(data).split(split))
+    return list(card_catalogue(data, card).split(split))
 
 
 def cmd_bench(ns: argparse.Namespace) -> int:
@@ -163,9 +178,11 @@ def cmd_bench(ns: argparse.Namespace) -> int:
     print(to_markdown(result))
     if ns.detector:
         from ..deploy.bench import bench_detection, detection_markdown, one_megapixel_jpegs
+        from ..models.bundle import read_card
         from ..models.predictor import load_model
 
-        photos = one_megapixel_jpegs([str(s.path) for s in _split_samples(data, ns.split)], ns.detection_photos)
+        samples = _split_samples(data, ns.split, read_card(bundle))
+        photos = one_megapixel_jpegs([str(s.path) for s in samples], ns.detection_photos)
         rows = bench_detection(ns.detector, photos, model=load_model(bundle, device="cpu"), repeats=ns.repeats)
         table = detection_markdown(rows)
         print(table)

@@ -142,9 +142,9 @@ def make_fast(bundle: str | os.PathLike[str], *, out: str | os.PathLike[str], da
     import onnx
     import torch
 
-    from ..data.catalogue import load_catalogue
     from ..data.dataset import decode_all
     from ..data.locate import recorded_dataset, resolve_data
+    from ..evaluate.heldout import card_catalogue
     from ..models.bundle import read_card
     from ..models.onnx_runtime import ONNX_INT8_NAME, ONNX_NAME, OnnxRunner
     from ..models.predictor import load_model
@@ -163,7 +163,7 @@ def make_fast(bundle: str | os.PathLike[str], *, out: str | os.PathLike[str], da
         if changed:
             raise FileExistsError(f"{out_dir} holds a finished student, reused as it is: it was distilled with "
                                   f"other {', '.join(changed)}; give a new folder for those")
-    catalogue = load_catalogue(data)
+    catalogue = card_catalogue(data, teacher_card)  # a generated val: the one the teacher never saw
     samples = list(catalogue.split(check_split))  # checked before the long distillation
     if not samples or not list(catalogue.split(calibration_split)):
         raise ValueError(f"{data}: no photos in split {check_split if not samples else calibration_split!r}")
@@ -227,8 +227,8 @@ def make_fast(bundle: str | os.PathLike[str], *, out: str | os.PathLike[str], da
 
     # 3. int8 candidates, scored and timed
     say("[3/4] quantizing to int8: which convolutions stay float is measured")
-    calib, transform = calibration_inputs(calibration_sample(data, split=calibration_split,
-                                                             images=calibration_images), card, progress=progress)
+    photos = calibration_sample(data, split=calibration_split, images=calibration_images, card=teacher_card)
+    calib, transform = calibration_inputs(photos, card, progress=progress)
     batch = torch.stack([transform(im) for im in decoded.images[:32]]).numpy().astype(np.float32)
     cands: list[FastCandidate] = []
     work = out_dir / "candidates"

@@ -40,16 +40,47 @@ def calibration_sample(data: str | os.PathLike, *, split: str = "train", images:
     return paths[:images]
 
 
+PARITY_IMAGES = 32  # calibration photos an int8 file is checked on: enough to catch a broken graph, a second or two
+
+
 def quantize_onnx_with_photos(onnx_path: str | os.PathLike, photos: Sequence[str | os.PathLike],
-                              out: str | os.PathLike | None = None, *, progress: bool = False) -> Path:
+                              out: str | os.PathLike | None = None, *, check: bool = False,
+                              progress: bool = False) -> Path:
     """int8 copy of an exported model (default NAME.int8.onnx beside it), calibrated on `photos`,
-    decoded and preprocessed as the card embedded in the file says."""
+    decoded and preprocessed as the card embedded in the file says; written as OUT.tmp, then moved over OUT.
+
+    `check` (`skulens export --int8`; the deployment benchmark measures the file's accuracy itself): OUT is
+    replaced only if the int8 file agrees with the fp32 one (itself within 1e-4 of PyTorch, checked at export)
+    on up to PARITY_IMAGES of the photos under the int8 rule LiteRT files are held to
+    (`deploy.tflite.check_parity`); otherwise BundleError, and OUT is left as it was."""
     from ..models.onnx_runtime import read_onnx_card
 
     onnx_path = Path(onnx_path)
     images, transform = calibration_inputs(photos, read_onnx_card(onnx_path), progress=progress)
     out = Path(out) if out else onnx_path.with_name(onnx_path.stem + ".int8.onnx")
-    return quantize_onnx(onnx_path, out, images, transform)
+    tmp = out.with_name(out.name + ".tmp")
+    try:
+        quantize_onnx(onnx_path, tmp, images, transform)
+        if check:
+            _check_int8(onnx_path, tmp, images[:PARITY_IMAGES], transform, name=out)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def _check_int8(fp32: Path, int8: Path, images: Sequence[torch.Tensor],
+                transform: Callable[[torch.Tensor], torch.Tensor], *, name: Path) -> None:
+    from ..models.bundle import BundleError
+    from ..models.onnx_runtime import OnnxRunner
+    from .tflite import Parity, check_parity
+
+    a, b = OnnxRunner(fp32)(images, transform).fine, OnnxRunner(int8)(images, transform).fine
+    parity = Parity(str(name), len(images), float(np.mean(a.argmax(1) == b.argmax(1))), float(np.abs(a - b).max()))
+    try:
+        check_parity(parity, int8=True, what="ONNX Runtime int8 disagrees with the fp32 model")
+    except BundleError as e:
+        raise BundleError(f"{e} (the file was not written)") from e
 
 
 def calibration_inputs(photos: Sequence[str | os.PathLike], card: ModelCard, *, progress: bool = False

@@ -16,7 +16,7 @@ import os
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -128,7 +128,7 @@ def embed_card(model: bytes, card: ModelCard) -> bytes:
 
 
 def _write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = _tmp(path)
     tmp.write_bytes(data)
     os.replace(tmp, path)
 
@@ -279,9 +279,10 @@ def tflite_parity(bundle: str | os.PathLike, tflite_file: str | os.PathLike,
                   float(np.abs(a - b).max()))
 
 
-def check_parity(parity: Parity, *, int8: bool) -> Parity:
+def check_parity(parity: Parity, *, int8: bool, what: str = "LiteRT disagrees with PyTorch") -> Parity:
     """Refuse a file that does not match PyTorch: fp32 within FP32_TOLERANCE with every top-1 the same,
-    int8 with at least INT8_MIN_AGREEMENT top-1 agreement (or only near-ties changed)."""
+    int8 with at least INT8_MIN_AGREEMENT top-1 agreement (or only near-ties changed). The ONNX int8 file is
+    held to the same int8 rule (`what` names the comparison in the error)."""
     if int8:
         ok = parity.top1_agreement >= INT8_MIN_AGREEMENT or parity.max_prob_diff <= INT8_TIE_DIFF
         rule = (f"int8 needs >= {100 * INT8_MIN_AGREEMENT:.0f}% top-1 agreement, or no probability moved by "
@@ -290,7 +291,7 @@ def check_parity(parity: Parity, *, int8: bool) -> Parity:
         ok = parity.top1_agreement == 1.0 and parity.max_prob_diff <= FP32_TOLERANCE
         rule = f"fp32 needs every top-1 the same and max |p diff| <= {FP32_TOLERANCE:g}"
     if not ok:
-        raise BundleError(f"{parity.file}: LiteRT disagrees with PyTorch: {parity} ({rule})")
+        raise BundleError(f"{parity.file}: {what}: {parity} ({rule})")
     return parity
 
 
@@ -318,7 +319,8 @@ def export_tflite_checked(bundle: str | os.PathLike, out: str | os.PathLike | No
                           progress: bool = False, say: Callable[[str], None] | None = None) -> TfliteExport:
     """`skulens export --format tflite [--int8 [--qat]]`: the fp32 file, then (given calibration photos) its int8
     copy, each checked against PyTorch on `parity_photos` (held-out photos; none: 8 seeded noise images, which
-    prove the graph and not the accuracy). A file that fails its check is deleted and BundleError raised.
+    prove the graph and not the accuracy). Each is written beside its path as .tmp and moved over the path only
+    once it passed: a file that fails is deleted, the one it would have replaced kept, and BundleError raised.
 
     qat_samples (catalogue Samples, usually train): the int8 file is made from `bundle` fine-tuned through the
     int8 rounding on them (`deploy.qat`), after the fp32 file passed its check; it is still checked against
@@ -326,13 +328,14 @@ def export_tflite_checked(bundle: str | os.PathLike, out: str | os.PathLike | No
     import tempfile
 
     photos: Sequence[str | os.PathLike | torch.Tensor] = list(parity_photos) or _noise_images(bundle)
-    path = export_tflite(bundle, out, progress=progress)
-    parity = _checked(bundle, path, photos, int8=False)
+    path = Path(out) if out else Path(bundle) / TFLITE_NAME
+    parity = _checked(bundle, export_tflite(bundle, _tmp(path), progress=progress), path, photos, int8=False)
     if calibration_photos is None:
         return TfliteExport(path, parity)
+    q = int8_name(path)
     if qat_samples is None:
-        q = quantize_tflite_with_photos(path, calibration_photos, int8_name(path), progress=progress)
-        return TfliteExport(path, parity, q, _checked(bundle, q, photos, int8=True))
+        made = quantize_tflite_with_photos(path, calibration_photos, _tmp(q), progress=progress)
+        return TfliteExport(path, parity, q, _checked(bundle, made, q, photos, int8=True))
     from .qat import qat_bundle
 
     with tempfile.TemporaryDirectory(prefix="skulens-qat-") as tmp:
@@ -343,17 +346,25 @@ def export_tflite_checked(bundle: str | os.PathLike, out: str | os.PathLike | No
             say(f"tuned {tuned.convolutions} convolutions through int8 rounding in {tuned.steps} steps "
                 f"({tuned.seconds / 60:.1f} min)")
         grid = export_tflite(tuned.out, Path(tmp) / TFLITE_NAME, progress=progress)
-        q = quantize_tflite_with_photos(grid, calibration_photos, int8_name(path), progress=progress)
-    return TfliteExport(path, parity, q, _checked(bundle, q, photos, int8=True), tuned)
+        made = quantize_tflite_with_photos(grid, calibration_photos, _tmp(q), progress=progress)
+    return TfliteExport(path, parity, q, _checked(bundle, made, q, photos, int8=True), tuned)
 
 
-def _checked(bundle: str | os.PathLike, path: Path, photos: Sequence[str | os.PathLike | torch.Tensor], *,
-             int8: bool) -> Parity:
+def _tmp(path: Path) -> Path:
+    return path.with_name(path.name + ".tmp")
+
+
+def _checked(bundle: str | os.PathLike, made: Path, path: Path, photos: Sequence[str | os.PathLike | torch.Tensor],
+             *, int8: bool) -> Parity:
+    """Check `made` against PyTorch, then move it over `path`; `made` never outlives the call."""
     try:
-        return check_parity(tflite_parity(bundle, path, photos), int8=int8)
+        parity = check_parity(replace(tflite_parity(bundle, made, photos), file=str(path)), int8=int8)
+        os.replace(made, path)
     except BundleError as e:
-        path.unlink(missing_ok=True)
-        raise BundleError(f"{e} (the file was removed)") from e
+        raise BundleError(f"{e} (the file was not written)") from e
+    finally:
+        made.unlink(missing_ok=True)
+    return parity
 
 
 def _noise_images(bundle: str | os.PathLike, n: int = 8) -> list[torch.Tensor]:
