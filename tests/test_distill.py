@@ -144,6 +144,23 @@ def test_distill_recipe_student_and_data(tiny_bundle, tiny_catalogue: Path, tmp_
     assert result.card.train_config["data"] == str(tiny_catalogue)
 
 
+def test_distill_recipe_keeps_the_teachers_split_unless_told(tiny_bundle, tiny_catalogue: Path, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from skulens.deploy.distill import distill
+
+    teacher = tmp_path / "teacher"
+    shutil.copytree(tiny_bundle.bundle, teacher)
+    card = json.loads((teacher / "card.json").read_text())
+    card["train_config"].update(seed=3, val_fraction=0.5)  # as if trained with --seed 3 --val-fraction 0.5
+    (teacher / "card.json").write_text(json.dumps(card))
+    result = distill(str(teacher), data=tiny_catalogue, out=str(tmp_path / "s"), progress=False, seed=5,
+                     **DISTILL_TINY)
+    assert result.card.train_config["val_fraction"] == 0.5  # the teacher's
+    assert result.card.train_config["seed"] == 5  # given
+
+
 def test_distill_recipe_refuses_missing_data(tiny_bundle, tmp_path: Path) -> None:
     from skulens.data.locate import DataNotFoundError
     from skulens.deploy.distill import distill

@@ -29,7 +29,8 @@ def distill(teacher: str | os.PathLike[str], *, student: str | None = None,
     """Train `student` (default: `overrides["backbone"]`, else Lite0) on `teacher`'s soft targets + labels.
 
     `data`: the catalogue; default the one the teacher was trained on (if still there), else the default
-    dataset. `overrides` are TrainConfig fields (distill_temperature, distill_alpha, epochs, ...).
+    dataset. `overrides` are TrainConfig fields (distill_temperature, distill_alpha, epochs, ...); val_fraction
+    and seed default to the teacher's, so a generated val split is the one the teacher never trained on.
     """
     from ..train.engine import fit
 
@@ -38,6 +39,14 @@ def distill(teacher: str | os.PathLike[str], *, student: str | None = None,
     if student or "backbone" not in values:
         values["backbone"] = student or DEFAULT_STUDENT
     values["data"] = str(resolve_data(data, recorded=recorded_dataset(teacher)))
+    from ..models.bundle import read_card
+
+    # The teacher's split unless told otherwise: a val carved out of train then holds no photo the teacher
+    # trained on (the student's selection, and `--preset fast`'s check on that val, stay honest).
+    taught = read_card(teacher).train_config or {}
+    for key in ("val_fraction", "seed"):
+        if key in taught:
+            values.setdefault(key, taught[key])
     if out is not None:
         values["out"] = out
     return fit(resolve_config(values), progress=progress)
