@@ -288,3 +288,25 @@ def test_reduce_to_after_exif_rotation(tmp_path: Path) -> None:
 def test_reduce_to_must_be_positive() -> None:
     with pytest.raises(ValueError, match="reduce_to"):
         decode_image(_encode(_rgb(), "PNG"), reduce_to=0)
+
+
+def test_pil_to_rgb_copies_only_what_it_must_turn_or_convert() -> None:
+    from skulens.data.decode import pil_to_rgb
+
+    upright = Image.new("RGB", (40, 20), (10, 200, 30))
+    assert pil_to_rgb(upright) is upright  # nothing to do: not copied (an 80 MP shelf photo is 240 MB)
+    turned = Image.new("RGB", (40, 20), (10, 200, 30))
+    exif = turned.getexif()
+    exif[0x0112] = 6  # EXIF orientation: rotate 90 degrees to view
+    out = pil_to_rgb(Image.open(io.BytesIO(_save_jpeg(turned, exif))))
+    assert out.size == (20, 40)
+    rgba = Image.new("RGBA", (8, 8), (0, 0, 0, 0))
+    flat = pil_to_rgb(rgba)
+    assert flat is not rgba and flat.mode == "RGB" and flat.getpixel((0, 0)) == (255, 255, 255)
+    assert rgba.mode == "RGBA"  # the caller's image is not changed
+
+
+def _save_jpeg(im: Image.Image, exif: Image.Exif) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", exif=exif)
+    return buf.getvalue()

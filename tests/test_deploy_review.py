@@ -210,10 +210,10 @@ def test_an_int8_onnx_file_that_disagrees_with_fp32_is_not_written(
     _quantize_as(monkeypatch, broken)
     with pytest.raises(BundleError, match=r"m\.int8\.onnx: ONNX Runtime int8 disagrees with the fp32 model: top-1 "
                                           r"agreement 0\.0% .*int8 needs >= 90% .*not written"):
-        quantize_onnx_with_photos(fp32, photos, out, check=True)
+        quantize_onnx_with_photos(fp32, photos, out, check_photos=photos)
     assert out.read_bytes() == b"the earlier file" and sorted(p.name for p in tmp_path.iterdir()) == [out.name]
     _quantize_as(monkeypatch, fp32)
-    assert quantize_onnx_with_photos(fp32, photos, out, check=True) == out
+    assert quantize_onnx_with_photos(fp32, photos, out, check_photos=photos) == out
     assert out.read_bytes() == fp32.read_bytes() and sorted(p.name for p in tmp_path.iterdir()) == [out.name]
 
 
@@ -226,7 +226,7 @@ def test_cli_int8_onnx_is_written_only_when_it_agrees(
     assert main(argv) == 2 and "ONNX Runtime int8 disagrees with the fp32 model" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # no m.int8.onnx, no .tmp
     _quantize_as(monkeypatch, onnx_files[0])
-    assert main(argv) == 0 and "checked against fp32" in capsys.readouterr().err
+    assert main(argv) == 0 and "checked against fp32 on 9 val photos" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.int8.onnx", "m.onnx"]
 
 

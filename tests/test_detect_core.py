@@ -210,6 +210,15 @@ def test_a_photo_too_narrow_to_look_into_is_an_error_not_a_crash(untrained) -> N
     results = [r for r, _ in count_products(det, [strip, photo()], min_score=0.0)]
     assert any(k in results[0].error for k in ("too narrow", "extreme aspect ratio"))
     assert results[1].total > 0  # the next photo is still counted
+    # The detector's own rule, past decoding's 25:1 limit: a small max_size makes a 25:1 photo too narrow.
+    from dataclasses import replace
+
+    from skulens.detect.detector import check_detectable
+
+    small = replace(det.config, min_size=64, max_size=64)
+    with pytest.raises(ImageDecodeError, match="too narrow"):
+        check_detectable((2000, 80), small, "strip.jpg")
+    check_detectable((640, 480), small, "photo.jpg")
 
 
 def test_count_with_classifier_names_boxes_or_says_unknown(untrained, tiny_bundle) -> None:

@@ -132,7 +132,7 @@ def ranked_self_train(tiny_bundle, tiny_catalogue: Path, tmp_path: Path, monkeyp
     photos.mkdir()
     Image.new("RGB", (64, 64), (200, 30, 30)).save(photos / "a.jpg")
     rank0 = semi.PseudoLabels((Sample(photos / "a.jpg", "red-apple"),), (0.99,), 0.9, 1.0, 1, 0)
-    calls: dict[str, list] = {"labelled": [], "broadcast": [], "trained": []}
+    calls: dict[str, list] = {"labelled": [], "broadcast": [], "trained": [], "answer": [(rank0, None)]}
 
     def pseudo_labels(*args, **kwargs):
         calls["labelled"].append(args)
@@ -140,7 +140,7 @@ def ranked_self_train(tiny_bundle, tiny_catalogue: Path, tmp_path: Path, monkeyp
 
     def broadcast(self, obj):
         calls["broadcast"].append(obj)
-        return rank0
+        return calls["answer"][0]  # what rank 0 sent
 
     def fit_run(cfg, *, catalogue, **kwargs):
         calls["trained"].append(catalogue)
@@ -168,7 +168,7 @@ def test_self_training_off_rank_zero_writes_nothing_and_trains_on_rank_zeros_lab
     run, calls, rank0 = ranked_self_train
     out = run(1)
     assert not (out / "pseudo_labels.csv").exists()
-    assert calls["labelled"] == [] and calls["broadcast"] == [None]  # it labelled nothing, it waited
+    assert calls["labelled"] == [] and calls["broadcast"] == [(None, None)]  # it labelled nothing, it waited
     (student,) = calls["trained"]
     assert list(student.splits[EXTRA_TRAIN]) == list(rank0.samples)
 
@@ -177,7 +177,15 @@ def test_self_training_on_rank_zero_labels_writes_and_shares(ranked_self_train) 
     run, calls, rank0 = ranked_self_train
     out = run(0)
     assert (out / "pseudo_labels.csv").read_text().splitlines()[1].endswith("red-apple,0.9900")
-    assert len(calls["labelled"]) == 1 and calls["broadcast"] == [rank0]
+    assert len(calls["labelled"]) == 1 and calls["broadcast"] == [(rank0, None)]
+
+
+def test_self_training_off_rank_zero_stops_with_rank_zeros_error(ranked_self_train) -> None:
+    run, calls, _ = ranked_self_train
+    calls["answer"] = [(None, "ValueError: the teacher's classes differ")]  # rank 0 failed and said so
+    with pytest.raises(RuntimeError, match="rank 0 could not pseudo-label.*classes differ"):
+        run(1)
+    assert calls["trained"] == []
 
 
 # --- 5. the text search cache: re-embedded when the texts change, not on a metadata update -----------------

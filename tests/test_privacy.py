@@ -271,5 +271,5 @@ def test_cli_pseudonymise_erase_and_purge(inventory_db, tmp_path: Path, monkeypa
                                                    "files": 1}
     assert [e.user_id for e in read_events(out)] == [p("bob")]
     assert main(["inventory", "purge", "--db", inventory_db.url(), "--older-than-days", "0"]) == 0
-    assert "deleted 0 kept upload(s)" in capsys.readouterr().err  # alice's photo already went with her
+    assert "deleted 0 file(s)" in capsys.readouterr().err  # alice's photo already went with her
     assert main(["inventory", "purge", "--db", inventory_db.url(), "--older-than-days", "-1"]) == 2

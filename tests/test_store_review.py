@@ -106,7 +106,10 @@ def test_purge_sweeps_the_files_a_crash_left_and_keeps_the_named_ones(inventory_
         other.write_text("mine")
         young = store.photo_dir / f"{8:064x}.jpg"  # an intake whose transaction has not committed yet
         young.write_bytes(b"in flight")
-        for f in [*named.values(), half_written, other]:
+        theirs = store.labelled_dir / "pear" / f"{9:064x}.jpg"  # another store's label in a shared labelled folder
+        theirs.parent.mkdir()
+        theirs.write_bytes(b"their pear")
+        for f in [*named.values(), half_written, other, theirs]:
             assert f is not None
             os.utime(f, (OLD, OLD))
         assert len((store.labelled_dir / "manifest.csv").read_text().splitlines()) == 3  # still lists alice's
@@ -115,9 +118,25 @@ def test_purge_sweeps_the_files_a_crash_left_and_keeps_the_named_ones(inventory_
 
         for i, f in named.items():
             assert f is not None and f.is_file() == (i > 3), i  # alice's photos went; bob's, named, stay
-        assert not half_written.exists() and other.is_file() and young.is_file()
+        assert not half_written.exists() and other.is_file() and young.is_file() and theirs.is_file()
         entry = store.audit(limit=1)[0]
         assert (entry.action, entry.detail) == ("sweep_files", {"files": 4, "labelled": 1})
         assert [r.split(",")[0] for r in (store.labelled_dir / "manifest.csv").read_text().splitlines()] == [
             "path", f"red-apple/{6:064x}.jpg"]
         assert store.purge_uploads(30) == 0 and store.audit(limit=1)[0].action == "sweep_files"  # nothing more
+
+
+def test_a_database_error_fails_the_merged_requests_at_once_without_a_solo_retry_each(
+        inventory_db, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sqlite3
+
+    with inventory_db.store() as store:
+        calls = []
+
+        def locked(batches, *a, **kw):
+            calls.append(len(batches))
+            raise sqlite3.OperationalError("database is locked")  # everyone's error, not one request's
+
+        monkeypatch.setattr(store, "_intake_merged", locked)
+        out = store.intake_batches([[_photo(1)], [_photo(2)], [_photo(3)]], threshold=0.5, actor="t")
+        assert calls == [3] and all(isinstance(e, sqlite3.OperationalError) for e in out)

@@ -65,13 +65,15 @@ def cmd_export(ns: argparse.Namespace) -> int:
     say(f"exported {ns.format}: {path} ({path.stat().st_size / 1e6:.1f} MB); preprocessing and labels are "
         "in its metadata")
     if ns.int8:
-        from ..deploy.quantize import calibration_sample, quantize_onnx_with_photos
+        from ..deploy.quantize import PARITY_IMAGES, calibration_sample, quantize_onnx_with_photos
 
         assert data is not None
-        photos = calibration_sample(data, split=ns.calibration_split, images=ns.calibration_images,
-                                    card=read_card(bundle))
-        q = quantize_onnx_with_photos(path, photos, check=True, progress=not ns.quiet)
-        say(f"int8 (ONNX Runtime static, per-channel): {q} ({q.stat().st_size / 1e6:.1f} MB), checked against fp32")
+        card = read_card(bundle)
+        photos = calibration_sample(data, split=ns.calibration_split, images=ns.calibration_images, card=card)
+        check = calibration_sample(data, split="val", images=PARITY_IMAGES, card=card)
+        q = quantize_onnx_with_photos(path, photos, check_photos=check, progress=not ns.quiet)
+        say(f"int8 (ONNX Runtime static, per-channel): {q} ({q.stat().st_size / 1e6:.1f} MB), checked against fp32 "
+            f"on {len(check)} val photos")
     return 0
 
 

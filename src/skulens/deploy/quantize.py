@@ -44,15 +44,16 @@ PARITY_IMAGES = 32  # calibration photos an int8 file is checked on: enough to c
 
 
 def quantize_onnx_with_photos(onnx_path: str | os.PathLike, photos: Sequence[str | os.PathLike],
-                              out: str | os.PathLike | None = None, *, check: bool = False,
-                              progress: bool = False) -> Path:
+                              out: str | os.PathLike | None = None, *,
+                              check_photos: Sequence[str | os.PathLike] | None = None, progress: bool = False) -> Path:
     """int8 copy of an exported model (default NAME.int8.onnx beside it), calibrated on `photos`,
     decoded and preprocessed as the card embedded in the file says; written as OUT.tmp, then moved over OUT.
 
-    `check` (`skulens export --int8`; the deployment benchmark measures the file's accuracy itself): OUT is
+    `check_photos` (`skulens export --int8`: PARITY_IMAGES held-out photos, not the calibration ones whose
+    ranges the file was fitted to; the deployment benchmark measures the file's accuracy itself): OUT is
     replaced only if the int8 file agrees with the fp32 one (itself within 1e-4 of PyTorch, checked at export)
-    on up to PARITY_IMAGES of the photos under the int8 rule LiteRT files are held to
-    (`deploy.tflite.check_parity`); otherwise BundleError, and OUT is left as it was."""
+    on them under the int8 rule LiteRT files are held to (`deploy.tflite.check_parity`); otherwise
+    BundleError, and OUT is left as it was."""
     from ..models.onnx_runtime import read_onnx_card
 
     onnx_path = Path(onnx_path)
@@ -61,8 +62,9 @@ def quantize_onnx_with_photos(onnx_path: str | os.PathLike, photos: Sequence[str
     tmp = out.with_name(out.name + ".tmp")
     try:
         quantize_onnx(onnx_path, tmp, images, transform)
-        if check:
-            _check_int8(onnx_path, tmp, images[:PARITY_IMAGES], transform, name=out)
+        if check_photos:
+            held_out, _ = calibration_inputs(check_photos, read_onnx_card(onnx_path))
+            _check_int8(onnx_path, tmp, held_out, transform, name=out)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)

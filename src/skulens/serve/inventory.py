@@ -183,6 +183,14 @@ _STORE_FILE = re.compile(r"[0-9a-f]{64}(?:-[0-9]+)?\.jpg|\.[0-9a-f]{64}(?:-[0-9]
 _SWEEP_MIN_AGE_S = 3600.0
 
 
+def _one_requests_error(exc: BaseException) -> bool:
+    """An error one request of a merged intake can cause alone: its photo file cannot be written (OSError), a
+    value the store refuses (ValueError, InventoryError) or a row the database refuses (the DB-API's
+    IntegrityError / DataError, sqlite3's or psycopg's). A locked, lost or broken database is everyone's."""
+    return isinstance(exc, (OSError, ValueError)) or any(
+        c.__name__ in ("IntegrityError", "DataError") for c in type(exc).__mro__)
+
+
 class InventoryError(ValueError):
     """A request the store cannot honour (unknown photo, already reviewed, bad label or count)."""
 
@@ -647,6 +655,8 @@ class InventoryStore:
         except Exception as exc:  # noqa: BLE001 - whose failure it is, the requests written alone tell
             if len(batches) == 1:
                 return [exc]
+            if not _one_requests_error(exc):  # a locked or lost database: 64 solo attempts would only wait longer
+                return [exc] * len(batches)
             logger.warning("inventory %s: an intake of %d requests failed (%s); writing each on its own", self.url,
                            len(batches), str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         out: list[list[IntakeResult] | Exception] = []
@@ -1156,7 +1166,10 @@ class InventoryStore:
         cutoff = time.time() - min_age_s
         swept = labelled = 0
         with self._files():
-            for folder in (self.photo_dir, *(d for d in self.labelled_dir.glob("*") if d.is_dir())):
+            # Only the label folders of this store's labels: a labelled folder shared with another store's
+            # database keeps that store's photos.
+            mine = [self.labelled_dir / _safe_dirname(label) for label in sorted(self.labels())]
+            for folder in (self.photo_dir, *(d for d in mine if d.is_dir())):
                 for path in folder.glob("*"):
                     if _STORE_FILE.fullmatch(path.name) is None or path.name in named:
                         continue

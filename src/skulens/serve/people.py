@@ -137,7 +137,8 @@ class People:
         self._last_retention = now
         n = self.store.purge_uploads(self.retention_days)
         if n:
-            logger.info("retention: deleted %d kept uploads older than %g days", n, self.retention_days)
+            logger.info("retention: deleted %d file(s): kept uploads older than %g days, and any no row names", n,
+                        self.retention_days)
         return n
 
     def tick(self) -> None:

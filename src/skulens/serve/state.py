@@ -221,7 +221,10 @@ class ServiceState:
             state.tag_vocabulary = _load_tag_vocabulary(settings.tag_vocabulary, state.recognizer.tagger)
         state.people.purge_if_due()  # retention first: nothing past its time is served after a restart
         if state.store is not None:  # and no photo a crash left behind (an erased user's) outlives the restart
-            state.store.sweep_uploads(actor="startup")
+            try:
+                state.store.sweep_uploads(actor="startup")
+            except OSError as exc:  # a read-only or unreadable folder: the service still starts, and says so
+                logger.warning("inventory: could not sweep the upload folders at start: %s", exc)
         state.people.refit()
         state.loading_s = time.time() - t0
         return state

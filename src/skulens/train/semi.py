@@ -167,11 +167,21 @@ def _self_train(cfg: TrainConfig, catalogue: Catalogue, photos: list[Path], d: D
             rounds.append({**{key: v for key, v in done.items() if key != "rounds"}, "round": k})
             teacher = str(where / "bundle")
             continue
-        pseudo: PseudoLabels | None = None
-        if d.is_main:  # the other ranks wait for rank 0's labels: one set, whatever each GPU would round
-            pseudo = _pseudo_labels(cfg, catalogue, teacher, photos, progress=progress)
-            _write_pseudo_labels(where, pseudo)
-        pseudo = d.broadcast(pseudo)
+        # The other ranks wait for rank 0's labels (one set, whatever each GPU would round), or its error.
+        outcome: tuple[PseudoLabels | None, str | None] = (None, None)
+        error: Exception | None = None
+        if d.is_main:
+            try:
+                labels = _pseudo_labels(cfg, catalogue, teacher, photos, progress=progress)
+                _write_pseudo_labels(where, labels)
+                outcome = (labels, None)
+            except Exception as exc:  # noqa: BLE001 - raised again below, after every rank has heard of it
+                error, outcome = exc, (None, f"{type(exc).__name__}: {exc}")
+        pseudo, failed = d.broadcast(outcome)
+        if error is not None:
+            raise error
+        if failed is not None:
+            raise RuntimeError(f"self-training: rank 0 could not pseudo-label the photos ({failed})")
         assert pseudo is not None
         rounds.append({**pseudo.summary(), "round": k, "teacher": teacher,
                        "teacher_val": read_card(teacher).metrics.get("top1")})
