@@ -37,6 +37,16 @@ def make_image(label: str, rng: np.random.Generator, size: int = 72) -> Image.Im
     return Image.fromarray(arr)
 
 
+def write_folder_catalogue(root: Path, *, seed: int, per_class: int = 10) -> Path:
+    """root/<class>/*.jpg: no val split of its own (one is carved out of train) and no attribute labels."""
+    rng = np.random.default_rng(seed)
+    for label in PRODUCTS:
+        (root / label).mkdir()
+        for i in range(per_class):
+            make_image(label, rng).save(root / label / f"{label}_{i:02d}.jpg", quality=90)
+    return root
+
+
 def write_catalogue(root: Path, n_train: int = 8, n_val: int = 3, seed: int = 0) -> Path:
     """A CSV-manifest catalogue with train/val splits, coarse labels and attributes. Returns the manifest."""
     rng = np.random.default_rng(seed)

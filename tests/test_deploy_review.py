@@ -9,10 +9,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
-from conftest import PRODUCTS, make_image
+from conftest import write_folder_catalogue
 from skulens.cli import main
 from skulens.data.catalogue import load_catalogue
 from skulens.evaluate.heldout import card_catalogue
@@ -28,13 +27,7 @@ class _Stop(Exception):
 @pytest.fixture(scope="module")
 def folder_catalogue(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """root/<class>/*.jpg: no val split of its own, so one is carved out of train."""
-    root = tmp_path_factory.mktemp("folders")
-    rng = np.random.default_rng(3)
-    for label in PRODUCTS:
-        (root / label).mkdir()
-        for i in range(10):
-            make_image(label, rng).save(root / label / f"{label}_{i:02d}.jpg", quality=90)
-    return root
+    return write_folder_catalogue(tmp_path_factory.mktemp("folders"), seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -236,7 +229,8 @@ def test_cli_int8_onnx_is_written_only_when_it_agrees(
 def test_a_tflite_export_replaces_the_old_file_only_after_its_parity_check(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from skulens.deploy import tflite
-    from skulens.deploy.tflite import FP32_TOLERANCE, Parity, export_tflite_checked
+    from skulens.deploy.parity import FP32_TOLERANCE, Parity
+    from skulens.deploy.tflite import export_tflite_checked
 
     path, q = tmp_path / "model.tflite", tmp_path / "model.int8.tflite"
     verdict = {"model.tflite": True, "model.int8.tflite": True}

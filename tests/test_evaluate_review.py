@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 import skulens
-from conftest import PRODUCTS, make_image, write_catalogue
+from conftest import PRODUCTS, make_image, write_catalogue, write_folder_catalogue
 from skulens.api import Model
 from skulens.data.catalogue import load_catalogue
 
@@ -32,12 +32,7 @@ def model(tiny_bundle) -> Model:
 @pytest.fixture(scope="module")
 def folder_catalogue(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """root/<class>/*.jpg: no val split and no attribute labels."""
-    root = tmp_path_factory.mktemp("folders")
-    rng = np.random.default_rng(1)
-    for label in PRODUCTS:
-        (root / label).mkdir()
-        for i in range(10):
-            make_image(label, rng).save(root / label / f"{label}_{i:02d}.jpg", quality=90)
+    root = write_folder_catalogue(tmp_path_factory.mktemp("folders"), seed=1)
     assert {s.path for s in load_catalogue(root, seed=1).split("val")} != \
         {s.path for s in load_catalogue(root).split("val")}  # the seed matters on this catalogue
     return root

@@ -21,7 +21,8 @@ import torch
 
 import skulens
 from conftest import modules_loaded_by
-from skulens.deploy.tflite import FP32_TOLERANCE, Parity, check_parity, embed_card
+from skulens.deploy.parity import FP32_TOLERANCE, Parity, check_parity
+from skulens.deploy.tflite import embed_card
 from skulens.models.bundle import BundleError
 from skulens.models.card import ModelCard
 from skulens.models.predictor import load_tflite

@@ -75,7 +75,7 @@ def _check_int8(fp32: Path, int8: Path, images: Sequence[torch.Tensor],
                 transform: Callable[[torch.Tensor], torch.Tensor], *, name: Path) -> None:
     from ..models.bundle import BundleError
     from ..models.onnx_runtime import OnnxRunner
-    from .tflite import Parity, check_parity
+    from .parity import Parity, check_parity
 
     a, b = OnnxRunner(fp32)(images, transform).fine, OnnxRunner(int8)(images, transform).fine
     parity = Parity(str(name), len(images), float(np.mean(a.argmax(1) == b.argmax(1))), float(np.abs(a - b).max()))

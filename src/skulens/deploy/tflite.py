@@ -30,18 +30,12 @@ from ..models.onnx_runtime import CARD_KEY
 from ..models.predictor import load_model, load_tflite
 from ..models.tflite_runtime import TFLITE_INT8_NAME, TFLITE_NAME, read_tflite_card, require_tflite
 from .onnx import _exportable
+from .parity import Parity, check_parity
 
-__all__ = ["FP32_TOLERANCE", "INT8_MIN_AGREEMENT", "INT8_TIE_DIFF", "Parity", "TfliteExport", "check_parity", "embed_card",
+__all__ = ["TfliteExport", "embed_card",
            "export_tflite", "export_tflite_checked", "int8_name", "quantize_tflite", "quantize_tflite_with_photos",
            "require_tflite_export", "tflite_parity"]
 
-# fp32 LiteRT vs PyTorch on the same graph: float reassociation only (measured ~1e-6 on Lite0 and Lite2).
-FP32_TOLERANCE = 1e-3
-# int8 is an approximation: below this top-1 agreement with PyTorch the export is refused (Lite2 on grocery val:
-# 97 %, probabilities moving by up to 0.2; see benchmarks/RESULTS.md), unless no probability moved by more than
-# INT8_TIE_DIFF: then the top-1s that changed were near-ties (a barely trained model's near-uniform outputs).
-INT8_MIN_AGREEMENT = 0.9
-INT8_TIE_DIFF = 0.02
 
 
 def require_tflite_export() -> None:
@@ -245,20 +239,6 @@ def _tail_scopes(model: bytes) -> list[str]:
 # ------------------------------------------------------------------------------------------------ parity
 
 
-@dataclass(frozen=True)
-class Parity:
-    """A LiteRT file against PyTorch fp32 on the same photos: top-1 agreement and max |p diff| of `fine`."""
-
-    file: str
-    images: int
-    top1_agreement: float
-    max_prob_diff: float
-
-    def __str__(self) -> str:
-        return (f"top-1 agreement {100 * self.top1_agreement:.1f}% and max |p diff| {self.max_prob_diff:.2g} "
-                f"on {self.images} photos")
-
-
 def tflite_parity(bundle: str | os.PathLike, tflite_file: str | os.PathLike,
                   photos: Sequence[str | os.PathLike | torch.Tensor]) -> Parity:
     """Compare `tflite_file` with the bundle under PyTorch fp32 on `photos` (paths, or decoded uint8 CHW
@@ -277,22 +257,6 @@ def tflite_parity(bundle: str | os.PathLike, tflite_file: str | os.PathLike,
     a, b = ref.run(tensors).fine, lite.run(tensors).fine
     return Parity(str(tflite_file), len(tensors), float((a.argmax(1) == b.argmax(1)).mean()),
                   float(np.abs(a - b).max()))
-
-
-def check_parity(parity: Parity, *, int8: bool, what: str = "LiteRT disagrees with PyTorch") -> Parity:
-    """Refuse a file that does not match PyTorch: fp32 within FP32_TOLERANCE with every top-1 the same,
-    int8 with at least INT8_MIN_AGREEMENT top-1 agreement (or only near-ties changed). The ONNX int8 file is
-    held to the same int8 rule (`what` names the comparison in the error)."""
-    if int8:
-        ok = parity.top1_agreement >= INT8_MIN_AGREEMENT or parity.max_prob_diff <= INT8_TIE_DIFF
-        rule = (f"int8 needs >= {100 * INT8_MIN_AGREEMENT:.0f}% top-1 agreement, or no probability moved by "
-                f"more than {INT8_TIE_DIFF:g}")
-    else:
-        ok = parity.top1_agreement == 1.0 and parity.max_prob_diff <= FP32_TOLERANCE
-        rule = f"fp32 needs every top-1 the same and max |p diff| <= {FP32_TOLERANCE:g}"
-    if not ok:
-        raise BundleError(f"{parity.file}: {what}: {parity} ({rule})")
-    return parity
 
 
 # ------------------------------------------------------------------------------------------------ the recipe
