@@ -221,6 +221,12 @@ def test_cli_int8_onnx_is_written_only_when_it_agrees(
     _quantize_as(monkeypatch, onnx_files[0])
     assert main(argv) == 0 and "checked against fp32 on 9 val photos" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.int8.onnx", "m.onnx"]
+    # calibrated on val: checked on the val photos that did not set its ranges, and said so when none is left
+    on_val = [*argv, "--calibration-split", "val"]
+    on_val[on_val.index("--calibration-images") + 1] = "6"
+    assert main(on_val) == 0 and "checked against fp32 on 3 val photos" in capsys.readouterr().err
+    on_val[on_val.index("--calibration-images") + 1] = "9"
+    assert main(on_val) == 0 and "NOT checked against fp32" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- 4: a LiteRT file replaces the old one once checked

@@ -106,10 +106,12 @@ def test_purge_sweeps_the_files_a_crash_left_and_keeps_the_named_ones(inventory_
         other.write_text("mine")
         young = store.photo_dir / f"{8:064x}.jpg"  # an intake whose transaction has not committed yet
         young.write_bytes(b"in flight")
-        theirs = store.labelled_dir / "pear" / f"{9:064x}.jpg"  # another store's label in a shared labelled folder
-        theirs.parent.mkdir()
+        theirs = store.labelled_dir / "pear" / f"{9:064x}.jpg"  # another store's photos in a shared labelled folder:
+        theirs.parent.mkdir()  # under a label this store never saw,
         theirs.write_bytes(b"their pear")
-        for f in [*named.values(), half_written, other, theirs]:
+        theirs_too = store.labelled_dir / "red-apple" / f"{10:064x}.jpg"  # and under one both stores use
+        theirs_too.write_bytes(b"their apple")
+        for f in [*named.values(), half_written, other, theirs, theirs_too]:
             assert f is not None
             os.utime(f, (OLD, OLD))
         assert len((store.labelled_dir / "manifest.csv").read_text().splitlines()) == 3  # still lists alice's
@@ -118,7 +120,8 @@ def test_purge_sweeps_the_files_a_crash_left_and_keeps_the_named_ones(inventory_
 
         for i, f in named.items():
             assert f is not None and f.is_file() == (i > 3), i  # alice's photos went; bob's, named, stay
-        assert not half_written.exists() and other.is_file() and young.is_file() and theirs.is_file()
+        assert not half_written.exists() and other.is_file() and young.is_file()
+        assert theirs.is_file() and theirs_too.is_file()
         entry = store.audit(limit=1)[0]
         assert (entry.action, entry.detail) == ("sweep_files", {"files": 4, "labelled": 1})
         assert [r.split(",")[0] for r in (store.labelled_dir / "manifest.csv").read_text().splitlines()] == [

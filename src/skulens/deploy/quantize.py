@@ -52,7 +52,7 @@ def quantize_onnx_with_photos(onnx_path: str | os.PathLike, photos: Sequence[str
     `check_photos` (`skulens export --int8`: PARITY_IMAGES held-out photos, not the calibration ones whose
     ranges the file was fitted to; the deployment benchmark measures the file's accuracy itself): OUT is
     replaced only if the int8 file agrees with the fp32 one (itself within 1e-4 of PyTorch, checked at export)
-    on them under the int8 rule LiteRT files are held to (`deploy.tflite.check_parity`); otherwise
+    on them under the int8 rule LiteRT files are held to (`deploy.parity.check_parity`); otherwise
     BundleError, and OUT is left as it was."""
     from ..models.onnx_runtime import read_onnx_card
 

@@ -1166,12 +1166,14 @@ class InventoryStore:
         cutoff = time.time() - min_age_s
         swept = labelled = 0
         with self._files():
-            # Only the label folders of this store's labels: a labelled folder shared with another store's
-            # database keeps that store's photos.
-            mine = [self.labelled_dir / _safe_dirname(label) for label in sorted(self.labels())]
-            for folder in (self.photo_dir, *(d for d in mine if d.is_dir())):
+            for folder in (self.photo_dir, *(d for d in self.labelled_dir.glob("*") if d.is_dir())):
                 for path in folder.glob("*"):
                     if _STORE_FILE.fullmatch(path.name) is None or path.name in named:
+                        continue
+                    # A labelled folder may be shared with another store's database: only photos this store
+                    # took in (their rows stay, erased or not) are its to sweep there.
+                    if folder != self.photo_dir and not self._read(
+                            "SELECT 1 FROM photos WHERE sha256 = :sha", {"sha": path.name.lstrip(".")[:64]}):
                         continue
                     try:
                         if not path.is_file() or path.stat().st_mtime >= cutoff:

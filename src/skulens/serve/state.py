@@ -219,12 +219,13 @@ class ServiceState:
                     detector=detector, fit_recommender=fit)
         if settings.tag_vocabulary:
             state.tag_vocabulary = _load_tag_vocabulary(settings.tag_vocabulary, state.recognizer.tagger)
-        state.people.purge_if_due()  # retention first: nothing past its time is served after a restart
-        if state.store is not None:  # and no photo a crash left behind (an erased user's) outlives the restart
-            try:
+        try:
+            # Retention first: nothing past its time is served after a restart (its purge sweeps too); else a
+            # sweep, so that no photo a crash left behind (an erased user's) outlives the restart.
+            if not state.people.purge_if_due() and state.store is not None:
                 state.store.sweep_uploads(actor="startup")
-            except OSError as exc:  # a read-only or unreadable folder: the service still starts, and says so
-                logger.warning("inventory: could not sweep the upload folders at start: %s", exc)
+        except OSError as exc:  # a read-only or unreadable folder: the service still starts, and says so
+            logger.warning("inventory: could not purge or sweep the upload folders at start: %s", exc)
         state.people.refit()
         state.loading_s = time.time() - t0
         return state
