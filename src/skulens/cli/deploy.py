@@ -65,14 +65,12 @@ def cmd_export(ns: argparse.Namespace) -> int:
     say(f"exported {ns.format}: {path} ({path.stat().st_size / 1e6:.1f} MB); preprocessing and labels are "
         "in its metadata")
     if ns.int8:
-        from ..deploy.quantize import PARITY_IMAGES, calibration_sample, quantize_onnx_with_photos
+        from ..deploy.quantize import calibration_sample, check_sample, quantize_onnx_with_photos
 
         assert data is not None
         card = read_card(bundle)
         photos = calibration_sample(data, split=ns.calibration_split, images=ns.calibration_images, card=card)
-        calibrated = set(photos)  # checked on photos that did not set its ranges
-        check = [p for p in calibration_sample(data, split="val", images=len(photos) + PARITY_IMAGES, card=card)
-                 if p not in calibrated][:PARITY_IMAGES]
+        check = check_sample(data, photos, card=card)
         q = quantize_onnx_with_photos(path, photos, check_photos=check, progress=not ns.quiet)
         checked = (f"checked against fp32 on {len(check)} val photos" if check else
                    "NOT checked against fp32: no val photo outside the calibration sample")

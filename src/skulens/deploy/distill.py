@@ -39,14 +39,12 @@ def distill(teacher: str | os.PathLike[str], *, student: str | None = None,
     if student or "backbone" not in values:
         values["backbone"] = student or DEFAULT_STUDENT
     values["data"] = str(resolve_data(data, recorded=recorded_dataset(teacher)))
+    from ..evaluate.heldout import split_settings
     from ..models.bundle import read_card
 
     # The teacher's split unless told otherwise: a val carved out of train then holds no photo the teacher
     # trained on (the student's selection, and `--preset fast`'s check on that val, stay honest).
-    taught = read_card(teacher).train_config or {}
-    for key in ("val_fraction", "seed"):
-        if key in taught:
-            values.setdefault(key, taught[key])
+    values = {**split_settings(read_card(teacher)), **values}
     if out is not None:
         values["out"] = out
     return fit(resolve_config(values), progress=progress)

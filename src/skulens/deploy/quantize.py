@@ -20,7 +20,7 @@ import torch
 from ..models.card import ModelCard
 from ..models.inference import iter_batches
 
-__all__ = ["calibration_inputs", "calibration_sample", "quantize_dynamic_linear", "quantize_onnx",
+__all__ = ["PARITY_IMAGES", "calibration_inputs", "calibration_sample", "check_sample", "quantize_dynamic_linear", "quantize_onnx",
            "quantize_onnx_with_photos"]
 
 
@@ -40,7 +40,16 @@ def calibration_sample(data: str | os.PathLike, *, split: str = "train", images:
     return paths[:images]
 
 
-PARITY_IMAGES = 32  # calibration photos an int8 file is checked on: enough to catch a broken graph, a second or two
+PARITY_IMAGES = 32  # held-out photos an int8 file is checked on: enough to catch a broken graph, a second or two
+
+
+def check_sample(data: str | os.PathLike, calibration: Sequence[str | os.PathLike], *, card: ModelCard | None = None,
+                 images: int = PARITY_IMAGES) -> list[Path]:
+    """Up to `images` val photos (the model's own split, see calibration_sample) that are not in `calibration`:
+    an int8 file is checked on photos that did not set its ranges. Empty when val holds no other photo."""
+    calibrated = {Path(p) for p in calibration}
+    pool = calibration_sample(data, split="val", images=len(calibrated) + images, card=card)
+    return [p for p in pool if p not in calibrated][:images]
 
 
 def quantize_onnx_with_photos(onnx_path: str | os.PathLike, photos: Sequence[str | os.PathLike],
@@ -57,13 +66,14 @@ def quantize_onnx_with_photos(onnx_path: str | os.PathLike, photos: Sequence[str
     from ..models.onnx_runtime import read_onnx_card
 
     onnx_path = Path(onnx_path)
-    images, transform = calibration_inputs(photos, read_onnx_card(onnx_path), progress=progress)
+    card = read_onnx_card(onnx_path)
+    images, transform = calibration_inputs(photos, card, progress=progress)
     out = Path(out) if out else onnx_path.with_name(onnx_path.stem + ".int8.onnx")
     tmp = out.with_name(out.name + ".tmp")
     try:
         quantize_onnx(onnx_path, tmp, images, transform)
         if check_photos:
-            held_out, _ = calibration_inputs(check_photos, read_onnx_card(onnx_path))
+            held_out, _ = calibration_inputs(check_photos, card)
             _check_int8(onnx_path, tmp, held_out, transform, name=out)
         os.replace(tmp, out)
     finally:

@@ -9,7 +9,7 @@ if TYPE_CHECKING:
     from ..data.catalogue import Catalogue
     from ..models.card import ModelCard
 
-__all__ = ["card_catalogue"]
+__all__ = ["card_catalogue", "split_settings"]
 
 
 def card_catalogue(data: str | os.PathLike, card: ModelCard) -> Catalogue:
@@ -21,5 +21,10 @@ def card_catalogue(data: str | os.PathLike, card: ModelCard) -> Catalogue:
     """
     from ..data.catalogue import load_catalogue
 
+    return load_catalogue(data, **{"val_fraction": 0.1, "seed": 0, **split_settings(card)})
+
+
+def split_settings(card: ModelCard) -> dict[str, float | int]:
+    """The val fraction and seed the card's training run split its catalogue with, those it recorded."""
     tc = card.train_config or {}
-    return load_catalogue(data, val_fraction=float(tc.get("val_fraction", 0.1)), seed=int(tc.get("seed", 0)))
+    return {key: kind(tc[key]) for key, kind in (("val_fraction", float), ("seed", int)) if key in tc}
