@@ -4,8 +4,12 @@ a crash leaves behind that no row names."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
+import sys
 import time
+from dataclasses import replace
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -143,3 +147,194 @@ def test_a_database_error_fails_the_merged_requests_at_once_without_a_solo_retry
         monkeypatch.setattr(store, "_intake_merged", locked)
         out = store.intake_batches([[_photo(1)], [_photo(2)], [_photo(3)]], threshold=0.5, actor="t")
         assert calls == [3] and all(isinstance(e, sqlite3.OperationalError) for e in out)
+
+
+# -- a full disk is everyone's --------------------------------------------------------------------------
+
+
+def _full_disk(monkeypatch: pytest.MonkeyPatch, folder: Path, code: int, *, room: int = 0) -> list[str]:
+    """Make writes into `folder` fail as a full (over-quota, read-only) disk fails them, after `room` files
+    still fit: half the bytes written, then the OSError. Returns the names whose write was attempted."""
+    import pathlib
+
+    attempts: list[str] = []
+    write_bytes = pathlib.Path.write_bytes
+
+    def write(path: pathlib.Path, data: bytes) -> int:
+        if path.parent != folder:
+            return write_bytes(path, data)
+        attempts.append(path.name.split(".")[1])  # .SHA.jpg.PID.tmp: the photo's sha256
+        if len(attempts) <= room:
+            return write_bytes(path, data)
+        write_bytes(path, data[: len(data) // 2])
+        raise OSError(code, os.strerror(code), str(path))
+
+    monkeypatch.setattr(pathlib.Path, "write_bytes", write)
+    return attempts
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT, errno.EROFS], ids=errno.errorcode.get)
+def test_a_full_disk_fails_the_merged_requests_at_once_with_nothing_left_behind(
+        inventory_db, monkeypatch: pytest.MonkeyPatch, code: int) -> None:
+    with inventory_db.store() as store:
+        # Photo 1 still fits (the disk is full after it); photo 2 does not. All go to review: all are kept.
+        attempts = _full_disk(monkeypatch, store.photo_dir, code, room=1)
+        a, b, c = [_photo(1, 0.2)], [_photo(2, 0.2), _photo(3, 0.2)], [_photo(4, 0.2)]
+
+        out = store.intake_batches([a, b, c], threshold=0.5, actor=["a", "b", "c"])
+
+        assert isinstance(out[0], OSError) and out[0].errno == code
+        assert all(e is out[0] for e in out)  # the same error for every request: no request is blamed alone
+        assert attempts == [f"{1:064x}", f"{2:064x}"]  # each photo written at most once: no solo retries
+        assert store.known(f"{i:064x}" for i in range(1, 5)) == {} and store.counts() == {} and store.audit() == []
+        assert list(store.photo_dir.iterdir()) == []  # neither photo 1's file nor photo 2's half-written one
+
+
+@pytest.mark.parametrize("code", [errno.EACCES, errno.ENAMETOOLONG, errno.EISDIR, errno.ENOENT],
+                         ids=errno.errorcode.get)
+def test_a_files_own_write_error_is_still_one_requests(code: int) -> None:
+    from skulens.serve.inventory import _one_requests_error, storage_failure
+
+    exc = OSError(code, os.strerror(code), "x.jpg")
+    assert storage_failure(exc) is None and _one_requests_error(exc)
+
+
+def test_storage_failure_knows_a_full_disk_from_the_os_and_from_either_database() -> None:
+    import sqlite3
+
+    from skulens.serve.inventory import _one_requests_error, storage_failure
+
+    assert [storage_failure(OSError(c, "")) for c in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)] == [
+        "full", "full", "unavailable", "unavailable"]
+    db = sqlite3.connect(":memory:")
+    db.executescript("PRAGMA max_page_count = 2; CREATE TABLE t (x BLOB)")
+    with pytest.raises(sqlite3.OperationalError) as full:  # a real SQLITE_FULL: the database cannot grow
+        db.execute("INSERT INTO t VALUES (zeroblob(100000))")
+    # (Python 3.10's sqlite3 errors carry no error code: a full database there is everyone's error, not "full")
+    assert storage_failure(full.value) == ("full" if sys.version_info >= (3, 11) else None)
+    assert not _one_requests_error(full.value)
+    errors = pytest.importorskip("psycopg.errors")
+    assert storage_failure(errors.DiskFull("could not extend file")) == "full"
+
+
+@pytest.mark.parametrize(("code", "status"), [pytest.param(errno.ENOSPC, 507, id="ENOSPC-507"),
+                                               pytest.param(errno.EDQUOT, 507, id="EDQUOT-507"),
+                                               pytest.param(errno.EROFS, 503, id="EROFS-503")])
+def test_intake_on_a_full_disk_answers_507_and_counts_nothing(inventory_db, monkeypatch: pytest.MonkeyPatch,
+                                                              code: int, status: int) -> None:
+    import io
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from skulens.models.predictor import Prediction
+    from skulens.serve.routers import inventory as inventory_router
+    from skulens.serve.settings import ApiKey, ServeSettings
+    from skulens.serve.state import ServiceState
+
+    monkeypatch.delenv("SKULENS_PSEUDONYM_KEY", raising=False)
+    settings = ServeSettings(model="unused", db=inventory_db.url(), labelled_dir=str(inventory_db.tmp_path / "lab"),
+                             review_threshold=0.5, api_keys=(ApiKey("till", "s3cret-key"),))
+    state = ServiceState(settings, SimpleNamespace(path=None))  # the route's model is stubbed below
+    assert state.store is not None
+
+    async def unsure(image: object, **_: object) -> Prediction:  # below the threshold: the photo is kept
+        return Prediction("upload", "oat-milk", "fine", 0.2, "oat-milk", 0.2, top_k=(("oat-milk", 0.2),))
+
+    monkeypatch.setattr(state.recognizer, "decode", lambda data, full=False: Image.open(io.BytesIO(data)))
+    monkeypatch.setattr(state.recognizer, "predict", unsure)
+    attempts = _full_disk(monkeypatch, state.store.photo_dir, code)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.skulens = state
+        await state.start()
+        yield
+        await state.stop()
+
+    app = FastAPI(lifespan=lifespan)
+    app.include_router(inventory_router.router)
+    photos = []
+    for i in range(2):
+        buf = io.BytesIO()
+        Image.new("RGB", (32, 32), (40 * i, 90, 200)).save(buf, format="JPEG")
+        photos.append(("images", (f"{i}.jpg", buf.getvalue(), "image/jpeg")))
+    with TestClient(app) as client:
+        r = client.post("/v1/inventory/intake", files=photos, headers={"X-API-Key": "s3cret-key"})
+    assert r.status_code == status, r.text
+    assert os.strerror(code) in r.json()["detail"] and str(state.store.photo_dir) not in r.text
+    assert len(attempts) == 1  # the first photo's write failed: the second was never tried
+    assert list(state.store.photo_dir.iterdir()) == []  # not even the half-written temporary
+    with inventory_db.store() as store:
+        assert store.counts() == {} and store.stats() == {} and store.audit() == []
+
+
+# -- the sweep, a chunk at a time -----------------------------------------------------------------------
+
+
+def test_the_sweep_checks_files_a_chunk_at_a_time_and_sweeps_as_before(inventory_db,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from skulens.serve import inventory
+    from skulens.serve.inventory import IntakeBox, ShelfPhoto
+
+    p = Pseudonymizer(b"0123456789abcdef-test-key")
+    with inventory_db.store() as store:
+        crop = IntakeBox((0, 0, 5, 5), 0.9, "oat-milk", 0.2, "oat-milk", b"crop")  # unsure: its crop is kept
+        shelf = ShelfPhoto(f"{40:064x}", "shelf.jpg", (crop, crop, replace(crop, crop=None)), image=b"shelf")
+        store.intake([_photo(i, 0.2 if i % 2 else 0.9, user=p("alice") if i < 5 else p("bob")) for i in range(1, 17)]
+                     + [shelf], threshold=0.5, actor="t", keep_photos=True)
+        store.resolve(f"{7:064x}", None, actor="reviewer")  # rejected: its file went, its row still names it
+        for i in (3, 5):
+            store.resolve(f"{i:064x}", "oat-milk", actor="reviewer")  # into the labelled folder
+        with monkeypatch.context() as m:  # the process dies between the erasure's commit and its file deletions
+            m.setattr(store, "_delete_files", lambda files: None)
+            assert store.erase_user(p("alice"), actor="support").files == 4  # photos 1 to 4 (3: labelled)
+        rejected_again = store.photo_dir / f"{7:064x}.jpg"  # a rejection's unlink that a crash cut short
+        rejected_again.write_bytes(b"rejected")
+        strays = [store.photo_dir / f"{i:064x}.jpg" for i in (20, 21, 22)]  # written, never committed
+        strays += [store.photo_dir / f".{23:064x}.jpg.4242.tmp", store.photo_dir / f"{40:064x}-7.jpg"]
+        for f in strays:
+            f.write_bytes(b"stray")
+        theirs = store.labelled_dir / "oat-milk" / f"{30:064x}.jpg"  # another store's, in a shared labelled folder
+        theirs.write_bytes(b"theirs")
+        young = store.photo_dir / f"{24:064x}.jpg"  # an intake whose transaction has not committed yet
+        young.write_bytes(b"in flight")
+        files = [f for d in (store.photo_dir, *store.labelled_dir.iterdir()) if d.is_dir() for f in d.iterdir()]
+        for f in files:
+            if f != young:
+                os.utime(f, (OLD, OLD))
+        named = {f for f in files if f not in {*strays, rejected_again, theirs, young}}
+        named_by_rows = {f.name for f in named}
+        assert len(named_by_rows) > 3 * 3  # more rows than three chunks hold
+        erased = {f for f in named if f.name in {f"{i:064x}.jpg" for i in range(1, 5)}}
+        assert len(erased) == 4
+
+        reads: list[tuple[int, int]] = []  # (photos asked about, rows answered) per query
+        asked: list[str] = []
+        read = store._read
+
+        def counted(sql, params=None):
+            rows = read(sql, params)
+            asked.extend((params or {}).get("shas", ()))
+            reads.append((len((params or {}).get("shas", ())), len(rows)))
+            return rows
+
+        with monkeypatch.context() as m:
+            m.setattr(inventory, "_SWEEP_CHUNK", 3, raising=False)
+            m.setattr(store, "_read", counted)
+            swept = store.sweep_uploads(actor="t")
+
+        assert {f for f in files if f.exists()} == (named - erased) | {theirs, young}
+        assert swept == len(strays) + 1 + len(erased)
+        entry = store.audit(limit=1)[0]
+        assert (entry.action, entry.detail) == ("sweep_files", {"files": swept, "labelled": 1})
+        assert f"{24:064x}" not in asked  # a young file is never looked up
+        # Every query asked about one chunk of photos (3) and got at most their rows and their boxes' (1 + 2 each),
+        # never every name the store holds; together they asked about every old file in the folders.
+        sweep_reads = [(n, rows) for n, rows in reads if n]
+        assert sweep_reads and max(n for n, _ in sweep_reads) <= 3 and max(rows for _, rows in reads) <= 3 * 3
+        assert len(sweep_reads) >= (len(files) - 1) // 3
+        assert [r.split(",")[0] for r in (store.labelled_dir / "manifest.csv").read_text().splitlines()] == [
+            "path", f"oat-milk/{5:064x}.jpg"]

@@ -35,7 +35,9 @@ from __future__ import annotations
 
 import csv
 import difflib
+import errno
 import io
+import itertools
 import json
 import logging
 import os
@@ -79,6 +81,7 @@ __all__ = [
     "check_known_label",
     "is_counted",
     "is_database_url",
+    "storage_failure",
 ]
 
 logger = logging.getLogger(__name__)
@@ -181,12 +184,40 @@ _STORE_FILE = re.compile(r"[0-9a-f]{64}(?:-[0-9]+)?\.jpg|\.[0-9a-f]{64}(?:-[0-9]
 # 1 h: an intake writes its files before its transaction commits (seconds, a lock wait at most); a file that no
 # row names an hour later was left by a crash or a failed write.
 _SWEEP_MIN_AGE_S = 3600.0
+# Files checked against the database per query: their sha256s are bound twice (`_NAMED_FILES`), under the 999
+# bound parameters of SQLite before 3.32.
+_SWEEP_CHUNK = 400
+
+
+# The disk's own state, not one file's: every request's photo fails alike (on a full disk slowly, after most of
+# its bytes), so a merged intake that meets one fails as a whole. Full: no space, over quota. Unavailable: a
+# read-only or failing file system, no file handles left (retrying at once would meet it again).
+_STORAGE_FULL_ERRNOS = frozenset(getattr(errno, n) for n in ("ENOSPC", "EDQUOT") if hasattr(errno, n))
+_STORAGE_DOWN_ERRNOS = frozenset(getattr(errno, n) for n in ("EROFS", "EIO", "EMFILE", "ENFILE") if hasattr(errno, n))
+_SQLITE_FULL = 13  # "database or disk is full" (sqlite3.SQLITE_FULL, Python 3.11+)
+_PG_DISK_FULL = "53100"
+
+
+def storage_failure(exc: BaseException) -> str | None:
+    """Whether `exc` is the store's disk failing every write alike, not one request's: "full" (no space left,
+    over quota; a database that says its disk is full too), "unavailable" (a read-only or failing file system,
+    no file handles left), else None. A merged intake fails as a whole on one (`intake_batches`)."""
+    if isinstance(exc, OSError) and exc.errno in _STORAGE_FULL_ERRNOS:
+        return "full"
+    if isinstance(exc, OSError) and exc.errno in _STORAGE_DOWN_ERRNOS:
+        return "unavailable"
+    if getattr(exc, "sqlite_errorcode", None) == _SQLITE_FULL or getattr(exc, "sqlstate", None) == _PG_DISK_FULL:
+        return "full"
+    return None
 
 
 def _one_requests_error(exc: BaseException) -> bool:
-    """An error one request of a merged intake can cause alone: its photo file cannot be written (OSError), a
-    value the store refuses (ValueError, InventoryError) or a row the database refuses (the DB-API's
-    IntegrityError / DataError, sqlite3's or psycopg's). A locked, lost or broken database is everyone's."""
+    """An error one request of a merged intake can cause alone: its photo file cannot be written (an OSError
+    that is not the disk's own: a path in the way, a file it may not replace), a value the store refuses
+    (ValueError, InventoryError) or a row the database refuses (the DB-API's IntegrityError / DataError,
+    sqlite3's or psycopg's). A locked, lost or broken database, or a full or read-only disk, is everyone's."""
+    if storage_failure(exc) is not None:
+        return False
     return isinstance(exc, (OSError, ValueError)) or any(
         c.__name__ in ("IntegrityError", "DataError") for c in type(exc).__mro__)
 
@@ -434,6 +465,37 @@ _TOP_K_LABELS = {
 }
 
 
+# What `sweep_uploads` asks of a chunk of photos: their rows, and their boxes' rows that name a file.
+_NAMED_FILES = sa.text(
+    "SELECT 'photo' AS kind, sha256, stored, status FROM photos WHERE sha256 IN :shas UNION ALL "
+    "SELECT 'box' AS kind, sha256, stored, status FROM boxes WHERE sha256 IN :shas AND stored IS NOT NULL"
+).bindparams(sa.bindparam("shas", expanding=True))
+
+
+def _old_store_files(folder: Path, cutoff: float) -> Iterator[str]:
+    """The names of the store's own files (`_STORE_FILE`) in `folder` last written before `cutoff`, one at a
+    time (a folder's listing is never held whole)."""
+    try:
+        entries = os.scandir(folder)
+    except FileNotFoundError:
+        return
+    with entries:
+        for entry in entries:
+            if _STORE_FILE.fullmatch(entry.name) is None:
+                continue
+            try:
+                if entry.is_file() and entry.stat().st_mtime < cutoff:
+                    yield entry.name
+            except FileNotFoundError:  # deleted meanwhile
+                continue
+
+
+def _chunks(items: Iterable[_T], size: int) -> Iterator[list[_T]]:
+    it = iter(items)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
+
+
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     # SQLAlchemy's documented recipe for pysqlite: no implicit BEGIN from the driver, ours in _sqlite_on_begin.
     dbapi_connection.isolation_level = None
@@ -637,7 +699,9 @@ class InventoryStore:
         One request's failure (its photo file cannot be written, a bad row) is its own: when the merged
         transaction fails, everything in it was rolled back, and each request is written again in a transaction
         of its own, so only the requests that fail alone get an error. Nothing counts twice: a photo whose row
-        is already there (a transaction that committed after all, a client's retry) is a duplicate.
+        is already there (a transaction that committed after all, a client's retry) is a duplicate. A failure
+        that is everyone's (a locked or lost database; a full, over-quota or read-only disk: `storage_failure`)
+        is every request's at once, the same exception, with nothing written and no photo file left.
 
         Concurrency, the same on both databases: a photo counts in the transaction that inserted its row (the
         sha256 is the primary key: `INSERT ... ON CONFLICT DO NOTHING`), and counts change by
@@ -653,10 +717,13 @@ class InventoryStore:
         try:
             return list(self._intake_merged(batches, actors, threshold, keep_photos))
         except Exception as exc:  # noqa: BLE001 - whose failure it is, the requests written alone tell
+            if storage_failure(exc) is not None:  # the operator's to fix: said once, not once per request
+                logger.error("inventory %s: %s; an intake of %d request(s) failed, nothing of it was written",
+                             self.url, exc, len(batches))
             if len(batches) == 1:
                 return [exc]
-            if not _one_requests_error(exc):  # a locked or lost database: 64 solo attempts would only wait longer
-                return [exc] * len(batches)
+            if not _one_requests_error(exc):  # a locked or lost database, a full disk: 64 solo attempts would
+                return [exc] * len(batches)  # only wait longer, and fail alike
             logger.warning("inventory %s: an intake of %d requests failed (%s); writing each on its own", self.url,
                            len(batches), str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         out: list[list[IntakeResult] | Exception] = []
@@ -1159,30 +1226,30 @@ class InventoryStore:
         folders that no row names: what a crash between a commit and its file deletions leaves behind
         (`erase_user`, `purge_uploads`, a rejection), or a write cut short. A file younger than `min_age_s` stays:
         it may be an intake's whose transaction has not committed yet. Returns how many went; one audit line
-        when any did. `purge_uploads` calls it, and the service at start."""
-        named = {r["stored"] for r in self._read(  # a rejected item's file is deleted after its commit
-            "SELECT stored FROM photos WHERE stored IS NOT NULL AND status <> 'rejected' UNION "
-            "SELECT stored FROM boxes WHERE stored IS NOT NULL AND status <> 'rejected'")}
+        when any did. `purge_uploads` calls it, and the service at start.
+
+        The old enough files are checked against the database a chunk at a time (`_SWEEP_CHUNK`), so memory
+        grows with the chunk, not with the store or its folders."""
         cutoff = time.time() - min_age_s
         swept = labelled = 0
         with self._files():
             for folder in (self.photo_dir, *(d for d in self.labelled_dir.glob("*") if d.is_dir())):
-                for path in folder.glob("*"):
-                    if _STORE_FILE.fullmatch(path.name) is None or path.name in named:
-                        continue
-                    # A labelled folder may be shared with another store's database: only photos this store
-                    # took in (their rows stay, erased or not) are its to sweep there.
-                    if folder != self.photo_dir and not self._read(
-                            "SELECT 1 FROM photos WHERE sha256 = :sha", {"sha": path.name.lstrip(".")[:64]}):
-                        continue
-                    try:
-                        if not path.is_file() or path.stat().st_mtime >= cutoff:
+                for chunk in _chunks(_old_store_files(folder, cutoff), _SWEEP_CHUNK):
+                    named, ours = self._named_files({name.lstrip(".")[:64] for name in chunk})
+                    for name in chunk:
+                        # A labelled folder may be shared with another store's database: only photos this store
+                        # took in (their rows stay, erased or not) are its to sweep there.
+                        if name in named or (folder != self.photo_dir and name.lstrip(".")[:64] not in ours):
                             continue
-                        path.unlink()
-                    except FileNotFoundError:  # deleted meanwhile (a rejection's own unlink)
-                        continue
-                    swept += 1
-                    labelled += folder != self.photo_dir
+                        path = folder / name
+                        try:
+                            if not path.is_file() or path.stat().st_mtime >= cutoff:  # rewritten meanwhile
+                                continue
+                            path.unlink()
+                        except FileNotFoundError:  # deleted meanwhile (a rejection's own unlink)
+                            continue
+                        swept += 1
+                        labelled += folder != self.photo_dir
             if labelled and self._write_manifest() is None:
                 (self.labelled_dir / "manifest.csv").unlink(missing_ok=True)
         if swept:
@@ -1191,6 +1258,14 @@ class InventoryStore:
             self._write(lambda db, _w: self._audit(db, _now(), actor, "sweep_files", None, 0, None, None,
                                                    {"files": swept, "labelled": labelled}))
         return swept
+
+    def _named_files(self, shas: Collection[str]) -> tuple[set[str], set[str]]:
+        """For these photos: the files their rows and their boxes' rows name (a rejected item's file is deleted
+        after its commit: not named), and which of them have a row at all. By sha256, the primary key: a stored
+        name starts with its photo's sha256 (`_write_photo`), and `stored` has no index of its own."""
+        rows = self._read(_NAMED_FILES, {"shas": sorted(shas)})
+        named = {r["stored"] for r in rows if r["stored"] is not None and r["status"] != "rejected"}
+        return named, {r["sha256"] for r in rows if r["kind"] == "photo"}
 
     def _delete_files(self, files: Sequence[tuple[str | None, str]]) -> None:
         """Unlink (label, name) files from the photo folder and, for labelled ones, the labelled folder; then

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import os
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Annotated, Any
@@ -24,7 +25,14 @@ from ..batching import QueueFullError
 from ..deps import ReadKey, State, WriteKey, busy
 from ..images import content_hash
 from ..intake import TOP_K, intake_photo, shelf_photo
-from ..inventory import IntakePhoto, InventoryError, InventoryStore, ShelfPhoto, UnknownLabelError
+from ..inventory import (
+    IntakePhoto,
+    InventoryError,
+    InventoryStore,
+    ShelfPhoto,
+    UnknownLabelError,
+    storage_failure,
+)
 from ..schemas import (
     AdjustRequest,
     AuditOut,
@@ -140,6 +148,15 @@ async def intake(state: State, actor: WriteKey,
         stored = iter(await state.record_intake(photos, actor) if photos else [])
     except (QueueFullError, asyncio.TimeoutError) as exc:
         raise busy(state, exc) from None
+    except Exception as exc:
+        failure = storage_failure(exc)
+        if failure is None:
+            raise
+        # The server's disk, not the photos: 507 when it is full (or over quota), 503 when it cannot be written.
+        # (Its path and the store's log line are the operator's; the client is told only what happened.)
+        reason = os.strerror(exc.errno) if isinstance(exc, OSError) and exc.errno else "the database's disk is full"
+        raise HTTPException(507 if failure == "full" else 503,
+                            f"the inventory cannot store photos now ({reason}); nothing was counted") from None
     results = [IntakeResultOut(**next(stored).to_dict()) if isinstance(p, (IntakePhoto, ShelfPhoto))
                else p.item if isinstance(p, _Failed) else p for p in prepared]
     for r in results:
