@@ -13,7 +13,6 @@ import pytest
 from PIL import Image
 
 from skulens.cli import main
-from skulens.data.catalogue import EXTRA_TRAIN
 from skulens.data.decode import DEFAULT_MAX_ASPECT
 
 # 26:1, over DEFAULT_MAX_ASPECT: the decoder refuses it before any pixel is decoded.
@@ -115,77 +114,6 @@ def test_text_tune_takes_the_bundle_folder_its_card_or_an_interrupted_swap(tuned
     assert tuned_folders == [bundle] * 3 and (bundle / "card.json").is_file()
     with pytest.raises(BundleError, match="not a skulens bundle"):
         tune_text_encoder(tmp_path / "elsewhere", cat)
-
-
-# --- 4. self-training under torchrun: rank 0 alone writes, every rank trains on rank 0's labels ------------
-
-
-@pytest.fixture()
-def ranked_self_train(tiny_bundle, tiny_catalogue: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """self_train as rank `rank` of 2 processes: the process group faked (broadcast hands out rank 0's labels),
-    the teacher's labelling and the student's training stubbed."""
-    from skulens.config import TrainConfig
-    from skulens.data.catalogue import Sample, load_catalogue
-    from skulens.train import distributed, semi
-
-    photos = tmp_path / "unlabelled"
-    photos.mkdir()
-    Image.new("RGB", (64, 64), (200, 30, 30)).save(photos / "a.jpg")
-    rank0 = semi.PseudoLabels((Sample(photos / "a.jpg", "red-apple"),), (0.99,), 0.9, 1.0, 1, 0)
-    calls: dict[str, list] = {"labelled": [], "broadcast": [], "trained": [], "answer": [(rank0, None)]}
-
-    def pseudo_labels(*args, **kwargs):
-        calls["labelled"].append(args)
-        return rank0
-
-    def broadcast(self, obj):
-        calls["broadcast"].append(obj)
-        return calls["answer"][0]  # what rank 0 sent
-
-    def fit_run(cfg, *, catalogue, **kwargs):
-        calls["trained"].append(catalogue)
-        return type("Result", (), {"bundle": tiny_bundle.bundle})()
-
-    monkeypatch.setattr(semi, "_pseudo_labels", pseudo_labels)
-    monkeypatch.setattr(distributed.Dist, "broadcast", broadcast)
-    cat = load_catalogue(tiny_catalogue)
-
-    def run(rank: int) -> Path:
-        import torch
-
-        d = distributed.Dist(torch.device("cpu"), rank=rank, world_size=2)
-        monkeypatch.setattr(distributed, "setup", lambda device: d)
-        out = tmp_path / f"rank{rank}"
-        cfg = TrainConfig(data=str(tiny_catalogue), out=str(out), unlabeled=str(photos),
-                          teacher=str(tiny_bundle.bundle), device="cpu")
-        semi.self_train(cfg, cat, progress=False, fit_run=fit_run)
-        return out
-
-    return run, calls, rank0
-
-
-def test_self_training_off_rank_zero_writes_nothing_and_trains_on_rank_zeros_labels(ranked_self_train) -> None:
-    run, calls, rank0 = ranked_self_train
-    out = run(1)
-    assert not (out / "pseudo_labels.csv").exists()
-    assert calls["labelled"] == [] and calls["broadcast"] == [(None, None)]  # it labelled nothing, it waited
-    (student,) = calls["trained"]
-    assert list(student.splits[EXTRA_TRAIN]) == list(rank0.samples)
-
-
-def test_self_training_on_rank_zero_labels_writes_and_shares(ranked_self_train) -> None:
-    run, calls, rank0 = ranked_self_train
-    out = run(0)
-    assert (out / "pseudo_labels.csv").read_text().splitlines()[1].endswith("red-apple,0.9900")
-    assert len(calls["labelled"]) == 1 and calls["broadcast"] == [(rank0, None)]
-
-
-def test_self_training_off_rank_zero_stops_with_rank_zeros_error(ranked_self_train) -> None:
-    run, calls, _ = ranked_self_train
-    calls["answer"] = [(None, "ValueError: the teacher's classes differ")]  # rank 0 failed and said so
-    with pytest.raises(RuntimeError, match="rank 0 could not pseudo-label.*classes differ"):
-        run(1)
-    assert calls["trained"] == []
 
 
 # --- 5. the text search cache: re-embedded when the texts change, not on a metadata update -----------------

@@ -71,6 +71,14 @@ class Dist:
         dist.broadcast_object_list(box, src=0)
         return box[0]  # type: ignore[return-value]
 
+    def gather(self, obj: T) -> list[T]:
+        """Every rank's `obj`, by rank, on every rank (pickled, as `broadcast`); `[obj]` in one process."""
+        if not self.enabled:
+            return [obj]
+        seen: list[Any] = [None] * self.world_size
+        dist.all_gather_object(seen, obj)
+        return seen
+
     def mean(self, value: float) -> float:
         """The mean of `value` over the ranks (equal shard sizes: the global mean of per-rank means)."""
         if not self.enabled:

@@ -15,8 +15,9 @@ Self-training puts them to work through the teacher/student path skulens already
    head also learning the teacher's soft targets on every batch (distillation, `distill_alpha`,
    `distill_temperature`), and the photos augmented as usual (the "noise" of Noisy Student).
 
-The pseudo-labels are written to `OUT/pseudo_labels.csv` (path, label, confidence; under torchrun rank 0
-labels and writes, and every rank trains on its labels) and the card records
+The pseudo-labels are written to `OUT/pseudo_labels.csv` (path, label, confidence; under torchrun each rank
+labels its share of the photos, every rank trains on all the labels, which are those one process would give, and
+rank 0 writes them) and the card records
 the threshold, its measured precision and how many photos were kept. With `--pseudo-rounds N` the student of
 round K (OUT/round-K, its pseudo-labels beside it) is the teacher of round K+1, and the last one goes to OUT
 (Noisy Student's iteration); the card lists every round.
@@ -26,12 +27,13 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -46,6 +48,8 @@ if TYPE_CHECKING:
 __all__ = ["PseudoLabels", "choose_pseudo_threshold", "pseudo_label", "self_train"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -80,18 +84,27 @@ def choose_pseudo_threshold(probs: np.ndarray, targets: np.ndarray, precision: f
     return last
 
 
-def _strong_views(tensors: list[Any], seed: int) -> list[Any]:
+def _strong_views(tensors: list[Any], seed: int, indices: Sequence[int]) -> list[Any]:
+    """Each photo's strong view, drawn with a seed of its own (from `seed` and its index in the whole list,
+    `indices`): the same view whichever process labels the photo and whatever photos come before it."""
     import torch
     from torchvision.transforms import v2
 
-    torch.manual_seed(seed)
     strong = v2.Compose([v2.RandomHorizontalFlip(p=1.0), v2.TrivialAugmentWide()])
-    return [strong(t) for t in tensors]
+    views = []
+    with torch.random.fork_rng(devices=[]):  # v2 draws from the global generator: the caller's is left as it was
+        for t, i in zip(tensors, indices, strict=True):
+            torch.manual_seed(int(np.random.SeedSequence((seed % 2**64, i)).generate_state(1)[0]))
+            views.append(strong(t))
+    return views
 
 
 def pseudo_label(model: Model, photos: Sequence[str | os.PathLike[str]], threshold: float, *, precision: float = 0.0,
-                 seed: int = 0, batch_size: int = 32, progress: bool = False) -> PseudoLabels:
-    """Label `photos` with `model` where it is at least `threshold` sure and a strong view agrees."""
+                 seed: int = 0, batch_size: int = 32, progress: bool = False, offset: int = 0) -> PseudoLabels:
+    """Label `photos` with `model` where it is at least `threshold` sure and a strong view agrees.
+
+    offset: where `photos` starts in a longer list that is labelled in shards (one per process). A photo's strong
+    view is seeded by `seed` and its index in that list, so a shard's labels are the ones the whole list gives."""
     from ..data.dataset import decode_all
 
     decoded = decode_all([Path(p) for p in photos], model.card.resize_to, desc="unlabelled", progress=progress)
@@ -100,7 +113,7 @@ def pseudo_label(model: Model, photos: Sequence[str | os.PathLike[str]], thresho
     if not tensors:
         return PseudoLabels((), (), threshold, precision, 0, 0, bad)
     weak = model.run(tensors, batch_size=batch_size, progress=progress).fine
-    strong = model.run(_strong_views(tensors, seed), batch_size=batch_size).fine
+    strong = model.run(_strong_views(tensors, seed, [offset + i for i in decoded.kept]), batch_size=batch_size).fine
     guess, conf = weak.argmax(axis=1), weak.max(axis=1)
     confident = conf >= threshold
     agree = strong.argmax(axis=1) == guess
@@ -133,8 +146,8 @@ def self_train(cfg: TrainConfig, catalogue: Catalogue, *, progress: bool = True,
 
     assert cfg.unlabeled is not None and fit_run is not None
     photos = _unlabelled_photos(cfg.unlabeled)
-    # Under torchrun one process group for every stage (each fit joins it): rank 0 labels the photos and writes
-    # them, and every rank trains its student on rank 0's pseudo-labels.
+    # Under torchrun one process group for every stage (each fit joins it): each rank labels its share of the
+    # photos, every rank trains its student on all the pseudo-labels, and rank 0 writes them.
     d = distributed.setup(resolve_device(cfg.device))
     try:
         return _self_train(cfg, catalogue, photos, d, progress=progress, fit_run=fit_run)
@@ -167,22 +180,10 @@ def _self_train(cfg: TrainConfig, catalogue: Catalogue, photos: list[Path], d: D
             rounds.append({**{key: v for key, v in done.items() if key != "rounds"}, "round": k})
             teacher = str(where / "bundle")
             continue
-        # The other ranks wait for rank 0's labels (one set, whatever each GPU would round), or its error.
-        outcome: tuple[PseudoLabels | None, str | None] = (None, None)
-        error: Exception | None = None
-        if d.is_main:
-            try:
-                labels = _pseudo_labels(cfg, catalogue, teacher, photos, progress=progress)
-                _write_pseudo_labels(where, labels)
-                outcome = (labels, None)
-            except Exception as exc:  # noqa: BLE001 - raised again below, after every rank has heard of it
-                error, outcome = exc, (None, f"{type(exc).__name__}: {exc}")
-        pseudo, failed = d.broadcast(outcome)
-        if error is not None:
-            raise error
-        if failed is not None:
-            raise RuntimeError(f"self-training: rank 0 could not pseudo-label the photos ({failed})")
-        assert pseudo is not None
+        pseudo = _pseudo_labels(cfg, catalogue, teacher, photos, d, progress=progress)
+        # Rank 0 writes; should it fail, every rank stops here, not in the student's first collective.
+        _on_every_rank(d, "writing the pseudo-labels",
+                       functools.partial(_write_pseudo_labels, where, pseudo) if d.is_main else lambda: None)
         rounds.append({**pseudo.summary(), "round": k, "teacher": teacher,
                        "teacher_val": read_card(teacher).metrics.get("top1")})
         student_cfg = dataclasses.replace(cfg, unlabeled=None, teacher=teacher, out=str(where))
@@ -194,20 +195,62 @@ def _self_train(cfg: TrainConfig, catalogue: Catalogue, photos: list[Path], d: D
     return result
 
 
-def _pseudo_labels(cfg: TrainConfig, catalogue: Catalogue, teacher: str, photos: Sequence[Path], *,
+def _pseudo_labels(cfg: TrainConfig, catalogue: Catalogue, teacher: str, photos: Sequence[Path], d: Dist, *,
                    progress: bool) -> PseudoLabels:
+    """`photos` labelled by the teacher, the same on every rank: each rank labels a slice of them (under
+    torchrun: no rank waits out the whole folder in a collective) at rank 0's threshold (one threshold, however
+    each GPU rounds), and the slices are gathered in order."""
     from ..models.predictor import load_model
 
-    model = load_model(teacher, device=cfg.device)
-    if tuple(model.card.classes) != tuple(catalogue.classes):
-        raise ValueError(f"teacher {teacher} knows other products than the catalogue; train it on the same one")
-    probs, targets = _selection_probs(model, cfg, catalogue)
-    threshold, precision = choose_pseudo_threshold(probs, targets, cfg.pseudo_precision)
-    pseudo = pseudo_label(model, photos, threshold, precision=precision, seed=cfg.seed, progress=progress)
-    for path, reason in pseudo.unreadable:
-        log.warning("unlabelled photo skipped: %s: %s", path, reason)
-    log.info("self-training: %s", pseudo.summary())
+    model: Model | None = None
+
+    def threshold() -> tuple[float, float] | None:
+        nonlocal model
+        model = load_model(teacher, device=str(d.device))
+        if tuple(model.card.classes) != tuple(catalogue.classes):
+            raise ValueError(f"teacher {teacher} knows other products than the catalogue; train it on the same one")
+        return choose_pseudo_threshold(*_selection_probs(model, cfg, catalogue), cfg.pseudo_precision) \
+            if d.is_main else None
+
+    chosen = _on_every_rank(d, "choosing the pseudo-label threshold", threshold)[0]
+    assert model is not None and chosen is not None
+    lo, hi = len(photos) * d.rank // d.world_size, len(photos) * (d.rank + 1) // d.world_size
+    shards = _on_every_rank(d, "pseudo-labelling", lambda: pseudo_label(
+        model, photos[lo:hi], chosen[0], precision=chosen[1], seed=cfg.seed, progress=progress and d.is_main,
+        offset=lo))
+    pseudo = shards[0] if len(shards) == 1 else _joined(shards)
+    if d.is_main:
+        for path, reason in pseudo.unreadable:
+            log.warning("unlabelled photo skipped: %s: %s", path, reason)
+        log.info("self-training: %s", pseudo.summary())
     return pseudo
+
+
+def _joined(shards: Sequence[PseudoLabels]) -> PseudoLabels:
+    """The labels of consecutive slices of one list of photos, as one labelling of the list."""
+    return dataclasses.replace(
+        shards[0], samples=tuple(s for p in shards for s in p.samples),
+        confidences=tuple(c for p in shards for c in p.confidences), considered=sum(p.considered for p in shards),
+        inconsistent=sum(p.inconsistent for p in shards), unreadable=tuple(u for p in shards for u in p.unreadable))
+
+
+def _on_every_rank(d: Dist, what: str, step: Callable[[], T]) -> list[T]:
+    """`step()` on every rank, and its results by rank on every rank. In one process its result, or its
+    exception as raised. Under torchrun a failure on any rank is raised on every rank, as one RuntimeError that
+    names the rank and the error: no rank is left waiting in a collective for one that has failed."""
+    if not d.enabled:
+        return [step()]
+    result: T | None = None
+    error: Exception | None = None
+    try:
+        result = step()
+    except Exception as exc:  # noqa: BLE001 - raised below, on every rank, once each has heard of it
+        error = exc
+    outcomes = d.gather((result, None if error is None else f"{type(error).__name__}: {error}"))
+    failed = [f"rank {rank} ({message})" for rank, (_, message) in enumerate(outcomes) if message is not None]
+    if failed:
+        raise RuntimeError(f"self-training: {what} failed on {'; '.join(failed)}") from error
+    return [r for r, _ in outcomes]  # type: ignore[misc]
 
 
 def _write_pseudo_labels(folder: Path, pseudo: PseudoLabels) -> None:
