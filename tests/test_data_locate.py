@@ -136,6 +136,8 @@ def test_recorded_dataset_from_bundle_or_card(tmp_path: Path) -> None:
     bundle = _bundle(tmp_path / "b", {"backbone": "x", "dataset": {"path": "/data/gs", "layout": "grocery"}})
     assert recorded_dataset(bundle) == "/data/gs"
     assert recorded_dataset(str(bundle / "card.json")) == "/data/gs"
+    (bundle / "model.safetensors").write_bytes(b"weights, not JSON")  # --model B/model.safetensors
+    assert recorded_dataset(str(bundle / "model.safetensors")) == "/data/gs"
 
 
 @pytest.mark.parametrize("card", [{"backbone": "x"}, {"dataset": {}}, {"dataset": {"path": ""}}, [1, 2]])

@@ -20,6 +20,7 @@ DATASET_HINT = (
     "on GitHub (MIT licence): clone it and pass --data PATH/TO/GroceryStoreDataset/dataset."
 )
 _CARD = "card.json"  # skulens.models.bundle.CARD; not imported: data/ imports nothing from models/
+_WEIGHTS = "model.safetensors"  # skulens.models.bundle.WEIGHTS: --model may name it, its card is beside it
 
 
 class DataNotFoundError(CatalogueError):
@@ -68,13 +69,14 @@ def resolve_data(
 
 
 def recorded_dataset(bundle: str | os.PathLike[str]) -> str | None:
-    """The dataset path recorded in the card of ``bundle`` (a bundle folder or its card.json), or None.
+    """The dataset path recorded in the card of ``bundle`` (a bundle folder, its card.json or its
+    model.safetensors, as --model takes them), or None.
 
     None also when the card is missing, unreadable or records no path: loading the bundle is what
     reports a broken card.
     """
     path = Path(bundle)
-    card = path / _CARD if path.is_dir() else path
+    card = path / _CARD if path.is_dir() else path.parent / _CARD if path.name == _WEIGHTS else path
     try:
         data = json.loads(card.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
