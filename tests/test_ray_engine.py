@@ -6,13 +6,18 @@ it through $RAY_ADDRESS, as on a real cluster. Without Ray the cluster tests ski
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import gc
 import json
 import logging
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -106,6 +111,115 @@ def test_count_on_ray_equals_local(ray_cluster, detector, tiny_bundle, photos, t
                                                                                want.error)
         assert [b["label"] for b in row["boxes"]] == [b.label for b in want.boxes]
     assert sum(r["total"] for r in by_source.values()) > 0
+
+
+# --------------------------------------------------------------------------- a folder appears whole; an actor's threads
+
+@dataclass(frozen=True)
+class _PoisonJob:
+    """A job whose actor raises on the path `poison` (the job fails, as a crash or a bug would), and whose rows
+    say how many torch threads the actor's inference would run on."""
+
+    poison: str = ""
+    batch_size: int = 2
+    kind: ClassVar[str] = "poison"
+
+    def load(self) -> None:
+        return None
+
+    def rows(self, state: None, paths: list[str]) -> list[dict[str, Any]]:
+        import torch
+
+        if any(os.path.basename(p) == self.poison for p in paths):  # the actor reads absolute paths
+            raise RuntimeError(f"poisoned photo {self.poison}")
+        return [{"source": p, "threads": torch.get_num_threads(), "error": None} for p in paths]
+
+    def schema(self) -> Any:
+        import pyarrow as pa
+
+        return pa.schema([("source", pa.string()), ("threads", pa.int64()), ("error", pa.string())])
+
+
+@pytest.fixture
+def poison_job(ray_cluster):
+    """_PoisonJob, which Ray's workers cannot import from this test module: it travels by value."""
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    yield _PoisonJob
+    ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+
+
+@contextlib.contextmanager
+def _failing_job(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Around a job that fails: its actor holds a CPU until the job's exception is collected (on this two-CPU
+    cluster the next job would wait for it for ever). Ray Data logs the exception, and pytest's capture handlers
+    on its logger would keep it until the test ends: they are off meanwhile (Ray Data's own handlers print it);
+    then collections free the exception's reference cycles."""
+    import time
+
+    import ray
+
+    log = logging.getLogger("ray.data")
+    captured = [h for h in log.handlers if isinstance(h, type(caplog.handler))]
+    for h in captured:
+        log.removeHandler(h)
+    try:
+        yield
+    finally:
+        for h in captured:
+            log.addHandler(h)
+    deadline = time.monotonic() + 120
+    while ray.available_resources().get("CPU", 0) < ray.cluster_resources().get("CPU", 0):
+        assert time.monotonic() < deadline, "the actor of a failed job still holds its CPU"
+        gc.collect()
+        time.sleep(1.0)
+
+
+def test_a_folder_job_that_fails_half_way_leaves_no_output_and_an_old_one_untouched(poison_job, tmp_path,
+                                                                                    caplog) -> None:
+    """The part files go to a temporary sibling folder that becomes `out` only when the job has finished; a job
+    that fails (here on its last block, after the first were written) leaves neither `out` nor the sibling, and
+    an empty `out` given beforehand stays empty. A finished job leaves `out` and nothing beside it."""
+    from skulens.deploy.ray_jobs import run_job
+
+    paths = [f"p{i:02d}.jpg" for i in range(12)]  # 3 blocks of 4 for one actor; the job never opens them
+    new, empty = tmp_path / "a" / "rows", tmp_path / "b" / "rows"
+    new.parent.mkdir()
+    empty.mkdir(parents=True)
+    for out in (new, empty):
+        with _failing_job(caplog), pytest.raises(Exception, match="poisoned photo p10.jpg"):
+            run_job(poison_job(poison="p10.jpg"), paths, out, actors=1)
+    assert list(new.parent.iterdir()) == [] and list(empty.parent.iterdir()) == [empty]
+    assert list(empty.iterdir()) == []
+
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "part-0.parquet").write_bytes(b"an earlier result")
+    with pytest.raises(FileExistsError, match="new or empty folder"):
+        run_job(poison_job(), paths, old, actors=1)
+    assert [(p.name, p.read_bytes()) for p in old.iterdir()] == [("part-0.parquet", b"an earlier result")]
+
+    for out in (new, empty):
+        res = run_job(poison_job(), paths, out, actors=1)
+        assert res.out == out and (res.rows, res.errors) == (12, 0)
+        assert list(out.parent.iterdir()) == [out] and list(out.glob("*.parquet"))
+        assert sorted(r["source"] for r in _rows(out)) == paths
+
+
+def test_actor_threads_follow_cpus_per_actor() -> None:
+    from skulens.deploy.ray_jobs import actor_threads
+
+    assert [actor_threads(c) for c in (0.25, 0.5, 1.0, 1.5, 2.0, 3.99)] == [1, 1, 1, 1, 2, 3]
+
+
+def test_each_actor_runs_the_job_on_as_many_threads_as_cpus_it_reserved(poison_job, tmp_path) -> None:
+    """Ray reserves --cpus-per-actor CPUs for an actor, but torch (and ONNX Runtime) would take every core, or
+    $OMP_NUM_THREADS (this suite sets 2, which the cluster's workers inherit): 1.5 CPUs are 1 thread."""
+    from skulens.deploy.ray_jobs import run_job
+
+    run_job(poison_job(), [f"p{i}.jpg" for i in range(4)], tmp_path / "t.parquet", actors=1, cpus_per_actor=1.5)
+    assert {r["threads"] for r in _rows(tmp_path / "t.parquet")} == {1}
 
 
 # --------------------------------------------------------------------------- the CLI

@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
+import shutil
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,8 +35,8 @@ if TYPE_CHECKING:
 
     from ..search.embeddings import EmbeddedImages
 
-__all__ = ["JobActor", "JobSummary", "embed_on_ray", "job_dataset", "ray_session", "require_ray", "run_job",
-           "start_local_ray"]
+__all__ = ["JobActor", "JobSummary", "actor_threads", "embed_on_ray", "job_dataset", "ray_session", "require_ray",
+           "run_job", "start_local_ray"]
 
 logger = logging.getLogger(__name__)
 
@@ -192,10 +195,23 @@ def local_cpus(actors: int, cpus_per_actor: float) -> int:
     return max(os.cpu_count() or 1, int(np.ceil(actors * cpus_per_actor)) + 1)
 
 
-class JobActor:
-    """One actor of the pool: loads the job's bundle once, then maps batches of paths to rows."""
+def actor_threads(cpus_per_actor: float) -> int:
+    """The threads an actor's inference runs on: the whole CPUs Ray reserved for it, at least one."""
+    return max(1, math.floor(cpus_per_actor))
 
-    def __init__(self, job: BatchJob):
+
+class JobActor:
+    """One actor of the pool: loads the job's bundle once, then maps batches of paths to rows.
+
+    `threads`: torch's intra-op threads in the actor, set before the bundle loads. Without it torch takes every
+    core (or $OMP_NUM_THREADS, which the workers inherit from wherever Ray was started), so a pool of actors
+    that each reserved one CPU would run many threads on each core."""
+
+    def __init__(self, job: BatchJob, threads: int | None = None):
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
         self.job, self.state, self.schema = job, job.load(), job.schema()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -215,7 +231,8 @@ def _block_rows(n: int, batch_size: int, actors: int) -> int:
 
 def job_dataset(job: BatchJob, paths: Sequence[str | os.PathLike], *, actors: int = 1, cpus_per_actor: float = 1.0,
                 gpus_per_actor: float = 0.0) -> ray.data.Dataset:
-    """The lazy dataset of the job's rows: `paths` in blocks, mapped by a pool of `actors` JobActors.
+    """The lazy dataset of the job's rows: `paths` in blocks, mapped by a pool of `actors` JobActors, each
+    reserving `cpus_per_actor` CPUs and running on `actor_threads(cpus_per_actor)` torch threads.
 
     The paths are read as absolute paths (a worker's current folder is not this process's); the rows' `source`
     is each path as given."""
@@ -232,7 +249,8 @@ def job_dataset(job: BatchJob, paths: Sequence[str | os.PathLike], *, actors: in
     blocks = [pa.table({"path": pa.array(absolute[i:i + step], pa.string()),
                         "source": pa.array(given[i:i + step], pa.string())}) for i in range(0, len(paths), step)]
     return ray.data.from_arrow(blocks).map_batches(
-        JobActor, fn_constructor_kwargs={"job": job}, batch_size=job.batch_size, batch_format="pyarrow",
+        JobActor, fn_constructor_kwargs={"job": job, "threads": actor_threads(cpus_per_actor)},
+        batch_size=job.batch_size, batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=min(actors, len(blocks))), num_cpus=cpus_per_actor,
         num_gpus=gpus_per_actor)
 
@@ -246,37 +264,69 @@ def run_job(job: BatchJob, paths: Sequence[str | os.PathLike], out: str | os.Pat
             cpus_per_actor: float = 1.0, gpus_per_actor: float = 0.0, address: str | None = None,
             progress: bool = False) -> JobSummary:
     """Run `job` over `paths` on Ray; its rows as Parquet at `out`: a `.parquet` file (streamed through this
-    process, in input order) or a new folder (part files written by the workers, for jobs too big for one)."""
-    import pyarrow.parquet as pq
+    process, in input order) or a folder (part files written by the workers, for jobs too big for one).
 
+    `out` appears whole or not at all: the rows are written beside it (`OUT.parquet.partial`, or a folder
+    `OUT.partial-XXXXXXXX`) and renamed to `out` only when the job has finished; a job that fails or is
+    interrupted removes them and leaves whatever was at `out` as it was (a process killed outright leaves them
+    behind, under their `.partial` names). An existing `.parquet` file is replaced; a folder must be new or
+    empty (FileExistsError otherwise, before any work), so part files of two runs never mix."""
     out = Path(out)
     to_file = out.suffix.lower() == ".parquet"
     if not to_file and out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out}: give a new or empty folder for the Parquet part files")
-    with ray_session(address, num_cpus=local_cpus(actors, cpus_per_actor)), _data_context(progress):
-        t0 = time.perf_counter()
-        ds = job_dataset(job, paths, actors=actors, cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor)
-        schema = job.schema()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # beside `out`, so the rename stays on one filesystem; a folder's name is new each run: Ray adds to a folder
+    partial = out.with_name(out.name + (".partial" if to_file else f".partial-{uuid.uuid4().hex[:8]}"))
+    try:
+        with ray_session(address, num_cpus=local_cpus(actors, cpus_per_actor)), _data_context(progress):
+            t0 = time.perf_counter()
+            ds = job_dataset(job, paths, actors=actors, cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor)
+            rows, errors = _write_file(ds, job.schema(), partial) if to_file else _write_folder(ds, partial)
+            seconds = time.perf_counter() - t0
+    except BaseException:
+        # after the session: a local Ray started for the job has stopped its workers, none writes here now
         if to_file:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            partial = out.with_name(out.name + ".partial")
-            rows = errors = 0
-            try:
-                with pq.ParquetWriter(partial, schema) as writer:
-                    for t in _tables(ds, schema):
-                        writer.write_table(t)
-                        rows += t.num_rows
-                        errors += t.num_rows - t.column("error").null_count
-            except BaseException:
-                partial.unlink(missing_ok=True)
-                raise
-            partial.replace(out)
+            partial.unlink(missing_ok=True)
         else:
-            ds.write_parquet(str(out))
-            errors_col = pq.read_table(out, columns=["error"]).column("error")
-            rows, errors = len(errors_col), len(errors_col) - errors_col.null_count
-        seconds = time.perf_counter() - t0
+            shutil.rmtree(partial, ignore_errors=True)
+        raise
+    _move_into_place(partial, out)
     return JobSummary(rows, errors, seconds, out)
+
+
+def _write_file(ds: ray.data.Dataset, schema: pa.Schema, path: Path) -> tuple[int, int]:
+    """The rows, in input order, as one Parquet file written by this process: (rows, errors)."""
+    import pyarrow.parquet as pq
+
+    rows = errors = 0
+    with pq.ParquetWriter(path, schema) as writer:
+        for t in _tables(ds, schema):
+            writer.write_table(t)
+            rows += t.num_rows
+            errors += t.num_rows - t.column("error").null_count
+    return rows, errors
+
+
+def _write_folder(ds: ray.data.Dataset, path: Path) -> tuple[int, int]:
+    """The rows as Parquet part files in a new folder, written by the workers: (rows, errors)."""
+    import pyarrow.parquet as pq
+
+    ds.write_parquet(str(path))
+    errors = pq.read_table(path, columns=["error"]).column("error")
+    return len(errors), len(errors) - errors.null_count
+
+
+def _move_into_place(partial: Path, out: Path) -> None:
+    """Rename the finished `partial` to `out`. An empty folder at `out` (checked before the job) is replaced;
+    when the rename fails (a folder at `out` filled up meanwhile) the rows stay at `partial`, which the error
+    names."""
+    try:
+        if partial.is_dir() and out.is_dir():
+            out.rmdir()  # empty: a folder is renamed onto a free name everywhere (onto an empty one only on POSIX)
+        partial.replace(out)
+    except OSError as exc:
+        raise OSError(f"{out}: the finished rows could not be moved here ({exc}); they are in {partial}") from exc
 
 
 def embed_on_ray(job: EmbedJob, paths: Sequence[str | os.PathLike], *, actors: int = 1, cpus_per_actor: float = 1.0,
