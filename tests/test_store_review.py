@@ -338,3 +338,25 @@ def test_the_sweep_checks_files_a_chunk_at_a_time_and_sweeps_as_before(inventory
         assert len(sweep_reads) >= (len(files) - 1) // 3
         assert [r.split(",")[0] for r in (store.labelled_dir / "manifest.csv").read_text().splitlines()] == [
             "path", f"oat-milk/{5:064x}.jpg"]
+
+
+def test_a_disk_that_fills_during_the_solo_retries_ends_them(inventory_db, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The merged intake fails on one request's error; written alone, the second request meets a full disk:
+    the third is not tried (it would fail alike, after most of its bytes), it gets the same error."""
+    with inventory_db.store() as store:
+        real, calls = store._intake_merged, []
+
+        def merged(batches, *args):  # type: ignore[no-untyped-def]
+            calls.append(len(batches))
+            if len(batches) > 1:
+                raise ValueError("one request's refused value")
+            if len(calls) == 3:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return real(batches, *args)
+
+        monkeypatch.setattr(store, "_intake_merged", merged)
+        out = store.intake_batches([[_photo(1, 0.9)], [_photo(2, 0.9)], [_photo(3, 0.9)]], threshold=0.5,
+                                   actor=["a", "b", "c"])
+        assert calls == [3, 1, 1]  # merged, a alone, b alone; c never
+        assert not isinstance(out[0], Exception)
+        assert isinstance(out[1], OSError) and out[2] is out[1]

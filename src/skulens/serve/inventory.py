@@ -732,6 +732,10 @@ class InventoryStore:
                 out.append(self._intake_merged([photos], [who], threshold, keep_photos)[0])
             except Exception as exc:  # noqa: BLE001 - handed back in its request's place
                 out.append(exc)
+                if storage_failure(exc) is not None:  # the disk filled meanwhile: the rest would fail alike
+                    logger.error("inventory %s: %s; %d request(s) of the intake not written", self.url, exc,
+                                 len(batches) - len(out) + 1)
+                    return out + [exc] * (len(batches) - len(out))
         return out
 
     def _intake_merged(self, batches: Sequence[Sequence[IntakePhoto | ShelfPhoto]], actors: Sequence[str],
