@@ -138,6 +138,8 @@ def test_recorded_dataset_from_bundle_or_card(tmp_path: Path) -> None:
     assert recorded_dataset(str(bundle / "card.json")) == "/data/gs"
     (bundle / "model.safetensors").write_bytes(b"weights, not JSON")  # --model B/model.safetensors
     assert recorded_dataset(str(bundle / "model.safetensors")) == "/data/gs"
+    (bundle / "model.onnx").write_bytes(b"an exported model")  # --backend onnx --model B/model.onnx
+    assert recorded_dataset(str(bundle / "model.onnx")) == "/data/gs"
 
 
 @pytest.mark.parametrize("card", [{"backbone": "x"}, {"dataset": {}}, {"dataset": {"path": ""}}, [1, 2]])

@@ -20,7 +20,6 @@ DATASET_HINT = (
     "on GitHub (MIT licence): clone it and pass --data PATH/TO/GroceryStoreDataset/dataset."
 )
 _CARD = "card.json"  # skulens.models.bundle.CARD; not imported: data/ imports nothing from models/
-_WEIGHTS = "model.safetensors"  # skulens.models.bundle.WEIGHTS: --model may name it, its card is beside it
 
 
 class DataNotFoundError(CatalogueError):
@@ -69,14 +68,15 @@ def resolve_data(
 
 
 def recorded_dataset(bundle: str | os.PathLike[str]) -> str | None:
-    """The dataset path recorded in the card of ``bundle`` (a bundle folder, its card.json or its
-    model.safetensors, as --model takes them), or None.
+    """The dataset path recorded in the card of ``bundle`` (a bundle folder, its card.json, or a file in it
+    such as model.safetensors or an exported model.onnx, as --model takes them), or None.
 
     None also when the card is missing, unreadable or records no path: loading the bundle is what
     reports a broken card.
     """
     path = Path(bundle)
-    card = path / _CARD if path.is_dir() else path.parent / _CARD if path.name == _WEIGHTS else path
+    # a folder: its card; card.json itself; any other file (model.safetensors, model.onnx): the card beside it
+    card = path / _CARD if path.is_dir() else path if path.name == _CARD else path.parent / _CARD
     try:
         data = json.loads(card.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):

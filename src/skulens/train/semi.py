@@ -16,8 +16,9 @@ Self-training puts them to work through the teacher/student path skulens already
    `distill_temperature`), and the photos augmented as usual (the "noise" of Noisy Student).
 
 The pseudo-labels are written to `OUT/pseudo_labels.csv` (path, label, confidence; under torchrun each rank
-labels its share of the photos, every rank trains on all the labels, which are those one process would give, and
-rank 0 writes them) and the card records
+labels its share of the photos, every rank trains on all the labels (each photo's strong view is the one a single
+process would draw; a confidence at the threshold may still round otherwise in another batch), and rank 0
+writes them) and the card records
 the threshold, its measured precision and how many photos were kept. With `--pseudo-rounds N` the student of
 round K (OUT/round-K, its pseudo-labels beside it) is the teacher of round K+1, and the last one goes to OUT
 (Noisy Student's iteration); the card lists every round.
@@ -104,7 +105,7 @@ def pseudo_label(model: Model, photos: Sequence[str | os.PathLike[str]], thresho
     """Label `photos` with `model` where it is at least `threshold` sure and a strong view agrees.
 
     offset: where `photos` starts in a longer list that is labelled in shards (one per process). A photo's strong
-    view is seeded by `seed` and its index in that list, so a shard's labels are the ones the whole list gives."""
+    view is seeded by `seed` and its index in that list, so a shard draws the views the whole list would."""
     from ..data.dataset import decode_all
 
     decoded = decode_all([Path(p) for p in photos], model.card.resize_to, desc="unlabelled", progress=progress)
@@ -236,20 +237,23 @@ def _joined(shards: Sequence[PseudoLabels]) -> PseudoLabels:
 
 def _on_every_rank(d: Dist, what: str, step: Callable[[], T]) -> list[T]:
     """`step()` on every rank, and its results by rank on every rank. In one process its result, or its
-    exception as raised. Under torchrun a failure on any rank is raised on every rank, as one RuntimeError that
-    names the rank and the error: no rank is left waiting in a collective for one that has failed."""
+    exception as raised. Under torchrun a failure on any rank stops every rank once all have heard of it: the
+    failing rank raises its own exception (the CLI's one line and exit code, as in one process), the others one
+    RuntimeError that names the rank and the error, so none waits in a collective for one that has failed."""
     if not d.enabled:
         return [step()]
     result: T | None = None
-    error: Exception | None = None
+    error: BaseException | None = None
     try:
         result = step()
-    except Exception as exc:  # noqa: BLE001 - raised below, on every rank, once each has heard of it
+    except BaseException as exc:  # noqa: BLE001 - raised below, once every rank has heard of it
         error = exc
     outcomes = d.gather((result, None if error is None else f"{type(error).__name__}: {error}"))
+    if error is not None:
+        raise error
     failed = [f"rank {rank} ({message})" for rank, (_, message) in enumerate(outcomes) if message is not None]
     if failed:
-        raise RuntimeError(f"self-training: {what} failed on {'; '.join(failed)}") from error
+        raise RuntimeError(f"self-training: {what} failed on {'; '.join(failed)}")
     return [r for r, _ in outcomes]  # type: ignore[misc]
 
 
