@@ -144,11 +144,14 @@ async def intake(state: State, actor: WriteKey,
     ref = None if user is None else state.people.user_ref(user)
     try:
         prepared = await asyncio.gather(*(_recognise(state, f) for f in images))
-        photos = [replace(p, user_ref=ref) for p in prepared if isinstance(p, (IntakePhoto, ShelfPhoto))]
+    except (QueueFullError, asyncio.TimeoutError) as exc:
+        raise busy(state, exc) from None
+    photos = [replace(p, user_ref=ref) for p in prepared if isinstance(p, (IntakePhoto, ShelfPhoto))]
+    try:
         stored = iter(await state.record_intake(photos, actor) if photos else [])
     except (QueueFullError, asyncio.TimeoutError) as exc:
         raise busy(state, exc) from None
-    except Exception as exc:
+    except Exception as exc:  # only the store's: a failing disk while recognising is not "nothing was stored"
         failure = storage_failure(exc)
         if failure is None:
             raise
