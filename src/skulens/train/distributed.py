@@ -91,8 +91,7 @@ class Dist:
         """Raise on every rank when ranks disagree about `value` (e.g. which checkpoint each one found)."""
         if not self.enabled:
             return
-        seen: list[Any] = [None] * self.world_size
-        dist.all_gather_object(seen, value)
+        seen = self.gather(value)
         if any(v != seen[0] for v in seen):
             raise RuntimeError(f"the {self.world_size} processes disagree about {what}: {seen} (by rank); "
                                "every node must see the same --data and --out (shared storage)")
@@ -105,8 +104,7 @@ class Dist:
             return
         with torch.no_grad():
             norm = float(sum(p.detach().double().square().sum() for p in model.parameters()))
-        seen: list[Any] = [None] * self.world_size
-        dist.all_gather_object(seen, norm)
+        seen = self.gather(norm)
         if max(abs(v - seen[0]) for v in seen) > 1e-9 * max(1.0, abs(seen[0])):
             raise RuntimeError(f"{when}: the processes' weights differ ({seen}, by rank); some trainable "
                                "parameter is not synchronised by DistributedDataParallel")
