@@ -8,9 +8,12 @@ import errno
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -217,27 +220,21 @@ def test_storage_failure_knows_a_full_disk_from_the_os_and_from_either_database(
     assert storage_failure(errors.DiskFull("could not extend file")) == "full"
 
 
-@pytest.mark.parametrize(("code", "status"), [pytest.param(errno.ENOSPC, 507, id="ENOSPC-507"),
-                                               pytest.param(errno.EDQUOT, 507, id="EDQUOT-507"),
-                                               pytest.param(errno.EROFS, 503, id="EROFS-503")])
-def test_intake_on_a_full_disk_answers_507_and_counts_nothing(inventory_db, monkeypatch: pytest.MonkeyPatch,
-                                                              code: int, status: int) -> None:
+def _service(inventory_db, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A ServiceState on the test's inventory whose model is stubbed: every photo is an unsure oat-milk (kept, for
+    review), and oat-milk is the one product a review may name."""
     import io
-    from contextlib import asynccontextmanager
 
-    from fastapi import FastAPI
-    from fastapi.testclient import TestClient
     from PIL import Image
 
     from skulens.models.predictor import Prediction
-    from skulens.serve.routers import inventory as inventory_router
     from skulens.serve.settings import ApiKey, ServeSettings
     from skulens.serve.state import ServiceState
 
     monkeypatch.delenv("SKULENS_PSEUDONYM_KEY", raising=False)
     settings = ServeSettings(model="unused", db=inventory_db.url(), labelled_dir=str(inventory_db.tmp_path / "lab"),
                              review_threshold=0.5, api_keys=(ApiKey("till", "s3cret-key"),))
-    state = ServiceState(settings, SimpleNamespace(path=None))  # the route's model is stubbed below
+    state = ServiceState(settings, SimpleNamespace(path=None, card=SimpleNamespace(classes=("oat-milk",))))
     assert state.store is not None
 
     async def unsure(image: object, **_: object) -> Prediction:  # below the threshold: the photo is kept
@@ -245,7 +242,18 @@ def test_intake_on_a_full_disk_answers_507_and_counts_nothing(inventory_db, monk
 
     monkeypatch.setattr(state.recognizer, "decode", lambda data, full=False: Image.open(io.BytesIO(data)))
     monkeypatch.setattr(state.recognizer, "predict", unsure)
-    attempts = _full_disk(monkeypatch, state.store.photo_dir, code)
+    return state
+
+
+@contextmanager
+def _client(state: Any) -> Iterator[Any]:
+    """A client of the inventory routes alone, on `state` (started and stopped with it)."""
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from skulens.serve.routers import inventory as inventory_router
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -256,19 +264,123 @@ def test_intake_on_a_full_disk_answers_507_and_counts_nothing(inventory_db, monk
 
     app = FastAPI(lifespan=lifespan)
     app.include_router(inventory_router.router)
+    with TestClient(app, headers={"X-API-Key": "s3cret-key"}) as client:
+        yield client
+
+
+def _jpegs(n: int) -> list[tuple[str, tuple[str, bytes, str]]]:
+    import io
+
+    from PIL import Image
+
     photos = []
-    for i in range(2):
+    for i in range(n):
         buf = io.BytesIO()
         Image.new("RGB", (32, 32), (40 * i, 90, 200)).save(buf, format="JPEG")
         photos.append(("images", (f"{i}.jpg", buf.getvalue(), "image/jpeg")))
-    with TestClient(app) as client:
-        r = client.post("/v1/inventory/intake", files=photos, headers={"X-API-Key": "s3cret-key"})
+    return photos
+
+
+def _read_only(store: InventoryStore) -> None:
+    """From now on the store's database takes no writes, and says so with its own error, as a read-only database
+    does: SQLite's query_only (SQLITE_READONLY "attempt to write a readonly database", as for a read-only file or
+    mount), PostgreSQL's read-only transactions (SQLSTATE 25006, as on a hot standby)."""
+    import sqlalchemy as sa
+
+    sql = "PRAGMA query_only = ON" if store.backend == "sqlite" else "SET TRANSACTION READ ONLY"
+    sa.event.listen(store._engine, "begin", lambda conn: conn.exec_driver_sql(sql))
+
+
+@pytest.mark.parametrize(("code", "status"), [pytest.param(errno.ENOSPC, 507, id="ENOSPC-507"),
+                                               pytest.param(errno.EDQUOT, 507, id="EDQUOT-507"),
+                                               pytest.param(errno.EROFS, 503, id="EROFS-503")])
+def test_intake_on_a_full_disk_answers_507_and_counts_nothing(inventory_db, monkeypatch: pytest.MonkeyPatch,
+                                                              code: int, status: int) -> None:
+    state = _service(inventory_db, monkeypatch)
+    attempts = _full_disk(monkeypatch, state.store.photo_dir, code)
+    with _client(state) as client:
+        r = client.post("/v1/inventory/intake", files=_jpegs(2))
     assert r.status_code == status, r.text
     assert os.strerror(code) in r.json()["detail"] and str(state.store.photo_dir) not in r.text
     assert len(attempts) == 1  # the first photo's write failed: the second was never tried
     assert list(state.store.photo_dir.iterdir()) == []  # not even the half-written temporary
     with inventory_db.store() as store:
         assert store.counts() == {} and store.stats() == {} and store.audit() == []
+
+
+def test_intake_on_a_read_only_database_answers_503_and_loses_nothing(inventory_db,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    state = _service(inventory_db, monkeypatch)
+    state.store.intake([_photo(1), _photo(2, 0.2)], threshold=0.5, actor="t")  # stored before the database went
+    before = (state.store.counts(), state.store.stats(), state.store.audit(), sorted(state.store.photo_dir.iterdir()))
+    _read_only(state.store)
+    with _client(state) as client:
+        r = client.post("/v1/inventory/intake", files=_jpegs(2))
+    assert r.status_code == 503, r.text
+    assert r.json()["detail"] == ("the inventory cannot store photos now (the database is read-only); "
+                                  "nothing was counted")
+    with inventory_db.store(photo_dir=state.store.photo_dir) as store:  # writable again: all there, nothing more
+        assert (store.counts(), store.stats(), store.audit(), sorted(store.photo_dir.iterdir())) == before
+
+
+def test_storage_failure_knows_a_read_only_database() -> None:
+    import sqlite3
+
+    from skulens.serve.inventory import _one_requests_error, storage_failure
+
+    # Python 3.10's sqlite3 errors carry no error code: a read-only database there is everyone's error, not named
+    named = "unavailable" if sys.version_info >= (3, 11) else None
+    db = sqlite3.connect(":memory:")
+    db.execute("CREATE TABLE t (x)")
+    db.execute("PRAGMA query_only = ON")
+    with pytest.raises(sqlite3.OperationalError, match="readonly database") as query_only:
+        db.execute("INSERT INTO t VALUES (1)")
+    assert storage_failure(query_only.value) == named and not _one_requests_error(query_only.value)
+    errors = pytest.importorskip("psycopg.errors")
+    read_only = errors.ReadOnlySqlTransaction("cannot execute INSERT in a read-only transaction")
+    assert storage_failure(read_only) == "unavailable" and not _one_requests_error(read_only)
+
+
+# -- the review queue's writes on a full disk -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(("failure", "status"), [
+    pytest.param("ENOSPC", 507, id="copy-ENOSPC-507"), pytest.param("EDQUOT", 507, id="copy-EDQUOT-507"),
+    pytest.param("EROFS", 503, id="copy-EROFS-503"), pytest.param("manifest", 507, id="manifest-ENOSPC-507"),
+    pytest.param("database", 503, id="read-only-database-503")])
+def test_a_review_on_a_full_disk_answers_507_and_the_item_stays_in_the_queue(
+        inventory_db, monkeypatch: pytest.MonkeyPatch, failure: str, status: int) -> None:
+    state = _service(inventory_db, monkeypatch)
+    store = state.store
+    store.intake([_photo(1, 0.2), _photo(2, 0.2)], threshold=0.5, actor="t")
+    store.resolve(f"{1:064x}", "oat-milk", actor="reviewer")  # in the labelled folder and its manifest already
+    item = f"{2:064x}"
+    manifest = (store.labelled_dir / "manifest.csv").read_text()
+    before = (store.counts(), store.audit(), [i.id for i in store.review_queue()], store.photo_file(item))
+    labelled_before = sorted(store.labelled_dir.rglob("*"))
+    with monkeypatch.context() as m:
+        if failure == "database":
+            _read_only(store)
+            code = None
+        else:  # the photo's copy in the labelled folder, or the new manifest beside the old one
+            code = errno.ENOSPC if failure == "manifest" else getattr(errno, failure)
+            folder = store.labelled_dir if failure == "manifest" else store.labelled_dir / "oat-milk"
+            attempts = _full_disk(m, folder, code)
+        with _client(state) as client:
+            r = client.post(f"/v1/inventory/review/{item}", json={"label": "oat-milk"})
+        assert r.status_code == status, r.text
+        reason = "the database is read-only" if code is None else os.strerror(code)
+        assert r.json()["detail"] == (f"the inventory cannot store a review now ({reason}); it was not recorded, "
+                                      "the item is still waiting for review")
+        if code is not None:
+            assert attempts == ["manifest" if failure == "manifest" else item]
+    with inventory_db.store(photo_dir=store.photo_dir, labelled_dir=store.labelled_dir) as again:  # nothing lost
+        assert (again.counts(), again.audit(), [i.id for i in again.review_queue()], again.photo_file(item)) == before
+        assert sorted(again.labelled_dir.rglob("*")) == labelled_before
+        assert (again.labelled_dir / "manifest.csv").read_text() == manifest
+        assert again.resolve(item, "oat-milk", actor="reviewer").status == "confirmed"  # the disk has room again
+        assert again.counts() == {"oat-milk": 2} and again.review_queue() == []
+        assert (again.labelled_dir / "manifest.csv").read_text().count("oat-milk/") == 2
 
 
 # -- the sweep, a chunk at a time -----------------------------------------------------------------------
@@ -360,3 +472,50 @@ def test_a_disk_that_fills_during_the_solo_retries_ends_them(inventory_db, monke
         assert calls == [3, 1, 1]  # merged, a alone, b alone; c never
         assert not isinstance(out[0], Exception)
         assert isinstance(out[1], OSError) and out[2] is out[1]
+
+
+@pytest.mark.parametrize("database_back", [True, False], ids=["audit-written", "database-still-down"])
+def test_a_sweep_that_stops_on_a_database_error_still_audits_what_it_deleted(
+        inventory_db, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, database_back: bool) -> None:
+    import sqlite3
+
+    from skulens.serve import inventory
+
+    with inventory_db.store() as store:
+        store.intake([_photo(1, 0.2)], threshold=0.5, actor="t")  # named: never swept
+        strays = [store.photo_dir / f"{i:064x}.jpg" for i in range(20, 25)]  # written, never committed
+        for f in [*strays, store.photo_dir / f"{1:064x}.jpg"]:
+            f.write_bytes(b"stray")
+            os.utime(f, (OLD, OLD))
+        lost = sqlite3.OperationalError("disk I/O error")  # the database fails at the second chunk's query
+        named_files, asked = store._named_files, []
+
+        def still_down(*_: object) -> None:
+            raise sqlite3.OperationalError("disk I/O error, again")
+
+        def failing(shas):  # type: ignore[no-untyped-def]
+            asked.append(shas)
+            if len(asked) == 2:
+                if not database_back:  # and the audit line's write fails too
+                    monkeypatch.setattr(store, "_write", still_down)
+                raise lost
+            return named_files(shas)
+
+        monkeypatch.setattr(inventory, "_SWEEP_CHUNK", 2)
+        monkeypatch.setattr(store, "_named_files", failing)
+        with pytest.raises(sqlite3.OperationalError) as raised:
+            store.sweep_uploads(actor="t")
+
+        assert raised.value is lost  # the sweep's own error, as before (not the audit's)
+        gone = [f for f in strays if not f.exists()]
+        assert 1 <= len(gone) <= 2 and (store.photo_dir / f"{1:064x}.jpg").is_file()  # the first chunk only
+        assert f"deleted {len(gone)} file(s)" in caplog.text  # said in the log whatever the database does
+        monkeypatch.undo()
+        entry = store.audit(limit=1)[0]
+        if database_back:  # the audit line says what went, and that the sweep did not finish
+            assert (entry.action, entry.detail) == ("sweep_files", {"files": len(gone), "labelled": 0,
+                                                                    "stopped": "OperationalError"})
+        else:
+            assert entry.action == "review_queued" and "audit line of a stopped sweep could not be written" in caplog.text
+        assert store.sweep_uploads(actor="t") == len(strays) - len(gone)  # the next sweep deletes the rest
+        assert store.audit(limit=1)[0].detail == {"files": len(strays) - len(gone), "labelled": 0}

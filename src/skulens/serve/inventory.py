@@ -43,11 +43,10 @@ import logging
 import os
 import random
 import re
-import shutil
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -191,23 +190,33 @@ _SWEEP_CHUNK = 400
 
 # The disk's own state, not one file's: every request's photo fails alike (on a full disk slowly, after most of
 # its bytes), so a merged intake that meets one fails as a whole. Full: no space, over quota. Unavailable: a
-# read-only or failing file system, no file handles left (retrying at once would meet it again).
+# read-only or failing file system, no file handles left, a read-only database (retrying at once would meet it
+# again).
 _STORAGE_FULL_ERRNOS = frozenset(getattr(errno, n) for n in ("ENOSPC", "EDQUOT") if hasattr(errno, n))
 _STORAGE_DOWN_ERRNOS = frozenset(getattr(errno, n) for n in ("EROFS", "EIO", "EMFILE", "ENFILE") if hasattr(errno, n))
-_SQLITE_FULL = 13  # "database or disk is full" (sqlite3.SQLITE_FULL, Python 3.11+)
+# sqlite3's error codes (Python 3.11+) are extended ones: the primary code is the low byte
+# (SQLITE_READONLY_DBMOVED is 1032 = 8 | 4 << 8).
+_SQLITE_FULL = 13  # "database or disk is full"
+_SQLITE_READONLY = 8  # "attempt to write a readonly database": a read-only file, folder or mount, query_only
 _PG_DISK_FULL = "53100"
+_PG_READ_ONLY = "25006"  # read_only_sql_transaction: a hot standby, default_transaction_read_only
 
 
 def storage_failure(exc: BaseException) -> str | None:
     """Whether `exc` is the store's disk failing every write alike, not one request's: "full" (no space left,
     over quota; a database that says its disk is full too), "unavailable" (a read-only or failing file system,
-    no file handles left), else None. A merged intake fails as a whole on one (`intake_batches`)."""
+    no file handles left; a database that takes no writes), else None. A merged intake fails as a whole on one
+    (`intake_batches`)."""
     if isinstance(exc, OSError) and exc.errno in _STORAGE_FULL_ERRNOS:
         return "full"
     if isinstance(exc, OSError) and exc.errno in _STORAGE_DOWN_ERRNOS:
         return "unavailable"
-    if getattr(exc, "sqlite_errorcode", None) == _SQLITE_FULL or getattr(exc, "sqlstate", None) == _PG_DISK_FULL:
+    sqlite_code, sqlstate = getattr(exc, "sqlite_errorcode", None), getattr(exc, "sqlstate", None)
+    sqlite_code = sqlite_code & 0xFF if isinstance(sqlite_code, int) else None
+    if sqlite_code == _SQLITE_FULL or sqlstate == _PG_DISK_FULL:
         return "full"
+    if sqlite_code == _SQLITE_READONLY or sqlstate == _PG_READ_ONLY:
+        return "unavailable"
     return None
 
 
@@ -465,6 +474,9 @@ _TOP_K_LABELS = {
 }
 
 
+# Every reviewed photo and box whose file went into the labelled folder: the manifest's rows.
+_LABELLED = f"{_QUEUE} WHERE status IN {_REVIEWED} AND stored IS NOT NULL ORDER BY reviewed_at, stored"
+
 # What `sweep_uploads` asks of a chunk of photos: their rows, and their boxes' rows that name a file.
 _NAMED_FILES = sa.text(
     "SELECT 'photo' AS kind, sha256, stored, status FROM photos WHERE sha256 IN :shas UNION ALL "
@@ -488,6 +500,21 @@ def _old_store_files(folder: Path, cutoff: float) -> Iterator[str]:
                     yield entry.name
             except FileNotFoundError:  # deleted meanwhile
                 continue
+
+
+def _write_whole(path: Path, data: bytes, *, via: Path | None = None) -> None:
+    """Write `path` whole or not at all (with `via`: into that temporary, then renamed over `path`, which is never
+    seen half-written). A write cut short (a full disk) leaves no half-written file behind: half a photo is still
+    someone's photo, half a manifest is wrong training data."""
+    target = via or path
+    try:
+        target.write_bytes(data)
+        if via is not None:
+            os.replace(via, path)
+    except BaseException:
+        with suppress(OSError):  # the write's own error is the one to hear
+            target.unlink(missing_ok=True)
+        raise
 
 
 def _chunks(items: Iterable[_T], size: int) -> Iterator[list[_T]]:
@@ -865,13 +892,7 @@ class InventoryStore:
     def _write_photo(self, stem: str, data: bytes, written: list[Path]) -> str:
         self.photo_dir.mkdir(parents=True, exist_ok=True)
         name = f"{stem}.jpg"
-        tmp = self.photo_dir / f".{name}.{os.getpid()}.tmp"
-        try:
-            tmp.write_bytes(data)
-            os.replace(tmp, self.photo_dir / name)
-        except BaseException:
-            tmp.unlink(missing_ok=True)  # a half-written photo is still someone's photo
-            raise
+        _write_whole(self.photo_dir / name, data, via=self.photo_dir / f".{name}.{os.getpid()}.tmp")
         written.append(self.photo_dir / name)
         return name
 
@@ -972,7 +993,7 @@ class InventoryStore:
         what = f"photo {sha[:12]}" if idx is None else f"box {sha[:12]}:{idx}"
         now = _now()
 
-        def review(db: Connection, _written: list[Path]) -> RowMapping:
+        def review(db: Connection, written: list[Path]) -> tuple[RowMapping, Path | None]:
             # FOR UPDATE (PostgreSQL): a second reviewer of the same item waits, then finds it reviewed.
             row = db.execute(sa.text(f"SELECT * FROM {table} WHERE {where}{self._for_update}"), params).mappings().first()
             if row is None:
@@ -992,16 +1013,30 @@ class InventoryStore:
             db.execute(sa.text(f"UPDATE {table} SET status = :status, label = :label, reviewed_at = :now, "
                                f"reviewed_by = :actor WHERE {where}"),
                        {"status": status, "label": label, "now": now, "actor": actor, **params})
-            return row
+            if label is None:  # the labelled data does not change
+                return row, None
+            # What needs the disk is written before the commit (the photo's copy in the labelled folder, the new
+            # manifest beside the old one): a full or read-only disk fails the review as a whole, the item stays
+            # in the queue with its photo. After the commit only an unlink and a rename are left.
+            dst = self._labelled_path(label, row["stored"]) if row["stored"] else None
+            # A file already there (another store's, in a shared labelled folder) is replaced, never rolled back.
+            fresh = dst is not None and not dst.exists()
+            if dst is not None and self._copy_to_labelled(row["stored"], label) is not None and fresh:
+                written.append(dst)
+            manifest = self._stage_manifest(self._labelled(db.execute(sa.text(_LABELLED)).mappings()))
+            written.extend([manifest] if manifest is not None else [])
+            return row, manifest
 
-        row = self._write(review)
-        if row["stored"]:
-            with self._files():
-                if label is None:  # privacy: a rejected photo (not a product, maybe a person) is not kept
-                    (self.photo_dir / row["stored"]).unlink(missing_ok=True)
-                else:
-                    self._move_to_labelled(row["stored"], label)
-        self.write_manifest()
+        with self._files():  # from before the transaction to the manifest's rename: no other rewrite between
+            try:
+                row, manifest = self._write(review)
+            except Exception as exc:
+                if storage_failure(exc) is not None:  # the operator's to fix; the client hears only what happened
+                    logger.error("inventory %s: %s; the review of %s was not recorded", self.url, exc, what)
+                raise
+            if row["stored"]:  # reviewed: copied into the labelled folder; rejected (not a product, maybe a
+                (self.photo_dir / row["stored"]).unlink(missing_ok=True)  # person): privacy, not kept
+            self._put_manifest(manifest)
         item = self.photo(sha256)
         assert item is not None
         return item
@@ -1020,21 +1055,27 @@ class InventoryStore:
                 fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
                 yield
 
-    def _move_to_labelled(self, name: str, label: str) -> None:
+    def _copy_to_labelled(self, name: str, label: str) -> Path | None:
+        """Copy a kept photo or crop into its label's folder, whole or not at all; its path there, or None when
+        the photo folder has no such file."""
         src = self.photo_dir / name
         dst = self._labelled_path(label, name)
         if dst is None or not src.is_file():
-            return
+            return None
         dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.with_name(f".{dst.name}.tmp")
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-        src.unlink()
+        _write_whole(dst, src.read_bytes(), via=dst.with_name(f".{dst.name}.tmp"))  # a photo or crop: small
+        return dst
+
+    def _move_to_labelled(self, name: str, label: str) -> None:
+        if self._copy_to_labelled(name, label) is not None:
+            (self.photo_dir / name).unlink()
 
     def labelled(self) -> list[tuple[str, str]]:
         """(relative path, label) of every reviewed photo and box crop in the labelled folder. A file whose move
         was cut short by a crash (the review committed, the file still waiting) is moved now."""
-        rows = self._read(f"{_QUEUE} WHERE status IN {_REVIEWED} AND stored IS NOT NULL ORDER BY reviewed_at, stored")
+        return self._labelled(self._read(_LABELLED))
+
+    def _labelled(self, rows: Iterable[RowMapping]) -> list[tuple[str, str]]:
         out = []
         for r in rows:
             path = self._labelled_path(r["label"], r["stored"])
@@ -1052,7 +1093,11 @@ class InventoryStore:
             return self._write_manifest()
 
     def _write_manifest(self) -> Path | None:
-        rows = self.labelled()
+        return self._put_manifest(self._stage_manifest(self.labelled()))
+
+    def _stage_manifest(self, rows: Sequence[tuple[str, str]]) -> Path | None:
+        """The manifest of these (path, label) rows, written whole (or not at all) beside `manifest.csv`, for
+        `_put_manifest`; None when there are no rows."""
         if not rows:
             return None
         self.labelled_dir.mkdir(parents=True, exist_ok=True)
@@ -1060,10 +1105,16 @@ class InventoryStore:
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(["path", "label", "split"])
         w.writerows([rel, label, "train"] for rel, label in rows)
+        staged = self.labelled_dir / ".manifest.csv.tmp"
+        _write_whole(staged, buf.getvalue().encode("utf-8"))
+        return staged
+
+    def _put_manifest(self, staged: Path | None) -> Path | None:
+        """Rename a staged manifest over `manifest.csv` (atomic); None, changing nothing, when none was staged."""
+        if staged is None:
+            return None
         path = self.labelled_dir / "manifest.csv"
-        tmp = path.with_name(".manifest.csv.tmp")
-        tmp.write_text(buf.getvalue(), encoding="utf-8")
-        os.replace(tmp, path)
+        os.replace(staged, path)
         return path
 
     def labels(self) -> set[str]:
@@ -1233,35 +1284,60 @@ class InventoryStore:
         when any did. `purge_uploads` calls it, and the service at start.
 
         The old enough files are checked against the database a chunk at a time (`_SWEEP_CHUNK`), so memory
-        grows with the chunk, not with the store or its folders."""
+        grows with the chunk, not with the store or its folders. A sweep that stops on an error (the database
+        failing mid-sweep) raises it, after the audit line for the files it did delete."""
         cutoff = time.time() - min_age_s
         swept = labelled = 0
         with self._files():
-            for folder in (self.photo_dir, *(d for d in self.labelled_dir.glob("*") if d.is_dir())):
-                for chunk in _chunks(_old_store_files(folder, cutoff), _SWEEP_CHUNK):
-                    named, ours = self._named_files({name.lstrip(".")[:64] for name in chunk})
-                    for name in chunk:
-                        # A labelled folder may be shared with another store's database: only photos this store
-                        # took in (their rows stay, erased or not) are its to sweep there.
-                        if name in named or (folder != self.photo_dir and name.lstrip(".")[:64] not in ours):
-                            continue
-                        path = folder / name
-                        try:
-                            if not path.is_file() or path.stat().st_mtime >= cutoff:  # rewritten meanwhile
+            try:
+                for folder in (self.photo_dir, *(d for d in self.labelled_dir.glob("*") if d.is_dir())):
+                    for chunk in _chunks(_old_store_files(folder, cutoff), _SWEEP_CHUNK):
+                        named, ours = self._named_files({name.lstrip(".")[:64] for name in chunk})
+                        for name in chunk:
+                            # A labelled folder may be shared with another store's database: only photos this
+                            # store took in (their rows stay, erased or not) are its to sweep there.
+                            if name in named or (folder != self.photo_dir and name.lstrip(".")[:64] not in ours):
                                 continue
-                            path.unlink()
-                        except FileNotFoundError:  # deleted meanwhile (a rejection's own unlink)
-                            continue
-                        swept += 1
-                        labelled += folder != self.photo_dir
-            if labelled and self._write_manifest() is None:
-                (self.labelled_dir / "manifest.csv").unlink(missing_ok=True)
-        if swept:
-            logger.warning("inventory %s: deleted %d file(s) that no photo names (left by a crash or a failed "
-                           "write)", self.url, swept)
-            self._write(lambda db, _w: self._audit(db, _now(), actor, "sweep_files", None, 0, None, None,
-                                                   {"files": swept, "labelled": labelled}))
+                            path = folder / name
+                            try:
+                                if not path.is_file() or path.stat().st_mtime >= cutoff:  # rewritten meanwhile
+                                    continue
+                                path.unlink()
+                            except FileNotFoundError:  # deleted meanwhile (a rejection's own unlink)
+                                continue
+                            swept += 1
+                            labelled += folder != self.photo_dir
+            except BaseException as exc:
+                self._swept(actor, swept, labelled, stopped=exc)
+                raise
+            self._swept(actor, swept, labelled)
         return swept
+
+    def _swept(self, actor: str, swept: int, labelled: int, *, stopped: BaseException | None = None) -> None:
+        """The audit line (first: the files are gone whatever comes next) and the manifest rewrite for the files a
+        sweep deleted. After a sweep that `stopped` on an error, as far as they go: that error is the one raised."""
+        if not swept:
+            return
+        logger.warning("inventory %s: deleted %d file(s) that no photo names (left by a crash or a failed write)%s",
+                       self.url, swept, "" if stopped is None else f" before the sweep stopped ({stopped!r})")
+        detail: dict[str, Any] = {"files": swept, "labelled": labelled}
+        if stopped is not None:
+            detail["stopped"] = type(stopped).__name__  # the files it did not reach are swept next time
+        try:
+            self._write(lambda db, _w: self._audit(db, _now(), actor, "sweep_files", None, 0, None, None, detail))
+        except Exception:
+            if stopped is None:
+                raise
+            logger.exception("inventory %s: the audit line of a stopped sweep could not be written", self.url)
+        if not labelled:
+            return
+        try:
+            if self._write_manifest() is None:
+                (self.labelled_dir / "manifest.csv").unlink(missing_ok=True)
+        except Exception:
+            if stopped is None:
+                raise
+            logger.exception("inventory %s: the manifest could not be rewritten after a stopped sweep", self.url)
 
     def _named_files(self, shas: Collection[str]) -> tuple[set[str], set[str]]:
         """For these photos: the files their rows and their boxes' rows name (a rejected item's file is deleted

@@ -90,6 +90,21 @@ def _store(state: ServiceState) -> InventoryStore:
     return state.store
 
 
+def _storage_error(exc: Exception, what: str, outcome: str) -> HTTPException | None:
+    """The answer to a store write that failed on the server's storage, not on the request (`storage_failure`):
+    507 when the disk is full (or over quota), 503 when it, or the database, cannot be written; else None. (Its
+    path and the store's log line are the operator's; the client is told only what happened, and `outcome`.)"""
+    failure = storage_failure(exc)
+    if failure is None:
+        return None
+    if isinstance(exc, OSError) and exc.errno:
+        reason = os.strerror(exc.errno)
+    else:
+        reason = "the database's disk is full" if failure == "full" else "the database is read-only"
+    return HTTPException(507 if failure == "full" else 503,
+                         f"the inventory cannot store {what} now ({reason}); {outcome}")
+
+
 @dataclass(frozen=True)
 class _Failed:
     item: IntakeResultOut
@@ -152,14 +167,10 @@ async def intake(state: State, actor: WriteKey,
     except (QueueFullError, asyncio.TimeoutError) as exc:
         raise busy(state, exc) from None
     except Exception as exc:  # only the store's: a failing disk while recognising is not "nothing was stored"
-        failure = storage_failure(exc)
-        if failure is None:
+        answer = _storage_error(exc, "photos", "nothing was counted")
+        if answer is None:
             raise
-        # The server's disk, not the photos: 507 when it is full (or over quota), 503 when it cannot be written.
-        # (Its path and the store's log line are the operator's; the client is told only what happened.)
-        reason = os.strerror(exc.errno) if isinstance(exc, OSError) and exc.errno else "the database's disk is full"
-        raise HTTPException(507 if failure == "full" else 503,
-                            f"the inventory cannot store photos now ({reason}); nothing was counted") from None
+        raise answer from None
     results = [IntakeResultOut(**next(stored).to_dict()) if isinstance(p, (IntakePhoto, ShelfPhoto))
                else p.item if isinstance(p, _Failed) else p for p in prepared]
     for r in results:
@@ -260,6 +271,11 @@ async def resolve(state: State, actor: WriteKey, item: ItemId,
     except InventoryError as exc:
         status = 404 if "not in the inventory" in str(exc) else 409 if "not waiting" in str(exc) else 422
         raise HTTPException(status, str(exc)) from None
+    except Exception as exc:
+        answer = _storage_error(exc, "a review", "it was not recorded, the item is still waiting for review")
+        if answer is None:
+            raise
+        raise answer from None
     return QueueItemOut(**done.to_dict())
 
 
