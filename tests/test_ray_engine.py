@@ -141,13 +141,18 @@ class _PoisonJob:
 
 
 @pytest.fixture
-def poison_job(ray_cluster):
-    """_PoisonJob, which Ray's workers cannot import from this test module: it travels by value."""
+def by_value(ray_cluster):
+    """This module's jobs, which Ray's workers cannot import from a test module: they travel by value."""
     import ray.cloudpickle
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    yield _PoisonJob
+    yield
     ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+
+
+@pytest.fixture
+def poison_job(by_value):
+    return _PoisonJob
 
 
 @contextlib.contextmanager
@@ -207,6 +212,29 @@ def test_a_folder_job_that_fails_half_way_leaves_no_output_and_an_old_one_untouc
         assert sorted(r["source"] for r in _rows(out)) == paths
 
 
+def test_a_job_leaves_the_partial_rows_of_another_job_alone(poison_job, tmp_path, caplog) -> None:
+    """Each job writes its rows beside `out` under a name of its own: the `.partial` of another job writing the
+    same `out` now, or of a killed one, is neither written to, nor removed when this job fails, nor taken for
+    its output."""
+    from skulens.deploy.ray_jobs import run_job
+
+    paths = [f"p{i:02d}.jpg" for i in range(12)]
+    file, folder = tmp_path / "rows.parquet", tmp_path / "rows"
+    others = {tmp_path / "rows.parquet.partial": b"another job's rows",  # the one name every job once used
+              tmp_path / "rows.partial-1-0123abcd" / "part-0.parquet": b"another job's part file"}
+    for path, data in others.items():
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(data)
+    with _failing_job(caplog), pytest.raises(Exception, match="poisoned photo p10.jpg"):
+        run_job(poison_job(poison="p10.jpg"), paths, file, actors=1)
+    for out in (file, folder):
+        res = run_job(poison_job(), paths, out, actors=1)
+        assert (res.rows, res.errors) == (12, 0) and sorted(r["source"] for r in _rows(out)) == paths
+    assert {p: p.read_bytes() for p in others} == others
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rows", "rows.parquet", "rows.parquet.partial",
+                                                          "rows.partial-1-0123abcd"]  # nothing of this job's
+
+
 def test_actor_threads_follow_cpus_per_actor() -> None:
     from skulens.deploy.ray_jobs import actor_threads
 
@@ -220,6 +248,57 @@ def test_each_actor_runs_the_job_on_as_many_threads_as_cpus_it_reserved(poison_j
 
     run_job(poison_job(), [f"p{i}.jpg" for i in range(4)], tmp_path / "t.parquet", actors=1, cpus_per_actor=1.5)
     assert {r["threads"] for r in _rows(tmp_path / "t.parquet")} == {1}
+
+
+class _OnnxThreadsJob(PredictJob):
+    """`skulens predict --backend onnx` as the actor loads it, whose rows say the intra-op threads its real ONNX
+    Runtime session was made with (0: ONNX Runtime's default, every core)."""
+
+    def rows(self, state: Any, paths: list[str]) -> list[dict[str, Any]]:
+        threads = state.runner.session.get_session_options().intra_op_num_threads
+        return [{"source": p, "threads": threads, "error": None} for p in paths]
+
+    def schema(self) -> Any:
+        return _PoisonJob().schema()
+
+
+def test_an_actor_runs_onnx_runtime_on_as_many_threads_as_cpus_it_reserved(by_value, tiny_bundle, tmp_path) -> None:
+    """The ONNX Runtime session a bundle loads into in an actor is made with the actor's threads, as torch is."""
+    pytest.importorskip("onnxruntime", reason="the onnx backend: pip install 'skulens[onnx]'")
+    from skulens.deploy.onnx import export_onnx
+    from skulens.deploy.ray_jobs import run_job
+
+    job = _OnnxThreadsJob(str(export_onnx(tiny_bundle.bundle, tmp_path / "m.onnx")), backend="onnx", device="cpu")
+    run_job(job, [f"p{i}.jpg" for i in range(2)], tmp_path / "t.parquet", actors=1, cpus_per_actor=1.5)
+    assert {r["threads"] for r in _rows(tmp_path / "t.parquet")} == {1}
+
+
+def test_an_actor_runs_litert_on_as_many_threads_as_cpus_it_reserved(tmp_path) -> None:
+    """The LiteRT interpreter of an actor (JobActor, here in a process of its own) runs on the actor's threads.
+    LiteRT does not say how many it was given: its XNNPACK pool, made on the first run, adds threads - 1 threads
+    to the process, counted in /proc (a process of its own: Ray's and pytest's threads would blur the count)."""
+    pytest.importorskip("ai_edge_litert", reason="the LiteRT runtime: pip install 'skulens[tflite]'")
+    if not Path("/proc/self/task").is_dir():
+        pytest.skip("counts threads in Linux's /proc")
+    from test_tflite import _card, _handmade_tflite
+
+    model = tmp_path / "m.tflite"
+    model.write_bytes(_handmade_tflite(_card()))
+    code = ("import os, sys, numpy as np\n"
+            "from skulens.deploy.batch_jobs import PredictJob\n"
+            "from skulens.deploy.ray_jobs import JobActor\n"
+            "job, x = PredictJob(sys.argv[1], backend='tflite', device='cpu'), np.zeros((1, 3, 32, 32), np.float32)\n"
+            "def added(threads):\n"
+            "    before = len(os.listdir('/proc/self/task'))\n"
+            "    actor = JobActor(job, threads=threads)\n"
+            "    actor.state.runner.run_batch(x)\n"  # the pool lives as long as the interpreter: count before it goes
+            "    return len(os.listdir('/proc/self/task')) - before\n"
+            "added(1)\n"  # the first load starts a thread of its own, whatever the count
+            "print(added(1), added(3))\n")
+    r = subprocess.run([sys.executable, "-c", code, str(model)], capture_output=True, text=True, timeout=300,
+                       check=False)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.split() == ["0", "2"]
 
 
 # --------------------------------------------------------------------------- the CLI

@@ -203,16 +203,20 @@ def actor_threads(cpus_per_actor: float) -> int:
 class JobActor:
     """One actor of the pool: loads the job's bundle once, then maps batches of paths to rows.
 
-    `threads`: torch's intra-op threads in the actor, set before the bundle loads. Without it torch takes every
-    core (or $OMP_NUM_THREADS, which the workers inherit from wherever Ray was started), so a pool of actors
-    that each reserved one CPU would run many threads on each core."""
+    `threads`: the intra-op threads of the actor's inference: torch's, set before the bundle loads, and those of
+    the ONNX Runtime session or LiteRT interpreter the bundle loads into (`--backend onnx | tflite`). Without it
+    torch and ONNX Runtime take every core (or $OMP_NUM_THREADS, which the workers inherit from wherever Ray was
+    started), so a pool of actors that each reserved one CPU would run many threads on each core."""
 
     def __init__(self, job: BatchJob, threads: int | None = None):
+        from ..models.onnx_runtime import runtime_threads
+
         if threads:
             import torch
 
             torch.set_num_threads(threads)
-        self.job, self.state, self.schema = job, job.load(), job.schema()
+        with runtime_threads(threads):
+            self.job, self.state, self.schema = job, job.load(), job.schema()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         import pyarrow as pa
@@ -266,18 +270,19 @@ def run_job(job: BatchJob, paths: Sequence[str | os.PathLike], out: str | os.Pat
     """Run `job` over `paths` on Ray; its rows as Parquet at `out`: a `.parquet` file (streamed through this
     process, in input order) or a folder (part files written by the workers, for jobs too big for one).
 
-    `out` appears whole or not at all: the rows are written beside it (`OUT.parquet.partial`, or a folder
-    `OUT.partial-XXXXXXXX`) and renamed to `out` only when the job has finished; a job that fails or is
-    interrupted removes them and leaves whatever was at `out` as it was (a process killed outright leaves them
-    behind, under their `.partial` names). An existing `.parquet` file is replaced; a folder must be new or
-    empty (FileExistsError otherwise, before any work), so part files of two runs never mix."""
+    `out` appears whole or not at all: the rows are written beside it, under a name of this job's own
+    (`OUT.partial-PID-XXXXXXXX`, a file or a folder), and renamed to `out` only when the job has finished; a job
+    that fails or is interrupted removes that and leaves whatever was at `out` as it was (a process killed
+    outright leaves it behind). Another job's `.partial` (running at the same time, or a killed one's) is never
+    written, read or removed. An existing `.parquet` file is replaced; a folder must be new or empty
+    (FileExistsError otherwise, before any work), so part files of two runs never mix."""
     out = Path(out)
     to_file = out.suffix.lower() == ".parquet"
     if not to_file and out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out}: give a new or empty folder for the Parquet part files")
     out.parent.mkdir(parents=True, exist_ok=True)
-    # beside `out`, so the rename stays on one filesystem; a folder's name is new each run: Ray adds to a folder
-    partial = out.with_name(out.name + (".partial" if to_file else f".partial-{uuid.uuid4().hex[:8]}"))
+    # beside `out`, so the rename stays on one filesystem; the pid names the job that left one behind
+    partial = out.with_name(f"{out.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         with ray_session(address, num_cpus=local_cpus(actors, cpus_per_actor)), _data_context(progress):
             t0 = time.perf_counter()

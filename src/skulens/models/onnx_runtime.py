@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,8 @@ from .bundle import BundleError
 from .card import ModelCard
 from .inference import HeadOutputs, collect_outputs, iter_batches
 
-__all__ = ["CARD_KEY", "ONNX_INT8_NAME", "ONNX_NAME", "OnnxRunner", "read_onnx_card", "require_onnx"]
+__all__ = ["CARD_KEY", "ONNX_INT8_NAME", "ONNX_NAME", "OnnxRunner", "default_threads", "read_onnx_card",
+           "require_onnx", "runtime_threads"]
 
 # The deploy stage's logger name: users (and tests) filter ONNX messages on it.
 log = logging.getLogger("skulens.deploy.onnx")
@@ -27,6 +30,25 @@ log = logging.getLogger("skulens.deploy.onnx")
 ONNX_NAME = "model.onnx"
 ONNX_INT8_NAME = "model.int8.onnx"  # `skulens export --int8` and `--preset fast` write it beside model.onnx
 CARD_KEY = "skulens_card"
+
+_THREADS: ContextVar[int | None] = ContextVar("skulens_runtime_threads", default=None)
+
+
+@contextmanager
+def runtime_threads(threads: int | None) -> Iterator[None]:
+    """ONNX Runtime sessions and LiteRT interpreters made inside run on `threads` intra-op threads, unless their
+    maker gives its own: for code that reaches them through `load_model`, which takes no thread count (a Ray
+    actor, which reserved that many CPUs). None leaves each runtime's own default."""
+    token = _THREADS.set(threads)
+    try:
+        yield
+    finally:
+        _THREADS.reset(token)
+
+
+def default_threads(threads: int | None) -> int | None:
+    """`threads` if given, else the count `runtime_threads` set around this call (else None)."""
+    return threads or _THREADS.get()
 
 
 def require_onnx() -> None:
@@ -56,6 +78,7 @@ class OnnxRunner:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
+        threads = default_threads(threads)
         if threads:
             opts.intra_op_num_threads = threads
         # Idle ONNX Runtime threads sleep instead of spinning: decoding threads (and the service's) share these

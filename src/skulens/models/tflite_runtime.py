@@ -21,7 +21,7 @@ import torch
 from .bundle import BundleError
 from .card import ModelCard
 from .inference import HeadOutputs, collect_outputs, iter_batches
-from .onnx_runtime import CARD_KEY
+from .onnx_runtime import CARD_KEY, default_threads
 
 __all__ = ["CARD_KEY", "TFLITE_INT8_NAME", "TFLITE_NAME", "TfliteRunner", "read_tflite_card", "require_tflite"]
 
@@ -84,7 +84,7 @@ class TfliteRunner:
         self.path = Path(path)
         card = card or read_tflite_card(path)
         try:
-            self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
+            self.interpreter = Interpreter(model_path=str(path), num_threads=default_threads(threads))
             self.signature = self.interpreter.get_signature_runner()
             inputs, outputs = self.signature.get_input_details(), self.signature.get_output_details()
         except (ValueError, RuntimeError) as e:
