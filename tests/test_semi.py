@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
+import shutil
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -173,9 +175,26 @@ def _self_train_recorded(cfg: dict[str, Any]) -> dict[str, Any]:
     return seen
 
 
-def _self_train_on_rank(rank: int, port: int, cfg: dict[str, Any], notes: str, poison: str | None) -> None:
-    """One of 2 spawned processes: joins a gloo group and self-trains; notes what it labelled and wrote, the
-    pseudo-labels its student got, or the error it raised, in NOTES/rank-R.json."""
+def _noting_views(views: list[list[Any]]) -> Any:
+    """`semi._strong_views` that also notes, in `views`, each view's index (its seed) and a digest of its pixels."""
+    from skulens.train import semi
+
+    draw = semi._strong_views
+
+    def drawing(tensors: list[Any], seed: int, indices: Any) -> list[Any]:
+        out = draw(tensors, seed, indices)
+        views.extend([int(i), hashlib.sha256(v.contiguous().numpy().tobytes()).hexdigest()]
+                     for i, v in zip(indices, out, strict=True))
+        return out
+
+    return drawing
+
+
+def _self_train_on_rank(rank: int, port: int, cfg: dict[str, Any], notes: str, poison: str | None,
+                        late: str | None) -> None:
+    """One of 2 spawned processes: joins a gloo group and self-trains; notes what it labelled (and each strong
+    view drawn) and wrote, the pseudo-labels its student got, or the error it raised, in NOTES/rank-R.json.
+    `late`: a photo that rank 1 lists and rank 0 does not (it arrives in --unlabeled between their listings)."""
     import torch
     import torch.distributed as dist
 
@@ -183,8 +202,9 @@ def _self_train_on_rank(rank: int, port: int, cfg: dict[str, Any], notes: str, p
     from skulens.train import semi
 
     torch.set_num_threads(1)
-    note: dict[str, Any] = {"labelled": [], "writes": 0}
-    label, write, decode = semi.pseudo_label, semi._write_pseudo_labels, dataset._decode_one
+    note: dict[str, Any] = {"labelled": [], "writes": 0, "views": []}
+    label, write, decode, listing = (semi.pseudo_label, semi._write_pseudo_labels, dataset._decode_one,
+                                     semi._unlabelled_photos)
 
     def labelling(model: Any, photos: Any, *args: Any, **kwargs: Any) -> Any:
         note["labelled"] += [Path(p).name for p in photos]
@@ -199,7 +219,20 @@ def _self_train_on_rank(rank: int, port: int, cfg: dict[str, Any], notes: str, p
             raise RuntimeError(f"cannot label {path.name}")
         return decode(path, short_side)
 
+    def listing_late(source: str) -> list[Path]:
+        assert late is not None
+        if rank == 1:
+            dist.barrier()  # rank 0 has listed the folder
+            (Path(source) / late).write_bytes(next(Path(source).glob("*-0.jpg")).read_bytes())
+        photos = listing(source)
+        if rank == 0:
+            dist.barrier()
+        return photos
+
     semi.pseudo_label, semi._write_pseudo_labels, dataset._decode_one = labelling, writing, decoding
+    semi._strong_views = _noting_views(note["views"])
+    if late is not None:
+        semi._unlabelled_photos = listing_late
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
                             timeout=timedelta(seconds=PG_TIMEOUT_S))
     t0 = time.monotonic()
@@ -213,13 +246,13 @@ def _self_train_on_rank(rank: int, port: int, cfg: dict[str, Any], notes: str, p
     (Path(notes) / f"rank-{rank}.json").write_text(json.dumps(note))
 
 
-def _two_processes(cfg: dict[str, Any], notes: Path, poison: str | None = None, *, limit: float = 100
-                   ) -> list[dict[str, Any]]:
+def _two_processes(cfg: dict[str, Any], notes: Path, poison: str | None = None, *, late: str | None = None,
+                   limit: float = 100) -> list[dict[str, Any]]:
     import torch.multiprocessing as mp
 
     from _serve_util import free_port
 
-    ctx = mp.start_processes(_self_train_on_rank, args=(free_port(), cfg, str(notes), poison), nprocs=2,
+    ctx = mp.start_processes(_self_train_on_rank, args=(free_port(), cfg, str(notes), poison, late), nprocs=2,
                              join=False, start_method="spawn")
     deadline = time.monotonic() + limit
     while not ctx.join(timeout=1):
@@ -283,4 +316,62 @@ def test_a_photo_that_fails_on_rank_1_stops_both_ranks_with_one_error(tiny_bundl
                       "cannot label zz-poison.jpg"], errors
     assert "zz-poison.jpg" not in ranks[0]["labelled"]  # rank 0 labelled its share only, and heard of rank 1's error
     assert all(r["seconds"] < PG_TIMEOUT_S for r in ranks)  # no rank waited out the timeout of a collective
+    assert not (tmp_path / "out" / "pseudo_labels.csv").exists()
+
+
+@pytest.mark.timeout(180)
+def test_a_corrupt_photo_mid_shard_shifts_no_label_and_no_view(tiny_bundle, tiny_catalogue: Path, small_pool: Path,
+                                                               tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shard's photos after an unreadable one keep their index in the whole list (`offset + kept[i]`): each
+    readable photo gets the strong view, and so the pseudo-label, that one process gives it."""
+    import torch
+
+    from skulens.train import semi
+
+    photos, notes = tmp_path / "photos", tmp_path / "notes"
+    notes.mkdir()
+    shutil.copytree(small_pool, photos)
+    (photos / "red-apple-0b.jpg").write_bytes(b"not a photo either")  # sorted 9th of 11: mid rank 1's share
+    names = sorted(p.name for p in photos.iterdir())
+    readable = [i for i, name in enumerate(names) if name not in ("broken.jpg", "red-apple-0b.jpg")]
+    views: list[list[Any]] = []
+    monkeypatch.setattr(semi, "_strong_views", _noting_views(views))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each spawned process: one source of rounding fewer
+    try:
+        one = _self_train_recorded(_cfg(tiny_bundle, tiny_catalogue, photos, tmp_path / "one"))
+    finally:
+        torch.set_num_threads(threads)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    ranks = _two_processes(_cfg(tiny_bundle, tiny_catalogue, photos, tmp_path / "two"), notes)
+
+    assert [r.get("error") for r in ranks] == [None, None]
+    shard = ranks[1]["labelled"]
+    assert shard == names[5:] and 0 < shard.index("red-apple-0b.jpg") < len(shard) - 1  # mid-shard, with an offset
+    assert one["summary"]["considered"] == 9 and one["summary"]["unreadable"] == 2
+    assert [i for i, _ in views] == readable  # one process: each readable photo's view seeded by its index
+    assert [i for r in ranks for i, _ in r["views"]] == readable  # two: the same indices, the corrupt one skipped
+    assert {i: v for r in ranks for i, v in r["views"]} == dict(views)  # and the same views, pixel for pixel
+    for r in ranks:
+        assert r["labels"] == one["labels"] and r["summary"] == one["summary"]
+
+
+@pytest.mark.timeout(180)
+def test_ranks_that_list_other_photos_stop_with_one_error(tiny_bundle, tiny_catalogue: Path, small_pool: Path,
+                                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each rank lists --unlabeled itself and labels a slice of its list by position; a photo that arrives
+    between the ranks' listings would misalign the slices and the gathered labels: every rank stops first."""
+    photos, notes = tmp_path / "photos", tmp_path / "notes"
+    notes.mkdir()
+    shutil.copytree(small_pool, photos)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    ranks = _two_processes(_cfg(tiny_bundle, tiny_catalogue, photos, tmp_path / "out"), notes, late="late.jpg")
+
+    errors = [r.get("error") for r in ranks]
+    assert errors[0] == errors[1], errors  # one error, raised on every rank
+    assert errors[0] is not None and errors[0].startswith(f"the 2 processes disagree about the photos in "
+                                                          f"--unlabeled {photos}: ['10 photos, sha256 "), errors
+    assert "'11 photos, sha256 " in errors[0] and "every node must list the same photos there" in errors[0]
+    assert [r["labelled"] for r in ranks] == [[], []]  # before any labelling
+    assert all(r["seconds"] < PG_TIMEOUT_S for r in ranks)
     assert not (tmp_path / "out" / "pseudo_labels.csv").exists()

@@ -87,14 +87,15 @@ class Dist:
         dist.all_reduce(t)
         return float(t.item()) / self.world_size
 
-    def same_everywhere(self, what: str, value: Any) -> None:
-        """Raise on every rank when ranks disagree about `value` (e.g. which checkpoint each one found)."""
+    def same_everywhere(self, what: str, value: Any, *,
+                        advice: str = "every node must see the same --data and --out (shared storage)") -> None:
+        """Raise on every rank when ranks disagree about `value` (e.g. which checkpoint each one found); the
+        error names `what`, every rank's `value` and ends with `advice`."""
         if not self.enabled:
             return
         seen = self.gather(value)
         if any(v != seen[0] for v in seen):
-            raise RuntimeError(f"the {self.world_size} processes disagree about {what}: {seen} (by rank); "
-                               "every node must see the same --data and --out (shared storage)")
+            raise RuntimeError(f"the {self.world_size} processes disagree about {what}: {seen} (by rank); {advice}")
 
     def check_in_step(self, model: nn.Module, when: str) -> None:
         """Raise when the ranks' weights have drifted apart (they must stay equal: every rank applies the same

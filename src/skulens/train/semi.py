@@ -29,6 +29,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import functools
+import hashlib
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -151,6 +152,11 @@ def self_train(cfg: TrainConfig, catalogue: Catalogue, *, progress: bool = True,
     # photos, every rank trains its student on all the pseudo-labels, and rank 0 writes them.
     d = distributed.setup(resolve_device(cfg.device))
     try:
+        # Each rank listed the folder itself and labels a slice by position: a photo added while they listed it,
+        # or another mount on one node, would misalign the slices and the gathered labels.
+        d.same_everywhere(f"the photos in --unlabeled {cfg.unlabeled}", _listing(photos),
+                          advice="every node must list the same photos there (shared storage, none added "
+                                 "while the run starts)")
         return _self_train(cfg, catalogue, photos, d, progress=progress, fit_run=fit_run)
     finally:
         d.close()
@@ -264,6 +270,12 @@ def _write_pseudo_labels(folder: Path, pseudo: PseudoLabels) -> None:
         w.writerow(["path", "label", "confidence"])
         w.writerows([str(s.path), s.label, f"{c:.4f}"] for s, c in zip(pseudo.samples, pseudo.confidences,
                                                                          strict=True))
+
+
+def _listing(photos: Sequence[Path]) -> str:
+    """How many `photos`, and a digest of their paths in order: one short value for the ranks to compare."""
+    digest = hashlib.sha256(b"\0".join(os.fsencode(p) for p in photos)).hexdigest()
+    return f"{len(photos)} photos, sha256 {digest[:16]}"
 
 
 def _unlabelled_photos(source: str) -> list[Path]:
