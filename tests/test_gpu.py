@@ -1,0 +1,59 @@
+"""On a CUDA device: a fine-tune learns there, and its bundle and a detector give the CPU's answers on the GPU.
+
+Skipped without a CUDA device; `benchmarks/gpu_check.sh` runs them (`pytest -m gpu`).
+"""
+
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY, make_image
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+
+@pytest.fixture(scope="module")
+def cuda_run(tiny_catalogue: Path, tmp_path_factory: pytest.TempPathFactory):
+    import skulens
+
+    out = tmp_path_factory.mktemp("cuda") / "run"
+    return skulens.train(tiny_catalogue, out=str(out), progress=False, epochs=4, lr=3e-3, device="cuda",
+                         **{k: v for k, v in TINY.items() if k != "epochs"})
+
+
+def test_a_fine_tune_on_cuda_learns(cuda_run) -> None:
+    assert cuda_run.report.top1 >= 0.8, cuda_run.history
+    assert cuda_run.epochs_run == 4
+
+
+def test_the_cuda_bundle_answers_alike_on_cpu_and_gpu(cuda_run, tiny_catalogue: Path) -> None:
+    import skulens
+
+    files = sorted(glob.glob(str(tiny_catalogue.parent / "val" / "*" / "*.jpg")))
+    cpu = skulens.load(cuda_run.bundle, device="cpu", precision="fp32").predict(files)
+    gpu = skulens.load(cuda_run.bundle, device="cuda", precision="fp32").predict(files)
+    assert [p.fine_label for p in gpu] == [p.fine_label for p in cpu]
+    # cuDNN may run fp32 convolutions in TF32 on Ampere and later: about 1e-3 relative, hence the tolerance
+    assert max(abs(a.fine_confidence - b.fine_confidence) for a, b in zip(cpu, gpu, strict=True)) < 0.01
+    bf16 = skulens.load(cuda_run.bundle, device="cuda", precision="bf16").predict(files)
+    agree = np.mean([a.fine_label == b.fine_label for a, b in zip(cpu, bf16, strict=True)])
+    assert agree >= 0.8, agree
+
+
+def test_a_detector_counts_alike_on_cpu_and_gpu(detector: Path) -> None:
+    import skulens
+
+    rng = np.random.default_rng(0)
+    photos = [make_image(label, rng, size=200) for label in ("red-apple", "oat-milk", "green-apple")]
+    cpu = skulens.count(photos, skulens.load_detector(detector, device="cpu"), min_score=0.0)
+    gpu = skulens.count(photos, skulens.load_detector(detector, device="cuda"), min_score=0.0)
+    for a, b in zip(cpu, gpu, strict=True):
+        assert a.error is None and b.error is None
+        assert a.total == b.total > 0
+        x, y = max(a.boxes, key=lambda c: c.score), max(b.boxes, key=lambda c: c.score)  # the surest box
+        assert np.allclose(x.box, y.box, atol=1.0) and abs(x.score - y.score) < 0.01
