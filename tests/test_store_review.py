@@ -105,8 +105,11 @@ def test_purge_sweeps_the_files_a_crash_left_and_keeps_the_named_ones(inventory_
             store.resolve(f"{i:064x}", "red-apple", actor="reviewer")  # into the labelled folder
         named = {i: store.photo_file(f"{i:064x}") for i in range(1, 7)}
         with monkeypatch.context() as m:  # the process dies between the erasure's commit and its file deletions
-            m.setattr(store, "_delete_files", lambda files: None)
+            m.setattr(store, "_finish_erasure", lambda *args: None)
             assert store.erase_user(alice, actor="support").files == 3
+        # alice's files, set aside under names of the store's temporaries until the commit (and left there)
+        aside = [*store.photo_dir.glob(".*.tmp"), *(store.labelled_dir / "red-apple").glob(".*.tmp")]
+        assert len(aside) == 3 and all(not named[i].exists() for i in (1, 2, 3))
         half_written = store.photo_dir / f".{7:064x}.jpg.4242.tmp"  # an intake killed mid-write
         half_written.write_bytes(b"half")
         other = store.photo_dir / "notes.txt"  # not the store's: never touched
@@ -118,7 +121,7 @@ def test_purge_sweeps_the_files_a_crash_left_and_keeps_the_named_ones(inventory_
         theirs.write_bytes(b"their pear")
         theirs_too = store.labelled_dir / "red-apple" / f"{10:064x}.jpg"  # and under one both stores use
         theirs_too.write_bytes(b"their apple")
-        for f in [*named.values(), half_written, other, theirs, theirs_too]:
+        for f in [*(named[i] for i in (4, 5, 6)), *aside, half_written, other, theirs, theirs_too]:
             assert f is not None
             os.utime(f, (OLD, OLD))
         assert len((store.labelled_dir / "manifest.csv").read_text().splitlines()) == 3  # still lists alice's
@@ -128,7 +131,7 @@ def test_purge_sweeps_the_files_a_crash_left_and_keeps_the_named_ones(inventory_
         for i, f in named.items():
             assert f is not None and f.is_file() == (i > 3), i  # alice's photos went; bob's, named, stay
         assert not half_written.exists() and other.is_file() and young.is_file()
-        assert theirs.is_file() and theirs_too.is_file()
+        assert not any(f.exists() for f in aside) and theirs.is_file() and theirs_too.is_file()
         entry = store.audit(limit=1)[0]
         assert (entry.action, entry.detail) == ("sweep_files", {"files": 4, "labelled": 1})
         assert [r.split(",")[0] for r in (store.labelled_dir / "manifest.csv").read_text().splitlines()] == [
@@ -247,13 +250,14 @@ def _service(inventory_db, monkeypatch: pytest.MonkeyPatch) -> Any:
 
 @contextmanager
 def _client(state: Any) -> Iterator[Any]:
-    """A client of the inventory routes alone, on `state` (started and stopped with it)."""
+    """A client of the inventory and people (users) routes alone, on `state` (started and stopped with it)."""
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
 
     from skulens.serve.routers import inventory as inventory_router
+    from skulens.serve.routers import users as users_router
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -264,6 +268,7 @@ def _client(state: Any) -> Iterator[Any]:
 
     app = FastAPI(lifespan=lifespan)
     app.include_router(inventory_router.router)
+    app.include_router(users_router.router)
     with TestClient(app, headers={"X-API-Key": "s3cret-key"}) as client:
         yield client
 
@@ -401,7 +406,7 @@ def test_the_sweep_checks_files_a_chunk_at_a_time_and_sweeps_as_before(inventory
         for i in (3, 5):
             store.resolve(f"{i:064x}", "oat-milk", actor="reviewer")  # into the labelled folder
         with monkeypatch.context() as m:  # the process dies between the erasure's commit and its file deletions
-            m.setattr(store, "_delete_files", lambda files: None)
+            m.setattr(store, "_finish_erasure", lambda *args: None)
             assert store.erase_user(p("alice"), actor="support").files == 4  # photos 1 to 4 (3: labelled)
         rejected_again = store.photo_dir / f"{7:064x}.jpg"  # a rejection's unlink that a crash cut short
         rejected_again.write_bytes(b"rejected")
@@ -420,7 +425,8 @@ def test_the_sweep_checks_files_a_chunk_at_a_time_and_sweeps_as_before(inventory
         named = {f for f in files if f not in {*strays, rejected_again, theirs, young}}
         named_by_rows = {f.name for f in named}
         assert len(named_by_rows) > 3 * 3  # more rows than three chunks hold
-        erased = {f for f in named if f.name in {f"{i:064x}.jpg" for i in range(1, 5)}}
+        # set aside under names of the store's temporaries until the commit (and left there)
+        erased = {f for f in named if f.name in {f".{i:064x}.jpg.{os.getpid()}.tmp" for i in range(1, 5)}}
         assert len(erased) == 4
 
         reads: list[tuple[int, int]] = []  # (photos asked about, rows answered) per query
@@ -519,3 +525,197 @@ def test_a_sweep_that_stops_on_a_database_error_still_audits_what_it_deleted(
             assert entry.action == "review_queued" and "audit line of a stopped sweep could not be written" in caplog.text
         assert store.sweep_uploads(actor="t") == len(strays) - len(gone)  # the next sweep deletes the rest
         assert store.audit(limit=1)[0].detail == {"files": len(strays) - len(gone), "labelled": 0}
+
+
+# -- a stock adjustment and a user's erasure on a full disk or a read-only database ----------------------------
+
+
+def _database_full(store: InventoryStore) -> None:
+    """From now on the store's database answers its audit line's INSERT as a full disk does, with the driver's own
+    error (SQLite: SQLITE_FULL "database or disk is full"; PostgreSQL: SQLSTATE 53100), after the statements
+    before it in the transaction ran."""
+    import sqlite3
+
+    import sqlalchemy as sa
+
+    def full(conn, cursor, statement, parameters, context, executemany) -> None:  # type: ignore[no-untyped-def]
+        if not statement.startswith("INSERT INTO audit"):
+            return
+        if store.backend == "postgresql":
+            import psycopg.errors
+
+            raise psycopg.errors.DiskFull("could not extend file: No space left on device")
+        exc = sqlite3.OperationalError("database or disk is full")
+        exc.sqlite_errorcode, exc.sqlite_errorname = 13, "SQLITE_FULL"  # type: ignore[attr-defined]
+        raise exc
+
+    sa.event.listen(store._engine, "before_cursor_execute", full)
+
+
+@pytest.mark.parametrize(("failure", "status"), [pytest.param("read-only", 503, id="read-only-database-503"),
+                                                  pytest.param("full", 507, id="full-database-507")])
+def test_an_adjustment_on_a_read_only_or_full_database_answers_503_or_507_and_changes_nothing(
+        inventory_db, monkeypatch: pytest.MonkeyPatch, failure: str, status: int) -> None:
+    state = _service(inventory_db, monkeypatch)
+    state.store.adjust("oat-milk", count=5, actor="till", reason="stock take")
+    before = (state.store.stock(), state.store.audit())
+    if failure == "read-only":
+        _read_only(state.store)
+    else:  # the count's change has run when the audit line's write fails: it is rolled back with it
+        _database_full(state.store)
+    with _client(state) as client:
+        r = client.post("/v1/inventory/products/oat-milk/adjust", json={"delta": -2, "reason": "sold"})
+    assert r.status_code == status, r.text
+    reason = "the database is read-only" if failure == "read-only" else "the database's disk is full"
+    assert r.json()["detail"] == (f"the inventory cannot store a stock change now ({reason}); the adjustment was not "
+                                  "recorded, the count is unchanged")
+    with inventory_db.store() as store:  # writable again: the count and its audit log as they were
+        assert (store.stock(), store.audit()) == before
+        assert store.adjust("oat-milk", delta=-2, actor="till", reason="sold") == 3
+
+
+def _erasable(inventory_db, monkeypatch: pytest.MonkeyPatch, events_csv: Path | None = None) -> Any:
+    """`_service` with a pseudonym key, and alice's data: 2 events, a counted photo kept, one waiting for review and
+    one reviewed into the labelled folder (3 files); bob's event and reviewed photo, which stay."""
+    from skulens.recommend.shopping_log import Event
+    from skulens.serve.people import People
+
+    state = _service(inventory_db, monkeypatch)
+    key = Pseudonymizer(b"0123456789abcdef-test-key")
+    state.people = People(store=state.store, pseudonym=key, events_csv=str(events_csv) if events_csv else None,
+                          fit=None)
+    alice, bob = key("alice"), key("bob")
+    store = state.store
+    store.record_events([Event(alice, "oat-milk", "view", 1.0), Event(bob, "oat-milk", "cart", 2.0),
+                         Event(alice, "oat-milk", "purchase", 3.0)])
+    store.intake([_photo(1, user=alice), _photo(2, 0.2, user=alice), _photo(3, 0.2, user=alice),
+                  _photo(4, 0.2, user=bob)], threshold=0.5, actor="t", keep_photos=True)
+    for i in (3, 4):
+        store.resolve(f"{i:064x}", "oat-milk", actor="reviewer")
+    return state
+
+
+def _everything(store: InventoryStore) -> tuple[Any, ...]:
+    """What an erasure changes, and what it must not: the rows, the audit log, and every file in the folders."""
+    files = {p.relative_to(d).as_posix(): p.read_bytes() for d in (store.photo_dir, store.labelled_dir)
+             for p in d.rglob("*") if p.is_file()}
+    return (store.events(), store.counts(), store.audit(), [i.to_dict() for i in store.review_queue()],
+            {i: store.photo_file(f"{i:064x}") for i in range(1, 5)}, files)
+
+
+def _read_only_folder(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
+    """Make `folder` a read-only disk's: a file in it is not written, renamed or unlinked (EROFS)."""
+    import pathlib
+
+    for name in ("write_bytes", "rename", "replace", "unlink"):
+        real = getattr(pathlib.Path, name)
+
+        def refuse(path: pathlib.Path, *args: Any, _real: Any = real, **kw: Any) -> Any:
+            if path.parent == folder:
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+            return _real(path, *args, **kw)
+
+        monkeypatch.setattr(pathlib.Path, name, refuse)
+
+
+@pytest.mark.parametrize(("failure", "status"), [
+    pytest.param("database", 503, id="read-only-database-503"),
+    pytest.param("photos", 503, id="read-only-photo-folder-503"),
+    pytest.param("manifest", 507, id="manifest-ENOSPC-507"),
+    pytest.param("full-database", 507, id="full-database-507")])
+def test_an_erasure_on_a_full_disk_or_read_only_database_answers_507_or_503_and_erases_nothing(
+        inventory_db, monkeypatch: pytest.MonkeyPatch, failure: str, status: int) -> None:
+    state = _erasable(inventory_db, monkeypatch)
+    store = state.store
+    before = _everything(store)
+    assert len(before[-1]) == 5 and all(f is not None for f in before[-2].values())  # 4 photos and the manifest
+    with monkeypatch.context() as m:
+        if failure == "database":
+            _read_only(store)
+            reason = "the database is read-only"
+        elif failure == "full-database":
+            _database_full(store)
+            reason = "the database's disk is full"
+        elif failure == "photos":  # alice's kept photos cannot be deleted
+            _read_only_folder(m, store.photo_dir)
+            reason = os.strerror(errno.EROFS)
+        else:  # the manifest without alice's photo cannot be written
+            attempts = _full_disk(m, store.labelled_dir, errno.ENOSPC)
+            reason = os.strerror(errno.ENOSPC)
+        with _client(state) as client:
+            r = client.delete("/v1/users/alice")
+        assert r.status_code == status, r.text
+        assert r.json()["detail"] == f"the inventory cannot erase a user now ({reason}); nothing was erased"
+        assert str(store.photo_dir) not in r.text and str(store.labelled_dir) not in r.text
+        if failure == "manifest":
+            assert attempts == ["manifest"]
+    with inventory_db.store(photo_dir=store.photo_dir, labelled_dir=store.labelled_dir) as again:
+        assert _everything(again) == before  # every row, audit line and file as it was: no file half-erased
+        state.store = state.people.store = again  # the disk and the database take writes again
+        with _client(state) as client:
+            r = client.delete("/v1/users/alice")
+        assert r.status_code == 200, r.text
+        assert (r.json()["events"], r.json()["photos"], r.json()["files"]) == (2, 3, 3)
+        assert [i for i, f in _everything(again)[-2].items() if f is not None] == [4]  # bob's photo only
+        assert (again.labelled_dir / "manifest.csv").read_text().count("oat-milk/") == 1
+
+
+def test_an_erasure_whose_events_log_cannot_be_rewritten_answers_507_and_says_what_was_done(
+        inventory_db, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from skulens.recommend import shopping_log
+    from skulens.recommend.shopping_log import Event, read_events, write_events
+
+    log = tmp_path / "events.csv"
+    write_events(log, [Event("alice", "oat-milk", "view", 1.0), Event("bob", "oat-milk", "view", 2.0)])
+    logged = log.read_bytes()
+    state = _erasable(inventory_db, monkeypatch, log)
+    real = shopping_log.write_events
+
+    def full(path: Path, events: Any) -> Path:  # half the log written, then the disk is full
+        real(path, list(events)[:1])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    with monkeypatch.context() as m:
+        m.setattr(shopping_log, "write_events", full)
+        with _client(state) as client:
+            r = client.delete("/v1/users/alice")
+    assert r.status_code == 507, r.text
+    assert r.json()["detail"] == (f"the events log cannot be rewritten now ({os.strerror(errno.ENOSPC)}); the "
+                                  "user's 2 events and 3 files were erased from the inventory, but not their events "
+                                  "in the log: erase the user again")
+    assert str(tmp_path) not in r.text
+    assert log.read_bytes() == logged and sorted(p.name for p in tmp_path.glob(".events.csv*.tmp")) == []
+    assert [e.user_id for e in state.store.events()] == [state.people.user_ref("bob")]
+    assert state.store.audit(limit=1)[0].action == "erase_user"
+    with _client(state) as client:  # the disk has room again: the same request finishes the erasure
+        r = client.delete("/v1/users/alice")
+    assert r.status_code == 200, r.text
+    assert (r.json()["events"], r.json()["log_events"], r.json()["files"]) == (0, 1, 0)
+    assert [e.user_id for e in read_events(log)] == ["bob"]
+
+
+def test_cli_erase_user_on_a_read_only_database_says_so_in_one_line(
+        inventory_db, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from skulens.cli import main
+
+    state = _erasable(inventory_db, monkeypatch)
+    before = _everything(state.store)
+    key = tmp_path / "key"
+    key.write_bytes(b"0123456789abcdef-test-key")
+    erase = InventoryStore.erase_user
+
+    def on_read_only(store: InventoryStore, *args: Any, **kw: Any) -> Any:  # the database went read-only
+        _read_only(store)
+        return erase(store, *args, **kw)
+
+    monkeypatch.setattr(InventoryStore, "erase_user", on_read_only)
+    argv = ["inventory", "erase-user", "alice", "--db", inventory_db.url(), "--pseudonym-key-file", str(key)]
+    capsys.readouterr()
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "Traceback" not in err
+    assert err.splitlines()[-1] == ("skulens: StorageError: the inventory cannot erase a user now (the database is "
+                                    "read-only); nothing was erased")
+    monkeypatch.undo()
+    with inventory_db.store(photo_dir=state.store.photo_dir, labelled_dir=state.store.labelled_dir) as again:
+        assert _everything(again) == before

@@ -76,10 +76,12 @@ __all__ = [
     "ReviewItem",
     "ShelfPhoto",
     "ShelfResult",
+    "StorageError",
     "UnknownLabelError",
     "check_known_label",
     "is_counted",
     "is_database_url",
+    "storage_error",
     "storage_failure",
 ]
 
@@ -233,6 +235,32 @@ def _one_requests_error(exc: BaseException) -> bool:
 
 class InventoryError(ValueError):
     """A request the store cannot honour (unknown photo, already reviewed, bad label or count)."""
+
+
+class StorageError(InventoryError):
+    """A change the store's storage refused, not the request (`storage_failure`): `failure` is "full" (no space left,
+    over quota) or "unavailable" (a read-only or failing disk, a read-only database). The message says what was not
+    done, and no path (the store's log line has it). The store's methods raise the driver's or the OS's own error;
+    `storage_error` makes one of these from it, for callers that answer people (`People.erase`: the CLI says it in
+    one line, the service answers 507 or 503)."""
+
+    def __init__(self, message: str, failure: str):
+        super().__init__(message)
+        self.failure = failure
+
+
+def storage_error(exc: BaseException, doing: str, outcome: str) -> StorageError | None:
+    """`exc` as a StorageError when it is the storage failing (`storage_failure`), else None. Its message is
+    "{doing} ({why}); {outcome}": "the inventory cannot erase a user now (the database is read-only); nothing was
+    erased"."""
+    failure = storage_failure(exc)
+    if failure is None:
+        return None
+    if isinstance(exc, OSError) and exc.errno:
+        reason = os.strerror(exc.errno)
+    else:
+        reason = "the database's disk is full" if failure == "full" else "the database is read-only"
+    return StorageError(f"{doing} ({reason}); {outcome}", failure)
 
 
 class UnknownLabelError(InventoryError):
@@ -1164,7 +1192,12 @@ class InventoryStore:
                         {"reason": reason[:500], "mode": "delta" if delta is not None else "set"})
             return after
 
-        return self._write(change)
+        try:
+            return self._write(change)
+        except Exception as exc:
+            if storage_failure(exc) is not None:  # the operator's to fix; the transaction rolled back whole
+                logger.error("inventory %s: %s; the adjustment of %s was not recorded", self.url, exc, label)
+            raise
 
     def export_csv(self, out: io.TextIOBase | Any, *, titles: Callable[[str], str] | None = None) -> int:
         """Write `label,count,updated_at` rows (with `titles`, a fourth column `title`: the product's name);
@@ -1220,12 +1253,22 @@ class InventoryStore:
     def erase_user(self, user_ref: str, *, actor: str) -> Erasure:
         """Delete a user's events and the kept files of every photo they sent (waiting for review, kept, or
         reviewed into the labelled folder; box crops too), in one transaction, with an audit line. Counts and
-        the photos' rows stay (without file or user): stock that was counted is still there."""
+        the photos' rows stay (without file or user): stock that was counted is still there.
+
+        All or nothing. What can fail on the disk happens before the commit: the user's files are renamed aside
+        (to names of the store's temporaries, in their own folders) and the manifest without them is written
+        beside the old one. A failure until the commit (a full or read-only disk, a read-only database) rolls the
+        transaction back and renames the files back: nothing was erased, and the error is raised. After the
+        commit only unlinks and the manifest's rename are left (no space needed); a file they miss (logged) is
+        no row's any more, and `sweep_uploads` deletes it. A crash before the commit leaves the rows naming files
+        that are now under temporary names (swept too): erasing the user again finishes the erasure."""
         user = _user_ref(user_ref)
         assert user is not None
         now = _now()
+        aside: list[tuple[Path, Path]] = []  # (a file of the user's, its name until the commit)
 
-        def erase(db: Connection, _written: list[Path]) -> tuple[int, int, list[tuple[str | None, str]]]:
+        def erase(db: Connection, written: list[Path]) -> tuple[int, int, int, Path | None]:
+            self._put_back(aside)  # a deadlocked attempt's (PostgreSQL runs the transaction again)
             n_events = db.execute(sa.text("DELETE FROM events WHERE user_ref = :u"), {"u": user}).rowcount
             files = [(r["label"], r["stored"]) for r in db.execute(sa.text(
                 # (a rejected item's file went when it was rejected)
@@ -1238,11 +1281,61 @@ class InventoryStore:
                                   {"u": user}).rowcount
             self._audit(db, now, actor, "erase_user", None, 0, None, None,
                         {"user": user, "events": n_events, "photos": n_photos, "files": len(files)})
-            return n_events, n_photos, files
+            for label, name in files:
+                for path in (self.photo_dir / name, self._labelled_path(label, name)):
+                    if path is None:
+                        continue
+                    aside_path = path.with_name(f".{name}.{os.getpid()}.tmp")  # a name `sweep_uploads` knows
+                    try:
+                        path.rename(aside_path)
+                    except FileNotFoundError:  # reviewed (moved out of the photo folder), or never kept there
+                        continue
+                    aside.append((path, aside_path))
+            manifest = self._stage_manifest(self._labelled(db.execute(sa.text(_LABELLED)).mappings())) if files \
+                else None
+            written.extend([manifest] if manifest is not None else [])
+            return n_events, n_photos, len(files), manifest
 
-        n_events, n_photos, files = self._write(erase)
-        self._delete_files(files)
-        return Erasure(user, n_events, n_photos, len(files))
+        with self._files():  # from the renames to the manifest's: no other photo move or manifest rewrite between
+            try:
+                n_events, n_photos, n_files, manifest = self._write(erase)
+            except BaseException as exc:
+                self._put_back(aside)
+                if storage_failure(exc) is not None:  # the operator's to fix; the client hears only what happened
+                    logger.error("inventory %s: %s; the erasure of user %s was not done, nothing was erased", self.url,
+                                 exc, user)
+                raise
+            if n_files:
+                self._finish_erasure(user, aside, manifest)
+        return Erasure(user, n_events, n_photos, n_files)
+
+    def _finish_erasure(self, user: str, aside: Sequence[tuple[Path, Path]], manifest: Path | None) -> None:
+        """After an erasure's commit: unlink the files it set aside, and put its staged manifest in place (None: no
+        labelled photo is left, so the manifest goes too). Nothing here needs space; what fails is logged, not raised
+        (the erasure is done), and the files it leaves are no row's: the next sweep deletes them."""
+        left: list[str] = []
+        for _, aside_path in aside:
+            try:
+                aside_path.unlink(missing_ok=True)
+            except OSError as exc:
+                left.append(f"{aside_path} ({exc.strerror})")
+        try:
+            if self._put_manifest(manifest) is None:
+                (self.labelled_dir / "manifest.csv").unlink(missing_ok=True)
+        except OSError as exc:
+            left.append(f"the manifest's rewrite ({exc.strerror})")
+        if left:
+            logger.error("inventory %s: user %s was erased, but these are left for the next sweep: %s", self.url,
+                         user, ", ".join(left))
+
+    def _put_back(self, aside: list[tuple[Path, Path]]) -> None:
+        """Rename the files a failed erasure set aside back to their own names (emptying `aside`)."""
+        while aside:
+            path, aside_path = aside.pop()
+            try:
+                aside_path.rename(path)
+            except OSError:  # not expected (the folder took a rename a moment ago); it is swept as a leftover
+                logger.exception("inventory %s: %s could not be put back after a failed erasure", self.url, path)
 
     def purge_uploads(self, older_than_days: float, *, actor: str = "retention") -> int:
         """Delete kept photos and box crops taken in more than `older_than_days` ago that no reviewer has

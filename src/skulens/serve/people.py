@@ -8,7 +8,8 @@ user's erasure on request, and the retention of kept uploads.
   events, an erasure by this or another worker), at most every `recommend_refit_s` seconds; after an erasure
   this worker refits at once, so the erased user's history is gone from its answers when the call returns.
 * `erase(user_id)` deletes the user's events from the database and from the CSV log, and the files of every
-  photo they sent (`InventoryStore.erase_user`), with an audit line.
+  photo they sent (`InventoryStore.erase_user`), with an audit line. A full or read-only disk or database is a
+  StorageError that says what was not done.
 * With `upload_retention_days`, kept uploads older than that are deleted at start and then hourly
   (`InventoryStore.purge_uploads`).
 """
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..recommend.shopping_log import Event, read_events, remove_users
-from .inventory import InventoryStore
+from .inventory import InventoryStore, storage_error
 from .privacy import Pseudonymizer, pseudonymize_events
 
 __all__ = ["People", "UserErasure"]
@@ -115,14 +116,34 @@ class People:
     # -- erasure and retention ---------------------------------------------------------------------------
 
     def erase(self, user_id: str, *, actor: str) -> UserErasure:
-        """Delete everything kept about one user, then refit so their history leaves the recommender too."""
+        """Delete everything kept about one user, then refit so their history leaves the recommender too.
+
+        A full or read-only disk or database (`storage_failure`) raises a StorageError that says what was not done:
+        in the database nothing, or everything (`InventoryStore.erase_user` is all or nothing). The CSV log is
+        rewritten (whole or not at all) after the database's erasure committed: when that fails, the database's
+        part stays done, the recommender forgets it, and erasing the user again finishes the log's part."""
         assert self.store is not None and self.pseudonym is not None, "records_events is False"
         ref = self.pseudonym(user_id)
-        done = self.store.erase_user(ref, actor=actor)
+        try:
+            done = self.store.erase_user(ref, actor=actor)
+        except Exception as exc:
+            error = storage_error(exc, "the inventory cannot erase a user now", "nothing was erased")
+            if error is None:
+                raise
+            raise error from exc
         log_events = 0
         if self.events_csv:
-            with self._log_lock:  # the log holds raw ids (an old log) or pseudonyms (one pseudonymised)
-                log_events = remove_users(self.events_csv, lambda u: u == ref or self.pseudonym(u) == ref)
+            try:
+                with self._log_lock:  # the log holds raw ids (an old log) or pseudonyms (one pseudonymised)
+                    log_events = remove_users(self.events_csv, lambda u: u == ref or self.pseudonym(u) == ref)
+            except Exception as exc:
+                error = storage_error(exc, "the events log cannot be rewritten now", (
+                    f"the user's {done.events} events and {done.files} files were erased from the inventory, but not "
+                    "their events in the log: erase the user again"))
+                if error is None:
+                    raise
+                self.refit()
+                raise error from exc
         self.refit()
         logger.info("erased user %s for %s: %d events, %d log events, %d photos, %d files", ref, actor, done.events,
                     log_events, done.photos, done.files)

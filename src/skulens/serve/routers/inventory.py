@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import os
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Annotated, Any
@@ -31,7 +30,7 @@ from ..inventory import (
     InventoryStore,
     ShelfPhoto,
     UnknownLabelError,
-    storage_failure,
+    storage_error,
 )
 from ..schemas import (
     AdjustRequest,
@@ -94,15 +93,8 @@ def _storage_error(exc: Exception, what: str, outcome: str) -> HTTPException | N
     """The answer to a store write that failed on the server's storage, not on the request (`storage_failure`):
     507 when the disk is full (or over quota), 503 when it, or the database, cannot be written; else None. (Its
     path and the store's log line are the operator's; the client is told only what happened, and `outcome`.)"""
-    failure = storage_failure(exc)
-    if failure is None:
-        return None
-    if isinstance(exc, OSError) and exc.errno:
-        reason = os.strerror(exc.errno)
-    else:
-        reason = "the database's disk is full" if failure == "full" else "the database is read-only"
-    return HTTPException(507 if failure == "full" else 503,
-                         f"the inventory cannot store {what} now ({reason}); {outcome}")
+    error = storage_error(exc, f"the inventory cannot store {what} now", outcome)
+    return None if error is None else HTTPException(507 if error.failure == "full" else 503, str(error))
 
 
 @dataclass(frozen=True)
@@ -242,6 +234,11 @@ async def adjust(state: State, actor: WriteKey, body: AdjustRequest,
         return _unknown_label(exc)
     except InventoryError as exc:
         raise HTTPException(422, str(exc)) from None
+    except Exception as exc:
+        answer = _storage_error(exc, "a stock change", "the adjustment was not recorded, the count is unchanged")
+        if answer is None:
+            raise
+        raise answer from None
     return AdjustOut(label=label, count=count)
 
 

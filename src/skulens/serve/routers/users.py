@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 
 from ...recommend.shopping_log import EVENT_TYPES, Event
 from ..deps import ReadKey, State, WriteKey
+from ..inventory import StorageError
 from ..state import ServiceState
 
 router = APIRouter(prefix="/v1", tags=["people"])
@@ -103,8 +104,13 @@ async def record_events(state: State, _: WriteKey, body: EventsIn) -> EventsOut:
 @router.delete("/users/{user_id}", response_model=ErasureOut,
                summary="Erase a user: their events and the photos they sent (audited; counts stay)")
 async def erase_user(state: State, actor: WriteKey, user_id: UserId) -> ErasureOut:
+    """507 when the disk is full, 503 when it or the database cannot be written: the detail says what was not done
+    (in the database: nothing), and the same request again finishes the erasure."""
     _recording(state)
-    done = await anyio.to_thread.run_sync(lambda: state.people.erase(user_id, actor=actor))
+    try:
+        done = await anyio.to_thread.run_sync(lambda: state.people.erase(user_id, actor=actor))
+    except StorageError as exc:
+        raise HTTPException(507 if exc.failure == "full" else 503, str(exc)) from None
     return ErasureOut(**vars(done))
 
 
