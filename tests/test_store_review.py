@@ -711,11 +711,44 @@ def test_cli_erase_user_on_a_read_only_database_says_so_in_one_line(
     monkeypatch.setattr(InventoryStore, "erase_user", on_read_only)
     argv = ["inventory", "erase-user", "alice", "--db", inventory_db.url(), "--pseudonym-key-file", str(key)]
     capsys.readouterr()
-    assert main(argv) == 2
+    assert main(argv) == 3  # the storage's exit code, not a usage error's
     out, err = capsys.readouterr()
     assert out == "" and "Traceback" not in err
-    assert err.splitlines()[-1] == ("skulens: StorageError: the inventory cannot erase a user now (the database is "
-                                    "read-only); nothing was erased")
+    assert err.splitlines()[-1] == ("skulens: storage unavailable: the inventory cannot erase a user now (the "
+                                    "database is read-only); nothing was erased")
     monkeypatch.undo()
     with inventory_db.store(photo_dir=state.store.photo_dir, labelled_dir=state.store.labelled_dir) as again:
         assert _everything(again) == before
+
+
+def test_cli_purge_on_a_read_only_database_exits_3_in_one_line(
+        inventory_db, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The store's write on a read-only database fails with the driver's own error, not a StorageError (here a
+    purge that writes, as one with old uploads to delete does): the CLI finds it as the storage's, one line, exit 3."""
+    from skulens.cli import main
+
+    def on_read_only(store: InventoryStore, *args: Any, **kw: Any) -> Any:
+        _read_only(store)
+        return store.adjust("oat-milk", delta=1, actor="retention", known={"oat-milk"})
+
+    monkeypatch.setattr(InventoryStore, "purge_uploads", on_read_only)
+    with inventory_db.store():
+        pass  # the database exists, with its tables
+    capsys.readouterr()
+    assert main(["inventory", "purge", "--db", inventory_db.url(), "--older-than-days", "0"]) == 3
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.splitlines()[-1].startswith("skulens: storage unavailable: ")
+
+
+def test_cli_storage_failure_is_found_through_the_chain_of_causes() -> None:
+    from skulens.cli._errors import storage_failure
+
+    full = OSError(errno.ENOSPC, "No space left on device")
+    wrapped = RuntimeError("could not write the checkpoint")
+    wrapped.__cause__ = full
+    assert storage_failure(full) == "full" and storage_failure(wrapped) == "full"
+    assert storage_failure(OSError(errno.EROFS, "Read-only file system")) == "unavailable"
+    assert storage_failure(SimpleNamespace(orig=full, __cause__=None)) == "full"  # SQLAlchemy's DBAPIError shape
+    assert storage_failure(OSError(errno.ENOENT, "No such file")) is None
+    assert storage_failure(ValueError("bad label")) is None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from ._common import EXIT_USAGE, UsageError, say
+from ._common import EXIT_STORAGE, EXIT_USAGE, UsageError, say
 
 __all__ = ["build_parser", "main"]
 
@@ -43,8 +43,12 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as e:
         from ..config import ConfigError
-        from ._errors import is_user_error
+        from ._errors import is_user_error, storage_failure
 
+        failure = storage_failure(e)
+        if failure is not None and not ns.verbose:  # the machine's to fix, not the input's
+            say(f"skulens: storage {'full' if failure == 'full' else 'unavailable'}: {e}")
+            return EXIT_STORAGE
         if isinstance(e, ConfigError):
             say(f"skulens: config error: {e}")
             return EXIT_USAGE

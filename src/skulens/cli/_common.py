@@ -23,6 +23,7 @@ from ..data.locate import recorded_dataset, resolve_data
 __all__ = [
     "EXIT_FAILED",
     "EXIT_OK",
+    "EXIT_STORAGE",
     "EXIT_USAGE",
     "UsageError",
     "add_data",
@@ -52,7 +53,7 @@ __all__ = [
     "train_overrides",
 ]
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STORAGE = 0, 1, 2, 3
 REMOVED_IN = "0.2"  # deprecated spellings keep working for one release
 
 

@@ -1,4 +1,5 @@
-"""The errors a user can cause (bad data, bad files, bad config): the CLI prints them as one line, exit 2.
+"""The errors a user can cause (bad data, bad files, bad config): the CLI prints them as one line, exit 2; and
+the machine's storage refusing writes (a full or read-only disk, a read-only database): one line, exit 3.
 
 Matched through `sys.modules`, so classifying an error imports nothing: an exception cannot be an instance
 of a class whose module was never imported (and an input error found before torch loads stays torch-free).
@@ -6,9 +7,10 @@ of a class whose module was never imported (and an input error found before torc
 
 from __future__ import annotations
 
+import errno
 import sys
 
-__all__ = ["USER_ERROR_CLASSES", "is_user_error"]
+__all__ = ["USER_ERROR_CLASSES", "is_user_error", "storage_failure"]
 
 USER_ERROR_CLASSES = (
     ("skulens.config", "ConfigError"),
@@ -35,3 +37,30 @@ def is_user_error(exc: BaseException) -> bool:
         if mod is not None and isinstance(exc, getattr(mod, name)):
             return True
     return False
+
+
+_FULL = frozenset(getattr(errno, n) for n in ("ENOSPC", "EDQUOT") if hasattr(errno, n))
+_READ_ONLY = frozenset(getattr(errno, n) for n in ("EROFS",) if hasattr(errno, n))
+
+
+def storage_failure(exc: BaseException) -> str | None:
+    """"full" or "unavailable" when `exc`, or an error it wraps (SQLAlchemy's `.orig`, `raise ... from`), is the
+    storage refusing writes: a full or read-only disk anywhere; with the inventory loaded, its own classification
+    too (a read-only or full database, `StorageError`). Else None."""
+    inventory = sys.modules.get("skulens.serve.inventory")
+    seen: BaseException | None = exc
+    for _ in range(5):  # a short chain: the error, the driver's error it wraps, their causes
+        if seen is None:
+            break
+        if inventory is not None:
+            if isinstance(seen, inventory.StorageError):
+                return seen.failure
+            found = inventory.storage_failure(seen)
+            if found is not None:
+                return found
+        if isinstance(seen, OSError) and seen.errno in _FULL:
+            return "full"
+        if isinstance(seen, OSError) and seen.errno in _READ_ONLY:
+            return "unavailable"
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    return None
