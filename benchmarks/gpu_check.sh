@@ -29,6 +29,7 @@ $PY -c "import onnxruntime as o; print('onnxruntime', o.__version__, 'providers:
 out="${GPU_CHECK_OUT:-runs/gpu-$(date +%Y%m%d-%H%M%S)}"
 mkdir -p "$out"
 summary=()
+failed=0
 
 # step NAME LIMIT_SECONDS COMMAND...: run it under `timeout`, log its outcome and wall time. With
 # GPU_CHECK_BUDGET=S (seconds for the whole script), a step gets at most what is left of S, and is skipped
@@ -50,6 +51,7 @@ step() {
   elif [ "$rc" -ne 0 ]; then verdict="FAILED (exit $rc)"; fi
   echo "== $name: $verdict after ${took} s"
   summary+=("$name: $verdict, ${took} s")
+  [ "$rc" -ne 0 ] && failed=1
   return "$rc"
 }
 
@@ -92,3 +94,4 @@ print('preset best on CUDA: val top-1', r['summary']['top1'], 'coarse', r['summa
 
 echo "== gpu_check summary ($out)"
 printf '  %s\n' "${summary[@]}"
+exit "$failed"  # 1 when a step failed or was stopped (a skipped step is not a failure)

@@ -660,6 +660,27 @@ def test_an_erasure_on_a_full_disk_or_read_only_database_answers_507_or_503_and_
         assert (again.labelled_dir / "manifest.csv").read_text().count("oat-milk/") == 1
 
 
+def test_erasing_a_user_without_labelled_photos_needs_no_room_in_the_labelled_folder(
+        inventory_db, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only a labelled photo's erasure rewrites the manifest: a user whose photo waits for review is erased even
+    when the labelled folder's disk is full (an erasure is also how room is made)."""
+    state = _erasable(inventory_db, monkeypatch)
+    store = state.store
+    carol = state.people.user_ref("carol")
+    store.intake([_photo(5, 0.2, user=carol)], threshold=0.5, actor="t", keep_photos=True)  # waiting for review
+    manifest = (store.labelled_dir / "manifest.csv").read_bytes()
+    assert store.photo_file(f"{5:064x}") is not None
+    with monkeypatch.context() as m:
+        attempts = _full_disk(m, store.labelled_dir, errno.ENOSPC)
+        with _client(state) as client:
+            r = client.delete("/v1/users/carol")
+        assert r.status_code == 200, r.text
+        assert attempts == []  # no manifest was staged
+    assert (r.json()["photos"], r.json()["files"]) == (1, 1)
+    assert store.photo_file(f"{5:064x}") is None
+    assert (store.labelled_dir / "manifest.csv").read_bytes() == manifest
+
+
 def test_an_erasure_whose_events_log_cannot_be_rewritten_answers_507_and_says_what_was_done(
         inventory_db, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from skulens.recommend import shopping_log
@@ -721,7 +742,7 @@ def test_cli_erase_user_on_a_read_only_database_says_so_in_one_line(
         assert _everything(again) == before
 
 
-def test_cli_purge_on_a_read_only_database_exits_3_in_one_line(
+def test_cli_write_on_a_read_only_database_exits_3_in_one_line(
         inventory_db, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """The store's write on a read-only database fails with the driver's own error, not a StorageError (here a
     purge that writes, as one with old uploads to delete does): the CLI finds it as the storage's, one line, exit 3."""
@@ -751,4 +772,8 @@ def test_cli_storage_failure_is_found_through_the_chain_of_causes() -> None:
     assert storage_failure(OSError(errno.EROFS, "Read-only file system")) == "unavailable"
     assert storage_failure(SimpleNamespace(orig=full, __cause__=None)) == "full"  # SQLAlchemy's DBAPIError shape
     assert storage_failure(OSError(errno.ENOENT, "No such file")) is None
+    assert storage_failure(OSError(errno.EMFILE, "Too many open files")) is None  # not the disk's
+    odd = RuntimeError("an expression, not an error, in `orig`")
+    odd.orig = "x + 1"  # type: ignore[attr-defined]  (sympy's PolificationFailed has such an `orig`)
+    assert storage_failure(odd) is None
     assert storage_failure(ValueError("bad label")) is None

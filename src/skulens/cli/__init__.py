@@ -1,7 +1,8 @@
 """The `skulens` command: thin adapters over the core, grouped by stage. Importing it imports no torch.
 
 One grammar in every subcommand: the model is `-m/--model`, the data `--data`, the output `-o/--out`,
-the number of results `-k/--top-k`. Exit codes: 0 success, 1 a run that failed, 2 a usage or input error.
+the number of results `-k/--top-k`. Exit codes: 0 success, 1 a run that failed, 2 a usage or input error,
+3 the storage refused a write (a full or read-only disk or database).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from ._common import EXIT_STORAGE, EXIT_USAGE, UsageError, say
 
 __all__ = ["build_parser", "main"]
 
-EPILOG = ("exit codes: 0 success, 1 a run that failed (e.g. no image could be read), 2 a usage or input error. "
+EPILOG = ("exit codes: 0 success, 1 a run that failed (e.g. no image could be read), 2 a usage or input error, "
+          "3 the storage refused a write (a full or read-only disk or database). "
           "Every command names the model -m/--model, the data --data, the output -o/--out.")
 
 

@@ -52,15 +52,17 @@ def storage_failure(exc: BaseException) -> str | None:
     for _ in range(5):  # a short chain: the error, the driver's error it wraps, their causes
         if seen is None:
             break
-        if inventory is not None:
+        if isinstance(seen, OSError):  # only a full or read-only disk: not EIO, EMFILE (a data loader's too)
+            if seen.errno in _FULL:
+                return "full"
+            if seen.errno in _READ_ONLY:
+                return "unavailable"
+        elif inventory is not None:  # a database's own codes (read-only, full), or the store's StorageError
             if isinstance(seen, inventory.StorageError):
                 return seen.failure
             found = inventory.storage_failure(seen)
             if found is not None:
                 return found
-        if isinstance(seen, OSError) and seen.errno in _FULL:
-            return "full"
-        if isinstance(seen, OSError) and seen.errno in _READ_ONLY:
-            return "unavailable"
-        seen = getattr(seen, "orig", None) or seen.__cause__
+        wrapped = getattr(seen, "orig", None)  # SQLAlchemy's DBAPIError; elsewhere `orig` may be anything
+        seen = wrapped if isinstance(wrapped, BaseException) else seen.__cause__
     return None

@@ -237,7 +237,7 @@ class InventoryError(ValueError):
     """A request the store cannot honour (unknown photo, already reviewed, bad label or count)."""
 
 
-class StorageError(InventoryError):
+class StorageError(Exception):
     """A change the store's storage refused, not the request (`storage_failure`): `failure` is "full" (no space left,
     over quota) or "unavailable" (a read-only or failing disk, a read-only database). The message says what was not
     done, and no path (the store's log line has it). The store's methods raise the driver's or the OS's own error;
@@ -1267,7 +1267,7 @@ class InventoryStore:
         now = _now()
         aside: list[tuple[Path, Path]] = []  # (a file of the user's, its name until the commit)
 
-        def erase(db: Connection, written: list[Path]) -> tuple[int, int, int, Path | None]:
+        def erase(db: Connection, written: list[Path]) -> tuple[int, int, int, bool, Path | None]:
             self._put_back(aside)  # a deadlocked attempt's (PostgreSQL runs the transaction again)
             n_events = db.execute(sa.text("DELETE FROM events WHERE user_ref = :u"), {"u": user}).rowcount
             files = [(r["label"], r["stored"]) for r in db.execute(sa.text(
@@ -1291,14 +1291,16 @@ class InventoryStore:
                     except FileNotFoundError:  # reviewed (moved out of the photo folder), or never kept there
                         continue
                     aside.append((path, aside_path))
-            manifest = self._stage_manifest(self._labelled(db.execute(sa.text(_LABELLED)).mappings())) if files \
+            # the manifest changes only when a labelled photo goes (a queued or counted one's erasure needs no space)
+            relabel = any(self.labelled_dir in path.parents for path, _ in aside)
+            manifest = self._stage_manifest(self._labelled(db.execute(sa.text(_LABELLED)).mappings())) if relabel \
                 else None
             written.extend([manifest] if manifest is not None else [])
-            return n_events, n_photos, len(files), manifest
+            return n_events, n_photos, len(files), relabel, manifest
 
         with self._files():  # from the renames to the manifest's: no other photo move or manifest rewrite between
             try:
-                n_events, n_photos, n_files, manifest = self._write(erase)
+                n_events, n_photos, n_files, relabel, manifest = self._write(erase)
             except BaseException as exc:
                 self._put_back(aside)
                 if storage_failure(exc) is not None:  # the operator's to fix; the client hears only what happened
@@ -1306,27 +1308,28 @@ class InventoryStore:
                                  exc, user)
                 raise
             if n_files:
-                self._finish_erasure(user, aside, manifest)
+                self._finish_erasure(user, aside, manifest if relabel else False)
         return Erasure(user, n_events, n_photos, n_files)
 
-    def _finish_erasure(self, user: str, aside: Sequence[tuple[Path, Path]], manifest: Path | None) -> None:
-        """After an erasure's commit: unlink the files it set aside, and put its staged manifest in place (None: no
-        labelled photo is left, so the manifest goes too). Nothing here needs space; what fails is logged, not raised
+    def _finish_erasure(self, user: str, aside: Sequence[tuple[Path, Path]], manifest: Path | None | bool) -> None:
+        """After an erasure's commit: put its staged manifest in place (None: no labelled photo is left, so the
+        manifest goes too; False: no labelled photo was erased, the manifest stays), then unlink the files it set
+        aside, so no manifest names a file already gone. Nothing here needs space; what fails is logged, not raised
         (the erasure is done), and the files it leaves are no row's: the next sweep deletes them."""
         left: list[str] = []
+        if manifest is not False:
+            try:
+                if self._put_manifest(manifest) is None:
+                    (self.labelled_dir / "manifest.csv").unlink(missing_ok=True)
+            except OSError as exc:
+                left.append(f"the manifest's rewrite ({exc.strerror}; the next review rewrites it)")
         for _, aside_path in aside:
             try:
                 aside_path.unlink(missing_ok=True)
             except OSError as exc:
                 left.append(f"{aside_path} ({exc.strerror})")
-        try:
-            if self._put_manifest(manifest) is None:
-                (self.labelled_dir / "manifest.csv").unlink(missing_ok=True)
-        except OSError as exc:
-            left.append(f"the manifest's rewrite ({exc.strerror})")
         if left:
-            logger.error("inventory %s: user %s was erased, but these are left for the next sweep: %s", self.url,
-                         user, ", ".join(left))
+            logger.error("inventory %s: user %s was erased, but these are left: %s", self.url, user, ", ".join(left))
 
     def _put_back(self, aside: list[tuple[Path, Path]]) -> None:
         """Rename the files a failed erasure set aside back to their own names (emptying `aside`)."""
