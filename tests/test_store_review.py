@@ -777,3 +777,13 @@ def test_cli_storage_failure_is_found_through_the_chain_of_causes() -> None:
     odd.orig = "x + 1"  # type: ignore[attr-defined]  (sympy's PolificationFailed has such an `orig`)
     assert storage_failure(odd) is None
     assert storage_failure(ValueError("bad label")) is None
+
+
+def test_the_writing_routes_document_their_storage_answers(inventory_db, monkeypatch: pytest.MonkeyPatch) -> None:
+    state = _service(inventory_db, monkeypatch)
+    with _client(state) as client:
+        spec = client.get("/openapi.json").json()
+    for path, method in [("/v1/inventory/intake", "post"), ("/v1/inventory/products/{label}/adjust", "post"),
+                         ("/v1/inventory/review/{item}", "post"), ("/v1/users/{user_id}", "delete")]:
+        answers = spec["paths"][path][method]["responses"]
+        assert {"503", "507"} <= set(answers), (path, sorted(answers))

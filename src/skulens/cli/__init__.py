@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
 
         failure = storage_failure(e)
         if failure is not None and not ns.verbose:  # the machine's to fix, not the input's
-            say(f"skulens: storage {'full' if failure == 'full' else 'unavailable'}: {e}")
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__  # a driver's may run on
+            say(f"skulens: storage {'full' if failure == 'full' else 'unavailable'}: {first}")
             return EXIT_STORAGE
         if isinstance(e, ConfigError):
             say(f"skulens: config error: {e}")

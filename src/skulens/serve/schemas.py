@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 from .inventory import MAX_COUNT
 
 __all__ = [
+    "STORAGE_RESPONSES",
     "AdjustRequest", "AuditOut", "CandidateOut", "IntakeOut", "InventoryOut", "LabelScore", "PredictResponse",
     "PredictionOut", "ProductOut", "ReviewDecision", "ReviewItemOut", "SupportOut", "TagResponse", "TagsOut",
 ]
@@ -162,3 +163,11 @@ class AuditOut(BaseModel):
     count_after: int | None
     photo: str | None
     detail: dict[str, Any]
+
+
+# The answers of a write the server's storage refused (a read-only database or disk: 503; a full disk: 507),
+# for the OpenAPI description of the routes that write.
+STORAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    503: {"description": "the database or the disk takes no writes now (read-only); the detail says what was not done"},
+    507: {"description": "the disk is full; the detail says what was not done"},
+}

@@ -33,6 +33,7 @@ from ..inventory import (
     storage_error,
 )
 from ..schemas import (
+    STORAGE_RESPONSES,
     AdjustRequest,
     AuditOut,
     IntakeItemOut,
@@ -135,7 +136,7 @@ async def _recognise(state: ServiceState, upload: UploadFile) -> IntakePhoto | S
         max_pixels=settings.max_pixels))
 
 
-@router.post("/intake", response_model=IntakeResponse,
+@router.post("/intake", response_model=IntakeResponse, responses=STORAGE_RESPONSES,
              summary="Count products from photos (idempotent per photo; every product of a shelf photo with a detector)")
 async def intake(state: State, actor: WriteKey,
                  images: Annotated[list[UploadFile], File(description="one or more photos")],
@@ -222,7 +223,8 @@ class AdjustOut(BaseModel):
 
 @router.post("/products/{label}/adjust", summary="Change a count by hand (sale, stock take)",
              response_model=AdjustOut, responses={422: {"model": UnknownLabelOut, "description": "the label names no existing product "
-                                                                        "(or the request is malformed)"}})
+                                                                        "(or the request is malformed)"},
+                                                  **STORAGE_RESPONSES})
 async def adjust(state: State, actor: WriteKey, body: AdjustRequest,
                  label: Annotated[str, PathParam(min_length=1, max_length=200)]) -> Any:
     known = _known_products(state)
@@ -251,7 +253,8 @@ async def review_queue(state: State, _: ReadKey, limit: Annotated[int, Query(ge=
 
 @router.post("/review/{item}", response_model=QueueItemOut,
              responses={422: {"model": UnknownLabelOut, "description": "the label names no existing product "
-                                                                        "(or the request is malformed)"}},
+                                                                        "(or the request is malformed)"},
+                        **STORAGE_RESPONSES},
              summary="Confirm or correct a queued photo's or box's label (then it counts), or reject it")
 async def resolve(state: State, actor: WriteKey, item: ItemId,
                   decision: ReviewDecision) -> QueueItemOut | JSONResponse:

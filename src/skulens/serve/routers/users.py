@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 from ...recommend.shopping_log import EVENT_TYPES, Event
 from ..deps import ReadKey, State, WriteKey
 from ..inventory import StorageError
+from ..schemas import STORAGE_RESPONSES
 from ..state import ServiceState
 
 router = APIRouter(prefix="/v1", tags=["people"])
@@ -101,11 +102,12 @@ async def record_events(state: State, _: WriteKey, body: EventsIn) -> EventsOut:
     return EventsOut(recorded=n)
 
 
-@router.delete("/users/{user_id}", response_model=ErasureOut,
+@router.delete("/users/{user_id}", response_model=ErasureOut, responses=STORAGE_RESPONSES,
                summary="Erase a user: their events and the photos they sent (audited; counts stay)")
 async def erase_user(state: State, actor: WriteKey, user_id: UserId) -> ErasureOut:
     """507 when the disk is full, 503 when it or the database cannot be written: the detail says what was not done
-    (in the database: nothing), and the same request again finishes the erasure."""
+    (in the database nothing, or, when only the events log could not be rewritten, everything but the log), and the
+    same request again finishes the erasure."""
     _recording(state)
     try:
         done = await anyio.to_thread.run_sync(lambda: state.people.erase(user_id, actor=actor))
