@@ -180,7 +180,8 @@ _ITEM_ID = re.compile(r"([0-9a-f]{64})(?::([0-9]{1,6}))?")
 
 MAX_COUNT = 2**31 - 1  # a stock count: PostgreSQL's INTEGER column
 # The store's own files in its folders: kept photos and box crops, and their temporaries (`_write_photo`,
-# `_move_to_labelled`). Only these are ever swept.
+# `_copy_to_labelled`, and the files an erasure sets aside until its commit, `erase_user`). Only these are ever
+# swept.
 _STORE_FILE = re.compile(r"[0-9a-f]{64}(?:-[0-9]+)?\.jpg|\.[0-9a-f]{64}(?:-[0-9]+)?\.jpg(?:\.[0-9]+)?\.tmp")
 # 1 h: an intake writes its files before its transaction commits (seconds, a lock wait at most); a file that no
 # row names an hour later was left by a crash or a failed write.
@@ -994,6 +995,13 @@ class InventoryStore:
     def _labelled_path(self, label: str | None, name: str) -> Path | None:
         return None if label is None else self.labelled_dir / _safe_dirname(label) / name
 
+    def _file_paths(self, label: str | None, name: str) -> Iterator[Path]:
+        """Where a kept file can be: the photo folder, and (reviewed) its label's folder in the labelled data."""
+        yield self.photo_dir / name
+        labelled = self._labelled_path(label, name)
+        if labelled is not None:
+            yield labelled
+
     @staticmethod
     def _item(r: RowMapping) -> ReviewItem:
         if r["idx"] is None:
@@ -1122,6 +1130,11 @@ class InventoryStore:
 
     def _write_manifest(self) -> Path | None:
         return self._put_manifest(self._stage_manifest(self.labelled()))
+
+    def _refresh_manifest(self) -> None:
+        """After labelled files were deleted: the manifest rewritten, or removed when none is left."""
+        if self._write_manifest() is None:
+            (self.labelled_dir / "manifest.csv").unlink(missing_ok=True)
 
     def _stage_manifest(self, rows: Sequence[tuple[str, str]]) -> Path | None:
         """The manifest of these (path, label) rows, written whole (or not at all) beside `manifest.csv`, for
@@ -1282,9 +1295,7 @@ class InventoryStore:
             self._audit(db, now, actor, "erase_user", None, 0, None, None,
                         {"user": user, "events": n_events, "photos": n_photos, "files": len(files)})
             for label, name in files:
-                for path in (self.photo_dir / name, self._labelled_path(label, name)):
-                    if path is None:
-                        continue
+                for path in self._file_paths(label, name):
                     aside_path = path.with_name(f".{name}.{os.getpid()}.tmp")  # a name `sweep_uploads` knows
                     try:
                         path.rename(aside_path)
@@ -1419,21 +1430,18 @@ class InventoryStore:
         detail: dict[str, Any] = {"files": swept, "labelled": labelled}
         if stopped is not None:
             detail["stopped"] = type(stopped).__name__  # the files it did not reach are swept next time
-        try:
-            self._write(lambda db, _w: self._audit(db, _now(), actor, "sweep_files", None, 0, None, None, detail))
-        except Exception:
-            if stopped is None:
-                raise
-            logger.exception("inventory %s: the audit line of a stopped sweep could not be written", self.url)
-        if not labelled:
-            return
-        try:
-            if self._write_manifest() is None:
-                (self.labelled_dir / "manifest.csv").unlink(missing_ok=True)
-        except Exception:
-            if stopped is None:
-                raise
-            logger.exception("inventory %s: the manifest could not be rewritten after a stopped sweep", self.url)
+        steps: list[tuple[Callable[[], Any], str]] = [(lambda: self._write(
+            lambda db, _w: self._audit(db, _now(), actor, "sweep_files", None, 0, None, None, detail)),
+            "the audit line of a stopped sweep could not be written")]
+        if labelled:
+            steps.append((self._refresh_manifest, "the manifest could not be rewritten after a stopped sweep"))
+        for run, failed in steps:
+            try:
+                run()
+            except Exception:
+                if stopped is None:
+                    raise
+                logger.exception("inventory %s: %s", self.url, failed)
 
     def _named_files(self, shas: Collection[str]) -> tuple[set[str], set[str]]:
         """For these photos: the files their rows and their boxes' rows name (a rejected item's file is deleted
@@ -1451,8 +1459,6 @@ class InventoryStore:
             return
         with self._files():
             for label, name in files:
-                for path in (self.photo_dir / name, self._labelled_path(label, name)):
-                    if path is not None:
-                        path.unlink(missing_ok=True)
-            if self._write_manifest() is None:
-                (self.labelled_dir / "manifest.csv").unlink(missing_ok=True)
+                for path in self._file_paths(label, name):
+                    path.unlink(missing_ok=True)
+            self._refresh_manifest()
