@@ -64,7 +64,8 @@ def main() -> int:
     ap.add_argument("--fridge", default=str(DEFAULT_FRIDGE))
     ap.add_argument("--canvases", type=int, default=200)
     ap.add_argument("--dense", type=int, default=2, help="4000x3000 dense composites")
-    ap.add_argument("--speed-photos", type=int, default=10)
+    ap.add_argument("--speed-photos", type=int, default=10, help="1 MP photos for the speed row (0: no speed row)")
+    ap.add_argument("--device", default="cpu", help="where the detector and the classifier run (default: cpu)")
     ap.add_argument("--out", default=f"runs/bench-detect-{time.strftime('%Y%m%d-%H%M%S')}")
     ns = ap.parse_args()
 
@@ -79,12 +80,12 @@ def main() -> int:
     out = Path(ns.out)
     out.mkdir(parents=True, exist_ok=True)
     data = resolve_data(ns.data)
-    det = load_detector(ns.detector, device="cpu")
+    det = load_detector(ns.detector, device=ns.device)
     model = None
     if ns.model:
         from skulens.models.predictor import load_model
 
-        model = load_model(ns.model, device="cpu")
+        model = load_model(ns.model, device=ns.device)
     lines = []
 
     # 1. held-out composites
@@ -139,16 +140,17 @@ def main() -> int:
         print(lines[-2], flush=True)
 
     # 4. speed at 1 MP, end to end
-    photos = []
-    for im, _ in held_out_canvases(data, det.card, ns.speed_photos, size=(1155, 866), start=5000)[0]:
-        buf = io.BytesIO()
-        im.save(buf, "JPEG", quality=90)
-        photos.append(buf.getvalue())
-    export_detector(ns.detector)  # DET/detector.onnx, checked against PyTorch
-    table = detection_markdown(bench_detection(ns.detector, photos, model=model, repeats=1))
-    lines += ["### Speed at 1 megapixel (1155x866 JPEG, end to end: decode, detect, classify every box)", "",
-              table]
-    print(table, flush=True)
+    if ns.speed_photos:
+        photos = []
+        for im, _ in held_out_canvases(data, det.card, ns.speed_photos, size=(1155, 866), start=5000)[0]:
+            buf = io.BytesIO()
+            im.save(buf, "JPEG", quality=90)
+            photos.append(buf.getvalue())
+        export_detector(ns.detector)  # DET/detector.onnx, checked against PyTorch
+        table = detection_markdown(bench_detection(ns.detector, photos, model=model, repeats=1))
+        lines += ["### Speed at 1 megapixel (1155x866 JPEG, end to end: decode, detect, classify every box)", "",
+                  table]
+        print(table, flush=True)
 
     tr = det.card.training
     lines += ["### Training", "",

@@ -28,6 +28,7 @@ from ._common import (
     engine_out,
     expand_inputs,
     fraction,
+    non_negative_int,
     positive_int,
     say,
 )
@@ -107,6 +108,9 @@ def add_commands(sub: Any) -> None:
                                                      "steps are not done (default: 55)")
     g.add_argument("--eval-every", type=positive_int, help="steps between held-out checks (default: 150)")
     g.add_argument("--seed", type=int, help="seed of the composites and the run (default: 0)")
+    g.add_argument("--workers", type=non_negative_int,
+                   help="processes drawing composites beside training (default: 1; 0: in the training process; "
+                        "more where cores are free; the composites are the same for any count)")
     t.add_argument("--device", type=device_arg, default="auto", help="auto, cpu, cuda or cuda:N (default: auto); under torchrun "
                                                    "each process takes its own GPU (LOCAL_RANK)")
     add_quiet(t)
@@ -224,7 +228,7 @@ def _count_on_ray(ns: argparse.Namespace, job: Any, files: list[str], out: Path)
 def _recipe(ns: argparse.Namespace) -> Any:
     from ..detect.train import DetectorRecipe
 
-    keys = ("steps", "batch_size", "lr", "max_minutes", "eval_every", "seed")
+    keys = ("steps", "batch_size", "lr", "max_minutes", "eval_every", "seed", "workers")
     try:
         return DetectorRecipe(**{k: getattr(ns, k) for k in keys if getattr(ns, k) is not None})
     except ValueError as e:

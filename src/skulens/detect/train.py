@@ -78,8 +78,8 @@ class DetectorRecipe:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1 or self.eval_every < 1:
-            raise ValueError("steps, batch_size and eval_every must be >= 1")
+        if self.steps < 1 or self.batch_size < 1 or self.eval_every < 1 or self.workers < 0:
+            raise ValueError("steps, batch_size and eval_every must be >= 1, workers >= 0")
         if not 0 < self.lr < 1 or self.weight_decay < 0:
             raise ValueError(f"need 0 < lr < 1 and weight_decay >= 0, got {self.lr}, {self.weight_decay}")
         if not 0 <= self.holdout_products < 0.5 or not 0 <= self.real_share <= 1:
