@@ -130,6 +130,18 @@ def test_newer_card_schema_is_refused(tiny_bundle, tmp_path: Path) -> None:
         ModelCard.from_dict({**json.loads(tiny_bundle.card.to_json()), "schema": 99})
 
 
+def test_a_card_field_this_skulens_does_not_know_is_named_in_a_warning(tiny_bundle, caplog) -> None:
+    data = {**json.loads(tiny_bundle.card.to_json()), "temprature": 2.0}  # a hand edit's typo
+    with caplog.at_level("WARNING", logger="skulens.models.card"):
+        card = ModelCard.from_dict(data)
+    assert card == tiny_bundle.card  # the rest of the card loads as before
+    assert "'temprature'" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="skulens.models.card"):
+        ModelCard.from_dict(json.loads(tiny_bundle.card.to_json()))
+    assert caplog.text == ""
+
+
 def test_malformed_card_is_a_bundle_error(tiny_bundle, tmp_path: Path) -> None:
     bundle = _copy_bundle(Path(tiny_bundle.bundle), tmp_path / "b")
     (bundle / "card.json").write_text("{not json", encoding="utf-8")

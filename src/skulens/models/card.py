@@ -7,6 +7,7 @@ training. The card is plain JSON (no pickle) and frozen.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
@@ -19,6 +20,7 @@ from .._version import __version__
 __all__ = ["CARD_SCHEMA", "ModelCard", "exclusive_attribute_pairs", "resolve_exclusive", "without_conflicts"]
 
 CARD_SCHEMA = 1
+log = logging.getLogger(__name__)
 
 
 class BackboneSpecLike(Protocol):
@@ -93,6 +95,9 @@ class ModelCard:
             raise ValueError(f"card schema {data['schema']} is newer than this skulens understands")
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
+        if unknown := sorted(set(data) - known):  # a hand edit's typo, or a newer skulens of the same schema
+            log.warning("model card: ignoring unknown field(s) %s (this skulens %s does not use them)",
+                        ", ".join(map(repr, unknown)), __version__)
         for k in ("mean", "std", "classes", "coarse_classes", "fine_to_coarse", "attributes",
                   "attribute_thresholds", "enrolled"):
             if k in values:
