@@ -286,6 +286,15 @@ def _jpegs(n: int) -> list[tuple[str, tuple[str, bytes, str]]]:
     return photos
 
 
+# A storage failure's answer says when to try again only when waiting can help (a read-only or failing database or
+# disk); waiting makes no room on a full disk.
+_RETRY_AFTER = {503: "30", 507: None}
+
+
+def _retry_after(r: Any) -> str | None:
+    return r.headers.get("Retry-After")
+
+
 def _read_only(store: InventoryStore) -> None:
     """From now on the store's database takes no writes, and says so with its own error, as a read-only database
     does: SQLite's query_only (SQLITE_READONLY "attempt to write a readonly database", as for a read-only file or
@@ -306,6 +315,7 @@ def test_intake_on_a_full_disk_answers_507_and_counts_nothing(inventory_db, monk
     with _client(state) as client:
         r = client.post("/v1/inventory/intake", files=_jpegs(2))
     assert r.status_code == status, r.text
+    assert _retry_after(r) == _RETRY_AFTER[status]
     assert os.strerror(code) in r.json()["detail"] and str(state.store.photo_dir) not in r.text
     assert len(attempts) == 1  # the first photo's write failed: the second was never tried
     assert list(state.store.photo_dir.iterdir()) == []  # not even the half-written temporary
@@ -322,6 +332,7 @@ def test_intake_on_a_read_only_database_answers_503_and_loses_nothing(inventory_
     with _client(state) as client:
         r = client.post("/v1/inventory/intake", files=_jpegs(2))
     assert r.status_code == 503, r.text
+    assert _retry_after(r) == _RETRY_AFTER[503]
     assert r.json()["detail"] == ("the inventory cannot store photos now (the database is read-only); "
                                   "nothing was counted")
     with inventory_db.store(photo_dir=state.store.photo_dir) as store:  # writable again: all there, nothing more
@@ -374,6 +385,7 @@ def test_a_review_on_a_full_disk_answers_507_and_the_item_stays_in_the_queue(
         with _client(state) as client:
             r = client.post(f"/v1/inventory/review/{item}", json={"label": "oat-milk"})
         assert r.status_code == status, r.text
+        assert _retry_after(r) == _RETRY_AFTER[status]
         reason = "the database is read-only" if code is None else os.strerror(code)
         assert r.json()["detail"] == (f"the inventory cannot store a review now ({reason}); it was not recorded, "
                                       "the item is still waiting for review")
@@ -426,7 +438,7 @@ def test_the_sweep_checks_files_a_chunk_at_a_time_and_sweeps_as_before(inventory
         named_by_rows = {f.name for f in named}
         assert len(named_by_rows) > 3 * 3  # more rows than three chunks hold
         # set aside under names of the store's temporaries until the commit (and left there)
-        erased = {f for f in named if f.name in {f".{i:064x}.jpg.{os.getpid()}.tmp" for i in range(1, 5)}}
+        erased = {f for f in named if f.name in {f".{i:064x}.jpg.{os.getpid()}.erasing.tmp" for i in range(1, 5)}}
         assert len(erased) == 4
 
         reads: list[tuple[int, int]] = []  # (photos asked about, rows answered) per query
@@ -566,6 +578,7 @@ def test_an_adjustment_on_a_read_only_or_full_database_answers_503_or_507_and_ch
     with _client(state) as client:
         r = client.post("/v1/inventory/products/oat-milk/adjust", json={"delta": -2, "reason": "sold"})
     assert r.status_code == status, r.text
+    assert _retry_after(r) == _RETRY_AFTER[status]
     reason = "the database is read-only" if failure == "read-only" else "the database's disk is full"
     assert r.json()["detail"] == (f"the inventory cannot store a stock change now ({reason}); the adjustment was not "
                                   "recorded, the count is unchanged")
@@ -645,6 +658,7 @@ def test_an_erasure_on_a_full_disk_or_read_only_database_answers_507_or_503_and_
         with _client(state) as client:
             r = client.delete("/v1/users/alice")
         assert r.status_code == status, r.text
+        assert _retry_after(r) == _RETRY_AFTER[status]
         assert r.json()["detail"] == f"the inventory cannot erase a user now ({reason}); nothing was erased"
         assert str(store.photo_dir) not in r.text and str(store.labelled_dir) not in r.text
         if failure == "manifest":
@@ -701,6 +715,7 @@ def test_an_erasure_whose_events_log_cannot_be_rewritten_answers_507_and_says_wh
         with _client(state) as client:
             r = client.delete("/v1/users/alice")
     assert r.status_code == 507, r.text
+    assert _retry_after(r) == _RETRY_AFTER[507]
     assert r.json()["detail"] == (f"the events log cannot be rewritten now ({os.strerror(errno.ENOSPC)}); the "
                                   "user's 2 events and 3 files were erased from the inventory, but not their events "
                                   "in the log: erase the user again")

@@ -11,6 +11,8 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 
 from ..data.decode import ImageDecodeError
 from .batching import QueueFullError
+from .inventory import StorageError
+from .schemas import STORAGE_RETRY_AFTER_S
 from .security import check_api_key, decode_error_status, read_image_upload
 from .state import ServiceState
 
@@ -19,7 +21,8 @@ if TYPE_CHECKING:
 
     from ..models.predictor import Prediction
 
-__all__ = ["ReadKey", "State", "WriteKey", "busy", "decode_upload", "get_state", "predict_upload"]
+__all__ = ["ReadKey", "State", "WriteKey", "busy", "decode_upload", "get_state", "predict_upload",
+           "storage_refused"]
 
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="an API key")
 _bearer = HTTPBearer(auto_error=False, description="an API key as a bearer token")
@@ -62,6 +65,15 @@ def busy(state: ServiceState, exc: BaseException) -> HTTPException:
         return HTTPException(503, f"server busy: {exc}; retry shortly", headers={"Retry-After": "1"})
     state.metrics.timeouts.inc()
     return HTTPException(504, f"recognition took longer than {state.settings.request_timeout_s:g} s")
+
+
+def storage_refused(error: StorageError) -> HTTPException:
+    """The answer to a write the server's storage refused (every route's, `STORAGE_RESPONSES`): 507 for a full disk
+    (waiting makes no room: someone must), 503 with Retry-After (`STORAGE_RETRY_AFTER_S`) for a read-only or failing
+    database or disk. The detail is the error's message: what was not done, and no path."""
+    if error.failure == "full":
+        return HTTPException(507, str(error))
+    return HTTPException(503, str(error), headers={"Retry-After": str(STORAGE_RETRY_AFTER_S)})
 
 
 async def decode_upload(state: ServiceState, upload: UploadFile) -> tuple[bytes, Image.Image]:

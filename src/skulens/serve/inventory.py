@@ -182,7 +182,10 @@ MAX_COUNT = 2**31 - 1  # a stock count: PostgreSQL's INTEGER column
 # The store's own files in its folders: kept photos and box crops, and their temporaries (`_write_photo`,
 # `_copy_to_labelled`, and the files an erasure sets aside until its commit, `erase_user`). Only these are ever
 # swept.
-_STORE_FILE = re.compile(r"[0-9a-f]{64}(?:-[0-9]+)?\.jpg|\.[0-9a-f]{64}(?:-[0-9]+)?\.jpg(?:\.[0-9]+)?\.tmp")
+_STORE_FILE = re.compile(
+    r"[0-9a-f]{64}(?:-[0-9]+)?\.jpg|\.[0-9a-f]{64}(?:-[0-9]+)?\.jpg(?:\.[0-9]+)?(?:\.erasing)?\.tmp")
+# A file an erasure set aside until its commit (`.{name}.{pid}.erasing.tmp`): group 1 is the name it had.
+_ASIDE_FILE = re.compile(r"\.([0-9a-f]{64}(?:-[0-9]+)?\.jpg)\.[0-9]+\.erasing\.tmp")
 # 1 h: an intake writes its files before its transaction commits (seconds, a lock wait at most); a file that no
 # row names an hour later was left by a crash or a failed write.
 _SWEEP_MIN_AGE_S = 3600.0
@@ -201,6 +204,7 @@ _STORAGE_DOWN_ERRNOS = frozenset(getattr(errno, n) for n in ("EROFS", "EIO", "EM
 # (SQLITE_READONLY_DBMOVED is 1032 = 8 | 4 << 8).
 _SQLITE_FULL = 13  # "database or disk is full"
 _SQLITE_READONLY = 8  # "attempt to write a readonly database": a read-only file, folder or mount, query_only
+_SQLITE_IOERR = 10  # "disk I/O error": the OS failed a read, write or sync of the database's files (EIO, ...)
 _PG_DISK_FULL = "53100"
 _PG_READ_ONLY = "25006"  # read_only_sql_transaction: a hot standby, default_transaction_read_only
 
@@ -208,19 +212,26 @@ _PG_READ_ONLY = "25006"  # read_only_sql_transaction: a hot standby, default_tra
 def storage_failure(exc: BaseException) -> str | None:
     """Whether `exc` is the store's disk failing every write alike, not one request's: "full" (no space left,
     over quota; a database that says its disk is full too), "unavailable" (a read-only or failing file system,
-    no file handles left; a database that takes no writes), else None. A merged intake fails as a whole on one
-    (`intake_batches`)."""
+    no file handles left; a database that takes no writes, or whose disk fails it: SQLite's SQLITE_IOERR), else
+    None. A merged intake fails as a whole on one (`intake_batches`). A sqlite3 error without a code (Python
+    3.10's) is none of these: its message is all it has, and that is not matched."""
     if isinstance(exc, OSError) and exc.errno in _STORAGE_FULL_ERRNOS:
         return "full"
     if isinstance(exc, OSError) and exc.errno in _STORAGE_DOWN_ERRNOS:
         return "unavailable"
-    sqlite_code, sqlstate = getattr(exc, "sqlite_errorcode", None), getattr(exc, "sqlstate", None)
-    sqlite_code = sqlite_code & 0xFF if isinstance(sqlite_code, int) else None
+    sqlite_code, sqlstate = _sqlite_code(exc), getattr(exc, "sqlstate", None)
     if sqlite_code == _SQLITE_FULL or sqlstate == _PG_DISK_FULL:
         return "full"
-    if sqlite_code == _SQLITE_READONLY or sqlstate == _PG_READ_ONLY:
+    if sqlite_code in (_SQLITE_READONLY, _SQLITE_IOERR) or sqlstate == _PG_READ_ONLY:
         return "unavailable"
     return None
+
+
+def _sqlite_code(exc: BaseException) -> int | None:
+    """The primary SQLite result code of a sqlite3 error (the low byte of its extended code: SQLITE_IOERR_WRITE,
+    778, is SQLITE_IOERR, 10), or None: not a sqlite3 error, or one without a code (Python 3.10)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code & 0xFF if isinstance(code, int) else None
 
 
 def _one_requests_error(exc: BaseException) -> bool:
@@ -240,10 +251,12 @@ class InventoryError(ValueError):
 
 class StorageError(Exception):
     """A change the store's storage refused, not the request (`storage_failure`): `failure` is "full" (no space left,
-    over quota) or "unavailable" (a read-only or failing disk, a read-only database). The message says what was not
-    done, and no path (the store's log line has it). The store's methods raise the driver's or the OS's own error;
-    `storage_error` makes one of these from it, for callers that answer people (`People.erase`: the CLI says it in
-    one line, the service answers 507 or 503)."""
+    over quota) or "unavailable" (a read-only or failing disk, a read-only database, one whose disk fails it: the
+    same request may succeed later). The message says what was not done, and no path (the store's log line has it).
+    The store's methods raise the driver's or the OS's own error; `storage_error` makes one of these from it, for
+    callers that answer people (`People.erase`: the CLI says it in one line, the service answers 507, or 503 with
+    Retry-After). Opening a store whose schema cannot be written raises one too (`InventoryStore._migrate`; its
+    message names the database, without a password, for whoever opened it)."""
 
     def __init__(self, message: str, failure: str):
         super().__init__(message)
@@ -259,8 +272,12 @@ def storage_error(exc: BaseException, doing: str, outcome: str) -> StorageError 
         return None
     if isinstance(exc, OSError) and exc.errno:
         reason = os.strerror(exc.errno)
+    elif failure == "full":
+        reason = "the database's disk is full"
+    elif _sqlite_code(exc) == _SQLITE_IOERR:
+        reason = "the database's disk reports I/O errors"
     else:
-        reason = "the database's disk is full" if failure == "full" else "the database is read-only"
+        reason = "the database is read-only"
     return StorageError(f"{doing} ({reason}); {outcome}", failure)
 
 
@@ -647,7 +664,17 @@ class InventoryStore:
 
     def _migrate(self) -> None:
         """Create or upgrade the schema, in one transaction (two processes opening an old database at once
-        upgrade it once; a failed upgrade leaves the database as it was)."""
+        upgrade it once; a failed upgrade leaves the database as it was).
+
+        A database whose schema is current is only read here. So a PostgreSQL database that takes no writes (a hot
+        standby, `default_transaction_read_only = on` for the database or the role) opens: reads work, and every
+        write fails as it does when a database goes read-only later (the driver's error; `storage_failure`:
+        "unavailable"). One whose schema still has to be created or upgraded cannot be opened there: a StorageError
+        says so, instead of the driver's error about a CREATE TABLE. (A SQLite file on a read-only mount is not
+        covered: opening it in WAL mode may already fail in the driver.)"""
+        with self._transaction(write=False) as db:
+            if self._current_schema(self._schema_version(db)):
+                return
 
         def migrate(db: Connection, _written: list[Path]) -> None:
             types = _COLUMN_TYPES[self.backend]
@@ -662,12 +689,8 @@ class InventoryStore:
                 # (and then find the schema made) instead of failing on CREATE TABLE.
                 db.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATE_LOCK})
                 db.exec_driver_sql(f"CREATE TABLE IF NOT EXISTS {_PG_VERSION_TABLE} (version INTEGER NOT NULL)")
-                version = db.exec_driver_sql(f"SELECT MAX(version) FROM {_PG_VERSION_TABLE}").scalar() or 0
-            else:
-                version = db.exec_driver_sql("PRAGMA user_version").scalar() or 0
-            if version > SCHEMA_VERSION:
-                raise InventoryError(f"{self.url}: schema {version} is newer than this skulens understands")
-            if version == SCHEMA_VERSION:
+            version = self._schema_version(db)
+            if self._current_schema(version):
                 return
             if version < 1:
                 for statement in _SCHEMA_V1:
@@ -681,7 +704,29 @@ class InventoryStore:
             else:
                 db.exec_driver_sql(f"PRAGMA user_version={SCHEMA_VERSION}")
 
-        self._write(migrate)
+        try:
+            self._write(migrate)
+        except Exception as exc:
+            error = storage_error(exc, f"the inventory cannot set up its tables in {self.url}",
+                                  f"nothing was changed: schema version {SCHEMA_VERSION} needs one open where the "
+                                  "database takes writes")
+            if error is None:
+                raise
+            raise error from exc
+
+    def _schema_version(self, db: Connection) -> int:
+        """The database's schema version; 0 for a new database (PostgreSQL: no version table yet)."""
+        if self.backend == "sqlite":
+            return db.exec_driver_sql("PRAGMA user_version").scalar() or 0
+        if db.execute(sa.text("SELECT to_regclass(:table)"), {"table": _PG_VERSION_TABLE}).scalar() is None:
+            return 0
+        return db.exec_driver_sql(f"SELECT MAX(version) FROM {_PG_VERSION_TABLE}").scalar() or 0
+
+    def _current_schema(self, version: int) -> bool:
+        """Whether a database at `version` needs no change; a newer schema than this skulens knows is an error."""
+        if version > SCHEMA_VERSION:
+            raise InventoryError(f"{self.url}: schema {version} is newer than this skulens understands")
+        return version == SCHEMA_VERSION
 
     def close(self) -> None:
         with self._lock:
@@ -1274,7 +1319,8 @@ class InventoryStore:
         transaction back and renames the files back: nothing was erased, and the error is raised. After the
         commit only unlinks and the manifest's rename are left (no space needed); a file they miss (logged) is
         no row's any more, and `sweep_uploads` deletes it. A crash before the commit leaves the rows naming files
-        that are now under temporary names (swept too): erasing the user again finishes the erasure."""
+        that are now under temporary names: nothing was erased, and `sweep_uploads` (the service's start) puts them
+        back; erasing the user again, before or after, finishes the erasure."""
         user = _user_ref(user_ref)
         assert user is not None
         now = _now()
@@ -1296,7 +1342,7 @@ class InventoryStore:
                         {"user": user, "events": n_events, "photos": n_photos, "files": len(files)})
             for label, name in files:
                 for path in self._file_paths(label, name):
-                    aside_path = path.with_name(f".{name}.{os.getpid()}.tmp")  # a name `sweep_uploads` knows
+                    aside_path = path.with_name(f".{name}.{os.getpid()}.erasing.tmp")  # `_ASIDE_FILE`
                     try:
                         path.rename(aside_path)
                     except FileNotFoundError:  # reviewed (moved out of the photo folder), or never kept there
@@ -1392,9 +1438,13 @@ class InventoryStore:
 
         The old enough files are checked against the database a chunk at a time (`_SWEEP_CHUNK`), so memory
         grows with the chunk, not with the store or its folders. A sweep that stops on an error (the database
-        failing mid-sweep) raises it, after the audit line for the files it did delete."""
+        failing mid-sweep) raises it, after the audit line for the files it did delete.
+
+        A file an erasure set aside whose row still names it (the erasure was cut short before its commit: nothing
+        was erased) is put back under its own name instead, unless a file has that name again (then it is swept
+        as a leftover); the audit line counts these as "restored"."""
         cutoff = time.time() - min_age_s
-        swept = labelled = 0
+        swept = labelled = restored = 0
         with self._files():
             try:
                 for folder in (self.photo_dir, *(d for d in self.labelled_dir.glob("*") if d.is_dir())):
@@ -1404,6 +1454,9 @@ class InventoryStore:
                             # A labelled folder may be shared with another store's database: only photos this
                             # store took in (their rows stay, erased or not) are its to sweep there.
                             if name in named or (folder != self.photo_dir and name.lstrip(".")[:64] not in ours):
+                                continue
+                            if self._put_aside_back(folder, name, named):
+                                restored += 1
                                 continue
                             path = folder / name
                             try:
@@ -1415,19 +1468,39 @@ class InventoryStore:
                             swept += 1
                             labelled += folder != self.photo_dir
             except BaseException as exc:
-                self._swept(actor, swept, labelled, stopped=exc)
+                self._swept(actor, swept, labelled, restored, stopped=exc)
                 raise
-            self._swept(actor, swept, labelled)
+            self._swept(actor, swept, labelled, restored)
         return swept
 
-    def _swept(self, actor: str, swept: int, labelled: int, *, stopped: BaseException | None = None) -> None:
+    def _put_aside_back(self, folder: Path, name: str, named: Collection[str]) -> bool:
+        """Whether `name` in `folder` was a file an erasure set aside (`_ASIDE_FILE`) whose row still names it, now
+        renamed back to its own name: the erasure was cut short before its commit, so the file is still the row's
+        (a waiting photo's, or labelled data the manifest lists). Not when its own name is taken again."""
+        aside = _ASIDE_FILE.fullmatch(name)
+        if aside is None or aside[1] not in named or (folder / aside[1]).exists():
+            return False
+        try:
+            (folder / name).rename(folder / aside[1])
+        except FileNotFoundError:  # deleted meanwhile
+            return False
+        return True
+
+    def _swept(self, actor: str, swept: int, labelled: int, restored: int = 0, *,
+               stopped: BaseException | None = None) -> None:
         """The audit line (first: the files are gone whatever comes next) and the manifest rewrite for the files a
-        sweep deleted. After a sweep that `stopped` on an error, as far as they go: that error is the one raised."""
-        if not swept:
+        sweep deleted (the files it put back are those the manifest still lists). After a sweep that `stopped` on an
+        error, as far as they go: that error is the one raised."""
+        if not swept and not restored:
             return
-        logger.warning("inventory %s: deleted %d file(s) that no photo names (left by a crash or a failed write)%s",
-                       self.url, swept, "" if stopped is None else f" before the sweep stopped ({stopped!r})")
-        detail: dict[str, Any] = {"files": swept, "labelled": labelled}
+        if restored:
+            logger.warning("inventory %s: put back %d file(s) an erasure set aside before it was cut short (nothing "
+                           "was erased: erase the user again)", self.url, restored)
+        if swept:
+            logger.warning("inventory %s: deleted %d file(s) that no photo names (left by a crash or a failed "
+                           "write)%s", self.url, swept, "" if stopped is None else
+                           f" before the sweep stopped ({stopped!r})")
+        detail: dict[str, Any] = {"files": swept, "labelled": labelled, **({"restored": restored} if restored else {})}
         if stopped is not None:
             detail["stopped"] = type(stopped).__name__  # the files it did not reach are swept next time
         steps: list[tuple[Callable[[], Any], str]] = [(lambda: self._write(

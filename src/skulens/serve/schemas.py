@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 from .inventory import MAX_COUNT
 
 __all__ = [
-    "STORAGE_RESPONSES",
+    "STORAGE_RESPONSES", "STORAGE_RETRY_AFTER_S",
     "AdjustRequest", "AuditOut", "CandidateOut", "IntakeOut", "InventoryOut", "LabelScore", "PredictResponse",
     "PredictionOut", "ProductOut", "ReviewDecision", "ReviewItemOut", "SupportOut", "TagResponse", "TagsOut",
 ]
@@ -165,9 +165,15 @@ class AuditOut(BaseModel):
     detail: dict[str, Any]
 
 
+# How long a client waits before it sends a write again that the storage refused for now (a read-only or failing
+# database or disk: 503): an operator's remount or a database's failover takes that long, not a moment.
+STORAGE_RETRY_AFTER_S = 30
 # The answers of a write the server's storage refused (a read-only database or disk: 503; a full disk: 507),
-# for the OpenAPI description of the routes that write.
+# for the OpenAPI description of the routes that write (`deps.storage_refused` gives them).
 STORAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
-    503: {"description": "the database or the disk takes no writes now (read-only); the detail says what was not done"},
+    503: {"description": "the database or the disk takes no writes now (read-only, failing); the detail says what "
+                         "was not done",
+          "headers": {"Retry-After": {"description": "seconds to wait before sending the request again",
+                                      "schema": {"type": "integer", "example": STORAGE_RETRY_AFTER_S}}}},
     507: {"description": "the disk is full; the detail says what was not done"},
 }

@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 
 from ...data.decode import ImageDecodeError
 from ..batching import QueueFullError
-from ..deps import ReadKey, State, WriteKey, busy
+from ..deps import ReadKey, State, WriteKey, busy, storage_refused
 from ..images import content_hash
 from ..intake import TOP_K, intake_photo, shelf_photo
 from ..inventory import (
@@ -92,10 +92,10 @@ def _store(state: ServiceState) -> InventoryStore:
 
 def _storage_error(exc: Exception, what: str, outcome: str) -> HTTPException | None:
     """The answer to a store write that failed on the server's storage, not on the request (`storage_failure`):
-    507 when the disk is full (or over quota), 503 when it, or the database, cannot be written; else None. (Its
-    path and the store's log line are the operator's; the client is told only what happened, and `outcome`.)"""
+    `storage_refused`'s 507 or 503; else None. (Its path and the store's log line are the operator's; the client is
+    told only what happened, and `outcome`.)"""
     error = storage_error(exc, f"the inventory cannot store {what} now", outcome)
-    return None if error is None else HTTPException(507 if error.failure == "full" else 503, str(error))
+    return None if error is None else storage_refused(error)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from fastapi import Path as PathParam
 from pydantic import BaseModel, Field
 
 from ...recommend.shopping_log import EVENT_TYPES, Event
-from ..deps import ReadKey, State, WriteKey
+from ..deps import ReadKey, State, WriteKey, storage_refused
 from ..inventory import StorageError
 from ..schemas import STORAGE_RESPONSES
 from ..state import ServiceState
@@ -105,14 +105,14 @@ async def record_events(state: State, _: WriteKey, body: EventsIn) -> EventsOut:
 @router.delete("/users/{user_id}", response_model=ErasureOut, responses=STORAGE_RESPONSES,
                summary="Erase a user: their events and the photos they sent (audited; counts stay)")
 async def erase_user(state: State, actor: WriteKey, user_id: UserId) -> ErasureOut:
-    """507 when the disk is full, 503 when it or the database cannot be written: the detail says what was not done
-    (in the database nothing, or, when only the events log could not be rewritten, everything but the log), and the
-    same request again finishes the erasure."""
+    """507 when the disk is full, 503 (with Retry-After) when it or the database cannot be written (`storage_refused`):
+    the detail says what was not done (in the database nothing, or, when only the events log could not be
+    rewritten, everything but the log), and the same request again finishes the erasure."""
     _recording(state)
     try:
         done = await anyio.to_thread.run_sync(lambda: state.people.erase(user_id, actor=actor))
     except StorageError as exc:
-        raise HTTPException(507 if exc.failure == "full" else 503, str(exc)) from None
+        raise storage_refused(exc) from None
     return ErasureOut(**vars(done))
 
 
