@@ -362,8 +362,10 @@ class Tagger:
             pieces = []
             for c in classes:
                 p = self.products.get(c)
-                pieces.append(product_pieces(p.title or product_title(c), catalogue_text(p)) if p is not None
-                              else [product_title(c)])
+                # without WordNet's notes (`search.lexicon`): they were measured on search, not on tags, whose
+                # benchmark truth is the catalogue's own words
+                pieces.append(product_pieces(p.title or product_title(c), catalogue_text(p, lexicon=False))
+                              if p is not None else [product_title(c)])
             owner = np.repeat(np.arange(len(classes)), [len(p) for p in pieces])
             self._pieces = (classes, encoder.encode([t for ps in pieces for t in ps]), owner, encoder)
         _, vectors, owner, _ = self._pieces

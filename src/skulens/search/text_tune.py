@@ -41,6 +41,7 @@ from typing import Any
 from ..data.catalogue import Catalogue, CatalogueError, Product
 from ..models.text import DEFAULT_TEXT_MODEL, TEXT_ENCODER_DIR, TEXT_TUNE_INFO, _model_path
 from .engine import product_document
+from .lexicon import lexicon_note
 
 __all__ = ["OneRowPerProduct", "TuneConfig", "TuneResult", "attribute_phrases", "catalogue_pairs", "catalogue_text", "masked_document",
            "product_anchors", "read_query_log", "tune_text_encoder"]
@@ -50,7 +51,7 @@ _STOP = frozenset({
     "into", "is", "it", "its", "made", "make", "of", "on", "or", "our", "so", "such", "than", "that", "the",
     "their", "there", "these", "this", "those", "to", "too", "used", "use", "very", "was", "were", "which",
     "while", "with", "without", "you", "your", "also", "all", "any", "both", "each", "more", "most", "other",
-    "some", "only", "own", "same", "just", "ca", "per", "etc", "usually", "often", "always", "therefore",
+    "some", "only", "own", "same", "called", "kind", "just", "ca", "per", "etc", "usually", "often", "always", "therefore",
     "however", "even", "well", "much", "many", "will", "may", "like", "one", "two", "get", "gets", "give",
     "gives", "perfect", "good", "great"})
 _INFO_SKIP = ("url", "nutrition", "description")  # links, nutrition tables, the description again
@@ -123,16 +124,19 @@ def _info_lines(info: str) -> list[tuple[str, str]]:
     return out
 
 
-def catalogue_text(product: Product) -> str:
+def catalogue_text(product: Product, *, lexicon: bool = True) -> str:
     """An index record's text for a catalogue product: title and description, then its attribute words and
-    the information lines that name or place it (other titles, maker, origin, ingredients). Lexical search
-    reads all of it; the dense side reads it as sentences (`product_pieces`)."""
+    the information lines that name or place it (other titles, maker, origin, ingredients), then (`lexicon`)
+    WordNet's other names and definition of its kind (`search.lexicon`). Lexical search reads all of it; the
+    dense side reads it as sentences (`product_pieces`)."""
     title = product.title or _words(product.label)
     lines = [f"{title}. {product.description}" if product.description else title]
     attrs = [_words(a.split("=", 1)[1] if "=" in a else a).lower() for a in product.attributes]
     if attrs:
         lines.append("Attributes: " + ", ".join(dict.fromkeys(a for a in attrs if a)))
     lines += [f"{key[:1].upper()}{key[1:]}: {value}" if key else value for key, value in _info_lines(product.info)]
+    if lexicon and (note := lexicon_note(product.label, product.coarse_label)):
+        lines.append(note)
     return "\n".join(lines)
 
 
