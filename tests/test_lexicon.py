@@ -58,6 +58,26 @@ def test_the_data_copy_has_unix_line_ends_and_is_made_once(tmp_path: Path, monke
     assert [p.name for p in (tmp_path / "skulens").iterdir()] == ["wordnet-3.0"]  # no temporary left
 
 
+def test_an_unwritable_cache_leaves_the_notes_out_with_a_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    from skulens.search import lexicon
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder would go")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
+    lexicon._wordnet.cache_clear()
+    lexicon.lexicon_note.cache_clear()
+    try:
+        with caplog.at_level("WARNING", logger="skulens.search.lexicon"):
+            assert lexicon_note("Aubergine", "Aubergine") == ""
+        assert "could not be copied" in caplog.text
+        aubergine = Product(label="Aubergine", coarse_label="Aubergine", title="Aubergine")
+        assert catalogue_text(aubergine) == catalogue_text(aubergine, lexicon=False) == "Aubergine"
+    finally:
+        lexicon._wordnet.cache_clear()
+        lexicon.lexicon_note.cache_clear()
+
+
 SHOP = {"Aubergine": ("Aubergine", "Aubergine"), "Zucchini": ("Zucchini", "Zucchini"),
         "Cantaloupe": ("Cantaloupe", "Melon"), "Dish-Soap": ("Dish soap", "Cleaning")}
 

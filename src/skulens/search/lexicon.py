@@ -90,7 +90,12 @@ def _wordnet() -> Any | None:
         def map_wn(self, version: str = "wordnet") -> None:  # no second WordNet to map synsets to
             return None
 
-    root = _unix_copy(source)
+    try:
+        root = _unix_copy(source)
+    except OSError as exc:
+        log.warning("WordNet's data could not be copied to %s (%s): catalogue texts get no other names",
+                    _cache_root(), exc)
+        return None
     if str(root.parent) not in nltk.data.path:
         nltk.data.path.append(str(root.parent))  # NLTK reads only below its data path
     with warnings.catch_warnings():
