@@ -35,6 +35,32 @@ def test_a_sense_that_is_no_kind_of_the_coarse_class_gives_way_to_the_coarse_cla
     assert "cocktail" not in note and "apple" in note.lower()
     # a name WordNet does not know: the coarse class speaks for it
     assert "pear" in lexicon_note("Conference", "Pear").lower()
+    # a sense of the coarse class's family stays itself: a sweet potato filed under Potato is no potato
+    sweet = lexicon_note("Sweet-Potato", "Potato")
+    assert "sweet potato" in sweet and "spud" not in sweet and "A kind of root vegetable" in sweet
+    assert "peach" in lexicon_note("Nectarine", "Peach") and "downy" not in lexicon_note("Nectarine", "Peach")
+
+
+def test_text_tune_pairs_get_the_names_a_shopper_would_type(tmp_path: Path) -> None:
+    from skulens.data.catalogue import Catalogue
+    from skulens.search.text_tune import catalogue_pairs
+
+    products = {label: Product(label=label, coarse_label=coarse, title=label.replace("-", " "))
+                for label, coarse in (("Aubergine", "Aubergine"), ("Floury-Potato", "Potato"), ("Banana", "Banana"),
+                                      ("Dish-Soap", "Cleaning"))}
+    cat = Catalogue(root=tmp_path, layout="manifest", splits={"train": []}, classes=sorted(products),
+                    coarse_classes=[], hierarchy={k: p.coarse_label or "" for k, p in products.items()}, attributes=[],
+                    products=products)
+    anchors = {}
+    for anchor, _, label in catalogue_pairs(cat):
+        anchors.setdefault(label, []).append(anchor)
+    assert "brinjal" in anchors["Aubergine"] and "spud" in anchors["Floury-Potato"]
+    assert "elongated crescent-shaped yellow fruit with soft sweet flesh" in anchors["Banana"]  # its definition
+    assert not any("tree" in a for a in anchors["Banana"])  # the plant's names are not a shopper's
+    assert not any("potato" in a and "tuber" in a for a in anchors["Floury-Potato"])  # no head noun's definition
+    assert anchors["Dish-Soap"] == ["Dish Soap", "Cleaning"]  # WordNet knows no "dish soap": no anchor added
+    without = {a for a, _, label in catalogue_pairs(cat, lexicon_anchors=0) if label == "Aubergine"}
+    assert "brinjal" not in without
 
 
 def test_a_tail_of_the_name_gives_other_names_but_no_definition() -> None:
@@ -66,7 +92,7 @@ def test_an_unwritable_cache_leaves_the_notes_out_with_a_warning(tmp_path: Path,
     blocker.write_text("a file where the cache folder would go")
     monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
     lexicon._wordnet.cache_clear()
-    lexicon.lexicon_note.cache_clear()
+    lexicon.lexicon_entry.cache_clear()
     try:
         with caplog.at_level("WARNING", logger="skulens.search.lexicon"):
             assert lexicon_note("Aubergine", "Aubergine") == ""
@@ -75,7 +101,7 @@ def test_an_unwritable_cache_leaves_the_notes_out_with_a_warning(tmp_path: Path,
         assert catalogue_text(aubergine) == catalogue_text(aubergine, lexicon=False) == "Aubergine"
     finally:
         lexicon._wordnet.cache_clear()
-        lexicon.lexicon_note.cache_clear()
+        lexicon.lexicon_entry.cache_clear()
 
 
 SHOP = {"Aubergine": ("Aubergine", "Aubergine"), "Zucchini": ("Zucchini", "Zucchini"),

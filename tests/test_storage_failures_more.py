@@ -276,3 +276,43 @@ def test_the_sweep_deletes_an_aside_file_whose_name_holds_a_file_again(inventory
         assert store.sweep_uploads(actor="t") == 1
         assert not aside.exists() and path.read_bytes() == b"written again"
         assert store.audit(limit=1)[0].detail == {"files": 1, "labelled": 1}
+
+
+# -- PostgreSQL: the database's own disk failing it (SQLSTATE 58030, io_error) is the storage's, as SQLITE_IOERR is -
+
+
+def test_a_postgresql_io_error_is_unavailable() -> None:
+    """psycopg's own error for SQLSTATE 58030: what PostgreSQL raises when the OS fails a read or write of its files
+    with EIO ("could not read file ...: Input/output error")."""
+    errors = pytest.importorskip("psycopg.errors")
+    exc = errors.lookup("58030")('could not write to file "pg_wal/xlogtemp.123": Input/output error')
+    assert (type(exc).__name__, exc.sqlstate) == ("IoError", "58030")
+    assert storage_failure(exc) == "unavailable"
+    error = storage_error(exc, "the inventory cannot store a stock change now", "nothing was changed")
+    assert error is not None and error.failure == "unavailable"
+    assert str(error) == ("the inventory cannot store a stock change now (the database's disk reports I/O errors); "
+                          "nothing was changed")
+
+
+@pytest.mark.parametrize("inventory_db", ["postgresql"], indirect=True)
+def test_an_adjustment_on_a_postgresql_database_whose_disk_fails_answers_503_with_retry_after(
+        inventory_db, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server's own io_error, raised in the adjustment's transaction (by a trigger: a real failing disk needs
+    privileges the tests do not have), is answered as a SQLite database's disk I/O error is."""
+    state = _service(inventory_db, monkeypatch)
+    state.store.adjust("oat-milk", count=5, actor="till", reason="stock take")
+    before = (state.store.stock(), state.store.audit())
+    inventory_db.execute("inv", "CREATE FUNCTION disk_fails() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE "
+                                "EXCEPTION 'could not write to file \"base/1/2\": Input/output error' USING ERRCODE = "
+                                "'io_error'; END $$")
+    inventory_db.execute("inv", "CREATE TRIGGER disk_fails BEFORE UPDATE ON stock FOR EACH ROW EXECUTE FUNCTION "
+                                "disk_fails()")
+    with _client(state) as client:
+        r = client.post("/v1/inventory/products/oat-milk/adjust", json={"delta": -2, "reason": "sold"})
+        assert (r.status_code, r.headers.get("Retry-After")) == (503, "30"), r.text
+        assert r.json()["detail"] == ("the inventory cannot store a stock change now (the database's disk reports I/O "
+                                      "errors); the adjustment was not recorded, the count is unchanged")
+        assert (state.store.stock(), state.store.audit()) == before
+        inventory_db.execute("inv", "DROP TRIGGER disk_fails ON stock")  # the disk works again: so does the store
+        again = client.post("/v1/inventory/products/oat-milk/adjust", json={"delta": -2, "reason": "sold"})
+    assert (again.status_code, again.json()) == (200, {"label": "oat-milk", "count": 3})

@@ -13,9 +13,10 @@ dense search and `skulens text-tune`'s pairs all read it; nothing is added at qu
 
 How a product is looked up: its label's words, then shorter and shorter tails of them ("Floury-Potato" ->
 "floury potato", then "potato": English puts the head noun last), among WordNet's food and plant senses only
-(the food senses, then the first plant sense). The same is done for the coarse class; when both are found and
-the product's senses are not kinds of the coarse class's ("Pink-Lady" is a cocktail in WordNet, its coarse
-class is Apple), the coarse class's senses are used instead. When only a tail of the name was found, the note
+(the food senses, then the first plant sense). The same is done for the coarse class; when the product's
+senses are not of the coarse class's family (Wu-Palmer similarity below 0.7: "Pink-Lady" is a cocktail in
+WordNet, its coarse class is Apple; a sweet potato is no potato, but close enough to stay itself), or the product
+is not found ("Conference", a pear), the coarse class's senses are used instead. When only a tail of the name was found, the note
 gives the other names only: definitions and kind describe the head noun, not the product ("Soy-Milk" is not
 "a white nutritious liquid secreted by mammals", nor a dairy product).
 
@@ -34,14 +35,15 @@ import re
 import shutil
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
 
-__all__ = ["lexicon_available", "lexicon_note"]
+__all__ = ["LexiconEntry", "lexicon_available", "lexicon_entry", "lexicon_note"]
 
-_KINDS = ("noun.food", "noun.plant")
+_PLANT_FORMS = frozenset({"tree", "vine", "bush", "plant", "shrub", "herb"})
 _FILES = ("adj.exc", "adv.exc", "cntlist.rev", "data.adj", "data.adv", "data.noun", "data.verb", "index.adj",
           "index.adv", "index.noun", "index.sense", "index.verb", "lexnames", "noun.exc", "verb.exc", "LICENSE")
 
@@ -129,31 +131,69 @@ def _lookup(wn: Any, name: str) -> tuple[list[Any], bool, str]:
     return [], False, ""
 
 
-def _kind_of(senses: list[Any], roots: list[Any]) -> bool:
-    wanted = set(roots)
-    return any(s in wanted or any(h in wanted for path in s.hypernym_paths() for h in path) for s in senses)
+# Wu-Palmer similarity at which a product's sense and its coarse class's are of one family. On the grocery
+# catalogue's pairs the related ones score 0.80-1.0 (sweet potato ~ potato 0.89, their lowest common hypernym
+# "root vegetable"; nectarine ~ peach 0.92, "edible fruit"), the unrelated 0.33-0.38 (the cocktail "pink lady" ~
+# apple, grapefruit ~ juice: "matter").
+_SAME_FAMILY = 0.7
+
+
+def _related(senses: list[Any], coarse: list[Any]) -> bool:
+    return max((s.wup_similarity(c) or 0.0) for s in senses for c in coarse) >= _SAME_FAMILY
+
+
+@dataclass(frozen=True)
+class LexiconEntry:
+    """What WordNet says about a product: its kind's other names, and (when WordNet knows the product's whole name)
+    the definitions of its senses and the kind it is (a hypernym's name); () and "" otherwise."""
+
+    names: tuple[str, ...]
+    definitions: tuple[str, ...] = ()
+    kind: str = ""
+    # the names a shopper would type: the food senses', then the plant sense's but the plant's own ("banana
+    # tree", "eggplant bush": WordNet names a plant by its form)
+    shopper_names: tuple[str, ...] = ()
+    own: bool = True  # found by the product's own name, not by its coarse class's
+
+    def note(self) -> str:
+        """The one line `catalogue_text` appends."""
+        parts = [f"Also called {', '.join(self.names)}."] if self.names else []
+        parts += [f"{d}." for d in self.definitions]
+        parts += [f"A kind of {self.kind}."] if self.kind else []
+        return " ".join(parts)
 
 
 @functools.lru_cache(maxsize=4096)
-def lexicon_note(label: str, coarse_label: str | None = None) -> str:
-    """One line of world knowledge about a product ("" when WordNet does not know it or is not installed)."""
+def lexicon_entry(label: str, coarse_label: str | None = None) -> LexiconEntry | None:
+    """WordNet's entry for a product (see the module's docstring for how it is found), or None when WordNet does
+    not know it or is not installed."""
     wn = _wordnet()
     if wn is None:
-        return ""
+        return None
     senses, whole, term = _lookup(wn, label)
     coarse, coarse_whole, coarse_term = _lookup(wn, coarse_label) if coarse_label else ([], False, "")
-    if coarse and (not senses or not _kind_of(senses, coarse)):
+    own = bool(senses) and (not coarse or _related(senses, coarse))
+    if not own:
         senses, whole, term = coarse, coarse_whole, coarse_term
     if not senses:
-        return ""
+        return None
     spoken = term.replace("_", " ")
-    # proper names (Granny_Smith, Solanum_melongena: Latin and trade names) are left to the catalogue
-    names = [n for n in dict.fromkeys(lemma.name().replace("_", " ") for s in senses for lemma in s.lemmas())
-             if n.lower() != spoken and not n[:1].isupper()]
-    parts = [f"Also called {', '.join(names)}."] if names else []
+
+    def names_of(chosen: list[Any]) -> tuple[str, ...]:
+        # proper names (Granny_Smith, Solanum_melongena: Latin and trade names) are left to the catalogue
+        return tuple(n for n in dict.fromkeys(lemma.name().replace("_", " ") for s in chosen for lemma in s.lemmas())
+                     if n.lower() != spoken and not n[:1].isupper())
+
+    names = names_of(senses)
+    shopper = tuple(n for n in names if n.rsplit(" ", 1)[-1] not in _PLANT_FORMS)
+    if not whole:  # a tail's definitions and kind are the head noun's: "Soy-Milk" is no dairy product
+        return LexiconEntry(names, shopper_names=shopper, own=own) if names else None
     kinds = senses[0].hypernyms()
-    if whole:  # a tail's definitions and kind are the head noun's: "Soy-Milk" is no dairy product
-        parts += [f"{s.definition().rstrip('.')}." for s in senses]
-        if kinds:
-            parts.append(f"A kind of {kinds[0].lemma_names()[0].replace('_', ' ')}.")
-    return " ".join(parts)
+    return LexiconEntry(names, tuple(s.definition().rstrip(".") for s in senses),
+                        kinds[0].lemma_names()[0].replace("_", " ") if kinds else "", shopper, own)
+
+
+def lexicon_note(label: str, coarse_label: str | None = None) -> str:
+    """One line of world knowledge about a product ("" when WordNet does not know it or is not installed)."""
+    entry = lexicon_entry(label, coarse_label)
+    return entry.note() if entry is not None else ""

@@ -41,7 +41,7 @@ from typing import Any
 from ..data.catalogue import Catalogue, CatalogueError, Product
 from ..models.text import DEFAULT_TEXT_MODEL, TEXT_ENCODER_DIR, TEXT_TUNE_INFO, _model_path
 from .engine import product_document
-from .lexicon import lexicon_note
+from .lexicon import lexicon_entry, lexicon_note
 
 __all__ = ["OneRowPerProduct", "TuneConfig", "TuneResult", "attribute_phrases", "catalogue_pairs", "catalogue_text", "masked_document",
            "product_anchors", "read_query_log", "tune_text_encoder"]
@@ -67,6 +67,9 @@ class TuneConfig:
     max_seq_length: int = 64  # tokens per text: a title and the start of its description
     frozen_layers: int = 3  # embeddings and this many lower transformer layers stay as they are
     max_anchors: int = 10  # anchors per product from the catalogue (the query log adds its own)
+    # WordNet's other names for a product's kind, and its definition, as anchors of their own (beyond
+    # max_anchors, as a query log's are), besides its note in every document (`catalogue_text`)
+    lexicon_anchors: int = 4
     # True: positives without the anchor's own sentences (inverse cloze). Off by default: on the grocery
     # shopper queries the whole document did better (engine text search Recall@1 71 vs 64; RESULTS.md)
     mask: bool = False
@@ -208,9 +211,11 @@ def product_anchors(product: Product, coarse: str = "", *, phrases: Sequence[str
     return anchors
 
 
-def catalogue_pairs(cat: Catalogue, *, max_anchors: int = 10, mask: bool = False) -> list[tuple[str, str, str]]:
-    """(anchor, positive, product) for every product with texts: up to `max_anchors` anchors per product, each
-    with the product's document (`product_document` of its index record; with `mask`, less the sentences
+def catalogue_pairs(cat: Catalogue, *, max_anchors: int = 10, mask: bool = False,
+                    lexicon_anchors: int = 4) -> list[tuple[str, str, str]]:
+    """(anchor, positive, product) for every product with texts: up to `max_anchors` anchors per product, then
+    up to `lexicon_anchors` of WordNet's (the names a shopper would type, then its definition: `lexicon_entry`),
+    each with the product's document (`product_document` of its index record; with `mask`, less the sentences
     that hold the anchor)."""
     if not cat.products:
         raise CatalogueError(f"{cat.root}: no product texts (titles, descriptions) to tune the text encoder on: "
@@ -224,9 +229,16 @@ def catalogue_pairs(cat: Catalogue, *, max_anchors: int = 10, mask: bool = False
         seen_words = set(title.lower().split())
         phrases = [ph for ph in candidates[label] if df[ph] <= common and not set(ph.split()) <= seen_words]
         phrases.sort(key=lambda ph: (df[ph], -len(ph.split())))
-        anchors = product_anchors(p, cat.hierarchy.get(label, "") or p.coarse_label or "", phrases=phrases[:6])
+        coarse = cat.hierarchy.get(label, "") or p.coarse_label or ""
+        anchors = product_anchors(p, coarse, phrases=phrases[:6])[:max_anchors]
+        entry = lexicon_entry(p.label, coarse) if lexicon_anchors else None
+        if entry is not None:
+            known = {a.lower() for a in anchors}
+            names = [a for a in entry.shopper_names if a.lower() not in known][:max(1, lexicon_anchors - 1)]
+            extra = names + [d for d in entry.definitions[:1] if entry.own and d.lower() not in known]
+            anchors += extra[:lexicon_anchors]
         text = catalogue_text(p)
-        for a in anchors[:max_anchors]:
+        for a in anchors:
             positive = masked_document(title, text, a) if mask else product_document(title, text)
             if positive:
                 pairs.append((a, positive, label))
@@ -412,7 +424,8 @@ def tune_text_encoder(bundle: str | os.PathLike[str], cat: Catalogue, *,
     folder = bundle_folder(bundle)
     if config.epochs < 1 or config.batch_size < 2:
         raise ValueError("text-tune needs epochs >= 1 and batch_size >= 2")
-    pairs = catalogue_pairs(cat, max_anchors=config.max_anchors, mask=config.mask)
+    pairs = catalogue_pairs(cat, max_anchors=config.max_anchors, mask=config.mask,
+                            lexicon_anchors=config.lexicon_anchors)
     log_pairs = read_query_log(queries, cat.products) if queries is not None else []
     for q, label in log_pairs:  # a shopper's words: the whole document is the positive (nothing to mask)
         prod = cat.products[label]

@@ -207,14 +207,15 @@ _SQLITE_READONLY = 8  # "attempt to write a readonly database": a read-only file
 _SQLITE_IOERR = 10  # "disk I/O error": the OS failed a read, write or sync of the database's files (EIO, ...)
 _PG_DISK_FULL = "53100"
 _PG_READ_ONLY = "25006"  # read_only_sql_transaction: a hot standby, default_transaction_read_only
+_PG_IO_ERROR = "58030"  # io_error: the OS failed a read or write of the database's files (EIO), as SQLITE_IOERR
 
 
 def storage_failure(exc: BaseException) -> str | None:
     """Whether `exc` is the store's disk failing every write alike, not one request's: "full" (no space left,
     over quota; a database that says its disk is full too), "unavailable" (a read-only or failing file system,
-    no file handles left; a database that takes no writes, or whose disk fails it: SQLite's SQLITE_IOERR), else
-    None. A merged intake fails as a whole on one (`intake_batches`). A sqlite3 error without a code (Python
-    3.10's) is none of these: its message is all it has, and that is not matched."""
+    no file handles left; a database that takes no writes, or whose disk fails it: SQLite's SQLITE_IOERR,
+    PostgreSQL's io_error), else None. A merged intake fails as a whole on one (`intake_batches`). A sqlite3 error
+    without a code (Python 3.10's) is none of these: its message is all it has, and that is not matched."""
     if isinstance(exc, OSError) and exc.errno in _STORAGE_FULL_ERRNOS:
         return "full"
     if isinstance(exc, OSError) and exc.errno in _STORAGE_DOWN_ERRNOS:
@@ -222,7 +223,7 @@ def storage_failure(exc: BaseException) -> str | None:
     sqlite_code, sqlstate = _sqlite_code(exc), getattr(exc, "sqlstate", None)
     if sqlite_code == _SQLITE_FULL or sqlstate == _PG_DISK_FULL:
         return "full"
-    if sqlite_code in (_SQLITE_READONLY, _SQLITE_IOERR) or sqlstate == _PG_READ_ONLY:
+    if sqlite_code in (_SQLITE_READONLY, _SQLITE_IOERR) or sqlstate in (_PG_READ_ONLY, _PG_IO_ERROR):
         return "unavailable"
     return None
 
@@ -274,7 +275,7 @@ def storage_error(exc: BaseException, doing: str, outcome: str) -> StorageError 
         reason = os.strerror(exc.errno)
     elif failure == "full":
         reason = "the database's disk is full"
-    elif _sqlite_code(exc) == _SQLITE_IOERR:
+    elif _sqlite_code(exc) == _SQLITE_IOERR or getattr(exc, "sqlstate", None) == _PG_IO_ERROR:
         reason = "the database's disk reports I/O errors"
     else:
         reason = "the database is read-only"

@@ -24,7 +24,7 @@ from ..data.catalogue import Product
 from ..data.decode import decode_image
 from .batching import MicroBatcher
 from .intake import count_shelf
-from .inventory import IntakePhoto, IntakeResult, InventoryStore, ShelfPhoto
+from .inventory import IntakePhoto, IntakeResult, InventoryStore, ShelfPhoto, storage_error
 from .metrics import ServiceMetrics
 from .people import People
 from .privacy import load_pseudonymizer
@@ -219,13 +219,7 @@ class ServiceState:
                     detector=detector, fit_recommender=fit)
         if settings.tag_vocabulary:
             state.tag_vocabulary = _load_tag_vocabulary(settings.tag_vocabulary, state.recognizer.tagger)
-        try:
-            # Retention first: nothing past its time is served after a restart (its purge sweeps too); else a
-            # sweep, so that no photo a crash left behind (an erased user's) outlives the restart.
-            if not state.people.purge_if_due() and state.store is not None:
-                state.store.sweep_uploads(actor="startup")
-        except OSError as exc:  # a read-only or unreadable folder: the service still starts, and says so
-            logger.warning("inventory: could not purge or sweep the upload folders at start: %s", exc)
+        _tidy_uploads_at_start(state)
         state.people.refit()
         state.loading_s = time.time() - t0
         return state
@@ -297,6 +291,35 @@ class ServiceState:
         return {"inventory": self.store is not None, "support": self.responder is not None,
                 "search": self.search is not None, "recommendations": self.recommender is not None,
                 "shelf_intake": self.store is not None and self.recognizer.detector is not None}
+
+
+def _tidy_uploads_at_start(state: ServiceState) -> None:
+    """The retention purge when it is due (it sweeps too), else a sweep (`InventoryStore.sweep_uploads`): nothing
+    past its time is served after a restart, and no photo a crash left behind (an erased user's) outlives it.
+
+    Storage that takes no writes does not stop the start: a service on a read-only or failing database or disk
+    still answers reads (predict, search, the counts) and answers writes 503, as it does when its storage fails
+    later. So a storage failure (`storage_failure`) is one error line that says what was not done; the next start
+    sweeps again. Another OSError (a folder that cannot be read) is a warning, as before; any other error fails
+    the start."""
+    store = state.store
+    if store is None:
+        return
+    doing = "the retention purge and sweep of the upload folders at start"
+    try:
+        if state.people.purge_if_due():
+            return
+        doing = "the sweep of the upload folders at start"
+        store.sweep_uploads(actor="startup")
+    except Exception as exc:
+        error = storage_error(exc, f"{doing} did not finish", "the service starts without it, and the next start "
+                              "sweeps again (files it did delete or put back may have no audit line)")
+        if error is not None:
+            logger.error("inventory %s: %s", store.url, error)
+        elif isinstance(exc, OSError):  # an unreadable folder: the service still starts, and says so
+            logger.warning("inventory %s: could not purge or sweep the upload folders at start: %s", store.url, exc)
+        else:
+            raise
 
 
 def _tagger(model: Model, products: dict[str, Product]) -> Tagger:
