@@ -65,7 +65,7 @@ def main() -> int:
     ap.add_argument("--canvases", type=int, default=200)
     ap.add_argument("--dense", type=int, default=2, help="4000x3000 dense composites")
     ap.add_argument("--speed-photos", type=int, default=10, help="1 MP photos for the speed row (0: no speed row)")
-    ap.add_argument("--device", default="cpu", help="where the detector and the classifier run (default: cpu)")
+    ap.add_argument("--device", default="cpu", help="where the detector and the classifier run for the held-out, fridge and dense sections (default: cpu; the speed row times the detector on the CPU)")
     ap.add_argument("--out", default=f"runs/bench-detect-{time.strftime('%Y%m%d-%H%M%S')}")
     ns = ap.parse_args()
 

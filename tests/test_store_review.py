@@ -674,6 +674,29 @@ def test_an_erasure_on_a_full_disk_or_read_only_database_answers_507_or_503_and_
         assert (again.labelled_dir / "manifest.csv").read_text().count("oat-milk/") == 1
 
 
+def test_recording_events_on_a_read_only_database_answers_503_and_records_none(
+        inventory_db, monkeypatch: pytest.MonkeyPatch) -> None:
+    state = _erasable(inventory_db, monkeypatch)
+    store = state.store
+    before = store.events()
+    events = {"events": [{"user_id": "carol", "product_id": "oat-milk", "event": "view"},
+                         {"user_id": "carol", "product_id": "oat-milk", "event": "cart"}]}
+    _read_only(store)
+    with _client(state) as client:
+        r = client.post("/v1/events", json=events)
+    assert r.status_code == 503, r.text
+    assert _retry_after(r) == _RETRY_AFTER[503]
+    assert r.json()["detail"] == ("the events were not recorded (the database is read-only); none of them was kept; "
+                                  "send them again")
+    with inventory_db.store(photo_dir=store.photo_dir, labelled_dir=store.labelled_dir) as again:
+        assert again.events() == before
+        state.store = state.people.store = again
+        with _client(state) as client:
+            r = client.post("/v1/events", json=events)
+        assert r.status_code == 202 and r.json() == {"recorded": 2}, r.text
+        assert len(again.events()) == len(before) + 2
+
+
 def test_erasing_a_user_without_labelled_photos_needs_no_room_in_the_labelled_folder(
         inventory_db, monkeypatch: pytest.MonkeyPatch) -> None:
     """Only a labelled photo's erasure rewrites the manifest: a user whose photo waits for review is erased even
@@ -799,6 +822,7 @@ def test_the_writing_routes_document_their_storage_answers(inventory_db, monkeyp
     with _client(state) as client:
         spec = client.get("/openapi.json").json()
     for path, method in [("/v1/inventory/intake", "post"), ("/v1/inventory/products/{label}/adjust", "post"),
-                         ("/v1/inventory/review/{item}", "post"), ("/v1/users/{user_id}", "delete")]:
+                         ("/v1/inventory/review/{item}", "post"), ("/v1/users/{user_id}", "delete"),
+                         ("/v1/events", "post")]:
         answers = spec["paths"][path][method]["responses"]
         assert {"503", "507"} <= set(answers), (path, sorted(answers))

@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 
 from ...recommend.shopping_log import EVENT_TYPES, Event
 from ..deps import ReadKey, State, WriteKey, storage_refused
-from ..inventory import StorageError
+from ..inventory import StorageError, storage_error
 from ..schemas import STORAGE_RESPONSES
 from ..state import ServiceState
 
@@ -80,9 +80,12 @@ async def recommendations(state: State, _: ReadKey, user_id: UserId, k: Annotate
                               title=state.product(r.product_id).title) for r in recs]
 
 
-@router.post("/events", response_model=EventsOut, status_code=202,
+@router.post("/events", response_model=EventsOut, status_code=202, responses=STORAGE_RESPONSES,
              summary="Record behaviour events (views, carts, purchases) under pseudonymous user ids")
 async def record_events(state: State, _: WriteKey, body: EventsIn) -> EventsOut:
+    """507 when the disk is full, 503 (with Retry-After) when it or the database cannot be written
+    (`storage_refused`): no event of the request was recorded (one transaction), and the same request again
+    records them."""
     _recording(state)
     bad = sorted({e.event for e in body.events} - set(EVENT_TYPES))
     if bad:
@@ -98,7 +101,13 @@ async def record_events(state: State, _: WriteKey, body: EventsIn) -> EventsOut:
     now = time.time()
     events = [Event(e.user_id, e.product_id, e.event, now if e.timestamp is None else e.timestamp)
               for e in body.events]
-    n = await anyio.to_thread.run_sync(state.people.record, events)
+    try:
+        n = await anyio.to_thread.run_sync(state.people.record, events)
+    except Exception as exc:
+        error = storage_error(exc, "the events were not recorded", "none of them was kept; send them again")
+        if error is None:
+            raise
+        raise storage_refused(error) from None
     return EventsOut(recorded=n)
 
 
