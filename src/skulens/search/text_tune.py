@@ -214,7 +214,7 @@ def product_anchors(product: Product, coarse: str = "", *, phrases: Sequence[str
 def catalogue_pairs(cat: Catalogue, *, max_anchors: int = 10, mask: bool = False,
                     lexicon_anchors: int = 4) -> list[tuple[str, str, str]]:
     """(anchor, positive, product) for every product with texts: up to `max_anchors` anchors per product, then
-    up to `lexicon_anchors` of WordNet's (the names a shopper would type, then its definition: `lexicon_entry`),
+    up to `lexicon_anchors` of WordNet's (other names, then its definition: `lexicon_entry`),
     each with the product's document (`product_document` of its index record; with `mask`, less the sentences
     that hold the anchor)."""
     if not cat.products:
@@ -234,8 +234,8 @@ def catalogue_pairs(cat: Catalogue, *, max_anchors: int = 10, mask: bool = False
         entry = lexicon_entry(p.label, coarse) if lexicon_anchors else None
         if entry is not None:
             known = {a.lower() for a in anchors}
-            names = [a for a in entry.shopper_names if a.lower() not in known][:max(1, lexicon_anchors - 1)]
-            extra = names + [d for d in entry.definitions[:1] if entry.own and d.lower() not in known]
+            names = [a for a in entry.names if a.lower() not in known][:max(1, lexicon_anchors - 1)]
+            extra = names + [d for d in (entry.definition,) if d and d.lower() not in known]
             anchors += extra[:lexicon_anchors]
         text = catalogue_text(p)
         for a in anchors:
