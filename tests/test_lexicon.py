@@ -1,5 +1,5 @@
-"""WordNet's notes in catalogue texts (skulens.search.lexicon): only what is safe to say, the same in every
-process, and a shopper's other name for a product finds it, which it did not without the note."""
+"""WordNet's notes in catalogue texts (skulens.search.lexicon): the rules that keep wrong facts out, the same note
+in every process, and a shopper's other name for a product finds it, which it did not without the note."""
 
 from __future__ import annotations
 
@@ -31,31 +31,39 @@ def test_a_product_gets_the_other_names_the_definition_and_the_kind_of_its_food_
     assert note.startswith("Also called eggplant, mad apple. egg-shaped vegetable")
     assert note.endswith("A kind of solanaceous vegetable.")
     assert "bush" not in note and "Solanum" not in note  # the plant's names, Latin names: not a product's
-    assert lexicon_note("Jalapeño", "Pepper").startswith("Also called jalapeno pepper.")  # accents folded
-    assert lexicon_note("Xyzzy-Widget", "Vegetables") == lexicon_note("", "Fruit") == lexicon_note("1234") == ""
+    assert lexicon_note("Jalapeño", "Vegetables").startswith("Also called jalapeno pepper.")  # accents folded
+    assert lexicon_note("Bananas", "Banana").startswith("elongated crescent-shaped")  # no "also called banana"
+    assert lexicon_note("Xyzzy-Widget", "Vegetables") == lexicon_note("", "Fruit") == ""
+    assert lexicon_note(None, "Milk") == lexicon_note("Milk", float("nan")) == ""  # type: ignore[arg-type]
 
 
 def test_only_senses_of_the_coarse_class_family_are_used_and_the_coarse_class_never_speaks() -> None:
-    assert "cocktail" in lexicon_note("Pink-Lady")  # WordNet's only food sense of "pink lady"
-    assert lexicon_note("Pink-Lady", "Apple") == ""  # ... is no apple, and Apple does not speak for it
+    assert lexicon_note("Pink-Lady") == ""  # without a coarse class: WordNet's only food sense is a cocktail
+    assert lexicon_note("Pink-Lady", "Apple") == ""  # ... no apple, and Apple does not speak for it
     assert lexicon_note("Conference", "Pear") == ""
     # a sense of the coarse class's family stays itself: a sweet potato filed under Potato is no potato
     sweet = lexicon_note("Sweet-Potato", "Potato")
     assert "sweet potato" in sweet and "spud" not in sweet and sweet.endswith("A kind of root vegetable.")
     assert lexicon_note("Nectarine", "Peach").startswith("a variety or mutation of the peach")
     assert lexicon_note("Toilet-Roll", "Household") == ""  # no food section: "roll" is no bun here
+    assert lexicon_note("Toilet-Roll", "Toilet Roll") == ""  # the section's whole name, not its last word
+    assert lexicon_note("Marmite", "Spreads") == ""  # "spread": a food or a feast, the section name does not say
+    assert lexicon_note("Ginger", "Ginger") == ""  # fresh or ground: one sense must be left
 
 
 def test_a_tail_of_the_name_gives_other_names_only_and_only_for_one_family_of_foods() -> None:
     assert lexicon_note("Floury-Potato", "Potato") == "Also called white potato, murphy, spud, tater."
     assert lexicon_note("Alpro-Fresh-Soy-Milk", "Soy-Milk") == ""  # no cow's milk, no dairy product
     assert lexicon_note("Romano-Pepper", "Pepper") == ""  # the spice or the vegetable: the name does not say
+    assert lexicon_note("Cravendale-Semi-Skimmed-Milk", "Milk") == ""  # never cut past "semi": no skim milk
+    assert lexicon_note("Double-Cream", "Cream") == ""  # a French cheese in WordNet's American English
 
 
 def test_the_notes_are_the_same_in_every_process() -> None:
     """NLTK keeps a synset's hypernyms in a set: the kind is chosen by name, not by the hash seed's order."""
-    code = ("from skulens.search.lexicon import lexicon_note; print([lexicon_note(p) for p in "
-            "('Plum', 'Sweet-Potato', 'Peach', 'Cherry', 'Aubergine', 'Cheese')])")
+    code = ("from skulens.search.lexicon import lexicon_note; print([lexicon_note(*p) for p in "
+            "(('Plum', 'Plum'), ('Sweet-Potato', 'Potato'), ('Peach', 'Peach'), ('Cherry', 'Cherry'), "
+            "('Aubergine', 'Aubergine'), ('Cheese', 'Cheese'))])")
     outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            env={"PYTHONHASHSEED": str(seed), "PATH": "/usr/bin:/bin",
                                 **{k: v for k, v in os.environ.items() if k in ("HOME", "XDG_CACHE_HOME")}}

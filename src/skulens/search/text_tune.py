@@ -231,7 +231,7 @@ def catalogue_pairs(cat: Catalogue, *, max_anchors: int = 10, mask: bool = False
         phrases.sort(key=lambda ph: (df[ph], -len(ph.split())))
         coarse = cat.hierarchy.get(label, "") or p.coarse_label or ""
         anchors = product_anchors(p, coarse, phrases=phrases[:6])[:max_anchors]
-        entry = lexicon_entry(p.label, coarse) if lexicon_anchors else None
+        entry = lexicon_entry(p.label, p.coarse_label) if lexicon_anchors else None  # as `catalogue_text` reads it
         if entry is not None:
             known = {a.lower() for a in anchors}
             names = [a for a in entry.names if a.lower() not in known][:max(1, lexicon_anchors - 1)]
