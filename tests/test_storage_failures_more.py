@@ -202,7 +202,8 @@ def test_cli_on_a_new_read_only_postgresql_database_says_so_in_one_line(
 OLD = time.time() - 2 * 86400  # a file's mtime two days ago: the sweep comes long after the crash
 
 
-def _erasure_killed_before_commit(store: InventoryStore, user: str, monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+def _erasure_killed_before_commit(store: InventoryStore, user: str, monkeypatch: pytest.MonkeyPatch, *,
+                                  age: bool = True) -> list[Path]:
     """Erase `user` and let the process die after the erasure set the files aside and before its commit (its
     rollback's put-back never runs, as in a crash; a labelled photo's erasure stages a manifest there, and that is
     where it dies). The files set aside, aged."""
@@ -216,9 +217,29 @@ def _erasure_killed_before_commit(store: InventoryStore, user: str, monkeypatch:
         with pytest.raises(SystemExit):
             store.erase_user(user, actor="support")
     aside = sorted(p for d in (store.photo_dir, *store.labelled_dir.iterdir()) if d.is_dir() for p in d.glob(".*.tmp"))
-    for f in aside:
+    for f in aside if age else ():
         os.utime(f, (OLD, OLD))
     return aside
+
+
+def test_the_sweep_puts_back_an_erasures_files_of_photos_taken_in_the_last_hour(inventory_db,
+                                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rename keeps a file's mtime: an aside file is as young as its photo, and the sweep's hour of grace for
+    young files must not leave it aside (the photo would be missing until a later sweep)."""
+    from skulens.serve.privacy import Pseudonymizer
+
+    alice = Pseudonymizer(b"0123456789abcdef-test-key")("alice")
+    with inventory_db.store() as store:
+        store.intake([_photo(1, 0.2, user=alice)], threshold=0.5, actor="t", keep_photos=True)
+        store.resolve(f"{1:064x}", "oat-milk", actor="reviewer")  # labelled: its erasure stages a manifest
+        kept = store.photo_file(f"{1:064x}")
+        assert kept is not None
+        (aside,) = _erasure_killed_before_commit(store, alice, monkeypatch, age=False)
+        assert store.photo_file(f"{1:064x}") is None and aside.stat().st_mtime > time.time() - 600  # young
+        assert store.sweep_uploads(actor="t") == 0
+        assert store.photo_file(f"{1:064x}") == kept and not aside.exists()
+        assert store.audit(limit=1)[0].detail == {"files": 0, "labelled": 0, "restored": 1}
+        assert kept.read_bytes() and f"oat-milk/{1:064x}.jpg" in (store.labelled_dir / "manifest.csv").read_text()
 
 
 def test_the_sweep_puts_back_the_files_of_an_erasure_cut_short_before_its_commit(

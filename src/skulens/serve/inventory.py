@@ -532,8 +532,10 @@ _NAMED_FILES = sa.text(
 
 
 def _old_store_files(folder: Path, cutoff: float) -> Iterator[str]:
-    """The names of the store's own files (`_STORE_FILE`) in `folder` last written before `cutoff`, one at a
-    time (a folder's listing is never held whole)."""
+    """The names of the store's own files (`_STORE_FILE`) in `folder` last written before `cutoff`, and every file
+    an erasure set aside (`_ASIDE_FILE`) whatever its age, one at a time (a folder's listing is never held whole).
+    A rename keeps a file's mtime, so an aside file's age is its photo's; and the sweep holds `_files()`, as an
+    erasure does from its renames to its commit, so one it sees was left by an erasure cut short."""
     try:
         entries = os.scandir(folder)
     except FileNotFoundError:
@@ -543,7 +545,7 @@ def _old_store_files(folder: Path, cutoff: float) -> Iterator[str]:
             if _STORE_FILE.fullmatch(entry.name) is None:
                 continue
             try:
-                if entry.is_file() and entry.stat().st_mtime < cutoff:
+                if entry.is_file() and (entry.stat().st_mtime < cutoff or _ASIDE_FILE.fullmatch(entry.name)):
                     yield entry.name
             except FileNotFoundError:  # deleted meanwhile
                 continue
