@@ -697,6 +697,24 @@ def test_recording_events_on_a_read_only_database_answers_503_and_records_none(
         assert len(again.events()) == len(before) + 2
 
 
+def test_the_background_purge_on_a_read_only_database_logs_one_line_and_the_refit_still_runs(
+        inventory_db, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from skulens.serve.people import People
+
+    state = _erasable(inventory_db, monkeypatch)
+    fitted: list[int] = []
+    people = People(store=state.store, pseudonym=state.people.pseudonym, events_csv=None,
+                    fit=lambda events: fitted.append(len(events)) or object(), refit_s=0.0, retention_days=1e-9)
+    _read_only(state.store)  # kept uploads are due for deletion, and the database takes no writes
+    with caplog.at_level("INFO", logger="skulens.serve.people"):
+        people.tick()
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and errors[0].exc_info is None, caplog.text
+    assert "the retention purge did not run (the database is read-only); it is tried again in an hour" in caplog.text
+    assert fitted == [3]  # the events were read and the recommender fitted all the same
+    assert state.store.photo_file(f"{1:064x}") is not None  # nothing was deleted
+
+
 def test_erasing_a_user_without_labelled_photos_needs_no_room_in_the_labelled_folder(
         inventory_db, monkeypatch: pytest.MonkeyPatch) -> None:
     """Only a labelled photo's erasure rewrites the manifest: a user whose photo waits for review is erased even

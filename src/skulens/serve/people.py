@@ -163,9 +163,18 @@ class People:
         return n
 
     def tick(self) -> None:
-        """The background work, called every few seconds from the service loop (in a worker thread)."""
-        try:
-            self.purge_if_due()
-            self.refit_if_changed()
-        except Exception:  # the next tick tries again; the service keeps answering
-            logger.exception("privacy/recommender background work failed")
+        """The background work, called every few seconds from the service loop (in a worker thread): the retention
+        purge when due, then the recommender's refit when the events changed. Each runs whatever the other did,
+        and a failure is logged, not raised (the service keeps answering): a read-only or full store
+        (`storage_error`) in one line, as an operator's matter, anything else with its traceback."""
+        work = ((self.purge_if_due, "the retention purge did not run", "it is tried again in an hour"),
+                (self.refit_if_changed, "the recommender was not refitted", "the next tick tries again"))
+        for step, doing, outcome in work:
+            try:
+                step()
+            except Exception as exc:
+                error = storage_error(exc, doing, outcome)
+                if error is None:
+                    logger.exception("%s (%s)", doing, outcome)
+                else:
+                    logger.error("inventory %s: %s", self.store.url if self.store is not None else "-", error)
