@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -152,8 +153,15 @@ def postgres_url(request: pytest.FixtureRequest):
     except psycopg.Error as exc:
         pytest.fail(f"{POSTGRES_ENV}={server}: cannot create a test database ({exc})")
     yield make_url(server).set(drivername="postgresql+psycopg", database=name).render_as_string(hide_password=False)
-    with psycopg.connect(server, autocommit=True, connect_timeout=10) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    for attempt in range(10):  # FORCE cannot end a session another role holds there (autovacuum's): wait for it
+        try:
+            with psycopg.connect(server, autocommit=True, connect_timeout=10) as admin:
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            break
+        except psycopg.errors.InsufficientPrivilege:
+            if attempt == 9:
+                raise
+            time.sleep(1.0)
 
 
 class InventoryDB:

@@ -47,7 +47,9 @@ SHOP = {
 }
 SYNONYM, TARGET = "easy peelers", "satsumas"
 # The default pairs of six products (34), 3 short epochs at a higher rate: 18 steps, ~10-25 s on 2 CPU cores.
-QUICK = TuneConfig(epochs=3, lr=3e-4, seed=0)
+# Without WordNet's anchors (tests/test_lexicon.py has theirs): these tests are about the catalogue's own words,
+# and in a tune this short one more anchor (satsumas' WordNet definition) moves "easy peelers" off its product.
+QUICK = TuneConfig(epochs=3, lr=3e-4, seed=0, lexicon_anchors=0)
 
 
 def _sha(path: Path) -> str:
