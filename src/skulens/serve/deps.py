@@ -11,7 +11,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 
 from ..data.decode import ImageDecodeError
 from .batching import QueueFullError
-from .inventory import StorageError
+from .inventory import StorageError, storage_error
 from .schemas import STORAGE_RETRY_AFTER_S
 from .security import check_api_key, decode_error_status, read_image_upload
 from .state import ServiceState
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from ..models.predictor import Prediction
 
 __all__ = ["ReadKey", "State", "WriteKey", "busy", "decode_upload", "get_state", "predict_upload",
-           "storage_refused"]
+           "storage_answer", "storage_refused"]
 
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="an API key")
 _bearer = HTTPBearer(auto_error=False, description="an API key as a bearer token")
@@ -74,6 +74,13 @@ def storage_refused(error: StorageError) -> HTTPException:
     if error.failure == "full":
         return HTTPException(507, str(error))
     return HTTPException(503, str(error), headers={"Retry-After": str(STORAGE_RETRY_AFTER_S)})
+
+
+def storage_answer(exc: BaseException, doing: str, outcome: str) -> HTTPException | None:
+    """`storage_refused`'s answer when `exc` is the storage failing (`storage_error`, with its message "{doing}
+    ({why}); {outcome}"), else None: the route raises `exc` itself."""
+    error = storage_error(exc, doing, outcome)
+    return None if error is None else storage_refused(error)
 
 
 async def decode_upload(state: ServiceState, upload: UploadFile) -> tuple[bytes, Image.Image]:

@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 
 from ...data.decode import ImageDecodeError
 from ..batching import QueueFullError
-from ..deps import ReadKey, State, WriteKey, busy, storage_refused
+from ..deps import ReadKey, State, WriteKey, busy, storage_answer
 from ..images import content_hash
 from ..intake import TOP_K, intake_photo, shelf_photo
 from ..inventory import (
@@ -30,7 +30,6 @@ from ..inventory import (
     InventoryStore,
     ShelfPhoto,
     UnknownLabelError,
-    storage_error,
 )
 from ..schemas import (
     STORAGE_RESPONSES,
@@ -94,8 +93,7 @@ def _storage_error(exc: Exception, what: str, outcome: str) -> HTTPException | N
     """The answer to a store write that failed on the server's storage, not on the request (`storage_failure`):
     `storage_refused`'s 507 or 503; else None. (Its path and the store's log line are the operator's; the client is
     told only what happened, and `outcome`.)"""
-    error = storage_error(exc, f"the inventory cannot store {what} now", outcome)
-    return None if error is None else storage_refused(error)
+    return storage_answer(exc, f"the inventory cannot store {what} now", outcome)
 
 
 @dataclass(frozen=True)

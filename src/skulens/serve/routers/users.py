@@ -16,8 +16,8 @@ from fastapi import Path as PathParam
 from pydantic import BaseModel, Field
 
 from ...recommend.shopping_log import EVENT_TYPES, Event
-from ..deps import ReadKey, State, WriteKey, storage_refused
-from ..inventory import StorageError, storage_error
+from ..deps import ReadKey, State, WriteKey, storage_answer, storage_refused
+from ..inventory import StorageError
 from ..schemas import STORAGE_RESPONSES
 from ..state import ServiceState
 
@@ -104,10 +104,10 @@ async def record_events(state: State, _: WriteKey, body: EventsIn) -> EventsOut:
     try:
         n = await anyio.to_thread.run_sync(state.people.record, events)
     except Exception as exc:
-        error = storage_error(exc, "the events were not recorded", "none of them was kept; send them again")
-        if error is None:
+        answer = storage_answer(exc, "the events were not recorded", "none of them was kept; send them again")
+        if answer is None:
             raise
-        raise storage_refused(error) from None
+        raise answer from None
     return EventsOut(recorded=n)
 
 
