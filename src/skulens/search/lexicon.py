@@ -209,7 +209,8 @@ def lexicon_entry(label: str, coarse_label: str | None = None) -> LexiconEntry |
             if i and words[i - 1] in _QUALIFIERS:
                 return None  # the words left are another food ("semi-skimmed milk" is no skim milk)
             term = "_".join(words[i:])
-            if {term, wn.morphy(term, "n") or term, term.rstrip("s")} & _FALSE_FRIENDS:
+            base = wn.morphy(term, "n") or term
+            if {term, base, term.rstrip("s")} & _FALSE_FRIENDS:
                 return None
             senses = _family(_food_senses(wn, term), coarse)
             if not senses:
@@ -217,7 +218,7 @@ def lexicon_entry(label: str, coarse_label: str | None = None) -> LexiconEntry |
             if len(senses) > 1:
                 return None  # several foods of the family ("ginger": fresh or ground): the name does not say which
             sense = senses[0]
-            own = {term.replace("_", " "), (wn.morphy(term, "n") or term).replace("_", " ")}
+            own = {term.replace("_", " "), base.replace("_", " ")}
             # proper names (Granny_Smith: trade and Latin names) are left to the catalogue
             names = tuple(n for n in dict.fromkeys(lemma.name().replace("_", " ") for lemma in sense.lemmas())
                           if n.lower() not in own and not n[:1].isupper())
