@@ -9,7 +9,8 @@ line. `lexicon_note` turns that into one line of catalogue text:
     occasionally white or yellow. A kind of solanaceous vegetable.
 
 `catalogue_text` (search.text_tune) appends it to every product's text, so the index records, lexical and
-dense search and `skulens text-tune`'s pairs all read it; nothing is added at query time.
+dense search and `skulens text-tune`'s pairs all read it; nothing is added at query time. Lexical search also
+reads every word through `base_form` (plurals and verb inflections to WordNet's base form).
 
 Only what is safe to say is said (a wrong name in a product's text sends shoppers to the wrong product), so many
 products of a catalogue get no note (40 of the 81 grocery products get one):
@@ -56,7 +57,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LexiconEntry", "lexicon_available", "lexicon_entry", "lexicon_note"]
+__all__ = ["LexiconEntry", "base_form", "lexicon_available", "lexicon_entry", "lexicon_note"]
 
 _FILES = ("adj.exc", "adv.exc", "cntlist.rev", "data.adj", "data.adv", "data.noun", "data.verb", "index.adj",
           "index.adv", "index.noun", "index.sense", "index.verb", "lexnames", "noun.exc", "verb.exc", "LICENSE")
@@ -234,3 +235,34 @@ def lexicon_note(label: str, coarse_label: str | None = None) -> str:
     """One line of world knowledge about a product ("" when there is nothing safe to say)."""
     entry = lexicon_entry(label, coarse_label)
     return entry.note() if entry is not None else ""
+
+
+_PLURAL = re.compile(r"[a-z]{3,}s|[a-z]*(?:men|ice|eese|eeth|ves|ae|i|a)")  # what an English plural can look like
+_VERB_FORM = re.compile(r"[a-z]{3,}(?:ing|ed|es)")  # what an inflected English verb can look like
+
+
+@functools.lru_cache(maxsize=65536)
+def base_form(word: str) -> str:
+    """An inflected English word's base form as WordNet knows it: a noun's plural its singular ("tangerines" ->
+    "tangerine", "tomatoes" -> "tomato", "leaves" -> "leaf"), a verb's -ing, -ed or -es form its infinitive
+    ("baking" -> "bake", "sliced" -> "slice"); any other word, and every word without WordNet, as it is.
+
+    Lexical search (`lexical.tokens`) reads words through it, so "tangerines" finds "tangerine" and "for baking"
+    finds "bake". Unlike a stemmer it leaves alone what WordNet does not know (brands: "Oatly" is no "oat") and
+    takes off inflections only, never derivations ("juicy" stays, where Snowball makes it "juici"). Of several
+    base forms the shortest is taken, as NLTK's WordNetLemmatizer does ("eggs" -> "egg", not the noun "eggs";
+    "dressing" -> "dress"): the same happens to documents and queries, so a merge costs little."""
+    plural, verb = bool(_PLURAL.fullmatch(word)), bool(_VERB_FORM.fullmatch(word))
+    if len(word) < 4 or not (plural or verb):
+        return word
+    with _LOCK:
+        wn = _wordnet()
+        if wn is None:
+            return word
+        try:
+            forms = (wn._morphy(word, "n") if plural else []) + (wn._morphy(word, "v") if verb else [])
+        except Exception:  # a reader error leaves the word as it is, never breaks a search
+            log.debug("WordNet morphy failed on %r", word, exc_info=True)
+            return word
+    forms = [f for f in forms if "_" not in f and len(f) >= 3]
+    return min(forms, key=len) if forms else word
