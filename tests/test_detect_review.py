@@ -109,6 +109,21 @@ def test_merge_keeps_the_whole_box_over_a_better_scored_part_from_another_pass()
     assert merge_boxes(apart, np.array([0.7, 0.9]), np.array([0, 1])).tolist() == [1, 0]
 
 
+def test_a_faint_whole_box_below_the_count_threshold_never_removes_confident_parts() -> None:
+    """A tiled photo's whole-photo pass gives a 0.06 box around two products a tile found at 0.95 and 0.9: the faint
+    box must not take them (it would, and then the threshold would drop it too: nothing counted)."""
+    from skulens.detect.tiling import merge_boxes
+
+    boxes = np.array([[0, 0, 200, 100], [5, 5, 95, 95], [105, 5, 195, 95]], np.float32)
+    scores, passes = np.array([0.06, 0.95, 0.9], np.float32), np.array([0, 1, 1])
+    kept = merge_boxes(boxes, scores, passes, min_score=0.5)
+    assert sorted(kept.tolist()) == [0, 1, 2]
+    assert [i for i in kept.tolist() if scores[i] >= 0.5] == [1, 2]  # what a count at 0.5 keeps
+    # a whole box that counts still takes its parts, and a faint one the parts it outscores
+    assert merge_boxes(boxes, np.array([0.6, 0.95, 0.9], np.float32), passes, min_score=0.5).tolist() == [0]
+    assert merge_boxes(boxes, np.array([0.3, 0.2, 0.9], np.float32), passes, min_score=0.5).tolist() == [2, 0]
+
+
 # --------------------------------------------------------------------------- 3. counting without a recogniser
 
 def test_without_a_recogniser_boxes_are_products_not_unknown(detector, tmp_path) -> None:
@@ -245,7 +260,7 @@ def test_a_48_megapixel_photo_is_counted(detector, tmp_path, monkeypatch) -> Non
 
     seen = []
 
-    def look(self: Detector, pil: Image.Image, tiles: str, batch_size: int) -> Detections:
+    def look(self: Detector, pil: Image.Image, tiles: str, batch_size: int, min_score: float) -> Detections:
         seen.append(pil.size)
         return Detections([[1000, 1000, 1600, 2000]], [0.9], *pil.size)
 
@@ -260,3 +275,100 @@ def test_a_48_megapixel_photo_is_counted(detector, tmp_path, monkeypatch) -> Non
     Image.new("RGB", (9500, 9000), (180, 180, 180)).save(big, compress_level=1)  # 85.5 MP: still refused
     (r, _), = count_products(det, [str(big)])
     assert "too many pixels" in r.error
+
+
+# --------------------------------------------------------------------------- second review (session 23)
+
+def test_count_checks_its_outputs_before_any_work_and_writes_each_photo_as_it_is_counted(detector, tmp_path,
+                                                                                         capsys) -> None:
+    from skulens.detect.count import CountsWriter, PhotoCount
+
+    photo = str(_noise(tmp_path / "shelf.png"))
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "adir.jsonl").mkdir()
+    for flag, value in (("-o", tmp_path / "afile" / "x.jsonl"), ("-o", tmp_path / "adir.jsonl"),
+                        ("--annotated", tmp_path / "afile")):
+        rc = main(["count", photo, "--detector", str(detector), flag, str(value), "-q"])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and len(err.splitlines()) == 1 and str(value) in err, err
+    rc = main(["count", photo, "--detector", str(detector), "--min-similarity", "0.7", "-q"])
+    assert rc == 2 and "--index" in capsys.readouterr().err  # a setting of --index, not silently ignored
+    # a run cut short keeps what it counted: each line is on disk before the next photo
+    with CountsWriter(tmp_path / "partial.jsonl") as writer:
+        writer.write(PhotoCount("a.jpg", 10, 10, (), False, None, {"jam": 2}, True))
+        assert json.loads((tmp_path / "partial.jsonl").read_text())["counts"] == {"jam": 2}
+    with CountsWriter(tmp_path / "partial.csv") as writer:
+        writer.write(PhotoCount("a.jpg", 10, 10, (), False, None, {"jam": 2, "tea": 1}, True))
+        rows = list(csv.reader(io.StringIO((tmp_path / "partial.csv").read_text())))
+        assert rows[0][:3] == ["source", "product", "count"] and [r[1:3] for r in rows[1:]] == [["jam", "2"],
+                                                                                                ["tea", "1"]]
+
+
+def test_count_in_python_refuses_one_path_instead_of_counting_its_letters(detector, tmp_path) -> None:
+    import skulens
+
+    with pytest.raises(TypeError, match="list of images"):
+        skulens.count(str(_noise(tmp_path / "shelf.png")), detector)
+
+
+def test_evaluate_skips_a_photo_whose_header_is_junk_when_its_size_is_stated(detector, tmp_path, capsys) -> None:
+    """README: a photo that cannot be decoded is left out of the scores and listed. A junk header stopped the
+    import of the whole folder; VOC states the size, so the photo is imported and skipped where it is decoded.
+    A `difficult` box is left out, as COCO's iscrowd ones are."""
+    (tmp_path / "images").mkdir()
+    _noise(tmp_path / "images" / "good.png", 128, 128)
+    (tmp_path / "images" / "junk.jpg").write_bytes(b"junk\n" * 40)
+    for name in ("good.png", "junk.jpg"):
+        (tmp_path / f"{Path(name).stem}.xml").write_text(
+            f"<annotation><filename>{name}</filename><size><width>128</width><height>128</height></size>"
+            "<object><name>jam</name><bndbox><xmin>10</xmin><ymin>10</ymin><xmax>60</xmax><ymax>60</ymax></bndbox>"
+            "</object><object><name>tea</name><difficult>1</difficult><bndbox><xmin>70</xmin><ymin>70</ymin>"
+            "<xmax>120</xmax><ymax>120</ymax></bndbox></object></annotation>")
+    out = tmp_path / "report"
+    rc = main(["detect", "evaluate", str(detector), "--data", str(tmp_path), "-o", str(out), "-q"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    report = json.loads((out / "report.json").read_text())
+    assert report["images"] == 1 and report["boxes"] == 1  # the difficult box is no ground truth
+    assert [Path(s["file"]).name for s in report["skipped"]] == ["junk.jpg"] and "junk.jpg" in err
+    rc = main(["detect", "evaluate", str(detector), "--data", str(tmp_path), "-o", str(tmp_path / "good.xml"), "-q"])
+    assert rc == 2 and "a file is there" in capsys.readouterr().err  # refused before any photo is scored
+
+
+def test_an_onnx_export_to_another_folder_loads_from_there(own_detector, tmp_path) -> None:
+    pytest.importorskip("onnxruntime")
+    from skulens.detect.model import DetectorCard, DetectorError
+    from skulens.detect.onnx import export_detector, load_onnx_detector
+
+    path = export_detector(own_detector, tmp_path / "exports" / "shelf.onnx")
+    assert (path.parent / "detector.json").read_bytes() == (own_detector / "detector.json").read_bytes()
+    assert load_onnx_detector(path).card.config == DetectorCard.read(own_detector / "detector.json").config
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "detector.json").write_text("{}")
+    with pytest.raises(DetectorError, match="another detector's card"):
+        export_detector(own_detector, tmp_path / "other" / "shelf.onnx")
+    assert not (tmp_path / "other" / "shelf.onnx").exists()
+
+
+def test_a_time_budget_must_be_positive_and_no_held_out_scores_are_made_up(boxes, tmp_path, capsys) -> None:
+    from skulens.detect.train import DetectorRecipe
+
+    for bad in (0, -1, float("nan")):
+        with pytest.raises(ValueError, match="max_minutes"):
+            DetectorRecipe(max_minutes=bad)
+    rc = main(["detect", "train", "--boxes", str(boxes), "--no-composites", "-o", str(tmp_path / "det"), "--steps",
+               "1", "--batch-size", "2", "--eval-every", "1", "-q"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "held-out products: AP" not in err and "nothing was measured" in err
+
+
+def test_inventory_scan_of_nothing_readable_fails_and_counts_writes_into_a_new_folder(tiny_bundle, tmp_path,
+                                                                                      capsys) -> None:
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.jpg").write_bytes(b"not a photo")
+    db = tmp_path / "inv.sqlite"
+    rc = main(["inventory", "scan", str(tmp_path / "photos"), "-m", str(tiny_bundle.bundle), "--db", str(db), "-q"])
+    assert rc == 1, capsys.readouterr().err
+    rc = main(["inventory", "counts", "--db", str(db), "-o", str(tmp_path / "sub" / "counts.csv")])
+    assert rc == 0 and (tmp_path / "sub" / "counts.csv").read_text().startswith("label,count")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -35,6 +36,7 @@ __all__ = [
     "add_top_k",
     "add_train_flags",
     "check_engine",
+    "check_out_path",
     "csv_list",
     "data_path",
     "deprecated_alias",
@@ -171,6 +173,22 @@ def add_out(p: argparse.ArgumentParser, help_text: str, *, required: bool = Fals
     p.add_argument("-o", "--out", required=required, default=default, help=help_text)
     if legacy_output:
         deprecated_alias(p, "--output", "--out", "out")
+
+
+def check_out_path(value: str | os.PathLike[str] | None, flag: str, *, folder: bool = False) -> None:
+    """Refuse, before any work, an output path that cannot be written: a file where a folder is wanted (or the
+    other way round), or a file where one of its parent folders would have to be."""
+    if not value:
+        return
+    path = Path(value)
+    if path.exists() and path.is_dir() != folder:
+        raise UsageError(f"{flag} {value}: {'a file' if folder else 'a folder'} is there; name "
+                         f"{'a folder' if folder else 'a file'}")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"{flag} {value}: {parent} is a file, not a folder")
+            break
 
 
 def refuse_json_out(out: str | None) -> None:

@@ -22,6 +22,7 @@ from ._common import (
     check_detector,
     check_engine,
     check_model,
+    check_out_path,
     data_path,
     device_arg,
     engine_options,
@@ -74,13 +75,13 @@ def add_commands(sub: Any) -> None:
                                              "a bundle folder first is taken as the model")
     add_model(c, "classification bundle that names each box", required=False, positional_legacy=False)
     _add_detector(c)
-    add_out(c, "write results here: .jsonl (one photo per line, with boxes) or .csv (photo x product); "
+    add_out(c, "write results here: .jsonl (one photo per line, with boxes) or .csv (one row per photo and product; a photo's total and unknown repeated on each of its rows); "
                "default: JSON lines on stdout")
-    c.add_argument("--annotated", metavar="DIR", help="write each photo with its boxes drawn as DIR/<name>.png")
+    c.add_argument("--annotated", metavar="DIR", help="write each photo with its boxes drawn as DIR/NNNN-<name>.png (NNNN: its place in the run)")
     c.add_argument("--index", metavar="PATH", help="name boxes by the nearest product in this search index (built "
                                                   "with --model: `skulens index build`) instead of the classifier")
-    c.add_argument("--min-similarity", type=fraction, default=0.5,
-                   help="with --index: cosine similarity a box needs to be named (default: %(default)s)")
+    c.add_argument("--min-similarity", type=fraction, default=None,
+                   help="with --index: cosine similarity a box needs to be named (default: 0.5)")
     _add_box_settings(c)
     c.add_argument("--batch-size", type=positive_int, default=8, help="--engine ray: photos per batch (default: 8)")
     add_engine(c, "a catalogue-wide count, written as Parquet to -o (a .parquet file or a folder; one row per "
@@ -148,12 +149,16 @@ def _check_settings(ns: argparse.Namespace) -> None:
         raise UsageError("--max-boxes must be >= 1")
 
 
+def _or(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
 def _count_job(ns: argparse.Namespace, detector: str) -> Any:
     """The count as a job (skulens.deploy.batch_jobs.CountJob): what both engines load and run."""
     from ..deploy.batch_jobs import CountJob
 
     return CountJob(detector, model=ns.model, index=getattr(ns, "index", None), min_score=ns.min_score,
-                    min_confidence=ns.min_confidence, min_similarity=getattr(ns, "min_similarity", 0.5),
+                    min_confidence=ns.min_confidence, min_similarity=_or(getattr(ns, "min_similarity", None), 0.5),
                     tiles=ns.tiles, max_boxes=ns.max_boxes, batch_size=getattr(ns, "batch_size", 8),
                     device=ns.device)
 
@@ -180,32 +185,39 @@ def cmd_count(ns: argparse.Namespace) -> int:
         raise UsageError("--index needs the model it was built with (-m/--model)")
     if ns.index and not Path(ns.index).exists():
         raise UsageError(f"--index {ns.index}: no such index")
+    if not ns.index and ns.min_similarity is not None:
+        raise UsageError("--min-similarity is a setting of --index (without one the classifier names the boxes: "
+                         "--min-confidence)")
+    if not on_ray:  # before the models load and the photos are counted
+        check_out_path(ns.out, "--out")
+        check_out_path(ns.annotated, "--annotated", folder=True)
     job = _count_job(ns, detector)
     if parquet is not None:
         return _count_on_ray(ns, job, files, parquet)
     det, clf, index = job.load()
     from tqdm.auto import tqdm
 
-    from ..detect.count import count_products, write_counts
+    from ..detect.count import CountsWriter, count_products
 
     annotated = Path(ns.annotated) if ns.annotated else None
     if annotated:
         annotated.mkdir(parents=True, exist_ok=True)
     results = []
     stream = count_products(det, files, model=clf, min_score=ns.min_score, min_confidence=ns.min_confidence,
-                            tiles=ns.tiles, index=index, min_similarity=ns.min_similarity)
-    for i, (res, photo) in enumerate(tqdm(stream, total=len(files), desc="count", unit="photo",
-                                          disable=ns.quiet or len(files) < 2)):
-        results.append(res)
-        if annotated and photo is not None:
-            res.annotated(photo).save(annotated / f"{i:04d}-{Path(res.source).stem}.png")
-        if res.capped:
-            say(f"skulens count: {res.source}: reached the box cap ({det.config.max_detections}); "
-                "there may be more products: raise --max-boxes")
-        if not ns.out:
-            print(json.dumps(res.to_dict()), flush=True)
-    if ns.out:
-        write_counts(results, ns.out)
+                            tiles=ns.tiles, index=index, min_similarity=job.min_similarity)
+    with CountsWriter(ns.out) if ns.out else contextlib.nullcontext() as writer:  # each photo as it is counted
+        for i, (res, photo) in enumerate(tqdm(stream, total=len(files), desc="count", unit="photo",
+                                              disable=ns.quiet or len(files) < 2)):
+            results.append(res)
+            if annotated and photo is not None:
+                res.annotated(photo).save(annotated / f"{i:04d}-{Path(res.source).stem}.png")
+            if res.capped:
+                say(f"skulens count: {res.source}: reached the box cap ({det.config.max_detections}); "
+                    "there may be more products: raise --max-boxes")
+            if writer is None:
+                print(json.dumps(res.to_dict()), flush=True)
+            else:
+                writer.write(res)
     errors = sum(r.error is not None for r in results)
     for r in results:
         if r.error:
@@ -265,6 +277,9 @@ def cmd_detect_train(ns: argparse.Namespace) -> int:
     if h:
         say(f"  held-out products: AP@0.5 {h.get('ap50', 0):.3f}, AP@[.5:.95] {h.get('ap', 0):.3f}, "
             f"count exact {h.get('count_exact', 0):.1%}")
+    else:
+        say("  no held-out composites (trained on real boxes alone): nothing was measured, and the count threshold "
+            "stays at its default; score it with skulens detect evaluate on photos it did not train on")
     return 0
 
 
@@ -294,6 +309,7 @@ def cmd_detect_evaluate(ns: argparse.Namespace) -> int:
     if not Path(ns.data).exists():
         raise UsageError(f"--data {ns.data}: no such file or folder")
     label_map = _label_map(ns.label_map)
+    check_out_path(ns.out, "--out", folder=True)  # before the photos are detected and scored
     from ..detect.annotations import load_annotations
 
     images = load_annotations(ns.data)

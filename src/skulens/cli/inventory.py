@@ -15,12 +15,14 @@ from typing import Any
 
 from ..serve.settings import ServeSettings
 from ._common import (
+    EXIT_FAILED,
     UsageError,
     add_key_file,
     add_model,
     add_out,
     add_quiet,
     check_detector,
+    check_out_path,
     device_arg,
     model_path,
     positive_int,
@@ -131,10 +133,12 @@ def cmd_inventory_scan(ns: argparse.Namespace) -> int:
         if detector_dir is None:
             results = scan(model, store, paths, **common)
         else:
-            from ..detect.detector import load_detector
+            from ..detect.detector import MAX_PIXELS, load_detector
 
             detector = load_detector(detector_dir, device=ns.device).with_settings(max_detections=ns.max_boxes)
-            results = scan_shelves(detector, model, store, paths, min_score=ns.min_score, tiles=ns.tiles, **common)
+            # local shelf photos: the detector's own limit (`count`'s: 48-64 MP phone photos), not an upload's
+            results = scan_shelves(detector, model, store, paths, min_score=ns.min_score, tiles=ns.tiles,
+                                   max_pixels=MAX_PIXELS, **common)
         for path, result in results:
             if isinstance(result, str):
                 summary.errors.append((str(path), result))
@@ -145,14 +149,16 @@ def cmd_inventory_scan(ns: argparse.Namespace) -> int:
             if not ns.quiet:
                 print(json.dumps(line), flush=True)
     say(f"skulens inventory scan: {summary.line()}; db {store.url}")
-    return 0
+    return EXIT_FAILED if len(summary.errors) == len(paths) else 0  # as `count`: not one photo could be read
 
 
 def cmd_inventory_counts(ns: argparse.Namespace) -> int:
     from ..serve.inventory import InventoryStore
 
+    check_out_path(ns.out, "--out")
     with InventoryStore(ns.db) as store:
         if ns.out:
+            Path(ns.out).parent.mkdir(parents=True, exist_ok=True)
             with open(ns.out, "w", encoding="utf-8", newline="") as out:
                 n = store.export_csv(out)
             say(f"{n} products -> {ns.out}")

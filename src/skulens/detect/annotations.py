@@ -110,6 +110,8 @@ def _voc_image(xml: Path) -> AnnotatedImage:
                                   f"{xml}: line {lines[id(size)]}" if size is not None else str(xml))
     boxes, labels = [], []
     for obj in root.findall("object"):
+        if (obj.findtext("difficult") or "").strip() == "1":
+            continue  # VOC's "difficult" boxes are left out, as COCO's iscrowd ones are
         label, bndbox = (obj.findtext("name") or "").strip(), obj.find("bndbox")
         if not label or bndbox is None:
             what = "<name>" if not label else "<bndbox>"
@@ -352,8 +354,15 @@ def _check_box(box: Sequence[float], width: int, height: int, where: str) -> lis
 
 def _checked_size(image: Path, stated: tuple[int, int] | None, where: str) -> tuple[int, int]:
     """The photo's displayed size; an annotation that states another one is an error: its boxes are in another
-    pixel grid (most often the photo as stored, before its EXIF rotation), and scaling them would misplace them."""
-    actual = _image_size(image)
+    pixel grid (most often the photo as stored, before its EXIF rotation), and scaling them would misplace them.
+    A photo whose header cannot be read takes the stated size: its decode fails where the photo is used (`detect
+    evaluate` leaves it out of the scores and lists it, training names it); with no size stated it is an error."""
+    try:
+        actual = _image_size(image)
+    except AnnotationError:
+        if stated is None:
+            raise
+        return stated
     if stated is not None and stated != actual:
         turned = " (the photo is turned by its EXIF orientation: were the boxes drawn on it unturned?)" if (
             stated == actual[::-1]) else ""

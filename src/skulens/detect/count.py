@@ -5,7 +5,6 @@ each crop, and a crop it is unsure of stays `unknown` (open set) instead of taki
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 from collections import Counter
@@ -18,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from ..data.decode import ImageDecodeError
-from ..models.predictor import source_name
+from ..models.predictor import check_images, source_name
 from .boxes import PRODUCT, Detections
 from .detector import Detector, ImageInput, shelf_photo
 
@@ -26,7 +25,7 @@ if TYPE_CHECKING:
     from ..models.predictor import Model
     from ..search.index import VectorIndex
 
-__all__ = ["CountedBox", "PhotoCount", "count_products", "crop_boxes", "recognise_boxes", "write_counts"]
+__all__ = ["CountedBox", "CountsWriter", "PhotoCount", "count_products", "crop_boxes", "recognise_boxes", "write_counts"]
 
 UNKNOWN = "unknown"
 CROP_PAD = 0.06  # context kept around a box, as a share of its size: the classifier saw whole products
@@ -142,6 +141,7 @@ def count_products(detector: Detector, images: Iterable[ImageInput], *, model: M
     nearest product in a search index built with `model` (see `recognise_boxes`). A photo that cannot be
     decoded gives a PhotoCount with `error` set, and the rest go on. Photos up to MAX_PIXELS are counted.
     """
+    check_images(images)  # one path on its own would be counted letter by letter
     min_score = detector.config.min_score if min_score is None else min_score
     if not 0 <= min_score <= 1 or not 0 <= min_confidence <= 1:
         raise ValueError(f"min_score and min_confidence must be in [0, 1], got {min_score}, {min_confidence}")
@@ -149,7 +149,8 @@ def count_products(detector: Detector, images: Iterable[ImageInput], *, model: M
         source = sources[i] if sources is not None else source_name(im, i)
         try:
             pil = shelf_photo(im, source)
-            dets = detector.detect([pil], tiles=tiles)[0].above(min_score)  # a strip too narrow: an error too
+            # a strip too narrow to look into is an ImageDecodeError too
+            dets = detector.detect([pil], tiles=tiles, min_score=min_score)[0].above(min_score)
         except ImageDecodeError as e:
             yield PhotoCount(source, error=e.reason), None
             continue
@@ -159,23 +160,42 @@ def count_products(detector: Detector, images: Iterable[ImageInput], *, model: M
         yield PhotoCount(source, pil.width, pil.height, boxes, dets.capped, None, counts, model is not None), pil
 
 
+class CountsWriter:
+    """JSON lines (one photo per line, boxes included) or CSV (one row per photo and product), written as the
+    photos are counted and flushed after each: a run cut short keeps the photos it counted."""
+
+    def __init__(self, path: str | os.PathLike, fmt: str | None = None):
+        self.path = Path(path)
+        self.fmt = fmt or ("csv" if self.path.suffix.lower() == ".csv" else "jsonl")
+        if self.fmt not in ("jsonl", "csv"):
+            raise ValueError(f"format must be jsonl or csv, got {self.fmt!r}")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("w", encoding="utf-8", newline="")
+        self._csv = csv.writer(self._file) if self.fmt == "csv" else None
+        if self._csv is not None:
+            self._csv.writerow(["source", "product", "count", "photo_total", "unknown", "capped", "error"])
+
+    def write(self, r: PhotoCount) -> None:
+        if self._csv is None:
+            self._file.write(json.dumps(r.to_dict()) + "\n")
+        else:
+            for label, n in sorted(r.counts.items()) or [("", 0)]:
+                self._csv.writerow([r.source, label, n, r.total, r.unknown, int(r.capped), r.error or ""])
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> CountsWriter:  # noqa: PYI034 - typing.Self needs Python 3.11
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def write_counts(results: Sequence[PhotoCount], path: str | os.PathLike, fmt: str | None = None) -> Path:
     """JSON lines (one photo per line, boxes included) or CSV (one row per photo and product)."""
-    p = Path(path)
-    fmt = fmt or ("csv" if p.suffix.lower() == ".csv" else "jsonl")
-    if fmt == "jsonl":
-        text = "".join(json.dumps(r.to_dict()) + "\n" for r in results)
-    elif fmt == "csv":
-        buf = io.StringIO()
-        w = csv.writer(buf)
-        w.writerow(["source", "product", "count", "photo_total", "unknown", "capped", "error"])
+    with CountsWriter(path, fmt) as writer:
         for r in results:
-            rows = sorted(r.counts.items()) or [("", 0)]
-            for label, n in rows:
-                w.writerow([r.source, label, n, r.total, r.unknown, int(r.capped), r.error or ""])
-        text = buf.getvalue()
-    else:
-        raise ValueError(f"format must be jsonl or csv, got {fmt!r}")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(text, encoding="utf-8")
-    return p
+            writer.write(r)
+    return writer.path

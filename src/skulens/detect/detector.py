@@ -63,21 +63,24 @@ class Detector:
             self.net.topk_candidates = max(self.net.topk_candidates, 2 * max_detections)
         return self
 
-    def detect(self, images: Sequence[ImageInput], *, tiles: str = "auto", batch_size: int = 4
-               ) -> list[Detections]:
-        """Boxes per photo (files decoded up to MAX_PIXELS). A photo that cannot be decoded raises
-        ImageDecodeError naming it."""
+    def detect(self, images: Sequence[ImageInput], *, tiles: str = "auto", batch_size: int = 4,
+               min_score: float | None = None) -> list[Detections]:
+        """Boxes per photo (files decoded up to MAX_PIXELS), every candidate down to the score floor. A photo
+        that cannot be decoded raises ImageDecodeError naming it. min_score: the score at which the caller counts
+        a box as a product (None: the detector's own); a tiled photo's merge lets only such a box remove the
+        parts of it that other passes found."""
         if tiles not in TILE_MODES:
             raise ValueError(f"tiles must be one of {', '.join(TILE_MODES)}, got {tiles!r}")
+        min_score = self.config.min_score if min_score is None else min_score
         out = []
         for i, im in enumerate(images):
             source = source_name(im, i)
             pil = shelf_photo(im, source)
             check_detectable(pil.size, self.config, source)
-            out.append(self._detect_one(pil, tiles, batch_size))
+            out.append(self._detect_one(pil, tiles, batch_size, min_score))
         return out
 
-    def _detect_one(self, pil: Image.Image, tiles: str, batch_size: int) -> Detections:
+    def _detect_one(self, pil: Image.Image, tiles: str, batch_size: int, min_score: float) -> Detections:
         w, h = pil.size
         cfg = self.config
         whole = _to_tensor(pil)
@@ -107,7 +110,7 @@ class Detector:
             all_scores.append(scores)
             passes.append(np.full(len(boxes), p))
         boxes, scores = np.concatenate(all_boxes), np.concatenate(all_scores)
-        keep = merge_boxes(boxes, scores, np.concatenate(passes), iou=cfg.nms_iou)
+        keep = merge_boxes(boxes, scores, np.concatenate(passes), iou=cfg.nms_iou, min_score=min_score)
         boxes, scores = boxes[keep], scores[keep]
         keep = suppress_contained(boxes, scores, ios=cfg.contained_ios)
         if len(keep) > cfg.max_detections:  # the merged photo's own cap: the best boxes stay

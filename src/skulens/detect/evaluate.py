@@ -227,7 +227,7 @@ def evaluate_counting(
     threshold = detector.config.min_score if min_score is None else min_score
 
     def detect(batch: list[AnnotatedImage]) -> list[Detections]:
-        return detector.detect([im.path for im in batch], tiles=tiles)
+        return detector.detect([im.path for im in batch], tiles=tiles, min_score=threshold)
 
     def recognise(image: AnnotatedImage, dets: Detections) -> list[str | None]:
         photo = decode_image(image.path, max_pixels=MAX_PIXELS)

@@ -6,7 +6,7 @@ pixels wide. Tiling runs the detector on overlapping windows at a finer scale, t
   a neighbouring tile sees it whole), and
 - merges the rest with NMS by IoU and by "intersection over the smaller box" (the same product seen
   whole in the global pass and in a tile, or a part-box inside a whole-box from another pass: the part
-  goes, whatever its score).
+  goes, whatever its score, when the whole box counts as a product).
 """
 
 from __future__ import annotations
@@ -63,19 +63,23 @@ def drop_cut_boxes(boxes: np.ndarray, window: tuple[int, int, int, int], width: 
 
 
 def merge_boxes(boxes: np.ndarray, scores: np.ndarray, passes: np.ndarray, *, iou: float = 0.5,
-                containment: float = 0.8) -> np.ndarray:
+                containment: float = 0.8, min_score: float = 0.0) -> np.ndarray:
     """Indices of the boxes kept, best first: NMS by IoU, then a box lying mostly (`containment` of its own
-    area) inside a kept box from another pass goes, whichever scored higher: it is a part of that whole box.
-    Within one pass a small product in front of a big one is a real second box."""
+    area) inside a kept box from another pass goes: it is a part of that whole box. A whole box that counts as
+    a product (score >= `min_score`, the count's threshold) takes its parts whichever scored higher; one below
+    it takes only parts it outscores, so a faint whole-photo box never wipes out the confident boxes a tile
+    found inside it and is then dropped by the threshold itself. Within one pass a small product in front of
+    a big one is a real second box."""
     if len(boxes) == 0:
         return np.zeros(0, np.int64)
     b, s = torch.from_numpy(np.ascontiguousarray(boxes, np.float32)), torch.from_numpy(scores.astype(np.float32))
     keep = nms(b, s, iou)  # sorted by score
-    kb, kp = b[keep], torch.from_numpy(np.asarray(passes))[keep]
+    kb, kp, ks = b[keep], torch.from_numpy(np.asarray(passes))[keep], s[keep]
     area = (kb[:, 2] - kb[:, 0]).clamp(min=0) * (kb[:, 3] - kb[:, 1]).clamp(min=0)
     # inside[i, j]: box i lies mostly inside box j, which comes from another pass
     inside = (box_intersection(kb, kb) / area[:, None].clamp(min=1e-6)) > containment
     inside &= kp[:, None] != kp[None, :]
+    inside &= ks[None, :] >= ks[:, None].clamp(max=min_score)  # the whole counts, or outscores the part
     alive = torch.ones(len(keep), dtype=torch.bool)
     for j in torch.argsort(area, descending=True, stable=True).tolist():  # wholes decide before their parts
         if alive[j]:

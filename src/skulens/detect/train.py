@@ -86,6 +86,8 @@ class DetectorRecipe:
             raise ValueError("holdout_products must be in [0, 0.5) and real_share in [0, 1]")
         if not self.train_sizes or min(self.train_sizes) < 64:
             raise ValueError(f"train_sizes must be sizes >= 64, got {self.train_sizes}")
+        if self.max_minutes is not None and not self.max_minutes > 0:  # `not >`: NaN too
+            raise ValueError(f"max_minutes must be > 0 (None: no time limit), got {self.max_minutes}")
 
 
 @dataclass(frozen=True)
@@ -271,7 +273,7 @@ def check_out(out: str | os.PathLike, *, init: str | os.PathLike | None = None, 
                              or (o.exists() and Path(init).exists() and os.path.samefile(o, init))):
         raise DetectorError(f"{o}: the detector --init fine-tunes would be overwritten; write to another folder (-o)")
     if not overwrite and (is_detector(o) or (o / DETECTOR_WEIGHTS).exists()):
-        raise DetectorError(f"{o} already holds a detector; choose another folder (-o), or pass --force (overwrite=True) to replace it")
+        raise DetectorError(f"{o} already holds a detector; choose another folder (-o), or replace it: --force (overwrite=True in Python)")
 
 
 def train_detector(data: str | os.PathLike | None, out: str | os.PathLike, *,
@@ -403,7 +405,8 @@ def _train(data: str | os.PathLike | None, out: Path, recipe: DetectorRecipe, co
     atomic_write_text(out / "detector.json", card.to_json())
     if holdout:
         calibrate_min_score(out, holdout)  # the counting threshold, on the same held-out products
-    holdout_best = next((h for h in history if int(h["step"]) == best[1]), {})
+    # held-out scores only where there were held-out canvases (a run on real boxes alone measured none)
+    holdout_best = next((h for h in history if int(h["step"]) == best[1]), {}) if holdout else {}
     return DetectorTrainResult(out, int(history[-1]["step"]) if history else 0, minutes, best[1],
                                {k: v for k, v in holdout_best.items() if k not in ("step", "minutes")}, history,
                                stopped)

@@ -27,7 +27,7 @@ from .inference import HeadOutputs, Runner, TorchRunner, card_coarse, resolve_de
 if TYPE_CHECKING:
     from ..evaluate.metrics import EvalReport
 
-__all__ = ["PRETRAINED_PREFIX", "ImageInput", "Model", "Prediction", "decide", "load_model", "load_onnx",
+__all__ = ["PRETRAINED_PREFIX", "ImageInput", "Model", "Prediction", "check_images", "decide", "load_model", "load_onnx",
            "load_tflite", "pretrained_model", "source_name"]
 
 ImageInput = str | os.PathLike | bytes | Image.Image
@@ -110,7 +110,7 @@ class Model:
                            progress=progress)
 
     def _decode(self, images: Sequence[ImageInput]) -> tuple[list[torch.Tensor], list[int], list[tuple[int, str]]]:
-        _check_images(images)
+        check_images(images)
         tensors, ok, failed = [], [], []
         for i, im in enumerate(images):
             try:
@@ -136,7 +136,7 @@ class Model:
         texts: each photo's listing text (title/description; None or "" for none), classified with the
         bundle's image + text fusion head (`skulens fuse`) instead of the image classifier.
         """
-        _check_images(images)
+        check_images(images)
         if texts is not None and len(texts) != len(images):
             raise ValueError(f"{len(texts)} texts for {len(images)} images: give one per image (None for none)")
         if not self.card.classes:
@@ -214,7 +214,7 @@ class Model:
         return evaluate_model(self, data, split=split, out=out, baseline=baseline, progress=progress)
 
 
-def _check_images(images: Any) -> None:
+def check_images(images: Any) -> None:
     """`images` is a list of inputs: one path, bytes or PIL image on its own would be iterated as characters,
     bytes or pixel rows."""
     if isinstance(images, (str, os.PathLike, bytes, bytearray, memoryview, Image.Image)):

@@ -58,8 +58,9 @@ def count_shelf(detector: Detector, model: Model, image: Image.Image, *, thresho
     if result.error:  # a photo the detector cannot look into (too narrow): never a counted photo of nothing
         raise ImageDecodeError(result.source, result.error)
     if result.capped:
-        logger.warning("a shelf photo reached the box cap (%d boxes): there may be more products than counted; "
-                       "raise the cap (detector_max_boxes, --max-boxes)", detector.config.max_detections)
+        logger.warning("a shelf photo reached the box cap (%d boxes): there may be more products than counted, and "
+                       "this photo, once in the inventory, is not counted again; raise the cap (detector_max_boxes, "
+                       "--max-boxes) before the next such photo", detector.config.max_detections)
     return result
 
 
