@@ -241,28 +241,39 @@ _PLURAL = re.compile(r"[a-z]{3,}s|[a-z]*(?:men|ice|eese|eeth|ves|ae|i|a)")  # wh
 _VERB_FORM = re.compile(r"[a-z]{3,}(?:ing|ed|es)")  # what an inflected English verb can look like
 
 
-@functools.lru_cache(maxsize=65536)
 def base_form(word: str) -> str:
     """An inflected English word's base form as WordNet knows it: a noun's plural its singular ("tangerines" ->
-    "tangerine", "tomatoes" -> "tomato", "leaves" -> "leaf"), a verb's -ing, -ed or -es form its infinitive
-    ("baking" -> "bake", "sliced" -> "slice"); any other word, and every word without WordNet, as it is.
+    "tangerine", "tomatoes" -> "tomato", "cookies" -> "cookie"), and a word that is no noun, an -ing, -ed or -es
+    verb form, its infinitive ("sliced" -> "slice", "mashing" -> "mash"); any other word, and every word without
+    WordNet, as it is.
 
-    Lexical search (`lexical.tokens`) reads words through it, so "tangerines" finds "tangerine" and "for baking"
-    finds "bake". Unlike a stemmer it leaves alone what WordNet does not know (brands: "Oatly" is no "oat") and
-    takes off inflections only, never derivations ("juicy" stays, where Snowball makes it "juici"). Of several
-    base forms the shortest is taken, as NLTK's WordNetLemmatizer does ("eggs" -> "egg", not the noun "eggs";
-    "dressing" -> "dress"): the same happens to documents and queries, so a merge costs little."""
-    plural, verb = bool(_PLURAL.fullmatch(word)), bool(_VERB_FORM.fullmatch(word))
-    if len(word) < 4 or not (plural or verb):
+    Lexical search (`lexical.tokens`) reads words through it, so "tangerines" finds "tangerine". Unlike a stemmer it
+    leaves alone what WordNet does not know (most brands: "Oatly" is no "oat"; a brand that is also an English plural,
+    "Walkers", is read as one) and takes off inflections only, never derivations ("juicy" stays; Snowball makes it
+    "juici"). A noun stays a noun ("whiting", "dressing", "evening" are not verb forms). Of a plural's singulars the
+    regular one (the word less its "s") comes first, then the shortest, as NLTK's WordNetLemmatizer picks ("eggs" ->
+    "egg", "berries" -> "berry"). The same happens to documents and queries, so a merge of two words costs little."""
+    if len(word) < 4 or not (_PLURAL.fullmatch(word) or _VERB_FORM.fullmatch(word)):
         return word
+    return _base_form(word)
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def _base_form(word: str) -> str:
     with _LOCK:
         wn = _wordnet()
         if wn is None:
             return word
         try:
-            forms = (wn._morphy(word, "n") if plural else []) + (wn._morphy(word, "v") if verb else [])
+            nouns = wn._morphy(word, "n")
+            verbs = [] if nouns or not _VERB_FORM.fullmatch(word) else wn._morphy(word, "v")
         except Exception:  # a reader error leaves the word as it is, never breaks a search
             log.debug("WordNet morphy failed on %r", word, exc_info=True)
             return word
-    forms = [f for f in forms if "_" not in f and len(f) >= 3]
+    if nouns:
+        singular = [f for f in nouns if f != word and "_" not in f and len(f) >= 3]
+        if not _PLURAL.fullmatch(word) or not singular:
+            return word  # a noun as it is: "whiting", "news", "series"
+        return word[:-1] if word[:-1] in singular else min(singular, key=len)
+    forms = [f for f in verbs if "_" not in f and len(f) >= 3]
     return min(forms, key=len) if forms else word
