@@ -52,6 +52,20 @@ def client(backends):
         yield c
 
 
+def test_the_warm_up_runs_a_text_search_before_ready(client) -> None:
+    """The first text search loads the encoder and WordNet and encodes the products (seconds, under the index lock);
+    the warm-up does it, so /readyz says ready only after it."""
+    import time
+
+    for _ in range(600):
+        body = client.get("/readyz").json()
+        if body["status"] == "ready":
+            break
+        time.sleep(0.5)
+    warm = body["startup"]["warmup"]
+    assert "error" not in warm["text_search"] and warm["text_search"]["seconds"] > 0
+
+
 def test_search_routes_mount_only_when_configured(tiny_bundle) -> None:
     from fastapi.testclient import TestClient as TC
 

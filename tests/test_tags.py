@@ -349,3 +349,13 @@ def test_a_bad_server_vocabulary_fails_at_startup(aligned_bundle, tiny_bundle, m
     with pytest.raises(ConfigError, match="skulens align"):  # the plain tiny bundle has no aligner and no texts
         ServiceState.load(ServeSettings(model=str(tiny_bundle.bundle), device="cpu", tag_vocabulary=str(words)),
                           model)
+    # `skulens serve` loads before the server starts: one line and exit 2 (it was uvicorn's startup traceback
+    # and its exit code 3, which skulens keeps for storage failures); nothing listens
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "skulens.cli", "serve", "--model", str(aligned_bundle), "--device",
+                           "cpu", "--tag-vocabulary", str(empty), "--port", "9"], capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert done.returncode == 2, done.stderr
+    assert "vocabulary is empty" in done.stderr and "Traceback" not in done.stderr

@@ -315,6 +315,12 @@ def test_aligner_fusion_support_and_recommenders_use_the_fine_tuned_encoder_and_
     assert _rank(engine, "oat milk")[0] == "oat-milk"
     with pytest.raises(TextEncoderMismatch):
         _rank(engine, "oat milk", "aligned")
+    # tags through the stale aligner: the vocabulary cannot be scored, a TaggingError (CLI: one line, exit 2;
+    # REST: 422) that names the refit, not a traceback and a 500
+    from skulens.search.tags import Tagger, TaggingError
+
+    with pytest.raises(TaggingError, match="skulens align --model"):
+        Tagger(model, aligner=load_aligner(bundle), mode="aligned").vocabulary(["citrus"])
     with pytest.raises(TextEncoderMismatch, match="skulens fuse --model"):
         skulens.load(bundle, device="cpu", precision="off").predict([photo], texts=["oat milk"])
     assert main(["fuse", "--model", str(bundle), "--data", str(tiny_catalogue), "--out", str(tmp_path / "rep"),

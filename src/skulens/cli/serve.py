@@ -107,7 +107,13 @@ def cmd_serve(ns: argparse.Namespace) -> int:
     if settings.host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("listening on %s: reachable from other machines", settings.host)
     logger.info("serve settings: %s", json.dumps(settings.public()))
+    from ..serve.state import ServiceState
+
+    # Loaded here, not in the app's startup: a bad vocabulary, index or detector is then one line and exit 2, as
+    # every other command's user error (an error in uvicorn's startup is a traceback and uvicorn's exit code 3,
+    # which skulens keeps for storage failures).
+    state = ServiceState.load(settings)
     # One worker process: the model and the micro-batcher live in it; more processes would each load a model.
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info", workers=1,
-                timeout_graceful_shutdown=10)
+    uvicorn.run(create_app(settings, state=state), host=settings.host, port=settings.port, log_level="info",
+                workers=1, timeout_graceful_shutdown=10)
     return 0

@@ -342,8 +342,13 @@ class Tagger:
         with self._lock:
             if key not in self._cache:
                 if mode == "aligned":
+                    from ..models.text import TextEncoderMismatch
+
                     assert self.aligner is not None
-                    matrix = self.aligner.encode(list(checked)).astype(np.float64)
+                    try:
+                        matrix = self.aligner.encode(list(checked)).astype(np.float64)
+                    except TextEncoderMismatch as exc:  # fitted on another encoder: the message names the refit
+                        raise TaggingError(str(exc)) from None
                 else:
                     assert encoder is not None
                     matrix = self._text_matrix(checked, encoder)
