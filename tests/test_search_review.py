@@ -135,11 +135,15 @@ def test_core_fields_filter_on_numeric_looking_ids(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------ 4, 5. metadata CSVs and spaces
 
 def test_an_excel_csv_with_a_bom_and_spaced_column_names_reads(tmp_path: Path) -> None:
+    from skulens.data.catalogue import CatalogueError
     from skulens.search.catalogue_index import read_metadata_table
 
     table = tmp_path / "meta.csv"
     table.write_text("product_id, brand ,price\nmilk,Arla,1.90\n", encoding="utf-8-sig")  # Excel's "CSV UTF-8"
     assert read_metadata_table(table) == {"milk": {"brand": "Arla", "price": 1.9}}
+    (tmp_path / "binary.csv").write_bytes(bytes(range(256)) * 4)  # was a UnicodeDecodeError traceback
+    with pytest.raises(CatalogueError, match="not a CSV file in UTF-8"):
+        read_metadata_table(tmp_path / "binary.csv")
 
 
 def test_spaces_around_a_cell_or_a_filter_value_do_not_stop_a_match(tmp_path: Path) -> None:
@@ -265,3 +269,20 @@ def test_tag_cli_takes_k_0_as_the_api_does(tiny_bundle, tiny_catalogue: Path, tm
 def test_index_store_error_is_still_what_a_bad_filter_raises() -> None:
     with pytest.raises(IndexStoreError, match="cannot filter on 'title'"):
         parse_filter(["title=12345"])
+
+
+def test_aligned_text_search_without_a_model_names_the_missing_model(tmp_path: Path, capsys) -> None:
+    """It said "run `skulens align` first" although the bundle had an aligner: the model was what was missing."""
+    pytest.importorskip("faiss")
+    from skulens.cli import main
+    from skulens.search.index import IndexRecord, create_index
+
+    index = create_index("faiss", str(tmp_path / "index"), 4)
+    index.add([IndexRecord(id="m", product_id="milk", label="milk", title="Milk")], np.eye(1, 4, dtype=np.float32))
+    index.save()
+    index.close()
+    assert main(["search", "--index", str(tmp_path / "index"), "--text", "milk", "--mode", "aligned"]) == 2
+    err = capsys.readouterr().err
+    assert "-m/--model" in err and "skulens align" not in err
+    assert main(["search", "--index", str(tmp_path / "index"), "--text", "milk", "--mode", "lexical"]) == 0
+    assert '"product_id": "milk"' in capsys.readouterr().out

@@ -187,6 +187,11 @@ def test_bad_query_logs_and_empty_queries_get_clear_errors(bundle: Path, tmp_pat
             read_query_log(p, products)
     with pytest.raises(CatalogueError, match="no such file"):
         read_query_log(tmp_path / "missing.csv", products)
+    for name, data in (("binary.csv", bytes(range(256)) * 4), ("latin1.csv", "query,product_id\nmjölk,oat-milk\n"
+                                                                             .encode("latin-1"))):
+        (tmp_path / name).write_bytes(data)  # was a UnicodeDecodeError traceback
+        with pytest.raises(CatalogueError, match="not a CSV file in UTF-8"):
+            read_query_log(tmp_path / name, products)
     # through the CLI: exit 2, one line, nothing trained and nothing written into the bundle
     bad = tmp_path / "log1.csv"
     assert main(["text-tune", "--model", str(bundle), "--data", str(described), "--queries", str(bad)]) == 2

@@ -127,6 +127,13 @@ def _engine(ns: argparse.Namespace, need_model: bool) -> Any:
     bundle = model_path(ns)
     if need_model and not bundle:
         raise UsageError("--model BUNDLE is needed for photo queries (the index does not record its model)")
+    if not bundle and not ns.align and not need_model:
+        if ns.mode == "aligned":
+            raise UsageError("--mode aligned needs the model whose text aligner it uses (-m/--model BUNDLE), or "
+                             "--align FILE (the index does not record its model)")
+        if ns.mode == "hybrid" and not getattr(ns, "quiet", False):
+            say("skulens search: no --model: BM25 and the bundled MiniLM only (give -m BUNDLE for its fine-tuned "
+                "text encoder and text aligner)")
     from ..models.predictor import load_model
     from ..models.text import DEFAULT_TEXT_MODEL, bundle_text_model
     from ..search.align import load_aligner

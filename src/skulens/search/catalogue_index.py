@@ -33,6 +33,13 @@ def read_metadata_table(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
     `typed_value` (true/false, numbers; "0012345" stays text; spaces around a cell dropped), as `--filter` types
     what it is compared with. A UTF-8 BOM and spaces around the column names are ignored; blank cells are left out."""
     p = Path(path)
+    try:
+        return _read_metadata_table(p)
+    except (UnicodeDecodeError, csv.Error) as exc:  # a binary file, another encoding, NUL bytes
+        raise CatalogueError(f"{p}: not a CSV file in UTF-8 ({exc})") from None
+
+
+def _read_metadata_table(p: Path) -> dict[str, dict[str, Any]]:
     with open(p, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's "CSV UTF-8" starts with a BOM
         reader = csv.DictReader(f)
         if reader.fieldnames:

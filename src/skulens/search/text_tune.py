@@ -251,6 +251,13 @@ def read_query_log(path: str | os.PathLike[str], products: Mapping[str, Any]) ->
     p = Path(path)
     if not p.is_file():
         raise CatalogueError(f"query log {p}: no such file")
+    try:
+        return _read_query_log(p, products)
+    except (UnicodeDecodeError, csv.Error) as exc:  # a binary file, another encoding, NUL bytes
+        raise CatalogueError(f"query log {p}: not a CSV file in UTF-8 ({exc})") from None
+
+
+def _read_query_log(p: Path, products: Mapping[str, Any]) -> list[tuple[str, str]]:
     with p.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         header = [h.strip().lower() for h in reader.fieldnames or []]
