@@ -331,3 +331,34 @@ def test_aligner_fusion_support_and_recommenders_use_the_fine_tuned_encoder_and_
     assert main(["fuse", "--model", str(bundle), "--data", str(tiny_catalogue), "--out", str(tmp_path / "rep"),
                  "-q"]) == 0
     assert heads_on_other_text(bundle) == ["align"]
+
+
+def test_a_swap_cut_short_keeps_the_old_encoder_readable_and_the_next_swap_puts_it_back(tmp_path: Path) -> None:
+    """The encoder is swapped in by two renames; a kill between them left no text_encoder/ and search quietly fell
+    back to MiniLM. The old one is read where it was put aside, and the next swap puts it back first."""
+    import os
+    import time
+
+    from skulens.models.text import TEXT_TUNE_INFO, bundle_text_model
+    from skulens.search.text_tune import _swap_in, _sweep_work_folders
+
+    bundle = tmp_path / "bundle"
+    aside = bundle / ".text_encoder.old"
+    aside.mkdir(parents=True)
+    for name in (TEXT_TUNE_INFO, "model.safetensors"):
+        (aside / name).write_text("old")
+    assert bundle_text_model(bundle) == str(aside)  # the kill came between the two renames
+    new = tmp_path / "staged"
+    new.mkdir()
+    for name in (TEXT_TUNE_INFO, "model.safetensors"):
+        (new / name).write_text("new")
+    _swap_in(new, bundle / TEXT_ENCODER_DIR)
+    assert bundle_text_model(bundle) == str(bundle / TEXT_ENCODER_DIR) and not aside.exists()
+    assert (bundle / TEXT_ENCODER_DIR / "model.safetensors").read_text() == "new"
+    # a killed run's work folder goes once it is a day old; a younger one may be a run still going
+    old_work, young_work = bundle / ".text-tune.a", bundle / ".text-tune.b"
+    old_work.mkdir()
+    young_work.mkdir()
+    os.utime(old_work, (time.time() - 2 * 86400, time.time() - 2 * 86400))
+    _sweep_work_folders(bundle)
+    assert not old_work.exists() and young_work.exists()

@@ -51,9 +51,9 @@ def bundle_text_model(bundle: str | os.PathLike[str] | None) -> str | None:
     p = Path(bundle)
     if p.is_file():  # card.json / model.safetensors given for the bundle
         p = p.parent
-    folder = p / TEXT_ENCODER_DIR
-    if (folder / TEXT_TUNE_INFO).is_file() and (folder / "model.safetensors").is_file():
-        return str(folder)
+    for folder in (p / TEXT_ENCODER_DIR, p / f".{TEXT_ENCODER_DIR}.old"):  # .old: a text-tune's swap cut short
+        if (folder / TEXT_TUNE_INFO).is_file() and (folder / "model.safetensors").is_file():
+            return str(folder)
     return None
 
 

@@ -413,12 +413,28 @@ def _loss(model: Any) -> Any:
 
 
 def _swap_in(new: Path, target: Path) -> None:
+    """`new` in place of `target`: two renames. A swap cut short between them left the old encoder aside
+    (`bundle_text_model` reads it there meanwhile): it is put back first, so it is never deleted unreplaced."""
     old = target.with_name(f".{target.name}.old")
+    if old.exists() and not target.exists():
+        os.replace(old, target)
     shutil.rmtree(old, ignore_errors=True)
     if target.exists():
         os.replace(target, old)
     os.replace(new, target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _sweep_work_folders(folder: Path, older_than_s: float = 86400.0) -> None:
+    """Work folders of text-tunes killed before they finished (about 90 MB each; nothing reads them), once a day
+    old: a younger one may be another text-tune's, still running."""
+    now = time.time()
+    for stale in folder.glob(".text-tune.*"):
+        try:
+            if stale.is_dir() and now - stale.stat().st_mtime > older_than_s:
+                shutil.rmtree(stale, ignore_errors=True)
+        except OSError:
+            continue
 
 
 def tune_text_encoder(bundle: str | os.PathLike[str], cat: Catalogue, *,
@@ -477,6 +493,7 @@ def _tune(folder: Path, cat: Catalogue, pairs: list[tuple[str, str, str]], log_p
     sampler = OneRowPerProduct([a for a, _, _ in pairs], [label for _, _, label in pairs], batch, config.seed)
     total = len(sampler) * config.epochs
     progress_cb = _progress_callback(progress)
+    _sweep_work_folders(folder)
     with tempfile.TemporaryDirectory(prefix=".text-tune.", dir=folder) as work:
         args = SentenceTransformerTrainingArguments(
             output_dir=str(Path(work) / "trainer"), num_train_epochs=config.epochs,
