@@ -95,7 +95,9 @@ def test_search_by_text(client, mode) -> None:
 
 
 def test_search_input_errors(client) -> None:
-    assert client.post("/v1/search", data={}).status_code == 422
+    for empty in ({}, {"text": "   "}):  # it said "not both" when nothing was sent
+        r = client.post("/v1/search", data=empty)
+        assert r.status_code == 422 and "nothing was sent" in r.json()["detail"]
     assert client.post("/v1/search", data={"text": "x", "filter": "{not json"}).status_code == 422
     assert client.post("/v1/search", data={"text": "x", "mode": "nope"}).status_code == 422
     r = client.post("/v1/search", files={"image": ("q.jpg", b"not an image", "image/jpeg")})

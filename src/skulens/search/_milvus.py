@@ -267,8 +267,8 @@ class MilvusIndex(VectorIndex):
         try:
             if client.has_collection(collection):
                 if not overwrite:
-                    raise IndexStoreError(f"{uri}: collection {collection!r} already exists (open it, or pass "
-                                          "overwrite=True)")
+                    raise IndexStoreError(f"{uri}: collection {collection!r} already exists (open it, or "
+                                          "replace it: --overwrite, overwrite=True in Python)")
                 client.drop_collection(collection)
             auto_type, auto_params = _default_index(uri)
             itype = auto_type if index_type == "auto" else index_type.upper()

@@ -129,7 +129,7 @@ def build_catalogue_index(model: Model, cat: Catalogue, path: str, *, backend: s
         where = {k: options[k] for k in ("collection", "token") if k in options}
         if not options.get("overwrite") and MilvusIndex.exists(path, **where):
             raise IndexStoreError(f"{path}: collection {where.get('collection', 'skulens')!r} already exists "
-                                  "(open it, or pass overwrite=True)")
+                                  "(open it, or replace it: --overwrite, overwrite=True in Python)")
     emb = embed(paths) if embed is not None else embed_paths(model, paths, batch_size=batch_size, progress=progress)
     if not emb.kept:  # before anything is written: --overwrite must not replace an index with an empty one
         first = f" (e.g. {emb.failed[0][0]}: {emb.failed[0][1]})" if emb.failed else ""

@@ -97,8 +97,11 @@ async def search(state: State, _: ReadKey,
                  mode: Annotated[str, Form(description="text search: " + " | ".join(TEXT_MODES))] = "hybrid",
                  ) -> SearchOut:
     engine = state.search
-    if (image is None) == (not text):
+    if image is not None and text:
         raise HTTPException(422, "send either an image (multipart file field 'image') or a text, not both")
+    if image is None and not (text or "").strip():
+        raise HTTPException(422, "send an image (multipart file field 'image') or a text (form field 'text') to "
+                                 "search by; nothing was sent")
     if mode not in TEXT_MODES:
         raise HTTPException(422, f"mode must be one of {', '.join(TEXT_MODES)}")
     flt = _filter(filter)
