@@ -127,13 +127,9 @@ def _engine(ns: argparse.Namespace, need_model: bool) -> Any:
     bundle = model_path(ns)
     if need_model and not bundle:
         raise UsageError("--model BUNDLE is needed for photo queries (the index does not record its model)")
-    if not bundle and not ns.align and not need_model:
-        if ns.mode == "aligned":
-            raise UsageError("--mode aligned needs the model whose text aligner it uses (-m/--model BUNDLE), or "
-                             "--align FILE (the index does not record its model)")
-        if ns.mode == "hybrid" and not getattr(ns, "quiet", False):
-            say("skulens search: no --model: BM25 and the bundled MiniLM only (give -m BUNDLE for its fine-tuned "
-                "text encoder and text aligner)")
+    if not bundle and not ns.align and not need_model and ns.mode == "aligned":
+        raise UsageError("--mode aligned needs the model whose text aligner it uses (-m/--model BUNDLE), or "
+                         "--align FILE (the index does not record its model)")
     from ..models.predictor import load_model
     from ..models.text import DEFAULT_TEXT_MODEL, bundle_text_model
     from ..search.align import load_aligner
@@ -141,6 +137,9 @@ def _engine(ns: argparse.Namespace, need_model: bool) -> Any:
     from ..search.index import open_index
 
     index = open_index(ns.index)
+    if not bundle and not ns.align and not need_model and ns.mode == "hybrid" and not getattr(ns, "quiet", False):
+        say("skulens search: no --model: BM25 and the bundled MiniLM only (give -m BUNDLE for its fine-tuned text "
+            "encoder and text aligner)")
     model = load_model(bundle) if bundle and (need_model or ns.mode not in ("text", "lexical")) else None
     model_bundle = bundle if bundle and not bundle.startswith("pretrained:") else None
     source = ns.align or model_bundle
