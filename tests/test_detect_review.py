@@ -234,6 +234,12 @@ def test_label_map_reads_a_csv_with_a_byte_order_mark(tmp_path) -> None:
     path.write_bytes("jam,Strawberry-Jam\ntea,Green-Tea\n".encode("utf-8-sig"))
     mapping = _label_map(str(path))
     assert mapping("jam") == "Strawberry-Jam" and mapping("tea") == "Green-Tea"
+    from skulens.cli._common import UsageError
+
+    latin1 = tmp_path / "latin1.csv"
+    latin1.write_bytes("gräddfil,Arla-Sour-Cream\n".encode("latin-1"))  # was a UnicodeDecodeError traceback
+    with pytest.raises(UsageError, match=r"--label-map .*not UTF-8 \(byte 0xe4"):
+        _label_map(str(latin1))
 
 
 # --------------------------------------------------------------------------- 9. count's -o and --min-similarity
@@ -313,8 +319,7 @@ def test_count_in_python_refuses_one_path_instead_of_counting_its_letters(detect
 
 def test_evaluate_skips_a_photo_whose_header_is_junk_when_its_size_is_stated(detector, tmp_path, capsys) -> None:
     """README: a photo that cannot be decoded is left out of the scores and listed. A junk header stopped the
-    import of the whole folder; VOC states the size, so the photo is imported and skipped where it is decoded.
-    A `difficult` box is left out, as COCO's iscrowd ones are."""
+    import of the whole folder; VOC states the size, so the photo is imported and skipped where it is decoded."""
     (tmp_path / "images").mkdir()
     _noise(tmp_path / "images" / "good.png", 128, 128)
     (tmp_path / "images" / "junk.jpg").write_bytes(b"junk\n" * 40)
@@ -323,13 +328,13 @@ def test_evaluate_skips_a_photo_whose_header_is_junk_when_its_size_is_stated(det
             f"<annotation><filename>{name}</filename><size><width>128</width><height>128</height></size>"
             "<object><name>jam</name><bndbox><xmin>10</xmin><ymin>10</ymin><xmax>60</xmax><ymax>60</ymax></bndbox>"
             "</object><object><name>tea</name><difficult>1</difficult><bndbox><xmin>70</xmin><ymin>70</ymin>"
-            "<xmax>120</xmax><ymax>120</ymax></bndbox></object></annotation>")
+            "<xmax>120</xmax><ymax>120</ymax></bndbox></object></annotation>")  # difficult: a product all the same
     out = tmp_path / "report"
     rc = main(["detect", "evaluate", str(detector), "--data", str(tmp_path), "-o", str(out), "-q"])
     err = capsys.readouterr().err
     assert rc == 0, err
     report = json.loads((out / "report.json").read_text())
-    assert report["images"] == 1 and report["boxes"] == 1  # the difficult box is no ground truth
+    assert report["images"] == 1 and report["boxes"] == 2
     assert [Path(s["file"]).name for s in report["skipped"]] == ["junk.jpg"] and "junk.jpg" in err
     rc = main(["detect", "evaluate", str(detector), "--data", str(tmp_path), "-o", str(tmp_path / "good.xml"), "-q"])
     assert rc == 2 and "a file is there" in capsys.readouterr().err  # refused before any photo is scored
@@ -345,9 +350,19 @@ def test_an_onnx_export_to_another_folder_loads_from_there(own_detector, tmp_pat
     assert load_onnx_detector(path).card.config == DetectorCard.read(own_detector / "detector.json").config
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "detector.json").write_text("{}")
-    with pytest.raises(DetectorError, match="another detector's card"):
+    (tmp_path / "other" / "fridge.onnx").write_bytes(b"another detector's graph")
+    with pytest.raises(DetectorError, match="the card of fridge.onnx"):
         export_detector(own_detector, tmp_path / "other" / "shelf.onnx")
     assert not (tmp_path / "other" / "shelf.onnx").exists()
+    assert (tmp_path / "other" / "detector.json").read_text() == "{}"
+    # the same export again after a retrain (its card changed): replaced, card and all
+    card = json.loads((own_detector / "detector.json").read_text())
+    card["config"]["min_score"] = 0.42
+    (own_detector / "detector.json").write_text(json.dumps(card))
+    export_detector(own_detector, path)
+    assert load_onnx_detector(path).card.config.min_score == 0.42
+    with pytest.raises(DetectorError, match="a folder"):  # -o naming a folder: refused, nothing written
+        export_detector(own_detector, tmp_path / "exports")
 
 
 def test_a_time_budget_must_be_positive_and_no_held_out_scores_are_made_up(boxes, tmp_path, capsys) -> None:

@@ -177,8 +177,9 @@ def test_inflected_words_are_read_as_their_base_form_and_unknown_words_as_they_a
     from skulens.search.lexical import tokens
     from skulens.search.lexicon import base_form
 
-    assert [base_form(w) for w in ("tangerines", "tomatoes", "berries", "cookies", "smoothies", "eggs", "mice")] == [
-        "tangerine", "tomato", "berry", "cookie", "smoothie", "egg", "mouse"]  # the regular singular first
+    assert [base_form(w) for w in ("tangerines", "tomatoes", "berries", "cookies", "smoothies", "eggs", "mice",
+                                   "leaves")] == [
+        "tangerine", "tomato", "berry", "cookie", "smoothie", "egg", "mouse", "leaf"]  # -ies: the regular first
     assert [base_form(w) for w in ("sliced", "mashing", "boiled")] == ["slice", "mash", "boil"]
     # a noun stays a noun (no verb form), and a noun that is no plural stays as it is
     assert [base_form(w) for w in ("whiting", "dressing", "evening", "baking", "news", "series")] == [

@@ -362,6 +362,9 @@ def test_image_lists_from_csv_and_parquet(tmp_path) -> None:
     (tmp_path / "b.csv").write_text("image\n1.jpg\n", encoding="utf-8")
     with pytest.raises(CatalogueError, match="no 'path' column"):
         read_image_list(tmp_path / "b.csv")
+    (tmp_path / "latin1.csv").write_bytes("path\nhyllvägg.jpg\n".encode("latin-1"))  # was a traceback
+    with pytest.raises(CatalogueError, match=r"not UTF-8 \(byte 0xe4"):
+        read_image_list(tmp_path / "latin1.csv")
     pa = pytest.importorskip("pyarrow")
     import pyarrow.parquet as pq
 

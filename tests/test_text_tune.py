@@ -190,7 +190,7 @@ def test_bad_query_logs_and_empty_queries_get_clear_errors(bundle: Path, tmp_pat
     for name, data in (("binary.csv", bytes(range(256)) * 4), ("latin1.csv", "query,product_id\nmjölk,oat-milk\n"
                                                                              .encode("latin-1"))):
         (tmp_path / name).write_bytes(data)  # was a UnicodeDecodeError traceback
-        with pytest.raises(CatalogueError, match="not a CSV file in UTF-8"):
+        with pytest.raises(CatalogueError, match="not UTF-8 .byte 0x"):
             read_query_log(tmp_path / name, products)
     # through the CLI: exit 2, one line, nothing trained and nothing written into the bundle
     bad = tmp_path / "log1.csv"
@@ -352,6 +352,23 @@ def test_a_swap_cut_short_keeps_the_old_encoder_readable_and_the_next_swap_puts_
     new.mkdir()
     for name in (TEXT_TUNE_INFO, "model.safetensors"):
         (new / name).write_text("new")
+    # the next swap cut short again at its last rename: the old encoder was put back first, so it is still there
+    import skulens.search.text_tune as tt
+
+    real_replace = os.replace
+
+    def cut(src: object, dst: object) -> None:
+        if Path(str(src)) == new:
+            raise OSError("killed")
+        real_replace(src, dst)
+
+    tt.os.replace = cut  # type: ignore[assignment]
+    try:
+        with pytest.raises(OSError, match="killed"):
+            _swap_in(new, bundle / TEXT_ENCODER_DIR)
+    finally:
+        tt.os.replace = real_replace  # type: ignore[assignment]
+    assert bundle_text_model(bundle) == str(aside) and (aside / "model.safetensors").read_text() == "old"
     _swap_in(new, bundle / TEXT_ENCODER_DIR)
     assert bundle_text_model(bundle) == str(bundle / TEXT_ENCODER_DIR) and not aside.exists()
     assert (bundle / TEXT_ENCODER_DIR / "model.safetensors").read_text() == "new"

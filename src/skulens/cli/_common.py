@@ -281,6 +281,8 @@ def engine_out(ns: argparse.Namespace) -> Path:
             raise UsageError(f"--out {ns.out}: with --engine ray, a .parquet file or a folder")
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise UsageError(f"--out {ns.out}: not empty; give a new or empty folder for the Parquet part files")
+    else:
+        check_out_path(out, "--out")  # a .parquet name that is a folder, or under a file: before the job runs
     return out
 
 

@@ -278,8 +278,9 @@ def cmd_detect_train(ns: argparse.Namespace) -> int:
         say(f"  held-out products: AP@0.5 {h.get('ap50', 0):.3f}, AP@[.5:.95] {h.get('ap', 0):.3f}, "
             f"count exact {h.get('count_exact', 0):.1%}")
     else:
-        say("  no held-out composites (trained on real boxes alone): nothing was measured, and the count threshold "
-            "stays at its default; score it with skulens detect evaluate on photos it did not train on")
+        why = "trained on real boxes alone" if ns.no_composites else "no product was held out"
+        say(f"  no held-out composites ({why}): nothing was measured, and the count threshold stays at its default; "
+            "score it with skulens detect evaluate on photos it did not train on")
     return 0
 
 
@@ -293,6 +294,12 @@ def _label_map(path: str | None) -> Any:
             rows = [r for r in csv.reader(f) if r and not r[0].startswith("#")]
     except OSError as e:
         raise UsageError(f"--label-map {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        from ..data.encoding import not_utf8
+
+        raise UsageError(f"--label-map {path}: {not_utf8(path)}") from None
+    except csv.Error as e:
+        raise UsageError(f"--label-map {path}: not a CSV file ({e})") from None
     mapping = {}
     for i, r in enumerate(rows, 1):
         if len(r) != 2:

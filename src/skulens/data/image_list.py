@@ -33,6 +33,15 @@ def read_image_list(manifest: str | os.PathLike, *, column: str = PATH_COLUMN) -
 
 
 def _csv_column(p: Path, column: str) -> list[str]:
+    try:
+        return _read_csv_column(p, column)
+    except UnicodeDecodeError:
+        from .encoding import not_utf8
+
+        raise CatalogueError(f"{p}: {not_utf8(p)}") from None
+
+
+def _read_csv_column(p: Path, column: str) -> list[str]:
     # utf-8-sig: spreadsheets save CSV with a byte-order mark that would otherwise glue onto "path".
     with p.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)

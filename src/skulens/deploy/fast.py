@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from ..models.text import TEXT_ENCODER_DIR
+from ..models.text import TEXT_ENCODER_DIR, bundle_text_model
 
 __all__ = ["FastCandidate", "FastResult", "earlier_run", "float_node_sets", "make_fast", "to_markdown"]
 
@@ -190,8 +190,9 @@ def make_fast(bundle: str | os.PathLike[str], *, out: str | os.PathLike[str], da
     for f in source.iterdir():  # the student bundle (weights, card, side files) becomes the output folder
         if f.is_file() and not f.name.endswith((".onnx", ".tflite")):
             shutil.copy2(f, out_dir / f.name)
-        elif f.is_dir() and f.name == TEXT_ENCODER_DIR:  # the fine-tuned text encoder its text heads read
-            shutil.copytree(f, out_dir / f.name, dirs_exist_ok=True)
+    encoder = bundle_text_model(source)  # the fine-tuned text encoder its text heads read (where a cut-short
+    if encoder is not None:              # text-tune swap left it, too), as text_encoder/
+        shutil.copytree(encoder, out_dir / TEXT_ENCODER_DIR, dirs_exist_ok=True)
 
     # 2. ONNX fp32
     say("[2/4] exporting the student to ONNX")

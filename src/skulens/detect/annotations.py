@@ -110,8 +110,6 @@ def _voc_image(xml: Path) -> AnnotatedImage:
                                   f"{xml}: line {lines[id(size)]}" if size is not None else str(xml))
     boxes, labels = [], []
     for obj in root.findall("object"):
-        if (obj.findtext("difficult") or "").strip() == "1":
-            continue  # VOC's "difficult" boxes are left out, as COCO's iscrowd ones are
         label, bndbox = (obj.findtext("name") or "").strip(), obj.find("bndbox")
         if not label or bndbox is None:
             what = "<name>" if not label else "<bndbox>"

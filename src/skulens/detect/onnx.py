@@ -48,15 +48,19 @@ def export_detector(directory: str | os.PathLike, out: str | os.PathLike | None 
     """Write the detector's dense network as ONNX (batch, height and width dynamic); checked by loading
     it in ONNX Runtime and comparing boxes with PyTorch on a test canvas. A failed export or check leaves
     no file (and an older export at `out` as it was). An `out` in another folder gets the detector's card
-    (detector.json) beside it, which `load_onnx_detector` reads; a folder holding another detector's card is
-    refused before anything is written."""
+    (detector.json) beside it, which `load_onnx_detector` reads: the card of the export it replaces, or a new
+    one; a folder whose card belongs to another .onnx there is refused before anything is written."""
     net, card = load_detector_net(directory)
     path = Path(out) if out else Path(directory) / DETECTOR_ONNX
+    if path.is_dir():
+        raise DetectorError(f"{path}: a folder; name the .onnx file to write (e.g. {path / DETECTOR_ONNX})")
     source_card, target_card = Path(directory) / DETECTOR_CARD, path.parent / DETECTOR_CARD
     elsewhere = not (target_card.exists() and target_card.resolve() == source_card.resolve())
     if elsewhere and target_card.exists() and target_card.read_bytes() != source_card.read_bytes():
-        raise DetectorError(f"{target_card}: another detector's card is there, which {path.name} would be read "
-                            "with; export into a folder of its own")
+        others = sorted(p.name for p in path.parent.glob("*.onnx") if p.name != path.name)
+        if others:  # their card would change under them
+            raise DetectorError(f"{target_card}: the card of {', '.join(others)} is there, which {path.name} "
+                                "would replace; export into a folder of its own")
     path.parent.mkdir(parents=True, exist_ok=True)
     x = torch.rand(1, 3, card.config.min_size, card.config.min_size)
     dyn = {"images": {0: "batch", 2: "height", 3: "width"}}
@@ -67,11 +71,11 @@ def export_detector(directory: str | os.PathLike, out: str | os.PathLike | None 
         torch.onnx.export(_Dense(net).eval(), (x,), str(tmp), input_names=["images"], output_names=OUTPUTS,
                           dynamic_axes=dyn, opset_version=opset, dynamo=False)
         _check(net, card, tmp)
-        if elsewhere:
+        os.replace(tmp, path)
+        if elsewhere:  # after the graph is in place: a failed export leaves no card behind
             from ..models.bundle import atomic_write_text
 
             atomic_write_text(target_card, source_card.read_text(encoding="utf-8"))
-        os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path

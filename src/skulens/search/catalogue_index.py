@@ -35,8 +35,12 @@ def read_metadata_table(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
     p = Path(path)
     try:
         return _read_metadata_table(p)
-    except (UnicodeDecodeError, csv.Error) as exc:  # a binary file, another encoding, NUL bytes
-        raise CatalogueError(f"{p}: not a CSV file in UTF-8 ({exc})") from None
+    except UnicodeDecodeError:  # a binary file, another encoding
+        from ..data.encoding import not_utf8
+
+        raise CatalogueError(f"{p}: {not_utf8(p)}") from None
+    except csv.Error as exc:  # NUL bytes, a runaway quoted field
+        raise CatalogueError(f"{p}: not a CSV file ({exc})") from None
 
 
 def _read_metadata_table(p: Path) -> dict[str, dict[str, Any]]:

@@ -251,8 +251,9 @@ def base_form(word: str) -> str:
     leaves alone what WordNet does not know (most brands: "Oatly" is no "oat"; a brand that is also an English plural,
     "Walkers", is read as one) and takes off inflections only, never derivations ("juicy" stays; Snowball makes it
     "juici"). A noun stays a noun ("whiting", "dressing", "evening" are not verb forms). Of a plural's singulars the
-    regular one (the word less its "s") comes first, then the shortest, as NLTK's WordNetLemmatizer picks ("eggs" ->
-    "egg", "berries" -> "berry"). The same happens to documents and queries, so a merge of two words costs little."""
+    shortest, as NLTK's WordNetLemmatizer picks ("eggs" -> "egg", "leaves" -> "leaf"), but for an -ies plural its
+    regular singular when WordNet has it ("cookies" -> "cookie", not the other spelling "cooky"). The same happens
+    to documents and queries, so a merge of two words costs little."""
     if len(word) < 4 or not (_PLURAL.fullmatch(word) or _VERB_FORM.fullmatch(word)):
         return word
     return _base_form(word)
@@ -274,6 +275,8 @@ def _base_form(word: str) -> str:
         singular = [f for f in nouns if f != word and "_" not in f and len(f) >= 3]
         if not _PLURAL.fullmatch(word) or not singular:
             return word  # a noun as it is: "whiting", "news", "series"
-        return word[:-1] if word[:-1] in singular else min(singular, key=len)
+        if word.endswith("ies") and word[:-1] in singular:
+            return word[:-1]  # "cookies": cookie, not WordNet's other spelling "cooky"
+        return min(singular, key=len)  # "leaves": leaf (not "leave"), "tomatoes": tomato
     forms = [f for f in verbs if "_" not in f and len(f) >= 3]
     return min(forms, key=len) if forms else word

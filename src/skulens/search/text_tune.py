@@ -253,8 +253,12 @@ def read_query_log(path: str | os.PathLike[str], products: Mapping[str, Any]) ->
         raise CatalogueError(f"query log {p}: no such file")
     try:
         return _read_query_log(p, products)
-    except (UnicodeDecodeError, csv.Error) as exc:  # a binary file, another encoding, NUL bytes
-        raise CatalogueError(f"query log {p}: not a CSV file in UTF-8 ({exc})") from None
+    except UnicodeDecodeError:  # a binary file, another encoding
+        from ..data.encoding import not_utf8
+
+        raise CatalogueError(f"query log {p}: {not_utf8(p)}") from None
+    except csv.Error as exc:  # NUL bytes, a runaway quoted field
+        raise CatalogueError(f"query log {p}: not a CSV file ({exc})") from None
 
 
 def _read_query_log(p: Path, products: Mapping[str, Any]) -> list[tuple[str, str]]:
