@@ -75,9 +75,10 @@ def add_commands(sub: Any) -> None:
                                              "a bundle folder first is taken as the model")
     add_model(c, "classification bundle that names each box", required=False, positional_legacy=False)
     _add_detector(c)
-    add_out(c, "write results here: .jsonl (one photo per line, with boxes) or .csv (one row per photo and product; a photo's total and unknown repeated on each of its rows); "
-               "default: JSON lines on stdout")
-    c.add_argument("--annotated", metavar="DIR", help="write each photo with its boxes drawn as DIR/NNNN-<name>.png (NNNN: its place in the run)")
+    add_out(c, "write results here: .jsonl (one photo per line, with boxes) or .csv (one row per photo and "
+               "product; a photo's total and unknown repeated on each of its rows); default: JSON lines on stdout")
+    c.add_argument("--annotated", metavar="DIR", help="write each photo with its boxes drawn as DIR/NNNN-<name>.png "
+                                                      "(NNNN: its place in the run)")
     c.add_argument("--index", metavar="PATH", help="name boxes by the nearest product in this search index (built "
                                                   "with --model: `skulens index build`) instead of the classifier")
     c.add_argument("--min-similarity", type=fraction, default=None,

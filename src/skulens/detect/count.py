@@ -25,7 +25,8 @@ if TYPE_CHECKING:
     from ..models.predictor import Model
     from ..search.index import VectorIndex
 
-__all__ = ["CountedBox", "CountsWriter", "PhotoCount", "count_products", "crop_boxes", "recognise_boxes", "write_counts"]
+__all__ = ["CountedBox", "CountsWriter", "PhotoCount", "count_products", "crop_boxes", "recognise_boxes",
+           "write_counts"]
 
 UNKNOWN = "unknown"
 CROP_PAD = 0.06  # context kept around a box, as a share of its size: the classifier saw whole products

@@ -273,7 +273,8 @@ def check_out(out: str | os.PathLike, *, init: str | os.PathLike | None = None, 
                              or (o.exists() and Path(init).exists() and os.path.samefile(o, init))):
         raise DetectorError(f"{o}: the detector --init fine-tunes would be overwritten; write to another folder (-o)")
     if not overwrite and (is_detector(o) or (o / DETECTOR_WEIGHTS).exists()):
-        raise DetectorError(f"{o} already holds a detector; choose another folder (-o), or replace it: --force (overwrite=True in Python)")
+        raise DetectorError(f"{o} already holds a detector; choose another folder (-o), or replace it: --force "
+                            "(overwrite=True in Python)")
 
 
 def train_detector(data: str | os.PathLike | None, out: str | os.PathLike, *,

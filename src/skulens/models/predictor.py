@@ -27,8 +27,8 @@ from .inference import HeadOutputs, Runner, TorchRunner, card_coarse, resolve_de
 if TYPE_CHECKING:
     from ..evaluate.metrics import EvalReport
 
-__all__ = ["PRETRAINED_PREFIX", "ImageInput", "Model", "Prediction", "check_images", "decide", "load_model", "load_onnx",
-           "load_tflite", "pretrained_model", "source_name"]
+__all__ = ["PRETRAINED_PREFIX", "ImageInput", "Model", "Prediction", "check_images", "decide", "load_model",
+           "load_onnx", "load_tflite", "pretrained_model", "source_name"]
 
 ImageInput = str | os.PathLike | bytes | Image.Image
 

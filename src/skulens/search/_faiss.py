@@ -198,7 +198,8 @@ class FaissIndex(VectorIndex):
         if p.exists() and not p.is_dir():
             raise IndexStoreError(f"{p}: exists and is not a directory")
         if (p / MANIFEST).exists() and not overwrite:
-            raise IndexStoreError(f"{p}: an index already exists (open it, or replace it: --overwrite, overwrite=True in Python)")
+            raise IndexStoreError(f"{p}: an index already exists (open it, or replace it: --overwrite, "
+                                  "overwrite=True in Python)")
         if p.is_dir() and not (p / MANIFEST).exists() and any(p.iterdir()):
             raise IndexStoreError(f"{p}: directory is not empty and holds no index; choose an empty one")
         return cls(p, dim, _options({}, options))

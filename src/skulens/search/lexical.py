@@ -3,8 +3,8 @@
 Tokens are case-folded, accent-folded words of any script (decimal commas read as points, "1,5%" -> "1.5%")
 minus a few stop words, plus each pair of neighbouring words, so "lactose free" also matches as a phrase.
 Inflected English words are read as their base form where WordNet knows it (`lexicon.base_form`: "tangerines"
--> "tangerine", "tomatoes" -> "tomato", "sliced" -> "slice"), in documents and queries alike; other words, brands
-among them, are left as they are, and without WordNet (the `search` extra) no word is changed.
+-> "tangerine", "tomatoes" -> "tomato", "sliced" -> "slice"), in documents and queries alike; other words, most
+brands among them, are left as they are, and without WordNet (the `search` extra) no word is changed.
 Chinese and Japanese, written without spaces, are cut into overlapping pairs of characters ("牛奶巧克力" ->
 "牛奶", "奶巧", ...), as search engines index them. A product that shares no token with a query is not
 ranked at all.

@@ -1,6 +1,7 @@
 """Warm-up before traffic: every batch size the micro-batcher can form runs through the model once, the
 vector index is paged into memory, one text search runs (its encoder, lexicon and product texts loaded), the
-text encoder answers once, so the first requests after a restart are as fast as later ones. `/readyz` says "warming up" until this is done (a load balancer waits)."""
+text encoder answers once, so the first requests after a restart are as fast as later ones. `/readyz` says
+"warming up" until this is done (a load balancer waits)."""
 
 from __future__ import annotations
 
