@@ -387,3 +387,23 @@ def test_inventory_scan_of_nothing_readable_fails_and_counts_writes_into_a_new_f
     assert rc == 1, capsys.readouterr().err
     rc = main(["inventory", "counts", "--db", str(db), "-o", str(tmp_path / "sub" / "counts.csv")])
     assert rc == 0 and (tmp_path / "sub" / "counts.csv").read_text().startswith("label,count")
+
+
+def test_count_and_evaluate_run_the_onnx_detector(own_detector, tmp_path, capsys) -> None:
+    """The detector exports to ONNX; `count` and `detect evaluate` could not run the export (Python API only)."""
+    pytest.importorskip("onnxruntime")
+    photo = str(_noise(tmp_path / "shelf.png", 200, 150))
+    assert main(["count", photo, "--detector", str(own_detector), "--backend", "onnx", "-q"]) == 2
+    assert "skulens detect export" in capsys.readouterr().err  # no detector.onnx yet: says how to make one
+    assert main(["detect", "export", str(own_detector)]) == 0
+    capsys.readouterr()
+    counts = {}
+    for backend in ("torch", "onnx"):
+        assert main(["count", photo, "--detector", str(own_detector), "--backend", backend, "--min-score", "0",
+                     "--device", "cpu", "-q"]) == 0
+        counts[backend] = json.loads(capsys.readouterr().out)
+    assert counts["onnx"]["total"] == counts["torch"]["total"] > 0
+    assert np.allclose([b["score"] for b in counts["onnx"]["boxes"]], [b["score"] for b in counts["torch"]["boxes"]],
+                       atol=1e-3)
+    assert main(["count", photo, "--detector", str(own_detector), "--backend", "onnx", "--device", "cuda", "-q"]) == 2
+    assert "on the CPU" in capsys.readouterr().err

@@ -66,6 +66,19 @@ def _add_box_settings(p: argparse.ArgumentParser) -> None:
                    help="box cap per photo (default: the detector's, 1000); a photo that reaches it is "
                         "flagged 'capped', never silently truncated")
     g.add_argument("--device", type=device_arg, default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    g.add_argument("--backend", choices=("torch", "onnx"), default="torch",
+                   help="run the detector in PyTorch, or under ONNX Runtime on the CPU (DET/detector.onnx, written "
+                        "by `skulens detect export DET`) (default: torch)")
+
+
+def _check_backend(ns: argparse.Namespace, detector: str) -> None:
+    if getattr(ns, "backend", "torch") != "onnx":
+        return
+    if not (Path(detector) / "detector.onnx").is_file():
+        raise UsageError(f"--backend onnx: {detector} has no detector.onnx; run `skulens detect export {detector}` "
+                         "first")
+    if ns.device not in ("auto", "cpu"):
+        raise UsageError(f"--backend onnx runs on the CPU (ONNX Runtime's CPU provider), not --device {ns.device}")
 
 
 def add_commands(sub: Any) -> None:
@@ -161,7 +174,7 @@ def _count_job(ns: argparse.Namespace, detector: str) -> Any:
     return CountJob(detector, model=ns.model, index=getattr(ns, "index", None), min_score=ns.min_score,
                     min_confidence=ns.min_confidence, min_similarity=_or(getattr(ns, "min_similarity", None), 0.5),
                     tiles=ns.tiles, max_boxes=ns.max_boxes, batch_size=getattr(ns, "batch_size", 8),
-                    device=ns.device)
+                    device=ns.device, backend=getattr(ns, "backend", "torch"))
 
 
 def cmd_count(ns: argparse.Namespace) -> int:
@@ -172,6 +185,7 @@ def cmd_count(ns: argparse.Namespace) -> int:
         check_model(ns.model)
     detector = check_detector(ns.detector)
     _check_settings(ns)
+    _check_backend(ns, detector)
     on_ray = check_engine(ns)
     if on_ray and ns.annotated:
         raise UsageError("--annotated: not with --engine ray (its photos stay on the workers)")
@@ -314,6 +328,7 @@ def cmd_detect_evaluate(ns: argparse.Namespace) -> int:
     if ns.model:
         check_model(ns.model)
     _check_settings(ns)
+    _check_backend(ns, detector)
     if not Path(ns.data).exists():
         raise UsageError(f"--data {ns.data}: no such file or folder")
     label_map = _label_map(ns.label_map)

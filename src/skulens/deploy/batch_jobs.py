@@ -145,12 +145,19 @@ class CountJob:
     max_boxes: int | None = None
     batch_size: int = 8  # photos per batch of the engine (the detector runs one photo at a time)
     device: str = "auto"
+    backend: str = "torch"  # or "onnx": DET/detector.onnx under ONNX Runtime (`skulens detect export`)
     kind: ClassVar[str] = "count"
 
     def load(self) -> tuple[Any, Model | None, Any]:
-        from ..detect.detector import load_detector
+        if self.backend == "onnx":
+            from ..detect.onnx import load_onnx_detector
 
-        det = load_detector(self.detector, device=self.device).with_settings(max_detections=self.max_boxes)
+            det = load_onnx_detector(self.detector)
+        else:
+            from ..detect.detector import load_detector
+
+            det = load_detector(self.detector, device=self.device)
+        det = det.with_settings(max_detections=self.max_boxes)
         clf = index = None
         if self.model:
             from ..models.predictor import load_model
