@@ -407,3 +407,7 @@ def test_count_and_evaluate_run_the_onnx_detector(own_detector, tmp_path, capsys
                        atol=1e-3)
     assert main(["count", photo, "--detector", str(own_detector), "--backend", "onnx", "--device", "cuda", "-q"]) == 2
     assert "on the CPU" in capsys.readouterr().err
+    from skulens.deploy.batch_jobs import CountJob
+
+    with pytest.raises(ValueError, match="on the CPU"):  # the Python API's job checks the same
+        CountJob(str(own_detector), backend="onnx", device="cuda")

@@ -71,16 +71,6 @@ def _add_box_settings(p: argparse.ArgumentParser) -> None:
                         "by `skulens detect export DET`) (default: torch)")
 
 
-def _check_backend(ns: argparse.Namespace, detector: str) -> None:
-    if getattr(ns, "backend", "torch") != "onnx":
-        return
-    if not (Path(detector) / "detector.onnx").is_file():
-        raise UsageError(f"--backend onnx: {detector} has no detector.onnx; run `skulens detect export {detector}` "
-                         "first")
-    if ns.device not in ("auto", "cpu"):
-        raise UsageError(f"--backend onnx runs on the CPU (ONNX Runtime's CPU provider), not --device {ns.device}")
-
-
 def add_commands(sub: Any) -> None:
     c = sub.add_parser("count", help="find, recognise and count every product in shelf/fridge photos")
     c.add_argument("inputs", nargs="*", help="photos, folders, globs or Parquet/CSV lists with a 'path' column "
@@ -163,18 +153,19 @@ def _check_settings(ns: argparse.Namespace) -> None:
         raise UsageError("--max-boxes must be >= 1")
 
 
-def _or(value: Any, default: Any) -> Any:
-    return default if value is None else value
-
-
 def _count_job(ns: argparse.Namespace, detector: str) -> Any:
     """The count as a job (skulens.deploy.batch_jobs.CountJob): what both engines load and run."""
     from ..deploy.batch_jobs import CountJob
 
-    return CountJob(detector, model=ns.model, index=getattr(ns, "index", None), min_score=ns.min_score,
-                    min_confidence=ns.min_confidence, min_similarity=_or(getattr(ns, "min_similarity", None), 0.5),
-                    tiles=ns.tiles, max_boxes=ns.max_boxes, batch_size=getattr(ns, "batch_size", 8),
-                    device=ns.device, backend=getattr(ns, "backend", "torch"))
+    similarity = getattr(ns, "min_similarity", None)
+    try:  # the job checks its settings (an ONNX detector on a GPU); a missing detector.onnx fails as it loads
+        return CountJob(detector, model=ns.model, index=getattr(ns, "index", None), min_score=ns.min_score,
+                        min_confidence=ns.min_confidence,
+                        min_similarity=CountJob.min_similarity if similarity is None else similarity,
+                        tiles=ns.tiles, max_boxes=ns.max_boxes, batch_size=getattr(ns, "batch_size", 8),
+                        device=ns.device, backend=getattr(ns, "backend", "torch"))
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 def cmd_count(ns: argparse.Namespace) -> int:
@@ -185,7 +176,6 @@ def cmd_count(ns: argparse.Namespace) -> int:
         check_model(ns.model)
     detector = check_detector(ns.detector)
     _check_settings(ns)
-    _check_backend(ns, detector)
     on_ray = check_engine(ns)
     if on_ray and ns.annotated:
         raise UsageError("--annotated: not with --engine ray (its photos stay on the workers)")
@@ -218,8 +208,8 @@ def cmd_count(ns: argparse.Namespace) -> int:
     if annotated:
         annotated.mkdir(parents=True, exist_ok=True)
     results = []
-    stream = count_products(det, files, model=clf, min_score=ns.min_score, min_confidence=ns.min_confidence,
-                            tiles=ns.tiles, index=index, min_similarity=job.min_similarity)
+    stream = count_products(det, files, model=clf, min_score=job.min_score, min_confidence=job.min_confidence,
+                            tiles=job.tiles, index=index, min_similarity=job.min_similarity)  # the job's settings
     with CountsWriter(ns.out) if ns.out else contextlib.nullcontext() as writer:  # each photo as it is counted
         for i, (res, photo) in enumerate(tqdm(stream, total=len(files), desc="count", unit="photo",
                                               disable=ns.quiet or len(files) < 2)):
@@ -328,7 +318,6 @@ def cmd_detect_evaluate(ns: argparse.Namespace) -> int:
     if ns.model:
         check_model(ns.model)
     _check_settings(ns)
-    _check_backend(ns, detector)
     if not Path(ns.data).exists():
         raise UsageError(f"--data {ns.data}: no such file or folder")
     label_map = _label_map(ns.label_map)

@@ -148,6 +148,12 @@ class CountJob:
     backend: str = "torch"  # or "onnx": DET/detector.onnx under ONNX Runtime (`skulens detect export`)
     kind: ClassVar[str] = "count"
 
+    def __post_init__(self) -> None:
+        if self.backend not in ("torch", "onnx"):
+            raise ValueError(f"backend must be 'torch' or 'onnx', got {self.backend!r}")
+        if self.backend == "onnx" and self.device not in ("auto", "cpu"):
+            raise ValueError(f"the onnx backend runs on the CPU (ONNX Runtime's CPU provider), not on {self.device}")
+
     def load(self) -> tuple[Any, Model | None, Any]:
         if self.backend == "onnx":
             from ..detect.onnx import load_onnx_detector
