@@ -199,6 +199,10 @@ class InventoryDB:
             return {}
         return {"photo_dir": self.tmp_path / f"{name}-photos", "labelled_dir": self.tmp_path / f"{name}-labelled"}
 
+    def cli_dirs(self, name: str = "inv") -> list[str]:
+        """`dirs` as the inventory commands' flags (--photo-dir, --labelled-dir): the CLI on the same folders."""
+        return [a for key, d in self.dirs(name).items() for a in (f"--{key.replace('_', '-')}", str(d))]
+
     def store(self, name: str = "inv", **kw):
         from skulens.serve.inventory import InventoryStore
 

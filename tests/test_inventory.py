@@ -293,10 +293,18 @@ def test_cli_counts_review_and_audit(inventory_db, tmp_path: Path, capsys: pytes
     [queued] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert queued["predicted_label"] == "red-apple" and queued["status"] == "review"
     # Without --model a correction names a product this inventory knows; a typo is a usage error.
-    assert main(["inventory", "review", "--db", str(db), queued["sha256"], "--label", "oat-milkk"]) == 2
+    assert main(["inventory", "review", "--db", str(db), queued["sha256"], "--label", "oat-milkk",
+                 *inventory_db.cli_dirs()]) == 2
     assert "unknown product 'oat-milkk': did you mean 'oat-milk'?" in capsys.readouterr().err
-    assert main(["inventory", "review", "--db", str(db), queued["sha256"], "--label", "oat-milk"]) == 0
+    if inventory_db.backend == "postgresql":  # the CLI's default folders (./postgres-photos) are not the store's
+        assert main(["inventory", "review", "--db", str(db), queued["sha256"], "--label", "oat-milk"]) == 2
+        assert "give the folders the service uses" in capsys.readouterr().err  # not a correction without its photo
+    assert main(["inventory", "review", "--db", str(db), queued["sha256"], "--label", "oat-milk",
+                 *inventory_db.cli_dirs()]) == 0
     assert json.loads(capsys.readouterr().out)["status"] == "corrected"
+    with inventory_db.store() as store:
+        labelled = store.photo_file(queued["sha256"])
+        assert labelled is not None and labelled.parent == store.labelled_dir / "oat-milk"  # training data landed
     # A usage error is exit code 2 with one line (it was a SystemExit, exit code 1, before the CLI's one grammar).
     assert main(["inventory", "review", "--db", str(db), queued["sha256"], "--reject"]) == 2
     assert "not waiting for review" in capsys.readouterr().err

@@ -103,11 +103,30 @@ def test_erase_user_deletes_their_events_and_photos_but_not_the_counts(inventory
         assert not queue[queued.sha256].has_photo and queue[bobs.sha256].has_photo  # still reviewable by label
         entry = store.audit(limit=1)[0]
         assert (entry.action, entry.actor) == ("erase_user", "support")
-        assert entry.detail == {"user": alice, "events": 2, "photos": 4, "files": 5}
+        assert entry.detail == {"user": alice, "events": 2, "photos": 4, "files": 5}  # no "missing": all found
         # The same photo sent again is still a duplicate: erasure keeps idempotency.
         again = store.intake([_photo(1, "oat-milk", 0.9, None)], threshold=0.5, actor="t")
         assert again[0].status == "duplicate" and store.counts() == before
         assert store.erase_user(alice, actor="support").files == 0  # a second erasure finds nothing
+        assert all(i.source == "" for i in store.review_queue() if i.id == queued.sha256)  # names can be personal
+
+
+def test_erase_user_reports_files_it_could_not_find(inventory_db, tmp_path: Path) -> None:
+    """A store opened with other folders than the ones that hold a user's files (a CLI without the service's
+    --labelled-dir) must not report them as erased: `missing` counts them, the audit entry names them."""
+    p = Pseudonymizer(KEY)
+    alice = p("alice")
+    photo = _photo(1, "oat-milk", 0.2, alice)
+    with inventory_db.store(labelled_dir=tmp_path / "service-labelled") as store:
+        store.intake([photo], threshold=0.5, actor="t")
+        store.resolve(photo.sha256, "oat-milk", actor="reviewer")
+        labelled = store.photo_file(photo.sha256)
+        assert labelled is not None and labelled.is_relative_to(tmp_path / "service-labelled")
+    with inventory_db.store(labelled_dir=tmp_path / "elsewhere") as store:
+        done = store.erase_user(alice, actor="cli")
+        assert (done.photos, done.files, done.missing) == (1, 0, 1)
+        assert store.audit(limit=1)[0].detail["missing"] == [labelled.name]
+    assert labelled.is_file()  # still there: the report says so instead of "1 file erased"
 
 
 def test_retention_purges_old_unlabelled_uploads(inventory_db) -> None:
@@ -119,7 +138,7 @@ def test_retention_purges_old_unlabelled_uploads(inventory_db) -> None:
         inventory_db.execute("inv", "UPDATE photos SET created_at = '2020-01-01T00:00:00.000+00:00'")
         store.intake([new], threshold=0.5, actor="t", keep_photos=True)
         paths = {p.sha256: store.photo_file(p.sha256) for p in (old_kept, old_queued, old_labelled, new)}
-        with pytest.raises(InventoryError, match=">= 0"):
+        with pytest.raises(InventoryError, match="between 0 and"):
             store.purge_uploads(-1)
 
         assert store.purge_uploads(30) == 2
@@ -202,18 +221,25 @@ def test_service_records_events_and_erases_a_user(service) -> None:
     r = client.delete("/v1/users/carol")
     assert r.status_code == 200, r.text
     assert r.json() == {"user": state.people.user_ref("carol"), "events": 2, "log_events": 0, "photos": 1,
-                        "files": 1}
+                        "files": 1, "missing": 0}
     assert state.store.events() == [] and not kept.exists()
     assert _recs(client, "carol") == _recs(client, "someone-new")  # her history has left the recommender
     assert client.get(f"/v1/inventory/photos/{sha}").status_code == 404
 
+    r = client.post("/v1/events", json={"events": [{"user_id": "shop/42", "product_id": "oat-milk", "event": "view"}]})
+    assert r.status_code == 202
+    for path in ("/v1/users/shop%2F42", "/v1/users/shop/42"):  # an id with a slash is erasable, encoded or not
+        r = client.delete(path)
+        assert r.status_code == 200, r.text
+        assert r.json()["user"] == state.people.user_ref("shop/42")
+    assert client.get("/v1/users/shop/42/recommendations").status_code == 200
     r = client.delete("/v1/users/alice")  # a user known only to the CSV log
     assert r.json()["log_events"] == 1
     assert "alice" not in {e.user_id for e in read_events(events_csv)}
     assert len(read_events(events_csv)) == 30  # everybody else's events are still there
     audit = client.get("/v1/inventory/audit").json()
     erased = [e for e in audit if e["action"] == "erase_user"]
-    assert len(erased) == 2 and all(e["actor"] == "t" and "carol" not in json.dumps(e) for e in erased)
+    assert len(erased) == 4 and all(e["actor"] == "t" and "carol" not in json.dumps(e) for e in erased)  # + shop/42 x2
     assert client.delete("/v1/users/carol", headers={"X-API-Key": "wrong-key-000"}).status_code == 401
 
 
@@ -264,12 +290,20 @@ def test_cli_pseudonymise_erase_and_purge(inventory_db, tmp_path: Path, monkeypa
     with inventory_db.store() as store:
         store.record_events([Event(p("alice"), "oat-milk", "view", 3.0)])
         store.intake([_photo(1, "oat-milk", 0.2, p("alice"))], threshold=0.5, actor="t")
+    folders = inventory_db.cli_dirs()
     capsys.readouterr()
+    typo = str(tmp_path / "invv.sqlite")  # a mistyped --db: not a new, empty inventory that "erased" nothing
+    assert main(["inventory", "erase-user", "alice", "--db", typo, "--pseudonym-key-file", str(key)]) == 2
+    assert "no inventory at" in capsys.readouterr().err and not Path(typo).exists()
+    assert main(["inventory", "erase-user", "alice", "--db", inventory_db.url(), "--events", str(tmp_path / "no.csv"),
+                 "--pseudonym-key-file", str(key), *folders]) == 2  # told before anything is erased
+    assert "nothing was erased" in capsys.readouterr().err
     assert main(["inventory", "erase-user", "alice", "--db", inventory_db.url(), "--events", str(out),
-                 "--pseudonym-key-file", str(key)]) == 0
+                 "--pseudonym-key-file", str(key), *folders]) == 0
     assert json.loads(capsys.readouterr().out) == {"user": p("alice"), "events": 1, "log_events": 1, "photos": 1,
-                                                   "files": 1}
+                                                   "files": 1, "missing": 0}
     assert [e.user_id for e in read_events(out)] == [p("bob")]
-    assert main(["inventory", "purge", "--db", inventory_db.url(), "--older-than-days", "0"]) == 0
+    assert main(["inventory", "purge", "--db", inventory_db.url(), "--older-than-days", "0", *folders]) == 0
     assert "deleted 0 file(s)" in capsys.readouterr().err  # alice's photo already went with her
-    assert main(["inventory", "purge", "--db", inventory_db.url(), "--older-than-days", "-1"]) == 2
+    for bad in ("-1", "nan", "inf", "1e10"):
+        assert main(["inventory", "purge", "--db", inventory_db.url(), "--older-than-days", bad]) == 2, bad

@@ -34,7 +34,26 @@ from .detect import TILES
 __all__ = ["add_commands"]
 
 # A URL's review photos and labelled data go under the current folder (./<database>-photos, -labelled).
-_DB_HELP = "inventory: SQLite file or postgresql:// URL"
+_DB_HELP = "inventory: SQLite file or postgresql:// URL (one that exists: scan and serve create it)"
+
+
+def _add_folders(p: argparse.ArgumentParser) -> None:
+    """The store's two folders: where the service keeps them (serve --labelled-dir), so the CLI acts on the same."""
+    p.add_argument("--photo-dir", help="kept photos and review crops (default: <db stem>-photos/ beside a SQLite "
+                                       "file; ./<database>-photos/ for a URL)")
+    p.add_argument("--labelled-dir", help="reviewed photos for retraining: the service's --labelled-dir (default: "
+                                          "<db stem>-labelled/ beside a SQLite file; ./<database>-labelled/ for a URL)")
+
+
+def _store(ns: argparse.Namespace, *, create: bool = False) -> Any:
+    """The inventory `--db` names, with the folders given (an InventoryError is the user's: one line, exit 2)."""
+    from ..serve.inventory import InventoryError, InventoryStore
+
+    try:
+        return InventoryStore(ns.db, photo_dir=getattr(ns, "photo_dir", None),
+                              labelled_dir=getattr(ns, "labelled_dir", None), create=create)
+    except InventoryError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def add_commands(sub: Any) -> None:
@@ -60,6 +79,7 @@ def add_commands(sub: Any) -> None:
     sc.add_argument("--tiles", choices=TILES, default=ServeSettings.detector_tiles,
                     help="with --detector: tile large photos (auto: long side over 2x the detector's size)")
     sc.add_argument("--device", type=device_arg, default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    _add_folders(sc)
     add_quiet(sc, "no per-photo JSON lines")
     sc.set_defaults(func=cmd_inventory_scan)
 
@@ -77,6 +97,7 @@ def add_commands(sub: Any) -> None:
     g.add_argument("--reject", action="store_true", help="not a product: never counted")
     add_model(r, "model bundle whose products --label must name (default: the products this inventory already "
                  "knows: counted, or guessed by the model at intake)", required=False, positional_legacy=False)
+    _add_folders(r)
     r.set_defaults(func=cmd_inventory_review)
 
     a = isub.add_parser("audit", help="print the audit log, newest first (JSON lines)")
@@ -90,12 +111,14 @@ def add_commands(sub: Any) -> None:
     e.add_argument("--db", required=True, help=_DB_HELP)
     e.add_argument("--events", help="behaviour-log CSV the service reads (--events): the user's rows go too")
     add_key_file(e)
+    _add_folders(e)
     e.set_defaults(func=cmd_inventory_erase_user)
 
     pu = isub.add_parser("purge", help="delete kept uploads (not yet labelled) older than a retention period, "
                                          "and files no row names")
     pu.add_argument("--db", required=True, help=_DB_HELP)
     pu.add_argument("--older-than-days", type=float, required=True, help="retention period in days")
+    _add_folders(pu)
     pu.set_defaults(func=cmd_inventory_purge)
 
 
@@ -123,13 +146,12 @@ def cmd_inventory_scan(ns: argparse.Namespace) -> int:
     if not paths:
         raise UsageError(f"no images under {ns.dir}")
     from ..models.predictor import load_model
-    from ..serve.inventory import InventoryStore
 
-    model = load_model(bundle, device=ns.device)
     summary = ScanSummary(shelf=detector_dir is not None)
     common: dict[str, Any] = {"threshold": ns.threshold, "actor": _actor(), "keep_photos": ns.keep_photos,
                               "chunk": max(1, ns.batch_size)}
-    with InventoryStore(ns.db) as store:
+    with _store(ns, create=True) as store:  # a bad --db is told before the model loads
+        model = load_model(bundle, device=ns.device)
         if detector_dir is None:
             results = scan(model, store, paths, **common)
         else:
@@ -153,10 +175,8 @@ def cmd_inventory_scan(ns: argparse.Namespace) -> int:
 
 
 def cmd_inventory_counts(ns: argparse.Namespace) -> int:
-    from ..serve.inventory import InventoryStore
-
     check_out_path(ns.out, "--out")
-    with InventoryStore(ns.db) as store:
+    with _store(ns) as store:
         if ns.out:
             Path(ns.out).parent.mkdir(parents=True, exist_ok=True)
             with open(ns.out, "w", encoding="utf-8", newline="") as out:
@@ -182,16 +202,24 @@ def _model_products(bundle: str) -> set[str]:
 
 
 def cmd_inventory_review(ns: argparse.Namespace) -> int:
-    from ..serve.inventory import InventoryError, InventoryStore
+    from ..serve.inventory import InventoryError
 
     bundle = model_path(ns)
-    with InventoryStore(ns.db) as store:
+    if ns.sha256 is None and (ns.label or ns.reject):
+        raise UsageError("--label and --reject resolve one item: give its id (SHA256, or SHA256:INDEX for a box; "
+                         "without them, review lists the queue)")
+    with _store(ns) as store:
         if ns.sha256 is None:
             for item in store.review_queue(limit=1000):
                 print(json.dumps(item.to_dict()))
             return 0
         if not ns.label and not ns.reject:
             raise UsageError("give --label LABEL or --reject with the item's id (SHA256, or SHA256:INDEX for a box)")
+        queued = store.photo(ns.sha256)
+        if ns.label and queued is not None and queued.has_photo and store.photo_file(ns.sha256) is None:
+            # the correction would count, but its photo could not land in the labelled data for retraining
+            raise UsageError(f"the photo of {ns.sha256} is in neither {store.photo_dir} nor {store.labelled_dir}: "
+                             "give the folders the service uses (--photo-dir, --labelled-dir); nothing was changed")
         # A correction names an existing product: a typo must not invent one (a count row, a training class).
         known = _model_products(bundle) if bundle else store.labels()
         try:
@@ -203,29 +231,34 @@ def cmd_inventory_review(ns: argparse.Namespace) -> int:
 
 
 def cmd_inventory_audit(ns: argparse.Namespace) -> int:
-    from ..serve.inventory import InventoryStore
-
-    with InventoryStore(ns.db) as store:
+    with _store(ns) as store:
         for entry in store.audit(limit=ns.limit):
             print(json.dumps(entry.to_dict()))
     return 0
 
 
 def cmd_inventory_erase_user(ns: argparse.Namespace) -> int:
-    from ..serve.inventory import InventoryStore
     from ..serve.people import People
 
-    with InventoryStore(ns.db) as store:
+    if ns.events and not Path(ns.events).is_file():  # before anything is erased, not after the inventory's part
+        raise UsageError(f"--events {ns.events}: no such behaviour log; nothing was erased")
+    with _store(ns) as store:
         key = pseudonymizer(ns, required=True, data_dirs=(store.photo_dir, store.labelled_dir))
         done = People(store=store, pseudonym=key, events_csv=ns.events, fit=None).erase(ns.user_id, actor=_actor())
+        folders = (store.photo_dir, store.labelled_dir)
     print(json.dumps(vars(done)))
+    if done.missing:
+        say(f"skulens inventory erase-user: {done.missing} of the user's files were in neither {folders[0]} nor "
+            f"{folders[1]} and were not deleted (the audit entry names them): run it with the folders the service "
+            "uses (--photo-dir, --labelled-dir) and delete those files there")
+        return EXIT_FAILED
     return 0
 
 
 def cmd_inventory_purge(ns: argparse.Namespace) -> int:
-    from ..serve.inventory import InventoryError, InventoryStore
+    from ..serve.inventory import InventoryError
 
-    with InventoryStore(ns.db) as store:
+    with _store(ns) as store:
         try:
             n = store.purge_uploads(ns.older_than_days, actor=_actor())
         except InventoryError as exc:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -120,9 +120,11 @@ def find_images(root: str | os.PathLike[str]) -> list[Path]:
 _Answer = tuple[Path, "IntakeResult | str"]
 
 
-def _triage(store: InventoryStore, part: Sequence[Path]) -> tuple[list[_Answer], list[tuple[Path, bytes, str]]]:
-    """The answers for unreadable photos and those already in the store, and the (path, bytes, sha256) of the
-    rest, which need recognising."""
+def _triage(store: InventoryStore, part: Sequence[Path]
+            ) -> tuple[list[_Answer], list[tuple[Path, bytes, str]], dict[str, list[Path]]]:
+    """The answers for unreadable photos and those already in the store, the (path, bytes, sha256) of the rest,
+    which need recognising, and the later copies of those within `part` ({sha256: paths}): a copy's answer is
+    its first copy's (`_copies`), known only once that one is taken in or fails."""
     done: list[_Answer] = []
     datas: list[tuple[Path, bytes, str]] = []
     for path in part:
@@ -132,16 +134,32 @@ def _triage(store: InventoryStore, part: Sequence[Path]) -> tuple[list[_Answer],
             done.append((path, f"cannot read ({exc.strerror or exc})"))
             continue
         datas.append((path, data, content_hash(data)))
-    known = store.known(h for _, _, h in datas)
+    known = store.known_results(h for _, _, h in datas)
     todo = []
-    seen: set[str] = set()
+    copies: dict[str, list[Path]] = {}
     for path, data, h in datas:
-        if h in known or h in seen:  # the store would say duplicate; skip recognising it
-            done.append((path, IntakeResult(h, path.name, "duplicate", None, 0.0, previous_status=known.get(h))))
+        if h in known:  # the store would say duplicate; skip recognising it
+            done.append((path, replace(known[h], source=str(path))))
+        elif h in copies:
+            copies[h].append(path)
         else:
-            seen.add(h)
+            copies[h] = []
             todo.append((path, data, h))
-    return done, todo
+    return done, todo, {h: paths for h, paths in copies.items() if paths}
+
+
+def _copies(answers: Sequence[_Answer], copies: dict[str, list[Path]], hashes: dict[Path, str]) -> list[_Answer]:
+    """The answers of a chunk's later copies of a photo: its first copy's error, or a duplicate of what it was
+    taken in as."""
+    out: list[_Answer] = []
+    for path, result in answers:
+        for copy in copies.get(hashes[path], ()):
+            if isinstance(result, str):
+                out.append((copy, result))
+            else:
+                out.append((copy, IntakeResult(result.sha256, str(copy), "duplicate", result.label, result.confidence,
+                                               previous_status=result.status)))
+    return out
 
 
 def scan(model: Model, store: InventoryStore, paths: Sequence[Path], *, threshold: float, actor: str,
@@ -149,25 +167,27 @@ def scan(model: Model, store: InventoryStore, paths: Sequence[Path], *, threshol
          ) -> Iterator[tuple[Path, IntakeResult | str]]:
     """Yield (path, result or error reason) per photo of one product; each chunk is one transaction."""
     for start in range(0, len(paths), chunk):
-        done, todo = _triage(store, paths[start:start + chunk])
+        done, todo, copies = _triage(store, paths[start:start + chunk])
         yield from done
         if not todo:
             continue
         preds = model.predict([d for _, d, _ in todo], top_k=TOP_K, batch_size=len(todo))
-        photos, sources = [], []
+        photos, sources, answers = [], [], []
         for (path, data, h), pred in zip(todo, preds, strict=True):
             if pred.level == "error":
-                yield path, pred.error or "unreadable"
+                answers.append((path, pred.error or "unreadable"))
                 continue
             try:
                 photos.append(intake_photo(data, h, str(path), pred, threshold=threshold, keep_photos=keep_photos,
                                            max_pixels=max_pixels))
             except ImageDecodeError as exc:
-                yield path, exc.reason
+                answers.append((path, exc.reason))
                 continue
             sources.append(path)
-        results = store.intake(photos, threshold=threshold, actor=actor, keep_photos=keep_photos)
-        yield from zip(sources, results, strict=True)
+        results = store.intake(photos, threshold=threshold, actor=actor, keep_photos=keep_photos) if photos else []
+        answers.extend(zip(sources, results, strict=True))
+        yield from answers
+        yield from _copies(answers, copies, {p: h for p, _, h in todo})
 
 
 def scan_shelves(detector: Detector, model: Model, store: InventoryStore, paths: Sequence[Path], *,
@@ -178,19 +198,21 @@ def scan_shelves(detector: Detector, model: Model, store: InventoryStore, paths:
     review); each chunk is one transaction. Photos are decoded one at a time (a chunk of 48 MP photos
     would not fit in memory); only the review crops are held until the chunk commits."""
     for start in range(0, len(paths), chunk):
-        done, todo = _triage(store, paths[start:start + chunk])
+        done, todo, copies = _triage(store, paths[start:start + chunk])
         yield from done
-        photos, sources = [], []
+        photos, sources, answers = [], [], []
         for path, data, h in todo:
             try:
                 image = decode_image(data, max_pixels=max_pixels)
                 result = count_shelf(detector, model, image, threshold=threshold, min_score=min_score, tiles=tiles)
             except ImageDecodeError as exc:
-                yield path, exc.reason
+                answers.append((path, exc.reason))
                 continue
             photos.append(shelf_photo(data, h, str(path), result, image, threshold=threshold,
                                       keep_photos=keep_photos, max_pixels=max_pixels))
             sources.append(path)
         if photos:
             results = store.intake(photos, threshold=threshold, actor=actor, keep_photos=keep_photos)
-            yield from zip(sources, results, strict=True)
+            answers.extend(zip(sources, results, strict=True))
+        yield from answers
+        yield from _copies(answers, copies, {p: h for p, _, h in todo})

@@ -58,6 +58,7 @@ from sqlalchemy.engine import Connection, RowMapping
 
 from ..recommend.shopping_log import Event
 from .privacy import is_pseudonym
+from .settings import MAX_RETENTION_DAYS
 
 try:
     import fcntl
@@ -246,6 +247,11 @@ def _one_requests_error(exc: BaseException) -> bool:
         c.__name__ in ("IntegrityError", "DataError") for c in type(exc).__mro__)
 
 
+def _driver_error(exc: BaseException) -> bool:
+    """An error of the database or its driver (SQLAlchemy's wrapper, sqlite3's, psycopg's), not skulens' own."""
+    return isinstance(exc, sa.exc.DBAPIError) or type(exc).__module__.split(".")[0] in ("sqlite3", "psycopg")
+
+
 class InventoryError(ValueError):
     """A request the store cannot honour (unknown photo, already reviewed, bad label or count)."""
 
@@ -424,7 +430,8 @@ class Erasure:
     user_ref: str
     events: int
     photos: int
-    files: int
+    files: int  # files found and deleted
+    missing: int = 0  # files the rows named that were in neither folder (another --labelled-dir?): not deleted
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -608,12 +615,13 @@ class InventoryStore:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, photo_dir: str | os.PathLike[str] | None = None,
-                 labelled_dir: str | os.PathLike[str] | None = None, pool_size: int = 5):
+                 labelled_dir: str | os.PathLike[str] | None = None, pool_size: int = 5, create: bool = True):
         self.path: Path | None  # the SQLite file; None for PostgreSQL
         if is_database_url(path):
             try:
                 url = sa.engine.make_url(str(path))
-            except sa.exc.ArgumentError as exc:
+                url.port  # noqa: B018 - a port that is not a number raises here, not at the first connection
+            except (sa.exc.ArgumentError, ValueError) as exc:
                 raise InventoryError(f"not a database URL: {exc}") from None
             driver = _URL_DRIVERS.get(url.drivername)
             if driver is None:
@@ -629,6 +637,12 @@ class InventoryStore:
         self.backend = "sqlite" if self.path is not None else "postgresql"
         self.url = _display(url) if is_database_url(path) else str(path)  # for messages: no password
         if self.path is not None:
+            if self.path.is_dir():
+                raise InventoryError(f"{self.url} is a folder: give the inventory's SQLite file")
+            if not create and not self.path.is_file():
+                # A mistyped --db must not answer from a new, empty inventory (an erasure that "erased" nothing).
+                raise InventoryError(f"no inventory at {self.url} (`skulens inventory scan` or `skulens serve --db` "
+                                     "creates one)")
             self.path.parent.mkdir(parents=True, exist_ok=True)
             stem, base = self.path.stem, self.path.parent
         else:
@@ -647,8 +661,12 @@ class InventoryStore:
         self._engine = self._create_engine(url, pool_size)
         try:
             self._migrate()
-        except BaseException:
+        except BaseException as exc:
             self._engine.dispose()
+            if _driver_error(exc) and storage_failure(exc) is None:  # unreachable, no such database, not a database
+                first = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+                raise InventoryError(f"cannot open inventory {self.url}: {first[0] if first else type(exc).__name__}") \
+                    from exc
             raise
 
     def _create_engine(self, url: sa.engine.URL, pool_size: int) -> sa.engine.Engine:
@@ -782,12 +800,19 @@ class InventoryStore:
 
     def known(self, hashes: Iterable[str]) -> dict[str, str]:
         """{sha256: status} of the photos already in the store (lets callers skip recognising them)."""
+        return {h: r.previous_status or "" for h, r in self.known_results(hashes).items()}
+
+    def known_results(self, hashes: Iterable[str], source: str = "") -> dict[str, IntakeResult]:
+        """{sha256: the duplicate answer intake would give} for the photos already in the store: the stored label
+        (or prediction) and confidence, and what happened to the photo the first time (`previous_status`)."""
         hashes = list(hashes)
-        query = sa.text("SELECT sha256, status FROM photos WHERE sha256 IN :hashes").bindparams(
-            sa.bindparam("hashes", expanding=True))
-        out: dict[str, str] = {}
+        query = sa.text("SELECT sha256, status, label, predicted_label, confidence FROM photos "
+                        "WHERE sha256 IN :hashes").bindparams(sa.bindparam("hashes", expanding=True))
+        out: dict[str, IntakeResult] = {}
         for start in range(0, len(hashes), 500):  # SQLite's bound-parameter limit
-            out.update({r["sha256"]: r["status"] for r in self._read(query, {"hashes": hashes[start:start + 500]})})
+            out.update({r["sha256"]: IntakeResult(r["sha256"], source, "duplicate", r["label"] or r["predicted_label"],
+                                                  r["confidence"], previous_status=r["status"])
+                        for r in self._read(query, {"hashes": hashes[start:start + 500]})})
         return out
 
     def intake(self, photos: Sequence[IntakePhoto | ShelfPhoto], *, threshold: float, actor: str,
@@ -1059,7 +1084,8 @@ class InventoryStore:
             top_k = [{"label": r["predicted_label"], "p": r["confidence"]}] if r["predicted_label"] else []
             box = [r["x1"], r["y1"], r["x2"], r["y2"]]
         return ReviewItem(r["sha256"], r["source"], r["status"], r["predicted_label"], r["confidence"], top_k,
-                          r["label"], r["created_at"], r["reviewed_at"], r["reviewed_by"], bool(r["stored"]),
+                          r["label"], r["created_at"], r["reviewed_at"], r["reviewed_by"],
+                          bool(r["stored"]) and r["status"] != "rejected",  # a rejected item's file went
                           "photo" if r["idx"] is None else "box", r["idx"], box)
 
     def resolve(self, sha256: str, label: str | None, *, actor: str,
@@ -1328,9 +1354,11 @@ class InventoryStore:
         assert user is not None
         now = _now()
         aside: list[tuple[Path, Path]] = []  # (a file of the user's, its name until the commit)
+        missing: list[str] = []  # files the rows name that neither folder holds
 
         def erase(db: Connection, written: list[Path]) -> tuple[int, int, int, bool, Path | None]:
             self._put_back(aside)  # a deadlocked attempt's (PostgreSQL runs the transaction again)
+            missing.clear()
             n_events = db.execute(sa.text("DELETE FROM events WHERE user_ref = :u"), {"u": user}).rowcount
             files = [(r["label"], r["stored"]) for r in db.execute(sa.text(
                 # (a rejected item's file went when it was rejected)
@@ -1339,18 +1367,24 @@ class InventoryStore:
                 "WHERE p.user_ref = :u AND b.stored IS NOT NULL AND b.status <> 'rejected'"), {"u": user}).mappings()]
             db.execute(sa.text("UPDATE boxes SET stored = NULL WHERE stored IS NOT NULL AND sha256 IN "
                                "(SELECT sha256 FROM photos WHERE user_ref = :u)"), {"u": user})
-            n_photos = db.execute(sa.text("UPDATE photos SET stored = NULL, user_ref = NULL WHERE user_ref = :u"),
-                                  {"u": user}).rowcount
-            self._audit(db, now, actor, "erase_user", None, 0, None, None,
-                        {"user": user, "events": n_events, "photos": n_photos, "files": len(files)})
+            # the file name a photo came with can name a person ("anna_kitchen.jpg"): it goes with the user
+            n_photos = db.execute(sa.text("UPDATE photos SET stored = NULL, user_ref = NULL, source = '' "
+                                          "WHERE user_ref = :u"), {"u": user}).rowcount
             for label, name in files:
+                found = False
                 for path in self._file_paths(label, name):
                     aside_path = path.with_name(f".{name}.{os.getpid()}.erasing.tmp")  # `_ASIDE_FILE`
                     try:
                         path.rename(aside_path)
                     except FileNotFoundError:  # reviewed (moved out of the photo folder), or never kept there
                         continue
+                    found = True
                     aside.append((path, aside_path))
+                if not found:
+                    missing.append(name)
+            self._audit(db, now, actor, "erase_user", None, 0, None, None,
+                        {"user": user, "events": n_events, "photos": n_photos, "files": len(files) - len(missing),
+                         **({"missing": missing} if missing else {})})
             # the manifest changes only when a labelled photo goes (a queued or counted one's erasure needs no space)
             relabel = any(self.labelled_dir in path.parents for path, _ in aside)
             manifest = self._stage_manifest(self._labelled(db.execute(sa.text(_LABELLED)).mappings())) if relabel \
@@ -1367,9 +1401,13 @@ class InventoryStore:
                     logger.error("inventory %s: %s; the erasure of user %s was not done, nothing was erased", self.url,
                                  exc, user)
                 raise
-            if n_files:
+            if aside:
                 self._finish_erasure(user, aside, manifest if relabel else False)
-        return Erasure(user, n_events, n_photos, n_files)
+        if missing:  # the rows are cleared: the names are in this log line and the audit entry
+            logger.warning("inventory %s: erased user %s, but %d of their files were in neither %s nor %s (kept "
+                           "elsewhere? the service's --labelled-dir): %s", self.url, user, len(missing),
+                           self.photo_dir, self.labelled_dir, ", ".join(missing))
+        return Erasure(user, n_events, n_photos, n_files - len(missing), len(missing))
 
     def _finish_erasure(self, user: str, aside: Sequence[tuple[Path, Path]], manifest: Path | None | bool) -> None:
         """After an erasure's commit: put its staged manifest in place (None: no labelled photo is left, so the
@@ -1405,8 +1443,9 @@ class InventoryStore:
         labelled (counted photos kept with keep_photos, and items still waiting for review, which stay in the
         queue without their photo). Labelled ones are the shop's training data: `erase_user` removes those.
         Returns the number of files deleted; one audit line when there were any."""
-        if older_than_days < 0:
-            raise InventoryError(f"older_than_days must be >= 0, got {older_than_days}")
+        if not 0 <= older_than_days <= MAX_RETENTION_DAYS:  # NaN fails this too
+            raise InventoryError(f"older_than_days must be between 0 and {MAX_RETENTION_DAYS:g}, "
+                                 f"got {older_than_days}")
         cutoff = (datetime.now(timezone.utc) - timedelta(days=older_than_days)).isoformat(timespec="milliseconds")
         # Counted-and-kept photos and items still waiting for review; a rejected one's file is already gone.
         kept = "{t}stored IS NOT NULL AND {t}status IN ('counted', 'review')"

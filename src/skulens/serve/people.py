@@ -43,6 +43,7 @@ class UserErasure:
     log_events: int
     photos: int
     files: int
+    missing: int = 0  # files the inventory named that were in neither of its folders: not deleted (logged)
 
 
 class People:
@@ -147,7 +148,7 @@ class People:
         self.refit()
         logger.info("erased user %s for %s: %d events, %d log events, %d photos, %d files", ref, actor, done.events,
                     log_events, done.photos, done.files)
-        return UserErasure(ref, done.events, log_events, done.photos, done.files)
+        return UserErasure(ref, done.events, log_events, done.photos, done.files, done.missing)
 
     def purge_if_due(self) -> int:
         """Delete kept uploads past the retention period (at most every hour); files deleted."""

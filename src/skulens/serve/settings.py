@@ -16,7 +16,7 @@ from typing import Any
 
 from ..config import ConfigError, load_config
 
-__all__ = ["ApiKey", "ServeSettings", "load_api_keys", "resolve_settings"]
+__all__ = ["MAX_RETENTION_DAYS", "ApiKey", "ServeSettings", "load_api_keys", "resolve_settings"]
 
 API_KEYS_ENV = "SKULENS_API_KEYS"
 # Old setting name -> new one. An old name keeps working, with a warning, for one release (until 0.2).
@@ -24,6 +24,8 @@ _RENAMED = {"catalogue": "data"}
 
 logger = logging.getLogger(__name__)
 
+
+MAX_RETENTION_DAYS = 36500.0  # 100 years: a retention period longer than that is a typo (or inf)
 
 @dataclass(frozen=True)
 class ApiKey:
@@ -101,8 +103,9 @@ class ServeSettings:
             raise ConfigError(f"detector_max_boxes must be >= 1, got {self.detector_max_boxes}")
         if self.detector_tiles not in ("auto", "on", "off"):
             raise ConfigError(f"detector_tiles must be auto, on or off, got {self.detector_tiles!r}")
-        if self.upload_retention_days is not None and self.upload_retention_days < 0:
-            raise ConfigError(f"upload_retention_days must be >= 0, got {self.upload_retention_days}")
+        if self.upload_retention_days is not None and not 0 <= self.upload_retention_days <= MAX_RETENTION_DAYS:
+            raise ConfigError(f"upload_retention_days must be between 0 and {MAX_RETENTION_DAYS:g} (NaN is not a "
+                              f"number of days), got {self.upload_retention_days}")
         if self.recommend_refit_s <= 0:
             raise ConfigError(f"recommend_refit_s must be > 0, got {self.recommend_refit_s}")
         if self.upload_retention_days is not None and not self.db:

@@ -110,9 +110,9 @@ async def _recognise(state: ServiceState, upload: UploadFile) -> IntakePhoto | S
     except HTTPException as exc:
         return _Failed(IntakeResultOut(source=name, status="error", error=str(exc.detail)), exc.status_code)
     sha = content_hash(data)
-    known = await anyio.to_thread.run_sync(_store(state).known, [sha])
+    known = await anyio.to_thread.run_sync(_store(state).known_results, [sha], name)
     if sha in known:  # already in the store: no need to recognise it again (the store re-checks anyway)
-        return IntakeResultOut(sha256=sha, source=name, status="duplicate", previous_status=known[sha])
+        return IntakeResultOut(**known[sha].to_dict())
     settings = state.settings
     shelf = state.recognizer.detector is not None
     # A shelf photo is decoded at its own size (up to max_pixels: ~120 MB at 40 MP): a few at a time over all

@@ -57,6 +57,8 @@ class ErasureOut(BaseModel):
     log_events: int = Field(description="behaviour events deleted from the --events CSV log")
     photos: int = Field(description="photos the user sent whose files were deleted (their counts stay)")
     files: int = Field(description="photo and crop files deleted")
+    missing: int = Field(0, description="files the inventory named that were in neither of its folders (not "
+                                        "deleted: the service's log and the audit entry name them)")
 
 
 def _recording(state: ServiceState) -> None:
@@ -64,7 +66,7 @@ def _recording(state: ServiceState) -> None:
         raise HTTPException(409, _NO_KEY)
 
 
-@router.get("/users/{user_id}/recommendations", response_model=list[RecommendationOut],
+@router.get("/users/{user_id:path}/recommendations", response_model=list[RecommendationOut],
             summary="Products for a user, from the behaviour events (popular ones for a new user)")
 async def recommendations(state: State, _: ReadKey, user_id: UserId, k: Annotated[int, Query(ge=1, le=100)] = 10,
                           seed: Annotated[list[str] | None, Query(max_length=50, description="products on screen")]
@@ -111,7 +113,7 @@ async def record_events(state: State, _: WriteKey, body: EventsIn) -> EventsOut:
     return EventsOut(recorded=n)
 
 
-@router.delete("/users/{user_id}", response_model=ErasureOut, responses=STORAGE_RESPONSES,
+@router.delete("/users/{user_id:path}", response_model=ErasureOut, responses=STORAGE_RESPONSES,
                summary="Erase a user: their events and the photos they sent (audited; counts stay)")
 async def erase_user(state: State, actor: WriteKey, user_id: UserId) -> ErasureOut:
     """507 when the disk is full, 503 (with Retry-After) when it or the database cannot be written (`storage_refused`):
