@@ -99,9 +99,9 @@ def main() -> int:
         with (folder / "pseudo_labels.csv").open() as f:
             rows = list(csv.DictReader(f))
         right = sum(truth.get(x["path"]) == x["label"] for x in rows)
-        teacher_val = r.get("teacher_val")
+        teacher_val, at = r.get("teacher_val"), r["precision_at_threshold"]
         pseudo_lines.append(
-            f"| {r['round']} | {100 * teacher_val:.1f} | {r['threshold']} | {100 * r['precision_at_threshold']:.1f} | "
+            f"| {r['round']} | {100 * teacher_val:.1f} | {r['threshold']} | {'-' if at is None else f'{100 * at:.1f}'} | "
             f"{r['kept']} of {r['considered']} | {r['inconsistent']} | {100 * right / max(1, len(rows)):.1f} |"
             if teacher_val is not None else f"| {r['round']} | n/a | {r['threshold']} | | {r['kept']} | | |")
 

@@ -314,8 +314,10 @@ def test_resume_with_a_different_config_is_refused(tiny_catalogue: Path, tmp_pat
     out = tmp_path / "run"
     old = resolve_config({**TINY, "data": str(tiny_catalogue), "out": str(out), "lr": 0.01})
     save_checkpoint(out / "checkpoint", {"config": config_to_dict(old), "model": {}, "state": {}})
-    with pytest.raises(ConfigError, match="different config"):
+    with pytest.raises(ConfigError, match="different config") as refused:
         train(tiny_catalogue, out=str(out), progress=False, resume=True, **{**TINY, "lr": 0.02})
+    # it says what differs, and how to resume the run as it was
+    assert "lr: 0.01 then, 0.02 now" in str(refused.value) and "--config" in str(refused.value)
 
 
 def _cli_train(manifest: Path, out: Path, *extra: str) -> list[str]:

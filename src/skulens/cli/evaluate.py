@@ -13,6 +13,7 @@ from ._common import (
     add_model,
     add_out,
     add_quiet,
+    check_out_path,
     csv_list,
     data_path,
     device_arg,
@@ -31,6 +32,7 @@ ATTACK_NAMES = ("fgsm", "pgd")
 def cmd_evaluate(ns: argparse.Namespace) -> int:
     bundle = model_path(ns, backend=ns.backend)
     data = data_path(ns, model=bundle)  # --data, else the dataset recorded in the card
+    check_out_path(ns.out, "--out", folder=True)
     from ..evaluate.evaluator import evaluate_model
     from ..evaluate.report import format_summary
     from ..models.predictor import load_model

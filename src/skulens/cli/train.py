@@ -4,6 +4,7 @@ for it (thin handlers over the core)."""
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import time
@@ -19,6 +20,7 @@ from ._common import (
     add_out,
     add_quiet,
     add_train_flags,
+    check_out_path,
     data_path,
     device_arg,
     expand_inputs,
@@ -43,12 +45,48 @@ def cmd_train(ns: argparse.Namespace) -> int:
     if not main_rank:
         logging.getLogger().setLevel(logging.WARNING)
     from ..config import resolve_config
+
+    cfg = resolve_config(values)
+    _warn_unused(cfg)
+    check_out_path(cfg.out, "--out", folder=True)
+    _check_bundles(cfg)  # before the catalogue is decoded and the baseline fitted: minutes on a real catalogue
     from ..train.engine import fit
 
-    result = fit(resolve_config(values), progress=not ns.quiet and main_rank, sync_bn=ns.sync_bn)
+    result = fit(cfg, progress=not ns.quiet and main_rank, sync_bn=ns.sync_bn)
     if main_rank:
         report_result(result)
     return 0
+
+
+def _warn_unused(cfg: Any) -> None:
+    """Settings that only matter with another one: said, not silently ignored."""
+    from ..config import TrainConfig
+
+    default = TrainConfig()
+    if cfg.holdout_fraction != default.holdout_fraction and cfg.select_on != "holdout":
+        logging.getLogger("skulens").warning("holdout_fraction %g is not used: it sizes the hold-out of "
+                                             "--select-on holdout (this run selects on %s)", cfg.holdout_fraction,
+                                             cfg.select_on)
+    if cfg.pseudo_precision != default.pseudo_precision and not cfg.unlabeled:
+        logging.getLogger("skulens").warning("pseudo_precision %g is not used: it sets the pseudo-label threshold "
+                                             "of self-training (--unlabeled DIR)", cfg.pseudo_precision)
+
+
+def _check_bundles(cfg: Any) -> None:
+    """--teacher and --init-from name bundles (a card.json, read without torch); --init-from's backbone is the run's."""
+    for flag, value in (("--teacher", cfg.teacher), ("--init-from", cfg.init_from)):
+        if not value:
+            continue
+        card = Path(value) / "card.json" if Path(value).is_dir() else Path(value)
+        if card.name != "card.json" or not card.is_file():
+            raise UsageError(f"{flag} {value}: not a bundle (no card.json there)")
+        try:
+            backbone = json.loads(card.read_text(encoding="utf-8")).get("backbone")
+        except (OSError, ValueError, AttributeError) as exc:
+            raise UsageError(f"{flag} {value}: unreadable card.json ({exc})") from None
+        if flag == "--init-from" and backbone and backbone != cfg.backbone:
+            raise UsageError(f"--init-from {value}: that bundle is a {backbone}, this run trains {cfg.backbone} "
+                             f"(pass --backbone {backbone})")
 
 
 def cmd_demo(ns: argparse.Namespace) -> int:
@@ -144,6 +182,9 @@ def cmd_suggest_labels(ns: argparse.Namespace) -> int:
     bundle = model_path(ns)
     if ns.budget < 1:
         raise UsageError(f"--budget must be >= 1, got {ns.budget}")
+    missing = [i for i in ns.inputs if i != "-" and not Path(i).exists() and not any(ch in i for ch in "*?[")]
+    if missing:
+        raise UsageError(f"{missing[0]}: no such file or folder")
     photos = expand_inputs(ns.inputs)
     if not photos:
         raise UsageError("no photos given (folders, files, globs or a list)")
@@ -151,6 +192,9 @@ def cmd_suggest_labels(ns: argparse.Namespace) -> int:
                                        Path(ns.inputs[0]).is_dir() else None)
     if out is None:
         raise UsageError("give -o FILE.csv (beside or above the photos: a manifest's paths stay inside its folder)")
+    if out.is_dir():
+        out = out / "to_label.csv"  # a folder: the manifest's usual name in it
+    check_out_path(out, "-o")
     if out.exists() and not ns.force:
         raise UsageError(f"{out} exists and may hold labels you filled in: label those first, then pass --force "
                          "to write a new one, or -o another file")
@@ -172,6 +216,9 @@ def cmd_suggest_labels(ns: argparse.Namespace) -> int:
                                    progress=not ns.quiet)
     for path, reason in failed:
         say(f"skipped {path}: {reason}")
+    if not picks:  # no manifest of headers only, which would then stand in the way of a rerun
+        say(f"skulens suggest-labels: none of the {len(photos)} photos could be read; nothing written to {out}")
+        return 1
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
@@ -181,7 +228,7 @@ def cmd_suggest_labels(ns: argparse.Namespace) -> int:
             w.writerow([rel, "", "train", s.rank, s.guess, f"{s.confidence:.4f}", f"{s.margin:.4f}"])
     say(f"{out}: the {len(picks)} of {len(photos)} photos to label first ({ns.strategy}); fill in the label "
         "column (delete rows you skip), then train with --data pointing at it, or `skulens retrain --extra`")
-    return 0 if picks else 1
+    return 0
 
 
 def add_commands(sub: Any) -> None:

@@ -176,7 +176,8 @@ def _base_card(cfg: TrainConfig, cat: Catalogue, spec: BackboneSpec, embedding_d
         fine_to_coarse=f2c, coarse_head=bool(coarse) and cfg.coarse_loss_weight > 0,
         attributes=attributes, attribute_exclusive=_exclusive_attributes(cat, attributes),
         coarse_fallback=cfg.coarse_fallback, dropout=cfg.dropout, train_config=config_to_dict(cfg),
-        dataset={"path": str(cat.root), "layout": cat.layout, "fingerprint": cat.fingerprint(),
+        # a manifest file keeps its name: its folder may hold another manifest (or the default one) or none
+        dataset={"path": cfg.data if cfg.data and Path(cfg.data).is_file() else str(cat.root), "layout": cat.layout, "fingerprint": cat.fingerprint(),
                  "sizes": {k: len(v) for k, v in cat.splits.items()}, "val_generated": cat.val_was_generated},
     )
 
@@ -364,8 +365,14 @@ def _restore(run: _Run, ckpt: dict[str, Any] | None) -> dict[str, Any]:
         if cfg.resume:
             log.warning("%s: no checkpoint to resume from; starting a new run", run_dir)
         return {"epoch": 0, "step": 0, "best": [-1.0], "best_epoch": -1, "bad_epochs": 0, "history": []}
-    if ckpt["config"] != {**config_to_dict(cfg), "resume": False}:
-        raise ConfigError(f"{run_dir}: --resume with a different config than the interrupted run")
+    now = {**config_to_dict(cfg), "resume": False}
+    if ckpt["config"] != now:
+        was = ckpt["config"]
+        diff = sorted(k for k in set(was) | set(now) if was.get(k) != now.get(k))
+        shown = ", ".join(f"{k}: {was.get(k)!r} then, {now.get(k)!r} now" for k in diff[:4])
+        raise ConfigError(f"{run_dir}: --resume with a different config than the interrupted run ({shown}"
+                          f"{', ...' if len(diff) > 4 else ''}); resume it as it was: skulens train --config "
+                          f"{run_dir / 'config.yaml'} --resume")
     run.model.load_state_dict(ckpt["model"])
     if run.ema is not None and "ema" in ckpt:
         run.ema.module.load_state_dict(ckpt["ema"])

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
+from ..config import ConfigError
 from ..data.catalogue import EXTRA_TRAIN, Catalogue, Sample, merge_samples
 
 if TYPE_CHECKING:
@@ -61,24 +62,27 @@ class PseudoLabels:
     samples: tuple[Sample, ...]
     confidences: tuple[float, ...]
     threshold: float
-    precision: float  # of the teacher's predictions at or above the threshold, on the selection split
+    precision: float | None  # of the teacher's predictions at or above the threshold on the selection split
+    # (None: none reached it, so there is no precision to state)
     considered: int  # photos read
     inconsistent: int  # confident, but the strong view named another product
     unreadable: tuple[tuple[str, str], ...] = ()
 
     def summary(self) -> dict[str, Any]:
-        return {"threshold": round(self.threshold, 4), "precision_at_threshold": round(self.precision, 4),
+        return {"threshold": round(self.threshold, 4),
+                "precision_at_threshold": None if self.precision is None else round(self.precision, 4),
                 "considered": self.considered, "kept": len(self.samples), "inconsistent": self.inconsistent,
                 "unreadable": len(self.unreadable)}
 
 
 def choose_pseudo_threshold(probs: np.ndarray, targets: np.ndarray, precision: float = 0.95,
                             grid: Sequence[float] = tuple(np.round(np.arange(0.3, 0.991, 0.01), 2))
-                            ) -> tuple[float, float]:
+                            ) -> tuple[float, float | None]:
     """(the lowest confidence at which predictions are right >= `precision` of the time, that precision).
-    No such confidence on the grid: the grid's top and the precision there (few pseudo-labels, if any)."""
+    No such confidence on the grid: the grid's top and the precision there (few pseudo-labels, if any; None
+    when no prediction reaches it)."""
     conf, right = probs.max(axis=1), probs.argmax(axis=1) == np.asarray(targets)
-    last = (float(grid[-1]), float(right[conf >= grid[-1]].mean()) if (conf >= grid[-1]).any() else 0.0)
+    last = (float(grid[-1]), float(right[conf >= grid[-1]].mean()) if (conf >= grid[-1]).any() else None)
     for t in grid:
         kept = conf >= t
         if kept.any() and right[kept].mean() >= precision:
@@ -101,7 +105,8 @@ def _strong_views(tensors: list[Any], seed: int, indices: Sequence[int]) -> list
     return views
 
 
-def pseudo_label(model: Model, photos: Sequence[str | os.PathLike[str]], threshold: float, *, precision: float = 0.0,
+def pseudo_label(model: Model, photos: Sequence[str | os.PathLike[str]], threshold: float, *,
+                 precision: float | None = 0.0,
                  seed: int = 0, batch_size: int = 32, progress: bool = False, offset: int = 0) -> PseudoLabels:
     """Label `photos` with `model` where it is at least `threshold` sure and a strong view agrees.
 
@@ -147,7 +152,7 @@ def self_train(cfg: TrainConfig, catalogue: Catalogue, *, progress: bool = True,
     from . import distributed
 
     assert cfg.unlabeled is not None and fit_run is not None
-    photos = _unlabelled_photos(cfg.unlabeled)
+    photos = _without_labelled(cfg, catalogue, _unlabelled_photos(cfg.unlabeled))
     # Under torchrun one process group for every stage (each fit joins it): each rank labels its share of the
     # photos, every rank trains its student on all the pseudo-labels, and rank 0 writes them.
     d = distributed.setup(resolve_device(cfg.device))
@@ -188,6 +193,12 @@ def _self_train(cfg: TrainConfig, catalogue: Catalogue, photos: list[Path], d: D
             teacher = str(where / "bundle")
             continue
         pseudo = _pseudo_labels(cfg, catalogue, teacher, photos, d, progress=progress)
+        if not pseudo.considered:
+            raise ConfigError(f"--unlabeled {cfg.unlabeled}: none of its {len(photos)} photos could be read (the log "
+                              "names why)")
+        if not pseudo.samples:
+            log.warning("self-training: round %d kept no pseudo-label (none both confident and consistent): the "
+                        "student learns from the labelled photos and the teacher's soft targets only", k)
         # Rank 0 writes; should it fail, every rank stops here, not in the student's first collective.
         _on_every_rank(d, "writing the pseudo-labels",
                        functools.partial(_write_pseudo_labels, where, pseudo) if d.is_main else lambda: None)
@@ -215,7 +226,7 @@ def _pseudo_labels(cfg: TrainConfig, catalogue: Catalogue, teacher: str, photos:
         nonlocal model
         model = load_model(teacher, device=str(d.device))
         if tuple(model.card.classes) != tuple(catalogue.classes):
-            raise ValueError(f"teacher {teacher} knows other products than the catalogue; train it on the same one")
+            raise ConfigError(f"teacher {teacher} knows other products than the catalogue; train it on the same one")
         return choose_pseudo_threshold(*_selection_probs(model, cfg, catalogue), cfg.pseudo_precision) \
             if d.is_main else None
 
@@ -278,11 +289,47 @@ def _listing(photos: Sequence[Path]) -> str:
     return f"{len(photos)} photos, sha256 {digest[:16]}"
 
 
+def _without_labelled(cfg: TrainConfig, catalogue: Catalogue, photos: list[Path]) -> list[Path]:
+    """`photos` less the catalogue's own (the same files, however named). A photo of the split this run makes its
+    choices on (val, or the hold-out with --select-on holdout) is refused: pseudo-labelled, the student would
+    train on the photos that pick its epoch and the pseudo-label threshold. A training photo is dropped (it is
+    labelled already); one of another split (val under --select-on holdout, test) is kept, with a warning that
+    the scores there are then transductive (its photos were seen, never its labels)."""
+    from ..data.catalogue import selection_split
+
+    def key(path: Path) -> Path:
+        return path.resolve()
+
+    fit, selection, _ = selection_split(catalogue, cfg.select_on, cfg.holdout_fraction, cfg.seed)
+    chosen = {key(s.path) for s in selection}
+    trained = {key(s.path) for s in fit} | {key(p.image) for p in catalogue.products.values() if p.image is not None}
+    others = {key(s.path): name for name, samples in catalogue.splits.items() for s in samples}
+    clash = [p for p in photos if key(p) in chosen]
+    if clash:
+        where = "val" if cfg.select_on == "val" else "the hold-out of train (--select-on holdout)"
+        raise ConfigError(f"--unlabeled {cfg.unlabeled}: {len(clash)} of its photos are {where}, the photos this run "
+                          f"selects on (e.g. {clash[0]}): give a folder without them, or select on another split")
+    kept = [p for p in photos if key(p) not in trained]
+    if len(kept) < len(photos):
+        log.warning("self-training: %d of the %d photos in --unlabeled are training photos of the catalogue "
+                    "(labelled already): left out", len(photos) - len(kept), len(photos))
+    seen = sorted({others[key(p)] for p in kept if key(p) in others})
+    if seen:
+        log.warning("self-training: --unlabeled holds photos of the catalogue's %s split(s): the student sees "
+                    "them (never their labels), so its scores there are transductive", ", ".join(seen))
+    if not kept:
+        raise ConfigError(f"--unlabeled {cfg.unlabeled}: every photo in it is a training photo of the catalogue: "
+                          "nothing is left to pseudo-label")
+    return kept
+
+
 def _unlabelled_photos(source: str) -> list[Path]:
     from ..data.catalogue import IMAGE_SUFFIXES
 
     root = Path(source)
     if root.is_file():
+        if root.suffix.lower() not in IMAGE_SUFFIXES:
+            raise FileNotFoundError(f"--unlabeled {source}: not a photo (or a folder of photos)")
         return [root]
     if not root.is_dir():
         raise FileNotFoundError(f"--unlabeled {source}: no such folder")

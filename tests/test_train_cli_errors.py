@@ -1,0 +1,85 @@
+"""train, evaluate and suggest-labels on a user's mistakes, told before the work (a new user's review,
+session 24): an output path that is a file, a --teacher or --init-from that is not a usable bundle, a photo
+folder that does not exist, -o naming a folder, a pool with no readable photo."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def _skulens(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "skulens.cli", *args], capture_output=True, text=True, timeout=300,
+                          check=False, cwd=cwd)
+
+
+def _one_line(r: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr and all(n in r.stderr for n in needles), r.stderr
+
+
+def test_train_refuses_bad_outputs_and_bundles_before_any_work(tiny_catalogue: Path, tiny_bundle,
+                                                                tmp_path: Path) -> None:
+    a_file = tmp_path / "afile"
+    a_file.write_text("x")
+    base = ["train", "--data", str(tiny_catalogue), "--backbone", "efficientnet_lite0", "--image-size", "64",
+            "--epochs", "1", "--loggers="]
+    r = _skulens(*base, "-o", str(a_file), "--holdout-fraction", "0.3", "--pseudo-precision", "0.8")
+    _one_line(r, "a file is there")
+    assert "holdout_fraction 0.3 is not used" in r.stderr and "pseudo_precision 0.8 is not used" in r.stderr
+    _one_line(_skulens(*base, "-o", str(a_file / "sub")), "is a file, not a folder")
+    _one_line(_skulens(*base, "-o", str(tmp_path / "t1"), "--teacher", str(tmp_path / "nope")), "--teacher",
+              "not a bundle")
+    lite2 = tmp_path / "lite2"
+    lite2.mkdir()
+    card = (tiny_bundle.bundle / "card.json").read_text().replace('"efficientnet_lite0"', '"efficientnet_lite2"')
+    assert '"efficientnet_lite2"' in card
+    (lite2 / "card.json").write_text(card)
+    r = _skulens(*base, "-o", str(tmp_path / "t2"), "--init-from", str(lite2))
+    _one_line(r, "is a efficientnet_lite2", "--backbone efficientnet_lite2")
+    assert not (tmp_path / "t1").exists() and not (tmp_path / "t2").exists()  # refused before the run folder
+
+
+def test_evaluate_refuses_an_output_that_is_a_file(tiny_bundle, tiny_catalogue: Path, tmp_path: Path) -> None:
+    a_file = tmp_path / "afile"
+    a_file.write_text("x")
+    _one_line(_skulens("evaluate", "-m", str(tiny_bundle.bundle), "--data", str(tiny_catalogue), "--out",
+                       str(a_file)), "a file is there")
+    assert a_file.read_text() == "x"
+
+
+def test_suggest_labels_on_a_missing_folder_an_output_folder_and_no_readable_photo(tiny_bundle, tiny_catalogue: Path,
+                                                                                    tmp_path: Path) -> None:
+    model = ["-m", str(tiny_bundle.bundle), "--budget", "2", "-q"]
+    _one_line(_skulens("suggest-labels", str(tmp_path / "nope"), *model, "-o", str(tmp_path / "x.csv")),
+              "nope: no such file or folder")
+    assert not (tmp_path / "x.csv").exists()
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for photo in sorted((tiny_catalogue.parent / "val").rglob("*.jpg"))[:4]:
+        (pool / photo.name).write_bytes(photo.read_bytes())
+    r = _skulens("suggest-labels", str(pool), *model, "-o", str(tmp_path))  # a folder (above the photos): its
+    assert r.returncode == 0, r.stderr                                    # to_label.csv, not IsADirectoryError
+    assert len((tmp_path / "to_label.csv").read_text().splitlines()) == 3  # header + the budget
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "a.jpg").write_bytes(b"not a photo")
+    r = _skulens("suggest-labels", str(broken), *model)
+    assert r.returncode == 1 and "nothing written" in r.stderr, r.stderr
+    assert not (broken / "to_label.csv").exists()  # no header-only manifest to stand in the way of a rerun
+    assert _skulens("suggest-labels", str(broken), *model).returncode == 1  # and a rerun is not refused
+
+
+@pytest.mark.parametrize("flag", ["--unlabeled"])
+def test_self_training_with_no_readable_photo_is_an_error(tiny_bundle, tiny_catalogue: Path, tmp_path: Path,
+                                                          flag: str) -> None:
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    (pool / "a.jpg").write_bytes(b"not a photo")
+    r = _skulens("train", "--data", str(tiny_catalogue), flag, str(pool), "--teacher", str(tiny_bundle.bundle),
+                 "-o", str(tmp_path / "run"), "--backbone", "efficientnet_lite0", "--image-size", "64", "--epochs",
+                 "1", "--loggers=", "--no-baseline", "-q")
+    _one_line(r, "none of its 1 photos could be read")
