@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +14,8 @@ from ._common import (
     add_out,
     add_quiet,
     check_detector,
+    check_model,
+    check_out_path,
     csv_list,
     data_path,
     device_arg,
@@ -42,6 +45,7 @@ def cmd_export(ns: argparse.Namespace) -> int:
     ns.calibration_images = ns.calibration_images or 256
     if ns.preset == "fast":
         return _export_fast(ns, bundle)
+    check_out_path(ns.out, "--out")  # a file (--preset fast takes a folder): told before the export, not after
     for flag, value in (("--student", ns.student), ("--epochs", ns.epochs), ("--check-split", ns.check_split),
                         ("--max-drop", ns.max_drop)):
         if value is not None:
@@ -61,6 +65,16 @@ def cmd_export(ns: argparse.Namespace) -> int:
         return _export_tflite(ns, bundle, data)
     from ..deploy.onnx import export_onnx, export_torchscript
 
+    if ns.out:
+        # another bundle's folder (its weights beside its card): its own export would be replaced. An export
+        # folder of card and files only is this command's to update (a retrained model exported again).
+        beside = Path(ns.out).parent / "card.json"
+        if (beside.parent / "model.safetensors").is_file() and beside.is_file() and \
+                beside.resolve() != (Path(bundle) / "card.json").resolve() and \
+                beside.read_bytes() != (Path(bundle) / "card.json").read_bytes():
+            raise UsageError(f"--out {ns.out}: that folder holds another model's bundle ({beside}); its export "
+                             "would be replaced by this model's: give another folder")
+        Path(ns.out).parent.mkdir(parents=True, exist_ok=True)
     path = export_onnx(bundle, ns.out) if ns.format == "onnx" else export_torchscript(bundle, ns.out)
     say(f"exported {ns.format}: {path} ({path.stat().st_size / 1e6:.1f} MB); preprocessing and labels are "
         "in its metadata")
@@ -95,11 +109,20 @@ def _export_fast(ns: argparse.Namespace, bundle: str) -> int:
         raise UsageError(f"--model {bundle}: --preset fast needs a bundle folder (RUN/bundle), not an exported file")
     bundle = str(folder)
     out = Path(ns.out or f"runs/fast-{Path(bundle).resolve().parent.name}")
+    check_out_path(out, "--out", folder=True)
     from ..deploy.distill import DEFAULT_STUDENT
     from ..deploy.fast import earlier_run
 
+    student = ns.student or DEFAULT_STUDENT
+    try:
+        backbone = json.loads((Path(bundle) / "card.json").read_text(encoding="utf-8")).get("backbone")
+    except (OSError, ValueError, AttributeError):
+        backbone = None  # the bundle's own loading says what is wrong
+    if ns.epochs and backbone == student:
+        raise UsageError(f"--epochs sets the distillation, and {bundle} already is a {student}: nothing is "
+                         "distilled (it is exported and quantized as it is); drop --epochs")
     try:  # before the long distillation: an --out holding something else is refused at once
-        earlier_run(out, bundle, ns.student or DEFAULT_STUDENT)
+        earlier_run(out, bundle, student)
     except FileExistsError as e:
         raise UsageError(f"--out {e}") from None
     data = data_path(ns, model=bundle)
@@ -150,6 +173,19 @@ def _split_samples(data: str, split: str, card: ModelCard) -> list[Any]:
     return list(card_catalogue(data, card).split(split))
 
 
+def _same_products(other: str, bundle: str, flag: str) -> None:
+    """A row compared with the bundle's must be a model of the same products (its card.json, read without torch)."""
+    card, mine = Path(other) / "card.json", Path(bundle) / "card.json" if Path(bundle).is_dir() else Path(bundle)
+    try:
+        theirs = json.loads(card.read_text(encoding="utf-8")).get("classes")
+        ours = json.loads(mine.read_text(encoding="utf-8")).get("classes")
+    except (OSError, ValueError, AttributeError):
+        return  # no card to compare: the benchmark's own loading says what is wrong
+    if theirs != ours:
+        raise UsageError(f"{flag} {other}: a model of other products than --model {bundle} ({len(theirs or ())} "
+                         f"classes against {len(ours or ())}): its rows would not be comparable")
+
+
 def cmd_bench(ns: argparse.Namespace) -> int:
     bundle = model_path(ns)
     if ns.detector:
@@ -157,17 +193,29 @@ def cmd_bench(ns: argparse.Namespace) -> int:
     if ns.fast and not (Path(ns.fast) / "model.int8.onnx").is_file():
         raise UsageError(f"--fast {ns.fast}: no model.int8.onnx there (make it with `skulens export --model BUNDLE "
                          f"--preset fast --out {ns.fast}`)")
+    if ns.fast:
+        _same_products(ns.fast, bundle, "--fast")
     extra = {k: v for k, v in (("distilled", ns.distilled), ("pruned", ns.pruned)) if v}
     for item in ns.extra or []:
         name, _, path = item.partition("=")
         if not path:
             raise UsageError(f"--extra {item!r}: expected NAME=BUNDLE")
+        if name in extra or name in ("default", "fast"):  # each row's export goes to models/NAME: one per name
+            raise UsageError(f"--extra {item!r}: the name {name!r} is taken (default, fast, --distilled, --pruned "
+                             "and each --extra need names of their own)")
         extra[name] = path
+    for name, path in extra.items():  # before the default rows are measured, not after
+        check_model(path)
+        _same_products(path, bundle, f"--{name}" if name in ("distilled", "pruned") else f"--extra {name}")
     known = DEFAULT_RUNTIMES + OPTIONAL_RUNTIMES
     runtimes = csv_list(ns.variants, flag="--variants", allowed=known)
     extra_runtimes = csv_list(ns.extra_runtimes, flag="--extra-runtimes", allowed=known)
     if "baseline" not in runtimes:  # checked here, not after minutes of exports
         raise UsageError("--variants must include baseline (the reference every other row is compared with)")
+    if any(r.startswith("tflite") for r in (*runtimes, *(extra_runtimes if extra else ()))):
+        from ..deploy.tflite import require_tflite_export
+
+        require_tflite_export()  # the converter: before the ONNX exports, not after
     data = data_path(ns, model=bundle)
     from ..deploy.bench import bench_bundle, to_markdown
     from ..models.inference import resolve_device

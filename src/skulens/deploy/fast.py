@@ -288,6 +288,18 @@ def teacher_fingerprint(bundle: str | os.PathLike[str]) -> dict[str, Any]:
     return {"weights_sha256": digest.hexdigest(), "classes": list(read_card(bundle).classes)}
 
 
+def _copy_of(out_dir: Path, teacher: str | os.PathLike[str]) -> bool:
+    """Whether OUT holds this command's copy of `teacher` (same weights, only the files it writes there)."""
+    weights = out_dir / "model.safetensors"
+    if not weights.is_file() or not (Path(teacher) / "model.safetensors").is_file():
+        return False
+    ours = {"card.json", "model.safetensors", "model.onnx", "model.int8.onnx", REPORT, "fast.md"}
+    if any(p.name not in ours and not p.name.endswith(".tmp") for p in out_dir.iterdir()):
+        return False
+    theirs = Path(teacher) / "model.safetensors"
+    return weights.stat().st_size == theirs.stat().st_size and weights.read_bytes() == theirs.read_bytes()
+
+
 def earlier_run(out_dir: Path, teacher: str | os.PathLike[str], student: str) -> str | None:
     """What OUT holds from an earlier run of `make_fast`: None (nothing: OUT is missing or empty), "done" (a
     finished distillation from `teacher` into `student`), "stopped" (one that has a checkpoint to resume).
@@ -300,6 +312,8 @@ def earlier_run(out_dir: Path, teacher: str | os.PathLike[str], student: str) ->
     if not config.is_file():
         if [p.name for p in out_dir.iterdir()] == ["distill-run"] and [p.name for p in run.iterdir()] == [TEACHER_FILE]:
             return None  # stopped before the distillation wrote anything
+        if not run.exists() and _copy_of(out_dir, teacher):
+            return None  # the teacher already was the student (no distillation): its copy is made again
         raise FileExistsError(f"{out_dir} exists and is not empty: give a new folder")
     import yaml
 

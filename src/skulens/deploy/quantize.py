@@ -133,6 +133,11 @@ def quantize_onnx(onnx_path: str | os.PathLike, out: str | os.PathLike, images: 
     if method not in methods:
         raise ValueError(f"calibration method {method!r}: minmax or percentile")
     calibrate, calib_options = methods[method]
+    if method == "percentile" and len(images) % batch_size:
+        # ONNX Runtime's histogram calibrators stack every batch's outputs into one array: a shorter last batch
+        # makes it ragged (a ValueError deep in onnxruntime). Whole batches only (or one batch of them all).
+        batch_size = min(batch_size, len(images))
+        images = list(images)[: len(images) // batch_size * batch_size]
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:

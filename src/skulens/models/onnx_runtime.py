@@ -62,11 +62,22 @@ def require_onnx() -> None:
 def read_onnx_card(path: str | os.PathLike) -> ModelCard:
     import onnx
 
-    proto = onnx.load(str(path), load_external_data=False)
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError (an Exception of its own), onnx's own errors
+        if isinstance(exc, (FileNotFoundError, ImportError, MemoryError)):
+            raise
+        raise _corrupt(path, exc) from None
     meta = {p.key: p.value for p in proto.metadata_props}
     if CARD_KEY not in meta:
         raise BundleError(f"{path}: an ONNX file without a skulens card (export it with `skulens export`)")
     return ModelCard.from_dict(json.loads(meta[CARD_KEY]))
+
+
+def _corrupt(path: str | os.PathLike, exc: BaseException) -> BundleError:
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    return BundleError(f"{path}: not a readable ONNX file (corrupt or truncated: {first}); export it again with "
+                       "skulens export")
 
 
 class OnnxRunner:
@@ -99,7 +110,12 @@ class OnnxRunner:
                         "device_id": index, "trt_engine_cache_enable": True, "trt_engine_cache_path": cache}))
             else:
                 log.warning("onnxruntime has no CUDA provider (pip install onnxruntime-gpu): ONNX runs on the CPU")
-        self.session = ort.InferenceSession(str(path), opts, providers=providers)
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=providers)
+        except Exception as exc:  # onnxruntime's own classes (InvalidProtobuf, Fail, ...): not importable by name
+            if type(exc).__module__.split(".")[0] != "onnxruntime" or not Path(path).is_file():
+                raise
+            raise _corrupt(path, exc) from None
         self.provider = self.session.get_providers()[0]
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.n_classes = self.session.get_outputs()[0].shape[-1]

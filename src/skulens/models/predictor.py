@@ -293,6 +293,12 @@ def load_onnx(path: str | os.PathLike, *, int8: bool = False, device: str = "cpu
     from .onnx_runtime import ONNX_INT8_NAME, ONNX_NAME, OnnxRunner, read_onnx_card
 
     p = _exported_file(path, ONNX_INT8_NAME if int8 else ONNX_NAME, "onnx --int8" if int8 else "onnx")
+    if int8 and not p.name.endswith(".int8.onnx"):  # a file named by hand: the int8 backend runs int8 files only
+        sibling = p.with_name(p.name.removesuffix(".onnx") + ".int8.onnx")
+        if not sibling.is_file():
+            raise BundleError(f"{p}: --backend onnx-int8 runs an int8 file (NAME.int8.onnx, from skulens export "
+                              "--int8); this one is fp32: use --backend onnx, or name its int8 file")
+        p = sibling
     card = read_onnx_card(p)
     _check_embedded_card(p, card, "onnx" + (" --int8" if int8 else ""))
     model = Model(None, card, torch.device("cpu"), "off", runner=OnnxRunner(p, device=device))

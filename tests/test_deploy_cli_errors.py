@@ -1,0 +1,104 @@
+"""export, predict, bench on a user's mistakes (a new user's review, session 24): a corrupt ONNX file, an
+--out that is a folder or another bundle's, an fp32 file given to the int8 backend, bench rows that would not
+be comparable, and --preset fast options that do nothing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "skulens.cli", *args], capture_output=True, text=True, check=False,
+                          timeout=600)
+
+
+def _one_line(r: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr and all(n in r.stderr for n in needles), r.stderr
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_bundle, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the tiny bundle with its model.onnx."""
+    from skulens.deploy.onnx import export_onnx
+
+    b = tmp_path_factory.mktemp("deploy") / "bundle"
+    shutil.copytree(tiny_bundle.bundle, b)
+    export_onnx(b, b / "model.onnx")
+    return b
+
+
+def test_a_corrupt_onnx_file_is_one_line(exported: Path, tiny_catalogue: Path, tmp_path: Path) -> None:
+    from skulens.models.bundle import BundleError
+    from skulens.models.onnx_runtime import OnnxRunner, read_onnx_card
+
+    bad = tmp_path / "bundle"
+    shutil.copytree(exported, bad)
+    (bad / "model.onnx").write_bytes((exported / "model.onnx").read_bytes()[:100_000])  # a copy cut short
+    photo = str(next((tiny_catalogue.parent / "val").rglob("*.jpg")))
+    _one_line(_cli("predict", "-m", str(bad), "--backend", "onnx", photo), "not a readable ONNX file",
+              "skulens export")
+    for reader in (read_onnx_card, OnnxRunner):
+        with pytest.raises(BundleError, match="corrupt or truncated"):
+            reader(bad / "model.onnx")
+
+
+def test_export_out_is_checked_before_the_export(exported: Path, tmp_path: Path) -> None:
+    (tmp_path / "adir").mkdir()
+    _one_line(_cli("export", "-m", str(exported), "--out", str(tmp_path / "adir")), "a folder is there")
+    other = tmp_path / "other"  # another model's bundle, with weights: its export must not be replaced
+    shutil.copytree(exported, other)
+    card = json.loads((other / "card.json").read_text())
+    card["classes"] = [*card["classes"][:-1], "something-else"]
+    (other / "card.json").write_text(json.dumps(card))
+    before = (other / "model.onnx").read_bytes()
+    _one_line(_cli("export", "-m", str(exported), "--out", str(other / "model.onnx")), "another model's bundle")
+    assert (other / "model.onnx").read_bytes() == before
+    r = _cli("export", "-m", str(exported), "--out", str(tmp_path / "new" / "deep" / "m.onnx"))  # parents made
+    assert r.returncode == 0 and (tmp_path / "new" / "deep" / "m.onnx").is_file(), r.stderr
+
+
+def test_the_int8_backend_refuses_an_fp32_file(exported: Path) -> None:
+    import skulens
+    from skulens.models.bundle import BundleError
+
+    with pytest.raises(BundleError, match="this one is fp32"):
+        skulens.load(exported / "model.onnx", backend="onnx-int8")
+
+
+def test_bench_refuses_rows_that_would_not_compare(exported: Path, tiny_catalogue: Path, tmp_path: Path) -> None:
+    base = ["bench", "-m", str(exported), "--data", str(tiny_catalogue), "--out", str(tmp_path / "b")]
+    _one_line(_cli(*base, "--extra", f"default={exported}"), "the name 'default' is taken")
+    _one_line(_cli(*base, "--distilled", str(exported), "--extra", f"distilled={exported}"), "is taken")
+    _one_line(_cli(*base, "--extra", f"x={tmp_path / 'nope'}"), "nope")
+    fast = tmp_path / "fast"  # a fast folder made from a model of other products
+    fast.mkdir()
+    shutil.copy(exported / "model.onnx", fast / "model.int8.onnx")
+    card = json.loads((exported / "card.json").read_text())
+    (fast / "card.json").write_text(json.dumps({**card, "classes": card["classes"][:2]}))
+    _one_line(_cli(*base, "--fast", str(fast)), "other products")
+    assert not (tmp_path / "b").exists()  # nothing was measured
+
+
+def test_preset_fast_epochs_without_a_distillation_and_a_rerun(exported: Path, tmp_path: Path) -> None:
+    from skulens.deploy.distill import DEFAULT_STUDENT
+    from skulens.deploy.fast import earlier_run
+
+    card = json.loads((exported / "card.json").read_text())
+    assert card["backbone"] == DEFAULT_STUDENT  # the tiny bundle already is the student
+    _one_line(_cli("export", "-m", str(exported), "--preset", "fast", "--epochs", "5", "--out",
+                   str(tmp_path / "f")), "nothing is distilled")
+    out = tmp_path / "copy"  # what a run without distillation leaves: the teacher copied, its exports
+    out.mkdir()
+    for name in ("card.json", "model.safetensors", "model.onnx"):
+        shutil.copy(exported / name, out / name)
+    assert earlier_run(out, exported, DEFAULT_STUDENT) is None  # made again, not "give a new folder"
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not empty"):
+        earlier_run(out, exported, DEFAULT_STUDENT)
