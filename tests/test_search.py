@@ -324,3 +324,63 @@ def _milvus_lite_with(path: Path, model) -> bool:
         return False
     return True
 
+
+
+def test_a_bundle_named_by_its_card_is_enrolled_searched_and_unenrolled_intact(
+        tiny_bundle, catalogue: Path, index_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """--model BUNDLE/card.json, as the README allows: unenroll swapped a folder in at the card's path (the bundle
+    was unloadable, exit 0), enroll and search crashed (a review of session 24)."""
+    from skulens.models.bundle import BundleError, save_bundle
+    from test_enroll import blue_box
+
+    bundle, ix = tmp_path / "bundle", tmp_path / "ix"
+    shutil.copytree(tiny_bundle.bundle, bundle)
+    shutil.copytree(index_dir, ix)
+    card = bundle / "card.json"
+    before = card.read_bytes()
+    rng = np.random.default_rng(5)
+    photos = []
+    for i in range(3):
+        blue_box(rng).save(tmp_path / f"b{i}.jpg")
+        photos.append(str(tmp_path / f"b{i}.jpg"))
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a photo")
+    assert main(["enroll", "-m", str(card), "--product", "blue-box", "--coarse", "Box", "--images", *photos[:2],
+                 "--index", str(ix), "--data", str(catalogue), "-q"]) == 0
+    capsys.readouterr()
+    assert card.is_file() and card.read_bytes() != before  # the card was rewritten in its folder
+    image = next(r for r in open_index(ix).records() if r.product_id == "blue-box").image
+    assert Path(image).is_absolute() and Path(image).is_file()  # as index build stores them
+    # one bad photo is its own error line; the batch goes on
+    assert main(["search", "--index", str(ix), "-m", str(card), "-k", "1", "--image", str(bad), photos[2]]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert "error" in lines[0] and lines[1]["hits"][0]["product_id"] == "blue-box"
+    assert main(["search", "--index", str(ix), "-m", str(card), "--image", str(bad)]) == 1
+    assert main(["unenroll", "-m", str(card), "--product", "blue-box", "--index", str(ix)]) == 0
+    assert card.is_file() and card.read_bytes() == before  # the bundle as it was, a file where its card was
+    with pytest.raises(BundleError, match="a file, not a bundle folder"):
+        save_bundle(None, None, card)  # type: ignore[arg-type]  # refused before anything is written
+
+
+def test_search_and_enrol_mistakes_are_one_line(tiny_bundle, catalogue: Path, index_dir: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
+    photo = str(next((catalogue.parent / "val").rglob("*.jpg")))
+    cases = [
+        (["search", "--index", str(index_dir), "--product", "oat-milk", "--mode", "lexical"], "--mode is a setting"),
+        (["search", "--index", str(index_dir), "-m", str(tiny_bundle.bundle), "--image", photo, "--align", "x"],
+         "--align is a setting"),
+        (["enroll", "-m", str(tiny_bundle.bundle), "--product", "Oat/Milk 1L", "--images", photo], "no '/'"),
+        (["enroll", "-m", str(tiny_bundle.bundle), "--product", "x", "--coarse", " ", "--images", photo],
+         "coarse class is empty"),
+        (["enroll", "-m", str(tiny_bundle.bundle), "--product", "x", "--images", photo, "--data",
+          str(tmp_path / "nope")], "nope"),
+        (["recommend", "generate", "--data", str(catalogue), "--users", "3", "--out", str(tmp_path)], "a folder"),
+    ]
+    before = (tiny_bundle.bundle / "card.json").read_bytes()
+    for args, needle in cases:
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert needle in err and len(err.strip().splitlines()) == 1, err
+    assert (tiny_bundle.bundle / "card.json").read_bytes() == before
+    assert main(["search", "--index", str(index_dir), "--product", "oat-milk"]) == 0
+    assert "no --model" not in capsys.readouterr().err  # the text-search hint is for text queries

@@ -299,12 +299,46 @@ def test_full_queue_answers_503_not_a_hang(tiny_bundle, model, val_photo) -> Non
         assert "skulens_queue_rejected_total" in c.get("/metrics").text
 
 
-def test_request_timeout_is_504(tiny_bundle, model, val_photo) -> None:
-    settings = _settings(tiny_bundle, request_timeout_s=0.3)
+def test_request_timeout_is_504(tiny_bundle, model, val_photo, tmp_path: Path) -> None:
+    settings = _settings(tiny_bundle, tmp_path, request_timeout_s=0.3)
     with TestClient(create_app(settings, model=SlowModel(model, 1.0))) as c:
         r = c.post("/v1/predict", files=_upload(val_photo[0]))
         assert r.status_code == 504, r.text
         assert c.get("/healthz").status_code == 200
+
+
+
+def test_changes_are_answered_however_long_they_take() -> None:
+    """A 504 from the middleware cancels the request's task, not the thread doing the work: an enrolment
+    answered 504 was made anyway (and a retry failed as a conflict). Writes are not timed; compute-only
+    requests are."""
+    import time as _time
+
+    import anyio
+    from fastapi import FastAPI
+
+    from skulens.serve.security import TimeoutMiddleware
+
+    app, made = FastAPI(), []
+
+    def slow_work() -> str:
+        _time.sleep(0.6)
+        made.append(1)
+        return "done"
+
+    @app.post("/v1/products")
+    async def enrol() -> dict[str, str]:
+        return {"status": await anyio.to_thread.run_sync(slow_work)}
+
+    @app.post("/v1/predict")
+    async def predict() -> dict[str, str]:
+        return {"status": await anyio.to_thread.run_sync(slow_work)}
+
+    app.add_middleware(TimeoutMiddleware, seconds=0.2)
+    with TestClient(app) as c:
+        r = c.post("/v1/products")
+        assert r.status_code == 200 and r.json() == {"status": "done"} and made == [1]
+        assert c.post("/v1/predict").status_code == 504
 
 
 def test_health_metrics_docs_and_info(client, val_photo) -> None:

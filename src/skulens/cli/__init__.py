@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if ns.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    if not ns.verbose:  # FAISS logs its loader at INFO, a missing AVX-512 build as a ModuleNotFoundError: noise
+        logging.getLogger("faiss").setLevel(logging.WARNING)
     try:
         return int(ns.func(ns) or 0)
     except UsageError as e:

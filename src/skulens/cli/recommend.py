@@ -14,6 +14,7 @@ from ._common import (
     add_model,
     add_out,
     add_top_k,
+    check_out_path,
     data_path,
     model_path,
     positive_int,
@@ -73,6 +74,7 @@ def cmd_recommend(ns: argparse.Namespace) -> int:
 
 def cmd_recommend_generate(ns: argparse.Namespace) -> int:
     data = data_path(ns)
+    check_out_path(ns.out, "--out")
     from ..data.catalogue import load_catalogue
     from ..recommend.shopping_log import generate_shopping_log, write_events
 
@@ -148,6 +150,7 @@ def cmd_recommend_pseudonymise(ns: argparse.Namespace) -> int:
     from ..recommend.shopping_log import read_events, write_events
     from ..serve.privacy import pseudonymize_events
 
+    check_out_path(ns.out, "--out")
     key = pseudonymizer(ns, required=True)
     events = read_events(ns.events)
     write_events(ns.out, pseudonymize_events(events, key))

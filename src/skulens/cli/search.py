@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from ._common import (
+    EXIT_FAILED,
     UsageError,
     add_data,
     add_engine,
@@ -127,7 +128,8 @@ def _engine(ns: argparse.Namespace, need_model: bool) -> Any:
     bundle = model_path(ns)
     if need_model and not bundle:
         raise UsageError("--model BUNDLE is needed for photo queries (the index does not record its model)")
-    if not bundle and not ns.align and not need_model and ns.mode == "aligned":
+    text = bool(getattr(ns, "text", None))
+    if text and not bundle and not ns.align and ns.mode == "aligned":
         raise UsageError("--mode aligned needs the model whose text aligner it uses (-m/--model BUNDLE), or "
                          "--align FILE (the index does not record its model)")
     from ..models.predictor import load_model
@@ -137,7 +139,7 @@ def _engine(ns: argparse.Namespace, need_model: bool) -> Any:
     from ..search.index import open_index
 
     index = open_index(ns.index)
-    if not bundle and not ns.align and not need_model and ns.mode == "hybrid" and not getattr(ns, "quiet", False):
+    if text and not bundle and not ns.align and ns.mode == "hybrid" and not getattr(ns, "quiet", False):
         say("skulens search: no --model: BM25 and the bundled MiniLM only (give -m BUNDLE for its fine-tuned text "
             "encoder and text aligner)")
     model = load_model(bundle) if bundle and (need_model or ns.mode not in ("text", "lexical")) else None
@@ -164,12 +166,28 @@ def cmd_search(ns: argparse.Namespace) -> int:
         raise UsageError("--route routes photo queries (--image) to their predicted coarse classes")
     if ns.route is not None and not 0.0 < ns.route <= 1.0:
         raise UsageError(f"--route must be a probability in (0, 1], got {ns.route}")
+    if not ns.text and (ns.mode is not None or ns.align):
+        raise UsageError(f"{'--mode' if ns.mode is not None else '--align'} is a setting of text queries (--text)")
+    ns.mode = ns.mode or "hybrid"
     filt = _filters(ns.filter)
     engine = _engine(ns, need_model=bool(ns.image))
     if ns.image:
-        results = engine.by_image(ns.image, k=ns.top_k, filter=filt)
-        queries = ns.image
-    elif ns.text:
+        from ..data.decode import ImageDecodeError
+
+        queries = expand_inputs(ns.image)  # folders and globs, as predict takes them
+        if not queries:
+            raise UsageError(f"--image {' '.join(ns.image)}: no photos there")
+        failed = 0
+        for q in queries:  # one at a time: a bad photo is its own error line, not the end of the batch
+            try:
+                [hits] = engine.by_image([q], k=ns.top_k, filter=filt)
+            except (ImageDecodeError, FileNotFoundError) as exc:
+                failed += 1
+                print(json.dumps({"query": q, "error": getattr(exc, "reason", None) or str(exc)}))
+                continue
+            print(json.dumps({"query": q, "hits": [h.to_dict() for h in hits]}))
+        return EXIT_FAILED if failed == len(queries) else 0
+    if ns.text:
         try:
             results = engine.by_text(ns.text, k=ns.top_k, filter=filt, mode=ns.mode)
         except ValueError as exc:  # mode aligned without an aligner, an aligner of another text encoder
@@ -232,6 +250,7 @@ def cmd_text_tune(ns: argparse.Namespace) -> int:
 
 def cmd_enroll(ns: argparse.Namespace) -> int:
     bundle = model_path(ns)
+    data = data_path(ns, model=bundle) if ns.data else None  # a typo is refused, not a bank-less enrolment
     photos = expand_inputs(ns.images)
     from ..search.enroll import enroll
 
@@ -241,7 +260,7 @@ def cmd_enroll(ns: argparse.Namespace) -> int:
 
         index = open_index(ns.index)
     res = enroll(bundle, ns.product, photos, text=ns.text or "", title=ns.title or "", coarse=ns.coarse,
-                 data=ns.data, index=index, progress=not ns.quiet)
+                 data=data, index=index, progress=not ns.quiet)
     print(json.dumps({"label": res.label, "coarse_label": res.coarse_label, "coarse_inferred": res.coarse_inferred,
                       "photos": res.images, "skipped": [list(s) for s in res.skipped], "reference": res.reference,
                       "self_check": res.self_check, "index_entries": res.index_entries}))
@@ -345,7 +364,7 @@ def add_commands(sub: Any) -> None:
     q.add_argument("--product", nargs="+", help="more like this indexed product id")
     add_top_k(s, 10)
     _filter_flag(s)
-    s.add_argument("--mode", choices=TEXT_MODES, default="hybrid",
+    s.add_argument("--mode", choices=TEXT_MODES, default=None,
                    help="text search: hybrid (lexical + dense + aligned, fused; the default), text (dense only), "
                         "lexical (BM25 only), aligned (through the image space only)")
     s.add_argument("--align", help="text alignment file (default: the model bundle's)")

@@ -63,6 +63,8 @@ def save_bundle(model: SkuModel, card: ModelCard, directory: str | os.PathLike[s
     carry_over: keep the existing bundle's side files (used when updating a bundle in place, e.g. enrolment).
     """
     out = Path(directory)
+    if out.exists() and not out.is_dir():  # a bundle's card.json given as its folder: never swap a folder in there
+        raise BundleError(f"{out}: a file, not a bundle folder: give the folder to write the bundle into")
     out.parent.mkdir(parents=True, exist_ok=True)
     recover_bundle(out)  # an interrupted earlier swap: its bundle is the one carried over and replaced
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))

@@ -112,6 +112,8 @@ def load_aligner(path: str | os.PathLike, *, bundle: str | os.PathLike | None = 
     from safetensors import safe_open
 
     p = Path(path)
+    if p.name in ("card.json", "model.safetensors") and p.is_file():  # a bundle named by its card, as --model takes
+        p = p.parent
     if p.is_dir():
         p = p / ALIGN_FILE
     if not p.is_file():

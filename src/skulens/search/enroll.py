@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from ..data.decode import ImageDecodeError, decode_image
 from ..data.transforms import create_transform, to_uint8_tensor
-from ..models.bundle import load_bundle, read_card, save_bundle
+from ..models.bundle import bundle_folder, load_bundle, read_card, save_bundle
 from ..models.card import ModelCard
 from ..models.classifier import SkuModel
 
@@ -210,14 +210,20 @@ def enroll(bundle: str | os.PathLike, label: str, images: Sequence[str | os.Path
     and camera noise (`detect.synth.product_views`), so a shop photo of the product looks like something
     enrolled. When the bundle has a text aligner (`skulens align`) and the product has a text, the text's
     place in the image space joins the positives with weight `text_weight` (0 turns it off)."""
-    bundle = Path(bundle)
+    bundle = bundle_folder(bundle)  # --model may name its card.json: the folder is rewritten, never the file
     net, card = load_bundle(bundle)
     label = label.strip()
     if not label:
         raise EnrolmentError("the product needs a name")
+    if any(ord(ch) < 32 or ch in "/\\" for ch in label):  # a path segment of /v1/products/{id}, a folder name
+        raise EnrolmentError(f"product {label[:40]!r}: no '/', '\\' or control characters in a product's name")
+    if coarse is not None and not coarse.strip():
+        raise EnrolmentError("the coarse class is empty: give its name, or leave it out to have it inferred")
     if label in card.classes:
-        raise EnrolmentError(f"{label!r} is already a class of this model: to add photos of a known product, "
-                             "label them and run `skulens retrain`")
+        enrolled = any(e.get("label") == label for e in card.enrolled)
+        raise EnrolmentError(f"{label!r} is already a class of this model" + (
+            " (enrolled earlier: `skulens unenroll` or DELETE /v1/products/ID undoes that, to enrol it again)"
+            if enrolled else ": to add photos of a known product, label them and run `skulens retrain`"))
     if studio_views < 0:
         raise EnrolmentError(f"studio_views must be 0 or more, got {studio_views}")
     if not 0 <= text_weight < 1:
@@ -318,7 +324,7 @@ def _index_records(label: str, coarse: str | None, entry: dict, n: int, kept: li
     """The index entries of an enrolment's `n` photos: ids enrolled/LABEL/0.., each with its kept photo."""
     from .index import IndexRecord
 
-    images = [str(bundle / k) for k in kept]
+    images = [str((bundle / k).resolve()) for k in kept]  # as index build does: from any working folder
     return [IndexRecord(id=f"enrolled/{label}/{i}", product_id=label, label=label, coarse_label=coarse,
                         title=entry["title"], text=entry["text"], image=images[i] if i < len(images) else None)
             for i in range(n)]
@@ -363,7 +369,7 @@ def unenroll(bundle: str | os.PathLike, label: str, *, index: object | None = No
     entry of the product instead (photos added later too: removing the product, as DELETE does). Only
     enrolled products: a trained class leaves the model when it is retrained without its photos. The index
     goes first, then the bundle (atomically), so a failure half-way can be retried."""
-    bundle = Path(bundle)
+    bundle = bundle_folder(bundle)  # --model may name its card.json: the folder is rewritten, never the file
     net, card = load_bundle(bundle)
     entry = next((e for e in card.enrolled if e.get("label") == label), None)
     if entry is None:

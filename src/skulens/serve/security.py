@@ -81,14 +81,24 @@ class BodyLimitMiddleware:
             await _send_json(send, 413, message, [(b"connection", b"close")])
 
 
+# POSTs that only compute an answer: the timeout applies to them and to reads. Every other POST, PATCH, PUT
+# and DELETE changes something (enrols a product, counts stock, erases a user): its work runs in a thread that
+# cannot be cancelled, so a 504 would tell the client "not done" about a change that was made (and a retry
+# would then fail as a conflict). Those are finished and answered, however long they take.
+COMPUTE_ONLY_POSTS = frozenset({"/v1/predict", "/v1/explain", "/v1/search", "/v1/support/ask", "/v1/tag"})
+
+
 class TimeoutMiddleware:
-    """504 when a request takes longer than `seconds` to start its response (the work is cancelled)."""
+    """504 when a request takes longer than `seconds` to start its response (the work is cancelled); requests that
+    change something are not timed (`COMPUTE_ONLY_POSTS`)."""
 
     def __init__(self, app: ASGIApp, seconds: float, on_timeout: object = None):
         self.app, self.seconds, self.on_timeout = app, seconds, on_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        method = scope.get("method", "GET")
+        if scope["type"] != "http" or (method not in ("GET", "HEAD") and (
+                method != "POST" or scope.get("path", "").rstrip("/") not in COMPUTE_ONLY_POSTS)):
             await self.app(scope, receive, send)
             return
         started = asyncio.Event()
