@@ -375,12 +375,17 @@ def test_search_and_enrol_mistakes_are_one_line(tiny_bundle, catalogue: Path, in
         (["enroll", "-m", str(tiny_bundle.bundle), "--product", "x", "--images", photo, "--data",
           str(tmp_path / "nope")], "nope"),
         (["recommend", "generate", "--data", str(catalogue), "--users", "3", "--out", str(tmp_path)], "a folder"),
+        (["index", "remove", str(index_dir), "--product", "oat-milkk"], "no product 'oat-milkk'"),
     ]
+    single = tmp_path / "single.csv"  # every user has one event: nobody to hold out
+    single.write_text("user_id,product_id,event,timestamp\nu1,oat-milk,view,1\nu2,red-apple,cart,2\n")
+    cases.append((["recommend", "evaluate", "--events", str(single), "--data", str(catalogue)], "none can be held"))
     before = (tiny_bundle.bundle / "card.json").read_bytes()
     for args, needle in cases:
         assert main(args) == 2, args
         err = capsys.readouterr().err
         assert needle in err and len(err.strip().splitlines()) == 1, err
     assert (tiny_bundle.bundle / "card.json").read_bytes() == before
+    assert "oat-milk" in open_index(index_dir).product_ids()  # the refused remove removed nothing
     assert main(["search", "--index", str(index_dir), "--product", "oat-milk"]) == 0
     assert "no --model" not in capsys.readouterr().err  # the text-search hint is for text queries

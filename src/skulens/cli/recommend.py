@@ -98,6 +98,9 @@ def cmd_recommend_evaluate(ns: argparse.Namespace) -> int:
     products = class_products(load_catalogue(data))
     vectors = item_vectors(products, _load(bundle))
     train, test = leave_last_out(events)
+    if not test:  # zeros printed as if measured would read as three recommenders that never hit
+        raise UsageError(f"--events {ns.events}: no user touched two or more products, so none can be held out "
+                         "and scored (leave-last-out needs a history before the held-out product)")
     for kind in ("popularity", "content", "hybrid"):
         rec = create_recommender(kind, **({} if kind == "popularity" else {"item_vectors": vectors}))
         rep = evaluate(rec, train, test, k=ns.top_k, catalogue=list(products))

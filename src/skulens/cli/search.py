@@ -103,6 +103,10 @@ def cmd_index_remove(ns: argparse.Namespace) -> int:
     from ..search.index import open_index
 
     index = open_index(ns.index)
+    unknown = sorted(set(ns.product or ()) - index.product_ids())
+    if unknown:  # as index update: a typo is told, not "removed 0 entries"
+        index.close()
+        raise UsageError(f"no product {unknown[0]!r} in {ns.index}; nothing was removed")
     n = index.remove(product_ids=ns.product or None, ids=ns.id or None)
     index.save()
     say(f"removed {n} entr{'y' if n == 1 else 'ies'}")
