@@ -389,3 +389,27 @@ def test_search_and_enrol_mistakes_are_one_line(tiny_bundle, catalogue: Path, in
     assert "oat-milk" in open_index(index_dir).product_ids()  # the refused remove removed nothing
     assert main(["search", "--index", str(index_dir), "--product", "oat-milk"]) == 0
     assert "no --model" not in capsys.readouterr().err  # the text-search hint is for text queries
+
+
+def test_an_index_of_another_model_is_refused(tiny_bundle, catalogue: Path, index_dir: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture) -> None:
+    """Every Lite backbone embeds 1280-d: the dimension let an index built with another model be searched and
+    enrolled into, silently wrong. The model embeds a few entries' photos again and must find their vectors."""
+    from skulens.models.predictor import load_model
+    from skulens.search.engine import SearchEngine, check_index_model
+
+    other = tmp_path / "other"
+    assert main(["index", "build", "-m", "pretrained:efficientnet_lite0", "--catalogue", str(catalogue), "--out",
+                 str(other), "-q"]) == 0
+    model = load_model(tiny_bundle.bundle, device="cpu")
+    assert check_index_model(model, open_index(index_dir)) == pytest.approx(1.0, abs=1e-4)  # its own: the same
+    with pytest.raises(ValueError, match="built with another model"):
+        SearchEngine(model, open_index(other))
+    photo = str(next((catalogue.parent / "val").rglob("*.jpg")))
+    capsys.readouterr()
+    assert main(["search", "--index", str(other), "-m", str(tiny_bundle.bundle), "--image", photo]) == 2
+    assert "built with another model" in capsys.readouterr().err
+    assert main(["enroll", "-m", str(tiny_bundle.bundle), "--product", "x", "--images", photo, "--index",
+                 str(other)]) == 2
+    assert "built with another model" in capsys.readouterr().err
+    assert main(["search", "--index", str(other), "--text", "milk"]) == 0  # text queries need no photo model

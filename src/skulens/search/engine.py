@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -108,6 +109,46 @@ def product_pieces(title: str, text: str = "", *, max_pieces: int = _MAX_PIECES)
     return list(dict.fromkeys(p for p in pieces if p))[:max_pieces]
 
 
+SAME_MODEL_COSINE = 0.9  # an index entry's vector against this model's embedding of the same photo
+_PROBES = 2
+
+
+def check_index_model(model: Model, index: VectorIndex) -> float | None:
+    """Whether `index` was built with `model`: the model embeds the photos of a few entries again and their stored
+    vectors must agree (cosine; the index records no model, and every Lite backbone embeds 1280-d, so the
+    dimension alone lets an index of another model be searched, silently wrong). Below SAME_MODEL_COSINE a
+    ValueError; between it and 0.99 a warning (a close relative: a fine-tune of the model the index was built
+    with). Returns the lowest cosine, or None when no entry's photo is on this machine to check (nothing said).
+    Entries of enrolled products are skipped: their kept photos are re-encoded copies."""
+    try:
+        first = next(index.iter_entries(batch_size=64), None)
+    except Exception:  # noqa: BLE001 - a check only: a backend that cannot list entries cheaply is not checked
+        return None
+    if first is None:
+        return None
+    records, vectors = first
+    picked = [(r.image, v) for r, v in zip(records, vectors, strict=False)
+              if r.image and not r.id.startswith("enrolled/") and Path(r.image).is_file()][:_PROBES]
+    if not picked:
+        return None
+    from ..data.decode import ImageDecodeError
+
+    try:
+        fresh = model.embed([p for p, _ in picked])
+    except ImageDecodeError:
+        return None
+    stored = np.stack([np.asarray(v, np.float32) for _, v in picked])
+    stored /= np.maximum(np.linalg.norm(stored, axis=1, keepdims=True), 1e-12)
+    cosine = float((fresh * stored).sum(1).min())
+    if cosine < SAME_MODEL_COSINE:
+        raise ValueError(f"the index was built with another model: this model embeds its photos elsewhere (cosine "
+                         f"{cosine:.2f} to the stored vectors of the same photos): build the index with this model")
+    if cosine < 0.99:
+        log.warning("the index was built with a model close to this one, not this one (cosine %.3f to the stored "
+                    "vectors of the same photos): rebuild it for this model's results", cosine)
+    return cosine
+
+
 class SearchEngine:
     """text_model: the text encoder of the dense side (a sentence-transformers folder, or "minilm"); by
     default the model bundle's fine-tuned encoder when it has one (`skulens text-tune`), else MiniLM."""
@@ -117,6 +158,8 @@ class SearchEngine:
         if model is not None and model.card.embedding_dim != index.dim:
             raise ValueError(f"the index holds {index.dim}-d vectors but the model embeds {model.card.embedding_dim}-d:"
                              " build the index with this model")
+        if model is not None:
+            check_index_model(model, index)
         self.model, self.index, self.aligner = model, index, aligner
         self.text_model = text_model
         if route is not None:
