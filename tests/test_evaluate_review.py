@@ -155,6 +155,12 @@ def test_report_says_val_calibration_is_in_sample(model: Model, tiny_catalogue: 
     assert "in-sample" not in (tmp_path / "train" / "report.md").read_text()
 
 
+def test_the_training_runs_report_says_val_calibration_is_in_sample(tiny_bundle) -> None:
+    """The README: "val ECE is in-sample; report.md says so" - the training run's own report.md too."""
+    assert tiny_bundle.card.metrics["split"] == "val"
+    assert "in-sample" in (tiny_bundle.run_dir / "report" / "report.md").read_text()
+
+
 # --------------------------------------------------------------------- 1, 7: fuse --model BUNDLE/card.json
 
 

@@ -49,6 +49,9 @@ def test_evaluate_refuses_an_output_that_is_a_file(tiny_bundle, tiny_catalogue: 
     _one_line(_skulens("evaluate", "-m", str(tiny_bundle.bundle), "--data", str(tiny_catalogue), "--out",
                        str(a_file)), "a file is there")
     assert a_file.read_text() == "x"
+    r = _skulens("evaluate", "-m", str(tiny_bundle.bundle), "--data", str(tiny_catalogue), "--out",
+                 str(tmp_path / "ev"), "--baseline", "-q")
+    assert r.returncode == 0 and "baseline" in r.stderr and "change" in r.stderr, r.stderr  # on the terminal too
 
 
 def test_suggest_labels_on_a_missing_folder_an_output_folder_and_no_readable_photo(tiny_bundle, tiny_catalogue: Path,

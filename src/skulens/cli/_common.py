@@ -391,7 +391,9 @@ def report_result(result: Any) -> None:
     from ..evaluate.report import format_summary
 
     say(format_summary(result.report, baseline=result.baseline))
-    say(f"trained {result.epochs_run} epoch(s) in {result.wall_time_s / 60:.1f} min, best epoch {result.best_epoch}")
+    resumed = " more, after resuming" if result.card.metrics.get("resumed") else ""  # this process's epochs, time
+    say(f"trained {result.epochs_run} epoch(s){resumed} in {result.wall_time_s / 60:.1f} min, best epoch "
+        f"{result.best_epoch}")
     if result.skipped:
         say(f"skipped {len(result.skipped)} undecodable image(s): {result.run_dir / 'skipped_images.tsv'}")
     say(f"model bundle: {result.bundle}")

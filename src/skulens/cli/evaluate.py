@@ -39,7 +39,13 @@ def cmd_evaluate(ns: argparse.Namespace) -> int:
 
     model = load_model(bundle, device=ns.device, backend=ns.backend)
     report = evaluate_model(model, data, split=ns.split, out=ns.out, baseline=ns.baseline, progress=not ns.quiet)
-    say(format_summary(report))
+    base = None
+    if ns.baseline:  # the report holds it: shown beside the model's, as `skulens train` shows it
+        from ..evaluate.metrics import EvalReport
+
+        saved = json.loads((Path(ns.out) / "report.json").read_text(encoding="utf-8")).get("baseline")
+        base = EvalReport.from_dict(saved) if saved else None
+    say(format_summary(report, base))
     say(f"report: {Path(ns.out) / 'report.md'}")
     return 0
 
