@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -500,6 +501,17 @@ def test_metadata_from_a_csv_and_a_filter_are_typed_alike(tmp_path: Path) -> Non
     wanted = parse_filter(["ean=0012345", "brand=NAN", "price=1.90", "in_stock=TRUE"])
     assert all(meta[k] == v and type(meta[k]) is type(v) for k, v in wanted.items())
     assert parse_filter(['sku="3"', "shelf=[1, 3]"]) == {"sku": "3", "shelf": [1, 3]}
+    # a table's mistakes are told by line and against the table, not silently kept or blamed on a photo
+    from skulens.data.catalogue import CatalogueError
+    from skulens.search.index import IndexStoreError
+
+    again = ":3: product 'milk' again (first on line 2)"
+    for body, error, needle in (("product_id,in_stock\nmilk,true\nmilk,false\n", CatalogueError, again),
+                                ("product_id,in_stock\nmilk,true,extra\n", CatalogueError, ":2: more cells"),
+                                ("product_id,in stock\nmilk,true\n", IndexStoreError, "meta.csv: header")):
+        table.write_text(body, encoding="utf-8")
+        with pytest.raises(error, match=re.escape(needle)):
+            read_metadata_table(table)
 
 
 def test_milvus_expressions_escape_strings():

@@ -50,11 +50,21 @@ def _read_metadata_table(p: Path) -> dict[str, dict[str, Any]]:
             reader.fieldnames = [name.strip() for name in reader.fieldnames]
         if not reader.fieldnames or "product_id" not in reader.fieldnames:
             raise CatalogueError(f"{p}: needs a 'product_id' column (got {reader.fieldnames})")
+        from .index import _check_metadata
+
+        # the column names are metadata keys (filter fields): checked here, naming the file, not a photo later
+        _check_metadata({k: "" for k in reader.fieldnames if k != "product_id"}, f"{p}: header")
         out: dict[str, dict[str, Any]] = {}
+        first: dict[str, int] = {}
         for line, row in enumerate(reader, start=2):
+            if row.get(None):  # type: ignore[call-overload]  # DictReader's restkey: cells past the header
+                raise CatalogueError(f"{p}:{line}: more cells than the header has columns")
             pid = (row.pop("product_id") or "").strip()
             if not pid:
                 raise CatalogueError(f"{p}:{line}: empty product_id")
+            if pid in first:  # two rows for one product: which one holds is not for the file's order to decide
+                raise CatalogueError(f"{p}:{line}: product {pid!r} again (first on line {first[pid]})")
+            first[pid] = line
             out[pid] = {k: typed_value(v) for k, v in row.items() if k and v is not None and v.strip()}
     return out
 
