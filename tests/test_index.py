@@ -707,3 +707,18 @@ def test_faiss_warm_loads_or_pages_in_the_mapped_vectors_and_answers_the_same(tm
     again.add([IndexRecord("new", "pnew", "x")], vecs[:1] + 0.01)  # still writable after the in-memory copy
     assert again.get("new") is not None and len(again) == 3001
     again.close()
+
+
+def test_record_ids_stay_relative_when_split_folders_are_links(tiny_catalogue: Path, tmp_path: Path) -> None:
+    """A catalogue whose split folders are symbolic links (the README allows it): ids were absolute paths."""
+    import shutil
+
+    from skulens.data.catalogue import load_catalogue
+    from skulens.search.catalogue_index import catalogue_records
+
+    root = tmp_path / "cat"
+    shutil.copytree(tiny_catalogue.parent, root)
+    shutil.move(root / "train", tmp_path / "elsewhere")
+    (root / "train").symlink_to(tmp_path / "elsewhere")
+    records, _ = catalogue_records(load_catalogue(root / tiny_catalogue.name), catalogue_photos=False)
+    assert records and all(r.id.startswith("train/") for r in records), records[0].id

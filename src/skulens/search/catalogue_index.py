@@ -84,10 +84,14 @@ def catalogue_records(cat: Catalogue, *, splits: Sequence[str] = ("train",), cat
             return
         seen.add(path.resolve())
         prod = cat.products.get(label)
-        try:
-            rid = path.resolve().relative_to(cat.root.resolve()).as_posix()
-        except ValueError:
-            rid = str(path)
+        rid = str(path)
+        # relative to the root as written first: split folders that are symbolic links (which catalogues may
+        # be) resolve outside the root, and the id would become an absolute path
+        for inside, root in ((Path(os.path.abspath(path)), Path(os.path.abspath(cat.root))),
+                             (path.resolve(), cat.root.resolve())):
+            if inside.is_relative_to(root):
+                rid = inside.relative_to(root).as_posix()
+                break
         records.append(IndexRecord(
             id=rid, product_id=label, label=label, coarse_label=coarse or cat.hierarchy.get(label),
             title=prod.title if prod else label.replace("-", " "),
