@@ -211,6 +211,10 @@ def test_cold_start_product_is_reached_through_content() -> None:
         assert new in [r.product_id for r in rec.similar("apple-0", k=4)], rec.name
     hybrid_reason = {r.product_id: r.reason for r in rec.recommend("fan", k=5)}[new]
     assert "apple-" in hybrid_reason
+    # products "similar" to the new one: nothing was ever bought with it, so no reason may say so
+    reasons = [r.reason for r in rec.similar(new, k=6)]
+    assert not any(r.startswith("often together") for r in reasons), reasons
+    assert f"bought with products like {new}" in reasons  # the borrowed co-occurrence, said as such
     popularity = PopularityRecommender().fit(log, catalogue=vectors)
     assert new not in [r.product_id for r in popularity.recommend("fan", k=10)]
 

@@ -531,9 +531,17 @@ class HybridRecommender(_ContentMixin, Recommender):
         scores = (1 - w) * cooc + w * content + 1e-6 * popular
         scores[0, i] = -np.inf
         order = _top_k(scores, k)[0]
-        return [Recommendation(self.items[j], float(scores[0, j]),
-                               "similar content" if w * content[0, j] >= (1 - w) * cooc[0, j] else
-                               f"often together with {product_id}") for j in order if np.isfinite(scores[0, j])]
+        def reason(j: int) -> str:
+            if w * content[0, j] >= (1 - w) * cooc[0, j]:
+                return "similar content"
+            if self._popularity[i] == 0:  # this product has no events: its co-occurrence is borrowed
+                return f"bought with products like {product_id}"
+            if self._popularity[j] == 0:  # nor has that one
+                return f"new product, like others bought with {product_id}"
+            return f"often together with {product_id}"
+
+        return [Recommendation(self.items[j], float(scores[0, j]), reason(j)) for j in order
+                if np.isfinite(scores[0, j])]
 
     def _explain(self, row: sparse.csr_matrix, item: int) -> str:
         cooc, content, popular = (c[0, item] for c in self._components(row))
