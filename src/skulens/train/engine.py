@@ -358,6 +358,17 @@ def _prepare_training(run: _Run, ckpt: dict[str, Any] | None) -> None:
     run.logger = RunLogger(run.run_dir, cfg.loggers, config_to_dict(cfg))
 
 
+# What a resumed run may change without changing the run: where it runs and what it logs to.
+_RESUME_FREE = frozenset({"device", "loggers", "num_workers", "resume"})
+
+
+def _differs(key: str, was: Any, now: Any) -> bool:
+    """True when `key` differs between the interrupted run's config and this one (paths compared resolved)."""
+    if key in ("data", "out", "teacher", "init_from", "unlabeled") and was and now:
+        return Path(str(was)).resolve() != Path(str(now)).resolve()
+    return was != now
+
+
 def _restore(run: _Run, ckpt: dict[str, Any] | None) -> dict[str, Any]:
     """The loop state: fresh, or the interrupted run's (after checking it is the same run)."""
     cfg, run_dir = run.cfg, run.run_dir
@@ -368,11 +379,12 @@ def _restore(run: _Run, ckpt: dict[str, Any] | None) -> dict[str, Any]:
     now = {**config_to_dict(cfg), "resume": False}
     if ckpt["config"] != now:
         was = ckpt["config"]
-        diff = sorted(k for k in set(was) | set(now) if was.get(k) != now.get(k))
+        diff = sorted(k for k in set(was) | set(now) if k not in _RESUME_FREE and _differs(k, was.get(k), now.get(k)))
         shown = ", ".join(f"{k}: {was.get(k)!r} then, {now.get(k)!r} now" for k in diff[:4])
-        raise ConfigError(f"{run_dir}: --resume with a different config than the interrupted run ({shown}"
-                          f"{', ...' if len(diff) > 4 else ''}); resume it as it was: skulens train --config "
-                          f"{run_dir / 'config.yaml'} --resume")
+        if diff:
+            raise ConfigError(f"{run_dir}: --resume with a different config than the interrupted run ({shown}"
+                              f"{', ...' if len(diff) > 4 else ''}); resume it as it was: skulens train --config "
+                              f"{run_dir / 'config.yaml'} --resume")
     run.model.load_state_dict(ckpt["model"])
     if run.ema is not None and "ema" in ckpt:
         run.ema.module.load_state_dict(ckpt["ema"])
