@@ -348,7 +348,7 @@ def test_baseline_probe_runs_on_the_models_device_and_a_safe_precision(
     assert seen == [expected, expected]
 
 
-def test_a_run_on_a_named_manifest_is_evaluated_on_that_manifest(tmp_path: Path) -> None:
+def test_a_run_on_a_named_manifest_is_evaluated_on_that_manifest(tmp_path: Path, monkeypatch) -> None:
     """The card records the manifest file a run was given, not its folder: `evaluate` without --data scored the
     folder's own manifest.csv (another catalogue) or failed when the folder had none."""
     from conftest import TINY, write_catalogue
@@ -360,8 +360,10 @@ def test_a_run_on_a_named_manifest_is_evaluated_on_that_manifest(tmp_path: Path)
     default.rename(named)
     rows = named.read_text().splitlines()
     default.write_text("\n".join([rows[0], *[r for r in rows[1:] if ",val," in r][:2]]) + "\n")  # another one
-    r = train(named, out=str(tmp_path / "run"), progress=False, **{**TINY, "epochs": 1})
+    monkeypatch.chdir(tmp_path)  # --data given relative: the card records where it is, from any folder
+    r = train("cat/a.csv", out=str(tmp_path / "run"), progress=False, **{**TINY, "epochs": 1})
     assert r.card.dataset["path"] == str(named)
+    monkeypatch.chdir(tmp_path / "cat")
     assert main(["evaluate", "-m", str(r.bundle), "--out", str(tmp_path / "ev"), "-q"]) == 0
     report = json.loads((tmp_path / "ev" / "report.json").read_text())
     assert report["extra"]["data"] == str(named) and report["model"]["n"] == len(load_catalogue(named).split("val")) > 2

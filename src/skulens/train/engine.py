@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import shutil
 import time
@@ -177,7 +178,8 @@ def _base_card(cfg: TrainConfig, cat: Catalogue, spec: BackboneSpec, embedding_d
         attributes=attributes, attribute_exclusive=_exclusive_attributes(cat, attributes),
         coarse_fallback=cfg.coarse_fallback, dropout=cfg.dropout, train_config=config_to_dict(cfg),
         # a manifest file keeps its name: its folder may hold another manifest (or the default one) or none
-        dataset={"path": cfg.data if cfg.data and Path(cfg.data).is_file() else str(cat.root), "layout": cat.layout, "fingerprint": cat.fingerprint(),
+        dataset={"path": os.path.abspath(cfg.data) if cfg.data and Path(cfg.data).is_file() else str(cat.root),
+                 "layout": cat.layout, "fingerprint": cat.fingerprint(),
                  "sizes": {k: len(v) for k, v in cat.splits.items()}, "val_generated": cat.val_was_generated},
     )
 

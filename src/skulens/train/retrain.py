@@ -34,19 +34,25 @@ def _enrolled_samples(bundle: Path) -> tuple[list[Sample], dict[str, Product]]:
     return samples, products
 
 
+def retrain_source(bundle: str | os.PathLike, data: str | os.PathLike | None = None) -> str:
+    """The catalogue a retrain reads: `data`, else the path the bundle's run was given (a manifest file keeps its
+    name; cards before session 24 record its folder as the dataset path)."""
+    card = read_card(bundle)
+    tc = card.train_config
+    recorded = tc.get("data") if tc.get("data") and Path(tc["data"]).exists() else card.dataset.get("path")
+    source = data or recorded
+    if not source or not Path(source).exists():
+        raise ConfigError(f"the data {bundle} was trained on ({source!r}) is not here: pass --data PATH")
+    return os.path.abspath(source)
+
+
 def retrain_catalogue(bundle: str | os.PathLike, data: str | os.PathLike | None = None,
                       extra: Sequence[str | os.PathLike] = ()) -> Catalogue:
     """The catalogue a retrain uses: the bundle's training data + its enrolled photos + extra catalogues."""
     bundle = Path(bundle)
     card = read_card(bundle)
-    tc = card.train_config
-    # The path the run was given (a manifest file keeps its name: the card's dataset path is its folder),
-    # and the same generated val (its fraction and seed), so val stays the photos the bundle never trained on.
-    recorded = tc.get("data") if tc.get("data") and Path(tc["data"]).exists() else card.dataset.get("path")
-    source = data or recorded
-    if not source or not Path(source).exists():
-        raise ConfigError(f"the data {bundle} was trained on ({source!r}) is not here: pass --data PATH")
-    cat = card_catalogue(source, card)
+    # the same generated val (its fraction and seed), so val stays the photos the bundle never trained on
+    cat = card_catalogue(retrain_source(bundle, data), card)
     samples, products = _enrolled_samples(bundle)
     for path in extra:
         more = load_catalogue(path, val_fraction=0.0)
@@ -76,5 +82,6 @@ def retrain(bundle: str | os.PathLike, *, out: str, data: str | os.PathLike | No
     # the products enrolled since, and the retrain learns from labels.
     skip = {"resume", "out", "init_from", "data", "teacher", "unlabeled", *REMOVED_KEYS}
     values = {k: v for k, v in card.train_config.items() if k not in skip}
-    values.update({"baseline": False, **overrides, "out": out, "init_from": str(bundle), "data": str(cat.root)})
+    values.update({"baseline": False, **overrides, "out": out, "init_from": str(bundle),
+                   "data": retrain_source(bundle, data)})  # a manifest file, not its folder (another manifest)
     return fit(resolve_config(values), catalogue=cat, progress=progress)

@@ -290,37 +290,32 @@ def _listing(photos: Sequence[Path]) -> str:
 
 
 def _without_labelled(cfg: TrainConfig, catalogue: Catalogue, photos: list[Path]) -> list[Path]:
-    """`photos` less the catalogue's own (the same files, however named). A photo of the split this run makes its
-    choices on (val, or the hold-out with --select-on holdout) is refused: pseudo-labelled, the student would
-    train on the photos that pick its epoch and the pseudo-label threshold. A training photo is dropped (it is
-    labelled already); one of another split (val under --select-on holdout, test) is kept, with a warning that
-    the scores there are then transductive (its photos were seen, never its labels)."""
+    """`photos` less the catalogue's own labelled ones (the same files, however named): its training photos
+    (labelled already) and the photos this run makes its choices on (val, or the hold-out with --select-on
+    holdout: pseudo-labelled, the student would train on the photos that pick its epoch and threshold; the folder
+    `skulens suggest-labels` filled in holds them). A photo of another split (val under --select-on holdout,
+    test) is kept, with a warning that the scores there are then transductive (its photos seen, never its
+    labels)."""
     from ..data.catalogue import selection_split
 
-    def key(path: Path) -> Path:
-        return path.resolve()
-
     fit, selection, _ = selection_split(catalogue, cfg.select_on, cfg.holdout_fraction, cfg.seed)
-    chosen = {key(s.path) for s in selection}
-    trained = {key(s.path) for s in fit} | {key(p.image) for p in catalogue.products.values() if p.image is not None}
-    others = {key(s.path): name for name, samples in catalogue.splits.items() for s in samples}
-    clash = [p for p in photos if key(p) in chosen]
-    if clash:
-        where = "val" if cfg.select_on == "val" else "the hold-out of train (--select-on holdout)"
-        raise ConfigError(f"--unlabeled {cfg.unlabeled}: {len(clash)} of its photos are {where}, the photos this run "
-                          f"selects on (e.g. {clash[0]}): give a folder without them, or select on another split")
-    kept = [p for p in photos if key(p) not in trained]
+    labelled = {s.path.resolve() for s in (*fit, *selection)}
+    labelled |= {p.image.resolve() for p in catalogue.products.values() if p.image is not None}
+    others = {s.path.resolve(): name for name, samples in catalogue.splits.items() for s in samples}
+    resolved = [(p, p.resolve()) for p in photos]
+    kept = [(p, r) for p, r in resolved if r not in labelled]
     if len(kept) < len(photos):
-        log.warning("self-training: %d of the %d photos in --unlabeled are training photos of the catalogue "
-                    "(labelled already): left out", len(photos) - len(kept), len(photos))
-    seen = sorted({others[key(p)] for p in kept if key(p) in others})
+        log.warning("self-training: %d of the %d photos in --unlabeled are labelled photos of the catalogue (its "
+                    "training photos, or the %s this run selects on): left out", len(photos) - len(kept),
+                    len(photos), "val" if cfg.select_on == "val" else "hold-out")
+    seen = sorted({others[r] for _, r in kept if r in others})
     if seen:
         log.warning("self-training: --unlabeled holds photos of the catalogue's %s split(s): the student sees "
                     "them (never their labels), so its scores there are transductive", ", ".join(seen))
     if not kept:
-        raise ConfigError(f"--unlabeled {cfg.unlabeled}: every photo in it is a training photo of the catalogue: "
+        raise ConfigError(f"--unlabeled {cfg.unlabeled}: every photo in it is a labelled photo of the catalogue: "
                           "nothing is left to pseudo-label")
-    return kept
+    return [p for p, _ in kept]
 
 
 def _unlabelled_photos(source: str) -> list[Path]:
