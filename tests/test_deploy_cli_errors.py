@@ -64,19 +64,26 @@ def test_export_out_is_checked_before_the_export(exported: Path, tmp_path: Path)
     assert r.returncode == 0 and (tmp_path / "new" / "deep" / "m.onnx").is_file(), r.stderr
 
 
-def test_the_int8_backend_refuses_an_fp32_file(exported: Path) -> None:
+def test_the_int8_backend_refuses_an_fp32_file(exported: Path, tiny_catalogue: Path, tmp_path: Path) -> None:
     import skulens
     from skulens.models.bundle import BundleError
 
-    with pytest.raises(BundleError, match="this one is fp32"):
+    with pytest.raises(BundleError, match="has no quantized node"):
         skulens.load(exported / "model.onnx", backend="onnx-int8")
+    # an int8 graph under any name runs: the graph decides, not the file name
+    from skulens.data.catalogue import load_catalogue
+    from skulens.deploy.quantize import quantize_onnx_with_photos
+
+    photos = [s.path for s in load_catalogue(tiny_catalogue).split("train")][:8]
+    q = quantize_onnx_with_photos(exported / "model.onnx", photos, tmp_path / "sku_q.onnx")
+    assert skulens.load(q, backend="onnx-int8").card.classes == skulens.load(exported).card.classes
 
 
 def test_bench_refuses_rows_that_would_not_compare(exported: Path, tiny_catalogue: Path, tmp_path: Path) -> None:
     base = ["bench", "-m", str(exported), "--data", str(tiny_catalogue), "--out", str(tmp_path / "b")]
     _one_line(_cli(*base, "--extra", f"default={exported}"), "the name 'default' is taken")
     _one_line(_cli(*base, "--distilled", str(exported), "--extra", f"distilled={exported}"), "is taken")
-    _one_line(_cli(*base, "--extra", f"x={tmp_path / 'nope'}"), "nope")
+    _one_line(_cli(*base, "--extra", f"x={tmp_path / 'nope'}"), "--extra x", "not a bundle")
     fast = tmp_path / "fast"  # a fast folder made from a model of other products
     fast.mkdir()
     shutil.copy(exported / "model.onnx", fast / "model.int8.onnx")

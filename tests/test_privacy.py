@@ -123,9 +123,13 @@ def test_erase_user_reports_files_it_could_not_find(inventory_db, tmp_path: Path
         labelled = store.photo_file(photo.sha256)
         assert labelled is not None and labelled.is_relative_to(tmp_path / "service-labelled")
     with inventory_db.store(labelled_dir=tmp_path / "elsewhere") as store:
-        done = store.erase_user(alice, actor="cli")
+        with pytest.raises(InventoryError, match="nothing was erased: 1 of the user's files"):
+            store.erase_user(alice, actor="cli")  # the rows stay: a run with the right folders finds the file
+        assert store.audit(limit=1)[0].action != "erase_user"
+        done = store.erase_user(alice, actor="cli", missing_ok=True)  # files deleted by hand: said, not hidden
         assert (done.photos, done.files, done.missing) == (1, 0, 1)
         assert store.audit(limit=1)[0].detail["missing"] == [labelled.name]
+        assert store.labelled() == []  # the manifest no longer offers the erased photo for training
     assert labelled.is_file()  # still there: the report says so instead of "1 file erased"
 
 
@@ -233,6 +237,7 @@ def test_service_records_events_and_erases_a_user(service) -> None:
         assert r.status_code == 200, r.text
         assert r.json()["user"] == state.people.user_ref("shop/42")
     assert client.get("/v1/users/shop/42/recommendations").status_code == 200
+    assert client.delete("/v1/users/carol/").status_code == 422  # a trailing slash is not a user named "carol/"
     r = client.delete("/v1/users/alice")  # a user known only to the CSV log
     assert r.json()["log_events"] == 1
     assert "alice" not in {e.user_id for e in read_events(events_csv)}

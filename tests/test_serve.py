@@ -11,6 +11,7 @@ import pytest
 
 fastapi = pytest.importorskip("fastapi")
 
+from fastapi import Request
 from fastapi.testclient import TestClient
 
 import skulens
@@ -327,7 +328,12 @@ def test_changes_are_answered_however_long_they_take() -> None:
         return "done"
 
     @app.post("/v1/products")
-    async def enrol() -> dict[str, str]:
+    async def enrol(request: Request) -> dict[str, str]:
+        await request.body()  # as a form upload is read before the route's work
+        return {"status": await anyio.to_thread.run_sync(slow_work)}
+
+    @app.delete("/v1/users/{user_id}")
+    async def erase(user_id: str) -> dict[str, str]:
         return {"status": await anyio.to_thread.run_sync(slow_work)}
 
     @app.post("/v1/predict")
@@ -336,9 +342,12 @@ def test_changes_are_answered_however_long_they_take() -> None:
 
     app.add_middleware(TimeoutMiddleware, seconds=0.2)
     with TestClient(app) as c:
-        r = c.post("/v1/products")
+        r = c.post("/v1/products", content=b"x" * 1000)  # a body that arrived: the change runs to its answer
         assert r.status_code == 200 and r.json() == {"status": "done"} and made == [1]
+        assert c.delete("/v1/users/u1").status_code == 200 and made == [1, 1]  # no body to wait for
         assert c.post("/v1/predict").status_code == 504
+    with TestClient(app, root_path="/api") as c:  # behind a proxy's prefix, predict is still timed
+        assert c.post("/api/v1/predict").status_code == 504
 
 
 def test_health_metrics_docs_and_info(client, val_photo) -> None:

@@ -14,7 +14,6 @@ from ._common import (
     add_out,
     add_quiet,
     check_detector,
-    check_model,
     check_out_path,
     csv_list,
     data_path,
@@ -175,7 +174,8 @@ def _split_samples(data: str, split: str, card: ModelCard) -> list[Any]:
 
 def _same_products(other: str, bundle: str, flag: str) -> None:
     """A row compared with the bundle's must be a model of the same products (its card.json, read without torch)."""
-    card, mine = Path(other) / "card.json", Path(bundle) / "card.json" if Path(bundle).is_dir() else Path(bundle)
+    card = Path(other) if Path(other).name == "card.json" else Path(other) / "card.json"
+    mine = Path(bundle) / "card.json" if Path(bundle).is_dir() else Path(bundle)
     try:
         theirs = json.loads(card.read_text(encoding="utf-8")).get("classes")
         ours = json.loads(mine.read_text(encoding="utf-8")).get("classes")
@@ -205,8 +205,10 @@ def cmd_bench(ns: argparse.Namespace) -> int:
                              "and each --extra need names of their own)")
         extra[name] = path
     for name, path in extra.items():  # before the default rows are measured, not after
-        check_model(path)
-        _same_products(path, bundle, f"--{name}" if name in ("distilled", "pruned") else f"--extra {name}")
+        flag = f"--{name}" if name in ("distilled", "pruned") else f"--extra {name}"
+        if not (Path(path).is_file() and Path(path).name == "card.json") and not (Path(path) / "card.json").is_file():
+            raise UsageError(f"{flag} {path}: not a bundle (no card.json there)")
+        _same_products(path, bundle, flag)
     known = DEFAULT_RUNTIMES + OPTIONAL_RUNTIMES
     runtimes = csv_list(ns.variants, flag="--variants", allowed=known)
     extra_runtimes = csv_list(ns.extra_runtimes, flag="--extra-runtimes", allowed=known)

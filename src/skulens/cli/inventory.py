@@ -112,6 +112,8 @@ def add_commands(sub: Any) -> None:
     e.add_argument("--events", help="behaviour-log CSV the service reads (--events): the user's rows go too")
     add_key_file(e)
     _add_folders(e)
+    e.add_argument("--missing-ok", action="store_true", help="erase the rows even when some of the user's files are "
+                   "in neither folder (deleted by hand); they are reported, named in the audit entry")
     e.set_defaults(func=cmd_inventory_erase_user)
 
     pu = isub.add_parser("purge", help="delete kept uploads (not yet labelled) older than a retention period, "
@@ -216,7 +218,8 @@ def cmd_inventory_review(ns: argparse.Namespace) -> int:
         if not ns.label and not ns.reject:
             raise UsageError("give --label LABEL or --reject with the item's id (SHA256, or SHA256:INDEX for a box)")
         queued = store.photo(ns.sha256)
-        if ns.label and queued is not None and queued.has_photo and store.photo_file(ns.sha256) is None:
+        if ns.label and queued is not None and queued.status == "review" and queued.has_photo and \
+                store.photo_file(ns.sha256) is None:
             # the correction would count, but its photo could not land in the labelled data for retraining
             raise UsageError(f"the photo of {ns.sha256} is in neither {store.photo_dir} nor {store.labelled_dir}: "
                              "give the folders the service uses (--photo-dir, --labelled-dir); nothing was changed")
@@ -242,15 +245,20 @@ def cmd_inventory_erase_user(ns: argparse.Namespace) -> int:
 
     if ns.events and not Path(ns.events).is_file():  # before anything is erased, not after the inventory's part
         raise UsageError(f"--events {ns.events}: no such behaviour log; nothing was erased")
-    with _store(ns) as store:
+    from ..serve.inventory import InventoryError
+
+    # a log without an inventory (a service run with --events only): its erasure makes the empty inventory
+    with _store(ns, create=bool(ns.events)) as store:
         key = pseudonymizer(ns, required=True, data_dirs=(store.photo_dir, store.labelled_dir))
-        done = People(store=store, pseudonym=key, events_csv=ns.events, fit=None).erase(ns.user_id, actor=_actor())
-        folders = (store.photo_dir, store.labelled_dir)
+        try:
+            done = People(store=store, pseudonym=key, events_csv=ns.events, fit=None).erase(
+                ns.user_id, actor=_actor(), missing_ok=ns.missing_ok)
+        except InventoryError as exc:  # files in neither folder: nothing was erased
+            raise UsageError(f"{exc}: --photo-dir, --labelled-dir, or --missing-ok") from None
     print(json.dumps(vars(done)))
     if done.missing:
-        say(f"skulens inventory erase-user: {done.missing} of the user's files were in neither {folders[0]} nor "
-            f"{folders[1]} and were not deleted (the audit entry names them): run it with the folders the service "
-            "uses (--photo-dir, --labelled-dir) and delete those files there")
+        say(f"skulens inventory erase-user: {done.missing} of the user's files were not found and are not deleted "
+            "(the audit entry names them): delete them by hand where they are")
         return EXIT_FAILED
     return 0
 

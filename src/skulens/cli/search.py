@@ -182,14 +182,23 @@ def cmd_search(ns: argparse.Namespace) -> int:
         if not queries:
             raise UsageError(f"--image {' '.join(ns.image)}: no photos there")
         failed = 0
-        for q in queries:  # one at a time: a bad photo is its own error line, not the end of the batch
+        for start in range(0, len(queries), 64):  # batches; a batch with a bad photo goes again one by one
+            part = queries[start:start + 64]
             try:
-                [hits] = engine.by_image([q], k=ns.top_k, filter=filt)
-            except (ImageDecodeError, FileNotFoundError) as exc:
-                failed += 1
-                print(json.dumps({"query": q, "error": getattr(exc, "reason", None) or str(exc)}))
-                continue
-            print(json.dumps({"query": q, "hits": [h.to_dict() for h in hits]}))
+                answers: list[Any] = engine.by_image(part, k=ns.top_k, filter=filt)
+            except (ImageDecodeError, FileNotFoundError):
+                answers = []
+                for q in part:
+                    try:
+                        answers += engine.by_image([q], k=ns.top_k, filter=filt)
+                    except (ImageDecodeError, FileNotFoundError) as exc:
+                        answers.append(exc)
+            for q, hits in zip(part, answers, strict=True):
+                if isinstance(hits, Exception):  # its own error line, not the end of the batch
+                    failed += 1
+                    print(json.dumps({"query": q, "error": getattr(hits, "reason", None) or str(hits)}))
+                else:
+                    print(json.dumps({"query": q, "hits": [h.to_dict() for h in hits]}))
         return EXIT_FAILED if failed == len(queries) else 0
     if ns.text:
         try:

@@ -112,8 +112,9 @@ class OnnxRunner:
                 log.warning("onnxruntime has no CUDA provider (pip install onnxruntime-gpu): ONNX runs on the CPU")
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=providers)
-        except Exception as exc:  # onnxruntime's own classes (InvalidProtobuf, Fail, ...): not importable by name
-            if type(exc).__module__.split(".")[0] != "onnxruntime" or not Path(path).is_file():
+        except Exception as exc:  # onnxruntime's own classes, matched by name: a file it cannot parse is the user's;
+            # a provider, memory or opset failure is not a corrupt file and stays as it is
+            if type(exc).__name__ not in ("InvalidProtobuf", "InvalidGraph") or not Path(path).is_file():
                 raise
             raise _corrupt(path, exc) from None
         self.provider = self.session.get_providers()[0]

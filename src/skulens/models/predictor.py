@@ -258,6 +258,18 @@ def pretrained_model(backbone: str = "efficientnet_lite2", *, weights: str | Non
     return Model(net, card, dev, precision)
 
 
+def _quantized(path: Path) -> bool:
+    """Whether an ONNX graph holds quantized nodes (QDQ pairs, QLinear* or integer ops), whatever its file name."""
+    import onnx
+
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception:  # noqa: BLE001 - unreadable: left to the loader, which says so in one line
+        return True
+    return any(n.op_type in ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger",
+                             "ConvInteger") or n.op_type.startswith("QLinear") for n in graph.node)
+
+
 def _exported_file(path: str | os.PathLike, name: str, fmt: str) -> Path:
     """`path` itself, or for a bundle folder its exported `name` (an error saying how to make it)."""
     p = Path(path)
@@ -293,12 +305,9 @@ def load_onnx(path: str | os.PathLike, *, int8: bool = False, device: str = "cpu
     from .onnx_runtime import ONNX_INT8_NAME, ONNX_NAME, OnnxRunner, read_onnx_card
 
     p = _exported_file(path, ONNX_INT8_NAME if int8 else ONNX_NAME, "onnx --int8" if int8 else "onnx")
-    if int8 and not p.name.endswith(".int8.onnx"):  # a file named by hand: the int8 backend runs int8 files only
-        sibling = p.with_name(p.name.removesuffix(".onnx") + ".int8.onnx")
-        if not sibling.is_file():
-            raise BundleError(f"{p}: --backend onnx-int8 runs an int8 file (NAME.int8.onnx, from skulens export "
-                              "--int8); this one is fp32: use --backend onnx, or name its int8 file")
-        p = sibling
+    if int8 and p.is_file() and not _quantized(p):  # a file named by hand: the int8 backend runs int8 graphs only
+        raise BundleError(f"{p}: --backend onnx-int8 runs an int8 graph, and this one has no quantized node: use "
+                          "--backend onnx, or name its int8 file (skulens export --int8 writes NAME.int8.onnx)")
     card = read_onnx_card(p)
     _check_embedded_card(p, card, "onnx" + (" --int8" if int8 else ""))
     model = Model(None, card, torch.device("cpu"), "off", runner=OnnxRunner(p, device=device))

@@ -1337,7 +1337,7 @@ class InventoryStore:
         r = self._read("SELECT COUNT(*) AS n, COALESCE(MAX(id), 0) AS last FROM events")[0]
         return int(r["n"]), int(r["last"])
 
-    def erase_user(self, user_ref: str, *, actor: str) -> Erasure:
+    def erase_user(self, user_ref: str, *, actor: str, missing_ok: bool = False) -> Erasure:
         """Delete a user's events and the kept files of every photo they sent (waiting for review, kept, or
         reviewed into the labelled folder; box crops too), in one transaction, with an audit line. Counts and
         the photos' rows stay (without file or user): stock that was counted is still there.
@@ -1382,11 +1382,17 @@ class InventoryStore:
                     aside.append((path, aside_path))
                 if not found:
                     missing.append(name)
+            if missing and not missing_ok:  # another folder than the service's: erasing the rows would lose the names
+                raise InventoryError(f"nothing was erased: {len(missing)} of the user's files are in neither "
+                                     f"{self.photo_dir} nor {self.labelled_dir} (the service's folders are others? "
+                                     "give them; files deleted by hand: erase with missing_ok)")
             self._audit(db, now, actor, "erase_user", None, 0, None, None,
                         {"user": user, "events": n_events, "photos": n_photos, "files": len(files) - len(missing),
                          **({"missing": missing} if missing else {})})
             # the manifest changes only when a labelled photo goes (a queued or counted one's erasure needs no space)
-            relabel = any(self.labelled_dir in path.parents for path, _ in aside)
+            # a reviewed photo's row names it in the manifest, found on disk or not: the manifest is made again
+            relabel = any(self.labelled_dir in path.parents for path, _ in aside) or any(
+                label is not None and name in missing for label, name in files)
             manifest = self._stage_manifest(self._labelled(db.execute(sa.text(_LABELLED)).mappings())) if relabel \
                 else None
             written.extend([manifest] if manifest is not None else [])

@@ -116,7 +116,7 @@ class People:
 
     # -- erasure and retention ---------------------------------------------------------------------------
 
-    def erase(self, user_id: str, *, actor: str) -> UserErasure:
+    def erase(self, user_id: str, *, actor: str, missing_ok: bool = True) -> UserErasure:
         """Delete everything kept about one user, then refit so their history leaves the recommender too.
 
         A full or read-only disk or database (`storage_failure`) raises a StorageError that says what was not done:
@@ -126,7 +126,8 @@ class People:
         assert self.store is not None and self.pseudonym is not None, "records_events is False"
         ref = self.pseudonym(user_id)
         try:
-            done = self.store.erase_user(ref, actor=actor)
+            # the service's own folders are the store's: a file missing there went by hand, and is reported
+            done = self.store.erase_user(ref, actor=actor, missing_ok=missing_ok)
         except Exception as exc:
             error = storage_error(exc, "the inventory cannot erase a user now", "nothing was erased")
             if error is None:

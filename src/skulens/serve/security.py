@@ -89,31 +89,44 @@ COMPUTE_ONLY_POSTS = frozenset({"/v1/predict", "/v1/explain", "/v1/search", "/v1
 
 
 class TimeoutMiddleware:
-    """504 when a request takes longer than `seconds` to start its response (the work is cancelled); requests that
-    change something are not timed (`COMPUTE_ONLY_POSTS`)."""
+    """504 when a request takes longer than `seconds` to start its response (the work is cancelled). A request that
+    changes something (not in `COMPUTE_ONLY_POSTS`) is timed only until its body has arrived: a client trickling
+    an upload is still cut off, the change itself is finished and answered."""
 
     def __init__(self, app: ASGIApp, seconds: float, on_timeout: object = None):
         self.app, self.seconds, self.on_timeout = app, seconds, on_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        method = scope.get("method", "GET")
-        if scope["type"] != "http" or (method not in ("GET", "HEAD") and (
-                method != "POST" or scope.get("path", "").rstrip("/") not in COMPUTE_ONLY_POSTS)):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = asyncio.Event()
+        method, path = scope.get("method", "GET"), scope.get("path", "")
+        root = scope.get("root_path", "")
+        if root and path.startswith(root):  # behind a proxy's prefix (uvicorn --root-path)
+            path = path[len(root):]
+        writes = method not in ("GET", "HEAD") and (method != "POST" or path.rstrip("/") not in COMPUTE_ONLY_POSTS)
+        started, received = asyncio.Event(), asyncio.Event()
+        headers = dict(scope.get("headers") or ())
+        if headers.get(b"content-length", b"0").strip() in (b"", b"0") and b"transfer-encoding" not in headers:
+            received.set()  # no body to wait for (a DELETE): the change starts at once
 
         async def tracking_send(msg: Message) -> None:
             if msg["type"] == "http.response.start":
                 started.set()
             await send(msg)
 
-        task = asyncio.ensure_future(self.app(scope, receive, tracking_send))
+        async def tracking_receive() -> Message:
+            msg = await receive()
+            if msg["type"] == "http.disconnect" or (msg["type"] == "http.request" and not msg.get("more_body")):
+                received.set()
+            return msg
+
+        task = asyncio.ensure_future(self.app(scope, tracking_receive if writes else receive, tracking_send))
         done, _ = await asyncio.wait({task}, timeout=self.seconds)
         if task in done:
             task.result()
             return
-        if started.is_set():  # streaming a response already: let it finish
+        if started.is_set() or (writes and received.is_set()):  # streaming already, or a change under way
             await task
             return
         task.cancel()

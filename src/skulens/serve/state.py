@@ -254,7 +254,9 @@ class ServiceState:
     async def record_intake(self, photos: list[IntakePhoto | ShelfPhoto], actor: str) -> list[IntakeResult]:
         """Store one request's photos (merged with concurrent requests); the request's own error, raised."""
         assert self.writer is not None
-        result = await self.writer.submit(_Intake(photos, actor), timeout=self.settings.request_timeout_s)
+        # not timed: an item the writer has taken commits whatever the client hears, so a 504 could hide a count
+        # (a full queue is still a 503 at once)
+        result = await self.writer.submit(_Intake(photos, actor))
         if isinstance(result, Exception):
             raise result
         return result

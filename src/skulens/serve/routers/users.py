@@ -23,7 +23,9 @@ from ..state import ServiceState
 
 router = APIRouter(prefix="/v1", tags=["people"])
 
-UserId = Annotated[str, PathParam(min_length=1, max_length=200)]
+# `{user_id:path}` takes ids with '/' (shop/42); one ending in '/' is a trailing slash, not a user (a 422, never an
+# erasure of nobody answered 200), and is refused when recorded too.
+UserId = Annotated[str, PathParam(min_length=1, max_length=200, pattern=r"[^/]$")]
 _NO_KEY = ("this service keeps no data about people: start it with a pseudonym key (--pseudonym-key-file, or "
            "$SKULENS_PSEUDONYM_KEY) and an inventory database (--db)")
 
@@ -36,8 +38,8 @@ class RecommendationOut(BaseModel):
 
 
 class EventIn(BaseModel):
-    user_id: str = Field(min_length=1, max_length=200, description="the user as your shop knows them; "
-                         "stored only as a keyed-hash pseudonym")
+    user_id: str = Field(min_length=1, max_length=200, pattern=r"[^/]$", description="the user as your shop knows "
+                         "them (not ending in '/'); stored only as a keyed-hash pseudonym")
     product_id: str = Field(min_length=1, max_length=200)
     event: str = Field(description=f"one of {', '.join(EVENT_TYPES)}")
     timestamp: float | None = Field(None, ge=0, allow_inf_nan=False, description="unix seconds (UTC); default: now")
