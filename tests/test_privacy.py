@@ -131,6 +131,18 @@ def test_erase_user_reports_files_it_could_not_find(inventory_db, tmp_path: Path
         assert store.audit(limit=1)[0].detail["missing"] == [labelled.name]
         assert store.labelled() == []  # the manifest no longer offers the erased photo for training
     assert labelled.is_file()  # still there: the report says so instead of "1 file erased"
+    # in the service's own folders, a reviewed photo deleted by hand: its erasure rewrites the manifest too
+    bob = p("bob")
+    other = _photo(2, "oat-milk", 0.2, bob)
+    with inventory_db.store(labelled_dir=tmp_path / "service-labelled") as store:
+        store.intake([other], threshold=0.5, actor="t")
+        store.resolve(other.sha256, "oat-milk", actor="reviewer")
+        gone = store.photo_file(other.sha256)
+        manifest = store.labelled_dir / "manifest.csv"
+        assert gone is not None and gone.name in manifest.read_text()
+        gone.unlink()
+        assert store.erase_user(bob, actor="support", missing_ok=True).missing == 1
+        assert not manifest.exists() or gone.name not in manifest.read_text()
 
 
 def test_retention_purges_old_unlabelled_uploads(inventory_db) -> None:

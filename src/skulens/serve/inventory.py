@@ -1407,7 +1407,7 @@ class InventoryStore:
                     logger.error("inventory %s: %s; the erasure of user %s was not done, nothing was erased", self.url,
                                  exc, user)
                 raise
-            if aside:
+            if aside or relabel:  # a reviewed row of a file deleted by hand changes the manifest too
                 self._finish_erasure(user, aside, manifest if relabel else False)
         if missing:  # the rows are cleared: the names are in this log line and the audit entry
             logger.warning("inventory %s: erased user %s, but %d of their files were in neither %s nor %s (kept "
