@@ -111,6 +111,15 @@ def test_erase_user_deletes_their_events_and_photos_but_not_the_counts(inventory
         assert all(i.source == "" for i in store.review_queue() if i.id == queued.sha256)  # names can be personal
 
 
+def _reviewed(store, photo: IntakePhoto) -> Path:
+    """`photo` taken in for review and labelled by a reviewer: its file in the labelled folder."""
+    store.intake([photo], threshold=0.5, actor="t")
+    store.resolve(photo.sha256, photo.predicted_label, actor="reviewer")
+    path = store.photo_file(photo.sha256)
+    assert path is not None and path.is_file()
+    return path
+
+
 def test_erase_user_reports_files_it_could_not_find(inventory_db, tmp_path: Path) -> None:
     """A store opened with other folders than the ones that hold a user's files (a CLI without the service's
     --labelled-dir) must not report them as erased: `missing` counts them, the audit entry names them."""
@@ -118,10 +127,8 @@ def test_erase_user_reports_files_it_could_not_find(inventory_db, tmp_path: Path
     alice = p("alice")
     photo = _photo(1, "oat-milk", 0.2, alice)
     with inventory_db.store(labelled_dir=tmp_path / "service-labelled") as store:
-        store.intake([photo], threshold=0.5, actor="t")
-        store.resolve(photo.sha256, "oat-milk", actor="reviewer")
-        labelled = store.photo_file(photo.sha256)
-        assert labelled is not None and labelled.is_relative_to(tmp_path / "service-labelled")
+        labelled = _reviewed(store, photo)
+        assert labelled.is_relative_to(tmp_path / "service-labelled")
     with inventory_db.store(labelled_dir=tmp_path / "elsewhere") as store:
         with pytest.raises(InventoryError, match="nothing was erased: 1 of the user's files"):
             store.erase_user(alice, actor="cli")  # the rows stay: a run with the right folders finds the file
@@ -135,11 +142,9 @@ def test_erase_user_reports_files_it_could_not_find(inventory_db, tmp_path: Path
     bob = p("bob")
     other = _photo(2, "oat-milk", 0.2, bob)
     with inventory_db.store(labelled_dir=tmp_path / "service-labelled") as store:
-        store.intake([other], threshold=0.5, actor="t")
-        store.resolve(other.sha256, "oat-milk", actor="reviewer")
-        gone = store.photo_file(other.sha256)
+        gone = _reviewed(store, other)
         manifest = store.labelled_dir / "manifest.csv"
-        assert gone is not None and gone.name in manifest.read_text()
+        assert gone.name in manifest.read_text()
         gone.unlink()
         assert store.erase_user(bob, actor="support", missing_ok=True).missing == 1
         assert not manifest.exists() or gone.name not in manifest.read_text()
