@@ -269,16 +269,9 @@ def cmd_enroll(ns: argparse.Namespace) -> int:
 
     index = None
     if ns.index:
-        from ..models.predictor import load_model
-        from ..search.engine import check_index_model
         from ..search.index import open_index
 
-        index = open_index(ns.index)
-        try:  # an index of another model would take the product's vectors in another space, silently
-            check_index_model(load_model(bundle), index)
-        except ValueError as exc:
-            index.close()
-            raise UsageError(f"--index {ns.index}: {exc}") from None
+        index = open_index(ns.index)  # checked against the model by enroll itself
     res = enroll(bundle, ns.product, photos, text=ns.text or "", title=ns.title or "", coarse=ns.coarse,
                  data=data, index=index, progress=not ns.quiet)
     print(json.dumps({"label": res.label, "coarse_label": res.coarse_label, "coarse_inferred": res.coarse_inferred,

@@ -228,6 +228,14 @@ def enroll(bundle: str | os.PathLike, label: str, images: Sequence[str | os.Path
         raise EnrolmentError(f"studio_views must be 0 or more, got {studio_views}")
     if not 0 <= text_weight < 1:
         raise EnrolmentError(f"text_weight must be in [0, 1), got {text_weight}")
+    if index is not None:  # an index of another model would take the product's vectors in another space, silently
+        from ..models.predictor import Model
+        from .engine import check_index_model
+
+        try:
+            check_index_model(Model(net, card, torch.device("cpu"), "off"), index)  # type: ignore[arg-type]
+        except ValueError as exc:
+            raise EnrolmentError(f"the index: {exc}") from None
     pils, skipped = [], []
     for im in images:
         try:
