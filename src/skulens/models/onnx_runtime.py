@@ -21,7 +21,7 @@ from .bundle import BundleError
 from .card import ModelCard
 from .inference import HeadOutputs, collect_outputs, iter_batches
 
-__all__ = ["CARD_KEY", "ONNX_INT8_NAME", "ONNX_NAME", "OnnxRunner", "default_threads", "read_onnx_card",
+__all__ = ["CARD_KEY", "ONNX_INT8_NAME", "ONNX_NAME", "OnnxRunner", "default_threads", "read_onnx", "read_onnx_card",
            "require_onnx", "runtime_threads"]
 
 # The deploy stage's logger name: users (and tests) filter ONNX messages on it.
@@ -60,6 +60,12 @@ def require_onnx() -> None:
 
 
 def read_onnx_card(path: str | os.PathLike) -> ModelCard:
+    return read_onnx(path)[0]
+
+
+def read_onnx(path: str | os.PathLike) -> tuple[ModelCard, bool]:
+    """An exported file's embedded card, and whether its graph is quantized (QDQ pairs, QLinear* or integer ops),
+    from one reading of the file; a corrupt one is a BundleError."""
     import onnx
 
     try:
@@ -71,7 +77,9 @@ def read_onnx_card(path: str | os.PathLike) -> ModelCard:
     meta = {p.key: p.value for p in proto.metadata_props}
     if CARD_KEY not in meta:
         raise BundleError(f"{path}: an ONNX file without a skulens card (export it with `skulens export`)")
-    return ModelCard.from_dict(json.loads(meta[CARD_KEY]))
+    quantized = any(n.op_type in ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger",
+                                  "ConvInteger") or n.op_type.startswith("QLinear") for n in proto.graph.node)
+    return ModelCard.from_dict(json.loads(meta[CARD_KEY])), quantized
 
 
 def _corrupt(path: str | os.PathLike, exc: BaseException) -> BundleError:

@@ -258,18 +258,6 @@ def pretrained_model(backbone: str = "efficientnet_lite2", *, weights: str | Non
     return Model(net, card, dev, precision)
 
 
-def _quantized(path: Path) -> bool:
-    """Whether an ONNX graph holds quantized nodes (QDQ pairs, QLinear* or integer ops), whatever its file name."""
-    import onnx
-
-    try:
-        graph = onnx.load(str(path), load_external_data=False).graph
-    except Exception:  # noqa: BLE001 - unreadable: left to the loader, which says so in one line
-        return True
-    return any(n.op_type in ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger",
-                             "ConvInteger") or n.op_type.startswith("QLinear") for n in graph.node)
-
-
 def _exported_file(path: str | os.PathLike, name: str, fmt: str) -> Path:
     """`path` itself, or for a bundle folder its exported `name` (an error saying how to make it)."""
     p = Path(path)
@@ -302,13 +290,13 @@ def load_onnx(path: str | os.PathLike, *, int8: bool = False, device: str = "cpu
     """A Model backed by ONNX Runtime: a .onnx file, or a bundle dir holding model.onnx (`int8`: its
     model.int8.onnx, written by `skulens export --int8` or `--preset fast`). `device` cuda (or auto) runs it
     through onnxruntime-gpu's CUDA provider where there is one. Inside a bundle its card must be the bundle's."""
-    from .onnx_runtime import ONNX_INT8_NAME, ONNX_NAME, OnnxRunner, read_onnx_card
+    from .onnx_runtime import ONNX_INT8_NAME, ONNX_NAME, OnnxRunner, read_onnx
 
     p = _exported_file(path, ONNX_INT8_NAME if int8 else ONNX_NAME, "onnx --int8" if int8 else "onnx")
-    if int8 and p.is_file() and not _quantized(p):  # a file named by hand: the int8 backend runs int8 graphs only
+    card, quantized = read_onnx(p)
+    if int8 and not quantized:  # a file named by hand: the int8 backend runs int8 graphs only
         raise BundleError(f"{p}: --backend onnx-int8 runs an int8 graph, and this one has no quantized node: use "
                           "--backend onnx, or name its int8 file (skulens export --int8 writes NAME.int8.onnx)")
-    card = read_onnx_card(p)
     _check_embedded_card(p, card, "onnx" + (" --int8" if int8 else ""))
     model = Model(None, card, torch.device("cpu"), "off", runner=OnnxRunner(p, device=device))
     model.path = p.parent
