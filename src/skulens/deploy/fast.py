@@ -26,6 +26,7 @@ The output folder is a bundle (the student's weights and card) holding `model.on
 
 from __future__ import annotations
 
+import filecmp
 import json
 import os
 import shutil
@@ -296,8 +297,7 @@ def _copy_of(out_dir: Path, teacher: str | os.PathLike[str]) -> bool:
     ours = {"card.json", "model.safetensors", "model.onnx", "model.int8.onnx", REPORT, "fast.md"}
     if any(p.name not in ours and not p.name.endswith(".tmp") for p in out_dir.iterdir()):
         return False
-    theirs = Path(teacher) / "model.safetensors"
-    return weights.stat().st_size == theirs.stat().st_size and weights.read_bytes() == theirs.read_bytes()
+    return filecmp.cmp(weights, Path(teacher) / "model.safetensors", shallow=False)  # size first, then in blocks
 
 
 def earlier_run(out_dir: Path, teacher: str | os.PathLike[str], student: str) -> str | None:

@@ -76,12 +76,12 @@ def retrain(bundle: str | os.PathLike, *, out: str, data: str | os.PathLike | No
     from .engine import fit
 
     card = read_card(bundle)
-    cat = retrain_catalogue(bundle, data, extra)
+    source = retrain_source(bundle, data)  # a manifest file, not its folder (which may hold another manifest)
+    cat = retrain_catalogue(bundle, source, extra)
     # The recorded config, less this run's own keys and keys removed since that run was trained.
     # A recorded teacher (a distilled or self-trained bundle) is not distilled from again: it does not know
     # the products enrolled since, and the retrain learns from labels.
     skip = {"resume", "out", "init_from", "data", "teacher", "unlabeled", *REMOVED_KEYS}
     values = {k: v for k, v in card.train_config.items() if k not in skip}
-    values.update({"baseline": False, **overrides, "out": out, "init_from": str(bundle),
-                   "data": retrain_source(bundle, data)})  # a manifest file, not its folder (another manifest)
+    values.update({"baseline": False, **overrides, "out": out, "init_from": str(bundle), "data": source})
     return fit(resolve_config(values), catalogue=cat, progress=progress)
