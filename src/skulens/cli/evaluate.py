@@ -33,19 +33,14 @@ def cmd_evaluate(ns: argparse.Namespace) -> int:
     bundle = model_path(ns, backend=ns.backend)
     data = data_path(ns, model=bundle)  # --data, else the dataset recorded in the card
     check_out_path(ns.out, "--out", folder=True)
-    from ..evaluate.evaluator import evaluate_model
+    from ..evaluate.evaluator import evaluate_with_baseline
     from ..evaluate.report import format_summary
     from ..models.predictor import load_model
 
     model = load_model(bundle, device=ns.device, backend=ns.backend)
-    report = evaluate_model(model, data, split=ns.split, out=ns.out, baseline=ns.baseline, progress=not ns.quiet)
-    base = None
-    if ns.baseline:  # the report holds it: shown beside the model's, as `skulens train` shows it
-        from ..evaluate.metrics import EvalReport
-
-        saved = json.loads((Path(ns.out) / "report.json").read_text(encoding="utf-8")).get("baseline")
-        base = EvalReport.from_dict(saved) if saved else None
-    say(format_summary(report, base))
+    report, base = evaluate_with_baseline(model, data, split=ns.split, out=ns.out, baseline=ns.baseline,
+                                          progress=not ns.quiet)
+    say(format_summary(report, base))  # the baseline beside the model's, as `skulens train` shows it
     say(f"report: {Path(ns.out) / 'report.md'}")
     return 0
 

@@ -21,7 +21,7 @@ from .report import write_report
 if TYPE_CHECKING:
     from ..models.predictor import Model
 
-__all__ = ["baseline_report", "evaluate_model", "evaluate_outputs"]
+__all__ = ["baseline_report", "evaluate_model", "evaluate_outputs", "evaluate_with_baseline"]
 
 
 def evaluate_outputs(out: HeadOutputs, split: Split, card: ModelCard,
@@ -71,6 +71,13 @@ def evaluate_model(model: Model, data: str | os.PathLike | None = None, *, split
                    out: str | os.PathLike | None = None, baseline: bool = False,
                    progress: bool = True) -> EvalReport:
     """Evaluate `model` on a catalogue split; without `data`, on the dataset recorded in its card."""
+    return evaluate_with_baseline(model, data, split=split, out=out, baseline=baseline, progress=progress)[0]
+
+
+def evaluate_with_baseline(model: Model, data: str | os.PathLike | None = None, *, split: str = "val",
+                           out: str | os.PathLike | None = None, baseline: bool = False,
+                           progress: bool = True) -> tuple[EvalReport, EvalReport | None]:
+    """`evaluate_model`, and the linear-probe baseline's report beside it (None unless `baseline`)."""
     card = model.card
     data = resolve_data(data, recorded=card.dataset.get("path"))
     cat = card_catalogue(data, card)  # a generated val is the one the training run held out
@@ -98,4 +105,4 @@ def evaluate_model(model: Model, data: str | os.PathLike | None = None, *, split
                                     "reliability diagram are in-sample (optimistic)")
         write_report(report, Path(out), title=f"skulens: {card.backbone} on {Path(data).name} ({split})",
                      baseline=base, extra=extra)
-    return report
+    return report, base
