@@ -19,7 +19,7 @@ from typing import Any, get_args
 from ..config import apply_preset, config_fields, load_config
 from ..data.catalogue import IMAGE_SUFFIXES
 from ..data.image_list import is_image_list, read_image_list
-from ..data.locate import recorded_dataset, resolve_data
+from ..data.locate import card_json, recorded_dataset, resolve_data
 
 __all__ = [
     "EXIT_FAILED",
@@ -137,6 +137,18 @@ def check_model(value: str, *, backend: str = "torch") -> None:
     elif p.suffix not in (".json", ".onnx", ".tflite"):
         raise UsageError(f"--model {value} is not a bundle (no card.json): give the bundle folder, its card.json "
                          "or an exported .onnx / .tflite file")
+
+
+def check_bundle(value: str, flag: str) -> dict[str, Any]:
+    """A bundle folder or its card.json (a bundle to read, not an export), checked before torch is imported: its
+    card as JSON (a UsageError naming `flag` otherwise)."""
+    p = Path(value)
+    if not ((p / "card.json").is_file() or (p.name == "card.json" and p.is_file())):
+        raise UsageError(f"{flag} {value}: not a bundle (no card.json there)")
+    card = card_json(p)
+    if card is None:
+        raise UsageError(f"{flag} {value}: unreadable card.json")
+    return card
 
 
 def check_detector(value: str | None, flag: str = "--detector") -> str:

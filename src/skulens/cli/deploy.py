@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..data.locate import card_json
 from ._common import (
     UsageError,
     add_data,
     add_model,
     add_out,
     add_quiet,
+    check_bundle,
     check_detector,
     check_out_path,
     csv_list,
@@ -113,11 +114,7 @@ def _export_fast(ns: argparse.Namespace, bundle: str) -> int:
     from ..deploy.fast import earlier_run
 
     student = ns.student or DEFAULT_STUDENT
-    try:
-        backbone = json.loads((Path(bundle) / "card.json").read_text(encoding="utf-8")).get("backbone")
-    except (OSError, ValueError, AttributeError):
-        backbone = None  # the bundle's own loading says what is wrong
-    if ns.epochs and backbone == student:
+    if ns.epochs and (card_json(bundle) or {}).get("backbone") == student:
         raise UsageError(f"--epochs sets the distillation, and {bundle} already is a {student}: nothing is "
                          "distilled (it is exported and quantized as it is); drop --epochs")
     try:  # before the long distillation: an --out holding something else is refused at once
@@ -172,18 +169,16 @@ def _split_samples(data: str, split: str, card: ModelCard) -> list[Any]:
     return list(card_catalogue(data, card).split(split))
 
 
-def _same_products(other: str, bundle: str, flag: str) -> None:
-    """A row compared with the bundle's must be a model of the same products (its card.json, read without torch)."""
-    card = Path(other) if Path(other).name == "card.json" else Path(other) / "card.json"
-    mine = Path(bundle) / "card.json" if Path(bundle).is_dir() else Path(bundle)
-    try:
-        theirs = json.loads(card.read_text(encoding="utf-8")).get("classes")
-        ours = json.loads(mine.read_text(encoding="utf-8")).get("classes")
-    except (OSError, ValueError, AttributeError):
-        return  # no card to compare: the benchmark's own loading says what is wrong
-    if theirs != ours:
-        raise UsageError(f"{flag} {other}: a model of other products than --model {bundle} ({len(theirs or ())} "
-                         f"classes against {len(ours or ())}): its rows would not be comparable")
+def _same_products(theirs: dict[str, Any] | None, ours: dict[str, Any] | None, other: str, bundle: str,
+                   flag: str) -> None:
+    """A row compared with the bundle's must be a model of the same products (their cards, read without torch;
+    no card to compare: the benchmark's own loading says what is wrong)."""
+    if theirs is None or ours is None:
+        return
+    if theirs.get("classes") != ours.get("classes"):
+        raise UsageError(f"{flag} {other}: a model of other products than --model {bundle} "
+                         f"({len(theirs.get('classes') or ())} classes against {len(ours.get('classes') or ())}): "
+                         "its rows would not be comparable")
 
 
 def cmd_bench(ns: argparse.Namespace) -> int:
@@ -193,8 +188,9 @@ def cmd_bench(ns: argparse.Namespace) -> int:
     if ns.fast and not (Path(ns.fast) / "model.int8.onnx").is_file():
         raise UsageError(f"--fast {ns.fast}: no model.int8.onnx there (make it with `skulens export --model BUNDLE "
                          f"--preset fast --out {ns.fast}`)")
+    ours = card_json(bundle)
     if ns.fast:
-        _same_products(ns.fast, bundle, "--fast")
+        _same_products(card_json(Path(ns.fast) / "card.json"), ours, ns.fast, bundle, "--fast")
     extra = {k: v for k, v in (("distilled", ns.distilled), ("pruned", ns.pruned)) if v}
     for item in ns.extra or []:
         name, _, path = item.partition("=")
@@ -206,9 +202,7 @@ def cmd_bench(ns: argparse.Namespace) -> int:
         extra[name] = path
     for name, path in extra.items():  # before the default rows are measured, not after
         flag = f"--{name}" if name in ("distilled", "pruned") else f"--extra {name}"
-        if not (Path(path).is_file() and Path(path).name == "card.json") and not (Path(path) / "card.json").is_file():
-            raise UsageError(f"{flag} {path}: not a bundle (no card.json there)")
-        _same_products(path, bundle, flag)
+        _same_products(check_bundle(path, flag), ours, path, bundle, flag)
     known = DEFAULT_RUNTIMES + OPTIONAL_RUNTIMES
     runtimes = csv_list(ns.variants, flag="--variants", allowed=known)
     extra_runtimes = csv_list(ns.extra_runtimes, flag="--extra-runtimes", allowed=known)

@@ -4,7 +4,6 @@ for it (thin handlers over the core)."""
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import time
@@ -20,6 +19,7 @@ from ._common import (
     add_out,
     add_quiet,
     add_train_flags,
+    check_bundle,
     check_out_path,
     data_path,
     device_arg,
@@ -77,13 +77,7 @@ def _check_bundles(cfg: Any) -> None:
     for flag, value in (("--teacher", cfg.teacher), ("--init-from", cfg.init_from)):
         if not value:
             continue
-        card = Path(value) / "card.json" if Path(value).is_dir() else Path(value)
-        if card.name != "card.json" or not card.is_file():
-            raise UsageError(f"{flag} {value}: not a bundle (no card.json there)")
-        try:
-            backbone = json.loads(card.read_text(encoding="utf-8")).get("backbone")
-        except (OSError, ValueError, AttributeError) as exc:
-            raise UsageError(f"{flag} {value}: unreadable card.json ({exc})") from None
+        backbone = check_bundle(value, flag).get("backbone")
         if flag == "--init-from" and backbone and backbone != cfg.backbone:
             raise UsageError(f"--init-from {value}: that bundle is a {backbone}, this run trains {cfg.backbone} "
                              f"(pass --backbone {backbone})")

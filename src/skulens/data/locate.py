@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 from .catalogue import CatalogueError
 
-__all__ = ["DATASET_HINT", "DataNotFoundError", "find_default_data", "recorded_dataset", "resolve_data"]
+__all__ = ["DATASET_HINT", "DataNotFoundError", "card_json", "find_default_data", "recorded_dataset", "resolve_data"]
 
 DATASET_HINT = (
     "The Grocery Store dataset was not found. skulens looks at --data, then $SKULENS_DATA, then "
@@ -74,6 +75,14 @@ def recorded_dataset(bundle: str | os.PathLike[str]) -> str | None:
     None also when the card is missing, unreadable or records no path: loading the bundle is what
     reports a broken card.
     """
+    dataset = (card_json(bundle) or {}).get("dataset")
+    recorded = dataset.get("path") if isinstance(dataset, dict) else None
+    return recorded if isinstance(recorded, str) and recorded else None
+
+
+def card_json(bundle: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The card of ``bundle`` as plain JSON, read without torch (a bundle folder, its card.json, or a file in it
+    as --model takes them), or None when it is missing or unreadable: loading the bundle says what is wrong."""
     path = Path(bundle)
     # a folder: its card; card.json itself; any other file (model.safetensors, model.onnx): the card beside it
     card = path / _CARD if path.is_dir() else path if path.name == _CARD else path.parent / _CARD
@@ -81,9 +90,7 @@ def recorded_dataset(bundle: str | os.PathLike[str]) -> str | None:
         data = json.loads(card.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
         return None
-    dataset = data.get("dataset") if isinstance(data, dict) else None
-    recorded = dataset.get("path") if isinstance(dataset, dict) else None
-    return recorded if isinstance(recorded, str) and recorded else None
+    return data if isinstance(data, dict) else None
 
 
 def _has_data(path: Path) -> bool:
