@@ -456,7 +456,7 @@ def test_a_detector_setting_that_is_not_a_detector_fails_at_startup(tiny_bundle,
     assert ok.detector == str(detector_dir) and ok.detector_min_score == 0.0
     for bad, match in (({"detector_max_boxes": "0"}, "detector_max_boxes must be >= 1"),
                        ({"detector_max_boxes": "many"}, r"detector_max_boxes: cannot use 'many' \(expected int\)"),
-                       ({"detector_tiles": "sometimes"}, "detector_tiles must be auto, on or off")):
+                       ({"detector_tiles": "sometimes"}, "detector_tiles must be one of auto, on, off")):
         with pytest.raises(ConfigError, match=match):
             resolve_settings({"model": str(tiny_bundle.bundle), "detector": str(detector_dir), **bad})
     capped = resolve_settings({"model": str(tiny_bundle.bundle), "detector": str(detector_dir),
@@ -465,3 +465,52 @@ def test_a_detector_setting_that_is_not_a_detector_fails_at_startup(tiny_bundle,
     from skulens.serve.state import _load_detector
 
     assert _load_detector(capped).config.max_detections == 7  # the service's detector takes the cap
+
+
+def test_scan_and_the_service_run_the_onnx_detector(tiny_bundle, detector_dir: Path, tmp_path: Path) -> None:
+    """`inventory scan --detector-backend onnx` and the service's detector_backend count a shelf photo as the
+    PyTorch detector does (they ran it in PyTorch only)."""
+    pytest.importorskip("onnxruntime")
+    import shutil
+
+    from skulens.config import ConfigError
+    from skulens.detect.onnx import export_detector
+    from skulens.serve.settings import resolve_settings
+    from skulens.serve.state import _load_detector
+
+    det = tmp_path / "det"
+    shutil.copytree(detector_dir, det)  # the session's detector stays without an export
+    photos = tmp_path / "shelves"
+    photos.mkdir()
+    for i, label in enumerate(("oat-milk", "red-apple")):
+        (photos / f"{i}.jpg").write_bytes(photo_bytes(label, 40 + i))
+    base = ["inventory", "scan", str(photos), "-m", str(tiny_bundle.bundle), "--detector", str(det),
+            "--min-score", "0", "--threshold", "0.6", "--device", "cpu", "-q"]
+    missing = _cli(*base, "--db", str(tmp_path / "none.sqlite"), "--detector-backend", "onnx")
+    assert missing.returncode == 2 and "skulens detect export" in missing.stderr  # no detector.onnx yet
+    export_detector(det)
+    counts = {}
+    for backend in ("torch", "onnx"):
+        db = tmp_path / f"{backend}.sqlite"
+        done = _cli(*base, "--db", str(db), "--detector-backend", backend)
+        assert done.returncode == 0, done.stderr
+        with InventoryStore(db) as store:
+            counts[backend] = (store.counts(), store.review_size())
+    assert counts["onnx"] == counts["torch"] and sum(counts["torch"][0].values()) + counts["torch"][1] == 2 * BOXES
+    gpu = _cli(*base, "--db", str(tmp_path / "gpu.sqlite"), "--detector-backend", "onnx", "--device", "cuda")
+    assert gpu.returncode == 2 and "on the CPU" in gpu.stderr
+    bare = [a for a in base if a not in ("--detector", str(det), "--min-score", "0")]
+    alone = _cli(*bare, "--db", str(tmp_path / "alone.sqlite"), "--detector-backend", "onnx")
+    assert alone.returncode == 2 and "settings of --detector" in alone.stderr
+
+    settings = resolve_settings({"model": str(tiny_bundle.bundle), "detector": str(det), "detector_backend": "onnx"})
+    from skulens.detect.onnx import _OrtBackbone
+
+    assert isinstance(_load_detector(settings).net.backbone, _OrtBackbone)  # the service runs the export
+    assert not isinstance(_load_detector(resolve_settings({"model": str(tiny_bundle.bundle), "detector": str(det)}))
+                          .net.backbone, _OrtBackbone)
+    for bad, match in (({"detector_backend": "tensorrt"}, "detector backend must be 'torch' or 'onnx'"),
+                       ({"detector_backend": "onnx", "device": "cuda"}, "on the CPU"),
+                       ({"detector_backend": "onnx", "detector": None}, "setting of the detector")):
+        with pytest.raises(ConfigError, match=match):
+            resolve_settings({"model": str(tiny_bundle.bundle), "detector": str(det), **bad})

@@ -83,15 +83,9 @@ def train(data: str | os.PathLike | None = None, *, config_file: str | os.PathLi
 def load_detector(path: str | os.PathLike, *, device: str = "auto", backend: str = "torch") -> Detector:
     """Load a product detector folder (`skulens detect train` writes one); backend "onnx" runs its exported
     detector.onnx (`skulens detect export`) under ONNX Runtime."""
-    if backend == "onnx":
-        from .detect.onnx import load_onnx_detector
-
-        return load_onnx_detector(path)
-    if backend != "torch":
-        raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
     from .detect.detector import load_detector as _load_detector
 
-    return _load_detector(path, device=device)
+    return _load_detector(path, device=device, backend=backend)
 
 
 def count(photos: Sequence[ImageInput], detector: Detector | str | os.PathLike, *,

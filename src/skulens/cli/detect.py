@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..detect.options import DETECTOR_BACKENDS, TILE_MODES
 from ._common import (
     EXIT_FAILED,
     UsageError,
@@ -36,8 +37,6 @@ from ._common import (
 
 __all__ = ["add_commands"]
 
-TILES = ("auto", "on", "off")
-
 
 def _add_detector(p: argparse.ArgumentParser, *, positional: bool = False) -> None:
     if positional:
@@ -60,13 +59,13 @@ def _add_box_settings(p: argparse.ArgumentParser) -> None:
     g.add_argument("--min-confidence", type=float, default=0.5,
                    help="classifier confidence a box needs to be named; below it the box is 'unknown' "
                         "(default: %(default)s)")
-    g.add_argument("--tiles", choices=TILES, default="auto",
+    g.add_argument("--tiles", choices=TILE_MODES, default="auto",
                    help="tile large photos (auto: long side over 2x the detector's max size; default: auto)")
     g.add_argument("--max-boxes", type=positive_int, default=None,
                    help="box cap per photo (default: the detector's, 1000); a photo that reaches it is "
                         "flagged 'capped', never silently truncated")
     g.add_argument("--device", type=device_arg, default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    g.add_argument("--backend", choices=("torch", "onnx"), default="torch",
+    g.add_argument("--backend", choices=DETECTOR_BACKENDS, default="torch",
                    help="run the detector in PyTorch, or under ONNX Runtime on the CPU (DET/detector.onnx, written "
                         "by `skulens detect export DET`) (default: torch)")
 

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..detect.options import DETECTOR_BACKENDS, TILE_MODES
 from ..serve.settings import ServeSettings
 from ._common import (
     EXIT_FAILED,
@@ -29,7 +30,6 @@ from ._common import (
     pseudonymizer,
     say,
 )
-from .detect import TILES
 
 __all__ = ["add_commands"]
 
@@ -76,8 +76,11 @@ def add_commands(sub: Any) -> None:
     sc.add_argument("--max-boxes", type=positive_int, default=ServeSettings.detector_max_boxes,
                     help="with --detector: box cap per photo (default: the detector's, 1000); a photo that reaches "
                          "it is logged and audited as 'box_cap_reached'")
-    sc.add_argument("--tiles", choices=TILES, default=ServeSettings.detector_tiles,
+    sc.add_argument("--tiles", choices=TILE_MODES, default=ServeSettings.detector_tiles,
                     help="with --detector: tile large photos (auto: long side over 2x the detector's size)")
+    sc.add_argument("--detector-backend", choices=DETECTOR_BACKENDS, default=ServeSettings.detector_backend,
+                    help="with --detector: run it in PyTorch, or under ONNX Runtime on the CPU (DET/detector.onnx, "
+                         "written by `skulens detect export DET`) (default: %(default)s)")
     sc.add_argument("--device", type=device_arg, default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     _add_folders(sc)
     add_quiet(sc, "no per-photo JSON lines")
@@ -140,8 +143,17 @@ def cmd_inventory_scan(ns: argparse.Namespace) -> int:
         raise UsageError(f"--threshold must be between 0 and 1, got {ns.threshold}")
     if ns.max_boxes is not None and ns.max_boxes < 1:
         raise UsageError("--max-boxes must be >= 1")
-    if detector_dir is None and (ns.max_boxes is not None or ns.tiles != "auto" or ns.min_score is not None):
-        raise UsageError("--min-score, --max-boxes and --tiles are settings of --detector: give a detector")
+    if detector_dir is None and (ns.max_boxes is not None or ns.tiles != "auto" or ns.min_score is not None
+                                 or ns.detector_backend != "torch"):
+        raise UsageError("--min-score, --max-boxes, --tiles and --detector-backend are settings of --detector: "
+                         "give a detector")
+    if detector_dir is not None:
+        from ..detect.options import check_backend
+
+        try:
+            check_backend(ns.detector_backend, ns.device)
+        except ValueError as exc:
+            raise UsageError(f"--detector-backend: {exc}") from None
     from ..serve.intake import ScanSummary, find_images, scan, scan_shelves
 
     paths = find_images(ns.dir)
@@ -159,7 +171,8 @@ def cmd_inventory_scan(ns: argparse.Namespace) -> int:
         else:
             from ..detect.detector import MAX_PIXELS, load_detector
 
-            detector = load_detector(detector_dir, device=ns.device).with_settings(max_detections=ns.max_boxes)
+            detector = load_detector(detector_dir, device=ns.device, backend=ns.detector_backend).with_settings(
+                max_detections=ns.max_boxes)
             # local shelf photos: the detector's own limit (`count`'s: 48-64 MP phone photos), not an upload's
             results = scan_shelves(detector, model, store, paths, min_score=ns.min_score, tiles=ns.tiles,
                                    max_pixels=MAX_PIXELS, **common)

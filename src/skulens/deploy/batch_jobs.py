@@ -149,21 +149,15 @@ class CountJob:
     kind: ClassVar[str] = "count"
 
     def __post_init__(self) -> None:
-        if self.backend not in ("torch", "onnx"):
-            raise ValueError(f"backend must be 'torch' or 'onnx', got {self.backend!r}")
-        if self.backend == "onnx" and self.device not in ("auto", "cpu"):
-            raise ValueError(f"the onnx backend runs on the CPU (ONNX Runtime's CPU provider), not on {self.device}")
+        from ..detect.options import check_backend
+
+        check_backend(self.backend, self.device)
 
     def load(self) -> tuple[Any, Model | None, Any]:
-        if self.backend == "onnx":
-            from ..detect.onnx import load_onnx_detector
+        from ..detect.detector import load_detector
 
-            det = load_onnx_detector(self.detector)
-        else:
-            from ..detect.detector import load_detector
-
-            det = load_detector(self.detector, device=self.device)
-        det = det.with_settings(max_detections=self.max_boxes)
+        det = load_detector(self.detector, device=self.device, backend=self.backend).with_settings(
+            max_detections=self.max_boxes)
         clf = index = None
         if self.model:
             from ..models.predictor import load_model

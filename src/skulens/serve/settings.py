@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError, load_config
+from ..detect.options import TILE_MODES, check_backend
 
 __all__ = ["MAX_RETENTION_DAYS", "ApiKey", "ServeSettings", "load_api_keys", "resolve_settings"]
 
@@ -71,6 +72,7 @@ class ServeSettings:
     detector_min_score: float | None = None  # detector score a box needs to count (None: the detector's own)
     detector_max_boxes: int | None = None  # box cap per shelf photo (None: the detector's own); reaching it is logged and audited
     detector_tiles: str = "auto"  # tile large shelf photos: auto (long side over 2x the detector's size), on, off
+    detector_backend: str = "torch"  # torch, or onnx: the detector's detector.onnx (skulens detect export) under ONNX Runtime on the CPU
     # People (serve.privacy): user ids are kept as keyed-hash pseudonyms; the key from this file (outside the
     # data) or $SKULENS_PSEUDONYM_KEY. Without one the service records no events and erases no users.
     pseudonym_key_file: str | None = None
@@ -101,8 +103,14 @@ class ServeSettings:
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.detector_max_boxes is not None and self.detector_max_boxes < 1:
             raise ConfigError(f"detector_max_boxes must be >= 1, got {self.detector_max_boxes}")
-        if self.detector_tiles not in ("auto", "on", "off"):
-            raise ConfigError(f"detector_tiles must be auto, on or off, got {self.detector_tiles!r}")
+        if self.detector_tiles not in TILE_MODES:
+            raise ConfigError(f"detector_tiles must be one of {', '.join(TILE_MODES)}, got {self.detector_tiles!r}")
+        try:
+            check_backend(self.detector_backend, self.device)
+        except ValueError as exc:
+            raise ConfigError(f"detector_backend: {exc}") from None
+        if self.detector_backend != "torch" and self.detector is None:
+            raise ConfigError("detector_backend is a setting of the detector: give a detector")
         if self.upload_retention_days is not None and not 0 <= self.upload_retention_days <= MAX_RETENTION_DAYS:
             raise ConfigError(f"upload_retention_days must be between 0 and {MAX_RETENTION_DAYS:g} (NaN is not a "
                               f"number of days), got {self.upload_retention_days}")

@@ -355,8 +355,8 @@ def _load_detector(settings: ServeSettings) -> Detector:
     if not settings.db:
         logger.warning("detector %s is used by inventory intake only, and no db is set", settings.detector)
     try:
-        return load_detector(settings.detector, device=settings.device).with_settings(
-            max_detections=settings.detector_max_boxes)
+        return load_detector(settings.detector, device=settings.device,
+                             backend=settings.detector_backend).with_settings(max_detections=settings.detector_max_boxes)
     except DetectorError as exc:
         raise ConfigError(f"detector: {exc}") from None
 

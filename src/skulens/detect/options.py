@@ -1,0 +1,20 @@
+"""The detector's run-time choices, without torch: the CLI and the service settings check them before any
+model loads."""
+
+from __future__ import annotations
+
+__all__ = ["DETECTOR_BACKENDS", "TILE_MODES", "check_backend"]
+
+# auto: tile a photo whose long side is over 2x the detector's max size; on / off: always / never.
+TILE_MODES = ("auto", "on", "off")
+# torch: the folder's weights in PyTorch; onnx: its detector.onnx (`skulens detect export`) under ONNX Runtime.
+DETECTOR_BACKENDS = ("torch", "onnx")
+
+
+def check_backend(backend: str, device: str = "auto") -> None:
+    """A detector backend and a device that go together (ValueError otherwise): ONNX Runtime runs the detector
+    on its CPU provider only."""
+    if backend not in DETECTOR_BACKENDS:
+        raise ValueError(f"detector backend must be 'torch' or 'onnx', got {backend!r}")
+    if backend == "onnx" and device not in ("auto", "cpu"):
+        raise ValueError(f"the onnx detector backend runs on the CPU (ONNX Runtime's CPU provider), not on {device}")
