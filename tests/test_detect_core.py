@@ -281,6 +281,28 @@ def test_count_names_boxes_from_a_search_index(untrained, tiny_bundle, tmp_path)
     assert all(b.guess == "new-jam" for b in boxes)  # the best guess is kept for review
 
 
+def test_count_refuses_naming_settings_it_would_ignore(untrained, tiny_bundle, tmp_path) -> None:
+    """A similarity without an index, or an index without its model, was silently ignored by the Python API."""
+    pytest.importorskip("faiss")
+    from skulens.deploy.batch_jobs import CountJob
+    from skulens.detect.count import count_products
+    from skulens.models.predictor import load_model
+    from skulens.search.index import create_index
+
+    det = load_detector(untrained, device="cpu")
+    model = load_model(tiny_bundle.bundle, device="cpu")
+    index = create_index("faiss", tmp_path / "idx", model.card.embedding_dim)
+    for kw, match in (({"model": model, "min_similarity": 0.9}, "setting of the index"),
+                      ({"index": index}, "the model it was built with"),
+                      ({"model": model, "index": index, "min_similarity": 1.5}, r"must be in \[0, 1\]")):
+        with pytest.raises(ValueError, match=match):
+            next(iter(count_products(det, [photo()], **kw)))
+    with pytest.raises(ValueError, match="setting of the index"):
+        CountJob(str(untrained), model=str(tiny_bundle.bundle), min_similarity=0.9)
+    [(res, _)] = count_products(det, [photo()], model=model, min_score=0.0)  # the classifier names the boxes
+    assert res.total == len(res.boxes) > 0
+
+
 def test_a_part_inside_a_bigger_better_box_is_suppressed() -> None:
     from skulens.detect.tiling import suppress_contained
 

@@ -156,11 +156,10 @@ def _count_job(ns: argparse.Namespace, detector: str) -> Any:
     """The count as a job (skulens.deploy.batch_jobs.CountJob): what both engines load and run."""
     from ..deploy.batch_jobs import CountJob
 
-    similarity = getattr(ns, "min_similarity", None)
     try:  # the job checks its settings (an ONNX detector on a GPU); a missing detector.onnx fails as it loads
         return CountJob(detector, model=ns.model, index=getattr(ns, "index", None), min_score=ns.min_score,
                         min_confidence=ns.min_confidence,
-                        min_similarity=CountJob.min_similarity if similarity is None else similarity,
+                        min_similarity=getattr(ns, "min_similarity", None),
                         tiles=ns.tiles, max_boxes=ns.max_boxes, batch_size=getattr(ns, "batch_size", 8),
                         device=ns.device, backend=getattr(ns, "backend", "torch"))
     except ValueError as e:

@@ -140,7 +140,7 @@ class CountJob:
     index: str | None = None  # name boxes by the nearest product in this index (built with `model`)
     min_score: float | None = None
     min_confidence: float = 0.5
-    min_similarity: float = 0.5
+    min_similarity: float | None = None  # with index: the cosine a match needs (None: 0.5, detect.count's default)
     tiles: str = "auto"
     max_boxes: int | None = None
     batch_size: int = 8  # photos per batch of the engine (the detector runs one photo at a time)
@@ -152,6 +152,9 @@ class CountJob:
         from ..detect.options import check_backend
 
         check_backend(self.backend, self.device)
+        from ..detect.count import check_naming
+
+        check_naming(self.model, self.index, self.min_similarity)
 
     def load(self) -> tuple[Any, Model | None, Any]:
         from ..detect.detector import load_detector

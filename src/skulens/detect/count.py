@@ -25,10 +25,11 @@ if TYPE_CHECKING:
     from ..models.predictor import Model
     from ..search.index import VectorIndex
 
-__all__ = ["CountedBox", "CountsWriter", "PhotoCount", "count_products", "crop_boxes", "recognise_boxes",
-           "write_counts"]
+__all__ = ["MIN_SIMILARITY", "CountedBox", "CountsWriter", "PhotoCount", "check_naming", "count_products",
+           "crop_boxes", "recognise_boxes", "write_counts"]
 
 UNKNOWN = "unknown"
+MIN_SIMILARITY = 0.5  # the cosine an index match needs to name a box, unless told
 CROP_PAD = 0.06  # context kept around a box, as a share of its size: the classifier saw whole products
 
 
@@ -98,14 +99,16 @@ def crop_boxes(image: Image.Image, boxes: np.ndarray, pad: float = CROP_PAD) -> 
 
 
 def recognise_boxes(model: Model | None, image: Image.Image, dets: Detections, min_confidence: float, *,
-                    index: VectorIndex | None = None, min_similarity: float = 0.5) -> list[CountedBox]:
+                    index: VectorIndex | None = None, min_similarity: float | None = None) -> list[CountedBox]:
     """Name each box's crop; a box the recogniser is unsure of gets label None (unknown). Without a model
     every box is an unnamed "product" (never unknown: nothing was asked to name it).
 
     Without an index the classifier names it (confident when its probability >= min_confidence). With a
     search index (built with this model) the nearest indexed product names it when the cosine similarity
-    is >= min_similarity, so products enrolled in the index but unknown to the classifier are counted too.
+    is >= min_similarity (None: MIN_SIMILARITY), so products enrolled in the index but unknown to the
+    classifier are counted too.
     """
+    min_similarity = check_naming(model, index, min_similarity)
     if model is None or not len(dets):
         return [CountedBox(tuple(map(float, b)), float(s), PRODUCT, 0.0) for b, s in zip(dets.boxes, dets.scores)]
     crops = crop_boxes(image, dets.boxes)
@@ -129,9 +132,22 @@ def recognise_boxes(model: Model | None, image: Image.Image, dets: Detections, m
     return out
 
 
+def check_naming(model: object, index: object, min_similarity: float | None) -> float:
+    """The similarity an index match needs (MIN_SIMILARITY when None); ValueError for settings that would be
+    ignored: an index without the model it was built with, or a similarity without an index."""
+    if index is not None and model is None:
+        raise ValueError("an index names boxes through the model it was built with: give the model too")
+    if min_similarity is not None and index is None:
+        raise ValueError("min_similarity is a setting of the index: without one the classifier names the boxes "
+                         "(min_confidence)")
+    if min_similarity is not None and not 0 <= min_similarity <= 1:
+        raise ValueError(f"min_similarity must be in [0, 1], got {min_similarity}")
+    return MIN_SIMILARITY if min_similarity is None else min_similarity
+
+
 def count_products(detector: Detector, images: Iterable[ImageInput], *, model: Model | None = None,
                    min_score: float | None = None, min_confidence: float = 0.5, tiles: str = "auto",
-                   index: VectorIndex | None = None, min_similarity: float = 0.5,
+                   index: VectorIndex | None = None, min_similarity: float | None = None,
                    sources: Sequence[str] | None = None) -> Iterable[tuple[PhotoCount, Image.Image | None]]:
     """Per photo (lazily, in order): its PhotoCount and the decoded photo (None when it failed).
 
@@ -143,6 +159,7 @@ def count_products(detector: Detector, images: Iterable[ImageInput], *, model: M
     decoded gives a PhotoCount with `error` set, and the rest go on. Photos up to MAX_PIXELS are counted.
     """
     check_images(images)  # one path on its own would be counted letter by letter
+    check_naming(model, index, min_similarity)  # before the first photo, not inside it
     min_score = detector.config.min_score if min_score is None else min_score
     if not 0 <= min_score <= 1 or not 0 <= min_confidence <= 1:
         raise ValueError(f"min_score and min_confidence must be in [0, 1], got {min_score}, {min_confidence}")
