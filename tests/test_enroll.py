@@ -328,3 +328,27 @@ def test_retrain_names_products_enrolled_without_photos(bundle_copy: Path, blue_
     enroll(bundle_copy, "blue-box", blue_photos[:2], coarse="Box", data=tiny_catalogue, keep_photos=False)
     with pytest.raises(ConfigError, match="enrolled without kept photos.*blue-box.*--extra"):
         retrain_catalogue(bundle_copy, tiny_catalogue)
+
+
+def test_the_cached_reference_bank_follows_a_different_data(bundle_copy: Path, tiny_catalogue: Path,
+                                                             tmp_path: Path) -> None:
+    """The bank cached in the bundle was reused whatever --data said: enrolment fitted against photos of a
+    catalogue the user had replaced."""
+    from skulens.search.enroll import reference_bank
+
+    net, card = load_bundle(bundle_copy)
+    _, first = reference_bank(bundle_copy, net, card, tiny_catalogue)
+    assert {"oat-milk", "red-apple"} <= set(first)
+    other = tmp_path / "other"
+    shutil.copytree(tiny_catalogue.parent, other)
+    other_cat = other / tiny_catalogue.name
+    rows = tiny_catalogue.read_text(encoding="utf-8").splitlines()
+    # another catalogue: its training photos are green apples only
+    other_cat.write_text("\n".join([rows[0], *(r for r in rows[1:] if "green-apple" in r)]) + "\n",
+                         encoding="utf-8")
+    _, second = reference_bank(bundle_copy, net, card, other_cat)
+    assert set(second) == {"green-apple"}
+    _, cached = reference_bank(bundle_copy, net, card, None)  # no --data: the cached bank, as it was last made
+    assert cached == second
+    _, same = reference_bank(bundle_copy, net, card, other_cat)
+    assert same == second

@@ -119,9 +119,12 @@ def reference_bank(bundle: Path, net: SkuModel, card: ModelCard, data: str | os.
 
     path = bundle / BANK_FILE
     if path.is_file():
-        t = load_file(str(path))
-        labels = (bundle / (BANK_FILE + ".labels")).read_text(encoding="utf-8").splitlines()
-        return t["features"], labels
+        made_from = _bank_source(path)
+        if data is None or made_from == str(Path(data).resolve()):
+            t = load_file(str(path))
+            labels = (bundle / (BANK_FILE + ".labels")).read_text(encoding="utf-8").splitlines()
+            return t["features"], labels
+        log.info("reference photos: the cached bank was made from %s, not --data %s; made again", made_from, data)
     source = data or card.dataset.get("path")
     if not source or not Path(source).exists():
         log.warning("no reference photos (the training data at %r is not here): the new class is imprinted "
@@ -145,9 +148,17 @@ def reference_bank(bundle: Path, net: SkuModel, card: ModelCard, data: str | os.
     decoded = decode_all(paths, card.resize_to, desc="reference photos", progress=progress)
     feats = _features(net, decoded.images, create_transform(card))
     labels = [labels[i] for i in decoded.kept]
-    save_file({"features": feats.contiguous()}, str(path))
+    save_file({"features": feats.contiguous()}, str(path), metadata={"source": str(Path(source).resolve())})
     (bundle / (BANK_FILE + ".labels")).write_text("\n".join(labels), encoding="utf-8")
     return feats, labels
+
+
+def _bank_source(path: Path) -> str | None:
+    """The data a cached reference bank was made from (None: a bank from before this was recorded)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return (f.metadata() or {}).get("source")
 
 
 def _studio_views(pils: Sequence, card: ModelCard, n: int) -> list[torch.Tensor]:
