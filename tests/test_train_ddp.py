@@ -98,7 +98,8 @@ def one_process(tiny_catalogue: Path, tmp_path_factory: pytest.TempPathFactory):
 def two_processes(tiny_catalogue: Path, tmp_path_factory: pytest.TempPathFactory):
     """The same run as 2 torchrun processes (progress on: only rank 0 may print it)."""
     out = tmp_path_factory.mktemp("ddp") / "two"
-    cmd = [c for c in _torchrun(tiny_catalogue, out) if c != "-q"]
+    # --holdout-fraction is unused here (it selects on val): a warning every process would give
+    cmd = [c for c in _torchrun(tiny_catalogue, out, "--holdout-fraction=0.2") if c != "-q"]
     proc = subprocess.run(cmd, check=False, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-4000:]
@@ -213,6 +214,10 @@ def test_rank_zero_alone_writes_and_speaks(one_process, two_processes) -> None:
     assert output.count("model bundle:") == 1 and output.count("INFO catalogue:") == 1
     assert output.count("epoch 1: loss=") == 1  # rank 0's epoch line; rank 1 shows no progress
     assert "distributed: rank 0 of 2 on cpu (gloo)" in output
+    assert "rank 1 of 2" not in output  # the other ranks' logs would repeat rank 0's
+    warnings = [ln for ln in output.splitlines() if ln.startswith("WARNING ")]
+    assert sum("holdout_fraction 0.2 is not used" in w for w in warnings) == 1, warnings  # once, not once per rank
+    assert len(warnings) == len(set(warnings)), warnings
 
 
 def _children(pid: int) -> list[int]:

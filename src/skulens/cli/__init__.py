@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 
 from ._common import EXIT_STORAGE, EXIT_USAGE, UsageError, say
 
@@ -37,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if ns.verbose else logging.INFO, format="%(levelname)s %(message)s")
     if not ns.verbose:  # FAISS logs its loader at INFO, a missing AVX-512 build as a ModuleNotFoundError: noise
         logging.getLogger("faiss").setLevel(logging.WARNING)
+        if os.environ.get("RANK", "0") not in ("", "0"):
+            # Under torchrun rank 0 speaks for the run: the other ranks' infos and warnings would repeat its own
+            # N times (the data checks, unused settings). Their errors still show; -v shows everything.
+            logging.getLogger().setLevel(logging.ERROR)
     try:
         return int(ns.func(ns) or 0)
     except UsageError as e:

@@ -40,10 +40,9 @@ def cmd_train(ns: argparse.Namespace) -> int:
     values["data"] = data_path(ns)  # checked before torch is imported
     if ns.out:
         values["out"] = ns.out
-    # Under torchrun every process runs this command; rank 0 speaks for the run, the others only warn.
+    # Under torchrun every process runs this command; rank 0 speaks for the run (skulens.cli.main quiets the
+    # others' logs down to errors).
     main_rank = os.environ.get("RANK", "0") == "0"
-    if not main_rank:
-        logging.getLogger().setLevel(logging.WARNING)
     from ..config import resolve_config
 
     cfg = resolve_config(values)
