@@ -14,8 +14,9 @@ import pytest
 from conftest import write_folder_catalogue
 from skulens.cli import main
 from skulens.data.catalogue import load_catalogue
+from skulens.deploy.parity import ParityError
 from skulens.evaluate.heldout import card_catalogue
-from skulens.models.bundle import BundleError, read_card
+from skulens.models.bundle import read_card
 
 pytest.importorskip("onnxruntime")
 
@@ -201,7 +202,7 @@ def test_an_int8_onnx_file_that_disagrees_with_fp32_is_not_written(
     out = tmp_path / "m.int8.onnx"
     out.write_bytes(b"the earlier file")
     _quantize_as(monkeypatch, broken)
-    with pytest.raises(BundleError, match=r"m\.int8\.onnx: ONNX Runtime int8 disagrees with the fp32 model: top-1 "
+    with pytest.raises(ParityError, match=r"m\.int8\.onnx: ONNX Runtime int8 disagrees with the fp32 model: top-1 "
                                           r"agreement 0\.0% .*int8 needs >= 90% .*not written"):
         quantize_onnx_with_photos(fp32, photos, out, check_photos=photos)
     assert out.read_bytes() == b"the earlier file" and sorted(p.name for p in tmp_path.iterdir()) == [out.name]
@@ -216,7 +217,8 @@ def test_cli_int8_onnx_is_written_only_when_it_agrees(
     argv = ["export", "--model", str(tiny_bundle.bundle), "--int8", "--data", str(tiny_catalogue),
             "--calibration-images", "8", "-o", str(tmp_path / "m.onnx"), "-q"]
     _quantize_as(monkeypatch, onnx_files[1])
-    assert main(argv) == 2 and "ONNX Runtime int8 disagrees with the fp32 model" in capsys.readouterr().err
+    # a run that failed its own check (exit 1), not an input error (2)
+    assert main(argv) == 1 and "ONNX Runtime int8 disagrees with the fp32 model" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # no m.int8.onnx, no .tmp
     _quantize_as(monkeypatch, onnx_files[0])
     assert main(argv) == 0 and "checked against fp32 on 9 val photos" in capsys.readouterr().err
@@ -265,10 +267,10 @@ def test_a_tflite_export_replaces_the_old_file_only_after_its_parity_check(
         verdict.update({"model.tflite": fp32_ok, "model.int8.tflite": int8_ok})
         export_tflite_checked("bundle", path, parity_photos=["a.jpg"], calibration_photos=["b.jpg"])
 
-    with pytest.raises(BundleError, match=r"model\.tflite: LiteRT disagrees with PyTorch.*not written"):
+    with pytest.raises(ParityError, match=r"model\.tflite: LiteRT disagrees with PyTorch.*not written"):
         run(False, True)
     assert (path.read_bytes(), q.read_bytes()) == (b"old", b"old int8")
-    with pytest.raises(BundleError, match=r"model\.int8\.tflite: .*int8 needs.*not written"):
+    with pytest.raises(ParityError, match=r"model\.int8\.tflite: .*int8 needs.*not written"):
         run(True, False)
     assert (path.read_bytes(), q.read_bytes()) == (b"new", b"old int8")
     run(True, True)

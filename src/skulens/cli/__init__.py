@@ -11,7 +11,7 @@ import argparse
 import logging
 import os
 
-from ._common import EXIT_STORAGE, EXIT_USAGE, UsageError, say
+from ._common import EXIT_FAILED, EXIT_STORAGE, EXIT_USAGE, UsageError, say
 
 __all__ = ["build_parser", "main"]
 
@@ -52,13 +52,16 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as e:
         from ..config import ConfigError
-        from ._errors import is_user_error, storage_failure
+        from ._errors import is_run_failure, is_user_error, storage_failure
 
         failure = storage_failure(e)
         if failure is not None and not ns.verbose:  # the machine's to fix, not the input's
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__  # a driver's may run on
             say(f"skulens: storage {'full' if failure == 'full' else 'unavailable'}: {first}")
             return EXIT_STORAGE
+        if is_run_failure(e) and not ns.verbose:
+            say(f"skulens {ns.command}: {e}")
+            return EXIT_FAILED
         if isinstance(e, ConfigError):
             say(f"skulens: config error: {e}")
             return EXIT_USAGE

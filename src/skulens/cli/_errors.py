@@ -10,7 +10,13 @@ from __future__ import annotations
 import errno
 import sys
 
-__all__ = ["USER_ERROR_CLASSES", "is_user_error", "storage_failure"]
+__all__ = ["RUN_FAILURE_CLASSES", "USER_ERROR_CLASSES", "is_run_failure", "is_user_error", "storage_failure"]
+
+# A run that did its work and failed its own check (exit 1, as a run whose photos were all unreadable): an
+# exported file that does not reproduce its model. Looked up before the user errors (ParityError is a BundleError).
+RUN_FAILURE_CLASSES = (
+    ("skulens.deploy.parity", "ParityError"),
+)
 
 USER_ERROR_CLASSES = (
     ("skulens.config", "ConfigError"),
@@ -29,14 +35,22 @@ USER_ERROR_CLASSES = (
 )
 
 
-def is_user_error(exc: BaseException) -> bool:
-    if isinstance(exc, (FileNotFoundError, ImportError)):
-        return True
-    for module, name in USER_ERROR_CLASSES:
+def _is_one_of(exc: BaseException, classes: tuple[tuple[str, str], ...]) -> bool:
+    for module, name in classes:
         mod = sys.modules.get(module)
         if mod is not None and isinstance(exc, getattr(mod, name)):
             return True
     return False
+
+
+def is_run_failure(exc: BaseException) -> bool:
+    return _is_one_of(exc, RUN_FAILURE_CLASSES)
+
+
+def is_user_error(exc: BaseException) -> bool:
+    if isinstance(exc, (FileNotFoundError, ImportError)):
+        return True
+    return _is_one_of(exc, USER_ERROR_CLASSES)
 
 
 _FULL = frozenset(getattr(errno, n) for n in ("ENOSPC", "EDQUOT") if hasattr(errno, n))

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from ..models.bundle import BundleError
 
-__all__ = ["FP32_TOLERANCE", "INT8_MIN_AGREEMENT", "INT8_TIE_DIFF", "Parity", "check_parity"]
+__all__ = ["FP32_TOLERANCE", "INT8_MIN_AGREEMENT", "INT8_TIE_DIFF", "Parity", "ParityError", "check_parity"]
 
 # fp32 LiteRT vs PyTorch on the same graph: float reassociation only (measured ~1e-6 on Lite0 and Lite2).
 FP32_TOLERANCE = 1e-3
@@ -16,6 +16,11 @@ FP32_TOLERANCE = 1e-3
 # INT8_TIE_DIFF: then the top-1s that changed were near-ties (a barely trained model's near-uniform outputs).
 INT8_MIN_AGREEMENT = 0.9
 INT8_TIE_DIFF = 0.02
+
+
+class ParityError(BundleError):
+    """An exported file does not reproduce its model: the export ran and failed its check (the CLI's exit 1,
+    a run that failed, not an input error)."""
 
 
 @dataclass(frozen=True)
@@ -44,5 +49,5 @@ def check_parity(parity: Parity, *, int8: bool, what: str = "LiteRT disagrees wi
         ok = parity.top1_agreement == 1.0 and parity.max_prob_diff <= FP32_TOLERANCE
         rule = f"fp32 needs every top-1 the same and max |p diff| <= {FP32_TOLERANCE:g}"
     if not ok:
-        raise BundleError(f"{parity.file}: {what}: {parity} ({rule})")
+        raise ParityError(f"{parity.file}: {what}: {parity} ({rule})")
     return parity

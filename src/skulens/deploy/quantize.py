@@ -92,7 +92,7 @@ def _check_int8(fp32: Path, int8: Path, images: Sequence[torch.Tensor],
     try:
         check_parity(parity, int8=True, what="ONNX Runtime int8 disagrees with the fp32 model")
     except BundleError as e:
-        raise BundleError(f"{e} (the file was not written)") from e
+        raise type(e)(f"{e} (the file was not written)") from e  # a ParityError stays one
 
 
 def calibration_inputs(photos: Sequence[str | os.PathLike], card: ModelCard, *, progress: bool = False

@@ -325,7 +325,7 @@ def _checked(bundle: str | os.PathLike, made: Path, path: Path, photos: Sequence
         parity = check_parity(replace(tflite_parity(bundle, made, photos), file=str(path)), int8=int8)
         os.replace(made, path)
     except BundleError as e:
-        raise BundleError(f"{e} (the file was not written)") from e
+        raise type(e)(f"{e} (the file was not written)") from e  # a ParityError stays one
     finally:
         made.unlink(missing_ok=True)
     return parity
