@@ -248,3 +248,33 @@ def test_corrupt_batch_reaches_the_benchmark_levels_and_keeps_mild_draws_common(
     sigmas = np.array([float((c.degrade(grey, "noise") - grey).std()) for _ in range(200)])
     assert sigmas.max() > 0.3 and sigmas.min() < 0.05
     assert 0.4 < float(np.mean(sigmas < 0.12)) < 0.8  # log-uniform: about 55 % of draws below 0.12
+
+
+def test_robust_top1_selects_on_clean_and_degraded_selection_photos(tiny_bundle, tiny_catalogue: Path,
+                                                                    tmp_path: Path) -> None:
+    """--monitor robust_top1: every epoch scores the selection photos as they are and degraded once each (the
+    same twins every epoch), and selects on the mean; refused without corruption in the step."""
+    from skulens.config import ConfigError, resolve_config
+    from skulens.train.corrupt import KINDS, degraded_twins
+
+    g = torch.Generator().manual_seed(0)
+    photos = [torch.randint(0, 256, (3, 224, 224), dtype=torch.uint8, generator=g) for _ in range(len(KINDS))]
+    a, b = degraded_twins(photos, seed=3), degraded_twins(photos, seed=3)
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))  # seeded: the same twins every epoch
+    assert all(x.dtype == torch.uint8 and x.shape == (3, 224, 224) for x in a)
+    assert all(not torch.equal(x, p) for x, p in zip(a, photos, strict=True))  # each one degraded
+    out = tmp_path / "robust-monitor"
+    rc = main(["train", "--data", str(tiny_catalogue), "--out", str(out), "--init-from", str(tiny_bundle.bundle),
+               "--backbone", "efficientnet_lite0", "--image-size", "64", "--train-image-size", "64", "--epochs", "2",
+               "--batch-size", "8", "--no-baseline", "--loggers", "", "--corrupt-fraction", "0.5",
+               "--monitor", "robust_top1", "-q"])
+    assert rc == 0
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    for h in history:
+        for w in ("val", "val_ema"):
+            assert h[f"{w}_robust_top1"] == pytest.approx((h[f"{w}_top1"] + h[f"{w}_corrupt_top1"]) / 2)
+    [*_, chosen] = [h for h in history if h["selected"]]
+    picked = chosen["val_robust_top1" if chosen["selected"] == "model" else "val_ema_robust_top1"]
+    assert picked == max(max(h["val_robust_top1"], h["val_ema_robust_top1"]) for h in history)
+    with pytest.raises(ConfigError, match="needs corrupt_fraction"):
+        resolve_config({"monitor": "robust_top1"})

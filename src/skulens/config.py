@@ -74,7 +74,7 @@ class TrainConfig:
     ema: bool = True  # keep an exponential moving average of the weights, select it when it validates better
     ema_decay: float = 0.998
     patience: int = 5  # early stopping: epochs without val improvement
-    monitor: str = "top1"  # val metric for model selection: top1, coarse_top1, macro_f1
+    monitor: str = "top1"  # val metric for model selection: top1, coarse_top1, macro_f1, or (with corrupt_fraction) robust_top1: the mean of top-1 on the selection photos as they are and degraded once each by the training corruptions (seeded)
     seed: int = 0
     num_workers: int = 0  # DataLoader workers (0: main process; images are decoded once and cached)
     val_fraction: float = 0.1  # used only when the catalogue has no val split
@@ -276,8 +276,11 @@ def _validate(cfg: TrainConfig) -> TrainConfig:
     for name in ("weight_decay", "backbone_lr_mult"):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"{name}: must be >= 0, got {getattr(cfg, name)}")
-    if cfg.monitor not in ("top1", "coarse_top1", "macro_f1"):
-        raise ConfigError(f"monitor: {cfg.monitor!r} is not one of top1, coarse_top1, macro_f1")
+    if cfg.monitor not in ("top1", "coarse_top1", "macro_f1", "robust_top1"):
+        raise ConfigError(f"monitor: {cfg.monitor!r} is not one of top1, coarse_top1, macro_f1, robust_top1")
+    if cfg.monitor == "robust_top1" and cfg.corrupt_fraction <= 0:
+        raise ConfigError("monitor robust_top1 scores the selection photos under the training corruptions: it "
+                          "needs corrupt_fraction > 0")
     unknown = set(cfg.loggers) - {"tensorboard", "mlflow", "wandb"}
     if unknown:
         raise ConfigError(f"loggers: unknown {sorted(unknown)}; choose from tensorboard, mlflow, wandb")

@@ -32,7 +32,7 @@ from torchvision.transforms.v2 import functional as TF
 from ..data.transforms import jpeg_roundtrip
 from ..evaluate.attacks import normalisation
 
-__all__ = ["KINDS", "CorruptBatch"]
+__all__ = ["KINDS", "CorruptBatch", "degraded_twins"]
 
 KINDS = ("jpeg", "blur", "noise", "lighting", "rotation", "occlusion")
 
@@ -110,3 +110,15 @@ class CorruptBatch:
         out = x.detach().clone()
         out[-n:] = ((degraded - m) / s).to(x.dtype)
         return out
+
+
+def degraded_twins(images: Sequence[torch.Tensor], seed: int) -> list[torch.Tensor]:
+    """Each uint8 CHW photo degraded once by the training corruptions, the kinds in turn (photo i gets
+    KINDS[i % 6]) at seeded strengths: the same twins every epoch and every run of a seed, so the selection
+    photos' robustness can be compared from epoch to epoch (`--monitor robust_top1`)."""
+    corrupter = CorruptBatch(1.0, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), seed=seed)
+    out = []
+    for i, im in enumerate(images):
+        pixels = corrupter.degrade(im.float() / 255, KINDS[i % len(KINDS)])
+        out.append((pixels * 255).round().clamp(0, 255).to(torch.uint8))
+    return out

@@ -95,6 +95,7 @@ class _Run:
     dist: distributed.Dist  # rank, world size; Dist.single(device) in one process
     untouched: Split | None = None  # select_on holdout: val, scored once at the end and chosen nothing
     extra_metrics: dict[str, Any] = field(default_factory=dict)  # recorded in the card (self-training's)
+    val_degraded: list[torch.Tensor] | None = None  # monitor robust_top1: the selection photos degraded once each
     # The module the training forward runs through: `model`, or a DistributedDataParallel over it (built in
     # _train_loop, once the freeze is known). Everything else (EMA, attacks, eval, checkpoints) uses `model`.
     net: torch.nn.Module = field(init=False)
@@ -530,6 +531,11 @@ def _end_of_epoch(run: _Run, eval_tf: Any, epoch: int, train_loss: float, epoch_
     results = {name: _quick_metrics(run_heads(m, run.val.images, eval_tf, device=run.device,
                                               precision=cfg.mixed_precision), run.val, run.card)
                for name, m in candidates.items()}
+    if cfg.monitor == "robust_top1":
+        for name, m in candidates.items():
+            heads = run_heads(m, _degraded_selection(run), eval_tf, device=run.device, precision=cfg.mixed_precision)
+            results[name]["corrupt_top1"] = float((heads.fine.argmax(1) == run.val.fine.numpy()).mean())
+            results[name]["robust_top1"] = (results[name]["top1"] + results[name]["corrupt_top1"]) / 2
     name, best_now = max(results.items(), key=lambda kv: _selection_key(kv[1], cfg.monitor))
     score = _selection_key(best_now, cfg.monitor)
     record = {"step": state["step"], "epoch": epoch + 1, "train_loss": train_loss,
@@ -552,6 +558,15 @@ def _end_of_epoch(run: _Run, eval_tf: Any, epoch: int, train_loss: float, epoch_
     # Logged after the checkpoint: a kill in between loses this line until a resume rewrites the log from the
     # checkpoint's history (see _restore), so metrics.jsonl never holds an epoch twice or one the run lost.
     run.logger.log(state["step"], record)
+
+
+def _degraded_selection(run: _Run) -> list[torch.Tensor]:
+    """The selection photos degraded once each by the training corruptions (made at the first epoch's end)."""
+    if run.val_degraded is None:
+        from .corrupt import degraded_twins
+
+        run.val_degraded = degraded_twins(run.val.images, seed=run.cfg.seed + 1)
+    return run.val_degraded
 
 
 def _print_epoch(epoch: int, train_loss: float, results: dict[str, dict[str, float]], epoch_time: float,
