@@ -287,7 +287,7 @@ def test_count_refuses_naming_settings_it_would_ignore(untrained, tiny_bundle, t
     from skulens.deploy.batch_jobs import CountJob
     from skulens.detect.count import count_products
     from skulens.models.predictor import load_model
-    from skulens.search.index import create_index
+    from skulens.search.index import IndexRecord, create_index
 
     det = load_detector(untrained, device="cpu")
     model = load_model(tiny_bundle.bundle, device="cpu")
@@ -301,6 +301,16 @@ def test_count_refuses_naming_settings_it_would_ignore(untrained, tiny_bundle, t
         CountJob(str(untrained), model=str(tiny_bundle.bundle), min_similarity=0.9)
     [(res, _)] = count_products(det, [photo()], model=model, min_score=0.0)  # the classifier names the boxes
     assert res.total == len(res.boxes) > 0
+
+    import skulens
+
+    # the public count() takes the CLI's --index and --min-similarity too (it had neither)
+    im = photo()
+    dets = det.detect([im], min_score=0.0)[0]
+    index.add([IndexRecord("shelf/0", "new-jam", "new-jam")], model.embed(crop_boxes(im, dets.boxes)[:1]))
+    index.save()
+    [named] = skulens.count([im], det, model=model, index=tmp_path / "idx", min_similarity=0.999, min_score=0.0)
+    assert named.boxes[0].label == "new-jam" and named.counts.get("new-jam", 0) >= 1
 
 
 def test_a_part_inside_a_bigger_better_box_is_suppressed() -> None:

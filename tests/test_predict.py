@@ -232,9 +232,13 @@ def test_embed_raises_on_an_undecodable_image(model: Model, val_images: list[tup
 
 def test_top_k_and_min_confidence_per_image(model: Model, val_images: list[tuple[Path, str]]) -> None:
     # The service batches requests that asked for different top-k and abstention into one call.
-    paths = [str(p) for p, _ in val_images[:3]]
+    every = model.predict([str(p) for p, _ in val_images], top_k=1)
+    unsure = min(range(len(every)), key=lambda i: every[i].confidence)  # abstains below a bar under 1
+    assert every[unsure].confidence < 1.0
+    rest = [i for i in range(len(every)) if i != unsure][:2]
+    paths = [str(val_images[i][0]) for i in (rest[0], unsure, rest[1])]
     normal = model.predict(paths, top_k=3)
-    mixed = model.predict(paths, top_k=[1, 2, 3], min_confidence=[0.0, 1.01, 0.0])
+    mixed = model.predict(paths, top_k=[1, 2, 3], min_confidence=[0.0, (1.0 + every[unsure].confidence) / 2, 0.0])
     assert [len(p.top_k) for p in mixed] == [1, 2, 3]
     assert mixed[1].level == "unknown" and mixed[1].label is None
     assert (mixed[0].label, mixed[2].label) == (normal[0].label, normal[2].label)

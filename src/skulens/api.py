@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from .config import TrainConfig, apply_preset, load_config, resolve_config
+from .config import TrainConfig, apply_preset, config_to_dict, load_config, resolve_config
 from .models.predictor import ImageInput, Model, Prediction, load_model, pretrained_model
 
 if TYPE_CHECKING:
@@ -55,24 +55,33 @@ def evaluate(model: Model | str | os.PathLike, data: str | os.PathLike | None = 
              device: str = "auto", backend: str = "torch") -> EvalReport:
     """Evaluate a model (or a bundle path) on a catalogue split; `data` defaults to the card's dataset.
 
-    With `out`, writes report.json, report.md and the plots there; `baseline` adds the linear probe on the
-    untouched pretrained backbone (the "before fine-tuning" point).
+    With `out`, writes report.json, report.md and the plots there; `baseline` (with `out`) adds the linear
+    probe on the untouched pretrained backbone (the "before fine-tuning" point) to them; for both reports
+    as objects, `skulens.evaluate.evaluator.evaluate_with_baseline`. `device` and `backend` load a bundle
+    path; a loaded Model runs where it was loaded.
     """
     from .evaluate.evaluator import evaluate_model
 
-    if not isinstance(model, Model):
+    if isinstance(model, Model):
+        if device != "auto" or backend != "torch":
+            raise ValueError("device and backend load a bundle path; this model is loaded already (on "
+                             f"{model.device}): load it with them, or pass its path")
+    else:
         model = load_model(model, device=device, backend=backend)
     return evaluate_model(model, data, split=split, out=out, baseline=baseline, progress=progress)
 
 
-def train(data: str | os.PathLike | None = None, *, config_file: str | os.PathLike | None = None,
+def train(data: str | os.PathLike | TrainConfig | None = None, *, config_file: str | os.PathLike | None = None,
           preset: str | None = None, progress: bool = True, **overrides: Any) -> TrainResult:
     """Fine-tune a backbone on a catalogue. Keyword overrides are TrainConfig fields; `preset` ("best",
     "default") or a config file's `preset` key goes under the file's values and the overrides; returns
-    TrainResult."""
+    TrainResult. `data` may also be a whole TrainConfig (checked as a config file is)."""
     from .train.engine import fit
 
     values = apply_preset(load_config(config_file) if config_file else {}, preset)
+    if isinstance(data, TrainConfig):
+        values.update(config_to_dict(data))
+        data = None
     values.update(overrides)
     if data is not None:
         values["data"] = str(data)
@@ -90,20 +99,30 @@ def load_detector(path: str | os.PathLike, *, device: str = "auto", backend: str
 
 def count(photos: Sequence[ImageInput], detector: Detector | str | os.PathLike, *,
           model: Model | str | os.PathLike | None = None, min_score: float | None = None, min_confidence: float = 0.5,
-          tiles: str = "auto") -> list[PhotoCount]:
+          tiles: str = "auto", index: str | os.PathLike | None = None,
+          min_similarity: float | None = None) -> list[PhotoCount]:
     """Find, recognise and count every product in each photo.
 
-    detector: a Detector or its folder; min_score None uses the detector's own threshold. model: the classification bundle that names each box (without one,
-    every box is an unnamed "product"). Each PhotoCount has the boxes (label None = unknown: the classifier
-    was below `min_confidence`), the count per product, and `annotated(photo)` for a picture.
+    detector: a Detector or its folder; min_score None uses the detector's own threshold. model: the
+    classification bundle that names each box (without one, every box is an unnamed "product"). index: a
+    search index built with `model` (`skulens index build`) names each box by its nearest product instead,
+    when the cosine similarity is at least `min_similarity` (default 0.5), so products enrolled in the index
+    count too. Each PhotoCount has the boxes (label None = unknown: the classifier was below
+    `min_confidence`), the count per product, and `annotated(photo)` for a picture.
     """
     from .detect.count import count_products
     from .detect.detector import Detector as _Detector
 
     det = detector if isinstance(detector, _Detector) else load_detector(detector)
     clf = model if model is None or isinstance(model, Model) else load_model(model)
+    vectors = None
+    if index is not None:
+        from .search.index import open_index
+
+        vectors = open_index(index)
     return [r for r, _ in count_products(det, photos, model=clf, min_score=min_score,
-                                         min_confidence=min_confidence, tiles=tiles)]
+                                         min_confidence=min_confidence, tiles=tiles, index=vectors,
+                                         min_similarity=min_similarity)]
 
 
 def tag(photos: Sequence[ImageInput], model: Model | str | os.PathLike, *, vocabulary: Sequence[str] | None = None,
@@ -120,6 +139,8 @@ def tag(photos: Sequence[ImageInput], model: Model | str | os.PathLike, *, vocab
     from .search.align import load_aligner
     from .search.tags import Tagger
 
+    if isinstance(model, Model) and device != "auto":
+        raise ValueError(f"device loads a bundle path; this model is loaded already (on {model.device})")
     m = model if isinstance(model, Model) else load_model(model, device=device)
     tagger = Tagger(m, products=_catalogue_products(data, m), mode=mode,
                     aligner=load_aligner(m.path) if m.path is not None else None)

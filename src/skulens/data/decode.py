@@ -40,8 +40,8 @@ from PIL import ExifTags, Image, ImageOps
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["DEFAULT_MAX_ASPECT", "DEFAULT_MAX_PIXELS", "ImageDecodeError", "decode_image", "pil_to_rgb", "sniff_format",
-           "to_rgb"]
+__all__ = ["DEFAULT_MAX_ASPECT", "DEFAULT_MAX_PIXELS", "ImageDecodeError", "decode_any", "decode_image", "pil_to_rgb",
+           "sniff_format", "to_rgb"]
 
 logger = logging.getLogger(__name__)
 
@@ -186,12 +186,25 @@ def _apply_orientation(name: str, img: Image.Image) -> Image.Image:
     return img
 
 
+def decode_any(im: Image.Image | str | os.PathLike[str] | bytes, source: str = "<image>", *,
+               max_pixels: int = DEFAULT_MAX_PIXELS, reduce_to: int | None = None) -> Image.Image:
+    """One input of the Python API as an RGB photo, whatever its form: a path or bytes decoded
+    (`decode_image`), a caller's PIL image checked and shrunk as a file is (`pil_to_rgb`), so both give the
+    model the same pixels (but for a big JPEG file, which libjpeg may decode at 1/2-1/8 scale first)."""
+    if isinstance(im, Image.Image):
+        return pil_to_rgb(im, source, max_pixels=max_pixels, reduce_to=reduce_to)
+    return decode_image(im, max_pixels=max_pixels, reduce_to=reduce_to)
+
+
 def pil_to_rgb(im: Image.Image, source: str = "<image>", *, max_pixels: int = DEFAULT_MAX_PIXELS,
-               max_aspect: float = DEFAULT_MAX_ASPECT) -> Image.Image:
+               max_aspect: float = DEFAULT_MAX_ASPECT, reduce_to: int | None = None) -> Image.Image:
     """A caller's PIL image under decode_image's policy: pixel and aspect limits, fully loaded (a truncated lazy
     file is an ImageDecodeError, not an OSError), EXIF orientation applied, alpha on white, high bit depths
-    rescaled. The caller's image is not changed; an upright RGB one is returned as it is (not copied: up to
+    rescaled, and (reduce_to) the short side shrunk to reduce_to as decode_image shrinks a file. The caller's
+    image is not changed; an upright RGB one that needs no shrinking is returned as it is (not copied: up to
     240 MB for an 80 MP shelf photo)."""
+    if reduce_to is not None and reduce_to < 1:
+        raise ValueError(f"reduce_to must be a positive int, got {reduce_to}")
     _check_size(source, im.size, max_pixels, max_aspect, empty="empty image")
     _load(source, im, "image")
     try:
@@ -199,7 +212,8 @@ def pil_to_rgb(im: Image.Image, source: str = "<image>", *, max_pixels: int = DE
         upright = ImageOps.exif_transpose(im) if turned else im  # a copy: the caller's keeps its pixels and EXIF
     except Exception:  # noqa: BLE001 - a mangled EXIF block: keep the image as stored, as decode_image does
         upright = im
-    return to_rgb(upright if upright is not None else im, source=source)
+    rgb = to_rgb(upright if upright is not None else im, source=source)
+    return rgb if reduce_to is None else _shrink_short_side(rgb, reduce_to)
 
 
 def to_rgb(img: Image.Image, *, source: str = "<image>") -> Image.Image:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data.decode import ImageDecodeError, decode_image, pil_to_rgb
+from ..data.decode import ImageDecodeError, decode_any
 from ..models.inference import resolve_device
 from ..models.predictor import source_name
 from .boxes import Detections
@@ -30,9 +30,7 @@ MAX_PIXELS = 80_000_000
 def shelf_photo(im: ImageInput, source: str = "<image>") -> Image.Image:
     """The RGB photo to look into, under the decoder's rules up to MAX_PIXELS: a file or bytes decoded, a
     caller's PIL image checked as a file would be (size and aspect limits, EXIF orientation, alpha on white)."""
-    if isinstance(im, Image.Image):
-        return pil_to_rgb(im, source, max_pixels=MAX_PIXELS)
-    return decode_image(im, max_pixels=MAX_PIXELS)
+    return decode_any(im, source, max_pixels=MAX_PIXELS)
 
 
 class Detector:

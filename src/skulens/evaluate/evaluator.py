@@ -70,7 +70,11 @@ def baseline_report(card: ModelCard, train: Split, val: Split, *, weights: str |
 def evaluate_model(model: Model, data: str | os.PathLike | None = None, *, split: str = "val",
                    out: str | os.PathLike | None = None, baseline: bool = False,
                    progress: bool = True) -> EvalReport:
-    """Evaluate `model` on a catalogue split; without `data`, on the dataset recorded in its card."""
+    """Evaluate `model` on a catalogue split; without `data`, on the dataset recorded in its card. `baseline`
+    puts the linear probe's results into `out`'s report (evaluate_with_baseline returns both reports)."""
+    if baseline and out is None:
+        raise ValueError("baseline: the linear probe's results go into out's report: give out, or call "
+                         "evaluate_with_baseline for both reports (minutes of work would be thrown away)")
     return evaluate_with_baseline(model, data, split=split, out=out, baseline=baseline, progress=progress)[0]
 
 

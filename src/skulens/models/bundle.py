@@ -111,7 +111,9 @@ def bundle_folder(path: str | os.PathLike[str]) -> Path:
     if not (p / CARD).is_file():
         recover_bundle(p)
     if not (p / CARD).is_file():
-        raise BundleError(f"{p}: not a skulens bundle (no {CARD})")
+        backend = {".onnx": "onnx", ".tflite": "tflite"}.get(p.suffix.lower())
+        hint = f" (an exported file: load it with backend={backend!r}, --backend {backend})" if backend else ""
+        raise BundleError(f"{p}: not a skulens bundle (no {CARD}){hint}")
     return p
 
 

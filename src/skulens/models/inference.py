@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import numbers
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -142,6 +143,8 @@ def iter_batches(images: Sequence[torch.Tensor], transform: Callable[[torch.Tens
                  batch_size: int, *, progress: bool = False, desc: str = "infer") -> Iterator[torch.Tensor]:
     from tqdm.auto import tqdm
 
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
     for start in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress, leave=False):
         yield torch.stack([transform(im) for im in images[start:start + batch_size]])
 
@@ -182,9 +185,23 @@ class Runner(Protocol):
                  batch_size: int, embeddings: bool, progress: bool) -> HeadOutputs: ...
 
 
+PRECISIONS = ("auto", "bf16", "fp16", "off")
+
+
+def check_precision(precision: str, device: torch.device) -> str:
+    """A precision autocast_context knows, for this device (ValueError otherwise: an unknown one would run as
+    "auto", and fp16 on the CPU would fail at the first batch)."""
+    if precision not in PRECISIONS:
+        hint = " (full precision is 'off')" if precision in ("fp32", "float32") else ""
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}{hint}")
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("precision fp16 is for CUDA; use bf16 or off on the CPU")
+    return precision
+
+
 class TorchRunner:
     def __init__(self, net: SkuModel, device: torch.device, precision: str = "auto"):
-        self.net, self.device, self.precision = net, device, precision
+        self.net, self.device, self.precision = net, device, check_precision(precision, device)
 
     def __call__(self, images: Sequence[torch.Tensor], transform: Callable[[torch.Tensor], torch.Tensor], *,
                  batch_size: int = 32, embeddings: bool = False, progress: bool = False) -> HeadOutputs:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numbers
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,11 +18,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data.decode import ImageDecodeError, decode_image, pil_to_rgb
+from ..data.decode import ImageDecodeError, decode_any
 from ..data.transforms import create_transform, to_uint8_tensor
 from .bundle import BundleError, load_bundle
 from .card import ModelCard, without_conflicts
-from .inference import HeadOutputs, Runner, TorchRunner, card_coarse, resolve_device
+from .inference import HeadOutputs, Runner, TorchRunner, card_coarse, check_precision, resolve_device
 
 if TYPE_CHECKING:
     from ..evaluate.metrics import EvalReport
@@ -114,8 +114,7 @@ class Model:
         tensors, ok, failed = [], [], []
         for i, im in enumerate(images):
             try:
-                pil = (pil_to_rgb(im, source_name(im, i)) if isinstance(im, Image.Image)
-                       else decode_image(im, reduce_to=self.card.resize_to))
+                pil = decode_any(im, source_name(im, i), reduce_to=self.card.resize_to)
                 tensors.append(to_uint8_tensor(pil))
                 ok.append(i)
             except ImageDecodeError as e:
@@ -144,6 +143,12 @@ class Model:
                              "search, or fine-tune it with `skulens train`")
         names = [source_name(im, i) for i, im in enumerate(images)]
         ks, mins = _per_image(top_k, len(images), "top_k"), _per_image(min_confidence, len(images), "min_confidence")
+        for k in ks:
+            if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+                raise ValueError(f"top_k must be a whole number >= 1, got {k!r}")
+        for m in mins:
+            if isinstance(m, bool) or not isinstance(m, numbers.Real) or not 0 <= m <= 1:  # NaN fails too
+                raise ValueError(f"min_confidence must be between 0 and 1, got {m!r}")
         tensors, ok, failed = self._decode(images)
         results: list[Prediction | None] = [None] * len(images)
         for i, reason in failed:
@@ -214,18 +219,34 @@ class Model:
         return evaluate_model(self, data, split=split, out=out, baseline=baseline, progress=progress)
 
 
+_INPUT_TYPES = (str, os.PathLike, bytes, bytearray, memoryview, Image.Image)
+
+
 def check_images(images: Any) -> None:
     """`images` is a list of inputs: one path, bytes or PIL image on its own would be iterated as characters,
     bytes or pixel rows."""
     if isinstance(images, (str, os.PathLike, bytes, bytearray, memoryview, Image.Image)):
         raise TypeError(f"images: give a list of images (e.g. [{type(images).__name__}]), "
                         f"not one {type(images).__name__}")
+    if isinstance(images, np.ndarray):
+        raise TypeError("images: give a list of images (paths, bytes or PIL images), not a NumPy array "
+                        "(Image.fromarray(a) makes one a PIL image)")
+    if not isinstance(images, Iterable):
+        raise TypeError(f"images: give a list of images (paths, bytes or PIL images), not {type(images).__name__}")
+    if isinstance(images, Sequence):  # a generator is checked as it is read, not consumed here
+        for i, im in enumerate(images):
+            if not isinstance(im, _INPUT_TYPES):
+                raise TypeError(f"images[{i}]: a path, bytes or a PIL image, not {type(im).__name__}"
+                                + (" (a NumPy array: Image.fromarray(a) makes one a PIL image)"
+                                   if type(im).__module__ == "numpy" else ""))
 
 
 def _per_image(value: Any, n: int, name: str) -> list[Any]:
     if isinstance(value, numbers.Real):  # also NumPy scalars (np.int64(3), np.float32(0.5))
         return [value.item() if isinstance(value, np.generic) else value] * n
-    values = list(value)
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise TypeError(f"{name}: a number, or one per image, not {type(value).__name__}")
+    values = [v.item() if isinstance(v, np.generic) else v for v in value]
     if len(values) != n:
         raise ValueError(f"{len(values)} values of {name} for {n} images: give one, or one per image")
     return values
@@ -248,6 +269,9 @@ def pretrained_model(backbone: str = "efficientnet_lite2", *, weights: str | Non
     from .classifier import SkuModel
 
     dev = resolve_device(device)
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
+        raise ValueError(f"image_size must be a whole number of pixels >= 1, got {image_size!r}")
+    check_precision(precision, dev)  # before the backbone is built
     bb = create_backbone(backbone, weights, image_size=image_size)
     card = ModelCard.for_backbone(backbone, bb.spec, embedding_dim=bb.num_features, coarse_head=False,
                                   train_config={"pretrained_only": True, "weights": weights})
@@ -336,6 +360,7 @@ def load_model(bundle: str | os.PathLike, *, device: str = "auto", precision: st
     if backend != "torch":
         raise ValueError(f"unknown backend {backend!r}: torch, onnx, onnx-int8 or tflite")
     dev = resolve_device(device)
+    check_precision(precision, dev)  # before the weights are read
     net, card = load_bundle(bundle, dev)
     net.to(memory_format=torch.channels_last)
     model = Model(net, card, dev, precision)

@@ -29,6 +29,7 @@ Everything here takes images, arrays and mappings; reading files and answering H
 from __future__ import annotations
 
 import functools
+import numbers
 import threading
 import warnings
 from collections.abc import Mapping, Sequence
@@ -39,7 +40,7 @@ import numpy as np
 from PIL import Image
 
 from ..data.catalogue import Product
-from ..data.decode import ImageDecodeError, decode_image, pil_to_rgb, to_rgb
+from ..data.decode import ImageDecodeError, decode_any, to_rgb
 from ..models.card import ModelCard, exclusive_attribute_pairs, without_conflicts
 
 if TYPE_CHECKING:  # torch comes with the model: checking a vocabulary file (the CLI does, first) needs none
@@ -397,8 +398,9 @@ class Tagger:
         need (None: DEFAULT_MIN_SCORE of the mode, TUNED_TEXT_MIN_SCORE for "text" with a text-tuned encoder);
         one value, or one per photo.
         """
-        from ..models.predictor import source_name
+        from ..models.predictor import check_images, source_name
 
+        check_images(images)  # one path on its own would be tagged letter by letter
         n = len(images)
         vocabs = _per_photo(vocabulary, n)
         if vocabs and vocabs[0] is not None and not isinstance(vocabs[0], Vocabulary):
@@ -413,8 +415,7 @@ class Tagger:
         out: list[ListingTags | None] = [None] * n
         for i, im in enumerate(images):
             try:
-                pils.append(pil_to_rgb(im, names[i]) if isinstance(im, Image.Image)
-                            else decode_image(im, reduce_to=self.card.resize_to))
+                pils.append(decode_any(im, names[i], reduce_to=self.card.resize_to))
                 ok.append(i)
             except ImageDecodeError as e:
                 out[i] = ListingTags(names[i], error=e.reason)
@@ -466,8 +467,10 @@ def _per_photo(vocabulary: Any, n: int) -> list[Any]:
 
 
 def _per_value(value: Any, n: int, name: str) -> list[Any]:
-    if value is None or isinstance(value, (int, float)):
-        return [value] * n
+    if value is None or isinstance(value, numbers.Real):  # also NumPy scalars (np.int64(2))
+        return [value.item() if isinstance(value, np.generic) else value] * n
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"{name}: a number, or one per photo, not {type(value).__name__}")
     values = list(value)
     if len(values) != n:
         raise ValueError(f"{len(values)} values of {name} for {n} photos: give one, or one per photo")
