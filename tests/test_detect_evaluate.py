@@ -34,7 +34,8 @@ def test_perfect_detections_score_one() -> None:
     assert r.recall50 == 1.0 and r.count_exact == 1.0 and r.count_mae == 0.0 and r.false_per_image == 0.0
     assert (r.images, r.boxes, r.per_product) == (1, 2, None)
     assert r.per_image[0] | {"file": None} == {"file": None, "truth": 2, "predicted": 2, "error": 0, "matched": 2,
-                                               "false": 0, "missed": 0, "false_kinds": {}, "missed_labels": {}}
+                                               "false": 0, "missed": 0, "false_kinds": {}, "missed_labels": {},
+                                               "capped": False}
     assert r.errors["false"] == dict.fromkeys(("duplicate", "merge", "part", "misplaced", "background"), 0)
     assert "No true box was missed." in format_markdown(r)
 

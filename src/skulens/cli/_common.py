@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import math
 import os
 import re
 import sys
@@ -151,13 +152,21 @@ def check_bundle(value: str, flag: str) -> dict[str, Any]:
     return card
 
 
-def check_detector(value: str | None, flag: str = "--detector") -> str:
-    """A detector folder (detector.json), checked before torch is imported."""
+def check_detector(value: str | None, flag: str = "--detector", *, backend: str | None = None) -> str:
+    """A detector folder (detector.json), checked before torch is imported; with backend "onnx" also an
+    exported .onnx file beside its detector.json (`skulens detect export DET -o FILE`)."""
     if not value:
         raise UsageError(f"{flag} DET is required (a folder written by `skulens detect train`)")
     p = Path(value)
+    if p.suffix.lower() == ".onnx" and p.is_file() and (p.parent / "detector.json").is_file():
+        if backend != "onnx":
+            raise UsageError(f"{flag} {value}: an exported detector (ONNX); "
+                             + ("run it with the onnx backend" if backend else "give its detector folder"))
+        return value
     if not (p / "detector.json").is_file():
-        hint = " (that is a classification bundle: give it as -m/--model)" if (p / "card.json").is_file() else ""
+        bundle = (p / "card.json").is_file()
+        hint = (" (that is a classification bundle" + (": give it as -m/--model)" if flag == "--detector" else ")")
+                if bundle else "")
         raise UsageError(f"{flag} {value}: not a detector folder, no detector.json{hint}")
     return value
 
@@ -242,13 +251,16 @@ def expand_inputs(items: list[str]) -> list[str]:
         items = [line.strip() for line in sys.stdin if line.strip()]
     out: list[str] = []
     for item in items:
+        if not Path(item).exists() and any(ch in item for ch in "*?["):
+            # A quoted glob: each match is read as it would be given by name (a folder's images, a list's paths).
+            matches = sorted(glob.glob(item, recursive=True))
+            out += expand_inputs(matches) if matches else []
+            continue
         p = Path(item)
         if p.is_dir():
             out += sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
         elif is_image_list(p):
             out += read_image_list(p)
-        elif any(ch in item for ch in "*?["):
-            out += sorted(glob.glob(item, recursive=True))
         else:
             out.append(item)  # a missing file becomes a per-file error, not a crash
     return out
@@ -261,8 +273,8 @@ def add_engine(p: argparse.ArgumentParser, note: str = "") -> None:
     g.add_argument("--engine", choices=("local", "ray"), default="local",
                    help="local: this process (default); ray: an actor pool on Ray Data, each actor loading the "
                         "model once" + (f"; {note}" if note else ""))
-    g.add_argument("--actors", type=positive_int, default=1, help="--engine ray: actors in the pool (default: 1)")
-    g.add_argument("--cpus-per-actor", type=float, default=1.0,
+    g.add_argument("--actors", type=positive_int, help="--engine ray: actors in the pool (default: 1)")
+    g.add_argument("--cpus-per-actor", type=float,
                    help="--engine ray: CPUs each actor reserves, and its torch threads (default: 1)")
     g.add_argument("--ray-address", metavar="ADDR",
                    help="--engine ray: the cluster (default: $RAY_ADDRESS, else a local Ray for the job)")
@@ -271,13 +283,19 @@ def add_engine(p: argparse.ArgumentParser, note: str = "") -> None:
 def check_engine(ns: argparse.Namespace) -> bool:
     """True for --engine ray, checked before torch or ray is imported: Ray installed, a sensible pool."""
     if getattr(ns, "engine", "local") != "ray":
+        ray_only = [flag for flag, name in (("--actors", "actors"), ("--cpus-per-actor", "cpus_per_actor"),
+                                            ("--ray-address", "ray_address")) if getattr(ns, name, None) is not None]
+        if ray_only:
+            raise UsageError(f"{', '.join(ray_only)}: settings of --engine ray (this run is local)")
         return False
     import importlib.util
 
     if importlib.util.find_spec("ray") is None:
         raise UsageError("--engine ray needs Ray Data: pip install 'skulens[ray]'")
-    if ns.actors < 1 or ns.cpus_per_actor <= 0:
-        raise UsageError("--actors must be >= 1 and --cpus-per-actor > 0")
+    ns.actors = 1 if ns.actors is None else ns.actors
+    ns.cpus_per_actor = 1.0 if ns.cpus_per_actor is None else ns.cpus_per_actor
+    if ns.actors < 1 or not 0 < ns.cpus_per_actor < math.inf:  # `not <`: NaN too
+        raise UsageError("--actors must be >= 1 and --cpus-per-actor a number > 0")
     if getattr(ns, "batch_size", None) is not None and ns.batch_size < 1:
         raise UsageError("--batch-size must be >= 1")
     return True

@@ -8,6 +8,7 @@ import argparse
 import contextlib
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,7 @@ def _detector_arg(ns: argparse.Namespace) -> str:
     pos = getattr(ns, "detector_pos", None)
     if pos and ns.detector and pos != ns.detector:
         raise UsageError(f"two detectors given: {pos} and --detector {ns.detector}")
-    return check_detector(ns.detector or pos)
+    return check_detector(ns.detector or pos, backend=getattr(ns, "backend", None))
 
 
 def _add_box_settings(p: argparse.ArgumentParser) -> None:
@@ -56,9 +57,9 @@ def _add_box_settings(p: argparse.ArgumentParser) -> None:
     g.add_argument("--min-score", type=float, default=None,
                    help="detector score a box needs to count as a product (default: the detector's own, chosen on "
                         "held-out composites when it was trained; see `detector.json`)")
-    g.add_argument("--min-confidence", type=float, default=0.5,
-                   help="classifier confidence a box needs to be named; below it the box is 'unknown' "
-                        "(default: %(default)s)")
+    g.add_argument("--min-confidence", type=float, default=None,
+                   help="with -m/--model: classifier confidence a box needs to be named; below it the box is "
+                        "'unknown' (default: 0.5)")
     g.add_argument("--tiles", choices=TILE_MODES, default="auto",
                    help="tile large photos (auto: long side over 2x the detector's max size; default: auto)")
     g.add_argument("--max-boxes", type=positive_int, default=None,
@@ -86,7 +87,7 @@ def add_commands(sub: Any) -> None:
     c.add_argument("--min-similarity", type=fraction, default=None,
                    help="with --index: cosine similarity a box needs to be named (default: 0.5)")
     _add_box_settings(c)
-    c.add_argument("--batch-size", type=positive_int, default=8, help="--engine ray: photos per batch (default: 8)")
+    c.add_argument("--batch-size", type=positive_int, help="--engine ray: photos per batch (default: 8)")
     add_engine(c, "a catalogue-wide count, written as Parquet to -o (a .parquet file or a folder; one row per "
                   "photo: counts, boxes, error)")
     add_quiet(c)
@@ -111,7 +112,7 @@ def add_commands(sub: Any) -> None:
     g.add_argument("--max-minutes", type=float, help="wall-time budget: the schedule ends by then even if the "
                                                      "steps are not done (default: 55)")
     g.add_argument("--eval-every", type=positive_int, help="steps between held-out checks (default: 150)")
-    g.add_argument("--seed", type=int, help="seed of the composites and the run (default: 0)")
+    g.add_argument("--seed", type=non_negative_int, help="seed of the composites and the run (default: 0)")
     g.add_argument("--workers", type=non_negative_int,
                    help="processes drawing composites beside training (default: 1; 0: in the training process; "
                         "more where cores are free; the composites are the same for any count)")
@@ -140,7 +141,7 @@ def add_commands(sub: Any) -> None:
     add_data(pv, "catalogue whose product photos become composites (default: the grocery dataset)")
     add_out(pv, "PNG to write", default="composites.png")
     pv.add_argument("-n", type=positive_int, default=8, help="composites in the grid (default: %(default)s)")
-    pv.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
+    pv.add_argument("--seed", type=non_negative_int, default=0, help="seed (default: %(default)s)")
     pv.set_defaults(func=cmd_detect_preview)
 
 
@@ -150,6 +151,9 @@ def _check_settings(ns: argparse.Namespace) -> None:
             raise UsageError(f"--{name.replace('_', '-')} must be between 0 and 1")
     if ns.max_boxes is not None and ns.max_boxes < 1:
         raise UsageError("--max-boxes must be >= 1")
+    if ns.min_confidence is not None and (not ns.model or getattr(ns, "index", None)):
+        raise UsageError("--min-confidence is the classifier's bar: it needs -m/--model" + (
+            ", and with --index the index names the boxes (--min-similarity)" if getattr(ns, "index", None) else ""))
 
 
 def _count_job(ns: argparse.Namespace, detector: str) -> Any:
@@ -158,9 +162,9 @@ def _count_job(ns: argparse.Namespace, detector: str) -> Any:
 
     try:  # the job checks its settings (an ONNX detector on a GPU); a missing detector.onnx fails as it loads
         return CountJob(detector, model=ns.model, index=getattr(ns, "index", None), min_score=ns.min_score,
-                        min_confidence=ns.min_confidence,
+                        min_confidence=CountJob.min_confidence if ns.min_confidence is None else ns.min_confidence,
                         min_similarity=getattr(ns, "min_similarity", None),
-                        tiles=ns.tiles, max_boxes=ns.max_boxes, batch_size=getattr(ns, "batch_size", 8),
+                        tiles=ns.tiles, max_boxes=ns.max_boxes, batch_size=getattr(ns, "batch_size", None) or 8,
                         device=ns.device, backend=getattr(ns, "backend", "torch"))
     except ValueError as e:
         raise UsageError(str(e)) from None
@@ -172,9 +176,11 @@ def cmd_count(ns: argparse.Namespace) -> int:
         ns.model = inputs.pop(0)  # `skulens count MODEL photos/ --detector DET`
     if ns.model:
         check_model(ns.model)
-    detector = check_detector(ns.detector)
+    detector = check_detector(ns.detector, backend=ns.backend)
     _check_settings(ns)
     on_ray = check_engine(ns)
+    if not on_ray and ns.batch_size is not None:  # one photo at a time in this process
+        raise UsageError("--batch-size: a setting of --engine ray (the detector looks at one photo at a time)")
     if on_ray and ns.annotated:
         raise UsageError("--annotated: not with --engine ray (its photos stay on the workers)")
     parquet = engine_out(ns) if on_ray else None
@@ -198,6 +204,13 @@ def cmd_count(ns: argparse.Namespace) -> int:
     if parquet is not None:
         return _count_on_ray(ns, job, files, parquet)
     det, clf, index = job.load()
+    if index is not None and clf is not None:
+        from ..search.engine import check_index_model
+
+        try:  # count_products checks it too; here it is one line, not a traceback from inside the stream
+            check_index_model(clf, index)
+        except ValueError as e:
+            raise UsageError(f"--index {ns.index}: {e}") from None
     from tqdm.auto import tqdm
 
     from ..detect.count import CountsWriter, count_products
@@ -258,6 +271,7 @@ def cmd_detect_train(ns: argparse.Namespace) -> int:
         raise UsageError("--no-composites needs --boxes")
     if ns.init:
         check_detector(ns.init, "--init")
+    check_out_path(ns.out, "--out", folder=True)  # before the composites: not after the first held-out check
     data = None if ns.no_composites else data_path(ns)
     recipe = _recipe(ns)
     from ..detect.annotations import load_annotations
@@ -308,7 +322,23 @@ def _label_map(path: str | None) -> Any:
         if len(r) != 2:
             raise UsageError(f"--label-map {path}: line {i}: expected 'annotation,model_label'")
         mapping[r[0].strip()] = r[1].strip()
-    return lambda name: mapping.get(name, name)
+
+    def label_map(name: str) -> str:
+        return mapping.get(name, name)
+
+    label_map.table = mapping  # type: ignore[attr-defined]
+    return label_map
+
+
+def _warn_unmatched(path: str, mapping: dict[str, str], names: set[str], classes: Sequence[str]) -> None:
+    """A label-map row whose annotation name is in no photo, or whose label no model class: a typo, said."""
+    known = set(classes)
+    for ann, label in mapping.items():
+        if ann not in names:
+            say(f"skulens detect evaluate: --label-map {path}: {ann!r} names no box of --data (a typo?)")
+        if label not in known:
+            say(f"skulens detect evaluate: --label-map {path}: {label!r} is not a product of the model (a typo?); "
+                "its boxes count as another product")
 
 
 def cmd_detect_evaluate(ns: argparse.Namespace) -> int:
@@ -318,6 +348,8 @@ def cmd_detect_evaluate(ns: argparse.Namespace) -> int:
     _check_settings(ns)
     if not Path(ns.data).exists():
         raise UsageError(f"--data {ns.data}: no such file or folder")
+    if ns.label_map and not ns.model:
+        raise UsageError("--label-map maps annotation names to a model's labels: it needs -m/--model")
     label_map = _label_map(ns.label_map)
     check_out_path(ns.out, "--out", folder=True)  # before the photos are detected and scored
     from ..detect.annotations import load_annotations
@@ -325,17 +357,23 @@ def cmd_detect_evaluate(ns: argparse.Namespace) -> int:
     images = load_annotations(ns.data)
     if not images:
         raise UsageError(f"--data {ns.data}: no annotated photos")
-    det, clf, _ = _count_job(ns, detector).load()
+    job = _count_job(ns, detector)
+    det, clf, _ = job.load()
+    if label_map is not None and clf is not None:
+        _warn_unmatched(ns.label_map, label_map.table, {n for im in images for n in im.labels}, clf.card.classes)
     from ..detect.evaluate import evaluate_counting
 
     out = Path(ns.out) if ns.out else Path(detector) / f"eval-{Path(ns.data).resolve().name}"
-    report = evaluate_counting(det, images, model=clf, min_score=ns.min_score, min_confidence=ns.min_confidence,
+    report = evaluate_counting(det, images, model=clf, min_score=ns.min_score, min_confidence=job.min_confidence,
                                tiles=ns.tiles, label_map=label_map, out_dir=out, progress=not ns.quiet)
     sink = contextlib.nullcontext(sys.stdout)
     with sink as f:
         f.write(json.dumps({k: v for k, v in report.to_dict().items() if k != "per_image"}) + "\n")
     for s in report.skipped:
         say(f"skulens detect evaluate: {s['file']}: {s['error']} (left out of the scores; listed in the report)")
+    if report.capped:
+        say(f"skulens detect evaluate: {report.capped} of {report.images} photo(s) reached the box cap ("
+            f"--max-boxes or the detector's own): their counts may be short (marked 'capped' in the report)")
     say(f"skulens detect evaluate: {report.images} photo(s), AP@0.5 {report.ap50:.3f}, AP@[.5:.95] {report.ap:.3f}, "
         f"recall {report.recall50:.3f}, false boxes/photo {report.false_per_image:.2f}, count MAE {report.count_mae:.2f}, "
         f"exact {report.count_exact:.1%}; report in {out}")
@@ -344,6 +382,7 @@ def cmd_detect_evaluate(ns: argparse.Namespace) -> int:
 
 def cmd_detect_export(ns: argparse.Namespace) -> int:
     detector = _detector_arg(ns)
+    check_out_path(ns.out, "--out")
     from ..detect.onnx import export_detector
 
     path = export_detector(detector, ns.out)
@@ -354,6 +393,9 @@ def cmd_detect_export(ns: argparse.Namespace) -> int:
 def cmd_detect_preview(ns: argparse.Namespace) -> int:
     if ns.n < 1:
         raise UsageError("-n must be >= 1")
+    check_out_path(ns.out, "--out")
+    if Path(ns.out).suffix.lower() != ".png":
+        raise UsageError(f"--out {ns.out}: the grid is a PNG; name a .png file")
     data = data_path(ns)
     from ..detect.train import preview_composites
 

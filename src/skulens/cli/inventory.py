@@ -136,7 +136,7 @@ def _actor() -> str:
 
 def cmd_inventory_scan(ns: argparse.Namespace) -> int:
     bundle = model_path(ns)
-    detector_dir = check_detector(ns.detector) if ns.detector is not None else None
+    detector_dir = check_detector(ns.detector, backend=ns.detector_backend) if ns.detector is not None else None
     if ns.min_score is not None and not 0 <= ns.min_score <= 1:
         raise UsageError("--min-score must be between 0 and 1")
     if not 0 <= ns.threshold <= 1:

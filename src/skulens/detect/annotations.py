@@ -274,7 +274,14 @@ def read_yolo(path: str | os.PathLike[str]) -> list[AnnotatedImage]:
 
 
 def _yolo_image(image: Path, label: Path, names: dict[int, str] | None) -> AnnotatedImage:
-    width, height = _image_size(image)
+    try:
+        width, height = _image_size(image)
+    except AnnotationError as e:
+        # YOLO boxes are fractions of a size only the photo knows. As VOC and COCO photos that cannot be read,
+        # it stays in the list, boxless: `detect evaluate` leaves it out of the scores and lists it, training
+        # names it; one bad file does not stop the rest from loading.
+        log.warning("%s (its boxes cannot be placed)", e)
+        return AnnotatedImage(_abs(image), 1, 1)
     boxes, labels = [], []
     text = _read(label, _MAX_SMALL).decode("utf-8-sig", "replace") if label.is_file() else ""
     for n, line in enumerate(text.splitlines(), 1):

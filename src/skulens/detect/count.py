@@ -160,6 +160,10 @@ def count_products(detector: Detector, images: Iterable[ImageInput], *, model: M
     """
     check_images(images)  # one path on its own would be counted letter by letter
     check_naming(model, index, min_similarity)  # before the first photo, not inside it
+    if index is not None and model is not None:
+        from ..search.engine import check_index_model
+
+        check_index_model(model, index)  # an index of another model would name every box, confidently wrong
     min_score = detector.config.min_score if min_score is None else min_score
     if not 0 <= min_score <= 1 or not 0 <= min_confidence <= 1:
         raise ValueError(f"min_score and min_confidence must be in [0, 1], got {min_score}, {min_confidence}")

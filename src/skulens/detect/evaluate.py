@@ -79,6 +79,8 @@ class DetectionReport:
     errors: dict[str, Any] = field(default_factory=dict)
     # Photos left out because they could not be decoded: {"file", "error"} each (`evaluate_detector`).
     skipped: list[dict[str, Any]] = field(default_factory=list)
+    # Photos whose detections reached the box cap (`max_detections`): their counts may be short.
+    capped: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return _json_safe(asdict(self))
@@ -112,7 +114,7 @@ def evaluate_detections(
     for i, (img, det) in enumerate(zip(images, detections)):
         kept = det.above(score_threshold)
         labels = None if recognised is None else _kept_labels(det, recognised[i], score_threshold)
-        rows.append(_photo_row(img, kept, labels, label_map or _identity))
+        rows.append({**_photo_row(img, kept, labels, label_map or _identity), "capped": bool(kept.capped)})
     ap50, ap = average_precision(images, detections)
     n_gt = sum(r["truth"] for r in rows)
     kinds: Counter[str] = Counter()
@@ -138,6 +140,7 @@ def evaluate_detections(
         errors={"false": {k: kinds.get(k, 0) for k in FALSE_KINDS},
                 "missed": {label: {"missed": missed.get(label, 0), "boxes": n}
                            for label, n in sorted(truth_labels.items())}},
+        capped=sum(r["capped"] for r in rows),
     )
 
 
@@ -428,6 +431,7 @@ def format_markdown(report: DetectionReport, *, grid: str | None = None) -> str:
         ("false boxes per photo", f"{report.false_per_image:.2f}"),
         ("count MAE (boxes per photo)", f"{report.count_mae:.2f}"),
         ("photos counted exactly", _pct(report.count_exact)),
+        *([("photos at the box cap (counts may be short)", report.capped)] if report.capped else []),
     ])
     if report.per_product is not None:
         pp = report.per_product

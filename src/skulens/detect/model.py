@@ -170,13 +170,20 @@ class DetectorCard:
     def read(cls, path: Path) -> DetectorCard:
         try:
             d = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, ValueError) as e:  # ValueError: JSON errors and bytes that are not UTF-8
             raise DetectorError(f"{path}: not a readable detector card ({e})") from None
         if not isinstance(d, dict) or d.get("kind") != "skulens-detector":
             raise DetectorError(f"{path}: not a skulens detector card")
-        if d.get("schema", 0) > SCHEMA:
-            raise DetectorError(f"{path}: written by a newer skulens (schema {d['schema']}); upgrade skulens")
-        return cls(DetectorConfig.from_dict(d.get("config", {})), d.get("training", {}), d.get("schema", SCHEMA))
+        schema = d.get("schema", SCHEMA)
+        if not isinstance(schema, int) or schema > SCHEMA:
+            raise DetectorError(f"{path}: written by a newer skulens (schema {schema!r}); upgrade skulens")
+        config, training = d.get("config", {}), d.get("training", {})
+        if not isinstance(config, dict) or not isinstance(training, dict):
+            raise DetectorError(f"{path}: 'config' and 'training' must be JSON objects")
+        try:
+            return cls(DetectorConfig.from_dict(config), training, schema)
+        except (TypeError, ValueError) as e:  # a hand-edited value: "min_score": 2, "min_size": "abc"
+            raise DetectorError(f"{path}: invalid detector settings ({e})") from None
 
 
 def is_detector(path: str | os.PathLike) -> bool:

@@ -20,6 +20,7 @@ from .detector import Detector
 from .model import (
     DETECTOR_CARD,
     DETECTOR_ONNX,
+    DETECTOR_WEIGHTS,
     DetectorCard,
     DetectorError,
     build_detector,
@@ -54,8 +55,15 @@ def export_detector(directory: str | os.PathLike, out: str | os.PathLike | None 
     path = Path(out) if out else Path(directory) / DETECTOR_ONNX
     if path.is_dir():
         raise DetectorError(f"{path}: a folder; name the .onnx file to write (e.g. {path / DETECTOR_ONNX})")
+    if path.suffix.lower() != ".onnx":  # detector.safetensors or detector.json would be overwritten
+        raise DetectorError(f"{path}: name a .onnx file to write (e.g. {path.parent / DETECTOR_ONNX})")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise DetectorError(f"{path.parent}: a file, not a folder")
     source_card, target_card = Path(directory) / DETECTOR_CARD, path.parent / DETECTOR_CARD
     elsewhere = not (target_card.exists() and target_card.resolve() == source_card.resolve())
+    if elsewhere and (path.parent / DETECTOR_WEIGHTS).exists():
+        raise DetectorError(f"{path.parent} holds another detector: its card would be replaced by this one's; "
+                            "export into a folder of its own")
     if elsewhere and target_card.exists() and target_card.read_bytes() != source_card.read_bytes():
         others = sorted(p.name for p in path.parent.glob("*.onnx") if p.name != path.name)
         if others:  # their card would change under them
@@ -133,7 +141,10 @@ def load_onnx_detector(path: str | os.PathLike, *, threads: int | None = None) -
     onnx_path = p / DETECTOR_ONNX if p.is_dir() else p
     folder = onnx_path.parent
     if not onnx_path.is_file():
-        raise DetectorError(f"{onnx_path}: no ONNX detector; run `skulens detect export {folder}` first")
+        others = sorted(folder.glob("*.onnx")) if p.is_dir() else []
+        advice = (f"its export is {others[0]}: name that file" if len(others) == 1 else
+                  f"run `skulens detect export {folder}` first")
+        raise DetectorError(f"{onnx_path}: no ONNX detector; {advice}")
     card = DetectorCard.read(folder / DETECTOR_CARD)
     return Detector(_onnx_net(onnx_path, card, threads), card, device="cpu", path=folder)
 

@@ -88,6 +88,8 @@ class DetectorRecipe:
             raise ValueError(f"train_sizes must be sizes >= 64, got {self.train_sizes}")
         if self.max_minutes is not None and not self.max_minutes > 0:  # `not >`: NaN too
             raise ValueError(f"max_minutes must be > 0 (None: no time limit), got {self.max_minutes}")
+        if not 0 <= self.seed < 2**32:  # NumPy's generators take no negative seed
+            raise ValueError(f"seed must be in [0, 2**32), got {self.seed}")
 
 
 @dataclass(frozen=True)
