@@ -102,6 +102,17 @@ def test_search_input_errors(client) -> None:
     assert client.post("/v1/search", data={"text": "x", "mode": "nope"}).status_code == 422
     r = client.post("/v1/search", files={"image": ("q.jpg", b"not an image", "image/jpeg")})
     assert r.status_code == 415
+    r = client.post("/v1/search", json={"text": "oat milk"})  # a JSON body: told to send form fields
+    assert r.status_code == 422 and "send form fields" in r.json()["detail"] and "application/json" in r.json()["detail"]
+
+
+def test_a_photo_search_refuses_a_text_mode_and_takes_a_blank_text_as_none(client, tiny_catalogue: Path) -> None:
+    photo = ("q.jpg", (tiny_catalogue.parent / "val" / "oat-milk" / "oat-milk_001.jpg").read_bytes(), "image/jpeg")
+    r = client.post("/v1/search", files={"image": photo}, data={"mode": "aligned"})  # was ignored: 200
+    assert r.status_code == 422 and "setting of text search" in r.json()["detail"]
+    for blank in ("", "   "):  # "   " said "not both", "" was accepted
+        r = client.post("/v1/search", files={"image": photo}, data={"text": blank, "k": "2"})
+        assert r.status_code == 200 and r.json()["query"] == "image", (blank, r.text)
 
 
 def test_similar_and_recommendations(client) -> None:

@@ -379,3 +379,21 @@ def test_a_swap_cut_short_keeps_the_old_encoder_readable_and_the_next_swap_puts_
     os.utime(old_work, (time.time() - 2 * 86400, time.time() - 2 * 86400))
     _sweep_work_folders(bundle)
     assert not old_work.exists() and young_work.exists()
+
+
+def test_the_sampler_trains_every_row_of_a_product_with_many_queries() -> None:
+    """A query log with 200 rows for one product: once the other products ran out, its rows were left in
+    batches of one and dropped (31 of 201 log rows trained on grocery), while the summary claimed them all."""
+    from skulens.search.text_tune import OneRowPerProduct
+
+    products = ["oat"] * 200 + [f"p{i}" for i in range(7)]
+    anchors = [f"oat query {i}" for i in range(200)] + [f"name {i}" for i in range(7)]
+    sampler = OneRowPerProduct(anchors, products, batch_size=8, seed=0)
+    batches = sampler.batches()
+    seen = {i for b in batches for i in b}
+    assert seen == set(range(len(products)))  # every row trained, each epoch
+    for b in batches:
+        assert 1 < len(b) <= 8 and len({products[i] for i in b}) == len(b)  # no product twice: no false negative
+    # a catalogue where no batch runs short keeps its batches exactly (no rows come back)
+    even = OneRowPerProduct([f"a{i}" for i in range(16)], [f"p{i % 8}" for i in range(16)], batch_size=8, seed=0)
+    assert sorted(len(b) for b in even.batches()) == [8, 8]

@@ -21,6 +21,7 @@ from ._common import (
     engine_options,
     expand_inputs,
     model_path,
+    non_negative_int,
     positive_int,
     say,
 )
@@ -404,7 +405,7 @@ def add_commands(sub: Any) -> None:
     tt.add_argument("--queries", metavar="LOG.csv",
                     help="optional query log: CSV with query,product_id columns (what shoppers typed and chose)")
     tt.add_argument("--epochs", type=positive_int, default=TUNE_EPOCHS, help=f"passes over the pairs (default: {TUNE_EPOCHS})")
-    tt.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    tt.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default: 0)")
     add_quiet(tt)
     tt.set_defaults(func=cmd_text_tune)
 

@@ -17,6 +17,7 @@ from ._common import (
     add_out,
     add_quiet,
     add_top_k,
+    check_out_path,
     device_arg,
     expand_inputs,
     model_path,
@@ -37,8 +38,12 @@ def _vocabulary(path: str | None) -> tuple[str, ...] | None:
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"--vocabulary {path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
+    except UnicodeDecodeError:
+        from ..data.encoding import not_utf8
+
+        raise UsageError(f"--vocabulary {path}: {not_utf8(path)}") from None
+    except OSError as e:
+        raise UsageError(f"--vocabulary {path}: cannot read it ({e.strerror or e})") from None
     try:
         return parse_vocabulary(text)
     except TaggingError as e:
@@ -47,6 +52,13 @@ def _vocabulary(path: str | None) -> tuple[str, ...] | None:
 
 def cmd_tag(ns: argparse.Namespace) -> int:
     refuse_json_out(ns.out)
+    check_out_path(ns.out, "--out")  # before every photo is tagged
+    if ns.out and ns.format:
+        named = "csv" if ns.out.lower().endswith(".csv") else "jsonl" if ns.out.lower().endswith(".jsonl") else None
+        if named is not None and named != ns.format:
+            raise UsageError(f"--format {ns.format} into {ns.out}: the name says {named}; name the file .{ns.format}")
+    if ns.min_score is not None and not -1 <= ns.min_score <= 1:  # a cosine; `not <=`: NaN too
+        raise UsageError(f"--min-score is a cosine similarity between -1 and 1, got {ns.min_score}")
     bundle = model_path(ns)
     if ns.data is not None and not Path(ns.data).exists():
         raise UsageError(f"--data {ns.data}: no such file or folder")
@@ -64,6 +76,8 @@ def cmd_tag(ns: argparse.Namespace) -> int:
     except TaggingError as e:  # a vocabulary this model cannot score (no aligner, no product texts)
         raise UsageError(str(e)) from None
     # One context manager for a file or stdout (stdout must not be closed).
+    if ns.out:
+        Path(ns.out).parent.mkdir(parents=True, exist_ok=True)
     sink = open(ns.out, "w", encoding="utf-8", newline="") if ns.out else contextlib.nullcontext(sys.stdout)  # noqa: SIM115
     with sink as out:
         if output_format(ns) == "csv":

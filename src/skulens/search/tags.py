@@ -241,6 +241,8 @@ def check_vocabulary(phrases: Sequence[str], *, max_phrases: int = MAX_PHRASES) 
         if not isinstance(raw, str):
             raise TaggingError(f"vocabulary phrase {i + 1} is not text: {raw!r}")
         p = " ".join(raw.split())
+        if ";" in p:  # CSV rows list tags as "phrase:score;phrase:score"
+            raise TaggingError(f"vocabulary phrase {i + 1} has a ';', which separates tags in CSV rows: {p[:40]!r}")
         if len(p) > MAX_PHRASE_CHARS:
             raise TaggingError(f"vocabulary phrase {i + 1} is {len(p)} characters long (at most {MAX_PHRASE_CHARS}): "
                              f"{p[:40]!r}...")
@@ -255,8 +257,9 @@ def check_vocabulary(phrases: Sequence[str], *, max_phrases: int = MAX_PHRASES) 
 
 
 def parse_vocabulary(text: str, *, max_phrases: int = MAX_PHRASES) -> tuple[str, ...]:
-    """A vocabulary file's text: one phrase per line, `#` starts a comment line (see `check_vocabulary`)."""
-    return check_vocabulary([line for line in text.splitlines() if not line.lstrip().startswith("#")],
+    """A vocabulary file's text: one phrase per line, `#` starts a comment line (see `check_vocabulary`; a
+    phrase's number in its errors is its line number)."""
+    return check_vocabulary(["" if line.lstrip().startswith("#") else line for line in text.splitlines()],
                             max_phrases=max_phrases)
 
 

@@ -74,6 +74,15 @@ class TuneConfig:
     # shopper queries the whole document did better (engine text search Recall@1 71 vs 64; RESULTS.md)
     mask: bool = False
 
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 2:
+            raise ValueError(f"epochs must be >= 1 and batch_size >= 2 (in-batch negatives), got {self.epochs}, "
+                             f"{self.batch_size}")
+        if not 0 < self.lr < 1 or not 0 <= self.warmup < 1:  # `not <`: NaN too
+            raise ValueError(f"need 0 < lr < 1 and 0 <= warmup < 1, got {self.lr}, {self.warmup}")
+        if not 0 <= self.seed < 2**32:  # transformers' set_seed takes no negative seed
+            raise ValueError(f"seed must be in [0, 2**32), got {self.seed}")
+
 
 @dataclass(frozen=True)
 class TuneResult:
@@ -265,6 +274,9 @@ def _read_query_log(p: Path, products: Mapping[str, Any]) -> list[tuple[str, str
     with p.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         header = [h.strip().lower() for h in reader.fieldnames or []]
+        twice = sorted({h for h in header if h and header.count(h) > 1})
+        if twice:  # csv.DictReader keeps the last of two same-named columns: the other would be read in silence
+            raise CatalogueError(f"query log {p}: the column(s) {', '.join(twice)} appear twice in the header")
         if not {"query", "product_id"} <= set(header):
             raise CatalogueError(f"query log {p}: needs 'query' and 'product_id' columns (found: "
                                  f"{', '.join(header) or 'no header'})")
@@ -272,6 +284,11 @@ def _read_query_log(p: Path, products: Mapping[str, Any]) -> list[tuple[str, str
         out = []
         for row in reader:
             where = f"query log {p}:{reader.line_num}"
+            if None in row:  # more cells than the header: an unclosed quote ran into the next line, or a stray comma
+                raise CatalogueError(f"{where}: more cells than the header's columns (an unclosed quote, or a comma "
+                                     "in an unquoted query?)")
+            if "\n" in (row.get("query") or "") or "\n" in (row.get("product_id") or ""):
+                raise CatalogueError(f"{where}: a cell runs over several lines (an unclosed quote?)")
             query, product = _clean(row.get("query") or ""), (row.get("product_id") or "").strip()
             if not query:
                 raise CatalogueError(f"{where}: empty query")
@@ -374,8 +391,9 @@ class OneRowPerProduct:
     def batches(self) -> list[list[int]]:
         import random
 
+        rng = random.Random(self.seed * 100_003 + self.epoch)
         remaining = list(range(len(self.products)))
-        random.Random(self.seed * 100_003 + self.epoch).shuffle(remaining)
+        rng.shuffle(remaining)
         out = []
         while remaining:
             batch: list[int] = []
@@ -383,16 +401,32 @@ class OneRowPerProduct:
             answers: set[str] = set()  # products that are right answers for some anchor in the batch
             rest = []
             for i in remaining:
-                if len(batch) < self.batch_size and self.products[i] not in answers and not self.owners[i] & in_batch:
-                    batch.append(i)
-                    in_batch.add(self.products[i])
-                    answers |= self.owners[i]
+                if len(batch) < self.batch_size and self._fits(i, in_batch, answers):
+                    self._take(i, batch, in_batch, answers)
                 else:
                     rest.append(i)
-            if len(batch) > 1:  # a batch of one has nothing to contrast with
+            if len(batch) == 1:
+                # The other products ran out (a query log with many rows for one product): its row would have
+                # nothing to contrast with and be dropped. Rows already used this epoch come back as negatives.
+                others = list(range(len(self.products)))
+                rng.shuffle(others)
+                for i in others:
+                    if len(batch) == self.batch_size:
+                        break
+                    if self._fits(i, in_batch, answers):
+                        self._take(i, batch, in_batch, answers)
+            if len(batch) > 1:  # a batch of one has nothing to contrast with (a catalogue of one product)
                 out.append(batch)
             remaining = rest
         return out
+
+    def _fits(self, i: int, in_batch: set[str], answers: set[str]) -> bool:
+        return self.products[i] not in answers and not self.owners[i] & in_batch
+
+    def _take(self, i: int, batch: list[int], in_batch: set[str], answers: set[str]) -> None:
+        batch.append(i)
+        in_batch.add(self.products[i])
+        answers |= self.owners[i]
 
     def __iter__(self) -> Any:
         return iter(self.batches())

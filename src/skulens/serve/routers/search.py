@@ -12,7 +12,7 @@ import logging
 from typing import Annotated, Any
 
 import anyio
-from fastapi import APIRouter, File, Form, HTTPException, Query, UploadFile
+from fastapi import APIRouter, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi import Path as PathParam
 from pydantic import BaseModel, Field
 
@@ -88,20 +88,28 @@ search_router = APIRouter(prefix="/v1", tags=["search"])
 
 
 @search_router.post("/search", response_model=SearchOut, summary="Find products by photo or by text")
-async def search(state: State, _: ReadKey,
+async def search(state: State, _: ReadKey, request: Request,
                  image: Annotated[UploadFile | None, File(description="a photo to search by")] = None,
                  text: Annotated[str | None, Form(max_length=500, description="words to search by")] = None,
                  k: Annotated[int, Form(ge=1, le=100)] = 10,
                  filter: Annotated[str | None, Form(max_length=2000, description="JSON, e.g. {\"in_stock\": true}")]
                  = None,
-                 mode: Annotated[str, Form(description="text search: " + " | ".join(TEXT_MODES))] = "hybrid",
+                 mode: Annotated[str | None, Form(description="text search: " + " | ".join(TEXT_MODES)
+                                                  + " (default: hybrid)")] = None,
                  ) -> SearchOut:
     engine = state.search
-    if image is not None and text:
+    has_text = bool((text or "").strip())  # a blank text is no text, with or without an image
+    if image is not None and has_text:
         raise HTTPException(422, "send either an image (multipart file field 'image') or a text, not both")
-    if image is None and not (text or "").strip():
+    if image is None and not has_text:
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind and kind not in ("multipart/form-data", "application/x-www-form-urlencoded"):
+            raise HTTPException(422, f"send form fields (multipart/form-data: 'image' or 'text'), not {kind}")
         raise HTTPException(422, "send an image (multipart file field 'image') or a text (form field 'text') to "
                                  "search by; nothing was sent")
+    if mode is not None and image is not None:
+        raise HTTPException(422, "mode is a setting of text search: a photo search has none")
+    mode = mode or "hybrid"
     if mode not in TEXT_MODES:
         raise HTTPException(422, f"mode must be one of {', '.join(TEXT_MODES)}")
     flt = _filter(filter)
