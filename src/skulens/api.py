@@ -92,9 +92,9 @@ def train(data: str | os.PathLike | TrainConfig | None = None, *, config_file: s
 def load_detector(path: str | os.PathLike, *, device: str = "auto", backend: str = "torch") -> Detector:
     """Load a product detector folder (`skulens detect train` writes one); backend "onnx" runs its exported
     detector.onnx (`skulens detect export`) under ONNX Runtime."""
-    from .detect.detector import load_detector as _load_detector
+    from .detect.backends import open_detector
 
-    return _load_detector(path, device=device, backend=backend)
+    return open_detector(path, device=device, backend=backend)
 
 
 def count(photos: Sequence[ImageInput], detector: Detector | str | os.PathLike, *,

@@ -169,9 +169,10 @@ def cmd_inventory_scan(ns: argparse.Namespace) -> int:
         if detector_dir is None:
             results = scan(model, store, paths, **common)
         else:
-            from ..detect.detector import MAX_PIXELS, load_detector
+            from ..detect.backends import open_detector
+            from ..detect.detector import MAX_PIXELS
 
-            detector = load_detector(detector_dir, device=ns.device, backend=ns.detector_backend).with_settings(
+            detector = open_detector(detector_dir, device=ns.device, backend=ns.detector_backend).with_settings(
                 max_detections=ns.max_boxes)
             # local shelf photos: the detector's own limit (`count`'s: 48-64 MP phone photos), not an upload's
             results = scan_shelves(detector, model, store, paths, min_score=ns.min_score, tiles=ns.tiles,

@@ -157,9 +157,9 @@ class CountJob:
         check_naming(self.model, self.index, self.min_similarity)
 
     def load(self) -> tuple[Any, Model | None, Any]:
-        from ..detect.detector import load_detector
+        from ..detect.backends import open_detector
 
-        det = load_detector(self.detector, device=self.device, backend=self.backend).with_settings(
+        det = open_detector(self.detector, device=self.device, backend=self.backend).with_settings(
             max_detections=self.max_boxes)
         clf = index = None
         if self.model:

@@ -16,7 +16,7 @@ from ..models.inference import resolve_device
 from ..models.predictor import source_name
 from .boxes import Detections
 from .model import DetectorCard, DetectorConfig, load_detector_net
-from .options import TILE_MODES, check_backend
+from .options import TILE_MODES
 from .tiling import drop_cut_boxes, merge_boxes, suppress_contained, tile_grid, window_in_photo
 
 __all__ = ["MAX_PIXELS", "Detector", "load_detector", "shelf_photo"]
@@ -148,13 +148,7 @@ def _to_tensor(pil: Image.Image) -> torch.Tensor:
     return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255)
 
 
-def load_detector(path: str | os.PathLike, *, device: str = "auto", backend: str = "torch") -> Detector:
-    """A detector folder written by `skulens detect train`; backend "onnx" runs the folder's detector.onnx
-    (`skulens detect export`) under ONNX Runtime on the CPU."""
-    check_backend(backend, device)
-    if backend == "onnx":
-        from .onnx import load_onnx_detector
-
-        return load_onnx_detector(path)
+def load_detector(path: str | os.PathLike, *, device: str = "auto") -> Detector:
+    """A detector folder written by `skulens detect train`, in PyTorch (`open_detector` picks a backend)."""
     net, card = load_detector_net(path)
     return Detector(net, card, device=device, path=Path(path))

@@ -348,14 +348,14 @@ def _load_tag_vocabulary(path: str, tagger: Tagger | None) -> tuple[str, ...]:
 
 def _load_detector(settings: ServeSettings) -> Detector:
     """The product detector of shelf intake; a folder that is not one is a configuration error."""
-    from ..detect.detector import load_detector
+    from ..detect.backends import open_detector
     from ..detect.model import DetectorError
 
     assert settings.detector is not None
     if not settings.db:
         logger.warning("detector %s is used by inventory intake only, and no db is set", settings.detector)
     try:
-        return load_detector(settings.detector, device=settings.device,
+        return open_detector(settings.detector, device=settings.device,
                              backend=settings.detector_backend).with_settings(max_detections=settings.detector_max_boxes)
     except DetectorError as exc:
         raise ConfigError(f"detector: {exc}") from None
