@@ -324,7 +324,7 @@ class _FakeBackbone(torch.nn.Module):
 
 @pytest.mark.parametrize("runtime", ["torch", "other"])
 def test_baseline_probe_runs_on_the_models_device_and_a_safe_precision(
-        model: Model, tiny_catalogue: Path, monkeypatch: pytest.MonkeyPatch, runtime: str) -> None:
+        model: Model, tiny_catalogue: Path, monkeypatch: pytest.MonkeyPatch, runtime: str, tmp_path: Path) -> None:
     from skulens.evaluate import baseline
     from skulens.models import backbones
 
@@ -344,7 +344,7 @@ def test_baseline_probe_runs_on_the_models_device_and_a_safe_precision(
     else:  # an ONNX / LiteRT model: its precision means nothing to PyTorch
         m = Model(None, model.card, torch.device("cpu"), "fp16", runner=model.runner)
         expected = (torch.device("cpu"), "off")
-    m.evaluate(tiny_catalogue, split="val", baseline=True, progress=False)
+    m.evaluate(tiny_catalogue, split="val", out=tmp_path / "eval", baseline=True, progress=False)
     assert seen == [expected, expected]
 
 
