@@ -233,7 +233,7 @@ def test_label_map_reads_a_csv_with_a_byte_order_mark(tmp_path) -> None:
     path = tmp_path / "map.csv"
     path.write_bytes("jam,Strawberry-Jam\ntea,Green-Tea\n".encode("utf-8-sig"))
     mapping = _label_map(str(path))
-    assert mapping("jam") == "Strawberry-Jam" and mapping("tea") == "Green-Tea"
+    assert mapping["jam"] == "Strawberry-Jam" and mapping["tea"] == "Green-Tea"  # the BOM is not in the first key
     from skulens.cli._common import UsageError
 
     latin1 = tmp_path / "latin1.csv"

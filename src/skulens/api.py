@@ -62,13 +62,19 @@ def evaluate(model: Model | str | os.PathLike, data: str | os.PathLike | None = 
     """
     from .evaluate.evaluator import evaluate_model
 
-    if isinstance(model, Model):
-        if device != "auto" or backend != "torch":
-            raise ValueError("device and backend load a bundle path; this model is loaded already (on "
-                             f"{model.device}): load it with them, or pass its path")
-    else:
-        model = load_model(model, device=device, backend=backend)
-    return evaluate_model(model, data, split=split, out=out, baseline=baseline, progress=progress)
+    return evaluate_model(_as_model(model, device, backend), data, split=split, out=out, baseline=baseline,
+                          progress=progress)
+
+
+def _as_model(model: Model | str | os.PathLike, device: str = "auto", backend: str = "torch") -> Model:
+    """A loaded Model as it is, or a bundle path loaded on `device` with `backend`; those settings beside a
+    loaded Model would be ignored, so they are refused."""
+    if not isinstance(model, Model):
+        return load_model(model, device=device, backend=backend)
+    if device != "auto" or backend != "torch":
+        raise ValueError("device and backend load a bundle path; this model is loaded already (on "
+                         f"{model.device}): load it with them, or pass its path")
+    return model
 
 
 def train(data: str | os.PathLike | TrainConfig | None = None, *, config_file: str | os.PathLike | None = None,
@@ -139,9 +145,7 @@ def tag(photos: Sequence[ImageInput], model: Model | str | os.PathLike, *, vocab
     from .search.align import load_aligner
     from .search.tags import Tagger
 
-    if isinstance(model, Model) and device != "auto":
-        raise ValueError(f"device loads a bundle path; this model is loaded already (on {model.device})")
-    m = model if isinstance(model, Model) else load_model(model, device=device)
+    m = _as_model(model, device)
     tagger = Tagger(m, products=_catalogue_products(data, m), mode=mode,
                     aligner=load_aligner(m.path) if m.path is not None else None)
     return tagger.tag(photos, vocabulary=vocabulary, top_k=top_k, min_score=min_score, batch_size=batch_size,

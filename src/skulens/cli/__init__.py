@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 
-from ._common import EXIT_FAILED, EXIT_STORAGE, EXIT_USAGE, UsageError, say
+from ._common import EXIT_FAILED, EXIT_STORAGE, EXIT_USAGE, UsageError, is_rank_zero, say
 
 __all__ = ["build_parser", "main"]
 
@@ -38,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if ns.verbose else logging.INFO, format="%(levelname)s %(message)s")
     if not ns.verbose:  # FAISS logs its loader at INFO, a missing AVX-512 build as a ModuleNotFoundError: noise
         logging.getLogger("faiss").setLevel(logging.WARNING)
-        if os.environ.get("RANK", "0") not in ("", "0"):
+        if not is_rank_zero():
             # Under torchrun rank 0 speaks for the run: the other ranks' infos and warnings would repeat its own
             # N times (the data checks, unused settings). Their errors still show; -v shows everything.
             logging.getLogger().setLevel(logging.ERROR)

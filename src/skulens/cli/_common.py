@@ -46,6 +46,7 @@ __all__ = [
     "engine_out",
     "expand_inputs",
     "fraction",
+    "is_rank_zero",
     "model_path",
     "output_format",
     "positive_int",
@@ -62,6 +63,11 @@ REMOVED_IN = "0.2"  # deprecated spellings keep working for one release
 
 class UsageError(Exception):
     """A usage or input error the user can fix: printed as one line, exit code 2."""
+
+
+def is_rank_zero() -> bool:
+    """This process speaks for the run: alone, or rank 0 under torchrun ($RANK; read without torch)."""
+    return os.environ.get("RANK", "0") in ("", "0")
 
 
 def say(msg: str) -> None:

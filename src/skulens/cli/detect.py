@@ -204,23 +204,19 @@ def cmd_count(ns: argparse.Namespace) -> int:
     if parquet is not None:
         return _count_on_ray(ns, job, files, parquet)
     det, clf, index = job.load()
-    if index is not None and clf is not None:
-        from ..search.engine import check_index_model
-
-        try:  # count_products checks it too; here it is one line, not a traceback from inside the stream
-            check_index_model(clf, index)
-        except ValueError as e:
-            raise UsageError(f"--index {ns.index}: {e}") from None
     from tqdm.auto import tqdm
 
     from ..detect.count import CountsWriter, count_products
 
+    try:  # its settings are checked at the call (an index of another model), before any photo is counted
+        stream = count_products(det, files, model=clf, min_score=job.min_score, min_confidence=job.min_confidence,
+                                tiles=job.tiles, index=index, min_similarity=job.min_similarity)  # the job's
+    except ValueError as e:
+        raise UsageError(f"--index {ns.index}: {e}" if index is not None else str(e)) from None
     annotated = Path(ns.annotated) if ns.annotated else None
     if annotated:
         annotated.mkdir(parents=True, exist_ok=True)
     results = []
-    stream = count_products(det, files, model=clf, min_score=job.min_score, min_confidence=job.min_confidence,
-                            tiles=job.tiles, index=index, min_similarity=job.min_similarity)  # the job's settings
     with CountsWriter(ns.out) if ns.out else contextlib.nullcontext() as writer:  # each photo as it is counted
         for i, (res, photo) in enumerate(tqdm(stream, total=len(files), desc="count", unit="photo",
                                               disable=ns.quiet or len(files) < 2)):
@@ -301,7 +297,8 @@ def cmd_detect_train(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _label_map(path: str | None) -> Any:
+def _label_map(path: str | None) -> dict[str, str] | None:
+    """--label-map's rows, annotation name -> model label."""
     if not path:
         return None
     import csv
@@ -322,12 +319,7 @@ def _label_map(path: str | None) -> Any:
         if len(r) != 2:
             raise UsageError(f"--label-map {path}: line {i}: expected 'annotation,model_label'")
         mapping[r[0].strip()] = r[1].strip()
-
-    def label_map(name: str) -> str:
-        return mapping.get(name, name)
-
-    label_map.table = mapping  # type: ignore[attr-defined]
-    return label_map
+    return mapping
 
 
 def _warn_unmatched(path: str, mapping: dict[str, str], names: set[str], classes: Sequence[str]) -> None:
@@ -350,7 +342,7 @@ def cmd_detect_evaluate(ns: argparse.Namespace) -> int:
         raise UsageError(f"--data {ns.data}: no such file or folder")
     if ns.label_map and not ns.model:
         raise UsageError("--label-map maps annotation names to a model's labels: it needs -m/--model")
-    label_map = _label_map(ns.label_map)
+    mapping = _label_map(ns.label_map)
     check_out_path(ns.out, "--out", folder=True)  # before the photos are detected and scored
     from ..detect.annotations import load_annotations
 
@@ -359,13 +351,14 @@ def cmd_detect_evaluate(ns: argparse.Namespace) -> int:
         raise UsageError(f"--data {ns.data}: no annotated photos")
     job = _count_job(ns, detector)
     det, clf, _ = job.load()
-    if label_map is not None and clf is not None:
-        _warn_unmatched(ns.label_map, label_map.table, {n for im in images for n in im.labels}, clf.card.classes)
+    if mapping is not None and clf is not None:
+        _warn_unmatched(ns.label_map, mapping, {n for im in images for n in im.labels}, clf.card.classes)
     from ..detect.evaluate import evaluate_counting
 
     out = Path(ns.out) if ns.out else Path(detector) / f"eval-{Path(ns.data).resolve().name}"
     report = evaluate_counting(det, images, model=clf, min_score=ns.min_score, min_confidence=job.min_confidence,
-                               tiles=ns.tiles, label_map=label_map, out_dir=out, progress=not ns.quiet)
+                               tiles=ns.tiles, label_map=None if mapping is None else lambda n: mapping.get(n, n),
+                               out_dir=out, progress=not ns.quiet)
     sink = contextlib.nullcontext(sys.stdout)
     with sink as f:
         f.write(json.dumps({k: v for k, v in report.to_dict().items() if k != "per_image"}) + "\n")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from ._common import (
     data_path,
     device_arg,
     expand_inputs,
+    is_rank_zero,
     model_path,
     positive_int,
     report_result,
@@ -42,7 +42,7 @@ def cmd_train(ns: argparse.Namespace) -> int:
         values["out"] = ns.out
     # Under torchrun every process runs this command; rank 0 speaks for the run (skulens.cli.main quiets the
     # others' logs down to errors).
-    main_rank = os.environ.get("RANK", "0") == "0"
+    main_rank = is_rank_zero()
     from ..config import resolve_config
 
     cfg = resolve_config(values)

@@ -8,7 +8,7 @@ import csv
 import json
 import os
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -157,9 +157,10 @@ def count_products(detector: Detector, images: Iterable[ImageInput], *, model: M
     is an unnamed "product" (a count of products, not of SKUs; `unknown` is 0). index: name boxes by the
     nearest product in a search index built with `model` (see `recognise_boxes`). A photo that cannot be
     decoded gives a PhotoCount with `error` set, and the rest go on. Photos up to MAX_PIXELS are counted.
+    The settings are checked at the call (ValueError), before any photo is read: the stream itself is lazy.
     """
     check_images(images)  # one path on its own would be counted letter by letter
-    check_naming(model, index, min_similarity)  # before the first photo, not inside it
+    similarity = check_naming(model, index, min_similarity)
     if index is not None and model is not None:
         from ..search.engine import check_index_model
 
@@ -167,6 +168,14 @@ def count_products(detector: Detector, images: Iterable[ImageInput], *, model: M
     min_score = detector.config.min_score if min_score is None else min_score
     if not 0 <= min_score <= 1 or not 0 <= min_confidence <= 1:
         raise ValueError(f"min_score and min_confidence must be in [0, 1], got {min_score}, {min_confidence}")
+    return _counted(detector, images, model, min_score, min_confidence, tiles, index,
+                    similarity if index is not None else None, sources)
+
+
+def _counted(detector: Detector, images: Iterable[ImageInput], model: Model | None, min_score: float,
+             min_confidence: float, tiles: str, index: VectorIndex | None, min_similarity: float | None,
+             sources: Sequence[str] | None) -> Iterator[tuple[PhotoCount, Image.Image | None]]:
+    """count_products' photos, one at a time, under settings it has checked."""
     for i, im in enumerate(images):
         source = sources[i] if sources is not None else source_name(im, i)
         try:

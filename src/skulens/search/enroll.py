@@ -115,15 +115,16 @@ def imprint_class(head: torch.nn.Linear, positives: torch.Tensor, reference: tor
 def reference_bank(bundle: Path, net: SkuModel, card: ModelCard, data: str | os.PathLike | None,
                    progress: bool = False) -> tuple[torch.Tensor, list[str]] | None:
     """Features of a few training photos per trained class, cached in the bundle (reference_bank.safetensors)."""
-    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+    from safetensors.torch import save_file
 
     path = bundle / BANK_FILE
     if path.is_file():
-        made_from = _bank_source(path)
-        if data is None or made_from == str(Path(data).resolve()):
-            t = load_file(str(path))
-            labels = (bundle / (BANK_FILE + ".labels")).read_text(encoding="utf-8").splitlines()
-            return t["features"], labels
+        with safe_open(str(path), framework="pt") as f:
+            made_from = (f.metadata() or {}).get("source")  # None: a bank from before the source was recorded
+            if data is None or made_from == str(Path(data).resolve()):
+                labels = (bundle / (BANK_FILE + ".labels")).read_text(encoding="utf-8").splitlines()
+                return f.get_tensor("features"), labels
         log.info("reference photos: the cached bank was made from %s, not --data %s; made again", made_from, data)
     source = data or card.dataset.get("path")
     if not source or not Path(source).exists():
@@ -151,14 +152,6 @@ def reference_bank(bundle: Path, net: SkuModel, card: ModelCard, data: str | os.
     save_file({"features": feats.contiguous()}, str(path), metadata={"source": str(Path(source).resolve())})
     (bundle / (BANK_FILE + ".labels")).write_text("\n".join(labels), encoding="utf-8")
     return feats, labels
-
-
-def _bank_source(path: Path) -> str | None:
-    """The data a cached reference bank was made from (None: a bank from before this was recorded)."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        return (f.metadata() or {}).get("source")
 
 
 def _studio_views(pils: Sequence, card: ModelCard, n: int) -> list[torch.Tensor]:
