@@ -21,7 +21,7 @@ from skulens.detect.model import (
     load_detector_net,
     save_detector,
 )
-from skulens.detect.tiling import drop_cut_boxes, merge_boxes, tile_grid, window_in_photo
+from skulens.detect.tiling import drop_cut_boxes, merge_boxes, products_look_small, tile_grid, window_in_photo
 
 SMALL = DetectorConfig(min_size=128, max_size=256, max_detections=6)
 
@@ -163,6 +163,24 @@ def test_large_photos_are_tiled(untrained) -> None:
     assert len(auto) <= 50
     with pytest.raises(ValueError, match="tiles"):
         det.detect([big], tiles="sometimes")
+
+
+def test_tiles_only_where_the_whole_pass_sees_small_products() -> None:
+    """A large photo is tiled when the boxes that count look small to the network (median long side under
+    min_size / 8) or none count; products it sees whole are not cut into parts by tiles."""
+    def boxes(side: float, n: int = 5) -> np.ndarray:
+        return np.array([[i * side, 0, (i + 1) * side, side * 0.8] for i in range(n)], np.float32)
+
+    scores = np.array([0.9, 0.9, 0.9, 0.2, 0.2], np.float32)
+    # 4000x3000 seen at 0.224 (896 / 4000): 200 px products are 45 px to the network, 800 px ones 179 px
+    assert products_look_small(boxes(200), scores, min_score=0.5, scale=0.224, min_size=512)
+    assert not products_look_small(boxes(800), scores, min_score=0.5, scale=0.224, min_size=512)
+    # only boxes that count decide: two confident big boxes outvote faint small ones
+    mixed = np.concatenate([boxes(800, 3), boxes(50, 2)])
+    assert not products_look_small(mixed, scores, min_score=0.5, scale=0.224, min_size=512)
+    assert products_look_small(mixed, scores, min_score=0.95, scale=0.224, min_size=512)  # none counts: tile
+    assert products_look_small(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), min_score=0.5,
+                               scale=0.224, min_size=512)
 
 
 def test_onnx_detector_matches_pytorch(untrained, tmp_path) -> None:

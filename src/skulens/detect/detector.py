@@ -17,7 +17,14 @@ from ..models.predictor import source_name
 from .boxes import Detections
 from .model import DetectorCard, DetectorConfig, load_detector_net
 from .options import TILE_MODES
-from .tiling import drop_cut_boxes, merge_boxes, suppress_contained, tile_grid, window_in_photo
+from .tiling import (
+    drop_cut_boxes,
+    merge_boxes,
+    products_look_small,
+    suppress_contained,
+    tile_grid,
+    window_in_photo,
+)
 
 __all__ = ["MAX_PIXELS", "Detector", "load_detector", "shelf_photo"]
 
@@ -36,8 +43,9 @@ def shelf_photo(im: ImageInput, source: str = "<image>") -> Image.Image:
 class Detector:
     """Finds products (one class) in photos. `detect` returns one `Detections` per photo, best first.
 
-    tiles: "auto" tiles a photo whose long side is over twice the detector's max_size (phone photos);
-    "on" always tiles, "off" never does. A tiled photo is looked at whole and in overlapping windows of
+    tiles: "auto" tiles a photo whose long side is over twice the detector's max_size (phone photos) when the
+    products it finds whole look small (`tiling.products_look_small`: a dense shelf); "on" always tiles, "off"
+    never does. A tiled photo is looked at whole and in overlapping windows of
     min_size pixels over a copy whose long side is 2 x max_size, and the boxes are merged.
     """
 
@@ -83,8 +91,12 @@ class Detector:
         cfg = self.config
         whole = _to_tensor(pil)
         tiled = tiles == "on" or (tiles == "auto" and max(w, h) > 2 * cfg.max_size)
+        results = self._run([whole])
+        if tiled and tiles == "auto":  # the network's own resize: short side min_size, long side at most max_size
+            scale = min(cfg.min_size / min(w, h), cfg.max_size / max(w, h))
+            tiled = products_look_small(*results[0], min_score=min_score, scale=scale, min_size=cfg.min_size)
         if not tiled:
-            (boxes, scores), = self._run([whole])
+            (boxes, scores), = results
             cap = _cap_score(scores, cfg.max_detections)
             keep = suppress_contained(boxes, scores, ios=cfg.contained_ios)
             return Detections(boxes[keep], scores[keep], w, h, capped=cap is not None, cap_score=cap)
@@ -92,7 +104,6 @@ class Detector:
         work = pil if scale == 1.0 else pil.resize((round(w * scale), round(h * scale)), Image.BILINEAR)
         windows = tile_grid(work.width, work.height, cfg.min_size)
         crops = [_to_tensor(work.crop(win)) for win in windows]
-        results = self._run([whole])
         for i in range(0, len(crops), batch_size):
             results += self._run(crops[i:i + batch_size])
         all_boxes, all_scores, passes, caps = [], [], [], []

@@ -62,6 +62,19 @@ def drop_cut_boxes(boxes: np.ndarray, window: tuple[int, int, int, int], width: 
     return keep
 
 
+def products_look_small(boxes: np.ndarray, scores: np.ndarray, *, min_score: float, scale: float,
+                        min_size: int) -> bool:
+    """Whether a large photo needs tiles, from its whole-photo pass: the boxes that count (score >= min_score),
+    scaled as the network saw them (`scale`), have a median long side under min_size / 8 (a dense shelf at 1/4.5
+    scale), or there are none. Tiles look closer; they also cut products the whole pass sees whole into parts,
+    and over-count them (benchmarks/RESULTS.md, "tiles only where products look small")."""
+    counted = boxes[scores >= min_score]
+    if len(counted) == 0:
+        return True
+    long_side = np.maximum(counted[:, 2] - counted[:, 0], counted[:, 3] - counted[:, 1]) * scale
+    return float(np.median(long_side)) < min_size / 8
+
+
 def merge_boxes(boxes: np.ndarray, scores: np.ndarray, passes: np.ndarray, *, iou: float = 0.5,
                 containment: float = 0.8, min_score: float = 0.0) -> np.ndarray:
     """Indices of the boxes kept, best first: NMS by IoU, then a box lying mostly (`containment` of its own
