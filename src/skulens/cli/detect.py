@@ -61,7 +61,8 @@ def _add_box_settings(p: argparse.ArgumentParser) -> None:
                    help="with -m/--model: classifier confidence a box needs to be named; below it the box is "
                         "'unknown' (default: 0.5)")
     g.add_argument("--tiles", choices=TILE_MODES, default="auto",
-                   help="tile large photos (auto: long side over 2x the detector's max size; default: auto)")
+                   help="tile large photos (auto: long side over 2x the detector's max size and the products found "
+                        "whole look small, as on a dense shelf; default: auto)")
     g.add_argument("--max-boxes", type=positive_int, default=None,
                    help="box cap per photo (default: the detector's, 1000); a photo that reaches it is "
                         "flagged 'capped', never silently truncated")

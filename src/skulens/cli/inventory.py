@@ -77,7 +77,8 @@ def add_commands(sub: Any) -> None:
                     help="with --detector: box cap per photo (default: the detector's, 1000); a photo that reaches "
                          "it is logged and audited as 'box_cap_reached'")
     sc.add_argument("--tiles", choices=TILE_MODES, default=ServeSettings.detector_tiles,
-                    help="with --detector: tile large photos (auto: long side over 2x the detector's size)")
+                    help="with --detector: tile large photos (auto: long side over 2x the detector's size and "
+                         "the products found whole look small)")
     sc.add_argument("--detector-backend", choices=DETECTOR_BACKENDS, default=ServeSettings.detector_backend,
                     help="with --detector: run it in PyTorch, or under ONNX Runtime on the CPU (DET/detector.onnx, "
                          "written by `skulens detect export DET`) (default: %(default)s)")

@@ -71,7 +71,7 @@ class ServeSettings:
     detector: str | None = None  # product detector folder: intake counts every product in a shelf photo
     detector_min_score: float | None = None  # detector score a box needs to count (None: the detector's own)
     detector_max_boxes: int | None = None  # box cap per shelf photo (None: the detector's own); reaching it is logged and audited
-    detector_tiles: str = "auto"  # tile large shelf photos: auto (long side over 2x the detector's size), on, off
+    detector_tiles: str = "auto"  # tile large shelf photos: auto (long side over 2x the detector's size, small products), on, off
     detector_backend: str = "torch"  # torch, or onnx: the detector's detector.onnx (skulens detect export) under ONNX Runtime on the CPU
     # People (serve.privacy): user ids are kept as keyed-hash pseudonyms; the key from this file (outside the
     # data) or $SKULENS_PSEUDONYM_KEY. Without one the service records no events and erases no users.
