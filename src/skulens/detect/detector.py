@@ -93,8 +93,8 @@ class Detector:
         tiled = tiles == "on" or (tiles == "auto" and max(w, h) > 2 * cfg.max_size)
         results = self._run([whole])
         if tiled and tiles == "auto":  # the network's own resize: short side min_size, long side at most max_size
-            scale = min(cfg.min_size / min(w, h), cfg.max_size / max(w, h))
-            tiled = products_look_small(*results[0], min_score=min_score, scale=scale, min_size=cfg.min_size)
+            seen_at = min(cfg.min_size / min(w, h), cfg.max_size / max(w, h))
+            tiled = products_look_small(*results[0], min_score=min_score, scale=seen_at, min_size=cfg.min_size)
         if not tiled:
             (boxes, scores), = results
             cap = _cap_score(scores, cfg.max_detections)

@@ -150,10 +150,10 @@ def build_detector(config: DetectorConfig | None = None, *, pretrained: bool = T
     anchors = AnchorGenerator(sizes=((8,), (16,), (32,), (64,), (128,)), aspect_ratios=((1.0,),) * 5)
     head = FCOSHead(config.fpn_channels, 1, 1, num_convs=config.head_convs)
     net = FCOS(pyramid, num_classes=1, min_size=config.min_size, max_size=config.max_size,
-                image_mean=list(spec.mean), image_std=list(spec.std), anchor_generator=anchors, head=head,
-                center_sampling_radius=config.center_sampling_radius, score_thresh=config.score_floor,
-                nms_thresh=config.nms_iou, detections_per_img=config.max_detections,
-                topk_candidates=config.topk_candidates)
+               image_mean=list(spec.mean), image_std=list(spec.std), anchor_generator=anchors, head=head,
+               center_sampling_radius=config.center_sampling_radius, score_thresh=config.score_floor,
+               nms_thresh=config.nms_iou, detections_per_img=config.max_detections,
+               topk_candidates=config.topk_candidates)
     # Channels-last weights and maps (the pyramid turns its input): the layout oneDNN's convolutions
     # want on a CPU. Values are the same; save_detector writes plain contiguous tensors.
     return net.to(memory_format=torch.channels_last)

@@ -67,7 +67,7 @@ def products_look_small(boxes: np.ndarray, scores: np.ndarray, *, min_score: flo
     """Whether a large photo needs tiles, from its whole-photo pass: the boxes that count (score >= min_score),
     scaled as the network saw them (`scale`), have a median long side under min_size / 8 (a dense shelf at 1/4.5
     scale), or there are none. Tiles look closer; they also cut products the whole pass sees whole into parts,
-    and over-count them (benchmarks/RESULTS.md, "tiles only where products look small")."""
+    and over-count them (benchmarks/RESULTS.md, "tiles only where the products look small")."""
     counted = boxes[scores >= min_score]
     if len(counted) == 0:
         return True
