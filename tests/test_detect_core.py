@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision.ops import box_iou
 
 from skulens.detect.boxes import AnnotatedImage, Detections
 from skulens.detect.count import PhotoCount, count_products, crop_boxes, write_counts
-from skulens.detect.detector import load_detector
+from skulens.detect.detector import Detector, load_detector
 from skulens.detect.model import (
     DetectorCard,
     DetectorConfig,
@@ -21,7 +22,15 @@ from skulens.detect.model import (
     load_detector_net,
     save_detector,
 )
-from skulens.detect.tiling import drop_cut_boxes, merge_boxes, products_look_small, tile_grid, window_in_photo
+from skulens.detect.tiling import (
+    drop_cut_boxes,
+    held_by_tiles,
+    merge_boxes,
+    merge_tiled,
+    products_look_small,
+    tile_grid,
+    window_in_photo,
+)
 
 SMALL = DetectorConfig(min_size=128, max_size=256, max_detections=6)
 
@@ -181,6 +190,91 @@ def test_tiles_only_where_the_whole_pass_sees_small_products() -> None:
     assert products_look_small(mixed, scores, min_score=0.95, scale=0.224, min_size=512)  # none counts: tile
     assert products_look_small(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), min_score=0.5,
                                scale=0.224, min_size=512)
+
+
+def test_held_by_tiles_means_inside_a_window_and_clear_of_its_cut_edges() -> None:
+    windows = [(0, 0, 400, 400), (300, 0, 700, 400)]
+    boxes = np.array([[10, 10, 50, 50],      # inside the first window
+                      [350, 10, 390, 50],    # inside both
+                      [250, 10, 450, 50],    # across the overlap: no window holds it whole
+                      [395, 10, 450, 50],    # inside the second, clear of its cut edge at x = 300
+                      [100, 10, 399, 50]],   # inside the first, touching its cut edge (x1 = 400 is a cut)
+                     np.float32)
+    assert held_by_tiles(boxes, windows, 700, 400).tolist() == [True, True, False, True, False]
+    assert held_by_tiles(np.zeros((0, 4), np.float32), windows, 700, 400).tolist() == []
+
+
+def test_the_tiles_overrule_the_whole_pass_only_where_they_count_far_more() -> None:
+    """Crowded: each whole-pass box holds two products the tiles found, so the tiles count twice as many and the
+    held whole boxes leave the merge. Not crowded: one product the tiles saw as two pieces, the others alike in
+    both views; the whole box keeps taking its pieces as parts."""
+    def merge(boxes, passes, held):
+        scores = np.where(np.array(passes) == 0, 0.9, 0.8).astype(np.float32)
+        return merge_tiled(np.array(boxes, np.float32), scores, np.array(passes), np.array(held), iou=0.5,
+                           min_score=0.5, contained_ios=0.85)
+
+    pairs = [[0, 0, 100, 50], [200, 0, 300, 50]]
+    singles = [[0, 0, 45, 50], [55, 0, 100, 50], [200, 0, 245, 50], [255, 0, 300, 50]]
+    crowded = merge(pairs + singles, [0, 0, 1, 1, 1, 1], [True, True, False, False, False, False])
+    assert sorted(crowded.tolist()) == [2, 3, 4, 5]
+    assert sorted(merge(pairs + singles, [0, 0, 1, 1, 1, 1], [False] * 6).tolist()) == [0, 1]  # nothing held
+    products = [[0, 0, 100, 50], [200, 0, 300, 50], [400, 0, 500, 50], [600, 0, 700, 50]]
+    pieces = [[0, 0, 45, 50], [55, 0, 100, 50], [201, 0, 300, 50], [400, 0, 499, 50], [600, 0, 700, 51]]
+    calm = merge(products + pieces, [0] * 4 + [1] * 5, [True] * 4 + [False] * 5)
+    assert sorted(calm.tolist()) == [0, 1, 2, 3]  # 5 tile boxes against 4 whole ones: the whole boxes stay
+
+
+class _Blobs(torch.nn.Module):
+    """Stands in for a trained network, with the one trait that matters here: it sees a photo at the size the
+    network would (short side min_size, long side at most max_size) and boxes dark squares on white, and
+    squares closer than about 2 px at that size as one box, as a real whole-photo pass boxes neighbours on a
+    shrunk dense shelf."""
+
+    def __init__(self, config: DetectorConfig):
+        super().__init__()
+        self.config = config
+
+    def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        from scipy import ndimage
+
+        out = []
+        for x in images:
+            h, w = x.shape[1:]
+            s = min(self.config.min_size / min(h, w), self.config.max_size / max(h, w))
+            seen = torch.nn.functional.interpolate(x[None], size=(round(h * s), round(w * s)), mode="area")[0]
+            dark = (seen.mean(0) < 0.5).numpy()
+            groups, _ = ndimage.label(ndimage.binary_dilation(dark))
+            boxes = []
+            for i, (ys, xs) in enumerate(ndimage.find_objects(groups), 1):
+                yy, xx = np.nonzero(dark & (groups == i))
+                if len(yy):
+                    sy, sx = h / seen.shape[1], w / seen.shape[2]
+                    boxes.append([xx.min() * sx, yy.min() * sy, (xx.max() + 1) * sx, (yy.max() + 1) * sy])
+            out.append({"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+                        "scores": torch.full((len(boxes),), 0.9)})
+        return out
+
+
+def test_a_dense_photo_is_counted_from_its_tiles_not_the_whole_passs_group_boxes() -> None:
+    """Where the products look small, the whole pass boxes pairs of neighbours; the tiles see each product.
+    The whole-pass boxes a tile holds whole leave the merge, so each product counts once; before, a counting
+    pair box took the two products the tiles found inside it as its parts, and the shelf counted half."""
+    config = DetectorConfig(min_size=128, max_size=256)
+    shelf = np.full((1800, 2400, 3), 255, np.uint8)
+    squares = []
+    for y in range(100, 1700 - 60, 140):
+        for x in range(100, 2300 - 140, 220):  # pairs: 60 px squares 20 px apart, pairs 80 px apart
+            for x0 in (x, x + 80):
+                shelf[y:y + 60, x0:x0 + 60] = 40
+                squares.append((x0, y))
+    det = Detector(_Blobs(config), DetectorCard(config, {}), device="cpu")
+    whole = det.detect([Image.fromarray(shelf)], tiles="off")[0]
+    assert len(whole) == len(squares) // 2  # the shrunk whole photo boxes each pair as one
+    for tiles in ("auto", "on"):
+        d = det.detect([Image.fromarray(shelf)], tiles=tiles)[0]
+        assert len(d) == len(squares), tiles
+        truth = torch.tensor([[x, y, x + 60, y + 60] for x, y in squares], dtype=torch.float32)
+        assert (box_iou(truth, torch.from_numpy(d.boxes)).max(1).values > 0.7).all()
 
 
 def test_onnx_detector_matches_pytorch(untrained, tmp_path) -> None:

@@ -19,7 +19,8 @@ from .model import DetectorCard, DetectorConfig, load_detector_net
 from .options import TILE_MODES
 from .tiling import (
     drop_cut_boxes,
-    merge_boxes,
+    held_by_tiles,
+    merge_tiled,
     products_look_small,
     suppress_contained,
     tile_grid,
@@ -46,7 +47,9 @@ class Detector:
     tiles: "auto" tiles a photo whose long side is over twice the detector's max_size (phone photos) when the
     products it finds whole look small (`tiling.products_look_small`: a dense shelf); "on" always tiles, "off"
     never does. A tiled photo is looked at whole and in overlapping windows of
-    min_size pixels over a copy whose long side is 2 x max_size, and the boxes are merged.
+    min_size pixels over a copy whose long side is 2 x max_size, and the boxes are merged (`tiling.merge_tiled`:
+    where the products look small and the tiles count far more of them than the whole pass, a crowded shelf,
+    the whole pass's boxes that a tile holds whole are left out; they box groups of packed neighbours).
     """
 
     def __init__(self, net: torch.nn.Module, card: DetectorCard, *, device: str = "auto",
@@ -92,9 +95,11 @@ class Detector:
         whole = _to_tensor(pil)
         tiled = tiles == "on" or (tiles == "auto" and max(w, h) > 2 * cfg.max_size)
         results = self._run([whole])
-        if tiled and tiles == "auto":  # the network's own resize: short side min_size, long side at most max_size
+        small = False
+        if tiled:  # the network's own resize: short side min_size, long side at most max_size
             seen_at = min(cfg.min_size / min(w, h), cfg.max_size / max(w, h))
-            tiled = products_look_small(*results[0], min_score=min_score, scale=seen_at, min_size=cfg.min_size)
+            small = products_look_small(*results[0], min_score=min_score, scale=seen_at, min_size=cfg.min_size)
+            tiled = small or tiles == "on"
         if not tiled:
             (boxes, scores), = results
             cap = _cap_score(scores, cfg.max_detections)
@@ -103,6 +108,7 @@ class Detector:
         scale = min(1.0, 2 * cfg.max_size / max(w, h))
         work = pil if scale == 1.0 else pil.resize((round(w * scale), round(h * scale)), Image.BILINEAR)
         windows = tile_grid(work.width, work.height, cfg.min_size)
+        in_photo = [window_in_photo(win, work.size, (w, h)) for win in windows]
         crops = [_to_tensor(work.crop(win)) for win in windows]
         for i in range(0, len(crops), batch_size):
             results += self._run(crops[i:i + batch_size])
@@ -110,18 +116,19 @@ class Detector:
         for p, (boxes, scores) in enumerate(results):
             caps.append(_cap_score(scores, cfg.max_detections))
             if p > 0:  # a tile: back to photo coordinates, products cut by the window dropped
-                x0, y0, x1, y1 = windows[p - 1]
+                x0, y0 = windows[p - 1][:2]
                 boxes = (boxes + np.array([x0, y0, x0, y0], np.float32)) / scale
-                window = window_in_photo((x0, y0, x1, y1), work.size, (w, h))
-                keep = drop_cut_boxes(boxes, window, w, h, margin=2.0 / scale)
+                keep = drop_cut_boxes(boxes, in_photo[p - 1], w, h, margin=2.0 / scale)
                 boxes, scores = boxes[keep], scores[keep]
             all_boxes.append(boxes)
             all_scores.append(scores)
             passes.append(np.full(len(boxes), p))
-        boxes, scores = np.concatenate(all_boxes), np.concatenate(all_scores)
-        keep = merge_boxes(boxes, scores, np.concatenate(passes), iou=cfg.nms_iou, min_score=min_score)
-        boxes, scores = boxes[keep], scores[keep]
-        keep = suppress_contained(boxes, scores, ios=cfg.contained_ios)
+        boxes, scores, passes = np.concatenate(all_boxes), np.concatenate(all_scores), np.concatenate(passes)
+        held = np.zeros(len(boxes), bool)
+        if small:  # only where the products look small may the tiles overrule the whole pass
+            held = (passes == 0) & held_by_tiles(boxes, in_photo, w, h, margin=2.0 / scale)
+        keep = merge_tiled(boxes, scores, passes, held, iou=cfg.nms_iou, min_score=min_score,
+                           contained_ios=cfg.contained_ios)
         if len(keep) > cfg.max_detections:  # the merged photo's own cap: the best boxes stay
             caps.append(float(scores[keep[cfg.max_detections - 1]]))
             keep = keep[: cfg.max_detections]

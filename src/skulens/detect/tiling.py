@@ -6,7 +6,10 @@ pixels wide. Tiling runs the detector on overlapping windows at a finer scale, t
   a neighbouring tile sees it whole), and
 - merges the rest with NMS by IoU and by "intersection over the smaller box" (the same product seen
   whole in the global pass and in a tile, or a part-box inside a whole-box from another pass: the part
-  goes, whatever its score, when the whole box counts as a product).
+  goes, whatever its score, when the whole box counts as a product);
+- on a crowded photo, where the tiles count far more products than the whole pass (at 1/4.5 scale it boxes
+  groups of packed neighbours), trusts the tiles instead: the whole pass's boxes a tile holds whole leave
+  the merge (`merge_tiled`).
 """
 
 from __future__ import annotations
@@ -17,7 +20,12 @@ import numpy as np
 import torch
 from torchvision.ops import nms
 
-__all__ = ["box_intersection", "drop_cut_boxes", "merge_boxes", "suppress_contained", "tile_grid", "window_in_photo"]
+__all__ = ["CROWDED", "box_intersection", "drop_cut_boxes", "held_by_tiles", "merge_boxes", "merge_tiled",
+           "products_look_small", "suppress_contained", "tile_grid", "window_in_photo"]
+
+# The tiles count at least this many times the whole pass's products: it boxes groups (benchmarks/RESULTS.md,
+# "crowded shelves": 2.0-2.4 on dense shelves, 1.0-1.3 on photos of 60-200 products that are not packed).
+CROWDED = 1.5
 
 
 def tile_grid(width: int, height: int, tile: int, overlap: float = 0.25) -> list[tuple[int, int, int, int]]:
@@ -62,6 +70,18 @@ def drop_cut_boxes(boxes: np.ndarray, window: tuple[int, int, int, int], width: 
     return keep
 
 
+def held_by_tiles(boxes: np.ndarray, windows: list[tuple[int, int, int, int]], width: int, height: int,
+                  margin: float = 2.0) -> np.ndarray:
+    """Mask of the boxes (photo coordinates) that some window holds whole: inside it and clear of its inner
+    edges, where `drop_cut_boxes` keeps a tile's box. That tile looked at the same place closer."""
+    held = np.zeros(len(boxes), bool)
+    for window in windows:
+        x0, y0, x1, y1 = window
+        inside = (boxes[:, 0] >= x0) & (boxes[:, 1] >= y0) & (boxes[:, 2] <= x1) & (boxes[:, 3] <= y1)
+        held |= inside & drop_cut_boxes(boxes, window, width, height, margin)
+    return held
+
+
 def products_look_small(boxes: np.ndarray, scores: np.ndarray, *, min_score: float, scale: float,
                         min_size: int) -> bool:
     """Whether a large photo needs tiles, from its whole-photo pass: the boxes that count (score >= min_score),
@@ -100,6 +120,28 @@ def merge_boxes(boxes: np.ndarray, scores: np.ndarray, passes: np.ndarray, *, io
             part[j] = False
             alive &= ~part
     return keep[alive].numpy()
+
+
+def merge_tiled(boxes: np.ndarray, scores: np.ndarray, passes: np.ndarray, held: np.ndarray, *, iou: float,
+                min_score: float, contained_ios: float, crowded: float = CROWDED) -> np.ndarray:
+    """Indices kept, best first, of a tiled photo's boxes (pass 0 is the whole photo; `held` marks its boxes that
+    a tile holds whole, `held_by_tiles`). The plain merge (`merge_boxes`, then `suppress_contained`) lets a whole
+    box that counts take the tile boxes inside it as its parts. Where the merge without the held whole boxes
+    counts at least `crowded` times the products the whole pass counts alone, that pass is boxing groups of
+    packed neighbours, and the whole boxes took real products as parts: the merge without them is kept."""
+    def merged(mask: np.ndarray) -> np.ndarray:
+        idx = np.flatnonzero(mask)
+        kept = idx[merge_boxes(boxes[mask], scores[mask], passes[mask], iou=iou, min_score=min_score)]
+        return kept[suppress_contained(boxes[kept], scores[kept], ios=contained_ios)]
+
+    def counted(kept: np.ndarray) -> int:
+        return int((scores[kept] >= min_score).sum())
+
+    plain = merged(np.ones(len(boxes), bool))
+    if not held.any():
+        return plain
+    tiles = merged(~held)
+    return tiles if counted(tiles) >= crowded * counted(merged(passes == 0)) else plain
 
 
 def suppress_contained(boxes: np.ndarray, scores: np.ndarray, *, ios: float = 0.85, ratio: float = 1.5
