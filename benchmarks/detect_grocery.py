@@ -40,6 +40,7 @@ def held_out_canvases(data: Path, card, n: int, size: tuple[int, int] = (512, 51
     recipe = card.training.get("recipe", {})
     cat = load_catalogue(data)
     held = held_out_products(cat, recipe.get("holdout_products", 0.15), recipe.get("seed", 0))
+    held -= set(recipe.get("several_items", ()))  # photos of several items, pasted nowhere by that run
     cut = [c for c in catalogue_cutouts(cat) if c.label in held]
     config = SynthConfig(width=size[0], height=size[1], sources={"catalogue": 1.0}, **cfg)
     gen = CompositeGenerator(cut, config, recipe.get("seed", 0) + 104729)

@@ -118,6 +118,26 @@ def test_detect_train_on_real_boxes_then_export(photos, tmp_path) -> None:
     assert (out / "detector.onnx").stat().st_size > 1_000_000
 
 
+def test_several_items_are_labels_from_a_list_or_a_file(tiny_catalogue, photos, tmp_path) -> None:
+    from skulens.cli._common import UsageError
+    from skulens.cli.detect import several_items
+
+    assert several_items("Lime, Plum,Lime") == ("Lime", "Plum")
+    listed = tmp_path / "several.txt"
+    listed.write_text("# photos of several items\nLime   # three limes\n\nPlum\n", encoding="utf-8")
+    assert several_items(str(listed)) == ("Lime", "Plum")
+    for bad, says in ((str(tmp_path / "missing.txt"), "no such file"), (" , ", "no product label")):
+        with pytest.raises(UsageError, match=says):
+            several_items(bad)
+    out = tmp_path / "det"
+    r = _skulens("detect", "train", "--data", str(tiny_catalogue), "-o", str(out), "--several-items", "red-apple,Nope")
+    assert r.returncode == 2 and "--several-items: Nope not in the catalogue" in r.stderr
+    assert not out.exists()  # refused before anything was written
+    r = _skulens("detect", "train", "--boxes", str(photos / "instances.json"), "--no-composites", "-o", str(out),
+                 "--several-items", "red-apple")
+    assert r.returncode == 2 and "not with --no-composites" in r.stderr
+
+
 @pytest.mark.dataset
 def test_detect_evaluate_on_the_real_fridge_photos(detector, tmp_path) -> None:
     if not FRIDGE.exists():

@@ -294,13 +294,24 @@ def test_composite_sources_hold_products_out_of_training() -> None:
     from skulens.data.catalogue import load_catalogue
     from skulens.detect.synth import composite_sources
 
-    recipe = SimpleNamespace(canvas=128, holdout_products=0.15, holdout_canvases=3, seed=0)
-    train, holdout = composite_sources(load_catalogue(GROCERY), recipe, length=5)
+    recipe = SimpleNamespace(canvas=128, holdout_products=0.15, holdout_canvases=3, seed=0, several_items=())
+    cat = load_catalogue(GROCERY)
+    train, holdout = composite_sources(cat, recipe, length=5)
     assert len(train) == 5 and len(holdout) == 3
     held = {label for _, ann in holdout for label in ann.labels}
     seen = {c.label for c in train.generator.cutouts}
     assert held and not held & seen  # no held-out product is ever pasted into a training canvas
     assert all(im.size == (128, 128) for im, _ in holdout)
+    assert {"Lime", "Regular-Tomato"} <= seen | held
+    # catalogue photos of several items (three limes; three tomatoes, a held-out product) are pasted nowhere
+    recipe.several_items = ("Lime", "Regular-Tomato")
+    train, holdout = composite_sources(cat, recipe, length=5)
+    assert not {"Lime", "Regular-Tomato"} & {c.label for c in train.generator.cutouts}
+    assert {"Lime", "Regular-Tomato"}.isdisjoint(label for _, ann in holdout for label in ann.labels)
+    assert len(holdout) == 3
+    recipe.several_items = ("Lime", "Tomatoe")
+    with pytest.raises(ValueError, match="Tomatoe not in the catalogue"):
+        composite_sources(cat, recipe, length=5)
 
 
 # --- product views (enrolment from a catalogue photo) ------------------------------------------------

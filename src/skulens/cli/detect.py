@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -114,6 +115,11 @@ def add_commands(sub: Any) -> None:
                                                      "steps are not done (default: 55)")
     g.add_argument("--eval-every", type=positive_int, help="steps between held-out checks (default: 150)")
     g.add_argument("--seed", type=non_negative_int, help="seed of the composites and the run (default: 0)")
+    g.add_argument("--several-items", metavar="LABELS|FILE",
+                   help="products whose catalogue photo shows several items (three tomatoes, a papaya and its half): "
+                        "comma-separated labels, or a file of one label a line (# comments); their catalogue photos "
+                        "go into no composite, which would box the group as one product (grocery: "
+                        "benchmarks/data/grocery_several_items.txt)")
     g.add_argument("--workers", type=non_negative_int,
                    help="processes drawing composites beside training (default: 1; 0: in the training process; "
                         "more where cores are free; the composites are the same for any count)")
@@ -254,10 +260,32 @@ def _recipe(ns: argparse.Namespace) -> Any:
     from ..detect.train import DetectorRecipe
 
     keys = ("steps", "batch_size", "lr", "max_minutes", "eval_every", "seed", "workers")
+    chosen = {k: getattr(ns, k) for k in keys if getattr(ns, k) is not None}
+    if ns.several_items is not None:
+        chosen["several_items"] = several_items(ns.several_items)
     try:
-        return DetectorRecipe(**{k: getattr(ns, k) for k in keys if getattr(ns, k) is not None})
+        return DetectorRecipe(**chosen)
     except ValueError as e:
         raise UsageError(str(e)) from None
+
+
+def several_items(value: str) -> tuple[str, ...]:
+    """--several-items: a file of labels (one a line, # comments) when one of that name exists, else a comma list."""
+    path = Path(value)
+    if path.is_file():
+        try:
+            lines = path.read_text(encoding="utf-8-sig").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise UsageError(f"--several-items {value}: cannot read it as UTF-8 text ({e})") from None
+        labels = [line.split("#", 1)[0].strip() for line in lines]
+    else:
+        if os.sep in value or value.lower().endswith(".txt"):
+            raise UsageError(f"--several-items {value}: no such file (or give comma-separated labels)")
+        labels = [x.strip() for x in value.split(",")]
+    labels = [x for x in labels if x]
+    if not labels:
+        raise UsageError(f"--several-items {value}: no product label in it")
+    return tuple(dict.fromkeys(labels))
 
 
 def cmd_detect_train(ns: argparse.Namespace) -> int:
@@ -271,6 +299,17 @@ def cmd_detect_train(ns: argparse.Namespace) -> int:
     check_out_path(ns.out, "--out", folder=True)  # before the composites: not after the first held-out check
     data = None if ns.no_composites else data_path(ns)
     recipe = _recipe(ns)
+    if recipe.several_items:
+        if data is None:
+            raise UsageError("--several-items names catalogue photos to leave out of composites: not with "
+                             "--no-composites")
+        from ..data.catalogue import load_catalogue
+        from ..detect.synth import check_several_items
+
+        try:
+            check_several_items(load_catalogue(data), recipe.several_items)
+        except ValueError as e:
+            raise UsageError(f"--several-items: {e}") from None
     from ..detect.annotations import load_annotations
     from ..detect.train import check_out, real_photos_per_batch, train_detector
 

@@ -62,6 +62,7 @@ __all__ = [
     "NotOnWhiteError",
     "SynthConfig",
     "catalogue_cutouts",
+    "check_several_items",
     "composite_sources",
     "cutout_from_white",
     "held_out_products",
@@ -308,10 +309,12 @@ class CompositeGenerator:
 
     @classmethod
     def from_catalogue(cls, catalogue: Catalogue, config: SynthConfig | None = None, seed: int = 0, *,
-                       exclude: Collection[str] = (), photo_share: float = 0.05, n_procedural: int = 300,
+                       exclude: Collection[str] = (), leave_out_cutouts: Collection[str] = (),
+                       photo_share: float = 0.05, n_procedural: int = 300,
                        n_textures: int = 200, n_photos: int = 300, split: str = "train"
                        ) -> CompositeGenerator:
-        """Everything from one catalogue, leaving out the products in `exclude` (cutouts and photos alike).
+        """Everything from one catalogue, leaving out the products in `exclude` (cutouts and photos alike) and
+        the catalogue cutouts of `leave_out_cutouts` (photos that show several items).
 
         Cutouts: the catalogue photos cut from white; close-ups from a `photo_share` of the `split` photos of
         upright products (cartons, bottles: a shopper holds up one, while a fruit photo shows a pile); and
@@ -319,7 +322,8 @@ class CompositeGenerator:
         shuffled `split` photos.
         """
         samples = [s for s in catalogue.split(split) if s.label not in exclude]
-        cutouts = [c for c in catalogue_cutouts(catalogue) if c.label not in exclude]
+        left_out = set(exclude) | set(leave_out_cutouts)
+        cutouts = [c for c in catalogue_cutouts(catalogue) if c.label not in left_out]
         upright = {c.label for c in cutouts if c.image.height >= 1.3 * c.image.width and _solidity(c) > 0.8}
         cutouts += photo_cutouts([s for s in samples if s.label in upright], share=photo_share, seed=seed)
         textures = texture_patches(samples, n_textures, seed=seed)
@@ -663,12 +667,22 @@ class _DetectorRecipe(Protocol):
     holdout_products: float
     holdout_canvases: int
     seed: int
+    several_items: tuple[str, ...]
 
 
 def held_out_products(catalogue: Catalogue, share: float, seed: int) -> set[str]:
     """The seeded share of the products (those with a catalogue photo) a detector run never trains on."""
     labels = sorted(label for label, p in catalogue.products.items() if p.image is not None)
     return set(random.Random(seed).sample(labels, round(len(labels) * share)))
+
+
+def check_several_items(catalogue: Catalogue, labels: Collection[str]) -> set[str]:
+    """The labels as a set; ValueError naming those the catalogue lacks (a typo would leave a group pasted)."""
+    unknown = sorted(set(labels) - set(catalogue.classes))
+    if unknown:
+        raise ValueError(f"{', '.join(unknown)} not in the catalogue ({len(catalogue.classes)} "
+                         f"products, e.g. {', '.join(sorted(catalogue.classes)[:3])})")
+    return set(labels)
 
 
 def composite_sources(data: str | os.PathLike[str] | Catalogue, recipe: _DetectorRecipe, *, length: int,
@@ -678,17 +692,19 @@ def composite_sources(data: str | os.PathLike[str] | Catalogue, recipe: _Detecto
 
     A seeded `recipe.holdout_products` share of the products is never pasted into (nor photographed for) a
     training canvas; the `recipe.holdout_canvases` held-out canvases show only those products, so a score on
-    them measures products the detector never saw.
+    them measures products the detector never saw. The catalogue photos of `recipe.several_items` are pasted
+    nowhere (ValueError naming a label the catalogue lacks).
     """
     from ..data.catalogue import load_catalogue
 
     catalogue = data if isinstance(data, Catalogue) else load_catalogue(data)
+    several = check_several_items(catalogue, recipe.several_items)
     cfg = config or SynthConfig(width=recipe.canvas, height=recipe.canvas)
     held = held_out_products(catalogue, recipe.holdout_products, recipe.seed)
-    generator = CompositeGenerator.from_catalogue(catalogue, cfg, recipe.seed, exclude=held)
+    generator = CompositeGenerator.from_catalogue(catalogue, cfg, recipe.seed, exclude=held, leave_out_cutouts=several)
     holdout: list[tuple[Image.Image, AnnotatedImage]] = []
-    if held and recipe.holdout_canvases > 0:
-        unseen = [c for c in catalogue_cutouts(catalogue) if c.label in held]
+    if held - several and recipe.holdout_canvases > 0:
+        unseen = [c for c in catalogue_cutouts(catalogue) if c.label in held - several]
         held_cfg = replace(cfg, sources={"catalogue": 1.0}, empty_share=0.0)
         held_gen = CompositeGenerator(unseen, held_cfg, recipe.seed + 1, photos=generator.photos)
         holdout = [held_gen.gen(i) for i in range(recipe.holdout_canvases)]

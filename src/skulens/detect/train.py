@@ -76,6 +76,9 @@ class DetectorRecipe:
     max_minutes: float | None = 55.0  # the schedule ends at this wall time if the steps take longer
     workers: int = 1
     seed: int = 0
+    # Catalogue products whose catalogue photo shows several items (three tomatoes, a papaya and its half): their
+    # cut-outs stay out of every composite, which would box the group as one product; their photos still serve.
+    several_items: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.eval_every < 1 or self.workers < 0:
@@ -90,6 +93,9 @@ class DetectorRecipe:
             raise ValueError(f"max_minutes must be > 0 (None: no time limit), got {self.max_minutes}")
         if not 0 <= self.seed < 2**32:  # NumPy's generators take no negative seed
             raise ValueError(f"seed must be in [0, 2**32), got {self.seed}")
+        if isinstance(self.several_items, str) or not all(isinstance(x, str) and x for x in self.several_items):
+            raise ValueError(f"several_items must be product labels, got {self.several_items!r}")
+        object.__setattr__(self, "several_items", tuple(self.several_items))
 
 
 @dataclass(frozen=True)
