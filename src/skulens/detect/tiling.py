@@ -24,7 +24,8 @@ __all__ = ["CROWDED", "box_intersection", "drop_cut_boxes", "held_by_tiles", "me
            "products_look_small", "suppress_contained", "tile_grid", "window_in_photo"]
 
 # The tiles count at least this many times the whole pass's products: it boxes groups (benchmarks/RESULTS.md,
-# "crowded shelves": 2.0-2.4 on dense shelves, 1.0-1.3 on photos of 60-200 products that are not packed).
+# "crowded shelves": 1.9-2.4 on dense shelves, 1.5-1.7 on dense heaps, 1.0-1.3 on photos of 60-200 products
+# that are not packed).
 CROWDED = 1.5
 
 
