@@ -703,8 +703,9 @@ def composite_sources(data: str | os.PathLike[str] | Catalogue, recipe: _Detecto
     held = held_out_products(catalogue, recipe.holdout_products, recipe.seed)
     generator = CompositeGenerator.from_catalogue(catalogue, cfg, recipe.seed, exclude=held, leave_out_cutouts=several)
     holdout: list[tuple[Image.Image, AnnotatedImage]] = []
-    if held - several and recipe.holdout_canvases > 0:
-        unseen = [c for c in catalogue_cutouts(catalogue) if c.label in held - several]
+    shown = held - several  # the held-out products whose catalogue photo shows one item
+    if shown and recipe.holdout_canvases > 0:
+        unseen = [c for c in catalogue_cutouts(catalogue) if c.label in shown]
         held_cfg = replace(cfg, sources={"catalogue": 1.0}, empty_share=0.0)
         held_gen = CompositeGenerator(unseen, held_cfg, recipe.seed + 1, photos=generator.photos)
         holdout = [held_gen.gen(i) for i in range(recipe.holdout_canvases)]

@@ -138,11 +138,11 @@ def merge_tiled(boxes: np.ndarray, scores: np.ndarray, passes: np.ndarray, held:
     def counted(kept: np.ndarray) -> int:
         return int((scores[kept] >= min_score).sum())
 
-    plain = merged(np.ones(len(boxes), bool))
-    if not held.any():
-        return plain
-    tiles = merged(~held)
-    return tiles if counted(tiles) >= crowded * counted(merged(passes == 0)) else plain
+    if held.any():
+        tiles = merged(~held)
+        if counted(tiles) >= crowded * counted(merged(passes == 0)):
+            return tiles
+    return merged(np.ones(len(boxes), bool))
 
 
 def suppress_contained(boxes: np.ndarray, scores: np.ndarray, *, ios: float = 0.85, ratio: float = 1.5
