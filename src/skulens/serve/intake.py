@@ -157,8 +157,7 @@ def _copies(answers: Sequence[_Answer], copies: dict[str, list[Path]], hashes: d
             if isinstance(result, str):
                 out.append((copy, result))
             else:
-                out.append((copy, IntakeResult(result.sha256, str(copy), "duplicate", result.label, result.confidence,
-                                               previous_status=result.status)))
+                out.append((copy, result.copy_answer(str(copy))))
     return out
 
 

@@ -45,7 +45,7 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -386,6 +386,18 @@ class IntakeResult:
     count: int | None = None  # the label's count after this photo (counted)
     previous_status: str | None = None  # for duplicates: what happened to the photo the first time
     shelf: ShelfResult | None = None  # a shelf photo's products and boxes
+
+    @classmethod
+    def duplicate(cls, row: Mapping[str, Any], source: str) -> IntakeResult:
+        """The answer for a photo already in the store, from its `photos` row (sha256, status, label,
+        predicted_label, confidence): its stored label (or prediction) and what happened to it the first time."""
+        return cls(row["sha256"], source, "duplicate", row["label"] or row["predicted_label"], row["confidence"],
+                   previous_status=row["status"])
+
+    def copy_answer(self, source: str) -> IntakeResult:
+        """The answer for another copy of this photo sent after it: a duplicate of what it was taken in as."""
+        return IntakeResult(self.sha256, source, "duplicate", self.label, self.confidence,
+                            previous_status=self.status)
 
     def to_dict(self, *, summary: bool = False) -> dict[str, Any]:
         d = {k: v for k, v in asdict(self).items() if k != "shelf"}
@@ -810,8 +822,7 @@ class InventoryStore:
                         "WHERE sha256 IN :hashes").bindparams(sa.bindparam("hashes", expanding=True))
         out: dict[str, IntakeResult] = {}
         for start in range(0, len(hashes), 500):  # SQLite's bound-parameter limit
-            out.update({r["sha256"]: IntakeResult(r["sha256"], source, "duplicate", r["label"] or r["predicted_label"],
-                                                  r["confidence"], previous_status=r["status"])
+            out.update({r["sha256"]: IntakeResult.duplicate(r, source)
                         for r in self._read(query, {"hashes": hashes[start:start + 500]})})
         return out
 
@@ -906,10 +917,9 @@ class InventoryStore:
                 else:
                     results.append(self._intake_photo(db, p, threshold, who, keep_photos, now, written))
             else:
-                row = db.execute(sa.text("SELECT status, label, predicted_label, confidence FROM photos "
+                row = db.execute(sa.text("SELECT sha256, status, label, predicted_label, confidence FROM photos "
                                          "WHERE sha256 = :sha"), {"sha": p.sha256}).mappings().one()
-                results.append(IntakeResult(p.sha256, p.source, "duplicate", row["label"] or row["predicted_label"],
-                                            row["confidence"], previous_status=row["status"]))
+                results.append(IntakeResult.duplicate(row, p.source))
         return results
 
     @staticmethod
