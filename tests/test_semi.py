@@ -71,6 +71,31 @@ def test_self_training_from_a_teacher(tiny_bundle, tiny_catalogue: Path, pool, t
               **TINY)
 
 
+def test_a_self_training_run_resumed_with_another_config_names_the_whole_runs_config(tiny_bundle, tiny_catalogue: Path,
+                                                                                     pool, tmp_path: Path) -> None:
+    import yaml
+
+    from skulens.train.checkpoint import save_checkpoint
+
+    photos, _ = pool
+    out = tmp_path / "run"
+    given = {"unlabeled": str(photos), "pseudo_precision": 0.9, "teacher": str(tiny_bundle.bundle), **TINY}
+    train(tiny_catalogue, out=str(out), progress=False, **given)
+    whole = yaml.safe_load((out / "self-training.yaml").read_text())  # the run's own config, --unlabeled and all
+    assert (whole["unlabeled"], whole["teacher"], whole["out"], whole["resume"]) == (str(photos), given["teacher"],
+                                                                                     str(out), False)
+    # The student stage (OUT itself here) killed mid-run: its checkpoint holds the config it ran with.
+    card = json.loads((out / "bundle" / "card.json").read_text())
+    save_checkpoint(out / "checkpoint", {"config": card["train_config"], "model": {}, "state": {}})
+    shutil.rmtree(out / "bundle")
+    with pytest.raises(ConfigError, match="different config") as refused:
+        train(tiny_catalogue, out=str(out), progress=False, resume=True, **{**given, "lr": 0.5})
+    # the stage's own config.yaml would resume the student alone, without its pseudo-labels
+    assert str(refused.value).endswith(f"resume it as it was: skulens train --config {out / 'self-training.yaml'} "
+                                       "--resume")
+    assert yaml.safe_load((out / "self-training.yaml").read_text()) == whole  # not the refused run's config
+
+
 def test_self_training_trains_its_teacher_first(tiny_catalogue: Path, pool, tmp_path: Path) -> None:
     photos, _ = pool
     out = tmp_path / "run"

@@ -95,6 +95,7 @@ class _Run:
     dist: distributed.Dist  # rank, world size; Dist.single(device) in one process
     untouched: Split | None = None  # select_on holdout: val, scored once at the end and chosen nothing
     extra_metrics: dict[str, Any] = field(default_factory=dict)  # recorded in the card (self-training's)
+    resume_advice: str | None = None  # how to resume the run as it was, when this is a stage of a larger one
     val_degraded: list[torch.Tensor] | None = None  # monitor robust_top1: the selection photos degraded once each
     # The module the training forward runs through: `model`, or a DistributedDataParallel over it (built in
     # _train_loop, once the freeze is known). Everything else (EMA, attacks, eval, checkpoints) uses `model`.
@@ -216,13 +217,16 @@ def _load_data(cfg: TrainConfig) -> Catalogue:
 
 
 def fit(cfg: TrainConfig, *, catalogue: Catalogue | None = None, progress: bool = True,
-        sync_bn: bool = True, extra_metrics: dict[str, Any] | None = None) -> TrainResult:
+        sync_bn: bool = True, extra_metrics: dict[str, Any] | None = None,
+        resume_advice: str | None = None) -> TrainResult:
     """Fine-tune `cfg.backbone` on the catalogue, select on val, write bundle + report into `cfg.out`.
 
     Under torchrun (WORLD_SIZE > 1) every process calls this: DistributedDataParallel, the training set
     sharded, `cfg.batch_size` the global batch; rank 0 alone validates and writes the run directory, and
     every rank returns rank 0's result. `sync_bn`: BatchNorm statistics of the global batch (as one process
     would compute them) or, False, of each process's shard (see distributed.sync_batchnorm).
+    resume_advice: the command that resumes the run as it was, named when --resume comes with another config
+    (default: `skulens train --config OUT/config.yaml --resume`; a self-training stage names the whole run's).
     """
     t0 = time.perf_counter()
     cat = catalogue if catalogue is not None else _load_data(cfg)
@@ -233,13 +237,13 @@ def fit(cfg: TrainConfig, *, catalogue: Catalogue | None = None, progress: bool 
     d = distributed.setup(resolve_device(cfg.device))
     try:
         return _fit(cfg, cat, d, progress=progress and d.is_main, sync_bn=sync_bn, t0=t0,
-                    extra_metrics=extra_metrics or {})
+                    extra_metrics=extra_metrics or {}, resume_advice=resume_advice)
     finally:
         d.close()
 
 
 def _fit(cfg: TrainConfig, cat: Catalogue, d: distributed.Dist, *, progress: bool, sync_bn: bool,
-         t0: float, extra_metrics: dict[str, Any]) -> TrainResult:
+         t0: float, extra_metrics: dict[str, Any], resume_advice: str | None) -> TrainResult:
     if d.enabled:
         distributed.local_batch_size(cfg.batch_size, d.world_size)  # fail early, on every rank alike
     run_dir = _prepare_run_dir(cfg, main=d.is_main)
@@ -264,7 +268,7 @@ def _fit(cfg: TrainConfig, cat: Catalogue, d: distributed.Dist, *, progress: boo
 
     run = _Run(cfg=cfg, catalogue=cat, run_dir=run_dir, device=device, progress=progress, t0=t0, model=model,
                card=card, train=train, val=val, skipped=skipped, resumed=ckpt is not None, dist=d,
-               untouched=untouched, extra_metrics=extra_metrics)
+               untouched=untouched, extra_metrics=extra_metrics, resume_advice=resume_advice)
     _prepare_training(run, ckpt)
     try:
         epochs_run = _train_loop(run)
@@ -385,9 +389,9 @@ def _restore(run: _Run, ckpt: dict[str, Any] | None) -> dict[str, Any]:
         diff = sorted(k for k in set(was) | set(now) if k not in _RESUME_FREE and _differs(k, was.get(k), now.get(k)))
         shown = ", ".join(f"{k}: {was.get(k)!r} then, {now.get(k)!r} now" for k in diff[:4])
         if diff:
+            advice = run.resume_advice or f"skulens train --config {run_dir / 'config.yaml'} --resume"
             raise ConfigError(f"{run_dir}: --resume with a different config than the interrupted run ({shown}"
-                              f"{', ...' if len(diff) > 4 else ''}); resume it as it was: skulens train --config "
-                              f"{run_dir / 'config.yaml'} --resume")
+                              f"{', ...' if len(diff) > 4 else ''}); resume it as it was: {advice}")
     run.model.load_state_dict(ckpt["model"])
     if run.ema is not None and "ema" in ckpt:
         run.ema.module.load_state_dict(ckpt["ema"])

@@ -173,6 +173,11 @@ def _self_train(cfg: TrainConfig, catalogue: Catalogue, photos: list[Path], d: D
     from .checkpoint import run_finished
 
     out = Path(cfg.out)
+    if d.is_main:
+        _record_config(cfg, out)
+    whole = out / SELF_TRAINING_CONFIG
+    fit_run = functools.partial(fit_run, resume_advice=f"skulens train --config {whole} --resume" if whole.exists()
+                                else f"the command that started {out}, with its options and --resume")
     teacher = cfg.teacher
     if teacher is None and cfg.resume and run_finished(out / "teacher"):  # --resume after a kill in a later stage
         log.info("self-training: resuming; the teacher in %s is finished", out / "teacher")
@@ -211,6 +216,25 @@ def _self_train(cfg: TrainConfig, catalogue: Catalogue, photos: list[Path], d: D
                          extra_metrics={"self_training": {**rounds[-1], "rounds": list(rounds)}})
         teacher = str(result.bundle)
     return result
+
+
+SELF_TRAINING_CONFIG = "self-training.yaml"  # the whole run's config; each stage's config.yaml holds its own
+
+
+def _record_config(cfg: TrainConfig, out: Path) -> None:
+    """OUT/self-training.yaml: the config that started this self-training run (`--unlabeled` and all), which
+    `skulens train --config ... --resume` resumes as a whole; a stage's own config.yaml resumes only that stage.
+    Written for a run in an empty OUT only: never over an earlier run's (on --resume it holds the run's own)."""
+    import yaml
+
+    from ..config import config_to_dict
+
+    path = out / SELF_TRAINING_CONFIG
+    earlier = [p for p in (out / "teacher", out / "round-1", out / "checkpoint", out / "bundle") if p.exists()]
+    if cfg.resume or earlier:  # resumed: the file is the run's own; a used folder: the first stage refuses it
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump({**config_to_dict(cfg), "resume": False}, sort_keys=False), encoding="utf-8")
 
 
 def _pseudo_labels(cfg: TrainConfig, catalogue: Catalogue, teacher: str, photos: Sequence[Path], d: Dist, *,
