@@ -35,16 +35,14 @@ def held_out_canvases(data: Path, card, n: int, size: tuple[int, int] = (512, 51
     """Composites of the catalogue products the training run held out (the seeded split its card records),
     from a seed the run never used for selection."""
     from skulens.data.catalogue import load_catalogue
-    from skulens.detect.synth import CompositeGenerator, SynthConfig, catalogue_cutouts, held_out_products
+    from skulens.detect.synth import CompositeGenerator, SynthConfig, held_out_cutouts
 
     recipe = card.training.get("recipe", {})
-    cat = load_catalogue(data)
-    held = held_out_products(cat, recipe.get("holdout_products", 0.15), recipe.get("seed", 0))
-    held -= set(recipe.get("several_items", ()))  # photos of several items, pasted nowhere by that run
-    cut = [c for c in catalogue_cutouts(cat) if c.label in held]
+    cut, held = held_out_cutouts(load_catalogue(data), recipe.get("holdout_products", 0.15), recipe.get("seed", 0),
+                                 recipe.get("several_items", ()))  # photos of several items: pasted nowhere by that run
     config = SynthConfig(width=size[0], height=size[1], sources={"catalogue": 1.0}, **cfg)
     gen = CompositeGenerator(cut, config, recipe.get("seed", 0) + 104729)
-    return [gen.gen(start + i) for i in range(n)], sorted(held)
+    return [gen.gen(start + i) for i in range(n)], held
 
 
 def _errors(report) -> str:

@@ -65,6 +65,7 @@ __all__ = [
     "check_several_items",
     "composite_sources",
     "cutout_from_white",
+    "held_out_cutouts",
     "held_out_products",
     "photo_cutouts",
     "photo_thumbnails",
@@ -676,6 +677,14 @@ def held_out_products(catalogue: Catalogue, share: float, seed: int) -> set[str]
     return set(random.Random(seed).sample(labels, round(len(labels) * share)))
 
 
+def held_out_cutouts(catalogue: Catalogue, share: float, seed: int, several: Collection[str] = ()
+                     ) -> tuple[list[Cutout], list[str]]:
+    """The catalogue cutouts of the held-out products (`held_out_products`) whose catalogue photo shows one item
+    (`several` left out: those photos are pasted nowhere), and those products' labels, sorted."""
+    shown = held_out_products(catalogue, share, seed) - set(several)
+    return [c for c in catalogue_cutouts(catalogue) if c.label in shown], sorted(shown)
+
+
 def check_several_items(catalogue: Catalogue, labels: Collection[str]) -> set[str]:
     """The labels as a set; ValueError naming those the catalogue lacks (a typo would leave a group pasted)."""
     unknown = sorted(set(labels) - set(catalogue.classes))
@@ -703,9 +712,8 @@ def composite_sources(data: str | os.PathLike[str] | Catalogue, recipe: _Detecto
     held = held_out_products(catalogue, recipe.holdout_products, recipe.seed)
     generator = CompositeGenerator.from_catalogue(catalogue, cfg, recipe.seed, exclude=held, leave_out_cutouts=several)
     holdout: list[tuple[Image.Image, AnnotatedImage]] = []
-    shown = held - several  # the held-out products whose catalogue photo shows one item
-    if shown and recipe.holdout_canvases > 0:
-        unseen = [c for c in catalogue_cutouts(catalogue) if c.label in shown]
+    unseen, _ = held_out_cutouts(catalogue, recipe.holdout_products, recipe.seed, several)
+    if unseen and recipe.holdout_canvases > 0:
         held_cfg = replace(cfg, sources={"catalogue": 1.0}, empty_share=0.0)
         held_gen = CompositeGenerator(unseen, held_cfg, recipe.seed + 1, photos=generator.photos)
         holdout = [held_gen.gen(i) for i in range(recipe.holdout_canvases)]
