@@ -60,9 +60,10 @@ def _card(**changes) -> ModelCard:
 WEIGHTS = np.array([[4.0, -2.0, -2.0], [-2.0, 4.0, -2.0], [-2.0, -2.0, 4.0]], dtype=np.float32)
 
 
-def _handmade_tflite(card: ModelCard, n_classes: int = 3) -> bytes:
+def _handmade_tflite(card: ModelCard, n_classes: int = 3, *, int8: bool = False) -> bytes:
     """image (1x3xSxS) -> MEAN over H, W -> FULLY_CONNECTED -> SOFTMAX = fine; L2 norm of the mean = embedding.
-    The head's signature, the exporter's names, and the card embedded by `embed_card`."""
+    The head's signature, the exporter's names, and the card embedded by `embed_card`. int8: the image goes
+    through QUANTIZE to an int8 tensor (scale 1/32) and DEQUANTIZE before the mean, as in a quantized export."""
     from ai_edge_litert import schema_py_generated as s
     from ai_edge_litert.tools import flatbuffer_utils as fb
 
@@ -100,6 +101,16 @@ def _handmade_tflite(card: ModelCard, n_classes: int = 3) -> bytes:
                    op(1, [2, 3, 4], [5], s.BuiltinOptions.FullyConnectedOptions, fc),
                    op(2, [5], [6], s.BuiltinOptions.SoftmaxOptions, softmax),
                    op(3, [2], [7], s.BuiltinOptions.L2NormOptions, s.L2NormOptionsT())]
+    if int8:
+        for code in (s.BuiltinOperator.QUANTIZE, s.BuiltinOperator.DEQUANTIZE):
+            m.operatorCodes.append(s.OperatorCodeT(deprecatedBuiltinCode=code, builtinCode=code, version=1))
+        q = tensor("image_int8", [1, 3, SIZE, SIZE], dtype=s.TensorType.INT8)
+        q.quantization = s.QuantizationParametersT()
+        q.quantization.scale, q.quantization.zeroPoint = [1 / 32], [0]
+        g.tensors += [q, tensor("image_dequantized", [1, 3, SIZE, SIZE])]  # 8 and 9
+        g.operators = [op(4, [0], [8], s.BuiltinOptions.QuantizeOptions, s.QuantizeOptionsT()),
+                       op(5, [8], [9], s.BuiltinOptions.DequantizeOptions, s.DequantizeOptionsT()),
+                       op(0, [9, 1], [2], s.BuiltinOptions.ReducerOptions, reducer), *g.operators[1:]]
     g.inputs, g.outputs = [0], [6, 7]
     m.subgraphs = [g]
     sig = s.SignatureDefT()
@@ -171,6 +182,37 @@ def test_predict_through_the_tflite_backend(handmade: Path, tmp_path: Path) -> N
                         "--backend", "tflite"], capture_output=True, text=True, check=False)
     assert r.returncode == 0, r.stderr
     assert [json.loads(line)["fine_label"] for line in r.stdout.splitlines()] == list(CLASSES)
+
+
+def test_the_tflite_int8_backend_runs_the_bundles_int8_file_and_refuses_a_float_one(tmp_path: Path) -> None:
+    from skulens.models.tflite_runtime import tflite_is_quantized
+
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "card.json").write_text(_card().to_json())
+    photos = [_photo(tmp_path / f"{i}.png", c) for i, c in enumerate([(250, 20, 20), (20, 250, 20), (20, 20, 250)])]
+    with pytest.raises(BundleError, match=r"no model\.int8\.tflite; run `skulens export .* --format tflite --int8`"):
+        skulens.load(bundle, backend="tflite-int8")
+    (bundle / "model.int8.tflite").write_bytes(_handmade_tflite(_card()))  # a float model under the int8 name
+    assert not tflite_is_quantized(bundle / "model.int8.tflite")
+    with pytest.raises(BundleError, match="tflite-int8 runs an int8 model, and this one has no 8-bit tensor"):
+        skulens.load(bundle, backend="tflite-int8")
+    (bundle / "model.int8.tflite").write_bytes(_handmade_tflite(_card(), int8=True))
+    assert tflite_is_quantized(bundle / "model.int8.tflite")
+    x = np.random.default_rng(0).normal(size=(4, 3, SIZE, SIZE)).astype(np.float32)
+    out = TfliteRunner(bundle / "model.int8.tflite", threads=1).run_batch(x)
+    fine, _ = _reference(np.clip(np.round(x * 32), -128, 127) / 32)  # the int8 rounding of the input, then float
+    np.testing.assert_allclose(out["fine"], fine, atol=1e-5)
+    assert np.abs(out["fine"] - _reference(x)[0]).max() > 1e-7  # and it did round
+    assert [p.fine_label for p in skulens.load(bundle, backend="tflite-int8").predict(photos)] == list(CLASSES)
+    r = subprocess.run([sys.executable, "-m", "skulens.cli", "predict", "-m", str(bundle), *photos,
+                        "--backend", "tflite-int8"], capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stderr
+    assert [json.loads(line)["fine_label"] for line in r.stdout.splitlines()] == list(CLASSES)
+    (bundle / "model.int8.tflite").unlink()
+    r = subprocess.run([sys.executable, "-m", "skulens.cli", "predict", "-m", str(bundle), *photos,
+                        "--backend", "tflite-int8"], capture_output=True, text=True, check=False)
+    assert r.returncode == 2 and "--format tflite --int8" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_a_corrupt_file_is_a_clear_error_naming_it(handmade: Path, tmp_path: Path) -> None:

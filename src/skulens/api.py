@@ -43,9 +43,9 @@ def load(bundle: str | os.PathLike, *, device: str = "auto", precision: str = "a
     """Load a model bundle (model.safetensors + card.json; never unpickles).
 
     backend "onnx" runs the bundle's exported `model.onnx` (see `skulens export`) with ONNX Runtime, "onnx-int8"
-    its `model.int8.onnx` (`skulens export --int8` or `--preset fast`), "tflite"
-    its `model.tflite` with LiteRT. "pretrained:NAME" (e.g. "pretrained:efficientnet_lite2") is a plain
-    pretrained backbone for embeddings only (see `pretrained`).
+    its `model.int8.onnx` (`skulens export --int8` or `--preset fast`), "tflite" its `model.tflite` with LiteRT,
+    "tflite-int8" its `model.int8.tflite` (`skulens export --format tflite --int8`). "pretrained:NAME" (e.g.
+    "pretrained:efficientnet_lite2") is a plain pretrained backbone for embeddings only (see `pretrained`).
     """
     return load_model(bundle, device=device, precision=precision, backend=backend)
 

@@ -21,6 +21,7 @@ from ..config import apply_preset, config_fields, load_config
 from ..data.catalogue import IMAGE_SUFFIXES
 from ..data.image_list import is_image_list, read_image_list
 from ..data.locate import card_json, recorded_dataset, resolve_data
+from ..models.options import EXPORTED_FILES
 
 __all__ = [
     "EXIT_FAILED",
@@ -133,13 +134,13 @@ def check_model(value: str, *, backend: str = "torch") -> None:
     if not p.exists():
         raise UsageError(f"--model {value}: no such file or folder; it is not a bundle (no card.json)")
     if p.is_dir():
-        exported = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx",
-                    "tflite": "model.tflite"}.get(backend)  # what the backend runs
+        exported = EXPORTED_FILES.get(backend)  # what the backend runs
         has_export = exported is not None and (p / exported).is_file()
         if not (p / "card.json").is_file() and not has_export:
             raise UsageError(f"--model {value} is not a bundle (no card.json); a training run's bundle is RUN/bundle")
         if exported and not has_export:
-            fmt = {"onnx": "", "onnx-int8": " --int8 (or --preset fast)"}.get(backend, f" --format {backend}")
+            fmt = {"onnx": "", "onnx-int8": " --int8 (or --preset fast)",
+                   "tflite-int8": " --format tflite --int8"}.get(backend, f" --format {backend}")
             raise UsageError(f"--model {value}: no {exported}; run `skulens export --model {value}{fmt}` first")
     elif p.suffix not in (".json", ".onnx", ".tflite"):
         raise UsageError(f"--model {value} is not a bundle (no card.json): give the bundle folder, its card.json "

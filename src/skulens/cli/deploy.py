@@ -158,7 +158,8 @@ def _export_tflite(ns: argparse.Namespace, bundle: str, data: str | None) -> int
     if res.int8_path is not None:
         kind = ", quantization-aware fine-tuned" if res.qat is not None else ""
         say(f"int8 (LiteRT static, per-channel{kind}): {res.int8_path} ({res.int8_path.stat().st_size / 1e6:.1f} "
-            f"MB). Parity with PyTorch: {res.int8_parity}")
+            f"MB). Parity with PyTorch: {res.int8_parity}; run it with `skulens predict -m {res.int8_path} "
+            "--backend tflite-int8 ...`")
     return 0
 
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..models.options import MODEL_BACKENDS
 from ._common import (
     UsageError,
     add_data,
@@ -106,9 +107,9 @@ def add_commands(sub: Any) -> None:
     add_out(e, "report directory", required=True)
     e.add_argument("--baseline", action="store_true", help="also evaluate the linear probe on the pretrained backbone")
     _device(e)
-    e.add_argument("--backend", choices=("torch", "onnx", "onnx-int8", "tflite"), default="torch",
+    e.add_argument("--backend", choices=MODEL_BACKENDS, default="torch",
                    help="onnx: the bundle's model.onnx (ONNX Runtime); onnx-int8: its model.int8.onnx; tflite: its "
-                        "model.tflite (LiteRT)")
+                        "model.tflite (LiteRT); tflite-int8: its model.int8.tflite")
     add_quiet(e)
     e.set_defaults(func=cmd_evaluate)
 

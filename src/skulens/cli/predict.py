@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..models.options import MODEL_BACKENDS
 from ._common import (
     EXIT_FAILED,
     UsageError,
@@ -166,10 +167,10 @@ def add_commands(sub: Any) -> None:
     pr.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default: 32)")
     pr.add_argument("--text", action="append", help="each image's listing text, in order (uses the fusion head)")
     pr.add_argument("--device", type=device_arg, default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    pr.add_argument("--backend", choices=("torch", "onnx", "onnx-int8", "tflite"), default="torch",
+    pr.add_argument("--backend", choices=MODEL_BACKENDS, default="torch",
                     help="onnx: run the bundle's model.onnx (or a .onnx file) with ONNX Runtime; onnx-int8: its "
                          "model.int8.onnx (export --int8 or --preset fast); tflite: its model.tflite (or a .tflite "
-                         "file) with LiteRT")
+                         "file) with LiteRT; tflite-int8: its model.int8.tflite (export --format tflite --int8)")
     add_engine(pr, "writes Parquet to -o (a .parquet file or a folder)")
     add_quiet(pr)
     pr.set_defaults(func=cmd_predict)

@@ -23,6 +23,7 @@ from ..data.transforms import create_transform, to_uint8_tensor
 from .bundle import BundleError, load_bundle
 from .card import ModelCard, without_conflicts
 from .inference import HeadOutputs, Runner, TorchRunner, card_coarse, check_precision, resolve_device
+from .options import MODEL_BACKENDS
 
 if TYPE_CHECKING:
     from ..evaluate.metrics import EvalReport
@@ -327,16 +328,28 @@ def load_onnx(path: str | os.PathLike, *, int8: bool = False, device: str = "cpu
     return model
 
 
-def load_tflite(path: str | os.PathLike, *, threads: int | None = None) -> Model:
-    """A Model backed by LiteRT (TensorFlow Lite): a .tflite file, or a bundle dir holding model.tflite.
+def load_tflite(path: str | os.PathLike, *, int8: bool = False, threads: int | None = None) -> Model:
+    """A Model backed by LiteRT (TensorFlow Lite): a .tflite file, or a bundle dir holding model.tflite (`int8`:
+    its model.int8.tflite, written by `skulens export --format tflite --int8`).
 
     Inside a bundle (a card.json beside the file) the file's embedded card must be the bundle's: a file
     exported from another model, or from this one before it changed, is refused rather than run."""
-    from .tflite_runtime import TFLITE_NAME, TfliteRunner, read_tflite_card
+    from .tflite_runtime import (
+        TFLITE_INT8_NAME,
+        TFLITE_NAME,
+        TfliteRunner,
+        read_tflite_card,
+        tflite_is_quantized,
+    )
 
-    p = _exported_file(path, TFLITE_NAME, "tflite")
+    fmt = "tflite --int8" if int8 else "tflite"
+    p = _exported_file(path, TFLITE_INT8_NAME if int8 else TFLITE_NAME, fmt)
     card = read_tflite_card(p)
-    _check_embedded_card(p, card, "tflite")
+    if int8 and not tflite_is_quantized(p):  # a file named by hand: the int8 backend runs int8 models only
+        raise BundleError(f"{p}: --backend tflite-int8 runs an int8 model, and this one has no 8-bit tensor: use "
+                          "--backend tflite, or name its int8 file (skulens export --format tflite --int8 writes "
+                          "model.int8.tflite)")
+    _check_embedded_card(p, card, fmt)
     model = Model(None, card, torch.device("cpu"), "off", runner=TfliteRunner(p, threads=threads, card=card))
     model.path = p.parent
     return model
@@ -347,18 +360,18 @@ def load_model(bundle: str | os.PathLike, *, device: str = "auto", precision: st
     """Load a model bundle (model.safetensors + card.json; never unpickles).
 
     backend "onnx" runs the bundle's exported `model.onnx` (see `skulens export`) with ONNX Runtime, "onnx-int8"
-    its `model.int8.onnx` (`skulens export --int8` or `--preset fast`), "tflite"
-    its `model.tflite` with LiteRT. "pretrained:NAME" (e.g. "pretrained:efficientnet_lite2") is a plain
+    its `model.int8.onnx` (`skulens export --int8` or `--preset fast`), "tflite" its `model.tflite` with LiteRT,
+    "tflite-int8" its `model.int8.tflite` (`skulens export --format tflite --int8`). "pretrained:NAME" (e.g. "pretrained:efficientnet_lite2") is a plain
     pretrained backbone for embeddings only (see `pretrained_model`).
     """
     if str(bundle).startswith(PRETRAINED_PREFIX):
         return pretrained_model(str(bundle)[len(PRETRAINED_PREFIX):], device=device, precision=precision)
     if backend in ("onnx", "onnx-int8"):
         return load_onnx(bundle, int8=backend == "onnx-int8", device=device)
-    if backend == "tflite":
-        return load_tflite(bundle)
+    if backend in ("tflite", "tflite-int8"):
+        return load_tflite(bundle, int8=backend == "tflite-int8")
     if backend != "torch":
-        raise ValueError(f"unknown backend {backend!r}: torch, onnx, onnx-int8 or tflite")
+        raise ValueError(f"unknown backend {backend!r}: {', '.join(MODEL_BACKENDS[:-1])} or {MODEL_BACKENDS[-1]}")
     dev = resolve_device(device)
     check_precision(precision, dev)  # before the weights are read
     net, card = load_bundle(bundle, dev)

@@ -23,7 +23,8 @@ from .card import ModelCard
 from .inference import HeadOutputs, collect_outputs, iter_batches
 from .onnx_runtime import CARD_KEY, default_threads
 
-__all__ = ["CARD_KEY", "TFLITE_INT8_NAME", "TFLITE_NAME", "TfliteRunner", "read_tflite_card", "require_tflite"]
+__all__ = ["CARD_KEY", "TFLITE_INT8_NAME", "TFLITE_NAME", "TfliteRunner", "read_tflite_card", "require_tflite",
+           "tflite_is_quantized"]
 
 TFLITE_NAME = "model.tflite"
 TFLITE_INT8_NAME = "model.int8.tflite"  # as model.int8.onnx: the same stem, one grammar
@@ -67,6 +68,22 @@ def read_tflite_card(path: str | os.PathLike) -> ModelCard:
         raise
     except Exception as e:  # a damaged flatbuffer fails in any of struct, IndexError, JSON or the card's checks
         raise BundleError(f"{path}: a corrupt TFLite file, its skulens card cannot be read ({e})") from e
+
+
+def tflite_is_quantized(path: str | os.PathLike) -> bool:
+    """Whether the .tflite holds an 8-bit integer tensor (what `skulens export --format tflite --int8` writes: the
+    backbone's weights and activations in int8), read from the flatbuffer without building an interpreter."""
+    require_tflite()
+    from ai_edge_litert import schema_py_generated as schema
+
+    data = _model_bytes(path)
+    try:
+        model = schema.Model.GetRootAs(data, 0)
+        eight_bit = (schema.TensorType.INT8, schema.TensorType.UINT8)
+        return any(g.Tensors(i).Type() in eight_bit for g in (model.Subgraphs(k) for k in range(model.SubgraphsLength()))
+                   for i in range(g.TensorsLength()))
+    except Exception as e:  # a damaged flatbuffer
+        raise BundleError(f"{path}: a corrupt TFLite file, its tensors cannot be read ({e})") from e
 
 
 class TfliteRunner:
