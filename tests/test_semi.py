@@ -88,12 +88,23 @@ def test_a_self_training_run_resumed_with_another_config_names_the_whole_runs_co
     card = json.loads((out / "bundle" / "card.json").read_text())
     save_checkpoint(out / "checkpoint", {"config": card["train_config"], "model": {}, "state": {}})
     shutil.rmtree(out / "bundle")
+    advice = f"resume it as it was: skulens train --config {out / 'self-training.yaml'} --resume"
+    for change, shown in (({"lr": 0.5}, f"lr: {TINY.get('lr', 0.001)!r} then, 0.5 now"),
+                          ({"pseudo_precision": 0.8}, "pseudo_precision: 0.9 then, 0.8 now")):  # in no stage's config
+        with pytest.raises(ConfigError, match="different config") as refused:
+            train(tiny_catalogue, out=str(out), progress=False, resume=True, **{**given, **change})
+        # the stage's own config.yaml would resume the student alone, without its pseudo-labels
+        assert shown in str(refused.value) and str(refused.value).endswith(advice)
+    assert yaml.safe_load((out / "self-training.yaml").read_text()) == whole  # not a refused run's config
+    (out / "self-training.yaml").unlink()  # a run from before the file: the stage refuses, naming no file
     with pytest.raises(ConfigError, match="different config") as refused:
         train(tiny_catalogue, out=str(out), progress=False, resume=True, **{**given, "lr": 0.5})
-    # the stage's own config.yaml would resume the student alone, without its pseudo-labels
-    assert str(refused.value).endswith(f"resume it as it was: skulens train --config {out / 'self-training.yaml'} "
-                                       "--resume")
-    assert yaml.safe_load((out / "self-training.yaml").read_text()) == whole  # not the refused run's config
+    assert str(refused.value).endswith(f"the command that started {out}, with its options and --resume")
+    assert not (out / "self-training.yaml").exists()
+    (out / "self-training.yaml").write_text(yaml.safe_dump(whole))
+    with pytest.raises(ConfigError, match="already holds a run"):  # a new run into the used folder
+        train(tiny_catalogue, out=str(out), progress=False, **{**given, "lr": 0.5})
+    assert yaml.safe_load((out / "self-training.yaml").read_text()) == whole
 
 
 def test_self_training_trains_its_teacher_first(tiny_catalogue: Path, pool, tmp_path: Path) -> None:
@@ -190,7 +201,7 @@ def _self_train_recorded(cfg: dict[str, Any]) -> dict[str, Any]:
     config = resolve_config(cfg)
     seen: dict[str, Any] = {}
 
-    def student(c: Any, *, catalogue: Any, progress: bool, extra_metrics: dict[str, Any]) -> Any:
+    def student(c: Any, *, catalogue: Any, progress: bool, extra_metrics: dict[str, Any], resume_advice: str) -> Any:
         seen["labels"] = [[Path(s.path).name, s.label] for s in catalogue.split(EXTRA_TRAIN)]
         seen["summary"] = {k: v for k, v in extra_metrics["self_training"].items() if k != "rounds"}
         return SimpleNamespace(bundle=c.teacher)

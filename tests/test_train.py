@@ -319,11 +319,12 @@ def test_resume_with_a_different_config_is_refused(tiny_catalogue: Path, tmp_pat
     # it says what differs, and how to resume the run as it was
     assert "lr: 0.01 then, 0.02 now" in str(refused.value) and "--config" in str(refused.value)
     # the same data by another path, or another device or logger, is the same run
-    from skulens.train.engine import _RESUME_FREE, _differs
+    from skulens.train.checkpoint import RESUME_FREE, config_changes
 
-    assert not _differs("data", str(tiny_catalogue), str(tiny_catalogue.resolve()))
-    assert _differs("data", str(tiny_catalogue), str(tmp_path)) and _differs("lr", 0.01, 0.02)
-    assert {"device", "loggers", "num_workers"} <= _RESUME_FREE
+    assert not config_changes({"data": str(tiny_catalogue)}, {"data": str(tiny_catalogue.resolve())})
+    assert config_changes({"data": str(tiny_catalogue), "lr": 0.01}, {"data": str(tmp_path), "lr": 0.02}) == ["data",
+                                                                                                            "lr"]
+    assert {"device", "loggers", "num_workers"} <= RESUME_FREE
 
 
 def _cli_train(manifest: Path, out: Path, *extra: str) -> list[str]:

@@ -712,8 +712,9 @@ def composite_sources(data: str | os.PathLike[str] | Catalogue, recipe: _Detecto
     held = held_out_products(catalogue, recipe.holdout_products, recipe.seed)
     generator = CompositeGenerator.from_catalogue(catalogue, cfg, recipe.seed, exclude=held, leave_out_cutouts=several)
     holdout: list[tuple[Image.Image, AnnotatedImage]] = []
-    unseen, _ = held_out_cutouts(catalogue, recipe.holdout_products, recipe.seed, several)
-    if unseen and recipe.holdout_canvases > 0:
+    unseen = held_out_cutouts(catalogue, recipe.holdout_products, recipe.seed, several)[0] \
+        if recipe.holdout_canvases > 0 else []
+    if unseen:
         held_cfg = replace(cfg, sources={"catalogue": 1.0}, empty_share=0.0)
         held_gen = CompositeGenerator(unseen, held_cfg, recipe.seed + 1, photos=generator.photos)
         holdout = [held_gen.gen(i) for i in range(recipe.holdout_canvases)]

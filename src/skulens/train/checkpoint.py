@@ -16,7 +16,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-__all__ = ["load_checkpoint", "run_finished", "save_checkpoint"]
+from ..config import ConfigError
+
+__all__ = ["RESUME_FREE", "check_same_run", "config_changes", "load_checkpoint", "run_finished", "save_checkpoint"]
 
 
 def _flatten(obj: Any, key: str, tensors: dict[str, torch.Tensor]) -> Any:
@@ -80,3 +82,29 @@ def load_checkpoint(directory: Path, device: str | torch.device = "cpu") -> dict
 def run_finished(run_dir: str | os.PathLike[str]) -> bool:
     """A run that ended normally: its bundle written and its checkpoint removed (the last step of a run)."""
     return (Path(run_dir) / "bundle" / "card.json").is_file() and not (Path(run_dir) / "checkpoint").exists()
+
+
+# What a resumed run may change without changing the run: where it runs and what it logs to.
+RESUME_FREE = frozenset({"device", "loggers", "num_workers", "resume"})
+_PATHS = ("data", "out", "teacher", "init_from", "unlabeled")  # compared resolved: the same folder by another path
+
+
+def config_changes(was: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """The config keys (outside RESUME_FREE) in which `now` differs from the interrupted run's `was`, sorted."""
+    def differs(key: str) -> bool:
+        a, b = was.get(key), now.get(key)
+        if key in _PATHS and a and b:
+            return Path(str(a)).resolve() != Path(str(b)).resolve()
+        return a != b
+
+    return sorted(k for k in set(was) | set(now) if k not in RESUME_FREE and differs(k))
+
+
+def check_same_run(where: Path, was: dict[str, Any], now: dict[str, Any], advice: str) -> None:
+    """ConfigError when --resume comes with another config than the interrupted run's (config_to_dict's), naming
+    what differs and `advice`, the command that resumes the run as it was."""
+    diff = config_changes(was, now)
+    if diff:
+        shown = ", ".join(f"{k}: {was.get(k)!r} then, {now.get(k)!r} now" for k in diff[:4])
+        raise ConfigError(f"{where}: --resume with a different config than the interrupted run ({shown}"
+                          f"{', ...' if len(diff) > 4 else ''}); resume it as it was: {advice}")

@@ -41,7 +41,7 @@ from ..models.inference import (
 )
 from ..models.pruned import adopt_pruning
 from . import distributed
-from .checkpoint import load_checkpoint, run_finished, save_checkpoint
+from .checkpoint import check_same_run, load_checkpoint, run_finished, save_checkpoint
 from .extras import training_extras
 from .freeze import apply_freeze, train_mode
 from .loggers import RunLogger
@@ -365,17 +365,6 @@ def _prepare_training(run: _Run, ckpt: dict[str, Any] | None) -> None:
     run.logger = RunLogger(run.run_dir, cfg.loggers, config_to_dict(cfg))
 
 
-# What a resumed run may change without changing the run: where it runs and what it logs to.
-_RESUME_FREE = frozenset({"device", "loggers", "num_workers", "resume"})
-
-
-def _differs(key: str, was: Any, now: Any) -> bool:
-    """True when `key` differs between the interrupted run's config and this one (paths compared resolved)."""
-    if key in ("data", "out", "teacher", "init_from", "unlabeled") and was and now:
-        return Path(str(was)).resolve() != Path(str(now)).resolve()
-    return was != now
-
-
 def _restore(run: _Run, ckpt: dict[str, Any] | None) -> dict[str, Any]:
     """The loop state: fresh, or the interrupted run's (after checking it is the same run)."""
     cfg, run_dir = run.cfg, run.run_dir
@@ -383,15 +372,8 @@ def _restore(run: _Run, ckpt: dict[str, Any] | None) -> dict[str, Any]:
         if cfg.resume:
             log.warning("%s: no checkpoint to resume from; starting a new run", run_dir)
         return {"epoch": 0, "step": 0, "best": [-1.0], "best_epoch": -1, "bad_epochs": 0, "history": []}
-    now = {**config_to_dict(cfg), "resume": False}
-    if ckpt["config"] != now:
-        was = ckpt["config"]
-        diff = sorted(k for k in set(was) | set(now) if k not in _RESUME_FREE and _differs(k, was.get(k), now.get(k)))
-        shown = ", ".join(f"{k}: {was.get(k)!r} then, {now.get(k)!r} now" for k in diff[:4])
-        if diff:
-            advice = run.resume_advice or f"skulens train --config {run_dir / 'config.yaml'} --resume"
-            raise ConfigError(f"{run_dir}: --resume with a different config than the interrupted run ({shown}"
-                              f"{', ...' if len(diff) > 4 else ''}); resume it as it was: {advice}")
+    check_same_run(run_dir, ckpt["config"], config_to_dict(cfg),
+                   run.resume_advice or f"skulens train --config {run_dir / 'config.yaml'} --resume")
     run.model.load_state_dict(ckpt["model"])
     if run.ema is not None and "ema" in ckpt:
         run.ema.module.load_state_dict(ckpt["ema"])

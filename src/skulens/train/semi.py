@@ -173,10 +173,10 @@ def _self_train(cfg: TrainConfig, catalogue: Catalogue, photos: list[Path], d: D
     from .checkpoint import run_finished
 
     out = Path(cfg.out)
-    if d.is_main:
-        _record_config(cfg, out)
     whole = out / SELF_TRAINING_CONFIG
-    fit_run = functools.partial(fit_run, resume_advice=f"skulens train --config {whole} --resume" if whole.exists()
+    # Rank 0 writes it and every rank hears whether it is there (and of a failure to write it, at once).
+    kept = _on_every_rank(d, "recording the run's config", lambda: _record_config(cfg, out) if d.is_main else None)[0]
+    fit_run = functools.partial(fit_run, resume_advice=f"skulens train --config {whole} --resume" if kept
                                 else f"the command that started {out}, with its options and --resume")
     teacher = cfg.teacher
     if teacher is None and cfg.resume and run_finished(out / "teacher"):  # --resume after a kill in a later stage
@@ -221,20 +221,27 @@ def _self_train(cfg: TrainConfig, catalogue: Catalogue, photos: list[Path], d: D
 SELF_TRAINING_CONFIG = "self-training.yaml"  # the whole run's config; each stage's config.yaml holds its own
 
 
-def _record_config(cfg: TrainConfig, out: Path) -> None:
+def _record_config(cfg: TrainConfig, out: Path) -> bool:
     """OUT/self-training.yaml: the config that started this self-training run (`--unlabeled` and all), which
-    `skulens train --config ... --resume` resumes as a whole; a stage's own config.yaml resumes only that stage.
-    Written for a run in an empty OUT only: never over an earlier run's (on --resume it holds the run's own)."""
+    `skulens train --config ... --resume` resumes as a whole (a stage's own config.yaml resumes that stage alone).
+    Written when the run's first stage has not started (no checkpoint or bundle in its folder): a new run, with
+    or without --resume; once it has, the file is that run's and stays, and --resume with another config is a
+    ConfigError naming it. Whether the file is there."""
     import yaml
 
     from ..config import config_to_dict
+    from .checkpoint import check_same_run
 
+    first = out / "teacher" if cfg.teacher is None else out / "round-1" if cfg.pseudo_rounds > 1 else out
     path = out / SELF_TRAINING_CONFIG
-    earlier = [p for p in (out / "teacher", out / "round-1", out / "checkpoint", out / "bundle") if p.exists()]
-    if cfg.resume or earlier:  # resumed: the file is the run's own; a used folder: the first stage refuses it
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump({**config_to_dict(cfg), "resume": False}, sort_keys=False), encoding="utf-8")
+    now = {**config_to_dict(cfg), "resume": False}
+    if not ((first / "checkpoint").exists() or (first / "bundle").exists()):
+        out.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(now, sort_keys=False), encoding="utf-8")
+    elif cfg.resume and path.is_file():  # self-training's own keys too (--pseudo-precision): no stage holds them
+        check_same_run(out, yaml.safe_load(path.read_text(encoding="utf-8")), now,
+                       f"skulens train --config {path} --resume")
+    return path.is_file()
 
 
 def _pseudo_labels(cfg: TrainConfig, catalogue: Catalogue, teacher: str, photos: Sequence[Path], d: Dist, *,
