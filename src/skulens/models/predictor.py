@@ -361,8 +361,8 @@ def load_model(bundle: str | os.PathLike, *, device: str = "auto", precision: st
 
     backend "onnx" runs the bundle's exported `model.onnx` (see `skulens export`) with ONNX Runtime, "onnx-int8"
     its `model.int8.onnx` (`skulens export --int8` or `--preset fast`), "tflite" its `model.tflite` with LiteRT,
-    "tflite-int8" its `model.int8.tflite` (`skulens export --format tflite --int8`). "pretrained:NAME" (e.g. "pretrained:efficientnet_lite2") is a plain
-    pretrained backbone for embeddings only (see `pretrained_model`).
+    "tflite-int8" its `model.int8.tflite` (`skulens export --format tflite --int8`). "pretrained:NAME" (e.g.
+    "pretrained:efficientnet_lite2") is a plain pretrained backbone for embeddings only (see `pretrained_model`).
     """
     if str(bundle).startswith(PRETRAINED_PREFIX):
         return pretrained_model(str(bundle)[len(PRETRAINED_PREFIX):], device=device, precision=precision)
