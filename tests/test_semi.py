@@ -102,8 +102,11 @@ def test_a_self_training_run_resumed_with_another_config_names_the_whole_runs_co
     assert str(refused.value).endswith(f"the command that started {out}, with its options and --resume")
     assert not (out / "self-training.yaml").exists()
     (out / "self-training.yaml").write_text(yaml.safe_dump(whole))
-    with pytest.raises(ConfigError, match="already holds a run"):  # a new run into the used folder
+    labelled = (out / "pseudo_labels.csv").stat().st_mtime_ns
+    with pytest.raises(ConfigError, match="already holds a run") as refused:  # a new run into the used folder
         train(tiny_catalogue, out=str(out), progress=False, **{**given, "lr": 0.5})
+    assert str(refused.value).startswith(f"{out} already holds a run")  # at once, before any photo is labelled
+    assert (out / "pseudo_labels.csv").stat().st_mtime_ns == labelled
     assert yaml.safe_load((out / "self-training.yaml").read_text()) == whole
 
 

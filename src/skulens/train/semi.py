@@ -225,8 +225,9 @@ def _record_config(cfg: TrainConfig, out: Path) -> bool:
     """OUT/self-training.yaml: the config that started this self-training run (`--unlabeled` and all), which
     `skulens train --config ... --resume` resumes as a whole (a stage's own config.yaml resumes that stage alone).
     Written when the run's first stage has not started (no checkpoint or bundle in its folder): a new run, with
-    or without --resume; once it has, the file is that run's and stays, and --resume with another config is a
-    ConfigError naming it. Whether the file is there."""
+    or without --resume; once it has, the file is that run's and stays, --resume with another config is a
+    ConfigError naming it, and a run without --resume is refused at once (the first stage would refuse the folder
+    only after the photos were pseudo-labelled). Whether the file is there."""
     import yaml
 
     from ..config import config_to_dict
@@ -235,7 +236,11 @@ def _record_config(cfg: TrainConfig, out: Path) -> bool:
     first = out / "teacher" if cfg.teacher is None else out / "round-1" if cfg.pseudo_rounds > 1 else out
     path = out / SELF_TRAINING_CONFIG
     now = {**config_to_dict(cfg), "resume": False}
-    if not ((first / "checkpoint").exists() or (first / "bundle").exists()):
+    started = (first / "checkpoint").exists() or (first / "bundle").exists()
+    if started and not cfg.resume:  # what the first stage would say, before the photos are pseudo-labelled
+        raise ConfigError(f"{out} already holds a run ({first}): pass --resume to continue it, or choose another "
+                          "--out")
+    if not started:
         out.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(now, sort_keys=False), encoding="utf-8")
     elif cfg.resume and path.is_file():  # self-training's own keys too (--pseudo-precision): no stage holds them
