@@ -18,7 +18,8 @@ from safetensors.torch import load_file, save_file
 
 from ..config import ConfigError
 
-__all__ = ["RESUME_FREE", "check_same_run", "config_changes", "load_checkpoint", "run_finished", "save_checkpoint"]
+__all__ = ["RESUME_FREE", "check_same_run", "config_changes", "load_checkpoint", "resume_command", "run_finished",
+           "run_started", "save_checkpoint"]
 
 
 def _flatten(obj: Any, key: str, tensors: dict[str, torch.Tensor]) -> Any:
@@ -77,6 +78,16 @@ def load_checkpoint(directory: Path, device: str | torch.device = "cpu") -> dict
             tensors = load_file(str(d / "state.safetensors"), device=str(device))
             return _unflatten(json.loads((d / "state.json").read_text(encoding="utf-8")), tensors)
     return None
+
+
+def run_started(run_dir: str | os.PathLike[str]) -> bool:
+    """A run is there: interrupted (its checkpoint) or finished (its bundle). A new run must not start over it."""
+    return (Path(run_dir) / "checkpoint").exists() or (Path(run_dir) / "bundle").exists()
+
+
+def resume_command(config_file: str | os.PathLike[str]) -> str:
+    """The command that resumes the run `config_file` (a config.yaml a run wrote) describes, as it was."""
+    return f"skulens train --config {config_file} --resume"
 
 
 def run_finished(run_dir: str | os.PathLike[str]) -> bool:

@@ -41,7 +41,14 @@ from ..models.inference import (
 )
 from ..models.pruned import adopt_pruning
 from . import distributed
-from .checkpoint import check_same_run, load_checkpoint, run_finished, save_checkpoint
+from .checkpoint import (
+    check_same_run,
+    load_checkpoint,
+    resume_command,
+    run_finished,
+    run_started,
+    save_checkpoint,
+)
 from .extras import training_extras
 from .freeze import apply_freeze, train_mode
 from .loggers import RunLogger
@@ -196,10 +203,9 @@ def _exclusive_attributes(cat: Catalogue, attributes: tuple[str, ...]) -> tuple[
 
 def _prepare_run_dir(cfg: TrainConfig, *, main: bool = True) -> Path:
     run_dir = Path(cfg.out)
-    ckpt = run_dir / "checkpoint"
     if cfg.resume and main:
         recover_bundle(run_dir / "bundle")  # killed while the best epoch's bundle was being swapped in
-    if not cfg.resume and (ckpt.exists() or (run_dir / "bundle").exists()):
+    if not cfg.resume and run_started(run_dir):
         raise ConfigError(f"{run_dir} already holds a run: pass --resume to continue it, "
                           "or choose another --out")
     if cfg.resume and run_finished(run_dir):  # a new run would overwrite its bundle, baseline, report and log
@@ -373,7 +379,7 @@ def _restore(run: _Run, ckpt: dict[str, Any] | None) -> dict[str, Any]:
             log.warning("%s: no checkpoint to resume from; starting a new run", run_dir)
         return {"epoch": 0, "step": 0, "best": [-1.0], "best_epoch": -1, "bad_epochs": 0, "history": []}
     check_same_run(run_dir, ckpt["config"], config_to_dict(cfg),
-                   run.resume_advice or f"skulens train --config {run_dir / 'config.yaml'} --resume")
+                   run.resume_advice or resume_command(run_dir / "config.yaml"))
     run.model.load_state_dict(ckpt["model"])
     if run.ema is not None and "ema" in ckpt:
         run.ema.module.load_state_dict(ckpt["ema"])

@@ -173,11 +173,9 @@ def _self_train(cfg: TrainConfig, catalogue: Catalogue, photos: list[Path], d: D
     from .checkpoint import run_finished
 
     out = Path(cfg.out)
-    whole = out / SELF_TRAINING_CONFIG
-    # Rank 0 writes it and every rank hears whether it is there (and of a failure to write it, at once).
-    kept = _on_every_rank(d, "recording the run's config", lambda: _record_config(cfg, out) if d.is_main else None)[0]
-    fit_run = functools.partial(fit_run, resume_advice=f"skulens train --config {whole} --resume" if kept
-                                else f"the command that started {out}, with its options and --resume")
+    # Rank 0 writes it and every rank hears how to resume the run (and of a failure to write it, at once).
+    advice = _on_every_rank(d, "recording the run's config", lambda: _record_config(cfg, out) if d.is_main else None)
+    fit_run = functools.partial(fit_run, resume_advice=advice[0])
     teacher = cfg.teacher
     if teacher is None and cfg.resume and run_finished(out / "teacher"):  # --resume after a kill in a later stage
         log.info("self-training: resuming; the teacher in %s is finished", out / "teacher")
@@ -221,32 +219,31 @@ def _self_train(cfg: TrainConfig, catalogue: Catalogue, photos: list[Path], d: D
 SELF_TRAINING_CONFIG = "self-training.yaml"  # the whole run's config; each stage's config.yaml holds its own
 
 
-def _record_config(cfg: TrainConfig, out: Path) -> bool:
+def _record_config(cfg: TrainConfig, out: Path) -> str:
     """OUT/self-training.yaml: the config that started this self-training run (`--unlabeled` and all), which
     `skulens train --config ... --resume` resumes as a whole (a stage's own config.yaml resumes that stage alone).
     Written when the run's first stage has not started (no checkpoint or bundle in its folder): a new run, with
     or without --resume; once it has, the file is that run's and stays, --resume with another config is a
     ConfigError naming it, and a run without --resume is refused at once (the first stage would refuse the folder
-    only after the photos were pseudo-labelled). Whether the file is there."""
+    only after the photos were pseudo-labelled). How to resume the run as it was: the file's command, when there."""
     import yaml
 
     from ..config import config_to_dict
-    from .checkpoint import check_same_run
+    from .checkpoint import check_same_run, resume_command, run_started
 
     first = out / "teacher" if cfg.teacher is None else out / "round-1" if cfg.pseudo_rounds > 1 else out
     path = out / SELF_TRAINING_CONFIG
     now = {**config_to_dict(cfg), "resume": False}
-    started = (first / "checkpoint").exists() or (first / "bundle").exists()
+    started = run_started(first)
     if started and not cfg.resume:  # what the first stage would say, before the photos are pseudo-labelled
         raise ConfigError(f"{out} already holds a run ({first}): pass --resume to continue it, or choose another "
                           "--out")
     if not started:
         out.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(now, sort_keys=False), encoding="utf-8")
-    elif cfg.resume and path.is_file():  # self-training's own keys too (--pseudo-precision): no stage holds them
-        check_same_run(out, yaml.safe_load(path.read_text(encoding="utf-8")), now,
-                       f"skulens train --config {path} --resume")
-    return path.is_file()
+    elif path.is_file():  # resumed: self-training's own keys too (--pseudo-precision), which no stage holds
+        check_same_run(out, yaml.safe_load(path.read_text(encoding="utf-8")), now, resume_command(path))
+    return resume_command(path) if path.is_file() else f"the command that started {out}, with its options and --resume"
 
 
 def _pseudo_labels(cfg: TrainConfig, catalogue: Catalogue, teacher: str, photos: Sequence[Path], d: Dist, *,
