@@ -397,3 +397,35 @@ def test_the_sampler_trains_every_row_of_a_product_with_many_queries() -> None:
     # a catalogue where no batch runs short keeps its batches exactly (no rows come back)
     even = OneRowPerProduct([f"a{i}" for i in range(16)], [f"p{i % 8}" for i in range(16)], batch_size=8, seed=0)
     assert sorted(len(b) for b in even.batches()) == [8, 8]
+
+
+def test_the_sampler_holds_the_whole_run_epoch_after_epoch() -> None:
+    from skulens.search.text_tune import OneRowPerProduct
+
+    products = ["oat"] * 12 + [f"p{i}" for i in range(5)]
+    anchors = [f"oat query {i}" for i in range(12)] + [f"name {i}" for i in range(5)]
+    run = OneRowPerProduct(anchors, products, batch_size=4, seed=3, epochs=3)
+    epochs = [run.batches(e) for e in range(3)]
+    assert list(run) == [b for batches in epochs for b in batches] and len(run) == sum(map(len, epochs))
+    for batches in epochs:  # every row once an epoch (rows that come back as negatives aside)
+        assert {i for b in batches for i in b} == set(range(len(products)))
+    assert epochs[0] != epochs[1]  # reshuffled each epoch
+    assert run.epoch_at(0) == 0 and run.epoch_at(len(epochs[0])) == 1 and run.epoch_at(len(run)) == 3
+
+
+def test_text_tune_trains_a_longer_second_epoch_whole(bundle: Path, tmp_path: Path) -> None:
+    """The trainer sizes every epoch (and the LR schedule) from the first epoch's length: handed one epoch at a
+    time, a second epoch with more batches lost its last ones (on grocery 3 of 35, every run)."""
+    from skulens.search.text_tune import OneRowPerProduct, training_pairs
+
+    log = tmp_path / "log.csv"
+    log.write_text("query,product_id\nmandarins,satsumas\nclementines,satsumas\ntangerines,satsumas\n"
+                   "small oranges,satsumas\n", encoding="utf-8")
+    cat, config = _shop(tmp_path), TuneConfig(epochs=2, batch_size=4, lr=3e-4, seed=3, lexicon_anchors=0)
+    pairs, _ = training_pairs(cat, config, log)
+    lengths = [len(OneRowPerProduct([a for a, _, _ in pairs], [p for _, _, p in pairs], 4, 3).batches(e))
+               for e in range(2)]
+    assert lengths[1] > lengths[0]  # the case that was cut short
+    res = tune_text_encoder(bundle, cat, queries=log, config=config)
+    assert res.steps == sum(lengths) and res.query_pairs == 4
+    assert json.loads((res.folder / "text_tune.json").read_text())["steps"] == sum(lengths)

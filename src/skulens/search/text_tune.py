@@ -33,7 +33,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,7 @@ from .engine import product_document
 from .lexicon import lexicon_entry, lexicon_note
 
 __all__ = ["OneRowPerProduct", "TuneConfig", "TuneResult", "attribute_phrases", "catalogue_pairs", "catalogue_text", "masked_document",
-           "product_anchors", "read_query_log", "tune_text_encoder"]
+           "product_anchors", "read_query_log", "training_pairs", "tune_text_encoder"]
 
 _STOP = frozenset({
     "a", "an", "and", "are", "as", "at", "be", "been", "but", "by", "can", "for", "from", "has", "have", "in",
@@ -340,7 +340,7 @@ def _library_output(progress: bool) -> Iterator[None]:
             enable_progress_bars()
 
 
-def _progress_callback(enabled: bool) -> Any:
+def _progress_callback(enabled: bool, epoch_at: Callable[[int], float]) -> Any:
     from tqdm.auto import tqdm
     from transformers import TrainerCallback
 
@@ -358,7 +358,7 @@ def _progress_callback(enabled: bool) -> Any:
             if logs and "loss" in logs:
                 self.loss = float(logs["loss"])
                 if self.bar is not None:
-                    self.bar.set_postfix(loss=f"{self.loss:.3f}", epoch=f"{state.epoch or 0:.1f}")
+                    self.bar.set_postfix(loss=f"{self.loss:.3f}", epoch=f"{epoch_at(state.global_step):.1f}")
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             if self.bar is not None:
@@ -375,23 +375,35 @@ class OneRowPerProduct:
     """Batches without false negatives: no product twice (with masked positives a product's texts differ, so
     sentence-transformers' no-duplicates sampler would let it be its own negative), and an anchor that
     several products share ("milk", "lactose free milk", a maker) never meets another of its products in a
-    batch: for that anchor the other is not a wrong answer. Seeded per epoch; a batch sampler for the
-    trainer."""
+    batch: for that anchor the other is not a wrong answer. Seeded per epoch.
 
-    def __init__(self, anchors: Sequence[str], products: Sequence[str], batch_size: int, seed: int = 0):
-        self.products, self.batch_size, self.seed, self.epoch = list(products), batch_size, seed, 0
+    A batch sampler for the trainer that holds the whole run: iterating it yields every epoch's batches in
+    turn, and its length is their sum. Epochs differ in length (how the products fall into batches changes
+    with the shuffle), and the trainer sizes every epoch and the LR schedule from the first one's length:
+    handed one epoch at a time, a longer second epoch lost its last batches."""
+
+    def __init__(self, anchors: Sequence[str], products: Sequence[str], batch_size: int, seed: int = 0,
+                 epochs: int = 1):
+        self.products, self.batch_size, self.seed = list(products), batch_size, seed
         owners: dict[str, set[str]] = {}
         for a, p in zip(anchors, self.products, strict=True):
             owners.setdefault(a.lower(), set()).add(p)
         self.owners = [frozenset(owners[a.lower()]) for a in anchors]  # each row's right answers
+        self.run = [self.batches(e) for e in range(epochs)]  # drawn once: the trainer asks its length often
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def epoch_at(self, step: int) -> float:
+        """The epoch (with its fraction done) after `step` batches of the run."""
+        for e, batches in enumerate(self.run):
+            if step <= len(batches):
+                return e + step / max(len(batches), 1)
+            step -= len(batches)
+        return float(len(self.run))
 
-    def batches(self) -> list[list[int]]:
+    def batches(self, epoch: int = 0) -> list[list[int]]:
+        """One epoch's batches (row indices), the same for the same seed and epoch."""
         import random
 
-        rng = random.Random(self.seed * 100_003 + self.epoch)
+        rng = random.Random(self.seed * 100_003 + epoch)
         remaining = list(range(len(self.products)))
         rng.shuffle(remaining)
         out = []
@@ -429,10 +441,10 @@ class OneRowPerProduct:
         answers |= self.owners[i]
 
     def __iter__(self) -> Any:
-        return iter(self.batches())
+        return (batch for batches in self.run for batch in batches)
 
     def __len__(self) -> int:
-        return len(self.batches())
+        return sum(len(b) for b in self.run)
 
 
 def _loss(model: Any) -> Any:
@@ -475,6 +487,20 @@ def _sweep_work_folders(folder: Path, older_than_s: float = 86400.0) -> None:
             continue
 
 
+def training_pairs(cat: Catalogue, config: TuneConfig, queries: str | os.PathLike[str] | None = None,
+                   ) -> tuple[list[tuple[str, str, str]], list[tuple[str, str]]]:
+    """The (anchor, positive, product) rows text-tune trains on: the catalogue's pairs, then one row per line
+    of the query log (a shopper's words against the product's whole document: nothing to mask); and the
+    log's (query, product) lines."""
+    pairs = catalogue_pairs(cat, max_anchors=config.max_anchors, mask=config.mask,
+                            lexicon_anchors=config.lexicon_anchors)
+    log_pairs = read_query_log(queries, cat.products) if queries is not None else []
+    for q, label in log_pairs:
+        prod = cat.products[label]
+        pairs.append((q, product_document(prod.title or _words(label), catalogue_text(prod)), label))
+    return pairs, log_pairs
+
+
 def tune_text_encoder(bundle: str | os.PathLike[str], cat: Catalogue, *,
                       queries: str | os.PathLike[str] | None = None, config: TuneConfig = TuneConfig(),
                       progress: bool = False, base: str = DEFAULT_TEXT_MODEL) -> TuneResult:
@@ -485,12 +511,7 @@ def tune_text_encoder(bundle: str | os.PathLike[str], cat: Catalogue, *,
     folder = bundle_folder(bundle)
     if config.epochs < 1 or config.batch_size < 2:
         raise ValueError("text-tune needs epochs >= 1 and batch_size >= 2")
-    pairs = catalogue_pairs(cat, max_anchors=config.max_anchors, mask=config.mask,
-                            lexicon_anchors=config.lexicon_anchors)
-    log_pairs = read_query_log(queries, cat.products) if queries is not None else []
-    for q, label in log_pairs:  # a shopper's words: the whole document is the positive (nothing to mask)
-        prod = cat.products[label]
-        pairs.append((q, product_document(prod.title or _words(label), catalogue_text(prod)), label))
+    pairs, log_pairs = training_pairs(cat, config, queries)
     if len({label for _, _, label in pairs}) < 2:
         raise CatalogueError(f"{cat.root}: text-tune needs the texts of at least two products")
 
@@ -528,13 +549,14 @@ def _tune(folder: Path, cat: Catalogue, pairs: list[tuple[str, str, str]], log_p
     _freeze_lower(model, config.frozen_layers)
     data = Dataset.from_dict({"anchor": [a for a, _, _ in pairs], "positive": [p for _, p, _ in pairs]})
     batch = min(config.batch_size, len({label for _, _, label in pairs}))
-    sampler = OneRowPerProduct([a for a, _, _ in pairs], [label for _, _, label in pairs], batch, config.seed)
-    total = len(sampler) * config.epochs
-    progress_cb = _progress_callback(progress)
+    sampler = OneRowPerProduct([a for a, _, _ in pairs], [label for _, _, label in pairs], batch, config.seed,
+                               epochs=config.epochs)
+    total = len(sampler)  # every epoch's batches: the trainer runs them as one pass
+    progress_cb = _progress_callback(progress, sampler.epoch_at)
     _sweep_work_folders(folder)
     with tempfile.TemporaryDirectory(prefix=".text-tune.", dir=folder) as work:
         args = SentenceTransformerTrainingArguments(
-            output_dir=str(Path(work) / "trainer"), num_train_epochs=config.epochs,
+            output_dir=str(Path(work) / "trainer"), num_train_epochs=1,
             per_device_train_batch_size=batch, learning_rate=config.lr,
             warmup_steps=int(config.warmup * total), weight_decay=0.01, seed=config.seed, data_seed=config.seed,
             batch_sampler=lambda dataset, **kw: sampler, report_to="none", save_strategy="no", logging_steps=1,
