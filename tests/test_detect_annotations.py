@@ -217,6 +217,9 @@ def test_coco_values_crowd_and_image_without_boxes(tmp_path: Path) -> None:
     ({"image_id": 1, "category_id": 7, "bbox": [1, 1, 5, 5]}, r"annotations\[1\]: unknown category_id 7"),
     ({"image_id": 1, "category_id": 3, "bbox": [1, 1, "5", 5]}, r"annotations\[1\]: bbox must be 4 numbers"),
     ({"image_id": 1, "category_id": 3, "bbox": [1, 1, 0, 5]}, r"annotations\[1\]: degenerate box"),
+    # a crowd flag written as a string was read as "crowd" (any non-empty string is true): the box was dropped
+    ({"image_id": 1, "category_id": 3, "bbox": [1, 1, 5, 5], "iscrowd": "0"}, r"iscrowd must be 0 or 1, got '0'"),
+    ({"image_id": 1, "category_id": 3, "bbox": [1, 1, 5, 5], "iscrowd": 2}, r"iscrowd must be 0 or 1, got 2"),
 ])
 def test_coco_errors_name_file_and_index(tmp_path: Path, annotation: dict, match: str) -> None:
     good = {"image_id": 2, "category_id": 3, "bbox": [1, 1, 5, 5]}

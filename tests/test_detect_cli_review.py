@@ -55,6 +55,15 @@ def test_export_never_overwrites_a_detector(own: Path, detector: Path, tmp_path:
     assert json.loads(capsys.readouterr().out)["total"] > 0
     assert main(["count", photo, "--detector", str(tmp_path / "elsewhere" / "x.onnx"), "-q"]) == 2
     assert "run it with the onnx backend" in capsys.readouterr().err
+    # evaluated without -o, its report goes beside the file (it was built under x.onnx/ and failed after the work)
+    from skulens.detect.annotations import write_coco
+    from skulens.detect.boxes import AnnotatedImage
+
+    write_coco([AnnotatedImage(Path(photo), 160, 120, np.array([[10, 10, 60, 60]], np.float32), ("a",))],
+               tmp_path / "coco.json")
+    assert main(["detect", "evaluate", str(tmp_path / "elsewhere" / "x.onnx"), "--backend", "onnx",
+                 "--data", str(tmp_path / "coco.json"), "-q"]) == 0
+    assert (tmp_path / "elsewhere" / "eval-coco.json" / "report.json").is_file()
 
 
 def test_output_paths_and_seeds_are_checked_before_the_work(tmp_path: Path, tiny_catalogue: Path, capsys) -> None:

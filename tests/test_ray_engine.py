@@ -344,7 +344,8 @@ def test_cli_count_on_ray_through_ray_address(ray_cluster, detector, photos, tmp
     env = {**os.environ, "RAY_ADDRESS": ray_cluster, "OMP_NUM_THREADS": "1"}
     relative = [os.path.relpath(p, tmp_path) for p in photos]
     r = subprocess.run([sys.executable, "-m", "skulens.cli", "count", *relative, "--detector", str(detector),
-                        "--min-score", "0", "--device", "cpu", "--engine", "ray", "-o", "counts.parquet", "-q"],
+                        "--min-score", "0", "--device", "cpu", "--engine", "ray", "-o", "counts.parquet", "-q",
+                        "--max-boxes", "2"],
                        capture_output=True, text=True, env=env, timeout=300, check=False, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "9 photo(s) on Ray" in r.stderr and "2 unreadable" in r.stderr
@@ -352,6 +353,10 @@ def test_cli_count_on_ray_through_ray_address(ray_cluster, detector, photos, tmp
     assert [row["source"] for row in rows] == relative  # named as given, read from where they are
     good = [row for row in rows if not row["error"]]
     assert len(good) == 9 and all(row["counts"] == [{"product": "product", "count": row["total"]}] for row in good)
+    # photos that reached the cap are said on stderr, as the local engine says them (it was silent on Ray)
+    capped = sum(row["capped"] for row in rows)
+    assert capped and all(row["total"] <= 2 for row in rows)
+    assert f"{capped} photo(s) reached the box cap (2)" in r.stderr, r.stderr[-2000:]
 
 
 # --------------------------------------------------------------------------- inputs and usage errors (no Ray needed)

@@ -19,7 +19,7 @@ from typing import Any, get_args
 
 from ..config import apply_preset, config_fields, load_config
 from ..data.catalogue import IMAGE_SUFFIXES
-from ..data.image_list import is_image_list, read_image_list
+from ..data.image_list import is_image_list, non_utf8_names, read_image_list
 from ..data.locate import card_json, recorded_dataset, resolve_data
 from ..models.options import EXPORTED_FILES
 
@@ -253,7 +253,15 @@ def add_quiet(p: argparse.ArgumentParser, help_text: str = "no progress bars") -
 
 def expand_inputs(items: list[str]) -> list[str]:
     """Files, folders (their images, recursively), globs, Parquet/CSV lists with a `path` column, or '-' /
-    nothing: paths read from stdin."""
+    nothing: paths read from stdin. Names that are not UTF-8 are refused (:func:`non_utf8_names`)."""
+    out = _expand(items)
+    bad = non_utf8_names(out)
+    if bad:
+        raise UsageError(bad)
+    return out
+
+
+def _expand(items: list[str]) -> list[str]:
     if items == ["-"] or not items:
         items = [line.strip() for line in sys.stdin if line.strip()]
     out: list[str] = []
@@ -261,7 +269,7 @@ def expand_inputs(items: list[str]) -> list[str]:
         if not Path(item).exists() and any(ch in item for ch in "*?["):
             # A quoted glob: each match is read as it would be given by name (a folder's images, a list's paths).
             matches = sorted(glob.glob(item, recursive=True))
-            out += expand_inputs(matches) if matches else []
+            out += _expand(matches) if matches else []
             continue
         p = Path(item)
         if p.is_dir():

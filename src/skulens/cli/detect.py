@@ -133,7 +133,8 @@ def add_commands(sub: Any) -> None:
     e.add_argument("--data", required=True, help="annotated photos: a VOC folder, COCO JSON or YOLO folder")
     add_model(e, "classification bundle: adds per-product count accuracy", required=False,
               positional_legacy=False)
-    add_out(e, "report folder: report.json, report.md, grid.png (default: DET/eval-<data name>)")
+    add_out(e, "report folder: report.json, report.md, grid.png (default: DET/eval-<data name>; beside DET "
+               "when it is an exported file)")
     e.add_argument("--label-map", metavar="CSV", help="CSV 'annotation,model_label' when the names differ")
     _add_box_settings(e)
     add_quiet(e)
@@ -253,6 +254,13 @@ def _count_on_ray(ns: argparse.Namespace, job: Any, files: list[str], out: Path)
     res = run_job(job, files, out, **engine_options(ns))
     say(f"skulens count: {res.rows - res.errors} photo(s) on Ray, {ns.actors} actor(s), in {res.seconds:.1f} s "
         f"({res.images_per_s:.2f} photos/s) -> {res.out}" + (f", {res.errors} unreadable" if res.errors else ""))
+    import pyarrow.parquet as pq
+
+    capped = sum(bool(c) for c in pq.read_table(res.out, columns=["capped"]).column("capped").to_pylist())
+    if capped:  # as the local engine warns photo by photo
+        cap = ns.max_boxes or "the detector's own"
+        say(f"skulens count: {capped} photo(s) reached the box cap ({cap}): there may be more products (the "
+            "'capped' column): raise --max-boxes")
     return EXIT_FAILED if res.errors == res.rows else 0
 
 
@@ -383,7 +391,11 @@ def cmd_detect_evaluate(ns: argparse.Namespace) -> int:
     if ns.label_map and not ns.model:
         raise UsageError("--label-map maps annotation names to a model's labels: it needs -m/--model")
     mapping = _label_map(ns.label_map)
-    check_out_path(ns.out, "--out", folder=True)  # before the photos are detected and scored
+    # the report folder (by default in the detector's folder, or beside an exported detector file), checked
+    # before the photos are detected and scored
+    home = Path(detector) if Path(detector).is_dir() else Path(detector).parent
+    out = Path(ns.out) if ns.out else home / f"eval-{Path(ns.data).resolve().name}"
+    check_out_path(out, "--out", folder=True)
     from ..detect.annotations import load_annotations
 
     images = load_annotations(ns.data)
@@ -395,7 +407,6 @@ def cmd_detect_evaluate(ns: argparse.Namespace) -> int:
         _warn_unmatched(ns.label_map, mapping, {n for im in images for n in im.labels}, clf.card.classes)
     from ..detect.evaluate import evaluate_counting
 
-    out = Path(ns.out) if ns.out else Path(detector) / f"eval-{Path(ns.data).resolve().name}"
     report = evaluate_counting(det, images, model=clf, min_score=ns.min_score, min_confidence=job.min_confidence,
                                tiles=ns.tiles, label_map=None if mapping is None else lambda n: mapping.get(n, n),
                                out_dir=out, progress=not ns.quiet)

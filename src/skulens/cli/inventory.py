@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..data.image_list import non_utf8_names
 from ..detect.options import DETECTOR_BACKENDS, TILE_MODES
 from ..serve.settings import ServeSettings
 from ._common import (
@@ -160,6 +161,9 @@ def cmd_inventory_scan(ns: argparse.Namespace) -> int:
     paths = find_images(ns.dir)
     if not paths:
         raise UsageError(f"no images under {ns.dir}")
+    bad = non_utf8_names(paths)  # before anything is stored: a name the database cannot hold
+    if bad:
+        raise UsageError(bad)
     from ..models.predictor import load_model
 
     summary = ScanSummary(shelf=detector_dir is not None)

@@ -9,14 +9,35 @@ from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 from ._types import CatalogueError
 
-__all__ = ["IMAGE_LIST_SUFFIXES", "is_image_list", "read_image_list"]
+__all__ = ["IMAGE_LIST_SUFFIXES", "is_image_list", "non_utf8_names", "read_image_list"]
 
 IMAGE_LIST_SUFFIXES = (".csv", ".parquet")
 PATH_COLUMN = "path"
+
+
+def non_utf8_names(paths: Iterable[str | os.PathLike]) -> str | None:
+    """None when every path is valid UTF-8; else a message naming the ones that are not.
+
+    A name from an old camera or a zip made on Windows may be Latin-1 ("caf\\xe9.jpg"). Python keeps such bytes
+    as lone surrogates, which no result can hold: a CSV or JSON file, a Parquet column, a database row. Found
+    when the inputs are listed, before any work, rather than as a traceback partway through the results."""
+    bad = []
+    for path in paths:
+        name = os.fspath(path)
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            bad.append(os.fsencode(name).decode("utf-8", "backslashreplace"))
+    if not bad:
+        return None
+    shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+    return (f"{len(bad)} file name(s) not in UTF-8, which the results cannot hold: {shown}; rename them "
+            "(e.g. convmv -f latin1 -t utf-8 -r --notest FOLDER)")
 
 
 def is_image_list(path: str | os.PathLike) -> bool:

@@ -29,6 +29,7 @@ import yaml
 from PIL import Image
 
 from ..data.catalogue import IMAGE_SUFFIXES
+from ..data.image_list import non_utf8_names
 from .boxes import AnnotatedImage
 
 __all__ = [
@@ -57,7 +58,11 @@ def load_annotations(path: str | os.PathLike[str], *, format: str = "auto") -> l
     fmt = detect_format(path) if format == "auto" else format
     if fmt not in readers:
         raise AnnotationError(f"unknown annotation format {format!r}; expected auto, voc, coco or yolo")
-    return readers[fmt](path)
+    images = readers[fmt](path)
+    bad = non_utf8_names(im.path for im in images)  # before the photos are detected or cached
+    if bad:
+        raise AnnotationError(f"{path}: {bad}")
+    return images
 
 
 def detect_format(path: str | os.PathLike[str]) -> str:
@@ -181,7 +186,10 @@ def read_coco(path: str | os.PathLike[str]) -> list[AnnotatedImage]:
         where = f"{p}: annotations[{i}]"
         if not isinstance(ann, dict):
             raise AnnotationError(f"{where}: not an object")
-        if ann.get("iscrowd"):
+        crowd = ann.get("iscrowd", 0)
+        if isinstance(crowd, str) or crowd not in (0, 1):  # 0, 1 (and False, True); "0" or 0.5 are refused
+            raise AnnotationError(f"{where}: iscrowd must be 0 or 1, got {crowd!r}")
+        if crowd:
             continue  # a crowd region is an RLE blob over many products, not one product's box
         key, cat, bbox = ann.get("image_id"), ann.get("category_id"), ann.get("bbox")
         if not _is_key(key) or key not in images:
