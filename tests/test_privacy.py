@@ -255,6 +255,10 @@ def test_service_records_events_and_erases_a_user(service) -> None:
         assert r.json()["user"] == state.people.user_ref("shop/42")
     assert client.get("/v1/users/shop/42/recommendations").status_code == 200
     assert client.delete("/v1/users/carol/").status_code == 422  # a trailing slash is not a user named "carol/"
+    # ... so no photo is kept under such a user either: it could never be erased (intake took it)
+    r = client.post("/v1/inventory/intake", files={"images": ("x.jpg", photo_bytes("oat-milk", 8), "image/jpeg")},
+                    data={"user": "shop/42/"})
+    assert r.status_code == 422 and "user" in r.text, r.text
     r = client.delete("/v1/users/alice")  # a user known only to the CSV log
     assert r.json()["log_events"] == 1
     assert "alice" not in {e.user_id for e in read_events(events_csv)}

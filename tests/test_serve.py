@@ -196,7 +196,8 @@ def test_low_confidence_goes_to_review_then_a_correction_counts(tiny_bundle, mod
         r = c.post("/v1/inventory/intake", files=[("images", ("shelf.jpg", data, "image/jpeg"))], headers=AUTH)
         assert r.json()["review"] == 1, r.text
         assert c.get("/v1/inventory").json()["counts"] == {}
-        queue = c.get("/v1/inventory/review").json()
+        assert c.get("/v1/inventory/review").status_code == 401  # the uploaders' file names: a key, as photos
+        queue = c.get("/v1/inventory/review", headers=AUTH).json()
         assert len(queue) == 1 and queue[0]["has_photo"]
         sha = queue[0]["sha256"]
         assert c.get(f"/v1/inventory/photos/{sha}").status_code == 401  # photos need a key
@@ -207,7 +208,7 @@ def test_low_confidence_goes_to_review_then_a_correction_counts(tiny_bundle, mod
         assert r.status_code == 200 and r.json()["status"] in ("corrected", "confirmed"), r.text
         assert c.post(f"/v1/inventory/review/{sha}", json={"label": "oat-milk"}, headers=AUTH).status_code == 409
         assert c.get("/v1/inventory").json()["counts"] == {"oat-milk": 1}
-        assert c.get("/v1/inventory/review").json() == []
+        assert c.get("/v1/inventory/review", headers=AUTH).json() == []
         bad = c.post(f"/v1/inventory/review/{sha}", json={}, headers=AUTH)
         assert bad.status_code == 422
     # The corrected photo is labelled data that `load_catalogue` (so train/retrain) reads.
@@ -239,13 +240,32 @@ def test_a_hand_adjustment_cannot_invent_a_product(tiny_bundle, model, inventory
         assert c.get("/v1/inventory").json()["counts"] == {"oat-milk": 2**31 - 2}
 
 
+def test_a_review_confirmation_cannot_push_a_count_past_the_largest_stored(tiny_bundle, model, inventory_db,
+                                                                          tmp_path) -> None:
+    """Adjust refused it, but a confirmed photo added past it: 2**31 stored on SQLite (PostgreSQL's column is 4
+    bytes)."""
+    settings = _settings(tiny_bundle, tmp_path, inv=inventory_db, review_threshold=1.0)  # every photo: a reviewer
+    with TestClient(create_app(settings, model=model)) as c:
+        assert c.post("/v1/inventory/products/oat-milk/adjust", json={"count": 2**31 - 1}, headers=AUTH).is_success
+        r = c.post("/v1/inventory/intake", files=[("images", ("a.jpg", photo_bytes(None, 5), "image/jpeg"))],
+                   headers=AUTH)
+        assert r.json()["review"] == 1, r.text
+        [item] = c.get("/v1/inventory/review", headers=AUTH).json()
+        full = c.post(f"/v1/inventory/review/{item['id']}", json={"label": "oat-milk"}, headers=AUTH)
+        assert full.status_code == 422 and "largest stored" in full.json()["detail"], full.text
+        assert c.get("/v1/inventory").json()["counts"] == {"oat-milk": 2**31 - 1}
+        assert c.get("/v1/inventory/review", headers=AUTH).json()[0]["status"] == "review"  # still waiting
+        assert c.post(f"/v1/inventory/review/{item['id']}", json={"label": "green-apple"}, headers=AUTH).is_success
+        assert c.get("/v1/inventory").json()["counts"] == {"oat-milk": 2**31 - 1, "green-apple": 1}
+
+
 def test_a_review_label_must_name_an_existing_product(tiny_bundle, model, inventory_db, tmp_path) -> None:
     settings = _settings(tiny_bundle, tmp_path, inv=inventory_db, review_threshold=1.0)  # every photo: a reviewer
     with TestClient(create_app(settings, model=model)) as c:
         r = c.post("/v1/inventory/intake", files=[("images", ("p.jpg", photo_bytes(None, 8), "image/jpeg"))],
                    headers=AUTH)
         assert r.json()["review"] == 1, r.text
-        [item] = c.get("/v1/inventory/review").json()
+        [item] = c.get("/v1/inventory/review", headers=AUTH).json()
         url = f"/v1/inventory/review/{item['id']}"
         typo = c.post(url, json={"label": "oat-milkk"}, headers=AUTH)
         assert typo.status_code == 422, typo.text
@@ -255,7 +275,7 @@ def test_a_review_label_must_name_an_existing_product(tiny_bundle, model, invent
         invented = c.post(url, json={"label": "Bananna"}, headers=AUTH)
         assert invented.status_code == 422 and "unknown product 'Bananna'" in invented.json()["detail"]
         assert c.get("/v1/inventory").json()["counts"] == {}  # no new product row
-        assert c.get("/v1/inventory/review").json()[0]["status"] == "review"  # still waiting
+        assert c.get("/v1/inventory/review", headers=AUTH).json()[0]["status"] == "review"  # still waiting
         done = c.post(url, json={"label": "green-apple"}, headers=AUTH)
         assert done.status_code == 200 and done.json()["label"] == "green-apple", done.text
         assert c.get("/v1/inventory").json()["counts"] == {"green-apple": 1}

@@ -607,11 +607,15 @@ class FaissIndex(VectorIndex):
 
     def _write(self, name: str, writer: Any) -> str:
         path = self.path / name
-        if writer is None:
-            faiss.write_index(self._ann, str(path))
-        else:
-            with open(path, "wb") as f:
-                writer(f)
+        try:
+            if writer is None:
+                faiss.write_index(self._ann, str(path))
+            else:
+                with open(path, "wb") as f:
+                    writer(f)
+        except BaseException:
+            path.unlink(missing_ok=True)  # a file cut short is never left beside the index's files
+            raise
         _fsync_path(path)  # fsync through a new descriptor flushes the same file: one code path for all
         return name
 

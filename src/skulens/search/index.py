@@ -83,9 +83,22 @@ def _check_metadata(metadata: Mapping[str, Any], where: str) -> dict[str, Metada
     return out
 
 
+def _check_text(value: str, where: str) -> str:
+    """`value`, if it has a UTF-8 form: a JSON "\\ud800" escape decodes to a lone surrogate, which the index's
+    files and a Milvus server cannot store (taken in, every later save failed)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise IndexStoreError(f"{where}: not valid Unicode (a lone surrogate {value[exc.start]!r} at "
+                              f"{exc.start})") from None
+    return value
+
+
 def _check_value(value: Any, where: str) -> MetadataValue:
-    if isinstance(value, (bool, str)):
+    if isinstance(value, bool):
         return value
+    if isinstance(value, str):
+        return _check_text(value, where)
     if isinstance(value, (int, np.integer)):
         if abs(int(value)) > _MAX_SAFE_INT:
             raise IndexStoreError(f"{where}: integer {value} is too large to store exactly (limit 2**53)")
@@ -144,6 +157,9 @@ class IndexRecord:
         for name in ("coarse_label", "image"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
                 raise IndexStoreError(f"record {self.id!r}: {name} must be a string or None")
+        for name in ("id", "product_id", "label", "title", "text", "coarse_label", "image"):
+            if getattr(self, name) is not None:
+                _check_text(getattr(self, name), f"record {self.id!r}: {name}")
         if not isinstance(self.metadata, Mapping):
             raise IndexStoreError(f"record {self.id!r}: metadata must be a mapping")
         # A read-only copy: records are shared between the index and its callers.

@@ -1018,11 +1018,17 @@ class InventoryStore:
 
     @staticmethod
     def _add(db: Connection, label: str, delta: int, now: str) -> int:
-        """count += delta, in SQL (never read, add and write back: two writers would lose one's change)."""
-        return int(db.execute(sa.text(
+        """count += delta, in SQL (never read, add and write back: two writers would lose one's change). A count
+        past MAX_COUNT (PostgreSQL's 4-byte column) is an InventoryError, whichever write adds it: the update is
+        skipped and the caller's transaction rolls back."""
+        after = db.execute(sa.text(
             "INSERT INTO stock (label, count, updated_at) VALUES (:label, :delta, :now) ON CONFLICT (label) DO UPDATE "
-            "SET count = stock.count + excluded.count, updated_at = excluded.updated_at RETURNING count"),
-            {"label": label, "delta": delta, "now": now}).scalar_one())
+            "SET count = stock.count + excluded.count, updated_at = excluded.updated_at "
+            "WHERE CAST(stock.count AS BIGINT) + excluded.count <= :most RETURNING count"),
+            {"label": label, "delta": delta, "now": now, "most": MAX_COUNT}).scalar_one_or_none()
+        if after is None:
+            raise InventoryError(f"{label}: the count would go above the largest stored ({MAX_COUNT})")
+        return int(after)
 
     @staticmethod
     def _audit(db: Connection, now: str, actor: str, action: str, label: str | None, delta: int,

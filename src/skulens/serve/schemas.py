@@ -165,6 +165,10 @@ class AuditOut(BaseModel):
     detail: dict[str, Any]
 
 
+# A user id as the service takes it wherever one is recorded or erased: `DELETE /v1/users/{user_id:path}` takes ids
+# with '/' (shop/42), and one ending in '/' would be a trailing slash there, so such an id is never recorded.
+USER_ID_PATTERN = r"[^/]$"
+
 # How long a client waits before it sends a write again that the storage refused for now (a read-only or failing
 # database or disk: 503): an operator's remount or a database's failover takes that long, not a moment.
 STORAGE_RETRY_AFTER_S = 30

@@ -33,6 +33,7 @@ from ..inventory import (
 )
 from ..schemas import (
     STORAGE_RESPONSES,
+    USER_ID_PATTERN,
     AdjustRequest,
     AuditOut,
     IntakeItemOut,
@@ -138,9 +139,10 @@ async def _recognise(state: ServiceState, upload: UploadFile) -> IntakePhoto | S
              summary="Count products from photos (idempotent per photo; every product of a shelf photo with a detector)")
 async def intake(state: State, actor: WriteKey,
                  images: Annotated[list[UploadFile], File(description="one or more photos")],
-                 user: Annotated[str | None, Form(min_length=1, max_length=200, description=(
-                     "who sent the photos (a seller, a shopper), so `DELETE /v1/users/{id}` can erase them; kept "
-                     "as a pseudonym only, and only with a pseudonym key"))] = None) -> IntakeResponse:
+                 user: Annotated[str | None, Form(
+                     min_length=1, max_length=200, pattern=USER_ID_PATTERN, description=(
+                         "who sent the photos (a seller, a shopper), so `DELETE /v1/users/{id}` can erase them; "
+                         "kept as a pseudonym only, and only with a pseudonym key"))] = None) -> IntakeResponse:
     _store(state)
     if len(images) > state.settings.max_files:
         raise HTTPException(413, f"{len(images)} files in one request; at most {state.settings.max_files}")
@@ -242,8 +244,10 @@ async def adjust(state: State, actor: WriteKey, body: AdjustRequest,
     return AdjustOut(label=label, count=count)
 
 
-@router.get("/review", response_model=list[QueueItemOut], summary="Photos and shelf boxes waiting for a reviewer")
-async def review_queue(state: State, _: ReadKey, limit: Annotated[int, Query(ge=1, le=500)] = 100,
+@router.get("/review", response_model=list[QueueItemOut],
+            summary="Photos and shelf boxes waiting for a reviewer; needs an API key (their file names are the "
+                    "uploaders', erased with them)")
+async def review_queue(state: State, _: WriteKey, limit: Annotated[int, Query(ge=1, le=500)] = 100,
                        offset: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0) -> list[QueueItemOut]:
     items = await anyio.to_thread.run_sync(lambda: _store(state).review_queue(limit=limit, offset=offset))
     return [QueueItemOut(**i.to_dict()) for i in items]

@@ -219,19 +219,33 @@ async def add_images(state: State, actor: WriteKey, product_id: ProductId,
         vectors = await asyncio.gather(*(state.recognizer.embed(pil) for _, pil in decoded))
     except (QueueFullError, asyncio.TimeoutError) as exc:
         raise busy(state, exc) from None
-    # Photos are not stored (privacy); the entry id is the content hash, so a re-sent photo is no new entry.
-    records = [IndexRecord(id=f"api/{product_id}/{content_hash(data)[:32]}", product_id=product_id,
-                           label=product_id, coarse_label=product.coarse_label, title=product.title,
-                           text=product.description, metadata={"added_by": actor}) for data, _ in decoded]
 
     def run() -> int:
         import numpy as np
 
+        if product_id not in state.products:  # un-enrolled (under this lock) while the photos were embedded
+            raise HTTPException(404, f"unknown product {product_id!r}: it was removed while its photos were added")
+        # The new entries carry the product's metadata (a PATCHed price, in_stock), so a filtered search finds
+        # them too. Photos are not stored (privacy); the entry id is the content hash, so a re-sent photo is no
+        # new entry.
+        metadata = _shared_metadata(state.search.index.records(product_id))
+        records = [IndexRecord(id=f"api/{product_id}/{content_hash(data)[:32]}", product_id=product_id,
+                               label=product_id, coarse_label=product.coarse_label, title=product.title,
+                               text=product.description, metadata=metadata) for data, _ in decoded]
         state.search.index.upsert(records, np.stack(vectors))
         state.search.index.save()
         return len(records)
 
-    return {"product_id": product_id, "entries": await _index_call(state, run)}
+    entries = await _index_call(state, run)
+    logger.info("%d photo(s) of product %r added to the index by %s", entries, product_id, actor)
+    return {"product_id": product_id, "entries": entries}
+
+
+def _shared_metadata(records: list[IndexRecord]) -> dict[str, Any]:
+    """The metadata fields every one of a product's entries has with the same value: the product's own."""
+    if not records:
+        return {}
+    return {k: v for k, v in records[0].metadata.items() if all(r.metadata.get(k, None) == v for r in records)}
 
 
 @crud_router.patch("/{product_id}", summary="Change a product's title, text or metadata (price, in_stock, ...)")

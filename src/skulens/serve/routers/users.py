@@ -18,14 +18,14 @@ from pydantic import BaseModel, Field
 from ...recommend.shopping_log import EVENT_TYPES, Event
 from ..deps import ReadKey, State, WriteKey, storage_answer, storage_refused
 from ..inventory import StorageError
-from ..schemas import STORAGE_RESPONSES
+from ..schemas import STORAGE_RESPONSES, USER_ID_PATTERN
 from ..state import ServiceState
 
 router = APIRouter(prefix="/v1", tags=["people"])
 
 # `{user_id:path}` takes ids with '/' (shop/42); one ending in '/' is a trailing slash, not a user (a 422, never an
-# erasure of nobody answered 200), and is refused when recorded too.
-UserId = Annotated[str, PathParam(min_length=1, max_length=200, pattern=r"[^/]$")]
+# erasure of nobody answered 200), and is refused when recorded too (events, intake).
+UserId = Annotated[str, PathParam(min_length=1, max_length=200, pattern=USER_ID_PATTERN)]
 _NO_KEY = ("this service keeps no data about people: start it with a pseudonym key (--pseudonym-key-file, or "
            "$SKULENS_PSEUDONYM_KEY) and an inventory database (--db)")
 
@@ -38,7 +38,7 @@ class RecommendationOut(BaseModel):
 
 
 class EventIn(BaseModel):
-    user_id: str = Field(min_length=1, max_length=200, pattern=r"[^/]$", description="the user as your shop knows "
+    user_id: str = Field(min_length=1, max_length=200, pattern=USER_ID_PATTERN, description="the user as your shop knows "
                          "them (not ending in '/'); stored only as a keyed-hash pseudonym")
     product_id: str = Field(min_length=1, max_length=200)
     event: str = Field(description=f"one of {', '.join(EVENT_TYPES)}")

@@ -269,6 +269,10 @@ function candidates(item) {
 }
 
 async function loadReview() {
+  if (!Object.keys(authHeaders()).length) {  // the queue names the uploaders' files: it needs a key, as photos do
+    document.getElementById("review").replaceChildren(el("p", "Enter the API key (top right) to review.", "muted"));
+    return;
+  }
   const items = await (await api("/v1/inventory/review?limit=50")).json();
   document.getElementById("review").replaceChildren(...items.map((item) => {
     const card = el("div", null, item.kind === "box" ? "review-item review-box" : "review-item");
