@@ -188,7 +188,7 @@ def test_enrol_a_new_product_then_predict_and_find_it(client) -> None:
     assert "new-red-thing" in client.get("/v1/info").json()["model"]["classes"]  # the served model was reloaded
     r = client.post("/v1/products", data={"product_id": "new-red-thing"}, files=shots, headers=AUTH)
     assert r.status_code == 409
-    for bad in ("a/b", "tab\there", " padded"):  # ids no other route could reach (or log lines would carry)
+    for bad in ("a/b", "tab\there", " padded", ".", ".."):  # ids no other route could reach (or logs would carry)
         r = client.post("/v1/products", data={"product_id": bad}, files=shots, headers=AUTH)
         assert r.status_code == 422 and "product_id" in r.json()["detail"], (bad, r.text)
     more = client.post("/v1/products/new-red-thing/images", files=shots[:1], headers=AUTH)

@@ -179,10 +179,12 @@ async def create_product(state: State, actor: WriteKey,
                                  "--backend torch (and re-export for ONNX afterwards)")
     if len(images) > state.settings.max_files:
         raise HTTPException(413, f"at most {state.settings.max_files} photos per request")
-    if product_id != product_id.strip() or any(ord(ch) < 32 or ch in "/\\" for ch in product_id):
-        # the id is a path segment of every other route (GET, PATCH, DELETE /v1/products/{id}) and a log field
-        raise HTTPException(422, f"product_id {product_id[:40]!r}: no '/', '\\', control characters or surrounding "
-                                 "spaces")
+    if (product_id != product_id.strip() or any(ord(ch) < 32 or ch in "/\\" for ch in product_id)
+            or product_id in (".", "..")):
+        # the id is a path segment of every other route (GET, PATCH, DELETE /v1/products/{id}; "." and ".." are
+        # resolved away by clients before they are sent) and a log field
+        raise HTTPException(422, f"product_id {product_id[:40]!r}: no '/', '\\', control characters, surrounding "
+                                 "spaces, '.' or '..'")
     datas = [(await decode_upload(state, f))[0] for f in images]  # checked like every upload
 
     def run() -> Any:
@@ -248,7 +250,9 @@ def _shared_metadata(records: list[IndexRecord]) -> dict[str, Any]:
     return {k: v for k, v in records[0].metadata.items() if all(r.metadata.get(k, None) == v for r in records)}
 
 
-@crud_router.patch("/{product_id}", summary="Change a product's title, text or metadata (price, in_stock, ...)")
+@crud_router.patch("/{product_id}", summary="Change a product's title, text or metadata (price, in_stock, ...) in "
+                   "the search index; predict and support show a new title until a restart, when the catalogue's "
+                   "own texts are read again")
 async def update_product(state: State, actor: WriteKey, product_id: ProductId, patch: ProductPatch
                          ) -> dict[str, Any]:
     import dataclasses
