@@ -227,6 +227,19 @@ def test_coco_errors_name_file_and_index(tmp_path: Path, annotation: dict, match
     assert _error(read_coco, path, match=match).startswith(str(path))
 
 
+def test_a_coco_file_without_annotations_is_refused(tmp_path: Path) -> None:
+    """Read as photos without products, every detection scored as a false box (a COCO image_info file)."""
+    path = _coco(tmp_path, [])
+    doc = json.loads(path.read_text())
+    assert read_coco(path) and doc["annotations"] == []  # an empty list: photos without products, as before
+    doc["annotations"] = None
+    path.write_text(json.dumps(doc))
+    _error(read_coco, path, match="no 'annotations' list")
+    del doc["annotations"]
+    path.write_text(json.dumps(doc))
+    _error(read_coco, path, match="no 'annotations' list")
+
+
 def test_coco_missing_image_bad_json_and_size_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = _coco(tmp_path, [], images=[{"id": 1, "file_name": "gone.jpg", "width": 10, "height": 10}])
     _error(read_coco, path, match=r"instances.json: images\[0\]: image 'gone.jpg' not found")

@@ -234,6 +234,8 @@ def test_label_map_reads_a_csv_with_a_byte_order_mark(tmp_path) -> None:
     path.write_bytes("jam,Strawberry-Jam\ntea,Green-Tea\n".encode("utf-8-sig"))
     mapping = _label_map(str(path))
     assert mapping["jam"] == "Strawberry-Jam" and mapping["tea"] == "Green-Tea"  # the BOM is not in the first key
+    path.write_text("annotation,model_label\njam,Strawberry-Jam\n", encoding="utf-8")  # the help's header row
+    assert _label_map(str(path)) == {"jam": "Strawberry-Jam"}  # no mapping of a name "annotation"
     from skulens.cli._common import UsageError
 
     latin1 = tmp_path / "latin1.csv"

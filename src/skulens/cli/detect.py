@@ -362,6 +362,8 @@ def _label_map(path: str | None) -> dict[str, str] | None:
         raise UsageError(f"--label-map {path}: {not_utf8(path)}") from None
     except csv.Error as e:
         raise UsageError(f"--label-map {path}: not a CSV file ({e})") from None
+    if rows and [c.strip().lower() for c in rows[0]] == ["annotation", "model_label"]:
+        rows = rows[1:]  # the help's own header, written as a first row: no mapping of a name "annotation"
     mapping = {}
     for i, r in enumerate(rows, 1):
         if len(r) != 2:

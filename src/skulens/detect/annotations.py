@@ -174,6 +174,9 @@ def read_coco(path: str | os.PathLike[str]) -> list[AnnotatedImage]:
         raise AnnotationError(f"{p}: invalid JSON ({exc})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("images"), list) or not doc["images"]:
         raise AnnotationError(f"{p}: not a COCO file with images (needs a non-empty 'images' list)")
+    if doc.get("annotations") is None:  # read as no boxes, every product would be a false box in a score
+        raise AnnotationError(f"{p}: no 'annotations' list: a COCO file without labels (such as image_info_test) "
+                              "has no boxes to train or score on; photos without products: \"annotations\": []")
     names: dict[Any, str] = {}
     for i, cat in enumerate(_list(doc, "categories", p)):
         if not isinstance(cat, dict) or not _is_key(cat.get("id")) or not isinstance(cat.get("name"), str):
