@@ -62,3 +62,13 @@ def test_annotations_with_such_a_photo_are_refused(photos: Path, tmp_path: Path)
         load_annotations(yolo)
     (yolo / "images" / LATIN1).unlink()
     assert [len(im) for im in load_annotations(yolo)] == [1, 0]
+
+
+def test_a_folder_leaves_out_hidden_files_as_inventory_scan_does(tmp_path: Path) -> None:
+    from skulens.cli._common import expand_inputs
+
+    for name in ("a.jpg", "._a.jpg", ".cache/b.jpg", "sub/c.png"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    assert expand_inputs([str(tmp_path)]) == [str(tmp_path / "a.jpg"), str(tmp_path / "sub" / "c.png")]
+    assert expand_inputs([str(tmp_path / "._a.jpg")]) == [str(tmp_path / "._a.jpg")]  # named: taken as given

@@ -272,8 +272,9 @@ def _expand(items: list[str]) -> list[str]:
             out += _expand(matches) if matches else []
             continue
         p = Path(item)
-        if p.is_dir():
-            out += sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+        if p.is_dir():  # hidden files and folders left out, as inventory scan does (macOS's ._x.jpg is no photo)
+            out += sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()
+                          and not any(part.startswith(".") for part in f.relative_to(p).parts))
         elif is_image_list(p):
             out += read_image_list(p)
         else:
