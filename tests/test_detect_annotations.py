@@ -227,6 +227,16 @@ def test_coco_errors_name_file_and_index(tmp_path: Path, annotation: dict, match
     assert _error(read_coco, path, match=match).startswith(str(path))
 
 
+def test_a_photo_annotated_twice_is_refused(tmp_path: Path) -> None:
+    from skulens.detect.annotations import load_annotations
+
+    path = _coco(tmp_path, [])
+    doc = json.loads(path.read_text())
+    doc["images"].append({**doc["images"][0], "id": 99})  # the same file under another id
+    path.write_text(json.dumps(doc))
+    _error(load_annotations, path, match="a.jpg is annotated twice")
+
+
 def test_a_coco_file_without_annotations_is_refused(tmp_path: Path) -> None:
     """Read as photos without products, every detection scored as a false box (a COCO image_info file)."""
     path = _coco(tmp_path, [])

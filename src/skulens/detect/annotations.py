@@ -62,6 +62,11 @@ def load_annotations(path: str | os.PathLike[str], *, format: str = "auto") -> l
     bad = non_utf8_names(im.path for im in images)  # before the photos are detected or cached
     if bad:
         raise AnnotationError(f"{path}: {bad}")
+    seen: set[Path] = set()
+    for im in images:  # two entries (COCO images, VOC files) for one photo: it would be scored or trained twice
+        if im.path in seen:
+            raise AnnotationError(f"{path}: the photo {im.path} is annotated twice; keep one entry for it")
+        seen.add(im.path)
     return images
 
 
