@@ -205,9 +205,10 @@ def test_bad_query_logs_and_empty_queries_get_clear_errors(bundle: Path, tmp_pat
         tune_text_encoder(bundle, skulens.load_catalogue(tiny_catalogue), config=QUICK)
     # empty text queries: the engine and the CLI say so
     engine = SearchEngine(None, _names_only_index(tmp_path / "ix", 8))
-    for queries in ([""], ["oat milk", "   "]):
+    for queries in ([""], ["oat milk", "   "], ["!!!"], ["oat milk", " . "]):  # "!!!" answered arbitrary products
         with pytest.raises(ValueError, match="empty text query"):
             engine.by_text(queries)
+    assert engine.by_text(["7up"], mode="lexical") == [[]]  # a digit is something to search by
     assert main(["search", "--index", str(tmp_path / "ix"), "--text", " "]) == 2
     assert "empty query" in capsys.readouterr().err
 

@@ -236,9 +236,11 @@ class SearchEngine:
         if isinstance(texts, str):
             raise TypeError("by_text() takes a list of queries")
         texts = list(texts)
-        empty = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
+        # "!!!" or "." has nothing to match: dense search would still answer, with arbitrary products
+        empty = [i for i, t in enumerate(texts) if not isinstance(t, str) or not any(ch.isalnum() for ch in t)]
         if empty:
-            raise ValueError(f"empty text query (query {empty[0] + 1} of {len(texts)}): give some words to search by")
+            raise ValueError(f"empty text query (query {empty[0] + 1} of {len(texts)}): no letters or digits; give "
+                             "some words to search by")
         if mode == "aligned" and self.aligner is None:
             raise ValueError("no text alignment for this model: run `skulens align` first, or use mode 'text'")
         depth = max(k, _FUSE_DEPTH) if mode == "hybrid" else k
