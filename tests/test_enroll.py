@@ -352,3 +352,27 @@ def test_the_cached_reference_bank_follows_a_different_data(bundle_copy: Path, t
     assert cached == second
     _, same = reference_bank(bundle_copy, net, card, other_cat)
     assert same == second
+
+
+def test_retrain_extra_leaves_out_the_catalogues_own_photos(bundle_copy: Path, blue_photos: list[Path],
+                                                            tiny_catalogue: Path, tmp_path: Path, caplog) -> None:
+    """A labelled folder (suggest-labels filled in) holding val photos: they were trained on and still scored,
+    inflating the retrain's val; a train photo counted twice."""
+    from skulens.train.retrain import retrain_catalogue
+
+    root = Path(shutil.copytree(tiny_catalogue.parent, tmp_path / "cat"))
+    for p in blue_photos[:2]:
+        shutil.copy(p, root / p.name)
+    extra = root / "labelled.csv"  # a manifest beside the catalogue's, its paths inside the same folder
+    rows = ["path,label", "val/oat-milk/oat-milk_000.jpg,oat-milk", "train/red-apple/red-apple_000.jpg,red-apple",
+            *(f"{p.name},oat-milk" for p in blue_photos[:2])]
+    extra.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    manifest = root / tiny_catalogue.name
+    before = retrain_catalogue(bundle_copy, manifest)
+    with caplog.at_level("WARNING", logger="skulens.train.retrain"):
+        after = retrain_catalogue(bundle_copy, manifest, [extra, extra])  # the same photos given twice, too
+    train = [s.path.resolve() for s in after.split("train")]
+    assert len(train) == len(before.split("train")) + 2 and len(set(train)) == len(train)  # two new photos, once
+    assert (root / "val/oat-milk/oat-milk_000.jpg").resolve() not in train
+    assert [s.path for s in after.split("val")] == [s.path for s in before.split("val")]  # val is still val
+    assert "1 train, 1 val of the catalogue's own photos left out" in caplog.text and "given twice" in caplog.text

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import sys
 from dataclasses import dataclass, fields
@@ -20,8 +21,8 @@ if sys.version_info >= (3, 11):
 else:  # Python 3.10: the same parser, from PyPI (a dependency on 3.10 only)
     import tomli as tomllib
 
-__all__ = ["PRESETS", "REMOVED_KEYS", "ConfigError", "TrainConfig", "apply_preset", "config_to_dict", "load_config",
-           "preset_values", "resolve_config"]
+__all__ = ["PATH_KEYS", "PRESETS", "REMOVED_KEYS", "ConfigError", "TrainConfig", "apply_preset", "config_to_dict",
+           "load_config", "preset_values", "resolve_config", "with_absolute_paths"]
 
 
 class ConfigError(ValueError):
@@ -156,6 +157,16 @@ REMOVED_KEYS: dict[str, str] = {
 }
 
 
+PATH_KEYS = ("data", "out", "teacher", "init_from", "unlabeled")  # files and folders a run reads or writes
+
+
+def with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
+    """`cfg` with its PATH_KEYS made absolute: what a run records (config.yaml, its checkpoint, the card) then
+    names the same files from any folder. A relative `out` in config.yaml made `--resume` from another folder
+    start a new run there."""
+    return dataclasses.replace(cfg, **{k: os.path.abspath(getattr(cfg, k)) for k in PATH_KEYS if getattr(cfg, k)})
+
+
 def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
     d = dataclasses.asdict(cfg)
     d["loggers"] = list(d["loggers"])
@@ -231,6 +242,10 @@ def _hints() -> dict[str, Any]:
 
 
 def _validate(cfg: TrainConfig) -> TrainConfig:
+    for f in fields(cfg):  # inf passes every range check below, NaN fails none ("lr inf" trained to NaN)
+        v = getattr(cfg, f.name)
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"{f.name}: must be a finite number, got {v}")
     positive = {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr}
     for name, v in positive.items():
         if v <= 0:
@@ -273,7 +288,7 @@ def _validate(cfg: TrainConfig) -> TrainConfig:
             raise ConfigError(f"{name}: {v} is outside [{low:g}, {high:g}]")
     if cfg.optimizer == "sgd" and cfg.momentum == 0:
         raise ConfigError("momentum: SGD here uses Nesterov momentum, which needs momentum > 0")
-    for name in ("weight_decay", "backbone_lr_mult"):
+    for name in ("weight_decay", "backbone_lr_mult", "coarse_loss_weight", "attribute_loss_weight", "warmup_epochs"):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"{name}: must be >= 0, got {getattr(cfg, name)}")
     if cfg.monitor not in ("top1", "coarse_top1", "macro_f1", "robust_top1"):
@@ -306,7 +321,12 @@ def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
-    text = p.read_text(encoding="utf-8")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        from .data.encoding import not_utf8
+
+        raise ConfigError(f"{p}: {not_utf8(p)}") from None
     try:
         if p.suffix in (".toml",):
             data = tomllib.loads(text)

@@ -13,9 +13,11 @@ import sys
 __all__ = ["RUN_FAILURE_CLASSES", "USER_ERROR_CLASSES", "is_run_failure", "is_user_error", "storage_failure"]
 
 # A run that did its work and failed its own check (exit 1, as a run whose photos were all unreadable): an
-# exported file that does not reproduce its model. Looked up before the user errors (ParityError is a BundleError).
+# exported file that does not reproduce its model, a training run that diverged. Looked up before the user
+# errors (ParityError is a BundleError).
 RUN_FAILURE_CLASSES = (
     ("skulens.deploy.parity", "ParityError"),
+    ("skulens.train.engine", "TrainingDiverged"),  # a training run whose loss became NaN or inf
 )
 
 USER_ERROR_CLASSES = (

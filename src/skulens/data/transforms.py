@@ -89,7 +89,9 @@ def robust_transform(size: int, finish: list) -> v2.Compose:
     Gaussian blur, sensor noise and stronger lighting changes (torchvision v2 ops, at the model's input
     size, where `evaluate.robustness` applies its corruptions too). The ranges stop short of the
     benchmark's worst severities: training on them cost clean accuracy elsewhere (ImageNet-C practice)."""
-    sigma = 3.0 * size / 224  # blur sigma in px, the robustness benchmark's scale (its levels are for 224 px)
+    # blur sigma in px, the robustness benchmark's scale (its levels are for 224 px); at least the 0.5 the range
+    # starts at (under ~38 px the range was empty: a ValueError)
+    sigma = max(3.0 * size / 224, 0.5)
     kernel = 2 * math.ceil(3 * sigma) + 1
     return v2.Compose([
         v2.RandomResizedCrop(size, scale=(0.35, 1.0), antialias=True),

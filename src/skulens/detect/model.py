@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..models.backbones import create_architecture, create_backbone, get_spec
-from ..models.bundle import atomic_write_text
+from ..models.bundle import atomic_write_text, save_tensors
 
 __all__ = ["DETECTOR_CARD", "DETECTOR_ONNX", "DETECTOR_WEIGHTS", "DetectorCard", "DetectorConfig", "DetectorError", "build_detector",
            "is_detector", "load_detector_net", "save_detector"]
@@ -198,14 +198,12 @@ def is_detector(path: str | os.PathLike) -> bool:
 def save_detector(net: nn.Module, card: DetectorCard, directory: str | os.PathLike) -> Path:
     """Write weights then card (the card last: a folder with a card is complete). An exported detector.onnx
     there is of the old weights, and would run with the new card: it is removed first."""
-    from safetensors.torch import save_file
-
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     (out / DETECTOR_ONNX).unlink(missing_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     tmp = out / (DETECTOR_WEIGHTS + ".tmp")
-    save_file(state, str(tmp), metadata={"format": "pt", "skulens": "detector"})
+    save_tensors(state, tmp, metadata={"format": "pt", "skulens": "detector"})
     os.replace(tmp, out / DETECTOR_WEIGHTS)
     atomic_write_text(out / DETECTOR_CARD, card.to_json())
     return out

@@ -17,8 +17,8 @@ from .card import ModelCard
 from .classifier import SkuModel
 from .pruned import apply_pruning
 
-__all__ = ["BundleError", "atomic_write_text", "build_model", "bundle_folder", "load_bundle", "read_card",
-           "recover_bundle", "save_bundle"]
+__all__ = ["BundleError", "atomic_write_text", "build_model", "bundle_folder", "load_bundle", "make_readable",
+           "read_card", "recover_bundle", "save_bundle", "save_tensors"]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,21 @@ def _carry_over(old: Path, new: Path) -> None:
         (shutil.copytree if item.is_dir() else shutil.copy2)(item, new / item.name)
 
 
+def save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike[str],
+                 metadata: dict[str, str] | None = None) -> None:
+    """safetensors' save_file, the file then as readable as any other output (:func:`make_readable`)."""
+    save_file(tensors, str(path), metadata=metadata)
+    make_readable(path)
+
+
+def make_readable(path: str | os.PathLike[str]) -> None:
+    """The file's mode as the umask gives any new file: safetensors writes 0600, so a bundle's card was readable
+    to a service account and its weights were not."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def save_bundle(model: SkuModel, card: ModelCard, directory: str | os.PathLike[str], *,
                 carry_over: bool = False) -> Path:
     """Write the bundle into a temp dir, then swap it in: a crash never leaves a half-written bundle.
@@ -72,7 +87,7 @@ def save_bundle(model: SkuModel, card: ModelCard, directory: str | os.PathLike[s
     os.umask(umask)
     tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; a bundle is as readable as any other output
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt", "skulens_card_schema": str(card.schema)})
+    save_tensors(state, tmp / WEIGHTS, metadata={"format": "pt", "skulens_card_schema": str(card.schema)})
     (tmp / CARD).write_text(card.to_json(), encoding="utf-8")
     if carry_over and out.is_dir():
         _carry_over(out, tmp)

@@ -103,7 +103,7 @@ class LoadedFusion(NamedTuple):
 def save_fusion(head: FusionHead, path: str | os.PathLike, classes: tuple[str, ...], *, text_model: str = "minilm",
                 text_fingerprint: str | None = None) -> Path:
     """Write the head to `path`: a bundle folder (its fusion.safetensors) or a file ending in .safetensors."""
-    from safetensors.torch import save_file
+    from .bundle import save_tensors
 
     p = Path(path)
     if p.is_dir():
@@ -114,7 +114,7 @@ def save_fusion(head: FusionHead, path: str | os.PathLike, classes: tuple[str, .
     meta = {"classes": "\n".join(classes), "hidden": str(head.image_proj[1].out_features), "text_model": text_model}
     if text_fingerprint:
         meta["text_fingerprint"] = text_fingerprint
-    save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(tmp), metadata=meta)
+    save_tensors({k: v.contiguous() for k, v in head.state_dict().items()}, tmp, metadata=meta)
     os.replace(tmp, p)
     return p
 

@@ -89,6 +89,8 @@ class TextAligner:
         """Into a bundle folder (as text_align.safetensors) or to a .safetensors file; atomic."""
         from safetensors.numpy import save_file
 
+        from ..models.bundle import make_readable
+
         p = Path(path)
         if p.is_dir():
             p = p / ALIGN_FILE
@@ -97,6 +99,7 @@ class TextAligner:
         if self.fingerprint:
             meta["text_fingerprint"] = self.fingerprint
         save_file({"weight": self.weight, "bias": self.bias}, str(tmp), metadata=meta)
+        make_readable(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, p)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..config import ConfigError
+from ..config import PATH_KEYS, ConfigError
 
 __all__ = ["RESUME_FREE", "check_same_run", "config_changes", "load_checkpoint", "resume_command", "run_finished",
            "run_started", "save_checkpoint"]
@@ -97,14 +97,13 @@ def run_finished(run_dir: str | os.PathLike[str]) -> bool:
 
 # What a resumed run may change without changing the run: where it runs and what it logs to.
 RESUME_FREE = frozenset({"device", "loggers", "num_workers", "resume"})
-_PATHS = ("data", "out", "teacher", "init_from", "unlabeled")  # compared resolved: the same folder by another path
 
 
 def config_changes(was: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """The config keys (outside RESUME_FREE) in which `now` differs from the interrupted run's `was`, sorted."""
     def differs(key: str) -> bool:
         a, b = was.get(key), now.get(key)
-        if key in _PATHS and a and b:
+        if key in PATH_KEYS and a and b:  # the same folder by another path
             return Path(str(a)).resolve() != Path(str(b)).resolve()
         return a != b
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import random
 import shutil
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 import yaml
 from tqdm.auto import tqdm
 
-from ..config import ConfigError, TrainConfig, config_to_dict
+from ..config import ConfigError, TrainConfig, config_to_dict, with_absolute_paths
 from ..data.catalogue import Catalogue, CatalogueError, Sample, load_catalogue
 from ..data.dataset import TensorImageDataset
 from ..data.splits import Split, prepare_split
@@ -60,13 +61,17 @@ if TYPE_CHECKING:
     from .corrupt import CorruptBatch
     from .teacher import Teacher
 
-__all__ = ["TrainResult", "fit"]
+__all__ = ["TrainResult", "TrainingDiverged", "fit"]
 
 log = logging.getLogger(__name__)
 
 # Below this many optimizer steps a fine-tune is usually undertrained: grocery with 264 labelled photos (9 steps
 # an epoch) reached 20.6 % top-1 in 5 epochs and 47.6 % with up to 40 and early stopping (benchmarks/RESULTS.md).
 FEW_STEPS = 300
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss stopped being a number (a learning rate far too high): the run stops at that step."""
 
 
 @dataclass(frozen=True)
@@ -235,6 +240,7 @@ def fit(cfg: TrainConfig, *, catalogue: Catalogue | None = None, progress: bool 
     (default: `skulens train --config OUT/config.yaml --resume`; a self-training stage names the whole run's).
     """
     t0 = time.perf_counter()
+    cfg = with_absolute_paths(cfg)
     cat = catalogue if catalogue is not None else _load_data(cfg)
     if cfg.unlabeled:  # self-training: a teacher, pseudo-labels, then a student (each a run of this function)
         from .semi import self_train
@@ -254,6 +260,7 @@ def _fit(cfg: TrainConfig, cat: Catalogue, d: distributed.Dist, *, progress: boo
         distributed.local_batch_size(cfg.batch_size, d.world_size)  # fail early, on every rank alike
     run_dir = _prepare_run_dir(cfg, main=d.is_main)
     device = d.device
+    _check_setup(cfg, device)
     _seed_everything(cfg.seed)
     log.info("catalogue: %s", cat.summary())
 
@@ -286,6 +293,18 @@ def _fit(cfg: TrainConfig, cat: Catalogue, d: distributed.Dist, *, progress: boo
     return d.broadcast(_finish(run, baseline, epochs_run) if d.is_main else None)
 
 
+def _check_setup(cfg: TrainConfig, device: torch.device) -> None:
+    """What the settings need of this machine, checked before the photos are decoded and the baseline fitted
+    (a missing logger package, fp16 on a CPU: both failed minutes into the run, as tracebacks)."""
+    import importlib.util
+
+    for name in ("mlflow", "wandb"):
+        if name in cfg.loggers and importlib.util.find_spec(name) is None:
+            raise ImportError(f"logger {name!r} needs: pip install 'skulens[{name}]'")
+    if cfg.mixed_precision == "fp16" and device.type != "cuda":
+        raise ConfigError(f"mixed_precision fp16 is for CUDA GPUs; use bf16 or off on the {device.type}")
+
+
 def _load_splits(cfg: TrainConfig, cat: Catalogue, card: ModelCard, run_dir: Path, progress: bool, *,
                  main: bool = True) -> tuple[Split, Split, Split | None, list[tuple[str, str]]]:
     """Decode train (+ catalogue photos), the selection split and (select_on holdout) val once: (train,
@@ -302,8 +321,13 @@ def _load_splits(cfg: TrainConfig, cat: Catalogue, card: ModelCard, run_dir: Pat
     skipped = train.skipped + val.skipped + (untouched.skipped if untouched is not None else [])
     if skipped and main:
         atomic_write_text(run_dir / "skipped_images.tsv", "".join(f"{p}\t{r}\n" for p, r in skipped))
-    if not train.images or not val.images or (untouched is not None and not untouched.images):
-        raise CatalogueError(f"no decodable images in the train, {cfg.select_on} or val split")
+    for name, given, split in (("train", train_samples, train), (cfg.select_on, selection, val),
+                               ("val", held_back or [], untouched)):
+        if split is not None and not split.images:
+            why = (f"{len(given)} photo(s), none decodable (see skipped_images.tsv)" if given else
+                   "no photos (a split made here takes photos only from classes with 2 or more); give more "
+                   "photos per class, or a val split of your own")
+            raise CatalogueError(f"the {name} split is empty: {why}")
     counts = torch.bincount(train.fine, minlength=card.num_classes)
     empty = [card.classes[i] for i in torch.nonzero(counts == 0).flatten().tolist()]
     if empty:  # a head row no photo teaches: it would only ever be pushed down
@@ -461,10 +485,19 @@ def _train_epoch(run: _Run, ds: TensorImageDataset, frozen: list[torch.nn.Module
     losses: list[float] = []
     for batch in bar:
         losses.append(_train_step(run, batch))
+        if not math.isfinite(losses[-1]):  # the weights are lost: no epoch of this must become the bundle
+            _diverged(run, epoch, f"the training loss became {losses[-1]}")
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", lr=f"{run.sched.get_last_lr()[-1]:.2e}")
         if run.out_of_steps():
             break
     return losses
+
+
+def _diverged(run: _Run, epoch: int, what: str) -> None:
+    raise TrainingDiverged(
+        f"{what} at step {run.state['step']} (epoch {epoch + 1}): the run diverged; lower the learning rate (lr "
+        f"{run.cfg.lr:g}). Nothing of it was kept as the bundle"
+        + (" (an earlier epoch's is)" if (run.run_dir / "bundle").is_dir() else ""))
 
 
 def _train_step(run: _Run, batch: list[torch.Tensor]) -> float:
@@ -520,9 +553,12 @@ def _end_of_epoch(run: _Run, eval_tf: Any, epoch: int, train_loss: float, epoch_
     """Validate model (and EMA), keep the better one as the bundle if it improved, checkpoint, log."""
     cfg, state = run.cfg, run.state
     candidates = {"model": run.model, **({"ema": run.ema.module} if run.ema is not None else {})}
-    results = {name: _quick_metrics(run_heads(m, run.val.images, eval_tf, device=run.device,
-                                              precision=cfg.mixed_precision), run.val, run.card)
-               for name, m in candidates.items()}
+    heads = {name: run_heads(m, run.val.images, eval_tf, device=run.device, precision=cfg.mixed_precision)
+             for name, m in candidates.items()}
+    if not all(np.isfinite(h).all() for h in (heads["model"].fine, heads["model"].coarse_head,
+                                               heads["model"].attributes) if h is not None):
+        _diverged(run, epoch, "the model's answers became NaN")  # weights too large, or NaN, after the last steps
+    results = {name: _quick_metrics(h, run.val, run.card) for name, h in heads.items()}
     if cfg.monitor == "robust_top1":
         for name, m in candidates.items():
             heads = run_heads(m, _degraded_selection(run), eval_tf, device=run.device, precision=cfg.mixed_precision)

@@ -32,7 +32,7 @@ class RunLogger:
             try:
                 import mlflow
             except ImportError as e:
-                raise RuntimeError("logger 'mlflow' needs: pip install 'skulens[mlflow]'") from e
+                raise ImportError("logger 'mlflow' needs: pip install 'skulens[mlflow]'") from e
             mlflow.set_tracking_uri((run_dir / "mlruns").resolve().as_uri())
             mlflow.start_run()
             mlflow.log_params({k: str(v) for k, v in config.items()})
@@ -41,7 +41,7 @@ class RunLogger:
             try:
                 import wandb
             except ImportError as e:
-                raise RuntimeError("logger 'wandb' needs: pip install 'skulens[wandb]'") from e
+                raise ImportError("logger 'wandb' needs: pip install 'skulens[wandb]'") from e
             self._wandb = wandb.init(mode=os.environ.get("WANDB_MODE", "offline"),
                                      project=os.environ.get("WANDB_PROJECT"), dir=str(run_dir), config=config)
 

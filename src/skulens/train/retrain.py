@@ -8,7 +8,9 @@ new bundle is measured on the same photos as the old one.
 
 from __future__ import annotations
 
+import logging
 import os
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -20,6 +22,8 @@ from ..evaluate.heldout import card_catalogue
 from ..models.bundle import read_card
 
 __all__ = ["merge_samples", "retrain", "retrain_catalogue"]
+
+log = logging.getLogger(__name__)
 
 
 def _enrolled_samples(bundle: Path) -> tuple[list[Sample], dict[str, Product]]:
@@ -54,12 +58,13 @@ def retrain_catalogue(bundle: str | os.PathLike, data: str | os.PathLike | None 
     # the same generated val (its fraction and seed), so val stays the photos the bundle never trained on
     cat = card_catalogue(retrain_source(bundle, data), card)
     samples, products = _enrolled_samples(bundle)
+    extra_samples: list[Sample] = []
     for path in extra:
         more = load_catalogue(path, val_fraction=0.0)
         for split in more.splits.values():
-            samples += [s if s.coarse_label or not more.hierarchy else replace(s, coarse_label=more.hierarchy.get(s.label))
-                        for s in split]
-    merged = merge_samples(cat, samples, products)
+            extra_samples += [s if s.coarse_label or not more.hierarchy
+                              else replace(s, coarse_label=more.hierarchy.get(s.label)) for s in split]
+    merged = merge_samples(cat, samples + _new_photos(cat, extra_samples), products)
     have = {s.label for s in merged.split("train")}
     bare = [label for label in products if label not in have]
     if bare:  # a clearer word than the engine's "class with no training photo" for where it comes from
@@ -68,6 +73,23 @@ def retrain_catalogue(bundle: str | os.PathLike, data: str | os.PathLike | None 
                           "with --extra, or `skulens unenroll` them (the service keeps enrolment photos only with "
                           "--keep-uploads)")
     return merged
+
+
+def _new_photos(cat: Catalogue, extra: list[Sample]) -> list[Sample]:
+    """The --extra photos that are not the catalogue's own, each once. A val (or test) photo labelled again and
+    trained on would inflate the very scores the retrain is judged by; a train photo is trained on already (the
+    folder `skulens suggest-labels` filled in may hold both)."""
+    own = {s.path.resolve(): name for name, split in cat.splits.items() for s in split}
+    kept: dict[Path, Sample] = {}
+    for s in extra:
+        kept.setdefault(s.path.resolve(), s)
+    ours = Counter(own[p] for p in kept if p in own)
+    if ours:
+        log.warning("retrain --extra: %s of the catalogue's own photos left out (they keep their split and label)",
+                    ", ".join(f"{n} {name}" for name, n in sorted(ours.items())))
+    if len(kept) < len(extra):
+        log.warning("retrain --extra: %d photo(s) given twice, taken once", len(extra) - len(kept))
+    return [s for p, s in kept.items() if p not in own]
 
 
 def retrain(bundle: str | os.PathLike, *, out: str, data: str | os.PathLike | None = None,
