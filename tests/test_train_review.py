@@ -17,7 +17,7 @@ from skulens.config import ConfigError, load_config, resolve_config
 
 
 @pytest.mark.parametrize("key, value", [("lr", "inf"), ("lr", "nan"), ("weight_decay", "inf"),
-                                        ("warmup_epochs", "nan"), ("coarse_loss_weight", "-1")])
+                                        ("warmup_epochs", "nan"), ("coarse_loss_weight", "-1"), ("batch_size", "1")])
 def test_numbers_that_are_no_numbers_are_refused(key: str, value: str) -> None:
     with pytest.raises(ConfigError, match=f"{key}: must be"):
         resolve_config({key: value})

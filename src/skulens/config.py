@@ -250,6 +250,8 @@ def _validate(cfg: TrainConfig) -> TrainConfig:
     for name, v in positive.items():
         if v <= 0:
             raise ConfigError(f"{name}: must be > 0, got {v}")
+    if cfg.batch_size < 2:  # a batch of one photo: BatchNorm has nothing to normalise over (a traceback mid-epoch)
+        raise ConfigError("batch_size: must be >= 2 (BatchNorm normalises over the photos of a batch)")
     for name in ("image_size", "train_image_size"):
         v = getattr(cfg, name)
         if v is not None and not 16 <= v <= 2048:
