@@ -482,6 +482,14 @@ def test_parse_filter_from_strings():
         parse_filter(["coarse_label"])
     with pytest.raises(IndexStoreError, match="cannot filter on 'title'"):
         parse_filter(["title=x"])
+    # a review's: a repeated key kept only its last value (the first condition dropped, silently), and a JSON
+    # list cut short was matched as the text it is (no hits, no error)
+    with pytest.raises(IndexStoreError, match="'coarse_label' given twice"):
+        parse_filter(["coarse_label=Juice", "coarse_label=Milk"])
+    for bad in ("price=[12.5,", 'coarse_label=["Oat-Milk"', 'brand="Arla'):
+        with pytest.raises(IndexStoreError, match="not a JSON list or string"):
+            parse_filter([bad])
+    assert parse_filter(['tag="[promo]"']) == {"tag": "[promo]"}  # such text, written as a JSON string
 
 
 def test_metadata_from_a_csv_and_a_filter_are_typed_alike(tmp_path: Path) -> None:

@@ -376,10 +376,20 @@ def test_search_and_enrol_mistakes_are_one_line(tiny_bundle, catalogue: Path, in
           str(tmp_path / "nope")], "nope"),
         (["recommend", "generate", "--data", str(catalogue), "--users", "3", "--out", str(tmp_path)], "a folder"),
         (["index", "remove", str(index_dir), "--product", "oat-milkk"], "no product 'oat-milkk'"),
+        # a review's: an entry id typo said "removed 0 entries"; an empty --images an empty reason
+        (["index", "remove", str(index_dir), "--id", "no/such/entry"], "no entry 'no/such/entry'"),
+        (["enroll", "-m", str(tiny_bundle.bundle), "--product", "x", "--images", str(tmp_path / "none*.jpg")],
+         "no photos there"),
+        (["search", "--index", str(index_dir), "--product", "oat-milk", "--filter", "coarse_label=Juice",
+          "--filter", "coarse_label=Milk"], "given twice"),
+        (["search", "--index", str(index_dir), "--product", "oat-milk", "--filter", "shelf=[1,"],
+         "not a JSON list or string"),
     ]
     single = tmp_path / "single.csv"  # every user has one event: nobody to hold out
     single.write_text("user_id,product_id,event,timestamp\nu1,oat-milk,view,1\nu2,red-apple,cart,2\n")
     cases.append((["recommend", "evaluate", "--events", str(single), "--data", str(catalogue)], "none can be held"))
+    cases.append((["recommend", "for", "--events", str(single), "--data", str(catalogue), "--user", "u9",
+                   "--seed-product", "oat-mlk"], "did you mean oat-milk?"))  # it came back as the popular list
     before = (tiny_bundle.bundle / "card.json").read_bytes()
     for args, needle in cases:
         assert main(args) == 2, args
@@ -413,3 +423,11 @@ def test_an_index_of_another_model_is_refused(tiny_bundle, catalogue: Path, inde
                  str(other)]) == 2
     assert "built with another model" in capsys.readouterr().err
     assert main(["search", "--index", str(other), "--text", "milk"]) == 0  # text queries need no photo model
+
+
+def test_a_stale_text_encoder_is_a_user_error() -> None:
+    """`enroll --text` with an aligner fitted on an earlier text encoder ended in a traceback (exit 1)."""
+    from skulens.cli._errors import is_user_error
+    from skulens.models.text import TextEncoderMismatch
+
+    assert is_user_error(TextEncoderMismatch("the text aligner was fitted on an earlier fine-tuned text encoder"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -119,6 +120,9 @@ def test_a_synonym_from_a_description_finds_its_product_after_text_tune_and_not_
     res = tune_text_encoder(bundle, _shop(tmp_path), config=QUICK)
     assert res.folder == bundle / TEXT_ENCODER_DIR and res.products == len(SHOP) and res.steps > 0
     assert (res.folder / "model.safetensors").is_file() and not list(res.folder.glob("*.bin"))
+    umask = os.umask(0)
+    os.umask(umask)  # readable as the rest of the bundle (safetensors writes 0600)
+    assert (res.folder / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
     info = json.loads((res.folder / "text_tune.json").read_text())
     assert info["pairs"] == res.pairs and info["config"]["seed"] == 0
 

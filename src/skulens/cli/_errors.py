@@ -29,6 +29,7 @@ USER_ERROR_CLASSES = (
     ("skulens.models.backbones", "WeightsError"),
     ("skulens.models.bundle", "BundleError"),
     ("skulens.models.inference", "DeviceError"),
+    ("skulens.models.text", "TextEncoderMismatch"),
     ("skulens.search.enroll", "EnrolmentError"),
     ("skulens.search.index", "IndexStoreError"),
     ("skulens.recommend.shopping_log", "ShoppingLogError"),

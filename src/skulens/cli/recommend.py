@@ -51,6 +51,14 @@ def _recommender(ns: argparse.Namespace) -> Any:
     # Every class is a product (the service's products_from_catalogue): a folder or manifest catalogue without
     # products.csv still has content for `--kind content` and the hybrid.
     products = class_products(load_catalogue(data)) if data else None
+    known = {e.product_id for e in events} | set(products or ())
+    unknown = [p for p in dict.fromkeys(getattr(ns, "seed_product", None) or ()) if p not in known]
+    if unknown:  # a typo changed nothing (the plain popular list came back); said before any model loads
+        import difflib
+
+        close = difflib.get_close_matches(unknown[0], sorted(known), n=3)
+        raise UsageError(f"--seed-product {unknown[0]!r}: no such product in the behaviour log or the catalogue"
+                         + (f"; did you mean {', '.join(close)}?" if close else ""))
     return fit_recommender(events, products, kind=ns.kind, model=_load(bundle) if content else None)
 
 
@@ -95,12 +103,12 @@ def cmd_recommend_evaluate(ns: argparse.Namespace) -> int:
     from ..recommend.shopping_log import read_events
 
     events = read_events(ns.events)
-    products = class_products(load_catalogue(data))
-    vectors = item_vectors(products, _load(bundle))
     train, test = leave_last_out(events)
     if not test:  # zeros printed as if measured would read as three recommenders that never hit
         raise UsageError(f"--events {ns.events}: no user touched two or more products, so none can be held out "
                          "and scored (leave-last-out needs a history before the held-out product)")
+    products = class_products(load_catalogue(data))  # checked before the text model and bundle load
+    vectors = item_vectors(products, _load(bundle))
     for kind in ("popularity", "content", "hybrid"):
         rec = create_recommender(kind, **({} if kind == "popularity" else {"item_vectors": vectors}))
         rep = evaluate(rec, train, test, k=ns.top_k, catalogue=list(products))

@@ -108,6 +108,10 @@ def cmd_index_remove(ns: argparse.Namespace) -> int:
     if unknown:  # as index update: a typo is told, not "removed 0 entries"
         index.close()
         raise UsageError(f"no product {unknown[0]!r} in {ns.index}; nothing was removed")
+    missing = sorted(i for i in set(ns.id or ()) if index.get(i) is None)
+    if missing:
+        index.close()
+        raise UsageError(f"no entry {missing[0]!r} in {ns.index}; nothing was removed")
     n = index.remove(product_ids=ns.product or None, ids=ns.id or None)
     index.save()
     say(f"removed {n} entr{'y' if n == 1 else 'ies'}")
@@ -266,6 +270,8 @@ def cmd_enroll(ns: argparse.Namespace) -> int:
     bundle = model_path(ns)
     data = data_path(ns, model=bundle) if ns.data else None  # a typo is refused, not a bank-less enrolment
     photos = expand_inputs(ns.images)
+    if not photos:
+        raise UsageError(f"--images {' '.join(ns.images)}: no photos there")
     from ..search.enroll import enroll
 
     index = None

@@ -54,6 +54,7 @@ def fuse_and_evaluate(bundle: str | os.PathLike, data: str | os.PathLike, *, out
                       progress: bool = False) -> dict[str, Any]:
     """Fit the bundle's fusion head on `data`'s train listings, compare the modalities on val, save the head
     into the bundle folder (`bundle` may name the folder or its card.json) and the report into `out`."""
+    from ..data.catalogue import CatalogueError
     from ..models.bundle import bundle_folder
     from ..models.fusion import save_fusion, train_fusion
     from ..models.predictor import load_model as load
@@ -65,8 +66,8 @@ def fuse_and_evaluate(bundle: str | os.PathLike, data: str | os.PathLike, *, out
     cat = card_catalogue(data, model.card)  # a generated val is the one the training run held out
     train, val = cat.split("train"), cat.split("val")
     if not any(s.text for s in train):
-        raise ValueError(f"{cat.root}: no listing has its own text (a manifest 'title' or 'text' column): "
-                         "nothing to fuse")
+        raise CatalogueError(f"{cat.root}: no listing has its own text (a manifest 'title' or 'text' column): "
+                             "nothing to fuse")
     classes = {c: i for i, c in enumerate(model.card.classes)}
     enc, text_model, fingerprint = fitting_text_encoder(folder)
     xi, xt, ht, y = _embed_split(model, train, enc, classes, progress)

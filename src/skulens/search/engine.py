@@ -120,6 +120,9 @@ def check_index_model(model: Model, index: VectorIndex) -> float | None:
     ValueError; between it and 0.99 a warning (a close relative: a fine-tune of the model the index was built
     with). Returns the lowest cosine, or None when no entry's photo is on this machine to check (nothing said).
     Entries of enrolled products are skipped: their kept photos are re-encoded copies."""
+    if model.card.embedding_dim != index.dim:  # numpy's broadcast error otherwise
+        raise ValueError(f"the index holds {index.dim}-d vectors but the model embeds {model.card.embedding_dim}-d: "
+                         "build the index with this model")
     try:
         first = next(index.iter_entries(batch_size=64), None)
     except Exception:  # noqa: BLE001 - a check only: a backend that cannot list entries cheaply is not checked

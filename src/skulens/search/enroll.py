@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from ..data.decode import ImageDecodeError, decode_image
 from ..data.transforms import create_transform, to_uint8_tensor
-from ..models.bundle import bundle_folder, load_bundle, read_card, save_bundle
+from ..models.bundle import bundle_folder, load_bundle, read_card, save_bundle, save_tensors
 from ..models.card import ModelCard
 from ..models.classifier import SkuModel
 
@@ -116,7 +116,6 @@ def reference_bank(bundle: Path, net: SkuModel, card: ModelCard, data: str | os.
                    progress: bool = False) -> tuple[torch.Tensor, list[str]] | None:
     """Features of a few training photos per trained class, cached in the bundle (reference_bank.safetensors)."""
     from safetensors import safe_open
-    from safetensors.torch import save_file
 
     path = bundle / BANK_FILE
     if path.is_file():
@@ -149,7 +148,7 @@ def reference_bank(bundle: Path, net: SkuModel, card: ModelCard, data: str | os.
     decoded = decode_all(paths, card.resize_to, desc="reference photos", progress=progress)
     feats = _features(net, decoded.images, create_transform(card))
     labels = [labels[i] for i in decoded.kept]
-    save_file({"features": feats.contiguous()}, str(path), metadata={"source": str(Path(source).resolve())})
+    save_tensors({"features": feats.contiguous()}, path, metadata={"source": str(Path(source).resolve())})
     (bundle / (BANK_FILE + ".labels")).write_text("\n".join(labels), encoding="utf-8")
     return feats, labels
 

