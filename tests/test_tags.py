@@ -222,6 +222,20 @@ def _cli(*args: str) -> int:
     return main(list(args))
 
 
+def test_quiet_is_quiet_in_a_fresh_process(aligned_bundle, photos, tmp_path) -> None:
+    """-q: tag, align and other commands that load MiniLM printed its INFO lines and a "Loading weights" bar."""
+    import subprocess
+    import sys
+
+    vocab = tmp_path / "tags.txt"
+    vocab.write_text("\n".join(PHRASES.values()) + "\n", encoding="utf-8")
+    r = subprocess.run([sys.executable, "-m", "skulens.cli", "tag", "-m", str(aligned_bundle),
+                        str(photos[next(iter(PHRASES))]), "--vocabulary", str(vocab), "-q"],
+                       capture_output=True, text=True, timeout=300, check=False)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stderr == "" and json.loads(r.stdout)["tags"], r.stderr[-2000:]
+
+
 def test_cli_writes_json_lines_and_csv(aligned_bundle, photos, tmp_path, capsys) -> None:
     vocab = tmp_path / "tags.txt"
     vocab.write_text("# listing words\n" + "\n".join(PHRASES.values()) + "\n", encoding="utf-8")
