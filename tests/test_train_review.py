@@ -4,6 +4,7 @@ same files from any folder, a config file that is not UTF-8 is one line."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -35,8 +36,8 @@ def test_a_diverged_run_stops_and_keeps_no_bundle(tiny_catalogue: Path, tmp_path
     assert "Traceback" not in err and not (out / "bundle").exists()
 
 
-def test_settings_this_machine_cannot_run_are_refused_before_the_photos(tiny_catalogue: Path, tmp_path: Path,
-                                                                         monkeypatch) -> None:
+def test_settings_this_machine_cannot_run_are_refused_before_the_photos(tiny_bundle, tiny_catalogue: Path,
+                                                                         tmp_path: Path, monkeypatch) -> None:
     import importlib.util
 
     from skulens.train import engine
@@ -48,6 +49,12 @@ def test_settings_this_machine_cannot_run_are_refused_before_the_photos(tiny_cat
     with pytest.raises(ConfigError, match="fp16 is for CUDA GPUs"):
         train(tiny_catalogue, out=str(tmp_path / "a"), progress=False, device="cpu",
               **{**TINY, "mixed_precision": "fp16"})
+    other = tmp_path / "other-teacher"  # a bundle of another catalogue: its classes are not the student's
+    other.mkdir()
+    card = json.loads((tiny_bundle.bundle / "card.json").read_text())
+    (other / "card.json").write_text(json.dumps({**card, "classes": ["something-else"]}))
+    with pytest.raises(ConfigError, match="does not know the student's class"):
+        train(tiny_catalogue, out=str(tmp_path / "t"), progress=False, device="cpu", teacher=str(other), **TINY)
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a))
     with pytest.raises(ImportError, match=r"pip install 'skulens\[mlflow\]'"):

@@ -260,7 +260,7 @@ def _fit(cfg: TrainConfig, cat: Catalogue, d: distributed.Dist, *, progress: boo
         distributed.local_batch_size(cfg.batch_size, d.world_size)  # fail early, on every rank alike
     run_dir = _prepare_run_dir(cfg, main=d.is_main)
     device = d.device
-    _check_setup(cfg, device)
+    _check_setup(cfg, device, cat)
     _seed_everything(cfg.seed)
     log.info("catalogue: %s", cat.summary())
 
@@ -293,10 +293,17 @@ def _fit(cfg: TrainConfig, cat: Catalogue, d: distributed.Dist, *, progress: boo
     return d.broadcast(_finish(run, baseline, epochs_run) if d.is_main else None)
 
 
-def _check_setup(cfg: TrainConfig, device: torch.device) -> None:
-    """What the settings need of this machine, checked before the photos are decoded and the baseline fitted
-    (a missing logger package, fp16 on a CPU: both failed minutes into the run, as tracebacks)."""
+def _check_setup(cfg: TrainConfig, device: torch.device, cat: Catalogue) -> None:
+    """What the settings need of this machine and the teacher, checked before the photos are decoded and the
+    baseline fitted (a missing logger package, fp16 on a CPU: both failed minutes into the run, as tracebacks; a
+    teacher of another catalogue was refused only after the baseline)."""
     import importlib.util
+
+    if cfg.teacher:
+        missing = sorted(set(cat.classes) - set(read_card(cfg.teacher).classes))
+        if missing:  # as Teacher refuses it, once loaded
+            raise ConfigError(f"teacher {cfg.teacher} does not know the student's class(es) "
+                              f"{', '.join(missing[:5])}: distil from a teacher of the same catalogue")
 
     for name in ("mlflow", "wandb"):
         if name in cfg.loggers and importlib.util.find_spec(name) is None:
