@@ -98,6 +98,9 @@ def test_filters_more_like_this_and_metadata_updates(index_dir: Path, tiny_bundl
     assert "red-apple" not in similar and set(similar) == {"green-apple", "oat-milk"}
     assert main(["index", "update", str(index_dir), "--product", "green-apple", "--set", "in_stock=true"]) == 0
     assert open_index(index_dir).records("green-apple")[0].metadata["in_stock"] is True
+    assert main(["index", "update", str(index_dir), "--product", "green-apple", "--set", "note=x"]) == 0
+    assert main(["index", "update", str(index_dir), "--product", "green-apple", "--set", "note="]) == 0
+    assert "note" not in open_index(index_dir).records("green-apple")[0].metadata  # KEY= removes it (stored "")
     main(["index", "update", str(index_dir), "--product", "green-apple", "--set", "in_stock=false"])
 
 

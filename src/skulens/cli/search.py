@@ -91,7 +91,8 @@ def cmd_index_update(ns: argparse.Namespace) -> int:
     from ..search.index import open_index
 
     index = open_index(ns.index)
-    values = _filters(ns.set) or {}
+    # KEY= removes the key, as a blank cell of a --metadata table leaves it out (it stored "")
+    values = {k: None if v == "" else v for k, v in (_filters(ns.set) or {}).items()}
     index.update_metadata(ns.product, values)
     index.save()
     say(f"{ns.product}: metadata {values}")
@@ -356,7 +357,8 @@ def _add_index(sub: Any) -> None:
     u = isub.add_parser("update", help="change a product's metadata (no re-embedding)")
     u.add_argument("index", help="index folder (faiss) or .db file / URI (milvus)")
     u.add_argument("--product", required=True, help="product id")
-    u.add_argument("--set", action="append", required=True, metavar="KEY=VALUE", help="metadata value (repeatable)")
+    u.add_argument("--set", action="append", required=True, metavar="KEY=VALUE",
+                   help="metadata value (repeatable); KEY= (nothing after =) removes the key")
     u.set_defaults(func=cmd_index_update)
     r = isub.add_parser("remove", help="remove products or entries")
     r.add_argument("index", help="index folder (faiss) or .db file / URI (milvus)")
