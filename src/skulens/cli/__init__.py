@@ -37,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if ns.verbose else logging.INFO, format="%(levelname)s %(message)s")
     if not ns.verbose:  # FAISS logs its loader at INFO, a missing AVX-512 build as a ModuleNotFoundError: noise
         logging.getLogger("faiss").setLevel(logging.WARNING)
+        if not is_rank_zero():
+            # Under torchrun rank 0 speaks for the run: the other ranks' infos and warnings would repeat its own
+            # N times (the data checks, unused settings). Their errors still show; -v shows everything.
+            logging.getLogger().setLevel(logging.ERROR)
     if getattr(ns, "quiet", False) and not ns.verbose:
         # -q: no progress bars or INFO lines from the text libraries either (loading MiniLM: "Loading weights",
         # "Load pretrained SentenceTransformer"); read when huggingface_hub is imported, so set before it is
@@ -44,10 +48,6 @@ def main(argv: list[str] | None = None) -> int:
 
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         logging.getLogger("sentence_transformers").setLevel(logging.WARNING)
-        if not is_rank_zero():
-            # Under torchrun rank 0 speaks for the run: the other ranks' infos and warnings would repeat its own
-            # N times (the data checks, unused settings). Their errors still show; -v shows everything.
-            logging.getLogger().setLevel(logging.ERROR)
     try:
         return int(ns.func(ns) or 0)
     except UsageError as e:
