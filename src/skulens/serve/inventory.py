@@ -470,6 +470,12 @@ def is_counted(label: str | None, confidence: float, threshold: float) -> bool:
     return label is not None and confidence >= threshold
 
 
+def _cell(text: str | None) -> str | None:
+    """A text cell a spreadsheet opens as text: one starting with = + - @ (or a tab or CR) would run as a formula
+    (a product title PATCHed to =HYPERLINK(...)); a leading ' is how spreadsheets mark text (OWASP's advice)."""
+    return "'" + text if text and text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
@@ -1309,7 +1315,7 @@ class InventoryStore:
         w = csv.writer(out, lineterminator="\n")
         w.writerow(["label", "count", "updated_at"] + (["title"] if titles is not None else []))
         for label, count, updated_at in rows:
-            w.writerow([label, count, updated_at] + ([titles(label)] if titles is not None else []))
+            w.writerow([_cell(label), count, updated_at] + ([_cell(titles(label))] if titles is not None else []))
         return len(rows)
 
     def audit(self, *, limit: int = 100, before_id: int | None = None) -> list[AuditEntry]:

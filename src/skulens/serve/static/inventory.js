@@ -274,6 +274,10 @@ async function loadReview() {
     return;
   }
   const items = await (await api("/v1/inventory/review?limit=50")).json();
+  const typed = new Map();  // corrections being typed survive a refresh (another intake, the key typed in)
+  for (const input of document.querySelectorAll("#review .review-label")) {
+    if (input.dataset.edited) typed.set(input.closest(".review-item").dataset.id, input.value);
+  }
   document.getElementById("review").replaceChildren(...items.map((item) => {
     const card = el("div", null, item.kind === "box" ? "review-item review-box" : "review-item");
     card.dataset.id = item.id;
@@ -283,7 +287,9 @@ async function loadReview() {
     const guess = item.predicted_label ? `${titleOf(item.predicted_label)} (${pct(item.confidence)})` : "no guess";
     const input = el("input");
     input.setAttribute("list", "labels");
-    input.value = item.predicted_label || "";
+    input.value = typed.has(item.id) ? typed.get(item.id) : item.predicted_label || "";
+    if (typed.has(item.id)) input.dataset.edited = "1";
+    input.addEventListener("input", () => { input.dataset.edited = "1"; });
     input.className = "review-label";
     const ok = el("button", "Confirm / correct");
     ok.type = "button";
@@ -388,21 +394,26 @@ function showIntake(files, results) {
   document.getElementById("intake-report").hidden = !items.length;
 }
 
+let latestIntake = 0;  // the intake the page is showing: an answer to an older one that arrives late is dropped
+
 async function intake(files) {
   if (!files.length) return;
+  const mine = ++latestIntake;
   showIntake(files, []);
+  document.getElementById("shelf").hidden = true;  // the last intake's boxes are not this one's
   if (reviewThreshold === null) await loadThresholds();  // the API key may have come since the page loaded
   const form = new FormData();
   for (const f of files) form.append("images", f);
   setStatus(`Counting ${files.length} photo(s)…`);
   try {
     const body = await (await api("/v1/inventory/intake", { method: "POST", body: form })).json();
+    if (mine !== latestIntake) return;
     showIntake(files, body.results);
     const shelf = showShelf(files, body.results);
     const photos = shelf ? `${shelf}; ` : `${body.counted} counted, ${body.review} for review, `;
     setStatus(`${photos}${body.duplicate} already seen, ${body.errors} unreadable.`);
     await refresh();
-  } catch (e) { setStatus(e.message, true); }
+  } catch (e) { if (mine === latestIntake) setStatus(e.message, true); }
 }
 
 async function exportCsv() {
@@ -416,7 +427,11 @@ async function exportCsv() {
 }
 
 for (const id of ["intake-input", "intake-camera"]) {
-  document.getElementById(id).addEventListener("change", (ev) => intake([...ev.target.files]));
+  document.getElementById(id).addEventListener("change", (ev) => {
+    const files = [...ev.target.files];
+    ev.target.value = "";  // the same photo chosen again (after a refused intake) is a change again
+    intake(files);
+  });
 }
 document.getElementById("export").addEventListener("click", exportCsv);
 document.getElementById("refresh").addEventListener("click", refresh);
@@ -427,7 +442,7 @@ for (const th of document.querySelectorAll("#counts th[data-sort]")) {
 adjustForm.addEventListener("submit", adjust);
 adjustProduct.addEventListener("change", showCurrent);
 adjustKind.addEventListener("change", showKind);
-document.getElementById("api-key").addEventListener("change", loadAudit);  // after common.js stored the key
+document.getElementById("api-key").addEventListener("change", refresh);  // after common.js stored the key
 showKind();
 loadLabels();
 loadThresholds();
