@@ -2,6 +2,7 @@
 // The inventory page: counts (search, sort), intake (shelf photos: every product boxed), the review queue,
 // changes by hand (sold, broken, received, recounted), the recent changes (audit log) and CSV export.
 const statusLine = document.getElementById("status");
+const REVIEW_PAGE = 50;  // the queue's oldest items shown; the rest come as these are decided
 
 function setStatus(text, isError) {
   statusLine.textContent = text;
@@ -122,7 +123,8 @@ async function loadCounts() {
     label, count, title: titleOf(label), changed: (body.updated_at || {})[label] || "",
   }));
   renderCounts();
-  document.getElementById("review-size").textContent = `(${body.review_queue})`;
+  const shown = body.review_queue > REVIEW_PAGE ? `, the oldest ${REVIEW_PAGE} shown` : "";
+  document.getElementById("review-size").textContent = `(${body.review_queue}${shown})`;
   if (missing.length) {  // counted under a label /v1/products does not list: it may still be changed
     for (const label of missing) productIds.add(label);
     fillProducts();
@@ -273,7 +275,7 @@ async function loadReview() {
     document.getElementById("review").replaceChildren(el("p", "Enter the API key (top right) to review.", "muted"));
     return;
   }
-  const items = await (await api("/v1/inventory/review?limit=50")).json();
+  const items = await (await api(`/v1/inventory/review?limit=${REVIEW_PAGE}`)).json();
   const typed = new Map();  // corrections being typed survive a refresh (another intake, the key typed in)
   for (const input of document.querySelectorAll("#review .review-label")) {
     if (input.dataset.edited) typed.set(input.closest(".review-item").dataset.id, input.value);
