@@ -434,3 +434,10 @@ def test_a_stale_text_encoder_is_a_user_error() -> None:
     from skulens.models.text import TextEncoderMismatch
 
     assert is_user_error(TextEncoderMismatch("the text aligner was fitted on an earlier fine-tuned text encoder"))
+
+
+def test_a_path_this_user_cannot_write_is_a_user_error() -> None:
+    """`predict -o /sys/x.csv` ended in a PermissionError traceback, exit 1 (README: one line, exit 2)."""
+    from skulens.cli._errors import is_user_error
+
+    assert is_user_error(PermissionError(13, "Permission denied", "/sys/x.csv"))

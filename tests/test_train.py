@@ -483,6 +483,8 @@ def test_select_on_a_holdout_of_train_leaves_val_untouched(tiny_catalogue: Path,
     assert r.card.metrics["val"]["top1"] == val_report["model"]["top1"]
     lo, hi = val_report["model"]["top1_ci"]
     assert lo <= val_report["model"]["top1"] <= hi
+    for key in ("top1_ci", "macro_f1_ci", "coarse_top1_ci"):  # the card holds all three, as the README says
+        assert r.card.metrics["val"][key] == val_report["model"][key] and r.card.metrics[key] is not None
     assert "untouched" in (r.run_dir / "report-val" / "report.md").read_text()
     assert "hold-out of train" in (r.run_dir / "report" / "report.md").read_text()
     with pytest.raises(ConfigError, match="holdout_fraction"):

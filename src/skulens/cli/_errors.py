@@ -51,7 +51,8 @@ def is_run_failure(exc: BaseException) -> bool:
 
 
 def is_user_error(exc: BaseException) -> bool:
-    if isinstance(exc, (FileNotFoundError, ImportError)):
+    # PermissionError: an output path this user cannot write (-o /sys/x.csv), or an input they cannot read
+    if isinstance(exc, (FileNotFoundError, ImportError, PermissionError)):
         return True
     return _is_one_of(exc, USER_ERROR_CLASSES)
 

@@ -13,6 +13,7 @@ from ._common import (
     add_key_file,
     add_model,
     add_out,
+    add_quiet,
     add_top_k,
     check_out_path,
     data_path,
@@ -137,6 +138,7 @@ def add_commands(sub: Any) -> None:
     g.add_argument("--include-seen", action="store_true", help="also recommend products the user already had")
     add_top_k(g, 10, "recommendations per user or product")
     add_key_file(g, " (given one: the log's user ids and --user are matched as pseudonyms)")
+    add_quiet(g, "no progress bars or library INFO lines (loading the text encoder)")
     g.set_defaults(func=cmd_recommend)
     gen = rsub.add_parser("generate", help="write a SYNTHETIC shopping log for a catalogue (documented generator)")
     add_data(gen, "catalogue (default: the grocery dataset)")
@@ -149,6 +151,7 @@ def add_commands(sub: Any) -> None:
     add_data(ev, "catalogue (default: the grocery dataset)")
     _model_flag(ev)
     add_top_k(ev, 10, "cut-off k of HitRate@k and NDCG@k")
+    add_quiet(ev, "no progress bars or library INFO lines (loading the text encoder)")
     ev.set_defaults(func=cmd_recommend_evaluate)
     ps = rsub.add_parser("pseudonymise", help="rewrite a behaviour log with keyed-hash pseudonyms for user ids")
     ps.add_argument("--events", required=True, help="behaviour log CSV")

@@ -395,6 +395,7 @@ def add_commands(sub: Any) -> None:
                         f"of the probability (default {ROUTE_MASS}, at most {ROUTE_MAX_CLASSES} classes): fast on a "
                         "Milvus collection partitioned by coarse class (on FAISS, slower); entries outside the model's "
                         "coarse classes are not found")
+    add_quiet(s, "no progress bars or library INFO lines (loading the text encoder)")
     s.set_defaults(func=cmd_search)
 
     a = sub.add_parser("align", help="learn the text -> image alignment that text search uses")

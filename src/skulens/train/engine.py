@@ -713,9 +713,10 @@ def _choose_coarse_rule(out: HeadOutputs, val: Split, card: ModelCard) -> str:
 
 
 def _summary(r: EvalReport) -> dict[str, float | None]:
+    cis = {f"{k}_ci": list(v) if v is not None else None  # as JSON reads them back; the card holds all three
+           for k, v in (("top1", r.top1_ci), ("macro_f1", r.macro_f1_ci), ("coarse_top1", r.coarse_top1_ci))}
     return {"top1": r.top1, "top5": r.top5, "coarse_top1": r.coarse_top1, "coarse_top1_derived":
-            r.coarse_top1_derived, "macro_f1": r.macro_f1, "ece": r.ece, "attribute_map": r.attribute_map,
-            "top1_ci": list(r.top1_ci) if r.top1_ci is not None else None}  # as JSON reads it back
+            r.coarse_top1_derived, "macro_f1": r.macro_f1, "ece": r.ece, "attribute_map": r.attribute_map, **cis}
 
 
 def _load_report(path: Path) -> EvalReport | None:
