@@ -101,6 +101,9 @@ def test_filters_more_like_this_and_metadata_updates(index_dir: Path, tiny_bundl
     assert main(["index", "update", str(index_dir), "--product", "green-apple", "--set", "note=x"]) == 0
     assert main(["index", "update", str(index_dir), "--product", "green-apple", "--set", "note="]) == 0
     assert "note" not in open_index(index_dir).records("green-apple")[0].metadata  # KEY= removes it (stored "")
+    assert main(["index", "update", str(index_dir), "--product", "green-apple", "--set", 'note=""']) == 0
+    assert open_index(index_dir).records("green-apple")[0].metadata["note"] == ""  # a JSON "" is an empty text
+    main(["index", "update", str(index_dir), "--product", "green-apple", "--set", "note="])
     main(["index", "update", str(index_dir), "--product", "green-apple", "--set", "in_stock=false"])
 
 

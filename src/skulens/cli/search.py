@@ -91,8 +91,9 @@ def cmd_index_update(ns: argparse.Namespace) -> int:
     from ..search.index import open_index
 
     index = open_index(ns.index)
-    # KEY= removes the key, as a blank cell of a --metadata table leaves it out (it stored "")
-    values = {k: None if v == "" else v for k, v in (_filters(ns.set) or {}).items()}
+    # KEY= removes the key, as a blank cell of a --metadata table leaves it out (it stored ""); KEY="" stores ""
+    blank = {item.partition("=")[0].strip() for item in ns.set if not item.partition("=")[2].strip()}
+    values = {k: None if k in blank else v for k, v in (_filters(ns.set) or {}).items()}
     index.update_metadata(ns.product, values)
     index.save()
     say(f"{ns.product}: metadata {values}")

@@ -66,9 +66,29 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike[str],
 def make_readable(path: str | os.PathLike[str]) -> None:
     """The file's mode as the umask gives any new file: safetensors writes 0600, so a bundle's card was readable
     to a service account and its weights were not."""
-    umask = os.umask(0)
+    os.chmod(path, 0o666 & ~_umask())
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it: os.umask sets it to read it, and for that moment a file
+    another thread creates (the service writes while it enrols) would get mode 0666."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return _UMASK_AT_IMPORT
+
+
+def _read_umask_once() -> int:
+    umask = os.umask(0)  # at import: one thread, before any worker runs
     os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
+    return umask
+
+
+_UMASK_AT_IMPORT = _read_umask_once()
 
 
 def save_bundle(model: SkuModel, card: ModelCard, directory: str | os.PathLike[str], *,
@@ -83,9 +103,7 @@ def save_bundle(model: SkuModel, card: ModelCard, directory: str | os.PathLike[s
     out.parent.mkdir(parents=True, exist_ok=True)
     recover_bundle(out)  # an interrupted earlier swap: its bundle is the one carried over and replaced
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; a bundle is as readable as any other output
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700; a bundle is as readable as any other output
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     save_tensors(state, tmp / WEIGHTS, metadata={"format": "pt", "skulens_card_schema": str(card.schema)})
     (tmp / CARD).write_text(card.to_json(), encoding="utf-8")

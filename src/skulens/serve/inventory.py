@@ -1027,6 +1027,8 @@ class InventoryStore:
         """count += delta, in SQL (never read, add and write back: two writers would lose one's change). A count
         past MAX_COUNT (PostgreSQL's 4-byte column) is an InventoryError, whichever write adds it: the update is
         skipped and the caller's transaction rolls back."""
+        if delta > MAX_COUNT:  # a new row's count is the delta itself, which the WHERE below does not see
+            raise InventoryError(f"{label}: the count would go above the largest stored ({MAX_COUNT})")
         after = db.execute(sa.text(
             "INSERT INTO stock (label, count, updated_at) VALUES (:label, :delta, :now) ON CONFLICT (label) DO UPDATE "
             "SET count = stock.count + excluded.count, updated_at = excluded.updated_at "
@@ -1314,8 +1316,9 @@ class InventoryStore:
         rows = self.stock()
         w = csv.writer(out, lineterminator="\n")
         w.writerow(["label", "count", "updated_at"] + (["title"] if titles is not None else []))
-        for label, count, updated_at in rows:
-            w.writerow([_cell(label), count, updated_at] + ([_cell(titles(label))] if titles is not None else []))
+        for label, count, updated_at in rows:  # the named export is the spreadsheet's: its text cells made safe
+            w.writerow([label, count, updated_at] if titles is None
+                       else [_cell(label), count, updated_at, _cell(titles(label))])
         return len(rows)
 
     def audit(self, *, limit: int = 100, before_id: int | None = None) -> list[AuditEntry]:

@@ -492,7 +492,13 @@ def _train_epoch(run: _Run, ds: TensorImageDataset, frozen: list[torch.nn.Module
     losses: list[float] = []
     for batch in bar:
         losses.append(_train_step(run, batch))
-        if not math.isfinite(losses[-1]):  # the weights are lost: no epoch of this must become the bundle
+        # The weights are lost: no epoch of this must become the bundle. Decided on every rank alike (a rank
+        # stopping alone would leave the others waiting in the next all-reduce); under fp16 the loss scaler
+        # skips a step whose loss overflowed, so there only the answers at the epoch's end decide.
+        bad = not math.isfinite(losses[-1]) and not run.scaler.is_enabled()
+        if run.dist.enabled:
+            bad = run.dist.mean(float(bad)) > 0
+        if bad:
             _diverged(run, epoch, f"the training loss became {losses[-1]}")
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", lr=f"{run.sched.get_last_lr()[-1]:.2e}")
         if run.out_of_steps():

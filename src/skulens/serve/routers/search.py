@@ -213,7 +213,6 @@ async def add_images(state: State, actor: WriteKey, product_id: ProductId,
                      ) -> dict[str, Any]:
     if len(images) > state.settings.max_files:
         raise HTTPException(413, f"at most {state.settings.max_files} photos per request")
-    product = state.product(product_id)
     if product_id not in state.products:
         raise HTTPException(404, f"unknown product {product_id!r}: enrol it first (POST /v1/products)")
     decoded = [await decode_upload(state, f) for f in images]
@@ -231,6 +230,7 @@ async def add_images(state: State, actor: WriteKey, product_id: ProductId,
         # them too. Photos are not stored (privacy); the entry id is the content hash, so a re-sent photo is no
         # new entry.
         metadata = _shared_metadata(state.search.index.records(product_id))
+        product = state.product(product_id)  # as it is now: a PATCH may have come while the photos were embedded
         records = [IndexRecord(id=f"api/{product_id}/{content_hash(data)[:32]}", product_id=product_id,
                                label=product_id, coarse_label=product.coarse_label, title=product.title,
                                text=product.description, metadata=metadata) for data, _ in decoded]
@@ -247,7 +247,8 @@ def _shared_metadata(records: list[IndexRecord]) -> dict[str, Any]:
     """The metadata fields every one of a product's entries has with the same value: the product's own."""
     if not records:
         return {}
-    return {k: v for k, v in records[0].metadata.items() if all(r.metadata.get(k, None) == v for r in records)}
+    return {k: v for k, v in records[0].metadata.items()
+            if k != "added_by" and all(r.metadata.get(k, None) == v for r in records)}  # a key's name, once stored
 
 
 @crud_router.patch("/{product_id}", summary="Change a product's title, text or metadata (price, in_stock, ...) in "
