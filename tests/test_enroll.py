@@ -270,11 +270,19 @@ def test_an_index_that_refuses_the_enrolment_leaves_the_bundle_as_it_was(bundle_
                                                                           tiny_catalogue: Path, tmp_path: Path) -> None:
     from skulens.search.index import IndexStoreError, create_index
 
-    wrong = create_index("faiss", tmp_path / "index8", 8)  # another model's index: 8-d vectors
     card0 = read_card(bundle_copy)
-    with pytest.raises(IndexStoreError):
+    wrong = create_index("faiss", tmp_path / "index8", 8)  # another model's index: 8-d vectors, named up front
+    with pytest.raises(EnrolmentError, match="the index holds 8-d vectors but the model embeds"):
         enroll(bundle_copy, "blue-box", blue_photos[:2], coarse="Box", data=tiny_catalogue, index=wrong)
-    assert read_card(bundle_copy) == card0 and len(wrong) == 0
+    refusing = create_index("faiss", tmp_path / "index", card0.embedding_dim)  # an index refusing the write itself
+
+    def refuse(*a, **k):
+        raise IndexStoreError("the index refused the entries")
+
+    refusing.upsert = refuse  # type: ignore[method-assign]
+    with pytest.raises(IndexStoreError, match="refused the entries"):
+        enroll(bundle_copy, "blue-box", blue_photos[:2], coarse="Box", data=tiny_catalogue, index=refusing)
+    assert read_card(bundle_copy) == card0 and len(wrong) == len(refusing) == 0
     assert not (bundle_copy / "enrolled" / "blue-box").exists()  # no kept photo that no card entry lists
     assert enroll(bundle_copy, "blue-box", blue_photos[:2], coarse="Box", data=tiny_catalogue).images == 2  # retried
 

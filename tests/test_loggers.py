@@ -62,5 +62,5 @@ def test_wandb_follows_the_users_mode_and_project(wandb: _FakeWandb, tmp_path: P
 
 def test_missing_wandb_names_the_extra(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb -> ImportError
-    with pytest.raises(RuntimeError, match=r"skulens\[wandb\]"):
+    with pytest.raises(ImportError, match=r"skulens\[wandb\]"):
         RunLogger(tmp_path, ("wandb",), {})
