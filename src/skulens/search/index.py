@@ -86,6 +86,8 @@ def _check_metadata(metadata: Mapping[str, Any], where: str) -> dict[str, Metada
 def _check_text(value: str, where: str) -> str:
     """`value`, if it has a UTF-8 form: a JSON "\\ud800" escape decodes to a lone surrogate, which the index's
     files and a Milvus server cannot store (taken in, every later save failed)."""
+    if value.isascii():  # most text, checked at C speed (an index of 1M entries builds 7M of these)
+        return value
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:
@@ -157,9 +159,11 @@ class IndexRecord:
         for name in ("coarse_label", "image"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
                 raise IndexStoreError(f"record {self.id!r}: {name} must be a string or None")
-        for name in ("id", "product_id", "label", "title", "text", "coarse_label", "image"):
-            if getattr(self, name) is not None:
-                _check_text(getattr(self, name), f"record {self.id!r}: {name}")
+        if not "".join((self.id, self.product_id, self.label, self.title, self.text, self.coarse_label or "",
+                        self.image or "")).isascii():  # most records: one check at C speed (7M fields at 1M)
+            for name in ("id", "product_id", "label", "title", "text", "coarse_label", "image"):
+                if getattr(self, name) is not None:
+                    _check_text(getattr(self, name), f"record {self.id!r}: {name}")
         if not isinstance(self.metadata, Mapping):
             raise IndexStoreError(f"record {self.id!r}: metadata must be a mapping")
         # A read-only copy: records are shared between the index and its callers.

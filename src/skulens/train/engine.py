@@ -574,8 +574,9 @@ def _end_of_epoch(run: _Run, eval_tf: Any, epoch: int, train_loss: float, epoch_
     results = {name: _quick_metrics(h, run.val, run.card) for name, h in heads.items()}
     if cfg.monitor == "robust_top1":
         for name, m in candidates.items():
-            heads = run_heads(m, _degraded_selection(run), eval_tf, device=run.device, precision=cfg.mixed_precision)
-            results[name]["corrupt_top1"] = float((heads.fine.argmax(1) == run.val.fine.numpy()).mean())
+            degraded = run_heads(m, _degraded_selection(run), eval_tf, device=run.device,
+                                 precision=cfg.mixed_precision)
+            results[name]["corrupt_top1"] = float((degraded.fine.argmax(1) == run.val.fine.numpy()).mean())
             results[name]["robust_top1"] = (results[name]["top1"] + results[name]["corrupt_top1"]) / 2
     name, best_now = max(results.items(), key=lambda kv: _selection_key(kv[1], cfg.monitor))
     score = _selection_key(best_now, cfg.monitor)
