@@ -24,7 +24,7 @@ function timeEl(iso) {
 }
 
 // Product names: from /v1/products and from the counts (the server's titles; the page never guesses).
-const titles = {};
+const titles = Object.create(null);  // no prototype: a product named "constructor" is a product, not a function
 function titleOf(label) { return titles[label] || label; }
 
 // The products a correction or a change by hand may name (the server refuses any other label, so a typo
@@ -201,7 +201,7 @@ function describe(a) {  // [change, reason]
         d.reason || "by hand"];
     case "intake": return [signed(a.delta), d.boxes ? "counted from a shelf photo" : "counted from a photo"];
     case "review_confirmed": return [signed(a.delta), "review: confirmed"];
-    case "review_corrected": return [signed(a.delta), `review: corrected (the model said ${d.predicted || "nothing"})`];
+    case "review_corrected": return [signed(a.delta), `review: corrected (the model said ${d.predicted ? titleOf(d.predicted) : "nothing"})`];
     case "review_rejected": return ["rejected", "review: not a product"];
     case "review_queued":
       return ["to review", `unsure${typeof d.confidence === "number" ? ` (${pct(d.confidence)})` : ""}`];
@@ -239,10 +239,16 @@ async function loadAudit() {
   }
 }
 
+// An object URL holds its photo in memory until revoked: once the image has loaded, it is no longer needed.
+function showBlob(img, blob) {
+  const url = URL.createObjectURL(blob);
+  img.addEventListener("load", () => URL.revokeObjectURL(url), { once: true });
+  img.src = url;
+}
+
 async function photoInto(img, id) {
   try {
-    const blob = await (await api(`/v1/inventory/photos/${id}`)).blob();
-    img.src = URL.createObjectURL(blob);
+    showBlob(img, await (await api(`/v1/inventory/photos/${id}`)).blob());
   } catch (e) { img.alt = "photo needs an API key"; }
 }
 
@@ -317,7 +323,7 @@ function shelfFigure(file, shelf) {
   const figure = el("figure", null, "shelf-frame");
   const img = el("img");
   img.alt = file.name;
-  img.src = URL.createObjectURL(file);
+  showBlob(img, file);
   figure.append(img);
   for (const b of shelf.boxes) {
     const [x1, y1, x2, y2] = b.box;
@@ -340,7 +346,7 @@ function showShelf(files, results) {
   document.getElementById("shelf").hidden = !shelves.length;
   if (!shelves.length) return "";
   document.getElementById("shelf-photos").replaceChildren(...shelves.map(([f, shelf]) => shelfFigure(f, shelf)));
-  const added = {};
+  const added = Object.create(null);
   let review = 0;
   for (const [, shelf] of shelves) {
     for (const [label, n] of Object.entries(shelf.counts)) added[label] = (added[label] || 0) + n;
@@ -425,6 +431,7 @@ async function exportCsv() {
     a.href = URL.createObjectURL(blob);
     a.download = "inventory.csv";
     a.click();
+    setTimeout(() => URL.revokeObjectURL(a.href), 60_000);  // the download has its copy by then
   } catch (e) { setStatus(e.message, true); }
 }
 
