@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any, get_args
 
 from ..config import apply_preset, config_fields, load_config
-from ..data.catalogue import IMAGE_SUFFIXES
-from ..data.image_list import is_image_list, non_utf8_names, read_image_list
+from ..data.image_list import folder_images, is_image_list, non_utf8_names, read_image_list
 from ..data.locate import card_json, recorded_dataset, resolve_data
 from ..models.options import EXPORTED_FILES
 
@@ -272,9 +271,8 @@ def _expand(items: list[str]) -> list[str]:
             out += _expand(matches) if matches else []
             continue
         p = Path(item)
-        if p.is_dir():  # hidden files and folders left out, as inventory scan does (macOS's ._x.jpg is no photo)
-            out += sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()
-                          and not any(part.startswith(".") for part in f.relative_to(p).parts))
+        if p.is_dir():
+            out += sorted(str(f) for f in folder_images(p))
         elif is_image_list(p):
             out += read_image_list(p)
         else:

@@ -9,15 +9,22 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from ._types import CatalogueError
+from ._types import IMAGE_SUFFIXES, CatalogueError
 
-__all__ = ["IMAGE_LIST_SUFFIXES", "is_image_list", "non_utf8_names", "read_image_list"]
+__all__ = ["IMAGE_LIST_SUFFIXES", "folder_images", "is_image_list", "non_utf8_names", "read_image_list"]
 
 IMAGE_LIST_SUFFIXES = (".csv", ".parquet")
 PATH_COLUMN = "path"
+
+
+def folder_images(root: Path) -> Iterator[Path]:
+    """The image files under the folder `root`, recursively, in no set order; hidden files and folders left out
+    (macOS's ._x.jpg is no photo). What a folder of photos means to every command that takes one."""
+    return (f for f in root.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()
+            and not any(part.startswith(".") for part in f.relative_to(root).parts))
 
 
 def non_utf8_names(paths: Iterable[str | os.PathLike]) -> str | None:

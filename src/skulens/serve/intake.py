@@ -15,8 +15,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..data.catalogue import IMAGE_SUFFIXES
 from ..data.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
+from ..data.image_list import folder_images
 from .images import content_hash, encode_jpeg, stripped_jpeg
 from .inventory import IntakeBox, IntakePhoto, IntakeResult, InventoryStore, ShelfPhoto, is_counted
 
@@ -113,8 +113,7 @@ def find_images(root: str | os.PathLike[str]) -> list[Path]:
         return [p]
     if not p.is_dir():
         raise FileNotFoundError(f"{p}: no such file or folder")
-    return sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()
-                  and not any(part.startswith(".") for part in f.relative_to(p).parts))
+    return sorted(folder_images(p))
 
 
 _Answer = tuple[Path, "IntakeResult | str"]
