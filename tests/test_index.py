@@ -398,6 +398,31 @@ def test_faiss_save_writes_only_what_changed(tmp_path):
     assert sorted(os.listdir(tmp_path / "idx")) == sorted(["index.json", *filter(None, second["files"].values())])
 
 
+def test_faiss_revert_drops_what_was_not_saved_and_keeps_a_failed_revert_harmless(tmp_path):
+    recs, vecs = make_data()
+    index = create_index("faiss", tmp_path / "idx", DIM)
+    index.add(recs[:100], vecs[:100])
+    assert index.revert() and len(index) == 0  # never saved: empty, as the disk holds nothing
+    index.add(recs[:100], vecs[:100])
+    index.save()
+    want = ids_scores(index.search(vecs[:5], k=3))
+    index.add(recs[100:], vecs[100:])
+    index.update_metadata("p1", in_stock=False)
+    index.remove(product_ids=["p2"])
+    revision = index.revision
+    assert index.revert()
+    assert len(index) == 100 and index.revision > revision  # a cache keyed on the revision is never reused
+    assert ids_scores(index.search(vecs[:5], k=3)) == want
+    assert {r.metadata["in_stock"] for r in index.records("p1")} == {recs[1].metadata["in_stock"]}
+    index.add(recs[100:], vecs[100:])  # still writable after the revert, and saved as usual
+    index.save()
+    assert len(open_index(tmp_path / "idx")) == len(recs)
+    (tmp_path / "idx" / "index.json").write_text("{}")
+    with pytest.raises(IndexStoreError):
+        index.revert()
+    assert len(index) == len(recs)  # an unreadable disk copy leaves the index as it was
+
+
 def test_open_errors_are_one_line(tmp_path):
     def err(path) -> str:
         with pytest.raises(IndexStoreError) as e:

@@ -166,6 +166,34 @@ def test_a_lone_surrogate_is_refused_and_the_index_stays_writable(client) -> Non
     assert [h["product_id"] for h in hits] == ["red-apple"] and "note" not in hits[0]["metadata"]
 
 
+def test_a_change_whose_save_fails_answers_507_and_is_not_kept(client, backends, monkeypatch) -> None:
+    """The change used to stay in memory after its save failed: searches showed it, and the next write's save
+    stored it, though the client had been told it was not made."""
+    import errno
+    import os
+
+    from skulens.search._faiss import FaissIndex
+    from skulens.search.index import open_index
+
+    def full(self, name, writer):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with monkeypatch.context() as m:
+        m.setattr(FaissIndex, "_write", full)
+        r = client.patch("/v1/products/oat-milk", json={"metadata": {"price": 99.0}}, headers=AUTH)
+        assert r.status_code == 507 and "No space left" in r.json()["detail"], r.text
+        assert client.delete("/v1/products/green-apple", headers=AUTH).status_code == 507
+    assert client.post("/v1/search", data={"text": "oat", "filter": '{"price": 99.0}'}).json()["hits"] == []
+    assert client.post("/v1/search", data={"text": "apple", "k": "5", "mode": "text"}).json()["hits"]
+    assert client.get("/v1/products/green-apple").status_code == 200
+    r = client.patch("/v1/products/oat-milk", json={"metadata": {"promo": True}}, headers=AUTH)
+    assert r.status_code == 200, r.text
+    with open_index(backends[1]) as index:  # what the next save wrote: the new change, not the refused ones
+        [meta] = {str(sorted(r.metadata.items())): r.metadata for r in index.records("oat-milk")}.values()
+        assert meta.get("promo") is True and meta.get("price") != 99.0
+        assert index.records("green-apple")
+
+
 def test_photos_added_to_a_product_carry_its_metadata(client) -> None:
     assert client.patch("/v1/products/green-apple", json={"metadata": {"price": 2.5}}, headers=AUTH).is_success
     shot = ("g.png", photo_bytes("green-apple", 950, fmt="PNG"), "image/png")

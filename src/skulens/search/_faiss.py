@@ -605,6 +605,22 @@ class FaissIndex(VectorIndex):
         self._version, self._files, self._dirty = version, files, set()
         _remove_unreferenced(self.path, set(filter(None, files.values())))
 
+    def revert(self) -> bool:
+        """Back to the index as the files on disk hold it (empty when it was never saved). An index whose files
+        cannot be read raises IndexStoreError and stays as it was."""
+        fresh = FaissIndex(self.path, self.dim, self.options)
+        if (self.path / MANIFEST).exists():
+            try:
+                fresh._load(_read_manifest(self.path))
+            except (KeyError, TypeError, ValueError, RuntimeError, OSError) as e:
+                if isinstance(e, IndexStoreError):
+                    raise
+                raise IndexStoreError(f"{self.path}: corrupt index ({type(e).__name__}: {e})") from None
+        revision = self.revision
+        self.__dict__.update(fresh.__dict__)
+        self.revision = revision + 1  # caches of the records (search's texts) key on it: never an old value
+        return True
+
     def _write(self, name: str, writer: Any) -> str:
         path = self.path / name
         try:

@@ -415,6 +415,12 @@ class VectorIndex(ABC):
     def close(self) -> None:
         """Release files / connections (does not save)."""
 
+    def revert(self) -> bool:
+        """Drop the changes not saved yet, so the index is what its storage holds (after a save that failed, a
+        server answers the write as not done, and it must not come back with the next save): True when done.
+        The default (a server's index, where every write is already on the server) cannot, and says False."""
+        return False
+
     def warm(self, *, memory_fraction: float = 0.5) -> dict[str, Any]:
         """Make the first searches as fast as later ones (a server calls this before taking traffic):
         what was done, for the start-up log. The default (a remote server's index) does nothing."""

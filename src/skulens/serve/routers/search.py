@@ -19,8 +19,9 @@ from pydantic import BaseModel, Field
 from ...search.engine import TEXT_MODES
 from ...search.index import IndexRecord, IndexStoreError, SearchHit
 from ..batching import QueueFullError
-from ..deps import ReadKey, State, WriteKey, busy, decode_upload
+from ..deps import ReadKey, State, WriteKey, busy, decode_upload, storage_answer
 from ..images import content_hash
+from ..schemas import STORAGE_RESPONSES
 from ..settings import ServeSettings
 from ..state import ServiceState
 
@@ -82,6 +83,28 @@ async def _index_call(state: ServiceState, fn: Any) -> Any:
         raise HTTPException(status, str(exc)) from None
     except ValueError as exc:  # e.g. text search mode "aligned" without an aligner
         raise HTTPException(422, str(exc)) from None
+    except OSError as exc:  # the index's disk refused the save (`_save`): 507 when full, else 503
+        answer = storage_answer(exc, "the search index cannot be saved", "the change was not made")
+        if answer is None:
+            raise
+        raise answer from None
+
+
+def _save(state: ServiceState) -> None:
+    """Save the index after a change; when the save fails, the change is dropped from memory too (`revert`), so
+    the error answered and the index agree: it does not come back with the next write's save, nor show in
+    searches until a restart takes it away. Call under the index lock."""
+    index = state.search.index
+    try:
+        index.save()
+    except BaseException:
+        try:
+            reverted = index.revert()
+        except (IndexStoreError, OSError):  # the files on disk cannot be read back either: memory keeps the change
+            reverted = False
+        logger.error("the search index was not saved; %s", "its unsaved change was dropped" if reverted
+                     else "its unsaved change stays in memory")
+        raise
 
 
 search_router = APIRouter(prefix="/v1", tags=["search"])
@@ -207,7 +230,7 @@ async def create_product(state: State, actor: WriteKey,
             "self_check": result.self_check, "index_entries": result.index_entries, "by": actor}
 
 
-@crud_router.post("/{product_id}/images", summary="Add photos of a known product to the search index")
+@crud_router.post("/{product_id}/images", responses=STORAGE_RESPONSES, summary="Add photos of a known product to the search index")
 async def add_images(state: State, actor: WriteKey, product_id: ProductId,
                      images: Annotated[list[UploadFile], File(description="photos of the product")]
                      ) -> dict[str, Any]:
@@ -235,7 +258,7 @@ async def add_images(state: State, actor: WriteKey, product_id: ProductId,
                                label=product_id, coarse_label=product.coarse_label, title=product.title,
                                text=product.description, metadata=metadata) for data, _ in decoded]
         state.search.index.upsert(records, np.stack(vectors))
-        state.search.index.save()
+        _save(state)
         return len(records)
 
     entries = await _index_call(state, run)
@@ -251,7 +274,7 @@ def _shared_metadata(records: list[IndexRecord]) -> dict[str, Any]:
             if k != "added_by" and all(r.metadata.get(k, None) == v for r in records)}  # a key's name, once stored
 
 
-@crud_router.patch("/{product_id}", summary="Change a product's title, text or metadata (price, in_stock, ...) in "
+@crud_router.patch("/{product_id}", responses=STORAGE_RESPONSES, summary="Change a product's title, text or metadata (price, in_stock, ...) in "
                    "the search index; predict and support show a new title until a restart, when the catalogue's "
                    "own texts are read again")
 async def update_product(state: State, actor: WriteKey, product_id: ProductId, patch: ProductPatch
@@ -274,7 +297,7 @@ async def update_product(state: State, actor: WriteKey, product_id: ProductId, p
             index.upsert(changed, index.vectors([r.id for r in current]))
         elif patch.metadata:
             index.update_metadata(product_id, patch.metadata)
-        index.save()
+        _save(state)
         return len(current)
 
     entries = await _index_call(state, run)
@@ -287,7 +310,7 @@ async def update_product(state: State, actor: WriteKey, product_id: ProductId, p
     return {"product_id": product_id, "entries": entries, "by": actor}
 
 
-@crud_router.delete("/{product_id}", summary="Remove a product from search; an enrolled product also leaves the "
+@crud_router.delete("/{product_id}", responses=STORAGE_RESPONSES, summary="Remove a product from search; an enrolled product also leaves the "
                     "model (a trained class stays in the model until it is retrained without its photos)")
 async def delete_product(state: State, actor: WriteKey, product_id: ProductId) -> dict[str, Any]:
     from ...search.enroll import is_enrolled, unenroll
@@ -306,7 +329,7 @@ async def delete_product(state: State, actor: WriteKey, product_id: ProductId) -
         n = state.search.index.remove(product_ids=[product_id])
         if n == 0:
             raise HTTPException(404, f"product {product_id!r} is not in the index")
-        state.search.index.save()
+        _save(state)
         return n, False
 
     removed, enrolled = await _index_call(state, run)
