@@ -90,6 +90,19 @@ def test_overlay_and_cli(tiny_bundle, tmp_path: Path) -> None:
     assert info["label"] in model.card.classes and Image.open(out).size == ov.size
 
 
+@pytest.mark.parametrize("out", ["cam", "folder/", "a-file/cam.png"])
+def test_explain_refuses_an_out_it_cannot_write_before_loading_the_model(tiny_bundle, tmp_path: Path, capsys,
+                                                                         out: str) -> None:
+    from skulens.cli import main
+
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "a-file").write_text("x")
+    src = tmp_path / "photo.png"
+    _scene("red", (30, 30))[0].save(src)
+    assert main(["explain", "-m", str(tiny_bundle.bundle), str(src), "--out", str(tmp_path / out)]) == 2
+    assert "--out" in capsys.readouterr().err  # one line: it was a traceback after the model had loaded
+
+
 def test_explain_rejects_a_corrupt_file(tiny_bundle, tmp_path: Path) -> None:
     from skulens.data.decode import ImageDecodeError
 

@@ -225,11 +225,19 @@ def test_service_records_events_and_erases_a_user(service) -> None:
     r = client.post("/v1/events", content=b'{"events": [{"user_id": "x", "product_id": "red-apple", "event": "view",'
                     b' "timestamp": NaN}]}', headers={"Content-Type": "application/json"})
     assert r.status_code == 422, r.text
+    # milliseconds (JavaScript's Date.now()) and past the year 9999: the CSV log refuses them, so does the API
+    for stamp in (1.7e12, 1e300):
+        r = client.post("/v1/events", json={"events": [{"user_id": "x", "product_id": "red-apple", "event": "view",
+                                                        "timestamp": stamp}]})
+        assert r.status_code == 422, r.text
     stored = state.store.events()
     assert {e.user_id for e in stored} == {state.people.user_ref("carol")} and "carol" not in str(stored)
     state.people.refit_if_changed()  # the background loop does this within recommend_refit_s
     assert "red-apple" in _recs(client, "carol")  # carol's own events now drive her recommendations
     assert _recs(client, "alice")[0] == "green-apple"  # from the CSV log, looked up by pseudonym
+    r = client.get("/v1/users/nobody/recommendations", params={"seed": ["red-apple", "red-appel"]})
+    assert r.status_code == 422 and "red-appel" in r.json()["detail"]  # a typo used to give the plain list
+    assert client.get("/v1/users/nobody/recommendations", params={"seed": "red-apple"}).status_code == 200
 
     photo = photo_bytes("oat-milk", 7)
     r = client.post("/v1/inventory/intake", files={"images": ("mine.jpg", photo, "image/jpeg")},

@@ -242,6 +242,17 @@ def test_exclude_seen() -> None:
     assert seen & {r.product_id for r in rec.recommend("u00000", k=30, exclude_seen=False)}
 
 
+def test_hybrid_similar_says_popular_when_nothing_links_the_products() -> None:
+    """A product with no content neighbour and no co-buyer: the list is the best-sellers, and each said
+    "similar content" (both parts were 0)."""
+    vectors = {"a": [1.0, 0.0], "b": [0.0, 1.0], "c": [0.0, 1.0]}  # a shares nothing with b and c
+    rec = HybridRecommender(vectors).fit([ev("u1", "b", 1), ev("u2", "b", 2), ev("u3", "c", 3), ev("u4", "a", 4)])
+    out = rec.similar("a", k=2)
+    assert [r.product_id for r in out] == ["b", "c"] and {r.reason for r in out} == {"popular"}
+    assert rec.similar("b", k=1)[0].reason == "similar content"  # c: the same vector
+    assert rec.knows("a") and not rec.knows("zzz")
+
+
 def test_content_similar_and_errors() -> None:
     vectors = {"a": [1.0, 0.0], "b": [0.9, 0.1], "c": [0.0, 1.0]}
     rec = ContentRecommender(vectors).fit([ev("u", "c", 1)])

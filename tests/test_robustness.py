@@ -152,6 +152,17 @@ def test_robustness_command_writes_the_report(tiny_bundle, tiny_catalogue: Path,
     assert data["settings"]["bundle"] == str(tiny_bundle.bundle)
 
 
+def test_robustness_refuses_a_bad_out_and_an_infinite_eps_before_any_work(tiny_bundle, tiny_catalogue: Path,
+                                                                         tmp_path: Path, capsys) -> None:
+    taken = tmp_path / "a-file"
+    taken.write_text("x")
+    base = ["robustness", str(tiny_bundle.bundle), "--data", str(tiny_catalogue), "--corruptions", "none", "-q"]
+    assert main([*base, "--out", str(taken), "--eps", "4"]) == 2  # it failed at the end, after all the work
+    assert "a file is there" in capsys.readouterr().err and taken.read_text() == "x"
+    assert main([*base, "--out", str(tmp_path / "r"), "--eps", "inf"]) == 2  # wrote "eps": Infinity (not JSON)
+    assert "finite" in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
 # --------------------------------------------------------------------------- corruption in the training step
 
 def test_corrupt_batch_degrades_its_share_only_each_kind_within_range(tiny_eval) -> None:

@@ -396,6 +396,8 @@ def test_search_and_enrol_mistakes_are_one_line(tiny_bundle, catalogue: Path, in
     cases.append((["recommend", "evaluate", "--events", str(single), "--data", str(catalogue)], "none can be held"))
     cases.append((["recommend", "for", "--events", str(single), "--data", str(catalogue), "--user", "u9",
                    "--seed-product", "oat-mlk"], "did you mean oat-milk?"))  # it came back as the popular list
+    cases.append((["recommend", "for", "--events", str(single), "--user", "u9", "--kind", "popularity",
+                   "--seed-product", "oat-mlk"], "did you mean oat-milk?"))  # without a catalogue: the log's ids
     before = (tiny_bundle.bundle / "card.json").read_bytes()
     for args, needle in cases:
         assert main(args) == 2, args

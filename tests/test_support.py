@@ -72,7 +72,7 @@ def test_questions_are_answered_from_the_right_field(responder, label, question,
 
 
 @pytest.mark.parametrize("question", ["What's the price?", "Can I return it?", "When do you open on Sunday?",
-                                      "Can I pay with bitcoin?"])
+                                      "Can I pay with bitcoin?", "How much is it?", "how much is one bag?"])
 def test_questions_the_catalogue_cannot_answer_are_handed_off(responder, question) -> None:
     a = responder.answer(_pred("Granny-Smith"), question)
     assert a.handoff and a.answer is None and a.reason
@@ -192,6 +192,40 @@ def test_yes_no_questions_are_ruled_from_the_facts(lexicon, product, question, v
 def test_what_the_facts_cannot_settle_is_handed_off(lexicon, product, question) -> None:
     r = rule(question, product, lexicon)
     assert r is not None and r.answer is None and r.verdict is None and r.reason, r
+
+
+SMOOTH = Product(label="Smooth-Juice", coarse_label="Juice", title="Smooth Juice",
+                 info="Ingredients: 100% Apelsinjuice utan fruktkött / 100% appelsinjuice uten fruktkjøtt\n",
+                 attributes=("colour=orange",))
+GRAPEFRUIT = Product(label="Red-Grapefruit-Juice", coarse_label="Juice", title="Red Grapefruit Juice",
+                     info="Ingredients: Grapefruktjuice av röd grape, utan tillsatt socker\n", attributes=("colour=red",))
+SOYGHURT = Product(label="Soy-Yoghurt", coarse_label="Soyghurt", title="Soy Yoghurt",
+                   info="Ingredients: Water, sugar, soy beans, antioxidant (ascorbyl palmitate)\n",
+                   attributes=("colour=white",))
+LF_MILK = Product(label="Lactose-Free-Milk", coarse_label="Milk", title="Lactose Free Milk",
+                  info="Ingredients: Skummjölk, lactase, vitamin D.\n", attributes=("colour=white", "lactose_free"))
+MORE = (SMOOTH, GRAPEFRUIT, SOYGHURT, LF_MILK)
+
+
+@pytest.mark.parametrize(("product", "question", "verdict", "needle"), [
+    (SMOOTH, "Does it contain pulp?", "no", "utan fruktkött"),  # named as absent: it was a "yes" quoting it
+    (GRAPEFRUIT, "Does it contain grapes?", None, ""),  # "grape" in "grapefruit" is no grape
+    (GRAPEFRUIT, "Does it contain grapefruit?", "yes", "Grapefruktjuice"),
+    (GRAPEFRUIT, "Does it contain sugar?", None, ""),  # "no added sugar" is not "no sugar"
+    (SOYGHURT, "Does it contain palm oil?", None, ""),  # ascorbyl palmitate is no palm oil
+    (SOYGHURT, "Does it contain soy?", "yes", "soy beans"),
+    (LF_MILK, "Does it contain milk?", "yes", "Skummjölk"),  # a stem inside a Swedish compound
+    (LF_MILK, "Does it contain lactose or milk?", "yes", "Skummjölk"),  # "or": either holds (it was a "no")
+    (LF_MILK, "Does it contain lactose?", "no", "lactose free"),
+    (OAT_MILK, "Is it lactose free or organic?", "yes", "lactose free"),
+])
+def test_ingredients_named_as_absent_or_inside_other_words_and_or_questions(product, question, verdict,
+                                                                             needle) -> None:
+    lexicon = Lexicon.build((*GROCER, *MORE), sorted({a for p in (*GROCER, *MORE) for a in p.attributes}))
+    r = rule(question, product, lexicon)
+    assert r is not None and r.verdict == verdict, r
+    if verdict is not None:
+        assert needle in r.answer and r.answer.startswith(verdict.capitalize()), r
 
 
 @pytest.mark.parametrize(("product", "question", "needle"), [

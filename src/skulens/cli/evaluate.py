@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,11 @@ def cmd_explain(ns: argparse.Namespace) -> int:
     if len(inputs) != 1:
         raise UsageError("give one photo to explain")
     image = inputs[0]
+    check_out_path(ns.out, "--out")
+    from PIL import Image
+
+    if Path(ns.out).suffix.lower() not in Image.registered_extensions():  # PIL names the format by the suffix
+        raise UsageError(f"--out {ns.out}: name an image file (.png, .jpg, ...)")
     from ..evaluate.explain import explain, overlay
     from ..models.predictor import load_model
 
@@ -78,10 +84,11 @@ def cmd_robustness(ns: argparse.Namespace) -> int:
     attacks = csv_list(ns.attacks, flag="--attacks", allowed=ATTACK_NAMES)
     eps = csv_list(ns.eps, float, flag="--eps")
     severities = csv_list(ns.severities, int, flag="--severities")
-    if any(not e > 0 for e in eps):  # also NaN
-        raise UsageError(f"--eps: budgets must be > 0 pixel levels, got {ns.eps}")
+    if any(not 0 < e < math.inf for e in eps):  # also NaN
+        raise UsageError(f"--eps: budgets must be finite and > 0 pixel levels, got {ns.eps}")
     if any(not 1 <= s <= 5 for s in severities):
         raise UsageError(f"--severities: each in 1..5, got {ns.severities}")
+    check_out_path(ns.out, "--out", folder=True)
     from ..evaluate.robustness import robustness_bundle, to_markdown, write_robustness
 
     report = robustness_bundle(bundle, data, split=ns.split, limit=ns.limit, device=ns.device,

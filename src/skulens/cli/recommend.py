@@ -54,7 +54,7 @@ def _recommender(ns: argparse.Namespace) -> Any:
     products = class_products(load_catalogue(data)) if data else None
     known = {e.product_id for e in events} | set(products or ())
     seeds = getattr(ns, "seed_product", None) or ()
-    unknown = [p for p in dict.fromkeys(seeds) if p not in known] if products is not None else []
+    unknown = [p for p in dict.fromkeys(seeds) if p not in known]
     if unknown:  # a typo changed nothing (the plain popular list came back); said before any model loads
         import difflib
 

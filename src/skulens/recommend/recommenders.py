@@ -132,6 +132,10 @@ class Recommender:
         self._history = sparse.csr_matrix((0, 0))
         self._popularity = np.zeros(0)
 
+    def knows(self, product_id: str) -> bool:
+        """Whether the product is one this recommender ranks (in the events or the catalogue it was fitted on)."""
+        return product_id in self._index
+
     # -- fitting
 
     def fit(self, events: Sequence[Event], *, catalogue: Iterable[str] | None = None) -> Recommender:
@@ -532,6 +536,8 @@ class HybridRecommender(_ContentMixin, Recommender):
         scores[0, i] = -np.inf
         order = _top_k(scores, k)[0]
         def reason(j: int) -> str:
+            if content[0, j] <= 0 and cooc[0, j] <= 0:  # neither part: only the best-seller tie-break ranked it
+                return "popular"
             if w * content[0, j] >= (1 - w) * cooc[0, j]:
                 return "similar content"
             if self._popularity[i] == 0:  # this product has no events: its co-occurrence is borrowed

@@ -68,7 +68,7 @@ EVENT_TYPES = ("view", "cart", "purchase")
 # A purchase says more about taste than a cart, and a cart more than a glance.
 DEFAULT_EVENT_WEIGHTS = {"view": 1.0, "cart": 3.0, "purchase": 5.0}
 _START = datetime(2024, 1, 1, tzinfo=timezone.utc).timestamp()  # the synthetic logs begin here
-_MAX_SECONDS = datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc).timestamp()
+MAX_TIMESTAMP = datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc).timestamp()
 
 
 class ShoppingLogError(ValueError):
@@ -171,7 +171,7 @@ def _parse_timestamp(text: str, place: str) -> float:
     try:  # what write_events must be able to write back (and every datetime use of it)
         datetime.fromtimestamp(value, timezone.utc)
     except (OverflowError, OSError, ValueError):
-        hint = "; unix milliseconds? divide by 1000" if abs(value) >= _MAX_SECONDS else ""
+        hint = "; unix milliseconds? divide by 1000" if abs(value) >= MAX_TIMESTAMP else ""
         raise ShoppingLogError(f"{place}: timestamp {text!r} is out of range (unix seconds, years 1 to 9999"
                                f"{hint})") from None
     return value

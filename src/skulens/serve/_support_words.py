@@ -105,14 +105,17 @@ INGREDIENTS = {
     "sugar": ("sugar", "socker"), "water": ("water", "vatten"), "salt": ("salt",), "vanilla": ("vanil",),
     "strawberry": ("strawberr", "jordgubb"), "blueberry": ("blueberr", "blåbär"),
     "apple": ("apple", "äpple", "äppel", "eple", "æble"), "orange": ("orange", "apelsin", "appelsin"),
-    "grapefruit": ("grapefruit", "grapefrukt", "grape"), "mandarin": ("mandarin",), "grape": ("druv", "grape"),
+    "grapefruit": ("grapefruit", "grapefrukt", "röd grape", "rosa grape", "gul grape"), "mandarin": ("mandarin",),
+    # a stem inside a word lists the ingredient (Swedish compounds), so never "druv": "druvsocker" is dextrose
+    "grape": ("druvor", "druvjuice", "druvsaft", "druvmust", "vindruv", "grapes", "grape juice", "grape must"),
     "cream": ("cream", "grädde"), "starch": ("starch", "stärkelse"), "corn": ("corn", "majs"),
     "potato": ("potato", "potatis"), "rapeseed oil": ("rapeseed", "rapsolja"), "oil": ("oil", "olja"),
     "calcium": ("calcium", "kalcium"), "vitamin": ("vitamin",), "vitamin d": ("vitamin d", "d-vitamin", "d2"),
     "lactase": ("lactase", "laktas"), "pectin": ("pectin", "pektin"), "citric acid": ("citric", "citron"),
     "aroma": ("arom",), "flavouring": ("arom",), "gluten": ("gluten",), "wheat": ("wheat", "vete"),
     "egg": ("egg", "ägg"), "nut": ("nut", "nöt", "mandel", "almond", "hasselnöt"), "peanut": ("peanut", "jordnöt"),
-    "gelatin": ("gelatin",), "gelatine": ("gelatin",), "palm oil": ("palm",), "pulp": ("pulp", "fruktkött"),
+    "gelatin": ("gelatin",), "gelatine": ("gelatin",), "pulp": ("pulp", "fruktkött"),
+    "palm oil": ("palm oil", "palm fat", "palm kernel", "palmolja", "palmfett", "palmkärn"),  # not "palmitate"
     "concentrate": ("concentrat", "koncentrat"), "protein": ("protein",), "culture": ("cultur", "kultur"),
     "carrot": ("carrot", "morot"), "lactose": ("lactose", "laktos"),
 }

@@ -363,14 +363,44 @@ def _check(r: Reading, f: Facts, photo_min: float) -> tuple[bool | None, str, st
         line = f.field("ingredient")
         if line is None:
             return None, "", "catalogue"
-        text = line[1].lower()
-        for stem in INGREDIENTS[r.key]:
-            at = text.find(stem)
-            if at >= 0:
-                lo, hi = max(0, at - 25), min(len(text), at + len(stem) + 25)
-                return True, f"the ingredients list it: \u201c\u2026{line[1][lo:hi].strip()}\u2026\u201d", "catalogue"
+        at = _listed(line[1].lower(), INGREDIENTS[r.key])
+        if at is not None:
+            lo, hi = max(0, at[0] - 25), min(len(line[1]), at[1] + 25)
+            quote = f"\u201c\u2026{line[1][lo:hi].strip()}\u2026\u201d"
+            return at[2], f"the ingredients {'list it' if at[2] else 'say'}: {quote}", "catalogue"
         return None, "", "catalogue"  # not listed is not proof of absence (other words, other languages)
     return None, "", "catalogue"  # dietary claims the catalogue does not record
+
+
+_WORD = re.compile(r"[^\W\d_]+(?:-[^\W\d_]+)*")
+# "utan fruktkött" (without pulp), "no added sugar": the ingredient is named as absent
+_NEGATIONS = frozenset({"without", "no", "not", "non", "free", "utan", "uten", "uden", "ingen", "inget", "ej",
+                        "inte", "fri", "fritt"})
+_FREE_SUFFIXES = ("fri", "fritt", "free")  # "laktosfri", "sockerfritt", "gluten-free"
+
+
+def _listed(text: str, stems: Iterable[str]) -> tuple[int, int, bool] | None:
+    """Where an ingredients line (lower case) names one of `stems`: (start, end, present) of the word, or None.
+
+    A stem may sit inside a compound ("skummjölkspulver" lists milk). A word that names the ingredient as absent
+    ("utan fruktkött", "laktosfri", "gluten free") is `present=False`, and only when no other word lists it;
+    "no added sugar" is neither (sugar may be there, not added), so it is skipped."""
+    words = list(_WORD.finditer(text))
+    absent = None
+    for i, m in enumerate(words):
+        word = m.group(0)
+        # a stem of several words ("palm oil") starts at a word; one word may sit inside a compound
+        if not any(text.startswith(stem, m.start()) if " " in stem else stem in word for stem in stems):
+            continue
+        before = [w.group(0) for w in words[max(0, i - 2):i]]
+        after = words[i + 1].group(0) if i + 1 < len(words) else ""
+        if "added" in before or "tillsatt" in before:
+            continue
+        if set(before) & _NEGATIONS or word.endswith(_FREE_SUFFIXES) or after in ("free", "fri", "fritt"):
+            absent = absent or (m.start(), m.end(), False)
+            continue
+        return m.start(), m.end(), True
+    return absent
 
 
 # ---- the rules --------------------------------------------------------------------------------------------
@@ -418,7 +448,7 @@ def rule(question: str, product: Product, lex: Lexicon, *, predicted: Mapping[st
         return None
     if asked:
         found = [(p, [r for r in rs if r.kind not in _NAMES]) for p, rs in asked]
-    return _verdict(found, facts, photo_min)
+    return _verdict(found, facts, photo_min, any_of="or" in words)
 
 
 _NAMES = ("identity", "name")
@@ -432,9 +462,11 @@ def _elliptic(question: str, words: tuple[str, ...], facts: Facts) -> Ruling | N
     return None
 
 
-def _verdict(found: list[tuple[tuple[str, ...], list[Reading]]], facts: Facts, photo_min: float) -> Ruling:
+def _verdict(found: list[tuple[tuple[str, ...], list[Reading]]], facts: Facts, photo_min: float, *,
+             any_of: bool = False) -> Ruling:
     # Mentions of one kind are alternatives ("from Spain or Italy?", "American... made in Sweden?");
-    # different kinds must all hold ("organic milk?").
+    # different kinds must all hold ("organic milk?"), unless the question joins them with "or" (`any_of`:
+    # "does it contain lactose or milk?" is yes when either is).
     by_kind: dict[str, list[tuple[tuple[str, ...], list[Reading]]]] = {}
     for phrase, readings in found:
         kind = readings[0].kind if readings[0].kind not in ("flag", "value") else readings[0].key.split("=")[0]
@@ -459,7 +491,9 @@ def _verdict(found: list[tuple[tuple[str, ...], list[Reading]]], facts: Facts, p
     field_ = {"flag": "attribute", "value": "attribute", "diet": "attribute", "name": "identity"}.get(field_, field_)
     source = "photo" if "photo" in sources else "catalogue"
     note = " (The catalogue does not record this; it is what the photo shows.)" if source == "photo" else ""
-    if failed:
+    if any_of and held:
+        failed = unknown = []
+    if failed and not (any_of and unknown):
         return Ruling("no", f"No: {'; '.join(dict.fromkeys(failed))}.{note}", field_, source)
     if unknown:
         return Ruling(None, None, field_, reason=f"the catalogue does not say whether {facts.title} is or has "

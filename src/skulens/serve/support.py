@@ -111,7 +111,9 @@ _HANDOFF_TOPICS = {
 # Questions the catalogue never answers, by their words: handed off at once, even when they name a product
 # or an attribute ("I found something weird in the carton" is not a packaging question).
 _HANDOFF_WORDS = {
-    "price": r"price\w*|cost|costs|expensive|cheap\w*|on sale|discount\w*|offers?",
+    # "how much is it?" asks the price ("how much is in it?" the size)
+    "price": r"price\w*|cost|costs|expensive|cheap\w*|on sale|discount\w*|offers?"
+             r"|how much (?:is|are|for) (?:it|this|that|they|these|those|one(?: \w+)?)(?! in\b)",
     "delivery": r"deliver\w*|shipping|shipped|my order",
     "returns": r"return\w*|refund\w*|exchange",
     "payment": r"pay|paying|payment\w*|card|cash",

@@ -15,7 +15,7 @@ from fastapi import APIRouter, HTTPException, Query
 from fastapi import Path as PathParam
 from pydantic import BaseModel, Field
 
-from ...recommend.shopping_log import EVENT_TYPES, Event
+from ...recommend.shopping_log import EVENT_TYPES, MAX_TIMESTAMP, Event
 from ..deps import ReadKey, State, WriteKey, storage_answer, storage_refused
 from ..inventory import StorageError
 from ..schemas import STORAGE_RESPONSES, USER_ID_PATTERN
@@ -42,7 +42,10 @@ class EventIn(BaseModel):
                          "them (not ending in '/'); stored only as a keyed-hash pseudonym")
     product_id: str = Field(min_length=1, max_length=200)
     event: str = Field(description=f"one of {', '.join(EVENT_TYPES)}")
-    timestamp: float | None = Field(None, ge=0, allow_inf_nan=False, description="unix seconds (UTC); default: now")
+    # the CSV log's range: a JavaScript Date.now() (milliseconds) would sort after every real event for ever
+    timestamp: float | None = Field(None, ge=0, le=MAX_TIMESTAMP, allow_inf_nan=False,
+                                    description="unix seconds (UTC), up to the year 9999 (milliseconds are refused); "
+                                                "default: now")
 
 
 class EventsIn(BaseModel):
@@ -77,6 +80,9 @@ async def recommendations(state: State, _: ReadKey, user_id: UserId, k: Annotate
     rec = state.recommender
     if rec is None:  # a database and a key, but no event recorded yet
         return []
+    unknown = [p for p in dict.fromkeys(seed or ()) if p not in state.products and not rec.knows(p)]
+    if unknown:  # a typo would change nothing: the plain list would come back as if it were the seeds'
+        raise HTTPException(422, f"seed: unknown product {unknown[0][:80]!r}")
     ref = state.people.user_ref(user_id)
     recs = await anyio.to_thread.run_sync(
         lambda: rec.recommend(ref, k, exclude_seen=exclude_seen, seed_products=tuple(seed or ())))
