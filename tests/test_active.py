@@ -92,3 +92,29 @@ def test_suggest_labels_writes_a_manifest_to_fill_in(tiny_bundle, tiny_catalogue
     r = _skulens("suggest-labels", str(pool), "-m", str(tiny_bundle.bundle), "--budget", "2",
                  "-o", str(tmp_path / "elsewhere" / "x.csv"))
     assert r.returncode == 2 and "not inside" in r.stderr
+
+
+def test_links_stay_where_they_are_named_and_a_backbone_alone_ranks_by_kcenter(tiny_catalogue: Path,
+                                                                                tmp_path: Path) -> None:
+    """Photos that are links the owner made were refused as "not inside" (their targets were); a pretrained
+    backbone crashed on the margin of no classes."""
+    from skulens.data.catalogue import load_catalogue
+
+    pool = tmp_path / "links"
+    pool.mkdir()
+    for i, photo in enumerate(sorted((tiny_catalogue.parent / "val").rglob("*.jpg"))[:5]):
+        (pool / f"s{i}.jpg").symlink_to(photo)
+    r = _skulens("suggest-labels", str(pool), "-m", "pretrained:efficientnet_lite0", "--budget", "2", "-q")
+    assert r.returncode == 2 and "--strategy kcenter" in r.stderr  # one line: it was a traceback
+    r = _skulens("suggest-labels", str(pool), "-m", "pretrained:efficientnet_lite0", "--budget", "2",
+                 "--strategy", "kcenter", "-q")
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.DictReader((pool / "to_label.csv").open()))
+    assert len(rows) == 2 and all(x["path"].startswith("s") and x["guess"] == x["margin"] == "" for x in rows)
+    for x in rows:
+        x["label"] = "red-apple"
+    with (pool / "to_label.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    assert len(list(load_catalogue(pool / "to_label.csv", val_fraction=0).split("train"))) == 2

@@ -97,6 +97,9 @@ def test_fuse_cli_and_predict_with_listing_text(tiny_bundle, tiny_catalogue: Pat
 
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle.bundle, bundle)
+    (tmp_path / "a-file").write_text("x")  # -o a file: one line before any work (it was a traceback at the end)
+    assert main(["fuse", str(bundle), "--data", str(tiny_catalogue), "--out", str(tmp_path / "a-file"), "-q"]) == 2
+    assert not (bundle / "fusion.safetensors").exists()
     assert main(["fuse", str(bundle), "--data", str(tiny_catalogue), "--out", str(tmp_path / "rep"), "-q"]) == 0
     rep = json.loads((tmp_path / "rep" / "fusion.json").read_text())["val_top1"]
     assert set(rep) >= {"image_only", "text_only", "fused", "bundle_classifier"}

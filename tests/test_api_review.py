@@ -104,3 +104,20 @@ def test_train_takes_a_train_config_and_checks_it(tiny_catalogue: Path, tmp_path
     with pytest.raises(ConfigError, match="freeze"):
         skulens.train(skulens.TrainConfig(data=str(tiny_catalogue), out=str(tmp_path / "x"), freeze="bogus"))
     assert not (tmp_path / "x").exists()
+    # a TrainConfig sets every field: a preset or a config file beside it was silently covered by its defaults
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("epochs: 3\n")
+    for extra in ({"preset": "best"}, {"config_file": cfg}):
+        with pytest.raises(TypeError, match="whole config"):
+            skulens.train(skulens.TrainConfig(data=str(tiny_catalogue), out=str(tmp_path / "y")), **extra)
+    assert not (tmp_path / "y").exists()
+
+
+def test_predict_takes_a_generator_and_refuses_one_string_of_texts(tiny_bundle, tiny_catalogue: Path) -> None:
+    model = skulens.load(tiny_bundle.bundle, device="cpu", precision="off")
+    photos = sorted((tiny_catalogue.parent / "val").rglob("*.jpg"))[:3]
+    listed = model.predict(photos)
+    from_gen = model.predict(p for p in photos)  # it was "object of type 'generator' has no len()"
+    assert [(p.source, p.label, p.confidence) for p in from_gen] == [(p.source, p.label, p.confidence) for p in listed]
+    with pytest.raises(TypeError, match="one text per image"):  # "abc" was a text per character
+        model.predict(photos, texts="abc")

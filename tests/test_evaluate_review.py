@@ -367,3 +367,15 @@ def test_a_run_on_a_named_manifest_is_evaluated_on_that_manifest(tmp_path: Path,
     assert main(["evaluate", "-m", str(r.bundle), "--out", str(tmp_path / "ev"), "-q"]) == 0
     report = json.loads((tmp_path / "ev" / "report.json").read_text())
     assert report["extra"]["data"] == str(named) and report["model"]["n"] == len(load_catalogue(named).split("val")) > 2
+
+
+def test_fuse_with_a_label_the_model_does_not_know_is_one_line(fused, tmp_path: Path, capsys) -> None:
+    from skulens.cli import main
+
+    bundle, manifest, _, _ = fused
+    other = manifest.parent / "unknown.csv"
+    lines = manifest.read_text(encoding="utf-8").splitlines()
+    path, _, rest = lines[1].split(",", 2)
+    other.write_text("\n".join([lines[0], f"{path},purple,{rest}", *lines[2:]]) + "\n", encoding="utf-8")
+    assert main(["fuse", "--model", str(bundle), "--data", str(other), "--out", str(tmp_path / "r"), "-q"]) == 2
+    assert "does not know: purple" in capsys.readouterr().err  # it was a traceback

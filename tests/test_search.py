@@ -110,8 +110,12 @@ def test_filters_more_like_this_and_metadata_updates(index_dir: Path, tiny_bundl
 def test_text_search_after_alignment(tiny_bundle, catalogue: Path, tmp_path: Path, index_dir: Path) -> None:
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle.bundle, bundle)
-    assert main(["align", "--model", str(bundle), "--data", str(catalogue), "--steps", "150", "-q"]) == 0
-    assert (bundle / "text_align.safetensors").is_file()
+    card = (bundle / "card.json").read_bytes()
+    # named by its card.json (as --model allows): the aligner goes beside it; it was written over the card
+    assert main(["align", "--model", str(bundle / "card.json"), "--data", str(catalogue), "--steps", "150",
+                 "-q"]) == 0
+    assert (bundle / "text_align.safetensors").is_file() and (bundle / "card.json").read_bytes() == card
+    assert main(["align", "--model", "pretrained:efficientnet_lite0", "--data", str(catalogue), "-q"]) == 2
     engine = SearchEngine(skulens.load(bundle), open_index(index_dir), load_aligner(bundle))
     for mode in ("aligned", "text", "hybrid"):
         hits = engine.by_text(["oat milk", "red apple"], k=3, mode=mode)

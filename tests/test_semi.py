@@ -71,6 +71,31 @@ def test_self_training_from_a_teacher(tiny_bundle, tiny_catalogue: Path, pool, t
               **TINY)
 
 
+def test_a_finished_run_resumed_or_a_non_utf8_name_is_refused_before_any_photo_is_labelled(
+        tiny_bundle, tiny_catalogue: Path, pool, tmp_path: Path) -> None:
+    import os
+
+    photos, _ = pool
+    out = tmp_path / "run"
+    given = {"unlabeled": str(photos), "pseudo_precision": 0.9, "teacher": str(tiny_bundle.bundle), **TINY}
+    train(tiny_catalogue, out=str(out), progress=False, **given)
+    before = (out / "pseudo_labels.csv").read_bytes()
+    with pytest.raises(ConfigError, match="this run finished"):  # it labelled the photos again, then refused
+        train(tiny_catalogue, out=str(out), progress=False, resume=True, **given)
+    assert (out / "pseudo_labels.csv").read_bytes() == before
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    for name in (b"caf\xe9.jpg", b"._x.jpg"):  # Latin-1, and macOS's resource fork beside a photo
+        (odd / os.fsdecode(name)).write_bytes(next(photos.glob("*-0.jpg")).read_bytes())
+    with pytest.raises(ConfigError, match="not in UTF-8"):  # it was a traceback after the teacher stage
+        train(tiny_catalogue, out=str(tmp_path / "odd-run"), progress=False, **{**given, "unlabeled": str(odd)})
+    from skulens.train.semi import _unlabelled_photos
+
+    (odd / os.fsdecode(b"caf\xe9.jpg")).unlink()
+    with pytest.raises(FileNotFoundError, match="no photos"):  # the hidden file is no photo
+        _unlabelled_photos(str(odd))
+
+
 def test_a_self_training_run_resumed_with_another_config_names_the_whole_runs_config(tiny_bundle, tiny_catalogue: Path,
                                                                                      pool, tmp_path: Path) -> None:
     import yaml

@@ -84,6 +84,10 @@ def train(data: str | os.PathLike | TrainConfig | None = None, *, config_file: s
     TrainResult. `data` may also be a whole TrainConfig (checked as a config file is)."""
     from .train.engine import fit
 
+    if isinstance(data, TrainConfig) and (config_file is not None or preset is not None):
+        # every field of a TrainConfig is set (defaults too): it would cover the file's and the preset's values
+        raise TypeError("a TrainConfig is a whole config: pass a data path with config_file/preset, or build the "
+                        "TrainConfig from them (skulens.train(TrainConfig(...)) takes no config_file or preset)")
     values = apply_preset(load_config(config_file) if config_file else {}, preset)
     if isinstance(data, TrainConfig):
         values.update(config_to_dict(data))

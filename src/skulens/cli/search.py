@@ -16,6 +16,7 @@ from ._common import (
     add_quiet,
     add_top_k,
     check_engine,
+    check_out_path,
     data_path,
     device_arg,
     engine_options,
@@ -225,13 +226,18 @@ def cmd_align(ns: argparse.Namespace) -> int:
     bundle = model_path(ns)
     assert bundle is not None
     data = data_path(ns, model=bundle)
+    if ns.out is None and bundle.startswith("pretrained:"):
+        raise UsageError(f"--model {bundle} has no bundle to keep the alignment in: give -o FILE.safetensors")
     from ..data.catalogue import load_catalogue
+    from ..models.bundle import bundle_folder
     from ..models.predictor import load_model
     from ..search.align import align_catalogue
 
+    # into the bundle's folder, also when --model names its card.json (that file was overwritten)
+    target = ns.out or bundle_folder(bundle)
     aligner, products, photos = align_catalogue(load_model(bundle), load_catalogue(data), splits=ns.splits,
                                                 steps=ns.steps, progress=not ns.quiet)
-    out = aligner.save(ns.out or bundle)
+    out = aligner.save(target)
     say(f"text alignment for {products} products from {photos} photos: {out} "
         f"(final loss {aligner.info['final_loss']:.3f})")
     return 0
@@ -313,6 +319,7 @@ def cmd_unenroll(ns: argparse.Namespace) -> int:
 def cmd_fuse(ns: argparse.Namespace) -> int:
     bundle = model_path(ns)
     data = data_path(ns, model=bundle)
+    check_out_path(ns.out, "-o", folder=True)
     from ..evaluate.fusion import fuse_and_evaluate
 
     print(json.dumps(fuse_and_evaluate(bundle, data, out=ns.out, progress=not ns.quiet), indent=2))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -191,8 +192,12 @@ def cmd_suggest_labels(ns: argparse.Namespace) -> int:
     if out.exists() and not ns.force:
         raise UsageError(f"{out} exists and may hold labels you filled in: label those first, then pass --force "
                          "to write a new one, or -o another file")
-    root = out.resolve().parent
-    outside = [p for p in photos if not Path(p).resolve().is_relative_to(root)]
+    if bundle.startswith("pretrained:") and ns.strategy.startswith("margin"):
+        raise UsageError(f"--strategy {ns.strategy} ranks by how unsure the classifier is, and {bundle} has no "
+                         "classes: use --strategy kcenter or random, or a trained bundle")
+    # absolute, not resolved: a photo that is a link the catalogue's owner made stays where it is named
+    root = Path(os.path.abspath(out)).parent
+    outside = [p for p in photos if not Path(os.path.abspath(p)).is_relative_to(root)]
     if outside:
         raise UsageError(f"{outside[0]} is not inside {root}: write the manifest beside or above the photos "
                          "(-o PHOTOS/to_label.csv), so `skulens train --data` can read it")
@@ -217,8 +222,9 @@ def cmd_suggest_labels(ns: argparse.Namespace) -> int:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(["path", "label", "split", "rank", "guess", "confidence", "margin"])
         for s in picks:
-            rel = Path(s.path).resolve().relative_to(root).as_posix()
-            w.writerow([rel, "", "train", s.rank, s.guess, f"{s.confidence:.4f}", f"{s.margin:.4f}"])
+            rel = Path(os.path.abspath(s.path)).relative_to(root).as_posix()
+            scores = [] if not s.guess else [f"{s.confidence:.4f}", f"{s.margin:.4f}"]  # none from a backbone alone
+            w.writerow([rel, "", "train", s.rank, s.guess, *(scores or ["", ""])])
     say(f"{out}: the {len(picks)} of {len(photos)} photos to label first ({ns.strategy}); fill in the label "
         "column (delete rows you skip), then train with --data pointing at it, or `skulens retrain --extra`")
     return 0

@@ -34,7 +34,7 @@ def _embed_split(model: Any, samples: list, encoder: Any, classes: dict[str, int
 
     unknown = sorted({s.label for s in samples} - set(classes))
     if unknown:
-        raise ValueError(f"label(s) the model does not know: {', '.join(unknown[:5])}")
+        raise CatalogueError(f"label(s) the model does not know: {', '.join(unknown[:5])}")
     # Decoded and embedded as the evaluator does a split; undecodable photos are skipped (and logged).
     decoded = decode_all([s.path for s in samples], model.card.resize_to, progress=progress)
     if not decoded.images:
@@ -80,8 +80,8 @@ def fuse_and_evaluate(bundle: str | os.PathLike, data: str | os.PathLike, *, out
     scored = [p.fine_label == s.label for p, s in zip(preds, val, strict=True) if p.level != "error"]
     report["val_top1"]["bundle_classifier"] = float(np.mean(scored))
     report["text_encoder"] = "fine-tuned (skulens text-tune)" if fingerprint else text_model
-    save_fusion(head, folder, tuple(model.card.classes), text_model=text_model, text_fingerprint=fingerprint)
     dest = Path(out) if out else folder / "fusion-report"
-    dest.mkdir(parents=True, exist_ok=True)
+    dest.mkdir(parents=True, exist_ok=True)  # first: a report that cannot be written leaves the bundle as it was
+    save_fusion(head, folder, tuple(model.card.classes), text_model=text_model, text_fingerprint=fingerprint)
     (dest / "fusion.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     return report

@@ -137,6 +137,11 @@ class Model:
         bundle's image + text fusion head (`skulens fuse`) instead of the image classifier.
         """
         check_images(images)
+        if not isinstance(images, Sequence):  # a generator: read once, here (names, decoding and results use it)
+            images = list(images)
+            check_images(images)
+        if isinstance(texts, (str, bytes)):  # would be one character per image
+            raise TypeError("texts: give a list, one text per image (None for none), not one string")
         if texts is not None and len(texts) != len(images):
             raise ValueError(f"{len(texts)} texts for {len(images)} images: give one per image (None for none)")
         if not self.card.classes:
@@ -174,7 +179,7 @@ class Model:
 
         fusion = load_fusion(self.path) if self.path is not None else None
         if fusion is None:
-            raise ValueError("this bundle has no fusion head: train one with `skulens fuse BUNDLE --data ...`")
+            raise ValueError("this bundle has no fusion head: train one with `skulens fuse --model BUNDLE --data ...`")
         head, classes = fusion.head, fusion.classes
         if classes != self.card.classes:
             raise ValueError("the fusion head was trained for other classes (enrolled or retrained since): "

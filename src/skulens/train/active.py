@@ -107,6 +107,10 @@ def suggest_labels(model: Model, photos: Sequence[str | os.PathLike[str]], budge
     `labelled`: photos already labelled, which the diversity step keeps away from."""
     from ..data.dataset import decode_all
 
+    classes = model.card.classes
+    if not classes and strategy.startswith("margin"):
+        raise ValueError(f"strategy {strategy!r} ranks by how unsure the classifier is, and this model has no "
+                         "classes (a pretrained backbone): use kcenter or random, or a trained bundle")
     pool = decode_all([Path(p) for p in photos], model.card.resize_to, desc="photos", progress=progress)
     if not pool.images:
         return [], pool.failed
@@ -118,7 +122,9 @@ def suggest_labels(model: Model, photos: Sequence[str | os.PathLike[str]], budge
         anchors = model.run(known, embeddings=True, batch_size=batch_size).embeddings if known else None
     assert out.embeddings is not None
     chosen = select(out.fine, out.embeddings, budget, strategy=strategy, labelled=anchors)
+    if not classes:  # embeddings alone (kcenter, random): no guess to offer
+        return [LabelSuggestion(names[i], rank, "", float("nan"), float("nan"))
+                for rank, i in enumerate(chosen, start=1)], pool.failed
     m = margins(out.fine)
-    classes = model.card.classes
     return [LabelSuggestion(names[i], rank, classes[int(out.fine[i].argmax())], float(out.fine[i].max()), float(m[i]))
             for rank, i in enumerate(chosen, start=1)], pool.failed
