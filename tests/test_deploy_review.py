@@ -276,3 +276,67 @@ def test_a_tflite_export_replaces_the_old_file_only_after_its_parity_check(
     run(True, True)
     assert (path.read_bytes(), q.read_bytes()) == (b"new", b"new int8")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.int8.tflite", "model.tflite"]  # no .tmp left
+
+
+# ---------------------------------------------------------------- a review of the deploy commands (session 30)
+
+
+def test_quantizer_root_logger_lines_are_dropped_and_skulens_own_kept(caplog: pytest.LogCaptureFixture) -> None:
+    """ONNX Runtime's quantizer logged ~140 "Increased scale[...]" INFO lines through the root logger, -q or not."""
+    import logging
+
+    from skulens.deploy.quantize import _without_root_info
+
+    with caplog.at_level(logging.INFO), _without_root_info():
+        logging.info("Increased scale[0] for weight `w`")  # noqa: LOG015 - what ONNX Runtime does
+        logging.warning("a root warning stays")  # noqa: LOG015
+        logging.getLogger("skulens.deploy").info("skulens' own line stays")
+    assert [r.getMessage() for r in caplog.records] == ["a root warning stays", "skulens' own line stays"]
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        logging.info("after it: shown again")  # noqa: LOG015
+    assert [r.getMessage() for r in caplog.records] == ["after it: shown again"]
+
+
+def test_a_torchscript_export_that_fails_leaves_the_earlier_file(tiny_bundle, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from skulens.deploy.onnx import export_torchscript
+
+    out = export_torchscript(tiny_bundle.bundle, tmp_path / "m.pt")
+    good = out.read_bytes()
+
+    def full_disk(self: Any, path: str, *a: Any, **kw: Any) -> None:
+        Path(path).write_bytes(b"cut short")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch.jit.ScriptModule, "save", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        export_torchscript(tiny_bundle.bundle, out)
+    assert out.read_bytes() == good and sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]  # it was cut short
+
+
+def test_prune_bench_and_distill_refuse_what_they_would_ignore_or_fail_on_at_the_end(
+        tiny_bundle, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    taken = tmp_path / "a-file"
+    taken.write_text("x")
+    bundle = str(tiny_bundle.bundle)
+    cases = [
+        (["prune", "-m", bundle, "--no-recover", "--out", str(taken)], "a file is there"),
+        (["prune", "-m", bundle, "--no-recover", "--kind", "unstructured", "--round-to", "8", "--out",
+          str(tmp_path / "p")], "--round-to"),  # it was ignored
+        (["bench", "-m", bundle, "--out", str(taken), "--variants", "baseline", "--limit", "2"], "a file is there"),
+        (["distill", "-m", bundle, "--teacher", str(tmp_path / "other"), "--out", str(tmp_path / "d")],
+         "give one"),  # --teacher was ignored
+    ]
+    for args, needle in cases:
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert needle in err and len(err.strip().splitlines()) == 1, err
+    assert taken.read_text() == "x" and not (tmp_path / "p").exists() and not (tmp_path / "d").exists()
+    pruned = tmp_path / "pruned"
+    assert main(["prune", "-m", bundle, "--no-recover", "--amount", "0.2", "--out", str(pruned), "-q"]) == 0
+    capsys.readouterr()
+    assert main(["prune", "-m", str(pruned / "pruned"), "--no-recover", "--out", str(tmp_path / "again")]) == 2
+    assert "already pruned" in capsys.readouterr().err  # it was a traceback

@@ -99,6 +99,12 @@ def test_a_second_run_reuses_the_distilled_student(fast, tiny_bundle, tiny_catal
     with pytest.raises(FileExistsError, match="other epochs"):  # not silently the old student
         make_fast(tiny_bundle.bundle, out=out, data=tiny_catalogue, distil=True, calibration_images=16,
                   progress=False, say=messages.append, **{**DISTIL_TINY, "epochs": 2})
+    no_epochs = {k: v for k, v in DISTIL_TINY.items() if k != "epochs"}  # the default, 10: not the 1-epoch student
+    with pytest.raises(FileExistsError, match="other epochs"):
+        make_fast(tiny_bundle.bundle, out=out, data=tiny_catalogue, distil=True, calibration_images=16,
+                  progress=False, say=messages.append, **no_epochs)
+    r = _cli("export", "--model", str(tiny_bundle.bundle), "--preset", "fast", "--out", str(out))
+    assert r.returncode == 2 and "other epochs" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
 def test_earlier_run_says_what_an_out_folder_holds(tiny_bundle, tmp_path: Path) -> None:

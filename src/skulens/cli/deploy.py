@@ -117,18 +117,18 @@ def _export_fast(ns: argparse.Namespace, bundle: str) -> int:
     if ns.epochs and (card_json(bundle) or {}).get("backbone") == student:
         raise UsageError(f"--epochs sets the distillation, and {bundle} already is a {student}: nothing is "
                          "distilled (it is exported and quantized as it is); drop --epochs")
-    try:  # before the long distillation: an --out holding something else is refused at once
+    overrides = {"epochs": ns.epochs} if ns.epochs else {}
+    try:  # before the long distillation: an --out holding something else (or another run's student) is refused
         earlier_run(out, bundle, student)
+        data = data_path(ns, model=bundle)
+        from ..deploy.fast import make_fast
+
+        res = make_fast(bundle, out=out, data=data, student=ns.student, check_split=ns.check_split or "val",
+                        calibration_images=ns.calibration_images, calibration_split=ns.calibration_split,
+                        max_drop=1.0 if ns.max_drop is None else ns.max_drop, progress=not ns.quiet, say=say,
+                        **overrides)
     except FileExistsError as e:
         raise UsageError(f"--out {e}") from None
-    data = data_path(ns, model=bundle)
-    from ..deploy.fast import make_fast
-
-    overrides = {"epochs": ns.epochs} if ns.epochs else {}
-    res = make_fast(bundle, out=out, data=data, student=ns.student, check_split=ns.check_split or "val",
-                    calibration_images=ns.calibration_images, calibration_split=ns.calibration_split,
-                    max_drop=1.0 if ns.max_drop is None else ns.max_drop, progress=not ns.quiet, say=say,
-                    **overrides)
     say(f"fast model: {res.int8_path} ({res.int8_path.stat().st_size / 1e6:.1f} MB); run it with "
         f"`skulens predict --model {res.out} --backend onnx-int8 ...`; measurements: {res.out / 'fast.md'}")
     if not res.passed:
@@ -218,6 +218,7 @@ def cmd_bench(ns: argparse.Namespace) -> int:
     from ..models.inference import resolve_device
 
     out = ns.out or f"runs/bench-deploy-{Path(bundle).resolve().parent.name}"
+    check_out_path(out, "--out", folder=True)  # before the exports and measurements, not after them
     result = bench_bundle(bundle, data, out=out, split=ns.split, runtimes=runtimes, extra=extra,
                           extra_runtimes=extra_runtimes, fast=ns.fast, limit=ns.limit,
                           calibration_images=ns.calibration_images, threads=ns.threads, workers=ns.workers,

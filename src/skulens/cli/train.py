@@ -112,6 +112,8 @@ def cmd_distill(ns: argparse.Namespace) -> int:
     values = train_overrides(ns)
     # The teacher, data and output: flags first, then the --config file's keys; none stays in `values`.
     cfg_teacher = values.pop("teacher", None)
+    if ns.model and cfg_teacher and Path(ns.model).resolve() != Path(cfg_teacher).resolve():
+        raise UsageError(f"--model {ns.model} and --teacher {cfg_teacher}: both name the model to distil; give one")
     ns.model = ns.model or cfg_teacher
     _data_and_out(ns, values)
     if not ns.model:
@@ -147,6 +149,10 @@ def cmd_prune(ns: argparse.Namespace) -> int:
         raise UsageError(f"--amount must be in (0, 1), got {ns.amount}")
     overrides = train_overrides(ns)
     _data_and_out(ns, overrides, "a run directory: OUT/pruned, OUT/bundle")
+    check_out_path(ns.out, "--out", folder=True)
+    if ns.round_to is not None and ns.kind != "structured":
+        raise UsageError("--round-to: channel counts of structured pruning (--kind structured); unstructured "
+                         "pruning keeps every channel")
     if not ns.recover and (ns.data or ns.config or overrides):
         given = "--data" if ns.data else "--config" if ns.config else "--" + next(iter(overrides)).replace("_", "-")
         raise UsageError(f"{given}: only for the recovery fine-tune, which --no-recover skips")

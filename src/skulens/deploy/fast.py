@@ -159,8 +159,13 @@ def make_fast(bundle: str | os.PathLike[str], *, out: str | os.PathLike[str], da
     data = resolve_data(data, recorded=recorded_dataset(bundle))
     teacher_card = read_card(bundle)
     earlier = earlier_run(out_dir, bundle, student)  # raises if OUT holds something else
-    if earlier == "done" and distill_overrides:
-        changed = _changed_options(out_dir / "distill-run" / "config.yaml", distill_overrides)
+    if earlier == "done":
+        from ..config import TrainConfig
+
+        # the epochs a new distillation would run (the default unless given) are compared too: a finished
+        # 1-epoch student was reused, unsaid, by a run that asked for none
+        changed = _changed_options(out_dir / "distill-run" / "config.yaml",
+                                   {"epochs": TrainConfig.epochs, **distill_overrides})
         if changed:
             raise FileExistsError(f"{out_dir} holds a finished student, reused as it is: it was distilled with "
                                   f"other {', '.join(changed)}; give a new folder for those")
@@ -237,7 +242,8 @@ def make_fast(bundle: str | os.PathLike[str], *, out: str | os.PathLike[str], da
     work.mkdir(exist_ok=True)
     try:
         for i, (name, nodes) in enumerate(float_node_sets(onnx.load(str(fp32)))):
-            path = quantize_onnx(fp32, work / f"int8-{i}.onnx", calib, transform, keep_float=nodes, method="percentile")
+            path = quantize_onnx(fp32, work / f"int8-{i}.onnx", calib, transform, keep_float=nodes, method="percentile",
+                                 progress=progress)
             probs = OnnxRunner(path)(decoded.images, transform).fine
             cand = FastCandidate(name, tuple(nodes), _top1(probs, labels), _throughput(path, batch),
                                  path.stat().st_size / 1e6)

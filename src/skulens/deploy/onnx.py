@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..models.bundle import BundleError, load_bundle
+from ..models.bundle import BundleError, bundle_folder, load_bundle
 from ..models.card import ModelCard
 from ..models.classifier import SkuModel
 from ..models.inference import head_probabilities
@@ -92,8 +92,13 @@ def export_torchscript(bundle: str | os.PathLike, out: str | os.PathLike | None 
     wrapper, card, x = _exportable(bundle)
     with torch.no_grad():
         traced = torch.jit.trace(wrapper, (x,), check_trace=False)
-    path = Path(out) if out else Path(bundle) / "model.torchscript.pt"
-    traced.save(str(path), _extra_files={"card.json": card.to_json()})
+    path = Path(out) if out else bundle_folder(bundle) / "model.torchscript.pt"
+    tmp = path.with_name(path.name + ".tmp")
+    try:  # beside it, then swapped in: a full disk or a kill never leaves the earlier file cut short
+        traced.save(str(tmp), _extra_files={"card.json": card.to_json()})
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -28,7 +28,7 @@ from torch import nn
 
 from ..config import ConfigError, TrainConfig, resolve_config
 from ..data.locate import recorded_dataset, resolve_data
-from ..models.bundle import load_bundle, read_card, save_bundle
+from ..models.bundle import BundleError, load_bundle, read_card, save_bundle
 from ..models.card import ModelCard
 from ..models.channels import width_changes
 from ..models.classifier import SkuModel
@@ -145,7 +145,7 @@ def prune_bundle(bundle: str | os.PathLike, out: str | os.PathLike, *, kind: str
     """Prune a bundle's backbone and write the pruned bundle (its val metrics are dropped: not measured)."""
     net, card = load_bundle(bundle, "cpu")
     if card.pruning:
-        raise ValueError(f"{bundle} is already pruned ({card.pruning.get('kind')}); prune the original")
+        raise BundleError(f"{bundle} is already pruned ({card.pruning.get('kind')}); prune the original")
     info = prune_model(net, kind=kind, amount=amount, input_size=card.input_size, round_to=round_to)
     lineage = {**card.lineage, "pruned_from": {"bundle": str(Path(bundle).resolve()),
                                                "val_top1": card.metrics.get("top1"),

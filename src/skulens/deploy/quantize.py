@@ -11,7 +11,7 @@ import contextlib
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +71,7 @@ def quantize_onnx_with_photos(onnx_path: str | os.PathLike, photos: Sequence[str
     out = Path(out) if out else onnx_path.with_name(onnx_path.stem + ".int8.onnx")
     tmp = out.with_name(out.name + ".tmp")
     try:
-        quantize_onnx(onnx_path, tmp, images, transform)
+        quantize_onnx(onnx_path, tmp, images, transform, progress=progress)
         if check_photos:
             held_out, _ = calibration_inputs(check_photos, card)
             _check_int8(onnx_path, tmp, held_out, transform, name=out)
@@ -107,7 +107,8 @@ def calibration_inputs(photos: Sequence[str | os.PathLike], card: ModelCard, *, 
 
 def quantize_onnx(onnx_path: str | os.PathLike, out: str | os.PathLike, images: Sequence[torch.Tensor],
                   transform: Callable[[torch.Tensor], torch.Tensor], *, batch_size: int = 16,
-                  per_channel: bool = True, keep_float: Sequence[str] = (), method: str = "minmax") -> Path:
+                  per_channel: bool = True, keep_float: Sequence[str] = (), method: str = "minmax",
+                  progress: bool = True) -> Path:
     """Quantize `onnx_path` to int8 using `images` (decoded uint8 tensors) for activation ranges.
 
     `keep_float`: names of more nodes (of the graph after ONNX Runtime's pre-processing, which keeps the
@@ -159,8 +160,11 @@ def quantize_onnx(onnx_path: str | os.PathLike, out: str | os.PathLike, images: 
         missing = sorted(set(keep_float) - {n.name for n in graph.graph.node})
         if missing:
             raise ValueError(f"{onnx_path}: no node named {', '.join(missing[:3])} to keep float")
-        # the histogram calibrators print their progress: to stderr, where skulens' messages go
-        with contextlib.redirect_stdout(sys.stderr):
+        # the histogram calibrators print their progress: to stderr, where skulens' messages go (nowhere with -q)
+        with contextlib.ExitStack() as stack:
+            sink = sys.stderr if progress else stack.enter_context(open(os.devnull, "w"))
+            stack.enter_context(contextlib.redirect_stdout(sink))
+            stack.enter_context(_without_root_info())
             quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
                             weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
                             nodes_to_exclude=[*_tail_nodes(graph), *keep_float], calibrate_method=calibrate,
@@ -172,6 +176,30 @@ def quantize_onnx(onnx_path: str | os.PathLike, out: str | os.PathLike, images: 
         entry.key, entry.value = CARD_KEY, source[CARD_KEY]
         onnx.save(proto, str(out))
     return out
+
+
+@contextlib.contextmanager
+def _without_root_info() -> Iterator[None]:
+    """ONNX Runtime's quantizer logs through the root logger at INFO, a line per tensor ("Increased scale[...]":
+    ~140 for a Lite0): dropped while it runs, unless debug logging (-v) is on. skulens' own loggers are named."""
+    import logging
+
+    class _Drop(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return record.name != "root" or record.levelno >= logging.WARNING
+
+    root = logging.getLogger()
+    if root.isEnabledFor(logging.DEBUG):
+        yield
+        return
+    drop, handlers = _Drop(), list(root.handlers)
+    for h in handlers:
+        h.addFilter(drop)
+    try:
+        yield
+    finally:
+        for h in handlers:
+            h.removeFilter(drop)
 
 
 _POOLS = frozenset({"GlobalAveragePool", "ReduceMean", "AveragePool", "Flatten"})
