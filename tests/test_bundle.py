@@ -205,3 +205,39 @@ def test_a_kill_inside_the_bundle_swap_is_recovered(tiny_bundle, tmp_path: Path)
     assert not (tmp_path / ".bundle.old").exists()
     load_bundle(bundle)
     assert recover_bundle(bundle) is False  # nothing to put back now
+
+
+def test_a_damaged_card_or_cut_weights_are_one_line_in_every_command(tiny_bundle, tmp_path: Path, capsys) -> None:
+    """A card that is not an object, or with a field of the wrong type, and weights cut short were tracebacks
+    (AttributeError, TypeError deep in preprocessing, SafetensorError); `info` parsed the card itself."""
+    from skulens.cli import main
+
+    photo = str(next((Path(tiny_bundle.bundle).parent.parent).rglob("*.jpg"), Path("x.jpg")))
+    for name, card in (("list", [1, 2]), ("size", "input_size-null"), ("truncated", "{\"backbone\": "),
+                       ("schema", "schema-text")):
+        bundle = _copy_bundle(Path(tiny_bundle.bundle), tmp_path / name)
+        if card == "input_size-null":
+            _edit_card(bundle, input_size=None)
+        elif card == "schema-text":
+            _edit_card(bundle, schema="2")
+        else:
+            (bundle / "card.json").write_text(card if isinstance(card, str) else json.dumps(card), encoding="utf-8")
+        with pytest.raises(BundleError, match="invalid card"):
+            read_card(bundle)
+        for args in (["info", "-m", str(bundle)], ["predict", "-m", str(bundle), photo]):
+            assert main(args) == 2, (name, args)
+            err = capsys.readouterr().err
+            assert "invalid card" in err and len(err.strip().splitlines()) == 1, (name, err)
+    cut = _copy_bundle(Path(tiny_bundle.bundle), tmp_path / "cut")
+    weights = (cut / "model.safetensors").read_bytes()
+    (cut / "model.safetensors").write_bytes(weights[: len(weights) // 3])
+    with pytest.raises(BundleError, match="unreadable or incomplete"):
+        load_bundle(cut)
+
+
+def test_the_cli_puts_back_a_bundle_a_kill_left_aside(tiny_bundle, tmp_path: Path, capsys) -> None:
+    from skulens.cli import main
+
+    shutil.copytree(tiny_bundle.bundle, tmp_path / ".bundle.old")  # a kill inside save_bundle's swap
+    assert main(["info", "-m", str(tmp_path / "bundle")]) == 0  # it said "no such file or folder"
+    assert (tmp_path / "bundle" / "card.json").is_file() and not (tmp_path / ".bundle.old").exists()

@@ -140,6 +140,31 @@ def test_retrain_folds_in_enrolled_photos(bundle_copy: Path, blue_photos: list[P
     assert sum(p.fine_label == "blue-box" for p in preds) >= 3
 
 
+def test_retrain_keeps_its_bundles_carved_val_and_never_falls_back_to_another_dataset(
+        bundle_copy: Path, tiny_catalogue: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A retrain split as its bundle's run did but recorded --seed 5: `evaluate` then carved another val, photos
+    the model trained on. And a bundle whose data had moved was retrained on the default (grocery) dataset."""
+    import json
+
+    from skulens.cli import main
+    from skulens.config import ConfigError
+    from skulens.train.retrain import retrain
+
+    card = json.loads((bundle_copy / "card.json").read_text(encoding="utf-8"))
+    card["dataset"]["val_generated"] = True
+    (bundle_copy / "card.json").write_text(json.dumps(card), encoding="utf-8")
+    for change in ({"seed": 5}, {"val_fraction": 0.3}):
+        with pytest.raises(ConfigError, match="keeps the val"):
+            retrain(bundle_copy, out=str(tmp_path / "rt"), data=tiny_catalogue, progress=False, epochs=1, **change)
+    assert not (tmp_path / "rt").exists()
+    card["dataset"]["path"] = card["train_config"]["data"] = str(tmp_path / "moved-away")
+    (bundle_copy / "card.json").write_text(json.dumps(card), encoding="utf-8")
+    assert main(["retrain", "-m", str(bundle_copy), "--out", str(tmp_path / "rt2"), "--epochs", "1"]) == 2
+    assert "is not here: pass --data" in capsys.readouterr().err
+    assert main(["retrain", "-m", str(bundle_copy), "--out", str(tmp_path / "rt3"), "--extra", "nope"]) == 2
+    assert "--extra nope: no such file" in capsys.readouterr().err  # it named --data
+
+
 def _catalogue_blue_box() -> Image.Image:
     """The blue box as a catalogue shows it: alone on white."""
     arr = np.full((72, 72, 3), 255, dtype=np.uint8)
@@ -384,3 +409,31 @@ def test_retrain_extra_leaves_out_the_catalogues_own_photos(bundle_copy: Path, b
     assert (root / "val/oat-milk/oat-milk_000.jpg").resolve() not in train
     assert [s.path for s in after.split("val")] == [s.path for s in before.split("val")]  # val is still val
     assert "1 train, 1 val of the catalogue's own photos left out" in caplog.text and "given twice" in caplog.text
+
+
+def test_enrolment_checks_coarse_dedupes_photos_and_remakes_a_torn_reference_bank(
+        bundle_copy: Path, blue_photos: list[Path], tiny_catalogue: Path, tmp_path: Path) -> None:
+    from conftest import TINY, write_folder_catalogue
+    from skulens.search.enroll import BANK_FILE
+
+    # a photo given twice is one photo (it was counted, kept and trained on twice)
+    res = enroll(bundle_copy, "blue-box", [blue_photos[0], blue_photos[0], blue_photos[1]], data=tiny_catalogue)
+    assert res.images == 2 and len(res.kept) == 2
+    unenroll(bundle_copy, "blue-box")
+    # a reference bank cut short by a kill or a full disk, or without its labels, is made again (it was a traceback,
+    # then every later enrolment into the bundle failed the same way)
+    bank = bundle_copy / BANK_FILE
+    bank.write_bytes(bank.read_bytes()[:1000])
+    assert enroll(bundle_copy, "blue-box", blue_photos[:2], data=tiny_catalogue, keep_photos=False).reference > 0
+    unenroll(bundle_copy, "blue-box")
+    (bundle_copy / (BANK_FILE + ".labels")).unlink()
+    assert enroll(bundle_copy, "blue-box", blue_photos[:2], data=tiny_catalogue, keep_photos=False).reference > 0
+    unenroll(bundle_copy, "blue-box")
+    # a coarse class for a model without coarse classes was recorded, then broke `skulens retrain`
+    (tmp_path / "flat").mkdir()
+    flat = skulens.train(write_folder_catalogue(tmp_path / "flat", seed=5, per_class=4), out=str(tmp_path / "run"),
+                         progress=False, max_steps=1, **{**TINY, "epochs": 1})
+    assert not flat.card.coarse_classes
+    with pytest.raises(EnrolmentError, match="no coarse classes"):
+        enroll(flat.bundle, "blue-box", blue_photos[:2], coarse="Box")
+    assert "blue-box" not in read_card(flat.bundle).classes

@@ -131,7 +131,10 @@ def check_model(value: str, *, backend: str = "torch") -> None:
         return
     p = Path(value)
     if not p.exists():
-        raise UsageError(f"--model {value}: no such file or folder; it is not a bundle (no card.json)")
+        from ..models.swap import recover_bundle  # no torch: files only
+
+        if not recover_bundle(p):  # a kill inside a save left it aside as .NAME.old: put back, as load() does
+            raise UsageError(f"--model {value}: no such file or folder; it is not a bundle (no card.json)")
     if p.is_dir():
         exported = EXPORTED_FILES.get(backend)  # what the backend runs
         has_export = exported is not None and (p / exported).is_file()

@@ -145,11 +145,15 @@ def cmd_info(ns: argparse.Namespace) -> int:
     card_path = path / "card.json" if path.is_dir() else path
     if not card_path.is_file() or card_path.suffix != ".json":
         raise UsageError(f"--model {path}: not a bundle (no card.json)")
-    data = json.loads(card_path.read_text(encoding="utf-8"))
+    try:  # a damaged card is one line, as every command that loads the bundle says it (`read_card`)
+        data = json.loads(card_path.read_text(encoding="utf-8"))
+        card = ModelCard.from_dict(data)
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"{card_path}: invalid card: {e}") from None
     if ns.json:
         print(json.dumps(data, indent=2))
         return 0
-    print("\n".join(_card_lines(path, ModelCard.from_dict(data), card_path)))
+    print("\n".join(_card_lines(path, card, card_path)))
     return 0
 
 

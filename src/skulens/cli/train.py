@@ -135,8 +135,12 @@ def cmd_retrain(ns: argparse.Namespace) -> int:
     bundle = model_path(ns)
     overrides = train_overrides(ns)
     _data_and_out(ns, overrides, "a new run directory")
-    data = data_path(ns, model=bundle)
-    extra = [str(resolve_data(e)) for e in ns.extra or ()]
+    if overrides.get("init_from"):  # the retrain starts from --model: the flag was recorded over, unused
+        raise UsageError("--init-from: a retrain starts from its --model bundle; give that one as --model")
+    # --data, else what the bundle was trained on (`retrain_source` says so when it is gone), never the default
+    # dataset: a bundle whose data moved was retrained on the grocery catalogue's 81 classes
+    data = str(resolve_data(ns.data)) if ns.data else None
+    extra = [str(resolve_data(e, flag="--extra")) for e in ns.extra or ()]
     from ..train.retrain import retrain
 
     report_result(retrain(bundle, out=ns.out, data=data, extra=extra, progress=not ns.quiet, **overrides))

@@ -45,20 +45,20 @@ def find_default_data() -> Path | None:
 
 
 def resolve_data(
-    arg: str | os.PathLike[str] | None, *, recorded: str | None = None, required: bool = True
+    arg: str | os.PathLike[str] | None, *, recorded: str | None = None, required: bool = True, flag: str = "--data"
 ) -> Path | None:
     """The dataset to use: ``arg``, else ``recorded`` if it still exists, else :func:`find_default_data`.
 
     ``recorded`` is the dataset path written in a bundle's card (see :func:`recorded_dataset`). A given
-    ``arg`` must exist and, if a folder, hold something. With nothing found, raises
+    ``arg`` must exist and, if a folder, hold something (an error names it as ``flag``). With nothing found, raises
     :class:`DataNotFoundError` carrying :data:`DATASET_HINT`, or returns None when not ``required``.
     """
     if arg is not None and os.fspath(arg) != "":
         path = Path(arg)
         if not path.exists():
-            raise DataNotFoundError(f"--data {os.fspath(arg)}: no such file or folder")
+            raise DataNotFoundError(f"{flag} {os.fspath(arg)}: no such file or folder")
         if not _has_data(path):
-            raise DataNotFoundError(f"--data {os.fspath(arg)}: folder is empty")
+            raise DataNotFoundError(f"{flag} {os.fspath(arg)}: folder is empty")
         return path
     if recorded and Path(recorded).exists():
         return Path(recorded)

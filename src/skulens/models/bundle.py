@@ -10,20 +10,20 @@ import tempfile
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .backbones import create_architecture
 from .card import ModelCard
 from .classifier import SkuModel
 from .pruned import apply_pruning
+from .swap import CARD, WEIGHTS, recover_bundle
 
 __all__ = ["BundleError", "atomic_write_text", "build_model", "bundle_folder", "load_bundle", "make_readable",
            "read_card", "recover_bundle", "save_bundle", "save_tensors"]
 
 log = logging.getLogger(__name__)
 
-WEIGHTS = "model.safetensors"
-CARD = "card.json"
 
 
 class BundleError(RuntimeError):
@@ -123,18 +123,6 @@ def save_bundle(model: SkuModel, card: ModelCard, directory: str | os.PathLike[s
     return out
 
 
-def recover_bundle(directory: str | os.PathLike[str]) -> bool:
-    """Put back the previous bundle when a kill landed inside `save_bundle`'s swap (after the old one moved
-    aside, before the new one moved in): True when it did."""
-    out = Path(directory)
-    old = out.with_name(f".{out.name}.old")
-    if out.exists() or not (old / CARD).is_file() or not (old / WEIGHTS).is_file():
-        return False
-    os.replace(old, out)
-    log.warning("%s: restored the previous bundle (a save was interrupted while swapping it)", out)
-    return True
-
-
 def bundle_folder(path: str | os.PathLike[str]) -> Path:
     """The bundle folder `path` names: the folder itself, or its card.json or model.safetensors (as --model
     accepts). Side files (fusion head, exports) are written into it, never over the file it was named by."""
@@ -167,7 +155,10 @@ def load_bundle(directory: str | os.PathLike[str], device: str | torch.device = 
     if not weights.is_file():
         raise BundleError(f"{path}: missing {WEIGHTS}")
     model = build_model(card)
-    state = load_file(str(weights))
+    try:
+        state = load_file(str(weights))
+    except (OSError, SafetensorError) as e:  # cut short by a full disk or a copy stopped half-way
+        raise BundleError(f"{weights}: unreadable or incomplete ({e})") from None
     expected = model.state_dict()
     wrong = [k for k, v in state.items() if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
     if wrong:

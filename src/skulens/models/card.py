@@ -32,6 +32,16 @@ class BackboneSpecLike(Protocol):
     crop_pct: float
 
 
+# What every command reads of a card, checked when it is read (a hand edit's "input_size": null was a TypeError
+# deep in preprocessing): name, accepted JSON types, in words.
+_CORE_FIELDS = (("backbone", str, "a text"), ("input_size", int, "a whole number of pixels"),
+                ("mean", (list, tuple), "a list of 3 numbers"), ("std", (list, tuple), "a list of 3 numbers"),
+                ("crop_pct", (int, float), "a number"), ("classes", (list, tuple), "a list of names"),
+                ("embedding_dim", int, "a whole number"), ("coarse_classes", (list, tuple), "a list of names"),
+                ("fine_to_coarse", (list, tuple), "a list of indices"), ("enrolled", (list, tuple), "a list"),
+                ("train_config", dict, "an object"), ("dataset", dict, "an object"), ("metrics", dict, "an object"))
+
+
 @dataclass(frozen=True)
 class ModelCard:
     backbone: str  # registry name or "timm:<arch>" / "torchvision:<arch>"
@@ -91,8 +101,19 @@ class ModelCard:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelCard:
-        if data.get("schema", CARD_SCHEMA) > CARD_SCHEMA:
+        """The card of a card.json's content; TypeError or ValueError (`read_card`: a BundleError) for one that is
+        not a card: not a JSON object, a field missing, a field every command reads of the wrong type."""
+        if not isinstance(data, dict):
+            raise TypeError(f"a card is a JSON object, not {type(data).__name__}")
+        schema = data.get("schema", CARD_SCHEMA)
+        if not isinstance(schema, int) or isinstance(schema, bool):
+            raise TypeError(f"schema must be a whole number, got {schema!r}")
+        if schema > CARD_SCHEMA:
             raise ValueError(f"card schema {data['schema']} is newer than this skulens understands")
+        for name, kinds, what in _CORE_FIELDS:
+            value = data.get(name)
+            if name in data and (not isinstance(value, kinds) or isinstance(value, bool)):
+                raise TypeError(f"{name} must be {what}, got {value!r}"[:200])
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
         if unknown := sorted(set(data) - known):  # a hand edit's typo, or a newer skulens of the same schema

@@ -28,7 +28,15 @@ import torch.nn.functional as F
 
 from ..data.decode import ImageDecodeError, decode_image
 from ..data.transforms import create_transform, to_uint8_tensor
-from ..models.bundle import bundle_folder, load_bundle, read_card, save_bundle, save_tensors
+from ..models.bundle import (
+    BundleError,
+    atomic_write_text,
+    bundle_folder,
+    load_bundle,
+    read_card,
+    save_bundle,
+    save_tensors,
+)
 from ..models.card import ModelCard
 from ..models.classifier import SkuModel
 
@@ -115,16 +123,22 @@ def imprint_class(head: torch.nn.Linear, positives: torch.Tensor, reference: tor
 def reference_bank(bundle: Path, net: SkuModel, card: ModelCard, data: str | os.PathLike | None,
                    progress: bool = False) -> tuple[torch.Tensor, list[str]] | None:
     """Features of a few training photos per trained class, cached in the bundle (reference_bank.safetensors)."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     path = bundle / BANK_FILE
     if path.is_file():
-        with safe_open(str(path), framework="pt") as f:
-            made_from = (f.metadata() or {}).get("source")  # None: a bank from before the source was recorded
-            if data is None or made_from == str(Path(data).resolve()):
-                labels = (bundle / (BANK_FILE + ".labels")).read_text(encoding="utf-8").splitlines()
-                return f.get_tensor("features"), labels
-        log.info("reference photos: the cached bank was made from %s, not --data %s; made again", made_from, data)
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                made_from = (f.metadata() or {}).get("source")  # None: a bank from before the source was recorded
+                if data is None or made_from == str(Path(data).resolve()):
+                    labels = (bundle / (BANK_FILE + ".labels")).read_text(encoding="utf-8").splitlines()
+                    features = f.get_tensor("features")
+                    if len(labels) == len(features):
+                        return features, labels
+                    made_from = "a bank whose labels do not match it"
+            log.info("reference photos: the cached bank was made from %s, not --data %s; made again", made_from, data)
+        except (OSError, SafetensorError) as e:  # cut short by a kill or a full disk: a cache, made again
+            log.warning("reference photos: the cached bank is unreadable (%s); made again", e)
     source = data or card.dataset.get("path")
     if not source or not Path(source).exists():
         log.warning("no reference photos (the training data at %r is not here): the new class is imprinted "
@@ -148,8 +162,10 @@ def reference_bank(bundle: Path, net: SkuModel, card: ModelCard, data: str | os.
     decoded = decode_all(paths, card.resize_to, desc="reference photos", progress=progress)
     feats = _features(net, decoded.images, create_transform(card))
     labels = [labels[i] for i in decoded.kept]
+    # the labels first, each file swapped in whole: a kill between them leaves a bank whose labels do not match
+    # it, which the read above makes again
+    atomic_write_text(bundle / (BANK_FILE + ".labels"), "\n".join(labels))
     save_tensors({"features": feats.contiguous()}, path, metadata={"source": str(Path(source).resolve())})
-    (bundle / (BANK_FILE + ".labels")).write_text("\n".join(labels), encoding="utf-8")
     return feats, labels
 
 
@@ -222,6 +238,8 @@ def enroll(bundle: str | os.PathLike, label: str, images: Sequence[str | os.Path
         raise EnrolmentError(f"product {label[:40]!r}: no '/', '\\' or control characters in a product's name")
     if coarse is not None and not coarse.strip():
         raise EnrolmentError("the coarse class is empty: give its name, or leave it out to have it inferred")
+    if coarse is not None and not card.coarse_classes:  # it was recorded, then broke `retrain` (no hierarchy)
+        raise EnrolmentError(f"this model has no coarse classes: leave the coarse class ({coarse!r}) out")
     if label in card.classes:
         enrolled = any(e.get("label") == label for e in card.enrolled)
         raise EnrolmentError(f"{label!r} is already a class of this model" + (
@@ -239,12 +257,17 @@ def enroll(bundle: str | os.PathLike, label: str, images: Sequence[str | os.Path
             check_index_model(Model(net, card, torch.device("cpu"), "off"), index)  # type: ignore[arg-type]
         except ValueError as exc:
             raise EnrolmentError(f"the index: {exc}") from None
-    pils, skipped = [], []
+    pils, skipped, seen = [], [], set()
     for im in images:
         try:
-            pils.append(decode_image(im, reduce_to=card.resize_to))
+            pil = decode_image(im, reduce_to=card.resize_to)
         except ImageDecodeError as e:
             skipped.append((str(im) if not isinstance(im, bytes) else "<bytes>", e.reason))
+            continue
+        digest = hashlib.sha256(pil.tobytes()).digest()
+        if digest not in seen:  # a photo given twice is one photo (it was counted, kept and trained on twice)
+            seen.add(digest)
+            pils.append(pil)
     if not pils:
         raise EnrolmentError(f"no usable photo for {label!r}: " + "; ".join(f"{p}: {r}" for p, r in skipped[:3]))
     tensors = [to_uint8_tensor(p) for p in pils]
@@ -300,6 +323,8 @@ def enroll(bundle: str | os.PathLike, label: str, images: Sequence[str | os.Path
             _add_to_index(index, records, plain)
         save_bundle(net, new_card, bundle, carry_over=True)
     except BaseException:
+        if _saved(bundle, label):  # interrupted after the swap (in its clean-up): the enrolment stands, photos too
+            raise
         if records:  # only the entries this call added: the product may have had others before
             with contextlib.suppress(Exception):
                 index.remove(ids=[r.id for r in records])  # type: ignore[union-attr]
@@ -315,6 +340,14 @@ def enroll(bundle: str | os.PathLike, label: str, images: Sequence[str | os.Path
     return EnrolResult(label, coarse, inferred, len(pils), tuple(skipped), bundle,
                        0 if ref is None else len(ref), self_check, added, tuple(kept),
                        len(studio) // studio_views if studio_views else 0, len(described))
+
+
+def _saved(bundle: Path, label: str) -> bool:
+    """Whether the bundle on disk already holds `label` (its card lists it)."""
+    try:
+        return label in read_card(bundle).classes
+    except (BundleError, OSError):  # no readable card: nothing was saved
+        return False
 
 
 def _infer_coarse(net: SkuModel, card: ModelCard, feats: torch.Tensor) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..config import REMOVED_KEYS, ConfigError, resolve_config
 from ..data.catalogue import Catalogue, Product, Sample, load_catalogue, merge_samples
-from ..evaluate.heldout import card_catalogue
+from ..evaluate.heldout import card_catalogue, split_settings
 from ..models.bundle import read_card
 
 __all__ = ["merge_samples", "retrain", "retrain_catalogue"]
@@ -98,6 +98,14 @@ def retrain(bundle: str | os.PathLike, *, out: str, data: str | os.PathLike | No
     from .engine import fit
 
     card = read_card(bundle)
+    split = {"val_fraction": 0.1, "seed": 0, **split_settings(card)}
+    changed = [k for k in split if k in overrides and overrides[k] != split[k]]
+    if changed and card.dataset.get("val_generated"):
+        # The retrain splits as the bundle's run did (`retrain_catalogue`) but would record the new values, and
+        # `evaluate` would then carve another val out of train: photos this model trained on.
+        raise ConfigError(f"{', '.join('--' + k.replace('_', '-') for k in changed)}: a retrain keeps the val its "
+                          f"bundle's run carved out of train ({', '.join(f'{k} {v}' for k, v in split.items())}), "
+                          "so that val stays photos the model never trained on; drop it, or train anew")
     source = retrain_source(bundle, data)  # a manifest file, not its folder (which may hold another manifest)
     cat = retrain_catalogue(bundle, source, extra)
     # The recorded config, less this run's own keys and keys removed since that run was trained.
