@@ -117,6 +117,17 @@ def test_warm_start_copies_rows_by_class_name(tiny_bundle) -> None:
     assert all(torch.equal(sd_new[k], sd_old[k]) for k in sd_old)
 
 
+def test_warm_start_names_the_products_that_leave_the_model(tiny_bundle, caplog) -> None:
+    from skulens.models.bundle import build_model
+    from skulens.train.warm import warm_start
+
+    _, card = load_bundle(tiny_bundle.bundle)
+    fewer = card.with_(classes=card.classes[1:])
+    with caplog.at_level("WARNING"):
+        warm_start(build_model(fewer), fewer, str(tiny_bundle.bundle))
+    assert f"leave the model: {card.classes[0]}" in caplog.text  # they were dropped without a word
+
+
 def test_retrain_folds_in_enrolled_photos(bundle_copy: Path, blue_photos: list[Path], tiny_catalogue: Path,
                                           tmp_path: Path) -> None:
     from skulens.train.retrain import retrain, retrain_catalogue
@@ -138,6 +149,12 @@ def test_retrain_folds_in_enrolled_photos(bundle_copy: Path, blue_photos: list[P
     model = skulens.load(result.bundle, device="cpu", precision="off")
     preds = model.predict(blue_photos[4:])
     assert sum(p.fine_label == "blue-box" for p in preds) >= 3
+    # the retrained bundle keeps the enrolled photos and entries: a second retrain dropped the product, unsaid
+    assert [e["label"] for e in result.card.enrolled] == ["blue-box"] == [e["label"] for e in
+                                                                          read_card(result.bundle).enrolled]
+    assert all((result.bundle / rel).is_file() for rel in result.card.enrolled[0]["photos"])
+    again = retrain(result.bundle, out=str(tmp_path / "rt2"), data=tiny_catalogue, progress=False, epochs=1)
+    assert again.card.classes[-1] == "blue-box"
 
 
 def test_retrain_keeps_its_bundles_carved_val_and_never_falls_back_to_another_dataset(

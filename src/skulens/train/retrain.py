@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
@@ -19,7 +20,9 @@ from typing import Any
 from ..config import REMOVED_KEYS, ConfigError, resolve_config
 from ..data.catalogue import Catalogue, Product, Sample, load_catalogue, merge_samples
 from ..evaluate.heldout import card_catalogue, split_settings
-from ..models.bundle import read_card
+from ..models.bundle import atomic_write_text, read_card
+from ..models.card import ModelCard
+from ..models.swap import CARD
 
 __all__ = ["merge_samples", "retrain", "retrain_catalogue"]
 
@@ -114,4 +117,25 @@ def retrain(bundle: str | os.PathLike, *, out: str, data: str | os.PathLike | No
     skip = {"resume", "out", "init_from", "data", "teacher", "unlabeled", *REMOVED_KEYS}
     values = {k: v for k, v in card.train_config.items() if k not in skip}
     values.update({"baseline": False, **overrides, "out": out, "init_from": str(bundle), "data": source})
-    return fit(resolve_config(values), catalogue=cat, progress=progress)
+    result = fit(resolve_config(values), catalogue=cat, progress=progress)
+    if os.environ.get("RANK", "0") in ("", "0"):  # rank 0 writes, as for the rest of the bundle
+        result = replace(result, card=_carry_enrolled(Path(bundle), result.bundle))
+    return result
+
+
+def _carry_enrolled(old: Path, new: Path) -> ModelCard:
+    """The enrolled products' photos and card entries, into the retrained bundle: its recorded data is the
+    catalogue alone, so without them the next retrain would not know those products, and drop them unsaid."""
+    card = read_card(new)
+    entries = [e for e in read_card(old).enrolled if e["label"] in card.classes]
+    if not entries:
+        return card
+    for e in entries:
+        for rel in e.get("photos", ()):
+            src, dst = old / rel, new / rel
+            if src.is_file() and not dst.exists():
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dst)
+    card = card.with_(enrolled=tuple(entries))
+    atomic_write_text(new / CARD, card.to_json())
+    return card
