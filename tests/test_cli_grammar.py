@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -137,6 +138,15 @@ def test_evaluate_without_data_uses_the_dataset_in_the_card(tiny_bundle, tmp_pat
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert report["model"]["n"] == 9  # the tiny catalogue's val split, found through the card
     assert report["extra"]["data"] == tiny_bundle.card.dataset["path"]
+    # the recorded catalogue gone: said, not the default dataset (whose labels the model does not know)
+    moved = tmp_path / "moved"
+    shutil.copytree(tiny_bundle.bundle, moved)
+    card = json.loads((moved / "card.json").read_text(encoding="utf-8"))
+    card["dataset"]["path"] = card["train_config"]["data"] = str(tmp_path / "gone")
+    (moved / "card.json").write_text(json.dumps(card), encoding="utf-8")
+    for cmd in (["evaluate", "--out", str(tmp_path / "e2")], ["robustness", "--out", str(tmp_path / "r2")]):
+        r, _ = _run(*cmd, "--model", str(moved), "-q")
+        assert r.returncode == 2 and "is not here: pass --data" in r.stderr, r.stderr
 
 
 def test_the_new_spelling_and_the_old_one_give_the_same_predictions(tiny_bundle, tiny_catalogue: Path,

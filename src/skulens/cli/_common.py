@@ -191,9 +191,12 @@ def add_data(p: argparse.ArgumentParser, help_text: str = "catalogue: class fold
 
 
 def data_path(ns: argparse.Namespace, *, model: str | None = None, required: bool = True) -> str | None:
-    """--data, else the dataset recorded in the model's card (if still there), else the default dataset.
+    """--data, else the dataset recorded in the model's card (refused when it is gone), else the default dataset.
     Checked here, before torch is imported: a missing or empty path is refused at once."""
     recorded = recorded_dataset(model) if model and not model.startswith("pretrained:") else None
+    if not getattr(ns, "data", None) and recorded and not Path(recorded).exists():
+        # not the default dataset instead: another catalogue's photos (the model knows none of its labels)
+        raise UsageError(f"the catalogue {model} was trained on ({recorded}) is not here: pass --data PATH")
     found = resolve_data(getattr(ns, "data", None), recorded=recorded, required=required)
     return None if found is None else str(found)
 
