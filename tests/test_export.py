@@ -14,7 +14,7 @@ import torch
 
 import skulens
 from skulens.deploy.onnx import export_onnx, export_torchscript, load_onnx, read_onnx_card
-from skulens.models.bundle import BundleError
+from skulens.models.bundle import BundleError, read_card
 
 pytest.importorskip("onnxruntime")
 
@@ -94,6 +94,10 @@ def test_cli_export_then_predict_with_onnx(bundle: Path, tiny_catalogue: Path, t
     rows = [json.loads(line) for line in r.stdout.splitlines()]
     expected = [p.fine_label for p in skulens.load(bundle, precision="off").predict(images)]
     assert [row["fine_label"] for row in rows] == expected
+    # `info` reads the card embedded in the file (it said "not a bundle", while its hint offered .onnx files)
+    r = subprocess.run([sys.executable, "-m", "skulens.cli", "info", "-m", str(out), "--json"], capture_output=True,
+                       text=True, check=False)
+    assert r.returncode == 0 and json.loads(r.stdout)["classes"] == list(read_card(bundle).classes), r.stderr
 
 
 def test_int8_quantization_writes_a_quantized_graph(bundle: Path, tiny_catalogue: Path, tmp_path: Path) -> None:

@@ -142,6 +142,14 @@ def cmd_info(ns: argparse.Namespace) -> int:
     bundle = model_path(ns)
     assert bundle is not None
     path = Path(bundle)
+    if path.is_file() and path.suffix.lower() in (".onnx", ".tflite"):  # the card embedded in an export
+        if path.suffix.lower() == ".onnx":
+            from ..models.onnx_runtime import read_onnx_card as read_embedded
+        else:
+            from ..models.tflite_runtime import read_tflite_card as read_embedded
+        card = read_embedded(path)
+        print(card.to_json() if ns.json else "\n".join(_card_lines(path, card, path)))
+        return 0
     card_path = path / "card.json" if path.is_dir() else path
     if not card_path.is_file() or card_path.suffix != ".json":
         raise UsageError(f"--model {path}: not a bundle (no card.json)")
