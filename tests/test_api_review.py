@@ -98,6 +98,11 @@ def test_settings_that_would_be_ignored_are_refused(model, tiny_bundle, tiny_cat
     onnx.write_bytes(b"not really")
     with pytest.raises(BundleError, match="backend='onnx'"):
         skulens.load(onnx)
+    with pytest.raises(ValueError, match="PyTorch only"):  # the backend was ignored
+        skulens.load("pretrained:efficientnet_lite0", backend="onnx")
+    from skulens.cli import main
+
+    assert main(["export", "--model", str(onnx), "--out", str(tmp_path / "x.onnx")]) == 2  # not "--backend onnx"
 
 
 def test_train_takes_a_train_config_and_checks_it(tiny_catalogue: Path, tmp_path: Path) -> None:

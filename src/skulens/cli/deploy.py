@@ -46,6 +46,9 @@ def cmd_export(ns: argparse.Namespace) -> int:
     if ns.preset == "fast":
         return _export_fast(ns, bundle)
     check_out_path(ns.out, "--out")  # a file (--preset fast takes a folder): told before the export, not after
+    if Path(bundle).suffix.lower() in (".onnx", ".tflite"):  # the bundle loader's hint names --backend: not here
+        raise UsageError(f"--model {bundle}: export reads a bundle (RUN/bundle, or its card.json), not an exported "
+                         "file")
     for flag, value in (("--student", ns.student), ("--epochs", ns.epochs), ("--check-split", ns.check_split),
                         ("--max-drop", ns.max_drop)):
         if value is not None:

@@ -370,6 +370,8 @@ def load_model(bundle: str | os.PathLike, *, device: str = "auto", precision: st
     "pretrained:efficientnet_lite2") is a plain pretrained backbone for embeddings only (see `pretrained_model`).
     """
     if str(bundle).startswith(PRETRAINED_PREFIX):
+        if backend != "torch":  # no exported file to run: it was ignored
+            raise ValueError(f"backend {backend!r}: a pretrained backbone runs in PyTorch only (backend 'torch')")
         return pretrained_model(str(bundle)[len(PRETRAINED_PREFIX):], device=device, precision=precision)
     if backend in ("onnx", "onnx-int8"):
         return load_onnx(bundle, int8=backend == "onnx-int8", device=device)
