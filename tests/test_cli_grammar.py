@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import write_catalogue
 from skulens.cli import build_parser
 
 # Every command that runs or reads a model.
@@ -131,7 +132,7 @@ def test_usage_errors_are_exit_2_with_one_line(tiny_bundle, tmp_path: Path) -> N
     assert r.returncode == 2 and "give --user" in r.stderr
 
 
-def test_evaluate_without_data_uses_the_dataset_in_the_card(tiny_bundle, tmp_path: Path) -> None:
+def test_evaluate_without_data_uses_the_dataset_in_the_card(tiny_bundle, tmp_path: Path, monkeypatch) -> None:
     out = tmp_path / "eval"
     r, _ = _run("evaluate", "--model", str(tiny_bundle.bundle), "--out", str(out), "-q")
     assert r.returncode == 0, r.stderr
@@ -147,6 +148,13 @@ def test_evaluate_without_data_uses_the_dataset_in_the_card(tiny_bundle, tmp_pat
     for cmd in (["evaluate", "--out", str(tmp_path / "e2")], ["robustness", "--out", str(tmp_path / "r2")]):
         r, _ = _run(*cmd, "--model", str(moved), "-q")
         assert r.returncode == 2 and "is not here: pass --data" in r.stderr, r.stderr
+    from skulens.cli._common import data_path
+
+    ns = argparse.Namespace(data=None)
+    data_path(ns, model=str(moved), required=False)  # data that is optional (tflite's parity photos): no refusal
+    write_catalogue(tmp_path / "mine")
+    monkeypatch.setenv("SKULENS_DATA", str(tmp_path / "mine"))  # the user's own default is taken, as before
+    assert data_path(ns, model=str(moved)) == str(tmp_path / "mine")
 
 
 def test_the_new_spelling_and_the_old_one_give_the_same_predictions(tiny_bundle, tiny_catalogue: Path,

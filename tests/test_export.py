@@ -98,6 +98,9 @@ def test_cli_export_then_predict_with_onnx(bundle: Path, tiny_catalogue: Path, t
     r = subprocess.run([sys.executable, "-m", "skulens.cli", "info", "-m", str(out), "--json"], capture_output=True,
                        text=True, check=False)
     assert r.returncode == 0 and json.loads(r.stdout)["classes"] == list(read_card(bundle).classes), r.stderr
+    r = subprocess.run([sys.executable, "-m", "skulens.cli", "info", "-m", str(out)], capture_output=True, text=True,
+                       check=False)
+    assert r.returncode == 0 and "missing!" not in r.stdout and "MB" in r.stdout, r.stdout  # the file's own size
 
 
 def test_int8_quantization_writes_a_quantized_graph(bundle: Path, tiny_catalogue: Path, tmp_path: Path) -> None:
@@ -161,3 +164,21 @@ def test_the_onnx_export_is_checked_against_pytorch(bundle: Path, tmp_path: Path
     with pytest.raises(BundleError, match="differs from PyTorch"):
         check_onnx_matches(wrapper, path, card.input_size)
     assert not (tmp_path / "m.onnx.tmp").exists()
+
+
+def test_an_onnx_file_with_a_damaged_card_is_a_bundle_error(bundle: Path, tmp_path: Path) -> None:
+    """The card checks raise TypeError/ValueError: a bundle's card.json turned them into a BundleError, an
+    export's embedded card did not (a traceback in `info`)."""
+    import onnx
+
+    from skulens.models.onnx_runtime import CARD_KEY
+
+    proto = onnx.load(str(export_onnx(bundle, tmp_path / "m.onnx")))
+    for prop in proto.metadata_props:
+        if prop.key == CARD_KEY:
+            card = json.loads(prop.value)
+            card["input_size"] = None
+            prop.value = json.dumps(card)
+    onnx.save(proto, str(tmp_path / "bad.onnx"))
+    with pytest.raises(BundleError, match="invalid card"):
+        read_onnx_card(tmp_path / "bad.onnx")

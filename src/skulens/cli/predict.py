@@ -111,7 +111,8 @@ def _predict_on_ray(ns: argparse.Namespace, bundle: str | None, files: list[str]
 
 
 def _card_lines(path: Path, card: Any, card_path: Path) -> list[str]:
-    weights = path / "model.safetensors" if path.is_dir() else card_path.with_name("model.safetensors")
+    weights = (path / "model.safetensors" if path.is_dir() else card_path if card_path.suffix in (".onnx", ".tflite")
+               else card_path.with_name("model.safetensors"))  # an export holds its own weights
     size = f"{weights.stat().st_size / 1e6:.1f} MB" if weights.is_file() else "missing!"
     lines = [
         f"bundle:      {path}",

@@ -108,11 +108,17 @@ def _data_and_out(ns: argparse.Namespace, values: dict[str, Any], out_required: 
         raise UsageError(f"--out is required ({out_required}), or an 'out' key in --config")
 
 
+def _folder(bundle: str) -> Path:
+    """A bundle named by its folder or its card.json, as one path (to compare two names of it)."""
+    p = Path(bundle).resolve()
+    return p.parent if p.name == "card.json" else p
+
+
 def cmd_distill(ns: argparse.Namespace) -> int:
     values = train_overrides(ns)
     # The teacher, data and output: flags first, then the --config file's keys; none stays in `values`.
     cfg_teacher = values.pop("teacher", None)
-    if ns.model and cfg_teacher and Path(ns.model).resolve() != Path(cfg_teacher).resolve():
+    if ns.model and cfg_teacher and _folder(ns.model) != _folder(cfg_teacher):
         raise UsageError(f"--model {ns.model} and --teacher {cfg_teacher}: both name the model to distil; give one")
     ns.model = ns.model or cfg_teacher
     _data_and_out(ns, values)
@@ -135,8 +141,9 @@ def cmd_retrain(ns: argparse.Namespace) -> int:
     bundle = model_path(ns)
     overrides = train_overrides(ns)
     _data_and_out(ns, overrides, "a new run directory")
-    if overrides.get("init_from"):  # the retrain starts from --model: the flag was recorded over, unused
+    if getattr(ns, "init_from", None):  # the retrain starts from --model: the flag was recorded over, unused
         raise UsageError("--init-from: a retrain starts from its --model bundle; give that one as --model")
+    overrides.pop("init_from", None)  # an earlier run's config.yaml records one: the retrain sets its own
     # --data, else what the bundle was trained on (`retrain_source` says so when it is gone), never the default
     # dataset: a bundle whose data moved was retrained on the grocery catalogue's 81 classes
     data = str(resolve_data(ns.data)) if ns.data else None

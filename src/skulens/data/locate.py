@@ -13,7 +13,8 @@ from typing import Any
 
 from .catalogue import CatalogueError
 
-__all__ = ["DATASET_HINT", "DataNotFoundError", "card_json", "find_default_data", "recorded_dataset", "resolve_data"]
+__all__ = ["DATASET_HINT", "DATA_ENV", "DataNotFoundError", "card_json", "find_default_data", "recorded_dataset",
+           "resolve_data"]
 
 DATASET_HINT = (
     "The Grocery Store dataset was not found. skulens looks at --data, then $SKULENS_DATA, then "
@@ -27,13 +28,16 @@ class DataNotFoundError(CatalogueError):
     """No dataset at the path given, or none anywhere skulens looks."""
 
 
+DATA_ENV = "SKULENS_DATA"  # the user's own default catalogue
+
+
 def find_default_data() -> Path | None:
     """$SKULENS_DATA, else ../shared/datasets/grocery-store from the working dir or from the source checkout.
 
     A set $SKULENS_DATA wins even when it names nothing usable (then: None), so a machine's
     ../shared copy never stands in for the dataset a user pointed at.
     """
-    env = os.environ.get("SKULENS_DATA")
+    env = os.environ.get(DATA_ENV)
     if env:
         return Path(env) if _has_data(Path(env)) else None
     here = Path(__file__).resolve()

@@ -79,7 +79,10 @@ def read_onnx(path: str | os.PathLike) -> tuple[ModelCard, bool]:
         raise BundleError(f"{path}: an ONNX file without a skulens card (export it with `skulens export`)")
     quantized = any(n.op_type in ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger",
                                   "ConvInteger") or n.op_type.startswith("QLinear") for n in proto.graph.node)
-    return ModelCard.from_dict(json.loads(meta[CARD_KEY])), quantized
+    try:
+        return ModelCard.from_dict(json.loads(meta[CARD_KEY])), quantized
+    except (ValueError, TypeError) as e:  # as `read_card` says it of a bundle's card.json
+        raise BundleError(f"{path}: invalid card: {e}") from None
 
 
 def _corrupt(path: str | os.PathLike, exc: BaseException) -> BundleError:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import json
 import logging
 import os
 import re
@@ -30,7 +31,6 @@ from ..data.decode import ImageDecodeError, decode_image
 from ..data.transforms import create_transform, to_uint8_tensor
 from ..models.bundle import (
     BundleError,
-    atomic_write_text,
     bundle_folder,
     load_bundle,
     read_card,
@@ -129,9 +129,12 @@ def reference_bank(bundle: Path, net: SkuModel, card: ModelCard, data: str | os.
     if path.is_file():
         try:
             with safe_open(str(path), framework="pt") as f:
-                made_from = (f.metadata() or {}).get("source")  # None: a bank from before the source was recorded
+                meta = f.metadata() or {}
+                made_from = meta.get("source")  # None: a bank from before the source was recorded
                 if data is None or made_from == str(Path(data).resolve()):
-                    labels = (bundle / (BANK_FILE + ".labels")).read_text(encoding="utf-8").splitlines()
+                    # in the file itself since session 30 (one file, swapped in whole); before, beside it
+                    labels = (json.loads(meta["labels"]) if "labels" in meta else
+                              (bundle / (BANK_FILE + ".labels")).read_text(encoding="utf-8").splitlines())
                     features = f.get_tensor("features")
                     if len(labels) == len(features):
                         return features, labels
@@ -162,10 +165,16 @@ def reference_bank(bundle: Path, net: SkuModel, card: ModelCard, data: str | os.
     decoded = decode_all(paths, card.resize_to, desc="reference photos", progress=progress)
     feats = _features(net, decoded.images, create_transform(card))
     labels = [labels[i] for i in decoded.kept]
-    # the labels first, each file swapped in whole: a kill between them leaves a bank whose labels do not match
-    # it, which the read above makes again
-    atomic_write_text(bundle / (BANK_FILE + ".labels"), "\n".join(labels))
-    save_tensors({"features": feats.contiguous()}, path, metadata={"source": str(Path(source).resolve())})
+    # features and labels in one file, written beside it and swapped in: a kill or a full disk leaves the old
+    # bank or the new one, never one's features with the other's labels
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        save_tensors({"features": feats.contiguous()}, tmp,
+                     metadata={"source": str(Path(source).resolve()), "labels": json.dumps(labels)})
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    (bundle / (BANK_FILE + ".labels")).unlink(missing_ok=True)  # an older bank's, now stale
     return feats, labels
 
 
@@ -264,7 +273,7 @@ def enroll(bundle: str | os.PathLike, label: str, images: Sequence[str | os.Path
         except ImageDecodeError as e:
             skipped.append((str(im) if not isinstance(im, bytes) else "<bytes>", e.reason))
             continue
-        digest = hashlib.sha256(pil.tobytes()).digest()
+        digest = hashlib.sha256(f"{pil.mode} {pil.size}".encode() + pil.tobytes()).digest()
         if digest not in seen:  # a photo given twice is one photo (it was counted, kept and trained on twice)
             seen.add(digest)
             pils.append(pil)

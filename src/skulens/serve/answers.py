@@ -373,33 +373,40 @@ def _check(r: Reading, f: Facts, photo_min: float) -> tuple[bool | None, str, st
 
 
 _WORD = re.compile(r"[^\W\d_]+(?:-[^\W\d_]+)*")
-# "utan fruktkött" (without pulp), "no added sugar": the ingredient is named as absent
-_NEGATIONS = frozenset({"without", "no", "not", "non", "free", "utan", "uten", "uden", "ingen", "inget", "ej",
-                        "inte", "fri", "fritt"})
-_FREE_SUFFIXES = ("fri", "fritt", "free")  # "laktosfri", "sockerfritt", "gluten-free"
+_CLAUSE_END = re.compile(r"[,.;:()\[\]/\n]")
+# "utan fruktkött" (without pulp), "no milk": the ingredient named as absent, by the word just before it
+_ABSENT_BEFORE = frozenset({"without", "no", "utan", "uten", "uden", "ingen", "inget", "ej", "inte"})
+_ABSENT_AFTER = ("free", "fri", "fritt")  # "gluten free", "laktos fri"
+_ADDED = frozenset({"added", "tillsatt", "tilsat", "tilsatt"})  # "no added sugar": sugar may be there, not added
 
 
 def _listed(text: str, stems: Iterable[str]) -> tuple[int, int, bool] | None:
     """Where an ingredients line (lower case) names one of `stems`: (start, end, present) of the word, or None.
 
-    A stem may sit inside a compound ("skummjölkspulver" lists milk). A word that names the ingredient as absent
-    ("utan fruktkött", "laktosfri", "gluten free") is `present=False`, and only when no other word lists it;
-    "no added sugar" is neither (sugar may be there, not added), so it is skipped."""
+    A stem may sit inside a compound ("skummjölkspulver" lists milk). Within its clause (commas, stops and
+    brackets end one), a word is named as absent after "without"/"utan"/"no" ("utan fruktkött") or when it, or
+    the word after a stem of several words, is "-free" ("laktosfri", "palm oil free"); "lactose free milk" still
+    lists milk. "no added sugar" says neither, and is skipped. Absent only when no other clause lists it."""
     words = list(_WORD.finditer(text))
+    clause_of = [len(_CLAUSE_END.findall(text, 0, m.start())) for m in words]
     absent = None
     for i, m in enumerate(words):
         word = m.group(0)
-        # a stem of several words ("palm oil") starts at a word; one word may sit inside a compound
-        if not any(text.startswith(stem, m.start()) if " " in stem else stem in word for stem in stems):
+        span = next((len(stem.split()) for stem in stems
+                     if (text.startswith(stem, m.start()) if " " in stem else stem in word)), 0)
+        if not span:
             continue
-        before = [w.group(0) for w in words[max(0, i - 2):i]]
-        after = words[i + 1].group(0) if i + 1 < len(words) else ""
-        if "added" in before or "tillsatt" in before:
+        last = i + span - 1
+        same = [j for j in (i - 2, i - 1) if j >= 0 and clause_of[j] == clause_of[i]]
+        before = [words[j].group(0) for j in same]
+        after = words[last + 1].group(0) if last + 1 < len(words) and clause_of[last + 1] == clause_of[i] else ""
+        if before and before[-1] in _ADDED and len(before) == 2 and before[0] in _ABSENT_BEFORE:
             continue
-        if set(before) & _NEGATIONS or word.endswith(_FREE_SUFFIXES) or after in ("free", "fri", "fritt"):
-            absent = absent or (m.start(), m.end(), False)
+        if (before and before[-1] in _ABSENT_BEFORE) or words[last].group(0).endswith(_ABSENT_AFTER) \
+                or after in _ABSENT_AFTER:
+            absent = absent or (m.start(), words[last].end(), False)
             continue
-        return m.start(), m.end(), True
+        return m.start(), words[last].end(), True
     return absent
 
 
@@ -423,8 +430,13 @@ def rule(question: str, product: Product, lex: Lexicon, *, predicted: Mapping[st
     if not words or COMPARATIVE.search(question.lower()):
         return None
     facts = facts_of(product, predicted)
-    found = [(phrase, narrowed) for phrase, readings, start in _mentions(words, lex)
-             if (narrowed := _narrow(words, readings, start))]
+    mentioned = [(phrase, narrowed, start) for phrase, readings, start in _mentions(words, lex)
+                 if (narrowed := _narrow(words, readings, start))]
+    found = [(phrase, narrowed) for phrase, narrowed, _ in mentioned]
+    # "X or Y?": either will do, when the "or" joins two things named ("... or not?" asks the rest again)
+    starts = [start for _, _, start in mentioned]
+    either = any(w == "or" and words[i + 1:i + 2] != ("not",) and starts and min(starts) < i < max(starts)
+                 for i, w in enumerate(words))
     if _is_open(words, question):
         return _open(question, words, facts, lex, found, photo_min)
     text = question.lower()
@@ -448,7 +460,7 @@ def rule(question: str, product: Product, lex: Lexicon, *, predicted: Mapping[st
         return None
     if asked:
         found = [(p, [r for r in rs if r.kind not in _NAMES]) for p, rs in asked]
-    return _verdict(found, facts, photo_min, any_of="or" in words)
+    return _verdict(found, facts, photo_min, any_of=either)
 
 
 _NAMES = ("identity", "name")

@@ -111,9 +111,11 @@ _HANDOFF_TOPICS = {
 # Questions the catalogue never answers, by their words: handed off at once, even when they name a product
 # or an attribute ("I found something weird in the carton" is not a packaging question).
 _HANDOFF_WORDS = {
-    # "how much is it?" asks the price ("how much is in it?" the size)
+    # "how much is it?", "how much is one carton?", "how much is it per kilo?" ask the price, as the whole
+    # question; "how much is in it?", "how much is one serving?" the size
     "price": r"price\w*|cost|costs|expensive|cheap\w*|on sale|discount\w*|offers?"
-             r"|how much (?:is|are|for) (?:it|this|that|they|these|those|one(?: \w+)?)(?! in\b)",
+             r"|how much (?:is|are|for) (?:it|this|that|they|these|those"
+             r"|one(?: (?!in\b|serving|portion|glass|cup|slice|piece|spoon)\w+)?)(?: per \w+)?(?=\W*$)",
     "delivery": r"deliver\w*|shipping|shipped|my order",
     "returns": r"return\w*|refund\w*|exchange",
     "payment": r"pay|paying|payment\w*|card|cash",
