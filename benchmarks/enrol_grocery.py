@@ -9,9 +9,11 @@ of the bundle gets the 21 other products through `skulens.search.enroll.enroll` 
 `skulens enroll`), one product at a time, and `skulens.load(bundle).predict` answers every val photo:
 
 - 1 catalogue photo, as it is (`studio_views=0`: enrolment as it was before the studio views);
-- 1 catalogue photo (the product's iconic photo on white, also seen in enroll()'s 16 studio views);
+- 1 catalogue photo (the product's iconic photo on white, also seen in enroll()'s 16 studio views, and those
+  views once more as the catalogue-to-shop map learned on the 60 seen products puts them; the same without
+  the map, as enrolment was before session 30);
 - 1 catalogue photo + its description (the description reaches the model through the bundle's text
-  aligner, learned here on the 60 seen products when the bundle has none);
+  aligner, learned here on the 60 seen products when the bundle has none), with and without the map;
 - 1, 3 and 5 shop photos (drawn from the new product's train photos; --draws seeded draws, averaged).
 
 Reported per condition: top-1 among all 81 on the val photos of the 21 new products, top-1 of the 60
@@ -110,9 +112,13 @@ def main() -> int:
     iconic = [{p: ([cat.products[p].image], "") for p in new}]
     conditions.append(("1 catalogue photo, as it is (no studio views: before issue 13's part 3)",
                        {"studio_views": 0}, iconic))
+    described = [{p: ([cat.products[p].image], cat.products[p].description) for p in new}]
+    conditions.append(("1 catalogue photo, studio views, no catalogue-to-shop map (before session 30)",
+                       {"shop_map": False}, iconic))
+    conditions.append(("1 catalogue photo + description, no catalogue-to-shop map (before session 30)",
+                       {"shop_map": False}, described))
     conditions.append(("1 catalogue photo", {}, iconic))
-    conditions.append(("1 catalogue photo + description", {},
-                       [{p: ([cat.products[p].image], cat.products[p].description) for p in new}]))
+    conditions.append(("1 catalogue photo + description", {}, described))
     for k in (int(x) for x in ns.shots.split(",")):
         draws = []
         for d in range(ns.draws):
@@ -123,9 +129,11 @@ def main() -> int:
 
     aligned = ensure_aligner(ns.bundle)
     from skulens.models.bundle import load_bundle
-    from skulens.search.enroll import reference_bank
+    from skulens.search.enroll import catalogue_map, reference_bank
 
-    reference_bank(ns.bundle, *load_bundle(ns.bundle), None)  # cached in the bundle: every copy reuses it
+    net, card = load_bundle(ns.bundle)
+    bank = reference_bank(ns.bundle, net, card, None)  # cached in the bundle: every copy reuses it
+    catalogue_map(ns.bundle, net, card, bank)  # the trained products' catalogue views too (once per bundle)
     before = evaluate(ns.bundle, val_paths, val_labels, set(new))
     print(f"before: seen {before['seen']:.3f}", flush=True)
     rows = []

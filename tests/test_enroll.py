@@ -457,3 +457,60 @@ def test_enrolment_checks_coarse_dedupes_photos_and_remakes_a_torn_reference_ban
     with pytest.raises(EnrolmentError, match="no coarse classes"):
         enroll(flat.bundle, "blue-box", blue_photos[:2], coarse="Box")
     assert "blue-box" not in read_card(flat.bundle).classes
+
+
+def test_shop_map_carries_a_new_catalogue_vector_to_where_its_shop_photos_lie() -> None:
+    """Pure: pairs (catalogue photo, shop photos' mean) of trained products whose shop look is a shift plus a
+    linear change of the catalogue look; the map learned from them puts an unseen product near its own shop
+    mean, much nearer than the catalogue vector itself, and nearer than the mean shift alone."""
+    from skulens.search.enroll import learn_shop_map
+
+    g = torch.Generator().manual_seed(0)
+    dim, n = 64, 40
+    mix = torch.eye(dim) + 0.3 * torch.randn(dim, dim, generator=g) / dim ** 0.5
+    shift = torch.randn(dim, generator=g)
+    cat = torch.randn(n + 5, dim, generator=g)
+    shop = cat @ mix + shift + 0.05 * torch.randn(n + 5, dim, generator=g)
+    to_shop = learn_shop_map(cat[:n], shop[:n], ridge=0.01)
+    new_cat, new_shop = cat[n:], shop[n:]
+    mapped = (to_shop(new_cat) - new_shop).norm(dim=1).mean()
+    shifted = (new_cat + (shop[:n] - cat[:n]).mean(0) - new_shop).norm(dim=1).mean()
+    assert mapped < 0.75 * shifted < (new_cat - new_shop).norm(dim=1).mean()  # fewer pairs than dimensions
+
+
+def test_a_catalogue_photo_is_also_enrolled_as_the_map_says_its_shop_photos_look(
+        bundle_copy: Path, tiny_catalogue: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The trained products' catalogue photos (products.csv's image column) against their reference photos
+    teach the map; a new product's catalogue photo then brings its 25 views twice: as they are, and mapped."""
+    import csv
+
+    from skulens.search import enroll as enrol_module
+
+    data = tmp_path / "cat"
+    shutil.copytree(tiny_catalogue.parent, data)
+    colours = {"red-apple": (200, 30, 30), "green-apple": (40, 180, 40), "oat-milk": (230, 220, 180)}
+    with open(data / "products.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["label", "title", "image"])
+        for label in read_card(bundle_copy).classes:
+            arr = np.full((72, 72, 3), 255, dtype=np.uint8)
+            arr[16:56, 20:52] = colours.get(label, (90, 90, 90))
+            Image.fromarray(arr).save(data / f"{label}.png")
+            w.writerow([label, label.replace("-", " "), f"{label}.png"])
+    photo = tmp_path / "blue_iconic.png"
+    _catalogue_blue_box().save(photo)
+    manifest = data / tiny_catalogue.name
+    plain = enroll(bundle_copy, "blue-box", [photo], data=manifest, keep_photos=False)
+    assert plain.mapped_rows == 0  # three trained products are too few pairs to learn a map from
+    unenroll(bundle_copy, "blue-box")
+    monkeypatch.setattr(enrol_module, "_MAP_MIN_PRODUCTS", 2)
+    res = enroll(bundle_copy, "blue-box", [photo], data=manifest, keep_photos=False)
+    assert res.on_white == 1 and res.mapped_rows == 1 + 8 + 16
+    cache = bundle_copy / enrol_module.CATALOGUE_FILE
+    made = cache.stat().st_mtime_ns
+    unenroll(bundle_copy, "blue-box")
+    assert enroll(bundle_copy, "blue-box", [photo], data=manifest, keep_photos=False).mapped_rows == 25
+    assert cache.stat().st_mtime_ns == made  # cached in the bundle: made once
+    shop = sorted((tiny_catalogue.parent / "val" / "red-apple").glob("*.jpg"))[:1]
+    unenroll(bundle_copy, "blue-box")
+    assert enroll(bundle_copy, "blue-box", shop, data=manifest, keep_photos=False).mapped_rows == 0  # a shop photo
