@@ -169,8 +169,14 @@ def reference_bank(bundle: Path, net: SkuModel, card: ModelCard, data: str | os.
     decoded = decode_all(paths, card.resize_to, desc="reference photos", progress=progress)
     feats = _features(net, decoded.images, create_transform(card))
     labels = [labels[i] for i in decoded.kept]
-    # features and labels in one file, written beside it and swapped in: a kill or a full disk leaves the old
-    # bank or the new one, never one's features with the other's labels
+    _write_cache(path, feats, labels, source)
+    (bundle / (BANK_FILE + ".labels")).unlink(missing_ok=True)  # an older bank's, now stale
+    return feats, labels
+
+
+def _write_cache(path: Path, feats: torch.Tensor, labels: list[str], source: str | os.PathLike) -> None:
+    """Features and their labels in one file, written beside it and swapped in: a kill or a full disk leaves the
+    old cache or the new one, never one's features with the other's labels."""
     tmp = path.with_name(path.name + ".tmp")
     try:
         save_tensors({"features": feats.contiguous()}, tmp,
@@ -178,8 +184,6 @@ def reference_bank(bundle: Path, net: SkuModel, card: ModelCard, data: str | os.
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    (bundle / (BANK_FILE + ".labels")).unlink(missing_ok=True)  # an older bank's, now stale
-    return feats, labels
 
 
 def _studio_views(pils: Sequence, card: ModelCard, n: int) -> tuple[list[torch.Tensor], list[int]]:
@@ -261,13 +265,7 @@ def catalogue_map(bundle: Path, net: SkuModel, card: ModelCard, bank: tuple[torc
                 rows.append(got.mean(0))
                 labels.append(label)
         feats = torch.stack(rows) if rows else torch.zeros(0, net.head.in_features)
-        tmp = path.with_name(path.name + ".tmp")
-        try:
-            save_tensors({"features": feats.contiguous()}, tmp,
-                         metadata={"source": str(Path(source).resolve()), "labels": json.dumps(labels)})
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        _write_cache(path, feats, labels, source)
     if len(labels) < _MAP_MIN_PRODUCTS:
         return None
     bank_feats, bank_labels = bank
