@@ -131,6 +131,8 @@ def _export_fast(ns: argparse.Namespace, bundle: str) -> int:
                         max_drop=1.0 if ns.max_drop is None else ns.max_drop, progress=not ns.quiet, say=say,
                         **overrides)
     except FileExistsError as e:
+        if not str(e).startswith(str(out)):  # not what --out holds: an error of its own, shown as it is
+            raise
         raise UsageError(f"--out {e}") from None
     say(f"fast model: {res.int8_path} ({res.int8_path.stat().st_size / 1e6:.1f} MB); run it with "
         f"`skulens predict --model {res.out} --backend onnx-int8 ...`; measurements: {res.out / 'fast.md'}")

@@ -77,6 +77,17 @@ class EnrolResult:
     mapped_rows: int = 0  # positives carried from catalogue to shop look by the learned map (`catalogue_map`)
 
 
+def _augmented(net: SkuModel, card: ModelCard, images: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The photos in `_VIEWS` augmented views each (view-major rows), drawn from a generator seeded by the photos
+    themselves: the same photos give the same enrolment (the global random state is left as it was)."""
+    seed = 0
+    for im in images:
+        seed = zlib.crc32(im.numpy().tobytes(), seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _features(net, images, create_transform(card, train=True), views=_VIEWS)
+
+
 @torch.no_grad()
 def _features(net: SkuModel, images: Sequence[torch.Tensor], transform, views: int = 1) -> torch.Tensor:
     """Pooled (un-normalised) backbone features, the input of the heads; fp32 for a stable fit."""
@@ -215,7 +226,7 @@ def _catalogue_rows(net: SkuModel, card: ModelCard, pil: Any, views: int = _STUD
         return None
     t = [to_uint8_tensor(pil)]
     return torch.cat([_features(net, t, create_transform(card)),
-                      _features(net, t, create_transform(card, train=True), views=_VIEWS),
+                      _augmented(net, card, t),
                       _features(net, studio, create_transform(card))])
 
 
@@ -380,7 +391,7 @@ def enroll(bundle: str | os.PathLike, label: str, images: Sequence[str | os.Path
     tensors = [to_uint8_tensor(p) for p in pils]
     title = title or label.replace("-", " ")
     plain = _features(net, tensors, create_transform(card))  # the photos as they are: self-check and index
-    augmented = _features(net, tensors, create_transform(card, train=True), views=_VIEWS)  # view-major rows
+    augmented = _augmented(net, card, tensors)  # view-major rows
     photos = torch.cat([plain, augmented])
     studio, white = _studio_views(pils, card, studio_views)
     studio_feats = _features(net, studio, create_transform(card))
