@@ -240,8 +240,8 @@ def cmd_suggest_labels(ns: argparse.Namespace) -> int:
         w.writerow(["path", "label", "split", "rank", "guess", "confidence", "margin"])
         for s in picks:
             rel = Path(os.path.abspath(s.path)).relative_to(root).as_posix()
-            scores = [] if not s.guess else [f"{s.confidence:.4f}", f"{s.margin:.4f}"]  # none from a backbone alone
-            w.writerow([rel, "", "train", s.rank, s.guess, *(scores or ["", ""])])
+            scores = [f"{s.confidence:.4f}", f"{s.margin:.4f}"] if s.guess else ["", ""]  # none from a backbone alone
+            w.writerow([rel, "", "train", s.rank, s.guess, *scores])
     say(f"{out}: the {len(picks)} of {len(photos)} photos to label first ({ns.strategy}); fill in the label "
         "column (delete rows you skip), then train with --data pointing at it, or `skulens retrain --extra`")
     return 0

@@ -20,6 +20,7 @@ compaction and rebuild. FAISS labels are row numbers.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -213,13 +214,9 @@ class FaissIndex(VectorIndex):
         if bad:
             raise IndexStoreError(f"options {sorted(bad)} are fixed when an index is built; on open only "
                                   f"{', '.join(_SEARCH_TIME)} may change")
-        try:
+        with _read_as_index(p):
             index = cls(p, int(manifest["dim"]), _options(manifest.get("options", {}), overrides))
             index._load(manifest)
-        except (KeyError, TypeError, ValueError, RuntimeError, OSError) as e:
-            if isinstance(e, IndexStoreError):
-                raise
-            raise IndexStoreError(f"{p}: corrupt index ({type(e).__name__}: {e})") from None
         return index
 
     def _load(self, m: dict[str, Any]) -> None:
@@ -610,12 +607,8 @@ class FaissIndex(VectorIndex):
         cannot be read raises IndexStoreError and stays as it was."""
         fresh = FaissIndex(self.path, self.dim, self.options)
         if (self.path / MANIFEST).exists():
-            try:
+            with _read_as_index(self.path):
                 fresh._load(_read_manifest(self.path))
-            except (KeyError, TypeError, ValueError, RuntimeError, OSError) as e:
-                if isinstance(e, IndexStoreError):
-                    raise
-                raise IndexStoreError(f"{self.path}: corrupt index ({type(e).__name__}: {e})") from None
         revision = self.revision
         self.__dict__.update(fresh.__dict__)
         self.revision = revision + 1  # caches of the records (search's texts) key on it: never an old value
@@ -717,6 +710,17 @@ def _rerank(vec: np.ndarray, queries: np.ndarray, cand: np.ndarray, n: int) -> t
         top = np.argsort(-s, kind="stable")[:n]
         scores[i, :len(top)], rows[i, :len(top)] = s[top], c[top]
     return scores, rows
+
+
+@contextlib.contextmanager
+def _read_as_index(path: Path) -> Iterator[None]:
+    """What reading an index's files can raise, as one IndexStoreError naming the index (open, revert)."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, RuntimeError, OSError) as e:
+        if isinstance(e, IndexStoreError):
+            raise
+        raise IndexStoreError(f"{path}: corrupt index ({type(e).__name__}: {e})") from None
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:

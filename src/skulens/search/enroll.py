@@ -138,25 +138,10 @@ def imprint_class(head: torch.nn.Linear, positives: torch.Tensor, reference: tor
 def reference_bank(bundle: Path, net: SkuModel, card: ModelCard, data: str | os.PathLike | None,
                    progress: bool = False) -> tuple[torch.Tensor, list[str]] | None:
     """Features of a few training photos per trained class, cached in the bundle (reference_bank.safetensors)."""
-    from safetensors import SafetensorError, safe_open
-
     path = bundle / BANK_FILE
-    if path.is_file():
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                made_from = meta.get("source")  # None: a bank from before the source was recorded
-                if data is None or made_from == str(Path(data).resolve()):
-                    # in the file itself since session 30 (one file, swapped in whole); before, beside it
-                    labels = (json.loads(meta["labels"]) if "labels" in meta else
-                              (bundle / (BANK_FILE + ".labels")).read_text(encoding="utf-8").splitlines())
-                    features = f.get_tensor("features")
-                    if len(labels) == len(features):
-                        return features, labels
-                    made_from = "a bank whose labels do not match it"
-            log.info("reference photos: the cached bank was made from %s, not --data %s; made again", made_from, data)
-        except (OSError, SafetensorError) as e:  # cut short by a kill or a full disk: a cache, made again
-            log.warning("reference photos: the cached bank is unreadable (%s); made again", e)
+    cached = _read_cache(path, data, "reference photos", legacy_labels=bundle / (BANK_FILE + ".labels"))
+    if cached is not None:
+        return cached
     source = data or card.dataset.get("path")
     if not source or not Path(source).exists():
         log.warning("no reference photos (the training data at %r is not here): the new class is imprinted "
@@ -183,6 +168,35 @@ def reference_bank(bundle: Path, net: SkuModel, card: ModelCard, data: str | os.
     _write_cache(path, feats, labels, source)
     (bundle / (BANK_FILE + ".labels")).unlink(missing_ok=True)  # an older bank's, now stale
     return feats, labels
+
+
+def _read_cache(path: Path, data: str | os.PathLike | None, what: str, legacy_labels: Path | None = None
+                ) -> tuple[torch.Tensor, list[str]] | None:
+    """The features and labels `_write_cache` keeps at `path`, when they were made from `data` (from whatever
+    source, without `data`); None, said in the log, when they are absent, made from other data, or unreadable (cut
+    short by a kill or a full disk): the caller makes them again. `legacy_labels`: where a reference bank from
+    before session 30 kept its labels (beside it, not in it)."""
+    from safetensors import SafetensorError, safe_open
+
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            made_from = meta.get("source")  # None: a bank from before the source was recorded
+            if data is not None and made_from != str(Path(data).resolve()):
+                log.info("%s: the cached ones were made from %s, not --data %s; made again", what, made_from, data)
+                return None
+            labels = (json.loads(meta["labels"]) if "labels" in meta or legacy_labels is None
+                      else legacy_labels.read_text(encoding="utf-8").splitlines())
+            features = f.get_tensor("features")
+    except (OSError, SafetensorError, KeyError, ValueError) as e:
+        log.warning("%s: the cached ones are unreadable (%s); made again", what, e)
+        return None
+    if len(labels) != len(features):
+        log.info("%s: the cached labels do not match their features; made again", what)
+        return None
+    return features, labels
 
 
 def _write_cache(path: Path, feats: torch.Tensor, labels: list[str], source: str | os.PathLike) -> None:
@@ -241,20 +255,12 @@ def catalogue_map(bundle: Path, net: SkuModel, card: ModelCard, bank: tuple[torc
     mapped views to the positives raised top-1 among all 81 from 20.0 to 30.0 % on val's other stores and
     from 33.2 to 40.6 % on the new products' train photos, with the seen products' top-1 78.2 -> 79.6 (a
     session 30 check; flat for a ridge from 0.01 to 0.3). The catalogue views are cached in the bundle."""
-    from safetensors import SafetensorError, safe_open
-
     path = bundle / CATALOGUE_FILE
-    feats, labels = None, []
     source = data or card.dataset.get("path")
-    if path.is_file():
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                if data is None or meta.get("source") == str(Path(data).resolve()):
-                    feats, labels = f.get_tensor("features"), json.loads(meta["labels"])
-        except (OSError, SafetensorError, KeyError, ValueError) as e:  # a cache: made again
-            log.warning("catalogue views: the cached ones are unreadable (%s); made again", e)
-    if feats is None:
+    cached = _read_cache(path, data, "catalogue views")
+    if cached is not None:
+        feats, labels = cached
+    else:
         if not source or not Path(source).exists():
             return None
         from ..data.catalogue import load_catalogue

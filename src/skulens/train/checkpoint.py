@@ -18,8 +18,8 @@ from safetensors.torch import load_file, save_file
 
 from ..config import PATH_KEYS, ConfigError
 
-__all__ = ["RESUME_FREE", "check_same_run", "config_changes", "load_checkpoint", "resume_command", "run_finished",
-           "run_started", "save_checkpoint"]
+__all__ = ["RESUME_FREE", "check_same_run", "config_changes", "load_checkpoint", "refuse_resuming_a_finished_run",
+           "resume_command", "run_finished", "run_started", "save_checkpoint"]
 
 
 def _flatten(obj: Any, key: str, tensors: dict[str, torch.Tensor]) -> Any:
@@ -93,6 +93,13 @@ def resume_command(config_file: str | os.PathLike[str]) -> str:
 def run_finished(run_dir: str | os.PathLike[str]) -> bool:
     """A run that ended normally: its bundle written and its checkpoint removed (the last step of a run)."""
     return (Path(run_dir) / "bundle" / "card.json").is_file() and not (Path(run_dir) / "checkpoint").exists()
+
+
+def refuse_resuming_a_finished_run(run_dir: str | os.PathLike[str]) -> None:
+    """ConfigError for --resume of a run that finished: a new run would overwrite its bundle, report and log."""
+    if run_finished(run_dir):
+        raise ConfigError(f"{run_dir}: this run finished (its bundle is there and no checkpoint): nothing to "
+                          "resume; choose another --out for a new run")
 
 
 # What a resumed run may change without changing the run: where it runs and what it logs to.

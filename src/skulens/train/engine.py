@@ -45,8 +45,8 @@ from . import distributed
 from .checkpoint import (
     check_same_run,
     load_checkpoint,
+    refuse_resuming_a_finished_run,
     resume_command,
-    run_finished,
     run_started,
     save_checkpoint,
 )
@@ -213,9 +213,8 @@ def _prepare_run_dir(cfg: TrainConfig, *, main: bool = True) -> Path:
     if not cfg.resume and run_started(run_dir):
         raise ConfigError(f"{run_dir} already holds a run: pass --resume to continue it, "
                           "or choose another --out")
-    if cfg.resume and run_finished(run_dir):  # a new run would overwrite its bundle, baseline, report and log
-        raise ConfigError(f"{run_dir}: this run finished (its bundle is there and no checkpoint): nothing to "
-                          "resume; choose another --out for a new run")
+    if cfg.resume:
+        refuse_resuming_a_finished_run(run_dir)
     if main:  # the other ranks of a distributed run write nothing
         run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir

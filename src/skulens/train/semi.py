@@ -150,12 +150,11 @@ def self_train(cfg: TrainConfig, catalogue: Catalogue, *, progress: bool = True,
     `cfg.pseudo_rounds` > 1, each round's student (OUT/round-K) labels the photos again for the next round."""
     from ..models.inference import resolve_device
     from . import distributed
-    from .checkpoint import run_finished
+    from .checkpoint import refuse_resuming_a_finished_run
 
     assert cfg.unlabeled is not None and fit_run is not None
-    if cfg.resume and run_finished(Path(cfg.out)):  # refused before the photos are labelled (and their CSV rewritten)
-        raise ConfigError(f"{cfg.out}: this run finished (its bundle is there and no checkpoint): nothing to "
-                          "resume; choose another --out for a new run")
+    if cfg.resume:  # before the photos are labelled again (and their CSV rewritten), not in the last round's fit
+        refuse_resuming_a_finished_run(cfg.out)
     photos = _without_labelled(cfg, catalogue, _unlabelled_photos(cfg.unlabeled))
     # Under torchrun one process group for every stage (each fit joins it): each rank labels its share of the
     # photos, every rank trains its student on all the pseudo-labels, and rank 0 writes them.
@@ -363,12 +362,11 @@ def _unlabelled_photos(source: str) -> list[Path]:
     if root.is_file():
         if root.suffix.lower() not in IMAGE_SUFFIXES:
             raise FileNotFoundError(f"--unlabeled {source}: not a photo (or a folder of photos)")
-        if non_utf8_names([root]):
-            raise ConfigError(f"--unlabeled {source}: {non_utf8_names([root])}")
-        return [root]
-    if not root.is_dir():
+        photos = [root]
+    elif not root.is_dir():
         raise FileNotFoundError(f"--unlabeled {source}: no such folder")
-    photos = sorted(folder_images(root))  # hidden files (macOS's ._x.jpg) left out, as every folder of photos
+    else:
+        photos = sorted(folder_images(root))  # hidden files (macOS's ._x.jpg) left out, as every folder of photos
     if not photos:
         raise FileNotFoundError(f"--unlabeled {source}: no photos in it")
     bad = non_utf8_names(photos)  # the pseudo-label CSV cannot hold them: refused before the teacher trains

@@ -45,7 +45,8 @@ def warm_start(model: SkuModel, card: ModelCard, bundle: str) -> dict[str, int]:
         copied["attributes"] = _copy_rows(model.attribute_head, card.attributes, old.attribute_head,
                                           old_card.attributes)
     log.info("warm start from %s: backbone and %s head rows", bundle, copied)
-    dropped = [c for c in old_card.classes if c not in set(card.classes)]
+    kept = set(card.classes)
+    dropped = [c for c in old_card.classes if c not in kept]
     if dropped:  # a product the bundle knew leaves the model: said, since a retrain's data may simply lack it
         log.warning("warm start: %d product(s) of %s are not in this run's catalogue and leave the model: %s%s "
                     "(give their photos with --data or --extra to keep them)", len(dropped), bundle,

@@ -230,7 +230,8 @@ async def create_product(state: State, actor: WriteKey,
             "self_check": result.self_check, "index_entries": result.index_entries, "by": actor}
 
 
-@crud_router.post("/{product_id}/images", responses=STORAGE_RESPONSES, summary="Add photos of a known product to the search index")
+@crud_router.post("/{product_id}/images", responses=STORAGE_RESPONSES,
+                  summary="Add photos of a known product to the search index")
 async def add_images(state: State, actor: WriteKey, product_id: ProductId,
                      images: Annotated[list[UploadFile], File(description="photos of the product")]
                      ) -> dict[str, Any]:
@@ -274,8 +275,9 @@ def _shared_metadata(records: list[IndexRecord]) -> dict[str, Any]:
             if k != "added_by" and all(r.metadata.get(k, None) == v for r in records)}  # a key's name, once stored
 
 
-@crud_router.patch("/{product_id}", responses=STORAGE_RESPONSES, summary="Change a product's title, text or metadata (price, in_stock, ...) in "
-                   "the search index; predict and support show a new title until a restart, when the catalogue's "
+@crud_router.patch("/{product_id}", responses=STORAGE_RESPONSES,
+                   summary="Change a product's title, text or metadata (price, in_stock, ...) in the search index;"
+                   " predict and support show a new title until a restart, when the catalogue's "
                    "own texts are read again")
 async def update_product(state: State, actor: WriteKey, product_id: ProductId, patch: ProductPatch
                          ) -> dict[str, Any]:
@@ -310,7 +312,8 @@ async def update_product(state: State, actor: WriteKey, product_id: ProductId, p
     return {"product_id": product_id, "entries": entries, "by": actor}
 
 
-@crud_router.delete("/{product_id}", responses=STORAGE_RESPONSES, summary="Remove a product from search; an enrolled product also leaves the "
+@crud_router.delete("/{product_id}", responses=STORAGE_RESPONSES,
+                    summary="Remove a product from search; an enrolled product also leaves the "
                     "model (a trained class stays in the model until it is retrained without its photos)")
 async def delete_product(state: State, actor: WriteKey, product_id: ProductId) -> dict[str, Any]:
     from ...search.enroll import is_enrolled, unenroll
