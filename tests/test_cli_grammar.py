@@ -148,6 +148,12 @@ def test_evaluate_without_data_uses_the_dataset_in_the_card(tiny_bundle, tmp_pat
     for cmd in (["evaluate", "--out", str(tmp_path / "e2")], ["robustness", "--out", str(tmp_path / "r2")]):
         r, _ = _run(*cmd, "--model", str(moved), "-q")
         assert r.returncode == 2 and "is not here: pass --data" in r.stderr, r.stderr
+        assert str(moved) in r.stderr  # the command line names the model
+    import skulens
+    from skulens.data.locate import DataNotFoundError
+
+    with pytest.raises(DataNotFoundError, match="the model was trained on .* is not here"):  # the API too
+        skulens.evaluate(str(moved), progress=False)
     from skulens.cli._common import data_path
 
     ns = argparse.Namespace(data=None)

@@ -174,6 +174,8 @@ def test_retrain_keeps_its_bundles_carved_val_and_never_falls_back_to_another_da
     for change in ({"seed": 5}, {"val_fraction": 0.3}):
         with pytest.raises(ConfigError, match="keeps the val"):
             retrain(bundle_copy, out=str(tmp_path / "rt"), data=tiny_catalogue, progress=False, epochs=1, **change)
+    with pytest.raises(ConfigError, match="init_from: a retrain starts from its bundle"):  # it was overwritten
+        retrain(bundle_copy, out=str(tmp_path / "rt"), data=tiny_catalogue, progress=False, init_from=str(tmp_path))
     assert not (tmp_path / "rt").exists()
     card["dataset"]["path"] = card["train_config"]["data"] = str(tmp_path / "moved-away")
     (bundle_copy / "card.json").write_text(json.dumps(card), encoding="utf-8")

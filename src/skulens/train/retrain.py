@@ -100,6 +100,8 @@ def retrain(bundle: str | os.PathLike, *, out: str, data: str | os.PathLike | No
     """Fine-tune again from `bundle` on its data plus what was enrolled or labelled since; returns TrainResult."""
     from .engine import fit
 
+    if "init_from" in overrides:  # it was overwritten silently
+        raise ConfigError("init_from: a retrain starts from its bundle; pass that one as the bundle")
     card = read_card(bundle)
     split = {"val_fraction": 0.1, "seed": 0, **split_settings(card)}
     changed = [k for k in split if k in overrides and overrides[k] != split[k]]
