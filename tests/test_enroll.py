@@ -530,3 +530,23 @@ def test_the_same_photos_give_the_same_enrolment(bundle_copy: Path, blue_photos:
         rows.append(net.head.weight[card.classes.index("blue-box")].detach().clone())
         unenroll(bundle_copy, "blue-box")
     assert torch.equal(rows[0], rows[1])
+
+
+def test_a_product_enrolled_earlier_is_a_negative_for_the_next_one(bundle_copy: Path, blue_photos: list[Path],
+                                                                   tiny_catalogue: Path) -> None:
+    """The next enrolment's row is fitted against the earlier enrolled products' views too (kept in the bundle,
+    at most 16 per product): before, a second product that looks like the first took the first one's photos."""
+    from skulens.search.enroll import ENROLLED_FILE, _read_cache
+
+    first = enroll(bundle_copy, "blue-box", blue_photos[:3], data=tiny_catalogue)
+    feats, labels = _read_cache(bundle_copy / ENROLLED_FILE, None, "test")
+    assert labels == ["blue-box"] * 16 and feats.shape == (16, load_bundle(bundle_copy)[0].head.in_features)
+    second = enroll(bundle_copy, "blue-box-2", blue_photos[3:6], data=tiny_catalogue)
+    assert second.reference == first.reference + 16
+    model = skulens.load(bundle_copy, device="cpu", precision="off")
+    assert [p.fine_label for p in model.predict([str(p) for p in blue_photos[:3]], top_k=1)] == ["blue-box"] * 3
+    assert _read_cache(bundle_copy / ENROLLED_FILE, None, "test")[1] == ["blue-box"] * 16 + ["blue-box-2"] * 16
+    unenroll(bundle_copy, "blue-box")
+    assert _read_cache(bundle_copy / ENROLLED_FILE, None, "test")[1] == ["blue-box-2"] * 16
+    unenroll(bundle_copy, "blue-box-2")
+    assert not (bundle_copy / ENROLLED_FILE).exists()
