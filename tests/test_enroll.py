@@ -550,3 +550,29 @@ def test_a_product_enrolled_earlier_is_a_negative_for_the_next_one(bundle_copy: 
     assert _read_cache(bundle_copy / ENROLLED_FILE, None, "test")[1] == ["blue-box-2"] * 16
     unenroll(bundle_copy, "blue-box-2")
     assert not (bundle_copy / ENROLLED_FILE).exists()
+
+
+def test_a_retrains_extra_catalogues_are_recorded_for_the_next_retrain(bundle_copy: Path, blue_photos: list[Path],
+                                                                       tiny_catalogue: Path, tmp_path: Path,
+                                                                       caplog) -> None:
+    """`--extra` catalogues were not recorded: the next retrain, without them, dropped their products."""
+    from skulens.train.retrain import retrain, retrain_extra
+
+    folder = tmp_path / "labelled"
+    folder.mkdir()
+    for p in blue_photos[:4]:
+        shutil.copy(p, folder / p.name)
+    extra = folder / "labels.csv"
+    extra.write_text("path,label,coarse_label\n" + "".join(f"{p.name},blue-box,Box\n" for p in blue_photos[:4]),
+                     encoding="utf-8")
+    first = retrain(bundle_copy, out=str(tmp_path / "rt"), data=tiny_catalogue, extra=[extra], progress=False,
+                    epochs=1)
+    assert first.card.classes[-1] == "blue-box"
+    assert first.card.dataset["extra"] == [str(extra.resolve())] == read_card(first.bundle).dataset["extra"]
+    again = retrain(first.bundle, out=str(tmp_path / "rt2"), data=tiny_catalogue, progress=False, epochs=1)
+    assert again.card.classes[-1] == "blue-box" and again.card.dataset["extra"] == [str(extra.resolve())]
+    assert retrain_extra(again.bundle, [extra]) == [str(extra.resolve())]  # given again: once
+    extra.unlink()
+    with caplog.at_level("WARNING", logger="skulens.train.retrain"):
+        assert retrain_extra(again.bundle) == []
+    assert "labels.csv an earlier retrain used are gone" in caplog.text

@@ -281,7 +281,8 @@ def add_commands(sub: Any) -> None:
     add_model(rt, "the bundle to start from")
     add_out(rt, "new run directory (or the --config file's 'out')")
     add_data(rt, "the original catalogue (default: the one in the bundle's card)")
-    rt.add_argument("--extra", action="append", help="extra labelled catalogue (repeatable), e.g. the review queue")
+    rt.add_argument("--extra", action="append", help="extra labelled catalogue (repeatable), e.g. the review "
+                    "queue; recorded in the new bundle, so its next retrain reads it again")
     add_train_flags(rt)
     rt.set_defaults(func=cmd_retrain)
 

@@ -24,7 +24,7 @@ from ..models.bundle import atomic_write_text, read_card
 from ..models.card import ModelCard
 from ..models.swap import CARD
 
-__all__ = ["merge_samples", "retrain", "retrain_catalogue"]
+__all__ = ["merge_samples", "retrain", "retrain_catalogue", "retrain_extra"]
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +112,7 @@ def retrain(bundle: str | os.PathLike, *, out: str, data: str | os.PathLike | No
                           f"bundle's run carved out of train ({', '.join(f'{k} {v}' for k, v in split.items())}), "
                           "so that val stays photos the model never trained on; drop it, or train anew")
     source = retrain_source(bundle, data)  # a manifest file, not its folder (which may hold another manifest)
+    extra = retrain_extra(bundle, extra)
     cat = retrain_catalogue(bundle, source, extra)
     # The recorded config, less this run's own keys and keys removed since that run was trained.
     # A recorded teacher (a distilled or self-trained bundle) is not distilled from again: it does not know
@@ -121,16 +122,37 @@ def retrain(bundle: str | os.PathLike, *, out: str, data: str | os.PathLike | No
     values.update({"baseline": False, **overrides, "out": out, "init_from": str(bundle), "data": source})
     result = fit(resolve_config(values), catalogue=cat, progress=progress)
     if os.environ.get("RANK", "0") in ("", "0"):  # rank 0 writes, as for the rest of the bundle
-        result = replace(result, card=_carry_enrolled(Path(bundle), result.bundle))
+        result = replace(result, card=_carry_enrolled(Path(bundle), result.bundle, extra))
     return result
 
 
-def _carry_enrolled(old: Path, new: Path) -> ModelCard:
-    """The enrolled products' photos and card entries, into the retrained bundle: its recorded data is the
-    catalogue alone, so without them the next retrain would not know those products, and drop them unsaid."""
+def retrain_extra(bundle: str | os.PathLike, extra: Sequence[str | os.PathLike] = ()) -> list[str]:
+    """The extra catalogues of a retrain: those an earlier retrain of `bundle` recorded (the ones still there; a
+    gone one is named in the log) and `extra`, each once, as absolute paths."""
+    recorded = read_card(bundle).dataset.get("extra") or []
+    gone = [p for p in recorded if not Path(p).exists()]
+    if gone:
+        log.warning("retrain: the extra catalogue(s) %s an earlier retrain used are gone; their products leave "
+                    "the model unless given again with --extra", ", ".join(gone))
+    out: list[str] = []
+    for path in [*[p for p in recorded if p not in gone], *extra]:
+        path = os.path.abspath(path)
+        if path not in out:
+            out.append(path)
+    return out
+
+
+def _carry_enrolled(old: Path, new: Path, extra: Sequence[str] = ()) -> ModelCard:
+    """The enrolled products' photos and card entries, and the extra catalogues, into the retrained bundle: its
+    recorded data is the catalogue alone, so without them the next retrain would not know those products, and
+    drop them unsaid."""
     card = read_card(new)
+    if extra:
+        card = card.with_(dataset={**card.dataset, "extra": list(extra)})
     entries = [e for e in read_card(old).enrolled if e["label"] in card.classes]
     if not entries:
+        if extra:
+            atomic_write_text(new / CARD, card.to_json())
         return card
     for e in entries:
         for rel in e.get("photos", ()):
