@@ -576,3 +576,24 @@ def test_a_retrains_extra_catalogues_are_recorded_for_the_next_retrain(bundle_co
     with caplog.at_level("WARNING", logger="skulens.train.retrain"):
         assert retrain_extra(again.bundle) == []
     assert "labels.csv an earlier retrain used are gone" in caplog.text
+
+
+def test_enrolled_views_survive_a_failed_unenrol_and_are_made_again_from_kept_photos(
+        bundle_copy: Path, blue_photos: list[Path], tiny_catalogue: Path, monkeypatch) -> None:
+    from skulens.search import enroll as enrol_module
+    from skulens.search.enroll import ENROLLED_FILE, _read_cache
+
+    first = enroll(bundle_copy, "blue-box", blue_photos[:3], data=tiny_catalogue)
+    (bundle_copy / ENROLLED_FILE).unlink()  # a bundle enrolled into before the views were kept
+    second = enroll(bundle_copy, "blue-box-2", blue_photos[3:6], data=tiny_catalogue)
+    assert second.reference == first.reference + 16  # made again from blue-box's kept photos
+    assert _read_cache(bundle_copy / ENROLLED_FILE, None, "test")[1] == ["blue-box"] * 16 + ["blue-box-2"] * 16
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(enrol_module, "save_bundle", full_disk)
+    with pytest.raises(OSError):
+        unenroll(bundle_copy, "blue-box")
+    assert [e["label"] for e in read_card(bundle_copy).enrolled] == ["blue-box", "blue-box-2"]
+    assert _read_cache(bundle_copy / ENROLLED_FILE, None, "test")[1] == ["blue-box"] * 16 + ["blue-box-2"] * 16

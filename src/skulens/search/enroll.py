@@ -417,13 +417,13 @@ def enroll(bundle: str | os.PathLike, label: str, images: Sequence[str | os.Path
     described = _text_features(bundle, title, text, positives, text_weight)
     positives = torch.cat([positives, described])
     ref = ref_t = None
+    earlier = _enrolled_views(bundle, card, net)
     if bank is not None:
         idx = {c: i for i, c in enumerate(card.classes)}
         # the products enrolled before are negatives too: without them a new row took their photos. On grocery
         # (21 products enrolled one after another into a model of the other 60; a session 31 check at the feature
         # level, 3 draws): from 3 shop photos each, the new products' val top-1 72.5 -> 74.6 % and their
         # in-store photos 83.8 -> 86.1 %; from 5, 75.4 -> 76.7 and 88.0 -> 90.5; the seen products as before
-        earlier = _read_enrolled(bundle, card)
         feats = torch.cat([bank[0], earlier[0]]) if earlier else bank[0]
         labels = list(bank[1]) + (earlier[1] if earlier else [])
         keep = [i for i, lab in enumerate(labels) if lab in idx]
@@ -466,7 +466,8 @@ def enroll(bundle: str | os.PathLike, label: str, images: Sequence[str | os.Path
             records = _index_records(label, coarse, entry, len(plain), kept, bundle)
             _add_to_index(index, records, plain)
         # carried into the new bundle by the save; its rows count only for products the card lists as enrolled
-        _write_enrolled(bundle, new_card, label, _kept_rows(positives, len(plain)))
+        # (not the description's rows: one vector, repeated)
+        _write_enrolled(bundle, earlier, label, _kept_rows(positives[:len(positives) - len(described)], len(plain)))
         save_bundle(net, new_card, bundle, carry_over=True)
     except BaseException:
         if _saved(bundle, label):  # interrupted after the swap (in its clean-up): the enrolment stands, photos too
@@ -498,30 +499,62 @@ def _kept_rows(positives: torch.Tensor, photos: int, n: int = _ENROLLED_ROWS) ->
     return torch.cat([positives[:first], positives[rest]])
 
 
-def _read_enrolled(bundle: Path, card: ModelCard) -> tuple[torch.Tensor, list[str]] | None:
-    """The cached positives of the products the card lists as enrolled; None where there are none (no cache, as
-    in a bundle enrolled into before session 31, or an unreadable one)."""
+def _enrolled_views(bundle: Path, card: ModelCard, net: SkuModel | None = None
+                    ) -> tuple[torch.Tensor, list[str]] | None:
+    """The kept views of the products the card lists as enrolled (None: none). Given `net`, a product missing from
+    the cache (a bundle enrolled into before session 31, a cache unreadable or of another size) gets its views
+    again from its kept photos, as they are and in augmented views."""
     cached = _read_cache(bundle / ENROLLED_FILE, None, "enrolled products' views")
+    if cached is not None and net is not None and cached[0].shape[1] != net.head.in_features:
+        log.info("enrolled products' views: %d features, not this model's %d; made again", cached[0].shape[1],
+                 net.head.in_features)
+        cached = None
     enrolled = {e.get("label") for e in card.enrolled}
-    keep = [] if cached is None else [i for i, lab in enumerate(cached[1]) if lab in enrolled]
-    if not keep:
+    parts, labels = [], []
+    if cached is not None:
+        keep = [i for i, lab in enumerate(cached[1]) if lab in enrolled]
+        if keep:
+            parts.append(cached[0][keep])
+            labels += [cached[1][i] for i in keep]
+    if net is not None:
+        have = set(labels)
+        for entry in card.enrolled:
+            if entry.get("label") in have or not entry.get("photos"):
+                continue
+            rows = _photo_rows(bundle, net, card, entry["photos"])
+            if rows is not None:
+                parts.append(rows)
+                labels += [entry["label"]] * len(rows)
+    return (torch.cat(parts), labels) if labels else None
+
+
+def _photo_rows(bundle: Path, net: SkuModel, card: ModelCard, photos: Sequence[str]) -> torch.Tensor | None:
+    """An enrolled product's kept views, made from its kept photos (None: none of them is readable)."""
+    tensors = []
+    for rel in photos:
+        try:
+            tensors.append(to_uint8_tensor(decode_image(bundle / rel, reduce_to=card.resize_to)))
+        except (ImageDecodeError, OSError):
+            continue
+    if not tensors:
         return None
-    return cached[0][keep], [cached[1][i] for i in keep]
+    plain = _features(net, tensors, create_transform(card))
+    return _kept_rows(torch.cat([plain, _augmented(net, card, tensors)]), len(plain))
 
 
-def _write_enrolled(bundle: Path, card: ModelCard, label: str, rows: torch.Tensor | None) -> None:
-    """The cache of enrolled products' views for `card`: its enrolled products' rows, `label`'s replaced by `rows`
+def _write_enrolled(bundle: Path, earlier: tuple[torch.Tensor, list[str]] | None, label: str,
+                    rows: torch.Tensor | None) -> None:
+    """The cache of enrolled products' views: `earlier` (`_enrolled_views`), `label`'s rows replaced by `rows`
     (None: taken out)."""
-    feats, labels = _read_enrolled(bundle, card) or (None, [])
+    feats, labels = earlier or (None, [])
     keep = [i for i, lab in enumerate(labels) if lab != label]
-    parts = [feats[keep]] if keep else []
+    parts = [feats[keep]] if keep and feats is not None else []
     labels = [labels[i] for i in keep]
     if rows is not None and len(rows):
         parts.append(rows)
         labels += [label] * len(rows)
     if labels:
-        feats = torch.cat(parts)
-        _write_cache(bundle / ENROLLED_FILE, feats.float(), labels, bundle)
+        _write_cache(bundle / ENROLLED_FILE, torch.cat(parts).float(), labels, bundle)
     else:
         (bundle / ENROLLED_FILE).unlink(missing_ok=True)
 
@@ -628,8 +661,9 @@ def unenroll(bundle: str | os.PathLike, label: str, *, index: object | None = No
             f2c = [i - 1 if i > c else i for i in f2c]
     new_card = card.with_(classes=tuple(x for x in card.classes if x != label), coarse_classes=tuple(coarse_classes),
                           fine_to_coarse=tuple(f2c), enrolled=tuple(e for e in card.enrolled if e is not entry))
-    _write_enrolled(bundle, new_card, label, None)
     save_bundle(net, new_card, bundle, carry_over=True)
+    with contextlib.suppress(OSError):  # after the save: a failed one leaves the product's views with it
+        _write_enrolled(bundle, _enrolled_views(bundle, new_card), label, None)  # (rows of a gone one are unread)
     photos = 0
     # Only its own files, and none another enrolled product still lists: two labels with the same safe folder
     # name ("Milk!", "Milk?") enrolled with the same photo share one content-named file.
