@@ -3,8 +3,9 @@
 The new class gets a row in the fine head, initialised by *imprinting* (Qi et al., CVPR 2018: the
 centred mean of its photos' features, scaled like the trained rows) and then fitted for a few hundred
 milliseconds against a reference bank of trained-class features, and the views of the products enrolled
-before it, with every other weight frozen, so its scores live on the same scale as the trained classes. `predict` (and any export made afterwards)
-knows the product at once; `skulens retrain` later folds the kept photos into a normal fine-tune.
+before it, with every other weight frozen, so its scores live on the same scale as the trained classes.
+`predict` (and any export made afterwards) knows the product at once; `skulens retrain` later folds the
+kept photos into a normal fine-tune.
 """
 
 from __future__ import annotations
@@ -40,8 +41,9 @@ from ..models.bundle import (
 from ..models.card import ModelCard
 from ..models.classifier import SkuModel
 
-__all__ = ["CATALOGUE_FILE", "ENROLLED_DIR", "ENROLLED_FILE", "EnrolResult", "EnrolmentError", "UnenrolResult", "catalogue_map",
-           "drop_class", "enroll", "imprint_class", "is_enrolled", "learn_shop_map", "reference_bank", "unenroll"]
+__all__ = ["CATALOGUE_FILE", "ENROLLED_DIR", "ENROLLED_FILE", "EnrolResult", "EnrolmentError", "UnenrolResult",
+           "catalogue_map", "drop_class", "enroll", "imprint_class", "is_enrolled", "learn_shop_map", "reference_bank",
+           "unenroll"]
 
 log = logging.getLogger(__name__)
 
