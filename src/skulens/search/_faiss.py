@@ -597,9 +597,13 @@ class FaissIndex(VectorIndex):
             "options": asdict(self.options),
         }
         tmp = self._write(MANIFEST + ".tmp", lambda f: f.write(json.dumps(manifest, indent=1).encode("utf-8")))
-        os.replace(self.path / tmp, self.path / MANIFEST)  # the commit point
-        _fsync_path(self.path)
+        os.replace(self.path / tmp, self.path / MANIFEST)  # the commit point: from here on the save is made
         self._version, self._files, self._dirty = version, files, set()
+        try:
+            _fsync_path(self.path)
+        except OSError as e:  # raised, the save was answered "not made" (and dropped from memory) though on disk
+            logger.warning("index %s: saved, but its folder could not be synced (%s): a power cut now may undo "
+                           "this save", self.path, e)
         _remove_unreferenced(self.path, set(filter(None, files.values())))
 
     def revert(self) -> bool:
