@@ -19,7 +19,7 @@ from typing import Any, get_args
 
 from ..config import apply_preset, config_fields, load_config
 from ..data.image_list import folder_images, is_image_list, non_utf8_names, read_image_list
-from ..data.locate import DataNotFoundError, card_json, recorded_dataset, resolve_data
+from ..data.locate import card_json, recorded_dataset, resolve_data
 from ..models.options import EXPORTED_FILES
 
 __all__ = [
@@ -194,10 +194,7 @@ def data_path(ns: argparse.Namespace, *, model: str | None = None, required: boo
     """--data, else the dataset recorded in the model's card (refused when it is gone), else the default dataset.
     Checked here, before torch is imported: a missing or empty path is refused at once."""
     recorded = recorded_dataset(model) if model and not model.startswith("pretrained:") else None
-    try:
-        found = resolve_data(getattr(ns, "data", None), recorded=recorded, required=required)
-    except DataNotFoundError as exc:  # the recorded catalogue gone: the command line names the model
-        raise DataNotFoundError(str(exc).replace("the model was", f"{model} was", 1)) from None
+    found = resolve_data(getattr(ns, "data", None), recorded=recorded, required=required, model=model or "the model")
     return None if found is None else str(found)
 
 

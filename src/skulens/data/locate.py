@@ -49,15 +49,17 @@ def find_default_data() -> Path | None:
 
 
 def resolve_data(
-    arg: str | os.PathLike[str] | None, *, recorded: str | None = None, required: bool = True, flag: str = "--data"
+    arg: str | os.PathLike[str] | None, *, recorded: str | None = None, required: bool = True, flag: str = "--data",
+    model: str = "the model",
 ) -> Path | None:
     """The dataset to use: ``arg``, else ``recorded`` if it still exists, else :func:`find_default_data`.
 
     ``recorded`` is the dataset path written in a bundle's card (see :func:`recorded_dataset`). A given
     ``arg`` must exist and, if a folder, hold something (an error names it as ``flag``). A ``recorded`` dataset
     that is gone is refused when ``required`` and $SKULENS_DATA is unset: the default dataset is another
-    catalogue, whose labels the model does not know. With nothing found, raises :class:`DataNotFoundError`
-    carrying :data:`DATASET_HINT`, or returns None when not ``required``.
+    catalogue, whose labels the model does not know (the error names ``model``, the bundle that recorded it).
+    With nothing found, raises :class:`DataNotFoundError` carrying :data:`DATASET_HINT`, or returns None when not
+    ``required``.
     """
     if arg is not None and os.fspath(arg) != "":
         path = Path(arg)
@@ -69,7 +71,7 @@ def resolve_data(
     if recorded and Path(recorded).exists():
         return Path(recorded)
     if recorded and required and not os.environ.get(DATA_ENV):  # $SKULENS_DATA, set by the user, is still taken
-        raise DataNotFoundError(f"the catalogue the model was trained on ({recorded}) is not here: "
+        raise DataNotFoundError(f"the catalogue {model} was trained on ({recorded}) is not here: "
                                 f"pass {flag} PATH (or set ${DATA_ENV})")
     found = find_default_data()
     if found is None and required:

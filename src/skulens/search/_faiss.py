@@ -601,7 +601,7 @@ class FaissIndex(VectorIndex):
         self._version, self._files, self._dirty = version, files, set()
         try:
             _fsync_path(self.path)
-        except OSError as e:  # raised, the save was answered "not made" (and dropped from memory) though on disk
+        except OSError as e:  # raised, the service answered "not made" a save that is on disk
             logger.warning("index %s: saved, but its folder could not be synced (%s): a power cut now may undo "
                            "this save", self.path, e)
         _remove_unreferenced(self.path, set(filter(None, files.values())))

@@ -498,7 +498,7 @@ def _kept_rows(positives: torch.Tensor, photos: int, n: int = _ENROLLED_ROWS) ->
     if len(positives) <= n:
         return positives
     first = min(photos, n)
-    rest = torch.linspace(first, len(positives) - 1, n - first).round().long() if n > first else torch.zeros(0).long()
+    rest = torch.linspace(first, len(positives) - 1, n - first).round().long()  # none when the photos fill n
     return torch.cat([positives[:first], positives[rest]])
 
 

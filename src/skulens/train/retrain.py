@@ -147,12 +147,8 @@ def _carry_enrolled(old: Path, new: Path, extra: Sequence[str] = ()) -> ModelCar
     recorded data is the catalogue alone, so without them the next retrain would not know those products, and
     drop them unsaid."""
     card = read_card(new)
-    if extra:
-        card = card.with_(dataset={**card.dataset, "extra": list(extra)})
     entries = [e for e in read_card(old).enrolled if e["label"] in card.classes]
-    if not entries:
-        if extra:
-            atomic_write_text(new / CARD, card.to_json())
+    if not entries and not extra:
         return card
     for e in entries:
         for rel in e.get("photos", ()):
@@ -160,6 +156,6 @@ def _carry_enrolled(old: Path, new: Path, extra: Sequence[str] = ()) -> ModelCar
             if src.is_file() and not dst.exists():
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(src, dst)
-    card = card.with_(enrolled=tuple(entries))
+    card = card.with_(enrolled=tuple(entries), dataset={**card.dataset, **({"extra": list(extra)} if extra else {})})
     atomic_write_text(new / CARD, card.to_json())
     return card
