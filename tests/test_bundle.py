@@ -165,8 +165,10 @@ def test_save_over_existing_bundle_replaces_it_atomically(tiny_bundle, tmp_path:
     assert out == target
     assert sorted(f.name for f in target.iterdir()) == ["card.json", "model.safetensors"]
     assert read_card(target).classes == ("a", "b", "c")
-    # No temp dir (".bundle.xxxx") or old copy (".bundle.old") is left beside it.
-    assert sorted(p.name for p in target.parent.iterdir()) == ["bundle"]
+    # No temp dir (".bundle.xxxx") or old copy (".bundle.old") is left beside it; its lock file (empty, held by
+    # whoever rewrites the bundle) stays, as git's do.
+    assert sorted(p.name for p in target.parent.iterdir()) == [".bundle.lock", "bundle"]
+    assert (target.parent / ".bundle.lock").stat().st_size == 0
     _, loaded = load_bundle(target)
     assert loaded.metrics == {"top1": 0.5}
 

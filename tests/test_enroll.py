@@ -597,3 +597,55 @@ def test_enrolled_views_survive_a_failed_unenrol_and_are_made_again_from_kept_ph
         unenroll(bundle_copy, "blue-box")
     assert [e["label"] for e in read_card(bundle_copy).enrolled] == ["blue-box", "blue-box-2"]
     assert _read_cache(bundle_copy / ENROLLED_FILE, None, "test")[1] == ["blue-box"] * 16 + ["blue-box-2"] * 16
+
+
+def test_enrolments_into_one_bundle_at_once_take_turns(bundle_copy: Path, blue_photos: list[Path],
+                                                       tiny_catalogue: Path) -> None:
+    """Two enrolments started together (two service workers, or `skulens enroll` beside `skulens serve`) both
+    read the bundle before either saved it, and the second save dropped the first product: each now holds the
+    bundle's lock from its read to its save."""
+    import threading
+
+    start = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def run(label: str, photos: list[Path]) -> None:
+        start.wait()
+        try:
+            enroll(bundle_copy, label, photos, data=tiny_catalogue)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=("blue-box", blue_photos[:3])),
+               threading.Thread(target=run, args=("blue-box-2", blue_photos[3:6]))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors, errors
+    card = read_card(bundle_copy)
+    assert set(card.classes[-2:]) == {"blue-box", "blue-box-2"}
+    assert sorted(e["label"] for e in card.enrolled) == ["blue-box", "blue-box-2"]
+    assert load_bundle(bundle_copy)[0].head.out_features == len(card.classes)
+
+
+def test_a_bundle_another_process_is_rewriting_is_waited_for_then_refused_in_one_line(bundle_copy: Path) -> None:
+    import subprocess
+    import sys
+
+    from skulens.models.bundle import BundleError, bundle_lock
+
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\nfrom skulens.models.swap import lock_of\n"
+        f"lock = lock_of({str(bundle_copy)!r})\nlock.acquire()\nprint('held', flush=True)\ntime.sleep(60)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(BundleError, match="another process has been rewriting this bundle"), \
+                bundle_lock(bundle_copy, timeout=0.5):
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with bundle_lock(bundle_copy, timeout=5):  # a killed holder's lock is free again
+        pass

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
+from filelock import Timeout
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -17,13 +22,16 @@ from .backbones import create_architecture
 from .card import ModelCard
 from .classifier import SkuModel
 from .pruned import apply_pruning
-from .swap import CARD, WEIGHTS, recover_bundle
+from .swap import CARD, WEIGHTS, lock_of, recover_bundle
 
-__all__ = ["BundleError", "atomic_write_text", "build_model", "bundle_folder", "load_bundle", "make_readable",
-           "read_card", "recover_bundle", "save_bundle", "save_tensors"]
+__all__ = ["BundleError", "atomic_write_text", "build_model", "bundle_folder", "bundle_lock", "load_bundle",
+           "make_readable", "read_card", "recover_bundle", "rewrites_bundle", "save_bundle", "save_tensors"]
 
 log = logging.getLogger(__name__)
 
+LOCK_TIMEOUT_S = 900.0  # an enrolment's first run makes the catalogue views (about a minute for 60 products)
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class BundleError(RuntimeError):
@@ -36,6 +44,33 @@ def build_model(card: ModelCard) -> SkuModel:
     n_coarse = len(card.coarse_classes) if card.coarse_head else 0
     model = SkuModel(backbone, card.num_classes, n_coarse, len(card.attributes), card.dropout)
     return apply_pruning(model, card.pruning)  # a structurally pruned card lists its narrower layers
+
+
+@contextmanager
+def bundle_lock(directory: str | os.PathLike[str], timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+    """Hold the bundle's lock (:func:`swap.lock_of`) while rewriting it; a BundleError after `timeout` s."""
+    lock = lock_of(directory)
+    try:
+        lock.acquire(timeout=timeout)
+    except Timeout:
+        raise BundleError(f"{directory}: another process has been rewriting this bundle for {timeout:.0f} s "
+                          f"(it holds {lock.lock_file}); try again when it is done") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def rewrites_bundle(fn: F) -> F:
+    """For a function that reads a bundle, changes it and saves it in place (its first argument, a bundle or its
+    card.json): the read and the save under the bundle's lock, so a change made by another process or thread
+    in between is never overwritten."""
+    @functools.wraps(fn)
+    def run(bundle: str | os.PathLike[str], *args: Any, **kwargs: Any) -> Any:
+        folder = bundle_folder(bundle)  # --model may name its card.json: the folder is rewritten, never the file
+        with bundle_lock(folder):
+            return fn(folder, *args, **kwargs)
+    return run  # type: ignore[return-value]
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -101,6 +136,11 @@ def save_bundle(model: SkuModel, card: ModelCard, directory: str | os.PathLike[s
     if out.exists() and not out.is_dir():  # a bundle's card.json given as its folder: never swap a folder in there
         raise BundleError(f"{out}: a file, not a bundle folder: give the folder to write the bundle into")
     out.parent.mkdir(parents=True, exist_ok=True)
+    with bundle_lock(out):
+        return _save_bundle(model, card, out, carry_over)
+
+
+def _save_bundle(model: SkuModel, card: ModelCard, out: Path, carry_over: bool) -> Path:
     recover_bundle(out)  # an interrupted earlier swap: its bundle is the one carried over and replaced
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700; a bundle is as readable as any other output

@@ -7,7 +7,9 @@ import logging
 import os
 from pathlib import Path
 
-__all__ = ["CARD", "WEIGHTS", "recover_bundle"]
+from filelock import FileLock
+
+__all__ = ["CARD", "WEIGHTS", "lock_of", "recover_bundle"]
 
 log = logging.getLogger(__name__)
 
@@ -15,13 +17,30 @@ WEIGHTS = "model.safetensors"
 CARD = "card.json"
 
 
+def lock_of(directory: str | os.PathLike[str], timeout: float = -1) -> FileLock:
+    """The lock of the bundle in `directory`, a file beside it (`.NAME.lock`): held by whoever rewrites the
+    bundle (its save's swap, an enrolment from load to save), so that two processes (`skulens enroll` beside
+    `skulens serve`, two service workers) or two threads take turns. One object per bundle and process, so a
+    thread that holds it may take it again (the enrolment, then its save)."""
+    out = Path(directory).resolve()
+    return FileLock(out.with_name(f".{out.name}.lock"), timeout=timeout, is_singleton=True)
+
+
+def _aside(out: Path) -> bool:
+    old = out.with_name(f".{out.name}.old")
+    return not out.exists() and (old / CARD).is_file() and (old / WEIGHTS).is_file()
+
+
 def recover_bundle(directory: str | os.PathLike[str]) -> bool:
     """Put back the previous bundle when a kill landed inside `save_bundle`'s swap (after the old one moved
-    aside, before the new one moved in): True when it did."""
+    aside, before the new one moved in): True when it did. A save still swapping (another process or thread)
+    is waited for, not undone."""
     out = Path(directory)
-    old = out.with_name(f".{out.name}.old")
-    if out.exists() or not (old / CARD).is_file() or not (old / WEIGHTS).is_file():
+    if not _aside(out):
         return False
-    os.replace(old, out)
+    with lock_of(out):
+        if not _aside(out):  # the save finished while this waited
+            return False
+        os.replace(out.with_name(f".{out.name}.old"), out)
     log.warning("%s: restored the previous bundle (a save was interrupted while swapping it)", out)
     return True

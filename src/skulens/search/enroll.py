@@ -32,9 +32,9 @@ from ..data.decode import ImageDecodeError, decode_image
 from ..data.transforms import create_transform, to_uint8_tensor
 from ..models.bundle import (
     BundleError,
-    bundle_folder,
     load_bundle,
     read_card,
+    rewrites_bundle,
     save_bundle,
     save_tensors,
 )
@@ -344,6 +344,7 @@ def _keep_photo(pil, folder: Path) -> Path:
     return out
 
 
+@rewrites_bundle
 def enroll(bundle: str | os.PathLike, label: str, images: Sequence[str | os.PathLike | bytes], *,
            text: str = "", title: str = "", coarse: str | None = None, data: str | os.PathLike | None = None,
            index: object | None = None, keep_photos: bool = True, studio_views: int = _STUDIO_VIEWS,
@@ -356,8 +357,8 @@ def enroll(bundle: str | os.PathLike, label: str, images: Sequence[str | os.Path
     enrolled. When the bundle has a text aligner (`skulens align`) and the product has a text, the text's
     place in the image space joins the positives with weight `text_weight` (0 turns it off). With `shop_map`
     (and catalogue photos of at least 10 trained products in the data), a catalogue photo's views join once
-    more, carried by `catalogue_map` to where the trained products' shop photos lie against their own."""
-    bundle = bundle_folder(bundle)  # --model may name its card.json: the folder is rewritten, never the file
+    more, carried by `catalogue_map` to where the trained products' shop photos lie against their own.
+    Under the bundle's lock (:func:`models.bundle.rewrites_bundle`): enrolments into one bundle take turns."""
     net, card = load_bundle(bundle)
     label = label.strip()
     if not label:
@@ -625,6 +626,7 @@ def is_enrolled(bundle: str | os.PathLike, label: str) -> bool:
     return card.is_file() and any(e.get("label") == label for e in read_card(bundle).enrolled)
 
 
+@rewrites_bundle
 def unenroll(bundle: str | os.PathLike, label: str, *, index: object | None = None,
              all_entries: bool = False) -> UnenrolResult:
     """Undo `enroll`: the product's head row, its coarse class where it was the only product in it, its card
@@ -632,8 +634,7 @@ def unenroll(bundle: str | os.PathLike, label: str, *, index: object | None = No
     keeps its weights, so the bundle predicts as it did before the enrolment. `all_entries`: every index
     entry of the product instead (photos added later too: removing the product, as DELETE does). Only
     enrolled products: a trained class leaves the model when it is retrained without its photos. The index
-    goes first, then the bundle (atomically), so a failure half-way can be retried."""
-    bundle = bundle_folder(bundle)  # --model may name its card.json: the folder is rewritten, never the file
+    goes first, then the bundle (atomically), so a failure half-way can be retried. Under the bundle's lock."""
     net, card = load_bundle(bundle)
     entry = next((e for e in card.enrolled if e.get("label") == label), None)
     if entry is None:
