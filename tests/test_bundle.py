@@ -243,3 +243,31 @@ def test_the_cli_puts_back_a_bundle_a_kill_left_aside(tiny_bundle, tmp_path: Pat
     shutil.copytree(tiny_bundle.bundle, tmp_path / ".bundle.old")  # a kill inside save_bundle's swap
     assert main(["info", "-m", str(tmp_path / "bundle")]) == 0  # it said "no such file or folder"
     assert (tmp_path / "bundle" / "card.json").is_file() and not (tmp_path / ".bundle.old").exists()
+
+
+def test_a_reader_that_finds_a_bundle_mid_swap_waits_for_the_save(tiny_bundle, tmp_path: Path) -> None:
+    """Between `save_bundle` moving the old bundle aside and moving the new one in, a reader (another process's
+    `load`) found no card and put the old bundle back, and the save then failed. It now waits for the save."""
+    import os
+    import shutil
+    import threading
+    import time
+
+    from skulens.models.bundle import bundle_folder, bundle_lock
+
+    target = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle.bundle, target)
+    new = tmp_path / ".bundle.new"
+    shutil.copytree(tiny_bundle.bundle, new)
+    (new / "marker.txt").write_text("the new bundle", encoding="utf-8")
+    found: list[Path] = []
+    with bundle_lock(target):  # as save_bundle holds it over its swap
+        os.replace(target, tmp_path / ".bundle.old")
+        reader = threading.Thread(target=lambda: found.append(bundle_folder(target)))
+        reader.start()
+        time.sleep(0.5)
+        assert not found and not target.exists()  # the reader waits; it did not put the old bundle back
+        os.replace(new, target)
+        shutil.rmtree(tmp_path / ".bundle.old")
+    reader.join(timeout=30)
+    assert found == [target] and (target / "marker.txt").is_file()
