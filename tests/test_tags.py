@@ -236,6 +236,19 @@ def test_quiet_is_quiet_in_a_fresh_process(aligned_bundle, photos, tmp_path) -> 
     assert r.stderr == "" and json.loads(r.stdout)["tags"], r.stderr[-2000:]
 
 
+def test_the_python_api_loads_the_text_encoder_without_a_bar() -> None:
+    """`skulens.tag(..., progress=False)` (and every other caller of the text encoder from Python) printed
+    transformers' "Loading weights" bar; the CLI's -q silenced it only there."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", "from skulens.models.text import TextEncoder\n"
+                        "print(TextEncoder().encode(['oat milk']).shape)"],
+                       capture_output=True, text=True, timeout=300, check=False)
+    assert r.returncode == 0 and r.stdout.strip() == "(1, 384)", r.stderr[-2000:]
+    assert "Loading weights" not in r.stderr, r.stderr[-2000:]
+
+
 def test_cli_writes_json_lines_and_csv(aligned_bundle, photos, tmp_path, capsys) -> None:
     vocab = tmp_path / "tags.txt"
     vocab.write_text("# listing words\n" + "\n".join(PHRASES.values()) + "\n", encoding="utf-8")
@@ -373,3 +386,32 @@ def test_a_bad_server_vocabulary_fails_at_startup(aligned_bundle, tiny_bundle, m
                           timeout=300, check=False)
     assert done.returncode == 2, done.stderr
     assert "vocabulary is empty" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_manifests_title_and_text_columns_are_the_products_texts_in_python_as_in_rest(
+        model, tiny_catalogue: Path, photos, tmp_path: Path) -> None:
+    """A manifest catalogue without products.csv: `skulens.tag` (and `skulens tag`) read only product sheets,
+    so the vocabulary was refused and the category named the label, where POST /v1/tag (the service's
+    `class_products`) read the manifest's title/text columns."""
+    titled = {"red-apple": ("Red Delicious", "A sweet red apple for snacking."),
+              "green-apple": ("Granny Smith", "A sour green apple for baking."),
+              "oat-milk": ("Oat drink", "A carton of oat milk, dairy free.")}
+    root = tmp_path / "catalogue"
+    shutil.copytree(tiny_catalogue.parent, root)
+    with open(tiny_catalogue, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    manifest = root / "manifest.csv"
+    with open(manifest, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=[*rows[0], "title", "text"])
+        w.writeheader()
+        w.writerows({**r, "title": titled[r["label"]][0], "text": titled[r["label"]][1]} for r in rows)
+    out = skulens.tag([str(photos["green-apple"])], model, data=manifest, vocabulary=["baking", "snacking"])
+    assert out[0].error is None and out[0].tags  # scored through the products' texts (it was refused)
+    predicted = model.predict([str(photos["green-apple"])])[0].fine_label
+    assert out[0].category[-1].title == titled[predicted][0]  # the manifest's title, not the label's words
+    from skulens.data.catalogue import load_catalogue
+    from skulens.search.catalogue_index import catalogue_records
+
+    records, _ = catalogue_records(load_catalogue(manifest, val_fraction=0))
+    assert {r.label: r.title for r in records} == {k: v[0] for k, v in titled.items()}
+    assert all(titled[r.label][1] in r.text for r in records)

@@ -157,18 +157,19 @@ def tag(photos: Sequence[ImageInput], model: Model | str | os.PathLike, *, vocab
 
 
 def _catalogue_products(data: str | os.PathLike | None, model: Model) -> dict[str, Product]:
-    """The product sheets of `data`, else of the bundle's training data if it is still there (else none)."""
+    """The products of `data`, else of the bundle's training data if it is still there (else none): its sheets,
+    or for a catalogue without them its photos' listing texts (`class_products`, as the service tags with)."""
     import logging
 
-    from .data.catalogue import CatalogueError, load_catalogue
+    from .data.catalogue import CatalogueError, class_products, load_catalogue
 
     if data is not None:
-        return dict(load_catalogue(data, val_fraction=0).products)
+        return class_products(load_catalogue(data, val_fraction=0))
     recorded = model.card.dataset.get("path")
     if not recorded or not os.path.exists(recorded):
         return {}
     try:
-        return dict(load_catalogue(recorded, val_fraction=0).products)
+        return class_products(load_catalogue(recorded, val_fraction=0))
     except CatalogueError as exc:  # the training data moved or changed: tag without titles and texts
         logging.getLogger(__name__).warning("catalogue %s: %s; tagging without product sheets", recorded, exc)
         return {}

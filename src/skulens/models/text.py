@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import numpy as np
 
 __all__ = ["BUNDLE_TEXT_MODEL", "DEFAULT_TEXT_MODEL", "TEXT_ENCODER_DIR", "TEXT_TUNE_INFO", "TextEncoder",
            "TextEncoderMismatch", "bundle_text_model", "fitting_text_encoder", "head_text_encoder",
-           "load_text_encoder", "text_fingerprint", "text_tune_info"]
+           "load_text_encoder", "no_loading_bar", "text_fingerprint", "text_tune_info"]
 
 DEFAULT_TEXT_MODEL = "minilm"  # the bundled all-MiniLM-L6-v2
 TEXT_ENCODER_DIR = "text_encoder"  # BUNDLE/text_encoder/: a fine-tuned sentence-transformers folder
@@ -63,6 +64,19 @@ def text_tune_info(folder: str | os.PathLike[str]) -> dict:
     return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
 
 
+@contextmanager
+def no_loading_bar() -> Iterator[None]:
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 class TextEncoder:
     """`encode(texts)` -> L2-normalised float32 vectors (N x dim)."""
 
@@ -73,7 +87,8 @@ class TextEncoder:
             raise ImportError("text embeddings need sentence-transformers: pip install 'skulens[search]'") from e
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub: the model is local
         self.name = name
-        self.model = SentenceTransformer(_model_path(name), device=device)
+        with no_loading_bar():  # transformers draws a bar over the weights' 103 tensors, whatever -q said
+            self.model = SentenceTransformer(_model_path(name), device=device)
         get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dim = int(get_dim() or 384)
         self.info = text_tune_info(name) if name != DEFAULT_TEXT_MODEL else {}

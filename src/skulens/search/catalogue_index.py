@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..data.catalogue import Catalogue, CatalogueError
+from ..data.catalogue import Catalogue, CatalogueError, class_products
 from .index import typed_value
 
 if TYPE_CHECKING:
@@ -71,10 +71,13 @@ def _read_metadata_table(p: Path) -> dict[str, dict[str, Any]]:
 
 def catalogue_records(cat: Catalogue, *, splits: Sequence[str] = ("train",), catalogue_photos: bool = True,
                       metadata: Mapping[str, Mapping[str, Any]] | None = None) -> tuple[list[Any], list[Path]]:
-    """Index records and their image paths: one per photo; ids are paths relative to the catalogue root."""
+    """Index records and their image paths: one per photo; ids are paths relative to the catalogue root. A
+    product's title and text are its sheet's, else its photos' listing text (a manifest's title/text columns),
+    else its label's words (`class_products`, as the service's products)."""
     from .index import IndexRecord
     from .text_tune import catalogue_text
 
+    products = class_products(cat)
     metadata = metadata or {}
     records, paths = [], []
     seen: set[Path] = set()
@@ -83,7 +86,7 @@ def catalogue_records(cat: Catalogue, *, splits: Sequence[str] = ("train",), cat
         if path.resolve() in seen:  # a catalogue photo that is also a listed photo is indexed once
             return
         seen.add(path.resolve())
-        prod = cat.products.get(label)
+        prod = products.get(label)
         rid = str(path)
         # relative to the root as written first: split folders that are symbolic links (which catalogues may
         # be) resolve outside the root, and the id would become an absolute path

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.catalogue import Catalogue, CatalogueError, Product
-from ..models.text import DEFAULT_TEXT_MODEL, TEXT_ENCODER_DIR, TEXT_TUNE_INFO, _model_path
+from ..models.text import DEFAULT_TEXT_MODEL, TEXT_ENCODER_DIR, TEXT_TUNE_INFO, _model_path, no_loading_bar
 from .engine import product_document
 from .lexicon import lexicon_entry, lexicon_note
 
@@ -543,7 +543,8 @@ def _tune(folder: Path, cat: Catalogue, pairs: list[tuple[str, str, str]], log_p
 
     t0 = time.perf_counter()
     torch.manual_seed(config.seed)
-    model = SentenceTransformer(_model_path(base), device="cpu")  # a fresh copy: never the shared encoder
+    with no_loading_bar():
+        model = SentenceTransformer(_model_path(base), device="cpu")  # a fresh copy: never the shared encoder
     # The trainer fills a model card's example widget (with its own progress bar); skulens writes no card.
     model.model_card_data.widget = [{"text": "-"}]
     base_length = model.max_seq_length
