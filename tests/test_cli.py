@@ -136,6 +136,20 @@ def test_predict_reads_paths_from_stdin_with_min_confidence(bundle: str, val_roo
     assert any(row["level"] == "unknown" for row in rows)
 
 
+def test_a_dash_among_other_inputs_reads_stdin_in_its_place(val_root: Path, monkeypatch) -> None:
+    """The README's `predict ... photo.jpg folder/ 'shelf/*.png' [-]`: a '-' beside other inputs was taken as a
+    file named '-' (an error row), and stdin was never read."""
+    import io
+
+    from skulens.cli._common import expand_inputs
+
+    paths = [str(p) for p in sorted(val_root.rglob("*.jpg"))]
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(paths[1:3]) + "\n-\n\n"))
+    assert expand_inputs([paths[0], "-", paths[3]]) == [paths[0], *paths[1:3], paths[3]]
+    monkeypatch.setattr("sys.stdin", io.StringIO(paths[4] + "\n"))
+    assert expand_inputs([]) == [paths[4]]  # nothing given: stdin, as before
+
+
 def test_predict_all_bad_inputs_exit_1(bundle: str, tmp_path: Path) -> None:
     text = tmp_path / "a.jpg"
     text.write_text("hello", encoding="utf-8")

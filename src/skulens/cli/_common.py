@@ -264,10 +264,11 @@ def expand_inputs(items: list[str]) -> list[str]:
 
 
 def _expand(items: list[str]) -> list[str]:
-    if items == ["-"] or not items:
-        items = [line.strip() for line in sys.stdin if line.strip()]
     out: list[str] = []
-    for item in items:
+    for item in items or ["-"]:
+        if item == "-":  # stdin's paths in its place, also among other inputs ("photo.jpg - more/")
+            out += _expand([line.strip() for line in sys.stdin if line.strip() and line.strip() != "-"])
+            continue
         if not Path(item).exists() and any(ch in item for ch in "*?["):
             # A quoted glob: each match is read as it would be given by name (a folder's images, a list's paths).
             matches = sorted(glob.glob(item, recursive=True))
