@@ -126,6 +126,9 @@ def test_text_search_after_alignment(tiny_bundle, catalogue: Path, tmp_path: Pat
     with pytest.raises(ValueError, match="skulens align"):
         no_aligner.by_text(["oat milk"], mode="aligned")
     assert no_aligner.by_text(["oat drink"], k=1)[0][0].product_id == "oat-milk"
+    for bad in (0, -1, 2.5, True):  # -1 sliced off the last hit, 0 gave [[]], 2.5 a TypeError from a slice
+        with pytest.raises(ValueError, match="k must be a whole number >= 1"):
+            no_aligner.by_text(["oat drink"], k=bad, mode="text")  # type: ignore[arg-type]
     # the CLI: a wrong --align path and an aligned search without an aligner are one-line usage errors
     search = ["search", "--index", str(index_dir), "--text", "oat milk"]
     assert main([*search, "--align", str(tmp_path / "typo.safetensors")]) == 2

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 import skulens
+from skulens.data.catalogue import Product
 from skulens.models.card import exclusive_attribute_pairs
 from skulens.search.tags import (
     MAX_PHRASE_CHARS,
@@ -212,6 +213,14 @@ def test_what_cannot_be_tagged_says_why(model, photos) -> None:
     assert out[0].source == "<image 0>" and out[0].error and out[0].category == ()
     assert out[0].to_row()["error"] == out[0].error
     assert out[1].error is None and out[1].category and out[2].source == "<image 2>"
+    # the Python API checks what the CLI and POST /v1/tag check (2.5 failed in a slice; -1, NaN, 5 gave no tags)
+    texts = Tagger(model, products={"red-apple": Product("red-apple", description="A shiny red apple.")})
+    for kwargs, match in (({"top_k": 2.5}, "top_k"), ({"top_k": -1}, "top_k"), ({"min_score": float("nan")},
+                          "min_score"), ({"min_score": 5}, "min_score")):
+        with pytest.raises(ValueError, match=match):
+            texts.tag([str(photos["red-apple"])], vocabulary=["red"], **kwargs)
+    one = texts.tag((str(p) for p in [photos["red-apple"]]), vocabulary=["red"], top_k=0)  # a generator
+    assert len(one) == 1 and one[0].error is None and one[0].tags == ()
 
 
 # ------------------------------------------------------------------------------------------------ CLI

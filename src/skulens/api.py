@@ -15,7 +15,7 @@ from .config import TrainConfig, apply_preset, config_to_dict, load_config, reso
 from .models.predictor import ImageInput, Model, Prediction, load_model, pretrained_model
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterable, Sequence
 
     from .data.catalogue import Product
     from .detect.count import PhotoCount
@@ -135,7 +135,7 @@ def count(photos: Sequence[ImageInput], detector: Detector | str | os.PathLike, 
                                          min_similarity=min_similarity)]
 
 
-def tag(photos: Sequence[ImageInput], model: Model | str | os.PathLike, *, vocabulary: Sequence[str] | None = None,
+def tag(photos: Iterable[ImageInput], model: Model | str | os.PathLike, *, vocabulary: Sequence[str] | None = None,
         data: str | os.PathLike | None = None, mode: str = "auto", top_k: int = 5, min_score: float | None = None,
         batch_size: int = 32, progress: bool = False, device: str = "auto") -> list[ListingTags]:
     """Listing tags per photo: category path, attributes, colour names and, with a `vocabulary` (phrases),

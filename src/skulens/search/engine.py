@@ -24,6 +24,7 @@ model does not know) are not found by a routed search; a filter that names coars
 from __future__ import annotations
 
 import logging
+import numbers
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .index import SearchHit, VectorIndex, compile_filter, record_matches
+from .index import IndexStoreError, SearchHit, VectorIndex, compile_filter, record_matches
 
 log = logging.getLogger(__name__)
 
@@ -236,6 +237,8 @@ class SearchEngine:
         image space only), text (dense similarity to the products' texts only), lexical (BM25 only)."""
         if mode not in TEXT_MODES:
             raise ValueError(f"unknown text search mode {mode!r}: {', '.join(TEXT_MODES)}")
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:  # -1 sliced off the last hit
+            raise IndexStoreError(f"k must be a whole number >= 1, got {k!r}")
         if isinstance(texts, str):
             raise TypeError("by_text() takes a list of queries")
         texts = list(texts)

@@ -32,7 +32,7 @@ import functools
 import numbers
 import threading
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -390,7 +390,7 @@ class Tagger:
         sets = [p.attributes for p in self.products.values() if p.attributes]
         return exclusive_attribute_pairs(sets, card.attributes) if sets else ()
 
-    def tag(self, images: Sequence[ImageInput], *,
+    def tag(self, images: Iterable[ImageInput], *,
             vocabulary: Sequence[str] | Vocabulary | Sequence[Vocabulary | None] | None = None,
             top_k: int | Sequence[int] = 5, min_score: float | None | Sequence[float | None] = None,
             colours: bool = True, batch_size: int = 32, progress: bool = False) -> list[ListingTags]:
@@ -404,6 +404,7 @@ class Tagger:
         from ..models.predictor import check_images, source_name
 
         check_images(images)  # one path on its own would be tagged letter by letter
+        images = list(images)  # a generator too, as predict takes one
         n = len(images)
         vocabs = _per_photo(vocabulary, n)
         if vocabs and vocabs[0] is not None and not isinstance(vocabs[0], Vocabulary):
@@ -412,6 +413,12 @@ class Tagger:
         vocabs = [v if v is None or v.mode == "aligned" or v.matrix.shape[1] == self.card.num_classes
                   else self.vocabulary(v.phrases) for v in vocabs]
         ks, mins = _per_value(top_k, n, "top_k"), _per_value(min_score, n, "min_score")
+        for k in ks:  # as the CLI and POST /v1/tag check them: 2.5 failed in a slice, -1 and NaN gave no tags
+            if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 0:
+                raise ValueError(f"top_k must be a whole number >= 0 (0: no vocabulary tags), got {k!r}")
+        for m in mins:
+            if m is not None and (isinstance(m, bool) or not isinstance(m, numbers.Real) or not -1 <= m <= 1):
+                raise ValueError(f"min_score is a cosine similarity between -1 and 1 (or None), got {m!r}")
         names = [source_name(im, i) for i, im in enumerate(images)]
         pils: list[Image.Image] = []
         ok: list[int] = []
@@ -450,7 +457,7 @@ class Tagger:
             if v is not None:
                 s = v.scores(heads.embeddings[row:row + 1], heads.fine[row:row + 1])[0]
                 floor = v.default_min_score if mins[i] is None else mins[i]
-                order = np.argsort(-s, kind="stable")[: max(0, ks[i])]
+                order = np.argsort(-s, kind="stable")[: ks[i]]
                 tags = tuple((v.phrases[j], float(s[j])) for j in order if s[j] >= floor)
             out[i] = ListingTags(
                 names[i], category_path(card, pred, None if coarse is None else coarse[row], self.products),
