@@ -255,6 +255,12 @@ def test_recommend_content_and_evaluate_work_on_a_folder_catalogue_without_produ
         "oat-milk": "oat milk", "red-apple": "red apple", "rye-bread": "rye bread"}
     vectors = item_vectors(cat)
     assert sorted(vectors) == ["oat-milk", "red-apple", "rye-bread"]
+    from skulens.recommend.recommenders import fit_recommender
+    from skulens.recommend.shopping_log import read_events
+
+    by_catalogue = fit_recommender(read_events(log), cat, kind="content")  # a Catalogue, as item_vectors takes
+    assert by_catalogue.items == ["oat-milk", "red-apple", "rye-bread"]
+    assert [r.product_id for r in by_catalogue.recommend("u0", 3)] == ["rye-bread"]
     assert all(abs(float(np.linalg.norm(v)) - 1.0) < 1e-5 for v in vectors.values())
 
 
@@ -265,8 +271,13 @@ def test_recommend_similar_to_an_unknown_product_is_one_line_exit_2(
     assert main(["recommend", "for", "--events", str(log), "--kind", "popularity", "--similar", "NOPE"]) == 2
     captured = capsys.readouterr()
     err = captured.err.strip().splitlines()
-    assert err == ["skulens: UnknownProductError: popularity: unknown product 'NOPE'"]
+    assert err == ["skulens recommend: --similar 'NOPE': no such product in the behaviour log or the catalogue"]
     assert "Traceback" not in captured.err and captured.out == ""
+    # checked before any answer is printed: the user's line came out first, then the error
+    assert main(["recommend", "for", "--events", str(log), "--kind", "popularity", "--user", "u1",
+                 "--similar", "appel"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "did you mean apple?" in captured.err
 
 
 # --- 9: millisecond timestamps -------------------------------------------------------------------

@@ -226,8 +226,14 @@ def test_cold_start_users_get_popularity_or_their_seed() -> None:
     for rec in (ContentRecommender(vectors), HybridRecommender(vectors)):
         rec.fit(log)
         assert [r.product_id for r in rec.recommend("new", k=5)] == popular
-        # A history made only of products nobody knows is no history.
-        assert [r.product_id for r in rec.recommend("new", k=5, seed_products=["mystery"])] == popular
+        # A seed nobody knows is refused, as the CLI and REST refuse it (it came back as the popular list,
+        # unsaid), and one id is not a list of its letters.
+        with pytest.raises(UnknownProductError, match="unknown seed product 'mystery'"):
+            rec.recommend("new", k=5, seed_products=["mystery"])
+        with pytest.raises(UnknownProductError, match="did you mean tea-"):
+            rec.recommend("new", k=5, seed_products=["tea-O"])
+        with pytest.raises(TypeError, match="not one string"):
+            rec.recommend("new", k=5, seed_products="tea-0")
         seeded = rec.recommend("new", k=3, seed_products=["tea-0"])
         assert "tea-0" not in [r.product_id for r in seeded]
         assert all(r.product_id.startswith("tea-") for r in seeded), (rec.name, seeded)
@@ -317,6 +323,8 @@ def test_evaluate_by_hand() -> None:
     assert report.ndcg == pytest.approx(1 / math.log2(4))
     assert report.coverage == pytest.approx(4 / 5)  # a, b, c, e: d was seen
     assert evaluate(PopularityRecommender(), train, test, k=2).hit_rate == 0.0
+    with pytest.raises(ValueError, match="k must be a whole number >= 1"):  # it failed in NumPy's argmax
+        evaluate(PopularityRecommender(), train, test, k=0)
 
 
 def test_cold_start_split_hides_products() -> None:

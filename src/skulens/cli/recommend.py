@@ -53,14 +53,14 @@ def _recommender(ns: argparse.Namespace) -> Any:
     # products.csv still has content for `--kind content` and the hybrid.
     products = class_products(load_catalogue(data)) if data else None
     known = {e.product_id for e in events} | set(products or ())
-    seeds = getattr(ns, "seed_product", None) or ()
-    unknown = [p for p in dict.fromkeys(seeds) if p not in known]
-    if unknown:  # a typo changed nothing (the plain popular list came back); said before any model loads
-        import difflib
+    for flag, asked in (("--seed-product", getattr(ns, "seed_product", None)), ("--similar", getattr(ns, "similar", None))):
+        unknown = [p for p in dict.fromkeys(asked or ()) if p not in known]
+        if unknown:  # a typo changed nothing (the plain popular list came back); said before any model loads or
+            import difflib  # any answer is printed (--similar failed after the users' lines)
 
-        close = difflib.get_close_matches(unknown[0], sorted(known), n=3)
-        raise UsageError(f"--seed-product {unknown[0]!r}: no such product in the behaviour log or the catalogue"
-                         + (f"; did you mean {', '.join(close)}?" if close else ""))
+            close = difflib.get_close_matches(unknown[0], sorted(known), n=3)
+            raise UsageError(f"{flag} {unknown[0]!r}: no such product in the behaviour log or the catalogue"
+                             + (f"; did you mean {', '.join(close)}?" if close else ""))
     return fit_recommender(events, products, kind=ns.kind, model=_load(bundle) if content else None)
 
 

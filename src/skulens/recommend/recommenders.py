@@ -27,6 +27,7 @@ products to measure how often content brings them back.
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -132,6 +133,15 @@ class Recommender:
         self._history = sparse.csr_matrix((0, 0))
         self._popularity = np.zeros(0)
 
+    def _check_known(self, product_ids: Iterable[str], what: str) -> None:
+        import difflib
+
+        for p in product_ids:
+            if p not in self._index:
+                close = difflib.get_close_matches(str(p), self.items, n=3)
+                raise UnknownProductError(f"{self.name}: unknown {what} {p!r} (not in the events or the catalogue "
+                                          "it was fitted on)" + (f"; did you mean {', '.join(close)}?" if close else ""))
+
     def knows(self, product_id: str) -> bool:
         """Whether the product is one this recommender ranks (in the events or the catalogue it was fitted on)."""
         return product_id in self._index
@@ -208,12 +218,16 @@ class Recommender:
                   seed_products: Sequence[str] = ()) -> list[Recommendation]:
         """Top ``k`` products for ``user_id``; ``seed_products`` (e.g. the product on screen) join history.
 
-        A user with no known history and no known seed gets the most popular products. Products the
-        user (or the seeds) already touched are left out unless ``exclude_seen=False``.
+        A user with no known history and no seed gets the most popular products; a seed the recommender does
+        not know is an UnknownProductError. Products the user (or the seeds) already touched are left out
+        unless ``exclude_seen=False``.
         """
         self._require_fitted()
+        if isinstance(seed_products, str):  # one id would be read letter by letter
+            raise TypeError(f"seed_products: a list of product ids (e.g. [{seed_products!r}]), not one string")
+        self._check_known(seed_products, "seed product")  # a typo would bring back the plain list, unsaid
         row = self._rows([user_id])
-        seeds = [self._index[p] for p in dict.fromkeys(seed_products) if p in self._index]
+        seeds = [self._index[p] for p in dict.fromkeys(seed_products)]
         if seeds:
             # A seed counts as much as the heaviest event, just now.
             top = max(self.event_weights.values())
@@ -224,8 +238,7 @@ class Recommender:
     def similar(self, product_id: str, k: int = 10) -> list[Recommendation]:
         """The ``k`` products most like ``product_id`` for this recommender (never the product itself)."""
         self._require_fitted()
-        if product_id not in self._index:
-            raise UnknownProductError(f"{self.name}: unknown product {product_id!r}")
+        self._check_known([product_id], "product")
         row = sparse.csr_matrix(([1.0], ([0], [self._index[product_id]])), shape=(1, len(self.items)))
         return self._recommendations(row, k, exclude=row)
 
@@ -611,7 +624,7 @@ def item_vectors(catalogue: Catalogue | Mapping[str, Product], model: Model | No
     return {p.label: v for p, v in zip(products, vectors, strict=True)}
 
 
-def fit_recommender(events: Sequence[Event], products: Mapping[str, Product] | None = None, *,
+def fit_recommender(events: Sequence[Event], products: Catalogue | Mapping[str, Product] | None = None, *,
                     kind: str = "hybrid", model: Model | None = None, **options: Any) -> Recommender:
     """A recommender of ``kind`` fitted on ``events``; ``products`` (the catalogue) join the logged products.
 
@@ -620,6 +633,10 @@ def fit_recommender(events: Sequence[Event], products: Mapping[str, Product] | N
     give the same answers. ``item_vectors`` in ``options`` replaces that content (``None``: none); the
     other options go to the recommender (see `create_recommender`).
     """
+    from ..data.catalogue import Catalogue, class_products
+
+    if isinstance(products, Catalogue):  # as item_vectors takes one: its classes' products
+        products = class_products(products)
     if kind != "popularity" and "item_vectors" not in options:
         options["item_vectors"] = item_vectors(products or {}, model)
     rec = create_recommender(kind, **options)
@@ -713,6 +730,8 @@ def evaluate(recommender: Recommender, train: Sequence[Event], test: Mapping[str
              catalogue: Iterable[str] | None = None, exclude_seen: bool = True, batch_size: int = 2048
              ) -> RecommendationReport:
     """Fit ``recommender`` on ``train``, then score every test user's held-out product at ``k``."""
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:  # 0 failed in NumPy's argmax
+        raise ValueError(f"k must be a whole number >= 1, got {k!r}")
     t0 = time.perf_counter()
     recommender.fit(train, catalogue=catalogue)
     fit_seconds = time.perf_counter() - t0

@@ -84,8 +84,10 @@ async def recommendations(state: State, _: ReadKey, user_id: UserId, k: Annotate
     if unknown:  # a typo would change nothing: the plain list would come back as if it were the seeds'
         raise HTTPException(422, f"seed: unknown product {unknown[0][:80]!r}")
     ref = state.people.user_ref(user_id)
+    # a product of the service the recommender was fitted before (enrolled since) has nothing to add yet
+    seeds = tuple(p for p in dict.fromkeys(seed or ()) if rec.knows(p))
     recs = await anyio.to_thread.run_sync(
-        lambda: rec.recommend(ref, k, exclude_seen=exclude_seen, seed_products=tuple(seed or ())))
+        lambda: rec.recommend(ref, k, exclude_seen=exclude_seen, seed_products=seeds))
     return [RecommendationOut(product_id=r.product_id, score=round(r.score, 6), reason=r.reason,
                               title=state.product(r.product_id).title) for r in recs]
 
