@@ -100,6 +100,8 @@ def test_settings_that_would_be_ignored_are_refused(model, tiny_bundle, tiny_cat
         skulens.load(onnx)
     with pytest.raises(ValueError, match="PyTorch only"):  # the backend was ignored
         skulens.load("pretrained:efficientnet_lite0", backend="onnx")
+    with pytest.raises(BundleError, match="no classifier"):  # it blamed the data's labels
+        skulens.evaluate("pretrained:efficientnet_lite0", data=tiny_catalogue)
     from skulens.cli import main
 
     assert main(["export", "--model", str(onnx), "--out", str(tmp_path / "x.onnx")]) == 2  # not "--backend onnx"

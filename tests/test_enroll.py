@@ -565,7 +565,8 @@ def test_a_retrains_extra_catalogues_are_recorded_for_the_next_retrain(bundle_co
     extra = folder / "labels.csv"
     extra.write_text("path,label,coarse_label\n" + "".join(f"{p.name},blue-box,Box\n" for p in blue_photos[:4]),
                      encoding="utf-8")
-    first = retrain(bundle_copy, out=str(tmp_path / "rt"), data=tiny_catalogue, extra=[extra], progress=False,
+    # one path, not a list: it was read letter by letter
+    first = retrain(bundle_copy, out=str(tmp_path / "rt"), data=tiny_catalogue, extra=str(extra), progress=False,
                     epochs=1)
     assert first.card.classes[-1] == "blue-box"
     assert first.card.dataset["extra"] == [str(extra.resolve())] == read_card(first.bundle).dataset["extra"]

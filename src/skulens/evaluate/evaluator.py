@@ -83,6 +83,11 @@ def evaluate_with_baseline(model: Model, data: str | os.PathLike | None = None, 
                            progress: bool = True) -> tuple[EvalReport, EvalReport | None]:
     """`evaluate_model`, and the linear-probe baseline's report beside it (None unless `baseline`)."""
     card = model.card
+    if not card.classes:  # it failed on the data instead: "val: label(s) the model does not know: ..."
+        from ..models.bundle import BundleError
+
+        raise BundleError("this model has no classifier (a plain pretrained backbone): evaluation needs a "
+                          "fine-tuned bundle (`skulens train`)")
     data = resolve_data(data, recorded=card.dataset.get("path"))
     cat = card_catalogue(data, card)  # a generated val is the one the training run held out
     target = prepare_split(list(cat.split(split)), card, desc=split, progress=progress)

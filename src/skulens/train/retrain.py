@@ -96,10 +96,13 @@ def _new_photos(cat: Catalogue, extra: list[Sample]) -> list[Sample]:
 
 
 def retrain(bundle: str | os.PathLike, *, out: str, data: str | os.PathLike | None = None,
-            extra: Sequence[str | os.PathLike] = (), progress: bool = True, **overrides: Any):
-    """Fine-tune again from `bundle` on its data plus what was enrolled or labelled since; returns TrainResult."""
+            extra: str | os.PathLike | Sequence[str | os.PathLike] = (), progress: bool = True, **overrides: Any):
+    """Fine-tune again from `bundle` on its data plus what was enrolled or labelled since; returns TrainResult.
+    `extra`: one more labelled catalogue, or a list of them."""
     from .engine import fit
 
+    if isinstance(extra, (str, os.PathLike)):  # one path: it was read letter by letter ("/": no train/ there)
+        extra = [extra]
     if "init_from" in overrides:  # it was overwritten silently
         raise ConfigError("init_from: a retrain starts from its bundle; pass that one as the bundle")
     card = read_card(bundle)
