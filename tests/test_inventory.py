@@ -276,6 +276,33 @@ def test_cli_scan_is_idempotent_and_resumable_after_kill_9(tiny_bundle, tmp_path
     assert "0 counted, 0 for review, 36 already in the inventory, 1 unreadable" in again.stderr
 
 
+def test_cli_scan_of_the_folder_that_holds_the_database_leaves_its_own_files_out(tiny_bundle, tmp_path: Path,
+                                                                                  capsys) -> None:
+    """With --db inside the scanned folder, each rerun took the kept photos (<db>-photos/) and reviewed ones
+    (<db>-labelled/) in again: re-encoded, so new hashes, and the counts grew on every run."""
+    from skulens.cli import main
+
+    shop = tmp_path / "shop"
+    labels = ("red-apple", "green-apple", "oat-milk")
+    for i in range(6):
+        (shop / labels[i % 3]).mkdir(parents=True, exist_ok=True)
+        (shop / labels[i % 3] / f"{i:03d}.jpg").write_bytes(photo_bytes(labels[i % 3], 900 + i))
+    db = shop / "inv.sqlite"
+    args = ["inventory", "scan", str(shop), "-m", str(tiny_bundle.bundle), "--db", str(db), "--keep-photos",
+            "--threshold", "0.5", "--device", "cpu", "-q"]
+    assert main(args) == 0
+    with InventoryStore(db) as store:
+        first = store.counts()
+        assert any((shop / "inv-photos").rglob("*")) and sum(store.stats().values()) == 6
+    capsys.readouterr()
+    for _ in range(2):
+        assert main(args) == 0
+        err = capsys.readouterr().err
+        assert "left out" in err and "already in the inventory" in err
+    with InventoryStore(db) as store:
+        assert store.counts() == first and sum(store.stats().values()) == 6
+
+
 def test_cli_counts_review_and_audit(inventory_db, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from skulens.cli import main
 

@@ -156,7 +156,7 @@ def cmd_inventory_scan(ns: argparse.Namespace) -> int:
             check_backend(ns.detector_backend, ns.device)
         except ValueError as exc:
             raise UsageError(f"--detector-backend: {exc}") from None
-    from ..serve.intake import ScanSummary, find_images, scan, scan_shelves
+    from ..serve.intake import ScanSummary, find_images, outside_store, scan, scan_shelves
 
     paths = find_images(ns.dir)
     if not paths:
@@ -170,6 +170,12 @@ def cmd_inventory_scan(ns: argparse.Namespace) -> int:
     common: dict[str, Any] = {"threshold": ns.threshold, "actor": _actor(), "keep_photos": ns.keep_photos,
                               "chunk": max(1, ns.batch_size)}
     with _store(ns, create=True) as store:  # a bad --db is told before the model loads
+        paths, own = outside_store(paths, store)
+        if own:  # a scanned folder that holds the database: its kept and reviewed photos are counted already
+            say(f"skulens inventory scan: left out {own} file(s) of the inventory's own folders "
+                f"({store.photo_dir}, {store.labelled_dir})")
+        if not paths:
+            raise UsageError(f"no images under {ns.dir} but the inventory's own")
         model = load_model(bundle, device=ns.device)
         if detector_dir is None:
             results = scan(model, store, paths, **common)

@@ -116,6 +116,14 @@ def find_images(root: str | os.PathLike[str]) -> list[Path]:
     return sorted(folder_images(p))
 
 
+def outside_store(paths: Sequence[Path], store: InventoryStore) -> tuple[list[Path], int]:
+    """`paths` less the store's own files (its kept photos, review crops and reviewed photos), and how many went:
+    a scan of a folder that holds the database took them in again as new photos (re-encoded, so a new hash)."""
+    own = [d.resolve() for d in (store.photo_dir, store.labelled_dir)]
+    kept = [p for p in paths if not any(p.resolve().is_relative_to(d) for d in own)]
+    return kept, len(paths) - len(kept)
+
+
 _Answer = tuple[Path, "IntakeResult | str"]
 
 
