@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from skulens.train.active import k_center, margins, select
+import skulens
+from skulens.train.active import k_center, margins, select, suggest_labels
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -89,6 +90,10 @@ def test_suggest_labels_writes_a_manifest_to_fill_in(tiny_bundle, tiny_catalogue
     second = {x["path"] for x in csv.DictReader((pool / "round2.csv").open())}
     assert len(second) == 3 and not second & {x["path"] for x in rows}
     assert _skulens(*again, "--force").returncode == 0
+    r = _skulens(*again, "-o", str(pool / "round3.csv"), "--labelled", str(pool / "typo.jpg"))
+    assert r.returncode == 2 and "--labelled " in r.stderr and "typo.jpg: no such file" in r.stderr  # it warned
+    with pytest.raises(TypeError, match="not one path"):  # read letter by letter: each a missing file
+        suggest_labels(skulens.load(tiny_bundle.bundle), done[0], 1)
     r = _skulens("suggest-labels", str(pool), "-m", str(tiny_bundle.bundle), "--budget", "2",
                  "-o", str(tmp_path / "elsewhere" / "x.csv"))
     assert r.returncode == 2 and "not inside" in r.stderr

@@ -110,3 +110,14 @@ def test_explain_rejects_a_corrupt_file(tiny_bundle, tmp_path: Path) -> None:
     bad.write_bytes(b"\xff\xd8\xff\xe0 truncated")
     with pytest.raises(ImageDecodeError):
         explain(skulens.load(tiny_bundle.bundle), bad)
+
+
+def test_explaining_a_plain_pretrained_backbone_is_one_line(tmp_path: Path, capsys) -> None:
+    """`-m pretrained:...` has no classes: its empty probabilities failed in argmax, with a traceback."""
+    from skulens.cli import main
+
+    src = tmp_path / "photo.png"
+    _scene("red", (30, 30))[0].save(src)
+    assert main(["explain", "-m", "pretrained:efficientnet_lite0", str(src), "--out", str(tmp_path / "c.png")]) == 2
+    err = capsys.readouterr().err
+    assert "no classifier" in err and "Traceback" not in err

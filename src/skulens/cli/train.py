@@ -193,9 +193,11 @@ def cmd_suggest_labels(ns: argparse.Namespace) -> int:
     bundle = model_path(ns)
     if ns.budget < 1:
         raise UsageError(f"--budget must be >= 1, got {ns.budget}")
-    missing = [i for i in ns.inputs if i != "-" and not Path(i).exists() and not any(ch in i for ch in "*?[")]
-    if missing:
-        raise UsageError(f"{missing[0]}: no such file or folder")
+    for flag, given in (("", ns.inputs), ("--labelled ", ns.labelled or ())):
+        # a --labelled typo only warned, and the photo it named could be suggested again
+        missing = [i for i in given if i != "-" and not Path(i).exists() and not any(ch in i for ch in "*?[")]
+        if missing:
+            raise UsageError(f"{flag}{missing[0]}: no such file or folder")
     photos = expand_inputs(ns.inputs)
     if not photos:
         raise UsageError("no photos given (folders, files, globs or a list)")

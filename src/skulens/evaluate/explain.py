@@ -57,6 +57,11 @@ def explain(model, image, *, target: str | int | None = None) -> Explanation:
         raise ImportError("explanations need captum: pip install 'skulens[explain]'") from e
     if model.net is None:
         raise ValueError("explanations need the PyTorch backend (load the bundle without backend='onnx')")
+    if not model.card.classes:  # its empty probabilities failed in argmax, a traceback
+        from ..models.bundle import BundleError
+
+        raise BundleError("this model has no classifier (a plain pretrained backbone): an explanation shows "
+                          "what a fine-tuned bundle's prediction looked at (`skulens train`)")
     tensors, _, failed = model._decode([image])
     if failed:
         from ..data.decode import ImageDecodeError

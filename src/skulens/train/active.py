@@ -107,6 +107,9 @@ def suggest_labels(model: Model, photos: Sequence[str | os.PathLike[str]], budge
     `labelled`: photos already labelled, which the diversity step keeps away from."""
     from ..data.dataset import decode_all
 
+    for name, value in (("photos", photos), ("labelled", labelled)):
+        if isinstance(value, (str, os.PathLike)):  # one path was read letter by letter, each a missing file
+            raise TypeError(f"{name}: a list of paths (e.g. [{str(value)!r}]), not one path")
     classes = model.card.classes
     if not classes and strategy.startswith("margin"):
         raise ValueError(f"strategy {strategy!r} ranks by how unsure the classifier is, and this model has no "
