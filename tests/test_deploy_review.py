@@ -340,3 +340,22 @@ def test_prune_bench_and_distill_refuse_what_they_would_ignore_or_fail_on_at_the
     capsys.readouterr()
     assert main(["prune", "-m", str(pruned / "pruned"), "--no-recover", "--out", str(tmp_path / "again")]) == 2
     assert "already pruned" in capsys.readouterr().err  # it was a traceback
+
+
+def test_the_detection_rows_reach_bench_json_too(tmp_path: Path) -> None:
+    """`bench --detector` printed its rows and appended them to bench.md only, then named bench.json among the
+    results."""
+    import json
+
+    from skulens.deploy.bench import DetectionRow, write_detection_rows
+
+    (tmp_path / "bench.json").write_text(json.dumps({"schema": 1, "rows": []}), encoding="utf-8")
+    (tmp_path / "bench.md").write_text("| classifier rows |\n", encoding="utf-8")
+    row = DetectionRow("detector (PyTorch) + classifier per box", 0.5, 2.0, 12.5, 1.0)
+    table = write_detection_rows(tmp_path, [row])
+    saved = json.loads((tmp_path / "bench.json").read_text(encoding="utf-8"))
+    assert saved["rows"] == [] and saved["detection"] == [{"name": row.name, "seconds_per_photo": 0.5,
+                                                           "photos_per_s": 2.0, "boxes_per_photo": 12.5,
+                                                           "megapixels": 1.0}]
+    assert (tmp_path / "bench.md").read_text(encoding="utf-8") == "| classifier rows |\n\n" + table
+    assert "| detector (PyTorch) + classifier per box | 0.50 | 2.00 | 12.5 | 1.00 |" in table

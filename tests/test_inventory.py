@@ -303,6 +303,19 @@ def test_cli_scan_of_the_folder_that_holds_the_database_leaves_its_own_files_out
         assert store.counts() == first and sum(store.stats().values()) == 6
 
 
+def test_cli_review_lists_the_whole_queue(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`inventory review` without an id stopped at 1000 items, unsaid."""
+    from skulens.cli import main
+
+    db = tmp_path / "big.sqlite"
+    with InventoryStore(db) as store:
+        store.intake([_photo(i, conf=0.1) for i in range(1, 1006)], threshold=0.6, actor="t")
+        assert store.review_size() == 1005
+    assert main(["inventory", "review", "--db", str(db)]) == 0
+    listed = [json.loads(line)["sha256"] for line in capsys.readouterr().out.splitlines()]
+    assert len(listed) == len(set(listed)) == 1005
+
+
 def test_cli_counts_review_and_audit(inventory_db, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from skulens.cli import main
 

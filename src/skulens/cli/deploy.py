@@ -231,17 +231,14 @@ def cmd_bench(ns: argparse.Namespace) -> int:
                           isolate=ns.isolate, progress=not ns.quiet, device=str(resolve_device(ns.device)))
     print(to_markdown(result))
     if ns.detector:
-        from ..deploy.bench import bench_detection, detection_markdown, one_megapixel_jpegs
+        from ..deploy.bench import bench_detection, one_megapixel_jpegs, write_detection_rows
         from ..models.bundle import read_card
         from ..models.predictor import load_model
 
         samples = _split_samples(data, ns.split, read_card(bundle))
         photos = one_megapixel_jpegs([str(s.path) for s in samples], ns.detection_photos)
         rows = bench_detection(ns.detector, photos, model=load_model(bundle, device="cpu"), repeats=ns.repeats)
-        table = detection_markdown(rows)
-        print(table)
-        with open(Path(out) / "bench.md", "a", encoding="utf-8") as f:
-            f.write("\n" + table)
+        print(write_detection_rows(out, rows))
     say(f"results: {Path(out) / 'bench.json'}, {Path(out) / 'bench.md'}")
     return 0
 

@@ -236,9 +236,12 @@ def cmd_inventory_review(ns: argparse.Namespace) -> int:
         raise UsageError("--label and --reject resolve one item: give its id (SHA256, or SHA256:INDEX for a box; "
                          "without them, review lists the queue)")
     with _store(ns) as store:
-        if ns.sha256 is None:
-            for item in store.review_queue(limit=1000):
-                print(json.dumps(item.to_dict()))
+        if ns.sha256 is None:  # the whole queue, a page at a time (it stopped at 1000 items, unsaid)
+            offset = 0
+            while page := store.review_queue(limit=1000, offset=offset):
+                for item in page:
+                    print(json.dumps(item.to_dict()))
+                offset += len(page)
             return 0
         if not ns.label and not ns.reject:
             raise UsageError("give --label LABEL or --reject with the item's id (SHA256, or SHA256:INDEX for a box)")

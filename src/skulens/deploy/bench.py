@@ -540,6 +540,21 @@ def bench_detection(detector: str | os.PathLike, photos: Sequence[bytes], *, mod
     return rows
 
 
+def write_detection_rows(out_dir: str | os.PathLike, rows: Sequence[DetectionRow]) -> str:
+    """Add the detection rows to a bench run's files: `detection` in bench.json, their table at the end of
+    bench.md (they were in the markdown only). Returns the table."""
+    import json
+
+    out = Path(out_dir)
+    table = detection_markdown(rows)
+    result = json.loads((out / "bench.json").read_text(encoding="utf-8"))
+    result["detection"] = [asdict(r) for r in rows]
+    (out / "bench.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    with open(out / "bench.md", "a", encoding="utf-8") as f:
+        f.write("\n" + table)
+    return table
+
+
 def detection_markdown(rows: Sequence[DetectionRow]) -> str:
     lines = ["| detection variant | s / photo | photos / s | boxes / photo | MP |", "|---|---|---|---|---|"]
     lines += [f"| {r.name} | {r.seconds_per_photo:.2f} | {r.photos_per_s:.2f} | {r.boxes_per_photo:.1f} | "
