@@ -17,13 +17,13 @@ WEIGHTS = "model.safetensors"
 CARD = "card.json"
 
 
-def lock_of(directory: str | os.PathLike[str], timeout: float = -1) -> FileLock:
+def lock_of(directory: str | os.PathLike[str]) -> FileLock:
     """The lock of the bundle in `directory`, a file beside it (`.NAME.lock`): held by whoever rewrites the
     bundle (its save's swap, an enrolment from load to save), so that two processes (`skulens enroll` beside
     `skulens serve`, two service workers) or two threads take turns. One object per bundle and process, so a
-    thread that holds it may take it again (the enrolment, then its save)."""
+    thread that holds it may take it again (the enrolment, then its save); a wait is `acquire(timeout=...)`'s."""
     out = Path(directory).resolve()
-    return FileLock(out.with_name(f".{out.name}.lock"), timeout=timeout, is_singleton=True)
+    return FileLock(out.with_name(f".{out.name}.lock"), is_singleton=True)
 
 
 def _aside(out: Path) -> bool:
