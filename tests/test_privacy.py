@@ -329,6 +329,11 @@ def test_cli_pseudonymise_erase_and_purge(inventory_db, tmp_path: Path, monkeypa
     typo = str(tmp_path / "invv.sqlite")  # a mistyped --db: not a new, empty inventory that "erased" nothing
     assert main(["inventory", "erase-user", "alice", "--db", typo, "--pseudonym-key-file", str(key)]) == 2
     assert "no inventory at" in capsys.readouterr().err and not Path(typo).exists()
+    # the same with --events: it made the empty inventory, erased nothing there and exited 0
+    assert main(["inventory", "erase-user", "alice", "--db", typo, "--events", str(out),
+                 "--pseudonym-key-file", str(key)]) == 2
+    assert "no inventory at" in capsys.readouterr().err and not Path(typo).exists()
+    assert [e.user_id for e in read_events(out)] == [p("alice"), p("bob")]  # nothing erased
     assert main(["inventory", "erase-user", "alice", "--db", inventory_db.url(), "--events", str(tmp_path / "no.csv"),
                  "--pseudonym-key-file", str(key), *folders]) == 2  # told before anything is erased
     assert "nothing was erased" in capsys.readouterr().err
@@ -337,6 +342,12 @@ def test_cli_pseudonymise_erase_and_purge(inventory_db, tmp_path: Path, monkeypa
     assert json.loads(capsys.readouterr().out) == {"user": p("alice"), "events": 1, "log_events": 1, "photos": 1,
                                                    "files": 1, "missing": 0}
     assert [e.user_id for e in read_events(out)] == [p("bob")]
+    # a service run with --events only: the log alone, said so
+    assert main(["inventory", "erase-user", "bob", "--events", str(out), "--pseudonym-key-file", str(key)]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["log_events"] == 1 and "no audit entry" in captured.err
+    assert read_events(out, allow_empty=True) == []
+    assert main(["inventory", "erase-user", "bob", "--pseudonym-key-file", str(key)]) == 2
     assert main(["inventory", "purge", "--db", inventory_db.url(), "--older-than-days", "0", *folders]) == 0
     assert "deleted 0 file(s)" in capsys.readouterr().err  # alice's photo already went with her
     for bad in ("-1", "nan", "inf", "1e10"):

@@ -113,7 +113,8 @@ def add_commands(sub: Any) -> None:
     e = isub.add_parser("erase-user", help="erase a user: their behaviour events and the photos they sent "
                                            "(audited; counts stay)")
     e.add_argument("user_id", help="the user as the shop knows them (looked up by pseudonym)")
-    e.add_argument("--db", required=True, help=_DB_HELP)
+    e.add_argument("--db", help=_DB_HELP + "; without it (a service run with --events only), the user leaves the "
+                                           "--events log alone, unaudited")
     e.add_argument("--events", help="behaviour-log CSV the service reads (--events): the user's rows go too")
     add_key_file(e)
     _add_folders(e)
@@ -275,8 +276,12 @@ def cmd_inventory_erase_user(ns: argparse.Namespace) -> int:
         raise UsageError(f"--events {ns.events}: no such behaviour log; nothing was erased")
     from ..serve.inventory import InventoryError
 
-    # a log without an inventory (a service run with --events only): its erasure makes the empty inventory
-    with _store(ns, create=bool(ns.events)) as store:
+    if ns.db is None:  # a service run with --events only keeps nothing else about the user
+        if not ns.events:
+            raise UsageError("give --db (the inventory), --events (the behaviour log), or both")
+        return _erase_from_log_only(ns)
+    # an inventory that exists: a mistyped --db made an empty one (with --events), erased nothing and exited 0
+    with _store(ns) as store:
         key = pseudonymizer(ns, required=True, data_dirs=(store.photo_dir, store.labelled_dir))
         try:
             done = People(store=store, pseudonym=key, events_csv=ns.events, fit=None).erase(
@@ -288,6 +293,18 @@ def cmd_inventory_erase_user(ns: argparse.Namespace) -> int:
         say(f"skulens inventory erase-user: {done.missing} of the user's files were not found and are not deleted "
             "(the audit entry names them): delete them by hand where they are")
         return EXIT_FAILED
+    return 0
+
+
+def _erase_from_log_only(ns: argparse.Namespace) -> int:
+    from ..recommend.shopping_log import remove_users
+
+    key = pseudonymizer(ns, required=True)
+    ref = key(ns.user_id)
+    n = remove_users(ns.events, lambda u: u == ref or key(u) == ref)
+    print(json.dumps({"user": ref, "events": 0, "log_events": n, "photos": 0, "files": 0, "missing": 0}))
+    say(f"skulens inventory erase-user: {n} event(s) left {ns.events}; no --db, so nothing else was erased and no "
+        "audit entry was written (the audit log lives in the inventory)")
     return 0
 
 
