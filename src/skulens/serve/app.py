@@ -86,6 +86,11 @@ def create_app(settings: ServeSettings, *, model: Model | None = None, state: Se
             await st.stop()
 
     from .._version import __version__
+    from .privacy import UserIdsOutOfAccessLog
+
+    access = logging.getLogger("uvicorn.access")  # the server's request lines: no user id in them
+    if not any(isinstance(f, UserIdsOutOfAccessLog) for f in access.filters):
+        access.addFilter(UserIdsOutOfAccessLog())
 
     # /docs is the web router's page over the Swagger UI shipped in static/swagger-ui/ (FastAPI's own loads
     # Swagger UI and ReDoc from a CDN: blank offline, and refused by the pages' CSP).

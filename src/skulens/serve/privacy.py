@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 import re
 from collections.abc import Iterable, Iterator
@@ -23,7 +24,8 @@ from pathlib import Path
 from ..config import ConfigError
 from ..recommend.shopping_log import Event
 
-__all__ = ["KEY_ENV", "Pseudonymizer", "is_pseudonym", "load_pseudonymizer", "pseudonymize_events"]
+__all__ = ["KEY_ENV", "Pseudonymizer", "UserIdsOutOfAccessLog", "is_pseudonym", "load_pseudonymizer",
+           "pseudonymize_events"]
 
 KEY_ENV = "SKULENS_PSEUDONYM_KEY"
 _PREFIX = "ps_"
@@ -50,8 +52,24 @@ class Pseudonymizer:
     def __call__(self, user_id: str) -> str:
         if is_pseudonym(user_id):
             return user_id
-        digest = hmac.new(self.key, user_id.encode("utf-8"), hashlib.sha256).hexdigest()
+        # surrogatepass: an id from a command line that is not UTF-8 (its bytes as lone surrogates) is an id
+        digest = hmac.new(self.key, user_id.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
         return _PREFIX + digest[:32]  # 128 bits: no two users of any shop collide
+
+
+class UserIdsOutOfAccessLog(logging.Filter):
+    """Takes the user id out of an access-log line's path (uvicorn's `uvicorn.access` records): `GET
+    /v1/users/alice@example.com/recommendations` is logged as `/v1/users/~/recommendations`. Without it the log
+    held every asked id, beside the erasure's pseudonym line: a table from ids to pseudonyms, and the ids of
+    erased users."""
+
+    _PATH = re.compile(r"^(/v1/users/)[^/?#]+")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
+            record.args = (*args[:2], self._PATH.sub(r"\1~", args[2]), *args[3:])
+        return True
 
 
 def pseudonymize_events(events: Iterable[Event], pseudonym: Pseudonymizer) -> Iterator[Event]:
@@ -78,4 +96,4 @@ def load_pseudonymizer(key_file: str | os.PathLike[str] | None = None, *,
                                   "outside the data it protects")
         return Pseudonymizer(path.read_bytes().strip())
     value = os.environ.get(KEY_ENV, "").strip()
-    return Pseudonymizer(value.encode("utf-8")) if value else None
+    return Pseudonymizer(value.encode("utf-8", "surrogatepass")) if value else None
