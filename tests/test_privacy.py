@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -280,6 +281,33 @@ def test_service_records_events_and_erases_a_user(service) -> None:
     erased = [e for e in audit if e["action"] == "erase_user"]
     assert len(erased) == 4 and all(e["actor"] == "t" and "carol" not in json.dumps(e) for e in erased)  # + shop/42 x2
     assert client.delete("/v1/users/carol", headers={"X-API-Key": "wrong-key-000"}).status_code == 401
+
+
+def test_an_erasure_from_the_cli_reaches_a_running_services_recommender(service, inventory_db,
+                                                                         tmp_path: Path) -> None:
+    """The service refitted only when the database's events changed: a user whose history was in the `--events`
+    log, erased by `skulens inventory erase-user --events`, kept driving recommendations until a restart. The
+    erasure's audit now has the log's part too (its erase_user line is written before the log is rewritten)."""
+    from skulens.cli import main
+
+    client, events_csv = service
+    state = client.app.state.skulens
+    state.people.refit_if_changed()
+
+    def reasons(user: str) -> list[str]:
+        return [x["reason"] for x in client.get(f"/v1/users/{user}/recommendations",
+                                                params={"k": 3, "exclude_seen": "false"}).json()]
+
+    assert reasons("alice") != reasons("someone-new")  # her history drives hers
+    key = tmp_path / "secrets" / "pseudonym.key"  # the fixture's
+    assert main(["inventory", "erase-user", "alice", "--db", inventory_db.url(), "--events", str(events_csv),
+                 "--pseudonym-key-file", str(key), *inventory_db.cli_dirs()]) == 0
+    time.sleep(0.02)  # recommend_refit_s
+    assert state.people.refit_if_changed() is True  # the log changed; the database's events did not
+    assert reasons("alice") == reasons("someone-new") and _recs(client, "alice") == _recs(client, "someone-new")
+    audit = client.get("/v1/inventory/audit").json()
+    [log_line] = [e for e in audit if e["action"] == "erase_user_log"]
+    assert log_line["detail"]["log_events"] == 1 and log_line["detail"]["user"] == state.people.user_ref("alice")
 
 
 def test_without_a_key_nothing_about_people_is_kept(inventory_db, tiny_bundle, monkeypatch) -> None:

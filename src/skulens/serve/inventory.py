@@ -1362,6 +1362,10 @@ class InventoryStore:
         r = self._read("SELECT COUNT(*) AS n, COALESCE(MAX(id), 0) AS last FROM events")[0]
         return int(r["n"]), int(r["last"])
 
+    def audit_note(self, actor: str, action: str, detail: dict[str, Any]) -> None:
+        """One audit line of its own, for work done outside the database (the CSV log's part of an erasure)."""
+        self._write(lambda db, _: self._audit(db, _now(), actor, action, None, 0, None, None, detail))
+
     def erase_user(self, user_ref: str, *, actor: str, missing_ok: bool = False) -> Erasure:
         """Delete a user's events and the kept files of every photo they sent (waiting for review, kept, or
         reviewed into the labelled folder; box crops too), in one transaction, with an audit line. Counts and

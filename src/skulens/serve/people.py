@@ -4,8 +4,8 @@ user's erasure on request, and the retention of kept uploads.
 * Events come from the behaviour-log CSV (`--events`, read at start) and from `POST /v1/events` (kept in the
   database, `--db`). Both reach the recommender with pseudonymous user ids (`serve.privacy`); a recommendation
   request's user id is pseudonymised the same way before the lookup.
-* The recommender is refitted from all events in the background when the database's events change (new
-  events, an erasure by this or another worker), at most every `recommend_refit_s` seconds; after an erasure
+* The recommender is refitted from all events in the background when the database's events or the CSV log
+  change (new events, an erasure by this or another worker or the CLI), at most every `recommend_refit_s` seconds; after an erasure
   this worker refits at once, so the erased user's history is gone from its answers when the call returns.
 * `erase(user_id)` deletes the user's events from the database and from the CSV log, and the files of every
   photo they sent (`InventoryStore.erase_user`), with an audit line. A full or read-only disk or database is a
@@ -17,6 +17,7 @@ user's erasure on request, and the retention of kept uploads.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -55,7 +56,7 @@ class People:
         self.store, self.pseudonym, self.events_csv = store, pseudonym, events_csv
         self._fit, self.refit_s, self.retention_days = fit, refit_s, retention_days
         self.recommender: Any = None
-        self._fitted_version: tuple[int, int] | None = None
+        self._fitted_version: tuple[Any, ...] | None = None
         self._last_check = self._last_retention = 0.0
         self._lock = threading.Lock()  # one refit or erasure at a time
         self._log_lock = threading.Lock()
@@ -95,13 +96,24 @@ class People:
             self._fitted_version = version
             return self.recommender
 
-    def _version(self) -> tuple[int, int] | None:
-        return self.store.events_version() if self.records_events and self.store is not None else None
+    def _version(self) -> tuple[Any, ...]:
+        """What the events are now: the database's events version, and the CSV log's size and change time (an
+        erasure by the CLI or another worker rewrites it; the database may not change at all)."""
+        db = self.store.events_version() if self.records_events and self.store is not None else None
+        log: tuple[int, int] | None = None
+        if self.events_csv:
+            try:
+                st = os.stat(self.events_csv)
+                log = (st.st_size, st.st_mtime_ns)
+            except OSError:
+                log = None
+        return db, log
 
     def refit_if_changed(self) -> bool:
-        """Refit when the database's events changed since the last fit (polled, at most every `refit_s`)."""
+        """Refit when the database's events or the CSV log changed since the last fit (polled, at most every
+        `refit_s`)."""
         now = time.monotonic()
-        if not self.records_events or now - self._last_check < self.refit_s:
+        if (not self.records_events and not self.events_csv) or now - self._last_check < self.refit_s:
             return False
         self._last_check = now
         if self._version() == self._fitted_version:
@@ -138,6 +150,9 @@ class People:
             try:
                 with self._log_lock:  # the log holds raw ids (an old log) or pseudonyms (one pseudonymised)
                     log_events = remove_users(self.events_csv, lambda u: u == ref or self.pseudonym(u) == ref)
+                # the erase_user line was written in the database's transaction, before the log was rewritten
+                self.store.audit_note(actor, "erase_user_log", {"user": ref, "log_events": log_events,
+                                                                "log": str(self.events_csv)})
             except Exception as exc:
                 error = storage_error(exc, "the events log cannot be rewritten now", (
                     f"the user's {done.events} events and {done.files} files were erased from the inventory, but not "
