@@ -167,8 +167,14 @@ def test_retention_purges_old_unlabelled_uploads(inventory_db) -> None:
         paths = {p.sha256: store.photo_file(p.sha256) for p in (old_kept, old_queued, old_labelled, new)}
         with pytest.raises(InventoryError, match="between 0 and"):
             store.purge_uploads(-1)
+        # another photo folder than the service's: the rows were cleared and audited, the files left, unnamed
+        with inventory_db.store(photo_dir=inventory_db.tmp_path / "elsewhere") as wrong:
+            assert wrong.purge_uploads(30) == 0
+        assert paths[old_kept.sha256].is_file() and store.photo_file(old_kept.sha256) == paths[old_kept.sha256]
+        assert [e.action for e in store.audit() if e.action == "retention_purge"] == []
 
         assert store.purge_uploads(30) == 2
+        assert store.photo(old_kept.sha256).source == ""  # its upload's name went with its file
 
         assert not paths[old_kept.sha256].exists() and not paths[old_queued.sha256].exists()
         assert paths[old_labelled.sha256].is_file() and paths[new.sha256].is_file()  # labelled, and recent

@@ -1485,24 +1485,35 @@ class InventoryStore:
         # Counted-and-kept photos and items still waiting for review; a rejected one's file is already gone.
         kept = "{t}stored IS NOT NULL AND {t}status IN ('counted', 'review')"
 
+        missing: list[str] = []
+
         def purge(db: Connection, _written: list[Path]) -> list[tuple[str | None, str]]:
             params = {"cutoff": cutoff}
             old_photos = "SELECT sha256 FROM photos WHERE created_at < :cutoff"
-            files = [(None, r["stored"]) for r in db.execute(sa.text(
+            named = [r["stored"] for r in db.execute(sa.text(
                 f"SELECT stored FROM photos WHERE {kept.format(t='')} AND created_at < :cutoff UNION ALL "
                 f"SELECT b.stored FROM boxes b WHERE {kept.format(t='b.')} AND b.sha256 IN ({old_photos})"),
                 params).mappings()]
-            if not files:
-                return []
-            db.execute(sa.text(f"UPDATE photos SET stored = NULL WHERE {kept.format(t='')} AND created_at < :cutoff"),
-                       params)
-            db.execute(sa.text(f"UPDATE boxes SET stored = NULL WHERE {kept.format(t='')} AND sha256 IN "
-                               f"({old_photos})"), params)
-            self._audit(db, _now(), actor, "retention_purge", None, 0, None, None,
-                        {"files": len(files), "older_than_days": older_than_days, "cutoff": cutoff})
-            return files
+            # Only rows whose file is here: with another --photo-dir than the service's, the rows were cleared
+            # and the sweep reported and audited files it never found (they stayed, named by no row).
+            files = [name for name in named if (self.photo_dir / name).is_file()]
+            missing[:] = [name for name in named if name not in set(files)]
+            for i in range(0, len(files), 500):
+                names = sa.bindparam("names", expanding=True)
+                # the file name an upload came with can name a person ("anna_kitchen.jpg"): it goes with the file
+                for table, clear in (("photos", "stored = NULL, source = ''"), ("boxes", "stored = NULL")):
+                    db.execute(sa.text(f"UPDATE {table} SET {clear} WHERE {kept.format(t='')} "
+                                       "AND stored IN :names").bindparams(names), {"names": files[i:i + 500]})
+            if files:
+                self._audit(db, _now(), actor, "retention_purge", None, 0, None, None,
+                            {"files": len(files), "older_than_days": older_than_days, "cutoff": cutoff})
+            return [(None, name) for name in files]
 
         files = self._write(purge)
+        if missing:
+            logger.warning("inventory %s: retention: %d kept file(s) past %g days are not in %s (the service's photo "
+                           "folder is another? give it): left as they are, e.g. %s", self.url, len(missing),
+                           older_than_days, self.photo_dir, ", ".join(missing[:3]))
         self._delete_files(files)
         return len(files) + self.sweep_uploads(actor=actor)
 
