@@ -117,6 +117,23 @@ def test_erase_user_deletes_their_events_and_photos_but_not_the_counts(inventory
         assert all(i.source == "" for i in store.review_queue() if i.id == queued.sha256)  # names can be personal
 
 
+def test_an_erased_file_name_is_not_left_in_the_sqlite_files(tmp_path: Path) -> None:
+    """The erasure cleared `photos.source` ("anna_kitchen_0.jpg" can name a person), but the old values stayed in
+    inv.sqlite-wal, and in the main file's freed pages, while the store was open."""
+    from dataclasses import replace
+
+    from skulens.serve.inventory import InventoryStore
+
+    alice = Pseudonymizer(KEY)("alice")
+    with InventoryStore(tmp_path / "inv.sqlite") as store:
+        store.intake([replace(_photo(i, "oat-milk", 0.9, alice), source=f"anna_kitchen_{i}.jpg") for i in range(5)],
+                     threshold=0.5, actor="t", keep_photos=True)
+        store.erase_user(alice, actor="t")
+        for name in ("inv.sqlite", "inv.sqlite-wal"):  # the store still open, as a running service's is
+            f = tmp_path / name
+            assert not f.exists() or b"anna_kitchen" not in f.read_bytes(), name
+
+
 def _reviewed(store, photo: IntakePhoto) -> Path:
     """`photo` taken in for review and labelled by a reviewer: its file in the labelled folder."""
     store.intake([photo], threshold=0.5, actor="t")

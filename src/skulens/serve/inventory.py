@@ -604,6 +604,7 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=FULL")  # a committed count survives kill -9 and power loss
     cursor.execute("PRAGMA busy_timeout=30000")  # a CLI scan and the server(s) may share the file
+    cursor.execute("PRAGMA secure_delete=ON")  # an erased user's rows (file names, events) are overwritten, not freed
     cursor.close()
 
 
@@ -1362,6 +1363,18 @@ class InventoryStore:
         r = self._read("SELECT COUNT(*) AS n, COALESCE(MAX(id), 0) AS last FROM events")[0]
         return int(r["n"]), int(r["last"])
 
+    def _checkpoint(self) -> None:
+        """SQLite: copy the write-ahead log into the database and empty it, so that what an erasure overwrote
+        (secure_delete) is not still in the log's earlier page images. Best effort: a reader in the middle of a
+        transaction keeps the log until it is done (the next checkpoint then clears it)."""
+        if self.backend != "sqlite":
+            return
+        try:
+            with self._engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sa.exc.OperationalError as exc:  # busy: SQLite's own automatic checkpoints follow
+            logger.info("inventory %s: no checkpoint after the erasure now (%s)", self.url, exc)
+
     def audit_note(self, actor: str, action: str, detail: dict[str, Any]) -> None:
         """One audit line of its own, for work done outside the database (the CSV log's part of an erasure)."""
         self._write(lambda db, _: self._audit(db, _now(), actor, action, None, 0, None, None, detail))
@@ -1438,6 +1451,7 @@ class InventoryStore:
                 raise
             if aside or relabel:  # a reviewed row of a file deleted by hand changes the manifest too
                 self._finish_erasure(user, aside, manifest if relabel else False)
+        self._checkpoint()
         if missing:  # the rows are cleared: the names are in this log line and the audit entry
             logger.warning("inventory %s: erased user %s, but %d of their files were in neither %s nor %s (kept "
                            "elsewhere? the service's --labelled-dir): %s", self.url, user, len(missing),
@@ -1498,12 +1512,12 @@ class InventoryStore:
             # and the sweep reported and audited files it never found (they stayed, named by no row).
             files = [name for name in named if (self.photo_dir / name).is_file()]
             missing[:] = [name for name in named if name not in set(files)]
-            for i in range(0, len(files), 500):
-                names = sa.bindparam("names", expanding=True)
+            names = sa.bindparam("names", expanding=True)
+            for chunk in _chunks(files, 500):
                 # the file name an upload came with can name a person ("anna_kitchen.jpg"): it goes with the file
                 for table, clear in (("photos", "stored = NULL, source = ''"), ("boxes", "stored = NULL")):
                     db.execute(sa.text(f"UPDATE {table} SET {clear} WHERE {kept.format(t='')} "
-                                       "AND stored IN :names").bindparams(names), {"names": files[i:i + 500]})
+                                       "AND stored IN :names").bindparams(names), {"names": chunk})
             if files:
                 self._audit(db, _now(), actor, "retention_purge", None, 0, None, None,
                             {"files": len(files), "older_than_days": older_than_days, "cutoff": cutoff})
