@@ -366,8 +366,14 @@ def test_cli_pseudonymise_erase_and_purge(inventory_db, tmp_path: Path, monkeypa
     from skulens.cli import main
 
     monkeypatch.delenv("SKULENS_PSEUDONYM_KEY", raising=False)
-    log, out, key = tmp_path / "log.csv", tmp_path / "pseudo.csv", tmp_path / "key"
+    log, out, key = tmp_path / "log.csv", tmp_path / "pseudo.csv", tmp_path / "secrets" / "key"
+    key.parent.mkdir()
     key.write_bytes(KEY)
+    beside = tmp_path / "key"  # in the log's folder: a copy of the folder would carry the key that undoes it
+    beside.write_bytes(KEY)
+    assert main(["recommend", "pseudonymise", "--events", str(log), "-o", str(out),
+                 "--pseudonym-key-file", str(beside)]) == 2
+    assert "lies beside" in capsys.readouterr().err and not out.exists()
     write_events(log, [Event("alice", "oat-milk", "view", 1.0), Event("bob", "red-apple", "cart", 2.0)])
     assert main(["recommend", "pseudonymise", "--events", str(log), "-o", str(out)]) == 2  # no key: usage error
     assert "no pseudonym key" in capsys.readouterr().err

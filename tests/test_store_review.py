@@ -777,7 +777,8 @@ def test_cli_erase_user_on_a_read_only_database_says_so_in_one_line(
 
     state = _erasable(inventory_db, monkeypatch)
     before = _everything(state.store)
-    key = tmp_path / "key"
+    key = tmp_path / "secrets" / "key"  # not beside the database: refused there
+    key.parent.mkdir()
     key.write_bytes(b"0123456789abcdef-test-key")
     erase = InventoryStore.erase_user
 

@@ -239,11 +239,13 @@ def add_key_file(p: argparse.ArgumentParser, extra: str = "") -> None:
                    f"outside the data (default: $SKULENS_PSEUDONYM_KEY){extra}")
 
 
-def pseudonymizer(ns: argparse.Namespace, *, required: bool = False, data_dirs: tuple[Any, ...] = ()) -> Any:
-    """The Pseudonymizer of --pseudonym-key-file or $SKULENS_PSEUDONYM_KEY (None if neither, unless `required`)."""
+def pseudonymizer(ns: argparse.Namespace, *, required: bool = False, data_dirs: tuple[Any, ...] = (),
+                  data_files: tuple[Any, ...] = ()) -> Any:
+    """The Pseudonymizer of --pseudonym-key-file or $SKULENS_PSEUDONYM_KEY (None if neither, unless `required`);
+    a key file inside `data_dirs` or beside `data_files` is refused (`load_pseudonymizer`)."""
     from ..serve.privacy import KEY_ENV, load_pseudonymizer
 
-    key = load_pseudonymizer(ns.pseudonym_key_file, data_dirs=data_dirs)
+    key = load_pseudonymizer(ns.pseudonym_key_file, data_dirs=data_dirs, data_files=data_files)
     if key is None and required:
         raise UsageError(f"no pseudonym key: give --pseudonym-key-file FILE or set ${KEY_ENV}")
     return key

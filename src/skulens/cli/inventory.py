@@ -282,7 +282,8 @@ def cmd_inventory_erase_user(ns: argparse.Namespace) -> int:
         return _erase_from_log_only(ns)
     # an inventory that exists: a mistyped --db made an empty one (with --events), erased nothing and exited 0
     with _store(ns) as store:
-        key = pseudonymizer(ns, required=True, data_dirs=(store.photo_dir, store.labelled_dir))
+        key = pseudonymizer(ns, required=True, data_dirs=(store.photo_dir, store.labelled_dir),
+                            data_files=(store.path, ns.events))
         try:
             done = People(store=store, pseudonym=key, events_csv=ns.events, fit=None).erase(
                 ns.user_id, actor=_actor(), missing_ok=ns.missing_ok)
@@ -299,7 +300,7 @@ def cmd_inventory_erase_user(ns: argparse.Namespace) -> int:
 def _erase_from_log_only(ns: argparse.Namespace) -> int:
     from ..recommend.shopping_log import remove_users
 
-    key = pseudonymizer(ns, required=True)
+    key = pseudonymizer(ns, required=True, data_files=(ns.events,))
     ref = key(ns.user_id)
     n = remove_users(ns.events, lambda u: u == ref or key(u) == ref)
     print(json.dumps({"user": ref, "events": 0, "log_events": n, "photos": 0, "files": 0, "missing": 0}))

@@ -166,7 +166,7 @@ def cmd_recommend_pseudonymise(ns: argparse.Namespace) -> int:
     from ..serve.privacy import pseudonymize_events
 
     check_out_path(ns.out, "--out")
-    key = pseudonymizer(ns, required=True)
+    key = pseudonymizer(ns, required=True, data_files=(ns.events, ns.out))  # not beside the log it undoes
     events = read_events(ns.events)
     write_events(ns.out, pseudonymize_events(events, key))
     say(f"{ns.out}: {len(events)} events of {len({e.user_id for e in events})} users, user ids pseudonymised "

@@ -79,12 +79,14 @@ def pseudonymize_events(events: Iterable[Event], pseudonym: Pseudonymizer) -> It
 
 
 def load_pseudonymizer(key_file: str | os.PathLike[str] | None = None, *,
-                       data_dirs: Iterable[str | os.PathLike[str] | None] = ()) -> Pseudonymizer | None:
+                       data_dirs: Iterable[str | os.PathLike[str] | None] = (),
+                       data_files: Iterable[str | os.PathLike[str] | None] = ()) -> Pseudonymizer | None:
     """The pseudonymizer from `key_file` (its bytes, surrounding whitespace stripped), else from
     $SKULENS_PSEUDONYM_KEY; None when neither is set.
 
     data_dirs: folders the service keeps data in; a key file inside one of them is refused (a copy of the data
-    would carry the key that undoes its pseudonyms)."""
+    would carry the key that undoes its pseudonyms). data_files: the database file, the behaviour log: a key
+    file beside one of them, in the same folder, is refused too."""
     if key_file is not None:
         path = Path(key_file)
         if not path.is_file():
@@ -94,6 +96,10 @@ def load_pseudonymizer(key_file: str | os.PathLike[str] | None = None, *,
             if d is not None and resolved.is_relative_to(Path(d).resolve()):
                 raise ConfigError(f"pseudonym key file {path} lies inside the data folder {d}: keep the key "
                                   "outside the data it protects")
+        for f in data_files:
+            if f is not None and resolved.parent == Path(f).resolve().parent:
+                raise ConfigError(f"pseudonym key file {path} lies beside {f}: keep the key outside the folder "
+                                  "of the data it protects (a copy of that folder would carry it)")
         return Pseudonymizer(path.read_bytes().strip())
     value = os.environ.get(KEY_ENV, "").strip()
     return Pseudonymizer(value.encode("utf-8", "surrogatepass")) if value else None

@@ -186,7 +186,9 @@ class ServiceState:
                 responder.stock = self.store.count
         store_dirs = (self.store.photo_dir, self.store.labelled_dir) if self.store is not None else ()
         self.people = People(store=self.store, events_csv=settings.events, fit=fit_recommender,
-                             pseudonym=load_pseudonymizer(settings.pseudonym_key_file, data_dirs=store_dirs),
+                             pseudonym=load_pseudonymizer(settings.pseudonym_key_file, data_dirs=store_dirs,
+                                                          data_files=(getattr(self.store, "path", None),
+                                                                      settings.events)),
                              refit_s=settings.recommend_refit_s, retention_days=settings.upload_retention_days)
         self.people.recommender = recommender
         self.started_at = time.time()
