@@ -374,6 +374,11 @@ def test_cli_pseudonymise_erase_and_purge(inventory_db, tmp_path: Path, monkeypa
     assert main(["recommend", "pseudonymise", "--events", str(log), "-o", str(out),
                  "--pseudonym-key-file", str(beside)]) == 2
     assert "lies beside" in capsys.readouterr().err and not out.exists()
+    write_events(out, [Event(Pseudonymizer(KEY)("alice"), "oat-milk", "view", 1.0)])
+    # asked by a raw id without the key: every user looked new (the popular list, unsaid)
+    assert main(["recommend", "for", "--events", str(out), "--kind", "popularity", "--user", "alice"]) == 2
+    assert "pseudonyms" in capsys.readouterr().err
+    out.unlink()
     write_events(log, [Event("alice", "oat-milk", "view", 1.0), Event("bob", "red-apple", "cart", 2.0)])
     assert main(["recommend", "pseudonymise", "--events", str(log), "-o", str(out)]) == 2  # no key: usage error
     assert "no pseudonym key" in capsys.readouterr().err

@@ -45,6 +45,12 @@ def _recommender(ns: argparse.Namespace) -> Any:
 
     events = read_events(ns.events)
     key = pseudonymizer(ns)
+    if key is None and getattr(ns, "user", None) and events:
+        from ..serve.privacy import KEY_ENV, is_pseudonym
+
+        if all(is_pseudonym(e.user_id) for e in events):  # every asked user would look new: the popular list
+            raise UsageError(f"{ns.events}: its user ids are pseudonyms: give --pseudonym-key-file (or "
+                             f"${KEY_ENV}) to find --user among them")
     if key is not None:  # as the service does: the log's ids and the asked ones meet as pseudonyms
         from ..serve.privacy import pseudonymize_events
 
