@@ -247,6 +247,9 @@ def test_service_records_events_and_erases_a_user(service) -> None:
     assert r.status_code == 202 and r.json() == {"recorded": 2}
     assert client.post("/v1/events", json={"events": [{"user_id": "x", "product_id": "y", "event": "like"}]}
                        ).status_code == 422
+    for spaced in (" carol", "carol\n", "carol "):  # another user than the log's "carol" (its reader strips ids)
+        r = client.post("/v1/events", json={"events": [{"user_id": spaced, "product_id": "oat-milk", "event": "view"}]})
+        assert r.status_code == 422, (spaced, r.text)
     # made-up product ids (each would be a row and a column of the recommender's item matrix) and a NaN time
     r = client.post("/v1/events", json={"events": [{"user_id": "x", "product_id": f"fake-{i}", "event": "view"}
                                                    for i in range(3)]})
