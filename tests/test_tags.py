@@ -251,8 +251,8 @@ def test_the_python_api_loads_the_text_encoder_without_a_bar() -> None:
     import subprocess
     import sys
 
-    r = subprocess.run([sys.executable, "-c", "from skulens.models.text import TextEncoder\n"
-                        "print(TextEncoder().encode(['oat milk']).shape)"],
+    code = "from skulens.models.text import TextEncoder\nprint(TextEncoder().encode(['oat milk']).shape)"
+    r = subprocess.run([sys.executable, "-c", code],
                        capture_output=True, text=True, timeout=300, check=False)
     assert r.returncode == 0 and r.stdout.strip() == "(1, 384)", r.stderr[-2000:]
     assert "Loading weights" not in r.stderr, r.stderr[-2000:]
