@@ -10,6 +10,7 @@ import threading
 import time
 import zlib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -113,3 +114,41 @@ class SlowModel:
     def predict(self, *args: Any, **kwargs: Any) -> Any:
         time.sleep(self._delay)
         return self._model.predict(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def serve_process(args: list[str], log_path: Any, env: dict[str, str], cwd: Any = None,
+                  timeout_s: float = 240) -> Iterator[str]:
+    """A real `skulens serve ARGS` process on a free localhost port, its output in `log_path`; yields its URL once
+    /readyz answers 200, and stops it with SIGINT (killed after 30 s) on the way out."""
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "skulens.cli", "serve", *args, "--port", str(port)],
+                                cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            assert proc.poll() is None, f"skulens serve exited: {Path(log_path).read_text()[-3000:]}"
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, f"skulens serve not ready in {timeout_s:.0f} s"
+            time.sleep(0.2)
+        yield url
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

@@ -9,17 +9,13 @@ import concurrent.futures
 import contextlib
 import os
 import random
-import signal
-import subprocess
-import sys
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from _serve_util import free_port, photo_bytes
+from _serve_util import photo_bytes, serve_process
 
 KEY = "workers-test-key"
 AUTH = {"X-API-Key": KEY}
@@ -27,41 +23,11 @@ AUTH = {"X-API-Key": KEY}
 
 @contextlib.contextmanager
 def _services(bundle: Path, db: str, cwd: Path, n: int = 2) -> Iterator[list[str]]:
-    """`n` `skulens serve` processes on one database (started together; stopped with SIGINT); their URLs."""
-    import httpx
-
+    """`n` `skulens serve` processes on one database (stopped with SIGINT); their URLs."""
     env = {**os.environ, "SKULENS_API_KEYS": f"workers:{KEY}", "OMP_NUM_THREADS": "1"}
-    procs, urls = [], []
-    try:
-        for i in range(n):
-            port = free_port()
-            log = open(cwd / f"serve-{i}.log", "wb")  # noqa: SIM115 - closed with the process below
-            cmd = [sys.executable, "-m", "skulens.cli", "serve", "--model", str(bundle), "--port", str(port),
-                   "--db", db, "--review-threshold", "0", "--device", "cpu"]
-            procs.append((subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT), log))
-            urls.append(f"http://127.0.0.1:{port}")
-        deadline = time.monotonic() + 240
-        for i, ((proc, _), url) in enumerate(zip(procs, urls, strict=True)):
-            while True:
-                assert proc.poll() is None, f"skulens serve exited: {(cwd / f'serve-{i}.log').read_text()[-3000:]}"
-                try:
-                    if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert time.monotonic() < deadline, "skulens serve not ready in 240 s"
-                time.sleep(0.2)
-        yield urls
-    finally:
-        for proc, log in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-            log.close()
+    args = ["--model", str(bundle), "--db", db, "--review-threshold", "0", "--device", "cpu"]
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(serve_process(args, cwd / f"serve-{i}.log", env, cwd=cwd)) for i in range(n)]
 
 
 def test_two_service_processes_on_one_database_count_every_photo_once(tiny_bundle, inventory_db,

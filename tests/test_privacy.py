@@ -428,38 +428,19 @@ def test_the_service_log_holds_no_user_id(tiny_bundle, tmp_path: Path) -> None:
     """uvicorn's access log wrote every asked id (`GET /v1/users/alice@example.com/...`), next to the erasure's
     pseudonym line: a table from ids to pseudonyms that outlived the erasure. A real `skulens serve`."""
     import os
-    import signal
-    import subprocess
-    import sys
-    import time
 
     httpx = pytest.importorskip("httpx")
     pytest.importorskip("uvicorn")
-    from _serve_util import free_port
+    from _serve_util import serve_process
 
     key = tmp_path / "secrets" / "key"
     key.parent.mkdir()
     key.write_bytes(KEY)
-    port, url = free_port(), None
     log = tmp_path / "serve.log"
     env = {**os.environ, "SKULENS_API_KEYS": "ops:0123456789abcdef", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "skulens.cli", "serve", "--model", str(tiny_bundle.bundle), "--port", str(port),
-           "--db", str(tmp_path / "data" / "inv.sqlite"), "--pseudonym-key-file", str(key), "--device", "cpu",
-           "--no-warmup"]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 240
-        while True:
-            assert proc.poll() is None, log.read_text()[-3000:]
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "skulens serve not ready in 240 s"
-            time.sleep(0.2)
+    args = ["--model", str(tiny_bundle.bundle), "--db", str(tmp_path / "data" / "inv.sqlite"),
+            "--pseudonym-key-file", str(key), "--device", "cpu", "--no-warmup"]
+    with serve_process(args, log, env) as url:
         auth = {"X-API-Key": "0123456789abcdef"}
         who = "alice@example.com"
         r = httpx.post(f"{url}/v1/events", json={"events": [{"user_id": who, "product_id": "oat-milk",
@@ -467,13 +448,6 @@ def test_the_service_log_holds_no_user_id(tiny_bundle, tmp_path: Path) -> None:
         assert r.status_code == 202, r.text
         assert httpx.get(f"{url}/v1/users/{who}/recommendations", headers=auth).status_code == 200
         assert httpx.delete(f"{url}/v1/users/{who}", headers=auth).status_code == 200
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
     text = log.read_text()
     assert "GET /v1/users/~/recommendations" in text and "DELETE /v1/users/~ " in text  # the lines are there
     assert "alice" not in text, [line for line in text.splitlines() if "alice" in line]
