@@ -488,6 +488,7 @@ def test_scan_and_the_service_run_the_onnx_detector(tiny_bundle, detector_dir: P
             "--min-score", "0", "--threshold", "0.6", "--device", "cpu", "-q"]
     missing = _cli(*base, "--db", str(tmp_path / "none.sqlite"), "--detector-backend", "onnx")
     assert missing.returncode == 2 and "skulens detect export" in missing.stderr  # no detector.onnx yet
+    assert not (tmp_path / "none.sqlite").exists()  # told before the inventory was made (it was made first)
     export_detector(det)
     counts = {}
     for backend in ("torch", "onnx"):

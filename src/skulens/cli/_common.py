@@ -20,6 +20,7 @@ from typing import Any, get_args
 from ..config import apply_preset, config_fields, load_config
 from ..data.image_list import folder_images, is_image_list, non_utf8_names, read_image_list
 from ..data.locate import card_json, recorded_dataset, resolve_data
+from ..detect.options import DETECTOR_ONNX
 from ..models.options import EXPORTED_FILES
 
 __all__ = [
@@ -177,6 +178,9 @@ def check_detector(value: str | None, flag: str = "--detector", *, backend: str 
         hint = (" (that is a classification bundle" + (": give it as -m/--model)" if flag == "--detector" else ")")
                 if bundle else "")
         raise UsageError(f"{flag} {value}: not a detector folder, no detector.json{hint}")
+    if backend == "onnx" and not (p / DETECTOR_ONNX).is_file():  # told here, before a database or output is made
+        raise UsageError(f"{flag} {value}: no {DETECTOR_ONNX} for the onnx backend: run `skulens detect export "
+                         f"{value}` first")
     return value
 
 

@@ -23,13 +23,13 @@ from torch import nn
 
 from ..models.backbones import create_architecture, create_backbone, get_spec
 from ..models.bundle import atomic_write_text, save_tensors
+from .options import DETECTOR_ONNX
 
 __all__ = ["DETECTOR_CARD", "DETECTOR_ONNX", "DETECTOR_WEIGHTS", "DetectorCard", "DetectorConfig", "DetectorError", "build_detector",
            "is_detector", "load_detector_net", "save_detector"]
 
 DETECTOR_WEIGHTS = "detector.safetensors"
 DETECTOR_CARD = "detector.json"
-DETECTOR_ONNX = "detector.onnx"  # written by `skulens detect export`; an export of the weights beside it
 SCHEMA = 1
 
 

@@ -3,12 +3,13 @@ model loads."""
 
 from __future__ import annotations
 
-__all__ = ["DETECTOR_BACKENDS", "TILE_MODES", "check_backend"]
+__all__ = ["DETECTOR_BACKENDS", "DETECTOR_ONNX", "TILE_MODES", "check_backend"]
 
 # auto: tile a photo whose long side is over 2x the detector's max size; on / off: always / never.
 TILE_MODES = ("auto", "on", "off")
 # torch: the folder's weights in PyTorch; onnx: its detector.onnx (`skulens detect export`) under ONNX Runtime.
 DETECTOR_BACKENDS = ("torch", "onnx")
+DETECTOR_ONNX = "detector.onnx"  # written by `skulens detect export`; an export of the weights beside them
 
 
 def check_backend(backend: str, device: str = "auto") -> None:
