@@ -120,3 +120,13 @@ def test_scan_copies_of_a_photo_share_its_answer(tiny_bundle, tmp_path: Path) ->
     assert copy["source"] == str(photos / "b.jpg") and first["source"] == str(photos / "a.jpg")
     again = _cli(*args)  # both already stored now: the stored label, not null
     assert {ln["label"] for ln in map(json.loads, again.stdout.splitlines())} == {first["label"]}
+
+
+def test_scan_of_a_folder_that_is_not_there_is_one_line_in_the_commands_words(tiny_bundle, tmp_path: Path,
+                                                                              capsys) -> None:
+    from skulens.cli import main
+
+    db = tmp_path / "inv.sqlite"
+    assert main(["inventory", "scan", str(tmp_path / "nope"), "-m", str(tiny_bundle.bundle), "--db", str(db)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"skulens inventory: {tmp_path / 'nope'}: no such file or folder" and not db.exists()

@@ -159,6 +159,8 @@ def cmd_inventory_scan(ns: argparse.Namespace) -> int:
             raise UsageError(f"--detector-backend: {exc}") from None
     from ..serve.intake import ScanSummary, find_images, outside_store, scan, scan_shelves
 
+    if not Path(ns.dir).exists():  # one line in the command's words (it was "skulens: FileNotFoundError: ...")
+        raise UsageError(f"{ns.dir}: no such file or folder")
     paths = find_images(ns.dir)
     if not paths:
         raise UsageError(f"no images under {ns.dir}")
