@@ -1511,7 +1511,8 @@ class InventoryStore:
             # Only rows whose file is here: with another --photo-dir than the service's, the rows were cleared
             # and the sweep reported and audited files it never found (they stayed, named by no row).
             files = [name for name in named if (self.photo_dir / name).is_file()]
-            missing[:] = [name for name in named if name not in set(files)]
+            found = set(files)
+            missing[:] = [name for name in named if name not in found]
             names = sa.bindparam("names", expanding=True)
             for chunk in _chunks(files, 500):
                 # the file name an upload came with can name a person ("anna_kitchen.jpg"): it goes with the file

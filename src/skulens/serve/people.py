@@ -5,8 +5,9 @@ user's erasure on request, and the retention of kept uploads.
   database, `--db`). Both reach the recommender with pseudonymous user ids (`serve.privacy`); a recommendation
   request's user id is pseudonymised the same way before the lookup.
 * The recommender is refitted from all events in the background when the database's events or the CSV log
-  change (new events, an erasure by this or another worker or the CLI), at most every `recommend_refit_s` seconds; after an erasure
-  this worker refits at once, so the erased user's history is gone from its answers when the call returns.
+  change (new events, an erasure by this or another worker or the CLI), at most every `recommend_refit_s`
+  seconds; after an erasure this worker refits at once, so the erased user's history is gone from its answers
+  when the call returns.
 * `erase(user_id)` deletes the user's events from the database and from the CSV log, and the files of every
   photo they sent (`InventoryStore.erase_user`), with an audit line. A full or read-only disk or database is a
   StorageError that says what was not done.
@@ -150,13 +151,20 @@ class People:
             try:
                 with self._log_lock:  # the log holds raw ids (an old log) or pseudonyms (one pseudonymised)
                     log_events = remove_users(self.events_csv, lambda u: u == ref or self.pseudonym(u) == ref)
-                # the erase_user line was written in the database's transaction, before the log was rewritten
-                self.store.audit_note(actor, "erase_user_log", {"user": ref, "log_events": log_events,
-                                                                "log": str(self.events_csv)})
             except Exception as exc:
                 error = storage_error(exc, "the events log cannot be rewritten now", (
                     f"the user's {done.events} events and {done.files} files were erased from the inventory, but not "
                     "their events in the log: erase the user again"))
+                if error is None:
+                    raise
+                self.refit()
+                raise error from exc
+            try:  # the erase_user line was written in the database's transaction, before the log was rewritten
+                self.store.audit_note(actor, "erase_user_log", {"user": ref, "log_events": log_events,
+                                                                "log": str(self.events_csv)})
+            except Exception as exc:
+                error = storage_error(exc, "the audit line of the log's erasure cannot be written now", (
+                    f"the user is erased (inventory and log: {log_events} events), without that line"))
                 if error is None:
                     raise
                 self.refit()
