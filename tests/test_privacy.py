@@ -451,3 +451,34 @@ def test_the_service_log_holds_no_user_id(tiny_bundle, tmp_path: Path) -> None:
     text = log.read_text()
     assert "GET /v1/users/~/recommendations" in text and "DELETE /v1/users/~ " in text  # the lines are there
     assert "alice" not in text, [line for line in text.splitlines() if "alice" in line]
+
+
+def test_the_access_log_filter_takes_out_ids_with_slashes_too() -> None:
+    """`{user_id:path}`: "shop/42" is one id; the filter took out its first segment only (`/v1/users/~/42`)."""
+    import logging
+
+    from skulens.serve.privacy import UserIdsOutOfAccessLog
+
+    def line(path: str) -> str:
+        record = logging.LogRecord("uvicorn.access", logging.INFO, "", 0, '%s - "%s %s HTTP/%s" %d',
+                                   ("127.0.0.1:5000", "GET", path, "1.1", 200), None)
+        assert UserIdsOutOfAccessLog().filter(record)
+        return record.getMessage()
+
+    assert "/v1/users/~ " in line("/v1/users/shop/42")
+    assert "/v1/users/~/recommendations?k=5&seed=oat-milk " in line("/v1/users/shop/42/recommendations?k=5&seed=oat-milk")
+    assert "42" not in line("/v1/users/shop/42/recommendations") and "/v1/predict " in line("/v1/predict")
+
+
+def test_a_csv_only_service_whose_log_was_emptied_drops_its_recommender(tmp_path: Path) -> None:
+    """An erasure of the log's last user (`erase-user --events` without --db) left a header-only log: the refit
+    of a CSV-only service raised on it every tick, and the old recommender, with that user's history, served on."""
+    from skulens.recommend.shopping_log import remove_users
+    from skulens.serve.people import People
+
+    log = tmp_path / "events.csv"
+    write_events(log, [Event("alice", "oat-milk", "view", 1.0)])
+    people = People(store=None, pseudonym=None, events_csv=str(log), fit=lambda events: list(events), refit_s=0)
+    assert people.refit() == [Event("alice", "oat-milk", "view", 1.0)]
+    assert remove_users(log, lambda u: u == "alice") == 1
+    assert people.refit_if_changed() is True and people.recommender is None

@@ -24,8 +24,9 @@ from .classifier import SkuModel
 from .pruned import apply_pruning
 from .swap import CARD, WEIGHTS, lock_of, recover_bundle
 
-__all__ = ["BundleError", "atomic_write_text", "build_model", "bundle_folder", "bundle_lock", "load_bundle",
-           "make_readable", "read_card", "recover_bundle", "rewrites_bundle", "save_bundle", "save_tensors"]
+__all__ = ["BundleBusyError", "BundleError", "atomic_write_text", "build_model", "bundle_folder", "bundle_lock",
+           "load_bundle", "make_readable", "read_card", "recover_bundle", "rewrites_bundle", "save_bundle",
+           "save_tensors"]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,10 @@ class BundleError(RuntimeError):
     """A bundle directory is missing, incomplete or does not match its card."""
 
 
+class BundleBusyError(BundleError):
+    """Another process kept rewriting the bundle (held its lock) for longer than the wait allowed."""
+
+
 def build_model(card: ModelCard) -> SkuModel:
     """The architecture a card describes (its weights are loaded separately, strictly)."""
     backbone = create_architecture(card.backbone, image_size=card.input_size)
@@ -47,13 +52,15 @@ def build_model(card: ModelCard) -> SkuModel:
 
 
 @contextmanager
-def bundle_lock(directory: str | os.PathLike[str], timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
-    """Hold the bundle's lock (:func:`swap.lock_of`) while rewriting it; a BundleError after `timeout` s."""
+def bundle_lock(directory: str | os.PathLike[str], timeout: float | None = None) -> Iterator[None]:
+    """Hold the bundle's lock (:func:`swap.lock_of`) while rewriting it; a BundleBusyError after `timeout` s
+    (default LOCK_TIMEOUT_S)."""
     lock = lock_of(directory)
+    timeout = LOCK_TIMEOUT_S if timeout is None else timeout
     try:
         lock.acquire(timeout=timeout)
     except Timeout:
-        raise BundleError(f"{directory}: another process has been rewriting this bundle for {timeout:.0f} s "
+        raise BundleBusyError(f"{directory}: another process has been rewriting this bundle for {timeout:.0f} s "
                           f"(it holds {lock.lock_file}); try again when it is done") from None
     try:
         yield

@@ -43,6 +43,7 @@ import logging
 import os
 import random
 import re
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
@@ -1365,15 +1366,25 @@ class InventoryStore:
 
     def _checkpoint(self) -> None:
         """SQLite: copy the write-ahead log into the database and empty it, so that what an erasure overwrote
-        (secure_delete) is not still in the log's earlier page images. Best effort: a reader in the middle of a
-        transaction keeps the log until it is done (the next checkpoint then clears it)."""
+        (secure_delete) is not still in the log's earlier page images. Under the store's lock (the one shared
+        connection: a checkpoint beside another thread's transaction had SQLAlchemy roll that one back), on the
+        driver's connection (no transaction of its own), waiting at most a second for another process's reader:
+        then the next checkpoint (SQLite's own, or the next erasure's) clears it."""
         if self.backend != "sqlite":
             return
-        try:
-            with self._engine.connect() as conn:
-                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-        except sa.exc.OperationalError as exc:  # busy: SQLite's own automatic checkpoints follow
-            logger.info("inventory %s: no checkpoint after the erasure now (%s)", self.url, exc)
+        with self._lock, self._engine.connect() as conn:
+            cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+            try:
+                cur.execute("PRAGMA busy_timeout=1000")  # writers wait behind a checkpoint: not for 30 s
+                busy = cur.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            except sqlite3.OperationalError as exc:
+                busy = str(exc)
+            finally:
+                cur.execute("PRAGMA busy_timeout=30000")
+                cur.close()
+        if busy:
+            logger.info("inventory %s: the write-ahead log could not be emptied now (a reader in another process: "
+                        "%s); a later checkpoint does it", self.url, busy)
 
     def audit_note(self, actor: str, action: str, detail: dict[str, Any]) -> None:
         """One audit line of its own, for work done outside the database (the CSV log's part of an erasure)."""
@@ -1530,6 +1541,8 @@ class InventoryStore:
                            "folder is another? give it): left as they are, e.g. %s", self.url, len(missing),
                            older_than_days, self.photo_dir, ", ".join(missing[:3]))
         self._delete_files(files)
+        if files:
+            self._checkpoint()  # the purged uploads' file names are out of the log's old pages too
         return len(files) + self.sweep_uploads(actor=actor)
 
     def sweep_uploads(self, *, actor: str = "retention", min_age_s: float = _SWEEP_MIN_AGE_S) -> int:

@@ -78,8 +78,10 @@ class People:
         """The CSV log's events (pseudonymised when a key is set), then the database's."""
         events: list[Event] = []
         if self.events_csv:
-            with self._log_lock:
-                events = read_events(self.events_csv, allow_empty=self.store is not None)
+            with self._log_lock:  # empty: at start, a CSV-only service has nothing to recommend from; later, an
+                # erasure took the last user out (the refit then drops the recommender, not the erasure's effect)
+                events = read_events(self.events_csv,
+                                     allow_empty=self.store is not None or self._fitted_version is not None)
             if self.pseudonym is not None:
                 events = list(pseudonymize_events(events, self.pseudonym))
         if self.store is not None and self.pseudonym is not None:

@@ -63,12 +63,14 @@ class UserIdsOutOfAccessLog(logging.Filter):
     held every asked id, beside the erasure's pseudonym line: a table from ids to pseudonyms, and the ids of
     erased users."""
 
-    _PATH = re.compile(r"^(/v1/users/)[^/?#]+")
+    # the id is the whole rest of the path (`{user_id:path}`: "shop/42" is one id), but a recommendations route's
+    # own last segment; the query (k, seed products) stays
+    _PATH = re.compile(r"^(/v1/users/)[^?#]+?(/recommendations)?(?=[?#]|$)")
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
         if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
-            record.args = (*args[:2], self._PATH.sub(r"\1~", args[2]), *args[3:])
+            record.args = (*args[:2], self._PATH.sub(lambda m: m[1] + "~" + (m[2] or ""), args[2]), *args[3:])
         return True
 
 

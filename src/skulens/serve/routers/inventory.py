@@ -32,8 +32,8 @@ from ..inventory import (
     UnknownLabelError,
 )
 from ..schemas import (
+    NEW_USER_ID_PATTERN,
     STORAGE_RESPONSES,
-    USER_ID_PATTERN,
     AdjustRequest,
     AuditOut,
     IntakeItemOut,
@@ -140,7 +140,7 @@ async def _recognise(state: ServiceState, upload: UploadFile) -> IntakePhoto | S
 async def intake(state: State, actor: WriteKey,
                  images: Annotated[list[UploadFile], File(description="one or more photos")],
                  user: Annotated[str | None, Form(
-                     min_length=1, max_length=200, pattern=USER_ID_PATTERN, description=(
+                     min_length=1, max_length=200, pattern=NEW_USER_ID_PATTERN, description=(
                          "who sent the photos (a seller, a shopper), so `DELETE /v1/users/{id}` can erase them; "
                          "kept as a pseudonym only, and only with a pseudonym key"))] = None) -> IntakeResponse:
     _store(state)

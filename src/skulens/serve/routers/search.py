@@ -219,8 +219,12 @@ async def create_product(state: State, actor: WriteKey,
         state.reload_model()
         return result
 
+    from ...models.bundle import BundleBusyError
+
     try:
         result = await anyio.to_thread.run_sync(state.with_index, run)
+    except BundleBusyError as exc:  # another process (a CLI enrol) held the bundle's lock all the while: a 500 before
+        raise _bundle_busy(exc) from None
     except EnrolmentError as exc:
         raise HTTPException(409 if "already a class" in str(exc) else 422, str(exc)) from None
     except (IndexStoreError, ValueError) as exc:  # the index refused the photos, a stale text aligner, ...
@@ -316,6 +320,7 @@ async def update_product(state: State, actor: WriteKey, product_id: ProductId, p
                     summary="Remove a product from search; an enrolled product also leaves the "
                     "model (a trained class stays in the model until it is retrained without its photos)")
 async def delete_product(state: State, actor: WriteKey, product_id: ProductId) -> dict[str, Any]:
+    from ...models.bundle import BundleBusyError
     from ...search.enroll import is_enrolled, unenroll
 
     def run() -> tuple[int, bool]:
@@ -325,7 +330,10 @@ async def delete_product(state: State, actor: WriteKey, product_id: ProductId) -
         if folder is not None and is_enrolled(folder, product_id):
             # undo the enrolment: every index entry of the product, its row, kept photos, card entry; then the
             # served model and product list, in the same locked step
-            n = unenroll(folder, product_id, index=state.search.index, all_entries=True).index_entries
+            try:
+                n = unenroll(folder, product_id, index=state.search.index, all_entries=True).index_entries
+            except BundleBusyError as exc:
+                raise _bundle_busy(exc) from None
             state.products.pop(product_id, None)
             state.reload_model()
             return n, True
@@ -339,6 +347,12 @@ async def delete_product(state: State, actor: WriteKey, product_id: ProductId) -
     logger.info("product %r removed %sby %s (%d index entries)", product_id,
                 "from the model and the index " if enrolled else "from the index ", actor, removed)
     return {"product_id": product_id, "removed_entries": removed, "unenrolled": enrolled, "by": actor}
+
+
+def _bundle_busy(exc: Exception) -> HTTPException:
+    """A 503 for a bundle another process kept rewriting (its lock not free in time): try again later."""
+    return HTTPException(503, f"the model is being changed by another process; try again: {exc}",
+                         headers={"Retry-After": "60"})
 
 
 def routers(settings: ServeSettings) -> list[APIRouter]:

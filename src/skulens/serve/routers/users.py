@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 from ...recommend.shopping_log import EVENT_TYPES, MAX_TIMESTAMP, Event
 from ..deps import ReadKey, State, WriteKey, storage_answer, storage_refused
 from ..inventory import StorageError
-from ..schemas import STORAGE_RESPONSES, USER_ID_PATTERN
+from ..schemas import NEW_USER_ID_PATTERN, STORAGE_RESPONSES, USER_ID_PATTERN
 from ..state import ServiceState
 
 router = APIRouter(prefix="/v1", tags=["people"])
@@ -38,7 +38,7 @@ class RecommendationOut(BaseModel):
 
 
 class EventIn(BaseModel):
-    user_id: str = Field(min_length=1, max_length=200, pattern=USER_ID_PATTERN, description="the user as your shop knows "
+    user_id: str = Field(min_length=1, max_length=200, pattern=NEW_USER_ID_PATTERN, description="the user as your shop knows "
                          "them (not ending in '/'); stored only as a keyed-hash pseudonym")
     product_id: str = Field(min_length=1, max_length=200)
     event: str = Field(description=f"one of {', '.join(EVENT_TYPES)}")
