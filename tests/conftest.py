@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -254,3 +255,22 @@ def milvus_server(tmp_path_factory: pytest.TempPathFactory):
     yield server
     server.stop(timeout=1)  # its data is thrown away: no need to wait for a graceful stop
     shutil.rmtree(server.data_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def bundle_locked_elsewhere(folder: Path) -> Iterator[None]:
+    """Another process holds the bundle's lock (as `skulens enroll` does from its read to its save) until the
+    block ends; then it is killed, which frees the lock."""
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import time\nfrom skulens.models.swap import lock_of\n"
+        f"lock = lock_of({str(folder)!r})\nlock.acquire()\nprint('held', flush=True)\ntime.sleep(120)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        yield
+    finally:
+        holder.kill()
+        holder.wait()

@@ -631,22 +631,12 @@ def test_enrolments_into_one_bundle_at_once_take_turns(bundle_copy: Path, blue_p
 
 
 def test_a_bundle_another_process_is_rewriting_is_waited_for_then_refused_in_one_line(bundle_copy: Path) -> None:
-    import subprocess
-    import sys
-
+    from conftest import bundle_locked_elsewhere
     from skulens.models.bundle import BundleError, bundle_lock
 
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time\nfrom skulens.models.swap import lock_of\n"
-        f"lock = lock_of({str(bundle_copy)!r})\nlock.acquire()\nprint('held', flush=True)\ntime.sleep(60)")],
-        stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        with pytest.raises(BundleError, match="another process has been rewriting this bundle"), \
-                bundle_lock(bundle_copy, timeout=0.5):
-            pass
-    finally:
-        holder.kill()
-        holder.wait()
+    with bundle_locked_elsewhere(bundle_copy), \
+            pytest.raises(BundleError, match="another process has been rewriting this bundle"), \
+            bundle_lock(bundle_copy, timeout=0.5):
+        pass
     with bundle_lock(bundle_copy, timeout=5):  # a killed holder's lock is free again
         pass

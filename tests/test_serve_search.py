@@ -231,26 +231,16 @@ def test_enrol_a_new_product_then_predict_and_find_it(client) -> None:
 def test_an_enrolment_while_another_process_holds_the_bundle_is_a_503(client, monkeypatch) -> None:
     """`skulens enroll` from the CLI holds the bundle's lock; a service enrolment that cannot get it in time was a
     500 (BundleError); it is a 503 with Retry-After, and the bundle and index are as they were."""
-    import subprocess
-    import sys
-
+    from conftest import bundle_locked_elsewhere
     from skulens.models import bundle as bundle_module
 
     folder = client.app.state.skulens.model.path
     entries = len(client.app.state.skulens.search.index)
     monkeypatch.setattr(bundle_module, "LOCK_TIMEOUT_S", 0.5)
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import time\nfrom skulens.models.swap import lock_of\n"
-        f"lock = lock_of({str(folder)!r})\nlock.acquire()\nprint('held', flush=True)\ntime.sleep(60)")],
-        stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    with bundle_locked_elsewhere(folder):
         shots = [("images", ("b.png", photo_bytes("red-apple", 950, fmt="PNG"), "image/png"))]
         r = client.post("/v1/products", data={"product_id": "busy-thing"}, files=shots, headers=AUTH)
         assert r.status_code == 503 and r.headers["Retry-After"] and "another process" in r.text, r.text
-    finally:
-        holder.kill()
-        holder.wait()
     assert "busy-thing" not in client.get("/v1/info").json()["model"]["classes"]
     assert len(client.app.state.skulens.search.index) == entries
 
