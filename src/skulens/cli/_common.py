@@ -179,8 +179,10 @@ def check_detector(value: str | None, flag: str = "--detector", *, backend: str 
                 if bundle else "")
         raise UsageError(f"{flag} {value}: not a detector folder, no detector.json{hint}")
     if backend == "onnx" and not (p / DETECTOR_ONNX).is_file():  # told here, before a database or output is made
-        raise UsageError(f"{flag} {value}: no {DETECTOR_ONNX} for the onnx backend: run `skulens detect export "
-                         f"{value}` first")
+        others = sorted(p.glob("*.onnx"))  # as detect.onnx.load_onnx_detector advises
+        advice = (f"its export is {others[0]}: name that file" if len(others) == 1 else
+                  f"run `skulens detect export {value}` first")
+        raise UsageError(f"{flag} {value}: no {DETECTOR_ONNX} for the onnx backend; {advice}")
     return value
 
 
