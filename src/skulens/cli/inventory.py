@@ -300,14 +300,13 @@ def cmd_inventory_erase_user(ns: argparse.Namespace) -> int:
 
 
 def _erase_from_log_only(ns: argparse.Namespace) -> int:
-    from ..recommend.shopping_log import remove_users
+    from ..serve.people import People
 
     key = pseudonymizer(ns, required=True, data_files=(ns.events,))
-    ref = key(ns.user_id)
-    n = remove_users(ns.events, lambda u: u == ref or key(u) == ref)
-    print(json.dumps({"user": ref, "events": 0, "log_events": n, "photos": 0, "files": 0, "missing": 0}))
-    say(f"skulens inventory erase-user: {n} event(s) left {ns.events}; no --db, so nothing else was erased and no "
-        "audit entry was written (the audit log lives in the inventory)")
+    done = People(store=None, pseudonym=key, events_csv=ns.events, fit=None).erase(ns.user_id, actor=_actor())
+    print(json.dumps(vars(done)))
+    say(f"skulens inventory erase-user: {done.log_events} event(s) left {ns.events}; no --db, so nothing else was "
+        "erased and no audit entry was written (the audit log lives in the inventory)")
     return 0
 
 

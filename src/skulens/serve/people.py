@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..recommend.shopping_log import Event, read_events, remove_users
-from .inventory import InventoryStore, storage_error
+from .inventory import Erasure, InventoryStore, storage_error
 from .privacy import Pseudonymizer, pseudonymize_events
 
 __all__ = ["People", "UserErasure"]
@@ -137,17 +137,21 @@ class People:
         A full or read-only disk or database (`storage_failure`) raises a StorageError that says what was not done:
         in the database nothing, or everything (`InventoryStore.erase_user` is all or nothing). The CSV log is
         rewritten (whole or not at all) after the database's erasure committed: when that fails, the database's
-        part stays done, the recommender forgets it, and erasing the user again finishes the log's part."""
-        assert self.store is not None and self.pseudonym is not None, "records_events is False"
+        part stays done, the recommender forgets it, and erasing the user again finishes the log's part. Without
+        a store (a service run with --events only) the log is all there is to erase, and there is no audit log."""
+        assert self.pseudonym is not None and (self.store is not None or self.events_csv), "nothing to erase from"
         ref = self.pseudonym(user_id)
-        try:
-            # the service's own folders are the store's: a file missing there went by hand, and is reported
-            done = self.store.erase_user(ref, actor=actor, missing_ok=missing_ok)
-        except Exception as exc:
-            error = storage_error(exc, "the inventory cannot erase a user now", "nothing was erased")
-            if error is None:
-                raise
-            raise error from exc
+        if self.store is None:
+            done = Erasure(ref, 0, 0, 0)
+        else:
+            try:
+                # the service's own folders are the store's: a file missing there went by hand, and is reported
+                done = self.store.erase_user(ref, actor=actor, missing_ok=missing_ok)
+            except Exception as exc:
+                error = storage_error(exc, "the inventory cannot erase a user now", "nothing was erased")
+                if error is None:
+                    raise
+                raise error from exc
         log_events = 0
         if self.events_csv:
             try:
@@ -162,8 +166,9 @@ class People:
                 self.refit()
                 raise error from exc
             try:  # the erase_user line was written in the database's transaction, before the log was rewritten
-                self.store.audit_note(actor, "erase_user_log", {"user": ref, "log_events": log_events,
-                                                                "log": str(self.events_csv)})
+                if self.store is not None:
+                    self.store.audit_note(actor, "erase_user_log", {"user": ref, "log_events": log_events,
+                                                                    "log": str(self.events_csv)})
             except Exception as exc:
                 error = storage_error(exc, "the audit line of the log's erasure cannot be written now", (
                     f"the user is erased (inventory and log: {log_events} events), without that line"))
