@@ -20,7 +20,7 @@ from typing import Any, get_args
 from ..config import apply_preset, config_fields, load_config
 from ..data.image_list import folder_images, is_image_list, non_utf8_names, read_image_list
 from ..data.locate import card_json, recorded_dataset, resolve_data
-from ..detect.options import DETECTOR_ONNX
+from ..detect.options import DETECTOR_ONNX, onnx_export_advice
 from ..models.options import EXPORTED_FILES
 
 __all__ = [
@@ -179,10 +179,7 @@ def check_detector(value: str | None, flag: str = "--detector", *, backend: str 
                 if bundle else "")
         raise UsageError(f"{flag} {value}: not a detector folder, no detector.json{hint}")
     if backend == "onnx" and not (p / DETECTOR_ONNX).is_file():  # told here, before a database or output is made
-        others = sorted(p.glob("*.onnx"))  # as detect.onnx.load_onnx_detector advises
-        advice = (f"its export is {others[0]}: name that file" if len(others) == 1 else
-                  f"run `skulens detect export {value}` first")
-        raise UsageError(f"{flag} {value}: no {DETECTOR_ONNX} for the onnx backend; {advice}")
+        raise UsageError(f"{flag} {value}: no {DETECTOR_ONNX} for the onnx backend; {onnx_export_advice(p)}")
     return value
 
 

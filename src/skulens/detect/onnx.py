@@ -26,6 +26,7 @@ from .model import (
     build_detector,
     load_detector_net,
 )
+from .options import onnx_export_advice
 
 __all__ = ["export_detector", "load_onnx_detector"]
 
@@ -141,9 +142,7 @@ def load_onnx_detector(path: str | os.PathLike, *, threads: int | None = None) -
     onnx_path = p / DETECTOR_ONNX if p.is_dir() else p
     folder = onnx_path.parent
     if not onnx_path.is_file():
-        others = sorted(folder.glob("*.onnx")) if p.is_dir() else []
-        advice = (f"its export is {others[0]}: name that file" if len(others) == 1 else
-                  f"run `skulens detect export {folder}` first")
+        advice = onnx_export_advice(folder) if p.is_dir() else f"run `skulens detect export {folder}` first"
         raise DetectorError(f"{onnx_path}: no ONNX detector; {advice}")
     card = DetectorCard.read(folder / DETECTOR_CARD)
     return Detector(_onnx_net(onnx_path, card, threads), card, device="cpu", path=folder)

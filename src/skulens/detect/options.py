@@ -3,13 +3,22 @@ model loads."""
 
 from __future__ import annotations
 
-__all__ = ["DETECTOR_BACKENDS", "DETECTOR_ONNX", "TILE_MODES", "check_backend"]
+from pathlib import Path
+
+__all__ = ["DETECTOR_BACKENDS", "DETECTOR_ONNX", "TILE_MODES", "check_backend", "onnx_export_advice"]
 
 # auto: tile a photo whose long side is over 2x the detector's max size; on / off: always / never.
 TILE_MODES = ("auto", "on", "off")
 # torch: the folder's weights in PyTorch; onnx: its detector.onnx (`skulens detect export`) under ONNX Runtime.
 DETECTOR_BACKENDS = ("torch", "onnx")
 DETECTOR_ONNX = "detector.onnx"  # written by `skulens detect export`; an export of the weights beside them
+
+
+def onnx_export_advice(folder: Path) -> str:
+    """What to do about a detector folder without DETECTOR_ONNX: name its one other .onnx file, or export it."""
+    others = sorted(folder.glob("*.onnx"))
+    return (f"its export is {others[0]}: name that file" if len(others) == 1 else
+            f"run `skulens detect export {folder}` first")
 
 
 def check_backend(backend: str, device: str = "auto") -> None:
