@@ -271,3 +271,39 @@ def test_a_reader_that_finds_a_bundle_mid_swap_waits_for_the_save(tiny_bundle, t
         shutil.rmtree(tmp_path / ".bundle.old")
     reader.join(timeout=30)
     assert found == [target] and (target / "marker.txt").is_file()
+
+
+def test_a_reader_between_a_saves_card_and_weights_reads_again_after_the_save(tiny_bundle, tmp_path: Path) -> None:
+    """A reader that read the card of one bundle and the weights of another (a save's swap between the two)
+    called the bundle broken; it now waits for the save that holds the lock, then reads the new bundle."""
+    import threading
+    import time
+
+    from skulens.models.bundle import bundle_lock, load_bundle
+
+    target = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle.bundle, target)
+    weights = (target / "model.safetensors").read_bytes()
+    loaded: list = []
+    with bundle_lock(target):  # as save_bundle holds it over its swap
+        (target / "model.safetensors").write_bytes(weights[: len(weights) // 2])  # what the reader meets mid-swap
+        reader = threading.Thread(target=lambda: loaded.append(load_bundle(target)))
+        reader.start()
+        time.sleep(0.5)
+        assert not loaded  # it waits (it raised "unreadable or incomplete" before)
+        (target / "model.safetensors").write_bytes(weights)
+    reader.join(timeout=30)
+    assert len(loaded) == 1 and loaded[0][1].classes == read_card(tiny_bundle.bundle).classes
+
+
+def test_a_broken_bundle_is_still_refused_after_the_second_read(tiny_bundle, tmp_path: Path) -> None:
+    from skulens.models.bundle import BundleError, load_bundle
+
+    target = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle.bundle, target)
+    (target / "model.safetensors").write_bytes(b"\0" * 64)
+    with pytest.raises(BundleError, match="unreadable or incomplete"):
+        load_bundle(target)
+    with pytest.raises(BundleError, match="not a skulens bundle"):
+        load_bundle(tmp_path / "no-such-bundle")
+    assert not (tmp_path / ".no-such-bundle.lock").exists()

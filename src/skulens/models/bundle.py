@@ -194,6 +194,27 @@ def read_card(directory: str | os.PathLike[str]) -> ModelCard:
 
 
 def load_bundle(directory: str | os.PathLike[str], device: str | torch.device = "cpu") -> tuple[SkuModel, ModelCard]:
+    try:
+        return _read_bundle(directory, device)
+    except BundleError as first:
+        # A save swaps the whole folder under the bundle's lock: a reader between its card and its weights may
+        # have read one of each. Read once more, after the save, before calling the bundle broken.
+        folder = Path(directory)
+        folder = folder.parent if folder.name in (CARD, WEIGHTS) and not folder.is_dir() else folder
+        if not folder.is_dir():
+            raise
+        try:
+            lock = lock_of(folder)
+            lock.acquire(timeout=LOCK_TIMEOUT_S)
+        except (OSError, Timeout):  # a read-only folder, or held for long: the first error is the answer
+            raise first from None
+        try:
+            return _read_bundle(directory, device)
+        finally:
+            lock.release()
+
+
+def _read_bundle(directory: str | os.PathLike[str], device: str | torch.device) -> tuple[SkuModel, ModelCard]:
     path = Path(directory)
     card = read_card(path)
     if path.is_file():
