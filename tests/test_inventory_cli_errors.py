@@ -130,3 +130,16 @@ def test_scan_of_a_folder_that_is_not_there_is_one_line_in_the_commands_words(ti
     assert main(["inventory", "scan", str(tmp_path / "nope"), "-m", str(tiny_bundle.bundle), "--db", str(db)]) == 2
     err = capsys.readouterr().err
     assert err.strip() == f"skulens inventory: {tmp_path / 'nope'}: no such file or folder" and not db.exists()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_scan_on_a_gpu_this_machine_lacks_makes_no_database(tiny_bundle, tmp_path: Path, capsys) -> None:
+    from PIL import Image
+
+    from skulens.cli import main
+
+    Image.new("RGB", (48, 48), (200, 30, 30)).save(tmp_path / "a.jpg")
+    db = tmp_path / "inv.sqlite"
+    assert main(["inventory", "scan", str(tmp_path), "-m", str(tiny_bundle.bundle), "--db", str(db),
+                 "--device", "cuda"]) == 2
+    assert "CUDA is not available" in capsys.readouterr().err and not db.exists()  # it made an empty inventory

@@ -167,8 +167,10 @@ def cmd_inventory_scan(ns: argparse.Namespace) -> int:
     bad = non_utf8_names(paths)  # before anything is stored: a name the database cannot hold
     if bad:
         raise UsageError(bad)
+    from ..models.inference import resolve_device
     from ..models.predictor import load_model
 
+    resolve_device(ns.device)  # a GPU this machine lacks is told before the database is made
     summary = ScanSummary(shelf=detector_dir is not None)
     common: dict[str, Any] = {"threshold": ns.threshold, "actor": _actor(), "keep_photos": ns.keep_photos,
                               "chunk": max(1, ns.batch_size)}
