@@ -72,3 +72,23 @@ def test_a_folder_leaves_out_hidden_files_as_inventory_scan_does(tmp_path: Path)
         (tmp_path / name).write_bytes(b"x")
     assert expand_inputs([str(tmp_path)]) == [str(tmp_path / "a.jpg"), str(tmp_path / "sub" / "c.png")]
     assert expand_inputs([str(tmp_path / "._a.jpg")]) == [str(tmp_path / "._a.jpg")]  # named: taken as given
+
+
+def test_photo_folders_reached_through_links_are_read_once_as_training_catalogues_are(tmp_path: Path) -> None:
+    """predict, count and inventory scan left out sub-folders that are symbolic links (a shop linking each day's
+    shoot into one folder), where `skulens train` reads them; a link back up the tree is walked once."""
+    from skulens.cli._common import expand_inputs
+    from skulens.serve.intake import find_images
+
+    shoot = tmp_path / "shoot-monday"
+    shoot.mkdir()
+    (shoot / "b.jpg").write_bytes(b"x")
+    photos = tmp_path / "photos"
+    (photos / "sub").mkdir(parents=True)
+    (photos / "a.jpg").write_bytes(b"x")
+    (photos / "monday").symlink_to(shoot, target_is_directory=True)
+    (photos / "sub" / "loop").symlink_to(photos, target_is_directory=True)  # a cycle
+    (photos / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")  # a broken link is no photo
+    want = [photos / "a.jpg", photos / "monday" / "b.jpg"]
+    assert find_images(photos) == want
+    assert expand_inputs([str(photos)]) == [str(p) for p in want]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ._checks import require_files
 from ._types import IMAGE_SUFFIXES, SPLIT_ORDER, CatalogueError, Loaded, Sample, split_name
+from .image_list import walk_images
 
 
 def load_folders(root: Path) -> Loaded:
@@ -78,20 +79,5 @@ def _visible_dirs(folder: Path) -> list[Path]:
 
 
 def _images_under(class_dir: Path) -> list[Path]:
-    # Recursive through symlinked sub-folders, like torchvision's ImageFolder (os.walk followlinks=True),
-    # so sub-folders per shoot or store still count; a folder reached twice (a link cycle) is walked once.
-    images: list[Path] = []
-    walked: set[Path] = set()
-    for top, dirs, files in os.walk(class_dir, followlinks=True):
-        real = Path(top).resolve()
-        if real in walked:
-            dirs.clear()
-            continue
-        walked.add(real)
-        dirs[:] = [name for name in dirs if not name.startswith(".")]
-        images.extend(
-            Path(top, name)
-            for name in files
-            if Path(name).suffix.lower() in IMAGE_SUFFIXES and not name.startswith(".")
-        )
-    return sorted(images)
+    # through symlinked sub-folders too, so sub-folders per shoot or store still count
+    return sorted(walk_images(class_dir))

@@ -14,17 +14,32 @@ from pathlib import Path
 
 from ._types import IMAGE_SUFFIXES, CatalogueError
 
-__all__ = ["IMAGE_LIST_SUFFIXES", "folder_images", "is_image_list", "non_utf8_names", "read_image_list"]
+__all__ = ["IMAGE_LIST_SUFFIXES", "folder_images", "is_image_list", "non_utf8_names", "read_image_list", "walk_images"]
 
 IMAGE_LIST_SUFFIXES = (".csv", ".parquet")
 PATH_COLUMN = "path"
 
 
+def walk_images(root: Path) -> Iterator[Path]:
+    """The image file names under the folder `root`, recursively, in no set order; hidden files and folders left
+    out (macOS's ._x.jpg is no photo). Sub-folders that are symbolic links are walked, as torchvision's
+    ImageFolder does (os.walk followlinks=True); a folder reached twice (a link cycle) is walked once."""
+    walked: set[Path] = set()
+    for top, dirs, files in os.walk(root, followlinks=True):
+        real = Path(top).resolve()
+        if real in walked:
+            dirs.clear()
+            continue
+        walked.add(real)
+        dirs[:] = [name for name in dirs if not name.startswith(".")]
+        yield from (Path(top, name) for name in files
+                    if Path(name).suffix.lower() in IMAGE_SUFFIXES and not name.startswith("."))
+
+
 def folder_images(root: Path) -> Iterator[Path]:
-    """The image files under the folder `root`, recursively, in no set order; hidden files and folders left out
-    (macOS's ._x.jpg is no photo). What a folder of photos means to every command that takes one."""
-    return (f for f in root.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()
-            and not any(part.startswith(".") for part in f.relative_to(root).parts))
+    """The image files under the folder `root` (:func:`walk_images`, less broken links): what a folder of photos
+    means to every command that takes one."""
+    return (f for f in walk_images(root) if f.is_file())
 
 
 def non_utf8_names(paths: Iterable[str | os.PathLike]) -> str | None:
