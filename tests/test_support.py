@@ -327,3 +327,13 @@ def test_a_yes_or_no_is_given_only_when_every_likely_candidate_agrees(encoder) -
     # Both likely products come in a carton: the answer does not depend on which one it is.
     b = r.answer(split, "does it come in a carton?")
     assert not b.handoff and b.verdict == "yes"
+
+
+def test_a_shop_topic_is_named_only_for_a_question_near_it(responder) -> None:
+    """The nearest shop topic was given as the hand-off reason however far it was: "Can I cook with it?" was
+    "about payment", "can I microwave it" "about returns"."""
+    near = responder.answer(_pred("Granny-Smith"), "When are you open on Sundays?")
+    assert near.handoff and near.reason == "the question is about store, which the catalogue does not answer"
+    for question in ("Can I cook with it?", "can I microwave it"):
+        far = responder.answer(_pred("Granny-Smith"), question)
+        assert far.handoff and far.reason.startswith("no catalogue field answers the question"), far.reason

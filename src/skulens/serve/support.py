@@ -275,7 +275,9 @@ class SupportResponder:
         if any(f.field == "stock" for f in facts):  # the stock topic stands in only for a missing stock fact
             topic_scores = np.where(self._topic_is_stock, -np.inf, topic_scores)
         t = int(topic_scores.argmax())
-        if float(topic_scores[t]) > score:
+        # a shop topic is named only when the question is near it: the nearest of weak matches is no reason
+        # ("Can I cook with it?" was "about payment")
+        if float(topic_scores[t]) > score and float(topic_scores[t]) >= self.min_score:
             topic = self._topic_names[t]
             reason = ("stock levels are not known here (this server keeps no inventory)" if topic == "stock"
                       else f"the question is about {topic}, which the catalogue does not answer")
