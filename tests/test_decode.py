@@ -310,3 +310,11 @@ def _save_jpeg(im: Image.Image, exif: Image.Exif) -> bytes:
     buf = io.BytesIO()
     im.save(buf, "JPEG", exif=exif)
     return buf.getvalue()
+
+
+def test_an_image_past_pillows_own_bomb_guard_names_this_limit() -> None:
+    """A 20000 x 20000 PNG (a few hundred KB) stopped at Pillow's guard, whose message named Pillow's limit
+    (178956970 pixels), not the one the caller set."""
+    with pytest.raises(ImageDecodeError) as info:
+        decode_image(_png_header_only(20000, 20000))
+    assert info.value.reason == "too many pixels (400000000 > 40000000)"

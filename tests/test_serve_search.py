@@ -99,6 +99,9 @@ def test_search_input_errors(client) -> None:
         r = client.post("/v1/search", data=empty)
         assert r.status_code == 422 and "nothing was sent" in r.json()["detail"]
     assert client.post("/v1/search", data={"text": "x", "filter": "{not json"}).status_code == 422
+    deep = '{"x":' + "[" * 990 + "]" * 990 + "}"  # under the 2000-character limit; a 500 (RecursionError) before
+    r = client.post("/v1/search", data={"text": "x", "filter": deep})
+    assert r.status_code == 422 and "nested too deeply" in r.json()["detail"]
     assert client.post("/v1/search", data={"text": "x", "mode": "nope"}).status_code == 422
     r = client.post("/v1/search", files={"image": ("q.jpg", b"not an image", "image/jpeg")})
     assert r.status_code == 415

@@ -70,6 +70,8 @@ def _filter(raw: str | None) -> dict[str, Any] | None:
         value = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise HTTPException(422, f"filter: not JSON ({exc.msg}); e.g. {{\"coarse_label\": \"Milk\"}}") from None
+    except RecursionError:  # "[[[[...": nested past the parser's depth (a 500 before)
+        raise HTTPException(422, "filter: nested too deeply; a JSON object of field -> value or [values]") from None
     if not isinstance(value, dict):
         raise HTTPException(422, "filter: a JSON object of field -> value or [values]")
     return value
