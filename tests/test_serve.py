@@ -204,6 +204,10 @@ def test_low_confidence_goes_to_review_then_a_correction_counts(tiny_bundle, mod
         stored = c.get(f"/v1/inventory/photos/{sha}", headers=AUTH)
         assert stored.status_code == 200 and stored.content[:3] == b"\xff\xd8\xff"
         assert not has_gps(stored.content)  # EXIF (GPS included) stripped from what is kept
+        # a decision is never read from a value of another type: {"reject": "yes"} rejected the photo for good
+        for body in ({"reject": "yes"}, {"reject": 1}, {"label": "oat-milk", "note": "typo'd field"}):
+            r = c.post(f"/v1/inventory/review/{sha}", json=body, headers=AUTH)
+            assert r.status_code == 422, (body, r.text)
         r = c.post(f"/v1/inventory/review/{sha}", json={"label": "oat-milk"}, headers=AUTH)
         assert r.status_code == 200 and r.json()["status"] in ("corrected", "confirmed"), r.text
         assert c.post(f"/v1/inventory/review/{sha}", json={"label": "oat-milk"}, headers=AUTH).status_code == 409
@@ -229,6 +233,10 @@ def test_a_hand_adjustment_cannot_invent_a_product(tiny_bundle, model, inventory
         assert ok.status_code == 200 and ok.json() == {"label": "oat-milk", "count": 3}
         sold = c.post("/v1/inventory/products/oat-milk/adjust", json={"delta": -1, "reason": "sold"}, headers=AUTH)
         assert sold.json()["count"] == 2 and c.get("/v1/inventory").json()["counts"] == {"oat-milk": 2}
+        for body in ({"delta": True}, {"delta": "5"}, {"count": 2.5}, {"delta": 1, "reson": "sold"}):  # were +1, +5
+            r = c.post("/v1/inventory/products/oat-milk/adjust", json=body, headers=AUTH)
+            assert r.status_code == 422, (body, r.text)
+        assert c.get("/v1/inventory").json()["counts"] == {"oat-milk": 2}
         # numbers no column holds (PostgreSQL's INTEGER; SQLite's 8 bytes) are a 422, never a 500
         for body in ({"delta": 10**20}, {"count": 3_000_000_000}):
             r = c.post("/v1/inventory/products/oat-milk/adjust", json=body, headers=AUTH)

@@ -148,6 +148,8 @@ def test_product_update_and_delete_need_a_key(client) -> None:
     assert [h["title"] for h in r.json()["hits"]] == ["Oat drink"]
     assert client.get("/v1/products/oat-milk").json()["title"] == "Oat drink"
     assert client.patch("/v1/products/ghost", json={"title": "x"}, headers=AUTH).status_code == 404
+    typo = client.patch("/v1/products/oat-milk", json={"tittle": "x"}, headers=AUTH)  # a 200 that changed nothing
+    assert typo.status_code == 422 and "tittle" in typo.text
     # a refused metadata key refuses the whole change: the title is not half-written
     r = client.patch("/v1/products/oat-milk", json={"title": "Half", "metadata": {"in stock": True}}, headers=AUTH)
     assert r.status_code == 422, r.text

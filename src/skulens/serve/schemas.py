@@ -4,15 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from .inventory import MAX_COUNT
 
 __all__ = [
     "STORAGE_RESPONSES", "STORAGE_RETRY_AFTER_S",
     "AdjustRequest", "AuditOut", "CandidateOut", "IntakeOut", "InventoryOut", "LabelScore", "PredictResponse",
-    "PredictionOut", "ProductOut", "ReviewDecision", "ReviewItemOut", "SupportOut", "TagResponse", "TagsOut",
+    "PredictionOut", "ProductOut", "RequestBody", "ReviewDecision", "ReviewItemOut", "SupportOut", "TagResponse",
+    "TagsOut",
 ]
+
+
+class RequestBody(BaseModel):
+    """A JSON request body: values of the declared types only (no "yes" for true, no "5" or true for 5), and no
+    field it does not declare (a misspelt "tittle" was ignored and answered 200): a 422 that names it."""
+    model_config = ConfigDict(strict=True, extra="forbid")
 
 
 class LabelScore(BaseModel):
@@ -140,12 +147,12 @@ class ReviewItemOut(BaseModel):
     has_photo: bool = False
 
 
-class ReviewDecision(BaseModel):
+class ReviewDecision(RequestBody):
     label: str | None = Field(None, max_length=200, description="the right product (confirm or correct)")
     reject: bool = Field(False, description="not a product / unusable: never counted")
 
 
-class AdjustRequest(BaseModel):
+class AdjustRequest(RequestBody):
     delta: int | None = Field(None, ge=-MAX_COUNT, le=MAX_COUNT,
                               description="add (or, negative, remove) this many: received, sold, broken")
     count: int | None = Field(None, ge=0, le=MAX_COUNT,

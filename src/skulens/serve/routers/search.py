@@ -21,7 +21,7 @@ from ...search.index import IndexRecord, IndexStoreError, SearchHit
 from ..batching import QueueFullError
 from ..deps import ReadKey, State, WriteKey, busy, decode_upload, storage_answer
 from ..images import content_hash
-from ..schemas import STORAGE_RESPONSES
+from ..schemas import STORAGE_RESPONSES, RequestBody
 from ..settings import ServeSettings
 from ..state import ServiceState
 
@@ -45,7 +45,7 @@ class SearchOut(BaseModel):
     hits: list[HitOut]
 
 
-class ProductPatch(BaseModel):
+class ProductPatch(RequestBody):
     title: str | None = Field(None, max_length=300)
     text: str | None = Field(None, max_length=5000)
     metadata: dict[str, str | int | float | bool | None] = Field(

@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 from ...recommend.shopping_log import EVENT_TYPES, MAX_TIMESTAMP, Event
 from ..deps import ReadKey, State, WriteKey, storage_answer, storage_refused
 from ..inventory import StorageError
-from ..schemas import NEW_USER_ID_PATTERN, STORAGE_RESPONSES, USER_ID_PATTERN
+from ..schemas import NEW_USER_ID_PATTERN, STORAGE_RESPONSES, USER_ID_PATTERN, RequestBody
 from ..state import ServiceState
 
 router = APIRouter(prefix="/v1", tags=["people"])
@@ -37,7 +37,7 @@ class RecommendationOut(BaseModel):
     title: str
 
 
-class EventIn(BaseModel):
+class EventIn(RequestBody):
     user_id: str = Field(min_length=1, max_length=200, pattern=NEW_USER_ID_PATTERN, description="the user as your shop knows "
                          "them (not ending in '/'); stored only as a keyed-hash pseudonym")
     product_id: str = Field(min_length=1, max_length=200)
@@ -48,7 +48,7 @@ class EventIn(BaseModel):
                                                 "default: now")
 
 
-class EventsIn(BaseModel):
+class EventsIn(RequestBody):
     events: list[EventIn] = Field(min_length=1, max_length=1000)
 
 
