@@ -203,6 +203,8 @@ def test_photos_added_to_a_product_carry_its_metadata(client) -> None:
     assert client.patch("/v1/products/green-apple", json={"metadata": {"price": 2.5}}, headers=AUTH).is_success
     shot = ("g.png", photo_bytes("green-apple", 950, fmt="PNG"), "image/png")
     assert client.post("/v1/products/green-apple/images", files=[("images", shot)], headers=AUTH).is_success
+    twice = client.post("/v1/products/green-apple/images", files=[("images", shot), ("images", shot)], headers=AUTH)
+    assert twice.status_code == 200 and twice.json()["entries"] == 1, twice.text  # a 422 "duplicate entry id"
     # the new entry is found by a filtered search (it had only {"added_by": <the key's name>} and was left out)
     r = client.post("/v1/search", files={"image": shot}, data={"k": "1", "filter": '{"price": 2.5}'})
     [hit] = r.json()["hits"]

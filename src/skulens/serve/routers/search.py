@@ -245,9 +245,12 @@ async def add_images(state: State, actor: WriteKey, product_id: ProductId,
         raise HTTPException(413, f"at most {state.settings.max_files} photos per request")
     if product_id not in state.products:
         raise HTTPException(404, f"unknown product {product_id!r}: enrol it first (POST /v1/products)")
-    decoded = [await decode_upload(state, f) for f in images]
+    decoded: dict[str, Any] = {}  # by content: a photo sent twice in one request is one entry (it was a 422)
+    for f in images:
+        data, pil = await decode_upload(state, f)
+        decoded.setdefault(content_hash(data)[:32], pil)
     try:
-        vectors = await asyncio.gather(*(state.recognizer.embed(pil) for _, pil in decoded))
+        vectors = await asyncio.gather(*(state.recognizer.embed(pil) for pil in decoded.values()))
     except (QueueFullError, asyncio.TimeoutError) as exc:
         raise busy(state, exc) from None
 
@@ -261,9 +264,9 @@ async def add_images(state: State, actor: WriteKey, product_id: ProductId,
         # new entry.
         metadata = _shared_metadata(state.search.index.records(product_id))
         product = state.product(product_id)  # as it is now: a PATCH may have come while the photos were embedded
-        records = [IndexRecord(id=f"api/{product_id}/{content_hash(data)[:32]}", product_id=product_id,
+        records = [IndexRecord(id=f"api/{product_id}/{digest}", product_id=product_id,
                                label=product_id, coarse_label=product.coarse_label, title=product.title,
-                               text=product.description, metadata=metadata) for data, _ in decoded]
+                               text=product.description, metadata=metadata) for digest in decoded]
         state.search.index.upsert(records, np.stack(vectors))
         _save(state)
         return len(records)
