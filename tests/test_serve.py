@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import csv
 import io
+import re
 from pathlib import Path
 
 import pytest
@@ -394,6 +395,10 @@ def test_health_metrics_docs_and_info(client, val_photo) -> None:
     assert "cdn." not in docs.text and "<script>" not in docs.text  # no inline script: the CSP holds
     bundle = client.get("/static/swagger-ui/swagger-ui-bundle.js")
     assert bundle.status_code == 200 and "5.35.0" in client.get("/static/swagger-ui/NOTICE").text
+    client.get("/no-such-page")
+    unmatched = re.search(r'skulens_http_requests_total\{method="GET",route="unmatched",status="(\d+)"\} (\S+)',
+                          client.get("/metrics").text)
+    assert unmatched is not None and unmatched[1] == "404" and float(unmatched[2]) == 1.0  # the page's files: none
     paths = client.get("/openapi.json").json()["paths"]
     assert "/v1/predict" in paths and "/v1/inventory/intake" in paths and "/v1/support/ask" in paths
     info = client.get("/v1/info").json()

@@ -169,7 +169,9 @@ class _MetricsMiddleware:
         finally:
             st = _state(scope["app"])
             route = getattr(scope.get("route"), "path", None) or "unmatched"
-            if st is not None and not route.startswith("/static"):
+            # the page's own files: a Mount sets no route, so they were counted as "unmatched" (scanners, typos)
+            static = route == "unmatched" and scope.get("path", "").startswith("/static/")
+            if st is not None and not static:
                 # a client picks the method string: any outside HTTP's own would be a new series each
                 method = scope["method"] if scope["method"] in _HTTP_METHODS else "OTHER"
                 st.metrics.requests.labels(method, route, str(status)).inc()
