@@ -39,6 +39,7 @@ def backends(tiny_bundle, tiny_catalogue, tmp_path_factory):
     for u in range(30):  # people who buy red apples also buy oat milk; green apples go alone
         pair = ("red-apple", "oat-milk") if u % 2 else ("green-apple",)
         rows += [f"u{u},{p},purchase,2024-01-0{1 + i % 9}T10:00:00Z" for i, p in enumerate(pair)]
+    rows += ["u99,new-red-thing,purchase,2024-01-05T10:00:00Z"]  # a product the service has only once enrolled
     events.write_text("\n".join(rows) + "\n")
     return bundle, root / "index", events
 
@@ -147,6 +148,13 @@ def test_product_update_and_delete_need_a_key(client) -> None:
     r = client.post("/v1/search", data={"text": "oat", "mode": "text", "filter": '{"price": 1.5}'})
     assert [h["title"] for h in r.json()["hits"]] == ["Oat drink"]
     assert client.get("/v1/products/oat-milk").json()["title"] == "Oat drink"
+    # support answers read the new title too (the responder kept the start's products: the page's heading said
+    # "Oat drink" and the answer below it the old name)
+    from skulens.api import Prediction
+
+    responder = client.app.state.skulens.responder
+    sure = Prediction("p.jpg", "oat-milk", "fine", 1.0, "oat-milk", 1.0, top_k=(("oat-milk", 1.0),))
+    assert responder is not None and responder.answer(sure).answer.startswith("This is Oat drink.")
     assert client.patch("/v1/products/ghost", json={"title": "x"}, headers=AUTH).status_code == 404
     typo = client.patch("/v1/products/oat-milk", json={"tittle": "x"}, headers=AUTH)  # a 200 that changed nothing
     assert typo.status_code == 422 and "tittle" in typo.text
@@ -216,9 +224,19 @@ def test_enrol_a_new_product_then_predict_and_find_it(client) -> None:
     shots = [("images", (f"n{i}.png", photo_bytes("red-apple", 900 + i, fmt="PNG"), "image/png")) for i in range(3)]
     r = client.post("/v1/products", data={"product_id": "new-red-thing", "title": "New red thing"}, files=shots)
     assert r.status_code == 401
+    def recommended(user: str) -> list[str]:
+        r = client.get(f"/v1/users/{user}/recommendations", params={"k": 5, "exclude_seen": "false"})
+        assert r.status_code == 200, r.text
+        return [x["product_id"] for x in r.json()]
+
+    # a product of the log the service does not have is neither recommended nor a seed
+    assert "new-red-thing" not in recommended("u99")
+    seed = client.get("/v1/users/u1/recommendations", params={"seed": "new-red-thing"})
+    assert seed.status_code == 422 and "unknown product" in seed.json()["detail"]
     r = client.post("/v1/products", data={"product_id": "new-red-thing", "title": "New red thing",
                                           "coarse_label": "Apple"}, files=shots, headers=AUTH)
     assert r.status_code == 201, r.text
+    assert "new-red-thing" in recommended("u99")  # enrolled: the recommender is refitted before the answer
     assert r.json()["index_entries"] == 3
     assert "new-red-thing" in client.get("/v1/info").json()["model"]["classes"]  # the served model was reloaded
     r = client.post("/v1/products", data={"product_id": "new-red-thing"}, files=shots, headers=AUTH)
@@ -233,6 +251,9 @@ def test_enrol_a_new_product_then_predict_and_find_it(client) -> None:
     # the enrolment is undone: the served model forgot the product too, and it can be enrolled again
     assert "new-red-thing" not in client.get("/v1/info").json()["model"]["classes"]
     assert client.delete("/v1/products/new-red-thing", headers=AUTH).status_code == 404
+    # and it leaves the recommendations (still recommended first, and taken as a seed, before)
+    assert "new-red-thing" not in recommended("u99")
+    assert client.get("/v1/users/u1/recommendations", params={"seed": "new-red-thing"}).status_code == 422
 
 
 def test_an_enrolment_while_another_process_holds_the_bundle_is_a_503(client, monkeypatch) -> None:

@@ -248,6 +248,18 @@ class ServiceState:
             if self.search is not None:
                 self.search.model = model
 
+    def products_changed(self, *, recommender: bool = False) -> None:
+        """After an enrolment, a removal or a PATCHed title or text: support answers read the products as they
+        are now (they kept the start's copy), and with `recommender` the recommender is refitted at once, so
+        a removed product leaves its answers and an enrolled one joins them when the call returns."""
+        if self.responder is not None:
+            self.responder.refresh(self.products)
+        if recommender:
+            try:
+                self.people.refit()
+            except Exception as exc:  # noqa: BLE001 - the change stands; the next background refit tries again
+                logger.warning("recommender refit after a product change failed: %s", exc)
+
     def _write_intake(self, items: list[_Intake]) -> list[list[IntakeResult] | Exception]:
         assert self.store is not None
         return self.store.intake_batches([i.photos for i in items], threshold=self.settings.review_threshold,
@@ -393,13 +405,22 @@ def _recommender_fit(model: Model, products: dict[str, Product]) -> Callable[[li
     content: list[dict[str, np.ndarray] | None] = []
 
     def fit(events: list[Any]) -> Any:
+        # only products this service has (a removed enrolment, a log's product no catalogue holds): recommended,
+        # one would be a product that GET /v1/products/{id} does not know
+        kept = [e for e in events if e.product_id in products]
+        if len(kept) < len(events):
+            gone = {e.product_id for e in events} - set(products)
+            logger.info("recommender: left out %d event(s) of %d product(s) this service does not have, e.g. %r",
+                        len(events) - len(kept), len(gone), min(gone))
+        if not kept:
+            return None
         if not content:
             try:
                 content.append(item_vectors(products, model))
             except (ImportError, FileNotFoundError) as exc:  # product content needs the text encoder
                 logger.warning("recommendations from the behaviour log only, without product content: %s", exc)
                 content.append(None)
-        return fit_recommender(events, products, item_vectors=content[0])
+        return fit_recommender(kept, products, item_vectors=content[0])
 
     return fit
 

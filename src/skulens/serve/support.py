@@ -192,6 +192,13 @@ class SupportResponder:
         vocabulary = {a for p in self._products.values() for a in p.attributes} | set(self.vocabulary)
         self.lexicon = Lexicon.build(self._products.values(), vocabulary)
 
+    def refresh(self, products: Mapping[str, Product]) -> None:
+        """Read `products` as they are now (an enrolment, a removal, a new title or text): the lexicon is rebuilt
+        and every cached fact dropped."""
+        with self._lock:
+            self.products = products
+            self._cache.clear()
+
     def product(self, label: str) -> Product:
         return self.products.get(label) or Product(label=label, title=label.replace("-", " "))
 

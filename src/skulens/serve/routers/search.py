@@ -232,6 +232,7 @@ async def create_product(state: State, actor: WriteKey,
     except (IndexStoreError, ValueError) as exc:  # the index refused the photos, a stale text aligner, ...
         raise HTTPException(422, f"the product was not enrolled: {exc}") from None
     logger.info("product %r enrolled by %s from %d photo(s)", result.label, actor, result.images)
+    await anyio.to_thread.run_sync(lambda: state.products_changed(recommender=True))
     return {"product_id": result.label, "coarse_label": result.coarse_label, "photos": result.images,
             "self_check": result.self_check, "index_entries": result.index_entries, "by": actor}
 
@@ -318,6 +319,7 @@ async def update_product(state: State, actor: WriteKey, product_id: ProductId, p
         state.products[product_id] = dataclasses.replace(
             old, title=old.title if patch.title is None else patch.title,
             description=old.description if patch.text is None else patch.text)
+        state.products_changed()
     return {"product_id": product_id, "entries": entries, "by": actor}
 
 
@@ -351,6 +353,8 @@ async def delete_product(state: State, actor: WriteKey, product_id: ProductId) -
     removed, enrolled = await _index_call(state, run)
     logger.info("product %r removed %sby %s (%d index entries)", product_id,
                 "from the model and the index " if enrolled else "from the index ", actor, removed)
+    if enrolled:  # it leaves support answers and recommendations when this call returns
+        await anyio.to_thread.run_sync(lambda: state.products_changed(recommender=True))
     return {"product_id": product_id, "removed_entries": removed, "unenrolled": enrolled, "by": actor}
 
 
