@@ -15,6 +15,7 @@ pixels wide. Tiling runs the detector on overlapping windows at a finer scale, t
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -110,17 +111,19 @@ def merge_boxes(boxes: np.ndarray, scores: np.ndarray, passes: np.ndarray, *, io
     keep = nms(b, s, iou)  # sorted by score
     kb, kp, ks = b[keep], torch.from_numpy(np.asarray(passes))[keep], s[keep]
     area = (kb[:, 2] - kb[:, 0]).clamp(min=0) * (kb[:, 3] - kb[:, 1]).clamp(min=0)
-    # inside[i, j]: box i lies mostly inside box j, which comes from another pass
-    inside = (box_intersection(kb, kb) / area[:, None].clamp(min=1e-6)) > containment
-    inside &= kp[:, None] != kp[None, :]
-    inside &= ks[None, :] >= ks[:, None].clamp(max=min_score)  # the whole counts, or outscores the part
-    alive = torch.ones(len(keep), dtype=torch.bool)
+
+    def inside(rows: slice, inter: torch.Tensor) -> torch.Tensor:
+        """[i, j]: box i (of `rows`) lies mostly inside box j, which comes from another pass"""
+        out = (inter / area[rows, None].clamp(min=1e-6)) > containment
+        out &= kp[rows, None] != kp[None, :]
+        return out & (ks[None, :] >= ks[rows, None].clamp(max=min_score))  # the whole counts, or outscores the part
+
+    parts = _pairs_by(kb, inside, by_row=False)
+    alive = np.ones(len(keep), bool)
     for j in torch.argsort(area, descending=True, stable=True).tolist():  # wholes decide before their parts
-        if alive[j]:
-            part = inside[:, j].clone()
-            part[j] = False
-            alive &= ~part
-    return keep[alive].numpy()
+        if alive[j] and j in parts:
+            alive[parts[j][parts[j] != j]] = False
+    return keep.numpy()[alive]
 
 
 def merge_tiled(boxes: np.ndarray, scores: np.ndarray, passes: np.ndarray, held: np.ndarray, *, iou: float,
@@ -154,14 +157,42 @@ def suppress_contained(boxes: np.ndarray, scores: np.ndarray, *, ios: float = 0.
     if len(order) < 2 or ios <= 0:
         return order
     b = torch.from_numpy(np.ascontiguousarray(boxes[order], np.float32))
-    area = ((b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)).numpy()
-    inside = (box_intersection(b, b).numpy() / np.maximum(area[None, :], 1e-6)) > ios
-    inside &= area[:, None] >= ratio * area[None, :]
+    area = (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)
+    later = torch.arange(len(order))
+
+    def holds(rows: slice, inter: torch.Tensor) -> torch.Tensor:
+        """[i, k]: box i (of `rows`, better scored) holds the later box k, `ratio` times smaller, `ios` inside"""
+        out = (inter / area[None, :].clamp(min=1e-6)) > ios
+        out &= area[rows, None] >= ratio * area[None, :]
+        return out & (later[None, :] > later[rows, None])
+
+    held = _pairs_by(b, holds, by_row=True)
     alive = np.ones(len(order), bool)
     for i in range(len(order)):
-        if alive[i]:
-            alive[i + 1:] &= ~inside[i, i + 1:]
+        if alive[i] and i in held:
+            alive[held[i]] = False
     return order[alive]
+
+
+def _pairs_by(b: torch.Tensor, relation: Callable[[slice, torch.Tensor], torch.Tensor], *, by_row: bool,
+              chunk: int = 1024) -> dict[int, np.ndarray]:
+    """The pairs (i, j) of boxes `b` for which `relation(rows, intersections of those rows with every box)` holds,
+    as {i: its js} (by_row) or {j: its is}. Computed `chunk` rows at a time and kept sparse: a tiled phone photo
+    gives tens of thousands of candidate boxes, whose dense N x N matrices took over 12 GB."""
+    found: list[tuple[np.ndarray, np.ndarray]] = []
+    for start in range(0, len(b), chunk):
+        rows = slice(start, start + chunk)
+        i, j = torch.nonzero(relation(rows, box_intersection(b[rows], b)), as_tuple=True)
+        found.append(((i + start).numpy(), j.numpy()))
+    key, value = (np.concatenate(x) for x in zip(*found)) if found else (np.zeros(0, np.int64),) * 2
+    if not by_row:
+        key, value = value, key
+    if len(key) == 0:
+        return {}
+    order = np.argsort(key, kind="stable")
+    key, value = key[order], value[order]
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    return {int(key[s]): v for s, v in zip(starts, np.split(value, starts[1:]), strict=True)}
 
 
 def box_intersection(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
