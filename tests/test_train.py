@@ -486,6 +486,10 @@ def test_select_on_a_holdout_of_train_leaves_val_untouched(tiny_catalogue: Path,
     for key in ("top1_ci", "macro_f1_ci", "coarse_top1_ci"):  # the card holds all three, as the README says
         assert r.card.metrics["val"][key] == val_report["model"][key] and r.card.metrics[key] is not None
     assert "untouched" in (r.run_dir / "report-val" / "report.md").read_text()
+    # the untouched val is scored as `skulens evaluate` scores it: the temperatures once (they were applied twice)
+    again = skulens.evaluate(r.bundle, split="val", progress=False).to_dict()
+    for key in ("nll", "ece", "top1"):
+        assert val_report["model"][key] == pytest.approx(again[key], abs=1e-6), key
     assert "hold-out of train" in (r.run_dir / "report" / "report.md").read_text()
     with pytest.raises(ConfigError, match="holdout_fraction"):
         train(tiny_catalogue, out=str(tmp_path / "bad"), progress=False, select_on="holdout", holdout_fraction=0.6,

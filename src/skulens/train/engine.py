@@ -655,7 +655,7 @@ def _finish(run: _Run, baseline: EvalReport | None, epochs_run: int) -> TrainRes
     untouched = None
     if run.untouched is not None:  # scored once, with every choice already made on the hold-out
         raw = run_heads(model, run.untouched.images, eval_tf, device=run.device, precision=cfg.mixed_precision)
-        untouched = evaluate_outputs(_tempered(model, raw), run.untouched, card, thresholds)
+        untouched = evaluate_outputs(raw, run.untouched, card, thresholds)  # run_heads applies the temperatures
     wall = time.perf_counter() - run.t0  # this process only: a resumed run reports the time since resuming
     selection = {"selected_on": cfg.select_on, "holdout_fraction": cfg.holdout_fraction} \
         if cfg.select_on == "holdout" else {}
