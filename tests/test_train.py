@@ -8,6 +8,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -494,3 +495,22 @@ def test_select_on_a_holdout_of_train_leaves_val_untouched(tiny_catalogue: Path,
     with pytest.raises(ConfigError, match="holdout_fraction"):
         train(tiny_catalogue, out=str(tmp_path / "bad"), progress=False, select_on="holdout", holdout_fraction=0.6,
               **TINY)
+
+
+def test_a_run_folder_inside_its_catalogue_folder_and_a_one_class_catalogue_are_refused(tmp_path: Path) -> None:
+    """A run saved inside a folder of class folders became a class ("runs", its report plots) of the next run;
+    a catalogue of one class ended in a scikit-learn traceback (or, without the baseline, a one-answer model)."""
+    from PIL import Image
+
+    from skulens.data.catalogue import CatalogueError
+
+    for label, rgb in (("red", (220, 30, 30)), ("blue", (30, 30, 220))):
+        (tmp_path / "flat" / label).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (32, 32), rgb).save(tmp_path / "flat" / label / f"{i}.jpg")
+    with pytest.raises(ConfigError, match="inside the catalogue folder"):
+        train(tmp_path / "flat", out=str(tmp_path / "flat" / "runs" / "v1"), progress=False, **TINY)
+    assert not (tmp_path / "flat" / "runs").exists()
+    shutil.rmtree(tmp_path / "flat" / "blue")
+    with pytest.raises(CatalogueError, match="1 class .red.; a classifier needs at least 2"):
+        train(tmp_path / "flat", out=str(tmp_path / "one"), progress=False, **TINY)

@@ -241,6 +241,7 @@ def fit(cfg: TrainConfig, *, catalogue: Catalogue | None = None, progress: bool 
     t0 = time.perf_counter()
     cfg = with_absolute_paths(cfg)
     cat = catalogue if catalogue is not None else _load_data(cfg)
+    _check_catalogue(cfg, cat)
     if cfg.unlabeled:  # self-training: a teacher, pseudo-labels, then a student (each a run of this function)
         from .semi import self_train
 
@@ -290,6 +291,18 @@ def _fit(cfg: TrainConfig, cat: Catalogue, d: distributed.Dist, *, progress: boo
         return _finish(run, baseline, epochs_run)
     # Rank 0 calibrates and writes the bundle and report; every rank returns its result.
     return d.broadcast(_finish(run, baseline, epochs_run) if d.is_main else None)
+
+
+def _check_catalogue(cfg: TrainConfig, cat: Catalogue) -> None:
+    """A catalogue a run can learn from, and a run folder that stays out of it."""
+    if len(cat.classes) < 2:  # a scikit-learn traceback from the baseline, or a model that can answer one thing
+        raise CatalogueError(f"{cat.root}: {len(cat.classes)} class ({', '.join(cat.classes) or 'none'}); "
+                             "a classifier needs at least 2")
+    data, out = Path(cfg.data or cat.root), Path(cfg.out).resolve()
+    if data.is_dir() and out.is_relative_to(data.resolve()):
+        # a folder of class folders: the run's report plots became a class of the next run (or of evaluate)
+        raise ConfigError(f"--out {cfg.out} is inside the catalogue folder {data}: the next run would read the "
+                          "run's own files as photos; choose an --out outside it")
 
 
 def _check_setup(cfg: TrainConfig, device: torch.device, cat: Catalogue) -> None:
