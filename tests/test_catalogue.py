@@ -616,3 +616,22 @@ def test_stratified_folds_are_disjoint_cover_everything_and_spread_each_class() 
     assert stratified_folds(samples, 5, seed=2) != folds
     with pytest.raises(ValueError, match="2 <= k"):
         stratified_folds(samples, 1)
+
+
+def test_a_manifest_row_with_more_or_fewer_cells_than_columns_is_refused(tmp_path: Path) -> None:
+    """ "Red, Wine" unquoted was the label "Red"; a row without its split cell went to train: both silently."""
+    from PIL import Image
+
+    for rel in ("train/a.jpg", "train/b.jpg", "val/c.jpg", "val/d.jpg"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (32, 32)).save(tmp_path / rel)
+    (tmp_path / "comma.csv").write_text("path,label\ntrain/a.jpg,Red, Wine\ntrain/b.jpg,green\n", encoding="utf-8")
+    with pytest.raises(CatalogueError, match=r"row 2: 3 cell\(s\) for 2 columns \(path, label\); quote a cell"):
+        load_catalogue(tmp_path / "comma.csv")
+    (tmp_path / "short.csv").write_text("path,label,split\nval/c.jpg,red\ntrain/a.jpg,red,train\n", encoding="utf-8")
+    with pytest.raises(CatalogueError, match=r"row 2: 2 cell\(s\) for 3 columns .*give every column a cell"):
+        load_catalogue(tmp_path / "short.csv")
+    (tmp_path / "ok.csv").write_text('path,label,split\ntrain/a.jpg,"Red, Wine",train\ntrain/b.jpg,green,\n'
+                                     'val/c.jpg,"Red, Wine",val\nval/d.jpg,green,val\n', encoding="utf-8")
+    cat = load_catalogue(tmp_path / "ok.csv")
+    assert cat.classes == ["Red, Wine", "green"] and len(cat.split("val")) == 2

@@ -63,10 +63,21 @@ def _read_csv(manifest: Path) -> list[tuple[str, dict[str, object]]]:
         header = [name.strip().lower() for name in reader.fieldnames or []]
         _require_columns(header, manifest)
         reader.fieldnames = header
+        rows = []
         try:
-            return [(f"row {reader.line_num}", dict(row)) for row in reader]
+            for row in reader:
+                # an unquoted comma in a label ("Red, Wine": the label was "Red") or a cell left out (a val photo's
+                # split: it went to train): every row has one cell per column
+                if None in row or None in row.values():
+                    cells = len(header) + len(row.get(None) or ()) - sum(v is None for v in row.values())
+                    fix = ("quote a cell that holds a comma" if cells > len(header)
+                           else "give every column a cell (an empty one is two commas in a row)")
+                    raise CatalogueError(f"{manifest}: row {reader.line_num}: {cells} cell(s) for {len(header)} "
+                                         f"columns ({', '.join(header)}); {fix}")
+                rows.append((f"row {reader.line_num}", dict(row)))
         except csv.Error as exc:
             raise CatalogueError(f"{manifest}: row {reader.line_num}: bad CSV ({exc})") from exc
+        return rows
 
 
 def _read_jsonl(manifest: Path) -> list[tuple[str, dict[str, object]]]:
