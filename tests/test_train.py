@@ -328,6 +328,23 @@ def test_resume_with_a_different_config_is_refused(tiny_catalogue: Path, tmp_pat
     assert {"device", "loggers", "num_workers"} <= RESUME_FREE
 
 
+def test_resume_after_the_catalogue_changed_is_refused(tiny_catalogue: Path, tmp_path: Path) -> None:
+    """A class added since the kill gave a 'size mismatch for head.weight' traceback; photos added, or a class
+    renamed (same count: another class's head row), resumed without a word."""
+    from skulens.data.catalogue import load_catalogue
+    from skulens.train.engine import _photos_digest
+
+    out = tmp_path / "run"
+    cfg = config_to_dict(resolve_config({**TINY, "data": str(tiny_catalogue), "out": str(out)}))
+    digest = _photos_digest(load_catalogue(tiny_catalogue))
+    for data, what in (({**digest, "classes": [*digest["classes"][:-1], "yellow"]}, "classes changed .new: "),
+                       ({**digest, "photos": "0" * 64}, "photos were added, removed, moved or relabelled")):
+        save_checkpoint(out / "checkpoint", {"config": cfg, "model": {}, "state": {}, "data": data})
+        with pytest.raises(ConfigError, match=f"the catalogue changed since the interrupted run: its {what}"
+                           if "classes" in what else what):
+            train(tiny_catalogue, out=str(out), progress=False, resume=True, **TINY)
+
+
 def _cli_train(manifest: Path, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "skulens.cli", "train", "--data", str(manifest), "--out", str(out), "-q",
             "--backbone", "efficientnet_lite0", "--image-size", "64", "--train-image-size", "64",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -423,6 +424,7 @@ def _restore(run: _Run, ckpt: dict[str, Any] | None) -> dict[str, Any]:
         return {"epoch": 0, "step": 0, "best": [-1.0], "best_epoch": -1, "bad_epochs": 0, "history": []}
     check_same_run(run_dir, ckpt["config"], config_to_dict(cfg),
                    run.resume_advice or resume_command(run_dir / "config.yaml"))
+    _check_same_photos(run_dir, ckpt.get("data"), _photos_digest(run.catalogue))
     run.model.load_state_dict(ckpt["model"])
     if run.ema is not None and "ema" in ckpt:
         run.ema.module.load_state_dict(ckpt["ema"])
@@ -633,9 +635,37 @@ def _print_epoch(epoch: int, train_loss: float, results: dict[str, dict[str, flo
                + (" *" if improved else ""))
 
 
+def _photos_digest(cat: Catalogue) -> dict[str, Any]:
+    """What a resumed run must find again: the classes in their order (the head's rows) and every photo's
+    path, label and split (a digest)."""
+    h = hashlib.sha256()
+    for split in sorted(cat.splits):
+        for sample in sorted(cat.splits[split], key=lambda x: (str(x.path), x.label)):
+            h.update(f"{split}\0{sample.path}\0{sample.label}\n".encode("utf-8", "surrogateescape"))
+    return {"classes": list(cat.classes), "photos": h.hexdigest()}
+
+
+def _check_same_photos(run_dir: Path, was: dict[str, Any] | None, now: dict[str, Any]) -> None:
+    """ConfigError when the catalogue changed since the checkpoint: new or renamed classes gave a traceback (the
+    head's size) or another class's head row, and new photos a run that was neither the old one nor a new one."""
+    if was is None or was == now:  # a checkpoint from before this check: nothing to compare
+        return
+    if was["classes"] != now["classes"]:
+        added = sorted(set(now["classes"]) - set(was["classes"]))
+        gone = sorted(set(was["classes"]) - set(now["classes"]))
+        what = "; ".join(x for x in (f"new: {', '.join(added[:3])}" if added else "",
+                                     f"gone: {', '.join(gone[:3])}" if gone else "") if x) or "in another order"
+        change = f"its classes changed ({what})"
+    else:
+        change = "photos were added, removed, moved or relabelled"
+    raise ConfigError(f"{run_dir}: the catalogue changed since the interrupted run: {change}; a resumed run "
+                      "trains on the photos it started with: put them back, or train anew with another --out")
+
+
 def _save_checkpoint(run: _Run) -> None:
     ckpt = {"config": {**config_to_dict(run.cfg), "resume": False}, "model": run.model.state_dict(),
-            "optimizer": run.opt.state_dict(), "scheduler": run.sched.state_dict(), "state": run.state}
+            "optimizer": run.opt.state_dict(), "scheduler": run.sched.state_dict(), "state": run.state,
+            "data": _photos_digest(run.catalogue)}
     if run.ema is not None:
         ckpt["ema"] = run.ema.module.state_dict()
     if run.scaler.is_enabled():  # five numbers: the loss scale and its growth tracker
