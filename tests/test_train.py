@@ -345,6 +345,23 @@ def test_resume_after_the_catalogue_changed_is_refused(tiny_catalogue: Path, tmp
             train(tiny_catalogue, out=str(out), progress=False, resume=True, **TINY)
 
 
+def test_a_kill_between_the_first_bundle_and_the_first_checkpoint_can_be_resumed(tiny_bundle, tiny_catalogue: Path,
+                                                                                   tmp_path: Path) -> None:
+    """The bundle of a best epoch is saved before that epoch's checkpoint; a kill in between left a folder that
+    --resume called finished ("its bundle is there and no checkpoint") and a new run called taken."""
+    from skulens.train.checkpoint import run_finished
+
+    out = tmp_path / "run"
+    shutil.copytree(tiny_bundle.bundle, out / "bundle")
+    card = json.loads((out / "bundle" / "card.json").read_text(encoding="utf-8"))
+    assert run_finished(out)  # a finished run's card holds its best epoch
+    card["metrics"] = {"split": "val", "epoch": 1, "weights": "model"}  # what the first best epoch writes
+    (out / "bundle" / "card.json").write_text(json.dumps(card), encoding="utf-8")
+    assert not run_finished(out)
+    r = train(tiny_catalogue, out=str(out), progress=False, resume=True, **TINY)  # "no checkpoint": a new run
+    assert r.card.metrics["best_epoch"] >= 1 and run_finished(out)
+
+
 def _cli_train(manifest: Path, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "skulens.cli", "train", "--data", str(manifest), "--out", str(out), "-q",
             "--backbone", "efficientnet_lite0", "--image-size", "64", "--train-image-size", "64",

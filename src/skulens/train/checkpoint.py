@@ -91,8 +91,17 @@ def resume_command(config_file: str | os.PathLike[str]) -> str:
 
 
 def run_finished(run_dir: str | os.PathLike[str]) -> bool:
-    """A run that ended normally: its bundle written and its checkpoint removed (the last step of a run)."""
-    return (Path(run_dir) / "bundle" / "card.json").is_file() and not (Path(run_dir) / "checkpoint").exists()
+    """A run that ended normally: its final bundle written (its card holds the run's `best_epoch`) and its
+    checkpoint removed (the last step of a run). A bundle saved at a best epoch before the first checkpoint (a
+    kill in between) is no finished run: such a folder was refused both as a new run and as a resumed one."""
+    card = Path(run_dir) / "bundle" / "card.json"
+    if not card.is_file() or (Path(run_dir) / "checkpoint").exists():
+        return False
+    try:
+        metrics = json.loads(card.read_text(encoding="utf-8")).get("metrics") or {}
+    except (OSError, ValueError, AttributeError):
+        return True  # unreadable: not to be overwritten by a resume either
+    return "best_epoch" in metrics
 
 
 def refuse_resuming_a_finished_run(run_dir: str | os.PathLike[str]) -> None:
