@@ -326,6 +326,9 @@ def test_resume_with_a_different_config_is_refused(tiny_catalogue: Path, tmp_pat
     assert config_changes({"data": str(tiny_catalogue), "lr": 0.01}, {"data": str(tmp_path), "lr": 0.02}) == ["data",
                                                                                                             "lr"]
     assert {"device", "loggers", "num_workers"} <= RESUME_FREE
+    # a run folder moved after the kill: the checkpoint where it is now (the advised command started anew in the
+    # old folder, and the moved checkpoint could never be resumed)
+    assert not config_changes({"out": str(tmp_path / "a")}, {"out": str(tmp_path / "b")})
 
 
 def test_resume_after_the_catalogue_changed_is_refused(tiny_catalogue: Path, tmp_path: Path) -> None:

@@ -77,7 +77,7 @@ class TrainConfig:
     patience: int = 5  # early stopping: epochs without val improvement
     monitor: str = "top1"  # val metric for model selection: top1, coarse_top1, macro_f1, or (with corrupt_fraction) robust_top1: the mean of top-1 on the selection photos as they are and degraded once each by the training corruptions (seeded)
     seed: int = 0
-    num_workers: int = 0  # DataLoader workers (0: main process; images are decoded once and cached)
+    num_workers: int = 0  # DataLoader workers (0: main process; images are decoded once and cached); each count draws the random augmentations in another order, so the weights (not their quality) differ with it
     val_fraction: float = 0.1  # used only when the catalogue has no val split
     # holdout: epoch, EMA, temperature, coarse rule and thresholds are chosen on a seeded stratified hold-out
     # of train (same stores as train), and val is scored once at the end, untouched by any choice.

@@ -111,8 +111,9 @@ def refuse_resuming_a_finished_run(run_dir: str | os.PathLike[str]) -> None:
                           "resume; choose another --out for a new run")
 
 
-# What a resumed run may change without changing the run: where it runs and what it logs to.
-RESUME_FREE = frozenset({"device", "loggers", "num_workers", "resume"})
+# What a resumed run may change without changing the run: where it runs and what it logs to, and the run folder's
+# own path (a folder moved after the kill: the checkpoint is read from where it is now).
+RESUME_FREE = frozenset({"device", "loggers", "num_workers", "out", "resume"})
 
 
 def config_changes(was: dict[str, Any], now: dict[str, Any]) -> list[str]:
