@@ -153,7 +153,8 @@ def test_a_stated_size_that_is_not_the_photos_is_an_error(tmp_path: Path) -> Non
     msg = _error(read_voc, tmp_path / "voc", match="says the image is 100x50")
     assert "120x50" in msg and "EXIF" not in msg
     path = _coco(tmp_path / "coco", [], images=[{"id": 1, "file_name": "a.jpg", "width": 50, "height": 100}])
-    _error(read_coco, path, match=r"images\[0\]: the annotation says the image is 50x100 but .* is 100x50")
+    msg = _error(read_coco, path, match=r"images\[0\]: the annotation says the image is 50x100 but .* is 100x50")
+    assert "EXIF" not in msg  # swapped sides of a photo with no EXIF turn: the hint blamed the orientation
 
 
 def test_voc_image_beside_xml_or_via_path_element(tmp_path: Path) -> None:
@@ -255,6 +256,11 @@ def test_coco_missing_image_bad_json_and_size_limit(tmp_path: Path, monkeypatch:
     _error(read_coco, path, match=r"instances.json: images\[0\]: image 'gone.jpg' not found")
     path.write_text('{"images": [\n  {"id": 1,,}]}')
     _error(read_coco, path, match="invalid JSON .*line 2")
+    path.write_text("[" * 100_000 + "]" * 100_000)  # a RecursionError traceback before
+    _error(read_coco, path, match="invalid JSON .nested too deeply")
+    path = _coco(tmp_path, [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [1, 1, 5, 5]}])
+    path.write_text(path.read_text().replace("[1, 1, 5, 5]", "[" + "9" * 400 + ", 1, 5, 5]"))  # an OverflowError
+    _error(read_coco, path, match=r"annotations\[0\]: bbox .*a number too large for a box")
     monkeypatch.setattr(ann, "_MAX_JSON", 10)
     _error(read_coco, path, match="over the 0 MB limit")
 
@@ -340,3 +346,9 @@ def test_coco_json_in_an_annotations_folder_finds_images_beside_it(tmp_path: Pat
     (tmp_path / "annotations" / "instances.json").write_text(json.dumps(doc), encoding="utf-8")
     (im,) = read_coco(tmp_path / "annotations" / "instances.json")
     assert im.path == tmp_path / "images" / "a.jpg" and im.labels == ("milk",)
+
+
+def test_a_yolo_data_yaml_nested_too_deeply_is_one_line(tmp_path: Path) -> None:
+    root = _yolo(tmp_path / "y", {"a": ""}, names=None)
+    (root / "data.yaml").write_text("names: " + "[" * 50_000 + "]" * 50_000, encoding="utf-8")
+    _error(load_annotations, root, match="data.yaml: invalid YAML .nested too deeply")

@@ -177,6 +177,8 @@ def read_coco(path: str | os.PathLike[str]) -> list[AnnotatedImage]:
         doc = json.loads(_read(p, _MAX_JSON))
     except ValueError as exc:  # JSONDecodeError names the line and column; UnicodeDecodeError the byte
         raise AnnotationError(f"{p}: invalid JSON ({exc})") from None
+    except RecursionError:
+        raise AnnotationError(f"{p}: invalid JSON (nested too deeply)") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("images"), list) or not doc["images"]:
         raise AnnotationError(f"{p}: not a COCO file with images (needs a non-empty 'images' list)")
     if doc.get("annotations") is None:  # read as no boxes, every product would be a false box in a score
@@ -207,7 +209,10 @@ def read_coco(path: str | os.PathLike[str]) -> list[AnnotatedImage]:
         if not (isinstance(bbox, list) and len(bbox) == 4
                 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox)):
             raise AnnotationError(f"{where}: bbox must be 4 numbers [x, y, width, height], got {bbox!r}")
-        x, y, bw, bh = map(float, bbox)
+        try:
+            x, y, bw, bh = map(float, bbox)
+        except OverflowError:  # an integer past any float (10**400); 1e400 is already inf, refused as a box
+            raise AnnotationError(f"{where}: bbox {str(bbox)[:80]}: a number too large for a box") from None
         _, w, h = images[key]
         boxes[key].append(_check_box([x, y, x + bw, y + bh], w, h, where))
         labels[key].append(names[cat])
@@ -346,6 +351,8 @@ def _yaml_names(file: Path, *, optional: bool) -> dict[int, str] | None:
         doc = yaml.safe_load(_read(file, _MAX_SMALL))
     except yaml.YAMLError as exc:
         raise AnnotationError(f"{file}: invalid YAML ({exc})") from None
+    except RecursionError:
+        raise AnnotationError(f"{file}: invalid YAML (nested too deeply)") from None
     names = doc.get("names") if isinstance(doc, dict) else None
     if names is None and optional:
         return None
@@ -379,14 +386,14 @@ def _checked_size(image: Path, stated: tuple[int, int] | None, where: str) -> tu
     A photo whose header cannot be read takes the stated size: its decode fails where the photo is used (`detect
     evaluate` leaves it out of the scores and lists it, training names it); with no size stated it is an error."""
     try:
-        actual = _image_size(image)
+        actual, rotated = _displayed_size(image)
     except AnnotationError:
         if stated is None:
             raise
         return stated
     if stated is not None and stated != actual:
         turned = " (the photo is turned by its EXIF orientation: were the boxes drawn on it unturned?)" if (
-            stated == actual[::-1]) else ""
+            rotated and stated == actual[::-1]) else ""
         raise AnnotationError(f"{where}: the annotation says the image is {stated[0]}x{stated[1]} but {image} is "
                               f"{actual[0]}x{actual[1]} as displayed{turned}")
     return actual
@@ -394,6 +401,11 @@ def _checked_size(image: Path, stated: tuple[int, int] | None, where: str) -> tu
 
 def _image_size(path: Path) -> tuple[int, int]:
     """(width, height) as displayed, from the header alone (no decode), EXIF rotation applied."""
+    return _displayed_size(path)[0]
+
+
+def _displayed_size(path: Path) -> tuple[tuple[int, int], bool]:
+    """(width, height) as displayed, and whether its EXIF orientation turns the photo by a quarter."""
     try:
         with Image.open(path) as im:
             width, height = im.size
@@ -403,7 +415,7 @@ def _image_size(path: Path) -> tuple[int, int]:
                 turned = False
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise AnnotationError(f"{path}: not a readable image ({exc})") from None
-    return (height, width) if turned else (width, height)
+    return ((height, width) if turned else (width, height)), turned
 
 
 def _find_image(where: str, name: str, candidates: Iterable[Path]) -> Path:
