@@ -318,3 +318,17 @@ def test_an_image_past_pillows_own_bomb_guard_names_this_limit() -> None:
     with pytest.raises(ImageDecodeError) as info:
         decode_image(_png_header_only(20000, 20000))
     assert info.value.reason == "too many pixels (400000000 > 40000000)"
+
+
+def test_a_photo_over_pillows_warning_size_is_refused_without_its_warning(tmp_path: Path) -> None:
+    """Pillow's DecompressionBombWarning (over 89.5 MP) printed two raw lines before skulens' one-line refusal."""
+    import subprocess
+    import sys
+
+    (tmp_path / "h.png").write_bytes(_png_header_only(12000, 9000))
+    code = ("import sys; from skulens.data.decode import decode_image, ImageDecodeError\n"
+            "try: decode_image(sys.argv[1], max_pixels=80_000_000)\n"
+            "except ImageDecodeError as e: print(e.reason)")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "h.png")], check=True, capture_output=True, text=True,
+                       timeout=120)
+    assert r.stdout.strip() == "too many pixels (12000 x 9000 > 80000000)" and r.stderr == "", r.stderr
