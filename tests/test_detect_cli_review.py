@@ -177,3 +177,17 @@ def test_a_yolo_photo_that_cannot_be_read_is_listed_not_fatal(detector: Path, tm
     assert "bad.jpg" in capsys.readouterr().err
     report = json.loads((tmp_path / "ev" / "report.json").read_text())
     assert report["images"] == 1 and [Path(s["file"]).name for s in report["skipped"]] == ["bad.jpg"]
+
+
+def test_count_takes_its_first_input_as_the_model_in_every_form_m_takes(detector: Path, tiny_bundle, tmp_path: Path,
+                                                                        capsys) -> None:
+    """`count RUN photos/` counted the run's report plots as photos, and `count BUNDLE/card.json photos/` the card
+    as an unreadable photo, both without a classifier and exit 0."""
+    photo = _noise(tmp_path / "p.png", 96, 96)
+    assert main(["count", str(tiny_bundle.run_dir), str(photo), "--detector", str(detector), "-q"]) == 2
+    assert "a training run's bundle is RUN/bundle" in capsys.readouterr().err
+    out = tmp_path / "c.jsonl"
+    assert main(["count", str(Path(tiny_bundle.bundle) / "card.json"), str(photo), "--detector", str(detector),
+                 "--min-score", "0", "--min-confidence", "0", "-o", str(out), "-q"]) == 0
+    [row] = [json.loads(line) for line in out.read_text().splitlines()]
+    assert row["source"] == str(photo) and row["total"] > 0 and "product" not in row["counts"]  # named by the model

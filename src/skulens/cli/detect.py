@@ -178,9 +178,17 @@ def _count_job(ns: argparse.Namespace, detector: str) -> Any:
         raise UsageError(str(e)) from None
 
 
+def _names_a_model(p: Path) -> bool:
+    """Whether the first input of `count MODEL photos/` is the model: a bundle, its card.json, or a training run's
+    folder (which -m refuses, naming RUN/bundle). The last two were counted as photos (a run's report plots, the
+    card as an unreadable photo), with no classifier."""
+    return ((p / "card.json").is_file() or (p / "bundle" / "card.json").is_file()
+            or (p.name == "card.json" and p.is_file()))
+
+
 def cmd_count(ns: argparse.Namespace) -> int:
     inputs = list(ns.inputs)
-    if ns.model is None and inputs and (Path(inputs[0]) / "card.json").is_file():
+    if ns.model is None and len(inputs) > 1 and _names_a_model(Path(inputs[0])):
         ns.model = inputs.pop(0)  # `skulens count MODEL photos/ --detector DET`
     if ns.model:
         check_model(ns.model)
