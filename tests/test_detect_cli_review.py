@@ -191,3 +191,21 @@ def test_count_takes_its_first_input_as_the_model_in_every_form_m_takes(detector
                  "--min-score", "0", "--min-confidence", "0", "-o", str(out), "-q"]) == 0
     [row] = [json.loads(line) for line in out.read_text().splitlines()]
     assert row["source"] == str(photo) and row["total"] > 0 and "product" not in row["counts"]  # named by the model
+
+
+def test_evaluate_on_photos_without_boxes_says_n_a_and_train_keeps_out_of_a_bundle(detector: Path, tiny_bundle,
+                                                                                   tmp_path: Path, capsys) -> None:
+    """With no true box there is no AP or recall: the summary said nan where the report says n/a (null). And
+    `detect train -o BUNDLE` wrote a detector into a classification bundle's folder."""
+    from skulens.detect.annotations import write_coco
+    from skulens.detect.boxes import AnnotatedImage
+    from skulens.detect.train import DetectorError, check_out
+
+    photo = _noise(tmp_path / "ph" / "0.png", 200, 150)
+    write_coco([AnnotatedImage(photo, 200, 150, np.zeros((0, 4), np.float32), ())], tmp_path / "coco.json")
+    assert main(["detect", "evaluate", str(detector), "--data", str(tmp_path / "coco.json"), "-o",
+                 str(tmp_path / "ev"), "-q"]) == 0
+    err = capsys.readouterr().err
+    assert "AP@0.5 n/a, AP@[.5:.95] n/a, recall n/a" in err and "nan" not in err
+    with pytest.raises(DetectorError, match="is a classification bundle"):
+        check_out(tiny_bundle.bundle)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -428,8 +429,11 @@ def cmd_detect_evaluate(ns: argparse.Namespace) -> int:
     if report.capped:
         say(f"skulens detect evaluate: {report.capped} of {report.images} photo(s) reached the box cap ("
             f"--max-boxes or the detector's own): their counts may be short (marked 'capped' in the report)")
-    say(f"skulens detect evaluate: {report.images} photo(s), AP@0.5 {report.ap50:.3f}, AP@[.5:.95] {report.ap:.3f}, "
-        f"recall {report.recall50:.3f}, false boxes/photo {report.false_per_image:.2f}, count MAE {report.count_mae:.2f}, "
+    def num(v: float) -> str:  # no true box anywhere: no AP or recall (n/a in report.md, null in report.json)
+        return "n/a" if math.isnan(v) else f"{v:.3f}"
+
+    say(f"skulens detect evaluate: {report.images} photo(s), AP@0.5 {num(report.ap50)}, AP@[.5:.95] {num(report.ap)}, "
+        f"recall {num(report.recall50)}, false boxes/photo {report.false_per_image:.2f}, count MAE {report.count_mae:.2f}, "
         f"exact {report.count_exact:.1%}; report in {out}")
     return 0
 

@@ -280,6 +280,9 @@ def check_out(out: str | os.PathLike, *, init: str | os.PathLike | None = None, 
     if init is not None and (o.resolve() == Path(init).resolve()
                              or (o.exists() and Path(init).exists() and os.path.samefile(o, init))):
         raise DetectorError(f"{o}: the detector --init fine-tunes would be overwritten; write to another folder (-o)")
+    if (o / "card.json").is_file():  # a classification bundle: its folder then held both, and passed as either
+        raise DetectorError(f"{o} is a classification bundle (card.json); write the detector to a folder of its own "
+                            "(-o)")
     if not overwrite and (is_detector(o) or (o / DETECTOR_WEIGHTS).exists()):
         raise DetectorError(f"{o} already holds a detector; choose another folder (-o), or replace it: --force "
                             "(overwrite=True in Python)")
