@@ -298,6 +298,7 @@ def test_cli_scan_counts_every_product_of_shelf_photos(tiny_bundle, detector_dir
     assert f"3 shelf photos: {sum(added.values())} products counted, {review} boxes for review" in done.stderr
     # every photo reached the detector's cap: said at the time and kept in the audit log with the photo
     assert done.stderr.count("reached the box cap") == 3
+    assert all(f"{ln['path']} reached the box cap" in done.stderr for ln in shelves)  # which photo (it named none)
     with InventoryStore(db) as store:
         capped = [a for a in store.audit(limit=1000) if a.action == "box_cap_reached"]
         assert len(capped) == 3 and {a.photo for a in capped} == {q.photo for q in store.audit(limit=1000)

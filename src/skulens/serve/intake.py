@@ -48,7 +48,7 @@ def intake_photo(data: bytes, sha256: str, source: str, pred: Prediction, *, thr
 
 
 def count_shelf(detector: Detector, model: Model, image: Image.Image, *, threshold: float, min_score: float | None,
-                tiles: str = "auto") -> PhotoCount:
+                tiles: str = "auto", source: str | os.PathLike[str] | None = None) -> PhotoCount:
     """Every product box in a decoded shelf photo, named by the classifier when it is at least `threshold` sure
     (the review threshold: a box it is less sure of stays unknown and goes to review)."""
     from ..detect.count import count_products
@@ -58,9 +58,10 @@ def count_shelf(detector: Detector, model: Model, image: Image.Image, *, thresho
     if result.error:  # a photo the detector cannot look into (too narrow): never a counted photo of nothing
         raise ImageDecodeError(result.source, result.error)
     if result.capped:
-        logger.warning("a shelf photo reached the box cap (%d boxes): there may be more products than counted, and "
-                       "this photo, once in the inventory, is not counted again; raise the cap (detector_max_boxes, "
-                       "--max-boxes) before the next such photo", detector.config.max_detections)
+        logger.warning("%s reached the box cap (%d boxes): there may be more products than counted, and this "
+                       "photo, once in the inventory, is not counted again; raise the cap (detector_max_boxes, "
+                       "--max-boxes) before the next such photo", source or "a shelf photo",
+                       detector.config.max_detections)
     return result
 
 
@@ -210,7 +211,8 @@ def scan_shelves(detector: Detector, model: Model, store: InventoryStore, paths:
         for path, data, h in todo:
             try:
                 image = decode_image(data, max_pixels=max_pixels)
-                result = count_shelf(detector, model, image, threshold=threshold, min_score=min_score, tiles=tiles)
+                result = count_shelf(detector, model, image, threshold=threshold, min_score=min_score, tiles=tiles,
+                                     source=path)
             except ImageDecodeError as exc:
                 answers.append((path, exc.reason))
                 continue
