@@ -284,7 +284,7 @@ class SearchEngine:
             else:
                 from .lexical import BM25
 
-                self._text_cache = (key, _ProductTexts(ids, pieces, docs, BM25(docs)))
+                self._text_cache = (key, _ProductTexts(ids, pieces, docs, BM25(docs), previous=old))
         cached = self._text_cache[1]
         if encoder is not None:
             cached.vectors(encoder)
@@ -349,12 +349,29 @@ class _ProductTexts:
     """The products' ids, texts and BM25 index (of the index revisions with these texts); dense vectors per
     encoder."""
 
-    def __init__(self, ids: list[str], pieces: list[list[str]], docs: list[str], bm25: Any):
+    def __init__(self, ids: list[str], pieces: list[list[str]], docs: list[str], bm25: Any,
+                 previous: _ProductTexts | None = None):
         self.ids, self.pieces, self.docs, self.bm25 = ids, pieces, docs, bm25
         self.owner = np.repeat(np.arange(len(ids)), [len(p) for p in pieces])
         self._vectors: tuple[TextEncoder, np.ndarray] | None = None  # the encoder itself: a re-tune is a new one
+        self._previous = previous  # the texts before a change: their vectors are reused for unchanged pieces
 
     def vectors(self, encoder: TextEncoder) -> tuple[np.ndarray, np.ndarray]:
+        """Every piece's vector. After a change (one product's new title, an enrolment) only the pieces that are
+        new are encoded: re-encoding every product held the index lock for seconds, and searches queued behind
+        it timed out (504)."""
         if self._vectors is None or self._vectors[0] is not encoder:
-            self._vectors = (encoder, encoder.encode([p for ps in self.pieces for p in ps]))
+            flat = [p for ps in self.pieces for p in ps]
+            prev = self._previous
+            known: dict[str, np.ndarray] = {}
+            if prev is not None and prev._vectors is not None and prev._vectors[0] is encoder:
+                known = dict(zip((p for ps in prev.pieces for p in ps), prev._vectors[1], strict=True))
+            missing = list(dict.fromkeys(p for p in flat if p not in known))
+            if not known:
+                self._vectors = (encoder, encoder.encode(flat))
+            else:
+                if missing:
+                    known.update(zip(missing, encoder.encode(missing), strict=True))
+                self._vectors = (encoder, np.stack([known[p] for p in flat]) if flat else encoder.encode([]))
+            self._previous = None
         return self._vectors[1], self.owner
