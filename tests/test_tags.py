@@ -424,3 +424,33 @@ def test_a_manifests_title_and_text_columns_are_the_products_texts_in_python_as_
     records, _ = catalogue_records(load_catalogue(manifest, val_fraction=0))
     assert {r.label: r.title for r in records} == {k: v[0] for k, v in titled.items()}
     assert all(titled[r.label][1] in r.text for r in records)
+
+
+def test_a_tagger_made_again_encodes_only_the_product_texts_that_are_new(model) -> None:
+    """A service makes its tagger again after every enrolment; it encoded every product's texts again at the next
+    vocabulary (a request timed out behind it). It starts from the old tagger's vectors now."""
+    products = {c: Product(c, title=c.replace("-", " "), description=f"A {c.replace('-', ' ')}.")
+                for c in model.classes}
+    old = Tagger(model, products=products)
+    first = old.vocabulary(["sweet red apple", "oat drink"])
+    encoder = old.text_encoder()
+    seen: list[str] = []
+    real = encoder.encode
+
+    def counting(texts, *args, **kwargs):
+        seen.extend(texts)
+        return real(texts, *args, **kwargs)
+
+    encoder.encode = counting
+    try:
+        changed = {**products, model.classes[0]: Product(model.classes[0], title="A new title", description="")}
+        new = Tagger(model, products=changed)
+        new.reuse_text_vectors(old)
+        again = new.vocabulary(["sweet red apple", "oat drink"])
+    finally:
+        del encoder.encode
+    # the phrases and the changed product's pieces: no other product's text again
+    assert {"sweet red apple", "oat drink"} < set(seen) <= {"sweet red apple", "oat drink", "A new title",
+                                                            "A new title."}
+    assert again.matrix.shape == first.matrix.shape
+    np.testing.assert_allclose(np.delete(again.matrix, 0, axis=1), np.delete(first.matrix, 0, axis=1), atol=1e-5)

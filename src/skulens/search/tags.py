@@ -303,6 +303,12 @@ class Tagger:
         # `text_encoder()` returns a new one, and vectors of the old one must not meet the new one's.
         self._cache: dict[tuple[str, tuple[str, ...], Any], Vocabulary] = {}
         self._pieces: tuple[tuple[str, ...], np.ndarray, np.ndarray, Any] | None = None
+        self._piece_vectors: tuple[Any, dict[str, np.ndarray]] | None = None  # (encoder, text -> its vector)
+
+    def reuse_text_vectors(self, other: Tagger) -> None:
+        """Start from `other`'s product text vectors (a service's tagger made again after an enrolment): only the
+        texts that are new are encoded at the next vocabulary, not every product's (which timed out a request)."""
+        self._piece_vectors = other._piece_vectors
 
     @property
     def card(self) -> ModelCard:
@@ -376,7 +382,13 @@ class Tagger:
                 pieces.append(product_pieces(p.title or product_title(c), catalogue_text(p, lexicon=False))
                               if p is not None else [product_title(c)])
             owner = np.repeat(np.arange(len(classes)), [len(p) for p in pieces])
-            self._pieces = (classes, encoder.encode([t for ps in pieces for t in ps]), owner, encoder)
+            flat = [t for ps in pieces for t in ps]
+            known = dict(self._piece_vectors[1]) if self._piece_vectors and self._piece_vectors[0] is encoder else {}
+            missing = list(dict.fromkeys(t for t in flat if t not in known))
+            if missing:
+                known.update(zip(missing, encoder.encode(missing), strict=True))
+            self._piece_vectors = (encoder, {t: known[t] for t in flat})
+            self._pieces = (classes, np.stack([known[t] for t in flat]), owner, encoder)
         _, vectors, owner, _ = self._pieces
         sims = encoder.encode(list(phrases)) @ vectors.T  # P x pieces
         best = np.full((len(phrases), len(classes)), -1.0)

@@ -244,7 +244,10 @@ class ServiceState:
             model = load(self.settings.model, device=self.settings.device, backend=self.settings.backend)
             self.model = model
             self.recognizer.model = model
-            self.recognizer.tagger = _tagger(model, self.products)  # new classes: the text side is re-encoded
+            tagger = _tagger(model, self.products)  # new classes: the text side is made again, from the vectors
+            if self.recognizer.tagger is not None:  # of the texts it has already encoded
+                tagger.reuse_text_vectors(self.recognizer.tagger)
+            self.recognizer.tagger = tagger
             if self.search is not None:
                 self.search.model = model
 
