@@ -401,6 +401,10 @@ def test_health_metrics_docs_and_info(client, val_photo) -> None:
     assert unmatched is not None and unmatched[1] == "404" and float(unmatched[2]) == 1.0  # the page's files: none
     paths = client.get("/openapi.json").json()["paths"]
     assert "/v1/predict" in paths and "/v1/inventory/intake" in paths and "/v1/support/ask" in paths
+    # /docs lists the errors the routes answer (it listed 200 and 422 only)
+    assert {"401", "413", "415", "503", "504"} <= set(paths["/v1/predict"]["post"]["responses"])
+    assert {"401", "403", "409"} <= set(paths["/v1/inventory/intake"]["post"]["responses"])
+    assert "Retry-After" in paths["/v1/predict"]["post"]["responses"]["503"]["headers"]
     info = client.get("/v1/info").json()
     assert info["features"]["inventory"] and info["model"]["classes"]
     assert info["thresholds"] == {"min_confidence": 0.5, "review": 0.6}  # what the pages decide with

@@ -9,10 +9,24 @@ from pydantic import BaseModel, ConfigDict, Field
 from .inventory import MAX_COUNT
 
 __all__ = [
-    "STORAGE_RESPONSES", "STORAGE_RETRY_AFTER_S",
-    "AdjustRequest", "AuditOut", "CandidateOut", "IntakeOut", "InventoryOut", "LabelScore", "PredictResponse",
-    "PredictionOut", "ProductOut", "RequestBody", "ReviewDecision", "ReviewItemOut", "SupportOut", "TagResponse",
+    "STORAGE_RESPONSES",
+    "STORAGE_RETRY_AFTER_S",
+    "AdjustRequest",
+    "AuditOut",
+    "CandidateOut",
+    "IntakeOut",
+    "InventoryOut",
+    "LabelScore",
+    "PredictResponse",
+    "PredictionOut",
+    "ProductOut",
+    "RequestBody",
+    "ReviewDecision",
+    "ReviewItemOut",
+    "SupportOut",
+    "TagResponse",
     "TagsOut",
+    "error_responses",
 ]
 
 
@@ -185,6 +199,29 @@ NEW_USER_ID_PATTERN = r"^(?:[^\s\x1c-\x1f/]|[^\s\x1c-\x1f].*[^\s\x1c-\x1f/])$"
 STORAGE_RETRY_AFTER_S = 30
 # The answers of a write the server's storage refused (a read-only database or disk: 503; a full disk: 507),
 # for the OpenAPI description of the routes that write (`deps.storage_refused` gives them).
+_RETRY = {"Retry-After": {"description": "seconds to wait before sending the request again",
+                          "schema": {"type": "integer"}}}
+_ERRORS: dict[int, dict[str, Any]] = {
+    400: {"description": "a malformed upload: too many parts or fields, or a form field over 1 MB"},
+    401: {"description": "no API key, or a wrong one (X-API-Key or Authorization: Bearer); reads need one only "
+                         "with --auth-reads"},
+    403: {"description": "writes are disabled: the server was started without API keys"},
+    404: {"description": "no such product, photo, review item or user data"},
+    409: {"description": "a conflict: already decided, already a class, or no pseudonym key for data about people"},
+    413: {"description": "too large: the upload's bytes or pixels, photos per request, or a JSON body over 1 MiB"},
+    415: {"description": "not an image (the type is read from the bytes)"},
+    501: {"description": "not with this backend (e.g. Grad-CAM or enrolment need the PyTorch model)"},
+    503: {"description": "busy (the request queue is full) or still warming up: send it again after Retry-After",
+          "headers": _RETRY},
+    504: {"description": "the request timed out in the queue or the model (--request-timeout-s)"},
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The error statuses a router's routes answer, for /docs (each a JSON body with a "detail" line)."""
+    return {code: _ERRORS[code] for code in codes}
+
+
 STORAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
     503: {"description": "the database or the disk takes no writes now (read-only, failing); the detail says what "
                          "was not done",

@@ -41,11 +41,12 @@ from ..schemas import (
     InventoryOut,
     ReviewDecision,
     ReviewItemOut,
+    error_responses,
 )
 from ..security import decode_error_status, read_image_upload
 from ..state import ServiceState
 
-router = APIRouter(prefix="/v1/inventory", tags=["inventory"])
+router = APIRouter(prefix="/v1/inventory", tags=["inventory"], responses=error_responses(400, 401, 403, 404, 409, 413, 415, 503, 504))
 
 # A photo's sha256, or `sha256:index` for one box of a shelf photo.
 ItemId = Annotated[str, PathParam(pattern=r"^[0-9a-f]{64}(:[0-9]{1,6})?$")]

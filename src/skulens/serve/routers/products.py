@@ -13,10 +13,10 @@ from fastapi import Path as PathParam
 from ...data.decode import ImageDecodeError
 from ..deps import ReadKey, State
 from ..images import stripped_jpeg
-from ..schemas import ProductOut
+from ..schemas import ProductOut, error_responses
 from ..state import ServiceState
 
-router = APIRouter(prefix="/v1/products", tags=["products"])
+router = APIRouter(prefix="/v1/products", tags=["products"], responses=error_responses(401, 404))
 
 ProductId = Annotated[str, PathParam(min_length=1, max_length=200)]
 _THUMB_SIDE = 256

@@ -21,7 +21,7 @@ from ...search.index import IndexRecord, IndexStoreError, SearchHit
 from ..batching import QueueFullError
 from ..deps import ReadKey, State, WriteKey, busy, decode_upload, storage_answer
 from ..images import content_hash
-from ..schemas import STORAGE_RESPONSES, RequestBody
+from ..schemas import STORAGE_RESPONSES, RequestBody, error_responses
 from ..settings import ServeSettings
 from ..state import ServiceState
 
@@ -109,7 +109,7 @@ def _save(state: ServiceState) -> None:
         raise
 
 
-search_router = APIRouter(prefix="/v1", tags=["search"])
+search_router = APIRouter(prefix="/v1", tags=["search"], responses=error_responses(400, 401, 413, 415, 503, 504))
 
 
 @search_router.post("/search", response_model=SearchOut, summary="Find products by photo or by text")
@@ -152,7 +152,7 @@ async def search(state: State, _: ReadKey, request: Request,
     return SearchOut(query=text, hits=_hits(state, hits))
 
 
-similar_router = APIRouter(prefix="/v1/products", tags=["search"])
+similar_router = APIRouter(prefix="/v1/products", tags=["search"], responses=error_responses(401, 404))
 
 
 @similar_router.get("/{product_id}/similar", response_model=list[HitOut],
@@ -185,7 +185,7 @@ async def similar(state: State, _: ReadKey, product_id: ProductId, k: Annotated[
     raise HTTPException(404, f"unknown product {product_id!r}")
 
 
-crud_router = APIRouter(prefix="/v1/products", tags=["products"])
+crud_router = APIRouter(prefix="/v1/products", tags=["products"], responses=error_responses(400, 401, 403, 404, 409, 413, 415, 501, 503, 504))
 
 
 @crud_router.post("", summary="Enrol a new product from a few photos (the model learns it; search finds it)",
