@@ -551,3 +551,27 @@ def test_a_run_folder_inside_its_catalogue_folder_and_a_one_class_catalogue_are_
     shutil.rmtree(tmp_path / "flat" / "blue")
     with pytest.raises(CatalogueError, match="1 class .red.; a classifier needs at least 2"):
         train(tmp_path / "flat", out=str(tmp_path / "one"), progress=False, **TINY)
+
+
+def test_evaluate_says_when_a_carved_out_val_is_carved_otherwise(tmp_path: Path, caplog) -> None:
+    """Photos added to a catalogue whose val the run carved out of train: evaluate's val (the same seed) then held
+    photos the model trained on, and scored them without a word."""
+    import logging
+
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for label, rgb in (("red", (220, 30, 30)), ("blue", (30, 30, 220))):
+        (tmp_path / "flat" / label).mkdir(parents=True)
+        for i in range(8):
+            Image.fromarray(np.clip(np.array(rgb) + rng.integers(-30, 30, (32, 32, 3)), 0, 255).astype(np.uint8)
+                            ).save(tmp_path / "flat" / label / f"{i}.png")
+    r = train(tmp_path / "flat", out=str(tmp_path / "run"), progress=False, val_fraction=0.25, **TINY)
+    assert r.card.dataset["val_generated"] and r.card.dataset["val_fingerprint"]
+    with caplog.at_level(logging.WARNING, logger="skulens.evaluate.heldout"):
+        skulens.evaluate(r.bundle, progress=False)
+        assert "carved out of its train split now holds other photos" not in caplog.text
+        for i in range(8, 12):
+            Image.new("RGB", (32, 32), (220, 30, 30)).save(tmp_path / "flat" / "red" / f"{i}.png")
+        skulens.evaluate(r.bundle, progress=False)
+    assert "carved out of its train split now holds other photos" in caplog.text

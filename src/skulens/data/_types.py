@@ -65,11 +65,12 @@ class Catalogue:
             raise CatalogueError(f"{self.root}: no {name!r} split (available: {available})")
         return self.splits[name]
 
-    def fingerprint(self) -> str:
-        """Short sha256 over (split, relative path, label, file size): changes when the data does."""
+    def fingerprint(self, split: str | None = None) -> str:
+        """Short sha256 over (split, relative path, label, file size): changes when the data does (`split`: that
+        split's photos only)."""
         rows = sorted(
-            (split, _relative_posix(s.path, self.root), s.label, _file_size(s.path))
-            for split, samples in self.splits.items()
+            (name, _relative_posix(s.path, self.root), s.label, _file_size(s.path))
+            for name, samples in self.splits.items() if split is None or name == split
             for s in samples
         )
         digest = hashlib.sha256()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import TYPE_CHECKING
 
@@ -10,6 +11,8 @@ if TYPE_CHECKING:
     from ..models.card import ModelCard
 
 __all__ = ["card_catalogue", "split_settings"]
+
+log = logging.getLogger(__name__)
 
 
 def card_catalogue(data: str | os.PathLike, card: ModelCard) -> Catalogue:
@@ -21,7 +24,15 @@ def card_catalogue(data: str | os.PathLike, card: ModelCard) -> Catalogue:
     """
     from ..data.catalogue import load_catalogue
 
-    return load_catalogue(data, **{"val_fraction": 0.1, "seed": 0, **split_settings(card)})
+    cat = load_catalogue(data, **{"val_fraction": 0.1, "seed": 0, **split_settings(card)})
+    recorded = (card.dataset or {}).get("val_fingerprint")  # recorded when the run carved its val out of train
+    if recorded and cat.val_was_generated and recorded != cat.fingerprint("val"):
+        # photos added or removed since: the same seed now carves another val, which holds photos the model
+        # trained on (its scores flattered without a word before)
+        log.warning("%s changed since the model was trained: the val carved out of its train split now holds "
+                    "other photos, some of which the model trained on, so scores on it are optimistic; give the "
+                    "catalogue a val split of its own, or retrain", data)
+    return cat
 
 
 def split_settings(card: ModelCard) -> dict[str, float | int]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -195,7 +194,9 @@ def _base_card(cfg: TrainConfig, cat: Catalogue, spec: BackboneSpec, embedding_d
         # a manifest file keeps its name: its folder may hold another manifest (or the default one) or none
         dataset={"path": os.path.abspath(cfg.data) if cfg.data and Path(cfg.data).is_file() else str(cat.root),
                  "layout": cat.layout, "fingerprint": cat.fingerprint(),
-                 "sizes": {k: len(v) for k, v in cat.splits.items()}, "val_generated": cat.val_was_generated},
+                 "sizes": {k: len(v) for k, v in cat.splits.items()}, "val_generated": cat.val_was_generated,
+                 # a val carved out of train: which photos, so that evaluate can tell when it is carved otherwise
+                 **({"val_fingerprint": cat.fingerprint("val")} if cat.val_was_generated else {})},
     )
 
 
@@ -636,13 +637,9 @@ def _print_epoch(epoch: int, train_loss: float, results: dict[str, dict[str, flo
 
 
 def _photos_digest(cat: Catalogue) -> dict[str, Any]:
-    """What a resumed run must find again: the classes in their order (the head's rows) and every photo's
-    path, label and split (a digest)."""
-    h = hashlib.sha256()
-    for split in sorted(cat.splits):
-        for sample in sorted(cat.splits[split], key=lambda x: (str(x.path), x.label)):
-            h.update(f"{split}\0{sample.path}\0{sample.label}\n".encode("utf-8", "surrogateescape"))
-    return {"classes": list(cat.classes), "photos": h.hexdigest()}
+    """What a resumed run must find again: the classes in their order (the head's rows) and the catalogue's
+    fingerprint (every photo's split, path, label and size)."""
+    return {"classes": list(cat.classes), "photos": cat.fingerprint()}
 
 
 def _check_same_photos(run_dir: Path, was: dict[str, Any] | None, now: dict[str, Any]) -> None:
