@@ -130,6 +130,9 @@ def test_earlier_run_says_what_an_out_folder_holds(tiny_bundle, tmp_path: Path) 
     (run / "bundle" / "card.json").write_text("{}")
     assert earlier_run(out, teacher, "efficientnet_lite0") == "stopped"  # a bundle of a best epoch, not finished
     (run / "checkpoint").rmdir()
+    # a first best epoch's bundle, killed before its checkpoint: it was reused as the finished student
+    assert earlier_run(out, teacher, "efficientnet_lite0") == "stopped"
+    (run / "bundle" / "card.json").write_text(json.dumps({"metrics": {"best_epoch": 3}}))  # what a run's end writes
     assert earlier_run(out, teacher, "efficientnet_lite0") == "done"
     with pytest.raises(FileExistsError, match="into efficientnet_lite0, not from"):
         earlier_run(out, teacher, "efficientnet_lite2")  # another student

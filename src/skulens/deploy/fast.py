@@ -333,9 +333,11 @@ def earlier_run(out_dir: Path, teacher: str | os.PathLike[str], student: str) ->
     if not same:  # retrained or enrolled into since: the student would lack its new weights or classes
         raise FileExistsError(f"{out_dir} holds a student of an earlier version of {teacher} (its weights or "
                               "classes changed since): give a new folder")
-    if (run / "checkpoint").exists():
-        return "stopped"
-    return "done" if (run / "bundle" / "card.json").is_file() else "stopped"
+    from ..train.checkpoint import run_finished
+
+    # a best epoch's bundle is saved before that epoch's checkpoint: a kill between the two left a first-epoch,
+    # uncalibrated student that was reused as the finished one
+    return "done" if run_finished(run) else "stopped"
 
 
 def to_markdown(r: FastResult) -> str:
