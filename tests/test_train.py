@@ -400,9 +400,15 @@ def test_kill_and_resume(tiny_catalogue: Path, tmp_path: Path) -> None:
                              text=True, timeout=300, check=False)
     assert refused.returncode == 2 and "different config" in refused.stderr
 
-    done = subprocess.run(_cli_train(tiny_catalogue, out, "--resume"), capture_output=True, text=True, timeout=300,
-                          check=False)
+    # the folder moved after the kill: the advised `--config RUN/config.yaml --resume` resumes it where it is now
+    # (its config.yaml names the old folder, where that command started a new run)
+    moved = tmp_path / "moved"
+    os.replace(out, moved)
+    out = moved
+    done = subprocess.run([sys.executable, "-m", "skulens.cli", "train", "--config", str(out / "config.yaml"),
+                           "--resume", "-q"], capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr
+    assert "resuming the run in" in done.stderr and not (tmp_path / "killed").exists()
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [x["epoch"] for x in lines] == [1, 2, 3, 4]
     assert [x["step"] for x in lines] == [3, 6, 9, 12]  # the step count continued too
@@ -548,6 +554,13 @@ def test_a_run_folder_inside_its_catalogue_folder_and_a_one_class_catalogue_are_
     with pytest.raises(ConfigError, match="inside the catalogue folder"):
         train(tmp_path / "flat", out=str(tmp_path / "flat" / "runs" / "v1"), progress=False, **TINY)
     assert not (tmp_path / "flat" / "runs").exists()
+    # a manifest lists its photos: a run folder beside it is no photo of the next run
+    rows = [f"{label}/{i}.jpg,{label}" for label in ("red", "blue") for i in range(4)]
+    (tmp_path / "flat" / "manifest.csv").write_text("path,label\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    train(tmp_path / "flat" / "manifest.csv", out=str(tmp_path / "flat" / "runs" / "m"), progress=False,
+          **{**TINY, "epochs": 1})
+    shutil.rmtree(tmp_path / "flat" / "runs")
+    (tmp_path / "flat" / "manifest.csv").unlink()
     shutil.rmtree(tmp_path / "flat" / "blue")
     with pytest.raises(CatalogueError, match="1 class .red.; a classifier needs at least 2"):
         train(tmp_path / "flat", out=str(tmp_path / "one"), progress=False, **TINY)

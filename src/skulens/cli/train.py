@@ -39,8 +39,9 @@ def cmd_train(ns: argparse.Namespace) -> int:
     values = train_overrides(ns)
     ns.data = ns.data or values.get("data")
     values["data"] = data_path(ns)  # checked before torch is imported
-    if ns.out:
-        values["out"] = ns.out
+    out = ns.out or _moved_run(ns, values, values.get("out"))
+    if out:
+        values["out"] = out
     # Under torchrun every process runs this command; rank 0 speaks for the run (skulens.cli.main quiets the
     # others' logs down to errors).
     main_rank = is_rank_zero()
@@ -99,11 +100,23 @@ def cmd_demo(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _moved_run(ns: argparse.Namespace, values: dict[str, Any], cfg_out: str | None) -> str | None:
+    """The --config file's `out`, or, for `--config RUN/config.yaml --resume` of a run folder moved after its kill
+    (its config names where it was; its checkpoint is here), that folder: the advised command started a new run
+    in the old folder."""
+    config = Path(ns.config) if getattr(ns, "config", None) else None
+    if (cfg_out and config is not None and (getattr(ns, "resume", None) or values.get("resume"))
+            and (config.parent / "checkpoint").is_dir() and Path(cfg_out).resolve() != config.parent.resolve()):
+        say(f"skulens: resuming the run in {config.parent} (its config names {cfg_out}, where it was)")
+        return str(config.parent)
+    return cfg_out
+
+
 def _data_and_out(ns: argparse.Namespace, values: dict[str, Any], out_required: str = "") -> None:
     """--data and --out, each else the --config file's key; both keys leave `values` (the training options
     passed on). `out_required` names the run directory a command cannot do without."""
     cfg_data, cfg_out = values.pop("data", None), values.pop("out", None)
-    ns.data, ns.out = ns.data or cfg_data, ns.out or cfg_out
+    ns.data, ns.out = ns.data or cfg_data, ns.out or _moved_run(ns, values, cfg_out)
     if out_required and not ns.out:
         raise UsageError(f"--out is required ({out_required}), or an 'out' key in --config")
 

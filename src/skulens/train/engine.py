@@ -107,7 +107,6 @@ class _Run:
     dist: distributed.Dist  # rank, world size; Dist.single(device) in one process
     untouched: Split | None = None  # select_on holdout: val, scored once at the end and chosen nothing
     extra_metrics: dict[str, Any] = field(default_factory=dict)  # recorded in the card (self-training's)
-    resume_advice: str | None = None  # how to resume the run as it was, when this is a stage of a larger one
     val_degraded: list[torch.Tensor] | None = None  # monitor robust_top1: the selection photos degraded once each
     # The module the training forward runs through: `model`, or a DistributedDataParallel over it (built in
     # _train_loop, once the freeze is known). Everything else (EMA, attacks, eval, checkpoints) uses `model`.
@@ -268,13 +267,18 @@ def _fit(cfg: TrainConfig, cat: Catalogue, d: distributed.Dist, *, progress: boo
 
     backbone = create_backbone(cfg.backbone, cfg.weights, image_size=cfg.image_size)
     card = _base_card(cfg, cat, backbone.spec, backbone.num_features)
+    # Every rank reads the checkpoint (onto the CPU: load_state_dict copies into each rank's own device), and a
+    # resume with another config or catalogue is refused before the photos are decoded (minutes on a real one).
+    ckpt = load_checkpoint(run_dir / "checkpoint", device="cpu") if cfg.resume else None
+    if ckpt is not None:
+        check_same_run(run_dir, ckpt["config"], config_to_dict(cfg), resume_advice or resume_command(
+            run_dir / "config.yaml"))
+        _check_same_photos(run_dir, ckpt.get("data"), _photos_digest(cat))
+    d.same_everywhere("the checkpoint to resume from", ckpt and ckpt.get("state", {}).get("epoch"))
     train, val, untouched, skipped = _load_splits(cfg, cat, card, run_dir, progress, main=d.is_main)
     backbone.to(device)
     if cfg.channels_last:
         backbone.to(memory_format=torch.channels_last)
-    # Every rank reads the checkpoint (onto the CPU: load_state_dict copies into each rank's own device).
-    ckpt = load_checkpoint(run_dir / "checkpoint", device="cpu") if cfg.resume else None
-    d.same_everywhere("the checkpoint to resume from", ckpt and ckpt.get("state", {}).get("epoch"))
     baseline = None
     if d.is_main:  # the linear probe is a report for rank 0 to write; the other ranks wait
         baseline = _baseline(cfg, card, train, val, backbone, run_dir, fresh=ckpt is None, progress=progress)
@@ -283,7 +287,7 @@ def _fit(cfg: TrainConfig, cat: Catalogue, d: distributed.Dist, *, progress: boo
 
     run = _Run(cfg=cfg, catalogue=cat, run_dir=run_dir, device=device, progress=progress, t0=t0, model=model,
                card=card, train=train, val=val, skipped=skipped, resumed=ckpt is not None, dist=d,
-               untouched=untouched, extra_metrics=extra_metrics, resume_advice=resume_advice)
+               untouched=untouched, extra_metrics=extra_metrics)
     _prepare_training(run, ckpt)
     try:
         epochs_run = _train_loop(run)
@@ -301,7 +305,7 @@ def _check_catalogue(cfg: TrainConfig, cat: Catalogue) -> None:
         raise CatalogueError(f"{cat.root}: {len(cat.classes)} class ({', '.join(cat.classes) or 'none'}); "
                              "a classifier needs at least 2")
     data, out = Path(cfg.data or cat.root), Path(cfg.out).resolve()
-    if data.is_dir() and out.is_relative_to(data.resolve()):
+    if cat.layout == "folders" and out.is_relative_to(cat.root.resolve()):  # a manifest lists its photos
         # a folder of class folders: the run's report plots became a class of the next run (or of evaluate)
         raise ConfigError(f"--out {cfg.out} is inside the catalogue folder {data}: the next run would read the "
                           "run's own files as photos; choose an --out outside it")
@@ -423,10 +427,7 @@ def _restore(run: _Run, ckpt: dict[str, Any] | None) -> dict[str, Any]:
         if cfg.resume:
             log.warning("%s: no checkpoint to resume from; starting a new run", run_dir)
         return {"epoch": 0, "step": 0, "best": [-1.0], "best_epoch": -1, "bad_epochs": 0, "history": []}
-    check_same_run(run_dir, ckpt["config"], config_to_dict(cfg),
-                   run.resume_advice or resume_command(run_dir / "config.yaml"))
-    _check_same_photos(run_dir, ckpt.get("data"), _photos_digest(run.catalogue))
-    run.model.load_state_dict(ckpt["model"])
+    run.model.load_state_dict(ckpt["model"])  # its config and catalogue were checked as the run started
     if run.ema is not None and "ema" in ckpt:
         run.ema.module.load_state_dict(ckpt["ema"])
     run.opt.load_state_dict(ckpt["optimizer"])
@@ -637,9 +638,14 @@ def _print_epoch(epoch: int, train_loss: float, results: dict[str, dict[str, flo
 
 
 def _photos_digest(cat: Catalogue) -> dict[str, Any]:
-    """What a resumed run must find again: the classes in their order (the head's rows) and the catalogue's
-    fingerprint (every photo's split, path, label and size)."""
-    return {"classes": list(cat.classes), "photos": cat.fingerprint()}
+    """What a resumed run must find again: the classes in their order (the head's rows) and the fingerprint of
+    each split (every photo's path, label and size). Self-training's pseudo-labelled photos are left out: they are
+    labelled again at a resume, where a label near the threshold may flip (another device), which no one could
+    "put back"."""
+    from ..data.catalogue import EXTRA_TRAIN
+
+    photos = "|".join(f"{name}:{cat.fingerprint(name)}" for name in sorted(cat.splits) if name != EXTRA_TRAIN)
+    return {"classes": list(cat.classes), "photos": photos}
 
 
 def _check_same_photos(run_dir: Path, was: dict[str, Any] | None, now: dict[str, Any]) -> None:
