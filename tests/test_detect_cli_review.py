@@ -186,6 +186,9 @@ def test_count_takes_its_first_input_as_the_model_in_every_form_m_takes(detector
     photo = _noise(tmp_path / "p.png", 96, 96)
     assert main(["count", str(tiny_bundle.run_dir), str(photo), "--detector", str(detector), "-q"]) == 2
     assert "a training run's bundle is RUN/bundle" in capsys.readouterr().err
+    for alone in (tiny_bundle.run_dir, tiny_bundle.bundle):  # the model and no photos: never a folder of photos
+        assert main(["count", str(alone), "--detector", str(detector), "-q"]) == 2
+        assert "no input photos after the model" in capsys.readouterr().err
     out = tmp_path / "c.jsonl"
     assert main(["count", str(Path(tiny_bundle.bundle) / "card.json"), str(photo), "--detector", str(detector),
                  "--min-score", "0", "--min-confidence", "0", "-o", str(out), "-q"]) == 0

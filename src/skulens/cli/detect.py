@@ -189,8 +189,10 @@ def _names_a_model(p: Path) -> bool:
 
 def cmd_count(ns: argparse.Namespace) -> int:
     inputs = list(ns.inputs)
-    if ns.model is None and len(inputs) > 1 and _names_a_model(Path(inputs[0])):
+    if ns.model is None and inputs and _names_a_model(Path(inputs[0])):
         ns.model = inputs.pop(0)  # `skulens count MODEL photos/ --detector DET`
+        if not inputs:  # the model alone: not a folder of photos (a run's plots, a bundle's kept photos)
+            raise UsageError(f"no input photos after the model {ns.model}: skulens count MODEL photos/ --detector DET")
     if ns.model:
         check_model(ns.model)
     detector = check_detector(ns.detector, backend=ns.backend)
