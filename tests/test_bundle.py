@@ -307,3 +307,7 @@ def test_a_broken_bundle_is_still_refused_after_the_second_read(tiny_bundle, tmp
     with pytest.raises(BundleError, match="not a skulens bundle"):
         load_bundle(tmp_path / "no-such-bundle")
     assert not (tmp_path / ".no-such-bundle.lock").exists()
+    (tmp_path / "not-a-bundle").mkdir()  # a folder, but no bundle: refused at once, no lock file left beside it
+    with pytest.raises(BundleError, match="not a skulens bundle"):
+        load_bundle(tmp_path / "not-a-bundle")
+    assert not (tmp_path / ".not-a-bundle.lock").exists()

@@ -631,7 +631,13 @@ def test_a_manifest_row_with_more_or_fewer_cells_than_columns_is_refused(tmp_pat
     (tmp_path / "short.csv").write_text("path,label,split\nval/c.jpg,red\ntrain/a.jpg,red,train\n", encoding="utf-8")
     with pytest.raises(CatalogueError, match=r"row 2: 2 cell\(s\) for 3 columns .*give every column a cell"):
         load_catalogue(tmp_path / "short.csv")
-    (tmp_path / "ok.csv").write_text('path,label,split\ntrain/a.jpg,"Red, Wine",train\ntrain/b.jpg,green,\n'
+    (tmp_path / "ok.csv").write_text('path,label,split\ntrain/a.jpg,"Red, Wine",train,\ntrain/b.jpg,green,,\n'
                                      'val/c.jpg,"Red, Wine",val\nval/d.jpg,green,val\n', encoding="utf-8")
     cat = load_catalogue(tmp_path / "ok.csv")
-    assert cat.classes == ["Red, Wine", "green"] and len(cat.split("val")) == 2
+    assert cat.classes == ["Red, Wine", "green"] and len(cat.split("val")) == 2  # trailing empty cells: fine
+
+
+def test_a_jsonl_manifest_line_nested_too_deeply_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "deep.jsonl").write_text("[" * 100_000 + "]" * 100_000 + "\n", encoding="utf-8")  # a traceback before
+    with pytest.raises(CatalogueError, match=r"line 1: invalid JSON \(nested too deeply\)"):
+        load_catalogue(tmp_path / "deep.jsonl")

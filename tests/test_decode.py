@@ -332,3 +332,10 @@ def test_a_photo_over_pillows_warning_size_is_refused_without_its_warning(tmp_pa
     r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "h.png")], check=True, capture_output=True, text=True,
                        timeout=120)
     assert r.stdout.strip() == "too many pixels (12000 x 9000 > 80000000)" and r.stderr == "", r.stderr
+
+
+def test_a_pixel_limit_above_pillows_own_names_pillows() -> None:
+    """`serve --max-pixels` above Pillow's guard: the message said '225000000 > 300000000', against itself."""
+    with pytest.raises(ImageDecodeError) as info:
+        decode_image(_png_header_only(15000, 15000), max_pixels=300_000_000)
+    assert info.value.reason == f"too many pixels (225000000 > {2 * Image.MAX_IMAGE_PIXELS}, Pillow's own limit)"

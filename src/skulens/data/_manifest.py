@@ -68,6 +68,9 @@ def _read_csv(manifest: Path) -> list[tuple[str, dict[str, object]]]:
             for row in reader:
                 # an unquoted comma in a label ("Red, Wine": the label was "Red") or a cell left out (a val photo's
                 # split: it went to train): every row has one cell per column
+                extra = row.get(None)
+                if extra is not None and not any(v.strip() for v in extra):  # a trailing comma or two: empty cells
+                    del row[None]
                 if None in row or None in row.values():
                     cells = len(header) + len(row.get(None) or ()) - sum(v is None for v in row.values())
                     fix = ("quote a cell that holds a comma" if cells > len(header)
@@ -90,6 +93,8 @@ def _read_jsonl(manifest: Path) -> list[tuple[str, dict[str, object]]]:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise CatalogueError(f"{manifest}: line {number}: invalid JSON ({exc.msg})") from exc
+            except RecursionError:
+                raise CatalogueError(f"{manifest}: line {number}: invalid JSON (nested too deeply)") from None
             if not isinstance(record, dict):
                 raise CatalogueError(f"{manifest}: line {number}: expected a JSON object")
             records.append((f"line {number}", {str(k).strip().lower(): v for k, v in record.items()}))

@@ -153,7 +153,9 @@ def _open_checked(name: str, data: bytes, fmt: str, max_pixels: int, max_aspect:
         img = Image.open(io.BytesIO(data), formats=[fmt])
     except Image.DecompressionBombError as exc:  # past Pillow's own guard (2 x 89.5 MP): say this limit, not its
         found = re.search(r"\((\d+) pixels\)", str(exc))
-        raise ImageDecodeError(name, f"too many pixels ({found[1] if found else 'more'} > {max_pixels})") from None
+        guard = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        limit = max_pixels if max_pixels < guard else f"{guard}, Pillow's own limit"  # a --max-pixels above it
+        raise ImageDecodeError(name, f"too many pixels ({found[1] if found else 'more'} > {limit})") from None
     except Image.UnidentifiedImageError:
         # Its message only repeats the BytesIO repr; the sniffed format says more.
         raise ImageDecodeError(name, f"corrupt {fmt} (unreadable header)") from None

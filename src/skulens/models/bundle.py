@@ -196,12 +196,12 @@ def read_card(directory: str | os.PathLike[str]) -> ModelCard:
 def load_bundle(directory: str | os.PathLike[str], device: str | torch.device = "cpu") -> tuple[SkuModel, ModelCard]:
     try:
         return _read_bundle(directory, device)
-    except BundleError as first:
+    except _WeightsError as first:
         # A save swaps the whole folder under the bundle's lock: a reader between its card and its weights may
         # have read one of each. Read once more, after the save, before calling the bundle broken.
         folder = Path(directory)
         folder = folder.parent if folder.name in (CARD, WEIGHTS) and not folder.is_dir() else folder
-        if not folder.is_dir():
+        if not (folder / CARD).is_file():
             raise
         try:
             lock = lock_of(folder)
@@ -214,6 +214,10 @@ def load_bundle(directory: str | os.PathLike[str], device: str | torch.device = 
             lock.release()
 
 
+class _WeightsError(BundleError):
+    """Weights missing, unreadable or not the card's: what a read between a save's card and weights meets."""
+
+
 def _read_bundle(directory: str | os.PathLike[str], device: str | torch.device) -> tuple[SkuModel, ModelCard]:
     path = Path(directory)
     card = read_card(path)
@@ -221,21 +225,21 @@ def _read_bundle(directory: str | os.PathLike[str], device: str | torch.device) 
         path = path.parent
     weights = path / WEIGHTS
     if not weights.is_file():
-        raise BundleError(f"{path}: missing {WEIGHTS}")
+        raise _WeightsError(f"{path}: missing {WEIGHTS}")
     model = build_model(card)
     try:
         state = load_file(str(weights))
     except (OSError, SafetensorError) as e:  # cut short by a full disk or a copy stopped half-way
-        raise BundleError(f"{weights}: unreadable or incomplete ({e})") from None
+        raise _WeightsError(f"{weights}: unreadable or incomplete ({e})") from None
     expected = model.state_dict()
     wrong = [k for k, v in state.items() if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
     if wrong:
         k = wrong[0]
-        raise BundleError(f"{weights} does not match its card: {k} has shape {tuple(state[k].shape)}, "
-                          f"the card needs {tuple(expected[k].shape)}")
+        raise _WeightsError(f"{weights} does not match its card: {k} has shape {tuple(state[k].shape)}, "
+                            f"the card needs {tuple(expected[k].shape)}")
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise BundleError(
+        raise _WeightsError(
             f"{weights} does not match its card: missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]}"
         )
     return model.to(device).eval(), card

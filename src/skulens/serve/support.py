@@ -176,6 +176,7 @@ class SupportResponder:
         # (label, stock) -> (facts, key vectors K x D, fact index of each key row)
         self._cache: dict[tuple[str, int | None], tuple[list[Fact], np.ndarray, np.ndarray]] = {}
         self._lock = threading.Lock()
+        self._generation = 0
         topics = [(name, q) for name, qs in _HANDOFF_TOPICS.items() for q in qs]
         self._topic_names = [name for name, _ in topics]
         self._topic_vectors = np.asarray(self.encoder.encode([q for _, q in topics]), dtype=np.float32)
@@ -198,6 +199,7 @@ class SupportResponder:
         with self._lock:
             self.products = products
             self._cache.clear()
+            self._generation += 1  # facts built from the products before this are not cached (`_facts`)
 
     def product(self, label: str) -> Product:
         return self.products.get(label) or Product(label=label, title=label.replace("-", " "))
@@ -207,15 +209,17 @@ class SupportResponder:
         key = (label, count)
         with self._lock:
             hit = self._cache.get(key)
+            generation = self._generation
         if hit is None:
             facts = product_facts(self.product(label), count)
             keys = [(i, k) for i, f in enumerate(facts) for k in f.keys]
             vectors = np.asarray(self.encoder.encode([k for _, k in keys]), dtype=np.float32)
             hit = (facts, vectors, np.array([i for i, _ in keys]))
             with self._lock:
-                for old in [k for k in self._cache if k[0] == label]:
-                    del self._cache[old]
-                self._cache[key] = hit
+                if generation == self._generation:  # a refresh in between: these facts may be of the old product
+                    for old in [k for k in self._cache if k[0] == label]:
+                        del self._cache[old]
+                    self._cache[key] = hit
         return hit
 
     def _disagreeing(self, prediction: Prediction, question: str, verdict: str) -> str | None:

@@ -319,7 +319,7 @@ async def update_product(state: State, actor: WriteKey, product_id: ProductId, p
         state.products[product_id] = dataclasses.replace(
             old, title=old.title if patch.title is None else patch.title,
             description=old.description if patch.text is None else patch.text)
-        state.products_changed()
+        await anyio.to_thread.run_sync(state.products_changed)  # the lexicon is rebuilt: off the event loop
     return {"product_id": product_id, "entries": entries, "by": actor}
 
 
