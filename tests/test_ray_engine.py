@@ -350,6 +350,8 @@ def test_cli_count_on_ray_through_ray_address(ray_cluster, detector, photos, tmp
     assert r.returncode == 0, r.stderr[-3000:]
     assert "9 photo(s) on Ray" in r.stderr and "2 unreadable" in r.stderr
     rows = _rows(tmp_path / "counts.parquet")
+    for row in rows:  # which, and why, as the local engine says (only how many before)
+        assert not row["error"] or f"{row['source']}: {row['error']}" in r.stderr
     assert [row["source"] for row in rows] == relative  # named as given, read from where they are
     good = [row for row in rows if not row["error"]]
     assert len(good) == 9 and all(row["counts"] == [{"product": "product", "count": row["total"]}] for row in good)

@@ -265,6 +265,8 @@ def _count_on_ray(ns: argparse.Namespace, job: Any, files: list[str], out: Path)
     res = run_job(job, files, out, **engine_options(ns))
     say(f"skulens count: {res.rows - res.errors} photo(s) on Ray, {ns.actors} actor(s), in {res.seconds:.1f} s "
         f"({res.images_per_s:.2f} photos/s) -> {res.out}" + (f", {res.errors} unreadable" if res.errors else ""))
+    if res.errors:  # named, as the local engine names them
+        say(f"skulens count: unreadable: {res.errors_line()}")
     import pyarrow.parquet as pq
 
     capped = sum(bool(c) for c in pq.read_table(res.out, columns=["capped"]).column("capped").to_pylist())

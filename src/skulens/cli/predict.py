@@ -106,7 +106,7 @@ def _predict_on_ray(ns: argparse.Namespace, bundle: str | None, files: list[str]
     say(f"skulens predict: {res.rows} image(s) on Ray, {ns.actors} actor(s), in {res.seconds:.1f} s "
         f"({res.images_per_s:.1f} images/s) -> {res.out}")
     if res.errors:
-        say(f"skulens predict: {res.errors} of {res.rows} image(s) could not be read (see their 'error')")
+        say(f"skulens predict: {res.errors} of {res.rows} image(s) could not be read: {res.errors_line()}")
     return EXIT_FAILED if res.errors == res.rows else 0
 
 

@@ -62,6 +62,13 @@ class JobSummary:
     errors: int  # rows whose image could not be read
     seconds: float  # the job, from the dataset to the last row written (not the cluster's start)
     out: Path
+    first_errors: tuple[tuple[str, str], ...] = ()  # (source, error) of the first few unreadable rows
+
+    def errors_line(self) -> str:
+        """The first unreadable photos and why, as the local engine names them ('' when none)."""
+        shown = "; ".join(f"{source}: {error}" for source, error in self.first_errors)
+        more = f" and {self.errors - len(self.first_errors)} more" if self.errors > len(self.first_errors) else ""
+        return f"{shown}{more}" if shown else ""
 
     @property
     def images_per_s(self) -> float:
@@ -287,7 +294,7 @@ def run_job(job: BatchJob, paths: Sequence[str | os.PathLike], out: str | os.Pat
         with ray_session(address, num_cpus=local_cpus(actors, cpus_per_actor)), _data_context(progress):
             t0 = time.perf_counter()
             ds = job_dataset(job, paths, actors=actors, cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor)
-            rows, errors = _write_file(ds, job.schema(), partial) if to_file else _write_folder(ds, partial)
+            rows, errors, first = _write_file(ds, job.schema(), partial) if to_file else _write_folder(ds, partial)
             seconds = time.perf_counter() - t0
     except BaseException:
         # after the session: a local Ray started for the job has stopped its workers, none writes here now
@@ -297,29 +304,42 @@ def run_job(job: BatchJob, paths: Sequence[str | os.PathLike], out: str | os.Pat
             shutil.rmtree(partial, ignore_errors=True)
         raise
     _move_into_place(partial, out)
-    return JobSummary(rows, errors, seconds, out)
+    return JobSummary(rows, errors, seconds, out, first)
 
 
-def _write_file(ds: ray.data.Dataset, schema: pa.Schema, path: Path) -> tuple[int, int]:
-    """The rows, in input order, as one Parquet file written by this process: (rows, errors)."""
+_FIRST_ERRORS = 3  # unreadable rows named on the command line
+
+
+def _failed(t: pa.Table, room: int) -> list[tuple[str, str]]:
+    """(source, error) of up to `room` rows of `t` that have an error."""
+    if room <= 0 or t.column("error").null_count == t.num_rows:
+        return []
+    pairs = zip(t.column("source").to_pylist(), t.column("error").to_pylist(), strict=True)
+    return [(str(s), str(e)) for s, e in pairs if e is not None][:room]
+
+
+def _write_file(ds: ray.data.Dataset, schema: pa.Schema, path: Path) -> tuple[int, int, tuple[tuple[str, str], ...]]:
+    """The rows, in input order, as one Parquet file written by this process: (rows, errors, the first errors)."""
     import pyarrow.parquet as pq
 
     rows = errors = 0
+    first: list[tuple[str, str]] = []
     with pq.ParquetWriter(path, schema) as writer:
         for t in _tables(ds, schema):
             writer.write_table(t)
             rows += t.num_rows
             errors += t.num_rows - t.column("error").null_count
-    return rows, errors
+            first += _failed(t, _FIRST_ERRORS - len(first))
+    return rows, errors, tuple(first)
 
 
-def _write_folder(ds: ray.data.Dataset, path: Path) -> tuple[int, int]:
-    """The rows as Parquet part files in a new folder, written by the workers: (rows, errors)."""
+def _write_folder(ds: ray.data.Dataset, path: Path) -> tuple[int, int, tuple[tuple[str, str], ...]]:
+    """The rows as Parquet part files in a new folder, written by the workers: (rows, errors, the first errors)."""
     import pyarrow.parquet as pq
 
     ds.write_parquet(str(path))
-    errors = pq.read_table(path, columns=["error"]).column("error")
-    return len(errors), len(errors) - errors.null_count
+    t = pq.read_table(path, columns=["source", "error"])
+    return t.num_rows, t.num_rows - t.column("error").null_count, tuple(_failed(t, _FIRST_ERRORS))
 
 
 def _move_into_place(partial: Path, out: Path) -> None:
