@@ -237,6 +237,8 @@ def test_enrol_a_new_product_then_predict_and_find_it(client) -> None:
                                           "coarse_label": "Apple"}, files=shots, headers=AUTH)
     assert r.status_code == 201, r.text
     assert "new-red-thing" in recommended("u99")  # enrolled: the recommender is refitted before the answer
+    state = client.app.state.skulens
+    assert "new-red-thing" in state.recommender.item_vectors  # with its content (none until a restart before)
     assert r.json()["index_entries"] == 3
     assert "new-red-thing" in client.get("/v1/info").json()["model"]["classes"]  # the served model was reloaded
     r = client.post("/v1/products", data={"product_id": "new-red-thing"}, files=shots, headers=AUTH)
@@ -254,6 +256,7 @@ def test_enrol_a_new_product_then_predict_and_find_it(client) -> None:
     # and it leaves the recommendations (still recommended first, and taken as a seed, before)
     assert "new-red-thing" not in recommended("u99")
     assert client.get("/v1/users/u1/recommendations", params={"seed": "new-red-thing"}).status_code == 422
+    assert "new-red-thing" not in state.recommender.item_vectors
 
 
 def test_an_enrolment_while_another_process_holds_the_bundle_is_a_503(client, monkeypatch) -> None:

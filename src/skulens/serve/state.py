@@ -423,7 +423,11 @@ def _recommender_fit(model: Model, products: dict[str, Product]) -> Callable[[li
             except (ImportError, FileNotFoundError) as exc:  # product content needs the text encoder
                 logger.warning("recommendations from the behaviour log only, without product content: %s", exc)
                 content.append(None)
-        return fit_recommender(kept, products, item_vectors=content[0])
+        elif content[0] is not None and (new := {k: p for k, p in products.items() if k not in content[0]}):
+            content[0].update(item_vectors(new, model))  # enrolled since: theirs only (they had none until a restart)
+        # the products the service has now: a removed one's vector would make it a candidate again
+        vectors = None if content[0] is None else {k: v for k, v in content[0].items() if k in products}
+        return fit_recommender(kept, products, item_vectors=vectors)
 
     return fit
 
