@@ -109,3 +109,21 @@ def test_preset_fast_epochs_without_a_distillation_and_a_rerun(exported: Path, t
     (out / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="not empty"):
         earlier_run(out, exported, DEFAULT_STUDENT)
+
+
+def test_export_names_its_file_by_its_format_and_checks_int8_inputs_first(exported: Path, tmp_path: Path) -> None:
+    """`export -o bundle/model.safetensors` replaced the bundle's weights with an ONNX file (exit 0); a TorchScript
+    file named .onnx was later "corrupt, export it again"; with --int8 a bad calibration split was refused only
+    after model.onnx had been replaced."""
+    weights = (exported / "model.safetensors").read_bytes()
+    _one_line(_cli("export", "-m", str(exported), "-o", str(exported / "model.safetensors")),
+              "onnx files are named *.onnx")
+    assert (exported / "model.safetensors").read_bytes() == weights
+    _one_line(_cli("export", "-m", str(exported), "--format", "torchscript", "-o", str(tmp_path / "ts.onnx")),
+              "torchscript files are named *.pt")
+    before = (exported / "model.onnx").stat().st_mtime_ns
+    _one_line(_cli("export", "-m", str(exported), "--int8", "--calibration-split", "bogus", "-q"), "bogus")
+    assert (exported / "model.onnx").stat().st_mtime_ns == before  # not exported again before the refusal
+    # bench reads a bundle: its hint named a --backend flag bench does not have
+    _one_line(_cli("bench", "-m", str(exported / "model.onnx"), "-o", str(tmp_path / "b")),
+              "bench reads a bundle", "not an exported file")

@@ -46,9 +46,12 @@ def cmd_export(ns: argparse.Namespace) -> int:
     if ns.preset == "fast":
         return _export_fast(ns, bundle)
     check_out_path(ns.out, "--out")  # a file (--preset fast takes a folder): told before the export, not after
-    if Path(bundle).suffix.lower() in (".onnx", ".tflite"):  # the bundle loader's hint names --backend: not here
-        raise UsageError(f"--model {bundle}: export reads a bundle (RUN/bundle, or its card.json), not an exported "
-                         "file")
+    _refuse_export_input(bundle, "export")
+    suffix = {"onnx": ".onnx", "torchscript": ".pt", "tflite": ".tflite"}[ns.format]
+    if ns.out and Path(ns.out).suffix.lower() != suffix:
+        # `predict` and `info` read a file by its suffix: a TorchScript file named .onnx was "corrupt, export it
+        # again"; and any file at --out was replaced, the bundle's own model.safetensors too
+        raise UsageError(f"--out {ns.out}: {ns.format} files are named *{suffix}")
     for flag, value in (("--student", ns.student), ("--epochs", ns.epochs), ("--check-split", ns.check_split),
                         ("--max-drop", ns.max_drop)):
         if value is not None:
@@ -78,16 +81,17 @@ def cmd_export(ns: argparse.Namespace) -> int:
             raise UsageError(f"--out {ns.out}: that folder holds another model's bundle ({beside}); its export "
                              "would be replaced by this model's: give another folder")
         Path(ns.out).parent.mkdir(parents=True, exist_ok=True)
-    path = export_onnx(bundle, ns.out) if ns.format == "onnx" else export_torchscript(bundle, ns.out)
-    say(f"exported {ns.format}: {path} ({path.stat().st_size / 1e6:.1f} MB); preprocessing and labels are "
-        "in its metadata")
-    if ns.int8:
+    if ns.int8:  # the calibration photos first: a bad split or catalogue was refused after model.onnx was replaced
         from ..deploy.quantize import calibration_sample, check_sample, quantize_onnx_with_photos
 
         assert data is not None
         card = read_card(bundle)
         photos = calibration_sample(data, split=ns.calibration_split, images=ns.calibration_images, card=card)
         check = check_sample(data, photos, card=card)
+    path = export_onnx(bundle, ns.out) if ns.format == "onnx" else export_torchscript(bundle, ns.out)
+    say(f"exported {ns.format}: {path} ({path.stat().st_size / 1e6:.1f} MB); preprocessing and labels are "
+        "in its metadata")
+    if ns.int8:
         q = quantize_onnx_with_photos(path, photos, check_photos=check, progress=not ns.quiet)
         checked = (f"checked against fp32 on {len(check)} val photos" if check else
                    "NOT checked against fp32: no val photo outside the calibration sample")
@@ -187,8 +191,17 @@ def _same_products(theirs: dict[str, Any] | None, ours: dict[str, Any] | None, o
                          "its rows would not be comparable")
 
 
+def _refuse_export_input(bundle: str, command: str) -> None:
+    """An exported file given as --model to a command that reads a bundle (the loader's hint names a --backend flag
+    these commands do not have)."""
+    if Path(bundle).suffix.lower() in (".onnx", ".tflite"):
+        raise UsageError(f"--model {bundle}: {command} reads a bundle (RUN/bundle, or its card.json), not an "
+                         "exported file")
+
+
 def cmd_bench(ns: argparse.Namespace) -> int:
     bundle = model_path(ns)
+    _refuse_export_input(bundle, "bench")  # it measures the exports it makes from the bundle
     if ns.detector:
         check_detector(ns.detector)
     if ns.fast and not (Path(ns.fast) / "model.int8.onnx").is_file():
