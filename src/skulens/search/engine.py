@@ -41,8 +41,8 @@ if TYPE_CHECKING:
     from ..models.text import TextEncoder
     from .align import TextAligner
 
-__all__ = ["ROUTE_MASS", "ROUTE_MAX_CLASSES", "TEXT_MODES", "RouteError", "SearchEngine", "product_document",
-           "product_pieces", "rank_fusion", "route_classes"]
+__all__ = ["ROUTE_MASS", "ROUTE_MAX_CLASSES", "TEXT_MODES", "RouteError", "SearchEngine", "encode_reusing",
+           "product_document", "product_pieces", "rank_fusion", "route_classes"]
 
 TEXT_MODES = ("hybrid", "aligned", "text", "lexical")
 _RRF_K = 60  # the usual reciprocal-rank-fusion constant (Cormack et al. 2009)
@@ -354,24 +354,26 @@ class _ProductTexts:
         self.ids, self.pieces, self.docs, self.bm25 = ids, pieces, docs, bm25
         self.owner = np.repeat(np.arange(len(ids)), [len(p) for p in pieces])
         self._vectors: tuple[TextEncoder, np.ndarray] | None = None  # the encoder itself: a re-tune is a new one
-        self._previous = previous  # the texts before a change: their vectors are reused for unchanged pieces
+        # (encoder, vector by piece): the texts before a change give theirs, so unchanged pieces are not encoded
+        self._by_text = previous._by_text if previous is not None else None
 
     def vectors(self, encoder: TextEncoder) -> tuple[np.ndarray, np.ndarray]:
         """Every piece's vector. After a change (one product's new title, an enrolment) only the pieces that are
         new are encoded: re-encoding every product held the index lock for seconds, and searches queued behind
         it timed out (504)."""
         if self._vectors is None or self._vectors[0] is not encoder:
-            flat = [p for ps in self.pieces for p in ps]
-            prev = self._previous
-            known: dict[str, np.ndarray] = {}
-            if prev is not None and prev._vectors is not None and prev._vectors[0] is encoder:
-                known = dict(zip((p for ps in prev.pieces for p in ps), prev._vectors[1], strict=True))
-            missing = list(dict.fromkeys(p for p in flat if p not in known))
-            if not known:
-                self._vectors = (encoder, encoder.encode(flat))
-            else:
-                if missing:
-                    known.update(zip(missing, encoder.encode(missing), strict=True))
-                self._vectors = (encoder, np.stack([known[p] for p in flat]) if flat else encoder.encode([]))
-            self._previous = None
+            known = self._by_text[1] if self._by_text is not None and self._by_text[0] is encoder else {}
+            matrix, by_text = encode_reusing(encoder, [p for ps in self.pieces for p in ps], known)
+            self._vectors, self._by_text = (encoder, matrix), (encoder, by_text)
         return self._vectors[1], self.owner
+
+
+def encode_reusing(encoder: TextEncoder, texts: list[str], known: Mapping[str, np.ndarray]
+                   ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The vectors of `texts`, one row each, encoding only the distinct texts `known` (this encoder's vectors by
+    text) lacks; and the texts' vectors by text, to be `known` at the next call. Search and listing tags keep
+    their product texts' vectors this way across a change to one product."""
+    missing = list(dict.fromkeys(t for t in texts if t not in known))
+    new = dict(zip(missing, encoder.encode(missing), strict=True)) if missing else {}
+    by_text = {t: new[t] if t in new else known[t] for t in texts}
+    return (np.stack([by_text[t] for t in texts]) if texts else encoder.encode([])), by_text

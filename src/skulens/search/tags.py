@@ -369,7 +369,7 @@ class Tagger:
             return self._cache[key]
 
     def _text_matrix(self, phrases: tuple[str, ...], encoder: TextEncoder) -> np.ndarray:
-        from .engine import product_pieces
+        from .engine import encode_reusing, product_pieces
         from .text_tune import catalogue_text
 
         classes = self.card.classes
@@ -382,13 +382,10 @@ class Tagger:
                 pieces.append(product_pieces(p.title or product_title(c), catalogue_text(p, lexicon=False))
                               if p is not None else [product_title(c)])
             owner = np.repeat(np.arange(len(classes)), [len(p) for p in pieces])
-            flat = [t for ps in pieces for t in ps]
-            known = dict(self._piece_vectors[1]) if self._piece_vectors and self._piece_vectors[0] is encoder else {}
-            missing = list(dict.fromkeys(t for t in flat if t not in known))
-            if missing:
-                known.update(zip(missing, encoder.encode(missing), strict=True))
-            self._piece_vectors = (encoder, {t: known[t] for t in flat})
-            self._pieces = (classes, np.stack([known[t] for t in flat]), owner, encoder)
+            known = self._piece_vectors[1] if self._piece_vectors and self._piece_vectors[0] is encoder else {}
+            vectors, by_text = encode_reusing(encoder, [t for ps in pieces for t in ps], known)
+            self._piece_vectors = (encoder, by_text)
+            self._pieces = (classes, vectors, owner, encoder)
         _, vectors, owner, _ = self._pieces
         sims = encoder.encode(list(phrases)) @ vectors.T  # P x pieces
         best = np.full((len(phrases), len(classes)), -1.0)
