@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..config import PATH_KEYS, ConfigError
+from ..data.locate import card_json
 
 __all__ = ["RESUME_FREE", "check_same_run", "config_changes", "load_checkpoint", "refuse_resuming_a_finished_run",
            "resume_command", "run_finished", "run_started", "save_checkpoint"]
@@ -97,11 +98,8 @@ def run_finished(run_dir: str | os.PathLike[str]) -> bool:
     card = Path(run_dir) / "bundle" / "card.json"
     if not card.is_file() or (Path(run_dir) / "checkpoint").exists():
         return False
-    try:
-        metrics = json.loads(card.read_text(encoding="utf-8")).get("metrics") or {}
-    except (OSError, ValueError, AttributeError):
-        return True  # unreadable: not to be overwritten by a resume either
-    return "best_epoch" in metrics
+    data = card_json(card)
+    return data is None or "best_epoch" in (data.get("metrics") or {})  # unreadable: not to be resumed over either
 
 
 def refuse_resuming_a_finished_run(run_dir: str | os.PathLike[str]) -> None:
