@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -120,6 +121,66 @@ def test_predict_csv_to_a_file(bundle: str, val_root: Path, tmp_path: Path) -> N
         probs = [float(item.rsplit(":", 1)[1]) for item in b["top_k"].split(";")]
         assert len(probs) == 3 and probs == sorted(probs, reverse=True)
         assert b["top_k"].split(";")[0] == f"{b['fine_label']}:{float(b['fine_confidence']):.4f}"
+
+
+def _split_scores(cell: str) -> list[tuple[str, float]]:
+    """The reader the README describes for a scores cell: split on ';' not after '\\', each item at its last ':'."""
+    items = re.split(r"(?<!\\);", cell) if cell else []
+    # an escaped backslash before a ';' ("a\\\\;b") is not handled by this simple reader: no test label has one
+    return [(i.rsplit(":", 1)[0].replace("\\;", ";").replace("\\\\", "\\"), float(i.rsplit(":", 1)[1]))
+            for i in items]
+
+
+def test_a_scores_cell_splits_back_into_its_names() -> None:
+    """A label holding ';' or ':' ("Red:Apple; big") made the top_k cell of `predict -o x.csv` unreadable."""
+    from skulens.models.card import scores_cell
+
+    pairs = [("Red:Apple; big", 0.704), ('Green "Apple", 1kg', 0.2911), ("oat-milk", 0.0048)]
+    cell = scores_cell(pairs, 4)
+    assert cell == 'Red:Apple\\; big:0.7040;Green "Apple", 1kg:0.2911;oat-milk:0.0048'
+    assert _split_scores(cell) == [("Red:Apple; big", 0.704), ('Green "Apple", 1kg', 0.2911), ("oat-milk", 0.0048)]
+    assert scores_cell([], 3) == ""
+
+
+def test_predict_out_is_checked_before_any_photo(bundle: str, val_root: Path, tmp_path: Path) -> None:
+    """`-o photo.jpg` wrote JSON lines over an input photo (exit 0); a folder or a path under a file as -o failed
+    with a traceback only after every photo was predicted."""
+    photo = tmp_path / "shelf.jpg"
+    photo.write_bytes((val_root / "oat-milk" / "oat-milk_000.jpg").read_bytes())
+    before = photo.read_bytes()
+    for out, why in ((photo, "a photo's name"), (tmp_path / "new.png", "a photo's name"),
+                     (tmp_path, "a folder is there"), (photo / "x.csv", "is a file, not a folder")):
+        r = _skulens("predict", "-m", bundle, str(photo), "-o", str(out), "-q")
+        assert r.returncode == 2 and why in r.stderr and "Traceback" not in r.stderr, (out, r.stderr)
+    assert photo.read_bytes() == before
+    listing = tmp_path / "list.txt"  # an input that is no photo, named as --out: refused, not overwritten
+    listing.write_text(str(photo) + "\n", encoding="utf-8")
+    r = _skulens("predict", "-m", bundle, str(listing), "-o", str(listing), "-q")
+    assert r.returncode == 2 and "one of the input files" in r.stderr, r.stderr
+    nested = tmp_path / "reports" / "day1" / "preds.csv"  # a missing folder is made, as evaluate makes its own
+    r = _skulens("predict", "-m", bundle, str(photo), "-o", str(nested), "-q")
+    assert r.returncode == 0, r.stderr
+    assert len(nested.read_text(encoding="utf-8").splitlines()) == 2
+
+
+def test_predict_writes_chunk_by_chunk_with_the_same_rows(bundle: str, val_root: Path, tmp_path: Path,
+                                                          monkeypatch) -> None:
+    """Predictions are written a chunk of photos at a time (memory was ~0.45 MB a photo, all held to the end):
+    the rows, their order and an unreadable photo's row are those of one call."""
+    from skulens.cli import main
+    from skulens.cli import predict as cli_predict
+
+    paths = [str(p) for p in sorted(val_root.rglob("*.jpg"))][:7]
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not a jpeg")
+    paths.insert(3, str(bad))
+    whole, chunked = tmp_path / "whole.jsonl", tmp_path / "chunked.jsonl"
+    assert main(["predict", "-m", bundle, *paths, "-o", str(whole), "-q"]) == 0
+    monkeypatch.setattr(cli_predict, "CHUNK", 3)
+    assert main(["predict", "-m", bundle, *paths, "-o", str(chunked), "-q"]) == 0
+    rows = _jsonl(chunked.read_text(encoding="utf-8"))
+    assert [r["source"] for r in rows] == paths and rows[3]["level"] == "error"
+    assert rows == _jsonl(whole.read_text(encoding="utf-8"))
 
 
 def test_predict_reads_paths_from_stdin_with_min_confidence(bundle: str, val_root: Path) -> None:

@@ -6,6 +6,7 @@ import concurrent.futures
 import csv
 import io
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,9 @@ def _settings(tiny_bundle, tmp_path: Path | None = None, *, inv=None, **kw) -> S
 def client(tiny_bundle, model, tmp_path_factory):
     app = create_app(_settings(tiny_bundle, tmp_path_factory.mktemp("serve")), model=model)
     with TestClient(app) as c:
+        deadline = time.monotonic() + 60  # the warm-up runs beside the first requests: wait as a load balancer would
+        while c.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
         yield c
 
 
@@ -342,8 +346,6 @@ def test_changes_are_answered_however_long_they_take() -> None:
     """A 504 from the middleware cancels the request's task, not the thread doing the work: an enrolment
     answered 504 was made anyway (and a retry failed as a conflict). Writes are not timed; compute-only
     requests are."""
-    import time as _time
-
     import anyio
     from fastapi import FastAPI
 
@@ -352,7 +354,7 @@ def test_changes_are_answered_however_long_they_take() -> None:
     app, made = FastAPI(), []
 
     def slow_work() -> str:
-        _time.sleep(0.6)
+        time.sleep(0.6)
         made.append(1)
         return "done"
 
@@ -600,7 +602,6 @@ def test_readyz_waits_for_the_warm_up_and_reports_it(tiny_bundle, model, tmp_pat
     """/readyz answers 503 "warming up" until every batch size ran once, then 200 with the report;
     with --no-warmup it is ready at once and reports nothing."""
     import threading
-    import time
 
     from skulens.serve import warmup
 

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..data.catalogue import IMAGE_SUFFIXES
+from ..models.card import scores_cell
 from ..models.options import MODEL_BACKENDS
 from ._common import (
     EXIT_FAILED,
@@ -19,6 +21,7 @@ from ._common import (
     add_quiet,
     add_top_k,
     check_engine,
+    check_out_path,
     device_arg,
     engine_options,
     engine_out,
@@ -37,11 +40,31 @@ CSV_COLUMNS = ["source", "label", "level", "confidence", "fine_label", "fine_con
                "coarse_confidence", "top_k", "attributes", "error"]
 
 
+# Photos per model call: the rows of each chunk are written before the next is decoded, so memory stays flat on a
+# large folder and an interrupted run keeps what it finished.
+CHUNK = 512
+
+
 def _csv_row(p: Any) -> list[str]:
     return [p.source, p.label or "", p.level, f"{p.confidence:.4f}", p.fine_label or "", f"{p.fine_confidence:.4f}",
             p.coarse_label or "", "" if p.coarse_confidence is None else f"{p.coarse_confidence:.4f}",
-            ";".join(f"{lab}:{pr:.4f}" for lab, pr in p.top_k),
-            ";".join(f"{a}:{pr:.3f}" for a, pr in p.attributes), p.error or ""]
+            scores_cell(p.top_k, 4), scores_cell(p.attributes, 3), p.error or ""]
+
+
+def _check_out(out: str | None, files: list[str]) -> None:
+    """Before any photo is decoded: an --out that is one of the input photos, or named like a photo, would be
+    written over with text (`-o *.jpg` in a shell does it); a path that cannot be written fails here, not after
+    the whole run."""
+    if not out:
+        return
+    check_out_path(out, "--out")
+    path = Path(out)
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        raise UsageError(f"--out {out}: a photo's name; the predictions go to a .jsonl or .csv file")
+    if path.exists():
+        target = path.resolve()
+        if any(Path(f).resolve() == target for f in files):
+            raise UsageError(f"--out {out}: one of the input files; name another file")
 
 
 def cmd_predict(ns: argparse.Namespace) -> int:
@@ -74,25 +97,37 @@ def cmd_predict(ns: argparse.Namespace) -> int:
         if not (folder / FUSION_FILE).is_file():
             raise UsageError("--text needs a bundle with a fusion head: train one with `skulens fuse --model BUNDLE "
                              "--data ...`")
+    _check_out(ns.out, files)
     model = load_model(bundle, device=ns.device, backend=ns.backend)
-    preds = model.predict(files, top_k=ns.top_k, min_confidence=ns.min_confidence, batch_size=ns.batch_size,
-                          progress=not ns.quiet and len(files) > ns.batch_size, texts=ns.text)
+    if ns.out:
+        Path(ns.out).parent.mkdir(parents=True, exist_ok=True)
+    from tqdm.auto import tqdm
+
+    csv_out = output_format(ns) == "csv"
+    errors = 0
+    bar = tqdm(total=len(files), desc="predict", unit="photo", disable=ns.quiet or len(files) <= ns.batch_size)
     # One context manager for a file or stdout (stdout must not be closed).
     sink = open(ns.out, "w", encoding="utf-8", newline="") if ns.out else contextlib.nullcontext(sys.stdout)  # noqa: SIM115
-    with sink as out:
-        if output_format(ns) == "csv":
+    with sink as out, bar:
+        if csv_out:
             import csv
 
             w = csv.writer(out)
             w.writerow(CSV_COLUMNS)
-            w.writerows(_csv_row(p) for p in preds)
-        else:
-            for p in preds:
-                out.write(json.dumps(p.to_dict()) + "\n")
-    errors = sum(p.level == "error" for p in preds)
+        for start in range(0, len(files), CHUNK):
+            texts = ns.text[start:start + CHUNK] if ns.text is not None else None
+            preds = model.predict(files[start:start + CHUNK], top_k=ns.top_k, min_confidence=ns.min_confidence,
+                                  batch_size=ns.batch_size, texts=texts)
+            if csv_out:
+                w.writerows(_csv_row(p) for p in preds)
+            else:
+                out.writelines(json.dumps(p.to_dict()) + "\n" for p in preds)
+            out.flush()
+            errors += sum(p.level == "error" for p in preds)
+            bar.update(len(preds))
     if errors:
-        say(f"skulens predict: {errors} of {len(preds)} image(s) could not be read (see their 'error')")
-    return EXIT_FAILED if errors == len(preds) else 0
+        say(f"skulens predict: {errors} of {len(files)} image(s) could not be read (see their 'error')")
+    return EXIT_FAILED if errors == len(files) else 0
 
 
 def _predict_on_ray(ns: argparse.Namespace, bundle: str | None, files: list[str], out: Path) -> int:

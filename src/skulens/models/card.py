@@ -17,7 +17,8 @@ import numpy as np
 
 from .._version import __version__
 
-__all__ = ["CARD_SCHEMA", "ModelCard", "exclusive_attribute_pairs", "resolve_exclusive", "without_conflicts"]
+__all__ = ["CARD_SCHEMA", "ModelCard", "exclusive_attribute_pairs", "resolve_exclusive", "scores_cell",
+           "without_conflicts"]
 
 CARD_SCHEMA = 1
 log = logging.getLogger(__name__)
@@ -175,3 +176,15 @@ def without_conflicts(attributes: tuple[tuple[str, float], ...],
         if not any(frozenset((a, k)) in conflicts for k in kept):
             kept.append(a)
     return tuple((a, p) for a, p in attributes if a in kept)
+
+
+def _escape_name(name: str) -> str:
+    return name.replace("\\", "\\\\").replace(";", "\\;")
+
+
+def scores_cell(pairs: Iterable[tuple[str, float]], digits: int) -> str:
+    """Labels (or attributes) with their scores as one CSV cell, "name:0.7040;name:0.2911".
+
+    A ';' or '\\' inside a name is written '\\;' or '\\\\', so the cell splits back unambiguously: on each ';'
+    not after a '\\', then each item at its last ':' (a name may hold ':'; a score never does)."""
+    return ";".join(f"{_escape_name(name)}:{score:.{digits}f}" for name, score in pairs)

@@ -41,7 +41,7 @@ from PIL import Image
 
 from ..data.catalogue import Product
 from ..data.decode import ImageDecodeError, decode_any, to_rgb
-from ..models.card import ModelCard, exclusive_attribute_pairs, without_conflicts
+from ..models.card import ModelCard, exclusive_attribute_pairs, scores_cell, without_conflicts
 
 if TYPE_CHECKING:  # torch comes with the model: checking a vocabulary file (the CLI does, first) needs none
     from ..models.predictor import ImageInput, Model, Prediction
@@ -127,7 +127,7 @@ class ListingTags:
         return {"source": self.source, "category": self.category_path,
                 "category_labels": " > ".join(s.label for s in self.category),
                 "confidence": f"{self.category[-1].confidence:.4f}" if self.category else "",
-                "attributes": ";".join(f"{a}:{p:.3f}" for a, p in self.attributes),
+                "attributes": scores_cell(self.attributes, 3),
                 "colours": ";".join(f"{c}:{p:.2f}" for c, p in self.colours),
                 "tags": ";".join(f"{t}:{s:.3f}" for t, s in self.tags), "error": self.error or ""}
 
