@@ -344,3 +344,21 @@ def test_evaluate_unknown_label_is_one_line(bundle: str, tmp_path: Path) -> None
     r = _skulens("evaluate", bundle, "--data", str(data), "--out", str(tmp_path / "eval"), "-q")
     assert r.returncode == 2
     assert "Traceback" not in r.stderr and "soy-milk" in r.stderr
+
+
+def test_precision_flag_reaches_the_model_and_is_refused_where_it_would_do_nothing(bundle: str, val_root: Path,
+                                                                                     tmp_path: Path) -> None:
+    """No command took --precision: a CLI user could not get fp32 on a CPU that runs bf16 (or the reverse)."""
+    import skulens
+
+    photo = str(min(val_root.rglob("*.jpg")))
+    r = _skulens("predict", "-m", bundle, photo, "--precision", "off", "-k", "3", "-q")
+    assert r.returncode == 0, r.stderr
+    got = [(t["label"], t["p"]) for t in _jsonl(r.stdout)[0]["top_k"]]
+    want = skulens.load(bundle, device="cpu", precision="off").predict([photo], top_k=3)[0].top_k
+    assert [g[0] for g in got] == [w[0] for w in want]
+    assert [g[1] for g in got] == pytest.approx([w[1] for w in want], abs=1e-6)
+    for args, why in ((["--precision", "bf16", "--backend", "onnx"], "for the PyTorch backend"),
+                      (["--precision", "fp16"], "for CUDA")):
+        r = _skulens("predict", "-m", bundle, photo, *args, "-q")
+        assert r.returncode == 2 and why in r.stderr and "Traceback" not in r.stderr, r.stderr

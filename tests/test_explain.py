@@ -78,8 +78,17 @@ def test_overlay_and_cli(tiny_bundle, tmp_path: Path) -> None:
     img.save(src)
     model = skulens.load(tiny_bundle.bundle)
     exp = explain(model, src)
-    # Same calibrated probability as predict (which runs bf16 autocast on such CPUs, hence the tolerance).
-    assert exp.confidence == pytest.approx(model.predict([src])[0].top_k[0][1], abs=0.02)
+    # The class and calibrated probability predict answers, in its precision (bf16 autocast on CPUs with
+    # AVX512-BF16): explain ran fp32 and could explain another class than predict named.
+    top = model.predict([src])[0].top_k[0]
+    assert exp.label == top[0] and exp.confidence == pytest.approx(top[1], abs=1e-3)
+    full = skulens.load(tiny_bundle.bundle, precision="off")
+    top_fp32 = full.predict([src])[0].top_k[0]
+    exp32 = explain(full, src)
+    assert exp32.label == top_fp32[0] and exp32.confidence == pytest.approx(top_fp32[1], abs=1e-5)
+    for bad in (len(model.card.classes), -1, True, 1.0):  # an IndexError traceback, or silently accepted
+        with pytest.raises(ValueError, match="target must be a class name or an index"):
+            explain(model, src, target=bad)
     ov = overlay(exp)
     assert ov.size == (model.card.input_size,) * 2 and ov.mode == "RGB"
     out = tmp_path / "cam.png"

@@ -21,7 +21,7 @@ from ..config import apply_preset, config_fields, load_config
 from ..data.image_list import folder_images, is_image_list, non_utf8_names, read_image_list
 from ..data.locate import card_json, recorded_dataset, resolve_data
 from ..detect.options import DETECTOR_ONNX, onnx_export_advice
-from ..models.options import EXPORTED_FILES
+from ..models.options import EXPORTED_FILES, PRECISIONS
 
 __all__ = [
     "EXIT_FAILED",
@@ -399,6 +399,22 @@ def fraction(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
     return value
+
+
+def add_precision(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="PyTorch inference numerics: auto (default) is bf16 on CPUs with AVX512-BF16/AMX and on "
+                        "CUDA, fp32 elsewhere, so answers can differ a little between machines; off is fp32 "
+                        "everywhere (as ONNX Runtime runs); fp16 is for CUDA")
+
+
+def check_precision_flag(ns: argparse.Namespace) -> None:
+    """--precision sets PyTorch's numerics: with an exported backend it would do nothing."""
+    if ns.precision != "auto" and getattr(ns, "backend", "torch") != "torch":
+        raise UsageError(f"--precision {ns.precision}: for the PyTorch backend; --backend {ns.backend} runs the "
+                         "exported file's own numerics")
+    if ns.precision == "fp16" and not str(ns.device).startswith("cuda"):
+        raise UsageError("--precision fp16: for CUDA (--device cuda); on the CPU use bf16 or off")
 
 
 def device_arg(text: str) -> str:

@@ -14,8 +14,10 @@ from ._common import (
     add_data,
     add_model,
     add_out,
+    add_precision,
     add_quiet,
     check_out_path,
+    check_precision_flag,
     csv_list,
     data_path,
     device_arg,
@@ -32,6 +34,7 @@ ATTACK_NAMES = ("fgsm", "pgd")
 
 
 def cmd_evaluate(ns: argparse.Namespace) -> int:
+    check_precision_flag(ns)
     bundle = model_path(ns, backend=ns.backend)
     data = data_path(ns, model=bundle)  # --data, else the dataset recorded in the card
     check_out_path(ns.out, "--out", folder=True)
@@ -39,7 +42,7 @@ def cmd_evaluate(ns: argparse.Namespace) -> int:
     from ..evaluate.report import format_summary
     from ..models.predictor import load_model
 
-    model = load_model(bundle, device=ns.device, backend=ns.backend)
+    model = load_model(bundle, device=ns.device, backend=ns.backend, precision=ns.precision)
     report, base = evaluate_with_baseline(model, data, split=ns.split, out=ns.out, baseline=ns.baseline,
                                           progress=not ns.quiet)
     say(format_summary(report, base))  # the baseline beside the model's, as `skulens train` shows it
@@ -55,6 +58,7 @@ def cmd_explain(ns: argparse.Namespace) -> int:
     if len(inputs) != 1:
         raise UsageError("give one photo to explain")
     image = inputs[0]
+    check_precision_flag(ns)
     check_out_path(ns.out, "--out")
     from PIL import Image
 
@@ -63,7 +67,7 @@ def cmd_explain(ns: argparse.Namespace) -> int:
     from ..evaluate.explain import explain, overlay
     from ..models.predictor import load_model
 
-    model = load_model(bundle, device=ns.device)
+    model = load_model(bundle, device=ns.device, precision=ns.precision)
     if ns.target is not None and ns.target not in model.card.classes:
         raise UsageError(f"--target {ns.target!r}: not a class of this model (it knows {len(model.card.classes)}, "
                          f"e.g. {', '.join(model.card.classes[:3])})")
@@ -114,6 +118,7 @@ def add_commands(sub: Any) -> None:
     add_out(e, "report directory", required=True)
     e.add_argument("--baseline", action="store_true", help="also evaluate the linear probe on the pretrained backbone")
     _device(e)
+    add_precision(e)
     e.add_argument("--backend", choices=MODEL_BACKENDS, default="torch",
                    help="onnx: the bundle's model.onnx (ONNX Runtime); onnx-int8: its model.int8.onnx; tflite: its "
                         "model.tflite (LiteRT); tflite-int8: its model.int8.tflite")
@@ -126,6 +131,7 @@ def add_commands(sub: Any) -> None:
     add_out(ex, "overlay PNG to write (default: explanation.png)", default="explanation.png", legacy_output=True)
     ex.add_argument("--target", help="class to explain (default: the predicted one)")
     _device(ex)
+    add_precision(ex)
     ex.set_defaults(func=cmd_explain)
 
     r = sub.add_parser("robustness", help="accuracy under FGSM/PGD attacks and common corruptions")

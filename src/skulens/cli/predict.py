@@ -18,10 +18,12 @@ from ._common import (
     add_engine,
     add_model,
     add_out,
+    add_precision,
     add_quiet,
     add_top_k,
     check_engine,
     check_out_path,
+    check_precision_flag,
     device_arg,
     engine_options,
     engine_out,
@@ -71,6 +73,7 @@ def cmd_predict(ns: argparse.Namespace) -> int:
     inputs = list(ns.inputs)
     if ns.model is None and inputs:  # old spelling: `predict BUNDLE photos...`
         ns.legacy_model = inputs.pop(0)
+    check_precision_flag(ns)
     bundle = model_path(ns, backend=ns.backend)
     on_ray = check_engine(ns)
     if on_ray and (ns.text is not None or ns.format is not None):
@@ -98,7 +101,7 @@ def cmd_predict(ns: argparse.Namespace) -> int:
             raise UsageError("--text needs a bundle with a fusion head: train one with `skulens fuse --model BUNDLE "
                              "--data ...`")
     _check_out(ns.out, files)
-    model = load_model(bundle, device=ns.device, backend=ns.backend)
+    model = load_model(bundle, device=ns.device, backend=ns.backend, precision=ns.precision)
     if ns.out:
         Path(ns.out).parent.mkdir(parents=True, exist_ok=True)
     from tqdm.auto import tqdm
@@ -136,7 +139,7 @@ def _predict_on_ray(ns: argparse.Namespace, bundle: str | None, files: list[str]
 
     assert bundle is not None
     job = PredictJob(bundle, top_k=ns.top_k, min_confidence=ns.min_confidence, batch_size=ns.batch_size,
-                     device=ns.device, backend=ns.backend)
+                     device=ns.device, precision=ns.precision, backend=ns.backend)
     res = run_job(job, files, out, **engine_options(ns))
     say(f"skulens predict: {res.rows} image(s) on Ray, {ns.actors} actor(s), in {res.seconds:.1f} s "
         f"({res.images_per_s:.1f} images/s) -> {res.out}")
@@ -215,6 +218,7 @@ def add_commands(sub: Any) -> None:
     pr.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default: 32)")
     pr.add_argument("--text", action="append", help="each image's listing text, in order (uses the fusion head)")
     pr.add_argument("--device", type=device_arg, default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    add_precision(pr)
     pr.add_argument("--backend", choices=MODEL_BACKENDS, default="torch",
                     help="onnx: run the bundle's model.onnx (or a .onnx file) with ONNX Runtime; onnx-int8: its "
                          "model.int8.onnx (export --int8 or --preset fast); tflite: its model.tflite (or a .tflite "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -9,7 +10,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..models.inference import head_probabilities
+from ..models.inference import autocast_context, head_probabilities
 
 __all__ = ["Explanation", "explain", "overlay", "target_layer"]
 
@@ -50,7 +51,10 @@ def target_layer(net: nn.Module, x: torch.Tensor) -> nn.Module:
 
 
 def explain(model, image, *, target: str | int | None = None) -> Explanation:
-    """Grad-CAM of `target` (a class name or index; default: the predicted class) for one image."""
+    """Grad-CAM of `target` (a class name or index; default: the predicted class) for one image.
+
+    The class and its confidence come from the model's own precision (bf16 where `predict` runs bf16), so the
+    class explained is the one `model.predict` answers; the heatmap's gradients are computed in fp32."""
     try:
         from captum.attr import LayerAttribution, LayerGradCam
     except ImportError as e:
@@ -67,12 +71,17 @@ def explain(model, image, *, target: str | int | None = None) -> Explanation:
         from ..data.decode import ImageDecodeError
 
         raise ImageDecodeError(str(image), failed[0][1])
+    n = len(model.card.classes)
+    if isinstance(target, str) and target not in model.card.classes:
+        raise ValueError(f"unknown class {target!r} (the model knows {n} classes)")
+    if target is not None and not isinstance(target, str) and (
+            isinstance(target, bool) or not isinstance(target, numbers.Integral) or not 0 <= target < n):
+        raise ValueError(f"target must be a class name or an index in 0..{n - 1}, got {target!r}")
     net = model.net.float().eval()
     x = model.transform(tensors[0]).unsqueeze(0).to(model.device)
-    with torch.no_grad():  # the calibrated probabilities predict() reports, not a bare softmax
-        probs = head_probabilities(net, x)["fine"][0]
-    if isinstance(target, str) and target not in model.card.classes:
-        raise ValueError(f"unknown class {target!r} (the model knows {len(model.card.classes)} classes)")
+    # the calibrated probabilities predict() reports (not a bare softmax), in its precision
+    with torch.no_grad(), autocast_context(model.device, model.precision):
+        probs = head_probabilities(net, x)["fine"][0].float()
     idx = int(probs.argmax()) if target is None else (
         model.card.classes.index(target) if isinstance(target, str) else int(target))
     layer = target_layer(net, x)

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .classifier import SkuModel
+from .options import PRECISIONS
 
 if TYPE_CHECKING:
     from .card import ModelCard
@@ -183,9 +184,6 @@ class Runner(Protocol):
 
     def __call__(self, images: Sequence[torch.Tensor], transform: Callable[[torch.Tensor], torch.Tensor], *,
                  batch_size: int, embeddings: bool, progress: bool) -> HeadOutputs: ...
-
-
-PRECISIONS = ("auto", "bf16", "fp16", "off")
 
 
 def check_precision(precision: str, device: torch.device) -> str:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-__all__ = ["EXPORTED_FILES", "MODEL_BACKENDS"]
+__all__ = ["EXPORTED_FILES", "MODEL_BACKENDS", "PRECISIONS"]
 
 # torch: the bundle's weights in PyTorch; the others run a file `skulens export` wrote into the bundle.
 EXPORTED_FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx", "tflite": "model.tflite",
                   "tflite-int8": "model.int8.tflite"}
 MODEL_BACKENDS = ("torch", *EXPORTED_FILES)
+
+# The PyTorch backend's inference numerics (models.inference.autocast_context): auto is bf16 on CPUs with
+# AVX512-BF16/AMX and on CUDA, fp32 elsewhere; off is fp32 everywhere.
+PRECISIONS = ("auto", "bf16", "fp16", "off")
