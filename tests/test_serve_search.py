@@ -259,6 +259,33 @@ def test_enrol_a_new_product_then_predict_and_find_it(client) -> None:
     assert "new-red-thing" not in state.recommender.item_vectors
 
 
+def test_an_enrolled_products_title_and_text_outlive_a_restart(backends, client, tmp_path: Path) -> None:
+    """After a restart, an enrolled product was named by its label ("juicy thing", no description) in GET
+    /v1/products, predict, tags and support, while search hits showed its title: the card's enrolment record and
+    the index's (PATCHed) texts were never read for a label of the model."""
+    from skulens.api import _catalogue_products
+
+    bundle, _, _ = backends
+    shots = [("images", (f"j{i}.png", photo_bytes("green-apple", 950 + i, fmt="PNG"), "image/png")) for i in range(3)]
+    r = client.post("/v1/products", data={"product_id": "juicy-thing", "title": "Fancy Juice",
+                                          "text": "cold pressed apple juice", "coarse_label": "Apple"},
+                    files=shots, headers=AUTH)
+    assert r.status_code == 201, r.text
+    try:
+        patched = client.patch("/v1/products/juicy-thing", json={"text": "cloudy pressed apple juice"}, headers=AUTH)
+        assert patched.status_code == 200, patched.text
+        settings = client.app.state.skulens.settings
+        with TestClient(create_app(settings)) as again:  # a restart: everything read from disk
+            got = again.get("/v1/products/juicy-thing").json()
+            assert got["title"] == "Fancy Juice" and got["description"] == "cloudy pressed apple juice", got
+        # the Python API's (and `skulens tag`'s) products: the card's enrolment record
+        products = _catalogue_products(None, skulens.load(bundle, device="cpu", precision="off"))
+        assert products["juicy-thing"].title == "Fancy Juice"
+        assert products["juicy-thing"].description == "cold pressed apple juice"
+    finally:
+        assert client.delete("/v1/products/juicy-thing", headers=AUTH).status_code == 200
+
+
 def test_an_enrolment_while_another_process_holds_the_bundle_is_a_503(client, monkeypatch) -> None:
     """`skulens enroll` from the CLI holds the bundle's lock; a service enrolment that cannot get it in time was a
     500 (BundleError); it is a 503 with Retry-After, and the bundle and index are as they were."""

@@ -162,14 +162,16 @@ def _catalogue_products(data: str | os.PathLike | None, model: Model) -> dict[st
     import logging
 
     from .data.catalogue import CatalogueError, class_products, load_catalogue
+    from .models.card import enrolled_products
 
+    enrolled = enrolled_products(model.card)  # their enrolment's title and text (no catalogue sheet names them)
     if data is not None:
-        return class_products(load_catalogue(data, val_fraction=0))
+        return {**enrolled, **class_products(load_catalogue(data, val_fraction=0))}
     recorded = model.card.dataset.get("path")
     if not recorded or not os.path.exists(recorded):
-        return {}
+        return enrolled
     try:
-        return class_products(load_catalogue(recorded, val_fraction=0))
+        return {**enrolled, **class_products(load_catalogue(recorded, val_fraction=0))}
     except CatalogueError as exc:  # the training data moved or changed: tag without titles and texts
         logging.getLogger(__name__).warning("catalogue %s: %s; tagging without product sheets", recorded, exc)
-        return {}
+        return enrolled

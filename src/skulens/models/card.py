@@ -11,14 +11,17 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from .._version import __version__
 
-__all__ = ["CARD_SCHEMA", "ModelCard", "exclusive_attribute_pairs", "resolve_exclusive", "scores_cell",
-           "without_conflicts"]
+if TYPE_CHECKING:
+    from ..data._types import Product
+
+__all__ = ["CARD_SCHEMA", "ModelCard", "enrolled_products", "exclusive_attribute_pairs", "resolve_exclusive",
+           "scores_cell", "without_conflicts"]
 
 CARD_SCHEMA = 1
 log = logging.getLogger(__name__)
@@ -188,3 +191,14 @@ def scores_cell(pairs: Iterable[tuple[str, float]], digits: int) -> str:
     A ';' or '\\' inside a name is written '\\;' or '\\\\', so the cell splits back unambiguously: on each ';'
     not after a '\\', then each item at its last ':' (a name may hold ':'; a score never does)."""
     return ";".join(f"{_escape_name(name)}:{score:.{digits}f}" for name, score in pairs)
+
+
+def enrolled_products(card: ModelCard) -> dict[str, Product]:
+    """The products enrolled after training (`skulens enroll`, POST /v1/products), as the card records them: the
+    title and text given at enrolment and the coarse class. A product that is only a label of the model has no
+    catalogue sheet, so without these a restarted service or `skulens tag` named it by its label."""
+    from ..data._types import Product
+
+    return {e["label"]: Product(label=e["label"], coarse_label=e.get("coarse_label"), title=e.get("title") or "",
+                                description=e.get("text") or "")
+            for e in card.enrolled if isinstance(e, dict) and e.get("label") in card.classes}

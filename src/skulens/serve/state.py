@@ -22,6 +22,7 @@ from PIL import Image
 from ..config import ConfigError
 from ..data.catalogue import Product
 from ..data.decode import decode_image
+from ..models.card import enrolled_products
 from .batching import MicroBatcher
 from .intake import count_shelf
 from .inventory import IntakePhoto, IntakeResult, InventoryStore, ShelfPhoto, storage_error
@@ -209,11 +210,19 @@ class ServiceState:
         products, responder, error = _load_support(settings, model)
         search = _load_search(settings, model) if settings.index else None
         if search is not None:
-            for r in search.index.records():  # products known only to the index (enrolled, other catalogues)
-                if r.product_id not in products:
-                    products[r.product_id] = Product(label=r.product_id, coarse_label=r.coarse_label,
-                                                     title=r.title or r.product_id, description=r.text,
-                                                     image=r.image and Path(r.image))
+            # products known only to the index (other catalogues), and the enrolled ones: their index records
+            # hold the title and text as PATCHed since the enrolment (a catalogue product's sheet is read again)
+            enrolled, seen = set(enrolled_products(model.card)), set()
+            for r in search.index.records():
+                if r.product_id in seen or (r.product_id in products and r.product_id not in enrolled):
+                    continue
+                seen.add(r.product_id)
+                known = products.get(r.product_id)
+                products[r.product_id] = Product(
+                    label=r.product_id, coarse_label=r.coarse_label or (known.coarse_label if known else None),
+                    title=r.title or (known.title if known else "") or r.product_id,
+                    description=r.text or (known.description if known else ""),
+                    image=r.image and Path(r.image))
         fit = _recommender_fit(model, products) if settings.events or settings.db else None
         if responder is not None:
             responder.products = products
@@ -446,6 +455,8 @@ def _load_support(settings: ServeSettings, model: Model) -> tuple[dict[str, Prod
         logger.warning("catalogue %s could not be loaded (%s); support replies know only the labels", fallback, exc)
         products = {}
     card = model.card
+    for label, product in enrolled_products(card).items():  # their enrolment's title and text, not the label's
+        products.setdefault(label, product)
     coarse = {c: card.coarse_classes[card.fine_to_coarse[i]] for i, c in enumerate(card.classes)
               if card.coarse_classes and card.fine_to_coarse}
     for c in card.classes:  # every label the model can answer has at least a name and its coarse class
