@@ -362,3 +362,12 @@ def test_precision_flag_reaches_the_model_and_is_refused_where_it_would_do_nothi
                       (["--precision", "fp16"], "for CUDA")):
         r = _skulens("predict", "-m", bundle, photo, *args, "-q")
         assert r.returncode == 2 and why in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_a_closed_pipe_is_no_traceback(bundle: str) -> None:
+    """`skulens search ... | head -1` ended in a BrokenPipeError traceback when head left before the output did."""
+    proc = subprocess.Popen([sys.executable, "-m", "skulens.cli", "info", "-m", bundle], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the first line is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0 and "Traceback" not in err and "BrokenPipe" not in err, err

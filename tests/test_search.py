@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import skulens
 from skulens.cli import main
@@ -129,6 +130,11 @@ def test_text_search_after_alignment(tiny_bundle, catalogue: Path, tmp_path: Pat
     for bad in (0, -1, 2.5, True):  # -1 sliced off the last hit, 0 gave [[]], 2.5 a TypeError from a slice
         with pytest.raises(ValueError, match="k must be a whole number >= 1"):
             no_aligner.by_text(["oat drink"], k=bad, mode="text")  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="k must be a whole number >= 1"):  # a photo search checks it too
+            engine.by_image([Image.new("RGB", (64, 64), (200, 30, 30))], k=bad)  # type: ignore[arg-type]
+    for mode in ("text", "hybrid"):  # a shell's non-UTF-8 argument ('caf\xe9'): a tokenizer TypeError traceback
+        with pytest.raises(ValueError, match="query 1 of 1 is not valid text"):
+            no_aligner.by_text(["caf\udce9 milk"], mode=mode)
     # the CLI: a wrong --align path and an aligned search without an aligner are one-line usage errors
     search = ["search", "--index", str(index_dir), "--text", "oat milk"]
     assert main([*search, "--align", str(tmp_path / "typo.safetensors")]) == 2

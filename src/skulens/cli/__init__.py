@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 from ._common import EXIT_FAILED, EXIT_STORAGE, EXIT_USAGE, UsageError, is_rank_zero, say
 
@@ -56,6 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         say("skulens: interrupted")
         return 130
+    except BrokenPipeError:  # `skulens search ... | head`: the reader has what it wanted; no traceback
+        import os
+
+        # stdout's last buffered bytes would fail again at exit ("Exception ignored ..."): send them nowhere
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as e:
         from ..config import ConfigError
         from ._errors import is_run_failure, is_user_error, storage_failure

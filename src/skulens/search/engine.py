@@ -153,6 +153,11 @@ def check_index_model(model: Model, index: VectorIndex) -> float | None:
     return cosine
 
 
+def _check_k(k: object) -> None:
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:  # -1 sliced off the last hit
+        raise IndexStoreError(f"k must be a whole number >= 1, got {k!r}")
+
+
 class SearchEngine:
     """text_model: the text encoder of the dense side (a sentence-transformers folder, or "minilm"); by
     default the model bundle's fine-tuned encoder when it has one (`skulens text-tune`), else MiniLM."""
@@ -189,6 +194,7 @@ class SearchEngine:
                  ) -> list[list[SearchHit]]:
         if self.model is None:
             raise ValueError("image search needs the model the index was built with")
+        _check_k(k)  # before the photos are embedded (2.5 was a numpy TypeError after it; True one hit)
         if not self.routes(filter):
             return self.by_vector(self.model.embed(images), k=k, filter=filter)
         vectors, coarse = self.model.embed_with_coarse(images)
@@ -202,6 +208,7 @@ class SearchEngine:
                   coarse: np.ndarray | None = None, group_by_product: bool = True) -> list[list[SearchHit]]:
         """`coarse`: the photos' coarse-class probabilities, to route each search (when this engine routes);
         `group_by_product`: distinct products (the default) or raw index entries, as `VectorIndex.search`."""
+        _check_k(k)
         vectors = np.asarray(vectors, dtype=np.float32)
         if coarse is None or not self.routes(filter):
             return self.index.search(vectors, k=k, filter=filter, group_by_product=group_by_product)
@@ -237,8 +244,7 @@ class SearchEngine:
         image space only), text (dense similarity to the products' texts only), lexical (BM25 only)."""
         if mode not in TEXT_MODES:
             raise ValueError(f"unknown text search mode {mode!r}: {', '.join(TEXT_MODES)}")
-        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:  # -1 sliced off the last hit
-            raise IndexStoreError(f"k must be a whole number >= 1, got {k!r}")
+        _check_k(k)
         if isinstance(texts, str):
             raise TypeError("by_text() takes a list of queries")
         texts = list(texts)
@@ -247,6 +253,12 @@ class SearchEngine:
         if empty:
             raise ValueError(f"empty text query (query {empty[0] + 1} of {len(texts)}): no letters or digits; give "
                              "some words to search by")
+        for i, t in enumerate(texts):  # a shell's non-UTF-8 argument arrives with lone surrogates: the tokenizer's
+            try:                       # TypeError traceback before
+                t.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(f"text query {i + 1} of {len(texts)} is not valid text (bytes that are not UTF-8: "
+                                 f"{t.encode('utf-8', 'backslashreplace').decode('ascii', 'replace')[:60]})") from None
         if mode == "aligned" and self.aligner is None:
             raise ValueError("no text alignment for this model: run `skulens align` first, or use mode 'text'")
         depth = max(k, _FUSE_DEPTH) if mode == "hybrid" else k
