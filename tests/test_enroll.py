@@ -97,6 +97,9 @@ def test_enroll_infers_coarse_and_rejects_bad_requests(bundle_copy: Path, blue_p
     bad.write_bytes(b"not an image")
     with pytest.raises(EnrolmentError, match="no usable photo"):
         enroll(bundle_copy, "x", [bad], data=tiny_catalogue)
+    for name in ("..", ".", "a/b"):  # names POST /v1/products refuses: no route could reach the product
+        with pytest.raises(EnrolmentError, match="in a product's name"):
+            enroll(bundle_copy, name, blue_photos[:2], data=tiny_catalogue)
     assert read_card(bundle_copy).classes == ("green-apple", "oat-milk", "red-apple")  # nothing changed
     res = enroll(bundle_copy, "blue-box", [*blue_photos[:2], bad], data=tiny_catalogue)
     assert res.coarse_inferred and res.coarse_label in ("Apple", "Milk") and len(res.skipped) == 1

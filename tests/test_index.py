@@ -571,6 +571,9 @@ def test_metadata_from_a_csv_and_a_filter_are_typed_alike(tmp_path: Path) -> Non
         table.write_text(body, encoding="utf-8")
         with pytest.raises(error, match=re.escape(needle)):
             read_metadata_table(table)
+    for missing in (table.with_name("nofile.csv"), table.parent):  # a bare FileNotFoundError / IsADirectoryError
+        with pytest.raises(CatalogueError, match="cannot read it"):
+            read_metadata_table(missing)
 
 
 def test_milvus_expressions_escape_strings():

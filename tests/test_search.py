@@ -459,3 +459,14 @@ def test_a_path_this_user_cannot_write_is_a_user_error() -> None:
     from skulens.cli._errors import is_user_error
 
     assert is_user_error(PermissionError(13, "Permission denied", "/sys/x.csv"))
+
+
+def test_index_build_says_which_photos_it_left_out(tiny_bundle, catalogue: Path, tmp_path: Path, capsys) -> None:
+    """The default --splits train left val's photos out without a word (a folder catalogue's carved 10 % too)."""
+    n_val = len(_val(catalogue))
+    assert main(["index", "build", "-m", str(tiny_bundle.bundle), "--data", str(catalogue), "-o",
+                 str(tmp_path / "a"), "-q"]) == 0
+    assert f"not indexed: {n_val} photos of val; --splits train val indexes them too" in capsys.readouterr().err
+    assert main(["index", "build", "-m", str(tiny_bundle.bundle), "--data", str(catalogue), "-o",
+                 str(tmp_path / "b"), "--splits", "train", "val", "-q"]) == 0
+    assert "not indexed" not in capsys.readouterr().err

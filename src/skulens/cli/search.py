@@ -67,13 +67,19 @@ def cmd_index_build(ns: argparse.Namespace) -> int:
     wrong = [f"--{k.replace('_', '-')}" for k in other if k in options]
     if wrong:
         raise UsageError(f"{', '.join(wrong)}: not a setting of the {ns.backend} backend")
-    res = build_catalogue_index(load_model(bundle, device=ns.device), load_catalogue(data), ns.out, backend=ns.backend,
+    catalogue = load_catalogue(data)
+    res = build_catalogue_index(load_model(bundle, device=ns.device), catalogue, ns.out, backend=ns.backend,
                                 splits=ns.splits, catalogue_photos=ns.catalogue_photos, metadata=meta,
                                 progress=not ns.quiet, overwrite=ns.overwrite, batch_size=ns.batch_size,
                                 embed=_ray_embedder(ns, bundle) if on_ray else None, **options)
     where = ns.out if not ns.collection or "#" in ns.out else f"{ns.out}#{ns.collection}"
     say(f"index {where} ({ns.backend}): {res.entries} photos of {res.products} products"
         + (f"; other commands open it as {where}" if where != ns.out else ""))
+    left = {name: len(samples) for name, samples in catalogue.splits.items() if name not in ns.splits and samples}
+    if left:  # a folder catalogue's carved val (10 %) was left out unsaid
+        carved = " (carved out of train)" if catalogue.val_was_generated and "val" in left else ""
+        say("not indexed: " + ", ".join(f"{n} photos of {name}" for name, n in left.items()) + carved
+            + f"; --splits {' '.join([*ns.splits, *left])} indexes them too")
     if res.failed:
         say(f"skipped {len(res.failed)} undecodable image(s), e.g. {res.failed[0][0]}: {res.failed[0][1]}")
     return 0

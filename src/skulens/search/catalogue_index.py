@@ -41,6 +41,8 @@ def read_metadata_table(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
         raise CatalogueError(f"{p}: {not_utf8(p)}") from None
     except csv.Error as exc:  # NUL bytes, a runaway quoted field
         raise CatalogueError(f"{p}: not a CSV file ({exc})") from None
+    except OSError as exc:  # missing, a folder, unreadable: named as --vocabulary's is
+        raise CatalogueError(f"{p}: cannot read it ({exc.strerror or exc})") from None
 
 
 def _read_metadata_table(p: Path) -> dict[str, dict[str, Any]]:

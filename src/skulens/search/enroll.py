@@ -363,8 +363,11 @@ def enroll(bundle: str | os.PathLike, label: str, images: Sequence[str | os.Path
     label = label.strip()
     if not label:
         raise EnrolmentError("the product needs a name")
-    if any(ord(ch) < 32 or ch in "/\\" for ch in label):  # a path segment of /v1/products/{id}, a folder name
-        raise EnrolmentError(f"product {label[:40]!r}: no '/', '\\' or control characters in a product's name")
+    # a path segment of /v1/products/{id} and a folder name: "." and ".." are neither (the service refused them,
+    # the CLI enrolled a product no route could reach, its photos kept in enrolled/product/)
+    if any(ord(ch) < 32 or ch in "/\\" for ch in label) or label in (".", ".."):
+        raise EnrolmentError(f"product {label[:40]!r}: no '/', '\\' or control characters in a product's name, "
+                             "and not '.' or '..'")
     if coarse is not None and not coarse.strip():
         raise EnrolmentError("the coarse class is empty: give its name, or leave it out to have it inferred")
     if coarse is not None and not card.coarse_classes:  # it was recorded, then broke `retrain` (no hierarchy)
