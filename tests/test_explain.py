@@ -130,3 +130,16 @@ def test_explaining_a_plain_pretrained_backbone_is_one_line(tmp_path: Path, caps
     assert main(["explain", "-m", "pretrained:efficientnet_lite0", str(src), "--out", str(tmp_path / "c.png")]) == 2
     err = capsys.readouterr().err
     assert "no classifier" in err and "Traceback" not in err
+
+
+def test_explain_of_an_exported_file_says_what_to_give(tmp_path: Path, capsys) -> None:
+    """`explain -m model.onnx` said "load it with --backend onnx", a flag explain does not have."""
+    from skulens.cli import main
+
+    exported = tmp_path / "model.onnx"
+    exported.write_bytes(b"onnx")
+    src = tmp_path / "photo.png"
+    _scene("red", (30, 30))[0].save(src)
+    assert main(["explain", "-m", str(exported), str(src), "--out", str(tmp_path / "cam.png")]) == 2
+    err = capsys.readouterr().err
+    assert "give the bundle folder it was exported from" in err and "--backend" not in err

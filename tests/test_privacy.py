@@ -407,6 +407,13 @@ def test_cli_pseudonymise_erase_and_purge(inventory_db, tmp_path: Path, monkeypa
     assert main(["inventory", "erase-user", "alice", "--db", inventory_db.url(), "--events", str(tmp_path / "no.csv"),
                  "--pseudonym-key-file", str(key), *folders]) == 2  # told before anything is erased
     assert "nothing was erased" in capsys.readouterr().err
+    for argv in (["inventory", "erase-user", " alice", "--db", inventory_db.url(), "--events", str(out),
+                  "--pseudonym-key-file", str(key), *folders],  # erased nothing (no id has spaces), exit 0
+                 ["recommend", "for", "--events", str(out), "--user", "alice ", "--pseudonym-key-file", str(key)]):
+        with pytest.raises(SystemExit) as stop:
+            main(argv)
+        assert stop.value.code == 2 and "has spaces around it" in capsys.readouterr().err
+    assert [e.user_id for e in read_events(out)] == [p("alice"), p("bob")]
     assert main(["inventory", "erase-user", "alice", "--db", inventory_db.url(), "--events", str(out),
                  "--pseudonym-key-file", str(key), *folders]) == 0
     assert json.loads(capsys.readouterr().out) == {"user": p("alice"), "events": 1, "log_events": 1, "photos": 1,

@@ -289,3 +289,27 @@ def test_robust_top1_selects_on_clean_and_degraded_selection_photos(tiny_bundle,
     assert picked == max(max(h["val_robust_top1"], h["val_ema_robust_top1"]) for h in history)
     with pytest.raises(ConfigError, match="needs corrupt_fraction"):
         resolve_config({"monitor": "robust_top1"})
+
+
+def test_reports_inside_a_folder_catalogue_and_empty_measurements_are_refused(tiny_bundle, tmp_path: Path,
+                                                                              capsys) -> None:
+    """`evaluate --out cat/eval` over a folder catalogue made 'eval' a stray split (or a class) of every later
+    command over it; `robustness --attacks '' --corruptions none` wrote an empty report, exit 0."""
+    from conftest import write_folder_catalogue
+
+    (tmp_path / "cat").mkdir()
+    cat = write_folder_catalogue(tmp_path / "cat", seed=3, per_class=4)
+    before = sorted(p.name for p in cat.iterdir())
+    for argv in (["evaluate", "-m", str(tiny_bundle.bundle), "--data", str(cat), "--out", str(cat / "eval")],
+                 ["robustness", "-m", str(tiny_bundle.bundle), "--data", str(cat), "--out", str(cat / "r"),
+                  "--corruptions", "jpeg", "--severities", "1", "--attacks", ""]):
+        assert main([*argv, "-q"]) == 2
+        assert "inside the catalogue folder" in capsys.readouterr().err
+    assert sorted(p.name for p in cat.iterdir()) == before
+    base = ["robustness", "-m", str(tiny_bundle.bundle), "--data", str(cat), "--out", str(tmp_path / "r"), "-q"]
+    for extra, needle in ((["--attacks", "", "--corruptions", "none"], "nothing to measure"),
+                          (["--eps", "", "--corruptions", "none"], "no budget given"),
+                          (["--attacks", "", "--severities", ""], "none given for the corruptions")):
+        assert main([*base, *extra]) == 2
+        assert needle in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

@@ -208,6 +208,16 @@ def add_out(p: argparse.ArgumentParser, help_text: str, *, required: bool = Fals
         deprecated_alias(p, "--output", "--out", "out")
 
 
+def refuse_out_in_catalogue(out: str | os.PathLike[str] | None, data: str | None, flag: str = "--out") -> None:
+    """An output folder inside a folder-per-class catalogue became a class (or a stray split) of the next run,
+    evaluation or index build over it (`skulens train` refuses it for its run folder too)."""
+    from ..data.catalogue import reads_its_folders
+
+    if out and data and reads_its_folders(data) and Path(out).resolve().is_relative_to(Path(data).resolve()):
+        raise UsageError(f"{flag} {out} is inside the catalogue folder {data}: the next command over it would read "
+                         "these files as a class; choose a folder outside it")
+
+
 def check_out_path(value: str | os.PathLike[str] | None, flag: str, *, folder: bool = False) -> None:
     """Refuse, before any work, an output path that cannot be written: a file where a folder is wanted (or the
     other way round), or a file where one of its parent folders would have to be."""
@@ -415,6 +425,17 @@ def check_precision_flag(ns: argparse.Namespace) -> None:
                          "exported file's own numerics")
     if ns.precision == "fp16" and not str(ns.device).startswith("cuda"):
         raise UsageError("--precision fp16: for CUDA (--device cuda); on the CPU use bf16 or off")
+
+
+def user_id_arg(text: str) -> str:
+    """A user id as the behaviour log keeps it: its reader strips ids, so ' u42' matched no row (an erasure that
+    erased nothing, exit 0; recommendations for a new user, unsaid)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty user id")
+    if text != text.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} has spaces around it, which no recorded id has (the behaviour "
+                                         f"log's ids are stripped): give {text.strip()!r}")
+    return text
 
 
 def device_arg(text: str) -> str:

@@ -23,6 +23,7 @@ from ._common import (
     device_arg,
     model_path,
     positive_int,
+    refuse_out_in_catalogue,
     say,
 )
 
@@ -38,6 +39,7 @@ def cmd_evaluate(ns: argparse.Namespace) -> int:
     bundle = model_path(ns, backend=ns.backend)
     data = data_path(ns, model=bundle)  # --data, else the dataset recorded in the card
     check_out_path(ns.out, "--out", folder=True)
+    refuse_out_in_catalogue(ns.out, data)
     from ..evaluate.evaluator import evaluate_with_baseline
     from ..evaluate.report import format_summary
     from ..models.predictor import load_model
@@ -58,6 +60,9 @@ def cmd_explain(ns: argparse.Namespace) -> int:
     if len(inputs) != 1:
         raise UsageError("give one photo to explain")
     image = inputs[0]
+    if bundle and Path(bundle).suffix.lower() in (".onnx", ".tflite"):  # its error named a --backend explain lacks
+        raise UsageError(f"--model {bundle}: an exported file; explain takes gradients through the PyTorch weights: "
+                         "give the bundle folder it was exported from")
     check_precision_flag(ns)
     check_out_path(ns.out, "--out")
     from PIL import Image
@@ -92,7 +97,16 @@ def cmd_robustness(ns: argparse.Namespace) -> int:
         raise UsageError(f"--eps: budgets must be finite and > 0 pixel levels, got {ns.eps}")
     if any(not 1 <= s <= 5 for s in severities):
         raise UsageError(f"--severities: each in 1..5, got {ns.severities}")
+    if attacks and not eps:
+        raise UsageError("--eps: no budget given for the attacks (e.g. --eps 1,2,4), or --attacks '' for none")
+    if corruptions and not severities:
+        raise UsageError("--severities: none given for the corruptions (e.g. --severities 1,3,5), or --corruptions "
+                         "none")
+    if not attacks and not corruptions:  # an empty report (and a plot warning), exit 0
+        raise UsageError("nothing to measure beside clean accuracy: give --attacks with --eps, or --corruptions "
+                         "(`skulens evaluate` scores clean photos)")
     check_out_path(ns.out, "--out", folder=True)
+    refuse_out_in_catalogue(ns.out, data)
     from ..evaluate.robustness import robustness_bundle, to_markdown, write_robustness
 
     report = robustness_bundle(bundle, data, split=ns.split, limit=ns.limit, device=ns.device,

@@ -30,6 +30,7 @@ from ._common import (
     positive_int,
     pseudonymizer,
     say,
+    user_id_arg,
 )
 
 __all__ = ["add_commands"]
@@ -112,7 +113,7 @@ def add_commands(sub: Any) -> None:
 
     e = isub.add_parser("erase-user", help="erase a user: their behaviour events and the photos they sent "
                                            "(audited; counts stay)")
-    e.add_argument("user_id", help="the user as the shop knows them (looked up by pseudonym)")
+    e.add_argument("user_id", type=user_id_arg, help="the user as the shop knows them (looked up by pseudonym)")
     e.add_argument("--db", help=_DB_HELP + "; without it (a service run with --events only), the user leaves the "
                                            "--events log alone, unaudited")
     e.add_argument("--events", help="behaviour-log CSV the service reads (--events): the user's rows go too")

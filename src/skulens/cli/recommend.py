@@ -21,6 +21,7 @@ from ._common import (
     positive_int,
     pseudonymizer,
     say,
+    user_id_arg,
 )
 
 __all__ = ["add_commands"]
@@ -139,7 +140,7 @@ def add_commands(sub: Any) -> None:
     _model_flag(g)
     g.add_argument("--kind", choices=("hybrid", "content", "popularity"), default="hybrid",
                    help="recommender (default: hybrid)")
-    g.add_argument("--user", nargs="+", help="user id(s)")
+    g.add_argument("--user", nargs="+", type=user_id_arg, help="user id(s)")
     g.add_argument("--similar", nargs="+", help="product id(s)")
     g.add_argument("--seed-product", action="append", help="for a user with no history: products they look at now")
     g.add_argument("--include-seen", action="store_true", help="also recommend products the user already had")

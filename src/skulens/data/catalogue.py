@@ -46,7 +46,8 @@ from ._products import PRODUCTS_CSV, read_products
 from ._types import IMAGE_SUFFIXES, Catalogue, CatalogueError, Loaded, Product, Sample, ordered_splits
 
 __all__ = ["EXTRA_TRAIN", "IMAGE_SUFFIXES", "Catalogue", "CatalogueError", "Product", "Sample", "class_products",
-           "label_attributes", "load_catalogue", "merge_samples", "selection_split", "stratified_folds"]
+           "label_attributes", "load_catalogue", "merge_samples", "reads_its_folders", "selection_split",
+           "stratified_folds"]
 
 # Photos a run trains on but never holds out or selects on: self-training's pseudo-labelled ones, whose labels
 # are the teacher's guesses (a hold-out drawn over them would score the student against those guesses).
@@ -165,6 +166,15 @@ def _load_layout(source: Path) -> Loaded:
     if manifests:
         return load_manifest(manifests[0])
     return load_folders(source)
+
+
+def reads_its_folders(source: str | os.PathLike[str]) -> bool:
+    """Whether the catalogue at `source` takes its classes (or splits) from the folders under it, so that any
+    folder written inside it becomes a class of the next run, evaluation or index build. A manifest lists its
+    photos and the grocery layout its split files: files written beside them are never read."""
+    path = Path(source)
+    return (path.is_dir() and not is_grocery(path)
+            and not any((path / name).is_file() for name in MANIFEST_NAMES))
 
 
 def _stratified_split(train: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
