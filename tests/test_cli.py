@@ -358,8 +358,13 @@ def test_precision_flag_reaches_the_model_and_is_refused_where_it_would_do_nothi
     want = skulens.load(bundle, device="cpu", precision="off").predict([photo], top_k=3)[0].top_k
     assert [g[0] for g in got] == [w[0] for w in want]
     assert [g[1] for g in got] == pytest.approx([w[1] for w in want], abs=1e-6)
-    for args, why in ((["--precision", "bf16", "--backend", "onnx"], "for the PyTorch backend"),
-                      (["--precision", "fp16"], "for CUDA")):
+    import torch
+
+    cases = [(["--precision", "bf16", "--backend", "onnx"], "for the PyTorch backend"),
+             (["--precision", "fp16", "--device", "cpu"], "for CUDA")]
+    if not torch.cuda.is_available():  # device auto is the CPU: the loader refuses it (it was a traceback)
+        cases.append((["--precision", "fp16"], "fp16 is for CUDA"))
+    for args, why in cases:
         r = _skulens("predict", "-m", bundle, photo, *args, "-q")
         assert r.returncode == 2 and why in r.stderr and "Traceback" not in r.stderr, r.stderr
 

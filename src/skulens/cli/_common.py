@@ -423,7 +423,7 @@ def check_precision_flag(ns: argparse.Namespace) -> None:
     if ns.precision != "auto" and getattr(ns, "backend", "torch") != "torch":
         raise UsageError(f"--precision {ns.precision}: for the PyTorch backend; --backend {ns.backend} runs the "
                          "exported file's own numerics")
-    if ns.precision == "fp16" and not str(ns.device).startswith("cuda"):
+    if ns.precision == "fp16" and ns.device == "cpu":  # with auto, the model's loader knows whether CUDA is there
         raise UsageError("--precision fp16: for CUDA (--device cuda); on the CPU use bf16 or off")
 
 

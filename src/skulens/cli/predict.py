@@ -44,7 +44,7 @@ CSV_COLUMNS = ["source", "label", "level", "confidence", "fine_label", "fine_con
 
 # Photos per model call: the rows of each chunk are written before the next is decoded, so memory stays flat on a
 # large folder and an interrupted run keeps what it finished.
-CHUNK = 512
+CHUNK = 128
 
 
 def _csv_row(p: Any) -> list[str]:

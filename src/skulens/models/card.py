@@ -195,10 +195,10 @@ def scores_cell(pairs: Iterable[tuple[str, float]], digits: int) -> str:
 
 def enrolled_products(card: ModelCard) -> dict[str, Product]:
     """The products enrolled after training (`skulens enroll`, POST /v1/products), as the card records them: the
-    title and text given at enrolment and the coarse class. A product that is only a label of the model has no
-    catalogue sheet, so without these a restarted service or `skulens tag` named it by its label."""
+    title (else the label, dashes as spaces) and text given at enrolment, and the coarse class. Such a product has
+    no catalogue sheet, so without these a restarted service or `skulens tag` named it by its label."""
     from ..data._types import Product
 
-    return {e["label"]: Product(label=e["label"], coarse_label=e.get("coarse_label"), title=e.get("title") or "",
-                                description=e.get("text") or "")
+    return {e["label"]: Product(label=e["label"], coarse_label=e.get("coarse_label"),
+                                title=e.get("title") or e["label"].replace("-", " "), description=e.get("text") or "")
             for e in card.enrolled if isinstance(e, dict) and e.get("label") in card.classes}

@@ -22,6 +22,7 @@ __all__ = [
     "COARSE_RULES",
     "DeviceError",
     "HeadOutputs",
+    "PrecisionError",
     "Runner",
     "TorchRunner",
     "autocast_context",
@@ -186,6 +187,10 @@ class Runner(Protocol):
                  batch_size: int, embeddings: bool, progress: bool) -> HeadOutputs: ...
 
 
+class PrecisionError(DeviceError, ValueError):
+    """A precision this device cannot run: a ValueError as before, and a user error (one line) in the CLI."""
+
+
 def check_precision(precision: str, device: torch.device) -> str:
     """A precision autocast_context knows, for this device (ValueError otherwise: an unknown one would run as
     "auto", and fp16 on the CPU would fail at the first batch)."""
@@ -193,8 +198,9 @@ def check_precision(precision: str, device: torch.device) -> str:
         hint = " (full precision is 'off')" if precision in ("fp32", "float32") else ""
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}{hint}")
     if precision == "fp16" and device.type != "cuda":
-        raise ValueError("precision fp16 is for CUDA; use bf16 or off on the CPU")
+        raise PrecisionError("precision fp16 is for CUDA; use bf16 or off on the CPU")
     return precision
+
 
 
 class TorchRunner:
