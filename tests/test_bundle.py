@@ -311,3 +311,16 @@ def test_a_broken_bundle_is_still_refused_after_the_second_read(tiny_bundle, tmp
     with pytest.raises(BundleError, match="not a skulens bundle"):
         load_bundle(tmp_path / "not-a-bundle")
     assert not (tmp_path / ".not-a-bundle.lock").exists()
+
+
+def test_val_top1_reads_the_untouched_val_of_a_run_selected_on_a_hold_out(tiny_bundle) -> None:
+    """distill and prune reported a --select-on holdout teacher's hold-out top-1 as its "val top-1", beside the
+    student's val (0.0 against 33.3 where the teacher's val was 11.1)."""
+    from skulens.models.card import val_top1
+
+    card = tiny_bundle.card
+    assert val_top1(card.with_(metrics={"split": "val", "top1": 0.8})) == 0.8
+    assert val_top1(card.with_(metrics={"top1": 0.7})) == 0.7  # cards before the split was recorded
+    held = card.with_(metrics={"split": "holdout", "top1": 0.0, "val": {"top1": 0.111}})
+    assert val_top1(held) == 0.111
+    assert val_top1(card.with_(metrics={"split": "holdout", "top1": 0.5})) is None  # no val to report

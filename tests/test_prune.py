@@ -147,3 +147,48 @@ def test_prune_without_recovery_and_bad_overrides(tiny_bundle, tmp_path: Path) -
     with pytest.raises(ConfigError, match="lerning_rate"):
         prune_and_recover(tiny_bundle.bundle, tmp_path / "b", kind="unstructured", amount=0.3, lerning_rate=1)
     assert not (tmp_path / "b").exists()
+
+
+def test_a_failed_recovery_can_be_rerun_and_an_interrupted_one_resumed(tiny_bundle, tmp_path: Path) -> None:
+    """A recovery refused by fit (a monitor the catalogue lacks) left OUT/pruned, so the corrected command was
+    refused as "already holds a run"; `--resume`, which prune takes, never resumed; an --out inside a folder
+    catalogue wrote OUT/pruned there first (a class of every later run); --image-size was dropped unsaid."""
+    from conftest import write_folder_catalogue
+    from skulens.config import ConfigError
+    from skulens.deploy.prune import prune_and_recover, prune_bundle
+
+    tiny = {"image_size": 64, "train_image_size": 64, "epochs": 1, "max_steps": 2, "batch_size": 8, "loggers": "",
+            "ema": False}
+    out = tmp_path / "p"
+    with pytest.raises(ConfigError, match="coarse_top1"):
+        prune_and_recover(tiny_bundle.bundle, out, kind="unstructured", amount=0.3, progress=False,
+                          monitor="coarse_top1", data=str(_folders(tmp_path, write_folder_catalogue)), **tiny)
+    assert not (out / "pruned").exists()  # nothing of that run is left to block the corrected one
+    # as if killed before the recovery's first checkpoint: OUT/pruned alone; --resume goes on from it
+    first = prune_bundle(tiny_bundle.bundle, out / "pruned", kind="unstructured", amount=0.3)
+    with pytest.raises(ConfigError, match="already holds a run"):
+        prune_and_recover(tiny_bundle.bundle, out, kind="unstructured", amount=0.3, progress=False, **tiny)
+    with pytest.raises(ConfigError, match="not unstructured with 0.5"):
+        prune_and_recover(tiny_bundle.bundle, out, kind="unstructured", amount=0.5, progress=False, resume=True,
+                          **tiny)
+    run = prune_and_recover(tiny_bundle.bundle, out, kind="unstructured", amount=0.3, progress=False, resume=True,
+                            **tiny)
+    assert run.pruned.card.pruning == first.card.pruning and run.recovered is not None
+    assert (out / "bundle" / "card.json").is_file()
+    with pytest.raises(ConfigError, match="keeps the image size"):
+        prune_and_recover(tiny_bundle.bundle, tmp_path / "q", kind="unstructured", amount=0.3, progress=False,
+                          **{**tiny, "image_size": 96})
+    cat = _folders(tmp_path, write_folder_catalogue)
+    before = sorted(p.name for p in cat.iterdir())
+    with pytest.raises(ConfigError, match="inside the catalogue folder"):
+        prune_and_recover(tiny_bundle.bundle, cat / "pruned-run", kind="unstructured", amount=0.3, data=str(cat),
+                          progress=False, **tiny)
+    assert sorted(p.name for p in cat.iterdir()) == before
+
+
+def _folders(tmp_path: Path, write) -> Path:
+    root = tmp_path / "folders"
+    if not root.exists():
+        root.mkdir()
+        write(root, seed=5, per_class=4)
+    return root

@@ -211,9 +211,9 @@ def add_out(p: argparse.ArgumentParser, help_text: str, *, required: bool = Fals
 def refuse_out_in_catalogue(out: str | os.PathLike[str] | None, data: str | None, flag: str = "--out") -> None:
     """An output folder inside a folder-per-class catalogue became a class (or a stray split) of the next run,
     evaluation or index build over it (`skulens train` refuses it for its run folder too)."""
-    from ..data.catalogue import reads_its_folders
+    from ..data.catalogue import inside_folder_catalogue
 
-    if out and data and reads_its_folders(data) and Path(out).resolve().is_relative_to(Path(data).resolve()):
+    if out and data and inside_folder_catalogue(out, data):
         raise UsageError(f"{flag} {out} is inside the catalogue folder {data}: the next command over it would read "
                          "these files as a class; choose a folder outside it")
 

@@ -140,13 +140,19 @@ def cmd_distill(ns: argparse.Namespace) -> int:
     teacher = model_path(ns)
     data = data_path(ns, model=teacher)
     from ..deploy.distill import distill
+    from ..models.card import val_top1
 
-    result = distill(teacher, student=ns.student, data=data, out=ns.out, progress=not ns.quiet, **values)
+    main_rank = is_rank_zero()  # under torchrun rank 0 speaks for the run (every rank printed the report)
+    result = distill(teacher, student=ns.student, data=data, out=ns.out, progress=not ns.quiet and main_rank,
+                     **values)
+    if not main_rank:
+        return 0
     report_result(result)
     info = result.card.lineage.get("teacher", {})
-    if info.get("val_top1") is not None:
+    student = val_top1(result.card)  # both on val: a --select-on holdout run's report.top1 is its hold-out's
+    if info.get("val_top1") is not None and student is not None:
         say(f"teacher {info['backbone']}: val top-1 {100 * info['val_top1']:.1f}; student "
-            f"{result.card.backbone}: {100 * result.report.top1:.1f}")
+            f"{result.card.backbone}: {100 * student:.1f}")
     return 0
 
 
@@ -163,7 +169,10 @@ def cmd_retrain(ns: argparse.Namespace) -> int:
     extra = [str(resolve_data(e, flag="--extra")) for e in ns.extra or ()]
     from ..train.retrain import retrain
 
-    report_result(retrain(bundle, out=ns.out, data=data, extra=extra, progress=not ns.quiet, **overrides))
+    main_rank = is_rank_zero()
+    result = retrain(bundle, out=ns.out, data=data, extra=extra, progress=not ns.quiet and main_rank, **overrides)
+    if main_rank:
+        report_result(result)
     return 0
 
 
@@ -192,9 +201,11 @@ def cmd_prune(ns: argparse.Namespace) -> int:
         return 0
     result = run.recovered
     report_result(result)
-    before = res.card.lineage.get("pruned_from", {}).get("val_top1")
-    if before is not None:
-        say(f"val top-1: {100 * before:.1f} before pruning, {100 * result.report.top1:.1f} after pruning "
+    from ..models.card import val_top1
+
+    before, after = res.card.lineage.get("pruned_from", {}).get("val_top1"), val_top1(result.card)
+    if before is not None and after is not None:
+        say(f"val top-1: {100 * before:.1f} before pruning, {100 * after:.1f} after pruning "
             f"and {result.epochs_run} recovery epoch(s) ({res.card.pruning['kind']}, "
             f"{100 * res.sparsity:.1f}% sparsity)")
     return 0

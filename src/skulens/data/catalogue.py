@@ -46,8 +46,8 @@ from ._products import PRODUCTS_CSV, read_products
 from ._types import IMAGE_SUFFIXES, Catalogue, CatalogueError, Loaded, Product, Sample, ordered_splits
 
 __all__ = ["EXTRA_TRAIN", "IMAGE_SUFFIXES", "Catalogue", "CatalogueError", "Product", "Sample", "class_products",
-           "label_attributes", "load_catalogue", "merge_samples", "reads_its_folders", "selection_split",
-           "stratified_folds"]
+           "inside_folder_catalogue", "label_attributes", "load_catalogue", "merge_samples", "reads_its_folders",
+           "selection_split", "stratified_folds"]
 
 # Photos a run trains on but never holds out or selects on: self-training's pseudo-labelled ones, whose labels
 # are the teacher's guesses (a hold-out drawn over them would score the student against those guesses).
@@ -175,6 +175,12 @@ def reads_its_folders(source: str | os.PathLike[str]) -> bool:
     path = Path(source)
     return (path.is_dir() and not is_grocery(path)
             and not any((path / name).is_file() for name in MANIFEST_NAMES))
+
+
+def inside_folder_catalogue(path: str | os.PathLike[str], source: str | os.PathLike[str]) -> bool:
+    """Whether `path` (a run's or a report's folder) lies inside the folder catalogue at `source`, where its
+    files would be read as photos of a class by the next command over it (`reads_its_folders`)."""
+    return reads_its_folders(source) and Path(path).resolve().is_relative_to(Path(source).resolve())
 
 
 def _stratified_split(train: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:

@@ -29,7 +29,7 @@ from torch import nn
 from ..config import ConfigError, TrainConfig, resolve_config
 from ..data.locate import recorded_dataset, resolve_data
 from ..models.bundle import BundleError, load_bundle, read_card, save_bundle
-from ..models.card import ModelCard
+from ..models.card import ModelCard, val_top1
 from ..models.channels import width_changes
 from ..models.classifier import SkuModel
 
@@ -148,7 +148,7 @@ def prune_bundle(bundle: str | os.PathLike, out: str | os.PathLike, *, kind: str
         raise BundleError(f"{bundle} is already pruned ({card.pruning.get('kind')}); prune the original")
     info = prune_model(net, kind=kind, amount=amount, input_size=card.input_size, round_to=round_to)
     lineage = {**card.lineage, "pruned_from": {"bundle": str(Path(bundle).resolve()),
-                                               "val_top1": card.metrics.get("top1"),
+                                               "val_top1": val_top1(card),
                                                "params": info["params_before"]}}
     new = card.with_(pruning=info, lineage=lineage, metrics={})
     path = save_bundle(net, new, out)
@@ -171,19 +171,60 @@ def prune_and_recover(bundle: str | os.PathLike[str], out: str | os.PathLike[str
     weights, on `data` (default: the catalogue `bundle` was trained on if still there, else the default).
     Its config and data are checked before anything is written.
     """
+    import shutil
+
+    from ..data.catalogue import inside_folder_catalogue
     from ..train.engine import fit
 
     run_dir = Path(out)
-    if (run_dir / "pruned").exists() or (run_dir / "bundle").exists():
-        raise ConfigError(f"{run_dir} already holds a run; choose another --out")
+    resume = bool(overrides.get("resume"))
+    if resume and not recover:
+        raise ConfigError("resume continues a pruned bundle's recovery fine-tune, which recover=False skips")
     cfg = _recovery_config(bundle, run_dir, data, overrides) if recover else None
-    pruned = prune_bundle(bundle, run_dir / "pruned", kind=kind, amount=amount, round_to=round_to)
-    return PruneRun(pruned, fit(cfg, progress=progress) if cfg is not None else None)
+    catalogue = cfg.data if cfg is not None else recorded_dataset(bundle)
+    if catalogue and inside_folder_catalogue(run_dir, catalogue):  # its files became a class of the next run
+        raise ConfigError(f"--out {out} is inside the catalogue folder {catalogue}: the next run would read the "
+                          "run's own files as photos; choose an --out outside it")
+    if resume:
+        pruned = _pruned_before(run_dir, kind, amount)
+    elif (run_dir / "pruned").exists() or (run_dir / "bundle").exists():
+        raise ConfigError(f"{run_dir} already holds a run; choose another --out"
+                          + (", or --resume to go on with its recovery" if (run_dir / "checkpoint").exists() else ""))
+    else:
+        pruned = prune_bundle(bundle, run_dir / "pruned", kind=kind, amount=amount, round_to=round_to)
+    if cfg is None:
+        return PruneRun(pruned, None)
+    try:
+        return PruneRun(pruned, fit(cfg, progress=progress))
+    except BaseException:
+        # refused or stopped before its first checkpoint (a setting the catalogue lacks, a Ctrl-C): nothing of
+        # the recovery exists, so the pruned bundle goes too and the corrected command can run into this --out
+        if not resume and not (run_dir / "checkpoint").exists() and not (run_dir / "bundle").exists():
+            shutil.rmtree(run_dir / "pruned", ignore_errors=True)
+        raise
+
+
+def _pruned_before(run_dir: Path, kind: str, amount: float) -> PruneResult:
+    """The pruned bundle an interrupted run wrote, to resume its recovery from (the same kind and amount)."""
+    path = run_dir / "pruned"
+    if not (path / "card.json").is_file():
+        raise ConfigError(f"{run_dir}: no pruned bundle to resume from (OUT/pruned); run without --resume")
+    card = read_card(path)
+    info = card.pruning
+    if info.get("kind") != kind or info.get("amount") != amount:
+        raise ConfigError(f"{run_dir} was pruned {info.get('kind')} with amount {info.get('amount')}, not {kind} "
+                          f"with {amount}: resume it with those, or choose another --out")
+    return PruneResult(path, kind, amount, info["params_before"], info["params_after"], info["sparsity"], card)
 
 
 def _recovery_config(bundle: str | os.PathLike[str], run_dir: Path, data: str | os.PathLike[str] | None,
                      overrides: dict[str, Any]) -> TrainConfig:
     card = read_card(bundle)  # the pruned bundle keeps its backbone and input size
+    for key, kept in (("backbone", card.backbone), ("image_size", card.input_size)):
+        given = overrides.get(key)  # a CLI value is still text here
+        if given is not None and str(given) != str(kept):  # it was dropped without a word
+            raise ConfigError(f"{key.replace('_', '-')} {given}: a pruned bundle keeps the "
+                              f"{key.replace('_', ' ')} of {bundle} ({kept})")
     values = {**RECOVERY_DEFAULTS, **overrides}
     values.update(init_from=str(run_dir / "pruned"), backbone=card.backbone, image_size=card.input_size,
                   out=str(run_dir), data=str(resolve_data(data, recorded=recorded_dataset(bundle))))

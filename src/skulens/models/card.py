@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from ..data._types import Product
 
 __all__ = ["CARD_SCHEMA", "ModelCard", "enrolled_products", "exclusive_attribute_pairs", "resolve_exclusive",
-           "scores_cell", "without_conflicts"]
+           "scores_cell", "val_top1", "without_conflicts"]
 
 CARD_SCHEMA = 1
 log = logging.getLogger(__name__)
@@ -202,3 +202,13 @@ def enrolled_products(card: ModelCard) -> dict[str, Product]:
     return {e["label"]: Product(label=e["label"], coarse_label=e.get("coarse_label"),
                                 title=e.get("title") or e["label"].replace("-", " "), description=e.get("text") or "")
             for e in card.enrolled if isinstance(e, dict) and e.get("label") in card.classes}
+
+
+def val_top1(card: ModelCard) -> float | None:
+    """The bundle's fine top-1 on val: its card's `top1`, or, for a run that selected on a hold-out of train
+    (whose `top1` is the hold-out's), the untouched val's (`metrics.val.top1`; None when it had no val)."""
+    m = card.metrics
+    if m.get("split", "val") == "val":
+        return m.get("top1")
+    val = m.get("val")
+    return val.get("top1") if isinstance(val, dict) else None

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ..config import ConfigError
 from ..models.bundle import load_bundle
-from ..models.card import ModelCard
+from ..models.card import ModelCard, val_top1
 from ..models.inference import autocast_context
 
 __all__ = ["Teacher", "distillation_loss", "load_teacher"]
@@ -60,7 +60,7 @@ class Teacher:
         self.temperature, self.alpha = float(temperature), float(alpha)
         self.summary: dict[str, Any] = {
             "bundle": source, "backbone": card.backbone, "input_size": card.input_size,
-            "val_top1": card.metrics.get("top1"), "dataset_fingerprint": card.dataset.get("fingerprint"),
+            "val_top1": val_top1(card), "dataset_fingerprint": card.dataset.get("fingerprint"),
             "temperature": self.temperature, "alpha": self.alpha,
         }
 
