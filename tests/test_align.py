@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -115,3 +117,11 @@ def test_fuse_cli_and_predict_with_listing_text(tiny_bundle, tiny_catalogue: Pat
     shutil.copytree(tiny_bundle.bundle, plain)
     with pytest.raises(ValueError, match="skulens fuse"):
         skulens.load(plain).predict([photo], texts=["oat milk"])
+    # a class enrolled after the fusion head: one line, exit 2 (a 16-line traceback, exit 1)
+    from skulens.search.enroll import enroll
+
+    enroll(bundle, "blue-box", [min((tiny_catalogue.parent / "val" / "red-apple").glob("*.jpg"))] * 2,
+           data=tiny_catalogue)
+    r = subprocess.run([sys.executable, "-m", "skulens.cli", "predict", "-m", str(bundle), str(photo), "--text",
+                        "oat milk", "-q"], capture_output=True, text=True, check=False)
+    assert r.returncode == 2 and "trained for other classes" in r.stderr and "Traceback" not in r.stderr, r.stderr

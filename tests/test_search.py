@@ -470,3 +470,21 @@ def test_index_build_says_which_photos_it_left_out(tiny_bundle, catalogue: Path,
     assert main(["index", "build", "-m", str(tiny_bundle.bundle), "--data", str(catalogue), "-o",
                  str(tmp_path / "b"), "--splits", "train", "val", "-q"]) == 0
     assert "not indexed" not in capsys.readouterr().err
+
+
+def test_align_out_is_checked_before_any_work(tiny_bundle, catalogue: Path, tmp_path: Path, capsys) -> None:
+    """`align -o BUNDLE/card.json` replaced the card with the aligner (the bundle no longer loaded), and `-o` in a
+    folder that did not exist failed as a traceback after the training."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle.bundle, bundle)
+    kept = {name: (bundle / name).read_bytes() for name in ("card.json", "model.safetensors")}
+    manifest = catalogue.read_bytes()
+    base = ["align", "--model", str(bundle), "--data", str(catalogue), "--steps", "5", "-q"]
+    for out, needle in ((bundle / "card.json", "name a folder or a .safetensors file"),
+                        (bundle / "model.safetensors", "not a text alignment"), (catalogue, "a .safetensors file")):
+        assert main([*base, "-o", str(out)]) == 2
+        assert needle in capsys.readouterr().err
+    assert {name: (bundle / name).read_bytes() for name in kept} == kept and catalogue.read_bytes() == manifest
+    fresh = tmp_path / "new" / "deeper" / "shop.safetensors"
+    assert main([*base, "-o", str(fresh)]) == 0 and load_aligner(fresh, bundle=bundle) is not None
+    assert main([*base, "-o", str(fresh)]) == 0  # an earlier aligner may be replaced

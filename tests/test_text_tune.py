@@ -310,6 +310,13 @@ def test_aligner_fusion_support_and_recommenders_use_the_fine_tuned_encoder_and_
     assert error is None and responder is not None and responder.encoder is frozen
     _, responder, error = _load_support(ServeSettings(model=str(bundle), text_model="bundle"), model)
     assert error is None and responder is not None and responder.encoder is tuned
+    # a --text-model typo, or a folder with no model: refused at the start (the service ran, /readyz ready, and
+    # answered every question 503; the folder was a transformers traceback)
+    from skulens.config import ConfigError
+
+    for wrong in ("bundel", str(tiny_catalogue.parent)):
+        with pytest.raises(ConfigError, match="cannot load a text encoder"):
+            _load_support(ServeSettings(model=str(bundle), text_model=wrong), model)
     products = _shop(tmp_path).products
     content = item_vectors(products)  # no model: the bundled MiniLM
     assert not np.allclose(item_vectors(products, model)["satsumas"][:384], content["satsumas"][:384], atol=1e-3)
@@ -434,3 +441,26 @@ def test_text_tune_trains_a_longer_second_epoch_whole(bundle: Path, tmp_path: Pa
     res = tune_text_encoder(bundle, cat, queries=log, config=config)
     assert res.steps == sum(lengths) and res.query_pairs == 4
     assert json.loads((res.folder / "text_tune.json").read_text())["steps"] == sum(lengths)
+
+
+def test_text_tune_refuses_a_seed_out_of_range_in_one_line(tiny_bundle, capsys) -> None:
+    from skulens.cli import main
+
+    assert main(["text-tune", "--model", str(tiny_bundle.bundle), "--seed", str(2**32), "-q"]) == 2
+    assert "seed must be in [0, 2**32)" in capsys.readouterr().err
+
+
+def test_text_tune_learns_enrolled_products_and_their_query_log_lines(bundle: Path, described: Path,
+                                                                      tmp_path: Path) -> None:
+    """A product enrolled after training had no pairs, and a query log naming it was refused ("unknown
+    product_id"), while search, predict and the index all knew it."""
+    from skulens.data.catalogue import load_catalogue
+    from skulens.search.enroll import enroll
+
+    photos = sorted((described.parent / "val" / "red-apple").glob("*.jpg"))[:2]
+    enroll(bundle, "cider-apple", photos, title="Cider apple", text="A bitter apple pressed for cider.",
+           data=described)
+    log = tmp_path / "log.csv"
+    log.write_text("query,product_id\nscrumpy fruit,cider-apple\n", encoding="utf-8")
+    res = tune_text_encoder(bundle, load_catalogue(described), queries=log, config=QUICK)
+    assert res.products == 4 and res.query_pairs == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 from ._common import (
@@ -234,6 +235,8 @@ def cmd_align(ns: argparse.Namespace) -> int:
     data = data_path(ns, model=bundle)
     if ns.out is None and bundle.startswith("pretrained:"):
         raise UsageError(f"--model {bundle} has no bundle to keep the alignment in: give -o FILE.safetensors")
+    if ns.out is not None:
+        _check_align_out(ns.out)
     from ..data.catalogue import load_catalogue
     from ..models.bundle import bundle_folder
     from ..models.predictor import load_model
@@ -241,12 +244,37 @@ def cmd_align(ns: argparse.Namespace) -> int:
 
     # into the bundle's folder, also when --model names its card.json (that file was overwritten)
     target = ns.out or bundle_folder(bundle)
+    if ns.out is not None and not Path(ns.out).is_dir():
+        Path(ns.out).parent.mkdir(parents=True, exist_ok=True)
     aligner, products, photos = align_catalogue(load_model(bundle), load_catalogue(data), splits=ns.splits,
                                                 steps=ns.steps, progress=not ns.quiet)
     out = aligner.save(target)
     say(f"text alignment for {products} products from {photos} photos: {out} "
         f"(final loss {aligner.info['final_loss']:.3f})")
     return 0
+
+
+def _check_align_out(out: str) -> None:
+    """Before any work: -o names a folder (the aligner goes in as text_align.safetensors) or a .safetensors file
+    that is not there yet or is an earlier aligner. Any file was replaced (a bundle's card.json or weights, a
+    catalogue's manifest), and a missing folder failed as a traceback after the training."""
+    path = Path(out)
+    if path.is_dir():
+        return
+    check_out_path(out, "-o")
+    if path.suffix != ".safetensors":
+        raise UsageError(f"-o {out}: name a folder or a .safetensors file for the text alignment")
+    if path.exists():
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), "np") as f:
+                aligner = "text_model" in (f.metadata() or {}) and set(f.keys()) == {"weight", "bias"}
+        except (OSError, SafetensorError):  # not a safetensors file at all
+            aligner = False
+        if not aligner:
+            raise UsageError(f"-o {out}: a file that is not a text alignment is there (a model's weights?); name "
+                             "another file")
 
 
 def cmd_text_tune(ns: argparse.Namespace) -> int:
@@ -257,16 +285,16 @@ def cmd_text_tune(ns: argparse.Namespace) -> int:
     data = data_path(ns, model=bundle)
     if ns.epochs < 1:
         raise UsageError("--epochs must be at least 1")
-    if ns.queries:
-        from pathlib import Path
-
-        if not Path(ns.queries).is_file():
-            raise UsageError(f"--queries {ns.queries}: no such file (a CSV with query,product_id columns)")
+    if ns.queries and not Path(ns.queries).is_file():
+        raise UsageError(f"--queries {ns.queries}: no such file (a CSV with query,product_id columns)")
     from ..data.catalogue import load_catalogue
     from ..search.text_tune import TuneConfig, tune_text_encoder
 
-    res = tune_text_encoder(bundle, load_catalogue(data), queries=ns.queries,
-                            config=TuneConfig(epochs=ns.epochs, seed=ns.seed), progress=not ns.quiet)
+    try:
+        config = TuneConfig(epochs=ns.epochs, seed=ns.seed)
+    except ValueError as exc:  # a seed of 2**32 or more: a traceback
+        raise UsageError(str(exc)) from None
+    res = tune_text_encoder(bundle, load_catalogue(data), queries=ns.queries, config=config, progress=not ns.quiet)
     log = f", {res.query_pairs} from {ns.queries}" if ns.queries else ""
     say(f"text encoder fine-tuned on {res.pairs} pairs of {res.products} products{log}: {res.epochs} epoch(s), "
         f"{res.steps} steps in {res.seconds:.0f} s, mean loss {res.mean_loss:.3f} -> {res.folder} "

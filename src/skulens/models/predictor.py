@@ -28,10 +28,15 @@ from .options import MODEL_BACKENDS
 if TYPE_CHECKING:
     from ..evaluate.metrics import EvalReport
 
-__all__ = ["PRETRAINED_PREFIX", "ImageInput", "Model", "Prediction", "check_images", "decide", "load_model",
+__all__ = ["PRETRAINED_PREFIX", "FusionError", "ImageInput", "Model", "Prediction", "check_images", "decide", "load_model",
            "load_onnx", "load_tflite", "pretrained_model", "source_name"]
 
 ImageInput = str | os.PathLike | bytes | Image.Image
+
+
+class FusionError(BundleError, ValueError):
+    """The bundle's fusion head is missing or was trained for other classes (a ValueError, as before; a bundle
+    error, one line, in the CLI)."""
 
 
 @dataclass(frozen=True)
@@ -179,11 +184,11 @@ class Model:
 
         fusion = load_fusion(self.path) if self.path is not None else None
         if fusion is None:
-            raise ValueError("this bundle has no fusion head: train one with `skulens fuse --model BUNDLE --data ...`")
+            raise FusionError("this bundle has no fusion head: train one with `skulens fuse --model BUNDLE --data ...`")
         head, classes = fusion.head, fusion.classes
         if classes != self.card.classes:
-            raise ValueError("the fusion head was trained for other classes (enrolled or retrained since): "
-                             "run `skulens fuse` again")
+            raise FusionError("the fusion head was trained for other classes (enrolled or retrained since): "
+                              "run `skulens fuse` again")
         assert out.embeddings is not None
         has = np.array([bool(t and t.strip()) for t in texts])
         enc = head_text_encoder(self.path, fusion.text_model, fusion.text_fingerprint, what="the fusion head",

@@ -506,11 +506,17 @@ def tune_text_encoder(bundle: str | os.PathLike[str], cat: Catalogue, *,
                       progress: bool = False, base: str = DEFAULT_TEXT_MODEL) -> TuneResult:
     """Fine-tune `base` (the bundled MiniLM) on the catalogue's pairs (+ the query log) and store it as
     BUNDLE/text_encoder (replacing an earlier one, atomically). Nothing else in the bundle is written."""
-    from ..models.bundle import bundle_folder  # lazy: it imports torch
+    import dataclasses
+
+    from ..models.bundle import bundle_folder, read_card  # lazy: it imports torch
+    from ..models.card import enrolled_products
 
     folder = bundle_folder(bundle)
     if config.epochs < 1 or config.batch_size < 2:
         raise ValueError("text-tune needs epochs >= 1 and batch_size >= 2")
+    enrolled = enrolled_products(read_card(folder))  # products the model answers that no catalogue sheet names:
+    if enrolled:  # their enrolment's title and text are learnt too, and a query log may name them
+        cat = dataclasses.replace(cat, products={**enrolled, **cat.products})
     pairs, log_pairs = training_pairs(cat, config, queries)
     if len({label for _, _, label in pairs}) < 2:
         raise CatalogueError(f"{cat.root}: text-tune needs the texts of at least two products")

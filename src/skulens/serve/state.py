@@ -475,7 +475,18 @@ def _load_support(settings: ServeSettings, model: Model) -> tuple[dict[str, Prod
             encoder = load_text_encoder(tuned)
         else:
             encoder = load_text_encoder(settings.text_model or DEFAULT_TEXT_MODEL)
-    except (ImportError, FileNotFoundError) as exc:
+    except ConfigError:
+        raise
+    except ImportError as exc:  # no sentence-transformers here: the service runs without support replies
+        logger.warning("support replies disabled: %s", exc)
+        return products, None, str(exc)
+    except Exception as exc:
+        if settings.text_model not in (None, DEFAULT_TEXT_MODEL):  # a typo started a service that answered every
+            # question 503 while /readyz said ready; a folder holding no model, a transformers traceback
+            raise ConfigError(f"--text-model {settings.text_model}: cannot load a text encoder from it ({exc})") \
+                from None
+        if not isinstance(exc, FileNotFoundError):  # the bundled MiniLM package is missing: replies are off
+            raise
         logger.warning("support replies disabled: %s", exc)
         return products, None, str(exc)
     responder = SupportResponder(products, encoder, min_confidence=settings.support_min_confidence,
