@@ -137,9 +137,16 @@ def test_distill_recipe_defaults_to_lite0_on_the_teachers_data(tiny_bundle, tmp_
 def test_distill_recipe_student_and_data(tiny_bundle, tiny_catalogue: Path, tmp_path: Path) -> None:
     from skulens.deploy.distill import distill
 
-    # A backbone override is the student unless `student` is given; here both name the same backbone.
+    from skulens.config import ConfigError
+
+    # `student` and a backbone override name the same thing: two different ones are refused (the backbone was
+    # dropped without a word), the same one is fine
+    with pytest.raises(ConfigError, match="both name the student's backbone"):
+        distill(str(tiny_bundle.bundle), student="efficientnet_lite0", data=tiny_catalogue,
+                out=str(tmp_path / "x"), progress=False, backbone="efficientnet_lite2", **DISTILL_TINY)
+    assert not (tmp_path / "x").exists()
     result = distill(str(tiny_bundle.bundle), student="efficientnet_lite0", data=tiny_catalogue,
-                     out=str(tmp_path / "s"), progress=False, backbone="efficientnet_lite2", **DISTILL_TINY)
+                     out=str(tmp_path / "s"), progress=False, backbone="efficientnet_lite0", **DISTILL_TINY)
     assert result.card.backbone == "efficientnet_lite0"
     assert result.card.train_config["data"] == str(tiny_catalogue)
 

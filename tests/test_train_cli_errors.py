@@ -27,9 +27,11 @@ def test_train_refuses_bad_outputs_and_bundles_before_any_work(tiny_catalogue: P
     a_file.write_text("x")
     base = ["train", "--data", str(tiny_catalogue), "--backbone", "efficientnet_lite0", "--image-size", "64",
             "--epochs", "1", "--loggers="]
-    r = _skulens(*base, "-o", str(a_file), "--holdout-fraction", "0.3", "--pseudo-precision", "0.8")
+    r = _skulens(*base, "-o", str(a_file), "--holdout-fraction", "0.3", "--pseudo-precision", "0.8",
+                 "--distill-alpha", "0.2", "--distill-temperature", "2")
     _one_line(r, "a file is there")
     assert "holdout_fraction 0.3 is not used" in r.stderr and "pseudo_precision 0.8 is not used" in r.stderr
+    assert "distill_alpha 0.2 is not used" in r.stderr and "distill_temperature 2 is not used" in r.stderr
     _one_line(_skulens(*base, "-o", str(a_file / "sub")), "is a file, not a folder")
     _one_line(_skulens(*base, "-o", str(tmp_path / "t1"), "--teacher", str(tmp_path / "nope")), "--teacher",
               "not a bundle")

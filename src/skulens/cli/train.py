@@ -71,6 +71,10 @@ def _warn_unused(cfg: Any) -> None:
     if cfg.pseudo_precision != default.pseudo_precision and not cfg.unlabeled:
         logging.getLogger("skulens").warning("pseudo_precision %g is not used: it sets the pseudo-label threshold "
                                              "of self-training (--unlabeled DIR)", cfg.pseudo_precision)
+    for name in ("distill_alpha", "distill_temperature"):
+        if getattr(cfg, name) != getattr(default, name) and not cfg.teacher and not cfg.unlabeled:
+            logging.getLogger("skulens").warning("%s %g is not used: it weighs a teacher's soft targets "
+                                                 "(--teacher BUNDLE, or self-training's)", name, getattr(cfg, name))
 
 
 def _check_bundles(cfg: Any) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from ..config import resolve_config
+from ..config import ConfigError, resolve_config
 from ..data.locate import recorded_dataset, resolve_data
 
 if TYPE_CHECKING:
@@ -36,6 +36,9 @@ def distill(teacher: str | os.PathLike[str], *, student: str | None = None,
 
     values = dict(overrides)
     values["teacher"] = os.fspath(teacher)
+    if student and values.get("backbone") not in (None, student):  # the backbone was trained without a word
+        raise ConfigError(f"student {student} and backbone {values['backbone']}: both name the student's "
+                          "backbone; give one")
     if student or "backbone" not in values:
         values["backbone"] = student or DEFAULT_STUDENT
     values["data"] = str(resolve_data(data, recorded=recorded_dataset(teacher)))
