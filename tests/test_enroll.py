@@ -180,6 +180,11 @@ def test_retrain_keeps_its_bundles_carved_val_and_never_falls_back_to_another_da
     with pytest.raises(ConfigError, match="init_from: a retrain starts from its bundle"):  # it was overwritten
         retrain(bundle_copy, out=str(tmp_path / "rt"), data=tiny_catalogue, progress=False, init_from=str(tmp_path))
     assert not (tmp_path / "rt").exists()
+    files = sorted(p.name for p in bundle_copy.iterdir())
+    for inside in (bundle_copy, bundle_copy / "v2"):  # the run's folders and config were written into the bundle
+        with pytest.raises(ConfigError, match="inside the bundle it retrains"):
+            retrain(bundle_copy, out=str(inside), data=tiny_catalogue, progress=False, epochs=1)
+    assert sorted(p.name for p in bundle_copy.iterdir()) == files
     card["dataset"]["path"] = card["train_config"]["data"] = str(tmp_path / "moved-away")
     (bundle_copy / "card.json").write_text(json.dumps(card), encoding="utf-8")
     assert main(["retrain", "-m", str(bundle_copy), "--out", str(tmp_path / "rt2"), "--epochs", "1"]) == 2

@@ -20,7 +20,7 @@ from typing import Any
 from ..config import REMOVED_KEYS, ConfigError, resolve_config
 from ..data.catalogue import Catalogue, Product, Sample, load_catalogue, merge_samples
 from ..evaluate.heldout import card_catalogue, split_settings
-from ..models.bundle import atomic_write_text, read_card
+from ..models.bundle import atomic_write_text, bundle_folder, read_card
 from ..models.card import ModelCard
 from ..models.swap import CARD
 
@@ -106,6 +106,9 @@ def retrain(bundle: str | os.PathLike, *, out: str, data: str | os.PathLike | No
     if "init_from" in overrides:  # it was overwritten silently
         raise ConfigError("init_from: a retrain starts from its bundle; pass that one as the bundle")
     card = read_card(bundle)
+    source_folder = Path(bundle_folder(bundle)).resolve()
+    if Path(out).resolve().is_relative_to(source_folder):  # its run (bundle/, report/, config) went in there
+        raise ConfigError(f"--out {out} is inside the bundle it retrains ({bundle}): choose a new run folder")
     split = {"val_fraction": 0.1, "seed": 0, **split_settings(card)}
     changed = [k for k in split if k in overrides and overrides[k] != split[k]]
     if changed and card.dataset.get("val_generated"):
