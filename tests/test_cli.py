@@ -376,3 +376,13 @@ def test_a_closed_pipe_is_no_traceback(bundle: str) -> None:
     proc.stdout.close()  # the reader is gone before the first line is written
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 0 and "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_a_folders_broken_links_are_named_not_skipped_unsaid(bundle: str, val_root: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes((val_root / "oat-milk" / "oat-milk_000.jpg").read_bytes())
+    (folder / "gone.jpg").symlink_to(tmp_path / "moved-away.jpg")
+    r = _skulens("predict", "-m", bundle, str(folder), "-q")
+    assert r.returncode == 0 and [row["source"] for row in _jsonl(r.stdout)] == [str(folder / "a.jpg")]
+    assert f"1 broken link(s) under {folder} left out, e.g. {folder / 'gone.jpg'}" in r.stderr
