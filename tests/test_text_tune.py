@@ -293,6 +293,8 @@ def test_aligner_fusion_support_and_recommenders_use_the_fine_tuned_encoder_and_
     assert not np.allclose(loaded.encode(q), aligner.project(frozen.encode(q)), atol=1e-3)
     elsewhere = aligner.save(tmp_path / "aligner.safetensors")  # `skulens align --out` outside the bundle
     assert np.allclose(load_aligner(elsewhere, bundle=bundle).encode(q), loaded.encode(q), atol=1e-6)
+    with pytest.raises(TextEncoderMismatch, match="is not a bundle: name the bundle it was fitted for"):
+        load_aligner(elsewhere).encode(q)  # read without its bundle: it advised `align --model <its folder>`
 
     # the fusion head too (fitted by `skulens fuse`), and prediction with a listing text runs on it
     assert main(["fuse", "--model", str(bundle), "--data", str(tiny_catalogue), "--out", str(tmp_path / "rep"),

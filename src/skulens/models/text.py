@@ -163,6 +163,12 @@ def head_text_encoder(bundle: str | os.PathLike[str] | None, stored: str = DEFAU
     tuned = bundle_text_model(bundle)
     again = f": run `{refit}` again" if refit else ""
     if tuned is None:
+        folder = bundle if bundle is None or os.path.isdir(bundle) else os.path.dirname(bundle)
+        if folder is not None and not os.path.isfile(os.path.join(folder, "card.json")):
+            # a head saved apart from its bundle (`align -o FILE`) and read without --model: not a refit, the
+            # bundle is what is missing
+            raise TextEncoderMismatch(f"{what} was fitted on a bundle's fine-tuned text encoder, and {bundle} is "
+                                      "not a bundle: name the bundle it was fitted for (--model BUNDLE)")
         raise TextEncoderMismatch(f"{what} was fitted on the fine-tuned text encoder of {bundle}, which has none "
                                   f"now{again}")
     if fingerprint is not None and text_fingerprint(tuned) != fingerprint:
