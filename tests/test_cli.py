@@ -386,3 +386,30 @@ def test_a_folders_broken_links_are_named_not_skipped_unsaid(bundle: str, val_ro
     r = _skulens("predict", "-m", bundle, str(folder), "-q")
     assert r.returncode == 0 and [row["source"] for row in _jsonl(r.stdout)] == [str(folder / "a.jpg")]
     assert f"1 broken link(s) under {folder} left out, e.g. {folder / 'gone.jpg'}" in r.stderr
+
+
+def test_a_broken_pipe_elsewhere_is_not_taken_for_a_closed_stdout(bundle: str, monkeypatch) -> None:
+    """Only stdout's reader leaving ends a command quietly: another pipe breaking is an error, and stdout is left
+    alone (the handler sent the calling process's stdout to /dev/null)."""
+    from skulens import cli
+    from skulens.cli import main
+
+    def broken(ns):
+        raise BrokenPipeError(32, "a worker's pipe")
+
+    parser = cli.build_parser()
+    ns = parser.parse_args(["info", "-m", bundle])
+    monkeypatch.setattr(cli, "build_parser", lambda: _Fixed(parser, ns, broken))
+    with pytest.raises(BrokenPipeError):
+        main(["info", "-m", bundle])
+
+
+class _Fixed:
+    """A parser whose parse gives `ns` with its command replaced by `func`."""
+
+    def __init__(self, parser, ns, func) -> None:
+        self.parser, self.ns, self.func = parser, ns, func
+
+    def parse_args(self, argv):
+        self.ns.func = self.func
+        return self.ns

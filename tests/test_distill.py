@@ -135,9 +135,8 @@ def test_distill_recipe_defaults_to_lite0_on_the_teachers_data(tiny_bundle, tmp_
 
 
 def test_distill_recipe_student_and_data(tiny_bundle, tiny_catalogue: Path, tmp_path: Path) -> None:
-    from skulens.deploy.distill import distill
-
     from skulens.config import ConfigError
+    from skulens.deploy.distill import distill
 
     # `student` and a backbone override name the same thing: two different ones are refused (the backbone was
     # dropped without a word), the same one is fine
@@ -174,3 +173,21 @@ def test_distill_recipe_refuses_missing_data(tiny_bundle, tmp_path: Path) -> Non
 
     with pytest.raises(DataNotFoundError, match="no such file"):
         distill(tiny_bundle.bundle, data=tmp_path / "nowhere", out=str(tmp_path / "s"), progress=False)
+
+
+def test_student_wins_over_a_config_files_backbone_and_conflicts_with_the_flag(tiny_bundle, tiny_catalogue: Path,
+                                                                              tmp_path: Path, capsys) -> None:
+    """A run's config.yaml always names a backbone: `distill --config RUN/config.yaml --student X` was refused as
+    two names for the student (review of this session's change)."""
+    config = tmp_path / "config.yaml"
+    config.write_text("backbone: efficientnet_lite2\nepochs: 1\n", encoding="utf-8")
+    base = ["distill", "--teacher", str(tiny_bundle.bundle), "--data", str(tiny_catalogue), "--image-size", "64",
+            "--train-image-size", "64", "--max-steps", "2", "--batch-size", "8", "--no-ema", "--no-baseline",
+            "--loggers", "", "-q"]
+    assert main([*base, "--config", str(config), "--student", "efficientnet_lite0", "--out",
+                 str(tmp_path / "s")]) == 0
+    assert json.loads((tmp_path / "s" / "bundle" / "card.json").read_text())["backbone"] == "efficientnet_lite0"
+    capsys.readouterr()
+    assert main([*base, "--backbone", "efficientnet_lite2", "--student", "efficientnet_lite0", "--out",
+                 str(tmp_path / "t")]) == 2
+    assert "both name the student's backbone" in capsys.readouterr().err and not (tmp_path / "t").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -171,6 +172,9 @@ def test_a_failed_recovery_can_be_rerun_and_an_interrupted_one_resumed(tiny_bund
     with pytest.raises(ConfigError, match="not unstructured with 0.5"):
         prune_and_recover(tiny_bundle.bundle, out, kind="unstructured", amount=0.5, progress=False, resume=True,
                           **tiny)
+    other = shutil.copytree(tiny_bundle.bundle, tmp_path / "other")
+    with pytest.raises(ConfigError, match="holds a pruned"):  # another --model: its card would have been used
+        prune_and_recover(other, out, kind="unstructured", amount=0.3, progress=False, resume=True, **tiny)
     run = prune_and_recover(tiny_bundle.bundle, out, kind="unstructured", amount=0.3, progress=False, resume=True,
                             **tiny)
     assert run.pruned.card.pruning == first.card.pruning and run.recovered is not None

@@ -306,6 +306,9 @@ def test_reports_inside_a_folder_catalogue_and_empty_measurements_are_refused(ti
         assert main([*argv, "-q"]) == 2
         assert "inside the catalogue folder" in capsys.readouterr().err
     assert sorted(p.name for p in cat.iterdir()) == before
+    # a hidden folder is never read as a class: a report may go there
+    assert main(["evaluate", "-m", str(tiny_bundle.bundle), "--data", str(cat), "--out", str(cat / ".eval"),
+                 "-q"]) == 0
     base = ["robustness", "-m", str(tiny_bundle.bundle), "--data", str(cat), "--out", str(tmp_path / "r"), "-q"]
     for extra, needle in ((["--attacks", "", "--corruptions", "none"], "nothing to measure"),
                           (["--eps", "", "--corruptions", "none"], "no budget given"),

@@ -57,10 +57,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         say("skulens: interrupted")
         return 130
-    except BrokenPipeError:  # `skulens search ... | head`: the reader has what it wanted; no traceback
+    except BrokenPipeError:
+        if not _stdout_reader_gone():  # another pipe or socket broke: not the reader of our results leaving
+            raise
         import os
 
-        # stdout's last buffered bytes would fail again at exit ("Exception ignored ..."): send them nowhere
+        # `skulens search ... | head`: the reader has what it wanted; no traceback. stdout's last buffered bytes
+        # would fail again at exit ("Exception ignored ..."): send them nowhere
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except Exception as e:
@@ -84,3 +87,16 @@ def main(argv: list[str] | None = None) -> int:
         raise
 
 
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reading end was closed (poll reports an error on it)."""
+    import select
+
+    try:
+        fd = sys.stdout.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no descriptor (a StringIO, a capture): not ours to hide
+        return False

@@ -255,21 +255,19 @@ def cmd_align(ns: argparse.Namespace) -> int:
 
 
 def _check_align_out(out: str) -> None:
-    """Before any work: -o names a folder (the aligner goes in as text_align.safetensors) or a .safetensors file
-    that is not there yet or is an earlier aligner. Any file was replaced (a bundle's card.json or weights, a
-    catalogue's manifest), and a missing folder failed as a traceback after the training."""
+    """Before any work: -o names a folder (the aligner goes in as text_align.safetensors) or a file that is not
+    there yet or is an earlier aligner. Any file was replaced (a bundle's card.json or weights, a catalogue's
+    manifest), and a missing folder failed as a traceback after the training."""
     path = Path(out)
     if path.is_dir():
         return
     check_out_path(out, "-o")
-    if path.suffix != ".safetensors":
-        raise UsageError(f"-o {out}: name a folder or a .safetensors file for the text alignment")
     if path.exists():
         from safetensors import SafetensorError, safe_open
 
         try:
             with safe_open(str(path), "np") as f:
-                aligner = "text_model" in (f.metadata() or {}) and set(f.keys()) == {"weight", "bias"}
+                aligner = set(f.keys()) == {"weight", "bias"}  # an aligner's tensors (older ones lack metadata)
         except (OSError, SafetensorError):  # not a safetensors file at all
             aligner = False
         if not aligner:

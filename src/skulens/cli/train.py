@@ -138,7 +138,9 @@ def cmd_distill(ns: argparse.Namespace) -> int:
     if ns.model and cfg_teacher and _folder(ns.model) != _folder(cfg_teacher):
         raise UsageError(f"--model {ns.model} and --teacher {cfg_teacher}: both name the model to distil; give one")
     ns.model = ns.model or cfg_teacher
-    _data_and_out(ns, values)
+    if ns.student and getattr(ns, "backbone", None) is None:  # --student wins over a --config file's backbone
+        values.pop("backbone", None)  # (a run's config.yaml always names one); a --backbone flag beside it is
+    _data_and_out(ns, values)         # a conflict distill refuses
     if not ns.model:
         raise UsageError("--model TEACHER_BUNDLE is required (the model to distil; --teacher is the same)")
     teacher = model_path(ns)

@@ -179,8 +179,11 @@ def reads_its_folders(source: str | os.PathLike[str]) -> bool:
 
 def inside_folder_catalogue(path: str | os.PathLike[str], source: str | os.PathLike[str]) -> bool:
     """Whether `path` (a run's or a report's folder) lies inside the folder catalogue at `source`, where its
-    files would be read as photos of a class by the next command over it (`reads_its_folders`)."""
-    return reads_its_folders(source) and Path(path).resolve().is_relative_to(Path(source).resolve())
+    files would be read as photos of a class by the next command over it (`reads_its_folders`). A hidden folder
+    (".eval") is never read as a class or split."""
+    inside, root = Path(path).resolve(), Path(source).resolve()
+    return (reads_its_folders(source) and inside.is_relative_to(root)
+            and not any(part.startswith(".") for part in inside.relative_to(root).parts))
 
 
 def _stratified_split(train: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:

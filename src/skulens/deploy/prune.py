@@ -174,6 +174,7 @@ def prune_and_recover(bundle: str | os.PathLike[str], out: str | os.PathLike[str
     import shutil
 
     from ..data.catalogue import inside_folder_catalogue
+    from ..train.checkpoint import run_started
     from ..train.engine import fit
 
     run_dir = Path(out)
@@ -186,7 +187,7 @@ def prune_and_recover(bundle: str | os.PathLike[str], out: str | os.PathLike[str
         raise ConfigError(f"--out {out} is inside the catalogue folder {catalogue}: the next run would read the "
                           "run's own files as photos; choose an --out outside it")
     if resume:
-        pruned = _pruned_before(run_dir, kind, amount)
+        pruned = _pruned_before(bundle, run_dir, kind, amount)
     elif (run_dir / "pruned").exists() or (run_dir / "bundle").exists():
         raise ConfigError(f"{run_dir} already holds a run; choose another --out"
                           + (", or --resume to go on with its recovery" if (run_dir / "checkpoint").exists() else ""))
@@ -199,17 +200,27 @@ def prune_and_recover(bundle: str | os.PathLike[str], out: str | os.PathLike[str
     except BaseException:
         # refused or stopped before its first checkpoint (a setting the catalogue lacks, a Ctrl-C): nothing of
         # the recovery exists, so the pruned bundle goes too and the corrected command can run into this --out
-        if not resume and not (run_dir / "checkpoint").exists() and not (run_dir / "bundle").exists():
+        if not resume and not run_started(run_dir):
             shutil.rmtree(run_dir / "pruned", ignore_errors=True)
         raise
 
 
-def _pruned_before(run_dir: Path, kind: str, amount: float) -> PruneResult:
-    """The pruned bundle an interrupted run wrote, to resume its recovery from (the same kind and amount)."""
+def _folder_of(bundle: str | os.PathLike[str]) -> Path:
+    p = Path(bundle).resolve()
+    return p.parent if p.name == "card.json" else p
+
+
+def _pruned_before(bundle: str | os.PathLike[str], run_dir: Path, kind: str, amount: float) -> PruneResult:
+    """The pruned bundle an interrupted run wrote, to resume its recovery from (of `bundle`, the same kind and
+    amount)."""
     path = run_dir / "pruned"
     if not (path / "card.json").is_file():
         raise ConfigError(f"{run_dir}: no pruned bundle to resume from (OUT/pruned); run without --resume")
     card = read_card(path)
+    source = card.lineage.get("pruned_from", {}).get("bundle")
+    if source is not None and _folder_of(source) != _folder_of(bundle):
+        raise ConfigError(f"{run_dir} holds a pruned {source}, not {bundle}: resume it with that --model, or choose "
+                          "another --out")
     info = card.pruning
     if info.get("kind") != kind or info.get("amount") != amount:
         raise ConfigError(f"{run_dir} was pruned {info.get('kind')} with amount {info.get('amount')}, not {kind} "

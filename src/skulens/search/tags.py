@@ -129,7 +129,7 @@ class ListingTags:
                 "confidence": f"{self.category[-1].confidence:.4f}" if self.category else "",
                 "attributes": scores_cell(self.attributes, 3),
                 "colours": ";".join(f"{c}:{p:.2f}" for c, p in self.colours),
-                "tags": ";".join(f"{t}:{s:.3f}" for t, s in self.tags), "error": self.error or ""}
+                "tags": scores_cell(self.tags, 3), "error": self.error or ""}
 
 
 # --------------------------------------------------------------------------------------------- category

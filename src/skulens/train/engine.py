@@ -20,7 +20,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from ..config import ConfigError, TrainConfig, config_to_dict, with_absolute_paths
-from ..data.catalogue import Catalogue, CatalogueError, Sample, load_catalogue
+from ..data.catalogue import Catalogue, CatalogueError, Sample, inside_folder_catalogue, load_catalogue
 from ..data.dataset import TensorImageDataset
 from ..data.splits import Split, prepare_split
 from ..data.transforms import create_transform
@@ -304,8 +304,8 @@ def _check_catalogue(cfg: TrainConfig, cat: Catalogue) -> None:
     if len(cat.classes) < 2:  # a scikit-learn traceback from the baseline, or a model that can answer one thing
         raise CatalogueError(f"{cat.root}: {len(cat.classes)} class ({', '.join(cat.classes) or 'none'}); "
                              "a classifier needs at least 2")
-    data, out = Path(cfg.data or cat.root), Path(cfg.out).resolve()
-    if cat.layout == "folders" and out.is_relative_to(cat.root.resolve()):  # a manifest lists its photos
+    data = Path(cfg.data or cat.root)
+    if cat.layout == "folders" and inside_folder_catalogue(cfg.out, cat.root):  # a manifest lists its photos
         # a folder of class folders: the run's report plots became a class of the next run (or of evaluate)
         raise ConfigError(f"--out {cfg.out} is inside the catalogue folder {data}: the next run would read the "
                           "run's own files as photos; choose an --out outside it")

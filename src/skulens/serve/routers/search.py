@@ -288,7 +288,7 @@ def _shared_metadata(records: list[IndexRecord]) -> dict[str, Any]:
 @crud_router.patch("/{product_id}", responses=STORAGE_RESPONSES,
                    summary="Change a product's title, text or metadata (price, in_stock, ...) in the search index;"
                    " predict and support show a new title until a restart, when the catalogue's "
-                   "own texts are read again")
+                   "own texts are read again (an enrolled product's are read from the index: they stay)")
 async def update_product(state: State, actor: WriteKey, product_id: ProductId, patch: ProductPatch
                          ) -> dict[str, Any]:
     import dataclasses
