@@ -548,6 +548,18 @@ def test_the_service_runs_the_exported_onnx_model(tiny_bundle, model, tiny_catal
         assert r.status_code == 501 and "--backend onnx" in r.json()["detail"]
     with pytest.raises(ConfigError, match="backend"):
         _settings(tiny_bundle, backend="tensorflow")
+    for bad, needle in (({"precision": "fp32"}, "precision must be one of"),
+                        ({"precision": "off", "backend": "onnx"}, "for the PyTorch backend")):
+        with pytest.raises(ConfigError, match=needle):
+            _settings(tiny_bundle, **bad)
+
+
+def test_serve_precision_reaches_the_model(tiny_bundle) -> None:
+    """No serve setting chose the numerics: a service on a CPU with bf16 could not be pinned to fp32."""
+    from skulens.serve.state import ServiceState
+
+    state = ServiceState.load(_settings(tiny_bundle, precision="off", warmup=False))
+    assert state.model.precision == "off"
 
 
 def test_inventory_counts_carry_names_and_change_times_and_the_csv_names_products(tiny_bundle, model, inventory_db,

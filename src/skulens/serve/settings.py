@@ -16,6 +16,7 @@ from typing import Any
 
 from ..config import ConfigError, load_config
 from ..detect.options import TILE_MODES, check_backend
+from ..models.options import PRECISIONS
 
 __all__ = ["MAX_RETENTION_DAYS", "ApiKey", "ServeSettings", "load_api_keys", "resolve_settings"]
 
@@ -48,6 +49,7 @@ class ServeSettings:
     port: int = 8000
     device: str = "auto"
     backend: str = "torch"  # torch, or onnx / onnx-int8: the bundle's model.onnx / model.int8.onnx under ONNX Runtime (no Grad-CAM, no enrolment)
+    precision: str = "auto"  # PyTorch inference numerics: auto (bf16 on CPUs with AVX512-BF16/AMX and on CUDA, else fp32), bf16, fp16 (CUDA) or off (fp32 everywhere, as ONNX Runtime runs)
     # Security.
     api_keys: tuple[ApiKey, ...] = ()  # from --api-keys-file or $SKULENS_API_KEYS; none: writes refused
     auth_reads: bool = False  # also require a key on read endpoints
@@ -120,6 +122,11 @@ class ServeSettings:
             raise ConfigError("upload_retention_days needs an inventory (db): only the inventory keeps uploads")
         if self.backend not in ("torch", "onnx", "onnx-int8"):
             raise ConfigError(f"backend must be torch, onnx or onnx-int8, got {self.backend!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.precision != "auto" and self.backend != "torch":
+            raise ConfigError(f"precision {self.precision}: for the PyTorch backend; backend {self.backend} runs the "
+                              "exported file's own numerics")
         if self.db and "://" in self.db and self.db.split("://", 1)[0].lower() not in _DB_SCHEMES:
             raise ConfigError(f"db {_hide_password(self.db)}: a SQLite file path or a postgresql:// URL "
                               f"(schemes: {', '.join(sorted(_DB_SCHEMES))})")

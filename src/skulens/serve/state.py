@@ -206,7 +206,8 @@ class ServiceState:
         t0 = time.time()
         detector = _load_detector(settings) if settings.detector else None  # a bad folder fails before the model
         if model is None:
-            model = load(settings.model, device=settings.device, backend=settings.backend)
+            model = load(settings.model, device=settings.device, backend=settings.backend,
+                         precision=settings.precision)
         products, responder, error = _load_support(settings, model)
         search = _load_search(settings, model) if settings.index else None
         if search is not None:
@@ -250,7 +251,8 @@ class ServiceState:
         from ..models.predictor import load_model as load
 
         with self._model_lock:
-            model = load(self.settings.model, device=self.settings.device, backend=self.settings.backend)
+            model = load(self.settings.model, device=self.settings.device, backend=self.settings.backend,
+                         precision=self.settings.precision)
             self.model = model
             self.recognizer.model = model
             tagger = _tagger(model, self.products)  # new classes: the text side is made again, from the vectors
