@@ -124,21 +124,30 @@ def test_predict_csv_to_a_file(bundle: str, val_root: Path, tmp_path: Path) -> N
 
 
 def _split_scores(cell: str) -> list[tuple[str, float]]:
-    """The reader the README describes for a scores cell: split on ';' not after '\\', each item at its last ':'."""
-    items = re.split(r"(?<!\\);", cell) if cell else []
-    # an escaped backslash before a ';' ("a\\\\;b") is not handled by this simple reader: no test label has one
-    return [(i.rsplit(":", 1)[0].replace("\\;", ";").replace("\\\\", "\\"), float(i.rsplit(":", 1)[1]))
-            for i in items]
+    """The reader the README describes for a scores cell: split on each ';' not escaped by a '\\', undo the
+    escapes, each item at its last ':'."""
+    items, current, chars = [], "", iter(cell)
+    for ch in chars:
+        if ch == "\\":
+            current += next(chars)
+        elif ch == ";":
+            items.append(current)
+            current = ""
+        else:
+            current += ch
+    if cell:
+        items.append(current)
+    return [(i.rsplit(":", 1)[0], float(i.rsplit(":", 1)[1])) for i in items]
 
 
 def test_a_scores_cell_splits_back_into_its_names() -> None:
     """A label holding ';' or ':' ("Red:Apple; big") made the top_k cell of `predict -o x.csv` unreadable."""
     from skulens.models.card import scores_cell
 
-    pairs = [("Red:Apple; big", 0.704), ('Green "Apple", 1kg', 0.2911), ("oat-milk", 0.0048)]
+    pairs = [("Red:Apple; big", 0.704), ('Green "Apple", 1kg', 0.2911), ("oat-milk", 0.0048), ("a\\;b\\", 0.001)]
     cell = scores_cell(pairs, 4)
-    assert cell == 'Red:Apple\\; big:0.7040;Green "Apple", 1kg:0.2911;oat-milk:0.0048'
-    assert _split_scores(cell) == [("Red:Apple; big", 0.704), ('Green "Apple", 1kg', 0.2911), ("oat-milk", 0.0048)]
+    assert cell == 'Red:Apple\\; big:0.7040;Green "Apple", 1kg:0.2911;oat-milk:0.0048;a\\\\\\;b\\\\:0.0010'
+    assert _split_scores(cell) == pairs
     assert scores_cell([], 3) == ""
 
 

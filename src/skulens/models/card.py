@@ -188,8 +188,9 @@ def _escape_name(name: str) -> str:
 def scores_cell(pairs: Iterable[tuple[str, float]], digits: int) -> str:
     """Labels (or attributes) with their scores as one CSV cell, "name:0.7040;name:0.2911".
 
-    A ';' or '\\' inside a name is written '\\;' or '\\\\', so the cell splits back unambiguously: on each ';'
-    not after a '\\', then each item at its last ':' (a name may hold ':'; a score never does)."""
+    A ';' or '\\' inside a name is written '\\;' or '\\\\', so the cell splits back unambiguously: left to right,
+    the character after a '\\' is taken as it is, any other ';' ends an item, and each item splits at its last ':'
+    (a name may hold ':'; a score never does)."""
     return ";".join(f"{_escape_name(name)}:{score:.{digits}f}" for name, score in pairs)
 
 
