@@ -234,3 +234,16 @@ def test_a_config_that_overrides_a_preset_says_so(tmp_path: Path, caplog: pytest
         apply_preset({"epochs": 3}, "best")
         apply_preset({"freeze": "full"}, "best")
     assert caplog.text == ""
+
+
+def test_the_package_lists_its_lazy_names_and_reaches_its_modules_without_torch_at_import() -> None:
+    """help(skulens) and dir() showed train and evaluate only; `skulens.api` (which their docstrings name) and
+    `skulens.deploy` were AttributeErrors after `import skulens`."""
+    r = _run("-c", "import skulens, sys\n"
+                   "names = dir(skulens)\n"
+                   "assert all(n in names for n in skulens.__all__), names\n"
+                   "assert 'torch' not in sys.modules, 'torch imported'\n"
+                   "assert skulens.config.TrainConfig is skulens.TrainConfig\n"
+                   "assert callable(skulens.api.train) and skulens.deploy.__name__ == 'skulens.deploy'\n"
+                   "assert callable(skulens.train) and callable(skulens.evaluate)  # still the functions\n")
+    assert r.returncode == 0, r.stderr

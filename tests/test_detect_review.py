@@ -413,3 +413,26 @@ def test_count_and_evaluate_run_the_onnx_detector(own_detector, tmp_path, capsys
 
     with pytest.raises(ValueError, match="on the CPU"):  # the Python API's job checks the same
         CountJob(str(own_detector), backend="onnx", device="cuda")
+
+
+def test_count_in_python_takes_a_box_cap_and_draws_on_the_photo_as_given(detector, tmp_path) -> None:
+    """`skulens.count` had no --max-boxes; `annotated(path)` was an AttributeError, and on a photo turned by its
+    EXIF orientation the boxes of the upright photo were drawn on the stored one (off the picture)."""
+    import skulens
+
+    stored = Image.fromarray(np.random.default_rng(1).integers(0, 256, (80, 200, 3), dtype=np.uint8))
+    exif = stored.getexif()
+    exif[0x0112] = 6  # orientation: turn 90 degrees clockwise to view
+    photo = tmp_path / "turned.jpg"
+    stored.save(photo, exif=exif)
+    det = skulens.load_detector(detector)
+    own_cap = det.config.max_detections
+    [free] = skulens.count([photo], det, min_score=0.0)
+    [capped] = skulens.count([photo], det, min_score=0.0, max_boxes=1)
+    assert (free.width, free.height) == (80, 200) and len(free.boxes) > 1
+    assert len(capped.boxes) == 1 and capped.capped
+    assert det.config.max_detections == own_cap  # the caller's detector keeps its own cap
+    for given in (photo, photo.read_bytes(), Image.open(photo)):
+        assert capped.annotated(given).size == (80, 200)  # upright, as the boxes were found
+    with pytest.raises(ValueError, match="max_boxes must be a whole number"):
+        skulens.count([photo], det, max_boxes=0)

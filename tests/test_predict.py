@@ -228,6 +228,10 @@ def test_embed_raises_on_an_undecodable_image(model: Model, val_images: list[tup
     with pytest.raises(ImageDecodeError, match="not an image") as info:
         model.embed([str(val_images[0][0]), str(bad)])
     assert info.value.source == str(bad)
+    with pytest.raises(ImageDecodeError) as info:  # from a generator: a TypeError ("not subscriptable") before
+        model.embed(p for p in (str(val_images[0][0]), str(bad)))
+    assert info.value.source == str(bad)
+    assert model.embed(str(p) for p, _ in val_images[:2]).shape == (2, model.card.embedding_dim)
 
 
 def test_top_k_and_min_confidence_per_image(model: Model, val_images: list[tuple[Path, str]]) -> None:

@@ -61,9 +61,21 @@ train.__name__ = "skulens.train"
 evaluate.__name__ = "skulens.evaluate"
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
+# Modules reached as attributes after a plain `import skulens` (`skulens.api.train`, `skulens.deploy`), imported
+# on first use; `skulens.train` and `skulens.evaluate` are the functions above.
+_MODULES = frozenset({"api", "cli", "config", "data", "deploy", "detect", "models", "recommend", "search", "serve"})
 
+
+def __getattr__(name: str) -> Any:
+    import importlib
+
+    if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in _MODULES:
+        return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module 'skulens' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The lazy names too (help(), tab completion listed train and evaluate only)."""
+    return sorted(set(globals()) | set(__all__))

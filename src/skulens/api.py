@@ -110,7 +110,7 @@ def load_detector(path: str | os.PathLike, *, device: str = "auto", backend: str
 def count(photos: Sequence[ImageInput], detector: Detector | str | os.PathLike, *,
           model: Model | str | os.PathLike | None = None, min_score: float | None = None, min_confidence: float = 0.5,
           tiles: str = "auto", index: str | os.PathLike | None = None,
-          min_similarity: float | None = None) -> list[PhotoCount]:
+          min_similarity: float | None = None, max_boxes: int | None = None) -> list[PhotoCount]:
     """Find, recognise and count every product in each photo.
 
     detector: a Detector or its folder; min_score None uses the detector's own threshold. model: the
@@ -118,11 +118,15 @@ def count(photos: Sequence[ImageInput], detector: Detector | str | os.PathLike, 
     search index built with `model` (`skulens index build`) names each box by its nearest product instead,
     when the cosine similarity is at least `min_similarity` (default 0.5), so products enrolled in the index
     count too. Each PhotoCount has the boxes (label None = unknown: the classifier was below
-    `min_confidence`), the count per product, and `annotated(photo)` for a picture.
+    `min_confidence`), the count per product, and `annotated(photo)` for a picture (the photo as given to
+    `count`: a path, bytes or PIL image). max_boxes: the most boxes kept per photo (None: the detector's own);
+    a photo that had more is `capped`, as `skulens count --max-boxes` sets it.
     """
     from .detect.count import count_products
     from .detect.detector import Detector as _Detector
 
+    if max_boxes is not None and (isinstance(max_boxes, bool) or not isinstance(max_boxes, int) or max_boxes < 1):
+        raise ValueError(f"max_boxes must be a whole number >= 1, got {max_boxes!r}")
     det = detector if isinstance(detector, _Detector) else load_detector(detector)
     clf = model if model is None or isinstance(model, Model) else load_model(model)
     vectors = None
@@ -130,9 +134,15 @@ def count(photos: Sequence[ImageInput], detector: Detector | str | os.PathLike, 
         from .search.index import open_index
 
         vectors = open_index(index)
-    return [r for r, _ in count_products(det, photos, model=clf, min_score=min_score,
-                                         min_confidence=min_confidence, tiles=tiles, index=vectors,
-                                         min_similarity=min_similarity)]
+    kept = (det.card, det.net.detections_per_img, det.net.topk_candidates)
+    if max_boxes is not None:
+        det.with_settings(max_detections=max_boxes)
+    try:
+        return [r for r, _ in count_products(det, photos, model=clf, min_score=min_score,
+                                             min_confidence=min_confidence, tiles=tiles, index=vectors,
+                                             min_similarity=min_similarity)]
+    finally:  # a caller's loaded detector keeps its own cap for its next call
+        det.card, det.net.detections_per_img, det.net.topk_candidates = kept
 
 
 def tag(photos: Iterable[ImageInput], model: Model | str | os.PathLike, *, vocabulary: Sequence[str] | None = None,

@@ -73,11 +73,13 @@ class PhotoCount:
                 "counts": dict(sorted(self.counts.items())), "unknown": self.unknown, "capped": self.capped,
                 "error": self.error, "boxes": [b.to_dict() for b in self.boxes]}
 
-    def annotated(self, image: Image.Image) -> Image.Image:
-        """The photo with every box drawn and named (unknown boxes in their own colour); unnamed products
-        (no recogniser) with the detector's score."""
+    def annotated(self, image: ImageInput) -> Image.Image:
+        """The photo (a path, bytes or PIL image: decoded as counting decoded it, upright by its EXIF
+        orientation, so the boxes land where they were found) with every box drawn and named (unknown boxes in
+        their own colour); unnamed products (no recogniser) with the detector's score."""
         from .draw import draw_boxes
 
+        image = shelf_photo(image, self.source)
         boxes = np.array([b.box for b in self.boxes], np.float32).reshape(-1, 4)
         if not self.recognised:
             return draw_boxes(image, boxes, scores=[b.score for b in self.boxes])

@@ -214,6 +214,7 @@ class Model:
 
     def _embedded(self, images: Sequence[ImageInput], batch_size: int, progress: bool
                   ) -> tuple[np.ndarray, HeadOutputs]:
+        images = list(images)  # a generator: read once here, and indexable for the error below
         tensors, _, failed = self._decode(images)
         if failed:
             i, reason = failed[0]
