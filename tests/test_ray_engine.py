@@ -475,3 +475,32 @@ def test_child_processes_left_by_a_failed_start_are_found_and_stopped() -> None:
         child.kill()
         other.kill()
         other.wait()
+
+
+def test_an_address_nothing_answers_is_one_line_at_once_and_job_files_go_absolute(tiny_bundle, tmp_path,
+                                                                                   monkeypatch, capsys) -> None:
+    """--ray-address to a port nothing listens on retried for minutes without a word; a relative -m failed on a
+    cluster's actors ("not a skulens bundle": their current folder is not the driver's)."""
+    import socket
+    import time
+
+    from skulens.deploy.ray_jobs import RayClusterError, _absolute_files, _check_reachable
+
+    with socket.socket() as s:  # a port that was free a moment ago
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t0 = time.monotonic()
+    with pytest.raises(RayClusterError, match="nothing answers there"):
+        _check_reachable(f"127.0.0.1:{port}")
+    assert time.monotonic() - t0 < 10
+    _check_reachable("auto")  # Ray's to resolve
+    if __import__("importlib").util.find_spec("ray") is not None:
+        photo = tmp_path / "p.png"
+        photo.write_bytes(b"x")
+        assert main(["predict", "-m", str(tiny_bundle.bundle), str(photo), "--engine", "ray", "--ray-address",
+                     f"127.0.0.1:{port}", "-o", str(tmp_path / "p.parquet"), "-q"]) == 2
+        assert "nothing answers there" in capsys.readouterr().err
+    monkeypatch.chdir(Path(tiny_bundle.bundle).parent)
+    job = _absolute_files(PredictJob("bundle"))
+    assert job.model == str(Path(tiny_bundle.bundle).resolve())
+    assert _absolute_files(PredictJob("pretrained:efficientnet_lite0")).model == "pretrained:efficientnet_lite0"

@@ -34,6 +34,7 @@ USER_ERROR_CLASSES = (
     ("skulens.search.index", "IndexStoreError"),
     ("skulens.recommend.shopping_log", "ShoppingLogError"),
     ("skulens.recommend.recommenders", "UnknownProductError"),
+    ("skulens.deploy.ray_jobs", "RayClusterError"),
     ("skulens.serve.inventory", "InventoryError"),
 )
 

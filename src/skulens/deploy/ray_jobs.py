@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
     from ..search.embeddings import EmbeddedImages
 
-__all__ = ["JobActor", "JobSummary", "actor_threads", "embed_on_ray", "job_dataset", "ray_session", "require_ray",
+__all__ = ["JobActor", "JobSummary", "RayClusterError", "actor_threads", "embed_on_ray", "job_dataset", "ray_session", "require_ray",
            "run_job", "start_local_ray"]
 
 logger = logging.getLogger(__name__)
@@ -85,13 +85,43 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None) -> I
     address = address or os.environ.get("RAY_ADDRESS") or None
     quiet: dict[str, Any] = {"logging_level": logging.WARNING, "configure_logging": True}
     if address:
-        ray.init(address=address, **quiet)
+        _check_reachable(address)
+        try:
+            ray.init(address=address, **quiet)
+        except ConnectionError as exc:  # a traceback before (a cluster that wants a token, one that went away)
+            raise RayClusterError(f"Ray cluster at {address}: cannot join it ({exc}); a cluster started with "
+                                  "`ray start --head` may need RAY_AUTH_MODE=token and its token here too") \
+                from None
     else:
         start_local_ray(num_cpus, **quiet)
     try:
         yield
     finally:
         ray.shutdown()
+
+
+class RayClusterError(ConnectionError):
+    """The Ray cluster named by --ray-address / $RAY_ADDRESS cannot be reached or joined (a user error: one line
+    in the CLI)."""
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """A cluster address ("host:port", "ray://host:port") whose port answers a TCP connect within `timeout_s`:
+    `ray.init` retried a dead address for minutes without a word. "auto" and "local" are Ray's to resolve."""
+    import socket
+
+    target = address.split("://", 1)[-1].rstrip("/")
+    if target in ("auto", "local") or ":" not in target:
+        return
+    host, _, port = target.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            return
+    except ValueError:
+        raise RayClusterError(f"Ray cluster at {address}: not host:port") from None
+    except OSError as exc:
+        raise RayClusterError(f"Ray cluster at {address}: nothing answers there ({exc.strerror or exc}); start it "
+                              "with `ray start --head` or check --ray-address / $RAY_ADDRESS") from None
 
 
 def start_local_ray(num_cpus: int | None = None, *, attempts: int = STARTUP_ATTEMPTS, **init_kwargs: Any) -> None:
@@ -240,6 +270,17 @@ def _block_rows(n: int, batch_size: int, actors: int) -> int:
     return batch_size * max(1, -(-batches // (actors * BLOCKS_PER_ACTOR)))
 
 
+def _absolute_files(job: BatchJob) -> BatchJob:
+    """The job with its model, detector and index as absolute paths: an actor's current folder is not this
+    process's (a relative -m failed on a cluster as "not a skulens bundle")."""
+    import dataclasses
+
+    changes = {name: os.path.abspath(value) for name in ("model", "detector", "index")
+               if isinstance(value := getattr(job, name, None), (str, os.PathLike))
+               and not str(value).startswith("pretrained:") and os.path.exists(value)}
+    return dataclasses.replace(job, **changes) if changes and dataclasses.is_dataclass(job) else job
+
+
 def job_dataset(job: BatchJob, paths: Sequence[str | os.PathLike], *, actors: int = 1, cpus_per_actor: float = 1.0,
                 gpus_per_actor: float = 0.0) -> ray.data.Dataset:
     """The lazy dataset of the job's rows: `paths` in blocks, mapped by a pool of `actors` JobActors, each
@@ -254,6 +295,7 @@ def job_dataset(job: BatchJob, paths: Sequence[str | os.PathLike], *, actors: in
         raise ValueError("no images to run the job on")
     if actors < 1 or job.batch_size < 1:
         raise ValueError(f"actors and batch_size must be >= 1, got {actors} and {job.batch_size}")
+    job = _absolute_files(job)
     step = _block_rows(len(paths), job.batch_size, actors)
     given = [str(p) for p in paths]
     absolute = [os.path.abspath(p) for p in given]

@@ -214,6 +214,7 @@ class Model:
 
     def _embedded(self, images: Sequence[ImageInput], batch_size: int, progress: bool
                   ) -> tuple[np.ndarray, HeadOutputs]:
+        check_images(images)  # one path alone is refused before list() reads it letter by letter
         images = list(images)  # a generator: read once here, and indexable for the error below
         tensors, _, failed = self._decode(images)
         if failed:

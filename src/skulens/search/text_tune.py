@@ -508,14 +508,17 @@ def tune_text_encoder(bundle: str | os.PathLike[str], cat: Catalogue, *,
     BUNDLE/text_encoder (replacing an earlier one, atomically). Nothing else in the bundle is written."""
     import dataclasses
 
-    from ..models.bundle import bundle_folder, read_card  # lazy: it imports torch
+    from ..models.bundle import BundleError, bundle_folder, read_card  # lazy: it imports torch
     from ..models.card import enrolled_products
 
     folder = bundle_folder(bundle)
     if config.epochs < 1 or config.batch_size < 2:
         raise ValueError("text-tune needs epochs >= 1 and batch_size >= 2")
-    enrolled = enrolled_products(read_card(folder))  # products the model answers that no catalogue sheet names:
-    if enrolled:  # their enrolment's title and text are learnt too, and a query log may name them
+    try:  # products the model answers that no catalogue sheet names: their enrolment's title and text are
+        enrolled = enrolled_products(read_card(folder))  # learnt too, and a query log may name them
+    except BundleError:  # a card text-tune cannot read: it needs nothing else of it
+        enrolled = {}
+    if enrolled:
         cat = dataclasses.replace(cat, products={**enrolled, **cat.products})
     pairs, log_pairs = training_pairs(cat, config, queries)
     if len({label for _, _, label in pairs}) < 2:
