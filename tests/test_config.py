@@ -247,3 +247,18 @@ def test_the_package_lists_its_lazy_names_and_reaches_its_modules_without_torch_
                    "assert callable(skulens.api.train) and skulens.deploy.__name__ == 'skulens.deploy'\n"
                    "assert callable(skulens.train) and callable(skulens.evaluate)  # still the functions\n")
     assert r.returncode == 0, r.stderr
+
+
+def test_config_files_odd_keys_folders_bom_and_upper_case_suffixes(tmp_path: Path) -> None:
+    """YAML's `1: 2` was a TypeError traceback, a folder "not found", a BOM refused in JSON and TOML, and
+    E.TOML read as YAML."""
+    odd = tmp_path / "odd.yaml"
+    odd.write_text("epochs: 2\n1: 2\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="keys are setting names, got 1"):
+        load_config(odd)
+    with pytest.raises(ConfigError, match="a folder"):
+        load_config(tmp_path)
+    for name, text in (("bom.json", '{"epochs": 2}'), ("bom.toml", "epochs = 2\n"), ("E.TOML", "epochs = 2\n")):
+        f = tmp_path / name
+        f.write_text(("\ufeff" if name.startswith("bom") else "") + text, encoding="utf-8")
+        assert load_config(f) == {"epochs": 2}, name

@@ -77,10 +77,13 @@ def test_recorded_dataset_gone_falls_back_to_default(tmp_path: Path, monkeypatch
     assert resolve_data(None, recorded=str(tmp_path / "moved-away")) == default
 
 
-def test_nothing_anywhere_raises_the_hint(tmp_path: Path, nothing_by_default: None) -> None:
-    with pytest.raises(DataNotFoundError) as info:
+def test_nothing_anywhere_names_the_pointer_that_is_wrong(tmp_path: Path, nothing_by_default: None) -> None:
+    """A wrong $SKULENS_DATA got the grocery hint ("The Grocery Store dataset was not found"), which did not name it."""
+    with pytest.raises(DataNotFoundError, match=r"^\$SKULENS_DATA .*no-such-dataset: no such file or folder\. "):
         resolve_data(None, recorded=str(tmp_path / "moved-away"))
-    assert str(info.value) == DATASET_HINT
+    (tmp_path / "no-such-dataset").mkdir()  # there, but empty
+    with pytest.raises(DataNotFoundError, match="no catalogue there"):
+        resolve_data(None)
     assert "GroceryStoreDataset" in DATASET_HINT and "SKULENS_DATA" in DATASET_HINT
 
 

@@ -20,7 +20,7 @@ import skulens
 from _serve_util import SlowModel, bad_uploads, has_gps, photo_bytes
 from conftest import modules_loaded_by
 from skulens.serve.app import create_app
-from skulens.serve.settings import ApiKey, ServeSettings
+from skulens.serve.settings import ApiKey, ServeSettings, load_api_keys
 
 KEY = "test-secret-key"
 AUTH = {"X-API-Key": KEY}
@@ -463,6 +463,28 @@ def test_settings_from_file_and_flags_unknown_keys_are_errors(tmp_path: Path) ->
     cfg.write_text('model = "b"\napi_keys = ["x"]\n')
     with pytest.raises(ConfigError, match="api-keys-file"):
         resolve_settings({}, cfg)
+    with pytest.raises(ConfigError, match="api-keys-file"):  # as `skulens serve` calls it: the keys were dropped
+        resolve_settings({"api_keys": ()}, cfg)
+    # values that were bent into the setting's type: port: yes was 1, top_k: 3.9 was 3, auth_reads: 5 True,
+    # host: null bound every interface, cors_origins: 5 and model: null were tracebacks, a NaN timeout passed
+    yaml_cfg = tmp_path / "serve.yaml"
+    for line, needle in (("port: yes", "port"), ("top_k: 3.9", "top_k"), ("auth_reads: 5", "auth_reads"),
+                         ("host: null", "host: cannot be null"), ("cors_origins: 5", "cors_origins"),
+                         ("request_timeout_s: .nan", "finite"), ("port: 70000", "port must be in 0..65535"),
+                         ("device: {a: 1}", "expected one value")):
+        yaml_cfg.write_text(f"model: b\n{line}\n", encoding="utf-8")
+        with pytest.raises(ConfigError, match=needle):
+            resolve_settings({}, yaml_cfg)
+    yaml_cfg.write_text("model: null\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="model: cannot be null"):
+        resolve_settings({}, yaml_cfg)
+    yaml_cfg.write_text("model: b\nport: '8080'\ncors_origins: null\nauth_reads: 'yes'\n", encoding="utf-8")
+    ok = resolve_settings({}, yaml_cfg)
+    assert (ok.port, ok.cors_origins, ok.auth_reads) == (8080, (), True)
+    keys = tmp_path / "keys.txt"
+    keys.write_bytes(b"ops:caf\xe9secret123\n")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_api_keys(keys)
     with pytest.raises(ConfigError, match="cors_origins"):
         resolve_settings({"model": "b", "cors_origins": "*"})
     with pytest.raises(ConfigError, match="review_threshold"):
@@ -654,3 +676,20 @@ def test_warm_up_batch_sizes() -> None:
     assert batch_sizes(4) == [1, 2, 3, 4]
     assert batch_sizes(16) == list(range(1, 17))
     assert batch_sizes(100) == [*range(1, 17), 32, 64, 100]
+
+
+def test_serve_says_a_taken_port_in_one_line_before_loading_the_model(tiny_bundle, capsys) -> None:
+    """A port another process held was uvicorn's startup failure: a log line and exit 3 (skulens' code for
+    storage refusing writes), after the model had loaded. `--api-keys SECRET` was taken as --api-keys-file."""
+    import socket
+
+    from skulens.cli import main
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        assert main(["serve", "-m", str(tiny_bundle.bundle), "--port", str(port), "--no-warmup"]) == 2
+    assert f"--port {port}: cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["serve", "-m", str(tiny_bundle.bundle), "--api-keys", "ops:s3cret-key"])

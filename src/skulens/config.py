@@ -321,18 +321,21 @@ def resolve_config(overrides: dict[str, Any] | None = None, base: TrainConfig | 
 def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read overrides from a YAML, TOML or JSON file (a flat mapping of TrainConfig keys)."""
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"config file {p}: a folder; name the .yaml, .toml or .json file in it")
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
     try:
-        text = p.read_text(encoding="utf-8")
+        text = p.read_text(encoding="utf-8-sig")  # -sig: a BOM (Windows editors) is no key's first character
     except UnicodeDecodeError:
         from .data.encoding import not_utf8
 
         raise ConfigError(f"{p}: {not_utf8(p)}") from None
+    suffix = p.suffix.lower()  # E.TOML is TOML (it was read as YAML)
     try:
-        if p.suffix in (".toml",):
+        if suffix == ".toml":
             data = tomllib.loads(text)
-        elif p.suffix == ".json":
+        elif suffix == ".json":
             data = json.loads(text)
         else:
             import yaml
@@ -342,6 +345,9 @@ def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ConfigError(f"{p}: cannot parse config: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: expected a mapping of config keys, got {type(data).__name__}")
+    odd = [k for k in data if not isinstance(k, str)]
+    if odd:  # YAML's `1: 2`, `null: x`: a TypeError where the keys were sorted or joined
+        raise ConfigError(f"{p}: keys are setting names, got {', '.join(repr(k) for k in odd[:3])}")
     _refuse_removed(data, where=f"{p}: ")
     return data
 

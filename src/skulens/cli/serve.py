@@ -14,7 +14,7 @@ from dataclasses import fields
 from typing import Any
 
 from ..serve.settings import ServeSettings, load_api_keys, resolve_settings
-from ._common import check_model, deprecated_alias
+from ._common import UsageError, check_model, deprecated_alias
 
 __all__ = ["add_commands", "serve_settings"]
 
@@ -60,9 +60,10 @@ def _flag(name: str) -> str:
 
 
 def add_commands(sub: Any) -> None:
+    # allow_abbrev off: `--api-keys SECRET` was taken for --api-keys-file, and the secret went to the log and ps
     s = sub.add_parser("serve", help="run the REST API and web page (pip install 'skulens[serve]')",
                        description="Every setting is also a key of --config (TOML/YAML/JSON). API keys come from "
-                                   "--api-keys-file or $SKULENS_API_KEYS, never from a flag.")
+                                   "--api-keys-file or $SKULENS_API_KEYS, never from a flag.", allow_abbrev=False)
     s.add_argument("--config", help="TOML/YAML/JSON file of serve settings (flags override it)")
     s.add_argument("--api-keys-file", help="file with one API key per line (name:secret or secret)")
     comments = _field_comments(ServeSettings)
@@ -92,6 +93,27 @@ def serve_settings(ns: argparse.Namespace) -> ServeSettings:
     return resolve_settings(values, ns.config)
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """The address can be bound now: a port another process holds was uvicorn's startup failure, exit 3 (which
+    skulens keeps for storage refusing writes), after the model had loaded. Port 0 (any free one) always is."""
+    import socket
+
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise UsageError(f"--host {host}: not an address of this machine ({exc.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no conflict
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise UsageError(f"--port {port}: cannot listen on {host}:{port} ({exc.strerror}); another process "
+                             "holds it, or choose another --port") from None
+
+
 def cmd_serve(ns: argparse.Namespace) -> int:
     settings = serve_settings(ns)
     check_model(settings.model, backend=settings.backend)  # before torch and fastapi are imported
@@ -107,6 +129,7 @@ def cmd_serve(ns: argparse.Namespace) -> int:
     if settings.host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("listening on %s: reachable from other machines", settings.host)
     logger.info("serve settings: %s", json.dumps(settings.public()))
+    _check_port_free(settings.host, settings.port)  # before the model loads (uvicorn: a log line and exit 3)
     from ..serve.state import ServiceState
 
     # Loaded here, not in the app's startup: a bad vocabulary, index or detector is then one line and exit 2, as

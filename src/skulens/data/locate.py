@@ -75,6 +75,10 @@ def resolve_data(
                                 f"pass {flag} PATH (or set ${DATA_ENV})")
     found = find_default_data()
     if found is None and required:
+        env = os.environ.get(DATA_ENV)
+        if env:  # the user's pointer is what is wrong: the grocery hint did not name it
+            what = "no such file or folder" if not Path(env).exists() else "no catalogue there"
+            raise DataNotFoundError(f"${DATA_ENV} {env}: {what}. {DATASET_HINT}")
         raise DataNotFoundError(DATASET_HINT)
     return found
 

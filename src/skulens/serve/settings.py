@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import math
 import os
 import re
 from dataclasses import dataclass, field, fields
@@ -120,6 +121,8 @@ class ServeSettings:
             raise ConfigError(f"recommend_refit_s must be > 0, got {self.recommend_refit_s}")
         if self.upload_retention_days is not None and not self.db:
             raise ConfigError("upload_retention_days needs an inventory (db): only the inventory keeps uploads")
+        if not 0 <= self.port <= 65535:  # an OverflowError traceback from bind(), after the model had loaded
+            raise ConfigError(f"port must be in 0..65535, got {self.port}")
         if self.backend not in ("torch", "onnx", "onnx-int8"):
             raise ConfigError(f"backend must be torch, onnx or onnx-int8, got {self.backend!r}")
         if self.precision not in PRECISIONS:
@@ -167,7 +170,12 @@ def load_api_keys(path: str | os.PathLike[str] | None = None, env: str | None = 
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"api keys file not found: {p}")
-        lines += p.read_text(encoding="utf-8").splitlines()
+        try:
+            lines += p.read_text(encoding="utf-8-sig").splitlines()
+        except UnicodeDecodeError:  # a traceback before
+            from ..data.encoding import not_utf8
+
+            raise ConfigError(f"api keys file {p}: {not_utf8(p)}") from None
     env_value = os.environ.get(API_KEYS_ENV, "") if env is None else env
     lines += env_value.split(",")
     keys: list[ApiKey] = []
@@ -187,6 +195,9 @@ def load_api_keys(path: str | os.PathLike[str] | None = None, env: str | None = 
 def resolve_settings(values: dict[str, Any], config_file: str | os.PathLike[str] | None = None) -> ServeSettings:
     """File values, then explicit `values` (None means unset); unknown keys are an error."""
     merged = _renamed(dict(load_config(config_file)) if config_file else {}, str(config_file))
+    if "api_keys" in merged:  # the given values always carry the keys (maybe none), which hid the file's
+        raise ConfigError(f"{config_file}: api_keys cannot be set in a config file; use --api-keys-file or "
+                          "$SKULENS_API_KEYS")
     merged.update(_renamed({k: v for k, v in values.items() if v is not None}, "the given values"))
     known = {f.name: f for f in fields(ServeSettings)}
     unknown = sorted(set(merged) - set(known))
@@ -233,8 +244,24 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
             return value
         raise ConfigError("api_keys cannot be set in a config file; use --api-keys-file or $SKULENS_API_KEYS")
     if name == "cors_origins":
+        if value is None:
+            return ()
+        if not isinstance(value, (str, list, tuple)) or not all(isinstance(v, str) for v in
+                                                               (value if isinstance(value, (list, tuple)) else [])):
+            raise ConfigError(f"cors_origins: a comma-separated text or a list of origins, got {value!r}")
         items = value.split(",") if isinstance(value, str) else list(value)
-        return tuple(str(v).strip() for v in items if str(v).strip())
+        return tuple(v.strip() for v in items if v.strip())
+    # Each value as the setting's type, no further (port: yes was 1, top_k: 3.9 was 3, auth_reads: 5 was True,
+    # host: null bound every interface, a nested mapping became its Python text).
+    if isinstance(value, (dict, list, tuple)):
+        raise ConfigError(f"{name}: cannot use {value!r} (expected one value)")
+    if value is None and default is not None:  # a setting with a default that is not "off"
+        raise ConfigError(f"{name}: cannot be null" + ("" if default is dataclasses.MISSING else
+                                                         f" (default: {default!r}; leave the key out for it)"))
+    if isinstance(value, bool) and not isinstance(default, bool):
+        raise ConfigError(f"{name}: cannot use {value!r} (not a yes/no setting)")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{name}: cannot use {value!r} (a finite number)")
     try:
         if name in _OPTIONAL_FLOATS:
             return None if value is None or value == "" else float(value)
@@ -247,11 +274,18 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
                 if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
                     raise ValueError(value)
                 return value.lower() in ("true", "1", "yes")
-            return bool(value)
+            if not isinstance(value, bool):
+                raise TypeError(value)
+            return value
         if isinstance(default, int):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
             return int(value)
         if isinstance(default, float):
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):
+                raise ValueError(value)
+            return number
         return None if value is None else str(value)
     except (TypeError, ValueError):
         expected = "float" if name in _OPTIONAL_FLOATS else "int" if name in _OPTIONAL_INTS else type(default).__name__
