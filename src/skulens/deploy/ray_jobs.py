@@ -35,8 +35,8 @@ if TYPE_CHECKING:
 
     from ..search.embeddings import EmbeddedImages
 
-__all__ = ["JobActor", "JobSummary", "RayClusterError", "actor_threads", "embed_on_ray", "job_dataset", "ray_session", "require_ray",
-           "run_job", "start_local_ray"]
+__all__ = ["JobActor", "JobSummary", "RayClusterError", "actor_threads", "embed_on_ray", "job_dataset", "ray_session",
+           "require_ray", "run_job", "start_local_ray"]
 
 logger = logging.getLogger(__name__)
 
