@@ -372,6 +372,8 @@ def test_precision_flag_reaches_the_model_and_is_refused_where_it_would_do_nothi
              (["--precision", "fp16", "--device", "cpu"], "for CUDA")]
     if not torch.cuda.is_available():  # device auto is the CPU: the loader refuses it (it was a traceback)
         cases.append((["--precision", "fp16"], "fp16 is for CUDA"))
+    with pytest.raises(ValueError, match="for the PyTorch backend"):  # the Python API ignored it for an export
+        skulens.load(bundle, backend="onnx", precision="off")
     for args, why in cases:
         r = _skulens("predict", "-m", bundle, photo, *args, "-q")
         assert r.returncode == 2 and why in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -21,7 +21,7 @@ from ..config import apply_preset, config_fields, load_config
 from ..data.image_list import is_image_list, non_utf8_names, read_image_list, walk_images
 from ..data.locate import card_json, recorded_dataset, resolve_data
 from ..detect.options import DETECTOR_ONNX, onnx_export_advice
-from ..models.options import EXPORTED_FILES, PRECISIONS
+from ..models.options import EXPORTED_FILES, PRECISIONS, check_precision_backend
 
 __all__ = [
     "EXIT_FAILED",
@@ -423,10 +423,12 @@ def add_precision(p: argparse.ArgumentParser) -> None:
 
 
 def check_precision_flag(ns: argparse.Namespace) -> None:
-    """--precision sets PyTorch's numerics: with an exported backend it would do nothing."""
-    if ns.precision != "auto" and getattr(ns, "backend", "torch") != "torch":
-        raise UsageError(f"--precision {ns.precision}: for the PyTorch backend; --backend {ns.backend} runs the "
-                         "exported file's own numerics")
+    """--precision sets PyTorch's numerics: with an exported backend it would do nothing (refused before the model
+    is looked for)."""
+    try:
+        check_precision_backend(ns.precision, getattr(ns, "backend", "torch"))
+    except ValueError as exc:
+        raise UsageError(f"--{exc}") from None
     if ns.precision == "fp16" and ns.device == "cpu":  # with auto, the model's loader knows whether CUDA is there
         raise UsageError("--precision fp16: for CUDA (--device cuda); on the CPU use bf16 or off")
 

@@ -23,7 +23,7 @@ from ..data.transforms import create_transform, to_uint8_tensor
 from .bundle import BundleError, load_bundle
 from .card import ModelCard, without_conflicts
 from .inference import HeadOutputs, Runner, TorchRunner, card_coarse, check_precision, resolve_device
-from .options import MODEL_BACKENDS
+from .options import MODEL_BACKENDS, check_precision_backend
 
 if TYPE_CHECKING:
     from ..evaluate.metrics import EvalReport
@@ -380,6 +380,7 @@ def load_model(bundle: str | os.PathLike, *, device: str = "auto", precision: st
         if backend != "torch":  # no exported file to run: it was ignored
             raise ValueError(f"backend {backend!r}: a pretrained backbone runs in PyTorch only (backend 'torch')")
         return pretrained_model(str(bundle)[len(PRETRAINED_PREFIX):], device=device, precision=precision)
+    check_precision_backend(precision, backend)  # it was ignored for an exported file
     if backend in ("onnx", "onnx-int8"):
         return load_onnx(bundle, int8=backend == "onnx-int8", device=device)
     if backend in ("tflite", "tflite-int8"):

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..config import ConfigError, load_config
 from ..detect.options import TILE_MODES, check_backend
-from ..models.options import PRECISIONS
+from ..models.options import PRECISIONS, check_precision_backend
 
 __all__ = ["MAX_RETENTION_DAYS", "ApiKey", "ServeSettings", "load_api_keys", "resolve_settings"]
 
@@ -127,9 +127,10 @@ class ServeSettings:
             raise ConfigError(f"backend must be torch, onnx or onnx-int8, got {self.backend!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.precision != "auto" and self.backend != "torch":
-            raise ConfigError(f"precision {self.precision}: for the PyTorch backend; backend {self.backend} runs the "
-                              "exported file's own numerics")
+        try:
+            check_precision_backend(self.precision, self.backend)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         if self.db and "://" in self.db and self.db.split("://", 1)[0].lower() not in _DB_SCHEMES:
             raise ConfigError(f"db {_hide_password(self.db)}: a SQLite file path or a postgresql:// URL "
                               f"(schemes: {', '.join(sorted(_DB_SCHEMES))})")
