@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import PRESETS
-from ..data.locate import resolve_data
+from ..data.locate import bundle_named, resolve_data
 from ._common import (
     UsageError,
     add_data,
@@ -125,17 +125,11 @@ def _data_and_out(ns: argparse.Namespace, values: dict[str, Any], out_required: 
         raise UsageError(f"--out is required ({out_required}), or an 'out' key in --config")
 
 
-def _folder(bundle: str) -> Path:
-    """A bundle named by its folder or its card.json, as one path (to compare two names of it)."""
-    p = Path(bundle).resolve()
-    return p.parent if p.name == "card.json" else p
-
-
 def cmd_distill(ns: argparse.Namespace) -> int:
     values = train_overrides(ns)
     # The teacher, data and output: flags first, then the --config file's keys; none stays in `values`.
     cfg_teacher = values.pop("teacher", None)
-    if ns.model and cfg_teacher and _folder(ns.model) != _folder(cfg_teacher):
+    if ns.model and cfg_teacher and bundle_named(ns.model) != bundle_named(cfg_teacher):
         raise UsageError(f"--model {ns.model} and --teacher {cfg_teacher}: both name the model to distil; give one")
     ns.model = ns.model or cfg_teacher
     if ns.student and getattr(ns, "backbone", None) is None:  # --student wins over a --config file's backbone

@@ -13,8 +13,8 @@ from typing import Any
 
 from .catalogue import CatalogueError
 
-__all__ = ["DATASET_HINT", "DATA_ENV", "DataNotFoundError", "card_json", "find_default_data", "recorded_dataset",
-           "resolve_data"]
+__all__ = ["DATASET_HINT", "DATA_ENV", "DataNotFoundError", "bundle_named", "card_json", "find_default_data",
+           "recorded_dataset", "resolve_data"]
 
 DATASET_HINT = (
     "The Grocery Store dataset was not found. skulens looks at --data, then $SKULENS_DATA, then "
@@ -93,6 +93,13 @@ def recorded_dataset(bundle: str | os.PathLike[str]) -> str | None:
     dataset = (card_json(bundle) or {}).get("dataset")
     recorded = dataset.get("path") if isinstance(dataset, dict) else None
     return recorded if isinstance(recorded, str) and recorded else None
+
+
+def bundle_named(bundle: str | os.PathLike[str]) -> Path:
+    """The bundle folder a --model value names (the folder, or its card.json), resolved: two names of one bundle
+    compare equal. Pure path arithmetic: the bundle need not exist any more."""
+    path = Path(bundle).resolve()
+    return path.parent if path.name == _CARD else path
 
 
 def card_json(bundle: str | os.PathLike[str]) -> dict[str, Any] | None:

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ..config import ConfigError, TrainConfig, resolve_config
-from ..data.locate import recorded_dataset, resolve_data
+from ..data.locate import bundle_named, recorded_dataset, resolve_data
 from ..models.bundle import BundleError, load_bundle, read_card, save_bundle
 from ..models.card import ModelCard, val_top1
 from ..models.channels import width_changes
@@ -205,11 +205,6 @@ def prune_and_recover(bundle: str | os.PathLike[str], out: str | os.PathLike[str
         raise
 
 
-def _folder_of(bundle: str | os.PathLike[str]) -> Path:
-    p = Path(bundle).resolve()
-    return p.parent if p.name == "card.json" else p
-
-
 def _pruned_before(bundle: str | os.PathLike[str], run_dir: Path, kind: str, amount: float) -> PruneResult:
     """The pruned bundle an interrupted run wrote, to resume its recovery from (of `bundle`, the same kind and
     amount)."""
@@ -218,7 +213,7 @@ def _pruned_before(bundle: str | os.PathLike[str], run_dir: Path, kind: str, amo
         raise ConfigError(f"{run_dir}: no pruned bundle to resume from (OUT/pruned); run without --resume")
     card = read_card(path)
     source = card.lineage.get("pruned_from", {}).get("bundle")
-    if source is not None and _folder_of(source) != _folder_of(bundle):
+    if source is not None and bundle_named(source) != bundle_named(bundle):
         raise ConfigError(f"{run_dir} holds a pruned {source}, not {bundle}: resume it with that --model, or choose "
                           "another --out")
     info = card.pruning
