@@ -305,6 +305,11 @@ def test_reports_inside_a_folder_catalogue_and_empty_measurements_are_refused(ti
                   "--corruptions", "jpeg", "--severities", "1", "--attacks", ""]):
         assert main([*argv, "-q"]) == 2
         assert "inside the catalogue folder" in capsys.readouterr().err
+    import skulens
+    from skulens.data.catalogue import CatalogueError
+
+    with pytest.raises(CatalogueError, match="inside the catalogue folder"):  # the Python API too
+        skulens.evaluate(str(tiny_bundle.bundle), data=cat, out=cat / "eval2", progress=False)
     assert sorted(p.name for p in cat.iterdir()) == before
     # a hidden folder is never read as a class: a report may go there
     assert main(["evaluate", "-m", str(tiny_bundle.bundle), "--data", str(cat), "--out", str(cat / ".eval"),

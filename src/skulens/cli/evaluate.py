@@ -39,8 +39,7 @@ def cmd_evaluate(ns: argparse.Namespace) -> int:
     bundle = model_path(ns, backend=ns.backend)
     data = data_path(ns, model=bundle)  # --data, else the dataset recorded in the card
     check_out_path(ns.out, "--out", folder=True)
-    refuse_out_in_catalogue(ns.out, data)
-    from ..evaluate.evaluator import evaluate_with_baseline
+    from ..evaluate.evaluator import evaluate_with_baseline  # it refuses an --out inside a folder catalogue
     from ..evaluate.report import format_summary
     from ..models.predictor import load_model
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ..data.catalogue import CatalogueError
+from ..data.catalogue import CatalogueError, inside_folder_catalogue
 from ..data.locate import resolve_data
 from ..data.splits import Split, prepare_split
 from ..models.card import ModelCard
@@ -89,6 +89,9 @@ def evaluate_with_baseline(model: Model, data: str | os.PathLike | None = None, 
         raise BundleError("this model has no classifier (a plain pretrained backbone): evaluation needs a "
                           "fine-tuned bundle (`skulens train`)")
     data = resolve_data(data, recorded=card.dataset.get("path"))
+    if out is not None and inside_folder_catalogue(out, data):  # the report became a class (or a stray split)
+        raise CatalogueError(f"out {out} is inside the catalogue folder {data}: the next command over it would "
+                             "read these files as a class; choose a folder outside it")
     cat = card_catalogue(data, card)  # a generated val is the one the training run held out
     target = prepare_split(list(cat.split(split)), card, desc=split, progress=progress)
     if not target.images:
