@@ -242,3 +242,25 @@ def test_a_device_this_machine_lacks_is_a_user_error() -> None:
     else:
         with pytest.raises(DeviceError, match="GPU"):
             resolve_device(f"cuda:{torch.cuda.device_count()}")
+
+
+@pytest.mark.parametrize("argv, shown", [
+    (["serve", "-m", "b", "--api-key", "S3CRET-value"], "--api-key ***"),
+    (["serve", "-m", "b", "--token=S3CRET-value"], "--token=***"),
+    (["index", "build", "-m", "b", "-o", "x", "--Password", "S3CRET-value"], "--Password ***"),
+])
+def test_usage_errors_do_not_echo_secret_values(argv: list[str], shown: str,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """A misspelt option that carries a secret (API keys come from a file, never a flag): argparse's
+    'unrecognized arguments' would print the value onto the terminal or a CI log."""
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "S3CRET" not in err and shown in err
+
+
+def test_usage_errors_keep_other_values(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "-m", "b", "--colour", "red"])
+    assert "--colour red" in capsys.readouterr().err

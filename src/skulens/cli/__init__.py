@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 
 from ._common import EXIT_FAILED, EXIT_STORAGE, EXIT_USAGE, UsageError, is_rank_zero, say
@@ -20,10 +21,29 @@ EPILOG = ("exit codes: 0 success, 1 a run that failed (e.g. no image could be re
           "Every command names the model -m/--model, the data --data, the output -o/--out.")
 
 
+# An unknown or misspelt option whose name says it carries a secret (`--api-key S3CRET`, `--token=...`):
+# argparse would echo the value in its error, onto a terminal, a CI log or a screen share.
+_SECRET_OPTION = re.compile(r"(--?[A-Za-z0-9_-]*(?:key|secret|token|passw)[A-Za-z0-9_-]*)(=|\s+)(?!-)(\S+)",
+                            re.IGNORECASE)
+
+
+def redact_secrets(message: str) -> str:
+    """`--api-key S3CRET` -> `--api-key ***` (and `--token=S3CRET` -> `--token=***`) in a usage error."""
+    return _SECRET_OPTION.sub(lambda m: f"{m[1]}{m[2]}***", message)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with option values that look like secrets left out of its usage errors (subcommands too:
+    add_subparsers makes them of this class)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        super().error(redact_secrets(message))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import deploy, detect, evaluate, inventory, predict, recommend, search, serve, tag, train
 
-    p = argparse.ArgumentParser(prog="skulens", description="Product image recognition with pretrained models.",
+    p = _Parser(prog="skulens", description="Product image recognition with pretrained models.",
                                 epilog=EPILOG)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging, and tracebacks for input errors")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
