@@ -2,18 +2,122 @@
 
 from __future__ import annotations
 
+import csv
+import difflib
+import logging
 import os
-from collections.abc import Iterable, Mapping
+import re
+import unicodedata
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import IO
 
 from ._types import CatalogueError
 
 MAX_LISTED = 5  # missing files named in an error; the count covers the rest
 
+logger = logging.getLogger(__name__)
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def read_csv_table(handle: IO[str], path: Path, *, required: Sequence[str], known: Sequence[str]
+                   ) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """The header (stripped, lower-case) and the rows of a catalogue's CSV, each with its line number.
+
+    Refused, naming the row: a quote left open (csv's strict mode; without it every row after a stray `"` became
+    one cell, read in silence), a row with more or fewer cells than columns (an unquoted comma shifted the cells
+    after it), a column named twice (the last copy was read). A column skulens does not read is said once, and
+    refused when it looks like a misspelt one it reads ("spilt": every photo went to train)."""
+    reader = csv.DictReader(handle, strict=True)
+    try:
+        header = [name.strip().lower() for name in reader.fieldnames or []]
+    except csv.Error as exc:
+        raise CatalogueError(f"{path}: row 1: bad CSV ({exc})") from None
+    twice = sorted({name for name in header if name and header.count(name) > 1})
+    if twice:
+        raise CatalogueError(f"{path}: column {twice[0]!r} is named twice in the header")
+    missing = [name for name in required if name not in header]
+    if missing:
+        raise CatalogueError(f"{path}: missing required column(s) {', '.join(missing)} "
+                             f"(found: {', '.join(h for h in header if h) or 'none'})")
+    check_columns(path, [h for h in header if h], known)
+    reader.fieldnames = header
+    rows = []
+    try:
+        for row in reader:
+            extra = row.get(None)
+            if extra is not None and not any(v.strip() for v in extra):  # a trailing comma or two: empty cells
+                del row[None]
+            if None in row or None in row.values():
+                cells = len(header) + len(row.get(None) or ()) - sum(v is None for v in row.values())
+                fix = ("quote a cell that holds a comma" if cells > len(header)
+                       else "give every column a cell (an empty one is two commas in a row)")
+                raise CatalogueError(f"{path}: row {reader.line_num}: {cells} cell(s) for {len(header)} "
+                                     f"columns ({', '.join(header)}); {fix}")
+            row.pop("", None)  # an unnamed column (a trailing comma in the header)
+            rows.append((reader.line_num, dict(row)))
+    except csv.Error as exc:  # the row after the last one read is where it went wrong (line_num is past it)
+        start = rows[-1][0] + 1 if rows else 2
+        hint = "; a cell there opens a quote that is never closed" if "end of data" in str(exc) else ""
+        raise CatalogueError(f"{path}: row {start}: bad CSV ({exc}){hint}") from None
+    return header, rows
+
+
+def check_columns(path: Path, columns: Iterable[str], known: Sequence[str]) -> None:
+    """Columns skulens does not read: refused when close to one it reads (a typo), else said once."""
+    unread = sorted(set(columns) - set(known))
+    for name in unread:
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+        if close:
+            raise CatalogueError(f"{path}: column {name!r} is not one skulens reads; did you mean {close[0]!r}? "
+                                 f"(columns: {', '.join(known)})")
+    if unread:
+        logger.warning("%s: column(s) %s not read (skulens reads %s)", path, ", ".join(unread), ", ".join(known))
+
+
+def one_line_cell(value: str, name: str, where: str) -> str:
+    """A name-like cell (a path, label, split) holds no line break or control character: one there is a quote
+    left open across rows, or a NUL that would name a file nothing can open."""
+    if _CONTROL.search(value):
+        raise CatalogueError(f"{where}: the {name} cell holds a line break or control character "
+                             f"({value[:40]!r}); a quote left open?")
+    return value
+
+
+def label_key(label: str) -> str:
+    """What two labels meant as one class share: Unicode form (NFC), case and runs of spaces."""
+    return " ".join(unicodedata.normalize("NFC", label).casefold().split())
+
+
+def refuse_lookalike_labels(source: Path, labels: Iterable[str]) -> None:
+    """Two spellings of one class ('Milk' and 'milk'; 'Café' typed two ways) would be two classes that split
+    its photos and compete for them."""
+    groups: dict[str, set[str]] = defaultdict(set)
+    for label in labels:
+        groups[label_key(label)].add(label)
+    clashes = [sorted(g) for g in groups.values() if len(g) > 1]
+    if clashes:
+        listed = "; ".join(" / ".join(repr(x) for x in g) for g in clashes[:MAX_LISTED])
+        raise CatalogueError(f"{source}: labels that differ only in case, spaces or Unicode form would be "
+                             f"separate classes: {listed}; spell each class one way")
+
 
 def cell(record: Mapping[str, object], key: str) -> str:
     value = record.get(key)
     return "" if value is None else str(value).strip()
+
+
+def text_value(record: Mapping[str, object], key: str, where: str) -> str:
+    """A JSON record's string cell: a number, list or null-like value is refused, not turned into a class
+    named "7.0" or "['Milk', 'Bread']"."""
+    value = record.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise CatalogueError(f"{where}: {key!r} must be a string, got {type(value).__name__} {value!r}"[:300])
+    return value.strip()
 
 
 def attribute_cell(value: object) -> list[str]:

@@ -8,14 +8,23 @@ Every path string must stay inside the manifest's folder: a manifest is data a s
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
-from ._checks import MAX_LISTED, attribute_cell, cell, inside_root, require_files
+from ._checks import (
+    MAX_LISTED,
+    attribute_cell,
+    cell,
+    check_columns,
+    inside_root,
+    one_line_cell,
+    read_csv_table,
+    require_files,
+    text_value,
+)
 from ._types import SPLIT_ORDER, CatalogueError, Loaded, Sample, split_name
 from .encoding import not_utf8
 
@@ -56,31 +65,15 @@ def load_manifest(manifest: Path) -> Loaded:
     return Loaded(root=root, layout="manifest", splits=splits, hierarchy=hierarchy)
 
 
+COLUMNS = ("path", "label", "split", "coarse_label", "attributes", "title", "text")
+_NAME_CELLS = ("path", "label", "split", "coarse_label")
+
+
 def _read_csv(manifest: Path) -> list[tuple[str, dict[str, object]]]:
     # utf-8-sig: spreadsheets save CSV with a byte-order mark that would otherwise glue onto "path".
     with manifest.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        header = [name.strip().lower() for name in reader.fieldnames or []]
-        _require_columns(header, manifest)
-        reader.fieldnames = header
-        rows = []
-        try:
-            for row in reader:
-                # an unquoted comma in a label ("Red, Wine": the label was "Red") or a cell left out (a val photo's
-                # split: it went to train): every row has one cell per column
-                extra = row.get(None)
-                if extra is not None and not any(v.strip() for v in extra):  # a trailing comma or two: empty cells
-                    del row[None]
-                if None in row or None in row.values():
-                    cells = len(header) + len(row.get(None) or ()) - sum(v is None for v in row.values())
-                    fix = ("quote a cell that holds a comma" if cells > len(header)
-                           else "give every column a cell (an empty one is two commas in a row)")
-                    raise CatalogueError(f"{manifest}: row {reader.line_num}: {cells} cell(s) for {len(header)} "
-                                         f"columns ({', '.join(header)}); {fix}")
-                rows.append((f"row {reader.line_num}", dict(row)))
-        except csv.Error as exc:
-            raise CatalogueError(f"{manifest}: row {reader.line_num}: bad CSV ({exc})") from exc
-        return rows
+        _, rows = read_csv_table(handle, manifest, required=("path", "label"), known=COLUMNS)
+    return [(f"row {line}", row) for line, row in rows]
 
 
 def _read_jsonl(manifest: Path) -> list[tuple[str, dict[str, object]]]:
@@ -97,23 +90,41 @@ def _read_jsonl(manifest: Path) -> list[tuple[str, dict[str, object]]]:
                 raise CatalogueError(f"{manifest}: line {number}: invalid JSON (nested too deeply)") from None
             if not isinstance(record, dict):
                 raise CatalogueError(f"{manifest}: line {number}: expected a JSON object")
-            records.append((f"line {number}", {str(k).strip().lower(): v for k, v in record.items()}))
+            records.append((f"line {number}", _json_record(record, f"{manifest}: line {number}")))
     if records:
-        _require_columns(sorted({key for _, record in records for key in record}), manifest)
+        present = {key for _, record in records for key in record}
+        missing = [name for name in ("path", "label") if name not in present]
+        if missing:
+            raise CatalogueError(f"{manifest}: missing required column(s) {', '.join(missing)} "
+                                 f"(found: {', '.join(sorted(present)) or 'none'})")
+        check_columns(manifest, present, COLUMNS)
     return records
 
 
-def _require_columns(columns: Iterable[str], manifest: Path) -> None:
-    present = set(columns)
-    missing = [name for name in ("path", "label") if name not in present]
-    if missing:
-        found = ", ".join(sorted(present)) or "none"
-        raise CatalogueError(f"{manifest}: missing required column(s) {', '.join(missing)} (found: {found})")
+def _json_record(record: dict[str, object], where: str) -> dict[str, object]:
+    """Keys lower-cased ("Label" and "label" in one object refused), and the cells skulens reads as text
+    refused when they are not text: 7 and 7.0 were two classes, a list a class named "['Milk', 'Bread']"."""
+    out: dict[str, object] = {}
+    for key, value in record.items():
+        name = str(key).strip().lower()
+        if name in out:
+            raise CatalogueError(f"{where}: key {name!r} given twice (keys are read in any case)")
+        out[name] = value
+    for name in ("path", "label", "split", "coarse_label", "title", "text"):
+        text_value(out, name, where)
+    attributes = out.get("attributes")
+    if attributes is not None and not isinstance(attributes, str) and not (
+            isinstance(attributes, list) and all(isinstance(a, str) for a in attributes)):
+        raise CatalogueError(f"{where}: 'attributes' must be a string ('a;b') or a list of strings, got "
+                             f"{attributes!r}"[:300])
+    return out
 
 
 def _manifest_sample(
     manifest: Path, root: Path, root_real: Path, where: str, record: Mapping[str, object]
 ) -> tuple[str, Sample]:
+    for name in _NAME_CELLS:
+        one_line_cell(cell(record, name), name, f"{manifest}: {where}")
     raw_path, label = cell(record, "path"), cell(record, "label")
     if not raw_path:
         raise CatalogueError(f"{manifest}: {where}: missing path")

@@ -38,7 +38,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from ._attributes import attach_attributes, attribute_table
-from ._checks import MAX_LISTED
+from ._checks import MAX_LISTED, refuse_lookalike_labels
 from ._folders import load_folders
 from ._grocery import is_grocery, load_grocery
 from ._manifest import MANIFEST_NAMES, MANIFEST_SUFFIXES, load_manifest
@@ -82,6 +82,7 @@ def load_catalogue(
         val_was_generated = True
     splits = {name: splits[name] for name in ordered_splits(splits)}
     classes = loaded.classes or sorted({s.label for samples in splits.values() for s in samples})
+    refuse_lookalike_labels(source, classes)
     products = loaded.products
     if not products and (loaded.root / PRODUCTS_CSV).is_file():
         products = read_products(loaded.root / PRODUCTS_CSV, loaded.root, set(classes), loaded.hierarchy)

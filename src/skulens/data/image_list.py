@@ -87,7 +87,7 @@ def _csv_column(p: Path, column: str) -> list[str]:
 def _read_csv_column(p: Path, column: str) -> list[str]:
     # utf-8-sig: spreadsheets save CSV with a byte-order mark that would otherwise glue onto "path".
     with p.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
+        reader = csv.DictReader(f, strict=True)  # a quote left open: an error, not rows swallowed
         names = {(n or "").strip().lower(): n for n in reader.fieldnames or []}
         if column.lower() not in names:
             raise CatalogueError(f"{p}: no {column!r} column (columns: {', '.join(names) or 'none'})")

@@ -47,7 +47,7 @@ def read_metadata_table(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
 
 def _read_metadata_table(p: Path) -> dict[str, dict[str, Any]]:
     with open(p, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's "CSV UTF-8" starts with a BOM
-        reader = csv.DictReader(f)
+        reader = csv.DictReader(f, strict=True)  # a quote left open: an error, not rows swallowed
         if reader.fieldnames:
             reader.fieldnames = [name.strip() for name in reader.fieldnames]
         if not reader.fieldnames or "product_id" not in reader.fieldnames:

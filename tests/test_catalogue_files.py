@@ -1,0 +1,104 @@
+"""What a catalogue's text files may say (review of data ingestion, session 35): a quote left open, a column
+named twice or misspelt, labels that are one class spelt two ways, JSON values that are not text, and the same
+checks for products.csv. Each was read in silence before: rows swallowed, photos in the wrong split or class."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from skulens.data.catalogue import CatalogueError, load_catalogue
+
+ROWS = [("img/a0.jpg", "Milk"), ("img/a1.jpg", "Milk"), ("img/a2.jpg", "Milk"),
+        ("img/b0.jpg", "Bread"), ("img/b1.jpg", "Bread"), ("img/b2.jpg", "Bread")]
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    for path, _ in ROWS:
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), (200, 10, 10)).save(tmp_path / path)
+    return tmp_path
+
+
+def _csv(root: Path, header: str, lines: list[str]) -> Path:
+    (root / "manifest.csv").write_text(header + "\n" + "\n".join(lines) + "\n", encoding="utf-8")
+    return root
+
+
+def _plain() -> list[str]:
+    return [f"{p},{label}" for p, label in ROWS]
+
+
+def test_a_quote_left_open_is_refused_not_read_as_one_long_label(root: Path) -> None:
+    lines = _plain()
+    lines[3] = 'img/b0.jpg,"Bread'  # before: 3 photos of Milk, and one label holding every row after it
+    with pytest.raises(CatalogueError, match=r"manifest.csv: row 5: bad CSV .*never closed"):
+        load_catalogue(_csv(root, "path,label", lines))
+
+
+def test_a_quote_closed_rows_later_is_refused_by_its_line_break(root: Path) -> None:
+    lines = _plain()
+    lines[3], lines[5] = 'img/b0.jpg,"Bread', 'img/b2.jpg,Bread"'
+    with pytest.raises(CatalogueError, match="label cell holds a line break"):
+        load_catalogue(_csv(root, "path,label", lines))
+
+
+def test_a_misspelt_column_is_refused_and_an_unknown_one_is_named(root: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    with pytest.raises(CatalogueError, match="'spilt'.*did you mean 'split'"):
+        load_catalogue(_csv(root, "path,label,spilt", [line + ",val" for line in _plain()]))
+    with caplog.at_level(logging.WARNING):
+        cat = load_catalogue(_csv(root, "path,label,sku", [line + ",123" for line in _plain()]))
+    assert sorted(cat.classes) == ["Bread", "Milk"]
+    assert "column(s) sku not read" in caplog.text
+
+
+def test_a_column_named_twice_is_refused(root: Path) -> None:
+    with pytest.raises(CatalogueError, match="'label' is named twice"):
+        load_catalogue(_csv(root, "path,label,Label", [line + ",x" for line in _plain()]))
+
+
+@pytest.mark.parametrize("other", ["milk", "MILK ", "Mi\u0308lk"])
+def test_labels_that_differ_only_in_case_or_form_are_refused(root: Path, other: str) -> None:
+    lines = _plain()
+    lines[0] = f"img/a0.jpg,{other}"
+    lines[1] = "img/a1.jpg,Mi\u0308lk" if other != "Mi\u0308lk" else "img/a1.jpg,M\u00efLK"
+    with pytest.raises(CatalogueError, match="differ only in case, spaces or Unicode form"):
+        load_catalogue(_csv(root, "path,label", lines))
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"label": 7}, "'label' must be a string, got int 7"),
+    ({"label": ["Milk", "Bread"]}, "'label' must be a string"),
+    ({"split": None, "path": 3}, "'path' must be a string"),
+    ({"attributes": {"organic": True}}, "'attributes' must be a string"),
+    ({"attributes": ["a", None]}, "'attributes' must be a string"),
+    ({"Label": "Milk"}, "key 'label' given twice"),
+])
+def test_jsonl_values_that_are_not_text_are_refused(root: Path, bad: dict, message: str) -> None:
+    records = [{"path": p, "label": label} for p, label in ROWS]
+    records[-1] = {**records[-1], **bad}
+    (root / "manifest.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n", encoding="utf-8")
+    with pytest.raises(CatalogueError, match=r"manifest.jsonl: line 6: " + message.replace("[", r"\[")):
+        load_catalogue(root)
+
+
+def test_products_csv_gets_the_manifest_checks(root: Path) -> None:
+    _csv(root, "path,label", _plain())
+    products = root / "products.csv"
+    products.write_text("label,title,description\nMilk,Whole milk,Fresh, cold and creamy\nBread,Bread,Rye\n")
+    with pytest.raises(CatalogueError, match=r"products.csv: row 2: 4 cell\(s\) for 3 columns"):
+        load_catalogue(root)
+    products.write_text('label,title,description\nMilk,Whole milk,"Fresh\nBread,Bread,Rye\n')
+    with pytest.raises(CatalogueError, match="products.csv: row 2: bad CSV .*never closed"):
+        load_catalogue(root)
+    products.write_text("label,title,descripton\nMilk,Whole milk,Fresh\n")
+    with pytest.raises(CatalogueError, match="did you mean 'description'"):
+        load_catalogue(root)
+    products.write_text('label,title,description\nMilk,Whole milk,"Fresh,\ncold"\n')  # a text may span lines
+    assert load_catalogue(root).products["Milk"].description == "Fresh,\ncold"
