@@ -79,6 +79,15 @@ def test_predict_matches_the_python_api(client, model, val_photo) -> None:
     assert p["source"] == "photo.jpg"
 
 
+def test_predict_names_no_product_when_it_declines_to(client, val_photo) -> None:
+    """Below min_confidence the decision is coarse or unknown: `product` was still the best fine guess, with its
+    stock, for a client to show or count."""
+    data, _ = val_photo
+    body = client.post("/v1/predict", files=_upload(data), data={"min_confidence": "1"}).json()
+    assert body["prediction"]["level"] in ("coarse", "unknown") and body["prediction"]["fine_label"]
+    assert body["product"] is None
+
+
 def test_the_type_comes_from_the_bytes_not_the_name(client, val_photo) -> None:
     data, _ = val_photo
     r = client.post("/v1/predict", files=_upload(data, "notes.txt", "text/plain"))

@@ -382,3 +382,17 @@ def test_an_index_of_another_model_fails_at_start_naming_the_index(tiny_bundle, 
     with pytest.raises(ConfigError, match=r"index .*idx8: the index holds 8-d vectors") as e:
         ServiceState.load(settings)
     assert "search_route" not in str(e.value)  # not blamed on a setting that was never given
+
+
+def test_has_image_says_what_the_image_route_answers(client) -> None:
+    """The catalogue has no catalogue photos, so /image serves a photo the index holds: products said
+    has_image false while /image answered 200 (and the web page left similar products without pictures)."""
+    listed = client.get("/v1/products").json()
+    assert listed
+    for p in listed:
+        answered = client.get(f"/v1/products/{p['id']}/image").status_code
+        assert answered in (200, 404) and p["has_image"] == (answered == 200), p
+    assert any(p["has_image"] for p in listed)
+    hits = client.post("/v1/search", data={"text": "oat milk", "k": "3"}).json()["hits"]
+    for h in hits + client.get("/v1/products/oat-milk/similar?k=3").json():
+        assert h["has_image"] == (client.get(f"/v1/products/{h['product_id']}/image").status_code == 200)

@@ -140,6 +140,9 @@ def test_an_unsure_photo_says_not_sure_and_shows_the_candidates(site, page, mode
     if "Handed off" in answer.text_content():  # with support replies on: the page's words, not the server's 0.09
         expect(answer).to_have_text("Handed off to a person: not sure which product this is")
     _one_confidence_format(page.text_content("#result"))
+    page.wait_for_load_state("networkidle")  # no products "similar" to a guess the page declined to name
+    expect(page.locator("#similar-section")).to_be_hidden()
+    expect(page.locator("#similar figure")).to_have_count(0)
 
 
 def test_a_failed_upload_clears_the_previous_result(site, page, tiny_catalogue: Path, tmp_path: Path) -> None:
@@ -330,3 +333,25 @@ def test_inventory_intake_reports_each_file(site, page, tmp_path: Path) -> None:
            "below the threshold 100.0%")
     expect(lines.nth(3)).to_have_text(f"grey.jpg: sent to review: {why}")
     expect(page.locator("#status")).to_contain_text("1 already seen, 1 unreadable")
+
+
+def test_similar_product_photos_load_when_reads_need_a_key(tiny_bundle, tiny_catalogue, model, browser,
+                                                           tmp_path: Path) -> None:
+    """With --auth-reads an <img src> sends no key: every similar product's photo was a 401, a broken image."""
+    from skulens.data.catalogue import load_catalogue
+    from skulens.search.catalogue_index import build_catalogue_index
+
+    build_catalogue_index(model, load_catalogue(tiny_catalogue), str(tmp_path / "index"))
+    settings = ServeSettings(model=str(tiny_bundle.bundle), device="cpu", api_keys=(ApiKey("web", KEY),),
+                             auth_reads=True, index=str(tmp_path / "index"))
+    photo = tiny_catalogue.parent / "val" / "oat-milk" / "oat-milk_000.jpg"
+    with running_server(create_app(settings, model=model)) as url, checked_page(browser) as page:
+        page.goto(url + "/")
+        page.fill("#api-key", KEY)
+        page.dispatch_event("#api-key", "change")
+        page.set_input_files("#file-input", str(photo))
+        gallery = page.locator("#similar figure")
+        expect = playwright_api.expect
+        expect(gallery).to_have_count(len(model.classes) - 1, timeout=60_000)
+        for i in range(gallery.count()):
+            expect(gallery.nth(i).locator("img")).to_have_js_property("naturalWidth", 72)

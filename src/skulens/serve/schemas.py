@@ -72,7 +72,8 @@ class ProductOut(BaseModel):
 
 class PredictResponse(BaseModel):
     prediction: PredictionOut
-    product: ProductOut | None = None
+    product: ProductOut | None = Field(None, description="the product the prediction names (level fine); null when "
+                                                       "it names none (coarse or unknown: see top_k for the guesses)")
     timing_ms: float
 
 

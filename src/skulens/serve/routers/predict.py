@@ -33,8 +33,11 @@ async def predict(state: State, _: ReadKey,
     d["title"] = _title(state, pred.label) if pred.label else None
     for row in d["top_k"]:
         row["title"] = _title(state, row["label"])
-    # product_out reads the stock count from SQLite: off the event loop.
-    product = await anyio.to_thread.run_sync(product_out, state, pred.fine_label) if pred.fine_label else None
+    # The product the service names (level "fine"): below min_confidence, or a coarse answer, it names none, and a
+    # client that shows or counts `product` would act on the guess it declined. product_out reads the stock count
+    # from SQLite: off the event loop.
+    named = pred.level == "fine" and pred.label is not None
+    product = await anyio.to_thread.run_sync(product_out, state, pred.label) if named else None
     return PredictResponse(prediction=d, product=product, timing_ms=round((time.perf_counter() - t0) * 1000, 2))
 
 

@@ -26,7 +26,7 @@ def product_out(state: ServiceState, label: str) -> ProductOut:
     p = state.product(label)
     stock = state.store.count(label) if state.store is not None else None
     return ProductOut(id=label, title=p.title or label, coarse_label=p.coarse_label, description=p.description,
-                      info=p.info, has_image=p.image is not None, stock=stock)
+                      info=p.info, has_image=state.product_image(label) is not None, stock=stock)
 
 
 @router.get("", response_model=list[ProductOut], summary="Products the server knows (catalogue and model labels)")

@@ -54,13 +54,15 @@ class ProductPatch(RequestBody):
 
 def _hit(state: ServiceState, hit: SearchHit) -> HitOut:
     d = hit.to_dict()
-    image = d.pop("image")  # a path on the server: clients learn only whether /v1/products/{id}/image has one
+    d.pop("image")  # a path on the server: clients learn only whether /v1/products/{id}/image has one
     return HitOut(**{**d, "title": d["title"] or hit.product_id},
-                  has_image=state.product(hit.product_id).image is not None or bool(image))
+                  has_image=state.product_image(hit.product_id) is not None)
 
 
-def _hits(state: ServiceState, hits: list[SearchHit]) -> list[HitOut]:
-    return [_hit(state, h) for h in hits]
+async def _hits(state: ServiceState, hits: list[SearchHit]) -> list[HitOut]:
+    """has_image says what GET /v1/products/{id}/image answers (it looks in the index, under its lock, and on
+    disk): off the event loop."""
+    return await anyio.to_thread.run_sync(lambda: [_hit(state, h) for h in hits])
 
 
 def _filter(raw: str | None) -> dict[str, Any] | None:
@@ -146,10 +148,10 @@ async def search(state: State, _: ReadKey, request: Request,
             raise busy(state, exc) from None
         probs = None if coarse is None else coarse[None, :]
         hits = await _index_call(state, lambda: engine.by_vector(vector[None, :], k=k, filter=flt, coarse=probs)[0])
-        return SearchOut(query="image", hits=_hits(state, hits))
+        return SearchOut(query="image", hits=await _hits(state, hits))
     assert text is not None
     hits = await _index_call(state, lambda: engine.by_text([text], k=k, filter=flt, mode=mode)[0])
-    return SearchOut(query=text, hits=_hits(state, hits))
+    return SearchOut(query=text, hits=await _hits(state, hits))
 
 
 similar_router = APIRouter(prefix="/v1/products", tags=["search"], responses=error_responses(401, 404))
@@ -168,7 +170,7 @@ async def similar(state: State, _: ReadKey, product_id: ProductId, k: Annotated[
 
         hits = await _index_call(state, run)
         if hits is not None:
-            return _hits(state, hits)
+            return await _hits(state, hits)
     if state.recommender is not None:
         from ...recommend.recommenders import UnknownProductError
 
@@ -179,9 +181,10 @@ async def similar(state: State, _: ReadKey, product_id: ProductId, k: Annotated[
         if flt:  # the recommender knows no metadata: answering without the filter would ignore it silently
             raise HTTPException(422, f"product {product_id!r} is not in the search index, and only the index's "
                                      "more-like-this can filter: drop the filter or add the product to the index")
-        return [HitOut(product_id=r.product_id, score=round(r.score, 6), title=state.product(r.product_id).title,
-                       label=r.product_id, coarse_label=state.product(r.product_id).coarse_label,
-                       has_image=state.product(r.product_id).image is not None) for r in recs]
+        return await anyio.to_thread.run_sync(lambda: [
+            HitOut(product_id=r.product_id, score=round(r.score, 6), title=state.product(r.product_id).title,
+                   label=r.product_id, coarse_label=state.product(r.product_id).coarse_label,
+                   has_image=state.product_image(r.product_id) is not None) for r in recs])
     raise HTTPException(404, f"unknown product {product_id!r}")
 
 

@@ -105,9 +105,12 @@ async function renderSimilar(label, mine) {
       const fig = el("figure");
       const img = el("img");
       img.alt = h.title || words(h.product_id);
-      img.loading = "lazy";
-      img.src = `/v1/products/${encodeURIComponent(h.product_id)}/image`;
-      fig.append(img, el("figcaption", `${h.title || words(h.product_id)} (${pct(h.score)})`));
+      if (h.has_image) {  // fetched with the API key; a product without a photo shows its name only
+        api(`/v1/products/${encodeURIComponent(h.product_id)}/image`)
+          .then((r) => r.blob()).then((b) => showBlob(img, b)).catch(() => { img.alt += " (no photo)"; });
+        fig.append(img);
+      }
+      fig.append(el("figcaption", `${h.title || words(h.product_id)} (${pct(h.score)})`));
       return fig;
     }));
     section.hidden = hits.length === 0;
@@ -141,7 +144,8 @@ async function recognise(file) {
       renderSupport(support, isSure(pred.prediction));
     }
     setStatus(`Done in ${pred.timing_ms.toFixed(0)} ms.`);
-    renderSimilar(pred.prediction.fine_label, mine);
+    // products like the one it named; none for a photo it is not sure of (they would be like a declined guess)
+    if (isSure(pred.prediction)) renderSimilar(pred.prediction.label, mine);
   } catch (e) {
     if (mine !== latest) return;
     clearResult();

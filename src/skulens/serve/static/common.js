@@ -29,3 +29,10 @@ function el(tag, text, className) {
 }
 
 function pct(p) { return `${(100 * p).toFixed(1)}%`; }
+
+// A photo fetched with the page's API key (an <img src> sends none: with --auth-reads it would be a 401).
+function showBlob(img, blob) {
+  const url = URL.createObjectURL(blob);
+  img.addEventListener("load", () => URL.revokeObjectURL(url), { once: true });
+  img.src = url;
+}

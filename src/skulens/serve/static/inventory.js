@@ -240,12 +240,6 @@ async function loadAudit() {
 }
 
 // An object URL holds its photo in memory until revoked: once the image has loaded, it is no longer needed.
-function showBlob(img, blob) {
-  const url = URL.createObjectURL(blob);
-  img.addEventListener("load", () => URL.revokeObjectURL(url), { once: true });
-  img.src = url;
-}
-
 async function photoInto(img, id) {
   try {
     showBlob(img, await (await api(`/v1/inventory/photos/${id}`)).blob());
