@@ -702,3 +702,17 @@ def test_serve_says_a_taken_port_in_one_line_before_loading_the_model(tiny_bundl
     assert f"--port {port}: cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["serve", "-m", str(tiny_bundle.bundle), "--api-keys", "ops:s3cret-key"])
+
+
+def test_form_fields_the_route_does_not_read_are_refused(client, val_photo) -> None:
+    """A misspelt form field was dropped: min_confidense=1 answered with the default threshold, a second image
+    was ignored. Form bodies are now as strict as the JSON ones."""
+    data, _ = val_photo
+    r = client.post("/v1/predict", files=_upload(data), data={"min_confidense": "1"})
+    assert r.status_code == 422 and "'min_confidense'" in r.json()["detail"] and "min_confidence" in r.json()["detail"]
+    two = [("image", ("a.jpg", data, "image/jpeg")), ("image", ("b.jpg", data, "image/jpeg"))]
+    r = client.post("/v1/predict", files=two)
+    assert r.status_code == 422 and "'image' sent 2 times" in r.json()["detail"]
+    r = client.post("/v1/tag", files=_upload(data), data={"topk": "3"})
+    assert r.status_code == 422 and "'topk'" in r.json()["detail"]
+    assert client.post("/v1/predict", files=_upload(data), data={"top_k": "2"}).status_code == 200

@@ -411,7 +411,7 @@ def test_a_manifests_title_and_text_columns_are_the_products_texts_in_python_as_
         rows = list(csv.DictReader(f))
     manifest = root / "manifest.csv"
     with open(manifest, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=[*rows[0], "title", "text"])
+        w = csv.DictWriter(f, fieldnames=[*(c for c in rows[0] if c not in ("title", "text")), "title", "text"])
         w.writeheader()
         w.writerows({**r, "title": titled[r["label"]][0], "text": titled[r["label"]][1]} for r in rows)
     out = skulens.tag([str(photos["green-apple"])], model, data=manifest, vocabulary=["baking", "snacking"])

@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field
 from ...data.decode import ImageDecodeError
 from ..batching import QueueFullError
 from ..deps import ReadKey, State, WriteKey, busy, storage_answer
+from ..forms import StrictFormRoute
 from ..images import content_hash
 from ..intake import TOP_K, intake_photo, shelf_photo
 from ..inventory import (
@@ -46,7 +47,7 @@ from ..schemas import (
 from ..security import decode_error_status, read_image_upload
 from ..state import ServiceState
 
-router = APIRouter(prefix="/v1/inventory", tags=["inventory"], responses=error_responses(400, 401, 403, 404, 409, 413, 415, 503, 504))
+router = APIRouter(route_class=StrictFormRoute, prefix="/v1/inventory", tags=["inventory"], responses=error_responses(400, 401, 403, 404, 409, 413, 415, 503, 504))
 
 # A photo's sha256, or `sha256:index` for one box of a shelf photo.
 ItemId = Annotated[str, PathParam(pattern=r"^[0-9a-f]{64}(:[0-9]{1,6})?$")]

@@ -13,11 +13,12 @@ from fastapi import APIRouter, File, Form, HTTPException, UploadFile
 
 from ..batching import QueueFullError
 from ..deps import ReadKey, State, busy, decode_upload, predict_upload
+from ..forms import StrictFormRoute
 from ..schemas import PredictResponse, error_responses
 from ..state import ServiceState
 from .products import product_out
 
-router = APIRouter(prefix="/v1", tags=["recognition"], responses=error_responses(400, 401, 413, 415, 501, 503, 504))
+router = APIRouter(route_class=StrictFormRoute, prefix="/v1", tags=["recognition"], responses=error_responses(400, 401, 413, 415, 501, 503, 504))
 
 
 @router.post("/predict", response_model=PredictResponse, summary="Recognise the product in a photo")

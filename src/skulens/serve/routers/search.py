@@ -20,6 +20,7 @@ from ...search.engine import TEXT_MODES
 from ...search.index import IndexRecord, IndexStoreError, SearchHit
 from ..batching import QueueFullError
 from ..deps import ReadKey, State, WriteKey, busy, decode_upload, storage_answer
+from ..forms import StrictFormRoute
 from ..images import content_hash
 from ..schemas import STORAGE_RESPONSES, RequestBody, error_responses
 from ..settings import ServeSettings
@@ -111,7 +112,7 @@ def _save(state: ServiceState) -> None:
         raise
 
 
-search_router = APIRouter(prefix="/v1", tags=["search"], responses=error_responses(400, 401, 413, 415, 503, 504))
+search_router = APIRouter(route_class=StrictFormRoute, prefix="/v1", tags=["search"], responses=error_responses(400, 401, 413, 415, 503, 504))
 
 
 @search_router.post("/search", response_model=SearchOut, summary="Find products by photo or by text")
@@ -188,7 +189,7 @@ async def similar(state: State, _: ReadKey, product_id: ProductId, k: Annotated[
     raise HTTPException(404, f"unknown product {product_id!r}")
 
 
-crud_router = APIRouter(prefix="/v1/products", tags=["products"], responses=error_responses(400, 401, 403, 404, 409, 413, 415, 501, 503, 504))
+crud_router = APIRouter(route_class=StrictFormRoute, prefix="/v1/products", tags=["products"], responses=error_responses(400, 401, 403, 404, 409, 413, 415, 501, 503, 504))
 
 
 @crud_router.post("", summary="Enrol a new product from a few photos (the model learns it; search finds it)",

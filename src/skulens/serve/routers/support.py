@@ -8,10 +8,11 @@ import anyio
 from fastapi import APIRouter, File, Form, HTTPException, UploadFile
 
 from ..deps import ReadKey, State, predict_upload
+from ..forms import StrictFormRoute
 from ..schemas import SupportOut, error_responses
 from ..support import MAX_QUESTION_CHARS
 
-router = APIRouter(prefix="/v1/support", tags=["support"], responses=error_responses(400, 401, 413, 415, 503, 504))
+router = APIRouter(route_class=StrictFormRoute, prefix="/v1/support", tags=["support"], responses=error_responses(400, 401, 413, 415, 503, 504))
 
 
 @router.post("/ask", response_model=SupportOut, summary="Answer a customer's question about a photographed product")

@@ -13,9 +13,10 @@ from fastapi import APIRouter, File, Form, HTTPException, UploadFile
 from ...search.tags import MAX_PHRASE_CHARS, TaggingError
 from ..batching import QueueFullError
 from ..deps import ReadKey, State, busy, decode_upload
+from ..forms import StrictFormRoute
 from ..schemas import TagResponse, error_responses
 
-router = APIRouter(prefix="/v1", tags=["listings"], responses=error_responses(400, 401, 413, 415, 503, 504))
+router = APIRouter(route_class=StrictFormRoute, prefix="/v1", tags=["listings"], responses=error_responses(400, 401, 413, 415, 503, 504))
 
 # Phrases one request may send: encoding them (MiniLM) runs per new vocabulary, so it is bounded; a longer
 # list belongs in the server's --tag-vocabulary file (encoded once, at startup).
