@@ -105,10 +105,36 @@ def test_preset_fast_epochs_without_a_distillation_and_a_rerun(exported: Path, t
     out.mkdir()
     for name in ("card.json", "model.safetensors", "model.onnx"):
         shutil.copy(exported / name, out / name)
-    assert earlier_run(out, exported, DEFAULT_STUDENT) is None  # made again, not "give a new folder"
+    assert earlier_run(out, exported, DEFAULT_STUDENT, distilled=False) is None  # made again, not "give a new folder"
+    # a run that distils would write its student over that copy of the teacher (a backup, say): refused
+    with pytest.raises(FileExistsError, match="not empty"):
+        earlier_run(out, exported, DEFAULT_STUDENT, distilled=True)
     (out / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="not empty"):
-        earlier_run(out, exported, DEFAULT_STUDENT)
+        earlier_run(out, exported, DEFAULT_STUDENT, distilled=False)
+
+
+def test_preset_fast_never_writes_over_its_teacher(exported: Path, tmp_path: Path) -> None:
+    """`export -m B --preset fast --out B` distilled, then wrote the student's weights and card over the
+    teacher's (a Lite2 teacher lost); with a Lite0 teacher it was a SameFileError traceback."""
+    before = {p.name: p.read_bytes() for p in exported.iterdir() if p.is_file()}
+    for out in (exported, exported / "fast", exported.parent):
+        _one_line(_cli("export", "-m", str(exported), "--preset", "fast", "--out", str(out)),
+                  "give a new folder")
+    assert {p.name: p.read_bytes() for p in exported.iterdir() if p.is_file()} == before
+    assert not (exported / "fast").exists()
+
+
+def test_preset_fast_names_a_teacher_without_weights(exported: Path, tmp_path: Path) -> None:
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    shutil.copy(exported / "card.json", teacher / "card.json")
+    _one_line(_cli("export", "-m", str(teacher), "--preset", "fast", "--out", str(tmp_path / "f")),
+              "no model.safetensors")
+    (teacher / "model.safetensors").write_bytes((exported / "model.safetensors").read_bytes()[:1000])
+    _one_line(_cli("export", "-m", str(teacher), "--preset", "fast", "--out", str(tmp_path / "f")),
+              f"BundleError: {teacher / 'model.safetensors'}: unreadable")
+    assert not (tmp_path / "f").exists() or not any((tmp_path / "f").iterdir())  # nothing copied before the check
 
 
 def test_export_names_its_file_by_its_format_and_checks_int8_inputs_first(exported: Path, tmp_path: Path) -> None:

@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
             say(f"skulens: config error: {e}")
             return EXIT_USAGE
         if is_user_error(e) and not ns.verbose:
-            say(f"skulens: {type(e).__name__}: {e}")
+            kind = next(c.__name__ for c in type(e).__mro__ if not c.__name__.startswith("_"))  # no private names
+            say(f"skulens: {kind}: {e}")
             return EXIT_USAGE
         raise
 

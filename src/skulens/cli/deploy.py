@@ -113,6 +113,8 @@ def _export_fast(ns: argparse.Namespace, bundle: str) -> int:
     except BundleError:
         folder = Path(bundle)  # an exported file: refused just below
     if not (folder / "model.safetensors").is_file():
+        if (folder / "card.json").is_file():
+            raise UsageError(f"--model {bundle}: the bundle has no model.safetensors (copied part-way?)")
         raise UsageError(f"--model {bundle}: --preset fast needs a bundle folder (RUN/bundle), not an exported file")
     bundle = str(folder)
     out = Path(ns.out or f"runs/fast-{Path(bundle).resolve().parent.name}")
@@ -126,7 +128,8 @@ def _export_fast(ns: argparse.Namespace, bundle: str) -> int:
                          "distilled (it is exported and quantized as it is); drop --epochs")
     overrides = {"epochs": ns.epochs} if ns.epochs else {}
     try:  # before the long distillation: an --out holding something else (or another run's student) is refused
-        earlier_run(out, bundle, student)
+        teacher = (card_json(bundle) or {}).get("backbone")
+        earlier_run(out, bundle, student, distilled=teacher != student)
         data = data_path(ns, model=bundle)
         from ..deploy.fast import make_fast
 

@@ -146,7 +146,7 @@ def make_fast(bundle: str | os.PathLike[str], *, out: str | os.PathLike[str], da
     from ..data.dataset import decode_all
     from ..data.locate import recorded_dataset, resolve_data
     from ..evaluate.heldout import card_catalogue
-    from ..models.bundle import read_card
+    from ..models.bundle import load_bundle, read_card
     from ..models.onnx_runtime import ONNX_INT8_NAME, ONNX_NAME, OnnxRunner
     from ..models.predictor import load_model
     from .distill import DEFAULT_STUDENT, distill
@@ -158,7 +158,9 @@ def make_fast(bundle: str | os.PathLike[str], *, out: str | os.PathLike[str], da
     student = student or DEFAULT_STUDENT
     data = resolve_data(data, recorded=recorded_dataset(bundle))
     teacher_card = read_card(bundle)
-    earlier = earlier_run(out_dir, bundle, student)  # raises if OUT holds something else
+    distilled = teacher_card.backbone != student if distil is None else distil
+    earlier = earlier_run(out_dir, bundle, student, distilled=distilled)  # raises if OUT holds something else
+    load_bundle(bundle)  # the teacher's weights readable and its card's, before anything is copied or trained
     if earlier == "done":
         from ..config import TrainConfig
 
@@ -175,7 +177,6 @@ def make_fast(bundle: str | os.PathLike[str], *, out: str | os.PathLike[str], da
         raise ValueError(f"{data}: no photos in split {check_split if not samples else calibration_split!r}")
 
     # 1. the student
-    distilled = teacher_card.backbone != student if distil is None else distil
     if distilled and earlier == "done":
         source = out_dir / "distill-run" / "bundle"
         say(f"[1/4] reusing the student distilled from {bundle} earlier: {source}")
@@ -306,11 +307,19 @@ def _copy_of(out_dir: Path, teacher: str | os.PathLike[str]) -> bool:
     return filecmp.cmp(weights, Path(teacher) / "model.safetensors", shallow=False)  # size first, then in blocks
 
 
-def earlier_run(out_dir: Path, teacher: str | os.PathLike[str], student: str) -> str | None:
+def earlier_run(out_dir: Path, teacher: str | os.PathLike[str], student: str, *, distilled: bool = True
+                ) -> str | None:
     """What OUT holds from an earlier run of `make_fast`: None (nothing: OUT is missing or empty), "done" (a
     finished distillation from `teacher` into `student`), "stopped" (one that has a checkpoint to resume).
-    Anything else in OUT (a run from another teacher or into another student, or other files) is an error."""
+    Anything else in OUT (a run from another teacher or into another student, or other files) is an error, and
+    so is OUT being the teacher's own folder, or holding it, or lying inside it (the student's files would
+    replace the teacher's). `distilled`: whether this run distils; if not, OUT may hold its copy of the teacher."""
     out_dir = Path(out_dir)
+    here, source = out_dir.resolve(), Path(teacher).resolve()
+    if here == source or here.is_relative_to(source) or source.is_relative_to(here):
+        raise FileExistsError(f"{out_dir} is {'the teacher bundle' if here == source else 'where the teacher bundle is'}"
+                              f" ({teacher}): give a new folder (the fast model's files would replace the "
+                              "teacher's)")
     if not out_dir.exists() or not any(out_dir.iterdir()):
         return None
     run = out_dir / "distill-run"
@@ -318,7 +327,7 @@ def earlier_run(out_dir: Path, teacher: str | os.PathLike[str], student: str) ->
     if not config.is_file():
         if [p.name for p in out_dir.iterdir()] == ["distill-run"] and [p.name for p in run.iterdir()] == [TEACHER_FILE]:
             return None  # stopped before the distillation wrote anything
-        if not run.exists() and _copy_of(out_dir, teacher):
+        if not distilled and not run.exists() and _copy_of(out_dir, teacher):
             return None  # the teacher already was the student (no distillation): its copy is made again
         raise FileExistsError(f"{out_dir} exists and is not empty: give a new folder")
     import yaml
