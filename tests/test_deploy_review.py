@@ -221,14 +221,29 @@ def test_cli_int8_onnx_is_written_only_when_it_agrees(
     assert main(argv) == 1 and "ONNX Runtime int8 disagrees with the fp32 model" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # no m.int8.onnx, no .tmp
     _quantize_as(monkeypatch, onnx_files[0])
-    assert main(argv) == 0 and "checked against fp32 on 9 val photos" in capsys.readouterr().err
+    assert main(argv) == 0 and "checked against fp32 on 25 photos outside" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.int8.onnx", "m.onnx"]
-    # calibrated on val: checked on the val photos that did not set its ranges, and said so when none is left
+    # calibrated on val: checked on the val photos that did not set its ranges, then on train's; with all of val
+    # calibrating it, the file was written unchecked ("NOT checked against fp32", exit 0)
     on_val = [*argv, "--calibration-split", "val"]
     on_val[on_val.index("--calibration-images") + 1] = "6"
-    assert main(on_val) == 0 and "checked against fp32 on 3 val photos" in capsys.readouterr().err
+    assert main(on_val) == 0 and "checked against fp32 on 27 photos outside" in capsys.readouterr().err
     on_val[on_val.index("--calibration-images") + 1] = "9"
-    assert main(on_val) == 0 and "NOT checked against fp32" in capsys.readouterr().err
+    assert main(on_val) == 0 and "checked against fp32 on 24 photos outside" in capsys.readouterr().err
+
+
+def test_int8_check_photos_never_overlap_the_calibration_and_none_left_is_refused(
+        tiny_bundle, tiny_catalogue: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from skulens.deploy.quantize import calibration_sample, check_sample
+    from skulens.models.bundle import read_card
+
+    card = read_card(tiny_bundle.bundle)
+    every = [p for split in ("train", "val") for p in calibration_sample(tiny_catalogue, split=split, images=999,
+                                                                           card=card)]
+    assert check_sample(tiny_catalogue, every, card=card) == []
+    some = every[:30]
+    check = check_sample(tiny_catalogue, some, card=card)
+    assert len(check) == 3 and not set(check) & set(some)
 
 
 # ---------------------------------------------------------------- 4: a LiteRT file replaces the old one once checked

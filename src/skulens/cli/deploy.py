@@ -88,14 +88,16 @@ def cmd_export(ns: argparse.Namespace) -> int:
         card = read_card(bundle)
         photos = calibration_sample(data, split=ns.calibration_split, images=ns.calibration_images, card=card)
         check = check_sample(data, photos, card=card)
+        if not check:  # the file would be written unchecked: a broken graph or a collapsed range would pass
+            raise UsageError(f"--int8: every photo of {data} calibrates it ({len(photos)}), none is left to check "
+                             "it against fp32 on: lower --calibration-images")
     path = export_onnx(bundle, ns.out) if ns.format == "onnx" else export_torchscript(bundle, ns.out)
     say(f"exported {ns.format}: {path} ({path.stat().st_size / 1e6:.1f} MB); preprocessing and labels are "
         "in its metadata")
     if ns.int8:
         q = quantize_onnx_with_photos(path, photos, check_photos=check, progress=not ns.quiet)
-        checked = (f"checked against fp32 on {len(check)} val photos" if check else
-                   "NOT checked against fp32: no val photo outside the calibration sample")
-        say(f"int8 (ONNX Runtime static, per-channel): {q} ({q.stat().st_size / 1e6:.1f} MB), {checked}")
+        say(f"int8 (ONNX Runtime static, per-channel): {q} ({q.stat().st_size / 1e6:.1f} MB), checked against "
+            f"fp32 on {len(check)} photos outside the calibration sample")
     return 0
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.catalogue import CatalogueError
 from ..models.card import ModelCard
 from ..models.inference import iter_batches
 
@@ -43,13 +44,26 @@ def calibration_sample(data: str | os.PathLike, *, split: str = "train", images:
 PARITY_IMAGES = 32  # held-out photos an int8 file is checked on: enough to catch a broken graph, a second or two
 
 
+CHECK_SPLITS = ("val", "train", "test")  # where check photos come from, in turn
+
+
 def check_sample(data: str | os.PathLike, calibration: Sequence[str | os.PathLike], *, card: ModelCard | None = None,
                  images: int = PARITY_IMAGES) -> list[Path]:
-    """Up to `images` val photos (the model's own split, see calibration_sample) that are not in `calibration`:
-    an int8 file is checked on photos that did not set its ranges. Empty when val holds no other photo."""
+    """Up to `images` photos that are not in `calibration` (an int8 file is checked on photos that did not set its
+    ranges): val's (the model's own split, see calibration_sample) first, then train's and test's when val has
+    too few (`--calibration-split val` on a small catalogue took all of val, and the check was skipped). Empty
+    only when the catalogue holds no other photo."""
     calibrated = {Path(p) for p in calibration}
-    pool = calibration_sample(data, split="val", images=len(calibrated) + images, card=card)
-    return [p for p in pool if p not in calibrated][:images]
+    found: list[Path] = []
+    for split in CHECK_SPLITS:
+        try:
+            pool = calibration_sample(data, split=split, images=len(calibrated) + images, card=card)
+        except CatalogueError:  # a catalogue without that split
+            continue
+        found += [p for p in pool if p not in calibrated and p not in found]
+        if len(found) >= images:
+            break
+    return found[:images]
 
 
 def quantize_onnx_with_photos(onnx_path: str | os.PathLike, photos: Sequence[str | os.PathLike],
