@@ -153,3 +153,18 @@ def test_export_names_its_file_by_its_format_and_checks_int8_inputs_first(export
     # bench reads a bundle: its hint named a --backend flag bench does not have
     _one_line(_cli("bench", "-m", str(exported / "model.onnx"), "-o", str(tmp_path / "b")),
               "bench reads a bundle", "not an exported file")
+
+
+def test_torchscript_export_to_a_full_disk_is_one_line_and_leaves_nothing(exported: Path, tmp_path: Path) -> None:
+    """libtorch wrote the file itself and aborted the process on a full disk (SIGABRT, a C++ stack trace, the .tmp
+    left behind). A file-size limit (RLIMIT_FSIZE, EFBIG) stands in for the full disk here."""
+    code = ("import resource, signal, sys\n"
+            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, 1_000_000))\n"
+            "from skulens.cli import main\n"
+            f"sys.exit(main(['export', '-m', {str(exported)!r}, '--format', 'torchscript', "
+            f"'--out', {str(tmp_path / 'm.pt')!r}]))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+    assert r.returncode == 3, (r.returncode, r.stderr[-2000:])
+    assert "storage full" in r.stderr and "Traceback" not in r.stderr and "c10::Error" not in r.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -58,7 +58,8 @@ def is_user_error(exc: BaseException) -> bool:
     return _is_one_of(exc, USER_ERROR_CLASSES)
 
 
-_FULL = frozenset(getattr(errno, n) for n in ("ENOSPC", "EDQUOT") if hasattr(errno, n))
+# EFBIG: a file past a size limit (RLIMIT_FSIZE, the file system's own): the storage refusing, as a full disk
+_FULL = frozenset(getattr(errno, n) for n in ("ENOSPC", "EDQUOT", "EFBIG") if hasattr(errno, n))
 _READ_ONLY = frozenset(getattr(errno, n) for n in ("EROFS",) if hasattr(errno, n))
 
 

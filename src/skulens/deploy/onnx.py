@@ -8,6 +8,7 @@ TorchScript extra file `card.json`), so an exported file alone is enough to prep
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -94,8 +95,11 @@ def export_torchscript(bundle: str | os.PathLike, out: str | os.PathLike | None 
         traced = torch.jit.trace(wrapper, (x,), check_trace=False)
     path = Path(out) if out else bundle_folder(bundle) / "model.torchscript.pt"
     tmp = path.with_name(path.name + ".tmp")
+    buf = io.BytesIO()  # libtorch's own writer aborts the process on a full disk (SIGABRT, the .tmp left behind):
+    torch.jit.save(traced, buf, _extra_files={"card.json": card.to_json()})  # Python writes the bytes instead
     try:  # beside it, then swapped in: a full disk or a kill never leaves the earlier file cut short
-        traced.save(str(tmp), _extra_files={"card.json": card.to_json()})
+        with open(tmp, "wb") as f:
+            f.write(buf.getbuffer())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
