@@ -168,3 +168,15 @@ def test_torchscript_export_to_a_full_disk_is_one_line_and_leaves_nothing(export
     assert r.returncode == 3, (r.returncode, r.stderr[-2000:])
     assert "storage full" in r.stderr and "Traceback" not in r.stderr and "c10::Error" not in r.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_tflite_export_checks_its_out_before_converting(exported: Path, tiny_bundle, tmp_path: Path) -> None:
+    """--out in another bundle's folder was refused only after the minute-long conversion (and a missing folder
+    failed there with a FileNotFoundError); the checks ONNX makes up front now come first for tflite too."""
+    other = tmp_path / "other"
+    shutil.copytree(tiny_bundle.bundle, other)
+    card = json.loads((other / "card.json").read_text())
+    (other / "card.json").write_text(json.dumps({**card, "created": "another run"}))
+    _one_line(_cli("export", "-m", str(exported), "--format", "tflite", "--out", str(other / "model.tflite")),
+              "holds another model's bundle")
+    assert not (other / "model.tflite").exists()

@@ -67,10 +67,6 @@ def cmd_export(ns: argparse.Namespace) -> int:
     from ..models.bundle import bundle_folder, read_card  # torch: after the usage checks
 
     bundle = str(bundle_folder(bundle))  # --model may name the bundle's card.json
-    if ns.format == "tflite":
-        return _export_tflite(ns, bundle, data)
-    from ..deploy.onnx import export_onnx, export_torchscript
-
     if ns.out:
         # another bundle's folder (its weights beside its card): its own export would be replaced. An export
         # folder of card and files only is this command's to update (a retrained model exported again).
@@ -81,6 +77,10 @@ def cmd_export(ns: argparse.Namespace) -> int:
             raise UsageError(f"--out {ns.out}: that folder holds another model's bundle ({beside}); its export "
                              "would be replaced by this model's: give another folder")
         Path(ns.out).parent.mkdir(parents=True, exist_ok=True)
+    if ns.format == "tflite":  # the --out checks above first: they came after the minute-long conversion
+        return _export_tflite(ns, bundle, data)
+    from ..deploy.onnx import export_onnx, export_torchscript
+
     if ns.int8:  # the calibration photos first: a bad split or catalogue was refused after model.onnx was replaced
         from ..deploy.quantize import calibration_sample, check_sample, quantize_onnx_with_photos
 
