@@ -168,6 +168,10 @@ def test_torchscript_export_to_a_full_disk_is_one_line_and_leaves_nothing(export
     assert r.returncode == 3, (r.returncode, r.stderr[-2000:])
     assert "storage full" in r.stderr and "Traceback" not in r.stderr and "c10::Error" not in r.stderr
     assert list(tmp_path.iterdir()) == []
+    (tmp_path / "m.pt").write_bytes(b"the earlier export")  # and an earlier file there is left as it was
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+    assert r.returncode == 3 and (tmp_path / "m.pt").read_bytes() == b"the earlier export"
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]
 
 
 def test_tflite_export_checks_its_out_before_converting(exported: Path, tiny_bundle, tmp_path: Path) -> None:

@@ -313,25 +313,6 @@ def test_quantizer_root_logger_lines_are_dropped_and_skulens_own_kept(caplog: py
     assert [r.getMessage() for r in caplog.records] == ["after it: shown again"]
 
 
-def test_a_torchscript_export_that_fails_leaves_the_earlier_file(tiny_bundle, tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    import torch
-
-    from skulens.deploy.onnx import export_torchscript
-
-    out = export_torchscript(tiny_bundle.bundle, tmp_path / "m.pt")
-    good = out.read_bytes()
-
-    def full_disk(self: Any, path: str, *a: Any, **kw: Any) -> None:
-        Path(path).write_bytes(b"cut short")
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(torch.jit.ScriptModule, "save", full_disk)
-    with pytest.raises(OSError, match="No space"):
-        export_torchscript(tiny_bundle.bundle, out)
-    assert out.read_bytes() == good and sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]  # it was cut short
-
-
 def test_prune_bench_and_distill_refuse_what_they_would_ignore_or_fail_on_at_the_end(
         tiny_bundle, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     taken = tmp_path / "a-file"
