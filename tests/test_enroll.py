@@ -100,6 +100,12 @@ def test_enroll_infers_coarse_and_rejects_bad_requests(bundle_copy: Path, blue_p
     for name in ("..", ".", "a/b"):  # names POST /v1/products refuses: no route could reach the product
         with pytest.raises(EnrolmentError, match="in a product's name"):
             enroll(bundle_copy, name, blue_photos[:2], data=tiny_catalogue)
+    # a coarse class's name: a prediction's label "Apple" would be the product or the group of products
+    with pytest.raises(EnrolmentError, match="'Apple' is a coarse class"):
+        enroll(bundle_copy, "Apple", blue_photos[:2], data=tiny_catalogue)
+    for coarse in ("So\x01ap", " Soap"):  # it went into the card's coarse classes as it was
+        with pytest.raises(EnrolmentError, match="no control characters or surrounding spaces"):
+            enroll(bundle_copy, "soap", blue_photos[:2], data=tiny_catalogue, coarse=coarse)
     assert read_card(bundle_copy).classes == ("green-apple", "oat-milk", "red-apple")  # nothing changed
     res = enroll(bundle_copy, "blue-box", [*blue_photos[:2], bad], data=tiny_catalogue)
     assert res.coarse_inferred and res.coarse_label in ("Apple", "Milk") and len(res.skipped) == 1

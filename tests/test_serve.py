@@ -313,6 +313,17 @@ def test_manual_adjustments(client) -> None:
     r = client.post("/v1/inventory/products/oat-milk/adjust", json={"delta": -30}, headers=AUTH)
     assert r.status_code == 422
     assert client.post("/v1/inventory/products/oat-milk/adjust", json={"delta": 1}).status_code == 401
+    r = client.post("/v1/inventory/products/%20oat-milk/adjust", json={"delta": 1}, headers=AUTH)
+    assert r.json() == {"label": "oat-milk", "count": 8}  # the label it changed (" oat-milk" was echoed)
+
+
+def test_probes_answer_head_and_a_broken_json_body_says_so(client) -> None:
+    for path in ("/healthz", "/readyz", "/", "/inventory", "/docs"):  # load balancers and monitors probe with HEAD
+        r = client.head(path)
+        assert r.status_code == 200 and r.content == b"", (path, r.status_code)
+    r = client.post("/v1/inventory/products/oat-milk/adjust", content=b'{"delta":', headers={
+        **AUTH, "Content-Type": "application/json"})
+    assert r.status_code == 422 and r.json()["detail"].startswith("the body is not valid JSON (at character 9")
 
 
 def test_support_answers_stock_from_the_inventory(client, model, val_photo) -> None:

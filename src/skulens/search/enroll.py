@@ -370,6 +370,11 @@ def enroll(bundle: str | os.PathLike, label: str, images: Sequence[str | os.Path
                              "and not '.' or '..'")
     if coarse is not None and not coarse.strip():
         raise EnrolmentError("the coarse class is empty: give its name, or leave it out to have it inferred")
+    if coarse is not None and (coarse != coarse.strip() or any(ord(ch) < 32 for ch in coarse)):
+        raise EnrolmentError(f"coarse class {coarse[:40]!r}: no control characters or surrounding spaces")
+    if label in card.coarse_classes:  # a prediction's label would name the product or the product group
+        raise EnrolmentError(f"{label!r} is a coarse class of this model (a group of products): give the product "
+                             "a name of its own")
     if coarse is not None and not card.coarse_classes:  # it was recorded, then broke `retrain` (no hierarchy)
         raise EnrolmentError(f"this model has no coarse classes: leave the coarse class ({coarse!r}) out")
     if label in card.classes:

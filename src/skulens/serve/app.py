@@ -184,6 +184,8 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     for e in exc.errors():
         loc = ".".join(str(x) for x in e.get("loc", ()) if x not in ("body", "query", "path", "form"))
         msg = str(e.get("msg", "invalid"))
+        if e.get("type") == "json_invalid":  # its loc is a character offset, not a field: "9: JSON decode error"
+            loc, msg = "", f"the body is not valid JSON (at character {loc}: {e.get('ctx', {}).get('error', msg)})"
         if loc in _UPLOAD_FIELDS:
             msg += (f" (send the photo as multipart/form-data in a file field named {loc!r}; the server never "
                     "reads a path or fetches a URL)")

@@ -14,12 +14,12 @@ from ..metrics import CONTENT_TYPE_LATEST
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/healthz", summary="Liveness: the process answers")
+@router.api_route("/healthz", methods=["GET", "HEAD"], summary="Liveness: the process answers")
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Readiness: the model is loaded and the batcher runs")
+@router.api_route("/readyz", methods=["GET", "HEAD"], summary="Readiness: the model is loaded and the batcher runs")
 async def readyz(state: State) -> JSONResponse:
     problems = []
     if not state.recognizer.batcher.running:

@@ -243,7 +243,7 @@ async def adjust(state: State, actor: WriteKey, body: AdjustRequest,
         if answer is None:
             raise
         raise answer from None
-    return AdjustOut(label=label, count=count)
+    return AdjustOut(label=label.strip(), count=count)  # the label the store changed (it strips its labels)
 
 
 @router.get("/review", response_model=list[QueueItemOut],

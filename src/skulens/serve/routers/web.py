@@ -15,17 +15,17 @@ def _page(name: str) -> HTMLResponse:
     return HTMLResponse(html, headers={"Cache-Control": "no-cache"})
 
 
-@router.get("/")
+@router.api_route("/", methods=["GET", "HEAD"])
 async def index() -> HTMLResponse:
     return _page("index.html")
 
 
-@router.get("/inventory")
+@router.api_route("/inventory", methods=["GET", "HEAD"])
 async def inventory_page() -> HTMLResponse:
     return _page("inventory.html")
 
 
-@router.get("/docs")
+@router.api_route("/docs", methods=["GET", "HEAD"])
 async def api_docs() -> HTMLResponse:
     """The API reference: Swagger UI 5 (OpenAPI 3.1) from static/swagger-ui/, so it works offline."""
     return _page("docs.html")
