@@ -377,3 +377,8 @@ def test_bootstrap_intervals_match_explicit_resamples_and_shrink_with_more_photo
     hits = np.array([1, 0, -1, 1] * 50)  # -1: no coarse label, left out
     coarse = bootstrap_intervals(t, p, 5, coarse_hits=hits, seed=1)["coarse_top1"]
     assert coarse[0] < 2 / 3 < coarse[1]
+    # 3 coarse-labelled photos of 40, all right: resamples without one of them have no coarse accuracy (they
+    # were counted as 0 %, and the interval read (0, 1) for a split with every coarse answer right)
+    few = np.full(40, -1)
+    few[:3] = 1
+    assert bootstrap_intervals(t[:40], p[:40], 5, coarse_hits=few, seed=1)["coarse_top1"] == (1.0, 1.0)

@@ -96,6 +96,10 @@ def test_write_report_without_baseline(tmp_path: Path) -> None:
     assert md.startswith("# test split\n")
     assert "| metric | model |" in md and "baseline" not in md
     assert "sample #" in md  # no paths: samples named by index
+    assert "top-5 accuracy" not in md  # 4 classes: top-5 is every class, 100 % whatever the model
+    six = np.eye(6)[[0, 1, 2, 3, 4, 5]] * 0.5 + 0.05
+    md6 = write_report(evaluate_predictions(six, np.arange(6), [*NAMES, "egg", "fig"]), tmp_path / "six").read_text()
+    assert "top-5 accuracy" in md6
     payload = json.loads((tmp_path / "report.json").read_text())
     assert payload["baseline"] is None and payload["extra"] == {}
 

@@ -535,6 +535,11 @@ def test_select_on_a_holdout_of_train_leaves_val_untouched(tiny_catalogue: Path,
     for key in ("nll", "ece", "top1"):
         assert val_report["model"][key] == pytest.approx(again[key], abs=1e-6), key
     assert "hold-out of train" in (r.run_dir / "report" / "report.md").read_text()
+    # the epochs' numbers are the hold-out's, and named so (they were val_top1 ..., in the val report too)
+    assert r.history and all("holdout_top1" in h and not any(k.startswith("val_") for k in h) for h in r.history)
+    val_md = (r.run_dir / "report-val" / "report.md").read_text()
+    assert "holdout_top1" not in val_md and "val_top1" not in val_md
+    assert "optimistic" in (r.run_dir / "report" / "report.md").read_text() and "optimistic" not in val_md
     with pytest.raises(ConfigError, match="holdout_fraction"):
         train(tiny_catalogue, out=str(tmp_path / "bad"), progress=False, select_on="holdout", holdout_fraction=0.6,
               **TINY)

@@ -16,7 +16,7 @@ from ..models.card import ModelCard
 from ..models.inference import HeadOutputs, card_coarse
 from .heldout import card_catalogue
 from .metrics import EvalReport, evaluate_predictions
-from .report import write_report
+from .report import IN_SAMPLE_NOTE, write_report
 
 if TYPE_CHECKING:
     from ..models.predictor import Model
@@ -112,9 +112,7 @@ def evaluate_with_baseline(model: Model, data: str | os.PathLike | None = None, 
     if out is not None:
         extra: dict[str, object] = {"split": split, "data": str(data), "skipped": target.skipped}
         if split == card.metrics.get("split") and card.metrics.get("temperature"):
-            extra["calibration"] = (f"the temperatures (and epoch, coarse rule, attribute thresholds) were chosen on "
-                                    f"the {split} split of the training catalogue: on that catalogue ECE and the "
-                                    "reliability diagram are in-sample (optimistic)")
+            extra["calibration"] = IN_SAMPLE_NOTE.format(split=f"{split} split of the training catalogue")
         write_report(report, Path(out), title=f"skulens: {card.backbone} on {Path(data).name} ({split})",
                      baseline=base, extra=extra)
     return report, base

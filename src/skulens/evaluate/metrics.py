@@ -437,8 +437,10 @@ def bootstrap_intervals(targets: np.ndarray, preds: np.ndarray, n_classes: int, 
     if coarse_hits is not None and (coarse_hits >= 0).any():
         known = coarse_hits >= 0
         counted = w[:, known].sum(axis=1)
-        out["coarse_top1"] = interval(np.divide(w[:, known] @ coarse_hits[known], counted,
-                                                out=np.zeros(rounds), where=counted > 0))
+        # a resample without a coarse-labelled photo has no coarse accuracy (it was counted as 0 %)
+        rates = np.divide(w[:, known] @ coarse_hits[known], counted, out=np.full(rounds, np.nan), where=counted > 0)
+        a, b = np.nanpercentile(rates, [lo, hi])
+        out["coarse_top1"] = (float(a), float(b))
     return out
 
 

@@ -21,7 +21,11 @@ from skulens.evaluate.metrics import EvalReport
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["format_summary", "write_report"]
+__all__ = ["IN_SAMPLE_NOTE", "format_summary", "write_report"]
+
+# What a report on the split a run selected on says: every choice below was fitted to those photos.
+IN_SAMPLE_NOTE = ("the epoch, EMA or raw weights, coarse rule, attribute thresholds and temperatures were chosen on "
+                  "this {split}: every number here is optimistic (in-sample), ECE and the reliability diagram most")
 
 SCHEMA_VERSION = 1
 SUMMARY_KEYS = ("top1", "top5", "coarse_top1", "coarse_top1_derived", "macro_f1", "ece", "attribute_map")
@@ -84,6 +88,8 @@ def _headline_rows(report: EvalReport, baseline: EvalReport | None) -> list[tupl
         base = getattr(baseline, key) if baseline is not None else None
         if value is None and base is None:
             continue  # no coarse head / no attributes: the row would only say n/a
+        if key == "top5" and 0 < len(report.class_names) <= 5:
+            continue  # top-5 of 5 classes or fewer is every class: 100 %, always
         rows.append((label, _with_ci(report, key, kind), _with_ci(baseline, key, kind),
                      _fmt_delta(value, base, kind)))
     return rows

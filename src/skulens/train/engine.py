@@ -27,7 +27,7 @@ from ..data.transforms import create_transform
 from ..evaluate.calibration import apply_temperature, fit_temperature
 from ..evaluate.evaluator import baseline_report, evaluate_outputs
 from ..evaluate.metrics import EvalReport, choose_thresholds
-from ..evaluate.report import write_report
+from ..evaluate.report import IN_SAMPLE_NOTE, write_report
 from ..models.backbones import Backbone, BackboneSpec, create_backbone
 from ..models.bundle import WEIGHTS, atomic_write_text, read_card, recover_bundle, save_bundle
 from ..models.card import ModelCard, exclusive_attribute_pairs
@@ -596,14 +596,17 @@ def _end_of_epoch(run: _Run, eval_tf: Any, epoch: int, train_loss: float, epoch_
             results[name]["robust_top1"] = (results[name]["top1"] + results[name]["corrupt_top1"]) / 2
     name, best_now = max(results.items(), key=lambda kv: _selection_key(kv[1], cfg.monitor))
     score = _selection_key(best_now, cfg.monitor)
+    split = "val" if cfg.select_on == "val" else "holdout"
     record = {"step": state["step"], "epoch": epoch + 1, "train_loss": train_loss,
               "epoch_time_s": round(epoch_time, 1), "lr": run.sched.get_last_lr()[-1],
-              **{f"val_{k}": v for k, v in results["model"].items()},
-              **({f"val_ema_{k}": v for k, v in results["ema"].items()} if "ema" in results else {})}
+              # named after the split they were measured on: a --select-on holdout run's history showed its
+              # hold-out's numbers as val_*, in its untouched val report too
+              **{f"{split}_{k}": v for k, v in results["model"].items()},
+              **({f"{split}_ema_{k}": v for k, v in results["ema"].items()} if "ema" in results else {})}
     improved = score > tuple(state["best"])
     if improved:
         state.update(best=list(score), best_epoch=epoch + 1, bad_epochs=0)
-        metrics = {"split": "val", "epoch": epoch + 1, "weights": name, **best_now}
+        metrics = {"split": cfg.select_on, "epoch": epoch + 1, "weights": name, **best_now}
         save_bundle(candidates[name], run.card.with_(metrics=metrics), run.run_dir / "bundle")
     else:
         state["bad_epochs"] += 1
@@ -717,15 +720,17 @@ def _finish(run: _Run, baseline: EvalReport | None, epochs_run: int) -> TrainRes
     extra = {"train_wall_time_s": round(wall, 1), "best_epoch": state["best_epoch"], "selected_on": cfg.select_on,
              "history": state["history"]}
     if cfg.select_on == "val":  # the README's promise, as `skulens evaluate` says it on the same split
-        extra["calibration"] = ("the temperatures (and epoch, coarse rule, attribute thresholds) were chosen on this "
-                                "val split: ECE and the reliability diagram here are in-sample (optimistic)")
+        extra["calibration"] = IN_SAMPLE_NOTE.format(split="val split")
+    else:
+        extra["calibration"] = IN_SAMPLE_NOTE.format(split="hold-out") + "; report-val/ has the untouched val's"
     write_report(report, run.run_dir / "report",
                  title=f"skulens: {cfg.backbone} on {run.catalogue.root.name} ({split_name})", baseline=baseline,
                  extra=extra)
-    if untouched is not None:
+    if untouched is not None:  # the selection history is the hold-out's: in report/, not beside val's numbers
+        untouched_extra = {k: v for k, v in extra.items() if k not in ("history", "calibration")}
         write_report(untouched, run.run_dir / "report-val",
                      title=f"skulens: {cfg.backbone} on {run.catalogue.root.name} (val, untouched: selected on "
-                           f"a {cfg.holdout_fraction:.0%} hold-out of train)", extra=extra)
+                           f"a {cfg.holdout_fraction:.0%} hold-out of train)", extra=untouched_extra)
     shutil.rmtree(run.run_dir / "checkpoint", ignore_errors=True)
     return TrainResult(run.run_dir, bundle, card, report, baseline, state["best_epoch"], epochs_run, wall,
                        tuple(state["history"]), tuple(run.skipped))
