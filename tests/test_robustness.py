@@ -321,3 +321,17 @@ def test_reports_inside_a_folder_catalogue_and_empty_measurements_are_refused(ti
         assert main([*base, *extra]) == 2
         assert needle in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_brightness_is_hsv_value_plus_level_on_black_too() -> None:
+    """ImageNet-C's brightness adds to HSV value: black becomes the grey of the new value (RGB scaling left it
+    black), a coloured pixel keeps its hue and saturation."""
+    import colorsys
+
+    from skulens.evaluate.robustness import corrupt
+
+    pixels = torch.tensor([[0.0, 0.0, 0.0], [0.2, 0.1, 0.05], [0.9, 0.95, 0.3]]).T.reshape(1, 3, 3, 1)
+    out = corrupt(pixels, "brightness", 5)[0, :, :, 0].T
+    for before, after in zip(pixels[0, :, :, 0].T.tolist(), out.tolist(), strict=True):
+        h, s, v = colorsys.rgb_to_hsv(*before)
+        assert after == pytest.approx(list(colorsys.hsv_to_rgb(h, s, min(v + 0.5, 1.0))), abs=1e-6), before

@@ -67,7 +67,9 @@ def _jpeg(x: torch.Tensor, level: float, g: torch.Generator) -> torch.Tensor:
 def _brightness(x: torch.Tensor, level: float, g: torch.Generator) -> torch.Tensor:
     # + level on HSV value (ImageNet-C), done in RGB: at fixed hue and saturation RGB scales with V.
     v = x.amax(1, keepdim=True)
-    return (x * ((v + level).clamp(max=1) / v.clamp(min=1e-6))).clamp(0, 1)
+    lit = (x * ((v + level).clamp(max=1) / v.clamp(min=1e-6))).clamp(0, 1)
+    # black has no hue or saturation to keep: HSV gives the grey of the new value (scaling left it black)
+    return torch.where(v > 1e-6, lit, torch.full_like(x, min(level, 1.0)))
 
 
 def _rotate(x: torch.Tensor, level: float, g: torch.Generator) -> torch.Tensor:
