@@ -449,6 +449,21 @@ def test_grocery_layout(tmp_path: Path) -> None:
     assert cat.products["Banana"].description == ""  # missing description file is not an error
 
 
+def test_grocery_product_files_missing_are_named_and_latin1_is_refused(tmp_path: Path,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """A typo in a sheet's path left the product without its text or photo, unsaid; a Latin-1 text was read
+    with replacement characters ("P\ufffdron")."""
+    root = _grocery(tmp_path / "gs")
+    none = _csv(tmp_path / "none.csv", ["label,colour"])
+    with caplog.at_level("WARNING"):
+        load_catalogue(root, attributes_file=none)
+    assert "class 'Banana': description file '/iconic/Fruit/Banana/Banana_Description.txt' not found" in caplog.text
+    text = root / "iconic/Apple/Granny-Smith/Granny-Smith_Description.txt"
+    text.write_bytes("P\u00e4ron fr\u00e5n Sverige".encode("latin-1"))
+    with pytest.raises(CatalogueError, match="Granny-Smith_Description.txt: .*UTF-8"):
+        load_catalogue(root, attributes_file=none)
+
+
 def test_grocery_unknown_class_id_names_file_and_line(tmp_path: Path) -> None:
     root = _grocery(tmp_path / "gs")
     lines = (root / "val.txt").read_text().splitlines()

@@ -8,6 +8,7 @@ inside the dataset folder.
 from __future__ import annotations
 
 import csv
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,8 @@ from pathlib import Path
 from ._checks import inside_root, require_files
 from ._types import SPLIT_ORDER, CatalogueError, Loaded, Product, Sample
 from .encoding import not_utf8
+
+logger = logging.getLogger(__name__)
 
 _GROCERY_COLUMNS = ("class name", "class id", "coarse class name", "coarse class id")
 
@@ -153,20 +156,24 @@ def _grocery_product(row: _GroceryClass, root: Path, root_real: Path) -> Product
     if row.description:
         # Paths in classes.csv start with "/" but are relative to the dataset folder.
         text_path = inside_root(row.description.lstrip("/"), root, root_real, where)
-        if text_path.is_file():
-            description = text_path.read_text(encoding="utf-8", errors="replace").strip()
+        if not text_path.is_file():  # a typo in the sheet's path: the product lost its text without a word
+            logger.warning("%s: description file %r not found: the product has no text", where, row.description)
+        else:
+            description = _utf8_text(text_path)
             # The grocery dataset keeps a fuller product sheet beside each description.
             # (one product, Cabbage, names it "Cabbage-Information.txt").
             stem = text_path.name.removesuffix("_Description.txt")
             for name in (f"{stem}_Information.txt", f"{stem}-Information.txt"):
                 info_path = text_path.with_name(name)
                 if stem != text_path.name and info_path.is_file():
-                    info = info_path.read_text(encoding="utf-8", errors="replace").strip()
+                    info = _utf8_text(info_path)
                     break
     image = None
     if row.iconic:
-        image_path = inside_root(row.iconic.lstrip("/"), root, root_real, where)
-        image = image_path if image_path.is_file() else None
+        image = inside_root(row.iconic.lstrip("/"), root, root_real, where)
+        if not image.is_file():
+            logger.warning("%s: catalogue (iconic) photo %r not found: the product has none", where, row.iconic)
+            image = None
     return Product(
         label=row.name,
         coarse_label=row.coarse,
@@ -175,3 +182,11 @@ def _grocery_product(row: _GroceryClass, root: Path, root_real: Path) -> Product
         image=image,
         info=info,
     )
+
+
+def _utf8_text(path: Path) -> str:
+    """A product text file, refused when it is not UTF-8 (it was read with replacement characters: "P\ufffdron")."""
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except UnicodeDecodeError:
+        raise CatalogueError(f"{path}: {not_utf8(path)}") from None
