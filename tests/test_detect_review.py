@@ -242,6 +242,23 @@ def test_label_map_reads_a_csv_with_a_byte_order_mark(tmp_path) -> None:
     latin1.write_bytes("gräddfil,Arla-Sour-Cream\n".encode("latin-1"))  # was a UnicodeDecodeError traceback
     with pytest.raises(UsageError, match=r"--label-map .*not UTF-8 \(byte 0xe4"):
         _label_map(str(latin1))
+    bad = tmp_path / "bad.csv"  # the line in the file (it counted only the rows kept: "line 1")
+    bad.write_text("annotation,model_label\n# a comment\n\nmilk,Milk,extra\n", encoding="utf-8")
+    with pytest.raises(UsageError, match=r"line 4: expected"):
+        _label_map(str(bad))
+    bad.write_text("milk,Milk\njam,Jam\nmilk,Oat-Milk\n", encoding="utf-8")  # the last row won, unsaid
+    with pytest.raises(UsageError, match=r"line 3: 'milk' is mapped on line 1 already"):
+        _label_map(str(bad))
+
+
+def test_detect_train_refuses_the_same_boxes_twice(tmp_path, capsys) -> None:
+    """Its photos were trained on twice (real_photos 8 for 4), unsaid."""
+    from skulens.cli import main
+
+    (tmp_path / "voc").mkdir()
+    assert main(["detect", "train", "--boxes", str(tmp_path / "voc"), "--boxes", str(tmp_path / "voc") + "/",
+                 "--no-composites", "-o", str(tmp_path / "det"), "-q"]) == 2
+    assert "given twice" in capsys.readouterr().err and not (tmp_path / "det").exists()
 
 
 # --------------------------------------------------------------------------- 9. count's -o and --min-similarity

@@ -342,6 +342,10 @@ def cmd_detect_train(ns: argparse.Namespace) -> int:
         except ValueError as e:
             raise UsageError(str(e)) from None
 
+    sources = [str(Path(b).resolve()) for b in ns.boxes]
+    twice = next((b for b, s in zip(ns.boxes, sources, strict=True) if sources.count(s) > 1), None)
+    if twice is not None:  # its photos were trained on twice, unsaid
+        raise UsageError(f"--boxes {twice}: given twice")
     boxes = [im for b in ns.boxes for im in load_annotations(b)]
     result = train_detector(data, ns.out, recipe=recipe, annotations=boxes, init=ns.init, progress=not ns.quiet,
                             device=ns.device, overwrite=ns.force)
@@ -366,7 +370,8 @@ def _label_map(path: str | None) -> dict[str, str] | None:
 
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's CSV starts with a BOM
-            rows = [r for r in csv.reader(f) if r and not r[0].startswith("#")]
+            reader = csv.reader(f)  # each row with its line in the file (comments and blank lines skipped)
+            rows = [(reader.line_num, r) for r in reader if r and not r[0].startswith("#")]
     except OSError as e:
         raise UsageError(f"--label-map {path}: {e.strerror or e}") from None
     except UnicodeDecodeError:
@@ -375,13 +380,17 @@ def _label_map(path: str | None) -> dict[str, str] | None:
         raise UsageError(f"--label-map {path}: {not_utf8(path)}") from None
     except csv.Error as e:
         raise UsageError(f"--label-map {path}: not a CSV file ({e})") from None
-    if rows and [c.strip().lower() for c in rows[0]] == ["annotation", "model_label"]:
+    if rows and [c.strip().lower() for c in rows[0][1]] == ["annotation", "model_label"]:
         rows = rows[1:]  # the help's own header, written as a first row: no mapping of a name "annotation"
-    mapping = {}
-    for i, r in enumerate(rows, 1):
+    mapping: dict[str, str] = {}
+    where: dict[str, int] = {}
+    for line, r in rows:
         if len(r) != 2:
-            raise UsageError(f"--label-map {path}: line {i}: expected 'annotation,model_label'")
-        mapping[r[0].strip()] = r[1].strip()
+            raise UsageError(f"--label-map {path}: line {line}: expected 'annotation,model_label'")
+        name = r[0].strip()
+        if name in mapping and mapping[name] != r[1].strip():  # the last row won, unsaid
+            raise UsageError(f"--label-map {path}: line {line}: {name!r} is mapped on line {where[name]} already")
+        mapping[name], where[name] = r[1].strip(), line
     return mapping
 
 
