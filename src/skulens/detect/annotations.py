@@ -192,6 +192,7 @@ def read_coco(path: str | os.PathLike[str]) -> list[AnnotatedImage]:
     images = _coco_images(doc["images"], p)
     boxes: dict[Any, list[list[float]]] = {key: [] for key in images}
     labels: dict[Any, list[str]] = {key: [] for key in images}
+    crowded: set[Any] = set()
     for i, ann in enumerate(_list(doc, "annotations", p)):
         where = f"{p}: annotations[{i}]"
         if not isinstance(ann, dict):
@@ -199,8 +200,9 @@ def read_coco(path: str | os.PathLike[str]) -> list[AnnotatedImage]:
         crowd = ann.get("iscrowd", 0)
         if isinstance(crowd, str) or crowd not in (0, 1):  # 0, 1 (and False, True); "0" or 0.5 are refused
             raise AnnotationError(f"{where}: iscrowd must be 0 or 1, got {crowd!r}")
-        if crowd:
-            continue  # a crowd region is an RLE blob over many products, not one product's box
+        if crowd:  # a crowd region is an RLE blob over many products, not one product's box: the photo is left
+            crowded.add(ann.get("image_id"))  # out (trained on, its products were background; scored, false boxes)
+            continue
         key, cat, bbox = ann.get("image_id"), ann.get("category_id"), ann.get("bbox")
         if not _is_key(key) or key not in images:
             raise AnnotationError(f"{where}: unknown image_id {key!r}")
@@ -216,8 +218,17 @@ def read_coco(path: str | os.PathLike[str]) -> list[AnnotatedImage]:
         _, w, h = images[key]
         boxes[key].append(_check_box([x, y, x + bw, y + bh], w, h, where))
         labels[key].append(names[cat])
+    crowded &= set(images)
+    if crowded:
+        log.warning("%s: %d photo(s) with iscrowd regions left out (a crowd region covers many products as one: "
+                    "skulens neither trains nor scores on such a photo), e.g. %s", p, len(crowded),
+                    images[next(iter(crowded))][0].name)
+    sides = [min(b[2] - b[0], b[3] - b[1]) for k in boxes for b in boxes[k]]
+    if sides and max(sides) < 2:
+        log.warning("%s: every box is under 2 px: COCO bboxes are in pixels [x, y, width, height], not fractions "
+                    "of the photo", p)
     return _sorted(AnnotatedImage(_abs(f), w, h, boxes[k], tuple(labels[k]))
-                   for k, (f, w, h) in images.items())
+                   for k, (f, w, h) in images.items() if k not in crowded)
 
 
 def _coco_images(entries: list[Any], path: Path) -> dict[Any, tuple[Path, int, int]]:
@@ -283,11 +294,20 @@ def read_yolo(path: str | os.PathLike[str]) -> list[AnnotatedImage]:
                     if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".") and f.is_file())
     if not photos:
         raise AnnotationError(f"{img_dir}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    stems = {f.relative_to(img_dir).with_suffix("") for f in photos}
-    for txt in sorted(lbl_dir.rglob("*.txt")):
-        if txt.name not in _NAMES_FILES and txt.relative_to(lbl_dir).with_suffix("") not in stems:
+    stems: dict[Path, Path] = {}
+    for f in photos:  # a.jpg and a.png would both read labels/a.txt: one photo given the other's boxes
+        stem = f.relative_to(img_dir).with_suffix("")
+        if stem in stems:
+            raise AnnotationError(f"{f}: {stems[stem].name} has the same name, and both would take the boxes of "
+                                  f"{lbl_dir / stem.with_suffix('.txt')}: rename one")
+        stems[stem] = f
+    texts = {}  # the label files by photo, their suffix in any case (a.TXT was skipped: an empty shelf)
+    for txt in sorted(t for t in lbl_dir.rglob("*") if t.suffix.lower() == ".txt" and t.is_file()):
+        stem = txt.relative_to(lbl_dir).with_suffix("")
+        if txt.name not in _NAMES_FILES and stem not in stems:
             raise AnnotationError(f"{txt}: its image is missing from {img_dir}")
-    images = [_yolo_image(f, lbl_dir / f.relative_to(img_dir).with_suffix(".txt"), names) for f in photos]
+        texts[stem] = txt
+    images = [_yolo_image(f, texts.get(stem, lbl_dir / stem.with_suffix(".txt")), names) for stem, f in stems.items()]
     if names is None and any(len(im) for im in images):
         log.warning("%s: no data.yaml, classes.txt or obj.names (here, in labels/ or the parent folder): the box "
                     "labels are the class ids", root)
@@ -337,9 +357,10 @@ def _yolo_names(root: Path) -> dict[int, str] | None:
             if file.is_file():
                 text = _read(file, _MAX_SMALL).decode("utf-8-sig", "replace")
                 return dict(enumerate(s.strip() for s in text.splitlines() if s.strip()))
-        names = _yaml_names(folders[0] / "data.yaml", optional=parent)
-        if names is not None:
-            return names
+        for folder in folders:  # data.yaml here or in labels/, as the warning says
+            names = _yaml_names(folder / "data.yaml", optional=parent)
+            if names is not None:
+                return names
     return None
 
 
