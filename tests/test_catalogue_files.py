@@ -102,3 +102,29 @@ def test_products_csv_gets_the_manifest_checks(root: Path) -> None:
         load_catalogue(root)
     products.write_text('label,title,description\nMilk,Whole milk,"Fresh,\ncold"\n')  # a text may span lines
     assert load_catalogue(root).products["Milk"].description == "Fresh,\ncold"
+
+
+def test_jfif_photos_are_read_and_heic_ones_are_named(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    for label in ("Milk", "Bread"):
+        (tmp_path / "c" / label).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (8, 8), (10 * i, 50, 90)).save(tmp_path / "c" / label / f"{i}.jfif", "JPEG")
+    (tmp_path / "c" / "Milk" / "IMG_1.HEIC").write_bytes(b"not read")
+    with caplog.at_level(logging.WARNING):
+        cat = load_catalogue(tmp_path / "c", val_fraction=0)
+    assert len(cat.split("train")) == 6  # .jfif is JPEG (it was skipped, unsaid)
+    assert "1 photo(s) in formats skulens does not read were left out (e.g." in caplog.text and "IMG_1.HEIC" in caplog.text
+
+
+def test_a_large_jpeg_wanted_small_is_checked_at_the_size_it_is_decoded(tmp_path: Path) -> None:
+    """A 48 MP phone JPEG wanted at 224 px decodes at 1/8 (libjpeg's draft): the pixel limit refused it."""
+    from skulens.data.decode import ImageDecodeError, decode_image
+
+    path = tmp_path / "big.jpg"
+    Image.new("RGB", (400, 300), (120, 30, 200)).save(path, quality=90)
+    with pytest.raises(ImageDecodeError, match="too many pixels"):
+        decode_image(path, max_pixels=10_000)
+    small = decode_image(path, max_pixels=10_000, reduce_to=20)  # drafted to 50 x 38 (1/8): 1900 pixels
+    assert min(small.size) == 20
+    with pytest.raises(ImageDecodeError, match="too many pixels"):
+        decode_image(path, max_pixels=1_000, reduce_to=20)  # still over the limit as decoded

@@ -8,7 +8,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+# Photo formats skulens does not decode: a folder's files of these are named, not skipped in silence.
+UNREAD_PHOTO_SUFFIXES = frozenset({".heic", ".heif", ".avif", ".dng", ".cr2", ".cr3", ".nef", ".arw", ".raw"})
 
 SPLIT_ORDER = ("train", "val", "test")
 # One table for manifests and split folders: Keras writes "validation", Kaggle kits "valid".

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import os
 import re
 import warnings
@@ -118,10 +119,13 @@ def decode_image(
     fmt = sniff_format(data)
     if fmt is None:
         raise ImageDecodeError(name, f"not an image (unrecognised header {data[:8]!r})")
-    img = _open_checked(name, data, fmt, max_pixels, max_aspect)
-    if reduce_to is not None and fmt == "JPEG":
-        # Asks libjpeg for the largest 1/1..1/8 scale that keeps both sides >= reduce_to.
+    drafted = reduce_to is not None and fmt == "JPEG"
+    img = _open_checked(name, data, fmt, max_pixels, max_aspect, pixels=not drafted)
+    if drafted:
+        # Asks libjpeg for the largest 1/1..1/8 scale that keeps both sides >= reduce_to; the pixel limit is for
+        # what is decoded (a 48 MP phone JPEG wanted at 224 px decodes at 1/8, 0.75 MP: it was refused)
         img.draft("RGB", (reduce_to, reduce_to))
+        _check_size(name, img.size, max_pixels, max_aspect, empty="corrupt JPEG")
     _load(name, img, fmt)
     img = _apply_orientation(name, img)
     img = to_rgb(img, source=name)
@@ -147,8 +151,10 @@ def _read_source(source: str | os.PathLike[str] | bytes) -> tuple[str, bytes]:
         raise ImageDecodeError(name, f"cannot read file ({exc.strerror or exc})") from exc
 
 
-def _open_checked(name: str, data: bytes, fmt: str, max_pixels: int, max_aspect: float) -> Image.Image:
-    """Parse only the header, then refuse oversized or extremely elongated images before any pixel is decoded."""
+def _open_checked(name: str, data: bytes, fmt: str, max_pixels: int, max_aspect: float, *,
+                  pixels: bool = True) -> Image.Image:
+    """Parse only the header, then refuse oversized (`pixels`: the caller checks the size it will decode) or
+    extremely elongated images before any pixel is decoded."""
     try:
         img = Image.open(io.BytesIO(data), formats=[fmt])
     except Image.DecompressionBombError as exc:  # past Pillow's own guard (2 x 89.5 MP): say this limit, not its
@@ -161,7 +167,7 @@ def _open_checked(name: str, data: bytes, fmt: str, max_pixels: int, max_aspect:
         raise ImageDecodeError(name, f"corrupt {fmt} (unreadable header)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageDecodeError(name, f"corrupt {fmt} ({exc})") from exc
-    _check_size(name, img.size, max_pixels, max_aspect, empty=f"corrupt {fmt}")
+    _check_size(name, img.size, max_pixels if pixels else math.inf, max_aspect, empty=f"corrupt {fmt}")
     return img
 
 

@@ -8,11 +8,14 @@ that is missing becomes that image's error row downstream, not a failure of the 
 from __future__ import annotations
 
 import csv
+import logging
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from ._types import IMAGE_SUFFIXES, CatalogueError
+from ._types import IMAGE_SUFFIXES, UNREAD_PHOTO_SUFFIXES, CatalogueError
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["IMAGE_LIST_SUFFIXES", "folder_images", "is_image_list", "non_utf8_names", "read_image_list", "walk_images"]
 
@@ -25,6 +28,7 @@ def walk_images(root: Path) -> Iterator[Path]:
     out (macOS's ._x.jpg is no photo). Sub-folders that are symbolic links are walked, as torchvision's
     ImageFolder does (os.walk followlinks=True); a folder reached twice (a link cycle) is walked once."""
     walked: set[Path] = set()
+    unread: list[Path] = []
     for top, dirs, files in os.walk(root, followlinks=True):
         real = Path(top).resolve()
         if real in walked:
@@ -34,6 +38,11 @@ def walk_images(root: Path) -> Iterator[Path]:
         dirs[:] = [name for name in dirs if not name.startswith(".")]
         yield from (Path(top, name) for name in files
                     if Path(name).suffix.lower() in IMAGE_SUFFIXES and not name.startswith("."))
+        unread += [Path(top, name) for name in files
+                   if Path(name).suffix.lower() in UNREAD_PHOTO_SUFFIXES and not name.startswith(".")]
+    if unread:  # an iPhone's HEIC photos were skipped without a word
+        logger.warning("%s: %d photo(s) in formats skulens does not read were left out (e.g. %s): convert them to "
+                       "JPEG or PNG", root, len(unread), unread[0])
 
 
 def folder_images(root: Path) -> Iterator[Path]:
