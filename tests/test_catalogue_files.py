@@ -128,3 +128,19 @@ def test_a_large_jpeg_wanted_small_is_checked_at_the_size_it_is_decoded(tmp_path
     assert min(small.size) == 20
     with pytest.raises(ImageDecodeError, match="too many pixels"):
         decode_image(path, max_pixels=1_000, reduce_to=20)  # still over the limit as decoded
+
+
+def test_a_folder_of_catalogue_photos_is_not_a_class(tmp_path: Path) -> None:
+    for label in ("Milk", "Bread"):
+        (tmp_path / label).mkdir()
+        for i in range(3):
+            Image.new("RGB", (8, 8), (10 * i, 50, 90)).save(tmp_path / label / f"{i}.jpg")
+    (tmp_path / "cat").mkdir()
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(tmp_path / "cat" / "milk.jpg")
+    (tmp_path / "products.csv").write_text("label,title,image\nMilk,Whole milk,cat/milk.jpg\n", encoding="utf-8")
+    with pytest.raises(CatalogueError, match="folder 'cat' holds only catalogue photos"):
+        load_catalogue(tmp_path, val_fraction=0)  # it was a class "cat", trained on the catalogue photo
+    (tmp_path / "cat").rename(tmp_path / ".catalogue")
+    (tmp_path / "products.csv").write_text("label,title,image\nMilk,Whole milk,.catalogue/milk.jpg\n")
+    cat = load_catalogue(tmp_path, val_fraction=0)
+    assert cat.classes == ["Bread", "Milk"] and cat.products["Milk"].image == tmp_path / ".catalogue" / "milk.jpg"

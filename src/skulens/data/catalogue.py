@@ -86,6 +86,7 @@ def load_catalogue(
     products = loaded.products
     if not products and (loaded.root / PRODUCTS_CSV).is_file():
         products = read_products(loaded.root / PRODUCTS_CSV, loaded.root, set(classes), loaded.hierarchy)
+    _refuse_catalogue_photo_classes(source, loaded.layout, splits, products)
     _require_training_photos(source, splits, classes, products)
     shared = label_attributes(splits)
     products = {label: dataclasses.replace(p, attributes=shared.get(label, ())) for label, p in products.items()}
@@ -100,6 +101,23 @@ def load_catalogue(
         products=products,
         val_was_generated=val_was_generated,
     )
+
+
+def _refuse_catalogue_photo_classes(source: Path, layout: str, splits: Mapping[str, list[Sample]],
+                                    products: Mapping[str, Product]) -> None:
+    """In a folder catalogue every visible folder is a class: one holding only the catalogue photos products.csv
+    names would be trained as a product of its own ("cat"), each photo under two labels."""
+    if layout != "folders":
+        return
+    shown = {Path(p.image).resolve() for p in products.values() if p.image is not None}
+    by_class: dict[str, list[Path]] = defaultdict(list)
+    for samples in splits.values():
+        for s in samples:
+            by_class[s.label].append(Path(s.path).resolve())
+    only = sorted(label for label, paths in by_class.items() if shown and all(p in shown for p in paths))
+    if only:
+        raise CatalogueError(f"{source}: folder {only[0]!r} holds only catalogue photos products.csv names, so it "
+                             "would be a class: keep them in a hidden folder (.catalogue/) or beside products.csv")
 
 
 def _require_training_photos(source: Path, splits: Mapping[str, list[Sample]], classes: Sequence[str],
