@@ -144,3 +144,18 @@ def test_a_folder_of_catalogue_photos_is_not_a_class(tmp_path: Path) -> None:
     (tmp_path / "products.csv").write_text("label,title,image\nMilk,Whole milk,.catalogue/milk.jpg\n")
     cat = load_catalogue(tmp_path, val_fraction=0)
     assert cat.classes == ["Bread", "Milk"] and cat.products["Milk"].image == tmp_path / ".catalogue" / "milk.jpg"
+
+
+def test_photos_a_folders_manifest_leaves_out_are_named(root: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A stray manifest.csv in a folder-per-class catalogue: the manifest wins, and its other photos and classes
+    were left out without a word."""
+    (root / "Apple").mkdir()
+    Image.new("RGB", (8, 8)).save(root / "Apple" / "a.jpg")
+    with caplog.at_level(logging.WARNING):
+        cat = load_catalogue(_csv(root, "path,label", _plain()))
+    assert "Apple" not in cat.classes
+    assert "1 photo(s) under the folder are not in its manifest" in caplog.text and "Apple/a.jpg" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        load_catalogue(root / "manifest.csv")  # the manifest named itself: it says what the catalogue is
+    assert "not in its manifest" not in caplog.text

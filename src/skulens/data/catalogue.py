@@ -31,6 +31,7 @@ the public face and the only one other code imports.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import random
 from collections import defaultdict
@@ -52,6 +53,8 @@ __all__ = ["EXTRA_TRAIN", "IMAGE_SUFFIXES", "Catalogue", "CatalogueError", "Prod
 # Photos a run trains on but never holds out or selects on: self-training's pseudo-labelled ones, whose labels
 # are the teacher's guesses (a hold-out drawn over them would score the student against those guesses).
 EXTRA_TRAIN = "train_extra"
+
+logger = logging.getLogger(__name__)
 
 
 def load_catalogue(
@@ -87,6 +90,8 @@ def load_catalogue(
     if not products and (loaded.root / PRODUCTS_CSV).is_file():
         products = read_products(loaded.root / PRODUCTS_CSV, loaded.root, set(classes), loaded.hierarchy)
     _refuse_catalogue_photo_classes(source, loaded.layout, splits, products)
+    if loaded.layout == "manifest" and source.is_dir():
+        _say_unlisted(source, splits, products)
     _require_training_photos(source, splits, classes, products)
     shared = label_attributes(splits)
     products = {label: dataclasses.replace(p, attributes=shared.get(label, ())) for label, p in products.items()}
@@ -185,6 +190,19 @@ def _load_layout(source: Path) -> Loaded:
     if manifests:
         return load_manifest(manifests[0])
     return load_folders(source)
+
+
+def _say_unlisted(source: Path, splits: Mapping[str, list[Sample]], products: Mapping[str, Product]) -> None:
+    """A folder given as the catalogue whose manifest does not list photos under it: the manifest wins (a stray
+    4-row manifest.csv in a folder-per-class catalogue left out its other classes), so they are named."""
+    from .image_list import folder_images
+
+    listed = {Path(s.path).resolve() for samples in splits.values() for s in samples}
+    listed |= {Path(p.image).resolve() for p in products.values() if p.image is not None}
+    unlisted = [f for f in folder_images(source) if f.resolve() not in listed]
+    if unlisted:
+        logger.warning("%s: %d photo(s) under the folder are not in its manifest, which alone says what the "
+                       "catalogue holds (e.g. %s)", source, len(unlisted), unlisted[0].relative_to(source))
 
 
 def reads_its_folders(source: str | os.PathLike[str]) -> bool:
