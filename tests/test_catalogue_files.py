@@ -159,3 +159,22 @@ def test_photos_a_folders_manifest_leaves_out_are_named(root: Path, caplog: pyte
     with caplog.at_level(logging.WARNING):
         load_catalogue(root / "manifest.csv")  # the manifest named itself: it says what the catalogue is
     assert "not in its manifest" not in caplog.text
+
+
+def test_one_file_reached_under_two_labels_is_refused(tmp_path: Path) -> None:
+    """A link inside a class folder back to the catalogue's root: Milk's photos were Bread too, one of them in
+    val; a manifest reached through a linked folder could list one photo by two spellings."""
+    for label in ("Milk", "Bread"):
+        (tmp_path / "c" / label).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (8, 8), (10 * i, 50, 90)).save(tmp_path / "c" / label / f"{i}.jpg")
+    (tmp_path / "c" / "Bread" / "loop").symlink_to(tmp_path / "c")
+    with pytest.raises(CatalogueError, match="reached another way"):
+        load_catalogue(tmp_path / "c")
+    (tmp_path / "c" / "Bread" / "loop").unlink()
+    (tmp_path / "c" / "manifest.csv").write_text(
+        f"path,label,split\nMilk/0.jpg,Milk,train\nMilk/1.jpg,Milk,train\nBread/0.jpg,Bread,train\n"
+        f"Bread/1.jpg,Bread,train\n{tmp_path / 'c' / 'Milk' / '0.jpg'},Bread,val\n", encoding="utf-8")
+    (tmp_path / "link").symlink_to(tmp_path / "c")
+    with pytest.raises(CatalogueError, match="reached another way"):
+        load_catalogue(tmp_path / "link")

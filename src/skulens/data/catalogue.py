@@ -77,6 +77,7 @@ def load_catalogue(
     if "train" not in loaded.splits or not loaded.splits["train"]:
         found = ", ".join(ordered_splits(loaded.splits)) or "none"
         raise CatalogueError(f"{source}: no training samples (splits found: {found})")
+    _refuse_one_photo_twice(source, loaded.splits)
     table = attribute_table(loaded.layout, attributes_file)
     splits = attach_attributes(loaded.splits, table, source)
     val_was_generated = False
@@ -106,6 +107,21 @@ def load_catalogue(
         products=products,
         val_was_generated=val_was_generated,
     )
+
+
+def _refuse_one_photo_twice(source: Path, splits: Mapping[str, list[Sample]]) -> None:
+    """One file reached under two labels or in two splits, through links or two spellings of a path (a class
+    folder linking to the catalogue's root; an absolute and a relative path in a manifest): a photo with two
+    answers, or one val photo the model also trains on."""
+    seen: dict[Path, tuple[str, Sample]] = {}
+    for split, samples in splits.items():
+        for s in samples:
+            real = Path(s.path).resolve()
+            first = seen.setdefault(real, (split, s))
+            if first[1] is not s and (first[0] != split or first[1].label != s.label):
+                raise CatalogueError(f"{source}: {s.path} ({split}, {s.label}) is the file {first[1].path} "
+                                     f"({first[0]}, {first[1].label}) reached another way (a link?): one photo "
+                                     "cannot have two labels or be in two splits")
 
 
 def _refuse_catalogue_photo_classes(source: Path, layout: str, splits: Mapping[str, list[Sample]],
