@@ -4,6 +4,7 @@ before it replaces anything, and a LiteRT file replaces the old one only after i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
@@ -355,3 +356,24 @@ def test_the_detection_rows_reach_bench_json_too(tmp_path: Path) -> None:
                                                            "megapixels": 1.0}]
     assert (tmp_path / "bench.md").read_text(encoding="utf-8") == "| classifier rows |\n\n" + table
     assert "| detector (PyTorch) + classifier per box | 0.50 | 2.00 | 12.5 | 1.00 |" in table
+
+
+def test_exported_backends_check_the_device_and_name_a_litert_file(onnx_files: tuple[Path, Path], tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """device='bogus' was accepted by the ONNX and LiteRT loaders (PyTorch's refuses it), cuda was ignored by LiteRT
+    unsaid, and a good .tflite given to --backend onnx was 'corrupt or truncated, export it again'."""
+    import skulens
+    from skulens.models.bundle import BundleError
+    from skulens.models.inference import DeviceError
+
+    with pytest.raises(DeviceError, match="unknown device 'bogus'"):
+        skulens.load(onnx_files[0], backend="onnx", device="bogus")
+    lite = tmp_path / "model.tflite"
+    lite.write_bytes(b"\x1c\x00\x00\x00TFL3" + bytes(100))  # a LiteRT flatbuffer's header
+    with pytest.raises(DeviceError, match="unknown device 'bogus'"):
+        skulens.load(lite, backend="tflite", device="bogus")
+    with pytest.raises(BundleError, match=r"a LiteRT \(.tflite\) file, not ONNX: run it with --backend tflite"):
+        skulens.load(lite, backend="onnx")
+    with caplog.at_level("WARNING"), contextlib.suppress(Exception):  # the fake file itself need not load
+        skulens.load(lite, backend="tflite", device="cuda")
+    assert "LiteRT runs on the CPU: device cuda is not used" in caplog.text

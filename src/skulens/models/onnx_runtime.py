@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -19,7 +20,7 @@ import torch
 
 from .bundle import BundleError
 from .card import ModelCard
-from .inference import HeadOutputs, collect_outputs, iter_batches
+from .inference import DeviceError, HeadOutputs, collect_outputs, iter_batches
 
 __all__ = ["CARD_KEY", "ONNX_INT8_NAME", "ONNX_NAME", "OnnxRunner", "default_threads", "read_onnx", "read_onnx_card",
            "require_onnx", "runtime_threads"]
@@ -86,6 +87,13 @@ def read_onnx(path: str | os.PathLike) -> tuple[ModelCard, bool]:
 
 
 def _corrupt(path: str | os.PathLike, exc: BaseException) -> BundleError:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        head = b""
+    if head[4:8] == b"TFL3":  # a LiteRT flatbuffer's identifier: a good file, the wrong backend
+        return BundleError(f"{path}: a LiteRT (.tflite) file, not ONNX: run it with --backend tflite (or tflite-int8)")
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
     return BundleError(f"{path}: not a readable ONNX file (corrupt or truncated: {first}); export it again with "
                        "skulens export")
@@ -107,6 +115,9 @@ class OnnxRunner:
         # cores. Measured on 2 cores, Lite0 int8, grocery val end to end: 210 -> 220 images/s, p99 37 -> 9 ms.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = ["CPUExecutionProvider"]
+        device = str(device)
+        if device not in ("auto", "cpu") and not re.fullmatch(r"cuda(:\d+)?", device):  # as PyTorch's loader says
+            raise DeviceError(f"unknown device {device!r}: auto, cpu, cuda or cuda:N")
         if device == "auto":  # as for PyTorch: the GPU when this onnxruntime can use one
             device = "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
         if str(device).startswith("cuda"):

@@ -6,8 +6,10 @@ probabilities into `Prediction`s with `decide`, the one decision rule (the REST 
 
 from __future__ import annotations
 
+import logging
 import numbers
 import os
+import re
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -22,8 +24,18 @@ from ..data.decode import ImageDecodeError, decode_any
 from ..data.transforms import create_transform, to_uint8_tensor
 from .bundle import BundleError, load_bundle
 from .card import ModelCard, without_conflicts
-from .inference import HeadOutputs, Runner, TorchRunner, card_coarse, check_precision, resolve_device
+from .inference import (
+    DeviceError,
+    HeadOutputs,
+    Runner,
+    TorchRunner,
+    card_coarse,
+    check_precision,
+    resolve_device,
+)
 from .options import MODEL_BACKENDS, check_precision_backend
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from ..evaluate.metrics import EvalReport
@@ -384,6 +396,10 @@ def load_model(bundle: str | os.PathLike, *, device: str = "auto", precision: st
     if backend in ("onnx", "onnx-int8"):
         return load_onnx(bundle, int8=backend == "onnx-int8", device=device)
     if backend in ("tflite", "tflite-int8"):
+        if str(device) not in ("auto", "cpu"):  # LiteRT's interpreter here runs on the CPU: said, not ignored
+            if not re.fullmatch(r"cuda(:\d+)?", str(device)):
+                raise DeviceError(f"unknown device {device!r}: auto, cpu, cuda or cuda:N")
+            logger.warning("LiteRT runs on the CPU: device %s is not used", device)
         return load_tflite(bundle, int8=backend == "tflite-int8")
     if backend != "torch":
         raise ValueError(f"unknown backend {backend!r}: {', '.join(MODEL_BACKENDS[:-1])} or {MODEL_BACKENDS[-1]}")
