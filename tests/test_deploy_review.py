@@ -377,3 +377,13 @@ def test_exported_backends_check_the_device_and_name_a_litert_file(onnx_files: t
     with caplog.at_level("WARNING"), contextlib.suppress(Exception):  # the fake file itself need not load
         skulens.load(lite, backend="tflite", device="cuda")
     assert "LiteRT runs on the CPU: device cuda is not used" in caplog.text
+
+
+def test_info_on_an_export_says_whose_metrics_it_shows(onnx_files: tuple[Path, Path],
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """`info` on an int8 file printed the fp32 bundle's val top-1 as if it were the file's own."""
+    from skulens.cli import main
+
+    assert main(["info", "-m", str(onnx_files[0])]) == 0
+    out = capsys.readouterr().out
+    assert "val metrics (of the PyTorch bundle this file was exported from" in out and "top1=" in out

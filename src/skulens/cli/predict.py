@@ -168,8 +168,13 @@ def _card_lines(path: Path, card: Any, card_path: Path) -> list[str]:
 
     m = card.metrics
     if m:
-        lines.append("val metrics: " + ", ".join(f"{k}={fmt(v)}" for k, v in m.items()
-                                                 if k != "baseline" and v is not None))
+        # the split they were measured on; an export carries its bundle's card: those are the PyTorch model's
+        # numbers, not this file's (an int8 file's own: `skulens evaluate -m FILE --backend onnx-int8`)
+        label = f"{m.get('split') or 'val'} metrics"
+        if weights.suffix in (".onnx", ".tflite"):
+            label += " (of the PyTorch bundle this file was exported from; `skulens evaluate` measures the file)"
+        lines.append(f"{label}: " + ", ".join(f"{k}={fmt(v)}" for k, v in m.items()
+                                              if k != "baseline" and v is not None))
         if m.get("baseline"):
             lines.append("baseline:    " + ", ".join(f"{k}={fmt(v)}" for k, v in m["baseline"].items() if v is not None))
     return lines
