@@ -530,3 +530,33 @@ def test_the_sparse_box_merges_keep_what_the_dense_ones_kept() -> None:
         got = merge_boxes(boxes, scores, passes, min_score=min_score)
         assert np.array_equal(got, _dense_merge(boxes, scores, passes, min_score)), trial
         assert np.array_equal(suppress_contained(boxes, scores), _dense_suppress(boxes, scores)), trial
+
+
+class _FaintWhole(_Blobs):
+    """The whole-photo pass finds one faint box around everything; the tiles find each square, sure of it."""
+
+    def __init__(self, config: DetectorConfig):
+        super().__init__(config)
+        self.calls = 0
+
+    def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        self.calls += 1
+        if self.calls == 1:
+            h, w = images[0].shape[1:]
+            return [{"boxes": torch.tensor([[0.0, 0.0, float(w), float(h)]]), "scores": torch.tensor([0.3])}]
+        return super().forward(images)
+
+
+def test_a_low_min_score_does_not_let_a_faint_whole_box_delete_sure_products() -> None:
+    """At --min-score 0.2 a 0.3 whole-photo box 'counted' and took the 0.9 boxes the tiles found inside it as
+    its parts: lowering the threshold removed the products the detector was sure of."""
+    config = DetectorConfig(min_size=128, max_size=256)
+    photo_ = np.full((600, 800, 3), 255, np.uint8)
+    squares = [(x, y) for x in (100, 400, 650) for y in (100, 400)]
+    for x, y in squares:
+        photo_[y:y + 60, x:x + 60] = 40
+    truth = torch.tensor([[x, y, x + 60, y + 60] for x, y in squares], dtype=torch.float32)
+    for min_score in (config.min_score, 0.2):
+        det = Detector(_FaintWhole(config), DetectorCard(config, {}), device="cpu")
+        d = det.detect([Image.fromarray(photo_)], tiles="on", min_score=min_score)[0].above(min_score)
+        assert (box_iou(truth, torch.from_numpy(d.boxes)).max(1).values > 0.7).all(), min_score

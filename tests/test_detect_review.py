@@ -453,3 +453,20 @@ def test_count_in_python_takes_a_box_cap_and_draws_on_the_photo_as_given(detecto
         assert capped.annotated(given).size == (80, 200)  # upright, as the boxes were found
     with pytest.raises(ValueError, match="max_boxes must be a whole number"):
         skulens.count([photo], det, max_boxes=0)
+
+
+def test_load_detector_names_an_onnx_export_and_count_checks_tiles_at_the_call(tmp_path) -> None:
+    import skulens
+    from skulens.detect.count import count_products
+    from skulens.detect.model import DetectorError
+
+    onnx = tmp_path / "det.onnx"
+    onnx.write_bytes(b"an exported detector")
+    with pytest.raises(DetectorError, match="an exported detector \\(ONNX\\): load it with backend='onnx'"):
+        skulens.load_detector(onnx)  # it said "no such detector folder (train one ...)"
+
+    class _Any:  # never asked: the settings are checked before any photo is read
+        config = None
+
+    with pytest.raises(ValueError, match="tiles must be one of"):
+        count_products(_Any(), [str(tmp_path / "a.jpg")], tiles="bogus")  # a lazy stream raised only when read

@@ -127,7 +127,9 @@ class Detector:
         held = np.zeros(len(boxes), bool)
         if small:  # only where the products look small may the tiles overrule the whole pass
             held = (passes == 0) & held_by_tiles(boxes, in_photo, w, h, margin=2.0 / scale)
-        keep = merge_tiled(boxes, scores, passes, held, iou=cfg.nms_iou, min_score=min_score,
+        # a whole-photo box takes the tile boxes inside it only when it counts at the detector's own threshold
+        # too: at a low --min-score, faint whole boxes (0.34) deleted the confident products tiles found (0.72)
+        keep = merge_tiled(boxes, scores, passes, held, iou=cfg.nms_iou, min_score=max(min_score, cfg.min_score),
                            contained_ios=cfg.contained_ios)
         if len(keep) > cfg.max_detections:  # the merged photo's own cap: the best boxes stay
             caps.append(float(scores[keep[cfg.max_detections - 1]]))

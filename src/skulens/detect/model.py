@@ -214,6 +214,8 @@ def load_detector_net(directory: str | os.PathLike) -> tuple[nn.Module, Detector
     from safetensors.torch import load_file
 
     d = Path(directory)
+    if d.is_file() and d.suffix.lower() == ".onnx":  # an export: ONNX Runtime runs it, not this loader
+        raise DetectorError(f"{d}: an exported detector (ONNX): load it with backend='onnx' (--backend onnx)")
     if not d.is_dir():
         raise DetectorError(f"{d}: no such detector folder (train one with `skulens detect train`)")
     if not (d / DETECTOR_CARD).is_file() or not (d / DETECTOR_WEIGHTS).is_file():
