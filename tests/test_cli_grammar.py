@@ -264,3 +264,15 @@ def test_usage_errors_keep_other_values(capsys: pytest.CaptureFixture[str]) -> N
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "-m", "b", "--colour", "red"])
     assert "--colour red" in capsys.readouterr().err
+
+
+def test_prune_help_shows_the_recovery_defaults_it_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    """prune --help showed train's defaults (10 epochs, freeze partial, baseline on) for a recovery that runs 3,
+    full and none."""
+    from skulens.config import PRUNE_RECOVERY
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["prune", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for name, value in PRUNE_RECOVERY.items():
+        assert f"(default: {value})" in text.split(f"--{name.replace('_', '-')}", 2)[-1][:400], name

@@ -21,7 +21,7 @@ if sys.version_info >= (3, 11):
 else:  # Python 3.10: the same parser, from PyPI (a dependency on 3.10 only)
     import tomli as tomllib
 
-__all__ = ["PATH_KEYS", "PRESETS", "REMOVED_KEYS", "ConfigError", "TrainConfig", "apply_preset", "config_to_dict",
+__all__ = ["PATH_KEYS", "PRESETS", "PRUNE_RECOVERY", "REMOVED_KEYS", "ConfigError", "TrainConfig", "apply_preset", "config_to_dict",
            "load_config", "preset_values", "resolve_config", "with_absolute_paths"]
 
 
@@ -116,6 +116,9 @@ class TrainConfig:
 # ahead there (+0.7, +0.8) but not on val (+3.4, -7.1), in 2.2x the time: opt-in, not the default.
 # "default" sets every key another preset sets, to its default: it means the defaults also where a run starts from
 # another config (retrain from a bundle's recorded one, prune's recovery).
+# What `skulens prune` fine-tunes with after pruning, under the flags given (here, torch-free, for its --help).
+PRUNE_RECOVERY: dict[str, Any] = {"epochs": 3, "freeze": "full", "baseline": False, "warmup_epochs": 0.5}
+
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {"freeze": "partial", "image_size": 224, "train_image_size": None},
     "best": {"freeze": "full", "image_size": None, "train_image_size": None},

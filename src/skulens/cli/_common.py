@@ -453,14 +453,16 @@ def device_arg(text: str) -> str:
 
 # --------------------------------------------------------------------------- training flags
 
-def add_train_flags(p: argparse.ArgumentParser) -> None:
-    """The TrainConfig flags shared by train, retrain, distill and prune, in one help group."""
+def add_train_flags(p: argparse.ArgumentParser, defaults: dict[str, Any] | None = None) -> None:
+    """The TrainConfig flags shared by train, retrain, distill and prune, in one help group. `defaults`: the
+    command's own, where they are not TrainConfig's (prune's recovery), so its help says what it runs."""
     p.add_argument("--config", help="YAML/TOML/JSON file of config keys (CLI flags override it)")
     add_quiet(p)
     g = p.add_argument_group("training options (each is also a key of --config)")
     for name, hint, default, help_text in config_fields():
         if name in ("data", "out"):
             continue
+        default = (defaults or {}).get(name, default)
         flag = "--" + name.replace("_", "-")
         args = get_args(hint)
         if hint is bool or (args and bool in args and len(args) == 1):

@@ -44,7 +44,8 @@ __all__ = ["add_commands"]
 def _add_detector(p: argparse.ArgumentParser, *, positional: bool = False) -> None:
     if positional:
         p.add_argument("detector_pos", nargs="?", metavar="DET", help="detector folder (or --detector)")
-    p.add_argument("--detector", help="detector folder written by `skulens detect train`")
+    p.add_argument("--detector", help="detector folder written by `skulens detect train`, or its exported .onnx "
+                                      "with --backend onnx")
 
 
 def _detector_arg(ns: argparse.Namespace) -> str:

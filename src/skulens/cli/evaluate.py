@@ -140,7 +140,8 @@ def add_commands(sub: Any) -> None:
 
     ex = sub.add_parser("explain", help="Grad-CAM heatmap of a prediction, blended over the photo")
     add_model(ex, positional_legacy=False)
-    ex.add_argument("inputs", nargs="+", metavar="PHOTO", help="the photo to explain")
+    ex.add_argument("inputs", nargs="+", metavar="PHOTO", help="the photo to explain (one)")
+    ex.usage = "skulens explain [-h] -m MODEL [-o OUT] [--target TARGET] [--device DEVICE] [--precision P] PHOTO"
     add_out(ex, "overlay PNG to write (default: explanation.png)", default="explanation.png", legacy_output=True)
     ex.add_argument("--target", help="class to explain (default: the predicted one)")
     _device(ex)

@@ -323,7 +323,9 @@ def add_commands(sub: Any) -> None:
     pr.add_argument("--round-to", type=positive_int, default=None, help="structured: channel counts multiples of N")
     pr.add_argument("--recover", action=argparse.BooleanOptionalAction, default=True,
                     help="recovery fine-tune in the engine (defaults: 3 epochs, freeze full, no baseline)")
-    add_train_flags(pr)
+    from ..config import PRUNE_RECOVERY
+
+    add_train_flags(pr, PRUNE_RECOVERY)
     pr.set_defaults(func=cmd_prune)
 
     sl = sub.add_parser("suggest-labels", help="rank unlabelled photos by how much a label would teach the model "

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ..config import ConfigError, TrainConfig, resolve_config
+from ..config import PRUNE_RECOVERY, ConfigError, TrainConfig, resolve_config
 from ..data.locate import bundle_named, recorded_dataset, resolve_data
 from ..models.bundle import BundleError, load_bundle, read_card, save_bundle
 from ..models.card import ModelCard, val_top1
@@ -42,7 +42,7 @@ __all__ = ["KINDS", "RECOVERY_DEFAULTS", "PruneResult", "PruneRun", "prune_and_r
 KINDS = ("structured", "unstructured")
 # A recovery fine-tune after pruning: short, and every stage trains (pruning changed the early stages
 # too, and their BatchNorm statistics must be re-estimated).
-RECOVERY_DEFAULTS: dict[str, Any] = {"epochs": 3, "freeze": "full", "baseline": False, "warmup_epochs": 0.5}
+RECOVERY_DEFAULTS: dict[str, Any] = PRUNE_RECOVERY
 
 
 @dataclass(frozen=True)
