@@ -169,6 +169,21 @@ def test_a_stated_size_that_is_not_the_photos_is_an_error(tmp_path: Path) -> Non
     assert "EXIF" not in msg  # swapped sides of a photo with no EXIF turn: the hint blamed the orientation
 
 
+def test_a_square_photo_turned_by_exif_is_named(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A square photo's stated size cannot tell a turned grid from the stored one: boxes drawn on the stored
+    pixels loaded unchanged and landed elsewhere, unsaid."""
+    _image(tmp_path / "voc" / "images" / "a.jpg", 80, 80, orientation=6)
+    _voc(tmp_path / "voc" / "annotations", "a", [("milk", (10, 5, 30, 25))], size=(80, 80))
+    with caplog.at_level("WARNING"):
+        read_voc(tmp_path / "voc")
+    assert "is square and turned by its EXIF orientation" in caplog.text
+    caplog.clear()
+    _image(tmp_path / "voc" / "images" / "a.jpg", 80, 80)  # not turned: nothing to say
+    with caplog.at_level("WARNING"):
+        read_voc(tmp_path / "voc")
+    assert "EXIF" not in caplog.text
+
+
 def test_voc_image_beside_xml_or_via_path_element(tmp_path: Path) -> None:
     _image(tmp_path / "x" / "a.jpg")
     _voc(tmp_path / "x", "a", [("milk", (1, 1, 9, 9))])

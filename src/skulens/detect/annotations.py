@@ -417,6 +417,10 @@ def _checked_size(image: Path, stated: tuple[int, int] | None, where: str) -> tu
             rotated and stated == actual[::-1]) else ""
         raise AnnotationError(f"{where}: the annotation says the image is {stated[0]}x{stated[1]} but {image} is "
                               f"{actual[0]}x{actual[1]} as displayed{turned}")
+    if stated is not None and rotated and actual[0] == actual[1]:  # a square turned photo: no size can tell
+        log.warning("%s: %s is square and turned by its EXIF orientation: its boxes must be drawn on the photo as "
+                    "displayed (turned), as they are read; ones drawn on the stored pixels would be misplaced",
+                    where, image)
     return actual
 
 
