@@ -449,6 +449,21 @@ def test_grocery_layout(tmp_path: Path) -> None:
     assert cat.products["Banana"].description == ""  # missing description file is not an error
 
 
+def test_the_bundled_grocery_attributes_go_only_to_grocery_stores_classes(tmp_path: Path) -> None:
+    """A look-alike layout got Grocery Store's attributes by class name: its own Banana was yellow and loose."""
+    root = _grocery(tmp_path / "gs")  # three of Grocery Store's own classes: the bundled table applies
+    assert load_catalogue(root).products["Banana"].attributes
+    rows = (root / "classes.csv").read_text().replace("Zucchini,", "Pear-Williams,").replace(
+        "/Zucchini/Zucchini", "/Pear-Williams/Pear-Williams")
+    (root / "classes.csv").write_text(rows)
+    for name in ("train.txt", "val.txt"):
+        (root / name).write_text((root / name).read_text().replace("Zucchini", "Pear-Williams"))
+    for old in sorted(root.rglob("*Zucchini*"), key=lambda q: -len(q.parts)):
+        old.rename(old.with_name(old.name.replace("Zucchini", "Pear-Williams")))
+    cat = load_catalogue(root)
+    assert cat.attributes == [] and not cat.products["Banana"].attributes
+
+
 def test_grocery_product_files_missing_are_named_and_latin1_is_refused(tmp_path: Path,
                                                                        caplog: pytest.LogCaptureFixture) -> None:
     """A typo in a sheet's path left the product without its text or photo, unsaid; a Latin-1 text was read

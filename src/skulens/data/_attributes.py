@@ -24,9 +24,11 @@ logger = logging.getLogger("skulens.data.catalogue")
 
 
 def attribute_table(
-    layout: str, attributes_file: str | os.PathLike[str] | None
+    layout: str, attributes_file: str | os.PathLike[str] | None, labels: Iterable[str] = ()
 ) -> dict[str, tuple[str, ...]]:
-    """{label: attributes} from ``attributes_file``, else the bundled table for grocery, else {}."""
+    """{label: attributes} from ``attributes_file``, else the bundled table for the Grocery Store dataset (its
+    classes or some of them: a look-alike layout whose classes the table does not all know gets none, rather than
+    Grocery Store's attributes for a "Banana" of its own), else {}."""
     if attributes_file is not None:
         table_path = Path(attributes_file)
         try:
@@ -41,7 +43,13 @@ def attribute_table(
     if layout == "grocery":
         bundled = _bundled_grocery_attributes()
         if bundled is not None:
-            return _parse_attribute_table(bundled, "bundled grocery_attributes.csv")
+            table = _parse_attribute_table(bundled, "bundled grocery_attributes.csv")
+            unknown = sorted(set(labels) - set(table))
+            if not unknown:
+                return table
+            logger.info("the bundled Grocery Store attribute table is not used: %d class(es) are not Grocery Store's "
+                        "(%s); give an attribute table of your own (attributes_file)", len(unknown),
+                        ", ".join(unknown[:MAX_LISTED]))
     return {}
 
 

@@ -78,7 +78,8 @@ def load_catalogue(
         found = ", ".join(ordered_splits(loaded.splits)) or "none"
         raise CatalogueError(f"{source}: no training samples (splits found: {found})")
     _refuse_one_photo_twice(source, loaded.splits)
-    table = attribute_table(loaded.layout, attributes_file)
+    table = attribute_table(loaded.layout, attributes_file,
+                            {s.label for samples in loaded.splits.values() for s in samples})
     splits = attach_attributes(loaded.splits, table, source)
     val_was_generated = False
     if "val" not in splits and val_fraction > 0:
