@@ -53,9 +53,9 @@ def test_a_misspelt_column_is_refused_and_an_unknown_one_is_named(root: Path,
     with pytest.raises(CatalogueError, match="'spilt'.*did you mean 'split'"):
         load_catalogue(_csv(root, "path,label,spilt", [line + ",val" for line in _plain()]))
     with caplog.at_level(logging.WARNING):
-        cat = load_catalogue(_csv(root, "path,label,sku", [line + ",123" for line in _plain()]))
-    assert sorted(cat.classes) == ["Bread", "Milk"]
-    assert "column(s) sku not read" in caplog.text
+        cat = load_catalogue(_csv(root, "path,label,sku,label_id,test", [line + ",123,7,x" for line in _plain()]))
+    assert sorted(cat.classes) == ["Bread", "Milk"]  # columns of their own, not typos: said, not refused
+    assert "column(s) label_id, sku, test not read" in caplog.text
 
 
 def test_a_column_named_twice_is_refused(root: Path) -> None:
@@ -144,6 +144,11 @@ def test_a_folder_of_catalogue_photos_is_not_a_class(tmp_path: Path) -> None:
     (tmp_path / "products.csv").write_text("label,title,image\nMilk,Whole milk,.catalogue/milk.jpg\n")
     cat = load_catalogue(tmp_path, val_fraction=0)
     assert cat.classes == ["Bread", "Milk"] and cat.products["Milk"].image == tmp_path / ".catalogue" / "milk.jpg"
+    (tmp_path / "Jam").mkdir()  # a class whose only photo is its own catalogue photo is a class, as before
+    Image.new("RGB", (8, 8), (9, 9, 9)).save(tmp_path / "Jam" / "0.jpg")
+    (tmp_path / "products.csv").write_text("label,title,image\nMilk,Whole milk,.catalogue/milk.jpg\n"
+                                           "Jam,Jam,Jam/0.jpg\n")
+    assert load_catalogue(tmp_path, val_fraction=0).classes == ["Bread", "Jam", "Milk"]
 
 
 def test_photos_a_folders_manifest_leaves_out_are_named(root: Path, caplog: pytest.LogCaptureFixture) -> None:

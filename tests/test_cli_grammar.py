@@ -248,6 +248,8 @@ def test_a_device_this_machine_lacks_is_a_user_error() -> None:
     (["serve", "-m", "b", "--api-key", "S3CRET-value"], "--api-key ***"),
     (["serve", "-m", "b", "--token=S3CRET-value"], "--token=***"),
     (["index", "build", "-m", "b", "-o", "x", "--Password", "S3CRET-value"], "--Password ***"),
+    (["serve", "-m", "b", "--pass", "S3CRET-value"], "--pass ***"),
+    (["serve", "-m", "b", "--api-key", "-S3CRET-value"], "--api-key ***"),  # a token may start with '-'
 ])
 def test_usage_errors_do_not_echo_secret_values(argv: list[str], shown: str,
                                                 capsys: pytest.CaptureFixture[str]) -> None:

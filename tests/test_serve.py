@@ -321,6 +321,8 @@ def test_probes_answer_head_and_a_broken_json_body_says_so(client) -> None:
     for path in ("/healthz", "/readyz", "/", "/inventory", "/docs"):  # load balancers and monitors probe with HEAD
         r = client.head(path)
         assert r.status_code == 200 and r.content == b"", (path, r.status_code)
+    ops = [op["operationId"] for item in client.get("/openapi.json").json()["paths"].values() for op in item.values()]
+    assert len(ops) == len(set(ops))  # a GET+HEAD route had one operationId for both (and it changed between runs)
     r = client.post("/v1/inventory/products/oat-milk/adjust", content=b'{"delta":', headers={
         **AUTH, "Content-Type": "application/json"})
     assert r.status_code == 422 and r.json()["detail"].startswith("the body is not valid JSON (at character 9")
@@ -726,4 +728,6 @@ def test_form_fields_the_route_does_not_read_are_refused(client, val_photo) -> N
     assert r.status_code == 422 and "'image' sent 2 times" in r.json()["detail"]
     r = client.post("/v1/tag", files=_upload(data), data={"topk": "3"})
     assert r.status_code == 422 and "'topk'" in r.json()["detail"]
+    r = client.post("/v1/predict", files=_upload(data), data={"top_k": "2" * (1024 * 1024 + 10)})
+    assert r.status_code == 400 and "maximum size" in r.json()["detail"]  # Starlette's own words, kept
     assert client.post("/v1/predict", files=_upload(data), data={"top_k": "2"}).status_code == 200

@@ -23,8 +23,8 @@ EPILOG = ("exit codes: 0 success, 1 a run that failed (e.g. no image could be re
 
 # An unknown or misspelt option whose name says it carries a secret (`--api-key S3CRET`, `--token=...`):
 # argparse would echo the value in its error, onto a terminal, a CI log or a screen share.
-_SECRET_OPTION = re.compile(r"(--?[A-Za-z0-9_-]*(?:key|secret|token|passw)[A-Za-z0-9_-]*)(=|\s+)(?!-)(\S+)",
-                            re.IGNORECASE)
+_SECRET_OPTION = re.compile(r"(--?[A-Za-z0-9_-]*(?:key|secret|token|pass|auth|credential)[A-Za-z0-9_-]*)(=|\s+)"
+                            r"(\S+)", re.IGNORECASE)  # a value may start with '-' (token_urlsafe): masked too
 
 
 def redact_secrets(message: str) -> str:

@@ -76,7 +76,6 @@ def cmd_export(ns: argparse.Namespace) -> int:
                 beside.read_bytes() != (Path(bundle) / "card.json").read_bytes():
             raise UsageError(f"--out {ns.out}: that folder holds another model's bundle ({beside}); its export "
                              "would be replaced by this model's: give another folder")
-        Path(ns.out).parent.mkdir(parents=True, exist_ok=True)
     if ns.format == "tflite":  # the --out checks above first: they came after the minute-long conversion
         return _export_tflite(ns, bundle, data)
     from ..deploy.onnx import export_onnx, export_torchscript
@@ -91,6 +90,8 @@ def cmd_export(ns: argparse.Namespace) -> int:
         if not check:  # the file would be written unchecked: a broken graph or a collapsed range would pass
             raise UsageError(f"--int8: every photo of {data} calibrates it ({len(photos)}), none is left to check "
                              "it against fp32 on: lower --calibration-images")
+    if ns.out:  # after every check: a refused export leaves no folder behind
+        Path(ns.out).parent.mkdir(parents=True, exist_ok=True)
     path = export_onnx(bundle, ns.out) if ns.format == "onnx" else export_torchscript(bundle, ns.out)
     say(f"exported {ns.format}: {path} ({path.stat().st_size / 1e6:.1f} MB); preprocessing and labels are "
         "in its metadata")
@@ -163,6 +164,8 @@ def _export_tflite(ns: argparse.Namespace, bundle: str, data: str | None) -> int
     calibration = (calibration_sample(data, split=ns.calibration_split, images=ns.calibration_images, card=card)
                    if ns.int8 and data else None)
     qat = _split_samples(data, ns.calibration_split, card) if ns.qat and data else None
+    if ns.out:  # after the converter and the photos are found: a refused export leaves no folder behind
+        Path(ns.out).parent.mkdir(parents=True, exist_ok=True)
     say(f"converting {bundle} with litert-torch{' and quantizing it' if ns.int8 else ''} (a minute or two)")
     res = export_tflite_checked(bundle, ns.out, parity_photos=parity, calibration_photos=calibration,
                                 qat_samples=qat, progress=not ns.quiet, say=say)

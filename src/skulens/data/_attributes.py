@@ -47,9 +47,9 @@ def attribute_table(
             unknown = sorted(set(labels) - set(table))
             if not unknown:
                 return table
-            logger.info("the bundled Grocery Store attribute table is not used: %d class(es) are not Grocery Store's "
-                        "(%s); give an attribute table of your own (attributes_file)", len(unknown),
-                        ", ".join(unknown[:MAX_LISTED]))
+            logger.warning("the bundled Grocery Store attribute table is not used: %d class(es) are not Grocery "
+                           "Store's (%s); give an attribute table of your own (attributes_file)", len(unknown),
+                           ", ".join(unknown[:MAX_LISTED]))
     return {}
 
 

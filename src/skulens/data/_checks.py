@@ -69,7 +69,9 @@ def check_columns(path: Path, columns: Iterable[str], known: Sequence[str]) -> N
     """Columns skulens does not read: refused when close to one it reads (a typo), else said once."""
     unread = sorted(set(columns) - set(known))
     for name in unread:
-        close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+        # a typo is about as long as the name it misspells ("spilt", "descripton"); "label_id", "subtitle" or
+        # "test" are columns of their own, named in the warning below
+        close = [k for k in difflib.get_close_matches(name, known, n=1, cutoff=0.8) if abs(len(k) - len(name)) <= 1]
         if close:
             raise CatalogueError(f"{path}: column {name!r} is not one skulens reads; did you mean {close[0]!r}? "
                                  f"(columns: {', '.join(known)})")

@@ -113,12 +113,16 @@ def load_catalogue(
 def _refuse_one_photo_twice(source: Path, splits: Mapping[str, list[Sample]]) -> None:
     """One file reached under two labels or in two splits, through links or two spellings of a path (a class
     folder linking to the catalogue's root; an absolute and a relative path in a manifest): a photo with two
-    answers, or one val photo the model also trains on."""
-    seen: dict[Path, tuple[str, Sample]] = {}
+    answers, or one val photo the model also trains on. Files are told apart by device and inode (one stat a
+    photo, hard links too)."""
+    seen: dict[tuple[int, int], tuple[str, Sample]] = {}
     for split, samples in splits.items():
         for s in samples:
-            real = Path(s.path).resolve()
-            first = seen.setdefault(real, (split, s))
+            try:
+                st = os.stat(s.path)
+            except OSError:  # a missing file is named by the layout's own check
+                continue
+            first = seen.setdefault((st.st_dev, st.st_ino), (split, s))
             if first[1] is not s and (first[0] != split or first[1].label != s.label):
                 raise CatalogueError(f"{source}: {s.path} ({split}, {s.label}) is the file {first[1].path} "
                                      f"({first[0]}, {first[1].label}) reached another way (a link?): one photo "
@@ -127,19 +131,22 @@ def _refuse_one_photo_twice(source: Path, splits: Mapping[str, list[Sample]]) ->
 
 def _refuse_catalogue_photo_classes(source: Path, layout: str, splits: Mapping[str, list[Sample]],
                                     products: Mapping[str, Product]) -> None:
-    """In a folder catalogue every visible folder is a class: one holding only the catalogue photos products.csv
-    names would be trained as a product of its own ("cat"), each photo under two labels."""
-    if layout != "folders":
+    """In a folder catalogue every visible folder is a class: one holding only catalogue photos that products.csv
+    names for other products would be trained as a product of its own ("cat"), each photo under two labels. (A
+    class whose only photo is its own catalogue photo is fine.)"""
+    owner = {os.path.normpath(os.path.abspath(p.image)): label for label, p in products.items() if p.image is not None}
+    if layout != "folders" or not owner:
         return
-    shown = {Path(p.image).resolve() for p in products.values() if p.image is not None}
-    by_class: dict[str, list[Path]] = defaultdict(list)
+    by_class: dict[str, list[str]] = defaultdict(list)
     for samples in splits.values():
         for s in samples:
-            by_class[s.label].append(Path(s.path).resolve())
-    only = sorted(label for label, paths in by_class.items() if shown and all(p in shown for p in paths))
+            by_class[s.label].append(os.path.normpath(os.path.abspath(s.path)))
+    only = sorted(label for label, paths in by_class.items()
+                  if len(paths) <= len(owner) and all(owner.get(p, label) != label for p in paths))
     if only:
-        raise CatalogueError(f"{source}: folder {only[0]!r} holds only catalogue photos products.csv names, so it "
-                             "would be a class: keep them in a hidden folder (.catalogue/) or beside products.csv")
+        raise CatalogueError(f"{source}: folder {only[0]!r} holds only catalogue photos products.csv names for other "
+                             "products, so it would be a class: keep them in a hidden folder (.catalogue/) or beside "
+                             "products.csv")
 
 
 def _require_training_photos(source: Path, splits: Mapping[str, list[Sample]], classes: Sequence[str],
@@ -214,9 +221,12 @@ def _say_unlisted(source: Path, splits: Mapping[str, list[Sample]], products: Ma
     4-row manifest.csv in a folder-per-class catalogue left out its other classes), so they are named."""
     from .image_list import folder_images
 
-    listed = {Path(s.path).resolve() for samples in splits.values() for s in samples}
-    listed |= {Path(p.image).resolve() for p in products.values() if p.image is not None}
-    unlisted = [f for f in folder_images(source) if f.resolve() not in listed]
+    def key(path: str | os.PathLike[str]) -> str:  # spellings compared, not resolved: one stat-free pass
+        return os.path.normpath(os.path.abspath(path))
+
+    listed = {key(s.path) for samples in splits.values() for s in samples}
+    listed |= {key(p.image) for p in products.values() if p.image is not None}
+    unlisted = [f for f in folder_images(source) if key(f) not in listed]
     if unlisted:
         logger.warning("%s: %d photo(s) under the folder are not in its manifest, which alone says what the "
                        "catalogue holds (e.g. %s)", source, len(unlisted), unlisted[0].relative_to(source))

@@ -13,6 +13,7 @@ from fastapi import HTTPException, Request, Response
 from fastapi._compat import field_annotation_is_sequence
 from fastapi.params import Form
 from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 __all__ = ["StrictFormRoute"]
 
@@ -36,6 +37,8 @@ class StrictFormRoute(APIRoute):
             if kind in FORM_TYPES:
                 try:
                     form = await request.form()  # cached on the request: FastAPI reads this same form next
+                except StarletteHTTPException:  # Starlette's own answer (a part too large, too many fields)
+                    raise
                 except Exception:  # noqa: BLE001 - a malformed body: FastAPI answers it as it always has
                     return await handler(request)
                 keys = [key for key, _ in form.multi_items()]

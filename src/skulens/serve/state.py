@@ -310,8 +310,12 @@ class ServiceState:
         if product is not None and product.image is not None:
             return Path(product.image)
         if self.search is not None:
-            with self.index_lock:
-                records = self.search.index.records(label)
+            try:
+                with self.index_lock:
+                    records = self.search.index.records(label)
+            except Exception:
+                logger.warning("the index did not answer for %r's photo", label, exc_info=True)
+                return None
             for r in records:
                 if r.image and Path(r.image).is_file():
                     return Path(r.image)
