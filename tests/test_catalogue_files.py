@@ -183,3 +183,11 @@ def test_one_file_reached_under_two_labels_is_refused(tmp_path: Path) -> None:
     (tmp_path / "link").symlink_to(tmp_path / "c")
     with pytest.raises(CatalogueError, match="reached another way"):
         load_catalogue(tmp_path / "link")
+
+
+def test_a_filled_in_suggest_labels_manifest_reads_without_column_warnings(root: Path,
+                                                                             caplog: pytest.LogCaptureFixture) -> None:
+    lines = [f"{line},train,{i},Milk,0.4,0.1" for i, line in enumerate(_plain())]
+    with caplog.at_level(logging.WARNING):
+        load_catalogue(_csv(root, "path,label,split,rank,guess,confidence,margin", lines))
+    assert "not read" not in caplog.text  # skulens' own columns for the person labelling

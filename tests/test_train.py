@@ -346,6 +346,12 @@ def test_resume_after_the_catalogue_changed_is_refused(tiny_catalogue: Path, tmp
         with pytest.raises(ConfigError, match=f"the catalogue changed since the interrupted run: its {what}"
                            if "classes" in what else what):
             train(tiny_catalogue, out=str(out), progress=False, resume=True, **TINY)
+    # a self-training stage killed mid-run and resumed through its own config.yaml: no pseudo-labelled photos,
+    # and it finished on the labelled ones alone, unsaid
+    save_checkpoint(out / "checkpoint", {"config": cfg, "model": {}, "state": {},
+                                         "data": {**digest, "pseudo_labelled": True}})
+    with pytest.raises(ConfigError, match=r"trained on pseudo-labelled photos.*--config .*self-training.yaml"):
+        train(tiny_catalogue, out=str(out), progress=False, resume=True, **TINY)
 
 
 def test_a_kill_between_the_first_bundle_and_the_first_checkpoint_can_be_resumed(tiny_bundle, tiny_catalogue: Path,
@@ -412,6 +418,12 @@ def test_kill_and_resume(tiny_catalogue: Path, tmp_path: Path) -> None:
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [x["epoch"] for x in lines] == [1, 2, 3, 4]
     assert [x["step"] for x in lines] == [3, 6, 9, 12]  # the step count continued too
+    import yaml
+
+    # the folder and card record how the run trains, not how it was started: resume true there made a new run
+    # from that config.yaml warn "no checkpoint to resume from"
+    assert yaml.safe_load((out / "config.yaml").read_text())["resume"] is False
+    assert json.loads((out / "bundle" / "card.json").read_text())["train_config"]["resume"] is False
     report = json.loads((out / "report" / "report.json").read_text(encoding="utf-8"))
     assert [h["epoch"] for h in report["extra"]["history"]] == [1, 2, 3, 4]
     assert not (out / "checkpoint").exists()

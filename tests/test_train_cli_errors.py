@@ -88,3 +88,34 @@ def test_self_training_with_no_readable_photo_is_an_error(tiny_bundle, tiny_cata
                  "-o", str(tmp_path / "run"), "--backbone", "efficientnet_lite0", "--image-size", "64", "--epochs",
                  "1", "--loggers=", "--no-baseline", "-q")
     _one_line(r, "none of its 1 photos could be read")
+
+
+def test_retrain_and_distill_refuse_an_out_that_is_a_file(tiny_bundle, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """A traceback (FileExistsError) after the catalogue had loaded; train and prune said it in one line."""
+    from skulens.cli import main
+
+    taken = tmp_path / "afile"
+    taken.write_text("mine")
+    for argv in (["retrain", "--model", str(tiny_bundle.bundle), "--out", str(taken)],
+                 ["distill", "--model", str(tiny_bundle.bundle), "--out", str(taken)]):
+        assert main(argv) == 2
+        assert "--out" in capsys.readouterr().err and taken.read_text() == "mine"
+
+
+def test_settings_of_another_mode_are_said_to_be_unused(caplog: pytest.LogCaptureFixture) -> None:
+    from skulens.cli.train import _warn_unused
+    from skulens.config import resolve_config
+
+    cfg = resolve_config({"freeze": "full", "trainable_stages": 3, "gradual_head_epochs": 2, "momentum": 0.5,
+                          "ema": False, "ema_decay": 0.9, "adversarial_eps": 4.0, "adversarial_steps": 5})
+    with caplog.at_level("WARNING"):
+        _warn_unused(cfg)
+    for name in ("trainable_stages 3", "gradual_head_epochs 2", "momentum 0.5", "ema_decay 0.9",
+                 "adversarial_eps 4.0", "adversarial_steps 5"):
+        assert f"{name} is not used" in caplog.text, name
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        _warn_unused(resolve_config({"freeze": "partial", "trainable_stages": 3, "optimizer": "sgd",
+                                     "momentum": 0.5}))
+    assert "not used" not in caplog.text

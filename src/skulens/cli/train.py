@@ -75,6 +75,17 @@ def _warn_unused(cfg: Any) -> None:
         if getattr(cfg, name) != getattr(default, name) and not cfg.teacher and not cfg.unlabeled:
             logging.getLogger("skulens").warning("%s %g is not used: it weighs a teacher's soft targets "
                                                  "(--teacher BUNDLE, or self-training's)", name, getattr(cfg, name))
+    # a setting of one mode, given while another runs
+    needs = {"trainable_stages": (cfg.freeze == "partial", "--freeze partial"),
+             "gradual_head_epochs": (cfg.freeze == "gradual", "--freeze gradual"),
+             "momentum": (cfg.optimizer == "sgd", "--optimizer sgd"),
+             "ema_decay": (cfg.ema, "--ema"),
+             **{name: (cfg.adversarial != "none", "--adversarial fgsm or pgd")
+                for name in ("adversarial_eps", "adversarial_steps", "adversarial_fraction")}}
+    for name, (used, mode) in needs.items():
+        if not used and getattr(cfg, name) != getattr(default, name):
+            logging.getLogger("skulens").warning("%s %s is not used: it is a setting of %s", name,
+                                                 getattr(cfg, name), mode)
 
 
 def _check_bundles(cfg: Any) -> None:
@@ -135,6 +146,8 @@ def cmd_distill(ns: argparse.Namespace) -> int:
     if ns.student and getattr(ns, "backbone", None) is None:  # --student wins over a --config file's backbone
         values.pop("backbone", None)  # (a run's config.yaml always names one); a --backbone flag beside it is
     _data_and_out(ns, values)         # a conflict distill refuses
+    if ns.out:
+        check_out_path(ns.out, "--out", folder=True)  # a file there was a traceback after the catalogue loaded
     if not ns.model:
         raise UsageError("--model TEACHER_BUNDLE is required (the model to distil; --teacher is the same)")
     teacher = model_path(ns)
@@ -160,6 +173,7 @@ def cmd_retrain(ns: argparse.Namespace) -> int:
     bundle = model_path(ns)
     overrides = train_overrides(ns)
     _data_and_out(ns, overrides, "a new run directory")
+    check_out_path(ns.out, "--out", folder=True)  # a file there was a traceback after the catalogue loaded
     if getattr(ns, "init_from", None):  # the retrain starts from --model: the flag was recorded over, unused
         raise UsageError("--init-from: a retrain starts from its --model bundle; give that one as --model")
     overrides.pop("init_from", None)  # an earlier run's config.yaml records one: the retrain sets its own

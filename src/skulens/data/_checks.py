@@ -22,8 +22,8 @@ logger = logging.getLogger(__name__)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
-def read_csv_table(handle: IO[str], path: Path, *, required: Sequence[str], known: Sequence[str]
-                   ) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+def read_csv_table(handle: IO[str], path: Path, *, required: Sequence[str], known: Sequence[str],
+                   quiet: Sequence[str] = ()) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
     """The header (stripped, lower-case) and the rows of a catalogue's CSV, each with its line number.
 
     Refused, naming the row: a quote left open (csv's strict mode; without it every row after a stray `"` became
@@ -42,7 +42,7 @@ def read_csv_table(handle: IO[str], path: Path, *, required: Sequence[str], know
     if missing:
         raise CatalogueError(f"{path}: missing required column(s) {', '.join(missing)} "
                              f"(found: {', '.join(h for h in header if h) or 'none'})")
-    check_columns(path, [h for h in header if h], known)
+    check_columns(path, [h for h in header if h and h not in quiet], known)  # quiet: unread, and known to be
     reader.fieldnames = header
     rows = []
     try:

@@ -66,13 +66,16 @@ def load_manifest(manifest: Path) -> Loaded:
 
 
 COLUMNS = ("path", "label", "split", "coarse_label", "attributes", "title", "text")
+# What `skulens suggest-labels` writes beside them for the person labelling: read by people, not by skulens
+SUGGESTION_COLUMNS = ("rank", "guess", "confidence", "margin")
 _NAME_CELLS = ("path", "label", "split", "coarse_label")
 
 
 def _read_csv(manifest: Path) -> list[tuple[str, dict[str, object]]]:
     # utf-8-sig: spreadsheets save CSV with a byte-order mark that would otherwise glue onto "path".
     with manifest.open(newline="", encoding="utf-8-sig") as handle:
-        _, rows = read_csv_table(handle, manifest, required=("path", "label"), known=COLUMNS)
+        _, rows = read_csv_table(handle, manifest, required=("path", "label"), known=COLUMNS,
+                                 quiet=SUGGESTION_COLUMNS)
     return [(f"row {line}", row) for line, row in rows]
 
 

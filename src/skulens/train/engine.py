@@ -189,7 +189,7 @@ def _base_card(cfg: TrainConfig, cat: Catalogue, spec: BackboneSpec, embedding_d
         cfg.backbone, spec, embedding_dim=embedding_dim, classes=tuple(cat.classes), coarse_classes=coarse,
         fine_to_coarse=f2c, coarse_head=bool(coarse) and cfg.coarse_loss_weight > 0,
         attributes=attributes, attribute_exclusive=_exclusive_attributes(cat, attributes),
-        coarse_fallback=cfg.coarse_fallback, dropout=cfg.dropout, train_config=config_to_dict(cfg),
+        coarse_fallback=cfg.coarse_fallback, dropout=cfg.dropout, train_config=_recorded(cfg),
         # a manifest file keeps its name: its folder may hold another manifest (or the default one) or none
         dataset={"path": os.path.abspath(cfg.data) if cfg.data and Path(cfg.data).is_file() else str(cat.root),
                  "layout": cat.layout, "fingerprint": cat.fingerprint(),
@@ -415,9 +415,14 @@ def _prepare_training(run: _Run, ckpt: dict[str, Any] | None) -> None:
     if not run.dist.is_main:
         run.logger = _QuietLogger()
         return
-    (run.run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False),
-                                             encoding="utf-8")
+    (run.run_dir / "config.yaml").write_text(yaml.safe_dump(_recorded(cfg), sort_keys=False), encoding="utf-8")
     run.logger = RunLogger(run.run_dir, cfg.loggers, config_to_dict(cfg))
+
+
+def _recorded(cfg: TrainConfig) -> dict[str, Any]:
+    """The run's config as its folder and card record it: how it trains, not how it was started (a resumed run
+    wrote resume: true, and a new run from that config.yaml then warned there was nothing to resume)."""
+    return {**config_to_dict(cfg), "resume": False}
 
 
 def _restore(run: _Run, ckpt: dict[str, Any] | None) -> dict[str, Any]:
@@ -648,7 +653,9 @@ def _photos_digest(cat: Catalogue) -> dict[str, Any]:
     from ..data.catalogue import EXTRA_TRAIN
 
     photos = "|".join(f"{name}:{cat.fingerprint(name)}" for name in sorted(cat.splits) if name != EXTRA_TRAIN)
-    return {"classes": list(cat.classes), "photos": photos}
+    # whether it trains on pseudo-labelled photos at all: a self-training stage resumed through its own
+    # config.yaml (the README's general resume) had none, and finished on the labelled photos alone, unsaid
+    return {"classes": list(cat.classes), "photos": photos, "pseudo_labelled": bool(cat.splits.get(EXTRA_TRAIN))}
 
 
 def _check_same_photos(run_dir: Path, was: dict[str, Any] | None, now: dict[str, Any]) -> None:
@@ -656,6 +663,13 @@ def _check_same_photos(run_dir: Path, was: dict[str, Any] | None, now: dict[str,
     head's size) or another class's head row, and new photos a run that was neither the old one nor a new one."""
     if was is None or was == now:  # a checkpoint from before this check: nothing to compare
         return
+    if was.get("pseudo_labelled", now.get("pseudo_labelled")) != now.get("pseudo_labelled"):
+        from .semi import SELF_TRAINING_CONFIG
+
+        whole = run_dir.parent if run_dir.name.startswith("round") else run_dir  # a later round's folder
+        raise ConfigError(f"{run_dir}: the interrupted run trained on pseudo-labelled photos, and this one has "
+                          "none: resume the whole self-training run, skulens train --config "
+                          f"{whole / SELF_TRAINING_CONFIG} --resume")
     if was["classes"] != now["classes"]:
         added = sorted(set(now["classes"]) - set(was["classes"]))
         gone = sorted(set(was["classes"]) - set(now["classes"]))

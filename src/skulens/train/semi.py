@@ -173,6 +173,7 @@ def self_train(cfg: TrainConfig, catalogue: Catalogue, *, progress: bool = True,
 def _self_train(cfg: TrainConfig, catalogue: Catalogue, photos: list[Path], d: Dist, *, progress: bool,
                 fit_run: Any) -> TrainResult:
     from ..models.bundle import read_card
+    from ..models.card import val_top1
     from .checkpoint import run_finished
 
     out = Path(cfg.out)
@@ -209,7 +210,7 @@ def _self_train(cfg: TrainConfig, catalogue: Catalogue, photos: list[Path], d: D
         _on_every_rank(d, "writing the pseudo-labels",
                        functools.partial(_write_pseudo_labels, where, pseudo) if d.is_main else lambda: None)
         rounds.append({**pseudo.summary(), "round": k, "teacher": teacher,
-                       "teacher_val": read_card(teacher).metrics.get("top1")})
+                       "teacher_val": val_top1(read_card(teacher))})  # val's, also for a hold-out-selected one
         student_cfg = dataclasses.replace(cfg, unlabeled=None, teacher=teacher, out=str(where))
         # The pseudo-labelled photos are trained on, never held out: the student selects on the teacher's hold-out.
         result = fit_run(student_cfg, catalogue=merge_samples(catalogue, list(pseudo.samples), split=EXTRA_TRAIN),
