@@ -379,6 +379,8 @@ def _cli_train(manifest: Path, out: Path, *extra: str) -> list[str]:
 
 @pytest.mark.timeout(600)
 def test_kill_and_resume(tiny_catalogue: Path, tmp_path: Path) -> None:
+    shutil.copytree(tiny_catalogue.parent, tmp_path / "cat")  # moved before the resume, below
+    tiny_catalogue = tmp_path / "cat" / tiny_catalogue.name
     out = tmp_path / "killed"
     state = out / "checkpoint" / "state.json"
     proc = subprocess.Popen(_cli_train(tiny_catalogue, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -411,8 +413,13 @@ def test_kill_and_resume(tiny_catalogue: Path, tmp_path: Path) -> None:
     moved = tmp_path / "moved"
     os.replace(out, moved)
     out = moved
+    # and the catalogue moved too: the same photos by another path resume (the data path was a "different config",
+    # and the advice named the same command again)
+    os.replace(tmp_path / "cat", tmp_path / "cat2")
+    tiny_catalogue = tmp_path / "cat2" / tiny_catalogue.name
     done = subprocess.run([sys.executable, "-m", "skulens.cli", "train", "--config", str(out / "config.yaml"),
-                           "--resume", "-q"], capture_output=True, text=True, timeout=300, check=False)
+                           "--data", str(tiny_catalogue), "--resume", "-q"],
+                          capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr
     assert "resuming the run in" in done.stderr and not (tmp_path / "killed").exists()
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]

@@ -271,8 +271,10 @@ def _fit(cfg: TrainConfig, cat: Catalogue, d: distributed.Dist, *, progress: boo
     # resume with another config or catalogue is refused before the photos are decoded (minutes on a real one).
     ckpt = load_checkpoint(run_dir / "checkpoint", device="cpu") if cfg.resume else None
     if ckpt is not None:
-        check_same_run(run_dir, ckpt["config"], config_to_dict(cfg), resume_advice or resume_command(
-            run_dir / "config.yaml"))
+        was = dict(ckpt["config"])
+        if ckpt.get("data") is not None:  # the photos themselves are compared below: a moved catalogue resumes
+            was["data"] = config_to_dict(cfg)["data"]  # (its recorded path is gone; the advice named it again)
+        check_same_run(run_dir, was, config_to_dict(cfg), resume_advice or resume_command(run_dir / "config.yaml"))
         _check_same_photos(run_dir, ckpt.get("data"), _photos_digest(cat))
     d.same_everywhere("the checkpoint to resume from", ckpt and ckpt.get("state", {}).get("epoch"))
     train, val, untouched, skipped = _load_splits(cfg, cat, card, run_dir, progress, main=d.is_main)
