@@ -113,3 +113,20 @@ def test_one_photo_a_class_says_the_val_split_is_empty(tmp_path: Path) -> None:
     with pytest.raises(CatalogueError, match=r"the val split is empty: no photos \(a split made here takes photos "
                                              r"only from classes with 2 or more\)"):
         train(tmp_path / "cat", out=str(tmp_path / "run"), progress=False, **TINY)
+
+
+def test_a_refused_retrain_resume_names_the_retrain_command(tiny_bundle, tiny_catalogue: Path, tmp_path: Path) -> None:
+    """It advised `skulens train --config RUN/config.yaml --resume`, which does not know the --extra photos
+    (nor the enrolled ones): that command was then refused as 'the catalogue changed'."""
+    from skulens.config import config_to_dict
+    from skulens.train.checkpoint import save_checkpoint
+    from skulens.train.retrain import retrain
+
+    out = tmp_path / "rt"
+    other = config_to_dict(resolve_config({**TINY, "data": str(tiny_catalogue), "out": str(out), "lr": 0.5}))
+    save_checkpoint(out / "checkpoint", {"config": other, "model": {}, "state": {}})
+    with pytest.raises(ConfigError, match="different config") as refused:
+        retrain(tiny_bundle.bundle, out=str(out), extra=[str(tiny_catalogue)], resume=True, progress=False)
+    said = str(refused.value)
+    assert f"resume it as it was: skulens retrain --model {tiny_bundle.bundle} --extra" in said
+    assert f"--out {out} --resume" in said

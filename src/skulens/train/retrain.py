@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import shutil
 from collections import Counter
 from collections.abc import Sequence
@@ -126,7 +127,12 @@ def retrain(bundle: str | os.PathLike, *, out: str, data: str | os.PathLike | No
     skip = {"resume", "out", "init_from", "data", "teacher", "unlabeled", *REMOVED_KEYS}
     values = {k: v for k, v in card.train_config.items() if k not in skip}
     values.update({"baseline": False, **overrides, "out": out, "init_from": str(bundle), "data": source})
-    result = fit(resolve_config(values), catalogue=cat, progress=progress)
+    # what resumes it: this retrain again (config.yaml records neither --extra nor the enrolled photos, so
+    # `train --config RUN/config.yaml --resume` met a catalogue without them and was refused)
+    advice = " ".join(["skulens retrain --model", shlex.quote(str(bundle)), *(f"--extra {shlex.quote(e)}" for e in extra),
+                       "--out", shlex.quote(str(out)), "--resume"] + (["--data", shlex.quote(str(data))] if data else []))
+    result = fit(resolve_config(values), catalogue=cat, progress=progress,
+                 resume_advice=f"{advice} (with the options it was started with)")
     if os.environ.get("RANK", "0") in ("", "0"):  # rank 0 writes, as for the rest of the bundle
         result = replace(result, card=_carry_enrolled(Path(bundle), result.bundle, extra))
     return result
