@@ -329,6 +329,13 @@ def test_resume_with_a_different_config_is_refused(tiny_catalogue: Path, tmp_pat
     # a run folder moved after the kill: the checkpoint where it is now (the advised command started anew in the
     # old folder, and the moved checkpoint could never be resumed)
     assert not config_changes({"out": str(tmp_path / "a")}, {"out": str(tmp_path / "b")})
+    # a self-training stage's teacher lies in the run folder: moved with it, it is the same teacher (the resume was
+    # refused, advising the command that had just failed); a teacher elsewhere still counts
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert not config_changes({"out": str(a), "teacher": str(a / "teacher" / "bundle")},
+                              {"out": str(b), "teacher": str(b / "teacher" / "bundle")})
+    assert config_changes({"out": str(a), "teacher": str(a / "teacher" / "bundle")},
+                          {"out": str(b), "teacher": str(tmp_path / "t" / "bundle")}) == ["teacher"]
 
 
 def test_resume_after_the_catalogue_changed_is_refused(tiny_catalogue: Path, tmp_path: Path) -> None:

@@ -116,9 +116,18 @@ RESUME_FREE = frozenset({"device", "loggers", "num_workers", "out", "resume"})
 
 def config_changes(was: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """The config keys (outside RESUME_FREE) in which `now` differs from the interrupted run's `was`, sorted."""
+    def inside(path: Any, out: Any) -> Path | None:  # `path` relative to the run folder `out`, if it lies in it
+        try:
+            return Path(str(path)).relative_to(str(out)) if out else None
+        except ValueError:
+            return None
+
     def differs(key: str) -> bool:
         a, b = was.get(key), now.get(key)
         if key in PATH_KEYS and a and b:  # the same folder by another path
+            ra, rb = inside(a, was.get("out")), inside(b, now.get("out"))
+            if ra is not None and rb is not None:  # a place in the run folder, which may have moved since
+                return ra != rb  # (a self-training stage's teacher, OUT/teacher/bundle)
             return Path(str(a)).resolve() != Path(str(b)).resolve()
         return a != b
 
