@@ -272,7 +272,7 @@ def read_query_log(path: str | os.PathLike[str], products: Mapping[str, Any]) ->
 
 def _read_query_log(p: Path, products: Mapping[str, Any]) -> list[tuple[str, str]]:
     with p.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f, strict=True)  # a quote left open: an error, not rows swallowed
+        reader = csv.DictReader(f)
         header = [h.strip().lower() for h in reader.fieldnames or []]
         twice = sorted({h for h in header if h and header.count(h) > 1})
         if twice:  # csv.DictReader keeps the last of two same-named columns: the other would be read in silence
