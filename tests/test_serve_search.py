@@ -396,3 +396,18 @@ def test_has_image_says_what_the_image_route_answers(client) -> None:
     hits = client.post("/v1/search", data={"text": "oat milk", "k": "3"}).json()["hits"]
     for h in hits + client.get("/v1/products/oat-milk/similar?k=3").json():
         assert h["has_image"] == (client.get(f"/v1/products/{h['product_id']}/image").status_code == 200)
+
+
+def test_an_index_that_does_not_answer_is_a_503_for_a_photo_and_no_photo_in_a_listing(client, monkeypatch) -> None:
+    """A failing index made GET /image a 404 ("no catalogue photo", which a cache keeps) and a listing log one
+    traceback per product."""
+    index = client.app.state.skulens.search.index
+
+    def down(label: str) -> list:
+        raise ConnectionError("index server down")
+
+    monkeypatch.setattr(index, "records", down)
+    r = client.get("/v1/products/oat-milk/image")
+    assert r.status_code == 503 and r.headers.get("retry-after") == "5"
+    listed = client.get("/v1/products")
+    assert listed.status_code == 200 and not any(p["has_image"] for p in listed.json())

@@ -130,3 +130,52 @@ def test_a_refused_retrain_resume_names_the_retrain_command(tiny_bundle, tiny_ca
     said = str(refused.value)
     assert f"resume it as it was: skulens retrain --model {tiny_bundle.bundle} --extra" in said
     assert f"--out {out} --resume" in said
+
+
+def test_resume_checks_after_the_second_diff_review(tiny_catalogue: Path, tmp_path: Path) -> None:
+    """An older checkpoint's digest (no new keys) resumed as 'the catalogue changed'; the same photos with other
+    coarse labels or attributes passed with --data NEW and crashed in load_state_dict; a zero-label round and a
+    user's folder named round* misled the pseudo-label message; a round-K stage's teacher (a sibling) moved with
+    its run was 'a different config'."""
+    from skulens.data.catalogue import load_catalogue
+    from skulens.train.checkpoint import config_changes
+    from skulens.train.engine import _check_same_photos, _photos_digest
+
+    digest = _photos_digest(load_catalogue(tiny_catalogue))
+    old = {k: digest[k] for k in ("classes", "photos")}
+    _check_same_photos(tmp_path, old, digest)  # an older skulens's checkpoint: compared on the keys it has
+    with pytest.raises(ConfigError, match="coarse classes or attributes changed"):
+        _check_same_photos(tmp_path, {**digest, "taught": "0" * 16}, digest)
+    with pytest.raises(ConfigError, match="had no pseudo-labelled photos, and this one has") as refused:
+        _check_same_photos(tmp_path / "round2-st", {**digest, "pseudo_labelled": False},
+                           {**digest, "pseudo_labelled": True})
+    assert str(tmp_path / "self-training.yaml") in str(refused.value)
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert not config_changes({"out": str(a / "round-2"), "teacher": str(a / "round-1" / "bundle")},
+                              {"out": str(b / "round-2"), "teacher": str(b / "round-1" / "bundle")})
+
+
+def test_catalogue_checks_read_photos_named_through_a_linked_roots_real_path(tmp_path: Path, caplog) -> None:
+    from PIL import Image
+
+    from skulens.data.catalogue import CatalogueError, load_catalogue
+
+    real = tmp_path / "real"
+    for label in ("Milk", "Bread"):
+        (real / label).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (8, 8), (9 * i, 1, 2)).save(real / label / f"{i}.jpg")
+    (real / "cat").mkdir()
+    Image.new("RGB", (8, 8)).save(real / "cat" / "m.jpg")
+    (real / "products.csv").write_text(f"label,title,image\nMilk,Milk,{real / 'cat' / 'm.jpg'}\n")
+    (tmp_path / "link").symlink_to(real)
+    with pytest.raises(CatalogueError, match="folder 'cat' holds only catalogue photos"):
+        load_catalogue(tmp_path / "link", val_fraction=0)  # it became a class through the link
+    (real / "cat" / "m.jpg").unlink()
+    (real / "cat").rmdir()
+    (real / "products.csv").unlink()
+    rows = [f"{real / label / f'{i}.jpg'},{label}" for label in ("Milk", "Bread") for i in range(3)]
+    (real / "manifest.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    with caplog.at_level("WARNING"):
+        load_catalogue(tmp_path / "link", val_fraction=0)
+    assert "not in its manifest" not in caplog.text  # every photo is listed, through the real path

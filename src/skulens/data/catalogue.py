@@ -35,7 +35,7 @@ import logging
 import os
 import random
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from ._attributes import attach_attributes, attribute_table
@@ -110,6 +110,19 @@ def load_catalogue(
     )
 
 
+def _spelling(root: Path) -> Callable[[str | os.PathLike[str]], str]:
+    """A path's spelling for comparing paths under `root` without resolving each one (a stat per path component):
+    absolute and normalised, its `root.resolve()` prefix spelt as `root` (a manifest may name photos through the
+    real location of a linked root)."""
+    spelt, real = os.path.normpath(os.path.abspath(root)), str(root.resolve())
+
+    def key(path: str | os.PathLike[str]) -> str:
+        p = os.path.normpath(os.path.abspath(path))
+        return spelt + p[len(real):] if real != spelt and (p == real or p.startswith(real + os.sep)) else p
+
+    return key
+
+
 def _refuse_one_photo_twice(source: Path, splits: Mapping[str, list[Sample]]) -> None:
     """One file reached under two labels or in two splits, through links or two spellings of a path (a class
     folder linking to the catalogue's root; an absolute and a relative path in a manifest): a photo with two
@@ -134,13 +147,14 @@ def _refuse_catalogue_photo_classes(source: Path, layout: str, splits: Mapping[s
     """In a folder catalogue every visible folder is a class: one holding only catalogue photos that products.csv
     names for other products would be trained as a product of its own ("cat"), each photo under two labels. (A
     class whose only photo is its own catalogue photo is fine.)"""
-    owner = {os.path.normpath(os.path.abspath(p.image)): label for label, p in products.items() if p.image is not None}
-    if layout != "folders" or not owner:
+    if layout != "folders" or not any(p.image is not None for p in products.values()):
         return
+    key = _spelling(source)
+    owner = {key(p.image): label for label, p in products.items() if p.image is not None}
     by_class: dict[str, list[str]] = defaultdict(list)
     for samples in splits.values():
         for s in samples:
-            by_class[s.label].append(os.path.normpath(os.path.abspath(s.path)))
+            by_class[s.label].append(key(s.path))
     only = sorted(label for label, paths in by_class.items()
                   if len(paths) <= len(owner) and all(owner.get(p, label) != label for p in paths))
     if only:
@@ -221,9 +235,7 @@ def _say_unlisted(source: Path, splits: Mapping[str, list[Sample]], products: Ma
     4-row manifest.csv in a folder-per-class catalogue left out its other classes), so they are named."""
     from .image_list import folder_images
 
-    def key(path: str | os.PathLike[str]) -> str:  # spellings compared, not resolved: one stat-free pass
-        return os.path.normpath(os.path.abspath(path))
-
+    key = _spelling(source)
     listed = {key(s.path) for samples in splits.values() for s in samples}
     listed |= {key(p.image) for p in products.values() if p.image is not None}
     unlisted = [f for f in folder_images(source) if key(f) not in listed]

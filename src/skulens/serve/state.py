@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -174,6 +175,7 @@ class ServiceState:
         self.shelf_slots = asyncio.Semaphore(2)
         # The vector index is not thread-safe: every use (search, CRUD, enrolment) holds this lock.
         self.index_lock = threading.Lock()
+        self._index_warned_at = -math.inf  # product_image: when an index failure was last logged
         self._model_lock = threading.Lock()
         self.store: InventoryStore | None = None
         self.writer: MicroBatcher[_Intake, list[IntakeResult] | Exception] | None = None
@@ -304,8 +306,10 @@ class ServiceState:
     def product(self, label: str) -> Product:
         return self.products.get(label) or Product(label=label, title=label.replace("-", " "))
 
-    def product_image(self, label: str) -> Path | None:
-        """The product's catalogue photo, else the first photo the index holds for it (server data only)."""
+    def product_image(self, label: str, *, strict: bool = False) -> Path | None:
+        """The product's catalogue photo, else the first photo the index holds for it (server data only). An index
+        that does not answer: None (a listing's has_image false, said once a minute), or with `strict` its error
+        (the image route answers 503, not a 404 a cache would keep)."""
         product = self.products.get(label)
         if product is not None and product.image is not None:
             return Path(product.image)
@@ -314,7 +318,13 @@ class ServiceState:
                 with self.index_lock:
                     records = self.search.index.records(label)
             except Exception:
-                logger.warning("the index did not answer for %r's photo", label, exc_info=True)
+                if strict:
+                    raise
+                now = time.monotonic()
+                if now - self._index_warned_at > 60:
+                    self._index_warned_at = now
+                    logger.warning("the index did not answer for %r's photo (said once a minute)", label,
+                                   exc_info=True)
                 return None
             for r in records:
                 if r.image and Path(r.image).is_file():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -117,8 +118,13 @@ RESUME_FREE = frozenset({"device", "loggers", "num_workers", "out", "resume"})
 def config_changes(was: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """The config keys (outside RESUME_FREE) in which `now` differs from the interrupted run's `was`, sorted."""
     def inside(path: Any, out: Any) -> Path | None:  # `path` relative to the run folder `out`, if it lies in it
+        if not out:
+            return None
+        root = Path(str(out))
+        if re.fullmatch(r"round-\d+", root.name):  # a self-training round: its teacher is a sibling stage
+            root = root.parent
         try:
-            return Path(str(path)).relative_to(str(out)) if out else None
+            return Path(str(path)).relative_to(root)
         except ValueError:
             return None
 

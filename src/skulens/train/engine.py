@@ -272,8 +272,8 @@ def _fit(cfg: TrainConfig, cat: Catalogue, d: distributed.Dist, *, progress: boo
     ckpt = load_checkpoint(run_dir / "checkpoint", device="cpu") if cfg.resume else None
     if ckpt is not None:
         was = dict(ckpt["config"])
-        if ckpt.get("data") is not None:  # the photos themselves are compared below: a moved catalogue resumes
-            was["data"] = config_to_dict(cfg)["data"]  # (its recorded path is gone; the advice named it again)
+        if (ckpt.get("data") or {}).get("taught"):  # the photos and what they teach are compared below: a moved
+            was["data"] = config_to_dict(cfg)["data"]  # catalogue resumes (its recorded path is gone)
         check_same_run(run_dir, was, config_to_dict(cfg), resume_advice or resume_command(run_dir / "config.yaml"))
         _check_same_photos(run_dir, ckpt.get("data"), _photos_digest(cat))
     d.same_everywhere("the checkpoint to resume from", ckpt and ckpt.get("state", {}).get("epoch"))
@@ -648,38 +648,51 @@ def _print_epoch(epoch: int, train_loss: float, results: dict[str, dict[str, flo
 
 
 def _photos_digest(cat: Catalogue) -> dict[str, Any]:
-    """What a resumed run must find again: the classes in their order (the head's rows) and the fingerprint of
-    each split (every photo's path, label and size). Self-training's pseudo-labelled photos are left out: they are
-    labelled again at a resume, where a label near the threshold may flip (another device), which no one could
-    "put back"."""
+    """What a resumed run must find again: the classes in their order (the head's rows), the coarse classes and
+    attributes (the other heads' rows, and what each photo is taught), and the fingerprint of each split (every
+    photo's path, label and size). Self-training's pseudo-labelled photos are left out: they are labelled again at
+    a resume, where a label near the threshold may flip (another device), which no one could "put back"; whether
+    the run has that split at all is kept (a stage resumed through its own config.yaml had none)."""
+    import hashlib
+
     from ..data.catalogue import EXTRA_TRAIN
 
     photos = "|".join(f"{name}:{cat.fingerprint(name)}" for name in sorted(cat.splits) if name != EXTRA_TRAIN)
-    # whether it trains on pseudo-labelled photos at all: a self-training stage resumed through its own
-    # config.yaml (the README's general resume) had none, and finished on the labelled photos alone, unsaid
-    return {"classes": list(cat.classes), "photos": photos, "pseudo_labelled": bool(cat.splits.get(EXTRA_TRAIN))}
+    taught = hashlib.sha256(json.dumps(
+        [sorted(cat.hierarchy.items()), list(cat.coarse_classes), list(cat.attributes),
+         [[s.label, s.coarse_label, list(s.attributes)] for name in sorted(cat.splits) if name != EXTRA_TRAIN
+          for s in cat.splits[name]]]).encode()).hexdigest()[:16]
+    return {"classes": list(cat.classes), "photos": photos, "taught": taught,
+            "pseudo_labelled": EXTRA_TRAIN in cat.splits}
 
 
 def _check_same_photos(run_dir: Path, was: dict[str, Any] | None, now: dict[str, Any]) -> None:
     """ConfigError when the catalogue changed since the checkpoint: new or renamed classes gave a traceback (the
-    head's size) or another class's head row, and new photos a run that was neither the old one nor a new one."""
-    if was is None or was == now:  # a checkpoint from before this check: nothing to compare
+    head's size) or another class's head row, and new photos a run that was neither the old one nor a new one.
+    A checkpoint of an older skulens is compared on the keys it has."""
+    if was is None:  # a checkpoint from before this check: nothing to compare
         return
-    if was.get("pseudo_labelled", now.get("pseudo_labelled")) != now.get("pseudo_labelled"):
+    now = {k: v for k, v in now.items() if k in was}
+    if was == now:
+        return
+    if was.get("pseudo_labelled") != now.get("pseudo_labelled"):
         from .semi import SELF_TRAINING_CONFIG
 
-        whole = run_dir.parent if run_dir.name.startswith("round") else run_dir  # a later round's folder
-        raise ConfigError(f"{run_dir}: the interrupted run trained on pseudo-labelled photos, and this one has "
-                          "none: resume the whole self-training run, skulens train --config "
-                          f"{whole / SELF_TRAINING_CONFIG} --resume")
+        whole = run_dir if (run_dir / SELF_TRAINING_CONFIG).is_file() else run_dir.parent  # OUT, or OUT/round-K
+        had = "trained on pseudo-labelled photos, and this one has none" if was.get("pseudo_labelled") else \
+            "had no pseudo-labelled photos, and this one has"
+        raise ConfigError(f"{run_dir}: the interrupted run {had}: resume the whole self-training run as it was, "
+                          f"skulens train --config {whole / SELF_TRAINING_CONFIG} --resume")
     if was["classes"] != now["classes"]:
         added = sorted(set(now["classes"]) - set(was["classes"]))
         gone = sorted(set(was["classes"]) - set(now["classes"]))
         what = "; ".join(x for x in (f"new: {', '.join(added[:3])}" if added else "",
                                      f"gone: {', '.join(gone[:3])}" if gone else "") if x) or "in another order"
         change = f"its classes changed ({what})"
-    else:
+    elif was.get("photos") != now.get("photos"):
         change = "photos were added, removed, moved or relabelled"
+    else:
+        change = "its coarse classes or attributes changed"
     raise ConfigError(f"{run_dir}: the catalogue changed since the interrupted run: {change}; a resumed run "
                       "trains on the photos it started with: put them back, or train anew with another --out")
 

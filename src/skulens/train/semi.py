@@ -246,7 +246,10 @@ def _record_config(cfg: TrainConfig, out: Path) -> str:
         out.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(now, sort_keys=False), encoding="utf-8")
     elif path.is_file():  # resumed: self-training's own keys too (--pseudo-precision), which no stage holds
-        check_same_run(out, yaml.safe_load(path.read_text(encoding="utf-8")), now, resume_command(path))
+        was = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if was.get("data") and not Path(str(was["data"])).exists():  # a catalogue moved since (--data NEW): the
+            was["data"] = now["data"]  # stage that resumes compares the photos and what they teach
+        check_same_run(out, was, now, resume_command(path))
     return resume_command(path) if path.is_file() else f"the command that started {out}, with its options and --resume"
 
 

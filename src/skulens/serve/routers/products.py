@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
@@ -59,7 +60,11 @@ async def product_image(state: State, _: ReadKey, product_id: ProductId) -> Resp
     if product_id not in state.products:
         raise HTTPException(404, f"unknown product {product_id!r}")
     # The path comes from the server's own catalogue or index, never from the request.
-    path = await anyio.to_thread.run_sync(state.product_image, product_id)
+    try:
+        path = await anyio.to_thread.run_sync(functools.partial(state.product_image, product_id, strict=True))
+    except Exception as exc:  # noqa: BLE001 - the index server down: try again later, not "no photo"
+        raise HTTPException(503, f"the index did not answer ({type(exc).__name__}); try again",
+                            headers={"Retry-After": "5"}) from None
     if path is None:
         raise HTTPException(404, f"no catalogue photo for {product_id!r}")
     try:
