@@ -168,9 +168,13 @@ class _MetricsMiddleware:
             await self.app(scope, receive, tracking_send)
         finally:
             st = _state(scope["app"])
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            path = scope.get("path", "")
             # the page's own files: a Mount sets no route, so they were counted as "unmatched" (scanners, typos)
-            static = route == "unmatched" and scope.get("path", "").startswith("/static/")
+            static = scope.get("route") is None and path.startswith("/static/")
+            route = getattr(scope.get("route"), "path", None)
+            if route is None:  # a plain Starlette route (/openapi.json) sets its endpoint, not FastAPI's route:
+                fixed = scope.get("endpoint") is not None and not scope.get("path_params")  # its path is its name
+                route = path if fixed and not static else "unmatched"
             if st is not None and not static:
                 # a client picks the method string: any outside HTTP's own would be a new series each
                 method = scope["method"] if scope["method"] in _HTTP_METHODS else "OTHER"
