@@ -30,7 +30,8 @@ function el(tag, text, className) {
 
 function pct(p) { return `${(100 * p).toFixed(1)}%`; }
 
-// A photo fetched with the page's API key (an <img src> sends none: with --auth-reads it would be a 401).
+// A photo fetched with the page's API key (an <img src> sends none: with --auth-reads it would be a 401). An object
+// URL holds its photo in memory until revoked: once the image has loaded, it is no longer needed.
 function showBlob(img, blob) {
   const url = URL.createObjectURL(blob);
   img.addEventListener("load", () => URL.revokeObjectURL(url), { once: true });

@@ -239,7 +239,6 @@ async function loadAudit() {
   }
 }
 
-// An object URL holds its photo in memory until revoked: once the image has loaded, it is no longer needed.
 async function photoInto(img, id) {
   try {
     showBlob(img, await (await api(`/v1/inventory/photos/${id}`)).blob());
