@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.catalogue import CatalogueError
+from ..data.catalogue import Catalogue
 from ..models.card import ModelCard
 from ..models.inference import iter_batches
 
@@ -30,12 +30,20 @@ def calibration_sample(data: str | os.PathLike, *, split: str = "train", images:
     """The photos that calibrate int8: a seeded random `images` of the catalogue split (the CLI and the
     deployment benchmark use this one rule, so their int8 models are the same). With the model's `card`, a
     catalogue without a val split is split as its training run split it (see evaluate.heldout)."""
-    import random
+    return _seeded(_catalogue(data, card), split, images, seed)
 
+
+def _catalogue(data: str | os.PathLike, card: ModelCard | None) -> Catalogue:
     from ..data.catalogue import load_catalogue
     from ..evaluate.heldout import card_catalogue
 
-    cat = card_catalogue(data, card) if card is not None else load_catalogue(data)
+    return card_catalogue(data, card) if card is not None else load_catalogue(data)
+
+
+def _seeded(cat: Catalogue, split: str, images: int, seed: int = 0) -> list[Path]:
+    """A seeded random `images` of the split's photos (a CatalogueError naming the splits when it is absent)."""
+    import random
+
     paths = [s.path for s in cat.split(split)]
     random.Random(seed).shuffle(paths)
     return paths[:images]
@@ -54,12 +62,10 @@ def check_sample(data: str | os.PathLike, calibration: Sequence[str | os.PathLik
     too few (`--calibration-split val` on a small catalogue took all of val, and the check was skipped). Empty
     only when the catalogue holds no other photo."""
     calibrated = {Path(p) for p in calibration}
+    cat = _catalogue(data, card)  # once: each load walks and checks the catalogue
     found: list[Path] = []
-    for split in CHECK_SPLITS:
-        try:
-            pool = calibration_sample(data, split=split, images=len(calibrated) + images, card=card)
-        except CatalogueError:  # a catalogue without that split
-            continue
+    for split in (name for name in CHECK_SPLITS if name in cat.splits):
+        pool = _seeded(cat, split, len(calibrated) + images)
         found += [p for p in pool if p not in calibrated and p not in found]
         if len(found) >= images:
             break
