@@ -38,10 +38,7 @@ def read_csv_table(handle: IO[str], path: Path, *, required: Sequence[str], know
     twice = sorted({name for name in header if name and header.count(name) > 1})
     if twice:
         raise CatalogueError(f"{path}: column {twice[0]!r} is named twice in the header")
-    missing = [name for name in required if name not in header]
-    if missing:
-        raise CatalogueError(f"{path}: missing required column(s) {', '.join(missing)} "
-                             f"(found: {', '.join(h for h in header if h) or 'none'})")
+    require_columns(path, [h for h in header if h], required)
     check_columns(path, [h for h in header if h and h not in quiet], known)  # quiet: unread, and known to be
     reader.fieldnames = header
     rows = []
@@ -63,6 +60,15 @@ def read_csv_table(handle: IO[str], path: Path, *, required: Sequence[str], know
         hint = "; a cell there opens a quote that is never closed" if "end of data" in str(exc) else ""
         raise CatalogueError(f"{path}: row {start}: bad CSV ({exc}){hint}") from None
     return header, rows
+
+
+def require_columns(path: Path, present: Iterable[str], required: Sequence[str]) -> None:
+    """CatalogueError naming the `required` columns that are not `present` (a CSV header, a JSONL file's keys)."""
+    present = sorted(set(present))
+    missing = [name for name in required if name not in present]
+    if missing:
+        raise CatalogueError(f"{path}: missing required column(s) {', '.join(missing)} "
+                             f"(found: {', '.join(present) or 'none'})")
 
 
 def check_columns(path: Path, columns: Iterable[str], known: Sequence[str]) -> None:

@@ -22,6 +22,7 @@ from ._checks import (
     inside_root,
     one_line_cell,
     read_csv_table,
+    require_columns,
     require_files,
     text_value,
 )
@@ -65,7 +66,8 @@ def load_manifest(manifest: Path) -> Loaded:
     return Loaded(root=root, layout="manifest", splits=splits, hierarchy=hierarchy)
 
 
-COLUMNS = ("path", "label", "split", "coarse_label", "attributes", "title", "text")
+REQUIRED = ("path", "label")
+COLUMNS = (*REQUIRED, "split", "coarse_label", "attributes", "title", "text")
 # What `skulens suggest-labels` writes beside them for the person labelling: read by people, not by skulens
 SUGGESTION_COLUMNS = ("rank", "guess", "confidence", "margin")
 _NAME_CELLS = ("path", "label", "split", "coarse_label")
@@ -74,7 +76,7 @@ _NAME_CELLS = ("path", "label", "split", "coarse_label")
 def _read_csv(manifest: Path) -> list[tuple[str, dict[str, object]]]:
     # utf-8-sig: spreadsheets save CSV with a byte-order mark that would otherwise glue onto "path".
     with manifest.open(newline="", encoding="utf-8-sig") as handle:
-        _, rows = read_csv_table(handle, manifest, required=("path", "label"), known=COLUMNS,
+        _, rows = read_csv_table(handle, manifest, required=REQUIRED, known=COLUMNS,
                                  quiet=SUGGESTION_COLUMNS)
     return [(f"row {line}", row) for line, row in rows]
 
@@ -96,10 +98,7 @@ def _read_jsonl(manifest: Path) -> list[tuple[str, dict[str, object]]]:
             records.append((f"line {number}", _json_record(record, f"{manifest}: line {number}")))
     if records:
         present = {key for _, record in records for key in record}
-        missing = [name for name in ("path", "label") if name not in present]
-        if missing:
-            raise CatalogueError(f"{manifest}: missing required column(s) {', '.join(missing)} "
-                                 f"(found: {', '.join(sorted(present)) or 'none'})")
+        require_columns(manifest, present, REQUIRED)
         check_columns(manifest, present, COLUMNS)
     return records
 
