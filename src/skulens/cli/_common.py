@@ -11,7 +11,6 @@ import argparse
 import glob
 import math
 import os
-import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,7 +20,7 @@ from ..config import apply_preset, config_fields, load_config
 from ..data.image_list import is_image_list, non_utf8_names, read_image_list, walk_images
 from ..data.locate import card_json, recorded_dataset, resolve_data
 from ..detect.options import DETECTOR_ONNX, onnx_export_advice
-from ..models.options import EXPORTED_FILES, PRECISIONS, check_precision_backend
+from ..models.options import EXPORTED_FILES, PRECISIONS, check_precision_backend, is_device_name
 
 __all__ = [
     "EXIT_FAILED",
@@ -446,7 +445,7 @@ def user_id_arg(text: str) -> str:
 
 def device_arg(text: str) -> str:
     """auto, cpu, cuda or cuda:N (whether that GPU exists is checked when the model loads)."""
-    if re.fullmatch(r"auto|cpu|cuda(:\d+)?", text.strip()):
+    if is_device_name(text.strip()):
         return text.strip()
     raise argparse.ArgumentTypeError(f"{text!r}: give auto, cpu, cuda or cuda:N")
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -21,6 +20,7 @@ import torch
 from .bundle import BundleError
 from .card import ModelCard
 from .inference import DeviceError, HeadOutputs, collect_outputs, iter_batches
+from .options import is_device_name
 
 __all__ = ["CARD_KEY", "ONNX_INT8_NAME", "ONNX_NAME", "OnnxRunner", "default_threads", "read_onnx", "read_onnx_card",
            "require_onnx", "runtime_threads"]
@@ -116,7 +116,7 @@ class OnnxRunner:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = ["CPUExecutionProvider"]
         device = str(device)
-        if device not in ("auto", "cpu") and not re.fullmatch(r"cuda(:\d+)?", device):  # as PyTorch's loader says
+        if not is_device_name(device):  # as PyTorch's loader says
             raise DeviceError(f"unknown device {device!r}: auto, cpu, cuda or cuda:N")
         if device == "auto":  # as for PyTorch: the GPU when this onnxruntime can use one
             device = "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["EXPORTED_FILES", "MODEL_BACKENDS", "PRECISIONS", "check_precision_backend"]
+import re
+
+__all__ = ["EXPORTED_FILES", "MODEL_BACKENDS", "PRECISIONS", "check_precision_backend", "is_device_name"]
 
 # torch: the bundle's weights in PyTorch; the others run a file `skulens export` wrote into the bundle.
 EXPORTED_FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx", "tflite": "model.tflite",
@@ -20,3 +22,9 @@ def check_precision_backend(precision: str, backend: str) -> None:
     if precision != "auto" and backend != "torch":
         raise ValueError(f"precision {precision}: for the PyTorch backend; backend {backend} runs the exported "
                          "file's own numerics")
+
+
+def is_device_name(name: object) -> bool:
+    """auto, cpu, cuda or cuda:N: a device's name as every backend and the CLI take it (whether that GPU exists is
+    PyTorch's loader's to say)."""
+    return re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(name)) is not None

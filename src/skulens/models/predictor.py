@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import numbers
 import os
-import re
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -33,7 +32,7 @@ from .inference import (
     check_precision,
     resolve_device,
 )
-from .options import MODEL_BACKENDS, check_precision_backend
+from .options import MODEL_BACKENDS, check_precision_backend, is_device_name
 
 logger = logging.getLogger(__name__)
 
@@ -396,9 +395,9 @@ def load_model(bundle: str | os.PathLike, *, device: str = "auto", precision: st
     if backend in ("onnx", "onnx-int8"):
         return load_onnx(bundle, int8=backend == "onnx-int8", device=device)
     if backend in ("tflite", "tflite-int8"):
-        if str(device) not in ("auto", "cpu"):  # LiteRT's interpreter here runs on the CPU: said, not ignored
-            if not re.fullmatch(r"cuda(:\d+)?", str(device)):
-                raise DeviceError(f"unknown device {device!r}: auto, cpu, cuda or cuda:N")
+        if not is_device_name(device):  # LiteRT's interpreter here runs on the CPU: said, not ignored
+            raise DeviceError(f"unknown device {device!r}: auto, cpu, cuda or cuda:N")
+        if str(device) not in ("auto", "cpu"):
             logger.warning("LiteRT runs on the CPU: device %s is not used", device)
         return load_tflite(bundle, int8=backend == "tflite-int8")
     if backend != "torch":
