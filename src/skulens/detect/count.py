@@ -162,10 +162,9 @@ def count_products(detector: Detector, images: Iterable[ImageInput], *, model: M
     The settings are checked at the call (ValueError), before any photo is read: the stream itself is lazy.
     """
     check_images(images)  # one path on its own would be counted letter by letter
-    from .options import TILE_MODES
+    from .options import check_tiles
 
-    if tiles not in TILE_MODES:  # at the call, as the other settings (Detector.detect checks it per photo)
-        raise ValueError(f"tiles must be one of {', '.join(TILE_MODES)}, got {tiles!r}")
+    check_tiles(tiles)  # at the call, as the other settings (Detector.detect checks it per photo)
     similarity = check_naming(model, index, min_similarity)
     if index is not None and model is not None:
         from ..search.engine import check_index_model

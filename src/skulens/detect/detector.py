@@ -16,7 +16,7 @@ from ..models.inference import resolve_device
 from ..models.predictor import source_name
 from .boxes import Detections
 from .model import DetectorCard, DetectorConfig, load_detector_net
-from .options import TILE_MODES
+from .options import check_tiles
 from .tiling import (
     drop_cut_boxes,
     held_by_tiles,
@@ -78,8 +78,7 @@ class Detector:
         that cannot be decoded raises ImageDecodeError naming it. min_score: the score at which the caller counts
         a box as a product (None: the detector's own); a tiled photo's merge lets only such a box remove the
         parts of it that other passes found."""
-        if tiles not in TILE_MODES:
-            raise ValueError(f"tiles must be one of {', '.join(TILE_MODES)}, got {tiles!r}")
+        check_tiles(tiles)
         min_score = self.config.min_score if min_score is None else min_score
         out = []
         for i, im in enumerate(images):

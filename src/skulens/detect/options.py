@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["DETECTOR_BACKENDS", "DETECTOR_ONNX", "TILE_MODES", "check_backend", "onnx_export_advice"]
+__all__ = ["DETECTOR_BACKENDS", "DETECTOR_ONNX", "TILE_MODES", "check_backend", "check_tiles", "onnx_export_advice"]
 
 # auto: tile a photo whose long side is over 2x the detector's max size; on / off: always / never.
 TILE_MODES = ("auto", "on", "off")
@@ -19,6 +19,12 @@ def onnx_export_advice(folder: Path) -> str:
     others = sorted(folder.glob("*.onnx"))
     return (f"its export is {others[0]}: name that file" if len(others) == 1 else
             f"run `skulens detect export {folder}` first")
+
+
+def check_tiles(tiles: str) -> None:
+    """ValueError unless `tiles` is one of TILE_MODES (the detector per photo, counting at its call)."""
+    if tiles not in TILE_MODES:
+        raise ValueError(f"tiles must be one of {', '.join(TILE_MODES)}, got {tiles!r}")
 
 
 def check_backend(backend: str, device: str = "auto") -> None:
