@@ -21,8 +21,21 @@ if sys.version_info >= (3, 11):
 else:  # Python 3.10: the same parser, from PyPI (a dependency on 3.10 only)
     import tomli as tomllib
 
-__all__ = ["PATH_KEYS", "PRESETS", "PRUNE_RECOVERY", "REMOVED_KEYS", "ConfigError", "TrainConfig", "apply_preset", "config_to_dict",
-           "load_config", "preset_values", "resolve_config", "with_absolute_paths"]
+__all__ = [
+    "PATH_KEYS",
+    "PRESETS",
+    "PRUNE_RECOVERY",
+    "REMOVED_KEYS",
+    "ConfigError",
+    "TrainConfig",
+    "apply_preset",
+    "config_to_dict",
+    "load_config",
+    "preset_values",
+    "recorded_config",
+    "resolve_config",
+    "with_absolute_paths",
+]
 
 
 class ConfigError(ValueError):
@@ -174,6 +187,12 @@ def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
     d = dataclasses.asdict(cfg)
     d["loggers"] = list(d["loggers"])
     return d
+
+
+def recorded_config(cfg: TrainConfig) -> dict[str, Any]:
+    """A run's config as its folder, card and checkpoint record it: how it trains, not how it was started (a
+    resumed run wrote resume: true, and a new run from that config.yaml then warned there was nothing to resume)."""
+    return {**config_to_dict(cfg), "resume": False}
 
 
 def _coerce(name: str, value: Any, hint: Any) -> Any:

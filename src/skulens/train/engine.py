@@ -19,7 +19,7 @@ import torch.nn.functional as F
 import yaml
 from tqdm.auto import tqdm
 
-from ..config import ConfigError, TrainConfig, config_to_dict, with_absolute_paths
+from ..config import ConfigError, TrainConfig, config_to_dict, recorded_config, with_absolute_paths
 from ..data.catalogue import Catalogue, CatalogueError, Sample, inside_folder_catalogue, load_catalogue
 from ..data.dataset import TensorImageDataset
 from ..data.splits import Split, prepare_split
@@ -189,7 +189,7 @@ def _base_card(cfg: TrainConfig, cat: Catalogue, spec: BackboneSpec, embedding_d
         cfg.backbone, spec, embedding_dim=embedding_dim, classes=tuple(cat.classes), coarse_classes=coarse,
         fine_to_coarse=f2c, coarse_head=bool(coarse) and cfg.coarse_loss_weight > 0,
         attributes=attributes, attribute_exclusive=_exclusive_attributes(cat, attributes),
-        coarse_fallback=cfg.coarse_fallback, dropout=cfg.dropout, train_config=_recorded(cfg),
+        coarse_fallback=cfg.coarse_fallback, dropout=cfg.dropout, train_config=recorded_config(cfg),
         # a manifest file keeps its name: its folder may hold another manifest (or the default one) or none
         dataset={"path": os.path.abspath(cfg.data) if cfg.data and Path(cfg.data).is_file() else str(cat.root),
                  "layout": cat.layout, "fingerprint": cat.fingerprint(),
@@ -271,10 +271,10 @@ def _fit(cfg: TrainConfig, cat: Catalogue, d: distributed.Dist, *, progress: boo
     # resume with another config or catalogue is refused before the photos are decoded (minutes on a real one).
     ckpt = load_checkpoint(run_dir / "checkpoint", device="cpu") if cfg.resume else None
     if ckpt is not None:
-        was = dict(ckpt["config"])
+        now, was = config_to_dict(cfg), dict(ckpt["config"])
         if (ckpt.get("data") or {}).get("taught"):  # the photos and what they teach are compared below: a moved
-            was["data"] = config_to_dict(cfg)["data"]  # catalogue resumes (its recorded path is gone)
-        check_same_run(run_dir, was, config_to_dict(cfg), resume_advice or resume_command(run_dir / "config.yaml"))
+            was["data"] = now["data"]  # catalogue resumes (its recorded path is gone)
+        check_same_run(run_dir, was, now, resume_advice or resume_command(run_dir / "config.yaml"))
         _check_same_photos(run_dir, ckpt.get("data"), _photos_digest(cat))
     d.same_everywhere("the checkpoint to resume from", ckpt and ckpt.get("state", {}).get("epoch"))
     train, val, untouched, skipped = _load_splits(cfg, cat, card, run_dir, progress, main=d.is_main)
@@ -417,14 +417,8 @@ def _prepare_training(run: _Run, ckpt: dict[str, Any] | None) -> None:
     if not run.dist.is_main:
         run.logger = _QuietLogger()
         return
-    (run.run_dir / "config.yaml").write_text(yaml.safe_dump(_recorded(cfg), sort_keys=False), encoding="utf-8")
+    (run.run_dir / "config.yaml").write_text(yaml.safe_dump(recorded_config(cfg), sort_keys=False), encoding="utf-8")
     run.logger = RunLogger(run.run_dir, cfg.loggers, config_to_dict(cfg))
-
-
-def _recorded(cfg: TrainConfig) -> dict[str, Any]:
-    """The run's config as its folder and card record it: how it trains, not how it was started (a resumed run
-    wrote resume: true, and a new run from that config.yaml then warned there was nothing to resume)."""
-    return {**config_to_dict(cfg), "resume": False}
 
 
 def _restore(run: _Run, ckpt: dict[str, Any] | None) -> dict[str, Any]:
@@ -603,7 +597,7 @@ def _end_of_epoch(run: _Run, eval_tf: Any, epoch: int, train_loss: float, epoch_
             results[name]["robust_top1"] = (results[name]["top1"] + results[name]["corrupt_top1"]) / 2
     name, best_now = max(results.items(), key=lambda kv: _selection_key(kv[1], cfg.monitor))
     score = _selection_key(best_now, cfg.monitor)
-    split = "val" if cfg.select_on == "val" else "holdout"
+    split = cfg.select_on  # "val" or "holdout"
     record = {"step": state["step"], "epoch": epoch + 1, "train_loss": train_loss,
               "epoch_time_s": round(epoch_time, 1), "lr": run.sched.get_last_lr()[-1],
               # named after the split they were measured on: a --select-on holdout run's history showed its
@@ -698,7 +692,7 @@ def _check_same_photos(run_dir: Path, was: dict[str, Any] | None, now: dict[str,
 
 
 def _save_checkpoint(run: _Run) -> None:
-    ckpt = {"config": {**config_to_dict(run.cfg), "resume": False}, "model": run.model.state_dict(),
+    ckpt = {"config": recorded_config(run.cfg), "model": run.model.state_dict(),
             "optimizer": run.opt.state_dict(), "scheduler": run.sched.state_dict(), "state": run.state,
             "data": _photos_digest(run.catalogue)}
     if run.ema is not None:

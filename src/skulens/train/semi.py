@@ -232,12 +232,12 @@ def _record_config(cfg: TrainConfig, out: Path) -> str:
     only after the photos were pseudo-labelled). How to resume the run as it was: the file's command, when there."""
     import yaml
 
-    from ..config import config_to_dict
+    from ..config import recorded_config
     from .checkpoint import check_same_run, resume_command, run_started
 
     first = out / "teacher" if cfg.teacher is None else out / "round-1" if cfg.pseudo_rounds > 1 else out
     path = out / SELF_TRAINING_CONFIG
-    now = {**config_to_dict(cfg), "resume": False}
+    now = recorded_config(cfg)
     started = run_started(first)
     if started and not cfg.resume:  # what the first stage would say, before the photos are pseudo-labelled
         raise ConfigError(f"{out} already holds a run ({first}): pass --resume to continue it, or choose another "
