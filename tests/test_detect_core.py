@@ -154,12 +154,32 @@ def test_not_a_detector_folder_is_a_clear_error(tmp_path, untrained) -> None:
 def test_box_cap_is_a_setting(untrained) -> None:
     det = load_detector(untrained, device="cpu").with_settings(max_detections=15)
     d = det.detect([photo()])[0]
-    assert len(d) == 15 and d.capped and d.cap_score == pytest.approx(float(d.scores.min()))
+    assert len(d) == 15 and d.capped and d.cap_score <= float(d.scores.min())
     # the cap keeps the best boxes: above a score every dropped box was under, nothing that counts was cut
     assert d.above(d.cap_score).capped and not d.above(d.cap_score + 1e-4).capped
     big = photo(1400, 600, seed=3)  # tiled: each pass's cap and the merged photo's
     t = det.detect([big])[0]
     assert t.capped and t.cap_score is not None and not t.above(t.cap_score + 1e-4).capped
+
+
+def test_a_photo_with_exactly_the_cap_of_boxes_is_not_capped(untrained) -> None:
+    """Capped means a box was left out: a photo whose network pass gives as many boxes as the cap lost none (it
+    was flagged "there may be more" before, for a shelf of exactly --max-boxes products); one fewer and the
+    best box left out is named."""
+    from torchvision.transforms.v2.functional import pil_to_tensor
+
+    det = load_detector(untrained, device="cpu").with_settings(max_detections=5000)
+    x = pil_to_tensor(photo()).float() / 255
+    (_, scores), = det._run([x])
+    n = len(scores)  # every candidate over the score floor: the untrained net's own number
+    assert 3 <= n < 5000
+    free = det.detect([photo()], tiles="off")[0]
+    assert not free.capped and free.cap_score is None
+    exact = det.with_settings(max_detections=n).detect([photo()], tiles="off")[0]
+    assert not exact.capped and np.array_equal(exact.boxes, free.boxes)
+    short = det.with_settings(max_detections=n - 1).detect([photo()], tiles="off")[0]
+    assert short.capped and short.cap_score == pytest.approx(float(scores[n - 1]))  # the box the cap left out
+    assert short.above(float(scores[n - 1])).capped and not short.above(float(scores[n - 2])).capped
 
 
 def test_large_photos_are_tiled(untrained) -> None:

@@ -67,7 +67,7 @@ def _add_box_settings(p: argparse.ArgumentParser) -> None:
                    help="tile large photos (auto: long side over 2x the detector's max size and the products found "
                         "whole look small, as on a dense shelf; default: auto)")
     g.add_argument("--max-boxes", type=positive_int, default=None,
-                   help="box cap per photo (default: the detector's, 1000); a photo that reaches it is "
+                   help="box cap per photo (default: the detector's, 1000); a photo with more is "
                         "flagged 'capped', never silently truncated")
     g.add_argument("--device", type=device_arg, default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     g.add_argument("--backend", choices=DETECTOR_BACKENDS, default="torch",

@@ -58,6 +58,14 @@ class Detector:
         self.net = net.to(self.device).eval()
         self.card = card
         self.path = path
+        self._ask_past_cap()
+
+    def _ask_past_cap(self) -> None:
+        # The network returns one box more than the cap: a pass is capped only when a box was really left out
+        # (at exactly the cap's number of boxes, a photo of that many products was flagged "may be more").
+        cap = self.card.config.max_detections
+        self.net.detections_per_img = cap + 1
+        self.net.topk_candidates = max(getattr(self.net, "topk_candidates", 0), 2 * cap)
 
     @property
     def config(self) -> DetectorConfig:
@@ -68,8 +76,7 @@ class Detector:
         if max_detections is not None:
             config = replace(self.card.config, max_detections=max_detections)
             self.card = DetectorCard(config, self.card.training, self.card.schema)
-            self.net.detections_per_img = max_detections
-            self.net.topk_candidates = max(self.net.topk_candidates, 2 * max_detections)
+            self._ask_past_cap()
         return self
 
     def detect(self, images: Sequence[ImageInput], *, tiles: str = "auto", batch_size: int = 4,
@@ -102,6 +109,7 @@ class Detector:
         if not tiled:
             (boxes, scores), = results
             cap = _cap_score(scores, cfg.max_detections)
+            boxes, scores = boxes[: cfg.max_detections], scores[: cfg.max_detections]
             keep = suppress_contained(boxes, scores, ios=cfg.contained_ios)
             return Detections(boxes[keep], scores[keep], w, h, capped=cap is not None, cap_score=cap)
         scale = min(1.0, 2 * cfg.max_size / max(w, h))
@@ -114,6 +122,7 @@ class Detector:
         all_boxes, all_scores, passes, caps = [], [], [], []
         for p, (boxes, scores) in enumerate(results):
             caps.append(_cap_score(scores, cfg.max_detections))
+            boxes, scores = boxes[: cfg.max_detections], scores[: cfg.max_detections]
             if p > 0:  # a tile: back to photo coordinates, products cut by the window dropped
                 x0, y0 = windows[p - 1][:2]
                 boxes = (boxes + np.array([x0, y0, x0, y0], np.float32)) / scale
@@ -131,7 +140,7 @@ class Detector:
         keep = merge_tiled(boxes, scores, passes, held, iou=cfg.nms_iou, min_score=max(min_score, cfg.min_score),
                            contained_ios=cfg.contained_ios)
         if len(keep) > cfg.max_detections:  # the merged photo's own cap: the best boxes stay
-            caps.append(float(scores[keep[cfg.max_detections - 1]]))
+            caps.append(float(scores[keep[cfg.max_detections]]))
             keep = keep[: cfg.max_detections]
         known = [c for c in caps if c is not None]
         cap = max(known) if known else None
@@ -144,8 +153,9 @@ class Detector:
 
 
 def _cap_score(scores: np.ndarray, cap: int) -> float | None:
-    """A pass that returned `cap` boxes may have dropped more, none scoring above its weakest box kept."""
-    return float(scores.min()) if len(scores) >= cap and len(scores) else None
+    """The best score a pass left out at its cap (the network returns up to cap + 1 boxes, best first), or None
+    when nothing was left out: no box dropped by the cap scores above it."""
+    return float(scores[cap]) if len(scores) > cap else None
 
 
 MIN_SIDE_PX = 8  # the short side at the detector's scale: below it there is nothing to find, and resizing fails

@@ -43,7 +43,7 @@ class DetectorConfig:
 
     min_size / max_size: photos are resized so the short side is min_size, the long side at most
     max_size (torchvision's GeneralizedRCNNTransform). max_detections is the box cap per pass: a photo
-    that reaches it is reported as capped, never silently truncated.
+    that has more is reported as capped, never silently truncated.
     """
 
     backbone: str = "efficientnet_lite0"
