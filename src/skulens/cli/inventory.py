@@ -77,7 +77,7 @@ def add_commands(sub: Any) -> None:
                     help="with --detector: detector score a box needs to be a product (default: the detector's own)")
     sc.add_argument("--max-boxes", type=positive_int, default=ServeSettings.detector_max_boxes,
                     help="with --detector: box cap per photo (default: the detector's, 1000); a photo with more "
-                         "it is logged and audited as 'box_cap_reached'")
+                         "boxes is logged and audited as 'box_cap_reached'")
     sc.add_argument("--tiles", choices=TILE_MODES, default=ServeSettings.detector_tiles,
                     help="with --detector: tile large photos (auto: long side over 2x the detector's size and "
                          "the products found whole look small)")
