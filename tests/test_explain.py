@@ -112,6 +112,20 @@ def test_explain_refuses_an_out_it_cannot_write_before_loading_the_model(tiny_bu
     assert "--out" in capsys.readouterr().err  # one line: it was a traceback after the model had loaded
 
 
+def test_explain_never_writes_the_overlay_over_the_photo_it_explains(tiny_bundle, tmp_path: Path, capsys) -> None:
+    """`explain photo.jpg -o photo.jpg` replaced a catalogue photo with its heatmap (exit 0)."""
+    from skulens.cli import main
+
+    src = tmp_path / "photo.png"
+    _scene("red", (30, 30))[0].save(src)
+    before = src.read_bytes()
+    (tmp_path / "link.png").symlink_to(src)
+    for out in (src, tmp_path / "." / "photo.png", tmp_path / "link.png"):
+        assert main(["explain", "-m", str(tiny_bundle.bundle), str(src), "--out", str(out)]) == 2
+        assert "the photo to explain" in capsys.readouterr().err
+    assert src.read_bytes() == before
+
+
 def test_explain_rejects_a_corrupt_file(tiny_bundle, tmp_path: Path) -> None:
     from skulens.data.decode import ImageDecodeError
 

@@ -64,6 +64,8 @@ def cmd_explain(ns: argparse.Namespace) -> int:
                          "give the bundle folder it was exported from")
     check_precision_flag(ns)
     check_out_path(ns.out, "--out")
+    if Path(ns.out).exists() and Path(image).exists() and Path(ns.out).samefile(image):
+        raise UsageError(f"--out {ns.out}: that is the photo to explain; name another file for the overlay")
     from PIL import Image
 
     if Path(ns.out).suffix.lower() not in Image.registered_extensions():  # PIL names the format by the suffix
