@@ -157,6 +157,33 @@ def test_stripped_jpeg_drops_exif_and_keeps_orientation() -> None:
     assert content_hash(raw) != content_hash(out)
 
 
+@pytest.mark.parametrize("fmt", ["JPEG", "GIF", "PNG"])
+def test_kept_photos_and_crops_carry_no_comment_or_text_of_the_upload(fmt: str) -> None:
+    """A JPEG COM segment or a GIF/PNG comment can hold what a person typed (an address); Pillow wrote the decoded
+    photo's comment back into the kept copy."""
+    from PIL import Image, PngImagePlugin
+
+    from skulens.serve.images import encode_jpeg
+
+    buf = io.BytesIO()
+    im = Image.new("RGB", (90, 60), (10, 200, 90))
+    if fmt == "PNG":
+        info = PngImagePlugin.PngInfo()
+        info.add_text("Comment", "my home address")
+        im.save(buf, "PNG", pnginfo=info)
+    else:
+        im.save(buf, fmt, comment=b"my home address")
+    raw = buf.getvalue()
+    assert b"my home address" in raw
+    assert b"home address" not in stripped_jpeg(raw)
+    with Image.open(io.BytesIO(raw)) as opened:  # a decoded photo and a crop of it, as shelf boxes are kept
+        big = opened.convert("RGB")  # the photo's info (its comment) goes with it
+        assert big.info.get("comment") or big.info.get("Comment")
+        assert b"home address" not in encode_jpeg(big, short_side=20)
+        assert b"home address" not in encode_jpeg(big)
+        assert b"home address" not in encode_jpeg(big.crop((0, 0, 40, 40)))
+
+
 def test_adjust_export_and_audit(inventory_db) -> None:
     with inventory_db.store() as store:
         store.intake([_photo(1)], threshold=0.6, actor="t")

@@ -30,7 +30,12 @@ def encode_jpeg(img: Image.Image, *, short_side: int = STORED_SHORT_SIDE) -> byt
     scale = short_side / min(img.size)
     if scale < 1:
         img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
-                         Image.Resampling.LANCZOS)
+                         Image.Resampling.LANCZOS)  # a new image, with a copy of the photo's info
+    else:
+        img = img.copy()
+    # Pillow writes some of the decoded photo's own info back when it saves (a JPEG or GIF comment, XMP), which
+    # can hold what a person typed: none of it is kept. No exif=/icc_profile= given either: none written.
+    img.info.clear()
     out = io.BytesIO()
-    img.save(out, format="JPEG", quality=90, optimize=True)  # no exif=/icc_profile= given: none written
+    img.save(out, format="JPEG", quality=90, optimize=True)
     return out.getvalue()
