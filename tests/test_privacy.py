@@ -489,3 +489,55 @@ def test_a_csv_only_service_whose_log_was_emptied_drops_its_recommender(tmp_path
     assert people.refit() == [Event("alice", "oat-milk", "view", 1.0)]
     assert remove_users(log, lambda u: u == "alice") == 1
     assert people.refit_if_changed() is True and people.recommender is None
+
+
+def test_erasing_a_user_from_the_log_keeps_every_other_row_as_it_was(tmp_path: Path) -> None:
+    """The rewrite kept four columns and ISO timestamps: a shop's own price and store columns went for every user
+    who was never erased, and their unix-second timestamps were rewritten."""
+    from skulens.recommend.shopping_log import remove_users
+
+    log = tmp_path / "log.csv"
+    text = ("\ufeffuser_id,product_id,event,timestamp,price,store\r\n"
+            "u1,Kiwi,purchase,1767225600,2.50,Oslo\r\n"
+            "u2,Lemon,view,2026-01-02 10:00:00,,Bergen\r\n"
+            "u1,Lemon,view,1767225700,,Oslo\r\n"
+            "u3,\"Oat milk, 1 l\",cart,1767225800,1.10,\"Oslo, sentrum\"\r\n")
+    log.write_bytes(text.encode("utf-8"))
+    assert remove_users(log, lambda u: u == "u1") == 2
+    assert log.read_bytes().decode("utf-8") == (
+        "\ufeffuser_id,product_id,event,timestamp,price,store\r\n"
+        "u2,Lemon,view,2026-01-02 10:00:00,,Bergen\r\n"
+        "u3,\"Oat milk, 1 l\",cart,1767225800,1.10,\"Oslo, sentrum\"\r\n")
+    assert remove_users(log, lambda u: u == "nobody") == 0
+    assert [e.user_id for e in read_events(log)] == ["u2", "u3"]
+
+
+def test_an_unreadable_events_log_stops_an_erasure_before_anything_is_erased(inventory_db, tmp_path: Path,
+                                                                             capsys) -> None:
+    """The database's part committed, then the log's bad row raised: the service answered a bare 500 and the CLI
+    a class name, and neither said that half of the erasure was done."""
+    from skulens.cli import main
+    from skulens.serve.people import ErasureRefused, People
+
+    p = Pseudonymizer(KEY)
+    log = tmp_path / "log.csv"
+    write_events(log, [Event(p("alice"), "oat-milk", "view", 1.0)])
+    with log.open("a") as f:
+        f.write("u3,oat-milk,bogus,1767225600\n")
+    key = tmp_path / "secrets" / "key"
+    key.parent.mkdir()
+    key.write_bytes(KEY)
+    before = log.read_bytes()
+    with inventory_db.store() as store:
+        store.record_events([Event(p("alice"), "oat-milk", "view", 3.0)])
+        people = People(store=store, pseudonym=p, events_csv=str(log), fit=None)
+        with pytest.raises(ErasureRefused, match="line 3: unknown event 'bogus'.*nothing was erased"):
+            people.erase("alice", actor="t")
+        assert [e.user_id for e in store.events()] == [p("alice")]
+    assert log.read_bytes() == before
+    assert main(["inventory", "erase-user", "alice", "--db", inventory_db.url(), "--events", str(log),
+                 "--pseudonym-key-file", str(key), *inventory_db.cli_dirs()]) == 2
+    err = capsys.readouterr().err
+    assert "nothing was erased" in err and "Error:" not in err
+    with inventory_db.store() as store:
+        assert [e.user_id for e in store.events()] == [p("alice")]

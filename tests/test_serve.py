@@ -281,6 +281,21 @@ def test_a_review_confirmation_cannot_push_a_count_past_the_largest_stored(tiny_
         assert c.get("/v1/inventory").json()["counts"] == {"oat-milk": 2**31 - 1, "green-apple": 1}
 
 
+def test_an_intake_past_the_largest_stored_count_is_a_409_and_counts_nothing(tiny_bundle, model, inventory_db,
+                                                                              tmp_path) -> None:
+    """It was a bare 500 (an InventoryError from the store), and the client could not tell nothing was counted."""
+    settings = _settings(tiny_bundle, tmp_path, inv=inventory_db, review_threshold=0.0)  # every photo: counted
+    with TestClient(create_app(settings, model=model)) as c:
+        full = {label: 2**31 - 1 for label in model.card.classes}
+        for label in full:
+            assert c.post(f"/v1/inventory/products/{label}/adjust", json={"count": 2**31 - 1}, headers=AUTH).is_success
+        files = [("images", (f"{i}.jpg", photo_bytes(None, i), "image/jpeg")) for i in (5, 6)]
+        r = c.post("/v1/inventory/intake", files=files, headers=AUTH)
+        assert r.status_code == 409 and "largest stored" in r.json()["detail"], r.text
+        assert "nothing in this request was counted" in r.json()["detail"]
+        assert c.get("/v1/inventory").json()["counts"] == full
+
+
 def test_a_review_label_must_name_an_existing_product(tiny_bundle, model, inventory_db, tmp_path) -> None:
     settings = _settings(tiny_bundle, tmp_path, inv=inventory_db, review_threshold=1.0)  # every photo: a reviewer
     with TestClient(create_app(settings, model=model)) as c:

@@ -275,7 +275,7 @@ def cmd_inventory_audit(ns: argparse.Namespace) -> int:
 
 
 def cmd_inventory_erase_user(ns: argparse.Namespace) -> int:
-    from ..serve.people import People
+    from ..serve.people import ErasureRefused, People
 
     if ns.events and not Path(ns.events).is_file():  # before anything is erased, not after the inventory's part
         raise UsageError(f"--events {ns.events}: no such behaviour log; nothing was erased")
@@ -294,6 +294,8 @@ def cmd_inventory_erase_user(ns: argparse.Namespace) -> int:
                 ns.user_id, actor=_actor(), missing_ok=ns.missing_ok)
         except InventoryError as exc:  # files in neither folder: nothing was erased
             raise UsageError(f"{exc}: --photo-dir, --labelled-dir, or --missing-ok") from None
+        except ErasureRefused as exc:
+            raise UsageError(str(exc)) from None
     print(json.dumps(vars(done)))
     if done.missing:
         say(f"skulens inventory erase-user: {done.missing} of the user's files were not found and are not deleted "
@@ -303,10 +305,13 @@ def cmd_inventory_erase_user(ns: argparse.Namespace) -> int:
 
 
 def _erase_from_log_only(ns: argparse.Namespace) -> int:
-    from ..serve.people import People
+    from ..serve.people import ErasureRefused, People
 
     key = pseudonymizer(ns, required=True, data_files=(ns.events,))
-    done = People(store=None, pseudonym=key, events_csv=ns.events, fit=None).erase(ns.user_id, actor=_actor())
+    try:
+        done = People(store=None, pseudonym=key, events_csv=ns.events, fit=None).erase(ns.user_id, actor=_actor())
+    except ErasureRefused as exc:
+        raise UsageError(str(exc)) from None
     print(json.dumps(vars(done)))
     say(f"skulens inventory erase-user: {done.log_events} event(s) left {ns.events}; no --db, so nothing else was "
         "erased and no audit entry was written (the audit log lives in the inventory)")
@@ -321,6 +326,6 @@ def cmd_inventory_purge(ns: argparse.Namespace) -> int:
             n = store.purge_uploads(ns.older_than_days, actor=_actor())
         except InventoryError as exc:
             raise UsageError(str(exc)) from None
-    say(f"{ns.db}: deleted {n} file(s): kept uploads older than {ns.older_than_days:g} days, and any that no "
+    say(f"{store.url}: deleted {n} file(s): kept uploads older than {ns.older_than_days:g} days, and any that no "
         "row names (left by a crash)")
     return 0

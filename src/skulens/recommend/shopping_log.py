@@ -35,6 +35,7 @@ that wins here has learnt category taste, popularity and repeats, not real shopp
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -130,24 +131,34 @@ def read_events(path: str | os.PathLike[str], *, event_types: Iterable[str] = EV
 def remove_users(path: str | os.PathLike[str], drop: Callable[[str], bool]) -> int:
     """Rewrite the log without the events of users `drop` names (a user's erasure); returns how many went.
 
-    The file is replaced atomically (a crash leaves the old or the new log, never half of one); the rewritten
-    log has the four columns (others are dropped) and ISO-8601 UTC timestamps, as `write_events` writes."""
+    The whole log is read and checked first (a bad row anywhere: ShoppingLogError, and the file is left as it
+    is). Every other row keeps its cells, every column included (a shop's own price or store columns), as written:
+    only the erased users' rows go, and the CSV quoting may change. The file is replaced atomically (a crash leaves
+    the old or the new log, never half of one)."""
     target = Path(path)
     # Two erasures in two processes (the service and the CLI) must not each rewrite the log from what it read
     # before the other's rewrite: one at a time, under an advisory lock on a file beside the log (POSIX).
     with open(target.with_name(f".{target.name}.lock"), "a") as lock:
         if fcntl is not None:
             fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        events = read_events(target, allow_empty=True)
-        keep = [e for e in events if not drop(e.user_id)]
-        if len(keep) < len(events):
+        read_events(target, allow_empty=True)  # the whole log is valid, or nothing is rewritten
+        raw = target.read_bytes()
+        bom = raw.startswith(b"\xef\xbb\xbf")
+        text = raw.decode("utf-8-sig")
+        rows = list(csv.reader(io.StringIO(text, newline="")))
+        user = [cell.strip().lower() for cell in rows[0]].index("user_id")
+        keep = [rows[0]] + [r for r in rows[1:] if any(c.strip() for c in r) and not drop(r[user].strip())]
+        gone = sum(1 for r in rows[1:] if any(c.strip() for c in r)) - (len(keep) - 1)
+        if gone:
             tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+            first = text.split("\n", 1)[0]
             try:
-                write_events(tmp, keep)
+                with tmp.open("w", newline="", encoding="utf-8-sig" if bom else "utf-8") as handle:
+                    csv.writer(handle, lineterminator="\r\n" if first.endswith("\r") else "\n").writerows(keep)
                 os.replace(tmp, target)
             finally:
                 tmp.unlink(missing_ok=True)
-    return len(events) - len(keep)
+    return gone
 
 
 def _parse_row(cells: list[str], where: list[int], known: tuple[str, ...], place: str) -> Event:

@@ -25,20 +25,25 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..recommend.shopping_log import Event, read_events, remove_users
+from ..recommend.shopping_log import Event, ShoppingLogError, read_events, remove_users
 from .inventory import Erasure, InventoryStore, storage_error
 from .privacy import Pseudonymizer, pseudonymize_events
 
-__all__ = ["People", "UserErasure"]
+__all__ = ["ErasureRefused", "People", "UserErasure"]
 
 logger = logging.getLogger(__name__)
 
 RETENTION_EVERY_S = 3600.0  # how often kept uploads are checked against the retention period
 
 
+class ErasureRefused(ValueError):
+    """The behaviour log cannot be read, so the user's events in it cannot be erased; the message says what was
+    erased (nothing, when the log was found unreadable before the database's part) and what to do."""
+
+
 @dataclass(frozen=True)
 class UserErasure:
-    """What one erasure removed: events (database and CSV log), photos whose files went, files deleted."""
+    """What one erasure removed: events (database and CSV log), photos unlinked from the user, kept files deleted."""
 
     user: str  # the pseudonym (never the id that was asked for)
     events: int
@@ -141,6 +146,13 @@ class People:
         a store (a service run with --events only) the log is all there is to erase, and there is no audit log."""
         assert self.pseudonym is not None and (self.store is not None or self.events_csv), "nothing to erase from"
         ref = self.pseudonym(user_id)
+        if self.events_csv:  # a log with a bad row cannot be rewritten: found before the database's part is done
+            try:
+                with self._log_lock:
+                    read_events(self.events_csv, allow_empty=True)
+            except ShoppingLogError as exc:
+                raise ErasureRefused(f"{exc}; nothing was erased: mend the events log, then erase the user "
+                                     "again") from None
         if self.store is None:
             done = Erasure(ref, 0, 0, 0)
         else:
@@ -157,6 +169,11 @@ class People:
             try:
                 with self._log_lock:  # the log holds raw ids (an old log) or pseudonyms (one pseudonymised)
                     log_events = remove_users(self.events_csv, lambda u: u == ref or self.pseudonym(u) == ref)
+            except ShoppingLogError as exc:  # the log went bad since it was checked, above
+                self.refit()
+                raise ErasureRefused(f"{exc}; the user's {done.events} events and {done.files} files were erased "
+                                     "from the inventory, but not their events in the log: mend the log, then erase "
+                                     "the user again") from None
             except Exception as exc:
                 error = storage_error(exc, "the events log cannot be rewritten now", (
                     f"the user's {done.events} events and {done.files} files were erased from the inventory, but not "

@@ -161,6 +161,8 @@ async def intake(state: State, actor: WriteKey,
         stored = iter(await state.record_intake(photos, actor) if photos else [])
     except (QueueFullError, asyncio.TimeoutError) as exc:
         raise busy(state, exc) from None
+    except InventoryError as exc:  # a count past the largest stored: the request's one transaction rolled back
+        raise HTTPException(409, f"{exc}: nothing in this request was counted") from None
     except Exception as exc:  # only the store's: a failing disk while recognising is not "nothing was stored"
         answer = _storage_error(exc, "photos", "nothing was counted")
         if answer is None:

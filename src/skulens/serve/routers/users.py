@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 from ...recommend.shopping_log import EVENT_TYPES, MAX_TIMESTAMP, Event
 from ..deps import ReadKey, State, WriteKey, storage_answer, storage_refused
 from ..inventory import StorageError
+from ..people import ErasureRefused
 from ..schemas import NEW_USER_ID_PATTERN, STORAGE_RESPONSES, USER_ID_PATTERN, RequestBody, error_responses
 from ..state import ServiceState
 
@@ -60,8 +61,9 @@ class ErasureOut(BaseModel):
     user: str = Field(description="the pseudonym the user's data was kept under")
     events: int = Field(description="behaviour events deleted from the database")
     log_events: int = Field(description="behaviour events deleted from the --events CSV log")
-    photos: int = Field(description="photos the user sent whose files were deleted (their counts stay)")
-    files: int = Field(description="photo and crop files deleted")
+    photos: int = Field(description="photos the user sent, now unlinked from them with their source names cleared "
+                                    "(their counts stay; their kept files are in `files`)")
+    files: int = Field(description="kept photo and crop files deleted")
     missing: int = Field(0, description="files the inventory named that were in neither of its folders (not "
                                         "deleted: the service's log and the audit entry name them)")
 
@@ -134,6 +136,8 @@ async def erase_user(state: State, actor: WriteKey, user_id: UserId) -> ErasureO
         done = await anyio.to_thread.run_sync(lambda: state.people.erase(user_id, actor=actor))
     except StorageError as exc:
         raise storage_refused(exc) from None
+    except ErasureRefused as exc:  # the events log has a bad row: it says what was erased
+        raise HTTPException(409, str(exc)) from None
     return ErasureOut(**vars(done))
 
 
