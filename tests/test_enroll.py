@@ -445,6 +445,31 @@ def test_retrain_extra_leaves_out_the_catalogues_own_photos(bundle_copy: Path, b
     assert "1 train, 1 val of the catalogue's own photos left out" in caplog.text and "given twice" in caplog.text
 
 
+def test_an_extra_folder_whose_photos_were_all_erased_adds_nothing_and_stops_nothing(
+        bundle_copy: Path, tiny_catalogue: Path, tmp_path: Path, caplog) -> None:
+    """An inventory's labelled folder after its last labelled photo was erased: empty class folders, no manifest.
+    The retrain the README recommends (and that bundles record for the next one) failed: "empty class 'Ginger'"."""
+    from skulens.data.catalogue import CatalogueError
+    from skulens.train.retrain import retrain_catalogue
+
+    labelled = tmp_path / "shop-labelled"
+    (labelled / "Ginger").mkdir(parents=True)
+    (labelled / "Ginger" / ".x.erasing.tmp").write_bytes(b"")  # a leftover the sweep takes: no photo
+    before = retrain_catalogue(bundle_copy, tiny_catalogue)
+    with caplog.at_level("WARNING", logger="skulens.train.retrain"):
+        after = retrain_catalogue(bundle_copy, tiny_catalogue, [labelled])
+    assert [s.path for s in after.split("train")] == [s.path for s in before.split("train")]
+    assert "holds no photo now" in caplog.text
+    (labelled / "notes.txt").write_text("x")  # still no photo: still nothing added
+    assert len(retrain_catalogue(bundle_copy, tiny_catalogue, [labelled]).split("train")) == len(before.split("train"))
+    other = tmp_path / "other"  # a folder with a photo but an empty class beside it is still refused
+    (other / "Ginger").mkdir(parents=True)
+    (other / "Lemon").mkdir()
+    shutil.copy(next(tiny_catalogue.parent.rglob("*.jpg")), other / "Lemon" / "a.jpg")
+    with pytest.raises(CatalogueError, match="empty class"):
+        retrain_catalogue(bundle_copy, tiny_catalogue, [other])
+
+
 def test_enrolment_checks_coarse_dedupes_photos_and_remakes_a_torn_reference_bank(
         bundle_copy: Path, blue_photos: list[Path], tiny_catalogue: Path, tmp_path: Path) -> None:
     from conftest import TINY, write_folder_catalogue

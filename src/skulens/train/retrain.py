@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import REMOVED_KEYS, ConfigError, resolve_config
-from ..data.catalogue import Catalogue, Product, Sample, load_catalogue, merge_samples
+from ..data.catalogue import IMAGE_SUFFIXES, Catalogue, Product, Sample, load_catalogue, merge_samples
 from ..evaluate.heldout import card_catalogue, split_settings
 from ..models.bundle import atomic_write_text, bundle_folder, read_card
 from ..models.card import ModelCard
@@ -64,6 +64,10 @@ def retrain_catalogue(bundle: str | os.PathLike, data: str | os.PathLike | None 
     samples, products = _enrolled_samples(bundle)
     extra_samples: list[Sample] = []
     for path in extra:
+        if _holds_no_photo(Path(path)):  # an inventory's labelled folder whose every photo was erased
+            log.warning("retrain: --extra %s holds no photo now (no manifest, no image file): nothing is added "
+                        "from it", path)
+            continue
         more = load_catalogue(path, val_fraction=0.0)
         for split in more.splits.values():
             extra_samples += [s if s.coarse_label or not more.hierarchy
@@ -77,6 +81,14 @@ def retrain_catalogue(bundle: str | os.PathLike, data: str | os.PathLike | None 
                           "with --extra, or `skulens unenroll` them (the service keeps enrolment photos only with "
                           "--keep-uploads)")
     return merged
+
+
+def _holds_no_photo(path: Path) -> bool:
+    """A folder with no manifest and no image file at any depth (empty class folders left by erasures)."""
+    if not path.is_dir() or any(path.glob("manifest.*")):
+        return False
+    return not any(f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".")
+                   for f in path.rglob("*") if f.is_file())
 
 
 def _new_photos(cat: Catalogue, extra: list[Sample]) -> list[Sample]:
