@@ -362,7 +362,9 @@ def test_cli_counts_review_and_audit(inventory_db, tmp_path: Path, capsys: pytes
     # Without --model a correction names a product this inventory knows; a typo is a usage error.
     assert main(["inventory", "review", "--db", str(db), queued["sha256"], "--label", "oat-milkk",
                  *inventory_db.cli_dirs()]) == 2
-    assert "unknown product 'oat-milkk': did you mean 'oat-milk'?" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "unknown product 'oat-milkk': did you mean 'oat-milk'?" in err
+    assert "pass -m MODEL to name any product of the model" in err  # it sent a user to enrol a trained product
     if inventory_db.backend == "postgresql":  # the CLI's default folders (./postgres-photos) are not the store's
         assert main(["inventory", "review", "--db", str(db), queued["sha256"], "--label", "oat-milk"]) == 2
         assert "give the folders the service uses" in capsys.readouterr().err  # not a correction without its photo

@@ -235,7 +235,7 @@ def _model_products(bundle: str) -> set[str]:
 
 
 def cmd_inventory_review(ns: argparse.Namespace) -> int:
-    from ..serve.inventory import InventoryError
+    from ..serve.inventory import InventoryError, UnknownLabelError
 
     bundle = model_path(ns)
     if ns.sha256 is None and (ns.label or ns.reject):
@@ -261,6 +261,12 @@ def cmd_inventory_review(ns: argparse.Namespace) -> int:
         known = _model_products(bundle) if bundle else store.labels()
         try:
             item = store.resolve(ns.sha256, None if ns.reject else ns.label, actor=_actor(), known=known)
+        except UnknownLabelError as exc:
+            if bundle:
+                raise UsageError(str(exc)) from None
+            # without the model, only the products this inventory has seen are known: the model may know it
+            raise UsageError(f"{exc}; without -m, a correction may name only a product this inventory has counted, "
+                             "guessed or been given: pass -m MODEL to name any product of the model") from None
         except InventoryError as exc:
             raise UsageError(str(exc)) from None
         print(json.dumps(item.to_dict()))
