@@ -446,6 +446,28 @@ def test_an_index_of_another_model_is_refused(tiny_bundle, catalogue: Path, inde
     assert main(["search", "--index", str(other), "--text", "milk"]) == 0  # text queries need no photo model
 
 
+def test_an_index_embedded_in_other_numerics_is_the_same_model(tiny_bundle, catalogue: Path, tmp_path: Path,
+                                                                caplog) -> None:
+    """`index build` embeds in bf16 where the CPU has it (`auto`) and enrolment checks in fp32: for a small model
+    the two agree only to about 0.96, and every enrolment warned "built with a model close to this one"."""
+    from skulens.models.predictor import load_model
+    from skulens.search.engine import check_index_model
+
+    out = tmp_path / "bf16"
+    assert main(["index", "build", "--model", str(tiny_bundle.bundle), "--data", str(catalogue), "--out", str(out),
+                 "-q"]) == 0
+    index = open_index(out)
+    off, bf16 = (load_model(tiny_bundle.bundle, device="cpu", precision=p) for p in ("off", "bf16"))
+    records, _ = next(index.iter_entries(batch_size=64))
+    photos = [r.image for r in records][:8]
+    plain = (off.embed(photos) * bf16.embed(photos)).sum(1).min()
+    with caplog.at_level("WARNING", logger="skulens.search.engine"):
+        for model in (off, bf16):  # whichever numerics built the index, both models are this model
+            assert check_index_model(model, index) > 0.999
+    assert "close to this one" not in caplog.text
+    assert plain < 0.999  # the two numerics do differ for this model: the test sees the case it is about
+
+
 def test_a_stale_text_encoder_is_a_user_error() -> None:
     """`enroll --text` with an aligner fitted on an earlier text encoder ended in a traceback (exit 1)."""
     from skulens.cli._errors import is_user_error
