@@ -141,6 +141,29 @@ def test_similar_from_the_recommender_refuses_a_filter_it_cannot_apply(backends)
         assert c.get("/v1/products/nope/similar", params={"filter": '{"in_stock": true}'}).status_code == 404
 
 
+def test_listing_tags_follow_a_patched_product_text(client) -> None:
+    """After PATCH /v1/products/{id}, vocabulary tags were still scored against the product's old text until a
+    restart (the tagger cached its text vectors by the class list alone)."""
+    state = client.app.state.skulens
+    col = list(state.model.card.classes).index("oat-milk")
+    phrase = ["a yellow banana smoothie"]
+
+    def score() -> float:
+        return float(state.recognizer.tagger.vocabulary(phrase).matrix[0, col])
+
+    old = client.get("/v1/products/oat-milk").json().get("text")
+    try:
+        assert client.patch("/v1/products/oat-milk", json={"text": "Fresh oat drink from Sweden, in a carton."},
+                            headers=AUTH).status_code == 200
+        oat = score()
+        assert client.patch("/v1/products/oat-milk", json={"text": "A yellow banana smoothie."},
+                            headers=AUTH).status_code == 200
+        banana = score()
+        assert banana > 0.7 and banana > oat + 0.3  # the product's text is the phrase now
+    finally:
+        client.patch("/v1/products/oat-milk", json={"text": old}, headers=AUTH)
+
+
 def test_product_update_and_delete_need_a_key(client) -> None:
     assert client.patch("/v1/products/oat-milk", json={"metadata": {"price": 1.5}}).status_code == 401
     r = client.patch("/v1/products/oat-milk", json={"title": "Oat drink", "metadata": {"price": 1.5}}, headers=AUTH)

@@ -310,6 +310,13 @@ class Tagger:
         texts that are new are encoded at the next vocabulary, not every product's (which timed out a request)."""
         self._piece_vectors = other._piece_vectors
 
+    def products_changed(self) -> None:
+        """After a product's title or text changed (a service's PATCH): the vocabularies are scored again against
+        the products' texts as they are now. Texts already encoded are not encoded again."""
+        with self._lock:
+            self._cache.clear()
+            self._pieces = None
+
     @property
     def card(self) -> ModelCard:
         return self.model.card
