@@ -4,6 +4,7 @@ folder that does not exist, -o naming a folder, a pool with no readable photo.""
 
 from __future__ import annotations
 
+import csv
 import subprocess
 import sys
 from pathlib import Path
@@ -76,6 +77,37 @@ def test_suggest_labels_on_a_missing_folder_an_output_folder_and_no_readable_pho
     assert r.returncode == 1 and "nothing written" in r.stderr, r.stderr
     assert not (broken / "to_label.csv").exists()  # no header-only manifest to stand in the way of a rerun
     assert _skulens("suggest-labels", str(broken), *model).returncode == 1  # and a rerun is not refused
+
+
+def test_suggest_labels_lists_each_photo_once_and_writes_only_a_csv(tiny_bundle, tiny_catalogue: Path,
+                                                                  tmp_path: Path) -> None:
+    """`suggest-labels pool pool` ranked each photo twice (the budget spent on repeats; the filled-in manifest was
+    refused: "listed already"); `-o s.jsonl` wrote CSV under a name `train` reads as JSON lines."""
+    from skulens.data.catalogue import load_catalogue
+
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for photo in sorted((tiny_catalogue.parent / "val").rglob("*.jpg"))[:4]:
+        (pool / photo.name).write_bytes(photo.read_bytes())
+    model = ["-m", str(tiny_bundle.bundle), "-q", "--strategy", "margin"]
+    first = sorted(pool.glob("*.jpg"))[0]
+    r = _skulens("suggest-labels", str(pool), str(pool), str(first), str(pool / "*.jpg"), *model, "--budget", "10",
+                 "-o", str(pool / "s.csv"))
+    assert r.returncode == 0, r.stderr
+    assert "given more than once are ranked once" in r.stderr and "the 4 of 4 photos" in r.stderr
+    rows = list(csv.DictReader((pool / "s.csv").open()))
+    assert sorted(x["path"] for x in rows) == sorted(p.name for p in pool.glob("*.jpg"))
+    for x in rows:
+        x["label"] = "oat-milk"
+    with (pool / "s.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    assert len(load_catalogue(pool / "s.csv", val_fraction=0).split("train")) == 4
+    for name in ("s.jsonl", "s.txt", "labels"):
+        _one_line(_skulens("suggest-labels", str(pool), *model, "--budget", "2", "-o", str(pool / name)),
+                  "the manifest is CSV: name it *.csv")
+        assert not (pool / name).exists()
 
 
 @pytest.mark.parametrize("flag", ["--unlabeled"])

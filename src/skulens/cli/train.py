@@ -245,6 +245,8 @@ def cmd_suggest_labels(ns: argparse.Namespace) -> int:
         raise UsageError("give -o FILE.csv (beside or above the photos: a manifest's paths stay inside its folder)")
     if out.is_dir():
         out = out / "to_label.csv"  # a folder: the manifest's usual name in it
+    if out.suffix.lower() != ".csv":  # CSV written under any name, which `train --data` then could not read
+        raise UsageError(f"-o {out}: the manifest is CSV: name it *.csv (or give a folder)")
     check_out_path(out, "-o")
     if out.exists() and not ns.force:
         raise UsageError(f"{out} exists and may hold labels you filled in: label those first, then pass --force "
@@ -261,6 +263,11 @@ def cmd_suggest_labels(ns: argparse.Namespace) -> int:
     labelled = expand_inputs(ns.labelled) if ns.labelled else []
     known = {Path(p).resolve() for p in labelled}
     photos = [p for p in photos if Path(p).resolve() not in known]  # never suggest a photo already labelled
+    seen: set[Path] = set()
+    once = [p for p in photos if not (Path(p).resolve() in seen or seen.add(Path(p).resolve()))]  # first name kept
+    if len(once) < len(photos):  # twice in the manifest, which `train` then refused ("listed already")
+        say(f"skulens suggest-labels: {len(photos) - len(once)} photo(s) given more than once are ranked once")
+        photos = once
     if not photos:
         raise UsageError("every photo given is among --labelled: nothing left to suggest")
     from ..models.predictor import load_model
