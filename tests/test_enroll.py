@@ -314,7 +314,11 @@ def test_unenroll_undoes_an_enrolment_exactly(bundle_copy: Path, blue_photos: li
     with pytest.raises(EnrolmentError, match="not a product"):
         unenroll(bundle_copy, "blue-box")
 
-    # the CLI undoes the other one: every weight is as it was before either enrolment
+    # the CLI undoes the other one: every weight is as it was before either enrolment, and every index entry of
+    # the product goes, as DELETE /v1/products/ID does (a photo added later through the API stayed searchable)
+    index = open_index(tmp_path / "index")
+    index.upsert([IndexRecord("api/red-box/1", "red-box", "red-box")], index.vectors([index.records("red-box")[0].id]))
+    index.save()
     assert main(["unenroll", "-m", str(bundle_copy), "--product", "red-box", "--index", str(tmp_path / "index")]) == 0
     after = load_file(str(bundle_copy / "model.safetensors"))
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)

@@ -339,7 +339,7 @@ def cmd_unenroll(ns: argparse.Namespace) -> int:
 
         index = open_index(ns.index)
     try:
-        res = unenroll(bundle, ns.product, index=index)
+        res = unenroll(bundle, ns.product, index=index, all_entries=True)  # as DELETE /v1/products/ID does
     finally:
         if index is not None and hasattr(index, "close"):
             index.close()
@@ -473,7 +473,8 @@ def add_commands(sub: Any) -> None:
     un = sub.add_parser("unenroll", help="undo `skulens enroll`: take an enrolled product out of the model (and an index)")
     add_model(un, "the bundle the product was enrolled into (changed in place)")
     un.add_argument("--product", required=True, help="the enrolled product's label")
-    un.add_argument("--index", help="also remove the product's entries from this index")
+    un.add_argument("--index", help="also remove the product's entries from this index (every one: those "
+                                    "added after the enrolment too)")
     un.set_defaults(func=cmd_unenroll)
 
     fu = sub.add_parser("fuse", help="train and compare an image + text fusion head (listings with their own text)")
