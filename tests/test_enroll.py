@@ -93,6 +93,9 @@ def test_enroll_infers_coarse_and_rejects_bad_requests(bundle_copy: Path, blue_p
                                                        tiny_catalogue: Path, tmp_path: Path) -> None:
     with pytest.raises(EnrolmentError, match="already a class"):
         enroll(bundle_copy, "oat-milk", blue_photos[:2], data=tiny_catalogue)
+    for twin in ("Oat-Milk", "OAT-MILK", "oat-milK"):  # two classes a catalogue refuses: they split one product
+        with pytest.raises(EnrolmentError, match="only in case, spaces or Unicode form"):
+            enroll(bundle_copy, twin, blue_photos[:2], data=tiny_catalogue)
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not an image")
     with pytest.raises(EnrolmentError, match="no usable photo"):

@@ -90,7 +90,7 @@ def test_suggest_labels_lists_each_photo_once_and_writes_only_a_csv(tiny_bundle,
     for photo in sorted((tiny_catalogue.parent / "val").rglob("*.jpg"))[:4]:
         (pool / photo.name).write_bytes(photo.read_bytes())
     model = ["-m", str(tiny_bundle.bundle), "-q", "--strategy", "margin"]
-    first = sorted(pool.glob("*.jpg"))[0]
+    first = min(pool.glob("*.jpg"))
     r = _skulens("suggest-labels", str(pool), str(pool), str(first), str(pool / "*.jpg"), *model, "--budget", "10",
                  "-o", str(pool / "s.csv"))
     assert r.returncode == 0, r.stderr

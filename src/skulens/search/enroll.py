@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data.catalogue import label_key
 from ..data.decode import ImageDecodeError, decode_image
 from ..data.transforms import create_transform, to_uint8_tensor
 from ..models.bundle import (
@@ -377,6 +378,10 @@ def enroll(bundle: str | os.PathLike, label: str, images: Sequence[str | os.Path
                              "a name of its own")
     if coarse is not None and not card.coarse_classes:  # it was recorded, then broke `retrain` (no hierarchy)
         raise EnrolmentError(f"this model has no coarse classes: leave the coarse class ({coarse!r}) out")
+    twin = next((c for c in card.classes if c != label and label_key(c) == label_key(label)), None)
+    if twin is not None:  # a catalogue refuses the pair: two classes that split one product's photos
+        raise EnrolmentError(f"{label!r} differs from the model's class {twin!r} only in case, spaces or Unicode "
+                             "form: give the product a name of its own")
     if label in card.classes:
         enrolled = any(e.get("label") == label for e in card.enrolled)
         raise EnrolmentError(f"{label!r} is already a class of this model" + (

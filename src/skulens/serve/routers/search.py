@@ -232,7 +232,8 @@ async def create_product(state: State, actor: WriteKey,
     except BundleBusyError as exc:  # another process (a CLI enrol) held the bundle's lock all the while: a 500 before
         raise _bundle_busy(exc) from None
     except EnrolmentError as exc:
-        raise HTTPException(409 if "already a class" in str(exc) else 422, str(exc)) from None
+        taken = "already a class" in str(exc) or "differs from the model" in str(exc)  # the name is a class's
+        raise HTTPException(409 if taken else 422, str(exc)) from None
     except (IndexStoreError, ValueError) as exc:  # the index refused the photos, a stale text aligner, ...
         raise HTTPException(422, f"the product was not enrolled: {exc}") from None
     logger.info("product %r enrolled by %s from %d photo(s)", result.label, actor, result.images)
