@@ -45,6 +45,12 @@ def test_strategies() -> None:
     assert len(select(probs, emb, 99)) == 30
     with pytest.raises(ValueError, match="unknown strategy"):
         select(probs, emb, 2, strategy="entropy")
+    # a budget whose pool covers every photo: the least certain photo is still first (it was kcenter's own pick,
+    # the photo farthest from the mean, often a sure one), the rest spread as kcenter spreads them
+    wide = select(probs, emb, 10, strategy="margin-kcenter")
+    unsure = int(np.argmin(margins(probs)))
+    assert wide[0] == unsure and len(set(wide)) == 10 and {i // 10 for i in wide} == {0, 1, 2}
+    assert select(probs, emb, 10, strategy="kcenter")[0] != unsure
 
 
 def _skulens(*args: str) -> subprocess.CompletedProcess[str]:

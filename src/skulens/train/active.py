@@ -4,9 +4,11 @@ A label is worth most where the model is unsure *and* the photo is unlike what i
 default strategy, ``margin-kcenter``, takes the ``pool`` x budget photos with the smallest margin between the
 model's two best classes (uncertainty), then picks the budget among them by greedy k-center over the
 embeddings (diversity: each pick is the photo farthest, in cosine distance, from everything labelled or
-picked so far), so a batch is not fifty photos of the one product the model confuses. ``margin`` (uncertainty
-only), ``kcenter`` (diversity only: Sener & Savarese, ICLR 2018, core-set) and ``random`` are there for
-comparison; benchmarks/active_learning_grocery.py measures them against each other.
+picked so far; with nothing labelled yet, the first pick is the least certain photo), so a batch is not fifty
+photos of the one product the model confuses. Where pool x budget reaches every photo (a budget of a quarter
+of the photos or more), uncertainty only orders the first pick and the rest is chosen for diversity.
+``margin`` (uncertainty only), ``kcenter`` (diversity only: Sener & Savarese, ICLR 2018, core-set) and
+``random`` are there for comparison; benchmarks/active_learning_grocery.py measures them against each other.
 
 `select` is pure numpy (probabilities and L2-normalised embeddings in, indices out); `suggest_labels` runs a
 model over photos (one pass: probabilities and embeddings) and returns typed suggestions, which
@@ -43,10 +45,11 @@ def margins(probs: np.ndarray) -> np.ndarray:
 
 
 def k_center(embeddings: np.ndarray, budget: int, *, candidates: Sequence[int] | np.ndarray | None = None,
-             anchors: np.ndarray | None = None) -> list[int]:
+             anchors: np.ndarray | None = None, first_candidate: bool = False) -> list[int]:
     """Greedy k-center: `budget` indices of `candidates` (default: all rows), each the one farthest (cosine
     distance on L2-normalised rows) from the `anchors` (already labelled embeddings) and the earlier picks.
-    Without anchors the first pick is the candidate farthest from the candidates' mean."""
+    Without anchors the first pick is the candidate farthest from the candidates' mean, or with
+    `first_candidate` the first candidate (margin-kcenter's least certain photo)."""
     emb = np.asarray(embeddings, dtype=np.float32)
     cand = np.arange(len(emb)) if candidates is None else np.asarray(candidates, dtype=np.int64)
     budget = min(int(budget), len(cand))
@@ -55,6 +58,8 @@ def k_center(embeddings: np.ndarray, budget: int, *, candidates: Sequence[int] |
     x = emb[cand]
     if anchors is not None and len(anchors):
         nearest = (1.0 - x @ np.asarray(anchors, dtype=np.float32).T).min(axis=1)
+    elif first_candidate:  # all equally far from nothing: argmax takes the first, then the distances count
+        nearest = np.full(len(x), np.inf, dtype=np.float32)
     else:
         centre = x.mean(axis=0)
         nearest = 1.0 - x @ (centre / max(float(np.linalg.norm(centre)), 1e-12))
@@ -86,7 +91,10 @@ def select(probs: np.ndarray, embeddings: np.ndarray, budget: int, *, strategy: 
     order = np.argsort(margins(probs), kind="stable")  # least certain first
     if strategy == "margin":
         return [int(i) for i in order[:budget]]
-    return k_center(embeddings, budget, candidates=order[: max(budget, pool * budget)], anchors=labelled)
+    # Where pool x budget covers every photo, uncertainty only picks the first (the least certain): the rest is
+    # spread by diversity, as kcenter's (a budget of a quarter of the photos or more, with the default pool).
+    return k_center(embeddings, budget, candidates=order[: max(budget, pool * budget)], anchors=labelled,
+                    first_candidate=True)
 
 
 @dataclass(frozen=True)
