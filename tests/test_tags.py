@@ -209,6 +209,8 @@ def test_what_cannot_be_tagged_says_why(model, photos) -> None:
         bare.tag([str(photos["red-apple"])], vocabulary=["red"])
     with pytest.raises(TaggingError, match="no text aligner"):
         Tagger(model, mode="aligned").vocabulary(["red"])
+    with pytest.raises(TaggingError, match="no product here has a description"):  # it said "give --data" to
+        Tagger(model, mode="text").vocabulary(["red"])                              # a user who had given one
     out = bare.tag([CORRUPT, str(photos["red-apple"]), Image.open(photos["oat-milk"])])
     assert out[0].source == "<image 0>" and out[0].error and out[0].category == ()
     assert out[0].to_row()["error"] == out[0].error

@@ -337,7 +337,8 @@ class Tagger:
         if self.mode == "aligned" and self.aligner is None:
             raise TaggingError("no text aligner in this bundle: run `skulens align` first, or use mode 'text'")
         if self.mode == "text" and not self.has_texts():
-            raise TaggingError("mode 'text' needs the products' texts: give the catalogue (--data)")
+            raise TaggingError("mode 'text' needs the products' texts, and no product here has a description: give "
+                               "a catalogue with descriptions (--data; a products.csv), or use mode 'aligned'")
         return self.mode
 
     def text_encoder(self) -> TextEncoder:
