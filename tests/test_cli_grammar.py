@@ -278,3 +278,20 @@ def test_prune_help_shows_the_recovery_defaults_it_runs(capsys: pytest.CaptureFi
     text = " ".join(capsys.readouterr().out.split())
     for name, value in PRUNE_RECOVERY.items():
         assert f"(default: {value})" in text.split(f"--{name.replace('_', '-')}", 2)[-1][:400], name
+
+
+@pytest.mark.parametrize("argv, key, want", [
+    (["search", "--index", "i", "--text", "banana", "--text", "oat milk"], "text", ["banana", "oat milk"]),
+    (["search", "--index", "i", "--image", "a.jpg", "b.jpg", "--image", "c.jpg"], "image", ["a.jpg", "b.jpg", "c.jpg"]),
+    (["search", "--index", "i", "--product", "Banana", "--product", "Kiwi"], "product", ["Banana", "Kiwi"]),
+    (["recommend", "for", "--events", "e.csv", "--user", "a", "--user", "zz"], "user", ["a", "zz"]),
+    (["recommend", "for", "--events", "e.csv", "--similar", "Kiwi", "--similar", "Lemon"], "similar", ["Kiwi", "Lemon"]),
+    (["enroll", "-m", "b", "--product", "p", "--images", "a.jpg", "--images", "b.jpg"], "images", ["a.jpg", "b.jpg"]),
+    (["suggest-labels", "-m", "b", "pool", "--budget", "2", "--labelled", "x", "--labelled", "y"], "labelled",
+     ["x", "y"]),
+])
+def test_a_repeated_query_flag_adds_its_values(argv: list[str], key: str, want: list[str]) -> None:
+    """`search --text banana --text 'oat milk'` answered 'oat milk' alone, exit 0: the first query was dropped."""
+    from skulens.cli import build_parser
+
+    assert getattr(build_parser().parse_args(argv), key) == want

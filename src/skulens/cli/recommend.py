@@ -140,8 +140,8 @@ def add_commands(sub: Any) -> None:
     _model_flag(g)
     g.add_argument("--kind", choices=("hybrid", "content", "popularity"), default="hybrid",
                    help="recommender (default: hybrid)")
-    g.add_argument("--user", nargs="+", type=user_id_arg, help="user id(s)")
-    g.add_argument("--similar", nargs="+", help="product id(s)")
+    g.add_argument("--user", nargs="+", action="extend", type=user_id_arg, help="user id(s); repeatable")
+    g.add_argument("--similar", nargs="+", action="extend", help="product id(s); repeatable")
     g.add_argument("--seed-product", action="append", help="for a user with no history: products they look at now")
     g.add_argument("--include-seen", action="store_true", help="also recommend products the user already had")
     add_top_k(g, 10, "recommendations per user or product")

@@ -357,7 +357,8 @@ def add_commands(sub: Any) -> None:
     sl.add_argument("--strategy", choices=("margin-kcenter", "margin", "kcenter", "random"), default="margin-kcenter",
                     help="margin-kcenter (default): the least certain, spread over the embedding space; margin: "
                          "least certain only; kcenter: most diverse only; random")
-    sl.add_argument("--labelled", nargs="+", help="photos already labelled (the diversity step keeps away from them)")
+    sl.add_argument("--labelled", nargs="+", action="extend",
+                    help="photos already labelled (the diversity step keeps away from them)")
     add_out(sl, "manifest CSV to write (default: PHOTOS/to_label.csv); path,label,split plus the model's guess")
     sl.add_argument("--force", action="store_true", help="replace an existing manifest (it may hold filled-in labels)")
     sl.add_argument("--device", type=device_arg, default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
