@@ -69,6 +69,26 @@ def test_aligner_input_errors(clusters) -> None:
         train_aligner(x[:3], [0, 1, 1], [texts[0], []])
 
 
+def test_a_torn_or_foreign_aligner_file_is_one_clear_error(tmp_path: Path) -> None:
+    """A torn text_align.safetensors was a SafetensorError traceback (exit 1) in every text search, lexical too."""
+    from safetensors.numpy import save_file
+
+    from skulens.cli._errors import is_user_error
+    from skulens.search.align import AlignerError
+
+    torn = tmp_path / "torn" / "text_align.safetensors"
+    torn.parent.mkdir()
+    torn.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{\"a\":1}")
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"kernel": np.zeros((3, 4), np.float32)}, str(foreign))
+    odd = tmp_path / "odd.safetensors"
+    save_file({"weight": np.zeros((3, 4), np.float32), "bias": np.zeros(4, np.float32)}, str(odd))
+    for path in (torn.parent, torn, foreign, odd):
+        with pytest.raises(AlignerError, match="skulens align") as err:
+            load_aligner(path)
+        assert is_user_error(err.value) and str(path if path.is_file() else torn) in str(err.value)  # one line, exit 2
+
+
 def test_fusion_beats_each_modality_when_each_knows_half(tmp_path: Path) -> None:
     """4 classes: the image tells {0,1} from {2,3}; the text tells {0,2} from {1,3}; only both give all 4."""
     rng = np.random.default_rng(1)

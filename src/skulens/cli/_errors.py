@@ -30,6 +30,7 @@ USER_ERROR_CLASSES = (
     ("skulens.models.bundle", "BundleError"),
     ("skulens.models.inference", "DeviceError"),
     ("skulens.models.text", "TextEncoderMismatch"),
+    ("skulens.search.align", "AlignerError"),
     ("skulens.search.enroll", "EnrolmentError"),
     ("skulens.search.index", "IndexStoreError"),
     ("skulens.recommend.shopping_log", "ShoppingLogError"),

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..models.text import DEFAULT_TEXT_MODEL, fitting_text_encoder, head_text_encoder, load_text_encoder
 
-__all__ = ["ALIGN_FILE", "AlignConfig", "TextAligner", "align_catalogue", "heads_on_other_text", "load_aligner",
+__all__ = ["ALIGN_FILE", "AlignConfig", "AlignerError", "TextAligner", "align_catalogue", "heads_on_other_text", "load_aligner",
            "product_sentences", "train_aligner"]
 
 ALIGN_FILE = "text_align.safetensors"
@@ -106,6 +106,10 @@ class TextAligner:
         return p
 
 
+class AlignerError(ValueError):
+    """A text aligner file that cannot be read (torn, or not one): the message names it and the fix."""
+
+
 def load_aligner(path: str | os.PathLike, *, bundle: str | os.PathLike | None = None) -> TextAligner | None:
     """The aligner in a bundle folder or file; None if the bundle has none (text search is then off).
 
@@ -121,12 +125,19 @@ def load_aligner(path: str | os.PathLike, *, bundle: str | os.PathLike | None = 
         p = p / ALIGN_FILE
     if not p.is_file():
         return None
-    with safe_open(str(p), framework="numpy") as f:
-        meta = f.metadata() or {}
-        weight, bias = f.get_tensor("weight"), f.get_tensor("bias")
-    return TextAligner(weight, bias, float(meta.get("temperature", 0.07)), meta.get("text_model", DEFAULT_TEXT_MODEL),
-                       json.loads(meta.get("info", "{}")), fingerprint=meta.get("text_fingerprint"),
-                       bundle=bundle if bundle is not None else p.parent)
+    try:
+        with safe_open(str(p), framework="numpy") as f:
+            meta = f.metadata() or {}
+            weight, bias = f.get_tensor("weight"), f.get_tensor("bias")
+        temperature, info = float(meta.get("temperature", 0.07)), json.loads(meta.get("info", "{}"))
+    except Exception as exc:  # noqa: BLE001 - a torn or foreign file, whatever safetensors or json says of it
+        raise AlignerError(f"{p}: not a readable text aligner ({type(exc).__name__}: {str(exc)[:200]}); run "
+                           "`skulens align` again to rewrite it") from None
+    if weight.ndim != 2 or bias.shape != (weight.shape[0],):
+        raise AlignerError(f"{p}: not a text aligner (weight {weight.shape}, bias {bias.shape}); run `skulens align` "
+                           "again to rewrite it")
+    return TextAligner(weight, bias, temperature, meta.get("text_model", DEFAULT_TEXT_MODEL), info,
+                       fingerprint=meta.get("text_fingerprint"), bundle=bundle if bundle is not None else p.parent)
 
 
 def train_aligner(image_vectors: np.ndarray, image_products: Sequence[int], product_texts: Sequence[Sequence[str]],
