@@ -576,6 +576,30 @@ def test_metadata_from_a_csv_and_a_filter_are_typed_alike(tmp_path: Path) -> Non
             read_metadata_table(missing)
 
 
+@pytest.mark.skipif("milvus" not in BACKENDS, reason="pymilvus / milvus-lite missing")
+def test_a_milvus_lite_file_another_process_holds_is_named_so(tmp_path):
+    """Milvus Lite serves one process at a time: a search while `serve` held the file was "cannot connect to Milvus
+    (Open local milvus failed)" under two tracebacks."""
+    import subprocess
+    import sys
+
+    index = create_index("milvus", tmp_path / "x.db", 8)
+    index.add([IndexRecord("e0", "p0", "x")], unit(np.ones((1, 8))))
+    index.close()
+    code = (f"import sys; from skulens.search.index import open_index; ix = open_index({str(tmp_path / 'x.db')!r}); "
+            "print('open', flush=True); sys.stdin.readline()")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
+        with pytest.raises(IndexStoreError, match="another process has this Milvus Lite file open"):
+            open_index(tmp_path / "x.db")
+    finally:
+        holder.communicate("\n", timeout=60)
+    again = open_index(tmp_path / "x.db")  # free again once the other process is gone
+    assert len(again) == 1
+    again.close()
+
+
 def test_milvus_expressions_escape_strings():
     from skulens.search._milvus import milvus_expr
 

@@ -58,6 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if ns.verbose else logging.INFO, format="%(levelname)s %(message)s")
     if not ns.verbose:  # FAISS logs its loader at INFO, a missing AVX-512 build as a ModuleNotFoundError: noise
         logging.getLogger("faiss").setLevel(logging.WARNING)
+        # Milvus Lite's in-process server: gRPC logs a traceback for each RPC it does not implement (pymilvus asks
+        # for timestamps on every insert), and milvus_lite one for a failed start, which the index's own error
+        # says in a line (another process holding the file); -v shows them
+        logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
+        logging.getLogger("milvus_lite").setLevel(logging.CRITICAL)
         if not is_rank_zero():
             # Under torchrun rank 0 speaks for the run: the other ranks' infos and warnings would repeat its own
             # N times (the data checks, unused settings). Their errors still show; -v shows everything.

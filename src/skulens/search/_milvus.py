@@ -43,6 +43,10 @@ from .index import (
 )
 
 try:
+    import fcntl
+except ImportError:  # Windows: no flock, so no probe of who holds a Milvus Lite file
+    fcntl = None  # type: ignore[assignment]
+try:
     from pymilvus import DataType, MilvusClient, MilvusException
 except ImportError as e:
     raise ImportError("the Milvus index needs pymilvus (and milvus-lite for *.db files): "
@@ -159,12 +163,36 @@ def _connect(uri: str, token: str | None) -> MilvusClient:
     try:
         client = MilvusClient(uri=uri, token=token or "")
     except Exception as e:  # noqa: BLE001 - pymilvus raises unrelated types for a bad URI / no server
+        if _is_lite(uri) and _lite_held_elsewhere(uri):
+            raise IndexStoreError(f"{uri}: another process has this Milvus Lite file open (a running `skulens serve "
+                                  "--index` of it?): Milvus Lite serves one process at a time; stop that one, or "
+                                  "keep the index on a Milvus server (a URI) for several") from None
         raise IndexStoreError(f"{uri}: cannot connect to Milvus ({_one_line(e)})") from None
     if _is_lite(uri):
         with _LITE_LOCK:
             key = os.path.abspath(uri)
             _LITE_USERS[key] = _LITE_USERS.get(key, 0) + 1
     return client
+
+
+def _lite_held_elsewhere(uri: str) -> bool:
+    """Whether another process holds the Milvus Lite data folder's lock (its LOCK file, flock'ed while open)."""
+    lock = Path(uri) / "LOCK"
+    if fcntl is None or not lock.is_file():
+        return False
+    try:
+        fd = os.open(lock, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
 
 
 def _release(uri: str) -> None:
