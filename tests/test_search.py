@@ -468,6 +468,25 @@ def test_an_index_embedded_in_other_numerics_is_the_same_model(tiny_bundle, cata
     assert plain < 0.999  # the two numerics do differ for this model: the test sees the case it is about
 
 
+def test_an_index_whose_photos_are_gone_says_it_cannot_check_the_model(tiny_bundle, catalogue: Path,
+                                                                         tmp_path: Path, caplog) -> None:
+    """An index copied to another machine: the wrong-model check found no photo and said nothing, so an index of
+    another model answered with wrong results, exit 0."""
+    import shutil
+
+    from skulens.models.predictor import load_model
+    from skulens.search.engine import check_index_model
+
+    moved = Path(shutil.copytree(catalogue.parent, tmp_path / "cat"))
+    out = tmp_path / "ix"
+    assert main(["index", "build", "--model", "pretrained:efficientnet_lite0", "--data", str(moved / catalogue.name),
+                 "--out", str(out), "-q"]) == 0
+    shutil.rmtree(moved)
+    with caplog.at_level("WARNING", logger="skulens.search.engine"):
+        assert check_index_model(load_model(tiny_bundle.bundle, device="cpu"), open_index(out)) is None
+    assert "are not on this machine" in caplog.text and "cannot be checked" in caplog.text
+
+
 def test_a_stale_text_encoder_is_a_user_error() -> None:
     """`enroll --text` with an aligner fitted on an earlier text encoder ended in a traceback (exit 1)."""
     from skulens.cli._errors import is_user_error

@@ -119,7 +119,8 @@ def check_index_model(model: Model, index: VectorIndex) -> float | None:
     vectors must agree (cosine; the index records no model, and every Lite backbone embeds 1280-d, so the
     dimension alone lets an index of another model be searched, silently wrong). Below SAME_MODEL_COSINE a
     ValueError; between it and 0.99 a warning (a close relative: a fine-tune of the model the index was built
-    with). Returns the lowest cosine, or None when no entry's photo is on this machine to check (nothing said).
+    with). Returns the lowest cosine, or None when no entry's photo is on this machine to check (a warning says
+    so when the entries name photos that are gone: an index copied from another machine).
     Entries of enrolled products are skipped: their kept photos are re-encoded copies."""
     if model.card.embedding_dim != index.dim:  # numpy's broadcast error otherwise
         raise ValueError(f"the index holds {index.dim}-d vectors but the model embeds {model.card.embedding_dim}-d: "
@@ -131,9 +132,12 @@ def check_index_model(model: Model, index: VectorIndex) -> float | None:
     if first is None:
         return None
     records, vectors = first
-    picked = [(r.image, v) for r, v in zip(records, vectors, strict=False)
-              if r.image and not r.id.startswith("enrolled/") and Path(r.image).is_file()][:_PROBES]
+    named = [(r.image, v) for r, v in zip(records, vectors, strict=False) if r.image and not r.id.startswith("enrolled/")]
+    picked = [(image, v) for image, v in named if Path(image).is_file()][:_PROBES]
     if not picked:
+        if named:  # an index copied from another machine: results of another model would come back unsaid
+            log.warning("the index's photos (%s, ...) are not on this machine, so whether this model built it cannot "
+                        "be checked: an index of another model gives wrong results", named[0][0])
         return None
     from ..data.decode import ImageDecodeError
 
