@@ -264,6 +264,26 @@ def test_recommend_content_and_evaluate_work_on_a_folder_catalogue_without_produ
     assert all(abs(float(np.linalg.norm(v)) - 1.0) < 1e-5 for v in vectors.values())
 
 
+def test_recommend_never_recommends_a_log_product_that_no_catalogue_has(tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture) -> None:
+    """The service leaves such events out (GET /v1/products/{id} would not know the product); the CLI, said to build
+    the same recommender, recommended "durian" from the log alone."""
+    root = _folders(tmp_path / "ds", {"red-apple": 2, "oat-milk": 2, "rye-bread": 2})
+    log = _log(tmp_path / "log.csv", ["durian", "oat-milk", "durian", "red-apple"])
+    capsys.readouterr()
+    for kind in ("popularity", "content"):
+        assert main(["recommend", "for", "--events", str(log), "--data", str(root), "--kind", kind,
+                     "--user", "newcomer", "-k", "5"]) == 0
+        captured = capsys.readouterr()
+        recs = [r["product_id"] for r in json.loads(captured.out)["recommendations"]]
+        assert recs and "durian" not in recs, kind
+        assert "left out 12 event(s) of 1 product(s)" in captured.err and "'durian'" in captured.err
+    only = _log(tmp_path / "only.csv", ["durian", "mango"])
+    assert main(["recommend", "for", "--events", str(only), "--data", str(root), "--kind", "content",
+                 "--user", "u0"]) == 2
+    assert "none of its products is in the catalogue or the model" in capsys.readouterr().err
+
+
 def test_recommend_similar_to_an_unknown_product_is_one_line_exit_2(
         tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     log = _log(tmp_path / "log.csv", ["apple", "pear"])

@@ -59,6 +59,20 @@ def _recommender(ns: argparse.Namespace) -> Any:
     # Every class is a product (the service's products_from_catalogue): a folder or manifest catalogue without
     # products.csv still has content for `--kind content` and the hybrid.
     products = class_products(load_catalogue(data)) if data else None
+    model = _load(bundle) if content else None
+    if model is not None:  # as the service: the model's classes and enrolled products are products too
+        from ..models.card import model_products
+
+        products = model_products(model.card, products)
+    if products is not None:  # as the service: a log's product that neither knows is never recommended
+        kept = [e for e in events if e.product_id in products]
+        if len(kept) < len(events):
+            gone = sorted({e.product_id for e in events} - set(products))
+            say(f"skulens recommend: left out {len(events) - len(kept)} event(s) of {len(gone)} product(s) that "
+                f"neither the catalogue nor the model has, e.g. {gone[0]!r}")
+            if not kept:
+                raise UsageError(f"{ns.events}: none of its products is in the catalogue or the model")
+            events = kept
     known = {e.product_id for e in events} | set(products or ())
     for flag, asked in (("--seed-product", getattr(ns, "seed_product", None)), ("--similar", getattr(ns, "similar", None))):
         unknown = [p for p in dict.fromkeys(asked or ()) if p not in known]
@@ -68,7 +82,7 @@ def _recommender(ns: argparse.Namespace) -> Any:
             close = difflib.get_close_matches(unknown[0], sorted(known), n=3)
             raise UsageError(f"{flag} {unknown[0]!r}: no such product in the behaviour log or the catalogue"
                              + (f"; did you mean {', '.join(close)}?" if close else ""))
-    return fit_recommender(events, products, kind=ns.kind, model=_load(bundle) if content else None)
+    return fit_recommender(events, products, kind=ns.kind, model=model)
 
 
 def _recs_json(recs: list[Any]) -> list[dict[str, Any]]:

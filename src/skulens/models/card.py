@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Protocol
@@ -20,8 +20,8 @@ from .._version import __version__
 if TYPE_CHECKING:
     from ..data._types import Product
 
-__all__ = ["CARD_SCHEMA", "ModelCard", "enrolled_products", "exclusive_attribute_pairs", "resolve_exclusive",
-           "scores_cell", "val_top1", "without_conflicts"]
+__all__ = ["CARD_SCHEMA", "ModelCard", "enrolled_products", "exclusive_attribute_pairs", "model_products",
+           "resolve_exclusive", "scores_cell", "val_top1", "without_conflicts"]
 
 CARD_SCHEMA = 1
 log = logging.getLogger(__name__)
@@ -203,6 +203,23 @@ def enrolled_products(card: ModelCard) -> dict[str, Product]:
     return {e["label"]: Product(label=e["label"], coarse_label=e.get("coarse_label"),
                                 title=e.get("title") or e["label"].replace("-", " "), description=e.get("text") or "")
             for e in card.enrolled if isinstance(e, dict) and e.get("label") in card.classes}
+
+
+def model_products(card: ModelCard, catalogue: Mapping[str, Product] | None = None) -> dict[str, Product]:
+    """Every product a model can answer with: the catalogue's (its sheets), the enrolled ones as their enrolment
+    recorded them, and each other class by its name and coarse class. What a service recommends, answers and
+    lists, and what `skulens recommend` builds the same recommender over."""
+    from ..data._types import Product
+
+    products = dict(catalogue or {})
+    for label, product in enrolled_products(card).items():  # their enrolment's title and text, not the label's
+        products.setdefault(label, product)
+    coarse = {c: card.coarse_classes[card.fine_to_coarse[i]] for i, c in enumerate(card.classes)
+              if card.coarse_classes and card.fine_to_coarse}
+    for c in card.classes:  # every label the model can answer has at least a name and its coarse class
+        if c not in products:
+            products[c] = Product(label=c, coarse_label=coarse.get(c), title=c.replace("-", " "))
+    return products
 
 
 def val_top1(card: ModelCard) -> float | None:

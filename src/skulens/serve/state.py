@@ -23,7 +23,7 @@ from PIL import Image
 from ..config import ConfigError
 from ..data.catalogue import Product
 from ..data.decode import decode_image
-from ..models.card import enrolled_products
+from ..models.card import enrolled_products, model_products
 from .batching import MicroBatcher
 from .intake import count_shelf
 from .inventory import IntakePhoto, IntakeResult, InventoryStore, ShelfPhoto, storage_error
@@ -472,14 +472,7 @@ def _load_support(settings: ServeSettings, model: Model) -> tuple[dict[str, Prod
             raise
         logger.warning("catalogue %s could not be loaded (%s); support replies know only the labels", fallback, exc)
         products = {}
-    card = model.card
-    for label, product in enrolled_products(card).items():  # their enrolment's title and text, not the label's
-        products.setdefault(label, product)
-    coarse = {c: card.coarse_classes[card.fine_to_coarse[i]] for i, c in enumerate(card.classes)
-              if card.coarse_classes and card.fine_to_coarse}
-    for c in card.classes:  # every label the model can answer has at least a name and its coarse class
-        if c not in products:
-            products[c] = Product(label=c, coarse_label=coarse.get(c), title=c.replace("-", " "))
+    products = model_products(model.card, products)  # + the enrolled ones, and every class by its name
     try:
         from ..models.text import BUNDLE_TEXT_MODEL, DEFAULT_TEXT_MODEL, bundle_text_model, load_text_encoder
 
@@ -508,5 +501,5 @@ def _load_support(settings: ServeSettings, model: Model) -> tuple[dict[str, Prod
         logger.warning("support replies disabled: %s", exc)
         return products, None, str(exc)
     responder = SupportResponder(products, encoder, min_confidence=settings.support_min_confidence,
-                                 min_score=settings.support_min_score, vocabulary=card.attributes)
+                                 min_score=settings.support_min_score, vocabulary=model.card.attributes)
     return products, responder, None
