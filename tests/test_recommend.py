@@ -215,6 +215,10 @@ def test_cold_start_product_is_reached_through_content() -> None:
     reasons = [r.reason for r in rec.similar(new, k=6)]
     assert not any(r.startswith("often together") for r in reasons), reasons
     assert f"bought with products like {new}" in reasons  # the borrowed co-occurrence, said as such
+    # a newcomer looking at the new product: the same, not "often together with" it (nobody ever had it)
+    seeded = [r.reason for r in rec.recommend("newcomer", k=6, seed_products=[new])]
+    assert not any(r.startswith("often together") for r in seeded), seeded
+    assert f"bought with products like {new}" in seeded
     popularity = PopularityRecommender().fit(log, catalogue=vectors)
     assert new not in [r.product_id for r in popularity.recommend("fan", k=10)]
 

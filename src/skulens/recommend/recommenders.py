@@ -572,9 +572,12 @@ class HybridRecommender(_ContentMixin, Recommender):
         if kind == "content":
             return f"similar to {self._closest_in_history(row, item)}"
         cols = row.indices
-        partner = self.items[cols[int(np.argmax(row.data * self._S[cols, item]))]]
+        source = cols[int(np.argmax(row.data * self._S[cols, item]))]
+        partner = self.items[source]
         if self._popularity[item] == 0:  # a cold-start product: its co-occurrence is borrowed
             return f"new product, like others bought with {partner}"
+        if self._popularity[source] == 0:  # the history's product has no events: it borrowed its neighbours'
+            return f"bought with products like {partner}"
         return f"often together with {partner}"
 
 
