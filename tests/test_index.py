@@ -131,6 +131,16 @@ def test_search_matches_brute_force(filled):
     assert [h.record.id for h in single[0]] == [h.record.id for h in grouped[0][:3]]
 
 
+@pytest.mark.parametrize("k", [1.5, True, "2", 0, -1])
+def test_the_index_refuses_a_k_that_is_not_a_whole_number(filled, k):
+    """1.5 returned every product (not 1), "2" was a TypeError; the search engine refused them, the index not."""
+    index, _recs, vecs = filled
+    with pytest.raises(IndexStoreError, match="whole number >= 1"):
+        index.search(vecs[:1], k=k)
+    with pytest.raises(IndexStoreError, match="whole number >= 1"):
+        index.more_like_this(index.records()[0].product_id, k=k)
+
+
 def test_group_by_product_fetches_until_k_products(filled, tmp_path):
     index, recs, vecs = filled
     # 30 near-copies of one product around the query: the top 30 entries are all that product

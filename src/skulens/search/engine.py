@@ -24,7 +24,6 @@ model does not know) are not found by a routed search; a filter that names coars
 from __future__ import annotations
 
 import logging
-import numbers
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -32,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .index import IndexStoreError, SearchHit, VectorIndex, compile_filter, record_matches
+from .index import SearchHit, VectorIndex, check_k, compile_filter, record_matches
 
 log = logging.getLogger(__name__)
 
@@ -167,11 +166,6 @@ def check_index_model(model: Model, index: VectorIndex) -> float | None:
     return cosine
 
 
-def _check_k(k: object) -> None:
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:  # -1 sliced off the last hit
-        raise IndexStoreError(f"k must be a whole number >= 1, got {k!r}")
-
-
 class SearchEngine:
     """text_model: the text encoder of the dense side (a sentence-transformers folder, or "minilm"); by
     default the model bundle's fine-tuned encoder when it has one (`skulens text-tune`), else MiniLM."""
@@ -208,7 +202,7 @@ class SearchEngine:
                  ) -> list[list[SearchHit]]:
         if self.model is None:
             raise ValueError("image search needs the model the index was built with")
-        _check_k(k)  # before the photos are embedded (2.5 was a numpy TypeError after it; True one hit)
+        check_k(k)  # before the photos are embedded (2.5 was a numpy TypeError after it; True one hit)
         if not self.routes(filter):
             return self.by_vector(self.model.embed(images), k=k, filter=filter)
         vectors, coarse = self.model.embed_with_coarse(images)
@@ -222,7 +216,7 @@ class SearchEngine:
                   coarse: np.ndarray | None = None, group_by_product: bool = True) -> list[list[SearchHit]]:
         """`coarse`: the photos' coarse-class probabilities, to route each search (when this engine routes);
         `group_by_product`: distinct products (the default) or raw index entries, as `VectorIndex.search`."""
-        _check_k(k)
+        check_k(k)
         vectors = np.asarray(vectors, dtype=np.float32)
         if coarse is None or not self.routes(filter):
             return self.index.search(vectors, k=k, filter=filter, group_by_product=group_by_product)
@@ -258,7 +252,7 @@ class SearchEngine:
         image space only), text (dense similarity to the products' texts only), lexical (BM25 only)."""
         if mode not in TEXT_MODES:
             raise ValueError(f"unknown text search mode {mode!r}: {', '.join(TEXT_MODES)}")
-        _check_k(k)
+        check_k(k)
         if isinstance(texts, str):
             raise TypeError("by_text() takes a list of queries")
         texts = list(texts)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import numbers
 import os
 import re
 from abc import ABC, abstractmethod
@@ -43,6 +44,7 @@ __all__ = [
     "MetadataValue",
     "SearchHit",
     "VectorIndex",
+    "check_k",
     "compile_filter",
     "create_index",
     "detect_kind",
@@ -351,6 +353,13 @@ def as_vectors(vectors: Any, dim: int, what: str = "vectors") -> np.ndarray:
     return out
 
 
+def check_k(k: object) -> None:
+    """k hits: a whole number >= 1 (1.5 returned every product, True one hit, "2" a TypeError, -1 sliced off the
+    last hit)."""
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+        raise IndexStoreError(f"k must be a whole number >= 1, got {k!r}")
+
+
 class VectorIndex(ABC):
     """A persistent index of entries; both backends answer the same calls with the same semantics.
 
@@ -483,8 +492,7 @@ class VectorIndex(ABC):
         With ``group_by_product`` each product appears once with its best entry's score: entries are
         over-fetched and deduplicated, fetching more until k products are found or none are left.
         """
-        if k < 1:
-            raise IndexStoreError(f"k must be >= 1, got {k}")
+        check_k(k)
         q = as_vectors(queries, self.dim, "queries")
         compiled = compile_filter(filter)
         exclude = frozenset([exclude_product_ids] if isinstance(exclude_product_ids, str) else exclude_product_ids)
@@ -511,6 +519,7 @@ class VectorIndex(ABC):
 
     def more_like_this(self, product_id: str, k: int = 10, filter: Filter | None = None) -> list[SearchHit]:
         """Products most like ``product_id``: the query is the mean of its entries (re-normalised)."""
+        check_k(k)
         recs = self.records(product_id)
         if not recs:
             raise IndexStoreError(f"no entries for product {product_id!r} in the index")
