@@ -378,7 +378,8 @@ def _add_index(sub: Any) -> None:
     b.add_argument("--metadata", help="CSV: product_id + metadata columns (in_stock, price, ...)")
     b.add_argument("--overwrite", action="store_true", help="replace an existing index at --out")
     b.add_argument("--ann", choices=("auto", "flat", "hnsw", "ivf", "ivfsq8", "ivfpq"),
-                   help="faiss: ANN structure (auto: exact below --exact-threshold entries, IVF-SQ8 above)")
+                   help="faiss: ANN structure (auto: exact below --exact-threshold entries, IVF-SQ8 above; any "
+                        "structure is exact below 1024 entries, where it is faster)")
     b.add_argument("--exact-threshold", type=int, help="faiss: exact search below this many entries (20000)")
     b.add_argument("--nprobe", type=positive_int, help="faiss IVF: lists visited per query")
     b.add_argument("--collection", help="milvus: collection name (default skulens); other commands reach it as "
