@@ -541,3 +541,6 @@ def test_an_unreadable_events_log_stops_an_erasure_before_anything_is_erased(inv
     assert "nothing was erased" in err and "Error:" not in err
     with inventory_db.store() as store:
         assert [e.user_id for e in store.events()] == [p("alice")]
+        log.unlink()  # a log gone since the service started holds nothing of anyone: the rest is erased
+        done = People(store=store, pseudonym=p, events_csv=str(log), fit=None).erase("alice", actor="t")
+        assert (done.events, done.log_events) == (1, 0) and store.events() == []

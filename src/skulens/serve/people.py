@@ -146,7 +146,10 @@ class People:
         a store (a service run with --events only) the log is all there is to erase, and there is no audit log."""
         assert self.pseudonym is not None and (self.store is not None or self.events_csv), "nothing to erase from"
         ref = self.pseudonym(user_id)
-        if self.events_csv:  # a log with a bad row cannot be rewritten: found before the database's part is done
+        log = self.events_csv if self.events_csv and os.path.exists(self.events_csv) else None
+        if self.events_csv and log is None:  # gone since the start: nothing of the user's is left in it
+            logger.warning("erasure: the events log %s is gone; the user's events in it went with it", self.events_csv)
+        if log:  # a log with a bad row cannot be rewritten: found before the database's part is done
             try:
                 with self._log_lock:
                     read_events(self.events_csv, allow_empty=True)
@@ -165,7 +168,7 @@ class People:
                     raise
                 raise error from exc
         log_events = 0
-        if self.events_csv:
+        if log:
             try:
                 with self._log_lock:  # the log holds raw ids (an old log) or pseudonyms (one pseudonymised)
                     log_events = remove_users(self.events_csv, lambda u: u == ref or self.pseudonym(u) == ref)
