@@ -689,6 +689,7 @@ def test_readyz_waits_for_the_warm_up_and_reports_it(tiny_bundle, model, tmp_pat
         with TestClient(create_app(settings, model=model)) as c:
             r = c.get("/readyz")
             assert r.status_code == 503 and any("warming up" in p for p in r.json()["problems"])
+            assert "503" in c.get("/openapi.json").json()["paths"]["/readyz"]["get"]["responses"]  # documented too
             assert c.get("/healthz").status_code == 200  # alive while warming
             gate.set()
             for _ in range(300):

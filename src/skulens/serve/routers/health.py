@@ -19,7 +19,9 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Readiness: the model is loaded and the batcher runs")
+@router.get("/readyz", summary="Readiness: the model is loaded and the batcher runs",
+            responses={503: {"description": "not ready yet (warming up) or not any more: the body's `problems` say "
+                                            "why; a load balancer sends no traffic here until it answers 200"}})
 async def readyz(state: State) -> JSONResponse:
     problems = []
     if not state.recognizer.batcher.running:
