@@ -243,6 +243,30 @@ def test_photos_added_to_a_product_carry_its_metadata(client) -> None:
     assert "added_by" not in hit["metadata"]  # a key's name is no product field, shown to readers without a key
 
 
+def test_a_product_another_process_enrolled_joins_the_products_with_the_model(client, backends) -> None:
+    """The service reloads the bundle after its own enrolment, and took in a CLI's (or another worker's) classes:
+    predict named the product while GET /v1/products/{id} answered 404 and the listing left it out."""
+    from skulens.search.enroll import enroll, unenroll
+
+    bundle, _, _ = backends
+    photos = [photo_bytes("oat-milk", 970 + i) for i in range(2)]
+    enroll(bundle, "cli-thing", photos, title="CLI thing")  # as `skulens enroll` beside the service
+    assert client.get("/v1/products/cli-thing").status_code == 404  # not yet: learnt at the next reload
+    shots = [("images", (f"c{i}.png", photo_bytes("red-apple", 980 + i, fmt="PNG"), "image/png")) for i in range(2)]
+    try:
+        assert client.post("/v1/products", data={"product_id": "api-thing"}, files=shots, headers=AUTH).status_code == 201
+        assert "cli-thing" in client.get("/v1/info").json()["model"]["classes"]
+        got = client.get("/v1/products/cli-thing")
+        assert got.status_code == 200 and got.json()["title"] == "CLI thing", got.text
+        assert "cli-thing" in [p["id"] for p in client.get("/v1/products", params={"limit": 1000}).json()]
+        unenroll(bundle, "cli-thing")  # another process removes it: gone with the next reload
+        assert client.delete("/v1/products/api-thing", headers=AUTH).status_code == 200
+        assert client.get("/v1/products/cli-thing").status_code == 404
+        assert "cli-thing" not in client.get("/v1/info").json()["model"]["classes"]
+    finally:
+        client.delete("/v1/products/api-thing", headers=AUTH)
+
+
 def test_enrol_a_new_product_then_predict_and_find_it(client) -> None:
     shots = [("images", (f"n{i}.png", photo_bytes("red-apple", 900 + i, fmt="PNG"), "image/png")) for i in range(3)]
     r = client.post("/v1/products", data={"product_id": "new-red-thing", "title": "New red thing"}, files=shots)

@@ -255,6 +255,14 @@ class ServiceState:
         with self._model_lock:
             model = load(self.settings.model, device=self.settings.device, backend=self.settings.backend,
                          precision=self.settings.precision)
+            # The bundle on disk may hold another process's enrolments and removals too (a CLI enrol, a second
+            # worker): the products follow the model, so a class it predicts is one GET /v1/products/{id} knows.
+            before = enrolled_products(self.model.card)
+            now = enrolled_products(model.card)
+            for label in set(before) - set(now) - {c for c in model.card.classes}:
+                self.products.pop(label, None)
+            for label, product in now.items():
+                self.products.setdefault(label, product)
             self.model = model
             self.recognizer.model = model
             tagger = _tagger(model, self.products)  # new classes: the text side is made again, from the vectors
