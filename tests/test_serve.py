@@ -418,6 +418,40 @@ def test_changes_are_answered_however_long_they_take() -> None:
         assert c.post("/api/v1/predict").status_code == 504
 
 
+@pytest.mark.parametrize("method, path, says", [("POST", "/v1/predict", "send the request again"),
+                                               ("POST", "/v1/products", "may or may not have been made")])
+def test_a_request_cut_off_by_the_shutdown_is_a_503_in_a_line(method: str, path: str, says: str) -> None:
+    """uvicorn cancels what still runs when its graceful shutdown times out: the client got a bare text 500 (and the
+    log a CancelledError traceback); now one JSON line that says what may have happened."""
+    import asyncio
+    import json
+
+    from skulens.serve.security import TimeoutMiddleware
+
+    sent: list[dict] = []
+
+    async def app(scope, receive, send):  # a request still waiting at the deadline (an enrolment behind the lock)
+        await asyncio.sleep(30)
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    async def main() -> None:
+        scope = {"type": "http", "method": method, "path": path, "headers": [(b"content-length", b"0")]}
+        request = asyncio.ensure_future(TimeoutMiddleware(app, seconds=60)(scope, receive, send))
+        await asyncio.sleep(0.05)
+        request.cancel()  # what uvicorn does to every task at the deadline
+        await request  # answered, not raised
+
+    asyncio.run(main())
+    start, body = sent
+    assert start["status"] == 503 and (b"retry-after", b"5") in start["headers"]
+    assert says in json.loads(body["body"])["detail"]
+
+
 def test_health_metrics_docs_and_info(client, val_photo) -> None:
     client.post("/v1/predict", files=_upload(val_photo[0]))
     assert client.get("/healthz").json() == {"status": "ok"}

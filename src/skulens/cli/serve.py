@@ -138,5 +138,5 @@ def cmd_serve(ns: argparse.Namespace) -> int:
     state = ServiceState.load(settings)
     # One worker process: the model and the micro-batcher live in it; more processes would each load a model.
     uvicorn.run(create_app(settings, state=state), host=settings.host, port=settings.port, log_level="info",
-                workers=1, timeout_graceful_shutdown=10)
+                workers=1, timeout_graceful_shutdown=settings.shutdown_timeout_s)
     return 0

@@ -8,6 +8,7 @@ Content-Type are ignored), and keys are compared in constant time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 from collections.abc import Sequence
@@ -122,12 +123,25 @@ class TimeoutMiddleware:
             return msg
 
         task = asyncio.ensure_future(self.app(scope, tracking_receive if writes else receive, tracking_send))
-        done, _ = await asyncio.wait({task}, timeout=self.seconds)
-        if task in done:
-            task.result()
-            return
-        if started.is_set() or (writes and received.is_set()):  # streaming already, or a change under way
-            await task
+        try:
+            done, _ = await asyncio.wait({task}, timeout=self.seconds)
+            if task in done:
+                task.result()
+                return
+            if started.is_set() or (writes and received.is_set()):  # streaming already, or a change under way
+                await asyncio.shield(task)
+                return
+        except asyncio.CancelledError:
+            # The server's shutdown ran out of time (`shutdown_timeout_s`) and cancels what still runs: answered
+            # in a line (the server's own answer was a bare 500), saying what may have happened.
+            if started.is_set():
+                raise
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+            await _send_json(send, 503, "the service is shutting down" + (
+                ": this change may or may not have been made; check before sending it again" if writes else
+                ": send the request again"), headers=[(b"retry-after", b"5"), (b"connection", b"close")])
             return
         task.cancel()
         try:

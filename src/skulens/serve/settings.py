@@ -60,6 +60,8 @@ class ServeSettings:
     max_pixels: int = 40_000_000  # as skulens.data.decode: a 36 MP photo passes, a 400 MP bomb does not
     max_files: int = 32  # per intake request
     request_timeout_s: float = 30.0
+    # At SIGTERM: how long requests under way may run on; those still running then are answered 503
+    shutdown_timeout_s: float = 10.0
     # Micro-batching.
     max_batch: int = 16
     max_wait_ms: float = 10.0  # how long the first request of a batch waits for company
@@ -97,6 +99,8 @@ class ServeSettings:
             raise ConfigError(f"top_k must be <= 50 (a request's own top_k is capped there too), got {self.top_k}")
         if self.request_timeout_s <= 0 or self.max_wait_ms < 0:
             raise ConfigError("request_timeout_s must be > 0 and max_wait_ms >= 0")
+        if not 0 <= self.shutdown_timeout_s < math.inf:
+            raise ConfigError(f"shutdown_timeout_s must be >= 0 seconds, got {self.shutdown_timeout_s}")
         if self.search_route is not None and not 0.0 < self.search_route <= 1.0:
             raise ConfigError(f"search_route must be in (0, 1], got {self.search_route}")
         if self.search_route is not None and not self.index:
