@@ -404,6 +404,45 @@ def test_usage_errors_are_exit_2_before_any_work(tiny_bundle, tmp_path, capsys, 
     assert "pip install 'skulens[ray]'" in capsys.readouterr().err
 
 
+def test_cuda_actors_on_a_cluster_without_a_gpu_are_refused_not_queued_forever(ray_cluster, tiny_bundle,
+                                                                               photos) -> None:
+    """`--engine ray --device cuda` here: Ray queued the actors for a GPU no node has, and the job hung."""
+    from skulens.deploy.batch_jobs import PredictJob
+    from skulens.deploy.ray_jobs import RayClusterError, job_dataset
+
+    with pytest.raises(RayClusterError, match="0 GPU"):
+        job_dataset(PredictJob(str(tiny_bundle.bundle)), photos[:2], gpus_per_actor=1.0)
+
+
+def test_ray_settings_and_outputs_refused_before_any_work(tiny_bundle, photos, tmp_path) -> None:
+    """--precision fp16 on CPU actors was a page of Ray tracebacks (exit 1); -o naming the photo list replaced it
+    with the predictions (local and Ray, predict and count); an empty stdin recursed until RecursionError."""
+    def run(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "skulens.cli", *args], capture_output=True, text=True,
+                              timeout=300, check=False, input=stdin)
+
+    m = ["-m", str(tiny_bundle.bundle), "-q"]
+    r = run("predict", *m, photos[0], "--engine", "ray", "--precision", "fp16", "-o", str(tmp_path / "a.parquet"))
+    assert r.returncode == 2 and "--device cuda" in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    listed, table = tmp_path / "list.csv", tmp_path / "list.parquet"
+    listed.write_text("path\n" + "\n".join(photos[:2]) + "\n")
+    pq.write_table(pa.table({"path": photos[:2]}), table)
+    before = listed.read_bytes(), table.read_bytes()
+    for args in (["predict", *m, str(listed), "-o", str(listed)],
+                 ["predict", *m, str(table), "--engine", "ray", "-o", str(table)]):
+        r = run(*args)
+        assert r.returncode == 2 and "one of the inputs" in r.stderr, r.stderr[-2000:]
+    assert (listed.read_bytes(), table.read_bytes()) == before
+    for args in (["predict", *m, "-"], ["predict", *m]):
+        r = run(*args)
+        assert r.returncode == 2 and "no input images" in r.stderr and "RecursionError" not in r.stderr, r.stderr[-500:]
+    r = run("predict", *m, photos[0], "-")  # an empty stdin beside a photo: that photo
+    assert r.returncode == 0 and len(r.stdout.splitlines()) == 1, r.stderr[-500:]
+
+
 def test_the_cli_and_job_descriptions_import_neither_ray_nor_torch() -> None:
     code = ("import sys, skulens.cli, skulens.deploy.batch_jobs as b\n"
             "skulens.cli.build_parser(); b.PredictJob('x')\n"
@@ -494,6 +533,9 @@ def test_an_address_nothing_answers_is_one_line_at_once_and_job_files_go_absolut
         _check_reachable(f"127.0.0.1:{port}")
     assert time.monotonic() - t0 < 10
     _check_reachable("auto")  # Ray's to resolve
+    for no_port in ("foo", "ray://nohost"):  # a ValueError traceback from ray.init; 31 s of retries
+        with pytest.raises(RayClusterError, match="not host:port"):
+            _check_reachable(no_port)
     if __import__("importlib").util.find_spec("ray") is not None:
         photo = tmp_path / "p.png"
         photo.write_bytes(b"x")

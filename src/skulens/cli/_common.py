@@ -52,6 +52,7 @@ __all__ = [
     "positive_int",
     "pseudonymizer",
     "refuse_json_out",
+    "refuse_out_among_inputs",
     "report_result",
     "say",
     "train_overrides",
@@ -270,7 +271,7 @@ def add_quiet(p: argparse.ArgumentParser, help_text: str = "no progress bars") -
 def expand_inputs(items: list[str]) -> list[str]:
     """Files, folders (their images, recursively), globs, Parquet/CSV lists with a `path` column, or '-' /
     nothing: paths read from stdin. Names that are not UTF-8 are refused (:func:`non_utf8_names`)."""
-    out = _expand(items)
+    out = _expand(items or ["-"])
     bad = non_utf8_names(out)
     if bad:
         raise UsageError(bad)
@@ -279,7 +280,7 @@ def expand_inputs(items: list[str]) -> list[str]:
 
 def _expand(items: list[str]) -> list[str]:
     out: list[str] = []
-    for item in items or ["-"]:
+    for item in items:  # (an empty stdin is no input, not stdin again: that recursed until RecursionError)
         if item == "-":  # stdin's paths in its place, also among other inputs ("photo.jpg - more/")
             out += _expand([line.strip() for line in sys.stdin if line.strip() and line.strip() != "-"])
             continue
@@ -334,7 +335,21 @@ def check_engine(ns: argparse.Namespace) -> bool:
         raise UsageError("--actors must be >= 1 and --cpus-per-actor a number > 0")
     if getattr(ns, "batch_size", None) is not None and ns.batch_size < 1:
         raise UsageError("--batch-size must be >= 1")
+    if getattr(ns, "precision", None) == "fp16" and not str(getattr(ns, "device", "auto")).startswith("cuda"):
+        # checked here, not by each actor (a page of Ray tracebacks): only --device cuda gives the actors a GPU
+        raise UsageError("--precision fp16: for CUDA; with --engine ray give --device cuda (one GPU per actor)")
     return True
+
+
+def refuse_out_among_inputs(out: str | os.PathLike[str] | None, inputs: Sequence[str], files: Sequence[str] = ()
+                            ) -> None:
+    """An --out that is one of the inputs (a photo list given as CSV or Parquet, a photo) would be written over
+    with the results: refused before any work."""
+    if not out or not Path(out).exists() or Path(out).is_dir():
+        return
+    target = Path(out).resolve()
+    if any(i != "-" and Path(i).is_file() and Path(i).resolve() == target for i in [*inputs, *files]):
+        raise UsageError(f"--out {out}: one of the inputs; name another file")
 
 
 def engine_out(ns: argparse.Namespace) -> Path:

@@ -35,6 +35,7 @@ from ._common import (
     fraction,
     non_negative_int,
     positive_int,
+    refuse_out_among_inputs,
     say,
 )
 
@@ -207,6 +208,7 @@ def cmd_count(ns: argparse.Namespace) -> int:
     files = expand_inputs(inputs)
     if not files:
         raise UsageError("no input photos")
+    refuse_out_among_inputs(ns.out, inputs, files)  # a photo list (CSV, Parquet) replaced by the counts
     if not on_ray and ns.out and Path(ns.out).suffix.lower() not in (".jsonl", ".csv"):
         # No .json: the file is JSON lines (one photo a line), which a JSON reader refuses.
         raise UsageError(f"--out {ns.out}: use a .jsonl (JSON lines) or .csv file name (Parquet: --engine ray)")

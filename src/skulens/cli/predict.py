@@ -33,6 +33,7 @@ from ._common import (
     output_format,
     positive_int,
     refuse_json_out,
+    refuse_out_among_inputs,
     say,
 )
 
@@ -54,19 +55,15 @@ def _csv_row(p: Any) -> list[str]:
 
 
 def _check_out(out: str | None, files: list[str]) -> None:
-    """Before any photo is decoded: an --out that is one of the input photos, or named like a photo, would be
-    written over with text (`-o *.jpg` in a shell does it); a path that cannot be written fails here, not after
-    the whole run."""
+    """Before any photo is decoded: an --out named like a photo would be written over with text (`-o *.jpg` in a
+    shell does it; one of the inputs is refused by `refuse_out_among_inputs`); a path that cannot be written fails
+    here, not after the whole run."""
     if not out:
         return
     check_out_path(out, "--out")
     path = Path(out)
     if path.suffix.lower() in IMAGE_SUFFIXES:
         raise UsageError(f"--out {out}: a photo's name; the predictions go to a .jsonl or .csv file")
-    if path.exists():
-        target = path.resolve()
-        if any(Path(f).resolve() == target for f in files):
-            raise UsageError(f"--out {out}: one of the input files; name another file")
 
 
 def cmd_predict(ns: argparse.Namespace) -> int:
@@ -87,6 +84,7 @@ def cmd_predict(ns: argparse.Namespace) -> int:
     files = expand_inputs(inputs)
     if not files:
         raise UsageError("no input images")
+    refuse_out_among_inputs(ns.out, inputs, files)  # a photo list (CSV, Parquet) replaced by the predictions
     if parquet is not None:
         return _predict_on_ray(ns, bundle, files, parquet)
     if ns.text is not None and len(ns.text) != len(files):

@@ -107,12 +107,16 @@ class RayClusterError(ConnectionError):
 
 def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
     """A cluster address ("host:port", "ray://host:port") whose port answers a TCP connect within `timeout_s`:
-    `ray.init` retried a dead address for minutes without a word. "auto" and "local" are Ray's to resolve."""
+    `ray.init` retried a dead address for minutes without a word. "auto" and "local" are Ray's to resolve; any
+    other address without a port is refused."""
     import socket
 
     target = address.split("://", 1)[-1].rstrip("/")
-    if target in ("auto", "local") or ":" not in target:
+    if target in ("auto", "local"):
         return
+    if ":" not in target.rsplit("]", 1)[-1]:  # ray.init raised a ValueError traceback ("foo"), or retried 30 s
+        raise RayClusterError(f"Ray cluster at {address}: not host:port (e.g. ray://head:10001, or head:6379 on a "
+                              "node of the cluster)")
     host, _, port = target.rpartition(":")
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
@@ -295,6 +299,10 @@ def job_dataset(job: BatchJob, paths: Sequence[str | os.PathLike], *, actors: in
         raise ValueError("no images to run the job on")
     if actors < 1 or job.batch_size < 1:
         raise ValueError(f"actors and batch_size must be >= 1, got {actors} and {job.batch_size}")
+    if gpus_per_actor > 0 and ray.cluster_resources().get("GPU", 0) < gpus_per_actor:
+        # Ray queued the actors for a GPU no node has, and the job waited forever
+        raise RayClusterError(f"--device cuda: the Ray cluster has {ray.cluster_resources().get('GPU', 0):g} GPU(s), "
+                              f"each actor asks for {gpus_per_actor:g}: run on the CPU, or on a cluster with GPUs")
     job = _absolute_files(job)
     step = _block_rows(len(paths), job.batch_size, actors)
     given = [str(p) for p in paths]
