@@ -377,6 +377,9 @@ def test_image_lists_from_csv_and_parquet(tmp_path) -> None:
 
     pq.write_table(pa.table({"path": ["y.png", None], "n": [1, 2]}), tmp_path / "c.parquet")
     assert read_image_list(tmp_path / "c.parquet") == [str(tmp_path / "y.png")]
+    (tmp_path / "torn.parquet").write_bytes(b"garbage")  # a pyarrow traceback, exit 1, before
+    with pytest.raises(CatalogueError, match="not a readable Parquet file"):
+        read_image_list(tmp_path / "torn.parquet")
 
 
 def test_usage_errors_are_exit_2_before_any_work(tiny_bundle, tmp_path, capsys, monkeypatch) -> None:

@@ -112,7 +112,13 @@ def _parquet_column(p: Path, column: str) -> list[str]:
         import pyarrow.parquet as pq
     except ImportError as exc:
         raise ImportError(f"{p}: reading a Parquet list needs pyarrow: pip install 'skulens[ray]'") from exc
-    names = pq.read_schema(p).names
-    if column not in names:
-        raise CatalogueError(f"{p}: no {column!r} column (columns: {', '.join(names)})")
-    return [str(v) for v in pq.read_table(p, columns=[column]).column(column).to_pylist() if v is not None]
+    import pyarrow as pa
+
+    try:
+        names = pq.read_schema(p).names
+        if column not in names:
+            raise CatalogueError(f"{p}: no {column!r} column (columns: {', '.join(names)})")
+        values = pq.read_table(p, columns=[column]).column(column).to_pylist()
+    except pa.ArrowException as exc:  # a torn or foreign file: a pyarrow traceback before
+        raise CatalogueError(f"{p}: not a readable Parquet file ({str(exc)[:200]})") from None
+    return [str(v) for v in values if v is not None]
