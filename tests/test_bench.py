@@ -156,3 +156,19 @@ def test_torch_compile_runtime_matches_eager_and_pads_a_short_batch(tiny_bundle)
     assert time.perf_counter() - t < 5, "a short batch was compiled again"
     assert short.shape == (2, len(load_bundle(tiny_bundle.bundle)[1].classes))
     np.testing.assert_allclose(short, eager(x[:2]), atol=1e-5)
+
+
+def test_an_unreadable_photo_of_the_split_is_left_out_not_fatal(tiny_catalogue: Path, tmp_path: Path, caplog) -> None:
+    """`skulens bench` stopped with a nested traceback (UnidentifiedImageError in the baseline's process) at one
+    unreadable val photo; `evaluate` leaves such a photo out, and so does bench now, saying so."""
+    from skulens.deploy.bench import _readable
+
+    paths, labels = _val(tiny_catalogue)
+    bad = tmp_path / "z.jpg"
+    bad.write_bytes(b"bad")
+    with caplog.at_level("WARNING", logger="skulens.deploy.bench"):
+        kept, kept_labels = _readable([*paths, str(bad)], [*labels, "oat-milk"], 96)
+    assert (kept, kept_labels) == (paths, labels)
+    assert "1 unreadable photo(s) left out" in caplog.text and "z.jpg" in caplog.text
+    with pytest.raises(ValueError, match="none of the split's photos"):
+        _readable([str(bad)], ["oat-milk"], 96)

@@ -383,6 +383,25 @@ def _tflite_files(bundle: str, work: Path, int8: bool, calibration: Sequence[Pat
     return fp32, q
 
 
+def _readable(paths: list[str], labels: list[str], size: int) -> tuple[list[str], list[str]]:
+    """The photos every variant can decode (each measured variant reads them its own way and stopped the whole
+    benchmark at one unreadable file); the others are left out, and said so, as `evaluate` does."""
+    from ..data.decode import ImageDecodeError, decode_image
+
+    kept, bad = [], []
+    for i, path in enumerate(paths):
+        try:
+            decode_image(path, reduce_to=size)
+            kept.append(i)
+        except ImageDecodeError as exc:
+            bad.append(f"{path} ({exc.reason})")
+    if bad:
+        log.warning("bench: %d unreadable photo(s) left out, e.g. %s", len(bad), bad[0])
+    if not kept:
+        raise ValueError("bench: none of the split's photos can be read")
+    return [paths[i] for i in kept], [labels[i] for i in kept]
+
+
 def bench_bundle(bundle: str | os.PathLike, data: str | os.PathLike, *, out: str | os.PathLike,
                  split: str = "val", runtimes: Sequence[str] = DEFAULT_RUNTIMES,
                  extra: dict[str, str] | None = None,
@@ -406,7 +425,7 @@ def bench_bundle(bundle: str | os.PathLike, data: str | os.PathLike, *, out: str
     if limit:
         random.Random(0).shuffle(samples)
         samples = samples[:limit]
-    paths, labels = [str(s.path) for s in samples], [s.label for s in samples]
+    paths, labels = _readable([str(s.path) for s in samples], [s.label for s in samples], card.resize_to)
     calib = calibration_sample(data, split="train", images=calibration_images, card=card)
 
     variants: list[Variant] = []
