@@ -170,5 +170,7 @@ def test_an_unreadable_photo_of_the_split_is_left_out_not_fatal(tiny_catalogue: 
         kept, kept_labels = _readable([*paths, str(bad)], [*labels, "oat-milk"], 96)
     assert (kept, kept_labels) == (paths, labels)
     assert "1 unreadable photo(s) left out" in caplog.text and "z.jpg" in caplog.text
-    with pytest.raises(ValueError, match="none of the split's photos"):
+    from skulens.data.catalogue import CatalogueError
+
+    with pytest.raises(CatalogueError, match="none of the split's photos"):
         _readable([str(bad)], ["oat-milk"], 96)

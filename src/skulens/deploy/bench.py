@@ -386,6 +386,7 @@ def _tflite_files(bundle: str, work: Path, int8: bool, calibration: Sequence[Pat
 def _readable(paths: list[str], labels: list[str], size: int) -> tuple[list[str], list[str]]:
     """The photos every variant can decode (each measured variant reads them its own way and stopped the whole
     benchmark at one unreadable file); the others are left out, and said so, as `evaluate` does."""
+    from ..data.catalogue import CatalogueError
     from ..data.decode import ImageDecodeError, decode_image
 
     kept, bad = [], []
@@ -398,7 +399,7 @@ def _readable(paths: list[str], labels: list[str], size: int) -> tuple[list[str]
     if bad:
         log.warning("bench: %d unreadable photo(s) left out, e.g. %s", len(bad), bad[0])
     if not kept:
-        raise ValueError("bench: none of the split's photos can be read")
+        raise CatalogueError("bench: none of the split's photos can be read")
     return [paths[i] for i in kept], [labels[i] for i in kept]
 
 
