@@ -115,9 +115,10 @@ def cmd_predict(ns: argparse.Namespace) -> int:
 
             w = csv.writer(out)
             w.writerow(CSV_COLUMNS)
-        for start in range(0, len(files), CHUNK):
-            texts = ns.text[start:start + CHUNK] if ns.text is not None else None
-            preds = model.predict(files[start:start + CHUNK], top_k=ns.top_k, min_confidence=ns.min_confidence,
+        chunk = max(CHUNK, ns.batch_size)  # rows written as they come; a larger --batch-size is never cut down
+        for start in range(0, len(files), chunk):
+            texts = ns.text[start:start + chunk] if ns.text is not None else None
+            preds = model.predict(files[start:start + chunk], top_k=ns.top_k, min_confidence=ns.min_confidence,
                                   batch_size=ns.batch_size, texts=texts)
             if csv_out:
                 w.writerows(_csv_row(p) for p in preds)
