@@ -39,6 +39,35 @@ def test_norms_and_biases_are_not_decayed_and_lrs_are_kept(model: SkuModel, opti
     assert [g["initial_lr"] for g in opt.param_groups[:2]] == pytest.approx([0.0025, 0.01])
 
 
+def test_one_cycle_keeps_sgds_momentum(model: SkuModel) -> None:
+    """OneCycleLR's momentum cycle (0.95 -> 0.85 -> 0.95) overrode --momentum 0.5 at every step."""
+    for schedule in ("cosine", "onecycle"):
+        cfg = resolve_config({"optimizer": "sgd", "momentum": 0.5, "schedule": schedule, "epochs": 2})
+        opt, sched = make_optimizer(cfg, model, 10)
+        seen = []
+        for _ in range(10):
+            seen.append(opt.param_groups[0]["momentum"])
+            opt.step()
+            sched.step()
+        assert seen == [0.5] * 10, (schedule, seen)
+    opt, sched = make_optimizer(resolve_config({"schedule": "onecycle", "epochs": 2}), model, 10)
+    betas = []
+    for _ in range(10):
+        betas.append(opt.param_groups[0]["betas"][0])
+        opt.step()
+        sched.step()
+    assert min(betas) < max(betas)  # AdamW's beta1 still cycles, as the one-cycle policy has it
+
+
+def test_settings_that_cannot_work_are_refused() -> None:
+    from skulens.config import ConfigError
+
+    for bad, match in (({"optimizer": "sgd", "momentum": 1.0}, r"outside \[0, 1\)"),
+                       ({"freeze": "gradual", "gradual_head_epochs": -1}, "gradual_head_epochs: must be >= 0")):
+        with pytest.raises(ConfigError, match=match):
+            resolve_config(bad)
+
+
 def test_frozen_parameters_are_still_in_the_optimizer(model: SkuModel) -> None:
     # `gradual` unfreezes the backbone after the first epoch: its parameters must already be listed.
     stem = model.backbone.body.conv_stem.weight

@@ -261,6 +261,30 @@ def test_onecycle_schedules_of_any_length(optimizer: str, schedule: str, epochs:
         assert max(head_lrs) == pytest.approx(0.1, rel=0.05)  # the schedule reaches its peak
 
 
+def test_the_logged_lr_is_the_rate_the_epochs_last_step_ran_at(tiny_catalogue: Path, tmp_path: Path) -> None:
+    """metrics.jsonl logged the scheduler's next rate: past a one-cycle's end, 9.6e-05 for a run whose last step
+    ran at ~0 (the cosine climbs back after the cycle)."""
+    from skulens.train import engine
+
+    seen: list[float] = []
+    real = engine._train_step
+
+    def spy(run, *args, **kwargs):  # the rate each step runs at, read before the step
+        seen.append(float(run.opt.param_groups[-1]["lr"]))
+        return real(run, *args, **kwargs)
+
+    engine._train_step = spy
+    try:
+        r = train(tiny_catalogue, out=str(tmp_path / "oc"), progress=False,
+                  **{**TINY, "epochs": 2, "schedule": "onecycle", "lr": 1e-3, "freeze": "head"})
+    finally:
+        engine._train_step = real
+    lines = [json.loads(x) for x in (r.run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    per_epoch = len(seen) // 2
+    assert [x["lr"] for x in lines] == pytest.approx([seen[per_epoch - 1], seen[-1]])
+    assert lines[-1]["lr"] < 1e-6
+
+
 def test_balanced_class_weights() -> None:
     from skulens.train.engine import _class_weights
 

@@ -151,3 +151,15 @@ def test_settings_of_another_mode_are_said_to_be_unused(caplog: pytest.LogCaptur
         _warn_unused(resolve_config({"freeze": "partial", "trainable_stages": 3, "optimizer": "sgd",
                                      "momentum": 0.5}))
     assert "not used" not in caplog.text
+    # settings that make another one do nothing: a gradual run that never unfreezes, a run that is all warm-up
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        _warn_unused(resolve_config({"freeze": "gradual", "gradual_head_epochs": 5, "epochs": 2,
+                                     "warmup_epochs": 5}))
+        _warn_unused(resolve_config({"schedule": "onecycle", "epochs": 4, "warmup_epochs": 3}))
+    assert "the backbone never unfreezes" in caplog.text and "the whole run is warm-up" in caplog.text
+    assert "one-cycle warms up for at most half the run" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        _warn_unused(resolve_config({"freeze": "gradual", "gradual_head_epochs": 1, "epochs": 3}))
+    assert caplog.text == ""

@@ -71,12 +71,12 @@ class TrainConfig:
     lr: float = 1e-3  # peak learning rate of the heads
     backbone_lr_mult: float = 0.5  # backbone LR = lr * this (pretrained features move more slowly)
     weight_decay: float = 0.02
-    momentum: float = 0.9  # SGD only
+    momentum: float = 0.9  # SGD only, in [0, 1); one-cycle keeps it
     schedule: Schedule = "cosine"  # warmup + cosine, one-cycle, or constant
     warmup_epochs: float = 1.0
     freeze: Freeze = "partial"  # head = linear probe; partial = last `trainable_stages`; gradual = head first
     trainable_stages: int = 6  # partial: the last N stages train (EfficientNet: stem, 7 blocks, head = 9)
-    gradual_head_epochs: int = 1  # gradual: epochs with only the heads training
+    gradual_head_epochs: int = 1  # gradual: epochs with only the heads training (fewer than --epochs)
     dropout: float = 0.2
     label_smoothing: float = 0.1
     class_weights: ClassWeights = "none"
@@ -86,7 +86,7 @@ class TrainConfig:
     mixed_precision: Precision = "auto"  # auto: bf16 on CUDA; on CPU bf16 inference, fp32 training
     channels_last: bool = True
     ema: bool = True  # keep an exponential moving average of the weights, select it when it validates better
-    ema_decay: float = 0.998
+    ema_decay: float = 0.998  # the most the EMA's decay reaches: it warms up as 1 - (1 + step)^(-2/3) (timm), 0.95 at step 100, 0.98 at 360, so a short run averages its recent steps whatever this is
     patience: int = 5  # early stopping: epochs without val improvement
     monitor: str = "top1"  # val metric for model selection: top1, coarse_top1, macro_f1, or (with corrupt_fraction) robust_top1: the mean of top-1 on the selection photos as they are and degraded once each by the training corruptions (seeded)
     seed: int = 0
@@ -103,7 +103,7 @@ class TrainConfig:
     catalogue_images: bool = True  # add the products' catalogue photos to the training set
     coarse_fallback: float = 0.5  # predict the coarse class when fine confidence is below this
     baseline: bool = True  # also fit the linear-probe baseline (before fine-tuning) for comparison
-    max_steps: int | None = None  # stop after this many optimizer steps (smoke tests)
+    max_steps: int | None = None  # stop after this many optimizer steps (smoke tests); the schedule's warm-up and decay are fitted into them
     device: str = "auto"  # auto, cpu, cuda, cuda:1
     loggers: tuple[str, ...] = ("tensorboard",)  # tensorboard, mlflow, wandb (offline unless $WANDB_MODE)
     resume: bool = False  # continue the run in `out` from its last checkpoint
@@ -301,15 +301,16 @@ def _validate(cfg: TrainConfig) -> TrainConfig:
     if not 0 <= cfg.corrupt_fraction <= 1:
         raise ConfigError(f"corrupt_fraction: {cfg.corrupt_fraction} is outside [0, 1]")
     at_least = {"patience": (cfg.patience, 1), "max_steps": (cfg.max_steps, 1), "num_workers": (cfg.num_workers, 0),
-                "trainable_stages": (cfg.trainable_stages, 0)}
+                "trainable_stages": (cfg.trainable_stages, 0), "gradual_head_epochs": (cfg.gradual_head_epochs, 0)}
     for name, (v, low) in at_least.items():
         if v is not None and v < low:
             raise ConfigError(f"{name}: must be >= {low}, got {v}")
-    in_range = {"ema_decay": (cfg.ema_decay, 0.0, 1.0), "coarse_fallback": (cfg.coarse_fallback, 0.0, 1.0),
-                "momentum": (cfg.momentum, 0.0, 1.0)}
+    in_range = {"ema_decay": (cfg.ema_decay, 0.0, 1.0), "coarse_fallback": (cfg.coarse_fallback, 0.0, 1.0)}
     for name, (v, low, high) in in_range.items():
         if not low <= v <= high:
             raise ConfigError(f"{name}: {v} is outside [{low:g}, {high:g}]")
+    if not 0 <= cfg.momentum < 1:  # 1: a velocity that never decays
+        raise ConfigError(f"momentum: {cfg.momentum} is outside [0, 1)")
     if cfg.optimizer == "sgd" and cfg.momentum == 0:
         raise ConfigError("momentum: SGD here uses Nesterov momentum, which needs momentum > 0")
     for name in ("weight_decay", "backbone_lr_mult", "coarse_loss_weight", "attribute_loss_weight", "warmup_epochs"):

@@ -75,6 +75,16 @@ def _warn_unused(cfg: Any) -> None:
         if getattr(cfg, name) != getattr(default, name) and not cfg.teacher and not cfg.unlabeled:
             logging.getLogger("skulens").warning("%s %g is not used: it weighs a teacher's soft targets "
                                                  "(--teacher BUNDLE, or self-training's)", name, getattr(cfg, name))
+    warn = logging.getLogger("skulens").warning
+    if cfg.freeze == "gradual" and cfg.gradual_head_epochs >= cfg.epochs:
+        warn("gradual_head_epochs %d >= epochs %d: the backbone never unfreezes, so this run is a linear probe "
+            "(--freeze head says so)", cfg.gradual_head_epochs, cfg.epochs)
+    if cfg.warmup_epochs > cfg.epochs and cfg.schedule != "onecycle":
+        warn("warmup_epochs %g > epochs %d: the whole run is warm-up, the learning rate never reaches --lr %g",
+            cfg.warmup_epochs, cfg.epochs, cfg.lr)
+    if cfg.schedule == "onecycle" and cfg.warmup_epochs > cfg.epochs / 2:
+        warn("warmup_epochs %g: one-cycle warms up for at most half the run (%g epochs)", cfg.warmup_epochs,
+            cfg.epochs / 2)
     # a setting of one mode, given while another runs
     needs = {"trainable_stages": (cfg.freeze == "partial", "--freeze partial"),
              "gradual_head_epochs": (cfg.freeze == "gradual", "--freeze gradual"),

@@ -123,6 +123,9 @@ class _Run:
     logger: RunLogger | _QuietLogger = field(init=False)
     # The loop state, checkpointed each epoch: epoch, step, best, best_epoch, bad_epochs, history.
     state: dict[str, Any] = field(init=False)
+    # The learning rate (the heads' group) of the last step taken: what the epoch's record logs. The scheduler's
+    # own last LR is the next step's, and past a one-cycle's end a rate that never ran.
+    lr_used: float = field(default=math.nan, init=False)
 
     def out_of_steps(self) -> bool:
         return bool(self.cfg.max_steps) and self.state["step"] >= self.cfg.max_steps
@@ -517,7 +520,7 @@ def _train_epoch(run: _Run, ds: TensorImageDataset, frozen: list[torch.nn.Module
             bad = run.dist.mean(float(bad)) > 0
         if bad:
             _diverged(run, epoch, f"the training loss became {losses[-1]}")
-        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", lr=f"{run.sched.get_last_lr()[-1]:.2e}")
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", lr=f"{run.lr_used:.2e}")
         if run.out_of_steps():
             break
     return losses
@@ -550,6 +553,7 @@ def _train_step(run: _Run, batch: list[torch.Tensor]) -> float:
     run.scaler.scale(loss).backward()  # a no-op scaling unless training runs under fp16 autocast
     run.scaler.step(run.opt)  # (no gradient clipping here: clipping would need scaler.unscale_ first)
     run.scaler.update()
+    run.lr_used = float(run.opt.param_groups[-1]["lr"])
     run.sched.step()
     run.state["step"] += 1
     if run.ema is not None:
@@ -599,7 +603,8 @@ def _end_of_epoch(run: _Run, eval_tf: Any, epoch: int, train_loss: float, epoch_
     score = _selection_key(best_now, cfg.monitor)
     split = cfg.select_on  # "val" or "holdout"
     record = {"step": state["step"], "epoch": epoch + 1, "train_loss": train_loss,
-              "epoch_time_s": round(epoch_time, 1), "lr": run.sched.get_last_lr()[-1],
+              "epoch_time_s": round(epoch_time, 1),
+              "lr": run.lr_used if math.isfinite(run.lr_used) else run.sched.get_last_lr()[-1],
               # named after the split they were measured on: a --select-on holdout run's history showed its
               # hold-out's numbers as val_*, in its untouched val report too
               **{f"{split}_{k}": v for k, v in results["model"].items()},

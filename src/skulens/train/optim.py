@@ -65,8 +65,10 @@ def make_optimizer(cfg: TrainConfig, model: Any, total_steps: int
         # OneCycleLR needs at least 2 warmup and 2 decay steps (it divides by each phase's length - 1).
         steps = max(4, total_steps)
         pct = min(0.5, max(2.5 / steps, cfg.warmup_epochs / max(1, cfg.epochs)))
+        # SGD keeps its --momentum (one-cycle's momentum cycle, 0.95 -> 0.85 -> 0.95, overrode the flag); AdamW's
+        # beta1 cycles, as the one-cycle policy has it (no flag sets it)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in groups], total_steps=steps,
-                                                    pct_start=pct)
+                                                    pct_start=pct, cycle_momentum=cfg.optimizer != "sgd")
     else:
         warmup = int(cfg.warmup_epochs / max(1, cfg.epochs) * total_steps)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, total_steps, warmup))
