@@ -297,7 +297,8 @@ async def photo(state: State, _: WriteKey, item: ItemId) -> Response:
 
     data = await anyio.to_thread.run_sync(read)
     if data is None:
-        raise HTTPException(404, "no stored photo with that hash (counted photos are not kept unless configured)")
+        raise HTTPException(404, "no stored photo with that hash: counted photos are kept only with --keep-uploads, "
+                                 "and kept ones go at their retention period or their user's erasure")
     return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, no-store"})
 
 
