@@ -542,5 +542,8 @@ def test_an_unreadable_events_log_stops_an_erasure_before_anything_is_erased(inv
     with inventory_db.store() as store:
         assert [e.user_id for e in store.events()] == [p("alice")]
         log.unlink()  # a log gone since the service started holds nothing of anyone: the rest is erased
-        done = People(store=store, pseudonym=p, events_csv=str(log), fit=None).erase("alice", actor="t")
+        served = People(store=store, pseudonym=p, events_csv=str(log), fit=lambda events: list(events))
+        served.recommender = ["alice's history"]  # what a service fitted at its start
+        done = served.erase("alice", actor="t")  # its refit cannot read the log: no 500 after the erasure
         assert (done.events, done.log_events) == (1, 0) and store.events() == []
+        assert served.recommender is None  # dropped, not left answering from the erased history

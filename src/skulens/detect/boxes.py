@@ -53,9 +53,9 @@ class AnnotatedImage:
 class Detections:
     """What the detector found in one photo: boxes (N, 4) in photo pixels and their scores, best first.
 
-    capped: the detector hit its box cap (`max_detections`) on this photo, so there may be more products
-    than boxes; raise the cap rather than trust the count. cap_score: the highest score a box the cap dropped
-    can have had (the weakest box kept by a pass that hit the cap), when known.
+    capped: the cap (`max_detections`) left boxes out on this photo, so there may be more products than
+    boxes; raise the cap rather than trust the count. cap_score: the best score of a box the cap left out (over
+    the passes of a tiled photo), when known.
     """
 
     boxes: np.ndarray

@@ -173,7 +173,7 @@ class People:
                 with self._log_lock:  # the log holds raw ids (an old log) or pseudonyms (one pseudonymised)
                     log_events = remove_users(self.events_csv, lambda u: u == ref or self.pseudonym(u) == ref)
             except ShoppingLogError as exc:  # the log went bad since it was checked, above
-                self.refit()
+                self._refit_after_erasure()
                 raise ErasureRefused(f"{exc}; the user's {done.events} events and {done.files} files were erased "
                                      "from the inventory, but not their events in the log: mend the log, then erase "
                                      "the user again") from None
@@ -183,7 +183,7 @@ class People:
                     "their events in the log: erase the user again"))
                 if error is None:
                     raise
-                self.refit()
+                self._refit_after_erasure()
                 raise error from exc
             try:  # the erase_user line was written in the database's transaction, before the log was rewritten
                 if self.store is not None:
@@ -194,12 +194,24 @@ class People:
                     f"the user is erased (inventory and log: {log_events} events), without that line"))
                 if error is None:
                     raise
-                self.refit()
+                self._refit_after_erasure()
                 raise error from exc
-        self.refit()
+        self._refit_after_erasure()
         logger.info("erased user %s for %s: %d events, %d log events, %d photos, %d files", ref, actor, done.events,
                     log_events, done.photos, done.files)
         return UserErasure(ref, done.events, log_events, done.photos, done.files, done.missing)
+
+    def _refit_after_erasure(self) -> None:
+        """Refit so the erased user's history leaves the recommender; a refit that fails (the events log gone
+        or broken since the start) drops the recommender instead: the erasure stands, and no answer is made
+        from the history it erased. The next change of the events refits it."""
+        try:
+            self.refit()
+        except Exception as exc:  # noqa: BLE001 - the erasure is done; what it answers must not be undone here
+            with self._lock:
+                self.recommender = None
+            logger.warning("recommender dropped after an erasure: the refit failed (%s); it is fitted again at the "
+                           "next change of the events", exc)
 
     def purge_if_due(self) -> int:
         """Delete kept uploads past the retention period (at most every hour); files deleted."""

@@ -130,7 +130,9 @@ async def record_events(state: State, _: WriteKey, body: EventsIn) -> EventsOut:
 async def erase_user(state: State, actor: WriteKey, user_id: UserId) -> ErasureOut:
     """507 when the disk is full, 503 (with Retry-After) when it or the database cannot be written (`storage_refused`):
     the detail says what was not done (in the database nothing, or, when only the events log could not be
-    rewritten, everything but the log), and the same request again finishes the erasure."""
+    rewritten, everything but the log), and the same request again finishes the erasure. 409 when the events log
+    has a bad row: the detail says what was erased (nothing, unless the log broke during the erasure); the same
+    request finishes it once the log is mended."""
     _recording(state)
     try:
         done = await anyio.to_thread.run_sync(lambda: state.people.erase(user_id, actor=actor))
