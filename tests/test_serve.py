@@ -452,6 +452,41 @@ def test_a_request_cut_off_by_the_shutdown_is_a_503_in_a_line(method: str, path:
     assert says in json.loads(body["body"])["detail"]
 
 
+def test_a_streaming_answer_cut_off_by_the_shutdown_stops_with_it() -> None:
+    """An answer already streaming past the request timeout, then cancelled by the shutdown: its work went on
+    sending after the request had ended (the diff review's find)."""
+    import asyncio
+
+    from skulens.serve.security import TimeoutMiddleware
+
+    sent: list[dict] = []
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for _ in range(20):
+            await asyncio.sleep(0.05)
+            await send({"type": "http.response.body", "body": b"x", "more_body": True})
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    async def main() -> int:
+        scope = {"type": "http", "method": "GET", "path": "/v1/stream", "headers": []}
+        request = asyncio.ensure_future(TimeoutMiddleware(app, seconds=0.1)(scope, receive, send))
+        await asyncio.sleep(0.3)
+        request.cancel()
+        with pytest.raises(asyncio.CancelledError):  # begun: the server ends the connection
+            await request
+        at_cancel = len(sent)
+        await asyncio.sleep(0.4)
+        return len(sent) - at_cancel
+
+    assert asyncio.run(main()) == 0  # nothing more sent once the request's task was cancelled
+
+
 def test_health_metrics_docs_and_info(client, val_photo) -> None:
     client.post("/v1/predict", files=_upload(val_photo[0]))
     assert client.get("/healthz").json() == {"status": "ok"}

@@ -124,24 +124,24 @@ class TimeoutMiddleware:
 
         task = asyncio.ensure_future(self.app(scope, tracking_receive if writes else receive, tracking_send))
         try:
-            done, _ = await asyncio.wait({task}, timeout=self.seconds)
-            if task in done:
-                task.result()
-                return
-            if started.is_set() or (writes and received.is_set()):  # streaming already, or a change under way
-                await asyncio.shield(task)
-                return
+            await asyncio.wait({task}, timeout=self.seconds)
+            if not task.done() and (started.is_set() or (writes and received.is_set())):
+                await asyncio.wait({task})  # streaming already, or a change under way: to its end
         except asyncio.CancelledError:
-            # The server's shutdown ran out of time (`shutdown_timeout_s`) and cancels what still runs: answered
-            # in a line (the server's own answer was a bare 500), saying what may have happened.
-            if started.is_set():
-                raise
+            # This request's own task is cancelled: the server's shutdown ran out of time (`shutdown_timeout_s`).
+            # The work goes too, and a request whose answer has not begun is answered in a line (the server's
+            # own answer was a bare 500), saying what may have happened.
             task.cancel()
             with contextlib.suppress(BaseException):
                 await task
+            if started.is_set():
+                raise
             await _send_json(send, 503, "the service is shutting down" + (
                 ": this change may or may not have been made; check before sending it again" if writes else
                 ": send the request again"), headers=[(b"retry-after", b"5"), (b"connection", b"close")])
+            return
+        if task.done():
+            task.result()  # the app's own outcome, its exceptions as they are
             return
         task.cancel()
         try:
