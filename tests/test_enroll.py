@@ -469,6 +469,14 @@ def test_an_extra_folder_whose_photos_were_all_erased_adds_nothing_and_stops_not
     assert "holds no photo now" in caplog.text
     (labelled / "notes.txt").write_text("x")  # still no photo: still nothing added
     assert len(retrain_catalogue(bundle_copy, tiny_catalogue, [labelled]).split("train")) == len(before.split("train"))
+    linked = tmp_path / "linked"  # photos reached through a linked class folder are photos (rglob missed them)
+    linked.mkdir()
+    known = next(tiny_catalogue.parent.rglob("*.jpg"))  # a photo of a class the bundle knows
+    (tmp_path / "real").mkdir()
+    shutil.copy(known, tmp_path / "real" / "a.jpg")
+    (linked / known.parent.name).symlink_to(tmp_path / "real", target_is_directory=True)
+    with_link = retrain_catalogue(bundle_copy, tiny_catalogue, [linked])
+    assert len(with_link.split("train")) == len(before.split("train")) + 1
     other = tmp_path / "other"  # a folder with a photo but an empty class beside it is still refused
     (other / "Ginger").mkdir(parents=True)
     (other / "Lemon").mkdir()

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from ..config import REMOVED_KEYS, ConfigError, resolve_config
-from ..data.catalogue import IMAGE_SUFFIXES, Catalogue, Product, Sample, load_catalogue, merge_samples
+from ..data.catalogue import Catalogue, Product, Sample, load_catalogue, merge_samples
+from ..data.image_list import walk_images
 from ..evaluate.heldout import card_catalogue, split_settings
 from ..models.bundle import atomic_write_text, bundle_folder, read_card
 from ..models.card import ModelCard
@@ -87,8 +88,7 @@ def _holds_no_photo(path: Path) -> bool:
     """A folder with no manifest and no image file at any depth (empty class folders left by erasures)."""
     if not path.is_dir() or any(path.glob("manifest.*")):
         return False
-    return not any(f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".")
-                   for f in path.rglob("*") if f.is_file())
+    return next(walk_images(path), None) is None  # the catalogue's own walk: linked class folders count
 
 
 def _new_photos(cat: Catalogue, extra: list[Sample]) -> list[Sample]:
