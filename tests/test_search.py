@@ -466,6 +466,15 @@ def test_an_index_embedded_in_other_numerics_is_the_same_model(tiny_bundle, cata
             assert check_index_model(model, index) > 0.999
     assert "close to this one" not in caplog.text
     assert plain < 0.999  # the two numerics do differ for this model: the test sees the case it is about
+    # an index holding entries of both numerics (built in bf16, added to in fp32): each entry is scored by the
+    # numerics closer to it, not the lowest of one numerics' scores against the lowest of the other's
+    from skulens.search.index import create_index
+
+    mixed = create_index("faiss", tmp_path / "mixed", index.dim)
+    a, b = bf16.embed(photos), off.embed(photos)
+    mixed.add(records[:len(photos)], np.stack([a[i] if i % 2 else b[i] for i in range(len(photos))]))
+    mixed.save()
+    assert check_index_model(bf16, open_index(tmp_path / "mixed")) > 0.999
 
 
 def test_an_index_whose_photos_are_gone_says_it_cannot_check_the_model(tiny_bundle, catalogue: Path,

@@ -146,17 +146,19 @@ def check_index_model(model: Model, index: VectorIndex) -> float | None:
         return None
     stored = np.stack([np.asarray(v, np.float32) for _, v in picked])
     stored /= np.maximum(np.linalg.norm(stored, axis=1, keepdims=True), 1e-12)
-    cosine = float((fresh * stored).sum(1).min())
-    if cosine < 0.999 and model.net is not None:
+    each = (fresh * stored).sum(1)
+    if each.min() < 0.999 and model.net is not None:
         # Numerics, not the model: an index embedded in bf16 (`auto` on a CPU with AVX512-BF16) and checked in fp32
-        # (enrolment), or the other way round, agree to 0.96 for a small model. The other numerics decide too.
+        # (enrolment), or the other way round, agree to 0.96 for a small model. Each entry is scored by the
+        # numerics closer to it (an index may hold entries of both: built in bf16, added to in fp32).
         from ..models.predictor import Model
 
         other = Model(model.net, model.card, model.device, "off" if model.precision != "off" else "auto")
         try:
-            cosine = max(cosine, float((other.embed([p for p, _ in picked]) * stored).sum(1).min()))
+            each = np.maximum(each, (other.embed([p for p, _ in picked]) * stored).sum(1))
         except ImageDecodeError:
             pass
+    cosine = float(each.min())
     if cosine < SAME_MODEL_COSINE:
         raise ValueError(f"the index was built with another model: this model embeds its photos elsewhere (cosine "
                          f"{cosine:.2f} to the stored vectors of the same photos): build the index with this model")
