@@ -278,6 +278,9 @@ def test_recommend_never_recommends_a_log_product_that_no_catalogue_has(tmp_path
         recs = [r["product_id"] for r in json.loads(captured.out)["recommendations"]]
         assert recs and "durian" not in recs, kind
         assert "left out 12 event(s) of 1 product(s)" in captured.err and "'durian'" in captured.err
+    assert main(["recommend", "for", "--events", str(log), "--data", str(root), "--kind", "popularity",
+                 "--similar", "durian"]) == 2  # in the log, left out: said so, not "no such product in the log"
+    assert "in the behaviour log, but neither the catalogue nor the model has it" in capsys.readouterr().err
     only = _log(tmp_path / "only.csv", ["durian", "mango"])
     assert main(["recommend", "for", "--events", str(only), "--data", str(root), "--kind", "content",
                  "--user", "u0"]) == 2

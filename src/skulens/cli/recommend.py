@@ -59,29 +59,36 @@ def _recommender(ns: argparse.Namespace) -> Any:
     # Every class is a product (the service's products_from_catalogue): a folder or manifest catalogue without
     # products.csv still has content for `--kind content` and the hybrid.
     products = class_products(load_catalogue(data)) if data else None
-    model = _load(bundle) if content else None
-    if model is not None:  # as the service: the model's classes and enrolled products are products too
+    if bundle and not bundle.startswith("pretrained:"):
+        # as the service: the model's classes and enrolled products are products too (read from the card: the
+        # checks below come before torch loads)
+        from ..models.bundle import read_card
         from ..models.card import model_products
 
-        products = model_products(model.card, products)
+        products = model_products(read_card(bundle), products)
+    left_out: set[str] = set()
     if products is not None:  # as the service: a log's product that neither knows is never recommended
         kept = [e for e in events if e.product_id in products]
         if len(kept) < len(events):
-            gone = sorted({e.product_id for e in events} - set(products))
-            say(f"skulens recommend: left out {len(events) - len(kept)} event(s) of {len(gone)} product(s) that "
-                f"neither the catalogue nor the model has, e.g. {gone[0]!r}")
+            left_out = {e.product_id for e in events} - set(products)
+            say(f"skulens recommend: left out {len(events) - len(kept)} event(s) of {len(left_out)} product(s) that "
+                f"neither the catalogue nor the model has, e.g. {min(left_out)!r}")
             if not kept:
                 raise UsageError(f"{ns.events}: none of its products is in the catalogue or the model")
             events = kept
     known = {e.product_id for e in events} | set(products or ())
     for flag, asked in (("--seed-product", getattr(ns, "seed_product", None)), ("--similar", getattr(ns, "similar", None))):
         unknown = [p for p in dict.fromkeys(asked or ()) if p not in known]
+        if unknown and unknown[0] in left_out:
+            raise UsageError(f"{flag} {unknown[0]!r}: in the behaviour log, but neither the catalogue nor the model "
+                             "has it, so it is left out (as the service leaves it out)")
         if unknown:  # a typo changed nothing (the plain popular list came back); said before any model loads or
             import difflib  # any answer is printed (--similar failed after the users' lines)
 
             close = difflib.get_close_matches(unknown[0], sorted(known), n=3)
             raise UsageError(f"{flag} {unknown[0]!r}: no such product in the behaviour log or the catalogue"
                              + (f"; did you mean {', '.join(close)}?" if close else ""))
+    model = _load(bundle) if content else None
     return fit_recommender(events, products, kind=ns.kind, model=model)
 
 
