@@ -281,6 +281,24 @@ def test_recommend_never_recommends_a_log_product_that_no_catalogue_has(tmp_path
     assert main(["recommend", "for", "--events", str(log), "--data", str(root), "--kind", "popularity",
                  "--similar", "durian"]) == 2  # in the log, left out: said so, not "no such product in the log"
     assert "in the behaviour log, but neither the catalogue nor the model has it" in capsys.readouterr().err
+    # the model's classes are products too, read from its card (a folder, its card.json, an .onnx beside it)
+    # before any check, and without torch: `--kind popularity` never loads it
+    from conftest import modules_loaded_by
+
+    bundle = tmp_path / "b"
+    bundle.mkdir()
+    (bundle / "card.json").write_text(json.dumps({"backbone": "efficientnet_lite0", "classes": ["durian", "kiwi"],
+                                                  "input_size": 64, "mean": [0.5] * 3, "std": [0.5] * 3,
+                                                  "crop_pct": 1.0, "embedding_dim": 1280}))
+    (bundle / "model.onnx").write_bytes(b"")
+    for model in (bundle, bundle / "card.json", bundle / "model.onnx"):
+        assert main(["recommend", "for", "--events", str(log), "--data", str(root), "--kind", "popularity",
+                     "--model", str(model), "--user", "newcomer", "-k", "9"]) == 0, model
+        captured = capsys.readouterr()
+        assert "durian" in {r["product_id"] for r in json.loads(captured.out)["recommendations"]}
+        assert "left out" not in captured.err
+    assert modules_loaded_by([["recommend", "for", "--events", str(log), "--data", str(root), "--kind", "popularity",
+                               "--model", str(bundle), "--similar", "mangoo"]], ["torch"]) == []
     only = _log(tmp_path / "only.csv", ["durian", "mango"])
     assert main(["recommend", "for", "--events", str(only), "--data", str(root), "--kind", "content",
                  "--user", "u0"]) == 2

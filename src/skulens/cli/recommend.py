@@ -41,6 +41,7 @@ def _recommender(ns: argparse.Namespace) -> Any:
     content = ns.kind != "popularity"  # popularity reads neither product texts nor photos
     data = data_path(ns, model=bundle) if ns.data or content else None  # checked before torch loads
     from ..data.catalogue import class_products, load_catalogue
+    from ..data.locate import card_json
     from ..recommend.recommenders import fit_recommender
     from ..recommend.shopping_log import read_events
 
@@ -59,13 +60,16 @@ def _recommender(ns: argparse.Namespace) -> Any:
     # Every class is a product (the service's products_from_catalogue): a folder or manifest catalogue without
     # products.csv still has content for `--kind content` and the hybrid.
     products = class_products(load_catalogue(data)) if data else None
-    if bundle and not bundle.startswith("pretrained:"):
-        # as the service: the model's classes and enrolled products are products too (read from the card: the
-        # checks below come before torch loads)
-        from ..models.bundle import read_card
-        from ..models.card import model_products
+    card = card_json(bundle) if bundle and not bundle.startswith("pretrained:") else None
+    if card is not None:
+        # as the service: the model's classes and enrolled products are products too (the card read without
+        # torch, which the checks below come before; a bare .onnx without its card.json adds none)
+        from ..models.card import ModelCard, model_products
 
-        products = model_products(read_card(bundle), products)
+        try:
+            products = model_products(ModelCard.from_dict(card), products)
+        except (TypeError, ValueError):  # not a card: loading the model (content kinds) says what is wrong
+            pass
     left_out: set[str] = set()
     if products is not None:  # as the service: a log's product that neither knows is never recommended
         kept = [e for e in events if e.product_id in products]
