@@ -547,3 +547,17 @@ def test_an_unreadable_events_log_stops_an_erasure_before_anything_is_erased(inv
         done = served.erase("alice", actor="t")  # its refit cannot read the log: no 500 after the erasure
         assert (done.events, done.log_events) == (1, 0) and store.events() == []
         assert served.recommender is None  # dropped, not left answering from the erased history
+        calls: list[int] = []
+
+        def flaky(events):  # fits, then fails once (the erasure's refit), then fits again
+            calls.append(1)
+            if len(calls) == 2:
+                raise RuntimeError("a refit that fails once")
+            return list(events)
+
+        write_events(log, [Event(p("bob"), "oat-milk", "view", 5.0)])
+        again = People(store=store, pseudonym=p, events_csv=str(log), fit=flaky, refit_s=0)
+        assert again.refit() == [Event(p("bob"), "oat-milk", "view", 5.0)]
+        again.erase("nobody", actor="t")  # nothing of theirs: the events' version does not change
+        assert again.recommender is None
+        assert again.refit_if_changed() is True and again.recommender is not None  # not off until a restart

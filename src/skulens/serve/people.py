@@ -34,6 +34,7 @@ __all__ = ["ErasureRefused", "People", "UserErasure"]
 logger = logging.getLogger(__name__)
 
 RETENTION_EVERY_S = 3600.0  # how often kept uploads are checked against the retention period
+_NEVER_FITTED = ("never fitted",)  # a fitted version no events' version equals: the next check refits
 
 
 class ErasureRefused(ValueError):
@@ -204,14 +205,15 @@ class People:
     def _refit_after_erasure(self) -> None:
         """Refit so the erased user's history leaves the recommender; a refit that fails (the events log gone
         or broken since the start) drops the recommender instead: the erasure stands, and no answer is made
-        from the history it erased. The next change of the events refits it."""
+        from the history it erased; the background refit (`refit_if_changed`) tries again at its next tick."""
         try:
             self.refit()
-        except Exception as exc:  # noqa: BLE001 - the erasure is done; what it answers must not be undone here
+        except Exception as exc:  # the erasure is done: what it answers is not undone here
             with self._lock:
                 self.recommender = None
-            logger.warning("recommender dropped after an erasure: the refit failed (%s); it is fitted again at the "
-                           "next change of the events", exc)
+                self._fitted_version = _NEVER_FITTED  # the background refit tries again at its next tick
+            logger.warning("recommender dropped after an erasure: the refit failed (%s); the background refit "
+                           "tries again", exc, exc_info=True)
 
     def purge_if_due(self) -> int:
         """Delete kept uploads past the retention period (at most every hour); files deleted."""

@@ -85,7 +85,8 @@ def retrain_catalogue(bundle: str | os.PathLike, data: str | os.PathLike | None 
 
 
 def _holds_no_photo(path: Path) -> bool:
-    """A folder with no manifest and no image file at any depth (empty class folders left by erasures)."""
+    """A folder with no manifest and no image name at any depth (empty class folders left by erasures; a broken
+    link to a photo is a photo gone, which loading the catalogue names)."""
     if not path.is_dir() or any(path.glob("manifest.*")):
         return False
     return next(walk_images(path), None) is None  # the catalogue's own walk: linked class folders count
