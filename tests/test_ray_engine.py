@@ -437,7 +437,7 @@ def test_ray_settings_and_outputs_refused_before_any_work(tiny_bundle, photos, t
     for args in (["predict", *m, str(listed), "-o", str(listed)],
                  ["predict", *m, str(table), "--engine", "ray", "-o", str(table)]):
         r = run(*args)
-        assert r.returncode == 2 and "one of the inputs" in r.stderr, r.stderr[-2000:]
+        assert r.returncode == 2 and "one of the input files" in r.stderr, r.stderr[-2000:]
     assert (listed.read_bytes(), table.read_bytes()) == before
     for args in (["predict", *m, "-"], ["predict", *m]):
         r = run(*args)

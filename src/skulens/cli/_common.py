@@ -349,7 +349,7 @@ def refuse_out_among_inputs(out: str | os.PathLike[str] | None, inputs: Sequence
         return
     target = Path(out).resolve()
     if any(i != "-" and Path(i).is_file() and Path(i).resolve() == target for i in [*inputs, *files]):
-        raise UsageError(f"--out {out}: one of the inputs; name another file")
+        raise UsageError(f"--out {out}: one of the input files; name another file")
 
 
 def engine_out(ns: argparse.Namespace) -> Path:

@@ -84,6 +84,8 @@ def cmd_predict(ns: argparse.Namespace) -> int:
     files = expand_inputs(inputs)
     if not files:
         raise UsageError("no input images")
+    if parquet is None:
+        _check_out(ns.out, files)
     refuse_out_among_inputs(ns.out, inputs, files)  # a photo list (CSV, Parquet) replaced by the predictions
     if parquet is not None:
         return _predict_on_ray(ns, bundle, files, parquet)
@@ -98,7 +100,6 @@ def cmd_predict(ns: argparse.Namespace) -> int:
         if not (folder / FUSION_FILE).is_file():
             raise UsageError("--text needs a bundle with a fusion head: train one with `skulens fuse --model BUNDLE "
                              "--data ...`")
-    _check_out(ns.out, files)
     model = load_model(bundle, device=ns.device, backend=ns.backend, precision=ns.precision)
     if ns.out:
         Path(ns.out).parent.mkdir(parents=True, exist_ok=True)
