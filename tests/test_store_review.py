@@ -745,14 +745,14 @@ def test_an_erasure_whose_events_log_cannot_be_rewritten_answers_507_and_says_wh
     write_events(log, [Event("alice", "oat-milk", "view", 1.0), Event("bob", "oat-milk", "view", 2.0)])
     logged = log.read_bytes()
     state = _erasable(inventory_db, monkeypatch, log)
-    real = shopping_log.write_events
+    real = shopping_log.write_rows
 
-    def full(path: Path, events: Any) -> Path:  # half the log written, then the disk is full
-        real(path, list(events)[:1])
+    def full(path: Path, rows: Any, **kwargs: Any) -> None:  # half the log written, then the disk is full
+        real(path, list(rows)[:1], **kwargs)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
     with monkeypatch.context() as m:
-        m.setattr(shopping_log, "write_events", full)
+        m.setattr(shopping_log, "write_rows", full)
         with _client(state) as client:
             r = client.delete("/v1/users/alice")
     assert r.status_code == 507, r.text

@@ -62,6 +62,7 @@ __all__ = [
     "read_events",
     "remove_users",
     "write_events",
+    "write_rows",
 ]
 
 COLUMNS = ("user_id", "product_id", "event", "timestamp")
@@ -151,14 +152,18 @@ def remove_users(path: str | os.PathLike[str], drop: Callable[[str], bool]) -> i
         gone = sum(1 for r in rows[1:] if any(c.strip() for c in r)) - (len(keep) - 1)
         if gone:
             tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-            first = text.split("\n", 1)[0]
             try:
-                with tmp.open("w", newline="", encoding="utf-8-sig" if bom else "utf-8") as handle:
-                    csv.writer(handle, lineterminator="\r\n" if first.endswith("\r") else "\n").writerows(keep)
+                write_rows(tmp, keep, bom=bom, crlf=text.split("\n", 1)[0].endswith("\r"))
                 os.replace(tmp, target)
             finally:
                 tmp.unlink(missing_ok=True)
     return gone
+
+
+def write_rows(path: Path, rows: Sequence[Sequence[str]], *, bom: bool = False, crlf: bool = False) -> None:
+    """CSV rows as they are (a log's own header and cells), UTF-8 with a BOM and CRLF line ends when asked."""
+    with path.open("w", newline="", encoding="utf-8-sig" if bom else "utf-8") as handle:
+        csv.writer(handle, lineterminator="\r\n" if crlf else "\n").writerows(rows)
 
 
 def _parse_row(cells: list[str], where: list[int], known: tuple[str, ...], place: str) -> Event:
