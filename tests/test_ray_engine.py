@@ -66,7 +66,7 @@ def test_predict_on_ray_equals_local(ray_cluster, tiny_bundle, photos, tmp_path)
 
     job = PredictJob(str(tiny_bundle.bundle), top_k=3, batch_size=4, device="cpu")
     res = run_job(job, photos, tmp_path / "preds.parquet", actors=2)
-    assert (res.rows, res.errors) == (11, 2) and res.images_per_s > 0
+    assert (res.rows, res.errors, res.actors) == (11, 2, 2) and res.images_per_s > 0
     rows = _rows(tmp_path / "preds.parquet")
     local = skulens.load(tiny_bundle.bundle, device="cpu").predict(photos, top_k=3, batch_size=4)
     assert [r["source"] for r in rows] == photos  # input order
@@ -362,6 +362,14 @@ def test_cli_count_on_ray_through_ray_address(ray_cluster, detector, photos, tmp
 
 
 # --------------------------------------------------------------------------- inputs and usage errors (no Ray needed)
+
+def test_the_pool_runs_no_more_actors_than_blocks() -> None:
+    """15 photos with --actors 2 filled one block: one actor ran, and the summary said 2."""
+    from skulens.deploy.ray_jobs import pool_size
+
+    assert pool_size(15, 32, 2) == 1 and pool_size(11, 4, 2) == 2 and pool_size(1000, 32, 4) == 4
+    assert pool_size(3, 4, 8) == 1
+
 
 def test_image_lists_from_csv_and_parquet(tmp_path) -> None:
     (tmp_path / "a.csv").write_text("\ufeffPath,label\nx/1.jpg,a\n,b\n/abs/2.jpg,c\n", encoding="utf-8")

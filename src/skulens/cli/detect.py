@@ -266,7 +266,7 @@ def _count_on_ray(ns: argparse.Namespace, job: Any, files: list[str], out: Path)
     from ..deploy.ray_jobs import run_job
 
     res = run_job(job, files, out, **engine_options(ns))
-    say(f"skulens count: {res.rows - res.errors} photo(s) on Ray, {ns.actors} actor(s), in {res.seconds:.1f} s "
+    say(f"skulens count: {res.rows - res.errors} photo(s) on Ray, {res.actors} actor(s), in {res.seconds:.1f} s "
         f"({res.images_per_s:.2f} photos/s) -> {res.out}" + (f", {res.errors} unreadable" if res.errors else ""))
     if res.errors:  # named, as the local engine names them
         say(f"skulens count: unreadable: {res.errors_line()}")

@@ -141,7 +141,7 @@ def _predict_on_ray(ns: argparse.Namespace, bundle: str | None, files: list[str]
     job = PredictJob(bundle, top_k=ns.top_k, min_confidence=ns.min_confidence, batch_size=ns.batch_size,
                      device=ns.device, precision=ns.precision, backend=ns.backend)
     res = run_job(job, files, out, **engine_options(ns))
-    say(f"skulens predict: {res.rows} image(s) on Ray, {ns.actors} actor(s), in {res.seconds:.1f} s "
+    say(f"skulens predict: {res.rows} image(s) on Ray, {res.actors} actor(s), in {res.seconds:.1f} s "
         f"({res.images_per_s:.1f} images/s) -> {res.out}")
     if res.errors:
         say(f"skulens predict: {res.errors} of {res.rows} image(s) could not be read: {res.errors_line()}")

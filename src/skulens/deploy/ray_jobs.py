@@ -63,6 +63,7 @@ class JobSummary:
     seconds: float  # the job, from the dataset to the last row written (not the cluster's start)
     out: Path
     first_errors: tuple[tuple[str, str], ...] = ()  # (source, error) of the first few unreadable rows
+    actors: int = 1  # actors the pool ran: --actors, or fewer when there were fewer blocks of photos
 
     def errors_line(self) -> str:
         """The first unreadable photos and why, as the local engine names them ('' when none)."""
@@ -274,6 +275,11 @@ def _block_rows(n: int, batch_size: int, actors: int) -> int:
     return batch_size * max(1, -(-batches // (actors * BLOCKS_PER_ACTOR)))
 
 
+def pool_size(n: int, batch_size: int, actors: int) -> int:
+    """The actors a job's pool runs: `actors`, or one per block when the photos fill fewer blocks."""
+    return min(actors, -(-n // _block_rows(n, batch_size, actors))) if n else actors
+
+
 def _absolute_files(job: BatchJob) -> BatchJob:
     """The job with its model, detector and index as absolute paths: an actor's current folder is not this
     process's (a relative -m failed on a cluster as "not a skulens bundle")."""
@@ -312,7 +318,7 @@ def job_dataset(job: BatchJob, paths: Sequence[str | os.PathLike], *, actors: in
     return ray.data.from_arrow(blocks).map_batches(
         JobActor, fn_constructor_kwargs={"job": job, "threads": actor_threads(cpus_per_actor)},
         batch_size=job.batch_size, batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=min(actors, len(blocks))), num_cpus=cpus_per_actor,
+        compute=ray.data.ActorPoolStrategy(size=pool_size(len(paths), job.batch_size, actors)), num_cpus=cpus_per_actor,
         num_gpus=gpus_per_actor)
 
 
@@ -354,7 +360,7 @@ def run_job(job: BatchJob, paths: Sequence[str | os.PathLike], out: str | os.Pat
             shutil.rmtree(partial, ignore_errors=True)
         raise
     _move_into_place(partial, out)
-    return JobSummary(rows, errors, seconds, out, first)
+    return JobSummary(rows, errors, seconds, out, first, pool_size(len(paths), job.batch_size, actors))
 
 
 _FIRST_ERRORS = 3  # unreadable rows named on the command line

@@ -274,8 +274,9 @@ class ServiceState:
 
     def products_changed(self, *, recommender: bool = False) -> None:
         """After an enrolment, a removal or a PATCHed title or text: support answers and listing tags read the
-        products as they are now (they kept the start's copy, and the tags their texts' vectors), and with `recommender` the recommender is refitted at once, so
-        a removed product leaves its answers and an enrolled one joins them when the call returns."""
+        products as they are now (they kept the start's copy, and the tags their texts' vectors), and with
+        `recommender` the recommender is refitted at once, so a removed product leaves its answers and an
+        enrolled one joins them when the call returns."""
         if self.responder is not None:
             self.responder.refresh(self.products)
         if self.recognizer.tagger is not None:  # vocabulary tags are scored against the products' texts
