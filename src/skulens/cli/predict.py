@@ -54,7 +54,7 @@ def _csv_row(p: Any) -> list[str]:
             scores_cell(p.top_k, 4), scores_cell(p.attributes, 3), p.error or ""]
 
 
-def _check_out(out: str | None, files: list[str]) -> None:
+def _check_out(out: str | None) -> None:
     """Before any photo is decoded: an --out named like a photo would be written over with text (`-o *.jpg` in a
     shell does it; one of the inputs is refused by `refuse_out_among_inputs`); a path that cannot be written fails
     here, not after the whole run."""
@@ -85,7 +85,7 @@ def cmd_predict(ns: argparse.Namespace) -> int:
     if not files:
         raise UsageError("no input images")
     if parquet is None:
-        _check_out(ns.out, files)
+        _check_out(ns.out)
     refuse_out_among_inputs(ns.out, inputs, files)  # a photo list (CSV, Parquet) replaced by the predictions
     if parquet is not None:
         return _predict_on_ray(ns, bundle, files, parquet)

@@ -64,27 +64,26 @@ def _warn_unused(cfg: Any) -> None:
     from ..config import TrainConfig
 
     default = TrainConfig()
+    warn = logging.getLogger("skulens").warning
     if cfg.holdout_fraction != default.holdout_fraction and cfg.select_on != "holdout":
-        logging.getLogger("skulens").warning("holdout_fraction %g is not used: it sizes the hold-out of "
-                                             "--select-on holdout (this run selects on %s)", cfg.holdout_fraction,
-                                             cfg.select_on)
+        warn("holdout_fraction %g is not used: it sizes the hold-out of --select-on holdout (this run selects on "
+             "%s)", cfg.holdout_fraction, cfg.select_on)
     if cfg.pseudo_precision != default.pseudo_precision and not cfg.unlabeled:
-        logging.getLogger("skulens").warning("pseudo_precision %g is not used: it sets the pseudo-label threshold "
-                                             "of self-training (--unlabeled DIR)", cfg.pseudo_precision)
+        warn("pseudo_precision %g is not used: it sets the pseudo-label threshold of self-training (--unlabeled "
+             "DIR)", cfg.pseudo_precision)
     for name in ("distill_alpha", "distill_temperature"):
         if getattr(cfg, name) != getattr(default, name) and not cfg.teacher and not cfg.unlabeled:
-            logging.getLogger("skulens").warning("%s %g is not used: it weighs a teacher's soft targets "
-                                                 "(--teacher BUNDLE, or self-training's)", name, getattr(cfg, name))
-    warn = logging.getLogger("skulens").warning
+            warn("%s %g is not used: it weighs a teacher's soft targets (--teacher BUNDLE, or self-training's)",
+                 name, getattr(cfg, name))
     if cfg.freeze == "gradual" and cfg.gradual_head_epochs >= cfg.epochs:
         warn("gradual_head_epochs %d >= epochs %d: the backbone never unfreezes, so this run is a linear probe "
-            "(--freeze head says so)", cfg.gradual_head_epochs, cfg.epochs)
+             "(--freeze head says so)", cfg.gradual_head_epochs, cfg.epochs)
     if cfg.warmup_epochs > cfg.epochs and cfg.schedule != "onecycle":
         warn("warmup_epochs %g > epochs %d: the whole run is warm-up, the learning rate never reaches --lr %g",
-            cfg.warmup_epochs, cfg.epochs, cfg.lr)
+             cfg.warmup_epochs, cfg.epochs, cfg.lr)
     if cfg.schedule == "onecycle" and cfg.warmup_epochs > cfg.epochs / 2:
         warn("warmup_epochs %g: one-cycle warms up for at most half the run (%g epochs)", cfg.warmup_epochs,
-            cfg.epochs / 2)
+             cfg.epochs / 2)
     # a setting of one mode, given while another runs
     needs = {"trainable_stages": (cfg.freeze == "partial", "--freeze partial"),
              "gradual_head_epochs": (cfg.freeze == "gradual", "--freeze gradual"),
@@ -94,8 +93,7 @@ def _warn_unused(cfg: Any) -> None:
                 for name in ("adversarial_eps", "adversarial_steps", "adversarial_fraction")}}
     for name, (used, mode) in needs.items():
         if not used and getattr(cfg, name) != getattr(default, name):
-            logging.getLogger("skulens").warning("%s %s is not used: it is a setting of %s", name,
-                                                 getattr(cfg, name), mode)
+            warn("%s %s is not used: it is a setting of %s", name, getattr(cfg, name), mode)
 
 
 def _check_bundles(cfg: Any) -> None:
@@ -272,12 +270,16 @@ def cmd_suggest_labels(ns: argparse.Namespace) -> int:
                          "(-o PHOTOS/to_label.csv), so `skulens train --data` can read it")
     labelled = expand_inputs(ns.labelled) if ns.labelled else []
     known = {Path(p).resolve() for p in labelled}
-    photos = [p for p in photos if Path(p).resolve() not in known]  # never suggest a photo already labelled
-    seen: set[Path] = set()
-    once = [p for p in photos if not (Path(p).resolve() in seen or seen.add(Path(p).resolve()))]  # first name kept
-    if len(once) < len(photos):  # twice in the manifest, which `train` then refused ("listed already")
-        say(f"skulens suggest-labels: {len(photos) - len(once)} photo(s) given more than once are ranked once")
-        photos = once
+    by_file: dict[Path, str] = {}  # each photo once (twice, the manifest was refused by `train`), first name kept
+    unlabelled = 0
+    for p in photos:
+        if (real := Path(p).resolve()) not in known:  # never suggest a photo already labelled
+            unlabelled += 1
+            by_file.setdefault(real, p)
+    repeats = unlabelled - len(by_file)
+    if repeats:
+        say(f"skulens suggest-labels: {repeats} photo(s) given more than once are ranked once")
+    photos = list(by_file.values())
     if not photos:
         raise UsageError("every photo given is among --labelled: nothing left to suggest")
     from ..models.predictor import load_model

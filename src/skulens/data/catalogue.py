@@ -48,8 +48,7 @@ from ._types import IMAGE_SUFFIXES, Catalogue, CatalogueError, Loaded, Product, 
 
 __all__ = ["EXTRA_TRAIN", "IMAGE_SUFFIXES", "Catalogue", "CatalogueError", "Product", "Sample", "class_products",
            "inside_folder_catalogue", "label_attributes", "label_key", "load_catalogue", "merge_samples",
-           "reads_its_folders",
-           "selection_split", "stratified_folds"]
+           "reads_its_folders", "selection_split", "stratified_folds"]
 
 # Photos a run trains on but never holds out or selects on: self-training's pseudo-labelled ones, whose labels
 # are the teacher's guesses (a hold-out drawn over them would score the student against those guesses).

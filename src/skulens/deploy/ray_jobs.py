@@ -305,10 +305,10 @@ def job_dataset(job: BatchJob, paths: Sequence[str | os.PathLike], *, actors: in
         raise ValueError("no images to run the job on")
     if actors < 1 or job.batch_size < 1:
         raise ValueError(f"actors and batch_size must be >= 1, got {actors} and {job.batch_size}")
-    if gpus_per_actor > 0 and ray.cluster_resources().get("GPU", 0) < gpus_per_actor:
-        # Ray queued the actors for a GPU no node has, and the job waited forever
-        raise RayClusterError(f"--device cuda: the Ray cluster has {ray.cluster_resources().get('GPU', 0):g} GPU(s), "
-                              f"each actor asks for {gpus_per_actor:g}: run on the CPU, or on a cluster with GPUs")
+    gpus = ray.cluster_resources().get("GPU", 0) if gpus_per_actor > 0 else 0
+    if gpus < gpus_per_actor:  # Ray queued the actors for a GPU no node has, and the job waited forever
+        raise RayClusterError(f"--device cuda: the Ray cluster has {gpus:g} GPU(s), each actor asks for "
+                              f"{gpus_per_actor:g}: run on the CPU, or on a cluster with GPUs")
     job = _absolute_files(job)
     step = _block_rows(len(paths), job.batch_size, actors)
     given = [str(p) for p in paths]
@@ -318,8 +318,8 @@ def job_dataset(job: BatchJob, paths: Sequence[str | os.PathLike], *, actors: in
     return ray.data.from_arrow(blocks).map_batches(
         JobActor, fn_constructor_kwargs={"job": job, "threads": actor_threads(cpus_per_actor)},
         batch_size=job.batch_size, batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=pool_size(len(paths), job.batch_size, actors)), num_cpus=cpus_per_actor,
-        num_gpus=gpus_per_actor)
+        compute=ray.data.ActorPoolStrategy(size=pool_size(len(paths), job.batch_size, actors)),
+        num_cpus=cpus_per_actor, num_gpus=gpus_per_actor)
 
 
 def _tables(ds: ray.data.Dataset, schema: pa.Schema) -> Iterator[pa.Table]:

@@ -107,9 +107,7 @@ class Detector:
             small = products_look_small(*results[0], min_score=min_score, scale=seen_at, min_size=cfg.min_size)
             tiled = small or tiles == "on"
         if not tiled:
-            (boxes, scores), = results
-            cap = _cap_score(scores, cfg.max_detections)
-            boxes, scores = boxes[: cfg.max_detections], scores[: cfg.max_detections]
+            boxes, scores, cap = _at_cap(*results[0], cfg.max_detections)
             keep = suppress_contained(boxes, scores, ios=cfg.contained_ios)
             return Detections(boxes[keep], scores[keep], w, h, capped=cap is not None, cap_score=cap)
         scale = min(1.0, 2 * cfg.max_size / max(w, h))
@@ -120,9 +118,9 @@ class Detector:
         for i in range(0, len(crops), batch_size):
             results += self._run(crops[i:i + batch_size])
         all_boxes, all_scores, passes, caps = [], [], [], []
-        for p, (boxes, scores) in enumerate(results):
-            caps.append(_cap_score(scores, cfg.max_detections))
-            boxes, scores = boxes[: cfg.max_detections], scores[: cfg.max_detections]
+        for p, found in enumerate(results):
+            boxes, scores, left_out = _at_cap(*found, cfg.max_detections)
+            caps.append(left_out)
             if p > 0:  # a tile: back to photo coordinates, products cut by the window dropped
                 x0, y0 = windows[p - 1][:2]
                 boxes = (boxes + np.array([x0, y0, x0, y0], np.float32)) / scale
@@ -152,10 +150,11 @@ class Detector:
         return [(o["boxes"].float().cpu().numpy(), o["scores"].float().cpu().numpy()) for o in outs]
 
 
-def _cap_score(scores: np.ndarray, cap: int) -> float | None:
-    """The best score a pass left out at its cap (the network returns up to cap + 1 boxes, best first), or None
-    when nothing was left out: no box dropped by the cap scores above it."""
-    return float(scores[cap]) if len(scores) > cap else None
+def _at_cap(boxes: np.ndarray, scores: np.ndarray, cap: int) -> tuple[np.ndarray, np.ndarray, float | None]:
+    """A pass's boxes and scores cut to the cap (the network returns up to cap + 1, best first), and the best score
+    it left out: None when nothing was left out."""
+    left_out = float(scores[cap]) if len(scores) > cap else None
+    return boxes[:cap], scores[:cap], left_out
 
 
 MIN_SIDE_PX = 8  # the short side at the detector's scale: below it there is nothing to find, and resizing fails

@@ -22,8 +22,8 @@ import numpy as np
 
 from ..models.text import DEFAULT_TEXT_MODEL, fitting_text_encoder, head_text_encoder, load_text_encoder
 
-__all__ = ["ALIGN_FILE", "AlignConfig", "AlignerError", "TextAligner", "align_catalogue", "heads_on_other_text", "load_aligner",
-           "product_sentences", "train_aligner"]
+__all__ = ["ALIGN_FILE", "AlignConfig", "AlignerError", "TextAligner", "align_catalogue", "heads_on_other_text",
+           "load_aligner", "product_sentences", "train_aligner"]
 
 ALIGN_FILE = "text_align.safetensors"
 

@@ -131,7 +131,8 @@ def check_index_model(model: Model, index: VectorIndex) -> float | None:
     if first is None:
         return None
     records, vectors = first
-    named = [(r.image, v) for r, v in zip(records, vectors, strict=False) if r.image and not r.id.startswith("enrolled/")]
+    named = [(r.image, v) for r, v in zip(records, vectors, strict=False)
+             if r.image and not r.id.startswith("enrolled/")]
     picked = [(image, v) for image, v in named if Path(image).is_file()][:_PROBES]
     if not picked:
         if named:  # an index copied from another machine: results of another model would come back unsaid
@@ -140,8 +141,9 @@ def check_index_model(model: Model, index: VectorIndex) -> float | None:
         return None
     from ..data.decode import ImageDecodeError
 
+    photos = [p for p, _ in picked]
     try:
-        fresh = model.embed([p for p, _ in picked])
+        fresh = model.embed(photos)
     except ImageDecodeError:
         return None
     stored = np.stack([np.asarray(v, np.float32) for _, v in picked])
@@ -155,7 +157,7 @@ def check_index_model(model: Model, index: VectorIndex) -> float | None:
 
         other = Model(model.net, model.card, model.device, "off" if model.precision != "off" else "auto")
         try:
-            each = np.maximum(each, (other.embed([p for p, _ in picked]) * stored).sum(1))
+            each = np.maximum(each, (other.embed(photos) * stored).sum(1))
         except ImageDecodeError:
             pass
     cosine = float(each.min())

@@ -259,7 +259,7 @@ class ServiceState:
             # worker): the products follow the model, so a class it predicts is one GET /v1/products/{id} knows.
             before = enrolled_products(self.model.card)
             now = enrolled_products(model.card)
-            for label in set(before) - set(now) - {c for c in model.card.classes}:
+            for label in set(before) - set(now) - set(model.card.classes):
                 self.products.pop(label, None)
             for label, product in now.items():
                 self.products.setdefault(label, product)
