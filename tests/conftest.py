@@ -62,12 +62,16 @@ def write_catalogue(root: Path, n_train: int = 8, n_val: int = 3, seed: int = 0)
                 make_image(label, rng).save(root / rel, quality=90)
                 rows.append({"path": rel.as_posix(), "label": label, "coarse_label": coarse, "split": split,
                              "attributes": ATTRIBUTES[label], "title": label.replace("-", " ")})
-    manifest = root / "manifest.csv"
-    with open(manifest, "w", newline="", encoding="utf-8") as f:
+    return write_rows(root / "manifest.csv", rows)
+
+
+def write_rows(path: Path, rows: Sequence[dict]) -> Path:
+    """A CSV of `rows` (dicts), its header the first row's keys: a manifest, filled in or made by hand."""
+    with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    return manifest
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import skulens
+from conftest import write_rows
 from skulens.train.active import k_center, margins, select, suggest_labels
 
 
@@ -77,12 +78,8 @@ def test_suggest_labels_writes_a_manifest_to_fill_in(tiny_bundle, tiny_catalogue
     assert len({x["path"] for x in rows}) == 4 and all(0 <= float(x["margin"]) <= 1 for x in rows)
     with pytest.raises(CatalogueError, match="missing label"):  # not filled in yet: a clear error
         load_catalogue(pool / "to_label.csv")
-    for x in rows:
-        x["label"] = truth[x["path"]]
-    with (pool / "to_label.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    rows = [{**x, "label": truth[x["path"]]} for x in rows]
+    write_rows(pool / "to_label.csv", rows)
     cat = load_catalogue(pool / "to_label.csv", val_fraction=0)  # filled in: a catalogue `skulens train` reads
     assert len(list(cat.split("train"))) == 4
     # the next round: the filled-in manifest is not overwritten, and its photos are not suggested again
@@ -122,10 +119,6 @@ def test_links_stay_where_they_are_named_and_a_backbone_alone_ranks_by_kcenter(t
     assert r.returncode == 0, r.stderr
     rows = list(csv.DictReader((pool / "to_label.csv").open()))
     assert len(rows) == 2 and all(x["path"].startswith("s") and x["guess"] == x["margin"] == "" for x in rows)
-    for x in rows:
-        x["label"] = "red-apple"
-    with (pool / "to_label.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    rows = [{**x, "label": "red-apple"} for x in rows]
+    write_rows(pool / "to_label.csv", rows)
     assert len(list(load_catalogue(pool / "to_label.csv", val_fraction=0).split("train"))) == 2

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import write_rows
+
 
 def _skulens(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "skulens.cli", *args], capture_output=True, text=True, timeout=300,
@@ -97,12 +99,8 @@ def test_suggest_labels_lists_each_photo_once_and_writes_only_a_csv(tiny_bundle,
     assert "given more than once are ranked once" in r.stderr and "the 4 of 4 photos" in r.stderr
     rows = list(csv.DictReader((pool / "s.csv").open()))
     assert sorted(x["path"] for x in rows) == sorted(p.name for p in pool.glob("*.jpg"))
-    for x in rows:
-        x["label"] = "oat-milk"
-    with (pool / "s.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    rows = [{**x, "label": "oat-milk"} for x in rows]
+    write_rows(pool / "s.csv", rows)
     assert len(load_catalogue(pool / "s.csv", val_fraction=0).split("train")) == 4
     for name in ("s.jsonl", "s.txt", "labels"):
         _one_line(_skulens("suggest-labels", str(pool), *model, "--budget", "2", "-o", str(pool / name)),
