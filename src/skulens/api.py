@@ -66,13 +66,14 @@ def evaluate(model: Model | str | os.PathLike, data: str | os.PathLike | None = 
                           progress=progress)
 
 
-def _as_model(model: Model | str | os.PathLike, device: str = "auto", backend: str = "torch") -> Model:
-    """A loaded Model as it is, or a bundle path loaded on `device` with `backend`; those settings beside a
-    loaded Model would be ignored, so they are refused."""
+def _as_model(model: Model | str | os.PathLike, device: str = "auto", backend: str = "torch",
+              precision: str = "auto") -> Model:
+    """A loaded Model as it is, or a bundle path loaded on `device` with `backend` and `precision`; those settings
+    beside a loaded Model would be ignored, so they are refused."""
     if not isinstance(model, Model):
-        return load_model(model, device=device, backend=backend)
-    if device != "auto" or backend != "torch":
-        raise ValueError("device and backend load a bundle path; this model is loaded already (on "
+        return load_model(model, device=device, backend=backend, precision=precision)
+    if device != "auto" or backend != "torch" or precision != "auto":
+        raise ValueError("device, backend and precision load a bundle path; this model is loaded already (on "
                          f"{model.device}): load it with them, or pass its path")
     return model
 
@@ -147,7 +148,8 @@ def count(photos: Sequence[ImageInput], detector: Detector | str | os.PathLike, 
 
 def tag(photos: Iterable[ImageInput], model: Model | str | os.PathLike, *, vocabulary: Sequence[str] | None = None,
         data: str | os.PathLike | None = None, mode: str = "auto", top_k: int = 5, min_score: float | None = None,
-        batch_size: int = 32, progress: bool = False, device: str = "auto") -> list[ListingTags]:
+        batch_size: int = 32, progress: bool = False, device: str = "auto",
+        precision: str = "auto") -> list[ListingTags]:
     """Listing tags per photo: category path, attributes, colour names and, with a `vocabulary` (phrases),
     the phrases that fit the photo, best first (top_k of them scoring at least min_score).
 
@@ -159,7 +161,7 @@ def tag(photos: Iterable[ImageInput], model: Model | str | os.PathLike, *, vocab
     from .search.align import load_aligner
     from .search.tags import Tagger
 
-    m = _as_model(model, device)
+    m = _as_model(model, device, precision=precision)
     tagger = Tagger(m, products=_catalogue_products(data, m), mode=mode,
                     aligner=load_aligner(m.path) if m.path is not None else None)
     return tagger.tag(photos, vocabulary=vocabulary, top_k=top_k, min_score=min_score, batch_size=batch_size,

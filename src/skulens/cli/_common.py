@@ -429,18 +429,19 @@ def fraction(text: str) -> float:
     return value
 
 
-def add_precision(p: argparse.ArgumentParser) -> None:
+def add_precision(p: argparse.ArgumentParser, of: str = "") -> None:
+    """of: whose numerics, where the command runs more than one network (count: 'of the classifier (-m)')."""
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="PyTorch inference numerics: auto (default) is bf16 on CPUs with AVX512-BF16/AMX and on "
+                   help=f"PyTorch inference numerics{' ' + of if of else ''}: auto (default) is bf16 on CPUs with AVX512-BF16/AMX and on "
                         "CUDA, fp32 elsewhere, so answers can differ a little between machines; off is fp32 "
                         "everywhere (as ONNX Runtime runs); fp16 is for CUDA")
 
 
-def check_precision_flag(ns: argparse.Namespace) -> None:
+def check_precision_flag(ns: argparse.Namespace, backend: str | None = None) -> None:
     """--precision sets PyTorch's numerics: with an exported backend it would do nothing (refused before the model
-    is looked for)."""
+    is looked for). backend: the model's, where ns.backend is another part's (count's detector)."""
     try:
-        check_precision_backend(ns.precision, getattr(ns, "backend", "torch"))
+        check_precision_backend(ns.precision, backend or getattr(ns, "backend", "torch"))
     except ValueError as exc:
         raise UsageError(f"--{exc}") from None
     if ns.precision == "fp16" and ns.device == "cpu":  # with auto, the model's loader knows whether CUDA is there

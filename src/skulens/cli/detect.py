@@ -22,11 +22,13 @@ from ._common import (
     add_engine,
     add_model,
     add_out,
+    add_precision,
     add_quiet,
     check_detector,
     check_engine,
     check_model,
     check_out_path,
+    check_precision_flag,
     data_path,
     device_arg,
     engine_options,
@@ -92,6 +94,7 @@ def add_commands(sub: Any) -> None:
     c.add_argument("--min-similarity", type=fraction, default=None,
                    help="with --index: cosine similarity a box needs to be named (default: 0.5)")
     _add_box_settings(c)
+    add_precision(c, "of the classifier (-m; the detector runs in fp32 or under --backend onnx)")
     c.add_argument("--batch-size", type=positive_int, help="--engine ray: photos per batch (default: 8)")
     add_engine(c, "a catalogue-wide count, written as Parquet to -o (a .parquet file or a folder; one row per "
                   "photo: counts, boxes, error)")
@@ -176,7 +179,8 @@ def _count_job(ns: argparse.Namespace, detector: str) -> Any:
                         min_confidence=CountJob.min_confidence if ns.min_confidence is None else ns.min_confidence,
                         min_similarity=getattr(ns, "min_similarity", None),
                         tiles=ns.tiles, max_boxes=ns.max_boxes, batch_size=getattr(ns, "batch_size", None) or 8,
-                        device=ns.device, backend=getattr(ns, "backend", "torch"))
+                        device=ns.device, backend=getattr(ns, "backend", "torch"),
+                        precision=getattr(ns, "precision", "auto"))
     except ValueError as e:
         raise UsageError(str(e)) from None
 
@@ -197,6 +201,9 @@ def cmd_count(ns: argparse.Namespace) -> int:
             raise UsageError(f"no input photos after the model {ns.model}: skulens count MODEL photos/ --detector DET")
     if ns.model:
         check_model(ns.model)
+    if ns.precision != "auto" and not ns.model:
+        raise UsageError("--precision sets the classifier's numerics: it needs -m/--model")
+    check_precision_flag(ns, backend="torch")  # --backend is the detector's; the classifier runs in PyTorch
     detector = check_detector(ns.detector, backend=ns.backend)
     _check_settings(ns)
     on_ray = check_engine(ns)

@@ -22,9 +22,11 @@ from ._common import (
     add_key_file,
     add_model,
     add_out,
+    add_precision,
     add_quiet,
     check_detector,
     check_out_path,
+    check_precision_flag,
     device_arg,
     model_path,
     positive_int,
@@ -85,6 +87,7 @@ def add_commands(sub: Any) -> None:
                     help="with --detector: run it in PyTorch, or under ONNX Runtime on the CPU (DET/detector.onnx, "
                          "written by `skulens detect export DET`) (default: %(default)s)")
     sc.add_argument("--device", type=device_arg, default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    add_precision(sc, "of the classifier (the detector runs in fp32 or under --detector-backend onnx)")
     _add_folders(sc)
     add_quiet(sc, "no per-photo JSON lines")
     sc.set_defaults(func=cmd_inventory_scan)
@@ -140,6 +143,7 @@ def _actor() -> str:
 
 def cmd_inventory_scan(ns: argparse.Namespace) -> int:
     bundle = model_path(ns)
+    check_precision_flag(ns, backend="torch")
     detector_dir = check_detector(ns.detector, backend=ns.detector_backend) if ns.detector is not None else None
     if ns.min_score is not None and not 0 <= ns.min_score <= 1:
         raise UsageError("--min-score must be between 0 and 1")
@@ -182,7 +186,7 @@ def cmd_inventory_scan(ns: argparse.Namespace) -> int:
                 f"({store.photo_dir}, {store.labelled_dir})")
         if not paths:
             raise UsageError(f"no images under {ns.dir} but the inventory's own")
-        model = load_model(bundle, device=ns.device)
+        model = load_model(bundle, device=ns.device, precision=ns.precision)
         if detector_dir is None:
             results = scan(model, store, paths, **common)
         else:

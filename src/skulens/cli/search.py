@@ -14,10 +14,12 @@ from ._common import (
     add_engine,
     add_model,
     add_out,
+    add_precision,
     add_quiet,
     add_top_k,
     check_engine,
     check_out_path,
+    check_precision_flag,
     data_path,
     device_arg,
     engine_options,
@@ -48,13 +50,14 @@ def _ray_embedder(ns: argparse.Namespace, bundle: str) -> Any:
     from ..deploy.batch_jobs import EmbedJob
     from ..deploy.ray_jobs import embed_on_ray
 
-    job = EmbedJob(bundle, batch_size=ns.batch_size, device=ns.device)
+    job = EmbedJob(bundle, batch_size=ns.batch_size, device=ns.device, precision=ns.precision)
     return lambda paths: embed_on_ray(job, paths, **engine_options(ns))
 
 
 def cmd_index_build(ns: argparse.Namespace) -> int:
     bundle = model_path(ns)
     assert bundle is not None
+    check_precision_flag(ns, backend="torch")  # --backend is the vector store's
     on_ray = check_engine(ns)
     data = data_path(ns, model=bundle)
     from ..data.catalogue import load_catalogue
@@ -69,7 +72,7 @@ def cmd_index_build(ns: argparse.Namespace) -> int:
     if wrong:
         raise UsageError(f"{', '.join(wrong)}: not a setting of the {ns.backend} backend")
     catalogue = load_catalogue(data)
-    res = build_catalogue_index(load_model(bundle, device=ns.device), catalogue, ns.out, backend=ns.backend,
+    res = build_catalogue_index(load_model(bundle, device=ns.device, precision=ns.precision), catalogue, ns.out, backend=ns.backend,
                                 splits=ns.splits, catalogue_photos=ns.catalogue_photos, metadata=meta,
                                 progress=not ns.quiet, overwrite=ns.overwrite, batch_size=ns.batch_size,
                                 embed=_ray_embedder(ns, bundle) if on_ray else None, **options)
@@ -388,6 +391,7 @@ def _add_index(sub: Any) -> None:
     b.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default: 32)")
     b.add_argument("--device", type=device_arg, default="auto",
                    help="auto, cpu, cuda or cuda:N (default: auto); --engine ray: cuda gives each actor a GPU")
+    add_precision(b)
     add_engine(b, "the embeddings are computed on Ray and the index is written here, by this process (the "
                   "index backends are not distributed writers)")
     add_quiet(b)

@@ -15,9 +15,11 @@ from ._common import (
     add_data,
     add_model,
     add_out,
+    add_precision,
     add_quiet,
     add_top_k,
     check_out_path,
+    check_precision_flag,
     device_arg,
     expand_inputs,
     model_path,
@@ -52,6 +54,7 @@ def _vocabulary(path: str | None) -> tuple[str, ...] | None:
 
 def cmd_tag(ns: argparse.Namespace) -> int:
     refuse_json_out(ns.out)
+    check_precision_flag(ns)
     check_out_path(ns.out, "--out")  # before every photo is tagged
     if ns.out and ns.format:
         named = "csv" if ns.out.lower().endswith(".csv") else "jsonl" if ns.out.lower().endswith(".jsonl") else None
@@ -72,7 +75,7 @@ def cmd_tag(ns: argparse.Namespace) -> int:
     try:
         results = tag(files, bundle, vocabulary=vocabulary, data=ns.data, mode=ns.mode, top_k=ns.top_k,
                       min_score=ns.min_score, batch_size=ns.batch_size, device=ns.device,
-                      progress=not ns.quiet and len(files) > ns.batch_size)
+                      precision=ns.precision, progress=not ns.quiet and len(files) > ns.batch_size)
     except TaggingError as e:  # a vocabulary this model cannot score (no aligner, no product texts)
         raise UsageError(str(e)) from None
     # One context manager for a file or stdout (stdout must not be closed).
@@ -117,5 +120,6 @@ def add_commands(sub: Any) -> None:
     add_out(t, "write the tags here instead of stdout")
     t.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default: 32)")
     t.add_argument("--device", type=device_arg, default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    add_precision(t)
     add_quiet(t)
     t.set_defaults(func=cmd_tag)

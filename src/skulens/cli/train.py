@@ -17,10 +17,12 @@ from ._common import (
     add_data,
     add_model,
     add_out,
+    add_precision,
     add_quiet,
     add_train_flags,
     check_bundle,
     check_out_path,
+    check_precision_flag,
     data_path,
     device_arg,
     expand_inputs,
@@ -237,6 +239,7 @@ def cmd_suggest_labels(ns: argparse.Namespace) -> int:
     import csv
 
     bundle = model_path(ns)
+    check_precision_flag(ns)
     if ns.budget < 1:
         raise UsageError(f"--budget must be >= 1, got {ns.budget}")
     for flag, given in (("", ns.inputs), ("--labelled ", ns.labelled or ())):
@@ -285,7 +288,7 @@ def cmd_suggest_labels(ns: argparse.Namespace) -> int:
     from ..models.predictor import load_model
     from ..train.active import suggest_labels
 
-    model = load_model(bundle, device=ns.device)
+    model = load_model(bundle, device=ns.device, precision=ns.precision)
     picks, failed = suggest_labels(model, photos, ns.budget, strategy=ns.strategy, labelled=labelled,
                                    progress=not ns.quiet)
     for path, reason in failed:
@@ -374,5 +377,6 @@ def add_commands(sub: Any) -> None:
     add_out(sl, "manifest CSV to write (default: PHOTOS/to_label.csv); path,label,split plus the model's guess")
     sl.add_argument("--force", action="store_true", help="replace an existing manifest (it may hold filled-in labels)")
     sl.add_argument("--device", type=device_arg, default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    add_precision(sl)
     add_quiet(sl)
     sl.set_defaults(func=cmd_suggest_labels)

@@ -146,6 +146,7 @@ class CountJob:
     batch_size: int = 8  # photos per batch of the engine (the detector runs one photo at a time)
     device: str = "auto"
     backend: str = "torch"  # or "onnx": DET/detector.onnx under ONNX Runtime (`skulens detect export`)
+    precision: str = "auto"  # the classifier's PyTorch numerics (the detector's backend is `backend`)
     kind: ClassVar[str] = "count"
 
     def __post_init__(self) -> None:
@@ -155,6 +156,8 @@ class CountJob:
         from ..detect.count import check_naming
 
         check_naming(self.model, self.index, self.min_similarity)
+        if self.precision != "auto" and not self.model:
+            raise ValueError(f"precision {self.precision}: the classifier's numerics, and no model is given")
 
     def load(self) -> tuple[Any, Model | None, Any]:
         from ..detect.backends import open_detector
@@ -165,7 +168,7 @@ class CountJob:
         if self.model:
             from ..models.predictor import load_model
 
-            clf = load_model(self.model, device=self.device)
+            clf = load_model(self.model, device=self.device, precision=self.precision)
         if self.index:
             from ..search.index import open_index
 
