@@ -43,8 +43,10 @@ def fgsm(forward: Forward, x: torch.Tensor, y: torch.Tensor, eps: float) -> torc
 
 def pgd(forward: Forward, x: torch.Tensor, y: torch.Tensor, eps: float, *, steps: int = 10,
         step_size: float | None = None, random_start: bool = True,
-        generator: torch.Generator | None = None) -> torch.Tensor:
-    """Projected gradient descent in the L-inf ball of radius `eps` around `x`, intersected with [0, 1]."""
+        generator: torch.Generator | None = None, start: torch.Tensor | None = None) -> torch.Tensor:
+    """Projected gradient descent in the L-inf ball of radius `eps` around `x`, intersected with [0, 1].
+    start: the random start's noise in [-1, 1] (x's shape), where the caller draws it (per photo); else it is
+    drawn from `generator`."""
     x0 = x.detach()
     if eps <= 0:
         return x0.clone()
@@ -52,7 +54,8 @@ def pgd(forward: Forward, x: torch.Tensor, y: torch.Tensor, eps: float, *, steps
     lo, hi = (x0 - eps).clamp(0, 1), (x0 + eps).clamp(0, 1)
     adv = x0.clone()
     if random_start:
-        noise = torch.rand(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device) * 2 - 1
+        noise = (start.to(x0) if start is not None
+                 else torch.rand(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device) * 2 - 1)
         adv = torch.max(torch.min(adv + eps * noise, hi), lo)
     for _ in range(steps):
         adv = adv + alpha * _input_grad(forward, adv, y).sign()

@@ -14,6 +14,7 @@ Adversarial fine-tuning (`--adversarial fgsm|pgd`) is the training engine's (tra
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -174,6 +175,12 @@ def pixel_view(card: Any) -> Callable[[torch.Tensor], torch.Tensor]:
     return v2.Compose(ops[:-1])
 
 
+def photo_generator(seed: int, kind: str, arg: object, index: int) -> torch.Generator:
+    """The random draws of photo `index` under one condition (an attack's eps, a corruption and severity)."""
+    key = hashlib.sha256(f"{seed}|{kind}|{arg}|{index}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(key[:8], "little") >> 1)
+
+
 def _batches(images: Sequence[torch.Tensor], targets: np.ndarray, view: Callable, batch_size: int
              ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     for i in range(0, len(images), batch_size):
@@ -208,18 +215,22 @@ def evaluate_robustness(net: nn.Module, card: Any, images: Sequence[torch.Tensor
     conditions += [("corruption", (c, s)) for c in corruptions for s in severities]
     correct = {i: 0 for i in range(len(conditions))}
     linf = {i: 0.0 for i in range(len(conditions))}
-    g = torch.Generator().manual_seed(seed)
     n_batches = math.ceil(len(images) / batch_size)
     bar = tqdm(total=n_batches * len(conditions), desc="robustness", disable=not progress, leave=False)
-    for x, y in _batches(images, targets, view, batch_size):
+    for first, (x, y) in zip(range(0, len(images), batch_size), _batches(images, targets, view, batch_size),
+                             strict=True):
         x, y = x.to(device).contiguous(memory_format=torch.channels_last), y.to(device)
         for i, (kind, arg) in enumerate(conditions):
+            # each photo's random draws are its own under each condition (seed, condition, photo): a row does
+            # not change with --batch-size or with which other conditions are measured beside it
+            gens = [photo_generator(seed, kind, arg, first + j) for j in range(len(x))]
             if kind == "fgsm":
                 xa = fgsm(forward, x, y, arg / 255)
             elif kind == "pgd":
-                xa = pgd(forward, x, y, arg / 255, steps=pgd_steps, generator=g)
+                start = torch.cat([torch.rand((1, *x.shape[1:]), generator=gen) for gen in gens]) * 2 - 1
+                xa = pgd(forward, x, y, arg / 255, steps=pgd_steps, start=start)
             elif kind == "corruption":
-                xa = corrupt(x, arg[0], arg[1], generator=g)
+                xa = torch.cat([corrupt(x[j:j + 1], arg[0], arg[1], generator=gen) for j, gen in enumerate(gens)])
             else:
                 xa = x
             with torch.no_grad():
