@@ -155,6 +155,46 @@ def test_report_says_val_calibration_is_in_sample(model: Model, tiny_catalogue: 
     assert "in-sample" not in (tmp_path / "train" / "report.md").read_text()
 
 
+def test_in_sample_is_said_of_the_training_catalogue_only_and_the_numerics_are_recorded(
+        model: Model, tiny_bundle, tiny_catalogue: Path, tmp_path: Path) -> None:
+    """Every catalogue's val was called in-sample ("chosen on this val split of the training catalogue") - a
+    model evaluated on photos it never saw, and its own report said its numbers were optimistic. A copy of the
+    training catalogue elsewhere is still in-sample. The report also did not say whether it ran bf16 or fp32."""
+    import json
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_catalogue.parent, copy)
+    other = write_catalogue(tmp_path / "other", n_train=2, n_val=2, seed=7)  # the same products, other photos
+    for data, name, said in ((copy / tiny_catalogue.name, "copy", True), (other, "other", False)):
+        model.evaluate(data, split="val", out=tmp_path / name, progress=False)
+        assert ("in-sample" in (tmp_path / name / "report.md").read_text()) is said, name
+    extra = json.loads((tmp_path / "other" / "report.json").read_text())["extra"]
+    assert extra["numerics"] == "pytorch fp32"  # precision off
+    skulens.load(tiny_bundle.bundle, device="cpu", precision="bf16").evaluate(
+        other, split="val", out=tmp_path / "bf16", progress=False)
+    assert json.loads((tmp_path / "bf16" / "report.json").read_text())["extra"]["numerics"] == "pytorch bf16"
+    assert "| numerics | pytorch bf16 |" in (tmp_path / "bf16" / "report.md").read_text()
+
+
+def test_classes_absent_from_the_split_are_not_ranked_as_the_worst(model: Model, tmp_path: Path) -> None:
+    """A split holding some of the model's classes showed the others at F1 0, at the bottom of "Per-class F1
+    (worst at the bottom)" and as 0.000 rows of the table, as if the model failed on them."""
+    import csv
+
+    from conftest import write_rows
+
+    manifest = write_catalogue(tmp_path / "cat", n_train=1, n_val=2, seed=3)
+    with open(manifest, newline="", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r["split"] == "train" or r["label"] == "oat-milk"]
+    write_rows(manifest, rows)
+    report = model.evaluate(manifest, split="val", out=tmp_path / "eval", progress=False)
+    assert report.top1 == 1.0 and len(report.per_class) == 3  # report.json keeps every class
+    md = (tmp_path / "eval" / "report.md").read_text()
+    table = md.split("## Per-class metrics")[1].split("##")[0]
+    assert "| oat-milk |" in table and "green-apple" not in table and "red-apple" not in table
+    assert "2 class(es) of the model with no photo in this split and never predicted are left out" in table
+
+
 def test_the_training_runs_report_says_val_calibration_is_in_sample(tiny_bundle) -> None:
     """The README: "val ECE is in-sample; report.md says so" - the training run's own report.md too."""
     assert tiny_bundle.card.metrics["split"] == "val"

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ..data.catalogue import CatalogueError, inside_folder_catalogue
+from ..data.catalogue import Catalogue, CatalogueError, inside_folder_catalogue
 from ..data.locate import resolve_data
 from ..data.splits import Split, prepare_split
 from ..models.card import ModelCard
@@ -67,6 +67,16 @@ def baseline_report(card: ModelCard, train: Split, val: Split, *, weights: str |
     return evaluate_outputs(HeadOutputs(probs, None, None, None), val, card.with_(attributes=()), None)
 
 
+def trained_on(card: ModelCard, data: str | os.PathLike, cat: Catalogue) -> bool:
+    """Whether `data` is the catalogue the card's run trained and selected on: where it was then, or a copy of it
+    (the same photos, labels and splits). Another catalogue's split is not in-sample, whatever its name."""
+    recorded = card.dataset or {}
+    path = recorded.get("path")
+    here = os.path.realpath(data)
+    return (bool(path) and os.path.realpath(path) in (here, os.path.realpath(cat.root))) \
+        or recorded.get("fingerprint") == cat.fingerprint()
+
+
 def evaluate_model(model: Model, data: str | os.PathLike | None = None, *, split: str = "val",
                    out: str | os.PathLike | None = None, baseline: bool = False,
                    progress: bool = True) -> EvalReport:
@@ -110,8 +120,9 @@ def evaluate_with_baseline(model: Model, data: str | os.PathLike | None = None, 
                                device=model.device if torch_model else torch.device("cpu"),
                                precision=model.precision if torch_model else "off", progress=progress)
     if out is not None:
-        extra: dict[str, object] = {"split": split, "data": str(data), "skipped": target.skipped}
-        if split == card.metrics.get("split") and card.metrics.get("temperature"):
+        extra: dict[str, object] = {"split": split, "data": str(data), "numerics": model.numerics,
+                                    "skipped": target.skipped}
+        if split == card.metrics.get("split") and card.metrics.get("temperature") and trained_on(card, data, cat):
             extra["calibration"] = IN_SAMPLE_NOTE.format(split=f"{split} split of the training catalogue")
         write_report(report, Path(out), title=f"skulens: {card.backbone} on {Path(data).name} ({split})",
                      baseline=base, extra=extra)

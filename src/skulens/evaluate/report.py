@@ -150,11 +150,22 @@ def _md_headline(report: EvalReport, baseline: EvalReport | None, baseline_name:
     ]
 
 
+def _occurring(report: EvalReport) -> list[Any]:
+    """The classes with a photo in the split or a prediction: macro-F1's classes. The others (another
+    catalogue's split, a subset) have no score to show, and read as the worst classes at F1 0."""
+    predicted = np.asarray(report.confusion, dtype=np.int64).sum(axis=0) if report.confusion else None
+    return [c for i, c in enumerate(report.per_class)
+            if c.support > 0 or (predicted is not None and i < len(predicted) and predicted[i] > 0)]
+
+
 def _md_per_class(report: EvalReport) -> list[str]:
-    rows = [
-        (c.name, f"{c.precision:.3f}", f"{c.recall:.3f}", f"{c.f1:.3f}", c.support) for c in report.per_class
-    ]
-    return ["## Per-class metrics", "", *_table(("class", "precision", "recall", "F1", "support"), rows)]
+    shown = _occurring(report)
+    rows = [(c.name, f"{c.precision:.3f}", f"{c.recall:.3f}", f"{c.f1:.3f}", c.support) for c in shown]
+    left = len(report.per_class) - len(shown)
+    said = (f"{left} class(es) of the model with no photo in this split and never predicted are left out "
+            "(report.json lists them, at 0).")
+    note = [said, ""] if left else []
+    return ["## Per-class metrics", "", *note, *_table(("class", "precision", "recall", "F1", "support"), rows)]
 
 
 def _md_attributes(report: EvalReport) -> list[str]:
@@ -303,7 +314,7 @@ def _plot_reliability(report: EvalReport, path: Path) -> None:
 
 
 def _plot_per_class(report: EvalReport, path: Path) -> None:
-    ranked = sorted(report.per_class, key=lambda c: c.f1)
+    ranked = sorted(_occurring(report), key=lambda c: c.f1)
     n = len(ranked)
     font = _label_font(n)
     fig = _new_figure(7.0, max(3.0, 1.0 + 0.15 * n))  # 0.15 in (11 pt) per bar for a 6 pt label

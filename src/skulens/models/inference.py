@@ -63,6 +63,15 @@ def resolve_device(name: str = "auto") -> torch.device:
     return dev
 
 
+def precision_used(device: torch.device, precision: str = "auto") -> str:
+    """What autocast_context runs inference in: bf16, fp16 or fp32 (auto resolved for this device)."""
+    if precision == "off":
+        return "fp32"
+    if device.type == "cuda":
+        return "fp16" if precision == "fp16" or (precision == "auto" and not torch.cuda.is_bf16_supported()) else "bf16"
+    return "bf16" if precision == "bf16" or (precision == "auto" and cpu_has_fast_bf16()) else "fp32"
+
+
 def autocast_context(device: torch.device, precision: str = "auto", *, training: bool = False
                      ) -> contextlib.AbstractContextManager:
     """bf16 autocast where the hardware runs it fast; fp16 on GPUs without bf16.
