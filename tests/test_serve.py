@@ -674,6 +674,22 @@ def test_the_service_runs_the_exported_onnx_model(tiny_bundle, model, tiny_catal
             assert got["confidence"] == pytest.approx(direct.confidence, abs=1e-3)
         r = c.post("/v1/explain", files=_upload(photos[0].read_bytes()))
         assert r.status_code == 501 and "--backend onnx" in r.json()["detail"]
+    # the exported file named as --model, with an index: its folder's aligner is read (the .onnx file was read as
+    # one: "not a readable text aligner", and the service did not start)
+    import numpy as np
+
+    from skulens.data.catalogue import load_catalogue
+    from skulens.search.align import TextAligner
+    from skulens.search.catalogue_index import build_catalogue_index
+
+    build_catalogue_index(model, load_catalogue(tiny_catalogue), str(tmp_path / "index"))
+    rng = np.random.default_rng(0)
+    dim = model.card.embedding_dim
+    TextAligner(rng.normal(size=(dim, 384)).astype(np.float32), np.zeros(dim, np.float32), 0.07).save(bundle)
+    with TestClient(create_app(_settings(tiny_bundle, model=str(bundle / "model.onnx"), backend="onnx",
+                                         index=str(tmp_path / "index")))) as c:
+        r = c.post("/v1/search", data={"text": "oat milk", "mode": "aligned", "k": "2"})
+        assert r.status_code == 200, r.text
     with pytest.raises(ConfigError, match="backend"):
         _settings(tiny_bundle, backend="tensorflow")
     for bad, needle in (({"precision": "fp32"}, "precision must be one of"),

@@ -26,6 +26,7 @@ __all__ = ["ALIGN_FILE", "AlignConfig", "AlignerError", "TextAligner", "align_ca
            "load_aligner", "product_sentences", "train_aligner"]
 
 ALIGN_FILE = "text_align.safetensors"
+MODEL_FILE_SUFFIXES = (".onnx", ".tflite", ".pt")  # a model's exported files: never an aligner
 
 
 @dataclass(frozen=True)
@@ -119,8 +120,8 @@ def load_aligner(path: str | os.PathLike, *, bundle: str | os.PathLike | None = 
     from safetensors import safe_open
 
     p = Path(path)
-    if p.name in ("card.json", "model.safetensors") and p.is_file():  # a bundle named by its card, as --model takes
-        p = p.parent
+    if p.is_file() and (p.name in ("card.json", "model.safetensors") or p.suffix.lower() in MODEL_FILE_SUFFIXES):
+        p = p.parent  # a bundle named by its card, weights or an exported file, as --model takes them
     if p.is_dir():
         p = p / ALIGN_FILE
     if not p.is_file():

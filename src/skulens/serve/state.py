@@ -421,7 +421,8 @@ def _load_search(settings: ServeSettings, model: Model) -> Any:
     from ..search.index import open_index
 
     assert settings.index is not None
-    aligner = load_aligner(settings.model)
+    # the model's folder: --model may name its exported file (BUNDLE/model.onnx), which is no aligner
+    aligner = load_aligner(model.path) if model.path is not None else None
     if aligner is not None and aligner.text_model == BUNDLE_TEXT_MODEL:
         try:
             aligner.text_encoder()
