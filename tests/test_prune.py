@@ -196,3 +196,34 @@ def _folders(tmp_path: Path, write) -> Path:
         root.mkdir()
         write(root, seed=5, per_class=4)
     return root
+
+
+def test_the_recovery_keeps_the_bundles_split_and_refuses_what_it_would_ignore(tiny_bundle, tmp_path: Path,
+                                                                              monkeypatch) -> None:
+    """The recovery carved its val with the defaults (10 %, seed 0), not the bundle's: with a bundle trained at
+    seed 1 every recovery val photo was one the bundle trained on, and "before vs after pruning" compared two
+    vals. --init-from was overwritten unsaid; a run killed before its first checkpoint was not offered --resume;
+    under torchrun every process pruned into the same OUT/pruned."""
+    from conftest import TINY, write_folder_catalogue
+    from skulens.config import ConfigError
+    from skulens.deploy.prune import prune_and_recover
+
+    cat = _folders(tmp_path, write_folder_catalogue)
+    source = skulens.train(cat, out=str(tmp_path / "seed1"), progress=False, seed=1, val_fraction=0.25,
+                           **{**TINY, "epochs": 1})
+    tiny = {"image_size": 64, "train_image_size": 64, "epochs": 1, "max_steps": 1, "batch_size": 8, "loggers": "",
+            "ema": False}
+    run = prune_and_recover(source.bundle, tmp_path / "p", kind="unstructured", amount=0.3, progress=False, **tiny)
+    cfg = run.recovered.card.train_config
+    assert (cfg["seed"], cfg["val_fraction"]) == (1, 0.25)
+    assert run.recovered.card.dataset["val_fingerprint"] == source.card.dataset["val_fingerprint"]
+    with pytest.raises(ConfigError, match="init_from"):
+        prune_and_recover(source.bundle, tmp_path / "q", kind="unstructured", amount=0.3, progress=False,
+                          init_from=str(tiny_bundle.bundle), **tiny)
+    prune_bundle(source.bundle, tmp_path / "k" / "pruned", kind="unstructured", amount=0.3)  # killed early
+    with pytest.raises(ConfigError, match="or --resume"):
+        prune_and_recover(source.bundle, tmp_path / "k", kind="unstructured", amount=0.3, progress=False, **tiny)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["prune", str(source.bundle), "--out", str(tmp_path / "ddp"), "--kind", "unstructured",
+                 "--amount", "0.3", "--no-recover"]) == 2
+    assert not (tmp_path / "ddp").exists()

@@ -201,6 +201,11 @@ def cmd_retrain(ns: argparse.Namespace) -> int:
 
 
 def cmd_prune(ns: argparse.Namespace) -> int:
+    if os.environ.get("WORLD_SIZE", "1") not in ("", "1"):  # every rank pruned into one OUT/pruned and spoke
+        raise UsageError("skulens prune runs in one process: under torchrun every process pruned into the same "
+                         "OUT/pruned. Prune with `skulens prune --no-recover -m B --out OUT`, then fine-tune it "
+                         "under torchrun with `-m skulens.cli train --init-from OUT/pruned` (its backbone and "
+                         "--image-size)")
     bundle = model_path(ns)
     if not 0.0 < ns.amount < 1.0:
         raise UsageError(f"--amount must be in (0, 1), got {ns.amount}")

@@ -28,6 +28,7 @@ from torch import nn
 
 from ..config import PRUNE_RECOVERY, ConfigError, TrainConfig, resolve_config
 from ..data.locate import bundle_named, recorded_dataset, resolve_data
+from ..evaluate.heldout import split_settings
 from ..models.bundle import BundleError, load_bundle, read_card, save_bundle
 from ..models.card import ModelCard, val_top1
 from ..models.channels import width_changes
@@ -189,8 +190,10 @@ def prune_and_recover(bundle: str | os.PathLike[str], out: str | os.PathLike[str
     if resume:
         pruned = _pruned_before(bundle, run_dir, kind, amount)
     elif (run_dir / "pruned").exists() or (run_dir / "bundle").exists():
+        # a run killed before its first checkpoint has OUT/pruned alone, and --resume goes on from it too
+        resumable = recover and ((run_dir / "checkpoint").exists() or (run_dir / "pruned" / "card.json").is_file())
         raise ConfigError(f"{run_dir} already holds a run; choose another --out"
-                          + (", or --resume to go on with its recovery" if (run_dir / "checkpoint").exists() else ""))
+                          + (", or --resume to go on with its recovery" if resumable else ""))
     else:
         pruned = prune_bundle(bundle, run_dir / "pruned", kind=kind, amount=amount, round_to=round_to)
     if cfg is None:
@@ -231,7 +234,12 @@ def _recovery_config(bundle: str | os.PathLike[str], run_dir: Path, data: str | 
         if given is not None and str(given) != str(kept):  # it was dropped without a word
             raise ConfigError(f"{key.replace('_', '-')} {given}: a pruned bundle keeps the "
                               f"{key.replace('_', ' ')} of {bundle} ({kept})")
-    values = {**RECOVERY_DEFAULTS, **overrides}
+    if overrides.get("init_from") is not None:  # it was overwritten by OUT/pruned without a word
+        raise ConfigError("init_from: the recovery starts from the pruned bundle (OUT/pruned); prune the bundle "
+                          "you want to start from (--model)")
+    # The bundle's split unless told otherwise, as distill and retrain keep it: the default (10 %, seed 0) carved
+    # another val out of train, with photos the bundle trained on, and "before vs after pruning" compared two vals.
+    values = {**RECOVERY_DEFAULTS, **split_settings(card), **overrides}
     values.update(init_from=str(run_dir / "pruned"), backbone=card.backbone, image_size=card.input_size,
                   out=str(run_dir), data=str(resolve_data(data, recorded=recorded_dataset(bundle))))
     return resolve_config(values)
