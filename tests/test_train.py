@@ -402,6 +402,32 @@ def test_a_kill_between_the_first_bundle_and_the_first_checkpoint_can_be_resumed
     assert r.card.metrics["best_epoch"] >= 1 and run_finished(out)
 
 
+def test_an_unfinished_runs_bundle_says_so_where_it_loads(tiny_bundle, tmp_path: Path, caplog, capsys) -> None:
+    """A killed run leaves RUN/bundle, written at its best epoch before calibration: it loaded, predicted and
+    was distilled from as a finished model, without a word."""
+    import logging
+
+    import skulens
+    from skulens.cli import main
+
+    out = tmp_path / "run"
+    shutil.copytree(tiny_bundle.bundle, out / "bundle")
+    assert main(["info", "-m", str(out / "bundle")]) == 0 and "not finished" not in capsys.readouterr().err
+    card = json.loads((out / "bundle" / "card.json").read_text(encoding="utf-8"))
+    card["metrics"] = {"split": "val", "epoch": 2, "weights": "model"}  # what a best epoch writes
+    (out / "bundle" / "card.json").write_text(json.dumps(card), encoding="utf-8")
+    (out / "checkpoint").mkdir()  # the run's checkpoint: it was stopped (or still goes on)
+    with caplog.at_level(logging.WARNING):
+        skulens.load(out / "bundle", device="cpu")
+    assert "has not finished (the best epoch so far, 2)" in caplog.text and "--resume" in caplog.text
+    assert main(["info", "-m", str(out / "bundle")]) == 0
+    assert "not finished" in capsys.readouterr().err
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        skulens.load(tiny_bundle.bundle, device="cpu")  # a finished run's bundle: nothing to say
+    assert "not finished" not in caplog.text
+
+
 def _cli_train(manifest: Path, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "skulens.cli", "train", "--data", str(manifest), "--out", str(out), "-q",
             "--backbone", "efficientnet_lite0", "--image-size", "64", "--train-image-size", "64",

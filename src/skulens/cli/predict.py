@@ -202,6 +202,11 @@ def cmd_info(ns: argparse.Namespace) -> int:
         card = ModelCard.from_dict(data)
     except (ValueError, TypeError) as e:
         raise UsageError(f"{card_path}: invalid card: {e}") from None
+    from ..models.card import unfinished_run_note
+
+    note = unfinished_run_note(card, card_path.parent)
+    if note:
+        say(f"warning: {note}")
     if ns.json:
         print(json.dumps(data, indent=2))
         return 0

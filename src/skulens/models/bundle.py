@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .backbones import create_architecture
-from .card import ModelCard
+from .card import ModelCard, unfinished_run_note
 from .classifier import SkuModel
 from .pruned import apply_pruning
 from .swap import CARD, WEIGHTS, lock_of, recover_bundle
@@ -242,4 +242,7 @@ def _read_bundle(directory: str | os.PathLike[str], device: str | torch.device) 
         raise _WeightsError(
             f"{weights} does not match its card: missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]}"
         )
+    note = unfinished_run_note(card, path)
+    if note:
+        log.warning("%s", note)
     return model.to(device).eval(), card

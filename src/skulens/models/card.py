@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -220,6 +222,19 @@ def model_products(card: ModelCard, catalogue: Mapping[str, Product] | None = No
         if c not in products:
             products[c] = Product(label=c, coarse_label=coarse.get(c), title=c.replace("-", " "))
     return products
+
+
+def unfinished_run_note(card: ModelCard, folder: str | os.PathLike[str]) -> str | None:
+    """What to say of RUN/bundle while its run has not finished: training writes it at each best epoch, before
+    the run calibrates it (temperatures, attribute thresholds, coarse rule) and records its best epoch. A run that
+    was killed leaves it there, and it loaded as a finished model without a word. None for any other bundle."""
+    folder = Path(folder)
+    if folder.name != "bundle" or "best_epoch" in card.metrics or not (folder.parent / "checkpoint").exists():
+        return None
+    return (f"{folder} is the snapshot of a run that has not finished (the best epoch so far, "
+            f"{card.metrics.get('epoch', '?')}): not calibrated, its confidences and thresholds are not the final "
+            f"model's. Wait for the run to end, or resume it if it was stopped: skulens train --config "
+            f"{folder.parent / 'config.yaml'} --resume")
 
 
 def val_top1(card: ModelCard) -> float | None:
