@@ -262,3 +262,32 @@ def test_config_files_odd_keys_folders_bom_and_upper_case_suffixes(tmp_path: Pat
         f = tmp_path / name
         f.write_text(("\ufeff" if name.startswith("bom") else "") + text, encoding="utf-8")
         assert load_config(f) == {"epochs": 2}, name
+
+
+def test_a_cli_spelling_and_a_container_for_a_string_are_told(tmp_path: Path) -> None:
+    """`batch-size: 8` in a file was "unknown config key(s): batch-size" (the README calls every flag a key);
+    `backbone: [a, b]` became the text "['a', 'b']" and `loggers: {tensorboard: 1}` its keys."""
+    with pytest.raises(ConfigError, match="config keys use underscores: batch-size -> batch_size"):
+        resolve_config({"batch-size": 8})
+    for key, value in (("backbone", ["a", "b"]), ("device", {"cuda": 0}), ("loggers", {"tensorboard": 1})):
+        with pytest.raises(ConfigError, match=f"{key}: .* is not a valid"):
+            resolve_config({key: value})
+    assert resolve_config({"loggers": ["tensorboard"]}).loggers == ("tensorboard",)
+
+
+def test_the_python_api_says_what_the_cli_says(tiny_catalogue: Path, tmp_path: Path, caplog) -> None:
+    """skulens.train(out=<a file>) was mkdir's FileExistsError traceback, and settings the CLI warns are unused
+    (holdout_fraction without --select-on holdout) passed without a word."""
+    import logging
+
+    import skulens
+
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ConfigError, match="a file is there"):
+        skulens.train(tiny_catalogue, out=str(tmp_path / "afile"), progress=False, epochs=1)
+    from conftest import TINY
+
+    with caplog.at_level(logging.WARNING, logger="skulens"):
+        skulens.train(tiny_catalogue, out=str(tmp_path / "run"), progress=False, holdout_fraction=0.3,
+                      **{**TINY, "epochs": 1, "max_steps": 1})
+    assert "holdout_fraction 0.3 is not used" in caplog.text

@@ -624,6 +624,13 @@ def test_a_retrains_extra_catalogues_are_recorded_for_the_next_retrain(bundle_co
                     epochs=1)
     assert first.card.classes[-1] == "blue-box"
     assert first.card.dataset["extra"] == [str(extra.resolve())] == read_card(first.bundle).dataset["extra"]
+    # its config.yaml names the catalogue alone: fed to `skulens train --config` it dropped blue-box unsaid
+    head = (tmp_path / "rt" / "config.yaml").read_text(encoding="utf-8").splitlines()[:2]
+    assert head[0].startswith("# Written by `skulens retrain`") and str(extra.resolve()) in head[0]
+    assert head[1].startswith("# Made by: skulens retrain --model") and "--resume" not in head[1]
+    from skulens.config import load_config
+
+    assert load_config(tmp_path / "rt" / "config.yaml")["data"] == str(tiny_catalogue)  # still a config file
     again = retrain(first.bundle, out=str(tmp_path / "rt2"), data=tiny_catalogue, progress=False, epochs=1)
     assert again.card.classes[-1] == "blue-box" and again.card.dataset["extra"] == [str(extra.resolve())]
     assert retrain_extra(again.bundle, [extra]) == [str(extra.resolve())]  # given again: once

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from .config import TrainConfig, apply_preset, config_to_dict, load_config, resolve_config
+from .config import TrainConfig, apply_preset, config_to_dict, load_config, resolve_config, warn_unused
 from .models.predictor import ImageInput, Model, Prediction, load_model, pretrained_model
 
 if TYPE_CHECKING:
@@ -97,6 +97,7 @@ def train(data: str | os.PathLike | TrainConfig | None = None, *, config_file: s
     if data is not None:
         values["data"] = str(data)
     cfg: TrainConfig = resolve_config(values)
+    warn_unused(cfg)
     return fit(cfg, progress=progress)
 
 

@@ -232,7 +232,11 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
         if base is tuple:
             if isinstance(value, str):
                 return tuple(v.strip() for v in value.split(",") if v.strip())
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, (str, int, float)) for v in value):
+                raise TypeError(value)  # a mapping gave its keys; nested lists their text
             return tuple(str(v) for v in value)
+        if isinstance(value, (list, tuple, dict, set)):  # `backbone: [a, b]` became "['a', 'b']"
+            raise TypeError(value)
         return str(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{name}: {value!r} is not a valid {base.__name__}") from None
@@ -327,6 +331,42 @@ def _validate(cfg: TrainConfig) -> TrainConfig:
     return cfg
 
 
+def warn_unused(cfg: TrainConfig) -> None:
+    """Settings that only matter with another one: said, not silently ignored (the CLI, the Python API and
+    retrain say the same)."""
+    default = TrainConfig()
+    warn = logging.getLogger("skulens").warning
+    if cfg.holdout_fraction != default.holdout_fraction and cfg.select_on != "holdout":
+        warn("holdout_fraction %g is not used: it sizes the hold-out of --select-on holdout (this run selects on "
+             "%s)", cfg.holdout_fraction, cfg.select_on)
+    if cfg.pseudo_precision != default.pseudo_precision and not cfg.unlabeled:
+        warn("pseudo_precision %g is not used: it sets the pseudo-label threshold of self-training (--unlabeled "
+             "DIR)", cfg.pseudo_precision)
+    for name in ("distill_alpha", "distill_temperature"):
+        if getattr(cfg, name) != getattr(default, name) and not cfg.teacher and not cfg.unlabeled:
+            warn("%s %g is not used: it weighs a teacher's soft targets (--teacher BUNDLE, or self-training's)",
+                 name, getattr(cfg, name))
+    if cfg.freeze == "gradual" and cfg.gradual_head_epochs >= cfg.epochs:
+        warn("gradual_head_epochs %d >= epochs %d: the backbone never unfreezes, so this run is a linear probe "
+             "(--freeze head says so)", cfg.gradual_head_epochs, cfg.epochs)
+    if cfg.warmup_epochs > cfg.epochs and cfg.schedule != "onecycle":
+        warn("warmup_epochs %g > epochs %d: the whole run is warm-up, the learning rate never reaches --lr %g",
+             cfg.warmup_epochs, cfg.epochs, cfg.lr)
+    if cfg.schedule == "onecycle" and cfg.warmup_epochs > cfg.epochs / 2:
+        warn("warmup_epochs %g: one-cycle warms up for at most half the run (%g epochs)", cfg.warmup_epochs,
+             cfg.epochs / 2)
+    # a setting of one mode, given while another runs
+    needs = {"trainable_stages": (cfg.freeze == "partial", "--freeze partial"),
+             "gradual_head_epochs": (cfg.freeze == "gradual", "--freeze gradual"),
+             "momentum": (cfg.optimizer == "sgd", "--optimizer sgd"),
+             "ema_decay": (cfg.ema, "--ema"),
+             **{name: (cfg.adversarial != "none", "--adversarial fgsm or pgd")
+                for name in ("adversarial_eps", "adversarial_steps", "adversarial_fraction")}}
+    for name, (used, mode) in needs.items():
+        if not used and getattr(cfg, name) != getattr(default, name):
+            warn("%s %s is not used: it is a setting of %s", name, getattr(cfg, name), mode)
+
+
 def resolve_config(overrides: dict[str, Any] | None = None, base: TrainConfig | None = None) -> TrainConfig:
     """Apply `overrides` (from a file or the CLI) on top of `base` (defaults); unknown keys are an error."""
     base = base or TrainConfig()
@@ -335,7 +375,10 @@ def resolve_config(overrides: dict[str, Any] | None = None, base: TrainConfig | 
     names = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(overrides) - names)
     if unknown:
-        raise ConfigError(f"unknown config key(s): {', '.join(unknown)}")
+        # the CLI's spelling (batch-size) is the natural one in a file: the README calls every flag a config key
+        hints = [f"{k} -> {k.replace('-', '_')}" for k in unknown if k.replace("-", "_") in names]
+        raise ConfigError(f"unknown config key(s): {', '.join(unknown)}"
+                          + (f" (config keys use underscores: {', '.join(hints)})" if hints else ""))
     hints = _hints()
     values = {k: _coerce(k, v, hints[k]) for k, v in overrides.items()}
     return _validate(dataclasses.replace(base, **values))

@@ -4,7 +4,6 @@ for it (thin handlers over the core)."""
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import time
 from pathlib import Path
@@ -47,10 +46,10 @@ def cmd_train(ns: argparse.Namespace) -> int:
     # Under torchrun every process runs this command; rank 0 speaks for the run (skulens.cli.main quiets the
     # others' logs down to errors).
     main_rank = is_rank_zero()
-    from ..config import resolve_config
+    from ..config import resolve_config, warn_unused
 
     cfg = resolve_config(values)
-    _warn_unused(cfg)
+    warn_unused(cfg)
     check_out_path(cfg.out, "--out", folder=True)
     _check_bundles(cfg)  # before the catalogue is decoded and the baseline fitted: minutes on a real catalogue
     from ..train.engine import fit
@@ -59,43 +58,6 @@ def cmd_train(ns: argparse.Namespace) -> int:
     if main_rank:
         report_result(result)
     return 0
-
-
-def _warn_unused(cfg: Any) -> None:
-    """Settings that only matter with another one: said, not silently ignored."""
-    from ..config import TrainConfig
-
-    default = TrainConfig()
-    warn = logging.getLogger("skulens").warning
-    if cfg.holdout_fraction != default.holdout_fraction and cfg.select_on != "holdout":
-        warn("holdout_fraction %g is not used: it sizes the hold-out of --select-on holdout (this run selects on "
-             "%s)", cfg.holdout_fraction, cfg.select_on)
-    if cfg.pseudo_precision != default.pseudo_precision and not cfg.unlabeled:
-        warn("pseudo_precision %g is not used: it sets the pseudo-label threshold of self-training (--unlabeled "
-             "DIR)", cfg.pseudo_precision)
-    for name in ("distill_alpha", "distill_temperature"):
-        if getattr(cfg, name) != getattr(default, name) and not cfg.teacher and not cfg.unlabeled:
-            warn("%s %g is not used: it weighs a teacher's soft targets (--teacher BUNDLE, or self-training's)",
-                 name, getattr(cfg, name))
-    if cfg.freeze == "gradual" and cfg.gradual_head_epochs >= cfg.epochs:
-        warn("gradual_head_epochs %d >= epochs %d: the backbone never unfreezes, so this run is a linear probe "
-             "(--freeze head says so)", cfg.gradual_head_epochs, cfg.epochs)
-    if cfg.warmup_epochs > cfg.epochs and cfg.schedule != "onecycle":
-        warn("warmup_epochs %g > epochs %d: the whole run is warm-up, the learning rate never reaches --lr %g",
-             cfg.warmup_epochs, cfg.epochs, cfg.lr)
-    if cfg.schedule == "onecycle" and cfg.warmup_epochs > cfg.epochs / 2:
-        warn("warmup_epochs %g: one-cycle warms up for at most half the run (%g epochs)", cfg.warmup_epochs,
-             cfg.epochs / 2)
-    # a setting of one mode, given while another runs
-    needs = {"trainable_stages": (cfg.freeze == "partial", "--freeze partial"),
-             "gradual_head_epochs": (cfg.freeze == "gradual", "--freeze gradual"),
-             "momentum": (cfg.optimizer == "sgd", "--optimizer sgd"),
-             "ema_decay": (cfg.ema, "--ema"),
-             **{name: (cfg.adversarial != "none", "--adversarial fgsm or pgd")
-                for name in ("adversarial_eps", "adversarial_steps", "adversarial_fraction")}}
-    for name, (used, mode) in needs.items():
-        if not used and getattr(cfg, name) != getattr(default, name):
-            warn("%s %s is not used: it is a setting of %s", name, getattr(cfg, name), mode)
 
 
 def _check_bundles(cfg: Any) -> None:

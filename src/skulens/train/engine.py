@@ -244,6 +244,8 @@ def fit(cfg: TrainConfig, *, catalogue: Catalogue | None = None, progress: bool 
     """
     t0 = time.perf_counter()
     cfg = with_absolute_paths(cfg)
+    if cfg.out and Path(cfg.out).exists() and not Path(cfg.out).is_dir():  # before the catalogue is read
+        raise ConfigError(f"out {cfg.out}: a file is there; name a folder for the run")  # (mkdir's FileExistsError)
     cat = catalogue if catalogue is not None else _load_data(cfg)
     _check_catalogue(cfg, cat)
     if cfg.unlabeled:  # self-training: a teacher, pseudo-labels, then a student (each a run of this function)

@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..config import REMOVED_KEYS, ConfigError, resolve_config
+from ..config import REMOVED_KEYS, ConfigError, resolve_config, warn_unused
 from ..data.catalogue import Catalogue, Product, Sample, load_catalogue, merge_samples
 from ..data.image_list import walk_images
 from ..evaluate.heldout import card_catalogue, split_settings
@@ -142,13 +142,30 @@ def retrain(bundle: str | os.PathLike, *, out: str, data: str | os.PathLike | No
     values.update({"baseline": False, **overrides, "out": out, "init_from": str(bundle), "data": source})
     # what resumes it: this retrain again (config.yaml records neither --extra nor the enrolled photos, so
     # `train --config RUN/config.yaml --resume` met a catalogue without them and was refused)
-    advice = " ".join(["skulens retrain --model", shlex.quote(str(bundle)), *(f"--extra {shlex.quote(e)}" for e in extra),
-                       "--out", shlex.quote(str(out)), "--resume"] + (["--data", shlex.quote(str(data))] if data else []))
-    result = fit(resolve_config(values), catalogue=cat, progress=progress,
+    again = " ".join(["skulens retrain --model", shlex.quote(str(bundle)), *(f"--extra {shlex.quote(e)}" for e in extra),
+                      "--out", shlex.quote(str(out))] + (["--data", shlex.quote(str(data))] if data else []))
+    advice = f"{again} --resume"
+    cfg = resolve_config(values)
+    warn_unused(cfg)
+    result = fit(cfg, catalogue=cat, progress=progress,
                  resume_advice=f"{advice} (with the options it was started with)")
     if os.environ.get("RANK", "0") in ("", "0"):  # rank 0 writes, as for the rest of the bundle
         result = replace(result, card=_carry_enrolled(Path(bundle), result.bundle, extra))
+        _say_what_reproduces(Path(out) / "config.yaml", again, extra)
     return result
+
+
+def _say_what_reproduces(config_file: Path, command: str, extra: Sequence[str]) -> None:
+    """A retrain's config.yaml names the catalogue alone: fed to `skulens train --config`, it trained without the
+    extra catalogues and the enrolled products (dropped, the warning advising a flag train lacks). Its head says
+    so, in YAML comments that the config reader skips."""
+    if not config_file.is_file():
+        return
+    text = config_file.read_text(encoding="utf-8")
+    lines = ["# Written by `skulens retrain`: this file names the catalogue alone"
+             + (f" (not the extra catalogue(s) {', '.join(extra)}" if extra else " (not")
+             + " nor the bundle's enrolled products' photos).", f"# Made by: {command} (another --out for a new run like it)", ""]
+    config_file.write_text("\n".join(lines) + text, encoding="utf-8")
 
 
 def retrain_extra(bundle: str | os.PathLike, extra: Sequence[str | os.PathLike] = ()) -> list[str]:

@@ -49,6 +49,6 @@ def warm_start(model: SkuModel, card: ModelCard, bundle: str) -> dict[str, int]:
     dropped = [c for c in old_card.classes if c not in kept]
     if dropped:  # a product the bundle knew leaves the model: said, since a retrain's data may simply lack it
         log.warning("warm start: %d product(s) of %s are not in this run's catalogue and leave the model: %s%s "
-                    "(give their photos with --data or --extra to keep them)", len(dropped), bundle,
+                    "(give their photos in --data, or to `skulens retrain` with --extra, to keep them)", len(dropped), bundle,
                     ", ".join(dropped[:5]), " ..." if len(dropped) > 5 else "")
     return copied
