@@ -452,6 +452,28 @@ def test_retrain_extra_leaves_out_the_catalogues_own_photos(bundle_copy: Path, b
     assert "1 train, 1 val of the catalogue's own photos left out" in caplog.text and "given twice" in caplog.text
 
 
+def test_a_new_product_of_an_extra_folder_without_a_coarse_class_is_told_how(bundle_copy: Path,
+                                                                               blue_photos: list[Path],
+                                                                               tmp_path: Path) -> None:
+    """`retrain --extra FOLDER` with a new product, into a model with coarse classes: "new product(s) without a
+    coarse label: blue-box", naming neither the --extra nor the way to give one."""
+    from skulens.config import ConfigError
+    from skulens.train.retrain import retrain_catalogue
+
+    folder = tmp_path / "labelled" / "blue-box"
+    folder.mkdir(parents=True)
+    for p in blue_photos[:3]:
+        shutil.copy(p, folder / p.name)
+    with pytest.raises(ConfigError, match=r"--extra .*labelled: new product\(s\) blue-box have no coarse class.*"
+                                          r"coarse_label column"):
+        retrain_catalogue(bundle_copy, None, [tmp_path / "labelled"])
+    manifest = tmp_path / "labelled" / "labels.csv"  # the way the message gives
+    manifest.write_text("path,label,coarse_label\n" + "".join(f"blue-box/{p.name},blue-box,Box\n"
+                                                              for p in blue_photos[:3]), encoding="utf-8")
+    cat = retrain_catalogue(bundle_copy, None, [manifest])
+    assert cat.hierarchy["blue-box"] == "Box"
+
+
 def test_an_extra_folder_whose_photos_were_all_erased_adds_nothing_and_stops_nothing(
         bundle_copy: Path, tiny_catalogue: Path, tmp_path: Path, caplog) -> None:
     """An inventory's labelled folder after its last labelled photo was erased: empty class folders, no manifest.

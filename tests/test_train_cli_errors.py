@@ -134,8 +134,8 @@ def test_retrain_and_distill_refuse_an_out_that_is_a_file(tiny_bundle, tmp_path:
 
 
 def test_settings_of_another_mode_are_said_to_be_unused(caplog: pytest.LogCaptureFixture) -> None:
-    from skulens.config import warn_unused as _warn_unused
     from skulens.config import resolve_config
+    from skulens.config import warn_unused as _warn_unused
 
     cfg = resolve_config({"freeze": "full", "trainable_stages": 3, "gradual_head_epochs": 2, "momentum": 0.5,
                           "ema": False, "ema_decay": 0.9, "adversarial_eps": 4.0, "adversarial_steps": 5})

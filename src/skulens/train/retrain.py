@@ -55,6 +55,20 @@ def retrain_source(bundle: str | os.PathLike, data: str | os.PathLike | None = N
     return os.path.abspath(source)
 
 
+def _refuse_new_products_without_coarse(cat: Catalogue, samples: Sequence[Sample], source: str | os.PathLike) -> None:
+    """A model with coarse classes needs each new product's: "new product(s) without a coarse label" said neither
+    which --extra brought it nor how to give one (a folder of photos, or a filled-in suggest-labels manifest, has
+    no coarse column)."""
+    if not cat.hierarchy:
+        return
+    bare = sorted({s.label for s in samples if s.label not in cat.classes and not s.coarse_label})
+    if bare:
+        coarse = ", ".join(sorted(set(cat.hierarchy.values()))[:6])
+        raise ConfigError(f"--extra {source}: new product(s) {', '.join(bare[:5])} have no coarse class, which this "
+                          f"model's products all have ({coarse}, ...): give --extra a manifest CSV with a "
+                          "coarse_label column (path,label,coarse_label; paths relative to the CSV)")
+
+
 def retrain_catalogue(bundle: str | os.PathLike, data: str | os.PathLike | None = None,
                       extra: Sequence[str | os.PathLike] = ()) -> Catalogue:
     """The catalogue a retrain uses: the bundle's training data + its enrolled photos + extra catalogues."""
@@ -70,9 +84,10 @@ def retrain_catalogue(bundle: str | os.PathLike, data: str | os.PathLike | None 
                         "from it", path)
             continue
         more = load_catalogue(path, val_fraction=0.0)
-        for split in more.splits.values():
-            extra_samples += [s if s.coarse_label or not more.hierarchy
-                              else replace(s, coarse_label=more.hierarchy.get(s.label)) for s in split]
+        added = [s if s.coarse_label or not more.hierarchy else replace(s, coarse_label=more.hierarchy.get(s.label))
+                 for split in more.splits.values() for s in split]
+        _refuse_new_products_without_coarse(cat, added, path)
+        extra_samples += added
     merged = merge_samples(cat, samples + _new_photos(cat, extra_samples), products)
     have = {s.label for s in merged.split("train")}
     bare = [label for label in products if label not in have]
