@@ -337,3 +337,120 @@ def test_an_adjustment_on_a_postgresql_database_whose_disk_fails_answers_503_wit
         inventory_db.execute("inv", "DROP TRIGGER disk_fails ON stock")  # the disk works again: so does the store
         again = client.post("/v1/inventory/products/oat-milk/adjust", json={"delta": -2, "reason": "sold"})
     assert (again.status_code, again.json()) == (200, {"label": "oat-milk", "count": 3})
+
+
+# -- PostgreSQL gone for a while: 503 with Retry-After, /readyz says so, back by itself ----------------------------
+
+
+class _SocketProxy:
+    """A Unix-socket forwarder to the PostgreSQL server: psycopg connects to FOLDER/.s.PGSQL.5432 (host=FOLDER) and
+    the bytes go to the server's own socket. cut() drops every connection and the socket itself, as a database that
+    went away; restore() brings it back."""
+
+    def __init__(self, target: str, folder: Path):
+        self.target, self.path = target, folder / ".s.PGSQL.5432"
+        self.pairs: list[Any] = []
+        self.listener: Any = None
+
+    def restore(self) -> None:
+        import socket
+        import threading
+
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(str(self.path))
+        self.listener.listen(16)
+        threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
+
+    def _accept(self, listener: Any) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            server.connect(self.target)
+            self.pairs.append((client, server))
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(a: Any, b: Any) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        for s in (a, b):
+            try:
+                s.shutdown(2)
+            except OSError:
+                pass
+
+    def cut(self) -> None:
+        import socket
+
+        self.listener.close()
+        self.path.unlink()
+        for pair in self.pairs:
+            for s in pair:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        self.pairs.clear()
+
+
+@pytest.mark.parametrize("inventory_db", ["postgresql"], indirect=True)
+def test_a_postgresql_that_goes_away_is_a_503_readyz_says_so_and_the_service_comes_back(
+        inventory_db, tiny_bundle, tiny_catalogue: Path, tmp_path: Path) -> None:
+    """Every inventory call answered a bare 500 and logged a traceback while PostgreSQL was down, /readyz said
+    "ready" (a load balancer kept sending intakes), and `inventory scan` ended in a traceback."""
+    import tempfile
+
+    from fastapi.testclient import TestClient
+    from sqlalchemy.engine import make_url
+
+    from skulens.cli._errors import storage_failure as cli_storage_failure
+    from skulens.serve.app import create_app
+    from test_serve import AUTH, _settings, _upload
+
+    url = make_url(inventory_db.url())
+    folder = Path(tempfile.mkdtemp(prefix="pg", dir="/tmp"))  # a socket path must be short (108 bytes)
+    proxy = _SocketProxy(f"{url.query['host']}/.s.PGSQL.{url.port or 5432}", folder)
+    proxy.restore()
+    proxied = url.update_query_dict({"host": str(folder)}).render_as_string(hide_password=False)
+    photos = sorted((tiny_catalogue.parent / "val").rglob("*.jpg"))
+    app = create_app(_settings(tiny_bundle, db=proxied, labelled_dir=str(inventory_db.dirs()["labelled_dir"]),
+                               warmup=False))
+    with TestClient(app) as client:
+        assert client.post("/v1/inventory/intake", files=_upload(photos[0].read_bytes(), field="images"),
+                           headers=AUTH).status_code == 200
+        proxy.cut()
+        down = [client.post("/v1/inventory/intake", files=_upload(photos[1].read_bytes(), field="images"),
+                            headers=AUTH),
+                client.get("/v1/inventory", headers=AUTH), client.get("/v1/inventory/audit", headers=AUTH)]
+        for r in down:
+            assert (r.status_code, r.headers.get("Retry-After")) == (503, "30"), r.text
+            assert "the database cannot be reached" in r.json()["detail"]
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and "the inventory database cannot be reached" in ready.json()["problems"]
+        proxy.restore()
+        back = client.get("/readyz")
+        assert back.status_code == 200, back.json()
+        again = client.post("/v1/inventory/intake", files=_upload(photos[1].read_bytes(), field="images"),
+                            headers=AUTH)
+        assert again.status_code == 200 and again.json()["results"][0]["status"] != "duplicate"
+        assert sum(client.get("/v1/inventory").json()["counts"].values()) + \
+            client.get("/v1/inventory").json()["review_queue"] == 2  # both photos, once each
+    # the CLI: a store whose database went away mid-run is the storage's failure (one line, exit 3)
+    store = InventoryStore(proxied, **inventory_db.dirs())
+    try:
+        proxy.cut()
+        with pytest.raises(Exception) as lost:
+            store.stock()
+        assert cli_storage_failure(lost.value) == "unavailable" and storage_failure(lost.value) == "unavailable"
+    finally:
+        store.close()

@@ -64,6 +64,38 @@ async def _people_loop(st: ServiceState) -> None:
         await anyio.to_thread.run_sync(st.people.tick)
 
 
+def _database_errors() -> list[type[BaseException]]:
+    """The errors a database and its drivers raise to a route (the store's reads run outside the routes' own
+    storage handling: a lost PostgreSQL was a bare 500 and a traceback per request)."""
+    import sqlite3
+
+    import sqlalchemy as sa
+
+    found: list[type[BaseException]] = [sa.exc.DBAPIError, sqlite3.Error]
+    try:
+        import psycopg
+    except ImportError:
+        return found
+    return [*found, psycopg.Error]
+
+
+async def _database_error(request: Request, exc: Exception) -> Any:
+    """A database that cannot be used now (unreachable, read-only, full): 503 with Retry-After (507 when full) and
+    one log line; any other database error stays a 500, its traceback logged."""
+    from starlette.responses import PlainTextResponse
+
+    from .deps import storage_refused
+    from .inventory import storage_error
+
+    error = storage_error(exc, "the inventory cannot answer now", "nothing was changed by this request")
+    if error is None:
+        logger.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return PlainTextResponse("Internal Server Error", status_code=500)
+    logger.warning("%s %s: %s", request.method, request.url.path, error)
+    answer = storage_refused(error)
+    return JSONResponse({"detail": answer.detail}, status_code=answer.status_code, headers=answer.headers)
+
+
 def create_app(settings: ServeSettings, *, model: Model | None = None, state: ServiceState | None = None) -> FastAPI:
     """The service. `model` (an already loaded skulens.Model) or a whole `state` may be injected (tests)."""
 
@@ -111,6 +143,9 @@ def create_app(settings: ServeSettings, *, model: Model | None = None, state: Se
     app.include_router(web.router)
     app.mount("/static", StaticFiles(packages=[("skulens.serve", "static")]), name="static")
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    if settings.db:
+        for cls in _database_errors():
+            app.add_exception_handler(cls, _database_error)
 
     # Added innermost first: requests pass metrics -> headers -> CORS -> body limit -> timeout -> routes.
     def count_timeout() -> None:

@@ -218,9 +218,11 @@ def storage_failure(exc: BaseException) -> str | None:
     no file handles left; a database that takes no writes, or whose disk fails it: SQLite's SQLITE_IOERR,
     PostgreSQL's io_error), else None. A merged intake fails as a whole on one (`intake_batches`). A sqlite3 error
     without a code (Python 3.10's) is none of these: its message is all it has, and that is not matched."""
+    if isinstance(exc, sa.exc.DBAPIError) and isinstance(exc.orig, BaseException):  # a connect's, unwrapped
+        exc = exc.orig
     if isinstance(exc, OSError) and exc.errno in _STORAGE_FULL_ERRNOS:
         return "full"
-    if isinstance(exc, OSError) and exc.errno in _STORAGE_DOWN_ERRNOS:
+    if isinstance(exc, OSError) and exc.errno in _STORAGE_DOWN_ERRNOS or database_lost(exc):
         return "unavailable"
     sqlite_code, sqlstate = _sqlite_code(exc), getattr(exc, "sqlstate", None)
     if sqlite_code == _SQLITE_FULL or sqlstate == _PG_DISK_FULL:
@@ -228,6 +230,20 @@ def storage_failure(exc: BaseException) -> str | None:
     if sqlite_code in (_SQLITE_READONLY, _SQLITE_IOERR) or sqlstate in (_PG_READ_ONLY, _PG_IO_ERROR):
         return "unavailable"
     return None
+
+
+def database_lost(exc: BaseException) -> bool:
+    """PostgreSQL cannot be reached, or went away: psycopg's OperationalError without a server code (refused,
+    reset, "connection is bad", "consuming input failed"), a connection exception (SQLSTATE class 08) or the server
+    shutting down or starting (57P01-57P03). The same request succeeds once it is back: storage "unavailable"."""
+    if isinstance(exc, sa.exc.DBAPIError) and isinstance(exc.orig, BaseException):
+        exc = exc.orig
+    if type(exc).__module__.split(".")[0] != "psycopg":
+        return False
+    sqlstate = getattr(exc, "sqlstate", None)
+    if sqlstate:
+        return sqlstate.startswith(("08", "57P"))
+    return any(c.__name__ == "OperationalError" for c in type(exc).__mro__)
 
 
 def _sqlite_code(exc: BaseException) -> int | None:
@@ -280,6 +296,8 @@ def storage_error(exc: BaseException, doing: str, outcome: str) -> StorageError 
         return None
     if isinstance(exc, OSError) and exc.errno:
         reason = os.strerror(exc.errno)
+    elif database_lost(exc):
+        reason = "the database cannot be reached"
     elif failure == "full":
         reason = "the database's disk is full"
     elif _sqlite_code(exc) == _SQLITE_IOERR or getattr(exc, "sqlstate", None) == _PG_IO_ERROR:
@@ -683,11 +701,18 @@ class InventoryStore:
             self._migrate()
         except BaseException as exc:
             self._engine.dispose()
-            if _driver_error(exc) and storage_failure(exc) is None:  # unreachable, no such database, not a database
+            # unreachable, no such database, not a database: said as the store's opener's error (a lost database
+            # later is storage "unavailable": the same request succeeds once it is back)
+            if _driver_error(exc) and (storage_failure(exc) is None or database_lost(exc)):
                 first = str(getattr(exc, "orig", None) or exc).strip().splitlines()
                 raise InventoryError(f"cannot open inventory {self.url}: {first[0] if first else type(exc).__name__}") \
                     from exc
             raise
+
+    def ping(self) -> None:
+        """One round trip to the database (readiness): the driver's error when it cannot be used."""
+        with self._engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
 
     def _create_engine(self, url: sa.engine.URL, pool_size: int) -> sa.engine.Engine:
         if self.backend == "sqlite":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import anyio
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 
@@ -19,6 +20,18 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
+async def _database_answers(state: State) -> bool:
+    """Whether the inventory's database answers a SELECT 1 within 2 s (a load balancer keeps sending intakes to a
+    worker whose PostgreSQL is gone, each a failure, while /readyz said ready)."""
+    assert state.store is not None
+    try:
+        with anyio.fail_after(2):
+            await anyio.to_thread.run_sync(state.store.ping, abandon_on_cancel=True)
+    except Exception:  # noqa: BLE001 - any driver error, or the timeout: not ready
+        return False
+    return True
+
+
 @router.get("/readyz", summary="Readiness: the model is loaded and the batcher runs",
             responses={503: {"description": "not ready yet (warming up) or not any more: the body's `problems` say "
                                             "why; a load balancer sends no traffic here until it answers 200"}})
@@ -30,6 +43,8 @@ async def readyz(state: State) -> JSONResponse:
         problems.append("inventory writer is not running")
     if state.warming:
         problems.append("warming up: running the model once per batch size and paging the index in")
+    if state.store is not None and not await _database_answers(state):
+        problems.append("the inventory database cannot be reached")
     body = {"status": "not ready" if problems else "ready", "problems": problems,
             "queue_depth": state.recognizer.batcher.depth, "startup": state.startup}
     return JSONResponse(body, status_code=503 if problems else 200)
