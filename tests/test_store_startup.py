@@ -127,3 +127,23 @@ def test_another_error_of_the_start_up_sweep_still_fails_the_start(tiny_bundle, 
     with pytest.raises(RuntimeError, match="a bug in the sweep"), TestClient(
             create_app(_settings(tiny_bundle, inventory_db), model=model)):
         pass
+
+
+def test_database_passwords_are_hidden_in_every_form_and_a_scheme_in_capitals_is_read(tmp_path: Path) -> None:
+    """A libpq `password` in the query string was logged and put in error messages as it was, and so was a
+    password with an unencoded '#', '?' or '/' (SQLAlchemy reads it, and connects); `PostgreSQL://` passed serve's
+    settings check, then failed after the model loaded ('unsupported database')."""
+    from skulens.serve.inventory import InventoryError, InventoryStore
+    from skulens.serve.settings import ApiKey, ServeSettings, hide_password
+
+    assert hide_password("postgresql://u:pa#ss/99@localhost/db") == "postgresql://u:***@localhost/db"
+    assert hide_password("postgresql://u@localhost/db?sslmode=require&password=Sekr3t&x=1") == \
+        "postgresql://u@localhost/db?sslmode=require&password=***&x=1"
+    url = "postgresql://u:pa#ss/99@127.0.0.1:1/db?password=Sekr3tPW&connect_timeout=2"
+    with pytest.raises(InventoryError) as refused:  # port 1: nothing listens
+        InventoryStore(url)
+    assert "Sekr3tPW" not in str(refused.value) and "pa#ss" not in str(refused.value)
+    shown = ServeSettings(model="m", db=url, api_keys=(ApiKey("a", "k" * 12),)).public()["db"]
+    assert "Sekr3tPW" not in shown and "pa#ss" not in shown
+    with InventoryStore(f"SQLite:///{tmp_path / 'caps.sqlite'}") as store:
+        assert store.backend == "sqlite" and not store.stock()

@@ -544,7 +544,10 @@ def is_database_url(db: str | os.PathLike[str]) -> bool:
 
 
 def _display(url: sa.engine.URL) -> str:
-    return url.render_as_string(hide_password=True)
+    """The URL as logs and messages name it: no password, in the user part or in the query string."""
+    from .settings import hide_password
+
+    return hide_password(url.render_as_string(hide_password=True))
 
 
 # The review queue: photos and boxes in one list, oldest photo first (a box under its photo's source and date).
@@ -661,7 +664,7 @@ class InventoryStore:
                 url.port  # noqa: B018 - a port that is not a number raises here, not at the first connection
             except (sa.exc.ArgumentError, ValueError) as exc:
                 raise InventoryError(f"not a database URL: {exc}") from None
-            driver = _URL_DRIVERS.get(url.drivername)
+            driver = _URL_DRIVERS.get(url.drivername.lower())  # a scheme is case-insensitive (RFC 3986)
             if driver is None:
                 raise InventoryError(f"{_display(url)}: unsupported database (give a SQLite file path or a "
                                      "postgresql:// URL)")

@@ -136,7 +136,7 @@ class ServeSettings:
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         if self.db and "://" in self.db and self.db.split("://", 1)[0].lower() not in _DB_SCHEMES:
-            raise ConfigError(f"db {_hide_password(self.db)}: a SQLite file path or a postgresql:// URL "
+            raise ConfigError(f"db {hide_password(self.db)}: a SQLite file path or a postgresql:// URL "
                               f"(schemes: {', '.join(sorted(_DB_SCHEMES))})")
         if "*" in self.cors_origins:
             raise ConfigError("cors_origins: list the origins; '*' would let any site call the API")
@@ -163,7 +163,7 @@ class ServeSettings:
         d = dataclasses.asdict(self)
         d["api_keys"] = [k.name for k in self.api_keys]
         if self.db:
-            d["db"] = _hide_password(self.db)
+            d["db"] = hide_password(self.db)
         return d
 
 
@@ -234,9 +234,12 @@ def _renamed(values: dict[str, Any], source: str) -> dict[str, Any]:
 _DB_SCHEMES = frozenset({"postgresql", "postgres", "postgresql+psycopg", "sqlite", "sqlite+pysqlite"})
 
 
-def _hide_password(db: str) -> str:
-    """A database URL as it may be logged and shown at /v1/info: scheme://user:***@host/..."""
-    return re.sub(r"^([a-z0-9+.-]+://[^:/@?#]*:)[^@/?#]*@", r"\1***@", db, flags=re.IGNORECASE)
+def hide_password(db: str) -> str:
+    """A database URL as it may be logged and shown at /v1/info: scheme://user:***@host/...?password=***. The
+    password is what SQLAlchemy reads as one (up to the first @: `#`, `?` and `/` unencoded in it too), and a
+    libpq `password` parameter of the query string."""
+    db = re.sub(r"^([a-z0-9+.-]+://[^:/@]*:)[^@]*@", r"\1***@", db, flags=re.IGNORECASE)
+    return re.sub(r"([?&]password=)[^&]*", r"\1***", db, flags=re.IGNORECASE)
 
 
 _OPTIONAL_FLOATS = frozenset({"detector_min_score", "upload_retention_days", "search_route"})  # None: unset
