@@ -845,3 +845,23 @@ def test_the_writing_routes_document_their_storage_answers(inventory_db, monkeyp
                          ("/v1/events", "post")]:
         answers = spec["paths"][path][method]["responses"]
         assert {"503", "507"} <= set(answers), (path, sorted(answers))
+
+
+@pytest.mark.parametrize("inventory_db", ["sqlite", "postgresql"], indirect=True)
+def test_a_review_whose_photo_another_process_kept_elsewhere_is_refused_with_nothing_changed(
+        inventory_db, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A photo queued by a scan with other folders (run from another directory): the service's review said
+    "corrected" and counted it, and the photo never reached the labelled data (the CLI refused it)."""
+    state = _service(inventory_db, monkeypatch)
+    store = state.store
+    store.intake([_photo(1, 0.2)], threshold=0.5, actor="t")
+    item = f"{1:064x}"
+    kept = store.photo_file(item)
+    assert kept is not None
+    kept.rename(kept.with_name("elsewhere.jpg"))  # where another process's folders hold it
+    before = (store.counts(), store.audit(), [i.id for i in store.review_queue()])
+    with _client(state) as client:
+        r = client.post(f"/v1/inventory/review/{item}", json={"label": "oat-milk"})
+    assert r.status_code == 409 and "nothing was changed" in r.json()["detail"], r.text
+    assert (store.counts(), store.audit(), [i.id for i in store.review_queue()]) == before
+    assert store.resolve(item, None, actor="reviewer").status == "rejected"  # a rejection needs no photo

@@ -307,6 +307,11 @@ def storage_error(exc: BaseException, doing: str, outcome: str) -> StorageError 
     return StorageError(f"{doing} ({reason}); {outcome}", failure)
 
 
+class PhotoMissingError(InventoryError):
+    """A correction or confirmation of a kept photo that is not in this store's photo folder: it would count, and
+    its photo would never reach the labelled data."""
+
+
 class UnknownLabelError(InventoryError):
     """A review label that names no known product: accepted, a typo ("Bananna") would become a new product,
     a row in the counts and a class folder in the labelled data that retraining reads."""
@@ -1182,6 +1187,12 @@ class InventoryStore:
             # What needs the disk is written before the commit (the photo's copy in the labelled folder, the new
             # manifest beside the old one): a full or read-only disk fails the review as a whole, the item stays
             # in the queue with its photo. After the commit only an unlink and a rename are left.
+            if row["stored"] and not (self.photo_dir / row["stored"]).is_file():
+                # it would count, and never reach the labelled data retraining reads (a scan by a process with
+                # other folders kept it elsewhere; the CLI refused this, the service said "corrected")
+                raise PhotoMissingError(f"the photo of {what} is not in {self.photo_dir}: a process with other "
+                                        "folders kept it; review it there, or give this one the same photo and "
+                                        "labelled folders; nothing was changed")
             dst = self._labelled_path(label, row["stored"]) if row["stored"] else None
             # A file already there (another store's, in a shared labelled folder) is replaced, never rolled back.
             fresh = dst is not None and not dst.exists()

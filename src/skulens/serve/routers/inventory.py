@@ -29,6 +29,7 @@ from ..inventory import (
     IntakePhoto,
     InventoryError,
     InventoryStore,
+    PhotoMissingError,
     ShelfPhoto,
     UnknownLabelError,
 )
@@ -275,7 +276,8 @@ async def resolve(state: State, actor: WriteKey, item: ItemId,
     except UnknownLabelError as exc:
         return _unknown_label(exc)
     except InventoryError as exc:
-        status = 404 if "not in the inventory" in str(exc) else 409 if "not waiting" in str(exc) else 422
+        status = 404 if "not in the inventory" in str(exc) else \
+            409 if "not waiting" in str(exc) or isinstance(exc, PhotoMissingError) else 422
         raise HTTPException(status, str(exc)) from None
     except Exception as exc:
         answer = _storage_error(exc, "a review", "it was not recorded, the item is still waiting for review")
