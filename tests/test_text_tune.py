@@ -182,13 +182,28 @@ def test_bad_query_logs_and_empty_queries_get_clear_errors(bundle: Path, tmp_pat
     products = {label: None for label in SHOP}
     cases = {"query;product_id\nx;oat-milk\n": "needs 'query' and 'product_id' columns",
              "query,product_id\n  ,oat-milk\n": r":2: empty query",
-             "query,product_id\noat drink,oat-milk\ncola,coca-cola\n": r":3: unknown product_id 'coca-cola'",
+             "query,product_id\noat drink,oat-milk\ncola,coca-cola\n": r":3: product_id 'coca-cola' is not in the cat",
+             # a class of the catalogue without a products.csv row: not "unknown" (the user looked for a typo)
+             "query,product_id\nsour citrus,lime\n": r":2: product_id 'lime' has no product text",
+             "query,product_id\ngreen apple\n": r":2: fewer cells than the header's columns",
              "query,product_id\n": "no rows", "": "no header"}
     for i, (text, message) in enumerate(cases.items()):
         p = tmp_path / f"log{i}.csv"
         p.write_text(text, encoding="utf-8")
         with pytest.raises(CatalogueError, match=message):
-            read_query_log(p, products)
+            read_query_log(p, products, classes=[*SHOP, "lime"])
+    # a products.csv of labels alone has no texts either (it tuned on the label words, and said it had)
+    import dataclasses
+
+    bare = skulens.load_catalogue(described)
+    bare = dataclasses.replace(bare, products={k: dataclasses.replace(v, title="", description="", info="")
+                                               for k, v in bare.products.items()})
+    with pytest.raises(CatalogueError, match="no product texts"):
+        tune_text_encoder(bundle, bare, config=QUICK)
+    from skulens.search.align import align_catalogue
+
+    with pytest.raises(CatalogueError, match="no product texts"):
+        align_catalogue(skulens.load(bundle, device="cpu"), bare)
     with pytest.raises(CatalogueError, match="no such file"):
         read_query_log(tmp_path / "missing.csv", products)
     for name, data in (("binary.csv", bytes(range(256)) * 4), ("latin1.csv", "query,product_id\nmjölk,oat-milk\n"

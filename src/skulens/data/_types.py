@@ -45,6 +45,12 @@ class Product:
     # The attributes every photo of the product carries ("lactose_free", "colour=white"); () when none are known.
     attributes: tuple[str, ...] = ()
 
+    @property
+    def has_text(self) -> bool:
+        """Whether the shop wrote anything about it: a title, a description or info (a products.csv of labels alone
+        gives none, and text search has nothing to learn from but the labels)."""
+        return bool(self.title.strip() or self.description.strip() or self.info.strip())
+
 
 @dataclass
 class Catalogue:

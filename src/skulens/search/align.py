@@ -215,7 +215,7 @@ def align_catalogue(model: Any, cat: Any, *, splits: Sequence[str] = ("train",),
     from .catalogue_index import catalogue_records
     from .embeddings import embed_paths
 
-    if not cat.products:
+    if not any(p.has_text for p in cat.products.values()):  # none, or a products.csv of labels alone
         raise CatalogueError(f"{cat.root} has no product texts (titles/descriptions) to align with")
     records, paths = catalogue_records(cat, splits=splits, catalogue_photos=True)
     emb = embed_paths(model, paths, progress=progress)

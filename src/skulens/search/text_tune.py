@@ -33,7 +33,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -226,7 +226,7 @@ def catalogue_pairs(cat: Catalogue, *, max_anchors: int = 10, mask: bool = False
     up to `lexicon_anchors` of WordNet's (other names, then its definition: `lexicon_entry`),
     each with the product's document (`product_document` of its index record; with `mask`, less the sentences
     that hold the anchor)."""
-    if not cat.products:
+    if not any(p.has_text for p in cat.products.values()):  # none, or a products.csv of labels alone
         raise CatalogueError(f"{cat.root}: no product texts (titles, descriptions) to tune the text encoder on: "
                              "add a products.csv (label,title,description,...)")
     candidates = {label: _key_phrases(p.description) for label, p in cat.products.items()}
@@ -254,14 +254,16 @@ def catalogue_pairs(cat: Catalogue, *, max_anchors: int = 10, mask: bool = False
     return pairs
 
 
-def read_query_log(path: str | os.PathLike[str], products: Mapping[str, Any]) -> list[tuple[str, str]]:
+def read_query_log(path: str | os.PathLike[str], products: Mapping[str, Any],
+                   classes: Collection[str] = ()) -> list[tuple[str, str]]:
     """A shop's query log: CSV with `query` and `product_id` columns (the product the shopper chose).
-    Every row must name a known product and a non-empty query; errors name the file and line."""
+    Every row must name a product with texts (`products`) and a non-empty query; errors name the file and line
+    (a product of `classes`, the catalogue's, without texts is named as such)."""
     p = Path(path)
     if not p.is_file():
         raise CatalogueError(f"query log {p}: no such file")
     try:
-        return _read_query_log(p, products)
+        return _read_query_log(p, products, classes)
     except UnicodeDecodeError:  # a binary file, another encoding
         from ..data.encoding import not_utf8
 
@@ -270,7 +272,7 @@ def read_query_log(path: str | os.PathLike[str], products: Mapping[str, Any]) ->
         raise CatalogueError(f"query log {p}: not a CSV file ({exc})") from None
 
 
-def _read_query_log(p: Path, products: Mapping[str, Any]) -> list[tuple[str, str]]:
+def _read_query_log(p: Path, products: Mapping[str, Any], classes: Collection[str]) -> list[tuple[str, str]]:
     with p.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         header = [h.strip().lower() for h in reader.fieldnames or []]
@@ -292,8 +294,13 @@ def _read_query_log(p: Path, products: Mapping[str, Any]) -> list[tuple[str, str
             query, product = _clean(row.get("query") or ""), (row.get("product_id") or "").strip()
             if not query:
                 raise CatalogueError(f"{where}: empty query")
+            if row.get("product_id") is None:  # csv.DictReader fills a short row with None
+                raise CatalogueError(f"{where}: fewer cells than the header's columns (no product_id)")
             if product not in products:
-                raise CatalogueError(f"{where}: unknown product_id {product!r} (not in the catalogue)")
+                known = product in classes
+                raise CatalogueError(f"{where}: product_id {product!r} " + (
+                    "has no product text (no row in products.csv): give it a title and description there, or "
+                    "leave its queries out" if known else "is not in the catalogue"))
             out.append((query, product))
     if not out:
         raise CatalogueError(f"query log {p}: no rows")
@@ -494,7 +501,7 @@ def training_pairs(cat: Catalogue, config: TuneConfig, queries: str | os.PathLik
     log's (query, product) lines."""
     pairs = catalogue_pairs(cat, max_anchors=config.max_anchors, mask=config.mask,
                             lexicon_anchors=config.lexicon_anchors)
-    log_pairs = read_query_log(queries, cat.products) if queries is not None else []
+    log_pairs = read_query_log(queries, cat.products, cat.classes) if queries is not None else []
     for q, label in log_pairs:
         prod = cat.products[label]
         pairs.append((q, product_document(prod.title or _words(label), catalogue_text(prod)), label))
