@@ -117,6 +117,21 @@ def test_stock_changes_are_seen(encoder) -> None:
     assert "We have 5" in r.answer(_pred("Granny-Smith"), "Do you have it in stock?").answer
 
 
+def test_a_property_asked_of_a_catalogue_without_an_attribute_table_is_not_answered_by_the_category(
+        encoder) -> None:
+    """A products.csv catalogue (no attribute table): "What colour is it?" was answered "Oatly oat milk is in our
+    Milk range." (the category fact, 0.43 over min_score 0.4), not handed off. The product's own text still
+    answers where it says it."""
+    oat = Product("Oatly-Oat-Milk", "Milk", "Oatly oat milk", "Oat drink that is dairy free and vegan.")
+    plum = Product("Plum", "Fruit", "Plum", "Sweet and juicy with a tart skin.")
+    r = SupportResponder({p.label: p for p in (oat, plum)}, encoder, min_confidence=0.5, min_score=0.4)
+    for question in ("What colour is it?", "What color is the package?"):
+        a = r.answer(_pred("Oatly-Oat-Milk"), question)
+        assert a.handoff and a.field != "category" and "range" not in (a.answer or ""), (question, a)
+    taste = r.answer(_pred("Plum"), "What does it taste like?")
+    assert not taste.handoff and taste.field == "description" and "juicy" in taste.answer
+
+
 def test_products_from_a_manifest_catalogue_use_titles(tiny_catalogue: Path) -> None:
     products = products_from_catalogue(load_catalogue(tiny_catalogue, val_fraction=0))
     assert set(products) == {"red-apple", "green-apple", "oat-milk"}

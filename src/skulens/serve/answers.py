@@ -48,7 +48,8 @@ from ._support_words import (
     WH,
 )
 
-__all__ = ["Lexicon", "Ruling", "country_name", "info_lines", "rule", "split_compound", "strip_names"]
+__all__ = ["Lexicon", "Ruling", "asks_for_a_property", "country_name", "info_lines", "rule", "split_compound",
+           "strip_names"]
 
 _SUBJECT_NEGATIONS = frozenset({"cant", "cannot", "avoid", "avoiding", "allergic"})
 
@@ -88,6 +89,13 @@ def _singular(word: str) -> str:
 def _tokens(text: str) -> tuple[str, ...]:
     text = text.lower().replace("'", "").replace("\u2019", "")
     return tuple(_singular(w) for w in re.findall(r"[a-z0-9åäöæøéü]+", text))
+
+
+def asks_for_a_property(question: str) -> bool:
+    """Whether the question names a colour, flavour or packaging ("What colour is it?"): a product's name or
+    category answers none of these."""
+    words = _tokens(question)
+    return any(_find(words, _tokens(c)) for cues in GROUP_CUES.values() for c in cues)
 
 
 def _find(words: tuple[str, ...], phrase: tuple[str, ...]) -> bool:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from ..data.catalogue import Catalogue, Product, class_products
-from .answers import Lexicon, country_name, info_lines, rule, split_compound, strip_names
+from .answers import Lexicon, asks_for_a_property, country_name, info_lines, rule, split_compound, strip_names
 
 if TYPE_CHECKING:
     from ..models.predictor import Prediction
@@ -280,6 +280,9 @@ class SupportResponder:
         # The product's own names say nothing about what is asked ("What size is this sour cream?").
         q = np.asarray(self.encoder.encode([strip_names(question, self.product(label))]), dtype=np.float32)[0]
         scores = vectors @ q
+        if asks_for_a_property(question):  # "What colour is it?" was answered "... is in our Milk range" (0.43)
+            says_nothing = np.array([facts[i].field in ("name", "category") for i in owner])
+            scores = np.where(says_nothing, -1.0, scores)  # the lowest cosine: below any min_score
         row = int(scores.argmax())
         best, score = int(owner[row]), float(scores[row])
         topic_scores = self._topic_vectors @ q
