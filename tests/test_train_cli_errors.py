@@ -5,6 +5,7 @@ folder that does not exist, -o naming a folder, a pool with no readable photo.""
 from __future__ import annotations
 
 import csv
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -161,3 +162,49 @@ def test_settings_of_another_mode_are_said_to_be_unused(caplog: pytest.LogCaptur
     with caplog.at_level("WARNING"):
         _warn_unused(resolve_config({"freeze": "gradual", "gradual_head_epochs": 1, "epochs": 3}))
     assert caplog.text == ""
+
+
+def test_weights_beside_a_warm_start_are_said_unused_and_the_help_gives_each_commands_defaults(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """`retrain --weights random` (and `train --init-from B --weights ...`) logged a random start and recorded it,
+    and the warm start replaced the whole backbone: bit-identical weights. retrain's, distill's and prune's help
+    gave TrainConfig's defaults (224 px, Lite2, 10 epochs), which those commands do not run."""
+    import contextlib
+    import io
+
+    from skulens.cli import build_parser
+    from skulens.config import resolve_config, warn_unused
+
+    with caplog.at_level("WARNING"):
+        warn_unused(resolve_config({"init_from": "runs/a/bundle", "weights": "random"}))
+    assert "weights random is not used: the run starts from runs/a/bundle's backbone" in caplog.text
+
+    def help_of(*command: str) -> str:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+            build_parser().parse_args([*command, "--help"])
+        return " ".join(out.getvalue().split())
+
+    retrain = help_of("retrain")
+    assert "(default: the bundle's run's)" in retrain and "(default: 224)" not in retrain
+    assert "--baseline, --no-baseline" in retrain and "(default: False)" in retrain
+    assert "(default: efficientnet_lite0, the student)" in help_of("distill")
+    prune = help_of("prune")
+    assert "(default: the bundle's (kept))" in prune and "(default: 3)" in prune  # epochs: the recovery's
+
+
+def test_serve_refuses_settings_of_parts_it_was_not_given() -> None:
+    """`serve --detector-max-boxes 5 --detector-tiles off --keep-uploads --review-threshold 0.9` without a detector
+    or a database started without a word (inventory scan refuses the same)."""
+    from skulens.config import ConfigError
+    from skulens.serve.settings import ServeSettings
+
+    for kw, needle in (({"detector_max_boxes": 5}, "detector_max_boxes: setting(s) of the detector"),
+                       ({"detector_tiles": "off", "db": "x.db"}, "detector_tiles: setting(s) of the detector"),
+                       ({"keep_uploads": True}, "keep_uploads: setting(s) of the inventory"),
+                       ({"review_threshold": 0.9, "labelled_dir": "lab"}, "review_threshold, labelled_dir"),
+                       ({"detector": "det"}, "detector: setting(s) of the inventory"),
+                       ({"recommend_refit_s": 5}, "recommend_refit_s is a setting of recommendations")):
+        with pytest.raises(ConfigError, match=re.escape(needle)):
+            ServeSettings(model="m", **kw)
+    assert ServeSettings(model="m", db="x.db", keep_uploads=True, review_threshold=0.9).keep_uploads

@@ -346,6 +346,9 @@ def warn_unused(cfg: TrainConfig) -> None:
         if getattr(cfg, name) != getattr(default, name) and not cfg.teacher and not cfg.unlabeled:
             warn("%s %g is not used: it weighs a teacher's soft targets (--teacher BUNDLE, or self-training's)",
                  name, getattr(cfg, name))
+    if cfg.init_from and cfg.weights != default.weights:  # the warm start replaces the whole backbone
+        warn("weights %s is not used: the run starts from %s's backbone (--init-from, or the bundle retrained or "
+             "pruned)", cfg.weights, cfg.init_from)
     if cfg.freeze == "gradual" and cfg.gradual_head_epochs >= cfg.epochs:
         warn("gradual_head_epochs %d >= epochs %d: the backbone never unfreezes, so this run is a linear probe "
              "(--freeze head says so)", cfg.gradual_head_epochs, cfg.epochs)

@@ -303,7 +303,9 @@ def add_commands(sub: Any) -> None:
     ds.add_argument("--student", help="student backbone (= --backbone; default efficientnet_lite0)")
     add_data(ds, "catalogue (default: the teacher's recorded dataset, else the grocery dataset)")
     add_out(ds, "run directory (default runs/skulens)")
-    add_train_flags(ds)  # includes --teacher, --distill-temperature, --distill-alpha
+    # includes --teacher, --distill-temperature, --distill-alpha; the help says what a distillation runs
+    add_train_flags(ds, {"backbone": "efficientnet_lite0, the student", "val_fraction": "the teacher's",
+                         "seed": "the teacher's"})
     ds.set_defaults(func=cmd_distill)
 
     rt = sub.add_parser("retrain", help="fine-tune again from a bundle, folding in enrolled and newly labelled photos")
@@ -312,7 +314,12 @@ def add_commands(sub: Any) -> None:
     add_data(rt, "the original catalogue (default: the one in the bundle's card)")
     rt.add_argument("--extra", action="append", help="extra labelled catalogue (repeatable), e.g. the review "
                     "queue; recorded in the new bundle, so its next retrain reads it again")
-    add_train_flags(rt)
+    from ..config import config_fields
+
+    # a retrain runs its bundle's recorded settings (the help showed TrainConfig's: 224 px, Lite2, 10 epochs)
+    add_train_flags(rt, {name: "the bundle's run's" for name, *_ in config_fields()
+                         if name not in ("resume", "init_from", "teacher", "unlabeled", "baseline")}
+                    | {"baseline": False})
     rt.set_defaults(func=cmd_retrain)
 
     pr = sub.add_parser("prune", help="prune a bundle (structured channels or unstructured L1), fine-tune")
@@ -328,7 +335,8 @@ def add_commands(sub: Any) -> None:
                     help="recovery fine-tune in the engine (defaults: 3 epochs, freeze full, no baseline)")
     from ..config import PRUNE_RECOVERY
 
-    add_train_flags(pr, PRUNE_RECOVERY)
+    add_train_flags(pr, {**PRUNE_RECOVERY, "backbone": "the bundle's (kept)", "image_size": "the bundle's (kept)",
+                         "val_fraction": "the bundle's run's", "seed": "the bundle's run's"})
     pr.set_defaults(func=cmd_prune)
 
     sl = sub.add_parser("suggest-labels", help="rank unlabelled photos by how much a label would teach the model "

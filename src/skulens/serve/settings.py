@@ -116,8 +116,18 @@ class ServeSettings:
             check_backend(self.detector_backend, self.device)
         except ValueError as exc:
             raise ConfigError(f"detector_backend: {exc}") from None
-        if self.detector_backend != "torch" and self.detector is None:
-            raise ConfigError("detector_backend is a setting of the detector: give a detector")
+        # a setting of a part the server was not given did nothing, unsaid (inventory scan refused the same)
+        of_detector = [n for n in ("detector_min_score", "detector_max_boxes", "detector_tiles", "detector_backend")
+                       if getattr(self, n) != _DEFAULTS[n]]
+        if of_detector and self.detector is None:
+            raise ConfigError(f"{', '.join(of_detector)}: setting(s) of the detector: give a detector")
+        of_inventory = [n for n in ("detector", "review_threshold", "labelled_dir", "keep_uploads")
+                        if getattr(self, n) != _DEFAULTS[n]]
+        if of_inventory and not self.db:
+            raise ConfigError(f"{', '.join(of_inventory)}: setting(s) of the inventory (intake, review queue): "
+                              "give a db")
+        if self.recommend_refit_s != _DEFAULTS["recommend_refit_s"] and not (self.events or self.db):
+            raise ConfigError("recommend_refit_s is a setting of recommendations: give events (or a db)")
         if self.upload_retention_days is not None and not 0 <= self.upload_retention_days <= MAX_RETENTION_DAYS:
             raise ConfigError(f"upload_retention_days must be between 0 and {MAX_RETENTION_DAYS:g} (NaN is not a "
                               f"number of days), got {self.upload_retention_days}")
@@ -232,6 +242,9 @@ def _renamed(values: dict[str, Any], source: str) -> dict[str, Any]:
 
 # Database URL schemes the inventory store takes (anything without "://" is a SQLite file path).
 _DB_SCHEMES = frozenset({"postgresql", "postgres", "postgresql+psycopg", "sqlite", "sqlite+pysqlite"})
+
+
+_DEFAULTS = {f.name: f.default for f in fields(ServeSettings)}
 
 
 def hide_password(db: str) -> str:

@@ -152,7 +152,8 @@ def retrain(bundle: str | os.PathLike, *, out: str, data: str | os.PathLike | No
     # The recorded config, less this run's own keys and keys removed since that run was trained.
     # A recorded teacher (a distilled or self-trained bundle) is not distilled from again: it does not know
     # the products enrolled since, and the retrain learns from labels.
-    skip = {"resume", "out", "init_from", "data", "teacher", "unlabeled", *REMOVED_KEYS}
+    # weights: the bundle's backbone is the start (its run's ImageNet or random start is long gone)
+    skip = {"resume", "out", "init_from", "data", "teacher", "unlabeled", "weights", *REMOVED_KEYS}
     values = {k: v for k, v in card.train_config.items() if k not in skip}
     values.update({"baseline": False, **overrides, "out": out, "init_from": str(bundle), "data": source})
     # what resumes it: this retrain again (config.yaml records neither --extra nor the enrolled photos, so
