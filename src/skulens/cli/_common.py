@@ -374,6 +374,14 @@ def engine_options(ns: argparse.Namespace) -> dict[str, Any]:
             "progress": not getattr(ns, "quiet", False), "gpus_per_actor": 1.0 if device.startswith("cuda") else 0.0}
 
 
+def check_format_matches_out(ns: argparse.Namespace) -> None:
+    """--format that contradicts the --out file's name (CSV written into x.jsonl) is refused."""
+    if ns.out and ns.format:
+        named = "csv" if ns.out.lower().endswith(".csv") else "jsonl" if ns.out.lower().endswith(".jsonl") else None
+        if named is not None and named != ns.format:
+            raise UsageError(f"--format {ns.format} into {ns.out}: the name says {named}; name the file .{ns.format}")
+
+
 def output_format(ns: argparse.Namespace) -> str:
     """--format, else what the --out file's name says: csv for a .csv file, jsonl otherwise (and for stdout)."""
     if ns.format:

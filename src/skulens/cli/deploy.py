@@ -62,6 +62,9 @@ def cmd_export(ns: argparse.Namespace) -> int:
         raise UsageError(f"{calibration_given[0]} calibrates int8: it needs --int8 (or --preset fast)")
     if ns.parity_images is not None and ns.format != "tflite":
         raise UsageError("--parity-images checks a LiteRT file: it needs --format tflite")
+    if ns.data and not (ns.int8 or ns.format == "tflite"):  # read for calibration and LiteRT parity only
+        raise UsageError("--data gives the photos int8 calibrates on (--int8) or a LiteRT file is checked on "
+                         "(--format tflite): this export reads none")
     # checked before the export starts; tflite fp32 takes its parity photos from the data when it is there
     data = data_path(ns, model=bundle, required=ns.int8) if ns.int8 or ns.format == "tflite" else None
     from ..models.bundle import bundle_folder, read_card  # torch: after the usage checks
@@ -232,7 +235,18 @@ def cmd_bench(ns: argparse.Namespace) -> int:
         _same_products(check_bundle(path, flag), ours, path, bundle, flag)
     known = DEFAULT_RUNTIMES + OPTIONAL_RUNTIMES
     runtimes = csv_list(ns.variants, flag="--variants", allowed=known)
-    extra_runtimes = csv_list(ns.extra_runtimes, flag="--extra-runtimes", allowed=known)
+    extra_runtimes = csv_list(ns.extra_runtimes or "torch-bf16,onnx-fp32", flag="--extra-runtimes", allowed=known)
+    # settings of rows this run does not measure did nothing, unsaid
+    int8 = any("int8" in r for r in (*runtimes, *(extra_runtimes if extra else ())))
+    for flag, given, needs in (("--detection-photos", ns.detection_photos, ns.detector and "--detector"),
+                               ("--extra-runtimes", ns.extra_runtimes, extra and "extra bundles"),
+                               ("--calibration-images", ns.calibration_images, int8 and "an int8 row")):
+        if given is not None and not needs:
+            raise UsageError(f"{flag}: a setting of rows this run does not measure (" + {
+                "--detection-photos": "give --detector", "--extra-runtimes": "give --extra, --distilled or --pruned",
+                "--calibration-images": "no int8 variant is asked for"}[flag] + ")")
+    ns.detection_photos = ns.detection_photos or 10
+    ns.calibration_images = ns.calibration_images or 256
     if "baseline" not in runtimes:  # checked here, not after minutes of exports
         raise UsageError("--variants must include baseline (the reference every other row is compared with)")
     if any(r.startswith("tflite") for r in (*runtimes, *(extra_runtimes if extra else ()))):
@@ -315,9 +329,9 @@ def add_commands(sub: Any) -> None:
                                   "(`skulens export -m FAST --format tflite --int8 --qat`), row 'fast (tflite-int8)'")
     b.add_argument("--detector", help="add detection rows: shelf photos/s end to end at 1 megapixel (decode, detect, "
                                       "classify every box), PyTorch and, if exported, ONNX Runtime")
-    b.add_argument("--detection-photos", type=positive_int, default=10, help="photos of the detection rows (default: 10)")
+    b.add_argument("--detection-photos", type=positive_int, help="photos of the detection rows (default: 10)")
     b.add_argument("--extra", action="append", metavar="NAME=BUNDLE", help="more bundles (repeatable)")
-    b.add_argument("--extra-runtimes", default="torch-bf16,onnx-fp32", help="runtimes for the extra bundles")
+    b.add_argument("--extra-runtimes", help="runtimes for the extra bundles (default: torch-bf16,onnx-fp32)")
     b.add_argument("--limit", type=positive_int, help="only N images of the split (seeded sample)")
     add_out(b, "folder for bench.json, bench.md and exported models (default: runs/bench-deploy-RUN)")
     b.add_argument("--threads", type=positive_int, help="inference threads (default: all cores)")
@@ -325,7 +339,7 @@ def add_commands(sub: Any) -> None:
     b.add_argument("--batch-size", type=positive_int, default=32, help="batch of the fast variants (baseline: 64)")
     b.add_argument("--latency-images", type=positive_int, default=50, help="single-image requests for p50/p99")
     b.add_argument("--repeats", type=positive_int, default=3, help="timed passes; throughput is their median")
-    b.add_argument("--calibration-images", type=positive_int, default=256, help="train photos calibrating int8")
+    b.add_argument("--calibration-images", type=positive_int, help="train photos calibrating int8 (default: 256)")
     b.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=True,
                    help="one fresh process per variant (honest peak memory)")
     b.add_argument("--device", type=device_arg, default="cpu",

@@ -325,6 +325,10 @@ def cmd_detect_train(ns: argparse.Namespace) -> int:
             raise UsageError(f"--boxes {b}: no such file or folder")
     if ns.no_composites and not ns.boxes:
         raise UsageError("--no-composites needs --boxes")
+    if ns.no_composites:  # settings of the composites (and of their held-out checks): ignored, unsaid
+        given = [flag for flag, value in (("--data", ns.data), ("--workers", ns.workers)) if value is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)}: setting(s) of the composites, which --no-composites leaves out")
     if ns.init:
         check_detector(ns.init, "--init")
     check_out_path(ns.out, "--out", folder=True)  # before the composites: not after the first held-out check

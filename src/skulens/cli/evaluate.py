@@ -103,6 +103,9 @@ def cmd_robustness(ns: argparse.Namespace) -> int:
     if corruptions and not severities:
         raise UsageError("--severities: none given for the corruptions (e.g. --severities 1,3,5), or --corruptions "
                          "none")
+    if ns.pgd_steps is not None and "pgd" not in attacks:  # recorded as if used
+        raise UsageError("--pgd-steps: a setting of the PGD attack, which --attacks leaves out")
+    ns.pgd_steps = ns.pgd_steps or 10
     if not attacks and not corruptions:  # an empty report (and a plot warning), exit 0
         raise UsageError("nothing to measure beside clean accuracy: give --attacks with --eps, or --corruptions "
                          "(`skulens evaluate` scores clean photos)")
@@ -158,7 +161,7 @@ def add_commands(sub: Any) -> None:
     r.add_argument("--limit", type=positive_int, help="only N images of the split (seeded sample)")
     r.add_argument("--eps", default="0.5,1,2,4,8", help="L-inf budgets in pixel levels (x/255)")
     r.add_argument("--attacks", default="fgsm,pgd", help="comma list of " + ", ".join(ATTACK_NAMES))
-    r.add_argument("--pgd-steps", type=positive_int, default=10, help="PGD iterations (default: 10)")
+    r.add_argument("--pgd-steps", type=positive_int, help="PGD iterations (default: 10)")
     r.add_argument("--corruptions", default="all",
                    help="all, none, or a comma list of " + ",".join(CORRUPTION_NAMES))
     r.add_argument("--severities", default="1,2,3,4,5", help="corruption severities, comma list of 1..5")

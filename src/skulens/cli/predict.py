@@ -22,6 +22,7 @@ from ._common import (
     add_quiet,
     add_top_k,
     check_engine,
+    check_format_matches_out,
     check_out_path,
     check_precision_flag,
     device_arg,
@@ -80,6 +81,7 @@ def cmd_predict(ns: argparse.Namespace) -> int:
         raise UsageError(f"--out {ns.out}: Parquet is written by --engine ray; here use .jsonl or .csv")
     if not on_ray:
         refuse_json_out(ns.out)
+        check_format_matches_out(ns)  # CSV was written into x.jsonl
     parquet = engine_out(ns) if on_ray else None
     files = expand_inputs(inputs)
     if not files:

@@ -103,6 +103,9 @@ def _recs_json(recs: list[Any]) -> list[dict[str, Any]]:
 def cmd_recommend(ns: argparse.Namespace) -> int:
     if not ns.user and not ns.similar:
         raise UsageError("give --user USER_ID or --similar PRODUCT_ID")
+    if not ns.user and (ns.seed_product or ns.include_seen):  # read for users only: ignored beside --similar
+        raise UsageError(f"{'--seed-product' if ns.seed_product else '--include-seen'}: a setting of a user's "
+                         "recommendations (--user); --similar lists products like a product")
     rec = _recommender(ns)
     key = pseudonymizer(ns)
     for u in ns.user or ():

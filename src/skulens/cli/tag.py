@@ -18,6 +18,7 @@ from ._common import (
     add_precision,
     add_quiet,
     add_top_k,
+    check_format_matches_out,
     check_out_path,
     check_precision_flag,
     device_arg,
@@ -56,10 +57,13 @@ def cmd_tag(ns: argparse.Namespace) -> int:
     refuse_json_out(ns.out)
     check_precision_flag(ns)
     check_out_path(ns.out, "--out")  # before every photo is tagged
-    if ns.out and ns.format:
-        named = "csv" if ns.out.lower().endswith(".csv") else "jsonl" if ns.out.lower().endswith(".jsonl") else None
-        if named is not None and named != ns.format:
-            raise UsageError(f"--format {ns.format} into {ns.out}: the name says {named}; name the file .{ns.format}")
+    check_format_matches_out(ns)
+    if not ns.vocabulary:  # they choose and rank vocabulary tags: without one they did nothing, unsaid
+        given = [flag for flag, value in (("--mode", ns.mode != "auto"), ("--min-score", ns.min_score is not None),
+                                          ("-k/--top-k", ns.top_k is not None)) if value]
+        if given:
+            raise UsageError(f"{', '.join(given)}: setting(s) of the vocabulary tags: give --vocabulary FILE")
+    ns.top_k = 5 if ns.top_k is None else ns.top_k
     if ns.min_score is not None and not -1 <= ns.min_score <= 1:  # a cosine; `not <=`: NaN too
         raise UsageError(f"--min-score is a cosine similarity between -1 and 1, got {ns.min_score}")
     bundle = model_path(ns)
@@ -113,6 +117,7 @@ def add_commands(sub: Any) -> None:
                         "aligner, `skulens align`), auto: text when the catalogue has texts (default: auto)")
     # 0 is a valid count of tags (category, attributes and colours only), as `skulens.tag` and POST /v1/tag take
     add_top_k(t, 5, "vocabulary tags per photo, 0 for none", allow_zero=True)
+    t.set_defaults(top_k=None)  # 5, once it is known whether it was given (it needs --vocabulary)
     t.add_argument("--min-score", type=float, default=None,
                    help="score a vocabulary tag needs (default: per mode, chosen on grocery; see README)")
     t.add_argument("--format", choices=("jsonl", "csv"), default=None,

@@ -316,6 +316,11 @@ def _check_catalogue(cfg: TrainConfig, cat: Catalogue) -> None:
         # a folder of class folders: the run's report plots became a class of the next run (or of evaluate)
         raise ConfigError(f"--out {cfg.out} is inside the catalogue folder {data}: the next run would read the "
                           "run's own files as photos; choose an --out outside it")
+    default = TrainConfig()
+    for name, has, what in (("coarse_loss_weight", cat.coarse_classes, "coarse classes"),
+                            ("attribute_loss_weight", cat.attributes, "attribute labels")):
+        if getattr(cfg, name) != getattr(default, name) and not has:  # recorded as if it weighed something
+            log.warning("%s %g is not used: %s has no %s", name, getattr(cfg, name), data, what)
 
 
 def _check_setup(cfg: TrainConfig, device: torch.device, cat: Catalogue) -> None:
