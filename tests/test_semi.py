@@ -177,6 +177,15 @@ def test_two_rounds_of_self_training_chain_their_teachers(tiny_bundle, tiny_cata
         assert all(float(x["confidence"]) >= summary["threshold"] for x in rows)
         if folder == first:  # the given teacher's labels are as clean as asked (a 4-step student's need not be)
             assert sum(truth[Path(x["path"]).name] == x["label"] for x in rows) / len(rows) >= 0.9
+    # each stage is a plain run: its config recorded pseudo_rounds 2 beside no --unlabeled, so the bundle could
+    # not be retrained nor its config.yaml run ("rounds of self-training need unlabelled photos")
+    from skulens.config import load_config, resolve_config
+    from skulens.train.retrain import retrain
+
+    for stage in (first, out):
+        assert resolve_config(load_config(stage / "config.yaml")).pseudo_rounds == 1
+    again = retrain(r.bundle, out=str(tmp_path / "retrained"), progress=False, epochs=1, max_steps=1)
+    assert again.card.train_config["pseudo_rounds"] == 1
     with pytest.raises(ConfigError, match="pseudo_rounds"):
         train(tiny_catalogue, out=str(tmp_path / "x"), progress=False, unlabeled=str(photos), pseudo_rounds=0, **TINY)
     with pytest.raises(ConfigError, match="need unlabelled photos"):
@@ -475,3 +484,37 @@ def test_unlabelled_photos_that_the_catalogue_holds_are_left_out(tiny_catalogue:
     notes.write_text("not a photo")
     with pytest.raises(FileNotFoundError, match="not a photo"):
         _unlabelled_photos(str(notes))
+
+
+def test_copies_of_labelled_photos_are_left_out_and_pseudo_labels_carry_their_classs_attributes(
+        tiny_bundle, tiny_catalogue: Path, small_pool: Path, tmp_path: Path) -> None:
+    """A val photo copied into --unlabeled (an intake folder after labelling) was pseudo-labelled and trained on
+    (only the same path was left out); and every pseudo-labelled photo taught the attribute head "no attributes"
+    (a self-trained student scored green apples' colour=green at 0.001)."""
+    import shutil
+
+    from skulens.data.catalogue import load_catalogue
+
+    pool = tmp_path / "pool"
+    shutil.copytree(small_pool, pool)
+    val_photo = min((tiny_catalogue.parent / "val").rglob("*.jpg"))
+    shutil.copy(val_photo, pool / "copied-val.jpg")
+    seen = _self_train_recorded({**_cfg(tiny_bundle, tiny_catalogue, pool, tmp_path / "run"), "pseudo_precision": 0.5})
+    assert "copied-val.jpg" not in [name for name, _ in seen["labels"]]
+    assert seen["labels"]  # the others are pseudo-labelled
+
+    from skulens.config import resolve_config
+    from skulens.data.catalogue import EXTRA_TRAIN
+    from skulens.train.semi import self_train
+
+    config = resolve_config({**_cfg(tiny_bundle, tiny_catalogue, pool, tmp_path / "run2"), "pseudo_precision": 0.5})
+    catalogue = load_catalogue(config.data, val_fraction=config.val_fraction, seed=config.seed)
+    attributes = {s.label: set(s.attributes) for s in catalogue.split("train")}
+    got: dict[str, set[str]] = {}
+
+    def student(c, *, catalogue, progress, extra_metrics, resume_advice):
+        got.update({s.label: set(s.attributes) for s in catalogue.split(EXTRA_TRAIN)})
+        return SimpleNamespace(bundle=c.teacher)
+
+    self_train(config, catalogue, progress=False, fit_run=student)
+    assert got and all(got[label] == attributes[label] and got[label] for label in got), (got, attributes)

@@ -153,7 +153,8 @@ def retrain(bundle: str | os.PathLike, *, out: str, data: str | os.PathLike | No
     # A recorded teacher (a distilled or self-trained bundle) is not distilled from again: it does not know
     # the products enrolled since, and the retrain learns from labels.
     # weights: the bundle's backbone is the start (its run's ImageNet or random start is long gone)
-    skip = {"resume", "out", "init_from", "data", "teacher", "unlabeled", "weights", *REMOVED_KEYS}
+    skip = {"resume", "out", "init_from", "data", "teacher", "unlabeled", "weights", "pseudo_rounds",
+            "pseudo_precision", *REMOVED_KEYS}
     values = {k: v for k, v in card.train_config.items() if k not in skip}
     values.update({"baseline": False, **overrides, "out": out, "init_from": str(bundle), "data": source})
     # what resumes it: this retrain again (config.yaml records neither --extra nor the enrolled photos, so
