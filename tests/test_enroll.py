@@ -454,7 +454,8 @@ def test_retrain_extra_leaves_out_the_catalogues_own_photos(bundle_copy: Path, b
 
 def test_a_new_product_of_an_extra_folder_without_a_coarse_class_is_told_how(bundle_copy: Path,
                                                                                blue_photos: list[Path],
-                                                                               tmp_path: Path) -> None:
+                                                                               tmp_path: Path,
+                                                                               tiny_catalogue: Path) -> None:
     """`retrain --extra FOLDER` with a new product, into a model with coarse classes: "new product(s) without a
     coarse label: blue-box", naming neither the --extra nor the way to give one."""
     from skulens.config import ConfigError
@@ -472,6 +473,19 @@ def test_a_new_product_of_an_extra_folder_without_a_coarse_class_is_told_how(bun
                                                               for p in blue_photos[:3]), encoding="utf-8")
     cat = retrain_catalogue(bundle_copy, None, [manifest])
     assert cat.hierarchy["blue-box"] == "Box"
+    # an enrolled product has its coarse class in the card: the inventory's labelled folder (no coarse column) of
+    # its reviewed photos is no new product (the check above refused the enrol-review-retrain loop)
+    manifest.unlink()
+    enroll(bundle_copy, "blue-box", blue_photos[3:6], data=tiny_catalogue, coarse="Box")
+    assert retrain_catalogue(bundle_copy, None, [tmp_path / "labelled"]).hierarchy["blue-box"] == "Box"
+    from skulens.train.retrain import _say_what_reproduces
+
+    config = tmp_path / "config.yaml"
+    config.write_text("epochs: 1\n", encoding="utf-8")
+    _say_what_reproduces(config, "skulens retrain --model B --out R", [])
+    assert config.read_text(encoding="utf-8").startswith(
+        "# Written by `skulens retrain`: this file names the catalogue alone (not the bundle's enrolled products' "
+        "photos).\n")
 
 
 def test_an_extra_folder_whose_photos_were_all_erased_adds_nothing_and_stops_nothing(

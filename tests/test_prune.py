@@ -216,6 +216,8 @@ def test_the_recovery_keeps_the_bundles_split_and_refuses_what_it_would_ignore(t
     run = prune_and_recover(source.bundle, tmp_path / "p", kind="unstructured", amount=0.3, progress=False, **tiny)
     cfg = run.recovered.card.train_config
     assert (cfg["seed"], cfg["val_fraction"]) == (1, 0.25)
+    with pytest.raises(ConfigError, match="already holds a run; choose another --out$"):  # finished: no --resume
+        prune_and_recover(source.bundle, tmp_path / "p", kind="unstructured", amount=0.3, progress=False, **tiny)
     assert run.recovered.card.dataset["val_fingerprint"] == source.card.dataset["val_fingerprint"]
     with pytest.raises(ConfigError, match="init_from"):
         prune_and_recover(source.bundle, tmp_path / "q", kind="unstructured", amount=0.3, progress=False,

@@ -333,6 +333,34 @@ def test_index_build_refuses_before_embedding(index_dir: Path, tiny_bundle, cata
     assert main([*base, "--out", str(tmp_path / "f"), "--collection", "x"]) == 2
 
 
+
+def test_index_build_reads_the_store_from_the_location_and_checks_the_collection_name(
+        tiny_bundle, catalogue: Path, tmp_path: Path, capsys) -> None:
+    """`-o http://host:19530#shop` without --backend milvus wrote a FAISS folder named 'http:' and said it had
+    built the index; a name Milvus refuses ('my-shop') was a pymilvus traceback; an existing `LOCATION#shop` was
+    called collection 'skulens'."""
+    from skulens.search.catalogue_index import build_catalogue_index
+    from skulens.search.index import IndexStoreError
+
+    base = ["index", "build", "--model", str(tiny_bundle.bundle), "--data", str(catalogue), "-q"]
+    assert main([*base, "--out", "http://127.0.0.1:1#shop", "--backend", "faiss"]) == 2
+    assert "a Milvus location" in capsys.readouterr().err and not Path("http:").exists()
+    for name in ("my-shop", "shop 1", "1abc"):
+        assert main([*base, "--out", f"{tmp_path / 'm.db'}#{name}"]) == 2
+        err = capsys.readouterr().err
+        assert f"{name!r} is not a Milvus collection name" in err and "Traceback" not in err, err
+    model = skulens.load(tiny_bundle.bundle, device="cpu")
+    try:
+        build_catalogue_index(model, skulens.load_catalogue(catalogue), f"{tmp_path / 'n.db'}#shop", backend="milvus")
+    except ImportError:
+        pytest.skip("Milvus Lite is not installed")
+    assert main([*base, "--out", f"{tmp_path / 'n.db'}#shop"]) == 2  # the store read from the location: milvus
+    assert "collection 'shop' already exists" in capsys.readouterr().err
+    with pytest.raises(IndexStoreError, match="collection 'shop' already exists"):
+        build_catalogue_index(model, skulens.load_catalogue(catalogue), f"{tmp_path / 'n.db'}#shop",
+                              backend="milvus")
+
+
 def _milvus_lite_with(path: Path, model) -> bool:
     """A Milvus Lite database at `path` holding an (empty) skulens collection; False where Milvus Lite is absent."""
     from skulens.search.index import create_index

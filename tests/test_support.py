@@ -130,6 +130,9 @@ def test_a_property_asked_of_a_catalogue_without_an_attribute_table_is_not_answe
         assert a.handoff and a.field != "category" and "range" not in (a.answer or ""), (question, a)
     taste = r.answer(_pred("Plum"), "What does it taste like?")
     assert not taste.handoff and taste.field == "description" and "juicy" in taste.answer
+    bare = SupportResponder({"Kiwi": Product("Kiwi", "Fruit", "Kiwi")}, encoder, min_confidence=0.5, min_score=0.4)
+    a = bare.answer(_pred("Kiwi"), "What flavour is it?")  # name and category only: no made-up -1.00 best match
+    assert a.handoff and a.score == 0.0 and "name and category" in a.reason
 
 
 def test_products_from_a_manifest_catalogue_use_titles(tiny_catalogue: Path) -> None:

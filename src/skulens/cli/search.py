@@ -58,6 +58,14 @@ def cmd_index_build(ns: argparse.Namespace) -> int:
     bundle = model_path(ns)
     assert bundle is not None
     check_precision_flag(ns, backend="torch")  # --backend is the vector store's
+    # the store the location names, as every other command opens it: `-o http://host:19530#shop` without
+    # --backend milvus wrote a FAISS folder named "http:" and said it had built the index
+    from ..search.index import detect_kind
+
+    located = detect_kind(ns.out)
+    if ns.backend == "faiss" and located == "milvus":
+        raise UsageError(f"-o {ns.out}: a Milvus location (a server URI or a .db file); a FAISS index is a folder")
+    ns.backend = ns.backend or located
     on_ray = check_engine(ns)
     data = data_path(ns, model=bundle)
     from ..data.catalogue import load_catalogue
@@ -374,7 +382,8 @@ def _add_index(sub: Any) -> None:
     add_data(b, "catalogue (default: the model's recorded dataset, else the grocery dataset)",
              legacy=("--catalogue",))
     add_out(b, "index path: a folder (faiss) or a .db file / URI (milvus)", required=True)
-    b.add_argument("--backend", choices=("faiss", "milvus"), default="faiss", help="vector store (default: faiss)")
+    b.add_argument("--backend", choices=("faiss", "milvus"),
+                   help="vector store (default: milvus for a server URI or a .db file, else faiss)")
     b.add_argument("--splits", nargs="+", default=["train"], help="catalogue splits whose photos are indexed")
     b.add_argument("--catalogue-photos", action=argparse.BooleanOptionalAction, default=True,
                    help="also index each product's catalogue photo")

@@ -60,7 +60,7 @@ def cmd_tag(ns: argparse.Namespace) -> int:
     check_format_matches_out(ns)
     if not ns.vocabulary:  # they choose and rank vocabulary tags: without one they did nothing, unsaid
         given = [flag for flag, value in (("--mode", ns.mode != "auto"), ("--min-score", ns.min_score is not None),
-                                          ("-k/--top-k", ns.top_k is not None)) if value]
+                                          ("-k/--top-k", bool(ns.top_k))) if value]  # -k 0: none, as without one
         if given:
             raise UsageError(f"{', '.join(given)}: setting(s) of the vocabulary tags: give --vocabulary FILE")
     ns.top_k = 5 if ns.top_k is None else ns.top_k

@@ -191,7 +191,8 @@ def prune_and_recover(bundle: str | os.PathLike[str], out: str | os.PathLike[str
         pruned = _pruned_before(bundle, run_dir, kind, amount)
     elif (run_dir / "pruned").exists() or (run_dir / "bundle").exists():
         # a run killed before its first checkpoint has OUT/pruned alone, and --resume goes on from it too
-        resumable = recover and ((run_dir / "checkpoint").exists() or (run_dir / "pruned" / "card.json").is_file())
+        resumable = recover and ((run_dir / "checkpoint").exists() or (
+            (run_dir / "pruned" / "card.json").is_file() and not (run_dir / "bundle").exists()))
         raise ConfigError(f"{run_dir} already holds a run; choose another --out"
                           + (", or --resume to go on with its recovery" if resumable else ""))
     else:

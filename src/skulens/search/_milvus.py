@@ -104,6 +104,9 @@ def _is_lite(uri: str) -> bool:
 DEFAULT_COLLECTION = "skulens"
 
 
+_COLLECTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
+
+
 def split_location(location: str | os.PathLike[str], collection: str | None = None) -> tuple[str, str]:
     """"http://host:19530#shoes" -> ("http://host:19530", "shoes"): a collection other than the default named in
     the location itself, so every command that takes an index location reaches it. `collection`, when given
@@ -113,7 +116,11 @@ def split_location(location: str | os.PathLike[str], collection: str | None = No
         raise IndexStoreError(f"{location}: an empty collection name after '#'")
     if named and collection and named != collection:
         raise IndexStoreError(f"{location}: the location names collection {named!r}, the option {collection!r}")
-    return uri, named or collection or DEFAULT_COLLECTION
+    name = named or collection or DEFAULT_COLLECTION
+    if not _COLLECTION_NAME.fullmatch(name):  # Milvus's rule; it answered with a traceback and a raw repr
+        raise IndexStoreError(f"{location}: {name!r} is not a Milvus collection name (a letter or '_' first, then "
+                              "letters, digits and '_', at most 255 characters)")
+    return uri, name
 
 
 # Server versions from which a feature exists (Milvus Lite has both). A 2.3 server accepts a nullable

@@ -145,13 +145,14 @@ def build_catalogue_index(model: Model, cat: Catalogue, path: str, *, backend: s
     if backend == "faiss":  # a FAISS index writes nothing until it is saved: safe to create first
         early = create_index(backend, path, dim, **options)
     elif backend == "milvus":
-        from ._milvus import MilvusIndex, check_record_lengths
+        from ._milvus import MilvusIndex, check_record_lengths, split_location
 
         for r in records:  # before --overwrite drops the old collection, not after
             check_record_lengths(r)
         where = {k: options[k] for k in ("collection", "token") if k in options}
         if not options.get("overwrite") and MilvusIndex.exists(path, **where):
-            raise IndexStoreError(f"{path}: collection {where.get('collection', 'skulens')!r} already exists "
+            named = split_location(path, where.get("collection"))[1]  # LOCATION#NAME too: it said 'skulens'
+            raise IndexStoreError(f"{path}: collection {named!r} already exists "
                                   "(open it, or replace it: --overwrite, overwrite=True in Python)")
     emb = embed(paths) if embed is not None else embed_paths(model, paths, batch_size=batch_size, progress=progress)
     if not emb.kept:  # before anything is written: --overwrite must not replace an index with an empty one

@@ -282,6 +282,10 @@ class SupportResponder:
         scores = vectors @ q
         if asks_for_a_property(question):  # "What colour is it?" was answered "... is in our Milk range" (0.43)
             says_nothing = np.array([facts[i].field in ("name", "category") for i in owner])
+            if says_nothing.all():
+                return SupportAnswer(label, title, conf, question, None, None, 0.0, True,
+                                     "the catalogue says nothing of this product but its name and category, which do "
+                                     "not answer the question: a person should check", candidates)
             scores = np.where(says_nothing, -1.0, scores)  # the lowest cosine: below any min_score
         row = int(scores.argmax())
         best, score = int(owner[row]), float(scores[row])

@@ -55,13 +55,16 @@ def retrain_source(bundle: str | os.PathLike, data: str | os.PathLike | None = N
     return os.path.abspath(source)
 
 
-def _refuse_new_products_without_coarse(cat: Catalogue, samples: Sequence[Sample], source: str | os.PathLike) -> None:
+def _refuse_new_products_without_coarse(cat: Catalogue, samples: Sequence[Sample], source: str | os.PathLike, *,
+                                        enrolled: set[str]) -> None:
     """A model with coarse classes needs each new product's: "new product(s) without a coarse label" said neither
     which --extra brought it nor how to give one (a folder of photos, or a filled-in suggest-labels manifest, has
     no coarse column)."""
     if not cat.hierarchy:
         return
-    bare = sorted({s.label for s in samples if s.label not in cat.classes and not s.coarse_label})
+    # an enrolled product has its coarse class in the card (the inventory's labelled folder gives none)
+    bare = sorted({s.label for s in samples if s.label not in cat.classes and s.label not in enrolled
+                   and not s.coarse_label})
     if bare:
         coarse = ", ".join(sorted(set(cat.hierarchy.values()))[:6])
         raise ConfigError(f"--extra {source}: new product(s) {', '.join(bare[:5])} have no coarse class, which this "
@@ -86,7 +89,7 @@ def retrain_catalogue(bundle: str | os.PathLike, data: str | os.PathLike | None 
         more = load_catalogue(path, val_fraction=0.0)
         added = [s if s.coarse_label or not more.hierarchy else replace(s, coarse_label=more.hierarchy.get(s.label))
                  for split in more.splits.values() for s in split]
-        _refuse_new_products_without_coarse(cat, added, path)
+        _refuse_new_products_without_coarse(cat, added, path, enrolled={s.label for s in samples})
         extra_samples += added
     merged = merge_samples(cat, samples + _new_photos(cat, extra_samples), products)
     have = {s.label for s in merged.split("train")}
@@ -180,8 +183,8 @@ def _say_what_reproduces(config_file: Path, command: str, extra: Sequence[str]) 
         return
     text = config_file.read_text(encoding="utf-8")
     lines = ["# Written by `skulens retrain`: this file names the catalogue alone"
-             + (f" (not the extra catalogue(s) {', '.join(extra)}" if extra else " (not")
-             + " nor the bundle's enrolled products' photos).", f"# Made by: {command} (another --out for a new run like it)", ""]
+             + (f" (not the extra catalogue(s) {', '.join(extra)} nor" if extra else " (not")
+             + " the bundle's enrolled products' photos).", f"# Made by: {command} (another --out for a new run like it)", ""]
     config_file.write_text("\n".join(lines) + text, encoding="utf-8")
 
 
