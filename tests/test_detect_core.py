@@ -196,20 +196,22 @@ def test_large_photos_are_tiled(untrained) -> None:
 
 def test_a_large_photo_reaches_the_network_at_the_networks_size(untrained) -> None:
     """The whole pass gave the network the full-size photo as float32, which its transform normalised before
-    resizing: two 576 MB copies for a 48 MP phone photo (2.5 GB peak, measured). It is shrunk first now, to the
-    size the network looks at, and its boxes come back in the photo's pixels, as for the same photo shrunk by
-    hand."""
+    resizing: two 576 MB copies for a 48 MP phone photo (2.5 GB peak, measured). It is shrunk first now, on its
+    8-bit pixels, as the network's transform shrinks it, and the boxes are the network's own on the full photo
+    up to that rounding, in the photo's pixels."""
     det = load_detector(untrained, device="cpu").with_settings(max_detections=50)
     shapes = []
     run = det._run
     det._run = lambda tensors: shapes.extend(t.shape for t in tensors) or run(tensors)  # a spy on the real net
     big = photo(1400, 600, seed=3)
     d = det.detect([big], tiles="off")[0]
-    assert shapes == [torch.Size([3, 110, 256])]  # min(128 / 600, 256 / 1400) of the photo
+    assert shapes == [torch.Size([3, 109, 256])]  # floor(600 x min(128 / 600, 256 / 1400)), as torchvision sizes it
     assert (d.width, d.height) == (1400, 600) and d.boxes[:, 2].max() > 256  # in the photo's pixels
-    by_hand = det.detect([big.resize((256, 110), Image.BILINEAR)], tiles="off")[0]
-    assert np.allclose(d.boxes, by_hand.boxes * np.array([1400 / 256, 600 / 110] * 2), atol=1e-3)
-    assert np.array_equal(d.scores, by_hand.scores)
+    full_boxes, full_scores = run([torch.from_numpy(np.array(big)).permute(2, 0, 1).float() / 255])[0]
+    n = 10  # the best boxes: the same, a rounding of the pixels apart
+    assert np.allclose(d.scores[:n], full_scores[:n], atol=2e-3)
+    nearest = np.abs(d.boxes[:n, None] - full_boxes[None, :3 * n]).max(axis=2).min(axis=1)
+    assert nearest.max() < 3.0  # px, of a 1400 px photo (near-tied scores may swap places)
     shapes.clear()
     det.detect([photo(300, 200)], tiles="off")  # under twice the network's size: as it is
     assert shapes == [torch.Size([3, 200, 300])]
