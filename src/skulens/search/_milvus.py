@@ -38,6 +38,7 @@ from .index import (
     CompiledFilter,
     IndexRecord,
     IndexStoreError,
+    IndexUnavailableError,
     SearchHit,
     VectorIndex,
 )
@@ -164,6 +165,14 @@ def partition_name(coarse_label: str | None) -> str:
 # any more, so another process (the CLI, then the REST service) can open the file.
 _LITE_USERS: dict[str, int] = {}
 _LITE_LOCK = threading.Lock()
+
+
+def _unreachable(e: BaseException) -> bool:
+    """A server that cannot be reached (down, restarting, a network cut), not a request it refused."""
+    from pymilvus.exceptions import MilvusUnavailableException
+
+    return isinstance(e, MilvusUnavailableException) or getattr(e, "code", None) == 2 or \
+        "server unavailable" in str(e).lower() or "fail connecting" in str(e).lower()
 
 
 def _connect(uri: str, token: str | None) -> MilvusClient:
@@ -392,7 +401,12 @@ class MilvusIndex(VectorIndex):
         try:
             return fn(*args, **kwargs)
         except MilvusException as e:
-            raise IndexStoreError(f"{self.uri}: Milvus {what} failed: {_one_line(e)}") from None
+            error = IndexUnavailableError if _unreachable(e) else IndexStoreError
+            raise error(f"{self.uri}: Milvus {what} failed: {_one_line(e)}") from None
+
+    def ping(self) -> None:
+        """One round trip to the server (readiness), within 2 s: IndexUnavailableError when it cannot be reached."""
+        self._call("ping", self.client.has_collection, self.collection, timeout=2)
 
     # -- reading ---------------------------------------------------------------------------
 

@@ -74,6 +74,11 @@ class IndexStoreError(ValueError):
     """A missing, corrupt or mismatched index, or a request it cannot serve; the message is one line."""
 
 
+class IndexUnavailableError(IndexStoreError):
+    """The index's server cannot be reached now (a Milvus server down or restarting): the same request may succeed
+    later. The service answers 503 with Retry-After, not 422 (the client's fault)."""
+
+
 def _check_metadata(metadata: Mapping[str, Any], where: str) -> dict[str, MetadataValue]:
     out: dict[str, MetadataValue] = {}
     for key, value in metadata.items():
@@ -423,6 +428,10 @@ class VectorIndex(ABC):
     @abstractmethod
     def close(self) -> None:
         """Release files / connections (does not save)."""
+
+    def ping(self) -> None:
+        """Readiness: IndexUnavailableError when the index's server cannot be reached. An index in this process's
+        files (FAISS, Milvus Lite) has nothing to reach."""
 
     def revert(self) -> bool:
         """Drop the changes not saved yet, so the index is what its storage holds (after a save that failed, a

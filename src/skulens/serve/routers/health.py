@@ -24,9 +24,14 @@ async def _database_answers(state: State) -> bool:
     """Whether the inventory's database answers a SELECT 1 within 2 s (a load balancer keeps sending intakes to a
     worker whose PostgreSQL is gone, each a failure, while /readyz said ready)."""
     assert state.store is not None
+    return await _answers(state.store.ping)
+
+
+async def _answers(ping: Any) -> bool:
+    """Whether `ping` (a database's or an index server's round trip) returns within 2 s without an error."""
     try:
-        with anyio.fail_after(2):
-            await anyio.to_thread.run_sync(state.store.ping, abandon_on_cancel=True)
+        with anyio.fail_after(2.5):
+            await anyio.to_thread.run_sync(ping, abandon_on_cancel=True)
     except Exception:  # noqa: BLE001 - any driver error, or the timeout: not ready
         return False
     return True
@@ -45,6 +50,8 @@ async def readyz(state: State) -> JSONResponse:
         problems.append("warming up: running the model once per batch size and paging the index in")
     if state.store is not None and not await _database_answers(state):
         problems.append("the inventory database cannot be reached")
+    if state.search is not None and not await _answers(lambda: state.search.index.ping()):
+        problems.append("the search index's server cannot be reached")
     body = {"status": "not ready" if problems else "ready", "problems": problems,
             "queue_depth": state.recognizer.batcher.depth, "startup": state.startup}
     return JSONResponse(body, status_code=503 if problems else 200)

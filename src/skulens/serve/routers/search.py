@@ -17,12 +17,12 @@ from fastapi import Path as PathParam
 from pydantic import BaseModel, Field
 
 from ...search.engine import TEXT_MODES
-from ...search.index import IndexRecord, IndexStoreError, SearchHit
+from ...search.index import IndexRecord, IndexStoreError, IndexUnavailableError, SearchHit
 from ..batching import QueueFullError
 from ..deps import ReadKey, State, WriteKey, busy, decode_upload, storage_answer
 from ..forms import StrictFormRoute
 from ..images import content_hash
-from ..schemas import STORAGE_RESPONSES, RequestBody, error_responses
+from ..schemas import STORAGE_RESPONSES, STORAGE_RETRY_AFTER_S, RequestBody, error_responses
 from ..settings import ServeSettings
 from ..state import ServiceState
 
@@ -80,9 +80,19 @@ def _filter(raw: str | None) -> dict[str, Any] | None:
     return value
 
 
+def _index_down(exc: IndexUnavailableError, outcome: str = "nothing was changed") -> HTTPException:
+    """503 with Retry-After for an index server that cannot be reached (it was a 422, as if the request were
+    wrong); the detail says what was not done."""
+    logger.warning("search index unavailable: %s", exc)
+    return HTTPException(503, f"the search index cannot be reached now; {outcome}",
+                         headers={"Retry-After": str(STORAGE_RETRY_AFTER_S)})
+
+
 async def _index_call(state: ServiceState, fn: Any) -> Any:
     try:
         return await anyio.to_thread.run_sync(state.with_index, fn)
+    except IndexUnavailableError as exc:  # the server is down: the same request may succeed later
+        raise _index_down(exc) from None
     except IndexStoreError as exc:
         status = 404 if "no entries for product" in str(exc) else 422
         raise HTTPException(status, str(exc)) from None
@@ -234,6 +244,8 @@ async def create_product(state: State, actor: WriteKey,
     except EnrolmentError as exc:
         taken = "already a class" in str(exc) or "differs from the model" in str(exc)  # the name is a class's
         raise HTTPException(409 if taken else 422, str(exc)) from None
+    except IndexUnavailableError as exc:
+        raise _index_down(exc, "the product was not enrolled") from None
     except (IndexStoreError, ValueError) as exc:  # the index refused the photos, a stale text aligner, ...
         raise HTTPException(422, f"the product was not enrolled: {exc}") from None
     logger.info("product %r enrolled by %s from %d photo(s)", result.label, actor, result.images)
