@@ -518,3 +518,20 @@ def test_copies_of_labelled_photos_are_left_out_and_pseudo_labels_carry_their_cl
 
     self_train(config, catalogue, progress=False, fit_run=student)
     assert got and all(got[label] == attributes[label] and got[label] for label in got), (got, attributes)
+
+
+def test_a_moved_self_training_run_killed_in_its_teacher_resumes_where_it_is(tmp_path: Path) -> None:
+    """`--config MOVED/self-training.yaml --resume` after a kill in the teacher (or a round) started a new run in
+    the old folder: only OUT/checkpoint was looked for, and a self-training run keeps it in teacher/ or round-K/."""
+    import argparse
+
+    from skulens.cli.train import _moved_run
+
+    for stage in ("teacher", "round-1"):
+        moved = tmp_path / stage / "moved"
+        (moved / stage / "checkpoint").mkdir(parents=True)
+        (moved / "self-training.yaml").write_text(f"out: {tmp_path / 'old'}\n", encoding="utf-8")
+        ns = argparse.Namespace(config=str(moved / "self-training.yaml"), resume=True)
+        assert _moved_run(ns, {}, str(tmp_path / "old")) == str(moved)
+        ns.resume = False
+        assert _moved_run(ns, {}, str(tmp_path / "old")) == str(tmp_path / "old")

@@ -92,8 +92,11 @@ def _moved_run(ns: argparse.Namespace, values: dict[str, Any], cfg_out: str | No
     (its config names where it was; its checkpoint is here), that folder: the advised command started a new run
     in the old folder."""
     config = Path(ns.config) if getattr(ns, "config", None) else None
+    # a self-training run (OUT/self-training.yaml) killed in its teacher or a round keeps its checkpoint there
+    checkpoints = () if config is None else (config.parent / "checkpoint", config.parent / "teacher" / "checkpoint",
+                                              *config.parent.glob("round-*/checkpoint"))
     if (cfg_out and config is not None and (getattr(ns, "resume", None) or values.get("resume"))
-            and (config.parent / "checkpoint").is_dir() and Path(cfg_out).resolve() != config.parent.resolve()):
+            and any(c.is_dir() for c in checkpoints) and Path(cfg_out).resolve() != config.parent.resolve()):
         say(f"skulens: resuming the run in {config.parent} (its config names {cfg_out}, where it was)")
         return str(config.parent)
     return cfg_out
