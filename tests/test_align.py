@@ -145,3 +145,37 @@ def test_fuse_cli_and_predict_with_listing_text(tiny_bundle, tiny_catalogue: Pat
     r = subprocess.run([sys.executable, "-m", "skulens.cli", "predict", "-m", str(bundle), str(photo), "--text",
                         "oat milk", "-q"], capture_output=True, text=True, check=False)
     assert r.returncode == 2 and "trained for other classes" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_an_aligner_fitted_for_another_image_model_is_refused_where_it_meets_a_model(
+        tiny_bundle, tiny_catalogue: Path, tmp_path: Path, caplog) -> None:
+    """An aligner of another model (`align -m pretrained:... -o BUNDLE`, or --align FILE) mapped text into a space
+    the index does not use: 'yellow banana' ranked arbitrary products, without a word. The aligner keeps the
+    image model's embeddings of four fixed probe photos; a model that does not reproduce them is refused."""
+    import logging
+    import shutil
+
+    import skulens
+    from skulens.search.align import AlignerError, align_catalogue
+    from skulens.search.engine import SearchEngine
+    from skulens.search.index import create_index
+
+    root = Path(shutil.copytree(tiny_catalogue.parent, tmp_path / "cat"))
+    (root / "products.csv").write_text("label,title,description\nred-apple,Red apple,A sweet red apple.\n"
+                                       "green-apple,Green apple,A sour apple.\noat-milk,Oat milk,A drink of oats.\n",
+                                       encoding="utf-8")
+    catalogue = skulens.load_catalogue(root / tiny_catalogue.name)
+    mine = skulens.load(tiny_bundle.bundle, device="cpu")
+    other = skulens.load("pretrained:efficientnet_lite0", device="cpu")
+    aligner, _, _ = align_catalogue(other, catalogue, steps=5, progress=False)
+    path = aligner.save(tmp_path / "other_align.safetensors")
+    again = load_aligner(path)
+    assert again.probe is not None and again.probe.shape == (4, mine.card.embedding_dim)
+    again.check_model(other)  # its own model, in either numerics
+    again.check_model(skulens.load("pretrained:efficientnet_lite0", device="cpu", precision="bf16"))
+    with pytest.raises(AlignerError, match="fitted for another image model"):
+        again.check_model(mine)
+    index = create_index("faiss", tmp_path / "ix", mine.card.embedding_dim)
+    with caplog.at_level(logging.WARNING, logger="skulens.search.align"):
+        engine = SearchEngine(mine, index, again)
+    assert engine.aligner is None and "text search goes on without it" in caplog.text

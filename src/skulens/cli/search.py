@@ -278,7 +278,7 @@ def _check_align_out(out: str) -> None:
 
         try:
             with safe_open(str(path), "np") as f:
-                aligner = set(f.keys()) == {"weight", "bias"}  # an aligner's tensors (older ones lack metadata)
+                aligner = set(f.keys()) - {"probe"} == {"weight", "bias"}  # an aligner's (older: no metadata)
         except (OSError, SafetensorError):  # not a safetensors file at all
             aligner = False
         if not aligner:

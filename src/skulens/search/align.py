@@ -11,6 +11,7 @@ locked towers, tuned alignment).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from collections.abc import Sequence
@@ -24,6 +25,8 @@ from ..models.text import DEFAULT_TEXT_MODEL, fitting_text_encoder, head_text_en
 
 __all__ = ["ALIGN_FILE", "AlignConfig", "AlignerError", "TextAligner", "align_catalogue", "heads_on_other_text",
            "load_aligner", "product_sentences", "train_aligner"]
+
+log = logging.getLogger(__name__)
 
 ALIGN_FILE = "text_align.safetensors"
 MODEL_FILE_SUFFIXES = (".onnx", ".tflite", ".pt")  # a model's exported files: never an aligner
@@ -52,6 +55,46 @@ def product_sentences(title: str, description: str = "", info: str = "", *, max_
     return list(dict.fromkeys(t for t in texts if t))
 
 
+SAME_MODEL_COSINE = 0.9  # as an index is checked against its model (`search.engine.check_index_model`)
+
+
+def probe_photos() -> list[Any]:
+    """Four fixed synthetic photos (seeded colour fields with bars): what an aligner's model embeds to be known
+    again. Deterministic on every machine."""
+    from PIL import Image
+
+    rng = np.random.default_rng(20261206)
+    out = []
+    for _ in range(4):
+        base = rng.integers(0, 256, (1, 1, 3)) * np.ones((96, 96, 3))
+        for _ in range(6):
+            x, y, w, h = rng.integers(0, 80, 4)
+            base[y:y + h // 2 + 8, x:x + w // 2 + 8] = rng.integers(0, 256, 3)
+        out.append(Image.fromarray(base.astype(np.uint8)))
+    return out
+
+
+def probe_embeddings(model: Any) -> np.ndarray:
+    return np.asarray(model.embed(probe_photos()), dtype=np.float32)
+
+
+def probe_agreement(model: Any, probe: np.ndarray) -> float:
+    """The mean cosine of `model`'s probe embeddings and `probe`, scored by the numerics closer to it (bf16 and
+    fp32 runs of one small model agree to about 0.96 only)."""
+    def mean_cosine(fresh: np.ndarray) -> float:
+        a = fresh / np.clip(np.linalg.norm(fresh, axis=1, keepdims=True), 1e-12, None)
+        b = probe / np.clip(np.linalg.norm(probe, axis=1, keepdims=True), 1e-12, None)
+        return float((a * b).sum(axis=1).mean())
+
+    score = mean_cosine(probe_embeddings(model))
+    if score < 0.999 and getattr(model, "net", None) is not None:
+        from ..models.predictor import Model
+
+        other = Model(model.net, model.card, model.device, "off" if model.precision != "off" else "auto")
+        score = max(score, mean_cosine(probe_embeddings(other)))
+    return score
+
+
 class TextAligner:
     """`encode(texts)` -> unit vectors in the image-embedding space of the model it was trained for.
 
@@ -62,8 +105,11 @@ class TextAligner:
 
     def __init__(self, weight: np.ndarray, bias: np.ndarray, temperature: float,
                  text_model: str = DEFAULT_TEXT_MODEL, info: dict | None = None, *,
-                 fingerprint: str | None = None, bundle: str | os.PathLike | None = None):
+                 fingerprint: str | None = None, bundle: str | os.PathLike | None = None,
+                 probe: np.ndarray | None = None):
         self.weight = np.asarray(weight, dtype=np.float32)  # image_dim x text_dim
+        # the image model's embeddings of PROBE_PHOTOS when it was fitted: which model's space it maps into
+        self.probe = None if probe is None else np.asarray(probe, dtype=np.float32)
         self.bias = np.asarray(bias, dtype=np.float32)
         self.temperature = float(temperature)
         self.text_model = text_model
@@ -78,6 +124,32 @@ class TextAligner:
     def project(self, text_vectors: np.ndarray) -> np.ndarray:
         z = np.asarray(text_vectors, dtype=np.float32) @ self.weight.T + self.bias
         return z / np.clip(np.linalg.norm(z, axis=1, keepdims=True), 1e-12, None)
+
+    def check_model(self, model: Any) -> None:
+        """AlignerError when `model` is not the image model this aligner was fitted for (its embeddings of the
+        probe photos differ: cosine under SAME_MODEL_COSINE). An aligner of another model mapped text into a
+        space the index does not use: wrong rankings, without a word. An aligner written before probes were
+        kept is not checked."""
+        if self.probe is None or model is None or getattr(model, "card", None) is None:
+            return
+        if self.probe.shape[1] != model.card.embedding_dim:
+            raise AlignerError(f"the text aligner maps into {self.probe.shape[1]}-d, the model embeds "
+                               f"{model.card.embedding_dim}-d: run `skulens align` for this model")
+        same = probe_agreement(model, self.probe)
+        if same < SAME_MODEL_COSINE:
+            raise AlignerError(f"the text aligner was fitted for another image model (its probe photos agree at "
+                               f"cosine {same:.2f} < {SAME_MODEL_COSINE}): run `skulens align --model "
+                               f"{self.bundle or 'BUNDLE'}` to fit one for this model")
+
+    def for_model(self, model: Any, where: str) -> TextAligner | None:
+        """This aligner, or None with a warning when it was fitted for another image model (`check_model`):
+        `where` goes on without it (text search without the image-space part)."""
+        try:
+            self.check_model(model)
+        except AlignerError as exc:
+            log.warning("%s; %s goes on without it", exc, where)
+            return None
+        return self
 
     def text_encoder(self) -> Any:
         return head_text_encoder(self.bundle, self.text_model, self.fingerprint, what="the text aligner",
@@ -99,7 +171,8 @@ class TextAligner:
         meta = {"temperature": str(self.temperature), "text_model": self.text_model, "info": json.dumps(self.info)}
         if self.fingerprint:
             meta["text_fingerprint"] = self.fingerprint
-        save_file({"weight": self.weight, "bias": self.bias}, str(tmp), metadata=meta)
+        tensors = {"weight": self.weight, "bias": self.bias, **({"probe": self.probe} if self.probe is not None else {})}
+        save_file(tensors, str(tmp), metadata=meta)
         make_readable(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
@@ -130,6 +203,7 @@ def load_aligner(path: str | os.PathLike, *, bundle: str | os.PathLike | None = 
         with safe_open(str(p), framework="numpy") as f:
             meta = f.metadata() or {}
             weight, bias = f.get_tensor("weight"), f.get_tensor("bias")
+            probe = f.get_tensor("probe") if "probe" in set(f.keys()) else None
         temperature, info = float(meta.get("temperature", 0.07)), json.loads(meta.get("info", "{}"))
     except Exception as exc:  # noqa: BLE001 - a torn or foreign file, whatever safetensors or json says of it
         raise AlignerError(f"{p}: not a readable text aligner ({type(exc).__name__}: {str(exc)[:200]}); run "
@@ -138,7 +212,8 @@ def load_aligner(path: str | os.PathLike, *, bundle: str | os.PathLike | None = 
         raise AlignerError(f"{p}: not a text aligner (weight {weight.shape}, bias {bias.shape}); run `skulens align` "
                            "again to rewrite it")
     return TextAligner(weight, bias, temperature, meta.get("text_model", DEFAULT_TEXT_MODEL), info,
-                       fingerprint=meta.get("text_fingerprint"), bundle=bundle if bundle is not None else p.parent)
+                       fingerprint=meta.get("text_fingerprint"), bundle=bundle if bundle is not None else p.parent,
+                       probe=probe)
 
 
 def train_aligner(image_vectors: np.ndarray, image_products: Sequence[int], product_texts: Sequence[Sequence[str]],
@@ -227,6 +302,7 @@ def align_catalogue(model: Any, cat: Any, *, splits: Sequence[str] = ("train",),
              for p in labels]
     aligner = train_aligner(emb.vectors[rows], y, texts, config=AlignConfig(steps=steps), progress=progress,
                             bundle=getattr(model, "path", None))
+    aligner.probe = probe_embeddings(model)  # which model's space: checked where the aligner meets a model
     return aligner, len(labels), len(rows)
 
 

@@ -181,6 +181,8 @@ class SearchEngine:
                              " build the index with this model")
         if model is not None:
             check_index_model(model, index)
+        if aligner is not None and model is not None:  # an aligner of another model ranked nonsense, unsaid
+            aligner = aligner.for_model(model, "text search")
         self.model, self.index, self.aligner = model, index, aligner
         self.text_model = text_model
         if route is not None:

@@ -295,6 +295,8 @@ class Tagger:
                  aligner: TextAligner | None = None, mode: str = "auto", text_model: str | None = None):
         if mode not in TAG_MODES:
             raise ValueError(f"unknown tag mode {mode!r}: {', '.join(TAG_MODES)}")
+        if aligner is not None:  # an aligner of another model scored vocabularies in another space, unsaid
+            aligner = aligner.for_model(model, "tagging")
         self.model, self.aligner, self.text_model = model, aligner, text_model
         self.products: Mapping[str, Product] = products if products is not None else {}
         self.mode = mode
