@@ -179,3 +179,14 @@ def test_an_aligner_fitted_for_another_image_model_is_refused_where_it_meets_a_m
     with caplog.at_level(logging.WARNING, logger="skulens.search.align"):
         engine = SearchEngine(mine, index, again)
     assert engine.aligner is None and "text search goes on without it" in caplog.text
+    # enrolment with a description: the text part is left out, warned, and the product is enrolled from its photos
+    from skulens.search.enroll import enroll
+
+    bundle = Path(shutil.copytree(tiny_bundle.bundle, tmp_path / "bundle"))
+    again.save(bundle)
+    photos = sorted((root / "val" / "red-apple").glob("*.jpg"))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="skulens.search.align"):
+        enroll(bundle, "dark-apple", photos, text="A very dark red apple.", data=root / tiny_catalogue.name)
+    assert "enrolment (photos only) goes on without it" in caplog.text
+    assert "dark-apple" in skulens.load(bundle, device="cpu").classes

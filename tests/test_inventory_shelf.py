@@ -450,17 +450,17 @@ def test_a_detector_setting_that_is_not_a_detector_fails_at_startup(tiny_bundle,
     with pytest.raises(ConfigError, match="not a detector folder.*classification bundle"):
         _settings(tiny_bundle, tiny_bundle.bundle, tmp_path / "inv.sqlite")
     with pytest.raises(ConfigError, match="not a detector folder"):
-        resolve_settings({"model": str(tiny_bundle.bundle), "detector": str(tmp_path)})
+        resolve_settings({"model": str(tiny_bundle.bundle), "db": str(tmp_path / "inv.sqlite"), "detector": str(tmp_path)})
     with pytest.raises(ConfigError, match="detector_min_score"):
         _settings(tiny_bundle, detector_dir, tmp_path / "inv.sqlite", detector_min_score=1.5)
-    ok = resolve_settings({"model": str(tiny_bundle.bundle), "detector": str(detector_dir), "detector_min_score": "0"})
+    ok = resolve_settings({"model": str(tiny_bundle.bundle), "db": str(tmp_path / "inv.sqlite"), "detector": str(detector_dir), "detector_min_score": "0"})
     assert ok.detector == str(detector_dir) and ok.detector_min_score == 0.0
     for bad, match in (({"detector_max_boxes": "0"}, "detector_max_boxes must be >= 1"),
                        ({"detector_max_boxes": "many"}, r"detector_max_boxes: cannot use 'many' \(expected int\)"),
                        ({"detector_tiles": "sometimes"}, "detector_tiles must be one of auto, on, off")):
         with pytest.raises(ConfigError, match=match):
-            resolve_settings({"model": str(tiny_bundle.bundle), "detector": str(detector_dir), **bad})
-    capped = resolve_settings({"model": str(tiny_bundle.bundle), "detector": str(detector_dir),
+            resolve_settings({"model": str(tiny_bundle.bundle), "db": str(tmp_path / "inv.sqlite"), "detector": str(detector_dir), **bad})
+    capped = resolve_settings({"model": str(tiny_bundle.bundle), "db": str(tmp_path / "inv.sqlite"), "detector": str(detector_dir),
                                "detector_max_boxes": "7", "detector_tiles": "off"})
     assert (capped.detector_max_boxes, capped.detector_tiles) == (7, "off")
     from skulens.serve.state import _load_detector
@@ -505,14 +505,14 @@ def test_scan_and_the_service_run_the_onnx_detector(tiny_bundle, detector_dir: P
     alone = _cli(*bare, "--db", str(tmp_path / "alone.sqlite"), "--detector-backend", "onnx")
     assert alone.returncode == 2 and "settings of --detector" in alone.stderr
 
-    settings = resolve_settings({"model": str(tiny_bundle.bundle), "detector": str(det), "detector_backend": "onnx"})
+    settings = resolve_settings({"model": str(tiny_bundle.bundle), "db": str(tmp_path / "inv.sqlite"), "detector": str(det), "detector_backend": "onnx"})
     from skulens.detect.onnx import _OrtBackbone
 
     assert isinstance(_load_detector(settings).net.backbone, _OrtBackbone)  # the service runs the export
-    assert not isinstance(_load_detector(resolve_settings({"model": str(tiny_bundle.bundle), "detector": str(det)}))
+    assert not isinstance(_load_detector(resolve_settings({"model": str(tiny_bundle.bundle), "db": str(tmp_path / "inv.sqlite"), "detector": str(det)}))
                           .net.backbone, _OrtBackbone)
     for bad, match in (({"detector_backend": "tensorrt"}, "detector backend must be 'torch' or 'onnx'"),
                        ({"detector_backend": "onnx", "device": "cuda"}, "on the CPU"),
-                       ({"detector_backend": "onnx", "detector": None}, "setting of the detector")):
+                       ({"detector_backend": "onnx", "detector": None}, r"detector_backend: setting\(s\) of the detector")):
         with pytest.raises(ConfigError, match=match):
-            resolve_settings({"model": str(tiny_bundle.bundle), "detector": str(det), **bad})
+            resolve_settings({"model": str(tiny_bundle.bundle), "db": str(tmp_path / "inv.sqlite"), "detector": str(det), **bad})

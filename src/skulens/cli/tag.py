@@ -58,14 +58,14 @@ def cmd_tag(ns: argparse.Namespace) -> int:
     check_precision_flag(ns)
     check_out_path(ns.out, "--out")  # before every photo is tagged
     check_format_matches_out(ns)
+    if ns.min_score is not None and not -1 <= ns.min_score <= 1:  # a cosine; `not <=`: NaN too
+        raise UsageError(f"--min-score is a cosine similarity between -1 and 1, got {ns.min_score}")
     if not ns.vocabulary:  # they choose and rank vocabulary tags: without one they did nothing, unsaid
         given = [flag for flag, value in (("--mode", ns.mode != "auto"), ("--min-score", ns.min_score is not None),
                                           ("-k/--top-k", bool(ns.top_k))) if value]  # -k 0: none, as without one
         if given:
             raise UsageError(f"{', '.join(given)}: setting(s) of the vocabulary tags: give --vocabulary FILE")
     ns.top_k = 5 if ns.top_k is None else ns.top_k
-    if ns.min_score is not None and not -1 <= ns.min_score <= 1:  # a cosine; `not <=`: NaN too
-        raise UsageError(f"--min-score is a cosine similarity between -1 and 1, got {ns.min_score}")
     bundle = model_path(ns)
     if ns.data is not None and not Path(ns.data).exists():
         raise UsageError(f"--data {ns.data}: no such file or folder")

@@ -314,12 +314,17 @@ def learn_shop_map(catalogue: torch.Tensor, shop: torch.Tensor, ridge: float = _
     return lambda x: x + offset + (x - c_mean) @ a
 
 
-def _text_features(bundle: Path, title: str, text: str, positives: torch.Tensor, weight: float) -> torch.Tensor:
+def _text_features(bundle: Path, title: str, text: str, positives: torch.Tensor, weight: float,
+                   net: Any = None, card: Any = None) -> torch.Tensor:
     """The product text's vector in the image space (the bundle's aligner), as pseudo-features at the photos'
     mean norm, repeated so it holds `weight` of the positives; empty without text, aligner or weight."""
     from .align import load_aligner
 
     aligner = load_aligner(bundle) if text.strip() and weight > 0 else None
+    if aligner is not None and net is not None and card is not None:  # an aligner of another image model
+        from ..models.predictor import Model
+
+        aligner = aligner.for_model(Model(net, card, next(net.parameters()).device), "enrolment (photos only)")
     if aligner is None or aligner.dim != positives.shape[1]:
         return positives[:0]
     vector = torch.from_numpy(aligner.encode([f"{title}. {text}".strip()])).float()
@@ -430,7 +435,7 @@ def enroll(bundle: str | os.PathLike, label: str, images: Sequence[str | os.Path
                     for k, i in enumerate(white)]
             mapped = to_shop(torch.cat(rows))
     positives = torch.cat([positives, mapped])
-    described = _text_features(bundle, title, text, positives, text_weight)
+    described = _text_features(bundle, title, text, positives, text_weight, net, card)
     positives = torch.cat([positives, described])
     ref = ref_t = None
     earlier = _enrolled_views(bundle, card, net)
