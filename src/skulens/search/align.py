@@ -55,9 +55,6 @@ def product_sentences(title: str, description: str = "", info: str = "", *, max_
     return list(dict.fromkeys(t for t in texts if t))
 
 
-SAME_MODEL_COSINE = 0.9  # as an index is checked against its model (`search.engine.check_index_model`)
-
-
 def probe_photos() -> list[Any]:
     """Four fixed synthetic photos (seeded colour fields with bars): what an aligner's model embeds to be known
     again. Deterministic on every machine."""
@@ -79,20 +76,11 @@ def probe_embeddings(model: Any) -> np.ndarray:
 
 
 def probe_agreement(model: Any, probe: np.ndarray) -> float:
-    """The mean cosine of `model`'s probe embeddings and `probe`, scored by the numerics closer to it (bf16 and
-    fp32 runs of one small model agree to about 0.96 only)."""
-    def mean_cosine(fresh: np.ndarray) -> float:
-        a = fresh / np.clip(np.linalg.norm(fresh, axis=1, keepdims=True), 1e-12, None)
-        b = probe / np.clip(np.linalg.norm(probe, axis=1, keepdims=True), 1e-12, None)
-        return float((a * b).sum(axis=1).mean())
+    """The mean cosine of `model`'s probe embeddings and `probe`, each in the numerics closer to it
+    (`search.engine.cosines_to_stored`, as an index is checked against its model)."""
+    from .engine import cosines_to_stored
 
-    score = mean_cosine(probe_embeddings(model))
-    if score < 0.999 and getattr(model, "net", None) is not None:
-        from ..models.predictor import Model
-
-        other = Model(model.net, model.card, model.device, "off" if model.precision != "off" else "auto")
-        score = max(score, mean_cosine(probe_embeddings(other)))
-    return score
+    return float(cosines_to_stored(model, probe_photos(), probe).mean())
 
 
 class TextAligner:
@@ -127,11 +115,13 @@ class TextAligner:
 
     def check_model(self, model: Any) -> None:
         """AlignerError when `model` is not the image model this aligner was fitted for (its embeddings of the
-        probe photos differ: cosine under SAME_MODEL_COSINE). An aligner of another model mapped text into a
-        space the index does not use: wrong rankings, without a word. An aligner written before probes were
-        kept is not checked."""
+        probe photos differ: cosine under `search.engine.SAME_MODEL_COSINE`). An aligner of another model mapped
+        text into a space the index does not use: wrong rankings, without a word. An aligner written before probes
+        were kept is not checked."""
         if self.probe is None or model is None or getattr(model, "card", None) is None:
             return
+        from .engine import SAME_MODEL_COSINE
+
         if self.probe.shape[1] != model.card.embedding_dim:
             raise AlignerError(f"the text aligner maps into {self.probe.shape[1]}-d, the model embeds "
                                f"{model.card.embedding_dim}-d: run `skulens align` for this model")

@@ -113,6 +113,27 @@ SAME_MODEL_COSINE = 0.9  # an index entry's vector against this model's embeddin
 _PROBES = 2
 
 
+def cosines_to_stored(model: Model, photos: Sequence[ImageInput], stored: np.ndarray) -> np.ndarray:
+    """Each photo's cosine between `model`'s embedding of it and its `stored` vector: whether `model` is the one
+    that made them. Each is scored by the numerics closer to it: the same model in bf16 (`auto` on a CPU with
+    AVX512-BF16) and in fp32 agrees to only 0.96 for a small model, and an index may hold entries of both (built
+    in bf16, added to in fp32). ImageDecodeError when a photo cannot be read."""
+    from ..data.decode import ImageDecodeError
+
+    stored = np.asarray(stored, np.float32)
+    stored = stored / np.maximum(np.linalg.norm(stored, axis=1, keepdims=True), 1e-12)
+    each = (model.embed(photos) * stored).sum(1)
+    if each.min() < 0.999 and model.net is not None:
+        from ..models.predictor import Model
+
+        other = Model(model.net, model.card, model.device, "off" if model.precision != "off" else "auto")
+        try:
+            each = np.maximum(each, (other.embed(photos) * stored).sum(1))
+        except ImageDecodeError:  # read once already: gone since, the first numerics' scores stand
+            pass
+    return each
+
+
 def check_index_model(model: Model, index: VectorIndex) -> float | None:
     """Whether `index` was built with `model`: the model embeds the photos of a few entries again and their stored
     vectors must agree (cosine; the index records no model, and every Lite backbone embeds 1280-d, so the
@@ -141,25 +162,10 @@ def check_index_model(model: Model, index: VectorIndex) -> float | None:
         return None
     from ..data.decode import ImageDecodeError
 
-    photos = [p for p, _ in picked]
     try:
-        fresh = model.embed(photos)
+        each = cosines_to_stored(model, [p for p, _ in picked], np.stack([np.asarray(v) for _, v in picked]))
     except ImageDecodeError:
         return None
-    stored = np.stack([np.asarray(v, np.float32) for _, v in picked])
-    stored /= np.maximum(np.linalg.norm(stored, axis=1, keepdims=True), 1e-12)
-    each = (fresh * stored).sum(1)
-    if each.min() < 0.999 and model.net is not None:
-        # Numerics, not the model: an index embedded in bf16 (`auto` on a CPU with AVX512-BF16) and checked in fp32
-        # (enrolment), or the other way round, agree to 0.96 for a small model. Each entry is scored by the
-        # numerics closer to it (an index may hold entries of both: built in bf16, added to in fp32).
-        from ..models.predictor import Model
-
-        other = Model(model.net, model.card, model.device, "off" if model.precision != "off" else "auto")
-        try:
-            each = np.maximum(each, (other.embed(photos) * stored).sum(1))
-        except ImageDecodeError:
-            pass
     cosine = float(each.min())
     if cosine < SAME_MODEL_COSINE:
         raise ValueError(f"the index was built with another model: this model embeds its photos elsewhere (cosine "
