@@ -63,34 +63,31 @@ def resolve_device(name: str = "auto") -> torch.device:
     return dev
 
 
-def precision_used(device: torch.device, precision: str = "auto") -> str:
-    """What autocast_context runs inference in: bf16, fp16 or fp32 (auto resolved for this device)."""
+def precision_used(device: torch.device, precision: str = "auto", *, training: bool = False) -> str:
+    """The numerics `autocast_context` runs in: bf16, fp16 or fp32 ("auto" resolved for this device).
+
+    bf16 where the hardware runs it fast; fp16 on GPUs without bf16. On the CPU, "auto" means bf16 for inference
+    on CPUs with AVX512-BF16/AMX (measured here: Lite2 forward 1.8x faster) but fp32 for training: bf16 made
+    EfficientNet-Lite training steps slower on the same machine (depthwise stride-2 convolution backward is ~4x
+    slower in bf16), so it is opt-in there.
+    """
     if precision == "off":
         return "fp32"
     if device.type == "cuda":
         return "fp16" if precision == "fp16" or (precision == "auto" and not torch.cuda.is_bf16_supported()) else "bf16"
-    return "bf16" if precision == "bf16" or (precision == "auto" and cpu_has_fast_bf16()) else "fp32"
+    return "bf16" if precision == "bf16" or (precision == "auto" and not training and cpu_has_fast_bf16()) else "fp32"
 
 
 def autocast_context(device: torch.device, precision: str = "auto", *, training: bool = False
                      ) -> contextlib.AbstractContextManager:
-    """bf16 autocast where the hardware runs it fast; fp16 on GPUs without bf16.
-
-    On the CPU, "auto" means bf16 for inference on CPUs with AVX512-BF16/AMX (measured here: Lite2 forward
-    1.8x faster) but fp32 for training: bf16 made EfficientNet-Lite training steps slower on the same
-    machine (depthwise stride-2 convolution backward is ~4x slower in bf16), so it is opt-in there.
-    """
-    if precision == "off":
-        return contextlib.nullcontext()
-    if device.type == "cuda":
-        if precision == "fp16" or (precision == "auto" and not torch.cuda.is_bf16_supported()):
-            return torch.autocast("cuda", dtype=torch.float16)
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    if precision == "fp16":
+    """An autocast in `precision_used`'s numerics (none for fp32)."""
+    if precision == "fp16" and device.type != "cuda":
         raise ValueError("fp16 autocast is for CUDA; use bf16 or off on the CPU")
-    if precision == "bf16" or (precision == "auto" and not training and cpu_has_fast_bf16()):
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    used = precision_used(device, precision, training=training)
+    if used == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda" if device.type == "cuda" else "cpu",
+                          dtype=torch.bfloat16 if used == "bf16" else torch.float16)
 
 
 def cpu_has_fast_bf16() -> bool:
