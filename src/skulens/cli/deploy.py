@@ -238,13 +238,12 @@ def cmd_bench(ns: argparse.Namespace) -> int:
     extra_runtimes = csv_list(ns.extra_runtimes or "torch-bf16,onnx-fp32", flag="--extra-runtimes", allowed=known)
     # settings of rows this run does not measure did nothing, unsaid
     int8 = any("int8" in r for r in (*runtimes, *(extra_runtimes if extra else ())))
-    for flag, given, needs in (("--detection-photos", ns.detection_photos, ns.detector and "--detector"),
-                               ("--extra-runtimes", ns.extra_runtimes, extra and "extra bundles"),
-                               ("--calibration-images", ns.calibration_images, int8 and "an int8 row")):
-        if given is not None and not needs:
-            raise UsageError(f"{flag}: a setting of rows this run does not measure (" + {
-                "--detection-photos": "give --detector", "--extra-runtimes": "give --extra, --distilled or --pruned",
-                "--calibration-images": "no int8 variant is asked for"}[flag] + ")")
+    for flag, given, measured, why in (
+            ("--detection-photos", ns.detection_photos, ns.detector, "give --detector"),
+            ("--extra-runtimes", ns.extra_runtimes, extra, "give --extra, --distilled or --pruned"),
+            ("--calibration-images", ns.calibration_images, int8, "no int8 variant is asked for")):
+        if given is not None and not measured:
+            raise UsageError(f"{flag}: a setting of rows this run does not measure ({why})")
     ns.detection_photos = ns.detection_photos or 10
     ns.calibration_images = ns.calibration_images or 256
     if "baseline" not in runtimes:  # checked here, not after minutes of exports

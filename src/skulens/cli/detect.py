@@ -201,8 +201,6 @@ def cmd_count(ns: argparse.Namespace) -> int:
             raise UsageError(f"no input photos after the model {ns.model}: skulens count MODEL photos/ --detector DET")
     if ns.model:
         check_model(ns.model)
-    if ns.precision != "auto" and not ns.model:
-        raise UsageError("--precision sets the classifier's numerics: it needs -m/--model")
     check_precision_flag(ns, backend="torch")  # --backend is the detector's; the classifier runs in PyTorch
     detector = check_detector(ns.detector, backend=ns.backend)
     _check_settings(ns)

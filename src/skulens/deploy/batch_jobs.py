@@ -156,8 +156,8 @@ class CountJob:
         from ..detect.count import check_naming
 
         check_naming(self.model, self.index, self.min_similarity)
-        if self.precision != "auto" and not self.model:
-            raise ValueError(f"precision {self.precision}: the classifier's numerics, and no model is given")
+        if self.precision != "auto" and not self.model:  # the detector runs in fp32 (or its ONNX export)
+            raise ValueError(f"--precision {self.precision} sets the classifier's numerics: it needs -m/--model")
 
     def load(self) -> tuple[Any, Model | None, Any]:
         from ..detect.backends import open_detector

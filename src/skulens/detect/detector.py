@@ -102,7 +102,7 @@ class Detector:
         results = [self._run_whole(pil)]
         small = False
         if tiled:  # the network's own resize: short side min_size, long side at most max_size
-            seen_at = min(cfg.min_size / min(w, h), cfg.max_size / max(w, h))
+            seen_at = network_scale(cfg, w, h)
             small = products_look_small(*results[0], min_score=min_score, scale=seen_at, min_size=cfg.min_size)
             tiled = small or tiles == "on"
         if not tiled:
@@ -150,7 +150,7 @@ class Detector:
         photo as float32 before it resizes (two 576 MB copies for a 48 MP phone photo, 2.5 GB peak). The answer
         is the network's own up to the rounding of the resized pixels to 8 bits. Smaller photos go as they are."""
         w, h = pil.size
-        seen_at = min(self.config.min_size / min(w, h), self.config.max_size / max(w, h))
+        seen_at = network_scale(self.config, w, h)
         if seen_at >= 0.5:
             return self._run([_to_tensor(pil)])[0]
         pixels = torch.from_numpy(np.array(pil, dtype=np.uint8)).permute(2, 0, 1)[None]  # writable: torch asks
@@ -173,6 +173,12 @@ def _at_cap(boxes: np.ndarray, scores: np.ndarray, cap: int) -> tuple[np.ndarray
     return boxes[:cap], scores[:cap], left_out
 
 
+def network_scale(config: DetectorConfig, w: int, h: int) -> float:
+    """The scale the network's own transform resizes a w x h photo by: short side to min_size, long side at most
+    max_size (torchvision's GeneralizedRCNNTransform)."""
+    return min(config.min_size / min(w, h), config.max_size / max(w, h))
+
+
 MIN_SIDE_PX = 8  # the short side at the detector's scale: below it there is nothing to find, and resizing fails
 
 
@@ -181,7 +187,7 @@ def check_detectable(size: tuple[int, int], config: DetectorConfig, source: str 
     min_size with the long side at most max_size, so a 1000x1 strip would become 0 px high and fail inside
     torchvision (and, in the service, fail every request batched with it)."""
     w, h = size
-    scale = min(config.min_size / min(w, h), config.max_size / max(w, h))
+    scale = network_scale(config, w, h)
     if min(w, h) * scale < MIN_SIDE_PX:
         raise ImageDecodeError(str(source), f"a {w}x{h} photo is too narrow to look for products in (its short "
                                f"side would be {min(w, h) * scale:.1f} px at the detector's scale, under {MIN_SIDE_PX})")

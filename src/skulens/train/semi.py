@@ -393,21 +393,17 @@ def _copies_of(labelled: set[Path], photos: Sequence[Path]) -> set[Path]:
         except OSError:
             return -1
 
-    by_size: dict[int, list[Path]] = {}
-    for p in labelled:
-        by_size.setdefault(size(p), []).append(p)
-    candidates = [p for p in photos if size(p) in by_size and size(p) >= 0]
-    if not candidates:
-        return set()
-
     def digest(p: Path) -> str | None:
         try:
             return hashlib.sha256(p.read_bytes()).hexdigest()
         except OSError:
             return None
 
-    sizes = {size(p) for p in candidates}
-    known = {digest(p) for s in sizes for p in by_size[s]} - {None}
+    by_size: dict[int, list[Path]] = {}
+    for p in labelled:
+        by_size.setdefault(size(p), []).append(p)
+    candidates = {p: s for p in photos if (s := size(p)) >= 0 and s in by_size}
+    known = {digest(p) for s in set(candidates.values()) for p in by_size[s]} - {None}
     return {p for p in candidates if digest(p) in known}
 
 

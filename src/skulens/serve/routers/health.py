@@ -20,15 +20,10 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-async def _database_answers(state: State) -> bool:
-    """Whether the inventory's database answers a SELECT 1 within 2 s (a load balancer keeps sending intakes to a
-    worker whose PostgreSQL is gone, each a failure, while /readyz said ready)."""
-    assert state.store is not None
-    return await _answers(state.store.ping)
-
-
 async def _answers(ping: Any) -> bool:
-    """Whether `ping` (a database's or an index server's round trip) returns within 2 s without an error."""
+    """Whether `ping` (the inventory database's or the index server's round trip, each bounded at 2 s itself)
+    returns without an error: a load balancer kept sending intakes to a worker whose PostgreSQL was gone, each a
+    failure, while /readyz said ready."""
     try:
         with anyio.fail_after(2.5):
             await anyio.to_thread.run_sync(ping, abandon_on_cancel=True)
@@ -48,7 +43,7 @@ async def readyz(state: State) -> JSONResponse:
         problems.append("inventory writer is not running")
     if state.warming:
         problems.append("warming up: running the model once per batch size and paging the index in")
-    if state.store is not None and not await _database_answers(state):
+    if state.store is not None and not await _answers(state.store.ping):
         problems.append("the inventory database cannot be reached")
     if state.search is not None and not await _answers(lambda: state.search.index.ping()):
         problems.append("the search index's server cannot be reached")
