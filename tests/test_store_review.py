@@ -199,16 +199,16 @@ def test_a_full_disk_fails_the_merged_requests_at_once_with_nothing_left_behind(
 @pytest.mark.parametrize("code", [errno.EACCES, errno.ENAMETOOLONG, errno.EISDIR, errno.ENOENT],
                          ids=errno.errorcode.get)
 def test_a_files_own_write_error_is_still_one_requests(code: int) -> None:
-    from skulens.serve.inventory import _one_requests_error, storage_failure
+    from skulens.serve.inventory.errors import one_requests_error, storage_failure
 
     exc = OSError(code, os.strerror(code), "x.jpg")
-    assert storage_failure(exc) is None and _one_requests_error(exc)
+    assert storage_failure(exc) is None and one_requests_error(exc)
 
 
 def test_storage_failure_knows_a_full_disk_from_the_os_and_from_either_database() -> None:
     import sqlite3
 
-    from skulens.serve.inventory import _one_requests_error, storage_failure
+    from skulens.serve.inventory.errors import one_requests_error, storage_failure
 
     assert [storage_failure(OSError(c, "")) for c in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)] == [
         "full", "full", "unavailable", "unavailable"]
@@ -218,7 +218,7 @@ def test_storage_failure_knows_a_full_disk_from_the_os_and_from_either_database(
         db.execute("INSERT INTO t VALUES (zeroblob(100000))")
     # (Python 3.10's sqlite3 errors carry no error code: a full database there is everyone's error, not "full")
     assert storage_failure(full.value) == ("full" if sys.version_info >= (3, 11) else None)
-    assert not _one_requests_error(full.value)
+    assert not one_requests_error(full.value)
     errors = pytest.importorskip("psycopg.errors")
     assert storage_failure(errors.DiskFull("could not extend file")) == "full"
 
@@ -342,7 +342,7 @@ def test_intake_on_a_read_only_database_answers_503_and_loses_nothing(inventory_
 def test_storage_failure_knows_a_read_only_database() -> None:
     import sqlite3
 
-    from skulens.serve.inventory import _one_requests_error, storage_failure
+    from skulens.serve.inventory.errors import one_requests_error, storage_failure
 
     # Python 3.10's sqlite3 errors carry no error code: a read-only database there is everyone's error, not named
     named = "unavailable" if sys.version_info >= (3, 11) else None
@@ -351,10 +351,10 @@ def test_storage_failure_knows_a_read_only_database() -> None:
     db.execute("PRAGMA query_only = ON")
     with pytest.raises(sqlite3.OperationalError, match="readonly database") as query_only:
         db.execute("INSERT INTO t VALUES (1)")
-    assert storage_failure(query_only.value) == named and not _one_requests_error(query_only.value)
+    assert storage_failure(query_only.value) == named and not one_requests_error(query_only.value)
     errors = pytest.importorskip("psycopg.errors")
     read_only = errors.ReadOnlySqlTransaction("cannot execute INSERT in a read-only transaction")
-    assert storage_failure(read_only) == "unavailable" and not _one_requests_error(read_only)
+    assert storage_failure(read_only) == "unavailable" and not one_requests_error(read_only)
 
 
 # -- the review queue's writes on a full disk -----------------------------------------------------------
@@ -405,7 +405,7 @@ def test_a_review_on_a_full_disk_answers_507_and_the_item_stays_in_the_queue(
 
 def test_the_sweep_checks_files_a_chunk_at_a_time_and_sweeps_as_before(inventory_db,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    from skulens.serve import inventory
+    from skulens.serve.inventory import store as inventory
     from skulens.serve.inventory import IntakeBox, ShelfPhoto
 
     p = Pseudonymizer(b"0123456789abcdef-test-key")
@@ -452,7 +452,7 @@ def test_the_sweep_checks_files_a_chunk_at_a_time_and_sweeps_as_before(inventory
             return rows
 
         with monkeypatch.context() as m:
-            m.setattr(inventory, "_SWEEP_CHUNK", 3, raising=False)
+            m.setattr(inventory, "_SWEEP_CHUNK", 3)
             m.setattr(store, "_read", counted)
             swept = store.sweep_uploads(actor="t")
 
@@ -497,7 +497,7 @@ def test_a_sweep_that_stops_on_a_database_error_still_audits_what_it_deleted(
         inventory_db, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, database_back: bool) -> None:
     import sqlite3
 
-    from skulens.serve import inventory
+    from skulens.serve.inventory import store as inventory
 
     with inventory_db.store() as store:
         store.intake([_photo(1, 0.2)], threshold=0.5, actor="t")  # named: never swept

@@ -1,41 +1,10 @@
-"""The inventory store: product counts in SQLite or PostgreSQL, fed by recognised photos.
+"""`InventoryStore`: counts, the review queue, the audit log, people's events and the kept photos' files, in one
+SQLite file or a PostgreSQL database (the package's docstring says how it behaves)."""
 
-Used by the service and by `skulens inventory`, so nothing here knows about HTTP.
-
-* **One code path, two databases.** `InventoryStore("inv.sqlite")` keeps everything in one SQLite file (the
-  embedded default); `InventoryStore("postgresql://user@host/db")` in a PostgreSQL database, which several
-  `skulens serve` processes (and CLI scans) share. The SQL is the same (SQLAlchemy Core, plain SQL both
-  understand); only the schema's column types, the schema-version record and the JSON query in `labels` differ.
-* **Idempotent.** Every photo is keyed by the sha256 of its bytes (a primary key); the same photo twice counts
-  once, so a client that retries after a timeout, a scan restarted after `kill -9`, or two service processes
-  that get the same photo at once never double-count.
-* **Atomic.** One transaction per batch: a photo's row, the count it changes and the audit lines commit
-  together or not at all (SQLite: WAL, synchronous=FULL; PostgreSQL: its own WAL). A crash loses at most the
-  uncommitted batch, which the retry then counts once. Counts change only by `count = count + n` in SQL.
-* **Two kinds of photo.** A product photo (`IntakePhoto`) is one product: its top-1 label counts. A shelf
-  photo (`ShelfPhoto`) holds many: the detector's boxes, each named by the classifier, and every named box
-  adds one to its product; the photo, its boxes and every count it changes are one transaction.
-* **Reviewed.** Photos, and shelf boxes, below the confidence threshold go to a review queue instead of the
-  counts; a reviewer confirms or corrects the label (then it counts) or rejects the item. Given the known
-  products, a correction must name one of them (a typo would otherwise invent a product). A review item's id
-  is the photo's sha256, or `sha256:index` for a box. Reviewed photos and box crops are written, EXIF-free,
-  into a labelled folder with a `manifest.csv` (`path,label,split`) that `load_catalogue` (and so
-  `skulens train`/`retrain`) reads.
-* **Audited.** Every change to a count or to a photo's or box's status is a row in `audit`.
-* **People.** Behaviour events (`record_events`) and uploads that name who sent them carry a pseudonym
-  (`serve.privacy`), never a user id; `erase_user` deletes a user's events and photos in one call, and
-  `purge_uploads` deletes kept uploads older than a retention period. Counts never change for either: a
-  counted product stays counted, only the personal data goes.
-
-Errors from the database itself are the driver's own exceptions (`sqlite3.Error`, `psycopg.Error`), as when
-this module talked to sqlite3 directly.
-"""
 
 from __future__ import annotations
 
 import csv
-import difflib
-import errno
 import io
 import itertools
 import json
@@ -46,9 +15,8 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
-from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, TypeVar
@@ -57,127 +25,62 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, RowMapping
 
-from ..recommend.shopping_log import Event
-from .privacy import is_pseudonym
-from .settings import MAX_RETENTION_DAYS
+from ...data.sheets import spreadsheet_row
+from ...recommend.shopping_log import Event
+from ..privacy import is_pseudonym
+from ..settings import MAX_RETENTION_DAYS
+from .errors import (
+    InventoryError,
+    PhotoMissingError,
+    database_lost,
+    driver_error,
+    one_requests_error,
+    storage_error,
+    storage_failure,
+)
+from .records import (
+    MAX_LABEL,
+    AuditEntry,
+    BoxResult,
+    Erasure,
+    IntakePhoto,
+    IntakeResult,
+    ReviewItem,
+    ShelfPhoto,
+    ShelfResult,
+    check_known_label,
+    check_label,
+    is_counted,
+)
+from .schema import (
+    COLUMN_TYPES,
+    LABELLED,
+    MIGRATIONS,
+    NAMED_FILES,
+    PG_MIGRATE_LOCK,
+    PG_VERSION_TABLE,
+    QUEUE,
+    SCHEMA_V1,
+    SCHEMA_VERSION,
+    TOP_K_LABELS,
+)
 
 try:
     import fcntl
 except ImportError:  # Windows: the manifest lock is per process only
     fcntl = None  # type: ignore[assignment]
 
-__all__ = [
-    "AuditEntry",
-    "BoxResult",
-    "Erasure",
-    "IntakeBox",
-    "IntakePhoto",
-    "IntakeResult",
-    "InventoryError",
-    "InventoryStore",
-    "ReviewItem",
-    "ShelfPhoto",
-    "ShelfResult",
-    "StorageError",
-    "UnknownLabelError",
-    "check_known_label",
-    "is_counted",
-    "is_database_url",
-    "storage_error",
-    "storage_failure",
-]
+__all__ = ["MAX_COUNT", "InventoryStore", "is_database_url"]
 
 logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
-SCHEMA_VERSION = 3
-_STATUSES = "'counted', 'review', 'confirmed', 'corrected', 'rejected'"
-# The DDL as SQLite files have always had it; {real} and {serial} become PostgreSQL's types there
-# (PostgreSQL's REAL is 4 bytes: a confidence would come back as 0.8999999761...).
-_COLUMN_TYPES = {
-    "sqlite": {"{real}": "REAL", "{serial}": "INTEGER PRIMARY KEY AUTOINCREMENT"},
-    "postgresql": {"{real}": "DOUBLE PRECISION", "{serial}": "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY"},
-}
-_SCHEMA_V1 = (
-    """CREATE TABLE IF NOT EXISTS stock (
-        label TEXT PRIMARY KEY,
-        count INTEGER NOT NULL DEFAULT 0,
-        updated_at TEXT NOT NULL
-    )""",
-    f"""CREATE TABLE IF NOT EXISTS photos (
-        sha256 TEXT PRIMARY KEY,
-        source TEXT NOT NULL,
-        status TEXT NOT NULL CHECK (status IN ({_STATUSES})),
-        predicted_label TEXT,
-        confidence {{real}} NOT NULL,
-        top_k TEXT NOT NULL DEFAULT '[]',
-        label TEXT,
-        stored TEXT,
-        created_at TEXT NOT NULL,
-        reviewed_at TEXT,
-        reviewed_by TEXT
-    )""",
-    "CREATE INDEX IF NOT EXISTS photos_status ON photos (status, created_at)",
-    """CREATE TABLE IF NOT EXISTS audit (
-        id {serial},
-        ts TEXT NOT NULL,
-        actor TEXT NOT NULL,
-        action TEXT NOT NULL,
-        label TEXT,
-        delta INTEGER NOT NULL DEFAULT 0,
-        count_after INTEGER,
-        photo TEXT,
-        detail TEXT NOT NULL DEFAULT '{}'
-    )""",
-)
-# Each step takes a database from the version before to its own; applied in order, in one transaction.
-_MIGRATIONS: dict[int, tuple[str, ...]] = {
-    # 2: shelf photos. A photo row says its kind; a shelf photo's products are its boxes (a shelf photo row
-    # itself is 'counted' once taken in: its boxes carry the review states).
-    2: (
-        "ALTER TABLE photos ADD COLUMN kind TEXT NOT NULL DEFAULT 'photo' CHECK (kind IN ('photo', 'shelf'))",
-        f"""CREATE TABLE boxes (
-            sha256 TEXT NOT NULL REFERENCES photos (sha256),
-            idx INTEGER NOT NULL,
-            x1 {{real}} NOT NULL, y1 {{real}} NOT NULL, x2 {{real}} NOT NULL, y2 {{real}} NOT NULL,
-            score {{real}} NOT NULL,
-            predicted_label TEXT,
-            confidence {{real}} NOT NULL,
-            guess TEXT,
-            status TEXT NOT NULL CHECK (status IN ({_STATUSES})),
-            label TEXT,
-            stored TEXT,
-            reviewed_at TEXT,
-            reviewed_by TEXT,
-            PRIMARY KEY (sha256, idx)
-        )""",
-        "CREATE INDEX boxes_status ON boxes (status)",
-    ),
-    # 3: people. Behaviour events (user pseudonyms, never ids) and who sent a photo, for erasure on request.
-    3: (
-        """CREATE TABLE events (
-            id {serial},
-            user_ref TEXT NOT NULL,
-            product_id TEXT NOT NULL,
-            event TEXT NOT NULL,
-            ts {real} NOT NULL
-        )""",
-        "CREATE INDEX events_user ON events (user_ref)",
-        "ALTER TABLE photos ADD COLUMN user_ref TEXT",
-        "CREATE INDEX photos_user ON photos (user_ref)",
-    ),
-}
-# PostgreSQL keeps the schema version in this table (SQLite: PRAGMA user_version, as always).
-_PG_VERSION_TABLE = "skulens_schema"
-_PG_MIGRATE_LOCK = 0x736B756C656E73  # pg_advisory_xact_lock key ("skulens"): one process migrates at a time
 # PostgreSQL errors after which the whole transaction is simply run again: deadlock, serialization failure.
 _RETRY_SQLSTATES = frozenset({"40P01", "40001"})
 _RETRIES = 5
 # Database URL schemes: a URL with another scheme is an error, anything without "://" is a SQLite file path.
 _URL_DRIVERS = {"postgresql": "postgresql+psycopg", "postgres": "postgresql+psycopg",
                 "postgresql+psycopg": "postgresql+psycopg", "sqlite": "sqlite", "sqlite+pysqlite": "sqlite"}
-_REVIEWED = ("confirmed", "corrected")
-_MAX_LABEL = 200
 _ITEM_ID = re.compile(r"([0-9a-f]{64})(?::([0-9]{1,6}))?")
 
 MAX_COUNT = 2**31 - 1  # a stock count: PostgreSQL's INTEGER column
@@ -191,314 +94,9 @@ _ASIDE_FILE = re.compile(r"\.([0-9a-f]{64}(?:-[0-9]+)?\.jpg)\.[0-9]+\.erasing\.t
 # 1 h: an intake writes its files before its transaction commits (seconds, a lock wait at most); a file that no
 # row names an hour later was left by a crash or a failed write.
 _SWEEP_MIN_AGE_S = 3600.0
-# Files checked against the database per query: their sha256s are bound twice (`_NAMED_FILES`), under the 999
+# Files checked against the database per query: their sha256s are bound twice (`NAMED_FILES`), under the 999
 # bound parameters of SQLite before 3.32.
 _SWEEP_CHUNK = 400
-
-
-# The disk's own state, not one file's: every request's photo fails alike (on a full disk slowly, after most of
-# its bytes), so a merged intake that meets one fails as a whole. Full: no space, over quota. Unavailable: a
-# read-only or failing file system, no file handles left, a read-only database (retrying at once would meet it
-# again).
-_STORAGE_FULL_ERRNOS = frozenset(getattr(errno, n) for n in ("ENOSPC", "EDQUOT") if hasattr(errno, n))
-_STORAGE_DOWN_ERRNOS = frozenset(getattr(errno, n) for n in ("EROFS", "EIO", "EMFILE", "ENFILE") if hasattr(errno, n))
-# sqlite3's error codes (Python 3.11+) are extended ones: the primary code is the low byte
-# (SQLITE_READONLY_DBMOVED is 1032 = 8 | 4 << 8).
-_SQLITE_FULL = 13  # "database or disk is full"
-_SQLITE_READONLY = 8  # "attempt to write a readonly database": a read-only file, folder or mount, query_only
-_SQLITE_IOERR = 10  # "disk I/O error": the OS failed a read, write or sync of the database's files (EIO, ...)
-_PG_DISK_FULL = "53100"
-_PG_READ_ONLY = "25006"  # read_only_sql_transaction: a hot standby, default_transaction_read_only
-_PG_IO_ERROR = "58030"  # io_error: the OS failed a read or write of the database's files (EIO), as SQLITE_IOERR
-
-
-def storage_failure(exc: BaseException) -> str | None:
-    """Whether `exc` is the store's disk failing every write alike, not one request's: "full" (no space left,
-    over quota; a database that says its disk is full too), "unavailable" (a read-only or failing file system,
-    no file handles left; a database that takes no writes, or whose disk fails it: SQLite's SQLITE_IOERR,
-    PostgreSQL's io_error), else None. A merged intake fails as a whole on one (`intake_batches`). A sqlite3 error
-    without a code (Python 3.10's) is none of these: its message is all it has, and that is not matched."""
-    if isinstance(exc, sa.exc.DBAPIError) and isinstance(exc.orig, BaseException):  # a connect's, unwrapped
-        exc = exc.orig
-    if isinstance(exc, OSError) and exc.errno in _STORAGE_FULL_ERRNOS:
-        return "full"
-    if isinstance(exc, OSError) and exc.errno in _STORAGE_DOWN_ERRNOS or database_lost(exc):
-        return "unavailable"
-    sqlite_code, sqlstate = _sqlite_code(exc), getattr(exc, "sqlstate", None)
-    if sqlite_code == _SQLITE_FULL or sqlstate == _PG_DISK_FULL:
-        return "full"
-    if sqlite_code in (_SQLITE_READONLY, _SQLITE_IOERR) or sqlstate in (_PG_READ_ONLY, _PG_IO_ERROR):
-        return "unavailable"
-    return None
-
-
-def database_lost(exc: BaseException) -> bool:
-    """PostgreSQL cannot be reached, or went away: psycopg's OperationalError without a server code (refused,
-    reset, "connection is bad", "consuming input failed"), a connection exception (SQLSTATE class 08) or the server
-    shutting down or starting (57P01-57P03). The same request succeeds once it is back: storage "unavailable"."""
-    if isinstance(exc, sa.exc.DBAPIError) and isinstance(exc.orig, BaseException):
-        exc = exc.orig
-    if type(exc).__module__.split(".")[0] != "psycopg":
-        return False
-    sqlstate = getattr(exc, "sqlstate", None)
-    if sqlstate:
-        return sqlstate.startswith(("08", "57P"))
-    return any(c.__name__ == "OperationalError" for c in type(exc).__mro__)
-
-
-def _sqlite_code(exc: BaseException) -> int | None:
-    """The primary SQLite result code of a sqlite3 error (the low byte of its extended code: SQLITE_IOERR_WRITE,
-    778, is SQLITE_IOERR, 10), or None: not a sqlite3 error, or one without a code (Python 3.10)."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    return code & 0xFF if isinstance(code, int) else None
-
-
-def _one_requests_error(exc: BaseException) -> bool:
-    """An error one request of a merged intake can cause alone: its photo file cannot be written (an OSError
-    that is not the disk's own: a path in the way, a file it may not replace), a value the store refuses
-    (ValueError, InventoryError) or a row the database refuses (the DB-API's IntegrityError / DataError,
-    sqlite3's or psycopg's). A locked, lost or broken database, or a full or read-only disk, is everyone's."""
-    if storage_failure(exc) is not None:
-        return False
-    return isinstance(exc, (OSError, ValueError)) or any(
-        c.__name__ in ("IntegrityError", "DataError") for c in type(exc).__mro__)
-
-
-def _driver_error(exc: BaseException) -> bool:
-    """An error of the database or its driver (SQLAlchemy's wrapper, sqlite3's, psycopg's), not skulens' own."""
-    return isinstance(exc, sa.exc.DBAPIError) or type(exc).__module__.split(".")[0] in ("sqlite3", "psycopg")
-
-
-class InventoryError(ValueError):
-    """A request the store cannot honour (unknown photo, already reviewed, bad label or count)."""
-
-
-class StorageError(Exception):
-    """A change the store's storage refused, not the request (`storage_failure`): `failure` is "full" (no space left,
-    over quota) or "unavailable" (a read-only or failing disk, a read-only database, one whose disk fails it: the
-    same request may succeed later). The message says what was not done, and no path (the store's log line has it).
-    The store's methods raise the driver's or the OS's own error; `storage_error` makes one of these from it, for
-    callers that answer people (`People.erase`: the CLI says it in one line, the service answers 507, or 503 with
-    Retry-After). Opening a store whose schema cannot be written raises one too (`InventoryStore._migrate`; its
-    message names the database, without a password, for whoever opened it)."""
-
-    def __init__(self, message: str, failure: str):
-        super().__init__(message)
-        self.failure = failure
-
-
-def storage_error(exc: BaseException, doing: str, outcome: str) -> StorageError | None:
-    """`exc` as a StorageError when it is the storage failing (`storage_failure`), else None. Its message is
-    "{doing} ({why}); {outcome}": "the inventory cannot erase a user now (the database is read-only); nothing was
-    erased"."""
-    failure = storage_failure(exc)
-    if failure is None:
-        return None
-    if isinstance(exc, OSError) and exc.errno:
-        reason = os.strerror(exc.errno)
-    elif database_lost(exc):
-        reason = "the database cannot be reached"
-    elif failure == "full":
-        reason = "the database's disk is full"
-    elif _sqlite_code(exc) == _SQLITE_IOERR or getattr(exc, "sqlstate", None) == _PG_IO_ERROR:
-        reason = "the database's disk reports I/O errors"
-    else:
-        reason = "the database is read-only"
-    return StorageError(f"{doing} ({reason}); {outcome}", failure)
-
-
-class PhotoMissingError(InventoryError):
-    """A correction or confirmation of a kept photo that is not in this store's photo folder: it would count, and
-    its photo would never reach the labelled data."""
-
-
-class UnknownLabelError(InventoryError):
-    """A review label that names no known product: accepted, a typo ("Bananna") would become a new product,
-    a row in the counts and a class folder in the labelled data that retraining reads."""
-
-    def __init__(self, label: str, suggestions: Sequence[str]):
-        self.label, self.suggestions = label, tuple(suggestions)
-        hint = f"did you mean {' or '.join(map(repr, self.suggestions))}? " if self.suggestions else ""
-        super().__init__(f"unknown product {label!r}: {hint}a correction must name an existing product "
-                         "(a new product is enrolled first)")
-
-
-@dataclass(frozen=True)
-class IntakePhoto:
-    """One recognised photo of one product on its way into the store."""
-
-    sha256: str
-    source: str  # file name as given (never used as a path)
-    predicted_label: str | None
-    confidence: float  # fine confidence of predicted_label
-    top_k: tuple[tuple[str, float], ...] = ()
-    image: bytes | None = field(default=None, repr=False)  # EXIF-free JPEG to keep, or None
-    user_ref: str | None = None  # the sender's pseudonym (serve.privacy), when the photo came from a known user
-
-
-@dataclass(frozen=True)
-class IntakeBox:
-    """One product the detector found in a shelf photo, named by the classifier."""
-
-    box: tuple[float, float, float, float]  # x1, y1, x2, y2 in the photo's (EXIF-rotated) pixels
-    score: float  # the detector's: is this a product?
-    label: str | None  # the product, or None when the classifier could not name it (unknown)
-    confidence: float  # the classifier's, for label (for its best guess when unknown)
-    guess: str | None = None  # the classifier's best product guess: what a reviewer starts from
-    crop: bytes | None = field(default=None, repr=False)  # EXIF-free JPEG of the box, kept for review
-
-
-@dataclass(frozen=True)
-class ShelfPhoto:
-    """A shelf (fridge, basket) photo with every product box in it, on its way into the store."""
-
-    sha256: str
-    source: str  # file name as given (never used as a path)
-    boxes: tuple[IntakeBox, ...]
-    width: int = 0
-    height: int = 0
-    capped: bool = False  # the detector hit its box cap: there may be more products than boxes
-    image: bytes | None = field(default=None, repr=False)  # the whole photo (EXIF-free) to keep, or None
-    user_ref: str | None = None  # the sender's pseudonym (serve.privacy), when the photo came from a known user
-
-
-@dataclass(frozen=True)
-class BoxResult:
-    index: int
-    box: tuple[float, float, float, float]
-    score: float
-    label: str | None  # None: unknown
-    confidence: float
-    guess: str | None
-    status: str  # counted | review
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"index": self.index, "box": [round(v, 1) for v in self.box], "score": round(self.score, 4),
-                "label": self.label or "unknown", "confidence": round(self.confidence, 4), "guess": self.guess,
-                "status": self.status}
-
-
-@dataclass(frozen=True)
-class ShelfResult:
-    """What a shelf photo added: products counted (label -> boxes), and every box with its fate."""
-
-    counts: dict[str, int]
-    boxes: tuple[BoxResult, ...]
-    width: int
-    height: int
-    capped: bool
-
-    @property
-    def review(self) -> int:
-        return sum(b.status == "review" for b in self.boxes)
-
-    def to_dict(self, *, summary: bool = False) -> dict[str, Any]:
-        """Every box, or (`summary`) only how many counted and how many wait for review."""
-        boxes: Any = ({"counted": len(self.boxes) - self.review, "review": self.review} if summary
-                      else [b.to_dict() for b in self.boxes])
-        return {"counts": dict(sorted(self.counts.items())), "boxes": boxes, "width": self.width,
-                "height": self.height, "capped": self.capped}
-
-
-@dataclass(frozen=True)
-class IntakeResult:
-    sha256: str
-    source: str
-    status: str  # counted | review | duplicate (a shelf photo taken in is counted; its boxes say the rest)
-    label: str | None  # the label counted (counted), the prediction (review), the stored label (duplicate)
-    confidence: float
-    count: int | None = None  # the label's count after this photo (counted)
-    previous_status: str | None = None  # for duplicates: what happened to the photo the first time
-    shelf: ShelfResult | None = None  # a shelf photo's products and boxes
-
-    @classmethod
-    def duplicate(cls, row: Mapping[str, Any], source: str) -> IntakeResult:
-        """The answer for a photo already in the store, from its `photos` row (sha256, status, label,
-        predicted_label, confidence): its stored label (or prediction) and what happened to it the first time."""
-        return cls(row["sha256"], source, "duplicate", row["label"] or row["predicted_label"], row["confidence"],
-                   previous_status=row["status"])
-
-    def copy_answer(self, source: str) -> IntakeResult:
-        """The answer for another copy of this photo sent after it: a duplicate of what it was taken in as."""
-        return IntakeResult(self.sha256, source, "duplicate", self.label, self.confidence,
-                            previous_status=self.status)
-
-    def to_dict(self, *, summary: bool = False) -> dict[str, Any]:
-        d = {k: v for k, v in asdict(self).items() if k != "shelf"}
-        if self.shelf is not None:  # absent for product photos: their answer keeps its shape
-            d["shelf"] = self.shelf.to_dict(summary=summary)
-        return d
-
-
-@dataclass(frozen=True)
-class ReviewItem:
-    """A photo, or one box of a shelf photo (`kind` "box", `index` and `box` set), and its review state."""
-
-    sha256: str
-    source: str
-    status: str
-    predicted_label: str | None
-    confidence: float
-    top_k: list[dict[str, Any]]
-    label: str | None
-    created_at: str
-    reviewed_at: str | None = None
-    reviewed_by: str | None = None
-    has_photo: bool = False
-    kind: str = "photo"  # photo | box
-    index: int | None = None
-    box: list[float] | None = None
-
-    @property
-    def id(self) -> str:
-        """What `resolve` and `photo_file` take: the sha256, or `sha256:index` for a box."""
-        return self.sha256 if self.index is None else f"{self.sha256}:{self.index}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, **asdict(self)}
-
-
-@dataclass(frozen=True)
-class Erasure:
-    """What `erase_user` deleted: the user's events, and the files of the photos they sent (their rows stay,
-    without the file and without the user, so a photo sent again is still a duplicate and counts stay right)."""
-
-    user_ref: str
-    events: int
-    photos: int
-    files: int  # files found and deleted
-    missing: int = 0  # files the rows named that were in neither folder (another --labelled-dir?): not deleted
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class AuditEntry:
-    id: int
-    ts: str
-    actor: str
-    action: str
-    label: str | None
-    delta: int
-    count_after: int | None
-    photo: str | None
-    detail: dict[str, Any]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def is_counted(label: str | None, confidence: float, threshold: float) -> bool:
-    """Whether a recognised photo (or shelf box) counts at once (else it waits for a reviewer)."""
-    return label is not None and confidence >= threshold
-
-
-def _cell(text: str | None) -> str | None:
-    """A text cell a spreadsheet opens as text: one starting with = + - @ (or a tab or CR) would run as a formula
-    (a product title PATCHed to =HYPERLINK(...)); a leading ' is how spreadsheets mark text (OWASP's advice)."""
-    return "'" + text if text and text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
-
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
@@ -516,26 +114,6 @@ def _safe_dirname(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("._") or "label"
 
 
-def check_label(label: str) -> str:
-    label = label.strip()
-    if not label or len(label) > _MAX_LABEL or any(ord(ch) < 32 for ch in label):
-        raise InventoryError(f"invalid label {label[:40]!r}: 1-{_MAX_LABEL} printable characters")
-    return label
-
-
-def check_known_label(label: str, known: Collection[str]) -> str:
-    """`label`, checked as `check_label` does, if it is one of `known`; else UnknownLabelError with the
-    closest known names (compared case-insensitively, so "Oat-Milk" suggests "oat-milk")."""
-    label = check_label(label)
-    if label in known:
-        return label
-    by_lower: dict[str, str] = {}
-    for name in sorted(known):
-        by_lower.setdefault(name.lower(), name)
-    close = difflib.get_close_matches(label.lower(), list(by_lower), n=3, cutoff=0.6)
-    raise UnknownLabelError(label, [by_lower[c] for c in close])
-
-
 def _parse_id(item_id: str) -> tuple[str, int | None]:
     m = _ITEM_ID.fullmatch(item_id)
     if m is None:
@@ -550,37 +128,9 @@ def is_database_url(db: str | os.PathLike[str]) -> bool:
 
 def _display(url: sa.engine.URL) -> str:
     """The URL as logs and messages name it: no password, in the user part or in the query string."""
-    from .settings import hide_password
+    from ..settings import hide_password
 
     return hide_password(url.render_as_string(hide_password=True))
-
-
-# The review queue: photos and boxes in one list, oldest photo first (a box under its photo's source and date).
-_QUEUE_COLUMNS = ("sha256, idx, source, status, predicted_label, confidence, top_k, label, created_at, reviewed_at, "
-                  "reviewed_by, stored, x1, y1, x2, y2")
-_QUEUE = f"""
-SELECT {_QUEUE_COLUMNS} FROM (
-    SELECT sha256, NULL AS idx, source, status, predicted_label, confidence, top_k, label, created_at, reviewed_at,
-           reviewed_by, stored, NULL AS x1, NULL AS y1, NULL AS x2, NULL AS y2 FROM photos
-    UNION ALL
-    SELECT b.sha256, b.idx, p.source, b.status, b.guess, b.confidence, NULL, b.label, p.created_at, b.reviewed_at,
-           b.reviewed_by, b.stored, b.x1, b.y1, b.x2, b.y2 FROM boxes b JOIN photos p ON p.sha256 = b.sha256
-) AS queue"""
-# Every product name in the photos' top-k guesses: the JSON functions are the one query that differs.
-_TOP_K_LABELS = {
-    "sqlite": "SELECT json_extract(t.value, '$[0]') FROM photos, json_each(photos.top_k) AS t",
-    "postgresql": "SELECT t.value ->> 0 FROM photos, json_array_elements(CAST(photos.top_k AS json)) AS t(value)",
-}
-
-
-# Every reviewed photo and box whose file went into the labelled folder: the manifest's rows.
-_LABELLED = f"{_QUEUE} WHERE status IN {_REVIEWED} AND stored IS NOT NULL ORDER BY reviewed_at, stored"
-
-# What `sweep_uploads` asks of a chunk of photos: their rows, and their boxes' rows that name a file.
-_NAMED_FILES = sa.text(
-    "SELECT 'photo' AS kind, sha256, stored, status FROM photos WHERE sha256 IN :shas UNION ALL "
-    "SELECT 'box' AS kind, sha256, stored, status FROM boxes WHERE sha256 IN :shas AND stored IS NOT NULL"
-).bindparams(sa.bindparam("shas", expanding=True))
 
 
 def _old_store_files(folder: Path, cutoff: float) -> Iterator[str]:
@@ -712,7 +262,7 @@ class InventoryStore:
             self._engine.dispose()
             # unreachable, no such database, not a database: said as the store's opener's error (a lost database
             # later is storage "unavailable": the same request succeeds once it is back)
-            if _driver_error(exc) and (storage_failure(exc) is None or database_lost(exc)):
+            if driver_error(exc) and (storage_failure(exc) is None or database_lost(exc)):
                 first = str(getattr(exc, "orig", None) or exc).strip().splitlines()
                 raise InventoryError(f"cannot open inventory {self.url}: {first[0] if first else type(exc).__name__}") \
                     from exc
@@ -760,7 +310,7 @@ class InventoryStore:
                 return
 
         def migrate(db: Connection, _written: list[Path]) -> None:
-            types = _COLUMN_TYPES[self.backend]
+            types = COLUMN_TYPES[self.backend]
 
             def run(statement: str) -> None:
                 for placeholder, sql_type in types.items():
@@ -770,20 +320,20 @@ class InventoryStore:
             if self.backend == "postgresql":
                 # PostgreSQL's DDL is transactional too; the advisory lock makes a second process wait here
                 # (and then find the schema made) instead of failing on CREATE TABLE.
-                db.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATE_LOCK})
-                db.exec_driver_sql(f"CREATE TABLE IF NOT EXISTS {_PG_VERSION_TABLE} (version INTEGER NOT NULL)")
+                db.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_MIGRATE_LOCK})
+                db.exec_driver_sql(f"CREATE TABLE IF NOT EXISTS {PG_VERSION_TABLE} (version INTEGER NOT NULL)")
             version = self._schema_version(db)
             if self._current_schema(version):
                 return
             if version < 1:
-                for statement in _SCHEMA_V1:
+                for statement in SCHEMA_V1:
                     run(statement)
             for step in range(max(version, 1) + 1, SCHEMA_VERSION + 1):
-                for statement in _MIGRATIONS[step]:
+                for statement in MIGRATIONS[step]:
                     run(statement)
             if self.backend == "postgresql":
-                db.exec_driver_sql(f"DELETE FROM {_PG_VERSION_TABLE}")
-                db.execute(sa.text(f"INSERT INTO {_PG_VERSION_TABLE} (version) VALUES (:v)"), {"v": SCHEMA_VERSION})
+                db.exec_driver_sql(f"DELETE FROM {PG_VERSION_TABLE}")
+                db.execute(sa.text(f"INSERT INTO {PG_VERSION_TABLE} (version) VALUES (:v)"), {"v": SCHEMA_VERSION})
             else:
                 db.exec_driver_sql(f"PRAGMA user_version={SCHEMA_VERSION}")
 
@@ -801,9 +351,9 @@ class InventoryStore:
         """The database's schema version; 0 for a new database (PostgreSQL: no version table yet)."""
         if self.backend == "sqlite":
             return db.exec_driver_sql("PRAGMA user_version").scalar() or 0
-        if db.execute(sa.text("SELECT to_regclass(:table)"), {"table": _PG_VERSION_TABLE}).scalar() is None:
+        if db.execute(sa.text("SELECT to_regclass(:table)"), {"table": PG_VERSION_TABLE}).scalar() is None:
             return 0
-        return db.exec_driver_sql(f"SELECT MAX(version) FROM {_PG_VERSION_TABLE}").scalar() or 0
+        return db.exec_driver_sql(f"SELECT MAX(version) FROM {PG_VERSION_TABLE}").scalar() or 0
 
     def _current_schema(self, version: int) -> bool:
         """Whether a database at `version` needs no change; a newer schema than this skulens knows is an error."""
@@ -914,7 +464,7 @@ class InventoryStore:
                              self.url, exc, len(batches))
             if len(batches) == 1:
                 return [exc]
-            if not _one_requests_error(exc):  # a locked or lost database, a full disk: 64 solo attempts would
+            if not one_requests_error(exc):  # a locked or lost database, a full disk: 64 solo attempts would
                 return [exc] * len(batches)  # only wait longer, and fail alike
             logger.warning("inventory %s: an intake of %d requests failed (%s); writing each on its own", self.url,
                            len(batches), str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
@@ -1096,7 +646,7 @@ class InventoryStore:
 
     def review_queue(self, *, limit: int = 100, offset: int = 0) -> list[ReviewItem]:
         """Photos and shelf boxes waiting for a reviewer, oldest first."""
-        rows = self._read(f"{_QUEUE} WHERE status = 'review' ORDER BY created_at, sha256, idx NULLS FIRST "
+        rows = self._read(f"{QUEUE} WHERE status = 'review' ORDER BY created_at, sha256, idx NULLS FIRST "
                           "LIMIT :limit OFFSET :offset", {"limit": limit, "offset": offset})
         return [self._item(r) for r in rows]
 
@@ -1111,12 +661,12 @@ class InventoryStore:
         except InventoryError:
             return None
         where = "sha256 = :sha AND idx IS NULL" if idx is None else "sha256 = :sha AND idx = :idx"
-        rows = self._read(f"{_QUEUE} WHERE {where}", {"sha": sha, "idx": idx} if idx is not None else {"sha": sha})
+        rows = self._read(f"{QUEUE} WHERE {where}", {"sha": sha, "idx": idx} if idx is not None else {"sha": sha})
         return self._item(rows[0]) if rows else None
 
     def boxes(self, sha256: str) -> list[ReviewItem]:
         """Every box of a shelf photo, in detection order (best score first)."""
-        return [self._item(r) for r in self._read(f"{_QUEUE} WHERE sha256 = :sha AND idx IS NOT NULL ORDER BY idx",
+        return [self._item(r) for r in self._read(f"{QUEUE} WHERE sha256 = :sha AND idx IS NOT NULL ORDER BY idx",
                                                   {"sha": sha256})]
 
     def photo_file(self, sha256: str) -> Path | None:
@@ -1209,7 +759,7 @@ class InventoryStore:
             fresh = dst is not None and not dst.exists()
             if dst is not None and self._copy_to_labelled(row["stored"], label) is not None and fresh:
                 written.append(dst)
-            manifest = self._stage_manifest(self._labelled(db.execute(sa.text(_LABELLED)).mappings()))
+            manifest = self._stage_manifest(self._labelled(db.execute(sa.text(LABELLED)).mappings()))
             written.extend([manifest] if manifest is not None else [])
             return row, manifest
 
@@ -1259,7 +809,7 @@ class InventoryStore:
     def labelled(self) -> list[tuple[str, str]]:
         """(relative path, label) of every reviewed photo and box crop in the labelled folder. A file whose move
         was cut short by a crash (the review committed, the file still waiting) is moved now."""
-        return self._labelled(self._read(_LABELLED))
+        return self._labelled(self._read(LABELLED))
 
     def _labelled(self, rows: Iterable[RowMapping]) -> list[tuple[str, str]]:
         out = []
@@ -1313,7 +863,7 @@ class InventoryStore:
         guesses too) or given by a reviewer. What a correction can be checked against without the model."""
         rows = self._read(
             "SELECT label FROM stock UNION SELECT predicted_label FROM photos UNION SELECT label FROM photos "
-            f"UNION {_TOP_K_LABELS[self.backend]} "
+            f"UNION {TOP_K_LABELS[self.backend]} "
             "UNION SELECT guess FROM boxes UNION SELECT predicted_label FROM boxes UNION SELECT label FROM boxes")
         return {r["label"] for r in rows if r["label"]}
 
@@ -1370,7 +920,7 @@ class InventoryStore:
         w.writerow(["label", "count", "updated_at"] + (["title"] if titles is not None else []))
         for label, count, updated_at in rows:  # the named export is the spreadsheet's: its text cells made safe
             w.writerow([label, count, updated_at] if titles is None
-                       else [_cell(label), count, updated_at, _cell(titles(label))])
+                       else spreadsheet_row([label, count, updated_at, titles(label)]))
         return len(rows)
 
     def audit(self, *, limit: int = 100, before_id: int | None = None) -> list[AuditEntry]:
@@ -1397,7 +947,7 @@ class InventoryStore:
 
     def record_events(self, events: Sequence[Event]) -> int:
         """Append behaviour events whose `user_id` is a pseudonym (serve.privacy); one transaction."""
-        rows = [{"user": _user_ref(e.user_id), "product": e.product_id[:_MAX_LABEL], "event": e.event,
+        rows = [{"user": _user_ref(e.user_id), "product": e.product_id[:MAX_LABEL], "event": e.event,
                  "ts": float(e.timestamp)} for e in events]
         if rows:
             self._write(lambda db, _w: db.execute(sa.text(
@@ -1496,7 +1046,7 @@ class InventoryStore:
             # a reviewed photo's row names it in the manifest, found on disk or not: the manifest is made again
             relabel = any(self.labelled_dir in path.parents for path, _ in aside) or any(
                 label is not None and name in missing for label, name in files)
-            manifest = self._stage_manifest(self._labelled(db.execute(sa.text(_LABELLED)).mappings())) if relabel \
+            manifest = self._stage_manifest(self._labelled(db.execute(sa.text(LABELLED)).mappings())) if relabel \
                 else None
             written.extend([manifest] if manifest is not None else [])
             return n_events, n_photos, len(files), relabel, manifest
@@ -1686,7 +1236,7 @@ class InventoryStore:
         """For these photos: the files their rows and their boxes' rows name (a rejected item's file is deleted
         after its commit: not named), and which of them have a row at all. By sha256, the primary key: a stored
         name starts with its photo's sha256 (`_write_photo`), and `stored` has no index of its own."""
-        rows = self._read(_NAMED_FILES, {"shas": sorted(shas)})
+        rows = self._read(NAMED_FILES, {"shas": sorted(shas)})
         named = {r["stored"] for r in rows if r["stored"] is not None and r["status"] != "rejected"}
         return named, {r["sha256"] for r in rows if r["kind"] == "photo"}
 
