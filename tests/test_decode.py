@@ -339,3 +339,16 @@ def test_a_pixel_limit_above_pillows_own_names_pillows() -> None:
     with pytest.raises(ImageDecodeError) as info:
         decode_image(_png_header_only(15000, 15000), max_pixels=300_000_000)
     assert info.value.reason == f"too many pixels (225000000 > {2 * Image.MAX_IMAGE_PIXELS}, Pillow's own limit)"
+
+
+def test_a_progressive_jpeg_is_limited_at_its_stored_size_when_decoded_small() -> None:
+    """A progressive JPEG decoded at 1/8 still costs memory for its whole size (libjpeg keeps every coefficient): a
+    1 MB, 169 MP one passed a 40 MP limit and took ~500 MB of the service per upload. A baseline JPEG of the same
+    size still decodes at 1/8 under the limit."""
+    photo = _rgb((160, 120))
+    baseline = decode_image(_encode(photo, "JPEG"), max_pixels=5000, reduce_to=10)
+    assert baseline.size == (13, 10)  # decoded at 1/8: 20 x 15 = 300 pixels, under the limit
+    with pytest.raises(ImageDecodeError) as info:
+        decode_image(_encode(photo, "JPEG", progressive=True), max_pixels=5000, reduce_to=10)
+    assert info.value.reason == "too many pixels (progressive JPEG, 160 x 120 > 5000)"
+    assert decode_image(_encode(photo, "JPEG", progressive=True), max_pixels=20000, reduce_to=10).size == (13, 10)

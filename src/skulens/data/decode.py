@@ -121,6 +121,10 @@ def decode_image(
         raise ImageDecodeError(name, f"not an image (unrecognised header {data[:8]!r})")
     drafted = reduce_to is not None and fmt == "JPEG"
     img = _open_checked(name, data, fmt, max_pixels, max_aspect, pixels=not drafted)
+    if drafted and img.info.get("progressive"):
+        # libjpeg holds a progressive JPEG's coefficients for the whole photo whatever the scale it decodes at
+        # (a 1 MB, 169 MP progressive JPEG took ~500 MB at 1/8): its stored size is what is limited
+        _check_size(name, img.size, max_pixels, max_aspect, empty="corrupt JPEG", what="progressive JPEG, ")
     if drafted:
         # Asks libjpeg for the largest 1/1..1/8 scale that keeps both sides >= reduce_to; the pixel limit is for
         # what is decoded (a 48 MP phone JPEG wanted at 224 px decodes at 1/8, 0.75 MP: it was refused)
@@ -171,11 +175,12 @@ def _open_checked(name: str, data: bytes, fmt: str, max_pixels: int, max_aspect:
     return img
 
 
-def _check_size(name: str, size: tuple[int, int], max_pixels: int, max_aspect: float, *, empty: str) -> None:
+def _check_size(name: str, size: tuple[int, int], max_pixels: float, max_aspect: float, *, empty: str,
+                what: str = "") -> None:
     """The size policy, before any pixel is decoded: the pixel limit, no empty side, the aspect limit."""
     width, height = size
     if width * height > max_pixels:
-        raise ImageDecodeError(name, f"too many pixels ({width} x {height} > {max_pixels})")
+        raise ImageDecodeError(name, f"too many pixels ({what}{width} x {height} > {max_pixels})")
     if width < 1 or height < 1:
         raise ImageDecodeError(name, f"{empty} (size {width} x {height})")
     if max(width, height) > max_aspect * min(width, height):
