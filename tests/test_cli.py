@@ -423,3 +423,22 @@ class _Fixed:
     def parse_args(self, argv):
         self.ns.func = self.func
         return self.ns
+
+
+def test_predict_csv_cells_a_spreadsheet_would_run_are_written_as_text(bundle: str, val_root: Path,
+                                                                       tmp_path: Path) -> None:
+    """A photo (or a product) named `=HYPERLINK(...)` landed raw in `predict --format csv`, where a spreadsheet runs
+    it as a formula; the stock export already wrote such cells with a leading '."""
+    photo = tmp_path / '=HYPERLINK("http:evil").jpg'
+    photo.write_bytes((val_root / "oat-milk" / "oat-milk_000.jpg").read_bytes())
+    out = tmp_path / "preds.csv"
+    r = _skulens("predict", bundle, str(photo), "--format", "csv", "-o", str(out), "-q")
+    assert r.returncode == 0, r.stderr
+    with open(out, newline="", encoding="utf-8") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["source"] == "'" + str(photo) if str(photo).startswith("=") else row["source"] == str(photo)
+    from skulens.data.sheets import spreadsheet_cell, spreadsheet_row
+
+    assert [spreadsheet_cell(c) for c in ("=1+1", "+tea", "-juice", "@oat", "\tx", "oat-milk", "", None)] == [
+        "'=1+1", "'+tea", "'-juice", "'@oat", "'\tx", "oat-milk", "", None]
+    assert spreadsheet_row(["=cmd", 3, -1, 0.5, None]) == ["'=cmd", 3, -1, 0.5, None]

@@ -327,6 +327,11 @@ def test_count_checks_its_outputs_before_any_work_and_writes_each_photo_as_it_is
         rows = list(csv.reader(io.StringIO((tmp_path / "partial.csv").read_text())))
         assert rows[0][:3] == ["source", "product", "count"] and [r[1:3] for r in rows[1:]] == [["jam", "2"],
                                                                                                 ["tea", "1"]]
+    with CountsWriter(tmp_path / "formula.csv") as writer:  # a product or photo a spreadsheet would run
+        writer.write(PhotoCount("=cmd|' /C calc'!A0.jpg", 10, 10, (), False, None, {"+tea": 1, "jam": 2}, False))
+    rows = list(csv.reader(io.StringIO((tmp_path / "formula.csv").read_text())))
+    assert [r[:3] for r in rows[1:]] == [["'=cmd|' /C calc'!A0.jpg", "'+tea", "1"],
+                                         ["'=cmd|' /C calc'!A0.jpg", "jam", "2"]]
 
 
 def test_count_in_python_refuses_one_path_instead_of_counting_its_letters(detector, tmp_path) -> None:

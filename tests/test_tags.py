@@ -214,6 +214,10 @@ def test_what_cannot_be_tagged_says_why(model, photos) -> None:
     out = bare.tag([CORRUPT, str(photos["red-apple"]), Image.open(photos["oat-milk"])])
     assert out[0].source == "<image 0>" and out[0].error and out[0].category == ()
     assert out[0].to_row()["error"] == out[0].error
+    from dataclasses import replace as _replace
+
+    row = _replace(out[1], source="=HYPERLINK(1).jpg").to_row()  # a CSV feed opened in a spreadsheet: text
+    assert row["source"] == "'=HYPERLINK(1).jpg" and row == {**out[1].to_row(), "source": row["source"]}
     assert out[1].error is None and out[1].category and out[2].source == "<image 2>"
     # the Python API checks what the CLI and POST /v1/tag check (2.5 failed in a slice; -1, NaN, 5 gave no tags)
     texts = Tagger(model, products={"red-apple": Product("red-apple", description="A shiny red apple.")})

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.catalogue import IMAGE_SUFFIXES
+from ..data.sheets import spreadsheet_row
 from ..models.card import scores_cell
 from ..models.options import MODEL_BACKENDS
 from ._common import (
@@ -50,9 +51,9 @@ CHUNK = 128
 
 
 def _csv_row(p: Any) -> list[str]:
-    return [p.source, p.label or "", p.level, f"{p.confidence:.4f}", p.fine_label or "", f"{p.fine_confidence:.4f}",
+    return spreadsheet_row([p.source, p.label or "", p.level, f"{p.confidence:.4f}", p.fine_label or "", f"{p.fine_confidence:.4f}",
             p.coarse_label or "", "" if p.coarse_confidence is None else f"{p.coarse_confidence:.4f}",
-            scores_cell(p.top_k, 4), scores_cell(p.attributes, 3), p.error or ""]
+            scores_cell(p.top_k, 4), scores_cell(p.attributes, 3), p.error or ""])
 
 
 def _check_out(out: str | None) -> None:

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from ..data.decode import ImageDecodeError
+from ..data.sheets import spreadsheet_row
 from ..models.predictor import check_images, source_name
 from .boxes import PRODUCT, Detections
 from .detector import Detector, ImageInput, shelf_photo
@@ -216,7 +217,7 @@ class CountsWriter:
             self._file.write(json.dumps(r.to_dict()) + "\n")
         else:
             for label, n in sorted(r.counts.items()) or [("", 0)]:
-                self._csv.writerow([r.source, label, n, r.total, r.unknown, int(r.capped), r.error or ""])
+                self._csv.writerow(spreadsheet_row([r.source, label, n, r.total, r.unknown, int(r.capped), r.error or ""]))
         self._file.flush()
 
     def close(self) -> None:

@@ -41,6 +41,7 @@ from PIL import Image
 
 from ..data.catalogue import Product
 from ..data.decode import ImageDecodeError, decode_any, to_rgb
+from ..data.sheets import spreadsheet_cell
 from ..models.card import ModelCard, exclusive_attribute_pairs, scores_cell, without_conflicts
 
 if TYPE_CHECKING:  # torch comes with the model: checking a vocabulary file (the CLI does, first) needs none
@@ -123,13 +124,14 @@ class ListingTags:
                 "tags": [{"phrase": t, "score": round(s, 6)} for t, s in self.tags], "error": self.error}
 
     def to_row(self) -> dict[str, str]:
-        """One flat row for a CSV feed (`CSV_COLUMNS`): lists as "name:value;name:value"."""
-        return {"source": self.source, "category": self.category_path,
+        """One flat row for a CSV feed (`CSV_COLUMNS`): lists as "name:value;name:value"; a text cell a spreadsheet
+        would run as a formula starts with ' (`spreadsheet_cell`)."""
+        return {k: spreadsheet_cell(v) for k, v in {"source": self.source, "category": self.category_path,
                 "category_labels": " > ".join(s.label for s in self.category),
                 "confidence": f"{self.category[-1].confidence:.4f}" if self.category else "",
                 "attributes": scores_cell(self.attributes, 3),
                 "colours": ";".join(f"{c}:{p:.2f}" for c, p in self.colours),
-                "tags": scores_cell(self.tags, 3), "error": self.error or ""}
+                "tags": scores_cell(self.tags, 3), "error": self.error or ""}.items()}
 
 
 # --------------------------------------------------------------------------------------------- category
