@@ -432,11 +432,12 @@ def test_predict_csv_cells_a_spreadsheet_would_run_are_written_as_text(bundle: s
     photo = tmp_path / '=HYPERLINK("http:evil").jpg'
     photo.write_bytes((val_root / "oat-milk" / "oat-milk_000.jpg").read_bytes())
     out = tmp_path / "preds.csv"
-    r = _skulens("predict", bundle, str(photo), "--format", "csv", "-o", str(out), "-q")
+    r = _skulens("predict", str(Path(bundle).resolve()), photo.name, "--format", "csv", "-o", "preds.csv", "-q",
+                 cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     with open(out, newline="", encoding="utf-8") as f:
         (row,) = list(csv.DictReader(f))
-    assert row["source"] == "'" + str(photo) if str(photo).startswith("=") else row["source"] == str(photo)
+    assert row["source"] == "'" + photo.name and row["error"] == "" and row["fine_label"][:1] not in "=+-@"
     from skulens.data.sheets import spreadsheet_cell, spreadsheet_row
 
     assert [spreadsheet_cell(c) for c in ("=1+1", "+tea", "-juice", "@oat", "\tx", "oat-milk", "", None)] == [
