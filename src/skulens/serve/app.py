@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
@@ -129,18 +129,11 @@ def create_app(settings: ServeSettings, *, model: Model | None = None, state: Se
     app = FastAPI(title="skulens", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Product image recognition: predict, search, inventory intake and support replies. "
                               "Write endpoints need an API key (X-API-Key or Authorization: Bearer).")
-    app.include_router(health.router)
-    app.include_router(predict.router)
-    app.include_router(tag.router)
-    app.include_router(support.router)
-    app.include_router(products.router)
-    if settings.db:
-        app.include_router(inventory.router)
-    if settings.db or settings.events:
-        app.include_router(users.router)
-    for router in _search_routers(settings):
+    routers = [health.router, predict.router, tag.router, support.router, products.router,
+               *([inventory.router] if settings.db else []), *([users.router] if settings.db or settings.events else []),
+               *_search_routers(settings), web.router]
+    for router in routers:
         app.include_router(router)
-    app.include_router(web.router)
     app.mount("/static", StaticFiles(packages=[("skulens.serve", "static")]), name="static")
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     if settings.db:
@@ -155,7 +148,8 @@ def create_app(settings: ServeSettings, *, model: Model | None = None, state: Se
 
     app.add_middleware(TimeoutMiddleware, seconds=settings.request_timeout_s, on_timeout=count_timeout)
     app.add_middleware(BodyLimitMiddleware, max_bytes=min(_MAX_REQUEST_BYTES,
-                                                          settings.max_upload_bytes * settings.max_files + 65536))
+                                                          settings.max_upload_bytes * settings.max_files + 65536),
+                       takes_uploads=_upload_routes(routers))
     if settings.cors_origins:  # off by default: only listed origins, never "*"
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_credentials=False,
                            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
@@ -171,6 +165,21 @@ def _search_routers(settings: ServeSettings) -> list[Any]:
     from .routers import search  # imports the search back-ends only when configured
 
     return search.routers(settings)
+
+
+def _upload_routes(routers: Sequence[APIRouter]) -> Callable[[Scope], bool]:
+    """Whether a request goes to a route that takes files (a `File` parameter): only those get the upload limit."""
+    from fastapi import params
+    from fastapi.routing import APIRoute
+    from starlette.routing import Match
+
+    routes = [r for router in routers for r in router.routes if isinstance(r, APIRoute)
+              and any(isinstance(f.field_info, params.File) for f in r.dependant.body_params)]
+
+    def takes_uploads(scope: Scope) -> bool:
+        return any(r.matches(scope)[0] is Match.FULL for r in routes)
+
+    return takes_uploads
 
 
 def _state(app: FastAPI) -> ServiceState | None:

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import hmac
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from fastapi import HTTPException, UploadFile
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -41,17 +41,22 @@ class BodyLimitMiddleware:
     and forms are parsed whole, on the event loop, before any route or key check runs): refused from
     Content-Length before reading, and counted while streaming (chunked uploads, lying headers)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, max_other_bytes: int = 1 << 20):
+    def __init__(self, app: ASGIApp, max_bytes: int, max_other_bytes: int = 1 << 20,
+                 takes_uploads: Callable[[Scope], bool] | None = None):
         self.app, self.max_bytes, self.max_other_bytes = app, max_bytes, max_other_bytes
+        self.takes_uploads = takes_uploads  # whether the request's route takes files; None: every route does
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers", ()))
-        multipart = headers.get(b"content-type", b"").lower().startswith(b"multipart/form-data")
+        # The upload limit for a multipart body to a route that takes files: a Content-Type alone would lift a JSON
+        # route's limit too (a JSON route reads its whole body before the key check)
+        multipart = (headers.get(b"content-type", b"").lower().startswith(b"multipart/form-data")
+                     and (self.takes_uploads is None or self.takes_uploads(scope)))
         limit = self.max_bytes if multipart else min(self.max_bytes, self.max_other_bytes)
-        message = f"request body larger than {limit} bytes" + ("" if multipart else " (not a multipart upload)")
+        message = f"request body larger than {limit} bytes" + ("" if multipart else " (not a photo upload)")
         length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > limit):
             await _send_json(send, 413, message, [(b"connection", b"close")])
