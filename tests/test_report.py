@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -85,7 +86,7 @@ def test_write_report_with_baseline(tmp_path: Path) -> None:
         assert f"]({name})" in md
     assert "| carrot | dill | 1 |" in md  # most-confused pair
     # Top-loss images link to the sample paths, relative to report.md.
-    assert "](<../../data/img 6.jpg>)" in md
+    assert "](../../data/img%206.jpg)" in md
     assert "`" + paths[6] + "`" in md
     assert "| epochs | 3 |" in md
 
@@ -123,3 +124,22 @@ def test_format_summary() -> None:
     text = format_summary(model, base)
     top1_line = next(line for line in text.splitlines() if line.startswith("top-1"))
     assert "75.00%" in top1_line and "50.00%" in top1_line and "+25.00 pp" in top1_line
+
+
+def test_class_names_and_paths_reach_report_md_as_text(tmp_path: Path) -> None:
+    """A class folder named `<img src=x onerror=alert(1)>` was live HTML in report.md (a viewer that passes HTML
+    through ran it), and a `>` in a photo's path ended its image link early."""
+    names = ["<img src=x onerror=alert(1)>", "a|b", "c&d", "dill"]
+    paths = [str(tmp_path / "data" / names[t % 2] / f"{i}.jpg") for i, t in enumerate(TARGETS)]
+    probs = np.full((8, 4), 0.1 / 3)
+    probs[np.arange(8), MODEL_PREDS] = 0.9
+    report = evaluate_predictions(probs, np.array(TARGETS), names, paths=paths)
+    md = write_report(report, tmp_path / "eval").read_text()
+    assert f"`{paths[6]}`" in md  # a code span: shown as it is, HTML and all
+    outside_code = re.sub(r"`[^`]*`", "", md)
+    assert "<img" not in outside_code and "&lt;img src=x onerror=alert(1)&gt;" in outside_code
+    from skulens.evaluate.markdown import code
+
+    assert code("a`b") == "``a`b``" and code("`x") == "`` `x ``"
+    assert "a\\|b" in md and "c&amp;d" in md
+    assert "](../data/%3Cimg%20src%3Dx%20onerror%3Dalert%281%29%3E/" in md

@@ -405,8 +405,8 @@ def test_a_review_on_a_full_disk_answers_507_and_the_item_stays_in_the_queue(
 
 def test_the_sweep_checks_files_a_chunk_at_a_time_and_sweeps_as_before(inventory_db,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    from skulens.serve.inventory import store as inventory
     from skulens.serve.inventory import IntakeBox, ShelfPhoto
+    from skulens.serve.inventory import store as inventory
 
     p = Pseudonymizer(b"0123456789abcdef-test-key")
     with inventory_db.store() as store:

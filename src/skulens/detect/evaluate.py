@@ -28,6 +28,7 @@ from skulens.detect.boxes import AnnotatedImage, Detections
 from skulens.detect.detector import MAX_PIXELS
 from skulens.detect.draw import PREDICTED, UNKNOWN, contact_sheet, draw_boxes
 from skulens.detect.tiling import box_intersection
+from skulens.evaluate import markdown
 
 if TYPE_CHECKING:
     from skulens.detect.detector import Detector
@@ -424,7 +425,7 @@ def format_markdown(report: DetectionReport, *, grid: str | None = None) -> str:
     thr = f"{report.score_threshold:.2f}"
     lines = ["# Detection report", "",
              f"{report.images} photos, {report.boxes} ground-truth boxes, score threshold {thr}.", ""]
-    lines += _table(("metric", "value"), [
+    lines += markdown.table(("metric", "value"), [
         ("AP@0.5", _pct(report.ap50)),
         ("AP@[.5:.95]", _pct(report.ap)),
         (f"recall@0.5 (score >= {thr})", _pct(report.recall50)),
@@ -439,7 +440,7 @@ def format_markdown(report: DetectionReport, *, grid: str | None = None) -> str:
                    f"{_pct(pp['box_accuracy'])} of matched boxes labelled right; {pp['unknown_boxes']} boxes "
                    f"unknown; {pp['spurious_pairs']} products recognised in photos without them.")
         lines += ["", "## Product counts", "", summary, ""]
-        lines += _table(("product", "photos", "exact count", "true boxes", "predicted boxes"), [
+        lines += markdown.table(("product", "photos", "exact count", "true boxes", "predicted boxes"), [
             (label, p["photos"], _pct(p["accuracy"]), p["truth"], p["predicted"])
             for label, p in sorted(pp["products"].items(), key=lambda kv: (kv[1]["accuracy"], kv[0]))
         ])
@@ -452,15 +453,15 @@ def format_markdown(report: DetectionReport, *, grid: str | None = None) -> str:
         worst = sorted(((v["missed"] / v["boxes"], label, v) for label, v in missed.items() if v["missed"]),
                        reverse=True)[:_WORST_ROWS]
         if worst:
-            lines += _table(("true label", "missed", "boxes", "share missed"),
+            lines += markdown.table(("true label", "missed", "boxes", "share missed"),
                             [(label, v["missed"], v["boxes"], _pct(share)) for share, label, v in worst])
         else:
             lines.append("No true box was missed.")
     if report.skipped:
         lines += ["", f"## Photos left out ({len(report.skipped)}: could not be decoded)", ""]
-        lines += _table(("photo", "error"), [(_photo_name(r, i), r["error"]) for i, r in enumerate(report.skipped)])
+        lines += markdown.table(("photo", "error"), [(_photo_name(r, i), r["error"]) for i, r in enumerate(report.skipped)])
     lines += ["", "## Worst photos by count error", ""]
-    lines += _table(("photo", "true", "predicted", "error", "matched", "false", "missed"), [
+    lines += markdown.table(("photo", "true", "predicted", "error", "matched", "false", "missed"), [
         (_photo_name(r, i), r["truth"], r["predicted"], f"{r['error']:+d}", r["matched"], r["false"], r["missed"])
         for i, r in ((i, report.per_image[i]) for i in _worst_first(report)[:_WORST_ROWS])
     ])
@@ -502,14 +503,6 @@ def _photo_name(row: dict[str, Any], index: int) -> str:
 
 def _pct(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{100 * value:.1f}%"
-
-
-def _table(header: tuple[str, ...], rows: Sequence[tuple[object, ...]]) -> list[str]:
-    def cell(text: object) -> str:
-        return str(text).replace("|", "\\|").replace("\n", " ")  # a "|" in a name would split the cell
-
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return lines + ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
 
 
 def _json_safe(value: Any) -> Any:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from skulens.evaluate import markdown
 from skulens.evaluate.metrics import EvalReport
 
 if TYPE_CHECKING:
@@ -108,24 +109,13 @@ def format_summary(report: EvalReport, baseline: EvalReport | None = None) -> st
     return "\n".join(lines)
 
 
-def _cell(text: object) -> str:
-    # A "|" inside a class name or path would split the markdown table cell.
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def _table(header: tuple[str, ...], rows: Sequence[tuple[object, ...]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
-    return lines
-
-
 def _link_target(path: str, out_dir: Path) -> str:
     # Links in report.md resolve against its folder; sample paths are absolute or relative to the cwd.
     try:
         target = os.path.relpath(Path(path).resolve(), out_dir.resolve())
     except ValueError:  # another drive on Windows: no relative path exists
         target = str(Path(path).resolve())
-    return "<" + Path(target).as_posix() + ">"  # <...> lets the path contain spaces
+    return markdown.link(Path(target).as_posix())
 
 
 # --------------------------------------------------------------------------- markdown
@@ -139,14 +129,14 @@ def _md_headline(report: EvalReport, baseline: EvalReport | None, baseline_name:
     rows = _headline_rows(report, baseline)
     note = [_CI_NOTE, ""] if report.top1_ci is not None else []
     if baseline is None:
-        return ["## Headline", "", *note, *_table(("metric", "model"), [(r[0], r[1]) for r in rows])]
+        return ["## Headline", "", *note, *markdown.table(("metric", "model"), [(r[0], r[1]) for r in rows])]
     return [
         "## Headline: before vs after fine-tuning",
         "",
         *note,
         f"Baseline: {baseline_name}.",
         "",
-        *_table(("metric", "model", "baseline", "change"), list(rows)),
+        *markdown.table(("metric", "model", "baseline", "change"), list(rows)),
     ]
 
 
@@ -165,7 +155,7 @@ def _md_per_class(report: EvalReport) -> list[str]:
     said = (f"{left} class(es) of the model with no photo in this split and never predicted are left out "
             "(report.json lists them, at 0).")
     note = [said, ""] if left else []
-    return ["## Per-class metrics", "", *note, *_table(("class", "precision", "recall", "F1", "support"), rows)]
+    return ["## Per-class metrics", "", *note, *markdown.table(("class", "precision", "recall", "F1", "support"), rows)]
 
 
 def _md_attributes(report: EvalReport) -> list[str]:
@@ -176,27 +166,27 @@ def _md_attributes(report: EvalReport) -> list[str]:
         for a in report.per_attribute
     ]
     header = ("attribute", "AP", "F1", "threshold", "positives")
-    return ["## Attributes", "", *_table(header, rows)]
+    return ["## Attributes", "", *markdown.table(header, rows)]
 
 
 def _md_confused(report: EvalReport) -> list[str]:
     if not report.most_confused:
         return ["## Most confused pairs", "", "No misclassifications."]
     rows = [(p.true, p.predicted, p.count) for p in report.most_confused]
-    return ["## Most confused pairs", "", *_table(("true", "predicted", "count"), rows)]
+    return ["## Most confused pairs", "", *markdown.table(("true", "predicted", "count"), rows)]
 
 
 def _md_top_losses(report: EvalReport, out_dir: Path) -> list[str]:
     lines = ["## Highest-loss samples", ""]
     for rank, t in enumerate(report.top_losses, 1):
-        what = f"true **{_cell(t.true)}**, predicted **{_cell(t.predicted)}** "
+        what = f"true **{markdown.cell(t.true)}**, predicted **{markdown.cell(t.predicted)}** "
         what += f"({100 * t.confidence:.1f}%), loss {t.loss:.3f}"
         if not t.path:
             lines.append(f"{rank}. sample #{t.index}: {what}")
             continue
         indent = " " * len(f"{rank}. ")  # continuation lines must line up to stay inside the list item
-        image = f"{indent}![{_cell(t.true)}]({_link_target(t.path, out_dir)})"
-        lines += [f"{rank}. `{t.path}`: {what}", "", image, ""]
+        image = f"{indent}![{markdown.cell(t.true)}]({_link_target(t.path, out_dir)})"
+        lines += [f"{rank}. {markdown.code(t.path)}: {what}", "", image, ""]
     return lines
 
 
@@ -211,13 +201,13 @@ def _render_markdown(
     lines = [f"# {title}", "", *_md_headline(report, baseline, baseline_name), ""]
     scalars = {k: v for k, v in extra.items() if not _is_records(v)}
     if scalars:
-        lines += ["## Run details", "", *_table(("key", "value"), [(k, _json_text(v)) for k, v in scalars.items()])]
+        lines += ["## Run details", "", *markdown.table(("key", "value"), [(k, _json_text(v)) for k, v in scalars.items()])]
         lines.append("")
     for key, records in extra.items():
         if _is_records(records):  # e.g. the per-epoch history: one row per record
             cols = tuple(dict.fromkeys(c for r in records for c in r))
             lines += [f"## {key.replace('_', ' ').capitalize()}", "",
-                      *_table(cols, [tuple(_json_text(r.get(c, "")) for c in cols) for r in records]), ""]
+                      *markdown.table(cols, [tuple(_json_text(r.get(c, "")) for c in cols) for r in records]), ""]
     lines += ["## Figures", "", "![Confusion matrix](confusion.png)", "", "![Reliability](reliability.png)"]
     lines += ["", "![Per-class F1](per_class.png)", ""]
     for section in (_md_per_class(report), _md_attributes(report), _md_confused(report)):
