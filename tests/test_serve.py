@@ -632,6 +632,9 @@ def test_api_keys_from_a_file_and_the_environment(tmp_path: Path) -> None:
     assert [k.secret for k in keys] == ["alice-secret-1", "bare-secret-2", "bob-secret-3"]
     with pytest.raises(ConfigError, match="shorter than 8"):
         load_api_keys(None, env="short")
+    for secret in ("pässwort123", "пароль-секрет", "tab\there-key"):  # a UTF-8 client's bytes never matched
+        with pytest.raises(ConfigError, match="printable ASCII"):
+            load_api_keys(None, env=f"uni:{secret}")
 
 
 def test_serve_and_inventory_help_import_neither_torch_nor_fastapi() -> None:

@@ -203,6 +203,11 @@ def load_api_keys(path: str | os.PathLike[str] | None = None, env: str | None = 
             name, secret = f"key-{hashlib.sha256(line.encode()).hexdigest()[:8]}", line
         if len(secret.strip()) < 8:
             raise ConfigError(f"API key {name.strip()!r} is shorter than 8 characters")
+        if not secret.strip().isascii() or not secret.strip().isprintable():
+            # HTTP headers carry ASCII: a UTF-8 client sends "ä" as two bytes, which never matched, and browsers
+            # refuse to send anything past Latin-1 at all
+            raise ConfigError(f"API key {name.strip()!r} holds characters other than printable ASCII; "
+                              "a key travels in an HTTP header, which carries ASCII only")
         keys.append(ApiKey(name.strip(), secret.strip()))
     return tuple(keys)
 
