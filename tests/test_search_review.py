@@ -286,3 +286,20 @@ def test_aligned_text_search_without_a_model_names_the_missing_model(tmp_path: P
     assert "-m/--model" in err and "skulens align" not in err
     assert main(["search", "--index", str(tmp_path / "index"), "--text", "milk", "--mode", "lexical"]) == 0
     assert '"product_id": "milk"' in capsys.readouterr().out
+
+
+def test_a_lexical_search_with_a_model_given_imports_no_torch(tiny_bundle, tmp_path: Path) -> None:
+    """`search --text ... --mode lexical -m BUNDLE` (and `--product`) loaded no model but imported torch and
+    torchvision for it: about half of every such search's time."""
+    pytest.importorskip("faiss")
+    from conftest import modules_loaded_by
+    from skulens.search.index import IndexRecord, create_index
+
+    index = create_index("faiss", str(tmp_path / "index"), 4)
+    index.add([IndexRecord(id="m", product_id="milk", label="milk", title="Milk")], np.eye(1, 4, dtype=np.float32))
+    index.save()
+    index.close()
+    search = ["search", "--index", str(tmp_path / "index"), "-m", str(tiny_bundle.bundle)]
+    assert modules_loaded_by([[*search, "--text", "milk", "--mode", "lexical"], [*search, "--product", "milk"],
+                              ["--help"], ["info", "--help"]], ("torch", "torchvision")) == []
+    assert modules_loaded_by([["--help"], ["info", "--help"], ["predict", "--help"]], ("numpy",)) == []

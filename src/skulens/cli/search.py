@@ -162,7 +162,6 @@ def _engine(ns: argparse.Namespace, need_model: bool) -> Any:
     if text and not bundle and not ns.align and ns.mode == "aligned":
         raise UsageError("--mode aligned needs the model whose text aligner it uses (-m/--model BUNDLE), or "
                          "--align FILE (the index does not record its model)")
-    from ..models.predictor import load_model
     from ..models.text import DEFAULT_TEXT_MODEL, bundle_text_model
     from ..search.align import load_aligner
     from ..search.engine import RouteError, SearchEngine
@@ -172,7 +171,11 @@ def _engine(ns: argparse.Namespace, need_model: bool) -> Any:
     if text and not bundle and not ns.align and ns.mode == "hybrid" and not getattr(ns, "quiet", False):
         say("skulens search: no --model: BM25 and the bundled MiniLM only (give -m BUNDLE for its fine-tuned text "
             "encoder and text aligner)")
-    model = load_model(bundle) if bundle and (need_model or ns.mode not in ("text", "lexical")) else None
+    model = None
+    if bundle and (need_model or text and ns.mode not in ("text", "lexical")):  # photos; the aligner's image side
+        from ..models.predictor import load_model  # torch: not imported by a lexical or --product search
+
+        model = load_model(bundle)
     model_bundle = bundle if bundle and not bundle.startswith("pretrained:") else None
     source = ns.align or model_bundle
     aligner = load_aligner(source, bundle=model_bundle) if source else None

@@ -15,11 +15,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-import numpy as np
-
 from .._version import __version__
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from ..data._types import Product
 
 __all__ = ["CARD_SCHEMA", "ModelCard", "enrolled_products", "exclusive_attribute_pairs", "model_products",
@@ -161,6 +161,8 @@ def resolve_exclusive(probs: np.ndarray, positive: np.ndarray, names: Sequence[s
                       exclusive: Sequence[tuple[str, str]]) -> np.ndarray:
     """`positive` (N x A booleans above threshold) with `without_conflicts` applied to every row: what
     predictions show, for the evaluation to score."""
+    import numpy as np  # here: `skulens --help` and `info` import the card, and need no numpy
+
     out = np.zeros_like(positive, dtype=bool)
     index = {a: j for j, a in enumerate(names)}
     pairs = tuple(exclusive)
