@@ -405,7 +405,7 @@ def test_faiss_save_writes_only_what_changed(tmp_path):
     second = json.loads((tmp_path / "idx" / "index.json").read_text())
     assert second["files"]["vectors"] == first["files"]["vectors"]  # not rewritten
     assert second["files"]["records"] != first["files"]["records"]
-    assert sorted(os.listdir(tmp_path / "idx")) == sorted(["index.json", *filter(None, second["files"].values())])
+    assert sorted(set(os.listdir(tmp_path / "idx")) - {".lock"}) == sorted(["index.json", *filter(None, second["files"].values())])
 
 
 def test_faiss_save_whose_folder_sync_fails_after_the_swap_is_made(tmp_path, monkeypatch, caplog):
@@ -430,7 +430,7 @@ def test_faiss_save_whose_folder_sync_fails_after_the_swap_is_made(tmp_path, mon
         index.save()  # no error: the change is in the manifest on disk
     assert "saved, but its folder could not be synced" in caplog.text
     assert len(open_index(tmp_path / "idx")) == len(recs) == len(index)
-    assert sorted(os.listdir(tmp_path / "idx")) == sorted(
+    assert sorted(set(os.listdir(tmp_path / "idx")) - {".lock"}) == sorted(
         ["index.json", *filter(None, json.loads((tmp_path / "idx" / "index.json").read_text())["files"].values())])
 
 
@@ -719,7 +719,7 @@ def test_interrupted_save_leaves_old_or_new_index(tmp_path):
     assert again.get(f"s{step}") is not None and again.records("p2") == []
     names = set(os.listdir(tmp_path / "idx"))
     manifest = json.loads((tmp_path / "idx" / "index.json").read_text())
-    assert names == {"index.json", *filter(None, manifest["files"].values())}  # leftovers cleaned
+    assert names - {".lock"} == {"index.json", *filter(None, manifest["files"].values())}  # leftovers cleaned
 
 
 _SAVER = r"""
@@ -819,3 +819,76 @@ def test_record_ids_stay_relative_when_split_folders_are_links(tiny_catalogue: P
     (root / "train").symlink_to(tmp_path / "elsewhere")
     records, _ = catalogue_records(load_catalogue(root / tiny_catalogue.name), catalogue_photos=False)
     assert records and all(r.id.startswith("train/") for r in records), records[0].id
+
+
+# ---------------------------------------------------------------------------------------------
+# two writers of one FAISS index (review of session 38)
+
+
+def _update_and_save(path: str, product: str, value: int, barrier) -> str:  # a process of the test below
+    from skulens.search.index import IndexStoreError, open_index
+
+    index = open_index(path)
+    index.update_metadata(product, mark=value)
+    barrier.wait()  # every writer has opened the same version before any saves
+    try:
+        index.save()
+        return "saved"
+    except IndexStoreError as e:
+        return str(e)
+
+
+def test_two_writers_of_one_faiss_index_never_break_it_or_lose_a_saved_change(tmp_path: Path) -> None:
+    """Two `skulens index update` (or enrol) processes at once wrote the same version's file names, and one deleted
+    the files the other's manifest named: the index no longer opened ("records-000003.jsonl is missing"), and
+    both commands had said they succeeded. A save over another process's newer save is now refused."""
+    import multiprocessing
+
+    recs, vecs = make_data(30)
+    index = create_index("faiss", tmp_path / "idx", DIM)
+    index.add(recs, vecs)
+    index.save()
+    products = sorted({r.product_id for r in recs})[:4]
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Manager().Barrier(len(products))
+    with ctx.Pool(len(products)) as pool:
+        outcomes = pool.starmap(_update_and_save, [(str(tmp_path / "idx"), p, i, barrier)
+                                                   for i, p in enumerate(products)])
+    saved = [p for p, o in zip(products, outcomes, strict=True) if o == "saved"]
+    assert len(saved) == 1, outcomes  # the first save wins; the others were opened from the version it replaced
+    assert all("changed by another process" in o and "not saved" in o for o in outcomes if o != "saved"), outcomes
+    again = open_index(tmp_path / "idx")  # opens: every file its manifest names is there
+    marks = {p: again.records(p)[0].metadata.get("mark") for p in products}
+    assert marks == {p: (products.index(p) if p in saved else None) for p in products}
+    # in one process too: a stale object is refused, a fresh one saves
+    a, b = open_index(tmp_path / "idx"), open_index(tmp_path / "idx")
+    a.update_metadata(products[0], mark=10)
+    a.save()
+    b.update_metadata(products[1], mark=11)
+    with pytest.raises(IndexStoreError, match="not saved"):
+        b.save()
+    b.revert()
+    b.update_metadata(products[1], mark=11)
+    b.save()
+    final = open_index(tmp_path / "idx")
+    assert [final.records(p)[0].metadata.get("mark") for p in products[:2]] == [10, 11]
+    # an index built again over it (--overwrite) replaces it, as before
+    fresh = create_index("faiss", tmp_path / "idx", DIM, overwrite=True)
+    fresh.add(recs[:3], vecs[:3])
+    fresh.save()
+    assert len(open_index(tmp_path / "idx")) == 3
+
+
+def test_grouped_search_fetches_more_until_k_products_are_found(tmp_path: Path) -> None:
+    """Mutation review: with each product's entries few, the first fetch always held k products, so dropping the
+    second fetch went unnoticed; here one product's 100 entries fill the first fetch."""
+    rng = np.random.default_rng(0)
+    q = np.zeros(16, np.float32)
+    q[0] = 1
+    vecs = unit(np.concatenate([q + 0.05 * rng.standard_normal((100, 16)), q + rng.standard_normal((9, 16))]))
+    recs = [IndexRecord(id=f"b{i}", product_id="big", label="big") for i in range(100)]
+    recs += [IndexRecord(id=f"o{i}", product_id=f"other{i}", label=f"other{i}") for i in range(9)]
+    idx = create_index("faiss", tmp_path / "idx", 16)
+    idx.add(recs, vecs)
+    hits = idx.search(q, k=3)[0]
+    assert len(hits) == 3 and hits[0].product_id == "big" and len({h.product_id for h in hits}) == 3

@@ -10,8 +10,11 @@ On disk (never pickled)::
 A save writes the changed files under a new version number, fsyncs them, then swaps the manifest
 in with ``os.replace`` and fsyncs the directory; only then are files no manifest names deleted. A
 kill at any moment therefore leaves the old or the new manifest, each naming complete files.
-Unchanged parts are not rewritten (a metadata update rewrites only the records). One writer at a
-time: concurrent saves from two processes are not coordinated.
+Unchanged parts are not rewritten (a metadata update rewrites only the records). Saves take an
+exclusive lock on ``.lock`` in the folder and check that the manifest on disk is still the one this
+object was opened from (or last saved): a save over another process's newer save is refused
+(IndexStoreError, nothing written), so two writers never lose each other's changes or delete each
+other's files; the refused one opens the index again and repeats its change.
 
 Rows are append-only between compactions: removing an entry leaves a tombstone (IVF also drops it
 from its lists; HNSW skips it through an ID selector), and a quarter of tombstones triggers a
@@ -43,6 +46,11 @@ from .index import (
 )
 
 try:
+    import fcntl
+except ImportError:  # Windows: saves are not coordinated across processes
+    fcntl = None  # type: ignore[assignment]
+
+try:
     import faiss
 except ImportError as e:  # pragma: no cover - the extra is part of the dev install
     raise ImportError("the FAISS index needs faiss-cpu: pip install 'skulens[search]'") from e
@@ -54,6 +62,7 @@ logger = logging.getLogger(__name__)
 FORMAT = "skulens-faiss-index"
 SCHEMA = 1
 MANIFEST = "index.json"
+LOCK = ".lock"  # taken by each save (`_save_lock`)
 _VERSIONED = re.compile(r"^(records|vectors|ann)-(\d{6,})\.(jsonl|npy|faiss)(\.tmp)?$")
 ANN_KINDS = ("auto", "flat", "hnsw", "ivf", "ivfsq8", "ivfpq")
 _RERANKED = ("ivfsq8", "ivfpq")  # approximate codes: candidates are re-scored from the stored vectors
@@ -182,6 +191,7 @@ class FaissIndex(VectorIndex):
         self._version = 0
         self._files: dict[str, str | None] = {"records": None, "vectors": None, "ann": None}
         self._dirty = {"records", "vectors", "ann"}
+        self._replaces = False  # created with overwrite: its first save replaces whatever index is there
 
     # -- construction ----------------------------------------------------------------------
 
@@ -201,9 +211,11 @@ class FaissIndex(VectorIndex):
         if (p / MANIFEST).exists() and not overwrite:
             raise IndexStoreError(f"{p}: an index already exists (open it, or replace it: --overwrite, "
                                   "overwrite=True in Python)")
-        if p.is_dir() and not (p / MANIFEST).exists() and any(p.iterdir()):
+        if p.is_dir() and not (p / MANIFEST).exists() and any(f.name != LOCK for f in p.iterdir()):
             raise IndexStoreError(f"{p}: directory is not empty and holds no index; choose an empty one")
-        return cls(p, dim, _options({}, options))
+        index = cls(p, dim, _options({}, options))
+        index._replaces = overwrite
+        return index
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], **overrides: Any) -> FaissIndex:
@@ -577,6 +589,21 @@ class FaissIndex(VectorIndex):
         if not self._dirty and (self.path / MANIFEST).exists():
             return
         self.path.mkdir(parents=True, exist_ok=True)
+        with _save_lock(self.path):
+            self._check_unchanged_on_disk()
+            self._save()
+
+    def _check_unchanged_on_disk(self) -> None:
+        """Refuse a save over a manifest this object was not opened from (another process saved meanwhile)."""
+        on_disk = _manifest_version(self.path)
+        if self._replaces or on_disk is None or on_disk == self._version:
+            return
+        what = (f"changed by another process since this one opened it (version {self._version}, now {on_disk})"
+                if self._version else "created by another process meanwhile")
+        raise IndexStoreError(f"{self.path}: the index was {what}; this change was not saved (one writer at a "
+                              "time: run it again)")
+
+    def _save(self) -> None:
         version = max([self._version, *_versions_on_disk(self.path)]) + 1
         files = dict(self._files)
         if "records" in self._dirty or not files["records"]:
@@ -598,7 +625,7 @@ class FaissIndex(VectorIndex):
         }
         tmp = self._write(MANIFEST + ".tmp", lambda f: f.write(json.dumps(manifest, indent=1).encode("utf-8")))
         os.replace(self.path / tmp, self.path / MANIFEST)  # the commit point: from here on the save is made
-        self._version, self._files, self._dirty = version, files, set()
+        self._version, self._files, self._dirty, self._replaces = version, files, set(), False
         try:
             _fsync_path(self.path)
         except OSError as e:  # raised, the service answered "not made" a save that is on disk
@@ -742,6 +769,29 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     if m.get("schema") != SCHEMA:
         raise IndexStoreError(f"{f}: index schema {m.get('schema')} is not supported (this skulens reads {SCHEMA})")
     return m
+
+
+@contextlib.contextmanager
+def _save_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on the index folder's `.lock` file while a save runs (per process only where there is no
+    fcntl: Windows)."""
+    if fcntl is None:
+        yield
+        return
+    with open(path / LOCK, "a+b") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _manifest_version(path: Path) -> int | None:
+    """The version of the manifest on disk; None where there is none (or none readable: the save replaces it)."""
+    try:
+        return int(json.loads((path / MANIFEST).read_text(encoding="utf-8"))["version"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _versions_on_disk(path: Path) -> list[int]:
