@@ -426,6 +426,15 @@ def test_an_unfinished_runs_bundle_says_so_where_it_loads(tiny_bundle, tmp_path:
     with caplog.at_level(logging.WARNING):
         skulens.load(tiny_bundle.bundle, device="cpu")  # a finished run's bundle: nothing to say
     assert "not finished" not in caplog.text
+    # killed (or out of disk) after the first bundle save and before the first checkpoint: only config.yaml beside it
+    (out / "checkpoint").rmdir()
+    with caplog.at_level(logging.WARNING):
+        skulens.load(out / "bundle", device="cpu")  # a copied bundle, no run around it: nothing to say
+    assert "not finished" not in caplog.text
+    (out / "config.yaml").write_text("epochs: 3\n", encoding="utf-8")
+    with caplog.at_level(logging.WARNING):
+        skulens.load(out / "bundle", device="cpu")
+    assert "has not finished (the best epoch so far, 2)" in caplog.text
 
 
 def _cli_train(manifest: Path, out: Path, *extra: str) -> list[str]:

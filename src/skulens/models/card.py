@@ -229,9 +229,12 @@ def model_products(card: ModelCard, catalogue: Mapping[str, Product] | None = No
 def unfinished_run_note(card: ModelCard, folder: str | os.PathLike[str]) -> str | None:
     """What to say of RUN/bundle while its run has not finished: training writes it at each best epoch, before
     the run calibrates it (temperatures, attribute thresholds, coarse rule) and records its best epoch. A run that
-    was killed leaves it there, and it loaded as a finished model without a word. None for any other bundle."""
+    was killed leaves it there, and it loaded as a finished model without a word; killed (or out of disk) before its
+    first checkpoint, it has only the run's config.yaml beside it. None for any other bundle."""
     folder = Path(folder)
-    if folder.name != "bundle" or "best_epoch" in card.metrics or not (folder.parent / "checkpoint").exists():
+    run = folder.parent
+    if folder.name != "bundle" or "best_epoch" in card.metrics or not any(
+            (run / name).exists() for name in ("checkpoint", "checkpoint.tmp", "config.yaml")):
         return None
     return (f"{folder} is the snapshot of a run that has not finished (the best epoch so far, "
             f"{card.metrics.get('epoch', '?')}): not calibrated, its confidences and thresholds are not the final "
