@@ -737,3 +737,28 @@ def test_a_bundle_another_process_is_rewriting_is_waited_for_then_refused_in_one
         pass
     with bundle_lock(bundle_copy, timeout=5):  # a killed holder's lock is free again
         pass
+
+
+def test_an_enrolment_onto_a_full_disk_is_one_line_and_leaves_the_bundle_and_no_copy(
+        bundle_copy: Path, blue_photos: list[Path]) -> None:
+    """safetensors raises its own error on a full disk ("No space left on device (os error 28)"): every bundle or
+    checkpoint save (train, enroll, retrain, distill) ended in a traceback (exit 1) instead of `skulens: storage
+    full` (exit 3), and the bundle's half-written temporary copy stayed beside it. A file-size limit (RLIMIT_FSIZE,
+    EFBIG) stands in for the full disk, below the weights' size."""
+    import subprocess
+    import sys
+
+    before = {p.name: p.read_bytes() for p in bundle_copy.iterdir() if p.is_file()}
+    limit = (bundle_copy / "model.safetensors").stat().st_size // 2
+    code = ("import resource, signal, sys\n"
+            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+            f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))\n"
+            "from skulens.cli import main\n"
+            f"sys.exit(main(['enroll', '-m', {str(bundle_copy)!r}, '--product', 'blue-box', '--images', "
+            f"{str(blue_photos[0])!r}, '-q']))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=False)
+    assert r.returncode == 3, (r.returncode, r.stderr[-2000:])
+    assert "storage full" in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert [p.name for p in bundle_copy.parent.iterdir() if p.name.startswith(".bundle.")] == [".bundle.lock"]  # no copy
+    assert {p.name: p.read_bytes() for p in bundle_copy.iterdir() if p.is_file() and p.name in before} == before
+    assert "blue-box" not in read_card(bundle_copy).classes

@@ -6,6 +6,7 @@ import functools
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -100,9 +101,24 @@ def _carry_over(old: Path, new: Path) -> None:
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike[str],
                  metadata: dict[str, str] | None = None) -> None:
-    """safetensors' save_file, the file then as readable as any other output (:func:`make_readable`)."""
-    save_file(tensors, str(path), metadata=metadata)
+    """safetensors' save_file, the file then as readable as any other output (:func:`make_readable`). Its error
+    for a failing disk ("No space left on device (os error 28)", a SafetensorError) is raised as the OSError it
+    is, so a full disk is said as one (`skulens`: exit 3) wherever tensors are saved."""
+    with safetensors_disk_errors(path):
+        save_file(tensors, str(path), metadata=metadata)
     make_readable(path)
+
+
+@contextmanager
+def safetensors_disk_errors(path: str | os.PathLike[str]) -> Iterator[None]:
+    """safetensors' error for a failing disk while writing `path` raised as the OSError it is."""
+    try:
+        yield
+    except SafetensorError as exc:
+        code = re.search(r"os error (\d+)", str(exc))
+        if code is None:
+            raise
+        raise OSError(int(code[1]), os.strerror(int(code[1])), str(path)) from exc
 
 
 def make_readable(path: str | os.PathLike[str]) -> None:
@@ -150,15 +166,19 @@ def save_bundle(model: SkuModel, card: ModelCard, directory: str | os.PathLike[s
 def _save_bundle(model: SkuModel, card: ModelCard, out: Path, carry_over: bool) -> Path:
     recover_bundle(out)  # an interrupted earlier swap: its bundle is the one carried over and replaced
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700; a bundle is as readable as any other output
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    save_tensors(state, tmp / WEIGHTS, metadata={"format": "pt", "skulens_card_schema": str(card.schema)})
-    (tmp / CARD).write_text(card.to_json(), encoding="utf-8")
-    if carry_over and out.is_dir():
-        _carry_over(out, tmp)
-    for f in (tmp / WEIGHTS, tmp / CARD):
-        with open(f, "rb+") as fh:
-            os.fsync(fh.fileno())
+    try:
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700; a bundle is as readable as any other output
+        state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+        save_tensors(state, tmp / WEIGHTS, metadata={"format": "pt", "skulens_card_schema": str(card.schema)})
+        (tmp / CARD).write_text(card.to_json(), encoding="utf-8")
+        if carry_over and out.is_dir():
+            _carry_over(out, tmp)
+        for f in (tmp / WEIGHTS, tmp / CARD):
+            with open(f, "rb+") as fh:
+                os.fsync(fh.fileno())
+    except BaseException:  # a full disk, an interrupt: no half-written copy of the bundle stays beside it
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     old = None
     if out.exists():
         old = out.with_name(f".{out.name}.old")

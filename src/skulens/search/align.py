@@ -152,7 +152,7 @@ class TextAligner:
         """Into a bundle folder (as text_align.safetensors) or to a .safetensors file; atomic."""
         from safetensors.numpy import save_file
 
-        from ..models.bundle import make_readable
+        from ..models.bundle import make_readable, safetensors_disk_errors
 
         p = Path(path)
         if p.is_dir():
@@ -162,7 +162,8 @@ class TextAligner:
         if self.fingerprint:
             meta["text_fingerprint"] = self.fingerprint
         tensors = {"weight": self.weight, "bias": self.bias, **({"probe": self.probe} if self.probe is not None else {})}
-        save_file(tensors, str(tmp), metadata=meta)
+        with safetensors_disk_errors(tmp):  # a full disk: an OSError (exit 3), not safetensors' own error
+            save_file(tensors, str(tmp), metadata=meta)
         make_readable(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())

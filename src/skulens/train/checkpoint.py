@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from ..config import PATH_KEYS, ConfigError
 from ..data.locate import card_json
+from ..models.bundle import save_tensors
 
 __all__ = ["RESUME_FREE", "check_same_run", "config_changes", "load_checkpoint", "refuse_resuming_a_finished_run",
            "resume_command", "run_finished", "run_started", "save_checkpoint"]
@@ -56,11 +57,15 @@ def save_checkpoint(directory: Path, state: dict[str, Any]) -> None:
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file(tensors, str(tmp / "state.safetensors"))
-    (tmp / "state.json").write_text(json.dumps(meta), encoding="utf-8")
-    for f in tmp.iterdir():
-        with open(f, "rb+") as fh:
-            os.fsync(fh.fileno())
+    try:
+        save_tensors(tensors, tmp / "state.safetensors")  # a full disk raised as the OSError it is
+        (tmp / "state.json").write_text(json.dumps(meta), encoding="utf-8")
+        for f in tmp.iterdir():
+            with open(f, "rb+") as fh:
+                os.fsync(fh.fileno())
+    except BaseException:  # the last complete checkpoint stays the one to resume from; no half copy beside it
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     old = directory.with_name(directory.name + ".old")
     if directory.exists():
         shutil.rmtree(old, ignore_errors=True)
