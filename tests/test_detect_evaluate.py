@@ -227,3 +227,34 @@ def test_contact_sheet_is_a_grid_of_cells() -> None:
     assert contact_sheet(imgs[:1], cell=64).size == (64, 64)
     with pytest.raises(ValueError):
         contact_sheet([])
+
+
+# -- found by a mutation review (session 38): each of these went unnoticed when the rule it checks was broken --
+
+
+def test_a_box_scoring_exactly_the_threshold_counts() -> None:
+    d = Detections(np.array([[0, 0, 10, 10], [20, 20, 30, 30]], np.float32), np.array([0.5, 0.49]), 64, 64)
+    assert len(d.above(0.5)) == 1
+
+
+def test_a_cap_that_cut_only_boxes_below_the_threshold_is_not_reported() -> None:
+    d = Detections(np.array([[0, 0, 10, 10]], np.float32), np.array([0.9]), 64, 64, capped=True, cap_score=0.2)
+    assert not d.above(0.5).capped
+    assert d.above(0.1).capped
+
+
+def test_a_box_cut_by_each_inner_edge_of_a_middle_tile_is_dropped() -> None:
+    from skulens.detect.tiling import drop_cut_boxes
+
+    boxes = np.array([[101, 150, 150, 200], [150, 101, 200, 150], [250, 150, 299, 200],
+                      [150, 250, 200, 299], [150, 150, 200, 200]], np.float32)  # left, top, right, bottom cut; whole
+    assert drop_cut_boxes(boxes, (100, 100, 300, 300), 400, 400).tolist() == [False, False, False, False, True]
+
+
+def test_a_product_counted_too_many_times_is_not_an_exact_count() -> None:
+    img = AnnotatedImage(None, 100, 100, np.array([[10, 10, 40, 40]], np.float32), ("milk",))
+    det = Detections(np.array([[10, 10, 40, 40], [60, 60, 90, 90]], np.float32), np.array([0.9, 0.8]), 100, 100)
+    r = evaluate_detections([img], [det], recognised=[["milk", "milk"]])
+    assert r.per_product["products"]["milk"]["predicted"] == 2
+    assert r.per_product["products"]["milk"]["accuracy"] == 0.0
+    assert r.per_product["accuracy"] == 0.0

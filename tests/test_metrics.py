@@ -382,3 +382,38 @@ def test_bootstrap_intervals_match_explicit_resamples_and_shrink_with_more_photo
     few = np.full(40, -1)
     few[:3] = 1
     assert bootstrap_intervals(t[:40], p[:40], 5, coarse_hits=few, seed=1)["coarse_top1"] == (1.0, 1.0)
+
+
+# -- found by a mutation review (session 38): each of these went unnoticed when the rule it checks was broken --
+
+
+def test_top5_counts_a_target_ranked_exactly_fifth_and_not_sixth() -> None:
+    p = np.array([[0.30, 0.25, 0.20, 0.12, 0.08, 0.03, 0.02]] * 2)
+    r = evaluate_predictions(p, np.array([4, 5]), [f"c{i}" for i in range(7)])
+    assert r.top5 == pytest.approx(0.5)
+
+
+def test_ece_a_confidence_on_a_bin_edge_falls_in_the_lower_bin() -> None:
+    probs = np.array([[0.75, 0.25], [0.75, 0.25]])  # 0.75 is exactly an edge of 4 bins: (0.5, 0.75]
+    _, table = expected_calibration_error(probs, np.array([0, 1]), n_bins=4)
+    assert table[2] == pytest.approx((0.75, 0.5, 2))
+    assert table[3] == (0.0, 0.0, 0)
+
+
+def test_macro_f1_interval_uses_the_same_classes_as_the_macro_f1() -> None:
+    targets = np.array([0, 0, 0, 1, 1, 1])  # 10 catalogue classes, 2 in the split, all right
+    p = np.full((6, 10), 0.01)
+    p[np.arange(6), targets] = 0.91
+    r = evaluate_predictions(p, targets, [f"c{i}" for i in range(10)])
+    assert r.macro_f1 == pytest.approx(1.0)
+    assert r.macro_f1_ci == pytest.approx((1.0, 1.0))
+
+
+def test_an_attribute_probability_equal_to_its_threshold_is_positive() -> None:
+    attr_p = np.array([[0.4], [0.7], [0.2], [0.1]])
+    attr_y = np.array([[1], [1], [0], [0]])
+    thr = choose_thresholds(attr_p, attr_y)
+    assert thr[0] == pytest.approx(0.4)
+    r = evaluate_predictions(np.array([[0.9, 0.1]] * 4), np.zeros(4, int), ["a", "b"],
+                             attr_probs=attr_p, attr_targets=attr_y, attr_thresholds=thr)
+    assert r.per_attribute[0].f1 == pytest.approx(1.0)
