@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from skulens.search.index import (
+    IndexChangedError,
     IndexRecord,
     IndexStoreError,
     SearchHit,
@@ -865,9 +866,10 @@ def test_two_writers_of_one_faiss_index_never_break_it_or_lose_a_saved_change(tm
     a.update_metadata(products[0], mark=10)
     a.save()
     b.update_metadata(products[1], mark=11)
-    with pytest.raises(IndexStoreError, match="not saved"):
+    with pytest.raises(IndexChangedError, match="not saved"):
         b.save()
-    b.revert()
+    assert b.records(products[0])[0].metadata.get("mark") == 10  # it now holds the other process's save
+    assert b.records(products[1])[0].metadata.get("mark") != 11
     b.update_metadata(products[1], mark=11)
     b.save()
     final = open_index(tmp_path / "idx")

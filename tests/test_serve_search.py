@@ -458,3 +458,23 @@ def test_an_index_that_does_not_answer_is_a_503_for_a_photo_and_no_photo_in_a_li
     assert r.status_code == 503 and r.headers.get("retry-after") == "5"
     listed = client.get("/v1/products")
     assert listed.status_code == 200 and not any(p["has_image"] for p in listed.json())
+
+
+def test_a_product_edit_after_another_process_saved_the_index_is_a_409_then_works(client, backends) -> None:
+    """Another process (`skulens index update`) saved the index while the service had it open: the service's next
+    save wrote over it, and together they could leave an index that no longer opened. Now the service's change is
+    refused with 409, nothing written, and the service holds the other process's save for the next request."""
+    from skulens.search.index import open_index
+
+    _, index_dir, _ = backends
+    other = open_index(index_dir)
+    other.update_metadata("red-apple", shelf=7)
+    other.save()
+    other.close()
+    r = client.patch("/v1/products/green-apple", json={"metadata": {"shelf": 3}}, headers=AUTH)
+    assert r.status_code == 409 and "another process" in r.json()["detail"], r.text
+    r = client.patch("/v1/products/green-apple", json={"metadata": {"shelf": 3}}, headers=AUTH)
+    assert r.status_code == 200, r.text
+    again = open_index(index_dir)
+    assert again.records("red-apple")[0].metadata["shelf"] == 7 and again.records("green-apple")[0].metadata["shelf"] == 3
+    again.close()

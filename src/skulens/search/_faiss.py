@@ -13,8 +13,9 @@ kill at any moment therefore leaves the old or the new manifest, each naming com
 Unchanged parts are not rewritten (a metadata update rewrites only the records). Saves take an
 exclusive lock on ``.lock`` in the folder and check that the manifest on disk is still the one this
 object was opened from (or last saved): a save over another process's newer save is refused
-(IndexStoreError, nothing written), so two writers never lose each other's changes or delete each
-other's files; the refused one opens the index again and repeats its change.
+(IndexChangedError, nothing written; the object then holds the index as the other process saved it),
+so two writers never lose each other's changes or delete each other's files; the refused change is
+made again.
 
 Rows are append-only between compactions: removing an entry leaves a tombstone (IVF also drops it
 from its lists; HNSW skips it through an ID selector), and a quarter of tombstones triggers a
@@ -40,6 +41,7 @@ import numpy as np
 from .index import (
     CORE_FILTER_FIELDS,
     CompiledFilter,
+    IndexChangedError,
     IndexRecord,
     IndexStoreError,
     VectorIndex,
@@ -590,7 +592,11 @@ class FaissIndex(VectorIndex):
             return
         self.path.mkdir(parents=True, exist_ok=True)
         with _save_lock(self.path):
-            self._check_unchanged_on_disk()
+            try:
+                self._check_unchanged_on_disk()
+            except IndexChangedError:
+                self.revert()  # the index as the other process saved it: the change is made again on that
+                raise
             self._save()
 
     def _check_unchanged_on_disk(self) -> None:
@@ -600,8 +606,8 @@ class FaissIndex(VectorIndex):
             return
         what = (f"changed by another process since this one opened it (version {self._version}, now {on_disk})"
                 if self._version else "created by another process meanwhile")
-        raise IndexStoreError(f"{self.path}: the index was {what}; this change was not saved (one writer at a "
-                              "time: run it again)")
+        raise IndexChangedError(f"{self.path}: the index was {what}; this change was not saved (one writer at a "
+                                "time: make it again)")
 
     def _save(self) -> None:
         version = max([self._version, *_versions_on_disk(self.path)]) + 1

@@ -39,6 +39,7 @@ __all__ = [
     "INDEX_KINDS",
     "Filter",
     "FrozenMetadata",
+    "IndexChangedError",
     "IndexRecord",
     "IndexStoreError",
     "MetadataValue",
@@ -72,6 +73,11 @@ _MAX_SAFE_INT = 2**53  # JSON readers (and Milvus JSON) keep integers exact up t
 
 class IndexStoreError(ValueError):
     """A missing, corrupt or mismatched index, or a request it cannot serve; the message is one line."""
+
+
+class IndexChangedError(IndexStoreError):
+    """A save refused because another process saved the index after this one opened it: nothing was written; the
+    change is made again on the index as it is now (the service answers 409)."""
 
 
 class IndexUnavailableError(IndexStoreError):

@@ -17,7 +17,7 @@ from fastapi import Path as PathParam
 from pydantic import BaseModel, Field
 
 from ...search.engine import TEXT_MODES
-from ...search.index import IndexRecord, IndexStoreError, IndexUnavailableError, SearchHit
+from ...search.index import IndexChangedError, IndexRecord, IndexStoreError, IndexUnavailableError, SearchHit
 from ..batching import QueueFullError
 from ..deps import ReadKey, State, WriteKey, busy, decode_upload, storage_answer
 from ..forms import StrictFormRoute
@@ -93,6 +93,8 @@ async def _index_call(state: ServiceState, fn: Any) -> Any:
         return await anyio.to_thread.run_sync(state.with_index, fn)
     except IndexUnavailableError as exc:  # the server is down: the same request may succeed later
         raise _index_down(exc) from None
+    except IndexChangedError as exc:  # another process saved the index meanwhile: this change was not made
+        raise HTTPException(409, str(exc)) from None
     except IndexStoreError as exc:
         status = 404 if "no entries for product" in str(exc) else 422
         raise HTTPException(status, str(exc)) from None
@@ -246,6 +248,8 @@ async def create_product(state: State, actor: WriteKey,
         raise HTTPException(409 if taken else 422, str(exc)) from None
     except IndexUnavailableError as exc:
         raise _index_down(exc, "the product was not enrolled") from None
+    except IndexChangedError as exc:  # another process saved the index meanwhile
+        raise HTTPException(409, f"the product was not enrolled: {exc}") from None
     except (IndexStoreError, ValueError) as exc:  # the index refused the photos, a stale text aligner, ...
         raise HTTPException(422, f"the product was not enrolled: {exc}") from None
     logger.info("product %r enrolled by %s from %d photo(s)", result.label, actor, result.images)
