@@ -5,6 +5,11 @@
 const statusLine = document.getElementById("status");
 let info = null;
 let latest = 0;  // the upload the page is showing: an answer to an older one that arrives late is dropped
+let photo = null;  // the last photo chosen: a question typed after it is asked about it
+let sure = false;  // whether the page named a product for that photo (a hand-off then says "not sure")
+let answered = null;  // the question the answer on screen answers (null: none on screen)
+let asking = 0;  // the question the page waits for: an answer to an older one that arrives late is dropped
+const questionInput = document.getElementById("question");
 
 async function loadInfo() {
   if (!info) {
@@ -30,6 +35,36 @@ function clearResult() {
   }
   for (const id of ["attributes", "topk", "similar"]) document.getElementById(id).replaceChildren();
   document.getElementById("similar-section").hidden = true;
+  answered = null;
+  markStale();
+}
+
+function question() { return questionInput.value.trim(); }
+
+// An answer on screen answers the question it was asked with: once the question is changed, it is marked as the
+// earlier question's answer until the new one is asked.
+function markStale() {
+  const stale = answered !== null && question() !== answered;
+  document.getElementById("support").classList.toggle("stale", stale);
+  document.getElementById("support-stale").hidden = !stale;
+}
+
+function showAnswer(support, asked) {
+  if (support.error) {
+    document.getElementById("support-answer").textContent = `No answer: ${support.error.message}`;
+    document.getElementById("support-meta").textContent = "";
+  } else {
+    renderSupport(support, sure);
+  }
+  answered = asked;
+  markStale();
+}
+
+function askForm(file, asked) {
+  const form = new FormData();
+  form.append("image", file);
+  if (asked) form.append("question", asked);
+  return form;
 }
 
 // A label as words: "Oatly-Oat-Milk" -> "Oatly Oat Milk" (for when the server sends no title).
@@ -120,6 +155,8 @@ async function renderSimilar(label, mine) {
 async function recognise(file) {
   if (!file) return;
   const mine = ++latest;
+  const turn = ++asking;
+  photo = file;
   clearResult();
   setStatus(`Recognising ${file.name}…`);
   const threshold = (await loadInfo())?.thresholds?.min_confidence;
@@ -127,31 +164,62 @@ async function recognise(file) {
   form.append("image", file);
   form.append("top_k", "5");
   if (threshold !== undefined) form.append("min_confidence", String(threshold));
-  const ask = new FormData();
-  ask.append("image", file);
-  const question = document.getElementById("question").value.trim();
-  if (question) ask.append("question", question);
+  const asked = question();
   try {
     const [pred, support] = await Promise.all([
       api("/v1/predict", { method: "POST", body: form }).then((r) => r.json()),
-      api("/v1/support/ask", { method: "POST", body: ask }).then((r) => r.json()).catch((e) => ({ error: e })),
+      api("/v1/support/ask", { method: "POST", body: askForm(file, asked) }).then((r) => r.json())
+        .catch((e) => ({ error: e })),
     ]);
     if (mine !== latest) return;
     renderPrediction(pred, file);
-    if (support.error) {
-      document.getElementById("support-answer").textContent = `No answer: ${support.error.message}`;
-    } else {
-      renderSupport(support, isSure(pred.prediction));
-    }
+    sure = isSure(pred.prediction);
+    if (turn === asking) showAnswer(support, asked);
     setStatus(`Done in ${pred.timing_ms.toFixed(0)} ms.`);
     // products like the one it named; none for a photo it is not sure of (they would be like a declined guess)
     if (isSure(pred.prediction)) renderSimilar(pred.prediction.label, mine);
   } catch (e) {
     if (mine !== latest) return;
+    photo = null;  // nothing on screen to ask about
     clearResult();
     setStatus(e.message, true);
   }
 }
+
+// A question typed after the photo (Enter, or Ask): the same question request as recognise() makes, for that photo.
+async function askAgain() {
+  if (!photo) {
+    setStatus("Choose or take a photo first: the question is asked about it.", true);
+    return;
+  }
+  if (document.getElementById("result").hidden) {  // still recognising: start over, with this question
+    recognise(photo);
+    return;
+  }
+  const mine = latest;
+  const turn = ++asking;
+  const asked = question();
+  setStatus(asked ? "Asking…" : "Asking (no question: the product's summary)…");
+  try {
+    const support = await (await api("/v1/support/ask", { method: "POST", body: askForm(photo, asked) })).json();
+    if (mine !== latest || turn !== asking) return;
+    showAnswer(support, asked);
+    setStatus("Answered.");
+  } catch (e) {
+    if (mine !== latest || turn !== asking) return;
+    showAnswer({ error: e }, asked);
+    setStatus(e.message, true);
+  }
+}
+
+questionInput.addEventListener("input", markStale);
+questionInput.addEventListener("keydown", (ev) => {
+  if (ev.key === "Enter" && !ev.isComposing) {
+    ev.preventDefault();
+    askAgain();
+  }
+});
+document.getElementById("ask").addEventListener("click", askAgain);
 
 for (const id of ["file-input", "camera-input"]) {
   document.getElementById(id).addEventListener("change", (ev) => {
@@ -167,4 +235,11 @@ zone.addEventListener("drop", (ev) => {
   ev.preventDefault();
   zone.classList.remove("over");
   recognise(ev.dataTransfer.files[0]);
+});
+// The drop zone is focusable: Enter or Space on it opens the file chooser (keys in the question box are its own).
+zone.addEventListener("keydown", (ev) => {
+  if (ev.target === zone && (ev.key === "Enter" || ev.key === " ")) {
+    ev.preventDefault();
+    document.getElementById("file-input").click();
+  }
 });

@@ -11,8 +11,20 @@ function authHeaders() {
   return key ? { "X-API-Key": key } : {};
 }
 
+// A lost service (stopped, no network) rejects fetch() with the browser's bare "Failed to fetch": it becomes words,
+// marked `unreachable` so that a caller can say whether sending again is safe.
+const UNREACHABLE = "the service cannot be reached (is it running?): nothing was sent, or the answer was lost";
+
 async function api(path, options = {}) {
-  const response = await fetch(path, { ...options, headers: { ...authHeaders(), ...(options.headers || {}) } });
+  let response;
+  try {
+    response = await fetch(path, { ...options, headers: { ...authHeaders(), ...(options.headers || {}) } });
+  } catch (e) {
+    if (e.name === "AbortError") throw e;
+    const lost = new Error(`${UNREACHABLE}. Try again.`);
+    lost.unreachable = true;
+    throw lost;
+  }
   if (!response.ok) {
     let detail = response.statusText;
     try { detail = (await response.json()).detail || detail; } catch (e) { /* not JSON */ }

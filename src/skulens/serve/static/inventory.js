@@ -187,7 +187,10 @@ async function adjust(ev) {
     adjustQty.value = "";
     adjustNote.value = "";
     await refresh();
-  } catch (e) { setStatus(`Not changed: ${e.message}`, true); }
+  } catch (e) {  // a change by hand is not idempotent: with the answer lost, it may have been applied
+    setStatus(e.unreachable ? `Perhaps not changed: ${UNREACHABLE}. Check the count (Refresh) before trying again.`
+      : `Not changed: ${e.message}`, true);
+  }
 }
 
 // Recent changes, newest first, from the audit log (it needs the API key).
@@ -307,7 +310,11 @@ async function loadReview() {
 }
 
 async function refresh() {
-  try { await Promise.all([loadCounts(), loadReview(), loadAudit()]); } catch (e) { setStatus(e.message, true); }
+  const failed = statusLine.className === "error" ? statusLine.textContent : null;  // an earlier failure's words
+  try {
+    await Promise.all([loadCounts(), loadReview(), loadAudit()]);
+    if (failed !== null && statusLine.textContent === failed) setStatus("");  // it works now: the error is old news
+  } catch (e) { setStatus(e.message, true); }
 }
 
 // A shelf photo with its boxes: divs over the <img>, placed in percent of the photo, so they follow the
@@ -327,7 +334,13 @@ function shelfFigure(file, shelf) {
     div.style.width = `${(100 * (x2 - x1)) / shelf.width}%`;
     div.style.height = `${(100 * (y2 - y1)) / shelf.height}%`;
     div.title = `${titleOf(b.label)} ${pct(b.confidence)}`;
-    div.append(el("span", titleOf(b.label)));
+    // The label stays on the photo: above the box, or inside it at the photo's top edge (room for a label
+    // above it on a photo shown 320 px wide); cut with "…" at the photo's right edge (its title: the full name).
+    if (y1 * 320 < 18 * shelf.width) div.classList.add("label-inside");
+    const span = el("span", titleOf(b.label));
+    span.title = div.title;
+    span.style.maxWidth = `${(100 * (shelf.width - x1)) / shelf.width}cqw`;  // cqw: of the photo's width
+    div.append(span);
     figure.append(div);
   }
   return figure;
@@ -414,7 +427,12 @@ async function intake(files) {
     const photos = shelf ? `${shelf}; ` : `${body.counted} counted, ${body.review} for review, `;
     setStatus(`${photos}${body.duplicate} already seen, ${body.errors} unreadable.`);
     await refresh();
-  } catch (e) { if (mine === latestIntake) setStatus(e.message, true); }
+  } catch (e) {
+    if (mine !== latestIntake) return;
+    // Intake is idempotent by the photo's hash: sent again, a photo already counted is a duplicate, not counted twice.
+    setStatus(e.unreachable ? `${e.message} Re-sending the same photos is safe: photos already counted are reported `
+      + "as duplicates." : e.message, true);
+  }
 }
 
 async function exportCsv() {
@@ -444,7 +462,10 @@ for (const th of document.querySelectorAll("#counts th[data-sort]")) {
 adjustForm.addEventListener("submit", adjust);
 adjustProduct.addEventListener("change", showCurrent);
 adjustKind.addEventListener("change", showKind);
-document.getElementById("api-key").addEventListener("change", refresh);  // after common.js stored the key
+document.getElementById("api-key").addEventListener("change", () => {  // after common.js stored the key
+  loadLabels();  // with --auth-reads the product list, too, needs the key
+  refresh();
+});
 showKind();
 loadLabels();
 loadThresholds();
