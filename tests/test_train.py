@@ -678,3 +678,29 @@ def test_evaluate_says_when_a_carved_out_val_is_carved_otherwise(tmp_path: Path,
             Image.new("RGB", (32, 32), (220, 30, 30)).save(tmp_path / "flat" / "red" / f"{i}.png")
         skulens.evaluate(r.bundle, progress=False)
     assert "carved out of its train split now holds other photos" in caplog.text
+
+
+def test_a_second_run_into_an_out_another_process_is_writing_is_refused_at_once(tiny_catalogue, tmp_path) -> None:
+    """Two `train` (or `retrain`) into one --out at once: both ran and said they succeeded, and the folder ended with
+    one run's bundle, the other's config.yaml and both runs' epochs in metrics.jsonl (neither saw the other until
+    a checkpoint existed). The run holds the folder's lock for its whole length."""
+    import subprocess
+
+    from skulens.config import ConfigError
+
+    out = tmp_path / "run"
+    holder = subprocess.Popen(  # another process's run: it holds the folder's lock
+        [sys.executable, "-c", ("import sys, time\nfrom skulens.models.swap import lock_of\n"
+                                f"lock = lock_of({str(out)!r}); lock.acquire(); print('held', flush=True); "
+                                "time.sleep(120)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ConfigError, match="another process is writing a run there now"):
+            train(tiny_catalogue, out=str(out), progress=False, **{**TINY, "epochs": 1, "max_steps": 2})
+        assert not (out / "metrics.jsonl").exists() and not (out / "config.yaml").exists()  # nothing written
+    finally:
+        holder.kill()
+        holder.wait()
+    r = train(tiny_catalogue, out=str(out), progress=False, **{**TINY, "epochs": 1, "max_steps": 2})  # free again
+    assert r.bundle.is_dir()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -9,6 +10,7 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -254,10 +256,38 @@ def fit(cfg: TrainConfig, *, catalogue: Catalogue | None = None, progress: bool 
         return self_train(cfg, cat, progress=progress, fit_run=fit)
     d = distributed.setup(resolve_device(cfg.device))
     try:
-        return _fit(cfg, cat, d, progress=progress and d.is_main, sync_bn=sync_bn, t0=t0,
-                    extra_metrics=extra_metrics or {}, resume_advice=resume_advice)
+        with _run_lock(cfg, main=d.is_main):
+            return _fit(cfg, cat, d, progress=progress and d.is_main, sync_bn=sync_bn, t0=t0,
+                        extra_metrics=extra_metrics or {}, resume_advice=resume_advice)
     finally:
         d.close()
+
+
+@contextlib.contextmanager
+def _run_lock(cfg: TrainConfig, *, main: bool) -> Iterator[None]:
+    """The run folder's lock (`.OUT.lock` beside it) for the whole run, taken by the process that writes it: a
+    second run into the same --out while one goes on is refused at once. Before, both ran, and until the first
+    epoch's checkpoint neither saw the other: the folder ended with one run's bundle, the other's config.yaml and
+    both runs' epochs in metrics.jsonl."""
+    if not main or not cfg.out:
+        yield
+        return
+    from filelock import Timeout
+
+    from ..models.swap import lock_of
+
+    out = Path(cfg.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock = lock_of(out)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise ConfigError(f"{out}: another process is writing a run there now (it holds {lock.lock_file}); wait "
+                          "for it to end (then --resume or another --out), or choose another --out") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _fit(cfg: TrainConfig, cat: Catalogue, d: distributed.Dist, *, progress: bool, sync_bn: bool,
