@@ -142,6 +142,7 @@ def test_upload_and_body_limits(tiny_bundle, model, val_photo) -> None:
                    headers={"Content-Type": "application/json"})
         assert r.status_code == 413 and "not a photo upload" in r.json()["detail"], r.text
         assert c.post("/v1/predict", files=_upload(b"\xff\xd8\xff" + b"0" * (2 << 20))).status_code != 413
+        assert c.post("/v1/predict/", files=_upload(b"\xff\xd8\xff" + b"0" * (2 << 20))).status_code != 413  # redirected
         # A multipart Content-Type on a route that takes no file lifted its limit to the uploads' 128 MB: the body
         # was read whole, in memory, before the key check answered 401
         r = c.patch("/v1/products/milk", content=b"--x\r\n" + b"a" * (2 << 20),

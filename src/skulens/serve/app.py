@@ -177,7 +177,10 @@ def _upload_routes(routers: Sequence[APIRouter]) -> Callable[[Scope], bool]:
               and any(isinstance(f.field_info, params.File) for f in r.dependant.body_params)]
 
     def takes_uploads(scope: Scope) -> bool:
-        return any(r.matches(scope)[0] is Match.FULL for r in routes)
+        # `/v1/predict/` too: the router redirects it to `/v1/predict` (307), and the client sends the photo again
+        path = scope.get("path", "")
+        other = {**scope, "path": path[:-1] if path.endswith("/") else path + "/"}
+        return any(r.matches(s)[0] is Match.FULL for s in (scope, other) for r in routes)
 
     return takes_uploads
 
