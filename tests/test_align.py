@@ -55,6 +55,26 @@ def test_aligner_maps_product_texts_onto_their_photos(clusters, tmp_path: Path) 
     assert path.name == "text_align.safetensors" and again is not None
     assert np.allclose(again.encode(names), q, atol=1e-6) and again.info["products"] == 5
     assert load_aligner(tmp_path / "nothing-here") is None
+    # two saves at once (two `align`s into one bundle) shared one temporary name: one renamed the other's file away
+    # and failed with FileNotFoundError; each now writes its own, and the file is always whole
+    import threading
+
+    errors: list[BaseException] = []
+
+    def save_often() -> None:
+        try:
+            for _ in range(30):
+                aligner.save(tmp_path)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    savers = [threading.Thread(target=save_often) for _ in range(3)]
+    for t in savers:
+        t.start()
+    for t in savers:
+        t.join()
+    assert errors == [] and load_aligner(tmp_path) is not None
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["text_align.safetensors"]
 
 
 def test_aligner_input_errors(clusters) -> None:

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,17 +158,22 @@ class TextAligner:
         p = Path(path)
         if p.is_dir():
             p = p / ALIGN_FILE
-        tmp = p.with_name(p.name + ".tmp")
+        # its own temporary: two saves at once (two `align`s into one bundle) each rename a whole file of their own
+        tmp = p.with_name(f"{p.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         meta = {"temperature": str(self.temperature), "text_model": self.text_model, "info": json.dumps(self.info)}
         if self.fingerprint:
             meta["text_fingerprint"] = self.fingerprint
         tensors = {"weight": self.weight, "bias": self.bias, **({"probe": self.probe} if self.probe is not None else {})}
-        with safetensors_disk_errors(tmp):  # a full disk: an OSError (exit 3), not safetensors' own error
-            save_file(tensors, str(tmp), metadata=meta)
-        make_readable(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
+        try:
+            with safetensors_disk_errors(tmp):  # a full disk: an OSError (exit 3), not safetensors' own error
+                save_file(tensors, str(tmp), metadata=meta)
+            make_readable(tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, p)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         return p
 
 
