@@ -426,3 +426,26 @@ def test_stock_rows_and_csv_export_with_product_names(inventory_db) -> None:
         store.adjust("red-apple", delta=-1, actor="u", reason="sold")
         assert [a.detail for a in store.audit(limit=2)] == [{"reason": "sold", "mode": "delta"},
                                                             {"reason": "recounted", "mode": "set"}]
+
+
+def test_a_confidence_at_the_threshold_counts(inventory_db) -> None:
+    """review_threshold: below it a photo (or shelf box) waits for review; at it, it counts (README: "at or
+    above the review threshold")."""
+    from skulens.serve.inventory import IntakeBox, ShelfPhoto
+
+    shelf = ShelfPhoto(f"{9:064x}", "shelf.jpg", (IntakeBox((0, 0, 10, 10), 0.9, "red-apple", 0.6),
+                                                  IntakeBox((10, 0, 20, 10), 0.9, "red-apple", 0.59)),
+                       640, 480, False, None)
+    with inventory_db.store() as store:
+        res = store.intake([_photo(1, conf=0.6), _photo(2, conf=0.59), shelf], threshold=0.6, actor="t")
+        assert [r.status for r in res[:2]] == ["counted", "review"]
+        assert store.counts() == {"oat-milk": 1, "red-apple": 1}
+        assert store.review_size() == 2
+
+
+def test_a_stock_take_below_zero_is_refused(inventory_db) -> None:
+    with inventory_db.store() as store:
+        store.intake([_photo(1)], threshold=0.6, actor="t")
+        with pytest.raises(InventoryError, match="would become -1"):
+            store.adjust("oat-milk", count=-1, actor="u")
+        assert store.count("oat-milk") == 1 and [a.action for a in store.audit()] == ["intake"]

@@ -98,3 +98,23 @@ def test_loss_scaling_is_on_exactly_for_fp16_training(monkeypatch: pytest.Monkey
 def test_fp16_scaler_on_the_gpu() -> None:
     assert make_grad_scaler(torch.device("cuda"), "fp16").is_enabled()
     assert not make_grad_scaler(torch.device("cuda"), "off").is_enabled()
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "constant"])
+def test_warmup_then_cosine_or_constant_by_hand(model: SkuModel, schedule: str) -> None:
+    """5 epochs, 1 of warm-up, 25 steps: a linear ramp from 1 % of the rate over the first 5 steps, then a half
+    cosine from the rate down to 1 % at step 25 that stays there (or the rate itself, constant)."""
+    cfg = resolve_config({"schedule": schedule, "epochs": 5, "warmup_epochs": 1, "lr": 0.01})
+    opt, sched = make_optimizer(cfg, model, 25)
+    factors = []
+    for _ in range(30):
+        factors.append(opt.param_groups[0]["lr"] / opt.param_groups[0]["initial_lr"])
+        opt.step()
+        sched.step()
+    assert factors[:6] == pytest.approx([0.01, 0.208, 0.406, 0.604, 0.802, 1.0])
+    if schedule == "cosine":
+        assert factors[15] == pytest.approx(0.505)  # half way through the decay
+        assert factors[25:] == pytest.approx([0.01] * 5)  # past the planned steps: never climbs back
+        assert factors[5:] == sorted(factors[5:], reverse=True)  # never rises
+    else:
+        assert factors[5:] == pytest.approx([1.0] * 25)

@@ -354,3 +354,24 @@ def test_hybrid_beats_popularity_on_a_generated_log() -> None:
     train, test, _ = cold_start_split(log, fraction=0.2, seed=0)
     assert evaluate(PopularityRecommender(), train, test, catalogue=vectors).hit_rate == 0.0
     assert evaluate(HybridRecommender(vectors), train, test, catalogue=vectors).hit_rate > 0.2
+
+
+def test_recent_purchases_weigh_more_than_old_ones() -> None:
+    """recency_half_life (in events): with 1, a user's older purchase counts half their latest, so what goes with
+    the latest comes first (without the decay both tie and the product id decides)."""
+    log = [ev("o1", "a", 1), ev("o1", "x", 2), ev("o2", "b", 1), ev("o2", "y", 2)]
+    log += [ev("me", "b", 1), ev("me", "a", 2)]  # a is the latest
+    rec = HybridRecommender(alpha=0.0, beta=0.0, recency_half_life=1).fit(log)
+    assert [r.product_id for r in rec.recommend("me", k=2)] == ["x", "y"]
+    log[-2:] = [ev("me", "a", 1), ev("me", "b", 2)]  # now b is
+    rec = HybridRecommender(alpha=0.0, beta=0.0, recency_half_life=1).fit(log)
+    assert [r.product_id for r in rec.recommend("me", k=2)] == ["y", "x"]
+
+
+def test_with_no_popularity_weight_popularity_still_breaks_ties() -> None:
+    """beta 0 (as tuning may choose): products the user's history says nothing about are ordered by popularity,
+    not by product id."""
+    log = [ev(f"v{i}", "zucchini", 1) for i in range(5)] + [ev("w", "apple", 1)]
+    log += [ev("me", "solo", 1)]  # a product no one else bought: no co-occurrence with anything
+    rec = HybridRecommender(alpha=0.0, beta=0.0).fit(log)
+    assert [r.product_id for r in rec.recommend("me", k=2)] == ["zucchini", "apple"]

@@ -570,3 +570,16 @@ def test_align_out_is_checked_before_any_work(tiny_bundle, catalogue: Path, tmp_
     legacy = tmp_path / "shop_align"  # no suffix, no metadata: as older aligners were written; replaced too
     save_file(load_file(str(fresh)), str(legacy))
     assert main([*base, "-o", str(legacy)]) == 0
+
+
+def test_a_routed_photo_search_keeps_the_users_other_filter(index_dir: Path, tiny_bundle, catalogue: Path) -> None:
+    """--route adds the predicted coarse classes to the user's filter; it must not replace it (an in-stock-only
+    search that routes showed the out-of-stock green apple)."""
+    model = skulens.load(tiny_bundle.bundle, device="cpu", precision="off")
+    photos = [str(p) for p, _ in _val(catalogue)]
+    engine = SearchEngine(model, open_index(index_dir), route=0.6)
+    assert engine.routes({"in_stock": True})
+    found = engine.by_image(photos, k=3, filter={"in_stock": True})
+    assert all(hits for hits in found)
+    assert {h.product_id for hits in found for h in hits} <= {"red-apple", "oat-milk"}
+    assert all(h.record.metadata["in_stock"] is True for hits in found for h in hits)

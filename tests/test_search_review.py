@@ -303,3 +303,38 @@ def test_a_lexical_search_with_a_model_given_imports_no_torch(tiny_bundle, tmp_p
     assert modules_loaded_by([[*search, "--text", "milk", "--mode", "lexical"], [*search, "--product", "milk"],
                               ["--help"], ["info", "--help"]], ("torch", "torchvision")) == []
     assert modules_loaded_by([["--help"], ["info", "--help"], ["predict", "--help"]], ("numpy",)) == []
+
+
+def test_hybrid_fuses_each_ranking_deeper_than_k(tmp_path: Path) -> None:
+    """Reciprocal-rank fusion reads each ranking to its depth (100), not to k: a product second in both the
+    lexical and the dense ranking beats one first in one ranking and far down (or absent) in the other."""
+    from skulens.search.engine import SearchEngine
+
+    class Words:  # a stand-in text encoder: a fixed 2-d direction per word
+        dim = 2
+        name = "words"
+
+        def encode(self, texts, **kwargs) -> np.ndarray:
+            def vec(t: str) -> list[float]:
+                t = t.lower()
+                if "please" in t or "horse" in t:
+                    return [1.0, 0.0]
+                if "stripes" in t:
+                    return [0.0, 1.0]
+                return [0.8, 0.6] if "zebra" in t else [0.6, 0.8]  # zebra / lion
+            return np.asarray([vec(t) for t in texts], dtype=np.float32).reshape(-1, 2)
+
+    index = create_index("faiss", tmp_path / "ix", 8)
+    titles = {"pa": "zebra stripes", "pb": "horse", "pc": "zebra", "pd": "lion"}
+    index.add([IndexRecord(id=p, product_id=p, label=p, title=t) for p, t in titles.items()],
+              _unit(np.random.default_rng(0), 4, 8))
+    engine = SearchEngine(None, index)
+    words = Words()
+    engine.text_encoder = lambda: words  # type: ignore[method-assign]
+    query = ["zebra stripes please"]
+    # lexical: pa (both words), pc; dense: pb, pc, pd, pa
+    assert [h.product_id for h in engine.by_text(query, k=4, mode="lexical")[0]] == ["pa", "pc"]
+    assert [h.product_id for h in engine.by_text(query, k=4, mode="text")[0]] == ["pb", "pc", "pd", "pa"]
+    # fused: pc 2/62 > pa 1/61 + 1/64 > pb 1/61, whatever k
+    assert [h.product_id for h in engine.by_text(query, k=1)[0]] == ["pc"]
+    assert [h.product_id for h in engine.by_text(query, k=3)[0]] == ["pc", "pa", "pb"]

@@ -535,3 +535,31 @@ def test_a_moved_self_training_run_killed_in_its_teacher_resumes_where_it_is(tmp
         assert _moved_run(ns, {}, str(tmp_path / "old")) == str(moved)
         ns.resume = False
         assert _moved_run(ns, {}, str(tmp_path / "old")) == str(tmp_path / "old")
+
+
+def test_a_pseudo_label_needs_the_threshold_and_a_strong_view_that_agrees(tmp_path: Path) -> None:
+    """pseudo_label keeps a photo whose weak view is at least `threshold` sure and whose strong view names the
+    same product; a confident photo whose strong view disagrees is counted as inconsistent, never kept."""
+    from skulens.train.semi import pseudo_label
+
+    rng = np.random.default_rng(0)
+    photos = []
+    for i in range(4):
+        photos.append(tmp_path / f"u{i}.jpg")
+        make_image("red-apple", rng).save(photos[-1])
+    weak = np.array([[0.9, 0.1], [0.9, 0.1], [0.25, 0.75], [0.7, 0.3]])  # 3: below the threshold
+    strong = np.array([[0.6, 0.4], [0.4, 0.6], [0.1, 0.9], [0.9, 0.1]])  # 1: disagrees
+
+    class Model:
+        card = SimpleNamespace(resize_to=32, classes=["a", "b"], coarse_classes=None, fine_to_coarse=None)
+        calls = 0
+
+        def run(self, tensors, **kwargs):
+            assert len(tensors) == 4
+            Model.calls += 1
+            return SimpleNamespace(fine=weak if Model.calls == 1 else strong)
+
+    out = pseudo_label(Model(), photos, 0.75)
+    assert [(s.path.name, s.label) for s in out.samples] == [("u0.jpg", "a"), ("u2.jpg", "b")]
+    assert out.confidences == pytest.approx((0.9, 0.75))
+    assert (out.considered, out.inconsistent) == (4, 1)

@@ -704,3 +704,25 @@ def test_a_second_run_into_an_out_another_process_is_writing_is_refused_at_once(
         holder.wait()
     r = train(tiny_catalogue, out=str(out), progress=False, **{**TINY, "epochs": 1, "max_steps": 2})  # free again
     assert r.bundle.is_dir()
+
+
+def test_early_stopping_waits_patience_epochs(tiny_catalogue: Path, tmp_path: Path) -> None:
+    """--patience 2: the run stops after the second epoch in a row without improvement, not before, not never."""
+    cfg = {**TINY, "epochs": 6, "patience": 2, "lr": 1e-9, "freeze": "head"}  # val cannot improve after epoch 1
+    r = train(tiny_catalogue, out=str(tmp_path / "es2"), progress=False, **cfg)
+    assert r.epochs_run == 3 and r.best_epoch == 1
+    assert [h["selected"] for h in r.history] == ["model", None, None]
+
+
+def test_selection_follows_the_monitored_metric() -> None:
+    """--monitor macro_f1 / coarse_top1 / robust_top1 decide which epoch (and model or EMA) is kept; top-1 and
+    then the others only break ties."""
+    from skulens.train.engine import _selection_key
+
+    better_top1 = {"top1": 0.8, "coarse_top1": 0.9, "macro_f1": 0.5, "robust_top1": 0.6}
+    better_f1 = {"top1": 0.7, "coarse_top1": 0.8, "macro_f1": 0.7, "robust_top1": 0.65}
+    assert _selection_key(better_top1, "top1") > _selection_key(better_f1, "top1")
+    assert _selection_key(better_f1, "macro_f1") > _selection_key(better_top1, "macro_f1")
+    assert _selection_key(better_f1, "robust_top1") > _selection_key(better_top1, "robust_top1")
+    tie = {**better_f1, "top1": 0.8}  # same top-1: coarse top-1 decides
+    assert _selection_key(better_top1, "top1") > _selection_key(tie, "top1")
