@@ -105,7 +105,7 @@ def test_dynamic_quantization_only_touches_the_linear_heads(tiny_bundle) -> None
     assert not any(isinstance(m, nn.Linear) and type(m) is nn.Linear for m in q.modules())  # all replaced
     n_conv = sum(isinstance(m, nn.Conv2d) for m in net.modules())
     assert sum(isinstance(m, nn.Conv2d) for m in q.modules()) == n_conv
-    x = torch.rand(4, 3, 64, 64)
+    x = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))  # unseeded noise near a tie flaked
     with torch.no_grad():
         a, b = head_probabilities(net, x)["fine"], head_probabilities(q, x)["fine"]
     assert torch.equal(a.argmax(1), b.argmax(1)) and (a - b).abs().max() < 0.05
