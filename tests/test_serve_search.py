@@ -102,7 +102,10 @@ def test_search_input_errors(client) -> None:
     assert client.post("/v1/search", data={"text": "x", "filter": "{not json"}).status_code == 422
     deep = '{"x":' + "[" * 990 + "]" * 990 + "}"  # under the 2000-character limit; a 500 (RecursionError) before
     r = client.post("/v1/search", data={"text": "x", "filter": deep})
-    assert r.status_code == 422 and "nested too deeply" in r.json()["detail"]
+    # "nested too deeply" where the parser's depth runs out; with a recursion limit another library raised, the
+    # filter parses and its list value is refused instead: a 422 either way, never the 500 of a RecursionError
+    detail = r.json()["detail"]
+    assert r.status_code == 422 and ("nested too deeply" in detail or "list values are not supported" in detail)
     assert client.post("/v1/search", data={"text": "x", "mode": "nope"}).status_code == 422
     r = client.post("/v1/search", files={"image": ("q.jpg", b"not an image", "image/jpeg")})
     assert r.status_code == 415
