@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..models.backbones import create_architecture, create_backbone, get_spec
-from ..models.bundle import atomic_write_text, save_tensors
+from ..models.bundle import atomic_save_tensors, atomic_write_text
 from .options import DETECTOR_ONNX
 
 __all__ = ["DETECTOR_CARD", "DETECTOR_ONNX", "DETECTOR_WEIGHTS", "DetectorCard", "DetectorConfig", "DetectorError", "build_detector",
@@ -202,9 +202,7 @@ def save_detector(net: nn.Module, card: DetectorCard, directory: str | os.PathLi
     out.mkdir(parents=True, exist_ok=True)
     (out / DETECTOR_ONNX).unlink(missing_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    tmp = out / (DETECTOR_WEIGHTS + ".tmp")
-    save_tensors(state, tmp, metadata={"format": "pt", "skulens": "detector"})
-    os.replace(tmp, out / DETECTOR_WEIGHTS)
+    atomic_save_tensors(state, out / DETECTOR_WEIGHTS, metadata={"format": "pt", "skulens": "detector"})
     atomic_write_text(out / DETECTOR_CARD, card.to_json())
     return out
 

@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,7 +26,7 @@ from .classifier import SkuModel
 from .pruned import apply_pruning
 from .swap import CARD, WEIGHTS, lock_of, recover_bundle
 
-__all__ = ["BundleBusyError", "BundleError", "atomic_write_text", "build_model", "bundle_folder", "bundle_lock",
+__all__ = ["BundleBusyError", "BundleError", "atomic_save_tensors", "atomic_write_text", "build_model", "bundle_folder", "bundle_lock",
            "load_bundle", "make_readable", "read_card", "recover_bundle", "rewrites_bundle", "save_bundle",
            "save_tensors"]
 
@@ -107,6 +108,29 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike[str],
     with safetensors_disk_errors(path):
         save_file(tensors, str(path), metadata=metadata)
     make_readable(path)
+
+
+def _tmp_beside(path: Path) -> Path:
+    """A temporary name beside `path` of this process and thread alone: two writers at once (two `align`s into one
+    bundle) each rename a whole file of their own, never one the other is writing or has renamed away."""
+    return path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+
+
+def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike[str],
+                        metadata: dict[str, str] | None = None) -> Path:
+    """`save_tensors` into a temporary beside `path`, synced, then swapped in: a kill or a full disk leaves the old
+    file or the new one, and no temporary behind."""
+    path = Path(path)
+    tmp = _tmp_beside(path)
+    try:
+        save_tensors(tensors, tmp, metadata=metadata)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
 
 
 @contextmanager

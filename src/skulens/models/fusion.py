@@ -103,20 +103,17 @@ class LoadedFusion(NamedTuple):
 def save_fusion(head: FusionHead, path: str | os.PathLike, classes: tuple[str, ...], *, text_model: str = "minilm",
                 text_fingerprint: str | None = None) -> Path:
     """Write the head to `path`: a bundle folder (its fusion.safetensors) or a file ending in .safetensors."""
-    from .bundle import save_tensors
+    from .bundle import atomic_save_tensors
 
     p = Path(path)
     if p.is_dir():
         p = p / FUSION_FILE
     elif p.suffix != ".safetensors":  # e.g. a bundle's card.json: the head would be written over it
         raise ValueError(f"{path}: a fusion head is saved into a bundle folder or a .safetensors file")
-    tmp = p.with_name(p.name + ".tmp")
     meta = {"classes": "\n".join(classes), "hidden": str(head.image_proj[1].out_features), "text_model": text_model}
     if text_fingerprint:
         meta["text_fingerprint"] = text_fingerprint
-    save_tensors({k: v.contiguous() for k, v in head.state_dict().items()}, tmp, metadata=meta)
-    os.replace(tmp, p)
-    return p
+    return atomic_save_tensors({k: v.contiguous() for k, v in head.state_dict().items()}, p, metadata=meta)
 
 
 def load_fusion(path: str | os.PathLike) -> LoadedFusion | None:

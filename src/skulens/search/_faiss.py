@@ -48,11 +48,6 @@ from .index import (
 )
 
 try:
-    import fcntl
-except ImportError:  # Windows: saves are not coordinated across processes
-    fcntl = None  # type: ignore[assignment]
-
-try:
     import faiss
 except ImportError as e:  # pragma: no cover - the extra is part of the dev install
     raise ImportError("the FAISS index needs faiss-cpu: pip install 'skulens[search]'") from e
@@ -779,17 +774,11 @@ def _read_manifest(path: Path) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def _save_lock(path: Path) -> Iterator[None]:
-    """An exclusive lock on the index folder's `.lock` file while a save runs (per process only where there is no
-    fcntl: Windows)."""
-    if fcntl is None:
+    """An exclusive lock on the index folder's `.lock` file while a save runs (filelock, as bundles are locked)."""
+    from filelock import FileLock
+
+    with FileLock(path / LOCK):
         yield
-        return
-    with open(path / LOCK, "a+b") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 def _manifest_version(path: Path) -> int | None:

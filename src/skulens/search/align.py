@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import re
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,29 +150,18 @@ class TextAligner:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Into a bundle folder (as text_align.safetensors) or to a .safetensors file; atomic."""
-        from safetensors.numpy import save_file
+        import torch
 
-        from ..models.bundle import make_readable, safetensors_disk_errors
+        from ..models.bundle import atomic_save_tensors
 
         p = Path(path)
         if p.is_dir():
             p = p / ALIGN_FILE
-        # its own temporary: two saves at once (two `align`s into one bundle) each rename a whole file of their own
-        tmp = p.with_name(f"{p.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         meta = {"temperature": str(self.temperature), "text_model": self.text_model, "info": json.dumps(self.info)}
         if self.fingerprint:
             meta["text_fingerprint"] = self.fingerprint
-        tensors = {"weight": self.weight, "bias": self.bias, **({"probe": self.probe} if self.probe is not None else {})}
-        try:
-            with safetensors_disk_errors(tmp):  # a full disk: an OSError (exit 3), not safetensors' own error
-                save_file(tensors, str(tmp), metadata=meta)
-            make_readable(tmp)
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, p)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        arrays = {"weight": self.weight, "bias": self.bias, **({"probe": self.probe} if self.probe is not None else {})}
+        atomic_save_tensors({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}, p, metadata=meta)
         return p
 
 

@@ -33,11 +33,11 @@ from ..data.decode import ImageDecodeError, decode_image
 from ..data.transforms import create_transform, to_uint8_tensor
 from ..models.bundle import (
     BundleError,
+    atomic_save_tensors,
     load_bundle,
     read_card,
     rewrites_bundle,
     save_bundle,
-    save_tensors,
 )
 from ..models.card import ModelCard
 from ..models.classifier import SkuModel
@@ -207,13 +207,8 @@ def _read_cache(path: Path, data: str | os.PathLike | None, what: str, legacy_la
 def _write_cache(path: Path, feats: torch.Tensor, labels: list[str], source: str | os.PathLike) -> None:
     """Features and their labels in one file, written beside it and swapped in: a kill or a full disk leaves the
     old cache or the new one, never one's features with the other's labels."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        save_tensors({"features": feats.contiguous()}, tmp,
-                     metadata={"source": str(Path(source).resolve()), "labels": json.dumps(labels)})
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_save_tensors({"features": feats.contiguous()}, path,
+                        metadata={"source": str(Path(source).resolve()), "labels": json.dumps(labels)})
 
 
 def _studio_views(pils: Sequence, card: ModelCard, n: int) -> tuple[list[torch.Tensor], list[int]]:
