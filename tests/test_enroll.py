@@ -353,6 +353,24 @@ def test_an_index_that_refuses_the_enrolment_leaves_the_bundle_as_it_was(bundle_
     assert enroll(bundle_copy, "blue-box", blue_photos[:2], coarse="Box", data=tiny_catalogue).images == 2  # retried
 
 
+def test_an_index_another_process_saved_meanwhile_takes_the_enrolment_too(bundle_copy: Path, blue_photos: list[Path],
+                                                                           tiny_catalogue: Path, tmp_path: Path) -> None:
+    """Two `skulens enroll --index` at once: each opened the index before the other saved. The second's save was
+    refused (IndexChangedError) and its enrolment failed; its entries now go into the other's save."""
+    from skulens.search.index import IndexRecord, create_index, open_index
+
+    dim = read_card(bundle_copy).embedding_dim
+    create_index("faiss", tmp_path / "index", dim).save()
+    mine, other = open_index(tmp_path / "index"), open_index(tmp_path / "index")
+    other.upsert([IndexRecord("api/oat-milk/1", "oat-milk", "oat-milk")], np.eye(1, dim, dtype=np.float32))
+    other.save()  # the other process's enrolment, saved after this one opened the index
+    res = enroll(bundle_copy, "blue-box", blue_photos[:2], coarse="Box", data=tiny_catalogue, index=mine)
+    assert res.index_entries == 2
+    on_disk = open_index(tmp_path / "index")
+    assert sorted(r.id for r in on_disk.records()) == ["api/oat-milk/1", "enrolled/blue-box/0", "enrolled/blue-box/1"]
+    assert "blue-box" in read_card(bundle_copy).classes
+
+
 def test_unenroll_keeps_a_photo_another_product_still_lists(bundle_copy: Path, blue_photos: list[Path],
                                                             tiny_catalogue: Path) -> None:
     enroll(bundle_copy, "Box!", blue_photos[:1], coarse="Box", data=tiny_catalogue)

@@ -608,10 +608,24 @@ def _index_records(label: str, coarse: str | None, entry: dict, n: int, kept: li
             for i in range(n)]
 
 
-def _add_to_index(index: Any, records: list[Any], feats: torch.Tensor) -> None:
-    index.upsert(records, F.normalize(feats, dim=-1).numpy().astype(np.float32))
-    if hasattr(index, "save"):
-        index.save()
+def _add_to_index(index: Any, records: list[Any], feats: torch.Tensor, attempts: int = 3) -> None:
+    """Upsert and save. Another process's save since `index` was opened (two `skulens enroll --index` at once,
+    taking turns at the bundle's lock) refuses the save and leaves `index` holding that save: the entries are
+    added to it and saved again, instead of the second enrolment failing."""
+    from .index import IndexChangedError
+
+    vectors = F.normalize(feats, dim=-1).numpy().astype(np.float32)
+    for attempt in range(attempts):
+        index.upsert(records, vectors)
+        if not hasattr(index, "save"):
+            return
+        try:
+            index.save()
+            return
+        except IndexChangedError:
+            if attempt == attempts - 1:
+                raise
+            log.info("the index was saved by another process meanwhile; adding %d entries to its save", len(records))
 
 
 @dataclass(frozen=True)
