@@ -19,6 +19,7 @@ over, and for unstructured pruning the pruned weights are held at zero after eve
 from __future__ import annotations
 
 import os
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -200,7 +201,11 @@ def prune_and_recover(bundle: str | os.PathLike[str], out: str | os.PathLike[str
     if cfg is None:
         return PruneRun(pruned, None)
     try:
-        return PruneRun(pruned, fit(cfg, progress=progress))
+        again = ["skulens prune --model", shlex.quote(os.fspath(bundle)), "--out", shlex.quote(os.fspath(out)),
+                 "--kind", kind, "--amount", f"{amount:g}", *(["--round-to", str(round_to)] if round_to else []),
+                 *(["--data", shlex.quote(os.fspath(data))] if data else [])]
+        return PruneRun(pruned, fit(cfg, progress=progress, resume_advice=" ".join(
+            [*again, "--resume (with the options it was started with)"])))
     except BaseException:
         # refused or stopped before its first checkpoint (a setting the catalogue lacks, a Ctrl-C): nothing of
         # the recovery exists, so the pruned bundle goes too and the corrected command can run into this --out

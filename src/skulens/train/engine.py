@@ -328,6 +328,12 @@ def _fit(cfg: TrainConfig, cat: Catalogue, d: distributed.Dist, *, progress: boo
     _prepare_training(run, ckpt)
     try:
         epochs_run = _train_loop(run)
+    except KeyboardInterrupt:  # Ctrl-C: the run can go on from its last checkpoint; say how
+        if d.is_main and (run_dir / "checkpoint").exists():
+            log.warning("interrupted in epoch %d; the checkpoint of epoch %d is kept: to go on from it, run %s",
+                        run.state["epoch"] + 1, run.state["epoch"],
+                        resume_advice or resume_command(run_dir / "config.yaml"))
+        raise
     finally:
         run.logger.close()
     if not d.enabled:
