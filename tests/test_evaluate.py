@@ -119,3 +119,24 @@ def test_unknown_split_and_unknown_label_are_errors(model: Model, tiny_catalogue
     with pytest.raises(ValueError, match="soy-milk"):
         model.evaluate(root / "manifest.csv", split="val", out=tmp_path / "r", progress=False)
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("n_classes", [2, 4])
+def test_probe_head_is_the_linear_probe_as_one_layer(n_classes: int) -> None:
+    """The probe's rows, applied to raw features, give its probabilities; a class absent from train is no row."""
+    from skulens.evaluate.baseline import linear_probe, probe_head
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 8)) * rng.uniform(0.1, 5, size=8) + rng.normal(size=8) * 3  # unstandardised
+    y = np.arange(60) % (n_classes - 1 if n_classes > 2 else 2)  # 4 classes: the last one has no photo
+    x[np.arange(60), y] += 2.0
+    test = rng.normal(size=(10, 8)) * 2
+    weight, bias, fitted = probe_head(x, y, n_classes)
+    assert weight.shape == (n_classes, 8) and bias.shape == (n_classes,)
+    assert fitted.tolist() == ([True, True] if n_classes == 2 else [True, True, True, False])
+    logits = test @ weight[fitted].T + bias[fitted]
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    expected = linear_probe(x, y, test, n_classes)
+    np.testing.assert_allclose(probs, expected[:, fitted], atol=1e-5)
+    assert (expected[:, ~fitted] == 0).all()

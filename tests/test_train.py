@@ -207,6 +207,24 @@ def test_train_mode_keeps_frozen_batchnorm_stats(lite0_model: SkuModel) -> None:
     assert not torch.equal(after["backbone.body.bn2.running_mean"], before["backbone.body.bn2.running_mean"])
 
 
+def test_batch_norm_frozen_keeps_every_statistic_while_the_weights_train(tiny_catalogue: Path, tmp_path: Path,
+                                                                         pretrained, lite0_model: SkuModel) -> None:
+    m = lite0_model
+    train_mode(m, apply_freeze(m, "full"), batch_norm="frozen")
+    norms = [x for x in m.modules() if isinstance(x, torch.nn.modules.batchnorm._BatchNorm)]
+    assert norms and not any(x.training for x in norms)
+    assert m.training and m.dropout.training and m.backbone.body.blocks[6][0].conv_pw.training
+
+    stats = [k for k in pretrained if k.endswith(("running_mean", "running_var"))]
+    frozen = _bundle_weights(_smoke(tiny_catalogue, tmp_path / "frozen", freeze="full", batch_norm="frozen"))
+    trained = _bundle_weights(_smoke(tiny_catalogue, tmp_path / "train", freeze="full"))
+    assert [k for k in stats if not torch.equal(frozen[k], pretrained[k])] == []
+    assert not torch.equal(frozen[STEM], pretrained[STEM]) and not torch.equal(frozen[LATE], pretrained[LATE])
+    scales = [k.replace("running_mean", "weight") for k in stats if k.endswith("running_mean")]
+    assert any(not torch.equal(frozen[k], pretrained[k]) for k in scales)  # BatchNorm's scale still trains
+    assert sum(not torch.equal(trained[k], pretrained[k]) for k in stats) > len(stats) // 2  # the default moves them
+
+
 # --- optimiser options, early stopping ------------------------------------------------------------
 
 
@@ -747,3 +765,22 @@ def test_selection_follows_the_monitored_metric() -> None:
     assert _selection_key(better_f1, "robust_top1") > _selection_key(better_top1, "robust_top1")
     tie = {**better_f1, "top1": 0.8}  # same top-1: coarse top-1 decides
     assert _selection_key(better_top1, "top1") > _selection_key(tie, "top1")
+
+
+def test_head_init_probe_starts_where_the_linear_probe_ends(tiny_catalogue: Path, tmp_path: Path) -> None:
+    """LP-FT: with the backbone frozen and a learning rate too small to move anything, a probe-started run scores
+    the baseline's linear probe on val, and a random-started one does not; --init-from with it is refused."""
+    runs = {init: _smoke(tiny_catalogue, tmp_path / init, freeze="head", lr=1e-9, baseline=True, head_init=init)
+            for init in ("probe", "random")}
+    probe_top1 = runs["probe"].baseline.top1
+    assert probe_top1 > 0.6  # a probe that learned something, so the comparison can tell the two apart
+    assert runs["probe"].report.top1 == pytest.approx(probe_top1, abs=1 / 9)  # 9 val photos: one may flip
+    assert runs["random"].report.top1 < probe_top1 - 0.2
+    assert config_to_dict(resolve_config({"head_init": "probe"}))["head_init"] == "probe"
+    with pytest.raises(ConfigError, match="head_init probe"):
+        resolve_config({"head_init": "probe", "init_from": str(runs["probe"].bundle)})
+    from skulens.train.retrain import retrain
+
+    # a retrain of a probe-started bundle starts from that bundle's heads: its recorded head_init is not carried
+    again = retrain(runs["probe"].bundle, out=str(tmp_path / "again"), progress=False, max_steps=1)
+    assert again.card.train_config["head_init"] == "random"

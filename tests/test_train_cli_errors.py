@@ -162,6 +162,13 @@ def test_settings_of_another_mode_are_said_to_be_unused(caplog: pytest.LogCaptur
     with caplog.at_level("WARNING"):
         _warn_unused(resolve_config({"freeze": "gradual", "gradual_head_epochs": 1, "epochs": 3}))
     assert caplog.text == ""
+    other = "train" if resolve_config({}).batch_norm == "frozen" else "frozen"
+    with caplog.at_level("WARNING"):
+        _warn_unused(resolve_config({"freeze": "partial", "batch_norm": other}))
+    assert caplog.text == ""
+    with caplog.at_level("WARNING"):
+        _warn_unused(resolve_config({"freeze": "head", "batch_norm": other}))
+    assert f"batch_norm {other} is not used" in caplog.text
 
 
 def test_weights_beside_a_warm_start_are_said_unused_and_the_help_gives_each_commands_defaults(

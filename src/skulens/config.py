@@ -50,6 +50,8 @@ Precision = Literal["auto", "bf16", "fp16", "off"]
 ClassWeights = Literal["none", "balanced"]
 Adversarial = Literal["none", "fgsm", "pgd"]
 SelectOn = Literal["val", "holdout"]
+HeadInit = Literal["random", "probe"]
+BatchNormMode = Literal["train", "frozen"]
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,12 @@ class TrainConfig:
     freeze: Freeze = "partial"  # head = linear probe; partial = last `trainable_stages`; gradual = head first
     trainable_stages: int = 6  # partial: the last N stages train (EfficientNet: stem, 7 blocks, head = 9)
     gradual_head_epochs: int = 1  # gradual: epochs with only the heads training (fewer than --epochs)
+    # probe: the heads start as the linear probe on the pretrained features (logistic regression, as the
+    # baseline), then fine-tune (LP-FT): a short run starts where the probe ends instead of from random rows.
+    head_init: HeadInit = "random"  # fine and coarse heads: random rows, or the linear probe's (LP-FT)
+    # frozen: BatchNorm layers keep their pretrained running statistics while fine-tuning (their scale and shift
+    # train); train: those of the trainable stages normalise each batch by its own statistics and update them.
+    batch_norm: BatchNormMode = "train"  # BatchNorm statistics while fine-tuning: train (batch statistics) or frozen (pretrained)
     dropout: float = 0.2
     label_smoothing: float = 0.1
     class_weights: ClassWeights = "none"
@@ -325,6 +333,9 @@ def _validate(cfg: TrainConfig) -> TrainConfig:
     if cfg.monitor == "robust_top1" and cfg.corrupt_fraction <= 0:
         raise ConfigError("monitor robust_top1 scores the selection photos under the training corruptions: it "
                           "needs corrupt_fraction > 0")
+    if cfg.head_init == "probe" and cfg.init_from:
+        raise ConfigError(f"head_init probe: the heads start from {cfg.init_from}'s (--init-from, or the bundle "
+                          "retrained or pruned), not from a linear probe; leave head_init at random")
     unknown = set(cfg.loggers) - {"tensorboard", "mlflow", "wandb"}
     if unknown:
         raise ConfigError(f"loggers: unknown {sorted(unknown)}; choose from tensorboard, mlflow, wandb")
@@ -349,6 +360,9 @@ def warn_unused(cfg: TrainConfig) -> None:
     if cfg.init_from and cfg.weights != default.weights:  # the warm start replaces the whole backbone
         warn("weights %s is not used: the run starts from %s's backbone (--init-from, or the bundle retrained or "
              "pruned)", cfg.weights, cfg.init_from)
+    if cfg.batch_norm != default.batch_norm and cfg.freeze == "head":
+        warn("batch_norm %s is not used: with --freeze head no BatchNorm statistics change (the backbone is frozen)",
+             cfg.batch_norm)
     if cfg.freeze == "gradual" and cfg.gradual_head_epochs >= cfg.epochs:
         warn("gradual_head_epochs %d >= epochs %d: the backbone never unfreezes, so this run is a linear probe "
              "(--freeze head says so)", cfg.gradual_head_epochs, cfg.epochs)

@@ -21,7 +21,7 @@ from .report import IN_SAMPLE_NOTE, write_report
 if TYPE_CHECKING:
     from ..models.predictor import Model
 
-__all__ = ["baseline_report", "evaluate_model", "evaluate_outputs", "evaluate_with_baseline"]
+__all__ = ["baseline_report", "evaluate_model", "evaluate_outputs", "evaluate_with_baseline", "pretrained_features"]
 
 
 def evaluate_outputs(out: HeadOutputs, split: Split, card: ModelCard,
@@ -45,24 +45,35 @@ def evaluate_outputs(out: HeadOutputs, split: Split, card: ModelCard,
     )
 
 
+def pretrained_features(card: ModelCard, split: Split, backbone, *, precision: str = "auto",  # type: ignore[no-untyped-def]
+                        progress: bool = True) -> np.ndarray:
+    """The backbone's pooled features of a split's photos, seen as evaluation sees them (the card's transform)."""
+    from ..data.transforms import create_transform
+    from .baseline import extract_features
+
+    return extract_features(backbone, split.images, create_transform(card), precision=precision, progress=progress)
+
+
 def baseline_report(card: ModelCard, train: Split, val: Split, *, weights: str | None = None,
                     precision: str = "auto", seed: int = 0, progress: bool = True,
-                    backbone=None, device: str | torch.device | None = None) -> EvalReport:
+                    backbone=None, device: str | torch.device | None = None,
+                    train_features: np.ndarray | None = None) -> EvalReport:
     """Linear probe on the untouched pretrained backbone: the 'before fine-tuning' point.
 
     `device`: where the backbone runs (it is moved there); None leaves it where it is (a new one: the CPU).
+    `train_features`: the backbone's features of `train` when the caller has them (`pretrained_features`).
     """
-    from ..data.transforms import create_transform
-    from ..models.backbones import create_backbone
-    from .baseline import extract_features, linear_probe
+    from .baseline import linear_probe
 
     if backbone is None:
+        from ..models.backbones import create_backbone
+
         backbone = create_backbone(card.backbone, weights, image_size=card.input_size)
     if device is not None:
         backbone = backbone.to(device)
-    tf = create_transform(card)
-    xtr = extract_features(backbone, train.images, tf, precision=precision, progress=progress)
-    xva = extract_features(backbone, val.images, tf, precision=precision, progress=progress)
+    xtr = train_features if train_features is not None else pretrained_features(
+        card, train, backbone, precision=precision, progress=progress)
+    xva = pretrained_features(card, val, backbone, precision=precision, progress=progress)
     probs = linear_probe(xtr, train.fine.numpy(), xva, card.num_classes, seed=seed)
     return evaluate_outputs(HeadOutputs(probs, None, None, None), val, card.with_(attributes=()), None)
 

@@ -27,7 +27,7 @@ from ..data.dataset import TensorImageDataset
 from ..data.splits import Split, prepare_split
 from ..data.transforms import create_transform
 from ..evaluate.calibration import apply_temperature, fit_temperature
-from ..evaluate.evaluator import baseline_report, evaluate_outputs
+from ..evaluate.evaluator import baseline_report, evaluate_outputs, pretrained_features
 from ..evaluate.metrics import EvalReport, choose_thresholds
 from ..evaluate.report import IN_SAMPLE_NOTE, write_report
 from ..models.backbones import Backbone, BackboneSpec, create_backbone
@@ -56,7 +56,7 @@ from .extras import training_extras
 from .freeze import apply_freeze, train_mode
 from .loggers import RunLogger
 from .optim import make_grad_scaler, make_optimizer
-from .warm import warm_start
+from .warm import ProbeRows, probe_start, warm_start
 
 if TYPE_CHECKING:
     from .adversarial import AdversarialBatch
@@ -316,10 +316,13 @@ def _fit(cfg: TrainConfig, cat: Catalogue, d: distributed.Dist, *, progress: boo
     backbone.to(device)
     if cfg.channels_last:
         backbone.to(memory_format=torch.channels_last)
-    baseline = None
+    baseline, probe = None, None
     if d.is_main:  # the linear probe is a report for rank 0 to write; the other ranks wait
-        baseline = _baseline(cfg, card, train, val, backbone, run_dir, fresh=ckpt is None, progress=progress)
+        baseline, probe = _baseline(cfg, card, train, val, backbone, run_dir, fresh=ckpt is None,
+                                    progress=progress)
     model, card = _build_model(cfg, backbone, card, device, fresh=ckpt is None)
+    if cfg.head_init == "probe" and ckpt is None:  # LP-FT: every rank starts from rank 0's probe
+        probe_start(model, d.broadcast(probe))
     model = distributed.sync_batchnorm(model, d, enabled=sync_bn)  # type: ignore[assignment]
 
     run = _Run(cfg=cfg, catalogue=cat, run_dir=run_dir, device=device, progress=progress, t0=t0, model=model,
@@ -411,16 +414,30 @@ def _load_splits(cfg: TrainConfig, cat: Catalogue, card: ModelCard, run_dir: Pat
 
 
 def _baseline(cfg: TrainConfig, card: ModelCard, train: Split, val: Split, backbone: Backbone, run_dir: Path,
-              *, fresh: bool, progress: bool) -> EvalReport | None:
-    """The linear probe on the pretrained backbone: fitted on a fresh run, read back on a resumed one."""
+              *, fresh: bool, progress: bool) -> tuple[EvalReport | None, dict[str, ProbeRows] | None]:
+    """The linear probe on the pretrained backbone: fitted on a fresh run, read back on a resumed one; and, for
+    `head_init: probe` on a fresh run, the probe's rows for the fine and coarse heads (one pass over train's
+    photos serves both)."""
+    if not fresh:
+        found = cfg.baseline and (run_dir / "baseline.json").is_file()
+        return (_load_report(run_dir / "baseline.json") if found else None), None
+    features = None
+    probe = None
+    if cfg.head_init == "probe":
+        from ..evaluate.baseline import probe_head
+
+        features = pretrained_features(card, train, backbone, precision=cfg.mixed_precision, progress=progress)
+        probe = {"fine": probe_head(features, train.fine.numpy(), card.num_classes, seed=cfg.seed)}
+        known = train.coarse >= 0
+        if card.coarse_head and int(known.sum()) and len(set(train.coarse[known].tolist())) > 1:
+            probe["coarse"] = probe_head(features[known.numpy()], train.coarse[known].numpy(),
+                                         len(card.coarse_classes), seed=cfg.seed)
     if not cfg.baseline:
-        return None
-    if fresh:
-        baseline = baseline_report(card, train, val, precision=cfg.mixed_precision, seed=cfg.seed,
-                                   progress=progress, backbone=backbone)
-        atomic_write_text(run_dir / "baseline.json", json.dumps(baseline.to_dict()))
-        return baseline
-    return _load_report(run_dir / "baseline.json") if (run_dir / "baseline.json").is_file() else None
+        return None, probe
+    baseline = baseline_report(card, train, val, precision=cfg.mixed_precision, seed=cfg.seed,
+                               progress=progress, backbone=backbone, train_features=features)
+    atomic_write_text(run_dir / "baseline.json", json.dumps(baseline.to_dict()))
+    return baseline, probe
 
 
 def _build_model(cfg: TrainConfig, backbone: Backbone, card: ModelCard, device: torch.device, *,
@@ -550,7 +567,7 @@ def _train_epoch(run: _Run, ds: TensorImageDataset, frozen: list[torch.nn.Module
             num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch),
             persistent_workers=False,
         )
-    train_mode(run.model, frozen)
+    train_mode(run.model, frozen, batch_norm=cfg.batch_norm)
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not run.progress, leave=False)
     losses: list[float] = []
     for batch in bar:

@@ -33,8 +33,14 @@ def apply_freeze(model: SkuModel, strategy: str, trainable_stages: int = 0, *, h
     return frozen
 
 
-def train_mode(model: SkuModel, frozen: list[nn.Module]) -> None:
-    """model.train(), but frozen stages keep their pretrained BatchNorm statistics."""
+def train_mode(model: SkuModel, frozen: list[nn.Module], *, batch_norm: str = "train") -> None:
+    """model.train(), but frozen stages keep their pretrained BatchNorm statistics; with `batch_norm="frozen"`
+    every BatchNorm layer does (it normalises with its running statistics and does not update them, while its
+    scale and shift still train)."""
     model.train()
     for m in frozen:
         m.eval()
+    if batch_norm == "frozen":
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()

@@ -155,8 +155,9 @@ def retrain(bundle: str | os.PathLike, *, out: str, data: str | os.PathLike | No
     # The recorded config, less this run's own keys and keys removed since that run was trained.
     # A recorded teacher (a distilled or self-trained bundle) is not distilled from again: it does not know
     # the products enrolled since, and the retrain learns from labels.
-    # weights: the bundle's backbone is the start (its run's ImageNet or random start is long gone)
-    skip = {"resume", "out", "init_from", "data", "teacher", "unlabeled", "weights", "pseudo_rounds",
+    # weights, head_init: the bundle's backbone and heads are the start (its run's ImageNet or random start, or
+    # its linear probe, is long gone)
+    skip = {"resume", "out", "init_from", "data", "teacher", "unlabeled", "weights", "head_init", "pseudo_rounds",
             "pseudo_precision", *REMOVED_KEYS}
     values = {k: v for k, v in card.train_config.items() if k not in skip}
     values.update({"baseline": False, **overrides, "out": out, "init_from": str(bundle), "data": source})

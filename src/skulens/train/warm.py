@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import torch
 
 from ..config import ConfigError
@@ -11,7 +12,7 @@ from ..models.bundle import load_bundle
 from ..models.card import ModelCard
 from ..models.classifier import SkuModel
 
-__all__ = ["warm_start"]
+__all__ = ["probe_start", "warm_start"]
 
 log = logging.getLogger(__name__)
 
@@ -51,4 +52,24 @@ def warm_start(model: SkuModel, card: ModelCard, bundle: str) -> dict[str, int]:
         log.warning("warm start: %d product(s) of %s are not in this run's catalogue and leave the model: %s%s "
                     "(give their photos in --data, or to `skulens retrain` with --extra, to keep them)", len(dropped), bundle,
                     ", ".join(dropped[:5]), " ..." if len(dropped) > 5 else "")
+    return copied
+
+
+ProbeRows = tuple[np.ndarray, np.ndarray, np.ndarray]  # weight C x D, bias C, fitted C (evaluate.baseline.probe_head)
+
+
+def probe_start(model: SkuModel, heads: dict[str, ProbeRows]) -> dict[str, int]:
+    """LP-FT: the named heads ("fine", "coarse") take the linear probe's rows, where the probe fitted a class."""
+    layers = {"fine": model.head, "coarse": model.coarse_head}
+    copied = {}
+    with torch.no_grad():
+        for name, (weight, bias, fitted) in heads.items():
+            layer = layers[name]
+            if layer is None:
+                continue
+            rows = torch.from_numpy(np.flatnonzero(fitted))
+            layer.weight[rows] = torch.from_numpy(weight[fitted]).to(layer.weight)
+            layer.bias[rows] = torch.from_numpy(bias[fitted]).to(layer.bias)
+            copied[name] = len(rows)
+    log.info("heads start as the linear probe: %s rows", copied)
     return copied
