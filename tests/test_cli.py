@@ -346,6 +346,18 @@ def test_demo_with_empty_skulens_data_points_to_grocery_store(tmp_path: Path) ->
     assert "GroceryStoreDataset" in r.stderr
 
 
+def test_demo_quick_fine_tunes_from_the_linear_probe_with_batchnorm_statistics_kept(tiny_catalogue: Path,
+                                                                                      tmp_path: Path) -> None:
+    from skulens.cli import main
+
+    assert main(["demo", "--quick", "--data", str(tiny_catalogue), "--out", str(tmp_path / "q"), "-q"]) == 0
+    card = json.loads((tmp_path / "q" / "bundle" / "card.json").read_text(encoding="utf-8"))
+    recipe = {k: card["train_config"][k] for k in ("backbone", "epochs", "image_size", "batch_norm", "head_init")}
+    assert recipe == {"backbone": "efficientnet_lite0", "epochs": 2, "image_size": 160, "batch_norm": "frozen",
+                      "head_init": "probe"}
+    assert (tmp_path / "q" / "baseline.json").is_file() and (tmp_path / "q" / "report" / "report.md").is_file()
+
+
 def test_evaluate_unknown_label_is_one_line(bundle: str, tmp_path: Path) -> None:
     data = _folder_catalogue(tmp_path / "shelf")
     (data / "val" / "red-apple").rename(data / "val" / "soy-milk")
