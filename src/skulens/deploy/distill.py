@@ -25,7 +25,7 @@ DEFAULT_STUDENT = "efficientnet_lite0"
 
 def distill(teacher: str | os.PathLike[str], *, student: str | None = None,
             data: str | os.PathLike[str] | None = None, out: str | None = None, progress: bool = True,
-            **overrides: Any) -> TrainResult:
+            resume_advice: str | None = None, **overrides: Any) -> TrainResult:
     """Train `student` (default: `overrides["backbone"]`, else Lite0) on `teacher`'s soft targets + labels.
 
     `data`: the catalogue; default the one the teacher was trained on (if still there), else the default
@@ -50,4 +50,4 @@ def distill(teacher: str | os.PathLike[str], *, student: str | None = None,
     values = {**split_settings(read_card(teacher)), **values}
     if out is not None:
         values["out"] = out
-    return fit(resolve_config(values), progress=progress)
+    return fit(resolve_config(values), progress=progress, resume_advice=resume_advice)

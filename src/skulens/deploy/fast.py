@@ -29,6 +29,7 @@ from __future__ import annotations
 import filecmp
 import json
 import os
+import shlex
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -187,8 +188,10 @@ def make_fast(bundle: str | os.PathLike[str], *, out: str | os.PathLike[str], da
         atomic_write_text(out_dir / "distill-run" / TEACHER_FILE, json.dumps(teacher_fingerprint(bundle)))
         say(f"[1/4] {'resuming the stopped distillation' if earlier == 'stopped' else 'distilling'} of {bundle} "
             f"({teacher_card.backbone}) into {student} (the longest step)")
+        again = (f"skulens export --model {shlex.quote(str(bundle))} --preset fast --out {shlex.quote(str(out_dir))} "
+                 "(with the options it was started with: it resumes the stopped distillation, then exports)")
         run = distill(bundle, student=student, data=data, out=str(out_dir / "distill-run"), progress=progress,
-                      **({"resume": True} if earlier == "stopped" else {}), **distill_overrides)
+                      resume_advice=again, **({"resume": True} if earlier == "stopped" else {}), **distill_overrides)
         source = Path(run.bundle)
     else:
         say(f"[1/4] {bundle} ({teacher_card.backbone}) is exported as it is: no distillation")
