@@ -241,7 +241,7 @@ def test_ctrl_c_in_the_recovery_names_the_prune_command_that_resumes_it(tiny_bun
 
     out = tmp_path / "p"
     proc = subprocess.Popen([sys.executable, "-m", "skulens.cli", "prune", "--model", str(tiny_bundle.bundle), "--out",
-                             str(out), "--kind", "unstructured", "--amount", "0.3", "-q", "--image-size", "64",
+                             str(out), "--kind", "unstructured", "--amount", "0.1234567", "-q", "--image-size", "64",
                              "--train-image-size", "64", "--batch-size", "8", "--loggers", "", "--no-ema",
                              "--epochs", "500", "--patience", "500"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -257,5 +257,6 @@ def test_ctrl_c_in_the_recovery_names_the_prune_command_that_resumes_it(tiny_bun
         proc.kill()
     assert proc.returncode == 130, err
     said = err.split("to go on from it, run ", 1)[-1].split(" (with the options", 1)[0]
-    assert said.startswith(f"skulens prune --model {tiny_bundle.bundle} --out {out} --kind unstructured --amount 0.3 ")
+    # the amount as given: rounded (0.123457) the advised --resume was refused as another amount
+    assert said.startswith(f"skulens prune --model {tiny_bundle.bundle} --out {out} --kind unstructured --amount 0.1234567 ")
     assert said.endswith(" --resume"), err

@@ -461,6 +461,18 @@ def _cli_train(manifest: Path, out: Path, *extra: str) -> list[str]:
             "--batch-size", "8", "--no-baseline", "--no-ema", "--loggers", "", "--epochs", "4", *extra]
 
 
+def test_a_checkpoint_from_before_a_new_setting_resumes_as_that_settings_default() -> None:
+    """A run interrupted before a config key existed recorded no value for it: that is the default's behaviour,
+    not a changed config (its resume was refused, the advised command too)."""
+    from skulens.train.checkpoint import config_changes
+
+    now = config_to_dict(resolve_config({}))
+    was = {k: v for k, v in now.items() if k not in ("head_init", "batch_norm")}
+    assert config_changes(was, now) == []
+    assert config_changes(was, {**now, "batch_norm": "frozen" if now["batch_norm"] == "train" else "train"}) == [
+        "batch_norm"]
+
+
 @pytest.mark.timeout(600)
 def test_kill_and_resume(tiny_catalogue: Path, tmp_path: Path) -> None:
     shutil.copytree(tiny_catalogue.parent, tmp_path / "cat")  # moved before the resume, below
@@ -784,3 +796,13 @@ def test_head_init_probe_starts_where_the_linear_probe_ends(tiny_catalogue: Path
     # a retrain of a probe-started bundle starts from that bundle's heads: its recorded head_init is not carried
     again = retrain(runs["probe"].bundle, out=str(tmp_path / "again"), progress=False, max_steps=1)
     assert again.card.train_config["head_init"] == "random"
+    from skulens.cli import main
+
+    # the probe run's own config.yaml, given to retrain and prune: its head_init is left out
+    recorded = str(tmp_path / "probe" / "config.yaml")
+    assert main(["retrain", "-m", str(runs["probe"].bundle), "--config", recorded, "--out", str(tmp_path / "r2"),
+                 "--max-steps", "1", "-q"]) == 0
+    assert main(["prune", "-m", str(runs["probe"].bundle), "--config", recorded, "--out", str(tmp_path / "p2"),
+                 "--kind", "unstructured", "--amount", "0.2", "--max-steps", "1", "-q"]) == 0
+    for argv in (["retrain", "--out", str(tmp_path / "r3")], ["prune", "--out", str(tmp_path / "p3"), "--amount", "0.2"]):
+        assert main([*argv, "-m", str(runs["probe"].bundle), "--head-init", "probe"]) == 2

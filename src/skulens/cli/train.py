@@ -152,6 +152,14 @@ def cmd_distill(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _heads_from_the_bundle(ns: argparse.Namespace, overrides: dict[str, Any], what: str) -> None:
+    """A run that starts from --model's heads: `--head-init probe` is refused, a --config file's head_init (a probe
+    run's config.yaml records it) left out."""
+    if getattr(ns, "head_init", None) == "probe":
+        raise UsageError(f"--head-init probe: a {what} starts from its --model bundle's heads, not a linear probe")
+    overrides.pop("head_init", None)
+
+
 def cmd_retrain(ns: argparse.Namespace) -> int:
     bundle = model_path(ns)
     overrides = train_overrides(ns)
@@ -160,6 +168,7 @@ def cmd_retrain(ns: argparse.Namespace) -> int:
     if getattr(ns, "init_from", None):  # the retrain starts from --model: the flag was recorded over, unused
         raise UsageError("--init-from: a retrain starts from its --model bundle; give that one as --model")
     overrides.pop("init_from", None)  # an earlier run's config.yaml records one: the retrain sets its own
+    _heads_from_the_bundle(ns, overrides, "retrain")
     # --data, else what the bundle was trained on (`retrain_source` says so when it is gone), never the default
     # dataset: a bundle whose data moved was retrained on the grocery catalogue's 81 classes
     data = str(resolve_data(ns.data)) if ns.data else None
@@ -185,6 +194,7 @@ def cmd_prune(ns: argparse.Namespace) -> int:
     overrides = train_overrides(ns)
     _data_and_out(ns, overrides, "a run directory: OUT/pruned, OUT/bundle")
     check_out_path(ns.out, "--out", folder=True)
+    _heads_from_the_bundle(ns, overrides, "pruned bundle's recovery")
     if ns.round_to is not None and ns.kind != "structured":
         raise UsageError("--round-to: channel counts of structured pruning (--kind structured); unstructured "
                          "pruning keeps every channel")

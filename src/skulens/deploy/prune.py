@@ -202,7 +202,7 @@ def prune_and_recover(bundle: str | os.PathLike[str], out: str | os.PathLike[str
         return PruneRun(pruned, None)
     try:
         again = ["skulens prune --model", shlex.quote(os.fspath(bundle)), "--out", shlex.quote(os.fspath(out)),
-                 "--kind", kind, "--amount", f"{amount:g}", *(["--round-to", str(round_to)] if round_to else []),
+                 "--kind", kind, "--amount", repr(amount), *(["--round-to", str(round_to)] if round_to else []),
                  *(["--data", shlex.quote(os.fspath(data))] if data else [])]
         return PruneRun(pruned, fit(cfg, progress=progress, resume_advice=" ".join(
             [*again, "--resume (with the options it was started with)"])))

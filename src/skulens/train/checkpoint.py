@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from ..config import PATH_KEYS, ConfigError
+from ..config import PATH_KEYS, ConfigError, TrainConfig, config_to_dict
 from ..data.locate import card_json
 from ..models.bundle import save_tensors
 
@@ -133,8 +133,11 @@ def config_changes(was: dict[str, Any], now: dict[str, Any]) -> list[str]:
         except ValueError:
             return None
 
+    # a key the interrupted run's config lacks was added since, its default being how that run trained
+    defaults = config_to_dict(TrainConfig())
+
     def differs(key: str) -> bool:
-        a, b = was.get(key), now.get(key)
+        a, b = was.get(key, defaults.get(key)), now.get(key)
         if key in PATH_KEYS and a and b:  # the same folder by another path
             ra, rb = inside(a, was.get("out")), inside(b, now.get("out"))
             if ra is not None and rb is not None:  # a place in the run folder, which may have moved since

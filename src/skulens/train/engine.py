@@ -128,6 +128,8 @@ class _Run:
     # The learning rate (the heads' group) of the last step taken: what the epoch's record logs. The scheduler's
     # own last LR is the next step's, and past a one-cycle's end a rate that never ran.
     lr_used: float = field(default=math.nan, init=False)
+    # The epoch the checkpoint on disk holds (0: none yet): `state["epoch"]` is counted on before it is written.
+    saved_epoch: int = field(default=0, init=False)
 
     def out_of_steps(self) -> bool:
         return bool(self.cfg.max_steps) and self.state["step"] >= self.cfg.max_steps
@@ -332,10 +334,9 @@ def _fit(cfg: TrainConfig, cat: Catalogue, d: distributed.Dist, *, progress: boo
     try:
         epochs_run = _train_loop(run)
     except KeyboardInterrupt:  # Ctrl-C: the run can go on from its last checkpoint; say how
-        if d.is_main and (run_dir / "checkpoint").exists():
+        if d.is_main and run.saved_epoch and (run_dir / "checkpoint").exists():
             log.warning("interrupted in epoch %d; the checkpoint of epoch %d is kept: to go on from it, run %s",
-                        run.state["epoch"] + 1, run.state["epoch"],
-                        resume_advice or resume_command(run_dir / "config.yaml"))
+                        run.saved_epoch + 1, run.saved_epoch, resume_advice or resume_command(run_dir / "config.yaml"))
         raise
     finally:
         run.logger.close()
@@ -475,6 +476,7 @@ def _prepare_training(run: _Run, ckpt: dict[str, Any] | None) -> None:
     weights = _class_weights(cfg, run.train.fine, run.card.num_classes)
     run.class_weights = weights.to(run.device) if weights is not None else None
     run.state = _restore(run, ckpt)
+    run.saved_epoch = run.state["epoch"] if ckpt is not None else 0
     run.card, run.teacher, run.adversary, run.corrupter = training_extras(cfg, run.card, run.model, run.opt,
                                                                           run.device)
     if not run.dist.is_main:
@@ -765,6 +767,7 @@ def _save_checkpoint(run: _Run) -> None:
     if run.scaler.is_enabled():  # five numbers: the loss scale and its growth tracker
         ckpt["scaler"] = run.scaler.state_dict()
     save_checkpoint(run.run_dir / "checkpoint", ckpt)
+    run.saved_epoch = run.state["epoch"]
 
 
 # ---------------------------------------------------------------------------------------------- the end
