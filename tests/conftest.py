@@ -278,3 +278,22 @@ def bundle_locked_elsewhere(folder: Path) -> Iterator[None]:
     finally:
         holder.kill()
         holder.wait()
+
+
+def interrupt_after_checkpoint(argv: Sequence[str], checkpoint: Path, *, wait_s: float = 240) -> tuple[int, str]:
+    """Run `argv`, send it SIGINT (Ctrl-C) once `checkpoint`/state.json is written; its exit status and stderr."""
+    import signal
+    import subprocess
+
+    proc = subprocess.Popen(list(argv), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + wait_s
+    try:
+        while not (checkpoint / "state.json").is_file():
+            assert proc.poll() is None, f"exited before a checkpoint: {proc.stderr.read()}"  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, f"no checkpoint within {wait_s:.0f} s"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    return proc.returncode, err

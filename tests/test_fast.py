@@ -250,26 +250,14 @@ def test_ctrl_c_in_the_distillation_names_the_export_command_that_goes_on(tiny_b
                                                                           tmp_path: Path) -> None:
     """The distillation inside `export --preset fast` stopped by Ctrl-C: the advice is that export again, which
     resumes the distillation and then exports (a `train --config ... --resume` would leave no ONNX files)."""
-    import signal
-    import time
+    from conftest import interrupt_after_checkpoint
 
     out = tmp_path / "fast"
     script = ("import logging, sys; logging.basicConfig(level=logging.INFO); from skulens.deploy.fast import make_fast; "
               f"make_fast({str(tiny_bundle.bundle)!r}, out={str(out)!r}, data={str(tiny_catalogue)!r}, distil=True, "
               "calibration_images=8, progress=False, say=print, image_size=64, train_image_size=64, batch_size=8, "
               "ema=False, baseline=False, loggers='', epochs=500, patience=500)")
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
-    deadline = time.monotonic() + 240
-    try:
-        while not (out / "distill-run" / "checkpoint" / "state.json").is_file():
-            assert proc.poll() is None, f"exited early: {proc.stderr.read()}"
-            assert time.monotonic() < deadline, "no checkpoint within 240 s"
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
+    _, err = interrupt_after_checkpoint([sys.executable, "-c", script], out / "distill-run" / "checkpoint")
     assert "KeyboardInterrupt" in err
     assert (f"to go on from it, run skulens export --model {tiny_bundle.bundle} --preset fast --out {out} (with the "
             "options it was started with") in err, err

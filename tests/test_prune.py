@@ -234,28 +234,16 @@ def test_the_recovery_keeps_the_bundles_split_and_refuses_what_it_would_ignore(t
 @pytest.mark.timeout(300)
 def test_ctrl_c_in_the_recovery_names_the_prune_command_that_resumes_it(tiny_bundle, tmp_path: Path) -> None:
     """The advice after Ctrl-C is prune's own --resume (a `train --config` would skip what prune adds)."""
-    import signal
-    import subprocess
     import sys
-    import time
+
+    from conftest import interrupt_after_checkpoint
 
     out = tmp_path / "p"
-    proc = subprocess.Popen([sys.executable, "-m", "skulens.cli", "prune", "--model", str(tiny_bundle.bundle), "--out",
-                             str(out), "--kind", "unstructured", "--amount", "0.1234567", "-q", "--image-size", "64",
-                             "--train-image-size", "64", "--batch-size", "8", "--loggers", "", "--no-ema",
-                             "--epochs", "500", "--patience", "500"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 240
-    try:
-        while not (out / "checkpoint" / "state.json").is_file():
-            assert proc.poll() is None, f"prune exited early: {proc.stderr.read()}"
-            assert time.monotonic() < deadline, "no checkpoint within 240 s"
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-    assert proc.returncode == 130, err
+    code, err = interrupt_after_checkpoint(
+        [sys.executable, "-m", "skulens.cli", "prune", "--model", str(tiny_bundle.bundle), "--out", str(out), "--kind",
+         "unstructured", "--amount", "0.1234567", "-q", "--image-size", "64", "--train-image-size", "64",
+         "--batch-size", "8", "--loggers", "", "--no-ema", "--epochs", "500", "--patience", "500"], out / "checkpoint")
+    assert code == 130, err
     said = err.split("to go on from it, run ", 1)[-1].split(" (with the options", 1)[0]
     # the amount as given: rounded (0.123457) the advised --resume was refused as another amount
     assert said.startswith(f"skulens prune --model {tiny_bundle.bundle} --out {out} --kind unstructured --amount 0.1234567 ")

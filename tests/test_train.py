@@ -22,7 +22,7 @@ import yaml
 from safetensors.torch import load_file
 
 import skulens
-from conftest import TINY, grocery_path, write_catalogue
+from conftest import TINY, grocery_path, interrupt_after_checkpoint, write_catalogue
 from skulens.api import train
 from skulens.config import ConfigError, config_to_dict, resolve_config
 from skulens.models.backbones import WeightsError, create_backbone
@@ -548,19 +548,9 @@ def test_kill_and_resume(tiny_catalogue: Path, tmp_path: Path) -> None:
 @pytest.mark.timeout(300)
 def test_ctrl_c_after_a_checkpoint_says_how_to_go_on(tiny_catalogue: Path, tmp_path: Path) -> None:
     out = tmp_path / "stopped"
-    proc = subprocess.Popen(_cli_train(tiny_catalogue, out, "--epochs", "500", "--patience", "500"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 240
-    try:
-        while not (out / "checkpoint" / "state.json").is_file():
-            assert proc.poll() is None, f"training exited early: {proc.stderr.read()}"
-            assert time.monotonic() < deadline, "no checkpoint within 240 s"
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-    assert proc.returncode == 130, err
+    code, err = interrupt_after_checkpoint(_cli_train(tiny_catalogue, out, "--epochs", "500", "--patience", "500"),
+                                           out / "checkpoint")
+    assert code == 130, err
     assert "interrupted in epoch" in err and "is kept: to go on from it, run skulens train --config " \
         f"{out / 'config.yaml'} --resume" in err, err
     assert load_checkpoint(out / "checkpoint") is not None
