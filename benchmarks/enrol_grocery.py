@@ -31,6 +31,7 @@ alone. Each retrain is a full run (about 15 minutes on 2 cores).
 from __future__ import annotations
 
 import argparse
+import shlex
 import shutil
 import subprocess
 import sys
@@ -206,7 +207,7 @@ def main() -> int:
     print(body)
     if not ns.no_write:
         append_section("One-photo enrolment among all 81 grocery products (issue 13)",
-                       "python benchmarks/enrol_grocery.py " + " ".join(sys.argv[1:]), body)
+                       "python benchmarks/enrol_grocery.py " + shlex.join(sys.argv[1:]), body)
     return 0
 
 
