@@ -285,7 +285,13 @@ def interrupt_after_checkpoint(argv: Sequence[str], checkpoint: Path, *, wait_s:
     import signal
     import subprocess
 
-    proc = subprocess.Popen(list(argv), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C's default action in the child: a shell's background job (`.ci/run &`, nohup) starts its commands with
+    # SIGINT ignored, which they inherit, and Python then installs no KeyboardInterrupt handler at all
+    import sys
+
+    default_sigint = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
+    proc = subprocess.Popen([sys.executable, "-c", default_sigint, *argv], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + wait_s
     try:
         while not (checkpoint / "state.json").is_file():
