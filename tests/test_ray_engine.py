@@ -212,6 +212,37 @@ def test_a_folder_job_that_fails_half_way_leaves_no_output_and_an_old_one_untouc
         assert sorted(r["source"] for r in _rows(out)) == paths
 
 
+def test_a_write_still_in_flight_after_a_failure_leaves_nothing_behind(tmp_path) -> None:
+    """On a cluster that outlives a failed job, a worker's write can land after the job's rows were removed (a
+    fresh-clone CI once found the `.partial` folder refilled). The workers write with Ray's `try_create_dir=False`
+    (pyarrow's `create_dir=False`), and the failed folder is renamed away before it is removed: a write begun
+    before the removal goes with it, one begun after fails and recreates nothing."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.dataset as pads
+
+    from skulens.deploy.ray_jobs import _discard
+
+    partial = tmp_path / "rows.partial-1-0123abcd"
+    partial.mkdir()
+    table = pa.table({"source": ["a.jpg"], "error": pa.array([None], pa.string())})
+    pads.write_dataset(table, partial, format="parquet", basename_template="part-0-{i}.parquet", create_dir=False)
+    open_writer = (partial / "part-1.parquet").open("wb")  # a part file being written at the failure
+    try:
+        _discard(partial)
+        open_writer.write(b"the rest of a block")
+    finally:
+        open_writer.close()
+    with pytest.raises(OSError):  # the write that starts after the removal
+        pads.write_dataset(table, partial, format="parquet", basename_template="part-2-{i}.parquet",
+                           create_dir=False)
+    assert list(tmp_path.iterdir()) == []
+    file = tmp_path / "rows.parquet.partial-1-0123abcd"
+    file.write_bytes(b"rows")
+    _discard(file)
+    _discard(file)  # gone already: nothing to do
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_job_leaves_the_partial_rows_of_another_job_alone(poison_job, tmp_path, caplog) -> None:
     """Each job writes its rows beside `out` under a name of its own: the `.partial` of another job writing the
     same `out` now, or of a killed one, is neither written to, nor removed when this job fails, nor taken for

@@ -353,11 +353,7 @@ def run_job(job: BatchJob, paths: Sequence[str | os.PathLike], out: str | os.Pat
             rows, errors, first = _write_file(ds, job.schema(), partial) if to_file else _write_folder(ds, partial)
             seconds = time.perf_counter() - t0
     except BaseException:
-        # after the session: a local Ray started for the job has stopped its workers, none writes here now
-        if to_file:
-            partial.unlink(missing_ok=True)
-        else:
-            shutil.rmtree(partial, ignore_errors=True)
+        _discard(partial)
         raise
     _move_into_place(partial, out)
     return JobSummary(rows, errors, seconds, out, first, pool_size(len(paths), job.batch_size, actors))
@@ -393,9 +389,26 @@ def _write_folder(ds: ray.data.Dataset, path: Path) -> tuple[int, int, tuple[tup
     """The rows as Parquet part files in a new folder, written by the workers: (rows, errors, the first errors)."""
     import pyarrow.parquet as pq
 
-    ds.write_parquet(str(path))
+    path.mkdir()
+    ds.write_parquet(str(path), try_create_dir=False)  # a write still in flight after a failure recreates nothing
     t = pq.read_table(path, columns=["source", "error"])
     return t.num_rows, t.num_rows - t.column("error").null_count, tuple(_failed(t, _FIRST_ERRORS))
+
+
+def _discard(partial: Path) -> None:
+    """Remove the rows of a job that failed. On a cluster that outlives the job (an address given, or Ray already
+    running here) a worker's write task may still be in flight after the failure: the folder is first renamed
+    away, so such a write finds no folder (the workers never create it, see `_write_folder`) instead of refilling
+    one after its removal; a part file it already has open goes with the renamed folder."""
+    if not partial.is_dir():
+        partial.unlink(missing_ok=True)
+        return
+    doomed = partial.with_name(f"{partial.name}.failed")
+    try:
+        partial.rename(doomed)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def _move_into_place(partial: Path, out: Path) -> None:
