@@ -124,7 +124,7 @@ def test_unknown_split_and_unknown_label_are_errors(model: Model, tiny_catalogue
 @pytest.mark.parametrize("n_classes", [2, 4])
 def test_probe_head_is_the_linear_probe_as_one_layer(n_classes: int) -> None:
     """The probe's rows, applied to raw features, give its probabilities; a class absent from train is no row."""
-    from skulens.evaluate.baseline import linear_probe, probe_head
+    from skulens.evaluate.baseline import linear_probe, probe_head, probe_probs
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(60, 8)) * rng.uniform(0.1, 5, size=8) + rng.normal(size=8) * 3  # unstandardised
@@ -140,3 +140,4 @@ def test_probe_head_is_the_linear_probe_as_one_layer(n_classes: int) -> None:
     expected = linear_probe(x, y, test, n_classes)
     np.testing.assert_allclose(probs, expected[:, fitted], atol=1e-5)
     assert (expected[:, ~fitted] == 0).all()
+    np.testing.assert_allclose(probe_probs((weight, bias, fitted), test), expected, atol=1e-5)  # the baseline's

@@ -778,6 +778,9 @@ def test_head_init_probe_starts_where_the_linear_probe_ends(tiny_catalogue: Path
     assert probe_top1 > 0.6  # a probe that learned something, so the comparison can tell the two apart
     assert runs["probe"].report.top1 == pytest.approx(probe_top1, abs=1 / 9)  # 9 val photos: one may flip
     assert runs["random"].report.top1 < probe_top1 - 0.2
+    # the baseline of the probe-started run reuses that probe's fit; the random one fits it itself: one answer
+    assert runs["random"].baseline.top1 == pytest.approx(probe_top1, abs=1e-9)
+    assert runs["random"].baseline.macro_f1 == pytest.approx(runs["probe"].baseline.macro_f1, abs=1e-9)
     assert config_to_dict(resolve_config({"head_init": "probe"}))["head_init"] == "probe"
     with pytest.raises(ConfigError, match="head_init probe"):
         resolve_config({"head_init": "probe", "init_from": str(runs["probe"].bundle)})

@@ -10,7 +10,7 @@ import torch
 from ..models.backbones import Backbone
 from ..models.inference import autocast_context
 
-__all__ = ["extract_features", "linear_probe", "probe_head"]
+__all__ = ["extract_features", "linear_probe", "probe_head", "probe_probs"]
 
 
 @torch.no_grad()
@@ -69,3 +69,15 @@ def probe_head(train_x: np.ndarray, train_y: np.ndarray, n_classes: int, *,
     fitted = np.zeros(n_classes, dtype=bool)
     weight[lr.classes_], bias[lr.classes_], fitted[lr.classes_] = w, b, True
     return weight, bias, fitted
+
+
+def probe_probs(rows: tuple[np.ndarray, np.ndarray, np.ndarray], x: np.ndarray) -> np.ndarray:
+    """`linear_probe`'s probabilities from `probe_head`'s rows (N x C; classes it did not fit get 0): one fit of
+    the probe serves both the heads' start and the baseline report."""
+    weight, bias, fitted = rows
+    logits = x.astype(np.float64) @ weight[fitted].T.astype(np.float64) + bias[fitted]
+    logits -= logits.max(axis=1, keepdims=True)
+    e = np.exp(logits)
+    full = np.zeros((len(x), len(fitted)))
+    full[:, fitted] = e / e.sum(axis=1, keepdims=True)
+    return full

@@ -57,13 +57,14 @@ def pretrained_features(card: ModelCard, split: Split, backbone, *, precision: s
 def baseline_report(card: ModelCard, train: Split, val: Split, *, weights: str | None = None,
                     precision: str = "auto", seed: int = 0, progress: bool = True,
                     backbone=None, device: str | torch.device | None = None,
-                    train_features: np.ndarray | None = None) -> EvalReport:
+                    probe: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> EvalReport:
     """Linear probe on the untouched pretrained backbone: the 'before fine-tuning' point.
 
     `device`: where the backbone runs (it is moved there); None leaves it where it is (a new one: the CPU).
-    `train_features`: the backbone's features of `train` when the caller has them (`pretrained_features`).
+    `probe`: the probe already fitted on `train`'s features (`baseline.probe_head`'s rows for the fine classes), not
+    fitted again.
     """
-    from .baseline import linear_probe
+    from .baseline import linear_probe, probe_probs
 
     if backbone is None:
         from ..models.backbones import create_backbone
@@ -71,10 +72,12 @@ def baseline_report(card: ModelCard, train: Split, val: Split, *, weights: str |
         backbone = create_backbone(card.backbone, weights, image_size=card.input_size)
     if device is not None:
         backbone = backbone.to(device)
-    xtr = train_features if train_features is not None else pretrained_features(
-        card, train, backbone, precision=precision, progress=progress)
     xva = pretrained_features(card, val, backbone, precision=precision, progress=progress)
-    probs = linear_probe(xtr, train.fine.numpy(), xva, card.num_classes, seed=seed)
+    if probe is not None:
+        probs = probe_probs(probe, xva)
+    else:
+        xtr = pretrained_features(card, train, backbone, precision=precision, progress=progress)
+        probs = linear_probe(xtr, train.fine.numpy(), xva, card.num_classes, seed=seed)
     return evaluate_outputs(HeadOutputs(probs, None, None, None), val, card.with_(attributes=()), None)
 
 

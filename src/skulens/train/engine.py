@@ -422,7 +422,6 @@ def _baseline(cfg: TrainConfig, card: ModelCard, train: Split, val: Split, backb
     if not fresh:
         found = cfg.baseline and (run_dir / "baseline.json").is_file()
         return (_load_report(run_dir / "baseline.json") if found else None), None
-    features = None
     probe = None
     if cfg.head_init == "probe":
         from ..evaluate.baseline import probe_head
@@ -430,13 +429,13 @@ def _baseline(cfg: TrainConfig, card: ModelCard, train: Split, val: Split, backb
         features = pretrained_features(card, train, backbone, precision=cfg.mixed_precision, progress=progress)
         probe = {"fine": probe_head(features, train.fine.numpy(), card.num_classes, seed=cfg.seed)}
         known = train.coarse >= 0
-        if card.coarse_head and int(known.sum()) and len(set(train.coarse[known].tolist())) > 1:
+        if card.coarse_head and len(set(train.coarse[known].tolist())) > 1:
             probe["coarse"] = probe_head(features[known.numpy()], train.coarse[known].numpy(),
                                          len(card.coarse_classes), seed=cfg.seed)
     if not cfg.baseline:
         return None, probe
     baseline = baseline_report(card, train, val, precision=cfg.mixed_precision, seed=cfg.seed,
-                               progress=progress, backbone=backbone, train_features=features)
+                               progress=progress, backbone=backbone, probe=probe["fine"] if probe else None)
     atomic_write_text(run_dir / "baseline.json", json.dumps(baseline.to_dict()))
     return baseline, probe
 
