@@ -241,6 +241,32 @@ def test_a_write_still_in_flight_after_a_failure_leaves_nothing_behind(tmp_path)
     _discard(file)
     _discard(file)  # gone already: nothing to do
     assert list(tmp_path.iterdir()) == []
+    partial.mkdir()
+    (tmp_path / f"{partial.name}.failed").mkdir()  # its renamed name taken (a folder not empty): removed in place
+    (tmp_path / f"{partial.name}.failed" / "x").write_bytes(b"x")
+    (partial / "part-0.parquet").write_bytes(b"rows")
+    _discard(partial)
+    assert not partial.exists()
+
+
+def test_the_workers_write_into_the_folder_the_driver_made_and_never_create_it(tmp_path) -> None:
+    """`_write_folder` makes the folder and has Ray's writers told not to create it (so a late write after a
+    failure's removal fails instead of recreating it)."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    from skulens.deploy.ray_jobs import _write_folder
+
+    calls = []
+
+    class Rows:
+        def write_parquet(self, path: str, **options: Any) -> None:
+            calls.append((Path(path).is_dir(), options))
+            pq.write_table(pa.table({"source": ["a.jpg", "b.jpg"], "error": [None, "unreadable"]}),
+                           Path(path) / "part-0.parquet")
+
+    assert _write_folder(Rows(), tmp_path / "rows") == (2, 1, (("b.jpg", "unreadable"),))
+    assert calls == [(True, {"try_create_dir": False})]
 
 
 def test_a_job_leaves_the_partial_rows_of_another_job_alone(poison_job, tmp_path, caplog) -> None:

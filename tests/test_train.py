@@ -769,11 +769,26 @@ def test_selection_follows_the_monitored_metric() -> None:
     assert _selection_key(better_top1, "top1") > _selection_key(tie, "top1")
 
 
-def test_head_init_probe_starts_where_the_linear_probe_ends(tiny_catalogue: Path, tmp_path: Path) -> None:
+def test_head_init_probe_starts_where_the_linear_probe_ends(tiny_catalogue: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """LP-FT: with the backbone frozen and a learning rate too small to move anything, a probe-started run scores
     the baseline's linear probe on val, and a random-started one does not; --init-from with it is refused."""
-    runs = {init: _smoke(tiny_catalogue, tmp_path / init, freeze="head", lr=1e-9, baseline=True, head_init=init)
-            for init in ("probe", "random")}
+    import skulens.evaluate.baseline as probes
+
+    fits = []
+    fit = probes._fit_probe
+
+    def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        fits.append(1)
+        return fit(*args, **kwargs)
+
+    monkeypatch.setattr(probes, "_fit_probe", counted)
+    runs = {}
+    for init in ("probe", "random"):
+        runs[init] = _smoke(tiny_catalogue, tmp_path / init, freeze="head", lr=1e-9, baseline=True, head_init=init)
+        fits.append(init)
+    # the probe run fits one probe per head (fine, coarse) and its baseline reuses the fine one; random fits one
+    assert fits == [1, 1, "probe", 1, "random"]
     probe_top1 = runs["probe"].baseline.top1
     assert probe_top1 > 0.6  # a probe that learned something, so the comparison can tell the two apart
     assert runs["probe"].report.top1 == pytest.approx(probe_top1, abs=1 / 9)  # 9 val photos: one may flip

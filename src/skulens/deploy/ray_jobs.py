@@ -399,16 +399,25 @@ def _discard(partial: Path) -> None:
     """Remove the rows of a job that failed. On a cluster that outlives the job (an address given, or Ray already
     running here) a worker's write task may still be in flight after the failure: the folder is first renamed
     away, so such a write finds no folder (the workers never create it, see `_write_folder`) instead of refilling
-    one after its removal; a part file it already has open goes with the renamed folder."""
-    if not partial.is_dir():
-        partial.unlink(missing_ok=True)
+    one after its removal; a part file it already has open goes with the renamed folder. Never raises (it runs
+    while the job's own error is on its way); what cannot be removed is named in a warning."""
+    try:
+        if not partial.is_dir():
+            partial.unlink(missing_ok=True)
+            return
+    except OSError as exc:
+        logger.warning("%s: the failed job's rows could not be removed (%s)", partial, exc)
         return
     doomed = partial.with_name(f"{partial.name}.failed")
     try:
         partial.rename(doomed)
     except FileNotFoundError:
         return
+    except OSError:  # a folder of that name already, or a file open where renaming it is refused: remove in place
+        doomed = partial
     shutil.rmtree(doomed, ignore_errors=True)
+    if doomed.exists():  # an open file on NFS or Windows, a write that began just before the rename
+        logger.warning("%s: the failed job's rows could not all be removed; delete the folder", doomed)
 
 
 def _move_into_place(partial: Path, out: Path) -> None:
