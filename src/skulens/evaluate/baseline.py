@@ -74,10 +74,9 @@ def probe_head(train_x: np.ndarray, train_y: np.ndarray, n_classes: int, *,
 def probe_probs(rows: tuple[np.ndarray, np.ndarray, np.ndarray], x: np.ndarray) -> np.ndarray:
     """`linear_probe`'s probabilities from `probe_head`'s rows (N x C; classes it did not fit get 0): one fit of
     the probe serves both the heads' start and the baseline report."""
+    from scipy.special import softmax
+
     weight, bias, fitted = rows
-    logits = x.astype(np.float64) @ weight[fitted].T.astype(np.float64) + bias[fitted]
-    logits -= logits.max(axis=1, keepdims=True)
-    e = np.exp(logits)
     full = np.zeros((len(x), len(fitted)))
-    full[:, fitted] = e / e.sum(axis=1, keepdims=True)
+    full[:, fitted] = softmax(x.astype(np.float64) @ weight[fitted].T.astype(np.float64) + bias[fitted], axis=1)
     return full
