@@ -7,6 +7,9 @@ On disk (never pickled)::
     vectors-000007.npy       float32 rows x dim, the source of truth for re-ranking and rebuilds
     ann-000007.faiss         the ANN structure (absent while exact search is used)
 
+Beside them, not part of the index: ``text-vectors.safetensors``, search's copy of the products' text vectors
+(`search._text_vectors`), which saves ignore and any process may replace.
+
 A save writes the changed files under a new version number, fsyncs them, then swaps the manifest
 in with ``os.replace`` and fsyncs the directory; only then are files no manifest names deleted. A
 kill at any moment therefore leaves the old or the new manifest, each naming complete files.
@@ -272,6 +275,10 @@ class FaissIndex(VectorIndex):
                 self._by_product.setdefault(r.product_id, []).append(row)
 
     # -- reading ---------------------------------------------------------------------------
+
+    def cache_folder(self) -> Path | None:
+        # not before the first save: `create` refuses a folder that holds files and no index
+        return self.path if (self.path / MANIFEST).is_file() else None
 
     def __len__(self) -> int:
         return len(self._row_of)

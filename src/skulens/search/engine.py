@@ -319,7 +319,7 @@ class SearchEngine:
                 self._text_cache = (key, _ProductTexts(ids, pieces, docs, BM25(docs), previous=old))
         cached = self._text_cache[1]
         if encoder is not None:
-            cached.vectors(encoder)
+            cached.vectors(encoder, self.index.cache_folder())
         return cached
 
     def _record_texts(self) -> tuple[list[str], list[list[str]], list[str]]:
@@ -389,13 +389,24 @@ class _ProductTexts:
         # (encoder, vector by piece): the texts before a change give theirs, so unchanged pieces are not encoded
         self._by_text = previous._by_text if previous is not None else None
 
-    def vectors(self, encoder: TextEncoder) -> tuple[np.ndarray, np.ndarray]:
+    def vectors(self, encoder: TextEncoder, folder: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Every piece's vector. After a change (one product's new title, an enrolment) only the pieces that are
         new are encoded: re-encoding every product held the index lock for seconds, and searches queued behind
-        it timed out (504)."""
+        it timed out (504). A process without this encoder's vectors yet (each CLI search, a service's first)
+        takes them from the file beside the index (`folder`, `_text_vectors`) and leaves there those it had to
+        encode; it does not write again after a later change (a large index's file rewritten at each edit, under
+        the index lock): the next new process does."""
         if self._vectors is None or self._vectors[0] is not encoder:
-            known = self._by_text[1] if self._by_text is not None and self._by_text[0] is encoder else {}
-            matrix, by_text = encode_reusing(encoder, [p for ps in self.pieces for p in ps], known)
+            from ._text_vectors import load_text_vectors, save_text_vectors
+
+            texts = [p for ps in self.pieces for p in ps]
+            if self._by_text is not None and self._by_text[0] is encoder:
+                known, from_file = self._by_text[1], False
+            else:
+                known, from_file = load_text_vectors(folder, encoder, texts), True
+            matrix, by_text = encode_reusing(encoder, texts, known)
+            if from_file and len(by_text) > len(known):  # some were encoded: kept for the next process
+                save_text_vectors(folder, encoder, by_text)
             self._vectors, self._by_text = (encoder, matrix), (encoder, by_text)
         return self._vectors[1], self.owner
 

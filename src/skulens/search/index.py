@@ -435,6 +435,11 @@ class VectorIndex(ABC):
     def close(self) -> None:
         """Release files / connections (does not save)."""
 
+    def cache_folder(self) -> Path | None:
+        """A local folder where files derived from the entries may be kept beside the index's own (search's text
+        vectors, `search._text_vectors`); None where there is none (the default: an index in a database)."""
+        return None
+
     def ping(self) -> None:
         """Readiness: IndexUnavailableError when the index's server cannot be reached. An index in this process's
         files (FAISS, Milvus Lite) has nothing to reach."""
