@@ -32,6 +32,8 @@ class _CountingEncoder:
     """A stand-in sentence encoder (a hashed bag of words) that records each batch it encodes; `digest` names its
     weights, as `TextEncoder.digest` does. A new one is what a new process loads."""
 
+    dim = 32
+
     def __init__(self, digest: str = "bag-of-words-1") -> None:
         self.digest = digest
         self.batches: list[list[str]] = []
@@ -217,7 +219,10 @@ def test_a_read_only_index_is_searched_and_nothing_is_written_to_it(tmp_path: Pa
     assert _files(path) == before
 
 
-def test_an_index_not_saved_yet_gets_no_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize("folder_made", [False, True], ids=["no-folder", "empty-folder"])
+def test_an_index_not_saved_yet_gets_no_file(tmp_path: Path, folder_made: bool) -> None:
+    if folder_made:
+        (tmp_path / "new").mkdir()  # create() takes an empty folder: a file written there would make it refuse
     index = create_index("faiss", str(tmp_path / "new"), 8)
     index.add([IndexRecord(id="a", product_id="oat-milk", label="oat-milk", title="Oat milk")],
               np.eye(1, 8, dtype=np.float32))
@@ -225,7 +230,7 @@ def test_an_index_not_saved_yet_gets_no_file(tmp_path: Path) -> None:
     encoder = _CountingEncoder()
     engine.text_encoder = lambda: encoder  # type: ignore[method-assign]
     assert engine.by_text(["oat"], mode="text")[0][0].product_id == "oat-milk"
-    assert not (tmp_path / "new").exists()  # the folder is the first save's to make (create refuses a full one)
+    assert os.listdir(tmp_path / "new") == [] if folder_made else not (tmp_path / "new").exists()
     index.save()
     assert FILE not in os.listdir(tmp_path / "new")
 
@@ -264,8 +269,7 @@ def test_two_cli_searches_encode_the_products_once_with_the_real_encoder(tmp_pat
     assert other is not minilm and other.digest == minilm.digest
     with torch.no_grad():
         next(other.model.parameters()).add_(1e-3)  # a re-tune's new weights
-    del other.__dict__["digest"]
-    assert other.digest != minilm.digest
+    assert other.digest != minilm.digest  # read from the weights now, not kept from before the change
     engine = SearchEngine(None, open_index(path))
     engine.text_encoder = lambda: other  # type: ignore[method-assign]
     encoded.clear()
@@ -285,10 +289,10 @@ class Encoder:
 
 folder, w = Path(sys.argv[1]), int(sys.argv[2])
 by_text = {f"piece {i}": np.full(32, w + i / 1000, np.float32) for i in range(2000)}
-save_text_vectors(folder, Encoder(), by_text)
+save_text_vectors(folder, Encoder(), list(by_text), np.stack(list(by_text.values())))
 (folder.parent / f"ready-{w}").touch()
 while not (folder.parent / "stop").exists():
-    save_text_vectors(folder, Encoder(), by_text)
+    save_text_vectors(folder, Encoder(), list(by_text), np.stack(list(by_text.values())))
 """
 
 
@@ -310,7 +314,7 @@ def test_processes_writing_at_once_each_leave_a_whole_file(tmp_path: Path) -> No
             assert time.monotonic() < deadline and all(p.poll() is None for p in writers), "a writer did not start"
             time.sleep(0.05)
         for _ in range(300):
-            found = load_text_vectors(folder, _CountingEncoder(), texts)
+            found, _ = load_text_vectors(folder, _CountingEncoder(), texts)
             assert list(found) == texts  # a whole file, every time
             w = float(found[texts[0]][0])
             assert w in (1.0, 2.0) and all(found[t][0] == np.float32(w + i / 1000) for i, t in enumerate(texts)
@@ -321,3 +325,100 @@ def test_processes_writing_at_once_each_leave_a_whole_file(tmp_path: Path) -> No
             p.wait(timeout=60)
     assert [p.returncode for p in writers] == [0, 0]
     assert os.listdir(folder) == [FILE]  # no temporary left behind
+
+
+def test_a_search_that_encodes_nothing_does_not_write_the_file(tmp_path: Path) -> None:
+    path = _build(tmp_path / "idx")
+    _search(path, _CountingEncoder())
+    before = _files(path)
+    encoder = _CountingEncoder()
+    _search(path, encoder)
+    assert encoder.pieces == [] and _files(path) == before  # not rewritten: same bytes, same mtime
+
+
+def _planted(path: Path, texts: list[str], vectors: np.ndarray) -> None:
+    """A file with this encoder's digest and a right checksum, holding `vectors` (whatever their shape)."""
+    from skulens.search._text_vectors import save_text_vectors
+
+    save_text_vectors(path, _CountingEncoder(), texts, vectors)
+    assert (path / FILE).is_file()
+
+
+@pytest.mark.parametrize("kind", ["narrow", "nan", "huge"])
+def test_a_well_formed_file_with_unusable_vectors_is_ignored_and_replaced(tmp_path: Path, kind: str) -> None:
+    path = _build(tmp_path / "idx")
+    reference, vectors = _search(path, _CountingEncoder())
+    texts = sorted(_all_pieces(path))
+    bad = {"narrow": np.ones((len(texts), 3), np.float32),  # another width than the encoder's
+           "nan": np.full((len(texts), 32), np.nan, np.float32),
+           "huge": np.full((len(texts), 32), np.inf, np.float32)}[kind]
+    _planted(path, texts, bad)
+    encoder = _CountingEncoder()
+    hits, again = _search(path, encoder)  # no error, no NaN scores: encoded as if there were no file
+    assert sorted(encoder.pieces) == sorted(texts) and hits == reference and np.array_equal(again, vectors)
+    later = _CountingEncoder()
+    _search(path, later)
+    assert later.pieces == []  # the file was written again, whole
+
+
+def test_a_file_claiming_millions_of_rows_is_not_read(tmp_path: Path) -> None:
+    """A sparse file whose header claims 4 M rows (640 MB, almost no disk): not read into memory."""
+    import struct
+    import tracemalloc
+
+    from skulens.search._text_vectors import _FORMAT, load_text_vectors
+
+    path = _build(tmp_path / "idx")
+    encoder = _CountingEncoder()
+    rows = 4_000_000
+    header = json.dumps({"__metadata__": {"format": _FORMAT, "encoder": encoder.digest, "checksum": "x"},
+                         "hashes": {"dtype": "U8", "shape": [rows, 32], "data_offsets": [0, rows * 32]},
+                         "vectors": {"dtype": "F32", "shape": [rows, 32],
+                                     "data_offsets": [rows * 32, rows * 32 + rows * 128]}}).encode()
+    header += b" " * (-len(header) % 8)
+    with open(path / FILE, "wb") as f:
+        f.write(struct.pack("<Q", len(header)) + header)
+        f.truncate(8 + len(header) + rows * 160)
+    tracemalloc.start()
+    try:
+        found, rewrite = load_text_vectors(path, encoder, sorted(_all_pieces(path)))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert found == {} and rewrite
+    assert peak < 50 << 20  # not the 640 MB the header claims
+
+
+def test_a_fifo_in_the_files_place_does_not_hang_the_search(tmp_path: Path) -> None:
+    import threading
+
+    path = _build(tmp_path / "idx")
+    os.mkfifo(path / FILE)
+    result: list = []
+    worker = threading.Thread(target=lambda: result.append(_search(path, _CountingEncoder())), daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive() and result  # answered, not stuck opening the FIFO
+    assert (path / FILE).is_file()  # replaced by a real file
+
+
+def test_a_file_of_products_gone_since_is_written_smaller(tmp_path: Path) -> None:
+    from skulens.search._text_vectors import load_text_vectors
+
+    path = _build(tmp_path / "idx")
+    texts = sorted(_all_pieces(path))
+    first = _CountingEncoder()
+    _search(path, first)
+    _, vectors = _search(path, _CountingEncoder())
+    gone = [f"a product removed since, piece {i}" for i in range(500)]
+    rows = {t: v for t, v in zip(texts, first.encode(texts), strict=True)}
+    _planted(path, texts + gone, np.stack([*rows.values(), *first.encode(gone)]))
+    encoder = _CountingEncoder()
+    _, again = _search(path, encoder)
+    assert encoder.pieces == [] and np.array_equal(again, vectors)  # read, not encoded
+    from safetensors import safe_open
+
+    with safe_open(str(path / FILE), framework="numpy") as f:
+        assert f.get_slice("hashes").get_shape()[0] == len(texts)  # the gone products' rows left out
+    found, rewrite = load_text_vectors(path, _CountingEncoder(), texts)
+    assert len(found) == len(texts) and not rewrite

@@ -12,7 +12,7 @@ import json
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from functools import cached_property, lru_cache
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -100,21 +100,35 @@ class TextEncoder:
     def fine_tuned(self) -> bool:
         return bool(self.info)
 
-    @cached_property
+    @property
     def digest(self) -> str:
-        """What this encoder's vectors depend on, hashed: the weights it holds, read from memory (`text_fingerprint`
-        hashes the file, which a text-tune may rewrite after this encoder was loaded; and it names the bundled MiniLM
-        "minilm" whichever package version holds it), its modules' settings, the longest text it reads, where it
-        runs and the torch and sentence-transformers versions (their numerics). A cache of its vectors keys on it
-        (`search._text_vectors`). About 0.1 s for MiniLM's 91 MB, once per encoder."""
+        """What this encoder's vectors depend on, hashed: the weights it holds, read from memory now (not cached:
+        weights changed in place, moved or cast give another digest; `text_fingerprint` hashes the file, which a
+        text-tune may rewrite after this encoder was loaded, and names the bundled MiniLM "minilm" whichever
+        package version holds it), its tokenizer, its modules' settings and prompts, the longest text it reads,
+        where it runs and the torch, transformers and sentence-transformers versions (their numerics). A cache of
+        its vectors keys on it (`search._text_vectors`). About 0.1-0.3 s for MiniLM's 91 MB."""
         import hashlib
 
         import sentence_transformers
         import torch
+        import transformers
 
-        h = hashlib.sha256(repr((_ENCODE_OUTPUT, repr(self.model), self.model.max_seq_length, str(self.model.device),
-                                 torch.__version__, sentence_transformers.__version__)).encode())
-        for name, t in self.model.state_dict().items():
+        m = self.model
+        h = hashlib.sha256(repr((_ENCODE_OUTPUT, repr(m), m.max_seq_length, str(m.device), torch.__version__,
+                                 transformers.__version__, sentence_transformers.__version__,
+                                 getattr(m, "prompts", None), getattr(m, "default_prompt_name", None),
+                                 getattr(m, "truncate_dim", None))).encode())
+        tokenizer = getattr(m, "tokenizer", None)
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is not None:  # a fast tokenizer: its definition (vocabulary, normaliser, splitter), less the
+            # truncation and padding state that encoding sets on it
+            spec = json.loads(backend.to_str())
+            h.update(json.dumps({k: v for k, v in spec.items() if k not in ("truncation", "padding")},
+                                sort_keys=True).encode())
+        elif tokenizer is not None:
+            h.update(repr(sorted(tokenizer.get_vocab().items())).encode())
+        for name, t in m.state_dict().items():
             t = t.detach().to("cpu").contiguous()
             h.update(f"{name} {t.dtype} {tuple(t.shape)}".encode())
             h.update(t.reshape(-1).view(torch.uint8).numpy())

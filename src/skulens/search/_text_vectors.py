@@ -6,7 +6,8 @@ One safetensors file, FILE, in the index's folder (`VectorIndex.cache_folder`: a
 Milvus), holding one text encoder's vectors (named by its `TextEncoder.digest`: the weights it holds, so a
 re-tuned encoder never reads another's vectors), one row per piece of text, found by the SHA-256 of the text (a
 changed text is another hash: its old vector is never read). A checksum of the rows is in the header: a file damaged
-on disk is ignored, never read as vectors.
+on disk is ignored, never read as vectors (a checksum, not a signature: whoever can write the index's folder can
+write this file, as they can the index itself).
 
 Best-effort: a file that cannot be read (none, damaged, another encoder's) counts as none, and one that cannot be
 written (a read-only index, a full disk) is not written; each is a debug log line, never an error of the search.
@@ -18,7 +19,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Mapping, Sequence
+import os
+import stat
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,7 @@ __all__ = ["FILE", "load_text_vectors", "save_text_vectors"]
 FILE = "text-vectors.safetensors"
 _FORMAT = "skulens-text-vectors-1"
 _HASH = 32  # bytes of a SHA-256
+_HEADER_ROOM = 1 << 20  # bytes of header and padding a file may hold beyond its rows (its header is about 200)
 
 
 def _text_hashes(texts: Sequence[str]) -> np.ndarray:
@@ -46,13 +50,38 @@ def _checksum(hashes: np.ndarray, vectors: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def load_text_vectors(folder: Path | None, encoder: Any, texts: Sequence[str]) -> dict[str, np.ndarray]:
-    """The vectors of `texts` the file in `folder` holds for this encoder, by text; {} when there is no such file
-    (or no folder, or an encoder without a `digest`)."""
+def _max_rows(texts: int) -> int:
+    """The most rows a file for `texts` distinct texts is read with: beyond it (a catalogue that shrank to under
+    half, or a planted file claiming billions of rows) it is not read but written again."""
+    return 2 * texts + 1024
+
+
+def load_text_vectors(folder: Path | None, encoder: Any, texts: Sequence[str]
+                      ) -> tuple[dict[str, np.ndarray], bool]:
+    """The vectors of `texts` the file in `folder` holds for this encoder, by text ({} when there is no such file,
+    no folder, or an encoder without a `digest`); and whether the file is worth writing again: it is none, cannot
+    be read, is another encoder's, or holds many rows no text asks for (products gone since).
+
+    Read only when it is a regular file whose header names this encoder, two tensors of the shapes this encoder
+    writes (its `dim`, where it has one), at most `_max_rows` rows and a length that fits them; its rows must match
+    their checksum and be finite. Anything else counts as no file: never an error, a hang (a FIFO) or memory
+    beyond what the rows asked for need (a sparse file claiming a huge length)."""
     digest = getattr(encoder, "digest", None)
     if folder is None or digest is None or not texts:
-        return {}
+        return {}, False
     path = Path(folder) / FILE
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return {}, True
+    except OSError as e:
+        log.debug("%s: not read (%s), the texts are encoded", path, e)
+        return {}, True
+    if not stat.S_ISREG(st.st_mode):
+        log.debug("%s: not a regular file, not read", path)
+        return {}, True
+    distinct = len(set(texts))
+    width = getattr(encoder, "dim", None)
     try:
         from safetensors import safe_open
 
@@ -60,38 +89,53 @@ def load_text_vectors(folder: Path | None, encoder: Any, texts: Sequence[str]) -
             meta = f.metadata() or {}
             if meta.get("format") != _FORMAT or meta.get("encoder") != digest:
                 log.debug("%s: vectors of another text encoder, not used", path)
-                return {}
+                return {}, True
+            if sorted(f.keys()) != ["hashes", "vectors"]:
+                raise ValueError("not the two tensors this file holds")
+            hs, vs = f.get_slice("hashes").get_shape(), f.get_slice("vectors").get_shape()
+            if (len(hs) != 2 or hs[1] != _HASH or len(vs) != 2 or vs[0] != hs[0]
+                    or (width is not None and vs[1] != width)):
+                raise ValueError(f"shapes {hs} and {vs}, not rows x {_HASH} and rows x {width or 'the width'}")
+            if hs[0] > _max_rows(distinct) or st.st_size > hs[0] * (_HASH + 4 * vs[1]) + _HEADER_ROOM:
+                log.debug("%s: %d rows in %d bytes for %d texts, not read", path, hs[0], st.st_size, distinct)
+                return {}, True
             hashes, vectors = f.get_tensor("hashes"), f.get_tensor("vectors")
-    except FileNotFoundError:
-        return {}
     except Exception as e:  # noqa: BLE001 - a copy only: whatever is wrong with it, the texts are encoded again
         log.debug("%s: not read (%s: %s), the texts are encoded", path, type(e).__name__, e)
-        return {}
-    if (hashes.dtype != np.uint8 or hashes.ndim != 2 or hashes.shape[1] != _HASH or vectors.dtype != np.float32
-            or vectors.ndim != 2 or len(vectors) != len(hashes) or meta.get("checksum") != _checksum(hashes, vectors)):
-        log.debug("%s: damaged (its rows do not match their checksum), the texts are encoded", path)
-        return {}
+        return {}, True
+    if (hashes.dtype != np.uint8 or vectors.dtype != np.float32 or meta.get("checksum") != _checksum(hashes, vectors)
+            or not np.isfinite(vectors).all()):
+        log.debug("%s: damaged (its rows do not match their checksum or are not finite), the texts are encoded", path)
+        return {}, True
     row = {h.tobytes(): i for i, h in enumerate(hashes)}
     found = [(t, row.get(h.tobytes())) for t, h in zip(texts, _text_hashes(texts), strict=True)]
     found = [(t, i) for t, i in found if i is not None]
     # only the rows asked for, copied out: the file's rows of products gone since are not kept in memory
     picked = vectors[[i for _, i in found]]
-    return {t: picked[j] for j, (t, _) in enumerate(found)}
+    stale = len(hashes) > distinct + max(64, distinct // 4)  # products gone since: write the file smaller
+    return {t: picked[j] for j, (t, _) in enumerate(found)}, stale
 
 
-def save_text_vectors(folder: Path | None, encoder: Any, by_text: Mapping[str, np.ndarray]) -> None:
-    """Replace the file in `folder` with these vectors of this encoder (nothing without a folder or a `digest`)."""
+def save_text_vectors(folder: Path | None, encoder: Any, texts: Sequence[str], vectors: np.ndarray) -> None:
+    """Replace the file in `folder` with this encoder's vectors of `texts` (row i is text i's; a text given twice
+    is written once); nothing without a folder or a `digest`, and never an error (a read-only index, a full disk,
+    too little memory: the search goes on)."""
     digest = getattr(encoder, "digest", None)
-    if folder is None or digest is None or not by_text:
+    if folder is None or digest is None or not len(texts):
         return
     path = Path(folder) / FILE
-    hashes = _text_hashes(list(by_text))
-    vectors = np.ascontiguousarray(np.stack(list(by_text.values())), dtype=np.float32)
     try:
         import torch
 
         from ..models.bundle import atomic_save_tensors
 
+        first = list(dict.fromkeys(texts))
+        if len(first) < len(texts):  # one row per distinct text (a copy of those rows only)
+            where = {t: i for i, t in reversed(list(enumerate(texts)))}
+            vectors = vectors[[where[t] for t in first]]
+            texts = first
+        hashes = _text_hashes(texts)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)  # the caller's matrix as it is, not copied
         atomic_save_tensors({"hashes": torch.from_numpy(hashes), "vectors": torch.from_numpy(vectors)}, path,
                             metadata={"format": _FORMAT, "encoder": digest, "checksum": _checksum(hashes, vectors)})
     except Exception as e:  # noqa: BLE001 - a copy only: a read-only index, a full disk; the search goes on

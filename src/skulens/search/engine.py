@@ -401,12 +401,12 @@ class _ProductTexts:
 
             texts = [p for ps in self.pieces for p in ps]
             if self._by_text is not None and self._by_text[0] is encoder:
-                known, from_file = self._by_text[1], False
+                known, from_file, rewrite = self._by_text[1], False, False
             else:
-                known, from_file = load_text_vectors(folder, encoder, texts), True
+                (known, rewrite), from_file = load_text_vectors(folder, encoder, texts), True
             matrix, by_text = encode_reusing(encoder, texts, known)
-            if from_file and len(by_text) > len(known):  # some were encoded: kept for the next process
-                save_text_vectors(folder, encoder, by_text)
+            if from_file and (rewrite or len(by_text) > len(known)):  # some were encoded: kept for the next process
+                save_text_vectors(folder, encoder, texts, matrix)
             self._vectors, self._by_text = (encoder, matrix), (encoder, by_text)
         return self._vectors[1], self.owner
 
