@@ -45,7 +45,7 @@ def main() -> int:
     ap.add_argument("--no-write", action="store_true", help="print the table, do not append it to RESULTS.md")
     ap.add_argument("--work", type=Path, default=Path(f"runs/bench-robust-holdout-{time.strftime('%Y%m%d-%H%M%S')}"))
     ns = ap.parse_args()
-    arms = [a.strip() for a in ns.arms.split(",") if a.strip()]
+    arms = list(dict.fromkeys(a.strip() for a in ns.arms.split(",") if a.strip()))
     if unknown := sorted(set(arms) - set(ARMS)):
         ap.error(f"--arms: no arm {unknown}; they are {', '.join(ARMS)}")
 
@@ -54,7 +54,7 @@ def main() -> int:
     from skulens.data.locate import resolve_data
     from skulens.data.splits import prepare_split
     from skulens.evaluate.robustness import evaluate_robustness
-    from skulens.models.bundle import load_bundle
+    from skulens.models.bundle import load_bundle, read_card
     from skulens.train.engine import fit
 
     t0 = time.perf_counter()
@@ -63,10 +63,21 @@ def main() -> int:
     kept, held = _stratified_split(list(cat.split("train")), 0.15, seed=0)
     holdout_cat = dataclasses.replace(cat, splits={"train": kept, "val": held})
     notes = []
+    if ns.base.name in ("card.json", "model.safetensors"):
+        ns.base = ns.base.parent
     if not (ns.base / "model.safetensors").is_file():
+        if ns.base.name != "bundle" or ns.base.parent.exists():
+            ap.error(f"--base {ns.base}: no bundle there; give a bundle, or RUN/bundle of a new folder RUN to train "
+                     "it here")
         t = time.perf_counter()
-        fit(resolve_config({"data": str(data), "out": str(ns.base.parent), "baseline": False}), catalogue=holdout_cat)
+        result = fit(resolve_config({"data": str(data), "out": str(ns.base.parent), "baseline": False}),
+                     catalogue=holdout_cat)
+        ns.base = result.bundle
         notes.append(f"BASE trained here (the default recipe on the 85 %) in {(time.perf_counter() - t) / 60:.1f} min.")
+    sizes = (read_card(ns.base).dataset or {}).get("sizes")
+    if sizes != {"train": len(kept), "val": len(held)}:
+        ap.error(f"--base {ns.base} trained on {sizes}, not on this split's {len(kept)} photos with {len(held)} held "
+                 "out: its 'hold-out' would be photos it trained on (make it with benchmarks/holdout_grocery.py)")
     bundles = {"base (no robustness fine-tune)": ns.base}
     for arm in arms:
         out = ns.work / arm
@@ -95,12 +106,14 @@ def main() -> int:
             means = rep.corruption_mean()
             cells = [100 * rep.clean_top1, 100 * float(np.mean(list(means.values())))]
             cells += [100 * means[c] for c in COLUMNS]
-            rows.append(f"| {name} | {split} ({len(samples)}) | " + " | ".join(f"{x:.1f}" for x in cells) + " |")
+            rows.append(f"| {name} | {split} ({rep.n_images}) | " + " | ".join(f"{x:.1f}" for x in cells) + " |")
             print(rows[-1], flush=True)
     body = "\n".join([
         (f"BASE `{ns.base}`; hold-out: {len(held)} train photos (15 % of each class, seed 0), every arm's epoch selected "
         f"on it; val ({len(cat.split('val'))} photos, two other stores) chose nothing. Arms: {', '.join(arms)}; "
-        f"{ns.epochs} epochs, corrupt fraction {ns.corrupt_fraction}. Corruptions at severities 1, 3, 5, fp32."), "",
+        f"{ns.epochs} epochs, corrupt fraction {ns.corrupt_fraction}, teacher BASE, monitor robust_top1, lr 3e-4, "
+        "warm-up 0.5 epochs. Corruptions at severities 1, 3, 5, fp32; clean is the fine head's raw top-1 in fp32 "
+        "(not the evaluator's calibrated coarse rule)."), "",
         "| model | scored on | clean | mean corruption | noise | blur | JPEG | brightness | rotation | occlusion |",
         "|---|---|---|---|---|---|---|---|---|---|", *rows, "", *notes,
         f"Wall time: {(time.perf_counter() - t0) / 60:.1f} min."])
