@@ -289,10 +289,10 @@ class Encoder:
 
 folder, w = Path(sys.argv[1]), int(sys.argv[2])
 by_text = {f"piece {i}": np.full(32, w + i / 1000, np.float32) for i in range(2000)}
-save_text_vectors(folder, Encoder(), list(by_text), np.stack(list(by_text.values())))
+save_text_vectors(folder, Encoder.digest, list(by_text), np.stack(list(by_text.values())))
 (folder.parent / f"ready-{w}").touch()
 while not (folder.parent / "stop").exists():
-    save_text_vectors(folder, Encoder(), list(by_text), np.stack(list(by_text.values())))
+    save_text_vectors(folder, Encoder.digest, list(by_text), np.stack(list(by_text.values())))
 """
 
 
@@ -314,7 +314,7 @@ def test_processes_writing_at_once_each_leave_a_whole_file(tmp_path: Path) -> No
             assert time.monotonic() < deadline and all(p.poll() is None for p in writers), "a writer did not start"
             time.sleep(0.05)
         for _ in range(300):
-            found, _ = load_text_vectors(folder, _CountingEncoder(), texts)
+            found, _ = load_text_vectors(folder, _CountingEncoder().digest, texts, width=32)
             assert list(found) == texts  # a whole file, every time
             w = float(found[texts[0]][0])
             assert w in (1.0, 2.0) and all(found[t][0] == np.float32(w + i / 1000) for i, t in enumerate(texts)
@@ -340,7 +340,7 @@ def _planted(path: Path, texts: list[str], vectors: np.ndarray) -> None:
     """A file with this encoder's digest and a right checksum, holding `vectors` (whatever their shape)."""
     from skulens.search._text_vectors import save_text_vectors
 
-    save_text_vectors(path, _CountingEncoder(), texts, vectors)
+    save_text_vectors(path, _CountingEncoder().digest, texts, vectors)
     assert (path / FILE).is_file()
 
 
@@ -381,7 +381,7 @@ def test_a_file_claiming_millions_of_rows_is_not_read(tmp_path: Path) -> None:
         f.truncate(8 + len(header) + rows * 160)
     tracemalloc.start()
     try:
-        found, rewrite = load_text_vectors(path, encoder, sorted(_all_pieces(path)))
+        found, rewrite = load_text_vectors(path, encoder.digest, sorted(_all_pieces(path)), width=encoder.dim)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -420,5 +420,5 @@ def test_a_file_of_products_gone_since_is_written_smaller(tmp_path: Path) -> Non
 
     with safe_open(str(path / FILE), framework="numpy") as f:
         assert f.get_slice("hashes").get_shape()[0] == len(texts)  # the gone products' rows left out
-    found, rewrite = load_text_vectors(path, _CountingEncoder(), texts)
+    found, rewrite = load_text_vectors(path, _CountingEncoder().digest, texts, width=32)
     assert len(found) == len(texts) and not rewrite

@@ -23,7 +23,6 @@ import os
 import stat
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -56,17 +55,16 @@ def _max_rows(texts: int) -> int:
     return 2 * texts + 1024
 
 
-def load_text_vectors(folder: Path | None, encoder: Any, texts: Sequence[str]
+def load_text_vectors(folder: Path | None, digest: str | None, texts: Sequence[str], *, width: int | None = None
                       ) -> tuple[dict[str, np.ndarray], bool]:
-    """The vectors of `texts` the file in `folder` holds for this encoder, by text ({} when there is no such file,
-    no folder, or an encoder without a `digest`); and whether the file is worth writing again: it is none, cannot
-    be read, is another encoder's, or holds many rows no text asks for (products gone since).
+    """The vectors of `texts` the file in `folder` holds for the encoder named `digest` (its `TextEncoder.digest`),
+    by text ({} when there is no such file, no folder or no digest); and whether the file is worth writing again:
+    it is none, cannot be read, is another encoder's, or holds many rows no text asks for (products gone since).
 
     Read only when it is a regular file whose header names this encoder, two tensors of the shapes this encoder
-    writes (its `dim`, where it has one), at most `_max_rows` rows and a length that fits them; its rows must match
-    their checksum and be finite. Anything else counts as no file: never an error, a hang (a FIFO) or memory
+    writes (`width` columns, where given), at most `_max_rows` rows and a length that fits them; its rows must
+    match their checksum and be finite. Anything else counts as no file: never an error, a hang (a FIFO) or memory
     beyond what the rows asked for need (a sparse file claiming a huge length)."""
-    digest = getattr(encoder, "digest", None)
     if folder is None or digest is None or not texts:
         return {}, False
     path = Path(folder) / FILE
@@ -81,7 +79,6 @@ def load_text_vectors(folder: Path | None, encoder: Any, texts: Sequence[str]
         log.debug("%s: not a regular file, not read", path)
         return {}, True
     distinct = len(set(texts))
-    width = getattr(encoder, "dim", None)
     try:
         from safetensors import safe_open
 
@@ -116,11 +113,10 @@ def load_text_vectors(folder: Path | None, encoder: Any, texts: Sequence[str]
     return {t: picked[j] for j, (t, _) in enumerate(found)}, stale
 
 
-def save_text_vectors(folder: Path | None, encoder: Any, texts: Sequence[str], vectors: np.ndarray) -> None:
-    """Replace the file in `folder` with this encoder's vectors of `texts` (row i is text i's; a text given twice
-    is written once); nothing without a folder or a `digest`, and never an error (a read-only index, a full disk,
-    too little memory: the search goes on)."""
-    digest = getattr(encoder, "digest", None)
+def save_text_vectors(folder: Path | None, digest: str | None, texts: Sequence[str], vectors: np.ndarray) -> None:
+    """Replace the file in `folder` with the vectors of `texts` by the encoder named `digest` (row i is text i's; a
+    text given twice is written once); nothing without a folder or a digest, and never an error (a read-only index,
+    a full disk, too little memory: the search goes on)."""
     if folder is None or digest is None or not len(texts):
         return
     path = Path(folder) / FILE
@@ -129,11 +125,11 @@ def save_text_vectors(folder: Path | None, encoder: Any, texts: Sequence[str], v
 
         from ..models.bundle import atomic_save_tensors
 
-        first = list(dict.fromkeys(texts))
+        first: dict[str, int] = {}
+        for i, t in enumerate(texts):
+            first.setdefault(t, i)
         if len(first) < len(texts):  # one row per distinct text (a copy of those rows only)
-            where = {t: i for i, t in reversed(list(enumerate(texts)))}
-            vectors = vectors[[where[t] for t in first]]
-            texts = first
+            vectors, texts = vectors[list(first.values())], list(first)
         hashes = _text_hashes(texts)
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)  # the caller's matrix as it is, not copied
         atomic_save_tensors({"hashes": torch.from_numpy(hashes), "vectors": torch.from_numpy(vectors)}, path,

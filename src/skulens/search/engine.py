@@ -400,13 +400,15 @@ class _ProductTexts:
             from ._text_vectors import load_text_vectors, save_text_vectors
 
             texts = [p for ps in self.pieces for p in ps]
+            digest = None  # the encoder's, hashed from its weights once, only for a file beside the index
             if self._by_text is not None and self._by_text[0] is encoder:
-                known, from_file, rewrite = self._by_text[1], False, False
+                known, rewrite = self._by_text[1], False
             else:
-                (known, rewrite), from_file = load_text_vectors(folder, encoder, texts), True
+                digest = getattr(encoder, "digest", None) if folder is not None else None
+                known, rewrite = load_text_vectors(folder, digest, texts, width=getattr(encoder, "dim", None))
             matrix, by_text = encode_reusing(encoder, texts, known)
-            if from_file and (rewrite or len(by_text) > len(known)):  # some were encoded: kept for the next process
-                save_text_vectors(folder, encoder, texts, matrix)
+            if digest is not None and (rewrite or len(by_text) > len(known)):  # some were encoded: for the next process
+                save_text_vectors(folder, digest, texts, matrix)
             self._vectors, self._by_text = (encoder, matrix), (encoder, by_text)
         return self._vectors[1], self.owner
 
