@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import re
 import shutil
 from contextlib import contextmanager
@@ -13,6 +14,8 @@ CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/ch
 if CHROMIUM is None:
     pytest.skip("needs Debian's chromium (/usr/bin/chromium)", allow_module_level=True)
 playwright_api = pytest.importorskip("playwright.sync_api")
+
+from PIL import Image
 
 import skulens
 from _serve_util import photo_bytes, running_server
@@ -195,6 +198,49 @@ def test_inventory_page_intake_review_and_counts(site, page, tmp_path: Path) -> 
     with page.expect_download() as dl:
         page.click("#export")
     assert Path(dl.value.path()).read_text().startswith("label,count,updated_at,title\noat-milk,1,")
+
+
+def _grey_frame(level: int) -> bytes:
+    """A plain frame, which the model is unsure about (a real product photo may reach confidence 1.0)."""
+    buf = io.BytesIO()
+    Image.new("RGB", (72, 72), (level, level, level)).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def test_a_correction_being_typed_keeps_its_text_and_focus_through_a_refresh(site, page, tmp_path: Path) -> None:
+    """CI (stop 51): every refresh drew the review queue anew, so the box being typed in left the page with its
+    focus: a user's next keys went nowhere, and Playwright's fill (focus, then type) typed into nothing when
+    the intake's own refresh came between, so Confirm counted the model's guess (green apple, not oat milk)."""
+    shot = tmp_path / "typing.jpg"
+    shot.write_bytes(_grey_frame(120))  # threshold 1.0 on this server: it goes to review
+    expect = playwright_api.expect
+    page.goto(site + "/inventory")
+    page.fill("#api-key", KEY)
+    page.dispatch_event("#api-key", "change")
+    page.set_input_files("#intake-input", str(shot))
+    expect(page.locator("#status")).to_contain_text("1 for review", timeout=60_000)
+    card = page.locator(".review-item", has_text="typing.jpg")
+    expect(card).to_have_count(1, timeout=30_000)
+    photo = card.locator("img")
+    expect(photo).to_have_attribute("src", re.compile(r"^blob:"))
+    src = photo.get_attribute("src")
+    field = card.locator(".review-label")
+    field.click()
+    page.keyboard.press("Control+A")
+    page.keyboard.type("oat")
+    later = page.request.post(site + "/v1/inventory/intake", headers={"X-API-Key": KEY}, multipart={
+        "images": {"name": "later.jpg", "mimeType": "image/jpeg", "buffer": _grey_frame(136)}})
+    assert later.ok and later.json()["review"] == 1
+    page.evaluate("document.getElementById('refresh').click()")  # a refresh that does not take the focus
+    expect(page.locator(".review-item", has_text="later.jpg")).to_have_count(1, timeout=30_000)  # drawn
+    expect(field).to_be_focused()
+    page.keyboard.type("-milk")
+    expect(field).to_have_value("oat-milk")
+    assert photo.get_attribute("src") == src  # the same card: its photo not fetched again
+    card.locator("button", has_text="Confirm").click()
+    expect(page.locator("#status")).to_have_text(re.compile(r"Counted as oat milk"), timeout=30_000)
+    expect(card).to_have_count(0)
+    expect(page.locator(".review-item", has_text="later.jpg")).to_have_count(1)
 
 
 def test_inventory_page_a_key_typed_after_a_refused_intake(site, page, tmp_path: Path) -> None:

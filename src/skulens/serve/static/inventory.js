@@ -272,41 +272,60 @@ function candidates(item) {
   return row;
 }
 
+// One queue item's card. Its photo, its correction box and its buttons are made once; what names products
+// (the model's guess, its candidates) is redrawn by modelLine, since names may arrive after the card.
+function reviewCard(item) {
+  const card = el("div", null, item.kind === "box" ? "review-item review-box" : "review-item");
+  card.dataset.id = item.id;
+  const img = el("img");
+  img.alt = item.source;
+  if (item.has_photo) photoInto(img, item.id);
+  const input = el("input");
+  input.setAttribute("list", "labels");
+  input.value = item.predicted_label || "";
+  input.className = "review-label";
+  const ok = el("button", "Confirm / correct");
+  ok.type = "button";
+  ok.addEventListener("click", () => decide(item.id, { label: input.value.trim() }));
+  const reject = el("button", "Reject");
+  reject.type = "button";
+  reject.addEventListener("click", () => decide(item.id, { reject: true }));
+  const text = el("div");
+  const what = item.kind === "box" ? `product ${item.index + 1} of ${item.source}` : item.source;
+  text.append(el("p", what), el("div", null, "review-model"), input, ok, reject);
+  card.append(img, text);
+  return card;
+}
+
+function modelLine(card, item) {
+  const guess = item.predicted_label ? `${titleOf(item.predicted_label)} (${pct(item.confidence)})` : "no guess";
+  card.querySelector(".review-model").replaceChildren(el("p", `model: ${guess}`, "muted"), candidates(item));
+}
+
 async function loadReview() {
+  const queue = document.getElementById("review");
   if (!Object.keys(authHeaders()).length) {  // the queue names the uploaders' files: it needs a key, as photos do
-    document.getElementById("review").replaceChildren(el("p", "Enter the API key (top right) to review.", "muted"));
+    queue.replaceChildren(el("p", "Enter the API key (top right) to review.", "muted"));
     return;
   }
   const items = await (await api(`/v1/inventory/review?limit=${REVIEW_PAGE}`)).json();
-  const typed = new Map();  // corrections being typed survive a refresh (another intake, the key typed in)
-  for (const input of document.querySelectorAll("#review .review-label")) {
-    if (input.dataset.edited) typed.set(input.closest(".review-item").dataset.id, input.value);
+  // A card still in the queue stays in the page as it is, never taken out and put back: a correction being
+  // typed keeps its text, its focus and its caret through a refresh (another intake, a decision, the key
+  // typed in), and its photo is not fetched again. Only cards of decided items go, and new ones come.
+  const wanted = new Set(items.map((item) => item.id));
+  const cards = new Map();
+  for (const child of [...queue.children]) {
+    if (child.classList.contains("review-item") && wanted.has(child.dataset.id)) cards.set(child.dataset.id, child);
+    else child.remove();
   }
-  document.getElementById("review").replaceChildren(...items.map((item) => {
-    const card = el("div", null, item.kind === "box" ? "review-item review-box" : "review-item");
-    card.dataset.id = item.id;
-    const img = el("img");
-    img.alt = item.source;
-    if (item.has_photo) photoInto(img, item.id);
-    const guess = item.predicted_label ? `${titleOf(item.predicted_label)} (${pct(item.confidence)})` : "no guess";
-    const input = el("input");
-    input.setAttribute("list", "labels");
-    input.value = typed.has(item.id) ? typed.get(item.id) : item.predicted_label || "";
-    if (typed.has(item.id)) input.dataset.edited = "1";
-    input.addEventListener("input", () => { input.dataset.edited = "1"; });
-    input.className = "review-label";
-    const ok = el("button", "Confirm / correct");
-    ok.type = "button";
-    ok.addEventListener("click", () => decide(item.id, { label: input.value.trim() }));
-    const reject = el("button", "Reject");
-    reject.type = "button";
-    reject.addEventListener("click", () => decide(item.id, { reject: true }));
-    const text = el("div");
-    const what = item.kind === "box" ? `product ${item.index + 1} of ${item.source}` : item.source;
-    text.append(el("p", what), el("p", `model: ${guess}`, "muted"), candidates(item), input, ok, reject);
-    card.append(img, text);
-    return card;
-  }));
+  let before = null;  // the card placed last
+  for (const item of items) {
+    const card = cards.get(item.id) || reviewCard(item);
+    modelLine(card, item);
+    const next = before ? before.nextElementSibling : queue.firstElementChild;
+    if (card !== next) queue.insertBefore(card, next);  // kept cards keep their order: only new ones move in
+    before = card;
+  }
 }
 
 async function refresh() {
