@@ -384,8 +384,12 @@ def test_a_bad_server_vocabulary_fails_at_startup(aligned_bundle, tiny_bundle, m
         ServeSettings(model=str(aligned_bundle), tag_vocabulary=str(tmp_path / "missing.txt"))
     empty = tmp_path / "empty.txt"
     empty.write_text("\n", encoding="utf-8")
-    with pytest.raises(ConfigError, match="vocabulary is empty"):
-        ServiceState.load(ServeSettings(model=str(aligned_bundle), device="cpu", tag_vocabulary=str(empty)))
+    with pytest.raises(ConfigError, match="vocabulary is empty"):  # with the settings, before a model loads
+        ServeSettings(model=str(aligned_bundle), device="cpu", tag_vocabulary=str(empty))
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("cr\xe8me\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="latin1.txt: .*utf-8"):
+        ServeSettings(model=str(aligned_bundle), device="cpu", tag_vocabulary=str(bad))
     words = tmp_path / "words.txt"
     words.write_text("red\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="skulens align"):  # the plain tiny bundle has no aligner and no texts

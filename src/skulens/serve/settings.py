@@ -150,8 +150,8 @@ class ServeSettings:
                               f"(schemes: {', '.join(sorted(_DB_SCHEMES))})")
         if "*" in self.cors_origins:
             raise ConfigError("cors_origins: list the origins; '*' would let any site call the API")
-        if self.tag_vocabulary is not None and not Path(self.tag_vocabulary).is_file():
-            raise ConfigError(f"tag_vocabulary {self.tag_vocabulary}: no such file (one phrase per line)")
+        if self.tag_vocabulary is not None:
+            _check_tag_vocabulary(self.tag_vocabulary)
         if self.detector is not None and not (Path(self.detector) / "detector.json").is_file():
             # Checked here, before torch loads: a wrong path fails at startup with this line, not mid-request.
             hint = " (that is a classification bundle: it goes to model)" if (
@@ -316,3 +316,16 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
     except (TypeError, ValueError):
         expected = "float" if name in _OPTIONAL_FLOATS else "int" if name in _OPTIONAL_INTS else type(default).__name__
         raise ConfigError(f"{name}: cannot use {value!r} (expected {expected})") from None
+
+
+def _check_tag_vocabulary(path: str) -> None:
+    """--tag-vocabulary read and checked with the settings, before any model loads: a missing, unreadable or
+    empty file fails at once with its reason (the state encodes the phrases once the model is loaded)."""
+    from ..search.tags import TaggingError, parse_vocabulary
+
+    if not Path(path).is_file():
+        raise ConfigError(f"tag_vocabulary {path}: no such file (one phrase per line)")
+    try:
+        parse_vocabulary(Path(path).read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError, TaggingError) as exc:
+        raise ConfigError(f"tag_vocabulary {path}: {exc}") from None
