@@ -224,6 +224,7 @@ def test_a_correction_being_typed_keeps_its_text_and_focus_through_a_refresh(sit
     photo = card.locator("img")
     expect(photo).to_have_attribute("src", re.compile(r"^blob:"))
     src = photo.get_attribute("src")
+    pick = card.locator(".candidate").first.element_handle()  # the model's candidates: buttons a keyboard reaches
     field = card.locator(".review-label")
     field.click()
     page.keyboard.press("Control+A")
@@ -237,6 +238,7 @@ def test_a_correction_being_typed_keeps_its_text_and_focus_through_a_refresh(sit
     page.keyboard.type("-milk")
     expect(field).to_have_value("oat-milk")
     assert photo.get_attribute("src") == src  # the same card: its photo not fetched again
+    assert pick.evaluate("b => b.isConnected")  # and its candidate buttons not drawn again
     card.locator("button", has_text="Confirm").click()
     expect(page.locator("#status")).to_have_text(re.compile(r"Counted as oat milk"), timeout=30_000)
     expect(card).to_have_count(0)

@@ -298,6 +298,9 @@ function reviewCard(item) {
 }
 
 function modelLine(card, item) {
+  const names = [item.predicted_label, ...(item.top_k || []).map((c) => c.label)].map((l) => (l ? titleOf(l) : ""));
+  if (card.dataset.names === names.join("\n")) return;  // unchanged: its buttons stay (and keep a keyboard's focus)
+  card.dataset.names = names.join("\n");
   const guess = item.predicted_label ? `${titleOf(item.predicted_label)} (${pct(item.confidence)})` : "no guess";
   card.querySelector(".review-model").replaceChildren(el("p", `model: ${guess}`, "muted"), candidates(item));
 }
