@@ -422,3 +422,33 @@ def test_a_file_of_products_gone_since_is_written_smaller(tmp_path: Path) -> Non
         assert f.get_slice("hashes").get_shape()[0] == len(texts)  # the gone products' rows left out
     found, rewrite = load_text_vectors(path, _CountingEncoder().digest, texts, width=32)
     assert len(found) == len(texts) and not rewrite
+
+
+def test_a_save_removes_the_temporaries_of_writers_killed_mid_write(tmp_path: Path) -> None:
+    """A SIGKILL mid-save left `NAME.PID.TID.tmp` (as large as the file) beside an index, and every later kill
+    another: a save now removes those of writers gone from this machine once they are an hour old."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import torch
+
+    from skulens.models.bundle import ORPHAN_AGE_S, atomic_save_tensors
+
+    target = tmp_path / "text-vectors.safetensors"
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True).stdout.strip()  # a process that has ended: its pid is free
+    old = time.time() - ORPHAN_AGE_S - 60
+    orphan = tmp_path / f"{target.name}.{gone}.140.tmp"
+    young = tmp_path / f"{target.name}.{gone}.141.tmp"  # a writer elsewhere may be mid-write: kept under an hour
+    alive = tmp_path / f"{target.name}.{os.getppid()}.142.tmp"  # a live process's: kept at any age
+    other = tmp_path / f"other.safetensors.{gone}.143.tmp"  # another file's: not this save's business
+    for p in (orphan, young, alive, other):
+        p.write_bytes(b"half a file")
+    for p in (orphan, alive, other):
+        os.utime(p, (old, old))
+    atomic_save_tensors({"x": torch.zeros(2)}, target)
+    assert not orphan.exists()
+    assert young.exists() and alive.exists() and other.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([target.name, young.name, alive.name, other.name])

@@ -10,6 +10,7 @@ import re
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -116,11 +117,49 @@ def _tmp_beside(path: Path) -> Path:
     return path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
 
 
+ORPHAN_AGE_S = 3600.0  # a temporary this old whose writer has gone is an orphan (see _remove_orphans)
+
+
+def _remove_orphans(path: Path) -> None:
+    """Temporaries of `path` left by writers killed mid-write (SIGKILL runs no cleanup): each as large as the file,
+    so repeated kills would pile them up beside an index or a bundle. One goes when its writer's process no longer
+    exists on this machine and it is over an hour old (on a folder shared between machines a live writer elsewhere
+    may carry a pid unknown here: it is not an hour into one write)."""
+    pattern = re.compile(re.escape(path.name) + r"\.(\d+)\.\d+\.tmp")
+    try:
+        names = [p for p in path.parent.iterdir() if pattern.fullmatch(p.name)]
+    except OSError:
+        return
+    for tmp in names:
+        pid = int(pattern.fullmatch(tmp.name).group(1))  # type: ignore[union-attr]
+        if pid == os.getpid() or _process_exists(pid):
+            continue
+        try:
+            if time.time() - tmp.lstat().st_mtime > ORPHAN_AGE_S:
+                tmp.unlink()
+                log.info("removed %s, left by a writer that was stopped mid-write", tmp)
+        except OSError:
+            pass
+
+
+def _process_exists(pid: int) -> bool:
+    if os.name == "nt":  # os.kill(pid, 0) would end the process there, not ask about it
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # someone's process, or not ours to ask: kept
+    return True
+
+
 def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike[str],
                         metadata: dict[str, str] | None = None) -> Path:
     """`save_tensors` into a temporary beside `path`, synced, then swapped in: a kill or a full disk leaves the old
-    file or the new one, and no temporary behind."""
+    file or the new one (a kill leaves its temporary too: the next save removes it, see `_remove_orphans`)."""
     path = Path(path)
+    _remove_orphans(path)
     tmp = _tmp_beside(path)
     try:
         save_tensors(tensors, tmp, metadata=metadata)
