@@ -388,7 +388,7 @@ def test_a_bad_server_vocabulary_fails_at_startup(aligned_bundle, tiny_bundle, m
         ServeSettings(model=str(aligned_bundle), device="cpu", tag_vocabulary=str(empty))
     bad = tmp_path / "latin1.txt"
     bad.write_bytes("cr\xe8me\n".encode("latin-1"))
-    with pytest.raises(ConfigError, match="latin1.txt: .*utf-8"):
+    with pytest.raises(ConfigError, match=r"latin1.txt: not UTF-8 \(byte 0xe8 at position 2, line 1\)"):
         ServeSettings(model=str(aligned_bundle), device="cpu", tag_vocabulary=str(bad))
     words = tmp_path / "words.txt"
     words.write_text("red\n", encoding="utf-8")

@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from test_web import KEY, browser, checked_page, model, page, playwright_api, site  # noqa: F401
+from test_web import KEY, browser, checked_page, model, page, playwright_api, site, site_root  # noqa: F401
 
 HEADERS = {"X-API-Key": KEY}
 expect = playwright_api.expect

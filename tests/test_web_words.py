@@ -15,6 +15,7 @@ from test_web import (  # noqa: F401
     page,
     playwright_api,
     site,
+    site_root,
 )
 
 # Names the catalogue could give: one long enough to need two lines beside a bar on a phone.

@@ -327,5 +327,9 @@ def _check_tag_vocabulary(path: str) -> None:
         raise ConfigError(f"tag_vocabulary {path}: no such file (one phrase per line)")
     try:
         parse_vocabulary(Path(path).read_text(encoding="utf-8-sig"))
-    except (OSError, UnicodeDecodeError, TaggingError) as exc:
+    except UnicodeDecodeError:
+        from ..data.encoding import not_utf8
+
+        raise ConfigError(f"tag_vocabulary {path}: {not_utf8(path)}") from None
+    except (OSError, TaggingError) as exc:
         raise ConfigError(f"tag_vocabulary {path}: {exc}") from None

@@ -28,7 +28,9 @@ async function api(path, options = {}) {
   if (!response.ok) {
     let detail = response.statusText;
     try { detail = (await response.json()).detail || detail; } catch (e) { /* not JSON */ }
-    throw new Error(`${response.status}: ${detail}`);
+    const failed = new Error(`${response.status}: ${detail}`);
+    failed.status = response.status;
+    throw failed;
   }
   return response;
 }

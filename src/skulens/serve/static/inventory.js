@@ -242,10 +242,15 @@ async function loadAudit() {
   }
 }
 
-async function photoInto(img, id) {
+async function photoInto(img, id) {  // img.dataset.photo: loading, shown or failed (fetched again on a refresh)
+  img.dataset.photo = "loading";
   try {
     showBlob(img, await (await api(`/v1/inventory/photos/${id}`)).blob());
-  } catch (e) { img.alt = "photo needs an API key"; }
+    img.dataset.photo = "shown";
+  } catch (e) {
+    img.alt = e.status === 401 || e.status === 403 ? "photo needs an API key" : `photo unavailable: ${e.message}`;
+    img.dataset.photo = "failed";
+  }
 }
 
 async function decide(id, decision) {
@@ -272,14 +277,13 @@ function candidates(item) {
   return row;
 }
 
-// One queue item's card. Its photo, its correction box and its buttons are made once; what names products
-// (the model's guess, its candidates) is redrawn by modelLine, since names may arrive after the card.
+// One queue item's card. Its photo, its correction box and its buttons are made once; syncCard brings the rest
+// up to date on each refresh (the product names may arrive after the card; an uploader's erasure or the
+// retention period takes the file name and photo away from an item that still waits).
 function reviewCard(item) {
   const card = el("div", null, item.kind === "box" ? "review-item review-box" : "review-item");
   card.dataset.id = item.id;
   const img = el("img");
-  img.alt = item.source;
-  if (item.has_photo) photoInto(img, item.id);
   const input = el("input");
   input.setAttribute("list", "labels");
   input.value = item.predicted_label || "";
@@ -291,10 +295,25 @@ function reviewCard(item) {
   reject.type = "button";
   reject.addEventListener("click", () => decide(item.id, { reject: true }));
   const text = el("div");
-  const what = item.kind === "box" ? `product ${item.index + 1} of ${item.source}` : item.source;
-  text.append(el("p", what), el("div", null, "review-model"), input, ok, reject);
+  text.append(el("p", null, "review-source"), el("div", null, "review-model"), input, ok, reject);
   card.append(img, text);
   return card;
+}
+
+function syncCard(card, item) {
+  const source = card.querySelector(".review-source");
+  const what = item.kind === "box" ? `product ${item.index + 1} of ${item.source}` : item.source;
+  if (source.textContent !== what) source.textContent = what;
+  const img = card.querySelector("img");
+  if (!item.has_photo) {
+    img.removeAttribute("src");
+    img.alt = item.source;
+    delete img.dataset.photo;
+  } else if (img.dataset.photo !== "shown" && img.dataset.photo !== "loading") {
+    img.alt = item.source;
+    photoInto(img, item.id);
+  }
+  modelLine(card, item);
 }
 
 function modelLine(card, item) {
@@ -305,13 +324,17 @@ function modelLine(card, item) {
   card.querySelector(".review-model").replaceChildren(el("p", `model: ${guess}`, "muted"), candidates(item));
 }
 
+let reviewSeq = 0;  // the latest loadReview: an earlier one's answer arriving after it is dropped
+
 async function loadReview() {
+  const mine = ++reviewSeq;
   const queue = document.getElementById("review");
   if (!Object.keys(authHeaders()).length) {  // the queue names the uploaders' files: it needs a key, as photos do
     queue.replaceChildren(el("p", "Enter the API key (top right) to review.", "muted"));
     return;
   }
   const items = await (await api(`/v1/inventory/review?limit=${REVIEW_PAGE}`)).json();
+  if (mine !== reviewSeq) return;  // a later refresh asked since: its answer is the queue as it is now
   // A card still in the queue stays in the page as it is, never taken out and put back: a correction being
   // typed keeps its text, its focus and its caret through a refresh (another intake, a decision, the key
   // typed in), and its photo is not fetched again. Only cards of decided items go, and new ones come.
@@ -324,7 +347,7 @@ async function loadReview() {
   let before = null;  // the card placed last
   for (const item of items) {
     const card = cards.get(item.id) || reviewCard(item);
-    modelLine(card, item);
+    syncCard(card, item);
     const next = before ? before.nextElementSibling : queue.firstElementChild;
     if (card !== next) queue.insertBefore(card, next);  // kept cards keep their order: only new ones move in
     before = card;
