@@ -127,11 +127,10 @@ def _remove_orphans(path: Path) -> None:
     may carry a pid unknown here: it is not an hour into one write)."""
     pattern = re.compile(re.escape(path.name) + r"\.(\d+)\.\d+\.tmp")
     try:
-        names = [p for p in path.parent.iterdir() if pattern.fullmatch(p.name)]
+        found = [(p, int(m.group(1))) for p in path.parent.iterdir() if (m := pattern.fullmatch(p.name))]
     except OSError:
         return
-    for tmp in names:
-        pid = int(pattern.fullmatch(tmp.name).group(1))  # type: ignore[union-attr]
+    for tmp, pid in found:
         if pid == os.getpid() or _process_exists(pid):
             continue
         try:

@@ -151,7 +151,7 @@ class ServeSettings:
         if "*" in self.cors_origins:
             raise ConfigError("cors_origins: list the origins; '*' would let any site call the API")
         if self.tag_vocabulary is not None:
-            _check_tag_vocabulary(self.tag_vocabulary)
+            read_tag_vocabulary(self.tag_vocabulary)
         if self.detector is not None and not (Path(self.detector) / "detector.json").is_file():
             # Checked here, before torch loads: a wrong path fails at startup with this line, not mid-request.
             hint = " (that is a classification bundle: it goes to model)" if (
@@ -318,15 +318,15 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
         raise ConfigError(f"{name}: cannot use {value!r} (expected {expected})") from None
 
 
-def _check_tag_vocabulary(path: str) -> None:
-    """--tag-vocabulary read and checked with the settings, before any model loads: a missing, unreadable or
-    empty file fails at once with its reason (the state encodes the phrases once the model is loaded)."""
+def read_tag_vocabulary(path: str) -> tuple[str, ...]:
+    """The --tag-vocabulary file's phrases, read and checked: the settings do it before any model loads, so a
+    missing, unreadable or empty file fails at once with its reason; the state reads them again to encode them."""
     from ..search.tags import TaggingError, parse_vocabulary
 
     if not Path(path).is_file():
         raise ConfigError(f"tag_vocabulary {path}: no such file (one phrase per line)")
     try:
-        parse_vocabulary(Path(path).read_text(encoding="utf-8-sig"))
+        return parse_vocabulary(Path(path).read_text(encoding="utf-8-sig"))
     except UnicodeDecodeError:
         from ..data.encoding import not_utf8
 

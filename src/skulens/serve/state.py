@@ -30,7 +30,7 @@ from .inventory import IntakePhoto, IntakeResult, InventoryStore, ShelfPhoto, st
 from .metrics import ServiceMetrics
 from .people import People
 from .privacy import load_pseudonymizer
-from .settings import ServeSettings
+from .settings import ServeSettings, read_tag_vocabulary
 
 if TYPE_CHECKING:
     from ..detect.count import PhotoCount
@@ -386,15 +386,15 @@ def _tagger(model: Model, products: dict[str, Product]) -> Tagger:
 
 
 def _load_tag_vocabulary(path: str, tagger: Tagger | None) -> tuple[str, ...]:
-    """The --tag-vocabulary phrases, checked and encoded at startup: a bad file or a model that cannot score
-    it fails here, not on the first request."""
-    from ..search.tags import TaggingError, parse_vocabulary
+    """The --tag-vocabulary phrases (`read_tag_vocabulary`), encoded at startup: a bad file or a model that cannot
+    score it fails here, not on the first request."""
+    from ..search.tags import TaggingError
 
     assert tagger is not None
+    phrases = read_tag_vocabulary(path)
     try:
-        phrases = parse_vocabulary(Path(path).read_text(encoding="utf-8-sig"))
         tagger.vocabulary(phrases)
-    except (OSError, UnicodeDecodeError, TaggingError) as exc:
+    except TaggingError as exc:
         raise ConfigError(f"tag_vocabulary {path}: {exc}") from None
     return phrases
 
