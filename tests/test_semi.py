@@ -71,6 +71,27 @@ def test_self_training_from_a_teacher(tiny_bundle, tiny_catalogue: Path, pool, t
               **TINY)
 
 
+def test_no_sync_bn_reaches_every_stage_of_self_training(tiny_bundle, tiny_catalogue: Path, pool, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # `train --no-sync-bn --unlabeled DIR`: each stage ran with the default (sync) before
+    from skulens.config import resolve_config
+    from skulens.train import distributed
+    from skulens.train.engine import fit
+
+    asked: list[bool] = []
+    real = distributed.sync_batchnorm
+
+    def recording(model, d, *, enabled=True):
+        asked.append(enabled)
+        return real(model, d, enabled=enabled)
+
+    monkeypatch.setattr(distributed, "sync_batchnorm", recording)
+    cfg = resolve_config({"data": str(tiny_catalogue), "out": str(tmp_path / "run"), "unlabeled": str(pool[0]),
+                          "pseudo_precision": 0.9, "teacher": str(tiny_bundle.bundle), **TINY, "epochs": 1})
+    fit(cfg, progress=False, sync_bn=False)
+    assert asked == [False]  # the student's run (the teacher was given; a trained one goes the same way)
+
+
 def test_a_finished_run_resumed_or_a_non_utf8_name_is_refused_before_any_photo_is_labelled(
         tiny_bundle, tiny_catalogue: Path, pool, tmp_path: Path) -> None:
     import os

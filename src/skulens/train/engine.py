@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -255,7 +256,8 @@ def fit(cfg: TrainConfig, *, catalogue: Catalogue | None = None, progress: bool 
     if cfg.unlabeled:  # self-training: a teacher, pseudo-labels, then a student (each a run of this function)
         from .semi import self_train
 
-        return self_train(cfg, cat, progress=progress, fit_run=fit)
+        # every stage with this call's BatchNorm rule (a stage's own default would sync under torchrun)
+        return self_train(cfg, cat, progress=progress, fit_run=functools.partial(fit, sync_bn=sync_bn))
     d = distributed.setup(resolve_device(cfg.device))
     try:
         with _run_lock(cfg, main=d.is_main):
