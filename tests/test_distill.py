@@ -134,7 +134,8 @@ def test_distill_recipe_defaults_to_lite0_on_the_teachers_data(tiny_bundle, tmp_
     assert result.bundle == tmp_path / "student" / "bundle" and (result.bundle / "card.json").is_file()
 
 
-def test_distill_recipe_student_and_data(tiny_bundle, tiny_catalogue: Path, tmp_path: Path) -> None:
+def test_distill_recipe_student_and_data(tiny_bundle, tiny_catalogue: Path, tmp_path: Path,
+                                        caplog: pytest.LogCaptureFixture) -> None:
     from skulens.config import ConfigError
     from skulens.deploy.distill import distill
 
@@ -144,8 +145,11 @@ def test_distill_recipe_student_and_data(tiny_bundle, tiny_catalogue: Path, tmp_
         distill(str(tiny_bundle.bundle), student="efficientnet_lite0", data=tiny_catalogue,
                 out=str(tmp_path / "x"), progress=False, backbone="efficientnet_lite2", **DISTILL_TINY)
     assert not (tmp_path / "x").exists()
-    result = distill(str(tiny_bundle.bundle), student="efficientnet_lite0", data=tiny_catalogue,
-                     out=str(tmp_path / "s"), progress=False, backbone="efficientnet_lite0", **DISTILL_TINY)
+    with caplog.at_level("WARNING", logger="skulens"):  # a setting with no effect is said, as train says it
+        result = distill(str(tiny_bundle.bundle), student="efficientnet_lite0", data=tiny_catalogue,
+                         out=str(tmp_path / "s"), progress=False, backbone="efficientnet_lite0", holdout_fraction=0.2,
+                         **DISTILL_TINY)
+    assert "holdout_fraction 0.2 is not used" in caplog.text
     assert result.card.backbone == "efficientnet_lite0"
     assert result.card.train_config["data"] == str(tiny_catalogue)
 

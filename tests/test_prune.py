@@ -248,3 +248,15 @@ def test_ctrl_c_in_the_recovery_names_the_prune_command_that_resumes_it(tiny_bun
     # the amount as given: rounded (0.123457) the advised --resume was refused as another amount
     assert said.startswith(f"skulens prune --model {tiny_bundle.bundle} --out {out} --kind unstructured --amount 0.1234567 ")
     assert said.endswith(" --resume"), err
+
+
+def test_a_recovery_setting_with_no_effect_is_said(tiny_bundle, tmp_path: Path,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """prune's recovery said nothing of settings it never uses (train, retrain and distill warn): `--weights random`
+    logged a random start, then the recovery started from OUT/pruned."""
+    from skulens.deploy.prune import _recovery_config
+
+    with caplog.at_level("WARNING", logger="skulens"):
+        cfg = _recovery_config(tiny_bundle.bundle, tmp_path, None, {"weights": "random", "holdout_fraction": 0.2})
+    assert cfg.init_from == str(tmp_path / "pruned")
+    assert "weights random is not used" in caplog.text and "holdout_fraction 0.2 is not used" in caplog.text

@@ -198,6 +198,11 @@ def test_weights_beside_a_warm_start_are_said_unused_and_the_help_gives_each_com
     assert "(default: efficientnet_lite0, the student)" in help_of("distill")
     prune = help_of("prune")
     assert "(default: the bundle's (kept))" in prune and "(default: 3)" in prune  # epochs: the recovery's
+    # a retrain or a pruned bundle's recovery starts from its bundle: no flag that could never take effect, and
+    # the defaults of the settings retrain does not take from the bundle's run are TrainConfig's
+    for text in (retrain, prune):
+        assert not {"--init-from", "--weights", "--head-init"} & set(text.split()), text
+    assert "the teacher is this right (default: 0.95)" in retrain and "next one's teacher (default: 1)" in retrain
 
 
 def test_serve_refuses_settings_of_parts_it_was_not_given() -> None:

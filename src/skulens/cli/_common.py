@@ -12,7 +12,7 @@ import glob
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any, get_args
 
@@ -476,14 +476,17 @@ def device_arg(text: str) -> str:
 
 # --------------------------------------------------------------------------- training flags
 
-def add_train_flags(p: argparse.ArgumentParser, defaults: dict[str, Any] | None = None) -> None:
+def add_train_flags(p: argparse.ArgumentParser, defaults: dict[str, Any] | None = None,
+                    omit: Collection[str] = ()) -> None:
     """The TrainConfig flags shared by train, retrain, distill and prune, in one help group. `defaults`: the
-    command's own, where they are not TrainConfig's (prune's recovery), so its help says what it runs."""
+    command's own, where they are not TrainConfig's (prune's recovery), so its help says what it runs. `omit`:
+    settings the command sets itself (a retrain's start is its bundle: no --init-from, --weights, --head-init),
+    not offered as flags that could never take effect."""
     p.add_argument("--config", help="YAML/TOML/JSON file of config keys (CLI flags override it)")
     add_quiet(p)
     g = p.add_argument_group("training options (each is also a key of --config)")
     for name, hint, default, help_text in config_fields():
-        if name in ("data", "out"):
+        if name in ("data", "out") or name in omit:
             continue
         default = (defaults or {}).get(name, default)
         flag = "--" + name.replace("_", "-")

@@ -152,23 +152,14 @@ def cmd_distill(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _heads_from_the_bundle(ns: argparse.Namespace, overrides: dict[str, Any], what: str) -> None:
-    """A run that starts from --model's heads: `--head-init probe` is refused, a --config file's head_init (a probe
-    run's config.yaml records it) left out."""
-    if getattr(ns, "head_init", None) == "probe":
-        raise UsageError(f"--head-init probe: a {what} starts from its --model bundle's heads, not a linear probe")
-    overrides.pop("head_init", None)
-
-
 def cmd_retrain(ns: argparse.Namespace) -> int:
     bundle = model_path(ns)
     overrides = train_overrides(ns)
     _data_and_out(ns, overrides, "a new run directory")
     check_out_path(ns.out, "--out", folder=True)  # a file there was a traceback after the catalogue loaded
-    if getattr(ns, "init_from", None):  # the retrain starts from --model: the flag was recorded over, unused
-        raise UsageError("--init-from: a retrain starts from its --model bundle; give that one as --model")
-    overrides.pop("init_from", None)  # an earlier run's config.yaml records one: the retrain sets its own
-    _heads_from_the_bundle(ns, overrides, "retrain")
+    # an earlier run's config.yaml records these (a probe run its head_init): the retrain starts from its bundle
+    overrides.pop("init_from", None)
+    overrides.pop("head_init", None)
     # --data, else what the bundle was trained on (`retrain_source` says so when it is gone), never the default
     # dataset: a bundle whose data moved was retrained on the grocery catalogue's 81 classes
     data = str(resolve_data(ns.data)) if ns.data else None
@@ -194,7 +185,7 @@ def cmd_prune(ns: argparse.Namespace) -> int:
     overrides = train_overrides(ns)
     _data_and_out(ns, overrides, "a run directory: OUT/pruned, OUT/bundle")
     check_out_path(ns.out, "--out", folder=True)
-    _heads_from_the_bundle(ns, overrides, "pruned bundle's recovery")
+    overrides.pop("head_init", None)  # a --config file's (a probe run's config.yaml): the recovery keeps the heads
     if ns.round_to is not None and ns.kind != "structured":
         raise UsageError("--round-to: channel counts of structured pruning (--kind structured); unstructured "
                          "pruning keeps every channel")
@@ -338,10 +329,13 @@ def add_commands(sub: Any) -> None:
                     "queue; recorded in the new bundle, so its next retrain reads it again")
     from ..config import config_fields
 
-    # a retrain runs its bundle's recorded settings (the help showed TrainConfig's: 224 px, Lite2, 10 epochs)
+    # a retrain runs its bundle's recorded settings (the help showed TrainConfig's: 224 px, Lite2, 10 epochs),
+    # less those train/retrain.py drops from them (TrainConfig's defaults apply there); it starts from its bundle
+    own = ("init_from", "weights", "head_init")
     add_train_flags(rt, {name: "the bundle's run's" for name, *_ in config_fields()
-                         if name not in ("resume", "init_from", "teacher", "unlabeled", "baseline")}
-                    | {"baseline": False})
+                         if name not in ("resume", "teacher", "unlabeled", "baseline", "pseudo_rounds",
+                                         "pseudo_precision")}
+                    | {"baseline": False}, omit=own)
     rt.set_defaults(func=cmd_retrain)
 
     pr = sub.add_parser("prune", help="prune a bundle (structured channels or unstructured L1), fine-tune")
@@ -358,7 +352,7 @@ def add_commands(sub: Any) -> None:
     from ..config import PRUNE_RECOVERY
 
     add_train_flags(pr, {**PRUNE_RECOVERY, "backbone": "the bundle's (kept)", "image_size": "the bundle's (kept)",
-                         "val_fraction": "the bundle's run's", "seed": "the bundle's run's"})
+                         "val_fraction": "the bundle's run's", "seed": "the bundle's run's"}, omit=own)
     pr.set_defaults(func=cmd_prune)
 
     sl = sub.add_parser("suggest-labels", help="rank unlabelled photos by how much a label would teach the model "

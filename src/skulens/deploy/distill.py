@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from ..config import ConfigError, resolve_config
+from ..config import ConfigError, resolve_config, warn_unused
 from ..data.locate import recorded_dataset, resolve_data
 
 if TYPE_CHECKING:
@@ -50,4 +50,6 @@ def distill(teacher: str | os.PathLike[str], *, student: str | None = None,
     values = {**split_settings(read_card(teacher)), **values}
     if out is not None:
         values["out"] = out
-    return fit(resolve_config(values), progress=progress, resume_advice=resume_advice)
+    cfg = resolve_config(values)
+    warn_unused(cfg)  # as train and retrain say it
+    return fit(cfg, progress=progress, resume_advice=resume_advice)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ..config import PRUNE_RECOVERY, ConfigError, TrainConfig, resolve_config
+from ..config import PRUNE_RECOVERY, ConfigError, TrainConfig, resolve_config, warn_unused
 from ..data.locate import bundle_named, recorded_dataset, resolve_data
 from ..evaluate.heldout import split_settings
 from ..models.bundle import BundleError, load_bundle, read_card, save_bundle
@@ -248,4 +248,6 @@ def _recovery_config(bundle: str | os.PathLike[str], run_dir: Path, data: str | 
     values = {**RECOVERY_DEFAULTS, **split_settings(card), **overrides}
     values.update(init_from=str(run_dir / "pruned"), backbone=card.backbone, image_size=card.input_size,
                   out=str(run_dir), data=str(resolve_data(data, recorded=recorded_dataset(bundle))))
-    return resolve_config(values)
+    cfg = resolve_config(values)
+    warn_unused(cfg)  # as train and retrain say it (--weights: the recovery starts from the pruned bundle)
+    return cfg
