@@ -310,7 +310,8 @@ def test_routing_on_faiss_warns_that_it_is_slower_there(index_dir: Path, tiny_bu
     assert "not partitioned by coarse class" in caplog.text
 
 
-def test_index_build_refuses_before_embedding(index_dir: Path, tiny_bundle, catalogue: Path, tmp_path: Path) -> None:
+def test_index_build_refuses_before_embedding(index_dir: Path, tiny_bundle, catalogue: Path, tmp_path: Path,
+                                               capsys) -> None:
     from skulens.search.catalogue_index import build_catalogue_index
     from skulens.search.index import IndexStoreError
 
@@ -331,7 +332,14 @@ def test_index_build_refuses_before_embedding(index_dir: Path, tiny_bundle, cata
     base = ["index", "build", "--model", str(tiny_bundle.bundle), "--data", str(catalogue), "-q"]
     assert main([*base, "--out", str(tmp_path / "m2.db"), "--backend", "milvus", "--nprobe", "8"]) == 2
     assert main([*base, "--out", str(tmp_path / "f"), "--collection", "x"]) == 2
-
+    # FAISS settings of one structure, with another: stored in the index and never read before
+    for flags, said in ((["--ann", "hnsw", "--nprobe", "4"], "--ann hnsw has no lists"),
+                        (["--ann", "flat", "--exact-threshold", "5"], "--ann flat is chosen already"),
+                        (["--ann", "ivf", "--exact-threshold", "5"], "--ann ivf is chosen already")):
+        assert main([*base, "--out", str(tmp_path / "g"), *flags]) == 2
+        assert said in capsys.readouterr().err and not (tmp_path / "g").exists()
+    for flags in (["--ann", "ivfpq", "--nprobe", "4"], ["--nprobe", "4", "--exact-threshold", "5"]):
+        assert main([*base, "--out", str(tmp_path / "h" / flags[1]), *flags]) == 0
 
 
 def test_index_build_reads_the_store_from_the_location_and_checks_the_collection_name(

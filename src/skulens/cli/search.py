@@ -79,6 +79,13 @@ def cmd_index_build(ns: argparse.Namespace) -> int:
     wrong = [f"--{k.replace('_', '-')}" for k in other if k in options]
     if wrong:
         raise UsageError(f"{', '.join(wrong)}: not a setting of the {ns.backend} backend")
+    ann = ns.ann or "auto"  # FAISS reads the threshold only to choose a structure, nprobe only for IVF lists
+    if ns.exact_threshold is not None and ann != "auto":
+        raise UsageError(f"--exact-threshold: it chooses between exact search and IVF-SQ8 for --ann auto; --ann {ann} "
+                         "is chosen already")
+    if ns.nprobe is not None and not (ann == "auto" or ann.startswith("ivf")):
+        raise UsageError(f"--nprobe: IVF lists visited per query (--ann ivf, ivfsq8, ivfpq, or auto); --ann {ann} "
+                         "has no lists")
     catalogue = load_catalogue(data)
     res = build_catalogue_index(load_model(bundle, device=ns.device, precision=ns.precision), catalogue, ns.out, backend=ns.backend,
                                 splits=ns.splits, catalogue_photos=ns.catalogue_photos, metadata=meta,
