@@ -424,6 +424,11 @@ def test_search_and_enrol_mistakes_are_one_line(tiny_bundle, catalogue: Path, in
         (["search", "--index", str(index_dir), "--product", "oat-milk", "--mode", "lexical"], "--mode is a setting"),
         (["search", "--index", str(index_dir), "-m", str(tiny_bundle.bundle), "--image", photo, "--align", "x"],
          "--align is a setting"),
+        # the aligner of another model was accepted and never read
+        (["search", "--index", str(index_dir), "--text", "milk", "--mode", "lexical", "--align", "x"],
+         "--mode lexical does not use it"),
+        (["search", "--index", str(index_dir), "--text", "milk", "--mode", "text", "--align", "x"],
+         "--mode text does not use it"),
         (["enroll", "-m", str(tiny_bundle.bundle), "--product", "Oat/Milk 1L", "--images", photo], "no '/'"),
         (["enroll", "-m", str(tiny_bundle.bundle), "--product", "x", "--coarse", " ", "--images", photo],
          "coarse class is empty"),

@@ -209,6 +209,10 @@ def cmd_search(ns: argparse.Namespace) -> int:
     if not ns.text and (ns.mode is not None or ns.align):
         raise UsageError(f"{'--mode' if ns.mode is not None else '--align'} is a setting of text queries (--text)")
     ns.mode = ns.mode or "hybrid"
+    # the aligner serves the hybrid and aligned modes only
+    if ns.align and ns.mode in ("text", "lexical"):
+        raise UsageError(f"--align: the image-space part of --mode hybrid and aligned; --mode {ns.mode} does not "
+                         "use it")
     filt = _filters(ns.filter)
     engine = _engine(ns, need_model=bool(ns.image))
     if ns.image:
