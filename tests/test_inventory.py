@@ -358,6 +358,11 @@ def test_cli_counts_review_and_audit(inventory_db, tmp_path: Path, capsys: pytes
     capsys.readouterr()
     assert main(["inventory", "review", "--db", str(db)]) == 0
     [queued] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "card.json").write_text("{}")
+    for resolve in ([], [queued["sha256"], "--reject"]):  # -m checks a correction's name: accepted, never read
+        assert main(["inventory", "review", "--db", str(db), *resolve, "-m", str(tmp_path / "other")]) == 2
+        assert "listing the queue or --reject reads no model" in capsys.readouterr().err
     assert queued["predicted_label"] == "red-apple" and queued["status"] == "review"
     # Without --model a correction names a product this inventory knows; a typo is a usage error.
     assert main(["inventory", "review", "--db", str(db), queued["sha256"], "--label", "oat-milkk",

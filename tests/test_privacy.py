@@ -425,6 +425,10 @@ def test_cli_pseudonymise_erase_and_purge(inventory_db, tmp_path: Path, monkeypa
     assert json.loads(captured.out)["log_events"] == 1 and "no audit entry" in captured.err
     assert read_events(out, allow_empty=True) == []
     assert main(["inventory", "erase-user", "bob", "--pseudonym-key-file", str(key)]) == 2
+    # the inventory's folders without the inventory: accepted and never looked at
+    assert main(["inventory", "erase-user", "bob", "--events", str(out), "--pseudonym-key-file", str(key),
+                 "--photo-dir", str(tmp_path / "nowhere"), "--missing-ok"]) == 2
+    assert "--photo-dir, --missing-ok: the inventory's files (give its --db)" in capsys.readouterr().err
     assert main(["inventory", "purge", "--db", inventory_db.url(), "--older-than-days", "0", *folders]) == 0
     assert "deleted 0 file(s)" in capsys.readouterr().err  # alice's photo already went with her
     for bad in ("-1", "nan", "inf", "1e10"):

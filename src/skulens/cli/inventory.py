@@ -245,6 +245,9 @@ def cmd_inventory_review(ns: argparse.Namespace) -> int:
     if ns.sha256 is None and (ns.label or ns.reject):
         raise UsageError("--label and --reject resolve one item: give its id (SHA256, or SHA256:INDEX for a box; "
                          "without them, review lists the queue)")
+    if bundle and not ns.label:  # it checks a correction's product name, and only that
+        raise UsageError("--model: the products a correction (--label) may name; listing the queue or --reject "
+                         "reads no model")
     with _store(ns) as store:
         if ns.sha256 is None:  # the whole queue, a page at a time (it stopped at 1000 items, unsaid)
             offset = 0
@@ -294,6 +297,11 @@ def cmd_inventory_erase_user(ns: argparse.Namespace) -> int:
     if ns.db is None:  # a service run with --events only keeps nothing else about the user
         if not ns.events:
             raise UsageError("give --db (the inventory), --events (the behaviour log), or both")
+        unread = [flag for flag, given in (("--photo-dir", ns.photo_dir), ("--labelled-dir", ns.labelled_dir),
+                                           ("--missing-ok", ns.missing_ok)) if given]
+        if unread:  # the user's files are the inventory's: without it they were accepted and never looked at
+            raise UsageError(f"{', '.join(unread)}: the inventory's files (give its --db); without --db only the "
+                             "behaviour log is erased; nothing was erased")
         return _erase_from_log_only(ns)
     # an inventory that exists: a mistyped --db made an empty one (with --events), erased nothing and exited 0
     with _store(ns) as store:
