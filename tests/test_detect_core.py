@@ -501,7 +501,10 @@ def test_a_part_inside_a_bigger_better_box_is_suppressed() -> None:
     assert suppress_contained(boxes[[1, 0]], np.array([0.9, 0.5], np.float32)).tolist() == [0, 1]
 
 
-def test_bench_rows_for_detection(untrained, tmp_path) -> None:
+def test_bench_rows_for_detection(untrained, tmp_path, monkeypatch) -> None:
+    import torch
+
+    import skulens.detect.count
     from skulens.deploy.bench import bench_detection, detection_markdown, one_megapixel_jpegs
 
     src = tmp_path / "p.png"
@@ -514,6 +517,16 @@ def test_bench_rows_for_detection(untrained, tmp_path) -> None:
     assert abs(rows[0].megapixels - 0.12) < 1e-6
     table = detection_markdown(rows)
     assert table.startswith("| detection variant") and "detector (PyTorch)" in table
+    # `bench --threads N` reaches the detection rows too (they ran on the libraries' default threads)
+    seen, real, before = [], skulens.detect.count.count_products, torch.get_num_threads()
+
+    def counting(*args, **kw):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kw)
+
+    monkeypatch.setattr(skulens.detect.count, "count_products", counting)
+    bench_detection(untrained, photos, repeats=1, threads=1)
+    assert seen and set(seen) == {1} and torch.get_num_threads() == before
 
 
 def _dense_merge(boxes, scores, passes, min_score):

@@ -271,7 +271,8 @@ def cmd_bench(ns: argparse.Namespace) -> int:
 
         samples = _split_samples(data, ns.split, read_card(bundle))
         photos = one_megapixel_jpegs([str(s.path) for s in samples], ns.detection_photos)
-        rows = bench_detection(ns.detector, photos, model=load_model(bundle, device="cpu"), repeats=ns.repeats)
+        rows = bench_detection(ns.detector, photos, model=load_model(bundle, device="cpu"), repeats=ns.repeats,
+                               threads=ns.threads)
         print(write_detection_rows(out, rows))
     say(f"results: {Path(out) / 'bench.json'}, {Path(out) / 'bench.md'}")
     return 0

@@ -528,10 +528,14 @@ def one_megapixel_jpegs(paths: Sequence[str], n: int, size: tuple[int, int] = (1
 
 
 def bench_detection(detector: str | os.PathLike, photos: Sequence[bytes], *, model: Any = None,
-                    repeats: int = 2) -> list[DetectionRow]:
+                    repeats: int = 2, threads: int | None = None) -> list[DetectionRow]:
     """Photos/s end to end for the detector under PyTorch and, when it has been exported
-    (`skulens detect export`), under ONNX Runtime, each after one warm-up photo; median of `repeats`."""
+    (`skulens detect export`), under ONNX Runtime, each after one warm-up photo; median of `repeats`.
+    `threads`: inference threads of both runtimes (and of the per-box classifier), as the classifier rows use;
+    default the libraries' own."""
     import statistics
+
+    import torch
 
     from ..data.decode import decode_image
     from ..detect.count import count_products
@@ -543,20 +547,26 @@ def bench_detection(detector: str | os.PathLike, photos: Sequence[bytes], *, mod
         raise ValueError("bench_detection needs at least one photo")
     variants = [("detector (PyTorch)", load_detector(detector, device="cpu"))]
     if (Path(detector) / DETECTOR_ONNX).is_file():
-        variants.append(("detector (ONNX Runtime)", load_onnx_detector(detector)))
+        variants.append(("detector (ONNX Runtime)", load_onnx_detector(detector, threads=threads)))
     mp = statistics.mean(w * h for w, h in (decode_image(p).size for p in photos[:3])) / 1e6
     rows = []
-    for name, det in variants:
-        list(count_products(det, photos[:1], model=model))
-        times, boxes = [], 0.0
-        for _ in range(max(1, repeats)):
-            t0 = time.perf_counter()
-            results = [r for r, _ in count_products(det, photos, model=model)]
-            times.append((time.perf_counter() - t0) / len(photos))
-            boxes = sum(r.total for r in results) / len(results)
-        sec = statistics.median(times)
-        label = name + (" + classifier per box" if model is not None else "")
-        rows.append(DetectionRow(label, sec, 1 / sec, boxes, mp))
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        for name, det in variants:
+            list(count_products(det, photos[:1], model=model))
+            times, boxes = [], 0.0
+            for _ in range(max(1, repeats)):
+                t0 = time.perf_counter()
+                results = [r for r, _ in count_products(det, photos, model=model)]
+                times.append((time.perf_counter() - t0) / len(photos))
+                boxes = sum(r.total for r in results) / len(results)
+            sec = statistics.median(times)
+            label = name + (" + classifier per box" if model is not None else "")
+            rows.append(DetectionRow(label, sec, 1 / sec, boxes, mp))
+    finally:
+        torch.set_num_threads(previous)
     return rows
 
 
