@@ -164,7 +164,8 @@ def add_commands(sub: Any) -> None:
     rsub = r.add_subparsers(dest="recommend_command", required=True, metavar="{for,generate,evaluate,pseudonymise}")
     g = rsub.add_parser("for", help="recommend for users, or products similar to a product")
     g.add_argument("--events", required=True, help="behaviour log CSV")
-    add_data(g, "catalogue (products and their texts; default: the grocery dataset)")
+    add_data(g, "catalogue (products and their texts; default: --model's recorded dataset, else the grocery "
+                "dataset; --kind popularity reads one only when given, and then recommends only its products)")
     _model_flag(g)
     g.add_argument("--kind", choices=("hybrid", "content", "popularity"), default="hybrid",
                    help="recommender (default: hybrid)")
@@ -184,7 +185,7 @@ def add_commands(sub: Any) -> None:
     gen.set_defaults(func=cmd_recommend_generate)
     ev = rsub.add_parser("evaluate", help="leave-last-out HitRate@k / NDCG@k: popularity vs content vs hybrid")
     ev.add_argument("--events", required=True, help="behaviour log CSV")
-    add_data(ev, "catalogue (default: the grocery dataset)")
+    add_data(ev, "catalogue (default: --model's recorded dataset, else the grocery dataset)")
     _model_flag(ev)
     add_top_k(ev, 10, "cut-off k of HitRate@k and NDCG@k")
     add_quiet(ev, "no progress bars or library INFO lines (loading the text encoder)")
