@@ -149,7 +149,13 @@ def test_settings_of_another_mode_are_said_to_be_unused(caplog: pytest.LogCaptur
     with caplog.at_level("WARNING"):
         _warn_unused(resolve_config({"freeze": "partial", "trainable_stages": 3, "optimizer": "sgd",
                                      "momentum": 0.5}))
+        _warn_unused(resolve_config({"adversarial": "pgd", "adversarial_steps": 7, "backbone_lr_mult": 0.2}))
     assert "not used" not in caplog.text
+    # a backbone frozen whole learns at no rate; FGSM is one step whatever the steps say
+    with caplog.at_level("WARNING"):
+        _warn_unused(resolve_config({"freeze": "head", "backbone_lr_mult": 0.01, "adversarial": "fgsm",
+                                     "adversarial_steps": 7}))
+    assert "backbone_lr_mult 0.01 is not used" in caplog.text and "adversarial_steps 7 is not used" in caplog.text
     # settings that make another one do nothing: a gradual run that never unfreezes, a run that is all warm-up
     caplog.clear()
     with caplog.at_level("WARNING"):

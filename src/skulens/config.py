@@ -377,8 +377,11 @@ def warn_unused(cfg: TrainConfig) -> None:
              "gradual_head_epochs": (cfg.freeze == "gradual", "--freeze gradual"),
              "momentum": (cfg.optimizer == "sgd", "--optimizer sgd"),
              "ema_decay": (cfg.ema, "--ema"),
+             "backbone_lr_mult": (cfg.freeze != "head", "--freeze full, partial or gradual (head freezes the "
+                                  "backbone)"),
+             "adversarial_steps": (cfg.adversarial == "pgd", "--adversarial pgd (fgsm is one step)"),
              **{name: (cfg.adversarial != "none", "--adversarial fgsm or pgd")
-                for name in ("adversarial_eps", "adversarial_steps", "adversarial_fraction")}}
+                for name in ("adversarial_eps", "adversarial_fraction")}}
     for name, (used, mode) in needs.items():
         if not used and getattr(cfg, name) != getattr(default, name):
             warn("%s %s is not used: it is a setting of %s", name, getattr(cfg, name), mode)
