@@ -219,10 +219,15 @@ def test_serve_refuses_settings_of_parts_it_was_not_given() -> None:
 
     for kw, needle in (({"detector_max_boxes": 5}, "detector_max_boxes: setting(s) of the detector"),
                        ({"detector_tiles": "off", "db": "x.db"}, "detector_tiles: setting(s) of the detector"),
-                       ({"keep_uploads": True}, "keep_uploads: setting(s) of the inventory"),
+                       ({"keep_uploads": True}, "keep_uploads: keeps intake photos (give a db) and the photos"),
+                       # no inventory and no behaviour log: nothing keeps a user id for the key to hide
+                       ({"pseudonym_key_file": "k", "index": "ix"}, "pseudonym_key_file: the key of the user ids"),
                        ({"review_threshold": 0.9, "labelled_dir": "lab"}, "review_threshold, labelled_dir"),
                        ({"detector": "det"}, "detector: setting(s) of the inventory"),
                        ({"recommend_refit_s": 5}, "recommend_refit_s is a setting of recommendations")):
         with pytest.raises(ConfigError, match=re.escape(needle)):
             ServeSettings(model="m", **kw)
     assert ServeSettings(model="m", db="x.db", keep_uploads=True, review_threshold=0.9).keep_uploads
+    # enrolment (POST /v1/products) keeps its photos on a server with an index and no inventory
+    assert ServeSettings(model="m", index="ix", keep_uploads=True).keep_uploads
+    assert ServeSettings(model="m", events="e.csv", pseudonym_key_file="k").pseudonym_key_file == "k"

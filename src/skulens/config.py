@@ -377,8 +377,7 @@ def warn_unused(cfg: TrainConfig) -> None:
              "gradual_head_epochs": (cfg.freeze == "gradual", "--freeze gradual"),
              "momentum": (cfg.optimizer == "sgd", "--optimizer sgd"),
              "ema_decay": (cfg.ema, "--ema"),
-             "backbone_lr_mult": (cfg.freeze != "head", "--freeze full, partial or gradual (head freezes the "
-                                  "backbone)"),
+             "backbone_lr_mult": (cfg.freeze != "head", "--freeze full, partial or gradual"),
              "adversarial_steps": (cfg.adversarial == "pgd", "--adversarial pgd (fgsm is one step)"),
              **{name: (cfg.adversarial != "none", "--adversarial fgsm or pgd")
                 for name in ("adversarial_eps", "adversarial_fraction")}}

@@ -41,7 +41,9 @@ _SERVE_HELP = {
     "text_model": "sentence encoder for support replies: minilm (the bundled MiniLM, default), bundle (the bundle's "
                   "`skulens text-tune` encoder: tuned for search, it answered the grocery questions worse) or a local "
                   "sentence-transformers folder",
-    "keep_uploads": "keep every intake photo (EXIF stripped); default: only photos waiting for review",
+    "keep_uploads": "keep every intake photo (with --db) and the photos of products enrolled through POST "
+                    "/v1/products (with --index; a retrain folds them in), EXIF stripped; default: only photos "
+                    "waiting for review",
 }
 
 

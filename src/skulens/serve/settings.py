@@ -72,7 +72,7 @@ class ServeSettings:
     # Inventory.
     review_threshold: float = 0.6  # fine confidence below this goes to the review queue, not the counts
     labelled_dir: str | None = None  # corrected photos for retraining; default <db stem>-labelled/ (a URL: in ./)
-    keep_uploads: bool = False  # privacy: counted intake photos are not kept unless asked (EXIF stripped)
+    keep_uploads: bool = False  # privacy: intake and enrolment photos are not kept unless asked (EXIF stripped)
     detector: str | None = None  # product detector folder: intake counts every product in a shelf photo
     detector_min_score: float | None = None  # detector score a box needs to count (None: the detector's own)
     detector_max_boxes: int | None = None  # box cap per shelf photo (None: the detector's own); reaching it is logged and audited
@@ -121,11 +121,16 @@ class ServeSettings:
                        if getattr(self, n) != _DEFAULTS[n]]
         if of_detector and self.detector is None:
             raise ConfigError(f"{', '.join(of_detector)}: setting(s) of the detector: give a detector")
-        of_inventory = [n for n in ("detector", "review_threshold", "labelled_dir", "keep_uploads")
-                        if getattr(self, n) != _DEFAULTS[n]]
+        of_inventory = [n for n in ("detector", "review_threshold", "labelled_dir") if getattr(self, n) != _DEFAULTS[n]]
         if of_inventory and not self.db:
             raise ConfigError(f"{', '.join(of_inventory)}: setting(s) of the inventory (intake, review queue): "
                               "give a db")
+        if self.keep_uploads and not (self.db or self.index):  # it keeps intake photos and enrolment photos
+            raise ConfigError("keep_uploads: keeps intake photos (give a db) and the photos of products enrolled "
+                              "through POST /v1/products (give an index); this server takes neither")
+        if self.pseudonym_key_file is not None and not (self.db or self.events):
+            raise ConfigError("pseudonym_key_file: the key of the user ids the inventory (db) and the behaviour log "
+                              "(events) keep; this server keeps neither")
         if self.recommend_refit_s != _DEFAULTS["recommend_refit_s"] and not (self.events or self.db):
             raise ConfigError("recommend_refit_s is a setting of recommendations: give events (or a db)")
         if self.upload_retention_days is not None and not 0 <= self.upload_retention_days <= MAX_RETENTION_DAYS:
