@@ -84,6 +84,9 @@ def test_settings_that_would_be_ignored_are_refused(model, tiny_bundle, tiny_cat
         skulens.evaluate(model, tiny_catalogue, backend="onnx", progress=False)
     with pytest.raises(ValueError, match="loaded already"):
         skulens.tag([tiny_catalogue.parent / "val" / "oat-milk" / "oat-milk_000.jpg"], model, device="cuda")
+    for kw in ({"top_k": 3}, {"min_score": 0.99}, {"mode": "aligned"}):  # read by nothing without a vocabulary
+        with pytest.raises(ValueError, match="setting\\(s\\) of the vocabulary tags; give a vocabulary"):
+            skulens.tag([tiny_catalogue.parent / "val" / "oat-milk" / "oat-milk_000.jpg"], model, **kw)
     for precision in ("fp8", "bogus"):
         with pytest.raises(ValueError, match="precision must be one of"):
             skulens.load(tiny_bundle.bundle, device="cpu", precision=precision)

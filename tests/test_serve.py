@@ -841,6 +841,9 @@ def test_form_fields_the_route_does_not_read_are_refused(client, val_photo) -> N
     assert r.status_code == 422 and "'image' sent 2 times" in r.json()["detail"]
     r = client.post("/v1/tag", files=_upload(data), data={"topk": "3"})
     assert r.status_code == 422 and "'topk'" in r.json()["detail"]
+    for field in ({"top_k": "3"}, {"min_score": "0.9"}):  # no vocabulary here: read by nothing, answered 200
+        r = client.post("/v1/tag", files=_upload(data), data=field)
+        assert r.status_code == 422 and "settings of the vocabulary tags" in r.json()["detail"]
     r = client.post("/v1/predict", files=_upload(data), data={"top_k": "2" * (1024 * 1024 + 10)})
     assert r.status_code == 400 and "maximum size" in r.json()["detail"]  # Starlette's own words, kept
     assert client.post("/v1/predict", files=_upload(data), data={"top_k": "2"}).status_code == 200

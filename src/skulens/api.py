@@ -148,11 +148,13 @@ def count(photos: Sequence[ImageInput], detector: Detector | str | os.PathLike, 
 
 
 def tag(photos: Iterable[ImageInput], model: Model | str | os.PathLike, *, vocabulary: Sequence[str] | None = None,
-        data: str | os.PathLike | None = None, mode: str = "auto", top_k: int = 5, min_score: float | None = None,
+        data: str | os.PathLike | None = None, mode: str = "auto", top_k: int | None = None,
+        min_score: float | None = None,
         batch_size: int = 32, progress: bool = False, device: str = "auto",
         precision: str = "auto") -> list[ListingTags]:
     """Listing tags per photo: category path, attributes, colour names and, with a `vocabulary` (phrases),
-    the phrases that fit the photo, best first (top_k of them scoring at least min_score).
+    the phrases that fit the photo, best first (top_k of them, default 5, scoring at least min_score); mode,
+    top_k and min_score are settings of the vocabulary tags, refused without a vocabulary (ValueError).
 
     data: the catalogue whose product sheets (titles, descriptions, attributes) the tags use; default: the one
     the bundle was trained on, if it is still there. mode: how phrases are scored (see `skulens.search.tags`):
@@ -162,6 +164,13 @@ def tag(photos: Iterable[ImageInput], model: Model | str | os.PathLike, *, vocab
     from .search.align import load_aligner
     from .search.tags import Tagger
 
+    if vocabulary is None:  # they choose and rank vocabulary tags: without one they did nothing (the CLI refused;
+        # top_k 0, no vocabulary tags, is what no vocabulary gives)
+        given = [name for name, value in (("mode", mode != "auto"), ("top_k", bool(top_k)),
+                                          ("min_score", min_score is not None)) if value]
+        if given:
+            raise ValueError(f"{', '.join(given)}: setting(s) of the vocabulary tags; give a vocabulary")
+    top_k = 5 if top_k is None else top_k
     m = _as_model(model, device, precision=precision)
     tagger = Tagger(m, products=_catalogue_products(data, m), mode=mode,
                     aligner=load_aligner(m.path) if m.path is not None else None)

@@ -65,7 +65,7 @@ def cmd_tag(ns: argparse.Namespace) -> int:
                                           ("-k/--top-k", bool(ns.top_k))) if value]  # -k 0: none, as without one
         if given:
             raise UsageError(f"{', '.join(given)}: setting(s) of the vocabulary tags: give --vocabulary FILE")
-    ns.top_k = 5 if ns.top_k is None else ns.top_k
+    ns.top_k = (5 if ns.top_k is None else ns.top_k) if ns.vocabulary else None
     bundle = model_path(ns)
     if ns.data is not None and not Path(ns.data).exists():
         raise UsageError(f"--data {ns.data}: no such file or folder")

@@ -29,12 +29,17 @@ async def tag(state: State, _: ReadKey,
               vocabulary: Annotated[list[str] | None, Form(
                   description=f"phrases to tag with, one per field (at most {REQUEST_MAX_PHRASES}, "
                               f"{MAX_PHRASE_CHARS} characters each); default: the server's --tag-vocabulary")] = None,
-              top_k: Annotated[int, Form(ge=0, le=50)] = 5,
+              top_k: Annotated[int | None, Form(ge=0, le=50, description="vocabulary tags per photo (default 5)")
+                               ] = None,
               min_score: Annotated[float | None, Form(ge=-1.0, le=1.0)] = None) -> TagResponse:
     t0 = time.perf_counter()
     tagger = state.recognizer.tagger
     assert tagger is not None
     phrases, source = (vocabulary, "request") if vocabulary is not None else (state.tag_vocabulary, "server")
+    if phrases is None and (top_k is not None or min_score is not None):  # accepted and ignored before
+        raise HTTPException(422, "top_k, min_score: settings of the vocabulary tags; send a vocabulary (this "
+                                 "server has no --tag-vocabulary)")
+    top_k = 5 if top_k is None else top_k
     if source == "request" and phrases is not None and len(phrases) > REQUEST_MAX_PHRASES:  # before any work
         raise HTTPException(422, f"vocabulary: {len(phrases)} phrases, at most {REQUEST_MAX_PHRASES} per request "
                                  "(a longer list belongs in the server's --tag-vocabulary)")
