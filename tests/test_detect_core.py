@@ -486,6 +486,8 @@ def test_count_refuses_naming_settings_it_would_ignore(untrained, tiny_bundle, t
     index.add([IndexRecord("shelf/0", "new-jam", "new-jam")], model.embed(crop_boxes(im, dets.boxes)[:1]))
     index.save()
     [named] = skulens.count([im], det, model=model, index=tmp_path / "idx", min_similarity=0.999, min_score=0.0)
+    with pytest.raises(ValueError, match="with an index the nearest product names them"):  # it was read by nothing
+        skulens.count([im], det, model=model, index=tmp_path / "idx", min_confidence=0.9)
     assert named.boxes[0].label == "new-jam" and named.counts.get("new-jam", 0) >= 1
 
 

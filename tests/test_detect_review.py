@@ -458,6 +458,9 @@ def test_count_in_python_takes_a_box_cap_and_draws_on_the_photo_as_given(detecto
         assert capped.annotated(given).size == (80, 200)  # upright, as the boxes were found
     with pytest.raises(ValueError, match="max_boxes must be a whole number"):
         skulens.count([photo], det, max_boxes=0)
+    # the classifier's threshold with no classifier: every box stayed "product", whatever it said
+    with pytest.raises(ValueError, match="min_confidence is a setting of the classifier naming the boxes: give the"):
+        skulens.count([photo], det, min_confidence=1.0)
 
 
 def test_load_detector_names_an_onnx_export_and_count_checks_tiles_at_the_call(tmp_path) -> None:

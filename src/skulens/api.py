@@ -110,7 +110,8 @@ def load_detector(path: str | os.PathLike, *, device: str = "auto", backend: str
 
 
 def count(photos: Sequence[ImageInput], detector: Detector | str | os.PathLike, *,
-          model: Model | str | os.PathLike | None = None, min_score: float | None = None, min_confidence: float = 0.5,
+          model: Model | str | os.PathLike | None = None, min_score: float | None = None,
+          min_confidence: float | None = None,
           tiles: str = "auto", index: str | os.PathLike | None = None,
           min_similarity: float | None = None, max_boxes: int | None = None) -> list[PhotoCount]:
     """Find, recognise and count every product in each photo.
@@ -120,7 +121,8 @@ def count(photos: Sequence[ImageInput], detector: Detector | str | os.PathLike, 
     search index built with `model` (`skulens index build`) names each box by its nearest product instead,
     when the cosine similarity is at least `min_similarity` (default 0.5), so products enrolled in the index
     count too. Each PhotoCount has the boxes (label None = unknown: the classifier was below
-    `min_confidence`), the count per product, and `annotated(photo)` for a picture (the photo as given to
+    `min_confidence`, default 0.5, a setting of the classifier's naming: refused without a model or with an
+    index), the count per product, and `annotated(photo)` for a picture (the photo as given to
     `count`: a path, bytes or PIL image). max_boxes: the most boxes kept per photo (None: the detector's own);
     a photo that had more is `capped`, as `skulens count --max-boxes` sets it.
     """
@@ -129,6 +131,10 @@ def count(photos: Sequence[ImageInput], detector: Detector | str | os.PathLike, 
 
     if max_boxes is not None and (isinstance(max_boxes, bool) or not isinstance(max_boxes, int) or max_boxes < 1):
         raise ValueError(f"max_boxes must be a whole number >= 1, got {max_boxes!r}")
+    if min_confidence is not None and (model is None or index is not None):  # read by nothing (the CLI refused)
+        raise ValueError("min_confidence is a setting of the classifier naming the boxes: " + (
+            "give the model" if model is None else "with an index the nearest product names them (min_similarity)"))
+    min_confidence = 0.5 if min_confidence is None else min_confidence
     det = detector if isinstance(detector, _Detector) else load_detector(detector)
     clf = model if model is None or isinstance(model, Model) else load_model(model)
     vectors = None
