@@ -847,3 +847,9 @@ def test_form_fields_the_route_does_not_read_are_refused(client, val_photo) -> N
     r = client.post("/v1/predict", files=_upload(data), data={"top_k": "2" * (1024 * 1024 + 10)})
     assert r.status_code == 400 and "maximum size" in r.json()["detail"]  # Starlette's own words, kept
     assert client.post("/v1/predict", files=_upload(data), data={"top_k": "2"}).status_code == 200
+    # query strings too: a misspelt or misplaced parameter answered 200 as if nothing had been asked
+    r = client.post("/v1/predict?top_k=1", files=_upload(data))
+    assert r.status_code == 422 and "unknown query parameter(s) 'top_k': /v1/predict takes no query" in r.text
+    r = client.get("/v1/products?limt=1")
+    assert r.status_code == 422 and "'limt'" in r.text and "reads limit, offset, q" in r.text
+    assert client.get("/v1/products?limit=1").status_code == 200
