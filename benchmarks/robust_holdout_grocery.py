@@ -1,7 +1,7 @@
 """Robustness fine-tunes selected on a hold-out of Grocery Store train, scored on the hold-out and on val.
 
     python benchmarks/robust_holdout_grocery.py [--base runs/hold-control/bundle] [--arms control,frozen]
-                                                [--epochs 6] [--corrupt-fraction 0.75] [--work DIR]
+                                                [--epochs 6] [--corrupt-fraction 0.75] [--seed 0] [--work DIR]
 
 `benchmarks/robustness_grocery.py` selects each fine-tune's epoch on val, the split it then reports. Here the
 split is the one `benchmarks/holdout_grocery.py` makes (15 % of each class's train photos, seed 0): BASE must be
@@ -40,6 +40,8 @@ def main() -> int:
     ap.add_argument("--arms", default="control,frozen", help=f"fine-tunes beside BASE: {', '.join(ARMS)}")
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--corrupt-fraction", type=float, default=0.75)
+    ap.add_argument("--seed", type=int, default=0, help="the fine-tunes' seed (batch order, augmentations, "
+                    "corruptions); the hold-out split stays seed 0")
     ap.add_argument("--max-steps", type=int, default=None, help="stop each fine-tune after N steps (a smoke check)")
     ap.add_argument("--limit", type=int, default=None, help="score N photos of each split (seeded sample), not all")
     ap.add_argument("--no-write", action="store_true", help="print the table, do not append it to RESULTS.md")
@@ -85,7 +87,7 @@ def main() -> int:
         result = fit(resolve_config({
             "data": str(data), "out": str(out), "baseline": False, "init_from": str(ns.base), "teacher": str(ns.base),
             "corrupt_fraction": ns.corrupt_fraction, "epochs": ns.epochs, "monitor": "robust_top1", "lr": 3e-4,
-            "warmup_epochs": 0.5, "max_steps": ns.max_steps, **ARMS[arm]}), catalogue=holdout_cat)
+            "warmup_epochs": 0.5, "max_steps": ns.max_steps, "seed": ns.seed, **ARMS[arm]}), catalogue=holdout_cat)
         notes.append(f"{arm}: {(time.perf_counter() - t) / 60:.1f} min, epoch {result.best_epoch} selected.")
         bundles[arm] = result.bundle
 
@@ -112,7 +114,7 @@ def main() -> int:
         (f"BASE `{ns.base}`; hold-out: {len(held)} train photos (15 % of each class, seed 0), every arm's epoch selected "
         f"on it; val ({len(cat.split('val'))} photos, two other stores) chose nothing. Arms: {', '.join(arms)}; "
         f"{ns.epochs} epochs, corrupt fraction {ns.corrupt_fraction}, teacher BASE, monitor robust_top1, lr 3e-4, "
-        "warm-up 0.5 epochs. Corruptions at severities 1, 3, 5, fp32; clean is the fine head's raw top-1 in fp32 "
+        f"warm-up 0.5 epochs, seed {ns.seed}. Corruptions at severities 1, 3, 5, fp32; clean is the fine head's raw top-1 in fp32 "
         "(not the evaluator's calibrated coarse rule)."), "",
         "| model | scored on | clean | mean corruption | noise | blur | JPEG | brightness | rotation | occlusion |",
         "|---|---|---|---|---|---|---|---|---|---|", *rows, "", *notes,
