@@ -47,8 +47,9 @@ def backends(tiny_bundle, tiny_catalogue, tmp_path_factory):
 @pytest.fixture(scope="module")
 def client(backends):
     bundle, index, events = backends
+    # keep_uploads with an index and no inventory: enrolment keeps its photos (it was refused without a db)
     settings = ServeSettings(model=str(bundle), index=str(index), events=str(events), device="cpu",
-                             api_keys=(ApiKey("t", KEY),))
+                             api_keys=(ApiKey("t", KEY),), keep_uploads=True)
     with TestClient(create_app(settings)) as c:
         yield c
 
@@ -291,6 +292,8 @@ def test_enrol_a_new_product_then_predict_and_find_it(client) -> None:
     assert "new-red-thing" in state.recommender.item_vectors  # with its content (none until a restart before)
     assert r.json()["index_entries"] == 3
     assert "new-red-thing" in client.get("/v1/info").json()["model"]["classes"]  # the served model was reloaded
+    kept = Path(state.settings.model) / "enrolled" / "new-red-thing"  # --keep-uploads: for a later retrain
+    assert len(list(kept.glob("*.jpg"))) == 3
     r = client.post("/v1/products", data={"product_id": "new-red-thing"}, files=shots, headers=AUTH)
     assert r.status_code == 409
     for bad in ("a/b", "tab\there", " padded", ".", ".."):  # ids no other route could reach (or logs would carry)
