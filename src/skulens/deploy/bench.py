@@ -14,6 +14,7 @@ is that variant's own and no variant warms another's caches or thread pools.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -246,6 +247,20 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # no /proc: the best there is
 
 
+@contextlib.contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to `threads` (None: left as they are) for the block, restored after."""
+    import torch
+
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def measure_variant(v: Variant, paths: Sequence[str], labels: Sequence[str], *, threads: int, workers: int,
                     batch_size: int, latency_images: int = 50, repeats: int = 1, warmup: int = 3) -> BenchRow:
     """One variant, end to end, in the calling process (its torch thread count is restored after).
@@ -257,9 +272,7 @@ def measure_variant(v: Variant, paths: Sequence[str], labels: Sequence[str], *, 
 
     from ..models.bundle import read_card
 
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with _torch_threads(threads):
         card = read_card(v.bundle)
         naive = v.runtime == "baseline"
         load = _naive_loader(card) if naive else _fast_loader(card)
@@ -274,8 +287,6 @@ def measure_variant(v: Variant, paths: Sequence[str], labels: Sequence[str], *, 
             t = time.perf_counter()
             infer(load(paths[i % len(paths)]).unsqueeze(0)).argmax(1)
             lat.append((time.perf_counter() - t) * 1000)
-    finally:
-        torch.set_num_threads(previous)
     top1 = float(np.mean([card.classes[int(i)] == lab for i, lab in zip(pred, labels, strict=True)]))
     return BenchRow(v.name, v.runtime, card.backbone, top1, len(paths), round(size, 2),
                     float(np.percentile(lat, 50)), float(np.percentile(lat, 99)),
@@ -535,8 +546,6 @@ def bench_detection(detector: str | os.PathLike, photos: Sequence[bytes], *, mod
     default the libraries' own."""
     import statistics
 
-    import torch
-
     from ..data.decode import decode_image
     from ..detect.count import count_products
     from ..detect.detector import load_detector
@@ -550,10 +559,7 @@ def bench_detection(detector: str | os.PathLike, photos: Sequence[bytes], *, mod
         variants.append(("detector (ONNX Runtime)", load_onnx_detector(detector, threads=threads)))
     mp = statistics.mean(w * h for w, h in (decode_image(p).size for p in photos[:3])) / 1e6
     rows = []
-    previous = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
+    with _torch_threads(threads):
         for name, det in variants:
             list(count_products(det, photos[:1], model=model))
             times, boxes = [], 0.0
@@ -565,8 +571,6 @@ def bench_detection(detector: str | os.PathLike, photos: Sequence[bytes], *, mod
             sec = statistics.median(times)
             label = name + (" + classifier per box" if model is not None else "")
             rows.append(DetectionRow(label, sec, 1 / sec, boxes, mp))
-    finally:
-        torch.set_num_threads(previous)
     return rows
 
 
