@@ -168,15 +168,12 @@ def tag(photos: Iterable[ImageInput], model: Model | str | os.PathLike, *, vocab
     when the catalogue has texts.
     """
     from .search.align import load_aligner
-    from .search.tags import Tagger
+    from .search.tags import DEFAULT_TOP_TAGS, Tagger, unused_vocabulary_settings
 
-    if vocabulary is None:  # they choose and rank vocabulary tags: without one they did nothing (the CLI refused;
-        # top_k 0, no vocabulary tags, is what no vocabulary gives)
-        given = [name for name, value in (("mode", mode != "auto"), ("top_k", bool(top_k)),
-                                          ("min_score", min_score is not None)) if value]
-        if given:
-            raise ValueError(f"{', '.join(given)}: setting(s) of the vocabulary tags; give a vocabulary")
-    top_k = 5 if top_k is None else top_k
+    given = unused_vocabulary_settings(mode, top_k, min_score) if vocabulary is None else []
+    if given:  # without a vocabulary they did nothing
+        raise ValueError(f"{', '.join(given)}: setting(s) of the vocabulary tags; give a vocabulary")
+    top_k = DEFAULT_TOP_TAGS if top_k is None else top_k
     m = _as_model(model, device, precision=precision)
     tagger = Tagger(m, products=_catalogue_products(data, m), mode=mode,
                     aligner=load_aligner(m.path) if m.path is not None else None)

@@ -61,11 +61,12 @@ def cmd_tag(ns: argparse.Namespace) -> int:
     if ns.min_score is not None and not -1 <= ns.min_score <= 1:  # a cosine; `not <=`: NaN too
         raise UsageError(f"--min-score is a cosine similarity between -1 and 1, got {ns.min_score}")
     if not ns.vocabulary:  # they choose and rank vocabulary tags: without one they did nothing, unsaid
-        given = [flag for flag, value in (("--mode", ns.mode != "auto"), ("--min-score", ns.min_score is not None),
-                                          ("-k/--top-k", bool(ns.top_k))) if value]  # -k 0: none, as without one
-        if given:
+        from ..search.tags import unused_vocabulary_settings
+
+        flags = {"mode": "--mode", "top_k": "-k/--top-k", "min_score": "--min-score"}
+        given = [flags[name] for name in unused_vocabulary_settings(ns.mode, ns.top_k, ns.min_score)]
+        if given:  # said with the flags' names, before any photo is read (the API says it too)
             raise UsageError(f"{', '.join(given)}: setting(s) of the vocabulary tags: give --vocabulary FILE")
-    ns.top_k = (5 if ns.top_k is None else ns.top_k) if ns.vocabulary else None
     bundle = model_path(ns)
     if ns.data is not None and not Path(ns.data).exists():
         raise UsageError(f"--data {ns.data}: no such file or folder")
@@ -117,7 +118,7 @@ def add_commands(sub: Any) -> None:
                         "aligner, `skulens align`), auto: text when the catalogue has texts (default: auto)")
     # 0 is a valid count of tags (category, attributes and colours only), as `skulens.tag` and POST /v1/tag take
     add_top_k(t, 5, "vocabulary tags per photo, 0 for none", allow_zero=True)
-    t.set_defaults(top_k=None)  # 5, once it is known whether it was given (it needs --vocabulary)
+    t.set_defaults(top_k=None)  # not given: the API's DEFAULT_TOP_TAGS (5; search.tags is not imported for --help)
     t.add_argument("--min-score", type=float, default=None,
                    help="score a vocabulary tag needs (default: per mode, chosen on grocery; see README)")
     t.add_argument("--format", choices=("jsonl", "csv"), default=None,

@@ -63,6 +63,7 @@ DEFAULT_MIN_SCORE = {"text": 0.39, "aligned": 0.115}
 # "text" with a `skulens text-tune`d encoder, whose cosines run lower (0.296 on the same benchmark).
 TUNED_TEXT_MIN_SCORE = 0.30
 MAX_PHRASES = 1000  # a vocabulary file; the REST API takes fewer per request
+DEFAULT_TOP_TAGS = 5  # vocabulary tags per photo when top_k is not given
 MAX_PHRASE_CHARS = 100  # a tag, not a description
 
 # 12 basic colour terms (Berlin & Kay's eleven, with beige for packaging and produce), each with sRGB
@@ -288,6 +289,14 @@ class Vocabulary:
 
 # --------------------------------------------------------------------------------------------- the tagger
 
+def unused_vocabulary_settings(mode: str = "auto", top_k: int | None = None,
+                               min_score: float | None = None) -> list[str]:
+    """Which of the vocabulary tags' settings were given (mode other than auto, a min_score, a top_k above 0):
+    without a vocabulary nothing reads them. top_k 0, no vocabulary tags, is what no vocabulary gives."""
+    return [name for name, given in (("mode", mode != "auto"), ("min_score", min_score is not None),
+                                     ("top_k", bool(top_k))) if given]
+
+
 class Tagger:
     """Tags photos with one model. products: the catalogue's products by label (titles for the category path,
     texts for the "text" mode, attribute sets for conflicts when the card has none); aligner: the bundle's
@@ -413,7 +422,7 @@ class Tagger:
 
     def tag(self, images: Iterable[ImageInput], *,
             vocabulary: Sequence[str] | Vocabulary | Sequence[Vocabulary | None] | None = None,
-            top_k: int | Sequence[int] = 5, min_score: float | None | Sequence[float | None] = None,
+            top_k: int | Sequence[int] = DEFAULT_TOP_TAGS, min_score: float | None | Sequence[float | None] = None,
             colours: bool = True, batch_size: int = 32, progress: bool = False) -> list[ListingTags]:
         """ListingTags per photo, in input order; an unreadable photo gets a row with its `error`.
 

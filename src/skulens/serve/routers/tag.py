@@ -10,7 +10,7 @@ from typing import Annotated
 import anyio
 from fastapi import APIRouter, File, Form, HTTPException, UploadFile
 
-from ...search.tags import MAX_PHRASE_CHARS, TaggingError
+from ...search.tags import DEFAULT_TOP_TAGS, MAX_PHRASE_CHARS, TaggingError
 from ..batching import QueueFullError
 from ..deps import ReadKey, State, busy, decode_upload
 from ..forms import StrictFormRoute
@@ -29,7 +29,7 @@ async def tag(state: State, _: ReadKey,
               vocabulary: Annotated[list[str] | None, Form(
                   description=f"phrases to tag with, one per field (at most {REQUEST_MAX_PHRASES}, "
                               f"{MAX_PHRASE_CHARS} characters each); default: the server's --tag-vocabulary")] = None,
-              top_k: Annotated[int | None, Form(ge=0, le=50, description="vocabulary tags per photo (default 5)")
+              top_k: Annotated[int | None, Form(ge=0, le=50, description=f"vocabulary tags per photo (default {DEFAULT_TOP_TAGS})")
                                ] = None,
               min_score: Annotated[float | None, Form(ge=-1.0, le=1.0)] = None) -> TagResponse:
     t0 = time.perf_counter()
@@ -39,7 +39,7 @@ async def tag(state: State, _: ReadKey,
     if phrases is None and (top_k is not None or min_score is not None):  # accepted and ignored before
         raise HTTPException(422, "top_k, min_score: settings of the vocabulary tags; send a vocabulary (this "
                                  "server has no --tag-vocabulary)")
-    top_k = 5 if top_k is None else top_k
+    top_k = DEFAULT_TOP_TAGS if top_k is None else top_k
     if source == "request" and phrases is not None and len(phrases) > REQUEST_MAX_PHRASES:  # before any work
         raise HTTPException(422, f"vocabulary: {len(phrases)} phrases, at most {REQUEST_MAX_PHRASES} per request "
                                  "(a longer list belongs in the server's --tag-vocabulary)")
