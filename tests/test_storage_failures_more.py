@@ -342,6 +342,17 @@ def test_an_adjustment_on_a_postgresql_database_whose_disk_fails_answers_503_wit
 # -- PostgreSQL gone for a while: 503 with Retry-After, /readyz says so, back by itself ----------------------------
 
 
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A folder under /tmp with a short path (a Unix socket's path must stay under 108 bytes), removed after."""
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="pg", dir="/tmp"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 class _SocketProxy:
     """A Unix-socket forwarder to the PostgreSQL server: psycopg connects to FOLDER/.s.PGSQL.5432 (host=FOLDER) and
     the bytes go to the server's own socket. cut() drops every connection and the socket itself, as a database that
@@ -405,11 +416,9 @@ class _SocketProxy:
 
 @pytest.mark.parametrize("inventory_db", ["postgresql"], indirect=True)
 def test_a_postgresql_that_goes_away_is_a_503_readyz_says_so_and_the_service_comes_back(
-        inventory_db, tiny_bundle, tiny_catalogue: Path, tmp_path: Path) -> None:
+        inventory_db, tiny_bundle, tiny_catalogue: Path, short_tmp: Path) -> None:
     """Every inventory call answered a bare 500 and logged a traceback while PostgreSQL was down, /readyz said
     "ready" (a load balancer kept sending intakes), and `inventory scan` ended in a traceback."""
-    import tempfile
-
     from fastapi.testclient import TestClient
     from sqlalchemy.engine import make_url
 
@@ -418,10 +427,9 @@ def test_a_postgresql_that_goes_away_is_a_503_readyz_says_so_and_the_service_com
     from test_serve import AUTH, _settings, _upload
 
     url = make_url(inventory_db.url())
-    folder = Path(tempfile.mkdtemp(prefix="pg", dir="/tmp"))  # a socket path must be short (108 bytes)
-    proxy = _SocketProxy(f"{url.query['host']}/.s.PGSQL.{url.port or 5432}", folder)
+    proxy = _SocketProxy(f"{url.query['host']}/.s.PGSQL.{url.port or 5432}", short_tmp)
     proxy.restore()
-    proxied = url.update_query_dict({"host": str(folder)}).render_as_string(hide_password=False)
+    proxied = url.update_query_dict({"host": str(short_tmp)}).render_as_string(hide_password=False)
     photos = sorted((tiny_catalogue.parent / "val").rglob("*.jpg"))
     app = create_app(_settings(tiny_bundle, db=proxied, labelled_dir=str(inventory_db.dirs()["labelled_dir"]),
                                warmup=False))
