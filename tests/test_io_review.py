@@ -37,6 +37,16 @@ def test_predict_refuses_a_json_out_file_and_names_jsonl(tiny_bundle, tiny_catal
     assert not tags.exists() and ".jsonl" in capsys.readouterr().err
 
 
+def test_predict_with_a_plain_pretrained_backbone_is_a_one_line_usage_error(
+        tiny_catalogue: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`predict -m pretrained:NAME` (a spelling the README gives for embeddings) ended in a traceback (exit 1)."""
+    photo = str(min((tiny_catalogue.parent / "val" / "red-apple").glob("*.jpg")))
+    for engine in ([], ["--engine", "ray", "-o", "/nonexistent-skulens/preds.parquet"]):
+        assert main(["predict", "-m", "pretrained:efficientnet_lite0", photo, "-q", *engine]) == 2
+        err = capsys.readouterr().err
+        assert "no classifier" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
 # --- 2. a caller's PIL image goes through the decoder's rules ---------------------------------------------
 
 

@@ -74,6 +74,10 @@ def cmd_predict(ns: argparse.Namespace) -> int:
         ns.legacy_model = inputs.pop(0)
     check_precision_flag(ns)
     bundle = model_path(ns, backend=ns.backend)
+    if bundle is not None and bundle.startswith("pretrained:"):  # known before anything loads (Ray's actors too)
+        raise UsageError(f"--model {bundle}: a plain pretrained backbone has no classifier to predict with: use it "
+                         "for embeddings (`skulens index build`, `skulens search`), or fine-tune it with "
+                         "`skulens train`")
     on_ray = check_engine(ns)
     if on_ray and (ns.text is not None or ns.format is not None):
         raise UsageError(f"{'--text' if ns.text is not None else '--format'}: not with --engine ray (it writes "
