@@ -455,6 +455,30 @@ def test_an_unfinished_runs_bundle_says_so_where_it_loads(tiny_bundle, tmp_path:
     assert "has not finished (the best epoch so far, 2)" in caplog.text
 
 
+def test_an_unfinished_self_training_stage_advises_resuming_the_whole_run(tmp_path: Path) -> None:
+    """`skulens info` on a running self-training student advised `--config OUT/config.yaml --resume`: a stage's
+    own config, which self-training refuses to resume (it names OUT/self-training.yaml)."""
+    from types import SimpleNamespace
+
+    from skulens.models.card import unfinished_run_note
+
+    card = SimpleNamespace(metrics={"split": "val", "epoch": 4})  # a best epoch's card, before calibration
+    out = tmp_path / "semi"
+    for stage in (out, out / "round-1", out / "teacher"):
+        (stage / "bundle").mkdir(parents=True)
+        (stage / "config.yaml").write_text("epochs: 3\n", encoding="utf-8")
+    plain = unfinished_run_note(card, out / "bundle")  # no self-training.yaml: a plain run
+    assert plain is not None and plain.endswith(f"--config {out / 'config.yaml'} --resume")
+    (out / "self-training.yaml").write_text("unlabeled: photos\n", encoding="utf-8")
+    for stage in (out, out / "round-1", out / "teacher"):
+        note = unfinished_run_note(card, stage / "bundle")
+        assert note is not None and note.endswith(f"--config {out / 'self-training.yaml'} --resume"), stage
+    other = tmp_path / "semi" / "mine"  # a plain run saved inside a self-training run's folder is its own run
+    (other / "bundle").mkdir(parents=True)
+    (other / "config.yaml").write_text("epochs: 3\n", encoding="utf-8")
+    assert unfinished_run_note(card, other / "bundle").endswith(f"--config {other / 'config.yaml'} --resume")
+
+
 def _cli_train(manifest: Path, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "skulens.cli", "train", "--data", str(manifest), "--out", str(out), "-q",
             "--backbone", "efficientnet_lite0", "--image-size", "64", "--train-image-size", "64",

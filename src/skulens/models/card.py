@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from ..data._types import Product
 
-__all__ = ["CARD_SCHEMA", "ModelCard", "enrolled_products", "exclusive_attribute_pairs", "model_products",
+__all__ = ["CARD_SCHEMA", "SELF_TRAINING_CONFIG", "ModelCard", "enrolled_products", "exclusive_attribute_pairs", "model_products",
            "resolve_exclusive", "scores_cell", "val_top1", "without_conflicts"]
 
 CARD_SCHEMA = 1
@@ -236,10 +236,18 @@ def unfinished_run_note(card: ModelCard, folder: str | os.PathLike[str]) -> str 
     if folder.name != "bundle" or "best_epoch" in card.metrics or not any(
             (run / name).exists() for name in ("checkpoint", "checkpoint.tmp", "config.yaml")):
         return None
+    # A stage of self-training (OUT, OUT/round-K, OUT/teacher) resumes as the whole run, from the run's own config
+    # (its stage's config.yaml alone is refused)
+    whole = next((f / SELF_TRAINING_CONFIG for f in (run, run.parent) if (f / SELF_TRAINING_CONFIG).is_file()), None)
+    config = whole if whole is not None and (whole.parent == run or run.name == "teacher"
+                                             or run.name.startswith("round-")) else run / "config.yaml"
     return (f"{folder} is the snapshot of a run that has not finished (the best epoch so far, "
             f"{card.metrics.get('epoch', '?')}): not calibrated, its confidences and thresholds are not the final "
             f"model's. Wait for the run to end, or resume it if it was stopped: skulens train --config "
-            f"{folder.parent / 'config.yaml'} --resume")
+            f"{config} --resume")
+
+
+SELF_TRAINING_CONFIG = "self-training.yaml"  # a self-training run's whole config, written by train.semi into OUT
 
 
 def val_top1(card: ModelCard) -> float | None:

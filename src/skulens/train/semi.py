@@ -41,6 +41,7 @@ import numpy as np
 
 from ..config import ConfigError, TrainConfig
 from ..data.catalogue import EXTRA_TRAIN, Catalogue, Sample, merge_samples
+from ..models.card import SELF_TRAINING_CONFIG
 
 if TYPE_CHECKING:
     from ..models.predictor import Model
@@ -219,7 +220,6 @@ def _self_train(cfg: TrainConfig, catalogue: Catalogue, photos: list[Path], d: D
     return result
 
 
-SELF_TRAINING_CONFIG = "self-training.yaml"  # the whole run's config; each stage's config.yaml holds its own
 
 
 def _record_config(cfg: TrainConfig, out: Path) -> str:
