@@ -479,6 +479,16 @@ def test_grocery_product_files_missing_are_named_and_latin1_is_refused(tmp_path:
         load_catalogue(root, attributes_file=none)
 
 
+def test_grocery_product_text_with_a_byte_order_mark_reads_without_it(tmp_path: Path) -> None:
+    """One of Grocery Store's sheets starts with a UTF-8 byte-order mark: its text began with "\ufeff" (the
+    service's /v1/products answered info "\ufeffTitle: ...")."""
+    root = _grocery(tmp_path / "gs")
+    text = root / "iconic/Apple/Granny-Smith/Granny-Smith_Description.txt"
+    text.write_bytes(b"\xef\xbb\xbfTitle: Apple Granny Smith\n")
+    cat = load_catalogue(root, attributes_file=_csv(tmp_path / "none.csv", ["label,colour"]))
+    assert cat.products["Granny-Smith"].description == "Title: Apple Granny Smith"
+
+
 def test_grocery_unknown_class_id_names_file_and_line(tmp_path: Path) -> None:
     root = _grocery(tmp_path / "gs")
     lines = (root / "val.txt").read_text().splitlines()

@@ -185,8 +185,9 @@ def _grocery_product(row: _GroceryClass, root: Path, root_real: Path) -> Product
 
 
 def _utf8_text(path: Path) -> str:
-    """A product text file, refused when it is not UTF-8 (it was read with replacement characters: "P\ufffdron")."""
+    """A product text file, refused when it is not UTF-8 (it was read with replacement characters: "P\ufffdron").
+    A byte-order mark is no text (one of Grocery Store's sheets starts with one: its info read "\ufeffTitle: ...")."""
     try:
-        return path.read_text(encoding="utf-8").strip()
+        return path.read_text(encoding="utf-8-sig").strip()
     except UnicodeDecodeError:
         raise CatalogueError(f"{path}: {not_utf8(path)}") from None
