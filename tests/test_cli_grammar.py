@@ -53,6 +53,35 @@ def test_every_flag_has_help(leaves) -> None:
     assert missing == []
 
 
+def test_every_help_gives_its_default_once_and_says_nothing_of_unset_ones(leaves) -> None:
+    """`serve --help` said "(default: the data the bundle was trained on) (default: None)", train's flags
+    "(default: None)" eleven times; robustness, bench, prune and others ran defaults their help never gave; the
+    explain usage line said `--precision P` beside its choices; `detect export` offered "--backend onnx", which it
+    has not."""
+    twice, unset, unsaid = [], [], []
+    for cmd, p in leaves.items():
+        formatter = p._get_formatter()
+        for a in p._actions:
+            if a.help in (None, argparse.SUPPRESS) or isinstance(a, argparse._HelpAction):
+                continue
+            text, name = formatter._expand_help(a), f"{' '.join(cmd)} {a.option_strings or a.dest}"
+            if text.count("(default:") > 1:
+                twice.append(name)
+            if "(default: None)" in text or "(default: ())" in text or "(default: [])" in text:
+                unset.append(name)
+            if a.option_strings and a.default not in (None, False, [], argparse.SUPPRESS) and "default" not in text:
+                unsaid.append(name)
+    assert (twice, unset, unsaid) == ([], [], [])
+    for cmd in (("detect", "export"), ("detect", "evaluate"), ("count",)):  # only count has --backend
+        detector = next(a for a in leaves[cmd]._actions if "--detector" in a.option_strings)
+        assert ("--backend" in detector.help) == ("--backend" in _visible_options(leaves[cmd])), cmd
+    for cmd, p in leaves.items():  # a usage line written by hand names each option as argparse would
+        if p.usage:
+            for a in p._actions:
+                if a.choices and a.option_strings:
+                    assert "{" + ",".join(a.choices) + "}" in p.usage, (cmd, a.option_strings)
+
+
 def test_the_model_is_spelled_the_same_everywhere(leaves) -> None:
     for cmd in MODEL_COMMANDS:
         opts = _visible_options(leaves[cmd])

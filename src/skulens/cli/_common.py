@@ -474,6 +474,13 @@ def device_arg(text: str) -> str:
     raise argparse.ArgumentTypeError(f"{text!r}: give auto, cpu, cuda or cuda:N")
 
 
+def help_with_default(help_text: str, default: Any) -> str:
+    """`help_text (default: X)`; nothing added for an unset default (None, no values) or a help that gives its own."""
+    if default is None or default == () or default == [] or "default" in help_text:
+        return help_text
+    return f"{help_text} (default: {default})"
+
+
 # --------------------------------------------------------------------------- training flags
 
 def add_train_flags(p: argparse.ArgumentParser, defaults: dict[str, Any] | None = None,
@@ -493,11 +500,11 @@ def add_train_flags(p: argparse.ArgumentParser, defaults: dict[str, Any] | None 
         args = get_args(hint)
         if hint is bool or (args and bool in args and len(args) == 1):
             g.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None,
-                           help=f"{help_text} (default: {default})")
+                           help=help_with_default(help_text, default))
             continue
         choices = args if "Literal" in repr(hint) and args and all(isinstance(a, str) for a in args) else None
         g.add_argument(flag, dest=name, default=None, choices=choices, metavar=None if choices else name.upper(),
-                       help=f"{help_text} (default: {default})")
+                       help=help_with_default(help_text, default))
 
 
 def train_overrides(ns: argparse.Namespace) -> dict[str, Any]:

@@ -44,11 +44,12 @@ from ._common import (
 __all__ = ["add_commands"]
 
 
-def _add_detector(p: argparse.ArgumentParser, *, positional: bool = False) -> None:
+def _add_detector(p: argparse.ArgumentParser, *, positional: bool = False, onnx: bool = False) -> None:
+    """`onnx`: the command has --backend, so an exported detector.onnx can be given too."""
     if positional:
         p.add_argument("detector_pos", nargs="?", metavar="DET", help="detector folder (or --detector)")
-    p.add_argument("--detector", help="detector folder written by `skulens detect train`, or its exported .onnx "
-                                      "with --backend onnx")
+    p.add_argument("--detector", help="detector folder written by `skulens detect train`"
+                                      + (", or its exported .onnx with --backend onnx" if onnx else ""))
 
 
 def _detector_arg(ns: argparse.Namespace) -> str:
@@ -84,7 +85,7 @@ def add_commands(sub: Any) -> None:
                                              "('-' or none: paths from stdin); "
                                              "a bundle folder first is taken as the model")
     add_model(c, "classification bundle that names each box", required=False, positional_legacy=False)
-    _add_detector(c)
+    _add_detector(c, onnx=True)
     add_out(c, "write results here: .jsonl (one photo per line, with boxes) or .csv (one row per photo and "
                "product; a photo's total and unknown repeated on each of its rows); default: JSON lines on stdout")
     c.add_argument("--annotated", metavar="DIR", help="write each photo with its boxes drawn as DIR/NNNN-<name>.png "
@@ -117,8 +118,10 @@ def add_commands(sub: Any) -> None:
                    "2-core CPU run first)")
     g.add_argument("--batch-size", type=positive_int, help="canvases per step (default: 8)")
     g.add_argument("--lr", type=float, help="AdamW learning rate (default: 1e-3)")
-    g.add_argument("--max-minutes", type=float, help="wall-time budget: the schedule ends by then even if the "
-                                                     "steps are not done (default: 55)")
+    g.add_argument("--max-minutes", type=float, help="wall-time budget of the training steps and their held-out "
+                                                     "checks: the schedule ends by then even if the steps are not "
+                                                     "done; the last check and the count threshold's calibration "
+                                                     "come after it (default: 55)")
     g.add_argument("--eval-every", type=positive_int, help="steps between held-out checks (default: 150)")
     g.add_argument("--seed", type=non_negative_int, help="seed of the composites and the run (default: 0)")
     g.add_argument("--several-items", metavar="LABELS|FILE",
@@ -135,7 +138,7 @@ def add_commands(sub: Any) -> None:
     t.set_defaults(func=cmd_detect_train)
 
     e = dsub.add_parser("evaluate", help="AP, recall and count error on photos with real boxes")
-    _add_detector(e, positional=True)
+    _add_detector(e, positional=True, onnx=True)
     e.add_argument("--data", required=True, help="annotated photos: a VOC folder, COCO JSON or YOLO folder")
     add_model(e, "classification bundle: adds per-product count accuracy", required=False,
               positional_legacy=False)
@@ -153,7 +156,7 @@ def add_commands(sub: Any) -> None:
 
     pv = dsub.add_parser("preview", help="save a grid of synthetic training composites with their boxes")
     add_data(pv, "catalogue whose product photos become composites (default: the grocery dataset)")
-    add_out(pv, "PNG to write", default="composites.png")
+    add_out(pv, "PNG to write (default: composites.png)", default="composites.png")
     pv.add_argument("-n", type=positive_int, default=8, help="composites in the grid (default: %(default)s)")
     pv.add_argument("--seed", type=non_negative_int, default=0, help="seed (default: %(default)s)")
     pv.set_defaults(func=cmd_detect_preview)

@@ -82,7 +82,7 @@ def add_commands(sub: Any) -> None:
                          "boxes is logged and audited as 'box_cap_reached'")
     sc.add_argument("--tiles", choices=TILE_MODES, default=ServeSettings.detector_tiles,
                     help="with --detector: tile large photos (auto: long side over 2x the detector's size and "
-                         "the products found whole look small)")
+                         "the products found whole look small; default: %(default)s)")
     sc.add_argument("--detector-backend", choices=DETECTOR_BACKENDS, default=ServeSettings.detector_backend,
                     help="with --detector: run it in PyTorch, or under ONNX Runtime on the CPU (DET/detector.onnx, "
                          "written by `skulens detect export DET`) (default: %(default)s)")

@@ -233,13 +233,15 @@ def add_commands(sub: Any) -> None:
     add_out(pr, "write the predictions here instead of stdout (--engine ray: a .parquet file or a folder)",
             legacy_output=True)
     pr.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default: 32)")
-    pr.add_argument("--text", action="append", help="each image's listing text, in order (uses the fusion head)")
+    pr.add_argument("--text", action="append", help="an image's listing text (uses the fusion head): once per image, in the images' order "
+                                                     "(--text 'oat milk 1 l' --text 'ripe bananas')")
     pr.add_argument("--device", type=device_arg, default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     add_precision(pr)
     pr.add_argument("--backend", choices=MODEL_BACKENDS, default="torch",
                     help="onnx: run the bundle's model.onnx (or a .onnx file) with ONNX Runtime; onnx-int8: its "
                          "model.int8.onnx (export --int8 or --preset fast); tflite: its model.tflite (or a .tflite "
-                         "file) with LiteRT; tflite-int8: its model.int8.tflite (export --format tflite --int8)")
+                         "file) with LiteRT; tflite-int8: its model.int8.tflite (export --format tflite --int8) "
+                         "(default: %(default)s)")
     add_engine(pr, "writes Parquet to -o (a .parquet file or a folder)")
     add_quiet(pr)
     pr.set_defaults(func=cmd_predict)

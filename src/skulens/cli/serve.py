@@ -14,7 +14,7 @@ from dataclasses import fields
 from typing import Any
 
 from ..serve.settings import ServeSettings, load_api_keys, resolve_settings
-from ._common import UsageError, check_model, deprecated_alias
+from ._common import UsageError, check_model, deprecated_alias, help_with_default
 
 __all__ = ["add_commands", "serve_settings"]
 
@@ -73,17 +73,17 @@ def add_commands(sub: Any) -> None:
     for f in fields(ServeSettings):
         if f.name == "api_keys":
             continue
-        help_text = _SERVE_HELP.get(f.name) or comments.get(f.name, "")
-        default = "" if f.default is dataclasses.MISSING else f"(default: {f.default})"
+        help_text = help_with_default(_SERVE_HELP.get(f.name) or comments.get(f.name, ""),
+                                      None if f.default is dataclasses.MISSING else f.default)
         if f.name == "model":
             s.add_argument("-m", "--model", dest="model", default=None, metavar="MODEL", help=help_text)
         elif isinstance(f.default, bool):
             s.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=None,
-                           help=f"{help_text} {default}".strip())
+                           help=help_text)
         else:
             short = ["-k"] if f.name == "top_k" else []  # -k/--top-k, as in every command
             s.add_argument(*short, _flag(f.name), dest=f.name, default=None, metavar=f.name.upper(),
-                           help=f"{help_text} {default}".strip())
+                           help=help_text)
     if "data" in names and "catalogue" not in names:
         deprecated_alias(s, "--catalogue", "--data", "data")
     s.set_defaults(func=cmd_serve)

@@ -345,7 +345,8 @@ def add_commands(sub: Any) -> None:
     pr.add_argument("--amount", type=float, default=0.3,
                     help="share of channels (structured) or of weights (unstructured) to remove (default: 0.3)")
     pr.add_argument("--kind", choices=("structured", "unstructured"), default="structured",
-                    help="structured: remove channels (faster); unstructured: zero weights (smaller when compressed)")
+                    help="structured: remove channels (faster); unstructured: zero weights (smaller when compressed) "
+                         "(default: %(default)s)")
     pr.add_argument("--round-to", type=positive_int, default=None, help="structured: channel counts multiples of N")
     pr.add_argument("--recover", action=argparse.BooleanOptionalAction, default=True,
                     help="recovery fine-tune in the engine (defaults: 3 epochs, freeze full, no baseline)")
