@@ -97,8 +97,10 @@ def test_filters_more_like_this_and_metadata_updates(index_dir: Path, tiny_bundl
     main(["search", "--index", str(index_dir), "--product", "red-apple", "-k", "5"])
     similar = [h["product_id"] for h in json.loads(capsys.readouterr().out)["hits"]]
     assert "red-apple" not in similar and set(similar) == {"green-apple", "oat-milk"}
+    capsys.readouterr()
     assert main(["index", "update", str(index_dir), "--product", "green-apple", "--set", "in_stock=true"]) == 0
     assert open_index(index_dir).records("green-apple")[0].metadata["in_stock"] is True
+    assert 'green-apple: metadata {"in_stock": true}' in capsys.readouterr().err  # as stored, not Python's True
     assert main(["index", "update", str(index_dir), "--product", "green-apple", "--set", "note=x"]) == 0
     assert main(["index", "update", str(index_dir), "--product", "green-apple", "--set", "note="]) == 0
     assert "note" not in open_index(index_dir).records("green-apple")[0].metadata  # KEY= removes it (stored "")

@@ -122,7 +122,7 @@ def cmd_index_update(ns: argparse.Namespace) -> int:
     values = {k: None if k in blank else v for k, v in (_filters(ns.set) or {}).items()}
     index.update_metadata(ns.product, values)
     index.save()
-    say(f"{ns.product}: metadata {values}")
+    say(f"{ns.product}: metadata {json.dumps(values)}")  # as stored: false and null, not Python's False and None
     return 0
 
 
