@@ -279,6 +279,44 @@ def test_inventory_page_a_key_typed_after_a_refused_intake(site, page, tmp_path:
     expect(page.locator("#status")).to_contain_text("1 for review", timeout=60_000)
 
 
+def test_inventory_page_names_products_as_it_shows_them_and_points_at_the_key_box(site, page, tmp_path: Path) -> None:
+    """A review's: the correction box refused the name the page shows ("Oat Milk": 422 unknown product), the review
+    cards showed product ids whenever the product list answered after the queue, and a refused key said "send it
+    as 'X-API-Key: KEY'" (words for API clients) instead of pointing at the page's key box."""
+    import time
+
+    shot = tmp_path / "named.jpg"
+    shot.write_bytes(_grey_frame(77))  # threshold 1.0 on this server: it goes to review
+    expect = playwright_api.expect
+
+    def late(route) -> None:  # the product list answers after the queue and the history
+        time.sleep(1.5)
+        route.continue_()
+
+    page.route(re.compile(r"/v1/products\?limit="), late)
+    page.goto(site + "/inventory")
+    page.fill("#api-key", "not-the-key")
+    page.dispatch_event("#api-key", "change")
+    page.set_input_files("#intake-input", str(shot))
+    expect(page.locator("#status")).to_contain_text("401: the API key in the box at the top right was refused",
+                                                    timeout=30_000)
+    page.fill("#api-key", KEY)
+    with page.expect_response(lambda r: r.url.endswith("/v1/inventory/intake")) as answer:
+        page.dispatch_event("#api-key", "change")
+        page.set_input_files("#intake-input", str(shot))
+    card = page.locator(f'.review-item[data-id="{answer.value.json()["results"][0]["sha256"]}"]')
+    page.reload()  # a fresh page: names, queue and history loaded at once, the product list last
+    expect(card).to_have_count(1, timeout=30_000)
+    expect(card.locator(".candidate")).not_to_have_count(0)
+    names = card.locator(".candidate").all_inner_texts() + [card.locator(".review-label").input_value()]
+    assert names and not any("-" in n for n in names), names  # the tiny catalogue's ids have dashes, names none
+    expect(card.locator(".review-label")).to_have_attribute("aria-label", re.compile("product"))
+    card.locator(".review-label").fill("  OAT Milk ")  # the name as shown, in another case
+    card.locator("button", has_text="Confirm").click()
+    expect(page.locator("#status")).to_have_text(re.compile(r"Counted as oat milk"), timeout=30_000)
+    expect(card).to_have_count(0)
+
+
 @pytest.fixture(scope="module")
 def shelf_site(tiny_bundle, model, tmp_path_factory):
     from test_inventory_shelf import untrained_detector

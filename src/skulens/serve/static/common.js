@@ -28,6 +28,11 @@ async function api(path, options = {}) {
   if (!response.ok) {
     let detail = response.statusText;
     try { detail = (await response.json()).detail || detail; } catch (e) { /* not JSON */ }
+    if (response.status === 401) {  // the service's words are for API clients ("send it as 'X-API-Key: KEY'")
+      detail = authHeaders()["X-API-Key"]
+        ? "the API key in the box at the top right was refused: correct it (or clear it where none is needed)"
+        : "this needs an API key: enter it in the box at the top right";
+    }
     const failed = new Error(`${response.status}: ${detail}`);
     failed.status = response.status;
     throw failed;

@@ -44,6 +44,16 @@ async function loadLabels() {
   fillProducts();
 }
 
+// What a person types for a product: its id, or its name as the page shows it (any case, spaces for dashes).
+// None or several products of that name: sent as typed, and the service names the nearest ones.
+function labelFor(text) {
+  const typed = text.trim();
+  if (!typed || productIds.has(typed)) return typed;
+  const key = (s) => s.toLowerCase().replace(/[\s_-]+/g, " ").trim();
+  const hits = [...productIds].filter((id) => key(id) === key(typed) || key(titleOf(id)) === key(typed));
+  return hits.length === 1 ? hits[0] : typed;
+}
+
 function fillProducts() {
   const ids = [...productIds].sort((a, b) => titleOf(a).localeCompare(titleOf(b)) || a.localeCompare(b));
   document.getElementById("labels").replaceChildren(...ids.map((id) => {
@@ -286,11 +296,12 @@ function reviewCard(item) {
   const img = el("img");
   const input = el("input");
   input.setAttribute("list", "labels");
-  input.value = item.predicted_label || "";
+  input.value = item.predicted_label ? titleOf(item.predicted_label) : "";  // a name as the page shows names
   input.className = "review-label";
+  input.setAttribute("aria-label", "the product it is: its name or id");
   const ok = el("button", "Confirm / correct");
   ok.type = "button";
-  ok.addEventListener("click", () => decide(item.id, { label: input.value.trim() }));
+  ok.addEventListener("click", () => decide(item.id, { label: labelFor(input.value) }));
   const reject = el("button", "Reject");
   reject.type = "button";
   reject.addEventListener("click", () => decide(item.id, { reject: true }));
@@ -507,11 +518,13 @@ for (const th of document.querySelectorAll("#counts th[data-sort]")) {
 adjustForm.addEventListener("submit", adjust);
 adjustProduct.addEventListener("change", showCurrent);
 adjustKind.addEventListener("change", showKind);
-document.getElementById("api-key").addEventListener("change", () => {  // after common.js stored the key
-  loadLabels();  // with --auth-reads the product list, too, needs the key
-  refresh();
-});
+// The product names first, then what shows them (the review cards and the recent changes are drawn with the names
+// known when they are drawn: loaded side by side, they showed the ids whenever the product list came last).
+async function load() {
+  await loadLabels();  // with --auth-reads the product list, too, needs the key
+  await refresh();
+}
+document.getElementById("api-key").addEventListener("change", load);  // after common.js stored the key
 showKind();
-loadLabels();
 loadThresholds();
-refresh();
+load();
