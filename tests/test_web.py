@@ -317,6 +317,36 @@ def test_inventory_page_names_products_as_it_shows_them_and_points_at_the_key_bo
     expect(card).to_have_count(0)
 
 
+def test_inventory_page_sends_more_photos_than_a_request_takes_in_several(tiny_bundle, model, page,
+                                                                          tmp_path: Path) -> None:
+    """A review's: choosing more photos than the service's --max-files refused the whole choice (413), counting
+    nothing; an error line repeated its file's name, and a refused photo was summed up as "unreadable"."""
+    settings = ServeSettings(model=str(tiny_bundle.bundle), device="cpu", api_keys=(ApiKey("web", KEY),),
+                             db=str(tmp_path / "inv.sqlite"), review_threshold=1.0, max_files=2)
+    shots = []
+    for i in range(4):
+        shots.append(tmp_path / f"p{i}.jpg")
+        shots[-1].write_bytes(_grey_frame(40 + 10 * i))
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8 not really a jpeg" * 3)
+    shots.append(tmp_path / "bad.jpg")
+    expect = playwright_api.expect
+    with running_server(create_app(settings, model=model)) as url:
+        page.goto(url + "/inventory")
+        page.fill("#api-key", KEY)
+        page.dispatch_event("#api-key", "change")
+        page.wait_for_load_state("networkidle")
+        intakes = []
+        page.on("request", lambda r: intakes.append(r) if r.url.endswith("/v1/inventory/intake") else None)
+        page.set_input_files("#intake-input", [str(s) for s in shots])
+        expect(page.locator("#status")).to_have_text("0 counted, 4 for review, 0 already seen, 1 refused.",
+                                                     timeout=60_000)
+        assert len(intakes) == 3  # 2 + 2 + 1
+        expect(page.locator("#intake-files li")).to_have_count(5)
+        line = page.locator("#intake-files li").last.inner_text()
+        assert line.startswith("bad.jpg: refused: ") and line.count("bad.jpg") == 1, line
+        expect(page.locator("#review-size")).to_have_text("(4)", timeout=30_000)
+
+
 @pytest.fixture(scope="module")
 def shelf_site(tiny_bundle, model, tmp_path_factory):
     from test_inventory_shelf import untrained_detector
@@ -430,11 +460,11 @@ def test_inventory_intake_reports_each_file(site, page, tmp_path: Path) -> None:
         f"a.jpg: counted as {titles[first['label']]} (now {first['count']})" if first["status"] == "counted" else
         re.compile(r"^a\.jpg: sent to review"))
     expect(lines.nth(1)).to_have_text(re.compile(r"^a-again\.jpg: duplicate: already in the inventory"))
-    expect(lines.nth(2)).to_have_text(re.compile(r"^notes\.txt: error: notes\.txt: not an image"))
+    expect(lines.nth(2)).to_have_text(re.compile(r"^notes\.txt: refused: not an image"))  # its name once
     why = (f"confidence {100 * results[3]['confidence']:.1f}% for {titles[results[3]['label']]}, "
            "below the threshold 100.0%")
     expect(lines.nth(3)).to_have_text(f"grey.jpg: sent to review: {why}")
-    expect(page.locator("#status")).to_contain_text("1 already seen, 1 unreadable")
+    expect(page.locator("#status")).to_contain_text("1 already seen, 1 refused")
 
 
 def test_similar_product_photos_load_when_reads_need_a_key(tiny_bundle, tiny_catalogue, model, browser,

@@ -432,13 +432,18 @@ function showShelf(files, results) {
 
 // The review threshold, for saying why a photo went to review (null: unknown, say only its confidence).
 let reviewThreshold = null;
+let maxFiles = 32;  // photos per intake request (the service's --max-files): a larger choice goes in several
 async function loadThresholds() {
-  try { reviewThreshold = (await (await api("/v1/info")).json()).thresholds.review; } catch (e) { /* unknown */ }
+  try {
+    const info = await (await api("/v1/info")).json();
+    reviewThreshold = info.thresholds.review;
+    maxFiles = (info.limits && info.limits.max_files) || maxFiles;
+  } catch (e) { /* unknown */ }
 }
 
 // One line for one file of an intake answer: what became of it.
-function intakeLine(r) {
-  if (r.status === "error") return `error: ${r.error}`;
+function intakeLine(r, name) {
+  if (r.status === "error") return `refused: ${r.error.startsWith(`${name}: `) ? r.error.slice(name.length + 2) : r.error}`;
   if (r.status === "duplicate") {
     return `duplicate: already in the inventory${r.label ? ` (as ${titleOf(r.label)}, ${r.previous_status})` : ""}`;
   }
@@ -457,11 +462,33 @@ function showIntake(files, results) {
   const items = results.map((r, i) => {
     const name = r.source || (files[i] && files[i].name) || `file ${i + 1}`;
     const li = el("li", null, r.status);
-    li.append(el("strong", name), document.createTextNode(`: ${intakeLine(r)}`));
+    li.append(el("strong", name), document.createTextNode(`: ${intakeLine(r, name)}`));
     return li;
   });
   document.getElementById("intake-files").replaceChildren(...items);
   document.getElementById("intake-report").hidden = !items.length;
+}
+
+// One request of an intake. Where every photo in it is refused (not an image, too large, empty), the service
+// answers with the first one's reason alone: each is then sent by itself, to say every one's.
+async function intakePart(part) {
+  const form = new FormData();
+  for (const f of part) form.append("images", f);
+  try {
+    return await (await api("/v1/inventory/intake", { method: "POST", body: form })).json();
+  } catch (e) {
+    if (![413, 415, 422].includes(e.status)) throw e;
+    if (part.length > 1) {
+      const answers = [];
+      for (const f of part) answers.push(await intakePart([f]));
+      return {
+        results: answers.flatMap((a) => a.results),
+        ...Object.fromEntries(["counted", "review", "duplicate", "errors"].map((k) => [k, answers.reduce((n, a) => n + a[k], 0)])),
+      };
+    }
+    const error = e.message.replace(/^\d+: /, "");
+    return { results: [{ status: "error", error, source: part[0].name }], counted: 0, review: 0, duplicate: 0, errors: 1 };
+  }
 }
 
 let latestIntake = 0;  // the intake the page is showing: an answer to an older one that arrives late is dropped
@@ -472,22 +499,31 @@ async function intake(files) {
   showIntake(files, []);
   document.getElementById("shelf").hidden = true;  // the last intake's boxes are not this one's
   if (reviewThreshold === null) await loadThresholds();  // the API key may have come since the page loaded
-  const form = new FormData();
-  for (const f of files) form.append("images", f);
-  setStatus(`Counting ${files.length} photo(s)…`);
+  // More photos than the service takes in one request go in several, one after the other (a phone's gallery
+  // choice easily passes 32): each is its own transaction, and intake is idempotent by the photo's hash.
+  const body = { results: [], counted: 0, review: 0, duplicate: 0, errors: 0 };
   try {
-    const body = await (await api("/v1/inventory/intake", { method: "POST", body: form })).json();
-    if (mine !== latestIntake) return;
-    showIntake(files, body.results);
+    for (let start = 0; start < files.length; start += maxFiles) {
+      const part = files.slice(start, start + maxFiles);
+      setStatus(files.length > maxFiles
+        ? `Counting photos ${start + 1}-${start + part.length} of ${files.length}…` : `Counting ${files.length} photo(s)…`);
+      const answer = await intakePart(part);
+      if (mine !== latestIntake) return;
+      body.results.push(...answer.results);
+      for (const key of ["counted", "review", "duplicate", "errors"]) body[key] += answer[key];
+      showIntake(files.slice(0, body.results.length), body.results);
+    }
     const shelf = showShelf(files, body.results);
+    await refresh();  // first: a refresh that works clears an error line, and a refused photo's summary is one
     const photos = shelf ? `${shelf}; ` : `${body.counted} counted, ${body.review} for review, `;
-    setStatus(`${photos}${body.duplicate} already seen, ${body.errors} unreadable.`);
-    await refresh();
+    setStatus(`${photos}${body.duplicate} already seen, ${body.errors} refused.`, body.errors > 0);
   } catch (e) {
     if (mine !== latestIntake) return;
+    const done = body.results.length ? `The first ${body.results.length} photo(s) were taken in (listed below). ` : "";
+    if (body.results.length) await refresh();
     // Intake is idempotent by the photo's hash: sent again, a photo already counted is a duplicate, not counted twice.
-    setStatus(e.unreachable ? `${e.message} Re-sending the same photos is safe: photos already counted are reported `
-      + "as duplicates." : e.message, true);
+    setStatus(done + (e.unreachable ? `${e.message} Re-sending the same photos is safe: photos already counted are `
+      + "reported as duplicates." : e.message), true);
   }
 }
 
