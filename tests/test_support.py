@@ -91,7 +91,7 @@ def test_size_questions_that_begin_like_a_price_are_not_price_words(question) ->
 
 def test_low_recognition_confidence_is_handed_off_with_the_candidates(responder) -> None:
     a = responder.answer(_pred("Granny-Smith", 0.3), "Where is it from?")
-    assert a.handoff and "0.30" in a.reason and a.answer is None
+    assert a.handoff and "30.0%" in a.reason and a.answer is None
     assert [c[0] for c in a.candidates] == ["Granny-Smith", "other"]
     d = a.to_dict()
     assert d["candidates"][0] == {"label": "Granny-Smith", "p": 0.3}
@@ -340,7 +340,8 @@ def test_a_yes_or_no_is_given_only_when_every_likely_candidate_agrees(encoder) -
                        top_k=(("Oatly-Oat-Milk", 0.7), ("Arla-Standard-Milk", 0.28), ("Granny-Smith", 0.02)))
     a = r.answer(split, "Is it lactose free?")
     assert a.handoff and a.verdict is None and a.answer is None
-    assert "Oatly Oat Milk 70 % (yes)" in a.reason and "Arla Standard Milk 28 % (no)" in a.reason
+    # one percent format, as the web page shows confidences (it showed "70 %" beside the headline's "70.0%")
+    assert "Oatly Oat Milk 70.0% (yes)" in a.reason and "Arla Standard Milk 28.0% (no)" in a.reason
     assert "Granny" not in a.reason  # beyond 95 % of the probability
     # Both likely products come in a carton: the answer does not depend on which one it is.
     b = r.answer(split, "does it come in a carton?")

@@ -239,7 +239,7 @@ class SupportResponder:
             seen.append((label, p, other.verdict if other is not None else None))
         if all(v == verdict for _, _, v in seen):
             return None
-        return ", ".join(f"{self.product(lab).title or lab} {100 * p:.0f} % ({v or 'unknown'})" for lab, p, v in seen)
+        return ", ".join(f"{self.product(lab).title or lab} {100 * p:.1f}% ({v or 'unknown'})" for lab, p, v in seen)
 
     def answer(self, prediction: Prediction, question: str | None = None) -> SupportAnswer:
         question = (question or "").strip()[:MAX_QUESTION_CHARS] or None
@@ -251,7 +251,7 @@ class SupportResponder:
         title = self.product(label).title or label
         if conf < self.min_confidence:
             return SupportAnswer(label, title, conf, question, None, None, 0.0, True,
-                                 f"recognition confidence {conf:.2f} is below {self.min_confidence:.2f}: "
+                                 f"recognition confidence {100 * conf:.1f}% is below {100 * self.min_confidence:.1f}%: "
                                  "a person should check which product this is", candidates)
         topic = _HANDOFF_TOPIC.search(question) if question is not None else None
         if topic is not None:
