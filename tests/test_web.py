@@ -522,6 +522,9 @@ def test_photo_controls_work_from_the_keyboard(site, page, tiny_catalogue: Path,
             page.keyboard.press(key)
     chooser.value.set_files(str(photo))
     expect(page.locator("#status")).to_contain_text("Done in", timeout=60_000)
+    # the wait the user had (upload and answer too), beside the model's own time (it said the model's alone)
+    took = re.fullmatch(r"Done in (\d+) ms \(the model: (\d+) ms\)\.", page.text_content("#status") or "")
+    assert took and int(took[1]) >= int(took[2]), page.text_content("#status")
     _open_inventory(page, site)  # the inventory page's "Add photos" and "Take photo"
     page.focus("#api-key")
     page.keyboard.press("Tab")
