@@ -201,6 +201,7 @@ def test_inventory_page_intake_review_and_counts(site, page, tmp_path: Path) -> 
     item.locator("button", has_text="Confirm").click()
     expect(page.locator("#counts tbody tr")).to_have_text(re.compile(r"oat milk\s*oat-milk\s*1"), timeout=30_000)
     expect(page.locator(".review-item")).to_have_count(0)
+    expect(page.locator("#review")).to_have_text("Nothing waiting for review.")  # an empty queue says so
     with page.expect_download() as dl:
         page.click("#export")
     assert Path(dl.value.path()).read_text().startswith("label,count,updated_at,title\noat-milk,1,")
@@ -311,6 +312,9 @@ def test_inventory_page_names_products_as_it_shows_them_and_points_at_the_key_bo
     names = card.locator(".candidate").all_inner_texts() + [card.locator(".review-label").input_value()]
     assert names and not any("-" in n for n in names), names  # the tiny catalogue's ids have dashes, names none
     expect(card.locator(".review-label")).to_have_attribute("aria-label", re.compile("product"))
+    reject = card.locator("button", has_text="Reject")  # it throws the photo away: it does not look like Confirm
+    assert reject.evaluate("b => getComputedStyle(b).backgroundColor") != \
+        card.locator("button", has_text="Confirm").evaluate("b => getComputedStyle(b).backgroundColor")
     card.locator(".review-label").fill("  OAT Milk ")  # the name as shown, in another case
     card.locator("button", has_text="Confirm").click()
     expect(page.locator("#status")).to_have_text(re.compile(r"Counted as oat milk"), timeout=30_000)

@@ -302,8 +302,9 @@ function reviewCard(item) {
   const ok = el("button", "Confirm / correct");
   ok.type = "button";
   ok.addEventListener("click", () => decide(item.id, { label: labelFor(input.value) }));
-  const reject = el("button", "Reject");
+  const reject = el("button", "Reject", "reject");
   reject.type = "button";
+  reject.title = "Not a product of the catalogue: nothing is counted";
   reject.addEventListener("click", () => decide(item.id, { reject: true }));
   const text = el("div");
   text.append(el("p", null, "review-source"), el("div", null, "review-model"), input, ok, reject);
@@ -355,6 +356,7 @@ async function loadReview() {
     if (child.classList.contains("review-item") && wanted.has(child.dataset.id)) cards.set(child.dataset.id, child);
     else child.remove();
   }
+  if (!items.length) queue.append(el("p", "Nothing waiting for review.", "muted"));
   let before = null;  // the card placed last
   for (const item of items) {
     const card = cards.get(item.id) || reviewCard(item);
