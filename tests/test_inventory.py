@@ -451,6 +451,6 @@ def test_a_confidence_at_the_threshold_counts(inventory_db) -> None:
 def test_a_stock_take_below_zero_is_refused(inventory_db) -> None:
     with inventory_db.store() as store:
         store.intake([_photo(1)], threshold=0.6, actor="t")
-        with pytest.raises(InventoryError, match="would become -1"):
+        with pytest.raises(InventoryError, match=r"would become -1 \(in stock: \d+\)"):  # says what there is
             store.adjust("oat-milk", count=-1, actor="u")
         assert store.count("oat-milk") == 1 and [a.action for a in store.audit()] == ["intake"]

@@ -896,7 +896,7 @@ class InventoryStore:
             before = self._lock_count(db, label, now)  # locked: no intake changes it until this commits
             after = before + delta if delta is not None else int(count)  # type: ignore[arg-type]
             if after < 0:
-                raise InventoryError(f"{label}: count would become {after}")
+                raise InventoryError(f"{label}: count would become {after} (in stock: {before})")
             if after > MAX_COUNT:  # the column is a 4-byte integer on PostgreSQL
                 raise InventoryError(f"{label}: count would become {after}, above the largest stored ({MAX_COUNT})")
             after = self._add(db, label, after - before, now)
