@@ -204,6 +204,8 @@ def test_inventory_page_intake_review_and_counts(site, page, tmp_path: Path) -> 
     expect(page.locator("#counts tbody tr")).to_have_text(re.compile(r"oat milk\s*oat-milk\s*1"), timeout=30_000)
     expect(page.locator(".review-item")).to_have_count(0)
     expect(page.locator("#review")).to_have_text("Nothing waiting for review.")  # an empty queue says so
+    page.fill("#adjust-qty", "999999999999")  # past the largest count stored: the form says so, not a raw 422
+    assert page.eval_on_selector("#adjust-qty", "e => e.validity.rangeOverflow")
     with page.expect_download() as dl:
         page.click("#export")
     assert Path(dl.value.path()).read_text().startswith("label,count,updated_at,title\noat-milk,1,")
