@@ -206,6 +206,13 @@ def test_inventory_page_intake_review_and_counts(site, page, tmp_path: Path) -> 
     expect(page.locator("#review")).to_have_text("Nothing waiting for review.")  # an empty queue says so
     page.fill("#adjust-qty", "999999999999")  # past the largest count stored: the form says so, not a raw 422
     assert page.eval_on_selector("#adjust-qty", "e => e.validity.rangeOverflow")
+    page.select_option("#adjust-product", "oat-milk")  # sell 5 of the 1 there is: refused, saying what there is
+    page.fill("#adjust-qty", "5")
+    page.click("#adjust button[type=submit]")
+    expect(page.locator("#status")).to_have_text(re.compile(r"Not changed: 422: .*count would become -4 \(in stock: 1\)"),
+                                                 timeout=30_000)
+    page.fill("#adjust-qty", "0")  # the browser blocks 0 sold itself: the old refusal does not stand beside it
+    expect(page.locator("#status")).to_have_text("")
     with page.expect_download() as dl:
         page.click("#export")
     assert Path(dl.value.path()).read_text().startswith("label,count,updated_at,title\noat-milk,1,")

@@ -89,7 +89,8 @@ function renderPrediction(body, file) {
   document.getElementById("top-label").textContent = sure ? name : "not sure";
   document.getElementById("top-title").textContent = sure
     ? `Confidence: ${pct(p.confidence)}`
-    : "Not sure which product this is: the likeliest are below. Another photo, of the front or the label, may settle it.";
+    : "Not sure which product this is: the likeliest are below. Another photo, of the front or the label, may "
+      + "settle it.";
   document.getElementById("coarse").textContent =
     p.coarse_label ? `${words(p.coarse_label)} (${pct(p.coarse_confidence)})` : "n/a";
   const attrs = document.getElementById("attributes");

@@ -172,15 +172,23 @@ function chooseProduct(label) {
   adjustQty.focus();
 }
 
+// The change form's own refusal, cleared once the form is edited (a value the browser itself then blocks, such as
+// 0 sold, left it standing beside the browser's bubble). "Perhaps not changed" stays: it asks for a check first.
+let adjustError = null;
+function refuseChange(text) {
+  setStatus(text, true);
+  adjustError = text;
+}
+
 async function adjust(ev) {
   ev.preventDefault();
   const label = adjustProduct.value;
   const kind = adjustKind.value;
   const recount = kind === "recounted";
   const n = Number(adjustQty.value);
-  if (!label) { setStatus("Choose a product first.", true); return; }
+  if (!label) { refuseChange("Choose a product first."); return; }
   if (adjustQty.value.trim() === "" || !Number.isInteger(n) || n < (recount ? 0 : 1)) {
-    setStatus(recount ? "The new count is a whole number, 0 or more." : "How many: a whole number, 1 or more.", true);
+    refuseChange(recount ? "The new count is a whole number, 0 or more." : "How many: a whole number, 1 or more.");
     return;
   }
   const note = adjustNote.value.trim();
@@ -198,8 +206,9 @@ async function adjust(ev) {
     adjustNote.value = "";
     await refresh();
   } catch (e) {  // a change by hand is not idempotent: with the answer lost, it may have been applied
-    setStatus(e.unreachable ? `Perhaps not changed: ${UNREACHABLE}. Check the count (Refresh) before trying again.`
-      : `Not changed: ${e.message}`, true);
+    if (e.unreachable) {
+      setStatus(`Perhaps not changed: ${UNREACHABLE}. Check the count (Refresh) before trying again.`, true);
+    } else refuseChange(`Not changed: ${e.message}`);
   }
 }
 
@@ -445,7 +454,9 @@ async function loadThresholds() {
 
 // One line for one file of an intake answer: what became of it.
 function intakeLine(r, name) {
-  if (r.status === "error") return `refused: ${r.error.startsWith(`${name}: `) ? r.error.slice(name.length + 2) : r.error}`;
+  if (r.status === "error") {  // the service's reason names the file, which the line already does
+    return `refused: ${r.error.startsWith(`${name}: `) ? r.error.slice(name.length + 2) : r.error}`;
+  }
   if (r.status === "duplicate") {
     return `duplicate: already in the inventory${r.label ? ` (as ${titleOf(r.label)}, ${r.previous_status})` : ""}`;
   }
@@ -483,13 +494,13 @@ async function intakePart(part) {
     if (part.length > 1) {
       const answers = [];
       for (const f of part) answers.push(await intakePart([f]));
-      return {
-        results: answers.flatMap((a) => a.results),
-        ...Object.fromEntries(["counted", "review", "duplicate", "errors"].map((k) => [k, answers.reduce((n, a) => n + a[k], 0)])),
-      };
+      const total = (key) => answers.reduce((n, a) => n + a[key], 0);
+      return { results: answers.flatMap((a) => a.results), counted: total("counted"), review: total("review"),
+        duplicate: total("duplicate"), errors: total("errors") };
     }
     const error = e.message.replace(/^\d+: /, "");
-    return { results: [{ status: "error", error, source: part[0].name }], counted: 0, review: 0, duplicate: 0, errors: 1 };
+    return { results: [{ status: "error", error, source: part[0].name }], counted: 0, review: 0, duplicate: 0,
+      errors: 1 };
   }
 }
 
@@ -507,8 +518,8 @@ async function intake(files) {
   try {
     for (let start = 0; start < files.length; start += maxFiles) {
       const part = files.slice(start, start + maxFiles);
-      setStatus(files.length > maxFiles
-        ? `Counting photos ${start + 1}-${start + part.length} of ${files.length}…` : `Counting ${files.length} photo(s)…`);
+      setStatus(files.length > maxFiles ? `Counting photos ${start + 1}-${start + part.length} of ${files.length}…`
+        : `Counting ${files.length} photo(s)…`);
       const answer = await intakePart(part);
       if (mine !== latestIntake) return;
       body.results.push(...answer.results);
@@ -554,6 +565,10 @@ for (const th of document.querySelectorAll("#counts th[data-sort]")) {
   th.querySelector("button").addEventListener("click", () => sortBy(th.dataset.sort));
 }
 adjustForm.addEventListener("submit", adjust);
+adjustForm.addEventListener("input", () => {
+  if (adjustError !== null && statusLine.textContent === adjustError) setStatus("");
+  adjustError = null;
+});
 adjustProduct.addEventListener("change", showCurrent);
 adjustKind.addEventListener("change", showKind);
 // The product names first, then what shows them (the review cards and the recent changes are drawn with the names
