@@ -482,6 +482,14 @@ function showIntake(files, results) {
   document.getElementById("intake-report").hidden = !items.length;
 }
 
+// Intake answers added up: several requests of one intake, or the photos of a refused request sent one by one.
+function noIntake() { return { results: [], counted: 0, review: 0, duplicate: 0, errors: 0 }; }
+function addIntake(total, answer) {
+  total.results.push(...answer.results);
+  for (const key of ["counted", "review", "duplicate", "errors"]) total[key] += answer[key];
+  return total;
+}
+
 // One request of an intake. Where every photo in it is refused (not an image, too large, empty), the service
 // answers with the first one's reason alone: each is then sent by itself, to say every one's.
 async function intakePart(part) {
@@ -492,15 +500,12 @@ async function intakePart(part) {
   } catch (e) {
     if (![413, 415, 422].includes(e.status)) throw e;
     if (part.length > 1) {
-      const answers = [];
-      for (const f of part) answers.push(await intakePart([f]));
-      const total = (key) => answers.reduce((n, a) => n + a[key], 0);
-      return { results: answers.flatMap((a) => a.results), counted: total("counted"), review: total("review"),
-        duplicate: total("duplicate"), errors: total("errors") };
+      const total = noIntake();
+      for (const f of part) addIntake(total, await intakePart([f]));
+      return total;
     }
     const error = e.message.replace(/^\d+: /, "");
-    return { results: [{ status: "error", error, source: part[0].name }], counted: 0, review: 0, duplicate: 0,
-      errors: 1 };
+    return { ...noIntake(), results: [{ status: "error", error, source: part[0].name }], errors: 1 };
   }
 }
 
@@ -514,7 +519,7 @@ async function intake(files) {
   if (reviewThreshold === null) await loadThresholds();  // the API key may have come since the page loaded
   // More photos than the service takes in one request go in several, one after the other (a phone's gallery
   // choice easily passes 32): each is its own transaction, and intake is idempotent by the photo's hash.
-  const body = { results: [], counted: 0, review: 0, duplicate: 0, errors: 0 };
+  const body = noIntake();
   try {
     for (let start = 0; start < files.length; start += maxFiles) {
       const part = files.slice(start, start + maxFiles);
@@ -522,8 +527,7 @@ async function intake(files) {
         : `Counting ${files.length} photo(s)…`);
       const answer = await intakePart(part);
       if (mine !== latestIntake) return;
-      body.results.push(...answer.results);
-      for (const key of ["counted", "review", "duplicate", "errors"]) body[key] += answer[key];
+      addIntake(body, answer);
       showIntake(files.slice(0, body.results.length), body.results);
     }
     const shelf = showShelf(files, body.results);
