@@ -319,7 +319,8 @@ def add_commands(sub: Any) -> None:
     add_data(b, "catalogue (default: the one the bundle was trained on)")
     b.add_argument("--split", default="val", help="split measured (default: val)")
     b.add_argument("--variants", default=",".join(DEFAULT_RUNTIMES),
-                   help="runtimes for the model (baseline is required; default: " + ", ".join(DEFAULT_RUNTIMES) + ")" +
+                   help="runtimes for the model (baseline is required; default: " + ", ".join(DEFAULT_RUNTIMES) +
+                        ")" +
                         "; also " + ", ".join(OPTIONAL_RUNTIMES) + " (torch-compile: a minute or two to compile; "
                         "LiteRT: needs skulens[tflite-export])")
     b.add_argument("--distilled", help="a distilled bundle to measure too")
@@ -336,9 +337,12 @@ def add_commands(sub: Any) -> None:
     add_out(b, "folder for bench.json, bench.md and exported models (default: runs/bench-deploy-RUN)")
     b.add_argument("--threads", type=positive_int, help="inference threads (default: all cores)")
     b.add_argument("--workers", type=positive_int, help="decode threads (default: as --threads)")
-    b.add_argument("--batch-size", type=positive_int, default=32, help="batch of the fast variants (default: %(default)s; baseline: 64)")
-    b.add_argument("--latency-images", type=positive_int, default=50, help="single-image requests for p50/p99 (default: %(default)s)")
-    b.add_argument("--repeats", type=positive_int, default=3, help="timed passes; throughput is their median (default: %(default)s)")
+    b.add_argument("--batch-size", type=positive_int, default=32,
+                   help="batch of the fast variants (default: %(default)s; baseline: 64)")
+    b.add_argument("--latency-images", type=positive_int, default=50,
+                   help="single-image requests for p50/p99 (default: %(default)s)")
+    b.add_argument("--repeats", type=positive_int, default=3,
+                   help="timed passes; throughput is their median (default: %(default)s)")
     b.add_argument("--calibration-images", type=positive_int, help="train photos calibrating int8 (default: 256)")
     b.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=True,
                    help="one fresh process per variant (honest peak memory; default: on)")

@@ -146,7 +146,8 @@ def add_commands(sub: Any) -> None:
     ex = sub.add_parser("explain", help="Grad-CAM heatmap of a prediction, blended over the photo")
     add_model(ex, positional_legacy=False)
     ex.add_argument("inputs", nargs="+", metavar="PHOTO", help="the photo to explain (one)")
-    ex.usage = "skulens explain [-h] -m MODEL [-o OUT] [--target TARGET] [--device DEVICE] [--precision {auto,bf16,fp16,off}] PHOTO"
+    ex.usage = ("skulens explain [-h] -m MODEL [-o OUT] [--target TARGET] [--device DEVICE] "
+                "[--precision {auto,bf16,fp16,off}] PHOTO")
     add_out(ex, "overlay PNG to write (default: explanation.png)", default="explanation.png", legacy_output=True)
     ex.add_argument("--target", help="class to explain (default: the predicted one)")
     _device(ex)
@@ -159,14 +160,18 @@ def add_commands(sub: Any) -> None:
     r.add_argument("--split", default="val", help="catalogue split (default: val)")
     add_out(r, "folder for robustness.json/.md/.png", required=True)
     r.add_argument("--limit", type=positive_int, help="only N images of the split (seeded sample)")
-    r.add_argument("--eps", default="0.5,1,2,4,8", help="L-inf budgets in pixel levels (x/255) (default: %(default)s)")
-    r.add_argument("--attacks", default="fgsm,pgd", help="comma list of " + ", ".join(ATTACK_NAMES) + " (default: %(default)s)")
+    r.add_argument("--eps", default="0.5,1,2,4,8",
+                   help="L-inf budgets in pixel levels (x/255) (default: %(default)s)")
+    r.add_argument("--attacks", default="fgsm,pgd",
+                   help="comma list of " + ", ".join(ATTACK_NAMES) + " (default: %(default)s)")
     r.add_argument("--pgd-steps", type=positive_int, help="PGD iterations (default: 10)")
     r.add_argument("--corruptions", default="all",
                    help="all, none, or a comma list of " + ",".join(CORRUPTION_NAMES) + " (default: %(default)s)")
-    r.add_argument("--severities", default="1,2,3,4,5", help="corruption severities, comma list of 1..5 (default: %(default)s)")
+    r.add_argument("--severities", default="1,2,3,4,5",
+                   help="corruption severities, comma list of 1..5 (default: %(default)s)")
     r.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default: 32)")
-    r.add_argument("--seed", type=int, default=0, help="seed of the sample and the attacks' noise (default: %(default)s)")
+    r.add_argument("--seed", type=int, default=0,
+                   help="seed of the sample and the attacks' noise (default: %(default)s)")
     _device(r)
     add_quiet(r)
     r.set_defaults(func=cmd_robustness)

@@ -233,8 +233,9 @@ def add_commands(sub: Any) -> None:
     add_out(pr, "write the predictions here instead of stdout (--engine ray: a .parquet file or a folder)",
             legacy_output=True)
     pr.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default: 32)")
-    pr.add_argument("--text", action="append", help="an image's listing text (uses the fusion head): once per image, in the images' order "
-                                                     "(--text 'oat milk 1 l' --text 'ripe bananas')")
+    pr.add_argument("--text", action="append",
+                    help="an image's listing text (uses the fusion head): once per image, in the images' order "
+                         "(--text 'oat milk 1 l' --text 'ripe bananas')")
     pr.add_argument("--device", type=device_arg, default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     add_precision(pr)
     pr.add_argument("--backend", choices=MODEL_BACKENDS, default="torch",

@@ -398,7 +398,8 @@ def _add_index(sub: Any) -> None:
     add_out(b, "index path: a folder (faiss) or a .db file / URI (milvus)", required=True)
     b.add_argument("--backend", choices=("faiss", "milvus"),
                    help="vector store (default: milvus for a server URI or a .db file, else faiss)")
-    b.add_argument("--splits", nargs="+", default=["train"], help="catalogue splits whose photos are indexed (default: train)")
+    b.add_argument("--splits", nargs="+", default=["train"],
+                   help="catalogue splits whose photos are indexed (default: train)")
     b.add_argument("--catalogue-photos", action=argparse.BooleanOptionalAction, default=True,
                    help="also index each product's catalogue photo (default: on)")
     b.add_argument("--metadata", help="CSV: product_id + metadata columns (in_stock, price, ...)")
@@ -469,7 +470,8 @@ def add_commands(sub: Any) -> None:
     a = sub.add_parser("align", help="learn the text -> image alignment that text search uses")
     add_model(a, "bundle whose embedding space the texts are aligned to", positional_legacy=False)
     add_data(a, "catalogue with product titles/descriptions (default: the model's recorded dataset)")
-    a.add_argument("--splits", nargs="+", default=["train"], help="splits whose photos pair with the texts (default: train)")
+    a.add_argument("--splits", nargs="+", default=["train"],
+                   help="splits whose photos pair with the texts (default: train)")
     a.add_argument("--steps", type=positive_int, default=400, help="optimisation steps (default: 400)")
     add_out(a, "where to write it (default: inside the model bundle)")
     add_quiet(a)

@@ -22,8 +22,8 @@ if TYPE_CHECKING:
 
     from ..data._types import Product
 
-__all__ = ["CARD_SCHEMA", "SELF_TRAINING_CONFIG", "ModelCard", "enrolled_products", "exclusive_attribute_pairs", "model_products",
-           "resolve_exclusive", "scores_cell", "val_top1", "without_conflicts"]
+__all__ = ["CARD_SCHEMA", "SELF_TRAINING_CONFIG", "ModelCard", "enrolled_products", "exclusive_attribute_pairs",
+           "model_products", "resolve_exclusive", "scores_cell", "val_top1", "without_conflicts"]
 
 CARD_SCHEMA = 1
 log = logging.getLogger(__name__)

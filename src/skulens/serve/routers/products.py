@@ -18,7 +18,8 @@ from ..images import stripped_jpeg
 from ..schemas import ProductOut, error_responses
 from ..state import ServiceState
 
-router = APIRouter(route_class=StrictFormRoute, prefix="/v1/products", tags=["products"], responses=error_responses(401, 404))
+router = APIRouter(route_class=StrictFormRoute, prefix="/v1/products", tags=["products"],
+                   responses=error_responses(401, 404))
 
 ProductId = Annotated[str, PathParam(min_length=1, max_length=200)]
 _THUMB_SIDE = 256

@@ -167,7 +167,8 @@ async def search(state: State, _: ReadKey, request: Request,
     return SearchOut(query=text, hits=await _hits(state, hits))
 
 
-similar_router = APIRouter(route_class=StrictFormRoute, prefix="/v1/products", tags=["search"], responses=error_responses(401, 404))
+similar_router = APIRouter(route_class=StrictFormRoute, prefix="/v1/products", tags=["search"],
+                           responses=error_responses(401, 404))
 
 
 @similar_router.get("/{product_id}/similar", response_model=list[HitOut],

@@ -23,7 +23,8 @@ from ..people import ErasureRefused
 from ..schemas import NEW_USER_ID_PATTERN, STORAGE_RESPONSES, USER_ID_PATTERN, RequestBody, error_responses
 from ..state import ServiceState
 
-router = APIRouter(route_class=StrictFormRoute, prefix="/v1", tags=["people"], responses=error_responses(401, 403, 409, 413))
+router = APIRouter(route_class=StrictFormRoute, prefix="/v1", tags=["people"],
+                   responses=error_responses(401, 403, 409, 413))
 
 # `{user_id:path}` takes ids with '/' (shop/42); one ending in '/' is a trailing slash, not a user (a 422, never an
 # erasure of nobody answered 200), and is refused when recorded too (events, intake).
