@@ -482,6 +482,29 @@ def test_cuda_actors_on_a_cluster_without_a_gpu_are_refused_not_queued_forever(r
         job_dataset(PredictJob(str(tiny_bundle.bundle)), photos[:2], gpus_per_actor=1.0)
 
 
+def test_device_auto_gives_each_actor_a_gpu_only_where_the_cluster_has_one_for_every_actor(caplog) -> None:
+    """`--engine ray --device auto` reserved no GPU, so Ray hid every GPU from the actors and "auto" ran them on
+    the CPU of a GPU cluster. No GPU is needed here: the choice is a function of the cluster's GPU count."""
+    import argparse
+
+    from skulens.cli._common import engine_options
+    from skulens.deploy.ray_jobs import RayClusterError, actor_gpus
+
+    def options(device: str) -> float | None:
+        ns = argparse.Namespace(actors=2, cpus_per_actor=1.0, ray_address=None, quiet=True, device=device)
+        return engine_options(ns)["gpus_per_actor"]
+
+    assert (options("auto"), options("cpu"), options("cuda"), options("cuda:1")) == (None, 0.0, 1.0, 1.0)
+    assert actor_gpus(None, 4, 2) == 1.0 and actor_gpus(None, 2, 2) == 1.0  # a GPU for every actor
+    assert actor_gpus(None, 0, 2) == 0.0 and not caplog.records  # a CPU cluster: quietly on the CPU
+    with caplog.at_level(logging.WARNING, logger="skulens.deploy.ray_jobs"):
+        assert actor_gpus(None, 1, 2) == 0.0  # one GPU for two actors: Ray would queue the second for ever
+    assert "--actors 1" in caplog.text
+    assert actor_gpus(0.0, 4, 2) == 0.0 and actor_gpus(1.0, 1, 2) == 1.0
+    with pytest.raises(RayClusterError, match="0 GPU"):
+        actor_gpus(1.0, 0, 1)
+
+
 def test_ray_settings_and_outputs_refused_before_any_work(tiny_bundle, photos, tmp_path) -> None:
     """--precision fp16 on CPU actors was a page of Ray tracebacks (exit 1); -o naming the photo list replaced it
     with the predictions (local and Ray, predict and count); an empty stdin recursed until RecursionError."""

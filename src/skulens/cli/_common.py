@@ -368,10 +368,12 @@ def engine_out(ns: argparse.Namespace) -> Path:
 
 
 def engine_options(ns: argparse.Namespace) -> dict[str, Any]:
-    """The keywords of skulens.deploy.ray_jobs' runners; --device cuda asks one GPU per actor."""
+    """The keywords of skulens.deploy.ray_jobs' runners; --device cuda asks one GPU per actor, --device auto one
+    where the cluster has a GPU for every actor (`ray_jobs.actor_gpus`)."""
     device = getattr(ns, "device", "auto") or "auto"
+    gpus = None if device == "auto" else 1.0 if device.startswith("cuda") else 0.0
     return {"actors": ns.actors, "cpus_per_actor": ns.cpus_per_actor, "address": ns.ray_address,
-            "progress": not getattr(ns, "quiet", False), "gpus_per_actor": 1.0 if device.startswith("cuda") else 0.0}
+            "progress": not getattr(ns, "quiet", False), "gpus_per_actor": gpus}
 
 
 def check_format_matches_out(ns: argparse.Namespace) -> None:

@@ -291,10 +291,27 @@ def _absolute_files(job: BatchJob) -> BatchJob:
     return dataclasses.replace(job, **changes) if changes and dataclasses.is_dataclass(job) else job
 
 
+def actor_gpus(requested: float | None, cluster_gpus: float, pool: int) -> float:
+    """The GPUs each actor of a pool of `pool` reserves: `requested`, or with None (`--device auto`) one each when
+    the cluster has a GPU for every actor, else none (the actors run on the CPU: Ray hides every GPU from an actor
+    that reserved none, so "auto" inside it finds none). A cluster with too few GPUs for a pool that asks one each
+    is a RayClusterError: Ray would queue the actors for them, and the job wait forever."""
+    if requested is None:
+        if 0 < cluster_gpus < pool:
+            logger.warning("--device auto: the Ray cluster has %g GPU(s) for %d actors: the actors run on the CPU (give "
+                        "--actors %d to run one on each GPU)", cluster_gpus, pool, int(cluster_gpus))
+        return 1.0 if cluster_gpus >= pool else 0.0
+    if requested > 0 and cluster_gpus < requested:
+        raise RayClusterError(f"--device cuda: the Ray cluster has {cluster_gpus:g} GPU(s), each actor asks for "
+                              f"{requested:g}: run on the CPU, or on a cluster with GPUs")
+    return requested
+
+
 def job_dataset(job: BatchJob, paths: Sequence[str | os.PathLike], *, actors: int = 1, cpus_per_actor: float = 1.0,
-                gpus_per_actor: float = 0.0) -> ray.data.Dataset:
+                gpus_per_actor: float | None = 0.0) -> ray.data.Dataset:
     """The lazy dataset of the job's rows: `paths` in blocks, mapped by a pool of `actors` JobActors, each
-    reserving `cpus_per_actor` CPUs and running on `actor_threads(cpus_per_actor)` torch threads.
+    reserving `cpus_per_actor` CPUs and `gpus_per_actor` GPUs (None: `actor_gpus`' choice for `--device auto`)
+    and running on `actor_threads(cpus_per_actor)` torch threads.
 
     The paths are read as absolute paths (a worker's current folder is not this process's); the rows' `source`
     is each path as given."""
@@ -305,10 +322,8 @@ def job_dataset(job: BatchJob, paths: Sequence[str | os.PathLike], *, actors: in
         raise ValueError("no images to run the job on")
     if actors < 1 or job.batch_size < 1:
         raise ValueError(f"actors and batch_size must be >= 1, got {actors} and {job.batch_size}")
-    gpus = ray.cluster_resources().get("GPU", 0) if gpus_per_actor > 0 else 0
-    if gpus < gpus_per_actor:  # Ray queued the actors for a GPU no node has, and the job waited forever
-        raise RayClusterError(f"--device cuda: the Ray cluster has {gpus:g} GPU(s), each actor asks for "
-                              f"{gpus_per_actor:g}: run on the CPU, or on a cluster with GPUs")
+    size = pool_size(len(paths), job.batch_size, actors)
+    gpus = actor_gpus(gpus_per_actor, ray.cluster_resources().get("GPU", 0) if gpus_per_actor != 0 else 0, size)
     job = _absolute_files(job)
     step = _block_rows(len(paths), job.batch_size, actors)
     given = [str(p) for p in paths]
@@ -318,8 +333,7 @@ def job_dataset(job: BatchJob, paths: Sequence[str | os.PathLike], *, actors: in
     return ray.data.from_arrow(blocks).map_batches(
         JobActor, fn_constructor_kwargs={"job": job, "threads": actor_threads(cpus_per_actor)},
         batch_size=job.batch_size, batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=pool_size(len(paths), job.batch_size, actors)),
-        num_cpus=cpus_per_actor, num_gpus=gpus_per_actor)
+        compute=ray.data.ActorPoolStrategy(size=size), num_cpus=cpus_per_actor, num_gpus=gpus)
 
 
 def _tables(ds: ray.data.Dataset, schema: pa.Schema) -> Iterator[pa.Table]:
@@ -328,7 +342,7 @@ def _tables(ds: ray.data.Dataset, schema: pa.Schema) -> Iterator[pa.Table]:
 
 
 def run_job(job: BatchJob, paths: Sequence[str | os.PathLike], out: str | os.PathLike, *, actors: int = 1,
-            cpus_per_actor: float = 1.0, gpus_per_actor: float = 0.0, address: str | None = None,
+            cpus_per_actor: float = 1.0, gpus_per_actor: float | None = 0.0, address: str | None = None,
             progress: bool = False) -> JobSummary:
     """Run `job` over `paths` on Ray; its rows as Parquet at `out`: a `.parquet` file (streamed through this
     process, in input order) or a folder (part files written by the workers, for jobs too big for one).
@@ -433,7 +447,8 @@ def _move_into_place(partial: Path, out: Path) -> None:
 
 
 def embed_on_ray(job: EmbedJob, paths: Sequence[str | os.PathLike], *, actors: int = 1, cpus_per_actor: float = 1.0,
-                 gpus_per_actor: float = 0.0, address: str | None = None, progress: bool = False) -> EmbeddedImages:
+                 gpus_per_actor: float | None = 0.0, address: str | None = None, progress: bool = False
+                 ) -> EmbeddedImages:
     """`embed_paths` on Ray: the embeddings come back here (to write an index, which is not distributed)."""
     from ..search.embeddings import EmbeddedImages
 
