@@ -191,10 +191,12 @@ def test_inventory_page_intake_review_and_counts(site, page, tmp_path: Path) -> 
     shot = tmp_path / "shelf.jpg"
     shot.write_bytes(photo_bytes(None, 3))  # threshold 1.0 on this server: it goes to review
     page.goto(site + "/inventory")
+    expect = playwright_api.expect
+    expect(page.locator("#counts tbody")).to_have_text("Nothing counted yet: add photos above, or change stock by "
+                                                       "hand.", timeout=30_000)  # an empty table says why
     page.fill("#api-key", KEY)
     page.dispatch_event("#api-key", "change")
     page.set_input_files("#intake-input", str(shot))
-    expect = playwright_api.expect
     expect(page.locator("#status")).to_contain_text("1 for review", timeout=60_000)
     item = page.locator(".review-item")
     expect(item).to_have_count(1, timeout=30_000)
@@ -204,6 +206,9 @@ def test_inventory_page_intake_review_and_counts(site, page, tmp_path: Path) -> 
     expect(page.locator("#counts tbody tr")).to_have_text(re.compile(r"oat milk\s*oat-milk\s*1"), timeout=30_000)
     expect(page.locator(".review-item")).to_have_count(0)
     expect(page.locator("#review")).to_have_text("Nothing waiting for review.")  # an empty queue says so
+    page.fill("#counts-search", "kiwi")  # a search that matches nothing says so
+    expect(page.locator("#counts tbody tr:not([hidden])")).to_have_text('No product matches "kiwi".')
+    page.fill("#counts-search", "")
     page.fill("#adjust-qty", "999999999999")  # past the largest count stored: the form says so, not a raw 422
     assert page.eval_on_selector("#adjust-qty", "e => e.validity.rangeOverflow")
     page.select_option("#adjust-product", "oat-milk")  # sell 5 of the 1 there is: refused, saying what there is

@@ -106,12 +106,21 @@ function renderCounts() {
   const rows = [...stock].sort((a, b) => sortDir * cmp(a, b) || a.label.localeCompare(b.label));
   const needle = search.value.trim().toLowerCase();
   let shown = 0;
-  document.querySelector("#counts tbody").replaceChildren(...rows.map((s) => {
+  const body = document.querySelector("#counts tbody");
+  body.replaceChildren(...rows.map((s) => {
     const tr = countRow(s);
     tr.hidden = Boolean(needle) && !`${s.title}\n${s.label}`.toLowerCase().includes(needle);
     shown += !tr.hidden;
     return tr;
   }));
+  if (!shown) {  // an empty table says why: nothing counted yet, or nothing the search matches
+    const td = el("td", stock.length ? `No product matches "${search.value.trim()}".`
+      : "Nothing counted yet: add photos above, or change stock by hand.", "muted");
+    td.colSpan = 3;
+    const tr = el("tr", null, "empty");
+    tr.append(td);
+    body.append(tr);
+  }
   document.getElementById("counts-shown").textContent = needle ? `(${shown} of ${stock.length})` : "";
   for (const th of document.querySelectorAll("#counts th[data-sort]")) {
     if (th.dataset.sort === sortKey) th.setAttribute("aria-sort", sortDir > 0 ? "ascending" : "descending");
