@@ -305,6 +305,31 @@ def test_an_intake_past_the_largest_stored_count_is_a_409_and_counts_nothing(tin
         assert c.get("/v1/inventory").json()["counts"] == full
 
 
+def test_a_file_name_with_control_characters_is_stored_without_them(tiny_bundle, model, inventory_db,
+                                                                     tmp_path) -> None:
+    """A NUL in an upload's name was a bare 500 on PostgreSQL (no NUL in text), and the request's other photos were
+    not counted; a bidi override showed the name reversed wherever it was listed."""
+    settings = _settings(tiny_bundle, tmp_path, inv=inventory_db, review_threshold=0.0)  # every photo: counted
+    with TestClient(create_app(settings, model=model)) as c:
+        label = model.card.classes[0]
+        parts = [("ok.jpg", photo_bytes(label, 5)), ("bad\x00name\u202e.jpg", photo_bytes(label, 6))]
+        body = b"".join(b'--B\r\nContent-Disposition: form-data; name="images"; filename="' + name.encode() +
+                        b'"\r\nContent-Type: image/jpeg\r\n\r\n' + data + b"\r\n" for name, data in parts) + b"--B--\r\n"
+        # built by hand: httpx would write the NUL as %00, where a browser or curl sends the byte
+        r = c.post("/v1/inventory/intake", content=body,
+                   headers={**AUTH, "Content-Type": "multipart/form-data; boundary=B"})
+        assert r.status_code == 200, r.text
+        assert [x["source"] for x in r.json()["results"]] == ["ok.jpg", "bad?name?.jpg"]
+        assert [x["status"] for x in r.json()["results"]] == ["counted", "counted"]
+        assert sum(c.get("/v1/inventory").json()["counts"].values()) == 2
+    from fastapi import UploadFile
+
+    from skulens.serve.security import upload_name
+
+    assert upload_name(UploadFile(io.BytesIO(), filename="x\x07" + "y" * 400)) == "x?" + "y" * 253  # and short
+    assert upload_name(UploadFile(io.BytesIO(), filename="")) == "upload"
+
+
 def test_a_review_label_must_name_an_existing_product(tiny_bundle, model, inventory_db, tmp_path) -> None:
     settings = _settings(tiny_bundle, tmp_path, inv=inventory_db, review_threshold=1.0)  # every photo: a reviewer
     with TestClient(create_app(settings, model=model)) as c:

@@ -13,7 +13,7 @@ from ..data.decode import ImageDecodeError
 from .batching import QueueFullError
 from .inventory import StorageError, storage_error
 from .schemas import STORAGE_RETRY_AFTER_S
-from .security import check_api_key, decode_error_status, read_image_upload
+from .security import check_api_key, decode_error_status, read_image_upload, upload_name
 from .state import ServiceState
 
 if TYPE_CHECKING:
@@ -89,7 +89,7 @@ async def decode_upload(state: ServiceState, upload: UploadFile) -> tuple[bytes,
     try:
         image = await anyio.to_thread.run_sync(state.recognizer.decode, data)
     except ImageDecodeError as exc:
-        raise HTTPException(decode_error_status(exc), f"{upload.filename or 'upload'}: {exc.reason}") from None
+        raise HTTPException(decode_error_status(exc), f"{upload_name(upload)}: {exc.reason}") from None
     return data, image
 
 

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import hmac
 import json
+import unicodedata
 from collections.abc import Callable, Sequence
 
 from fastapi import HTTPException, UploadFile
@@ -20,7 +21,7 @@ from ..data.decode import ImageDecodeError, sniff_format
 from .settings import ApiKey
 
 __all__ = ["BodyLimitMiddleware", "SecurityHeadersMiddleware", "TimeoutMiddleware", "check_api_key",
-           "decode_error_status", "read_image_upload"]
+           "decode_error_status", "read_image_upload", "upload_name"]
 
 _READ_CHUNK = 1 << 16
 # The pages load only their own script and style files (no inline code), so injected markup cannot run.
@@ -213,10 +214,21 @@ def decode_error_status(err: ImageDecodeError) -> int:
     return 422
 
 
+MAX_NAME = 255  # characters of a client's file name kept (a file system's own limit)
+
+
+def upload_name(upload: UploadFile) -> str:
+    """The client's name of an uploaded file as answers say it and the inventory stores it: control and invisible
+    formatting characters (a NUL, which PostgreSQL refuses in text: the whole intake was a 500; a bidi override,
+    which shows the name reversed) as "?", at most MAX_NAME characters; "upload" when it has none."""
+    name = "".join("?" if unicodedata.category(c) in ("Cc", "Cf") else c for c in upload.filename or "")
+    return name[:MAX_NAME] or "upload"
+
+
 async def read_image_upload(upload: UploadFile, max_bytes: int) -> bytes:
     """The upload's bytes, checked: not over `max_bytes` (413), not empty (422), a supported image by its
     magic bytes (415). The name and declared type are ignored."""
-    name = upload.filename or "upload"
+    name = upload_name(upload)
     chunks: list[bytes] = []
     size = 0
     while chunk := await upload.read(_READ_CHUNK):

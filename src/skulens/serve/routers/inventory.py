@@ -45,7 +45,7 @@ from ..schemas import (
     ReviewItemOut,
     error_responses,
 )
-from ..security import decode_error_status, read_image_upload
+from ..security import decode_error_status, read_image_upload, upload_name
 from ..state import ServiceState
 
 router = APIRouter(route_class=StrictFormRoute, prefix="/v1/inventory", tags=["inventory"], responses=error_responses(400, 401, 403, 404, 409, 413, 415, 503, 504))
@@ -108,7 +108,7 @@ class _Failed:
 
 async def _recognise(state: ServiceState, upload: UploadFile) -> IntakePhoto | ShelfPhoto | IntakeResultOut | _Failed:
     """An IntakePhoto (ShelfPhoto with a detector) ready for the store, a duplicate's answer, or the file's error."""
-    name = upload.filename or "upload"
+    name = upload_name(upload)
     try:
         data = await read_image_upload(upload, state.settings.max_upload_bytes)
     except HTTPException as exc:

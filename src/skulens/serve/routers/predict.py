@@ -15,6 +15,7 @@ from ..batching import QueueFullError
 from ..deps import ReadKey, State, busy, decode_upload, predict_upload
 from ..forms import StrictFormRoute
 from ..schemas import PredictResponse, error_responses
+from ..security import upload_name
 from ..state import ServiceState
 from .products import product_out
 
@@ -30,7 +31,7 @@ async def predict(state: State, _: ReadKey,
     top_k = top_k or state.settings.top_k
     _, pred = await predict_upload(state, image, top_k=top_k, min_confidence=min_confidence)
     d = pred.to_dict()
-    d["source"] = image.filename or "upload"
+    d["source"] = upload_name(image)
     d["title"] = _title(state, pred.label) if pred.label else None
     for row in d["top_k"]:
         row["title"] = _title(state, row["label"])

@@ -15,6 +15,7 @@ from ..batching import QueueFullError
 from ..deps import ReadKey, State, busy, decode_upload
 from ..forms import StrictFormRoute
 from ..schemas import TagResponse, error_responses
+from ..security import upload_name
 
 router = APIRouter(route_class=StrictFormRoute, prefix="/v1", tags=["listings"], responses=error_responses(400, 401, 413, 415, 503, 504))
 
@@ -55,6 +56,6 @@ async def tag(state: State, _: ReadKey,
     except (QueueFullError, asyncio.TimeoutError) as exc:
         raise busy(state, exc) from None
     d = result.to_dict()
-    d["source"] = image.filename or "upload"
+    d["source"] = upload_name(image)
     return TagResponse(tags=d, vocabulary=source if encoded is not None else "none",
                        timing_ms=round((time.perf_counter() - t0) * 1000, 2))
