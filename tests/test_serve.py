@@ -330,6 +330,38 @@ def test_a_file_name_with_control_characters_is_stored_without_them(tiny_bundle,
     assert upload_name(UploadFile(io.BytesIO(), filename="")) == "upload"
 
 
+def test_an_intake_decodes_a_few_photos_at_a_time(tiny_bundle, model, tmp_path, monkeypatch) -> None:
+    """Every photo of an intake was decoded at once: 32 small 36-megapixel PNGs (a PNG decodes whole before it
+    is shrunk) took 4.3 GB. The real decoder runs; the wrapper only counts how many run at the same time."""
+    import threading
+    import time
+
+    import skulens.serve.state as state_module
+
+    running, most, lock = 0, 0, threading.Lock()
+    real = state_module.decode_image
+
+    def counted(*args, **kwargs):
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        try:
+            time.sleep(0.05)  # long enough for the request's other photos to start, were they allowed to
+            return real(*args, **kwargs)
+        finally:
+            with lock:
+                running -= 1
+
+    monkeypatch.setattr(state_module, "decode_image", counted)
+    label = model.card.classes[0]
+    files = [("images", (f"{i}.png", photo_bytes(label, i, fmt="PNG"), "image/png")) for i in range(12)]
+    with TestClient(create_app(_settings(tiny_bundle, tmp_path, review_threshold=0.0), model=model)) as c:
+        r = c.post("/v1/inventory/intake", files=files, headers=AUTH)
+        assert r.status_code == 200 and [x["status"] for x in r.json()["results"]] == ["counted"] * 12, r.text
+    assert 1 <= most <= state_module.DECODE_SLOTS, most
+
+
 def test_a_review_label_must_name_an_existing_product(tiny_bundle, model, inventory_db, tmp_path) -> None:
     settings = _settings(tiny_bundle, tmp_path, inv=inventory_db, review_threshold=1.0)  # every photo: a reviewer
     with TestClient(create_app(settings, model=model)) as c:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Annotated
 
-import anyio
 from fastapi import Depends, HTTPException, Request, Security, UploadFile
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
@@ -87,7 +86,7 @@ async def decode_upload(state: ServiceState, upload: UploadFile) -> tuple[bytes,
     """Read (size-limited, type-sniffed) and decode an upload off the event loop; HTTP errors for bad input."""
     data = await read_image_upload(upload, state.settings.max_upload_bytes)
     try:
-        image = await anyio.to_thread.run_sync(state.recognizer.decode, data)
+        image = await state.recognizer.in_decoder(state.recognizer.decode, data)
     except ImageDecodeError as exc:
         raise HTTPException(decode_error_status(exc), f"{upload_name(upload)}: {exc.reason}") from None
     return data, image

@@ -123,7 +123,7 @@ async def _recognise(state: ServiceState, upload: UploadFile) -> IntakePhoto | S
     # requests, not every photo of every request at once.
     async with state.shelf_slots if shelf else contextlib.nullcontext():
         try:
-            image = await anyio.to_thread.run_sync(partial(state.recognizer.decode, data, full=shelf))
+            image = await state.recognizer.in_decoder(state.recognizer.decode, data, full=shelf)
         except ImageDecodeError as exc:
             return _Failed(IntakeResultOut(sha256=sha, source=name, status="error", error=f"{name}: {exc.reason}"),
                            decode_error_status(exc))
@@ -133,9 +133,9 @@ async def _recognise(state: ServiceState, upload: UploadFile) -> IntakePhoto | S
                 shelf_photo, data, sha, name, counted, image, threshold=settings.review_threshold,
                 keep_photos=settings.keep_uploads, max_pixels=settings.max_pixels))
     pred = await state.recognizer.predict(image, top_k=TOP_K)
-    return await anyio.to_thread.run_sync(partial(
-        intake_photo, data, sha, name, pred, threshold=settings.review_threshold, keep_photos=settings.keep_uploads,
-        max_pixels=settings.max_pixels))
+    # a photo kept (for review) is decoded again whole, to be re-encoded: on the decoding threads too
+    return await state.recognizer.in_decoder(intake_photo, data, sha, name, pred, threshold=settings.review_threshold,
+                                             keep_photos=settings.keep_uploads, max_pixels=settings.max_pixels)
 
 
 @router.post("/intake", response_model=IntakeResponse, responses=STORAGE_RESPONSES,
