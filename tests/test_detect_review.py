@@ -364,6 +364,21 @@ def test_evaluate_skips_a_photo_whose_header_is_junk_when_its_size_is_stated(det
     assert rc == 2 and "a file is there" in capsys.readouterr().err  # refused before any photo is scored
 
 
+def test_a_corrupt_onnx_detector_is_one_line_exit_2(own_detector, tmp_path, capsys) -> None:
+    """A truncated detector.onnx was onnxruntime's InvalidProtobuf traceback, exit 1 (count, detect evaluate and
+    inventory scan); a corrupt detector.json or weights file was already one line."""
+    pytest.importorskip("onnxruntime")
+    from skulens.detect.onnx import export_detector
+
+    onnx_file = export_detector(own_detector)
+    onnx_file.write_bytes(onnx_file.read_bytes()[:1000])
+    photo = tmp_path / "shelf.jpg"
+    Image.new("RGB", (96, 96), (200, 180, 40)).save(photo)
+    assert main(["count", str(photo), "--detector", str(own_detector), "--backend", "onnx", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "not a readable ONNX detector" in err and "skulens detect export" in err and "Traceback" not in err, err
+
+
 def test_an_onnx_export_to_another_folder_loads_from_there(own_detector, tmp_path) -> None:
     pytest.importorskip("onnxruntime")
     from skulens.detect.model import DetectorCard, DetectorError
