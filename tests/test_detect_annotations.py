@@ -106,6 +106,8 @@ def test_yolo_size_follows_exif_rotation(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("line, match", [
     ("0 0.5 0.5", "line 2: expected 5 numbers 'class cx cy w h', got 3"),
+    ("0 0.5 0.5 0.2 0.2 0.9", "got 6 .a sixth number is a prediction's confidence"),  # it said "polygons"
+    ("0 0.1 0.1 0.2 0.1 0.2 0.2", "got 7 .segmentation polygons are not supported"),
     ("0 0.5 x 0.2 0.2", "line 2: not a number"),
     ("0 0.5 1.2 0.2 0.2", r"line 2: cx cy w h must be fractions in \[0, 1\]"),
     ("2 0.5 0.5 0.2 0.2", "line 2: class 2 is not one of the 2 class ids"),
@@ -257,7 +259,10 @@ def test_coco_boxes_written_as_fractions_are_named(tmp_path: Path, caplog: pytes
     ({"image_id": 9, "category_id": 3, "bbox": [1, 1, 5, 5]}, r"annotations\[1\]: unknown image_id 9"),
     ({"image_id": 1, "category_id": 7, "bbox": [1, 1, 5, 5]}, r"annotations\[1\]: unknown category_id 7"),
     ({"image_id": 1, "category_id": 3, "bbox": [1, 1, "5", 5]}, r"annotations\[1\]: bbox must be 4 numbers"),
-    ({"image_id": 1, "category_id": 3, "bbox": [1, 1, 0, 5]}, r"annotations\[1\]: degenerate box"),
+    # said in the file's [x, y, width, height]: it named the corners [10, 10, 5, 30], which are not in the file
+    ({"image_id": 1, "category_id": 3, "bbox": [1, 1, 0, 5]}, r"annotations\[1\]: bbox \[1, 1, 0, 5\]: width and "
+                                                             r"height must be > 0"),
+    ({"image_id": 1, "category_id": 3, "bbox": [10, 10, -5, 20]}, r"bbox \[10, 10, -5, 20\]: width and height"),
     # a crowd flag written as a string was read as "crowd" (any non-empty string is true): the box was dropped
     ({"image_id": 1, "category_id": 3, "bbox": [1, 1, 5, 5], "iscrowd": "0"}, r"iscrowd must be 0 or 1, got '0'"),
     ({"image_id": 1, "category_id": 3, "bbox": [1, 1, 5, 5], "iscrowd": 2}, r"iscrowd must be 0 or 1, got 2"),
@@ -266,6 +271,15 @@ def test_coco_errors_name_file_and_index(tmp_path: Path, annotation: dict, match
     good = {"image_id": 2, "category_id": 3, "bbox": [1, 1, 5, 5]}
     path = _coco(tmp_path, [good, annotation])
     assert _error(read_coco, path, match=match).startswith(str(path))
+
+
+def test_a_duplicate_coco_category_id_is_refused(tmp_path: Path) -> None:
+    """The last category of an id won: every box of the first took the second's name, silently."""
+    path = _coco(tmp_path, [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [1, 1, 5, 5]}])
+    doc = json.loads(path.read_text())
+    doc["categories"].append({"id": 3, "name": "dup"})
+    path.write_text(json.dumps(doc))
+    _error(read_coco, path, match=r"categories\[\d+\]: duplicate category id 3")
 
 
 def test_a_photo_annotated_twice_is_refused(tmp_path: Path) -> None:

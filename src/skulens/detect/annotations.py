@@ -188,6 +188,9 @@ def read_coco(path: str | os.PathLike[str]) -> list[AnnotatedImage]:
     for i, cat in enumerate(_list(doc, "categories", p)):
         if not isinstance(cat, dict) or not _is_key(cat.get("id")) or not isinstance(cat.get("name"), str):
             raise AnnotationError(f"{p}: categories[{i}]: needs an 'id' and a 'name'")
+        if cat["id"] in names:  # the last one won: every box of the first category took the second's name
+            raise AnnotationError(f"{p}: categories[{i}]: duplicate category id {cat['id']!r} (also "
+                                  f"{names[cat['id']]!r})")
         names[cat["id"]] = cat["name"]
     images = _coco_images(doc["images"], p)
     boxes: dict[Any, list[list[float]]] = {key: [] for key in images}
@@ -215,6 +218,9 @@ def read_coco(path: str | os.PathLike[str]) -> list[AnnotatedImage]:
             x, y, bw, bh = map(float, bbox)
         except OverflowError:  # an integer past any float (10**400); 1e400 is already inf, refused as a box
             raise AnnotationError(f"{where}: bbox {str(bbox)[:80]}: a number too large for a box") from None
+        if not (bw > 0 and bh > 0):  # said here in the file's own terms: the corners below are not in the file
+            raise AnnotationError(f"{where}: bbox {str(bbox)[:80]}: width and height must be > 0 ([x, y, width, "
+                                  "height])")
         _, w, h = images[key]
         boxes[key].append(_check_box([x, y, x + bw, y + bh], w, h, where))
         labels[key].append(names[cat])
@@ -330,7 +336,9 @@ def _yolo_image(image: Path, label: Path, names: dict[int, str] | None) -> Annot
         if not parts:
             continue
         if len(parts) != 5:
-            hint = " (segmentation polygons are not supported)" if len(parts) > 5 else ""
+            # 6: a prediction file's confidence column; 7 or more: a polygon (class, then x y pairs)
+            hint = (" (a sixth number is a prediction's confidence: give the ground-truth labels)" if len(parts) == 6
+                    else " (segmentation polygons are not supported)" if len(parts) > 6 else "")
             raise AnnotationError(f"{where}: expected 5 numbers 'class cx cy w h', got {len(parts)}{hint}")
         try:
             cls, cx, cy, bw, bh = (float(v) for v in parts)
