@@ -109,9 +109,22 @@ def test_enroll_infers_coarse_and_rejects_bad_requests(bundle_copy: Path, blue_p
     for coarse in ("So\x01ap", " Soap"):  # it went into the card's coarse classes as it was
         with pytest.raises(EnrolmentError, match="no control characters or surrounding spaces"):
             enroll(bundle_copy, "soap", blue_photos[:2], data=tiny_catalogue, coarse=coarse)
+    # the Python API's inputs, as predict takes them: a lone path was read letter by letter ("a: file not
+    # found; .: is a directory"), a PIL image failed deep in pathlib, an index path or a number as the name in
+    # AttributeErrors, and no photos said "no usable photo for 'x': " with nothing after it
+    with pytest.raises(TypeError, match="give a list of images"):
+        enroll(bundle_copy, "soap", str(blue_photos[0]), data=tiny_catalogue)
+    with pytest.raises(TypeError, match="label: the product's name as a str"):
+        enroll(bundle_copy, 5, blue_photos[:2], data=tiny_catalogue)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"index: an open index \(skulens.search.open_index"):
+        enroll(bundle_copy, "soap", blue_photos[:2], data=tiny_catalogue, index=str(tmp_path / "shop.index"))
+    with pytest.raises(EnrolmentError, match="no photos given for 'soap'"):
+        enroll(bundle_copy, "soap", [], data=tiny_catalogue)
     assert read_card(bundle_copy).classes == ("green-apple", "oat-milk", "red-apple")  # nothing changed
-    res = enroll(bundle_copy, "blue-box", [*blue_photos[:2], bad], data=tiny_catalogue)
-    assert res.coarse_inferred and res.coarse_label in ("Apple", "Milk") and len(res.skipped) == 1
+    with Image.open(blue_photos[0]) as pil:
+        res = enroll(bundle_copy, "blue-box", [pil, blue_photos[1].read_bytes(), bad], data=tiny_catalogue)
+    assert res.coarse_inferred and res.coarse_label in ("Apple", "Milk") and res.images == 2
+    assert len(res.skipped) == 1 and res.skipped[0][0] == str(bad)
 
 
 def test_warm_start_copies_rows_by_class_name(tiny_bundle) -> None:

@@ -27,9 +27,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from ..data.catalogue import label_key
-from ..data.decode import ImageDecodeError, decode_image
+from ..data.decode import ImageDecodeError, decode_any, decode_image
 from ..data.transforms import create_transform, to_uint8_tensor
 from ..models.bundle import (
     BundleError,
@@ -359,7 +360,19 @@ def enroll(bundle: str | os.PathLike, label: str, images: Sequence[str | os.Path
     place in the image space joins the positives with weight `text_weight` (0 turns it off). With `shop_map`
     (and catalogue photos of at least 10 trained products in the data), a catalogue photo's views join once
     more, carried by `catalogue_map` to where the trained products' shop photos lie against their own.
-    Under the bundle's lock (:func:`models.bundle.rewrites_bundle`): enrolments into one bundle take turns."""
+    Under the bundle's lock (:func:`models.bundle.rewrites_bundle`): enrolments into one bundle take turns.
+
+    images: a list of paths, bytes or PIL images (one on its own is a TypeError, as for `Model.predict`)."""
+    from ..models.predictor import check_images
+
+    check_images(images)  # a lone path was read letter by letter ("a: file not found; .: is a directory")
+    images = list(images)
+    if not isinstance(label, str):
+        raise TypeError(f"label: the product's name as a str, not {type(label).__name__}")
+    if isinstance(index, (str, os.PathLike)):
+        raise TypeError(f"index: an open index (skulens.search.open_index({str(index)!r})), not a path")
+    if not images:
+        raise EnrolmentError(f"no photos given for {label!r}")
     net, card = load_bundle(bundle)
     label = label.strip()
     if not label:
@@ -402,9 +415,10 @@ def enroll(bundle: str | os.PathLike, label: str, images: Sequence[str | os.Path
     pils, skipped, seen = [], [], set()
     for im in images:
         try:
-            pil = decode_image(im, reduce_to=card.resize_to)
+            pil = decode_any(im, reduce_to=card.resize_to)
         except ImageDecodeError as e:
-            skipped.append((str(im) if not isinstance(im, bytes) else "<bytes>", e.reason))
+            skipped.append(("<bytes>" if isinstance(im, (bytes, bytearray, memoryview)) else "<PIL image>"
+                            if isinstance(im, Image.Image) else str(im), e.reason))
             continue
         digest = hashlib.sha256(f"{pil.mode} {pil.size}".encode() + pil.tobytes()).digest()
         if digest not in seen:  # a photo given twice is one photo (it was counted, kept and trained on twice)
