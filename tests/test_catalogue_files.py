@@ -63,7 +63,7 @@ def test_a_column_named_twice_is_refused(root: Path) -> None:
         load_catalogue(_csv(root, "path,label,Label", [line + ",x" for line in _plain()]))
 
 
-@pytest.mark.parametrize("other", ["milk", "MILK ", "Mi\u0308lk"])
+@pytest.mark.parametrize("other", ["milk", "MILK ", "Mi\u0308lk", "Milk\u200b"])  # a zero-width space: one more Milk
 def test_labels_that_differ_only_in_case_or_form_are_refused(root: Path, other: str) -> None:
     lines = _plain()
     lines[0] = f"img/a0.jpg,{other}"

@@ -100,14 +100,14 @@ def test_enroll_infers_coarse_and_rejects_bad_requests(bundle_copy: Path, blue_p
     bad.write_bytes(b"not an image")
     with pytest.raises(EnrolmentError, match="no usable photo"):
         enroll(bundle_copy, "x", [bad], data=tiny_catalogue)
-    for name in ("..", ".", "a/b"):  # names POST /v1/products refuses: no route could reach the product
+    for name in ("..", ".", "a/b", "soap\u200b", "\u202epaos", "so\x7fap"):  # names POST /v1/products refuses
         with pytest.raises(EnrolmentError, match="in a product's name"):
             enroll(bundle_copy, name, blue_photos[:2], data=tiny_catalogue)
     # a coarse class's name: a prediction's label "Apple" would be the product or the group of products
     with pytest.raises(EnrolmentError, match="'Apple' is a coarse class"):
         enroll(bundle_copy, "Apple", blue_photos[:2], data=tiny_catalogue)
-    for coarse in ("So\x01ap", " Soap"):  # it went into the card's coarse classes as it was
-        with pytest.raises(EnrolmentError, match="no control characters or surrounding spaces"):
+    for coarse in ("So\x01ap", " Soap", "So\u200bap"):  # it went into the card's coarse classes as it was
+        with pytest.raises(EnrolmentError, match="no control or invisible characters, or surrounding spaces"):
             enroll(bundle_copy, "soap", blue_photos[:2], data=tiny_catalogue, coarse=coarse)
     # the Python API's inputs, as predict takes them: a lone path was read letter by letter ("a: file not
     # found; .: is a directory"), a PIL image failed deep in pathlib, an index path or a number as the name in

@@ -57,8 +57,9 @@ def test_low_confidence_is_queued_and_a_reviewer_resolves_it(inventory_db, tmp_p
             store.resolve(f"{1:064x}", "oat-milk", actor="ana")
         with pytest.raises(InventoryError, match="not in the inventory"):
             store.resolve(f"{9:064x}", "oat-milk", actor="ana")
-        with pytest.raises(InventoryError, match="invalid label"):
-            store.resolve(f"{9:064x}", "bad\nlabel", actor="ana")
+        for bad in ("bad\nlabel", "red-apple\u200b", "\u202eelppa-der", "red\x7fapple"):  # no invisible twins
+            with pytest.raises(InventoryError, match="invalid label"):
+                store.resolve(f"{9:064x}", bad, actor="ana")
         actions = [a.action for a in store.audit()]
         assert actions[:3] == ["review_rejected", "review_corrected", "review_confirmed"]
         # Re-sending a reviewed photo changes nothing.

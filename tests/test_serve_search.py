@@ -296,7 +296,8 @@ def test_enrol_a_new_product_then_predict_and_find_it(client) -> None:
     assert len(list(kept.glob("*.jpg"))) == 3
     r = client.post("/v1/products", data={"product_id": "new-red-thing"}, files=shots, headers=AUTH)
     assert r.status_code == 409
-    for bad in ("a/b", "tab\there", " padded", ".", ".."):  # ids no other route could reach (or logs would carry)
+    # ids no other route could reach (or logs would carry); invisible ones a second product that shows as the first
+    for bad in ("a/b", "tab\there", " padded", ".", "..", "new-red-thing\u200b", "\u202eevil", "x\x7f", "y\x85"):
         r = client.post("/v1/products", data={"product_id": bad}, files=shots, headers=AUTH)
         assert r.status_code == 422 and "product_id" in r.json()["detail"], (bad, r.text)
     more = client.post("/v1/products/new-red-thing/images", files=shots[:1], headers=AUTH)

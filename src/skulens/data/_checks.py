@@ -95,8 +95,19 @@ def one_line_cell(value: str, name: str, where: str) -> str:
 
 
 def label_key(label: str) -> str:
-    """What two labels meant as one class share: Unicode form (NFC), case and runs of spaces."""
-    return " ".join(unicodedata.normalize("NFC", label).casefold().split())
+    """What two labels meant as one class share: Unicode form (NFC), case, runs of spaces, and characters that show
+    nothing (a zero-width space made "Granny-Smith\u200b" a second Granny-Smith, splitting its stock)."""
+    shown = "".join(ch for ch in unicodedata.normalize("NFC", label) if unicodedata.category(ch) != "Cf")
+    return " ".join(shown.casefold().split())
+
+
+def unprintable(text: str) -> str | None:
+    """The first character of `text` a name must not hold, as U+XXXX: a control character (C0, DEL, C1) or a format
+    character (zero-width spaces and joiners, bidi overrides: invisible, or showing the name reversed); else None."""
+    for ch in text:
+        if unicodedata.category(ch) in ("Cc", "Cf"):
+            return f"U+{ord(ch):04X}"
+    return None
 
 
 def refuse_lookalike_labels(source: Path, labels: Iterable[str]) -> None:

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..data.catalogue import label_key
+from ..data.catalogue import label_key, unprintable
 from ..data.decode import ImageDecodeError, decode_any, decode_image
 from ..data.transforms import create_transform, to_uint8_tensor
 from ..models.bundle import (
@@ -379,13 +379,14 @@ def enroll(bundle: str | os.PathLike, label: str, images: Sequence[str | os.Path
         raise EnrolmentError("the product needs a name")
     # a path segment of /v1/products/{id} and a folder name: "." and ".." are neither (the service refused them,
     # the CLI enrolled a product no route could reach, its photos kept in enrolled/product/)
-    if any(ord(ch) < 32 or ch in "/\\" for ch in label) or label in (".", ".."):
-        raise EnrolmentError(f"product {label[:40]!r}: no '/', '\\' or control characters in a product's name, "
-                             "and not '.' or '..'")
+    if unprintable(label) or any(ch in "/\\" for ch in label) or label in (".", ".."):
+        raise EnrolmentError(f"product {label[:40]!r}: no '/', '\\', control or invisible characters in a "
+                             "product's name, and not '.' or '..'")
     if coarse is not None and not coarse.strip():
         raise EnrolmentError("the coarse class is empty: give its name, or leave it out to have it inferred")
-    if coarse is not None and (coarse != coarse.strip() or any(ord(ch) < 32 for ch in coarse)):
-        raise EnrolmentError(f"coarse class {coarse[:40]!r}: no control characters or surrounding spaces")
+    if coarse is not None and (coarse != coarse.strip() or unprintable(coarse)):
+        raise EnrolmentError(f"coarse class {coarse[:40]!r}: no control or invisible characters, or surrounding "
+                             "spaces")
     if label in card.coarse_classes:  # a prediction's label would name the product or the product group
         raise EnrolmentError(f"{label!r} is a coarse class of this model (a group of products): give the product "
                              "a name of its own")

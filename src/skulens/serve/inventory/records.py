@@ -8,6 +8,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ...data.catalogue import unprintable
 from .errors import InventoryError, UnknownLabelError
 
 __all__ = ["AuditEntry", "BoxResult", "Erasure", "IntakeBox", "IntakePhoto", "IntakeResult", "ReviewItem",
@@ -189,8 +190,9 @@ def is_counted(label: str | None, confidence: float, threshold: float) -> bool:
 
 def check_label(label: str) -> str:
     label = label.strip()
-    if not label or len(label) > MAX_LABEL or any(ord(ch) < 32 for ch in label):
-        raise InventoryError(f"invalid label {label[:40]!r}: 1-{MAX_LABEL} printable characters")
+    if not label or len(label) > MAX_LABEL or unprintable(label):
+        raise InventoryError(f"invalid label {label[:40]!r}: 1-{MAX_LABEL} printable characters (no control or "
+                             "invisible ones)")
     return label
 
 

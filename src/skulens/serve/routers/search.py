@@ -16,6 +16,7 @@ from fastapi import APIRouter, File, Form, HTTPException, Query, Request, Upload
 from fastapi import Path as PathParam
 from pydantic import BaseModel, Field
 
+from ...data.catalogue import unprintable
 from ...search.engine import TEXT_MODES
 from ...search.index import IndexChangedError, IndexRecord, IndexStoreError, IndexUnavailableError, SearchHit
 from ..batching import QueueFullError
@@ -221,12 +222,13 @@ async def create_product(state: State, actor: WriteKey,
                                  "--backend torch (and re-export for ONNX afterwards)")
     if len(images) > state.settings.max_files:
         raise HTTPException(413, f"at most {state.settings.max_files} photos per request")
-    if (product_id != product_id.strip() or any(ord(ch) < 32 or ch in "/\\" for ch in product_id)
+    if (product_id != product_id.strip() or unprintable(product_id) or any(ch in "/\\" for ch in product_id)
             or product_id in (".", "..")):
         # the id is a path segment of every other route (GET, PATCH, DELETE /v1/products/{id}; "." and ".." are
-        # resolved away by clients before they are sent) and a log field
-        raise HTTPException(422, f"product_id {product_id[:40]!r}: no '/', '\\', control characters, surrounding "
-                                 "spaces, '.' or '..'")
+        # resolved away by clients before they are sent) and a log field; an invisible character made a second
+        # product that shows as the first
+        raise HTTPException(422, f"product_id {product_id[:40]!r}: no '/', '\\', control or invisible characters, "
+                                 "surrounding spaces, '.' or '..'")
     datas = [(await decode_upload(state, f))[0] for f in images]  # checked like every upload
 
     def run() -> Any:
