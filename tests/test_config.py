@@ -53,6 +53,8 @@ def test_bad_literal_lists_the_choices() -> None:
     ("coarse_fallback", -0.1, "coarse_fallback"),
     ("weight_decay", -0.01, "weight_decay: must be >= 0"),
     ("backbone_lr_mult", -1, "backbone_lr_mult: must be >= 0"),
+    ("seed", 10**20, "seed: 100000000000000000000 is outside 0..4294967295"),  # a traceback mid-run
+    ("seed", -1, "seed: -1 is outside"),
 ])
 def test_bad_values_raise(key: str, value: object, message: str) -> None:
     with pytest.raises(ConfigError, match=message):

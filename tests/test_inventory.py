@@ -387,6 +387,9 @@ def test_cli_counts_review_and_audit(inventory_db, tmp_path: Path, capsys: pytes
     audit = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [a["action"] for a in audit] == ["review_corrected", "review_queued"]
     assert audit[0]["actor"].startswith("cli")
+    # past the database's largest integer: every entry (it was an OverflowError traceback)
+    assert main(["inventory", "audit", "--db", str(db), "--limit", str(10**23)]) == 0
+    assert len(capsys.readouterr().out.splitlines()) > 2
 
 
 def test_cli_review_checks_labels_against_the_model(tiny_bundle, inventory_db,

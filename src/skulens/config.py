@@ -296,6 +296,8 @@ def _validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"label_smoothing: {cfg.label_smoothing} is outside [0, 1)")
     if not 0 < cfg.val_fraction < 1:
         raise ConfigError(f"val_fraction: {cfg.val_fraction} is outside (0, 1)")
+    if not 0 <= cfg.seed < 2**32:  # NumPy's generators take none outside it (a larger one was a traceback mid-run)
+        raise ConfigError(f"seed: {cfg.seed} is outside 0..{2**32 - 1}")
     if not 0.5 <= cfg.pseudo_precision < 1:
         raise ConfigError(f"pseudo_precision: {cfg.pseudo_precision} is outside [0.5, 1)")
     if not 1 <= cfg.pseudo_rounds <= 10:

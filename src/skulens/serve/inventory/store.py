@@ -924,8 +924,8 @@ class InventoryStore:
         return len(rows)
 
     def audit(self, *, limit: int = 100, before_id: int | None = None) -> list[AuditEntry]:
-        """Newest first."""
-        sql, params = "SELECT * FROM audit", {"limit": limit}
+        """Newest first: at most `limit` entries (any number: past the database's largest integer is all of them)."""
+        sql, params = "SELECT * FROM audit", {"limit": min(limit, 2**62)}
         if before_id is not None:
             sql += " WHERE id < :before_id"
             params["before_id"] = before_id
