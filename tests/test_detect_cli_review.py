@@ -153,6 +153,32 @@ def test_evaluate_says_when_photos_reach_the_box_cap(detector: Path, tmp_path: P
     assert "box cap" in (tmp_path / "ev" / "report.md").read_text()
 
 
+def test_evaluate_names_its_report_folder_without_json_and_fails_as_a_run_when_no_photo_reads(own: Path, tmp_path: Path,
+                                                                                            capsys) -> None:
+    """Without -o the report went into a folder named eval-coco.json; with no readable photo the run exited 2 (a
+    usage error) where `count` and the README say 1. And --detector naming detector.json itself was told it had
+    no detector.json, a missing folder that it was not a detector folder."""
+    from skulens.detect.annotations import write_coco
+    from skulens.detect.boxes import AnnotatedImage
+
+    bad = [tmp_path / "ph" / f"{i}.jpg" for i in range(2)]
+    for p in bad:
+        p.parent.mkdir(exist_ok=True)
+        p.write_bytes(b"not a photo")
+    write_coco([AnnotatedImage(p, 200, 150, np.array([[10, 10, 60, 60]], np.float32), ("a",)) for p in bad],
+               tmp_path / "broken.json")
+    assert main(["detect", "evaluate", str(own), "--data", str(tmp_path / "broken.json"), "-q"]) == 1
+    assert "none of the other 1 photos could be decoded" in capsys.readouterr().err
+    good = _noise(tmp_path / "ok" / "0.png", 200, 150)
+    write_coco([AnnotatedImage(good, 200, 150, np.array([[10, 10, 60, 60]], np.float32), ("a",))], tmp_path / "shelf.json")
+    assert main(["detect", "evaluate", str(own), "--data", str(tmp_path / "shelf.json"), "--min-score", "0", "-q"]) == 0
+    assert (own / "eval-shelf" / "report.json").is_file() and not (own / "eval-shelf.json").exists()
+    assert main(["count", str(good), "--detector", str(own / "detector.json"), "-q"]) == 2
+    assert f"give the detector's folder, {own}" in capsys.readouterr().err
+    assert main(["count", str(good), "--detector", str(tmp_path / "nodir"), "-q"]) == 2
+    assert "nodir: no such folder" in capsys.readouterr().err
+
+
 def test_a_quoted_glob_reads_folders_and_lists(tmp_path: Path) -> None:
     from skulens.cli._common import expand_inputs
 

@@ -173,6 +173,10 @@ def check_detector(value: str | None, flag: str = "--detector", *, backend: str 
             raise UsageError(f"{flag} {value}: an exported detector (ONNX); "
                              + ("run it with the onnx backend" if backend else "give its detector folder"))
         return value
+    if not p.exists():
+        raise UsageError(f"{flag} {value}: no such folder (a detector is the folder `skulens detect train` writes)")
+    if p.name == "detector.json" and p.is_file():  # it said "not a detector folder, no detector.json" of the file
+        raise UsageError(f"{flag} {value}: give the detector's folder, {p.parent}")
     if not (p / "detector.json").is_file():
         bundle = (p / "card.json").is_file()
         hint = (" (that is a classification bundle" + (": give it as -m/--model)" if flag == "--detector" else ")")

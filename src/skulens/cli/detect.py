@@ -142,7 +142,8 @@ def add_commands(sub: Any) -> None:
     e.add_argument("--data", required=True, help="annotated photos: a VOC folder, COCO JSON or YOLO folder")
     add_model(e, "classification bundle: adds per-product count accuracy", required=False,
               positional_legacy=False)
-    add_out(e, "report folder: report.json, report.md, grid.png (default: DET/eval-<data name>; beside DET "
+    add_out(e, "report folder: report.json, report.md, grid.png (default: DET/eval-<the data folder or file name, "
+               "without .json>; beside DET "
                "when it is an exported file)")
     e.add_argument("--label-map", metavar="CSV", help="CSV 'annotation,model_label' when the names differ")
     _add_box_settings(e)
@@ -433,7 +434,8 @@ def cmd_detect_evaluate(ns: argparse.Namespace) -> int:
     # the report folder (by default in the detector's folder, or beside an exported detector file), checked
     # before the photos are detected and scored
     home = Path(detector) if Path(detector).is_dir() else Path(detector).parent
-    out = Path(ns.out) if ns.out else home / f"eval-{Path(ns.data).resolve().name}"
+    data = Path(ns.data).resolve()  # a folder by its name; an annotation file by its stem (not a folder "x.json")
+    out = Path(ns.out) if ns.out else home / f"eval-{data.stem if data.is_file() else data.name}"
     check_out_path(out, "--out", folder=True)
     from ..detect.annotations import load_annotations
 
@@ -444,11 +446,16 @@ def cmd_detect_evaluate(ns: argparse.Namespace) -> int:
     det, clf, _ = job.load()
     if mapping is not None and clf is not None:
         _warn_unmatched(ns.label_map, mapping, {n for im in images for n in im.labels}, clf.card.classes)
+    from ..data.decode import ImageDecodeError
     from ..detect.evaluate import evaluate_counting
 
-    report = evaluate_counting(det, images, model=clf, min_score=ns.min_score, min_confidence=job.min_confidence,
-                               tiles=ns.tiles, label_map=None if mapping is None else lambda n: mapping.get(n, n),
-                               out_dir=out, progress=not ns.quiet)
+    try:
+        report = evaluate_counting(det, images, model=clf, min_score=ns.min_score, min_confidence=job.min_confidence,
+                                   tiles=ns.tiles, label_map=None if mapping is None else lambda n: mapping.get(n, n),
+                                   out_dir=out, progress=not ns.quiet)
+    except ImageDecodeError as exc:  # only when no photo could be read (one that cannot is left out and listed):
+        say(f"skulens detect evaluate: {exc}")  # a run that failed, exit 1, as `count` with no readable photo
+        return EXIT_FAILED
     sink = contextlib.nullcontext(sys.stdout)
     with sink as f:
         f.write(json.dumps({k: v for k, v in report.to_dict().items() if k != "per_image"}) + "\n")
