@@ -38,6 +38,35 @@ def test_read_commands_refuse_a_database_that_is_not_there(tmp_path: Path, capsy
     assert main(["inventory", "counts", "--db", str(typo)]) == 0
 
 
+def test_another_programs_database_is_not_made_an_inventory(inventory_db, capsys: pytest.CaptureFixture[str]) -> None:
+    """`inventory counts --db` on another program's SQLite file made the inventory's tables in it (exit 0); one
+    with its own `stock` table was "no such column: label", a traceback. A new database is made only by the
+    commands that make one (scan, serve)."""
+    import sqlalchemy as sa
+
+    from skulens.cli import main
+
+    url = inventory_db.url("theirs")
+    inventory_db.execute("theirs", "CREATE TABLE notes (body TEXT)")
+
+    def tables() -> set[str]:
+        engine = sa.create_engine(f"sqlite:///{url}" if inventory_db.backend == "sqlite" else url)
+        try:
+            with engine.connect() as conn:
+                return set(sa.inspect(conn).get_table_names())
+        finally:
+            engine.dispose()
+
+    for args in (["counts"], ["audit"]):
+        assert main(["inventory", *args, "--db", url]) == 2, args
+        assert "no inventory at" in capsys.readouterr().err
+    assert tables() == {"notes"}  # left as it was
+    inventory_db.execute("theirs", "CREATE TABLE stock (a TEXT)")
+    with pytest.raises(InventoryError, match="a table 'stock' that is not a skulens inventory's"):
+        InventoryStore(url, **inventory_db.dirs("theirs"))  # even where a database may be made
+    assert tables() == {"notes", "stock"}
+
+
 def test_a_bad_database_is_one_line_not_a_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from skulens.cli import main
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from _serve_util import photo_bytes
 from skulens.serve.inventory import InventoryStore, StorageError, storage_error, storage_failure
 from test_store_review import _client, _photo, _service
 
@@ -183,13 +184,20 @@ def test_a_read_only_postgresql_database_with_its_schema_opens_reads_and_answers
 
 @pytest.mark.parametrize("inventory_db", ["postgresql"], indirect=True)
 def test_cli_on_a_new_read_only_postgresql_database_says_so_in_one_line(
-        inventory_db, read_only_database: Any, capsys: pytest.CaptureFixture[str]) -> None:
+        inventory_db, read_only_database: Any, tiny_bundle, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from skulens.cli import main
 
     url = inventory_db.url("new")
     read_only_database()
     capsys.readouterr()
-    assert main(["inventory", "purge", "--db", url, "--older-than-days", "30"]) == 3  # the storage's exit code
+    # a command that reads an inventory: there is none (it would have made one)
+    assert main(["inventory", "purge", "--db", url, "--older-than-days", "30"]) == 2
+    assert "no inventory at" in capsys.readouterr().err
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.jpg").write_bytes(photo_bytes("oat-milk", 1))
+    # one that makes it: the database refuses (before the model loads)
+    assert main(["inventory", "scan", str(tmp_path / "photos"), "-m", str(tiny_bundle.bundle), "--db", url,
+                 *inventory_db.cli_dirs("new"), "-q"]) == 3  # the storage's exit code
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert err.splitlines()[-1] == (f"skulens: storage unavailable: the inventory cannot set up its tables in {url} "

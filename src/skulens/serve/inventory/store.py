@@ -254,6 +254,7 @@ class InventoryStore:
         self._lock: AbstractContextManager[Any] = threading.Lock() if self.backend == "sqlite" else nullcontext()
         self._files_lock = threading.Lock()  # photo moves and manifest rewrites (and a file lock across processes)
         self._for_update = " FOR UPDATE" if self.backend == "postgresql" else ""  # SQLite: BEGIN IMMEDIATE did it
+        self._create = create  # False: read an inventory that exists, never make one
         self._engine = self._create_engine(url, pool_size)
         self._ping_engine: sa.engine.Engine | None = None  # PostgreSQL readiness: `ping`
         try:
@@ -306,8 +307,11 @@ class InventoryStore:
         says so, instead of the driver's error about a CREATE TABLE. (A SQLite file on a read-only mount is not
         covered: opening it in WAL mode may already fail in the driver.)"""
         with self._transaction(write=False) as db:
-            if self._current_schema(self._schema_version(db)):
+            version = self._schema_version(db)
+            if self._current_schema(version):
                 return
+            if version == 0:
+                self._refuse_another_database(db)
 
         def migrate(db: Connection, _written: list[Path]) -> None:
             types = COLUMN_TYPES[self.backend]
@@ -346,6 +350,20 @@ class InventoryStore:
             if error is None:
                 raise
             raise error from exc
+
+    def _refuse_another_database(self, db: Connection) -> None:
+        """A database with no inventory schema yet: refused when it was to be read only (a mistyped --db: `inventory
+        counts` made the tables in whatever SQLite file it was given), or when its `stock` table is another
+        program's (the tables were half made around it, then "no such column: label", a traceback). A `stock`
+        table of skulens' own is an inventory from before schema versions: upgraded as before."""
+        inspector = sa.inspect(db)
+        tables = set(inspector.get_table_names())
+        if "stock" in tables and not {"label", "count"} <= {c["name"] for c in inspector.get_columns("stock")}:
+            raise InventoryError(f"{self.url} holds a table 'stock' that is not a skulens inventory's: give the "
+                                 "inventory a database or file of its own")
+        if not self._create and "stock" not in tables:
+            raise InventoryError(f"no inventory at {self.url} (`skulens inventory scan` or `skulens serve --db` "
+                                 "creates one)")
 
     def _schema_version(self, db: Connection) -> int:
         """The database's schema version; 0 for a new database (PostgreSQL: no version table yet)."""
