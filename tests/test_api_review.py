@@ -110,6 +110,18 @@ def test_settings_that_would_be_ignored_are_refused(model, tiny_bundle, tiny_cat
     assert main(["export", "--model", str(onnx), "--out", str(tmp_path / "x.onnx")]) == 2  # not "--backend onnx"
 
 
+def test_evaluate_refuses_a_file_as_its_report_folder_before_scoring(model, tiny_catalogue: Path, tmp_path: Path,
+                                                                   monkeypatch) -> None:
+    """out= naming a file was pathlib's FileExistsError, raised from mkdir after every photo had been scored."""
+    from skulens.evaluate import evaluator
+
+    monkeypatch.setattr(evaluator, "evaluate_model", lambda *a, **k: pytest.fail("scored before out was checked"))
+    taken = tmp_path / "a.jpg"
+    taken.write_bytes(b"x")
+    with pytest.raises(FileExistsError, match="a file; out is the folder the report is written into"):
+        skulens.evaluate(model, tiny_catalogue, out=taken, progress=False)
+
+
 def test_train_takes_a_train_config_and_checks_it(tiny_catalogue: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="freeze"):
         skulens.train(skulens.TrainConfig(data=str(tiny_catalogue), out=str(tmp_path / "x"), freeze="bogus"))

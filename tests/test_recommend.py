@@ -279,6 +279,15 @@ def test_content_similar_and_errors() -> None:
     assert isinstance(create_recommender("popularity"), PopularityRecommender)
     with pytest.raises(ValueError, match="unknown recommender"):
         create_recommender("magic")
+    # the API's argument types: k=2.5 was NumPy's "slice indices must be integers", tuples for events
+    # "'tuple' object has no attribute 'event'"
+    for bad_k in (2.5, "3", True):
+        with pytest.raises(TypeError, match="k: a whole number of products"):
+            rec.similar("a", k=bad_k)
+    assert len(rec.recommend("u", k=np.int64(1))) == 1  # a NumPy integer is a whole number
+    for kind in (PopularityRecommender(), HybridRecommender()):
+        with pytest.raises(TypeError, match=r"events\[0\]: an Event\(user_id, product_id, event, timestamp\)"):
+            kind.fit([("u", "a", "view", 1.0)])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ core imports this module: the model object lives in `skulens.models.predictor`.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import TrainConfig, apply_preset, config_to_dict, load_config, resolve_config, warn_unused
@@ -62,6 +63,8 @@ def evaluate(model: Model | str | os.PathLike, data: str | os.PathLike | None = 
     """
     from .evaluate.evaluator import evaluate_model
 
+    if out is not None and Path(out).exists() and not Path(out).is_dir():  # before the photos are scored: it was
+        raise FileExistsError(f"out={str(out)!r}: a file; out is the folder the report is written into")  # mkdir's
     return evaluate_model(_as_model(model, device, backend), data, split=split, out=out, baseline=baseline,
                           progress=progress)
 

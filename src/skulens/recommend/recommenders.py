@@ -150,6 +150,7 @@ class Recommender:
 
     def fit(self, events: Sequence[Event], *, catalogue: Iterable[str] | None = None) -> Recommender:
         """Learn from ``events``; ``catalogue`` adds products that may be recommended without any events."""
+        _check_events(events)
         self._prepare(events, catalogue)
         if not self.items:
             raise ValueError(f"{self.name}: nothing to recommend (no events, catalogue or content vectors)")
@@ -244,8 +245,7 @@ class Recommender:
 
     def _recommendations(self, row: sparse.csr_matrix, k: int, exclude: sparse.csr_matrix | None
                          ) -> list[Recommendation]:
-        if k < 1:
-            raise ValueError(f"k must be at least 1, got {k}")
+        _check_k(k)
         order, scores = self._rank(row, k, exclude)
         out = []
         for item, score in zip(order[0], scores[0], strict=True):
@@ -444,6 +444,7 @@ class HybridRecommender(_ContentMixin, Recommender):
         return alpha, 0.1 if self.beta is None else self.beta
 
     def fit(self, events: Sequence[Event], *, catalogue: Iterable[str] | None = None) -> HybridRecommender:
+        _check_events(events)  # before the blend is tuned on them
         catalogue = None if catalogue is None else list(catalogue)
         self.alpha_, self.beta_ = self._default_blend()
         self.tuning_ = []
@@ -539,8 +540,7 @@ class HybridRecommender(_ContentMixin, Recommender):
         self._require_fitted()
         if product_id not in self._index:
             raise UnknownProductError(f"{self.name}: unknown product {product_id!r}")
-        if k < 1:
-            raise ValueError(f"k must be at least 1, got {k}")
+        _check_k(k)
         i = self._index[product_id]
         row = sparse.csr_matrix(([1.0], ([0], [i])), shape=(1, len(self.items)))
         cooc, content, popular = self._components(row)
@@ -644,6 +644,23 @@ def fit_recommender(events: Sequence[Event], products: Catalogue | Mapping[str, 
         options["item_vectors"] = item_vectors(products or {}, model)
     rec = create_recommender(kind, **options)
     return rec.fit(events, catalogue=None if products is None else list(products))
+
+
+def _check_k(k: Any) -> None:
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral):  # 2.5 was NumPy's "slice indices" error
+        raise TypeError(f"k: a whole number of products, not {type(k).__name__} {k!r}")
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+
+
+def _check_events(events: Sequence[Event]) -> None:
+    """Events as `read_events` gives them (a tuple was "'tuple' object has no attribute 'event'", deep inside)."""
+    if isinstance(events, (str, bytes)) or not isinstance(events, Iterable):
+        raise TypeError(f"events: a list of Event (skulens.recommend.shopping_log), not {type(events).__name__}")
+    for i, e in enumerate(events if isinstance(events, Sequence) else ()):  # a generator is not consumed here
+        if not isinstance(e, Event):
+            raise TypeError(f"events[{i}]: an Event(user_id, product_id, event, timestamp) "
+                            f"(skulens.recommend.shopping_log.Event), not {type(e).__name__}")
 
 
 # ---------------------------------------------------------------------------------------------
