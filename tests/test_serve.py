@@ -898,6 +898,9 @@ def test_form_fields_the_route_does_not_read_are_refused(client, val_photo) -> N
     assert r.status_code == 422 and "'image' sent 2 times" in r.json()["detail"]
     r = client.post("/v1/tag", files=_upload(data), data={"topk": "3"})
     assert r.status_code == 422 and "'topk'" in r.json()["detail"]
+    for route, field in (("/v1/predict", "min_confidence"), ("/v1/tag", "min_score")):  # it said "<= 1" of a NaN
+        r = client.post(route, files=_upload(data), data={field: "nan"})
+        assert r.status_code == 422 and r.json()["detail"] == f"{field}: Input should be a finite number", r.text
     for field in ({"top_k": "3"}, {"min_score": "0.9"}):  # no vocabulary here: read by nothing, answered 200
         r = client.post("/v1/tag", files=_upload(data), data=field)
         assert r.status_code == 422 and "settings of the vocabulary tags" in r.json()["detail"]

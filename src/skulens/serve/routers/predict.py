@@ -26,7 +26,7 @@ router = APIRouter(route_class=StrictFormRoute, prefix="/v1", tags=["recognition
 async def predict(state: State, _: ReadKey,
                   image: Annotated[UploadFile, File(description="the photo (JPEG, PNG, WebP, GIF, BMP, TIFF)")],
                   top_k: Annotated[int | None, Form(ge=1, le=50, description="default: the service's --top-k")] = None,
-                  min_confidence: Annotated[float, Form(ge=0.0, le=1.0)] = 0.0) -> PredictResponse:
+                  min_confidence: Annotated[float, Form(ge=0.0, le=1.0, allow_inf_nan=False)] = 0.0) -> PredictResponse:
     t0 = time.perf_counter()
     top_k = top_k or state.settings.top_k
     _, pred = await predict_upload(state, image, top_k=top_k, min_confidence=min_confidence)

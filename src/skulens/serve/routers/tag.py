@@ -32,7 +32,7 @@ async def tag(state: State, _: ReadKey,
                               f"{MAX_PHRASE_CHARS} characters each); default: the server's --tag-vocabulary")] = None,
               top_k: Annotated[int | None, Form(
                   ge=0, le=50, description=f"vocabulary tags per photo (default {DEFAULT_TOP_TAGS})")] = None,
-              min_score: Annotated[float | None, Form(ge=-1.0, le=1.0)] = None) -> TagResponse:
+              min_score: Annotated[float | None, Form(ge=-1.0, le=1.0, allow_inf_nan=False)] = None) -> TagResponse:
     t0 = time.perf_counter()
     tagger = state.recognizer.tagger
     assert tagger is not None
