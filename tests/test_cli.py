@@ -408,6 +408,9 @@ def test_a_folders_broken_links_are_named_not_skipped_unsaid(bundle: str, val_ro
     r = _skulens("predict", "-m", bundle, str(folder), "-q")
     assert r.returncode == 0 and [row["source"] for row in _jsonl(r.stdout)] == [str(folder / "a.jpg")]
     assert f"1 broken link(s) under {folder} left out, e.g. {folder / 'gone.jpg'}" in r.stderr
+    os.mkfifo(folder / "pipe.jpg")  # not a file either: it was called a broken link
+    r = _skulens("predict", "-m", bundle, str(folder), "-q")
+    assert r.returncode == 0 and "2 entries that are not files (broken links, pipes, devices)" in r.stderr
 
 
 def test_a_broken_pipe_elsewhere_is_not_taken_for_a_closed_stdout(bundle: str, monkeypatch) -> None:

@@ -298,7 +298,10 @@ def _expand(items: list[str]) -> list[str]:
             found = sorted(walk_images(p), key=str)
             broken = [f for f in found if not f.is_file()]  # left out, as every folder of photos leaves them
             if broken:  # ... but said: a moved photo library's links were skipped without a word
-                say(f"skulens: {len(broken)} broken link(s) under {p} left out, e.g. {broken[0]}")
+                links = sum(f.is_symlink() and not f.exists() for f in broken)  # the rest: FIFOs, sockets, devices
+                what = "broken link(s)" if links == len(broken) else "entries that are not files (broken links, " \
+                    "pipes, devices)"
+                say(f"skulens: {len(broken)} {what} under {p} left out, e.g. {broken[0]}")
             out += [str(f) for f in found if f.is_file()]
         elif is_image_list(p):
             out += read_image_list(p)
