@@ -298,8 +298,8 @@ def actor_gpus(requested: float | None, cluster_gpus: float, pool: int) -> float
     is a RayClusterError: Ray would queue the actors for them, and the job wait forever."""
     if requested is None:
         if 0 < cluster_gpus < pool:
-            logger.warning("--device auto: the Ray cluster has %g GPU(s) for %d actors: the actors run on the CPU (give "
-                        "--actors %d to run one on each GPU)", cluster_gpus, pool, int(cluster_gpus))
+            logger.warning("--device auto: the Ray cluster has %g GPU(s) for %d actors: the actors run on the CPU "
+                           "(give --actors %d to run one on each GPU)", cluster_gpus, pool, int(cluster_gpus))
         return 1.0 if cluster_gpus >= pool else 0.0
     if requested > 0 and cluster_gpus < requested:
         raise RayClusterError(f"--device cuda: the Ray cluster has {cluster_gpus:g} GPU(s), each actor asks for "

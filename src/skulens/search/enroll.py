@@ -347,7 +347,7 @@ def _keep_photo(pil, folder: Path) -> Path:
 
 
 @rewrites_bundle
-def enroll(bundle: str | os.PathLike, label: str, images: Sequence[str | os.PathLike | bytes], *,
+def enroll(bundle: str | os.PathLike, label: str, images: Sequence[str | os.PathLike | bytes | Image.Image], *,
            text: str = "", title: str = "", coarse: str | None = None, data: str | os.PathLike | None = None,
            index: object | None = None, keep_photos: bool = True, studio_views: int = _STUDIO_VIEWS,
            text_weight: float = _TEXT_WEIGHT, shop_map: bool = True, progress: bool = False) -> EnrolResult:
