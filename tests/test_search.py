@@ -355,6 +355,10 @@ def test_index_build_reads_the_store_from_the_location_and_checks_the_collection
     base = ["index", "build", "--model", str(tiny_bundle.bundle), "--data", str(catalogue), "-q"]
     assert main([*base, "--out", "http://127.0.0.1:1#shop", "--backend", "faiss"]) == 2
     assert "a Milvus location" in capsys.readouterr().err and not Path("http:").exists()
+    (tmp_path / "afile").write_text("x")  # under a file: told before any photo is embedded (a traceback after them)
+    for out in (tmp_path / "afile" / "x.index", tmp_path / "afile" / "m.db"):
+        assert main([*base, "--out", str(out)]) == 2
+        assert f"{tmp_path / 'afile'} is a file, not a folder" in capsys.readouterr().err
     for name in ("my-shop", "shop 1", "1abc"):
         assert main([*base, "--out", f"{tmp_path / 'm.db'}#{name}"]) == 2
         err = capsys.readouterr().err

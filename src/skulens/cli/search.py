@@ -66,6 +66,10 @@ def cmd_index_build(ns: argparse.Namespace) -> int:
     if ns.backend == "faiss" and located == "milvus":
         raise UsageError(f"-o {ns.out}: a Milvus location (a server URI or a .db file); a FAISS index is a folder")
     ns.backend = ns.backend or located
+    target = ns.out.partition("#")[0]  # a FAISS folder or a Milvus Lite file (not a server): one that cannot be
+    if "://" not in target and not target.startswith("unix:"):  # written is told before the photos are embedded
+        # (it was a traceback after them); a Milvus Lite location may be a file or a folder
+        check_out_path(target, "-o", folder=ns.backend == "faiss" or Path(target).is_dir())
     on_ray = check_engine(ns)
     data = data_path(ns, model=bundle)
     from ..data.catalogue import load_catalogue
