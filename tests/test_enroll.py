@@ -106,6 +106,8 @@ def test_enroll_infers_coarse_and_rejects_bad_requests(bundle_copy: Path, blue_p
     # a coarse class's name: a prediction's label "Apple" would be the product or the group of products
     with pytest.raises(EnrolmentError, match="'Apple' is a coarse class"):
         enroll(bundle_copy, "Apple", blue_photos[:2], data=tiny_catalogue)
+    with pytest.raises(EnrolmentError, match="coarse class 'milk' differs from the model's 'Milk' only in case"):
+        enroll(bundle_copy, "soap", blue_photos[:2], data=tiny_catalogue, coarse="milk")  # a second Milk, it was
     for coarse in ("So\x01ap", " Soap", "So\u200bap"):  # it went into the card's coarse classes as it was
         with pytest.raises(EnrolmentError, match="no control or invisible characters, or surrounding spaces"):
             enroll(bundle_copy, "soap", blue_photos[:2], data=tiny_catalogue, coarse=coarse)

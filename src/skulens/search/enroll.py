@@ -392,6 +392,11 @@ def enroll(bundle: str | os.PathLike, label: str, images: Sequence[str | os.Path
                              "a name of its own")
     if coarse is not None and not card.coarse_classes:  # it was recorded, then broke `retrain` (no hierarchy)
         raise EnrolmentError(f"this model has no coarse classes: leave the coarse class ({coarse!r}) out")
+    coarse_twin = None if coarse is None else next(
+        (c for c in card.coarse_classes if c != coarse and label_key(c) == label_key(coarse)), None)
+    if coarse_twin is not None:  # "milk" beside "Milk" was a second coarse class that split the first's products
+        raise EnrolmentError(f"coarse class {coarse!r} differs from the model's {coarse_twin!r} only in case, spaces "
+                             f"or Unicode form: give it as {coarse_twin!r}, or a name of its own")
     twin = next((c for c in card.classes if c != label and label_key(c) == label_key(label)), None)
     if twin is not None:  # a catalogue refuses the pair: two classes that split one product's photos
         raise EnrolmentError(f"{label!r} differs from the model's class {twin!r} only in case, spaces or Unicode "
