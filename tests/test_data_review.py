@@ -278,6 +278,11 @@ def test_recommend_never_recommends_a_log_product_that_no_catalogue_has(tmp_path
         recs = [r["product_id"] for r in json.loads(captured.out)["recommendations"]]
         assert recs and "durian" not in recs, kind
         assert "left out 12 event(s) of 1 product(s)" in captured.err and "'durian'" in captured.err
+    # evaluate too: its scores counted durian among the products (coverage over 4, not 3), unsaid
+    longer = _log(tmp_path / "long.csv", ["durian", "oat-milk", "red-apple", "rye-bread"])
+    assert main(["recommend", "evaluate", "--events", str(longer), "--data", str(root)]) == 0
+    captured = capsys.readouterr()
+    assert "left out 6 event(s) of 1 product(s)" in captured.err and "'durian'" in captured.err
     assert main(["recommend", "for", "--events", str(log), "--data", str(root), "--kind", "popularity",
                  "--similar", "durian"]) == 2  # in the log, left out: said so, not "no such product in the log"
     assert "in the behaviour log, but neither the catalogue nor the model has it" in capsys.readouterr().err

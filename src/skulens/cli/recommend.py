@@ -41,7 +41,6 @@ def _recommender(ns: argparse.Namespace) -> Any:
     content = ns.kind != "popularity"  # popularity reads neither product texts nor photos
     data = data_path(ns, model=bundle) if ns.data or content else None  # checked before torch loads
     from ..data.catalogue import class_products, load_catalogue
-    from ..data.locate import card_json
     from ..recommend.recommenders import fit_recommender
     from ..recommend.shopping_log import read_events
 
@@ -59,27 +58,8 @@ def _recommender(ns: argparse.Namespace) -> Any:
         events = list(pseudonymize_events(events, key))
     # Every class is a product (the service's products_from_catalogue): a folder or manifest catalogue without
     # products.csv still has content for `--kind content` and the hybrid.
-    products = class_products(load_catalogue(data)) if data else None
-    card = card_json(bundle) if bundle and not bundle.startswith("pretrained:") else None
-    if card is not None:
-        # as the service: the model's classes and enrolled products are products too (the card read without
-        # torch, which the checks below come before; a bare .onnx without its card.json adds none)
-        from ..models.card import ModelCard, model_products
-
-        try:
-            products = model_products(ModelCard.from_dict(card), products)
-        except (TypeError, ValueError):  # not a card: loading the model (content kinds) says what is wrong
-            pass
-    left_out: set[str] = set()
-    if products is not None:  # as the service: a log's product that neither knows is never recommended
-        kept = [e for e in events if e.product_id in products]
-        if len(kept) < len(events):
-            left_out = {e.product_id for e in events} - set(products)
-            say(f"skulens recommend: left out {len(events) - len(kept)} event(s) of {len(left_out)} product(s) that "
-                f"neither the catalogue nor the model has, e.g. {min(left_out)!r}")
-            if not kept:
-                raise UsageError(f"{ns.events}: none of its products is in the catalogue or the model")
-            events = kept
+    products = _with_model_products(class_products(load_catalogue(data)) if data else None, bundle)
+    events, left_out = _only_known(events, products, ns.events)
     known = {e.product_id for e in events} | set(products or ())
     for flag, asked in (("--seed-product", getattr(ns, "seed_product", None)), ("--similar", getattr(ns, "similar", None))):
         unknown = [p for p in dict.fromkeys(asked or ()) if p not in known]
@@ -132,6 +112,38 @@ def cmd_recommend_generate(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _with_model_products(products: Any, bundle: str | None) -> Any:
+    """The catalogue's products and, as the service has them, the model's classes and enrolled products (the card
+    read without torch; a bare .onnx without its card.json adds none). None: no catalogue was read."""
+    from ..data.locate import card_json
+
+    card = card_json(bundle) if bundle and not bundle.startswith("pretrained:") else None
+    if card is not None:
+        from ..models.card import ModelCard, model_products
+
+        try:
+            products = model_products(ModelCard.from_dict(card), products)
+        except (TypeError, ValueError):  # not a card: loading the model (content kinds) says what is wrong
+            pass
+    return products
+
+
+def _only_known(events: list[Any], products: Any, source: str) -> tuple[list[Any], set[str]]:
+    """The events of products the catalogue or the model has (as the service: another is never recommended, and
+    it would count in the scores), said in a line when some are left out; and the products left out."""
+    if products is None:
+        return events, set()
+    kept = [e for e in events if e.product_id in products]
+    if len(kept) == len(events):
+        return events, set()
+    left_out = {e.product_id for e in events} - set(products)
+    say(f"skulens recommend: left out {len(events) - len(kept)} event(s) of {len(left_out)} product(s) that "
+        f"neither the catalogue nor the model has, e.g. {min(left_out)!r}")
+    if not kept:
+        raise UsageError(f"{source}: none of its products is in the catalogue or the model")
+    return kept, left_out
+
+
 def cmd_recommend_evaluate(ns: argparse.Namespace) -> int:
     bundle = model_path(ns)
     data = data_path(ns, model=bundle)
@@ -139,12 +151,12 @@ def cmd_recommend_evaluate(ns: argparse.Namespace) -> int:
     from ..recommend.recommenders import create_recommender, evaluate, item_vectors, leave_last_out
     from ..recommend.shopping_log import read_events
 
-    events = read_events(ns.events)
+    products = _with_model_products(class_products(load_catalogue(data)), bundle)  # before the text model loads
+    events, _ = _only_known(read_events(ns.events), products, ns.events)
     train, test = leave_last_out(events)
     if not test:  # zeros printed as if measured would read as three recommenders that never hit
         raise UsageError(f"--events {ns.events}: no user touched two or more products, so none can be held out "
                          "and scored (leave-last-out needs a history before the held-out product)")
-    products = class_products(load_catalogue(data))  # checked before the text model and bundle load
     vectors = item_vectors(products, _load(bundle))
     for kind in ("popularity", "content", "hybrid"):
         rec = create_recommender(kind, **({} if kind == "popularity" else {"item_vectors": vectors}))
