@@ -193,8 +193,10 @@ def test_an_aligner_fitted_for_another_image_model_is_refused_where_it_meets_a_m
     assert again.probe is not None and again.probe.shape == (4, mine.card.embedding_dim)
     again.check_model(other)  # its own model, in either numerics
     again.check_model(skulens.load("pretrained:efficientnet_lite0", device="cpu", precision="bf16"))
-    with pytest.raises(AlignerError, match="fitted for another image model"):
+    with pytest.raises(AlignerError, match="fitted for another image model") as info:
         again.check_model(mine)
+    # the advice names the model in use, not the aligner's own bundle (for which it is right already)
+    assert f"skulens align --model {mine.path}`" in str(info.value)
     index = create_index("faiss", tmp_path / "ix", mine.card.embedding_dim)
     with caplog.at_level(logging.WARNING, logger="skulens.search.align"):
         engine = SearchEngine(mine, index, again)

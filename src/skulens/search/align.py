@@ -127,9 +127,12 @@ class TextAligner:
                                f"{model.card.embedding_dim}-d: run `skulens align` for this model")
         same = probe_agreement(model, self.probe)
         if same < SAME_MODEL_COSINE:
-            raise AlignerError(f"the text aligner was fitted for another image model (its probe photos agree at "
-                               f"cosine {same:.2f} < {SAME_MODEL_COSINE}): run `skulens align --model "
-                               f"{self.bundle or 'BUNDLE'}` to fit one for this model")
+            # the advice names the model in use (it named the aligner's own bundle, for which it is right already)
+            here = getattr(model, "path", None)
+            raise AlignerError(f"the text aligner{f' of {self.bundle}' if self.bundle else ''} was fitted for another "
+                               f"image model (its probe photos agree at cosine {same:.2f} < {SAME_MODEL_COSINE}): "
+                               f"run `skulens align --model {here or 'BUNDLE'}` to fit one for this model"
+                               + ("" if here else " (the bundle this model was loaded from)"))
 
     def for_model(self, model: Any, where: str) -> TextAligner | None:
         """This aligner, or None with a warning when it was fitted for another image model (`check_model`):
