@@ -281,8 +281,8 @@ def test_content_similar_and_errors() -> None:
         create_recommender("magic")
     # the API's argument types: k=2.5 was NumPy's "slice indices must be integers", tuples for events
     # "'tuple' object has no attribute 'event'"
-    for bad_k in (2.5, "3", True):
-        with pytest.raises(TypeError, match="k: a whole number of products"):
+    for bad_k in (2.5, "3", True, 0):
+        with pytest.raises(ValueError, match="k must be a whole number >= 1"):
             rec.similar("a", k=bad_k)
     assert len(rec.recommend("u", k=np.int64(1))) == 1  # a NumPy integer is a whole number
     for kind in (PopularityRecommender(), HybridRecommender()):

@@ -119,6 +119,10 @@ def test_text_search_after_alignment(tiny_bundle, catalogue: Path, tmp_path: Pat
                  "-q"]) == 0
     assert (bundle / "text_align.safetensors").is_file() and (bundle / "card.json").read_bytes() == card
     assert main(["align", "--model", "pretrained:efficientnet_lite0", "--data", str(catalogue), "-q"]) == 2
+    # -o NEW/ is a folder to make: it wrote a file named NEW
+    assert main(["align", "--model", str(bundle), "--data", str(catalogue), "--steps", "5", "-o",
+                 f"{tmp_path / 'aligners'}/", "-q"]) == 0
+    assert (tmp_path / "aligners" / "text_align.safetensors").is_file()
     engine = SearchEngine(skulens.load(bundle), open_index(index_dir), load_aligner(bundle))
     for mode in ("aligned", "text", "hybrid"):
         hits = engine.by_text(["oat milk", "red apple"], k=3, mode=mode)

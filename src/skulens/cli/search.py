@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -273,10 +274,12 @@ def cmd_align(ns: argparse.Namespace) -> int:
 
     # into the bundle's folder, also when --model names its card.json (that file was overwritten)
     target = ns.out or bundle_folder(bundle)
-    if ns.out is not None and not Path(ns.out).is_dir():
-        Path(ns.out).parent.mkdir(parents=True, exist_ok=True)
     aligner, products, photos = align_catalogue(load_model(bundle), load_catalogue(data), splits=ns.splits,
                                                 steps=ns.steps, progress=not ns.quiet)
+    if ns.out is not None and ns.out.endswith(("/", os.sep)):
+        Path(ns.out).mkdir(parents=True, exist_ok=True)  # the aligner goes in as text_align.safetensors
+    elif ns.out is not None and not Path(ns.out).is_dir():
+        Path(ns.out).parent.mkdir(parents=True, exist_ok=True)
     out = aligner.save(target)
     say(f"text alignment for {products} products from {photos} photos: {out} "
         f"(final loss {aligner.info['final_loss']:.3f})")
@@ -289,6 +292,9 @@ def _check_align_out(out: str) -> None:
     manifest), and a missing folder failed as a traceback after the training."""
     path = Path(out)
     if path.is_dir():
+        return
+    if out.endswith(("/", os.sep)):  # a folder to make (`-o new/` wrote a file named "new")
+        check_out_path(out, "-o", folder=True)
         return
     check_out_path(out, "-o")
     if path.exists():

@@ -647,10 +647,9 @@ def fit_recommender(events: Sequence[Event], products: Catalogue | Mapping[str, 
 
 
 def _check_k(k: Any) -> None:
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral):  # 2.5 was NumPy's "slice indices" error
-        raise TypeError(f"k: a whole number of products, not {type(k).__name__} {k!r}")
-    if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
+    """As the search engine checks its k (2.5 was NumPy's "slice indices must be integers", from inside)."""
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+        raise ValueError(f"k must be a whole number >= 1, got {k!r}")
 
 
 def _check_events(events: Sequence[Event]) -> None:
