@@ -578,7 +578,10 @@ def test_metadata_from_a_csv_and_a_filter_are_typed_alike(tmp_path: Path) -> Non
     again = ":3: product 'milk' again (first on line 2)"
     for body, error, needle in (("product_id,in_stock\nmilk,true\nmilk,false\n", CatalogueError, again),
                                 ("product_id,in_stock\nmilk,true,extra\n", CatalogueError, ":2: more cells"),
-                                ("product_id,in stock\nmilk,true\n", IndexStoreError, "meta.csv: header")):
+                                ("product_id,in stock\nmilk,true\n", IndexStoreError, "meta.csv: header"),
+                                # the last in_stock won, silently
+                                ("product_id,in_stock,in_stock\nmilk,true,false\n", CatalogueError,
+                                 "header: column 'in_stock' is named twice")):
         table.write_text(body, encoding="utf-8")
         with pytest.raises(error, match=re.escape(needle)):
             read_metadata_table(table)

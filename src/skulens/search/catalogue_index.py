@@ -52,6 +52,9 @@ def _read_metadata_table(p: Path) -> dict[str, dict[str, Any]]:
             reader.fieldnames = [name.strip() for name in reader.fieldnames]
         if not reader.fieldnames or "product_id" not in reader.fieldnames:
             raise CatalogueError(f"{p}: needs a 'product_id' column (got {reader.fieldnames})")
+        twice = next((n for i, n in enumerate(reader.fieldnames) if n in reader.fieldnames[:i]), None)
+        if twice is not None:  # the last cell won, silently (a manifest refuses such a header too)
+            raise CatalogueError(f"{p}: header: column {twice!r} is named twice")
         from .index import _check_metadata
 
         # the column names are metadata keys (filter fields): checked here, naming the file, not a photo later
