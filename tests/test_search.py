@@ -108,6 +108,9 @@ def test_filters_more_like_this_and_metadata_updates(index_dir: Path, tiny_bundl
     assert open_index(index_dir).records("green-apple")[0].metadata["note"] == ""  # a JSON "" is an empty text
     main(["index", "update", str(index_dir), "--product", "green-apple", "--set", "note="])
     main(["index", "update", str(index_dir), "--product", "green-apple", "--set", "in_stock=false"])
+    capsys.readouterr()
+    assert main(["index", "update", str(index_dir), "--product", "green-apple", "--set", "novalue"]) == 2
+    assert "--set 'novalue': expected key=value" in capsys.readouterr().err  # it said "filter 'novalue'"
 
 
 def test_text_search_after_alignment(tiny_bundle, catalogue: Path, tmp_path: Path, index_dir: Path) -> None:

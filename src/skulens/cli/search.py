@@ -119,12 +119,12 @@ def cmd_index_info(ns: argparse.Namespace) -> int:
 
 
 def cmd_index_update(ns: argparse.Namespace) -> int:
-    from ..search.index import open_index
+    from ..search.index import open_index, parse_filter
 
     index = open_index(ns.index)
     # KEY= removes the key, as a blank cell of a --metadata table leaves it out (it stored ""); KEY="" stores ""
     blank = {item.partition("=")[0].strip() for item in ns.set if not item.partition("=")[2].strip()}
-    values = {k: None if k in blank else v for k, v in (_filters(ns.set) or {}).items()}
+    values = {k: None if k in blank else v for k, v in (parse_filter(ns.set, "--set") if ns.set else {}).items()}
     index.update_metadata(ns.product, values)
     index.save()
     say(f"{ns.product}: metadata {json.dumps(values)}")  # as stored: false and null, not Python's False and None

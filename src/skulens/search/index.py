@@ -285,8 +285,9 @@ def _json_value(raw: str, *, text: bool) -> Any:
     return value
 
 
-def parse_filter(items: Iterable[str]) -> dict[str, FilterValue]:
-    """``["coarse_label=Milk", "in_stock=true", "shelf=[1,3]"]`` -> a filter, for the CLI and query strings.
+def parse_filter(items: Iterable[str], what: str = "filter") -> dict[str, FilterValue]:
+    """``["coarse_label=Milk", "in_stock=true", "shelf=[1,3]"]`` -> a filter, for the CLI and query strings
+    (`what`: how errors name an item, e.g. "--set" for metadata values written this way).
 
     A value is typed as `typed_value` types it (true, 3, 2.5; "007" stays a string); a JSON list ([1, 3]) or
     a JSON string ("\"3\"", to match the text 3) keeps its JSON type. The values of product_id, label and
@@ -297,16 +298,16 @@ def parse_filter(items: Iterable[str]) -> dict[str, FilterValue]:
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise IndexStoreError(f"filter {item!r}: expected key=value")
+            raise IndexStoreError(f"{what} {item!r}: expected key=value")
         if key in out:  # the two would not both hold (ANDed), and only the last was kept
-            raise IndexStoreError(f"filter {key!r} given twice: one filter per key; a JSON list matches any of its "
+            raise IndexStoreError(f"{what} {key!r} given twice: one per key; a JSON list matches any of its "
                                   f"values ({key}=[\"a\", \"b\"])")
         core = key in CORE_FILTER_FIELDS
         value: Any = raw.strip() if core else typed_value(raw)
         if isinstance(value, str) and value[:1] in ("[", '"'):
             value = _json_value(value, text=core)
             if value is None:  # a list or string cut short: matching it as text would find nothing, silently
-                raise IndexStoreError(f"filter {item!r}: not a JSON list or string (a text starting with [ or \" "
+                raise IndexStoreError(f"{what} {item!r}: not a JSON list or string (a text starting with [ or \" "
                                       f"is written as a JSON string: {key}=\"[...]\")")
         if isinstance(value, dict) or (isinstance(value, list) and not value):
             value = raw.strip()
