@@ -243,6 +243,7 @@ def test_bad_values_are_one_line_exit_2_before_any_work(tiny_bundle, tiny_catalo
         (["export", "--model", m, "--calibration-images", "10"], "--calibration-images calibrates int8"),
         (["export", "--model", m, "--parity-images", "5"], "--parity-images checks a LiteRT file"),
         (["recommend", "generate", "--data", d, "--out", out, "--users", "0"], "--users: must be >= 1"),
+        (["recommend", "generate", "--data", d, "--out", "gen.json"], "the behaviour log is CSV"),  # CSV in .json
         (["explain", "--model", m, photo, "--target", "no-such"],
          "--target 'no-such': not a class"),
     ]

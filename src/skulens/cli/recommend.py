@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 from ._common import (
@@ -100,6 +101,9 @@ def cmd_recommend(ns: argparse.Namespace) -> int:
 def cmd_recommend_generate(ns: argparse.Namespace) -> int:
     data = data_path(ns)
     check_out_path(ns.out, "--out")
+    if Path(ns.out).suffix.lower() in (".json", ".jsonl", ".parquet", ".tsv"):  # it wrote CSV into gen.json
+        raise UsageError(f"--out {ns.out}: the behaviour log is CSV (user_id,product_id,event,timestamp): name the "
+                         "file .csv")
     from ..data.catalogue import load_catalogue
     from ..recommend.shopping_log import generate_shopping_log, write_events
 
