@@ -112,6 +112,10 @@ def test_empty_yaml_is_no_overrides(tmp_path: Path) -> None:
     ("scalar.yml", "just a string\n", "expected a mapping"),
     ("broken.yaml", "epochs: [3\n", "cannot parse config"),
     ("broken.toml", "epochs = \n", "cannot parse config"),
+    # a key given twice: the last one won, silently (epochs 3 trained)
+    ("twice.yaml", "data: cat\nepochs: 2\nepochs: 3\n", r"twice.yaml: key 'epochs' is given twice \(lines 2 and 3\)"),
+    ("twice.json", '{"epochs": 2, "epochs": 3}', "twice.json: key 'epochs' is given twice"),
+    ("twice.toml", "epochs = 2\nepochs = 3\n", "cannot parse config"),
 ])
 def test_bad_config_files(tmp_path: Path, name: str, text: str, message: str) -> None:
     p = tmp_path / name

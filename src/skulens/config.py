@@ -423,11 +423,11 @@ def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
         if suffix == ".toml":
             data = tomllib.loads(text)
         elif suffix == ".json":
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_pairs_once)
         else:
-            import yaml
-
-            data = yaml.safe_load(text) or {}
+            data = _yaml_without_repeats(text) or {}
+    except ConfigError as e:
+        raise ConfigError(f"{p}: {e}") from None
     except Exception as e:  # noqa: BLE001 - any parser error becomes a config error naming the file
         raise ConfigError(f"{p}: cannot parse config: {e}") from None
     if not isinstance(data, dict):
@@ -437,6 +437,40 @@ def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ConfigError(f"{p}: keys are setting names, got {', '.join(repr(k) for k in odd[:3])}")
     _refuse_removed(data, where=f"{p}: ")
     return data
+
+
+def _yaml_without_repeats(text: str) -> Any:
+    """`yaml.safe_load`, but a key given twice in one mapping is a ConfigError naming it and its lines (the last
+    one won, silently: `epochs: 2` then `epochs: 3` trained 3), as in a JSON file (`_pairs_once`); TOML's parser
+    refuses it itself."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, str) and key in seen:
+                raise ConfigError(f"key {key!r} is given twice (lines {seen[key]} and {line}): give it once")
+            if isinstance(key, str):
+                seen[key] = line
+        return loader.construct_mapping(node, deep=deep)
+
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    return yaml.load(text, Loader=Loader)  # a SafeLoader subclass: safe_load with one check more
+
+
+def _pairs_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are each given once (json's own reading keeps the last)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ConfigError(f"key {key!r} is given twice: give it once")
+        out[key] = value
+    return out
 
 
 def _refuse_removed(values: dict[str, Any], where: str = "") -> None:
