@@ -36,6 +36,7 @@ __all__ = [
     "add_quiet",
     "add_top_k",
     "add_train_flags",
+    "after_resuming",
     "check_engine",
     "check_out_path",
     "csv_list",
@@ -526,13 +527,17 @@ def train_overrides(ns: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
+def after_resuming(result: Any) -> str:
+    """What follows a run's epoch count: a resumed run's TrainResult counts this process's epochs (and time)."""
+    return " more, after resuming" if result.card.metrics.get("resumed") else ""
+
+
 def report_result(result: Any) -> None:
     """The end of a training run, for a person: the report summary and where the outputs are."""
     from ..evaluate.report import format_summary
 
     say(format_summary(result.report, baseline=result.baseline))
-    resumed = " more, after resuming" if result.card.metrics.get("resumed") else ""  # this process's epochs, time
-    say(f"trained {result.epochs_run} epoch(s){resumed} in {result.wall_time_s / 60:.1f} min, best epoch "
+    say(f"trained {result.epochs_run} epoch(s){after_resuming(result)} in {result.wall_time_s / 60:.1f} min, best epoch "
         f"{result.best_epoch}")
     if result.skipped:
         say(f"skipped {len(result.skipped)} undecodable image(s): {result.run_dir / 'skipped_images.tsv'}")

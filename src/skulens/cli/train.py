@@ -19,6 +19,7 @@ from ._common import (
     add_precision,
     add_quiet,
     add_train_flags,
+    after_resuming,
     check_bundle,
     check_out_path,
     check_precision_flag,
@@ -209,7 +210,7 @@ def cmd_prune(ns: argparse.Namespace) -> int:
     before, after = res.card.lineage.get("pruned_from", {}).get("val_top1"), val_top1(result.card)
     if before is not None and after is not None:
         say(f"val top-1: {100 * before:.1f} before pruning, {100 * after:.1f} after pruning "
-            f"and {result.epochs_run} recovery epoch(s) ({res.card.pruning['kind']}, "
+            f"and {result.epochs_run} recovery epoch(s){after_resuming(result)} ({res.card.pruning['kind']}, "
             f"{100 * res.sparsity:.1f}% sparsity)")
     return 0
 
