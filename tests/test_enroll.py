@@ -697,6 +697,7 @@ def test_a_retrains_extra_catalogues_are_recorded_for_the_next_retrain(bundle_co
     head = (tmp_path / "rt" / "config.yaml").read_text(encoding="utf-8").splitlines()[:2]
     assert head[0].startswith("# Written by `skulens retrain`") and str(extra.resolve()) in head[0]
     assert head[1].startswith("# Made by: skulens retrain --model") and "--resume" not in head[1]
+    assert " --epochs 1 " in head[1]  # the settings given: without them it named another run
     from skulens.config import load_config
 
     assert load_config(tmp_path / "rt" / "config.yaml")["data"] == str(tiny_catalogue)  # still a config file

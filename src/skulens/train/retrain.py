@@ -164,7 +164,8 @@ def retrain(bundle: str | os.PathLike, *, out: str, data: str | os.PathLike | No
     # what resumes it: this retrain again (config.yaml records neither --extra nor the enrolled photos, so
     # `train --config RUN/config.yaml --resume` met a catalogue without them and was refused)
     again = " ".join(["skulens retrain --model", shlex.quote(str(bundle)), *(f"--extra {shlex.quote(e)}" for e in extra),
-                      "--out", shlex.quote(str(out))] + (["--data", shlex.quote(str(data))] if data else []))
+                      "--out", shlex.quote(str(out))] + (["--data", shlex.quote(str(data))] if data else [])
+                     + _as_flags(overrides))  # its settings too: without them a --resume was another run
     advice = f"{again} --resume"
     cfg = resolve_config(values)
     warn_unused(cfg)
@@ -174,6 +175,18 @@ def retrain(bundle: str | os.PathLike, *, out: str, data: str | os.PathLike | No
         result = replace(result, card=_carry_enrolled(Path(bundle), result.bundle, extra))
         _say_what_reproduces(Path(out) / "config.yaml", again, extra)
     return result
+
+
+def _as_flags(values: dict[str, Any]) -> list[str]:
+    """TrainConfig settings as the CLI's flags (`--epochs 2`, `--ema` / `--no-ema`), in their order."""
+    flags = []
+    for key, value in values.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + key.replace("_", "-"))
+        elif value is not None:
+            flags += [flag, shlex.quote(",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value))]
+    return flags
 
 
 def _say_what_reproduces(config_file: Path, command: str, extra: Sequence[str]) -> None:
