@@ -101,6 +101,12 @@ def test_cli_export_then_predict_with_onnx(bundle: Path, tiny_catalogue: Path, t
     r = subprocess.run([sys.executable, "-m", "skulens.cli", "info", "-m", str(out)], capture_output=True, text=True,
                        check=False)
     assert r.returncode == 0 and "missing!" not in r.stdout and "MB" in r.stdout, r.stdout  # the file's own size
+    # with no --data, the dataset the embedded card records (it fell back to grocery: "label(s) the model does
+    # not know", or no data at all)
+    r = subprocess.run([sys.executable, "-m", "skulens.cli", "evaluate", "-m", str(out), "--backend", "onnx", "-o",
+                        str(tmp_path / "ev"), "-q"], capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "ev" / "report.json").is_file()
 
 
 def test_int8_quantization_writes_a_quantized_graph(bundle: Path, tiny_catalogue: Path, tmp_path: Path) -> None:

@@ -202,6 +202,11 @@ def data_path(ns: argparse.Namespace, *, model: str | None = None, required: boo
     """--data, else the dataset recorded in the model's card (refused when it is gone), else the default dataset.
     Checked here, before torch is imported: a missing or empty path is refused at once."""
     recorded = recorded_dataset(model) if model and not model.startswith("pretrained:") else None
+    if recorded is None and model and card_json(model) is None:  # an exported file alone: the card inside it (the
+        from ..models.card import exported_card_json  # grocery default scored another catalogue's model)
+
+        dataset = (exported_card_json(model) or {}).get("dataset")
+        recorded = dataset.get("path") if isinstance(dataset, dict) and isinstance(dataset.get("path"), str) else None
     found = resolve_data(getattr(ns, "data", None), recorded=recorded, required=required, model=model or "the model")
     return None if found is None else str(found)
 

@@ -22,10 +22,12 @@ if TYPE_CHECKING:
 
     from ..data._types import Product
 
-__all__ = ["CARD_SCHEMA", "SELF_TRAINING_CONFIG", "ModelCard", "enrolled_products", "exclusive_attribute_pairs",
-           "model_products", "resolve_exclusive", "scores_cell", "val_top1", "without_conflicts"]
+__all__ = ["CARD_KEY", "CARD_SCHEMA", "SELF_TRAINING_CONFIG", "ModelCard", "enrolled_products",
+           "exclusive_attribute_pairs", "exported_card_json", "model_products", "resolve_exclusive", "scores_cell",
+           "val_top1", "without_conflicts"]
 
 CARD_SCHEMA = 1
+CARD_KEY = "skulens_card"  # the card's entry in an exported file's metadata (ONNX metadata_props, LiteRT's)
 log = logging.getLogger(__name__)
 
 
@@ -245,6 +247,23 @@ def unfinished_run_note(card: ModelCard, folder: str | os.PathLike[str]) -> str 
             f"{card.metrics.get('epoch', '?')}): not calibrated, its confidences and thresholds are not the final "
             f"model's. Wait for the run to end, or resume it if it was stopped: skulens train --config "
             f"{config} --resume")
+
+
+def exported_card_json(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The card an exported .onnx file carries, as plain JSON, read without torch (ONNX's protobuf only): what a
+    command that takes `-m FILE.onnx` with no card.json beside it knows of the model before it loads (its dataset).
+    None for another file, or one without a readable card: loading the model says what is wrong."""
+    p = Path(path)
+    if p.suffix.lower() != ".onnx" or not p.is_file():
+        return None
+    try:
+        import onnx
+
+        meta = {m.key: m.value for m in onnx.load(str(p), load_external_data=False).metadata_props}
+        data = json.loads(meta[CARD_KEY])
+    except Exception:  # noqa: BLE001 - not ONNX, no card, a corrupt file: the model's loading says which
+        return None
+    return data if isinstance(data, dict) else None
 
 
 SELF_TRAINING_CONFIG = "self-training.yaml"  # a self-training run's whole config, written by train.semi into OUT

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .bundle import BundleError
-from .card import ModelCard
+from .card import CARD_KEY, ModelCard
 from .inference import DeviceError, HeadOutputs, collect_outputs, iter_batches
 from .options import is_device_name
 
@@ -30,7 +30,6 @@ log = logging.getLogger("skulens.deploy.onnx")
 
 ONNX_NAME = "model.onnx"
 ONNX_INT8_NAME = "model.int8.onnx"  # `skulens export --int8` and `--preset fast` write it beside model.onnx
-CARD_KEY = "skulens_card"
 
 _THREADS: ContextVar[int | None] = ContextVar("skulens_runtime_threads", default=None)
 
