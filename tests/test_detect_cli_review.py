@@ -63,7 +63,7 @@ def test_export_never_overwrites_a_detector(own: Path, detector: Path, tmp_path:
                tmp_path / "coco.json")
     assert main(["detect", "evaluate", str(tmp_path / "elsewhere" / "x.onnx"), "--backend", "onnx",
                  "--data", str(tmp_path / "coco.json"), "-q"]) == 0
-    assert (tmp_path / "elsewhere" / "eval-coco.json" / "report.json").is_file()
+    assert (tmp_path / "elsewhere" / "eval-coco" / "report.json").is_file()
 
 
 def test_output_paths_and_seeds_are_checked_before_the_work(tmp_path: Path, tiny_catalogue: Path, capsys) -> None:
