@@ -101,13 +101,15 @@ def label_key(label: str) -> str:
     return " ".join(shown.casefold().split())
 
 
+def is_unprintable(ch: str) -> bool:
+    """A control character (C0, DEL, C1) or a format character (zero-width spaces and joiners, bidi overrides:
+    invisible, or showing a name reversed)."""
+    return unicodedata.category(ch) in ("Cc", "Cf")
+
+
 def unprintable(text: str) -> str | None:
-    """The first character of `text` a name must not hold, as U+XXXX: a control character (C0, DEL, C1) or a format
-    character (zero-width spaces and joiners, bidi overrides: invisible, or showing the name reversed); else None."""
-    for ch in text:
-        if unicodedata.category(ch) in ("Cc", "Cf"):
-            return f"U+{ord(ch):04X}"
-    return None
+    """The first character of `text` a name must not hold (`is_unprintable`), as U+XXXX; else None."""
+    return next((f"U+{ord(ch):04X}" for ch in text if is_unprintable(ch)), None)
 
 
 def refuse_lookalike_labels(source: Path, labels: Iterable[str]) -> None:

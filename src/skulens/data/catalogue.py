@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from ._attributes import attach_attributes, attribute_table
-from ._checks import MAX_LISTED, label_key, refuse_lookalike_labels, unprintable
+from ._checks import MAX_LISTED, is_unprintable, label_key, refuse_lookalike_labels, unprintable
 from ._folders import load_folders
 from ._grocery import is_grocery, load_grocery
 from ._manifest import MANIFEST_NAMES, MANIFEST_SUFFIXES, load_manifest
@@ -47,7 +47,7 @@ from ._products import PRODUCTS_CSV, read_products
 from ._types import IMAGE_SUFFIXES, Catalogue, CatalogueError, Loaded, Product, Sample, ordered_splits
 
 __all__ = ["EXTRA_TRAIN", "IMAGE_SUFFIXES", "Catalogue", "CatalogueError", "Product", "Sample", "class_products",
-           "inside_folder_catalogue", "label_attributes", "label_key", "load_catalogue", "merge_samples",
+           "inside_folder_catalogue", "is_unprintable", "label_attributes", "label_key", "load_catalogue", "merge_samples",
            "reads_its_folders", "selection_split", "stratified_folds", "unprintable"]
 
 # Photos a run trains on but never holds out or selects on: self-training's pseudo-labelled ones, whose labels

@@ -11,12 +11,12 @@ import asyncio
 import contextlib
 import hmac
 import json
-import unicodedata
 from collections.abc import Callable, Sequence
 
 from fastapi import HTTPException, UploadFile
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..data.catalogue import is_unprintable
 from ..data.decode import ImageDecodeError, sniff_format
 from .settings import ApiKey
 
@@ -221,7 +221,7 @@ def upload_name(upload: UploadFile) -> str:
     """The client's name of an uploaded file as answers say it and the inventory stores it: control and invisible
     formatting characters (a NUL, which PostgreSQL refuses in text: the whole intake was a 500; a bidi override,
     which shows the name reversed) as "?", at most MAX_NAME characters; "upload" when it has none."""
-    name = "".join("?" if unicodedata.category(c) in ("Cc", "Cf") else c for c in upload.filename or "")
+    name = "".join("?" if is_unprintable(c) else c for c in upload.filename or "")  # the names' own rule
     return name[:MAX_NAME] or "upload"
 
 
