@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..models.onnx_runtime import unreadable_onnx
 from .detector import Detector
 from .model import (
     DETECTOR_CARD,
@@ -157,11 +158,10 @@ def _onnx_net(onnx_path: Path, card: DetectorCard, threads: int | None = None) -
         opts.intra_op_num_threads = threads
     try:
         session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime's own classes, matched by name, as for a bundle's model.onnx: a file it
-        # cannot parse is the user's; a memory or opset failure is not a corrupt file and stays as it is
-        if type(exc).__name__ not in ("InvalidProtobuf", "InvalidGraph"):
+    except Exception as exc:  # a file onnxruntime cannot parse is the user's, as a bundle's model.onnx
+        first = unreadable_onnx(exc)
+        if first is None:
             raise
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise DetectorError(f"{onnx_path}: not a readable ONNX detector (corrupt or truncated: {first}); export it "
                             f"again with `skulens detect export {onnx_path.parent}`") from None
     net = build_detector(card.config, pretrained=False)

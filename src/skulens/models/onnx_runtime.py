@@ -23,7 +23,7 @@ from .inference import DeviceError, HeadOutputs, collect_outputs, iter_batches
 from .options import is_device_name
 
 __all__ = ["CARD_KEY", "ONNX_INT8_NAME", "ONNX_NAME", "OnnxRunner", "default_threads", "read_onnx", "read_onnx_card",
-           "require_onnx", "runtime_threads"]
+           "require_onnx", "runtime_threads", "unreadable_onnx"]
 
 # The deploy stage's logger name: users (and tests) filter ONNX messages on it.
 log = logging.getLogger("skulens.deploy.onnx")
@@ -85,6 +85,15 @@ def read_onnx(path: str | os.PathLike) -> tuple[ModelCard, bool]:
         raise BundleError(f"{path}: invalid card: {e}") from None
 
 
+def unreadable_onnx(exc: BaseException) -> str | None:
+    """The first line of onnxruntime's error when it could not parse a file (its own classes, matched by name), a
+    corrupt or truncated file being the user's to fix; None for any other failure (a provider, memory or opset
+    failure is not a corrupt file and stays as it is)."""
+    if type(exc).__name__ not in ("InvalidProtobuf", "InvalidGraph"):
+        return None
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+
+
 def _corrupt(path: str | os.PathLike, exc: BaseException) -> BundleError:
     try:
         with open(path, "rb") as f:
@@ -93,7 +102,7 @@ def _corrupt(path: str | os.PathLike, exc: BaseException) -> BundleError:
         head = b""
     if head[4:8] == b"TFL3":  # a LiteRT flatbuffer's identifier: a good file, the wrong backend
         return BundleError(f"{path}: a LiteRT (.tflite) file, not ONNX: run it with --backend tflite (or tflite-int8)")
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    first = unreadable_onnx(exc) or (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
     return BundleError(f"{path}: not a readable ONNX file (corrupt or truncated: {first}); export it again with "
                        "skulens export")
 
@@ -133,9 +142,8 @@ class OnnxRunner:
                 log.warning("onnxruntime has no CUDA provider (pip install onnxruntime-gpu): ONNX runs on the CPU")
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=providers)
-        except Exception as exc:  # onnxruntime's own classes, matched by name: a file it cannot parse is the user's;
-            # a provider, memory or opset failure is not a corrupt file and stays as it is
-            if type(exc).__name__ not in ("InvalidProtobuf", "InvalidGraph") or not Path(path).is_file():
+        except Exception as exc:  # a file onnxruntime cannot parse is the user's (`unreadable_onnx`)
+            if unreadable_onnx(exc) is None or not Path(path).is_file():
                 raise
             raise _corrupt(path, exc) from None
         self.provider = self.session.get_providers()[0]
