@@ -18,7 +18,7 @@ from typing import Any, get_args
 
 from ..config import apply_preset, config_fields, load_config
 from ..data.image_list import is_image_list, non_utf8_names, read_image_list, walk_images
-from ..data.locate import card_json, recorded_dataset, resolve_data
+from ..data.locate import card_json, dataset_path, recorded_dataset, resolve_data
 from ..detect.options import DETECTOR_ONNX, onnx_export_advice
 from ..models.options import EXPORTED_FILES, PRECISIONS, check_precision_backend, is_device_name
 
@@ -205,8 +205,7 @@ def data_path(ns: argparse.Namespace, *, model: str | None = None, required: boo
     if recorded is None and model and card_json(model) is None:  # an exported file alone: the card inside it (the
         from ..models.card import exported_card_json  # grocery default scored another catalogue's model)
 
-        dataset = (exported_card_json(model) or {}).get("dataset")
-        recorded = dataset.get("path") if isinstance(dataset, dict) and isinstance(dataset.get("path"), str) else None
+        recorded = dataset_path(exported_card_json(model))
     found = resolve_data(getattr(ns, "data", None), recorded=recorded, required=required, model=model or "the model")
     return None if found is None else str(found)
 

@@ -13,8 +13,8 @@ from typing import Any
 
 from .catalogue import CatalogueError
 
-__all__ = ["DATASET_HINT", "DATA_ENV", "DataNotFoundError", "bundle_named", "card_json", "find_default_data",
-           "recorded_dataset", "resolve_data"]
+__all__ = ["DATASET_HINT", "DATA_ENV", "DataNotFoundError", "bundle_named", "card_json", "dataset_path",
+           "find_default_data", "recorded_dataset", "resolve_data"]
 
 DATASET_HINT = (
     "The Grocery Store dataset was not found. skulens looks at --data, then $SKULENS_DATA, then "
@@ -90,7 +90,12 @@ def recorded_dataset(bundle: str | os.PathLike[str]) -> str | None:
     None also when the card is missing, unreadable or records no path: loading the bundle is what
     reports a broken card.
     """
-    dataset = (card_json(bundle) or {}).get("dataset")
+    return dataset_path(card_json(bundle))
+
+
+def dataset_path(card: dict[str, Any] | None) -> str | None:
+    """The dataset path a card (as plain JSON) records, or None."""
+    dataset = (card or {}).get("dataset")
     recorded = dataset.get("path") if isinstance(dataset, dict) else None
     return recorded if isinstance(recorded, str) and recorded else None
 
